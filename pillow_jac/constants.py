@@ -1,0 +1,69 @@
+"""Every constant that affects the bytes of a ``.jac`` file or the pixels decoded from one.
+
+Changing any value here changes the format: bump :data:`FORMAT_VERSION` (format_spec/SPEC.md,
+section "Versions") and regenerate the test vectors. Standard library only: the container imports it.
+"""
+
+from __future__ import annotations
+
+#: 8-byte signature (SPEC.md section 2). Byte 1 is 'J', so no TGA-style reader can claim it.
+MAGIC = b"\x8bJAC\r\n\x1a\n"
+#: (major, minor) of the container and coding rules this package writes (SPEC.md section 9).
+FORMAT_VERSION = (1, 0)
+
+#: lambda of each integer quality 1..8 (loss = lambda * 255^2 * MSE + bpp), CompressAI's ladder.
+LAMBDAS = (0.0018, 0.0035, 0.0067, 0.013, 0.025, 0.0483, 0.0932, 0.18)
+QUALITY_MIN = 1.0
+QUALITY_MAX = float(len(LAMBDAS))
+#: qualities are stored as round(quality * QUALITY_DENOMINATOR) in a u16 (SPEC.md section 3).
+QUALITY_DENOMINATOR = 256
+
+#: the smallest Gaussian scale the model may predict (SPEC.md section 6).
+SCALE_MIN = 0.11
+#: the largest scale in the scale table.
+SCALE_MAX = 256.0
+#: number of log-spaced scale levels of the scale table.
+SCALE_LEVELS = 64
+#: means are snapped to multiples of 1/MEAN_STEPS before coding (SPEC.md section 6).
+MEAN_STEPS = 16
+#: every coding table is a list of integer frequencies summing to 2**CDF_PRECISION.
+CDF_PRECISION = 16
+#: probability mass left in each tail of a Gaussian table before the escape symbols.
+TAIL_MASS = 1e-7
+#: escape codes: magnitude classes coded with a flat table of this many entries.
+ESCAPE_CLASSES = 32
+
+#: fixed-point fractional bits of the integer network activations and outputs (SPEC.md section 7).
+ACTIVATION_BITS = 8
+#: bound of every integer activation: |a| < 2**ACTIVATION_LIMIT_BITS.
+ACTIVATION_LIMIT_BITS = 20
+
+#: the network shrinks the image 16x into y and 64x into z: inputs are padded to this multiple.
+ALIGN = 64
+
+#: hard limits a decoder enforces before allocating anything (SPEC.md section 8).
+MAX_DIMENSION = 65535
+MAX_CHUNK_BYTES = 1 << 30
+
+#: quality used when the caller gives none (API default, not stored specially in files).
+DEFAULT_QUALITY = 4.0
+
+
+def validate_quality(quality: float) -> float:
+    """Return ``quality`` as a float in ``[1, 8]`` or raise ``ValueError`` explaining the scale.
+
+    Example:
+        >>> validate_quality(4)
+        4.0
+    """
+    try:
+        q = float(quality)
+    except (TypeError, ValueError):
+        raise ValueError(f"quality must be a number from 1 to 8, got {quality!r}") from None
+    if not QUALITY_MIN <= q <= QUALITY_MAX:  # also rejects NaN
+        hint = " (JAC qualities are not JPEG's 0-100 scale)" if q > QUALITY_MAX else ""
+        raise ValueError(
+            f"quality must be from {QUALITY_MIN:g} (smallest files) to {QUALITY_MAX:g} (best quality), "
+            f"fractions allowed; got {quality!r}{hint}"
+        )
+    return q

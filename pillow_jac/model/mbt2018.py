@@ -1,0 +1,216 @@
+"""The joint autoregressive and hierarchical prior model (Minnen, Ballé, Toderici, NeurIPS 2018).
+
+Structure (paper, figure 4 and table 1):
+
+* analysis ``y = g_a(x)``: four 5x5 stride-2 convolutions with GDN between them;
+* hyper-analysis ``z = h_a(y)``: 3x3 stride 1, then two 5x5 stride 2, ReLU between;
+* hyper-synthesis ``psi = h_s(z_hat)``: two 5x5 stride-2 transposed convs (N -> M -> 3M/2), then 3x3 -> 2M;
+* context ``phi = g_cm(y_hat)``: a masked 5x5 convolution M -> 2M (mask "A", 12 causal neighbours);
+* entropy parameters ``(sigma, mu) = g_ep(psi, phi)``: 1x1 convolutions 4M -> 10M/3 -> 8M/3 -> 2M;
+* synthesis ``x_hat = g_s(y_hat)``: four 5x5 stride-2 transposed convolutions with inverse GDN.
+
+ReLU is used in h_a, h_s and g_ep so that h_s, g_cm and g_ep convert exactly to integer networks
+(:mod:`pillow_jac.model.integer`). Quantisation is plain rounding, ``y_hat = round(y)``
+(paper, section 2), so the encoder can compute every coding parameter in one pass.
+
+Variable rate (Cui et al. 2021, "Asymmetric gained deep image compression"): a positive gain
+vector per quality level multiplies y before quantisation and an inverse gain vector multiplies
+y_hat before g_s; fractional qualities interpolate both in the log domain.
+
+Training-time forward (paper eq. 2 and 3): additive uniform noise for the rate terms, and the
+straight-through rounded latents as the input of g_s and g_cm (Minnen & Singh 2020).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+from ..constants import LAMBDAS, SCALE_MIN
+from .entropy_models import FactorizedDensity, gaussian_likelihood
+from .layers import GDN, MaskedConv2d, conv, deconv
+
+__all__ = [
+    "ModelConfig",
+    "JointAutoregressiveHierarchicalPrior",
+    "rate_distortion_loss",
+    "quality_lambda",
+    "count_parameters",
+]
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture of the model; every field is recorded in the weights manifest.
+
+    Attributes:
+        N: channels inside g_a, g_s, h_a and h_s.
+        M: channels of the latent y.
+        context: use the masked autoregressive context model.
+        hyperprior: use the hyperprior (z, h_a, h_s).
+        entropy: the conditional distribution of y; only ``"gaussian"`` today.
+        qualities: number of quality levels (gain vectors).
+    """
+
+    N: int = 128
+    M: int = 192
+    context: bool = True
+    hyperprior: bool = True
+    entropy: str = "gaussian"
+    qualities: int = len(LAMBDAS)
+
+    def __post_init__(self) -> None:
+        if not (self.context or self.hyperprior):
+            raise ValueError("the model needs the context model, the hyperprior or both")
+        if self.entropy != "gaussian":
+            raise ValueError(f"unsupported entropy model {self.entropy!r}")
+        if self.M % 6:
+            raise ValueError("M must be a multiple of 6 (the paper's 10M/3, 8M/3 and 3M/2 widths)")
+
+    def to_dict(self) -> dict:
+        """The configuration as a JSON-friendly dict."""
+        return asdict(self)
+
+
+def _quality_position(quality: torch.Tensor, levels: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Split qualities in ``[1, levels]`` into a lower level index and an interpolation weight."""
+    p = (quality.double() - 1.0).clamp(0.0, levels - 1.0)
+    low = p.floor().clamp(max=levels - 2).long()
+    return low, (p - low.double())
+
+
+def quality_lambda(quality: torch.Tensor) -> torch.Tensor:
+    """The rate-distortion weight of a (fractional) quality: the lambda ladder, log-interpolated.
+
+    Example:
+        >>> import torch
+        >>> [round(v, 4) for v in quality_lambda(torch.tensor([1.0, 4.0, 8.0])).tolist()]
+        [0.0018, 0.013, 0.18]
+    """
+    ladder = torch.tensor(LAMBDAS, dtype=torch.float64).log()
+    low, t = _quality_position(quality, len(LAMBDAS))
+    return torch.exp(ladder[low] * (1 - t) + ladder[low + 1] * t)
+
+
+class JointAutoregressiveHierarchicalPrior(nn.Module):
+    """The mbt2018 network with per-quality gains; knows nothing of files or bytes.
+
+    Example:
+        >>> import torch
+        >>> model = JointAutoregressiveHierarchicalPrior(ModelConfig(N=8, M=12))
+        >>> out = model(torch.rand(2, 3, 64, 64), torch.tensor([1.0, 8.0]))
+        >>> out["x_hat"].shape, out["y_likelihoods"].shape
+        (torch.Size([2, 3, 64, 64]), torch.Size([2, 12, 4, 4]))
+    """
+
+    #: input height and width must be multiples of this (four stride-2 stages, then two more in h_a)
+    ALIGN = 64
+
+    def __init__(self, config: ModelConfig = ModelConfig()):
+        super().__init__()
+        self.config = config
+        N, M = config.N, config.M
+        self.g_a = nn.Sequential(
+            conv(3, N), GDN(N), conv(N, N), GDN(N), conv(N, N), GDN(N), conv(N, M)
+        )
+        self.g_s = nn.Sequential(
+            deconv(M, N), GDN(N, inverse=True), deconv(N, N), GDN(N, inverse=True),
+            deconv(N, N), GDN(N, inverse=True), deconv(N, 3),
+        )  # fmt: skip
+        params_in = 0
+        if config.hyperprior:
+            self.h_a = nn.Sequential(conv(M, N, 3, 1), nn.ReLU(), conv(N, N), nn.ReLU(), conv(N, N))
+            self.h_s = nn.Sequential(
+                deconv(N, M), nn.ReLU(), deconv(M, M * 3 // 2), nn.ReLU(), conv(M * 3 // 2, 2 * M, 3, 1)
+            )
+            self.z_density = FactorizedDensity(N)
+            params_in += 2 * M
+        if config.context:
+            self.context = MaskedConv2d(M, 2 * M, 5)
+            params_in += 2 * M
+        self.entropy_parameters = nn.Sequential(
+            nn.Conv2d(params_in, M * 10 // 3, 1), nn.ReLU(),
+            nn.Conv2d(M * 10 // 3, M * 8 // 3, 1), nn.ReLU(),
+            nn.Conv2d(M * 8 // 3, 2 * M, 1),
+        )  # fmt: skip
+        # log gains per quality level; higher quality, finer effective quantisation
+        init = 0.5 * torch.log(torch.tensor(LAMBDAS[: config.qualities]) / LAMBDAS[3])
+        self.log_gain = nn.Parameter(init.view(-1, 1).repeat(1, M))
+        self.log_inverse_gain = nn.Parameter(-init.view(-1, 1).repeat(1, M))
+
+    # -- gains ---------------------------------------------------------------------------------
+    def gains(self, quality: torch.Tensor, inverse: bool = False) -> torch.Tensor:
+        """Per-image gain vectors ``(B, M, 1, 1)`` for qualities in ``[1, levels]`` (log-interpolated)."""
+        table = self.log_inverse_gain if inverse else self.log_gain
+        low, t = _quality_position(quality.to(table.device), table.shape[0])
+        t = t.to(table.dtype).unsqueeze(1)
+        return torch.exp(table[low] * (1 - t) + table[low + 1] * t)[:, :, None, None]
+
+    # -- pieces shared with the codec ----------------------------------------------------------
+    def entropy_inputs(self, psi: torch.Tensor | None, phi: torch.Tensor | None) -> torch.Tensor:
+        """Concatenate hyperprior and context features in the order g_ep expects."""
+        parts = [t for t in (psi, phi) if t is not None]
+        return torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
+
+    def forward(self, x: torch.Tensor, quality: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Training/evaluation forward with noise for the rate and rounding for the distortion.
+
+        Args:
+            x: images in ``[0, 1]``, shape ``(B, 3, H, W)``, H and W multiples of :attr:`ALIGN`.
+            quality: one quality per image in ``[1, levels]``.
+
+        Returns:
+            ``x_hat``, ``y_likelihoods`` and (with the hyperprior) ``z_likelihoods``.
+        """
+        y = self.g_a(x) * self.gains(quality).to(x.dtype)
+        y_round = y + (torch.round(y) - y).detach()
+        noise = torch.empty_like(y).uniform_(-0.5, 0.5) if self.training else None
+        y_rate = y + noise if noise is not None else y_round
+        out: dict[str, torch.Tensor] = {}
+        psi = phi = None
+        if self.config.hyperprior:
+            z = self.h_a(y)
+            z_round = z + (torch.round(z) - z).detach()
+            z_rate = z + torch.empty_like(z).uniform_(-0.5, 0.5) if self.training else z_round
+            out["z_likelihoods"] = self.z_density.likelihood(z_rate)
+            psi = self.h_s(z_round)
+        if self.config.context:
+            phi = self.context(y_round)
+        scales, means = self.entropy_parameters(self.entropy_inputs(psi, phi)).chunk(2, dim=1)
+        out["y_likelihoods"] = gaussian_likelihood(y_rate, means, scales, SCALE_MIN)
+        inverse = self.gains(quality, inverse=True).to(y_round.dtype)
+        out["x_hat"] = self.g_s(y_round * inverse)
+        return out
+
+
+def rate_distortion_loss(
+    out: dict[str, torch.Tensor], x: torch.Tensor, lmbda: torch.Tensor
+) -> dict[str, torch.Tensor]:
+    """``lambda * 255^2 * MSE + bpp`` per image, averaged over the batch (paper eq. 2).
+
+    Returns the loss and its parts (``bpp``, ``mse``, ``psnr`` averaged over the batch) in float32.
+    """
+    b, _, h, w = x.shape
+    pixels = h * w
+    bits = torch.zeros(b, device=x.device)
+    for key in ("y_likelihoods", "z_likelihoods"):
+        if key in out:
+            bits = bits + out[key].float().log2().flatten(1).sum(1).neg()
+    bpp = bits / pixels
+    mse = (out["x_hat"].float() - x.float()).pow(2).flatten(1).mean(1)
+    loss = (lmbda.to(mse) * 255.0**2 * mse + bpp).mean()
+    psnr = (10 * torch.log10(1.0 / mse.clamp_min(1e-10))).mean()
+    return {"loss": loss, "bpp": bpp.mean(), "mse": mse.mean(), "psnr": psnr}
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of trainable parameters."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def pad_amount(size: int, align: int = JointAutoregressiveHierarchicalPrior.ALIGN) -> int:
+    """How many pixels to add to ``size`` to reach a multiple of ``align``."""
+    return (-size) % align
+

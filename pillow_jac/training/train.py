@@ -1,0 +1,215 @@
+"""Train the variable-rate mbt2018 model: ``python -m pillow_jac.training.train --help``.
+
+One model learns every quality: each image of a batch draws its own quality uniformly in
+``[1, 8]`` and the matching log-interpolated lambda (:func:`quality_lambda`), so the gain vectors
+for integer and fractional qualities are all trained. The loss is lambda * 255^2 * MSE + bpp
+(paper eq. 2). Adam with a linear warm-up, gradient clipping, bf16 autocast of the convolutions
+on CPU (likelihoods stay float32), channels_last. Runs unchanged under ``torchrun`` (DDP).
+
+Checkpoints (model, optimiser, step, RNG states) resume exactly; the float weights are also
+written as safetensors for :mod:`pillow_jac.training.freeze`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from ..model.mbt2018 import JointAutoregressiveHierarchicalPrior, ModelConfig, quality_lambda, rate_distortion_loss
+from .data import CropSampler, list_images, load_rgb
+
+DEFAULT_TRAIN = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "train"
+DEFAULT_KODAK = DEFAULT_TRAIN.parent / "kodak"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data", type=Path, default=DEFAULT_TRAIN, help="folder of training images (never Kodak)")
+    p.add_argument("--eval-data", type=Path, default=DEFAULT_KODAK, help="folder for the periodic evaluation")
+    p.add_argument("--out", type=Path, default=Path("runs/default"), help="checkpoint and log folder")
+    p.add_argument("--init", type=Path, help="start from float weights (a .safetensors from weights/)")
+    p.add_argument("--N", type=int, default=128)
+    p.add_argument("--M", type=int, default=192)
+    p.add_argument("--no-context", action="store_true")
+    p.add_argument("--no-hyperprior", action="store_true")
+    p.add_argument("--crop", type=int, default=128)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--warmup", type=int, default=500)
+    p.add_argument("--decay-start", type=int, default=0, help="step where cosine decay starts (0: constant lr)")
+    p.add_argument("--decay-steps", type=int, default=0, help="length of the cosine decay to lr/10")
+    p.add_argument("--steps", type=int, default=10**9, help="stop after this global step")
+    p.add_argument("--minutes", type=float, default=0, help="stop after this many minutes (0: no limit)")
+    p.add_argument("--clip", type=float, default=1.0)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: leave the default)")
+    p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False)
+    p.add_argument("--save-every", type=int, default=500)
+    p.add_argument("--eval-every", type=int, default=4000)
+    p.add_argument("--eval-images", type=int, default=24)
+    p.add_argument("--log-every", type=int, default=50)
+    p.add_argument("--seed", type=int, default=0)
+    return p.parse_args(argv)
+
+
+def learning_rate(args: argparse.Namespace, step: int) -> float:
+    """Linear warm-up, constant, then an optional cosine decay to a tenth."""
+    lr = args.lr * min(1.0, (step + 1) / max(1, args.warmup))
+    if args.decay_steps and step >= args.decay_start:
+        t = min(1.0, (step - args.decay_start) / args.decay_steps)
+        lr *= 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * t))
+    return lr
+
+
+@torch.no_grad()
+def evaluate(model, images, device, qualities=(1.0, 4.0, 8.0)) -> dict[str, float]:
+    """Rate (from the likelihoods of rounded latents) and PSNR on whole images, per quality."""
+    model.eval()
+    result = {}
+    for q in qualities:
+        bpp = psnr = 0.0
+        for im in images:
+            x = torch.from_numpy(im).permute(2, 0, 1).float().div(255).unsqueeze(0).to(device)
+            h, w = x.shape[2:]
+            ph, pw = (-h) % model.ALIGN, (-w) % model.ALIGN
+            xp = torch.nn.functional.pad(x, (0, pw, 0, ph), mode="replicate")
+            out = model(xp, torch.tensor([q]))
+            out["x_hat"] = out["x_hat"][:, :, :h, :w]
+            bits = sum(-out[k].log2().sum() for k in ("y_likelihoods", "z_likelihoods") if k in out)
+            bpp += float(bits) / (h * w)
+            x8 = (out["x_hat"].clamp(0, 1) * 255).round()
+            mse = float((x8 - x * 255).pow(2).mean())
+            psnr += 10 * math.log10(255**2 / max(mse, 1e-10))
+        result[f"q{q:g}_bpp"] = bpp / len(images)
+        result[f"q{q:g}_psnr"] = psnr / len(images)
+    model.train()
+    return result
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    distributed = "RANK" in os.environ and "WORLD_SIZE" in os.environ
+    rank = 0
+    if distributed:
+        torch.distributed.init_process_group("nccl" if args.device.startswith("cuda") else "gloo")
+        rank = torch.distributed.get_rank()
+        if args.device.startswith("cuda"):
+            args.device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+            torch.cuda.set_device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    torch.manual_seed(args.seed + rank)
+    args.out.mkdir(parents=True, exist_ok=True)
+
+    config = ModelConfig(N=args.N, M=args.M, context=not args.no_context, hyperprior=not args.no_hyperprior)
+    model = JointAutoregressiveHierarchicalPrior(config).to(device)
+    if args.init:
+        from ..weights import load_float_state
+
+        model.load_state_dict(load_float_state(args.init, device="cpu"))
+    model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
+    sampler = CropSampler.from_folder(args.data, args.crop, seed=args.seed + rank)
+    step = 0
+    ckpt_path = args.out / "checkpoint.pt"
+    if ckpt_path.exists():
+        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        step = ckpt["step"]
+        sampler.set_state(ckpt["sampler"])
+        torch.set_rng_state(ckpt["torch_rng"])
+        print(f"resumed from {ckpt_path} at step {step}", flush=True)
+    train_model = model
+    if distributed:
+        train_model = torch.nn.parallel.DistributedDataParallel(model)
+    forward = torch.compile(train_model) if args.compile else train_model
+    eval_images = []
+    if rank == 0 and args.eval_every and args.eval_data.exists():
+        eval_images = [load_rgb(p) for p in list_images(args.eval_data)[: args.eval_images]]
+
+    log_path = args.out / "log.csv"
+    new_log = not log_path.exists()
+    log_file = open(log_path, "a", newline="")
+    log = csv.writer(log_file)
+    if new_log:
+        log.writerow(["step", "wall_s", "lr", "loss", "bpp", "psnr"])
+    start = time.time()
+    autocast_dtype = torch.bfloat16 if args.bf16 else None
+    sums = {"loss": 0.0, "bpp": 0.0, "psnr": 0.0}
+    n = 0
+    while step < args.steps:
+        lr = learning_rate(args, step)
+        for g in optimizer.param_groups:
+            g["lr"] = lr
+        x = sampler.batch(args.batch).to(device).contiguous(memory_format=torch.channels_last)
+        quality = 1.0 + 7.0 * torch.rand(args.batch)
+        lmbda = quality_lambda(quality).float().to(device)
+        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            out = forward(x, quality.to(device))
+        losses = rate_distortion_loss(out, x, lmbda)
+        optimizer.zero_grad(set_to_none=True)
+        losses["loss"].backward()
+        if args.clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip)
+        optimizer.step()
+        step += 1
+        n += 1
+        for k in sums:
+            sums[k] += float(losses[k])
+        if rank == 0 and step % args.log_every == 0:
+            avg = {k: v / n for k, v in sums.items()}
+            elapsed = time.time() - start
+            print(
+                f"step {step} | {elapsed / 60:.1f} min | lr {lr:.2e} | loss {avg['loss']:.4f} | "
+                f"bpp {avg['bpp']:.4f} | psnr {avg['psnr']:.2f}",
+                flush=True,
+            )
+            log.writerow([step, round(elapsed, 1), lr, avg["loss"], avg["bpp"], avg["psnr"]])
+            log_file.flush()
+            sums = dict.fromkeys(sums, 0.0)
+            n = 0
+        done = step >= args.steps or (args.minutes and time.time() - start > args.minutes * 60)
+        if rank == 0 and (step % args.save_every == 0 or done):
+            save_checkpoint(ckpt_path, model, optimizer, step, sampler, config)
+        if rank == 0 and eval_images and step % args.eval_every == 0:
+            result = evaluate(model, eval_images, device)
+            print("eval " + " ".join(f"{k} {v:.4f}" for k, v in result.items()), flush=True)
+            with open(args.out / "eval.csv", "a") as f:
+                f.write(f"{step}," + ",".join(f"{k}={v:.4f}" for k, v in result.items()) + "\n")
+        if done:
+            break
+    log_file.close()
+
+
+def save_checkpoint(path: Path, model, optimizer, step: int, sampler: CropSampler, config: ModelConfig) -> None:
+    """Write the resumable checkpoint and the float safetensors beside it, atomically."""
+    from ..weights import save_float_state
+
+    tmp = path.with_suffix(".tmp")
+    torch.save(
+        {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "step": step,
+            "sampler": sampler.state(),
+            "torch_rng": torch.get_rng_state(),
+            "config": config.to_dict(),
+        },
+        tmp,
+    )
+    os.replace(tmp, path)
+    save_float_state(path.with_name("float.safetensors"), model.state_dict(), config, {"step": str(step)})
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

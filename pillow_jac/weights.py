@@ -1,0 +1,82 @@
+"""Weights files: safetensors (no pickle), a manifest in the header, and a content hash.
+
+A shipped weights file (``weights/*.safetensors``) holds three groups of tensors:
+
+* ``float.*``: the float parameters of the trained model (g_a, g_s, h_a, gains, and the float
+  masters of everything else, so that training can resume from the shipped file);
+* ``int.*``: the integer networks of the exact entropy path (format_spec/SPEC.md section 7);
+* ``table.*``: the integer coding tables (SPEC.md section 6).
+
+The safetensors metadata carries the manifest: ``model_id``, the architecture (``config``, JSON)
+and training notes. The weights hash written into every ``.jac`` header is the first 8 bytes of
+the SHA-256 of the ``int.*`` and ``table.*`` tensors and the decoder's float tensors, computed by
+:func:`content_hash` (SPEC.md section 3).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+__all__ = ["load_float_state", "save_float_state", "load_weights", "save_weights", "content_hash", "WeightsError"]
+
+
+class WeightsError(OSError):
+    """A weights file is missing, malformed or does not match its manifest."""
+
+
+def save_float_state(path: str | Path, state: dict[str, torch.Tensor], config: Any, extra: dict[str, str]) -> None:
+    """Write a float state dict as ``float.*`` tensors with the architecture in the metadata."""
+    tensors = {f"float.{k}": v.detach().float().contiguous().cpu() for k, v in state.items()}
+    metadata = {"config": json.dumps(config.to_dict()), **extra}
+    tmp = Path(path).with_suffix(".tmp")
+    save_file(tensors, str(tmp), metadata=metadata)
+    tmp.replace(path)
+
+
+def load_float_state(path: str | Path, device: str = "cpu") -> dict[str, torch.Tensor]:
+    """The ``float.*`` tensors of a weights file as a state dict (prefix removed)."""
+    tensors, _ = load_weights(path, device=device, prefix="float.")
+    return tensors
+
+
+def load_weights(path: str | Path, device: str = "cpu", prefix: str = "") -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Every tensor whose name starts with ``prefix`` (prefix removed), and the metadata."""
+    try:
+        with safe_open(str(path), framework="pt", device=device) as f:
+            metadata = dict(f.metadata() or {})
+            tensors = {k[len(prefix) :]: f.get_tensor(k) for k in f.keys() if k.startswith(prefix)}
+    except FileNotFoundError:
+        raise
+    except Exception as exc:  # safetensors raises its own error types for malformed files
+        raise WeightsError(f"cannot read weights file {path}: {exc}") from exc
+    return tensors, metadata
+
+
+def save_weights(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+    """Write ``tensors`` and ``metadata`` atomically (the file is replaced only once complete)."""
+    tmp = Path(path).with_suffix(".tmp")
+    save_file({k: v.contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+    tmp.replace(path)
+
+
+def content_hash(tensors: dict[str, torch.Tensor]) -> bytes:
+    """8-byte SHA-256 prefix over the sorted tensor names, dtypes, shapes and bytes.
+
+    Example:
+        >>> import torch
+        >>> content_hash({"a": torch.zeros(2, dtype=torch.int32)}).hex()
+        'e6ff4a59df2c1c0d'
+    """
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().contiguous().cpu()
+        h.update(f"{name}|{str(t.dtype)}|{tuple(t.shape)}|".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.digest()[:8]
