@@ -1,0 +1,49 @@
+"""pillow_jac: the JAC learned image codec as a Pillow and imageio file format.
+
+Importing the package registers the ``.jac`` format with Pillow (and with imageio when it is
+installed). It does not import torch: that happens on the first encode or decode.
+
+Example:
+    >>> import pillow_jac
+    >>> from PIL import Image
+    >>> "JAC" in Image.OPEN
+    True
+    >>> pillow_jac.register()  # idempotent; only needed after Pillow's registry was reset
+    >>> pillow_jac.__version__
+    '0.1.0'
+
+The array API, :func:`encode` and :func:`decode`, is :mod:`pillow_jac.codec`'s, re-exported lazily.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+__all__ = ["__version__", "register", "encode", "decode"]
+
+if TYPE_CHECKING:
+    from .codec import decode, encode
+
+
+def register() -> None:
+    """Register JAC with Pillow, and with imageio if it is installed. Safe to call repeatedly."""
+    from . import JacImagePlugin, imageio_plugin
+
+    JacImagePlugin.register()
+    imageio_plugin.register()
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("encode", "decode"):
+        from . import codec
+
+        return getattr(codec, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), "encode", "decode"])
+
+
+register()

@@ -1,12 +1,235 @@
 """Where the container and the model meet: numpy images <-> ``.jac`` bytes.
 
-API (stable; the Pillow/imageio plugins and the CLI call only these):
+The public API (what the Pillow and imageio plugins and the CLI call):
 
 * :func:`encode` ``(image, quality=DEFAULT_QUALITY, *, icc_profile=None, exif=None, xmp=None,
-  device=None) -> bytes``; ``image`` is a uint8 numpy array ``(H, W)`` (L), ``(H, W, 2)`` (LA),
+  device=None) -> bytes``; ``image`` is a uint8 array ``(H, W)`` (L), ``(H, W, 2)`` (LA),
   ``(H, W, 3)`` (RGB) or ``(H, W, 4)`` (RGBA), or a PIL image in one of those modes.
 * :func:`decode` ``(data, *, device=None) -> numpy.ndarray``; ``data`` is ``bytes`` or a parsed
   :class:`pillow_jac.container.JacFile`; the array has the layout of the encoded image.
 
-Implementation in progress.
+The colour planes go through the network (gray images as three equal planes, returned as
+``round(0.299 R + 0.587 G + 0.114 B)``); alpha is stored losslessly beside them
+(SPEC.md section 5). Images are padded to a multiple of 64 by repeating the edge pixels and
+cropped back after decoding.
+
+Example:
+    >>> import numpy as np
+    >>> rgb = np.zeros((20, 30, 3), np.uint8)
+    >>> data = encode(rgb, quality=2)
+    >>> decode(data).shape
+    (20, 30, 3)
 """
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import container
+from .constants import DEFAULT_QUALITY, validate_quality
+
+__all__ = ["encode", "decode", "encode_symbols", "decode_symbols", "CodecError"]
+
+_LAYOUT_BY_CHANNELS = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}
+
+
+class CodecError(ValueError):
+    """A file cannot be decoded by this installation (wrong model, corrupt stream)."""
+
+
+def _as_array(image) -> tuple[np.ndarray, str]:
+    """A uint8 ``(H, W, C)`` array and its layout from an array or a PIL image."""
+    if hasattr(image, "mode") and hasattr(image, "getbands"):
+        if image.mode not in ("RGB", "L", "RGBA", "LA"):
+            raise ValueError(f"cannot encode mode {image.mode!r}: convert to RGB, RGBA, L or LA first")
+        image = np.asarray(image)
+    arr = np.asarray(image)
+    if arr.dtype != np.uint8:
+        raise ValueError(f"expected a uint8 array, got {arr.dtype}")
+    if arr.ndim == 2:
+        arr = arr[:, :, None]
+    if arr.ndim != 3 or arr.shape[2] not in _LAYOUT_BY_CHANNELS:
+        raise ValueError(f"expected an (H, W) or (H, W, 1-4) array, got shape {arr.shape}")
+    if arr.shape[0] < 1 or arr.shape[1] < 1:
+        raise ValueError("the image is empty")
+    return arr, _LAYOUT_BY_CHANNELS[arr.shape[2]]
+
+
+def _color_planes(arr: np.ndarray, layout: str) -> np.ndarray:
+    """The ``(H, W, 3)`` planes that go through the network (gray repeated three times)."""
+    return arr[:, :, :3] if layout in ("RGB", "RGBA") else np.repeat(arr[:, :, :1], 3, axis=2)
+
+
+def _torch():
+    import torch
+
+    return torch
+
+
+def encode(
+    image,
+    quality: float = DEFAULT_QUALITY,
+    *,
+    icc_profile: bytes | None = None,
+    exif: bytes | None = None,
+    xmp: bytes | None = None,
+    device=None,
+    weights=None,
+) -> bytes:
+    """Compress an image to ``.jac`` bytes.
+
+    Args:
+        image: uint8 array ``(H, W)``, ``(H, W, 2)``, ``(H, W, 3)`` or ``(H, W, 4)``, or a PIL image
+            of mode L, LA, RGB or RGBA.
+        quality: 1 (smallest) to 8 (best); fractions interpolate. Stored to 1/256.
+        icc_profile, exif, xmp: metadata stored in ancillary chunks.
+        device: torch device (default: ``JAC_DEVICE`` or cpu).
+        weights: path of a weights file (default: the shipped one).
+
+    Returns:
+        The complete file.
+    """
+    arr, layout = _as_array(image)
+    q = container.quantize_quality(validate_quality(quality))
+    height, width = arr.shape[:2]
+    if max(height, width) > container.C.MAX_DIMENSION:
+        raise ValueError(f"images are limited to {container.C.MAX_DIMENSION} pixels per side")
+    from .engine import get_engine
+
+    engine = get_engine(device, weights)
+    z_hat, y_hat = _analyze(_color_planes(arr, layout), q, engine)
+    z_stream = engine.prior.encode_z(z_hat) if z_hat is not None else b""
+    torch = _torch()
+    with torch.inference_mode():
+        psi = engine.prior.hyper_features(torch.from_numpy(z_hat), y_hat.shape[1:]) if z_hat is not None else None
+        y_stream = engine.prior.encode_y(y_hat, psi)
+    alpha_method, alpha = 0, None
+    if layout in ("RGBA", "LA"):
+        alpha_method, alpha = container.compress_alpha(np.ascontiguousarray(arr[:, :, -1]).tobytes(), width, height)
+    jac = container.JacFile.create(
+        width=width,
+        height=height,
+        layout=layout,
+        quality=q,
+        model_id=engine.model_id,
+        weights_hash=engine.weights_hash,
+        z_stream=z_stream,
+        y_stream=y_stream,
+        alpha=alpha,
+        alpha_method=alpha_method,
+        icc_profile=icc_profile,
+        exif=exif,
+        xmp=xmp,
+    )
+    return container.serialize(jac)
+
+
+def _analyze(color: np.ndarray, quality: float, engine) -> tuple[np.ndarray | None, np.ndarray]:
+    """g_a and h_a on the padded image, then rounding: the integer latents ``(z_hat, y_hat)``."""
+    torch = _torch()
+    from .exact_prior import SYMBOL_LIMIT
+
+    height, width = color.shape[:2]
+    (yh, yw), _ = container.latent_shapes(width, height)
+    model = engine.model
+    with torch.inference_mode():
+        x = torch.from_numpy(np.array(color, copy=True)).to(engine.device).permute(2, 0, 1)[None].float() / 255.0
+        x = torch.nn.functional.pad(x, (0, yw * 16 - width, 0, yh * 16 - height), mode="replicate")
+        if engine.device.type == "cpu":
+            x = x.contiguous(memory_format=torch.channels_last)
+        y = model.g_a(x) * model.gains(torch.tensor([quality], dtype=torch.float64)).to(x)
+        y_hat = torch.round(y).clamp(-SYMBOL_LIMIT, SYMBOL_LIMIT)[0].cpu().numpy().astype(np.int64)
+        z_hat = None
+        if engine.config.hyperprior:
+            z = model.h_a(y)
+            z_hat = torch.round(z).clamp(-SYMBOL_LIMIT, SYMBOL_LIMIT)[0].cpu().numpy().astype(np.int64)
+    return z_hat, y_hat
+
+
+def encode_symbols(image, quality: float = DEFAULT_QUALITY, *, device=None, weights=None):
+    """The integer latents ``(z_hat, y_hat)`` that :func:`encode` writes for ``image``."""
+    from .engine import get_engine
+
+    arr, layout = _as_array(image)
+    q = container.quantize_quality(validate_quality(quality))
+    return _analyze(_color_planes(arr, layout), q, get_engine(device, weights))
+
+
+def _parse(data) -> container.JacFile:
+    if isinstance(data, container.JacFile):
+        return data
+    return container.parse(bytes(data))
+
+
+def _engine_for(jac: container.JacFile, device, weights):
+    from .engine import get_engine
+
+    engine = get_engine(device, weights)
+    h = jac.header
+    if h.model_id != engine.model_id or h.weights_hash != engine.weights_hash:
+        raise CodecError(
+            f"this file needs model {h.model_id!r} (weights {h.weights_hash.hex()}), but the installed "
+            f"weights are {engine.model_id!r} ({engine.weights_hash.hex()})"
+        )
+    return engine
+
+
+def decode_symbols(data, *, device=None, weights=None) -> tuple[np.ndarray | None, np.ndarray]:
+    """The integer latents ``(z_hat, y_hat)`` of a file (``z_hat`` is None without hyperprior).
+
+    These are exact: the same on every machine, device and thread count (CODING.md section 7).
+    """
+    jac = _parse(data)
+    engine = _engine_for(jac, device, weights)
+    return _decode_latents(jac, engine)
+
+
+def _decode_latents(jac: container.JacFile, engine):
+    torch = _torch()
+    h = jac.header
+    with torch.inference_mode():
+        z_hat, psi = None, None
+        if engine.config.hyperprior:
+            z_hat = engine.prior.decode_z(jac.z_stream, engine.config.N, h.z_shape)
+            psi = engine.prior.hyper_features(torch.from_numpy(z_hat), h.y_shape)
+        y_hat = engine.prior.decode_y(jac.y_stream, psi, h.y_shape)
+    return z_hat, y_hat
+
+
+def decode(data, *, device=None, weights=None) -> np.ndarray:
+    """Decompress ``.jac`` bytes (or a parsed :class:`~pillow_jac.container.JacFile`) to pixels.
+
+    Returns:
+        uint8 array: ``(H, W, 3)`` for RGB, ``(H, W, 4)`` RGBA, ``(H, W)`` L, ``(H, W, 2)`` LA.
+
+    Raises:
+        ValueError: the file is malformed (:class:`~pillow_jac.container.JacFormatError`), was made
+            with other weights (:class:`CodecError`) or its streams are corrupt.
+    """
+    jac = _parse(data)
+    engine = _engine_for(jac, device, weights)
+    h = jac.header
+    alpha = None
+    if h.layout in ("RGBA", "LA"):
+        raw = container.decompress_alpha(jac.alpha_method, jac.alpha, h.width, h.height)
+        alpha = np.frombuffer(raw, np.uint8).reshape(h.height, h.width)
+    _, y_hat = _decode_latents(jac, engine)
+    torch = _torch()
+    model = engine.model
+    with torch.inference_mode():
+        y = torch.from_numpy(y_hat).to(engine.device).float()[None]
+        inverse = model.gains(torch.tensor([h.quality], dtype=torch.float64), inverse=True).to(y)
+        y = y * inverse
+        if engine.device.type == "cpu":
+            y = y.contiguous(memory_format=torch.channels_last)
+        x_hat = model.g_s(y)[0, :, : h.height, : h.width]
+        rgb = (x_hat.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+    if h.layout in ("L", "LA"):
+        weights_ = np.array([299, 587, 114], np.int64)
+        gray = ((rgb.astype(np.int64) * weights_).sum(axis=2) + 500) // 1000
+        planes = [gray.astype(np.uint8)]
+    else:
+        planes = [rgb[:, :, c] for c in range(3)]
+    if alpha is not None:
+        planes.append(alpha)
+    return planes[0] if len(planes) == 1 else np.ascontiguousarray(np.stack(planes, axis=2))

@@ -30,8 +30,8 @@ MEAN_STEPS = 16
 CDF_PRECISION = 16
 #: probability mass left in each tail of a Gaussian table before the escape symbols.
 TAIL_MASS = 1e-7
-#: escape codes: magnitude classes coded with a flat table of this many entries.
-ESCAPE_CLASSES = 32
+#: escape codes: magnitude classes (Elias-gamma exponents) coded with a flat table of this many entries.
+ESCAPE_CLASSES = 24
 
 #: fixed-point fractional bits of the integer network activations and outputs (SPEC.md section 7).
 ACTIVATION_BITS = 8
@@ -67,3 +67,21 @@ def validate_quality(quality: float) -> float:
             f"fractions allowed; got {quality!r}{hint}"
         )
     return q
+
+
+# Container (SPEC.md sections 3-5 and 8). Chunk types are 4 bytes: an uppercase first letter marks a
+# critical chunk (a decoder that does not know it rejects the file), a lowercase one an ancillary chunk.
+CHUNK_JHDR = b"JHDR"  #: header, first chunk, fixed size
+CHUNK_ZSTR = b"ZSTR"  #: range-coder stream of the hyper-latent z
+CHUNK_YSTR = b"YSTR"  #: range-coder stream of the latent y
+CHUNK_ALPH = b"ALPH"  #: alpha plane (layouts RGBA and LA only)
+CHUNK_JEND = b"JEND"  #: empty, last chunk
+CHUNK_ICCP = b"iccp"  #: ICC profile
+CHUNK_EXIF = b"exif"  #: EXIF block
+CHUNK_XMP = b"xmp "  #: XMP packet
+#: byte length of the JHDR chunk's data.
+JHDR_LENGTH = 54
+#: JHDR layout code -> Pillow mode (the code is the index).
+LAYOUTS = ("RGB", "L", "RGBA", "LA")
+#: ALPH method byte 0: zlib stream (RFC 1950) of the raw row-major H*W uint8 alpha plane.
+ALPHA_METHOD_ZLIB = 0

@@ -1,0 +1,274 @@
+"""Pillow plugin for JAC (``.jac``) images: read, write, and register the format.
+
+Importing this module (``import pillow_jac`` does it) registers the ``"JAC"`` format with Pillow:
+:func:`PIL.Image.open` then recognises ``.jac`` files by their signature, and :meth:`PIL.Image.Image.save`
+writes them for the ``.jac`` extension or ``format="JAC"``.
+
+Opening a file reads only the container (header and metadata chunks, standard library only): the
+neural decoder, and with it torch, is imported the first time pixels are needed (``load()``,
+``getpixel``, ``convert``, ``save``, ...).
+
+Save options (``im.save(fp, "JAC", **options)``):
+
+* ``quality``: number from 1 (smallest files) to 8 (best quality), fractions allowed; default
+  :data:`pillow_jac.constants.DEFAULT_QUALITY`. JPEG-style values such as 75 raise ``ValueError``.
+* ``icc_profile``, ``exif``, ``xmp``: metadata to store. **By default the image's own**
+  ``im.info["icc_profile"]``, ``im.info["exif"]`` and ``im.info["xmp"]`` **are kept** (unlike Pillow's
+  JPEG and WebP writers, which keep only the ICC profile); pass ``exif=b""`` (or ``None``) to drop one.
+  ``exif`` may also be a :class:`PIL.Image.Exif`; ``xmp`` may be ``str`` or ``bytes``.
+* ``device``: torch device for the encoder (``"cpu"``, ``"cuda"``, ``"auto"``); default from
+  ``JAC_DEVICE``, see the README.
+
+Modes: ``L``, ``LA``, ``RGB`` and ``RGBA`` are stored as they are. Other modes are converted first:
+``1`` -> ``L``; ``P`` -> ``RGBA`` when it has transparency, else ``RGB``; ``PA`` -> ``RGBA``;
+``La`` -> ``LA``; ``RGBa`` -> ``RGBA``; ``RGBX``, ``CMYK``, ``YCbCr``, ``HSV`` -> ``RGB`` (Pillow's
+conversions; CMYK -> RGB is Pillow's naive one, with no colour management). JAC stores 8 bits per channel, and
+there is no single right way to bring high-bit-depth or float data (``I;16*``, ``I``, ``F``) to 8 bits,
+so those modes (and ``LAB``) raise ``ValueError``; convert them yourself first.
+
+Failed saves: the whole file is encoded in memory before the first byte is written, so an error
+(bad option, unsupported mode, encoder failure) never leaves a partial ``.jac``. Pillow opens a path
+target before calling the writer: if that path did not exist, Pillow removes it again on error;
+if it did exist, Pillow has already truncated it, and it stays empty.
+
+Example:
+    >>> from PIL import Image
+    >>> import pillow_jac  # registers the format
+    >>> Image.registered_extensions()[".jac"]
+    'JAC'
+    >>> Image.MIME["JAC"]
+    'image/x-jac'
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import IO, TYPE_CHECKING, Any
+
+from PIL import Image, ImageFile
+
+from . import container
+from .constants import DEFAULT_QUALITY, MAGIC, validate_quality
+
+if TYPE_CHECKING:
+    import numpy as np
+
+__all__ = ["JacImageFile", "JacDecoder", "register", "SUPPORTED_MODES", "NATIVE_MODES"]
+
+#: modes stored without conversion; also the modes :class:`JacImageFile` opens as.
+NATIVE_MODES = ("L", "LA", "RGB", "RGBA")
+#: modes converted before encoding (``P`` depends on transparency, see :func:`_native_mode`).
+CONVERTED_MODES = {
+    "1": "L",
+    "PA": "RGBA",
+    "La": "LA",
+    "RGBa": "RGBA",
+    "RGBX": "RGB",
+    "CMYK": "RGB",
+    "YCbCr": "RGB",
+    "HSV": "RGB",
+}
+#: every mode :func:`_save` accepts.
+SUPPORTED_MODES = (*NATIVE_MODES, "P", *CONVERTED_MODES)
+
+
+def _accept(prefix: bytes) -> bool:
+    """Return whether ``prefix`` (the first bytes of a file) starts with the JAC signature.
+
+    Example:
+        >>> _accept(MAGIC + bytes(8))
+        True
+        >>> _accept(b"GIF89a")
+        False
+    """
+    return prefix[: len(MAGIC)] == MAGIC
+
+
+# --------------------------------------------------------------------------- container access
+
+
+def _read_container(fp: IO[bytes], header: container.JacHeader | None = None) -> container.JacFile:
+    """Read a whole ``.jac`` file (after ``header`` when given), turning stray low-level errors into ``OSError``.
+
+    ``SyntaxError`` (wrong signature) and :class:`container.JacFormatError` (a ``ValueError``) pass
+    through unchanged.
+    """
+    try:
+        return container.read_file(fp, header)
+    except (EOFError, struct.error, IndexError, TypeError, UnicodeDecodeError) as e:
+        raise OSError(f"truncated or corrupt JAC file: {e}") from e
+
+
+# --------------------------------------------------------------------------- reading
+
+
+class JacImageFile(ImageFile.ImageFile):
+    """A ``.jac`` image opened by :func:`PIL.Image.open`.
+
+    After opening, ``size`` and ``mode`` (``L``, ``LA``, ``RGB`` or ``RGBA``) are known and ``info``
+    holds ``quality`` (float), ``model_id`` (str) and, when the file has them, ``icc_profile``,
+    ``exif`` and ``xmp`` (bytes, exactly as they were saved). Pixels are decoded on ``load()``.
+    """
+
+    format = "JAC"
+    format_description = "JAC learned image codec"
+
+    def _open(self) -> None:
+        assert self.fp is not None
+        if not _accept(self.fp.read(len(MAGIC))):
+            msg = "not a JAC file"
+            raise SyntaxError(msg)
+        self.fp.seek(0)
+        try:
+            header = container.read_header(self.fp)
+        except (EOFError, struct.error, IndexError, TypeError, UnicodeDecodeError) as e:
+            raise OSError(f"truncated or corrupt JAC header: {e}") from e
+        size = (header.width, header.height)
+        # Refuse a bomb before reading the chunks; Image.open warns (and checks again) after _open.
+        try:
+            Image._decompression_bomb_check(size, error_only=True)
+        except TypeError:  # Pillow < 11.1 has no error_only
+            Image._decompression_bomb_check(size)
+
+        # The metadata chunks come after JHDR: read the rest of the container (bytes only, no torch).
+        jac = _read_container(self.fp, header)
+        self._size = size
+        self._mode = header.layout
+        self.info["quality"] = float(header.quality)
+        self.info["model_id"] = header.model_id
+        for name in ("icc_profile", "exif", "xmp"):
+            value = getattr(jac, name)
+            if value:
+                self.info[name] = bytes(value)
+        self.tile = [ImageFile._Tile("JAC", (0, 0, *size), 0, None)]
+
+
+class JacDecoder(ImageFile.PyDecoder):
+    """Pillow decoder for the ``"JAC"`` tile: reads the container from the file and runs the codec.
+
+    Any failure surfaces as ``OSError`` or ``ValueError`` (never a torch or constriction exception).
+    """
+
+    _pulls_fd = True
+
+    def decode(self, buffer: bytes | Image.SupportsArrayInterface) -> tuple[int, int]:
+        """Decode the whole image in one call (``buffer`` is unused: the decoder reads the file)."""
+        assert self.fd is not None
+        jac = _read_container(self.fd)
+        pixels = _decode_pixels(jac)
+        width, height = self.state.xsize, self.state.ysize
+        expected = (height, width) if self.mode == "L" else (height, width, len(self.mode))
+        if tuple(pixels.shape) != expected or pixels.dtype.name != "uint8":
+            msg = f"JAC decoder returned {pixels.dtype.name} {tuple(pixels.shape)}, expected uint8 {expected}"
+            raise OSError(msg)
+        self.set_as_raw(pixels.tobytes(), self.mode)
+        return -1, 0
+
+
+def _decode_pixels(jac: Any, device: str | None = None) -> np.ndarray:
+    """Run :func:`pillow_jac.codec.decode`, mapping foreign exception types to ``OSError``."""
+    from . import codec  # imports torch: only now that pixels are wanted
+
+    try:
+        return codec.decode(jac, device=device)
+    except (OSError, ValueError, MemoryError):
+        raise
+    except Exception as e:  # torch / constriction / internal errors
+        raise OSError(f"cannot decode JAC image: {type(e).__name__}: {e}") from e
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def _native_mode(im: Image.Image) -> str:
+    """Return the mode ``im`` is stored as, or raise ``ValueError`` for modes JAC cannot hold.
+
+    Example:
+        >>> from PIL import Image
+        >>> _native_mode(Image.new("CMYK", (1, 1)))
+        'RGB'
+        >>> _native_mode(Image.new("I;16", (1, 1)))  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ValueError: cannot write mode I;16 as JAC: ...
+    """
+    mode = im.mode
+    if mode in NATIVE_MODES:
+        return mode
+    if mode == "P":
+        has_alpha = "transparency" in im.info or (im.palette is not None and im.palette.mode == "RGBA")
+        return "RGBA" if has_alpha else "RGB"
+    if mode in CONVERTED_MODES:
+        return CONVERTED_MODES[mode]
+    msg = (
+        f"cannot write mode {mode} as JAC: JAC stores 8-bit L, LA, RGB or RGBA (and converts "
+        f"{', '.join(['P', *CONVERTED_MODES])}); convert the image to one of those first"
+    )
+    if mode.startswith("I") or mode == "F":
+        msg += ", choosing how to map its values to 0-255"
+    raise ValueError(msg)
+
+
+def _metadata_bytes(value: Any, name: str) -> bytes | None:
+    if value is None:
+        return None
+    if isinstance(value, Image.Exif):
+        value = value.tobytes()
+    if isinstance(value, str):
+        value = value.encode("utf-8")
+    if not isinstance(value, (bytes, bytearray, memoryview)):
+        msg = f"{name} must be bytes, got {type(value).__name__}"
+        raise TypeError(msg)
+    value = bytes(value)
+    return value or None
+
+
+def _encode_image(im: Image.Image, encoderinfo: dict[str, Any]) -> bytes:
+    """Encode ``im`` with Pillow-style ``encoderinfo`` options; return the whole ``.jac`` file."""
+    quality = validate_quality(encoderinfo.get("quality", DEFAULT_QUALITY))
+    meta = {
+        name: _metadata_bytes(encoderinfo.get(name, im.info.get(name)), name) for name in ("icc_profile", "exif", "xmp")
+    }
+    mode = _native_mode(im)
+    if im.mode != mode:
+        im = im.convert(mode)
+
+    import numpy as np
+
+    from . import codec
+
+    pixels = np.asarray(im)
+    try:
+        return codec.encode(pixels, quality, device=encoderinfo.get("device"), **meta)
+    except (OSError, ValueError, TypeError, MemoryError):
+        raise
+    except Exception as e:  # torch / constriction / internal errors
+        raise OSError(f"cannot encode JAC image: {type(e).__name__}: {e}") from e
+
+
+def _save(im: Image.Image, fp: IO[bytes], filename: str | bytes) -> None:
+    data = _encode_image(im, im.encoderinfo)
+    # Nothing is written until the file is complete in memory (see the module docstring).
+    fp.write(data)
+
+
+# --------------------------------------------------------------------------- registration
+
+
+def register() -> None:
+    """Register the JAC format with Pillow (open, save, ``.jac``, MIME type, decoder); idempotent.
+
+    Example:
+        >>> register(); register()
+        >>> from PIL import Image
+        >>> "JAC" in Image.OPEN and "JAC" in Image.SAVE
+        True
+    """
+    Image.register_open(JacImageFile.format, JacImageFile, _accept)
+    Image.register_save(JacImageFile.format, _save)
+    Image.register_extension(JacImageFile.format, ".jac")
+    Image.register_mime(JacImageFile.format, "image/x-jac")
+    Image.register_decoder("JAC", JacDecoder)
+
+
+register()

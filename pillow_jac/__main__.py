@@ -1,0 +1,8 @@
+"""``python -m pillow_jac``: the ``jac`` command line tool (see :mod:`pillow_jac.cli`)."""
+
+import sys
+
+from pillow_jac.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,447 @@
+"""The ``jac`` command line tool (also ``python -m pillow_jac``).
+
+Commands::
+
+    jac encode IN OUT.jac [-q Q] [--strip] [--device D]   any image Pillow reads -> .jac
+    jac decode IN.jac OUT [--device D]                    .jac -> any format Pillow writes (by extension)
+    jac info FILE.jac [--json]                            header, metadata and sizes; never imports torch
+    jac batch IN_DIR OUT_DIR --to jac|png [-q Q] [-j N] [-r] [--device D]
+
+Exit status: 0 on success, 1 on any error (one line ``jac: error: ...`` on stderr, no traceback),
+2 for command line usage errors (argparse's convention), 130 when interrupted.
+
+Outputs are written to a temporary file next to the target and renamed into place, so a failed or
+interrupted command never leaves a partial or truncated output file.
+
+Example:
+    >>> main(["--version"])  # doctest: +ELLIPSIS
+    jac (pillow_jac) ...
+    0
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future
+from pathlib import Path
+from typing import IO, Any
+
+from . import __version__
+from .constants import DEFAULT_QUALITY, validate_quality
+
+__all__ = ["main", "build_parser"]
+
+PROG = "jac"
+
+
+class CliError(Exception):
+    """An error reported as one line on stderr, with exit status 1."""
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _quality(text: str) -> float:
+    try:
+        return validate_quality(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _write_atomic(path: Path, write: Callable[[IO[bytes]], None]) -> None:
+    """Call ``write(fileobj)`` on a temporary file next to ``path``, then rename it to ``path``."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def _pillow_format_for(path: Path) -> str:
+    from PIL import Image
+
+    ext = path.suffix.lower()
+    if not ext:
+        raise CliError(f"{path}: output has no file extension to choose a format from (e.g. .png)")
+    Image.init()
+    fmt = Image.registered_extensions().get(ext)
+    if fmt is None or fmt not in Image.SAVE:
+        raise CliError(f"{path}: Pillow cannot write '{ext}' files")
+    return fmt
+
+
+def encode_file(src: Path, dst: Path, quality: float, *, strip: bool = False, device: str | None = None) -> int:
+    """Encode any image Pillow can read to ``dst`` (``.jac``); return the bytes written."""
+    from PIL import Image
+
+    from . import JacImagePlugin
+
+    with Image.open(src) as im:
+        im.load()
+        options: dict[str, Any] = {"quality": quality, "device": device}
+        if strip:
+            options.update(icc_profile=None, exif=None, xmp=None)
+        data = JacImagePlugin._encode_image(im, options)
+    _write_atomic(dst, lambda f: f.write(data))
+    return len(data)
+
+
+def _read_jac(path: Path) -> tuple[Any, int]:
+    """Parse a ``.jac`` file (container only, no torch); return it and its size in bytes."""
+    from . import JacImagePlugin
+
+    with open(path, "rb") as f:
+        if not JacImagePlugin._accept(f.read(16)):
+            raise CliError(f"{path}: not a JAC file")
+        f.seek(0)
+        jac = JacImagePlugin._read_container(f)
+        return jac, f.tell()
+
+
+def decode_file(src: Path, dst: Path, *, device: str | None = None) -> None:
+    """Decode ``src`` (``.jac``) and save it in the format ``dst``'s extension names, with its metadata."""
+    from PIL import Image
+
+    from . import JacImagePlugin
+
+    fmt = _pillow_format_for(dst)
+    jac, _ = _read_jac(src)
+    Image._decompression_bomb_check(jac.size)
+    pixels = JacImagePlugin._decode_pixels(jac, device)
+    im = Image.frombytes(jac.mode, jac.size, pixels.tobytes())
+    # Save options Pillow's writers understand; each writer ignores the ones it does not.
+    options: dict[str, Any] = {
+        name: bytes(value) for name in ("icc_profile", "exif", "xmp") if (value := getattr(jac, name))
+    }
+    if fmt in ("JPEG", "WEBP", "AVIF"):
+        options["quality"] = 95
+    if fmt == "JPEG" and im.mode in ("LA", "RGBA"):
+        im = im.convert(im.mode[:-1])
+    _write_atomic(dst, lambda f: im.save(f, format=fmt, **options))
+
+
+def file_info(path: Path) -> dict[str, Any]:
+    """Return a JSON-friendly description of a ``.jac`` file, reading the container only (no torch).
+
+    Keys: ``file``, ``version``, ``width``, ``height``, ``mode``, ``quality``, ``model_id``,
+    ``weights_hash`` (hex), ``file_bytes``, ``bpp`` (file bits per pixel), ``z_stream_bytes``,
+    ``y_stream_bytes``, ``alpha_bytes``, ``icc_profile_bytes``, ``exif_bytes``, ``xmp_bytes`` and
+    ``unknown_chunks`` (their types).
+    """
+    jac, file_bytes = _read_jac(path)
+    h = jac.header
+    return {
+        "file": str(path),
+        "version": f"{h.version[0]}.{h.version[1]}",
+        "width": h.width,
+        "height": h.height,
+        "mode": h.layout,
+        "quality": h.quality,
+        "model_id": h.model_id,
+        "weights_hash": h.weights_hash.hex(),
+        "file_bytes": file_bytes,
+        "bpp": round(8 * file_bytes / (h.width * h.height), 4),
+        "z_stream_bytes": len(jac.z_stream),
+        "y_stream_bytes": len(jac.y_stream),
+        "alpha_bytes": len(jac.alpha) if jac.alpha is not None else 0,
+        "icc_profile_bytes": len(jac.icc_profile or b""),
+        "exif_bytes": len(jac.exif or b""),
+        "xmp_bytes": len(jac.xmp or b""),
+        "unknown_chunks": [ctype.decode("latin-1") for ctype, _ in jac.unknown_chunks],
+    }
+
+
+# --------------------------------------------------------------------------- batch
+
+
+def _batch_inputs(in_dir: Path, to: str, recursive: bool) -> list[Path]:
+    from PIL import Image
+
+    if to == "jac":
+        Image.init()
+        exts = {e for e, fmt in Image.registered_extensions().items() if fmt in Image.OPEN and e != ".jac"}
+    else:
+        exts = {".jac"}
+    pattern = "**/*" if recursive else "*"
+    return sorted(p for p in in_dir.glob(pattern) if p.is_file() and p.suffix.lower() in exts)
+
+
+def _batch_job(src: str, dst: str, to: str, quality: float, device: str | None) -> tuple[int, int]:
+    """Convert one file (runs in a worker); return (input bytes, output bytes)."""
+    Path(dst).parent.mkdir(parents=True, exist_ok=True)
+    if to == "jac":
+        encode_file(Path(src), Path(dst), quality, device=device)
+    else:
+        decode_file(Path(src), Path(dst), device=device)
+    return os.path.getsize(src), os.path.getsize(dst)
+
+
+def _worker_init(threads: int) -> None:
+    try:
+        import torch
+    except ImportError:  # pragma: no cover - torch is a dependency
+        return
+    torch.set_num_threads(threads)
+
+
+class _Progress:
+    """A one-line progress bar on stderr (plain lines when stderr is not a terminal)."""
+
+    def __init__(self, total: int, stream: IO[str], enabled: bool = True) -> None:
+        self.total, self.done, self.stream, self.enabled = total, 0, stream, enabled
+        self.tty = enabled and hasattr(stream, "isatty") and stream.isatty()
+        self.start = time.monotonic()
+
+    def step(self, name: str, error: str | None = None) -> None:
+        self.done += 1
+        if error is not None:
+            self._clear()
+            print(f"{PROG}: {name}: {error}", file=self.stream)
+        if not self.enabled:
+            return
+        elapsed = time.monotonic() - self.start
+        if self.tty:
+            width = 30
+            filled = width * self.done // max(1, self.total)
+            bar = "#" * filled + "." * (width - filled)
+            self.stream.write(f"\r[{bar}] {self.done}/{self.total}  {elapsed:.1f}s")
+            if self.done == self.total:
+                self.stream.write("\n")
+        elif error is None:
+            self.stream.write(f"[{self.done}/{self.total}] {name}\n")
+        self.stream.flush()
+
+    def _clear(self) -> None:
+        if self.tty:
+            self.stream.write("\r" + " " * 60 + "\r")
+
+
+def run_batch(
+    in_dir: Path,
+    out_dir: Path,
+    to: str,
+    *,
+    quality: float = DEFAULT_QUALITY,
+    workers: int = 1,
+    recursive: bool = False,
+    device: str | None = None,
+    progress: bool = True,
+    stream: IO[str] | None = None,
+) -> tuple[int, int]:
+    """Convert every image in ``in_dir`` into ``out_dir``; return (converted, failed) counts.
+
+    With ``to="jac"`` every file Pillow can read (by extension) is encoded to ``NAME.jac``; with
+    ``to="png"`` every ``.jac`` file is decoded to ``NAME.png``. ``workers > 1`` uses that many
+    worker processes (started through a "forkserver" that has imported torch, or "spawn" where there is
+    none; never plain fork, which is unsafe once torch's thread pools run), each with
+    ``cpu_count // workers`` torch threads.
+    """
+    stream = sys.stderr if stream is None else stream
+    if not in_dir.is_dir():
+        raise CliError(f"{in_dir}: not a directory")
+    sources = _batch_inputs(in_dir, to, recursive)
+    if not sources:
+        raise CliError(f"{in_dir}: no {'images' if to == 'jac' else '.jac files'} found")
+    jobs: dict[Path, Path] = {}
+    for src in sources:
+        dst = out_dir / src.relative_to(in_dir).with_suffix("." + to)
+        if dst in jobs.values():
+            other = next(s for s, d in jobs.items() if d == dst)
+            raise CliError(f"{src} and {other} would both be written to {dst}")
+        jobs[src] = dst
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    bar = _Progress(len(jobs), stream, progress)
+    failed = 0
+    for src, result in _run_jobs(jobs, to, quality, device, workers):
+        if isinstance(result, BaseException):
+            failed += 1
+            bar.step(str(src), _one_line(result))
+        else:
+            bar.step(str(src))
+    return len(jobs) - failed, failed
+
+
+def _run_jobs(
+    jobs: dict[Path, Path], to: str, quality: float, device: str | None, workers: int
+) -> Iterator[tuple[Path, Any]]:
+    if workers <= 1:
+        for src, dst in jobs.items():
+            try:
+                yield src, _batch_job(str(src), str(dst), to, quality, device)
+            except Exception as e:
+                yield src, e
+        return
+
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    if "forkserver" in multiprocessing.get_all_start_methods():
+        # Workers fork from a server process that has imported torch but never ran it: fast to
+        # start, and no fork of a process whose torch/OpenMP thread pools are running.
+        ctx = multiprocessing.get_context("forkserver")
+        ctx.set_forkserver_preload(["pillow_jac.cli", "pillow_jac.codec", "torch"])
+    else:  # pragma: no cover - Windows
+        ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_worker_init, initargs=(threads,)) as ex:
+        futures: dict[Future[tuple[int, int]], Path] = {
+            ex.submit(_batch_job, str(src), str(dst), to, quality, device): src for src, dst in jobs.items()
+        }
+        try:
+            for fut in as_completed(futures):
+                exc = fut.exception()
+                yield futures[fut], exc if exc is not None else fut.result()
+        except BaseException:
+            for fut in futures:
+                fut.cancel()
+            raise
+
+
+# --------------------------------------------------------------------------- argument parsing
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the ``jac`` argument parser."""
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Encode, decode and inspect JAC (.jac) learned-codec images.",
+        epilog="Qualities run from 1 (smallest files) to 8 (best quality); fractions are allowed.",
+    )
+    parser.add_argument("--version", action="version", version=f"{PROG} (pillow_jac) {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def add_device(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--device",
+            default=None,
+            help="torch device: cpu, cuda or auto (default: $JAC_DEVICE, else cpu)",
+        )
+
+    def add_quality(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "-q",
+            "--quality",
+            type=_quality,
+            default=DEFAULT_QUALITY,
+            help=f"quality from 1 to 8, fractions allowed (default {DEFAULT_QUALITY:g})",
+        )
+
+    p = sub.add_parser("encode", help="encode an image to .jac", description="Encode any image Pillow reads to .jac.")
+    p.add_argument("input", type=Path, help="input image (PNG, JPEG, ...)")
+    p.add_argument("output", type=Path, help="output .jac file")
+    add_quality(p)
+    p.add_argument("--strip", action="store_true", help="drop ICC profile, EXIF and XMP (kept by default)")
+    add_device(p)
+
+    p = sub.add_parser(
+        "decode",
+        help="decode a .jac file",
+        description="Decode a .jac file to the format named by OUTPUT's extension (PNG recommended). "
+        "ICC profile, EXIF and XMP are passed on where the output format supports them.",
+    )
+    p.add_argument("input", type=Path, help="input .jac file")
+    p.add_argument("output", type=Path, help="output image, e.g. out.png")
+    add_device(p)
+
+    p = sub.add_parser("info", help="show a .jac file's header (fast: runs no decoder)")
+    p.add_argument("input", type=Path, help=".jac file")
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+    p = sub.add_parser(
+        "batch",
+        help="convert a folder of images",
+        description="Convert every image in IN_DIR to .jac (--to jac) or every .jac file to PNG (--to png).",
+    )
+    p.add_argument("in_dir", type=Path)
+    p.add_argument("out_dir", type=Path)
+    p.add_argument("--to", choices=("jac", "png"), required=True, help="output format")
+    add_quality(p)
+    p.add_argument("-j", "--jobs", type=int, default=1, metavar="N", help="worker processes (default 1)")
+    p.add_argument("-r", "--recursive", action="store_true", help="include subfolders (mirrored in OUT_DIR)")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    add_device(p)
+    return parser
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    if isinstance(e, (FileNotFoundError, IsADirectoryError, PermissionError)) and e.filename:
+        text = f"{e.filename}: {e.strerror}"
+    return text
+
+
+def _print_info(info: dict[str, Any]) -> None:
+    meta = [f"{n} {info[n + '_bytes']} B" for n in ("icc_profile", "exif", "xmp") if info[n + "_bytes"]]
+    meta += [f"unknown chunk {t!r}" for t in info["unknown_chunks"]]
+    streams = f"z {info['z_stream_bytes']} B, y {info['y_stream_bytes']} B"
+    if info["alpha_bytes"]:
+        streams += f", alpha {info['alpha_bytes']} B"
+    lines = [
+        f"{info['file']}: JAC {info['version']}, {info['width']}x{info['height']} {info['mode']}",
+        f"  quality:   {info['quality']:g}",
+        f"  model:     {info['model_id']} (weights {info['weights_hash']})",
+        f"  size:      {info['file_bytes']} bytes, {info['bpp']:.4f} bpp",
+        f"  streams:   {streams}",
+        f"  metadata:  {', '.join(meta) if meta else 'none'}",
+    ]
+    print("\n".join(lines))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``jac`` command line; return the exit status.
+
+    Args:
+        argv: arguments without the program name; ``sys.argv[1:]`` when None.
+
+    Returns:
+        0 on success, 1 on error (reported on stderr in one line). Usage errors raise
+        ``SystemExit(2)`` from argparse.
+    """
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "encode":
+            encode_file(args.input, args.output, args.quality, strip=args.strip, device=args.device)
+        elif args.command == "decode":
+            decode_file(args.input, args.output, device=args.device)
+        elif args.command == "info":
+            info = file_info(args.input)
+            if args.json:
+                print(json.dumps(info, indent=2))
+            else:
+                _print_info(info)
+        elif args.command == "batch":
+            if args.jobs < 1:
+                raise CliError("-j/--jobs must be at least 1")
+            done, failed = run_batch(
+                args.in_dir,
+                args.out_dir,
+                args.to,
+                quality=args.quality,
+                workers=args.jobs,
+                recursive=args.recursive,
+                device=args.device,
+                progress=not args.quiet,
+            )
+            if failed:
+                raise CliError(f"{failed} of {done + failed} files failed")
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # one line, no traceback
+        print(f"{PROG}: error: {_one_line(e)}", file=sys.stderr)
+        return 1
+    return 0

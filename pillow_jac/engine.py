@@ -1,0 +1,114 @@
+"""The loaded model: shipped weights on a device, built once per (weights, device) and cached.
+
+torch is imported by this module, which only :mod:`pillow_jac.codec` imports, lazily, on the first
+real encode or decode. Device choice: the ``device`` argument, else the ``JAC_DEVICE`` environment
+variable (``cpu``, ``cuda``, ``cuda:N`` or ``auto``), else ``cpu``. The default never initialises
+CUDA, so it is safe in forked worker processes (a CUDA context does not survive ``fork``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from pathlib import Path
+
+import torch
+
+from .entropy_coding import CodingTables
+from .exact_prior import ExactPrior
+from .model.integer import IntegerNetwork
+from .model.mbt2018 import JointAutoregressiveHierarchicalPrior, ModelConfig
+from .weights import WeightsError, content_hash, load_weights
+
+__all__ = ["Engine", "get_engine", "resolve_device", "default_weights_path", "DEFAULT_WEIGHTS_NAME"]
+
+DEFAULT_WEIGHTS_NAME = "mbt2018-n128m192.safetensors"
+_CACHE: dict[tuple[str, str], Engine] = {}
+_LOCK = threading.Lock()
+
+
+def default_weights_path() -> Path:
+    """``JAC_WEIGHTS`` if set, else the shipped ``weights/`` file of this source tree."""
+    env = os.environ.get("JAC_WEIGHTS")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parent.parent / "weights" / DEFAULT_WEIGHTS_NAME
+
+
+def resolve_device(device: str | torch.device | None = None) -> torch.device:
+    """The torch device to run on (see module docstring).
+
+    Example:
+        >>> str(resolve_device("cpu"))
+        'cpu'
+    """
+    choice = str(device) if device is not None else os.environ.get("JAC_DEVICE", "cpu")
+    if choice == "auto":
+        choice = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        resolved = torch.device(choice)
+    except RuntimeError as exc:
+        raise ValueError(f"unknown device {choice!r}: use cpu, cuda, cuda:N or auto") from exc
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("CUDA was requested but is not available")
+    return resolved
+
+
+class Engine:
+    """Float transforms (g_a, h_a, g_s, gains) plus the exact entropy path, on one device."""
+
+    def __init__(self, path: Path, device: torch.device):
+        tensors, metadata = load_weights(path)
+        expected = metadata.get("weights_hash")
+        actual = content_hash(tensors).hex()
+        if expected != actual:
+            raise WeightsError(f"weights file {path} is damaged: hash {actual} does not match its manifest {expected}")
+        self.model_id = metadata["model_id"]
+        self.weights_hash = bytes.fromhex(expected)
+        self.config = ModelConfig(**json.loads(metadata["config"]))
+        self.device = device
+        model = JointAutoregressiveHierarchicalPrior(self.config)
+        model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("float.")})
+        self.model = model.to(device).eval()
+        if device.type == "cpu":
+            self.model = self.model.to(memory_format=torch.channels_last)
+        templates = json.loads(metadata["integer_networks"])
+
+        def network(name: str) -> IntegerNetwork | None:
+            if name not in templates:
+                return None
+            net = IntegerNetwork.from_tensors(tensors, name, templates[name])
+            for layer in net.layers:
+                layer.weight, layer.bias = layer.weight.to(device), layer.bias.to(device)
+            return net
+
+        def tables(prefix: str) -> CodingTables | None:
+            if f"table.{prefix}_freqs" not in tensors:
+                return None
+            return CodingTables(*(tensors[f"table.{prefix}_{k}"].numpy() for k in ("freqs", "offsets", "lows")))
+
+        self.prior = ExactPrior(
+            network("h_s"),
+            network("context"),
+            network("entropy_parameters"),
+            tensors["table.y_thresholds"],
+            tables("y"),
+            tables("z"),
+            self.config.M,
+            device,
+        )
+
+
+def get_engine(device: str | torch.device | None = None, weights: str | Path | None = None) -> Engine:
+    """The cached :class:`Engine` for a device and weights file (built on first use, thread-safe)."""
+    dev = resolve_device(device)
+    path = Path(weights) if weights is not None else default_weights_path()
+    key = (str(path.resolve()), str(dev))
+    with _LOCK:
+        engine = _CACHE.get(key)
+        if engine is None:
+            if not path.exists():
+                raise WeightsError(f"weights file not found: {path} (set JAC_WEIGHTS to its location)")
+            engine = _CACHE[key] = Engine(path, dev)
+        return engine

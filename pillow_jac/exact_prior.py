@@ -1,0 +1,167 @@
+"""The exact entropy path: integer h_s, context model and g_ep, table selection, wavefront order.
+
+Everything here is integer arithmetic (held in float64 tensors, see :mod:`pillow_jac.model.integer`),
+so the encoder and any decoder, on any device and thread count, select the same coding table for
+every latent (CODING.md sections 5-7).
+
+* :meth:`ExactPrior.encode` computes every table id in one pass (quantisation is
+  ``y_hat = round(y)``, so the context of each latent is known up front), then writes the symbols
+  in wavefront order.
+* :meth:`ExactPrior.decode` reconstructs the latents wavefront by wavefront: all positions with the
+  same ``t = 3 * row + col`` depend only on positions with smaller ``t`` through the 5x5 causal
+  mask, so they are decoded together in one batched step (141 steps for a 32x48 latent instead
+  of 1536 raster steps), giving exactly the symbols of a raster-order decode.
+"""
+
+from __future__ import annotations
+
+import constriction
+import numpy as np
+import torch
+
+from .constants import ACTIVATION_BITS, ACTIVATION_LIMIT_BITS, MEAN_STEPS
+from .entropy_coding import CodingTables, EntropyCodingError, bytes_to_words, words_to_bytes
+from .model.integer import IntegerNetwork
+
+__all__ = ["ExactPrior", "SYMBOL_LIMIT", "wavefront_steps", "CAUSAL_TAPS"]
+
+#: latent symbols are clamped to +-SYMBOL_LIMIT so their fixed-point value fits the activation bound
+SYMBOL_LIMIT = 2 ** (ACTIVATION_LIMIT_BITS - ACTIVATION_BITS) - 1
+#: (row, column) offsets of the 12 causal neighbours of the 5x5 mask "A", in raster order
+CAUSAL_TAPS = [(dr, dc) for dr in (-2, -1) for dc in range(-2, 3)] + [(0, -2), (0, -1)]
+_MEAN_SHIFT = ACTIVATION_BITS - int(np.log2(MEAN_STEPS))
+
+
+def wavefront_steps(height: int, width: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Rows and columns of each wavefront ``t = 3 * row + col``, rows ascending within a step.
+
+    Example:
+        >>> [(r.tolist(), c.tolist()) for r, c in wavefront_steps(2, 4)][:4]
+        [([0], [0]), ([0], [1]), ([0], [2]), ([0, 1], [3, 0])]
+    """
+    rows, cols = np.meshgrid(np.arange(height), np.arange(width), indexing="ij")
+    t = (3 * rows + cols).ravel()
+    order = np.lexsort((rows.ravel(), t))
+    t_sorted = t[order]
+    bounds = np.flatnonzero(np.r_[True, t_sorted[1:] != t_sorted[:-1], True])
+    r, c = rows.ravel()[order], cols.ravel()[order]
+    return [(r[a:b], c[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+class ExactPrior:
+    """The integer networks and coding tables of one model (CODING.md sections 5-7).
+
+    Args:
+        h_s: integer hyper-synthesis (None without hyperprior).
+        context: integer masked 5x5 context model (None without context model).
+        entropy_parameters: integer g_ep (1x1 layers).
+        thresholds: int64 scale thresholds (fixed point) separating the scale levels.
+        y_tables: tables indexed by ``scale_index * MEAN_STEPS + mean_fraction``.
+        z_tables: one table per z channel (None without hyperprior).
+        M: latent channels.
+        device: torch device of the integer computation.
+    """
+
+    def __init__(
+        self,
+        h_s: IntegerNetwork | None,
+        context: IntegerNetwork | None,
+        entropy_parameters: IntegerNetwork,
+        thresholds: torch.Tensor,
+        y_tables: CodingTables,
+        z_tables: CodingTables | None,
+        M: int,
+        device: torch.device,
+    ):
+        self.h_s, self.context, self.entropy_parameters = h_s, context, entropy_parameters
+        self.thresholds = thresholds.double().to(device)
+        self.y_tables, self.z_tables = y_tables, z_tables
+        self.M = M
+        self.device = device
+        if context is not None:
+            layer = context.layers[0]
+            taps = torch.stack([layer.weight[:, :, 2 + dr, 2 + dc] for dr, dc in CAUSAL_TAPS], dim=2)
+            self._context_matrix = taps.reshape(taps.shape[0], -1).t().contiguous().to(device)  # (M*12, 2M)
+
+    # -- parameters -------------------------------------------------------------------------------
+    def hyper_features(self, z_hat: torch.Tensor | None, y_shape: tuple[int, int]) -> torch.Tensor | None:
+        """h_s(z_hat) in fixed point, cropped to the latent shape: ``(2M, Hy, Wy)`` or None."""
+        if self.h_s is None:
+            return None
+        psi = self.h_s(z_hat.double().to(self.device).unsqueeze(0) * 2.0**ACTIVATION_BITS)[0]
+        return psi[:, : y_shape[0], : y_shape[1]]
+
+    def table_ids(self, features: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """From g_ep inputs ``(n, C)`` to table ids and integer mean bases, both ``(n, M)`` int64."""
+        params = self.entropy_parameters.matmul(features)
+        scales, means = params[:, : self.M], params[:, self.M :]
+        index = torch.searchsorted(self.thresholds, scales.contiguous(), right=True)
+        mean_steps = torch.floor((means + 2.0 ** (_MEAN_SHIFT - 1)) * 2.0**-_MEAN_SHIFT)
+        base = torch.floor(mean_steps / MEAN_STEPS)
+        fraction = mean_steps - base * MEAN_STEPS
+        ids = index.double() * MEAN_STEPS + fraction
+        return ids.long().cpu().numpy(), base.long().cpu().numpy()
+
+    # -- z ----------------------------------------------------------------------------------------
+    def encode_z(self, z_hat: np.ndarray) -> bytes:
+        """Code ``z_hat`` ``(N, hz, wz)`` channel by channel in raster order (CODING.md 6.1)."""
+        ids = np.broadcast_to(np.arange(z_hat.shape[0])[:, None, None], z_hat.shape)
+        return self.z_tables.encode_to_bytes(z_hat.ravel(), ids.ravel())
+
+    def decode_z(self, data: bytes, channels: int, shape: tuple[int, int]) -> np.ndarray:
+        """Inverse of :meth:`encode_z`."""
+        ids = np.broadcast_to(np.arange(channels)[:, None, None], (channels, *shape))
+        z = self.z_tables.decode_from_bytes(data, ids.ravel()).reshape(channels, *shape)
+        if np.abs(z).max(initial=0) > SYMBOL_LIMIT:
+            raise EntropyCodingError("decoded hyper-latent out of range")
+        return z
+
+    # -- y ----------------------------------------------------------------------------------------
+    def encode_y(self, y_hat: np.ndarray, psi: torch.Tensor | None) -> bytes:
+        """Code ``y_hat`` ``(M, Hy, Wy)`` (clamped integers) in wavefront order (CODING.md 5, 6.2)."""
+        M, H, W = y_hat.shape
+        parts = []
+        if psi is not None:
+            parts.append(psi.reshape(2 * M, -1).t())
+        if self.context is not None:
+            fixed = torch.from_numpy(y_hat).double().to(self.device).unsqueeze(0) * 2.0**ACTIVATION_BITS
+            parts.append(self.context(fixed)[0].reshape(2 * M, -1).t())
+        ids, base = self.table_ids(torch.cat(parts, dim=1))  # (H*W, M), raster positions
+        values = y_hat.reshape(M, -1).T - base
+        encoder = constriction.stream.queue.RangeEncoder()
+        for rows, cols in wavefront_steps(H, W):
+            flat = rows * W + cols
+            self.y_tables.encode(encoder, values[flat], ids[flat])
+        return words_to_bytes(encoder.get_compressed())
+
+    def decode_y(self, data: bytes, psi: torch.Tensor | None, shape: tuple[int, int]) -> np.ndarray:
+        """Inverse of :meth:`encode_y`: ``(M, Hy, Wy)`` int64 symbols."""
+        M = self.M
+        H, W = shape
+        decoder = constriction.stream.queue.RangeDecoder(bytes_to_words(data))
+        # fixed-point y_hat with a 2-latent border on top, left and right (zeros = "not available")
+        padded = torch.zeros(M, H + 2, W + 4, dtype=torch.float64, device=self.device)
+        psi_rows = psi.reshape(2 * M, -1).t() if psi is not None else None
+        taps_r = torch.tensor([dr for dr, _ in CAUSAL_TAPS], device=self.device)
+        taps_c = torch.tensor([dc for _, dc in CAUSAL_TAPS], device=self.device)
+        out = np.empty((M, H, W), np.int64)
+        for rows, cols in wavefront_steps(H, W):
+            r = torch.from_numpy(rows).to(self.device)
+            c = torch.from_numpy(cols).to(self.device)
+            parts = []
+            if psi_rows is not None:
+                parts.append(psi_rows[r * W + c])
+            if self.context is not None:
+                rr = (r[:, None] + 2 + taps_r[None, :]).reshape(-1)
+                cc = (c[:, None] + 2 + taps_c[None, :]).reshape(-1)
+                gathered = padded[:, rr, cc].reshape(M, len(rows), len(CAUSAL_TAPS)).permute(1, 0, 2)
+                layer = self.context.layers[0]
+                acc = gathered.reshape(len(rows), -1) @ self._context_matrix + layer.bias.to(self.device)
+                parts.append(layer.rescale(acc, 1))
+            ids, base = self.table_ids(torch.cat(parts, dim=1))
+            values = self.y_tables.decode(decoder, ids.ravel()).reshape(ids.shape) + base
+            if np.abs(values).max(initial=0) > SYMBOL_LIMIT:
+                raise EntropyCodingError("decoded latent out of range")
+            out[:, rows, cols] = values.T
+            padded[:, r + 2, c + 2] = torch.from_numpy(values.T).double().to(self.device) * 2.0**ACTIVATION_BITS
+        return out

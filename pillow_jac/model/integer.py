@@ -1,0 +1,200 @@
+"""Integer networks for the entropy path: h_s, the context model and g_ep (CODING.md section 7).
+
+Ballé, Johnston, Minnen, "Integer Networks for Data Compression with Latent-Variable Models"
+(ICLR 2019) show that a decoder only reproduces the encoder's probability tables if the networks
+that compute them give bit-identical results on every machine. Here every activation is an
+integer ``a`` standing for ``a / 2**F`` (``F = ACTIVATION_BITS``), every weight of output channel
+``c`` an integer ``w`` standing for ``w / 2**s_c``, and a layer computes
+
+    acc_c = sum(w * a) + b_c                      (exact: all terms are integers)
+    out_c = floor((acc_c + 2**(s_c - 1)) / 2**s_c) (rounding to the activation grid)
+    out_c = clamp(relu?(out_c), -(2**A - 1), 2**A - 1)
+
+The sums are evaluated in float64. With ``|w| < 2**15``, ``|a| < 2**A`` (``A = 20``) and at most
+``K <= 2**13`` products, every partial sum stays below ``2**48 < 2**53``, so float64 holds it
+exactly (shifts are capped at 24, so biases stay below 2**45 too), whatever the summation order, thread count or device. Convolutions are therefore
+computed with torch's float64 convolutions (cuDNN disabled: no Winograd/FFT transforms).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..constants import ACTIVATION_BITS, ACTIVATION_LIMIT_BITS
+from .layers import MaskedConv2d
+
+__all__ = ["IntegerLayer", "IntegerNetwork", "integerize", "to_fixed", "WEIGHT_BITS"]
+
+#: weights are integers with |w| <= 2**WEIGHT_BITS - 1
+WEIGHT_BITS = 15
+_LIMIT = float(2**ACTIVATION_LIMIT_BITS - 1)
+_MAX_SHIFT = 24
+
+
+def to_fixed(x: torch.Tensor) -> torch.Tensor:
+    """Integers (as float64) standing for ``x`` on the activation grid, rounded half up."""
+    return torch.floor(x.double() * 2.0**ACTIVATION_BITS + 0.5).clamp(-_LIMIT, _LIMIT)
+
+
+@dataclass
+class IntegerLayer:
+    """One exact layer: a (transposed) convolution with integer weights, a shift and a ReLU flag.
+
+    Attributes:
+        kind: ``"conv"`` or ``"deconv"``.
+        weight: integer weights (float64 tensor holding integers), torch layout of the kind.
+        bias: integer bias on the accumulator grid of each output channel, float64.
+        shift: per-output-channel shift ``s_c`` (int64).
+        stride, padding, output_padding: as in the float layer.
+        relu: apply ReLU after rescaling.
+    """
+
+    kind: str
+    weight: torch.Tensor
+    bias: torch.Tensor
+    shift: torch.Tensor
+    stride: int
+    padding: int
+    output_padding: int
+    relu: bool
+
+    @property
+    def out_channels(self) -> int:
+        """Number of output channels."""
+        return self.weight.shape[1] if self.kind == "deconv" else self.weight.shape[0]
+
+    def rescale(self, acc: torch.Tensor, channel_dim: int) -> torch.Tensor:
+        """Round the accumulator to the activation grid, apply ReLU and the activation bound."""
+        view = [1] * acc.dim()
+        view[channel_dim] = -1
+        shift = self.shift.view(view).to(acc.device)
+        half = torch.exp2((shift - 1).double())
+        out = torch.floor((acc + half) * torch.exp2(-shift.double()))
+        if self.relu:
+            out = out.clamp_min(0.0)
+        return out.clamp(-_LIMIT, _LIMIT)
+
+    def __call__(self, a: torch.Tensor) -> torch.Tensor:
+        """Apply the layer to integer activations ``(B, C, H, W)`` held in float64."""
+        w = self.weight.to(a.device)
+        b = self.bias.to(a.device)
+        with torch.backends.cudnn.flags(enabled=False):
+            if self.kind == "deconv":
+                acc = F.conv_transpose2d(a, w, b, self.stride, self.padding, self.output_padding)
+            else:
+                acc = F.conv2d(a, w, b, self.stride, self.padding)
+        return self.rescale(acc, 1)
+
+    def matmul(self, a: torch.Tensor) -> torch.Tensor:
+        """Apply a 1x1 convolution layer to activations laid out as ``(positions, channels)``."""
+        w = self.weight.to(a.device).flatten(1).t()
+        return self.rescale(a @ w + self.bias.to(a.device), 1)
+
+    def tensors(self, prefix: str) -> dict[str, torch.Tensor]:
+        """The layer's integer tensors for the weights file (compact integer dtypes)."""
+        return {
+            f"{prefix}.weight": self.weight.to(torch.int16),
+            f"{prefix}.bias": self.bias.to(torch.int64),
+            f"{prefix}.shift": self.shift.to(torch.int8),
+        }
+
+
+class IntegerNetwork:
+    """A sequence of :class:`IntegerLayer` (h_s, the context model or g_ep)."""
+
+    def __init__(self, layers: list[IntegerLayer]):
+        self.layers = layers
+
+    def __call__(self, a: torch.Tensor) -> torch.Tensor:
+        """Apply every layer to integer activations ``(B, C, H, W)`` in float64."""
+        for layer in self.layers:
+            a = layer(a)
+        return a
+
+    def matmul(self, a: torch.Tensor) -> torch.Tensor:
+        """Apply a network of 1x1 convolutions to ``(positions, channels)`` activations."""
+        for layer in self.layers:
+            a = layer.matmul(a)
+        return a
+
+    def tensors(self, name: str) -> dict[str, torch.Tensor]:
+        """Every layer's integer tensors, named ``int.<name>.<i>.*``."""
+        out = {}
+        for i, layer in enumerate(self.layers):
+            out.update(layer.tensors(f"int.{name}.{i}"))
+        return out
+
+    @classmethod
+    def from_tensors(cls, tensors: dict[str, torch.Tensor], name: str, template: list[dict]) -> IntegerNetwork:
+        """Rebuild a network from ``int.<name>.<i>.*`` tensors and the per-layer ``template``."""
+        layers = []
+        for i, spec in enumerate(template):
+            p = f"int.{name}.{i}"
+            layers.append(
+                IntegerLayer(
+                    weight=tensors[f"{p}.weight"].double(),
+                    bias=tensors[f"{p}.bias"].double(),
+                    shift=tensors[f"{p}.shift"].long(),
+                    **spec,
+                )
+            )
+        return cls(layers)
+
+    def template(self) -> list[dict]:
+        """The non-tensor description of each layer (stored in the weights manifest)."""
+        keys = ("kind", "stride", "padding", "output_padding", "relu")
+        return [{k: getattr(layer, k) for k in keys} for layer in self.layers]
+
+
+def _integer_layer(module: nn.Module, relu: bool) -> IntegerLayer:
+    """Quantise one float (transposed) convolution: per-output-channel power-of-two weight scales."""
+    weight = module.weight.detach().double()
+    if isinstance(module, MaskedConv2d):
+        weight = weight * module.mask.double()
+    deconv = isinstance(module, nn.ConvTranspose2d)
+    per_out = weight.transpose(0, 1) if deconv else weight
+    peak = per_out.abs().flatten(1).amax(1).clamp_min(1e-30)
+    shift = torch.floor(torch.log2((2**WEIGHT_BITS - 1) / peak)).clamp(1, _MAX_SHIFT).long()
+    scale = torch.exp2(shift.double())
+    view = (1, -1, 1, 1) if deconv else (-1, 1, 1, 1)
+    w_int = torch.round(weight * scale.view(view)).clamp(-(2**WEIGHT_BITS - 1), 2**WEIGHT_BITS - 1)
+    bias = module.bias.detach().double() if module.bias is not None else torch.zeros(len(shift), dtype=torch.float64)
+    b_int = torch.round(bias * scale * 2.0**ACTIVATION_BITS)
+    return IntegerLayer(
+        kind="deconv" if deconv else "conv",
+        weight=w_int,
+        bias=b_int,
+        shift=shift,
+        stride=module.stride[0],
+        padding=module.padding[0],
+        output_padding=module.output_padding[0] if deconv else 0,
+        relu=relu,
+    )
+
+
+def integerize(network: nn.Module) -> IntegerNetwork:
+    """Convert a float ``nn.Sequential`` of convolutions and ReLUs (or one conv) to an integer network.
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> net = nn.Sequential(nn.Conv2d(2, 3, 1), nn.ReLU(), nn.Conv2d(3, 2, 1))
+        >>> x = torch.rand(1, 2, 4, 4)
+        >>> exact = integerize(net)(to_fixed(x)) / 2**8
+        >>> bool((exact - net(x).double()).abs().max() < 0.02)
+        True
+    """
+    modules = list(network) if isinstance(network, nn.Sequential) else [network]
+    layers = []
+    for i, module in enumerate(modules):
+        if isinstance(module, nn.ReLU):
+            continue
+        if not isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
+            raise TypeError(f"cannot integerise {type(module).__name__}")
+        relu = i + 1 < len(modules) and isinstance(modules[i + 1], nn.ReLU)
+        layers.append(_integer_layer(module, relu))
+    return IntegerNetwork(layers)

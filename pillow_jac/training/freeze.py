@@ -1,0 +1,114 @@
+"""Freeze a trained float model into the shipped weights file.
+
+``python -m pillow_jac.training.freeze CHECKPOINT.safetensors weights/mbt2018-n128m192.safetensors
+--release N`` converts h_s, the context model and g_ep into integer networks
+(:func:`pillow_jac.model.integer.integerize`), builds the integer coding tables (y: the Gaussian
+tables of CODING.md section 6.2; z: the factorized prior's per-channel tables), and writes one
+safetensors file with the float master weights, the integer tensors, the tables and the manifest
+(model id, architecture, integer-network layout, weights hash).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..constants import ACTIVATION_BITS, FORMAT_VERSION
+from ..entropy_coding import factorized_tables, gaussian_tables, scale_table
+from ..model.integer import integerize
+from ..model.mbt2018 import JointAutoregressiveHierarchicalPrior, ModelConfig
+from ..weights import content_hash, load_weights, save_weights
+
+__all__ = ["freeze", "scale_thresholds", "model_id_for"]
+
+
+def scale_thresholds() -> torch.Tensor:
+    """Fixed-point thresholds between neighbouring scale levels (geometric midpoints, rounded up).
+
+    A predicted scale ``s`` (fixed point) selects level ``#{k : thresholds[k] <= s}``.
+
+    Example:
+        >>> t = scale_thresholds()
+        >>> len(t), bool((t[1:] > t[:-1]).all())
+        (63, True)
+    """
+    sigma = scale_table()
+    mids = np.sqrt(sigma[1:] * sigma[:-1])
+    return torch.tensor([math.ceil(m * 2**ACTIVATION_BITS) for m in mids], dtype=torch.int64)
+
+
+def model_id_for(config: ModelConfig, release: int) -> str:
+    """A 16-character-or-shorter model id, e.g. ``mbt-128-192-r001``."""
+    flags = ("" if config.context else "n") + ("" if config.hyperprior else "h")
+    return f"mbt{flags}-{config.N}-{config.M}-r{release:03d}"[:16]
+
+
+def freeze(model: JointAutoregressiveHierarchicalPrior, release: int, notes: dict[str, str] | None = None):
+    """The tensors and metadata of the shipped weights file for a trained float model."""
+    model = model.cpu().eval()
+    config = model.config
+    tensors = {f"float.{k}": v.detach().float().contiguous() for k, v in model.state_dict().items()}
+    templates = {}
+    nets = {"entropy_parameters": model.entropy_parameters}
+    if config.hyperprior:
+        nets["h_s"] = model.h_s
+    if config.context:
+        nets["context"] = model.context
+    for name, net in nets.items():
+        integer = integerize(net)
+        tensors.update(integer.tensors(name))
+        templates[name] = integer.template()
+    freqs, offsets, lows = gaussian_tables()
+    tensors["table.y_freqs"] = torch.from_numpy(freqs)
+    tensors["table.y_offsets"] = torch.from_numpy(offsets)
+    tensors["table.y_lows"] = torch.from_numpy(lows)
+    tensors["table.y_thresholds"] = scale_thresholds()
+    if config.hyperprior:
+        density = model.z_density
+
+        def cdf_at(points: np.ndarray) -> np.ndarray:
+            return density.cdf(torch.from_numpy(points)).numpy()
+
+        freqs, offsets, lows = factorized_tables(cdf_at, config.N)
+        tensors["table.z_freqs"] = torch.from_numpy(freqs)
+        tensors["table.z_offsets"] = torch.from_numpy(offsets)
+        tensors["table.z_lows"] = torch.from_numpy(lows)
+    metadata = {
+        "model_id": model_id_for(config, release),
+        "release": str(release),
+        "config": json.dumps(config.to_dict()),
+        "integer_networks": json.dumps(templates),
+        "format_version": ".".join(map(str, FORMAT_VERSION)),
+        **(notes or {}),
+    }
+    metadata["weights_hash"] = content_hash(tensors).hex()
+    return tensors, metadata
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Command-line entry point."""
+    p = argparse.ArgumentParser(description="Freeze float weights into the shipped weights file")
+    p.add_argument("source", type=Path, help="float weights (.safetensors with float.* tensors)")
+    p.add_argument("target", type=Path)
+    p.add_argument("--release", type=int, required=True, help="release number, part of the model id")
+    p.add_argument("--note", action="append", default=[], help="KEY=VALUE added to the manifest")
+    args = p.parse_args(argv)
+    tensors, metadata = load_weights(args.source)
+    config = ModelConfig(**json.loads(metadata["config"]))
+    model = JointAutoregressiveHierarchicalPrior(config)
+    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("float.")})
+    notes = dict(n.split("=", 1) for n in args.note)
+    if "step" in metadata:
+        notes.setdefault("step", metadata["step"])
+    out, meta = freeze(model, args.release, notes)
+    save_weights(args.target, out, meta)
+    print(f"wrote {args.target}: model_id {meta['model_id']}, hash {meta['weights_hash']}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,112 @@
+"""Round trips through the codec API, symbol exactness and corrupt input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pillow_jac import codec, container
+from pillow_jac.entropy_coding import EntropyCodingError
+
+
+def natural_image(height: int, width: int, seed: int = 0) -> np.ndarray:
+    """A smooth colourful test image with some texture (not just noise)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float64)
+    planes = []
+    for c in range(3):
+        fx, fy, phase = rng.uniform(0.02, 0.2), rng.uniform(0.02, 0.2), rng.uniform(0, 6)
+        planes.append(128 + 90 * np.sin(fx * xx + phase) * np.cos(fy * yy + c))
+    image = np.stack(planes, axis=2) + rng.normal(0, 6, (height, width, 3))
+    return np.clip(image, 0, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize(("height", "width"), [(1, 1), (5, 7), (64, 64), (33, 100), (70, 19)])
+@pytest.mark.parametrize("quality", [1, 4.5, 8])
+def test_round_trip_sizes_and_qualities(height, width, quality):
+    image = natural_image(height, width, seed=height * width)
+    data = codec.encode(image, quality)
+    header = container.parse(data).header
+    assert (header.width, header.height, header.layout) == (width, height, "RGB")
+    assert header.quality == pytest.approx(quality, abs=1 / 256)
+    decoded = codec.decode(data)
+    assert decoded.shape == image.shape and decoded.dtype == np.uint8
+    # the decoder recovers exactly the symbols the encoder wrote
+    z_enc, y_enc = codec.encode_symbols(image, quality)
+    z_dec, y_dec = codec.decode_symbols(data)
+    np.testing.assert_array_equal(y_enc, y_dec)
+    np.testing.assert_array_equal(z_enc, z_dec)
+
+
+def test_decode_is_deterministic_and_quality_orders_rate():
+    image = natural_image(48, 64, seed=3)
+    sizes = [len(codec.encode(image, q)) for q in (1, 8)]
+    assert sizes[0] < sizes[1]
+    data = codec.encode(image, 3)
+    np.testing.assert_array_equal(codec.decode(data), codec.decode(data))
+    assert codec.encode(image, 3) == data
+
+
+@pytest.mark.parametrize("layout", ["L", "LA", "RGBA"])
+def test_layouts(layout):
+    rgb = natural_image(20, 24, seed=5)
+    gray = rgb[:, :, 1]
+    alpha = np.arange(20 * 24, dtype=np.uint8).reshape(20, 24)
+    image = {"L": gray, "LA": np.dstack([gray, alpha]), "RGBA": np.dstack([rgb, alpha])}[layout]
+    decoded = codec.decode(codec.encode(image, 6))
+    assert decoded.shape == image.shape
+    if layout != "L":
+        np.testing.assert_array_equal(decoded[:, :, -1], alpha)  # alpha is lossless
+
+
+def test_bad_inputs_to_encode():
+    with pytest.raises(ValueError, match="quality"):
+        codec.encode(np.zeros((4, 4, 3), np.uint8), 75)
+    with pytest.raises(ValueError, match="uint8"):
+        codec.encode(np.zeros((4, 4, 3), np.float32))
+    with pytest.raises(ValueError, match="shape"):
+        codec.encode(np.zeros((4, 4, 5), np.uint8))
+    with pytest.raises(ValueError, match="empty"):
+        codec.encode(np.zeros((0, 4, 3), np.uint8))
+
+
+def test_corrupt_streams_raise_value_errors():
+    image = natural_image(64, 64, seed=9)
+    data = codec.encode(image, 4)
+    jac = container.parse(data)
+    rng = np.random.default_rng(0)
+
+    def with_y(y_stream: bytes) -> bytes:
+        return container.serialize(
+            container.JacFile.create(
+                width=64, height=64, layout="RGB", quality=4, model_id=jac.header.model_id,
+                weights_hash=jac.header.weights_hash, z_stream=jac.z_stream, y_stream=y_stream,
+            )
+        )  # fmt: skip
+
+    for _ in range(10):
+        y = bytearray(jac.y_stream)
+        y[rng.integers(len(y))] ^= 1 << int(rng.integers(8))
+        try:  # a flipped bit may still decode (to other pixels); anything but EntropyCodingError is a bug
+            assert codec.decode(with_y(bytes(y))).shape == image.shape
+        except EntropyCodingError:
+            pass
+    with pytest.raises(EntropyCodingError):
+        codec.decode(with_y(jac.y_stream[:4]))
+    with pytest.raises(EntropyCodingError, match="multiple of 4"):
+        codec.decode(with_y(jac.y_stream[:-3]))
+
+
+def test_wrong_weights_are_named():
+    data = codec.encode(natural_image(8, 8), 2)
+    jac = container.parse(data)
+    jac.header.weights_hash = bytes(8)
+    with pytest.raises(codec.CodecError, match="installed weights"):
+        codec.decode(jac)
+
+
+def test_crc_catches_flipped_bits():
+    data = bytearray(codec.encode(natural_image(16, 16), 2))
+    data[-20] ^= 0x10
+    with pytest.raises((ValueError, SyntaxError)):
+        codec.decode(bytes(data))

@@ -1,0 +1,92 @@
+"""Bit-exactness across processes, thread counts and (where present) devices.
+
+One process encodes with 2 torch threads, another decodes with 1 thread: both must agree on every
+latent symbol and every pixel.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+
+from pillow_jac import codec
+
+from .test_codec import natural_image
+
+QUALITIES = (1, 3.25, 6, 8)
+
+
+def _run(script: str, *args: str) -> None:
+    subprocess.run([sys.executable, "-c", textwrap.dedent(script), *args], check=True, timeout=600)
+
+
+@pytest.mark.slow
+def test_encode_two_threads_decode_one_thread(tmp_path):
+    images = [natural_image(72, 96, seed=s) for s in range(2)] + [natural_image(40, 130, seed=7)]
+    np.save(tmp_path / "images.npy", np.array(images, dtype=object), allow_pickle=True)
+    _run(
+        """
+        import sys, numpy as np, torch
+        from pillow_jac import codec
+        torch.set_num_threads(2)
+        out = sys.argv[1]
+        images = np.load(out + "/images.npy", allow_pickle=True)
+        for i, image in enumerate(images):
+            for q in %r:
+                data = codec.encode(image, q)
+                open(f"{out}/{i}-{q}.jac", "wb").write(data)
+                z, y = codec.encode_symbols(image, q)
+                np.save(f"{out}/{i}-{q}-y.npy", y)
+                np.save(f"{out}/{i}-{q}-z.npy", z)
+        """
+        % (QUALITIES,),
+        str(tmp_path),
+    )
+    _run(
+        """
+        import sys, numpy as np, torch
+        from pillow_jac import codec
+        torch.set_num_threads(1)
+        out = sys.argv[1]
+        for i in range(3):
+            for q in %r:
+                data = open(f"{out}/{i}-{q}.jac", "rb").read()
+                z, y = codec.decode_symbols(data)
+                np.save(f"{out}/{i}-{q}-y-dec.npy", y)
+                np.save(f"{out}/{i}-{q}-z-dec.npy", z)
+                np.save(f"{out}/{i}-{q}-pixels.npy", codec.decode(data))
+        """
+        % (QUALITIES,),
+        str(tmp_path),
+    )
+    torch.set_num_threads(2)
+    for i in range(3):
+        for q in QUALITIES:
+            for part in ("y", "z"):
+                np.testing.assert_array_equal(
+                    np.load(tmp_path / f"{i}-{q}-{part}.npy"), np.load(tmp_path / f"{i}-{q}-{part}-dec.npy")
+                )
+            data = (tmp_path / f"{i}-{q}.jac").read_bytes()
+            np.testing.assert_array_equal(codec.decode(data), np.load(tmp_path / f"{i}-{q}-pixels.npy"))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize(("encode_device", "decode_device"), [("cpu", "cuda"), ("cuda", "cpu")])
+def test_cpu_cuda_both_ways(encode_device, decode_device):
+    for seed in range(3):
+        image = natural_image(96, 128, seed=seed)
+        for q in QUALITIES:
+            data = codec.encode(image, q, device=encode_device)
+            z_ref, y_ref = codec.encode_symbols(image, q, device=encode_device)
+            z, y = codec.decode_symbols(data, device=decode_device)
+            np.testing.assert_array_equal(y, y_ref)
+            np.testing.assert_array_equal(z, z_ref)
+            cpu = codec.decode(data, device="cpu").astype(int)
+            gpu = codec.decode(data, device="cuda").astype(int)
+            assert np.abs(cpu - gpu).max() <= 1  # g_s is float; the latents above are exact

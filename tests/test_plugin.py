@@ -1,0 +1,529 @@
+"""Tests of the Pillow plugin (pillow_jac.JacImagePlugin), in the style of Pillow's own plugin tests."""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+import threading
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from PIL import Image, ImageCms, UnidentifiedImageError
+
+import pillow_jac
+from pillow_jac import JacImagePlugin, container
+from pillow_jac.constants import DEFAULT_QUALITY, MAGIC
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLE = ROOT / "examples" / "sample.png"
+SIZE = (48, 40)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def hopper(mode: str = "RGB", size: tuple[int, int] = SIZE) -> Image.Image:
+    """A small natural image (a crop of the bundled sample photo) in ``mode``."""
+    with Image.open(SAMPLE) as im:
+        crop = im.convert("RGB").crop((150, 90, 150 + size[0], 90 + size[1]))
+    return crop if mode == "RGB" else crop.convert(mode)
+
+
+def with_alpha(im: Image.Image) -> Image.Image:
+    """``im`` (RGB or L) with a varied alpha channel: a gradient and a fully transparent block."""
+    alpha = Image.linear_gradient("L").resize(im.size)
+    alpha.paste(0, (0, 0, im.width // 3, im.height // 3))
+    out = im.convert("RGBA" if im.mode == "RGB" else "LA")
+    out.putalpha(alpha)
+    return out
+
+
+def jac_bytes(im: Image.Image, **options) -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, format="JAC", **options)
+    return buf.getvalue()
+
+
+def roundtrip(im: Image.Image, **options) -> Image.Image:
+    out = Image.open(io.BytesIO(jac_bytes(im, **options)))
+    out.load()
+    return out
+
+
+def mean_abs_error(a: Image.Image, b: Image.Image) -> float:
+    return float(np.mean(np.abs(np.asarray(a, np.int16) - np.asarray(b, np.int16))))
+
+
+# Loose: these tiny crops are coded by a learned codec; the tests check plumbing, not quality.
+MAX_MEAN_ERROR = 24.0
+
+
+@pytest.fixture(scope="module")
+def rgb_jac() -> bytes:
+    return jac_bytes(hopper("RGB"), quality=6)
+
+
+@pytest.fixture
+def rgb_jac_path(tmp_path: Path, rgb_jac: bytes) -> Path:
+    path = tmp_path / "hopper.jac"
+    path.write_bytes(rgb_jac)
+    return path
+
+
+# --------------------------------------------------------------------------- registration
+
+
+def test_registration() -> None:
+    assert Image.OPEN["JAC"][0] is JacImagePlugin.JacImageFile
+    assert Image.SAVE["JAC"] is JacImagePlugin._save
+    assert Image.registered_extensions()[".jac"] == "JAC"
+    assert Image.MIME["JAC"] == "image/x-jac"
+    assert "JAC" in Image.DECODERS
+
+
+def test_register_is_idempotent() -> None:
+    before = list(Image.ID)
+    pillow_jac.register()
+    JacImagePlugin.register()
+    assert Image.ID == before
+    assert Image.ID.count("JAC") == 1
+
+
+def test_accept() -> None:
+    assert JacImagePlugin._accept(MAGIC + b"rest")
+    assert not JacImagePlugin._accept(MAGIC[:7])
+    assert not JacImagePlugin._accept(b"\x89PNG\r\n\x1a\n")
+
+
+def test_lazy_codec_exports() -> None:
+    from pillow_jac import codec
+
+    assert pillow_jac.encode is codec.encode
+    assert pillow_jac.decode is codec.decode
+    assert {"encode", "decode", "register", "__version__"} <= set(dir(pillow_jac))
+    with pytest.raises(AttributeError):
+        pillow_jac.no_such_name  # noqa: B018
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def test_sanity(rgb_jac_path: Path) -> None:
+    with Image.open(rgb_jac_path) as im:
+        assert im.format == "JAC"
+        assert im.format_description == JacImagePlugin.JacImageFile.format_description
+        assert im.get_format_mimetype() == "image/x-jac"
+        assert im.size == SIZE
+        assert im.mode == "RGB"
+        assert im.info["quality"] == 6.0
+        assert isinstance(im.info["model_id"], str) and im.info["model_id"]
+        assert im.tile  # nothing decoded yet
+        im.load()
+        assert not im.tile
+        assert mean_abs_error(im, hopper()) < MAX_MEAN_ERROR
+
+
+def test_open_with_formats_argument(rgb_jac: bytes) -> None:
+    with Image.open(io.BytesIO(rgb_jac), formats=["JAC"]) as im:
+        assert im.format == "JAC"
+    png = io.BytesIO()
+    hopper().save(png, "PNG")
+    with pytest.raises(UnidentifiedImageError):
+        Image.open(png, formats=["JAC"])
+
+
+def test_invalid_file() -> None:
+    with pytest.raises(UnidentifiedImageError):
+        Image.open(io.BytesIO(b"this is not an image at all" * 4))
+    with pytest.raises(UnidentifiedImageError):
+        Image.open(io.BytesIO(MAGIC[:5]))
+
+
+@pytest.mark.parametrize("cut", [8, 12, 30, 74, -40, -13, -1])
+def test_truncated_file(rgb_jac: bytes, cut: int) -> None:
+    data = rgb_jac[:cut]
+    with pytest.raises((OSError, ValueError)):
+        with Image.open(io.BytesIO(data)) as im:
+            im.load()
+
+
+def test_trailing_garbage_is_rejected(rgb_jac: bytes) -> None:
+    with pytest.raises(ValueError, match="after the JEND"):
+        Image.open(io.BytesIO(rgb_jac + b"junk"))
+
+
+def _rewrite(data: bytes, **changes) -> bytes:
+    jac = container.parse(data)
+    for name, value in changes.items():
+        setattr(jac, name, value)
+    jac.header.z_stream_length = len(jac.z_stream)
+    jac.header.y_stream_length = len(jac.y_stream)
+    return container.serialize(jac)
+
+
+def test_corrupt_stream_raises_only_oserror_or_valueerror(rgb_jac: bytes) -> None:
+    jac = container.parse(rgb_jac)
+    rng = np.random.default_rng(0)
+    noise = rng.integers(0, 256, len(jac.y_stream), dtype=np.uint8).tobytes()
+    data = _rewrite(rgb_jac, y_stream=noise, z_stream=jac.z_stream[::-1])
+    with Image.open(io.BytesIO(data)) as im:  # the container is valid: opening works
+        assert im.size == SIZE
+        try:
+            im.load()  # a range decoder may decode garbage without noticing; it must not crash
+        except (OSError, ValueError):
+            pass
+
+
+def test_wrong_model_fails_on_load_not_open(rgb_jac: bytes) -> None:
+    jac = container.parse(rgb_jac)
+    jac.header.model_id = "no-such-model"
+    with Image.open(io.BytesIO(container.serialize(jac))) as im:
+        assert im.info["model_id"] == "no-such-model"
+        with pytest.raises(ValueError, match="no-such-model"):
+            im.load()
+
+
+@pytest.mark.parametrize("exc", [RuntimeError("torch said no"), KeyError("symbol"), AssertionError()])
+def test_foreign_decode_errors_become_oserror(monkeypatch, rgb_jac: bytes, exc: Exception) -> None:
+    from pillow_jac import codec
+
+    def broken(*args, **kwargs):
+        raise exc
+
+    monkeypatch.setattr(codec, "decode", broken)
+    with Image.open(io.BytesIO(rgb_jac)) as im:
+        with pytest.raises(OSError, match="cannot decode JAC image") as info:
+            im.load()
+    assert info.value.__cause__ is exc
+
+
+_ALLOWED = (OSError, SyntaxError, ValueError, MemoryError, NotImplementedError, OverflowError)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_fuzz_only_allowed_exceptions(rgb_jac: bytes, data) -> None:
+    """Mutated files raise only the exception types Pillow's fuzzers allow (see Pillow's test suite)."""
+    buf = bytearray(rgb_jac)
+    for _ in range(data.draw(st.integers(1, 4))):
+        pos = data.draw(st.integers(0, len(buf) - 1))
+        buf[pos] = data.draw(st.integers(0, 255))
+    cut = data.draw(st.integers(0, len(buf)))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(bytes(buf[:cut]))) as im:
+                im.load()
+    except (*_ALLOWED, Image.DecompressionBombError, Image.DecompressionBombWarning):
+        pass
+
+
+def test_decompression_bomb_error_before_decoding(monkeypatch, rgb_jac: bytes) -> None:
+    from pillow_jac import codec
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("decoder ran")
+
+    monkeypatch.setattr(codec, "decode", must_not_run)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", SIZE[0] * SIZE[1] // 2 - 1)
+    with pytest.raises(Image.DecompressionBombError):
+        Image.open(io.BytesIO(rgb_jac))
+
+
+def test_decompression_bomb_warning(monkeypatch, rgb_jac: bytes) -> None:
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", SIZE[0] * SIZE[1] - 1)
+    with pytest.warns(Image.DecompressionBombWarning):
+        Image.open(io.BytesIO(rgb_jac))
+
+
+def test_thumbnail(rgb_jac_path: Path) -> None:
+    with Image.open(rgb_jac_path) as im:
+        im.thumbnail((24, 24))
+        assert im.size == (24, 20)
+        assert im.mode == "RGB"
+
+
+def test_load_closes_exclusive_file(rgb_jac_path: Path) -> None:
+    im = Image.open(rgb_jac_path)
+    fp = im.fp
+    im.load()
+    assert fp.closed
+    assert im.getpixel((0, 0)) is not None
+
+
+def test_convert_and_save_as_png(rgb_jac_path: Path, tmp_path: Path) -> None:
+    with Image.open(rgb_jac_path) as im:
+        im.save(tmp_path / "out.png")
+    with Image.open(tmp_path / "out.png") as png:
+        assert png.size == SIZE and png.mode == "RGB"
+
+
+def test_open_does_not_import_torch(rgb_jac_path: Path) -> None:
+    code = (
+        "import sys, pillow_jac\n"
+        "from PIL import Image\n"
+        f"im = Image.open({str(rgb_jac_path)!r})\n"
+        "assert im.size == (48, 40) and im.mode == 'RGB' and im.info['quality'] == 6.0, im\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+        "print('ok')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"
+
+
+def test_threads_decode_identically(rgb_jac: bytes) -> None:
+    results: list[bytes] = []
+    errors: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            with Image.open(io.BytesIO(rgb_jac)) as im:
+                im.load()
+                results.append(im.tobytes())
+        except BaseException as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    assert len(results) == 4
+    assert len(set(results)) == 1
+
+
+# --------------------------------------------------------------------------- writing: modes
+
+
+@pytest.mark.parametrize(
+    ("mode", "stored"),
+    [
+        ("RGB", "RGB"),
+        ("L", "L"),
+        ("1", "L"),
+        ("P", "RGB"),
+        ("CMYK", "RGB"),
+        ("YCbCr", "RGB"),
+        ("RGBX", "RGB"),
+        ("HSV", "RGB"),
+    ],
+)
+def test_roundtrip_opaque_modes(mode: str, stored: str) -> None:
+    im = hopper(mode)
+    out = roundtrip(im)
+    assert out.mode == stored
+    assert out.size == SIZE
+    assert mean_abs_error(out, im.convert(stored)) < MAX_MEAN_ERROR
+
+
+@pytest.mark.parametrize(("base", "stored"), [("RGB", "RGBA"), ("L", "LA")])
+def test_roundtrip_alpha_is_exact(base: str, stored: str) -> None:
+    im = with_alpha(hopper(base))
+    out = roundtrip(im)
+    assert out.mode == stored
+    assert out.getchannel("A").tobytes() == im.getchannel("A").tobytes()
+    colour = "RGB" if stored == "RGBA" else "L"
+    assert mean_abs_error(out.convert(colour), im.convert(colour)) < MAX_MEAN_ERROR
+
+
+def test_roundtrip_palette_with_transparency() -> None:
+    im = hopper("RGB").quantize(16)
+    im.info["transparency"] = 0
+    out = roundtrip(im)
+    assert out.mode == "RGBA"
+    assert out.getchannel("A").tobytes() == im.convert("RGBA").getchannel("A").tobytes()
+
+
+def test_roundtrip_pa() -> None:
+    im = with_alpha(hopper("RGB")).convert("PA")
+    out = roundtrip(im)
+    assert out.mode == "RGBA"
+    assert out.getchannel("A").tobytes() == im.convert("RGBA").getchannel("A").tobytes()
+
+
+@pytest.mark.parametrize(("mode", "stored"), [("RGBa", "RGBA"), ("La", "LA")])
+def test_premultiplied_modes(mode: str, stored: str) -> None:
+    im = with_alpha(hopper("RGB" if stored == "RGBA" else "L")).convert(mode)
+    assert roundtrip(im).mode == stored
+
+
+@pytest.mark.parametrize("mode", ["I;16", "I;16B", "I", "F", "LAB"])
+def test_unsupported_modes_raise_valueerror(mode: str, tmp_path: Path) -> None:
+    im = Image.new(mode, SIZE)
+    with pytest.raises(ValueError, match=f"cannot write mode {mode} as JAC.*L, LA, RGB or RGBA"):
+        im.save(io.BytesIO(), format="JAC")
+    path = tmp_path / "out.jac"
+    with pytest.raises(ValueError):
+        im.save(path)
+    assert not path.exists()  # Pillow removes the file it created for the failed save
+
+
+def test_l_and_rgb_sizes_odd_dimensions() -> None:
+    for size in [(1, 1), (17, 3), (33, 65)]:
+        out = roundtrip(hopper("RGB", size))
+        assert out.size == size
+
+
+# --------------------------------------------------------------------------- writing: options
+
+
+def test_default_quality() -> None:
+    assert roundtrip(hopper()).info["quality"] == DEFAULT_QUALITY
+
+
+@pytest.mark.parametrize("quality", [1, 2.5, "3", 8, np.float32(5.25)])
+def test_quality_values(quality) -> None:
+    assert roundtrip(hopper(), quality=quality).info["quality"] == float(quality)
+
+
+def test_fractional_quality_is_stored_to_1_256() -> None:
+    assert roundtrip(hopper(), quality=4.3).info["quality"] == container.quantize_quality(4.3)
+
+
+def test_quality_changes_size() -> None:
+    small, large = jac_bytes(hopper(), quality=1), jac_bytes(hopper(), quality=8)
+    assert len(small) < len(large)
+
+
+@pytest.mark.parametrize("quality", [75, 0, 0.5, 8.01, -1, float("nan"), "high", None])
+def test_invalid_quality(quality) -> None:
+    with pytest.raises(ValueError, match="quality"):
+        jac_bytes(hopper(), quality=quality)
+
+
+def test_jpeg_style_quality_message() -> None:
+    with pytest.raises(ValueError, match="not JPEG's 0-100 scale"):
+        jac_bytes(hopper(), quality=75)
+
+
+def test_save_to_path_by_extension(tmp_path: Path) -> None:
+    path = tmp_path / "out.JAC"  # extensions are case-insensitive
+    hopper().save(path, quality=3)
+    with Image.open(path) as im:
+        assert im.format == "JAC" and im.info["quality"] == 3.0
+    assert path.read_bytes().startswith(MAGIC)
+
+
+def test_save_with_format_argument(tmp_path: Path) -> None:
+    path = tmp_path / "out.bin"
+    hopper().save(path, format="JAC")
+    with Image.open(path) as im:
+        assert im.format == "JAC"
+
+
+def test_save_to_file_object(tmp_path: Path) -> None:
+    path = tmp_path / "out.jac"
+    with open(path, "wb") as f:
+        f.write(b"prefix")
+        hopper().save(f, format="jac")  # the format name is case-insensitive
+    data = path.read_bytes()
+    assert data.startswith(b"prefix" + MAGIC)
+    with Image.open(io.BytesIO(data[6:])) as im:
+        assert im.size == SIZE
+
+
+def test_failed_encode_writes_nothing(monkeypatch, tmp_path: Path) -> None:
+    from pillow_jac import codec
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("out of memory, pretend")
+
+    monkeypatch.setattr(codec, "encode", broken)
+    buf = io.BytesIO()
+    with pytest.raises(OSError, match="cannot encode JAC image"):
+        hopper().save(buf, format="JAC")
+    assert buf.getvalue() == b""
+    path = tmp_path / "new.jac"
+    with pytest.raises(OSError):
+        hopper().save(path)
+    assert not path.exists()
+
+
+def test_unknown_save_options_are_ignored() -> None:
+    assert roundtrip(hopper(), optimize=True, lossless=False).size == SIZE
+
+
+# --------------------------------------------------------------------------- metadata
+
+
+@pytest.fixture(scope="module")
+def srgb_profile() -> bytes:
+    return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+
+
+def make_exif() -> Image.Exif:
+    exif = Image.Exif()
+    exif[0x010E] = "JAC test image"  # ImageDescription
+    exif[0x0112] = 1  # Orientation
+    return exif
+
+
+XMP = b'<?xpacket begin="" id="W5M0MpCehiHzreSzNTczkc9d"?><x:xmpmeta xmlns:x="adobe:ns:meta/"/><?xpacket end="r"?>'
+
+
+def test_metadata_roundtrip(srgb_profile: bytes) -> None:
+    exif = make_exif()
+    out = roundtrip(hopper(), icc_profile=srgb_profile, exif=exif, xmp=XMP)
+    assert out.info["icc_profile"] == srgb_profile
+    assert out.info["exif"] == exif.tobytes()
+    assert out.getexif()[0x010E] == "JAC test image"
+    assert out.info["xmp"] == XMP
+
+
+def test_metadata_xmp_str_and_exif_bytes() -> None:
+    out = roundtrip(hopper(), xmp=XMP.decode(), exif=make_exif().tobytes())
+    assert out.info["xmp"] == XMP
+    assert out.getexif()[0x0112] == 1
+
+
+def test_metadata_kept_from_info_by_default(srgb_profile: bytes) -> None:
+    im = hopper()
+    im.info.update(icc_profile=srgb_profile, exif=make_exif().tobytes(), xmp=XMP)
+    out = roundtrip(im)
+    for key in ("icc_profile", "exif", "xmp"):
+        assert out.info[key] == im.info[key]
+    # ... and kept again when a decoded JAC image is re-saved
+    again = roundtrip(out)
+    for key in ("icc_profile", "exif", "xmp"):
+        assert again.info[key] == im.info[key]
+
+
+def test_metadata_can_be_dropped_or_replaced(srgb_profile: bytes) -> None:
+    im = hopper()
+    im.info.update(icc_profile=srgb_profile, exif=make_exif().tobytes(), xmp=XMP)
+    out = roundtrip(im, icc_profile=None, exif=b"", xmp=b"<x/>")
+    assert "icc_profile" not in out.info
+    assert "exif" not in out.info
+    assert out.info["xmp"] == b"<x/>"
+
+
+def test_no_metadata_by_default() -> None:
+    out = roundtrip(hopper())
+    assert not {"icc_profile", "exif", "xmp"} & set(out.info)
+
+
+def test_metadata_from_png(tmp_path: Path, srgb_profile: bytes) -> None:
+    png = tmp_path / "in.png"
+    hopper().save(png, icc_profile=srgb_profile, exif=make_exif())
+    with Image.open(png) as im:
+        out = roundtrip(im)
+    assert out.info["icc_profile"] == srgb_profile
+    assert out.getexif()[0x010E] == "JAC test image"
+
+
+def test_bad_metadata_type() -> None:
+    with pytest.raises(TypeError, match="icc_profile must be bytes"):
+        jac_bytes(hopper(), icc_profile=12)
+
+
+@pytest.mark.skipif(os.environ.get("JAC_DEVICE", "cpu") != "cpu", reason="checks the CPU default")
+def test_device_option_cpu() -> None:
+    assert roundtrip(hopper(), device="cpu").size == SIZE
