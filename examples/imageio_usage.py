@@ -13,7 +13,7 @@ import pillow_jac  # noqa: F401  (importing registers .jac with Pillow and image
 
 SAMPLE = Path(__file__).with_name("sample.png")
 
-pixels = iio.imread(SAMPLE)[:128, :192]  # (H, W, 3) uint8
+pixels = iio.imread(SAMPLE)[64:160, 96:224]  # a 128x96 crop, (H, W, 3) uint8
 
 with tempfile.TemporaryDirectory() as tmp:
     path = Path(tmp) / "photo.jac"

@@ -31,7 +31,9 @@ def source_image(height: int, width: int, mode: str, seed: int) -> Image.Image:
     """A deterministic smooth, textured image (the vector's input)."""
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:height, 0:width].astype(np.float64)
-    planes = [128 + 100 * np.sin(rng.uniform(0.05, 0.3) * xx + c) * np.cos(rng.uniform(0.05, 0.3) * yy) for c in range(3)]
+    planes = [
+        128 + 100 * np.sin(rng.uniform(0.05, 0.3) * xx + c) * np.cos(rng.uniform(0.05, 0.3) * yy) for c in range(3)
+    ]
     rgb = np.clip(np.stack(planes, 2) + rng.normal(0, 8, (height, width, 3)), 0, 255).astype(np.uint8)
     image = Image.fromarray(rgb)
     if mode == "RGBA":

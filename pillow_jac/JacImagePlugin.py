@@ -220,6 +220,8 @@ def _metadata_bytes(value: Any, name: str) -> bytes | None:
         msg = f"{name} must be bytes, got {type(value).__name__}"
         raise TypeError(msg)
     value = bytes(value)
+    if name == "exif" and value[:4] in (b"II*\x00", b"MM\x00*"):
+        value = b"Exif\x00\x00" + value  # SPEC.md section 5.2: writers include the prefix
     return value or None
 
 

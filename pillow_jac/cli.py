@@ -14,9 +14,9 @@ Outputs are written to a temporary file next to the target and renamed into plac
 interrupted command never leaves a partial or truncated output file.
 
 Example:
-    >>> main(["--version"])  # doctest: +ELLIPSIS
-    jac (pillow_jac) ...
-    0
+    >>> args = build_parser().parse_args(["encode", "photo.png", "photo.jac", "-q", "2.5"])
+    >>> args.command, args.quality
+    ('encode', 2.5)
 """
 
 from __future__ import annotations
@@ -126,6 +126,12 @@ def decode_file(src: Path, dst: Path, *, device: str | None = None) -> None:
     options: dict[str, Any] = {
         name: bytes(value) for name in ("icc_profile", "exif", "xmp") if (value := getattr(jac, name))
     }
+    if fmt == "PNG" and "xmp" in options:  # Pillow's PNG writer takes XMP only as an iTXt chunk
+        from PIL.PngImagePlugin import PngInfo
+
+        pnginfo = PngInfo()
+        pnginfo.add_itxt("XML:com.adobe.xmp", options.pop("xmp").decode("utf-8", "replace"))
+        options["pnginfo"] = pnginfo
     if fmt in ("JPEG", "WEBP", "AVIF"):
         options["quality"] = 95
     if fmt == "JPEG" and im.mode in ("LA", "RGBA"):

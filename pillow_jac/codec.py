@@ -82,7 +82,9 @@ def encode(
         image: uint8 array ``(H, W)``, ``(H, W, 2)``, ``(H, W, 3)`` or ``(H, W, 4)``, or a PIL image
             of mode L, LA, RGB or RGBA.
         quality: 1 (smallest) to 8 (best); fractions interpolate. Stored to 1/256.
-        icc_profile, exif, xmp: metadata stored in ancillary chunks.
+        icc_profile: ICC profile bytes, stored in an ancillary chunk.
+        exif: EXIF bytes (as Pillow's ``im.info["exif"]``), stored in an ancillary chunk.
+        xmp: XMP packet bytes, stored in an ancillary chunk.
         device: torch device (default: ``JAC_DEVICE`` or cpu).
         weights: path of a weights file (default: the shipped one).
 

@@ -24,7 +24,7 @@ from .weights import WeightsError, content_hash, load_weights
 __all__ = ["Engine", "get_engine", "resolve_device", "default_weights_path", "DEFAULT_WEIGHTS_NAME"]
 
 DEFAULT_WEIGHTS_NAME = "mbt2018-n128m192.safetensors"
-_CACHE: dict[tuple[str, str], Engine] = {}
+_CACHE: dict[tuple, Engine] = {}
 _LOCK = threading.Lock()
 
 
@@ -104,11 +104,14 @@ def get_engine(device: str | torch.device | None = None, weights: str | Path | N
     """The cached :class:`Engine` for a device and weights file (built on first use, thread-safe)."""
     dev = resolve_device(device)
     path = Path(weights) if weights is not None else default_weights_path()
-    key = (str(path.resolve()), str(dev))
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        raise WeightsError(f"weights file not found: {path} (set JAC_WEIGHTS to its location)") from None
+    # the file's identity includes its modification time, so a re-frozen file is reloaded
+    key = (str(path.resolve()), stat.st_mtime_ns, stat.st_size, str(dev))
     with _LOCK:
         engine = _CACHE.get(key)
         if engine is None:
-            if not path.exists():
-                raise WeightsError(f"weights file not found: {path} (set JAC_WEIGHTS to its location)")
             engine = _CACHE[key] = Engine(path, dev)
         return engine

@@ -137,7 +137,7 @@ def factorized_tables(cdf_at: callable, channels: int, search: int = 4095) -> tu
 
 
 def words_to_bytes(words: np.ndarray) -> bytes:
-    """constriction's uint32 words as little-endian bytes (CODING.md section 6.4)."""
+    """The range coder's uint32 words as little-endian bytes (CODING.md section 6.4)."""
     return np.asarray(words, dtype="<u4").tobytes()
 
 
@@ -250,7 +250,7 @@ class CodingTables:
         sorted_ids = table_ids[order]
         starts = np.flatnonzero(np.r_[True, sorted_ids[1:] != sorted_ids[:-1]])
         ends = np.r_[starts[1:], len(order)]
-        for s, e in zip(starts.tolist(), ends.tolist()):
+        for s, e in zip(starts.tolist(), ends.tolist(), strict=True):
             yield int(sorted_ids[s]), order[s:e]
 
     # -- convenience ------------------------------------------------------------------------------

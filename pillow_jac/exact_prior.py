@@ -45,7 +45,7 @@ def wavefront_steps(height: int, width: int) -> list[tuple[np.ndarray, np.ndarra
     t_sorted = t[order]
     bounds = np.flatnonzero(np.r_[True, t_sorted[1:] != t_sorted[:-1], True])
     r, c = rows.ravel()[order], cols.ravel()[order]
-    return [(r[a:b], c[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
+    return [(r[a:b], c[a:b]) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
 
 
 class ExactPrior:
@@ -80,8 +80,9 @@ class ExactPrior:
         self.device = device
         if context is not None:
             layer = context.layers[0]
-            taps = torch.stack([layer.weight[:, :, 2 + dr, 2 + dc] for dr, dc in CAUSAL_TAPS], dim=2)
-            self._context_matrix = taps.reshape(taps.shape[0], -1).t().contiguous().to(device)  # (M*12, 2M)
+            taps = torch.stack([layer.weight[:, :, 2 + dr, 2 + dc] for dr, dc in CAUSAL_TAPS], dim=0)  # (12, 2M, M)
+            # rows ordered tap-major, then input channel: matches a (n, 12, M) gather flattened
+            self._context_matrix = taps.permute(0, 2, 1).reshape(-1, taps.shape[1]).contiguous().to(device)
 
     # -- parameters -------------------------------------------------------------------------------
     def hyper_features(self, z_hat: torch.Tensor | None, y_shape: tuple[int, int]) -> torch.Tensor | None:
@@ -139,29 +140,27 @@ class ExactPrior:
         M = self.M
         H, W = shape
         decoder = constriction.stream.queue.RangeDecoder(bytes_to_words(data))
-        # fixed-point y_hat with a 2-latent border on top, left and right (zeros = "not available")
-        padded = torch.zeros(M, H + 2, W + 4, dtype=torch.float64, device=self.device)
+        # fixed-point y_hat, position-major, with a 2-latent border on top, left and right (zeros)
+        padded = torch.zeros(H + 2, W + 4, M, dtype=torch.float64, device=self.device)
         psi_rows = psi.reshape(2 * M, -1).t() if psi is not None else None
         taps_r = torch.tensor([dr for dr, _ in CAUSAL_TAPS], device=self.device)
         taps_c = torch.tensor([dc for _, dc in CAUSAL_TAPS], device=self.device)
-        out = np.empty((M, H, W), np.int64)
+        out = np.empty((H, W, M), np.int64)
+        context = self.context.layers[0] if self.context is not None else None
         for rows, cols in wavefront_steps(H, W):
             r = torch.from_numpy(rows).to(self.device)
             c = torch.from_numpy(cols).to(self.device)
             parts = []
             if psi_rows is not None:
                 parts.append(psi_rows[r * W + c])
-            if self.context is not None:
-                rr = (r[:, None] + 2 + taps_r[None, :]).reshape(-1)
-                cc = (c[:, None] + 2 + taps_c[None, :]).reshape(-1)
-                gathered = padded[:, rr, cc].reshape(M, len(rows), len(CAUSAL_TAPS)).permute(1, 0, 2)
-                layer = self.context.layers[0]
-                acc = gathered.reshape(len(rows), -1) @ self._context_matrix + layer.bias.to(self.device)
-                parts.append(layer.rescale(acc, 1))
+            if context is not None:
+                gathered = padded[r[:, None] + 2 + taps_r, c[:, None] + 2 + taps_c]  # (n, 12, M)
+                acc = gathered.reshape(len(rows), -1) @ self._context_matrix + context.bias.to(self.device)
+                parts.append(context.rescale(acc, 1))
             ids, base = self.table_ids(torch.cat(parts, dim=1))
             values = self.y_tables.decode(decoder, ids.ravel()).reshape(ids.shape) + base
             if np.abs(values).max(initial=0) > SYMBOL_LIMIT:
                 raise EntropyCodingError("decoded latent out of range")
-            out[:, rows, cols] = values.T
-            padded[:, r + 2, c + 2] = torch.from_numpy(values.T).double().to(self.device) * 2.0**ACTIVATION_BITS
-        return out
+            out[rows, cols] = values
+            padded[r + 2, c + 2] = torch.from_numpy(values).to(self.device, torch.float64) * 2.0**ACTIVATION_BITS
+        return np.ascontiguousarray(out.transpose(2, 0, 1))

@@ -8,8 +8,8 @@ optional dependency) and does nothing otherwise.
 
 Example:
     >>> import pillow_jac
-    >>> import imageio.v3 as iio
-    >>> [ext.priority for ext in iio.config.known_extensions[".jac"]]
+    >>> from imageio.config import known_extensions
+    >>> [ext.priority for ext in known_extensions[".jac"]]
     [['pillow']]
 """
 

@@ -46,7 +46,9 @@ def load_float_state(path: str | Path, device: str = "cpu") -> dict[str, torch.T
     return tensors
 
 
-def load_weights(path: str | Path, device: str = "cpu", prefix: str = "") -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+def load_weights(
+    path: str | Path, device: str = "cpu", prefix: str = ""
+) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Every tensor whose name starts with ``prefix`` (prefix removed), and the metadata."""
     try:
         with safe_open(str(path), framework="pt", device=device) as f:
@@ -78,5 +80,5 @@ def content_hash(tensors: dict[str, torch.Tensor]) -> bytes:
     for name in sorted(tensors):
         t = tensors[name].detach().contiguous().cpu()
         h.update(f"{name}|{str(t.dtype)}|{tuple(t.shape)}|".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.digest()[:8]

@@ -37,14 +37,13 @@ def test_encode_two_threads_decode_one_thread(tmp_path):
         out = sys.argv[1]
         images = np.load(out + "/images.npy", allow_pickle=True)
         for i, image in enumerate(images):
-            for q in %r:
+            for q in QUALITIES:
                 data = codec.encode(image, q)
                 open(f"{out}/{i}-{q}.jac", "wb").write(data)
                 z, y = codec.encode_symbols(image, q)
                 np.save(f"{out}/{i}-{q}-y.npy", y)
                 np.save(f"{out}/{i}-{q}-z.npy", z)
-        """
-        % (QUALITIES,),
+        """.replace("QUALITIES", repr(QUALITIES)),
         str(tmp_path),
     )
     _run(
@@ -54,14 +53,13 @@ def test_encode_two_threads_decode_one_thread(tmp_path):
         torch.set_num_threads(1)
         out = sys.argv[1]
         for i in range(3):
-            for q in %r:
+            for q in QUALITIES:
                 data = open(f"{out}/{i}-{q}.jac", "rb").read()
                 z, y = codec.decode_symbols(data)
                 np.save(f"{out}/{i}-{q}-y-dec.npy", y)
                 np.save(f"{out}/{i}-{q}-z-dec.npy", z)
                 np.save(f"{out}/{i}-{q}-pixels.npy", codec.decode(data))
-        """
-        % (QUALITIES,),
+        """.replace("QUALITIES", repr(QUALITIES)),
         str(tmp_path),
     )
     torch.set_num_threads(2)

@@ -4,22 +4,22 @@ Every adapter takes and returns ``H x W x 3`` uint8 RGB arrays and produces a co
 headers included), so ``8 * len(data) / (H * W)`` is the real bit rate. Each codec has its own
 parameter and ladder, ordered from the smallest files to the best quality:
 
-=============  =====================================  ==============================================
-name           implementation                         parameter
-=============  =====================================  ==============================================
-``jpeg420``    Pillow, libjpeg-turbo, 4:2:0           quality 5..95 (optimised Huffman tables)
-``jpeg444``    Pillow, libjpeg-turbo, 4:4:4           quality 5..95 (optimised Huffman tables)
-``webp``       Pillow, libwebp (lossy, method 6)      quality 5..95
-``avif``       Pillow's AVIF (libavif), 4:4:4         quality 10..95 (speed 6); falls back to
-                                                      pillow-heif, then imagecodecs
-``avif420``    the same, 4:2:0 (not in the default set)
-``jpeg2000``   Pillow, OpenJPEG, JP2, 9/7 wavelet+MCT  target bits per pixel (rate ladder)
-``heic``       pillow-heif, libheif with x265, 4:4:4  quality 5..95
-``heic420``    the same, 4:2:0 (not in the default set)
-``jxl``        imagecodecs (libjxl), effort 7          Butteraugli distance 15..0.3; falls back to
-                                                      the pillow-jxl-plugin (quality 5..95)
+=============  ======================================  ============================================
+name           implementation                          parameter (ladder)
+=============  ======================================  ============================================
 ``jac``        :mod:`pillow_jac.codec`                 quality 1..8, fractions allowed
-=============  =====================================  ==============================================
+``jpeg420``    Pillow, libjpeg-turbo, 4:2:0, optimise  quality 5..95
+``jpeg444``    Pillow, libjpeg-turbo, 4:4:4, optimise  quality 5..95
+``webp``       Pillow, libwebp, lossy, method 6        quality 0..95
+``avif``       Pillow's AVIF (libavif), 4:4:4, speed 6 quality 5..90; falls back to pillow-heif,
+                                                       then imagecodecs
+``avif420``    the same in 4:2:0 (not in the default set)
+``jpeg2000``   Pillow, OpenJPEG, JP2, 9/7 + MCT        target bits per pixel 0.05..4 (rate ladder)
+``heic``       pillow-heif, libheif + x265, 4:4:4      quality 10..70
+``heic420``    the same in 4:2:0 (not in the default set)
+``jxl``        imagecodecs (libjxl), effort 7          Butteraugli distance 25..0.5; falls back to
+                                                       pillow-jxl-plugin (quality 5..95)
+=============  ======================================  ============================================
 
 A codec whose library is missing is skipped by :func:`get_codecs` with a note on stderr; the
 optional libraries are imported only when their adapter is built.
@@ -50,14 +50,19 @@ __all__ = [
     "find_shared",
 ]
 
-#: quality ladder of the Pillow codecs that take a 0..100 quality
+# Ladders span about 0.05-3.5 bpp on Kodak (the published learned-codec curves cover 0.07-3 bpp).
+#: JPEG quality ladder (and the pillow-jxl-plugin fallback's)
 PERCENT_LADDER: tuple[float, ...] = (5, 10, 15, 20, 30, 40, 50, 60, 70, 80, 90, 95)
+#: WebP quality ladder (quality 0 is still about 0.09 bpp on Kodak)
+WEBP_LADDER: tuple[float, ...] = (0, 5, 10, 20, 30, 40, 50, 60, 70, 80, 90, 95)
 #: AVIF quality ladder (libavif's quality 0..100)
-AVIF_LADDER: tuple[float, ...] = (10, 20, 30, 40, 50, 60, 70, 80, 90, 95)
+AVIF_LADDER: tuple[float, ...] = (5, 10, 20, 30, 40, 50, 60, 70, 80, 90)
+#: HEIC quality ladder (x265 through libheif: quality 70 is already about 3 bpp on Kodak)
+HEIC_LADDER: tuple[float, ...] = (10, 15, 20, 25, 30, 35, 40, 45, 50, 55, 60, 65, 70)
 #: JPEG 2000 target rates in bits per pixel
-J2K_LADDER: tuple[float, ...] = (0.08, 0.12, 0.2, 0.3, 0.45, 0.65, 0.9, 1.3, 1.9, 2.8, 4.0)
+J2K_LADDER: tuple[float, ...] = (0.05, 0.08, 0.12, 0.2, 0.3, 0.45, 0.65, 0.9, 1.3, 1.9, 2.8, 4.0)
 #: JPEG XL Butteraugli distances, largest (smallest files) first
-JXL_DISTANCES: tuple[float, ...] = (15.0, 10.0, 7.0, 5.0, 3.5, 2.5, 1.8, 1.2, 0.8, 0.5, 0.3)
+JXL_DISTANCES: tuple[float, ...] = (25.0, 15.0, 10.0, 7.0, 5.0, 3.5, 2.5, 1.8, 1.2, 0.8, 0.5)
 #: the integer qualities of ``.jac``
 JAC_QUALITIES: tuple[float, ...] = (1, 2, 3, 4, 5, 6, 7, 8)
 
@@ -140,7 +145,8 @@ def _require(feature: str, what: str) -> str:
 
 
 def _jpeg(subsampling: str) -> Codec:
-    version = _require("jpg", "JPEG")
+    _require("jpg", "JPEG")
+    version = features.version("libjpeg_turbo") or features.version("jpg")
     code = {"4:4:4": 0, "4:2:2": 1, "4:2:0": 2}[subsampling]
     settings = {"subsampling": subsampling, "optimize": True}
 
@@ -159,7 +165,7 @@ def _webp() -> Codec:
         return _pillow_save(rgb, "WEBP", quality=int(round(quality)), method=6, lossless=False)
 
     label = f"WebP (Pillow, libwebp {version})"
-    return Codec("webp", label, "quality", PERCENT_LADDER, encode, _pillow_load, ".webp", {"method": 6})
+    return Codec("webp", label, "quality", WEBP_LADDER, encode, _pillow_load, ".webp", {"method": 6})
 
 
 def _avif(subsampling: str) -> Codec:
@@ -252,7 +258,7 @@ def _heic(subsampling: str) -> Codec:
 
     label = f"HEIC {subsampling} (pillow-heif, libheif {info.get('libheif')}, {info['HEIF']})"
     settings = {"chroma": chroma, "encoder": info["HEIF"]}
-    return Codec(name, label, "quality", PERCENT_LADDER, encode, _heif_decode, ".heic", settings)
+    return Codec(name, label, "quality", HEIC_LADDER, encode, _heif_decode, ".heic", settings)
 
 
 def _jxl() -> Codec:
@@ -282,7 +288,7 @@ def _jxl() -> Codec:
     return Codec("jxl", "JPEG XL (pillow-jxl-plugin)", "quality", PERCENT_LADDER, encode_pil, _pillow_load, ".jxl")
 
 
-def _jac(qualities: Sequence[float] | None, device: str | None) -> Codec:
+def _jac(qualities: Sequence[float] | None, device: str | None, weights: str | None = None) -> Codec:
     try:
         from pillow_jac import codec
     except ImportError as e:  # torch or constriction missing
@@ -290,20 +296,34 @@ def _jac(qualities: Sequence[float] | None, device: str | None) -> Codec:
     if not (callable(getattr(codec, "encode", None)) and callable(getattr(codec, "decode", None))):
         raise CodecUnavailable("pillow_jac.codec has no encode/decode yet")
 
+    extra = {"weights": weights} if weights else {}
+
     def encode(rgb: np.ndarray, quality: float) -> bytes:
-        return codec.encode(_check_rgb(rgb), float(quality), device=device)
+        return codec.encode(_check_rgb(rgb), float(quality), device=device, **extra)
 
     def decode(data: bytes) -> np.ndarray:
-        out = np.asarray(codec.decode(data, device=device))
+        out = np.asarray(codec.decode(data, device=device, **extra))
         return out if out.ndim == 3 else np.repeat(out[:, :, None], 3, axis=2)
 
     ladder = tuple(float(q) for q in (qualities or JAC_QUALITIES))
     label = "JAC (pillow_jac)" + (f" on {device}" if device and device != "cpu" else "")
-    return Codec("jac", label, "quality", ladder, encode, decode, ".jac", {"device": device or "cpu"})
+    return Codec("jac", label, "quality", ladder, encode, decode, ".jac", {"device": device, "weights": weights})
 
 
-def get_codec(name: str, *, jac_qualities: Sequence[float] | None = None, jac_device: str | None = None) -> Codec:
+def get_codec(
+    name: str,
+    *,
+    jac_qualities: Sequence[float] | None = None,
+    jac_device: str | None = None,
+    jac_weights: str | None = None,
+) -> Codec:
     """Build the adapter called ``name`` (one of :data:`ALL_CODECS`).
+
+    Args:
+        name: the codec's key.
+        jac_qualities: the ``.jac`` ladder (default :data:`JAC_QUALITIES`).
+        jac_device: torch device for ``.jac`` (default: the codec's, ``JAC_DEVICE`` or cpu).
+        jac_weights: weights file for ``.jac`` (default: the codec's).
 
     Raises:
         CodecUnavailable: its library is not installed.
@@ -319,7 +339,7 @@ def get_codec(name: str, *, jac_qualities: Sequence[float] | None = None, jac_de
         "heic": lambda: _heic("4:4:4"),
         "heic420": lambda: _heic("4:2:0"),
         "jxl": _jxl,
-        "jac": lambda: _jac(jac_qualities, jac_device),
+        "jac": lambda: _jac(jac_qualities, jac_device, jac_weights),
     }
     if name not in builders:
         raise KeyError(f"unknown codec {name!r}; known: {', '.join(ALL_CODECS)}")
@@ -331,6 +351,7 @@ def get_codecs(
     *,
     jac_qualities: Sequence[float] | None = None,
     jac_device: str | None = None,
+    jac_weights: str | None = None,
     stream: TextIO | None = sys.stderr,
 ) -> list[Codec]:
     """The adapters for ``names`` (default :data:`DEFAULT_CODECS`), skipping unavailable ones with a note.
@@ -342,7 +363,7 @@ def get_codecs(
     out = []
     for name in names or DEFAULT_CODECS:
         try:
-            out.append(get_codec(name, jac_qualities=jac_qualities, jac_device=jac_device))
+            out.append(get_codec(name, jac_qualities=jac_qualities, jac_device=jac_device, jac_weights=jac_weights))
         except CodecUnavailable as e:
             if stream is not None:
                 print(f"note: skipping {name}: {e}", file=stream)

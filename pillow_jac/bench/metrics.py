@@ -121,7 +121,7 @@ def ms_ssim(reference: np.ndarray, distorted: np.ndarray) -> float:
     from pytorch_msssim import ms_ssim as _ms_ssim
 
     def tensor(x: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1))).unsqueeze(0).to(torch.float64)
+        return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1))).unsqueeze(0).to(torch.float32)
 
     with torch.no_grad():
         value = _ms_ssim(tensor(a), tensor(b), data_range=255.0, size_average=True)

@@ -12,7 +12,8 @@ integer ``a`` standing for ``a / 2**F`` (``F = ACTIVATION_BITS``), every weight 
 
 The sums are evaluated in float64. With ``|w| < 2**15``, ``|a| < 2**A`` (``A = 20``) and at most
 ``K <= 2**13`` products, every partial sum stays below ``2**48 < 2**53``, so float64 holds it
-exactly (shifts are capped at 24, so biases stay below 2**45 too), whatever the summation order, thread count or device. Convolutions are therefore
+exactly (shifts are capped at 24, so biases stay small too), whatever the summation order,
+thread count or device. Convolutions are therefore
 computed with torch's float64 convolutions (cuDNN disabled: no Winograd/FFT transforms).
 """
 

@@ -112,9 +112,7 @@ class JointAutoregressiveHierarchicalPrior(nn.Module):
         super().__init__()
         self.config = config
         N, M = config.N, config.M
-        self.g_a = nn.Sequential(
-            conv(3, N), GDN(N), conv(N, N), GDN(N), conv(N, N), GDN(N), conv(N, M)
-        )
+        self.g_a = nn.Sequential(conv(3, N), GDN(N), conv(N, N), GDN(N), conv(N, N), GDN(N), conv(N, M))
         self.g_s = nn.Sequential(
             deconv(M, N), GDN(N, inverse=True), deconv(N, N), GDN(N, inverse=True),
             deconv(N, N), GDN(N, inverse=True), deconv(N, 3),
@@ -185,9 +183,7 @@ class JointAutoregressiveHierarchicalPrior(nn.Module):
         return out
 
 
-def rate_distortion_loss(
-    out: dict[str, torch.Tensor], x: torch.Tensor, lmbda: torch.Tensor
-) -> dict[str, torch.Tensor]:
+def rate_distortion_loss(out: dict[str, torch.Tensor], x: torch.Tensor, lmbda: torch.Tensor) -> dict[str, torch.Tensor]:
     """``lambda * 255^2 * MSE + bpp`` per image, averaged over the batch (paper eq. 2).
 
     Returns the loss and its parts (``bpp``, ``mse``, ``psnr`` averaged over the batch) in float32.
@@ -213,4 +209,3 @@ def count_parameters(model: nn.Module) -> int:
 def pad_amount(size: int, align: int = JointAutoregressiveHierarchicalPrior.ALIGN) -> int:
     """How many pixels to add to ``size`` to reach a multiple of ``align``."""
     return (-size) % align
-

@@ -27,8 +27,10 @@ def list_images(folder: str | Path) -> list[Path]:
 
 
 def load_rgb(path: Path, max_short_side: int | None = None) -> np.ndarray:
-    """Decode ``path`` to an ``(H, W, 3)`` uint8 array, downscaling so the short side is at most
-    ``max_short_side`` (downscaling large photos removes sensor noise and JPEG artefacts)."""
+    """Decode ``path`` to an ``(H, W, 3)`` uint8 array, the short side at most ``max_short_side``.
+
+    Downscaling large photos removes sensor noise and JPEG artefacts.
+    """
     with Image.open(path) as im:
         im = im.convert("RGB")
         if max_short_side and min(im.size) > max_short_side:

@@ -13,6 +13,7 @@ written as safetensors for :mod:`pillow_jac.training.freeze`.
 from __future__ import annotations
 
 import argparse
+import copy
 import csv
 import math
 import os
@@ -23,13 +24,14 @@ from pathlib import Path
 import torch
 
 from ..model.mbt2018 import JointAutoregressiveHierarchicalPrior, ModelConfig, quality_lambda, rate_distortion_loss
-from .data import CropSampler, list_images, load_rgb
+from .data import CropSampler, list_images
 
 DEFAULT_TRAIN = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "train"
 DEFAULT_KODAK = DEFAULT_TRAIN.parent / "kodak"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command-line options."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", type=Path, default=DEFAULT_TRAIN, help="folder of training images (never Kodak)")
     p.add_argument("--eval-data", type=Path, default=DEFAULT_KODAK, help="folder for the periodic evaluation")
@@ -69,32 +71,25 @@ def learning_rate(args: argparse.Namespace, step: int) -> float:
     return lr
 
 
-@torch.no_grad()
-def evaluate(model, images, device, qualities=(1.0, 4.0, 8.0)) -> dict[str, float]:
-    """Rate (from the likelihoods of rounded latents) and PSNR on whole images, per quality."""
-    model.eval()
-    result = {}
-    for q in qualities:
-        bpp = psnr = 0.0
-        for im in images:
-            x = torch.from_numpy(im).permute(2, 0, 1).float().div(255).unsqueeze(0).to(device)
-            h, w = x.shape[2:]
-            ph, pw = (-h) % model.ALIGN, (-w) % model.ALIGN
-            xp = torch.nn.functional.pad(x, (0, pw, 0, ph), mode="replicate")
-            out = model(xp, torch.tensor([q]))
-            out["x_hat"] = out["x_hat"][:, :, :h, :w]
-            bits = sum(-out[k].log2().sum() for k in ("y_likelihoods", "z_likelihoods") if k in out)
-            bpp += float(bits) / (h * w)
-            x8 = (out["x_hat"].clamp(0, 1) * 255).round()
-            mse = float((x8 - x * 255).pow(2).mean())
-            psnr += 10 * math.log10(255**2 / max(mse, 1e-10))
-        result[f"q{q:g}_bpp"] = bpp / len(images)
-        result[f"q{q:g}_psnr"] = psnr / len(images)
-    model.train()
-    return result
+def evaluate_real(model, config: ModelConfig, paths: list[Path], out_dir: Path, step: int) -> dict[str, float]:
+    """Freeze the current weights and measure real bitstreams (bpp, PSNR) at qualities 1, 4 and 8."""
+    from ..weights import save_weights
+    from .evaluate import evaluate
+    from .freeze import freeze
+
+    tensors, metadata = freeze(copy.deepcopy(_unwrap(model)), release=0, notes={"step": str(step)})
+    path = out_dir / "eval.safetensors"
+    save_weights(path, tensors, metadata)
+    rows = evaluate(paths, [1.0, 4.0, 8.0], weights=path, with_float=False)
+    return {f"q{r['quality']:g}_{k}": r[k] for r in rows for k in ("bpp", "psnr")}
+
+
+def _unwrap(model):
+    return model.module if hasattr(model, "module") else model
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Train until ``--steps`` or ``--minutes`` is reached, checkpointing as it goes."""
     args = parse_args(argv)
     distributed = "RANK" in os.environ and "WORLD_SIZE" in os.environ
     rank = 0
@@ -133,9 +128,9 @@ def main(argv: list[str] | None = None) -> None:
     if distributed:
         train_model = torch.nn.parallel.DistributedDataParallel(model)
     forward = torch.compile(train_model) if args.compile else train_model
-    eval_images = []
+    eval_paths = []
     if rank == 0 and args.eval_every and args.eval_data.exists():
-        eval_images = [load_rgb(p) for p in list_images(args.eval_data)[: args.eval_images]]
+        eval_paths = list_images(args.eval_data)[: args.eval_images]
 
     log_path = args.out / "log.csv"
     new_log = not log_path.exists()
@@ -165,7 +160,7 @@ def main(argv: list[str] | None = None) -> None:
         step += 1
         n += 1
         for k in sums:
-            sums[k] += float(losses[k])
+            sums[k] += losses[k].item()
         if rank == 0 and step % args.log_every == 0:
             avg = {k: v / n for k, v in sums.items()}
             elapsed = time.time() - start
@@ -181,8 +176,8 @@ def main(argv: list[str] | None = None) -> None:
         done = step >= args.steps or (args.minutes and time.time() - start > args.minutes * 60)
         if rank == 0 and (step % args.save_every == 0 or done):
             save_checkpoint(ckpt_path, model, optimizer, step, sampler, config)
-        if rank == 0 and eval_images and step % args.eval_every == 0:
-            result = evaluate(model, eval_images, device)
+        if rank == 0 and eval_paths and step % args.eval_every == 0:
+            result = evaluate_real(model, config, eval_paths, args.out, step)
             print("eval " + " ".join(f"{k} {v:.4f}" for k, v in result.items()), flush=True)
             with open(args.out / "eval.csv", "a") as f:
                 f.write(f"{step}," + ",".join(f"{k}={v:.4f}" for k, v in result.items()) + "\n")

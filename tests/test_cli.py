@@ -1,0 +1,325 @@
+"""Tests of the ``jac`` command line tool, through ``main([...])`` and as a subprocess."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image, ImageCms
+
+from pillow_jac import __version__
+from pillow_jac.cli import main
+from pillow_jac.constants import MAGIC
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLE = ROOT / "examples" / "sample.png"
+
+
+def crop(x: int = 150, y: int = 90, w: int = 48, h: int = 40) -> Image.Image:
+    with Image.open(SAMPLE) as im:
+        return im.convert("RGB").crop((x, y, x + w, y + h))
+
+
+@pytest.fixture
+def png(tmp_path: Path) -> Path:
+    path = tmp_path / "in.png"
+    icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    crop().save(path, icc_profile=icc)
+    return path
+
+
+@pytest.fixture(scope="module")
+def jac(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("cli") / "image.jac"
+    crop().save(path, quality=3, xmp=b"<x/>")
+    return path
+
+
+def run_jac(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "pillow_jac", *args], capture_output=True, text=True, cwd=ROOT, timeout=timeout
+    )
+
+
+def assert_one_line_error(err: str, *fragments: str) -> None:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("jac: error: "), err
+    assert "Traceback" not in err
+    for fragment in fragments:
+        assert fragment in lines[0]
+
+
+# --------------------------------------------------------------------------- encode / decode
+
+
+def test_encode(png: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "out.jac"
+    assert main(["encode", str(png), str(out), "-q", "2.5"]) == 0
+    with Image.open(out) as im:
+        assert im.format == "JAC" and im.size == (48, 40)
+        assert im.info["quality"] == 2.5
+        assert "icc_profile" in im.info  # metadata kept by default
+    assert capsys.readouterr().err == ""
+
+
+def test_encode_strip(png: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out.jac"
+    assert main(["encode", str(png), str(out), "--strip", "--quality", "4"]) == 0
+    with Image.open(out) as im:
+        assert "icc_profile" not in im.info
+
+
+def test_decode(jac: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out.png"
+    assert main(["decode", str(jac), str(out)]) == 0
+    with Image.open(out) as im:
+        assert im.format == "PNG" and im.size == (48, 40) and im.mode == "RGB"
+        assert im.info.get("xmp") in ("<x/>", b"<x/>")  # metadata passed on to PNG
+
+
+@pytest.mark.parametrize("ext", [".jpg", ".tif"])
+def test_decode_other_formats(jac: Path, tmp_path: Path, ext: str) -> None:
+    out = tmp_path / f"out{ext}"
+    assert main(["decode", str(jac), str(out)]) == 0
+    with Image.open(out) as im:
+        assert im.size == (48, 40)
+
+
+def test_decode_rgba_to_jpeg_drops_alpha(tmp_path: Path) -> None:
+    src = tmp_path / "a.jac"
+    crop().convert("RGBA").save(src)
+    assert main(["decode", str(src), str(tmp_path / "a.jpg")]) == 0
+    assert main(["decode", str(src), str(tmp_path / "a.png")]) == 0
+    with Image.open(tmp_path / "a.png") as im:
+        assert im.mode == "RGBA"
+
+
+# --------------------------------------------------------------------------- info
+
+
+def test_info(jac: Path, capsys) -> None:
+    assert main(["info", str(jac)]) == 0
+    out = capsys.readouterr().out
+    assert "48x40 RGB" in out
+    assert "quality:   3" in out
+    assert "bpp" in out
+    assert "xmp 4 B" in out
+
+
+def test_info_json(jac: Path, capsys) -> None:
+    assert main(["info", str(jac), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert (info["width"], info["height"], info["mode"]) == (48, 40, "RGB")
+    assert info["quality"] == 3.0
+    assert info["file_bytes"] == jac.stat().st_size
+    assert info["bpp"] == pytest.approx(8 * jac.stat().st_size / (48 * 40), abs=1e-4)
+    assert info["xmp_bytes"] == 4 and info["exif_bytes"] == 0
+    assert info["y_stream_bytes"] > 0
+    assert isinstance(info["model_id"], str) and len(info["weights_hash"]) == 16
+
+
+def test_info_does_not_import_torch(jac: Path) -> None:
+    code = (
+        "import sys\n"
+        "from pillow_jac.cli import main\n"
+        f"rc = main(['info', {str(jac)!r}])\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+        "sys.exit(rc)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "48x40 RGB" in result.stdout
+
+
+# --------------------------------------------------------------------------- errors
+
+
+def test_missing_input(tmp_path: Path, capsys) -> None:
+    assert main(["encode", str(tmp_path / "nope.png"), str(tmp_path / "o.jac")]) == 1
+    assert_one_line_error(capsys.readouterr().err, "nope.png", "No such file")
+    assert not (tmp_path / "o.jac").exists()
+
+
+def test_not_a_jac_file(png: Path, tmp_path: Path, capsys) -> None:
+    assert main(["decode", str(png), str(tmp_path / "o.png")]) == 1
+    assert_one_line_error(capsys.readouterr().err, "not a JAC file")
+    assert main(["info", str(png)]) == 1
+    assert_one_line_error(capsys.readouterr().err, "not a JAC file")
+
+
+def test_corrupt_jac(jac: Path, tmp_path: Path, capsys) -> None:
+    bad = tmp_path / "bad.jac"
+    bad.write_bytes(jac.read_bytes()[:-20])
+    assert main(["info", str(bad)]) == 1
+    assert_one_line_error(capsys.readouterr().err, "truncated")
+    assert main(["decode", str(bad), str(tmp_path / "o.png")]) == 1
+    assert_one_line_error(capsys.readouterr().err)
+    assert not (tmp_path / "o.png").exists()
+
+
+def test_unsupported_mode(tmp_path: Path, capsys) -> None:
+    src = tmp_path / "deep.png"
+    Image.new("I;16", (8, 8), 1000).save(src)
+    out = tmp_path / "deep.jac"
+    assert main(["encode", str(src), str(out)]) == 1
+    assert_one_line_error(capsys.readouterr().err, "cannot write mode I;16")
+    assert not out.exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["deep.png"]  # no temporary file left behind
+
+
+def test_failed_encode_keeps_existing_output(png: Path, tmp_path: Path, monkeypatch) -> None:
+    from pillow_jac import codec
+
+    out = tmp_path / "out.jac"
+    out.write_bytes(b"previous content")
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(codec, "encode", broken)
+    assert main(["encode", str(png), str(out)]) == 1
+    assert out.read_bytes() == b"previous content"
+
+
+def test_unknown_output_extension(jac: Path, tmp_path: Path, capsys) -> None:
+    assert main(["decode", str(jac), str(tmp_path / "out.xyz")]) == 1
+    assert_one_line_error(capsys.readouterr().err, "cannot write '.xyz'")
+    assert main(["decode", str(jac), str(tmp_path / "noext")]) == 1
+    assert_one_line_error(capsys.readouterr().err, "no file extension")
+
+
+@pytest.mark.parametrize("quality", ["75", "0", "abc"])
+def test_bad_quality_is_a_usage_error(png: Path, tmp_path: Path, quality: str, capsys) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["encode", str(png), str(tmp_path / "o.jac"), "-q", quality])
+    assert exc.value.code == 2
+    assert "quality" in capsys.readouterr().err
+
+
+def test_usage_errors(capsys) -> None:
+    for argv in ([], ["frobnicate"], ["encode", "only-one-arg"], ["batch", "a", "b"]):
+        with pytest.raises(SystemExit) as exc:
+            main(argv)
+        assert exc.value.code == 2
+    capsys.readouterr()
+
+
+# --------------------------------------------------------------------------- batch
+
+
+@pytest.fixture
+def photo_dir(tmp_path: Path) -> Path:
+    d = tmp_path / "photos"
+    (d / "sub").mkdir(parents=True)
+    crop(0, 0).save(d / "a.png")
+    crop(60, 30).save(d / "b.jpg", quality=95)
+    crop(200, 100, 32, 24).save(d / "sub" / "c.png")
+    (d / "notes.txt").write_text("not an image")
+    return d
+
+
+def test_batch_roundtrip(photo_dir: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "jac"
+    assert main(["batch", str(photo_dir), str(out), "--to", "jac", "-q", "2"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["a.jac", "b.jac"]
+    err = capsys.readouterr().err
+    assert "[2/2]" in err  # progress on stderr
+    with Image.open(out / "a.jac") as im:
+        assert im.info["quality"] == 2.0
+
+    back = tmp_path / "png"
+    assert main(["batch", str(out), str(back), "--to", "png", "--quiet"]) == 0
+    assert sorted(p.name for p in back.iterdir()) == ["a.png", "b.png"]
+    assert capsys.readouterr().err == ""
+    with Image.open(back / "b.png") as im:
+        assert im.size == (48, 40)
+
+
+@pytest.fixture
+def fake_encode(monkeypatch, jac: Path) -> list:
+    """Replace the codec's encoder by one that returns a fixed file (for tests of the batch logic)."""
+    from pillow_jac import codec
+
+    calls = []
+
+    def encode(image, quality, **kwargs):
+        calls.append((image.shape, quality))
+        return jac.read_bytes()
+
+    monkeypatch.setattr(codec, "encode", encode)
+    return calls
+
+
+def test_batch_recursive(fake_encode: list, photo_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "jac"
+    assert main(["batch", str(photo_dir), str(out), "--to", "jac", "-r", "--quiet"]) == 0
+    assert (out / "sub" / "c.jac").is_file()
+    assert sorted(fake_encode) == [((24, 32, 3), 4.0), ((40, 48, 3), 4.0), ((40, 48, 3), 4.0)]
+
+
+def test_batch_reports_failures(fake_encode: list, photo_dir: Path, tmp_path: Path, capsys) -> None:
+    (photo_dir / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 20)
+    out = tmp_path / "jac"
+    assert main(["batch", str(photo_dir), str(out), "--to", "jac", "--quiet"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert any("broken.png" in line for line in err)
+    assert err[-1] == "jac: error: 1 of 3 files failed"
+    assert sorted(p.name for p in out.iterdir()) == ["a.jac", "b.jac"]  # the others were converted
+
+
+def test_batch_name_collision(photo_dir: Path, tmp_path: Path, capsys) -> None:
+    crop().save(photo_dir / "a.bmp")
+    assert main(["batch", str(photo_dir), str(tmp_path / "o"), "--to", "jac"]) == 1
+    assert_one_line_error(capsys.readouterr().err, "would both be written to")
+
+
+def test_batch_errors(tmp_path: Path, capsys) -> None:
+    assert main(["batch", str(tmp_path / "missing"), str(tmp_path / "o"), "--to", "jac"]) == 1
+    assert_one_line_error(capsys.readouterr().err, "not a directory")
+    (tmp_path / "empty").mkdir()
+    assert main(["batch", str(tmp_path / "empty"), str(tmp_path / "o"), "--to", "png"]) == 1
+    assert_one_line_error(capsys.readouterr().err, "no .jac files found")
+    assert main(["batch", str(tmp_path / "empty"), str(tmp_path / "o"), "--to", "png", "-j", "0"]) == 1
+    assert_one_line_error(capsys.readouterr().err, "--jobs")
+
+
+@pytest.mark.slow
+def test_batch_worker_processes(photo_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "jac"
+    result = run_jac("batch", str(photo_dir), str(out), "--to", "jac", "-j", "2", "-q", "3")
+    assert result.returncode == 0, result.stderr
+    assert "[2/2]" in result.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["a.jac", "b.jac"]
+    # the workers' output is identical to encoding in this process
+    assert main(["encode", str(photo_dir / "a.png"), str(tmp_path / "a.jac"), "-q", "3"]) == 0
+    assert (out / "a.jac").read_bytes() == (tmp_path / "a.jac").read_bytes()
+
+
+# --------------------------------------------------------------------------- as a program
+
+
+def test_python_m_version_and_help() -> None:  # no torch import: fast
+    result = run_jac("--version")
+    assert result.returncode == 0
+    assert result.stdout.strip() == f"jac (pillow_jac) {__version__}"
+    result = run_jac("--help")
+    assert result.returncode == 0
+    for command in ("encode", "decode", "info", "batch"):
+        assert command in result.stdout
+
+
+@pytest.mark.slow
+def test_python_m_encode_decode(png: Path, tmp_path: Path) -> None:
+    out = tmp_path / "o.jac"
+    result = run_jac("encode", str(png), str(out), "-q", "5")
+    assert result.returncode == 0, result.stderr
+    assert out.read_bytes().startswith(MAGIC)
+    result = run_jac("decode", str(out), str(tmp_path / "o.png"))
+    assert result.returncode == 0, result.stderr
+    result = run_jac("decode", str(tmp_path / "missing.jac"), str(tmp_path / "o.png"))
+    assert result.returncode == 1
+    assert_one_line_error(result.stderr, "missing.jac")
