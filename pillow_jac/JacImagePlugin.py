@@ -13,8 +13,8 @@ Save options (``im.save(fp, "JAC", **options)``):
 * ``quality``: number from 1 (smallest files) to 8 (best quality), fractions allowed; default
   :data:`pillow_jac.constants.DEFAULT_QUALITY`. JPEG-style values such as 75 raise ``ValueError``.
 * ``icc_profile``, ``exif``, ``xmp``: metadata to store. **By default the image's own**
-  ``im.info["icc_profile"]``, ``im.info["exif"]`` and ``im.info["xmp"]`` **are kept** (unlike Pillow's
-  JPEG and WebP writers, which keep only the ICC profile); pass ``exif=b""`` (or ``None``) to drop one.
+  ``im.info["icc_profile"]``, ``im.info["exif"]`` and ``im.info["xmp"]`` **are kept** (Pillow's own
+  JPEG and WebP writers keep none of them by default); pass ``exif=b""`` (or ``None``) to drop one.
   ``exif`` may also be a :class:`PIL.Image.Exif`; ``xmp`` may be ``str`` or ``bytes``.
 * ``device``: torch device for the encoder (``"cpu"``, ``"cuda"``, ``"auto"``); default from
   ``JAC_DEVICE``, see the README.
@@ -228,9 +228,15 @@ def _metadata_bytes(value: Any, name: str) -> bytes | None:
 def _encode_image(im: Image.Image, encoderinfo: dict[str, Any]) -> bytes:
     """Encode ``im`` with Pillow-style ``encoderinfo`` options; return the whole ``.jac`` file."""
     quality = validate_quality(encoderinfo.get("quality", DEFAULT_QUALITY))
-    meta = {
-        name: _metadata_bytes(encoderinfo.get(name, im.info.get(name)), name) for name in ("icc_profile", "exif", "xmp")
-    }
+    meta: dict[str, bytes | None] = {}
+    for name in ("icc_profile", "exif", "xmp"):
+        if name in encoderinfo:  # asked for: a wrong type is an error
+            meta[name] = _metadata_bytes(encoderinfo[name], name)
+        else:  # kept from im.info: skipped if some reader left something other than bytes there
+            try:
+                meta[name] = _metadata_bytes(im.info.get(name), name)
+            except TypeError:
+                meta[name] = None
     mode = _native_mode(im)
     if im.mode != mode:
         im = im.convert(mode)

@@ -311,9 +311,8 @@ def _run_jobs(
             for fut in as_completed(futures):
                 exc = fut.exception()
                 yield futures[fut], exc if exc is not None else fut.result()
-        except BaseException:
-            for fut in futures:
-                fut.cancel()
+        except BaseException:  # e.g. KeyboardInterrupt: drop the queued files, then stop
+            ex.shutdown(wait=False, cancel_futures=True)
             raise
 
 
@@ -372,8 +371,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="convert a folder of images",
         description="Convert every image in IN_DIR to .jac (--to jac) or every .jac file to PNG (--to png).",
     )
-    p.add_argument("in_dir", type=Path)
-    p.add_argument("out_dir", type=Path)
+    p.add_argument("in_dir", type=Path, metavar="IN_DIR", help="folder to read")
+    p.add_argument("out_dir", type=Path, metavar="OUT_DIR", help="folder to write (created if needed)")
     p.add_argument("--to", choices=("jac", "png"), required=True, help="output format")
     add_quality(p)
     p.add_argument("-j", "--jobs", type=int, default=1, metavar="N", help="worker processes (default 1)")

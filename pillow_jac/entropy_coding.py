@@ -235,8 +235,8 @@ class CodingTables:
                 excess = plus_one - 1
                 hi = low[escaped] + sizes[escaped] - 3
                 values[escaped] = np.where(below[escaped], low[escaped] - 1 - excess, hi + 1 + excess)
-        except (KeyboardInterrupt, SystemExit, GeneratorExit):
-            raise
+        except (KeyboardInterrupt, SystemExit, GeneratorExit, MemoryError):
+            raise  # a MemoryError is not a corrupt stream: report it as what it is
         except BaseException as exc:  # constriction reports some invalid states as a Rust panic
             raise EntropyCodingError(f"corrupt entropy-coded stream: {exc}") from exc
         return values

@@ -15,6 +15,9 @@ every latent (CODING.md sections 5-7).
 
 from __future__ import annotations
 
+import contextlib
+import threading
+
 import constriction
 import numpy as np
 import torch
@@ -23,13 +26,41 @@ from .constants import ACTIVATION_BITS, ACTIVATION_LIMIT_BITS, MEAN_STEPS
 from .entropy_coding import CodingTables, EntropyCodingError, bytes_to_words, words_to_bytes
 from .model.integer import IntegerNetwork
 
-__all__ = ["ExactPrior", "SYMBOL_LIMIT", "wavefront_steps", "CAUSAL_TAPS"]
+__all__ = ["ExactPrior", "SYMBOL_LIMIT", "wavefront_steps", "CAUSAL_TAPS", "single_threaded"]
 
 #: latent symbols are clamped to +-SYMBOL_LIMIT so their fixed-point value fits the activation bound
 SYMBOL_LIMIT = 2 ** (ACTIVATION_LIMIT_BITS - ACTIVATION_BITS) - 1
 #: (row, column) offsets of the 12 causal neighbours of the 5x5 mask "A", in raster order
 CAUSAL_TAPS = [(dr, dc) for dr in (-2, -1) for dc in range(-2, 3)] + [(0, -2), (0, -1)]
 _MEAN_SHIFT = ACTIVATION_BITS - int(np.log2(MEAN_STEPS))
+
+
+_THREADS_LOCK = threading.Lock()
+_THREADS_USERS = 0
+_THREADS_SAVED = 1
+
+
+@contextlib.contextmanager
+def single_threaded():
+    """Run torch ops with one intra-op thread inside the block (re-entrant and thread-aware).
+
+    The wavefront loop issues thousands of tiny ops; splitting them across threads costs more in
+    synchronisation than it gains, and on a busy machine it is many times slower. Results do not
+    depend on the thread count (the arithmetic is exact), so this only affects speed.
+    """
+    global _THREADS_USERS, _THREADS_SAVED
+    with _THREADS_LOCK:
+        if _THREADS_USERS == 0:
+            _THREADS_SAVED = torch.get_num_threads()
+            torch.set_num_threads(1)
+        _THREADS_USERS += 1
+    try:
+        yield
+    finally:
+        with _THREADS_LOCK:
+            _THREADS_USERS -= 1
+            if _THREADS_USERS == 0:
+                torch.set_num_threads(_THREADS_SAVED)
 
 
 def wavefront_steps(height: int, width: int) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -137,6 +168,12 @@ class ExactPrior:
 
     def decode_y(self, data: bytes, psi: torch.Tensor | None, shape: tuple[int, int]) -> np.ndarray:
         """Inverse of :meth:`encode_y`: ``(M, Hy, Wy)`` int64 symbols."""
+        if self.device.type != "cpu":
+            return self._decode_y(data, psi, shape)
+        with single_threaded():
+            return self._decode_y(data, psi, shape)
+
+    def _decode_y(self, data: bytes, psi: torch.Tensor | None, shape: tuple[int, int]) -> np.ndarray:
         M = self.M
         H, W = shape
         decoder = constriction.stream.queue.RangeDecoder(bytes_to_words(data))

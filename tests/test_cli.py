@@ -59,6 +59,7 @@ def assert_one_line_error(err: str, *fragments: str) -> None:
 def test_encode(png: Path, tmp_path: Path, capsys) -> None:
     out = tmp_path / "out.jac"
     assert main(["encode", str(png), str(out), "-q", "2.5"]) == 0
+    assert out.read_bytes().startswith(MAGIC)
     with Image.open(out) as im:
         assert im.format == "JAC" and im.size == (48, 40)
         assert im.info["quality"] == 2.5
@@ -287,22 +288,10 @@ def test_batch_errors(tmp_path: Path, capsys) -> None:
     assert_one_line_error(capsys.readouterr().err, "--jobs")
 
 
-@pytest.mark.slow
-def test_batch_worker_processes(photo_dir: Path, tmp_path: Path) -> None:
-    out = tmp_path / "jac"
-    result = run_jac("batch", str(photo_dir), str(out), "--to", "jac", "-j", "2", "-q", "3")
-    assert result.returncode == 0, result.stderr
-    assert "[2/2]" in result.stderr
-    assert sorted(p.name for p in out.iterdir()) == ["a.jac", "b.jac"]
-    # the workers' output is identical to encoding in this process
-    assert main(["encode", str(photo_dir / "a.png"), str(tmp_path / "a.jac"), "-q", "3"]) == 0
-    assert (out / "a.jac").read_bytes() == (tmp_path / "a.jac").read_bytes()
+# --------------------------------------------------------------------------- as a program (no torch: fast)
 
 
-# --------------------------------------------------------------------------- as a program
-
-
-def test_python_m_version_and_help() -> None:  # no torch import: fast
+def test_python_m_version_and_help() -> None:
     result = run_jac("--version")
     assert result.returncode == 0
     assert result.stdout.strip() == f"jac (pillow_jac) {__version__}"
@@ -312,14 +301,29 @@ def test_python_m_version_and_help() -> None:  # no torch import: fast
         assert command in result.stdout
 
 
-@pytest.mark.slow
-def test_python_m_encode_decode(png: Path, tmp_path: Path) -> None:
-    out = tmp_path / "o.jac"
-    result = run_jac("encode", str(png), str(out), "-q", "5")
-    assert result.returncode == 0, result.stderr
-    assert out.read_bytes().startswith(MAGIC)
-    result = run_jac("decode", str(out), str(tmp_path / "o.png"))
-    assert result.returncode == 0, result.stderr
+def test_python_m_error_exit_status(tmp_path: Path) -> None:
     result = run_jac("decode", str(tmp_path / "missing.jac"), str(tmp_path / "o.png"))
     assert result.returncode == 1
     assert_one_line_error(result.stderr, "missing.jac")
+    result = run_jac("encode", "in.png")
+    assert result.returncode == 2
+    assert "usage: jac encode" in result.stderr
+
+
+def test_progress_bar_on_a_terminal() -> None:
+    import io
+
+    from pillow_jac.cli import _Progress
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    stream = Terminal()
+    bar = _Progress(2, stream)
+    bar.step("a.png")
+    bar.step("b.png", error="cannot identify image file")
+    text = stream.getvalue()
+    assert "\r[###############...............] 1/2" in text
+    assert "jac: b.png: cannot identify image file" in text
+    assert "] 2/2  " in text and text.endswith("s\n")  # the finished bar ends its line

@@ -63,4 +63,5 @@ def test_batch_convert() -> None:
     )
     assert result.returncode == 0, result.stderr
     lines = result.stdout.strip().splitlines()
-    assert len(lines) == 4 and all("JAC" in line for line in lines)
+    assert len(lines) == 4 and all(" B JAC -> tile" in line for line in lines)
+    assert result.stderr == ""  # --quiet: no progress output, and no warnings

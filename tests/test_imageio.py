@@ -119,3 +119,9 @@ def test_v2_api(jac_file: Path, tmp_path: Path, rgb: np.ndarray) -> None:
     iio2.imwrite(out, rgb, quality=3)
     with Image.open(out) as im:
         assert im.format == "JAC" and im.info["quality"] == 3.0
+
+
+def test_16_bit_data_is_rejected(tmp_path: Path) -> None:
+    deep = np.zeros((8, 8), np.uint16)
+    with pytest.raises(ValueError, match="cannot write mode I;16"):
+        iio.imwrite(tmp_path / "deep.jac", deep)

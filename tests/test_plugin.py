@@ -580,3 +580,7 @@ def test_metadata_from_png(spy: EncodeSpy, tmp_path: Path, srgb_profile: bytes) 
 def test_bad_metadata_type(spy: EncodeSpy) -> None:
     with pytest.raises(TypeError, match="icc_profile must be bytes"):
         jac_bytes(hopper(), icc_profile=12)
+    im = hopper()
+    im.info["xmp"] = {"not": "bytes"}  # from im.info: skipped, not an error
+    jac_bytes(im)
+    assert spy.last["xmp"] is None

@@ -32,7 +32,6 @@ import sys
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TextIO
 
 import numpy as np
 from PIL import Image, features
@@ -352,12 +351,12 @@ def get_codecs(
     jac_qualities: Sequence[float] | None = None,
     jac_device: str | None = None,
     jac_weights: str | None = None,
-    stream: TextIO | None = sys.stderr,
+    verbose: bool = True,
 ) -> list[Codec]:
     """The adapters for ``names`` (default :data:`DEFAULT_CODECS`), skipping unavailable ones with a note.
 
     Example:
-        >>> [c.name for c in get_codecs(["jpeg420", "webp"], stream=None)]
+        >>> [c.name for c in get_codecs(["jpeg420", "webp"], verbose=False)]
         ['jpeg420', 'webp']
     """
     out = []
@@ -365,8 +364,8 @@ def get_codecs(
         try:
             out.append(get_codec(name, jac_qualities=jac_qualities, jac_device=jac_device, jac_weights=jac_weights))
         except CodecUnavailable as e:
-            if stream is not None:
-                print(f"note: skipping {name}: {e}", file=stream)
+            if verbose:
+                print(f"note: skipping {name}: {e}", file=sys.stderr)
     return out
 
 

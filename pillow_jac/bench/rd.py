@@ -192,6 +192,10 @@ def _fmt(value: float, spec: str = ".2f") -> str:
     return "n/a" if value is None or not math.isfinite(value) else format(value, spec)
 
 
+def _pct(value: float) -> str:
+    return "n/a" if value is None or not math.isfinite(value) else f"{value:+.1f}%"
+
+
 def write_markdown(path: Path, results: dict[str, Any]) -> None:
     """The averaged curves and the BD-rate table as markdown."""
     meta = results["meta"]
@@ -214,7 +218,7 @@ def write_markdown(path: Path, results: dict[str, Any]) -> None:
             "## BD-rate of .jac",
             "",
             "Negative: .jac needs fewer bits for the same quality. Piecewise cubic (PCHIP) interpolation of "
-            "log-rate over the quality range both curves cover.",
+            "log-rate over the quality range both curves cover; n/a where the ranges do not overlap.",
             "",
             "| anchor | kind | BD-rate PSNR | BD-rate MS-SSIM | PSNR range compared (dB) |",
             "| --- | --- | ---: | ---: | --- |",
@@ -225,8 +229,8 @@ def write_markdown(path: Path, results: dict[str, Any]) -> None:
             lo, hi = row["psnr_overlap"]
             overlap = f"{_fmt(lo)}-{_fmt(hi)}" if math.isfinite(lo) and math.isfinite(hi) and hi > lo else "none"
             lines.append(
-                f"| {labels.get(row['anchor'], row['anchor'])} | {row['kind']} | {_fmt(row['psnr'], '+.1f')}% "
-                f"| {_fmt(row['ms_ssim'], '+.1f')}% | {overlap} |"
+                f"| {labels.get(row['anchor'], row['anchor'])} | {row['kind']} | {_pct(row['psnr'])} "
+                f"| {_pct(row['ms_ssim'])} | {overlap} |"
             )
         lines.append("")
     lines += ["## Averaged curves", ""]
@@ -289,8 +293,9 @@ def plot(path: Path, results: dict[str, Any], max_bpp: float = 2.0) -> bool:
         ax.set_xlabel("bits per pixel")
         ax.set_ylabel(ylabel)
         ax.grid(True, alpha=0.3)
-    axes[0].legend(fontsize=7.5, loc="lower right")
-    axes[1].legend(fontsize=7.5, loc="lower right")
+    for ax in axes:
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7.5, loc="lower right")
     meta = results["meta"]
     fig.suptitle(
         f"{meta['images']} image(s) from {Path(meta['data']).name}; dashed: published results (24 Kodak images)"

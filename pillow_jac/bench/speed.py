@@ -7,7 +7,7 @@ Usage (from the repository root)::
     python -m pillow_jac.bench.speed --sizes --max-mem 12G
 
 Every measurement (one codec, one operation, one thread count, one device) runs in a fresh Python
-subprocess, so that its peak memory (``resource.getrusage(RUSAGE_SELF).ru_maxrss``) is its own. The
+subprocess, so that its peak memory (``VmHWM`` on Linux, else ``getrusage``'s ``ru_maxrss``) is its own. The
 child first encodes and decodes a 64x64 crop (loading the weights, warming caches), records its peak
 RSS so far as the *baseline*, then times ``--repeat`` calls on the real input; the report gives the
 median and the fastest call, the baseline and the peak RSS (the peak minus the baseline is what the
@@ -104,7 +104,19 @@ def tile_image(image: np.ndarray, width: int, height: int) -> np.ndarray:
 
 
 def _max_rss() -> int:
-    """Peak resident set size of this process in bytes (Linux reports KiB, macOS bytes)."""
+    """Peak resident set size of this process in bytes.
+
+    On Linux this is ``VmHWM`` of ``/proc/self/status``: ``getrusage``'s ``ru_maxrss`` survives
+    ``exec`` and so starts at the parent's peak (a parent that imported torch would make every child
+    look 250 MiB large). Elsewhere ``ru_maxrss`` (KiB on Linux and BSD, bytes on macOS).
+    """
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     value = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return value if sys.platform == "darwin" else value * 1024
 
@@ -174,6 +186,13 @@ import compressai
 from compressai.models import JointAutoregressiveHierarchicalPriors
 
 def max_rss():
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
 
 device = spec.get("device") or "cpu"

@@ -13,8 +13,10 @@ integer ``a`` standing for ``a / 2**F`` (``F = ACTIVATION_BITS``), every weight 
 The sums are evaluated in float64. With ``|w| < 2**15``, ``|a| < 2**A`` (``A = 20``) and at most
 ``K <= 2**13`` products, every partial sum stays below ``2**48 < 2**53``, so float64 holds it
 exactly (shifts are capped at 24, so biases stay small too), whatever the summation order,
-thread count or device. Convolutions are therefore
-computed with torch's float64 convolutions (cuDNN disabled: no Winograd/FFT transforms).
+thread count or device. Convolutions are therefore computed with torch's float64 convolutions:
+on CPU these are im2col + GEMM; cuDNN offers only GEMM-type algorithms for float64 (its FFT and
+Winograd algorithms are float/half only), so no transform can introduce rounding. The global
+cuDNN switch is deliberately not toggled here: that would not be thread-safe.
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ __all__ = ["IntegerLayer", "IntegerNetwork", "integerize", "to_fixed", "WEIGHT_B
 WEIGHT_BITS = 15
 _LIMIT = float(2**ACTIVATION_LIMIT_BITS - 1)
 _MAX_SHIFT = 24
+#: at most this many products per output: 2**13 * 2**15 * 2**20 = 2**48 < 2**53
+_MAX_FAN_IN = 2**13
 
 
 def to_fixed(x: torch.Tensor) -> torch.Tensor:
@@ -83,11 +87,10 @@ class IntegerLayer:
         """Apply the layer to integer activations ``(B, C, H, W)`` held in float64."""
         w = self.weight.to(a.device)
         b = self.bias.to(a.device)
-        with torch.backends.cudnn.flags(enabled=False):
-            if self.kind == "deconv":
-                acc = F.conv_transpose2d(a, w, b, self.stride, self.padding, self.output_padding)
-            else:
-                acc = F.conv2d(a, w, b, self.stride, self.padding)
+        if self.kind == "deconv":
+            acc = F.conv_transpose2d(a, w, b, self.stride, self.padding, self.output_padding)
+        else:
+            acc = F.conv2d(a, w, b, self.stride, self.padding)
         return self.rescale(acc, 1)
 
     def matmul(self, a: torch.Tensor) -> torch.Tensor:
@@ -157,6 +160,9 @@ def _integer_layer(module: nn.Module, relu: bool) -> IntegerLayer:
     if isinstance(module, MaskedConv2d):
         weight = weight * module.mask.double()
     deconv = isinstance(module, nn.ConvTranspose2d)
+    fan_in = (weight.shape[0] if deconv else weight.shape[1]) * weight.shape[2] * weight.shape[3]
+    if fan_in > _MAX_FAN_IN:
+        raise ValueError(f"a layer with {fan_in} inputs per output could overflow the exact float64 sums")
     per_out = weight.transpose(0, 1) if deconv else weight
     peak = per_out.abs().flatten(1).amax(1).clamp_min(1e-30)
     shift = torch.floor(torch.log2((2**WEIGHT_BITS - 1) / peak)).clamp(1, _MAX_SHIFT).long()

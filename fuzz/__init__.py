@@ -1,0 +1,1 @@
+"""Fuzzing of the ``.jac`` reader (see ``fuzz/README.md``)."""

@@ -1,0 +1,927 @@
+"""Fuzz harness for the ``.jac`` reader: the container parser and the full decode path.
+
+Targets (``--target``):
+
+* ``container``: :func:`pillow_jac.container.parse`, :func:`~pillow_jac.container.read_header` and
+  :func:`~pillow_jac.container.read_file` on a non-seekable stream that returns a few bytes per read,
+  and ``Image.open`` (header and chunks only, no pixels). Thousands of inputs a second.
+* ``decode``: all of the above, then :func:`pillow_jac.codec.decode` and ``Image.open(...).load()``,
+  for the input as it is and with its ``model_id``/``weights_hash`` re-stamped to the installed
+  weights (so that inputs reach the range decoder and the networks whatever weights are installed).
+
+The oracle (:func:`check_container`, :func:`check_decode`) raises :class:`Finding` when
+
+* an exception escapes that Pillow's own fuzzers do not allow (only ``OSError``, ``SyntaxError``,
+  ``ValueError``, ``MemoryError``, ``NotImplementedError``, ``OverflowError`` and the
+  decompression-bomb error/warning may; ``PIL.UnidentifiedImageError`` is an ``OSError``), a
+  ``BaseException`` such as constriction's ``PanicException`` included;
+* an input takes longer than :attr:`Limits.seconds` or raises the peak RSS above
+  :attr:`Limits.rss_mb` (``MemoryError`` counts as a memory finding too);
+* the entry points disagree: ``parse`` accepts what the streaming reader or ``Image.open`` rejects
+  (or the other way round), ``codec.decode`` and ``Image.open(...).load()`` disagree on the pixels,
+  or the decoded shape differs from the header.
+
+While fuzzing, ``Image.MAX_IMAGE_PIXELS`` is lowered to :attr:`Limits.max_pixels` (default 96 x 96),
+so that forged dimensions exercise the size checks but nothing decodes more than ~18k pixels;
+``codec.decode`` honours the same limit (twice ``MAX_IMAGE_PIXELS``, as Pillow's error).
+
+Engines: ``atheris`` (coverage-guided libFuzzer, with the JAC-aware :func:`mutate` as custom
+mutator) when it is installed, else ``random`` (a plain mutation loop over the same mutators). The
+hypothesis-driven tests in ``tests/test_fuzz.py`` reuse the mutators and the oracle.
+
+Usage (see ``fuzz/README.md``)::
+
+    python fuzz/fuzz_jac.py seeds                       # (re)make fuzz/seeds/*.jac
+    python fuzz/fuzz_jac.py atheris --target decode WORK_DIR fuzz/seeds -- -max_total_time=600
+    python fuzz/fuzz_jac.py random --target container --seconds 60
+    python fuzz/fuzz_jac.py replay FILE...              # run the oracle on files, print outcomes
+    python fuzz/fuzz_jac.py distill --out tests/fuzz_corpus DIR...   # smallest file per outcome
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import json
+import os
+import random
+import re
+import resource
+import signal
+import struct
+import sys
+import time
+import warnings
+import zlib
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+SEEDS_DIR = HERE / "seeds"
+MAGIC = b"\x8bJAC\r\n\x1a\n"  # repeated here so that importing this module imports nothing of pillow_jac
+_JHDR = struct.Struct(">BBBBIIH16s8sHHHHII")
+JHDR_FIELDS = (
+    "major", "minor", "flags", "layout", "width", "height", "quality", "model_id", "weights_hash",
+    "yh", "yw", "zh", "zw", "zlen", "ylen",
+)  # fmt: skip
+#: offsets in a file of the JHDR model_id and weights_hash fields (signature 8 + chunk head 8 + field)
+_MODEL_ID_AT, _HASH_AT, _JHDR_CRC_AT = 8 + 8 + 14, 8 + 8 + 30, 8 + 8 + 54
+ALLOWED: tuple[type[BaseException], ...] = (
+    OSError, SyntaxError, ValueError, MemoryError, NotImplementedError, OverflowError,
+)  # fmt: skip
+
+_LIB: SimpleNamespace | None = None
+
+
+def lib() -> SimpleNamespace:
+    """The modules under test, imported on first use (so ``atheris`` can instrument them first)."""
+    global _LIB
+    if _LIB is None:
+        from PIL import Image
+
+        import pillow_jac  # noqa: F401  (registers the Pillow plugin)
+        from pillow_jac import codec, container
+        from pillow_jac import constants as C
+
+        _LIB = SimpleNamespace(Image=Image, codec=codec, container=container, C=C)
+    return _LIB
+
+
+class Finding(AssertionError):
+    """An input broke the harness's rules: a forbidden exception, a time or memory overrun, disagreement."""
+
+
+@dataclass
+class Limits:
+    """Bounds every input must stay within.
+
+    Attributes:
+        seconds: wall-clock time of one oracle call (all entry points together).
+        rss_mb: peak resident memory of the process while one input runs, in MiB.
+        max_pixels: ``Image.MAX_IMAGE_PIXELS`` while fuzzing (files above twice this are refused).
+    """
+
+    seconds: float = 5.0
+    rss_mb: float = 3072.0
+    max_pixels: int = 96 * 96
+
+
+# ---------------------------------------------------------------------------------------------
+# Chunk-level view of a file: tolerant of broken CRCs, so mutations can keep or break them
+
+
+@dataclass
+class Chunk:
+    """One chunk; ``length``/``crc`` are ``None`` when correct, else the forged value to write."""
+
+    ctype: bytes
+    data: bytes
+    length: int | None = None
+    crc: int | None = None
+
+
+def crc(ctype: bytes, data: bytes) -> int:
+    """CRC-32 of a chunk's type and data (SPEC.md section 3.1)."""
+    return zlib.crc32(data, zlib.crc32(ctype))
+
+
+def split(data: bytes) -> tuple[list[Chunk], bytes] | None:
+    """The chunks of ``data`` as far as their framing holds, and the bytes after them.
+
+    Returns ``None`` without the signature. A wrong CRC is kept as a forged ``crc``, so
+    :func:`join` reproduces ``data`` exactly and edits to other chunks keep it wrong.
+
+    Example:
+        >>> split(MAGIC + struct.pack(">I", 0) + b"JEND" + struct.pack(">I", crc(b"JEND", b"")) + b"!")
+        ([Chunk(ctype=b'JEND', data=b'', length=None, crc=None)], b'!')
+    """
+    if data[: len(MAGIC)] != MAGIC:
+        return None
+    chunks, pos = [], len(MAGIC)
+    while pos + 12 <= len(data):
+        n, ctype = struct.unpack_from(">I4s", data, pos)
+        if pos + 12 + n > len(data):
+            break
+        body = data[pos + 8 : pos + 8 + n]
+        (stored,) = struct.unpack_from(">I", data, pos + 8 + n)
+        chunks.append(Chunk(ctype, body, crc=None if stored == crc(ctype, body) else stored))
+        pos += 12 + n
+    return chunks, data[pos:]
+
+
+def join(chunks: Iterable[Chunk], tail: bytes = b"", magic: bytes = MAGIC) -> bytes:
+    """Serialize chunks (correct lengths and CRCs unless forged), then ``tail``."""
+    parts = [magic]
+    for c in chunks:
+        n = len(c.data) if c.length is None else c.length
+        parts += [struct.pack(">I4s", n & 0xFFFFFFFF, c.ctype), c.data, struct.pack(">I", crc(c.ctype, c.data) if c.crc is None else c.crc)]
+    parts.append(tail)
+    return b"".join(parts)
+
+
+def unpack_jhdr(data: bytes) -> dict[str, Any] | None:
+    """The raw JHDR fields of a chunk's data (no validation), or None if it is not 54 bytes."""
+    if len(data) != _JHDR.size:
+        return None
+    return dict(zip(JHDR_FIELDS, _JHDR.unpack(data)))
+
+
+def pack_jhdr(fields: dict[str, Any]) -> bytes:
+    """JHDR data from raw fields, each masked to its width (so any forged value packs)."""
+    sizes = {"major": 8, "minor": 8, "flags": 8, "layout": 8, "width": 32, "height": 32, "quality": 16}
+    sizes.update(yh=16, yw=16, zh=16, zw=16, zlen=32, ylen=32)
+    values = [
+        fields[k] & ((1 << sizes[k]) - 1) if k in sizes else bytes(fields[k])[: 16 if k == "model_id" else 8]
+        for k in JHDR_FIELDS
+    ]
+    values[7] = values[7].ljust(16, b"\0")
+    values[8] = values[8].ljust(8, b"\0")
+    return _JHDR.pack(*values)
+
+
+def derived_shapes(width: int, height: int) -> dict[str, int]:
+    """The latent shape fields SPEC.md section 3.2 derives from a (possibly forged) size."""
+    zh, zw = -(-max(height, 1) // 64), -(-max(width, 1) // 64)
+    return {"yh": zh * 4, "yw": zw * 4, "zh": zh, "zw": zw}
+
+
+def restamp(data: bytes, model_id: str, weights_hash: bytes) -> bytes:
+    """``data`` with its JHDR model fields replaced, keeping the JHDR CRC exactly as right or wrong.
+
+    Used so that fuzz inputs and regression files made with other weights still reach the range
+    decoder: only a file whose first chunk is a 54-byte ``JHDR`` is changed.
+    """
+    if len(data) < _JHDR_CRC_AT + 4 or data[:8] != MAGIC or data[8:16] != struct.pack(">I4s", 54, b"JHDR"):
+        return data
+    old = data[16:_JHDR_CRC_AT]
+    new = bytearray(old)
+    new[14:30] = model_id.encode("ascii").ljust(16, b"\0")[:16]
+    new[30:38] = bytes(weights_hash)[:8]
+    (stored,) = struct.unpack_from(">I", data, _JHDR_CRC_AT)
+    fixed = crc(b"JHDR", bytes(new)) ^ stored ^ crc(b"JHDR", old)  # same error as before (0 if it was valid)
+    return data[:16] + bytes(new) + struct.pack(">I", fixed) + data[_JHDR_CRC_AT + 4 :]
+
+
+# ---------------------------------------------------------------------------------------------
+# Mutators: (rng, data, corpus) -> bytes. Structure-aware ones re-compute CRCs unless they forge them.
+
+U16_VALUES = (0, 1, 2, 3, 4, 5, 8, 255, 256, 257, 1023, 1024, 1152, 2047, 2048, 2049, 4096, 4097, 32767, 32768, 65535)
+U32_VALUES = (0, 1, 2, 3, 4, 5, 7, 8, 12, 255, 256, 4096, 65535, 65536, (1 << 30) - 1, 1 << 30, (1 << 30) + 1, 1 << 31, (1 << 32) - 1)
+DIM_VALUES = (0, 1, 2, 3, 7, 8, 15, 16, 17, 63, 64, 65, 95, 96, 127, 128, 129, 135, 136, 192, 1000, 4096, 65535, 65536, 1 << 31, (1 << 32) - 1)
+CHUNK_TYPES = (
+    b"JHDR", b"ZSTR", b"YSTR", b"ALPH", b"JEND", b"iccp", b"exif", b"xmp ", b"abcd", b"zz 9", b"ABCD", b"Jend",
+    b"a\x00bc", b"1abc", b"ab-c", b"\xffJHD", b"    ",
+)  # fmt: skip
+
+
+def _rand_bytes(rng: random.Random, n: int) -> bytes:
+    return rng.getrandbits(8 * n).to_bytes(n, "little") if n else b""
+
+
+def _pick_u32(rng: random.Random, current: int) -> int:
+    choice = rng.random()
+    if choice < 0.5:
+        return rng.choice(U32_VALUES)
+    if choice < 0.8:
+        return max(0, current + rng.choice((-8, -4, -3, -1, 1, 3, 4, 8)))
+    return rng.getrandbits(rng.choice((8, 16, 32)))
+
+
+def flip_bits(rng: random.Random, data: bytes, corpus: Sequence[bytes]) -> bytes:
+    """Flip 1-8 random bits (CRCs left as they are)."""
+    if not data:
+        return data
+    buf = bytearray(data)
+    for _ in range(rng.randint(1, 8)):
+        buf[rng.randrange(len(buf))] ^= 1 << rng.randrange(8)
+    return bytes(buf)
+
+
+def set_bytes(rng: random.Random, data: bytes, corpus: Sequence[bytes]) -> bytes:
+    """Overwrite a few bytes with boundary values."""
+    if not data:
+        return data
+    buf = bytearray(data)
+    for _ in range(rng.randint(1, 4)):
+        buf[rng.randrange(len(buf))] = rng.choice((0, 1, 0x7F, 0x80, 0xFE, 0xFF, rng.randrange(256)))
+    return bytes(buf)
+
+
+def truncate(rng: random.Random, data: bytes, corpus: Sequence[bytes]) -> bytes:
+    """Cut the file: anywhere, or near a chunk boundary."""
+    if rng.random() < 0.5 and (parts := split(data)):
+        ends, pos = [], len(MAGIC)
+        for c in parts[0]:
+            pos += 12 + len(c.data)
+            ends.append(pos)
+        cut = rng.choice(ends or [len(data)]) + rng.randint(-12, 4)
+    else:
+        cut = rng.randint(0, len(data))
+    return data[: max(0, cut)]
+
+
+def insert_delete(rng: random.Random, data: bytes, corpus: Sequence[bytes]) -> bytes:
+    """Insert random bytes at, or delete a range from, a random offset."""
+    pos = rng.randint(0, len(data))
+    if rng.random() < 0.5:
+        return data[:pos] + _rand_bytes(rng, rng.randint(1, 16)) + data[pos:]
+    return data[:pos] + data[pos + rng.randint(1, 16) :]
+
+
+def splice(rng: random.Random, data: bytes, corpus: Sequence[bytes]) -> bytes:
+    """A prefix of this input followed by a suffix of another (or of itself)."""
+    other = rng.choice(corpus) if corpus else data
+    return data[: rng.randint(0, len(data))] + other[rng.randint(0, len(other)) :]
+
+
+def random_file(rng: random.Random, data: bytes, corpus: Sequence[bytes]) -> bytes:
+    """Random bytes, usually after the signature."""
+    body = _rand_bytes(rng, rng.randint(0, 200))
+    return (MAGIC + body) if rng.random() < 0.8 else body
+
+
+def _with_chunks(
+    mutator: Callable[[random.Random, list[Chunk], Sequence[bytes]], None],
+) -> Callable[[random.Random, bytes, Sequence[bytes]], bytes]:
+    """Wrap a mutator of the chunk list into a mutator of bytes (byte-level fallback if unframed)."""
+
+    def run(rng: random.Random, data: bytes, corpus: Sequence[bytes]) -> bytes:
+        parts = split(data)
+        if not parts or not parts[0]:
+            return flip_bits(rng, data, corpus)
+        chunks, tail = parts
+        mutator(rng, chunks, corpus)
+        return join(chunks, tail)
+
+    run.__name__ = mutator.__name__
+    run.__doc__ = mutator.__doc__
+    return run
+
+
+def _jhdr(chunks: list[Chunk]) -> tuple[Chunk, dict[str, Any]] | None:
+    for c in chunks:
+        if c.ctype == b"JHDR" and (fields := unpack_jhdr(c.data)) is not None:
+            return c, fields
+    return None
+
+
+def _find(chunks: list[Chunk], ctype: bytes) -> Chunk | None:
+    return next((c for c in chunks if c.ctype == ctype), None)
+
+
+@_with_chunks
+def forge_dims(rng: random.Random, chunks: list[Chunk], corpus: Sequence[bytes]) -> None:
+    """Forge width/height (boundary values), usually with matching latent shapes; CRC re-computed."""
+    if not (found := _jhdr(chunks)):
+        return
+    c, f = found
+    for name in rng.sample(["width", "height"], rng.randint(1, 2)):
+        f[name] = rng.choice(DIM_VALUES) if rng.random() < 0.7 else rng.randint(1, 200)
+    if rng.random() < 0.8:
+        f.update(derived_shapes(f["width"], f["height"]))
+    c.data = pack_jhdr(f)
+
+
+@_with_chunks
+def forge_field(rng: random.Random, chunks: list[Chunk], corpus: Sequence[bytes]) -> None:
+    """Forge one JHDR field (version, flags, layout, quality, model, shapes, stream lengths); CRC re-computed."""
+    if not (found := _jhdr(chunks)):
+        return
+    c, f = found
+    name = rng.choice(JHDR_FIELDS)
+    if name in ("major", "minor", "flags", "layout"):
+        f[name] = rng.choice((0, 1, 2, 3, 4, 5, 0x7F, 0x80, 0xFF))
+    elif name in ("width", "height", "zlen", "ylen"):
+        f[name] = _pick_u32(rng, f[name])
+    elif name == "model_id":
+        f[name] = rng.choice((bytes(16), b"\0mbt", b"x" * 16, b"mbt\x7f", b"m\0b", b"\xffmbt", b" ", _rand_bytes(rng, 16)))
+    elif name == "weights_hash":
+        f[name] = _rand_bytes(rng, 8)
+    elif name == "quality":
+        f[name] = rng.choice(U16_VALUES) if rng.random() < 0.6 else rng.randint(256, 2048)
+    else:
+        f[name] = rng.choice(U16_VALUES) if rng.random() < 0.5 else max(0, f[name] + rng.choice((-1, 1, 4)))
+    c.data = pack_jhdr(f)
+
+
+@_with_chunks
+def forge_length(rng: random.Random, chunks: list[Chunk], corpus: Sequence[bytes]) -> None:
+    """Write a false length field into one chunk (the CRC does not cover lengths)."""
+    c = rng.choice(chunks)
+    c.length = _pick_u32(rng, len(c.data))
+
+
+@_with_chunks
+def forge_stream(rng: random.Random, chunks: list[Chunk], corpus: Sequence[bytes]) -> None:
+    """Replace ZSTR/YSTR contents (cut, extended, random, zeros, swapped, foreign), JHDR lengths and CRCs matched."""
+    found = _jhdr(chunks)
+    streams = [c for c in chunks if c.ctype in (b"ZSTR", b"YSTR")]
+    if not streams:
+        return
+    c = rng.choice(streams)
+    d, kind = c.data, rng.randrange(11)
+    if kind == 0:
+        d = d[: len(d) - 4 * rng.randint(1, 4)]
+    elif kind == 1:
+        d = d[: rng.randint(0, len(d))]
+    elif kind == 2:
+        d = d + bytes(4 * rng.randint(1, 8))
+    elif kind == 3:
+        d = d + _rand_bytes(rng, rng.randint(1, 32))
+    elif kind == 4:
+        d = _rand_bytes(rng, 4 * rng.randint(0, 64))
+    elif kind == 5:
+        d = bytes([rng.choice((0, 0xFF, 0x80))]) * len(d)
+    elif kind == 6 and len(streams) == 2:
+        streams[0].data, streams[1].data = streams[1].data, streams[0].data
+        d = c.data
+    elif kind == 7 and corpus:
+        other = split(rng.choice(corpus))
+        donor = other and _find(other[0], c.ctype)
+        d = donor.data if donor else d
+    elif kind == 8:
+        d = b""
+    elif kind == 9 and len(d) >= 8:
+        words = [d[i : i + 4] for i in range(0, len(d) - len(d) % 4, 4)]
+        rng.shuffle(words)
+        d = b"".join(words) + d[len(d) - len(d) % 4 :]
+    else:
+        d = flip_bits(rng, d, corpus)
+    c.data = d
+    if found and rng.random() < 0.9:
+        jc, f = found
+        for s in streams:
+            f["zlen" if s.ctype == b"ZSTR" else "ylen"] = len(s.data)
+        jc.data = pack_jhdr(f)
+
+
+@_with_chunks
+def forge_alpha(rng: random.Random, chunks: list[Chunk], corpus: Sequence[bytes]) -> None:
+    """Forge ALPH: method byte, zlib of the wrong size, truncated, trailing data, bounded bomb, added, removed."""
+    found = _jhdr(chunks)
+    w, h = (found[1]["width"], found[1]["height"]) if found else (8, 8)
+    n = max(0, min(w * h, 1 << 16))
+    alph = _find(chunks, b"ALPH")
+    kind = rng.randrange(9)
+    if kind == 0 and alph:
+        chunks.remove(alph)
+        return
+    payloads = (
+        lambda: zlib.compress(bytes(n + rng.choice((-1, 1, 7)))) if n else b"",
+        lambda: zlib.compress(bytes(n))[: rng.randint(0, 8)],
+        lambda: zlib.compress(bytes(n)) + _rand_bytes(rng, rng.randint(1, 4)),
+        lambda: zlib.compress(bytes(min(max(n, 1) * 64, 1 << 20)), 9),  # bounded bomb
+        lambda: zlib.compressobj(9, zlib.DEFLATED, -15).compress(bytes(n)) + b"",  # raw deflate, no header
+        lambda: _rand_bytes(rng, rng.randint(0, 24)),
+        lambda: zlib.compress(bytes(n)),
+    )
+    body = bytes([rng.choice((0, 0, 0, 1, 0xFF))]) + rng.choice(payloads)()
+    if rng.random() < 0.1:
+        body = b""
+    if alph:
+        alph.data = body
+    else:
+        chunks.insert(rng.randint(1, max(1, len(chunks) - 1)), Chunk(b"ALPH", body))
+
+
+@_with_chunks
+def chunk_ops(rng: random.Random, chunks: list[Chunk], corpus: Sequence[bytes]) -> None:
+    """Delete, duplicate, move, insert or re-type a chunk (CRCs re-computed)."""
+    kind = rng.randrange(6)
+    i = rng.randrange(len(chunks))
+    if kind == 0:
+        del chunks[i]
+    elif kind == 1:
+        chunks.insert(rng.randint(0, len(chunks)), Chunk(chunks[i].ctype, chunks[i].data))
+    elif kind == 2:
+        chunks.insert(rng.randint(0, len(chunks) - 1), chunks.pop(i))
+    elif kind == 3:
+        data = _rand_bytes(rng, rng.choice((0, 1, 4, 54, 100))) if rng.random() < 0.7 else chunks[i].data
+        chunks.insert(rng.randint(0, len(chunks)), Chunk(rng.choice(CHUNK_TYPES), data))
+    elif kind == 4:
+        chunks[i].ctype = rng.choice(CHUNK_TYPES)
+    else:
+        chunks[i].ctype = bytes(b ^ 0x20 if rng.random() < 0.3 else b for b in chunks[i].ctype)
+
+
+@_with_chunks
+def break_crc(rng: random.Random, chunks: list[Chunk], corpus: Sequence[bytes]) -> None:
+    """Give one chunk a wrong CRC."""
+    c = rng.choice(chunks)
+    c.crc = crc(c.ctype, c.data) ^ (1 << rng.randrange(32))
+
+
+@_with_chunks
+def trailing(rng: random.Random, chunks: list[Chunk], corpus: Sequence[bytes]) -> None:
+    """Drop the chunks after a random one (so the file ends early but stays framed) or add a JEND early."""
+    if rng.random() < 0.5:
+        del chunks[rng.randint(1, len(chunks)) :]
+    else:
+        chunks.insert(rng.randint(1, len(chunks)), Chunk(b"JEND", b""))
+
+
+MUTATORS: dict[str, Callable[[random.Random, bytes, Sequence[bytes]], bytes]] = {
+    f.__name__: f
+    for f in (
+        flip_bits, set_bytes, truncate, insert_delete, splice, random_file, forge_dims, forge_field,
+        forge_length, forge_stream, forge_alpha, chunk_ops, break_crc, trailing,
+    )
+}  # fmt: skip
+#: how often each mutator is picked: forged-but-consistent files (which reach the decoder) are favoured
+WEIGHTS = {
+    "flip_bits": 3, "set_bytes": 2, "truncate": 2, "insert_delete": 1, "splice": 1, "random_file": 1,
+    "forge_dims": 4, "forge_field": 4, "forge_length": 2, "forge_stream": 6, "forge_alpha": 3,
+    "chunk_ops": 3, "break_crc": 1, "trailing": 1,
+}  # fmt: skip
+
+
+def mutate(data: bytes, rng: random.Random, corpus: Sequence[bytes] = (), rounds: int | None = None) -> bytes:
+    """Apply 1-3 weighted random mutators to ``data``."""
+    names = list(MUTATORS)
+    weights = [WEIGHTS[n] for n in names]
+    for name in rng.choices(names, weights, k=rounds or rng.choice((1, 1, 1, 2, 3))):
+        data = MUTATORS[name](rng, data, corpus)
+    return data
+
+
+# ---------------------------------------------------------------------------------------------
+# The oracle
+
+
+class Unseekable(io.RawIOBase):
+    """A non-seekable stream returning at most ``piece`` bytes per read."""
+
+    def __init__(self, data: bytes, piece: int = 7) -> None:
+        self._data, self._pos, self._piece = data, 0, piece
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, n: int = -1) -> bytes:
+        n = len(self._data) - self._pos if n is None or n < 0 else n
+        out = self._data[self._pos : self._pos + min(n, self._piece)]
+        self._pos += len(out)
+        return out
+
+
+def _allowed() -> tuple[type[BaseException], ...]:
+    Image = lib().Image
+    return (*ALLOWED, Image.DecompressionBombError, Image.DecompressionBombWarning)
+
+
+def _call(what: str, fn: Callable[[], Any], strict_memory: bool) -> tuple[str, Any]:
+    """``("ok", value)`` or ``("error", exception)``; raises :class:`Finding` for a forbidden exception."""
+    try:
+        return "ok", fn()
+    except MemoryError as exc:
+        if strict_memory:
+            raise Finding(f"{what}: MemoryError on a small input: {exc}") from exc
+        return "error", exc
+    except _allowed() as exc:
+        return "error", exc
+    except BaseException as exc:  # PanicException and friends derive from BaseException
+        if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+            raise
+        raise Finding(f"{what}: forbidden exception {type(exc).__module__}.{type(exc).__name__}: {exc}") from exc
+
+
+def reset_peak_rss() -> None:
+    """Reset the peak RSS that :func:`peak_rss_mb` reports (Linux; elsewhere a no-op)."""
+    try:  # Linux: "5" resets the peak RSS (VmHWM) of this process
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process in MiB (since the last reset where Linux allows it)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _pillow_open(data: bytes, load: bool) -> Any:
+    Image = lib().Image
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        with Image.open(io.BytesIO(data), formats=["JAC"]) as im:
+            if not load:
+                return im.size, im.mode, dict(im.info)
+            im.load()
+            import numpy as np
+
+            return np.asarray(im)
+
+
+def _label(outcome: tuple[str, Any]) -> str:
+    """A short, size-independent label of an outcome, e.g. ``JacFormatError:CRC mismatch in chunk``."""
+    kind, value = outcome
+    if kind == "ok":
+        return "ok"
+    words = re.sub(r"""b?'[^']*'|b?"[^"]*"|\([^)]*\)|0x[0-9a-f]+|\d+""", "#", str(value)).split()[:6]
+    return f"{type(value).__name__}:{' '.join(words)}"
+
+
+class _Budget:
+    """Time and memory bound of one oracle call; raises :class:`Finding` on overrun."""
+
+    def __init__(self, limits: Limits, what: str) -> None:
+        self.limits, self.what = limits, what
+
+    def __enter__(self) -> _Budget:
+        reset_peak_rss()
+        self.start = time.perf_counter()
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        self.seconds = time.perf_counter() - self.start
+        self.rss = peak_rss_mb()
+        if exc_type is None or issubclass(exc_type, Exception):
+            if self.seconds > self.limits.seconds:
+                raise Finding(f"{self.what}: took {self.seconds:.1f} s (bound {self.limits.seconds} s)") from exc
+            if self.rss > self.limits.rss_mb:
+                raise Finding(f"{self.what}: peak RSS {self.rss:.0f} MiB (bound {self.limits.rss_mb:.0f})") from exc
+
+
+def check_container(data: bytes, limits: Limits | None = None, strict_memory: bool = True) -> str:
+    """Run every container entry point on ``data`` and check they agree; returns the outcome label.
+
+    Raises:
+        Finding: a forbidden exception, an overrun of ``limits`` or a disagreement.
+    """
+    limits = limits or Limits()
+    L = lib()
+    with _Budget(limits, "container"):
+        parsed = _call("container.parse", lambda: L.container.parse(data), strict_memory)
+        streamed = _call("read_file(unseekable)", lambda: L.container.read_file(Unseekable(data)), strict_memory)
+        header = _call("read_header", lambda: L.container.read_header(io.BytesIO(data)), strict_memory)
+        opened = _call("Image.open", lambda: _pillow_open(data, load=False), strict_memory)
+    if parsed[0] != streamed[0] or (parsed[0] == "ok" and parsed[1] != streamed[1]):
+        raise Finding(f"parse -> {_label(parsed)} but read_file on a stream -> {_label(streamed)}")
+    if parsed[0] == "error" and streamed[0] == "error" and type(parsed[1]) is not type(streamed[1]):
+        raise Finding(f"parse -> {_label(parsed)} but read_file on a stream -> {_label(streamed)}")
+    if isinstance(parsed[1], SyntaxError) != isinstance(header[1], SyntaxError):
+        raise Finding(f"parse -> {_label(parsed)} but read_header -> {_label(header)}")
+    if parsed[0] == "ok":
+        jac = parsed[1]
+        if header[0] != "ok" or header[1] != jac.header:
+            raise Finding(f"parse accepted but read_header -> {_label(header)}")
+        if opened[0] == "ok":
+            size, mode, info = opened[1]
+            if size != jac.size or mode != jac.mode or info.get("model_id") != jac.header.model_id:
+                raise Finding(f"Image.open reports {size} {mode}, the container {jac.size} {jac.mode}")
+        elif not isinstance(opened[1], (L.Image.DecompressionBombError, L.Image.DecompressionBombWarning)):
+            raise Finding(f"parse accepted but Image.open -> {_label(opened)}")
+    elif opened[0] == "ok":
+        raise Finding(f"parse -> {_label(parsed)} but Image.open accepted")
+    return _label(parsed)
+
+
+def installed_model() -> tuple[str, bytes]:
+    """``(model_id, weights_hash)`` of the installed weights (builds the engine: imports torch)."""
+    from pillow_jac.engine import get_engine
+
+    engine = get_engine()
+    return engine.model_id, engine.weights_hash
+
+
+def check_decode(data: bytes, limits: Limits | None = None, strict_memory: bool = True) -> str:
+    """:func:`check_container`, then ``codec.decode`` and ``Image.open(...).load()`` on ``data`` as is
+    and re-stamped to the installed weights; returns the outcome labels joined by ``|``.
+
+    Raises:
+        Finding: a forbidden exception, an overrun of ``limits``, a disagreement or a wrong shape.
+    """
+    limits = limits or Limits()
+    L = lib()
+    labels = [check_container(data, limits, strict_memory)]
+    variants = [data]
+    stamped = restamp(data, *installed_model())
+    if stamped != data:
+        variants.append(stamped)
+    for variant in variants:
+        with _Budget(limits, "decode"):
+            decoded = _call("codec.decode", lambda v=variant: L.codec.decode(v), strict_memory)
+            loaded = _call("Image.open().load()", lambda v=variant: _pillow_open(v, load=True), strict_memory)
+        bomb = (L.Image.DecompressionBombError, L.Image.DecompressionBombWarning)
+        if decoded[0] == "ok":
+            jac = L.container.parse(variant)
+            w, h = jac.size
+            want = {"L": (h, w), "LA": (h, w, 2), "RGB": (h, w, 3), "RGBA": (h, w, 4)}[jac.mode]
+            if decoded[1].shape != want or decoded[1].dtype.name != "uint8":
+                raise Finding(f"codec.decode returned {decoded[1].dtype} {decoded[1].shape}, header says {want}")
+            if loaded[0] == "ok":
+                if loaded[1].shape != want or (loaded[1] != decoded[1]).any():
+                    raise Finding("Image.open().load() and codec.decode give different pixels")
+            elif not isinstance(loaded[1], bomb):
+                raise Finding(f"codec.decode accepted but Image.open().load() -> {_label(loaded)}")
+        elif loaded[0] == "ok":
+            raise Finding(f"codec.decode -> {_label(decoded)} but Image.open().load() accepted")
+        labels.append(_label(decoded))
+    return " | ".join(labels)
+
+
+def setup(limits: Limits, threads: int | None = 1) -> None:
+    """Process-wide settings for a fuzzing session: small Pillow size limit, 1 torch thread."""
+    lib().Image.MAX_IMAGE_PIXELS = limits.max_pixels
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+def load_corpus(paths: Iterable[Path]) -> list[bytes]:
+    """The bytes of every file in the given files and directories (sorted by name)."""
+    out = []
+    for p in paths:
+        p = Path(p)
+        files = sorted(x for x in p.iterdir() if x.is_file()) if p.is_dir() else [p]
+        out += [f.read_bytes() for f in files]
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Seed corpus: tiny valid files of every layout, with metadata
+
+
+SEED_SPECS: tuple[tuple[str, str, int, int, float, tuple[str, ...]], ...] = (
+    ("rgb-8x8-q1", "RGB", 8, 8, 1.0, ()),
+    ("rgb-64x48-q8-meta", "RGB", 64, 48, 8.0, ("icc", "exif", "xmp")),
+    ("rgb-48x64-q2.25-icc", "RGB", 48, 64, 2.25, ("icc",)),
+    ("l-17x9-q3-xmp", "L", 17, 9, 3.0, ("xmp",)),
+    ("l-64x64-q6", "L", 64, 64, 6.0, ()),
+    ("la-33x20-q5.5-exif-unknown", "LA", 33, 20, 5.5, ("exif", "unknown")),
+    ("la-1x1-q1", "LA", 1, 1, 1.0, ()),
+    ("rgba-64x48-q4-meta-unknown", "RGBA", 64, 48, 4.0, ("icc", "exif", "xmp", "unknown")),
+    ("rgba-8x12-q7", "RGBA", 8, 12, 7.0, ()),
+    ("rgb-65x16-q4", "RGB", 65, 16, 4.0, ("exif",)),
+)
+
+
+def seed_image(layout: str, width: int, height: int, seed: int) -> Any:
+    """A small smooth image with a little noise (so its streams look like a photo's), uint8."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float64)
+    planes = [128 + 100 * np.sin(xx * rng.uniform(0.05, 0.3) + c) * np.cos(yy * rng.uniform(0.05, 0.3)) for c in range(4)]
+    image = np.clip(np.stack(planes, axis=2) + rng.normal(0, 5, (height, width, 4)), 0, 255).astype(np.uint8)
+    channels = {"L": [0], "LA": [0, 3], "RGB": [0, 1, 2], "RGBA": [0, 1, 2, 3]}[layout]
+    image = image[:, :, channels]
+    return image[:, :, 0] if layout == "L" else image
+
+
+def make_seeds(out: Path = SEEDS_DIR) -> list[Path]:
+    """Encode :data:`SEED_SPECS` with the installed weights into ``out``; returns the paths."""
+    L = lib()
+    out.mkdir(parents=True, exist_ok=True)
+    meta = {
+        "icc": ("icc_profile", b"\0\0\0\x30fake-icc-profile" + bytes(32)),
+        "exif": ("exif", b"Exif\0\0MM\0*\0\0\0\x08\0\0"),
+        "xmp": ("xmp", b'<x:xmpmeta xmlns:x="adobe:ns:meta/"/>'),
+    }
+    paths = []
+    for i, (name, layout, w, h, q, extras) in enumerate(SEED_SPECS):
+        kwargs = dict(meta[e] for e in extras if e in meta)
+        data = L.codec.encode(seed_image(layout, w, h, i), q, **kwargs)
+        if "unknown" in extras:
+            jac = L.container.parse(data)
+            jac.unknown_chunks = [(b"abcd", b"unknown ancillary"), (b"zz 9", b"")]
+            data = L.container.serialize(jac)
+        path = out / f"{name}.jac"
+        path.write_bytes(data)
+        paths.append(path)
+    return paths
+
+
+# ---------------------------------------------------------------------------------------------
+# Engines
+
+
+@dataclass
+class Stats:
+    """Counters of a fuzzing session."""
+
+    executions: int = 0
+    findings: int = 0
+    seconds: float = 0.0
+    max_seconds: float = 0.0
+    outcomes: dict[str, int] = field(default_factory=dict)
+
+
+def _save(data: bytes, directory: Path, prefix: str) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{prefix}-{hashlib.sha1(data).hexdigest()[:16]}.jac"
+    path.write_bytes(data)
+    return path
+
+
+def run_random(
+    target: str,
+    corpus: list[bytes],
+    seconds: float,
+    limits: Limits,
+    crashes: Path,
+    keep: Path | None = None,
+    seed: int | None = None,
+    log: Callable[[str], None] = print,
+) -> Stats:
+    """Plain mutation loop: mutate corpus entries, run the oracle, save findings (and new outcomes)."""
+    rng = random.Random(seed)
+    check = check_decode if target == "decode" else check_container
+    stats, start, pool = Stats(), time.monotonic(), list(corpus)
+    last_report = start
+    while time.monotonic() - start < seconds:
+        data = mutate(rng.choice(pool), rng, pool)
+        t0 = time.perf_counter()
+        try:
+            label = check(data, limits)
+        except Finding as exc:
+            stats.findings += 1
+            path = _save(data, crashes, "finding")
+            log(f"FINDING {path}: {exc}")
+            continue
+        finally:
+            stats.executions += 1
+            stats.max_seconds = max(stats.max_seconds, time.perf_counter() - t0)
+        if label not in stats.outcomes:  # a new outcome: keep the input as a seed for more mutation
+            pool.append(data)
+            if keep:
+                _save(data, keep, "outcome")
+        stats.outcomes[label] = stats.outcomes.get(label, 0) + 1
+        if time.monotonic() - last_report > 60:
+            last_report = time.monotonic()
+            log(f"#{stats.executions} {stats.executions / (last_report - start):.1f}/s outcomes {len(stats.outcomes)} findings {stats.findings}")
+    stats.seconds = time.monotonic() - start
+    return stats
+
+
+def run_atheris(target: str, argv: list[str], limits: Limits, corpus: list[bytes]) -> None:
+    """Coverage-guided fuzzing with atheris/libFuzzer; ``argv`` holds libFuzzer's arguments."""
+    import atheris
+
+    with atheris.instrument_imports(include=["pillow_jac"]):
+        lib()
+        import pillow_jac.engine  # noqa: F401
+        import pillow_jac.entropy_coding  # noqa: F401
+        import pillow_jac.exact_prior  # noqa: F401
+    setup(limits, threads=1 if target == "decode" else None)
+    if target == "decode":
+        installed_model()  # build the engine before the first input (its cost is not the input's)
+    check = check_decode if target == "decode" else check_container
+
+    def one_input(data: bytes) -> None:
+        check(data, limits)
+
+    def custom_mutator(data: bytes, max_size: int, seed: int) -> bytes:
+        rng = random.Random(seed)
+        if rng.random() < 0.25:
+            return atheris.Mutate(data, max_size)
+        return mutate(data, rng, corpus)[:max_size]
+
+    def custom_crossover(data1: bytes, data2: bytes, max_out_size: int, seed: int) -> bytes:
+        rng = random.Random(seed)
+        return (data1[: rng.randint(0, len(data1))] + data2[rng.randint(0, len(data2)) :])[:max_out_size]
+
+    defaults = [f"-rss_limit_mb={int(limits.rss_mb)}", f"-timeout={int(limits.seconds * 4)}", "-max_len=16384"]
+    given = {a.split("=")[0] for a in argv if a.startswith("-")}
+    args = [sys.argv[0], *[d for d in defaults if d.split("=")[0] not in given], *argv]
+    atheris.Setup(args, one_input, custom_mutator=custom_mutator, custom_crossover=custom_crossover)
+    atheris.Fuzz()
+
+
+# ---------------------------------------------------------------------------------------------
+# Distilling a regression corpus: the smallest input per distinct outcome
+
+
+def distill(inputs: Iterable[bytes], out: Path, max_bytes: int = 6000, limits: Limits | None = None) -> dict[str, str]:
+    """Write the smallest input of each distinct :func:`check_decode` outcome to ``out``.
+
+    Returns ``{file name: outcome}``. Inputs larger than ``max_bytes`` are skipped.
+    """
+    limits = limits or Limits()
+    best: dict[str, bytes] = {}
+    for data in inputs:
+        if len(data) > max_bytes:
+            continue
+        try:
+            label = check_decode(data, limits)
+        except Finding as exc:
+            label = f"FINDING {exc}"
+        if label not in best or len(data) < len(best[label]):
+            best[label] = data
+    out.mkdir(parents=True, exist_ok=True)
+    index = {}
+    for label, data in sorted(best.items()):
+        name = f"{hashlib.sha1(data).hexdigest()[:12]}.jac"
+        (out / name).write_bytes(data)
+        index[name] = label
+    return index
+
+
+def _print_stats(stats: Stats) -> None:
+    print(json.dumps({**stats.__dict__, "exec_per_s": round(stats.executions / max(stats.seconds, 1e-9), 2)}, indent=1))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line (see the module docstring)."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("command", choices=["seeds", "atheris", "random", "replay", "distill"])
+    parser.add_argument("paths", nargs="*", type=Path, help="corpus dirs (atheris: the first one is written to)")
+    parser.add_argument("--target", choices=["container", "decode"], default="decode")
+    parser.add_argument("--seconds", type=float, default=60.0, help="random engine: session length")
+    parser.add_argument("--time-bound", type=float, default=Limits.seconds, help="seconds per input")
+    parser.add_argument("--rss-mb", type=float, default=Limits.rss_mb, help="peak RSS bound")
+    parser.add_argument("--max-pixels", type=int, default=Limits.max_pixels, help="Image.MAX_IMAGE_PIXELS")
+    parser.add_argument("--crashes", type=Path, default=Path("fuzz-findings"), help="random engine: findings")
+    parser.add_argument("--keep", type=Path, help="random engine: save inputs with new outcomes here")
+    parser.add_argument("--out", type=Path, help="seeds/distill: output directory")
+    parser.add_argument("--seed", type=int, help="random engine: RNG seed")
+    args, rest = parser.parse_known_args(argv)
+    rest = [a for a in rest if a != "--"]
+    limits = Limits(args.time_bound, args.rss_mb, args.max_pixels)
+    if args.command == "seeds":
+        for p in make_seeds(args.out or SEEDS_DIR):
+            print(p, p.stat().st_size)
+        return 0
+    corpus = load_corpus(args.paths or [SEEDS_DIR])
+    if args.command == "atheris":
+        run_atheris(args.target, [*rest, *map(str, args.paths or [SEEDS_DIR])], limits, load_corpus([SEEDS_DIR]))
+        return 0
+    setup(limits, threads=1 if args.target == "decode" else None)
+    if args.command == "random":
+        stats = run_random(args.target, corpus, args.seconds, limits, args.crashes, args.keep, args.seed)
+        _print_stats(stats)
+        return 1 if stats.findings else 0
+    if args.command == "distill":
+        index = distill(corpus, args.out or Path("distilled"), limits=limits)
+        print(json.dumps(index, indent=1))
+        return 0
+    status = 0
+    for path in [p for p in args.paths]:
+        files = sorted(x for x in path.iterdir() if x.is_file()) if path.is_dir() else [path]
+        for f in files:
+            t0 = time.perf_counter()
+            try:
+                label = (check_decode if args.target == "decode" else check_container)(f.read_bytes(), limits)
+            except Finding as exc:
+                label, status = f"FINDING {exc}", 1
+            print(f"{f}\t{time.perf_counter() - t0:.2f}s\t{label}")
+    return status
+
+
+if __name__ == "__main__":
+    if str(HERE.parent) not in sys.path:
+        sys.path.insert(0, str(HERE.parent))
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    sys.exit(main())

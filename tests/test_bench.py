@@ -1,0 +1,280 @@
+"""Unit tests of the benchmark helpers: metrics, BD-rate, codec adapters, the rd and speed drivers."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pillow_jac.bench import metrics
+from pillow_jac.bench.codecs import ALL_CODECS, CodecUnavailable, find_shared, get_codec, get_codecs
+
+# -- PSNR, bpp, MS-SSIM ---------------------------------------------------------------------------
+
+
+def test_bits_per_pixel():
+    assert metrics.bits_per_pixel(768 * 512 // 8, 512, 768) == 1.0
+    with pytest.raises(ValueError):
+        metrics.bits_per_pixel(10, 0, 5)
+
+
+def test_psnr_known_values():
+    a = np.zeros((8, 8, 3), np.uint8)
+    assert metrics.psnr(a, a) == math.inf
+    # MSE 1 -> 20 log10(255)
+    assert metrics.psnr(a, a + 1) == pytest.approx(20 * math.log10(255))
+    # half the samples off by 2: MSE 2
+    b = a.copy()
+    b[:4] = 2
+    assert metrics.mse(a, b) == 2.0
+    assert metrics.psnr(a, b) == pytest.approx(10 * math.log10(255**2 / 2))
+    # no uint8 wrap-around: 0 vs 255 is MSE 255^2, 0 dB
+    assert metrics.psnr(a, np.full_like(a, 255)) == pytest.approx(0.0)
+
+
+def test_psnr_rejects_mismatch():
+    with pytest.raises(ValueError):
+        metrics.psnr(np.zeros((2, 2, 3), np.uint8), np.zeros((2, 3, 3), np.uint8))
+    with pytest.raises(TypeError):
+        metrics.psnr(np.zeros((2, 2, 3), np.float32), np.zeros((2, 2, 3), np.float32))
+
+
+def test_ms_ssim_db():
+    assert metrics.ms_ssim_db(0.9) == pytest.approx(10.0)
+    assert metrics.ms_ssim_db(1.0) == math.inf
+
+
+def test_ms_ssim():
+    pytest.importorskip("pytorch_msssim")
+    rng = np.random.default_rng(1)
+    a = (rng.random((192, 200, 3)) * 255).astype(np.uint8)
+    assert metrics.ms_ssim(a, a) == pytest.approx(1.0, abs=1e-5)
+    noisy = np.clip(a.astype(int) + rng.integers(-20, 21, a.shape), 0, 255).astype(np.uint8)
+    assert 0.0 < metrics.ms_ssim(a, noisy) < 1.0
+    assert math.isnan(metrics.ms_ssim(a[:100], a[:100]))  # too small for five scales
+
+
+# -- BD-rate -----------------------------------------------------------------------------------------
+
+ANCHOR_RATE = [0.1, 0.2, 0.4, 0.8, 1.6]
+ANCHOR_PSNR = [28.0, 30.5, 33.0, 35.5, 38.0]
+
+
+@pytest.mark.parametrize("method", ["pchip", "cubic"])
+@pytest.mark.parametrize("factor", [0.8, 1.0, 1.25, 0.5])
+def test_bd_rate_constant_factor(method, factor):
+    # the test codec needs `factor` times the anchor's bits at every quality: BD-rate = factor - 1
+    test_rate = [r * factor for r in ANCHOR_RATE]
+    assert metrics.bd_rate(ANCHOR_RATE, ANCHOR_PSNR, test_rate, ANCHOR_PSNR, method) == pytest.approx(
+        (factor - 1) * 100, abs=1e-9
+    )
+
+
+@pytest.mark.parametrize("method", ["pchip", "cubic"])
+def test_bd_rate_hand_checked_linear(method):
+    # log2(rate) = (psnr - 30) / 3 for the anchor; the test curve is 1 dB better everywhere, so at equal PSNR it
+    # needs 2^(-1/3) of the bits: BD-rate = 2^(-1/3) - 1 = -20.63%; on the partial overlap [31, 39] dB too.
+    psnr = np.arange(30.0, 40.0, 1.0)
+    anchor = 2 ** ((psnr - 30) / 3)
+    expected = (2 ** (-1 / 3) - 1) * 100
+    got = metrics.bd_rate(anchor, psnr, anchor, psnr + 1, method)
+    assert got == pytest.approx(expected, abs=1e-9)
+    assert expected == pytest.approx(-20.63, abs=0.01)
+    # and BD-PSNR of the same pair is +1 dB
+    assert metrics.bd_quality(anchor, psnr, anchor, psnr + 1, method) == pytest.approx(1.0, abs=1e-9)
+
+
+def test_bd_rate_is_antisymmetric_in_log_domain():
+    test_rate = [0.09, 0.21, 0.35, 0.7, 1.5]
+    test_psnr = [28.3, 30.9, 33.1, 35.8, 38.6]
+    ab = metrics.bd_rate(ANCHOR_RATE, ANCHOR_PSNR, test_rate, test_psnr)
+    ba = metrics.bd_rate(test_rate, test_psnr, ANCHOR_RATE, ANCHOR_PSNR)
+    assert (1 + ab / 100) * (1 + ba / 100) == pytest.approx(1.0, abs=1e-12)
+
+
+def test_bd_rate_degenerate_inputs():
+    assert math.isnan(metrics.bd_rate([1.0], [30.0], [1.0, 2.0], [30.0, 33.0]))
+    # no overlap in quality
+    assert math.isnan(metrics.bd_rate([1, 2], [30, 31], [1, 2], [40, 41]))
+    # unsorted input, NaN points and duplicates are handled
+    got = metrics.bd_rate(
+        [0.4, 0.1, 0.2, 0.8, math.nan], [33, 28, 30.5, 35.5, 40], [0.32, 0.08, 0.16, 0.64], [33, 28, 30.5, 35.5]
+    )
+    assert got == pytest.approx(-20.0, abs=1e-9)
+    with pytest.raises(ValueError):
+        metrics.bd_rate([1, 2], [30, 31], [1, 2], [30, 31], method="linear")
+
+
+def test_pchip_integral_piecewise_linear_data():
+    # monotone data with a kink: PCHIP keeps it monotone, integral between the trapezoid bounds
+    x = np.array([0.0, 1.0, 2.0, 3.0])
+    y = np.array([0.0, 0.0, 1.0, 1.0])
+    d = metrics.pchip_slopes(x, y)
+    assert d.tolist() == [0.0, 0.0, 0.0, 0.0]  # flat neighbours force zero slopes
+    # each segment is a smooth step: integral over [1, 2] is exactly 1/2 by symmetry
+    assert metrics.pchip_integral(x, y, 1.0, 2.0) == pytest.approx(0.5)
+    assert metrics.pchip_integral(x, y, 0.0, 3.0) == pytest.approx(1.5)
+
+
+def test_bd_rate_against_published_compressai_numbers():
+    # CompressAI's own mbt2018 vs BPG 4:4:4: -11.5% (cubic), vs its mbt2018-mean: -8.1% (NOTES.md)
+    anchors = find_shared("anchors/kodak")
+    if anchors is None:
+        pytest.skip("shared/anchors not found")
+
+    def load(name):
+        r = json.loads((anchors / f"{name}.json").read_text())["results"]
+        return r["bpp"], r["psnr-rgb"]
+
+    bpg, mbt, mean = (
+        load("bpg_444_x265_ycbcr"),
+        load("compressai-mbt2018_mse_cuda"),
+        load("compressai-mbt2018-mean_mse_cuda"),
+    )
+    assert metrics.bd_rate(*bpg, *mbt, method="cubic") == pytest.approx(-11.5, abs=0.05)
+    assert metrics.bd_rate(*mean, *mbt, method="cubic") == pytest.approx(-8.1, abs=0.05)
+    # PCHIP agrees within half a percent
+    assert metrics.bd_rate(*bpg, *mbt) == pytest.approx(-11.5, abs=0.5)
+
+
+# -- codec adapters ------------------------------------------------------------------------------------
+
+
+def _tiny_image() -> np.ndarray:
+    yy, xx = np.mgrid[0:64, 0:96]
+    rgb = np.stack([xx * 2, yy * 3, (xx + yy) % 256], axis=2).astype(np.uint8)
+    return rgb
+
+
+@pytest.mark.parametrize("name", [n for n in ALL_CODECS if n != "jac"])
+def test_classical_adapter_round_trip(name):
+    try:
+        codec = get_codec(name)
+    except CodecUnavailable as e:
+        pytest.skip(str(e))
+    rgb = _tiny_image()
+    low, high = codec.ladder[0], codec.ladder[-1]
+    data_low = codec.encode(rgb, low)
+    data_high = codec.encode(rgb, high)
+    assert isinstance(data_low, bytes) and len(data_low) > 0
+    assert len(data_high) > len(data_low)  # the ladder goes from small files to good quality
+    out = codec.decode(data_high)
+    assert out.shape == rgb.shape and out.dtype == np.uint8
+    assert metrics.psnr(rgb, out) > 30.0
+    assert list(codec.ladder) == sorted(codec.ladder, reverse=codec.parameter == "distance")
+
+
+def test_unknown_codec():
+    with pytest.raises(KeyError):
+        get_codec("png9000")
+
+
+def test_get_codecs_skips_missing(capsys, monkeypatch):
+    import pillow_jac.bench.codecs as codecs_module
+
+    def unavailable():
+        raise CodecUnavailable("not here")
+
+    monkeypatch.setattr(codecs_module, "_webp", unavailable)
+    got = [c.name for c in get_codecs(["jpeg420", "webp"])]
+    assert got == ["jpeg420"]
+    assert "skipping webp: not here" in capsys.readouterr().err
+
+
+def _jac_codec():
+    try:
+        codec = get_codec("jac", jac_qualities=[1, 8])
+    except CodecUnavailable as e:
+        pytest.skip(str(e))
+    return codec
+
+
+@pytest.mark.slow
+def test_jac_adapter_round_trip():
+    codec = _jac_codec()
+    rgb = _tiny_image()
+    try:
+        data = codec.encode(rgb, 2.5)
+    except (NotImplementedError, OSError) as e:  # no weights yet
+        pytest.skip(f"jac cannot encode here: {e}")
+    assert data[:8] == b"\x8bJAC\r\n\x1a\n"
+    out = codec.decode(data)
+    assert out.shape == rgb.shape and out.dtype == np.uint8
+
+
+# -- the drivers -------------------------------------------------------------------------------------------
+
+
+def test_rd_end_to_end_tiny(tmp_path: Path):
+    from pillow_jac.bench import rd
+
+    data = tmp_path / "images"
+    data.mkdir()
+    for i in range(2):
+        Image.fromarray(np.roll(_tiny_image(), 7 * i, axis=1)).save(data / f"img{i}.png")
+    published = tmp_path / "anchors"
+    published.mkdir()
+    (published / "fake.json").write_text(
+        json.dumps({"name": "fake", "results": {"bpp": [0.5, 1, 2, 4], "psnr-rgb": [25, 30, 35, 40]}})
+    )
+    out = tmp_path / "out"
+    rd.main(
+        [
+            "--data", str(data), "--out", str(out), "--codecs", "jpeg420,jpeg444",
+            "--ladder", "jpeg420=20,50,80,95", "--ladder", "jpeg444=20,50,80,95",
+            "--anchors", str(published), "--published", "fake", "--no-ms-ssim",
+        ]
+    )  # fmt: skip
+    results = json.loads((out / "results.json").read_text())
+    assert results["meta"]["images"] == 2
+    avg = results["codecs"]["jpeg420"]["average"]
+    assert [p["param"] for p in avg] == [20, 50, 80, 95]
+    assert all(p["images"] == 2 for p in avg)
+    assert set(results["codecs"]["jpeg420"]["per_image"]) == {"img0", "img1"}
+    assert (out / "rd.md").read_text().startswith("# Rate-distortion results")
+    # no jac measured: no BD-rate table, but the comparison helper works on any pair
+    table = rd.bd_table({k: v["average"] for k, v in results["codecs"].items()}, results["published"], test="jpeg444")
+    assert {row["anchor"] for row in table} == {"jpeg420", "fake"}
+    assert "published" in results["published"]["fake"]["label"]
+    # --resume reuses every point
+    cached = (out / "cache.jsonl").read_text().count("\n")
+    rd.main(["--data", str(data), "--out", str(out), "--codecs", "jpeg420", "--ladder", "jpeg420=20,50,80,95",
+             "--anchors", str(published), "--published", "fake", "--no-ms-ssim", "--resume"])  # fmt: skip
+    assert (out / "cache.jsonl").read_text().count("\n") == cached
+    if importlib.util.find_spec("matplotlib") is not None:
+        assert (out / "rd.png").stat().st_size > 10_000
+
+
+def test_speed_subprocess_measurement(tmp_path: Path):
+    from pillow_jac.bench import speed
+
+    image = tmp_path / "in.npy"
+    np.save(image, _tiny_image())
+    stream = tmp_path / "out.jpg"
+    spec = {"codec": "jpeg420", "param": 75, "threads": 1, "device": "cpu", "repeat": 2}
+    enc = speed.measure_in_subprocess({**spec, "op": "encode", "input": str(image), "output": str(stream)})
+    assert "error" not in enc, enc
+    assert len(enc["times_s"]) == 2 and enc["peak_rss"] >= enc["baseline_rss"] > 0
+    assert enc["bytes"] == stream.stat().st_size
+    dec = speed.measure_in_subprocess({**spec, "op": "decode", "input": str(stream), "pixels": 64 * 96})
+    assert "error" not in dec, dec
+    bad = speed.measure_in_subprocess(
+        {**spec, "codec": "nonexistent", "op": "encode", "input": str(image), "output": "x"}
+    )
+    assert "error" in bad
+
+
+def test_tile_and_parse_size():
+    from pillow_jac.bench.speed import parse_size, tile_image
+
+    rgb = _tiny_image()
+    big = tile_image(rgb, 250, 150)
+    assert big.shape == (150, 250, 3)
+    assert np.array_equal(big[:64, :96], rgb)
+    assert np.array_equal(big[:64, 96:192], rgb[:, ::-1])
+    assert parse_size("12G") == 12 << 30 and parse_size("512M") == 512 << 20 and parse_size("1000") == 1000

@@ -1,0 +1,152 @@
+"""Concurrent decoding: threads and forked worker processes get exactly the single-threaded pixels."""
+
+from __future__ import annotations
+
+import io
+import multiprocessing
+import subprocess
+import sys
+import textwrap
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from fuzz import fuzz_jac as fz
+from pillow_jac import codec
+
+ROOT = Path(__file__).resolve().parent.parent
+#: (layout, width, height, quality) of the files decoded concurrently
+SPECS = [("RGB", 40, 24, 4.0), ("RGBA", 24, 16, 2.5), ("L", 16, 33, 6.0), ("LA", 8, 8, 8.0)]
+
+
+@pytest.fixture(scope="module")
+def files() -> list[bytes]:
+    return [codec.encode(fz.seed_image(layout, w, h, seed=i), q) for i, (layout, w, h, q) in enumerate(SPECS)]
+
+
+@pytest.fixture(scope="module")
+def reference(files: list[bytes]) -> list[np.ndarray]:
+    """Single-threaded decodes, in this (the parent) process: torch is loaded and has run before any fork."""
+    return [codec.decode(data) for data in files]
+
+
+def _pillow_decode(data: bytes) -> np.ndarray:
+    with Image.open(io.BytesIO(data)) as im:
+        im.load()
+        return np.asarray(im)
+
+
+def _run_threads(n: int, work) -> list:
+    """Run ``work(i)`` in ``n`` threads released together; return results, re-raising any error."""
+    barrier = threading.Barrier(n)
+    results: list = [None] * n
+    errors: list[BaseException] = []
+
+    def main(i: int) -> None:
+        try:
+            barrier.wait(timeout=60)
+            results[i] = work(i)
+        except BaseException as exc:  # reported below, with the thread's traceback
+            errors.append(exc)
+
+    threads = [threading.Thread(target=main, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    assert not any(t.is_alive() for t in threads), "a decoding thread hangs"
+    if errors:
+        raise errors[0]
+    return results
+
+
+def test_many_threads_decode_like_one(files: list[bytes], reference: list[np.ndarray]) -> None:
+    """8 threads decode every file at once (in different orders, via codec and Pillow)."""
+
+    def work(i: int) -> list[tuple[int, np.ndarray]]:
+        order = list(range(len(files)))
+        np.random.default_rng(i).shuffle(order)
+        decode = codec.decode if i % 2 else _pillow_decode
+        return [(k, decode(files[k])) for k in order]
+
+    for out in _run_threads(8, work):
+        assert len(out) == len(files)
+        for k, pixels in out:
+            np.testing.assert_array_equal(pixels, reference[k], err_msg=f"file {k} ({SPECS[k][0]})")
+
+
+def test_threads_see_errors_independently(files: list[bytes], reference: list[np.ndarray]) -> None:
+    """Corrupt files decoded among good ones fail on their own and do not disturb the others."""
+    bad = bytearray(files[0])
+    bad[-20] ^= 0x01  # inside YSTR: a CRC mismatch
+
+    def work(i: int) -> str | np.ndarray:
+        if i % 2:
+            return codec.decode(files[1])
+        try:
+            codec.decode(bytes(bad))
+        except ValueError as exc:
+            return str(exc)
+        return "no error"
+
+    for i, out in enumerate(_run_threads(6, work)):
+        if i % 2:
+            np.testing.assert_array_equal(out, reference[1])
+        else:
+            assert "CRC mismatch" in out
+
+
+def _decode_in_worker(data: bytes) -> tuple[bytes, bytes]:
+    """Worker process: decode with the codec and with Pillow (module level, so the pool can call it)."""
+    return codec.decode(data).tobytes(), _pillow_decode(data).tobytes()
+
+
+def test_forked_workers_decode_like_the_parent(files: list[bytes], reference: list[np.ndarray]) -> None:
+    """``fork`` after the parent has decoded (torch, its thread pool and the engine already exist)."""
+    assert reference  # the parent has decoded before forking
+    context = multiprocessing.get_context("fork")
+    with context.Pool(2) as pool:
+        results = pool.map_async(_decode_in_worker, files * 2).get(timeout=300)
+    for k, (from_codec, from_pillow) in enumerate(results):
+        want = reference[k % len(files)].tobytes()
+        assert from_codec == want, f"forked codec.decode differs for file {k % len(files)}"
+        assert from_pillow == want, f"forked Pillow decode differs for file {k % len(files)}"
+
+
+@pytest.mark.slow
+def test_first_use_from_many_threads(tmp_path: Path, files: list[bytes], reference: list[np.ndarray]) -> None:
+    """In a fresh process, 6 threads hit the not-yet-built engine at once: one engine, same pixels."""
+    for k, data in enumerate(files):
+        (tmp_path / f"{k}.jac").write_bytes(data)
+    script = textwrap.dedent(
+        """
+        import sys, threading, numpy as np
+        from pathlib import Path
+        from pillow_jac import codec, engine
+        files = [p.read_bytes() for p in sorted(Path(sys.argv[1]).glob("*.jac"))]
+        barrier = threading.Barrier(6)
+        out, errors = {}, []
+        def work(i):
+            try:
+                barrier.wait()
+                out[i] = [codec.decode(d) for d in files]
+            except BaseException as exc:
+                errors.append(repr(exc))
+        threads = [threading.Thread(target=work, args=(i,)) for i in range(6)]
+        [t.start() for t in threads]
+        [t.join() for t in threads]
+        assert not errors, errors
+        assert len(engine._CACHE) == 1, engine._CACHE
+        for i in range(6):
+            for k, pixels in enumerate(out[i]):
+                np.save(Path(sys.argv[1]) / f"{i}-{k}.npy", pixels)
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    for i in range(6):
+        for k, want in enumerate(reference):
+            np.testing.assert_array_equal(np.load(tmp_path / f"{i}-{k}.npy"), want)

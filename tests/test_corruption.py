@@ -1,0 +1,231 @@
+"""Corruption is detected and named: checksums, stream lengths, unknown models and weights.
+
+Every corrupted file is rejected by ``container.parse``, ``codec.decode`` and Pillow alike, with an
+error whose message names the cause (SPEC.md section 8.2).
+"""
+
+from __future__ import annotations
+
+import io
+import zlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from fuzz import fuzz_jac as fz
+from pillow_jac import codec, container
+from pillow_jac.container import JacFormatError
+from pillow_jac.engine import get_engine
+
+
+@pytest.fixture(scope="module")
+def rgba_jac() -> bytes:
+    """A valid 24x16 RGBA file with every metadata chunk and an unknown ancillary chunk."""
+    image = fz.seed_image("RGBA", 24, 16, seed=3)
+    data = codec.encode(image, 3, icc_profile=b"icc" * 8, exif=b"Exif\0\0MM\0*" + bytes(8), xmp=b"<x/>")
+    jac = container.parse(data)
+    jac.unknown_chunks = [(b"abcd", b"unknown")]
+    return container.serialize(jac)
+
+
+def edit(data: bytes, ctype: bytes, fn) -> bytes:
+    """``data`` with ``fn(chunk)`` applied to its first chunk of type ``ctype`` (CRC re-computed unless forged)."""
+    chunks, tail = fz.split(data)
+    fn(next(c for c in chunks if c.ctype == ctype))
+    return fz.join(chunks, tail)
+
+
+def set_jhdr(data: bytes, **fields: int) -> bytes:
+    """``data`` with JHDR fields replaced and the JHDR CRC re-computed (so only the fields are wrong)."""
+
+    def change(c: fz.Chunk) -> None:
+        f = fz.unpack_jhdr(c.data)
+        f.update(fields)
+        c.data = fz.pack_jhdr(f)
+
+    return edit(data, b"JHDR", change)
+
+
+def rejects(data: bytes, exc: type[BaseException], match: str) -> None:
+    """``parse``, ``codec.decode`` and ``Image.open(...).load()`` all raise ``exc`` matching ``match``."""
+    with pytest.raises(exc, match=match):
+        container.parse(data)
+    with pytest.raises(exc, match=match):
+        codec.decode(data)
+    with pytest.raises(exc, match=match):
+        with Image.open(io.BytesIO(data)) as im:
+            im.load()
+
+
+def test_the_fixture_is_valid(rgba_jac: bytes) -> None:
+    assert codec.decode(rgba_jac).shape == (16, 24, 4)
+
+
+# ------------------------------------------------------------------------------------------------
+# checksums
+
+
+@pytest.mark.parametrize("ctype", [b"JHDR", b"iccp", b"exif", b"xmp ", b"abcd", b"ALPH", b"ZSTR", b"YSTR"])
+def test_flipped_bit_in_chunk_data_is_a_crc_mismatch(rgba_jac: bytes, ctype: bytes) -> None:
+    def flip(c: fz.Chunk) -> None:
+        c.crc = zlib.crc32(c.data, zlib.crc32(c.ctype))  # keep the old CRC ...
+        c.data = bytes([c.data[0] ^ 0x01]) + c.data[1:]  # ... of the unflipped data
+
+    rejects(edit(rgba_jac, ctype, flip), JacFormatError, f"CRC mismatch in chunk '{ctype.decode()}': the file is corrupt")
+
+
+def test_damaged_crc_field_is_a_crc_mismatch(rgba_jac: bytes) -> None:
+    data = bytearray(rgba_jac)
+    data[-1] ^= 0x80  # the last byte of the file: JEND's CRC
+    rejects(bytes(data), JacFormatError, "CRC mismatch in chunk 'JEND'")
+
+
+def test_checksum_of_the_alpha_zlib_stream(rgba_jac: bytes) -> None:
+    """Inside ALPH (chunk CRC re-computed), zlib's own Adler-32 still catches damage."""
+
+    def damage_adler(c: fz.Chunk) -> None:
+        c.data = c.data[:-1] + bytes([c.data[-1] ^ 0xFF])
+
+    data = edit(rgba_jac, b"ALPH", damage_adler)
+    container.parse(data)  # the container is intact
+    with pytest.raises(JacFormatError, match="corrupt alpha plane: .*incorrect data check"):
+        codec.decode(data)
+    with pytest.raises(JacFormatError, match="corrupt alpha plane"):
+        with Image.open(io.BytesIO(data)) as im:
+            im.load()
+
+
+# ------------------------------------------------------------------------------------------------
+# streams shorter or longer than the header says
+
+
+@pytest.mark.parametrize("ctype", [b"ZSTR", b"YSTR"])
+@pytest.mark.parametrize("delta", [-4, -1, 1, 4])
+def test_stream_chunk_length_differs_from_header(rgba_jac: bytes, ctype: bytes, delta: int) -> None:
+    jac = container.parse(rgba_jac)
+    want = jac.header.z_stream_length if ctype == b"ZSTR" else jac.header.y_stream_length
+
+    def resize(c: fz.Chunk) -> None:
+        c.data = c.data[:delta] if delta < 0 else c.data + bytes(delta)
+
+    name = ctype.decode()
+    rejects(edit(rgba_jac, ctype, resize), JacFormatError, f"chunk '{name}' is {want + delta} bytes but must be {want} bytes")
+
+
+@pytest.mark.parametrize(("field", "ctype"), [("zlen", "ZSTR"), ("ylen", "YSTR")])
+def test_header_stream_length_differs_from_chunk(rgba_jac: bytes, field: str, ctype: str) -> None:
+    jac = container.parse(rgba_jac)
+    actual = jac.header.z_stream_length if ctype == "ZSTR" else jac.header.y_stream_length
+    for forged in (actual - 1, actual + 4, 0, (1 << 30)):
+        rejects(set_jhdr(rgba_jac, **{field: forged}), JacFormatError, f"chunk '{ctype}' is {actual} bytes but must be {forged}")
+
+
+def test_stream_length_above_the_limit(rgba_jac: bytes) -> None:
+    rejects(set_jhdr(rgba_jac, ylen=(1 << 30) + 1), JacFormatError, "y_stream_length must be from 0 to 1073741824")
+
+
+def test_file_ending_inside_a_stream(rgba_jac: bytes) -> None:
+    offset = rgba_jac.index(b"YSTR") + 4 + 2  # 2 bytes into YSTR's data
+    rejects(rgba_jac[:offset], JacFormatError, "truncated JAC file: chunk 'YSTR' data needs")
+
+
+def test_lying_chunk_length_field(rgba_jac: bytes) -> None:
+    def lie(c: fz.Chunk) -> None:
+        c.length = len(c.data) + 1000
+
+    rejects(edit(rgba_jac, b"exif", lie), JacFormatError, "truncated JAC file: chunk 'exif' data needs")
+
+
+def test_stream_not_a_whole_number_of_words(rgba_jac: bytes) -> None:
+    """A stream whose length is consistent but not a multiple of 4 bytes is not a range-coder stream."""
+    jac = container.parse(rgba_jac)
+    jac.y_stream = jac.y_stream[:-1]
+    jac.header.y_stream_length -= 1
+    data = container.serialize(jac)
+    with pytest.raises(ValueError, match=f"stream length {len(jac.y_stream)} is not a multiple of 4"):
+        codec.decode(data)
+    with pytest.raises(ValueError, match="not a multiple of 4"):
+        with Image.open(io.BytesIO(data)) as im:
+            im.load()
+
+
+def test_trailing_bytes_after_jend(rgba_jac: bytes) -> None:
+    rejects(rgba_jac + b"\0", JacFormatError, "unexpected data after the JEND chunk")
+
+
+# ------------------------------------------------------------------------------------------------
+# model and weights this installation does not have
+
+
+def test_unknown_model_id_is_named(rgba_jac: bytes) -> None:
+    engine = get_engine()
+    data = fz.restamp(rgba_jac, "no-such-model", engine.weights_hash)
+    with Image.open(io.BytesIO(data)) as im:  # opening needs no model
+        assert im.info["model_id"] == "no-such-model"
+        with pytest.raises(codec.CodecError, match=f"needs model 'no-such-model'.*installed weights are '{engine.model_id}'"):
+            im.load()
+    for decode in (codec.decode, codec.decode_symbols):
+        with pytest.raises(codec.CodecError, match="this file needs model 'no-such-model'"):
+            decode(data)
+
+
+def test_unknown_weights_hash_is_named(rgba_jac: bytes) -> None:
+    engine = get_engine()
+    other = bytes.fromhex("0123456789abcdef")
+    data = fz.restamp(rgba_jac, engine.model_id, other)
+    message = rf"weights 0123456789abcdef\), but the installed weights are '{engine.model_id}' \({engine.weights_hash.hex()}\)"
+    with pytest.raises(codec.CodecError, match=message):
+        codec.decode(data)
+    with pytest.raises(ValueError, match="0123456789abcdef"):
+        with Image.open(io.BytesIO(data)) as im:
+            im.load()
+
+
+def test_restamped_file_decodes_again(rgba_jac: bytes) -> None:
+    """The model check is the only thing that failed above: putting the fields back restores the image."""
+    engine = get_engine()
+    broken = fz.restamp(rgba_jac, "no-such-model", bytes(8))
+    fixed = fz.restamp(broken, engine.model_id, engine.weights_hash)
+    assert fixed == rgba_jac
+    np.testing.assert_array_equal(codec.decode(fixed), codec.decode(rgba_jac))
+
+
+# ------------------------------------------------------------------------------------------------
+# header fields that disagree with each other (CRC re-computed, so only the values are wrong)
+
+
+@pytest.mark.parametrize(
+    ("fields", "match"),
+    [
+        ({"yh": 2}, r"y shape \(2, 4\) does not match \(4, 4\) derived from a 24x16 image"),
+        ({"zw": 9}, r"z shape \(1, 9\) does not match"),
+        ({"width": 65536}, "width must be from 1 to 65535, got 65536"),
+        ({"height": 0}, "height must be from 1 to 65535, got 0"),
+        ({"layout": 0}, "chunk 'ALPH' is not allowed: layout RGB has no alpha channel"),
+        ({"layout": 7}, "unknown layout code 7"),
+        ({"quality": 2049}, "quality must be from 1 to 8, got 8.00390625"),
+        ({"major": 2}, "unsupported JAC format version 2.0"),
+        ({"flags": 1}, "JHDR flags are 0x01 but must be 0"),
+        ({"model_id": bytes(16)}, "model_id .* is not 1 to 16 printable ASCII characters"),
+    ],
+)
+def test_inconsistent_header_fields(rgba_jac: bytes, fields: dict, match: str) -> None:
+    rejects(set_jhdr(rgba_jac, **fields), JacFormatError, match)
+
+
+def test_forged_size_with_matching_shapes_keeps_alpha_check(rgba_jac: bytes) -> None:
+    """A plausible forged size passes the container, then the alpha plane's size gives it away."""
+    data = set_jhdr(rgba_jac, width=20, **fz.derived_shapes(20, 16))
+    container.parse(data)
+    with pytest.raises(JacFormatError, match=r"alpha plane decompresses to more than 20x16 = 320 bytes"):
+        codec.decode(data)
+
+
+def test_error_messages_do_not_leak_huge_reprs(rgba_jac: bytes) -> None:
+    """Messages stay short even when the offending field is binary junk."""
+    data = set_jhdr(rgba_jac, model_id=b"\xff" * 16)
+    with pytest.raises(JacFormatError) as info:
+        container.parse(data)
+    assert len(str(info.value)) < 200
+

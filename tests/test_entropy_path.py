@@ -1,0 +1,107 @@
+"""Unit tests of the exact entropy path: coding tables, escapes, integer networks, wavefronts."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from pillow_jac.constants import CDF_PRECISION, MEAN_STEPS, SCALE_LEVELS
+from pillow_jac.entropy_coding import CodingTables, EntropyCodingError, gaussian_tables, quantize_pmf
+from pillow_jac.exact_prior import CAUSAL_TAPS, wavefront_steps
+from pillow_jac.model.integer import integerize, to_fixed
+from pillow_jac.model.layers import MaskedConv2d
+
+
+@pytest.fixture(scope="module")
+def y_tables() -> CodingTables:
+    return CodingTables(*gaussian_tables())
+
+
+def test_gaussian_tables_are_normalised(y_tables):
+    freqs, offsets, _ = gaussian_tables()
+    assert len(offsets) - 1 == SCALE_LEVELS * MEAN_STEPS == len(y_tables)
+    sums = np.add.reduceat(freqs.astype(np.int64), offsets[:-1])
+    assert (sums == 2**CDF_PRECISION).all() and freqs.min() >= 1
+
+
+def test_quantize_pmf_keeps_order_of_magnitude():
+    freqs = quantize_pmf(np.array([0.7, 0.2, 0.1, 0.0]))
+    assert freqs.sum() == 2**16 and freqs[3] == 1 and freqs[0] > freqs[1] > freqs[2]
+
+
+def test_round_trip_including_escapes(y_tables):
+    rng = np.random.default_rng(1)
+    ids = rng.integers(0, len(y_tables), 5000)
+    values = rng.integers(-3, 4, 5000)
+    values[::97] = rng.integers(-8000, 8000, len(values[::97]))  # far outside every table: escapes
+    data = y_tables.encode_to_bytes(values, ids)
+    np.testing.assert_array_equal(y_tables.decode_from_bytes(data, ids), values)
+
+
+def test_rate_tracks_the_distribution(y_tables):
+    """Values that match a narrow table cost far less than values that do not."""
+    ids = np.full(2000, 0)  # the narrowest scale, mean 0
+    cheap = len(y_tables.encode_to_bytes(np.zeros(2000, np.int64), ids))
+    costly = len(y_tables.encode_to_bytes(np.full(2000, 5), ids))
+    assert cheap * 20 < costly
+
+
+def test_garbage_stream_raises_entropy_error(y_tables):
+    ids = np.zeros(10000, np.int64)
+    with pytest.raises(EntropyCodingError):
+        y_tables.decode_from_bytes(b"\xff" * 6, ids)
+
+
+def test_integer_network_matches_float_and_is_thread_independent():
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.ConvTranspose2d(8, 12, 5, 2, 2, 1), nn.ReLU(), nn.Conv2d(12, 16, 3, 1, 1), nn.ReLU(), nn.Conv2d(16, 6, 1)
+    )
+    x = torch.randn(1, 8, 6, 7) * 3
+    exact = integerize(net)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = exact(to_fixed(x))
+        torch.set_num_threads(2)
+        two = exact(to_fixed(x))
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(one, two)
+    assert torch.equal(one, torch.floor(one))  # integers
+    with torch.no_grad():
+        reference = net(x).double()
+    assert (one / 256 - reference).abs().max() < 0.05
+
+
+def test_masked_context_conv_equals_gathered_taps():
+    """The encoder's masked convolution and the decoder's 12-tap gather give identical integers."""
+    torch.manual_seed(1)
+    layer = integerize(MaskedConv2d(4, 8, 5)).layers[0]
+    y = torch.randint(-20, 21, (1, 4, 7, 9)).double() * 256
+    full = layer(y)[0]
+    padded = torch.nn.functional.pad(y[0], (2, 2, 2, 2))
+    for r, c in [(0, 0), (3, 4), (6, 8), (2, 0)]:
+        taps = torch.stack([padded[:, r + 2 + dr, c + 2 + dc] for dr, dc in CAUSAL_TAPS], dim=1)  # (M, 12)
+        weight = torch.stack([layer.weight[:, :, 2 + dr, 2 + dc] for dr, dc in CAUSAL_TAPS], dim=2)
+        acc = (weight * taps[None]).sum(dim=(1, 2)) + layer.bias
+        assert torch.equal(layer.rescale(acc[None], 1)[0], full[:, r, c])
+
+
+@pytest.mark.parametrize(("height", "width"), [(1, 1), (1, 9), (9, 1), (4, 6), (32, 48)])
+def test_wavefronts_cover_grid_once_and_respect_causality(height, width):
+    steps = wavefront_steps(height, width)
+    done = np.full((height, width), -1)
+    for t, (rows, cols) in enumerate(steps):
+        assert (done[rows, cols] == -1).all()
+        done[rows, cols] = t
+    assert (done >= 0).all()
+    for r in range(height):
+        for c in range(width):
+            for dr, dc in CAUSAL_TAPS:
+                if 0 <= r + dr < height and 0 <= c + dc < width:
+                    assert done[r + dr, c + dc] < done[r, c]
+    if (height, width) == (32, 48):
+        assert len(steps) == 141
