@@ -30,7 +30,7 @@ from __future__ import annotations
 import io
 import sys
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -101,16 +101,7 @@ class Codec:
 
     def with_ladder(self, ladder: Iterable[float]) -> Codec:
         """A copy of this adapter with another ladder."""
-        return Codec(
-            self.name,
-            self.label,
-            self.parameter,
-            tuple(ladder),
-            self.encode,
-            self.decode,
-            self.extension,
-            self.settings,
-        )
+        return replace(self, ladder=tuple(ladder))
 
 
 # -- helpers -------------------------------------------------------------------------------------

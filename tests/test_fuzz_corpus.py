@@ -1,0 +1,36 @@
+"""Replay the fuzzing regression corpus (``tests/fuzz_corpus``) through the whole oracle.
+
+The corpus holds, for every distinct outcome the fuzz sessions met (which error, from which entry
+point), the smallest input that produced it, plus the inputs of the bugs found (``index.json`` says
+which). Every file must still meet the harness's rules (only allowed exceptions, time and memory
+bounds, agreeing entry points), and the container must still accept or reject it as recorded.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from fuzz import fuzz_jac as fz
+
+from .test_fuzz import LIMITS, small_pixel_limit
+
+CORPUS = Path(__file__).resolve().parent / "fuzz_corpus"
+INDEX: dict[str, dict[str, str]] = json.loads((CORPUS / "index.json").read_text())
+FILES = sorted(CORPUS.glob("*.jac"))
+
+
+def test_index_lists_every_file() -> None:
+    assert sorted(INDEX) == [p.name for p in FILES]
+    assert len(FILES) >= 20
+    assert all(p.stat().st_size <= 8192 for p in FILES)
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: p.stem)
+def test_replay(path: Path) -> None:
+    with small_pixel_limit():
+        label = fz.check_decode(path.read_bytes(), LIMITS)
+    container_outcome = label.split(" | ")[0].split(":")[0]  # "ok" or the exception type
+    assert container_outcome == INDEX[path.name]["container"], label

@@ -1,0 +1,126 @@
+"""Weights files: tampering is caught by the content hash, and loading never unpickles anything."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import shutil
+import struct
+from pathlib import Path
+
+import pytest
+import torch
+
+from pillow_jac import codec, engine, weights
+from pillow_jac.weights import WeightsError
+
+from .test_codec import natural_image
+
+
+@pytest.fixture(autouse=True)
+def private_engine_cache(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Engines built from temporary copies are dropped after each test (and never seen by others)."""
+    monkeypatch.setattr(engine, "_CACHE", {})
+
+
+@pytest.fixture
+def weights_copy(tmp_path: Path) -> Path:
+    path = tmp_path / "copy.safetensors"
+    shutil.copyfile(engine.default_weights_path(), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def valid_jac() -> bytes:
+    """A file made with the intact shipped weights (module scope: built before the private cache)."""
+    return codec.encode(natural_image(8, 8), 2)
+
+
+def safetensors_header(path: Path) -> tuple[int, dict]:
+    """``(data_start, header)`` of a safetensors file: u64 LE header size, JSON header, then data."""
+    with open(path, "rb") as f:
+        (size,) = struct.unpack("<Q", f.read(8))
+        return 8 + size, json.loads(f.read(size))
+
+
+def tamper(path: Path, name: str, at: float = 0.5) -> None:
+    """Flip one bit inside tensor ``name``'s bytes (at the relative position ``at``)."""
+    start, header = safetensors_header(path)
+    begin, end = header[name]["data_offsets"]
+    offset = start + begin + int((end - begin - 1) * at)
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        byte = f.read(1)[0]
+        f.seek(offset)
+        f.write(bytes([byte ^ 0x10]))
+
+
+def first_tensor(path: Path, prefix: str) -> str:
+    _, header = safetensors_header(path)
+    return sorted(k for k in header if k.startswith(prefix))[0]
+
+
+@pytest.mark.parametrize("prefix", ["int.entropy_parameters.", "int.h_s.", "table.y_freqs", "table.z_", "float.g_s."])
+def test_tampered_tensor_fails_with_hash_error(weights_copy: Path, prefix: str) -> None:
+    tamper(weights_copy, first_tensor(weights_copy, prefix))
+    with pytest.raises(WeightsError, match=r"is damaged: hash [0-9a-f]{16} does not match its manifest"):
+        engine.get_engine(weights=weights_copy)
+
+
+def test_tampered_weights_via_environment(weights_copy: Path, monkeypatch: pytest.MonkeyPatch, valid_jac: bytes) -> None:
+    """``JAC_WEIGHTS`` pointing at a damaged file: decoding and encoding fail with the hash error."""
+    tamper(weights_copy, first_tensor(weights_copy, "int.context."))
+    monkeypatch.setenv("JAC_WEIGHTS", str(weights_copy))
+    assert engine.default_weights_path() == weights_copy
+    with pytest.raises(WeightsError, match="damaged"):
+        codec.decode(valid_jac)
+    with pytest.raises(WeightsError, match="damaged"):
+        codec.encode(natural_image(8, 8), 2)
+    assert isinstance(WeightsError("x"), OSError)  # so Pillow's load() reports it as an OSError
+
+
+def test_tampered_manifest_hash(weights_copy: Path) -> None:
+    """Changing the manifest's hash (same length, so the header size stays) is caught too."""
+    start, header = safetensors_header(weights_copy)
+    old = header["__metadata__"]["weights_hash"]
+    raw = weights_copy.read_bytes()
+    new = ("0" if old[0] != "0" else "1") + old[1:]
+    weights_copy.write_bytes(raw[:start].replace(old.encode(), new.encode()) + raw[start:])
+    with pytest.raises(WeightsError, match=f"does not match its manifest {new}"):
+        engine.get_engine(weights=weights_copy)
+
+
+def test_truncated_or_missing_weights(weights_copy: Path, tmp_path: Path) -> None:
+    raw = weights_copy.read_bytes()
+    weights_copy.write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(WeightsError, match="cannot read weights file"):
+        engine.get_engine(weights=weights_copy)
+    with pytest.raises(WeightsError, match="weights file not found"):
+        engine.get_engine(weights=tmp_path / "nowhere.safetensors")
+
+
+def test_shipped_weights_are_safetensors_not_pickle() -> None:
+    path = engine.default_weights_path()
+    head = path.read_bytes()[:16]
+    assert not head.startswith((b"\x80", b"PK\x03\x04")), "pickle or torch.save zip archive"
+    start, header = safetensors_header(path)
+    assert header["__metadata__"]["weights_hash"] and start < 1 << 20
+    tensors = {k: v for k, v in header.items() if k != "__metadata__"}
+    assert tensors and all(set(v) == {"dtype", "shape", "data_offsets"} for v in tensors.values())
+
+
+@pytest.mark.slow
+def test_weights_load_without_pickle(weights_copy: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Building an engine (and decoding with it) works with every unpickling entry point disabled."""
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("weights loading tried to unpickle")
+
+    for module, name in [(pickle, "load"), (pickle, "loads"), (pickle, "Unpickler"), (torch, "load")]:
+        monkeypatch.setattr(module, name, forbidden)
+    tensors, metadata = weights.load_weights(weights_copy)
+    assert weights.content_hash(tensors).hex() == metadata["weights_hash"]
+    built = engine.get_engine(weights=weights_copy)
+    data = codec.encode(natural_image(16, 16), 3, weights=weights_copy)
+    assert codec.decode(data, weights=weights_copy).shape == (16, 16, 3)
+    assert built.weights_hash.hex() == metadata["weights_hash"]
