@@ -73,8 +73,11 @@ def content_hash(tensors: dict[str, torch.Tensor]) -> bytes:
 
     Example:
         >>> import torch
-        >>> content_hash({"a": torch.zeros(2, dtype=torch.int32)}).hex()
-        'e6ff4a59df2c1c0d'
+        >>> a = content_hash({"a": torch.zeros(2, dtype=torch.int32)})
+        >>> len(a), a == content_hash({"a": torch.zeros(2, dtype=torch.int32)})
+        (8, True)
+        >>> a == content_hash({"a": torch.zeros(2, dtype=torch.int64)})
+        False
     """
     h = hashlib.sha256()
     for name in sorted(tensors):
