@@ -7,7 +7,8 @@ for integer and fractional qualities are all trained. The loss is lambda * 255^2
 on CPU (likelihoods stay float32), channels_last. Runs unchanged under ``torchrun`` (DDP).
 
 Checkpoints (model, optimiser, step, RNG states) resume exactly; the float weights are also
-written as safetensors for :mod:`pillow_jac.training.freeze`.
+written as safetensors for :mod:`pillow_jac.training.freeze`. SIGTERM or Ctrl-C finishes the
+current step, writes a checkpoint and exits.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import copy
 import csv
 import math
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -142,6 +144,13 @@ def main(argv: list[str] | None = None) -> None:
     autocast_dtype = torch.bfloat16 if args.bf16 else None
     sums = {"loss": 0.0, "bpp": 0.0, "psnr": 0.0}
     n = 0
+    stop = {"requested": False}
+
+    def request_stop(signum, frame):  # finish the current step, checkpoint, exit
+        stop["requested"] = True
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
     while step < args.steps:
         lr = learning_rate(args, step)
         for g in optimizer.param_groups:
@@ -173,7 +182,7 @@ def main(argv: list[str] | None = None) -> None:
             log_file.flush()
             sums = dict.fromkeys(sums, 0.0)
             n = 0
-        done = step >= args.steps or (args.minutes and time.time() - start > args.minutes * 60)
+        done = stop["requested"] or step >= args.steps or (args.minutes and time.time() - start > args.minutes * 60)
         if rank == 0 and (step % args.save_every == 0 or done):
             save_checkpoint(ckpt_path, model, optimizer, step, sampler, config)
         if rank == 0 and eval_paths and step % args.eval_every == 0:
