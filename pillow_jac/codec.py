@@ -63,6 +63,22 @@ def _color_planes(arr: np.ndarray, layout: str) -> np.ndarray:
     return arr[:, :, :3] if layout in ("RGB", "RGBA") else np.repeat(arr[:, :, :1], 3, axis=2)
 
 
+#: images up to this many pixels run their float transforms on one torch thread: their ops are too
+#: small to gain from more, and on a busy machine extra threads make them many times slower
+SMALL_IMAGE_PIXELS = 512 * 512
+
+
+def _threads_for(pixels: int, engine):
+    """One torch thread for small images on CPU (a context manager), else no change."""
+    import contextlib
+
+    from .exact_prior import single_threaded
+
+    if engine.device.type == "cpu" and pixels <= SMALL_IMAGE_PIXELS:
+        return single_threaded()
+    return contextlib.nullcontext()
+
+
 def _torch():
     import torch
 
@@ -156,7 +172,7 @@ def _analyze(color: np.ndarray, quality: float, engine) -> tuple[np.ndarray | No
     height, width = color.shape[:2]
     (yh, yw), _ = container.latent_shapes(width, height)
     model = engine.model
-    with torch.inference_mode():
+    with torch.inference_mode(), _threads_for(height * width, engine):
         x = torch.from_numpy(np.array(color, copy=True)).to(engine.device).permute(2, 0, 1)[None].float() / 255.0
         x = torch.nn.functional.pad(x, (0, yw * 16 - width, 0, yh * 16 - height), mode="replicate")
         if engine.device.type == "cpu":
@@ -262,7 +278,7 @@ def decode(data, *, device=None, weights=None) -> np.ndarray:
     _, y_hat = _decode_latents(jac, engine)
     torch = _torch()
     model = engine.model
-    with torch.inference_mode():
+    with torch.inference_mode(), _threads_for(h.height * h.width, engine):
         y = torch.from_numpy(y_hat).to(engine.device).float()[None]
         inverse = model.gains(torch.tensor([h.quality], dtype=torch.float64), inverse=True).to(y)
         y = y * inverse

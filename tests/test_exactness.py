@@ -27,7 +27,8 @@ def _run(script: str, *args: str) -> None:
 
 @pytest.mark.slow
 def test_encode_two_threads_decode_one_thread(tmp_path):
-    images = [natural_image(72, 96, seed=s) for s in range(2)] + [natural_image(40, 130, seed=7)]
+    # the last image is above codec.SMALL_IMAGE_PIXELS, so its float transforms use 2 threads too
+    images = [natural_image(72, 96, seed=0), natural_image(40, 130, seed=7), natural_image(520, 530, seed=1)]
     np.save(tmp_path / "images.npy", np.array(images, dtype=object), allow_pickle=True)
     _run(
         """
