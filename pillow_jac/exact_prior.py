@@ -16,6 +16,7 @@ every latent (CODING.md sections 5-7).
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 
 import constriction
@@ -61,6 +62,17 @@ def single_threaded():
             _THREADS_USERS -= 1
             if _THREADS_USERS == 0:
                 torch.set_num_threads(_THREADS_SAVED)
+
+
+def _reset_thread_state_after_fork() -> None:
+    """A forked child starts with a fresh lock: another parent thread may have held the old one."""
+    global _THREADS_LOCK, _THREADS_USERS
+    _THREADS_LOCK = threading.Lock()
+    _THREADS_USERS = 0
+
+
+if hasattr(os, "register_at_fork"):  # not on Windows, which cannot fork
+    os.register_at_fork(after_in_child=_reset_thread_state_after_fork)
 
 
 def wavefront_steps(height: int, width: int) -> list[tuple[np.ndarray, np.ndarray]]:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from fuzz import fuzz_jac as fz
@@ -105,7 +106,7 @@ def _decode_in_worker(data: bytes) -> tuple[bytes, bytes]:
 
 
 def test_forked_workers_decode_like_the_parent(files: list[bytes], reference: list[np.ndarray]) -> None:
-    """``fork`` after the parent has decoded (torch, its thread pool and the engine already exist)."""
+    """``fork`` after the parent has decoded (torch and the engine already exist in the parent)."""
     assert reference  # the parent has decoded before forking
     context = multiprocessing.get_context("fork")
     with context.Pool(2) as pool:
@@ -114,6 +115,32 @@ def test_forked_workers_decode_like_the_parent(files: list[bytes], reference: li
         want = reference[k % len(files)].tobytes()
         assert from_codec == want, f"forked codec.decode differs for file {k % len(files)}"
         assert from_pillow == want, f"forked Pillow decode differs for file {k % len(files)}"
+
+
+_X = torch.arange(64 * 48 * 48, dtype=torch.float64).reshape(1, 64, 48, 48) % 7
+_W = torch.arange(64 * 96 * 25, dtype=torch.float64).reshape(64, 96, 5, 5) % 5
+
+
+def _parallel_op(_: object = None) -> tuple[float, int]:
+    """A float64 transposed convolution like h_s's, large enough for torch to run it on its thread pool."""
+    return float(torch.nn.functional.conv_transpose2d(_X, _W, stride=2, padding=2, output_padding=1).sum()), 0
+
+
+def test_forked_child_can_run_parallel_ops() -> None:
+    """The hang behind the fork fix: GNU OpenMP's threads do not survive fork, so a child whose parent
+    ran a parallel op hangs in its own first one, unless codec's at-fork hook gave it one torch thread
+    (small images decode single-threaded anyway, so the decode test above alone would not notice)."""
+    import pillow_jac.codec  # noqa: F401  (registers the hook)
+
+    saved = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        want = _parallel_op()[0]  # starts the parent's OpenMP thread pool
+        with multiprocessing.get_context("fork").Pool(1) as pool:
+            ((got, _),) = pool.map_async(_parallel_op, [None]).get(timeout=120)
+    finally:
+        torch.set_num_threads(saved)
+    assert got == want  # integers: exact whatever the thread count
 
 
 @pytest.mark.slow
@@ -145,7 +172,9 @@ def test_first_use_from_many_threads(tmp_path: Path, files: list[bytes], referen
                 np.save(Path(sys.argv[1]) / f"{i}-{k}.npy", pixels)
         """
     )
-    result = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    result = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True, timeout=300, cwd=ROOT
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     for i in range(6):
         for k, want in enumerate(reference):

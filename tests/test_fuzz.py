@@ -79,8 +79,8 @@ def test_helpers_round_trip() -> None:
     restamped = fz.restamp(bytes(broken), "other-model", bytes(range(8)))
     with pytest.raises(container.JacFormatError, match="CRC mismatch in chunk 'JHDR'"):
         container.parse(restamped)  # restamping keeps a wrong CRC wrong ...
-    jac = container.parse(fz.restamp(SEEDS[0], "other-model", bytes(range(8))))
-    assert (jac.header.model_id, jac.header.weights_hash) == ("other-model", bytes(range(8)))  # ... and a right one right
+    jac = container.parse(fz.restamp(SEEDS[0], "other-model", bytes(range(8))))  # ... and a right one right
+    assert (jac.header.model_id, jac.header.weights_hash) == ("other-model", bytes(range(8)))
 
 
 @settings(max_examples=300, deadline=timedelta(seconds=5), suppress_health_check=[HealthCheck.too_slow])
@@ -189,3 +189,29 @@ def test_escape_heavy_stream_is_bounded() -> None:
             codec.decode(container.serialize(jac))
         except ValueError as exc:
             assert "corrupt" in str(exc) or "out of range" in str(exc)
+
+
+class _FailingDecoder:
+    """Stands in for a constriction decoder whose ``decode`` raises ``exc``."""
+
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+    def decode(self, *args: object) -> None:
+        raise self.exc
+
+
+class _Panic(BaseException):
+    """Like pyo3's PanicException: not an Exception."""
+
+
+def test_memory_error_is_not_reported_as_corruption() -> None:
+    import numpy as np
+
+    from pillow_jac.entropy_coding import CodingTables, EntropyCodingError, quantize_tables
+
+    tables = CodingTables(*quantize_tables([np.array([0.1, 0.8, 0.1])], [-1]))
+    with pytest.raises(MemoryError):
+        tables.decode(_FailingDecoder(MemoryError()), np.zeros(3, np.int64))
+    with pytest.raises(EntropyCodingError, match="corrupt entropy-coded stream: boom"):
+        tables.decode(_FailingDecoder(_Panic("boom")), np.zeros(3, np.int64))

@@ -28,7 +28,13 @@ def test_index_lists_every_file() -> None:
     assert all(p.stat().st_size <= 8192 for p in FILES)
 
 
-@pytest.mark.parametrize("path", FILES, ids=lambda p: p.stem)
+def _param(path: Path) -> object:
+    """The file as a test parameter; those that decode a long latent (seconds) are marked slow."""
+    slow = fz.steps(path.read_bytes()) > 100 and INDEX[path.name]["outcome"].endswith("ok")
+    return pytest.param(path, id=path.stem, marks=[pytest.mark.slow] if slow else [])
+
+
+@pytest.mark.parametrize("path", [_param(p) for p in FILES])
 def test_replay(path: Path) -> None:
     with small_pixel_limit():
         label = fz.check_decode(path.read_bytes(), LIMITS)

@@ -67,7 +67,9 @@ def test_tampered_tensor_fails_with_hash_error(weights_copy: Path, prefix: str) 
         engine.get_engine(weights=weights_copy)
 
 
-def test_tampered_weights_via_environment(weights_copy: Path, monkeypatch: pytest.MonkeyPatch, valid_jac: bytes) -> None:
+def test_tampered_weights_via_environment(
+    weights_copy: Path, monkeypatch: pytest.MonkeyPatch, valid_jac: bytes
+) -> None:
     """``JAC_WEIGHTS`` pointing at a damaged file: decoding and encoding fail with the hash error."""
     tamper(weights_copy, first_tensor(weights_copy, "int.context."))
     monkeypatch.setenv("JAC_WEIGHTS", str(weights_copy))
