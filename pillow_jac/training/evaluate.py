@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import time
 from pathlib import Path
 
@@ -19,15 +18,10 @@ import numpy as np
 import torch
 
 from .. import codec
+from ..bench.metrics import psnr
 from ..engine import get_engine
 from .data import list_images, load_rgb
 from .train import DEFAULT_KODAK
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    """PSNR in dB between two uint8 images."""
-    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
-    return 10 * math.log10(255**2 / max(mse, 1e-10))
 
 
 @torch.no_grad()
