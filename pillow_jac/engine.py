@@ -19,7 +19,7 @@ from .entropy_coding import CodingTables
 from .exact_prior import ExactPrior
 from .model.integer import IntegerNetwork
 from .model.mbt2018 import JointAutoregressiveHierarchicalPrior, ModelConfig
-from .weights import WeightsError, content_hash, load_weights
+from .weights import WeightsError, content_hash, load_weights, strip_prefix
 
 __all__ = ["Engine", "get_engine", "resolve_device", "default_weights_path", "DEFAULT_WEIGHTS_NAME"]
 
@@ -69,7 +69,7 @@ class Engine:
         self.config = ModelConfig(**json.loads(metadata["config"]))
         self.device = device
         model = JointAutoregressiveHierarchicalPrior(self.config)
-        model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("float.")})
+        model.load_state_dict(strip_prefix(tensors, "float."))
         self.model = model.to(device).eval()
         if device.type == "cpu":
             self.model = self.model.to(memory_format=torch.channels_last)

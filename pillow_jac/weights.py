@@ -24,11 +24,30 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-__all__ = ["load_float_state", "save_float_state", "load_weights", "save_weights", "content_hash", "WeightsError"]
+__all__ = [
+    "strip_prefix",
+    "load_float_state",
+    "save_float_state",
+    "load_weights",
+    "save_weights",
+    "content_hash",
+    "WeightsError",
+]
 
 
 class WeightsError(OSError):
     """A weights file is missing, malformed or does not match its manifest."""
+
+
+def strip_prefix(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """The tensors whose name starts with ``prefix``, with the prefix removed.
+
+    Example:
+        >>> import torch
+        >>> list(strip_prefix({"float.a": torch.zeros(1), "int.b": torch.zeros(1)}, "float."))
+        ['a']
+    """
+    return {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
 
 
 def save_float_state(path: str | Path, state: dict[str, torch.Tensor], config: Any, extra: dict[str, str]) -> None:
@@ -53,7 +72,7 @@ def load_weights(
     try:
         with safe_open(str(path), framework="pt", device=device) as f:
             metadata = dict(f.metadata() or {})
-            tensors = {k[len(prefix) :]: f.get_tensor(k) for k in f.keys() if k.startswith(prefix)}
+            tensors = strip_prefix({k: f.get_tensor(k) for k in f.keys() if k.startswith(prefix)}, prefix)
     except FileNotFoundError:
         raise
     except Exception as exc:  # safetensors raises its own error types for malformed files

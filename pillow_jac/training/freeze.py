@@ -22,7 +22,7 @@ from ..constants import ACTIVATION_BITS, FORMAT_VERSION
 from ..entropy_coding import factorized_tables, gaussian_tables, scale_table
 from ..model.integer import integerize
 from ..model.mbt2018 import JointAutoregressiveHierarchicalPrior, ModelConfig
-from ..weights import content_hash, load_weights, save_weights
+from ..weights import content_hash, load_weights, save_weights, strip_prefix
 
 __all__ = ["freeze", "scale_thresholds", "model_id_for"]
 
@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> None:
     tensors, metadata = load_weights(args.source)
     config = ModelConfig(**json.loads(metadata["config"]))
     model = JointAutoregressiveHierarchicalPrior(config)
-    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("float.")})
+    model.load_state_dict(strip_prefix(tensors, "float."))
     notes = dict(n.split("=", 1) for n in args.note)
     if "step" in metadata:
         notes.setdefault("step", metadata["step"])

@@ -73,7 +73,7 @@ def learning_rate(args: argparse.Namespace, step: int) -> float:
     return lr
 
 
-def evaluate_real(model, config: ModelConfig, paths: list[Path], out_dir: Path, step: int) -> dict[str, float]:
+def evaluate_real(model, paths: list[Path], out_dir: Path, step: int) -> dict[str, float]:
     """Freeze the current weights and measure real bitstreams (bpp, PSNR) at qualities 1, 4 and 8."""
     from ..weights import save_weights
     from .evaluate import evaluate
@@ -186,7 +186,7 @@ def main(argv: list[str] | None = None) -> None:
         if rank == 0 and (step % args.save_every == 0 or done):
             save_checkpoint(ckpt_path, model, optimizer, step, sampler, config)
         if rank == 0 and eval_paths and step % args.eval_every == 0:
-            result = evaluate_real(model, config, eval_paths, args.out, step)
+            result = evaluate_real(model, eval_paths, args.out, step)
             print("eval " + " ".join(f"{k} {v:.4f}" for k, v in result.items()), flush=True)
             with open(args.out / "eval.csv", "a") as f:
                 f.write(f"{step}," + ",".join(f"{k}={v:.4f}" for k, v in result.items()) + "\n")
