@@ -247,7 +247,7 @@ def decode_symbols(data, *, device=None, weights=None) -> tuple[np.ndarray | Non
 def _decode_latents(jac: container.JacFile, engine):
     torch = _torch()
     h = jac.header
-    with torch.inference_mode():
+    with torch.inference_mode(), _threads_for(h.height * h.width, engine):
         z_hat, psi = None, None
         if engine.config.hyperprior:
             z_hat = engine.prior.decode_z(jac.z_stream, engine.config.N, h.z_shape)
@@ -284,7 +284,7 @@ def decode(data, *, device=None, weights=None) -> np.ndarray:
         y = y * inverse
         if engine.device.type == "cpu":
             y = y.contiguous(memory_format=torch.channels_last)
-        x_hat = model.g_s(y)[0, :, : h.height, : h.width]
+        x_hat = engine.synthesis(y)[0, :, : h.height, : h.width]
         rgb = (x_hat.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
     if h.layout in ("L", "LA"):
         weights_ = np.array([299, 587, 114], np.int64)

@@ -191,8 +191,11 @@ class CodingTables:
         below, above = values < low, values > high
         index[below] = 0
         index[above] = self.sizes[table_ids][above] - 1
-        for tid, members in self._groups(table_ids):
-            encoder.encode(index[members].astype(np.int32), self.models[tid])
+        order, groups = self._groups(table_ids)
+        symbols = index[order].astype(np.int32)
+        models = self.models
+        for tid, start, end in groups:
+            encoder.encode(symbols[start:end], models[tid])
         escaped = np.flatnonzero(below | above)
         if len(escaped):
             excess = np.where(below[escaped], low[escaped] - 1 - values[escaped], values[escaped] - high[escaped] - 1)
@@ -218,8 +221,11 @@ class CodingTables:
         table_ids = np.asarray(table_ids, np.int64).ravel()
         index = np.empty(len(table_ids), np.int64)
         try:
-            for tid, members in self._groups(table_ids):
-                index[members] = decoder.decode(self.models[tid], len(members))
+            order, groups = self._groups(table_ids)
+            models, decode = self.models, decoder.decode
+            parts = [decode(models[tid], end - start) for tid, start, end in groups]
+            if parts:
+                index[order] = np.concatenate(parts)
             low = self.lows[table_ids]
             sizes = self.sizes[table_ids]
             values = low + index - 1
@@ -242,16 +248,26 @@ class CodingTables:
         return values
 
     @staticmethod
-    def _groups(table_ids: np.ndarray):
-        """Yield ``(table_id, member_positions)`` in ascending table id, members in given order."""
-        if not len(table_ids):
-            return
+    def _groups(table_ids: np.ndarray) -> tuple[np.ndarray, list[tuple[int, int, int]]]:
+        """Symbols grouped by ascending table id, members in given order (CODING.md section 6.3).
+
+        Returns the stable sort ``order`` of the positions and ``(table_id, start, end)`` slices of it.
+        """
         order = np.argsort(table_ids, kind="stable")
         sorted_ids = table_ids[order]
-        starts = np.flatnonzero(np.r_[True, sorted_ids[1:] != sorted_ids[:-1]])
+        starts = np.flatnonzero(np.r_[True, sorted_ids[1:] != sorted_ids[:-1]]) if len(order) else np.zeros(0, int)
         ends = np.r_[starts[1:], len(order)]
-        for s, e in zip(starts.tolist(), ends.tolist(), strict=True):
-            yield int(sorted_ids[s]), order[s:e]
+        return order, list(zip(sorted_ids[starts].tolist(), starts.tolist(), ends.tolist(), strict=True))
+
+    @staticmethod
+    def finish(decoder) -> None:
+        """Reject a stream with words left after its last symbol (CODING.md section 6.4).
+
+        The encoder never writes such words, so they mean a forged or damaged stream whose length
+        and checksum were made to agree.
+        """
+        if not decoder.maybe_exhausted():
+            raise EntropyCodingError("corrupt entropy-coded stream: data left after the last symbol")
 
     # -- convenience ------------------------------------------------------------------------------
     def encode_to_bytes(self, values: np.ndarray, table_ids: np.ndarray) -> bytes:
@@ -263,4 +279,6 @@ class CodingTables:
     def decode_from_bytes(self, data: bytes, table_ids: np.ndarray) -> np.ndarray:
         """Decode a stream written by :meth:`encode_to_bytes`."""
         decoder = constriction.stream.queue.RangeDecoder(bytes_to_words(data))
-        return self.decode(decoder, table_ids)
+        values = self.decode(decoder, table_ids)
+        self.finish(decoder)
+        return values

@@ -21,7 +21,8 @@ def natural_image(height: int, width: int, seed: int = 0) -> np.ndarray:
     return np.clip(image, 0, 255).astype(np.uint8)
 
 
-@pytest.mark.parametrize(("height", "width"), [(1, 1), (5, 7), (64, 64), (33, 100), (70, 19)])
+# (112, 300): a 7x19 latent, wavefronts of up to 7 positions (computed as 8, see exact_prior)
+@pytest.mark.parametrize(("height", "width"), [(1, 1), (5, 7), (64, 64), (33, 100), (70, 19), (112, 300)])
 @pytest.mark.parametrize("quality", [1, 4.5, 8])
 def test_round_trip_sizes_and_qualities(height, width, quality):
     image = natural_image(height, width, seed=height * width)

@@ -70,6 +70,8 @@ class GDN(nn.Module):
         beta = lower_bound(self.beta, self._beta_bound) ** 2 - self._PEDESTAL
         gamma = lower_bound(self.gamma, self._gamma_bound) ** 2 - self._PEDESTAL
         norm = F.conv2d(x * x, gamma.view(channels, channels, 1, 1).to(x.dtype), beta.to(x.dtype))
+        if not torch.is_grad_enabled():  # inference: the same arithmetic in place, a third faster
+            return (norm.sqrt_() if self.inverse else norm.rsqrt_()).mul_(x)
         return x * torch.sqrt(norm) if self.inverse else x * torch.rsqrt(norm)
 
 
@@ -119,3 +121,43 @@ def deconv(in_channels: int, out_channels: int, kernel_size: int = 5, stride: in
         padding=kernel_size // 2,
         output_padding=stride - 1,
     )
+
+
+class SubpixelDeconv(nn.Module):
+    """A stride-2 ``k x k`` transposed convolution computed as a 3x3 convolution and a pixel shuffle.
+
+    Output pixel ``(2i + py, 2j + px)`` of the transposed convolution only sees the kernel taps of
+    its phase ``(py, px)``, on input pixels ``i - 1 .. i + 1``; the four phases become four groups
+    of output channels of an ordinary convolution (the "sub-pixel" view of Shi et al., 2016). The
+    result equals the transposed convolution up to float summation order. For g_s's last layer
+    (3 output channels) this is about twice as fast on CPU; for wide layers it is slower.
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> deconv = nn.ConvTranspose2d(4, 3, 5, stride=2, padding=2, output_padding=1)
+        >>> x = torch.randn(1, 4, 6, 7)
+        >>> bool((SubpixelDeconv(deconv)(x) - deconv(x)).abs().max() < 1e-5)
+        True
+    """
+
+    def __init__(self, deconv: nn.ConvTranspose2d):
+        super().__init__()
+        (k, _), (s, _), (p, _) = deconv.kernel_size, deconv.stride, deconv.padding
+        if s != 2 or k != 5 or p != 2 or deconv.output_padding != (1, 1):
+            raise ValueError("only 5x5 stride-2 transposed convolutions with padding 2 are supported")
+        w = deconv.weight.detach()  # (in, out, k, k)
+        cin, cout = w.shape[:2]
+        weight = w.new_zeros(cout, s, s, cin, 3, 3)
+        for py in range(s):
+            for ky in (ky for ky in range(k) if (py + p - ky) % s == 0):
+                for px in range(s):
+                    for kx in (kx for kx in range(k) if (px + p - kx) % s == 0):
+                        dy, dx = (py + p - ky) // s, (px + p - kx) // s
+                        weight[:, py, px, :, dy + 1, dx + 1] = w[:, :, ky, kx].t()
+        self.register_buffer("weight", weight.reshape(cout * s * s, cin, 3, 3))
+        bias = deconv.bias.detach() if deconv.bias is not None else w.new_zeros(cout)
+        self.register_buffer("bias", bias.repeat_interleave(s * s))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        return F.pixel_shuffle(F.conv2d(x, self.weight, self.bias, padding=1), 2)
