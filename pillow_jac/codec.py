@@ -168,16 +168,23 @@ def _analyze(color: np.ndarray, quality: float, engine) -> tuple[np.ndarray | No
     """g_a and h_a on the padded image, then rounding: the integer latents ``(z_hat, y_hat)``."""
     torch = _torch()
     from .exact_prior import SYMBOL_LIMIT
+    from .stripes import analyze_in_stripes
 
     height, width = color.shape[:2]
     (yh, yw), _ = container.latent_shapes(width, height)
     model = engine.model
+    # the padded image (edge pixels repeated to a multiple of 16), built stripe by stripe
+    columns = np.minimum(np.arange(yw * 16), width - 1)
+
+    def pixel_rows(first: int, end: int):
+        rows = np.minimum(np.arange(first, end), height - 1)
+        block = color[rows[:, None], columns[None, :]]
+        x = torch.from_numpy(block).to(engine.device).permute(2, 0, 1)[None].float() / 255.0
+        return x.contiguous(memory_format=torch.channels_last) if engine.device.type == "cpu" else x
+
     with torch.inference_mode(), _threads_for(height * width, engine):
-        x = torch.from_numpy(np.array(color, copy=True)).to(engine.device).permute(2, 0, 1)[None].float() / 255.0
-        x = torch.nn.functional.pad(x, (0, yw * 16 - width, 0, yh * 16 - height), mode="replicate")
-        if engine.device.type == "cpu":
-            x = x.contiguous(memory_format=torch.channels_last)
-        y = model.g_a(x) * model.gains(torch.tensor([quality], dtype=torch.float64)).to(x)
+        y = analyze_in_stripes(model.g_a, pixel_rows, (yh, yw))
+        y = y * model.gains(torch.tensor([quality], dtype=torch.float64)).to(y)
         y_hat = torch.round(y).clamp(-SYMBOL_LIMIT, SYMBOL_LIMIT)[0].cpu().numpy().astype(np.int64)
         z_hat = None
         if engine.config.hyperprior:
@@ -284,8 +291,17 @@ def decode(data, *, device=None, weights=None) -> np.ndarray:
         y = y * inverse
         if engine.device.type == "cpu":
             y = y.contiguous(memory_format=torch.channels_last)
-        x_hat = engine.synthesis(y)[0, :, : h.height, : h.width]
-        rgb = (x_hat.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+        from .stripes import synthesize_in_stripes
+
+        rgb = np.empty((h.height, h.width, 3), np.uint8)
+
+        def store(first_row: int, x_hat) -> None:  # one stripe of g_s output to 8-bit pixels
+            end = min(h.height, first_row + x_hat.shape[2])
+            if first_row < end:
+                part = x_hat[0, :, : end - first_row, : h.width]
+                rgb[first_row:end] = (part.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+
+        synthesize_in_stripes(engine.synthesis, y, sink=store)
     if h.layout in ("L", "LA"):
         weights_ = np.array([299, 587, 114], np.int64)
         gray = ((rgb.astype(np.int64) * weights_).sum(axis=2) + 500) // 1000

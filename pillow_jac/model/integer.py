@@ -72,16 +72,22 @@ class IntegerLayer:
         """Number of output channels."""
         return self.weight.shape[1] if self.kind == "deconv" else self.weight.shape[0]
 
+    def _rounding(self, acc: torch.Tensor, channel_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``2**(s_c - 1)`` and ``2**-s_c`` shaped to broadcast over ``acc`` (cached per layout)."""
+        key = (acc.dim(), channel_dim, acc.device)
+        cache = self.__dict__.setdefault("_rounding_cache", {})
+        if key not in cache:
+            view = [1] * acc.dim()
+            view[channel_dim] = -1
+            shift = self.shift.view(view).to(acc.device).double()
+            cache[key] = (torch.exp2(shift - 1), torch.exp2(-shift))
+        return cache[key]
+
     def rescale(self, acc: torch.Tensor, channel_dim: int) -> torch.Tensor:
         """Round the accumulator to the activation grid, apply ReLU and the activation bound."""
-        view = [1] * acc.dim()
-        view[channel_dim] = -1
-        shift = self.shift.view(view).to(acc.device)
-        half = torch.exp2((shift - 1).double())
-        out = torch.floor((acc + half) * torch.exp2(-shift.double()))
-        if self.relu:
-            out = out.clamp_min(0.0)
-        return out.clamp(-_LIMIT, _LIMIT)
+        half, inverse = self._rounding(acc, channel_dim)
+        out = (acc + half).mul_(inverse).floor_()  # exact: multiplying by a power of two
+        return out.clamp_(0.0 if self.relu else -_LIMIT, _LIMIT)
 
     def __call__(self, a: torch.Tensor) -> torch.Tensor:
         """Apply the layer to integer activations ``(B, C, H, W)`` held in float64."""
@@ -95,8 +101,11 @@ class IntegerLayer:
 
     def matmul(self, a: torch.Tensor) -> torch.Tensor:
         """Apply a 1x1 convolution layer to activations laid out as ``(positions, channels)``."""
-        w = self.weight.to(a.device).flatten(1).t()
-        return self.rescale(a @ w + self.bias.to(a.device), 1)
+        cache = self.__dict__.setdefault("_matmul_cache", {})
+        if a.device not in cache:
+            cache[a.device] = (self.weight.to(a.device).flatten(1).t(), self.bias.to(a.device))
+        w, b = cache[a.device]
+        return self.rescale(torch.addmm(b, a, w), 1)
 
     def tensors(self, prefix: str) -> dict[str, torch.Tensor]:
         """The layer's integer tensors for the weights file (compact integer dtypes)."""
