@@ -34,6 +34,11 @@ SYMBOL_LIMIT = 2 ** (ACTIVATION_LIMIT_BITS - ACTIVATION_BITS) - 1
 #: (row, column) offsets of the 12 causal neighbours of the 5x5 mask "A", in raster order
 CAUSAL_TAPS = [(dr, dc) for dr in (-2, -1) for dc in range(-2, 3)] + [(0, -2), (0, -1)]
 _MEAN_SHIFT = ACTIVATION_BITS - int(np.log2(MEAN_STEPS))
+#: latent positions per chunk of the one-pass parameter computations (bounds their temporaries)
+CHUNK_POSITIONS = 4096
+#: z rows of halo for striped h_s: two 5x5 stride-2 transposed convolutions and a 3x3 convolution
+#: reach at most 3.25 z rows (13 latent rows) from a latent row
+_H_S_HALO = 4
 
 
 _THREADS_LOCK = threading.Lock()
@@ -143,10 +148,23 @@ class ExactPrior:
 
     # -- parameters -------------------------------------------------------------------------------
     def hyper_features(self, z_hat: torch.Tensor | None, y_shape: tuple[int, int]) -> torch.Tensor | None:
-        """h_s(z_hat) in fixed point, cropped to the latent shape: ``(2M, Hy, Wy)`` or None."""
+        """h_s(z_hat) in fixed point, cropped to the latent shape: ``(2M, Hy, Wy)`` or None.
+
+        Computed in stripes of ``z`` rows with a halo of :data:`_H_S_HALO` rows, so the float64
+        temporaries stay bounded for large images; the arithmetic is exact, so the result is the
+        same as in one piece.
+        """
         if self.h_s is None:
             return None
-        psi = self.h_s(z_hat.double().to(self.device).unsqueeze(0) * 2.0**ACTIVATION_BITS)[0]
+        z = z_hat.double().to(self.device).unsqueeze(0) * 2.0**ACTIVATION_BITS
+        rows = z.shape[2]
+        step = max(1, CHUNK_POSITIONS // (16 * z.shape[3]))  # 16 latent positions per z position
+        parts = []
+        for a in range(0, rows, step):
+            b = min(rows, a + step)
+            lo, hi = max(0, a - _H_S_HALO), min(rows, b + _H_S_HALO)
+            parts.append(self.h_s(z[:, :, lo:hi])[0, :, 4 * (a - lo) : 4 * (b - lo)])
+        psi = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
         return psi[:, : y_shape[0], : y_shape[1]]
 
     def table_ids(self, features: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
@@ -180,13 +198,19 @@ class ExactPrior:
     def encode_y(self, y_hat: np.ndarray, psi: torch.Tensor | None) -> bytes:
         """Code ``y_hat`` ``(M, Hy, Wy)`` (clamped integers) in wavefront order (CODING.md 5, 6.2)."""
         M, H, W = y_hat.shape
-        parts = []
-        if psi is not None:
-            parts.append(psi.reshape(2 * M, -1).t())
-        if self.context is not None:
-            fixed = torch.from_numpy(y_hat).double().to(self.device).unsqueeze(0) * 2.0**ACTIVATION_BITS
-            parts.append(self.context(fixed)[0].reshape(2 * M, -1).t())
-        ids, base = self.table_ids(torch.cat(parts, dim=1))  # (H*W, M), raster positions
+        ids = np.empty((H * W, M), np.int64)  # raster positions
+        base = np.empty((H * W, M), np.int64)
+        step = max(1, CHUNK_POSITIONS // W)
+        for a in range(0, H, step):  # a few latent rows at a time, to bound the float64 temporaries
+            b = min(H, a + step)
+            parts = []
+            if psi is not None:
+                parts.append(psi[:, a:b].reshape(2 * M, -1).t())
+            if self.context is not None:  # the causal 5x5 mask reaches two rows up, none down
+                lo = max(0, a - 2)
+                fixed = torch.from_numpy(y_hat[:, lo:b]).double().to(self.device).unsqueeze(0) * 2.0**ACTIVATION_BITS
+                parts.append(self.context(fixed)[0, :, a - lo :].reshape(2 * M, -1).t())
+            ids[a * W : b * W], base[a * W : b * W] = self.table_ids(torch.cat(parts, dim=1))
         values = y_hat.reshape(M, -1).T - base
         encoder = constriction.stream.queue.RangeEncoder()
         for rows, cols in wavefront_steps(H, W):
