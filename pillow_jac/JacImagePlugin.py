@@ -29,7 +29,8 @@ so those modes (and ``LAB``) raise ``ValueError``; convert them yourself first.
 Failed saves: the whole file is encoded in memory before the first byte is written, so an error
 (bad option, unsupported mode, encoder failure) never leaves a partial ``.jac``. Pillow opens a path
 target before calling the writer: if that path did not exist, Pillow removes it again on error;
-if it did exist, Pillow has already truncated it, and it stays empty.
+if it did exist, Pillow has already truncated it, and it stays empty. :func:`pillow_jac.save` writes
+a temporary file and renames it into place, so it never loses an existing file.
 
 Example:
     >>> from PIL import Image

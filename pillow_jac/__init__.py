@@ -12,7 +12,8 @@ Example:
     >>> pillow_jac.__version__
     '0.1.0'
 
-The array API, :func:`encode` and :func:`decode`, is :mod:`pillow_jac.codec`'s, re-exported lazily.
+The array API, :func:`encode` and :func:`decode`, is :mod:`pillow_jac.codec`'s, re-exported lazily;
+:func:`save` (:mod:`pillow_jac.files`) replaces a file with a ``.jac`` only once the new one is complete.
 """
 
 from __future__ import annotations
@@ -20,10 +21,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
-__all__ = ["__version__", "register", "encode", "decode"]
+__all__ = ["__version__", "register", "encode", "decode", "save"]
 
 if TYPE_CHECKING:
     from .codec import decode, encode
+    from .files import save
 
 
 def register() -> None:
@@ -39,11 +41,15 @@ def __getattr__(name: str) -> Any:
         from . import codec
 
         return getattr(codec, name)
+    if name == "save":
+        from .files import save
+
+        return save
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def __dir__() -> list[str]:
-    return sorted([*globals(), "encode", "decode"])
+    return sorted([*globals(), "encode", "decode", "save"])
 
 
 register()

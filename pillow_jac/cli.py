@@ -25,15 +25,15 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future
 from pathlib import Path
 from typing import IO, Any
 
 from . import __version__
 from .constants import DEFAULT_QUALITY, validate_quality
+from .files import write_atomic
 
 __all__ = ["main", "build_parser"]
 
@@ -52,22 +52,6 @@ def _quality(text: str) -> float:
         return validate_quality(text)
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
-
-
-def _write_atomic(path: Path, write: Callable[[IO[bytes]], None]) -> None:
-    """Call ``write(fileobj)`` on a temporary file next to ``path``, then rename it to ``path``."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
 
 
 def _pillow_format_for(path: Path) -> str:
@@ -95,7 +79,7 @@ def encode_file(src: Path, dst: Path, quality: float, *, strip: bool = False, de
         if strip:
             options.update(icc_profile=None, exif=None, xmp=None)
         data = JacImagePlugin._encode_image(im, options)
-    _write_atomic(dst, lambda f: f.write(data))
+    write_atomic(dst, lambda f: f.write(data))
     return len(data)
 
 
@@ -136,7 +120,7 @@ def decode_file(src: Path, dst: Path, *, device: str | None = None) -> None:
         options["quality"] = 95
     if fmt == "JPEG" and im.mode in ("LA", "RGBA"):
         im = im.convert(im.mode[:-1])
-    _write_atomic(dst, lambda f: im.save(f, format=fmt, **options))
+    write_atomic(dst, lambda f: im.save(f, format=fmt, **options))
 
 
 def file_info(path: Path) -> dict[str, Any]:
