@@ -10,15 +10,19 @@ import subprocess
 import sys
 import textwrap
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from pillow_jac import codec
 
 from .test_codec import natural_image
 
 QUALITIES = (1, 3.25, 6, 8)
+SAMPLE = Path(__file__).resolve().parents[1] / "examples" / "sample.png"
 
 
 def _run(script: str, *args: str) -> None:
@@ -27,8 +31,10 @@ def _run(script: str, *args: str) -> None:
 
 @pytest.mark.slow
 def test_encode_two_threads_decode_one_thread(tmp_path):
-    # the last image is above codec.SMALL_IMAGE_PIXELS, so its float transforms use 2 threads too
-    images = [natural_image(72, 96, seed=0), natural_image(40, 130, seed=7), natural_image(520, 530, seed=1)]
+    # a natural photo (the bundled 384x256 sample, public domain) and synthetic images; the last is
+    # above codec.SMALL_IMAGE_PIXELS, so its float transforms and wavefront loop use 2 threads too
+    photo = np.asarray(Image.open(SAMPLE).convert("RGB"))
+    images = [natural_image(40, 130, seed=7), photo, natural_image(520, 530, seed=1)]
     np.save(tmp_path / "images.npy", np.array(images, dtype=object), allow_pickle=True)
     _run(
         """
