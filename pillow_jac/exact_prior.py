@@ -258,9 +258,10 @@ class ExactPrior:
             step = (S - 3) * M
             if pre is None:
                 acc = bias.expand(rows_in, -1)
-            else:  # the same spacing in the unpadded grid: (W - 3) positions, W > 3 when n > 1
-                width = len(bias)
-                acc = pre.as_strided((rows_in, width), ((W - 3) * width, 1), (int(rows[0]) * W + int(cols[0])) * width)
+            else:  # the same spacing in the unpadded grid: W - 3 positions (W > 3 whenever n > 1)
+                features = len(bias)
+                spacing = max(0, W - 3) * features
+                acc = pre.as_strided((rows_in, features), (spacing, 1), (int(rows[0]) * W + int(cols[0])) * features)
             if context is not None:
                 ctx = context_bias.expand(rows_in, -1)
                 for block, offset, width in zip(blocks, (-2 * S - 2, -S - 2, -2), (5, 5, 2), strict=True):
