@@ -236,12 +236,13 @@ class ExactPrior:
         # g_ep's first layer is linear in its inputs: the hyperprior half of its sum (and the bias)
         # is known before the loop and computed in one large product; the integer sums are exact
         # whatever the order, so splitting them changes nothing (CODING.md section 7)
-        w_first = first.weight.to(self.device).flatten(1).t()  # (in, out)
-        bias = first.bias.to(self.device)
+        w_first, bias = first.matrix(self.device)  # (in, out), (out,)
         pre = None
-        if psi is not None:
-            pre = torch.addmm(bias, psi.reshape(2 * M, -1).t(), w_first[: 2 * M])
-            pre = torch.cat([pre, pre.new_zeros(4 * W, len(bias))]).reshape(-1)
+        if psi is not None:  # computed in place, followed by 4 latent rows of zeros as slack
+            pre = torch.empty(H * W + 4 * W, len(bias), dtype=torch.float64, device=self.device)
+            torch.addmm(bias, psi.reshape(2 * M, -1).t(), w_first[: 2 * M], out=pre[: H * W])
+            pre[H * W :] = 0
+            pre = pre.reshape(-1)
         w_context_half = w_first[2 * M :] if psi is not None else w_first
         context = self.context.layers[0] if self.context is not None else None
         if context is not None:

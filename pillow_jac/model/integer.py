@@ -99,12 +99,16 @@ class IntegerLayer:
             acc = F.conv2d(a, w, b, self.stride, self.padding)
         return self.rescale(acc, 1)
 
+    def matrix(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """A 1x1 layer as ``(weight (in, out), bias (out,))`` on ``device`` (cached per device)."""
+        cache = self.__dict__.setdefault("_matrix_cache", {})
+        if device not in cache:
+            cache[device] = (self.weight.to(device).flatten(1).t(), self.bias.to(device))
+        return cache[device]
+
     def matmul(self, a: torch.Tensor) -> torch.Tensor:
         """Apply a 1x1 convolution layer to activations laid out as ``(positions, channels)``."""
-        cache = self.__dict__.setdefault("_matmul_cache", {})
-        if a.device not in cache:
-            cache[a.device] = (self.weight.to(a.device).flatten(1).t(), self.bias.to(a.device))
-        w, b = cache[a.device]
+        w, b = self.matrix(a.device)
         return self.rescale(torch.addmm(b, a, w), 1)
 
     def tensors(self, prefix: str) -> dict[str, torch.Tensor]:
