@@ -18,12 +18,20 @@ from torch import nn
 
 from .entropy_coding import CodingTables
 from .exact_prior import ExactPrior
-from .model.integer import IntegerNetwork
+from .model.integer import IntegerNetwork, dequantize_into
 from .model.layers import SubpixelDeconv
 from .model.mbt2018 import JointAutoregressiveHierarchicalPrior, ModelConfig
 from .weights import WeightsError, content_hash, load_weights, strip_prefix
 
-__all__ = ["Engine", "get_engine", "resolve_device", "default_weights_path", "DEFAULT_WEIGHTS_NAME"]
+__all__ = [
+    "Engine",
+    "get_engine",
+    "build_model",
+    "load_model",
+    "resolve_device",
+    "default_weights_path",
+    "DEFAULT_WEIGHTS_NAME",
+]
 
 DEFAULT_WEIGHTS_NAME = "mbt2018-n128m192.safetensors"
 _CACHE: dict[tuple, Engine] = {}
@@ -57,6 +65,39 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
     return resolved
 
 
+def build_model(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> JointAutoregressiveHierarchicalPrior:
+    """The float model of a weights file's tensors: ``float.*``, plus float masters recovered from ``int.*``.
+
+    A shipped file stores h_s, the context model and g_ep only as integer networks; their float
+    parameters are recovered with :func:`~pillow_jac.model.integer.dequantize_into`. A training
+    file (``float.*`` only) loads as it is. Any parameter found in neither raises
+    :class:`WeightsError`.
+    """
+    config = ModelConfig(**json.loads(metadata["config"]))
+    model = JointAutoregressiveHierarchicalPrior(config)
+    missing, unexpected = model.load_state_dict(strip_prefix(tensors, "float."), strict=False)
+    templates = json.loads(metadata.get("integer_networks", "{}"))
+    for name, template in templates.items():
+        prefix = name + "."
+        if any(k.startswith(prefix) for k in missing):
+            dequantize_into(IntegerNetwork.from_tensors(tensors, name, template), getattr(model, name))
+            missing = [k for k in missing if not k.startswith(prefix)]
+    if missing or unexpected:
+        raise WeightsError(f"weights do not fit the model {config}: missing {missing[:4]}, unexpected {unexpected[:4]}")
+    return model
+
+
+def load_model(path: str | Path) -> JointAutoregressiveHierarchicalPrior:
+    """The float model of a shipped weights file or a training ``float.safetensors`` (on the CPU).
+
+    Example:
+        >>> model = load_model(default_weights_path())
+        >>> model.config.M
+        192
+    """
+    return build_model(*load_weights(path))
+
+
 class Engine:
     """Float transforms (g_a, h_a, g_s, gains) plus the exact entropy path, on one device."""
 
@@ -70,8 +111,7 @@ class Engine:
         self.weights_hash = bytes.fromhex(expected)
         self.config = ModelConfig(**json.loads(metadata["config"]))
         self.device = device
-        model = JointAutoregressiveHierarchicalPrior(self.config)
-        model.load_state_dict(strip_prefix(tensors, "float."))
+        model = build_model(tensors, metadata)
         self.model = model.to(device).eval()
         if device.type == "cpu":
             self.model = self.model.to(memory_format=torch.channels_last)

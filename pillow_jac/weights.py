@@ -2,8 +2,9 @@
 
 A shipped weights file (``weights/*.safetensors``) holds three groups of tensors:
 
-* ``float.*``: the float parameters of the trained model (g_a, g_s, h_a, gains, and the float
-  masters of everything else, so that training can resume from the shipped file);
+* ``float.*``: the float parameters of the layers that run in floating point (g_a, h_a, g_s, the
+  z density, the gains). The integer networks are not stored twice: their float masters, needed
+  to resume training, are recovered from ``int.*`` (:func:`pillow_jac.engine.build_model`);
 * ``int.*``: the integer networks of the exact entropy path (format_spec/SPEC.md section 7);
 * ``table.*``: the integer coding tables (SPEC.md section 6).
 
@@ -26,7 +27,6 @@ from safetensors.torch import save_file
 
 __all__ = [
     "strip_prefix",
-    "load_float_state",
     "save_float_state",
     "load_weights",
     "save_weights",
@@ -57,12 +57,6 @@ def save_float_state(path: str | Path, state: dict[str, torch.Tensor], config: A
     tmp = Path(path).with_suffix(".tmp")
     save_file(tensors, str(tmp), metadata=metadata)
     tmp.replace(path)
-
-
-def load_float_state(path: str | Path, device: str = "cpu") -> dict[str, torch.Tensor]:
-    """The ``float.*`` tensors of a weights file as a state dict (prefix removed)."""
-    tensors, _ = load_weights(path, device=device, prefix="float.")
-    return tensors
 
 
 def load_weights(

@@ -30,7 +30,7 @@ from torch import nn
 from ..constants import ACTIVATION_BITS, ACTIVATION_LIMIT_BITS
 from .layers import MaskedConv2d
 
-__all__ = ["IntegerLayer", "IntegerNetwork", "integerize", "to_fixed", "WEIGHT_BITS"]
+__all__ = ["IntegerLayer", "IntegerNetwork", "integerize", "dequantize_into", "to_fixed", "WEIGHT_BITS"]
 
 #: weights are integers with |w| <= 2**WEIGHT_BITS - 1
 WEIGHT_BITS = 15
@@ -218,3 +218,45 @@ def integerize(network: nn.Module) -> IntegerNetwork:
         relu = i + 1 < len(modules) and isinstance(modules[i + 1], nn.ReLU)
         layers.append(_integer_layer(module, relu))
     return IntegerNetwork(layers)
+
+
+def _float_layers(network: nn.Module) -> list[nn.Module]:
+    """The (transposed) convolutions of a float network, in the order :func:`integerize` converts them."""
+    modules = list(network) if isinstance(network, nn.Sequential) else [network]
+    return [m for m in modules if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))]
+
+
+@torch.no_grad()
+def dequantize_into(integer: IntegerNetwork, network: nn.Module) -> None:
+    """Set a float network's parameters to the values its integer network stands for.
+
+    The inverse of :func:`integerize`: weight ``w / 2**s_c`` and bias ``b / 2**(s_c + F)``. The
+    shipped weights file stores h_s, the context model and g_ep only as integer networks
+    (they are what the decoder runs); this recovers float masters from them to resume training or
+    to run the float model. Each weight is within ``2**-16`` of its channel's largest weight of the
+    trained value; integerising the result gives back the same integer weights and shifts (the
+    biases to float32 precision).
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> net = nn.Sequential(nn.Conv2d(2, 3, 1), nn.ReLU(), nn.Conv2d(3, 2, 1))
+        >>> copy = nn.Sequential(nn.Conv2d(2, 3, 1), nn.ReLU(), nn.Conv2d(3, 2, 1))
+        >>> dequantize_into(integerize(net), copy)
+        >>> bool((copy[0].weight - net[0].weight).abs().max() < 1e-4)
+        True
+        >>> all(torch.equal(a.weight, b.weight) for a, b in zip(integerize(copy).layers, integerize(net).layers))
+        True
+    """
+    modules = _float_layers(network)
+    if len(modules) != len(integer.layers):
+        raise ValueError(f"{len(integer.layers)} integer layers for a network of {len(modules)} convolutions")
+    for module, layer in zip(modules, integer.layers, strict=True):
+        deconv = isinstance(module, nn.ConvTranspose2d)
+        if (layer.kind == "deconv") != deconv or layer.weight.shape != module.weight.shape:
+            raise ValueError(f"integer layer {layer.kind} {tuple(layer.weight.shape)} does not fit {module}")
+        scale = torch.exp2(-layer.shift.double())
+        view = (1, -1, 1, 1) if deconv else (-1, 1, 1, 1)
+        module.weight.copy_(layer.weight.double() * scale.view(view))
+        if module.bias is not None:
+            module.bias.copy_(layer.bias.double() * scale * 2.0**-ACTIVATION_BITS)

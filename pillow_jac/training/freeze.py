@@ -4,8 +4,10 @@
 --release N`` converts h_s, the context model and g_ep into integer networks
 (:func:`pillow_jac.model.integer.integerize`), builds the integer coding tables (y: the Gaussian
 tables of CODING.md section 6.2; z: the factorized prior's per-channel tables), and writes one
-safetensors file with the float master weights, the integer tensors, the tables and the manifest
-(model id, architecture, integer-network layout, weights hash).
+safetensors file with the float weights of g_a, h_a, g_s, the z density and the gains, the integer
+tensors, the tables and the manifest (model id, architecture, integer-network layout, weights
+hash). The integer networks are not stored a second time as floats:
+:func:`pillow_jac.engine.build_model` recovers float masters from them (to resume training).
 """
 
 from __future__ import annotations
@@ -19,10 +21,11 @@ import numpy as np
 import torch
 
 from ..constants import ACTIVATION_BITS, FORMAT_VERSION
+from ..engine import build_model
 from ..entropy_coding import factorized_tables, gaussian_tables, scale_table
 from ..model.integer import integerize
 from ..model.mbt2018 import JointAutoregressiveHierarchicalPrior, ModelConfig
-from ..weights import content_hash, load_weights, save_weights, strip_prefix
+from ..weights import content_hash, load_weights, save_weights
 
 __all__ = ["freeze", "scale_thresholds", "model_id_for"]
 
@@ -52,13 +55,18 @@ def freeze(model: JointAutoregressiveHierarchicalPrior, release: int, notes: dic
     """The tensors and metadata of the shipped weights file for a trained float model."""
     model = model.cpu().eval()
     config = model.config
-    tensors = {f"float.{k}": v.detach().float().contiguous() for k, v in model.state_dict().items()}
-    templates = {}
     nets = {"entropy_parameters": model.entropy_parameters}
     if config.hyperprior:
         nets["h_s"] = model.h_s
     if config.context:
         nets["context"] = model.context
+    # the integer networks are stored only as such: their float masters come back by dequantisation
+    tensors = {
+        f"float.{k}": v.detach().float().contiguous()
+        for k, v in model.state_dict().items()
+        if k.split(".", 1)[0] not in nets
+    }
+    templates = {}
     for name, net in nets.items():
         integer = integerize(net)
         tensors.update(integer.tensors(name))
@@ -99,9 +107,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--note", action="append", default=[], help="KEY=VALUE added to the manifest")
     args = p.parse_args(argv)
     tensors, metadata = load_weights(args.source)
-    config = ModelConfig(**json.loads(metadata["config"]))
-    model = JointAutoregressiveHierarchicalPrior(config)
-    model.load_state_dict(strip_prefix(tensors, "float."))
+    model = build_model(tensors, metadata)
     notes = dict(n.split("=", 1) for n in args.note)
     if "step" in metadata:
         notes.setdefault("step", metadata["step"])

@@ -38,7 +38,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--data", type=Path, default=DEFAULT_TRAIN, help="folder of training images (never Kodak)")
     p.add_argument("--eval-data", type=Path, default=DEFAULT_KODAK, help="folder for the periodic evaluation")
     p.add_argument("--out", type=Path, default=Path("runs/default"), help="checkpoint and log folder")
-    p.add_argument("--init", type=Path, help="start from float weights (a .safetensors from weights/)")
+    p.add_argument("--init", type=Path, help="start from weights: the shipped file or a run's float.safetensors")
     p.add_argument("--N", type=int, default=128)
     p.add_argument("--M", type=int, default=192)
     p.add_argument("--no-context", action="store_true")
@@ -109,11 +109,15 @@ def main(argv: list[str] | None = None) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
 
     config = ModelConfig(N=args.N, M=args.M, context=not args.no_context, hyperprior=not args.no_hyperprior)
-    model = JointAutoregressiveHierarchicalPrior(config).to(device)
+    model = JointAutoregressiveHierarchicalPrior(config)
     if args.init:
-        from ..weights import load_float_state
+        from ..engine import load_model
 
-        model.load_state_dict(load_float_state(args.init, device="cpu"))
+        init = load_model(args.init)
+        if init.config != config:
+            raise SystemExit(f"--init {args.init} is {init.config}, not the {config} asked for")
+        model.load_state_dict(init.state_dict())
+    model = model.to(device)
     model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
     sampler = CropSampler.from_folder(args.data, args.crop, seed=args.seed + rank)

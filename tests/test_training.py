@@ -1,0 +1,126 @@
+"""The training command: exact resumption, and starting from a shipped (compact) weights file."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from PIL import Image
+
+from pillow_jac.engine import build_model, load_model
+from pillow_jac.model.integer import integerize
+from pillow_jac.model.mbt2018 import JointAutoregressiveHierarchicalPrior, ModelConfig
+from pillow_jac.training import train
+from pillow_jac.training.freeze import freeze
+from pillow_jac.weights import WeightsError, load_weights, save_weights
+
+from .test_codec import natural_image
+
+TINY = [
+    "--N",
+    "8",
+    "--M",
+    "12",
+    "--crop",
+    "64",
+    "--batch",
+    "2",
+    "--threads",
+    "1",
+    "--no-bf16",
+    "--eval-every",
+    "0",
+    "--log-every",
+    "1",
+]
+INTEGER_NETS = ("h_s", "context", "entropy_parameters")
+
+
+@pytest.fixture(scope="module")
+def image_folder(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("train")
+    for i in range(3):
+        Image.fromarray(natural_image(80, 96, seed=10 + i)).save(folder / f"im{i}.png")
+    return folder
+
+
+def run(folder, out, *extra):
+    train.main(["--data", str(folder), "--out", str(out), *TINY, *extra])
+    tensors, _ = load_weights(out / "float.safetensors")
+    return tensors
+
+
+def test_resumed_run_equals_uninterrupted_run(image_folder, tmp_path):
+    straight = run(image_folder, tmp_path / "a", "--steps", "4")
+    run(image_folder, tmp_path / "b", "--steps", "2")
+    resumed = run(image_folder, tmp_path / "b", "--steps", "4")
+    assert straight.keys() == resumed.keys()
+    for name in straight:
+        assert torch.equal(straight[name], resumed[name]), name
+    log = (tmp_path / "b" / "log.csv").read_text().splitlines()
+    assert [row.split(",")[0] for row in log] == ["step", "1", "2", "3", "4"]
+
+
+@pytest.fixture()
+def shipped_tiny(tmp_path):
+    torch.manual_seed(3)
+    model = JointAutoregressiveHierarchicalPrior(ModelConfig(N=8, M=12))
+    tensors, metadata = freeze(model, release=9)
+    path = tmp_path / "tiny.safetensors"
+    save_weights(path, tensors, metadata)
+    return model, path
+
+
+def test_shipped_file_stores_integer_networks_only_once(shipped_tiny):
+    model, path = shipped_tiny
+    tensors, metadata = load_weights(path)
+    assert not [k for k in tensors if k.split(".")[1] in INTEGER_NETS and k.startswith("float.")]
+    assert set(json.loads(metadata["integer_networks"])) == set(INTEGER_NETS)
+    recovered = load_model(path)
+    for name in INTEGER_NETS:
+        want_state = getattr(model, name).state_dict()
+        for key, got in getattr(recovered, name).state_dict().items():
+            want = want_state[key]
+            if name == "context" and key == "weight":  # only the causal taps are kept (the rest is masked)
+                want = want * model.context.mask
+            if key.endswith("weight"):  # each weight within 2**-15 of the layer's largest (per channel, in fact)
+                assert (got - want).abs().max() <= want.abs().max() * 2**-15, f"{name}.{key}"
+            assert torch.allclose(got, want, atol=1e-4), f"{name}.{key}"
+    # float layers are stored as they are
+    assert torch.equal(recovered.g_s[0].weight, model.g_s[0].weight)
+    # freezing the recovered model gives back the same file
+    again, again_meta = freeze(recovered, release=9)
+    assert again_meta["weights_hash"] == metadata["weights_hash"]
+    for layer_a, layer_b in zip(integerize(recovered.h_s).layers, integerize(model.h_s).layers, strict=True):
+        assert torch.equal(layer_a.weight, layer_b.weight) and torch.equal(layer_a.shift, layer_b.shift)
+
+
+def test_missing_float_tensors_are_a_weights_error(shipped_tiny):
+    _, path = shipped_tiny
+    tensors, metadata = load_weights(path)
+    del tensors["float.g_s.0.weight"]
+    with pytest.raises(WeightsError, match="missing"):
+        build_model(tensors, metadata)
+
+
+def test_training_starts_from_a_shipped_file(image_folder, shipped_tiny, tmp_path):
+    _, path = shipped_tiny
+    tensors = run(image_folder, tmp_path / "run", "--init", str(path), "--steps", "1", "--lr", "1e-9")
+    start = load_model(path).state_dict()
+    assert torch.allclose(tensors["float.h_s.0.weight"], start["h_s.0.weight"], atol=1e-6)
+    with pytest.raises(SystemExit, match="not the"):
+        train.main(
+            [
+                "--data",
+                str(image_folder),
+                "--out",
+                str(tmp_path / "other"),
+                "--init",
+                str(path),
+                "--N",
+                "16",
+                "--M",
+                "12",
+            ]
+        )
