@@ -16,8 +16,6 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .entropy_coding import CodingTables
-from .exact_prior import ExactPrior
 from .model.integer import IntegerNetwork, dequantize_into
 from .model.layers import SubpixelDeconv
 from .model.mbt2018 import JointAutoregressiveHierarchicalPrior, ModelConfig
@@ -102,6 +100,10 @@ class Engine:
     """Float transforms (g_a, h_a, g_s, gains) plus the exact entropy path, on one device."""
 
     def __init__(self, path: Path, device: torch.device):
+        # the range coder is imported here, not at the top: the float model (build_model, load_model)
+        # must load where constriction is not installed, such as a GPU machine that only trains
+        from . import entropy_coding, exact_prior
+
         tensors, metadata = load_weights(path)
         expected = metadata.get("weights_hash")
         actual = content_hash(tensors).hex()
@@ -127,12 +129,14 @@ class Engine:
                 layer.weight, layer.bias = layer.weight.to(device), layer.bias.to(device)
             return net
 
-        def tables(prefix: str) -> CodingTables | None:
+        def tables(prefix: str) -> entropy_coding.CodingTables | None:
             if f"table.{prefix}_freqs" not in tensors:
                 return None
-            return CodingTables(*(tensors[f"table.{prefix}_{k}"].numpy() for k in ("freqs", "offsets", "lows")))
+            return entropy_coding.CodingTables(
+                *(tensors[f"table.{prefix}_{k}"].numpy() for k in ("freqs", "offsets", "lows"))
+            )
 
-        self.prior = ExactPrior(
+        self.prior = exact_prior.ExactPrior(
             network("h_s"),
             network("context"),
             network("entropy_parameters"),

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -13,6 +15,7 @@ from pillow_jac.model.integer import integerize
 from pillow_jac.model.mbt2018 import JointAutoregressiveHierarchicalPrior, ModelConfig
 from pillow_jac.training import train
 from pillow_jac.training.freeze import freeze
+from pillow_jac.training.pack import join_file, split_file
 from pillow_jac.weights import WeightsError, load_weights, save_weights
 
 from .test_codec import natural_image
@@ -124,3 +127,28 @@ def test_training_starts_from_a_shipped_file(image_folder, shipped_tiny, tmp_pat
                 "12",
             ]
         )
+
+
+def test_training_needs_no_range_coder():
+    """A GPU machine that only trains may lack constriction: training and load_model must not import it."""
+    code = (
+        "import sys; sys.modules['constriction'] = None\n"  # any import of it now raises ImportError
+        "from pillow_jac.training import train, pack\n"
+        "from pillow_jac.engine import load_model, default_weights_path\n"
+        "print(load_model(default_weights_path()).config.M)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "192"
+
+
+def test_joining_damaged_pieces_fails(tmp_path):
+    data = bytes(range(256)) * 50
+    (tmp_path / "ckpt.bin").write_bytes(data)
+    pieces = split_file(tmp_path / "ckpt.bin", tmp_path / "out", part_mb=0.005)
+    assert len(pieces) == 3
+    assert join_file(tmp_path / "out" / "ckpt.bin", tmp_path / "ok.bin").read_bytes() == data
+    pieces[1].write_bytes(pieces[1].read_bytes()[:-1])
+    with pytest.raises(ValueError, match="SHA-256 differs"):
+        join_file(tmp_path / "out" / "ckpt.bin", tmp_path / "bad.bin")
+    assert not (tmp_path / "bad.bin").exists()

@@ -1,0 +1,164 @@
+"""Pack a training folder into parts small enough to carry to a remote GPU machine, and join files.
+
+``python -m pillow_jac.training.pack --data ../shared/data/train --out .gpu --part-mb 30`` writes
+``.gpu/part01``, ``.gpu/part02`` ... each at most ``--part-mb`` megabytes, plus ``.gpu/MANIFEST``
+(name, bytes and SHA-256 of every packed file). The device machine of this workplace carries at
+most 64 MiB of working tree per call, and the shipped weights travel in every call, so the set goes
+over in several calls (docs/training_on_a_gpu.md).
+
+The pixels the trainer sees do not change: images whose short side is at most ``max_short_side``
+are copied byte for byte, larger ones are downscaled exactly as :func:`~.data.load_rgb` does and
+stored as lossless WebP, which the trainer then loads without a second resize.
+
+``python -m pillow_jac.training.pack --split FILE --out DIR --part-mb 15`` cuts a file (a
+checkpoint on its way back: files come back from the device at most 16 MiB each) into numbered
+pieces with a ``.sha256`` beside them; ``--join DIR/FILE --out FILE`` puts them back together and
+checks the hash.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import shutil
+from pathlib import Path
+
+from PIL import Image
+
+from .data import list_images, load_rgb
+
+__all__ = ["pack", "split_file", "join_file"]
+
+MB = 1_000_000
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def pack(data: Path, out: Path, part_mb: float = 30, max_short_side: int = 512) -> list[Path]:
+    """Copy or downscale every image of ``data`` into parts of at most ``part_mb`` MB under ``out``.
+
+    Returns:
+        The part folders, in order.
+
+    Example:
+        >>> import tempfile, numpy as np
+        >>> from PIL import Image
+        >>> src, dst = Path(tempfile.mkdtemp()), Path(tempfile.mkdtemp()) / "pack"
+        >>> Image.fromarray(np.zeros((600, 900, 3), np.uint8)).save(src / "big.png")
+        >>> Image.fromarray(np.zeros((30, 40, 3), np.uint8)).save(src / "small.png")
+        >>> parts = pack(src, dst, part_mb=1)
+        >>> sorted(p.name for p in parts[0].iterdir()), Image.open(parts[0] / "big.webp").size
+        (['big.webp', 'small.png'], (768, 512))
+    """
+    staged = out / "staging"
+    staged.mkdir(parents=True, exist_ok=True)
+    files = []
+    for path in list_images(data):
+        with Image.open(path) as im:
+            small = min(im.size) <= max_short_side
+        if small:
+            target = staged / path.name
+            shutil.copyfile(path, target)
+        else:
+            target = staged / (path.stem + ".webp")
+            Image.fromarray(load_rgb(path, max_short_side)).save(target, lossless=True, quality=100, method=4)
+        files.append(target)
+    limit = part_mb * MB
+    parts: list[list[Path]] = [[]]
+    used = 0
+    for f in sorted(files, key=lambda p: p.name):
+        size = f.stat().st_size
+        if size > limit:
+            raise ValueError(f"{f.name} alone ({size} bytes) is larger than a part")
+        if used + size > limit:
+            parts.append([])
+            used = 0
+        parts[-1].append(f)
+        used += size
+    folders = []
+    manifest = []
+    for i, group in enumerate(parts, 1):
+        folder = out / f"part{i:02d}"
+        folder.mkdir(exist_ok=True)
+        for f in group:
+            f.replace(folder / f.name)
+            manifest.append(f"{folder.name}/{f.name}\t{(folder / f.name).stat().st_size}\t{_sha256(folder / f.name)}")
+        folders.append(folder)
+    staged.rmdir()
+    (out / "MANIFEST").write_text("\n".join(manifest) + "\n")
+    return folders
+
+
+def split_file(path: Path, out: Path, part_mb: float = 15) -> list[Path]:
+    """Cut ``path`` into ``out/<name>.000``, ``.001`` ... of at most ``part_mb`` MB, plus ``<name>.sha256``.
+
+    Example:
+        >>> import tempfile
+        >>> d = Path(tempfile.mkdtemp())
+        >>> _ = (d / "w.bin").write_bytes(bytes(range(256)) * 10)
+        >>> [p.name for p in split_file(d / "w.bin", d / "out", part_mb=0.001)]
+        ['w.bin.000', 'w.bin.001', 'w.bin.002']
+        >>> join_file(d / "out" / "w.bin", d / "back.bin").read_bytes() == (d / "w.bin").read_bytes()
+        True
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    size = int(part_mb * MB)
+    pieces = []
+    with open(path, "rb") as f:
+        for i, block in enumerate(iter(lambda: f.read(size), b"")):
+            piece = out / f"{path.name}.{i:03d}"
+            piece.write_bytes(block)
+            pieces.append(piece)
+    (out / f"{path.name}.sha256").write_text(_sha256(path) + "\n")
+    return pieces
+
+
+def join_file(stem: Path, out: Path) -> Path:
+    """Concatenate ``<stem>.000``, ``.001`` ... into ``out`` and check it against ``<stem>.sha256``."""
+    pieces = sorted(stem.parent.glob(stem.name + ".[0-9][0-9][0-9]"))
+    if not pieces:
+        raise FileNotFoundError(f"no pieces {stem}.000 ...")
+    tmp = out.with_name(out.name + ".tmp")
+    with open(tmp, "wb") as f:
+        for piece in pieces:
+            f.write(piece.read_bytes())
+    expected = (stem.parent / f"{stem.name}.sha256").read_text().strip()
+    if _sha256(tmp) != expected:
+        tmp.unlink()
+        raise ValueError(
+            f"joined {len(pieces)} pieces of {stem.name}, but the SHA-256 differs: a piece is missing or damaged"
+        )
+    tmp.replace(out)
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Command-line entry point."""
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data", type=Path, help="training folder to pack")
+    p.add_argument("--split", type=Path, help="file to cut into pieces")
+    p.add_argument("--join", type=Path, help="pieces' common stem (DIR/NAME for DIR/NAME.000 ...)")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--part-mb", type=float, default=30)
+    args = p.parse_args(argv)
+    if sum(x is not None for x in (args.data, args.split, args.join)) != 1:
+        p.error("give exactly one of --data, --split, --join")
+    if args.data:
+        for folder in pack(args.data, args.out, args.part_mb):
+            total = sum(f.stat().st_size for f in folder.iterdir())
+            print(f"{folder}: {len(list(folder.iterdir()))} files, {total / MB:.1f} MB")
+    elif args.split:
+        for piece in split_file(args.split, args.out, args.part_mb):
+            print(piece)
+    else:
+        print(join_file(args.join, args.out))
+
+
+if __name__ == "__main__":
+    main()
