@@ -74,6 +74,25 @@ def learning_rate(args: argparse.Namespace, step: int) -> float:
     return lr
 
 
+def stratified_qualities(batch: int) -> torch.Tensor:
+    """One quality per image, uniform in [1, 8] overall, one from each of ``batch`` equal strata.
+
+    Gradient clipping normalises each batch; a batch of only low qualities (whose lambda-weighted
+    gradients are ~40x smaller than at quality 8) would then weigh as much as one with a high
+    quality. Stratifying makes every batch span the ladder, so the clip scales batches alike and the
+    loss keeps its lambda weighting, also with small batches (session 3: with batch 2 and
+    independent draws, the top qualities lost 0.4 dB on Kodak in 5,000 steps while the bottom ones gained).
+
+    Example:
+        >>> import torch
+        >>> q = stratified_qualities(4)
+        >>> sorted(int((v - 1) // 1.75) for v in q.tolist())
+        [0, 1, 2, 3]
+    """
+    strata = (torch.randperm(batch) + torch.rand(batch)) / batch
+    return 1.0 + 7.0 * strata
+
+
 def evaluate_real(model, paths: list[Path], out_dir: Path, step: int) -> dict[str, float]:
     """Freeze the current weights and measure real bitstreams (bpp, PSNR) at qualities 1, 4 and 8."""
     from ..weights import save_weights
@@ -161,7 +180,7 @@ def main(argv: list[str] | None = None) -> None:
         for g in optimizer.param_groups:
             g["lr"] = lr
         x = sampler.batch(args.batch).to(device).contiguous(memory_format=torch.channels_last)
-        quality = 1.0 + 7.0 * torch.rand(args.batch)
+        quality = stratified_qualities(args.batch)
         lmbda = quality_lambda(quality).float().to(device)
         with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
             out = forward(x, quality.to(device))
