@@ -44,8 +44,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-context", action="store_true")
     p.add_argument("--no-hyperprior", action="store_true")
     # 256 rather than 128: with 128x128 crops y is 8x8 and z 2x2, so most context and hyperprior
-    # positions touch the padding; session 3 moved to 256 (batch 4, stratified qualities) and Kodak
-    # gained 0.2-0.9 dB within 3,000 steps of a plateau (weights/MODEL_CARD.md)
+    # positions touch the padding. Session 3 left a plateau with 256 (batch 4, stratified qualities,
+    # a decay): Kodak +0.25 dB at q1, +0.5 at q4, +1.3 at q8 in 4,500 steps (weights/MODEL_CARD.md)
     p.add_argument("--crop", type=int, default=256)
     p.add_argument("--batch", type=int, default=4)
     # 3e-4 plateaued (loss flat for 2,000 steps); 1e-4 dropped the loss by a quarter at once (session 2)
