@@ -111,9 +111,9 @@ class Engine:
             raise WeightsError(f"weights file {path} is damaged: hash {actual} does not match its manifest {expected}")
         self.model_id = metadata["model_id"]
         self.weights_hash = bytes.fromhex(expected)
-        self.config = ModelConfig(**json.loads(metadata["config"]))
         self.device = device
         model = build_model(tensors, metadata)
+        self.config = model.config
         self.model = model.to(device).eval()
         if device.type == "cpu":
             self.model = self.model.to(memory_format=torch.channels_last)

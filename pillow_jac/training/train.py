@@ -131,14 +131,14 @@ def main(argv: list[str] | None = None) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
 
     config = ModelConfig(N=args.N, M=args.M, context=not args.no_context, hyperprior=not args.no_hyperprior)
-    model = JointAutoregressiveHierarchicalPrior(config)
     if args.init:
         from ..engine import load_model
 
-        init = load_model(args.init)
-        if init.config != config:
-            raise SystemExit(f"--init {args.init} is {init.config}, not the {config} asked for")
-        model.load_state_dict(init.state_dict())
+        model = load_model(args.init)
+        if model.config != config:
+            raise SystemExit(f"--init {args.init} is {model.config}, not the {config} asked for")
+    else:
+        model = JointAutoregressiveHierarchicalPrior(config)
     model = model.to(device)
     model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
