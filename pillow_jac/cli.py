@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from . import __version__
-from .constants import DEFAULT_QUALITY, validate_quality
+from .constants import DEFAULT_EFFORT, DEFAULT_QUALITY, MAX_EFFORT, validate_quality
 from .files import write_atomic
 
 __all__ = ["main", "build_parser"]
@@ -67,7 +67,15 @@ def _pillow_format_for(path: Path) -> str:
     return fmt
 
 
-def encode_file(src: Path, dst: Path, quality: float, *, strip: bool = False, device: str | None = None) -> int:
+def encode_file(
+    src: Path,
+    dst: Path,
+    quality: float,
+    *,
+    effort: int = DEFAULT_EFFORT,
+    strip: bool = False,
+    device: str | None = None,
+) -> int:
     """Encode any image Pillow can read to ``dst`` (``.jac``); return the bytes written."""
     from PIL import Image
 
@@ -75,7 +83,7 @@ def encode_file(src: Path, dst: Path, quality: float, *, strip: bool = False, de
 
     with Image.open(src) as im:
         im.load()
-        options: dict[str, Any] = {"quality": quality, "device": device}
+        options: dict[str, Any] = {"quality": quality, "effort": effort, "device": device}
         if strip:
             options.update(icc_profile=None, exif=None, xmp=None)
         data = JacImagePlugin._encode_image(im, options)
@@ -169,11 +177,11 @@ def _batch_inputs(in_dir: Path, to: str, recursive: bool) -> list[Path]:
     return sorted(p for p in in_dir.glob(pattern) if p.is_file() and p.suffix.lower() in exts)
 
 
-def _batch_job(src: str, dst: str, to: str, quality: float, device: str | None) -> tuple[int, int]:
+def _batch_job(src: str, dst: str, to: str, quality: float, effort: int, device: str | None) -> tuple[int, int]:
     """Convert one file (runs in a worker); return (input bytes, output bytes)."""
     Path(dst).parent.mkdir(parents=True, exist_ok=True)
     if to == "jac":
-        encode_file(Path(src), Path(dst), quality, device=device)
+        encode_file(Path(src), Path(dst), quality, effort=effort, device=device)
     else:
         decode_file(Path(src), Path(dst), device=device)
     return os.path.getsize(src), os.path.getsize(dst)
@@ -225,6 +233,7 @@ def run_batch(
     to: str,
     *,
     quality: float = DEFAULT_QUALITY,
+    effort: int = DEFAULT_EFFORT,
     workers: int = 1,
     recursive: bool = False,
     device: str | None = None,
@@ -256,7 +265,7 @@ def run_batch(
 
     bar = _Progress(len(jobs), stream, progress)
     failed = 0
-    for src, result in _run_jobs(jobs, to, quality, device, workers):
+    for src, result in _run_jobs(jobs, to, quality, effort, device, workers):
         if isinstance(result, BaseException):
             failed += 1
             bar.step(str(src), _one_line(result))
@@ -266,12 +275,12 @@ def run_batch(
 
 
 def _run_jobs(
-    jobs: dict[Path, Path], to: str, quality: float, device: str | None, workers: int
+    jobs: dict[Path, Path], to: str, quality: float, effort: int, device: str | None, workers: int
 ) -> Iterator[tuple[Path, Any]]:
     if workers <= 1:
         for src, dst in jobs.items():
             try:
-                yield src, _batch_job(str(src), str(dst), to, quality, device)
+                yield src, _batch_job(str(src), str(dst), to, quality, effort, device)
             except Exception as e:
                 yield src, e
         return
@@ -289,7 +298,7 @@ def _run_jobs(
         ctx = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_worker_init, initargs=(threads,)) as ex:
         futures: dict[Future[tuple[int, int]], Path] = {
-            ex.submit(_batch_job, str(src), str(dst), to, quality, device): src for src, dst in jobs.items()
+            ex.submit(_batch_job, str(src), str(dst), to, quality, effort, device): src for src, dst in jobs.items()
         }
         try:
             for fut in as_completed(futures):
@@ -327,6 +336,14 @@ def build_parser() -> argparse.ArgumentParser:
             type=_quality,
             default=DEFAULT_QUALITY,
             help=f"quality from 1 to 8, fractions allowed (default {DEFAULT_QUALITY:g})",
+        )
+        p.add_argument(
+            "-e",
+            "--effort",
+            type=int,
+            choices=range(MAX_EFFORT + 1),
+            default=DEFAULT_EFFORT,
+            help=f"encoder effort from 0 (fastest, default) to {MAX_EFFORT} (smallest files, slowest)",
         )
 
     p = sub.add_parser("encode", help="encode an image to .jac", description="Encode any image Pillow reads to .jac.")
@@ -403,7 +420,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.command == "encode":
-            encode_file(args.input, args.output, args.quality, strip=args.strip, device=args.device)
+            encode_file(args.input, args.output, args.quality, effort=args.effort, strip=args.strip, device=args.device)
         elif args.command == "decode":
             decode_file(args.input, args.output, device=args.device)
         elif args.command == "info":
@@ -420,6 +437,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 args.out_dir,
                 args.to,
                 quality=args.quality,
+                effort=args.effort,
                 workers=args.jobs,
                 recursive=args.recursive,
                 device=args.device,

@@ -3,7 +3,7 @@
 The public API (what the Pillow and imageio plugins and the CLI call):
 
 * :func:`encode` ``(image, quality=DEFAULT_QUALITY, *, icc_profile=None, exif=None, xmp=None,
-  device=None) -> bytes``; ``image`` is a uint8 array ``(H, W)`` (L), ``(H, W, 2)`` (LA),
+  effort=0, device=None) -> bytes``; ``image`` is a uint8 array ``(H, W)`` (L), ``(H, W, 2)`` (LA),
   ``(H, W, 3)`` (RGB) or ``(H, W, 4)`` (RGBA), or a PIL image in one of those modes.
 * :func:`decode` ``(data, *, device=None) -> numpy.ndarray``; ``data`` is ``bytes`` or a parsed
   :class:`pillow_jac.container.JacFile`; the array has the layout of the encoded image.
@@ -29,7 +29,7 @@ import sys
 import numpy as np
 
 from . import container
-from .constants import DEFAULT_QUALITY, validate_quality
+from .constants import DEFAULT_EFFORT, DEFAULT_QUALITY, EFFORT_ITERATIONS, validate_effort, validate_quality
 
 __all__ = ["encode", "decode", "encode_symbols", "decode_symbols", "CodecError"]
 
@@ -111,6 +111,7 @@ def encode(
     icc_profile: bytes | None = None,
     exif: bytes | None = None,
     xmp: bytes | None = None,
+    effort: int = DEFAULT_EFFORT,
     device=None,
     weights=None,
 ) -> bytes:
@@ -123,6 +124,8 @@ def encode(
         icc_profile: ICC profile bytes, stored in an ancillary chunk.
         exif: EXIF bytes (as Pillow's ``im.info["exif"]``), stored in an ancillary chunk.
         xmp: XMP packet bytes, stored in an ancillary chunk.
+        effort: 0 (default, fastest) to 3: how hard the encoder searches for smaller files at the
+            same quality (:mod:`pillow_jac.model.refine`); any effort decodes the same way.
         device: torch device (default: ``JAC_DEVICE`` or cpu).
         weights: path of a weights file (default: the shipped one).
 
@@ -131,13 +134,14 @@ def encode(
     """
     arr, layout = _as_array(image)
     q = container.quantize_quality(validate_quality(quality))
+    effort = validate_effort(effort)
     height, width = arr.shape[:2]
     if max(height, width) > container.C.MAX_DIMENSION:
         raise ValueError(f"images are limited to {container.C.MAX_DIMENSION} pixels per side")
     from .engine import get_engine
 
     engine = get_engine(device, weights)
-    z_hat, y_hat = _analyze(_color_planes(arr, layout), q, engine)
+    z_hat, y_hat = _analyze(_color_planes(arr, layout), q, engine, effort)
     z_stream = engine.prior.encode_z(z_hat) if z_hat is not None else b""
     torch = _torch()
     with torch.inference_mode():
@@ -164,8 +168,8 @@ def encode(
     return container.serialize(jac)
 
 
-def _analyze(color: np.ndarray, quality: float, engine) -> tuple[np.ndarray | None, np.ndarray]:
-    """g_a and h_a on the padded image, then rounding: the integer latents ``(z_hat, y_hat)``."""
+def _analyze(color: np.ndarray, quality: float, engine, effort: int = 0) -> tuple[np.ndarray | None, np.ndarray]:
+    """g_a and h_a on the padded image, then rounding (or refinement): the latents ``(z_hat, y_hat)``."""
     torch = _torch()
     from .exact_prior import SYMBOL_LIMIT
     from .stripes import analyze_in_stripes
@@ -185,21 +189,27 @@ def _analyze(color: np.ndarray, quality: float, engine) -> tuple[np.ndarray | No
     with torch.inference_mode(), _threads_for(height * width, engine):
         y = analyze_in_stripes(model.g_a, pixel_rows, (yh, yw))
         y = y * model.gains(torch.tensor([quality], dtype=torch.float64)).to(y)
-        y_hat = torch.round(y).clamp(-SYMBOL_LIMIT, SYMBOL_LIMIT)[0].cpu().numpy().astype(np.int64)
-        z_hat = None
-        if engine.config.hyperprior:
-            z = model.h_a(y)
-            z_hat = torch.round(z).clamp(-SYMBOL_LIMIT, SYMBOL_LIMIT)[0].cpu().numpy().astype(np.int64)
+        z = model.h_a(y) if engine.config.hyperprior else None
+    if effort:
+        from .model.refine import refine_latents
+
+        with _threads_for(height * width, engine):
+            y, z = refine_latents(
+                model, pixel_rows, y.clone(), None if z is None else z.clone(), quality, (height, width),
+                EFFORT_ITERATIONS[effort],
+            )  # fmt: skip
+    y_hat = torch.round(y).clamp(-SYMBOL_LIMIT, SYMBOL_LIMIT)[0].cpu().numpy().astype(np.int64)
+    z_hat = None if z is None else torch.round(z).clamp(-SYMBOL_LIMIT, SYMBOL_LIMIT)[0].cpu().numpy().astype(np.int64)
     return z_hat, y_hat
 
 
-def encode_symbols(image, quality: float = DEFAULT_QUALITY, *, device=None, weights=None):
+def encode_symbols(image, quality: float = DEFAULT_QUALITY, *, effort: int = 0, device=None, weights=None):
     """The integer latents ``(z_hat, y_hat)`` that :func:`encode` writes for ``image``."""
     from .engine import get_engine
 
     arr, layout = _as_array(image)
     q = container.quantize_quality(validate_quality(quality))
-    return _analyze(_color_planes(arr, layout), q, get_engine(device, weights))
+    return _analyze(_color_planes(arr, layout), q, get_engine(device, weights), validate_effort(effort))
 
 
 def _parse(data) -> container.JacFile:

@@ -33,6 +33,13 @@ TAIL_MASS = 1e-7
 #: escape codes: magnitude classes (Elias-gamma exponents) coded with a flat table of this many entries.
 ESCAPE_CLASSES = 24
 
+#: encoder effort levels: gradient steps of latent refinement per tile (pillow_jac/model/refine.py).
+#: Effort changes which latents an encoder writes, never how a file decodes (SPEC.md section 10).
+EFFORT_ITERATIONS = (0, 8, 24, 80)
+MAX_EFFORT = len(EFFORT_ITERATIONS) - 1
+#: effort used when the caller gives none
+DEFAULT_EFFORT = 0
+
 #: fixed-point fractional bits of the integer network activations and outputs (SPEC.md section 7).
 ACTIVATION_BITS = 8
 #: bound of every integer activation: |a| < 2**ACTIVATION_LIMIT_BITS.
@@ -67,6 +74,18 @@ def validate_quality(quality: float) -> float:
             f"fractions allowed; got {quality!r}{hint}"
         )
     return q
+
+
+def validate_effort(effort: int) -> int:
+    """Return ``effort`` as an int in ``0..MAX_EFFORT`` or raise ``ValueError``.
+
+    Example:
+        >>> validate_effort(2)
+        2
+    """
+    if isinstance(effort, bool) or not isinstance(effort, int) or not 0 <= effort <= MAX_EFFORT:
+        raise ValueError(f"effort must be an integer from 0 (fastest) to {MAX_EFFORT} (smallest files), got {effort!r}")
+    return effort
 
 
 # Container (SPEC.md sections 3-5 and 8). Chunk types are 4 bytes: an uppercase first letter marks a

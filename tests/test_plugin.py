@@ -487,7 +487,7 @@ def test_failed_encode_writes_nothing(monkeypatch, tmp_path: Path) -> None:
 
 def test_unknown_save_options_are_ignored(spy: EncodeSpy) -> None:
     jac_bytes(hopper(), optimize=True, lossless=False)
-    assert set(spy.last) == {"image", "quality", "device", "icc_profile", "exif", "xmp"}
+    assert set(spy.last) == {"image", "quality", "effort", "device", "icc_profile", "exif", "xmp"}
 
 
 def test_device_option(spy: EncodeSpy) -> None:

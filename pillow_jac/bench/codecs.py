@@ -8,6 +8,7 @@ parameter and ladder, ordered from the smallest files to the best quality:
 name           implementation                          parameter (ladder)
 =============  ======================================  ============================================
 ``jac``        :mod:`pillow_jac.codec`                 quality 1..8, fractions allowed
+``jac-e1``     the same at encoder effort 1 (2, 3)     (not in the default set: slow)
 ``jpeg420``    Pillow, libjpeg-turbo, 4:2:0, optimise  quality 5..95
 ``jpeg444``    Pillow, libjpeg-turbo, 4:4:4, optimise  quality 5..95
 ``webp``       Pillow, libwebp, lossy, method 6        quality 0..95
@@ -35,6 +36,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, features
+
+from pillow_jac.constants import MAX_EFFORT
 
 __all__ = [
     "Codec",
@@ -67,8 +70,10 @@ JAC_QUALITIES: tuple[float, ...] = (1, 2, 3, 4, 5, 6, 7, 8)
 
 #: codecs measured when none are named, in table order
 DEFAULT_CODECS: tuple[str, ...] = ("jac", "jpeg420", "jpeg444", "webp", "avif", "jpeg2000", "heic", "jxl")
+#: ``.jac`` at a higher encoder effort (``jac-e2`` is effort 2)
+JAC_EFFORT_CODECS: tuple[str, ...] = tuple(f"jac-e{e}" for e in range(1, MAX_EFFORT + 1))
 #: every name :func:`get_codec` knows
-ALL_CODECS: tuple[str, ...] = (*DEFAULT_CODECS, "avif420", "heic420")
+ALL_CODECS: tuple[str, ...] = (*DEFAULT_CODECS, "avif420", "heic420", *JAC_EFFORT_CODECS)
 
 
 class CodecUnavailable(RuntimeError):
@@ -278,7 +283,7 @@ def _jxl() -> Codec:
     return Codec("jxl", "JPEG XL (pillow-jxl-plugin)", "quality", PERCENT_LADDER, encode_pil, _pillow_load, ".jxl")
 
 
-def _jac(qualities: Sequence[float] | None, device: str | None, weights: str | None = None) -> Codec:
+def _jac(qualities: Sequence[float] | None, device: str | None, weights: str | None = None, effort: int = 0) -> Codec:
     try:
         from pillow_jac import codec
     except ImportError as e:  # torch or constriction missing
@@ -289,15 +294,20 @@ def _jac(qualities: Sequence[float] | None, device: str | None, weights: str | N
     extra = {"weights": weights} if weights else {}
 
     def encode(rgb: np.ndarray, quality: float) -> bytes:
-        return codec.encode(_check_rgb(rgb), float(quality), device=device, **extra)
+        return codec.encode(_check_rgb(rgb), float(quality), effort=effort, device=device, **extra)
 
     def decode(data: bytes) -> np.ndarray:
         out = np.asarray(codec.decode(data, device=device, **extra))
         return out if out.ndim == 3 else np.repeat(out[:, :, None], 3, axis=2)
 
     ladder = tuple(float(q) for q in (qualities or JAC_QUALITIES))
-    label = "JAC (pillow_jac)" + (f" on {device}" if device and device != "cpu" else "")
-    return Codec("jac", label, "quality", ladder, encode, decode, ".jac", {"device": device, "weights": weights})
+    label = "JAC (pillow_jac)" + (f", effort {effort}" if effort else "")
+    label += f" on {device}" if device and device != "cpu" else ""
+    settings: dict[str, object] = {"device": device, "weights": weights}
+    if effort:  # effort 0 keeps the settings (and the cache fingerprint) it had before efforts existed
+        settings["effort"] = effort
+    name = f"jac-e{effort}" if effort else "jac"
+    return Codec(name, label, "quality", ladder, encode, decode, ".jac", settings)
 
 
 def get_codec(
@@ -330,6 +340,10 @@ def get_codec(
         "heic420": lambda: _heic("4:2:0"),
         "jxl": _jxl,
         "jac": lambda: _jac(jac_qualities, jac_device, jac_weights),
+        **{
+            f"jac-e{e}": (lambda e=e: _jac(jac_qualities, jac_device, jac_weights, effort=e))
+            for e in range(1, MAX_EFFORT + 1)
+        },
     }
     if name not in builders:
         raise KeyError(f"unknown codec {name!r}; known: {', '.join(ALL_CODECS)}")

@@ -54,6 +54,10 @@ PUBLISHED_LABELS = {
 }
 
 
+def _is_jac(name: str) -> bool:
+    return name == "jac" or name.startswith("jac-")
+
+
 def _log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
@@ -61,7 +65,7 @@ def _log(message: str) -> None:
 def _fingerprint(codec: Codec) -> str:
     """What identifies a codec's results across runs: label, settings, ladder-independent."""
     parts: dict[str, Any] = {"label": codec.label, "settings": codec.settings}
-    if codec.name == "jac":
+    if codec.name == "jac" or codec.name.startswith("jac-"):
         try:
             from pillow_jac.engine import get_engine
 
@@ -212,10 +216,15 @@ def write_markdown(path: Path, results: dict[str, Any]) -> None:
             f"for this {meta['images']}-image subset.",
             "",
         ]
-    bd = results["bd_rate"]
-    if bd:
+    labels = {name: c["label"] for name, c in results["codecs"].items()}
+    labels.update({name: c["label"] for name, c in results["published"].items()})
+    tables = [("jac", results["bd_rate"]), *results.get("bd_rate_by_codec", {}).items()]
+    for test, bd in tables:
+        if not bd:
+            continue
+        title = ".jac" if test == "jac" else labels.get(test, test)
         lines += [
-            "## BD-rate of .jac",
+            f"## BD-rate of {title}",
             "",
             "Negative: .jac needs fewer bits for the same quality. Piecewise cubic (PCHIP) interpolation of "
             "log-rate over the quality range both curves cover; n/a where the ranges do not overlap.",
@@ -223,8 +232,6 @@ def write_markdown(path: Path, results: dict[str, Any]) -> None:
             "| anchor | kind | BD-rate PSNR | BD-rate MS-SSIM | PSNR range compared (dB) |",
             "| --- | --- | ---: | ---: | --- |",
         ]
-        labels = {name: c["label"] for name, c in results["codecs"].items()}
-        labels.update({name: c["label"] for name, c in results["published"].items()})
         for row in bd:
             lo, hi = row["psnr_overlap"]
             overlap = f"{_fmt(lo)}-{_fmt(hi)}" if math.isfinite(lo) and math.isfinite(hi) and hi > lo else "none"
@@ -264,12 +271,14 @@ def plot(path: Path, results: dict[str, Any], max_bpp: float = 2.0) -> bool:
     measured_colors = plt.get_cmap("tab10").colors
     published_colors = ("#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")
     curves = []  # (label, bpp, {key: values}, style)
-    others = [name for name in results["codecs"] if name != "jac"]
+    others = [name for name in results["codecs"] if not _is_jac(name)]
     for name, codec in results["codecs"].items():
         pts = codec["average"]
         style: dict[str, Any] = {"marker": "o", "markersize": 3.5, "linewidth": 1.4}
         if name == "jac":
             style.update(linewidth=2.6, color="black", zorder=5)
+        elif _is_jac(name):
+            style.update(linewidth=2.2, color="dimgray", zorder=4)
         else:
             style["color"] = measured_colors[others.index(name) % len(measured_colors)]
         values = {key: [p[key] for p in pts] for key in ("psnr", "ms_ssim_db")}
@@ -407,6 +416,9 @@ def run(
     results["published"] = load_published(published_dir, published)
     measured = {name: c["average"] for name, c in results["codecs"].items()}
     results["bd_rate"] = bd_table(measured, results["published"])
+    for name in measured:  # each higher encoder effort of .jac against the same anchors
+        if name.startswith("jac-"):
+            results.setdefault("bd_rate_by_codec", {})[name] = bd_table(measured, results["published"], test=name)
     (out / "results.json").write_text(json.dumps(results, indent=1, default=_json_default))
     write_markdown(out / "rd.md", results)
     plotted = plot(out / "rd.png", results, max_bpp)

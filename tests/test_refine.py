@@ -1,0 +1,133 @@
+"""Encoder effort (latent refinement): smaller files for the same decoder, bounded, deterministic."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from pillow_jac import codec
+from pillow_jac.bench.codecs import get_codec
+from pillow_jac.cli import main
+from pillow_jac.constants import EFFORT_ITERATIONS, LAMBDAS, MAX_EFFORT, validate_effort
+from pillow_jac.model import refine
+
+SAMPLE = Path(__file__).resolve().parents[1] / "examples" / "sample.png"
+
+
+def sample(top: int, left: int, height: int, width: int) -> np.ndarray:
+    with Image.open(SAMPLE) as im:
+        return np.asarray(im.convert("RGB"))[top : top + height, left : left + width].copy()
+
+
+def rd_loss(image: np.ndarray, data: bytes, quality: int) -> tuple[float, float, float]:
+    """(loss, bpp, mse) of a file: the paper's lambda * 255^2 * MSE + bpp with real bytes."""
+    out = codec.decode(data).astype(np.float64)
+    mse = float(((out - image) ** 2).mean()) / 255.0**2
+    bpp = 8 * len(data) / (image.shape[0] * image.shape[1])
+    return LAMBDAS[quality - 1] * 255.0**2 * mse + bpp, bpp, mse
+
+
+@pytest.mark.parametrize("quality", [1, 4, 8])
+def test_effort_lowers_the_rate_distortion_loss(quality):
+    image = sample(64, 96, 128, 192)
+    plain = rd_loss(image, codec.encode(image, quality), quality)
+    refined = rd_loss(image, codec.encode(image, quality, effort=1), quality)
+    assert refined[0] < plain[0] * 0.99, (plain, refined)
+
+
+def test_effort_is_deterministic_and_decodes_like_any_file():
+    image = sample(0, 0, 64, 80)
+    first = codec.encode(image, 3, effort=1)
+    assert codec.encode(image, 3, effort=1) == first
+    assert first != codec.encode(image, 3)  # the search changed some latents
+    assert codec.decode(first).shape == image.shape
+
+
+def test_refined_symbols_stay_near_the_encoders():
+    image = sample(100, 40, 64, 64)
+    z0, y0 = codec.encode_symbols(image, 4)
+    z1, y1 = codec.encode_symbols(image, 4, effort=1)
+    assert y1.shape == y0.shape and z1.shape == z0.shape
+    changed = np.abs(y1 - y0)
+    assert 0 < (changed > 0).mean() < 0.5  # a search around g_a's latents, not a new encoder
+    assert changed.max() <= 3
+
+
+def test_tiles_cover_the_latent_once():
+    for shape in [(4, 4), (48, 48), (52, 100), (200, 8)]:
+        seen = np.zeros(shape, int)
+        for tile in refine._tiles(shape):
+            (ea, _), (ec, _) = tile.ext_rows, tile.ext_cols
+            rows, cols = tile.core
+            seen[ea + rows.start : ea + rows.stop, ec + cols.start : ec + cols.stop] += 1
+            assert tile.ext_rows[0] % 4 == 0 and tile.ext_cols[0] % 4 == 0  # z windows align
+        assert (seen == 1).all(), shape
+
+
+def test_tiled_refinement_of_a_padded_image(monkeypatch):
+    # tiles of 8 latents: a 100 x 150 image (latent 8 x 12, padded to 128 x 192 pixels) has 2 tiles
+    monkeypatch.setattr(refine, "TILE", 8)
+    image = sample(20, 30, 100, 150)
+    plain = rd_loss(image, codec.encode(image, 5), 5)
+    data = codec.encode(image, 5, effort=1)
+    assert codec.decode(data).shape == image.shape
+    assert rd_loss(image, data, 5)[0] < plain[0]
+
+
+def test_gray_images_take_effort_too():
+    gray = np.asarray(Image.fromarray(sample(0, 100, 64, 64)).convert("L"))
+    data = codec.encode(gray, 2, effort=1)
+    assert codec.decode(data).shape == gray.shape
+
+
+def test_sga_round_anneals_to_rounding_and_passes_gradients():
+    v = torch.tensor([-1.3, -0.2, 0.1, 0.45, 2.7], requires_grad=True)
+    generator = torch.Generator().manual_seed(0)
+    hard = refine.sga_round(v, 1e-4, generator)
+    assert hard.detach().tolist() == pytest.approx(torch.round(v).tolist(), abs=1e-3)
+    soft = refine.sga_round(v, 0.5, generator)
+    assert ((soft >= torch.floor(v)) & (soft <= torch.ceil(v))).all()
+    soft.sum().backward()
+    assert v.grad is not None and torch.isfinite(v.grad).all() and (v.grad != 0).any()
+
+
+@pytest.mark.parametrize("bad", [-1, MAX_EFFORT + 1, 1.0, True, "2", None])
+def test_bad_effort_is_refused(bad):
+    with pytest.raises(ValueError, match="effort"):
+        validate_effort(bad)
+    with pytest.raises(ValueError, match="effort"):
+        codec.encode(np.zeros((8, 8, 3), np.uint8), 4, effort=bad)
+    with pytest.raises(ValueError, match="effort"):
+        Image.new("RGB", (8, 8)).save(io.BytesIO(), "JAC", effort=bad)
+
+
+def test_effort_levels_grow():
+    assert EFFORT_ITERATIONS[0] == 0
+    assert list(EFFORT_ITERATIONS) == sorted(set(EFFORT_ITERATIONS))
+
+
+def test_pillow_and_cli_pass_effort(tmp_path: Path, capsys):
+    image = Image.fromarray(sample(0, 0, 48, 64))
+    with_effort, without = io.BytesIO(), io.BytesIO()
+    image.save(with_effort, "JAC", quality=3, effort=1)
+    image.save(without, "JAC", quality=3)
+    assert with_effort.getvalue() == codec.encode(np.asarray(image), 3, effort=1)
+    assert with_effort.getvalue() != without.getvalue()
+    src, dst = tmp_path / "in.png", tmp_path / "out.jac"
+    image.save(src)
+    assert main(["encode", str(src), str(dst), "-q", "3", "--effort", "1"]) == 0
+    assert dst.read_bytes() == with_effort.getvalue()
+    with pytest.raises(SystemExit):
+        main(["encode", str(src), str(dst), "--effort", str(MAX_EFFORT + 1)])
+    capsys.readouterr()
+
+
+def test_bench_knows_the_effort_codecs():
+    codec_e2 = get_codec("jac-e2", jac_qualities=[2])
+    assert codec_e2.name == "jac-e2" and codec_e2.settings["effort"] == 2 and "effort 2" in codec_e2.label
+    assert "effort" not in get_codec("jac").settings  # the plain codec's cache fingerprint is unchanged
