@@ -34,7 +34,7 @@ TAIL_MASS = 1e-7
 ESCAPE_CLASSES = 24
 
 #: encoder effort levels: gradient steps of latent refinement per tile (pillow_jac/model/refine.py).
-#: Effort changes which latents an encoder writes, never how a file decodes (SPEC.md section 10).
+#: Effort changes which latents an encoder writes, never how a file decodes (CODING.md section 5.2).
 EFFORT_ITERATIONS = (0, 8, 24, 80)
 MAX_EFFORT = len(EFFORT_ITERATIONS) - 1
 #: effort used when the caller gives none

@@ -49,8 +49,12 @@ def image_folder(tmp_path_factory):
 
 
 def run(folder, out, *extra):
+    """Train; return the weights and their running average (``ema.*`` tensors) in one dict."""
     train.main(["--data", str(folder), "--out", str(out), *TINY, *extra])
     tensors, _ = load_weights(out / "float.safetensors")
+    if (out / "ema.safetensors").exists():
+        average, _ = load_weights(out / "ema.safetensors")
+        tensors.update({f"ema.{k}": v for k, v in average.items()})
     return tensors
 
 
@@ -63,6 +67,23 @@ def test_resumed_run_equals_uninterrupted_run(image_folder, tmp_path):
         assert torch.equal(straight[name], resumed[name]), name
     log = (tmp_path / "b" / "log.csv").read_text().splitlines()
     assert [row.split(",")[0] for row in log] == ["step", "1", "2", "3", "4"]
+    # the weight average is saved, resumed with the rest, and lags the weights
+    weight = "float.g_a.0.weight"
+    assert not torch.equal(straight[weight], straight["ema." + weight])
+
+
+def test_weight_average_follows_the_weights(image_folder, tmp_path):
+    none = tmp_path / "none"
+    before = run(image_folder, none, "--steps", "1", "--ema", "0")
+    assert not (none / "ema.safetensors").exists()
+    assert "average" not in torch.load(none / "checkpoint.pt", weights_only=False)
+    # a checkpoint without an average (older runs) resumes with the average starting at its weights;
+    # one step later the average is 0.9 * old + 0.1 * new
+    after = run(image_folder, none, "--steps", "2", "--ema", "0.9")
+    for name in ("g_a.0.weight", "g_s.1.beta", "log_gain"):
+        old, new = before[f"float.{name}"], after[f"float.{name}"]
+        assert not torch.equal(old, new)
+        torch.testing.assert_close(after[f"ema.float.{name}"], 0.9 * old + 0.1 * new)
 
 
 @pytest.fixture()

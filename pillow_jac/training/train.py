@@ -6,8 +6,11 @@ for integer and fractional qualities are all trained. The loss is lambda * 255^2
 (paper eq. 2). Adam with a linear warm-up, gradient clipping, bf16 autocast of the convolutions
 on CPU (likelihoods stay float32), channels_last. Runs unchanged under ``torchrun`` (DDP).
 
-Checkpoints (model, optimiser, step, RNG states) resume exactly; the float weights are also
-written as safetensors for :mod:`pillow_jac.training.freeze`. SIGTERM or Ctrl-C finishes the
+Checkpoints (model, optimiser, step, RNG states, weight average) resume exactly; the float weights
+are also written as safetensors for :mod:`pillow_jac.training.freeze`: ``float.safetensors`` (the
+weights being trained) and, with ``--ema``, ``ema.safetensors``, an exponential moving average of
+them (Polyak averaging). The average smooths out the noise of a constant learning rate, so a run
+can ship a snapshot without first decaying its learning rate. SIGTERM or Ctrl-C finishes the
 current step, writes a checkpoint and exits.
 """
 
@@ -56,6 +59,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=10**9, help="stop after this global step")
     p.add_argument("--minutes", type=float, default=0, help="stop after this many minutes (0: no limit)")
     p.add_argument("--clip", type=float, default=1.0)
+    p.add_argument("--ema", type=float, default=0.999, help="weight-average decay per step (0: none)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: leave the default)")
     p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True)
@@ -109,6 +113,43 @@ def evaluate_real(model, paths: list[Path], out_dir: Path, step: int) -> dict[st
     return {f"q{r['quality']:g}_{k}": r[k] for r in rows for k in ("bpp", "psnr")}
 
 
+class WeightAverage:
+    """An exponential moving average of a model's floating-point state (parameters and buffers).
+
+    After each optimiser step, ``average += (1 - decay) * (weights - average)``: with decay 0.999 the
+    average spans about the last thousand steps.
+
+    Example:
+        >>> import torch
+        >>> model = torch.nn.Linear(1, 1, bias=False)
+        >>> _ = torch.nn.init.zeros_(model.weight)
+        >>> avg = WeightAverage(model, decay=0.75)
+        >>> _ = torch.nn.init.ones_(model.weight)
+        >>> avg.update(model)
+        >>> float(avg.shadow["weight"])
+        0.25
+    """
+
+    def __init__(self, model: torch.nn.Module, decay: float):
+        self.decay = decay
+        self.shadow = {k: v.detach().float().clone() for k, v in model.state_dict().items()}
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module) -> None:
+        """Move the average towards the model's current state."""
+        for k, v in model.state_dict().items():
+            if v.is_floating_point():
+                self.shadow[k].lerp_(v.float(), 1.0 - self.decay)
+            else:
+                self.shadow[k].copy_(v)
+
+    def model(self, like: torch.nn.Module) -> torch.nn.Module:
+        """A copy of ``like`` holding the averaged state."""
+        averaged = copy.deepcopy(_unwrap(like))
+        averaged.load_state_dict({k: v.to(averaged.state_dict()[k].dtype) for k, v in self.shadow.items()})
+        return averaged
+
+
 def _unwrap(model):
     return model.module if hasattr(model, "module") else model
 
@@ -143,7 +184,7 @@ def main(argv: list[str] | None = None) -> None:
     model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
     sampler = CropSampler.from_folder(args.data, args.crop, seed=args.seed + rank)
-    step = 0
+    step, ckpt = 0, None
     ckpt_path = args.out / "checkpoint.pt"
     if ckpt_path.exists():
         ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
@@ -153,6 +194,9 @@ def main(argv: list[str] | None = None) -> None:
         sampler.set_state(ckpt["sampler"])
         torch.set_rng_state(ckpt["torch_rng"])
         print(f"resumed from {ckpt_path} at step {step}", flush=True)
+    average = WeightAverage(model, args.ema) if args.ema else None  # starts at the current weights
+    if average is not None and ckpt is not None and "average" in ckpt:
+        average.shadow = {k: v.float() for k, v in ckpt["average"].items()}
     train_model = model
     if distributed:
         train_model = torch.nn.parallel.DistributedDataParallel(model)
@@ -193,6 +237,8 @@ def main(argv: list[str] | None = None) -> None:
         if args.clip:
             torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip)
         optimizer.step()
+        if average is not None:
+            average.update(model)
         step += 1
         n += 1
         for k in sums:
@@ -211,9 +257,10 @@ def main(argv: list[str] | None = None) -> None:
             n = 0
         done = stop["requested"] or step >= args.steps or (args.minutes and time.time() - start > args.minutes * 60)
         if rank == 0 and (step % args.save_every == 0 or done):
-            save_checkpoint(ckpt_path, model, optimizer, step, sampler, config)
+            save_checkpoint(ckpt_path, model, optimizer, step, sampler, config, average)
         if rank == 0 and eval_paths and step % args.eval_every == 0:
-            result = evaluate_real(model, eval_paths, args.out, step)
+            # with --ema the average is what a release would ship, so that is what is measured
+            result = evaluate_real(average.model(model) if average else model, eval_paths, args.out, step)
             print("eval " + " ".join(f"{k} {v:.4f}" for k, v in result.items()), flush=True)
             with open(args.out / "eval.csv", "a") as f:
                 f.write(f"{step}," + ",".join(f"{k}={v:.4f}" for k, v in result.items()) + "\n")
@@ -222,7 +269,15 @@ def main(argv: list[str] | None = None) -> None:
     log_file.close()
 
 
-def save_checkpoint(path: Path, model, optimizer, step: int, sampler: CropSampler, config: ModelConfig) -> None:
+def save_checkpoint(
+    path: Path,
+    model,
+    optimizer,
+    step: int,
+    sampler: CropSampler,
+    config: ModelConfig,
+    average: WeightAverage | None = None,
+) -> None:
     """Write the resumable checkpoint and the float safetensors beside it, atomically."""
     from ..weights import save_float_state
 
@@ -235,11 +290,15 @@ def save_checkpoint(path: Path, model, optimizer, step: int, sampler: CropSample
             "sampler": sampler.state(),
             "torch_rng": torch.get_rng_state(),
             "config": config.to_dict(),
+            **({"average": average.shadow} if average is not None else {}),
         },
         tmp,
     )
     os.replace(tmp, path)
     save_float_state(path.with_name("float.safetensors"), model.state_dict(), config, {"step": str(step)})
+    if average is not None:
+        notes = {"step": str(step), "ema_decay": str(average.decay)}
+        save_float_state(path.with_name("ema.safetensors"), average.model(model).state_dict(), config, notes)
 
 
 if __name__ == "__main__":
