@@ -44,6 +44,7 @@ from typing import Any
 
 import numpy as np
 
+from ..constants import MAX_EFFORT
 from .codecs import ALL_CODECS, find_shared, get_codec, load_rgb
 
 __all__ = ["main", "measure_in_subprocess", "tile_image", "parse_size", "SPEED_PARAMS", "SIZES"]
@@ -60,6 +61,7 @@ SPEED_PARAMS: dict[str, float] = {
     "heic": 40,
     "heic420": 40,
     "jxl": 1.8,
+    **{f"jac-e{e}": 4 for e in range(1, MAX_EFFORT + 1)},
 }
 #: codecs timed by default besides .jac
 DEFAULT_SPEED_CODECS = ("jac", "jpeg420", "webp", "avif", "jpeg2000", "heic", "jxl")
@@ -129,7 +131,7 @@ def _child(spec: dict[str, Any]) -> dict[str, Any]:
     """Run one measurement (in the child process) and return its record."""
     name = spec["codec"]
     device = spec.get("device") or None
-    if name == "jac":
+    if name.startswith("jac"):
         import torch
 
         torch.set_num_threads(int(spec["threads"]))
@@ -399,7 +401,7 @@ def run_codecs(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     params = {**SPEED_PARAMS, **dict(args.param)}
     devices = _devices(args.devices)
     for name in available:
-        settings = [(d, t) for d in devices for t in args.threads] if name == "jac" else [("cpu", 0)]
+        settings = [(d, t) for d in devices for t in args.threads] if name.startswith("jac") else [("cpu", 0)]
         for device, threads in settings:
             tag = f"{name}-{device}-{threads}t"
             _log(f"{tag} (param {params[name]:g})")
