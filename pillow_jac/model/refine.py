@@ -129,15 +129,15 @@ def _loss(
     weight = weight[:, :, px_rows, px_cols]
     pixels = weight.sum().clamp_min(1.0)
     with torch.autocast(device_type=y_hat.device.type, dtype=torch.bfloat16):
-        parts = []
+        psi = phi = None
         bits = y_hat.new_zeros(())
         if z_hat is not None:
             z_like = model.z_density.likelihood(z_hat)
             bits = bits - z_like[(..., *tile.z_core)].log2().sum()
-            parts.append(model.h_s(z_hat)[:, :, : y_hat.shape[2], : y_hat.shape[3]])
+            psi = model.h_s(z_hat)[:, :, : y_hat.shape[2], : y_hat.shape[3]]
         if model.config.context:
-            parts.append(model.context(y_hat))
-        scales, means = model.entropy_parameters(torch.cat(parts, dim=1)).chunk(2, dim=1)
+            phi = model.context(y_hat)
+        scales, means = model.entropy_parameters(model.entropy_inputs(psi, phi)).chunk(2, dim=1)
         y_like = gaussian_likelihood(y_hat, means, scales, SCALE_MIN)
         bits = bits - y_like[:, :, rows, cols].float().log2().sum()
         x_hat = model.g_s(y_hat * inverse_gain)
