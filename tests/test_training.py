@@ -173,3 +173,26 @@ def test_joining_damaged_pieces_fails(tmp_path):
     with pytest.raises(ValueError, match="SHA-256 differs"):
         join_file(tmp_path / "out" / "ckpt.bin", tmp_path / "bad.bin")
     assert not (tmp_path / "bad.bin").exists()
+
+
+def test_pack_deals_every_image_once_into_mixed_parts(tmp_path):
+    """Parts hold every image exactly once, and a sorted-by-name source does not land in one part."""
+    import numpy as np
+    from PIL import Image
+
+    from pillow_jac.training.pack import pack
+
+    src = tmp_path / "src"
+    src.mkdir()
+    rng = np.random.default_rng(0)
+    names = [f"{group}_{i:02d}.png" for group in ("aaa", "zzz") for i in range(12)]
+    for name in names:
+        Image.fromarray(rng.integers(0, 256, (24, 24, 3), np.uint8)).save(src / name)
+    size = (src / names[0]).stat().st_size
+    parts = pack(src, tmp_path / "out", part_mb=6.5 * size / 1e6)
+    held = [sorted(f.name for f in part.iterdir()) for part in parts]
+    assert sorted(n for names_in in held for n in names_in) == sorted(names)
+    assert len(parts) >= 3
+    assert {n[:3] for n in held[0]} == {"aaa", "zzz"}  # name order would fill part01 with aaa_ only
+    again = pack(src, tmp_path / "again", part_mb=6.5 * size / 1e6)
+    assert [sorted(f.name for f in part.iterdir()) for part in again] == held  # seeded: repeatable

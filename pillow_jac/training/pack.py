@@ -4,7 +4,10 @@
 ``.gpu/part01``, ``.gpu/part02`` ... each at most ``--part-mb`` megabytes, plus ``.gpu/MANIFEST``
 (name, bytes and SHA-256 of every packed file). The device machine of this workplace carries at
 most 64 MiB of working tree per call, and the shipped weights travel in every call, so the set goes
-over in several calls (docs/training_on_a_gpu.md).
+over in several calls (docs/training_on_a_gpu.md). The files are dealt into the parts in a seeded
+random order, so the first parts are already a fair sample of every source: a session that has
+time to carry only some of them still trains on a mix (sorted by name, the first part of the
+project's set held nothing but ``bsds_`` photos).
 
 The pixels the trainer sees do not change: images whose short side is at most ``max_short_side``
 are copied byte for byte, larger ones are downscaled exactly as :func:`~.data.load_rgb` does and
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import random
 import shutil
 from pathlib import Path
 
@@ -40,8 +44,10 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def pack(data: Path, out: Path, part_mb: float = 30, max_short_side: int = 512) -> list[Path]:
+def pack(data: Path, out: Path, part_mb: float = 30, max_short_side: int = 512, seed: int = 0) -> list[Path]:
     """Copy or downscale every image of ``data`` into parts of at most ``part_mb`` MB under ``out``.
+
+    The images are dealt out in an order shuffled with ``seed``, so every part mixes all sources.
 
     Returns:
         The part folders, in order.
@@ -72,7 +78,9 @@ def pack(data: Path, out: Path, part_mb: float = 30, max_short_side: int = 512) 
     limit = part_mb * MB
     parts: list[list[Path]] = [[]]
     used = 0
-    for f in sorted(files, key=lambda p: p.name):
+    order = sorted(files, key=lambda p: p.name)
+    random.Random(seed).shuffle(order)
+    for f in order:
         size = f.stat().st_size
         if size > limit:
             raise ValueError(f"{f.name} alone ({size} bytes) is larger than a part")
@@ -146,11 +154,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--join", type=Path, help="pieces' common stem (DIR/NAME for DIR/NAME.000 ...)")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--part-mb", type=float, default=30)
+    p.add_argument("--seed", type=int, default=0, help="seed of the order images are dealt into parts")
     args = p.parse_args(argv)
     if sum(x is not None for x in (args.data, args.split, args.join)) != 1:
         p.error("give exactly one of --data, --split, --join")
     if args.data:
-        for folder in pack(args.data, args.out, args.part_mb):
+        for folder in pack(args.data, args.out, args.part_mb, seed=args.seed):
             total = sum(f.stat().st_size for f in folder.iterdir())
             print(f"{folder}: {len(list(folder.iterdir()))} files, {total / MB:.1f} MB")
     elif args.split:
