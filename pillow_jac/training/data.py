@@ -15,7 +15,7 @@ from PIL import Image
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".ppm"}
 
-__all__ = ["CropSampler", "list_images", "load_rgb"]
+__all__ = ["CropSampler", "list_images", "load_rgb", "to_model_input"]
 
 
 def list_images(folder: str | Path) -> list[Path]:
@@ -61,10 +61,15 @@ class CropSampler:
         """Load every image of ``folder`` (see :func:`load_rgb`)."""
         return cls([load_rgb(p, max_short_side) for p in list_images(folder)], crop, seed)
 
-    def batch(self, size: int) -> torch.Tensor:
-        """A float32 batch ``(size, 3, crop, crop)`` in ``[0, 1]``."""
+    def batch_uint8(self, size: int, pin_memory: bool = False) -> torch.Tensor:
+        """The next ``size`` crops as a uint8 ``(size, crop, crop, 3)`` tensor (channels last).
+
+        A quarter of the bytes of :meth:`batch` to copy to a GPU; :func:`to_model_input` finishes
+        the conversion there. ``pin_memory`` puts it in page-locked memory, for asynchronous copies.
+        """
         c = self.crop
-        out = np.empty((size, c, c, 3), np.uint8)
+        out = torch.empty((size, c, c, 3), dtype=torch.uint8, pin_memory=pin_memory)
+        view = out.numpy()
         for i in range(size):
             im = self.images[self.rng.integers(len(self.images))]
             top = self.rng.integers(im.shape[0] - c + 1)
@@ -74,8 +79,12 @@ class CropSampler:
                 patch = patch[:, ::-1]
             if self.rng.random() < 0.5:
                 patch = patch[::-1]
-            out[i] = patch
-        return torch.from_numpy(out).permute(0, 3, 1, 2).float().div_(255.0)
+            view[i] = patch
+        return out
+
+    def batch(self, size: int) -> torch.Tensor:
+        """A float32 batch ``(size, 3, crop, crop)`` in ``[0, 1]``."""
+        return to_model_input(self.batch_uint8(size), torch.device("cpu"))
 
     def state(self) -> dict:
         """The generator state, for exact resumption."""
@@ -84,3 +93,20 @@ class CropSampler:
     def set_state(self, state: dict) -> None:
         """Restore a state from :meth:`state`."""
         self.rng.bit_generator.state = state
+
+
+def to_model_input(batch: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A uint8 ``(B, H, W, 3)`` batch as float32 ``(B, 3, H, W)`` in ``[0, 1]`` on ``device``.
+
+    The result is channels_last in memory (the permuted view of the channels-last bytes), the
+    layout the trainer runs in. Division by 255 is exact IEEE arithmetic, so the values are the
+    same on every device. A pinned batch is copied without waiting for the device.
+
+    Example:
+        >>> import torch
+        >>> x = to_model_input(torch.full((1, 2, 2, 3), 255, dtype=torch.uint8), torch.device("cpu"))
+        >>> x.shape, float(x.max()), x.is_contiguous(memory_format=torch.channels_last)
+        (torch.Size([1, 3, 2, 2]), 1.0, True)
+    """
+    x = batch.to(device, non_blocking=batch.is_pinned())
+    return x.permute(0, 3, 1, 2).float().div_(255.0)

@@ -4,7 +4,10 @@ One model learns every quality: each image of a batch draws its own quality unif
 ``[1, 8]`` and the matching log-interpolated lambda (:func:`quality_lambda`), so the gain vectors
 for integer and fractional qualities are all trained. The loss is lambda * 255^2 * MSE + bpp
 (paper eq. 2). Adam with a linear warm-up, gradient clipping, bf16 autocast of the convolutions
-on CPU (likelihoods stay float32), channels_last. Runs unchanged under ``torchrun`` (DDP).
+on CPU (likelihoods stay float32), channels_last. Runs unchanged under ``torchrun`` (DDP). On CUDA
+the next batch is cut in a background thread (:class:`BatchPrefetcher`) and copied as uint8 from
+pinned memory, and the loop reads nothing back from the device except to log, so the host queues
+work ahead of the GPU (session 5's first GPU run waited on the device six times a step).
 
 Checkpoints (model, optimiser, step, RNG states, weight average) resume exactly; the float weights
 are also written as safetensors for :mod:`pillow_jac.training.freeze`: ``float.safetensors`` (the
@@ -24,12 +27,13 @@ import os
 import signal
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
 
 from ..model.mbt2018 import JointAutoregressiveHierarchicalPrior, ModelConfig, quality_lambda, rate_distortion_loss
-from .data import CropSampler, list_images
+from .data import CropSampler, list_images, to_model_input
 
 DEFAULT_TRAIN = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "train"
 DEFAULT_KODAK = DEFAULT_TRAIN.parent / "kodak"
@@ -64,6 +68,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: leave the default)")
     p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False)
+    p.add_argument(
+        "--prefetch",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="cut the next batch in a background thread (default: on for CUDA, off on the CPU)",
+    )
     p.add_argument("--save-every", type=int, default=500)
     p.add_argument("--eval-every", type=int, default=4000)
     p.add_argument("--eval-images", type=int, default=24)
@@ -150,6 +160,61 @@ class WeightAverage:
         return averaged
 
 
+class BatchPrefetcher:
+    """Cuts the next batch in a background thread while the device trains on the current one.
+
+    The crops are the same, in the same order, as calling ``sampler.batch_uint8`` in the loop:
+    draws happen one at a time, each begun only after the previous batch was taken.
+    :meth:`state` is the sampler's state before the batch not yet taken, so a checkpoint resumes
+    exactly where the run stopped. The thread runs numpy slicing, which releases the GIL, so on a
+    GPU machine the cutting overlaps with the queued kernels (on the 2-core CPU it would only
+    compete with them).
+
+    Example:
+        >>> import numpy as np, torch
+        >>> a = CropSampler([np.arange(48 * 48 * 3, dtype=np.uint8).reshape(48, 48, 3)], crop=16, seed=1)
+        >>> b = CropSampler([np.arange(48 * 48 * 3, dtype=np.uint8).reshape(48, 48, 3)], crop=16, seed=1)
+        >>> fetch = BatchPrefetcher(b, size=2)
+        >>> all(torch.equal(a.batch_uint8(2), fetch.next()) for _ in range(3))
+        True
+        >>> fetch.close()
+    """
+
+    def __init__(self, sampler: CropSampler, size: int, pin_memory: bool = False):
+        self.sampler, self.size, self.pin_memory = sampler, size, pin_memory
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="crops")
+        self._state = copy.deepcopy(sampler.state())
+        self._pending = self._pool.submit(sampler.batch_uint8, size, pin_memory)
+
+    def next(self) -> torch.Tensor:
+        """The next batch (uint8, channels last); starts cutting the one after it."""
+        batch = self._pending.result()
+        self._state = copy.deepcopy(self.sampler.state())  # no draw is running now
+        self._pending = self._pool.submit(self.sampler.batch_uint8, self.size, self.pin_memory)
+        return batch
+
+    def state(self) -> dict:
+        """The sampler state a resumed run must start from (before the batch being cut)."""
+        return self._state
+
+    def close(self) -> None:
+        """Stop the thread (the batch being cut is dropped)."""
+        self._pending.cancel()
+        self._pool.shutdown(wait=True)
+
+
+def _quality_and_lambda(batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    quality = stratified_qualities(batch)
+    return quality, quality_lambda(quality).float()
+
+
+def _to_device(device: torch.device, *tensors: torch.Tensor) -> list[torch.Tensor]:
+    """Copy small host tensors to ``device``; on CUDA through pinned memory, without a stream sync."""
+    if device.type != "cuda":
+        return [t.to(device) for t in tensors]
+    return [t.pin_memory().to(device, non_blocking=True) for t in tensors]
+
+
 def _unwrap(model):
     return model.module if hasattr(model, "module") else model
 
@@ -184,6 +249,7 @@ def main(argv: list[str] | None = None) -> None:
     model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
     sampler = CropSampler.from_folder(args.data, args.crop, seed=args.seed + rank)
+    prefetch = device.type == "cuda" if args.prefetch is None else args.prefetch
     step, ckpt = 0, None
     ckpt_path = args.out / "checkpoint.pt"
     if ckpt_path.exists():
@@ -213,7 +279,10 @@ def main(argv: list[str] | None = None) -> None:
         log.writerow(["step", "wall_s", "lr", "loss", "bpp", "psnr"])
     start = time.time()
     autocast_dtype = torch.bfloat16 if args.bf16 else None
-    sums = {"loss": 0.0, "bpp": 0.0, "psnr": 0.0}
+    # running sums stay on the device: reading them (.item()) waits for the device, so that
+    # happens only when a line is logged, and the host can queue the next steps meanwhile
+    sums = {k: torch.zeros((), device=device) for k in ("loss", "bpp", "psnr")}
+    source = BatchPrefetcher(sampler, args.batch, pin_memory=device.type == "cuda") if prefetch else sampler
     n = 0
     stop = {"requested": False}
 
@@ -226,11 +295,11 @@ def main(argv: list[str] | None = None) -> None:
         lr = learning_rate(args, step)
         for g in optimizer.param_groups:
             g["lr"] = lr
-        x = sampler.batch(args.batch).to(device).contiguous(memory_format=torch.channels_last)
-        quality = stratified_qualities(args.batch)
-        lmbda = quality_lambda(quality).float().to(device)
+        crops = source.next() if prefetch else sampler.batch_uint8(args.batch)
+        x = to_model_input(crops, device).contiguous(memory_format=torch.channels_last)
+        quality, lmbda = _to_device(device, *_quality_and_lambda(args.batch))
         with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-            out = forward(x, quality.to(device))
+            out = forward(x, quality)
         losses = rate_distortion_loss(out, x, lmbda)
         optimizer.zero_grad(set_to_none=True)
         losses["loss"].backward()
@@ -242,9 +311,9 @@ def main(argv: list[str] | None = None) -> None:
         step += 1
         n += 1
         for k in sums:
-            sums[k] += losses[k].item()
+            sums[k] += losses[k].detach()
         if rank == 0 and step % args.log_every == 0:
-            avg = {k: v / n for k, v in sums.items()}
+            avg = {k: v.item() / n for k, v in sums.items()}
             elapsed = time.time() - start
             print(
                 f"step {step} | {elapsed / 60:.1f} min | lr {lr:.2e} | loss {avg['loss']:.4f} | "
@@ -253,11 +322,11 @@ def main(argv: list[str] | None = None) -> None:
             )
             log.writerow([step, round(elapsed, 1), lr, avg["loss"], avg["bpp"], avg["psnr"]])
             log_file.flush()
-            sums = dict.fromkeys(sums, 0.0)
+            sums = {k: torch.zeros((), device=device) for k in sums}
             n = 0
         done = stop["requested"] or step >= args.steps or (args.minutes and time.time() - start > args.minutes * 60)
         if rank == 0 and (step % args.save_every == 0 or done):
-            save_checkpoint(ckpt_path, model, optimizer, step, sampler, config, average)
+            save_checkpoint(ckpt_path, model, optimizer, step, source, config, average)
         if rank == 0 and eval_paths and step % args.eval_every == 0:
             # with --ema the average is what a release would ship, so that is what is measured
             result = evaluate_real(average.model(model) if average else model, eval_paths, args.out, step)
@@ -266,6 +335,8 @@ def main(argv: list[str] | None = None) -> None:
                 f.write(f"{step}," + ",".join(f"{k}={v:.4f}" for k, v in result.items()) + "\n")
         if done:
             break
+    if prefetch:
+        source.close()
     log_file.close()
 
 
@@ -274,7 +345,7 @@ def save_checkpoint(
     model,
     optimizer,
     step: int,
-    sampler: CropSampler,
+    sampler: CropSampler | BatchPrefetcher,
     config: ModelConfig,
     average: WeightAverage | None = None,
 ) -> None:
