@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -15,7 +16,7 @@ from pillow_jac.model.integer import integerize
 from pillow_jac.model.mbt2018 import JointAutoregressiveHierarchicalPrior, ModelConfig
 from pillow_jac.training import train
 from pillow_jac.training.freeze import freeze
-from pillow_jac.training.pack import join_file, split_file
+from pillow_jac.training.pack import join_file, pack, split_file
 from pillow_jac.weights import WeightsError, load_weights, save_weights
 
 from .test_codec import natural_image
@@ -177,11 +178,6 @@ def test_joining_damaged_pieces_fails(tmp_path):
 
 def test_pack_deals_every_image_once_into_mixed_parts(tmp_path):
     """Parts hold every image exactly once, and a sorted-by-name source does not land in one part."""
-    import numpy as np
-    from PIL import Image
-
-    from pillow_jac.training.pack import pack
-
     src = tmp_path / "src"
     src.mkdir()
     rng = np.random.default_rng(0)

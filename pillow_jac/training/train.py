@@ -203,11 +203,6 @@ class BatchPrefetcher:
         self._pool.shutdown(wait=True)
 
 
-def _quality_and_lambda(batch: int) -> tuple[torch.Tensor, torch.Tensor]:
-    quality = stratified_qualities(batch)
-    return quality, quality_lambda(quality).float()
-
-
 def _to_device(device: torch.device, *tensors: torch.Tensor) -> list[torch.Tensor]:
     """Copy small host tensors to ``device``; on CUDA through pinned memory, without a stream sync."""
     if device.type != "cuda":
@@ -297,7 +292,8 @@ def main(argv: list[str] | None = None) -> None:
             g["lr"] = lr
         crops = source.next() if prefetch else sampler.batch_uint8(args.batch)
         x = to_model_input(crops, device).contiguous(memory_format=torch.channels_last)
-        quality, lmbda = _to_device(device, *_quality_and_lambda(args.batch))
+        quality = stratified_qualities(args.batch)
+        quality, lmbda = _to_device(device, quality, quality_lambda(quality).float())
         with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
             out = forward(x, quality)
         losses = rate_distortion_loss(out, x, lmbda)
