@@ -52,6 +52,8 @@ class ModelConfig:
         hyperprior: use the hyperprior (z, h_a, h_s).
         entropy: the conditional distribution of y; only ``"gaussian"`` today.
         qualities: number of quality levels (gain vectors).
+        lambdas: the rate-distortion weight of each integer quality, increasing: what the gains were
+            trained for, and what the encoder's latent refinement (effort 1 and up) optimises.
     """
 
     N: int = 128
@@ -60,8 +62,14 @@ class ModelConfig:
     hyperprior: bool = True
     entropy: str = "gaussian"
     qualities: int = len(LAMBDAS)
+    lambdas: tuple[float, ...] = LAMBDAS
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "lambdas", tuple(float(v) for v in self.lambdas))  # a list from JSON
+        if len(self.lambdas) != self.qualities:
+            raise ValueError(f"{self.qualities} quality levels need as many lambdas, got {len(self.lambdas)}")
+        if not all(0 < a < b for a, b in zip(self.lambdas[:-1], self.lambdas[1:], strict=True)):
+            raise ValueError(f"lambdas must be positive and increasing, got {self.lambdas}")
         if not (self.context or self.hyperprior):
             raise ValueError("the model needs the context model, the hyperprior or both")
         if self.entropy != "gaussian":
@@ -81,16 +89,20 @@ def _quality_position(quality: torch.Tensor, levels: int) -> tuple[torch.Tensor,
     return low, (p - low.double())
 
 
-def quality_lambda(quality: torch.Tensor) -> torch.Tensor:
+def quality_lambda(quality: torch.Tensor, lambdas: tuple[float, ...] = LAMBDAS) -> torch.Tensor:
     """The rate-distortion weight of a (fractional) quality: the lambda ladder, log-interpolated.
+
+    Args:
+        quality: qualities in ``[1, len(lambdas)]``.
+        lambdas: the ladder, by default the shipped model's (a model's own is ``config.lambdas``).
 
     Example:
         >>> import torch
         >>> [round(v, 4) for v in quality_lambda(torch.tensor([1.0, 4.0, 8.0])).tolist()]
         [0.0018, 0.013, 0.18]
     """
-    ladder = torch.tensor(LAMBDAS, dtype=torch.float64).log()
-    low, t = _quality_position(quality, len(LAMBDAS))
+    ladder = torch.tensor(lambdas, dtype=torch.float64).log()
+    low, t = _quality_position(quality, len(lambdas))
     return torch.exp(ladder[low] * (1 - t) + ladder[low + 1] * t)
 
 
@@ -134,7 +146,7 @@ class JointAutoregressiveHierarchicalPrior(nn.Module):
             nn.Conv2d(M * 8 // 3, 2 * M, 1),
         )  # fmt: skip
         # log gains per quality level; higher quality, finer effective quantisation
-        init = 0.5 * torch.log(torch.tensor(LAMBDAS[: config.qualities]) / LAMBDAS[3])
+        init = 0.5 * torch.log(torch.tensor(config.lambdas) / LAMBDAS[3])
         self.log_gain = nn.Parameter(init.view(-1, 1).repeat(1, M))
         self.log_inverse_gain = nn.Parameter(-init.view(-1, 1).repeat(1, M))
 

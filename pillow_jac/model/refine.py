@@ -175,7 +175,7 @@ def refine_latents(
     if iterations <= 0:
         return y_hat, z_hat
     q = torch.tensor([quality], dtype=torch.float64)
-    lmbda = float(quality_lambda(q))
+    lmbda = float(quality_lambda(q, model.config.lambdas))
     generator = torch.Generator(device=y.device)
     with torch.no_grad():
         inverse_gain = model.gains(q, inverse=True).to(device=y.device, dtype=torch.float32)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import copy
 import csv
+import dataclasses
 import math
 import os
 import signal
@@ -50,6 +51,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--M", type=int, default=192)
     p.add_argument("--no-context", action="store_true")
     p.add_argument("--no-hyperprior", action="store_true")
+    p.add_argument(
+        "--lambdas",
+        type=lambda text: tuple(float(v) for v in text.split(",")),
+        help="the lambda of each quality 1..8, comma-separated (default: --init's ladder, else CompressAI's); "
+        "a ladder other than --init's starts from its gains, re-interpolated (pillow_jac.training.ladder)",
+    )
     # 256 rather than 128: with 128x128 crops y is 8x8 and z 2x2, so most context and hyperprior
     # positions touch the padding. Session 3 left a plateau with 256 (batch 4, stratified qualities,
     # a decay): Kodak +0.25 dB at q1, +0.5 at q4, +1.3 at q8 in 4,500 steps (weights/MODEL_CARD.md)
@@ -236,10 +243,17 @@ def main(argv: list[str] | None = None) -> None:
         from ..engine import load_model
 
         model = load_model(args.init)
-        if model.config != config:
+        if dataclasses.replace(model.config, lambdas=config.lambdas) != config:
             raise SystemExit(f"--init {args.init} is {model.config}, not the {config} asked for")
+        if args.lambdas and args.lambdas != model.config.lambdas:
+            from .ladder import remap_ladder
+
+            model = remap_ladder(model, args.lambdas)
     else:
-        model = JointAutoregressiveHierarchicalPrior(config)
+        model = JointAutoregressiveHierarchicalPrior(
+            dataclasses.replace(config, lambdas=args.lambdas or config.lambdas)
+        )
+    config = model.config
     model = model.to(device)
     model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
@@ -249,6 +263,8 @@ def main(argv: list[str] | None = None) -> None:
     ckpt_path = args.out / "checkpoint.pt"
     if ckpt_path.exists():
         ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        if ModelConfig(**ckpt["config"]) != config:
+            raise SystemExit(f"{ckpt_path} is a run of {ModelConfig(**ckpt['config'])}, not of {config}: same options")
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         step = ckpt["step"]
@@ -293,7 +309,7 @@ def main(argv: list[str] | None = None) -> None:
         crops = source.next() if prefetch else sampler.batch_uint8(args.batch)
         x = to_model_input(crops, device).contiguous(memory_format=torch.channels_last)
         quality = stratified_qualities(args.batch)
-        quality, lmbda = _to_device(device, quality, quality_lambda(quality).float())
+        quality, lmbda = _to_device(device, quality, quality_lambda(quality, config.lambdas).float())
         with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
             out = forward(x, quality)
         losses = rate_distortion_loss(out, x, lmbda)
