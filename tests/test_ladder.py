@@ -145,3 +145,10 @@ def test_training_moves_an_init_to_another_ladder(image_folder, tmp_path):  # no
     assert tuple(json.loads(keep_meta["config"])["lambdas"]) == LAMBDAS
     with pytest.raises(SystemExit, match="same options"):
         train.main([*args[:-2], "--out", str(tmp_path / "run"), "--steps", "2"])
+
+
+def test_a_ladder_needs_one_lambda_per_quality(capsys):
+    with pytest.raises(SystemExit):
+        train.parse_args(["--lambdas", "0.001,0.01,0.1"])
+    assert "needs 8 values" in capsys.readouterr().err
+    assert train.parse_args(["--lambdas", ",".join(map(str, SPREAD))]).lambdas == SPREAD

@@ -33,6 +33,7 @@ from pathlib import Path
 
 import torch
 
+from ..constants import LAMBDAS
 from ..model.mbt2018 import JointAutoregressiveHierarchicalPrior, ModelConfig, quality_lambda, rate_distortion_loss
 from .data import CropSampler, list_images, to_model_input
 
@@ -86,7 +87,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--eval-images", type=int, default=24)
     p.add_argument("--log-every", type=int, default=50)
     p.add_argument("--seed", type=int, default=0)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.lambdas and len(args.lambdas) != len(LAMBDAS):  # the file format's qualities are 1..8
+        p.error(f"--lambdas needs {len(LAMBDAS)} values, one per quality, got {len(args.lambdas)}")
+    return args
 
 
 def learning_rate(args: argparse.Namespace, step: int) -> float:
