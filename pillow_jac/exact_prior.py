@@ -39,6 +39,10 @@ CHUNK_POSITIONS = 4096
 #: z rows of halo for striped h_s: two 5x5 stride-2 transposed convolutions and a 3x3 convolution
 #: reach at most 3.25 z rows (13 latent rows) from a latent row
 _H_S_HALO = 4
+#: z rows per h_s stripe at least: the halo then costs at most (8 + 2 * 4) / 8 = 2x the stripe's
+#: own work. A fixed positions budget alone gave 2 z rows per stripe at 24 MP, so h_s computed
+#: 5x the rows it kept, and wider images took ever longer per pixel
+_H_S_MIN_ROWS = 8
 
 
 _THREADS_LOCK = threading.Lock()
@@ -158,7 +162,7 @@ class ExactPrior:
             return None
         z = z_hat.double().to(self.device).unsqueeze(0) * 2.0**ACTIVATION_BITS
         rows = z.shape[2]
-        step = max(1, CHUNK_POSITIONS // (16 * z.shape[3]))  # 16 latent positions per z position
+        step = max(1, _H_S_MIN_ROWS, CHUNK_POSITIONS // (16 * z.shape[3]))  # 16 latent positions per z position
         parts = []
         for a in range(0, rows, step):
             b = min(rows, a + step)

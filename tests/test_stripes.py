@@ -69,6 +69,7 @@ def test_exact_path_in_chunks_is_identical(quality, monkeypatch):
     prior = get_engine().prior
     psi = prior.hyper_features(torch.from_numpy(z_hat), y_hat.shape[1:])
     monkeypatch.setattr(exact_prior, "CHUNK_POSITIONS", 1)  # one latent row / z row per chunk
+    monkeypatch.setattr(exact_prior, "_H_S_MIN_ROWS", 1)
     assert codec.encode(image, quality) == data
     assert torch.equal(prior.hyper_features(torch.from_numpy(z_hat), y_hat.shape[1:]), psi)
     monkeypatch.setattr(exact_prior, "_H_S_HALO", 0)  # without its halo, h_s in stripes is wrong
