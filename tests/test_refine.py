@@ -13,7 +13,8 @@ from PIL import Image
 from pillow_jac import codec
 from pillow_jac.bench.codecs import get_codec
 from pillow_jac.cli import main
-from pillow_jac.constants import EFFORT_ITERATIONS, LAMBDAS, MAX_EFFORT, validate_effort
+from pillow_jac.constants import EFFORT_ITERATIONS, MAX_EFFORT, validate_effort
+from pillow_jac.engine import get_engine
 from pillow_jac.model import refine
 
 SAMPLE = Path(__file__).resolve().parents[1] / "examples" / "sample.png"
@@ -29,7 +30,8 @@ def rd_loss(image: np.ndarray, data: bytes, quality: int) -> tuple[float, float,
     out = codec.decode(data).astype(np.float64)
     mse = float(((out - image) ** 2).mean()) / 255.0**2
     bpp = 8 * len(data) / (image.shape[0] * image.shape[1])
-    return LAMBDAS[quality - 1] * 255.0**2 * mse + bpp, bpp, mse
+    lmbda = get_engine().config.lambdas[quality - 1]  # the shipped model's own ladder
+    return lmbda * 255.0**2 * mse + bpp, bpp, mse
 
 
 @pytest.mark.parametrize("quality", [1, 4, 8])
