@@ -242,7 +242,13 @@ def main(argv: list[str] | None = None) -> None:
     torch.manual_seed(args.seed + rank)
     args.out.mkdir(parents=True, exist_ok=True)
 
-    config = ModelConfig(N=args.N, M=args.M, context=not args.no_context, hyperprior=not args.no_hyperprior)
+    config = ModelConfig(
+        N=args.N,
+        M=args.M,
+        context=not args.no_context,
+        hyperprior=not args.no_hyperprior,
+        lambdas=args.lambdas or LAMBDAS,
+    )
     if args.init:
         from ..engine import load_model
 
@@ -254,9 +260,7 @@ def main(argv: list[str] | None = None) -> None:
 
             model = remap_ladder(model, args.lambdas)
     else:
-        model = JointAutoregressiveHierarchicalPrior(
-            dataclasses.replace(config, lambdas=args.lambdas or config.lambdas)
-        )
+        model = JointAutoregressiveHierarchicalPrior(config)
     config = model.config
     model = model.to(device)
     model = model.to(memory_format=torch.channels_last)
@@ -267,8 +271,9 @@ def main(argv: list[str] | None = None) -> None:
     ckpt_path = args.out / "checkpoint.pt"
     if ckpt_path.exists():
         ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-        if ModelConfig(**ckpt["config"]) != config:
-            raise SystemExit(f"{ckpt_path} is a run of {ModelConfig(**ckpt['config'])}, not of {config}: same options")
+        run_config = ModelConfig(**ckpt["config"])
+        if run_config != config:
+            raise SystemExit(f"{ckpt_path} is a run of {run_config}, not of {config}: same options")
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         step = ckpt["step"]
