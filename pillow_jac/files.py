@@ -23,8 +23,10 @@ Example:
 
 from __future__ import annotations
 
+import errno
 import os
-import tempfile
+import secrets
+import stat
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
@@ -38,19 +40,68 @@ def write_atomic(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) ->
     The rename is atomic on POSIX and Windows (:func:`os.replace`): readers see the old file or the
     complete new one, never a partial one. On any error the temporary file is removed and ``path``
     is untouched.
+
+    Permissions are those :func:`open` gives: an existing file keeps its mode (and one that may not be
+    written is refused), a new one gets ``0o666`` less the umask. A symbolic link at ``path`` is kept and
+    the file it points to is replaced. The temporary file's name is short (``.jac-``, 8 hex digits,
+    ``.tmp``), so any name the file system allows for ``path`` works, and errors name ``path``.
+
+    Raises:
+        OSError: ``path`` cannot be written (the error's ``filename`` is ``path``), or ``write`` raised it.
     """
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    path = Path(os.path.realpath(path)) if os.path.islink(path) else Path(path)
+    mode = _existing_mode(path)
+    fd, tmp = _create_temporary(path)
     try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                write(f)
+            if mode is not None:
+                os.chmod(tmp, mode)
+            os.replace(tmp, path)
+        except OSError as e:
+            restated = _about(e, path, tmp)
+            if restated is None:
+                raise
+            raise restated from e
     except BaseException:
         try:
             os.unlink(tmp)
         except OSError:
             pass
         raise
+
+
+def _existing_mode(path: Path) -> int | None:
+    """The permission bits of the file at ``path``, None if there is none; a file one may not write is refused."""
+    try:
+        st = os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    if stat.S_ISREG(st.st_mode) and not os.access(path, os.W_OK):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+    return st.st_mode & 0o777
+
+
+def _create_temporary(path: Path) -> tuple[int, str]:
+    """Create a file with a new short name in ``path``'s folder (mode ``0o666`` less the umask); return fd and name."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    for _ in range(100):
+        tmp = os.path.join(path.parent, f".jac-{secrets.token_hex(4)}.tmp")
+        try:
+            return os.open(tmp, flags, 0o666), tmp
+        except FileExistsError:
+            continue
+        except OSError as e:
+            raise (_about(e, path, tmp) or e) from None
+    raise FileExistsError(errno.EEXIST, "no free temporary file name", str(path))
+
+
+def _about(e: OSError, path: Path, tmp: str) -> OSError | None:
+    """``e`` restated about ``path`` if it names the temporary file or no file (a full disk); else None."""
+    if e.errno is None or e.filename not in (None, tmp):
+        return None
+    return type(e)(e.errno, e.strerror, str(path))
 
 
 def save(image: Any, path: str | os.PathLike, **options: Any) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -184,6 +185,29 @@ def test_failed_encode_keeps_existing_output(png: Path, tmp_path: Path, monkeypa
     monkeypatch.setattr(codec, "encode", broken)
     assert main(["encode", str(png), str(out)]) == 1
     assert out.read_bytes() == b"previous content"
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX permissions")
+def test_outputs_get_the_umask_mode_and_keep_an_existing_mode(png: Path, jac: Path, tmp_path: Path) -> None:
+    previous = os.umask(0o027)
+    try:
+        assert main(["encode", str(png), str(tmp_path / "new.jac"), "-q", "1"]) == 0
+        assert main(["decode", str(jac), str(tmp_path / "new.png")]) == 0
+        existing = tmp_path / "existing.png"
+        existing.write_bytes(b"old")
+        existing.chmod(0o664)
+        assert main(["decode", str(jac), str(existing)]) == 0
+    finally:
+        os.umask(previous)
+    assert (tmp_path / "new.jac").stat().st_mode & 0o777 == 0o640
+    assert (tmp_path / "new.png").stat().st_mode & 0o777 == 0o640
+    assert existing.stat().st_mode & 0o777 == 0o664
+
+
+def test_write_errors_name_the_output(png: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "missing-folder" / "out.jac"
+    assert main(["encode", str(png), str(out)]) == 1
+    assert_one_line_error(capsys.readouterr().err, str(out), "No such file")
 
 
 def test_unknown_output_extension(jac: Path, tmp_path: Path, capsys) -> None:

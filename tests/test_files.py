@@ -1,13 +1,16 @@
-"""pillow_jac.save: a failed save leaves an existing file as it was."""
+"""pillow_jac.save and write_atomic: a failed save leaves an existing file as it was; modes, names and errors."""
 
 from __future__ import annotations
 
+import errno
 import os
 
 import pytest
 from PIL import Image
 
 import pillow_jac
+from pillow_jac.constants import MAGIC
+from pillow_jac.files import write_atomic
 
 
 def test_save_replaces_only_when_complete(tmp_path):
@@ -32,3 +35,94 @@ def test_pillow_save_to_an_existing_path_is_what_save_avoids(tmp_path):
     with pytest.raises(ValueError):
         Image.new("RGB", (16, 8)).save(path, quality=75)
     assert path.stat().st_size == 0
+
+
+@pytest.fixture
+def umask():
+    """Set the process's umask for one test; restore it after."""
+    previous = os.umask(0o022)
+    yield os.umask
+    os.umask(previous)
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX permissions")
+@pytest.mark.parametrize("mask", [0o022, 0o027, 0o002], ids=oct)
+def test_new_files_get_the_umask_mode(tmp_path, umask, mask):
+    umask(mask)
+    path = tmp_path / "new.jac"
+    pillow_jac.save(Image.new("RGB", (8, 8)), path, quality=1)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~mask
+    write_atomic(tmp_path / "new.bin", lambda f: f.write(b"x"))
+    assert (tmp_path / "new.bin").stat().st_mode & 0o777 == 0o666 & ~mask
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX permissions")
+def test_a_replaced_file_keeps_its_mode(tmp_path, umask):
+    path = tmp_path / "old.jac"
+    path.write_bytes(b"old")
+    path.chmod(0o604)
+    pillow_jac.save(Image.new("RGB", (8, 8)), path, quality=1)
+    assert path.stat().st_mode & 0o777 == 0o604
+    assert path.read_bytes().startswith(MAGIC)
+
+
+@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="POSIX permissions, not root")
+def test_a_read_only_file_is_refused_as_open_would(tmp_path):
+    path = tmp_path / "locked.bin"
+    path.write_bytes(b"old")
+    path.chmod(0o444)
+    with pytest.raises(PermissionError) as exc:
+        write_atomic(path, lambda f: f.write(b"new"))
+    assert exc.value.filename == str(path)
+    assert path.read_bytes() == b"old"
+
+
+@pytest.mark.skipif(not hasattr(os, "symlink"), reason="no symbolic links")
+def test_a_symlink_is_kept_and_its_target_replaced(tmp_path):
+    target = tmp_path / "real.bin"
+    target.write_bytes(b"old")
+    link = tmp_path / "link.bin"
+    link.symlink_to(target.name)
+    write_atomic(link, lambda f: f.write(b"new"))
+    assert link.is_symlink() and target.read_bytes() == b"new"
+    assert sorted(os.listdir(tmp_path)) == ["link.bin", "real.bin"]
+
+
+def test_long_names_work(tmp_path):
+    limit = os.pathconf(tmp_path, "PC_NAME_MAX") if hasattr(os, "pathconf") else 255
+    path = tmp_path / ("n" * (limit - 4) + ".jac")
+    pillow_jac.save(Image.new("RGB", (8, 8)), path, quality=1)
+    assert path.read_bytes().startswith(MAGIC)
+    assert os.listdir(tmp_path) == [path.name]
+
+
+def test_errors_name_the_users_path(tmp_path):
+    missing = tmp_path / "no" / "such" / "folder" / "out.jac"
+    with pytest.raises(FileNotFoundError) as exc:
+        pillow_jac.save(Image.new("RGB", (8, 8)), missing, quality=1)
+    assert exc.value.filename == str(missing)
+    assert ".tmp" not in str(exc.value)
+    folder = tmp_path / "a-folder"
+    folder.mkdir()
+    with pytest.raises(OSError) as exc:  # IsADirectoryError on POSIX, PermissionError on Windows
+        write_atomic(folder, lambda f: f.write(b"x"))
+    assert exc.value.filename == str(folder) and ".tmp" not in str(exc.value)
+    limit = os.pathconf(tmp_path, "PC_NAME_MAX") if hasattr(os, "pathconf") else 255
+    too_long = tmp_path / ("n" * (limit + 1))
+    with pytest.raises(OSError) as exc:
+        write_atomic(too_long, lambda f: f.write(b"x"))
+    assert exc.value.filename == str(too_long)
+    assert sorted(os.listdir(tmp_path)) == ["a-folder"]
+
+
+def test_a_write_error_without_a_file_names_the_users_path(tmp_path):
+    path = tmp_path / "full.bin"
+
+    def disk_full(f):
+        f.write(b"partial")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    with pytest.raises(OSError) as exc:
+        write_atomic(path, disk_full)
+    assert exc.value.errno == errno.ENOSPC and exc.value.filename == str(path)
+    assert os.listdir(tmp_path) == []
