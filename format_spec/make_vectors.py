@@ -1,29 +1,45 @@
-"""Regenerate the test vectors: ``python format_spec/make_vectors.py``.
+"""Make or check the test vectors of a decoder generation (SPEC.md section 9.4).
 
-Each vector is a tiny ``.jac`` file made from a committed source PNG, plus the SHA-256 of its
-decoded latents (exact on every machine, CODING.md section 7) and of its decoded pixels, and the
-decoded pixels as a PNG (g_s is float: other machines may differ by one level, SPEC.md section 1).
-Run it whenever the weights or the format change (SPEC.md section 9).
+``python format_spec/make_vectors.py`` writes the vectors of the default encoding generation into
+``format_spec/vectors/<model_id>/`` and refuses if that folder exists: a released generation's vectors
+never change. ``python format_spec/make_vectors.py --model ID --out DIR`` makes them for another
+installed generation, or into another folder (the tests use that for a test-only generation).
+
+Each vector is a small ``.jac`` file made from a committed source PNG, plus the SHA-256 of its decoded
+latents (exact on every machine, CODING.md section 7) and of its decoded pixels, and the decoded pixels
+as a PNG. The cases cover every layout, the quality range, the encoder's effort levels and metadata,
+so that a generation's whole decoding surface stays pinned.
 """
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from pillow_jac import codec, container
-
-HERE = Path(__file__).resolve().parent / "vectors"
-#: name -> (height, width, mode, quality)
+ROOT = Path(__file__).resolve().parent / "vectors"
+#: name -> (height, width, mode, quality, effort, with metadata)
 VECTORS = {
-    "rgb-24x40-q1": (24, 40, "RGB", 1.0),
-    "rgb-70x33-q4.5": (70, 33, "RGB", 4.5),
-    "rgba-16x16-q8": (16, 16, "RGBA", 8.0),
-    "gray-1x1-q3": (1, 1, "L", 3.0),
+    "rgb-24x40-q1": (24, 40, "RGB", 1.0, 0, False),
+    "rgb-70x33-q4.5": (70, 33, "RGB", 4.5, 0, False),
+    "rgba-16x16-q8": (16, 16, "RGBA", 8.0, 0, False),
+    "gray-1x1-q3": (1, 1, "L", 3.0, 0, False),
+    "la-20x33-q2": (20, 33, "LA", 2.0, 0, False),
+    "rgb-130x70-q7": (130, 70, "RGB", 7.0, 0, False),
+    "rgb-48x64-q6-e1": (48, 64, "RGB", 6.0, 1, False),
+    "rgb-40x40-q5-e2": (40, 40, "RGB", 5.0, 2, False),
+    "rgb-32x32-q4-meta": (32, 32, "RGB", 4.0, 0, True),
+}
+#: metadata of the vectors that carry it (the ICC profile is Pillow's sRGB profile's header shape)
+METADATA = {
+    "icc_profile": b"\x00\x00\x02\x0cjac test profile" + bytes(range(32)),
+    "exif": b"Exif\x00\x00MM\x00*\x00\x00\x00\x08\x00\x00",
+    "xmp": b'<x:xmpmeta xmlns:x="adobe:ns:meta/"/>',
 }
 
 
@@ -36,7 +52,7 @@ def source_image(height: int, width: int, mode: str, seed: int) -> Image.Image:
     ]
     rgb = np.clip(np.stack(planes, 2) + rng.normal(0, 8, (height, width, 3)), 0, 255).astype(np.uint8)
     image = Image.fromarray(rgb)
-    if mode == "RGBA":
+    if mode in ("RGBA", "LA"):
         image.putalpha(Image.fromarray((xx * 255 / max(1, width - 1)).astype(np.uint8)))
     return image.convert(mode)
 
@@ -47,25 +63,31 @@ def digest(array: np.ndarray) -> str:
     return hashlib.sha256(f"{a.shape}|{a.dtype}|".encode() + a.tobytes()).hexdigest()
 
 
-def symbols_digest(data: bytes) -> str:
+def symbols_digest(data: bytes, **kwargs) -> str:
     """SHA-256 over the decoded integer latents (z then y, int64)."""
-    z_hat, y_hat = codec.decode_symbols(data)
+    from pillow_jac import codec
+
+    z_hat, y_hat = codec.decode_symbols(data, **kwargs)
     return hashlib.sha256(((digest(z_hat) if z_hat is not None else "") + digest(y_hat)).encode()).hexdigest()
 
 
-def main() -> None:
-    """Write every vector and ``vectors.json``."""
-    HERE.mkdir(exist_ok=True)
+def make(out: Path, sources: Path, **encode_kwargs) -> dict:
+    """Write every vector into ``out`` (sources are read from, or first written to, ``sources``)."""
+    from pillow_jac import codec, container
+
+    out.mkdir(parents=True, exist_ok=True)
+    sources.mkdir(parents=True, exist_ok=True)
     table = {}
-    for i, (name, (height, width, mode, quality)) in enumerate(VECTORS.items()):
-        source = HERE / f"{name}.source.png"
+    for i, (name, (height, width, mode, quality, effort, meta)) in enumerate(VECTORS.items()):
+        source = sources / f"{name}.source.png"
         if not source.exists():
             source_image(height, width, mode, seed=i).save(source)
         with Image.open(source) as im:
-            data = codec.encode(np.asarray(im), quality)
-        (HERE / f"{name}.jac").write_bytes(data)
-        pixels = codec.decode(data)
-        Image.fromarray(pixels).save(HERE / f"{name}.decoded.png")
+            data = codec.encode(np.asarray(im), quality, effort=effort, **(METADATA if meta else {}), **encode_kwargs)
+        (out / f"{name}.jac").write_bytes(data)
+        decode_kwargs = {k: v for k, v in encode_kwargs.items() if k in ("device", "weights")}
+        pixels = codec.decode(data, **decode_kwargs)
+        Image.fromarray(pixels).save(out / f"{name}.decoded.png")
         header = container.parse(data).header
         table[name] = {
             "file": f"{name}.jac",
@@ -74,15 +96,35 @@ def main() -> None:
             "mode": mode,
             "size": [width, height],
             "quality": quality,
+            "effort": effort,
+            "metadata": meta,
             "model_id": header.model_id,
             "weights_hash": header.weights_hash.hex(),
             "file_sha256": hashlib.sha256(data).hexdigest(),
-            "symbols_sha256": symbols_digest(data),
+            "symbols_sha256": symbols_digest(data, **decode_kwargs),
             "pixels_sha256": digest(pixels),
         }
-    (HERE / "vectors.json").write_text(json.dumps(table, indent=2) + "\n")
-    print(f"wrote {len(table)} vectors to {HERE}")
+    (out / "vectors.json").write_text(json.dumps(table, indent=2) + "\n")
+    return table
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Write the vectors of one generation; refuse to overwrite a released one."""
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", help="model_id of an installed generation (default: the default encoder)")
+    p.add_argument("--out", type=Path, help="output folder (default: format_spec/vectors/<model_id>)")
+    args = p.parse_args(argv)
+    from pillow_jac import generations
+
+    gen = generations.encoder(args.model)
+    out = args.out or ROOT / gen.model_id
+    if (out / "vectors.json").exists():
+        print(f"{out} exists: a released generation's vectors never change", file=sys.stderr)
+        return 1
+    table = make(out, ROOT / "sources", weights=gen.path)
+    print(f"wrote {len(table)} vectors of {gen.model_id} to {out}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

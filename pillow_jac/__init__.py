@@ -14,6 +14,7 @@ Example:
 
 The array API, :func:`encode` and :func:`decode`, is :mod:`pillow_jac.codec`'s, re-exported lazily;
 :func:`save` (:mod:`pillow_jac.files`) replaces a file with a ``.jac`` only once the new one is complete.
+:func:`models` lists the installed decoder generations (:mod:`pillow_jac.generations`).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
-__all__ = ["__version__", "register", "encode", "decode", "save"]
+__all__ = ["__version__", "register", "encode", "decode", "save", "models"]
 
 if TYPE_CHECKING:
     from .codec import decode, encode
@@ -34,6 +35,19 @@ def register() -> None:
 
     JacImagePlugin.register()
     imageio_plugin.register()
+
+
+def models() -> list:
+    """The installed decoder generations (:class:`pillow_jac.generations.Generation`), without importing torch.
+
+    Example:
+        >>> import pillow_jac
+        >>> [(g.model_id, g.can_encode) for g in pillow_jac.models()][:1]
+        [('mbt-128-192-r006', True)]
+    """
+    from . import generations
+
+    return generations.installed()
 
 
 def __getattr__(name: str) -> Any:

@@ -114,6 +114,7 @@ def encode(
     effort: int = DEFAULT_EFFORT,
     device=None,
     weights=None,
+    model: str | None = None,
 ) -> bytes:
     """Compress an image to ``.jac`` bytes.
 
@@ -127,7 +128,9 @@ def encode(
         effort: 0 (default, fastest) to 3: how hard the encoder searches for smaller files at the
             same quality (:mod:`pillow_jac.model.refine`); any effort decodes the same way.
         device: torch device (default: ``JAC_DEVICE`` or cpu).
-        weights: path of a weights file (default: the shipped one).
+        weights: path of a weights file (default: the installed generation ``model``).
+        model: ``model_id`` of the installed generation to encode with (default: the newest;
+            :func:`pillow_jac.models` lists them).
 
     Returns:
         The complete file.
@@ -138,9 +141,7 @@ def encode(
     height, width = arr.shape[:2]
     if max(height, width) > container.C.MAX_DIMENSION:
         raise ValueError(f"images are limited to {container.C.MAX_DIMENSION} pixels per side")
-    from .engine import get_engine
-
-    engine = get_engine(device, weights)
+    engine = _encoder_engine(device, weights, model)
     z_hat, y_hat = _analyze(_color_planes(arr, layout), q, engine, effort)
     z_stream = engine.prior.encode_z(z_hat) if z_hat is not None else b""
     torch = _torch()
@@ -203,13 +204,13 @@ def _analyze(color: np.ndarray, quality: float, engine, effort: int = 0) -> tupl
     return z_hat, y_hat
 
 
-def encode_symbols(image, quality: float = DEFAULT_QUALITY, *, effort: int = 0, device=None, weights=None):
+def encode_symbols(
+    image, quality: float = DEFAULT_QUALITY, *, effort: int = 0, device=None, weights=None, model: str | None = None
+):
     """The integer latents ``(z_hat, y_hat)`` that :func:`encode` writes for ``image``."""
-    from .engine import get_engine
-
     arr, layout = _as_array(image)
     q = container.quantize_quality(validate_quality(quality))
-    return _analyze(_color_planes(arr, layout), q, get_engine(device, weights), validate_effort(effort))
+    return _analyze(_color_planes(arr, layout), q, _encoder_engine(device, weights, model), validate_effort(effort))
 
 
 def _parse(data) -> container.JacFile:
@@ -237,16 +238,45 @@ def _check_size(header: container.JacHeader) -> None:
         )
 
 
+class ModelNotInstalledError(CodecError):
+    """The generation a file names (``model_id`` and ``weights_hash``) is not installed (SPEC.md 9.1)."""
+
+
 def _engine_for(jac: container.JacFile, device, weights):
+    """The engine of the generation the file names: the installed one, or the ``weights`` file given."""
+    from . import generations
     from .engine import get_engine
 
-    engine = get_engine(device, weights)
     h = jac.header
+    if weights is None:
+        try:
+            weights = generations.find(h.model_id, h.weights_hash).path
+        except generations.ModelNotInstalledError as exc:
+            raise ModelNotInstalledError(str(exc)) from None
+    engine = get_engine(device, weights)
     if h.model_id != engine.model_id or h.weights_hash != engine.weights_hash:
-        raise CodecError(
-            f"this file needs model {h.model_id!r} (weights {h.weights_hash.hex()}), but the installed "
-            f"weights are {engine.model_id!r} ({engine.weights_hash.hex()})"
+        raise ModelNotInstalledError(
+            f"this file needs decoder {h.model_id!r} (weights {h.weights_hash.hex()}), but the weights file "
+            f"given holds {engine.model_id!r} ({engine.weights_hash.hex()})"
         )
+    return engine
+
+
+def _encoder_engine(device, weights, model):
+    """The engine that encodes: the ``weights`` file, else the installed generation ``model``, else the newest."""
+    from . import generations
+    from .engine import get_engine
+
+    if weights is None:
+        try:
+            weights = generations.encoder(model).path
+        except generations.ModelNotInstalledError as exc:
+            raise ModelNotInstalledError(str(exc)) from None
+    engine = get_engine(device, weights)
+    if model is not None and engine.model_id != model:
+        raise ValueError(f"the weights file {weights} holds {engine.model_id!r}, not the model {model!r} asked for")
+    if not engine.can_encode:
+        raise ModelNotInstalledError(f"{engine.model_id!r} is installed as a decoder only: it cannot encode")
     return engine
 
 

@@ -16,10 +16,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from . import generations
+from .generations import DEFAULT_WEIGHTS_NAME, default_weights_path
 from .model.integer import IntegerNetwork, dequantize_into
 from .model.layers import SubpixelDeconv
 from .model.mbt2018 import JointAutoregressiveHierarchicalPrior, ModelConfig
-from .weights import WeightsError, content_hash, load_weights, strip_prefix
+from .weights import WeightsError, load_weights, strip_prefix, verify
 
 __all__ = [
     "Engine",
@@ -31,17 +33,8 @@ __all__ = [
     "DEFAULT_WEIGHTS_NAME",
 ]
 
-DEFAULT_WEIGHTS_NAME = "mbt2018-n128m192.safetensors"
 _CACHE: dict[tuple, Engine] = {}
 _LOCK = threading.Lock()
-
-
-def default_weights_path() -> Path:
-    """``JAC_WEIGHTS`` if set, else the shipped ``weights/`` file of this source tree."""
-    env = os.environ.get("JAC_WEIGHTS")
-    if env:
-        return Path(env)
-    return Path(__file__).resolve().parent.parent / "weights" / DEFAULT_WEIGHTS_NAME
 
 
 def resolve_device(device: str | torch.device | None = None) -> torch.device:
@@ -63,23 +56,34 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
     return resolved
 
 
+#: parameters a decoder file leaves out: the encoder's, and the z density (its tables are stored)
+_NOT_IN_DECODER_FILES = ("g_a.", "h_a.", "log_gain", "z_density.")
+
+
 def build_model(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> JointAutoregressiveHierarchicalPrior:
     """The float model of a weights file's tensors: ``float.*``, plus float masters recovered from ``int.*``.
 
     A shipped file stores h_s, the context model and g_ep only as integer networks; their float
     parameters are recovered with :func:`~pillow_jac.model.integer.dequantize_into`. A training
-    file (``float.*`` only) loads as it is. Any parameter found in neither raises
-    :class:`WeightsError`.
+    file (``float.*`` only) loads as it is. A decoder file (``layout`` ``decoder``) has no encoder
+    and no z density: those stay as initialised and must not be used. Any other parameter found
+    in neither raises :class:`WeightsError`, and so does a tensor of the wrong shape.
     """
-    config = ModelConfig(**json.loads(metadata["config"]))
-    model = JointAutoregressiveHierarchicalPrior(config)
-    missing, unexpected = model.load_state_dict(strip_prefix(tensors, "float."), strict=False)
-    templates = json.loads(metadata.get("integer_networks", "{}"))
-    for name, template in templates.items():
-        prefix = name + "."
-        if any(k.startswith(prefix) for k in missing):
-            dequantize_into(IntegerNetwork.from_tensors(tensors, name, template), getattr(model, name))
-            missing = [k for k in missing if not k.startswith(prefix)]
+    try:
+        config = ModelConfig(**json.loads(metadata["config"]))
+        model = JointAutoregressiveHierarchicalPrior(config)
+        floats = {k: v.float() for k, v in strip_prefix(tensors, "float.").items()}  # a decoder file may hold fp16
+        missing, unexpected = model.load_state_dict(floats, strict=False)
+        templates = json.loads(metadata.get("integer_networks", "{}"))
+        for name, template in templates.items():
+            prefix = name + "."
+            if any(k.startswith(prefix) for k in missing):
+                dequantize_into(IntegerNetwork.from_tensors(tensors, name, template), getattr(model, name))
+                missing = [k for k in missing if not k.startswith(prefix)]
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        raise WeightsError(f"weights do not fit their manifest: {exc}") from exc
+    if metadata.get("layout") == "decoder":
+        missing = [k for k in missing if not k.startswith(_NOT_IN_DECODER_FILES)]
     if missing or unexpected:
         raise WeightsError(f"weights do not fit the model {config}: missing {missing[:4]}, unexpected {unexpected[:4]}")
     return model
@@ -105,12 +109,11 @@ class Engine:
         from . import entropy_coding, exact_prior
 
         tensors, metadata = load_weights(path)
-        expected = metadata.get("weights_hash")
-        actual = content_hash(tensors).hex()
-        if expected != actual:
-            raise WeightsError(f"weights file {path} is damaged: hash {actual} does not match its manifest {expected}")
-        self.model_id = metadata["model_id"]
-        self.weights_hash = bytes.fromhex(expected)
+        manifest = verify(tensors, metadata, path)
+        self.model_id = manifest.model_id
+        self.weights_hash = bytes.fromhex(manifest.weights_hash)
+        #: False for a decoder file (a kept generation): it decodes, but has no encoder
+        self.can_encode = manifest.can_encode
         self.device = device
         model = build_model(tensors, metadata)
         self.config = model.config
@@ -149,9 +152,12 @@ class Engine:
 
 
 def get_engine(device: str | torch.device | None = None, weights: str | Path | None = None) -> Engine:
-    """The cached :class:`Engine` for a device and weights file (built on first use, thread-safe)."""
+    """The cached :class:`Engine` for a device and weights file (built on first use, thread-safe).
+
+    Without ``weights``, the default encoder's file (:func:`pillow_jac.generations.encoder`).
+    """
     dev = resolve_device(device)
-    path = Path(weights) if weights is not None else default_weights_path()
+    path = Path(weights) if weights is not None else generations.encoder().path
     try:
         stat = path.stat()
     except FileNotFoundError:

@@ -1,23 +1,28 @@
-"""Weights files: safetensors (no pickle), a manifest in the header, and a content hash.
+"""Weights files: safetensors (no pickle), a manifest in the header, and the hashes that seal them.
 
-A shipped weights file (``weights/*.safetensors``) holds three groups of tensors:
+A weights file holds up to four groups of tensors (SPEC.md section 9.2):
 
-* ``float.*``: the float parameters of the layers that run in floating point (g_a, h_a, g_s, the
-  z density, the gains). The integer networks are not stored twice: their float masters, needed
-  to resume training, are recovered from ``int.*`` (:func:`pillow_jac.engine.build_model`);
-* ``int.*``: the integer networks of the exact entropy path (format_spec/SPEC.md section 7);
-* ``table.*``: the integer coding tables (SPEC.md section 6).
+* the **decoder** (:data:`DECODER_PREFIXES`): ``int.*``, the integer networks of the exact entropy
+  path (CODING.md section 7); ``table.*``, the integer coding tables (CODING.md section 6); and the
+  float synthesis ``float.g_s.*`` with the inverse gains ``float.log_inverse_gain``;
+* the **encoder** (:data:`ENCODER_PREFIXES`): ``float.g_a.*``, ``float.h_a.*``, ``float.log_gain``;
+* training-only floats: ``float.z_density.*`` (the z tables are made from it). The float masters of
+  the integer networks are not stored: :func:`pillow_jac.engine.build_model` recovers them.
 
-The safetensors metadata carries the manifest: ``model_id``, the architecture (``config``, JSON)
-and training notes. The weights hash written into every ``.jac`` header is the first 8 bytes of
-the SHA-256 of the ``int.*`` and ``table.*`` tensors and the decoder's float tensors, computed by
-:func:`content_hash` (SPEC.md section 3).
+A *full* file has all of them; a *decoder* file (a kept generation) has only the decoder. The
+safetensors metadata carries the manifest, checked by :func:`read_manifest`: ``model_id``, the
+architecture (``config``, JSON), the integer networks' layer layout (``integer_networks``), the
+``layout``, and three hashes. ``decoder_hash`` covers exactly what a decoder runs (the decoder
+tensors and every manifest field that changes decoding, :func:`decoder_hash`); ``encoder_hash``
+covers the encoder (:func:`encoder_hash`); ``weights_hash`` is the 8 bytes written into every
+``.jac`` header, the generation's name beside ``model_id`` (:func:`header_hash`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,13 +31,36 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 __all__ = [
+    "DECODER_PREFIXES",
+    "ENCODER_PREFIXES",
+    "Manifest",
     "strip_prefix",
     "save_float_state",
     "load_weights",
     "save_weights",
     "content_hash",
+    "decoder_hash",
+    "encoder_hash",
+    "header_hash",
+    "seal",
+    "read_manifest",
+    "verify",
+    "decoder_only",
     "WeightsError",
 ]
+
+#: tensor-name prefixes of the decoder: what a decoder runs (SPEC.md section 9.2)
+DECODER_PREFIXES = ("int.", "table.", "float.g_s.", "float.log_inverse_gain")
+#: tensor-name prefixes of the encoder: an encoder update may change these and nothing else
+ENCODER_PREFIXES = ("float.g_a.", "float.h_a.", "float.log_gain")
+#: fields of the architecture (``config``) that only the encoder uses
+ENCODER_CONFIG_FIELDS = ("lambdas",)
+#: the layer fields of an integer network's template, and the values a decoder accepts
+_TEMPLATE_KINDS = ("conv", "deconv")
+_TEMPLATE_KEYS = {"kind", "stride", "padding", "output_padding", "relu"}
+#: the integer networks a model has, by the config flag that brings them (None: always)
+_INTEGER_NETWORKS = {"entropy_parameters": None, "h_s": "hyperprior", "context": "context"}
+_HASH_HEX = 16
 
 
 class WeightsError(OSError):
@@ -98,3 +126,224 @@ def content_hash(tensors: dict[str, torch.Tensor]) -> bytes:
         h.update(f"{name}|{str(t.dtype)}|{tuple(t.shape)}|".encode())
         h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.digest()[:8]
+
+
+def _is_decoder(name: str) -> bool:
+    return name.startswith(DECODER_PREFIXES)
+
+
+def _is_encoder(name: str) -> bool:
+    return name.startswith(ENCODER_PREFIXES)
+
+
+def _canonical(t: torch.Tensor) -> torch.Tensor:
+    """A tensor's values in the dtype the hashes use: int64 for integers, float32 for floats.
+
+    The decoder and encoder hashes are over values, not storage: a decoder file may keep a tensor in
+    any dtype that holds its values exactly (:func:`decoder_only`) and still carries the same hash.
+    """
+    t = t.detach().contiguous().cpu()
+    return t.to(torch.float32 if t.is_floating_point() else torch.int64)
+
+
+def _canonical_json(value: Any) -> bytes:
+    return json.dumps(value, sort_keys=True, separators=(",", ":")).encode()
+
+
+def _sealed_hash(domain: bytes, fields: dict, tensors: dict[str, torch.Tensor]) -> str:
+    h = hashlib.sha256(domain)
+    h.update(_canonical_json(fields))
+    for name in sorted(tensors):
+        t = _canonical(tensors[name])
+        h.update(f"\n{name}|{str(t.dtype)}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()[:_HASH_HEX]
+
+
+def decoder_hash(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> str:
+    """The hex hash of what a decoder runs (SPEC.md section 9.3).
+
+    SHA-256 over ``JAC decoder 1``, the canonical JSON of the decoding fields of the manifest
+    (``model_id``, ``config`` less :data:`ENCODER_CONFIG_FIELDS`, ``integer_networks``,
+    ``legacy_weights_hash``) and, sorted by name, every decoder tensor's name, shape and values (int64
+    or float32); the first 8 bytes, as 16 hex digits. Encoder and training-only tensors are not in it.
+    """
+    config = {k: v for k, v in json.loads(metadata["config"]).items() if k not in ENCODER_CONFIG_FIELDS}
+    fields = {
+        "model_id": metadata["model_id"],
+        "config": config,
+        "integer_networks": json.loads(metadata["integer_networks"]),
+        "legacy_weights_hash": metadata.get("legacy_weights_hash"),
+    }
+    return _sealed_hash(b"JAC decoder 1\n", fields, {k: v for k, v in tensors.items() if _is_decoder(k)})
+
+
+def encoder_hash(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> str:
+    """The hex hash of the encoder: its tensors and the lambda ladder it optimises (SPEC.md section 9.3)."""
+    config = json.loads(metadata["config"])
+    fields = {k: config.get(k) for k in ENCODER_CONFIG_FIELDS}
+    return _sealed_hash(b"JAC encoder 1\n", fields, {k: v for k, v in tensors.items() if _is_encoder(k)})
+
+
+def header_hash(metadata: dict[str, str]) -> str:
+    """The ``weights_hash`` a generation writes into ``.jac`` headers (SPEC.md section 9.3).
+
+    A generation released before decoder hashes existed keeps the hash its files already carry,
+    recorded as ``legacy_weights_hash``; every later generation uses its :func:`decoder_hash`.
+    """
+    return metadata.get("legacy_weights_hash") or metadata["decoder_hash"]
+
+
+def seal(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> dict[str, str]:
+    """``metadata`` with its layout and hashes (re)computed for ``tensors``.
+
+    For an encoder update of a released generation, the decoder tensors and decoding fields are
+    unchanged, so ``decoder_hash`` and ``weights_hash`` come out the same: check that they do.
+
+    Example:
+        >>> import json, torch
+        >>> meta = {"model_id": "m", "config": json.dumps({"M": 6, "lambdas": [0.1]}), "integer_networks": "{}"}
+        >>> a = seal({"int.x": torch.ones(2, dtype=torch.int16), "float.g_a.w": torch.zeros(2)}, meta)
+        >>> b = seal({"int.x": torch.ones(2, dtype=torch.int16), "float.g_a.w": torch.ones(2)}, meta)
+        >>> a["weights_hash"] == b["weights_hash"], a["encoder_hash"] == b["encoder_hash"]
+        (True, False)
+    """
+    out = dict(metadata)
+    out["layout"] = "full" if any(_is_encoder(k) for k in tensors) else "decoder"
+    out["decoder_hash"] = decoder_hash(tensors, out)
+    if out["layout"] == "full":
+        out["encoder_hash"] = encoder_hash(tensors, out)
+    else:
+        out.pop("encoder_hash", None)
+    out["weights_hash"] = header_hash(out)
+    return out
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """The checked manifest of a weights file (see :func:`read_manifest`)."""
+
+    model_id: str
+    config: dict
+    integer_networks: dict
+    layout: str
+    weights_hash: str
+    decoder_hash: str
+    encoder_hash: str | None
+    release: int | None
+
+    @property
+    def can_encode(self) -> bool:
+        """Whether the file has the encoder networks (a decoder file only decodes)."""
+        return self.layout == "full"
+
+
+def _problem(metadata: dict[str, str]) -> str | None:
+    """What is wrong with a manifest's schema, or None."""
+    for key in ("model_id", "config", "integer_networks", "weights_hash", "decoder_hash", "layout"):
+        if not isinstance(metadata.get(key), str):
+            return f"its manifest has no {key!r} (a file frozen before decoder generations: freeze it again)"
+    model_id = metadata["model_id"]
+    if not (1 <= len(model_id) <= 16 and all(0x20 <= ord(c) <= 0x7E for c in model_id)):
+        return f"model_id {model_id!r} is not 1 to 16 printable ASCII characters"
+    if metadata["layout"] not in ("full", "decoder"):
+        return f"unknown layout {metadata['layout']!r}"
+    names = ["weights_hash", "decoder_hash"] + (["encoder_hash"] if metadata["layout"] == "full" else [])
+    names += ["legacy_weights_hash"] if "legacy_weights_hash" in metadata else []
+    for key in names:
+        value = metadata.get(key)
+        if not (isinstance(value, str) and len(value) == _HASH_HEX and all(c in "0123456789abcdef" for c in value)):
+            return f"{key} must be {_HASH_HEX} lower-case hex digits, got {value!r}"
+    try:
+        config = json.loads(metadata["config"])
+        templates = json.loads(metadata["integer_networks"])
+    except ValueError as exc:
+        return f"its manifest is not valid JSON: {exc}"
+    if not isinstance(config, dict) or not isinstance(templates, dict):
+        return "config and integer_networks must be JSON objects"
+    expected = {name for name, flag in _INTEGER_NETWORKS.items() if flag is None or config.get(flag, True)}
+    if set(templates) != expected:
+        return f"integer_networks names {sorted(templates)}, the config needs {sorted(expected)}"
+    for name, layers in templates.items():
+        if not (isinstance(layers, list) and layers):
+            return f"integer network {name!r} has no layers"
+        for layer in layers:
+            if not (isinstance(layer, dict) and set(layer) == _TEMPLATE_KEYS):
+                return f"a layer of {name!r} must have exactly the fields {sorted(_TEMPLATE_KEYS)}"
+            ints = [layer[k] for k in ("stride", "padding", "output_padding")]
+            if (
+                layer["kind"] not in _TEMPLATE_KINDS
+                or not isinstance(layer["relu"], bool)
+                or not all(type(v) is int for v in ints)
+                or layer["stride"] not in (1, 2)
+                or not 0 <= layer["padding"] <= 3
+                or not 0 <= layer["output_padding"] < layer["stride"]
+            ):
+                return f"a layer of {name!r} is invalid: {layer}"
+    release = metadata.get("release")
+    if release is not None and not release.isdigit():
+        return f"release must be a number, got {release!r}"
+    return None
+
+
+def read_manifest(metadata: dict[str, str], path: str | Path = "weights") -> Manifest:
+    """The checked manifest of a weights file's metadata; :class:`WeightsError` naming ``path`` if malformed."""
+    problem = _problem(metadata)
+    if problem is None and header_hash(metadata) != metadata["weights_hash"]:
+        problem = f"weights_hash {metadata['weights_hash']} is not the one its manifest derives"
+    if problem:
+        raise WeightsError(f"weights file {path} is damaged: {problem}")
+    return Manifest(
+        model_id=metadata["model_id"],
+        config=json.loads(metadata["config"]),
+        integer_networks=json.loads(metadata["integer_networks"]),
+        layout=metadata["layout"],
+        weights_hash=metadata["weights_hash"],
+        decoder_hash=metadata["decoder_hash"],
+        encoder_hash=metadata.get("encoder_hash"),
+        release=int(metadata["release"]) if metadata.get("release") else None,
+    )
+
+
+def verify(tensors: dict[str, torch.Tensor], metadata: dict[str, str], path: str | Path = "weights") -> Manifest:
+    """Check a weights file's manifest and its hashes against its tensors (:class:`WeightsError` if not)."""
+    manifest = read_manifest(metadata, path)
+    checks = [("decoder", decoder_hash(tensors, metadata), manifest.decoder_hash)]
+    if manifest.can_encode:
+        checks.append(("encoder", encoder_hash(tensors, metadata), manifest.encoder_hash))
+    for part, actual, expected in checks:
+        if actual != expected:
+            raise WeightsError(
+                f"weights file {path} is damaged: {part} hash {actual} does not match its manifest {expected}"
+            )
+    return manifest
+
+
+def decoder_only(tensors: dict[str, torch.Tensor], metadata: dict[str, str]):
+    """The tensors and manifest of a generation's decoder file: no encoder, compact storage.
+
+    Each tensor is stored in the smallest dtype that holds its values exactly (float16 where every
+    value is a float16, integers in the narrowest signed type), so decoding, and both hashes, stay
+    the same (SPEC.md section 9.2).
+    """
+    out = {}
+    for name, t in tensors.items():
+        if not _is_decoder(name):
+            continue
+        t = t.detach().contiguous().cpu()
+        if t.is_floating_point():
+            half = t.to(torch.float16)
+            t = half if torch.equal(half.to(t.dtype), t) else t
+        else:
+            for dtype in (torch.int8, torch.int16, torch.int32, torch.int64):
+                info = torch.iinfo(dtype)
+                if t.numel() == 0 or (int(t.min()) >= info.min and int(t.max()) <= info.max):
+                    t = t.to(dtype)
+                    break
+        out[name] = t
+    meta = {k: v for k, v in metadata.items() if k != "encoder_hash"}
+    meta["layout"] = "decoder"
+    meta = seal(out, meta)
+    if meta["decoder_hash"] != metadata.get("decoder_hash", meta["decoder_hash"]):
+        raise WeightsError("the decoder file would not decode as the full file does")
+    return out, meta

@@ -1,4 +1,10 @@
-"""The committed test vectors (format_spec/vectors) decode to the recorded latents and pixels."""
+"""The test vectors of every released generation (format_spec/vectors/<model_id>/) decode exactly.
+
+Each generation's vectors are decoded on every run: exact latents, and pixels equal to the references
+on the machine that made them (one level of tolerance elsewhere, where a platform may round g_s's float
+output differently: SPEC.md section 1). ``python format_spec/conformance.py`` runs the same check
+without pytest.
+"""
 
 from __future__ import annotations
 
@@ -14,32 +20,56 @@ from PIL import Image
 from pillow_jac import codec, container
 
 VECTORS = Path(__file__).resolve().parents[1] / "format_spec" / "vectors"
-TABLE = json.loads((VECTORS / "vectors.json").read_text())
 _spec = importlib.util.spec_from_file_location("make_vectors", VECTORS.parent / "make_vectors.py")
 make_vectors = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(make_vectors)
+GENERATIONS = sorted(p.parent.name for p in VECTORS.glob("*/vectors.json"))
+CASES = [
+    (gen, name, entry)
+    for gen in GENERATIONS
+    for name, entry in json.loads((VECTORS / gen / "vectors.json").read_text()).items()
+]
 
 
-@pytest.mark.parametrize("name", sorted(TABLE))
-def test_vector_decodes_exactly(name):
-    entry = TABLE[name]
-    data = (VECTORS / entry["file"]).read_bytes()
+def test_every_generation_has_all_cases():
+    assert "mbt-128-192-r006" in GENERATIONS
+    for gen in GENERATIONS:
+        table = json.loads((VECTORS / gen / "vectors.json").read_text())
+        assert set(table) == set(make_vectors.VECTORS), gen
+        assert {e["model_id"] for e in table.values()} == {gen}
+
+
+@pytest.mark.parametrize(("gen", "name", "entry"), CASES, ids=[f"{g}/{n}" for g, n, _ in CASES])
+def test_vector_decodes_exactly(gen, name, entry):
+    data = (VECTORS / gen / entry["file"]).read_bytes()
     assert hashlib.sha256(data).hexdigest() == entry["file_sha256"]
     header = container.parse(data).header
     assert [header.width, header.height] == entry["size"] and header.layout == entry["mode"]
+    assert header.model_id == gen and header.weights_hash.hex() == entry["weights_hash"]
     assert make_vectors.symbols_digest(data) == entry["symbols_sha256"]
     pixels = codec.decode(data)
-    expected = np.asarray(Image.open(VECTORS / entry["decoded"]))
+    expected = np.asarray(Image.open(VECTORS / gen / entry["decoded"]))
     assert pixels.shape == expected.shape
+    assert make_vectors.digest(expected) == entry["pixels_sha256"]
     # latents are exact everywhere; g_s is float, so allow one level where platforms round differently
     assert np.abs(pixels.astype(int) - expected).max() <= 1
 
 
-@pytest.mark.parametrize("name", sorted(TABLE))
-def test_encoder_reproduces_vector(name):
-    entry = TABLE[name]
-    with Image.open(VECTORS / entry["source"]) as im:
-        z_hat, y_hat = codec.encode_symbols(np.asarray(im), entry["quality"])
-    expected_z, expected_y = codec.decode_symbols((VECTORS / entry["file"]).read_bytes())
+@pytest.mark.parametrize(("gen", "name", "entry"), CASES, ids=[f"{g}/{n}" for g, n, _ in CASES])
+def test_encoder_reproduces_vector(gen, name, entry):
+    """The generation's encoder still writes the vector's latents (an encoder update may change this: see SPEC 9)."""
+    with Image.open(VECTORS / "sources" / entry["source"]) as im:
+        z_hat, y_hat = codec.encode_symbols(np.asarray(im), entry["quality"], effort=entry["effort"], model=gen)
+    expected_z, expected_y = codec.decode_symbols((VECTORS / gen / entry["file"]).read_bytes())
     np.testing.assert_array_equal(y_hat, expected_y)
     np.testing.assert_array_equal(z_hat, expected_z)
+
+
+def test_conformance_script_passes_and_reports_each_vector(capsys):
+    spec = importlib.util.spec_from_file_location("conformance", VECTORS.parent / "conformance.py")
+    conformance = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(conformance)
+    assert conformance.main(["--generation", "mbt-128-192-r006"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("PASS") == len(make_vectors.VECTORS) and "FAIL" not in out
+    assert f"{len(make_vectors.VECTORS)} of {len(make_vectors.VECTORS)} vectors" in out

@@ -1,4 +1,4 @@
-"""Weights files: tampering is caught by the content hash, and loading never unpickles anything."""
+"""Weights files: tampering with a tensor or the manifest is caught, and loading never unpickles anything."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import shutil
 import struct
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -63,7 +64,14 @@ def first_tensor(path: Path, prefix: str) -> str:
 @pytest.mark.parametrize("prefix", ["int.entropy_parameters.", "int.h_s.", "table.y_freqs", "table.z_", "float.g_s."])
 def test_tampered_tensor_fails_with_hash_error(weights_copy: Path, prefix: str) -> None:
     tamper(weights_copy, first_tensor(weights_copy, prefix))
-    with pytest.raises(WeightsError, match=r"is damaged: hash [0-9a-f]{16} does not match its manifest"):
+    with pytest.raises(WeightsError, match=r"is damaged: decoder hash [0-9a-f]{16} does not match its manifest"):
+        engine.get_engine(weights=weights_copy)
+
+
+@pytest.mark.parametrize("prefix", ["float.g_a.", "float.h_a.", "float.log_gain"])
+def test_tampered_encoder_tensor_fails_with_hash_error(weights_copy: Path, prefix: str) -> None:
+    tamper(weights_copy, first_tensor(weights_copy, prefix))
+    with pytest.raises(WeightsError, match=r"is damaged: encoder hash [0-9a-f]{16} does not match its manifest"):
         engine.get_engine(weights=weights_copy)
 
 
@@ -81,15 +89,52 @@ def test_tampered_weights_via_environment(
     assert isinstance(WeightsError("x"), OSError)  # so Pillow's load() reports it as an OSError
 
 
-def test_tampered_manifest_hash(weights_copy: Path) -> None:
-    """Changing the manifest's hash (same length, so the header size stays) is caught too."""
+@pytest.mark.parametrize("key", ["weights_hash", "decoder_hash", "encoder_hash", "legacy_weights_hash"])
+def test_tampered_manifest_hash(weights_copy: Path, key: str) -> None:
+    """Changing a hash in the manifest (same length, so the header size stays) is caught too."""
     start, header = safetensors_header(weights_copy)
-    old = header["__metadata__"]["weights_hash"]
+    old = header["__metadata__"][key]
     raw = weights_copy.read_bytes()
     new = ("0" if old[0] != "0" else "1") + old[1:]
     weights_copy.write_bytes(raw[:start].replace(old.encode(), new.encode()) + raw[start:])
-    with pytest.raises(WeightsError, match=f"does not match its manifest {new}"):
+    with pytest.raises(WeightsError, match="is damaged"):
         engine.get_engine(weights=weights_copy)
+
+
+def test_any_flipped_byte_of_the_decoding_manifest_is_caught(weights_copy: Path) -> None:
+    """model_id, config and integer_networks are sealed by the decoder hash: one flipped byte fails the check."""
+    tensors, metadata = weights.load_weights(weights_copy)
+    weights.verify(tensors, metadata)
+    rng = np.random.default_rng(0)
+    for key in ("model_id", "config", "integer_networks"):
+        value = metadata[key]
+        for at in sorted(set(rng.integers(0, len(value), 12).tolist())):
+            changed = dict(metadata, **{key: value[:at] + chr(ord(value[at]) ^ 1) + value[at + 1 :]})
+            with pytest.raises(WeightsError, match="is damaged"):
+                weights.verify(tensors, changed)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda m: m.pop("decoder_hash"), "no 'decoder_hash'"),
+        (lambda m: m.pop("integer_networks"), "no 'integer_networks'"),
+        (lambda m: m.update(config="{not json"), "not valid JSON"),
+        (lambda m: m.update(layout="mystery"), "unknown layout"),
+        (lambda m: m.update(model_id=""), "model_id"),
+        (lambda m: m.update(integer_networks=m["integer_networks"].replace('"stride": 2', '"stride": 0')), "invalid"),
+        (lambda m: m.update(integer_networks=m["integer_networks"].replace('"relu": true', '"relu": 1')), "invalid"),
+        (lambda m: m.update(integer_networks=m["integer_networks"].replace('"h_s"', '"h_x"')), "needs"),
+    ],
+)
+def test_malformed_manifest_is_a_weights_error(weights_copy: Path, change, message: str) -> None:
+    """Missing keys, bad JSON and impossible layer layouts are WeightsErrors, never KeyError or RuntimeError."""
+    tensors, metadata = weights.load_weights(weights_copy)
+    change(metadata)
+    path = weights_copy.with_name("changed.safetensors")
+    weights.save_weights(path, tensors, metadata)
+    with pytest.raises(WeightsError, match=message):
+        engine.get_engine(weights=path)
 
 
 def test_truncated_or_missing_weights(weights_copy: Path, tmp_path: Path) -> None:
@@ -121,7 +166,7 @@ def test_weights_load_without_pickle(weights_copy: Path, monkeypatch: pytest.Mon
     for module, name in [(pickle, "load"), (pickle, "loads"), (pickle, "Unpickler"), (torch, "load")]:
         monkeypatch.setattr(module, name, forbidden)
     tensors, metadata = weights.load_weights(weights_copy)
-    assert weights.content_hash(tensors).hex() == metadata["weights_hash"]
+    assert weights.verify(tensors, metadata).weights_hash == metadata["weights_hash"]
     built = engine.get_engine(weights=weights_copy)
     data = codec.encode(natural_image(16, 16), 3, weights=weights_copy)
     assert codec.decode(data, weights=weights_copy).shape == (16, 16, 3)

@@ -5,9 +5,10 @@
 (:func:`pillow_jac.model.integer.integerize`), builds the integer coding tables (y: the Gaussian
 tables of CODING.md section 6.2; z: the factorized prior's per-channel tables), and writes one
 safetensors file with the float weights of g_a, h_a, g_s, the z density and the gains, the integer
-tensors, the tables and the manifest (model id, architecture, integer-network layout, weights
-hash). The integer networks are not stored a second time as floats:
-:func:`pillow_jac.engine.build_model` recovers float masters from them (to resume training).
+tensors, the tables and the manifest (model id, architecture, integer-network layout, and the
+decoder, encoder and header hashes of :func:`pillow_jac.weights.seal`). The integer networks are not
+stored a second time as floats: :func:`pillow_jac.engine.build_model` recovers float masters from
+them (to resume training).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from ..engine import build_model
 from ..entropy_coding import factorized_tables, gaussian_tables, scale_table
 from ..model.integer import integerize
 from ..model.mbt2018 import JointAutoregressiveHierarchicalPrior, ModelConfig
-from ..weights import content_hash, load_weights, save_weights
+from ..weights import load_weights, save_weights, seal
 
 __all__ = ["freeze", "scale_thresholds", "model_id_for"]
 
@@ -94,8 +95,7 @@ def freeze(model: JointAutoregressiveHierarchicalPrior, release: int, notes: dic
         "format_version": ".".join(map(str, FORMAT_VERSION)),
         **(notes or {}),
     }
-    metadata["weights_hash"] = content_hash(tensors).hex()
-    return tensors, metadata
+    return tensors, seal(tensors, metadata)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,0 +1,83 @@
+"""Does this installation decode every released generation's test vectors? ``python format_spec/conformance.py``.
+
+For each ``format_spec/vectors/<model_id>/vectors.json`` it checks, for every vector (SPEC.md section 9.4):
+
+* the file's SHA-256 (the vector itself is intact);
+* that the generation is installed (:func:`pillow_jac.generations.find`);
+* the decoded integer latents, which MUST match exactly on every machine (CODING.md section 7);
+* the decoded pixels: ``exact`` when they match the reference bit for bit, ``within 1`` when some
+  sample differs by one level (allowed: g_s runs in floating point, SPEC.md section 1), else a failure.
+
+It prints one line per vector and a summary, and exits 0 when every vector passes. Options:
+``--generation ID`` checks one generation; ``--device cuda`` decodes on a GPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+HERE = Path(__file__).resolve().parent / "vectors"
+
+
+def _digest(array: np.ndarray) -> str:
+    a = np.ascontiguousarray(array)
+    return hashlib.sha256(f"{a.shape}|{a.dtype}|".encode() + a.tobytes()).hexdigest()
+
+
+def check(generation: str, device: str | None = None) -> list[tuple[str, str, bool]]:
+    """``(vector, outcome, passed)`` for every vector of one generation."""
+    from pillow_jac import codec
+
+    results = []
+    table = json.loads((HERE / generation / "vectors.json").read_text())
+    for name, entry in table.items():
+        data = (HERE / generation / entry["file"]).read_bytes()
+        if hashlib.sha256(data).hexdigest() != entry["file_sha256"]:
+            results.append((name, "the vector file is damaged", False))
+            continue
+        try:
+            z_hat, y_hat = codec.decode_symbols(data, device=device)
+            pixels = codec.decode(data, device=device)
+        except codec.ModelNotInstalledError:
+            results.append((name, f"decoder {generation} is not installed", False))
+            continue
+        symbols = hashlib.sha256(((_digest(z_hat) if z_hat is not None else "") + _digest(y_hat)).encode())
+        if symbols.hexdigest() != entry["symbols_sha256"]:
+            results.append((name, "latents differ (the entropy path is not exact here)", False))
+            continue
+        expected = np.asarray(Image.open(HERE / generation / entry["decoded"]))
+        if pixels.shape != expected.shape:
+            results.append((name, f"shape {pixels.shape}, expected {expected.shape}", False))
+            continue
+        diff = int(np.abs(pixels.astype(np.int64) - expected).max(initial=0))
+        outcome = "exact" if diff == 0 else f"within {diff}"
+        results.append((name, outcome, diff <= 1))
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Check the vectors and print a report; 0 when all pass."""
+    p = argparse.ArgumentParser(description="Check that this installation decodes every generation's vectors")
+    p.add_argument("--generation", help="one model_id (default: every generation with vectors)")
+    p.add_argument("--device", help="torch device (default: JAC_DEVICE or cpu)")
+    args = p.parse_args(argv)
+    gens = [args.generation] if args.generation else sorted(q.parent.name for q in HERE.glob("*/vectors.json"))
+    failed = total = 0
+    for gen in gens:
+        for name, outcome, passed in check(gen, args.device):
+            total += 1
+            failed += not passed
+            print(f"{'PASS' if passed else 'FAIL'}  {gen}/{name}: {outcome}")
+    print(f"{total - failed} of {total} vectors of {len(gens)} generation(s) pass")
+    return 1 if failed or not total else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

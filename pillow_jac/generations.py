@@ -1,0 +1,219 @@
+"""The installed decoder generations: which weights file decodes a file, and which one encodes.
+
+A *generation* is a frozen decoder named by a ``model_id`` and the 8-byte ``weights_hash`` that its
+files carry in their header (SPEC.md section 9). Once released, what it decodes never changes:
+improvements ship as *encoder updates* (same decoder, same hash: old and new files interchangeable)
+or as a new generation installed beside the old ones.
+
+Weights files are found, in this order:
+
+1. ``JAC_WEIGHTS``, if set: one weights file, also the default encoder;
+2. every ``*.safetensors`` in the directories of ``JAC_MODELS`` (``os.pathsep``-separated), so that
+   an old generation can be kept when a later package stops shipping it;
+3. the package's own ``weights/`` folder: the newest generation as a full file, and the decoder
+   files of the kept generations in ``weights/generations/``.
+
+The first full file found for a generation wins, else its first decoder file. Only the manifest is
+read here (the safetensors header, parsed as JSON without torch), so listing generations and ``jac
+info`` stay cheap; the engine checks every hash when it loads a file (:func:`pillow_jac.weights.verify`).
+
+Example:
+    >>> [g.model_id for g in installed()][:1]
+    ['mbt-128-192-r006']
+    >>> encoder().can_encode
+    True
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = [
+    "Generation",
+    "ModelNotInstalledError",
+    "installed",
+    "find",
+    "encoder",
+    "package_weights_dir",
+    "default_weights_path",
+    "DEFAULT_WEIGHTS_NAME",
+    "KEPT_DIR",
+]
+
+#: the full weights file of the newest generation, in the package's weights folder
+DEFAULT_WEIGHTS_NAME = "mbt2018-n128m192.safetensors"
+#: the subfolder of the package's weights folder that holds the kept generations' decoder files
+KEPT_DIR = "generations"
+#: a safetensors header larger than this is not a weights file of ours (ours are ~10 kB)
+_MAX_HEADER = 16 << 20
+
+
+class ModelNotInstalledError(LookupError):
+    """No installed generation has the requested ``model_id`` (and hash)."""
+
+
+@dataclass(frozen=True)
+class Generation:
+    """One installed weights file and the generation it holds.
+
+    Attributes:
+        model_id: the generation's name (the header's ``model_id``).
+        weights_hash: the 8 bytes its files carry in the header.
+        release: the release number from the manifest, or None.
+        can_encode: True for a full file, False for a decoder file.
+        path: where the file is.
+        size: the file's size in bytes.
+    """
+
+    model_id: str
+    weights_hash: bytes
+    release: int | None
+    can_encode: bool
+    path: Path
+    size: int
+
+    def describe(self) -> str:
+        """One line: id, hash, what it can do, where it is."""
+        role = "encode+decode" if self.can_encode else "decode only"
+        return f"{self.model_id} ({self.weights_hash.hex()}, {role}, {self.size / 1e6:.1f} MB) {self.path}"
+
+
+def package_weights_dir() -> Path:
+    """The package's weights folder (``weights/`` beside the ``pillow_jac`` package)."""
+    return Path(__file__).resolve().parent.parent / "weights"
+
+
+def default_weights_path() -> Path:
+    """``JAC_WEIGHTS`` if set, else the newest generation's full file in the package's weights folder."""
+    env = os.environ.get("JAC_WEIGHTS")
+    return Path(env) if env else package_weights_dir() / DEFAULT_WEIGHTS_NAME
+
+
+def _manifest(path: Path) -> dict[str, str] | None:
+    """The safetensors metadata of ``path``, or None if it is not a readable safetensors file."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+            if len(head) != 8:
+                return None
+            (size,) = struct.unpack("<Q", head)
+            if size > _MAX_HEADER:
+                return None
+            header = json.loads(f.read(size))
+    except (OSError, ValueError):
+        return None
+    meta = header.get("__metadata__") if isinstance(header, dict) else None
+    return meta if isinstance(meta, dict) else None
+
+
+_CACHE: dict[tuple, Generation | None] = {}
+_CACHE_LOCK = threading.Lock()
+
+
+def _generation(path: Path) -> Generation | None:
+    """The generation of one weights file (cached by path, size and modification time), or None."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    with _CACHE_LOCK:
+        if key in _CACHE:
+            return _CACHE[key]
+    meta = _manifest(path)
+    gen = None
+    if meta is not None:
+        try:
+            gen = Generation(
+                model_id=str(meta["model_id"]),
+                weights_hash=bytes.fromhex(meta["weights_hash"]),
+                release=int(meta["release"]) if str(meta.get("release", "")).isdigit() else None,
+                can_encode=meta.get("layout", "full") == "full",
+                path=path,
+                size=stat.st_size,
+            )
+        except (KeyError, ValueError, TypeError):
+            gen = None
+    with _CACHE_LOCK:
+        _CACHE[key] = gen
+    return gen
+
+
+def _candidates() -> list[Path]:
+    paths = []
+    env = os.environ.get("JAC_WEIGHTS")
+    if env:
+        paths.append(Path(env))
+    for folder in filter(None, os.environ.get("JAC_MODELS", "").split(os.pathsep)):
+        paths.extend(sorted(Path(folder).glob("*.safetensors")))
+    own = package_weights_dir()
+    paths.append(own / DEFAULT_WEIGHTS_NAME)
+    paths.extend(sorted((own / KEPT_DIR).glob("*.safetensors")))
+    return paths
+
+
+def installed() -> list[Generation]:
+    """Every installed generation once, in search order: its first full file, else its first decoder file."""
+    chosen: dict[tuple[str, bytes], Generation] = {}
+    for path in _candidates():
+        gen = _generation(path)
+        if gen is None:
+            continue
+        key = (gen.model_id, gen.weights_hash)
+        if key not in chosen or (gen.can_encode and not chosen[key].can_encode):
+            chosen[key] = gen
+    return list(chosen.values())
+
+
+def find(model_id: str, weights_hash: bytes) -> Generation:
+    """The installed generation that decodes files stamped ``(model_id, weights_hash)``.
+
+    Raises:
+        ModelNotInstalledError: none is installed; the message names the model and how to get it.
+    """
+    gens = installed()
+    for gen in gens:
+        if gen.model_id == model_id and gen.weights_hash == bytes(weights_hash):
+            return gen
+    same_id = [g for g in gens if g.model_id == model_id]
+    have = ", ".join(f"{g.model_id} ({g.weights_hash.hex()})" for g in gens) or "none"
+    why = (
+        f"the installed {model_id!r} has another hash ({same_id[0].weights_hash.hex()}): the file is damaged "
+        "or was made by an unreleased build"
+        if same_id
+        else "it is not installed"
+    )
+    raise ModelNotInstalledError(
+        f"this file needs decoder {model_id!r} (weights {bytes(weights_hash).hex()}), but {why}. "
+        f"Installed: {have}. To decode it, install a pillow_jac release that ships {model_id!r}, or put its "
+        "weights file in a directory named by the JAC_MODELS environment variable."
+    )
+
+
+def encoder(model_id: str | None = None) -> Generation:
+    """The generation that encodes: ``model_id`` if given, else the default (newest) encoder.
+
+    The default is the ``JAC_WEIGHTS`` file if set, else the full file with the highest release.
+    """
+    gens = [g for g in installed() if g.can_encode]
+    if model_id is None:
+        env = os.environ.get("JAC_WEIGHTS")
+        if env:
+            chosen = [g for g in gens if g.path == Path(env)]
+            if chosen:
+                return chosen[0]
+        if gens:
+            return max(gens, key=lambda g: -1 if g.release is None else g.release)
+        raise ModelNotInstalledError(f"no weights file that can encode was found (looked at {default_weights_path()})")
+    for gen in gens:
+        if gen.model_id == model_id:
+            return gen
+    decoders = [g.model_id for g in installed() if not g.can_encode]
+    hint = " (installed as a decoder only: it decodes old files but cannot encode)" if model_id in decoders else ""
+    have = ", ".join(g.model_id for g in gens) or "none"
+    raise ModelNotInstalledError(f"model {model_id!r} cannot encode here{hint}; models that encode: {have}")

@@ -1,0 +1,232 @@
+"""Decoder generations (SPEC.md section 9): files keep decoding whatever is released after them."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import pillow_jac
+from pillow_jac import codec, container, engine, generations, weights
+from pillow_jac.model.mbt2018 import JointAutoregressiveHierarchicalPrior, ModelConfig
+from pillow_jac.training.freeze import freeze
+
+from .test_codec import natural_image
+
+ROOT = Path(__file__).resolve().parents[1]
+VECTORS = ROOT / "format_spec" / "vectors"
+SHIPPED_ID = "mbt-128-192-r006"
+
+
+@pytest.fixture(autouse=True)
+def private_caches(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Engines and registry entries of temporary files stay private to each test."""
+    monkeypatch.setattr(engine, "_CACHE", {})
+    monkeypatch.setattr(generations, "_CACHE", {})
+    monkeypatch.delenv("JAC_MODELS", raising=False)
+    monkeypatch.delenv("JAC_WEIGHTS", raising=False)
+
+
+@pytest.fixture(scope="module")
+def tiny_generation(tmp_path_factory) -> Path:
+    """A second generation made here: a tiny model frozen as release 7, in a folder of its own."""
+    torch.manual_seed(0)
+    model = JointAutoregressiveHierarchicalPrior(ModelConfig(N=8, M=12))
+    tensors, metadata = freeze(model, release=7)
+    folder = tmp_path_factory.mktemp("models")
+    weights.save_weights(folder / "tiny.safetensors", tensors, metadata)
+    return folder
+
+
+def shipped() -> tuple[dict, dict]:
+    return weights.load_weights(generations.package_weights_dir() / generations.DEFAULT_WEIGHTS_NAME)
+
+
+def r006_vectors() -> list[dict]:
+    table = json.loads((VECTORS / SHIPPED_ID / "vectors.json").read_text())
+    return list(table.values())
+
+
+# -- the hash covers exactly what a decoder runs ---------------------------------------------------
+
+
+def bump(t: torch.Tensor) -> torch.Tensor:
+    t = t.clone()
+    t.view(-1)[0] += 1
+    return t
+
+
+def test_encoder_change_keeps_the_header_hash() -> None:
+    tensors, metadata = shipped()
+    for name in [k for k in tensors if k.startswith(weights.ENCODER_PREFIXES)][:3] + ["float.log_gain"]:
+        changed = dict(tensors, **{name: bump(tensors[name])})
+        sealed = weights.seal(changed, metadata)
+        assert sealed["weights_hash"] == metadata["weights_hash"] == "19772a6335c73e41", name
+        assert sealed["decoder_hash"] == metadata["decoder_hash"], name
+        assert sealed["encoder_hash"] != metadata["encoder_hash"], name
+    # the lambda ladder is the encoder's too
+    config = json.loads(metadata["config"])
+    config["lambdas"] = [v * 1.01 for v in config["lambdas"]]
+    sealed = weights.seal(tensors, dict(metadata, config=json.dumps(config)))
+    assert sealed["decoder_hash"] == metadata["decoder_hash"] and sealed["encoder_hash"] != metadata["encoder_hash"]
+
+
+@pytest.mark.parametrize(
+    "prefix", ["int.h_s.", "int.context.", "int.entropy_parameters.", "table.", "float.g_s.", "float.log_inverse"]
+)
+def test_every_decoder_tensor_changes_the_decoder_hash(prefix: str) -> None:
+    tensors, metadata = shipped()
+    names = sorted(k for k in tensors if k.startswith(prefix))
+    assert names
+    for name in names:
+        changed = dict(tensors, **{name: bump(tensors[name])})
+        assert weights.decoder_hash(changed, metadata) != metadata["decoder_hash"], name
+
+
+def test_decoding_fields_of_the_manifest_change_the_decoder_hash() -> None:
+    tensors, metadata = shipped()
+    templates = json.loads(metadata["integer_networks"])
+    templates["h_s"][0]["relu"] = not templates["h_s"][0]["relu"]
+    config = json.loads(metadata["config"])
+    for changed in (
+        dict(metadata, integer_networks=json.dumps(templates)),
+        dict(metadata, config=json.dumps(dict(config, N=129))),
+        dict(metadata, model_id="mbt-128-192-r999"),
+        dict(metadata, legacy_weights_hash="0" * 16),
+    ):
+        assert weights.decoder_hash(tensors, changed) != metadata["decoder_hash"]
+
+
+def test_training_only_tensors_are_outside_both_hashes() -> None:
+    tensors, metadata = shipped()
+    name = next(k for k in tensors if k.startswith("float.z_density."))
+    sealed = weights.seal(dict(tensors, **{name: bump(tensors[name])}), metadata)
+    assert (sealed["decoder_hash"], sealed["encoder_hash"]) == (metadata["decoder_hash"], metadata["encoder_hash"])
+
+
+# -- release 6 keeps decoding, and keeps writing the files it always wrote ------------------------
+
+
+@pytest.mark.parametrize("entry", r006_vectors(), ids=lambda e: e["file"])
+def test_release_6_files_still_encode_byte_for_byte(entry: dict) -> None:
+    """The shipped generation writes exactly the bytes its release wrote (the header hash is its legacy one)."""
+    from PIL import Image
+
+    from .test_vectors import make_vectors
+
+    with Image.open(VECTORS / "sources" / entry["source"]) as im:
+        extra = make_vectors.METADATA if entry["metadata"] else {}
+        data = codec.encode(np.asarray(im), entry["quality"], effort=entry["effort"], **extra)
+    assert data == (VECTORS / SHIPPED_ID / entry["file"]).read_bytes()
+
+
+# -- a second generation -------------------------------------------------------------------------
+
+
+def test_a_new_generation_leaves_old_files_decodable(tiny_generation: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    old = codec.encode(natural_image(24, 40), 3)
+    old_pixels = codec.decode(old)
+    monkeypatch.setenv("JAC_MODELS", str(tiny_generation))
+    ids = [g.model_id for g in pillow_jac.models()]
+    assert ids[0] == "mbt-8-12-r007" and SHIPPED_ID in ids
+    new = codec.encode(natural_image(24, 40), 3)  # the newest generation by default
+    assert container.parse(new).header.model_id == "mbt-8-12-r007"
+    assert codec.decode(new).shape == (24, 40, 3)
+    np.testing.assert_array_equal(codec.decode(old), old_pixels)
+    for entry in r006_vectors():
+        data = (VECTORS / SHIPPED_ID / entry["file"]).read_bytes()
+        assert codec.decode_symbols(data) is not None
+    # and the old generation still encodes when asked for
+    again = codec.encode(natural_image(24, 40), 3, model=SHIPPED_ID)
+    assert again == old
+
+
+def test_missing_generation_names_the_model_and_the_remedy(tiny_generation: Path) -> None:
+    data = codec.encode(natural_image(16, 16), 2, weights=tiny_generation / "tiny.safetensors")
+    with pytest.raises(codec.ModelNotInstalledError, match=r"needs decoder 'mbt-8-12-r007'.*JAC_MODELS"):
+        codec.decode(data)
+    with pytest.raises(codec.ModelNotInstalledError, match="cannot encode here"):
+        codec.encode(natural_image(16, 16), 2, model="mbt-8-12-r007")
+
+
+def test_a_kept_generation_decodes_from_its_decoder_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The decoder-only layout decodes every release-6 vector to the same pixels, and refuses to encode."""
+    tensors, metadata = shipped()
+    small, meta = weights.decoder_only(tensors, metadata)
+    assert not [k for k in small if k.startswith(weights.ENCODER_PREFIXES)]
+    assert (meta["weights_hash"], meta["decoder_hash"]) == (metadata["weights_hash"], metadata["decoder_hash"])
+    path = tmp_path / f"{SHIPPED_ID}.safetensors"
+    weights.save_weights(path, small, meta)
+    for entry in r006_vectors()[:4]:
+        data = (VECTORS / SHIPPED_ID / entry["file"]).read_bytes()
+        np.testing.assert_array_equal(codec.decode(data, weights=path), codec.decode(data))
+    with pytest.raises(codec.ModelNotInstalledError, match="decoder only"):
+        codec.encode(natural_image(8, 8), 2, weights=path)
+    monkeypatch.setenv("JAC_MODELS", str(tmp_path))
+    found = generations.find(SHIPPED_ID, bytes.fromhex(metadata["weights_hash"]))
+    assert found.path.name == generations.DEFAULT_WEIGHTS_NAME  # the shipped full file comes first
+    assert [g.can_encode for g in generations.installed() if g.model_id == SHIPPED_ID] == [True]
+
+
+def test_an_encoder_update_keeps_every_file_valid(tmp_path: Path) -> None:
+    """New g_a weights under the same decoder: same hash, old files decode, new files decode with the old file."""
+    tensors, metadata = shipped()
+    name = "float.g_a.0.weight"
+    updated = dict(tensors, **{name: tensors[name] * 1.01})
+    path = tmp_path / "updated.safetensors"
+    weights.save_weights(path, updated, weights.seal(updated, metadata))
+    image = natural_image(32, 48)
+    new = codec.encode(image, 4, weights=path)
+    assert new != codec.encode(image, 4)  # the encoder changed what it writes...
+    header = container.parse(new).header
+    assert (header.model_id, header.weights_hash.hex()) == (SHIPPED_ID, metadata["weights_hash"])
+    np.testing.assert_array_equal(codec.decode(new, weights=path), codec.decode(new))  # ...not how it decodes
+    old = (VECTORS / SHIPPED_ID / r006_vectors()[0]["file"]).read_bytes()
+    np.testing.assert_array_equal(codec.decode(old, weights=path), codec.decode(old))
+
+
+def test_listing_generations_does_not_import_torch() -> None:
+    code = "import sys, pillow_jac; print(len(pillow_jac.models())); assert 'torch' not in sys.modules"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
+    assert int(out.stdout) >= 1
+
+
+def test_release_command_keeps_the_old_generation_and_makes_vectors(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One command: the old decoder is kept, the new model becomes the default, and its vectors decode."""
+    import shutil
+
+    from pillow_jac.training import release
+
+    weights_dir = tmp_path / "weights"
+    weights_dir.mkdir()
+    shutil.copyfile(generations.package_weights_dir() / generations.DEFAULT_WEIGHTS_NAME, weights_dir / "full")
+    (weights_dir / "full").rename(weights_dir / generations.DEFAULT_WEIGHTS_NAME)
+    torch.manual_seed(1)
+    tiny = JointAutoregressiveHierarchicalPrior(ModelConfig(N=8, M=12))
+    weights.save_float_state(tmp_path / "ckpt.safetensors", tiny.state_dict(), tiny.config, {})
+    new_id = release.release(tmp_path / "ckpt.safetensors", 7, weights_dir, tmp_path / "vectors", {})
+    assert new_id == "mbt-8-12-r007"
+    kept = weights_dir / generations.KEPT_DIR / f"{SHIPPED_ID}.safetensors"
+    _, kept_meta = weights.load_weights(kept)
+    assert kept_meta["layout"] == "decoder" and kept_meta["weights_hash"] == "19772a6335c73e41"
+    with pytest.raises(weights.WeightsError, match="existing generation"):
+        release.release(tmp_path / "ckpt.safetensors", 7, weights_dir, tmp_path / "vectors2", {})
+    monkeypatch.setenv("JAC_WEIGHTS", str(weights_dir / generations.DEFAULT_WEIGHTS_NAME))
+    table = json.loads((tmp_path / "vectors" / new_id / "vectors.json").read_text())
+    assert len(table) == 9
+    for entry in table.values():
+        data = (tmp_path / "vectors" / new_id / entry["file"]).read_bytes()
+        assert container.parse(data).header.model_id == new_id
+        from .test_vectors import make_vectors
+
+        assert make_vectors.digest(codec.decode(data)) == entry["pixels_sha256"]
+    # the kept decoder file alone decodes the old generation's files
+    old = (VECTORS / SHIPPED_ID / r006_vectors()[1]["file"]).read_bytes()
+    np.testing.assert_array_equal(codec.decode(old, weights=kept), codec.decode(old))
