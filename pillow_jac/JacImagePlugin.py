@@ -92,14 +92,16 @@ def _accept(prefix: bytes) -> bool:
 # --------------------------------------------------------------------------- container access
 
 
-def _read_container(fp: IO[bytes], header: container.JacHeader | None = None) -> container.JacFile:
+def _read_container(
+    fp: IO[bytes], header: container.JacHeader | None = None, keep_unknown: bool = True
+) -> container.JacFile:
     """Read a whole ``.jac`` file (after ``header`` when given), turning stray low-level errors into ``OSError``.
 
     ``SyntaxError`` (wrong signature) and :class:`container.JacFormatError` (a ``ValueError``) pass
-    through unchanged.
+    through unchanged. Unknown ancillary chunks are kept unless ``keep_unknown`` is False.
     """
     try:
-        return container.read_file(fp, header)
+        return container.read_file(fp, header, keep_unknown=keep_unknown)
     except (EOFError, struct.error, IndexError, TypeError, UnicodeDecodeError) as e:
         raise OSError(f"truncated or corrupt JAC file: {e}") from e
 
@@ -136,7 +138,7 @@ class JacImageFile(ImageFile.ImageFile):
             Image._decompression_bomb_check(size)
 
         # The metadata chunks come after JHDR: read the rest of the container (bytes only, no torch).
-        jac = _read_container(self.fp, header)
+        jac = _read_container(self.fp, header, keep_unknown=False)
         self._size = size
         self._mode = header.layout
         self.info["quality"] = float(header.quality)
@@ -159,7 +161,7 @@ class JacDecoder(ImageFile.PyDecoder):
     def decode(self, buffer: bytes | Image.SupportsArrayInterface) -> tuple[int, int]:
         """Decode the whole image in one call (``buffer`` is unused: the decoder reads the file)."""
         assert self.fd is not None
-        jac = _read_container(self.fd)
+        jac = _read_container(self.fd, keep_unknown=False)
         pixels = _decode_pixels(jac)
         width, height = self.state.xsize, self.state.ysize
         expected = (height, width) if self.mode == "L" else (height, width, len(self.mode))

@@ -17,6 +17,7 @@ Errors:
 from __future__ import annotations
 
 import io
+import re
 import struct
 import zlib
 from dataclasses import dataclass, field
@@ -57,13 +58,11 @@ _READ_PIECE = 1 << 20
 _MODEL_ID_BYTES = 16
 _WEIGHTS_HASH_BYTES = 8
 
-_UPPER = frozenset(range(0x41, 0x5B))
-_LOWER = frozenset(range(0x61, 0x7B))
-_DIGITS = frozenset(range(0x30, 0x3A))
-_TYPE_FIRST = _UPPER | _LOWER
-_TYPE_REST = _UPPER | _LOWER | _DIGITS | {0x20}
+#: a valid chunk type (SPEC.md section 3.1): a letter, then three letters, digits or spaces.
+_TYPE = re.compile(rb"[A-Za-z][A-Za-z0-9 ]{3}")
 _KNOWN_CRITICAL = (C.CHUNK_JHDR, C.CHUNK_ZSTR, C.CHUNK_YSTR, C.CHUNK_ALPH, C.CHUNK_JEND)
 _KNOWN_ANCILLARY = (C.CHUNK_ICCP, C.CHUNK_EXIF, C.CHUNK_XMP)
+_KNOWN = frozenset(_KNOWN_CRITICAL + _KNOWN_ANCILLARY)
 _ALPHA_LAYOUTS = ("RGBA", "LA")
 _ALPHA_METHODS = (C.ALPHA_METHOD_ZLIB,)
 
@@ -166,11 +165,11 @@ def _type_name(ctype: bytes) -> str:
 
 
 def _is_valid_type(ctype: bytes) -> bool:
-    return len(ctype) == 4 and ctype[0] in _TYPE_FIRST and all(b in _TYPE_REST for b in ctype[1:])
+    return _TYPE.fullmatch(ctype) is not None
 
 
 def _is_critical(ctype: bytes) -> bool:
-    return ctype[0] in _UPPER
+    return 0x41 <= ctype[0] <= 0x5A  # A-Z
 
 
 def _crc(ctype: bytes, data: bytes) -> int:
@@ -275,7 +274,8 @@ class JacFile:
         exif: EXIF bytes as Pillow gives them in ``im.info["exif"]`` (``exif`` chunk) or ``None``.
         xmp: XMP packet (``xmp `` chunk) or ``None``.
         unknown_chunks: ``(type, data)`` of ancillary chunks this implementation does not know, in
-            file order; :func:`serialize` writes them back.
+            file order; :func:`serialize` writes them back. Readers fill it only when asked
+            (``keep_unknown=True``); by default they skip such chunks and leave it empty.
     """
 
     header: JacHeader
@@ -519,23 +519,62 @@ class _Reader:
             return None
         return max(0, end - pos)
 
-    def read(self, n: int, what: str, at_eof: str | None = None) -> bytes:
-        """Exactly ``n`` bytes; ``at_eof`` is the message when no byte at all is left."""
+    def _check_left(self, n: int, what: str, ctype: bytes | None, at_eof: str | None) -> None:
+        """Refuse ``n`` bytes when the file is known to hold fewer, before anything is read."""
         if self.remaining is not None and n > self.remaining:
             if self.remaining == 0 and at_eof:
                 raise JacFormatError(at_eof)
+            what = _what(what, ctype)
             raise JacFormatError(f"truncated JAC file: {what} needs {n} bytes but only {self.remaining} remain")
-        buf = bytearray()
+
+    def read(self, n: int, what: str, ctype: bytes | None = None, at_eof: str | None = None) -> bytes:
+        """Exactly ``n`` bytes.
+
+        ``what`` names the bytes in errors (``{}`` stands for the name of ``ctype``); ``at_eof`` is the
+        message when no byte at all is left.
+        """
+        remaining = self.remaining
+        if remaining is not None and n > remaining:
+            self._check_left(n, what, ctype, at_eof)
+        data = self.fp.read(n) if n <= _READ_PIECE else None
+        if data is None or len(data) != n:  # a long read, a short read or the end of the data
+            data = self._read_pieces(n, what, ctype, at_eof, data or b"")
+        if remaining is not None:
+            self.remaining = remaining - n
+        return data
+
+    def _read_pieces(self, n: int, what: str, ctype: bytes | None, at_eof: str | None, start: bytes) -> bytes:
+        buf = bytearray(start[:n])
         while len(buf) < n:
             piece = self.fp.read(min(_READ_PIECE, n - len(buf)))
             if not piece:
                 if not buf and at_eof:
                     raise JacFormatError(at_eof)
+                what = _what(what, ctype)
                 raise JacFormatError(f"truncated JAC file: {what} needs {n} bytes but the file ends after {len(buf)}")
             buf += piece[: n - len(buf)]
+        return bytes(buf)
+
+    def crc(self, n: int, crc: int, what: str, ctype: bytes) -> int:
+        """Read ``n`` bytes and return ``zlib.crc32`` of them continued from ``crc``, keeping none of them.
+
+        At most :data:`_READ_PIECE` bytes are held at a time, however long the chunk.
+        """
+        if n <= _READ_PIECE:
+            return zlib.crc32(self.read(n, what, ctype), crc)
+        self._check_left(n, what, ctype, None)
+        done = 0
+        while done < n:
+            piece = self.fp.read(min(_READ_PIECE, n - done))
+            if not piece:
+                what = _what(what, ctype)
+                raise JacFormatError(f"truncated JAC file: {what} needs {n} bytes but the file ends after {done}")
+            piece = piece[: n - done]
+            crc = zlib.crc32(piece, crc)
+            done += len(piece)
         if self.remaining is not None:
             self.remaining -= n
-        return bytes(buf)
+        return crc
 
     def at_end(self) -> bool:
         if self.remaining is not None:
@@ -543,21 +582,44 @@ class _Reader:
         return not self.fp.read(1)
 
 
-def _read_chunk(r: _Reader, expected_length: dict[bytes, int], at_eof: str | None = None) -> tuple[bytes, bytes]:
-    """One chunk's ``(type, data)``, its framing, length and CRC checked before its data is trusted."""
-    length, ctype = _CHUNK_HEAD.unpack(r.read(_CHUNK_HEAD.size, "chunk header", at_eof))
-    if not _is_valid_type(ctype):
+def _what(what: str, ctype: bytes | None) -> str:
+    return what.format(_type_name(ctype)) if ctype is not None else what
+
+
+def _read_chunk(
+    r: _Reader, expected_length: dict[bytes, int], keep: frozenset[bytes] | None, at_eof: str
+) -> tuple[bytes, bytes | None]:
+    """One chunk's ``(type, data)``, its framing, length and CRC checked before its data is trusted.
+
+    The data of a type not in ``keep`` (all types when ``keep`` is None) is read, CRC-checked and
+    dropped: its ``data`` is None.
+    """
+    length, ctype = _CHUNK_HEAD.unpack(r.read(_CHUNK_HEAD.size, "chunk header", at_eof=at_eof))
+    if _TYPE.fullmatch(ctype) is None:
         raise JacFormatError(f"invalid chunk type {ctype!r}: not 4 ASCII letters (file corrupt?)")
-    name = _type_name(ctype)
     if length > C.MAX_CHUNK_BYTES:
+        name = _type_name(ctype)
         raise JacFormatError(f"chunk {name} declares {length} bytes, more than the limit of {C.MAX_CHUNK_BYTES}")
     want = expected_length.get(ctype)
     if want is not None and length != want:
-        raise JacFormatError(f"chunk {name} is {length} bytes but must be {want} bytes")
-    data = r.read(length, f"chunk {name} data")
-    (crc,) = _U32.unpack(r.read(_U32.size, f"CRC of chunk {name}"))
-    if crc != _crc(ctype, data):
-        raise JacFormatError(f"CRC mismatch in chunk {name}: the file is corrupt")
+        raise JacFormatError(f"chunk {_type_name(ctype)} is {length} bytes but must be {want} bytes")
+    kept = keep is None or ctype in keep
+    if length <= _READ_PIECE - _U32.size and r.remaining is not None and length + _U32.size <= r.remaining:
+        # data and CRC in one read, when they are known to be there (else the reads below name what is missing)
+        block = r.read(length + _U32.size, "chunk {} data and CRC", ctype)
+        data: bytes | None = block[:length] if kept else None
+        crc = zlib.crc32(memoryview(block)[:length], zlib.crc32(ctype))
+        (stored,) = _U32.unpack_from(block, length)
+    else:
+        if kept:
+            data = r.read(length, "chunk {} data", ctype)
+            crc = _crc(ctype, data)
+        else:
+            data = None
+            crc = r.crc(length, zlib.crc32(ctype), "chunk {} data", ctype)
+        (stored,) = _U32.unpack(r.read(_U32.size, "CRC of chunk {}", ctype))
+    if stored != crc:
+        raise JacFormatError(f"CRC mismatch in chunk {_type_name(ctype)}: the file is corrupt")
     return ctype, data
 
 
@@ -609,7 +671,7 @@ def _read_magic(r: _Reader) -> None:
 
 def _read_jhdr(r: _Reader) -> JacHeader:
     at_eof = "truncated JAC file: no JHDR chunk after the signature"
-    length, ctype = _CHUNK_HEAD.unpack(r.read(_CHUNK_HEAD.size, "JHDR chunk header", at_eof))
+    length, ctype = _CHUNK_HEAD.unpack(r.read(_CHUNK_HEAD.size, "JHDR chunk header", at_eof=at_eof))
     if ctype != C.CHUNK_JHDR:
         raise JacFormatError(f"the first chunk must be JHDR, found {ctype!r}")
     if length != C.JHDR_LENGTH:
@@ -650,17 +712,22 @@ def read_header(fp: BinaryIO) -> JacHeader:
     return _read_jhdr(r)
 
 
-def read_file(fp: BinaryIO, header: JacHeader | None = None) -> JacFile:
+def read_file(fp: BinaryIO, header: JacHeader | None = None, *, keep_unknown: bool = False) -> JacFile:
     r"""Read and check a whole ``.jac`` file from a binary file object, in bounded pieces.
 
     No more bytes are read than the chunk lengths say; a length beyond the end of the file or above
     ``MAX_CHUNK_BYTES`` is an error before anything is allocated (for files that cannot seek, reads
     go in 1 MiB pieces, so a lying length costs at most that much before it is caught).
 
+    Unknown ancillary chunks are CRC-checked and skipped (SPEC.md section 5.3): the memory used is
+    that of the known chunks, however many unknown ones the file holds.
+
     Args:
         fp: a binary file object, positioned at the start of the file, or just after the JHDR
             chunk when ``header`` is given.
         header: the header :func:`read_header` returned from ``fp``, if it was called already.
+        keep_unknown: also keep the unknown ancillary chunks, in :attr:`JacFile.unknown_chunks`
+            (for tools that rewrite a file and must carry them over). Each one then costs memory.
 
     Returns:
         The file content.
@@ -688,22 +755,24 @@ def read_file(fp: BinaryIO, header: JacHeader | None = None) -> JacFile:
         C.CHUNK_YSTR: header.y_stream_length,
         C.CHUNK_JEND: 0,
     }
-    seen: set[bytes] = {C.CHUNK_JHDR}
+    # Only the known chunks are kept (one of each at most); an unknown ancillary chunk costs no memory
+    # unless keep_unknown asks for it, so parsing takes time linear in the file size and memory
+    # bounded by the known chunks (SPEC.md section 5.3).
+    keep = None if keep_unknown else _KNOWN
+    at_eof = "truncated JAC file: no JEND chunk"
     found: dict[bytes, bytes] = {}
     unknown: list[tuple[bytes, bytes]] = []
     while True:
-        ctype, data = _read_chunk(r, expected_length, at_eof="truncated JAC file: no JEND chunk")
-        name = _type_name(ctype)
-        if ctype in seen and (ctype in _KNOWN_CRITICAL or ctype in _KNOWN_ANCILLARY):
-            raise JacFormatError(f"duplicate chunk {name}")
-        seen.add(ctype)
-        if ctype == C.CHUNK_JEND:
-            break
-        if ctype in _KNOWN_CRITICAL or ctype in _KNOWN_ANCILLARY:
+        ctype, data = _read_chunk(r, expected_length, keep, at_eof)
+        if ctype in _KNOWN:
+            if ctype in found or ctype == C.CHUNK_JHDR:
+                raise JacFormatError(f"duplicate chunk {_type_name(ctype)}")
+            if ctype == C.CHUNK_JEND:
+                break
             found[ctype] = data
         elif _is_critical(ctype):
-            raise JacFormatError(f"unknown critical chunk {name}: the file needs a newer decoder")
-        else:
+            raise JacFormatError(f"unknown critical chunk {_type_name(ctype)}: the file needs a newer decoder")
+        elif data is not None:
             unknown.append((ctype, data))
     if not r.at_end():
         raise JacFormatError("unexpected data after the JEND chunk")
@@ -736,11 +805,12 @@ def read_file(fp: BinaryIO, header: JacHeader | None = None) -> JacFile:
     )
 
 
-def parse(data: bytes) -> JacFile:
+def parse(data: bytes, *, keep_unknown: bool = False) -> JacFile:
     """Parse and check the bytes of a whole ``.jac`` file.
 
     Args:
         data: the file (``bytes``, ``bytearray`` or ``memoryview``).
+        keep_unknown: also keep the unknown ancillary chunks (see :func:`read_file`).
 
     Returns:
         The file content.
@@ -759,7 +829,7 @@ def parse(data: bytes) -> JacFile:
         ...
         pillow_jac.container.JacFormatError: truncated JAC file: no JEND chunk
     """
-    return read_file(io.BytesIO(data))
+    return read_file(io.BytesIO(data), keep_unknown=keep_unknown)
 
 
 # ---------------------------------------------------------------------------------------------

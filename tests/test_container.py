@@ -153,16 +153,21 @@ def test_round_trip(layout, metadata, unknown):
     assert data.startswith(C.MAGIC)
     assert accept(data[:16])
     for form in (data, bytearray(data), memoryview(data)):
-        assert parse(form) == jac
-    assert read_file(io.BytesIO(data)) == jac
-    assert read_file(Stream(data)) == jac
+        assert parse(form, keep_unknown=True) == jac
+    assert read_file(io.BytesIO(data), keep_unknown=True) == jac
+    assert read_file(Stream(data), keep_unknown=True) == jac
     fp = io.BytesIO(data)
     header = read_header(fp)
     assert header == jac.header
     assert header.mode == layout
-    assert read_file(fp, header) == jac
-    assert serialize(parse(data)) == data
-    assert parse(data).unknown_chunks == list(unknown)
+    assert read_file(fp, header, keep_unknown=True) == jac
+    assert serialize(parse(data, keep_unknown=True)) == data
+    assert parse(data, keep_unknown=True).unknown_chunks == list(unknown)
+    # by default unknown chunks are skipped: the rest is the same
+    skipped = parse(data)
+    assert skipped.unknown_chunks == []
+    skipped.unknown_chunks = list(unknown)
+    assert skipped == jac
 
 
 def test_writer_chunk_order():
@@ -450,12 +455,50 @@ def test_bad_signature_is_syntax_error():
             read_header(io.BytesIO(data))
 
 
-def test_unknown_ancillary_chunks_are_kept_in_order():
+def test_unknown_ancillary_chunks_are_kept_in_order_when_asked():
     extra = [(b"abcd", b"1"), (b"tEXt", b"k\0v"), (b"abcd", b"2"), (b"q9 z", b"")]
     data = build(VALID_JHDR, *(chunk(t, d) for t, d in extra[:2]), Z, *(chunk(t, d) for t, d in extra[2:]), Y, END)
-    jac = parse(data)
+    jac = parse(data, keep_unknown=True)
     assert jac.unknown_chunks == extra
-    assert parse(serialize(jac)) == jac
+    assert parse(serialize(jac), keep_unknown=True) == jac
+    assert parse(data).unknown_chunks == []
+
+
+def test_unknown_chunks_are_skipped_in_bounded_memory():
+    """SPEC.md 5.3: skipped chunks cost no memory, however many there are (and are still CRC-checked)."""
+    n = 100_000
+    data = build(VALID_JHDR, chunk(b"abcd") * n, Z, Y, END)  # 1.2 MB of empty unknown chunks
+    tracemalloc.start()
+    try:
+        jac = parse(data)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert jac.unknown_chunks == []
+    assert peak < 64 * 1024, f"parsing {n} empty unknown chunks took {peak} bytes"
+    # the same on a stream that cannot seek
+    unseekable = io.BytesIO(data)
+    unseekable.seekable = lambda: False
+    tracemalloc.start()
+    try:
+        read_file(unseekable)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 64 * 1024
+    # a large unknown chunk is checked in pieces, never held whole
+    big = build(VALID_JHDR, chunk(b"abcd", bytes(8 << 20)), Z, Y, END)
+    tracemalloc.start()
+    try:
+        parse(big)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 3 << 20
+    bad = bytearray(big)
+    bad[len(C.MAGIC) + 12 + C.JHDR_LENGTH + 8 + (5 << 20)] ^= 1
+    with pytest.raises(JacFormatError, match="CRC mismatch in chunk 'abcd'"):
+        parse(bytes(bad))
 
 
 # ------------------------------------------------------------------------------------------------
