@@ -115,10 +115,15 @@ class JacImageFile(ImageFile.ImageFile):
     After opening, ``size`` and ``mode`` (``L``, ``LA``, ``RGB`` or ``RGBA``) are known and ``info``
     holds ``quality`` (float), ``model_id`` (str) and, when the file has them, ``icc_profile``,
     ``exif`` and ``xmp`` (bytes, exactly as they were saved). Pixels are decoded on ``load()``.
+
+    Opening reads and checks the whole container once and keeps it; ``load()`` decodes
+    from it without reading the file again, then drops it.
     """
 
     format = "JAC"
     format_description = "JAC learned image codec"
+    #: the parsed file, from ``Image.open`` until the pixels are decoded (None afterwards).
+    _jac: container.JacFile | None = None
 
     def _open(self) -> None:
         assert self.fp is not None
@@ -139,6 +144,7 @@ class JacImageFile(ImageFile.ImageFile):
 
         # The metadata chunks come after JHDR: read the rest of the container (bytes only, no torch).
         jac = _read_container(self.fp, header, keep_unknown=False)
+        self._jac = jac
         self._size = size
         self._mode = header.layout
         self.info["quality"] = float(header.quality)
@@ -147,29 +153,51 @@ class JacImageFile(ImageFile.ImageFile):
             value = getattr(jac, name)
             if value:
                 self.info[name] = bytes(value)
-        self.tile = [ImageFile._Tile("JAC", (0, 0, *size), 0, None)]
+        self.tile = [ImageFile._Tile("JAC", (0, 0, *size), 0, jac)]
+
+    def load(self) -> Image.core.PixelAccess | None:
+        """Decode the pixels from the container parsed at open; the file is not read again."""
+        if self.tile and self._jac is not None:
+            raw = _raw_pixels(self._jac, self.mode, self.size)
+            self.load_prepare()
+            self.frombytes(raw, "raw", self.mode)
+            self.tile = []
+            self._jac = None
+            if self.fp is not None and self._exclusive_fp and self._close_exclusive_fp_after_loading:
+                self.fp.close()
+                self.fp = None
+        return super().load()
 
 
 class JacDecoder(ImageFile.PyDecoder):
-    """Pillow decoder for the ``"JAC"`` tile: reads the container from the file and runs the codec.
+    """Pillow decoder for the ``"JAC"`` tile, whose argument is the parsed file: runs the codec.
 
+    :meth:`JacImageFile.load` does not need it; it serves other users of the tile, such as
+    :class:`PIL.ImageFile.Parser`. Without an argument it reads the container from the file.
     Any failure surfaces as ``OSError`` or ``ValueError`` (never a torch or constriction exception).
     """
 
     _pulls_fd = True
 
     def decode(self, buffer: bytes | Image.SupportsArrayInterface) -> tuple[int, int]:
-        """Decode the whole image in one call (``buffer`` is unused: the decoder reads the file)."""
-        assert self.fd is not None
-        jac = _read_container(self.fd, keep_unknown=False)
-        pixels = _decode_pixels(jac)
-        width, height = self.state.xsize, self.state.ysize
-        expected = (height, width) if self.mode == "L" else (height, width, len(self.mode))
-        if tuple(pixels.shape) != expected or pixels.dtype.name != "uint8":
-            msg = f"JAC decoder returned {pixels.dtype.name} {tuple(pixels.shape)}, expected uint8 {expected}"
-            raise OSError(msg)
-        self.set_as_raw(pixels.tobytes(), self.mode)
+        """Decode the whole image in one call (``buffer`` is unused)."""
+        jac = self.args[0] if self.args else None
+        if not isinstance(jac, container.JacFile):
+            assert self.fd is not None
+            jac = _read_container(self.fd, keep_unknown=False)
+        self.set_as_raw(_raw_pixels(jac, self.mode, (self.state.xsize, self.state.ysize)), self.mode)
         return -1, 0
+
+
+def _raw_pixels(jac: container.JacFile, mode: str, size: tuple[int, int]) -> bytes:
+    """The decoded pixels of ``jac`` as raw bytes in ``mode``, checked against the expected shape."""
+    pixels = _decode_pixels(jac)
+    width, height = size
+    expected = (height, width) if mode == "L" else (height, width, len(mode))
+    if tuple(pixels.shape) != expected or pixels.dtype.name != "uint8":
+        msg = f"JAC decoder returned {pixels.dtype.name} {tuple(pixels.shape)}, expected uint8 {expected}"
+        raise OSError(msg)
+    return pixels.tobytes()
 
 
 def _decode_pixels(jac: Any, device: str | None = None) -> np.ndarray:

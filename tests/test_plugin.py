@@ -143,6 +143,22 @@ def test_sanity(rgb_jac_path: Path, tmp_path: Path) -> None:
         assert png.size == SIZE and png.mode == "RGB"
 
 
+def test_load_decodes_what_open_parsed(monkeypatch, rgb_jac: bytes) -> None:
+    """The file is read once: ``load()`` neither parses again nor touches the file."""
+    fp = io.BytesIO(rgb_jac)
+    with Image.open(fp) as im:
+        assert fp.tell() == len(rgb_jac)  # open read the whole container, once
+
+        def parsed_again(*args, **kwargs):
+            raise AssertionError("the file was parsed again")
+
+        monkeypatch.setattr(container, "read_file", parsed_again)
+        monkeypatch.setattr(container, "parse", parsed_again)
+        fp.close()  # load must not need it
+        im.load()
+        assert_resembles(im, hopper())
+
+
 def test_open_with_formats_argument(rgb_jac: bytes) -> None:
     with Image.open(io.BytesIO(rgb_jac), formats=["JAC"]) as im:
         assert im.format == "JAC"
