@@ -97,8 +97,8 @@ def _read_container(
 ) -> container.JacFile:
     """Read a whole ``.jac`` file (after ``header`` when given), turning stray low-level errors into ``OSError``.
 
-    ``SyntaxError`` (wrong signature) and :class:`container.JacFormatError` (a ``ValueError``) pass
-    through unchanged. Unknown ancillary chunks are kept unless ``keep_unknown`` is False.
+    :class:`container.JacFormatError` (a ``ValueError``; :class:`container.NotJacFileError` for a wrong
+    signature) passes through unchanged. Unknown ancillary chunks are kept unless ``keep_unknown`` is False.
     """
     try:
         return container.read_file(fp, header, keep_unknown=keep_unknown)

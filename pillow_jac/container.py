@@ -9,8 +9,9 @@ This module only moves bytes: it never runs the model. It imports the standard l
 
 Errors:
 
-* :class:`SyntaxError`: the data does not start with the JAC signature (Pillow's "not my format").
-* :class:`JacFormatError` (a :class:`ValueError`): the signature is right but the file is malformed.
+* :class:`JacFormatError` (a :class:`ValueError`): the data cannot be read as a ``.jac`` file.
+* :class:`NotJacFileError`, a :class:`JacFormatError`: the data does not start with the JAC signature
+  (SPEC.md section 2). It is also a :class:`SyntaxError`, Pillow's "not my format".
 * :class:`ValueError`: :func:`serialize` was given an invalid :class:`JacFile`.
 """
 
@@ -31,6 +32,7 @@ MAGIC = C.MAGIC
 __all__ = [
     "MAGIC",
     "JacFormatError",
+    "NotJacFileError",
     "JacHeader",
     "JacFile",
     "accept",
@@ -68,7 +70,18 @@ _ALPHA_METHODS = (C.ALPHA_METHOD_ZLIB,)
 
 
 class JacFormatError(ValueError):
-    """A ``.jac`` file (with a valid signature) is malformed, truncated or unsupported."""
+    """The data cannot be read as a ``.jac`` file: malformed, truncated, unsupported or not JAC at all."""
+
+
+class NotJacFileError(JacFormatError, SyntaxError):
+    """The data does not start with the JAC signature (SPEC.md section 2): it is not a ``.jac`` file.
+
+    A :class:`ValueError` like every :class:`JacFormatError`, and a :class:`SyntaxError`, the
+    exception a Pillow plugin raises for "not my format".
+    """
+
+    def __init__(self, msg: str) -> None:
+        SyntaxError.__init__(self, msg)  # SyntaxError.__str__ shows its msg field
 
 
 # ---------------------------------------------------------------------------------------------
@@ -664,7 +677,7 @@ def _read_magic(r: _Reader) -> None:
             break
         magic += piece
     if magic != C.MAGIC:  # also when the file is shorter than the signature
-        raise SyntaxError("not a JAC file (bad signature)")
+        raise NotJacFileError("not a JAC file (bad signature)")
     if r.remaining is not None:
         r.remaining -= len(C.MAGIC)
 
@@ -696,7 +709,7 @@ def read_header(fp: BinaryIO) -> JacHeader:
         The validated header.
 
     Raises:
-        SyntaxError: the data does not start with the JAC signature.
+        NotJacFileError: the data does not start with the JAC signature.
         JacFormatError: the JHDR chunk is missing, truncated, corrupt or invalid.
 
     Example:
@@ -733,7 +746,7 @@ def read_file(fp: BinaryIO, header: JacHeader | None = None, *, keep_unknown: bo
         The file content.
 
     Raises:
-        SyntaxError: the data does not start with the JAC signature.
+        NotJacFileError: the data does not start with the JAC signature.
         JacFormatError: the file is malformed; the message names the cause.
 
     Example:
@@ -816,7 +829,7 @@ def parse(data: bytes, *, keep_unknown: bool = False) -> JacFile:
         The file content.
 
     Raises:
-        SyntaxError: ``data`` does not start with the JAC signature.
+        NotJacFileError: ``data`` does not start with the JAC signature.
         JacFormatError: the file is malformed; the message names the cause.
 
     Example:

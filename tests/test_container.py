@@ -17,6 +17,7 @@ from pillow_jac.container import (
     JacFile,
     JacFormatError,
     JacHeader,
+    NotJacFileError,
     accept,
     compress_alpha,
     decompress_alpha,
@@ -446,13 +447,19 @@ def test_parse_rejects_bad_alpha_chunk(alph, match):
         parse(build(*chunks))
 
 
-def test_bad_signature_is_syntax_error():
+def test_bad_signature_is_not_jac_file_error():
+    """Not a JAC file: a ValueError (JacFormatError) for array users, and a SyntaxError as Pillow expects."""
     good = serialize(make())
     for data in [b"", C.MAGIC[:5], b"\x89PNG\r\n\x1a\n" + good[8:], b"\x8bJAC\n\x1a\n" + good[8:], bytes(100)]:
-        with pytest.raises(SyntaxError, match="not a JAC file"):
+        with pytest.raises(NotJacFileError, match="^not a JAC file") as info:
             parse(data)
-        with pytest.raises(SyntaxError):
+        assert isinstance(info.value, ValueError) and isinstance(info.value, JacFormatError)
+        assert isinstance(info.value, SyntaxError)
+        assert str(info.value) == "not a JAC file (bad signature)"
+        with pytest.raises(NotJacFileError):
             read_header(io.BytesIO(data))
+        with pytest.raises(NotJacFileError):
+            read_file(Stream(data))
 
 
 def test_unknown_ancillary_chunks_are_kept_in_order_when_asked():

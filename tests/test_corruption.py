@@ -29,6 +29,21 @@ def rgba_jac() -> bytes:
     return container.serialize(jac)
 
 
+def test_not_a_jac_file_is_a_value_error() -> None:
+    """Array users get a ValueError for data that is not JAC at all; Pillow moves on to other formats."""
+    png = io.BytesIO()
+    Image.new("RGB", (4, 4)).save(png, "PNG")
+    for data in (b"junk", b"", png.getvalue()):
+        with pytest.raises(ValueError, match="not a JAC file"):
+            codec.decode(data)
+        with pytest.raises(container.NotJacFileError):
+            container.parse(data)
+    with Image.open(png) as im:
+        assert im.format == "PNG"
+    with pytest.raises(Image.UnidentifiedImageError):
+        Image.open(io.BytesIO(b"junk"))
+
+
 def edit(data: bytes, ctype: bytes, fn) -> bytes:
     """``data`` with ``fn(chunk)`` applied to its first chunk of type ``ctype`` (CRC re-computed unless forged)."""
     chunks, tail = fz.split(data)
