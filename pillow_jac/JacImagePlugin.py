@@ -4,9 +4,17 @@ Importing this module (``import pillow_jac`` does it) registers the ``"JAC"`` fo
 :func:`PIL.Image.open` then recognises ``.jac`` files by their signature, and :meth:`PIL.Image.Image.save`
 writes them for the ``.jac`` extension or ``format="JAC"``.
 
-Opening a file reads only the container (header and metadata chunks, standard library only): the
+Opening a file reads and checks the whole container once (standard library only) and keeps it; the
 neural decoder, and with it torch, is imported the first time pixels are needed (``load()``,
-``getpixel``, ``convert``, ``save``, ...).
+``getpixel``, ``convert``, ``save``, ...), and decodes from what was read at open.
+
+Truncated files: since ``Image.open`` reads the whole container, a file cut short fails there, with
+:class:`~pillow_jac.container.JacTruncatedError`: an ``OSError``, as Pillow's "image file is
+truncated", and a ``ValueError`` like every :class:`~pillow_jac.container.JacFormatError`.
+``ImageFile.LOAD_TRUNCATED_IMAGES`` does not change this: the latents are one range-coded stream in
+which every symbol's probabilities depend on the symbols before it, and the synthesis network spreads
+each latent over many pixels, so the bytes before the cut give no usable part of the image (a
+truncated PNG or JPEG still has its first rows).
 
 Save options (``im.save(fp, "JAC", **options)``):
 

@@ -12,6 +12,8 @@ Errors:
 * :class:`JacFormatError` (a :class:`ValueError`): the data cannot be read as a ``.jac`` file.
 * :class:`NotJacFileError`, a :class:`JacFormatError`: the data does not start with the JAC signature
   (SPEC.md section 2). It is also a :class:`SyntaxError`, Pillow's "not my format".
+* :class:`JacTruncatedError`, a :class:`JacFormatError`: the data ends before the file does. It is
+  also an :class:`OSError`, as Pillow's "image file is truncated".
 * :class:`ValueError`: :func:`serialize` was given an invalid :class:`JacFile`.
 """
 
@@ -33,6 +35,7 @@ __all__ = [
     "MAGIC",
     "JacFormatError",
     "NotJacFileError",
+    "JacTruncatedError",
     "JacHeader",
     "JacFile",
     "accept",
@@ -82,6 +85,14 @@ class NotJacFileError(JacFormatError, SyntaxError):
 
     def __init__(self, msg: str) -> None:
         SyntaxError.__init__(self, msg)  # SyntaxError.__str__ shows its msg field
+
+
+class JacTruncatedError(JacFormatError, OSError):
+    """The data ends before the file does (a missing chunk, or a length beyond the end of the data).
+
+    A :class:`ValueError` like every :class:`JacFormatError`, and an :class:`OSError`, what Pillow
+    raises for a truncated image file.
+    """
 
 
 # ---------------------------------------------------------------------------------------------
@@ -536,9 +547,9 @@ class _Reader:
         """Refuse ``n`` bytes when the file is known to hold fewer, before anything is read."""
         if self.remaining is not None and n > self.remaining:
             if self.remaining == 0 and at_eof:
-                raise JacFormatError(at_eof)
+                raise JacTruncatedError(at_eof)
             what = _what(what, ctype)
-            raise JacFormatError(f"truncated JAC file: {what} needs {n} bytes but only {self.remaining} remain")
+            raise JacTruncatedError(f"truncated JAC file: {what} needs {n} bytes but only {self.remaining} remain")
 
     def read(self, n: int, what: str, ctype: bytes | None = None, at_eof: str | None = None) -> bytes:
         """Exactly ``n`` bytes.
@@ -562,9 +573,11 @@ class _Reader:
             piece = self.fp.read(min(_READ_PIECE, n - len(buf)))
             if not piece:
                 if not buf and at_eof:
-                    raise JacFormatError(at_eof)
+                    raise JacTruncatedError(at_eof)
                 what = _what(what, ctype)
-                raise JacFormatError(f"truncated JAC file: {what} needs {n} bytes but the file ends after {len(buf)}")
+                raise JacTruncatedError(
+                    f"truncated JAC file: {what} needs {n} bytes but the file ends after {len(buf)}"
+                )
             buf += piece[: n - len(buf)]
         return bytes(buf)
 
@@ -581,7 +594,7 @@ class _Reader:
             piece = self.fp.read(min(_READ_PIECE, n - done))
             if not piece:
                 what = _what(what, ctype)
-                raise JacFormatError(f"truncated JAC file: {what} needs {n} bytes but the file ends after {done}")
+                raise JacTruncatedError(f"truncated JAC file: {what} needs {n} bytes but the file ends after {done}")
             piece = piece[: n - done]
             crc = zlib.crc32(piece, crc)
             done += len(piece)
@@ -840,7 +853,7 @@ def parse(data: bytes, *, keep_unknown: bool = False) -> JacFile:
         >>> parse(serialize(jac)[:-12])
         Traceback (most recent call last):
         ...
-        pillow_jac.container.JacFormatError: truncated JAC file: no JEND chunk
+        pillow_jac.container.JacTruncatedError: truncated JAC file: no JEND chunk
     """
     return read_file(io.BytesIO(data), keep_unknown=keep_unknown)
 

@@ -175,12 +175,30 @@ def test_invalid_file() -> None:
         Image.open(io.BytesIO(MAGIC[:5]))
 
 
+@pytest.mark.parametrize("load_truncated", [False, True])
 @pytest.mark.parametrize("cut", [8, 12, 30, 74, -40, -13, -1])
-def test_truncated_file(rgb_jac: bytes, cut: int) -> None:
-    data = rgb_jac[:cut]
-    with pytest.raises((OSError, ValueError)):
-        with Image.open(io.BytesIO(data)) as im:
-            im.load()
+def test_truncated_file(monkeypatch, rgb_jac: bytes, cut: int, load_truncated: bool) -> None:
+    """A file cut short is an OSError, as in Pillow's plugins, even with LOAD_TRUNCATED_IMAGES (see the module doc)."""
+    from PIL import ImageFile
+
+    monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", load_truncated)
+    with pytest.raises(OSError, match="truncated JAC file") as info:
+        Image.open(io.BytesIO(rgb_jac[:cut]))
+    assert isinstance(info.value, container.JacTruncatedError)
+    assert isinstance(info.value, ValueError)  # a JacFormatError too
+
+
+def test_incremental_parser(rgb_jac: bytes) -> None:
+    """PIL.ImageFile.Parser decodes through the "JAC" tile decoder, from the parsed file in the tile."""
+    from PIL import ImageFile
+
+    parser = ImageFile.Parser()
+    for i in range(0, len(rgb_jac), 100):
+        parser.feed(rgb_jac[i : i + 100])
+    im = parser.close()
+    assert im.size == SIZE and im.mode == "RGB"
+    with Image.open(io.BytesIO(rgb_jac)) as direct:
+        assert im.tobytes() == direct.tobytes()
 
 
 def test_trailing_garbage_is_rejected(rgb_jac: bytes) -> None:
