@@ -125,11 +125,15 @@ class JacImageFile(ImageFile.ImageFile):
     ``exif`` and ``xmp`` (bytes, exactly as they were saved). Pixels are decoded on ``load()``.
 
     Opening reads and checks the whole container once and keeps it; ``load()`` decodes
-    from it without reading the file again, then drops it.
+    from it without reading the file again, then drops it. So ``load()`` also works after
+    ``verify()`` (which has nothing left to check, and closes the file), as with WebP, AVIF and HEIF.
+    A file holds one image: ``n_frames`` is 1 and ``is_animated`` is False.
     """
 
     format = "JAC"
     format_description = "JAC learned image codec"
+    n_frames = 1
+    is_animated = False
     #: the parsed file, from ``Image.open`` until the pixels are decoded (None afterwards).
     _jac: container.JacFile | None = None
 

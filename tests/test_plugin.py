@@ -188,6 +188,28 @@ def test_truncated_file(monkeypatch, rgb_jac: bytes, cut: int, load_truncated: b
     assert isinstance(info.value, ValueError)  # a JacFormatError too
 
 
+def test_one_frame_like_other_plugins(rgb_jac: bytes) -> None:
+    from PIL import ImageSequence
+
+    with Image.open(io.BytesIO(rgb_jac)) as im:
+        assert im.n_frames == 1
+        assert im.is_animated is False
+        assert [frame.size for frame in ImageSequence.Iterator(im)] == [SIZE]
+        with pytest.raises(EOFError):
+            im.seek(1)
+        assert im.tell() == 0
+
+
+def test_load_after_verify(rgb_jac_path: Path) -> None:
+    """As with WebP, AVIF and HEIF, ``load()`` works after ``verify()``."""
+    with Image.open(rgb_jac_path) as im:
+        fp = im.fp
+        im.verify()
+        assert fp.closed
+        im.load()
+        assert_resembles(im, hopper())
+
+
 def test_incremental_parser(rgb_jac: bytes) -> None:
     """PIL.ImageFile.Parser decodes through the "JAC" tile decoder, from the parsed file in the tile."""
     from PIL import ImageFile
