@@ -38,6 +38,9 @@ conversions; CMYK -> RGB is Pillow's naive one, with no colour management). JAC 
 there is no single right way to bring high-bit-depth or float data (``I;16*``, ``I``, ``F``) to 8 bits,
 so those modes (and ``LAB``) raise ``ValueError``; convert them yourself first.
 
+A ``.jac`` file holds one image: ``save_all=True`` saves a single frame like a plain save, and a
+multi-frame image or ``append_images`` raise ``ValueError`` before anything is written.
+
 Failed saves: the whole file is encoded in memory before the first byte is written, so an error
 (bad option, unsupported mode, encoder failure) never leaves a partial ``.jac``. Pillow opens a path
 target before calling the writer: if that path did not exist, Pillow removes it again on error;
@@ -308,6 +311,19 @@ def _save(im: Image.Image, fp: IO[bytes], filename: str | bytes) -> None:
     fp.write(data)
 
 
+def _save_all(im: Image.Image, fp: IO[bytes], filename: str | bytes) -> None:
+    """``save(..., save_all=True)``: one frame is saved as by :func:`_save`; more are refused.
+
+    A ``.jac`` file holds one image, so a multi-frame image or ``append_images`` raise ``ValueError``
+    before anything is encoded or written.
+    """
+    frames = getattr(im, "n_frames", 1) + len(im.encoderinfo.get("append_images") or ())
+    if frames > 1:
+        msg = f"a JAC file holds one image, but save_all was given {frames} frames: save each frame to its own file"
+        raise ValueError(msg)
+    _save(im, fp, filename)
+
+
 # --------------------------------------------------------------------------- registration
 
 
@@ -322,6 +338,7 @@ def register() -> None:
     """
     Image.register_open(JacImageFile.format, JacImageFile, _accept)
     Image.register_save(JacImageFile.format, _save)
+    Image.register_save_all(JacImageFile.format, _save_all)
     Image.register_extension(JacImageFile.format, ".jac")
     Image.register_mime(JacImageFile.format, "image/x-jac")
     Image.register_decoder("JAC", JacDecoder)

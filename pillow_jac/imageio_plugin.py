@@ -1,4 +1,4 @@
-"""imageio support: tell imageio that ``.jac`` files are handled by its Pillow plugin.
+"""imageio support: ``.jac`` files are read and written by imageio's Pillow plugin.
 
 imageio reads and writes through Pillow, so the Pillow registration does the real work. imageio
 finds a Pillow format for file paths by itself, but it needs ``.jac`` in
@@ -6,20 +6,28 @@ finds a Pillow format for file paths by itself, but it needs ``.jac`` in
 ``format=".jac"`` argument. :func:`register` adds that entry when imageio is installed (it is an
 optional dependency) and does nothing otherwise.
 
+The entry names :class:`JacPlugin` first: imageio's Pillow plugin, except that it refuses more than
+one frame when writing JAC (a ``.jac`` file holds one image, format_spec/SPEC.md section 1), with a
+``ValueError`` before anything is queued or written. imageio's own plugin would pass the frames to
+Pillow's ``save_all`` when the file is closed, and try again when the plugin object is collected.
+
 Example:
     >>> import pillow_jac
     >>> from imageio.config import known_extensions
     >>> [ext.priority for ext in known_extensions[".jac"]]
-    [['pillow']]
+    [['pillow_jac', 'pillow']]
 """
 
 from __future__ import annotations
 
 import importlib.util
+from typing import Any
 
-__all__ = ["register", "EXTENSION"]
+__all__ = ["register", "EXTENSION", "PLUGIN_NAME"]
 
 EXTENSION = ".jac"
+#: the name of :class:`JacPlugin` in ``imageio.config.known_plugins`` (``plugin="pillow_jac"``).
+PLUGIN_NAME = "pillow_jac"
 
 
 def register() -> bool:
@@ -30,17 +38,81 @@ def register() -> bool:
     """
     if importlib.util.find_spec("imageio") is None:
         return False
-    from imageio.config import FileExtension, known_extensions
+    from imageio.config import FileExtension, PluginConfig, known_extensions, known_plugins
 
+    known_plugins.setdefault(PLUGIN_NAME, PluginConfig(name=PLUGIN_NAME, class_name="JacPlugin", module_name=__name__))
     entries = known_extensions.setdefault(EXTENSION, [])
-    if not any("pillow" in entry.priority for entry in entries):
+    if not any(PLUGIN_NAME in entry.priority for entry in entries):
         entries.insert(
             0,
             FileExtension(
                 name="JAC",
                 extension=EXTENSION,
-                priority=["pillow"],
+                priority=[PLUGIN_NAME, "pillow"],
                 description="JAC learned image codec (read and written through Pillow by pillow_jac)",
             ),
         )
     return True
+
+
+def _frame_count(ndimage: Any, mode: str | None = None, is_batch: bool | None = None) -> int:
+    """How many frames imageio's Pillow plugin makes of ``write(ndimage, mode=..., is_batch=...)``.
+
+    Its rule: a list is one frame per item; otherwise ``is_batch`` if given, else a batch unless the
+    array is ``(H, W)`` or ``(H, W, C)`` with C from 1 to 4 (with ``mode``: more than 3 dimensions
+    for a mode of several bands, more than 2 for one band).
+
+    Example:
+        >>> import numpy as np
+        >>> rgb = np.zeros((8, 8, 3))
+        >>> _frame_count(rgb), _frame_count(np.stack([rgb, rgb])), _frame_count([rgb] * 3)
+        (1, 2, 3)
+    """
+    if isinstance(ndimage, list):
+        return len(ndimage)
+    import numpy as np
+
+    shape = np.shape(ndimage)
+    if is_batch is None:
+        if mode is not None:
+            from PIL import Image
+
+            is_batch = len(shape) > (3 if Image.getmodebands(mode) > 1 else 2)
+        else:
+            is_batch = not (len(shape) == 2 or (len(shape) == 3 and 1 <= shape[2] <= 4))
+    return shape[0] if is_batch and shape else 1
+
+
+def _plugin_class() -> type:
+    from imageio.plugins.pillow import PillowPlugin
+    from PIL import Image
+
+    class JacPlugin(PillowPlugin):
+        """imageio's Pillow plugin, refusing a second frame when it writes JAC (see the module doc)."""
+
+        _jac_frames = 0
+
+        def write(self, ndimage: Any, *, mode: str | None = None, format: str | None = None, **kwargs: Any) -> Any:
+            request = self.request
+            target = format or Image.registered_extensions().get(request.extension or request.format_hint or "")
+            if (target or "").upper() == "JAC":
+                frames = self._jac_frames + _frame_count(ndimage, mode, kwargs.get("is_batch"))
+                if frames > 1:
+                    msg = (
+                        f"a JAC file holds one image, but {frames} frames were written to it: "
+                        "write each frame to its own .jac file"
+                    )
+                    raise ValueError(msg)
+                self._jac_frames = frames
+            return super().write(ndimage, mode=mode, format=format, **kwargs)
+
+    JacPlugin.__module__ = __name__
+    return JacPlugin
+
+
+def __getattr__(name: str) -> Any:
+    if name == "JacPlugin":  # defined on first use: it imports imageio, an optional dependency
+        cls = _plugin_class()
+        globals()["JacPlugin"] = cls
+        return cls
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

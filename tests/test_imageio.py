@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gc
 import importlib.util
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -40,8 +42,52 @@ def jac_file(tmp_path_factory, rgb: np.ndarray) -> Path:
 
 
 def test_known_extension_registered() -> None:
+    from imageio.config import known_plugins
+
     entries = known_extensions()[".jac"]
-    assert any(entry.priority == ["pillow"] for entry in entries)
+    assert any(entry.priority == ["pillow_jac", "pillow"] for entry in entries)
+    plugin = known_plugins["pillow_jac"].plugin_class
+    assert plugin is imageio_plugin.JacPlugin
+    from imageio.plugins.pillow import PillowPlugin
+
+    assert issubclass(plugin, PillowPlugin)
+
+
+@pytest.fixture
+def unraisable(monkeypatch) -> list:
+    """Exceptions Python ignores (``Exception ignored in ...``, such as from ``__del__``)."""
+    seen: list = []
+    monkeypatch.setattr(sys, "unraisablehook", lambda info: seen.append(info.exc_value))
+    return seen
+
+
+@pytest.mark.parametrize("frames", [np.zeros((2, 16, 16, 3), np.uint8), [np.zeros((16, 16), np.uint8)] * 3])
+def test_multi_frame_write_is_refused(tmp_path: Path, unraisable: list, frames) -> None:
+    n = len(frames)
+    match = f"a JAC file holds one image, but {n} frames were written"
+    with pytest.raises(ValueError, match=match):
+        iio.imwrite("<bytes>", frames, extension=".jac")
+    path = tmp_path / "frames.jac"
+    with pytest.raises(ValueError, match=match):
+        iio.imwrite(path, frames)
+    with pytest.raises(ValueError, match=match):
+        iio2.mimwrite(tmp_path / "v2.jac", frames)
+    gc.collect()
+    assert not path.exists() and not (tmp_path / "v2.jac").exists()
+    assert unraisable == []
+
+
+def test_incremental_writes_are_refused_after_one_frame(tmp_path: Path, rgb: np.ndarray, unraisable: list) -> None:
+    path = tmp_path / "one.jac"
+    with iio.imopen(path, "w") as f:
+        f.write(rgb)
+        with pytest.raises(ValueError, match="2 frames were written"):
+            f.write(rgb)
+    gc.collect()
+    assert unraisable == []
+    with Image.open(path) as im:  # the first frame is written as usual
+        assert im.size == (48, 40)
+    assert iio.imwrite("<bytes>", rgb[None], extension=".jac").startswith(MAGIC)  # a batch of one is one image
 
 
 def test_register_is_idempotent() -> None:

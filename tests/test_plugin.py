@@ -91,6 +91,7 @@ def rgb_jac_path(tmp_path: Path, rgb_jac: bytes) -> Path:
 def test_registration() -> None:
     assert Image.OPEN["JAC"][0] is JacImagePlugin.JacImageFile
     assert Image.SAVE["JAC"] is JacImagePlugin._save
+    assert Image.SAVE_ALL["JAC"] is JacImagePlugin._save_all
     assert Image.registered_extensions()[".jac"] == "JAC"
     assert Image.MIME["JAC"] == "image/x-jac"
     assert "JAC" in Image.DECODERS
@@ -539,6 +540,22 @@ def test_failed_encode_writes_nothing(monkeypatch, tmp_path: Path) -> None:
     with pytest.raises(OSError):
         hopper().save(path)
     assert not path.exists()
+
+
+def test_save_all(spy: EncodeSpy, tmp_path: Path) -> None:
+    """One frame saves as without save_all; more frames are refused before anything is written."""
+    assert jac_bytes(hopper(), save_all=True) == spy.data
+    with pytest.raises(ValueError, match="a JAC file holds one image, but save_all was given 3 frames"):
+        jac_bytes(hopper(), save_all=True, append_images=[hopper(), hopper()])
+    gif = io.BytesIO()
+    hopper().save(gif, "GIF", save_all=True, append_images=[hopper().rotate(90)])
+    with Image.open(gif) as animated:
+        assert animated.n_frames == 2
+        path = tmp_path / "anim.jac"
+        with pytest.raises(ValueError, match="2 frames"):
+            animated.save(path, save_all=True)
+    assert not path.exists()
+    assert len(spy.calls) == 1
 
 
 def test_unknown_save_options_are_ignored(spy: EncodeSpy) -> None:
