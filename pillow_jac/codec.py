@@ -23,9 +23,6 @@ Example:
 
 from __future__ import annotations
 
-import os
-import sys
-
 import numpy as np
 
 from . import container
@@ -83,25 +80,6 @@ def _torch():
     import torch
 
     return torch
-
-
-def _one_torch_thread_after_fork() -> None:
-    """In a child forked after torch has run: use one torch thread, or the next decode hangs forever.
-
-    torch's CPU ops run on GNU OpenMP (libgomp), whose worker threads do not survive ``fork``: the
-    child's first parallel op (here h_s's float64 transposed convolution) waits for them forever.
-    This is the ``multiprocessing`` default on Linux (``Pool().map(decode, files)`` after one decode
-    in the parent). With one thread torch never enters a parallel region; pixels do not depend on the
-    thread count (tests/test_exactness.py). PyTorch's DataLoader does the same for its workers. A child
-    that raises the count again (``torch.set_num_threads``) hangs again: use "spawn"/"forkserver" then.
-    """
-    torch = sys.modules.get("torch")
-    if torch is not None:
-        torch.set_num_threads(1)
-
-
-if hasattr(os, "register_at_fork"):  # not on Windows, which cannot fork
-    os.register_at_fork(after_in_child=_one_torch_thread_after_fork)
 
 
 def encode(

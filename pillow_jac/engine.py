@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import json
 import os
-import threading
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from . import generations
+from .forksafe import ForkSafeLock
 from .generations import DEFAULT_WEIGHTS_NAME, default_weights_path
 from .model.integer import IntegerNetwork, dequantize_into
 from .model.layers import SubpixelDeconv
@@ -34,7 +34,7 @@ __all__ = [
 ]
 
 _CACHE: dict[tuple, Engine] = {}
-_LOCK = threading.Lock()
+_LOCK = ForkSafeLock()  # held while an engine is built (about a second): see forksafe
 
 
 def resolve_device(device: str | torch.device | None = None) -> torch.device:

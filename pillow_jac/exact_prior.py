@@ -16,8 +16,6 @@ every latent (CODING.md sections 5-7).
 from __future__ import annotations
 
 import contextlib
-import os
-import threading
 
 import constriction
 import numpy as np
@@ -45,43 +43,21 @@ _H_S_HALO = 4
 _H_S_MIN_ROWS = 8
 
 
-_THREADS_LOCK = threading.Lock()
-_THREADS_USERS = 0
-_THREADS_SAVED = 1
-
-
 @contextlib.contextmanager
 def single_threaded():
-    """Run torch ops with one intra-op thread inside the block (re-entrant and thread-aware).
+    """Run torch ops of the calling thread with one intra-op thread inside the block.
 
     Small images (short wavefronts) issue thousands of tiny ops; splitting them across threads costs
-    more in synchronisation than it gains. Results do not depend on the thread count (the arithmetic
-    is exact), so this only affects speed.
+    more in synchronisation than it gains. torch's thread count (OpenMP's) belongs to each thread, so
+    the block saves and restores the calling thread's own count, and threads never change each
+    other's. Results do not depend on the thread count, so this only affects speed.
     """
-    global _THREADS_USERS, _THREADS_SAVED
-    with _THREADS_LOCK:
-        if _THREADS_USERS == 0:
-            _THREADS_SAVED = torch.get_num_threads()
-            torch.set_num_threads(1)
-        _THREADS_USERS += 1
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
     try:
         yield
     finally:
-        with _THREADS_LOCK:
-            _THREADS_USERS -= 1
-            if _THREADS_USERS == 0:
-                torch.set_num_threads(_THREADS_SAVED)
-
-
-def _reset_thread_state_after_fork() -> None:
-    """A forked child starts with a fresh lock: another parent thread may have held the old one."""
-    global _THREADS_LOCK, _THREADS_USERS
-    _THREADS_LOCK = threading.Lock()
-    _THREADS_USERS = 0
-
-
-if hasattr(os, "register_at_fork"):  # not on Windows, which cannot fork
-    os.register_at_fork(after_in_child=_reset_thread_state_after_fork)
+        torch.set_num_threads(saved)
 
 
 def _padded_rows(n: int) -> int:

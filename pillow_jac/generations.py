@@ -29,9 +29,10 @@ from __future__ import annotations
 import json
 import os
 import struct
-import threading
 from dataclasses import dataclass
 from pathlib import Path
+
+from .forksafe import ForkSafeLock
 
 __all__ = [
     "Generation",
@@ -112,7 +113,7 @@ def _manifest(path: Path) -> dict[str, str] | None:
 
 
 _CACHE: dict[tuple, Generation | None] = {}
-_CACHE_LOCK = threading.Lock()
+_CACHE_LOCK = ForkSafeLock()
 
 
 def _generation(path: Path) -> Generation | None:

@@ -128,9 +128,9 @@ def _parallel_op(_: object = None) -> tuple[float, int]:
 
 def test_forked_child_can_run_parallel_ops() -> None:
     """The hang behind the fork fix: GNU OpenMP's threads do not survive fork, so a child whose parent
-    ran a parallel op hangs in its own first one, unless codec's at-fork hook gave it one torch thread
+    ran a parallel op hangs in its own first one, unless the at-fork hook gave it one torch thread
     (small images decode single-threaded anyway, so the decode test above alone would not notice)."""
-    import pillow_jac.codec  # noqa: F401  (registers the hook)
+    import pillow_jac.engine  # noqa: F401  (its locks register the hook)
 
     saved = torch.get_num_threads()
     torch.set_num_threads(2)
@@ -179,3 +179,71 @@ def test_first_use_from_many_threads(tmp_path: Path, files: list[bytes], referen
     for i in range(6):
         for k, want in enumerate(reference):
             np.testing.assert_array_equal(np.load(tmp_path / f"{i}-{k}.npy"), want)
+
+
+def _decode_in_child(data: bytes) -> tuple:
+    return codec.decode(data).tobytes(), 0
+
+
+@pytest.mark.parametrize("lock", ["engine", "generations"])
+def test_fork_while_another_thread_holds_a_codec_lock(files: list[bytes], reference: list[np.ndarray], lock) -> None:
+    """A pool forked while another thread builds an engine (and so holds its lock) still decodes.
+
+    The lock is held here for the whole fork, as a first engine build holds it for about a second; the
+    child got a copy of the held lock, and its first decode waited for ever, until every codec lock
+    became a fork-safe one."""
+    from pillow_jac import engine, generations
+
+    held = {"engine": engine._LOCK, "generations": generations._CACHE_LOCK}[lock]
+    taken, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with held:
+            taken.set()
+            release.wait(timeout=120)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    try:
+        assert taken.wait(timeout=30)
+        with multiprocessing.get_context("fork").Pool(1) as pool:
+            ((got, _),) = pool.map_async(_decode_in_child, [files[0]]).get(timeout=120)
+    finally:
+        release.set()
+        holder.join(timeout=30)
+    assert got == reference[0].tobytes()
+
+
+def test_single_threaded_restores_each_threads_own_count() -> None:
+    """Two threads overlapping in ``single_threaded`` (A enters, B enters, A leaves, B leaves) each get
+    their own thread count back; a process-wide counter left A on one thread for good."""
+    from pillow_jac.exact_prior import single_threaded
+
+    a_in, b_in, a_out = threading.Event(), threading.Event(), threading.Event()
+    after: dict[str, int] = {}
+
+    def thread_a() -> None:
+        torch.set_num_threads(2)
+        with single_threaded():
+            a_in.set()
+            assert b_in.wait(timeout=30)
+            assert torch.get_num_threads() == 1
+        a_out.set()
+        after["a"] = torch.get_num_threads()
+
+    def thread_b() -> None:
+        torch.set_num_threads(2)
+        assert a_in.wait(timeout=30)
+        with single_threaded():
+            b_in.set()
+            assert a_out.wait(timeout=30)
+            assert torch.get_num_threads() == 1
+        after["b"] = torch.get_num_threads()
+
+    _run_threads(1, lambda i: None)
+    threads = [threading.Thread(target=thread_a), threading.Thread(target=thread_b)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert after == {"a": 2, "b": 2}
