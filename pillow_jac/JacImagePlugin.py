@@ -42,10 +42,13 @@ A ``.jac`` file holds one image: ``save_all=True`` saves a single frame like a p
 multi-frame image or ``append_images`` raise ``ValueError`` before anything is written.
 
 Failed saves: the whole file is encoded in memory before the first byte is written, so an error
-(bad option, unsupported mode, encoder failure) never leaves a partial ``.jac``. Pillow opens a path
-target before calling the writer: if that path did not exist, Pillow removes it again on error;
-if it did exist, Pillow has already truncated it, and it stays empty. :func:`pillow_jac.save` writes
-a temporary file and renames it into place, so it never loses an existing file.
+(bad option, unsupported mode, encoder failure) never leaves a partial ``.jac``. Where the file
+system can reserve space (``os.posix_fallocate``: Linux and most Unix systems), the writer reserves
+it first, so a full disk also fails before the first byte; and it flushes the file before returning,
+so a write error is raised by ``save`` itself, not later by ``close``. Pillow opens a path target
+before calling the writer: if that path did not exist, Pillow removes it again on error; if it did
+exist, Pillow has already truncated it, and it stays empty. :func:`pillow_jac.save` writes a
+temporary file and renames it into place, so it never loses an existing file.
 
 Example:
     >>> from PIL import Image
@@ -58,6 +61,8 @@ Example:
 
 from __future__ import annotations
 
+import errno
+import os
 import struct
 from typing import IO, TYPE_CHECKING, Any
 
@@ -308,7 +313,47 @@ def _encode_image(im: Image.Image, encoderinfo: dict[str, Any]) -> bytes:
 def _save(im: Image.Image, fp: IO[bytes], filename: str | bytes) -> None:
     data = _encode_image(im, im.encoderinfo)
     # Nothing is written until the file is complete in memory (see the module docstring).
-    fp.write(data)
+    _write(fp, data, filename)
+
+
+#: errors of a file system that cannot hold the data: reported before writing, when they can be
+_NO_SPACE = frozenset(getattr(errno, name) for name in ("ENOSPC", "EDQUOT", "EFBIG") if hasattr(errno, name))
+
+
+def _write(fp: IO[bytes], data: bytes, filename: str | bytes) -> None:
+    """Write ``data`` so that a full disk raises here, where Pillow still cleans up, with no partial data.
+
+    Where the file system can reserve space (``os.posix_fallocate``), it is reserved first, so a full
+    disk fails before any byte is written. The data is then flushed, so that a late error (buffered
+    bytes that do not fit) surfaces in the save call rather than when Pillow closes the file. If
+    writing fails after all, what was written is truncated away where the file allows it.
+    """
+    flush = getattr(fp, "flush", None)
+    if flush is not None:
+        flush()  # bytes the caller wrote before go first
+    try:
+        start, fd = fp.tell(), fp.fileno()
+    except (AttributeError, OSError, ValueError):  # not a file (BytesIO, a socket wrapper, ...)
+        start, fd = None, None
+    if fd is not None and data and hasattr(os, "posix_fallocate"):
+        try:
+            os.posix_fallocate(fd, start, len(data))
+        except OSError as e:
+            if e.errno in _NO_SPACE:
+                raise OSError(e.errno, e.strerror, os.fsdecode(filename) if filename else None) from None
+            # other errors: this file (a pipe, a device, some network file systems) cannot reserve space
+    try:
+        fp.write(data)
+        if flush is not None:
+            flush()
+    except OSError:
+        if start is not None:
+            try:
+                fp.seek(start)
+                fp.truncate()
+            except (OSError, ValueError):
+                pass
+        raise
 
 
 def _save_all(im: Image.Image, fp: IO[bytes], filename: str | bytes) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import subprocess
 import sys
 import threading
@@ -556,6 +557,48 @@ def test_save_all(spy: EncodeSpy, tmp_path: Path) -> None:
             animated.save(path, save_all=True)
     assert not path.exists()
     assert len(spy.calls) == 1
+
+
+_FULL_DISK = """
+import resource, signal, sys
+from PIL import Image
+import pillow_jac
+from pillow_jac import codec
+
+data = open(sys.argv[1], "rb").read()
+codec.encode = lambda *args, **kwargs: data
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # then a write past the limit fails with EFBIG
+resource.setrlimit(resource.RLIMIT_FSIZE, (64, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+for target in sys.argv[2:]:
+    try:
+        if target.endswith("fileobj.jac"):
+            with open(target, "ab") as f:
+                Image.new("RGB", (8, 8)).save(f, format="JAC")
+        else:
+            Image.new("RGB", (8, 8)).save(target)
+        print("saved")
+    except OSError as e:
+        print(e.errno, e.filename)
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "posix_fallocate"), reason="needs os.posix_fallocate and RLIMIT_FSIZE")
+def test_full_disk_leaves_no_partial_file(tmp_path: Path, rgb_jac: bytes) -> None:
+    """A file system that cannot hold the file (here a file-size limit) fails the save before any byte is written."""
+    import errno
+
+    assert len(rgb_jac) > 64
+    (tmp_path / "data").write_bytes(rgb_jac)
+    old, new, fileobj = tmp_path / "old.jac", tmp_path / "new.jac", tmp_path / "fileobj.jac"
+    old.write_bytes(b"old file")
+    fileobj.write_bytes(b"prefix")
+    args = [str(p) for p in (tmp_path / "data", new, old, fileobj)]
+    result = subprocess.run([sys.executable, "-c", _FULL_DISK, *args], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split("\n")[:3] == [f"{errno.EFBIG} {p}" for p in args[1:]]
+    assert not new.exists()  # Pillow removes the file it created, since the error came from the writer
+    assert old.read_bytes() == b""  # Pillow truncated it before the writer ran: use pillow_jac.save to keep it
+    assert fileobj.read_bytes() == b"prefix"  # the caller's own bytes, and no partial JAC data
 
 
 def test_unknown_save_options_are_ignored(spy: EncodeSpy) -> None:
