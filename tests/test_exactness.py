@@ -29,6 +29,23 @@ def _run(script: str, *args: str) -> None:
 
 
 @pytest.mark.slow
+def test_pixels_are_the_same_at_every_thread_count_from_1_to_8():
+    """A 640x448 image (above codec.SMALL_IMAGE_PIXELS, so decoding uses the thread count it is given):
+    the same pixels at 1 to 8 torch threads, whatever split oneDNN picks for each count."""
+    data = codec.encode(natural_image(448, 640, seed=3), 5)
+    saved = torch.get_num_threads()
+    try:
+        decoded = {}
+        for threads in range(1, 9):
+            torch.set_num_threads(threads)
+            decoded[threads] = codec.decode(data)
+    finally:
+        torch.set_num_threads(saved)
+    for threads, pixels in decoded.items():
+        assert np.array_equal(pixels, decoded[1]), f"{threads} threads: {np.count_nonzero(pixels != decoded[1])} differ"
+
+
+@pytest.mark.slow
 def test_encode_two_threads_decode_one_thread(tmp_path):
     # a natural photo (the bundled 384x256 sample, public domain) and synthetic images; the last is
     # above codec.SMALL_IMAGE_PIXELS, so its float transforms and wavefront loop use 2 threads too
