@@ -1,0 +1,632 @@
+"""Fine-tune the encoder against the frozen decoder, with the rate the coder really charges.
+
+``python -m pillow_jac.training.encoder_tune --weights weights/mbt2018-n128m192.safetensors
+--data ../shared/data/train --out runs/encoder_tune --steps N --batch B --crop 256 --lr LR --threads 2``
+
+Only the encoder side changes: g_a, h_a and the forward gains ``log_gain`` (Cui et al. 2021).
+g_s, the inverse gains, h_s, the context model, g_ep, the z density and the coding tables are the
+decoder (CODING.md sections 5-7) and stay bit-identical, so every file the tuned encoder writes
+decodes with the shipped decoder. This is the second stage of Guo et al., "Soft then Hard:
+Rethinking the Quantization in Neural Image Compression" (ICML 2021): with the decoder fixed, the
+encoder is trained with *hard* rounding ``y_hat = round(y)``, ``z_hat = round(z)`` and
+straight-through gradients, so training sees exactly the latents the codec writes.
+
+The rate term is the coder's (:class:`CoderRate`), not the float model's (Minnen et al. 2018, eq. 4):
+the table of every latent is chosen by the exact integer networks from the rounded latents, as the
+codec does (CODING.md 6.2: the scale snapped to one of 64 levels, the mean to sixteenths plus an
+integer base), and each symbol costs ``-log2(f / 65536)`` of the stored integer frequency ``f``,
+plus the escape bits (CODING.md 6.3). Gradients come from a float surrogate whose value is
+replaced by the table's: the float h_s, context model and g_ep give means and scales, moved onto
+the coder's values with straight-through estimators, and the discretised Gaussian at those values
+gives ``d bits / d y``; the z rate takes its gradient from the float factorized density the same way.
+Training against the float model's own rate (exact means, continuous scales) let the encoder
+exploit the difference and lost 12% BD-rate (shared/NOTES.md).
+
+The loss is ``lambda * 255^2 * MSE + bpp`` per crop (paper eq. 2) over stratified qualities 1..8 on the
+model's own lambda ladder. A fixed, seeded list of training images is held out: every
+``--eval-every`` steps (or ``--eval-minutes``) the current encoder is written as a complete weights
+file and scored with real bitstreams on them (``codec.encode`` bytes, decoded PSNR) at qualities
+1, 3, 5 and 8; the best by BD-rate against the untuned encoder is kept as ``best.safetensors``.
+Kodak and urban20 are never read. SIGTERM or Ctrl-C finishes the step, checkpoints and exits;
+``--resume`` continues a run exactly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime
+import json
+import math
+import signal
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..constants import ACTIVATION_BITS, CDF_PRECISION, ESCAPE_CLASSES, MEAN_STEPS, SCALE_MIN
+from ..model.entropy_models import gaussian_likelihood
+from ..model.mbt2018 import JointAutoregressiveHierarchicalPrior, quality_lambda
+
+__all__ = [
+    "ENCODER_MODULES",
+    "is_encoder_key",
+    "CoderRate",
+    "coded_forward",
+    "encoder_state",
+    "tuned_weights",
+    "estimate_image_bits",
+    "score_real",
+    "holdout_split",
+    "main",
+]
+
+#: the modules an encoder update may change; everything else in a weights file is the decoder
+ENCODER_MODULES = ("g_a", "h_a", "log_gain")
+#: validation qualities (integers of the 1..8 scale)
+VALIDATION_QUALITIES = (1.0, 3.0, 5.0, 8.0)
+
+
+def is_encoder_key(name: str) -> bool:
+    """Whether a state-dict key (no ``float.`` prefix) belongs to the encoder side.
+
+    Example:
+        >>> [is_encoder_key(k) for k in ("g_a.0.weight", "log_gain", "log_inverse_gain", "h_s.0.bias")]
+        [True, True, False, False]
+    """
+    return name.split(".", 1)[0] in ENCODER_MODULES
+
+
+def encoder_state(model: JointAutoregressiveHierarchicalPrior) -> dict[str, torch.Tensor]:
+    """The encoder-side tensors of a model, detached copies in float32."""
+    return {k: v.detach().float().clone() for k, v in model.state_dict().items() if is_encoder_key(k)}
+
+
+def _ste_round(v: torch.Tensor) -> torch.Tensor:
+    """``round(v)`` in the forward pass, identity gradient (straight-through)."""
+    return v + (torch.round(v) - v).detach()
+
+
+def _straight_through(surrogate: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    """``value`` in the forward pass, the gradient of ``surrogate``."""
+    return surrogate + (value.to(surrogate.dtype) - surrogate).detach()
+
+
+class _Tables:
+    """One set of integer coding tables as torch gathers: bits of every (table, value) pair."""
+
+    def __init__(self, freqs: torch.Tensor, offsets: torch.Tensor, lows: torch.Tensor):
+        self.bits = -torch.log2(freqs.double() / 2.0**CDF_PRECISION)  # flat, float64
+        self.offsets = offsets.long()
+        self.lows = lows.long()
+        self.sizes = self.offsets[1:] - self.offsets[:-1]
+
+    def cost(self, values: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """Bits the range coder charges for integer ``values`` coded with tables ``ids`` (same shape).
+
+        In-range values cost ``-log2(f / 2**16)`` of their entry; escaped ones the escape entry plus
+        the class (``log2 ESCAPE_CLASSES``) and its ``c`` mantissa bits (CODING.md 6.3).
+        """
+        values, ids = values.long(), ids.long()
+        low, size = self.lows[ids], self.sizes[ids]
+        index = values - low + 1
+        below, above = index < 1, index > size - 2
+        index = torch.where(below, torch.zeros_like(index), torch.where(above, size - 1, index))
+        bits = self.bits[self.offsets[ids] + index]
+        excess = torch.where(below, low - 1 - values, values - (low + size - 3) - 1)
+        escape = math.log2(ESCAPE_CLASSES) + torch.floor(torch.log2(excess.clamp_min(0).double() + 1.0))
+        return bits + torch.where(below | above, escape, torch.zeros_like(escape))
+
+
+class CoderRate:
+    """The rate of rounded latents as the real coder charges it, differentiable through a float surrogate.
+
+    Args:
+        tensors: the tensors of a shipped weights file (``int.*`` and ``table.*`` are read).
+        metadata: its manifest (``integer_networks``, ``config``).
+
+    Example:
+        >>> import torch
+        >>> from pillow_jac.model.mbt2018 import ModelConfig
+        >>> from pillow_jac.training.freeze import freeze
+        >>> model = JointAutoregressiveHierarchicalPrior(ModelConfig(N=8, M=12)).eval()
+        >>> rate = CoderRate(*freeze(model, release=0))
+        >>> out = coded_forward(model, rate, torch.rand(2, 3, 64, 64), torch.tensor([1.0, 8.0]))
+        >>> out["bits"].shape, bool((out["bits"] > 0).all())
+        (torch.Size([2]), True)
+    """
+
+    def __init__(self, tensors: dict[str, torch.Tensor], metadata: dict[str, str]):
+        from ..entropy_coding import scale_table
+        from ..exact_prior import ExactPrior
+        from ..model.integer import IntegerNetwork
+
+        config = json.loads(metadata["config"])
+        templates = json.loads(metadata["integer_networks"])
+
+        def network(name: str) -> IntegerNetwork | None:
+            return IntegerNetwork.from_tensors(tensors, name, templates[name]) if name in templates else None
+
+        # the codec's own table selection (ExactPrior.table_ids); the range coder tables are not needed
+        self.prior = ExactPrior(
+            network("h_s"),
+            network("context"),
+            network("entropy_parameters"),
+            tensors["table.y_thresholds"],
+            None,
+            None,
+            config["M"],
+            torch.device("cpu"),
+        )
+        self.sigma = torch.from_numpy(scale_table()).float()  # scale level j -> sigma_j of table 16 j + f
+        self.y_tables = _Tables(*(tensors[f"table.y_{k}"] for k in ("freqs", "offsets", "lows")))
+        self.z_tables = None
+        if "table.z_freqs" in tensors:
+            self.z_tables = _Tables(*(tensors[f"table.z_{k}"] for k in ("freqs", "offsets", "lows")))
+
+    @torch.no_grad()
+    def coder_parameters(
+        self, y_hat: torch.Tensor, z_hat: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Table ids, integer mean bases and quantised means of integer latents, each ``(B, M, H, W)``.
+
+        Computed with the integer h_s, context model and g_ep, exactly as the codec selects tables
+        (CODING.md 6.2); ``mean = base + fraction / MEAN_STEPS``.
+        """
+        b, m, h, w = y_hat.shape
+        parts = []
+        if self.prior.h_s is not None:
+            parts.append(self.prior.h_s(z_hat.detach().double() * 2.0**ACTIVATION_BITS)[:, :, :h, :w])
+        if self.prior.context is not None:
+            parts.append(self.prior.context(y_hat.detach().double() * 2.0**ACTIVATION_BITS))
+        features = torch.cat(parts, dim=1).permute(0, 2, 3, 1).reshape(b * h * w, -1)
+        ids, base = self.prior.table_ids(features)
+
+        def grid(a: np.ndarray) -> torch.Tensor:
+            return torch.from_numpy(a).view(b, h, w, m).permute(0, 3, 1, 2)
+
+        ids, base = grid(ids), grid(base)
+        mean = base.double() + (ids % MEAN_STEPS).double() / MEAN_STEPS
+        return ids, base, mean
+
+    def bits(
+        self, model: JointAutoregressiveHierarchicalPrior, y_hat: torch.Tensor, z_hat: torch.Tensor | None
+    ) -> dict[str, torch.Tensor]:
+        """Coded bits per image of rounded latents: ``y`` and ``z`` parts ``(B,)``, with gradients.
+
+        ``y_hat`` and ``z_hat`` hold integers (straight-through rounded: gradients flow back into
+        the encoder). The forward value is the coder's charge; the gradient that of the float
+        surrogate (Gaussian at the coder's mean and scale level, float factorized density for z).
+        """
+        b, _, h, w = y_hat.shape
+        ids, base, mean_q = self.coder_parameters(y_hat, z_hat)
+        out = {}
+        psi = phi = None
+        if z_hat is not None:
+            z_int = z_hat.detach().long()
+            channel = torch.arange(z_int.shape[1]).view(1, -1, 1, 1).expand_as(z_int)
+            z_value = self.z_tables.cost(z_int, channel)
+            z_surrogate = -torch.log2(model.z_density.likelihood(z_hat.float()))
+            out["z"] = _straight_through(z_surrogate, z_value).flatten(1).sum(1)
+            psi = model.h_s(z_hat.float())[:, :, :h, :w]
+        if model.config.context:
+            phi = model.context(y_hat.float())
+        scales, means = model.entropy_parameters(model.entropy_inputs(psi, phi)).float().chunk(2, dim=1)
+        means = _straight_through(means, mean_q)
+        scales = _straight_through(scales, self.sigma[ids // MEAN_STEPS])
+        y_surrogate = -torch.log2(gaussian_likelihood(y_hat.float(), means, scales, SCALE_MIN))
+        y_value = self.y_tables.cost(y_hat.detach().long() - base, ids)
+        out["y"] = _straight_through(y_surrogate, y_value).flatten(1).sum(1)
+        return out
+
+
+def coded_forward(
+    model: JointAutoregressiveHierarchicalPrior, rate: CoderRate, x: torch.Tensor, quality: torch.Tensor
+) -> dict[str, torch.Tensor]:
+    """The codec's encoder with hard rounding, its coded bits and the decoder's output, in float32.
+
+    Args:
+        model: the float model (only g_a, h_a and ``log_gain`` should be trainable).
+        rate: the coder's rate of the model's weights file.
+        x: images in ``[0, 1]``, ``(B, 3, H, W)``, H and W multiples of 16.
+        quality: one quality per image in ``[1, levels]``.
+
+    Returns:
+        ``x_hat`` (clamped to ``[0, 1]`` as the decoder does), ``bits`` ``(B,)`` (y plus z) and ``y_hat``.
+    """
+    from ..exact_prior import SYMBOL_LIMIT
+
+    y = model.g_a(x.float()) * model.gains(quality).float()
+    y_hat = _ste_round(y).clamp(-SYMBOL_LIMIT, SYMBOL_LIMIT)
+    z_hat = None
+    if model.config.hyperprior:
+        z_hat = _ste_round(model.h_a(y)).clamp(-SYMBOL_LIMIT, SYMBOL_LIMIT)
+    parts = rate.bits(model, y_hat, z_hat)
+    bits = parts["y"] + parts.get("z", 0.0)
+    x_hat = model.g_s(y_hat * model.gains(quality, inverse=True).float()).clamp(0.0, 1.0)
+    return {"x_hat": x_hat, "bits": bits, "y_hat": y_hat, **{f"{k}_bits": v for k, v in parts.items()}}
+
+
+def coded_loss(out: dict[str, torch.Tensor], x: torch.Tensor, lmbda: torch.Tensor) -> dict[str, torch.Tensor]:
+    """``lambda * 255^2 * MSE + bpp`` per image, averaged (paper eq. 2), with the batch's bpp and PSNR."""
+    pixels = x.shape[2] * x.shape[3]
+    bpp = out["bits"].float() / pixels
+    mse = (out["x_hat"] - x.float()).pow(2).flatten(1).mean(1)
+    loss = (lmbda.float() * 255.0**2 * mse + bpp).mean()
+    psnr = (10 * torch.log10(1.0 / mse.clamp_min(1e-10))).mean()
+    return {"loss": loss, "bpp": bpp.mean(), "psnr": psnr}
+
+
+def _padded(image: np.ndarray) -> torch.Tensor:
+    """The image with its edge pixels repeated to the codec's latent grid (16 x ``latent_shapes``): ``(1, 3, H, W)``."""
+    from ..container import latent_shapes
+
+    h, w = image.shape[:2]
+    (yh, yw), _ = latent_shapes(w, h)
+    rows = np.minimum(np.arange(16 * yh), h - 1)
+    cols = np.minimum(np.arange(16 * yw), w - 1)
+    block = image[rows[:, None], cols[None, :]]
+    return torch.from_numpy(np.ascontiguousarray(block)).permute(2, 0, 1)[None].float() / 255.0
+
+
+@torch.no_grad()
+def estimate_image_bits(
+    model: JointAutoregressiveHierarchicalPrior, rate: CoderRate, image: np.ndarray, quality: float
+) -> dict[str, float]:
+    """The training-time rate estimate of a whole image: ``{"y": bits, "z": bits}`` (quality as stored)."""
+    from .. import container
+
+    q = torch.tensor([container.quantize_quality(quality)], dtype=torch.float64)
+    out = coded_forward(model, rate, _padded(image), q)
+    return {k[:-5]: float(v.sum()) for k, v in out.items() if k.endswith("_bits")}
+
+
+def _forget_engine(path: Path) -> None:
+    """Drop the codec's cached engines of ``path`` (every candidate file would otherwise stay in memory)."""
+    from .. import engine
+
+    with engine._LOCK:
+        for key in [k for k in engine._CACHE if k[0] == str(Path(path).resolve())]:
+            del engine._CACHE[key]
+
+
+def score_real(
+    weights: Path,
+    images: list[np.ndarray],
+    qualities: tuple[float, ...] = VALIDATION_QUALITIES,
+    model: JointAutoregressiveHierarchicalPrior | None = None,
+    rate: CoderRate | None = None,
+    checked: int = 6,
+) -> list[dict[str, float]]:
+    """Real bitstreams of ``images`` with a weights file: one row of means per quality.
+
+    Each row holds ``bpp`` (whole file) and ``psnr`` (decoded, 8-bit RGB), and with ``model`` and
+    ``rate`` the training-time estimate of the first ``checked`` images: ``est_bytes`` against
+    their real ``stream_bytes`` (ZSTR + YSTR) and ``file_bytes``, summed over those images.
+    """
+    from .. import codec, container
+    from ..bench.metrics import psnr
+
+    rows = []
+    try:
+        for q in qualities:
+            acc = {"bpp": 0.0, "psnr": 0.0, "est_bytes": 0.0, "stream_bytes": 0.0, "file_bytes": 0.0}
+            for i, image in enumerate(images):
+                data = codec.encode(image, q, weights=weights)
+                decoded = codec.decode(data, weights=weights)
+                acc["bpp"] += len(data) * 8 / (image.shape[0] * image.shape[1])
+                acc["psnr"] += psnr(image, decoded)
+                if model is not None and i < checked:
+                    jac = container.parse(data)
+                    acc["stream_bytes"] += len(jac.z_stream) + len(jac.y_stream)
+                    acc["file_bytes"] += len(data)
+                    acc["est_bytes"] += sum(estimate_image_bits(model, rate, image, q).values()) / 8
+            n = len(images)
+            rows.append({**acc, "quality": q, "bpp": acc["bpp"] / n, "psnr": acc["psnr"] / n})
+    finally:
+        _forget_engine(weights)
+    return rows
+
+
+def _bd(anchor: list[dict], test: list[dict]) -> float:
+    """BD-rate in percent of ``test`` against ``anchor`` (rows of :func:`score_real`); lower is better."""
+    from ..bench.metrics import bd_rate
+
+    return bd_rate(
+        [r["bpp"] for r in anchor], [r["psnr"] for r in anchor], [r["bpp"] for r in test], [r["psnr"] for r in test]
+    )
+
+
+def tuned_weights(
+    base_tensors: dict[str, torch.Tensor],
+    base_metadata: dict[str, str],
+    model: JointAutoregressiveHierarchicalPrior,
+    notes: dict[str, str],
+) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """A complete shipped-format weights file: the base file with only the encoder's tensors replaced.
+
+    Every ``int.*``, ``table.*`` and decoder ``float.*`` tensor is the base file's own; the model's
+    decoder (g_s, z density and inverse gains as floats; h_s, context model and g_ep integerised as
+    freezing does) must equal the base file's byte for byte, else this raises ``AssertionError``.
+    The manifest keeps the base's keys, adds ``notes`` and has its hashes recomputed by the weights
+    module (:func:`pillow_jac.weights.seal`), as freezing does; the decoder and header hashes must
+    come out as the base file's.
+    """
+    from .. import weights
+    from ..model.integer import integerize
+
+    state = model.state_dict()
+    tensors = dict(base_tensors)
+    replaced = set()
+    for key, value in state.items():
+        name = f"float.{key}"
+        if is_encoder_key(key):
+            old = base_tensors[name]
+            new = value.detach().to(old.dtype).contiguous().cpu()
+            assert new.shape == old.shape, f"{name}: shape {tuple(new.shape)} is not the base file's {tuple(old.shape)}"
+            tensors[name] = new
+            replaced.add(name)
+        elif name in base_tensors:  # a decoder tensor stored as float: the model must not have changed it
+            assert torch.equal(value.detach().to(base_tensors[name].dtype).cpu(), base_tensors[name]), (
+                f"decoder tensor {name} differs from the base weights file"
+            )
+    assert replaced == {k for k in base_tensors if k.startswith("float.") and is_encoder_key(k[6:])}
+    for name in json.loads(base_metadata.get("integer_networks", "{}")):  # decoder networks stored as integers
+        for key, value in integerize(getattr(model, name)).tensors(name).items():
+            assert torch.equal(value, base_tensors[key]), f"decoder tensor {key} differs from the base weights file"
+    for name, value in tensors.items():
+        if name not in replaced:
+            assert value is base_tensors[name]
+    metadata = {**base_metadata, **notes}
+    if hasattr(weights, "seal"):  # the manifest's hashes, computed as freezing computes them
+        metadata = weights.seal(tensors, metadata)
+        for key in ("decoder_hash", "weights_hash"):  # the decoder is the base's, so these are too
+            if key in base_metadata:
+                assert metadata[key] == base_metadata[key], f"{key} differs from the base weights file's"
+    else:  # a weights module whose one hash covers every tensor
+        metadata["weights_hash"] = weights.content_hash(tensors).hex()
+    return tensors, metadata
+
+
+def holdout_split(paths: list[Path], count: int, seed: int) -> tuple[list[Path], list[Path]]:
+    """``(training, held_out)``: ``count`` paths drawn with ``seed``, the same for the same list.
+
+    Example:
+        >>> train, held = holdout_split([Path(f"{i}.png") for i in range(10)], 3, seed=0)
+        >>> len(train), len(held), set(train).isdisjoint(held)
+        (7, 3, True)
+    """
+    chosen = set(np.random.default_rng(seed).choice(len(paths), size=count, replace=False).tolist())
+    return [p for i, p in enumerate(paths) if i not in chosen], [p for i, p in enumerate(paths) if i in chosen]
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command-line options."""
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--weights", type=Path, required=True, help="the shipped weights file whose decoder is kept")
+    p.add_argument("--data", type=Path, required=True, help="training images (never Kodak or urban20)")
+    p.add_argument("--out", type=Path, default=Path("runs/encoder_tune"))
+    p.add_argument("--steps", type=int, default=10**6)
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--crop", type=int, default=256)
+    p.add_argument("--lr", type=float, default=2e-5)
+    p.add_argument("--warmup", type=int, default=100)
+    p.add_argument("--decay-steps", type=int, default=0, help="cosine decay to lr/10 over this many steps (0: none)")
+    p.add_argument("--clip", type=float, default=1.0)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--holdout", type=int, default=24, help="training images held out for validation")
+    p.add_argument("--holdout-seed", type=int, default=0)
+    p.add_argument("--eval-every", type=int, default=500, help="validate every this many steps")
+    p.add_argument("--eval-minutes", type=float, default=12.0, help="... or when this many minutes have passed")
+    p.add_argument("--log-every", type=int, default=25)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    args = p.parse_args(argv)
+    for forbidden in ("kodak", "urban20"):
+        if forbidden in str(args.data.resolve()).lower():
+            p.error(f"--data {args.data} looks like the {forbidden} evaluation set: never train on it")
+    return args
+
+
+def _learning_rate(args: argparse.Namespace, step: int) -> float:
+    lr = args.lr * min(1.0, (step + 1) / max(1, args.warmup))
+    if args.decay_steps:
+        t = min(1.0, step / args.decay_steps)
+        lr *= 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * t))
+    return lr
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Tune until ``--steps``, validating, keeping the best and checkpointing as it goes."""
+    from ..engine import load_model
+    from ..weights import load_weights, save_weights
+    from .data import CropSampler, list_images, load_rgb, to_model_input
+    from .train import stratified_qualities
+
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    args.out.mkdir(parents=True, exist_ok=True)
+    ckpt_path = args.out / "checkpoint.pt"
+    if ckpt_path.exists() and not args.resume:
+        raise SystemExit(f"{ckpt_path} exists: pass --resume to continue it, or choose another --out")
+
+    base_tensors, base_metadata = load_weights(args.weights)
+    model = load_model(args.weights).to(memory_format=torch.channels_last)
+    rate = CoderRate(base_tensors, base_metadata)
+    for name, p in model.named_parameters():
+        p.requires_grad_(is_encoder_key(name))
+    decoder_before = {k: v.clone() for k, v in model.state_dict().items() if not is_encoder_key(k)}
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(params, lr=args.lr)
+
+    train_paths, held_paths = holdout_split(list_images(args.data), args.holdout, args.holdout_seed)
+    (args.out / "holdout.txt").write_text("".join(f"{p.name}\n" for p in held_paths))
+    held = [load_rgb(p, 512) for p in held_paths]
+    t0 = time.time()
+    sampler = CropSampler([load_rgb(p, 512) for p in train_paths], args.crop, seed=args.seed)
+    print(f"{len(sampler.images)} training images loaded in {time.time() - t0:.0f} s, {len(held)} held out", flush=True)
+
+    step, best_bd, best_step, baseline = 0, 0.0, 0, None
+    if args.resume and ckpt_path.exists():
+        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        model.load_state_dict(ckpt["encoder"], strict=False)
+        optimizer.load_state_dict(ckpt["optimizer"])
+        sampler.set_state(ckpt["sampler"])
+        torch.set_rng_state(ckpt["torch_rng"])
+        step, best_bd, best_step, baseline = ckpt["step"], ckpt["best_bd"], ckpt["best_step"], ckpt["baseline"]
+        print(f"resumed from {ckpt_path} at step {step} (best {best_bd:+.3f}% at step {best_step})", flush=True)
+
+    def candidate(path: Path) -> Path:
+        for k, v in decoder_before.items():  # the decoder is frozen: nothing may have moved it
+            assert torch.equal(model.state_dict()[k], v), f"decoder tensor {k} changed during training"
+        date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+        notes = {
+            "encoder_update": f"g_a, h_a, log_gain fine-tuned {step} steps (batch {args.batch}, {args.crop}px crops, "
+            f"lr {args.lr:g}) against the frozen decoder with the coder's exact rate, "
+            "pillow_jac.training.encoder_tune, " + date,
+            "encoder_update_steps": str(step),
+            "encoder_update_base_hash": base_metadata.get("weights_hash", ""),
+        }
+        tensors, metadata = tuned_weights(base_tensors, base_metadata, model, notes)
+        save_weights(path, tensors, metadata)
+        return path
+
+    def checkpoint() -> None:
+        tmp = ckpt_path.with_suffix(".tmp")
+        torch.save(
+            {
+                "encoder": encoder_state(model),
+                "optimizer": optimizer.state_dict(),
+                "step": step,
+                "sampler": sampler.state(),
+                "torch_rng": torch.get_rng_state(),
+                "best_bd": best_bd,
+                "best_step": best_step,
+                "baseline": baseline,
+                "args": {k: str(v) for k, v in vars(args).items()},
+            },
+            tmp,
+        )
+        tmp.replace(ckpt_path)
+
+    def rate_check_line(rows: list[dict]) -> str:
+        return " ".join(
+            f"q{r['quality']:g} est/stream {r['est_bytes'] / r['stream_bytes'] - 1:+.2%} "
+            f"est/file {r['est_bytes'] / r['file_bytes'] - 1:+.2%}"
+            for r in rows
+        )
+
+    val_path = args.out / "val.csv"
+    val_fields = ["step", "wall_s", "bd_rate", "best"] + [
+        f"q{q:g}_{k}" for q in VALIDATION_QUALITIES for k in ("bpp", "psnr", "est_vs_stream", "est_vs_file")
+    ]
+    if baseline is None:
+        t0 = time.time()
+        with torch.no_grad():
+            baseline = score_real(args.weights, held, model=model.eval(), rate=rate)
+        print(
+            f"baseline (untuned encoder) in {time.time() - t0:.0f} s: "
+            + " ".join(f"q{r['quality']:g} {r['bpp']:.4f} bpp {r['psnr']:.2f} dB" for r in baseline),
+            flush=True,
+        )
+        print("rate check, untuned encoder: " + rate_check_line(baseline), flush=True)
+        new = not val_path.exists()
+        with open(val_path, "a", newline="") as f:
+            writer = csv.writer(f)
+            if new:
+                writer.writerow(val_fields)
+            writer.writerow(_val_row(0, 0.0, 0.0, True, baseline))
+        checkpoint()
+
+    def validate() -> None:
+        nonlocal best_bd, best_step
+        t0 = time.time()
+        path = candidate(args.out / "candidate.safetensors")
+        with torch.no_grad():
+            rows = score_real(path, held, model=model, rate=rate)
+        bd = _bd(baseline, rows)
+        improved = math.isfinite(bd) and bd < best_bd
+        path.replace(args.out / "last.safetensors")
+        if improved:
+            best_bd, best_step = bd, step
+            (args.out / "best.safetensors").write_bytes((args.out / "last.safetensors").read_bytes())
+        with open(val_path, "a", newline="") as f:
+            csv.writer(f).writerow(_val_row(step, round(time.time() - start, 1), bd, improved, rows))
+        print(
+            f"val step {step}: BD-rate {bd:+.3f}% vs untuned (best {best_bd:+.3f}% at {best_step}) in "
+            f"{time.time() - t0:.0f} s | "
+            + " ".join(f"q{r['quality']:g} {r['bpp']:.4f} {r['psnr']:.2f}" for r in rows),
+            flush=True,
+        )
+        print("rate check: " + rate_check_line(rows), flush=True)
+
+    log_path = args.out / "log.csv"
+    new_log = not log_path.exists()
+    log_file = open(log_path, "a", newline="")
+    log = csv.writer(log_file)
+    if new_log:
+        log.writerow(["step", "wall_s", "lr", "loss", "bpp", "psnr", "step_s"])
+    stop = {"requested": False}
+
+    def request_stop(signum, frame):  # finish the current step, checkpoint, exit
+        stop["requested"] = True
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    start = last_eval = time.time()
+    sums, n, t_steps = {"loss": 0.0, "bpp": 0.0, "psnr": 0.0}, 0, 0.0
+    model.train()
+    while step < args.steps and not stop["requested"]:
+        t_step = time.perf_counter()
+        lr = _learning_rate(args, step)
+        for g in optimizer.param_groups:
+            g["lr"] = lr
+        x = to_model_input(sampler.batch_uint8(args.batch), torch.device("cpu"))  # channels_last
+        quality = stratified_qualities(args.batch)
+        lmbda = quality_lambda(quality, model.config.lambdas).float()
+        losses = coded_loss(coded_forward(model, rate, x, quality), x, lmbda)
+        optimizer.zero_grad(set_to_none=True)
+        losses["loss"].backward()
+        if args.clip:
+            torch.nn.utils.clip_grad_norm_(params, args.clip)
+        optimizer.step()
+        step += 1
+        n += 1
+        t_steps += time.perf_counter() - t_step
+        for k in sums:
+            sums[k] += float(losses[k].detach())
+        if step % args.log_every == 0:
+            avg = {k: v / n for k, v in sums.items()}
+            elapsed = time.time() - start
+            print(
+                f"step {step} | {elapsed / 60:.1f} min | {t_steps / n:.2f} s/step | lr {lr:.2e} | "
+                f"loss {avg['loss']:.4f} | bpp {avg['bpp']:.4f} | psnr {avg['psnr']:.2f}",
+                flush=True,
+            )
+            log.writerow([step, round(elapsed, 1), lr, avg["loss"], avg["bpp"], avg["psnr"], round(t_steps / n, 3)])
+            log_file.flush()
+            sums, n, t_steps = dict.fromkeys(sums, 0.0), 0, 0.0
+        if step % args.eval_every == 0 or time.time() - last_eval > args.eval_minutes * 60:
+            model.eval()
+            validate()
+            model.train()
+            checkpoint()
+            last_eval = time.time()
+    checkpoint()
+    log_file.close()
+    print(f"stopped at step {step}; best BD-rate {best_bd:+.3f}% at step {best_step}", flush=True)
+
+
+def _val_row(step: int, wall: float, bd: float, best: bool, rows: list[dict]) -> list:
+    cells = [step, wall, round(bd, 4), int(best)]
+    for r in rows:
+        cells += [round(r["bpp"], 5), round(r["psnr"], 4)]
+        cells += [round(r["est_bytes"] / r[k] - 1, 5) for k in ("stream_bytes", "file_bytes")]
+    return cells
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
