@@ -74,7 +74,7 @@ from .constants import DEFAULT_EFFORT, DEFAULT_QUALITY, MAGIC, validate_effort, 
 if TYPE_CHECKING:
     import numpy as np
 
-__all__ = ["JacImageFile", "JacDecoder", "register", "SUPPORTED_MODES", "NATIVE_MODES"]
+__all__ = ["JacImageFile", "JacDecoder", "encode_image", "register", "SUPPORTED_MODES", "NATIVE_MODES"]
 
 #: modes stored without conversion; also the modes :class:`JacImageFile` opens as.
 NATIVE_MODES = ("L", "LA", "RGB", "RGBA")
@@ -93,16 +93,8 @@ CONVERTED_MODES = {
 SUPPORTED_MODES = (*NATIVE_MODES, "P", *CONVERTED_MODES)
 
 
-def _accept(prefix: bytes) -> bool:
-    """Return whether ``prefix`` (the first bytes of a file) starts with the JAC signature.
-
-    Example:
-        >>> _accept(MAGIC + bytes(8))
-        True
-        >>> _accept(b"GIF89a")
-        False
-    """
-    return prefix[: len(MAGIC)] == MAGIC
+#: Pillow's accept function (whether a prefix starts with the JAC signature): :func:`container.accept`.
+_accept = container.accept
 
 
 # --------------------------------------------------------------------------- container access
@@ -280,8 +272,33 @@ def _metadata_bytes(value: Any, name: str) -> bytes | None:
     return value or None
 
 
+def encode_image(im: Image.Image, **options: Any) -> bytes:
+    """The ``.jac`` file ``im.save(fp, "JAC", **options)`` writes, as bytes.
+
+    ``options`` are the save options listed in the module doc (``quality``, ``effort``,
+    ``icc_profile``, ``exif``, ``xmp``, ``device``; others are ignored, as Pillow does). Modes are
+    converted as listed there, and the ICC profile, EXIF and XMP in ``im.info`` are kept unless an
+    option replaces them or drops them (``None`` or ``b""``).
+
+    Raises:
+        ValueError: a bad option value, or a mode JAC cannot hold.
+        TypeError: metadata of a wrong type.
+        OSError: the encoder failed.
+
+    Example:
+        >>> import io
+        >>> from PIL import Image
+        >>> im = Image.new("P", (8, 8))
+        >>> im.info["xmp"] = b"<x:xmpmeta/>"
+        >>> out = Image.open(io.BytesIO(encode_image(im, quality=2)))
+        >>> out.mode, out.info["quality"], out.info["xmp"]
+        ('RGB', 2.0, b'<x:xmpmeta/>')
+    """
+    return _encode_image(im, options)
+
+
 def _encode_image(im: Image.Image, encoderinfo: dict[str, Any]) -> bytes:
-    """Encode ``im`` with Pillow-style ``encoderinfo`` options; return the whole ``.jac`` file."""
+    """:func:`encode_image` with the options as Pillow's ``encoderinfo`` dict."""
     quality = validate_quality(encoderinfo.get("quality", DEFAULT_QUALITY))
     effort = validate_effort(encoderinfo.get("effort", DEFAULT_EFFORT))
     meta: dict[str, bytes | None] = {}

@@ -7,6 +7,11 @@ type and data). All integers are big-endian. The first chunk is ``JHDR``, the la
 This module only moves bytes: it never runs the model. It imports the standard library and
 :mod:`pillow_jac.constants` only (never torch or numpy), so that ``Image.open`` stays cheap.
 
+Entry points: :func:`accept` (does a prefix start with the signature?), :func:`read` (a whole file
+from a path, bytes or a file object), :func:`read_header` (the header only), :func:`serialize`
+(a :class:`JacFile` to bytes); :func:`parse` and :func:`read_file` are :func:`read` for bytes and
+for file objects.
+
 Errors:
 
 * :class:`JacFormatError` (a :class:`ValueError`): the data cannot be read as a ``.jac`` file.
@@ -20,6 +25,7 @@ Errors:
 from __future__ import annotations
 
 import io
+import os
 import re
 import struct
 import zlib
@@ -47,6 +53,7 @@ __all__ = [
     "parse",
     "read_header",
     "read_file",
+    "read",
     "compress_alpha",
     "decompress_alpha",
 ]
@@ -856,6 +863,45 @@ def parse(data: bytes, *, keep_unknown: bool = False) -> JacFile:
         pillow_jac.container.JacTruncatedError: truncated JAC file: no JEND chunk
     """
     return read_file(io.BytesIO(data), keep_unknown=keep_unknown)
+
+
+def read(
+    source: str | os.PathLike | bytes | bytearray | memoryview | BinaryIO, *, keep_unknown: bool = False
+) -> JacFile:
+    r"""Read and check a whole ``.jac`` file: the one entry point for a path, bytes or a file object.
+
+    Only the container is read (standard library only, no model): see :func:`pillow_jac.decode`
+    for the pixels, which accepts the returned :class:`JacFile`.
+
+    Args:
+        source: a path (``str`` or :class:`os.PathLike`), the file's bytes (``bytes``, ``bytearray``
+            or ``memoryview``), or a binary file object positioned at the start of the file.
+        keep_unknown: also keep the unknown ancillary chunks (see :func:`read_file`).
+
+    Returns:
+        The file content.
+
+    Raises:
+        NotJacFileError: the data does not start with the JAC signature (a :class:`JacFormatError`).
+        JacFormatError: the file is malformed (:class:`JacTruncatedError` when it is cut short).
+        OSError: the path cannot be opened or read.
+
+    Example:
+        >>> jac = JacFile.create(width=64, height=48, layout="L", quality=2, model_id="demo",
+        ...                      weights_hash=bytes(8), z_stream=b"z", y_stream=b"y")
+        >>> read(serialize(jac)) == jac
+        True
+        >>> read(b"GIF89a")
+        Traceback (most recent call last):
+        ...
+        pillow_jac.container.NotJacFileError: not a JAC file (bad signature)
+    """
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return parse(source, keep_unknown=keep_unknown)
+    if isinstance(source, (str, os.PathLike)):
+        with open(source, "rb") as fp:
+            return read_file(fp, keep_unknown=keep_unknown)
+    return read_file(source, keep_unknown=keep_unknown)
 
 
 # ---------------------------------------------------------------------------------------------

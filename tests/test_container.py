@@ -25,6 +25,7 @@ from pillow_jac.container import (
     parse,
     quality_to_u16,
     quantize_quality,
+    read,
     read_file,
     read_header,
     serialize,
@@ -169,6 +170,24 @@ def test_round_trip(layout, metadata, unknown):
     assert skipped.unknown_chunks == []
     skipped.unknown_chunks = list(unknown)
     assert skipped == jac
+
+
+def test_read_takes_a_path_bytes_or_a_file(tmp_path):
+    jac = make("RGBA", metadata=True, unknown=[(b"abcd", b"u")])
+    data = serialize(jac)
+    path = tmp_path / "a.jac"
+    path.write_bytes(data)
+    jac.unknown_chunks = []  # skipped unless asked for
+    for source in (path, str(path), data, bytearray(data), memoryview(data), io.BytesIO(data), Stream(data)):
+        assert read(source) == jac
+    assert read(path, keep_unknown=True).unknown_chunks == [(b"abcd", b"u")]
+    with open(path, "rb") as f:
+        assert read(f) == jac
+    (tmp_path / "b.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(20))
+    with pytest.raises(NotJacFileError):
+        read(tmp_path / "b.png")
+    with pytest.raises(FileNotFoundError):
+        read(tmp_path / "missing.jac")
 
 
 def test_writer_chunk_order():

@@ -107,9 +107,10 @@ def test_register_is_idempotent() -> None:
 
 
 def test_accept() -> None:
-    assert JacImagePlugin._accept(MAGIC + b"rest")
-    assert not JacImagePlugin._accept(MAGIC[:7])
-    assert not JacImagePlugin._accept(b"\x89PNG\r\n\x1a\n")
+    for accept in (container.accept, JacImagePlugin._accept):
+        assert accept(MAGIC + b"rest")
+        assert not accept(MAGIC[:7])
+        assert not accept(b"\x89PNG\r\n\x1a\n")
 
 
 def test_lazy_codec_exports() -> None:
@@ -661,6 +662,26 @@ def test_metadata_types(spy: EncodeSpy) -> None:
     assert tiff.startswith((b"II*\x00", b"MM\x00*"))
     jac_bytes(hopper(), exif=tiff)
     assert spy.last["exif"] == exif.tobytes()
+
+
+def test_encode_image_is_what_save_writes(spy: EncodeSpy, srgb_profile: bytes) -> None:
+    """The public encode_image takes the save options and gives the bytes save writes, with the same codec call."""
+    im = hopper().convert("P")
+    im.info.update(icc_profile=srgb_profile, xmp=XMP)
+    options = {"quality": 3.5, "effort": 1, "exif": make_exif(), "xmp": None, "device": "cpu", "optimize": True}
+    data = JacImagePlugin.encode_image(im, **options)
+    by_encode = spy.last
+    assert data == jac_bytes(im, **options) == spy.data
+    by_save = spy.last
+    for key in ("quality", "effort", "device", "icc_profile", "exif", "xmp"):
+        assert by_encode[key] == by_save[key], key
+    np.testing.assert_array_equal(by_encode["image"], by_save["image"])
+    assert by_encode["image"].shape == (SIZE[1], SIZE[0], 3)  # P converted to RGB
+    assert by_encode["icc_profile"] == srgb_profile  # kept from im.info
+    assert (by_encode["exif"], by_encode["xmp"]) == (make_exif().tobytes(), None)  # replaced, dropped
+    assert JacImagePlugin._encode_image(im, options) == data  # the private name the CLI used
+    with pytest.raises(ValueError, match="quality"):
+        JacImagePlugin.encode_image(im, quality=75)
 
 
 def test_metadata_kept_from_info_by_default(spy: EncodeSpy, srgb_profile: bytes) -> None:
