@@ -21,10 +21,13 @@ Example:
 
 from __future__ import annotations
 
+import _thread
 import argparse
 import json
 import os
+import signal
 import sys
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future
@@ -187,12 +190,57 @@ def _batch_job(src: str, dst: str, to: str, quality: float, effort: int, device:
     return os.path.getsize(src), os.path.getsize(dst)
 
 
-def _worker_init(threads: int) -> None:
+# In a batch worker process: whether the batch was cancelled, and whether a file is being converted.
+_cancelled = False
+_converting = False
+
+
+def _worker_init(threads: int, cancel: Any) -> None:
+    """Set up a batch worker: its torch threads, and stopping when the batch is cancelled.
+
+    Ctrl-C in a terminal signals every process of the group, workers included. A worker turns SIGINT
+    into ``KeyboardInterrupt`` only while it converts a file (an idle one would die with a traceback).
+    ``cancel`` is the reading end of a pipe that the parent closes to cancel the batch (also when the
+    parent alone got the SIGINT, or died): a thread then interrupts the file being converted. Only that
+    thread touches the pipe, and only plain module flags are shared with the main thread, so an
+    interruption never leaves a lock held.
+    """
+    signal.signal(signal.SIGINT, _worker_sigint)
+    threading.Thread(target=_interrupt_when_cancelled, args=(cancel,), daemon=True).start()
     try:
         import torch
     except ImportError:  # pragma: no cover - torch is a dependency
         return
     torch.set_num_threads(threads)
+
+
+def _worker_sigint(signum: int, frame: Any) -> None:
+    if _converting:
+        raise KeyboardInterrupt
+
+
+def _interrupt_when_cancelled(cancel: Any) -> None:
+    global _cancelled
+    try:
+        cancel.recv_bytes()  # nothing is ever sent: this returns when the parent closes its end
+    except (EOFError, OSError):
+        pass
+    _cancelled = True
+    _thread.interrupt_main(signal.SIGINT)
+
+
+def _worker_job(src: str, dst: str, to: str, quality: float, effort: int, device: str | None) -> tuple[int, int] | None:
+    """:func:`_batch_job` in a worker; None when the batch was cancelled before or while converting."""
+    global _converting
+    try:
+        _converting = True  # before the check: a cancel from now on interrupts the conversion
+        if _cancelled:
+            return None
+        return _batch_job(src, dst, to, quality, effort, device)
+    except KeyboardInterrupt:
+        return None
+    finally:
+        _converting = False
 
 
 class _Progress:
@@ -296,16 +344,26 @@ def _run_jobs(
         ctx.set_forkserver_preload(["pillow_jac.cli", "pillow_jac.codec", "torch"])
     else:  # pragma: no cover - Windows
         ctx = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_worker_init, initargs=(threads,)) as ex:
-        futures: dict[Future[tuple[int, int]], Path] = {
-            ex.submit(_batch_job, str(src), str(dst), to, quality, effort, device): src for src, dst in jobs.items()
+    cancel_reader, cancel = ctx.Pipe(duplex=False)  # closing `cancel` cancels the batch in the workers
+    init = (threads, cancel_reader)
+    with (
+        cancel_reader,
+        cancel,
+        ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_worker_init, initargs=init) as ex,
+    ):
+        futures: dict[Future[tuple[int, int] | None], Path] = {
+            ex.submit(_worker_job, str(src), str(dst), to, quality, effort, device): src for src, dst in jobs.items()
         }
         try:
             for fut in as_completed(futures):
                 exc = fut.exception()
+                if exc is None and fut.result() is None:  # a worker stopped by a SIGINT sent to it alone
+                    exc = CliError("interrupted")
                 yield futures[fut], exc if exc is not None else fut.result()
-        except BaseException:  # e.g. KeyboardInterrupt: drop the queued files, then stop
-            ex.shutdown(wait=False, cancel_futures=True)
+        except BaseException:  # e.g. KeyboardInterrupt: stop the running files, drop the queued ones
+            cancel.close()
+            for fut in futures:
+                fut.cancel()
             raise
 
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -310,6 +312,47 @@ def test_batch_errors(tmp_path: Path, capsys) -> None:
     assert_one_line_error(capsys.readouterr().err, "no .jac files found")
     assert main(["batch", str(tmp_path / "empty"), str(tmp_path / "o"), "--to", "png", "-j", "0"]) == 1
     assert_one_line_error(capsys.readouterr().err, "--jobs")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(os.name != "posix", reason="POSIX signals and process groups")
+@pytest.mark.parametrize("target", ["group", "parent"])
+def test_ctrl_c_stops_a_parallel_batch(tmp_path: Path, target: str) -> None:
+    """SIGINT to the terminal's process group (Ctrl-C) or to jac alone: exit 130 at once, converting nothing more."""
+    photos, out = tmp_path / "photos", tmp_path / "out"
+    photos.mkdir()
+    image = crop(0, 0, 384, 256)
+    for i in range(200):
+        image.crop((i, i // 2, i + 64, i // 2 + 64)).save(photos / f"{i:03d}.png", compress_level=0)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pillow_jac", "batch", str(photos), str(out), "--to", "jac", "-j", "2", "--quiet"],
+        cwd=ROOT,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its own process group, as a shell gives a command
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while len(list(out.glob("*.jac"))) < 4:  # both workers are converting
+            assert proc.poll() is None and time.monotonic() < deadline, "the batch did not get going"
+            time.sleep(0.02)
+        if target == "group":
+            os.killpg(proc.pid, signal.SIGINT)
+        else:
+            os.kill(proc.pid, signal.SIGINT)
+        sent = time.monotonic()
+        converted = len(list(out.glob("*.jac")))
+        _, err = proc.communicate(timeout=60)
+        stopped_after = time.monotonic() - sent
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 130, err
+    assert err.strip().splitlines()[-1] == "jac: interrupted" and "Traceback" not in err, err
+    assert stopped_after < 8.0  # about 1-3 s on 2 busy cores
+    assert len(list(out.glob("*.jac"))) <= converted + 2  # at most the files being renamed into place
+    assert sorted(p.name for p in out.iterdir() if p.suffix != ".jac") == []  # no temporary file left behind
 
 
 # --------------------------------------------------------------------------- as a program (no torch: fast)
