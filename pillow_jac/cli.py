@@ -2,16 +2,18 @@
 
 Commands::
 
-    jac encode IN OUT.jac [-q Q] [--strip] [--device D]   any image Pillow reads -> .jac
-    jac decode IN.jac OUT [--device D]                    .jac -> any format Pillow writes (by extension)
-    jac info FILE.jac [--json]                            header, metadata and sizes; never imports torch
+    jac encode IN OUT.jac [-q Q] [--strip] [--force] [--device D]   any image Pillow reads -> .jac
+    jac decode IN.jac OUT [--device D]                              .jac -> any format Pillow writes (by extension)
+    jac info FILE.jac [--json]                                      header, metadata and sizes; never imports torch
     jac batch IN_DIR OUT_DIR --to jac|png [-q Q] [-j N] [-r] [--device D]
 
 Exit status: 0 on success, 1 on any error (one line ``jac: error: ...`` on stderr, no traceback),
 2 for command line usage errors (argparse's convention), 130 when interrupted.
 
 Outputs are written to a temporary file next to the target and renamed into place, so a failed or
-interrupted command never leaves a partial or truncated output file.
+interrupted command never leaves a partial or truncated output file. An output is never the input file
+(also through another path or a link), and ``encode`` writes only names ending in ``.jac`` unless
+``--force`` is given.
 
 Example:
     >>> args = build_parser().parse_args(["encode", "photo.png", "photo.jac", "-q", "2.5"])
@@ -70,6 +72,16 @@ def _pillow_format_for(path: Path) -> str:
     return fmt
 
 
+def _check_output(src: Path, dst: Path) -> None:
+    """Refuse to write over the input: the same file, whatever the path (links, ``..``, hard links)."""
+    try:
+        same = os.path.samefile(src, dst)
+    except OSError:  # one of them does not exist (a missing input is reported when it is read)
+        same = False
+    if same:
+        raise CliError(f"{dst}: the output is the input file; choose another output")
+
+
 def encode_file(
     src: Path,
     dst: Path,
@@ -78,12 +90,20 @@ def encode_file(
     effort: int = DEFAULT_EFFORT,
     strip: bool = False,
     device: str | None = None,
+    force: bool = False,
 ) -> int:
-    """Encode any image Pillow can read to ``dst`` (``.jac``); return the bytes written."""
+    """Encode any image Pillow can read to ``dst`` (``.jac``); return the bytes written.
+
+    Raises:
+        CliError: ``dst`` is ``src``, or its name does not end in ``.jac`` and ``force`` is false.
+    """
     from PIL import Image
 
     from . import JacImagePlugin
 
+    _check_output(src, dst)
+    if dst.suffix.lower() != ".jac" and not force:
+        raise CliError(f"{dst}: a JAC file's name should end in .jac (use --force to write it anyway)")
     with Image.open(src) as im:
         im.load()
         options: dict[str, Any] = {"quality": quality, "effort": effort, "device": device}
@@ -112,6 +132,7 @@ def decode_file(src: Path, dst: Path, *, device: str | None = None) -> None:
 
     from . import JacImagePlugin
 
+    _check_output(src, dst)
     fmt = _pillow_format_for(dst)
     jac, _ = _read_jac(src)
     Image._decompression_bomb_check(jac.size)
@@ -404,11 +425,17 @@ def build_parser() -> argparse.ArgumentParser:
             help=f"encoder effort from 0 (fastest, default) to {MAX_EFFORT} (smallest files, slowest)",
         )
 
-    p = sub.add_parser("encode", help="encode an image to .jac", description="Encode any image Pillow reads to .jac.")
+    p = sub.add_parser(
+        "encode",
+        help="encode an image to .jac",
+        description="Encode any image Pillow reads to .jac. OUTPUT must end in .jac unless --force is given, "
+        "and is never the input file.",
+    )
     p.add_argument("input", type=Path, help="input image (PNG, JPEG, ...)")
     p.add_argument("output", type=Path, help="output .jac file")
     add_quality(p)
     p.add_argument("--strip", action="store_true", help="drop ICC profile, EXIF and XMP (kept by default)")
+    p.add_argument("--force", action="store_true", help="write OUTPUT even if its name does not end in .jac")
     add_device(p)
 
     p = sub.add_parser(
@@ -478,7 +505,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.command == "encode":
-            encode_file(args.input, args.output, args.quality, effort=args.effort, strip=args.strip, device=args.device)
+            encode_file(
+                args.input,
+                args.output,
+                args.quality,
+                effort=args.effort,
+                strip=args.strip,
+                device=args.device,
+                force=args.force,
+            )
         elif args.command == "decode":
             decode_file(args.input, args.output, device=args.device)
         elif args.command == "info":

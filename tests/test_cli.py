@@ -219,6 +219,51 @@ def test_unknown_output_extension(jac: Path, tmp_path: Path, capsys) -> None:
     assert_one_line_error(capsys.readouterr().err, "no file extension")
 
 
+def _same_file_paths(path: Path) -> list[Path]:
+    """Other paths of the file at ``path``: the path itself, through ``..``, a symbolic link and a hard link."""
+    other = path.parent / "sub"
+    other.mkdir(exist_ok=True)
+    paths = [path, other / ".." / path.name]
+    if hasattr(os, "symlink"):
+        (other / f"link{path.suffix}").symlink_to(path)
+        paths.append(other / f"link{path.suffix}")
+    if hasattr(os, "link"):
+        os.link(path, other / f"hard{path.suffix}")
+        paths.append(other / f"hard{path.suffix}")
+    return paths
+
+
+def test_encode_refuses_to_overwrite_its_input(png: Path, capsys) -> None:
+    before = png.read_bytes()
+    for out in _same_file_paths(png):
+        for force in ([], ["--force"]):
+            assert main(["encode", str(png), str(out), *force]) == 1
+            assert_one_line_error(capsys.readouterr().err, "the output is the input file")
+    assert png.read_bytes() == before
+
+
+def test_decode_refuses_to_overwrite_its_input(jac: Path, tmp_path: Path, capsys) -> None:
+    src = tmp_path / "copy.jac"
+    src.write_bytes(jac.read_bytes())
+    for out in _same_file_paths(src):
+        assert main(["decode", str(src), str(out)]) == 1
+        assert_one_line_error(capsys.readouterr().err, "the output is the input file")
+    assert src.read_bytes() == jac.read_bytes()
+
+
+def test_encode_output_must_end_in_jac_unless_forced(png: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "out.png"
+    assert main(["encode", str(png), str(out)]) == 1
+    assert_one_line_error(capsys.readouterr().err, str(out), ".jac", "--force")
+    assert not out.exists()
+    assert main(["encode", str(png), str(out), "--force", "-q", "1"]) == 0
+    assert out.read_bytes().startswith(MAGIC)
+    assert main(["encode", str(png), str(tmp_path / "OUT.JAC"), "-q", "1"]) == 0
+    with pytest.raises(SystemExit):
+        main(["encode", "--help"])
+    assert "--force" in capsys.readouterr().out  # documented in the help
+
+
 @pytest.mark.parametrize("quality", ["75", "0", "abc"])
 def test_bad_quality_is_a_usage_error(png: Path, tmp_path: Path, quality: str, capsys) -> None:
     with pytest.raises(SystemExit) as exc:
