@@ -272,6 +272,7 @@ def decode_symbols(data, *, device=None, weights=None) -> tuple[np.ndarray | Non
 def _decode_latents(jac: container.JacFile, engine):
     torch = _torch()
     h = jac.header
+    engine.prior.check_lengths(jac.z_stream, jac.y_stream, engine.config.N, h.z_shape, h.y_shape)
     with torch.inference_mode(), _threads_for(h.height * h.width, engine):
         z_hat, psi = None, None
         if engine.config.hyperprior:

@@ -46,6 +46,8 @@ __all__ = [
 ]
 
 _TOTAL = 1 << CDF_PRECISION
+#: bits of information a range decoder can still hold once its data is read (its 64-bit state), with margin
+STATE_SLACK_BITS = 128
 _Categorical = constriction.stream.model.Categorical
 
 
@@ -170,6 +172,8 @@ class CodingTables:
             if row.sum() != _TOTAL or (row < 1).any():
                 raise ValueError(f"coding table {k} does not sum to 2**{CDF_PRECISION}")
             self.models.append(_Categorical(row / _TOTAL, perfect=False))
+        #: the fewest bits any symbol can cost: -log2 of the largest probability in any table
+        self.min_symbol_bits = float(-np.log2(np.maximum.reduceat(freqs, self.offsets[:-1]).max() / _TOTAL))
         self.escape_model = _Categorical(np.full(ESCAPE_CLASSES, 1.0 / ESCAPE_CLASSES), perfect=False)
         self._uniform = {c: constriction.stream.model.Uniform(1 << c) for c in range(1, ESCAPE_CLASSES)}
 
@@ -258,6 +262,27 @@ class CodingTables:
         starts = np.flatnonzero(np.r_[True, sorted_ids[1:] != sorted_ids[:-1]]) if len(order) else np.zeros(0, int)
         ends = np.r_[starts[1:], len(order)]
         return order, list(zip(sorted_ids[starts].tolist(), starts.tolist(), ends.tolist(), strict=True))
+
+    def check_length(self, data: bytes, symbols: int, what: str) -> None:
+        """Reject a stream too short to hold ``symbols`` symbols, before anything is decoded.
+
+        Every symbol costs at least :attr:`min_symbol_bits`, and a range coder's output is at least the
+        information it carries less its 64-bit state (CODING.md section 6.4), so a shorter stream is
+        forged or cut: it is refused at once instead of after a decode sized by the header.
+        """
+        need = symbols * self.min_symbol_bits - STATE_SLACK_BITS
+        if 8 * len(data) < need:
+            raise EntropyCodingError(
+                f"corrupt entropy-coded stream: the {what} stream has {len(data)} bytes, but {symbols} symbols "
+                f"need at least {int(need // 8) + 1}"
+            )
+
+    def check_not_run_out(self, decoder, symbols_left: int) -> None:
+        """Stop a decoder that has read all its data while the symbols left need more than its state holds."""
+        if decoder.maybe_exhausted() and symbols_left * self.min_symbol_bits > STATE_SLACK_BITS:
+            raise EntropyCodingError(
+                f"corrupt entropy-coded stream: the data ends with at least {symbols_left} symbols still to decode"
+            )
 
     @staticmethod
     def finish(decoder) -> None:

@@ -160,6 +160,12 @@ class ExactPrior:
         ids = index.double() * MEAN_STEPS + fraction
         return ids.long().cpu().numpy(), base.long().cpu().numpy()
 
+    def check_lengths(self, z_stream: bytes, y_stream: bytes, N: int, z_shape, y_shape) -> None:
+        """Refuse streams too short for the latents a header declares, before any network runs."""
+        if self.z_tables is not None:
+            self.z_tables.check_length(z_stream, N * z_shape[0] * z_shape[1], "z")
+        self.y_tables.check_length(y_stream, self.M * y_shape[0] * y_shape[1], "y")
+
     # -- z ----------------------------------------------------------------------------------------
     def encode_z(self, z_hat: np.ndarray) -> bytes:
         """Code ``z_hat`` ``(N, hz, wz)`` channel by channel in raster order (CODING.md 6.1)."""
@@ -169,6 +175,7 @@ class ExactPrior:
     def decode_z(self, data: bytes, channels: int, shape: tuple[int, int]) -> np.ndarray:
         """Inverse of :meth:`encode_z`."""
         ids = np.broadcast_to(np.arange(channels)[:, None, None], (channels, *shape))
+        self.z_tables.check_length(data, ids.size, "z")
         z = self.z_tables.decode_from_bytes(data, ids.ravel()).reshape(channels, *shape)
         if np.abs(z).max(initial=0) > SYMBOL_LIMIT:
             raise EntropyCodingError("decoded hyper-latent out of range")
@@ -208,7 +215,9 @@ class ExactPrior:
         M = self.M
         H, W = shape
         S = W + 4  # row length of the padded grid
+        self.y_tables.check_length(data, H * W * M, "y")
         decoder = constriction.stream.queue.RangeDecoder(bytes_to_words(data))
+        positions_left = H * W
         # fixed-point y_hat, position-major, with a 2-latent border on top, left and right (zeros)
         # (plus slack: a step may read a few rows past its last position, see _padded_rows)
         padded = torch.zeros((H + 2 + 4) * S * M, dtype=torch.float64, device=self.device)
@@ -256,6 +265,8 @@ class ExactPrior:
             values = self.y_tables.decode(decoder, ids.ravel()).reshape(ids.shape) + base
             if np.abs(values).max(initial=0) > SYMBOL_LIMIT:
                 raise EntropyCodingError("decoded latent out of range")
+            positions_left -= n
+            self.y_tables.check_not_run_out(decoder, positions_left * M)
             out[rows, cols] = values
             target = padded.as_strided((n, M), (step, 1), origin)
             target.copy_(torch.from_numpy(values).to(self.device, torch.float64) * 2.0**ACTIVATION_BITS)

@@ -65,7 +65,7 @@ def test_seed_corpus_is_valid_and_covers_every_layout() -> None:
         layouts.add(jac.mode)
         assert jac.size[0] * jac.size[1] <= 64 * 64
     assert layouts == {"RGB", "L", "RGBA", "LA"}
-    assert any(container.parse(d).exif and container.parse(d).unknown_chunks for d in SEEDS)
+    assert any(container.parse(d).exif and container.parse(d, keep_unknown=True).unknown_chunks for d in SEEDS)
 
 
 def test_helpers_round_trip() -> None:
@@ -104,12 +104,12 @@ def test_fuzz_decode(index: int, ops: list[tuple[str, int]]) -> None:
         fz.check_decode(mutated(index, ops), LIMITS)
 
 
-def _forged(width: int, height: int, layout: str = "RGB", stream: bytes | None = None) -> bytes:
+def _forged(width: int, height: int, layout: str = "RGB", stream: bytes | None = None, z_stream: bytes = b"") -> bytes:
     """A file of the installed model claiming ``width x height``, with tiny (or given) streams."""
     engine = get_engine()
     jac = container.JacFile.create(
         width=width, height=height, layout=layout, quality=4, model_id=engine.model_id,
-        weights_hash=engine.weights_hash, z_stream=b"", y_stream=stream or b"",
+        weights_hash=engine.weights_hash, z_stream=z_stream, y_stream=stream or b"",
         alpha=b"x\x9c\x03\x00\x00\x00\x00\x01" if layout in ("RGBA", "LA") else None,
     )  # fmt: skip
     return container.serialize(jac)
@@ -139,6 +139,46 @@ def test_forged_size_within_the_limit_fails_fast_on_an_empty_stream() -> None:
     with pytest.raises(ValueError, match="out of range|corrupt"):
         codec.decode(_forged(1024, 1024))
     assert time.perf_counter() - start < 15.0
+
+
+def test_forged_110_byte_file_of_89_megapixels_fails_in_under_a_second() -> None:
+    """9459 x 9459 is under the bomb limit; empty streams cannot hold its 67 M latents, and that is
+    known from the stream lengths alone (it took 88 s and 3.8 GB when the whole wavefront ran first)."""
+    data = _forged(9459, 9459)
+    assert len(data) < 120
+    get_engine()  # built outside the timing
+    fz.reset_peak_rss()
+    before = fz.peak_rss_mb()
+    for decode in (codec.decode, codec.decode_symbols):
+        start = time.perf_counter()
+        with pytest.raises(ValueError, match=r"the [zy] stream has 0 bytes, but \d+ symbols need at least"):
+            decode(data)
+        assert time.perf_counter() - start < 1.0
+    assert fz.peak_rss_mb() - before < 100
+
+
+def test_a_stream_that_runs_out_stops_at_the_next_wavefront_step() -> None:
+    """A 1280 x 1280 file whose 16-byte y stream passes the length bound: decoding stops a step after
+    the data ends (its 1.2 M latents need more than a range decoder's state can still hold), not after
+    the last of the image's 316 wavefront steps."""
+    engine = get_engine()
+    data = _forged(1280, 1280, stream=bytes(16))
+    steps = []
+    original = engine.prior.y_tables.check_not_run_out
+
+    def counted(decoder, symbols_left):
+        steps.append(symbols_left)
+        return original(decoder, symbols_left)
+
+    engine.prior.y_tables.check_not_run_out = counted
+    try:
+        with pytest.raises(ValueError, match="the data ends with at least"):
+            codec.decode(data)
+    finally:
+        del engine.prior.y_tables.check_not_run_out
+    all_steps, symbols = 3 * 79 + 79 + 1, 80 * 80 * engine.config.M  # of an 80 x 80 latent
+    assert len(steps) < all_steps // 4, f"{len(steps)} of {all_steps} steps ran"
+    assert steps[-1] > symbols * 0.9
 
 
 def test_pixel_limit_follows_pillow(monkeypatch: pytest.MonkeyPatch) -> None:
