@@ -23,6 +23,8 @@ Example:
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 from . import container
@@ -192,8 +194,14 @@ def encode_symbols(
 
 
 def _parse(data) -> container.JacFile:
+    """A parsed file from a :class:`~pillow_jac.container.JacFile`, bytes-like data, or a path."""
     if isinstance(data, container.JacFile):
         return data
+    if isinstance(data, (str, os.PathLike)):
+        with open(data, "rb") as f:
+            return container.read_file(f)
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise TypeError(f"expected .jac bytes, a path or a parsed JacFile, got {type(data).__name__}")
     return container.parse(bytes(data))
 
 
@@ -283,7 +291,7 @@ def _decode_latents(jac: container.JacFile, engine):
 
 
 def decode(data, *, device=None, weights=None) -> np.ndarray:
-    """Decompress ``.jac`` bytes (or a parsed :class:`~pillow_jac.container.JacFile`) to pixels.
+    """Decompress ``.jac`` bytes, a ``.jac`` file's path, or a parsed :class:`~pillow_jac.container.JacFile`.
 
     Returns:
         uint8 array: ``(H, W, 3)`` for RGB, ``(H, W, 4)`` RGBA, ``(H, W)`` L, ``(H, W, 2)`` LA.

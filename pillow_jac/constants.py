@@ -6,6 +6,8 @@ section "Versions") and regenerate the test vectors. Standard library only: the 
 
 from __future__ import annotations
 
+import numbers
+
 #: 8-byte signature (SPEC.md section 2). Byte 1 is 'J', so no TGA-style reader can claim it.
 MAGIC = b"\x8bJAC\r\n\x1a\n"
 #: (major, minor) of the container and coding rules this package writes (SPEC.md section 9).
@@ -59,19 +61,28 @@ DEFAULT_QUALITY = 4.0
 def validate_quality(quality: float) -> float:
     """Return ``quality`` as a float in ``[1, 8]`` or raise ``ValueError`` explaining the scale.
 
+    Only real numbers are qualities: a string, bytes or a bool is refused rather than converted.
+
     Example:
         >>> validate_quality(4)
         4.0
+        >>> validate_quality("4")
+        Traceback (most recent call last):
+        ...
+        ValueError: quality must be a number from 1 to 8, got '4'
     """
+    shown = repr(quality) if len(repr(quality)) <= 40 else repr(quality)[:37] + "..."
+    if isinstance(quality, bool) or not isinstance(quality, numbers.Real):
+        raise ValueError(f"quality must be a number from 1 to 8, got {shown}")
     try:
         q = float(quality)
-    except (TypeError, ValueError):
-        raise ValueError(f"quality must be a number from 1 to 8, got {quality!r}") from None
+    except (TypeError, ValueError, OverflowError):
+        raise ValueError(f"quality must be a number from 1 to 8, got {shown}") from None
     if not QUALITY_MIN <= q <= QUALITY_MAX:  # also rejects NaN
         hint = " (JAC qualities are not JPEG's 0-100 scale)" if q > QUALITY_MAX else ""
         raise ValueError(
             f"quality must be from {QUALITY_MIN:g} (smallest files) to {QUALITY_MAX:g} (best quality), "
-            f"fractions allowed; got {quality!r}{hint}"
+            f"fractions allowed; got {shown}{hint}"
         )
     return q
 

@@ -49,10 +49,14 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
         choice = "cuda" if torch.cuda.is_available() else "cpu"
     try:
         resolved = torch.device(choice)
-    except RuntimeError as exc:
+    except (RuntimeError, ValueError, TypeError) as exc:
         raise ValueError(f"unknown device {choice!r}: use cpu, cuda, cuda:N or auto") from exc
+    if resolved.type not in ("cpu", "cuda"):  # meta, mps, xla...: the codec is built and tested for these two
+        raise ValueError(f"device {choice!r} is not supported: use cpu, cuda, cuda:N or auto")
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("CUDA was requested but is not available")
+    if resolved.type == "cuda" and resolved.index is not None and resolved.index >= torch.cuda.device_count():
+        raise ValueError(f"{choice!r} does not exist: this machine has {torch.cuda.device_count()} CUDA device(s)")
     return resolved
 
 

@@ -110,3 +110,29 @@ def test_crc_catches_flipped_bits():
     data[-20] ^= 0x10
     with pytest.raises((ValueError, SyntaxError)):
         codec.decode(bytes(data))
+
+
+@pytest.mark.parametrize("quality", ["4", b"4", True, 10**400, float("nan"), None, [4]])
+def test_quality_must_be_a_real_number(quality):
+    """Strings, bytes and bools are refused, not converted; a huge int is a ValueError, not OverflowError."""
+    with pytest.raises(ValueError, match="quality must be"):
+        codec.encode(natural_image(8, 8), quality)
+
+
+@pytest.mark.parametrize("device", ["meta", "mps", "xla", "banana", "cuda:99"])
+def test_unsupported_devices_are_value_errors(device, monkeypatch):
+    data = codec.encode(natural_image(8, 8), 2)
+    monkeypatch.setenv("JAC_DEVICE", device)
+    with pytest.raises(ValueError, match="device|CUDA"):
+        codec.decode(data)
+
+
+def test_decode_takes_a_path_and_junk_is_a_value_error(tmp_path):
+    data = codec.encode(natural_image(8, 8), 2)
+    (tmp_path / "x.jac").write_bytes(data)
+    np.testing.assert_array_equal(codec.decode(tmp_path / "x.jac"), codec.decode(data))
+    np.testing.assert_array_equal(codec.decode(str(tmp_path / "x.jac")), codec.decode(data))
+    with pytest.raises(ValueError, match="not a JAC file"):
+        codec.decode(b"junk")
+    with pytest.raises(TypeError, match="expected .jac bytes, a path or a parsed JacFile"):
+        codec.decode(12)
