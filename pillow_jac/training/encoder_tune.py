@@ -41,6 +41,7 @@ import math
 import signal
 import sys
 import time
+import traceback
 from pathlib import Path
 
 import numpy as np
@@ -440,6 +441,9 @@ def _learning_rate(args: argparse.Namespace, step: int) -> float:
 
 def main(argv: list[str] | None = None) -> None:
     """Tune until ``--steps``, validating, keeping the best and checkpointing as it goes."""
+    # the whole codec is imported now, so a run of many hours uses one version of it throughout
+    from .. import codec, container, engine, entropy_coding, exact_prior  # noqa: F401
+    from ..bench import metrics  # noqa: F401
     from ..engine import load_model
     from ..weights import load_weights, save_weights
     from .data import CropSampler, list_images, load_rgb, to_model_input
@@ -610,8 +614,12 @@ def main(argv: list[str] | None = None) -> None:
             log_file.flush()
             sums, n, t_steps = dict.fromkeys(sums, 0.0), 0, 0.0
         if step % args.eval_every == 0 or time.time() - last_eval > args.eval_minutes * 60:
+            checkpoint()
             model.eval()
-            validate()
+            try:
+                validate()
+            except Exception:  # a failed validation loses one score, not the run
+                traceback.print_exc()
             model.train()
             checkpoint()
             last_eval = time.time()
