@@ -41,6 +41,8 @@ __all__ = [
     "find",
     "encoder",
     "package_weights_dir",
+    "package_weights_bytes",
+    "PACKAGE_BUDGET_BYTES",
     "default_weights_path",
     "DEFAULT_WEIGHTS_NAME",
     "KEPT_DIR",
@@ -50,6 +52,10 @@ __all__ = [
 DEFAULT_WEIGHTS_NAME = "mbt2018-n128m192.safetensors"
 #: the subfolder of the package's weights folder that holds the kept generations' decoder files
 KEPT_DIR = "generations"
+#: the most bytes of weights the wheel ships: the newest generation's full file (29.4 MB for
+#: N=128/M=192) plus the kept generations' decoder files (19.2 MB each), so three kept generations fit;
+#: an older one then leaves the package and is kept through JAC_MODELS (SPEC.md section 9.2)
+PACKAGE_BUDGET_BYTES = 100_000_000
 #: a safetensors header larger than this is not a weights file of ours (ours are ~10 kB)
 _MAX_HEADER = 16 << 20
 
@@ -85,8 +91,17 @@ class Generation:
 
 
 def package_weights_dir() -> Path:
-    """The package's weights folder (``weights/`` beside the ``pillow_jac`` package)."""
-    return Path(__file__).resolve().parent.parent / "weights"
+    """The package's weights folder: ``pillow_jac/_weights`` in a wheel, else ``weights/`` beside the package."""
+    here = Path(__file__).resolve().parent
+    inside = here / "_weights"
+    return inside if inside.is_dir() else here.parent / "weights"
+
+
+def package_weights_bytes() -> int:
+    """Bytes of every weights file the package ships (held to :data:`PACKAGE_BUDGET_BYTES`)."""
+    folder = package_weights_dir()
+    files = [folder / DEFAULT_WEIGHTS_NAME, *(folder / KEPT_DIR).glob("*.safetensors")]
+    return sum(f.stat().st_size for f in files if f.exists())
 
 
 def default_weights_path() -> Path:

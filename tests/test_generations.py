@@ -230,3 +230,11 @@ def test_release_command_keeps_the_old_generation_and_makes_vectors(
     # the kept decoder file alone decodes the old generation's files
     old = (VECTORS / SHIPPED_ID / r006_vectors()[1]["file"]).read_bytes()
     np.testing.assert_array_equal(codec.decode(old, weights=kept), codec.decode(old))
+
+
+def test_shipped_weights_fit_the_package_budget() -> None:
+    assert 0 < generations.package_weights_bytes() <= generations.PACKAGE_BUDGET_BYTES
+    kept = sorted((generations.package_weights_dir() / generations.KEPT_DIR).glob("*.safetensors"))
+    for path in kept:  # every kept generation is a decoder file, and has its vectors
+        _, meta = weights.load_weights(path)
+        assert meta["layout"] == "decoder" and (VECTORS / meta["model_id"] / "vectors.json").exists()

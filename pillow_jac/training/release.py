@@ -75,6 +75,13 @@ def release(checkpoint: Path, number: int, weights_dir: Path, vectors_dir: Path,
     make_vectors = _load_script("make_vectors")
     table = make_vectors.make(vectors_dir / new_id, vectors_dir / "sources", weights=full)
     print(f"wrote {len(table)} vectors to {vectors_dir / new_id}")
+    total = sum(f.stat().st_size for f in [full, *(weights_dir / generations.KEPT_DIR).glob("*.safetensors")])
+    if total > generations.PACKAGE_BUDGET_BYTES:
+        print(
+            f"warning: the weights folder holds {total / 1e6:.1f} MB, over the package budget of "
+            f"{generations.PACKAGE_BUDGET_BYTES / 1e6:.0f} MB: publish the oldest kept decoder file on its own "
+            "(users keep it through JAC_MODELS) and remove it from weights/generations/"
+        )
     return new_id
 
 
