@@ -30,7 +30,28 @@ __all__ = [
     "pchip_integral",
     "bd_rate",
     "bd_quality",
+    "portable_path",
 ]
+
+def portable_path(path) -> str:
+    """How a results file names an input: relative to the repository (``../shared/data/kodak``), else its name.
+
+    Results files must not record where the data lay on the machine that made them.
+
+    Example:
+        >>> from pathlib import Path
+        >>> portable_path(Path(__file__).resolve().parents[3] / "shared" / "data" / "kodak")
+        '../shared/data/kodak'
+        >>> portable_path("/somewhere/else/entirely/kodak")
+        'kodak'
+    """
+    import os
+    from pathlib import Path
+
+    resolved = Path(path).resolve()
+    relative = os.path.relpath(resolved, Path(__file__).resolve().parents[2])
+    return relative if not relative.startswith(("../../", "..\\..\\")) else resolved.name
+
 
 #: the smallest side pytorch-msssim accepts with its default 11-tap window and 5 scales
 MS_SSIM_MIN_SIDE = 161

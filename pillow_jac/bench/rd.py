@@ -368,7 +368,7 @@ def run(
     images = [(p.stem, load_rgb(p)) for p in paths]
     results: dict[str, Any] = {
         "meta": {
-            "data": str(data),
+            "data": metrics.portable_path(data),
             "images": len(images),
             "image_names": [n for n, _ in images],
             "date": time.strftime("%Y-%m-%d %H:%M:%S"),

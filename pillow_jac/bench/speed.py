@@ -46,6 +46,7 @@ import numpy as np
 
 from ..constants import MAX_EFFORT
 from .codecs import ALL_CODECS, find_shared, get_codec, load_rgb
+from .metrics import portable_path
 
 __all__ = ["main", "measure_in_subprocess", "tile_image", "parse_size", "SPEED_PARAMS", "SIZES"]
 
@@ -440,7 +441,13 @@ def run_codecs(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                     "decode": _ratio(row["decode"], jac["decode"]),
                 }
             )
-    return {"image": str(image_path), "width": image.shape[1], "height": image.shape[0], "rows": rows, "ratios": ratios}
+    return {
+        "image": portable_path(image_path),
+        "width": image.shape[1],
+        "height": image.shape[0],
+        "rows": rows,
+        "ratios": ratios,
+    }
 
 
 def _devices(text: str) -> list[str]:
