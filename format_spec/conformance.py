@@ -4,7 +4,7 @@ For each ``format_spec/vectors/<model_id>/vectors.json`` it checks, for every ve
 
 * the file's SHA-256 (the vector itself is intact);
 * that the generation is installed (:func:`pillow_jac.generations.find`);
-* the decoded integer latents, which MUST match exactly on every machine (CODING.md section 7);
+* the decoded integer latents, which MUST match exactly on every machine (CODING.md section 3);
 * the decoded pixels: ``exact`` when they match the reference bit for bit, ``within 1`` when some
   sample differs by one level (allowed: g_s runs in floating point, SPEC.md section 1), else a failure.
 

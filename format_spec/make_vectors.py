@@ -6,7 +6,7 @@ never change. ``python format_spec/make_vectors.py --model ID --out DIR`` makes 
 installed generation, or into another folder (the tests use that for a test-only generation).
 
 Each vector is a small ``.jac`` file made from a committed source PNG, plus the SHA-256 of its decoded
-latents (exact on every machine, CODING.md section 7) and of its decoded pixels, and the decoded pixels
+latents (exact on every machine, CODING.md section 3) and of its decoded pixels, and the decoded pixels
 as a PNG. The cases cover every layout, the quality range, the encoder's effort levels and metadata,
 so that a generation's whole decoding surface stays pinned.
 """

@@ -269,7 +269,7 @@ def _encoder_engine(device, weights, model):
 def decode_symbols(data, *, device=None, weights=None) -> tuple[np.ndarray | None, np.ndarray]:
     """The integer latents ``(z_hat, y_hat)`` of a file (``z_hat`` is None without hyperprior).
 
-    These are exact: the same on every machine, device and thread count (CODING.md section 7).
+    These are exact: the same on every machine, device and thread count (CODING.md section 3).
     """
     jac = _parse(data)
     _check_size(jac.header)

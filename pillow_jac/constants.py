@@ -13,20 +13,22 @@ MAGIC = b"\x8bJAC\r\n\x1a\n"
 #: (major, minor) of the container and coding rules this package writes (SPEC.md section 9).
 FORMAT_VERSION = (1, 0)
 
-#: lambda of each integer quality 1..8 (loss = lambda * 255^2 * MSE + bpp), CompressAI's ladder.
+#: CompressAI's lambda ladder, one per integer quality 1..8 (loss = lambda * 255^2 * MSE + bpp): the default
+#: ladder of a new model and of a manifest that has none. Each model's own ladder is ``config.lambdas`` in its
+#: manifest (release 6: 0.0004 ... 0.18, log-spaced).
 LAMBDAS = (0.0018, 0.0035, 0.0067, 0.013, 0.025, 0.0483, 0.0932, 0.18)
 QUALITY_MIN = 1.0
 QUALITY_MAX = float(len(LAMBDAS))
 #: qualities are stored as round(quality * QUALITY_DENOMINATOR) in a u16 (SPEC.md section 3).
 QUALITY_DENOMINATOR = 256
 
-#: the smallest Gaussian scale the model may predict (SPEC.md section 6).
+#: the smallest Gaussian scale the model may predict (CODING.md section 2.1).
 SCALE_MIN = 0.11
 #: the largest scale in the scale table.
 SCALE_MAX = 256.0
 #: number of log-spaced scale levels of the scale table.
 SCALE_LEVELS = 64
-#: means are snapped to multiples of 1/MEAN_STEPS before coding (SPEC.md section 6).
+#: means are snapped to multiples of 1/MEAN_STEPS before coding (CODING.md section 2.2).
 MEAN_STEPS = 16
 #: every coding table is a list of integer frequencies summing to 2**CDF_PRECISION.
 CDF_PRECISION = 16
@@ -36,13 +38,13 @@ TAIL_MASS = 1e-7
 ESCAPE_CLASSES = 24
 
 #: encoder effort levels: gradient steps of latent refinement per tile (pillow_jac/model/refine.py).
-#: Effort changes which latents an encoder writes, never how a file decodes (CODING.md section 5.2).
+#: Effort changes which latents an encoder writes, never how a file decodes (CODING.md section 1.2).
 EFFORT_ITERATIONS = (0, 8, 24, 80)
 MAX_EFFORT = len(EFFORT_ITERATIONS) - 1
 #: effort used when the caller gives none
 DEFAULT_EFFORT = 0
 
-#: fixed-point fractional bits of the integer network activations and outputs (SPEC.md section 7).
+#: fixed-point fractional bits of the integer network activations and outputs (CODING.md section 3).
 ACTIVATION_BITS = 8
 #: bound of every integer activation: |a| < 2**ACTIVATION_LIMIT_BITS.
 ACTIVATION_LIMIT_BITS = 20

@@ -1,4 +1,4 @@
-"""Integer coding tables and range coding with constriction (CODING.md section 6).
+"""Integer coding tables and range coding with constriction (CODING.md section 2).
 
 Every latent symbol is coded with one of a finite set of *tables*: lists of integer frequencies
 that sum to ``2**CDF_PRECISION``. A table covers the values ``low .. low + n - 3`` and has two
@@ -139,7 +139,7 @@ def factorized_tables(cdf_at: callable, channels: int, search: int = 4095) -> tu
 
 
 def words_to_bytes(words: np.ndarray) -> bytes:
-    """The range coder's uint32 words as little-endian bytes (CODING.md section 6.4)."""
+    """The range coder's uint32 words as little-endian bytes (CODING.md section 2.4)."""
     return np.asarray(words, dtype="<u4").tobytes()
 
 
@@ -185,7 +185,7 @@ class CodingTables:
         """Append ``values`` (int) coded with the tables ``table_ids`` to a constriction RangeEncoder.
 
         Symbols are written grouped by table id (ascending), each group in the given order, then
-        the escape classes and mantissas of the escaped values (CODING.md section 6.3).
+        the escape classes and mantissas of the escaped values (CODING.md section 2.3).
         """
         values = np.asarray(values, np.int64).ravel()
         table_ids = np.asarray(table_ids, np.int64).ravel()
@@ -253,7 +253,7 @@ class CodingTables:
 
     @staticmethod
     def _groups(table_ids: np.ndarray) -> tuple[np.ndarray, list[tuple[int, int, int]]]:
-        """Symbols grouped by ascending table id, members in given order (CODING.md section 6.3).
+        """Symbols grouped by ascending table id, members in given order (CODING.md section 2.3).
 
         Returns the stable sort ``order`` of the positions and ``(table_id, start, end)`` slices of it.
         """
@@ -267,7 +267,7 @@ class CodingTables:
         """Reject a stream too short to hold ``symbols`` symbols, before anything is decoded.
 
         Every symbol costs at least :attr:`min_symbol_bits`, and a range coder's output is at least the
-        information it carries less its 64-bit state (CODING.md section 6.4), so a shorter stream is
+        information it carries less its 64-bit state (CODING.md section 2.4), so a shorter stream is
         forged or cut: it is refused at once instead of after a decode sized by the header.
         """
         need = symbols * self.min_symbol_bits - STATE_SLACK_BITS
@@ -286,7 +286,7 @@ class CodingTables:
 
     @staticmethod
     def finish(decoder) -> None:
-        """Reject a stream with words left after its last symbol (CODING.md section 6.4).
+        """Reject a stream with words left after its last symbol (CODING.md section 2.4).
 
         The encoder never writes such words, so they mean a forged or damaged stream whose length
         and checksum were made to agree.

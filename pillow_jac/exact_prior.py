@@ -2,7 +2,7 @@
 
 Everything here is integer arithmetic (held in float64 tensors, see :mod:`pillow_jac.model.integer`),
 so the encoder and any decoder, on any device and thread count, select the same coding table for
-every latent (CODING.md sections 5-7).
+every latent (CODING.md sections 1-3).
 
 * :meth:`ExactPrior.encode` computes every table id in one pass (quantisation is
   ``y_hat = round(y)``, so the context of each latent is known up front), then writes the symbols
@@ -91,7 +91,7 @@ def wavefront_steps(height: int, width: int) -> list[tuple[np.ndarray, np.ndarra
 
 
 class ExactPrior:
-    """The integer networks and coding tables of one model (CODING.md sections 5-7).
+    """The integer networks and coding tables of one model (CODING.md sections 1-3).
 
     Args:
         h_s: integer hyper-synthesis (None without hyperprior).
@@ -168,7 +168,7 @@ class ExactPrior:
 
     # -- z ----------------------------------------------------------------------------------------
     def encode_z(self, z_hat: np.ndarray) -> bytes:
-        """Code ``z_hat`` ``(N, hz, wz)`` channel by channel in raster order (CODING.md 6.1)."""
+        """Code ``z_hat`` ``(N, hz, wz)`` channel by channel in raster order (CODING.md 2.1)."""
         ids = np.broadcast_to(np.arange(z_hat.shape[0])[:, None, None], z_hat.shape)
         return self.z_tables.encode_to_bytes(z_hat.ravel(), ids.ravel())
 
@@ -183,7 +183,7 @@ class ExactPrior:
 
     # -- y ----------------------------------------------------------------------------------------
     def encode_y(self, y_hat: np.ndarray, psi: torch.Tensor | None) -> bytes:
-        """Code ``y_hat`` ``(M, Hy, Wy)`` (clamped integers) in wavefront order (CODING.md 5, 6.2)."""
+        """Code ``y_hat`` ``(M, Hy, Wy)`` (clamped integers) in wavefront order (CODING.md 1, 6.2)."""
         M, H, W = y_hat.shape
         ids = np.empty((H * W, M), np.int64)  # raster positions
         base = np.empty((H * W, M), np.int64)
@@ -224,7 +224,7 @@ class ExactPrior:
         first, rest = self.entropy_parameters.layers[0], self.entropy_parameters.layers[1:]
         # g_ep's first layer is linear in its inputs: the hyperprior half of its sum (and the bias)
         # is known before the loop and computed in one large product; the integer sums are exact
-        # whatever the order, so splitting them changes nothing (CODING.md section 7)
+        # whatever the order, so splitting them changes nothing (CODING.md section 3)
         w_first, bias = first.matrix(self.device)  # (in, out), (out,)
         pre = None
         if psi is not None:  # computed in place, followed by 4 latent rows of zeros as slack

@@ -3,7 +3,7 @@
 A weights file holds up to four groups of tensors (SPEC.md section 9.2):
 
 * the **decoder** (:data:`DECODER_PREFIXES`): ``int.*``, the integer networks of the exact entropy
-  path (CODING.md section 7); ``table.*``, the integer coding tables (CODING.md section 6); and the
+  path (CODING.md section 3); ``table.*``, the integer coding tables (CODING.md section 2); and the
   float synthesis ``float.g_s.*`` with the inverse gains ``float.log_inverse_gain``;
 * the **encoder** (:data:`ENCODER_PREFIXES`): ``float.g_a.*``, ``float.h_a.*``, ``float.log_gain``;
 * training-only floats: ``float.z_density.*`` (the z tables are made from it). The float masters of

@@ -33,6 +33,7 @@ __all__ = [
     "portable_path",
 ]
 
+
 def portable_path(path) -> str:
     """How a results file names an input: relative to the repository (``../shared/data/kodak``), else its name.
 

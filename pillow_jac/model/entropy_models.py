@@ -6,7 +6,7 @@
   Minnen et al. 2018, eq. 4, evaluated at (noisy or rounded) latents.
 
 Both return probabilities of unit-width bins; the real coder uses integer tables derived from
-them at freeze time (see :mod:`pillow_jac.entropy_tables`).
+them at freeze time (:mod:`pillow_jac.entropy_coding`, :mod:`pillow_jac.training.freeze`).
 """
 
 from __future__ import annotations

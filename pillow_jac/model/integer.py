@@ -1,4 +1,4 @@
-"""Integer networks for the entropy path: h_s, the context model and g_ep (CODING.md section 7).
+"""Integer networks for the entropy path: h_s, the context model and g_ep (CODING.md section 3).
 
 Ballé, Johnston, Minnen, "Integer Networks for Data Compression with Latent-Variable Models"
 (ICLR 2019) show that a decoder only reproduces the encoder's probability tables if the networks

@@ -94,7 +94,8 @@ def quality_lambda(quality: torch.Tensor, lambdas: tuple[float, ...] = LAMBDAS) 
 
     Args:
         quality: qualities in ``[1, len(lambdas)]``.
-        lambdas: the ladder, by default the shipped model's (a model's own is ``config.lambdas``).
+        lambdas: the ladder, by default CompressAI's (:data:`~pillow_jac.constants.LAMBDAS`); a model's own is
+            ``config.lambdas``.
 
     Example:
         >>> import torch

@@ -5,7 +5,7 @@
 
 Only the encoder side changes: g_a, h_a and the forward gains ``log_gain`` (Cui et al. 2021).
 g_s, the inverse gains, h_s, the context model, g_ep, the z density and the coding tables are the
-decoder (CODING.md sections 5-7) and stay bit-identical, so every file the tuned encoder writes
+decoder (CODING.md sections 1-3) and stay bit-identical, so every file the tuned encoder writes
 decodes with the shipped decoder. This is the second stage of Guo et al., "Soft then Hard:
 Rethinking the Quantization in Neural Image Compression" (ICML 2021): with the decoder fixed, the
 encoder is trained with *hard* rounding ``y_hat = round(y)``, ``z_hat = round(z)`` and
@@ -13,9 +13,9 @@ straight-through gradients, so training sees exactly the latents the codec write
 
 The rate term is the coder's (:class:`CoderRate`), not the float model's (Minnen et al. 2018, eq. 4):
 the table of every latent is chosen by the exact integer networks from the rounded latents, as the
-codec does (CODING.md 6.2: the scale snapped to one of 64 levels, the mean to sixteenths plus an
+codec does (CODING.md 2.2: the scale snapped to one of 64 levels, the mean to sixteenths plus an
 integer base), and each symbol costs ``-log2(f / 65536)`` of the stored integer frequency ``f``,
-plus the escape bits (CODING.md 6.3). Gradients come from a float surrogate whose value is
+plus the escape bits (CODING.md 2.3). Gradients come from a float surrogate whose value is
 replaced by the table's: the float h_s, context model and g_ep give means and scales, moved onto
 the coder's values with straight-through estimators, and the discretised Gaussian at those values
 gives ``d bits / d y``; the z rate takes its gradient from the float factorized density the same way.
@@ -108,7 +108,7 @@ class _Tables:
         """Bits the range coder charges for integer ``values`` coded with tables ``ids`` (same shape).
 
         In-range values cost ``-log2(f / 2**16)`` of their entry; escaped ones the escape entry plus
-        the class (``log2 ESCAPE_CLASSES``) and its ``c`` mantissa bits (CODING.md 6.3).
+        the class (``log2 ESCAPE_CLASSES``) and its ``c`` mantissa bits (CODING.md 2.3).
         """
         values, ids = values.long(), ids.long()
         low, size = self.lows[ids], self.sizes[ids]
@@ -174,7 +174,7 @@ class CoderRate:
         """Table ids, integer mean bases and quantised means of integer latents, each ``(B, M, H, W)``.
 
         Computed with the integer h_s, context model and g_ep, exactly as the codec selects tables
-        (CODING.md 6.2); ``mean = base + fraction / MEAN_STEPS``.
+        (CODING.md 2.2); ``mean = base + fraction / MEAN_STEPS``.
         """
         b, m, h, w = y_hat.shape
         parts = []
