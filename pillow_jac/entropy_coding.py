@@ -266,15 +266,16 @@ class CodingTables:
     def check_length(self, data: bytes, symbols: int, what: str) -> None:
         """Reject a stream too short to hold ``symbols`` symbols, before anything is decoded.
 
-        Every symbol costs at least :attr:`min_symbol_bits`, and a range coder's output is at least the
-        information it carries less its 64-bit state (CODING.md section 2.4), so a shorter stream is
-        forged or cut: it is refused at once instead of after a decode sized by the header.
+        Every symbol costs at least :attr:`min_symbol_bits`, a range coder's output is at least the
+        information it carries less its 64-bit state, and the coder writes at least one word for any
+        symbol (CODING.md section 2.4), so a shorter stream is forged or cut: it is refused at once
+        instead of after a decode sized by the header.
         """
-        need = symbols * self.min_symbol_bits - STATE_SLACK_BITS
-        if 8 * len(data) < need:
+        need = max(4 if symbols else 0, math.ceil((symbols * self.min_symbol_bits - STATE_SLACK_BITS) / 8))
+        if len(data) < need:
             raise EntropyCodingError(
                 f"corrupt entropy-coded stream: the {what} stream has {len(data)} bytes, but {symbols} symbols "
-                f"need at least {int(need // 8) + 1}"
+                f"need at least {need}"
             )
 
     def check_not_run_out(self, decoder, symbols_left: int) -> None:

@@ -162,7 +162,7 @@ def test_a_stream_that_runs_out_stops_at_the_next_wavefront_step() -> None:
     the data ends (its 1.2 M latents need more than a range decoder's state can still hold), not after
     the last of the image's 316 wavefront steps."""
     engine = get_engine()
-    data = _forged(1280, 1280, stream=bytes(16))
+    data = _forged(1280, 1280, stream=bytes(16), z_stream=bytes(4))
     steps = []
     original = engine.prior.y_tables.check_not_run_out
 
