@@ -1,0 +1,125 @@
+"""Tests of ``pillow_jac.distributed``: ``jac batch`` on Ray workers (a local instance the tests start).
+
+The tests marked ``ray`` skip when Ray is not installed (``pip install -e ".[test,ray]"`` installs it; CI does).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from PIL import Image, ImageCms
+
+from pillow_jac import distributed, save
+from pillow_jac.cli import main
+from pillow_jac.constants import DEFAULT_QUALITY
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLE = ROOT / "examples" / "sample.png"
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory) -> Path:
+    """Four small images (with an ICC profile, EXIF, alpha, gray, in a subfolder) and a corrupt one."""
+    folder = tmp_path_factory.mktemp("photos")
+    (folder / "sub").mkdir()
+    with Image.open(SAMPLE) as im:
+        rgb = im.convert("RGB").crop((150, 90, 198, 130))
+    icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    exif = Image.Exif()
+    exif[0x010F] = "pillow_jac tests"  # Make
+    rgb.save(folder / "a.png", icc_profile=icc, exif=exif.tobytes())
+    rgb.rotate(90, expand=True).save(folder / "b.jpg", quality=90)
+    rgba = rgb.convert("RGBA")
+    rgba.putalpha(Image.linear_gradient("L").resize(rgb.size))
+    rgba.save(folder / "sub" / "c.png")
+    rgb.convert("L").save(folder / "sub" / "d.bmp")
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 20)
+    return folder
+
+
+def outputs(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+# --------------------------------------------------------------------------- without Ray
+
+
+def test_plan_names_as_jac_batch(photos: Path, tmp_path: Path) -> None:
+    jobs = distributed.plan(photos, tmp_path, "jac", recursive=True)
+    names = {str(s.relative_to(photos)): str(d.relative_to(tmp_path)) for s, d in jobs.items()}
+    assert names == {
+        "a.png": "a.jac",
+        "b.jpg": "b.jac",
+        "broken.png": "broken.jac",
+        "sub/c.png": "sub/c.jac",
+        "sub/d.bmp": "sub/d.jac",
+    }
+    assert len(distributed.plan(photos, tmp_path, "jac")) == 3  # not recursive: the top folder only
+
+
+def test_plan_list_of_paths(photos: Path, tmp_path: Path) -> None:
+    paths = [photos / "a.png", photos / "sub" / "c.png"]
+    assert [d.name for d in distributed.plan(paths, tmp_path).values()] == ["a.jac", "c.jac"]
+    mirrored = distributed.plan(paths, tmp_path, base_dir=photos).values()
+    assert [str(d.relative_to(tmp_path)) for d in mirrored] == ["a.jac", "sub/c.jac"]
+    with pytest.raises(ValueError, match="would both be written to"):
+        distributed.plan([photos / "a.png", photos / "a.bmp"], tmp_path)
+    with pytest.raises(ValueError, match="is not inside"):
+        distributed.plan(paths, tmp_path, base_dir=photos / "sub")
+    with pytest.raises(ValueError, match="not a directory"):
+        distributed.plan(photos / "missing", tmp_path)
+
+
+def test_is_done(photos: Path, tmp_path: Path) -> None:
+    src, dst = tmp_path / "a.png", tmp_path / "a.jac"
+    src.write_bytes((photos / "a.png").read_bytes())
+    assert not distributed.is_done(src, dst, "jac", 3)  # no output
+    dst.write_bytes(b"partial")
+    assert not distributed.is_done(src, dst, "jac", 3)  # not a JAC file
+    with Image.open(src) as im:
+        save(im, dst, quality=3)
+    assert distributed.is_done(src, dst, "jac", 3)
+    assert distributed.is_done(src, dst, "jac", 3.001)  # the same stored quality (to 1/256)
+    assert not distributed.is_done(src, dst, "jac", 4)
+    newer = dst.stat().st_mtime_ns + 10**9
+    os.utime(src, ns=(newer, newer))  # the input changed after the output was written
+    assert not distributed.is_done(src, dst, "jac", 3)
+
+
+# --------------------------------------------------------------------------- on a local Ray instance
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.mark.ray
+def test_ray_matches_jac_batch_and_resumes(ray_local, photos: Path, tmp_path: Path, capsys) -> None:
+    reference = tmp_path / "reference"
+    assert main(["batch", str(photos), str(reference), "--to", "jac", "-r", "-j", "1", "--quiet"]) == 1
+    capsys.readouterr()
+
+    out = tmp_path / "ray"
+    seen: list[distributed.FileResult] = []
+    report = distributed.convert(photos, out, quality=DEFAULT_QUALITY, recursive=True, progress=seen.append)
+    assert (report.done, report.skipped) == (4, 0)
+    assert [(Path(r.src).name, r.status) for r in report.failed] == [("broken.png", "failed")]
+    assert report.failed[0].error  # one line saying why
+    assert len(seen) == 5 and report.seconds > 0 and report.images_per_second > 0
+    assert len(report.workers) == 2  # one per CPU of the instance
+    assert all(w["load_seconds"] > 0 and w["rss_bytes"] > 0 for w in report.workers)
+    assert report.out_bytes == sum(len(b) for b in outputs(out).values())
+    assert outputs(out) == outputs(reference)  # byte-identical, with the same names; no temporary files left
+    assert len(outputs(out)) == 4
+
+    # Resume: the done files are skipped, a changed input is converted again, the broken one fails again.
+    os.utime(photos / "b.jpg")
+    again = distributed.convert(photos, out, quality=DEFAULT_QUALITY, recursive=True, workers=1)
+    assert (again.done, again.skipped, len(again.failed)) == (1, 3, 1)
+    assert outputs(out) == outputs(reference)
