@@ -54,7 +54,11 @@ class CliError(Exception):
 
 def _quality(text: str) -> float:
     try:
-        return validate_quality(text)
+        number = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"quality must be a number from 1 to 8, got {text!r}") from None
+    try:
+        return validate_quality(number)
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
 

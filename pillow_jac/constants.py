@@ -49,7 +49,9 @@ ACTIVATION_BITS = 8
 #: bound of every integer activation: |a| < 2**ACTIVATION_LIMIT_BITS.
 ACTIVATION_LIMIT_BITS = 20
 
-#: the network shrinks the image 16x into y and 64x into z: inputs are padded to this multiple.
+#: pixels per latent row and column of y: g_a's four stride-2 stages (CODING.md section 1.1).
+DOWNSAMPLING = 16
+#: pixels per row and column of z (h_a's two more stride-2 stages): inputs are padded to this multiple.
 ALIGN = 64
 
 #: hard limits a decoder enforces before allocating anything (SPEC.md section 8).
@@ -115,5 +117,10 @@ CHUNK_XMP = b"xmp "  #: XMP packet
 JHDR_LENGTH = 54
 #: JHDR layout code -> Pillow mode (the code is the index).
 LAYOUTS = ("RGB", "L", "RGBA", "LA")
+#: layouts with an alpha plane (an ``ALPH`` chunk), and layouts returned as one grey plane (SPEC.md section 5).
+ALPHA_LAYOUTS = ("RGBA", "LA")
+GRAY_LAYOUTS = ("L", "LA")
+#: channels of an array -> its layout
+LAYOUT_BY_CHANNELS = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}
 #: ALPH method byte 0: zlib stream (RFC 1950) of the raw row-major H*W uint8 alpha plane.
 ALPHA_METHOD_ZLIB = 0

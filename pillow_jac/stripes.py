@@ -18,6 +18,8 @@ before. The transforms are the paper's (Minnen et al. 2018, fig. 1); the stripin
 
 Example:
     >>> import torch
+
+from .constants import DOWNSAMPLING
     >>> from torch import nn
     >>> g_s = nn.Sequential(*(nn.ConvTranspose2d(2, 2, 5, 2, 2, 1) for _ in range(4)))
     >>> y = torch.randn(1, 2, 9, 3)
@@ -33,6 +35,8 @@ from collections.abc import Callable, Iterator
 
 import torch
 
+from .constants import DOWNSAMPLING
+
 __all__ = ["STRIPE_PIXELS", "HALO_ROWS", "stripe_rows_for", "synthesize_in_stripes", "analyze_in_stripes"]
 
 #: pixels per stripe (about 0.8 GB of float temporaries at N = 128); images up to this size are one stripe
@@ -40,7 +44,7 @@ STRIPE_PIXELS = 2**21
 #: latent rows of halo on each side of a stripe (enough for g_s and for g_a, see the module docstring)
 HALO_ROWS = 2
 #: pixels per latent row and column
-FACTOR = 16
+FACTOR = DOWNSAMPLING
 
 
 def stripe_rows_for(latent_width: int, stripe_pixels: int | None = None) -> int:

@@ -216,7 +216,7 @@ with torch.no_grad():
         a = np.load(path) if path.endswith(".npy") else np.asarray(Image.open(path).convert("RGB"))
         h, w = a.shape[:2]
         x = torch.from_numpy(np.array(a)).permute(2, 0, 1)[None].float().div(255)
-        x = torch.nn.functional.pad(x, (0, (-w) % 64, 0, (-h) % 64), mode="replicate").to(device)
+        x = torch.nn.functional.pad(x, (0, (-w) % ALIGN, 0, (-h) % ALIGN), mode="replicate").to(device)
         pixels = h * w
         for _ in range(int(spec["repeat"])):
             sync(); t0 = time.perf_counter()

@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from ..constants import LAMBDAS, SCALE_MIN
+from ..constants import ALIGN, LAMBDAS, SCALE_MIN
 from .entropy_models import FactorizedDensity, gaussian_likelihood
 from .layers import GDN, MaskedConv2d, conv, deconv
 
@@ -119,7 +119,7 @@ class JointAutoregressiveHierarchicalPrior(nn.Module):
     """
 
     #: input height and width must be multiples of this (four stride-2 stages, then two more in h_a)
-    ALIGN = 64
+    ALIGN = ALIGN
 
     def __init__(self, config: ModelConfig = ModelConfig()):
         super().__init__()
@@ -217,8 +217,3 @@ def rate_distortion_loss(out: dict[str, torch.Tensor], x: torch.Tensor, lmbda: t
 def count_parameters(model: nn.Module) -> int:
     """Number of trainable parameters."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
-
-
-def pad_amount(size: int, align: int = JointAutoregressiveHierarchicalPrior.ALIGN) -> int:
-    """How many pixels to add to ``size`` to reach a multiple of ``align``."""
-    return (-size) % align

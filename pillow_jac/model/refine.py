@@ -40,7 +40,7 @@ from collections.abc import Callable
 
 import torch
 
-from ..constants import EFFORT_ITERATIONS, MAX_EFFORT, SCALE_MIN
+from ..constants import DOWNSAMPLING, EFFORT_ITERATIONS, MAX_EFFORT, SCALE_MIN
 from .entropy_models import gaussian_likelihood
 from .mbt2018 import JointAutoregressiveHierarchicalPrior, quality_lambda
 
@@ -53,7 +53,7 @@ HALO = 4
 #: latent rows at an inner tile edge whose values the zero padding of the convolutions distorts
 _EDGE = 2
 #: pixels per latent row and column
-_FACTOR = 16
+_FACTOR = DOWNSAMPLING
 
 
 def sga_round(v: torch.Tensor, tau: float, generator: torch.Generator | None = None) -> torch.Tensor:

@@ -19,6 +19,7 @@ import torch
 
 from .. import codec
 from ..bench.metrics import psnr
+from ..constants import ALIGN
 from ..engine import get_engine
 from .data import list_images, load_rgb
 from .train import DEFAULT_KODAK
@@ -29,7 +30,7 @@ def float_estimate(model, image: np.ndarray, quality: float) -> tuple[float, flo
     """(bpp, PSNR) of the float model on one image, rate from likelihoods of rounded latents."""
     h, w = image.shape[:2]
     x = torch.from_numpy(image).permute(2, 0, 1).float().div(255).unsqueeze(0)
-    xp = torch.nn.functional.pad(x, (0, (-w) % 64, 0, (-h) % 64), mode="replicate")
+    xp = torch.nn.functional.pad(x, (0, (-w) % ALIGN, 0, (-h) % ALIGN), mode="replicate")
     out = model.eval()(xp, torch.tensor([quality]))
     bits = sum(float(-out[k].log2().sum()) for k in ("y_likelihoods", "z_likelihoods") if k in out)
     x_hat = (out["x_hat"][0, :, :h, :w].clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
