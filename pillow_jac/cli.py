@@ -31,6 +31,7 @@ import signal
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future
 from pathlib import Path
@@ -472,10 +473,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _first_line(text: str) -> str:
+    text = text.strip()
+    return text.splitlines()[0] if text else ""
+
+
 def _one_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    """``e`` in one line; errors of types that carry no message of ours (internal errors) say their type."""
     if isinstance(e, (FileNotFoundError, IsADirectoryError, PermissionError)) and e.filename:
-        text = f"{e.filename}: {e.strerror}"
+        return f"{e.filename}: {e.strerror}"
+    try:
+        text = _first_line(str(e))
+    except Exception:  # a broken __str__
+        text = ""
+    if not text or not isinstance(e, (CliError, OSError, ValueError, SyntaxError)):
+        text = f"{type(e).__name__}: {text}" if text else type(e).__name__
     return text
 
 
@@ -499,53 +511,67 @@ def _print_info(info: dict[str, Any]) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``jac`` command line; return the exit status.
 
+    Any error, whatever its type, is reported in one line on stderr, without a traceback; so are
+    warnings (``jac: warning: ...``).
+
     Args:
         argv: arguments without the program name; ``sys.argv[1:]`` when None.
 
     Returns:
-        0 on success, 1 on error (reported on stderr in one line). Usage errors raise
-        ``SystemExit(2)`` from argparse.
+        0 on success, 1 on error, 130 when interrupted. Usage errors raise ``SystemExit(2)`` from argparse.
     """
     args = build_parser().parse_args(argv)
     try:
-        if args.command == "encode":
-            encode_file(
-                args.input,
-                args.output,
-                args.quality,
-                effort=args.effort,
-                strip=args.strip,
-                device=args.device,
-                force=args.force,
-            )
-        elif args.command == "decode":
-            decode_file(args.input, args.output, device=args.device)
-        elif args.command == "info":
-            info = file_info(args.input)
-            if args.json:
-                print(json.dumps(info, indent=2))
-            else:
-                _print_info(info)
-        elif args.command == "batch":
-            if args.jobs < 1:
-                raise CliError("-j/--jobs must be at least 1")
-            done, failed = run_batch(
-                args.in_dir,
-                args.out_dir,
-                args.to,
-                quality=args.quality,
-                effort=args.effort,
-                workers=args.jobs,
-                recursive=args.recursive,
-                device=args.device,
-                progress=not args.quiet,
-            )
-            if failed:
-                raise CliError(f"{failed} of {done + failed} files failed")
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning
+            _run(args)
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
-    except Exception as e:  # one line, no traceback
+    except SystemExit:
+        raise
+    except BaseException as e:  # one line, no traceback
         print(f"{PROG}: error: {_one_line(e)}", file=sys.stderr)
         return 1
     return 0
+
+
+def _run(args: argparse.Namespace) -> None:
+    if args.command == "encode":
+        encode_file(
+            args.input,
+            args.output,
+            args.quality,
+            effort=args.effort,
+            strip=args.strip,
+            device=args.device,
+            force=args.force,
+        )
+    elif args.command == "decode":
+        decode_file(args.input, args.output, device=args.device)
+    elif args.command == "info":
+        info = file_info(args.input)
+        if args.json:
+            print(json.dumps(info, indent=2))
+        else:
+            _print_info(info)
+    elif args.command == "batch":
+        if args.jobs < 1:
+            raise CliError("-j/--jobs must be at least 1")
+        done, failed = run_batch(
+            args.in_dir,
+            args.out_dir,
+            args.to,
+            quality=args.quality,
+            effort=args.effort,
+            workers=args.jobs,
+            recursive=args.recursive,
+            device=args.device,
+            progress=not args.quiet,
+        )
+        if failed:
+            raise CliError(f"{failed} of {done + failed} files failed")
+
+
+def _show_warning(message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any) -> None:
+    print(f"{PROG}: warning: {_first_line(str(message)) or category.__name__}", file=sys.stderr)

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -262,6 +263,52 @@ def test_encode_output_must_end_in_jac_unless_forced(png: Path, tmp_path: Path, 
     with pytest.raises(SystemExit):
         main(["encode", "--help"])
     assert "--force" in capsys.readouterr().out  # documented in the help
+
+
+class _BrokenStr(Exception):
+    def __str__(self) -> str:
+        raise RuntimeError("no message")
+
+
+class _NotAnException(BaseException):
+    pass
+
+
+@pytest.mark.parametrize(
+    ("error", "expected"),
+    [
+        (RuntimeError("boom\n  at line 2\nand more"), "RuntimeError: boom"),
+        (AssertionError(), "AssertionError"),
+        (KeyError("layout"), "KeyError: 'layout'"),
+        (OverflowError("int too large to convert"), "OverflowError: int too large to convert"),
+        (NotImplementedError("no kernel for 'meta'"), "NotImplementedError: no kernel for 'meta'"),
+        (SyntaxError("not a JAC file"), "not a JAC file"),
+        (ValueError("quality must be from 1 to 8"), "quality must be from 1 to 8"),
+        (_BrokenStr(), "_BrokenStr"),
+        (_NotAnException("odd"), "_NotAnException: odd"),
+    ],
+)
+def test_any_error_is_one_line(png: Path, tmp_path: Path, capsys, monkeypatch, error, expected) -> None:
+    import pillow_jac.cli
+
+    def fail(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(pillow_jac.cli, "encode_file", fail)
+    assert main(["encode", str(png), str(tmp_path / "o.jac")]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert_one_line_error(captured.err)
+    assert captured.err.strip() == f"jac: error: {expected}"
+
+
+def test_warnings_are_one_line(png: Path, tmp_path: Path, capsys, monkeypatch) -> None:
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 48 * 40 - 1)  # the input is just over the limit: a warning
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        assert main(["encode", str(png), str(tmp_path / "o.jac"), "-q", "1"]) == 0
+    err = capsys.readouterr().err
+    assert err.startswith("jac: warning: Image size (1920 pixels) exceeds limit") and err.count("\n") == 1, err
 
 
 @pytest.mark.parametrize("quality", ["75", "0", "abc"])
