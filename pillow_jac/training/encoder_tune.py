@@ -442,7 +442,7 @@ def _learning_rate(args: argparse.Namespace, step: int) -> float:
 def main(argv: list[str] | None = None) -> None:
     """Tune until ``--steps``, validating, keeping the best and checkpointing as it goes."""
     # the whole codec is imported now, so a run of many hours uses one version of it throughout
-    from .. import codec, container, engine, entropy_coding, exact_prior  # noqa: F401
+    from .. import codec, container, engine, entropy_coding, exact_prior, stripes  # noqa: F401
     from ..bench import metrics  # noqa: F401
     from ..engine import load_model
     from ..weights import load_weights, save_weights
@@ -457,6 +457,8 @@ def main(argv: list[str] | None = None) -> None:
     if ckpt_path.exists() and not args.resume:
         raise SystemExit(f"{ckpt_path} exists: pass --resume to continue it, or choose another --out")
 
+    # ... with what it imports on first use: one small image through the encoder and decoder
+    codec.decode(codec.encode(np.zeros((16, 16, 3), np.uint8), 4.0, weights=args.weights), weights=args.weights)
     base_tensors, base_metadata = load_weights(args.weights)
     model = load_model(args.weights).to(memory_format=torch.channels_last)
     rate = CoderRate(base_tensors, base_metadata)
