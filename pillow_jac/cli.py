@@ -37,7 +37,7 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import IO, Any
 
-from . import __version__
+from . import __version__, container
 from .constants import DEFAULT_EFFORT, DEFAULT_QUALITY, MAX_EFFORT, validate_quality
 from .files import write_atomic
 
@@ -104,7 +104,7 @@ def encode_file(
     """
     from PIL import Image
 
-    from . import JacImagePlugin
+    from .files import save
 
     _check_output(src, dst)
     if dst.suffix.lower() != ".jac" and not force:
@@ -114,34 +114,36 @@ def encode_file(
         options: dict[str, Any] = {"quality": quality, "effort": effort, "device": device}
         if strip:
             options.update(icc_profile=None, exif=None, xmp=None)
-        data = JacImagePlugin._encode_image(im, options)
-    write_atomic(dst, lambda f: f.write(data))
-    return len(data)
+        save(im, dst, **options)
+    return os.path.getsize(dst)
 
 
-def _read_jac(path: Path) -> tuple[Any, int]:
-    """Parse a ``.jac`` file (container only, no torch); return it and its size in bytes."""
-    from . import JacImagePlugin
-
-    with open(path, "rb") as f:
-        if not JacImagePlugin._accept(f.read(16)):
-            raise CliError(f"{path}: not a JAC file")
-        f.seek(0)
-        jac = JacImagePlugin._read_container(f)
-        return jac, f.tell()
+def _read_jac(path: Path, keep_unknown: bool = False) -> container.JacFile:
+    """Read a ``.jac`` file's container (no torch); a malformed file is a :class:`CliError` naming ``path``."""
+    try:
+        return container.read(path, keep_unknown=keep_unknown)
+    except container.JacFormatError as e:
+        raise CliError(f"{path}: {e}") from e
 
 
 def decode_file(src: Path, dst: Path, *, device: str | None = None) -> None:
     """Decode ``src`` (``.jac``) and save it in the format ``dst``'s extension names, with its metadata."""
     from PIL import Image
 
-    from . import JacImagePlugin
+    from .codec import decode
 
     _check_output(src, dst)
     fmt = _pillow_format_for(dst)
-    jac, _ = _read_jac(src)
-    Image._decompression_bomb_check(jac.size)
-    pixels = JacImagePlugin._decode_pixels(jac, device)
+    jac = _read_jac(src)
+    pixels_in_file, limit = jac.size[0] * jac.size[1], Image.MAX_IMAGE_PIXELS
+    if limit is not None and limit < pixels_in_file <= 2 * limit:  # as Image.open warns; decode() refuses more
+        warnings.warn(
+            f"Image size ({pixels_in_file} pixels) exceeds limit of {limit} pixels, "
+            "could be decompression bomb DOS attack.",
+            Image.DecompressionBombWarning,
+            stacklevel=2,
+        )
+    pixels = decode(jac, device=device)
     im = Image.frombytes(jac.mode, jac.size, pixels.tobytes())
     # Save options Pillow's writers understand; each writer ignores the ones it does not.
     options: dict[str, Any] = {
@@ -168,7 +170,8 @@ def file_info(path: Path) -> dict[str, Any]:
     ``y_stream_bytes``, ``alpha_bytes``, ``icc_profile_bytes``, ``exif_bytes``, ``xmp_bytes`` and
     ``unknown_chunks`` (their types).
     """
-    jac, file_bytes = _read_jac(path)
+    jac = _read_jac(path, keep_unknown=True)
+    file_bytes = os.path.getsize(path)
     h = jac.header
     return {
         "file": str(path),

@@ -311,6 +311,19 @@ def test_warnings_are_one_line(png: Path, tmp_path: Path, capsys, monkeypatch) -
     assert err.startswith("jac: warning: Image size (1920 pixels) exceeds limit") and err.count("\n") == 1, err
 
 
+def test_decode_warns_and_refuses_like_image_open(jac: Path, tmp_path: Path, capsys, monkeypatch) -> None:
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 48 * 40 - 1)  # over the limit: a warning
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        assert main(["decode", str(jac), str(tmp_path / "o.png")]) == 0
+    err = capsys.readouterr().err
+    assert err.startswith("jac: warning: Image size (1920 pixels) exceeds limit") and err.count("\n") == 1, err
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 48 * 40 // 2 - 1)  # over twice the limit: refused
+    assert main(["decode", str(jac), str(tmp_path / "p.png")]) == 1
+    assert_one_line_error(capsys.readouterr().err, "decompression bomb")
+    assert not (tmp_path / "p.png").exists()
+
+
 @pytest.mark.parametrize("quality", ["75", "0", "abc"])
 def test_bad_quality_is_a_usage_error(png: Path, tmp_path: Path, quality: str, capsys) -> None:
     with pytest.raises(SystemExit) as exc:
