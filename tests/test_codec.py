@@ -8,17 +8,7 @@ import pytest
 from pillow_jac import codec, container
 from pillow_jac.entropy_coding import EntropyCodingError
 
-
-def natural_image(height: int, width: int, seed: int = 0) -> np.ndarray:
-    """A smooth colourful test image with some texture (not just noise)."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:height, 0:width].astype(np.float64)
-    planes = []
-    for c in range(3):
-        fx, fy, phase = rng.uniform(0.02, 0.2), rng.uniform(0.02, 0.2), rng.uniform(0, 6)
-        planes.append(128 + 90 * np.sin(fx * xx + phase) * np.cos(fy * yy + c))
-    image = np.stack(planes, axis=2) + rng.normal(0, 6, (height, width, 3))
-    return np.clip(image, 0, 255).astype(np.uint8)
+from .helpers import natural_image
 
 
 # (112, 300): a 7x19 latent, wavefronts of up to 7 positions (computed as 8, see exact_prior)

@@ -18,7 +18,7 @@ from PIL import Image
 
 from pillow_jac import codec
 
-from .test_codec import natural_image
+from .helpers import natural_image
 
 QUALITIES = (1, 3.25, 6, 8)
 SAMPLE = Path(__file__).resolve().parents[1] / "examples" / "sample.png"

@@ -16,7 +16,7 @@ from pillow_jac import codec, container, engine, generations, weights
 from pillow_jac.model.mbt2018 import JointAutoregressiveHierarchicalPrior, ModelConfig
 from pillow_jac.training.freeze import freeze
 
-from .test_codec import natural_image
+from .helpers import natural_image
 
 ROOT = Path(__file__).resolve().parents[1]
 VECTORS = ROOT / "format_spec" / "vectors"

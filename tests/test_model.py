@@ -16,7 +16,7 @@ from pillow_jac.model.mbt2018 import (
 from pillow_jac.training.freeze import freeze
 from pillow_jac.weights import save_weights
 
-from .test_codec import natural_image
+from .helpers import natural_image
 
 
 def test_config_validation():

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from pillow_jac import codec, stripes
-from tests.test_codec import natural_image
+from tests.helpers import natural_image
 
 
 @pytest.mark.parametrize("quality", [1, 8])

@@ -19,7 +19,7 @@ from pillow_jac.training.freeze import freeze
 from pillow_jac.training.pack import join_file, pack, split_file
 from pillow_jac.weights import WeightsError, load_weights, save_weights
 
-from .test_codec import natural_image
+from .helpers import natural_image
 
 TINY = [
     "--N",

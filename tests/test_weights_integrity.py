@@ -15,7 +15,7 @@ import torch
 from pillow_jac import codec, engine, weights
 from pillow_jac.weights import WeightsError
 
-from .test_codec import natural_image
+from .helpers import natural_image
 
 
 @pytest.fixture(autouse=True)
