@@ -114,8 +114,8 @@ class Report:
         out_bytes: bytes written.
         seconds: wall time from the first submitted file to the last result, after the workers started.
         workers: one dict per worker that started: ``node``, ``pid``, ``load_seconds`` (start-up including
-            the model load) and ``rss_bytes`` (the worker's peak resident memory after loading; 0 where the
-            platform does not say).
+            the model load), ``rss_loaded_bytes`` (the worker's peak resident memory once loaded) and
+            ``rss_peak_bytes`` (its peak after its last file); memory is 0 where the platform does not say.
     """
 
     done: int = 0
@@ -255,12 +255,12 @@ class Worker:
             "node": socket.gethostname(),
             "pid": os.getpid(),
             "load_seconds": time.perf_counter() - start,
-            "rss_bytes": _peak_rss_bytes(),
+            "rss_loaded_bytes": _peak_rss_bytes(),
         }
 
     def info(self) -> dict[str, Any]:
-        """The worker's ``node``, ``pid``, ``load_seconds`` and ``rss_bytes`` (see :attr:`Report.workers`)."""
-        return self._info
+        """The worker's ``node``, ``pid``, ``load_seconds`` and memory (see :attr:`Report.workers`)."""
+        return {**self._info, "rss_peak_bytes": _peak_rss_bytes()}
 
     def convert(
         self, src: str, dst: str, to: str, quality: float, effort: int, device: str | None, resume: bool
@@ -392,7 +392,7 @@ def _run(
     pending: dict[Any, tuple[Any, str, str]] = {}
     try:
         try:
-            report.workers.extend(ray.get([a.info.remote() for a in actors]))
+            ray.get([a.info.remote() for a in actors])
         except ray.exceptions.RayActorError as e:
             raise RuntimeError(f"the Ray workers could not start: {_one_line(e)}") from None
         replacements = workers  # a lost worker is replaced, up to as many times as there are workers
@@ -434,6 +434,12 @@ def _run(
             report.add(result)
             report_file(result)
         report.seconds = time.perf_counter() - start
+        for actor in actors:
+            if actor not in dead:
+                try:
+                    report.workers.append(ray.get(actor.info.remote()))
+                except ray.exceptions.RayError:  # lost since its last file
+                    pass
         return report
     finally:
         # Interrupted: calls not yet running are cancelled; a running one ends with its worker, which can
