@@ -5,7 +5,7 @@ Commands::
     jac encode IN OUT.jac [-q Q] [--strip] [--force] [--device D]   any image Pillow reads -> .jac
     jac decode IN.jac OUT [--device D]                              .jac -> any format Pillow writes (by extension)
     jac info FILE.jac [--json]                                      header, metadata and sizes; never imports torch
-    jac batch IN_DIR OUT_DIR --to jac|png [-q Q] [-j N] [-r] [--device D]
+    jac batch IN_DIR OUT_DIR --to jac|png [-q Q] [-j N] [-r] [--device D] [--ray [ADDRESS]]
 
 Exit status: 0 on success, 1 on any error (one line ``jac: error: ...`` on stderr, no traceback),
 2 for command line usage errors (argparse's convention), 130 when interrupted.
@@ -469,10 +469,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out_dir", type=Path, metavar="OUT_DIR", help="folder to write (created if needed)")
     p.add_argument("--to", choices=("jac", "png"), required=True, help="output format")
     add_quality(p)
-    p.add_argument("-j", "--jobs", type=int, default=1, metavar="N", help="worker processes (default 1)")
+    p.add_argument(
+        "-j",
+        "--jobs",
+        type=int,
+        default=None,
+        metavar="N",
+        help="worker processes (default 1); with --ray, Ray workers (default: one per CPU of the cluster, "
+        "or one per GPU where it has GPUs)",
+    )
     p.add_argument("-r", "--recursive", action="store_true", help="include subfolders (mirrored in OUT_DIR)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     add_device(p)
+    p.add_argument(
+        "--ray",
+        nargs="?",
+        const="local",
+        metavar="ADDRESS",
+        help="convert on Ray workers (pip install pillow_jac[ray]), skipping outputs already done: a new local "
+        "instance, or ADDRESS 'auto' (this machine's cluster) or ray://HOST:PORT; every node must see IN_DIR "
+        "and OUT_DIR at the same paths",
+    )
     return parser
 
 
@@ -559,21 +576,47 @@ def _run(args: argparse.Namespace) -> None:
         else:
             _print_info(info)
     elif args.command == "batch":
-        if args.jobs < 1:
+        if args.jobs is not None and args.jobs < 1:
             raise CliError("-j/--jobs must be at least 1")
+        if args.ray is not None:
+            _run_ray_batch(args)
+            return
         done, failed = run_batch(
             args.in_dir,
             args.out_dir,
             args.to,
             quality=args.quality,
             effort=args.effort,
-            workers=args.jobs,
+            workers=args.jobs or 1,
             recursive=args.recursive,
             device=args.device,
             progress=not args.quiet,
         )
         if failed:
             raise CliError(f"{failed} of {done + failed} files failed")
+
+
+def _run_ray_batch(args: argparse.Namespace) -> None:
+    """``jac batch --ray``: :func:`pillow_jac.distributed.convert` with the batch's options and output."""
+    from . import distributed
+
+    report = distributed.convert(
+        args.in_dir,
+        args.out_dir,
+        args.to,
+        quality=args.quality,
+        effort=args.effort,
+        recursive=args.recursive,
+        address=None if args.ray == "local" else args.ray,
+        workers=args.jobs,
+        device=args.device,
+        progress=not args.quiet,
+    )
+    if not args.quiet and report.skipped:
+        print(f"{PROG}: {report.skipped} files already done, skipped", file=sys.stderr)
+    if report.failed:
+        total = report.done + report.skipped + len(report.failed)
+        raise CliError(f"{len(report.failed)} of {total} files failed")
 
 
 def _show_warning(message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any) -> None:
