@@ -12,7 +12,7 @@ import pytest
 from PIL import Image, ImageCms
 
 from pillow_jac import distributed, save
-from pillow_jac.cli import main
+from pillow_jac.cli import build_parser, main
 from pillow_jac.constants import DEFAULT_QUALITY
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -88,6 +88,14 @@ def test_is_done(photos: Path, tmp_path: Path) -> None:
     assert not distributed.is_done(src, dst, "jac", 3)
 
 
+def test_cli_ray_option() -> None:
+    parse = build_parser().parse_args
+    assert parse(["batch", "in", "out", "--to", "jac"]).ray is None
+    assert parse(["batch", "in", "out", "--to", "jac", "--ray"]).ray == "local"
+    assert parse(["batch", "in", "out", "--to", "jac", "--ray", "-j", "4"]).ray == "local"
+    assert parse(["batch", "in", "out", "--to", "jac", "--ray", "ray://head:10001"]).ray == "ray://head:10001"
+
+
 # --------------------------------------------------------------------------- on a local Ray instance
 
 
@@ -119,8 +127,15 @@ def test_ray_matches_jac_batch_and_resumes(ray_local, photos: Path, tmp_path: Pa
     assert outputs(out) == outputs(reference)  # byte-identical, with the same names; no temporary files left
     assert len(outputs(out)) == 4
 
-    # Resume: the done files are skipped, a changed input is converted again, the broken one fails again.
+    # jac batch --ray resumes: the done files are skipped, a changed input is converted again, the broken one
+    # fails again.
     os.utime(photos / "b.jpg")
-    again = distributed.convert(photos, out, quality=DEFAULT_QUALITY, recursive=True, workers=1)
-    assert (again.done, again.skipped, len(again.failed)) == (1, 3, 1)
+    before = {p.name: p.stat().st_mtime_ns for p in out.rglob("*.jac")}
+    assert main(["batch", str(photos), str(out), "--to", "jac", "-r", "--ray", "-j", "1"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "jac: 3 files already done, skipped" in err
+    assert any("broken.png" in line for line in err)
+    assert err[-1] == "jac: error: 1 of 5 files failed"
+    after = {p.name: p.stat().st_mtime_ns for p in out.rglob("*.jac")}
+    assert [name for name in sorted(after) if after[name] != before[name]] == ["b.jac"]
     assert outputs(out) == outputs(reference)
