@@ -82,7 +82,7 @@ def test_corrupt_streams_raise_value_errors():
             assert codec.decode(with_y(bytes(y))).shape == image.shape
         except EntropyCodingError:
             pass
-    # a stream cut at a word boundary may decode (as if zeros followed): see the xfail in test_corruption.py
+    # a stream cut at a word boundary may decode as if zeros followed, unless the length bounds catch it (CODING.md 2.4)
     with pytest.raises(EntropyCodingError, match="multiple of 4"):
         codec.decode(with_y(jac.y_stream[:-3]))
 
