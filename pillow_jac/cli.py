@@ -4,7 +4,8 @@ Commands::
 
     jac encode IN OUT.jac [-q Q] [--strip] [--force] [--device D]   any image Pillow reads -> .jac
     jac decode IN.jac OUT [--device D]                              .jac -> any format Pillow writes (by extension)
-    jac info FILE.jac [--json]                                      header, metadata and sizes; never imports torch
+    jac info FILE.jac [--json]                                      header, sizes, decoder needed; never imports torch
+    jac models [--json]                                             installed decoder generations; never imports torch
     jac batch IN_DIR OUT_DIR --to jac|png [-q Q] [-j N] [-r] [--device D] [--ray [ADDRESS]]
 
 Exit status: 0 on success, 1 on any error (one line ``jac: error: ...`` on stderr, no traceback),
@@ -96,6 +97,7 @@ def encode_file(
     strip: bool = False,
     device: str | None = None,
     force: bool = False,
+    model: str | None = None,
 ) -> int:
     """Encode any image Pillow can read to ``dst`` (``.jac``); return the bytes written.
 
@@ -111,7 +113,7 @@ def encode_file(
         raise CliError(f"{dst}: a JAC file's name should end in .jac (use --force to write it anyway)")
     with Image.open(src) as im:
         im.load()
-        options: dict[str, Any] = {"quality": quality, "effort": effort, "device": device}
+        options: dict[str, Any] = {"quality": quality, "effort": effort, "device": device, "model": model}
         if strip:
             options.update(icc_profile=None, exif=None, xmp=None)
         save(im, dst, **options)
@@ -170,9 +172,12 @@ def file_info(path: Path) -> dict[str, Any]:
     ``y_stream_bytes``, ``alpha_bytes``, ``icc_profile_bytes``, ``exif_bytes``, ``xmp_bytes`` and
     ``unknown_chunks`` (their types).
     """
+    import pillow_jac
+
     jac = _read_jac(path, keep_unknown=True)
     file_bytes = os.path.getsize(path)
     h = jac.header
+    decoder = [g for g in pillow_jac.models() if (g.model_id, g.weights_hash) == (h.model_id, h.weights_hash)]
     return {
         "file": str(path),
         "version": f"{h.version[0]}.{h.version[1]}",
@@ -191,6 +196,8 @@ def file_info(path: Path) -> dict[str, Any]:
         "exif_bytes": len(jac.exif or b""),
         "xmp_bytes": len(jac.xmp or b""),
         "unknown_chunks": [ctype.decode("latin-1") for ctype, _ in jac.unknown_chunks],
+        "decoder_installed": bool(decoder),
+        "decoder_path": str(decoder[0].path) if decoder else None,
     }
 
 
@@ -444,6 +451,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_quality(p)
     p.add_argument("--strip", action="store_true", help="drop ICC profile, EXIF and XMP (kept by default)")
     p.add_argument("--force", action="store_true", help="write OUTPUT even if its name does not end in .jac")
+    p.add_argument("--model", help="model_id of the decoder generation to encode for (default: the newest; jac models)")
     add_device(p)
 
     p = sub.add_parser(
@@ -455,6 +463,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("input", type=Path, help="input .jac file")
     p.add_argument("output", type=Path, help="output image, e.g. out.png")
     add_device(p)
+
+    p = sub.add_parser("models", help="list the installed decoder generations (fast: runs no decoder)")
+    p.add_argument("--json", action="store_true", help="print JSON")
 
     p = sub.add_parser("info", help="show a .jac file's header (fast: runs no decoder)")
     p.add_argument("input", type=Path, help=".jac file")
@@ -520,7 +531,13 @@ def _print_info(info: dict[str, Any]) -> None:
     lines = [
         f"{info['file']}: JAC {info['version']}, {info['width']}x{info['height']} {info['mode']}",
         f"  quality:   {info['quality']:g}",
-        f"  model:     {info['model_id']} (weights {info['weights_hash']})",
+        f"  decoder:   {info['model_id']} (weights {info['weights_hash']}), "
+        + (
+            "installed"
+            if info["decoder_installed"]
+            else "NOT installed: get it with a pillow_jac release that "
+            "ships it, or put its weights file in a directory named by JAC_MODELS"
+        ),
         f"  size:      {info['file_bytes']} bytes, {info['bpp']:.4f} bpp",
         f"  streams:   {streams}",
         f"  metadata:  {', '.join(meta) if meta else 'none'}",
@@ -566,9 +583,21 @@ def _run(args: argparse.Namespace) -> None:
             strip=args.strip,
             device=args.device,
             force=args.force,
+            model=args.model,
         )
     elif args.command == "decode":
         decode_file(args.input, args.output, device=args.device)
+    elif args.command == "models":
+        import pillow_jac
+
+        gens = pillow_jac.models()
+        if args.json:
+            keys = ("model_id", "release", "can_encode", "size")
+            rows = [{**{k: getattr(g, k) for k in keys}, "weights_hash": g.weights_hash.hex(), "path": str(g.path)}
+                    for g in gens]  # fmt: skip
+            print(json.dumps(rows, indent=2))
+        else:
+            print("\n".join(g.describe() for g in gens) or "no decoder generation is installed")
     elif args.command == "info":
         info = file_info(args.input)
         if args.json:

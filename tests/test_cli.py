@@ -499,3 +499,35 @@ def test_progress_bar_on_a_terminal() -> None:
     assert "\r[###############...............] 1/2" in text
     assert "jac: b.png: cannot identify image file" in text
     assert "] 2/2  " in text and text.endswith("s\n")  # the finished bar ends its line
+
+
+def test_models_and_info_name_the_decoder_generation(tmp_path, capsys):
+    """``jac models`` lists the installed generations; ``jac info`` says which one a file needs and if it is here."""
+    import json as _json
+
+    from fuzz import fuzz_jac as fz
+    from pillow_jac import cli, codec
+
+    from .helpers import natural_image
+
+    assert cli.main(["models", "--json"]) == 0
+    listed = _json.loads(capsys.readouterr().out)
+    assert listed[0]["model_id"] == "mbt-128-192-r006" and listed[0]["can_encode"] is True
+    data = codec.encode(natural_image(8, 8), 2)
+    (tmp_path / "here.jac").write_bytes(data)
+    (tmp_path / "gone.jac").write_bytes(fz.restamp(data, "mbt-9-12-r099", bytes(8)))
+    assert cli.main(["info", str(tmp_path / "here.jac")]) == 0
+    assert "mbt-128-192-r006 (weights 19772a6335c73e41), installed" in capsys.readouterr().out
+    assert cli.main(["info", str(tmp_path / "gone.jac")]) == 0
+    out = capsys.readouterr().out
+    assert "mbt-9-12-r099" in out and "NOT installed" in out and "JAC_MODELS" in out
+    assert cli.main(["info", "--json", str(tmp_path / "gone.jac")]) == 0
+    assert _json.loads(capsys.readouterr().out)["decoder_installed"] is False
+    # --model picks the generation to encode for
+    src = tmp_path / "in.png"
+    from PIL import Image
+
+    Image.fromarray(natural_image(8, 8)).save(src)
+    assert cli.main(["encode", str(src), str(tmp_path / "m.jac"), "--model", "mbt-128-192-r006"]) == 0
+    assert cli.main(["encode", str(src), str(tmp_path / "x.jac"), "--model", "mbt-1-1-r001"]) != 0
+    assert "cannot encode here" in capsys.readouterr().err
