@@ -479,11 +479,17 @@ def test_default_quality(spy: EncodeSpy) -> None:
     assert spy.last["quality"] == DEFAULT_QUALITY
 
 
-@pytest.mark.parametrize("quality", [1, 2.5, "3", 8, np.float32(5.25)])
+@pytest.mark.parametrize("quality", [1, 2.5, 3, 8, np.float32(5.25)])
 def test_quality_values(spy: EncodeSpy, quality) -> None:
     jac_bytes(hopper(), quality=quality)
     assert spy.last["quality"] == float(quality)
     assert type(spy.last["quality"]) is float
+
+
+@pytest.mark.parametrize("quality", ["3", b"3", True, 10**400])
+def test_quality_that_is_not_a_number_is_refused(quality) -> None:
+    with pytest.raises(ValueError, match="quality must be"):
+        jac_bytes(hopper(), quality=quality)
 
 
 def test_quality_is_stored_and_changes_size() -> None:
@@ -604,7 +610,7 @@ def test_full_disk_leaves_no_partial_file(tmp_path: Path, rgb_jac: bytes) -> Non
 
 def test_unknown_save_options_are_ignored(spy: EncodeSpy) -> None:
     jac_bytes(hopper(), optimize=True, lossless=False)
-    assert set(spy.last) == {"image", "quality", "effort", "device", "icc_profile", "exif", "xmp"}
+    assert set(spy.last) == {"image", "quality", "effort", "device", "model", "preview", "icc_profile", "exif", "xmp"}
 
 
 def test_device_option(spy: EncodeSpy) -> None:
