@@ -251,7 +251,14 @@ def _worker_init(threads: int, cancel: Any) -> None:
 
 
 def _worker_sigint(signum: int, frame: Any) -> None:
+    """Interrupt the file being converted, once.
+
+    A Ctrl-C reaches a worker twice (the terminal's SIGINT to the group, and the cancel pipe's
+    interruption); a second one during the first's clean-up would leave the temporary file behind.
+    """
+    global _converting
     if _converting:
+        _converting = False
         raise KeyboardInterrupt
 
 
