@@ -7,7 +7,7 @@ for integer and fractional qualities are all trained. The loss is lambda * 255^2
 on CPU (likelihoods stay float32), channels_last. Runs unchanged under ``torchrun`` (DDP). On CUDA
 the next batch is cut in a background thread (:class:`BatchPrefetcher`) and copied as uint8 from
 pinned memory, and the loop reads nothing back from the device except to log, so the host queues
-work ahead of the GPU (session 5's first GPU run waited on the device six times a step).
+work ahead of the GPU instead of waiting on it within each step (docs/training_on_a_gpu.md).
 
 Checkpoints (model, optimiser, step, RNG states, weight average) resume exactly; the float weights
 are also written as safetensors for :mod:`pillow_jac.training.freeze`: ``float.safetensors`` (the
@@ -59,11 +59,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "a ladder other than --init's starts from its gains, re-interpolated (pillow_jac.training.ladder)",
     )
     # 256 rather than 128: with 128x128 crops y is 8x8 and z 2x2, so most context and hyperprior
-    # positions touch the padding. Session 3 left a plateau with 256 (batch 4, stratified qualities,
-    # a decay): Kodak +0.25 dB at q1, +0.5 at q4, +1.3 at q8 in 4,500 steps (weights/MODEL_CARD.md)
+    # positions touch the padding. 256 (batch 4, stratified qualities, a decay) left a plateau:
+    # Kodak +0.25 dB at q1, +0.5 at q4, +1.3 at q8 in 4,500 steps (weights/MODEL_CARD.md, release 3)
     p.add_argument("--crop", type=int, default=256)
     p.add_argument("--batch", type=int, default=4)
-    # 3e-4 plateaued (loss flat for 2,000 steps); 1e-4 dropped the loss by a quarter at once (session 2)
+    # 3e-4 plateaued (loss flat for 2,000 steps); 1e-4 dropped the loss by a quarter at once
+    # (weights/MODEL_CARD.md, training recipe)
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--warmup", type=int, default=500)
     p.add_argument("--decay-start", type=int, default=0, help="step where cosine decay starts (0: constant lr)")
@@ -108,8 +109,9 @@ def stratified_qualities(batch: int) -> torch.Tensor:
     Gradient clipping normalises each batch; a batch of only low qualities (whose lambda-weighted
     gradients are ~40x smaller than at quality 8) would then weigh as much as one with a high
     quality. Stratifying makes every batch span the ladder, so the clip scales batches alike and the
-    loss keeps its lambda weighting, also with small batches (session 3: with batch 2 and
-    independent draws, the top qualities lost 0.4 dB on Kodak in 5,000 steps while the bottom ones gained).
+    loss keeps its lambda weighting, also with small batches (with batch 2 and independent draws,
+    the top qualities lost 0.4 dB on Kodak in 5,000 steps while the bottom ones gained;
+    weights/MODEL_CARD.md, release 3).
 
     Example:
         >>> import torch
