@@ -7,8 +7,8 @@ quality, say, for rates near 0.1 bpp) the networks can stay as they are: only th
 Each new level starts from the old gains interpolated at its lambda, in the log domain on both
 axes, as the model itself interpolates fractional qualities, and extrapolated linearly from the
 nearest two levels beyond the old ladder's ends. Training then refines them; an extrapolated level
-is only a starting point (session 5: quality 1's gains pushed to about 0.17 bpp without training
-lost 0.9 dB against WebP there).
+is only a starting point (quality 1's gains pushed to about 0.17 bpp without training lost
+0.9 dB against WebP there).
 """
 
 from __future__ import annotations
