@@ -218,7 +218,7 @@ def restamp(data: bytes, model_id: str, weights_hash: bytes) -> bytes:
     new[14:30] = model_id.encode("ascii").ljust(16, b"\0")[:16]
     new[30:38] = bytes(weights_hash)[:8]
     (stored,) = struct.unpack_from(">I", data, _JHDR_CRC_AT)
-    fixed = crc(b"JHDR", bytes(new)) ^ stored ^ crc(b"JHDR", old)  # same error as before (0 if it was valid)
+    fixed = crc(b"JHDR", bytes(new)) ^ stored ^ crc(b"JHDR", old)  # keeps the input's CRC error (0 if it was valid)
     return data[:16] + bytes(new) + struct.pack(">I", fixed) + data[_JHDR_CRC_AT + 4 :]
 
 
