@@ -72,9 +72,14 @@ def symbols_digest(data: bytes, **kwargs) -> str:
 
 
 def make(out: Path, sources: Path, **encode_kwargs) -> dict:
-    """Write every vector into ``out`` (sources are read from, or first written to, ``sources``)."""
-    from pillow_jac import codec, container
+    """Write every vector into ``out`` (sources are read from, or first written to, ``sources``).
 
+    ``encode_kwargs`` name the weights file (``weights=``) and may name a ``device``; each vector records
+    the ``encoder_hash`` of the encoder that made it.
+    """
+    from pillow_jac import codec, container, weights
+
+    _, manifest = weights.load_weights(encode_kwargs["weights"])
     out.mkdir(parents=True, exist_ok=True)
     sources.mkdir(parents=True, exist_ok=True)
     table = {}
@@ -100,6 +105,7 @@ def make(out: Path, sources: Path, **encode_kwargs) -> dict:
             "metadata": meta,
             "model_id": header.model_id,
             "weights_hash": header.weights_hash.hex(),
+            "encoder_hash": manifest["encoder_hash"],
             "file_sha256": hashlib.sha256(data).hexdigest(),
             "symbols_sha256": symbols_digest(data, **decode_kwargs),
             "pixels_sha256": digest(pixels),
