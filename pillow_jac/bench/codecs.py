@@ -376,7 +376,8 @@ def get_codecs(
 
 # -- images and shared files ---------------------------------------------------------------------
 
-IMAGE_SUFFIXES = (".png", ".ppm", ".bmp", ".tif", ".tiff")
+#: reference images are read from these; WebP is taken as it is (../shared/data/urban20 holds lossless WebP)
+IMAGE_SUFFIXES = (".png", ".ppm", ".bmp", ".tif", ".tiff", ".webp")
 
 
 def list_images(directory: str | Path, limit: int | None = None) -> list[Path]:
@@ -386,7 +387,7 @@ def list_images(directory: str | Path, limit: int | None = None) -> list[Path]:
         raise FileNotFoundError(f"no such image directory: {directory}")
     paths = sorted(p for p in directory.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not paths:
-        raise FileNotFoundError(f"no PNG/PPM/BMP/TIFF images in {directory}")
+        raise FileNotFoundError(f"no PNG/PPM/BMP/TIFF/WebP images in {directory}")
     return paths[:limit] if limit else paths
 
 
