@@ -90,6 +90,7 @@ class FileResult:
         out_bytes: size of the output written (0 unless done).
         seconds: time the worker spent on the file.
         node: host name of the worker's machine.
+        pid: the worker's process id.
     """
 
     src: str
@@ -100,6 +101,7 @@ class FileResult:
     out_bytes: int = 0
     seconds: float = 0.0
     node: str = ""
+    pid: int = 0
 
 
 @dataclass
@@ -267,14 +269,14 @@ class Worker:
     ) -> FileResult:
         """Convert one file as ``jac batch`` does; never raises (a failure is a ``"failed"`` result)."""
         start = time.perf_counter()
-        node = self._info["node"]
+        where = {"node": self._info["node"], "pid": self._info["pid"]}
         try:
             if resume and is_done(src, dst, to, quality):
-                return FileResult(src, dst, "skipped", node=node)
+                return FileResult(src, dst, "skipped", **where)
             in_bytes, out_bytes = _batch_job(src, dst, to, quality=quality, effort=effort, device=device)
         except Exception as e:
-            return FileResult(src, dst, "failed", _one_line(e), seconds=time.perf_counter() - start, node=node)
-        return FileResult(src, dst, "done", None, in_bytes, out_bytes, time.perf_counter() - start, node)
+            return FileResult(src, dst, "failed", _one_line(e), seconds=time.perf_counter() - start, **where)
+        return FileResult(src, dst, "done", None, in_bytes, out_bytes, time.perf_counter() - start, **where)
 
 
 def convert(
@@ -368,6 +370,20 @@ def convert(
             ray.shutdown()
 
 
+def _collect(ray: Any, ref: Any, pending: dict[Any, tuple[Any, str, str]], slots: deque) -> FileResult | None:
+    """The result of a finished call, its worker's slot given back; None (and nothing popped) if the worker died."""
+    actor, src, dst = pending[ref]
+    try:
+        result = ray.get(ref)
+    except ray.exceptions.RayActorError:
+        return None
+    except ray.exceptions.RayError as e:  # e.g. a result that could not be transferred
+        result = FileResult(src, dst, "failed", _one_line(e))
+    del pending[ref]
+    slots.append(actor)
+    return result
+
+
 def _progress_function(progress: bool | Callable[[FileResult], None], total: int) -> Callable[[FileResult], None]:
     if callable(progress):
         return progress
@@ -410,29 +426,28 @@ def _run(
                 pending[actor.convert.remote(src, dst, *options)] = (actor, src, dst)
             if not pending:
                 raise RuntimeError(f"every Ray worker died; {len(todo)} files were not converted")
-            (ref,), _ = ray.wait(list(pending), num_returns=1)
-            actor, src, dst = pending.pop(ref)
-            try:
-                result = ray.get(ref)
-            except ray.exceptions.RayActorError as e:  # the worker's process or node is gone
-                if actor not in dead:
-                    dead.add(actor)
-                    if replacements > 0:
-                        replacements -= 1
-                        actors.append(new_actor())
-                        slots.extend([actors[-1]] * slots_each)
-                attempts[src] = attempts.get(src, 0) + 1
-                if attempts[src] < ATTEMPTS:
-                    todo.appendleft((src, dst))
-                    continue
-                result = FileResult(src, dst, "failed", f"the worker died: {_one_line(e)}")
-            except ray.exceptions.RayError as e:  # e.g. a result that could not be transferred
-                slots.append(actor)
-                result = FileResult(src, dst, "failed", _one_line(e))
-            else:
-                slots.append(actor)
-            report.add(result)
-            report_file(result)
+            refs = list(pending)
+            ray.wait(refs, num_returns=1)
+            # Everything back by now, in one pass over the list: at thousands of results a second, one pass per
+            # result would cost the driver more than the results themselves.
+            ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
+            for ref in ready:
+                result = _collect(ray, ref, pending, slots)
+                if result is None:  # the worker is gone
+                    actor, src, dst = pending.pop(ref)
+                    if actor not in dead:
+                        dead.add(actor)
+                        if replacements > 0:
+                            replacements -= 1
+                            actors.append(new_actor())
+                            slots.extend([actors[-1]] * slots_each)
+                    attempts[src] = attempts.get(src, 0) + 1
+                    if attempts[src] < ATTEMPTS:
+                        todo.appendleft((src, dst))
+                        continue
+                    result = FileResult(src, dst, "failed", "the worker died (lost process or node)")
+                report.add(result)
+                report_file(result)
         report.seconds = time.perf_counter() - start
         for actor in actors:
             if actor not in dead:
