@@ -6,6 +6,7 @@ The tests marked ``ray`` skip when Ray is not installed (``pip install -e ".[tes
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -108,12 +109,17 @@ def ray_local():
     ray.shutdown()
 
 
-@pytest.mark.ray
-def test_ray_matches_jac_batch_and_resumes(ray_local, photos: Path, tmp_path: Path, capsys) -> None:
-    reference = tmp_path / "reference"
-    assert main(["batch", str(photos), str(reference), "--to", "jac", "-r", "-j", "1", "--quiet"]) == 1
-    capsys.readouterr()
+@pytest.fixture(scope="module")
+def reference(photos: Path, tmp_path_factory) -> Path:
+    """``jac batch -j 1`` of the photos (the broken one fails)."""
+    out = tmp_path_factory.mktemp("reference")
+    assert main(["batch", str(photos), str(out), "--to", "jac", "-r", "-j", "1", "--quiet"]) == 1
+    return out
 
+
+@pytest.mark.ray
+def test_ray_matches_jac_batch_and_resumes(ray_local, photos: Path, reference: Path, tmp_path: Path, capsys) -> None:
+    capsys.readouterr()
     out = tmp_path / "ray"
     seen: list[distributed.FileResult] = []
     report = distributed.convert(photos, out, quality=DEFAULT_QUALITY, recursive=True, progress=seen.append)
@@ -139,3 +145,20 @@ def test_ray_matches_jac_batch_and_resumes(ray_local, photos: Path, tmp_path: Pa
     after = {p.name: p.stat().st_mtime_ns for p in out.rglob("*.jac")}
     assert [name for name in sorted(after) if after[name] != before[name]] == ["b.jac"]
     assert outputs(out) == outputs(reference)
+
+
+@pytest.mark.ray
+def test_ray_replaces_a_lost_worker(ray_local, photos: Path, reference: Path, tmp_path: Path) -> None:
+    killed: list[int] = []
+
+    def kill_first_worker(result: distributed.FileResult) -> None:
+        if not killed:
+            killed.append(result.pid)
+            os.kill(result.pid, signal.SIGKILL)  # its queued file comes back as lost and goes to another worker
+
+    out = tmp_path / "ray"
+    report = distributed.convert(photos, out, recursive=True, workers=2, progress=kill_first_worker)
+    assert (report.done, len(report.failed)) == (4, 1)
+    assert killed[0] not in [w["pid"] for w in report.workers]
+    finished = {name: data for name, data in outputs(out).items() if not Path(name).name.startswith(".jac-")}
+    assert finished == outputs(reference)  # a worker killed while writing may leave a temporary file, nothing more
