@@ -225,12 +225,22 @@ def is_done(src: str | os.PathLike, dst: str | os.PathLike, to: str, quality: fl
 
 
 def _peak_rss_bytes() -> int:
+    """This process's peak resident memory in bytes (0 where the platform does not say).
+
+    ``VmHWM`` on Linux, where ``ru_maxrss`` counts the parent's peak from before ``exec``; ``ru_maxrss`` elsewhere.
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     try:
         import resource
     except ImportError:  # pragma: no cover - Windows
         return 0
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak if sys.platform == "darwin" else peak * 1024  # bytes on macOS, KiB elsewhere
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # bytes on macOS
 
 
 class Worker:
