@@ -95,6 +95,7 @@ def encode(
     device=None,
     weights=None,
     model: str | None = None,
+    preview: bool | int = False,
 ) -> bytes:
     """Compress an image to ``.jac`` bytes.
 
@@ -111,6 +112,10 @@ def encode(
         weights: path of a weights file (default: the installed generation ``model``).
         model: ``model_id`` of the installed generation to encode with (default: the newest;
             :func:`pillow_jac.models` lists them).
+        preview: True (or a long side in pixels) also stores a small WebP of the image (``prvw`` chunk,
+            SPEC.md section 5.4) that Pillow's ``draft()`` and ``thumbnail()`` use instead of decoding;
+            at most :data:`pillow_jac.JacImagePlugin.PREVIEW_SIZE` pixels on the long side by default;
+            images no larger than that get none.
 
     Returns:
         The complete file.
@@ -131,6 +136,11 @@ def encode(
     alpha_method, alpha = 0, None
     if layout in ("RGBA", "LA"):
         alpha_method, alpha = container.compress_alpha(np.ascontiguousarray(arr[:, :, -1]).tobytes(), width, height)
+    preview_chunk = None
+    if preview:
+        from .JacImagePlugin import make_preview
+
+        preview_chunk = make_preview(arr, layout, preview)
     jac = container.JacFile.create(
         width=width,
         height=height,
@@ -145,6 +155,7 @@ def encode(
         icc_profile=icc_profile,
         exif=exif,
         xmp=xmp,
+        preview=preview_chunk,
     )
     return container.serialize(jac)
 

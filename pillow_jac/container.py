@@ -56,6 +56,11 @@ __all__ = [
     "read",
     "compress_alpha",
     "decompress_alpha",
+    "CHUNK_PRVW",
+    "PREVIEW_JPEG",
+    "PREVIEW_WEBP",
+    "pack_preview",
+    "unpack_preview",
 ]
 
 #: JHDR data: major, minor, flags, layout, width, height, quality, model_id, weights_hash,
@@ -73,7 +78,16 @@ _WEIGHTS_HASH_BYTES = 8
 #: a valid chunk type (SPEC.md section 3.1): a letter, then three letters, digits or spaces.
 _TYPE = re.compile(rb"[A-Za-z][A-Za-z0-9 ]{3}")
 _KNOWN_CRITICAL = (C.CHUNK_JHDR, C.CHUNK_ZSTR, C.CHUNK_YSTR, C.CHUNK_ALPH, C.CHUNK_JEND)
-_KNOWN_ANCILLARY = (C.CHUNK_ICCP, C.CHUNK_EXIF, C.CHUNK_XMP)
+#: preview chunk (SPEC.md section 5.4): a small image in a format Pillow decodes, never the image itself.
+CHUNK_PRVW = b"prvw"
+#: ``prvw`` format byte 0: a JPEG (JFIF) file.
+PREVIEW_JPEG = 0
+#: ``prvw`` format byte 1: a WebP (RIFF) file.
+PREVIEW_WEBP = 1
+_PREVIEW_FORMATS = (PREVIEW_JPEG, PREVIEW_WEBP)
+#: ``prvw`` data before the embedded image: format (u8), width (u16), height (u16).
+_PRVW_HEAD = struct.Struct(">BHH")
+_KNOWN_ANCILLARY = (C.CHUNK_ICCP, C.CHUNK_EXIF, C.CHUNK_XMP, CHUNK_PRVW)
 _KNOWN = frozenset(_KNOWN_CRITICAL + _KNOWN_ANCILLARY)
 _ALPHA_LAYOUTS = ("RGBA", "LA")
 _ALPHA_METHODS = (C.ALPHA_METHOD_ZLIB,)
@@ -307,6 +321,7 @@ class JacFile:
         unknown_chunks: ``(type, data)`` of ancillary chunks this implementation does not know, in
             file order; :func:`serialize` writes them back. Readers fill it only when asked
             (``keep_unknown=True``); by default they skip such chunks and leave it empty.
+        preview: data of the first ``prvw`` chunk (:func:`pack_preview`, SPEC.md section 5.4) or ``None``.
     """
 
     header: JacHeader
@@ -318,6 +333,7 @@ class JacFile:
     exif: bytes | None = None
     xmp: bytes | None = None
     unknown_chunks: list[tuple[bytes, bytes]] = field(default_factory=list)
+    preview: bytes | None = None
 
     @property
     def mode(self) -> str:
@@ -347,6 +363,7 @@ class JacFile:
         exif: bytes | None = None,
         xmp: bytes | None = None,
         unknown_chunks: list[tuple[bytes, bytes]] | None = None,
+        preview: bytes | None = None,
     ) -> JacFile:
         """A file with its header filled in by :meth:`JacHeader.create` from the streams.
 
@@ -367,6 +384,7 @@ class JacFile:
             exif=exif,
             xmp=xmp,
             unknown_chunks=list(unknown_chunks or []),
+            preview=None if preview is None else bytes(preview),
         )
 
 
@@ -459,7 +477,7 @@ def _check_bytes(name: str, value: object, optional: bool = True) -> None:
 def serialize(jac: JacFile) -> bytes:
     """The bytes of a ``.jac`` file, after checking that ``jac`` is valid.
 
-    Chunks are written in the order JHDR, iccp, exif, ``xmp``, unknown ancillary chunks, ALPH,
+    Chunks are written in the order JHDR, iccp, exif, ``xmp``, prvw, unknown ancillary chunks, ALPH,
     ZSTR, YSTR, JEND.
 
     Args:
@@ -501,7 +519,7 @@ def serialize(jac: JacFile) -> bytes:
             raise ValueError(f"alpha payload is larger than the chunk limit of {C.MAX_CHUNK_BYTES} bytes")
     elif jac.alpha is not None:
         raise ValueError(f"layout {h.layout} has no alpha channel but alpha is given")
-    for name in ("icc_profile", "exif", "xmp"):
+    for name in ("icc_profile", "exif", "xmp", "preview"):
         _check_bytes(name, getattr(jac, name))
     for item in jac.unknown_chunks:
         if not (isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], bytes)):
@@ -516,7 +534,8 @@ def serialize(jac: JacFile) -> bytes:
         _check_bytes(f"data of chunk {ctype!r}", data, optional=False)
 
     parts = [C.MAGIC, _chunk(C.CHUNK_JHDR, _pack_header(h))]
-    for ctype, value in ((C.CHUNK_ICCP, jac.icc_profile), (C.CHUNK_EXIF, jac.exif), (C.CHUNK_XMP, jac.xmp)):
+    ancillary = ((C.CHUNK_ICCP, jac.icc_profile), (C.CHUNK_EXIF, jac.exif), (C.CHUNK_XMP, jac.xmp))
+    for ctype, value in (*ancillary, (CHUNK_PRVW, jac.preview)):
         if value is not None:
             parts.append(_chunk(ctype, bytes(value)))
     parts.extend(_chunk(ctype, bytes(data)) for ctype, data in jac.unknown_chunks)
@@ -797,7 +816,9 @@ def read_file(fp: BinaryIO, header: JacHeader | None = None, *, keep_unknown: bo
     unknown: list[tuple[bytes, bytes]] = []
     while True:
         ctype, data = _read_chunk(r, expected_length, keep, at_eof)
-        if ctype in _KNOWN:
+        if ctype == CHUNK_PRVW:  # ancillary and ignorable (SPEC.md 5.4): a second one is skipped, not an error
+            found.setdefault(ctype, data)
+        elif ctype in _KNOWN:
             if ctype in found or ctype == C.CHUNK_JHDR:
                 raise JacFormatError(f"duplicate chunk {_type_name(ctype)}")
             if ctype == C.CHUNK_JEND:
@@ -835,6 +856,7 @@ def read_file(fp: BinaryIO, header: JacHeader | None = None, *, keep_unknown: bo
         exif=found.get(C.CHUNK_EXIF),
         xmp=found.get(C.CHUNK_XMP),
         unknown_chunks=unknown,
+        preview=found.get(CHUNK_PRVW),
     )
 
 
@@ -902,6 +924,55 @@ def read(
         with open(source, "rb") as fp:
             return read_file(fp, keep_unknown=keep_unknown)
     return read_file(source, keep_unknown=keep_unknown)
+
+
+# ---------------------------------------------------------------------------------------------
+# Preview (SPEC.md section 5.4)
+
+
+def pack_preview(image_format: int, width: int, height: int, image: bytes) -> bytes:
+    r"""The data of a ``prvw`` chunk: format byte, width and height (u16), then the embedded image file.
+
+    Args:
+        image_format: :data:`PREVIEW_JPEG` or :data:`PREVIEW_WEBP`.
+        width: the preview's width in pixels, 1 to 65535 (what its embedded file declares).
+        height: the preview's height in pixels, 1 to 65535.
+        image: the complete JPEG or WebP file.
+
+    Raises:
+        ValueError: an unknown format, a dimension out of range, or no image bytes.
+
+    Example:
+        >>> pack_preview(PREVIEW_WEBP, 512, 341, b"RIFF...")
+        b'\x01\x02\x00\x01URIFF...'
+    """
+    if image_format not in _PREVIEW_FORMATS:
+        raise ValueError(f"unknown preview format {image_format!r}: known formats are {_PREVIEW_FORMATS}")
+    _check_dims(width, height)
+    _check_bytes("preview image", image, optional=False)
+    if not image:
+        raise ValueError("the preview image is empty")
+    return _PRVW_HEAD.pack(image_format, width, height) + bytes(image)
+
+
+def unpack_preview(data: bytes | None) -> tuple[int, int, int, bytes] | None:
+    r"""``(format, width, height, image)`` of a ``prvw`` chunk's data, or None when it cannot be used.
+
+    A preview is ancillary (SPEC.md section 5.4): a chunk too short, with an unknown format or a zero
+    dimension is ignored, not an error, and the file decodes as if it had none.
+
+    Example:
+        >>> unpack_preview(pack_preview(PREVIEW_JPEG, 4, 3, b"\xff\xd8"))
+        (0, 4, 3, b'\xff\xd8')
+        >>> unpack_preview(b"\x07\x00\x04\x00\x03data") is None  # format 7 is unknown
+        True
+    """
+    if data is None or len(data) <= _PRVW_HEAD.size:
+        return None
+    image_format, width, height = _PRVW_HEAD.unpack_from(data)
+    if image_format not in _PREVIEW_FORMATS or width < 1 or height < 1:
+        return None
+    return image_format, width, height, bytes(data[_PRVW_HEAD.size :])
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,0 +1,203 @@
+"""Tests of the preview chunk (``prvw``, SPEC.md section 5.4): written on request, used by draft() and thumbnail()."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import pillow_jac
+from pillow_jac import JacImagePlugin, codec, container
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLE = ROOT / "examples" / "sample.png"
+SIZE = (96, 80)  # previews of 48 pixels (preview=48) keep every encode here small
+
+
+@pytest.fixture(scope="module")
+def image() -> Image.Image:
+    with Image.open(SAMPLE) as im:
+        return im.convert("RGB").crop((120, 80, 120 + SIZE[0], 80 + SIZE[1]))
+
+
+def jac_bytes(im: Image.Image, **options) -> bytes:
+    buffer = io.BytesIO()
+    im.save(buffer, "JAC", **options)
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def plain(image: Image.Image) -> bytes:
+    return jac_bytes(image, quality=3)
+
+
+@pytest.fixture(scope="module")
+def with_preview(image: Image.Image) -> bytes:
+    return jac_bytes(image, quality=3, preview=48)
+
+
+def test_without_preview_the_bytes_do_not_change(image: Image.Image, plain: bytes) -> None:
+    assert container.parse(plain).preview is None
+    assert jac_bytes(image, quality=3, preview=False) == plain
+    assert codec.encode(np.asarray(image), 3, preview=False) == plain
+
+
+def test_the_preview_is_one_chunk_more(plain: bytes, with_preview: bytes) -> None:
+    jac = container.parse(with_preview)
+    image_format, width, height, data = container.unpack_preview(jac.preview)
+    assert (image_format, width, height) == (container.PREVIEW_WEBP, 48, 40)
+    assert data[:4] == b"RIFF" and data[8:12] == b"WEBP"
+    assert container.serialize(dataclasses.replace(jac, preview=None)) == plain  # nothing else differs
+    assert len(with_preview) == len(plain) + 12 + len(jac.preview)
+    # written before the streams (SPEC.md 4.3), so a reader after the preview can stop there
+    assert with_preview.index(container.CHUNK_PRVW) < with_preview.index(b"YSTR")
+
+
+def test_a_file_with_preview_decodes_to_the_same_pixels(plain: bytes, with_preview: bytes) -> None:
+    assert np.array_equal(codec.decode(with_preview), codec.decode(plain))
+    with Image.open(io.BytesIO(with_preview)) as im:
+        im.load()
+        assert im.size == SIZE and np.array_equal(np.asarray(im), codec.decode(plain))
+
+
+def test_thumbnail_uses_the_preview(image: Image.Image, with_preview: bytes) -> None:
+    with Image.open(io.BytesIO(with_preview)) as im:
+        im.thumbnail((24, 24))  # asks draft() for 48 x 48: the preview covers it
+        assert im.size == (24, 20) and im.mode == "RGB"
+    expected = image.resize((48, 40), Image.Resampling.LANCZOS).resize((24, 20), Image.Resampling.BICUBIC)
+    difference = np.abs(np.asarray(im, np.int16) - np.asarray(expected, np.int16))
+    assert difference.mean() < 6  # the WebP preview's loss, not another picture
+
+
+def test_thumbnail_with_preview_does_not_import_torch(tmp_path: Path, with_preview: bytes) -> None:
+    path = tmp_path / "preview.jac"
+    path.write_bytes(with_preview)
+    code = (
+        "import sys, pillow_jac\n"
+        "from PIL import Image\n"
+        f"im = Image.open({str(path)!r})\n"
+        "im.thumbnail((24, 24))\n"
+        "assert im.size == (24, 20), im.size\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+        "print('ok')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"
+
+
+def test_draft_picks_the_preview_only_when_large_enough(with_preview: bytes) -> None:
+    with Image.open(io.BytesIO(with_preview)) as im:
+        assert im.draft("RGB", (64, 64)) is None  # the image fitted in 64 x 64 is 64 x 53: more than 48 x 40
+        assert im.size == SIZE
+    with Image.open(io.BytesIO(with_preview)) as im:
+        assert im.draft(None, (48, 48)) == ("RGB", (0, 0, 48, 40))
+        assert im.size == (48, 40)
+        assert im.draft(None, (30, 30)) is None  # once only
+        im.load()
+        assert im.size == (48, 40) and im.mode == "RGB"
+    with Image.open(io.BytesIO(with_preview)) as im:
+        im.load()
+        assert im.draft(None, (48, 48)) is None  # too late: the image is decoded
+        assert im.size == SIZE
+
+
+def test_thumbnail_without_preview_decodes(plain: bytes) -> None:
+    with Image.open(io.BytesIO(plain)) as im:
+        assert im.draft(None, (48, 48)) is None
+        im.thumbnail((24, 24))
+        assert im.size == (24, 20)
+
+
+@pytest.mark.parametrize("mode", ["L", "LA", "RGBA"])
+def test_preview_keeps_the_mode(image: Image.Image, mode: str) -> None:
+    converted = image.convert(mode)
+    if mode in ("LA", "RGBA"):
+        converted.putalpha(Image.linear_gradient("L").resize(SIZE))
+    data = jac_bytes(converted, quality=2, preview=48)
+    with Image.open(io.BytesIO(data)) as im:
+        im.thumbnail((24, 24))
+        assert im.mode == mode and im.size == (24, 20)
+        if mode != "L":  # alpha survives the preview (WebP with alpha)
+            alpha = np.asarray(im.getchannel("A"), np.int16)
+            assert alpha[0].mean() < 40 and alpha[-1].mean() > 200  # the gradient runs top to bottom
+
+
+def test_default_preview_is_512_pixels_and_small_images_get_none() -> None:
+    strip = np.tile(np.linspace(0, 255, 600, dtype=np.uint8)[None, :, None], (16, 1, 3))  # 600 x 16
+    data = pillow_jac.encode(strip, 2, preview=True)
+    assert container.unpack_preview(container.parse(data).preview)[1:3] == (512, 14)
+    small = np.zeros((20, 30, 3), np.uint8)
+    assert container.parse(pillow_jac.encode(small, 2, preview=True)).preview is None  # no larger than 512
+    assert JacImagePlugin.make_preview(small, "RGB", 30) is None
+    assert JacImagePlugin.make_preview(small, "RGB", 16) is not None
+
+
+@pytest.mark.parametrize("value", [3, 5000, "yes", 2.5])
+def test_bad_preview_values(image: Image.Image, value) -> None:
+    with pytest.raises(ValueError, match="preview must be"):
+        jac_bytes(image, quality=2, preview=value)
+
+
+def with_chunk(data: bytes, preview: bytes) -> bytes:
+    return container.serialize(dataclasses.replace(container.parse(data), preview=preview))
+
+
+@pytest.mark.parametrize(
+    "preview",
+    [
+        b"\x01\x00",  # too short
+        container.pack_preview(container.PREVIEW_WEBP, 48, 40, b"RIFF but not a WebP"),  # does not decode
+        b"\x07\x00\x30\x00\x28" + b"RIFF",  # unknown format
+        container.pack_preview(container.PREVIEW_WEBP, 48, 20, b"x"),  # another aspect ratio
+        container.pack_preview(container.PREVIEW_WEBP, 96, 80, b"x"),  # not smaller than the image
+    ],
+)
+def test_unusable_previews_are_ignored(plain: bytes, preview: bytes) -> None:
+    data = with_chunk(plain, preview)
+    with Image.open(io.BytesIO(data)) as im:
+        assert im.draft(None, (48, 48)) is None
+        assert im.size == SIZE
+
+
+def test_a_preview_of_another_size_than_declared_is_ignored(plain: bytes, with_preview: bytes) -> None:
+    _, _, _, webp = container.unpack_preview(container.parse(with_preview).preview)
+    data = with_chunk(plain, container.pack_preview(container.PREVIEW_WEBP, 60, 50, webp))  # webp is 48 x 40
+    with Image.open(io.BytesIO(data)) as im:
+        assert im.draft(None, (48, 48)) is None
+
+
+def test_jpeg_previews_are_read(image: Image.Image, plain: bytes) -> None:
+    buffer = io.BytesIO()
+    image.resize((48, 40)).save(buffer, "JPEG", quality=90)
+    data = with_chunk(plain, container.pack_preview(container.PREVIEW_JPEG, 48, 40, buffer.getvalue()))
+    with Image.open(io.BytesIO(data)) as im:
+        assert im.draft(None, (48, 48)) is not None
+        im.load()
+        assert im.size == (48, 40) and im.mode == "RGB"
+
+
+def test_container_reads_the_first_of_two_previews(plain: bytes) -> None:
+    first = container.pack_preview(container.PREVIEW_JPEG, 4, 3, b"one")
+    second = container.pack_preview(container.PREVIEW_WEBP, 4, 3, b"two")
+    data = with_chunk(plain, first)
+    end = data.index(b"JEND") - 4  # a second prvw chunk before JEND
+    data = data[:end] + container._chunk(container.CHUNK_PRVW, second) + data[end:]
+    assert container.parse(data).preview == first
+    with pytest.raises(ValueError, match="known chunk"):
+        container.serialize(dataclasses.replace(container.parse(plain), unknown_chunks=[(b"prvw", second)]))
+
+
+def test_pack_preview_checks_its_fields() -> None:
+    with pytest.raises(ValueError, match="unknown preview format"):
+        container.pack_preview(9, 4, 3, b"x")
+    with pytest.raises(ValueError, match="width"):
+        container.pack_preview(container.PREVIEW_JPEG, 0, 3, b"x")
+    with pytest.raises(ValueError, match="empty"):
+        container.pack_preview(container.PREVIEW_JPEG, 4, 3, b"")
