@@ -328,7 +328,7 @@ def convert(
         num_cpus: CPUs each worker reserves, and its torch threads.
         num_gpus: share of a GPU each worker reserves (default: 1 when the cluster has GPUs, else 0).
         device: torch device (default: ``"cuda"`` for workers with a GPU, else ``JAC_DEVICE`` or cpu).
-        in_flight: the most calls submitted at once (default: two per worker).
+        in_flight: the most calls submitted at once (default: two per worker; at least one per worker).
         progress: True for ``jac batch``'s progress line on stderr, or a function called with each
             :class:`FileResult` as it comes back.
 
@@ -341,6 +341,10 @@ def convert(
         RuntimeError: no worker could be started, or every worker died.
     """
     quality, effort = validate_quality(quality), validate_effort(effort)
+    if workers is not None and workers < 1 or in_flight is not None and in_flight < 1:
+        raise ValueError("workers and in_flight must be at least 1")
+    if not num_cpus > 0 or num_gpus is not None and not num_gpus >= 0:
+        raise ValueError("num_cpus must be above 0 and num_gpus at least 0")
     jobs = plan(inputs, out_dir, to, recursive=recursive, base_dir=base_dir)
     try:
         import ray
@@ -363,7 +367,7 @@ def convert(
             capacity = resources.get("GPU", 0) / num_gpus if num_gpus > 0 else resources.get("CPU", 1) / num_cpus
             workers = max(1, int(capacity))
         workers = min(workers, len(jobs))
-        slots_each = max(1, -(-(in_flight or IN_FLIGHT_PER_WORKER * workers) // workers))
+        slots_each = max(1, (in_flight or IN_FLIGHT_PER_WORKER * workers) // workers)
         actor_class = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, max_restarts=0)(Worker)
         threads = max(1, int(num_cpus))
         return _run(

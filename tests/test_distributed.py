@@ -89,6 +89,12 @@ def test_is_done(photos: Path, tmp_path: Path) -> None:
     assert not distributed.is_done(src, dst, "jac", 3)
 
 
+@pytest.mark.parametrize("bad", [{"workers": 0}, {"in_flight": 0}, {"num_cpus": 0}, {"num_gpus": -1}, {"quality": 9}])
+def test_convert_refuses_bad_options(photos: Path, tmp_path: Path, bad: dict) -> None:
+    with pytest.raises(ValueError):
+        distributed.convert(photos, tmp_path, **bad)  # before any Ray instance is started
+
+
 def test_cli_ray_option() -> None:
     parse = build_parser().parse_args
     assert parse(["batch", "in", "out", "--to", "jac"]).ray is None
