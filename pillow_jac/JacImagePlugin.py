@@ -30,6 +30,9 @@ Save options (``im.save(fp, "JAC", **options)``):
   ``exif`` may also be a :class:`PIL.Image.Exif`; ``xmp`` may be ``str`` or ``bytes``.
 * ``device``: torch device for the encoder (``"cpu"``, ``"cuda"``, ``"auto"``); default from
   ``JAC_DEVICE``, see the README.
+* ``target_size`` (bytes) or ``target_psnr`` (dB), instead of ``quality``: the largest quality whose file
+  fits in that many bytes, or the smallest whose decoded image reaches that PSNR (:mod:`pillow_jac.targets`).
+  ``ValueError`` when even quality 1 is too large, or even quality 8 not good enough.
 * ``preview``: ``True`` also stores a WebP preview of at most :data:`PREVIEW_SIZE` pixels on the long
   side (``preview=N``: at most N pixels), which :meth:`JacImageFile.draft` and so ``thumbnail()`` decode
   instead of the image, without torch (SPEC.md section 5.4). Default ``False``: on Kodak a 512-pixel
@@ -396,9 +399,9 @@ def encode_image(im: Image.Image, **options: Any) -> bytes:
     """The ``.jac`` file ``im.save(fp, "JAC", **options)`` writes, as bytes.
 
     ``options`` are the save options listed in the module doc (``quality``, ``effort``,
-    ``icc_profile``, ``exif``, ``xmp``, ``device``, ``preview``; others are ignored, as Pillow does).
-    Modes are converted as listed there, and the ICC profile, EXIF and XMP in ``im.info`` are kept unless an
-    option replaces them or drops them (``None`` or ``b""``).
+    ``icc_profile``, ``exif``, ``xmp``, ``device``, ``preview``, ``target_size``, ``target_psnr``;
+    others are ignored, as Pillow does). Modes are converted as listed there, and the ICC profile,
+    EXIF and XMP in ``im.info`` are kept unless an option replaces them or drops them (``None`` or ``b""``).
 
     Raises:
         ValueError: a bad option value, or a mode JAC cannot hold.
@@ -419,7 +422,10 @@ def encode_image(im: Image.Image, **options: Any) -> bytes:
 
 def _encode_image(im: Image.Image, encoderinfo: dict[str, Any]) -> bytes:
     """:func:`encode_image` with the options as Pillow's ``encoderinfo`` dict."""
-    quality = validate_quality(encoderinfo.get("quality", DEFAULT_QUALITY))
+    targets = {name: encoderinfo[name] for name in ("target_size", "target_psnr") if encoderinfo.get(name) is not None}
+    quality = encoderinfo.get("quality", None if targets else DEFAULT_QUALITY)
+    if quality is not None or not targets:
+        quality = validate_quality(quality)
     effort = validate_effort(encoderinfo.get("effort", DEFAULT_EFFORT))
     meta: dict[str, bytes | None] = {}
     for name in ("icc_profile", "exif", "xmp"):
@@ -442,7 +448,7 @@ def _encode_image(im: Image.Image, encoderinfo: dict[str, Any]) -> bytes:
     try:
         return codec.encode(
             pixels, quality, effort=effort, device=encoderinfo.get("device"), model=encoderinfo.get("model"),
-            preview=encoderinfo.get("preview", False), **meta,
+            preview=encoderinfo.get("preview", False), **targets, **meta,
         )  # fmt: skip
     except (OSError, ValueError, TypeError, MemoryError):
         raise

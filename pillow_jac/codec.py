@@ -86,7 +86,7 @@ def _torch():
 
 def encode(
     image,
-    quality: float = DEFAULT_QUALITY,
+    quality: float | None = None,
     *,
     icc_profile: bytes | None = None,
     exif: bytes | None = None,
@@ -95,6 +95,8 @@ def encode(
     device=None,
     weights=None,
     model: str | None = None,
+    target_size: int | None = None,
+    target_psnr: float | None = None,
     preview: bool | int = False,
 ) -> bytes:
     """Compress an image to ``.jac`` bytes.
@@ -102,7 +104,8 @@ def encode(
     Args:
         image: uint8 array ``(H, W)``, ``(H, W, 2)``, ``(H, W, 3)`` or ``(H, W, 4)``, or a PIL image
             of mode L, LA, RGB or RGBA.
-        quality: 1 (smallest) to 8 (best); fractions interpolate. Stored to 1/256.
+        quality: 1 (smallest) to 8 (best); fractions interpolate. Stored to 1/256. Default
+            :data:`~pillow_jac.constants.DEFAULT_QUALITY`; not allowed with a target.
         icc_profile: ICC profile bytes, stored in an ancillary chunk.
         exif: EXIF bytes (as Pillow's ``im.info["exif"]``), stored in an ancillary chunk.
         xmp: XMP packet bytes, stored in an ancillary chunk.
@@ -112,6 +115,9 @@ def encode(
         weights: path of a weights file (default: the installed generation ``model``).
         model: ``model_id`` of the installed generation to encode with (default: the newest;
             :func:`pillow_jac.models` lists them).
+        target_size: instead of ``quality``: the largest quality (to 1/256) whose whole file is at most
+            this many bytes (:mod:`pillow_jac.targets`).
+        target_psnr: instead of ``quality``: the smallest quality whose decoded file reaches this PSNR in dB.
         preview: True (or a long side in pixels) also stores a small WebP of the image (``prvw`` chunk,
             SPEC.md section 5.4) that Pillow's ``draft()`` and ``thumbnail()`` use instead of decoding;
             at most :data:`pillow_jac.JacImagePlugin.PREVIEW_SIZE` pixels on the long side by default;
@@ -119,9 +125,22 @@ def encode(
 
     Returns:
         The complete file.
+
+    Raises:
+        ValueError: a bad argument; ``quality`` together with a target, or both targets; a target that
+            even quality 1 (size) or 8 (PSNR) cannot meet.
     """
     arr, layout = _as_array(image)
-    q = container.quantize_quality(validate_quality(quality))
+    if target_size is not None or target_psnr is not None:
+        if quality is not None:
+            raise ValueError("give quality or a target (target_size, target_psnr), not both")
+        from .targets import encode_to_target
+
+        return encode_to_target(
+            arr, target_size=target_size, target_psnr=target_psnr, effort=effort, device=device, weights=weights,
+            model=model, icc_profile=icc_profile, exif=exif, xmp=xmp, preview=preview,
+        ).data  # fmt: skip
+    q = container.quantize_quality(validate_quality(DEFAULT_QUALITY if quality is None else quality))
     effort = validate_effort(effort)
     height, width = arr.shape[:2]
     if max(height, width) > container.C.MAX_DIMENSION:

@@ -1,0 +1,209 @@
+"""Tests of rate and quality targets (pillow_jac.targets): target_size never over, target_psnr reached."""
+
+from __future__ import annotations
+
+import io
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import pillow_jac
+from pillow_jac import codec, container, targets
+
+SAMPLE = Path(__file__).resolve().parents[1] / "examples" / "sample.png"
+STEP = 1 / 256  # one stored quality step
+
+
+@pytest.fixture(scope="module")
+def rgb() -> np.ndarray:
+    """A 64x96 natural image: every search on it takes a fraction of a second."""
+    with Image.open(SAMPLE) as im:
+        return np.asarray(im.convert("RGB").crop((120, 80, 216, 144)))
+
+
+@pytest.fixture(scope="module")
+def sizes(rgb: np.ndarray) -> dict[float, int]:
+    """File sizes at a few qualities: the range the targets below are drawn from."""
+    return {q: len(codec.encode(rgb, q)) for q in (1.0, 2.5, 4.0, 6.0, 8.0)}
+
+
+def decoded_psnr(original: np.ndarray, data: bytes) -> float:
+    """PSNR of the decoded file on its colour planes (the grey plane of L and LA)."""
+    decoded = codec.decode(data)
+    if original.ndim == 2:
+        return targets.psnr(original, decoded)
+    return targets.psnr(original[:, :, :3], decoded[:, :, :3])
+
+
+# --------------------------------------------------------------------------- target_size
+
+FRACTIONS = (0.1, 0.45, 0.9)  # targets between the sizes at quality 1 and 8
+
+
+@pytest.fixture(scope="module")
+def size_results(rgb: np.ndarray, sizes: dict[float, int]) -> dict[int, targets.TargetResult]:
+    goals = [round(sizes[1.0] + f * (sizes[8.0] - sizes[1.0])) for f in FRACTIONS]
+    return {goal: targets.encode_to_target(rgb, target_size=goal) for goal in goals}
+
+
+def test_rate_rises_with_quality(sizes: dict[float, int]) -> None:
+    """The searches assume the size grows with the quality."""
+    assert list(sizes.values()) == sorted(sizes.values()) and sizes[1.0] < sizes[8.0]
+
+
+def test_target_size_is_never_over_and_is_the_largest_quality(
+    rgb: np.ndarray, size_results: dict[int, targets.TargetResult]
+) -> None:
+    for goal, result in size_results.items():
+        assert result.size == len(result.data) <= goal
+        assert container.parse(result.data).header.quality == result.quality
+        assert codec.encode(rgb, result.quality) == result.data  # the bytes of a plain encode at that quality
+        # within the tolerance of the target, or one step more is already over it
+        if goal - result.size > targets._size_tolerance(goal):
+            assert len(codec.encode(rgb, result.quality + STEP)) > goal
+        assert result.estimates >= 1 and result.encodes >= 1 and result.syntheses == 0
+        assert result.seconds > 0 and not result.refined and result.psnr is None
+
+
+def test_larger_targets_give_larger_files(size_results: dict[int, targets.TargetResult]) -> None:
+    results = [size_results[goal] for goal in sorted(size_results)]
+    assert [r.quality for r in results] == sorted(r.quality for r in results)
+    assert [r.size for r in results] == sorted(r.size for r in results)
+
+
+def test_target_size_above_quality_8_gives_quality_8(rgb: np.ndarray, sizes: dict[float, int]) -> None:
+    result = targets.encode_to_target(rgb, target_size=10 * sizes[8.0])
+    assert result.quality == 8.0 and result.size == sizes[8.0]
+    assert result.encodes == 1
+
+
+def test_target_size_of_quality_1(rgb: np.ndarray, sizes: dict[float, int]) -> None:
+    assert targets.encode_to_target(rgb, target_size=sizes[1.0]).size <= sizes[1.0]
+    with pytest.raises(ValueError, match="too small: even quality 1 gives"):
+        targets.encode_to_target(rgb, target_size=sizes[1.0] - 1)
+
+
+def test_target_size_below_the_container_raises_at_once(rgb: np.ndarray) -> None:
+    with pytest.raises(ValueError, match="container, metadata, alpha and preview alone take"):
+        pillow_jac.encode(rgb, target_size=60, xmp=b"x" * 100)
+
+
+def test_target_size_counts_metadata_and_alpha(rgb: np.ndarray, sizes: dict[float, int]) -> None:
+    rgba = np.dstack([rgb, np.linspace(0, 255, rgb.shape[1], dtype=np.uint8)[None].repeat(rgb.shape[0], 0)])
+    exif = b"Exif\0\0" + bytes(300)
+    target = sizes[4.0] + 200  # the RGB file at quality 4 and some: with alpha and EXIF, a lower quality
+    result = targets.encode_to_target(rgba, target_size=target, exif=exif)
+    assert result.size <= target and result.quality < 4.0
+    assert codec.encode(rgba, result.quality, exif=exif) == result.data
+
+
+def test_effort_with_target_size(rgb: np.ndarray, sizes: dict[float, int]) -> None:
+    target = sizes[4.0]
+    result = targets.encode_to_target(rgb, target_size=target, effort=1)
+    assert result.size <= target
+    assert result.refinements >= 1
+    assert codec.encode(rgb, result.quality, effort=1 if result.refined else 0) == result.data
+
+
+# --------------------------------------------------------------------------- target_psnr
+
+GOALS = (27.0, 31.5)
+
+
+@pytest.fixture(scope="module")
+def psnr_results(rgb: np.ndarray) -> dict[float, targets.TargetResult]:
+    return {goal: targets.encode_to_target(rgb, target_psnr=goal) for goal in GOALS}
+
+
+def test_target_psnr_is_reached_by_the_smallest_quality(
+    rgb: np.ndarray, psnr_results: dict[float, targets.TargetResult]
+) -> None:
+    for goal, result in psnr_results.items():
+        assert result.psnr is not None and result.psnr >= goal
+        assert decoded_psnr(rgb, result.data) == pytest.approx(result.psnr, abs=1e-9)  # as decode() decodes it
+        assert codec.encode(rgb, result.quality) == result.data
+        if result.psnr - goal > targets.PSNR_TOLERANCE and result.quality > 1:
+            assert decoded_psnr(rgb, codec.encode(rgb, result.quality - STEP)) < goal
+        assert result.syntheses >= 1 and result.encodes == 1 and result.estimates == 0
+    assert [psnr_results[g].quality for g in GOALS] == sorted(psnr_results[g].quality for g in GOALS)
+
+
+def test_psnr_targets_at_the_ends(rgb: np.ndarray) -> None:
+    result = targets.encode_to_target(rgb, target_psnr=5.0)
+    assert result.quality == 1.0 and result.psnr >= 5.0
+    with pytest.raises(ValueError, match="too high: even quality 8 reaches"):
+        targets.encode_to_target(rgb, target_psnr=80.0)
+
+
+@pytest.mark.parametrize("mode", ["L", "RGBA"])
+def test_target_psnr_of_other_layouts(rgb: np.ndarray, mode: str) -> None:
+    image = np.asarray(Image.fromarray(rgb).convert(mode))
+    result = targets.encode_to_target(image, target_psnr=30.0)
+    assert result.psnr >= 30.0
+    assert decoded_psnr(image, result.data) == pytest.approx(result.psnr, abs=1e-9)
+    assert codec.encode(image, result.quality) == result.data
+
+
+def test_effort_with_target_psnr(rgb: np.ndarray) -> None:
+    result = targets.encode_to_target(rgb, target_psnr=30.0, effort=1)
+    assert result.psnr >= 30.0 and decoded_psnr(rgb, result.data) == pytest.approx(result.psnr, abs=1e-9)
+
+
+# --------------------------------------------------------------------------- the public entry points
+
+
+def test_encode_and_pillow_take_the_targets(
+    rgb: np.ndarray, size_results: dict[int, targets.TargetResult], psnr_results: dict[float, targets.TargetResult]
+) -> None:
+    goal, expected = next(iter(size_results.items()))
+    assert pillow_jac.encode(rgb, target_size=goal) == expected.data
+    assert pillow_jac.encode(rgb, target_size=f"{goal / 1000}k") == expected.data
+    buffer = io.BytesIO()
+    Image.fromarray(rgb).save(buffer, "JAC", target_size=goal)
+    assert buffer.getvalue() == expected.data
+    with Image.open(io.BytesIO(expected.data)) as im:
+        assert im.info["quality"] == expected.quality
+    buffer = io.BytesIO()
+    Image.fromarray(rgb).save(buffer, "JAC", target_psnr=GOALS[0])
+    assert buffer.getvalue() == psnr_results[GOALS[0]].data
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"quality": 4, "target_size": 3000}, "not both"),
+        ({"quality": 4, "target_psnr": 30}, "not both"),
+        ({"target_size": 3000, "target_psnr": 30}, "exactly one"),
+        ({"target_size": 0}, "positive"),
+        ({"target_size": -5}, "positive"),
+        ({"target_size": 3000.5}, "whole number"),
+        ({"target_size": True}, "whole number"),
+        ({"target_size": "lots"}, "not a size"),
+        ({"target_psnr": math.nan}, "positive, finite"),
+        ({"target_psnr": math.inf}, "positive, finite"),
+        ({"target_psnr": -3}, "positive, finite"),
+        ({"target_psnr": "30"}, "number of dB"),
+    ],
+)
+def test_bad_targets_raise(rgb: np.ndarray, options: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        pillow_jac.encode(rgb, **options)
+    with pytest.raises(ValueError, match=message):
+        Image.fromarray(rgb).save(io.BytesIO(), "JAC", **options)
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [("50000", 50000), ("50k", 50000), ("50kB", 50000), ("50 KiB", 51200), ("1.5M", 1500000), ("2g", 2 * 10**9)],
+)
+def test_parse_size(text: str, value: int) -> None:
+    assert targets.parse_size(text) == value
+
+
+@pytest.mark.parametrize("text", ["", "k", "50x", "1e3", "0", "0.5", "-1k"])
+def test_parse_size_refuses(text: str) -> None:
+    with pytest.raises(ValueError):
+        targets.parse_size(text)
