@@ -863,7 +863,7 @@ def run_atheris(target: str, argv: list[str], limits: Limits, corpus: list[bytes
         lib()
         import pillow_jac.engine  # noqa: F401
         import pillow_jac.entropy_coding  # noqa: F401
-        import pillow_jac.exact_prior  # noqa: F401
+        import pillow_jac.latent_coding  # noqa: F401
     setup(limits, threads=1 if target == "decode" else None)
     if target == "decode":
         installed_model()  # build the engine before the first input (its cost is not the input's)

@@ -71,7 +71,7 @@ def _threads_for(pixels: int, engine):
     """One torch thread for small images on CPU (a context manager), else no change."""
     import contextlib
 
-    from .exact_prior import single_threaded
+    from .latent_coding import single_threaded
 
     if engine.device.type == "cpu" and pixels <= SMALL_IMAGE_PIXELS:
         return single_threaded()
@@ -147,11 +147,8 @@ def encode(
         raise ValueError(f"images are limited to {container.C.MAX_DIMENSION} pixels per side")
     engine = _encoder_engine(device, weights, model)
     z_hat, y_hat = _analyze(_color_planes(arr, layout), q, engine, effort)
-    z_stream = engine.prior.encode_z(z_hat) if z_hat is not None else b""
-    torch = _torch()
-    with torch.inference_mode():
-        psi = engine.prior.hyper_features(torch.from_numpy(z_hat), y_hat.shape[1:]) if z_hat is not None else None
-        y_stream = engine.prior.encode_y(y_hat, psi)
+    with _torch().inference_mode():
+        z_stream, y_stream = engine.latents.encode(z_hat, y_hat)
     alpha_method, alpha = 0, None
     if layout in ("RGBA", "LA"):
         alpha_method, alpha = container.compress_alpha(np.ascontiguousarray(arr[:, :, -1]).tobytes(), width, height)
@@ -182,7 +179,7 @@ def encode(
 def _analyze(color: np.ndarray, quality: float, engine, effort: int = 0) -> tuple[np.ndarray | None, np.ndarray]:
     """g_a and h_a on the padded image, then rounding (or refinement): the latents ``(z_hat, y_hat)``."""
     torch = _torch()
-    from .exact_prior import SYMBOL_LIMIT
+    from .latent_coding import SYMBOL_LIMIT
     from .stripes import analyze_in_stripes
 
     height, width = color.shape[:2]
@@ -199,7 +196,7 @@ def _analyze(color: np.ndarray, quality: float, engine, effort: int = 0) -> tupl
 
     with torch.inference_mode(), _threads_for(height * width, engine):
         y = analyze_in_stripes(model.g_a, pixel_rows, (yh, yw))
-        y = y * model.gains(torch.tensor([quality], dtype=torch.float64)).to(y)
+        y = y * engine.gains(quality).to(y)
         z = model.h_a(y) if engine.config.hyperprior else None
     if effort:
         from .model.refine import refine_latents
@@ -310,14 +307,8 @@ def decode_symbols(data, *, device=None, weights=None) -> tuple[np.ndarray | Non
 def _decode_latents(jac: container.JacFile, engine):
     torch = _torch()
     h = jac.header
-    engine.prior.check_lengths(jac.z_stream, jac.y_stream, engine.config.N, h.z_shape, h.y_shape)
     with torch.inference_mode(), _threads_for(h.height * h.width, engine):
-        z_hat, psi = None, None
-        if engine.config.hyperprior:
-            z_hat = engine.prior.decode_z(jac.z_stream, engine.config.N, h.z_shape)
-            psi = engine.prior.hyper_features(torch.from_numpy(z_hat), h.y_shape)
-        y_hat = engine.prior.decode_y(jac.y_stream, psi, h.y_shape)
-    return z_hat, y_hat
+        return engine.latents.decode(jac.z_stream, jac.y_stream, h.z_shape, h.y_shape)
 
 
 def decode(data, *, device=None, weights=None) -> np.ndarray:
@@ -341,10 +332,9 @@ def decode(data, *, device=None, weights=None) -> np.ndarray:
         alpha = np.frombuffer(raw, np.uint8).reshape(h.height, h.width)
     _, y_hat = _decode_latents(jac, engine)
     torch = _torch()
-    model = engine.model
     with torch.inference_mode(), _threads_for(h.height * h.width, engine):
         y = torch.from_numpy(y_hat).to(engine.device).float()[None]
-        inverse = model.gains(torch.tensor([h.quality], dtype=torch.float64), inverse=True).to(y)
+        inverse = engine.gains(h.quality, inverse=True).to(y)
         y = y * inverse
         if engine.device.type == "cpu":
             y = y.contiguous(memory_format=torch.channels_last)

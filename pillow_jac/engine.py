@@ -105,12 +105,12 @@ def load_model(path: str | Path) -> JointAutoregressiveHierarchicalPrior:
 
 
 class Engine:
-    """Float transforms (g_a, h_a, g_s, gains) plus the exact entropy path, on one device."""
+    """One generation on one device: the float transforms (g_a, h_a, g_s, gains) and its latent coder."""
 
     def __init__(self, path: Path, device: torch.device):
         # the range coder is imported here, not at the top: the float model (build_model, load_model)
         # must load where constriction is not installed, such as a GPU machine that only trains
-        from . import entropy_coding, exact_prior
+        from . import entropy_coding, latent_coding
 
         tensors, metadata = load_weights(path)
         manifest = verify(tensors, metadata, path)
@@ -143,7 +143,8 @@ class Engine:
                 *(tensors[f"table.{prefix}_{k}"].numpy() for k in ("freqs", "offsets", "lows"))
             )
 
-        self.prior = exact_prior.ExactPrior(
+        #: the latent coder: integer latents <-> streams (:class:`~pillow_jac.latent_coding.LatentCoder`)
+        self.latents = latent_coding.LatentCoder(
             network("h_s"),
             network("context"),
             network("entropy_parameters"),
@@ -153,6 +154,10 @@ class Engine:
             self.config.M,
             device,
         )
+
+    def gains(self, quality: float, inverse: bool = False) -> torch.Tensor:
+        """The ``(1, M, 1, 1)`` gain vector of a stored quality (CODING.md section 1.2); ``inverse`` for decoding."""
+        return self.model.gains(torch.tensor([quality], dtype=torch.float64), inverse=inverse)
 
 
 def get_engine(device: str | torch.device | None = None, weights: str | Path | None = None) -> Engine:

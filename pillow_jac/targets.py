@@ -93,7 +93,7 @@ _ESTIMATE_EXCESS = 70
 _SIZE = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*(?:([kKmMgG])(i)?)?[bB]?")
 #: latent rows per piece of the rate estimate (bounds its temporaries on large images)
 _ESTIMATE_ROWS = 64
-#: z rows of halo for the float h_s (as the exact one's, pillow_jac.exact_prior)
+#: z rows of halo for the float h_s (as the exact one's, pillow_jac.latent_coding)
 _H_S_HALO = 4
 
 
@@ -231,7 +231,7 @@ class _Candidates:
 
     def _compute_latents(self, q16: int, effort: int):
         torch = codec._torch()
-        from .exact_prior import SYMBOL_LIMIT
+        from .latent_coding import SYMBOL_LIMIT
 
         model, quality = self.engine.model, q16 / QUALITY_DENOMINATOR
         with torch.inference_mode(), self.threads():
@@ -260,11 +260,8 @@ class _Candidates:
         """The file at quality ``q16 / 256``: a real encode (exact entropy coding)."""
         torch = codec._torch()
         z_hat, y_hat = self.latents(q16, effort)
-        prior = self.engine.prior
-        z_stream = prior.encode_z(z_hat) if z_hat is not None else b""
         with torch.inference_mode():
-            psi = prior.hyper_features(torch.from_numpy(z_hat), y_hat.shape[1:]) if z_hat is not None else None
-            y_stream = prior.encode_y(y_hat, psi)
+            z_stream, y_stream = self.engine.latents.encode(z_hat, y_hat)
         self.encodes += 1
         return self._file(q16, z_stream, y_stream)
 

@@ -11,7 +11,7 @@ from pillow_jac.entropy_coding import EntropyCodingError
 from .helpers import natural_image
 
 
-# (112, 300): a 7x19 latent, wavefronts of up to 7 positions (computed as 8, see exact_prior)
+# (112, 300): a 7x19 latent, wavefronts of up to 7 positions (computed as 8, see latent_coding)
 @pytest.mark.parametrize(("height", "width"), [(1, 1), (5, 7), (64, 64), (33, 100), (70, 19), (112, 300)])
 @pytest.mark.parametrize("quality", [1, 4.5, 8])
 def test_round_trip_sizes_and_qualities(height, width, quality):

@@ -217,7 +217,7 @@ def test_fork_while_another_thread_holds_a_codec_lock(files: list[bytes], refere
 def test_single_threaded_restores_each_threads_own_count() -> None:
     """Two threads overlapping in ``single_threaded`` (A enters, B enters, A leaves, B leaves) each get
     their own thread count back; a process-wide counter left A on one thread for good."""
-    from pillow_jac.exact_prior import single_threaded
+    from pillow_jac.latent_coding import single_threaded
 
     a_in, b_in, a_out = threading.Event(), threading.Event(), threading.Event()
     after: dict[str, int] = {}

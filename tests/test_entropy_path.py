@@ -9,7 +9,7 @@ from torch import nn
 
 from pillow_jac.constants import CDF_PRECISION, MEAN_STEPS, SCALE_LEVELS
 from pillow_jac.entropy_coding import CodingTables, EntropyCodingError, gaussian_tables, quantize_pmf
-from pillow_jac.exact_prior import CAUSAL_TAPS, wavefront_steps
+from pillow_jac.latent_coding import CAUSAL_TAPS, wavefront_steps
 from pillow_jac.model.integer import integerize, to_fixed
 from pillow_jac.model.layers import MaskedConv2d
 

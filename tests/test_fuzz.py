@@ -164,18 +164,18 @@ def test_a_stream_that_runs_out_stops_at_the_next_wavefront_step() -> None:
     engine = get_engine()
     data = _forged(1280, 1280, stream=bytes(16), z_stream=bytes(4))
     steps = []
-    original = engine.prior.y_tables.check_not_run_out
+    original = engine.latents.y_tables.check_not_run_out
 
     def counted(decoder, symbols_left):
         steps.append(symbols_left)
         return original(decoder, symbols_left)
 
-    engine.prior.y_tables.check_not_run_out = counted
+    engine.latents.y_tables.check_not_run_out = counted
     try:
         with pytest.raises(ValueError, match="the data ends with at least"):
             codec.decode(data)
     finally:
-        del engine.prior.y_tables.check_not_run_out
+        del engine.latents.y_tables.check_not_run_out
     all_steps, symbols = 3 * 79 + 79 + 1, 80 * 80 * engine.config.M  # of an 80 x 80 latent
     assert len(steps) < all_steps // 4, f"{len(steps)} of {all_steps} steps ran"
     assert steps[-1] > symbols * 0.9

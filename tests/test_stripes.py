@@ -60,17 +60,17 @@ def test_halo_is_needed():
 @pytest.mark.parametrize("quality", [1, 8])
 def test_exact_path_in_chunks_is_identical(quality, monkeypatch):
     """h_s in z stripes and the encoder's parameters row by row: exact, so bit-identical files."""
-    from pillow_jac import exact_prior
+    from pillow_jac import latent_coding
     from pillow_jac.engine import get_engine
 
     image = natural_image(300, 260, seed=5)
     data = codec.encode(image, quality)
     z_hat, y_hat = codec.decode_symbols(data)
-    prior = get_engine().prior
+    prior = get_engine().latents
     psi = prior.hyper_features(torch.from_numpy(z_hat), y_hat.shape[1:])
-    monkeypatch.setattr(exact_prior, "CHUNK_POSITIONS", 1)  # one latent row / z row per chunk
-    monkeypatch.setattr(exact_prior, "_H_S_MIN_ROWS", 1)
+    monkeypatch.setattr(latent_coding, "CHUNK_POSITIONS", 1)  # one latent row / z row per chunk
+    monkeypatch.setattr(latent_coding, "_H_S_MIN_ROWS", 1)
     assert codec.encode(image, quality) == data
     assert torch.equal(prior.hyper_features(torch.from_numpy(z_hat), y_hat.shape[1:]), psi)
-    monkeypatch.setattr(exact_prior, "_H_S_HALO", 0)  # without its halo, h_s in stripes is wrong
+    monkeypatch.setattr(latent_coding, "_H_S_HALO", 0)  # without its halo, h_s in stripes is wrong
     assert not torch.equal(prior.hyper_features(torch.from_numpy(z_hat), y_hat.shape[1:]), psi)

@@ -141,7 +141,7 @@ class CoderRate:
 
     def __init__(self, tensors: dict[str, torch.Tensor], metadata: dict[str, str]):
         from ..entropy_coding import scale_table
-        from ..exact_prior import ExactPrior
+        from ..latent_coding import LatentCoder
         from ..model.integer import IntegerNetwork
 
         config = json.loads(metadata["config"])
@@ -150,8 +150,8 @@ class CoderRate:
         def network(name: str) -> IntegerNetwork | None:
             return IntegerNetwork.from_tensors(tensors, name, templates[name]) if name in templates else None
 
-        # the codec's own table selection (ExactPrior.table_ids); the range coder tables are not needed
-        self.prior = ExactPrior(
+        # the codec's own table selection (LatentCoder.table_ids); the range coder tables are not needed
+        self.prior = LatentCoder(
             network("h_s"),
             network("context"),
             network("entropy_parameters"),
@@ -237,7 +237,7 @@ def coded_forward(
     Returns:
         ``x_hat`` (clamped to ``[0, 1]`` as the decoder does), ``bits`` ``(B,)`` (y plus z) and ``y_hat``.
     """
-    from ..exact_prior import SYMBOL_LIMIT
+    from ..latent_coding import SYMBOL_LIMIT
 
     y = model.g_a(x.float()) * model.gains(quality).float()
     y_hat = _ste_round(y).clamp(-SYMBOL_LIMIT, SYMBOL_LIMIT)
@@ -442,7 +442,7 @@ def _learning_rate(args: argparse.Namespace, step: int) -> float:
 def main(argv: list[str] | None = None) -> None:
     """Tune until ``--steps``, validating, keeping the best and checkpointing as it goes."""
     # the whole codec is imported now, so a run of many hours uses one version of it throughout
-    from .. import codec, container, engine, entropy_coding, exact_prior, stripes  # noqa: F401
+    from .. import codec, container, engine, entropy_coding, latent_coding, stripes  # noqa: F401
     from ..bench import metrics  # noqa: F401
     from ..engine import load_model
     from ..weights import load_weights, save_weights

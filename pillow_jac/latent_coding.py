@@ -1,16 +1,18 @@
-"""The exact entropy path: integer h_s, context model and g_ep, table selection, wavefront order.
+"""The latent coder: integer latents <-> the ``ZSTR``/``YSTR`` streams, exactly (CODING.md sections 1-3).
 
+:class:`LatentCoder` owns everything between the integer latents and the bytes: the integer networks
+h_s, the context model and g_ep, the scale thresholds and the coding tables of one decoder generation.
 Everything here is integer arithmetic (held in float64 tensors, see :mod:`pillow_jac.model.integer`),
 so the encoder and any decoder, on any device and thread count, select the same coding table for
-every latent (CODING.md sections 1-3).
+every latent.
 
-* :meth:`ExactPrior.encode` computes every table id in one pass (quantisation is
-  ``y_hat = round(y)``, so the context of each latent is known up front), then writes the symbols
-  in wavefront order.
-* :meth:`ExactPrior.decode` reconstructs the latents wavefront by wavefront: all positions with the
-  same ``t = 3 * row + col`` depend only on positions with smaller ``t`` through the 5x5 causal
-  mask, so they are decoded together in one batched step (141 steps for a 32x48 latent instead
-  of 1536 raster steps), giving exactly the symbols of a raster-order decode.
+* :meth:`LatentCoder.encode` computes every table id in one pass (the context of each latent is known
+  up front, since the encoder has all of ``y_hat``), then writes the symbols in wavefront order.
+* :meth:`LatentCoder.decode` checks the stream lengths against the latents they must hold, then
+  reconstructs the latents wavefront by wavefront: all positions with the same ``t = 3 * row + col``
+  depend only on positions with smaller ``t`` through the 5x5 causal mask, so they are decoded together
+  in one batched step (141 steps for a 32x48 latent instead of 1536 raster steps), giving exactly the
+  symbols of a raster-order decode.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from .constants import ACTIVATION_BITS, ACTIVATION_LIMIT_BITS, MEAN_STEPS
 from .entropy_coding import CodingTables, EntropyCodingError, bytes_to_words, words_to_bytes
 from .model.integer import IntegerNetwork
 
-__all__ = ["ExactPrior", "SYMBOL_LIMIT", "wavefront_steps", "CAUSAL_TAPS", "single_threaded"]
+__all__ = ["LatentCoder", "SYMBOL_LIMIT", "wavefront_steps", "CAUSAL_TAPS", "single_threaded"]
 
 #: latent symbols are clamped to +-SYMBOL_LIMIT so their fixed-point value fits the activation bound
 SYMBOL_LIMIT = 2 ** (ACTIVATION_LIMIT_BITS - ACTIVATION_BITS) - 1
@@ -90,7 +92,7 @@ def wavefront_steps(height: int, width: int) -> list[tuple[np.ndarray, np.ndarra
     return [(r[a:b], c[a:b]) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
 
 
-class ExactPrior:
+class LatentCoder:
     """The integer networks and coding tables of one model (CODING.md sections 1-3).
 
     Args:
@@ -126,6 +128,29 @@ class ExactPrior:
             # rows ordered tap-major, then input channel: matches a (n, 12, M) gather flattened
             self._context_matrix = taps.permute(0, 2, 1).reshape(-1, taps.shape[1]).contiguous().to(device)
 
+    # -- the two operations the codec uses ---------------------------------------------------------
+    def encode(self, z_hat: np.ndarray | None, y_hat: np.ndarray) -> tuple[bytes, bytes]:
+        """The ``(ZSTR, YSTR)`` data of ``z_hat`` ``(N, hz, wz)`` (None: no hyperprior) and ``y_hat`` (M, Hy, Wy)."""
+        z_stream, psi = b"", None
+        if z_hat is not None:
+            z_stream = self.encode_z(z_hat)
+            psi = self.hyper_features(torch.from_numpy(z_hat), y_hat.shape[1:])
+        return z_stream, self.encode_y(y_hat, psi)
+
+    def decode(
+        self, z_stream: bytes, y_stream: bytes, z_shape: tuple[int, int], y_shape: tuple[int, int]
+    ) -> tuple[np.ndarray | None, np.ndarray]:
+        """Inverse of :meth:`encode`: ``(z_hat, y_hat)`` for the latent shapes a header declares.
+
+        Streams too short for those shapes are refused before any network runs (CODING.md section 2.4).
+        """
+        self.check_lengths(z_stream, y_stream, z_shape, y_shape)
+        z_hat = psi = None
+        if self.z_tables is not None:
+            z_hat = self.decode_z(z_stream, len(self.z_tables), z_shape)
+            psi = self.hyper_features(torch.from_numpy(z_hat), y_shape)
+        return z_hat, self.decode_y(y_stream, psi, y_shape)
+
     # -- parameters -------------------------------------------------------------------------------
     def hyper_features(self, z_hat: torch.Tensor | None, y_shape: tuple[int, int]) -> torch.Tensor | None:
         """h_s(z_hat) in fixed point, cropped to the latent shape: ``(2M, Hy, Wy)`` or None.
@@ -160,10 +185,10 @@ class ExactPrior:
         ids = index.double() * MEAN_STEPS + fraction
         return ids.long().cpu().numpy(), base.long().cpu().numpy()
 
-    def check_lengths(self, z_stream: bytes, y_stream: bytes, N: int, z_shape, y_shape) -> None:
+    def check_lengths(self, z_stream: bytes, y_stream: bytes, z_shape, y_shape) -> None:
         """Refuse streams too short for the latents a header declares, before any network runs."""
         if self.z_tables is not None:
-            self.z_tables.check_length(z_stream, N * z_shape[0] * z_shape[1], "z")
+            self.z_tables.check_length(z_stream, len(self.z_tables) * z_shape[0] * z_shape[1], "z")
         self.y_tables.check_length(y_stream, self.M * y_shape[0] * y_shape[1], "y")
 
     # -- z ----------------------------------------------------------------------------------------
