@@ -21,7 +21,7 @@ from .generations import DEFAULT_WEIGHTS_NAME, default_weights_path
 from .model.integer import IntegerNetwork, dequantize_into
 from .model.layers import SubpixelDeconv
 from .model.mbt2018 import JointAutoregressiveHierarchicalPrior, ModelConfig
-from .weights import WeightsError, load_weights, strip_prefix, verify
+from .weights import SCALE_THRESHOLDS, WeightsError, load_weights, read_table, strip_prefix, verify
 
 __all__ = [
     "Engine",
@@ -137,18 +137,15 @@ class Engine:
             return net
 
         def tables(prefix: str) -> entropy_coding.CodingTables | None:
-            if f"table.{prefix}_freqs" not in tensors:
-                return None
-            return entropy_coding.CodingTables(
-                *(tensors[f"table.{prefix}_{k}"].numpy() for k in ("freqs", "offsets", "lows"))
-            )
+            found = read_table(tensors, prefix)
+            return None if found is None else entropy_coding.CodingTables(*(t.numpy() for t in found))
 
         #: the latent coder: integer latents <-> streams (:class:`~pillow_jac.latent_coding.LatentCoder`)
         self.latents = latent_coding.LatentCoder(
             network("h_s"),
             network("context"),
             network("entropy_parameters"),
-            tensors["table.y_thresholds"],
+            tensors[SCALE_THRESHOLDS],
             tables("y"),
             tables("z"),
             self.config.M,

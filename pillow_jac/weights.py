@@ -46,6 +46,9 @@ __all__ = [
     "read_manifest",
     "verify",
     "decoder_only",
+    "table_tensors",
+    "read_table",
+    "SCALE_THRESHOLDS",
     "WeightsError",
 ]
 
@@ -61,6 +64,10 @@ _TEMPLATE_KEYS = {"kind", "stride", "padding", "output_padding", "relu"}
 #: the integer networks a model has, by the config flag that brings them (None: always)
 _INTEGER_NETWORKS = {"entropy_parameters": None, "h_s": "hyperprior", "context": "context"}
 _HASH_HEX = 16
+#: the three tensors of a coding table set ``table.<part>_<field>`` (CODING.md section 2.1)
+TABLE_FIELDS = ("freqs", "offsets", "lows")
+#: the fixed-point thresholds between the y scale levels (CODING.md section 2.2)
+SCALE_THRESHOLDS = "table.y_thresholds"
 
 
 class WeightsError(OSError):
@@ -126,6 +133,26 @@ def content_hash(tensors: dict[str, torch.Tensor]) -> bytes:
         h.update(f"{name}|{str(t.dtype)}|{tuple(t.shape)}|".encode())
         h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.digest()[:8]
+
+
+def table_tensors(part: str, freqs, offsets, lows) -> dict[str, torch.Tensor]:
+    """The weights-file tensors of the coding tables of ``part`` (``"y"`` or ``"z"``)."""
+    arrays = dict(zip(TABLE_FIELDS, (freqs, offsets, lows), strict=True))
+    return {f"table.{part}_{field}": torch.as_tensor(arrays[field]) for field in TABLE_FIELDS}
+
+
+def read_table(tensors: dict[str, torch.Tensor], part: str) -> tuple[torch.Tensor, ...] | None:
+    """``(freqs, offsets, lows)`` of ``part``'s coding tables, or None if the file has none (no hyperprior).
+
+    Example:
+        >>> import torch
+        >>> t = table_tensors("z", torch.ones(3), torch.tensor([0, 3]), torch.zeros(1))
+        >>> [v.tolist() for v in read_table(t, "z")], read_table(t, "y")
+        ([[1.0, 1.0, 1.0], [0, 3], [0.0]], None)
+    """
+    if f"table.{part}_{TABLE_FIELDS[0]}" not in tensors:
+        return None
+    return tuple(tensors[f"table.{part}_{field}"] for field in TABLE_FIELDS)
 
 
 def _is_decoder(name: str) -> bool:

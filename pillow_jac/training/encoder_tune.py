@@ -50,6 +50,7 @@ import torch
 from ..constants import ACTIVATION_BITS, CDF_PRECISION, ESCAPE_CLASSES, MEAN_STEPS, SCALE_MIN
 from ..model.entropy_models import gaussian_likelihood
 from ..model.mbt2018 import JointAutoregressiveHierarchicalPrior, quality_lambda
+from ..weights import SCALE_THRESHOLDS, read_table
 
 __all__ = [
     "ENCODER_MODULES",
@@ -155,17 +156,17 @@ class CoderRate:
             network("h_s"),
             network("context"),
             network("entropy_parameters"),
-            tensors["table.y_thresholds"],
+            tensors[SCALE_THRESHOLDS],
             None,
             None,
             config["M"],
             torch.device("cpu"),
         )
         self.sigma = torch.from_numpy(scale_table()).float()  # scale level j -> sigma_j of table 16 j + f
-        self.y_tables = _Tables(*(tensors[f"table.y_{k}"] for k in ("freqs", "offsets", "lows")))
+        self.y_tables = _Tables(*read_table(tensors, "y"))
         self.z_tables = None
-        if "table.z_freqs" in tensors:
-            self.z_tables = _Tables(*(tensors[f"table.z_{k}"] for k in ("freqs", "offsets", "lows")))
+        if read_table(tensors, "z") is not None:
+            self.z_tables = _Tables(*read_table(tensors, "z"))
 
     @torch.no_grad()
     def coder_parameters(

@@ -26,7 +26,7 @@ from ..engine import build_model
 from ..entropy_coding import factorized_tables, gaussian_tables, scale_table
 from ..model.integer import integerize
 from ..model.mbt2018 import JointAutoregressiveHierarchicalPrior, ModelConfig
-from ..weights import load_weights, save_weights, seal
+from ..weights import SCALE_THRESHOLDS, load_weights, save_weights, seal, table_tensors
 
 __all__ = ["freeze", "scale_thresholds", "model_id_for"]
 
@@ -73,10 +73,8 @@ def freeze(model: JointAutoregressiveHierarchicalPrior, release: int, notes: dic
         tensors.update(integer.tensors(name))
         templates[name] = integer.template()
     freqs, offsets, lows = gaussian_tables()
-    tensors["table.y_freqs"] = torch.from_numpy(freqs)
-    tensors["table.y_offsets"] = torch.from_numpy(offsets)
-    tensors["table.y_lows"] = torch.from_numpy(lows)
-    tensors["table.y_thresholds"] = scale_thresholds()
+    tensors.update(table_tensors("y", freqs, offsets, lows))
+    tensors[SCALE_THRESHOLDS] = scale_thresholds()
     if config.hyperprior:
         density = model.z_density
 
@@ -84,9 +82,7 @@ def freeze(model: JointAutoregressiveHierarchicalPrior, release: int, notes: dic
             return density.cdf(torch.from_numpy(points)).numpy()
 
         freqs, offsets, lows = factorized_tables(cdf_at, config.N)
-        tensors["table.z_freqs"] = torch.from_numpy(freqs)
-        tensors["table.z_offsets"] = torch.from_numpy(offsets)
-        tensors["table.z_lows"] = torch.from_numpy(lows)
+        tensors.update(table_tensors("z", freqs, offsets, lows))
     metadata = {
         "model_id": model_id_for(config, release),
         "release": str(release),
