@@ -1,0 +1,662 @@
+"""Train a new decoder generation on a lent GPU in one call: ``python -m pillow_jac.training.gpu_session --help``.
+
+One process does everything a device call needs, so that no lent minute goes to set-up
+(docs/training_on_a_gpu.md, "The calls: one script"):
+
+* every training image is decoded once and kept as uint8 pixels in device memory (in pinned host
+  memory when it does not fit), and random crops with random flips are cut there by one gather per
+  batch, drawn from a generator on the same device: the loop copies no image data from the host;
+* the objective is :mod:`pillow_jac.training.train`'s, through its own functions: the mbt2018 model
+  (Minnen, Ballé, Toderici, NeurIPS 2018) with per-image stratified qualities
+  (:func:`~.train.stratified_qualities`), ``lambda * 255^2 * MSE + bpp``
+  (:func:`~pillow_jac.model.mbt2018.rate_distortion_loss`, paper eq. 2), Adam with the same warm-up
+  and optional decay (:func:`~.train.learning_rate`), gradient clipping and the exponential moving
+  average of the weights (:class:`~.train.WeightAverage`);
+* on CUDA it runs channels_last with bf16 autocast of the model (the likelihoods stay float32),
+  cuDNN autotuning and fused Adam; ``--compile`` wraps the forward pass and the loss in
+  ``torch.compile`` (``--compile-mode reduce-overhead`` adds CUDA graphs) and falls back to eager,
+  saying so in the log and the report, if compiling fails;
+* it stops ``--margin`` seconds before ``--minutes`` (counted from the start of the process) run
+  out, or on SIGTERM, writes a resumable checkpoint (model, optimiser, weight average, step, every
+  random state) that the next call continues with ``--resume``, and writes the weight average as
+  pieces of at most 15 MB (:func:`~.pack.split_file`; files come back from the device at most
+  16 MiB each) plus a JSON report into ``--pieces`` (``$OUT`` when set);
+* the report gives steps, crops per second, seconds per step, the peak GPU memory and the achieved
+  FLOP/s as a share of the chip's bf16 dense peak (989 TFLOP/s for an H200). The model's
+  multiply-adds per pixel are counted by forward hooks on a small input
+  (:func:`forward_macs_per_pixel`, about 102,000 for N=128, M=192); training is counted as three
+  forward passes (forward, and backward for the inputs and for the weights).
+
+``--dry-run`` runs the same code on the CPU with a tiny model (N=8, M=12) for a few steps, which is
+what ``tests/test_gpu_session.py`` does, twice, the second time with ``--resume``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import signal
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..model.mbt2018 import JointAutoregressiveHierarchicalPrior, ModelConfig, quality_lambda, rate_distortion_loss
+from .data import list_images, load_rgb, to_model_input
+from .pack import split_file
+from .train import WeightAverage, _to_device, learning_rate, stratified_qualities
+
+__all__ = ["DeviceCrops", "FastWeightAverage", "Session", "forward_macs_per_pixel", "main", "parse_args"]
+
+#: dense bf16 tensor-core peak of an H200 (and H100) SXM, in FLOP/s (NVIDIA's data sheet)
+H200_BF16_PEAK = 989e12
+#: the model a dry run trains: small enough for a step in milliseconds on one CPU thread
+DRY_RUN_CONFIG = ModelConfig(N=8, M=12)
+CHECKPOINT = "gpu_checkpoint.pt"
+WEIGHTS = "ema.safetensors"
+REPORT = "gpu_report.json"
+LOG = "gpu_log.csv"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command-line options; ``--dry-run`` fills the ones left out with tiny CPU values."""
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data", type=Path, required=True, help="folder of training images (never Kodak)")
+    p.add_argument("--init", type=Path, help="weights to start from (the shipped file); not needed with --resume")
+    p.add_argument("--out", type=Path, default=Path("runs/gpu"), help="checkpoint, weights, log and report")
+    p.add_argument(
+        "--pieces",
+        type=Path,
+        default=None,
+        help="where the weight average goes in pieces, with the report and the log (default: $OUT, else OUT/pieces)",
+    )
+    p.add_argument("--minutes", type=float, required=True, help="this process's whole time, load and save included")
+    p.add_argument("--margin", type=float, default=None, help="seconds kept for saving (default 20; dry run 1)")
+    p.add_argument("--resume", action="store_true", help="continue OUT's checkpoint (the previous call's)")
+    p.add_argument("--steps", type=int, default=None, help="stop after this many steps of this call (0: none)")
+    p.add_argument("--batch", type=int, default=None, help="crops per step (default 64; dry run 2)")
+    p.add_argument("--crop", type=int, default=None, help="crop side in pixels (default 256; dry run 64)")
+    p.add_argument(
+        "--lambdas",
+        type=lambda text: tuple(float(v) for v in text.split(",")),
+        help="another ladder (8 values, one per quality) for a fresh start: --init's gains re-interpolated onto it "
+        "(pillow_jac.training.ladder); default: --init's own",
+    )
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--warmup", type=int, default=200, help="linear warm-up steps (counted from step 0 of the run)")
+    p.add_argument("--decay-start", type=int, default=0, help="step where cosine decay starts (0: constant lr)")
+    p.add_argument("--decay-steps", type=int, default=0, help="length of the cosine decay to lr/10")
+    p.add_argument("--clip", type=float, default=1.0)
+    p.add_argument("--ema", type=float, default=0.999, help="weight-average decay per step")
+    p.add_argument("--compile", action="store_true", help="torch.compile the forward pass and the loss")
+    p.add_argument(
+        "--compile-mode",
+        default="default",
+        choices=["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"],
+        help="torch.compile mode; reduce-overhead replays the step as CUDA graphs",
+    )
+    p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None, help="default: on for CUDA")
+    p.add_argument("--data-on", choices=["auto", "device", "host"], default="auto", help="where the pixels live")
+    p.add_argument("--device", default=None, help="default: cuda (dry run: cpu)")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: leave the default; dry run 1)")
+    p.add_argument("--log-every", type=int, default=None, help="default 500 (dry run 1)")
+    p.add_argument("--save-every", type=float, default=120, help="checkpoint every this many seconds (0: at the end)")
+    p.add_argument("--measure-after", type=int, default=None, help="steps before timing starts (default 20; dry 1)")
+    p.add_argument("--peak-tflops", type=float, default=H200_BF16_PEAK / 1e12, help="the chip's bf16 dense peak")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dry-run", action="store_true", help="tiny model on the CPU, a few steps: checks everything")
+    args = p.parse_args(argv)
+    dry = args.dry_run
+    defaults = {
+        "batch": 2 if dry else 64,
+        "crop": 64 if dry else 256,
+        "steps": 3 if dry else 0,
+        "margin": 1.0 if dry else 20.0,
+        "device": "cpu" if dry else "cuda",
+        "log_every": 1 if dry else 500,
+        "measure_after": 1 if dry else 20,
+    }
+    for name, value in defaults.items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    if dry and not args.threads:
+        args.threads = 1
+    if args.bf16 is None:
+        args.bf16 = args.device.startswith("cuda")
+    if args.pieces is None:
+        args.pieces = Path(os.environ["OUT"]) if os.environ.get("OUT") else args.out / "pieces"
+    if args.crop % JointAutoregressiveHierarchicalPrior.ALIGN:
+        p.error(f"--crop must be a multiple of {JointAutoregressiveHierarchicalPrior.ALIGN}")
+    if not args.resume and not args.init and not dry:
+        p.error("give --init (the weights to start from) or --resume")
+    if args.lambdas and len(args.lambdas) != DRY_RUN_CONFIG.qualities:
+        p.error(f"--lambdas needs {DRY_RUN_CONFIG.qualities} values, one per quality, got {len(args.lambdas)}")
+    if args.lambdas and args.resume:
+        p.error("--lambdas moves the ladder of a fresh start; a resumed run keeps its checkpoint's")
+    return args
+
+
+class DeviceCrops:
+    """Random ``crop x crop`` patches with random flips, cut from pixels already in memory on ``device``.
+
+    Every image is one slice of a single ``(pixels, 3)`` uint8 tensor; a batch is drawn (image,
+    position, flips: uniform, as :class:`~.data.CropSampler` draws them) from a generator on the
+    same device and gathered in one indexing operation, so no draw waits for the host.
+
+    Example:
+        >>> import numpy as np, torch
+        >>> crops = DeviceCrops.from_arrays([np.zeros((40, 50, 3), np.uint8), np.ones((8, 8, 3), np.uint8)], 32)
+        >>> crops.batch_uint8(4).shape, len(crops)
+        (torch.Size([4, 32, 32, 3]), 1)
+    """
+
+    def __init__(self, pixels: torch.Tensor, shapes: list[tuple[int, int]], crop: int, seed: int = 0):
+        device = pixels.device
+        offsets = np.cumsum([0] + [h * w for h, w in shapes[:-1]])
+        self.pixels, self.crop, self.device = pixels, crop, device
+        self.offsets = torch.tensor(offsets, dtype=torch.int64, device=device)
+        self.heights = torch.tensor([h for h, _ in shapes], dtype=torch.int64, device=device)
+        self.widths = torch.tensor([w for _, w in shapes], dtype=torch.int64, device=device)
+        self._ramp = torch.arange(crop, device=device)
+        self.generator = torch.Generator(device=device)
+        self.generator.manual_seed(seed)
+
+    @classmethod
+    def from_arrays(cls, images: list[np.ndarray], crop: int, seed: int = 0, device="cpu", pin=False) -> DeviceCrops:
+        """Copy the images that are at least ``crop`` on each side into one tensor on ``device``."""
+        images = [im for im in images if min(im.shape[:2]) >= crop]
+        if not images:
+            raise ValueError(f"no image is at least {crop} pixels on each side")
+        total = sum(im.shape[0] * im.shape[1] for im in images)
+        pixels = torch.empty((total, 3), dtype=torch.uint8, device=device, pin_memory=pin)
+        at = 0
+        for im in images:
+            n = im.shape[0] * im.shape[1]
+            pixels[at : at + n].copy_(torch.from_numpy(np.ascontiguousarray(im)).view(n, 3))
+            at += n
+        return cls(pixels, [im.shape[:2] for im in images], crop, seed)
+
+    def __len__(self) -> int:
+        return len(self.heights)
+
+    def batch_uint8(self, size: int) -> torch.Tensor:
+        """The next ``size`` crops as a uint8 ``(size, crop, crop, 3)`` tensor on the pixels' device."""
+        c, g, d = self.crop, self.generator, self.device
+        image = torch.randint(len(self), (size,), generator=g, device=d)
+        h, w = self.heights[image], self.widths[image]
+        top = (torch.rand(size, generator=g, device=d) * (h - c + 1)).long().clamp_max(h - c)
+        left = (torch.rand(size, generator=g, device=d) * (w - c + 1)).long().clamp_max(w - c)
+        flips = torch.rand(size, 2, generator=g, device=d) < 0.5
+        rows = torch.where(flips[:, :1], c - 1 - self._ramp, self._ramp) + top[:, None]
+        cols = torch.where(flips[:, 1:], c - 1 - self._ramp, self._ramp) + left[:, None]
+        index = (self.offsets[image, None, None] + rows[:, :, None] * w[:, None, None]) + cols[:, None, :]
+        return self.pixels[index]
+
+    def state(self) -> torch.Tensor:
+        """The generator state, for resumption."""
+        return self.generator.get_state()
+
+    def set_state(self, state: torch.Tensor) -> None:
+        """Restore a state from :meth:`state`."""
+        self.generator.set_state(state)
+
+
+class FastWeightAverage(WeightAverage):
+    """:class:`~.train.WeightAverage` updated by one ``foreach`` lerp over all tensors instead of one per tensor.
+
+    The arithmetic is the same (``average += (1 - decay) * (weights - average)``); on a GPU the
+    per-tensor loop costs a kernel launch per tensor, and the host time per step adds up.
+
+    Example:
+        >>> import torch
+        >>> model = torch.nn.Linear(1, 1, bias=False)
+        >>> _ = torch.nn.init.zeros_(model.weight)
+        >>> avg = FastWeightAverage(model, decay=0.75)
+        >>> _ = torch.nn.init.ones_(model.weight)
+        >>> avg.update(model)
+        >>> float(avg.shadow["weight"])
+        0.25
+    """
+
+    def __init__(self, model: torch.nn.Module, decay: float):
+        super().__init__(model, decay)
+        self._bound: tuple | None = None
+
+    def load(self, shadow: dict[str, torch.Tensor], device: torch.device) -> None:
+        """Take a saved average (from a checkpoint) as the current one."""
+        self.shadow = {k: v.float().to(device) for k, v in shadow.items()}
+        self._bound = None
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module) -> None:
+        """Move the average towards the model's current state."""
+        if self._bound is None or self._bound[0] is not model:
+            state = model.state_dict()  # detached views of the parameters, updated in place by the optimiser
+            floats = [k for k, v in state.items() if v.is_floating_point() and v.dtype == torch.float32]
+            others = [k for k in state if k not in floats]
+            self._bound = (
+                model,
+                [self.shadow[k] for k in floats],
+                [state[k] for k in floats],
+                [(self.shadow[k], state[k]) for k in others],
+            )
+        _, shadow, current, others = self._bound
+        if shadow:
+            torch._foreach_lerp_(shadow, current, 1.0 - self.decay)
+        for average, value in others:
+            if value.is_floating_point():
+                average.lerp_(value.float(), 1.0 - self.decay)
+            else:
+                average.copy_(value)
+
+
+def forward_macs_per_pixel(config: ModelConfig) -> float:
+    """Multiply-adds of one training forward pass of ``config``'s model, per input pixel.
+
+    Forward hooks count every convolution (``C_in * k * k`` per output value; a transposed one
+    ``C_out * k * k`` per input value; the masked context convolution at its full 5x5) and GDN's
+    ``C x C`` mixing per value, on one 64x64 input. Each layer's work is proportional to the pixels,
+    so the figure holds at any size; the element-wise work (likelihoods, gains) is left out. Random
+    states are left untouched.
+
+    Example:
+        >>> round(forward_macs_per_pixel(ModelConfig(N=8, M=12)), 2)
+        680.75
+    """
+    from ..model.layers import GDN
+
+    macs = [0]
+
+    def count(module: torch.nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+        if isinstance(module, torch.nn.ConvTranspose2d):
+            kernel = module.out_channels // module.groups * module.kernel_size[0] * module.kernel_size[1]
+            macs[0] += inputs[0].numel() * kernel
+        elif isinstance(module, torch.nn.Conv2d):
+            kernel = module.in_channels // module.groups * module.kernel_size[0] * module.kernel_size[1]
+            macs[0] += output.numel() * kernel
+        elif isinstance(module, GDN):
+            macs[0] += inputs[0].numel() * inputs[0].shape[1]
+
+    side = JointAutoregressiveHierarchicalPrior.ALIGN
+    rng = torch.get_rng_state()
+    try:
+        model = JointAutoregressiveHierarchicalPrior(config)
+        for module in model.modules():
+            module.register_forward_hook(count)
+        with torch.no_grad():
+            model(torch.rand(1, 3, side, side), torch.tensor([4.0]))
+    finally:
+        torch.set_rng_state(rng)
+    return macs[0] / (side * side)
+
+
+def _log(message: str) -> None:
+    print(f"[gpu_session] {message}", flush=True)
+
+
+def load_pixels(folder: Path, crop: int, device: torch.device, data_on: str, seed: int) -> tuple[DeviceCrops, dict]:
+    """Decode every image of ``folder`` (in threads) into a :class:`DeviceCrops` on ``device`` or in pinned memory."""
+    started = time.monotonic()
+    paths = list_images(folder)
+    with ThreadPoolExecutor(max_workers=min(16, os.cpu_count() or 1)) as pool:
+        images = list(pool.map(lambda p: load_rgb(p, 512), paths))  # the size cap of CropSampler.from_folder
+    usable = [im for im in images if min(im.shape[:2]) >= crop]
+    total = sum(im.size for im in usable)
+    where = "device"
+    if device.type == "cuda" and data_on != "device":
+        free, _ = torch.cuda.mem_get_info(device)
+        # the pixels leave at least a quarter of the free memory (and 16 GiB) for training
+        if data_on == "host" or total > free - max(free // 4, 16 << 30):
+            where = "pinned host"
+    storage = device if where == "device" else torch.device("cpu")
+    crops = DeviceCrops.from_arrays(usable, crop, seed, storage, pin=where == "pinned host")
+    info = {
+        "images": len(usable),
+        "images_smaller_than_crop": len(images) - len(usable),
+        "bytes": total,
+        "where": where,
+        "load_s": round(time.monotonic() - started, 2),
+    }
+    return crops, info
+
+
+def _initial_model(args: argparse.Namespace) -> JointAutoregressiveHierarchicalPrior:
+    model = _init_weights(args)
+    if args.lambdas and args.lambdas != model.config.lambdas:
+        from .ladder import remap_ladder
+
+        model = remap_ladder(model, args.lambdas)
+    return model
+
+
+def _init_weights(args: argparse.Namespace) -> JointAutoregressiveHierarchicalPrior:
+    if args.dry_run:
+        if args.init:  # a dry run checks that the file a real run starts from is readable, cheaply
+            from safetensors import safe_open
+
+            with safe_open(str(args.init), framework="pt") as f:
+                init_config = ModelConfig(**json.loads((f.metadata() or {})["config"]))
+            _log(f"dry run: --init {args.init} is {init_config}; training {DRY_RUN_CONFIG} instead")
+        return JointAutoregressiveHierarchicalPrior(DRY_RUN_CONFIG)
+    from ..engine import load_model
+
+    return load_model(args.init)
+
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    """Write ``state`` with :func:`torch.save`, atomically."""
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def make_forward_loss(model: torch.nn.Module, device_type: str, autocast: torch.dtype | None):
+    """``(x, quality, lmbda) -> losses``: the model under autocast, then the loss in float32, as train.py does.
+
+    This is what ``--compile`` hands to :func:`torch.compile`; backward and the optimiser stay outside.
+    """
+
+    def forward_loss(x: torch.Tensor, quality: torch.Tensor, lmbda: torch.Tensor) -> dict[str, torch.Tensor]:
+        with torch.autocast(device_type, dtype=autocast, enabled=autocast is not None):
+            out = model(x, quality)
+        return rate_distortion_loss(out, x, lmbda)  # float32 (paper eq. 2), outside autocast
+
+    return forward_loss
+
+
+def _resolve_device(name: str) -> torch.device:
+    device = torch.device(name)
+    if device.type == "cuda" and device.index is None:  # torch.cuda.set_device needs an index
+        device = torch.device("cuda", torch.cuda.current_device())
+    return device
+
+
+class Session:
+    """One call's training: set-up (:meth:`__init__`), :meth:`train`, :meth:`save` and :meth:`finish`."""
+
+    def __init__(self, args: argparse.Namespace, started: float):
+        self.args, self.started = args, started
+        self.deadline = started + args.minutes * 60 - args.margin
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        self.device = device = _resolve_device(args.device)
+        self.cuda = cuda = device.type == "cuda"
+        if cuda:
+            torch.cuda.set_device(device)
+            torch.backends.cudnn.benchmark = True  # fixed shapes: each convolution is autotuned once
+            torch.set_float32_matmul_precision("high")
+            torch.cuda.reset_peak_memory_stats(device)
+        args.out.mkdir(parents=True, exist_ok=True)
+        self.ckpt_path = args.out / CHECKPOINT
+        if self.ckpt_path.exists() and not args.resume:
+            raise SystemExit(f"{self.ckpt_path} exists: pass --resume to continue it, or another --out")
+        if args.resume and not self.ckpt_path.exists():
+            raise SystemExit(f"--resume, but there is no {self.ckpt_path} (a fresh machine?): start with --init")
+        ckpt = torch.load(self.ckpt_path, map_location="cpu", weights_only=False) if args.resume else None
+        if ckpt is not None:
+            if ckpt["dry_run"] != args.dry_run:
+                raise SystemExit(f"{self.ckpt_path} is {'' if ckpt['dry_run'] else 'not '}a dry run's: same --dry-run")
+            model = JointAutoregressiveHierarchicalPrior(ModelConfig(**ckpt["config"]))
+            model.load_state_dict(ckpt["model"])
+        else:
+            torch.manual_seed(args.seed)
+            model = _initial_model(args)
+        self.config = model.config
+        self.macs = forward_macs_per_pixel(self.config)
+        self.model = model = model.to(device).to(memory_format=torch.channels_last).train()
+        self.optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, **({"fused": True} if cuda else {}))
+        self.crops, self.data_info = load_pixels(args.data, args.crop, device, args.data_on, args.seed)
+        self.average = FastWeightAverage(model, args.ema)
+        self.step = 0
+        if ckpt is not None:
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+            self.average.load(ckpt["average"], device)
+            self.step = ckpt["step"]
+            if ckpt["crops"]["device"] == self.crops.device.type and ckpt["crops"]["size"] == args.crop:
+                self.crops.set_state(ckpt["crops"]["state"])
+            else:  # the pixels moved (device <-> host) or the crop size changed: a new stream of crops
+                self.crops.generator.manual_seed(args.seed + self.step)
+            torch.set_rng_state(ckpt["torch_rng"])
+            if cuda and ckpt.get("cuda_rng") is not None:
+                torch.cuda.set_rng_state(ckpt["cuda_rng"], device)
+            _log(f"resumed {self.ckpt_path} at step {self.step}")
+        self.step_start = self.step
+        self.forward_loss = make_forward_loss(model, device.type, torch.bfloat16 if args.bf16 else None)
+        self.compile_info: dict = {
+            "asked": args.compile,
+            "mode": args.compile_mode if args.compile else None,
+            "error": None,
+        }
+        self.step_fn, self.compiled = self.forward_loss, False
+        if args.compile:
+            try:
+                mode = None if args.compile_mode == "default" else args.compile_mode
+                self.step_fn, self.compiled = torch.compile(self.forward_loss, mode=mode), True
+            except Exception as exc:  # compiling is an optimisation: any failure means eager
+                self._compile_failed(exc)
+        self.stop: str | None = None
+        self.error: str | None = None
+        self.last: dict[str, float] = {}
+        self.mark: tuple[float, int] | None = None  # (time, step) where steady-state timing starts
+        self.loop_start = self.loop_end = time.monotonic()
+        self.last_save = self.loop_start
+
+    def _compile_failed(self, exc: BaseException) -> None:
+        self.compile_info["error"] = f"{type(exc).__name__}: {exc}"[:500]
+        _log(f"torch.compile failed, running eager: {self.compile_info['error']}")
+        self.step_fn, self.compiled = self.forward_loss, False
+
+    def _backward(self, x: torch.Tensor, quality: torch.Tensor, lmbda: torch.Tensor) -> dict[str, torch.Tensor]:
+        if self.compiled and self.args.compile_mode == "reduce-overhead":
+            torch.compiler.cudagraph_mark_step_begin()
+        try:
+            losses = self.step_fn(x, quality, lmbda)
+            self.optimizer.zero_grad(set_to_none=True)
+            losses["loss"].backward()
+            return losses
+        except Exception as exc:
+            # a compiled function fails, if at all, in its first calls: when it is traced, compiled and
+            # (with CUDA graphs) recorded
+            if not self.compiled or self.step - self.step_start >= 3:
+                raise
+            self._compile_failed(exc)
+            torch._dynamo.reset()
+            return self._backward(x, quality, lmbda)
+
+    def train(self) -> None:
+        """Take steps until ``--steps``, the deadline or SIGTERM/SIGINT; checkpoint every ``--save-every`` s."""
+        args, device, config = self.args, self.device, self.config
+        log_path = args.out / LOG
+        new_log = not log_path.exists()
+        sums = {k: torch.zeros((), device=device) for k in ("loss", "bpp", "psnr")}
+        n = 0
+
+        def request_stop(signum, frame):  # finish the current step, save, report, exit
+            self.stop = "signal"
+
+        handlers = {s: signal.signal(s, request_stop) for s in (signal.SIGTERM, signal.SIGINT)}
+        self.loop_start = time.monotonic()
+        self.last_save = self.loop_start
+        _log(
+            f"{config} on {device} ({torch.cuda.get_device_name(device) if self.cuda else 'cpu'}), "
+            f"data {self.data_info}, set-up {self.loop_start - self.started:.1f} s, "
+            f"batch {args.batch} x {args.crop}^2, compile {args.compile}"
+        )
+        with open(log_path, "a", newline="") as log_file:
+            log = csv.writer(log_file)
+            if new_log:
+                log.writerow(["step", "wall_s", "lr", "loss", "bpp", "psnr"])
+            try:
+                while True:
+                    if self.stop is None and args.steps and self.step - self.step_start >= args.steps:
+                        self.stop = "steps"
+                    if self.stop is None and time.monotonic() >= self.deadline:
+                        self.stop = "time"
+                    if self.stop is not None:
+                        break
+                    lr = learning_rate(args, self.step)
+                    for group in self.optimizer.param_groups:
+                        group["lr"] = lr
+                    batch = self.crops.batch_uint8(args.batch)
+                    if batch.device != device and self.cuda:
+                        batch = batch.pin_memory()  # pixels in host memory: copied without a stream sync
+                    x = to_model_input(batch, device).contiguous(memory_format=torch.channels_last)
+                    quality = stratified_qualities(args.batch)
+                    quality, lmbda = _to_device(device, quality, quality_lambda(quality, config.lambdas).float())
+                    losses = self._backward(x, quality, lmbda)
+                    if args.clip:
+                        torch.nn.utils.clip_grad_norm_(self.model.parameters(), args.clip, foreach=self.cuda or None)
+                    self.optimizer.step()
+                    self.average.update(self.model)
+                    self.step += 1
+                    n += 1
+                    for k in sums:
+                        sums[k] += losses[k].detach()
+                    if self.mark is None and self.step - self.step_start >= args.measure_after:
+                        self._sync()
+                        self.mark = (time.monotonic(), self.step)
+                    if self.step % args.log_every == 0:
+                        self.last = {k: v.item() / n for k, v in sums.items()}
+                        elapsed = time.monotonic() - self.started
+                        _log(
+                            f"step {self.step} | {elapsed:.0f} s | lr {lr:.2e} | loss {self.last['loss']:.4f} | "
+                            f"bpp {self.last['bpp']:.4f} | psnr {self.last['psnr']:.2f}"
+                        )
+                        log.writerow([self.step, round(elapsed, 1), lr, *self.last.values()])
+                        log_file.flush()
+                        sums = {k: torch.zeros((), device=device) for k in sums}
+                        n = 0
+                    if args.save_every and time.monotonic() - self.last_save >= args.save_every:
+                        self.save()
+            finally:
+                for s, handler in handlers.items():
+                    signal.signal(s, handler)
+                self.loop_end = time.monotonic()
+        self._sync()
+        self.loop_end = time.monotonic()
+        if n:
+            self.last = {k: v.item() / n for k, v in sums.items()}
+
+    def _sync(self) -> None:
+        if self.cuda:
+            torch.cuda.synchronize(self.device)
+
+    def save(self) -> None:
+        """Write the resumable checkpoint (model, optimiser, weight average, step, random states)."""
+        save_checkpoint(
+            self.ckpt_path,
+            {
+                "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "average": self.average.shadow,
+                "step": self.step,
+                "crops": {"state": self.crops.state(), "device": self.crops.device.type, "size": self.args.crop},
+                "torch_rng": torch.get_rng_state(),
+                "cuda_rng": torch.cuda.get_rng_state(self.device) if self.cuda else None,
+                "config": self.config.to_dict(),
+                "dry_run": self.args.dry_run,
+            },
+        )
+        self.last_save = time.monotonic()
+
+    def finish(self) -> dict:
+        """Save; write the weight average, its pieces, the log and the report; return the report."""
+        from ..weights import save_float_state
+
+        args = self.args
+        self.save()
+        weights_path = args.out / WEIGHTS
+        notes = {"step": str(self.step), "ema_decay": str(self.average.decay), "trainer": __name__}
+        save_float_state(weights_path, self.average.model(self.model).state_dict(), self.config, notes)
+        args.pieces.mkdir(parents=True, exist_ok=True)
+        for stale in args.pieces.glob(WEIGHTS + ".*"):
+            stale.unlink()
+        pieces = split_file(weights_path, args.pieces, part_mb=15)
+        (args.pieces / LOG).write_bytes((args.out / LOG).read_bytes())
+        report = self.report([p.name for p in pieces])
+        text = json.dumps(report, indent=1)
+        (args.out / REPORT).write_text(text + "\n")
+        (args.pieces / REPORT).write_text(text + "\n")
+        with open(args.out / "gpu_reports.jsonl", "a") as f:
+            f.write(json.dumps(report) + "\n")
+        _log(
+            f"stopped ({self.stop}) at step {self.step}: {report['steps']} steps, "
+            f"{report['crops_per_s'] or math.nan:.1f} crops/s, {report['share_of_peak'] or math.nan:.2%} of peak; "
+            f"{len(pieces)} pieces in {args.pieces}"
+        )
+        print(text, flush=True)
+        return report
+
+    def report(self, pieces: list[str]) -> dict:
+        """The JSON report of this call: progress, throughput, memory and the share of the FLOP/s peak."""
+        args = self.args
+        mark = self.mark
+        measured_steps = self.step - mark[1] if mark else 0
+        measured_s = self.loop_end - mark[0] if mark else 0.0
+        crops_per_s = args.batch * measured_steps / measured_s if measured_steps and measured_s > 0 else None
+        flops_per_crop = 3 * 2 * self.macs * args.crop**2
+        achieved = flops_per_crop * crops_per_s if crops_per_s else None
+        peak = args.peak_tflops * 1e12
+        return {
+            "step_start": self.step_start,
+            "step_end": self.step,
+            "steps": self.step - self.step_start,
+            "stop": self.stop,
+            "error": self.error,
+            "device": torch.cuda.get_device_name(self.device) if self.cuda else "cpu",
+            "torch": torch.__version__,
+            "config": self.config.to_dict(),
+            "dry_run": args.dry_run,
+            "batch": args.batch,
+            "crop": args.crop,
+            "lr": learning_rate(args, max(self.step - 1, 0)),
+            "bf16": args.bf16,
+            "channels_last": True,
+            "compile": {**self.compile_info, "used": self.compiled},
+            "data": self.data_info,
+            "seconds": {
+                "setup": round(self.loop_start - self.started, 2),
+                "train": round(self.loop_end - self.loop_start, 2),
+                "first_steps": round(mark[0] - self.loop_start, 2) if mark else None,
+                "total": round(time.monotonic() - self.started, 2),
+            },
+            "measured_steps": measured_steps,
+            "crops_per_s": crops_per_s,
+            "s_per_step": measured_s / measured_steps if measured_steps else None,
+            "peak_gpu_memory_bytes": torch.cuda.max_memory_allocated(self.device) if self.cuda else None,
+            "macs_per_pixel_forward": self.macs,
+            "flops_per_crop_train": flops_per_crop,
+            "achieved_flops": achieved,
+            "peak_flops": peak,
+            "share_of_peak": achieved / peak if achieved else None,
+            "last": self.last,
+            "pieces": pieces,
+        }
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Train until ``--minutes`` (less ``--margin``) or ``--steps``; save, split and report. Returns the report.
+
+    A step that raises still leaves a checkpoint, the pieces and the report of the steps before it;
+    then the error is raised again.
+    """
+    started = time.monotonic()
+    session = Session(parse_args(argv), started)
+    try:
+        session.train()
+    except Exception as exc:
+        session.stop, session.error = "error", f"{type(exc).__name__}: {exc}"[:1000]
+        _log(f"step {session.step + 1} failed ({session.error}); saving the {session.step} steps before it")
+        session.finish()
+        raise
+    return session.finish()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

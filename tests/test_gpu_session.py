@@ -1,0 +1,150 @@
+"""The one-call GPU training script as a CPU dry run: load, crop, train, average, checkpoint, resume, pieces, report."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from pillow_jac.engine import load_model
+from pillow_jac.training import gpu_session
+from pillow_jac.training.gpu_session import DeviceCrops, FastWeightAverage
+from pillow_jac.training.pack import join_file
+from pillow_jac.training.train import WeightAverage
+
+from .helpers import natural_image
+
+LADDER = (0.0004, 0.000957393, 0.0022915, 0.00548468, 0.0131275, 0.0314204, 0.0752042, 0.18)
+REPORT_FIELDS = {
+    "step_start",
+    "step_end",
+    "steps",
+    "stop",
+    "crops_per_s",
+    "s_per_step",
+    "peak_gpu_memory_bytes",
+    "macs_per_pixel_forward",
+    "flops_per_crop_train",
+    "achieved_flops",
+    "peak_flops",
+    "share_of_peak",
+    "compile",
+    "data",
+    "seconds",
+    "pieces",
+}
+
+
+@pytest.fixture(scope="module")
+def image_folder(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("train")
+    for i, (h, w) in enumerate([(80, 96), (64, 72), (96, 64), (40, 200)]):  # the last is smaller than a crop
+        Image.fromarray(natural_image(h, w, seed=20 + i)).save(folder / f"im{i}.png")
+    return folder
+
+
+def session(folder, out, *extra):
+    return gpu_session.main(["--dry-run", "--data", str(folder), "--out", str(out), "--minutes", "1", *extra])
+
+
+def test_dry_run_resumes_and_its_pieces_make_a_weights_file(image_folder, tmp_path, monkeypatch):
+    monkeypatch.delenv("OUT", raising=False)
+    out, pieces = tmp_path / "run", tmp_path / "pieces"
+    first = session(image_folder, out, "--pieces", str(pieces), "--lambdas", ",".join(map(str, LADDER)))
+    assert (first["step_start"], first["step_end"], first["stop"]) == (0, 3, "steps")
+    assert first["data"]["images"] == 3 and first["data"]["images_smaller_than_crop"] == 1
+    with pytest.raises(SystemExit, match="--resume"):  # a second run would overwrite the first
+        session(image_folder, out, "--pieces", str(pieces))
+
+    second = session(image_folder, out, "--pieces", str(pieces), "--resume", "--steps", "2")
+    assert (second["step_start"], second["step_end"], second["steps"]) == (3, 5, 2)
+    assert REPORT_FIELDS <= second.keys()
+    assert second["crops_per_s"] > 0 and second["measured_steps"] == 1
+    assert second["achieved_flops"] == pytest.approx(second["flops_per_crop_train"] * second["crops_per_s"])
+    assert second["flops_per_crop_train"] == pytest.approx(6 * second["macs_per_pixel_forward"] * 64 * 64)
+    assert second["compile"] == {"asked": False, "mode": None, "error": None, "used": False}
+    assert json.loads((pieces / gpu_session.REPORT).read_text())["step_end"] == 5
+    log = (pieces / gpu_session.LOG).read_text().splitlines()
+    assert [row.split(",")[0] for row in log] == ["step", "1", "2", "3", "4", "5"]
+
+    assert all((pieces / name).stat().st_size <= 16 << 20 for name in second["pieces"])
+    joined = join_file(pieces / gpu_session.WEIGHTS, tmp_path / "ema.safetensors")
+    model = load_model(joined)
+    assert (model.config.N, model.config.M, model.config.lambdas) == (8, 12, LADDER)
+    checkpoint = torch.load(out / gpu_session.CHECKPOINT, weights_only=False)
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, checkpoint["average"][name]), name
+    assert not torch.equal(checkpoint["model"]["g_a.0.weight"], checkpoint["average"]["g_a.0.weight"])
+
+
+def test_failed_compile_falls_back_to_eager_and_time_stops_it(image_folder, tmp_path, monkeypatch):
+    def broken_compile(fn, **kwargs):
+        def compiled(*args):
+            raise RuntimeError("no compiler here")
+
+        return compiled
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    monkeypatch.setenv("OUT", str(tmp_path / "out_env"))
+    report = gpu_session.main(
+        ["--dry-run", "--data", str(image_folder), "--out", str(tmp_path / "run"), "--compile"]
+        + ["--minutes", "0.05", "--margin", "1", "--steps", "0", "--log-every", "1000"]
+    )
+    assert report["stop"] == "time" and report["steps"] > 1
+    assert report["compile"]["used"] is False and "no compiler here" in report["compile"]["error"]
+    assert report["seconds"]["total"] < 3.5
+    assert (tmp_path / "out_env" / gpu_session.REPORT).exists()  # the pieces go to $OUT when it is set
+
+
+def test_device_crops_are_flipped_windows_of_the_images():
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (20, 30, 3), dtype=np.uint8), rng.integers(0, 256, (17, 17, 3), dtype=np.uint8)]
+    crops = DeviceCrops.from_arrays(images, crop=16, seed=3)
+    windows = set()
+    for im in images:
+        for top in range(im.shape[0] - 15):
+            for left in range(im.shape[1] - 15):
+                patch = im[top : top + 16, left : left + 16]
+                windows.update(p.tobytes() for p in (patch, patch[::-1], patch[:, ::-1], patch[::-1, ::-1]))
+    state = crops.state()
+    batch = crops.batch_uint8(64)
+    assert all(crop.numpy().tobytes() in windows for crop in batch)
+    crops.set_state(state)
+    assert torch.equal(crops.batch_uint8(64), batch)
+
+
+def test_fast_weight_average_matches_the_trainers():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
+    slow, fast = WeightAverage(model, 0.9), FastWeightAverage(model, 0.9)
+    for _ in range(3):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn_like(p))
+            model[1].num_batches_tracked += 1
+        slow.update(model)
+        fast.update(model)
+    for name, value in slow.shadow.items():
+        assert torch.allclose(value, fast.shadow[name]), name
+
+
+def test_a_failing_step_still_leaves_checkpoint_pieces_and_report(image_folder, tmp_path, monkeypatch):
+    calls = []
+
+    def failing_qualities(batch):
+        calls.append(batch)
+        if len(calls) == 3:
+            raise RuntimeError("device lost")
+        return torch.linspace(1, 8, batch)
+
+    monkeypatch.setattr(gpu_session, "stratified_qualities", failing_qualities)
+    out, pieces = tmp_path / "run", tmp_path / "pieces"
+    with pytest.raises(RuntimeError, match="device lost"):
+        session(image_folder, out, "--pieces", str(pieces))
+    report = json.loads((pieces / gpu_session.REPORT).read_text())
+    assert (report["stop"], report["step_end"]) == ("error", 2) and "device lost" in report["error"]
+    assert torch.load(out / gpu_session.CHECKPOINT, weights_only=False)["step"] == 2
+    assert (pieces / (gpu_session.WEIGHTS + ".000")).exists()
