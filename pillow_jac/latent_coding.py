@@ -26,6 +26,7 @@ import torch
 from .constants import ACTIVATION_BITS, ACTIVATION_LIMIT_BITS, MEAN_STEPS
 from .entropy_coding import CodingTables, EntropyCodingError, bytes_to_words, words_to_bytes
 from .model.integer import IntegerNetwork
+from .stripes import stripes
 
 __all__ = ["LatentCoder", "SYMBOL_LIMIT", "wavefront_steps", "CAUSAL_TAPS", "single_threaded"]
 
@@ -164,11 +165,10 @@ class LatentCoder:
         z = z_hat.double().to(self.device).unsqueeze(0) * 2.0**ACTIVATION_BITS
         rows = z.shape[2]
         step = max(1, _H_S_MIN_ROWS, CHUNK_POSITIONS // (16 * z.shape[3]))  # 16 latent positions per z position
-        parts = []
-        for a in range(0, rows, step):
-            b = min(rows, a + step)
-            lo, hi = max(0, a - _H_S_HALO), min(rows, b + _H_S_HALO)
-            parts.append(self.h_s(z[:, :, lo:hi])[0, :, 4 * (a - lo) : 4 * (b - lo)])
+        parts = [
+            self.h_s(z[:, :, lo:hi])[0, :, 4 * (a - lo) : 4 * (b - lo)]  # 4 latent rows per z row
+            for a, b, lo, hi in stripes(rows, step, _H_S_HALO)
+        ]
         psi = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
         return psi[:, : y_shape[0], : y_shape[1]]
 

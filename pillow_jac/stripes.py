@@ -37,7 +37,7 @@ import torch
 
 from .constants import DOWNSAMPLING
 
-__all__ = ["STRIPE_PIXELS", "HALO_ROWS", "stripe_rows_for", "synthesize_in_stripes", "analyze_in_stripes"]
+__all__ = ["STRIPE_PIXELS", "HALO_ROWS", "stripes", "stripe_rows_for", "synthesize_in_stripes", "analyze_in_stripes"]
 
 #: pixels per stripe (about 0.8 GB of float temporaries at N = 128); images up to this size are one stripe
 STRIPE_PIXELS = 2**21
@@ -58,11 +58,16 @@ def stripe_rows_for(latent_width: int, stripe_pixels: int | None = None) -> int:
     return max(4 * HALO_ROWS, pixels // (FACTOR * FACTOR * latent_width))
 
 
-def _stripes(rows: int, stripe_rows: int) -> Iterator[tuple[int, int, int, int]]:
-    """``(a, b, lo, hi)``: the stripe ``[a, b)`` and its extent ``[lo, hi)`` with the halo."""
+def stripes(rows: int, stripe_rows: int, halo: int = HALO_ROWS) -> Iterator[tuple[int, int, int, int]]:
+    """``(a, b, lo, hi)``: each stripe ``[a, b)`` of ``rows`` and its extent ``[lo, hi)`` with ``halo`` rows.
+
+    Example:
+        >>> list(stripes(5, 2, halo=1))
+        [(0, 2, 0, 3), (2, 4, 1, 5), (4, 5, 3, 5)]
+    """
     for a in range(0, rows, stripe_rows):
         b = min(rows, a + stripe_rows)
-        yield a, b, max(0, a - HALO_ROWS), min(rows, b + HALO_ROWS)
+        yield a, b, max(0, a - halo), min(rows, b + halo)
 
 
 def synthesize_in_stripes(
@@ -89,7 +94,7 @@ def synthesize_in_stripes(
     if sink is None and rows <= stripe_rows:
         return g_s(y)
     parts = []
-    for a, b, lo, hi in _stripes(rows, stripe_rows):
+    for a, b, lo, hi in stripes(rows, stripe_rows):
         x = g_s(y[:, :, lo:hi])
         x = x[:, :, FACTOR * (a - lo) : FACTOR * (b - lo)]
         if sink is None:
@@ -113,7 +118,7 @@ def analyze_in_stripes(
     rows, width = latent_shape
     stripe_rows = stripe_rows or stripe_rows_for(width)
     parts = []
-    for a, b, lo, hi in _stripes(rows, stripe_rows):
+    for a, b, lo, hi in stripes(rows, stripe_rows):
         y = g_a(x(FACTOR * lo, FACTOR * hi))
         parts.append(y[:, :, a - lo : b - lo])
     return torch.cat(parts, dim=2)

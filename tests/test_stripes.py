@@ -28,7 +28,7 @@ def test_striped_codec_matches_whole_image(quality, monkeypatch):
 
 def test_stripes_cover_every_row_once():
     covered = []
-    for a, b, lo, hi in stripes._stripes(19, 8):
+    for a, b, lo, hi in stripes.stripes(19, 8):
         assert lo == max(0, a - stripes.HALO_ROWS) and hi == min(19, b + stripes.HALO_ROWS)
         covered.extend(range(a, b))
     assert covered == list(range(19))
