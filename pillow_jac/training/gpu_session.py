@@ -1,7 +1,7 @@
 """Train a new decoder generation on a lent GPU in one call: ``python -m pillow_jac.training.gpu_session --help``.
 
 One process does everything a device call needs, so that no lent minute goes to set-up
-(docs/training_on_a_gpu.md, "The calls: one script"):
+(docs/training_on_a_gpu.md, "The training calls: one script"):
 
 * every training image is decoded once and kept as uint8 pixels in device memory (in pinned host
   memory when it does not fit), and random crops with random flips are cut there by one gather per
