@@ -1,0 +1,268 @@
+r"""Rate-target benchmark: how well and how cheaply ``target_size`` (and ``target_psnr``) hit their targets.
+
+Usage (from the repository root)::
+
+    python -m pillow_jac.bench.targets --data ../shared/data/kodak
+    python -m pillow_jac.bench.targets --data ../shared/data/kodak --limit 6 --psnr 30,34,38
+
+For every image of ``--data`` (the first ``--limit``) and every size target (default 10, 25, 50, 100
+and 200 kB) it runs :func:`pillow_jac.targets.encode_to_target` and records the file size, the
+quality found, the model estimates and real encodes the search used, and its time; each image also
+gets one plain encode at quality 4, the time the searches are compared with. A *hit* is a file at
+or below its target (the contract: every search must hit). The *shortfall* is how far below the
+target the file is, as a percentage of the target; it is averaged over the searches that the
+largest quality does not cap (a target above the quality-8 file can only fall short).
+
+``--psnr`` adds PSNR targets (dB): a hit is a decoded PSNR at or above the target, and the
+*overshoot* is how far above it is.
+
+Writes ``targets.json`` and ``targets.md`` to ``--out`` (default ``benchmarks/results``). Inputs are
+named relative to the repository (or by their folder's name), never by absolute path.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from .. import codec, targets
+from ..constants import QUALITY_MAX
+from .codecs import load_rgb
+from .metrics import portable_path
+
+__all__ = ["main", "run", "summarise", "markdown", "DEFAULT_SIZES"]
+
+#: the size targets of the issue: five between 10 kB and 200 kB
+DEFAULT_SIZES = (10_000, 25_000, 50_000, 100_000, 200_000)
+#: plain encodes are timed at this quality
+PLAIN_QUALITY = 4.0
+
+
+def _log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _images(data: Path, limit: int | None) -> list[Path]:
+    files = sorted(p for p in data.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp", ".ppm"))
+    return files[:limit] if limit else files
+
+
+def run(
+    data: Path, sizes: Sequence[int], psnrs: Sequence[float], limit: int | None = None, effort: int = 0
+) -> list[dict[str, Any]]:
+    """One row per (image, target): what the search found and what it cost."""
+    rows: list[dict[str, Any]] = []
+    for path in _images(data, limit):
+        rgb = load_rgb(path)
+        codec.encode(rgb[:64, :64], PLAIN_QUALITY)  # the model loaded and warm before anything is timed
+        start = time.perf_counter()
+        plain = codec.encode(rgb, PLAIN_QUALITY, effort=effort)
+        plain_seconds = time.perf_counter() - start
+        base = {"image": path.name, "pixels": rgb.shape[0] * rgb.shape[1], "plain_seconds": plain_seconds}
+        _log(f"{path.name}: plain encode at quality {PLAIN_QUALITY:g}: {len(plain)} bytes, {plain_seconds:.2f} s")
+        goals = [("size", float(s)) for s in sizes] + [("psnr", float(p)) for p in psnrs]
+        for kind, goal in goals:
+            options = {"target_size": int(goal)} if kind == "size" else {"target_psnr": goal}
+            row: dict[str, Any] = {**base, "kind": kind, "target": goal}
+            try:
+                result = targets.encode_to_target(rgb, effort=effort, **options)
+            except ValueError as error:
+                row.update(error=str(error))
+                _log(f"  {kind} {goal:g}: {error}")
+                rows.append(row)
+                continue
+            row.update(
+                size=result.size,
+                quality=result.quality,
+                psnr=result.psnr,
+                estimates=result.estimates,
+                encodes=result.encodes,
+                syntheses=result.syntheses,
+                refinements=result.refinements,
+                seconds=result.seconds,
+            )
+            if kind == "size":
+                row["hit"] = result.size <= goal
+                row["shortfall_percent"] = 100.0 * (goal - result.size) / goal
+                row["capped"] = result.quality == QUALITY_MAX
+            else:
+                row["hit"] = result.psnr >= goal
+                row["overshoot_db"] = result.psnr - goal
+                row["capped"] = result.quality == 1.0
+            rows.append(row)
+            _log(
+                f"  {kind} {goal:g}: {result.size} bytes, quality {result.quality:.4f}, {result.estimates} estimates, "
+                f"{result.encodes} encodes, {result.syntheses} syntheses, {result.seconds:.2f} s"
+            )
+    return rows
+
+
+def _mean(values: list[float]) -> float | None:
+    return statistics.fmean(values) if values else None
+
+
+def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per target: hits, mean shortfall (or overshoot), search cost and time against a plain encode.
+
+    Example:
+        >>> rows = [{"kind": "size", "target": 10.0, "hit": True, "shortfall_percent": 1.0, "capped": False,
+        ...          "estimates": 3, "encodes": 1, "syntheses": 0, "seconds": 2.0, "plain_seconds": 1.0}]
+        >>> s = summarise(rows)[0]
+        >>> s["hits"], s["searches"], s["mean_shortfall_percent"], s["time_ratio"]
+        (1, 1, 1.0, 2.0)
+    """
+    out = []
+    for kind, goal in sorted({(r["kind"], r["target"]) for r in rows}, key=lambda g: (g[0] != "size", g[1])):
+        group = [r for r in rows if r["kind"] == kind and r["target"] == goal]
+        done = [r for r in group if "error" not in r]
+        binding = [r for r in done if not r["capped"]]
+        summary: dict[str, Any] = {
+            "kind": kind,
+            "target": goal,
+            "searches": len(group),
+            "hits": sum(1 for r in done if r["hit"]),
+            "errors": len(group) - len(done),
+            "capped": len(done) - len(binding),
+            "mean_estimates": _mean([r["estimates"] for r in done]),
+            "mean_encodes": _mean([r["encodes"] for r in done]),
+            "mean_syntheses": _mean([r["syntheses"] for r in done]),
+            "max_encodes": max((r["encodes"] for r in done), default=None),
+            "mean_seconds": _mean([r["seconds"] for r in done]),
+            "time_ratio": _mean([r["seconds"] / r["plain_seconds"] for r in done]),
+        }
+        if kind == "size":
+            summary["mean_shortfall_percent"] = _mean([r["shortfall_percent"] for r in binding])
+            summary["max_shortfall_percent"] = max((r["shortfall_percent"] for r in binding), default=None)
+        else:
+            summary["mean_overshoot_db"] = _mean([r["overshoot_db"] for r in binding])
+            summary["max_overshoot_db"] = max((r["overshoot_db"] for r in binding), default=None)
+        out.append(summary)
+    return out
+
+
+def _fmt(value: Any, digits: int = 2) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def markdown(report: dict[str, Any]) -> str:
+    """The report as a Markdown page."""
+    meta = report["meta"]
+    lines = [
+        "# Rate and quality targets",
+        "",
+        f"`{meta['data']}`, {meta['images']} images, effort {meta['effort']}; {meta['machine']}; {meta['date']}.",
+        f"Command: `{meta['command']}`",
+        "",
+        "A hit is a file at or below its size target (a decoded PSNR at or above its PSNR target). Shortfall: how far",
+        "below the target, in % of it; overshoot: how far above, in dB; both averaged over the searches the",
+        "quality range does not cap (capped: the quality-8 file is below the size target, or the quality-1 file",
+        "above the PSNR target). Estimates: the model's rate estimate; encodes: real (entropy-coded) encodes;",
+        "syntheses: g_s runs of a PSNR search. Time: the search against a plain encode of the same image at",
+        f"quality {PLAIN_QUALITY:g} (ratio of means per image).",
+        "",
+        "| target | hits | capped | mean shortfall | max shortfall | estimates | encodes (max) | syntheses "
+        "| time (s) | x plain |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for s in report["summary"]:
+        if s["kind"] == "size":
+            target = f"{s['target'] / 1000:g} kB"
+            mean, worst = _fmt(s["mean_shortfall_percent"]) + "%", _fmt(s["max_shortfall_percent"]) + "%"
+        else:
+            target = f"{s['target']:g} dB"
+            mean, worst = "+" + _fmt(s["mean_overshoot_db"], 3) + " dB", "+" + _fmt(s["max_overshoot_db"], 3) + " dB"
+        lines.append(
+            f"| {target} | {s['hits']}/{s['searches']} | {s['capped']} | {mean} | {worst} "
+            f"| {_fmt(s['mean_estimates'], 1)} | {_fmt(s['mean_encodes'], 1)} ({s['max_encodes']}) "
+            f"| {_fmt(s['mean_syntheses'], 1)} | {_fmt(s['mean_seconds'])} | {_fmt(s['time_ratio'])} |"
+        )
+    totals = report["totals"]
+    lines += [
+        "",
+        f"All size searches: {totals['size_hits']}/{totals['size_searches']} hits, mean shortfall "
+        f"{_fmt(totals['mean_shortfall_percent'])}% (uncapped), {_fmt(totals['mean_estimates'], 1)} estimates and "
+        f"{_fmt(totals['mean_encodes'], 1)} real encodes per search, {_fmt(totals['time_ratio'])}x the time of a "
+        "plain encode.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _totals(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    size_rows = [r for r in rows if r["kind"] == "size" and "error" not in r]
+    return {
+        "size_searches": sum(1 for r in rows if r["kind"] == "size"),
+        "size_hits": sum(1 for r in size_rows if r["hit"]),
+        "mean_shortfall_percent": _mean([r["shortfall_percent"] for r in size_rows if not r["capped"]]),
+        "mean_estimates": _mean([r["estimates"] for r in size_rows]),
+        "mean_encodes": _mean([r["encodes"] for r in size_rows]),
+        "time_ratio": _mean([r["seconds"] / r["plain_seconds"] for r in size_rows]),
+    }
+
+
+def _numbers(text: str) -> list[float]:
+    return [float(v) for v in text.split(",") if v.strip()]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry point (see the module doc)."""
+    parser = argparse.ArgumentParser(prog="python -m pillow_jac.bench.targets", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", type=Path, required=True, help="folder of images (e.g. ../shared/data/kodak)")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"), help="where targets.{json,md} go")
+    parser.add_argument(
+        "--sizes",
+        type=lambda s: [targets.parse_size(v) for v in s.split(",") if v.strip()],
+        default=list(DEFAULT_SIZES),
+        help="size targets, e.g. 10k,25k,50k,100k,200k (the default)",
+    )
+    parser.add_argument("--psnr", type=_numbers, default=[], help="PSNR targets in dB, e.g. 30,34,38 (default: none)")
+    parser.add_argument("--limit", type=int, default=None, help="only the first N images")
+    parser.add_argument("--effort", type=int, default=0, help="encoder effort 0-3")
+    args = parser.parse_args(argv)
+    if not args.data.is_dir():
+        parser.error(f"not a folder: {args.data}")
+    import torch
+
+    rows = run(args.data, args.sizes, args.psnr, args.limit, args.effort)
+    shown = ["python -m pillow_jac.bench.targets", "--data", portable_path(args.data)]
+    for flag, value in (("--limit", args.limit), ("--effort", args.effort or None)):
+        if value is not None:
+            shown += [flag, str(value)]
+    if list(args.sizes) != list(DEFAULT_SIZES):
+        shown += ["--sizes", ",".join(str(s) for s in args.sizes)]
+    if args.psnr:
+        shown += ["--psnr", ",".join(f"{p:g}" for p in args.psnr)]
+    report = {
+        "meta": {
+            "data": portable_path(args.data),
+            "images": len({r["image"] for r in rows}),
+            "effort": args.effort,
+            "machine": f"{platform.machine()}, {os.cpu_count()} CPU(s), {torch.get_num_threads()} torch threads, "
+            f"Python {platform.python_version()}",
+            "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "command": " ".join(shown),
+            "size_tolerance": targets.SIZE_TOLERANCE,
+            "size_tolerance_bytes": targets.SIZE_TOLERANCE_BYTES,
+            "psnr_tolerance_db": targets.PSNR_TOLERANCE,
+        },
+        "summary": summarise(rows),
+        "totals": _totals(rows),
+        "rows": rows,
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "targets.json").write_text(json.dumps(report, indent=1) + "\n")
+    (args.out / "targets.md").write_text(markdown(report))
+    _log(f"wrote {args.out / 'targets.json'} and {args.out / 'targets.md'}")
+    return 0 if report["totals"]["size_hits"] == report["totals"]["size_searches"] else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
