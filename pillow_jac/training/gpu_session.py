@@ -47,7 +47,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..model.mbt2018 import JointAutoregressiveHierarchicalPrior, ModelConfig, quality_lambda, rate_distortion_loss
+from ..model.mbt2018 import JointAutoregressiveHierarchicalPrior, ModelConfig
+from ..model.objective import quality_lambda, rate_distortion_loss
 from .data import list_images, load_rgb, to_model_input
 from .pack import split_file
 from .train import WeightAverage, _to_device, learning_rate, stratified_qualities
@@ -390,7 +391,6 @@ class Session:
         if cuda:
             torch.cuda.set_device(device)
             torch.backends.cudnn.benchmark = True  # fixed shapes: each convolution is autotuned once
-            torch.set_float32_matmul_precision("high")
             torch.cuda.reset_peak_memory_stats(device)
         args.out.mkdir(parents=True, exist_ok=True)
         self.ckpt_path = args.out / CHECKPOINT
