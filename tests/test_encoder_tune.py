@@ -12,7 +12,8 @@ from PIL import Image
 
 from pillow_jac import codec, container
 from pillow_jac.engine import load_model
-from pillow_jac.model.mbt2018 import JointAutoregressiveHierarchicalPrior, ModelConfig, quality_lambda
+from pillow_jac.model.mbt2018 import JointAutoregressiveHierarchicalPrior, ModelConfig
+from pillow_jac.model.objective import quality_lambda
 from pillow_jac.training import encoder_tune
 from pillow_jac.training.encoder_tune import (
     CoderRate,

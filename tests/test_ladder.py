@@ -9,7 +9,8 @@ import torch
 
 from pillow_jac.constants import LAMBDAS
 from pillow_jac.engine import load_model
-from pillow_jac.model.mbt2018 import JointAutoregressiveHierarchicalPrior, ModelConfig, quality_lambda
+from pillow_jac.model.mbt2018 import JointAutoregressiveHierarchicalPrior, ModelConfig
+from pillow_jac.model.objective import quality_lambda
 from pillow_jac.model.refine import refine_latents
 from pillow_jac.training import train
 from pillow_jac.training.freeze import freeze

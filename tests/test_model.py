@@ -7,12 +7,8 @@ import pytest
 import torch
 
 from pillow_jac import codec
-from pillow_jac.model.mbt2018 import (
-    JointAutoregressiveHierarchicalPrior,
-    ModelConfig,
-    quality_lambda,
-    rate_distortion_loss,
-)
+from pillow_jac.model.mbt2018 import JointAutoregressiveHierarchicalPrior, ModelConfig
+from pillow_jac.model.objective import quality_lambda, rate_distortion_loss
 from pillow_jac.training.freeze import freeze
 from pillow_jac.weights import save_weights
 

@@ -35,8 +35,7 @@ from .layers import GDN, MaskedConv2d, conv, deconv
 __all__ = [
     "ModelConfig",
     "JointAutoregressiveHierarchicalPrior",
-    "rate_distortion_loss",
-    "quality_lambda",
+    "quality_position",
     "count_parameters",
 ]
 
@@ -82,29 +81,11 @@ class ModelConfig:
         return asdict(self)
 
 
-def _quality_position(quality: torch.Tensor, levels: int) -> tuple[torch.Tensor, torch.Tensor]:
+def quality_position(quality: torch.Tensor, levels: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Split qualities in ``[1, levels]`` into a lower level index and an interpolation weight."""
     p = (quality.double() - 1.0).clamp(0.0, levels - 1.0)
     low = p.floor().clamp(max=levels - 2).long()
     return low, (p - low.double())
-
-
-def quality_lambda(quality: torch.Tensor, lambdas: tuple[float, ...] = LAMBDAS) -> torch.Tensor:
-    """The rate-distortion weight of a (fractional) quality: the lambda ladder, log-interpolated.
-
-    Args:
-        quality: qualities in ``[1, len(lambdas)]``.
-        lambdas: the ladder, by default CompressAI's (:data:`~pillow_jac.constants.LAMBDAS`); a model's own is
-            ``config.lambdas``.
-
-    Example:
-        >>> import torch
-        >>> [round(v, 4) for v in quality_lambda(torch.tensor([1.0, 4.0, 8.0])).tolist()]
-        [0.0018, 0.013, 0.18]
-    """
-    ladder = torch.tensor(lambdas, dtype=torch.float64).log()
-    low, t = _quality_position(quality, len(lambdas))
-    return torch.exp(ladder[low] * (1 - t) + ladder[low + 1] * t)
 
 
 class JointAutoregressiveHierarchicalPrior(nn.Module):
@@ -155,7 +136,7 @@ class JointAutoregressiveHierarchicalPrior(nn.Module):
     def gains(self, quality: torch.Tensor, inverse: bool = False) -> torch.Tensor:
         """Per-image gain vectors ``(B, M, 1, 1)`` for qualities in ``[1, levels]`` (log-interpolated)."""
         table = self.log_inverse_gain if inverse else self.log_gain
-        low, t = _quality_position(quality.to(table.device), table.shape[0])
+        low, t = quality_position(quality.to(table.device), table.shape[0])
         t = t.to(table.dtype).unsqueeze(1)
         return torch.exp(table[low] * (1 - t) + table[low + 1] * t)[:, :, None, None]
 
@@ -194,24 +175,6 @@ class JointAutoregressiveHierarchicalPrior(nn.Module):
         inverse = self.gains(quality, inverse=True).to(y_round.dtype)
         out["x_hat"] = self.g_s(y_round * inverse)
         return out
-
-
-def rate_distortion_loss(out: dict[str, torch.Tensor], x: torch.Tensor, lmbda: torch.Tensor) -> dict[str, torch.Tensor]:
-    """``lambda * 255^2 * MSE + bpp`` per image, averaged over the batch (paper eq. 2).
-
-    Returns the loss and its parts (``bpp``, ``mse``, ``psnr`` averaged over the batch) in float32.
-    """
-    b, _, h, w = x.shape
-    pixels = h * w
-    bits = torch.zeros(b, device=x.device)
-    for key in ("y_likelihoods", "z_likelihoods"):
-        if key in out:
-            bits = bits + out[key].float().log2().flatten(1).sum(1).neg()
-    bpp = bits / pixels
-    mse = (out["x_hat"].float() - x.float()).pow(2).flatten(1).mean(1)
-    loss = (lmbda.to(mse) * 255.0**2 * mse + bpp).mean()
-    psnr = (10 * torch.log10(1.0 / mse.clamp_min(1e-10))).mean()
-    return {"loss": loss, "bpp": bpp.mean(), "mse": mse.mean(), "psnr": psnr}
 
 
 def count_parameters(model: nn.Module) -> int:

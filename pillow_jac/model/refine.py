@@ -42,7 +42,8 @@ import torch
 
 from ..constants import DOWNSAMPLING, EFFORT_ITERATIONS, MAX_EFFORT, SCALE_MIN
 from .entropy_models import gaussian_likelihood
-from .mbt2018 import JointAutoregressiveHierarchicalPrior, quality_lambda
+from .mbt2018 import JointAutoregressiveHierarchicalPrior
+from .objective import quality_lambda
 
 __all__ = ["EFFORT_ITERATIONS", "MAX_EFFORT", "sga_round", "refine_latents"]
 

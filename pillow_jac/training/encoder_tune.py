@@ -49,7 +49,8 @@ import torch
 
 from ..constants import ACTIVATION_BITS, CDF_PRECISION, ESCAPE_CLASSES, MEAN_STEPS, SCALE_MIN
 from ..model.entropy_models import gaussian_likelihood
-from ..model.mbt2018 import JointAutoregressiveHierarchicalPrior, quality_lambda
+from ..model.mbt2018 import JointAutoregressiveHierarchicalPrior
+from ..model.objective import quality_lambda
 from ..weights import SCALE_THRESHOLDS, read_table
 
 __all__ = [

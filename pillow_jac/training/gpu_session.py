@@ -9,7 +9,7 @@ One process does everything a device call needs, so that no lent minute goes to 
 * the objective is :mod:`pillow_jac.training.train`'s, through its own functions: the mbt2018 model
   (Minnen, Ballé, Toderici, NeurIPS 2018) with per-image stratified qualities
   (:func:`~.train.stratified_qualities`), ``lambda * 255^2 * MSE + bpp``
-  (:func:`~pillow_jac.model.mbt2018.rate_distortion_loss`, paper eq. 2), Adam with the same warm-up
+  (:func:`~pillow_jac.model.objective.rate_distortion_loss`, paper eq. 2), Adam with the same warm-up
   and optional decay (:func:`~.train.learning_rate`), gradient clipping and the exponential moving
   average of the weights (:class:`~.train.WeightAverage`);
 * on CUDA it runs channels_last with bf16 autocast of the model (the likelihoods stay float32),

@@ -34,7 +34,8 @@ from pathlib import Path
 import torch
 
 from ..constants import LAMBDAS
-from ..model.mbt2018 import JointAutoregressiveHierarchicalPrior, ModelConfig, quality_lambda, rate_distortion_loss
+from ..model.mbt2018 import JointAutoregressiveHierarchicalPrior, ModelConfig
+from ..model.objective import quality_lambda, rate_distortion_loss
 from .data import CropSampler, list_images, to_model_input
 
 DEFAULT_TRAIN = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "train"
