@@ -18,9 +18,10 @@ How, at effort 0:
 2. Size: the model's own rate estimate (the -log2 likelihood of the rounded latents under the float
    hyperprior and context model, what training minimises; within about 0.5% of the coded size, for a
    third of the cost of coding) brackets the target by a secant search on log(size). Real encodes (the
-   exact entropy coder: the bytes of the file) then confirm and close the bracket by regula falsi on the
-   real sizes, until the fitting file is within :data:`SIZE_TOLERANCE` of the target (or
-   :data:`SIZE_TOLERANCE_BYTES`) or the next quality (1/256 up) is over it.
+   exact entropy coder: the bytes of the file) then confirm and close the bracket by the same secant
+   search on the real sizes (bisecting when a step would leave the bracket), until the fitting file is
+   within :data:`SIZE_TOLERANCE` of the target (or :data:`SIZE_TOLERANCE_BYTES`) or the next quality
+   (1/256 up) is over it.
 3. PSNR: the decoded pixels depend only on the latents, which the encoder knows, so the synthesis g_s of
    the rounded latents gives the decoded file's pixels without any entropy coding (the same steps as
    :func:`pillow_jac.codec.decode`). A secant search on PSNR closes the bracket to :data:`PSNR_TOLERANCE`
