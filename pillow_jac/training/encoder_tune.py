@@ -6,10 +6,11 @@
 Only the encoder side changes: g_a, h_a and the forward gains ``log_gain`` (Cui et al. 2021).
 g_s, the inverse gains, h_s, the context model, g_ep, the z density and the coding tables are the
 decoder (CODING.md sections 1-3) and stay bit-identical, so every file the tuned encoder writes
-decodes with the shipped decoder. This is the second stage of Guo et al., "Soft then Hard:
-Rethinking the Quantization in Neural Image Compression" (ICML 2021): with the decoder fixed, the
-encoder is trained with *hard* rounding ``y_hat = round(y)``, ``z_hat = round(z)`` and
-straight-through gradients, so training sees exactly the latents the codec writes.
+decodes with the shipped decoder. The encoder runs with *hard* rounding ``y_hat = round(y)``,
+``z_hat = round(z)`` and straight-through gradients, in float32, so training sees exactly the
+latents the codec writes: the train-test mismatch of additive-noise training that Guo et al.,
+"Soft then Hard: Rethinking the Quantization in Neural Image Compression" (ICML 2021), close with
+a hard-quantisation stage; here it is the encoder that is tuned, against a fixed decoder.
 
 The rate term is the coder's (:class:`CoderRate`), not the float model's (Minnen et al. 2018, eq. 4):
 the table of every latent is chosen by the exact integer networks from the rounded latents, as the
