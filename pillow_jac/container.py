@@ -238,9 +238,10 @@ class JacHeader:
         width: image width in pixels, 1 to ``MAX_DIMENSION``.
         height: image height in pixels, 1 to ``MAX_DIMENSION``.
         layout: ``"RGB"``, ``"L"``, ``"RGBA"`` or ``"LA"`` (the Pillow mode of the decoded image).
-        quality: quality from 1 to 8, a multiple of 1/256 (see :func:`quantize_quality`).
-        model_id: name of the model, 1 to 16 printable ASCII characters.
-        weights_hash: 8-byte hash of the model's weights (``pillow_jac.weights.content_hash``).
+        q16: the stored quality field, ``round(quality * 256)``, 256 to 2048: the one form the quality is
+            held in (:attr:`quality` is ``q16 / 256``).
+        model_id: name of the decoder generation, 1 to 16 printable ASCII characters.
+        weights_hash: 8-byte hash naming the decoder generation (SPEC.md section 9.3).
         y_shape: ``(rows, columns)`` of the latent ``y``; must equal ``latent_shapes(...)[0]``.
         z_shape: ``(rows, columns)`` of the hyper-latent ``z``; must equal ``latent_shapes(...)[1]``.
         z_stream_length: byte length of the ``ZSTR`` chunk's data.
@@ -251,7 +252,7 @@ class JacHeader:
     width: int
     height: int
     layout: str
-    quality: float
+    q16: int
     model_id: str
     weights_hash: bytes
     y_shape: tuple[int, int]
@@ -265,6 +266,11 @@ class JacHeader:
         return self.layout
 
     @property
+    def quality(self) -> float:
+        """The quality the file was coded at: ``q16 / 256`` (exact, the denominator is a power of two)."""
+        return self.q16 / C.QUALITY_DENOMINATOR
+
+    @property
     def has_alpha(self) -> bool:
         """Whether the layout has an alpha channel (and the file an ``ALPH`` chunk)."""
         return self.layout in _ALPHA_LAYOUTS
@@ -275,26 +281,33 @@ class JacHeader:
         width: int,
         height: int,
         layout: str,
-        quality: float,
+        quality: float | None,
         model_id: str,
         weights_hash: bytes,
         z_stream_length: int = 0,
         y_stream_length: int = 0,
+        *,
+        q16: int | None = None,
     ) -> JacHeader:
         """A header of the current version with the latent shapes derived and the quality quantized.
 
+        Give ``quality`` (validated and rounded to 1/256 here) or the stored field ``q16`` of a quality
+        validated already (:func:`quality_to_u16`), not both.
+
         Example:
             >>> h = JacHeader.create(100, 50, "RGB", 4.3, "demo", bytes(8))
-            >>> h.version, h.quality, h.y_shape, h.z_shape
-            ((1, 0), 4.30078125, (4, 8), (1, 2))
+            >>> h.version, h.q16, h.quality, h.y_shape, h.z_shape
+            ((1, 0), 1101, 4.30078125, (4, 8), (1, 2))
         """
+        if (quality is None) == (q16 is None):
+            raise ValueError("give quality or q16, not both")
         y_shape, z_shape = latent_shapes(width, height)
         return cls(
             version=tuple(C.FORMAT_VERSION),
             width=width,
             height=height,
             layout=layout,
-            quality=quantize_quality(quality),
+            q16=quality_to_u16(quality) if q16 is None else q16,
             model_id=model_id,
             weights_hash=bytes(weights_hash),
             y_shape=y_shape,
@@ -352,11 +365,12 @@ class JacFile:
         width: int,
         height: int,
         layout: str,
-        quality: float,
+        quality: float | None = None,
         model_id: str,
         weights_hash: bytes,
         z_stream: bytes,
         y_stream: bytes,
+        q16: int | None = None,
         alpha: bytes | None = None,
         alpha_method: int = C.ALPHA_METHOD_ZLIB,
         icc_profile: bytes | None = None,
@@ -373,7 +387,9 @@ class JacFile:
             >>> jac.header.z_stream_length, jac.header.y_stream_length, jac.mode
             (2, 3, 'L')
         """
-        header = JacHeader.create(width, height, layout, quality, model_id, weights_hash, len(z_stream), len(y_stream))
+        header = JacHeader.create(
+            width, height, layout, quality, model_id, weights_hash, len(z_stream), len(y_stream), q16=q16
+        )
         return cls(
             header=header,
             z_stream=bytes(z_stream),
@@ -417,14 +433,9 @@ def _header_problem(h: JacHeader) -> str | None:
             return f"{name} must be from 1 to {C.MAX_DIMENSION}, got {v!r}"
     if h.layout not in C.LAYOUTS:
         return f"unknown layout {h.layout!r}: expected one of {', '.join(C.LAYOUTS)}"
-    q = h.quality
-    if not (isinstance(q, (int, float)) and C.QUALITY_MIN <= q <= C.QUALITY_MAX):  # also rejects NaN
-        return f"quality must be from {C.QUALITY_MIN:g} to {C.QUALITY_MAX:g}, got {q!r}"
-    if q * C.QUALITY_DENOMINATOR != round(q * C.QUALITY_DENOMINATOR):
-        return (
-            f"quality {q!r} is not a multiple of 1/{C.QUALITY_DENOMINATOR}: encode with "
-            f"quantize_quality({q!r}) = {quantize_quality(q)!r}, the value a decoder will see"
-        )
+    low, high = round(C.QUALITY_MIN * C.QUALITY_DENOMINATOR), round(C.QUALITY_MAX * C.QUALITY_DENOMINATOR)
+    if not (_is_int(h.q16) and low <= h.q16 <= high):
+        return f"quality must be from {C.QUALITY_MIN:g} to {C.QUALITY_MAX:g} (q16 {low} to {high}), got q16 {h.q16!r}"
     mid = h.model_id
     if not (isinstance(mid, str) and 1 <= len(mid) <= _MODEL_ID_BYTES and all(0x20 <= ord(ch) <= 0x7E for ch in mid)):
         return f"model_id must be 1 to {_MODEL_ID_BYTES} printable ASCII characters, got {mid!r}"
@@ -454,7 +465,7 @@ def _pack_header(h: JacHeader) -> bytes:
         C.LAYOUTS.index(h.layout),
         h.width,
         h.height,
-        round(h.quality * C.QUALITY_DENOMINATOR),
+        h.q16,
         h.model_id.encode("ascii").ljust(_MODEL_ID_BYTES, b"\0"),
         bytes(h.weights_hash),
         *h.y_shape,
@@ -694,7 +705,7 @@ def _unpack_header(data: bytes) -> JacHeader:
         width=width,
         height=height,
         layout=C.LAYOUTS[layout],
-        quality=u16_to_quality(q16),
+        q16=q16,
         model_id=mid.decode("ascii"),
         weights_hash=weights_hash,
         y_shape=(yh, yw),

@@ -224,7 +224,11 @@ def test_jhdr_layout_is_byte_exact():
 
 def test_header_create():
     h = JacHeader.create(100, 50, "RGB", 4.3, "demo", bytearray(8), 3, 4)
-    assert h == JacHeader((1, 0), 100, 50, "RGB", 1101 / 256, "demo", bytes(8), (4, 8), (1, 2), 3, 4)
+    assert h == JacHeader((1, 0), 100, 50, "RGB", 1101, "demo", bytes(8), (4, 8), (1, 2), 3, 4)
+    assert h.quality == 1101 / 256
+    assert JacHeader.create(100, 50, "RGB", None, "demo", bytes(8), 3, 4, q16=1101) == h
+    with pytest.raises(ValueError, match="quality or q16"):
+        JacHeader.create(100, 50, "RGB", 4.3, "demo", bytes(8), q16=1101)
 
 
 def test_header_fields():
@@ -311,10 +315,10 @@ def test_accept():
         ("width", 0, "width must be from 1"),
         ("height", C.MAX_DIMENSION + 1, "height must be from 1"),
         ("layout", "CMYK", "unknown layout"),
-        ("quality", 0.5, "quality must be from"),
-        ("quality", 9, "quality must be from"),
-        ("quality", float("nan"), "quality must be from"),
-        ("quality", 4.3, "not a multiple of 1/256"),
+        ("q16", 128, "quality must be from"),
+        ("q16", 9 * 256, "quality must be from"),
+        ("q16", 4.5 * 256, "quality must be from"),
+        ("q16", True, "quality must be from"),
         ("model_id", "", "model_id"),
         ("model_id", "x" * 17, "model_id"),
         ("model_id", "caf\xe9", "model_id"),

@@ -232,7 +232,7 @@ def test_restamped_file_decodes_again(rgba_jac: bytes) -> None:
         ({"height": 0}, "height must be from 1 to 65535, got 0"),
         ({"layout": 0}, "chunk 'ALPH' is not allowed: layout RGB has no alpha channel"),
         ({"layout": 7}, "unknown layout code 7"),
-        ({"quality": 2049}, "quality must be from 1 to 8, got 8.00390625"),
+        ({"quality": 2049}, r"quality must be from 1 to 8 \(q16 256 to 2048\), got q16 2049"),
         ({"major": 2}, "unsupported JAC format version 2.0"),
         ({"flags": 1}, "JHDR flags are 0x01 but must be 0"),
         ({"model_id": bytes(16)}, "model_id .* is not 1 to 16 printable ASCII characters"),
