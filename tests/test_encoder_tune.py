@@ -128,6 +128,24 @@ def test_rate_gradient_reaches_the_encoder(base):
     assert model.h_a[0].weight.grad.abs().sum() > 0
 
 
+def test_noise_and_straight_through_rate_gradients_share_the_coded_value(base):
+    tensors, metadata = load_weights(base)
+    model = load_model(base)
+    rate = CoderRate(tensors, metadata)
+    x = torch.from_numpy(synthetic(64, 64, 6)).permute(2, 0, 1)[None].float().div(255)
+    grads, values = [], []
+    for mode in ("noise", "ste"):
+        model.zero_grad()
+        out = coded_forward(model, rate, x, torch.tensor([2.0]), rate_gradient=mode)
+        out["bits"].sum().backward()
+        values.append(float(out["bits"].sum()))
+        grads.append(model.h_a[0].weight.grad.clone())
+    assert values[0] == pytest.approx(values[1], rel=1e-6)
+    assert not torch.equal(grads[0], grads[1])
+    with pytest.raises(ValueError, match="rate_gradient"):
+        coded_forward(model, rate, x, torch.tensor([2.0]), rate_gradient="soft")
+
+
 def test_command_line_runs_validates_and_resumes(base, tmp_path, capsys):
     data = tmp_path / "data"
     data.mkdir()
