@@ -1,0 +1,20 @@
+"""The bulk throughput benchmark runs on the CPU and writes portable results."""
+
+from __future__ import annotations
+
+import json
+
+from pillow_jac.bench import throughput
+
+
+def test_throughput_writes_json_and_markdown(tmp_path):
+    out = tmp_path / "results"
+    argv = ["--device", "cpu", "--sizes", "40x24", "--batch", "2,1", "--images", "2", "--out", str(out)]
+    assert throughput.main(argv) == 0
+    report = json.loads((out / "throughput.json").read_text())
+    assert [(r["size"], r["batch"], r["images"]) for r in report["rows"]] == [("40x24", 1, 2), ("40x24", 2, 2)]
+    assert report["rows"][0]["encode_peak_gpu_mib"] is None  # no GPU memory on the CPU
+    assert report["rows"][1]["files_identical_to_batch_1"] <= 2
+    text = (out / "throughput.json").read_text() + (out / "throughput.md").read_text()
+    assert str(tmp_path) not in text and "/work/" not in text
+    assert "| 40x24 | 0 | 2 | 2 |" in (out / "throughput.md").read_text()
