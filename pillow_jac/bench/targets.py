@@ -161,26 +161,31 @@ def markdown(report: dict[str, Any]) -> str:
         f"`{meta['data']}`, {meta['images']} images, effort {meta['effort']}; {meta['machine']}; {meta['date']}.",
         f"Command: `{meta['command']}`",
         "",
-        "A hit is a file at or below its size target (a decoded PSNR at or above its PSNR target). Shortfall: how far",
+        "A hit is a file at or below its size target (a decoded PSNR at or above its PSNR target); unreachable: the",
+        "search raised ValueError (even quality 1 too large, or quality 8 not good enough). Shortfall: how far",
         "below the target, in % of it; overshoot: how far above, in dB; both averaged over the searches the",
         "quality range does not cap (capped: the quality-8 file is below the size target, or the quality-1 file",
         "above the PSNR target). Estimates: the model's rate estimate; encodes: real (entropy-coded) encodes;",
         "syntheses: g_s runs of a PSNR search. Time: the search against a plain encode of the same image at",
         f"quality {PLAIN_QUALITY:g} (ratio of means per image).",
         "",
-        "| target | hits | capped | mean shortfall | max shortfall | estimates | encodes (max) | syntheses "
-        "| time (s) | x plain |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| target | hits | unreachable | capped | mean shortfall | max shortfall | estimates | encodes (max) "
+        "| syntheses | time (s) | x plain |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for s in report["summary"]:
         if s["kind"] == "size":
             target = f"{s['target'] / 1000:g} kB"
-            mean, worst = _fmt(s["mean_shortfall_percent"]) + "%", _fmt(s["max_shortfall_percent"]) + "%"
+            mean, worst = (
+                _fmt(s[k]) + ("%" if s[k] is not None else "")
+                for k in ("mean_shortfall_percent", "max_shortfall_percent")
+            )
         else:
             target = f"{s['target']:g} dB"
             mean, worst = "+" + _fmt(s["mean_overshoot_db"], 3) + " dB", "+" + _fmt(s["max_overshoot_db"], 3) + " dB"
         lines.append(
-            f"| {target} | {s['hits']}/{s['searches']} | {s['capped']} | {mean} | {worst} "
+            f"| {target} | {s['hits']}/{s['searches'] - s['errors']} | {s['errors']} | {s['capped']} "
+            f"| {mean} | {worst} "
             f"| {_fmt(s['mean_estimates'], 1)} | {_fmt(s['mean_encodes'], 1)} ({s['max_encodes']}) "
             f"| {_fmt(s['mean_syntheses'], 1)} | {_fmt(s['mean_seconds'])} | {_fmt(s['time_ratio'])} |"
         )
@@ -226,7 +231,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--psnr", type=_numbers, default=[], help="PSNR targets in dB, e.g. 30,34,38 (default: none)")
     parser.add_argument("--limit", type=int, default=None, help="only the first N images")
     parser.add_argument("--effort", type=int, default=0, help="encoder effort 0-3")
+    parser.add_argument("--markdown-only", action="store_true", help="rewrite targets.md from --out's targets.json")
     args = parser.parse_args(argv)
+    if args.markdown_only:
+        report = json.loads((args.out / "targets.json").read_text())
+        (args.out / "targets.md").write_text(markdown(report))
+        return 0
     if not args.data.is_dir():
         parser.error(f"not a folder: {args.data}")
     import torch
