@@ -2,11 +2,15 @@
 
 Commands::
 
-    jac encode IN OUT.jac [-q Q] [--strip] [--force] [--device D]   any image Pillow reads -> .jac
+    jac encode IN OUT.jac [-q Q | --size BYTES | --psnr DB] [--preview] [--strip] [--force] [--device D]
     jac decode IN.jac OUT [--device D]                              .jac -> any format Pillow writes (by extension)
     jac info FILE.jac [--json]                                      header, sizes, decoder needed; never imports torch
     jac models [--json]                                             installed decoder generations; never imports torch
-    jac batch IN_DIR OUT_DIR --to jac|png [-q Q] [-j N] [-r] [--device D] [--ray [ADDRESS]]
+    jac batch IN_DIR OUT_DIR --to jac|png [-q Q | --size BYTES | --psnr DB] [--preview] [-j N] [-r] [--device D]
+              [--ray [ADDRESS]]
+
+``--size 50k`` and ``--psnr 38`` choose the quality per image, as cwebp's ``-size`` and ``-psnr`` do
+(:mod:`pillow_jac.targets`): the largest whose file fits, or the smallest that reaches the PSNR.
 
 Exit status: 0 on success, 1 on any error (one line ``jac: error: ...`` on stderr, no traceback),
 2 for command line usage errors (argparse's convention), 130 when interrupted.
@@ -65,6 +69,26 @@ def _quality(text: str) -> float:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
+def _size(text: str) -> int:
+    """``--size``: bytes, or with k, M, G (powers of 1000) or KiB, MiB, GiB (:func:`pillow_jac.targets.parse_size`)."""
+    from .targets import parse_size
+
+    try:
+        return parse_size(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _psnr(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"PSNR must be a positive number of dB, got {text!r}")
+    return value
+
+
 def _pillow_format_for(path: Path) -> str:
     from PIL import Image
 
@@ -98,8 +122,14 @@ def encode_file(
     device: str | None = None,
     force: bool = False,
     model: str | None = None,
+    target_size: int | None = None,
+    target_psnr: float | None = None,
+    preview: bool = False,
 ) -> int:
     """Encode any image Pillow can read to ``dst`` (``.jac``); return the bytes written.
+
+    ``target_size`` or ``target_psnr`` replace ``quality`` (:mod:`pillow_jac.targets`); ``preview`` also
+    stores a preview (SPEC.md section 5.4).
 
     Raises:
         CliError: ``dst`` is ``src``, or its name does not end in ``.jac`` and ``force`` is false.
@@ -114,6 +144,11 @@ def encode_file(
     with Image.open(src) as im:
         im.load()
         options: dict[str, Any] = {"quality": quality, "effort": effort, "device": device, "model": model}
+        if target_size is not None or target_psnr is not None:
+            del options["quality"]
+            options.update(target_size=target_size, target_psnr=target_psnr)
+        if preview:
+            options["preview"] = True
         if strip:
             options.update(icc_profile=None, exif=None, xmp=None)
         save(im, dst, **options)
@@ -216,11 +251,16 @@ def _batch_inputs(in_dir: Path, to: str, recursive: bool) -> list[Path]:
     return sorted(p for p in in_dir.glob(pattern) if p.is_file() and p.suffix.lower() in exts)
 
 
-def _batch_job(src: str, dst: str, to: str, quality: float, effort: int, device: str | None) -> tuple[int, int]:
-    """Convert one file (runs in a worker); return (input bytes, output bytes)."""
+def _batch_job(
+    src: str, dst: str, to: str, quality: float, effort: int, device: str | None, extra: dict | None = None
+) -> tuple[int, int]:
+    """Convert one file (runs in a worker); return (input bytes, output bytes).
+
+    ``extra``: more :func:`encode_file` options (``target_size``, ``target_psnr``, ``preview``).
+    """
     Path(dst).parent.mkdir(parents=True, exist_ok=True)
     if to == "jac":
-        encode_file(Path(src), Path(dst), quality, effort=effort, device=device)
+        encode_file(Path(src), Path(dst), quality, effort=effort, device=device, **(extra or {}))
     else:
         decode_file(Path(src), Path(dst), device=device)
     return os.path.getsize(src), os.path.getsize(dst)
@@ -272,14 +312,16 @@ def _interrupt_when_cancelled(cancel: Any) -> None:
     _thread.interrupt_main(signal.SIGINT)
 
 
-def _worker_job(src: str, dst: str, to: str, quality: float, effort: int, device: str | None) -> tuple[int, int] | None:
+def _worker_job(
+    src: str, dst: str, to: str, quality: float, effort: int, device: str | None, extra: dict | None = None
+) -> tuple[int, int] | None:
     """:func:`_batch_job` in a worker; None when the batch was cancelled before or while converting."""
     global _converting
     try:
         _converting = True  # before the check: a cancel from now on interrupts the conversion
         if _cancelled:
             return None
-        return _batch_job(src, dst, to, quality, effort, device)
+        return _batch_job(src, dst, to, quality, effort, device, extra)
     except KeyboardInterrupt:
         return None
     finally:
@@ -330,8 +372,13 @@ def run_batch(
     device: str | None = None,
     progress: bool = True,
     stream: IO[str] | None = None,
+    target_size: int | None = None,
+    target_psnr: float | None = None,
+    preview: bool = False,
 ) -> tuple[int, int]:
     """Convert every image in ``in_dir`` into ``out_dir``; return (converted, failed) counts.
+
+    ``target_size``, ``target_psnr`` and ``preview`` are as in :func:`encode_file`, for every file.
 
     With ``to="jac"`` every file Pillow can read (by extension) is encoded to ``NAME.jac``; with
     ``to="png"`` every ``.jac`` file is decoded to ``NAME.png``. ``workers > 1`` uses that many
@@ -356,7 +403,8 @@ def run_batch(
 
     bar = _Progress(len(jobs), stream, progress)
     failed = 0
-    for src, result in _run_jobs(jobs, to, quality, effort, device, workers):
+    extra = {"target_size": target_size, "target_psnr": target_psnr, "preview": preview}
+    for src, result in _run_jobs(jobs, to, quality, effort, device, workers, extra):
         if isinstance(result, BaseException):
             failed += 1
             bar.step(str(src), _one_line(result))
@@ -366,12 +414,18 @@ def run_batch(
 
 
 def _run_jobs(
-    jobs: dict[Path, Path], to: str, quality: float, effort: int, device: str | None, workers: int
+    jobs: dict[Path, Path],
+    to: str,
+    quality: float,
+    effort: int,
+    device: str | None,
+    workers: int,
+    extra: dict | None = None,
 ) -> Iterator[tuple[Path, Any]]:
     if workers <= 1:
         for src, dst in jobs.items():
             try:
-                yield src, _batch_job(str(src), str(dst), to, quality, effort, device)
+                yield src, _batch_job(str(src), str(dst), to, quality, effort, device, extra)
             except Exception as e:
                 yield src, e
         return
@@ -395,7 +449,8 @@ def _run_jobs(
         ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_worker_init, initargs=init) as ex,
     ):
         futures: dict[Future[tuple[int, int] | None], Path] = {
-            ex.submit(_worker_job, str(src), str(dst), to, quality, effort, device): src for src, dst in jobs.items()
+            ex.submit(_worker_job, str(src), str(dst), to, quality, effort, device, extra): src
+            for src, dst in jobs.items()
         }
         try:
             for fut in as_completed(futures):
@@ -431,12 +486,33 @@ def build_parser() -> argparse.ArgumentParser:
         )
 
     def add_quality(p: argparse.ArgumentParser) -> None:
-        p.add_argument(
+        rate = p.add_mutually_exclusive_group()
+        rate.add_argument(
             "-q",
             "--quality",
             type=_quality,
             default=DEFAULT_QUALITY,
             help=f"quality from 1 to 8, fractions allowed (default {DEFAULT_QUALITY:g})",
+        )
+        rate.add_argument(
+            "--size",
+            type=_size,
+            metavar="BYTES",
+            help="instead of -q: the largest quality whose file fits in BYTES (50000, 50k, 1.5M, 48KiB); "
+            "an error when even quality 1 does not fit",
+        )
+        rate.add_argument(
+            "--psnr",
+            type=_psnr,
+            metavar="DB",
+            help="instead of -q: the smallest quality whose decoded image reaches DB (PSNR on 8-bit RGB); "
+            "an error when even quality 8 does not",
+        )
+        p.add_argument(
+            "--preview",
+            action="store_true",
+            help="also store a WebP preview of at most 512 pixels (about 20-40 kB) that thumbnail() and file "
+            "browsers read without decoding the image",
         )
         p.add_argument(
             "-e",
@@ -591,6 +667,9 @@ def _run(args: argparse.Namespace) -> None:
             device=args.device,
             force=args.force,
             model=args.model,
+            target_size=args.size,
+            target_psnr=args.psnr,
+            preview=args.preview,
         )
     elif args.command == "decode":
         decode_file(args.input, args.output, device=args.device)
@@ -615,6 +694,8 @@ def _run(args: argparse.Namespace) -> None:
         if args.jobs is not None and args.jobs < 1:
             raise CliError("-j/--jobs must be at least 1")
         if args.ray is not None:
+            if args.size is not None or args.psnr is not None or args.preview:
+                raise CliError("--size, --psnr and --preview do not work with --ray yet: run the batch without --ray")
             _run_ray_batch(args)
             return
         done, failed = run_batch(
@@ -627,6 +708,9 @@ def _run(args: argparse.Namespace) -> None:
             recursive=args.recursive,
             device=args.device,
             progress=not args.quiet,
+            target_size=args.size,
+            target_psnr=args.psnr,
+            preview=args.preview,
         )
         if failed:
             raise CliError(f"{failed} of {done + failed} files failed")

@@ -201,3 +201,16 @@ def test_pack_preview_checks_its_fields() -> None:
         container.pack_preview(container.PREVIEW_JPEG, 0, 3, b"x")
     with pytest.raises(ValueError, match="empty"):
         container.pack_preview(container.PREVIEW_JPEG, 4, 3, b"")
+
+
+def test_cli_encode_preview(tmp_path: Path) -> None:
+    from pillow_jac.cli import main
+
+    strip = Image.fromarray(np.tile(np.linspace(0, 255, 600, dtype=np.uint8)[None, :, None], (16, 1, 3)))
+    source = tmp_path / "strip.png"
+    strip.save(source)
+    assert main(["encode", str(source), str(tmp_path / "strip.jac"), "-q", "2", "--preview"]) == 0
+    jac = container.read(tmp_path / "strip.jac")
+    assert container.unpack_preview(jac.preview)[1:3] == (512, 14)
+    assert main(["encode", str(source), str(tmp_path / "plain.jac"), "-q", "2"]) == 0
+    assert container.read(tmp_path / "plain.jac").preview is None

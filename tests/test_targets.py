@@ -207,3 +207,44 @@ def test_parse_size(text: str, value: int) -> None:
 def test_parse_size_refuses(text: str) -> None:
     with pytest.raises(ValueError):
         targets.parse_size(text)
+
+
+# --------------------------------------------------------------------------- the command line
+
+
+def test_cli_encode_and_batch_with_size_and_psnr(rgb: np.ndarray, sizes: dict[float, int], tmp_path: Path) -> None:
+    from pillow_jac.cli import main
+
+    source = tmp_path / "in" / "a.png"
+    source.parent.mkdir()
+    Image.fromarray(rgb).save(source)
+    target = sizes[4.0]
+    assert main(["encode", str(source), str(tmp_path / "size.jac"), "--size", f"{target / 1000}k"]) == 0
+    assert (tmp_path / "size.jac").read_bytes() == targets.encode_to_target(rgb, target_size=target).data
+    assert main(["encode", str(source), str(tmp_path / "psnr.jac"), "--psnr", "29"]) == 0
+    assert decoded_psnr(rgb, (tmp_path / "psnr.jac").read_bytes()) >= 29
+    batch = ["batch", str(source.parent), str(tmp_path / "out"), "--to", "jac", "--size", str(target), "--quiet"]
+    assert main(batch) == 0
+    assert (tmp_path / "out" / "a.jac").read_bytes() == (tmp_path / "size.jac").read_bytes()
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["-q", "4", "--size", "50k"], ["--size", "50k", "--psnr", "30"], ["--size", "lots"], ["--psnr", "-1"]],
+)
+def test_cli_refuses_bad_targets(tmp_path: Path, args: list[str], capsys) -> None:
+    from pillow_jac.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["encode", str(tmp_path / "a.png"), str(tmp_path / "a.jac"), *args])
+    assert exit_info.value.code == 2
+
+
+def test_cli_reports_an_unreachable_size(rgb: np.ndarray, tmp_path: Path, capsys) -> None:
+    from pillow_jac.cli import main
+
+    source = tmp_path / "a.png"
+    Image.fromarray(rgb).save(source)
+    assert main(["encode", str(source), str(tmp_path / "a.jac"), "--size", "100"]) == 1
+    assert "too small" in capsys.readouterr().err
+    assert not (tmp_path / "a.jac").exists()
