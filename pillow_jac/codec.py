@@ -140,7 +140,8 @@ def encode(
             arr, target_size=target_size, target_psnr=target_psnr, effort=effort, device=device, weights=weights,
             model=model, icc_profile=icc_profile, exif=exif, xmp=xmp, preview=preview,
         ).data  # fmt: skip
-    q = container.quantize_quality(validate_quality(DEFAULT_QUALITY if quality is None else quality))
+    q16 = container.quality_to_u16(DEFAULT_QUALITY if quality is None else quality)  # validated here, once
+    q = container.u16_to_quality(q16)
     effort = validate_effort(effort)
     height, width = arr.shape[:2]
     if max(height, width) > container.C.MAX_DIMENSION:
@@ -161,7 +162,7 @@ def encode(
         width=width,
         height=height,
         layout=layout,
-        quality=q,
+        q16=q16,
         model_id=engine.model_id,
         weights_hash=engine.weights_hash,
         z_stream=z_stream,
@@ -216,7 +217,7 @@ def encode_symbols(
 ):
     """The integer latents ``(z_hat, y_hat)`` that :func:`encode` writes for ``image``."""
     arr, layout = _as_array(image)
-    q = container.quantize_quality(validate_quality(quality))
+    q = container.quantize_quality(quality)
     return _analyze(_color_planes(arr, layout), q, _encoder_engine(device, weights, model), validate_effort(effort))
 
 
