@@ -142,7 +142,12 @@ def test_default_preview_is_512_pixels_and_small_images_get_none() -> None:
 @pytest.mark.parametrize("value", [3, 5000, "yes", 2.5])
 def test_bad_preview_values(image: Image.Image, value) -> None:
     with pytest.raises(ValueError, match="preview must be"):
-        jac_bytes(image, quality=2, preview=value)
+        JacImagePlugin.make_preview(np.asarray(image), "RGB", value)
+
+
+def test_a_bad_preview_value_fails_the_save(image: Image.Image) -> None:
+    with pytest.raises(ValueError, match="preview must be"):
+        jac_bytes(image, quality=2, preview=3)
 
 
 def with_chunk(data: bytes, preview: bytes) -> bytes:
