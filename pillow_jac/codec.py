@@ -28,11 +28,20 @@ import os
 import numpy as np
 
 from . import container
-from .constants import DEFAULT_EFFORT, DEFAULT_QUALITY, EFFORT_ITERATIONS, validate_effort, validate_quality
+from .constants import (
+    ALPHA_LAYOUTS,
+    DEFAULT_EFFORT,
+    DEFAULT_QUALITY,
+    DOWNSAMPLING,
+    EFFORT_ITERATIONS,
+    GRAY_LAYOUTS,
+    LAYOUT_BY_CHANNELS,
+    LAYOUTS,
+    validate_effort,
+    validate_quality,
+)
 
 __all__ = ["encode", "decode", "encode_symbols", "decode_symbols", "CodecError", "encode_batch", "decode_batch"]
-
-_LAYOUT_BY_CHANNELS = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}
 
 
 class CodecError(ValueError):
@@ -42,7 +51,7 @@ class CodecError(ValueError):
 def _as_array(image) -> tuple[np.ndarray, str]:
     """A uint8 ``(H, W, C)`` array and its layout from an array or a PIL image."""
     if hasattr(image, "mode") and hasattr(image, "getbands"):
-        if image.mode not in ("RGB", "L", "RGBA", "LA"):
+        if image.mode not in LAYOUTS:
             raise ValueError(f"cannot encode mode {image.mode!r}: convert to RGB, RGBA, L or LA first")
         image = np.asarray(image)
     arr = np.asarray(image)
@@ -50,16 +59,16 @@ def _as_array(image) -> tuple[np.ndarray, str]:
         raise ValueError(f"expected a uint8 array, got {arr.dtype}")
     if arr.ndim == 2:
         arr = arr[:, :, None]
-    if arr.ndim != 3 or arr.shape[2] not in _LAYOUT_BY_CHANNELS:
+    if arr.ndim != 3 or arr.shape[2] not in LAYOUT_BY_CHANNELS:
         raise ValueError(f"expected an (H, W) or (H, W, 1-4) array, got shape {arr.shape}")
     if arr.shape[0] < 1 or arr.shape[1] < 1:
         raise ValueError("the image is empty")
-    return arr, _LAYOUT_BY_CHANNELS[arr.shape[2]]
+    return arr, LAYOUT_BY_CHANNELS[arr.shape[2]]
 
 
 def _color_planes(arr: np.ndarray, layout: str) -> np.ndarray:
     """The ``(H, W, 3)`` planes that go through the network (gray repeated three times)."""
-    return arr[:, :, :3] if layout in ("RGB", "RGBA") else np.repeat(arr[:, :, :1], 3, axis=2)
+    return np.repeat(arr[:, :, :1], 3, axis=2) if layout in GRAY_LAYOUTS else arr[:, :, :3]
 
 
 #: images up to this many pixels run their float transforms on one torch thread: their ops are too
@@ -150,9 +159,6 @@ def encode(
     z_hat, y_hat = _analyze(_color_planes(arr, layout), q, engine, effort)
     with _torch().inference_mode():
         z_stream, y_stream = engine.latents.encode(z_hat, y_hat)
-    alpha_method, alpha = 0, None
-    if layout in ("RGBA", "LA"):
-        alpha_method, alpha = container.compress_alpha(np.ascontiguousarray(arr[:, :, -1]).tobytes(), width, height)
     preview_chunk = None
     if preview:
         from .JacImagePlugin import make_preview
@@ -167,8 +173,7 @@ def encode(
         weights_hash=engine.weights_hash,
         z_stream=z_stream,
         y_stream=y_stream,
-        alpha=alpha,
-        alpha_method=alpha_method,
+        **_alpha_fields(arr, layout),
         icc_profile=icc_profile,
         exif=exif,
         xmp=xmp,
@@ -186,14 +191,9 @@ def _analyze(color: np.ndarray, quality: float, engine, effort: int = 0) -> tupl
     height, width = color.shape[:2]
     (yh, yw), _ = container.latent_shapes(width, height)
     model = engine.model
-    # the padded image (edge pixels repeated to a multiple of 16), built stripe by stripe
-    columns = np.minimum(np.arange(yw * 16), width - 1)
 
-    def pixel_rows(first: int, end: int):
-        rows = np.minimum(np.arange(first, end), height - 1)
-        block = color[rows[:, None], columns[None, :]]
-        x = torch.from_numpy(block).to(engine.device).permute(2, 0, 1)[None].float() / 255.0
-        return x.contiguous(memory_format=torch.channels_last) if engine.device.type == "cpu" else x
+    def pixel_rows(first: int, end: int):  # the padded image, built stripe by stripe
+        return _padded_pixels([color], first, end, yw, engine.device)
 
     with torch.inference_mode(), _threads_for(height * width, engine):
         y = analyze_in_stripes(model.g_a, pixel_rows, (yh, yw))
@@ -327,38 +327,53 @@ def decode(data, *, device=None, weights=None) -> np.ndarray:
     _check_size(jac.header)
     engine = _engine_for(jac, device, weights)
     h = jac.header
-    alpha = None
-    if h.layout in ("RGBA", "LA"):
-        raw = container.decompress_alpha(jac.alpha_method, jac.alpha, h.width, h.height)
-        alpha = np.frombuffer(raw, np.uint8).reshape(h.height, h.width)
+    alpha = _alpha_of(jac)
     _, y_hat = _decode_latents(jac, engine)
+    return _to_layout(_synthesize(engine, y_hat, h.quality, h.height, h.width), h.layout, alpha)
+
+
+def _alpha_of(jac: container.JacFile) -> np.ndarray | None:
+    """The lossless alpha plane of a file, ``(H, W)`` uint8, or None (SPEC.md section 5.1)."""
+    h = jac.header
+    if h.layout not in ALPHA_LAYOUTS:
+        return None
+    raw = container.decompress_alpha(jac.alpha_method, jac.alpha, h.width, h.height)
+    return np.frombuffer(raw, np.uint8).reshape(h.height, h.width)
+
+
+def _alpha_fields(arr: np.ndarray, layout: str) -> dict:
+    """The ``alpha`` and ``alpha_method`` of :meth:`~pillow_jac.container.JacFile.create` for an image."""
+    if layout not in ALPHA_LAYOUTS:
+        return {"alpha": None, "alpha_method": 0}
+    height, width = arr.shape[:2]
+    method, alpha = container.compress_alpha(np.ascontiguousarray(arr[:, :, -1]).tobytes(), width, height)
+    return {"alpha": alpha, "alpha_method": method}
+
+
+def _synthesize(engine, y_hat: np.ndarray, quality: float, height: int, width: int) -> np.ndarray:
+    """g_s of integer latents ``(M, Hy, Wy)`` at a stored quality: the ``(H, W, 3)`` uint8 colour planes.
+
+    ``clamp(round(255 * g_s(y_hat * inverse_gain(q))), 0, 255)`` cropped to the image (CODING.md section
+    1.4), computed stripe by stripe so memory stays bounded.
+    """
     torch = _torch()
-    with torch.inference_mode(), _threads_for(h.height * h.width, engine):
+    from .stripes import synthesize_in_stripes
+
+    rgb = np.empty((height, width, 3), np.uint8)
+    with torch.inference_mode(), _threads_for(height * width, engine):
         y = torch.from_numpy(y_hat).to(engine.device).float()[None]
-        inverse = engine.gains(h.quality, inverse=True).to(y)
-        y = y * inverse
+        y = y * engine.gains(quality, inverse=True).to(y)
         if engine.device.type == "cpu":
             y = y.contiguous(memory_format=torch.channels_last)
-        from .stripes import synthesize_in_stripes
-
-        rgb = np.empty((h.height, h.width, 3), np.uint8)
 
         def store(first_row: int, x_hat) -> None:  # one stripe of g_s output to 8-bit pixels
-            end = min(h.height, first_row + x_hat.shape[2])
+            end = min(height, first_row + x_hat.shape[2])
             if first_row < end:
-                part = x_hat[0, :, : end - first_row, : h.width]
+                part = x_hat[0, :, : end - first_row, :width]
                 rgb[first_row:end] = (part.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
 
         synthesize_in_stripes(engine.synthesis, y, sink=store)
-    if h.layout in ("L", "LA"):
-        weights_ = np.array([299, 587, 114], np.int64)
-        gray = ((rgb.astype(np.int64) * weights_).sum(axis=2) + 500) // 1000
-        planes = [gray.astype(np.uint8)]
-    else:
-        planes = [rgb[:, :, c] for c in range(3)]
-    if alpha is not None:
-        planes.append(alpha)
-    return planes[0] if len(planes) == 1 else np.ascontiguousarray(np.stack(planes, axis=2))
+    return rgb
 
 
 # -- batches: one forward pass of g_a or g_s for several images of the same padded size --------------
@@ -397,14 +412,14 @@ def _check_batch_size(batch_size: int) -> int:
 def _padded_pixels(colors: list[np.ndarray], first: int, end: int, latent_width: int, device):
     """Rows ``[first, end)`` of padded images (edge pixels repeated) as a ``(B, 3, rows, 16 Wy)`` tensor in [0, 1].
 
-    For one image these are the values and the memory layout that :func:`_analyze` gives g_a.
+    The input of g_a (CODING.md section 1.2), for :func:`_analyze`, the batches and the target search.
     """
     torch = _torch()
     blocks = []
     for color in colors:
         height, width = color.shape[:2]
         rows = np.minimum(np.arange(first, end), height - 1)
-        columns = np.minimum(np.arange(latent_width * 16), width - 1)
+        columns = np.minimum(np.arange(latent_width * DOWNSAMPLING), width - 1)
         blocks.append(color[rows[:, None], columns[None, :]])
     x = torch.from_numpy(np.stack(blocks)).to(device).permute(0, 3, 1, 2).float() / 255.0
     return x.contiguous(memory_format=torch.channels_last) if device.type == "cpu" else x
@@ -452,12 +467,9 @@ def _analyze_batch(
 def _file_bytes(arr: np.ndarray, layout: str, quality: float, engine, z_stream: bytes, y_stream: bytes) -> bytes:
     """The ``.jac`` file of coded streams, without metadata or preview (as :func:`encode` writes it then)."""
     height, width = arr.shape[:2]
-    alpha_method, alpha = 0, None
-    if layout in ("RGBA", "LA"):
-        alpha_method, alpha = container.compress_alpha(np.ascontiguousarray(arr[:, :, -1]).tobytes(), width, height)
     jac = container.JacFile.create(
         width=width, height=height, layout=layout, quality=quality, model_id=engine.model_id,
-        weights_hash=engine.weights_hash, z_stream=z_stream, y_stream=y_stream, alpha=alpha, alpha_method=alpha_method,
+        weights_hash=engine.weights_hash, z_stream=z_stream, y_stream=y_stream, **_alpha_fields(arr, layout),
     )  # fmt: skip
     return container.serialize(jac)
 
@@ -550,8 +562,11 @@ def _synthesize_batch(y_hats: list[np.ndarray], qualities: list[float], sizes: l
 
 
 def _to_layout(rgb: np.ndarray, layout: str, alpha: np.ndarray | None) -> np.ndarray:
-    """Decoded RGB planes (and alpha) as the array of the file's layout (gray as :func:`decode` computes it)."""
-    if layout in ("L", "LA"):
+    """Decoded colour planes (and alpha) as the array of the file's layout.
+
+    Grey is ``(299 R + 587 G + 114 B + 500) // 1000`` (CODING.md section 1.4).
+    """
+    if layout in GRAY_LAYOUTS:
         gray = ((rgb.astype(np.int64) * np.array([299, 587, 114], np.int64)).sum(axis=2) + 500) // 1000
         planes = [gray.astype(np.uint8)]
     else:
@@ -605,9 +620,5 @@ def decode_batch(files, *, device=None, batch_size: int = 8) -> list[np.ndarray]
         sizes = [(h.height, h.width) for h in headers]
         rgbs = _synthesize_batch(y_hats, [h.quality for h in headers], sizes, engine)
         for i, h, rgb in zip(members, headers, rgbs, strict=True):
-            alpha = None
-            if h.layout in ("RGBA", "LA"):
-                raw = container.decompress_alpha(parsed[i].alpha_method, parsed[i].alpha, h.width, h.height)
-                alpha = np.frombuffer(raw, np.uint8).reshape(h.height, h.width)
-            out[i] = _to_layout(rgb, h.layout, alpha)
+            out[i] = _to_layout(rgb, h.layout, _alpha_of(parsed[i]))
     return out

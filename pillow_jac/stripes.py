@@ -18,8 +18,6 @@ before. The transforms are the paper's (Minnen et al. 2018, fig. 1); the stripin
 
 Example:
     >>> import torch
-
-from .constants import DOWNSAMPLING
     >>> from torch import nn
     >>> g_s = nn.Sequential(*(nn.ConvTranspose2d(2, 2, 5, 2, 2, 1) for _ in range(4)))
     >>> y = torch.randn(1, 2, 9, 3)

@@ -202,14 +202,10 @@ class _Candidates:
         self.color = codec._color_planes(arr, layout)
         self.height, self.width = self.color.shape[:2]
         (yh, yw), _ = container.latent_shapes(self.width, self.height)
-        columns = np.minimum(np.arange(yw * 16), self.width - 1)
-        color, height, device = self.color, self.height, engine.device
+        color, device = self.color, engine.device
 
         def pixel_rows(first: int, end: int):  # the padded image, as codec._analyze builds it
-            rows = np.minimum(np.arange(first, end), height - 1)
-            block = color[rows[:, None], columns[None, :]]
-            x = torch.from_numpy(block).to(device).permute(2, 0, 1)[None].float() / 255.0
-            return x.contiguous(memory_format=torch.channels_last) if device.type == "cpu" else x
+            return codec._padded_pixels([color], first, end, yw, device)
 
         self.pixel_rows = pixel_rows
         with torch.inference_mode(), self.threads():
@@ -300,32 +296,11 @@ class _Candidates:
     # -- decoded pixels ----------------------------------------------------------------------------
     def psnr(self, q16: int, effort: int = 0) -> float:
         """PSNR of the file at quality ``q16 / 256`` as :func:`pillow_jac.codec.decode` decodes it."""
-        torch = codec._torch()
-        from .stripes import synthesize_in_stripes
-
         _, y_hat = self.latents(q16, effort)
-        model, device = self.engine.model, self.engine.device
-        height, width = self.height, self.width
-        rgb = np.empty((height, width, 3), np.uint8)
-        with torch.inference_mode(), self.threads():
-            y = torch.from_numpy(y_hat).to(device).float()[None]
-            inverse = model.gains(torch.tensor([q16 / QUALITY_DENOMINATOR], dtype=torch.float64), inverse=True)
-            y = y * inverse.to(y)
-            if device.type == "cpu":
-                y = y.contiguous(memory_format=torch.channels_last)
-
-            def store(first_row: int, x_hat) -> None:
-                end = min(height, first_row + x_hat.shape[2])
-                if first_row < end:
-                    part = x_hat[0, :, : end - first_row, :width]
-                    rgb[first_row:end] = (part.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
-
-            synthesize_in_stripes(self.engine.synthesis, y, sink=store)
+        rgb = codec._synthesize(self.engine, y_hat, q16 / QUALITY_DENOMINATOR, self.height, self.width)
         self.syntheses += 1
-        if self.layout in ("L", "LA"):
-            gray = (rgb.astype(np.int64) * np.array([299, 587, 114], np.int64)).sum(axis=2)
-            return psnr(self.arr[:, :, 0], ((gray + 500) // 1000).astype(np.uint8))
-        return psnr(self.arr[:, :, :3], rgb)
+        decoded = codec._to_layout(rgb, self.layout, None)
+        return psnr(self.arr[:, :, 0] if decoded.ndim == 2 else self.arr[:, :, :3], decoded)
 
 
 # -- the searches -----------------------------------------------------------------------------------
@@ -569,9 +544,6 @@ def encode_to_target(
     if max(height, width) > container.C.MAX_DIMENSION:
         raise ValueError(f"images are limited to {container.C.MAX_DIMENSION} pixels per side")
     engine = codec._encoder_engine(device, weights, model)
-    alpha_method, alpha = 0, None
-    if layout in ("RGBA", "LA"):
-        alpha_method, alpha = container.compress_alpha(np.ascontiguousarray(arr[:, :, -1]).tobytes(), width, height)
     preview_chunk = None
     if preview:
         from .JacImagePlugin import make_preview
@@ -579,7 +551,7 @@ def encode_to_target(
         preview_chunk = make_preview(arr, layout, preview)
     fields = dict(
         width=width, height=height, layout=layout, model_id=engine.model_id, weights_hash=engine.weights_hash,
-        alpha=alpha, alpha_method=alpha_method, icc_profile=icc_profile, exif=exif, xmp=xmp, preview=preview_chunk,
+        **codec._alpha_fields(arr, layout), icc_profile=icc_profile, exif=exif, xmp=xmp, preview=preview_chunk,
     )  # fmt: skip
     if size_goal is not None:
         empty = container.JacFile.create(quality=QUALITY_MIN, z_stream=b"", y_stream=b"", **fields)
