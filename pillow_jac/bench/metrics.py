@@ -41,7 +41,8 @@ def portable_path(path) -> str:
 
     Example:
         >>> from pathlib import Path
-        >>> portable_path(Path(__file__).resolve().parents[3] / "shared" / "data" / "kodak")
+        >>> import os
+        >>> portable_path(Path(os.path.abspath(__file__)).parents[3] / "shared" / "data" / "kodak")
         '../shared/data/kodak'
         >>> portable_path("/somewhere/else/entirely/kodak")
         'kodak'
@@ -49,9 +50,9 @@ def portable_path(path) -> str:
     import os
     from pathlib import Path
 
-    resolved = Path(path).resolve()
-    relative = os.path.relpath(resolved, Path(__file__).resolve().parents[2])
-    return relative if not relative.startswith(("../../", "..\\..\\")) else resolved.name
+    absolute = os.path.abspath(path)  # not resolve(): a linked data folder keeps the name it is reached by
+    relative = os.path.relpath(absolute, Path(os.path.abspath(__file__)).parents[2])
+    return relative if not relative.startswith(("../../", "..\\..\\")) else os.path.basename(absolute)
 
 
 #: the smallest side pytorch-msssim accepts with its default 11-tap window and 5 scales
