@@ -694,8 +694,6 @@ def _run(args: argparse.Namespace) -> None:
         if args.jobs is not None and args.jobs < 1:
             raise CliError("-j/--jobs must be at least 1")
         if args.ray is not None:
-            if args.size is not None or args.psnr is not None or args.preview:
-                raise CliError("--size, --psnr and --preview do not work with --ray yet: run the batch without --ray")
             _run_ray_batch(args)
             return
         done, failed = run_batch(
@@ -731,6 +729,9 @@ def _run_ray_batch(args: argparse.Namespace) -> None:
         workers=args.jobs,
         device=args.device,
         progress=not args.quiet,
+        target_size=args.size,
+        target_psnr=args.psnr,
+        preview=args.preview,
     )
     if not args.quiet and report.skipped:
         print(f"{PROG}: {report.skipped} files already done, skipped", file=sys.stderr)

@@ -204,12 +204,13 @@ def plan(
     return jobs
 
 
-def is_done(src: str | os.PathLike, dst: str | os.PathLike, to: str, quality: float = DEFAULT_QUALITY) -> bool:
+def is_done(src: str | os.PathLike, dst: str | os.PathLike, to: str, quality: float | None = DEFAULT_QUALITY) -> bool:
     """Whether ``dst`` is a finished conversion of ``src``, which ``resume`` skips.
 
     Outputs are written atomically, so a file at ``dst`` is complete. It counts as done when it is a regular
     file at least as new as ``src`` and, for ``to="jac"``, its header parses and holds ``quality`` (as stored, to
-    1/256). The effort and the model are not checked: run with ``resume=False`` to redo a batch with another.
+    1/256); ``quality=None`` (a size or PSNR target, whose quality is found per file) checks only the header.
+    The effort, the target and the model are not checked: run with ``resume=False`` to redo a batch with another.
     """
     try:
         out = os.stat(dst)
@@ -221,7 +222,7 @@ def is_done(src: str | os.PathLike, dst: str | os.PathLike, to: str, quality: fl
             header = container.read_header(f)
     except (OSError, ValueError):
         return False
-    return header.quality == container.quantize_quality(quality)
+    return quality is None or header.quality == container.quantize_quality(quality)
 
 
 def _peak_rss_bytes() -> int:
@@ -275,15 +276,27 @@ class Worker:
         return {**self._info, "rss_peak_bytes": _peak_rss_bytes()}
 
     def convert(
-        self, src: str, dst: str, to: str, quality: float, effort: int, device: str | None, resume: bool
+        self,
+        src: str,
+        dst: str,
+        to: str,
+        quality: float,
+        effort: int,
+        device: str | None,
+        resume: bool,
+        extra: dict | None = None,
     ) -> FileResult:
-        """Convert one file as ``jac batch`` does; never raises (a failure is a ``"failed"`` result)."""
+        """Convert one file as ``jac batch`` does; never raises (a failure is a ``"failed"`` result).
+
+        ``extra``: the batch's ``target_size``, ``target_psnr`` and ``preview``.
+        """
         start = time.perf_counter()
         where = {"node": self._info["node"], "pid": self._info["pid"]}
+        targeted = bool(extra) and (extra.get("target_size") is not None or extra.get("target_psnr") is not None)
         try:
-            if resume and is_done(src, dst, to, quality):
+            if resume and is_done(src, dst, to, None if targeted else quality):
                 return FileResult(src, dst, "skipped", **where)
-            in_bytes, out_bytes = _batch_job(src, dst, to, quality=quality, effort=effort, device=device)
+            in_bytes, out_bytes = _batch_job(src, dst, to, quality=quality, effort=effort, device=device, extra=extra)
         except Exception as e:
             return FileResult(src, dst, "failed", _one_line(e), seconds=time.perf_counter() - start, **where)
         return FileResult(src, dst, "done", None, in_bytes, out_bytes, time.perf_counter() - start, **where)
@@ -306,6 +319,9 @@ def convert(
     device: str | None = None,
     in_flight: int | None = None,
     progress: bool | Callable[[FileResult], None] = False,
+    target_size: int | str | None = None,
+    target_psnr: float | None = None,
+    preview: bool | int = False,
 ) -> Report:
     """Convert images to ``.jac`` (or ``.jac`` files to PNG) on Ray workers, as ``jac batch`` does.
 
@@ -331,6 +347,9 @@ def convert(
         in_flight: the most calls submitted at once (default: two per worker; at least one per worker).
         progress: True for ``jac batch``'s progress line on stderr, or a function called with each
             :class:`FileResult` as it comes back.
+        target_size: instead of ``quality``, each file's size at most (:mod:`pillow_jac.targets`).
+        target_psnr: instead of ``quality``, each file's PSNR at least.
+        preview: store a gallery preview in each file (``to="jac"``).
 
     Returns:
         The :class:`Report`; failed files are in :attr:`Report.failed` and do not raise.
@@ -341,6 +360,7 @@ def convert(
         RuntimeError: no worker could be started, or every worker died.
     """
     quality, effort = validate_quality(quality), validate_effort(effort)
+    extra = {"target_size": target_size, "target_psnr": target_psnr, "preview": preview}
     if workers is not None and workers < 1 or in_flight is not None and in_flight < 1:
         raise ValueError("workers and in_flight must be at least 1")
     if not num_cpus > 0 or num_gpus is not None and not num_gpus >= 0:
@@ -376,7 +396,7 @@ def convert(
             lambda: actor_class.remote(to, device, threads),
             workers,
             slots_each,
-            (to, quality, effort, device, resume),
+            (to, quality, effort, device, resume, extra),
             _progress_function(progress, len(jobs)),
         )
     finally:

@@ -154,6 +154,16 @@ def test_ray_matches_jac_batch_and_resumes(ray_local, photos: Path, reference: P
 
 
 @pytest.mark.ray
+def test_ray_passes_targets_on_like_jac_batch(ray_local, photos: Path, tmp_path: Path) -> None:
+    """``--psnr`` (and ``--preview``) reach the Ray workers: the files equal ``jac batch -j 1``'s."""
+    ref, out = tmp_path / "ref", tmp_path / "ray"
+    options = ["--psnr", "30", "--preview", "--quiet"]
+    code = main(["batch", str(photos), str(ref), "--to", "jac", "-r", "-j", "1", *options])
+    assert main(["batch", str(photos), str(out), "--to", "jac", "-r", *options, "--ray", "-j", "1"]) == code
+    assert outputs(out) == outputs(ref) and len(outputs(ref)) == 4
+
+
+@pytest.mark.ray
 def test_ray_replaces_a_lost_worker(ray_local, photos: Path, reference: Path, tmp_path: Path) -> None:
     killed: list[int] = []
 
