@@ -160,7 +160,8 @@ def test_command_line_runs_validates_and_resumes(base, tmp_path, capsys):
         encoder_tune.main([*common, "--steps", "3"])
     encoder_tune.main([*common, "--steps", "3", "--resume"])
     assert "resumed from" in capsys.readouterr().out
-    assert torch.load(out / "checkpoint.pt", weights_only=False)["step"] == 3
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=False)
+    assert ckpt["step"] == 3 and set(ckpt["average"]) == set(ckpt["encoder"])
     rows = list(csv.DictReader(open(out / "val.csv")))
     assert [r["step"] for r in rows] == ["0", "2"]
     # the tiny model codes a few dozen bytes here, so the 4-byte words of the streams dominate

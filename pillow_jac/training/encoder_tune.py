@@ -447,6 +447,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--decay-steps", type=int, default=0, help="cosine decay to lr/10 over this many steps (0: none)")
     p.add_argument("--clip", type=float, default=1.0)
     p.add_argument(
+        "--ema",
+        type=float,
+        default=0.99,
+        help="decay of the moving average of the encoder weights that validation scores and saves (0: none)",
+    )
+    p.add_argument(
         "--rate-gradient", choices=("noise", "ste"), default="noise", help="see coded_forward's rate_gradient"
     )
     p.add_argument("--threads", type=int, default=2)
@@ -498,7 +504,8 @@ def main(argv: list[str] | None = None) -> None:
     for name, p in model.named_parameters():
         p.requires_grad_(is_encoder_key(name))
     decoder_before = {k: v.clone() for k, v in model.state_dict().items() if not is_encoder_key(k)}
-    params = [p for p in model.parameters() if p.requires_grad]
+    encoder_params = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    params = [p for _, p in encoder_params]
     optimizer = torch.optim.Adam(params, lr=args.lr)
 
     train_paths, held_paths = holdout_split(list_images(args.data), args.holdout, args.holdout_seed)
@@ -509,6 +516,9 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{len(sampler.images)} training images loaded in {time.time() - t0:.0f} s, {len(held)} held out", flush=True)
 
     step, best_bd, best_step, baseline = 0, 0.0, 0, None
+    # Polyak averaging of the encoder weights: small batches make each step noisy, and the average
+    # of the last ~1 / (1 - decay) steps is what is scored and saved
+    average = encoder_state(model) if args.ema else None
     if args.resume and ckpt_path.exists():
         ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
         model.load_state_dict(ckpt["encoder"], strict=False)
@@ -516,6 +526,7 @@ def main(argv: list[str] | None = None) -> None:
         sampler.set_state(ckpt["sampler"])
         torch.set_rng_state(ckpt["torch_rng"])
         step, best_bd, best_step, baseline = ckpt["step"], ckpt["best_bd"], ckpt["best_step"], ckpt["baseline"]
+        average = ckpt.get("average") or average
         print(f"resumed from {ckpt_path} at step {step} (best {best_bd:+.3f}% at step {best_step})", flush=True)
 
     def candidate(path: Path) -> Path:
@@ -524,7 +535,7 @@ def main(argv: list[str] | None = None) -> None:
         date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
         notes = {
             "encoder_update": f"g_a, h_a, log_gain fine-tuned {step} steps (batch {args.batch}, {args.crop}px crops, "
-            f"lr {args.lr:g}) against the frozen decoder with the coder's exact rate, "
+            f"lr {args.lr:g}, average {args.ema:g}) against the frozen decoder with the coder's exact rate, "
             "pillow_jac.training.encoder_tune, " + date,
             "encoder_update_steps": str(step),
             "encoder_update_base_hash": base_metadata.get("weights_hash", ""),
@@ -545,6 +556,7 @@ def main(argv: list[str] | None = None) -> None:
                 "best_bd": best_bd,
                 "best_step": best_step,
                 "baseline": baseline,
+                "average": average,
                 "args": {k: str(v) for k, v in vars(args).items()},
             },
             tmp,
@@ -583,9 +595,15 @@ def main(argv: list[str] | None = None) -> None:
     def validate() -> None:
         nonlocal best_bd, best_step
         t0 = time.time()
-        path = candidate(args.out / "candidate.safetensors")
-        with torch.no_grad():
-            rows = score_real(path, held, model=model, rate=rate)
+        live = encoder_state(model)
+        if average is not None:
+            model.load_state_dict(average, strict=False)
+        try:
+            path = candidate(args.out / "candidate.safetensors")
+            with torch.no_grad():
+                rows = score_real(path, held, model=model, rate=rate)
+        finally:
+            model.load_state_dict(live, strict=False)
         bd = _bd(baseline, rows)
         improved = math.isfinite(bd) and bd < best_bd
         path.replace(args.out / "last.safetensors")
@@ -632,6 +650,10 @@ def main(argv: list[str] | None = None) -> None:
         if args.clip:
             torch.nn.utils.clip_grad_norm_(params, args.clip)
         optimizer.step()
+        if average is not None:
+            with torch.no_grad():
+                for name, p in encoder_params:
+                    average[name].lerp_(p, 1.0 - args.ema)
         step += 1
         n += 1
         t_steps += time.perf_counter() - t_step
