@@ -35,7 +35,7 @@ from typing import Any
 
 from .. import codec, targets
 from ..constants import QUALITY_MAX
-from .codecs import load_rgb
+from .codecs import list_images, load_rgb
 from .metrics import portable_path
 
 __all__ = ["main", "run", "summarise", "markdown", "DEFAULT_SIZES"]
@@ -50,17 +50,12 @@ def _log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def _images(data: Path, limit: int | None) -> list[Path]:
-    files = sorted(p for p in data.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp", ".ppm"))
-    return files[:limit] if limit else files
-
-
 def run(
     data: Path, sizes: Sequence[int], psnrs: Sequence[float], limit: int | None = None, effort: int = 0
 ) -> list[dict[str, Any]]:
     """One row per (image, target): what the search found and what it cost."""
     rows: list[dict[str, Any]] = []
-    for path in _images(data, limit):
+    for path in list_images(data, limit):
         rgb = load_rgb(path)
         codec.encode(rgb[:64, :64], PLAIN_QUALITY)  # the model loaded and warm before anything is timed
         start = time.perf_counter()
