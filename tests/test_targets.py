@@ -248,3 +248,25 @@ def test_cli_reports_an_unreachable_size(rgb: np.ndarray, tmp_path: Path, capsys
     assert main(["encode", str(source), str(tmp_path / "a.jac"), "--size", "100"]) == 1
     assert "too small" in capsys.readouterr().err
     assert not (tmp_path / "a.jac").exists()
+
+
+def test_bench_targets_writes_a_report_without_absolute_paths(tmp_path: Path) -> None:
+    """``python -m pillow_jac.bench.targets`` on two small images: every size search at or under its target."""
+    import json
+
+    from PIL import Image
+
+    from pillow_jac.bench import targets as bench_targets
+
+    from .helpers import natural_image
+
+    data = tmp_path / "images"
+    data.mkdir()
+    for i in range(2):
+        Image.fromarray(natural_image(48, 64, seed=i)).save(data / f"im{i}.png")
+    out = tmp_path / "out"
+    assert bench_targets.main(["--data", str(data), "--out", str(out), "--sizes", "1500,3000", "--psnr", "26"]) == 0
+    report = json.loads((out / "targets.json").read_text())
+    assert report["totals"]["size_hits"] == report["totals"]["size_searches"] == 4
+    text = (out / "targets.md").read_text()
+    assert str(tmp_path) not in text and str(tmp_path) not in (out / "targets.json").read_text()
