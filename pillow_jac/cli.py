@@ -35,23 +35,31 @@ import os
 import signal
 import sys
 import threading
-import time
 import warnings
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future
 from pathlib import Path
 from typing import IO, Any
 
-from . import __version__, container
+from . import __version__
 from .constants import DEFAULT_EFFORT, DEFAULT_QUALITY, MAX_EFFORT, validate_quality
-from .files import write_atomic
+from .conversion import (
+    PROG,
+    ConversionError,
+    Progress,
+    batch_inputs,
+    convert_file,
+    decode_file,
+    encode_file,
+    first_line,
+    one_line,
+    read_jac,
+)
 
 __all__ = ["main", "build_parser"]
 
-PROG = "jac"
 
-
-class CliError(Exception):
+class CliError(ConversionError):
     """An error reported as one line on stderr, with exit status 1."""
 
 
@@ -89,116 +97,6 @@ def _psnr(text: str) -> float:
     return value
 
 
-def _pillow_format_for(path: Path) -> str:
-    from PIL import Image
-
-    ext = path.suffix.lower()
-    if not ext:
-        raise CliError(f"{path}: output has no file extension to choose a format from (e.g. .png)")
-    Image.init()
-    fmt = Image.registered_extensions().get(ext)
-    if fmt is None or fmt not in Image.SAVE:
-        raise CliError(f"{path}: Pillow cannot write '{ext}' files")
-    return fmt
-
-
-def _check_output(src: Path, dst: Path) -> None:
-    """Refuse to write over the input: the same file, whatever the path (links, ``..``, hard links)."""
-    try:
-        same = os.path.samefile(src, dst)
-    except OSError:  # one of them does not exist (a missing input is reported when it is read)
-        same = False
-    if same:
-        raise CliError(f"{dst}: the output is the input file; choose another output")
-
-
-def encode_file(
-    src: Path,
-    dst: Path,
-    quality: float,
-    *,
-    effort: int = DEFAULT_EFFORT,
-    strip: bool = False,
-    device: str | None = None,
-    force: bool = False,
-    model: str | None = None,
-    target_size: int | None = None,
-    target_psnr: float | None = None,
-    preview: bool = False,
-) -> int:
-    """Encode any image Pillow can read to ``dst`` (``.jac``); return the bytes written.
-
-    ``target_size`` or ``target_psnr`` replace ``quality`` (:mod:`pillow_jac.targets`); ``preview`` also
-    stores a preview (SPEC.md section 5.4).
-
-    Raises:
-        CliError: ``dst`` is ``src``, or its name does not end in ``.jac`` and ``force`` is false.
-    """
-    from PIL import Image
-
-    from .files import save
-
-    _check_output(src, dst)
-    if dst.suffix.lower() != ".jac" and not force:
-        raise CliError(f"{dst}: a JAC file's name should end in .jac (use --force to write it anyway)")
-    with Image.open(src) as im:
-        im.load()
-        options: dict[str, Any] = {"quality": quality, "effort": effort, "device": device, "model": model}
-        if target_size is not None or target_psnr is not None:
-            del options["quality"]
-            options.update(target_size=target_size, target_psnr=target_psnr)
-        if preview:
-            options["preview"] = True
-        if strip:
-            options.update(icc_profile=None, exif=None, xmp=None)
-        save(im, dst, **options)
-    return os.path.getsize(dst)
-
-
-def _read_jac(path: Path, keep_unknown: bool = False) -> container.JacFile:
-    """Read a ``.jac`` file's container (no torch); a malformed file is a :class:`CliError` naming ``path``."""
-    try:
-        return container.read(path, keep_unknown=keep_unknown)
-    except container.JacFormatError as e:
-        raise CliError(f"{path}: {e}") from e
-
-
-def decode_file(src: Path, dst: Path, *, device: str | None = None) -> None:
-    """Decode ``src`` (``.jac``) and save it in the format ``dst``'s extension names, with its metadata."""
-    from PIL import Image
-
-    from .codec import decode
-
-    _check_output(src, dst)
-    fmt = _pillow_format_for(dst)
-    jac = _read_jac(src)
-    pixels_in_file, limit = jac.size[0] * jac.size[1], Image.MAX_IMAGE_PIXELS
-    if limit is not None and limit < pixels_in_file <= 2 * limit:  # as Image.open warns; decode() refuses more
-        warnings.warn(
-            f"Image size ({pixels_in_file} pixels) exceeds limit of {limit} pixels, "
-            "could be decompression bomb DOS attack.",
-            Image.DecompressionBombWarning,
-            stacklevel=2,
-        )
-    pixels = decode(jac, device=device)
-    im = Image.frombytes(jac.mode, jac.size, pixels.tobytes())
-    # Save options Pillow's writers understand; each writer ignores the ones it does not.
-    options: dict[str, Any] = {
-        name: bytes(value) for name in ("icc_profile", "exif", "xmp") if (value := getattr(jac, name))
-    }
-    if fmt == "PNG" and "xmp" in options:  # Pillow's PNG writer takes XMP only as an iTXt chunk
-        from PIL.PngImagePlugin import PngInfo
-
-        pnginfo = PngInfo()
-        pnginfo.add_itxt("XML:com.adobe.xmp", options.pop("xmp").decode("utf-8", "replace"))
-        options["pnginfo"] = pnginfo
-    if fmt in ("JPEG", "WEBP", "AVIF"):
-        options["quality"] = 95
-    if fmt == "JPEG" and im.mode in ("LA", "RGBA"):
-        im = im.convert(im.mode[:-1])
-    write_atomic(dst, lambda f: im.save(f, format=fmt, **options))
-
-
 def file_info(path: Path) -> dict[str, Any]:
     """Return a JSON-friendly description of a ``.jac`` file, reading the container only (no torch).
 
@@ -209,7 +107,7 @@ def file_info(path: Path) -> dict[str, Any]:
     """
     import pillow_jac
 
-    jac = _read_jac(path, keep_unknown=True)
+    jac = read_jac(path, keep_unknown=True)
     file_bytes = os.path.getsize(path)
     h = jac.header
     decoder = [g for g in pillow_jac.models() if (g.model_id, g.weights_hash) == (h.model_id, h.weights_hash)]
@@ -237,33 +135,6 @@ def file_info(path: Path) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------- batch
-
-
-def _batch_inputs(in_dir: Path, to: str, recursive: bool) -> list[Path]:
-    from PIL import Image
-
-    if to == "jac":
-        Image.init()
-        exts = {e for e, fmt in Image.registered_extensions().items() if fmt in Image.OPEN and e != ".jac"}
-    else:
-        exts = {".jac"}
-    pattern = "**/*" if recursive else "*"
-    return sorted(p for p in in_dir.glob(pattern) if p.is_file() and p.suffix.lower() in exts)
-
-
-def _batch_job(
-    src: str, dst: str, to: str, quality: float, effort: int, device: str | None, extra: dict | None = None
-) -> tuple[int, int]:
-    """Convert one file (runs in a worker); return (input bytes, output bytes).
-
-    ``extra``: more :func:`encode_file` options (``target_size``, ``target_psnr``, ``preview``).
-    """
-    Path(dst).parent.mkdir(parents=True, exist_ok=True)
-    if to == "jac":
-        encode_file(Path(src), Path(dst), quality, effort=effort, device=device, **(extra or {}))
-    else:
-        decode_file(Path(src), Path(dst), device=device)
-    return os.path.getsize(src), os.path.getsize(dst)
 
 
 # In a batch worker process: whether the batch was cancelled, and whether a file is being converted.
@@ -321,43 +192,11 @@ def _worker_job(
         _converting = True  # before the check: a cancel from now on interrupts the conversion
         if _cancelled:
             return None
-        return _batch_job(src, dst, to, quality, effort, device, extra)
+        return convert_file(src, dst, to, quality, effort, device, extra)
     except KeyboardInterrupt:
         return None
     finally:
         _converting = False
-
-
-class _Progress:
-    """A one-line progress bar on stderr (plain lines when stderr is not a terminal)."""
-
-    def __init__(self, total: int, stream: IO[str], enabled: bool = True) -> None:
-        self.total, self.done, self.stream, self.enabled = total, 0, stream, enabled
-        self.tty = enabled and hasattr(stream, "isatty") and stream.isatty()
-        self.start = time.monotonic()
-
-    def step(self, name: str, error: str | None = None) -> None:
-        self.done += 1
-        if error is not None:
-            self._clear()
-            print(f"{PROG}: {name}: {error}", file=self.stream)
-        if not self.enabled:
-            return
-        elapsed = time.monotonic() - self.start
-        if self.tty:
-            width = 30
-            filled = width * self.done // max(1, self.total)
-            bar = "#" * filled + "." * (width - filled)
-            self.stream.write(f"\r[{bar}] {self.done}/{self.total}  {elapsed:.1f}s")
-            if self.done == self.total:
-                self.stream.write("\n")
-        elif error is None:
-            self.stream.write(f"[{self.done}/{self.total}] {name}\n")
-        self.stream.flush()
-
-    def _clear(self) -> None:
-        if self.tty:
-            self.stream.write("\r" + " " * 60 + "\r")
 
 
 def run_batch(
@@ -389,7 +228,7 @@ def run_batch(
     stream = sys.stderr if stream is None else stream
     if not in_dir.is_dir():
         raise CliError(f"{in_dir}: not a directory")
-    sources = _batch_inputs(in_dir, to, recursive)
+    sources = batch_inputs(in_dir, to, recursive)
     if not sources:
         raise CliError(f"{in_dir}: no {'images' if to == 'jac' else '.jac files'} found")
     jobs: dict[Path, Path] = {}
@@ -401,13 +240,13 @@ def run_batch(
         jobs[src] = dst
     out_dir.mkdir(parents=True, exist_ok=True)
 
-    bar = _Progress(len(jobs), stream, progress)
+    bar = Progress(len(jobs), stream, progress)
     failed = 0
     extra = {"target_size": target_size, "target_psnr": target_psnr, "preview": preview}
     for src, result in _run_jobs(jobs, to, quality, effort, device, workers, extra):
         if isinstance(result, BaseException):
             failed += 1
-            bar.step(str(src), _one_line(result))
+            bar.step(str(src), one_line(result))
         else:
             bar.step(str(src))
     return len(jobs) - failed, failed
@@ -425,7 +264,7 @@ def _run_jobs(
     if workers <= 1:
         for src, dst in jobs.items():
             try:
-                yield src, _batch_job(str(src), str(dst), to, quality, effort, device, extra)
+                yield src, convert_file(str(src), str(dst), to, quality, effort, device, extra)
             except Exception as e:
                 yield src, e
         return
@@ -587,24 +426,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _first_line(text: str) -> str:
-    text = text.strip()
-    return text.splitlines()[0] if text else ""
-
-
-def _one_line(e: BaseException) -> str:
-    """``e`` in one line; errors of types that carry no message of ours (internal errors) say their type."""
-    if isinstance(e, (FileNotFoundError, IsADirectoryError, PermissionError)) and e.filename:
-        return f"{e.filename}: {e.strerror}"
-    try:
-        text = _first_line(str(e))
-    except Exception:  # a broken __str__
-        text = ""
-    if not text or not isinstance(e, (CliError, OSError, ValueError, SyntaxError)):
-        text = f"{type(e).__name__}: {text}" if text else type(e).__name__
-    return text
-
-
 def _print_info(info: dict[str, Any]) -> None:
     meta = [f"{n} {info[n + '_bytes']} B" for n in ("icc_profile", "exif", "xmp") if info[n + "_bytes"]]
     meta += [f"unknown chunk {t!r}" for t in info["unknown_chunks"]]
@@ -651,7 +472,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit:
         raise
     except BaseException as e:  # one line, no traceback
-        print(f"{PROG}: error: {_one_line(e)}", file=sys.stderr)
+        print(f"{PROG}: error: {one_line(e)}", file=sys.stderr)
         return 1
     return 0
 
@@ -741,4 +562,4 @@ def _run_ray_batch(args: argparse.Namespace) -> None:
 
 
 def _show_warning(message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any) -> None:
-    print(f"{PROG}: warning: {_first_line(str(message)) or category.__name__}", file=sys.stderr)
+    print(f"{PROG}: warning: {first_line(str(message)) or category.__name__}", file=sys.stderr)

@@ -66,8 +66,8 @@ from pathlib import Path
 from typing import Any
 
 from . import container
-from .cli import _batch_inputs, _batch_job, _one_line, _Progress
 from .constants import DEFAULT_EFFORT, DEFAULT_QUALITY, validate_effort, validate_quality
+from .conversion import Progress, batch_inputs, convert_file, one_line
 
 __all__ = ["FileResult", "Report", "Worker", "convert", "is_done", "plan"]
 
@@ -178,7 +178,7 @@ def plan(
         in_dir = Path(os.path.abspath(inputs))
         if not in_dir.is_dir():
             raise ValueError(f"{inputs}: not a directory")
-        sources, base = _batch_inputs(in_dir, to, recursive), in_dir
+        sources, base = batch_inputs(in_dir, to, recursive), in_dir
         if not sources:
             raise ValueError(f"{inputs}: no {'images' if to == 'jac' else '.jac files'} found")
     else:
@@ -296,9 +296,9 @@ class Worker:
         try:
             if resume and is_done(src, dst, to, None if targeted else quality):
                 return FileResult(src, dst, "skipped", **where)
-            in_bytes, out_bytes = _batch_job(src, dst, to, quality=quality, effort=effort, device=device, extra=extra)
+            in_bytes, out_bytes = convert_file(src, dst, to, quality=quality, effort=effort, device=device, extra=extra)
         except Exception as e:
-            return FileResult(src, dst, "failed", _one_line(e), seconds=time.perf_counter() - start, **where)
+            return FileResult(src, dst, "failed", one_line(e), seconds=time.perf_counter() - start, **where)
         return FileResult(src, dst, "done", None, in_bytes, out_bytes, time.perf_counter() - start, **where)
 
 
@@ -412,7 +412,7 @@ def _collect(ray: Any, ref: Any, pending: dict[Any, tuple[Any, str, str]], slots
     except ray.exceptions.RayActorError:
         return None
     except ray.exceptions.RayError as e:  # e.g. a result that could not be transferred
-        result = FileResult(src, dst, "failed", _one_line(e))
+        result = FileResult(src, dst, "failed", one_line(e))
     del pending[ref]
     slots.append(actor)
     return result
@@ -423,7 +423,7 @@ def _progress_function(progress: bool | Callable[[FileResult], None], total: int
         return progress
     if not progress:
         return lambda result: None
-    bar = _Progress(total, sys.stderr)
+    bar = Progress(total, sys.stderr)
     return lambda result: bar.step(result.src, result.error)
 
 
@@ -444,7 +444,7 @@ def _run(
         try:
             ray.get([a.info.remote() for a in actors])
         except ray.exceptions.RayActorError as e:
-            raise RuntimeError(f"the Ray workers could not start: {_one_line(e)}") from None
+            raise RuntimeError(f"the Ray workers could not start: {one_line(e)}") from None
         replacements = workers  # a lost worker is replaced, up to as many times as there are workers
         slots = deque(a for a in actors for _ in range(slots_each))
         todo = deque((str(s), str(d)) for s, d in jobs.items())

@@ -1,0 +1,229 @@
+"""Converting one file: image -> ``.jac`` and ``.jac`` -> image, as ``jac`` and the Ray workers do it.
+
+The per-file work that the command line (:mod:`pillow_jac.cli`) and the distributed batch
+(:mod:`pillow_jac.distributed`) share, on the public API only (``PIL.Image.open``, :func:`pillow_jac.save`,
+:func:`pillow_jac.container.read`, :func:`pillow_jac.decode`): the outputs are written atomically, an output is
+never its input, and errors come as one line (:func:`one_line`).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import warnings
+from pathlib import Path
+from typing import IO, Any
+
+from . import container
+from .constants import DEFAULT_EFFORT
+from .files import write_atomic
+
+__all__ = [
+    "ConversionError",
+    "encode_file",
+    "decode_file",
+    "read_jac",
+    "batch_inputs",
+    "convert_file",
+    "Progress",
+    "first_line",
+    "one_line",
+]
+
+
+class ConversionError(Exception):
+    """An error whose message is meant for the user as it is (one line, with the path it concerns)."""
+
+
+def _pillow_format_for(path: Path) -> str:
+    from PIL import Image
+
+    ext = path.suffix.lower()
+    if not ext:
+        raise ConversionError(f"{path}: output has no file extension to choose a format from (e.g. .png)")
+    Image.init()
+    fmt = Image.registered_extensions().get(ext)
+    if fmt is None or fmt not in Image.SAVE:
+        raise ConversionError(f"{path}: Pillow cannot write '{ext}' files")
+    return fmt
+
+
+def _check_output(src: Path, dst: Path) -> None:
+    """Refuse to write over the input: the same file, whatever the path (links, ``..``, hard links)."""
+    try:
+        same = os.path.samefile(src, dst)
+    except OSError:  # one of them does not exist (a missing input is reported when it is read)
+        same = False
+    if same:
+        raise ConversionError(f"{dst}: the output is the input file; choose another output")
+
+
+def encode_file(
+    src: Path,
+    dst: Path,
+    quality: float,
+    *,
+    effort: int = DEFAULT_EFFORT,
+    strip: bool = False,
+    device: str | None = None,
+    force: bool = False,
+    model: str | None = None,
+    target_size: int | None = None,
+    target_psnr: float | None = None,
+    preview: bool = False,
+) -> int:
+    """Encode any image Pillow can read to ``dst`` (``.jac``); return the bytes written.
+
+    ``target_size`` or ``target_psnr`` replace ``quality`` (:mod:`pillow_jac.targets`); ``preview`` also
+    stores a preview (SPEC.md section 5.4).
+
+    Raises:
+        ConversionError: ``dst`` is ``src``, or its name does not end in ``.jac`` and ``force`` is false.
+    """
+    from PIL import Image
+
+    from .files import save
+
+    _check_output(src, dst)
+    if dst.suffix.lower() != ".jac" and not force:
+        raise ConversionError(f"{dst}: a JAC file's name should end in .jac (use --force to write it anyway)")
+    with Image.open(src) as im:
+        im.load()
+        options: dict[str, Any] = {"quality": quality, "effort": effort, "device": device, "model": model}
+        if target_size is not None or target_psnr is not None:
+            del options["quality"]
+            options.update(target_size=target_size, target_psnr=target_psnr)
+        if preview:
+            options["preview"] = True
+        if strip:
+            options.update(icc_profile=None, exif=None, xmp=None)
+        save(im, dst, **options)
+    return os.path.getsize(dst)
+
+
+def read_jac(path: Path, keep_unknown: bool = False) -> container.JacFile:
+    """Read a ``.jac`` file's container (no torch); a malformed file is a :class:`ConversionError` naming ``path``."""
+    try:
+        return container.read(path, keep_unknown=keep_unknown)
+    except container.JacFormatError as e:
+        raise ConversionError(f"{path}: {e}") from e
+
+
+def decode_file(src: Path, dst: Path, *, device: str | None = None) -> None:
+    """Decode ``src`` (``.jac``) and save it in the format ``dst``'s extension names, with its metadata."""
+    from PIL import Image
+
+    from .codec import decode
+
+    _check_output(src, dst)
+    fmt = _pillow_format_for(dst)
+    jac = read_jac(src)
+    pixels_in_file, limit = jac.size[0] * jac.size[1], Image.MAX_IMAGE_PIXELS
+    if limit is not None and limit < pixels_in_file <= 2 * limit:  # as Image.open warns; decode() refuses more
+        warnings.warn(
+            f"Image size ({pixels_in_file} pixels) exceeds limit of {limit} pixels, "
+            "could be decompression bomb DOS attack.",
+            Image.DecompressionBombWarning,
+            stacklevel=2,
+        )
+    pixels = decode(jac, device=device)
+    im = Image.frombytes(jac.mode, jac.size, pixels.tobytes())
+    # Save options Pillow's writers understand; each writer ignores the ones it does not.
+    options: dict[str, Any] = {
+        name: bytes(value) for name in ("icc_profile", "exif", "xmp") if (value := getattr(jac, name))
+    }
+    if fmt == "PNG" and "xmp" in options:  # Pillow's PNG writer takes XMP only as an iTXt chunk
+        from PIL.PngImagePlugin import PngInfo
+
+        pnginfo = PngInfo()
+        pnginfo.add_itxt("XML:com.adobe.xmp", options.pop("xmp").decode("utf-8", "replace"))
+        options["pnginfo"] = pnginfo
+    if fmt in ("JPEG", "WEBP", "AVIF"):
+        options["quality"] = 95
+    if fmt == "JPEG" and im.mode in ("LA", "RGBA"):
+        im = im.convert(im.mode[:-1])
+    write_atomic(dst, lambda f: im.save(f, format=fmt, **options))
+
+
+def batch_inputs(in_dir: Path, to: str, recursive: bool) -> list[Path]:
+    """The files of ``in_dir`` a batch converts: every image Pillow reads (``to="jac"``) or every ``.jac``."""
+    from PIL import Image
+
+    if to == "jac":
+        Image.init()
+        exts = {e for e, fmt in Image.registered_extensions().items() if fmt in Image.OPEN and e != ".jac"}
+    else:
+        exts = {".jac"}
+    pattern = "**/*" if recursive else "*"
+    return sorted(p for p in in_dir.glob(pattern) if p.is_file() and p.suffix.lower() in exts)
+
+
+def convert_file(
+    src: str, dst: str, to: str, quality: float, effort: int, device: str | None, extra: dict | None = None
+) -> tuple[int, int]:
+    """Convert one file (runs in a worker); return (input bytes, output bytes).
+
+    ``extra``: more :func:`encode_file` options (``target_size``, ``target_psnr``, ``preview``).
+    """
+    Path(dst).parent.mkdir(parents=True, exist_ok=True)
+    if to == "jac":
+        encode_file(Path(src), Path(dst), quality, effort=effort, device=device, **(extra or {}))
+    else:
+        decode_file(Path(src), Path(dst), device=device)
+    return os.path.getsize(src), os.path.getsize(dst)
+
+
+#: the program name that prefixes the progress bar's error lines
+PROG = "jac"
+
+
+class Progress:
+    """A one-line progress bar on stderr (plain lines when stderr is not a terminal)."""
+
+    def __init__(self, total: int, stream: IO[str], enabled: bool = True) -> None:
+        self.total, self.done, self.stream, self.enabled = total, 0, stream, enabled
+        self.tty = enabled and hasattr(stream, "isatty") and stream.isatty()
+        self.start = time.monotonic()
+
+    def step(self, name: str, error: str | None = None) -> None:
+        """One more file done (``error``: its one-line error, printed on a line of its own)."""
+        self.done += 1
+        if error is not None:
+            self._clear()
+            print(f"{PROG}: {name}: {error}", file=self.stream)
+        if not self.enabled:
+            return
+        elapsed = time.monotonic() - self.start
+        if self.tty:
+            width = 30
+            filled = width * self.done // max(1, self.total)
+            bar = "#" * filled + "." * (width - filled)
+            self.stream.write(f"\r[{bar}] {self.done}/{self.total}  {elapsed:.1f}s")
+            if self.done == self.total:
+                self.stream.write("\n")
+        elif error is None:
+            self.stream.write(f"[{self.done}/{self.total}] {name}\n")
+        self.stream.flush()
+
+    def _clear(self) -> None:
+        if self.tty:
+            self.stream.write("\r" + " " * 60 + "\r")
+
+
+def first_line(text: str) -> str:
+    """The first line of a message (empty if there is none)."""
+    text = text.strip()
+    return text.splitlines()[0] if text else ""
+
+
+def one_line(e: BaseException) -> str:
+    """``e`` in one line; errors of types that carry no message of ours (internal errors) say their type."""
+    if isinstance(e, (FileNotFoundError, IsADirectoryError, PermissionError)) and e.filename:
+        return f"{e.filename}: {e.strerror}"
+    try:
+        text = first_line(str(e))
+    except Exception:  # a broken __str__
+        text = ""
+    if not text or not isinstance(e, (ConversionError, OSError, ValueError, SyntaxError)):
+        text = f"{type(e).__name__}: {text}" if text else type(e).__name__
+    return text
