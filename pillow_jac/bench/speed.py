@@ -3,7 +3,7 @@ r"""Speed and memory benchmark: ``.jac``, the classical codecs and CompressAI's 
 Usage (from the repository root)::
 
     python -m pillow_jac.bench.speed --image ../shared/data/kodak/kodim01.png \
-        --compressai-python /work/bench-venv/bin/python
+        --compressai-python ../bench-venv/bin/python
     python -m pillow_jac.bench.speed --sizes --max-mem 12G
 
 Every measurement (one codec, one operation, one thread count, one device) runs in a fresh Python
