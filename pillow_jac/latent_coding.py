@@ -198,9 +198,8 @@ class LatentCoder:
         return self.z_tables.encode_to_bytes(z_hat.ravel(), ids.ravel())
 
     def decode_z(self, data: bytes, channels: int, shape: tuple[int, int]) -> np.ndarray:
-        """Inverse of :meth:`encode_z`."""
+        """Inverse of :meth:`encode_z` (the stream's length is checked first by :meth:`decode`)."""
         ids = np.broadcast_to(np.arange(channels)[:, None, None], (channels, *shape))
-        self.z_tables.check_length(data, ids.size, "z")
         z = self.z_tables.decode_from_bytes(data, ids.ravel()).reshape(channels, *shape)
         if np.abs(z).max(initial=0) > SYMBOL_LIMIT:
             raise EntropyCodingError("decoded hyper-latent out of range")
@@ -240,7 +239,6 @@ class LatentCoder:
         M = self.M
         H, W = shape
         S = W + 4  # row length of the padded grid
-        self.y_tables.check_length(data, H * W * M, "y")
         decoder = constriction.stream.queue.RangeDecoder(bytes_to_words(data))
         positions_left = H * W
         # fixed-point y_hat, position-major, with a 2-latent border on top, left and right (zeros)
