@@ -21,7 +21,16 @@ from .generations import DEFAULT_WEIGHTS_NAME, default_weights_path
 from .model.integer import IntegerNetwork, dequantize_into
 from .model.layers import SubpixelDeconv
 from .model.mbt2018 import JointAutoregressiveHierarchicalPrior, ModelConfig
-from .weights import SCALE_THRESHOLDS, WeightsError, load_weights, read_table, strip_prefix, verify
+from .weights import (
+    ENCODER_PREFIXES,
+    SCALE_THRESHOLDS,
+    TRAINING_PREFIXES,
+    WeightsError,
+    load_weights,
+    read_table,
+    strip_prefix,
+    verify,
+)
 
 __all__ = [
     "Engine",
@@ -60,8 +69,8 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
     return resolved
 
 
-#: parameters a decoder file leaves out: the encoder's, and the z density (its tables are stored)
-_NOT_IN_DECODER_FILES = ("g_a.", "h_a.", "log_gain", "z_density.")
+#: model parameters a decoder file leaves out: the encoder's and the training-only ones
+_NOT_IN_DECODER_FILES = tuple(p.removeprefix("float.") for p in ENCODER_PREFIXES + TRAINING_PREFIXES)
 
 
 def build_model(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> JointAutoregressiveHierarchicalPrior:

@@ -33,6 +33,7 @@ from safetensors.torch import save_file
 __all__ = [
     "DECODER_PREFIXES",
     "ENCODER_PREFIXES",
+    "TRAINING_PREFIXES",
     "Manifest",
     "strip_prefix",
     "save_float_state",
@@ -56,6 +57,8 @@ __all__ = [
 DECODER_PREFIXES = ("int.", "table.", "float.g_s.", "float.log_inverse_gain")
 #: tensor-name prefixes of the encoder: an encoder update may change these and nothing else
 ENCODER_PREFIXES = ("float.g_a.", "float.h_a.", "float.log_gain")
+#: tensor-name prefixes of what only training uses (the z tables are made from the density at freeze time)
+TRAINING_PREFIXES = ("float.z_density.",)
 #: fields of the architecture (``config``) that only the encoder uses
 ENCODER_CONFIG_FIELDS = ("lambdas",)
 #: the layer fields of an integer network's template, and the values a decoder accepts
