@@ -185,7 +185,6 @@ def encode(
 def _analyze(color: np.ndarray, quality: float, engine, effort: int = 0) -> tuple[np.ndarray | None, np.ndarray]:
     """g_a and h_a on the padded image, then rounding (or refinement): the latents ``(z_hat, y_hat)``."""
     torch = _torch()
-    from .latent_coding import SYMBOL_LIMIT
     from .stripes import analyze_in_stripes
 
     height, width = color.shape[:2]
@@ -207,9 +206,7 @@ def _analyze(color: np.ndarray, quality: float, engine, effort: int = 0) -> tupl
                 model, pixel_rows, y.clone(), None if z is None else z.clone(), quality, (height, width),
                 EFFORT_ITERATIONS[effort],
             )  # fmt: skip
-    y_hat = torch.round(y).clamp(-SYMBOL_LIMIT, SYMBOL_LIMIT)[0].cpu().numpy().astype(np.int64)
-    z_hat = None if z is None else torch.round(z).clamp(-SYMBOL_LIMIT, SYMBOL_LIMIT)[0].cpu().numpy().astype(np.int64)
-    return z_hat, y_hat
+    return None if z is None else _rounded(z), _rounded(y)
 
 
 def encode_symbols(
@@ -426,7 +423,10 @@ def _padded_pixels(colors: list[np.ndarray], first: int, end: int, latent_width:
 
 
 def _rounded(t) -> np.ndarray:
-    """The integer symbols of one image's latents ``(1, C, H, W)``: rounded and clamped to the symbol range."""
+    """The integer symbols of one image's latents ``(1, C, H, W)``: rounded and clamped to the symbol range.
+
+    The encoder's quantisation (CODING.md section 1.2), for :func:`_analyze`, the batches and the target search.
+    """
     from .latent_coding import SYMBOL_LIMIT
 
     return _torch().round(t).clamp(-SYMBOL_LIMIT, SYMBOL_LIMIT)[0].cpu().numpy().astype(np.int64)

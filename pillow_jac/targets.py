@@ -228,7 +228,6 @@ class _Candidates:
 
     def _compute_latents(self, q16: int, effort: int):
         torch = codec._torch()
-        from .latent_coding import SYMBOL_LIMIT
 
         model, quality = self.engine.model, q16 / QUALITY_DENOMINATOR
         with torch.inference_mode(), self.threads():
@@ -243,9 +242,7 @@ class _Candidates:
                     model, self.pixel_rows, y.clone(), None if z is None else z.clone(), quality,
                     (self.height, self.width), EFFORT_ITERATIONS[effort],
                 )  # fmt: skip
-        y_hat = torch.round(y).clamp(-SYMBOL_LIMIT, SYMBOL_LIMIT)[0].cpu().numpy().astype(np.int64)
-        z_hat = None if z is None else torch.round(z).clamp(-SYMBOL_LIMIT, SYMBOL_LIMIT)[0].cpu().numpy()
-        return (None if z_hat is None else z_hat.astype(np.int64)), y_hat
+        return (None if z is None else codec._rounded(z)), codec._rounded(y)
 
     def _file(self, q16: int, z_stream: bytes, y_stream: bytes) -> bytes:
         jac = container.JacFile.create(
