@@ -37,6 +37,15 @@ TAIL_MASS = 1e-7
 #: escape codes: magnitude classes (Elias-gamma exponents) coded with a flat table of this many entries.
 ESCAPE_CLASSES = 24
 
+#: a Gaussian-mixture latent is coded with a window of 2 * MIXTURE_HALF_WIDTH + 1 values around its heaviest
+#: component's integer mean, plus the two escapes (CODING.md section 4.3).
+MIXTURE_HALF_WIDTH = 16
+#: mixture weights are integers summing to 2**MIXTURE_WEIGHT_BITS (CODING.md section 4.2).
+MIXTURE_WEIGHT_BITS = 16
+#: entries of the mixture's exponential table: logit differences 0 .. MIXTURE_EXP_ENTRIES - 1, in
+#: activation steps (2**-ACTIVATION_BITS); larger differences use the last entry (CODING.md section 4.2).
+MIXTURE_EXP_ENTRIES = 4096
+
 #: encoder effort levels: gradient steps of latent refinement per tile (pillow_jac/model/refine.py).
 #: Effort changes which latents an encoder writes, never how a file decodes (CODING.md section 1.2).
 EFFORT_ITERATIONS = (0, 8, 24, 80)

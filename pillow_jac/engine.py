@@ -23,6 +23,7 @@ from .model.layers import SubpixelDeconv
 from .model.mbt2018 import JointAutoregressiveHierarchicalPrior, ModelConfig
 from .weights import (
     ENCODER_PREFIXES,
+    MIXTURE_EXP,
     SCALE_THRESHOLDS,
     TRAINING_PREFIXES,
     WeightsError,
@@ -159,7 +160,21 @@ class Engine:
             tables("z"),
             self.config.M,
             device,
+            self.config.entropy,
+            self._mixture_coder(tensors, tables("y")) if self.config.entropy == "gmm" else None,
         )
+
+    @staticmethod
+    def _mixture_coder(tensors: dict[str, torch.Tensor], y_tables):
+        """The mixture coder of a ``gmm`` model, from its y tables and shipped exponential table."""
+        from .mixture_coding import MixtureCoder
+
+        if MIXTURE_EXP not in tensors:
+            raise WeightsError(f"a gmm model needs the tensor {MIXTURE_EXP}")
+        try:
+            return MixtureCoder(y_tables, tensors[MIXTURE_EXP].numpy())
+        except ValueError as exc:
+            raise WeightsError(str(exc)) from exc
 
     def gains(self, quality: float, inverse: bool = False) -> torch.Tensor:
         """The ``(1, M, 1, 1)`` gain vector of a stored quality (CODING.md section 1.2); ``inverse`` for decoding."""

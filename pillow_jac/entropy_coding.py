@@ -172,6 +172,15 @@ class CodingTables:
             if row.sum() != _TOTAL or (row < 1).any():
                 raise ValueError(f"coding table {k} does not sum to 2**{CDF_PRECISION}")
             self.models.append(_Categorical(row / _TOTAL, perfect=False))
+        #: per table, the cumulative frequencies ``0, f0, f0 + f1, ..., 2**CDF_PRECISION`` (one more
+        #: entry than the table), starting at ``cumulative_offsets[k]``
+        self.cumulative_offsets = self.offsets + np.arange(len(self.offsets))
+        self.cumulative = np.zeros(len(freqs) + len(self.sizes), np.int64)
+        for k in range(len(self.sizes)):
+            start = self.cumulative_offsets[k]
+            self.cumulative[start + 1 : start + 1 + self.sizes[k]] = np.cumsum(
+                freqs[self.offsets[k] : self.offsets[k + 1]]
+            )
         #: the fewest bits any symbol can cost: -log2 of the largest probability in any table
         self.min_symbol_bits = float(-np.log2(np.maximum.reduceat(freqs, self.offsets[:-1]).max() / _TOTAL))
         self.escape_model = _Categorical(np.full(ESCAPE_CLASSES, 1.0 / ESCAPE_CLASSES), perfect=False)
@@ -203,9 +212,10 @@ class CodingTables:
         escaped = np.flatnonzero(below | above)
         if len(escaped):
             excess = np.where(below[escaped], low[escaped] - 1 - values[escaped], values[escaped] - high[escaped] - 1)
-            self._encode_escapes(encoder, excess)
+            self.encode_escapes(encoder, excess)
 
-    def _encode_escapes(self, encoder, excess: np.ndarray) -> None:
+    def encode_escapes(self, encoder, excess: np.ndarray) -> None:
+        """Code how far each escaped value lies past its range, ``excess >= 0`` (CODING.md section 2.3)."""
         plus_one = excess + 1
         classes = np.floor(np.log2(plus_one.astype(np.float64))).astype(np.int64)
         # guard against float rounding of log2 for exact powers of two
@@ -236,13 +246,7 @@ class CodingTables:
             below, above = index == 0, index == sizes - 1
             escaped = np.flatnonzero(below | above)
             if len(escaped):
-                classes = np.asarray(decoder.decode(self.escape_model, len(escaped)), np.int64)
-                plus_one = np.left_shift(1, classes)
-                for c in range(1, ESCAPE_CLASSES):
-                    members = classes == c
-                    if members.any():
-                        plus_one[members] += np.asarray(decoder.decode(self._uniform[c], int(members.sum())))
-                excess = plus_one - 1
+                excess = self.decode_escapes(decoder, len(escaped))
                 hi = low[escaped] + sizes[escaped] - 3
                 values[escaped] = np.where(below[escaped], low[escaped] - 1 - excess, hi + 1 + excess)
         except (KeyboardInterrupt, SystemExit, GeneratorExit, MemoryError):
@@ -250,6 +254,16 @@ class CodingTables:
         except BaseException as exc:  # constriction reports some invalid states as a Rust panic
             raise EntropyCodingError(f"corrupt entropy-coded stream: {exc}") from exc
         return values
+
+    def decode_escapes(self, decoder, count: int) -> np.ndarray:
+        """Read ``count`` excesses written by :meth:`encode_escapes` (int64)."""
+        classes = np.asarray(decoder.decode(self.escape_model, count), np.int64)
+        plus_one = np.left_shift(1, classes)
+        for c in range(1, ESCAPE_CLASSES):
+            members = classes == c
+            if members.any():
+                plus_one[members] += np.asarray(decoder.decode(self._uniform[c], int(members.sum())))
+        return plus_one - 1
 
     @staticmethod
     def _groups(table_ids: np.ndarray) -> tuple[np.ndarray, list[tuple[int, int, int]]]:
@@ -263,24 +277,27 @@ class CodingTables:
         ends = np.r_[starts[1:], len(order)]
         return order, list(zip(sorted_ids[starts].tolist(), starts.tolist(), ends.tolist(), strict=True))
 
-    def check_length(self, data: bytes, symbols: int, what: str) -> None:
+    def check_length(self, data: bytes, symbols: int, what: str, min_bits: float | None = None) -> None:
         """Reject a stream too short to hold ``symbols`` symbols, before anything is decoded.
 
         Every symbol costs at least :attr:`min_symbol_bits`, a range coder's output is at least the
         information it carries less its 64-bit state, and the coder writes at least one word for any
         symbol (CODING.md section 2.4), so a shorter stream is forged or cut: it is refused at once
-        instead of after a decode sized by the header.
+        instead of after a decode sized by the header. ``min_bits`` replaces :attr:`min_symbol_bits`
+        for symbols coded with other models (a mixture's rows, CODING.md section 4).
         """
-        need = max(4 if symbols else 0, math.ceil((symbols * self.min_symbol_bits - STATE_SLACK_BITS) / 8))
+        bits = self.min_symbol_bits if min_bits is None else min_bits
+        need = max(4 if symbols else 0, math.ceil((symbols * bits - STATE_SLACK_BITS) / 8))
         if len(data) < need:
             raise EntropyCodingError(
                 f"corrupt entropy-coded stream: the {what} stream has {len(data)} bytes, but {symbols} symbols "
                 f"need at least {need}"
             )
 
-    def check_not_run_out(self, decoder, symbols_left: int) -> None:
+    def check_not_run_out(self, decoder, symbols_left: int, min_bits: float | None = None) -> None:
         """Stop a decoder that has read all its data while the symbols left need more than its state holds."""
-        if decoder.maybe_exhausted() and symbols_left * self.min_symbol_bits > STATE_SLACK_BITS:
+        bits = self.min_symbol_bits if min_bits is None else min_bits
+        if decoder.maybe_exhausted() and symbols_left * bits > STATE_SLACK_BITS:
             raise EntropyCodingError(
                 f"corrupt entropy-coded stream: the data ends with at least {symbols_left} symbols still to decode"
             )

@@ -25,15 +25,29 @@ import torch
 
 from .constants import ACTIVATION_BITS, ACTIVATION_LIMIT_BITS, MEAN_STEPS
 from .entropy_coding import CodingTables, EntropyCodingError, bytes_to_words, words_to_bytes
+from .mixture_coding import MixtureCoder
 from .model.integer import IntegerNetwork
 from .stripes import stripes
 
-__all__ = ["LatentCoder", "SYMBOL_LIMIT", "wavefront_steps", "CAUSAL_TAPS", "single_threaded"]
+__all__ = ["LatentCoder", "SYMBOL_LIMIT", "wavefront_steps", "causal_taps", "CAUSAL_TAPS", "single_threaded"]
 
 #: latent symbols are clamped to +-SYMBOL_LIMIT so their fixed-point value fits the activation bound
 SYMBOL_LIMIT = 2 ** (ACTIVATION_LIMIT_BITS - ACTIVATION_BITS) - 1
-#: (row, column) offsets of the 12 causal neighbours of the 5x5 mask "A", in raster order
-CAUSAL_TAPS = [(dr, dc) for dr in (-2, -1) for dc in range(-2, 3)] + [(0, -2), (0, -1)]
+
+
+def causal_taps(size: int) -> list[tuple[int, int]]:
+    """(row, column) offsets of the causal neighbours of a ``size x size`` mask "A", in raster order.
+
+    Example:
+        >>> len(causal_taps(3)), len(causal_taps(5)), len(causal_taps(7))
+        (4, 12, 24)
+    """
+    h = size // 2
+    return [(dr, dc) for dr in range(-h, 0) for dc in range(-h, h + 1)] + [(0, dc) for dc in range(-h, 0)]
+
+
+#: the 12 causal neighbours of the shipped 5x5 mask
+CAUSAL_TAPS = causal_taps(5)
 _MEAN_SHIFT = ACTIVATION_BITS - int(np.log2(MEAN_STEPS))
 #: latent positions per chunk of the one-pass parameter computations (bounds their temporaries)
 CHUNK_POSITIONS = 4096
@@ -77,15 +91,18 @@ def _padded_rows(n: int) -> int:
     return n if n < 3 else -(-n // 4) * 4
 
 
-def wavefront_steps(height: int, width: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Rows and columns of each wavefront ``t = 3 * row + col``, rows ascending within a step.
+def wavefront_steps(height: int, width: int, slope: int = 3) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Rows and columns of each wavefront ``t = slope * row + col``, rows ascending within a step.
+
+    A ``k x k`` causal mask reaches ``k // 2`` columns to the right on the rows above, so the
+    positions of one wavefront are independent when ``slope = k // 2 + 1`` (3 for 5x5).
 
     Example:
         >>> [(r.tolist(), c.tolist()) for r, c in wavefront_steps(2, 4)][:4]
         [([0], [0]), ([0], [1]), ([0], [2]), ([0, 1], [3, 0])]
     """
     rows, cols = np.meshgrid(np.arange(height), np.arange(width), indexing="ij")
-    t = (3 * rows + cols).ravel()
+    t = (slope * rows + cols).ravel()
     order = np.lexsort((rows.ravel(), t))
     t_sorted = t[order]
     bounds = np.flatnonzero(np.r_[True, t_sorted[1:] != t_sorted[:-1], True])
@@ -105,6 +122,8 @@ class LatentCoder:
         z_tables: one table per z channel (None without hyperprior).
         M: latent channels.
         device: torch device of the integer computation.
+        entropy: the model's entropy model (``gaussian``, ``zero-mean`` or ``gmm``, CODING.md sections 2.2 and 4).
+        mixture: the mixture coder of a ``gmm`` model.
     """
 
     def __init__(
@@ -117,17 +136,31 @@ class LatentCoder:
         z_tables: CodingTables | None,
         M: int,
         device: torch.device,
+        entropy: str = "gaussian",
+        mixture: MixtureCoder | None = None,
     ):
+        if (entropy == "gmm") != (mixture is not None):
+            raise ValueError("a gmm model, and only a gmm model, needs a mixture coder")
         self.h_s, self.context, self.entropy_parameters = h_s, context, entropy_parameters
+        self.entropy, self.mixture = entropy, mixture
+        outputs = entropy_parameters.layers[-1].out_channels
+        #: mixture components per latent (1 without a mixture)
+        self.components = outputs // (3 * M) if entropy == "gmm" else 1
+        #: the fewest bits any latent of y can cost (CODING.md section 2.4)
+        self.y_symbol_bits = mixture.min_symbol_bits if mixture is not None else y_tables.min_symbol_bits
         self.thresholds = thresholds.double().to(device)
         self.y_tables, self.z_tables = y_tables, z_tables
         self.M = M
         self.device = device
+        #: the context window's half-width; the wavefront slope is one more (CODING.md section 1.3)
+        self.reach = 0
         if context is not None:
             layer = context.layers[0]
-            taps = torch.stack([layer.weight[:, :, 2 + dr, 2 + dc] for dr, dc in CAUSAL_TAPS], dim=0)  # (12, 2M, M)
-            # rows ordered tap-major, then input channel: matches a (n, 12, M) gather flattened
+            self.reach = h = layer.weight.shape[-1] // 2
+            taps = torch.stack([layer.weight[:, :, h + dr, h + dc] for dr, dc in causal_taps(2 * h + 1)], dim=0)
+            # rows ordered tap-major, then input channel: matches a (n, taps, M) gather flattened
             self._context_matrix = taps.permute(0, 2, 1).reshape(-1, taps.shape[1]).contiguous().to(device)
+        self.slope = self.reach + 1 if context is not None else 3
 
     # -- the two operations the codec uses ---------------------------------------------------------
     def encode(self, z_hat: np.ndarray | None, y_hat: np.ndarray) -> tuple[bytes, bytes]:
@@ -172,13 +205,36 @@ class LatentCoder:
         psi = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
         return psi[:, : y_shape[0], : y_shape[1]]
 
-    def table_ids(self, features: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-        """From g_ep inputs ``(n, C)`` to table ids and integer mean bases, both ``(n, M)`` int64."""
-        return self._table_ids_from_params(self.entropy_parameters.matmul(features))
+    def table_ids(self, features: torch.Tensor) -> tuple[np.ndarray, ...]:
+        """From g_ep inputs ``(n, C)`` to the coding parameters of each latent (see :meth:`coding_parameters`)."""
+        return self.coding_parameters(self.entropy_parameters.matmul(features))
 
-    def _table_ids_from_params(self, params: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-        scales, means = params[:, : self.M], params[:, self.M :]
+    def coding_parameters(self, params: torch.Tensor) -> tuple[np.ndarray, ...]:
+        """g_ep's integer outputs ``(n, C)`` as what the coder needs, per latent in (position, channel) order.
+
+        Single Gaussian: table ids and integer mean bases, both ``(n, M)`` int64 (CODING.md 2.2; a
+        ``zero-mean`` model's means are 0). Mixture: table ids, bases and integer weights, each
+        ``(n * M, K)`` (CODING.md section 4).
+        """
+        M, K = self.M, self.components
+        scales = params[:, : K * M]
+        means = params[:, K * M : 2 * K * M] if self.entropy != "zero-mean" else None
+        ids, base = self._select_tables(scales, means)
+        if self.mixture is None:
+            return ids, base
+        weights = self.mixture.weights(params[:, 2 * K * M :].reshape(-1, K, M))
+
+        def per_latent(a: np.ndarray) -> np.ndarray:
+            return np.ascontiguousarray(a.reshape(-1, K, M).transpose(0, 2, 1).reshape(-1, K))
+
+        return per_latent(ids), per_latent(base), per_latent(weights)
+
+    def _select_tables(self, scales: torch.Tensor, means: torch.Tensor | None) -> tuple[np.ndarray, np.ndarray]:
+        """Table ids (scale level and mean fraction) and integer mean bases of integer scales and means."""
         index = torch.searchsorted(self.thresholds, scales.contiguous(), right=True)
+        if means is None:
+            ids = index * MEAN_STEPS
+            return ids.cpu().numpy(), np.zeros(ids.shape, np.int64)
         mean_steps = torch.floor((means + 2.0 ** (_MEAN_SHIFT - 1)) * 2.0**-_MEAN_SHIFT)
         base = torch.floor(mean_steps / MEAN_STEPS)
         fraction = mean_steps - base * MEAN_STEPS
@@ -189,7 +245,7 @@ class LatentCoder:
         """Refuse streams too short for the latents a header declares, before any network runs."""
         if self.z_tables is not None:
             self.z_tables.check_length(z_stream, len(self.z_tables) * z_shape[0] * z_shape[1], "z")
-        self.y_tables.check_length(y_stream, self.M * y_shape[0] * y_shape[1], "y")
+        self.y_tables.check_length(y_stream, self.M * y_shape[0] * y_shape[1], "y", self.y_symbol_bits)
 
     # -- z ----------------------------------------------------------------------------------------
     def encode_z(self, z_hat: np.ndarray) -> bytes:
@@ -209,24 +265,38 @@ class LatentCoder:
     def encode_y(self, y_hat: np.ndarray, psi: torch.Tensor | None) -> bytes:
         """Code ``y_hat`` ``(M, Hy, Wy)`` (clamped integers) in wavefront order (CODING.md 1, 6.2)."""
         M, H, W = y_hat.shape
-        ids = np.empty((H * W, M), np.int64)  # raster positions
-        base = np.empty((H * W, M), np.int64)
+        parameters = []  # per chunk of latent rows, raster positions
         step = max(1, CHUNK_POSITIONS // W)
         for a in range(0, H, step):  # a few latent rows at a time, to bound the float64 temporaries
             b = min(H, a + step)
             parts = []
             if psi is not None:
                 parts.append(psi[:, a:b].reshape(2 * M, -1).t())
-            if self.context is not None:  # the causal 5x5 mask reaches two rows up, none down
-                lo = max(0, a - 2)
+            if self.context is not None:  # the causal mask reaches `reach` rows up, none down
+                lo = max(0, a - self.reach)
                 fixed = torch.from_numpy(y_hat[:, lo:b]).double().to(self.device).unsqueeze(0) * 2.0**ACTIVATION_BITS
                 parts.append(self.context(fixed)[0, :, a - lo :].reshape(2 * M, -1).t())
-            ids[a * W : b * W], base[a * W : b * W] = self.table_ids(torch.cat(parts, dim=1))
-        values = y_hat.reshape(M, -1).T - base
+            parameters.append(self.table_ids(torch.cat(parts, dim=1)))
+        symbols = y_hat.reshape(M, -1).T  # (positions, M)
         encoder = constriction.stream.queue.RangeEncoder()
-        for rows, cols in wavefront_steps(H, W):
-            flat = rows * W + cols
-            self.y_tables.encode(encoder, values[flat], ids[flat])
+        if self.mixture is None:
+            ids, base = (np.concatenate(p) for p in zip(*parameters, strict=True))
+            values = symbols - base
+            for rows, cols in wavefront_steps(H, W, self.slope):
+                flat = rows * W + cols
+                self.y_tables.encode(encoder, values[flat], ids[flat])
+        else:  # per latent: position-major, channel-minor
+            ids, base, weights = (np.concatenate(p).reshape(H * W, M, -1) for p in zip(*parameters, strict=True))
+            K = ids.shape[-1]
+            for rows, cols in wavefront_steps(H, W, self.slope):
+                flat = rows * W + cols
+                self.mixture.encode(
+                    encoder,
+                    symbols[flat].reshape(-1),
+                    ids[flat].reshape(-1, K),
+                    base[flat].reshape(-1, K),
+                    weights[flat].reshape(-1, K),
+                )
         return words_to_bytes(encoder.get_compressed())
 
     def decode_y(self, data: bytes, psi: torch.Tensor | None, shape: tuple[int, int]) -> np.ndarray:
@@ -238,12 +308,13 @@ class LatentCoder:
         """
         M = self.M
         H, W = shape
-        S = W + 4  # row length of the padded grid
+        h, slope = self.reach, self.slope
+        S = W + 2 * h  # row length of the padded grid
         decoder = constriction.stream.queue.RangeDecoder(bytes_to_words(data))
         positions_left = H * W
-        # fixed-point y_hat, position-major, with a 2-latent border on top, left and right (zeros)
-        # (plus slack: a step may read a few rows past its last position, see _padded_rows)
-        padded = torch.zeros((H + 2 + 4) * S * M, dtype=torch.float64, device=self.device)
+        # fixed-point y_hat, position-major, with a border of `reach` latents on top, left and right
+        # (zeros), plus slack: a step may read a few rows past its last position, see _padded_rows
+        padded = torch.zeros((H + h + 4) * S * M, dtype=torch.float64, device=self.device)
         first, rest = self.entropy_parameters.layers[0], self.entropy_parameters.layers[1:]
         # g_ep's first layer is linear in its inputs: the hyperprior half of its sum (and the bias)
         # is known before the loop and computed in one large product; the integer sums are exact
@@ -259,37 +330,43 @@ class LatentCoder:
         context = self.context.layers[0] if self.context is not None else None
         if context is not None:
             matrix = self._context_matrix
-            blocks = (matrix[: 5 * M], matrix[5 * M : 10 * M], matrix[10 * M :])  # rows -2, -1 and 0
+            k = 2 * h + 1  # the tap rows -h .. -1 have k taps each, row 0 has h
+            blocks = [(matrix[r * k * M : (r + 1) * k * M], (r - h) * S - h, k) for r in range(h)]
+            blocks.append((matrix[h * k * M :], -h, h))
             context_bias = context.bias.to(self.device)
         out = np.empty((H, W, M), np.int64)
-        for rows, cols in wavefront_steps(H, W):
+        for rows, cols in wavefront_steps(H, W, slope):
             n = len(rows)
             rows_in = _padded_rows(n)
-            # positions of one wavefront are consecutive rows with the column falling by 3 per row,
-            # so in the flat padded grid they are equally spaced: every tap block is a strided view
-            origin = ((int(rows[0]) + 2) * S + int(cols[0]) + 2) * M
-            step = (S - 3) * M
+            # positions of one wavefront are consecutive rows with the column falling by `slope` per
+            # row, so in the flat padded grid they are equally spaced: every tap block is a strided view
+            origin = ((int(rows[0]) + h) * S + int(cols[0]) + h) * M
+            step = (S - slope) * M
             if pre is None:
                 acc = bias.expand(rows_in, -1)
-            else:  # the same spacing in the unpadded grid: W - 3 positions (W > 3 whenever n > 1)
+            else:  # the same spacing in the unpadded grid: W - slope positions (W > slope whenever n > 1)
                 features = len(bias)
-                spacing = max(0, W - 3) * features
+                spacing = max(0, W - slope) * features
                 acc = pre.as_strided((rows_in, features), (spacing, 1), (int(rows[0]) * W + int(cols[0])) * features)
             if context is not None:
                 ctx = context_bias.expand(rows_in, -1)
-                for block, offset, width in zip(blocks, (-2 * S - 2, -S - 2, -2), (5, 5, 2), strict=True):
+                for block, offset, width in blocks:
                     view = padded.as_strided((rows_in, width * M), (step, 1), origin + offset * M)
                     ctx = torch.addmm(ctx, view, block)
                 acc = torch.addmm(acc, context.rescale(ctx, 1), w_context_half)
             params = first.rescale(acc, 1)
             for layer in rest:
                 params = layer.matmul(params)
-            ids, base = self._table_ids_from_params(params[:n])
-            values = self.y_tables.decode(decoder, ids.ravel()).reshape(ids.shape) + base
+            coding = self.coding_parameters(params[:n])
+            if self.mixture is None:
+                ids, base = coding
+                values = self.y_tables.decode(decoder, ids.ravel()).reshape(ids.shape) + base
+            else:
+                values = self.mixture.decode(decoder, *coding).reshape(n, M)
             if np.abs(values).max(initial=0) > SYMBOL_LIMIT:
                 raise EntropyCodingError("decoded latent out of range")
             positions_left -= n
-            self.y_tables.check_not_run_out(decoder, positions_left * M)
+            self.y_tables.check_not_run_out(decoder, positions_left * M, self.y_symbol_bits)
             out[rows, cols] = values
             target = padded.as_strided((n, M), (step, 1), origin)
             target.copy_(torch.from_numpy(values).to(self.device, torch.float64) * 2.0**ACTIVATION_BITS)

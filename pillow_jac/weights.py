@@ -50,6 +50,7 @@ __all__ = [
     "table_tensors",
     "read_table",
     "SCALE_THRESHOLDS",
+    "MIXTURE_EXP",
     "WeightsError",
 ]
 
@@ -71,6 +72,8 @@ _HASH_HEX = 16
 TABLE_FIELDS = ("freqs", "offsets", "lows")
 #: the fixed-point thresholds between the y scale levels (CODING.md section 2.2)
 SCALE_THRESHOLDS = "table.y_thresholds"
+#: a Gaussian-mixture model's exponential table (CODING.md section 4.2)
+MIXTURE_EXP = "table.mixture_exp"
 
 
 class WeightsError(OSError):

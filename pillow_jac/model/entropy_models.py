@@ -19,7 +19,7 @@ from torch import nn
 
 from .layers import lower_bound
 
-__all__ = ["FactorizedDensity", "gaussian_likelihood", "standard_normal_cdf"]
+__all__ = ["FactorizedDensity", "gaussian_likelihood", "mixture_likelihood", "standard_normal_cdf"]
 
 LIKELIHOOD_BOUND = 1e-9
 
@@ -47,6 +47,35 @@ def gaussian_likelihood(y: torch.Tensor, means: torch.Tensor, scales: torch.Tens
         upper = standard_normal_cdf((0.5 - v) / s)
         lower = standard_normal_cdf((-0.5 - v) / s)
         return lower_bound(upper - lower, LIKELIHOOD_BOUND)
+
+
+def mixture_likelihood(
+    y: torch.Tensor, scales: torch.Tensor, means: torch.Tensor, logits: torch.Tensor, scale_min: float
+) -> torch.Tensor:
+    """Probability of the unit bin around ``y`` under a mixture of K Gaussians (Cheng et al. 2020, eq. 6).
+
+    ``y`` is ``(B, M, H, W)``; ``scales``, ``means`` and ``logits`` are ``(B, K * M, H, W)``, component
+    ``k`` of channel ``c`` at channel ``k * M + c``. The weights are the softmax of the logits over
+    the K components; each component is convolved with a unit uniform as in :func:`gaussian_likelihood`.
+
+    Example:
+        >>> import torch
+        >>> y = torch.zeros(1, 1, 1, 1)
+        >>> one = gaussian_likelihood(y, y, torch.ones_like(y), 0.11)
+        >>> two = mixture_likelihood(y, torch.ones(1, 2, 1, 1), torch.zeros(1, 2, 1, 1), torch.zeros(1, 2, 1, 1), 0.11)
+        >>> bool(torch.allclose(one, two))
+        True
+    """
+    with torch.autocast(device_type=y.device.type, enabled=False):
+        b, m, h, w = y.shape
+        k = scales.shape[1] // m
+
+        def split(t: torch.Tensor) -> torch.Tensor:
+            return t.float().reshape(b, k, m, h, w)
+
+        each = gaussian_likelihood(y.float().unsqueeze(1), split(means), split(scales), scale_min)
+        weights = torch.softmax(split(logits), dim=1)
+        return lower_bound((weights * each).sum(dim=1), LIKELIHOOD_BOUND)
 
 
 class FactorizedDensity(nn.Module):

@@ -29,15 +29,25 @@ import torch
 from torch import nn
 
 from ..constants import ALIGN, LAMBDAS, SCALE_MIN
-from .entropy_models import FactorizedDensity, gaussian_likelihood
+from .entropy_models import FactorizedDensity, gaussian_likelihood, mixture_likelihood
 from .layers import GDN, MaskedConv2d, conv, deconv
 
 __all__ = [
+    "ENTROPY_MODELS",
+    "CONTEXT_SIZES",
     "ModelConfig",
     "JointAutoregressiveHierarchicalPrior",
     "quality_position",
     "count_parameters",
 ]
+
+
+#: entropy model -> g_ep outputs per latent and mixture component: scale; scale and mean; scale, mean and logit
+ENTROPY_MODELS = {"zero-mean": 1, "gaussian": 2, "gmm": 3}
+#: the masked context windows a model may use
+CONTEXT_SIZES = (3, 5, 7)
+#: the most components a "gmm" model may have
+MAX_MIXTURES = 8
 
 
 @dataclass(frozen=True)
@@ -49,7 +59,13 @@ class ModelConfig:
         M: channels of the latent y.
         context: use the masked autoregressive context model.
         hyperprior: use the hyperprior (z, h_a, h_s).
-        entropy: the conditional distribution of y; only ``"gaussian"`` today.
+        entropy: the conditional distribution of each latent (:data:`ENTROPY_MODELS`):
+            ``"gaussian"``, a Gaussian with predicted mean and scale (the paper's model, section 2);
+            ``"zero-mean"``, a Gaussian with mean 0 and predicted scale (Ballé et al. 2018's scale
+            hyperprior); ``"gmm"``, a mixture of ``mixtures`` Gaussians with predicted weights, means
+            and scales (Cheng et al. 2020, CODING.md section 4).
+        mixtures: components of the ``"gmm"`` mixture (1 for the other entropy models).
+        context_size: side of the masked causal window of the context model (3, 5 or 7).
         qualities: number of quality levels (gain vectors).
         lambdas: the rate-distortion weight of each integer quality, increasing: what the gains were
             trained for, and what the encoder's latent refinement (effort 1 and up) optimises.
@@ -60,6 +76,8 @@ class ModelConfig:
     context: bool = True
     hyperprior: bool = True
     entropy: str = "gaussian"
+    mixtures: int = 1
+    context_size: int = 5
     qualities: int = len(LAMBDAS)
     lambdas: tuple[float, ...] = LAMBDAS
 
@@ -71,14 +89,23 @@ class ModelConfig:
             raise ValueError(f"lambdas must be positive and increasing, got {self.lambdas}")
         if not (self.context or self.hyperprior):
             raise ValueError("the model needs the context model, the hyperprior or both")
-        if self.entropy != "gaussian":
-            raise ValueError(f"unsupported entropy model {self.entropy!r}")
+        if self.entropy not in ENTROPY_MODELS:
+            raise ValueError(f"unsupported entropy model {self.entropy!r}: use one of {', '.join(ENTROPY_MODELS)}")
+        if (self.entropy == "gmm") != (self.mixtures > 1) or not 1 <= self.mixtures <= MAX_MIXTURES:
+            raise ValueError(f"a 'gmm' model has 2 to {MAX_MIXTURES} mixtures and the others 1, got {self.mixtures}")
+        if self.context_size not in CONTEXT_SIZES:
+            raise ValueError(f"context_size must be one of {CONTEXT_SIZES}, got {self.context_size}")
         if self.M % 6:
             raise ValueError("M must be a multiple of 6 (the paper's 10M/3, 8M/3 and 3M/2 widths)")
 
     def to_dict(self) -> dict:
         """The configuration as a JSON-friendly dict."""
         return asdict(self)
+
+    @property
+    def parameter_channels(self) -> int:
+        """Output channels of g_ep: per latent, the scale (and mean) of each component, and the mixture logits."""
+        return ENTROPY_MODELS[self.entropy] * self.mixtures * self.M
 
 
 def quality_position(quality: torch.Tensor, levels: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -120,12 +147,12 @@ class JointAutoregressiveHierarchicalPrior(nn.Module):
             self.z_density = FactorizedDensity(N)
             params_in += 2 * M
         if config.context:
-            self.context = MaskedConv2d(M, 2 * M, 5)
+            self.context = MaskedConv2d(M, 2 * M, config.context_size)
             params_in += 2 * M
         self.entropy_parameters = nn.Sequential(
             nn.Conv2d(params_in, M * 10 // 3, 1), nn.ReLU(),
             nn.Conv2d(M * 10 // 3, M * 8 // 3, 1), nn.ReLU(),
-            nn.Conv2d(M * 8 // 3, 2 * M, 1),
+            nn.Conv2d(M * 8 // 3, config.parameter_channels, 1),
         )  # fmt: skip
         # log gains per quality level; higher quality, finer effective quantisation
         init = 0.5 * torch.log(torch.tensor(config.lambdas) / LAMBDAS[3])
@@ -145,6 +172,21 @@ class JointAutoregressiveHierarchicalPrior(nn.Module):
         """Concatenate hyperprior and context features in the order g_ep expects."""
         parts = [t for t in (psi, phi) if t is not None]
         return torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
+
+    def y_likelihood(self, y: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+        """Probability of the unit bin around each latent under g_ep's parameters (float32).
+
+        ``params`` holds, channel blocks of M each: the scales, then (``gaussian``, ``gmm``) the
+        means, then (``gmm``) the mixture logits, each block component-major for a mixture
+        (CODING.md section 4).
+        """
+        config = self.config
+        if config.entropy == "zero-mean":
+            return gaussian_likelihood(y, torch.zeros_like(y), params, SCALE_MIN)
+        if config.entropy == "gaussian":
+            scales, means = params.chunk(2, dim=1)
+            return gaussian_likelihood(y, means, scales, SCALE_MIN)
+        return mixture_likelihood(y, *params.chunk(3, dim=1), SCALE_MIN)
 
     def forward(self, x: torch.Tensor, quality: torch.Tensor) -> dict[str, torch.Tensor]:
         """Training/evaluation forward with noise for the rate and rounding for the distortion.
@@ -170,8 +212,8 @@ class JointAutoregressiveHierarchicalPrior(nn.Module):
             psi = self.h_s(z_round)
         if self.config.context:
             phi = self.context(y_round)
-        scales, means = self.entropy_parameters(self.entropy_inputs(psi, phi)).chunk(2, dim=1)
-        out["y_likelihoods"] = gaussian_likelihood(y_rate, means, scales, SCALE_MIN)
+        params = self.entropy_parameters(self.entropy_inputs(psi, phi))
+        out["y_likelihoods"] = self.y_likelihood(y_rate, params)
         inverse = self.gains(quality, inverse=True).to(y_round.dtype)
         out["x_hat"] = self.g_s(y_round * inverse)
         return out

@@ -24,9 +24,10 @@ import torch
 from ..constants import ACTIVATION_BITS, FORMAT_VERSION
 from ..engine import build_model
 from ..entropy_coding import factorized_tables, gaussian_tables, scale_table
+from ..mixture_coding import mixture_exp_table
 from ..model.integer import integerize
 from ..model.mbt2018 import JointAutoregressiveHierarchicalPrior, ModelConfig
-from ..weights import SCALE_THRESHOLDS, load_weights, save_weights, seal, table_tensors
+from ..weights import MIXTURE_EXP, SCALE_THRESHOLDS, load_weights, save_weights, seal, table_tensors
 
 __all__ = ["freeze", "scale_thresholds", "model_id_for"]
 
@@ -47,9 +48,26 @@ def scale_thresholds() -> torch.Tensor:
 
 
 def model_id_for(config: ModelConfig, release: int) -> str:
-    """A 16-character-or-shorter model id, e.g. ``mbt-128-192-r001``."""
-    flags = ("" if config.context else "n") + ("" if config.hyperprior else "h")
-    return f"mbt{flags}-{config.N}-{config.M}-r{release:03d}"[:16]
+    """The model id of a release: ``mbt[flags]-N-M-rNNN``, e.g. ``mbt-128-192-r001``.
+
+    Flags name what differs from the shipped design: ``n`` no context model, ``h`` no hyperprior,
+    ``cK`` a K x K context window, ``z`` zero-mean Gaussians, ``gK`` a K-component mixture. An id
+    longer than the header's 16 bytes drops the ``mbt`` prefix; one still too long is an error.
+
+    Example:
+        >>> model_id_for(ModelConfig(), 6), model_id_for(ModelConfig(N=96, M=144, entropy="gmm", mixtures=3), 1)
+        ('mbt-128-192-r006', 'g3-96-144-r001')
+    """
+    flags = "" if config.context else "n"
+    flags += "" if config.hyperprior else "h"
+    flags += f"c{config.context_size}" if config.context and config.context_size != 5 else ""
+    flags += {"gaussian": "", "zero-mean": "z", "gmm": f"g{config.mixtures}"}[config.entropy]
+    name = f"mbt{flags}-{config.N}-{config.M}-r{release:03d}"
+    if len(name) > 16:
+        name = name.removeprefix("mbt")
+    if len(name) > 16:
+        raise ValueError(f"model id {name!r} is longer than 16 characters")
+    return name
 
 
 def freeze(model: JointAutoregressiveHierarchicalPrior, release: int, notes: dict[str, str] | None = None):
@@ -75,6 +93,8 @@ def freeze(model: JointAutoregressiveHierarchicalPrior, release: int, notes: dic
     freqs, offsets, lows = gaussian_tables()
     tensors.update(table_tensors("y", freqs, offsets, lows))
     tensors[SCALE_THRESHOLDS] = scale_thresholds()
+    if config.entropy == "gmm":
+        tensors[MIXTURE_EXP] = torch.from_numpy(mixture_exp_table())
     if config.hyperprior:
         density = model.z_density
 

@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 
 from ..constants import LAMBDAS
-from ..model.mbt2018 import JointAutoregressiveHierarchicalPrior, ModelConfig
+from ..model.mbt2018 import CONTEXT_SIZES, ENTROPY_MODELS, JointAutoregressiveHierarchicalPrior, ModelConfig
 from ..model.objective import quality_lambda, rate_distortion_loss
 from .data import CropSampler, list_images, to_model_input
 
@@ -53,6 +53,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--M", type=int, default=192)
     p.add_argument("--no-context", action="store_true")
     p.add_argument("--no-hyperprior", action="store_true")
+    p.add_argument("--entropy", default="gaussian", choices=sorted(ENTROPY_MODELS), help="distribution of each latent")
+    p.add_argument("--mixtures", type=int, default=0, help="components of a gmm (default: 3 for gmm, else 1)")
+    p.add_argument("--context-size", type=int, default=5, choices=CONTEXT_SIZES, help="masked context window")
     p.add_argument(
         "--lambdas",
         type=lambda text: tuple(float(v) for v in text.split(",")),
@@ -250,6 +253,9 @@ def main(argv: list[str] | None = None) -> None:
         M=args.M,
         context=not args.no_context,
         hyperprior=not args.no_hyperprior,
+        entropy=args.entropy,
+        mixtures=args.mixtures or (3 if args.entropy == "gmm" else 1),
+        context_size=args.context_size,
         lambdas=args.lambdas or LAMBDAS,
     )
     if args.init:

@@ -1,0 +1,82 @@
+"""Train one run of the study from scratch under the study's budget (resumable).
+
+The recipe is the trainer's (:mod:`pillow_jac.training.train`): Adam with a linear warm-up, gradient
+clipping, bf16 autocast with channels_last on the CPU, a quality per image drawn from strata of
+``[1, 8]``, and a weight average that is what gets frozen. The crops of a run depend only on its
+seed, so every variant sees the same crops in the same order.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..model.mbt2018 import JointAutoregressiveHierarchicalPrior
+from ..model.objective import quality_lambda, rate_distortion_loss
+from ..training.data import CropSampler, to_model_input
+from ..training.train import WeightAverage, save_checkpoint, stratified_qualities
+from .variants import Budget, Variant
+
+__all__ = ["train_run"]
+
+
+def train_run(
+    variant: Variant, seed: int, budget: Budget, images: list[np.ndarray], out: Path, log=print
+) -> tuple[Path, float]:
+    """Train ``variant`` with ``seed`` into ``out``; return its ``ema.safetensors`` and the training seconds.
+
+    A run that finished before returns at once; one that stopped resumes from its last checkpoint.
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    done = out / "ema.safetensors"
+    marker = out / "trained.txt"
+    if marker.exists():
+        return done, float(marker.read_text().split()[1])
+    config = variant.model_config(budget)
+    torch.manual_seed(seed)
+    model = JointAutoregressiveHierarchicalPrior(config).to(memory_format=torch.channels_last)
+    optimizer = torch.optim.Adam(model.parameters(), lr=budget.lr)
+    sampler = CropSampler(images, budget.crop, seed=seed)
+    average = WeightAverage(model, budget.ema)
+    step, seconds = 0, 0.0
+    checkpoint = out / "checkpoint.pt"
+    if checkpoint.exists():
+        state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        sampler.set_state(state["sampler"])
+        torch.set_rng_state(state["torch_rng"])
+        average.shadow = {k: v.float() for k, v in state["average"].items()}
+        step, seconds = state["step"], float((out / "seconds.txt").read_text())
+        log(f"{out.name}: resumed at step {step}")
+    model.train()
+    start = time.time() - seconds
+    while step < budget.steps:
+        for group in optimizer.param_groups:
+            group["lr"] = budget.lr * min(1.0, (step + 1) / budget.warmup)
+        x = to_model_input(sampler.batch_uint8(budget.batch), torch.device("cpu")).contiguous(
+            memory_format=torch.channels_last
+        )
+        quality = stratified_qualities(budget.batch)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            result = model(x, quality)
+        losses = rate_distortion_loss(result, x, quality_lambda(quality, config.lambdas).float())
+        optimizer.zero_grad(set_to_none=True)
+        losses["loss"].backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), budget.clip)
+        optimizer.step()
+        average.update(model)
+        step += 1
+        if step % 250 == 0 or step == budget.steps:
+            log(
+                f"{out.name}: step {step} | {(time.time() - start) / 60:.1f} min | loss {losses['loss'].item():.4f} "
+                f"| bpp {losses['bpp'].item():.3f} | psnr {losses['psnr'].item():.2f}"
+            )
+            (out / "seconds.txt").write_text(f"{time.time() - start:.1f}\n")
+            save_checkpoint(checkpoint, model, optimizer, step, sampler, config, average)
+    seconds = time.time() - start
+    marker.write_text(f"seconds {seconds:.1f}\n")
+    return done, seconds

@@ -1,0 +1,96 @@
+"""The variants of the study and the budget every one of them gets (docs/study.md).
+
+Minnen, Ballé, Toderici 2018 compare the joint model with the scale hyperprior of Ballé et al. 2018
+(zero-mean Gaussian, no context), a mean-and-scale hyperprior without context, and a context model
+without hyperprior (their figure 5). This study adds a K=3 Gaussian mixture (Cheng et al. 2020),
+context windows of 3x3 and 7x7, and a second width, all from :class:`~pillow_jac.model.mbt2018.ModelConfig`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from ..constants import LAMBDAS
+from ..model.mbt2018 import ModelConfig
+
+__all__ = ["Budget", "Variant", "BUDGET", "VARIANTS", "run_name"]
+
+
+@dataclass(frozen=True)
+class Budget:
+    """What every run of the study gets: the same steps, crops, ladder and optimiser.
+
+    Attributes:
+        steps: optimiser steps.
+        batch: crops per step.
+        crop: side of the square training crops, pixels.
+        lr: Adam's learning rate after a linear warm-up of ``warmup`` steps.
+        ema: decay of the weight average that is frozen and measured.
+        lambdas: the ladder of the 8 qualities (every image of a batch draws a quality).
+        qualities: the qualities measured with real files (low, middle and high rate).
+    """
+
+    steps: int = 3000
+    batch: int = 8
+    crop: int = 128
+    lr: float = 2e-4
+    warmup: int = 200
+    clip: float = 1.0
+    ema: float = 0.995
+    lambdas: tuple[float, ...] = LAMBDAS
+    qualities: tuple[float, ...] = (1.0, 4.0, 8.0)
+
+    def to_dict(self) -> dict:
+        """The budget as a JSON-friendly dict."""
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One model of the study: a name, what it asks, and its architecture.
+
+    Attributes:
+        name: short identifier, used in file names.
+        label: what the variant is, for tables.
+        question: the research question (RQ1-RQ4) it answers.
+        config: keyword arguments of :class:`ModelConfig` (lambdas come from the budget).
+        seeds: the seeds it is trained with (two for the headline comparisons).
+    """
+
+    name: str
+    label: str
+    question: str
+    config: dict
+    seeds: tuple[int, ...] = (0, 1)
+
+    def model_config(self, budget: Budget) -> ModelConfig:
+        """The :class:`ModelConfig` of this variant under ``budget``."""
+        return ModelConfig(**self.config, lambdas=budget.lambdas)
+
+
+BUDGET = Budget()
+_SMALL = {"N": 64, "M": 96}
+#: in training order: the headline comparisons first (two seeds), then context sizes and width (one seed)
+VARIANTS = {
+    v.name: v
+    for v in (
+        Variant("joint", "joint: hyperprior + 5x5 context, mean-scale (shipped design)", "RQ1-RQ4", {**_SMALL}),
+        Variant(
+            "hyper-scale",
+            "hyperprior only, zero-mean (Ballé 2018)",
+            "RQ1, RQ2",
+            {**_SMALL, "context": False, "entropy": "zero-mean"},
+        ),
+        Variant("hyper-mean-scale", "hyperprior only, mean-scale", "RQ1, RQ2", {**_SMALL, "context": False}),
+        Variant("context-only", "context model only (no z)", "RQ1, RQ3", {**_SMALL, "hyperprior": False}),
+        Variant("joint-gmm3", "joint + K=3 Gaussian mixture", "RQ2", {**_SMALL, "entropy": "gmm", "mixtures": 3}),
+        Variant("joint-ctx3", "joint, 3x3 context", "RQ4", {**_SMALL, "context_size": 3}, seeds=(0,)),
+        Variant("joint-ctx7", "joint, 7x7 context", "RQ4", {**_SMALL, "context_size": 7}, seeds=(0,)),
+        Variant("joint-wide", "joint, N/M = 96/144", "RQ4", {"N": 96, "M": 144}, seeds=(0,)),
+    )
+}
+
+
+def run_name(variant: Variant, seed: int) -> str:
+    """The name of one run (a variant and a seed), e.g. ``joint-s0``."""
+    return f"{variant.name}-s{seed}"
