@@ -8,6 +8,9 @@ For each ``format_spec/vectors/<model_id>/vectors.json`` it checks, for every ve
 * the decoded pixels: ``exact`` when they match the reference bit for bit, ``within 1`` when some
   sample differs by one level (allowed: g_s runs in floating point, SPEC.md section 1), else a failure.
 
+The model variants' vectors (``format_spec/vectors/variants/<model_id>/``, CODING.md section 4) are
+checked the same way with the tiny generation stored beside them (``weights.safetensors``).
+
 It prints one line per vector and a summary, and exits 0 when every vector passes. Options:
 ``--generation ID`` checks one generation; ``--device cuda`` decodes on a GPU.
 """
@@ -31,20 +34,29 @@ def _digest(array: np.ndarray) -> str:
     return hashlib.sha256(f"{a.shape}|{a.dtype}|".encode() + a.tobytes()).hexdigest()
 
 
+def generations() -> list[str]:
+    """Every generation with vectors: released ones by model id, variants as ``variants/<model_id>``."""
+    return sorted(q.parent.relative_to(HERE).as_posix() for q in HERE.glob("*/vectors.json")) + sorted(
+        q.parent.relative_to(HERE).as_posix() for q in HERE.glob("variants/*/vectors.json")
+    )
+
+
 def check(generation: str, device: str | None = None) -> list[tuple[str, str, bool]]:
-    """``(vector, outcome, passed)`` for every vector of one generation."""
+    """``(vector, outcome, passed)`` for every vector of one generation (or ``variants/<model_id>``)."""
     from pillow_jac import codec
 
     results = []
-    table = json.loads((HERE / generation / "vectors.json").read_text())
+    folder = HERE / generation
+    table = json.loads((folder / "vectors.json").read_text())
+    weights = folder / "weights.safetensors" if (folder / "weights.safetensors").exists() else None
     for name, entry in table.items():
-        data = (HERE / generation / entry["file"]).read_bytes()
+        data = (folder / entry["file"]).read_bytes()
         if hashlib.sha256(data).hexdigest() != entry["file_sha256"]:
             results.append((name, "the vector file is damaged", False))
             continue
         try:
-            z_hat, y_hat = codec.decode_symbols(data, device=device)
-            pixels = codec.decode(data, device=device)
+            z_hat, y_hat = codec.decode_symbols(data, device=device, weights=weights)
+            pixels = codec.decode(data, device=device, weights=weights)
         except codec.ModelNotInstalledError:
             results.append((name, f"decoder {generation} is not installed", False))
             continue
@@ -52,7 +64,7 @@ def check(generation: str, device: str | None = None) -> list[tuple[str, str, bo
         if symbols.hexdigest() != entry["symbols_sha256"]:
             results.append((name, "latents differ (the entropy path is not exact here)", False))
             continue
-        expected = np.asarray(Image.open(HERE / generation / entry["decoded"]))
+        expected = np.asarray(Image.open(folder / entry["decoded"]))
         if pixels.shape != expected.shape:
             results.append((name, f"shape {pixels.shape}, expected {expected.shape}", False))
             continue
@@ -68,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--generation", help="one model_id (default: every generation with vectors)")
     p.add_argument("--device", help="torch device (default: JAC_DEVICE or cpu)")
     args = p.parse_args(argv)
-    gens = [args.generation] if args.generation else sorted(q.parent.name for q in HERE.glob("*/vectors.json"))
+    gens = [args.generation] if args.generation else generations()
     failed = total = 0
     for gen in gens:
         for name, outcome, passed in check(gen, args.device):

@@ -4,6 +4,10 @@
 ``format_spec/vectors/<model_id>/`` and refuses if that folder exists: a released generation's vectors
 never change. ``python format_spec/make_vectors.py --model ID --out DIR`` makes them for another
 installed generation, or into another folder (the tests use that for a test-only generation).
+``python format_spec/make_vectors.py --variant '{"entropy": "gmm", "mixtures": 3}'`` makes a tiny
+(N=8, M=12) generation of a model variant (CODING.md section 4) and its vectors, weights included, in
+``format_spec/vectors/variants/<model_id>/``: the variants' coding rules are pinned without a
+trained model of each being shipped.
 
 Each vector is a small ``.jac`` file made from a committed source PNG, plus the SHA-256 of its decoded
 latents (exact on every machine, CODING.md section 3) and of its decoded pixels, and the decoded pixels
@@ -114,12 +118,50 @@ def make(out: Path, sources: Path, **encode_kwargs) -> dict:
     return table
 
 
+def variant_weights(config: dict, path: Path) -> str:
+    """Write a tiny generation of a model variant to ``path``; return its model id.
+
+    N=8, M=12, seeded initial weights, with g_ep's last layer spread (weights N(0, 0.3), biases
+    N(0, 1)) so that scales, means and mixture weights take many values: the vectors then exercise
+    many tables, window positions and escapes.
+    """
+    import torch
+
+    from pillow_jac.model.mbt2018 import JointAutoregressiveHierarchicalPrior, ModelConfig
+    from pillow_jac.training.freeze import freeze
+    from pillow_jac.weights import save_weights
+
+    torch.manual_seed(0)
+    model = JointAutoregressiveHierarchicalPrior(ModelConfig(**{"N": 8, "M": 12, **config}))
+    with torch.no_grad():
+        model.entropy_parameters[-1].weight.normal_(0.0, 0.3)
+        model.entropy_parameters[-1].bias.normal_(0.0, 1.0)
+    tensors, metadata = freeze(model, release=1)
+    save_weights(path, tensors, metadata)
+    return metadata["model_id"]
+
+
 def main(argv: list[str] | None = None) -> int:
     """Write the vectors of one generation; refuse to overwrite a released one."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", help="model_id of an installed generation (default: the default encoder)")
     p.add_argument("--out", type=Path, help="output folder (default: format_spec/vectors/<model_id>)")
+    p.add_argument("--variant", type=json.loads, help="ModelConfig fields (JSON) of a tiny variant generation")
     args = p.parse_args(argv)
+    if args.variant is not None:
+        scratch = ROOT / "variants" / "weights.tmp.safetensors"
+        scratch.parent.mkdir(parents=True, exist_ok=True)
+        model_id = variant_weights(args.variant, scratch)
+        out = args.out or ROOT / "variants" / model_id
+        if (out / "vectors.json").exists():
+            scratch.unlink()
+            print(f"{out} exists: a generation's vectors never change", file=sys.stderr)
+            return 1
+        out.mkdir(parents=True, exist_ok=True)
+        weights = scratch.replace(out / "weights.safetensors")
+        table = make(out, ROOT / "sources", weights=weights)
+        print(f"wrote {len(table)} vectors of the variant {model_id} to {out}")
+        return 0
     from pillow_jac import generations
 
     gen = generations.encoder(args.model)

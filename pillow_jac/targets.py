@@ -54,7 +54,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import codec, container
-from .constants import EFFORT_ITERATIONS, QUALITY_DENOMINATOR, QUALITY_MAX, QUALITY_MIN, SCALE_MIN, validate_effort
+from .constants import EFFORT_ITERATIONS, QUALITY_DENOMINATOR, QUALITY_MAX, QUALITY_MIN, validate_effort
 
 __all__ = [
     "TargetResult",
@@ -263,7 +263,6 @@ class _Candidates:
     def estimate(self, q16: int) -> float:
         """The float model's estimate of the file's size in bytes at quality ``q16 / 256``."""
         torch = codec._torch()
-        from .model.entropy_models import gaussian_likelihood
 
         z_hat, y_hat = self.latents(q16)
         model, device = self.engine.model, self.engine.device
@@ -282,11 +281,11 @@ class _Candidates:
                     za, zb = a // 4, -(-b // 4)
                     lo, hi = max(0, za - _H_S_HALO), min(z.shape[2], zb + _H_S_HALO)
                     psi = model.h_s(z[:, :, lo:hi])[:, :, 4 * (za - lo) :, : y.shape[3]][:, :, : b - a]
-                if self.engine.config.context:  # the causal mask reaches two rows up
-                    top = max(0, a - 2)
+                if self.engine.config.context:  # the causal mask reaches context_size // 2 rows up
+                    top = max(0, a - self.engine.config.context_size // 2)
                     phi = model.context(y[:, :, top:b])[:, :, a - top :]
-                scales, means = model.entropy_parameters(model.entropy_inputs(psi, phi)).chunk(2, dim=1)
-                bits += float(-gaussian_likelihood(y[:, :, a:b], means, scales, SCALE_MIN).log2().sum())
+                params = model.entropy_parameters(model.entropy_inputs(psi, phi))
+                bits += float(-model.y_likelihood(y[:, :, a:b], params).log2().sum())
         self.estimates += 1
         return self.overhead + bits / 8 + _ESTIMATE_EXCESS
 

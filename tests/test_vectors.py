@@ -91,3 +91,47 @@ def test_conformance_script_passes_and_reports_each_vector(capsys):
     out = capsys.readouterr().out
     assert out.count("PASS") == len(make_vectors.VECTORS) and "FAIL" not in out
     assert f"{len(make_vectors.VECTORS)} of {len(make_vectors.VECTORS)} vectors" in out
+
+
+VARIANTS = sorted(p.parent for p in (VECTORS / "variants").glob("*/vectors.json"))
+VARIANT_CASES = [
+    (folder, name, entry)
+    for folder in VARIANTS
+    for name, entry in json.loads((folder / "vectors.json").read_text()).items()
+]
+
+
+def test_variant_vectors_cover_the_mixture_and_every_context_window():
+    configs = [json.loads(weights_manifest(folder)["config"]) for folder in VARIANTS]
+    assert {(c["entropy"], c["mixtures"], c["context_size"]) for c in configs} >= {("gmm", 3, 7), ("zero-mean", 1, 3)}
+
+
+def weights_manifest(folder: Path) -> dict:
+    from pillow_jac.weights import load_weights
+
+    return load_weights(folder / "weights.safetensors")[1]
+
+
+@pytest.mark.parametrize(("folder", "name", "entry"), VARIANT_CASES, ids=[f"{f.name}/{n}" for f, n, _ in VARIANT_CASES])
+def test_variant_vector_decodes_exactly_and_re_encodes(folder, name, entry):
+    """A model variant's vectors (CODING.md section 4): exact latents at 1 and 3 threads, pixels, the same bytes."""
+    import torch
+
+    weights = folder / "weights.safetensors"
+    data = (folder / entry["file"]).read_bytes()
+    assert hashlib.sha256(data).hexdigest() == entry["file_sha256"]
+    assert container.parse(data).header.model_id == entry["model_id"] == folder.name
+    saved = torch.get_num_threads()
+    try:
+        for threads in (1, 3):
+            torch.set_num_threads(threads)
+            assert make_vectors.symbols_digest(data, weights=weights) == entry["symbols_sha256"]
+    finally:
+        torch.set_num_threads(saved)
+    pixels = codec.decode(data, weights=weights)
+    expected = np.asarray(Image.open(folder / entry["decoded"]))
+    assert np.abs(pixels.astype(int) - expected).max(initial=0) <= 1
+    with Image.open(VECTORS / "sources" / entry["source"]) as im:
+        source = np.asarray(im)
+    extra = make_vectors.METADATA if entry["metadata"] else {}
+    assert codec.encode(source, entry["quality"], effort=entry["effort"], weights=weights, **extra) == data

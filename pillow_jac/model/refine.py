@@ -40,8 +40,7 @@ from collections.abc import Callable
 
 import torch
 
-from ..constants import DOWNSAMPLING, EFFORT_ITERATIONS, MAX_EFFORT, SCALE_MIN
-from .entropy_models import gaussian_likelihood
+from ..constants import DOWNSAMPLING, EFFORT_ITERATIONS, MAX_EFFORT
 from .mbt2018 import JointAutoregressiveHierarchicalPrior
 from .objective import quality_lambda
 
@@ -138,8 +137,7 @@ def _loss(
             psi = model.h_s(z_hat)[:, :, : y_hat.shape[2], : y_hat.shape[3]]
         if model.config.context:
             phi = model.context(y_hat)
-        scales, means = model.entropy_parameters(model.entropy_inputs(psi, phi)).chunk(2, dim=1)
-        y_like = gaussian_likelihood(y_hat, means, scales, SCALE_MIN)
+        y_like = model.y_likelihood(y_hat, model.entropy_parameters(model.entropy_inputs(psi, phi)))
         bits = bits - y_like[:, :, rows, cols].float().log2().sum()
         x_hat = model.g_s(y_hat * inverse_gain)
     error = (x_hat[:, :, px_rows, px_cols].float() - x[:, :, px_rows, px_cols]).pow(2).sum(1, keepdim=True)

@@ -1,16 +1,25 @@
-"""``python -m pillow_jac.study``: train, measure and report every variant of the study (docs/study.md)."""
+"""``python -m pillow_jac.study``: train, measure and report every variant of the study (docs/study.md).
+
+Phases: ``train`` trains the runs; ``measure`` also freezes and measures each trained run with real
+files (and JPEG/WebP on the same images, once); ``time`` times each run's encode and decode at
+768x512 (run it on an otherwise idle machine); ``report`` writes ``benchmarks/results/study.{json,md,png}``
+from what has been measured; ``all`` (the default) does train, measure and report. Every phase
+skips what is already done, so the study resumes where it stopped.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
 
-from ..training.data import list_images, load_rgb
+from ..bench.metrics import portable_path
 from .variants import BUDGET, VARIANTS, run_name
 
 SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+RESULTS = Path("benchmarks/results")
 
 
 def _log(message: str) -> None:
@@ -24,24 +33,83 @@ def planned_runs(only: list[str] | None = None) -> list[tuple]:
     return [(v, s) for s in seeds for v in chosen if s in v.seeds]
 
 
+def _write_json(path: Path, value: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(value, indent=1) + "\n")
+    tmp.replace(path)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point."""
-    p = argparse.ArgumentParser(prog="python -m pillow_jac.study", description=__doc__)
-    p.add_argument("phase", nargs="?", default="all", choices=("train", "all"))
+    p = argparse.ArgumentParser(prog="python -m pillow_jac.study", description=__doc__.split("\n\n")[0])
+    p.add_argument("phase", nargs="?", default="all", choices=("train", "measure", "time", "report", "all"))
     p.add_argument("--data", type=Path, default=SHARED / "train", help="training images (never an evaluation set)")
+    p.add_argument("--kodak", type=Path, default=SHARED / "kodak")
+    p.add_argument("--urban", type=Path, default=SHARED / "urban20")
     p.add_argument("--runs", type=Path, default=Path("runs/study"), help="where the runs' checkpoints go")
+    p.add_argument("--results", type=Path, default=RESULTS, help="where study.{json,md,png} and study/ go")
     p.add_argument("--only", nargs="*", help="variants to run (default: all)")
     args = p.parse_args(argv)
-    from .train import train_run
-
     runs = planned_runs(args.only)
-    _log(f"{len(runs)} runs; budget {BUDGET.to_dict()}")
-    images = [load_rgb(path, 512) for path in list_images(args.data)]
-    _log(f"{len(images)} training images loaded")
-    for variant, seed in runs:
-        name = run_name(variant, seed)
-        path, seconds = train_run(variant, seed, BUDGET, images, args.runs / name, log=_log)
-        _log(f"{name}: trained in {seconds / 60:.1f} min -> {path}")
+    measured = args.results / "study" / "runs"
+    if args.phase in ("train", "measure", "all"):
+        from ..training.data import list_images, load_rgb
+        from .evaluate import evaluation_sets, freeze_run, measure_anchors, measure_images, model_cost
+        from .train import train_run
+
+        sets = evaluation_sets(args.kodak, args.urban)
+        anchors_path = args.results / "study" / "anchors.json"
+        if args.phase != "train" and not anchors_path.exists():
+            _log("measuring JPEG and WebP on the evaluation sets")
+            _write_json(anchors_path, {name: measure_anchors(paths) for name, paths in sets.items()})
+        _log(f"{len(runs)} runs; budget {BUDGET.to_dict()}")
+        images = [load_rgb(path, 512) for path in list_images(args.data)]
+        _log(f"{len(images)} training images loaded")
+        for variant, seed in runs:
+            name = run_name(variant, seed)
+            trained, seconds = train_run(variant, seed, BUDGET, images, args.runs / name, log=_log)
+            if args.phase == "train" or (measured / f"{name}.json").exists():
+                continue
+            _log(f"{name}: trained in {seconds / 60:.1f} min; measuring")
+            weights = freeze_run(trained, args.runs / name / "model.safetensors")
+            config = variant.model_config(BUDGET)
+            result = {
+                "run": name,
+                "variant": variant.name,
+                "seed": seed,
+                "config": config.to_dict(),
+                "budget": BUDGET.to_dict(),
+                "train_seconds": round(seconds, 1),
+                "cost": model_cost(config),
+                "sets": {
+                    set_name: {
+                        "data": portable_path(getattr(args, "kodak" if set_name == "kodak" else "urban")),
+                        "per_image": measure_images(weights, paths, BUDGET.qualities),
+                    }
+                    for set_name, paths in sets.items()
+                },
+            }
+            _write_json(measured / f"{name}.json", result)
+            _log(f"{name}: measured")
+    if args.phase == "time":
+        from ..bench.codecs import load_rgb
+        from .evaluate import time_codec
+
+        image = load_rgb(args.kodak / "kodim23.png")
+        timings_path = args.results / "study" / "timings.json"
+        timings = json.loads(timings_path.read_text()) if timings_path.exists() else {}
+        for variant, seed in runs:
+            name = run_name(variant, seed)
+            weights = args.runs / name / "model.safetensors"
+            if seed == variant.seeds[0] and weights.exists() and variant.name not in timings:
+                timings[variant.name] = time_codec(weights, image)
+                _log(f"{variant.name}: {timings[variant.name]}")
+                _write_json(timings_path, timings)
+    if args.phase in ("report", "all"):
+        from .report import write_report
+
+        write_report(args.results, [(v, s) for v, s in runs])
     return 0
 
 

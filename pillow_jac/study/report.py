@@ -1,0 +1,237 @@
+"""Summarise the study's measured runs: ``benchmarks/results/study.{json,md,png}`` (docs/study.md).
+
+Every comparison is a Bjøntegaard delta rate (:func:`pillow_jac.bench.metrics.bd_rate`, PCHIP over
+the PSNR range both curves cover) of curves averaged over a set's images. Against the joint model,
+each seed of a variant is compared with the joint model of the same seed; the spread between the
+joint model's own two seeds is the noise floor of the study.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..bench.metrics import bd_rate
+from .variants import BUDGET, VARIANTS, Variant, run_name
+
+__all__ = ["mean_curve", "summarise", "write_report"]
+
+ANCHORS = ("jpeg420", "webp")
+SETS = ("kodak", "urban20")
+
+
+def mean_curve(per_image: dict[str, list[dict]]) -> list[dict[str, float]]:
+    """The per-image points averaged parameter by parameter (bpp, PSNR and the z/y rates), sorted by bpp."""
+    by_param: dict[float, list[dict]] = {}
+    for points in per_image.values():
+        for point in points:
+            by_param.setdefault(float(point["param"]), []).append(point)
+    keys = [k for k in ("bpp", "psnr", "z_bpp", "y_bpp") if k in next(iter(by_param.values()))[0]]
+    curve = [{"param": p, **{k: float(np.mean([q[k] for q in pts])) for k in keys}} for p, pts in by_param.items()]
+    return sorted(curve, key=lambda point: point["bpp"])
+
+
+def _bd(anchor: list[dict], test: list[dict]) -> float:
+    return bd_rate(
+        [p["bpp"] for p in anchor], [p["psnr"] for p in anchor], [p["bpp"] for p in test], [p["psnr"] for p in test]
+    )
+
+
+def _spread(values: list[float]) -> dict[str, Any]:
+    finite = [v for v in values if math.isfinite(v)]
+    if not finite:
+        return {"mean": math.nan, "values": values}
+    return {"mean": float(np.mean(finite)), "min": min(finite), "max": max(finite), "values": values}
+
+
+def summarise(runs: dict[str, dict], anchors: dict[str, dict], timings: dict[str, dict]) -> dict[str, Any]:
+    """Per variant and set: BD-rates (against the joint model, JPEG and WebP), z share, cost and times."""
+    curves = {name: {s: mean_curve(r["sets"][s]["per_image"]) for s in r["sets"]} for name, r in runs.items()}
+    anchor_curves = {s: {c: mean_curve(v[c]["per_image"]) for c in ANCHORS if c in v} for s, v in anchors.items()}
+    out: dict[str, Any] = {"budget": BUDGET.to_dict(), "variants": {}, "noise": {}}
+    for set_name in SETS:  # the joint model's seed-to-seed difference: the noise floor
+        pair = [curves.get(f"joint-s{s}", {}).get(set_name) for s in (0, 1)]
+        if all(pair):
+            out["noise"][set_name] = _bd(pair[0], pair[1])
+    for variant in VARIANTS.values():
+        seeds = [s for s in variant.seeds if run_name(variant, s) in runs]
+        if not seeds:
+            continue
+        first = runs[run_name(variant, seeds[0])]
+        row: dict[str, Any] = {
+            "label": variant.label,
+            "question": variant.question,
+            "seeds": seeds,
+            "config": first["config"],
+            "cost": first["cost"],
+            "train_minutes": _spread([runs[run_name(variant, s)]["train_seconds"] / 60 for s in seeds]),
+            "timing": timings.get(variant.name),
+            "sets": {},
+        }
+        for set_name in SETS:
+            mine = {s: curves[run_name(variant, s)].get(set_name) for s in seeds}
+            if not all(mine.values()):
+                continue
+            entry: dict[str, Any] = {"curve": {s: mine[s] for s in seeds}}
+            if variant.name != "joint":
+                against = []
+                for s in seeds:  # the same seed's joint model, else seed 0's
+                    joint = curves.get(f"joint-s{s}", curves.get("joint-s0", {})).get(set_name)
+                    against.append(_bd(joint, mine[s]) if joint else math.nan)
+                entry["bd_vs_joint"] = _spread(against)
+            for codec in anchor_curves.get(set_name, {}):
+                entry[f"bd_vs_{codec}"] = _spread([_bd(anchor_curves[set_name][codec], mine[s]) for s in seeds])
+            shares = {}
+            for point_index, level in enumerate(("low", "middle", "high")):
+                values = []
+                for s in seeds:
+                    points = sorted(mine[s], key=lambda p: p["param"])
+                    if point_index < len(points) and "z_bpp" in points[point_index]:
+                        point = points[point_index]
+                        values.append(100.0 * point["z_bpp"] / point["bpp"])
+                if values:
+                    shares[level] = _spread(values)
+            entry["z_share_percent"] = shares
+            row["sets"][set_name] = entry
+        out["variants"][variant.name] = row
+    out["anchors"] = {
+        s: {c: {"label": anchors[s][c]["label"], "curve": v} for c, v in cs.items()} for s, cs in anchor_curves.items()
+    }
+    return out
+
+
+def _pct(spread: dict | None) -> str:
+    if not spread or not math.isfinite(spread.get("mean", math.nan)):
+        return "n/a"
+    text = f"{spread['mean']:+.1f}%"
+    if len(spread["values"]) > 1:
+        text += f" ({spread['min']:+.1f} to {spread['max']:+.1f})"
+    return text
+
+
+def _share(spread: dict | None) -> str:
+    return "n/a" if not spread else f"{spread['mean']:.1f}%"
+
+
+def markdown(summary: dict[str, Any]) -> str:
+    """The tables of ``study.md``."""
+    budget = summary["budget"]
+    lines = [
+        "# The study: ablations of the mbt2018 model at an equal budget",
+        "",
+        f"Every variant trained from scratch: {budget['steps']} steps of {budget['batch']} crops of "
+        f"{budget['crop']}x{budget['crop']} from `../shared/data/train`, Adam at {budget['lr']:g} after "
+        f"{budget['warmup']} warm-up steps, one variable-rate model over the lambda ladder "
+        f"{', '.join(f'{v:g}' for v in budget['lambdas'])} (one quality per crop), weight average "
+        f"{budget['ema']:g}, bf16 autocast on 2 CPU cores. Measured with real files at qualities "
+        f"{', '.join(f'{q:g}' for q in budget['qualities'])}. Written by `python -m pillow_jac.study`; "
+        "read with docs/study.md. BD-rates: negative is fewer bits at equal PSNR; two seeds are shown as "
+        "mean (lowest to highest).",
+        "",
+    ]
+    for set_name in SETS:
+        noise = summary["noise"].get(set_name)
+        lines += [f"## {set_name}", ""]
+        if noise is not None:
+            lines += [f"Noise floor: the joint model's seed 1 against its seed 0 is {noise:+.1f}% BD-rate.", ""]
+        lines += [
+            "| variant | seeds | BD vs joint | BD vs JPEG 4:2:0 | BD vs WebP | z share low / mid / high |",
+            "|---|---|---|---|---|---|",
+        ]
+        for name, row in summary["variants"].items():
+            entry = row["sets"].get(set_name)
+            if not entry:
+                continue
+            shares = entry["z_share_percent"]
+            against_joint = _pct(entry.get("bd_vs_joint")) if name != "joint" else "0 (anchor)"
+            lines.append(
+                f"| {row['label']} | {len(row['seeds'])} | {against_joint} "
+                f"| {_pct(entry.get('bd_vs_jpeg420'))} | {_pct(entry.get('bd_vs_webp'))} "
+                f"| {' / '.join(_share(shares.get(level)) for level in ('low', 'middle', 'high'))} |"
+            )
+        lines.append("")
+    lines += [
+        "## Cost",
+        "",
+        "Multiply-adds per input pixel (convolutions and GDN; the context model at its causal taps); "
+        "encode and decode of kodim23 (768x512) at quality 4 with 2 threads, median of 3, on an idle machine.",
+        "",
+        "| variant | parameters | encoder MACs/px | decoder MACs/px | encode s | decode s | train min |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in summary["variants"].values():
+        cost, timing = row["cost"], row.get("timing") or {}
+        lines.append(
+            f"| {row['label']} | {cost['parameters'] / 1e6:.2f} M | {cost['encoder_macs_per_pixel'] / 1e3:.1f} k "
+            f"| {cost['decoder_macs_per_pixel'] / 1e3:.1f} k | {timing.get('encode_s', math.nan):.2f} "
+            f"| {timing.get('decode_s', math.nan):.2f} | {row['train_minutes']['mean']:.1f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def plot(path: Path, summary: dict[str, Any]) -> bool:
+    """RD curves of every variant's first seed and the anchors, one panel per set."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    fig, axes = plt.subplots(1, len(SETS), figsize=(14, 6))
+    colors = plt.get_cmap("tab10").colors
+    for ax, set_name in zip(axes, SETS, strict=True):
+        for i, (name, row) in enumerate(summary["variants"].items()):
+            entry = row["sets"].get(set_name)
+            if not entry:
+                continue
+            for seed, curve in entry["curve"].items():
+                style = {"color": colors[i % 10], "marker": "o", "linewidth": 2.2 if name == "joint" else 1.3}
+                label = row["label"] if seed == row["seeds"][0] else None
+                ax.plot(
+                    [p["bpp"] for p in curve],
+                    [p["psnr"] for p in curve],
+                    label=label,
+                    alpha=1.0 if seed == row["seeds"][0] else 0.4,
+                    **style,
+                )
+        for j, anchor in enumerate(summary["anchors"].get(set_name, {}).values()):
+            curve = [p for p in anchor["curve"] if p["bpp"] <= 2.0]
+            ax.plot(
+                [p["bpp"] for p in curve],
+                [p["psnr"] for p in curve],
+                "--",
+                color=("gray", "black")[j % 2],
+                label=anchor["label"],
+            )
+        ax.set_title(set_name)
+        ax.set_xlabel("bits per pixel")
+        ax.set_ylabel("PSNR RGB (dB)")
+        ax.set_xlim(0, 2.0)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
+
+
+def write_report(results: Path, runs: list[tuple[Variant, int]]) -> dict[str, Any]:
+    """Read the measured runs under ``results/study`` and write ``results/study.{json,md,png}``."""
+    folder = results / "study"
+    measured = {}
+    for variant, seed in runs:
+        path = folder / "runs" / f"{run_name(variant, seed)}.json"
+        if path.exists():
+            measured[run_name(variant, seed)] = json.loads(path.read_text())
+    anchors = json.loads((folder / "anchors.json").read_text()) if (folder / "anchors.json").exists() else {}
+    timings = json.loads((folder / "timings.json").read_text()) if (folder / "timings.json").exists() else {}
+    summary = summarise(measured, anchors, timings)
+    (results / "study.json").write_text(json.dumps(summary, indent=1) + "\n")
+    (results / "study.md").write_text(markdown(summary))
+    plot(results / "study.png", summary)
+    return summary
