@@ -1,0 +1,109 @@
+"""The study's bookkeeping: run order, BD-rates against the joint model and the anchors, z shares, costs."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from pillow_jac.model.mbt2018 import ModelConfig
+from pillow_jac.study.__main__ import planned_runs
+from pillow_jac.study.evaluate import model_cost
+from pillow_jac.study.report import mean_curve, summarise, write_report
+from pillow_jac.study.variants import BUDGET, VARIANTS, run_name
+
+
+def _points(rate_factor: float, z_share: float) -> list[dict]:
+    rates = [0.1, 0.3, 0.9]
+    return [
+        {"param": q, "bpp": r * rate_factor, "psnr": 25.0 + 3 * i, "z_bpp": r * rate_factor * z_share, "y_bpp": 0.0}
+        for i, (q, r) in enumerate(zip(BUDGET.qualities, rates, strict=True))
+    ]
+
+
+def _run(variant: str, seed: int, rate_factor: float, z_share: float = 0.05) -> dict:
+    config = VARIANTS[variant].model_config(BUDGET)
+    per_image = {"a": _points(rate_factor, z_share), "b": _points(rate_factor, z_share)}
+    return {
+        "run": f"{variant}-s{seed}",
+        "variant": variant,
+        "seed": seed,
+        "config": config.to_dict(),
+        "budget": BUDGET.to_dict(),
+        "train_seconds": 60.0,
+        "cost": {"parameters": 1, "encoder_macs_per_pixel": 1.0, "decoder_macs_per_pixel": 1.0},
+        "sets": {"kodak": {"per_image": per_image}, "urban20": {"per_image": per_image}},
+    }
+
+
+def test_headline_variants_have_two_seeds_and_train_first():
+    runs = planned_runs()
+    first_seeds = [v.name for v, s in runs if s == 0]
+    assert first_seeds == list(VARIANTS)
+    assert {v.name for v, s in runs if s == 1} == {
+        "joint",
+        "hyper-scale",
+        "hyper-mean-scale",
+        "context-only",
+        "joint-gmm3",
+    }
+    assert planned_runs(["joint"]) == [(VARIANTS["joint"], 0), (VARIANTS["joint"], 1)]
+
+
+def test_mean_curve_averages_parameter_by_parameter():
+    curve = mean_curve({"a": [{"param": 1, "bpp": 1.0, "psnr": 30.0}], "b": [{"param": 1, "bpp": 3.0, "psnr": 32.0}]})
+    assert curve == [{"param": 1.0, "bpp": 2.0, "psnr": 31.0}]
+
+
+def test_summary_pairs_seeds_and_reports_noise_and_anchors():
+    runs = {
+        "joint-s0": _run("joint", 0, 1.0),
+        "joint-s1": _run("joint", 1, 1.02),
+        "hyper-scale-s0": _run("hyper-scale", 0, 1.2, z_share=0.1),
+        "hyper-scale-s1": _run("hyper-scale", 1, 1.02 * 1.1, z_share=0.1),
+    }
+    anchor = {"label": "JPEG", "per_image": {"a": _points(2.0, 0.0)}}
+    anchors = {s: {"jpeg420": anchor} for s in ("kodak", "urban20")}
+    summary = summarise(runs, anchors, {"joint": {"encode_s": 0.5, "decode_s": 0.7}})
+    assert summary["noise"]["kodak"] == pytest.approx(2.0, abs=1e-6)  # seed 1 is 2% larger at equal PSNR
+    entry = summary["variants"]["hyper-scale"]["sets"]["kodak"]
+    # each seed against the joint model of the same seed: +20% and +10%
+    assert entry["bd_vs_joint"]["values"] == pytest.approx([20.0, 10.0], abs=1e-6)
+    assert entry["bd_vs_joint"]["mean"] == pytest.approx(15.0, abs=1e-6)
+    assert entry["bd_vs_jpeg420"]["values"][0] == pytest.approx(-40.0, abs=1e-6)
+    assert entry["z_share_percent"]["middle"]["mean"] == pytest.approx(10.0)
+    assert "bd_vs_joint" not in summary["variants"]["joint"]["sets"]["kodak"]
+    assert summary["variants"]["joint"]["timing"]["decode_s"] == 0.7
+
+
+def test_write_report_reads_measured_runs_and_writes_three_files(tmp_path):
+    folder = tmp_path / "study" / "runs"
+    folder.mkdir(parents=True)
+    for name, factor in (("joint-s0", 1.0), ("joint-gmm3-s0", 0.95)):
+        variant = name.rsplit("-s", 1)[0]
+        (folder / f"{name}.json").write_text(json.dumps(_run(variant, 0, factor)))
+    summary = write_report(tmp_path, planned_runs())
+    assert set(summary["variants"]) == {"joint", "joint-gmm3"}
+    gmm = summary["variants"]["joint-gmm3"]["sets"]["kodak"]["bd_vs_joint"]["mean"]
+    assert gmm == pytest.approx(-5.0, abs=1e-6)
+    text = (tmp_path / "study.md").read_text()
+    assert "-5.0%" in text and "joint + K=3 Gaussian mixture" in text
+    assert json.loads((tmp_path / "study.json").read_text())["budget"]["steps"] == BUDGET.steps
+    assert str(tmp_path) not in text
+
+
+def test_model_cost_counts_the_causal_taps_and_the_mixture_outputs():
+    base = model_cost(ModelConfig(N=8, M=12))
+    wider_window = model_cost(ModelConfig(N=8, M=12, context_size=7))
+    mixture = model_cost(ModelConfig(N=8, M=12, entropy="gmm", mixtures=3))
+    no_context = model_cost(ModelConfig(N=8, M=12, context=False))
+    # the context model: 12 causal taps of M inputs for 2M outputs per latent (16x16 pixels each)
+    assert base["decoder_macs_per_pixel"] - no_context["decoder_macs_per_pixel"] > (12 * 12 * 24) / 256
+    assert wider_window["decoder_macs_per_pixel"] - base["decoder_macs_per_pixel"] == pytest.approx(
+        (24 - 12) * 12 * 24 / 256
+    )
+    assert (
+        mixture["parameters"] > base["parameters"]
+        and mixture["encoder_macs_per_pixel"] == base["encoder_macs_per_pixel"]
+    )
+    assert run_name(VARIANTS["joint"], 1) == "joint-s1"
