@@ -146,8 +146,6 @@ class LatentCoder:
         outputs = entropy_parameters.layers[-1].out_channels
         #: mixture components per latent (1 without a mixture)
         self.components = outputs // (3 * M) if entropy == "gmm" else 1
-        #: the fewest bits any latent of y can cost (CODING.md section 2.4)
-        self.y_symbol_bits = mixture.min_symbol_bits if mixture is not None else y_tables.min_symbol_bits
         self.thresholds = thresholds.double().to(device)
         self.y_tables, self.z_tables = y_tables, z_tables
         self.M = M
@@ -161,6 +159,11 @@ class LatentCoder:
             # rows ordered tap-major, then input channel: matches a (n, taps, M) gather flattened
             self._context_matrix = taps.permute(0, 2, 1).reshape(-1, taps.shape[1]).contiguous().to(device)
         self.slope = self.reach + 1 if context is not None else 3
+
+    @property
+    def y_symbol_bits(self) -> float:
+        """The fewest bits any latent of y can cost (CODING.md sections 2.4 and 4.4)."""
+        return self.mixture.min_symbol_bits if self.mixture is not None else self.y_tables.min_symbol_bits
 
     # -- the two operations the codec uses ---------------------------------------------------------
     def encode(self, z_hat: np.ndarray | None, y_hat: np.ndarray) -> tuple[bytes, bytes]:

@@ -166,9 +166,9 @@ def test_a_stream_that_runs_out_stops_at_the_next_wavefront_step() -> None:
     steps = []
     original = engine.latents.y_tables.check_not_run_out
 
-    def counted(decoder, symbols_left):
+    def counted(decoder, symbols_left, min_bits=None):
         steps.append(symbols_left)
-        return original(decoder, symbols_left)
+        return original(decoder, symbols_left, min_bits)
 
     engine.latents.y_tables.check_not_run_out = counted
     try:
