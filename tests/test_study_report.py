@@ -107,3 +107,24 @@ def test_model_cost_counts_the_causal_taps_and_the_mixture_outputs():
         and mixture["encoder_macs_per_pixel"] == base["encoder_macs_per_pixel"]
     )
     assert run_name(VARIANTS["joint"], 1) == "joint-s1"
+
+
+def test_a_run_resumes_and_a_larger_budget_extends_it(tmp_path):
+    import dataclasses
+
+    import numpy as np
+    import torch
+
+    from pillow_jac.study.train import train_run
+
+    images = [np.random.default_rng(0).integers(0, 256, (80, 80, 3), dtype=np.uint8)]
+    tiny = dataclasses.replace(VARIANTS["joint"], config={"N": 8, "M": 12})
+    small = dataclasses.replace(BUDGET, steps=2, warmup=1, batch=1, crop=64)
+    logs: list[str] = []
+    path, _ = train_run(tiny, 0, small, images, tmp_path, log=logs.append)
+    first = path.read_bytes()
+    assert train_run(tiny, 0, small, images, tmp_path, log=logs.append)[0].read_bytes() == first  # done: nothing runs
+    assert torch.load(tmp_path / "checkpoint.pt", weights_only=False)["step"] == 2
+    train_run(tiny, 0, dataclasses.replace(small, steps=4), images, tmp_path, log=logs.append)
+    assert torch.load(tmp_path / "checkpoint.pt", weights_only=False)["step"] == 4
+    assert any("resumed at step 2" in line for line in logs) and path.read_bytes() != first

@@ -10,6 +10,7 @@ skips what is already done, so the study resumes where it stopped.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -33,6 +34,11 @@ def planned_runs(only: list[str] | None = None) -> list[tuple]:
     return [(v, s) for s in seeds for v in chosen if s in v.seeds]
 
 
+def _measured_with(path: Path, budget) -> bool:
+    """Whether ``path`` holds a run's measurement at ``budget`` (a run measured at another is measured again)."""
+    return path.exists() and json.loads(path.read_text())["budget"] == json.loads(json.dumps(budget.to_dict()))
+
+
 def _write_json(path: Path, value: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
@@ -50,7 +56,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--runs", type=Path, default=Path("runs/study"), help="where the runs' checkpoints go")
     p.add_argument("--results", type=Path, default=RESULTS, help="where study.{json,md,png} and study/ go")
     p.add_argument("--only", nargs="*", help="variants to run (default: all)")
+    p.add_argument("--steps", type=int, help=f"steps per run (default {BUDGET.steps}); more extends every run")
     args = p.parse_args(argv)
+    budget = dataclasses.replace(BUDGET, steps=args.steps) if args.steps else BUDGET
     runs = planned_runs(args.only)
     measured = args.results / "study" / "runs"
     if args.phase in ("train", "measure", "all"):
@@ -63,29 +71,29 @@ def main(argv: list[str] | None = None) -> int:
         if args.phase != "train" and not anchors_path.exists():
             _log("measuring JPEG and WebP on the evaluation sets")
             _write_json(anchors_path, {name: measure_anchors(paths) for name, paths in sets.items()})
-        _log(f"{len(runs)} runs; budget {BUDGET.to_dict()}")
+        _log(f"{len(runs)} runs; budget {budget.to_dict()}")
         images = [load_rgb(path, 512) for path in list_images(args.data)]
         _log(f"{len(images)} training images loaded")
         for variant, seed in runs:
             name = run_name(variant, seed)
-            trained, seconds = train_run(variant, seed, BUDGET, images, args.runs / name, log=_log)
-            if args.phase == "train" or (measured / f"{name}.json").exists():
+            trained, seconds = train_run(variant, seed, budget, images, args.runs / name, log=_log)
+            if args.phase == "train" or _measured_with(measured / f"{name}.json", budget):
                 continue
             _log(f"{name}: trained in {seconds / 60:.1f} min; measuring")
             weights = freeze_run(trained, args.runs / name / "model.safetensors")
-            config = variant.model_config(BUDGET)
+            config = variant.model_config(budget)
             result = {
                 "run": name,
                 "variant": variant.name,
                 "seed": seed,
                 "config": config.to_dict(),
-                "budget": BUDGET.to_dict(),
+                "budget": budget.to_dict(),
                 "train_seconds": round(seconds, 1),
                 "cost": model_cost(config),
                 "sets": {
                     set_name: {
                         "data": portable_path(getattr(args, "kodak" if set_name == "kodak" else "urban")),
-                        "per_image": measure_images(weights, paths, BUDGET.qualities),
+                        "per_image": measure_images(weights, paths, budget.qualities),
                     }
                     for set_name, paths in sets.items()
                 },
@@ -109,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.phase in ("report", "all"):
         from .report import write_report
 
-        write_report(args.results, [(v, s) for v, s in runs])
+        write_report(args.results, runs, budget)
     return 0
 
 

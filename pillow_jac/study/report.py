@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from ..bench.metrics import bd_rate
-from .variants import BUDGET, VARIANTS, Variant, run_name
+from .variants import BUDGET, VARIANTS, Budget, Variant, run_name
 
 __all__ = ["mean_curve", "summarise", "write_report"]
 
@@ -48,11 +48,13 @@ def _spread(values: list[float]) -> dict[str, Any]:
     return {"mean": float(np.mean(finite)), "min": min(finite), "max": max(finite), "values": values}
 
 
-def summarise(runs: dict[str, dict], anchors: dict[str, dict], timings: dict[str, dict]) -> dict[str, Any]:
+def summarise(
+    runs: dict[str, dict], anchors: dict[str, dict], timings: dict[str, dict], budget: Budget = BUDGET
+) -> dict[str, Any]:
     """Per variant and set: BD-rates (against the joint model, JPEG and WebP), z share, cost and times."""
     curves = {name: {s: mean_curve(r["sets"][s]["per_image"]) for s in r["sets"]} for name, r in runs.items()}
     anchor_curves = {s: {c: mean_curve(v[c]["per_image"]) for c in ANCHORS if c in v} for s, v in anchors.items()}
-    out: dict[str, Any] = {"budget": BUDGET.to_dict(), "variants": {}, "noise": {}}
+    out: dict[str, Any] = {"budget": budget.to_dict(), "variants": {}, "noise": {}}
     for set_name in SETS:  # the joint model's seed-to-seed difference: the noise floor
         pair = [curves.get(f"joint-s{s}", {}).get(set_name) for s in (0, 1)]
         if all(pair):
@@ -220,17 +222,18 @@ def plot(path: Path, summary: dict[str, Any]) -> bool:
     return True
 
 
-def write_report(results: Path, runs: list[tuple[Variant, int]]) -> dict[str, Any]:
-    """Read the measured runs under ``results/study`` and write ``results/study.{json,md,png}``."""
+def write_report(results: Path, runs: list[tuple[Variant, int]], budget: Budget = BUDGET) -> dict[str, Any]:
+    """Read the runs under ``results/study`` measured at ``budget``; write ``results/study.{json,md,png}``."""
     folder = results / "study"
     measured = {}
+    wanted = json.loads(json.dumps(budget.to_dict()))
     for variant, seed in runs:
         path = folder / "runs" / f"{run_name(variant, seed)}.json"
-        if path.exists():
-            measured[run_name(variant, seed)] = json.loads(path.read_text())
+        if path.exists() and (run := json.loads(path.read_text()))["budget"] == wanted:
+            measured[run_name(variant, seed)] = run
     anchors = json.loads((folder / "anchors.json").read_text()) if (folder / "anchors.json").exists() else {}
     timings = json.loads((folder / "timings.json").read_text()) if (folder / "timings.json").exists() else {}
-    summary = summarise(measured, anchors, timings)
+    summary = summarise(measured, anchors, timings, budget)
     (results / "study.json").write_text(json.dumps(summary, indent=1) + "\n")
     (results / "study.md").write_text(markdown(summary))
     plot(results / "study.png", summary)

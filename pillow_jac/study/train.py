@@ -28,13 +28,17 @@ def train_run(
 ) -> tuple[Path, float]:
     """Train ``variant`` with ``seed`` into ``out``; return its ``ema.safetensors`` and the training seconds.
 
-    A run that finished before returns at once; one that stopped resumes from its last checkpoint.
+    A run whose checkpoint has reached ``budget.steps`` returns at once; one that stopped resumes from
+    its last checkpoint. A larger budget than a run had before extends it from where it ended, so the
+    study can grow by rerunning it with more steps.
     """
     out.mkdir(parents=True, exist_ok=True)
     done = out / "ema.safetensors"
-    marker = out / "trained.txt"
-    if marker.exists():
-        return done, float(marker.read_text().split()[1])
+    checkpoint = out / "checkpoint.pt"
+    if checkpoint.exists() and done.exists():
+        step = torch.load(checkpoint, map_location="cpu", weights_only=False)["step"]
+        if step >= budget.steps:
+            return done, float((out / "seconds.txt").read_text())
     config = variant.model_config(budget)
     torch.manual_seed(seed)
     model = JointAutoregressiveHierarchicalPrior(config).to(memory_format=torch.channels_last)
@@ -42,7 +46,6 @@ def train_run(
     sampler = CropSampler(images, budget.crop, seed=seed)
     average = WeightAverage(model, budget.ema)
     step, seconds = 0, 0.0
-    checkpoint = out / "checkpoint.pt"
     if checkpoint.exists():
         state = torch.load(checkpoint, map_location="cpu", weights_only=False)
         model.load_state_dict(state["model"])
@@ -77,6 +80,4 @@ def train_run(
             )
             (out / "seconds.txt").write_text(f"{time.time() - start:.1f}\n")
             save_checkpoint(checkpoint, model, optimizer, step, sampler, config, average)
-    seconds = time.time() - start
-    marker.write_text(f"seconds {seconds:.1f}\n")
-    return done, seconds
+    return done, time.time() - start
