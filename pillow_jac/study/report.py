@@ -156,11 +156,26 @@ def markdown(summary: dict[str, Any]) -> str:
                 f"| {' / '.join(_share(shares.get(level)) for level in ('low', 'middle', 'high'))} |"
             )
         lines.append("")
+        lines += [
+            "Operating points (mean over the images; first seed): bpp / PSNR dB at each measured quality.",
+            "",
+            "| variant | " + " | ".join(f"q{q:g}" for q in budget["qualities"]) + " |",
+            "|---|" + "---|" * len(budget["qualities"]),
+        ]
+        for row in summary["variants"].values():
+            entry = row["sets"].get(set_name)
+            if entry:
+                curve = sorted(entry["curve"][row["seeds"][0]], key=lambda p: p["param"])
+                lines.append(
+                    f"| {row['label']} | " + " | ".join(f"{p['bpp']:.3f} / {p['psnr']:.2f}" for p in curve) + " |"
+                )
+        lines.append("")
     lines += [
         "## Cost",
         "",
         "Multiply-adds per input pixel (convolutions and GDN; the context model at its causal taps); "
-        "encode and decode of kodim23 (768x512) at quality 4 with 2 threads, median of 3, on an idle machine.",
+        "encode and decode of kodim23 (768x512) at quality 4 with 2 threads, median of 3, on an idle machine; "
+        "training minutes are wall-clock on the shared 2-core machine.",
         "",
         "| variant | parameters | encoder MACs/px | decoder MACs/px | encode s | decode s | train min |",
         "|---|---|---|---|---|---|---|",
