@@ -150,18 +150,19 @@ class Engine:
             found = read_table(tensors, prefix)
             return None if found is None else entropy_coding.CodingTables(*(t.numpy() for t in found))
 
+        y_tables = tables("y")
         #: the latent coder: integer latents <-> streams (:class:`~pillow_jac.latent_coding.LatentCoder`)
         self.latents = latent_coding.LatentCoder(
             network("h_s"),
             network("context"),
             network("entropy_parameters"),
             tensors[SCALE_THRESHOLDS],
-            tables("y"),
+            y_tables,
             tables("z"),
             self.config.M,
             device,
             self.config.entropy,
-            self._mixture_coder(tensors, tables("y")) if self.config.entropy == "gmm" else None,
+            self._mixture_coder(tensors, y_tables) if self.config.entropy == "gmm" else None,
         )
 
     @staticmethod

@@ -311,7 +311,9 @@ class LatentCoder:
         """
         M = self.M
         H, W = shape
-        h, slope = self.reach, self.slope
+        # without a context model nothing reads the grid, but it keeps the 5x5 model's border so that
+        # every stride below stays positive for any width
+        h, slope = (self.reach, self.slope) if self.context is not None else (2, 3)
         S = W + 2 * h  # row length of the padded grid
         decoder = constriction.stream.queue.RangeDecoder(bytes_to_words(data))
         positions_left = H * W

@@ -109,3 +109,28 @@ def test_cut_mixture_stream_is_refused(generations):
     cut = dataclasses.replace(parsed, y_stream=parsed.y_stream[: len(parsed.y_stream) // 2 // 4 * 4])
     with pytest.raises(ValueError):
         codec.decode_symbols(cut, weights=path)
+
+
+def test_seven_by_seven_context_at_full_width_freezes():
+    """The exactness bound counts a masked kernel's causal taps only: 24 * 192 inputs, not 49 * 192."""
+    from pillow_jac.model.integer import integerize
+    from pillow_jac.model.mbt2018 import JointAutoregressiveHierarchicalPrior
+
+    model = JointAutoregressiveHierarchicalPrior(ModelConfig(N=16, M=192, context_size=7))
+    assert integerize(model.context).layers[0].weight.shape[-1] == 7
+
+
+def test_default_fields_stay_out_of_the_manifest():
+    """A default model's config reads as it did before the variants existed; a variant's names them."""
+    assert set(ModelConfig().to_dict()) == {"N", "M", "context", "hyperprior", "entropy", "qualities", "lambdas"}
+    variant = ModelConfig(entropy="gmm", mixtures=3, context_size=7).to_dict()
+    assert variant["mixtures"] == 3 and variant["context_size"] == 7
+    assert ModelConfig(**variant) == ModelConfig(entropy="gmm", mixtures=3, context_size=7)
+
+
+def test_a_context_free_coder_decodes_narrow_latents(generations):
+    coder = get_engine("cpu", generations["hyper-mean-scale"]).latents
+    y = np.random.default_rng(2).integers(-3, 4, (12, 3, 1))
+    z = np.zeros((8, 1, 1), np.int64)
+    z_stream, y_stream = coder.encode(z, y)
+    np.testing.assert_array_equal(coder.decode(z_stream, y_stream, (1, 1), (3, 1))[1], y)

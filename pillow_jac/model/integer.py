@@ -173,7 +173,9 @@ def _integer_layer(module: nn.Module, relu: bool) -> IntegerLayer:
     if isinstance(module, MaskedConv2d):
         weight = weight * module.mask.double()
     deconv = isinstance(module, nn.ConvTranspose2d)
-    fan_in = (weight.shape[0] if deconv else weight.shape[1]) * weight.shape[2] * weight.shape[3]
+    # products per output that can be nonzero: a masked kernel's zero taps add nothing to the sums
+    taps = int(module.mask[0, 0].sum()) if isinstance(module, MaskedConv2d) else weight.shape[2] * weight.shape[3]
+    fan_in = (weight.shape[0] if deconv else weight.shape[1]) * taps
     if fan_in > _MAX_FAN_IN:
         raise ValueError(f"a layer with {fan_in} inputs per output could overflow the exact float64 sums")
     per_out = weight.transpose(0, 1) if deconv else weight

@@ -99,8 +99,17 @@ class ModelConfig:
             raise ValueError("M must be a multiple of 6 (the paper's 10M/3, 8M/3 and 3M/2 widths)")
 
     def to_dict(self) -> dict:
-        """The configuration as a JSON-friendly dict."""
-        return asdict(self)
+        """The configuration as a JSON-friendly dict.
+
+        ``mixtures`` and ``context_size`` are left out at their defaults (1 and 5): a manifest without
+        them means the default (CODING.md section 4), so a default model's manifest, and its decoder
+        hash, are what they were before these fields existed.
+        """
+        out = asdict(self)
+        for name, default in (("mixtures", 1), ("context_size", 5)):
+            if out[name] == default:
+                del out[name]
+        return out
 
     @property
     def parameter_channels(self) -> int:

@@ -149,6 +149,8 @@ class CoderRate:
         from ..model.integer import IntegerNetwork
 
         config = json.loads(metadata["config"])
+        if config.get("entropy", "gaussian") != "gaussian":
+            raise ValueError(f"the encoder fine-tune models the single-Gaussian coder, not {config['entropy']!r}")
         templates = json.loads(metadata["integer_networks"])
 
         def network(name: str) -> IntegerNetwork | None:

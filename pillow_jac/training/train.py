@@ -258,6 +258,12 @@ def main(argv: list[str] | None = None) -> None:
         context_size=args.context_size,
         lambdas=args.lambdas or LAMBDAS,
     )
+    from .freeze import model_id_for
+
+    try:  # a model whose id does not fit a file header could be trained, but never frozen
+        model_id_for(config, 999)
+    except ValueError as exc:
+        raise SystemExit(f"{exc}: choose other widths or flags") from None
     if args.init:
         from ..engine import load_model
 
