@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from ..bench.metrics import bd_rate
+from ..bench.metrics import bd_quality, bd_rate
 from .variants import BUDGET, VARIANTS, Budget, Variant, run_name
 
 __all__ = ["mean_curve", "summarise", "write_report"]
@@ -33,6 +33,13 @@ def mean_curve(per_image: dict[str, list[dict]]) -> list[dict[str, float]]:
     keys = [k for k in ("bpp", "psnr", "z_bpp", "y_bpp") if k in next(iter(by_param.values()))[0]]
     curve = [{"param": p, **{k: float(np.mean([q[k] for q in pts])) for k in keys}} for p, pts in by_param.items()]
     return sorted(curve, key=lambda point: point["bpp"])
+
+
+def _bd_psnr(anchor: list[dict], test: list[dict]) -> float:
+    """BD-PSNR, dB: the test curve's PSNR minus the anchor's at equal rate, over the rates both cover."""
+    return bd_quality(
+        [p["bpp"] for p in anchor], [p["psnr"] for p in anchor], [p["bpp"] for p in test], [p["psnr"] for p in test]
+    )
 
 
 def _bd(anchor: list[dict], test: list[dict]) -> float:
@@ -59,6 +66,7 @@ def summarise(
         pair = [curves.get(f"joint-s{s}", {}).get(set_name) for s in (0, 1)]
         if all(pair):
             out["noise"][set_name] = _bd(pair[0], pair[1])
+            out["noise_psnr"] = {**out.get("noise_psnr", {}), set_name: _bd_psnr(pair[0], pair[1])}
     for variant in VARIANTS.values():
         seeds = [s for s in variant.seeds if run_name(variant, s) in runs]
         if not seeds:
@@ -80,11 +88,13 @@ def summarise(
                 continue
             entry: dict[str, Any] = {"curve": {s: mine[s] for s in seeds}}
             if variant.name != "joint":
-                against = []
+                against, against_psnr = [], []
                 for s in seeds:  # the same seed's joint model, else seed 0's
                     joint = curves.get(f"joint-s{s}", curves.get("joint-s0", {})).get(set_name)
                     against.append(_bd(joint, mine[s]) if joint else math.nan)
+                    against_psnr.append(_bd_psnr(joint, mine[s]) if joint else math.nan)
                 entry["bd_vs_joint"] = _spread(against)
+                entry["bd_psnr_vs_joint"] = _spread(against_psnr)
             for codec in anchor_curves.get(set_name, {}):
                 entry[f"bd_vs_{codec}"] = _spread([_bd(anchor_curves[set_name][codec], mine[s]) for s in seeds])
             shares = {}
@@ -115,6 +125,15 @@ def _pct(spread: dict | None) -> str:
     return text
 
 
+def _db(spread: dict | None) -> str:
+    if not spread or not math.isfinite(spread.get("mean", math.nan)):
+        return "n/a"
+    text = f"{spread['mean']:+.2f}"
+    if len(spread["values"]) > 1:
+        text += f" ({spread['min']:+.2f} to {spread['max']:+.2f})"
+    return text
+
+
 def _share(spread: dict | None) -> str:
     return "n/a" if not spread else f"{spread['mean']:.1f}%"
 
@@ -131,18 +150,24 @@ def markdown(summary: dict[str, Any]) -> str:
         f"{', '.join(f'{v:g}' for v in budget['lambdas'])} (one quality per crop), weight average "
         f"{budget['ema']:g}, bf16 autocast on 2 CPU cores. Measured with real files at qualities "
         f"{', '.join(f'{q:g}' for q in budget['qualities'])}. Written by `python -m pillow_jac.study`; "
-        "read with docs/study.md. BD-rates: negative is fewer bits at equal PSNR; two seeds are shown as "
-        "mean (lowest to highest).",
+        "read with docs/study.md. BD-rate: negative is fewer bits at equal PSNR, over the PSNR range both "
+        "curves cover; BD-PSNR: positive is more dB at equal rate, over the rates both cover (n/a: no "
+        "overlap). Two seeds are shown as mean (lowest to highest).",
         "",
     ]
     for set_name in SETS:
         noise = summary["noise"].get(set_name)
         lines += [f"## {set_name}", ""]
         if noise is not None:
-            lines += [f"Noise floor: the joint model's seed 1 against its seed 0 is {noise:+.1f}% BD-rate.", ""]
+            lines += [
+                f"Noise floor: the joint model's seed 1 against its seed 0 is {noise:+.1f}% BD-rate, "
+                f"{summary['noise_psnr'][set_name]:+.2f} dB BD-PSNR.",
+                "",
+            ]
         lines += [
-            "| variant | seeds | BD vs joint | BD vs JPEG 4:2:0 | BD vs WebP | z share low / mid / high |",
-            "|---|---|---|---|---|---|",
+            "| variant | seeds | BD-rate vs joint | BD-PSNR vs joint (dB) | BD vs JPEG 4:2:0 | BD vs WebP "
+            "| z share low / mid / high |",
+            "|---|---|---|---|---|---|---|",
         ]
         for name, row in summary["variants"].items():
             entry = row["sets"].get(set_name)
@@ -150,8 +175,9 @@ def markdown(summary: dict[str, Any]) -> str:
                 continue
             shares = entry["z_share_percent"]
             against_joint = _pct(entry.get("bd_vs_joint")) if name != "joint" else "0 (anchor)"
+            psnr_joint = _db(entry.get("bd_psnr_vs_joint")) if name != "joint" else "0 (anchor)"
             lines.append(
-                f"| {row['label']} | {len(row['seeds'])} | {against_joint} "
+                f"| {row['label']} | {len(row['seeds'])} | {against_joint} | {psnr_joint} "
                 f"| {_pct(entry.get('bd_vs_jpeg420'))} | {_pct(entry.get('bd_vs_webp'))} "
                 f"| {' / '.join(_share(shares.get(level)) for level in ('low', 'middle', 'high'))} |"
             )
