@@ -77,7 +77,7 @@ def test_summary_pairs_seeds_and_reports_noise_and_anchors():
 
 
 def test_write_report_reads_measured_runs_and_writes_three_files(tmp_path):
-    folder = tmp_path / "study" / "runs"
+    folder = tmp_path / "study" / "measured"
     folder.mkdir(parents=True)
     for name, factor in (("joint-s0", 1.0), ("joint-gmm3-s0", 0.95)):
         variant = name.rsplit("-s", 1)[0]

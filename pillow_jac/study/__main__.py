@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     budget = dataclasses.replace(BUDGET, steps=args.steps) if args.steps else BUDGET
     runs = planned_runs(args.only)
-    measured = args.results / "study" / "runs"
+    measured = args.results / "study" / "measured"
     if args.phase in ("train", "measure", "all"):
         from ..training.data import list_images, load_rgb
         from .evaluate import evaluation_sets, freeze_run, measure_anchors, measure_images, model_cost

@@ -269,7 +269,7 @@ def write_report(results: Path, runs: list[tuple[Variant, int]], budget: Budget 
     measured = {}
     wanted = json.loads(json.dumps(budget.to_dict()))
     for variant, seed in runs:
-        path = folder / "runs" / f"{run_name(variant, seed)}.json"
+        path = folder / "measured" / f"{run_name(variant, seed)}.json"
         if path.exists() and (run := json.loads(path.read_text()))["budget"] == wanted:
             measured[run_name(variant, seed)] = run
     anchors = json.loads((folder / "anchors.json").read_text()) if (folder / "anchors.json").exists() else {}
