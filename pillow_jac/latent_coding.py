@@ -22,6 +22,7 @@ import contextlib
 import constriction
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from .constants import ACTIVATION_BITS, ACTIVATION_LIMIT_BITS, MEAN_STEPS
 from .entropy_coding import CodingTables, EntropyCodingError, bytes_to_words, words_to_bytes
@@ -158,6 +159,9 @@ class LatentCoder:
             taps = torch.stack([layer.weight[:, :, h + dr, h + dc] for dr, dc in causal_taps(2 * h + 1)], dim=0)
             # rows ordered tap-major, then input channel: matches a (n, taps, M) gather flattened
             self._context_matrix = taps.permute(0, 2, 1).reshape(-1, taps.shape[1]).contiguous().to(device)
+            # the kernel's rows -h .. 0: the rows below the centre are masked out, so the encoder's
+            # one-pass convolution skips them (the same integer sums without their zero terms)
+            self._context_upper = layer.weight[:, :, : h + 1].contiguous().to(device)
         self.slope = self.reach + 1 if context is not None else 3
 
     @property
@@ -211,6 +215,17 @@ class LatentCoder:
     def table_ids(self, features: torch.Tensor) -> tuple[np.ndarray, ...]:
         """From g_ep inputs ``(n, C)`` to the coding parameters of each latent (see :meth:`coding_parameters`)."""
         return self.coding_parameters(self.entropy_parameters.matmul(features))
+
+    def _context_features(self, fixed: torch.Tensor) -> torch.Tensor:
+        """The context model on fixed-point latents ``(1, M, rows, W)``, all positions at once.
+
+        Only the kernel's rows at and above the centre can be nonzero (mask "A"), so the input is
+        padded by ``reach`` on the top, left and right and convolved with those rows alone: the same
+        exact integer sums as the full masked kernel, without its zero terms.
+        """
+        layer, h = self.context.layers[0], self.reach
+        acc = F.conv2d(F.pad(fixed, (h, h, h, 0)), self._context_upper, layer.bias.to(fixed.device))
+        return layer.rescale(acc, 1)
 
     def coding_parameters(self, params: torch.Tensor) -> tuple[np.ndarray, ...]:
         """g_ep's integer outputs ``(n, C)`` as what the coder needs, per latent in (position, channel) order.
@@ -278,7 +293,7 @@ class LatentCoder:
             if self.context is not None:  # the causal mask reaches `reach` rows up, none down
                 lo = max(0, a - self.reach)
                 fixed = torch.from_numpy(y_hat[:, lo:b]).double().to(self.device).unsqueeze(0) * 2.0**ACTIVATION_BITS
-                parts.append(self.context(fixed)[0, :, a - lo :].reshape(2 * M, -1).t())
+                parts.append(self._context_features(fixed)[0, :, a - lo :].reshape(2 * M, -1).t())
             parameters.append(self.table_ids(torch.cat(parts, dim=1)))
         symbols = y_hat.reshape(M, -1).T  # (positions, M)
         encoder = constriction.stream.queue.RangeEncoder()
