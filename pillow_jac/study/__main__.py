@@ -36,7 +36,7 @@ def planned_runs(only: list[str] | None = None) -> list[tuple]:
 
 def _measured_with(path: Path, budget) -> bool:
     """Whether ``path`` holds a run's measurement at ``budget`` (a run measured at another is measured again)."""
-    return path.exists() and json.loads(path.read_text())["budget"] == json.loads(json.dumps(budget.to_dict()))
+    return path.exists() and json.loads(path.read_text())["budget"] == budget.to_dict()
 
 
 def _write_json(path: Path, value: dict) -> None:

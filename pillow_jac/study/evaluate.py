@@ -19,14 +19,16 @@ from .. import codec, container
 from ..bench import metrics
 from ..bench.codecs import get_codec, list_images, load_rgb
 from ..engine import load_model
+from ..model.complexity import macs_per_pixel_by_network
 from ..model.mbt2018 import JointAutoregressiveHierarchicalPrior, ModelConfig, count_parameters
 from ..training.freeze import freeze
 from ..weights import save_weights
 
 __all__ = ["freeze_run", "measure_images", "measure_anchors", "model_cost", "time_codec", "DECODER_PARTS"]
 
-#: the networks a decoder runs (the rest, g_a and h_a, only the encoder)
+#: the networks a decoder runs, and those only the encoder runs
 DECODER_PARTS = ("h_s", "context", "entropy_parameters", "g_s")
+ENCODER_PARTS = ("g_a", "h_a")
 
 
 def freeze_run(trained: Path, out: Path) -> Path:
@@ -83,45 +85,15 @@ def measure_anchors(images: list[Path], names: tuple[str, ...] = ("jpeg420", "we
 def model_cost(config: ModelConfig) -> dict[str, float]:
     """Parameters, and multiply-adds per input pixel of the encoder's and the decoder's networks.
 
-    Forward hooks count each convolution (``C_in * k * k`` per output value, a transposed one
-    ``C_out * k * k`` per input value, the masked context convolution at its causal taps only, as the
-    decoder runs it) and GDN's ``C x C`` mixing, on one 64x64 input; element-wise work is left out.
+    The counts are :func:`~pillow_jac.model.complexity.macs_per_pixel_by_network`'s, the masked context
+    convolution at its causal taps only, as the decoder runs it.
     """
-    from ..model.layers import GDN, MaskedConv2d
-
-    per_part: dict[str, float] = {}
-
-    def hook(part: str):
-        def count(module: torch.nn.Module, inputs: tuple, output: torch.Tensor) -> None:
-            if isinstance(module, torch.nn.ConvTranspose2d):
-                macs = inputs[0].numel() * module.out_channels * module.kernel_size[0] * module.kernel_size[1]
-            elif isinstance(module, MaskedConv2d):
-                macs = output.numel() * module.in_channels * int(module.mask[0, 0].sum())
-            elif isinstance(module, torch.nn.Conv2d):
-                macs = output.numel() * module.in_channels * module.kernel_size[0] * module.kernel_size[1]
-            elif isinstance(module, GDN):
-                macs = inputs[0].numel() * inputs[0].shape[1]
-            else:
-                return
-            per_part[part] = per_part.get(part, 0) + macs
-
-        return count
-
-    side = JointAutoregressiveHierarchicalPrior.ALIGN
-    state = torch.get_rng_state()
-    try:
-        model = JointAutoregressiveHierarchicalPrior(config).eval()
-        for part, network in model.named_children():
-            for module in network.modules():
-                module.register_forward_hook(hook(part))
-        with torch.no_grad():
-            model(torch.rand(1, 3, side, side), torch.tensor([4.0]))
-    finally:
-        torch.set_rng_state(state)
-    pixels = side * side
-    decoder = sum(v for k, v in per_part.items() if k in DECODER_PARTS) / pixels
-    encoder = sum(v for k, v in per_part.items() if k in ("g_a", "h_a")) / pixels
-    return {"parameters": count_parameters(model), "encoder_macs_per_pixel": encoder, "decoder_macs_per_pixel": decoder}
+    per_network = macs_per_pixel_by_network(config, causal_taps_only=True)
+    return {
+        "parameters": count_parameters(JointAutoregressiveHierarchicalPrior(config)),
+        "encoder_macs_per_pixel": sum(v for k, v in per_network.items() if k in ENCODER_PARTS),
+        "decoder_macs_per_pixel": sum(v for k, v in per_network.items() if k in DECODER_PARTS),
+    }
 
 
 def time_codec(weights: Path, image: np.ndarray, quality: float = 4.0, repeats: int = 3, threads: int = 2) -> dict:

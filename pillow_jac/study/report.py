@@ -116,22 +116,22 @@ def summarise(
     return out
 
 
-def _pct(spread: dict | None) -> str:
+def _signed(spread: dict | None, digits: int, unit: str = "") -> str:
+    """``+1.2%`` for one value, ``+1.2% (+0.5 to +1.9)`` for several, ``n/a`` for none."""
     if not spread or not math.isfinite(spread.get("mean", math.nan)):
         return "n/a"
-    text = f"{spread['mean']:+.1f}%"
+    text = f"{spread['mean']:+.{digits}f}{unit}"
     if len(spread["values"]) > 1:
-        text += f" ({spread['min']:+.1f} to {spread['max']:+.1f})"
+        text += f" ({spread['min']:+.{digits}f} to {spread['max']:+.{digits}f})"
     return text
+
+
+def _pct(spread: dict | None) -> str:
+    return _signed(spread, 1, "%")
 
 
 def _db(spread: dict | None) -> str:
-    if not spread or not math.isfinite(spread.get("mean", math.nan)):
-        return "n/a"
-    text = f"{spread['mean']:+.2f}"
-    if len(spread["values"]) > 1:
-        text += f" ({spread['min']:+.2f} to {spread['max']:+.2f})"
-    return text
+    return _signed(spread, 2)
 
 
 def _share(spread: dict | None) -> str:
@@ -267,7 +267,7 @@ def write_report(results: Path, runs: list[tuple[Variant, int]], budget: Budget 
     """Read the runs under ``results/study`` measured at ``budget``; write ``results/study.{json,md,png}``."""
     folder = results / "study"
     measured = {}
-    wanted = json.loads(json.dumps(budget.to_dict()))
+    wanted = budget.to_dict()
     for variant, seed in runs:
         path = folder / "measured" / f"{run_name(variant, seed)}.json"
         if path.exists() and (run := json.loads(path.read_text()))["budget"] == wanted:

@@ -46,8 +46,8 @@ class Budget:
     qualities: tuple[float, ...] = (1.0, 4.0, 8.0)
 
     def to_dict(self) -> dict:
-        """The budget as a JSON-friendly dict."""
-        return asdict(self)
+        """The budget as it reads back from JSON (lists, not tuples), so a stored budget compares equal."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
 
 @dataclass(frozen=True)

@@ -47,6 +47,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..model.complexity import macs_per_pixel_by_network
 from ..model.mbt2018 import JointAutoregressiveHierarchicalPrior, ModelConfig
 from ..model.objective import quality_lambda, rate_distortion_loss
 from .data import list_images, load_rgb, to_model_input
@@ -260,41 +261,14 @@ class FastWeightAverage(WeightAverage):
 def forward_macs_per_pixel(config: ModelConfig) -> float:
     """Multiply-adds of one training forward pass of ``config``'s model, per input pixel.
 
-    Forward hooks count every convolution (``C_in * k * k`` per output value; a transposed one
-    ``C_out * k * k`` per input value; the masked context convolution at its full 5x5) and GDN's
-    ``C x C`` mixing per value, on one 64x64 input. Each layer's work is proportional to the pixels,
-    so the figure holds at any size; the element-wise work (likelihoods, gains) is left out. Random
-    states are left untouched.
+    Every network's convolutions and GDN, the masked context convolution at its full window (as
+    training computes it): :func:`pillow_jac.model.complexity.macs_per_pixel_by_network`, summed.
 
     Example:
         >>> round(forward_macs_per_pixel(ModelConfig(N=8, M=12)), 2)
         680.75
     """
-    from ..model.layers import GDN
-
-    macs = [0]
-
-    def count(module: torch.nn.Module, inputs: tuple, output: torch.Tensor) -> None:
-        if isinstance(module, torch.nn.ConvTranspose2d):
-            kernel = module.out_channels // module.groups * module.kernel_size[0] * module.kernel_size[1]
-            macs[0] += inputs[0].numel() * kernel
-        elif isinstance(module, torch.nn.Conv2d):
-            kernel = module.in_channels // module.groups * module.kernel_size[0] * module.kernel_size[1]
-            macs[0] += output.numel() * kernel
-        elif isinstance(module, GDN):
-            macs[0] += inputs[0].numel() * inputs[0].shape[1]
-
-    side = JointAutoregressiveHierarchicalPrior.ALIGN
-    rng = torch.get_rng_state()
-    try:
-        model = JointAutoregressiveHierarchicalPrior(config)
-        for module in model.modules():
-            module.register_forward_hook(count)
-        with torch.no_grad():
-            model(torch.rand(1, 3, side, side), torch.tensor([4.0]))
-    finally:
-        torch.set_rng_state(rng)
-    return macs[0] / (side * side)
+    return sum(macs_per_pixel_by_network(config).values())
 
 
 def _log(message: str) -> None:
