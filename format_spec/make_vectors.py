@@ -7,7 +7,8 @@ installed generation, or into another folder (the tests use that for a test-only
 ``python format_spec/make_vectors.py --variant '{"entropy": "gmm", "mixtures": 3}'`` makes a tiny
 (N=8, M=12) generation of a model variant (CODING.md section 4) and its vectors, weights included, in
 ``format_spec/vectors/variants/<model_id>/``: the variants' coding rules are pinned without a
-trained model of each being shipped.
+trained model of each being shipped; ``--refresh-search FOLDER`` re-makes such a variant's effort 1-3
+vectors after the encoder's search changed (an encoder update, SPEC.md section 9.2).
 
 Each vector is a small ``.jac`` file made from a committed source PNG, plus the SHA-256 of its decoded
 latents (exact on every machine, CODING.md section 3) and of its decoded pixels, and the decoded pixels
@@ -75,47 +76,84 @@ def symbols_digest(data: bytes, **kwargs) -> str:
     return hashlib.sha256(((digest(z_hat) if z_hat is not None else "") + digest(y_hat)).encode()).hexdigest()
 
 
+def searched_with(effort: int) -> dict | None:
+    """The encoder search schedule of ``effort`` (None at effort 0, which only rounds).
+
+    A vector at effort 1-3 is re-encoded byte for byte only by the search that made it: a new schedule
+    is an encoder update (SPEC.md section 9.2), like new encoder weights.
+    """
+    from pillow_jac.constants import EFFORT_ITERATIONS
+    from pillow_jac.model.refine import schedule
+
+    return schedule(EFFORT_ITERATIONS[effort]) if effort else None
+
+
 def make(out: Path, sources: Path, **encode_kwargs) -> dict:
     """Write every vector into ``out`` (sources are read from, or first written to, ``sources``).
 
     ``encode_kwargs`` name the weights file (``weights=``) and may name a ``device``; each vector records
-    the ``encoder_hash`` of the encoder that made it.
+    the ``encoder_hash`` of the encoder that made it, and a vector at effort 1-3 the search schedule
+    that chose its latents (``search``, :func:`searched_with`).
     """
+    out.mkdir(parents=True, exist_ok=True)
+    sources.mkdir(parents=True, exist_ok=True)
+    table = {name: _make_one(out, sources, name, encode_kwargs) for name in VECTORS}
+    (out / "vectors.json").write_text(json.dumps(table, indent=2) + "\n")
+    return table
+
+
+def refresh_search(folder: Path) -> list[str]:
+    """Re-make a variant's effort 1-3 vectors with today's search (its weights and other vectors stay).
+
+    Only for the tiny variant generations, whose vectors pin coding rules; a released generation's
+    vectors never change. Returns the names re-made.
+    """
+    weights = folder / "weights.safetensors"
+    if not weights.exists():
+        raise ValueError(f"{folder} is not a variant's folder (no weights.safetensors)")
+    table = json.loads((folder / "vectors.json").read_text())
+    names = [name for name, entry in table.items() if entry["effort"]]
+    for name in names:
+        table[name] = _make_one(folder, ROOT / "sources", name, {"weights": weights})
+    (folder / "vectors.json").write_text(json.dumps(table, indent=2) + "\n")
+    return names
+
+
+def _make_one(out: Path, sources: Path, name: str, encode_kwargs: dict) -> dict:
+    """Encode one case of :data:`VECTORS` into ``out``; its entry in ``vectors.json``."""
     from pillow_jac import codec, container, weights
 
     _, manifest = weights.load_weights(encode_kwargs["weights"])
-    out.mkdir(parents=True, exist_ok=True)
-    sources.mkdir(parents=True, exist_ok=True)
-    table = {}
-    for i, (name, (height, width, mode, quality, effort, meta)) in enumerate(VECTORS.items()):
-        source = sources / f"{name}.source.png"
-        if not source.exists():
-            source_image(height, width, mode, seed=i).save(source)
-        with Image.open(source) as im:
-            data = codec.encode(np.asarray(im), quality, effort=effort, **(METADATA if meta else {}), **encode_kwargs)
-        (out / f"{name}.jac").write_bytes(data)
-        decode_kwargs = {k: v for k, v in encode_kwargs.items() if k in ("device", "weights")}
-        pixels = codec.decode(data, **decode_kwargs)
-        Image.fromarray(pixels).save(out / f"{name}.decoded.png")
-        header = container.parse(data).header
-        table[name] = {
-            "file": f"{name}.jac",
-            "source": source.name,
-            "decoded": f"{name}.decoded.png",
-            "mode": mode,
-            "size": [width, height],
-            "quality": quality,
-            "effort": effort,
-            "metadata": meta,
-            "model_id": header.model_id,
-            "weights_hash": header.weights_hash.hex(),
-            "encoder_hash": manifest["encoder_hash"],
-            "file_sha256": hashlib.sha256(data).hexdigest(),
-            "symbols_sha256": symbols_digest(data, **decode_kwargs),
-            "pixels_sha256": digest(pixels),
-        }
-    (out / "vectors.json").write_text(json.dumps(table, indent=2) + "\n")
-    return table
+    height, width, mode, quality, effort, meta = VECTORS[name]
+    source = sources / f"{name}.source.png"
+    if not source.exists():
+        source_image(height, width, mode, seed=list(VECTORS).index(name)).save(source)
+    with Image.open(source) as im:
+        data = codec.encode(np.asarray(im), quality, effort=effort, **(METADATA if meta else {}), **encode_kwargs)
+    (out / f"{name}.jac").write_bytes(data)
+    decode_kwargs = {k: v for k, v in encode_kwargs.items() if k in ("device", "weights")}
+    pixels = codec.decode(data, **decode_kwargs)
+    Image.fromarray(pixels).save(out / f"{name}.decoded.png")
+    header = container.parse(data).header
+    entry = {
+        "file": f"{name}.jac",
+        "source": source.name,
+        "decoded": f"{name}.decoded.png",
+        "mode": mode,
+        "size": [width, height],
+        "quality": quality,
+        "effort": effort,
+        "metadata": meta,
+        "model_id": header.model_id,
+        "weights_hash": header.weights_hash.hex(),
+        "encoder_hash": manifest["encoder_hash"],
+        "file_sha256": hashlib.sha256(data).hexdigest(),
+        "symbols_sha256": symbols_digest(data, **decode_kwargs),
+        "pixels_sha256": digest(pixels),
+    }
+    if effort:
+        entry["search"] = searched_with(effort)
+    return entry
 
 
 def variant_weights(config: dict, path: Path) -> str:
@@ -147,7 +185,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", help="model_id of an installed generation (default: the default encoder)")
     p.add_argument("--out", type=Path, help="output folder (default: format_spec/vectors/<model_id>)")
     p.add_argument("--variant", type=json.loads, help="ModelConfig fields (JSON) of a tiny variant generation")
+    p.add_argument("--refresh-search", type=Path, metavar="FOLDER", help="re-make a variant's effort 1-3 vectors")
     args = p.parse_args(argv)
+    if args.refresh_search is not None:
+        print(f"re-made {', '.join(refresh_search(args.refresh_search))} in {args.refresh_search}")
+        return 0
     if args.variant is not None:
         scratch = ROOT / "variants" / "weights.tmp.safetensors"
         scratch.parent.mkdir(parents=True, exist_ok=True)

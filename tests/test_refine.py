@@ -133,3 +133,15 @@ def test_bench_knows_the_effort_codecs():
     codec_e2 = get_codec("jac-e2", jac_qualities=[2])
     assert codec_e2.name == "jac-e2" and codec_e2.settings["effort"] == 2 and "effort 2" in codec_e2.label
     assert "effort" not in get_codec("jac").settings  # the plain codec's cache fingerprint is unchanged
+
+
+def test_temperature_falls_from_first_to_last_and_benchmarks_key_on_the_schedule(monkeypatch):
+    for iterations in (1, 2, 8, 80):
+        taus = [refine._temperature(s, iterations) for s in range(iterations)]
+        assert taus[0] == pytest.approx(refine.TEMPERATURES[0])
+        assert iterations == 1 or taus[-1] == pytest.approx(refine.TEMPERATURES[1])
+        assert all(a > b for a, b in zip(taus, taus[1:], strict=False))
+    before = get_codec("jac-e1").settings["search"]
+    assert before == refine.schedule(EFFORT_ITERATIONS[1])
+    monkeypatch.setattr(refine, "TEMPERATURES", (0.5, 0.1))
+    assert get_codec("jac-e1").settings["search"] != before  # cached results of another search are not reused

@@ -55,6 +55,14 @@ def test_vector_decodes_exactly(gen, name, entry):
     assert np.abs(pixels.astype(int) - expected).max() <= 1
 
 
+def _same_search(entry: dict) -> bool:
+    """Whether today's encoder search is the one that chose the vector's latents (always, at effort 0).
+
+    A vector at effort 1-3 records its schedule (``search``); one without it was made by an earlier
+    search than any that records one."""
+    return entry.get("search") == make_vectors.searched_with(entry["effort"])
+
+
 def _encoder_hash(gen: str) -> str:
     from pillow_jac import generations, weights
 
@@ -65,8 +73,8 @@ def _encoder_hash(gen: str) -> str:
 @pytest.mark.parametrize(("gen", "name", "entry"), CASES, ids=[f"{g}/{n}" for g, n, _ in CASES])
 def test_encoder_reproduces_vector(gen, name, entry):
     """The encoder that made a vector writes it again byte for byte (its header hash included); after an
-    encoder update (another encoder hash, SPEC.md section 9.2) the new encoder's file is a file of the
-    same generation, which decodes to the source's size."""
+    encoder update (another encoder hash or search schedule, SPEC.md section 9.2) the new encoder's file
+    is a file of the same generation, which decodes to the source's size."""
     from pillow_jac import generations
 
     if gen not in [g.model_id for g in generations.installed() if g.can_encode]:
@@ -75,7 +83,7 @@ def test_encoder_reproduces_vector(gen, name, entry):
         source = np.asarray(im)
     extra = make_vectors.METADATA if entry["metadata"] else {}
     data = codec.encode(source, entry["quality"], effort=entry["effort"], model=gen, **extra)
-    if _encoder_hash(gen) == entry["encoder_hash"]:
+    if _encoder_hash(gen) == entry["encoder_hash"] and _same_search(entry):
         assert data == (VECTORS / gen / entry["file"]).read_bytes()
     else:
         header = container.parse(data).header
@@ -134,4 +142,17 @@ def test_variant_vector_decodes_exactly_and_re_encodes(folder, name, entry):
     with Image.open(VECTORS / "sources" / entry["source"]) as im:
         source = np.asarray(im)
     extra = make_vectors.METADATA if entry["metadata"] else {}
+    assert _same_search(entry)  # the variants' vectors are re-made when the search changes
     assert codec.encode(source, entry["quality"], effort=entry["effort"], weights=weights, **extra) == data
+
+
+def test_a_released_generations_vectors_are_never_re_made():
+    with pytest.raises(ValueError, match="not a variant"):
+        make_vectors.refresh_search(VECTORS / "mbt-128-192-r006")
+
+
+def test_vectors_at_effort_record_the_search_that_made_them():
+    for folder in VARIANTS:
+        table = json.loads((folder / "vectors.json").read_text())
+        assert all(("search" in e) == bool(e["effort"]) for e in table.values())
+        assert all(_same_search(e) for e in table.values())

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 
@@ -44,7 +45,7 @@ from ..constants import DOWNSAMPLING, EFFORT_ITERATIONS, MAX_EFFORT
 from .mbt2018 import JointAutoregressiveHierarchicalPrior
 from .objective import quality_lambda
 
-__all__ = ["EFFORT_ITERATIONS", "MAX_EFFORT", "sga_round", "refine_latents"]
+__all__ = ["EFFORT_ITERATIONS", "MAX_EFFORT", "TEMPERATURES", "sga_round", "refine_latents", "schedule"]
 
 #: latent rows and columns of a tile's core (768 pixels: a Kodak image is one tile)
 TILE = 48
@@ -76,14 +77,40 @@ def sga_round(v: torch.Tensor, tau: float, generator: torch.Generator | None = N
     return low + w
 
 
+#: SGA temperature at a search's first and last step, falling exponentially in between
+TEMPERATURES = (0.5, 0.05)
+
+
 def _learning_rate(iterations: int) -> float:
-    """Adam step size for a run of ``iterations``: shorter runs take larger steps (tuned on Kodak crops)."""
+    """Adam step size for a run of ``iterations``: shorter runs take larger steps, at most 0.02."""
     return min(0.02, 0.06 / math.sqrt(iterations))
 
 
 def _temperature(step: int, iterations: int) -> float:
-    """SGA temperature: 0.5 falling exponentially to about 0.07 at the last step."""
-    return max(0.05, 0.5 * math.exp(-2.0 * step / iterations))
+    """SGA temperature of ``step`` (0-based): ``TEMPERATURES[0]`` falling to ``TEMPERATURES[1]`` at the last step.
+
+    Example:
+        >>> [round(_temperature(s, 3), 3) for s in range(3)]
+        [0.5, 0.158, 0.05]
+    """
+    first, last = TEMPERATURES
+    return first * (last / first) ** (step / max(1, iterations - 1))
+
+
+def schedule(iterations: int) -> dict[str, object]:
+    """What determines a search of ``iterations`` steps besides the model (benchmarks key results on it).
+
+    Example:
+        >>> schedule(8)["temperatures"]
+        [0.5, 0.05]
+    """
+    return {
+        "iterations": iterations,
+        "learning_rate": _learning_rate(iterations) if iterations else 0.0,
+        "temperatures": list(TEMPERATURES),
+        "tile": TILE,
+        "halo": HALO,
+    }
 
 
 class _Tile:
@@ -112,37 +139,83 @@ def _tiles(shape: tuple[int, int]) -> list[_Tile]:
     ]
 
 
-def _loss(
-    model: JointAutoregressiveHierarchicalPrior,
-    y_hat: torch.Tensor,
-    z_hat: torch.Tensor | None,
-    inverse_gain: torch.Tensor,
-    x: torch.Tensor,
-    weight: torch.Tensor,
-    lmbda: float,
-    tile: _Tile,
-) -> torch.Tensor:
-    """Estimated ``lambda * 255^2 * MSE + bpp`` of a tile's counted region (paper eq. 2 and 4)."""
-    rows, cols = tile.count
-    px_rows = slice(rows.start * _FACTOR, rows.stop * _FACTOR)
-    px_cols = slice(cols.start * _FACTOR, cols.stop * _FACTOR)
-    weight = weight[:, :, px_rows, px_cols]
-    pixels = weight.sum().clamp_min(1.0)
-    with torch.autocast(device_type=y_hat.device.type, dtype=torch.bfloat16):
-        psi = phi = None
-        bits = y_hat.new_zeros(())
+@dataclass
+class _Search:
+    """What every tile of one image's search shares: the networks, the image and the objective."""
+
+    model: JointAutoregressiveHierarchicalPrior
+    pixel_rows: Callable[[int, int], torch.Tensor]
+    size: tuple[int, int]
+    lmbda: float
+    inverse_gain: torch.Tensor
+    iterations: int
+    generator: torch.Generator
+
+    def loss(self, y_hat, z_hat, x: torch.Tensor, weight: torch.Tensor, tile: _Tile) -> torch.Tensor:
+        """Estimated ``lambda * 255^2 * MSE + bpp`` of a tile's counted region (paper eq. 2 and 4)."""
+        model = self.model
+        rows, cols = tile.count
+        px_rows = slice(rows.start * _FACTOR, rows.stop * _FACTOR)
+        px_cols = slice(cols.start * _FACTOR, cols.stop * _FACTOR)
+        weight = weight[:, :, px_rows, px_cols]
+        pixels = weight.sum().clamp_min(1.0)
+        with torch.autocast(device_type=y_hat.device.type, dtype=torch.bfloat16):
+            psi = phi = None
+            bits = y_hat.new_zeros(())
+            if z_hat is not None:
+                z_like = model.z_density.likelihood(z_hat)
+                bits = bits - z_like[(..., *tile.z_core)].log2().sum()
+                psi = model.h_s(z_hat)[:, :, : y_hat.shape[2], : y_hat.shape[3]]
+            if model.config.context:
+                phi = model.context(y_hat)
+            y_like = model.y_likelihood(y_hat, model.entropy_parameters(model.entropy_inputs(psi, phi)))
+            bits = bits - y_like[:, :, rows, cols].float().log2().sum()
+            x_hat = model.g_s(y_hat * self.inverse_gain)
+        error = (x_hat[:, :, px_rows, px_cols].float() - x[:, :, px_rows, px_cols]).pow(2).sum(1, keepdim=True)
+        mse = (error * weight).sum() / (3 * pixels)
+        return self.lmbda * 255.0**2 * mse + bits / pixels
+
+    def refine_tile(self, tile: _Tile, y, z, y_hat: torch.Tensor, z_hat: torch.Tensor | None) -> None:
+        """Refine one tile's core in ``y_hat`` / ``z_hat`` in place, the rest of its window held fixed."""
+        (ea, eb), (ec, ed) = tile.ext_rows, tile.ext_cols
+        za, zb, zc, zd = ea // 4, (eb + 3) // 4, ec // 4, (ed + 3) // 4
+        x = self.pixel_rows(ea * _FACTOR, eb * _FACTOR)[:, :, :, ec * _FACTOR : ed * _FACTOR].float()
+        rows = torch.arange(ea * _FACTOR, eb * _FACTOR, device=x.device)[:, None] < self.size[0]
+        cols = torch.arange(ec * _FACTOR, ed * _FACTOR, device=x.device)[None, :] < self.size[1]
+        weight = (rows & cols).to(x.dtype)[None, None]
+        fixed_y = y_hat[:, :, ea:eb, ec:ed].clone()
+        free_y = torch.zeros_like(fixed_y, dtype=torch.bool)
+        free_y[(..., *tile.core)] = True
+        variables = [y[:, :, ea:eb, ec:ed].detach().float().clone().requires_grad_(True)]
+        fixed_z = free_z = None
         if z_hat is not None:
-            z_like = model.z_density.likelihood(z_hat)
-            bits = bits - z_like[(..., *tile.z_core)].log2().sum()
-            psi = model.h_s(z_hat)[:, :, : y_hat.shape[2], : y_hat.shape[3]]
-        if model.config.context:
-            phi = model.context(y_hat)
-        y_like = model.y_likelihood(y_hat, model.entropy_parameters(model.entropy_inputs(psi, phi)))
-        bits = bits - y_like[:, :, rows, cols].float().log2().sum()
-        x_hat = model.g_s(y_hat * inverse_gain)
-    error = (x_hat[:, :, px_rows, px_cols].float() - x[:, :, px_rows, px_cols]).pow(2).sum(1, keepdim=True)
-    mse = (error * weight).sum() / (3 * pixels)
-    return lmbda * 255.0**2 * mse + bits / pixels
+            fixed_z = z_hat[:, :, za:zb, zc:zd].clone()
+            free_z = torch.zeros_like(fixed_z, dtype=torch.bool)
+            free_z[(..., *tile.z_core)] = True
+            variables.append(z[:, :, za:zb, zc:zd].detach().float().clone().requires_grad_(True))
+
+        def latents(round_fn):
+            yv = torch.where(free_y, round_fn(variables[0]), fixed_y)
+            zv = None if z_hat is None else torch.where(free_z, round_fn(variables[1]), fixed_z)
+            return yv, zv
+
+        with torch.no_grad():
+            start = float(self.loss(*latents(torch.round), x, weight, tile))
+        optimizer = torch.optim.Adam(variables, lr=_learning_rate(self.iterations))
+        with torch.enable_grad():
+            for step in range(self.iterations):
+                tau = _temperature(step, self.iterations)
+                soft = latents(lambda v, tau=tau: sga_round(v, tau, self.generator))
+                grads = torch.autograd.grad(self.loss(*soft, x, weight, tile), variables)
+                for v, g in zip(variables, grads, strict=True):
+                    v.grad = g
+                optimizer.step()
+        with torch.no_grad():
+            final_y, final_z = latents(torch.round)
+            if float(self.loss(final_y, final_z, x, weight, tile)) < start:  # never worse than g_a's estimate
+                y_hat[:, :, ea:eb, ec:ed] = final_y
+                if z_hat is not None:
+                    z_hat[:, :, za:zb, zc:zd] = final_z
 
 
 def refine_latents(
@@ -174,70 +247,13 @@ def refine_latents(
     if iterations <= 0:
         return y_hat, z_hat
     q = torch.tensor([quality], dtype=torch.float64)
-    lmbda = float(quality_lambda(q, model.config.lambdas))
-    generator = torch.Generator(device=y.device)
     with torch.no_grad():
         inverse_gain = model.gains(q, inverse=True).to(device=y.device, dtype=torch.float32)
+    search = _Search(
+        model, pixel_rows, size,
+        float(quality_lambda(q, model.config.lambdas)), inverse_gain, iterations, torch.Generator(device=y.device),
+    )  # fmt: skip
     for tile in _tiles(tuple(y.shape[2:])):
-        generator.manual_seed(seed)
-        _refine_tile(model, pixel_rows, y, z, y_hat, z_hat, tile, size, lmbda, inverse_gain, iterations, generator)
+        search.generator.manual_seed(seed)
+        search.refine_tile(tile, y, z, y_hat, z_hat)
     return y_hat.to(y.dtype), None if z_hat is None else z_hat.to(z.dtype)
-
-
-def _refine_tile(
-    model: JointAutoregressiveHierarchicalPrior,
-    pixel_rows: Callable[[int, int], torch.Tensor],
-    y: torch.Tensor,
-    z: torch.Tensor | None,
-    y_hat: torch.Tensor,
-    z_hat: torch.Tensor | None,
-    tile: _Tile,
-    size: tuple[int, int],
-    lmbda: float,
-    inverse_gain: torch.Tensor,
-    iterations: int,
-    generator: torch.Generator,
-) -> None:
-    """Refine one tile's core in ``y_hat`` / ``z_hat`` in place, the rest of its window held fixed."""
-    (ea, eb), (ec, ed) = tile.ext_rows, tile.ext_cols
-    za, zb, zc, zd = ea // 4, (eb + 3) // 4, ec // 4, (ed + 3) // 4
-    x = pixel_rows(ea * _FACTOR, eb * _FACTOR)[:, :, :, ec * _FACTOR : ed * _FACTOR].float()
-    rows = torch.arange(ea * _FACTOR, eb * _FACTOR, device=x.device)[:, None] < size[0]
-    cols = torch.arange(ec * _FACTOR, ed * _FACTOR, device=x.device)[None, :] < size[1]
-    weight = (rows & cols).to(x.dtype)[None, None]
-    fixed_y = y_hat[:, :, ea:eb, ec:ed].clone()
-    free_y = torch.zeros_like(fixed_y, dtype=torch.bool)
-    free_y[(..., *tile.core)] = True
-    variables = [y[:, :, ea:eb, ec:ed].detach().float().clone().requires_grad_(True)]
-    fixed_z = free_z = None
-    if z_hat is not None:
-        fixed_z = z_hat[:, :, za:zb, zc:zd].clone()
-        free_z = torch.zeros_like(fixed_z, dtype=torch.bool)
-        free_z[(..., *tile.z_core)] = True
-        variables.append(z[:, :, za:zb, zc:zd].detach().float().clone().requires_grad_(True))
-
-    def latents(round_fn):
-        yv = torch.where(free_y, round_fn(variables[0]), fixed_y)
-        zv = None if z_hat is None else torch.where(free_z, round_fn(variables[1]), fixed_z)
-        return yv, zv
-
-    def loss_at(yv, zv):
-        return _loss(model, yv, zv, inverse_gain, x, weight, lmbda, tile)
-
-    with torch.no_grad():
-        start = float(loss_at(*latents(torch.round)))
-    optimizer = torch.optim.Adam(variables, lr=_learning_rate(iterations))
-    with torch.enable_grad():
-        for step in range(iterations):
-            tau = _temperature(step, iterations)
-            loss = loss_at(*latents(lambda v, tau=tau: sga_round(v, tau, generator)))
-            grads = torch.autograd.grad(loss, variables)
-            for v, g in zip(variables, grads, strict=True):
-                v.grad = g
-            optimizer.step()
-    with torch.no_grad():
-        final_y, final_z = latents(torch.round)
-        if float(loss_at(final_y, final_z)) < start:  # never keep a worse estimate than g_a's
-            y_hat[:, :, ea:eb, ec:ed] = final_y
-            if z_hat is not None:
-                z_hat[:, :, za:zb, zc:zd] = final_z
