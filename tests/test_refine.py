@@ -145,3 +145,15 @@ def test_temperature_falls_from_first_to_last_and_benchmarks_key_on_the_schedule
     assert before == refine.schedule(EFFORT_ITERATIONS[1])
     monkeypatch.setattr(refine, "TEMPERATURES", (0.5, 0.1))
     assert get_codec("jac-e1").settings["search"] != before  # cached results of another search are not reused
+
+
+def test_the_schedule_chooses_the_latents(monkeypatch):
+    """The search's latents depend on its temperature schedule (so recording it in the vectors means
+    something) and differ from effort 0's rounding on a real image."""
+    image = sample(64, 96, 64, 96)
+    rounded = codec.encode_symbols(image, 4)[1]
+    searched = codec.encode_symbols(image, 4, effort=1)[1]
+    monkeypatch.setattr(refine, "TEMPERATURES", (0.5, 0.09))
+    other = codec.encode_symbols(image, 4, effort=1)[1]
+    assert not np.array_equal(searched, rounded)
+    assert not np.array_equal(searched, other)
