@@ -76,28 +76,17 @@ def symbols_digest(data: bytes, **kwargs) -> str:
     return hashlib.sha256(((digest(z_hat) if z_hat is not None else "") + digest(y_hat)).encode()).hexdigest()
 
 
-def searched_with(effort: int) -> dict | None:
-    """The encoder search schedule of ``effort`` (None at effort 0, which only rounds).
-
-    A vector at effort 1-3 is re-encoded byte for byte only by the search that made it: a new schedule
-    is an encoder update (SPEC.md section 9.2), like new encoder weights.
-    """
-    from pillow_jac.constants import EFFORT_ITERATIONS
-    from pillow_jac.model.refine import schedule
-
-    return schedule(EFFORT_ITERATIONS[effort]) if effort else None
-
-
 def make(out: Path, sources: Path, **encode_kwargs) -> dict:
     """Write every vector into ``out`` (sources are read from, or first written to, ``sources``).
 
     ``encode_kwargs`` name the weights file (``weights=``) and may name a ``device``; each vector records
     the ``encoder_hash`` of the encoder that made it, and a vector at effort 1-3 the search schedule
-    that chose its latents (``search``, :func:`searched_with`).
+    that chose its latents (``search``, ``pillow_jac.model.refine.schedule``).
     """
     out.mkdir(parents=True, exist_ok=True)
     sources.mkdir(parents=True, exist_ok=True)
-    table = {name: _make_one(out, sources, name, encode_kwargs) for name in VECTORS}
+    made_by = _encoder_hash(encode_kwargs["weights"])
+    table = {name: _make_one(out, sources, name, made_by, encode_kwargs) for name in VECTORS}
     (out / "vectors.json").write_text(json.dumps(table, indent=2) + "\n")
     return table
 
@@ -113,17 +102,25 @@ def refresh_search(folder: Path) -> list[str]:
         raise ValueError(f"{folder} is not a variant's folder (no weights.safetensors)")
     table = json.loads((folder / "vectors.json").read_text())
     names = [name for name, entry in table.items() if entry["effort"]]
+    made_by = _encoder_hash(weights)
     for name in names:
-        table[name] = _make_one(folder, ROOT / "sources", name, {"weights": weights})
+        table[name] = _make_one(folder, ROOT / "sources", name, made_by, {"weights": weights})
     (folder / "vectors.json").write_text(json.dumps(table, indent=2) + "\n")
     return names
 
 
-def _make_one(out: Path, sources: Path, name: str, encode_kwargs: dict) -> dict:
-    """Encode one case of :data:`VECTORS` into ``out``; its entry in ``vectors.json``."""
-    from pillow_jac import codec, container, weights
+def _encoder_hash(path: Path) -> str:
+    """The ``encoder_hash`` of the weights file at ``path`` (recorded in each vector it makes)."""
+    from pillow_jac import weights
 
-    _, manifest = weights.load_weights(encode_kwargs["weights"])
+    return weights.load_weights(path)[1]["encoder_hash"]
+
+
+def _make_one(out: Path, sources: Path, name: str, encoder_hash: str, encode_kwargs: dict) -> dict:
+    """Encode one case of :data:`VECTORS` into ``out`` with the encoder of ``encoder_hash``; its entry."""
+    from pillow_jac import codec, container
+    from pillow_jac.model.refine import schedule
+
     height, width, mode, quality, effort, meta = VECTORS[name]
     source = sources / f"{name}.source.png"
     if not source.exists():
@@ -146,13 +143,13 @@ def _make_one(out: Path, sources: Path, name: str, encode_kwargs: dict) -> dict:
         "metadata": meta,
         "model_id": header.model_id,
         "weights_hash": header.weights_hash.hex(),
-        "encoder_hash": manifest["encoder_hash"],
+        "encoder_hash": encoder_hash,
         "file_sha256": hashlib.sha256(data).hexdigest(),
         "symbols_sha256": symbols_digest(data, **decode_kwargs),
         "pixels_sha256": digest(pixels),
     }
     if effort:
-        entry["search"] = searched_with(effort)
+        entry["search"] = schedule(effort)
     return entry
 
 

@@ -60,7 +60,9 @@ def _same_search(entry: dict) -> bool:
 
     A vector at effort 1-3 records its schedule (``search``); one without it was made by an earlier
     search than any that records one."""
-    return entry.get("search") == make_vectors.searched_with(entry["effort"])
+    from pillow_jac.model.refine import schedule
+
+    return entry.get("search") == schedule(entry["effort"])
 
 
 def _encoder_hash(gen: str) -> str:

@@ -305,11 +305,10 @@ def _jac(qualities: Sequence[float] | None, device: str | None, weights: str | N
     label += f" on {device}" if device and device != "cpu" else ""
     settings: dict[str, object] = {"device": device, "weights": weights}
     if effort:  # effort 0 keeps the settings (and the cache fingerprint) it had before efforts existed
-        from pillow_jac.constants import EFFORT_ITERATIONS
         from pillow_jac.model.refine import schedule
 
         settings["effort"] = effort
-        settings["search"] = schedule(EFFORT_ITERATIONS[effort])  # a new search is measured afresh
+        settings["search"] = schedule(effort)  # a new search is measured afresh
     name = f"jac-e{effort}" if effort else "jac"
     return Codec(name, label, "quality", ladder, encode, decode, ".jac", settings)
 

@@ -97,16 +97,22 @@ def _temperature(step: int, iterations: int) -> float:
     return first * (last / first) ** (step / max(1, iterations - 1))
 
 
-def schedule(iterations: int) -> dict[str, object]:
-    """What determines a search of ``iterations`` steps besides the model (benchmarks key results on it).
+def schedule(effort: int) -> dict[str, object] | None:
+    """What determines the search of ``effort`` besides the model; None at effort 0, which only rounds.
+
+    Benchmarks key cached results on it and test vectors at effort 1-3 record it: a new schedule is an
+    encoder update (SPEC.md sections 9.2 and 9.4), like new encoder weights.
 
     Example:
-        >>> schedule(8)["temperatures"]
-        [0.5, 0.05]
+        >>> schedule(1)["iterations"], schedule(1)["temperatures"], schedule(0)
+        (8, [0.5, 0.05], None)
     """
+    if not effort:
+        return None
+    iterations = EFFORT_ITERATIONS[effort]
     return {
         "iterations": iterations,
-        "learning_rate": _learning_rate(iterations) if iterations else 0.0,
+        "learning_rate": _learning_rate(iterations),
         "temperatures": list(TEMPERATURES),
         "tile": TILE,
         "halo": HALO,

@@ -89,8 +89,10 @@ def model_cost(config: ModelConfig) -> dict[str, float]:
     convolution at its causal taps only, as the decoder runs it.
     """
     per_network = macs_per_pixel_by_network(config, causal_taps_only=True)
+    with torch.device("meta"):  # shapes only: no memory, and the random state is left untouched
+        model = JointAutoregressiveHierarchicalPrior(config)
     return {
-        "parameters": count_parameters(JointAutoregressiveHierarchicalPrior(config)),
+        "parameters": count_parameters(model),
         "encoder_macs_per_pixel": sum(v for k, v in per_network.items() if k in ENCODER_PARTS),
         "decoder_macs_per_pixel": sum(v for k, v in per_network.items() if k in DECODER_PARTS),
     }
