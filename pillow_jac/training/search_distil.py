@@ -3,10 +3,11 @@
 ``python -m pillow_jac.training.search_distil targets --weights W --data ../shared/data/train --out runs/distil
 --crops 2048 --effort 2`` refines random training crops with the effort search
 (:func:`pillow_jac.model.refine.refine_latents`) and stores, per crop, the pixels, the quality, the
-search's integer latents ``(y*, z*)`` and g_a's own rounding; ``... train --weights W --data D --out
-runs/distil --steps N`` then fine-tunes g_a, h_a and the forward gains (the encoder side of
-:mod:`pillow_jac.training.encoder_tune`, decoder frozen) so that ``g_a(x) * gain(q)`` rounds to ``y*``
-and ``h_a`` to ``z*``, scoring real files on held-out training images against the untuned encoder.
+search's integer latents ``(y*, z*)`` and g_a's own rounding. ``... train --weights W --data D --out
+runs/distil --steps N`` (``--targets`` reads them from another folder) then fine-tunes g_a, h_a and
+the forward gains (the encoder side of :mod:`pillow_jac.training.encoder_tune`, decoder frozen) so
+that ``g_a(x) * gain(q)`` rounds to ``y*`` and ``h_a`` to ``z*``, scoring real files on held-out
+training images against the untuned encoder.
 
 The search closes part of the amortisation gap of g_a for one image (Cremer et al., ICML 2018; Yang,
 Bamler & Mandt, NeurIPS 2020); distillation asks whether a systematic part of what it changes can be
@@ -140,7 +141,8 @@ def train(args: argparse.Namespace) -> float:
         p.requires_grad_(is_encoder_key(name))
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=args.lr)
-    data, check = load_targets(args.out)
+    args.out.mkdir(parents=True, exist_ok=True)
+    data, check = load_targets(args.targets or args.out)
     held = [load_rgb(p, 512) for p in _held_out(args)[: args.score_images]]
     baseline = score_real(args.weights, held)
     average, best = encoder_state(model), 0.0
@@ -199,6 +201,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--weights", type=Path, required=True)
     p.add_argument("--data", type=Path, required=True, help="training images (never Kodak or urban20)")
     p.add_argument("--out", type=Path, default=Path("runs/distil"))
+    p.add_argument("--targets", type=Path, help="train: the folder 'targets' wrote (default: --out)")
     p.add_argument("--crops", type=int, default=2048, help="targets: crops to refine")
     p.add_argument("--crop", type=int, default=256)
     p.add_argument("--effort", type=int, default=2, help="targets: the search that picks the latents")
