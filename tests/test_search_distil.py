@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -78,13 +79,18 @@ def test_training_changes_only_the_encoder_and_scores_real_files(base, tmp_path,
     data.mkdir()
     for i in range(6):
         Image.fromarray(synthetic(80, 96, 30 + i)).save(data / f"im{i}.png")
-    out = tmp_path / "run"
-    common = ["--weights", str(base), "--data", str(data), "--out", str(out), "--crop", "64", "--holdout", "2"]
+    targets, out = tmp_path / "targets", tmp_path / "run"
+    common = ["--weights", str(base), "--data", str(data), "--crop", "64", "--holdout", "2"]
     common += ["--threads", "1", "--effort", "1"]
-    search_distil.main(["targets", *common, "--crops", str(search_distil.SHARD + 4)])
-    held = {p.name for p in search_distil._held_out(search_distil.parse_args(["train", *common]))}
+    held = search_distil._held_out(search_distil.parse_args(["train", *common]))
     assert len(held) == 2
-    search_distil.main(["train", *common, "--steps", "4", "--eval-every", "2", "--batch", "2", "--score-images", "2"])
+    for path in held:  # the held-out images are flat grey: no target crop may come from them
+        Image.fromarray(np.full((80, 96, 3), 7, np.uint8)).save(path)
+    search_distil.main(["targets", *common, "--out", str(targets), "--crops", str(search_distil.SHARD + 4)])
+    x = torch.cat([torch.load(p)["x"] for p in sorted(targets.glob("targets-*.pt"))])
+    assert len(x) == search_distil.SHARD + 4 and not bool((x == 7).flatten(1).all(1).any())
+    train = ["train", *common, "--targets", str(targets), "--out", str(out), "--steps", "4", "--eval-every", "2"]
+    search_distil.main([*train, "--batch", "2", "--score-images", "2"])
     rows = list(csv.DictReader(open(out / "distil.csv")))
     assert [r["step"] for r in rows] == ["0", "2", "4"]
     assert all(0.0 <= float(r["agreement"]) <= 1.0 for r in rows)
