@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from pillow_jac.constants import QUALITY_DENOMINATOR
+from pillow_jac.constants import EFFORT_ITERATIONS, QUALITY_DENOMINATOR
 from pillow_jac.engine import load_model
 from pillow_jac.model.mbt2018 import JointAutoregressiveHierarchicalPrior, ModelConfig
 from pillow_jac.model.refine import refine_latents
@@ -32,18 +32,30 @@ def base(tmp_path_factory) -> Path:
     return path
 
 
+@pytest.fixture(autouse=True)
+def _threads():
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
 def test_targets_are_the_searchs_latents_and_resume_the_same_draw(base, tmp_path, monkeypatch):
     monkeypatch.setattr(search_distil, "SHARD", 4)
     model = load_model(base).eval()
     images = [synthetic(80, 96, 20 + i) for i in range(3)]
     crops = search_distil.SHARD + 3
     whole, part = tmp_path / "whole", tmp_path / "part"
-    assert search_distil.make_targets(model, images, whole, crops, effort=1, crop=64, seed=1) == crops
-    search_distil.make_targets(model, images, part, search_distil.SHARD, effort=1, crop=64, seed=1)
-    search_distil.make_targets(model, images, part, crops, effort=1, crop=64, seed=1)  # resumes after one file
+    assert search_distil.make_targets(model, images, whole, crops, effort=1, crop=64, seed=0) == crops
+    # interrupted after a short last file, then extended: the short file is made again
+    assert search_distil.make_targets(model, images, part, search_distil.SHARD + 1, effort=1, crop=64, seed=0) == 5
+    assert search_distil.make_targets(model, images, part, crops, effort=1, crop=64, seed=0) == crops
     for name in ("targets-000.pt", "targets-001.pt"):
         a, b = torch.load(whole / name), torch.load(part / name)
         assert all(torch.equal(a[k], b[k]) for k in KEYS)
+    with pytest.raises(ValueError, match="made with"):  # another setup never extends these files
+        search_distil.make_targets(model, images, part, crops + 1, effort=1, crop=64, seed=2)
+    with pytest.raises(ValueError, match="multiple of 64"):
+        search_distil.make_targets(model, images, tmp_path / "odd", 1, effort=1, crop=48)
     shard = torch.load(whole / "targets-001.pt")
     assert shard["x"].shape == (3, 64, 64, 3) and shard["x"].dtype == torch.uint8
     assert shard["y"].shape == (3, 12, 4, 4) and shard["z"].shape == (3, 8, 1, 1) and shard["y"].dtype == torch.int16
@@ -59,7 +71,9 @@ def test_targets_are_the_searchs_latents_and_resume_the_same_draw(base, tmp_path
     with torch.no_grad():
         y = model.g_a(x) * model.gains(quality)
         z = model.h_a(y)
-    y_star, z_star = refine_latents(model, lambda a, b: x[:, :, a:b], y, z, float(quality), (64, 64), 8)
+    y_star, z_star = refine_latents(
+        model, lambda a, b: x[:, :, a:b], y, z, float(quality), (64, 64), EFFORT_ITERATIONS[1]
+    )
     assert torch.equal(y_star[0].to(torch.int16), every["y"][i])
     assert torch.equal(z_star[0].to(torch.int16), every["z"][i])
     assert torch.equal(torch.round(y[0]).to(torch.int16), every["y0"][i])
@@ -90,10 +104,13 @@ def test_training_changes_only_the_encoder_and_scores_real_files(base, tmp_path,
     x = torch.cat([torch.load(p)["x"] for p in sorted(targets.glob("targets-*.pt"))])
     assert len(x) == search_distil.SHARD + 4 and not bool((x == 7).flatten(1).all(1).any())
     train = ["train", *common, "--targets", str(targets), "--out", str(out), "--steps", "4", "--eval-every", "2"]
-    search_distil.main([*train, "--batch", "2", "--score-images", "2"])
+    train += ["--batch", "2", "--score-images", "2", "--margin", "-1"]
+    with pytest.raises(ValueError, match="held-out"):  # scored on images the targets may hold
+        search_distil.main([*train, "--holdout-seed", "1"])
+    search_distil.main(train)
     rows = list(csv.DictReader(open(out / "distil.csv")))
     assert [r["step"] for r in rows] == ["0", "2", "4"]
-    assert all(0.0 <= float(r["agreement"]) <= 1.0 for r in rows)
+    assert all(0.0 <= float(r["y_agreement"]) <= 1.0 for r in rows[1:])  # scored with real files at each step
     base_tensors, base_meta = load_weights(base)
     last, meta = load_weights(out / "last.safetensors")
     assert meta["decoder_hash"] == base_meta["decoder_hash"]

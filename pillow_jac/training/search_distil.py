@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import os
 import sys
 import time
 from pathlib import Path
@@ -50,20 +51,37 @@ def _quality(rng: np.random.Generator) -> float:
 
 
 def make_targets(
-    model, images: list[np.ndarray], out: Path, crops: int, effort: int, crop: int = 256, seed: int = 0
+    model,
+    images: list[np.ndarray],
+    out: Path,
+    crops: int,
+    effort: int,
+    crop: int = 256,
+    seed: int = 0,
+    held_out: tuple[str, ...] = (),
 ) -> int:
     """Refine ``crops`` random crops of ``images`` and store them in ``out/targets-NNN.pt``; returns the count.
 
-    Files already in ``out`` are kept and the draw continues after them, so an interrupted run
-    resumes where it stopped and writes what an uninterrupted one would.
+    Every file records its setup (effort, crop, seed and the names of the held-out images that
+    ``images`` excludes); files already in ``out`` must have the same setup. Full files are kept and
+    the draw continues after them (a shorter last file is made again), so an interrupted or extended
+    run writes what one uninterrupted run would.
     """
     from ..model.refine import refine_latents
     from .data import CropSampler
 
+    if crop % 64:
+        raise ValueError(f"crop must be a multiple of 64 (the latent grid of the codec), got {crop}")
+    setup = {"effort": effort, "crop": crop, "seed": seed, "held_out": sorted(held_out)}
     out.mkdir(parents=True, exist_ok=True)
-    sampler, rng = CropSampler(images, crop, seed=seed), np.random.default_rng(seed)
-    done = len(_shards(out))
-    for _ in range(done * SHARD):  # replay the draws of the files already written
+    done = 0
+    for path in _shards(out):
+        shard = torch.load(path)
+        if shard["setup"] != setup:
+            raise ValueError(f"{path} was made with {shard['setup']}, not {setup}: choose another folder")
+        done += len(shard["quality"]) == SHARD
+    sampler, rng = CropSampler(images, crop, seed=seed), np.random.default_rng([seed, 1])
+    for _ in range(done * SHARD):  # replay the draws of the full files already written
         sampler.batch_uint8(1)
         _quality(rng)
     for index in range(done, -(-crops // SHARD)):
@@ -83,20 +101,23 @@ def make_targets(
                 rows[key].append(value.to(torch.uint8 if key == "x" else torch.int16))
             rows["quality"].append(quality)
         shard = {k: torch.tensor(v, dtype=torch.float64) if k == "quality" else torch.stack(v) for k, v in rows.items()}
-        shard["effort"] = effort
-        torch.save(shard, out / f"targets-{index:03d}.pt")
+        shard["setup"] = setup
+        path = out / f"targets-{index:03d}.pt"
+        torch.save(shard, path.with_suffix(".tmp"))
+        os.replace(path.with_suffix(".tmp"), path)  # a file is whole or absent
         moved = float((shard["y"] != shard["y0"]).float().mean())
         print(f"targets {index + 1}/{-(-crops // SHARD)}: the search moved {moved:.2%} of y", flush=True)
     return sum(len(torch.load(p)["quality"]) for p in _shards(out))
 
 
-def load_targets(folder: Path) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """``(training, check)``: every targets file of ``folder`` but the first, and the first."""
+def load_targets(folder: Path) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict]:
+    """``(training, check, setup)``: every targets file of ``folder`` but the first, the first, their setup."""
     shards = [torch.load(p) for p in _shards(folder)]
     if len(shards) < 2:
         raise FileNotFoundError(f"{folder}: run 'targets' first (at least {SHARD + 1} crops: one file is kept apart)")
-    keys = ("x", "quality", "y", "z", "y0")
-    return {k: torch.cat([s[k] for s in shards[1:]]) for k in keys}, {k: shards[0][k] for k in keys}
+    keys = ("x", "quality", "y", "z")
+    training = {k: torch.cat([s[k] for s in shards[1:]]) for k in keys}
+    return training, {k: shards[0][k] for k in keys}, shards[0]["setup"]
 
 
 def _encode(model, pixels: torch.Tensor, quality: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -123,17 +144,26 @@ def distillation_loss(value: torch.Tensor, target: torch.Tensor, margin: float) 
 
 @torch.no_grad()
 def agreement(model, targets: dict[str, torch.Tensor]) -> float:
-    """Share of latents that the encoder rounds to the search's choice."""
+    """Share of the latents y that the encoder rounds to the search's choice."""
     y, _ = _encode(model, targets["x"], targets["quality"])
     return float((torch.round(y) == targets["y"].float()).float().mean())
 
 
-def train(args: argparse.Namespace) -> float:
-    """Fine-tune towards the targets; returns the best BD-rate (percent) against the untuned encoder."""
+def train(args: argparse.Namespace) -> float | None:
+    """Fine-tune towards the targets; returns the best BD-rate (percent) against the untuned encoder.
+
+    None when no scored step beat the untuned encoder (then no ``best.safetensors`` is written).
+    The encoder runs under bf16 autocast here, as the search itself does; it is scored in float32,
+    with real files.
+    """
     from ..engine import load_model
     from ..weights import load_weights, save_weights
     from .data import load_rgb
 
+    data, check, setup = load_targets(args.targets or args.out)
+    held_paths = _held_out(args)
+    if setup["held_out"] != sorted(p.name for p in held_paths):
+        raise ValueError("the targets were made with other held-out images than --data/--holdout/--holdout-seed give")
     torch.manual_seed(args.seed)
     base_tensors, base_metadata = load_weights(args.weights)
     model = load_model(args.weights)
@@ -142,49 +172,49 @@ def train(args: argparse.Namespace) -> float:
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=args.lr)
     args.out.mkdir(parents=True, exist_ok=True)
-    data, check = load_targets(args.targets or args.out)
-    held = [load_rgb(p, 512) for p in _held_out(args)[: args.score_images]]
+    held = [load_rgb(p, 512) for p in held_paths[: args.score_images]]
     baseline = score_real(args.weights, held)
-    average, best = encoder_state(model), 0.0
-    log = open(args.out / "distil.csv", "w", newline="")  # one row per scoring, written as it comes
-    rows = csv.writer(log)
-    rows.writerows([["step", "wall_s", "loss", "bd_rate", "agreement"], [0, 0.0, "", 0.0, agreement(model, check)]])
-    print(f"{len(data['quality'])} training crops; agreement before {agreement(model, check):.4%}", flush=True)
+    average, best = encoder_state(model), None
     generator, start, running = torch.Generator().manual_seed(args.seed), time.time(), 0.0
-    for step in range(1, args.steps + 1):
-        for group in optimizer.param_groups:
-            group["lr"] = args.lr * min(1.0, step / 50)
-        pick = torch.randint(len(data["quality"]), (args.batch,), generator=generator)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            y, z = _encode(model, data["x"][pick], data["quality"][pick])
-        loss = distillation_loss(y, data["y"][pick], args.margin) + distillation_loss(z, data["z"][pick], args.margin)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        with torch.no_grad():
-            for name, p in model.named_parameters():
-                if p.requires_grad:
-                    average[name].lerp_(p.detach().float(), 1.0 - args.ema)
-        running = float(loss.detach()) if step == 1 else 0.95 * running + 0.05 * float(loss.detach())
-        if step % args.eval_every and step != args.steps:
-            continue
-        live = encoder_state(model)
-        model.load_state_dict(average, strict=False)
-        notes = {"encoder_update": f"g_a, h_a, log_gain distilled from the effort search, {step} steps"}
-        path = args.out / "last.safetensors"
-        save_weights(path, *tuned_weights(base_tensors, base_metadata, model, notes))
-        scored = score_real(path, held)
-        bd = bd_rate(*[[r[k] for r in rows_] for rows_ in (baseline, scored) for k in ("bpp", "psnr")])
+    with open(args.out / "distil.csv", "w", newline="") as log:  # one row per scoring, written as it comes
+        rows = csv.writer(log)
         agreed = agreement(model, check)
-        rows.writerow([step, round(time.time() - start, 1), round(running, 5), round(bd, 4), agreed])
-        log.flush()
-        model.load_state_dict(live, strict=False)
-        if bd < best:
-            best = bd
-            (args.out / "best.safetensors").write_bytes(path.read_bytes())
-        print(f"step {step}: loss {running:.4f} BD-rate {bd:+.3f}% agreement {agreed:.4%}", flush=True)
-    log.close()
+        rows.writerows([["step", "wall_s", "loss", "bd_rate", "y_agreement"], [0, 0.0, "", 0.0, agreed]])
+        print(f"{len(data['quality'])} training crops; y agreement before {agreed:.4%}", flush=True)
+        for step in range(1, args.steps + 1):
+            for group in optimizer.param_groups:
+                group["lr"] = args.lr * min(1.0, step / 50)
+            pick = torch.randint(len(data["quality"]), (args.batch,), generator=generator)
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                y, z = _encode(model, data["x"][pick], data["quality"][pick])
+            loss = distillation_loss(y, data["y"][pick], args.margin)
+            loss = loss + distillation_loss(z, data["z"][pick], args.margin)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            optimizer.step()
+            with torch.no_grad():
+                for name, p in model.named_parameters():
+                    if p.requires_grad:
+                        average[name].lerp_(p.detach().float(), 1.0 - args.ema)
+            running = float(loss.detach()) if step == 1 else 0.95 * running + 0.05 * float(loss.detach())
+            if step % args.eval_every and step != args.steps:
+                continue
+            live = encoder_state(model)
+            model.load_state_dict(average, strict=False)
+            notes = {"encoder_update": f"g_a, h_a, log_gain distilled from the effort search, {step} steps"}
+            path = args.out / "last.safetensors"
+            save_weights(path, *tuned_weights(base_tensors, base_metadata, model, notes))
+            scored = score_real(path, held)
+            bd = bd_rate(*[[r[k] for r in table] for table in (baseline, scored) for k in ("bpp", "psnr")])
+            agreed = agreement(model, check)
+            model.load_state_dict(live, strict=False)
+            rows.writerow([step, round(time.time() - start, 1), round(running, 5), round(bd, 4), agreed])
+            log.flush()
+            if bd < 0 and (best is None or bd < best):
+                best = bd
+                (args.out / "best.safetensors").write_bytes(path.read_bytes())
+            print(f"step {step}: loss {running:.4f} BD-rate {bd:+.3f}% y agreement {agreed:.4%}", flush=True)
     return best
 
 
@@ -231,14 +261,15 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.command == "targets":
-        training = holdout_split(list_images(args.data), args.holdout, args.holdout_seed)[0]
+        training, held = holdout_split(list_images(args.data), args.holdout, args.holdout_seed)
         model = load_model(args.weights).eval()
-        count = make_targets(
-            model, [load_rgb(p, 512) for p in training], args.out, args.crops, args.effort, args.crop, args.seed
-        )
+        images = [load_rgb(p, 512) for p in training]
+        held_out = tuple(p.name for p in held)
+        count = make_targets(model, images, args.out, args.crops, args.effort, args.crop, args.seed, held_out)
         print(f"{count} crops in {args.out}", flush=True)
     else:
-        print(f"best BD-rate {train(args):+.3f}% against the untuned encoder", flush=True)
+        best = train(args)
+        print("no scored step beat the untuned encoder" if best is None else f"best BD-rate {best:+.3f}%", flush=True)
 
 
 if __name__ == "__main__":
