@@ -240,6 +240,25 @@ def test_rd_end_to_end_tiny(tmp_path: Path):
         assert (out / "rd.png").stat().st_size > 10_000
 
 
+def test_published_curves_are_compared_only_on_their_own_image_set(tmp_path: Path):
+    from pillow_jac.bench import rd
+
+    anchors = tmp_path / "anchors" / "kodak"
+    anchors.mkdir(parents=True)
+    curve = {"name": "paper", "results": {"bpp": [0.5, 1, 2, 4], "psnr-rgb": [25, 30, 35, 40]}}
+    (anchors / f"{rd.DEFAULT_PUBLISHED[0]}.json").write_text(json.dumps(curve))
+    published = {}
+    for name in ("urban20", "kodak"):
+        data = tmp_path / "data" / name
+        data.mkdir(parents=True)
+        Image.fromarray(_tiny_image()).save(data / "img0.png")
+        out = tmp_path / f"out-{name}"
+        rd.main(["--data", str(data), "--out", str(out), "--codecs", "jpeg420", "--ladder", "jpeg420=30,60,90",
+                 "--anchors", str(anchors), "--no-ms-ssim"])  # fmt: skip
+        published[name] = set(json.loads((out / "results.json").read_text())["published"])
+    assert published == {"urban20": set(), "kodak": {rd.DEFAULT_PUBLISHED[0]}}
+
+
 def test_speed_subprocess_measurement(tmp_path: Path):
     from pillow_jac.bench import speed
 

@@ -36,7 +36,7 @@ from PIL import Image
 from . import metrics
 from .codecs import DEFAULT_CODECS, Codec, find_shared, get_codecs, list_images, load_rgb
 
-__all__ = ["main", "run", "average", "bd_table", "load_published", "write_markdown", "plot"]
+__all__ = ["main", "run", "average", "bd_table", "default_published", "load_published", "write_markdown", "plot"]
 
 #: published curves shown by default (file stems in shared/anchors/kodak)
 DEFAULT_PUBLISHED = ("paper-mbt2018", "compressai-mbt2018_mse_cuda", "bpg_444_x265_ycbcr")
@@ -126,6 +126,23 @@ def average(per_image: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
         row["ms_ssim_db"] = metrics.ms_ssim_db(row["ms_ssim"]) if math.isfinite(row["ms_ssim"]) else math.nan
         out.append(row)
     return sorted(out, key=lambda r: r["bpp"])
+
+
+def default_published(data: Path, anchors: Path | None) -> list[str]:
+    """The published curves compared by default: :data:`DEFAULT_PUBLISHED` for the set they were measured on.
+
+    Published curves are means over their own image set (``shared/anchors/kodak``: the 24 Kodak
+    images), so they are compared only when ``data`` is that set (a folder of the anchors' name).
+
+    Example:
+        >>> default_published(Path("shared/data/kodak"), Path("shared/anchors/kodak")) == list(DEFAULT_PUBLISHED)
+        True
+        >>> default_published(Path("shared/data/urban20"), Path("shared/anchors/kodak"))
+        []
+    """
+    if anchors is None or Path(data).resolve().name != Path(anchors).resolve().name:
+        return []
+    return list(DEFAULT_PUBLISHED)
 
 
 def load_published(directory: Path | None, names: Sequence[str]) -> dict[str, dict[str, Any]]:
@@ -460,7 +477,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--anchors", type=Path, default=None, help="published curves (default: shared/anchors/kodak)")
     parser.add_argument(
-        "--published", default=",".join(DEFAULT_PUBLISHED), help="published curve names (file stems), comma-separated"
+        "--published",
+        default=None,
+        help="published curve names (file stems), comma-separated (default: "
+        f"{','.join(DEFAULT_PUBLISHED)} when --data is the anchors' image set, none otherwise)",
     )
     parser.add_argument(
         "--threads", type=int, default=1, help="torch threads (default 1: times here are informational; see speed)"
@@ -474,6 +494,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if data is None:
         parser.error("no --data given and no shared/data/kodak found")
     anchors = args.anchors or find_shared("anchors/kodak")
+    names = default_published(data, anchors) if args.published is None else [p for p in args.published.split(",") if p]
     if args.threads:
         import torch
 
@@ -488,7 +509,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         jac_weights=args.jac_weights,
         ladders=dict(args.ladder),
         published_dir=anchors,
-        published=[p for p in args.published.split(",") if p],
+        published=names,
         with_ms_ssim=not args.no_ms_ssim,
         resume=args.resume,
         max_bpp=args.max_bpp,
