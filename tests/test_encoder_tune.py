@@ -5,46 +5,23 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from PIL import Image
 
 from pillow_jac import codec, container
 from pillow_jac.engine import load_model
-from pillow_jac.model.mbt2018 import JointAutoregressiveHierarchicalPrior, ModelConfig
 from pillow_jac.model.objective import quality_lambda
 from pillow_jac.training import encoder_tune
-from pillow_jac.training.encoder_tune import (
-    CoderRate,
-    coded_forward,
-    coded_loss,
-    estimate_image_bits,
-    is_encoder_key,
-    tuned_weights,
-)
-from pillow_jac.training.freeze import freeze
+from pillow_jac.training.encoder_tune import CoderRate, coded_forward, coded_loss, estimate_image_bits
+from pillow_jac.training.encoder_update import is_encoder_key, tuned_weights
 from pillow_jac.weights import encoder_hash, load_weights, save_weights
-
-
-def synthetic(height: int, width: int, seed: int) -> np.ndarray:
-    """Smooth colour gradients with some texture and noise."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:height, 0:width].astype(np.float64)
-    planes = [
-        128 + 90 * np.sin(xx / (7 + 3 * c) + yy / (11 + c) + rng.uniform(0, 6)) + rng.normal(0, 6, (height, width))
-        for c in range(3)
-    ]
-    return np.clip(np.stack(planes, axis=2), 0, 255).astype(np.uint8)
+from tests.helpers import synthetic, tiny_weights
 
 
 @pytest.fixture(scope="module")
 def base(tmp_path_factory) -> Path:
-    torch.manual_seed(3)
-    model = JointAutoregressiveHierarchicalPrior(ModelConfig(N=8, M=12))
-    path = tmp_path_factory.mktemp("weights") / "tiny.safetensors"
-    save_weights(path, *freeze(model, release=0))
-    return path
+    return tiny_weights(tmp_path_factory.mktemp("weights") / "tiny.safetensors", seed=3)
 
 
 def train_steps(model, rate, steps: int) -> None:

@@ -12,24 +12,18 @@ from PIL import Image
 
 from pillow_jac.constants import EFFORT_ITERATIONS, QUALITY_DENOMINATOR
 from pillow_jac.engine import load_model
-from pillow_jac.model.mbt2018 import JointAutoregressiveHierarchicalPrior, ModelConfig
 from pillow_jac.model.refine import refine_latents
 from pillow_jac.training import search_distil
-from pillow_jac.training.encoder_tune import is_encoder_key
-from pillow_jac.training.freeze import freeze
-from pillow_jac.weights import load_weights, save_weights
-from tests.test_encoder_tune import synthetic
+from pillow_jac.training.encoder_update import is_encoder_key
+from pillow_jac.weights import load_weights
+from tests.helpers import synthetic, tiny_weights
 
 KEYS = ("x", "quality", "y", "z", "y0")
 
 
 @pytest.fixture(scope="module")
 def base(tmp_path_factory) -> Path:
-    torch.manual_seed(5)
-    model = JointAutoregressiveHierarchicalPrior(ModelConfig(N=8, M=12))
-    path = tmp_path_factory.mktemp("weights") / "tiny.safetensors"
-    save_weights(path, *freeze(model, release=0))
-    return path
+    return tiny_weights(tmp_path_factory.mktemp("weights") / "tiny.safetensors", seed=5)
 
 
 @pytest.fixture(autouse=True)

@@ -54,39 +54,17 @@ from ..model.entropy_models import gaussian_likelihood
 from ..model.mbt2018 import JointAutoregressiveHierarchicalPrior
 from ..model.objective import quality_lambda
 from ..weights import SCALE_THRESHOLDS, read_table
+from .encoder_update import (
+    VALIDATION_QUALITIES,
+    bd_against,
+    encoder_state,
+    holdout_split,
+    is_encoder_key,
+    score_real,
+    tuned_weights,
+)
 
-__all__ = [
-    "ENCODER_MODULES",
-    "is_encoder_key",
-    "CoderRate",
-    "coded_forward",
-    "encoder_state",
-    "tuned_weights",
-    "estimate_image_bits",
-    "score_real",
-    "holdout_split",
-    "main",
-]
-
-#: the modules an encoder update may change; everything else in a weights file is the decoder
-ENCODER_MODULES = ("g_a", "h_a", "log_gain")
-#: validation qualities (integers of the 1..8 scale)
-VALIDATION_QUALITIES = (1.0, 3.0, 5.0, 8.0)
-
-
-def is_encoder_key(name: str) -> bool:
-    """Whether a state-dict key (no ``float.`` prefix) belongs to the encoder side.
-
-    Example:
-        >>> [is_encoder_key(k) for k in ("g_a.0.weight", "log_gain", "log_inverse_gain", "h_s.0.bias")]
-        [True, True, False, False]
-    """
-    return name.split(".", 1)[0] in ENCODER_MODULES
-
-
-def encoder_state(model: JointAutoregressiveHierarchicalPrior) -> dict[str, torch.Tensor]:
-    """The encoder-side tensors of a model, detached copies in float32."""
-    return {k: v.detach().float().clone() for k, v in model.state_dict().items() if is_encoder_key(k)}
+__all__ = ["CoderRate", "coded_forward", "coded_loss", "estimate_image_bits", "main"]
 
 
 def _ste_round(v: torch.Tensor) -> torch.Tensor:
@@ -316,125 +294,6 @@ def estimate_image_bits(
     return {k[:-5]: float(v.sum()) for k, v in out.items() if k.endswith("_bits")}
 
 
-def _forget_engine(path: Path) -> None:
-    """Drop the codec's cached engines of ``path`` (every candidate file would otherwise stay in memory)."""
-    from .. import engine
-
-    with engine._LOCK:
-        for key in [k for k in engine._CACHE if k[0] == str(Path(path).resolve())]:
-            del engine._CACHE[key]
-
-
-def score_real(
-    weights: Path,
-    images: list[np.ndarray],
-    qualities: tuple[float, ...] = VALIDATION_QUALITIES,
-    model: JointAutoregressiveHierarchicalPrior | None = None,
-    rate: CoderRate | None = None,
-    checked: int = 6,
-) -> list[dict[str, float]]:
-    """Real bitstreams of ``images`` with a weights file: one row of means per quality.
-
-    Each row holds ``bpp`` (whole file) and ``psnr`` (decoded, 8-bit RGB), and with ``model`` and
-    ``rate`` the training-time estimate of the first ``checked`` images: ``est_bytes`` against
-    their real ``stream_bytes`` (ZSTR + YSTR) and ``file_bytes``, summed over those images.
-    """
-    from .. import codec, container
-    from ..bench.metrics import psnr
-
-    rows = []
-    try:
-        for q in qualities:
-            acc = {"bpp": 0.0, "psnr": 0.0, "est_bytes": 0.0, "stream_bytes": 0.0, "file_bytes": 0.0}
-            for i, image in enumerate(images):
-                data = codec.encode(image, q, weights=weights)
-                decoded = codec.decode(data, weights=weights)
-                acc["bpp"] += len(data) * 8 / (image.shape[0] * image.shape[1])
-                acc["psnr"] += psnr(image, decoded)
-                if model is not None and i < checked:
-                    jac = container.parse(data)
-                    acc["stream_bytes"] += len(jac.z_stream) + len(jac.y_stream)
-                    acc["file_bytes"] += len(data)
-                    acc["est_bytes"] += sum(estimate_image_bits(model, rate, image, q).values()) / 8
-            n = len(images)
-            rows.append({**acc, "quality": q, "bpp": acc["bpp"] / n, "psnr": acc["psnr"] / n})
-    finally:
-        _forget_engine(weights)
-    return rows
-
-
-def _bd(anchor: list[dict], test: list[dict]) -> float:
-    """BD-rate in percent of ``test`` against ``anchor`` (rows of :func:`score_real`); lower is better."""
-    from ..bench.metrics import bd_rate
-
-    return bd_rate(
-        [r["bpp"] for r in anchor], [r["psnr"] for r in anchor], [r["bpp"] for r in test], [r["psnr"] for r in test]
-    )
-
-
-def tuned_weights(
-    base_tensors: dict[str, torch.Tensor],
-    base_metadata: dict[str, str],
-    model: JointAutoregressiveHierarchicalPrior,
-    notes: dict[str, str],
-) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """A complete shipped-format weights file: the base file with only the encoder's tensors replaced.
-
-    Every ``int.*``, ``table.*`` and decoder ``float.*`` tensor is the base file's own; the model's
-    decoder (g_s, z density and inverse gains as floats; h_s, context model and g_ep integerised as
-    freezing does) must equal the base file's byte for byte, else this raises ``AssertionError``.
-    The manifest keeps the base's keys, adds ``notes`` and has its hashes recomputed by the weights
-    module (:func:`pillow_jac.weights.seal`), as freezing does; the decoder and header hashes must
-    come out as the base file's.
-    """
-    from .. import weights
-    from ..model.integer import integerize
-
-    state = model.state_dict()
-    tensors = dict(base_tensors)
-    replaced = set()
-    for key, value in state.items():
-        name = f"float.{key}"
-        if is_encoder_key(key):
-            old = base_tensors[name]
-            new = value.detach().to(old.dtype).contiguous().cpu()
-            assert new.shape == old.shape, f"{name}: shape {tuple(new.shape)} is not the base file's {tuple(old.shape)}"
-            tensors[name] = new
-            replaced.add(name)
-        elif name in base_tensors:  # a decoder tensor stored as float: the model must not have changed it
-            assert torch.equal(value.detach().to(base_tensors[name].dtype).cpu(), base_tensors[name]), (
-                f"decoder tensor {name} differs from the base weights file"
-            )
-    assert replaced == {k for k in base_tensors if k.startswith("float.") and is_encoder_key(k[6:])}
-    for name in json.loads(base_metadata.get("integer_networks", "{}")):  # decoder networks stored as integers
-        for key, value in integerize(getattr(model, name)).tensors(name).items():
-            assert torch.equal(value, base_tensors[key]), f"decoder tensor {key} differs from the base weights file"
-    for name, value in tensors.items():
-        if name not in replaced:
-            assert value is base_tensors[name]
-    metadata = {**base_metadata, **notes}
-    if hasattr(weights, "seal"):  # the manifest's hashes, computed as freezing computes them
-        metadata = weights.seal(tensors, metadata)
-        for key in ("decoder_hash", "weights_hash"):  # the decoder is the base's, so these are too
-            if key in base_metadata:
-                assert metadata[key] == base_metadata[key], f"{key} differs from the base weights file's"
-    else:  # a weights module whose one hash covers every tensor
-        metadata["weights_hash"] = weights.content_hash(tensors).hex()
-    return tensors, metadata
-
-
-def holdout_split(paths: list[Path], count: int, seed: int) -> tuple[list[Path], list[Path]]:
-    """``(training, held_out)``: ``count`` paths drawn with ``seed``, the same for the same list.
-
-    Example:
-        >>> train, held = holdout_split([Path(f"{i}.png") for i in range(10)], 3, seed=0)
-        >>> len(train), len(held), set(train).isdisjoint(held)
-        (7, 3, True)
-    """
-    chosen = set(np.random.default_rng(seed).choice(len(paths), size=count, replace=False).tolist())
-    return [p for i, p in enumerate(paths) if i not in chosen], [p for i, p in enumerate(paths) if i in chosen]
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The command-line options."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -503,6 +362,10 @@ def main(argv: list[str] | None = None) -> None:
     base_tensors, base_metadata = load_weights(args.weights)
     model = load_model(args.weights).to(memory_format=torch.channels_last)
     rate = CoderRate(base_tensors, base_metadata)
+
+    def estimate(tuned: JointAutoregressiveHierarchicalPrior):  # the training-time bits of one image
+        return lambda image, quality: sum(estimate_image_bits(tuned, rate, image, quality).values())
+
     for name, p in model.named_parameters():
         p.requires_grad_(is_encoder_key(name))
     decoder_before = {k: v.clone() for k, v in model.state_dict().items() if not is_encoder_key(k)}
@@ -579,7 +442,7 @@ def main(argv: list[str] | None = None) -> None:
     if baseline is None:
         t0 = time.time()
         with torch.no_grad():
-            baseline = score_real(args.weights, held, model=model.eval(), rate=rate)
+            baseline = score_real(args.weights, held, estimate=estimate(model.eval()))
         print(
             f"baseline (untuned encoder) in {time.time() - t0:.0f} s: "
             + " ".join(f"q{r['quality']:g} {r['bpp']:.4f} bpp {r['psnr']:.2f} dB" for r in baseline),
@@ -603,10 +466,10 @@ def main(argv: list[str] | None = None) -> None:
         try:
             path = candidate(args.out / "candidate.safetensors")
             with torch.no_grad():
-                rows = score_real(path, held, model=model, rate=rate)
+                rows = score_real(path, held, estimate=estimate(model))
         finally:
             model.load_state_dict(live, strict=False)
-        bd = _bd(baseline, rows)
+        bd = bd_against(baseline, rows)
         improved = math.isfinite(bd) and bd < best_bd
         path.replace(args.out / "last.safetensors")
         if improved:

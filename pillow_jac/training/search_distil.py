@@ -33,7 +33,7 @@ import torch
 
 from ..bench.metrics import bd_rate
 from ..constants import EFFORT_ITERATIONS, QUALITY_DENOMINATOR, QUALITY_MAX, QUALITY_MIN
-from .encoder_tune import encoder_state, holdout_split, is_encoder_key, score_real, tuned_weights
+from .encoder_update import encoder_state, holdout_split, is_encoder_key, score_real, tuned_weights
 
 __all__ = ["make_targets", "load_targets", "distillation_loss", "agreement", "main"]
 
