@@ -104,7 +104,8 @@ def test_training_changes_only_the_encoder_and_scores_real_files(base, tmp_path,
     search_distil.main(train)
     rows = list(csv.DictReader(open(out / "distil.csv")))
     assert [r["step"] for r in rows] == ["0", "2", "4"]
-    assert all(0.0 <= float(r["y_agreement"]) <= 1.0 for r in rows[1:])  # scored with real files at each step
+    # scored with real files at each step (the untrained tiny model's curves need not overlap: NaN allowed)
+    assert all(isinstance(float(r["bd_rate"]), float) and 0.0 <= float(r["y_agreement"]) <= 1.0 for r in rows)
     base_tensors, base_meta = load_weights(base)
     last, meta = load_weights(out / "last.safetensors")
     assert meta["decoder_hash"] == base_meta["decoder_hash"]

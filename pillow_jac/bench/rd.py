@@ -230,7 +230,7 @@ def write_markdown(path: Path, results: dict[str, Any]) -> None:
     if meta["images"] != 24 and results["published"]:
         lines += [
             "Published curves are averages over all 24 Kodak images: BD-rates against them are only indicative "
-            f"for this {meta['images']}-image subset.",
+            f"for these {meta['images']} images.",
             "",
         ]
     labels = {name: c["label"] for name, c in results["codecs"].items()}
@@ -352,12 +352,14 @@ def run(
     jac_weights: str | None = None,
     ladders: dict[str, Sequence[float]] | None = None,
     published_dir: Path | None = None,
-    published: Sequence[str] = DEFAULT_PUBLISHED,
+    published: Sequence[str] | None = None,
     with_ms_ssim: bool = True,
     resume: bool = False,
     max_bpp: float = 2.0,
 ) -> dict[str, Any]:
     """Measure, average, compare and write ``results.json``, ``rd.md`` and ``rd.png`` under ``out``.
+
+    ``published`` names the curves of ``published_dir`` to compare with (None: :func:`default_published`).
 
     Returns:
         The results dict written to ``results.json``.
@@ -430,6 +432,8 @@ def run(
                 "per_image": per_image,
                 "average": average(per_image),
             }
+    if published is None:
+        published = default_published(data, published_dir)
     results["published"] = load_published(published_dir, published)
     measured = {name: c["average"] for name, c in results["codecs"].items()}
     results["bd_rate"] = bd_table(measured, results["published"])
@@ -494,7 +498,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if data is None:
         parser.error("no --data given and no shared/data/kodak found")
     anchors = args.anchors or find_shared("anchors/kodak")
-    names = default_published(data, anchors) if args.published is None else [p for p in args.published.split(",") if p]
+    names = None if args.published is None else [p for p in args.published.split(",") if p]
     if args.threads:
         import torch
 

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from ..model.mbt2018 import JointAutoregressiveHierarchicalPrior
+from ..weights import ENCODER_PREFIXES
 
 __all__ = [
     "ENCODER_MODULES",
@@ -32,8 +33,8 @@ __all__ = [
     "holdout_split",
 ]
 
-#: the modules an encoder update may change; everything else in a weights file is the decoder
-ENCODER_MODULES = ("g_a", "h_a", "log_gain")
+#: the modules an encoder update may change (the weights file's encoder tensors); the rest is the decoder
+ENCODER_MODULES = tuple(prefix.removeprefix("float.").rstrip(".") for prefix in ENCODER_PREFIXES)
 #: validation qualities (integers of the 1..8 scale)
 VALIDATION_QUALITIES = (1.0, 3.0, 5.0, 8.0)
 

@@ -31,9 +31,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..bench.metrics import bd_rate
 from ..constants import EFFORT_ITERATIONS, QUALITY_DENOMINATOR, QUALITY_MAX, QUALITY_MIN
-from .encoder_update import encoder_state, holdout_split, is_encoder_key, score_real, tuned_weights
+from .encoder_update import bd_against, encoder_state, holdout_split, is_encoder_key, score_real, tuned_weights
 
 __all__ = ["make_targets", "load_targets", "distillation_loss", "agreement", "main"]
 
@@ -152,7 +151,7 @@ def agreement(model, targets: dict[str, torch.Tensor]) -> float:
 def train(args: argparse.Namespace) -> float | None:
     """Fine-tune towards the targets; returns the best BD-rate (percent) against the untuned encoder.
 
-    None when no scored step beat the untuned encoder (then no ``best.safetensors`` is written).
+    None when no scored step beat the untuned encoder (then ``--out`` holds no ``best.safetensors``).
     The encoder runs under bf16 autocast here, as the search itself does; it is scored in float32,
     with real files.
     """
@@ -172,6 +171,7 @@ def train(args: argparse.Namespace) -> float | None:
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=args.lr)
     args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "best.safetensors").unlink(missing_ok=True)  # only this run's best is kept
     held = [load_rgb(p, 512) for p in held_paths[: args.score_images]]
     baseline = score_real(args.weights, held)
     average, best = encoder_state(model), None
@@ -206,7 +206,7 @@ def train(args: argparse.Namespace) -> float | None:
             path = args.out / "last.safetensors"
             save_weights(path, *tuned_weights(base_tensors, base_metadata, model, notes))
             scored = score_real(path, held)
-            bd = bd_rate(*[[r[k] for r in table] for table in (baseline, scored) for k in ("bpp", "psnr")])
+            bd = bd_against(baseline, scored)
             agreed = agreement(model, check)
             model.load_state_dict(live, strict=False)
             rows.writerow([step, round(time.time() - start, 1), round(running, 5), round(bd, 4), agreed])
