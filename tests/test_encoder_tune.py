@@ -13,7 +13,7 @@ from pillow_jac import codec, container
 from pillow_jac.engine import load_model
 from pillow_jac.model.objective import quality_lambda
 from pillow_jac.training import encoder_tune
-from pillow_jac.training.encoder_tune import CoderRate, coded_forward, coded_loss, estimate_image_bits
+from pillow_jac.training.coded_rate import CoderRate, coded_forward, coded_loss, estimate_image_bits
 from pillow_jac.training.encoder_update import is_encoder_key, tuned_weights
 from pillow_jac.weights import encoder_hash, load_weights, save_weights
 from tests.helpers import synthetic, tiny_weights
