@@ -49,6 +49,7 @@ from .encoder_update import (
     encoder_state,
     holdout_split,
     is_encoder_key,
+    refuse_evaluation_data,
     score_real,
     tuned_weights,
 )
@@ -87,9 +88,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     args = p.parse_args(argv)
-    for forbidden in ("kodak", "urban20"):
-        if forbidden in str(args.data.resolve()).lower():
-            p.error(f"--data {args.data} looks like the {forbidden} evaluation set: never train on it")
+    refuse_evaluation_data(p, args.data)
     return args
 
 

@@ -11,6 +11,7 @@ candidate as a complete weights file whose decoder is the base file's byte for b
 
 from __future__ import annotations
 
+import argparse
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -31,7 +32,11 @@ __all__ = [
     "bd_against",
     "tuned_weights",
     "holdout_split",
+    "refuse_evaluation_data",
 ]
+
+#: names of the evaluation sets (shared/data/kodak, shared/data/urban20): never training data
+EVALUATION_SETS = ("kodak", "urban20")
 
 #: the modules an encoder update may change (the weights file's encoder tensors); the rest is the decoder
 ENCODER_MODULES = tuple(prefix.removeprefix("float.").rstrip(".") for prefix in ENCODER_PREFIXES)
@@ -171,3 +176,10 @@ def holdout_split(paths: list[Path], count: int, seed: int) -> tuple[list[Path],
     """
     chosen = set(np.random.default_rng(seed).choice(len(paths), size=count, replace=False).tolist())
     return [p for i, p in enumerate(paths) if i not in chosen], [p for i, p in enumerate(paths) if i in chosen]
+
+
+def refuse_evaluation_data(parser: argparse.ArgumentParser, data: Path) -> None:
+    """Exit through ``parser`` when ``data`` looks like an evaluation set (Kodak, urban20)."""
+    for forbidden in EVALUATION_SETS:
+        if forbidden in str(data.resolve()).lower():
+            parser.error(f"--data {data} looks like the {forbidden} evaluation set: never train on it")

@@ -32,7 +32,15 @@ import numpy as np
 import torch
 
 from ..constants import EFFORT_ITERATIONS, QUALITY_DENOMINATOR, QUALITY_MAX, QUALITY_MIN
-from .encoder_update import bd_against, encoder_state, holdout_split, is_encoder_key, score_real, tuned_weights
+from .encoder_update import (
+    bd_against,
+    encoder_state,
+    holdout_split,
+    is_encoder_key,
+    refuse_evaluation_data,
+    score_real,
+    tuned_weights,
+)
 
 __all__ = ["make_targets", "load_targets", "distillation_loss", "agreement", "main"]
 
@@ -73,12 +81,13 @@ def make_targets(
         raise ValueError(f"crop must be a multiple of 64 (the latent grid of the codec), got {crop}")
     setup = {"effort": effort, "crop": crop, "seed": seed, "held_out": sorted(held_out)}
     out.mkdir(parents=True, exist_ok=True)
-    done = 0
+    counts = {}  # crops per file, by file name
     for path in _shards(out):
         shard = torch.load(path)
         if shard["setup"] != setup:
             raise ValueError(f"{path} was made with {shard['setup']}, not {setup}: choose another folder")
-        done += len(shard["quality"]) == SHARD
+        counts[path.name] = len(shard["quality"])
+    done = sum(n == SHARD for n in counts.values())
     sampler, rng = CropSampler(images, crop, seed=seed), np.random.default_rng([seed, 1])
     for _ in range(done * SHARD):  # replay the draws of the full files already written
         sampler.batch_uint8(1)
@@ -104,9 +113,10 @@ def make_targets(
         path = out / f"targets-{index:03d}.pt"
         torch.save(shard, path.with_suffix(".tmp"))
         os.replace(path.with_suffix(".tmp"), path)  # a file is whole or absent
+        counts[path.name] = len(shard["quality"])
         moved = float((shard["y"] != shard["y0"]).float().mean())
         print(f"targets {index + 1}/{-(-crops // SHARD)}: the search moved {moved:.2%} of y", flush=True)
-    return sum(len(torch.load(p)["quality"]) for p in _shards(out))
+    return sum(counts.values())
 
 
 def load_targets(folder: Path) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict]:
@@ -247,9 +257,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
-    for forbidden in ("kodak", "urban20"):
-        if forbidden in str(args.data.resolve()).lower():
-            p.error(f"--data {args.data} looks like the {forbidden} evaluation set: never train on it")
+    refuse_evaluation_data(p, args.data)
     return args
 
 
