@@ -590,7 +590,7 @@ def _pillow_open(data: bytes, load: bool) -> Any:
 
 
 def _label(outcome: tuple[str, Any]) -> str:
-    """A short, size-independent label of an outcome, e.g. ``JacFormatError:CRC mismatch in chunk``."""
+    """A short, size-independent label of an outcome, e.g. ``JacDataError:CRC mismatch in chunk``."""
     kind, value = outcome
     if kind == "ok":
         return "ok"

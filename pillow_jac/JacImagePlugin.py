@@ -8,9 +8,11 @@ Opening a file reads and checks the whole container once (standard library only)
 neural decoder, and with it torch, is imported the first time pixels are needed (``load()``,
 ``getpixel``, ``convert``, ``save``, ...), and decodes from what was read at open.
 
-Truncated files: since ``Image.open`` reads the whole container, a file cut short fails there, with
-:class:`~pillow_jac.container.JacTruncatedError`: an ``OSError``, as Pillow's "image file is
-truncated", and a ``ValueError`` like every :class:`~pillow_jac.container.JacFormatError`.
+Damaged and truncated files: since ``Image.open`` reads the whole container, a damaged file fails there,
+with :class:`~pillow_jac.container.JacDataError` (:class:`~pillow_jac.container.JacTruncatedError` for a
+file cut short): an ``OSError``, as Pillow's "broken" and "image file is truncated", and a ``ValueError``
+like every :class:`~pillow_jac.container.JacFormatError`. A stream that does not decode fails on ``load()``
+with :class:`~pillow_jac.entropy_coding.EntropyCodingError`, also both.
 ``ImageFile.LOAD_TRUNCATED_IMAGES`` does not change this: the latents are one range-coded stream in
 which every symbol's probabilities depend on the symbols before it, and the synthesis network spreads
 each latent over many pixels, so the bytes before the cut give no usable part of the image (a
@@ -73,6 +75,7 @@ from __future__ import annotations
 import errno
 import io
 import os
+import stat
 import struct
 from typing import IO, TYPE_CHECKING, Any
 
@@ -131,8 +134,9 @@ def _read_container(
 ) -> container.JacFile:
     """Read a whole ``.jac`` file (after ``header`` when given), turning stray low-level errors into ``OSError``.
 
-    :class:`container.JacFormatError` (a ``ValueError``; :class:`container.NotJacFileError` for a wrong
-    signature) passes through unchanged. Unknown ancillary chunks are kept unless ``keep_unknown`` is False.
+    :class:`container.JacFormatError` passes through unchanged: :class:`container.JacDataError` (an
+    ``OSError`` and a ``ValueError``) for a damaged file, :class:`container.NotJacFileError` for a wrong
+    signature. Unknown ancillary chunks are kept unless ``keep_unknown`` is False.
     """
     try:
         return container.read_file(fp, header, keep_unknown=keep_unknown)
@@ -358,12 +362,18 @@ def _native_mode(im: Image.Image) -> str:
         >>> from PIL import Image
         >>> _native_mode(Image.new("CMYK", (1, 1)))
         'RGB'
+        >>> keyed = Image.new("RGB", (1, 1))
+        >>> keyed.info["transparency"] = (0, 0, 0)  # as PNG's tRNS chunk gives it
+        >>> _native_mode(keyed)
+        'RGBA'
         >>> _native_mode(Image.new("I;16", (1, 1)))  # doctest: +ELLIPSIS
         Traceback (most recent call last):
         ...
         ValueError: cannot write mode I;16 as JAC: ...
     """
     mode = im.mode
+    if mode in ("1", "L", "RGB") and "transparency" in im.info:  # a colour key (PNG tRNS): stored as alpha
+        return "RGBA" if mode == "RGB" else "LA"
     if mode in NATIVE_MODES:
         return mode
     if mode == "P":
@@ -380,12 +390,28 @@ def _native_mode(im: Image.Image) -> str:
     raise ValueError(msg)
 
 
+def _profile_fits(profile: bytes | None, mode: str) -> bool:
+    """Whether an ICC profile can describe pixels stored in ``mode`` (a profile too short to say: True).
+
+    Its data colour space (bytes 16-19 of the profile header, ICC.1 section 7.2.6) must be ``GRAY`` for
+    L and LA, ``RGB `` for RGB and RGBA.
+
+    Example:
+        >>> header = bytes(16) + b"CMYK" + bytes(108)
+        >>> _profile_fits(header, "RGB"), _profile_fits(header.replace(b"CMYK", b"RGB "), "RGBA")
+        (False, True)
+    """
+    if profile is None or len(profile) < 20:
+        return True
+    return profile[16:20] == (b"GRAY" if mode in ("L", "LA") else b"RGB ")
+
+
 def _metadata_bytes(value: Any, name: str) -> bytes | None:
     if value is None:
         return None
     if isinstance(value, Image.Exif):
         value = value.tobytes()
-    if isinstance(value, str):
+    if isinstance(value, str) and name == "xmp":  # XML text; a profile or an EXIF block is binary
         value = value.encode("utf-8")
     if not isinstance(value, (bytes, bytearray, memoryview)):
         msg = f"{name} must be bytes, got {type(value).__name__}"
@@ -438,6 +464,8 @@ def _encode_image(im: Image.Image, encoderinfo: dict[str, Any]) -> bytes:
             except TypeError:
                 meta[name] = None
     mode = _native_mode(im)
+    if "icc_profile" not in encoderinfo and not _profile_fits(meta["icc_profile"], mode):
+        meta["icc_profile"] = None  # e.g. a CMYK image's profile: its pixels are stored as RGB
     if im.mode != mode:
         im = im.convert(mode)
 
@@ -478,10 +506,7 @@ def _write(fp: IO[bytes], data: bytes, filename: str | bytes) -> None:
     flush = getattr(fp, "flush", None)
     if flush is not None:
         flush()  # bytes the caller wrote before go first
-    try:
-        start, fd = fp.tell(), fp.fileno()
-    except (AttributeError, OSError, ValueError):  # not a file (BytesIO, a socket wrapper, ...)
-        start, fd = None, None
+    start, fd = _file_position(fp)
     if fd is not None and data and hasattr(os, "posix_fallocate"):
         try:
             os.posix_fallocate(fd, start, len(data))
@@ -501,6 +526,36 @@ def _write(fp: IO[bytes], data: bytes, filename: str | bytes) -> None:
             except (OSError, ValueError):
                 pass
         raise
+
+
+def _file_position(fp: IO[bytes]) -> tuple[int | None, int | None]:
+    """``(offset, fd)``: where in the regular file behind ``fp`` its next write lands; ``(None, None)`` if unknown.
+
+    Unknown for what is not a regular file (BytesIO, a pipe, a socket), and for a wrapper whose positions
+    are not its file's (``gzip.open``, ``bz2.open``: ``tell()`` counts the bytes before compression). A
+    file opened for appending writes at its end, whatever its position says (a shell's ``>>``).
+    """
+    try:
+        start, fd = fp.tell(), fp.fileno()
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return None, None
+        if _appends(fd):
+            return st.st_size, fd
+        if os.lseek(fd, 0, os.SEEK_CUR) != start:
+            return None, None
+    except (AttributeError, OSError, ValueError):  # not a file (BytesIO, a socket wrapper, ...)
+        return None, None
+    return start, fd
+
+
+def _appends(fd: int) -> bool:
+    """Whether ``fd`` was opened with ``O_APPEND`` (False where the platform cannot say)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        return False
+    return bool(fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_APPEND)
 
 
 def _save_all(im: Image.Image, fp: IO[bytes], filename: str | bytes) -> None:

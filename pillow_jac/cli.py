@@ -13,12 +13,13 @@ Commands::
 (:mod:`pillow_jac.targets`): the largest whose file fits, or the smallest that reaches the PSNR.
 
 Exit status: 0 on success, 1 on any error (one line ``jac: error: ...`` on stderr, no traceback),
-2 for command line usage errors (argparse's convention), 130 when interrupted.
+2 for command line usage errors (argparse's convention), 130 when interrupted, 143 when terminated.
 
-Outputs are written to a temporary file next to the target and renamed into place, so a failed or
-interrupted command never leaves a partial or truncated output file. An output is never the input file
-(also through another path or a link), and ``encode`` writes only names ending in ``.jac`` unless
-``--force`` is given.
+Outputs are encoded in memory, then written to a temporary file next to the target and renamed into
+place, so a failed, interrupted or terminated command never leaves a partial or truncated output file.
+An output is never the input file (also through another path or a link), and ``encode`` writes only
+names ending in ``.jac`` unless ``--force`` is given. ``-`` reads standard input or writes standard
+output (:mod:`pillow_jac.conversion`).
 
 Example:
     >>> args = build_parser().parse_args(["encode", "photo.png", "photo.jac", "-q", "2.5"])
@@ -94,6 +95,16 @@ def _psnr(text: str) -> float:
         value = float("nan")
     if not 0 < value < float("inf"):
         raise argparse.ArgumentTypeError(f"PSNR must be a positive number of dB, got {text!r}")
+    return value
+
+
+def _jobs(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, got {text!r}")
     return value
 
 
@@ -368,8 +379,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Encode any image Pillow reads to .jac. OUTPUT must end in .jac unless --force is given, "
         "and is never the input file.",
     )
-    p.add_argument("input", type=Path, help="input image (PNG, JPEG, ...)")
-    p.add_argument("output", type=Path, help="output .jac file")
+    p.add_argument("input", type=Path, help="input image (PNG, JPEG, ...); - reads standard input")
+    p.add_argument("output", type=Path, help="output .jac file; - writes standard output")
     add_quality(p)
     p.add_argument("--strip", action="store_true", help="drop ICC profile, EXIF and XMP (kept by default)")
     p.add_argument("--force", action="store_true", help="write OUTPUT even if its name does not end in .jac")
@@ -382,8 +393,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Decode a .jac file to the format named by OUTPUT's extension (PNG recommended). "
         "ICC profile, EXIF and XMP are passed on where the output format supports them.",
     )
-    p.add_argument("input", type=Path, help="input .jac file")
-    p.add_argument("output", type=Path, help="output image, e.g. out.png")
+    p.add_argument("input", type=Path, help="input .jac file; - reads standard input")
+    p.add_argument("output", type=Path, help="output image, e.g. out.png; - writes PNG to standard output")
     add_device(p)
 
     p = sub.add_parser("models", help="list the installed decoder generations (fast: runs no decoder)")
@@ -405,7 +416,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "-j",
         "--jobs",
-        type=int,
+        type=_jobs,
         default=None,
         metavar="N",
         help="worker processes (default 1); with --ray, Ray workers (default: one per CPU of the cluster, "
@@ -458,14 +469,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     Args:
         argv: arguments without the program name; ``sys.argv[1:]`` when None.
 
+    SIGTERM (``kill``, ``timeout``, ``docker stop``) stops it as Ctrl-C does: the file being written is
+    removed, and the status is 143 (128 + SIGTERM), as if the signal had ended the process.
+
     Returns:
-        0 on success, 1 on error, 130 when interrupted. Usage errors raise ``SystemExit(2)`` from argparse.
+        0 on success, 1 on error, 130 when interrupted, 143 when terminated. Usage errors raise
+        ``SystemExit(2)`` from argparse.
     """
     args = build_parser().parse_args(argv)
+    previous = _on_sigterm(_terminate)
     try:
         with warnings.catch_warnings():
             warnings.showwarning = _show_warning
             _run(args)
+    except _Terminated:
+        print(f"{PROG}: terminated", file=sys.stderr)
+        return 128 + signal.SIGTERM
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
@@ -474,7 +493,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BaseException as e:  # one line, no traceback
         print(f"{PROG}: error: {one_line(e)}", file=sys.stderr)
         return 1
+    finally:
+        _on_sigterm(previous)
     return 0
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread so that it unwinds (and cleans up) as Ctrl-C does."""
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    raise _Terminated
+
+
+def _on_sigterm(handler: Any) -> Any:
+    """Install ``handler`` for SIGTERM and return the one it replaces (None, changing nothing, off the main thread)."""
+    if handler is None or threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, handler)
 
 
 def _run(args: argparse.Namespace) -> None:
@@ -512,8 +548,6 @@ def _run(args: argparse.Namespace) -> None:
         else:
             _print_info(info)
     elif args.command == "batch":
-        if args.jobs is not None and args.jobs < 1:
-            raise CliError("-j/--jobs must be at least 1")
         if args.ray is not None:
             _run_ray_batch(args)
             return

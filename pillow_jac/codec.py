@@ -44,8 +44,11 @@ from .constants import (
 __all__ = ["encode", "decode", "encode_symbols", "decode_symbols", "CodecError", "encode_batch", "decode_batch"]
 
 
-class CodecError(ValueError):
-    """A file cannot be decoded by this installation (wrong model, corrupt stream)."""
+class CodecError(ValueError, OSError):
+    """A file cannot be decoded by this installation (wrong model, corrupt stream).
+
+    A :class:`ValueError`, and an :class:`OSError` as Pillow reports an image it cannot decode.
+    """
 
 
 def _as_array(image) -> tuple[np.ndarray, str]:

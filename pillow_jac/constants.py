@@ -7,6 +7,7 @@ section "Versions") and regenerate the test vectors. Standard library only: the 
 from __future__ import annotations
 
 import numbers
+import operator
 
 #: 8-byte signature (SPEC.md section 2). Byte 1 is 'J', so no TGA-style reader can claim it.
 MAGIC = b"\x8bJAC\r\n\x1a\n"
@@ -103,13 +104,20 @@ def validate_quality(quality: float) -> float:
 def validate_effort(effort: int) -> int:
     """Return ``effort`` as an int in ``0..MAX_EFFORT`` or raise ``ValueError``.
 
+    Any integer type is accepted (``numpy.int64`` too, whatever :func:`operator.index` takes), but not ``bool``.
+
     Example:
-        >>> validate_effort(2)
-        2
+        >>> import numpy as np
+        >>> validate_effort(2), validate_effort(np.int64(1))
+        (2, 1)
     """
-    if isinstance(effort, bool) or not isinstance(effort, int) or not 0 <= effort <= MAX_EFFORT:
+    try:
+        value = None if isinstance(effort, bool) else operator.index(effort)
+    except TypeError:
+        value = None
+    if value is None or not 0 <= value <= MAX_EFFORT:
         raise ValueError(f"effort must be an integer from 0 (fastest) to {MAX_EFFORT} (smallest files), got {effort!r}")
-    return effort
+    return value
 
 
 # Container (SPEC.md sections 3-5 and 8). Chunk types are 4 bytes: an uppercase first letter marks a

@@ -17,8 +17,11 @@ Errors:
 * :class:`JacFormatError` (a :class:`ValueError`): the data cannot be read as a ``.jac`` file.
 * :class:`NotJacFileError`, a :class:`JacFormatError`: the data does not start with the JAC signature
   (SPEC.md section 2). It is also a :class:`SyntaxError`, Pillow's "not my format".
-* :class:`JacTruncatedError`, a :class:`JacFormatError`: the data ends before the file does. It is
-  also an :class:`OSError`, as Pillow's "image file is truncated".
+* :class:`JacDataError`, a :class:`JacFormatError`: the data has the signature but cannot be read (a
+  damaged chunk, a malformed header, a part that needs a newer decoder). It is also an :class:`OSError`,
+  as Pillow reports a broken image file.
+* :class:`JacTruncatedError`, a :class:`JacDataError`: the data ends before the file does, as Pillow's
+  "image file is truncated".
 * :class:`ValueError`: :func:`serialize` was given an invalid :class:`JacFile`.
 """
 
@@ -40,6 +43,7 @@ MAGIC = C.MAGIC
 __all__ = [
     "MAGIC",
     "JacFormatError",
+    "JacDataError",
     "NotJacFileError",
     "JacTruncatedError",
     "JacHeader",
@@ -108,11 +112,20 @@ class NotJacFileError(JacFormatError, SyntaxError):
         SyntaxError.__init__(self, msg)  # SyntaxError.__str__ shows its msg field
 
 
-class JacTruncatedError(JacFormatError, OSError):
-    """The data ends before the file does (a missing chunk, or a length beyond the end of the data).
+class JacDataError(JacFormatError, OSError):
+    """The data starts with the JAC signature but cannot be read: damaged, malformed or too new.
 
     A :class:`ValueError` like every :class:`JacFormatError`, and an :class:`OSError`, what Pillow
-    raises for a truncated image file.
+    raises for a broken image file: ``except (UnidentifiedImageError, OSError)`` skips it like a
+    damaged PNG.
+    """
+
+
+class JacTruncatedError(JacDataError):
+    """The data ends before the file does (a missing chunk, or a length beyond the end of the data).
+
+    An :class:`OSError` and a :class:`ValueError` like every :class:`JacDataError`, what Pillow raises
+    for a truncated image file.
     """
 
 
@@ -659,13 +672,13 @@ def _read_chunk(
     """
     length, ctype = _CHUNK_HEAD.unpack(r.read(_CHUNK_HEAD.size, "chunk header", at_eof=at_eof))
     if _TYPE.fullmatch(ctype) is None:
-        raise JacFormatError(f"invalid chunk type {ctype!r}: not 4 ASCII letters (file corrupt?)")
+        raise JacDataError(f"invalid chunk type {ctype!r}: not 4 ASCII letters (file corrupt?)")
     if length > C.MAX_CHUNK_BYTES:
         name = _type_name(ctype)
-        raise JacFormatError(f"chunk {name} declares {length} bytes, more than the limit of {C.MAX_CHUNK_BYTES}")
+        raise JacDataError(f"chunk {name} declares {length} bytes, more than the limit of {C.MAX_CHUNK_BYTES}")
     want = expected_length.get(ctype)
     if want is not None and length != want:
-        raise JacFormatError(f"chunk {_type_name(ctype)} is {length} bytes but must be {want} bytes")
+        raise JacDataError(f"chunk {_type_name(ctype)} is {length} bytes but must be {want} bytes")
     kept = keep is None or ctype in keep
     if length <= _READ_PIECE - _U32.size and r.remaining is not None and length + _U32.size <= r.remaining:
         # data and CRC in one read, when they are known to be there (else the reads below name what is missing)
@@ -682,7 +695,7 @@ def _read_chunk(
             crc = r.crc(length, zlib.crc32(ctype), "chunk {} data", ctype)
         (stored,) = _U32.unpack(r.read(_U32.size, "CRC of chunk {}", ctype))
     if stored != crc:
-        raise JacFormatError(f"CRC mismatch in chunk {_type_name(ctype)}: the file is corrupt")
+        raise JacDataError(f"CRC mismatch in chunk {_type_name(ctype)}: the file is corrupt")
     return ctype, data
 
 
@@ -692,14 +705,14 @@ def _unpack_header(data: bytes) -> JacHeader:
     )
     problem = _version_problem((major, minor))
     if problem:
-        raise JacFormatError(problem)
+        raise JacDataError(problem)
     if flags != 0:
-        raise JacFormatError(f"JHDR flags are {flags:#04x} but must be 0 in version {major}.x (newer file?)")
+        raise JacDataError(f"JHDR flags are {flags:#04x} but must be 0 in version {major}.x (newer file?)")
     if layout >= len(C.LAYOUTS):
-        raise JacFormatError(f"unknown layout code {layout} in JHDR (known: 0-{len(C.LAYOUTS) - 1})")
+        raise JacDataError(f"unknown layout code {layout} in JHDR (known: 0-{len(C.LAYOUTS) - 1})")
     mid = model_id.rstrip(b"\0")
     if not mid or not all(0x20 <= b <= 0x7E for b in mid):
-        raise JacFormatError(f"model_id {model_id!r} is not 1 to 16 printable ASCII characters padded with NULs")
+        raise JacDataError(f"model_id {model_id!r} is not 1 to 16 printable ASCII characters padded with NULs")
     header = JacHeader(
         version=(major, minor),
         width=width,
@@ -715,7 +728,7 @@ def _unpack_header(data: bytes) -> JacHeader:
     )
     problem = _header_problem(header)
     if problem:
-        raise JacFormatError(f"invalid JHDR: {problem}")
+        raise JacDataError(f"invalid JHDR: {problem}")
     return header
 
 
@@ -736,13 +749,13 @@ def _read_jhdr(r: _Reader) -> JacHeader:
     at_eof = "truncated JAC file: no JHDR chunk after the signature"
     length, ctype = _CHUNK_HEAD.unpack(r.read(_CHUNK_HEAD.size, "JHDR chunk header", at_eof=at_eof))
     if ctype != C.CHUNK_JHDR:
-        raise JacFormatError(f"the first chunk must be JHDR, found {ctype!r}")
+        raise JacDataError(f"the first chunk must be JHDR, found {ctype!r}")
     if length != C.JHDR_LENGTH:
-        raise JacFormatError(f"chunk 'JHDR' is {length} bytes but must be {C.JHDR_LENGTH} bytes")
+        raise JacDataError(f"chunk 'JHDR' is {length} bytes but must be {C.JHDR_LENGTH} bytes")
     data = r.read(length, "chunk 'JHDR' data")
     (crc,) = _U32.unpack(r.read(_U32.size, "CRC of chunk 'JHDR'"))
     if crc != _crc(ctype, data):
-        raise JacFormatError("CRC mismatch in chunk 'JHDR': the file is corrupt")
+        raise JacDataError("CRC mismatch in chunk 'JHDR': the file is corrupt")
     return _unpack_header(data)
 
 
@@ -760,7 +773,7 @@ def read_header(fp: BinaryIO) -> JacHeader:
 
     Raises:
         NotJacFileError: the data does not start with the JAC signature.
-        JacFormatError: the JHDR chunk is missing, truncated, corrupt or invalid.
+        JacDataError: the JHDR chunk is missing, truncated, corrupt or invalid.
 
     Example:
         >>> import io
@@ -797,7 +810,7 @@ def read_file(fp: BinaryIO, header: JacHeader | None = None, *, keep_unknown: bo
 
     Raises:
         NotJacFileError: the data does not start with the JAC signature.
-        JacFormatError: the file is malformed; the message names the cause.
+        JacDataError: the file is malformed; the message names the cause.
 
     Example:
         >>> import io
@@ -831,32 +844,32 @@ def read_file(fp: BinaryIO, header: JacHeader | None = None, *, keep_unknown: bo
             found.setdefault(ctype, data)
         elif ctype in _KNOWN:
             if ctype in found or ctype == C.CHUNK_JHDR:
-                raise JacFormatError(f"duplicate chunk {_type_name(ctype)}")
+                raise JacDataError(f"duplicate chunk {_type_name(ctype)}")
             if ctype == C.CHUNK_JEND:
                 break
             found[ctype] = data
         elif _is_critical(ctype):
-            raise JacFormatError(f"unknown critical chunk {_type_name(ctype)}: the file needs a newer decoder")
+            raise JacDataError(f"unknown critical chunk {_type_name(ctype)}: the file needs a newer decoder")
         elif data is not None:
             unknown.append((ctype, data))
     if not r.at_end():
-        raise JacFormatError("unexpected data after the JEND chunk")
+        raise JacDataError("unexpected data after the JEND chunk")
     for ctype in (C.CHUNK_ZSTR, C.CHUNK_YSTR):
         if ctype not in found:
-            raise JacFormatError(f"missing {_type_name(ctype)} chunk")
+            raise JacDataError(f"missing {_type_name(ctype)} chunk")
     alpha: bytes | None = None
     alpha_method = C.ALPHA_METHOD_ZLIB
     if header.has_alpha:
         if C.CHUNK_ALPH not in found:
-            raise JacFormatError(f"missing 'ALPH' chunk: layout {header.layout} has an alpha channel")
+            raise JacDataError(f"missing 'ALPH' chunk: layout {header.layout} has an alpha channel")
         chunk = found[C.CHUNK_ALPH]
         if not chunk:
-            raise JacFormatError("chunk 'ALPH' is empty: it must start with a method byte")
+            raise JacDataError("chunk 'ALPH' is empty: it must start with a method byte")
         alpha_method, alpha = chunk[0], chunk[1:]
         if alpha_method not in _ALPHA_METHODS:
-            raise JacFormatError(f"unknown alpha method {alpha_method} in chunk 'ALPH'")
+            raise JacDataError(f"unknown alpha method {alpha_method} in chunk 'ALPH'")
     elif C.CHUNK_ALPH in found:
-        raise JacFormatError(f"chunk 'ALPH' is not allowed: layout {header.layout} has no alpha channel")
+        raise JacDataError(f"chunk 'ALPH' is not allowed: layout {header.layout} has no alpha channel")
     return JacFile(
         header=header,
         z_stream=found[C.CHUNK_ZSTR],
@@ -883,7 +896,7 @@ def parse(data: bytes, *, keep_unknown: bool = False) -> JacFile:
 
     Raises:
         NotJacFileError: ``data`` does not start with the JAC signature.
-        JacFormatError: the file is malformed; the message names the cause.
+        JacDataError: the file is malformed; the message names the cause.
 
     Example:
         >>> jac = JacFile.create(width=64, height=48, layout="RGB", quality=4, model_id="demo",
@@ -916,7 +929,7 @@ def read(
 
     Raises:
         NotJacFileError: the data does not start with the JAC signature (a :class:`JacFormatError`).
-        JacFormatError: the file is malformed (:class:`JacTruncatedError` when it is cut short).
+        JacDataError: the file is malformed (:class:`JacTruncatedError` when it is cut short).
         OSError: the path cannot be opened or read.
 
     Example:
@@ -1039,7 +1052,7 @@ def decompress_alpha(method: int, payload: bytes, width: int, height: int) -> by
         The raw alpha plane, row-major, one byte per pixel.
 
     Raises:
-        JacFormatError: unknown method, or the payload is not one complete zlib stream of exactly
+        JacDataError: unknown method, or the payload is not one complete zlib stream of exactly
             ``width * height`` bytes.
 
     Example:
@@ -1048,18 +1061,18 @@ def decompress_alpha(method: int, payload: bytes, width: int, height: int) -> by
     """
     n = _check_dims(width, height)
     if method != C.ALPHA_METHOD_ZLIB:
-        raise JacFormatError(f"unknown alpha method {method}")
+        raise JacDataError(f"unknown alpha method {method}")
     d = zlib.decompressobj()
     try:
         out = d.decompress(payload, n + 1)
     except zlib.error as exc:
-        raise JacFormatError(f"corrupt alpha plane: {exc}") from None
+        raise JacDataError(f"corrupt alpha plane: {exc}") from None
     if len(out) > n:
-        raise JacFormatError(f"alpha plane decompresses to more than {width}x{height} = {n} bytes")
+        raise JacDataError(f"alpha plane decompresses to more than {width}x{height} = {n} bytes")
     if not d.eof:
-        raise JacFormatError("truncated alpha plane: the zlib stream does not end")
+        raise JacDataError("truncated alpha plane: the zlib stream does not end")
     if len(out) < n:
-        raise JacFormatError(f"alpha plane decompresses to {len(out)} bytes, expected {width}x{height} = {n}")
+        raise JacDataError(f"alpha plane decompresses to {len(out)} bytes, expected {width}x{height} = {n}")
     if d.unused_data:
-        raise JacFormatError(f"{len(d.unused_data)} unexpected bytes after the alpha plane's zlib stream")
+        raise JacDataError(f"{len(d.unused_data)} unexpected bytes after the alpha plane's zlib stream")
     return out

@@ -1,14 +1,17 @@
 """Converting one file: image -> ``.jac`` and ``.jac`` -> image, as ``jac`` and the Ray workers do it.
 
 The per-file work that the command line (:mod:`pillow_jac.cli`) and the distributed batch
-(:mod:`pillow_jac.distributed`) share, on the public API only (``PIL.Image.open``, :func:`pillow_jac.save`,
-:func:`pillow_jac.container.read`, :func:`pillow_jac.decode`): the outputs are written atomically, an output is
-never its input, and errors come as one line (:func:`one_line`).
+(:mod:`pillow_jac.distributed`) share, on the public API only (``PIL.Image.open``, ``Image.save``,
+:func:`pillow_jac.container.read`, :func:`pillow_jac.decode`, :func:`pillow_jac.files.write_atomic`): an output
+is encoded in memory, then written atomically; an output is never its input; ``-`` stands for standard
+input or output; and errors come as one line (:func:`one_line`).
 """
 
 from __future__ import annotations
 
+import io
 import os
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -19,6 +22,7 @@ from .constants import DEFAULT_EFFORT
 from .files import write_atomic
 
 __all__ = [
+    "STDIO",
     "ConversionError",
     "encode_file",
     "decode_file",
@@ -48,8 +52,35 @@ def _pillow_format_for(path: Path) -> str:
     return fmt
 
 
+#: the file name that stands for standard input (as an input) or standard output (as an output)
+STDIO = "-"
+
+
+def _is_stdio(path: Path | str) -> bool:
+    return str(path) == STDIO
+
+
+def _stdout() -> IO[bytes]:
+    """Standard output for image data; a terminal is refused (before any encoding), as compressors do."""
+    out = sys.stdout.buffer
+    if out.isatty():
+        raise ConversionError(f"{STDIO}: refusing to write image data to a terminal; redirect or pipe it")
+    return out
+
+
+def _emit(dst: Path, data: bytes, out: IO[bytes] | None) -> None:
+    """Write a complete output: to ``out`` (standard output) when given, else atomically to ``dst``."""
+    if out is None:
+        write_atomic(dst, lambda f: f.write(data))
+    else:
+        out.write(data)
+        out.flush()
+
+
 def _check_output(src: Path, dst: Path) -> None:
     """Refuse to write over the input: the same file, whatever the path (links, ``..``, hard links)."""
+    if _is_stdio(src) or _is_stdio(dst):
+        return
     try:
         same = os.path.samefile(src, dst)
     except OSError:  # one of them does not exist (a missing input is reported when it is read)
@@ -75,19 +106,28 @@ def encode_file(
     """Encode any image Pillow can read to ``dst`` (``.jac``); return the bytes written.
 
     ``target_size`` or ``target_psnr`` replace ``quality`` (:mod:`pillow_jac.targets`); ``preview`` also
-    stores a preview (SPEC.md section 5.4).
+    stores a preview (SPEC.md section 5.4). ``src`` or ``dst`` :data:`STDIO` reads standard input or writes
+    standard output.
 
     Raises:
-        ConversionError: ``dst`` is ``src``, or its name does not end in ``.jac`` and ``force`` is false.
+        ConversionError: ``dst`` is ``src``, its name does not end in ``.jac`` and ``force`` is false, standard
+            output is a terminal, or standard input holds no image Pillow reads.
     """
     from PIL import Image
 
-    from .files import save
+    from .JacImagePlugin import JacImageFile
 
     _check_output(src, dst)
-    if dst.suffix.lower() != ".jac" and not force:
+    out = _stdout() if _is_stdio(dst) else None
+    if out is None and dst.suffix.lower() != ".jac" and not force:
         raise ConversionError(f"{dst}: a JAC file's name should end in .jac (use --force to write it anyway)")
-    with Image.open(src) as im:
+    try:
+        im = Image.open(io.BytesIO(sys.stdin.buffer.read()) if _is_stdio(src) else src)
+    except Image.UnidentifiedImageError as e:
+        if not _is_stdio(src):
+            raise
+        raise ConversionError(f"{STDIO}: standard input is not an image Pillow can read") from e
+    with im:
         im.load()
         options: dict[str, Any] = {"quality": quality, "effort": effort, "device": device, "model": model}
         if target_size is not None or target_psnr is not None:
@@ -97,26 +137,35 @@ def encode_file(
             options["preview"] = True
         if strip:
             options.update(icc_profile=None, exif=None, xmp=None)
-        save(im, dst, **options)
-    return os.path.getsize(dst)
+        encoded = io.BytesIO()
+        im.save(encoded, format=JacImageFile.format, **options)
+    _emit(dst, encoded.getvalue(), out)
+    return len(encoded.getvalue())
 
 
 def read_jac(path: Path, keep_unknown: bool = False) -> container.JacFile:
-    """Read a ``.jac`` file's container (no torch); a malformed file is a :class:`ConversionError` naming ``path``."""
+    """Read a ``.jac`` file's container (no torch); a malformed file is a :class:`ConversionError` naming ``path``.
+
+    ``path`` :data:`STDIO` reads standard input.
+    """
     try:
-        return container.read(path, keep_unknown=keep_unknown)
+        return container.read(sys.stdin.buffer.read() if _is_stdio(path) else path, keep_unknown=keep_unknown)
     except container.JacFormatError as e:
         raise ConversionError(f"{path}: {e}") from e
 
 
 def decode_file(src: Path, dst: Path, *, device: str | None = None) -> None:
-    """Decode ``src`` (``.jac``) and save it in the format ``dst``'s extension names, with its metadata."""
+    """Decode ``src`` (``.jac``) and save it in the format ``dst``'s extension names, with its metadata.
+
+    ``src`` :data:`STDIO` reads standard input; ``dst`` :data:`STDIO` writes PNG to standard output.
+    """
     from PIL import Image
 
     from .codec import decode
 
     _check_output(src, dst)
-    fmt = _pillow_format_for(dst)
+    out = _stdout() if _is_stdio(dst) else None
+    fmt = "PNG" if out is not None else _pillow_format_for(dst)
     jac = read_jac(src)
     pixels_in_file, limit = jac.size[0] * jac.size[1], Image.MAX_IMAGE_PIXELS
     if limit is not None and limit < pixels_in_file <= 2 * limit:  # as Image.open warns; decode() refuses more
@@ -142,7 +191,9 @@ def decode_file(src: Path, dst: Path, *, device: str | None = None) -> None:
         options["quality"] = 95
     if fmt == "JPEG" and im.mode in ("LA", "RGBA"):
         im = im.convert(im.mode[:-1])
-    write_atomic(dst, lambda f: im.save(f, format=fmt, **options))
+    encoded = io.BytesIO()
+    im.save(encoded, format=fmt, **options)
+    _emit(dst, encoded.getvalue(), out)
 
 
 def batch_inputs(in_dir: Path, to: str, recursive: bool) -> list[Path]:

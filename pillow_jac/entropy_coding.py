@@ -51,8 +51,11 @@ STATE_SLACK_BITS = 128
 _Categorical = constriction.stream.model.Categorical
 
 
-class EntropyCodingError(ValueError):
-    """A stream does not decode: it is corrupt, truncated or was written with other tables."""
+class EntropyCodingError(ValueError, OSError):
+    """A stream does not decode: it is corrupt, truncated or was written with other tables.
+
+    A :class:`ValueError`, and an :class:`OSError` as Pillow reports a broken data stream.
+    """
 
 
 def scale_table() -> np.ndarray:

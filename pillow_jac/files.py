@@ -46,9 +46,16 @@ def write_atomic(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) ->
     the file it points to is replaced. The temporary file's name is short (``.jac-``, 8 hex digits,
     ``.tmp``), so any name the file system allows for ``path`` works, and errors name ``path``.
 
+    What exists at ``path`` but is not a regular file (``/dev/null``, ``/dev/stdout``, a named pipe) is
+    written into directly: it has no content to keep, and a rename would replace it.
+
     Raises:
         OSError: ``path`` cannot be written (the error's ``filename`` is ``path``), or ``write`` raised it.
     """
+    if _is_special(path):
+        with open(path, "wb") as f:
+            write(f)
+        return
     path = Path(os.path.realpath(path)) if os.path.islink(path) else Path(path)
     mode = _existing_mode(path)
     fd, tmp = _create_temporary(path)
@@ -70,6 +77,15 @@ def write_atomic(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) ->
         except OSError:
             pass
         raise
+
+
+def _is_special(path: str | os.PathLike) -> bool:
+    """Whether ``path`` (links followed) exists and is not a regular file or a folder: a device, a pipe, a socket."""
+    try:
+        st = os.stat(path)
+    except (OSError, ValueError):
+        return False
+    return not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode))
 
 
 def _existing_mode(path: Path) -> int | None:
@@ -118,4 +134,5 @@ def save(image: Any, path: str | os.PathLike, **options: Any) -> None:
     """
     from . import JacImagePlugin
 
-    write_atomic(path, lambda f: image.save(f, format=JacImagePlugin.JacImageFile.format, **options))
+    data = JacImagePlugin.encode_image(image, **options)  # before the temporary file exists
+    write_atomic(path, lambda f: f.write(data))

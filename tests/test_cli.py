@@ -190,6 +190,82 @@ def test_failed_encode_keeps_existing_output(png: Path, tmp_path: Path, monkeypa
     assert out.read_bytes() == b"previous content"
 
 
+@pytest.mark.skipif(os.name != "posix", reason="POSIX signals")
+@pytest.mark.parametrize("while_", ["encoding", "writing"])
+def test_sigterm_stops_like_ctrl_c(png: Path, tmp_path: Path, monkeypatch, capsys, while_: str) -> None:
+    """SIGTERM (kill, timeout, docker stop) mid-encode or mid-write: status 143, nothing left in the output folder."""
+    from pillow_jac import codec, files
+
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    real_encode, real_write = codec.encode, files.write_atomic
+
+    def encode(*args, **kwargs):
+        if while_ == "encoding":
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real_encode(*args, **kwargs)
+
+    def write_atomic(path, write):
+        def killed(f):
+            f.write(b"partial")
+            os.kill(os.getpid(), signal.SIGTERM)
+            write(f)
+
+        real_write(path, killed if while_ == "writing" else write)
+
+    monkeypatch.setattr(codec, "encode", encode)
+    monkeypatch.setattr("pillow_jac.conversion.write_atomic", write_atomic)
+    before = signal.getsignal(signal.SIGTERM)
+    assert main(["encode", str(png), str(out_dir / "o.jac")]) == 128 + signal.SIGTERM
+    assert capsys.readouterr().err.strip() == "jac: terminated"
+    assert list(out_dir.iterdir()) == []
+    assert signal.getsignal(signal.SIGTERM) is before  # main() puts the handler back
+
+
+def test_standard_input_and_output(png: Path, tmp_path: Path, monkeypatch, capsysbinary) -> None:
+    """``-`` reads standard input and writes standard output, byte for byte what a file would get."""
+    import io
+
+    assert main(["encode", str(png), str(tmp_path / "file.jac")]) == 0
+    capsysbinary.readouterr()
+    assert main(["encode", str(png), "-"]) == 0
+    piped = capsysbinary.readouterr().out
+    assert piped == (tmp_path / "file.jac").read_bytes()
+    assert not Path("-").exists()
+
+    monkeypatch.setattr(sys, "stdin", type("Stdin", (), {"buffer": io.BytesIO(piped)})())
+    assert main(["decode", "-", "-"]) == 0
+    decoded = capsysbinary.readouterr().out
+    assert decoded.startswith(b"\x89PNG")
+    with Image.open(io.BytesIO(decoded)) as im, Image.open(tmp_path / "file.jac") as direct:
+        assert im.tobytes() == direct.tobytes()
+
+    monkeypatch.setattr(sys, "stdin", type("Stdin", (), {"buffer": io.BytesIO(png.read_bytes())})())
+    assert main(["encode", "-", str(tmp_path / "stdin.jac")]) == 0
+    assert (tmp_path / "stdin.jac").read_bytes() == piped
+
+    monkeypatch.setattr(sys, "stdin", type("Stdin", (), {"buffer": io.BytesIO(b"not an image")})())
+    assert main(["encode", "-", str(tmp_path / "junk.jac")]) == 1
+    assert_one_line_error(capsysbinary.readouterr().err.decode(), "standard input is not an image")
+
+
+@pytest.mark.skipif(os.name != "posix", reason="a pseudo-terminal")
+def test_image_data_is_not_written_to_a_terminal(png: Path) -> None:
+    import pty
+
+    leader, follower = pty.openpty()
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "pillow_jac", "encode", str(png), "-"],
+            stdout=follower, stderr=subprocess.PIPE, text=True, cwd=ROOT, timeout=120,
+        )  # fmt: skip
+    finally:
+        os.close(follower)
+        os.close(leader)
+    assert result.returncode == 1
+    assert_one_line_error(result.stderr, "refusing to write image data to a terminal")
+
+
 @pytest.mark.skipif(os.name != "posix", reason="POSIX permissions")
 def test_outputs_get_the_umask_mode_and_keep_an_existing_mode(png: Path, jac: Path, tmp_path: Path) -> None:
     previous = os.umask(0o027)
@@ -415,8 +491,11 @@ def test_batch_errors(tmp_path: Path, capsys) -> None:
     (tmp_path / "empty").mkdir()
     assert main(["batch", str(tmp_path / "empty"), str(tmp_path / "o"), "--to", "png"]) == 1
     assert_one_line_error(capsys.readouterr().err, "no .jac files found")
-    assert main(["batch", str(tmp_path / "empty"), str(tmp_path / "o"), "--to", "png", "-j", "0"]) == 1
-    assert_one_line_error(capsys.readouterr().err, "--jobs")
+    for jobs in ("0", "-2", "two"):  # a usage error: status 2, as for every other bad option
+        with pytest.raises(SystemExit) as exit_info:
+            main(["batch", str(tmp_path / "empty"), str(tmp_path / "o"), "--to", "png", "-j", jobs])
+        assert exit_info.value.code == 2
+        assert "-j/--jobs: must be a whole number of at least 1" in capsys.readouterr().err
 
 
 @pytest.mark.slow

@@ -126,3 +126,21 @@ def test_a_write_error_without_a_file_names_the_users_path(tmp_path):
         write_atomic(path, disk_full)
     assert exc.value.errno == errno.ENOSPC and exc.value.filename == str(path)
     assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes")
+def test_special_files_are_written_into_not_replaced(tmp_path):
+    """A named pipe (or /dev/null, /dev/stdout) has nothing to keep, and a rename would replace it with a file."""
+    import stat
+    import threading
+
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    received = []
+    reader = threading.Thread(target=lambda: received.append(fifo.read_bytes()))
+    reader.start()
+    write_atomic(fifo, lambda f: f.write(b"image data"))
+    reader.join(timeout=30)
+    assert received == [b"image data"]
+    assert stat.S_ISFIFO(os.stat(fifo).st_mode)
+    assert sorted(os.listdir(tmp_path)) == ["pipe"]

@@ -253,6 +253,44 @@ def test_corrupt_stream_raises_only_oserror_or_valueerror(rgb_jac: bytes) -> Non
             pass
 
 
+def _damaged(data: bytes, kind: str) -> bytes:
+    ystr = data.index(b"YSTR")
+    if kind == "crc":
+        return data[: ystr + 6] + bytes([data[ystr + 6] ^ 0xFF]) + data[ystr + 7 :]
+    if kind == "trailing":
+        return data + b"\0"
+    return data[:8] + b"junkjunkjunk" + data[20:]  # "first-chunk": the signature, then no JHDR
+
+
+@pytest.mark.parametrize("kind", ["crc", "trailing", "first-chunk"])
+def test_damaged_file_is_an_oserror_like_a_damaged_png(rgb_jac: bytes, kind: str) -> None:
+    """The loop Pillow users write to skip broken images skips a damaged .jac; the message names the cause."""
+    data = _damaged(rgb_jac, kind)
+    with pytest.raises(OSError) as info:
+        Image.open(io.BytesIO(data))
+    assert isinstance(info.value, container.JacDataError)
+    assert isinstance(info.value, ValueError)  # a JacFormatError, as documented since the first release
+    skipped = []
+    for blob in (data, b"not an image at all"):
+        try:
+            Image.open(io.BytesIO(blob))
+        except (UnidentifiedImageError, OSError):
+            skipped.append(blob)
+    assert len(skipped) == 2
+
+
+def test_stream_that_does_not_decode_is_an_oserror(rgb_jac: bytes) -> None:
+    """A YSTR with a valid CRC whose symbols run out of the coding range: OSError and ValueError on load."""
+    from pillow_jac.entropy_coding import EntropyCodingError
+
+    assert issubclass(EntropyCodingError, OSError) and issubclass(EntropyCodingError, ValueError)
+    jac = container.parse(rgb_jac)
+    data = _rewrite(rgb_jac, y_stream=jac.y_stream[:4])  # a whole word, far too short for the latents
+    with Image.open(io.BytesIO(data)) as im, pytest.raises(OSError) as info:
+        im.load()
+    assert isinstance(info.value, ValueError)
+
+
 def test_wrong_model_fails_on_load_not_open(rgb_jac: bytes) -> None:
     jac = container.parse(rgb_jac)
     jac.header.model_id = "no-such-model"
@@ -442,6 +480,21 @@ def test_palette_with_transparency_keeps_alpha(spy: EncodeSpy) -> None:
     np.testing.assert_array_equal(spy.last["image"], np.asarray(im.convert("RGBA")))
 
 
+@pytest.mark.parametrize(("mode", "key", "stored"), [("L", 0, "LA"), ("1", 0, "LA"), ("RGB", (0, 0, 0), "RGBA")])
+def test_colour_key_is_stored_as_alpha(spy: EncodeSpy, tmp_path: Path, mode: str, key, stored: str) -> None:
+    """A PNG with a tRNS colour key (1, L or RGB with info["transparency"]) keeps its transparency, as WebP does."""
+    im = hopper(mode)
+    im.paste(key if mode != "1" else 0, (0, 0, 10, 10))
+    im.save(tmp_path / "keyed.png", transparency=key)
+    with Image.open(tmp_path / "keyed.png") as keyed:
+        assert keyed.mode == mode and "transparency" in keyed.info
+        jac_bytes(keyed)
+        expected = np.asarray(keyed.convert(stored))
+    assert spy.last["image"].shape[2] == len(stored)
+    np.testing.assert_array_equal(spy.last["image"], expected)
+    assert (expected[:10, :10, -1] == 0).all() and expected[..., -1].max() == 255
+
+
 def test_palette_with_rgba_palette(spy: EncodeSpy) -> None:
     im = with_alpha(hopper()).quantize(16, method=Image.Quantize.FASTOCTREE)
     assert im.palette.mode == "RGBA"
@@ -608,6 +661,33 @@ def test_full_disk_leaves_no_partial_file(tmp_path: Path, rgb_jac: bytes) -> Non
     assert fileobj.read_bytes() == b"prefix"  # the caller's own bytes, and no partial JAC data
 
 
+def test_save_into_a_compressing_wrapper(tmp_path: Path, rgb_jac: bytes) -> None:
+    """gzip's tell() counts uncompressed bytes: no space is reserved (nor truncated) at that offset of the real file."""
+    import gzip
+
+    path = tmp_path / "x.jac.gz"
+    with gzip.open(path, "wb") as f:
+        f.write(bytes(100_000))
+        JacImagePlugin._write(f, rgb_jac, str(path))
+    assert path.stat().st_size < 2_000 + len(rgb_jac)  # 100 kB of zeros compress to about 100 bytes
+    assert gzip.decompress(path.read_bytes()) == bytes(100_000) + rgb_jac
+
+
+@pytest.mark.skipif(os.name != "posix", reason="O_APPEND through fcntl")
+def test_appending_file_position_is_its_end(tmp_path: Path) -> None:
+    """A shell's ``>>`` opens with O_APPEND at position 0: a failed write must not truncate the file to 0."""
+    path = tmp_path / "log.jac"
+    path.write_bytes(b"earlier content")
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+    with open(fd, "wb") as f:
+        assert f.tell() == 0
+        assert JacImagePlugin._file_position(f) == (len(b"earlier content"), fd)
+    with open(path, "r+b") as f:
+        f.seek(3)
+        assert JacImagePlugin._file_position(f)[0] == 3
+    assert JacImagePlugin._file_position(io.BytesIO()) == (None, None)
+
+
 def test_unknown_save_options_are_ignored(spy: EncodeSpy) -> None:
     jac_bytes(hopper(), optimize=True, lossless=False)
     assert set(spy.last) == {"image", "quality", "effort", "device", "model", "preview", "icc_profile", "exif", "xmp"}
@@ -707,6 +787,31 @@ def test_metadata_can_be_dropped_or_replaced(spy: EncodeSpy, srgb_profile: bytes
     assert spy.last["xmp"] == b"<x/>"
 
 
+def test_profile_of_another_colour_space_is_not_kept(spy: EncodeSpy, srgb_profile: bytes) -> None:
+    """A CMYK image's CMYK profile would describe pixels stored as RGB: it is dropped unless asked for."""
+    cmyk_profile = srgb_profile[:16] + b"CMYK" + srgb_profile[20:]
+    gray_profile = srgb_profile[:16] + b"GRAY" + srgb_profile[20:]
+    im = hopper().convert("CMYK")
+    im.info["icc_profile"] = cmyk_profile
+    jac_bytes(im)
+    assert spy.last["icc_profile"] is None
+    jac_bytes(im, icc_profile=cmyk_profile)  # asked for: written as given
+    assert spy.last["icc_profile"] == cmyk_profile
+    cases = [
+        ("RGB", srgb_profile, True),
+        ("L", gray_profile, True),
+        ("L", srgb_profile, False),
+        ("LA", gray_profile, True),
+        ("P", srgb_profile, True),
+        ("RGB", b"short", True),
+    ]
+    for mode, profile, kept in cases:
+        im = hopper(mode)
+        im.info["icc_profile"] = profile
+        jac_bytes(im)
+        assert spy.last["icc_profile"] == (profile if kept else None), (mode, profile[16:20])
+
+
 def test_no_metadata_by_default(rgb_jac: bytes) -> None:
     assert not {"icc_profile", "exif", "xmp"} & set(opened(rgb_jac).info)
 
@@ -723,6 +828,9 @@ def test_metadata_from_png(spy: EncodeSpy, tmp_path: Path, srgb_profile: bytes) 
 def test_bad_metadata_type(spy: EncodeSpy) -> None:
     with pytest.raises(TypeError, match="icc_profile must be bytes"):
         jac_bytes(hopper(), icc_profile=12)
+    for name in ("icc_profile", "exif"):  # binary blocks: text would be stored as garbage
+        with pytest.raises(TypeError, match=f"{name} must be bytes, got str"):
+            jac_bytes(hopper(), **{name: "abc"})
     im = hopper()
     im.info["xmp"] = {"not": "bytes"}  # from im.info: skipped, not an error
     jac_bytes(im)

@@ -98,7 +98,7 @@ def test_sga_round_anneals_to_rounding_and_passes_gradients():
     assert v.grad is not None and torch.isfinite(v.grad).all() and (v.grad != 0).any()
 
 
-@pytest.mark.parametrize("bad", [-1, MAX_EFFORT + 1, 1.0, True, "2", None])
+@pytest.mark.parametrize("bad", [-1, MAX_EFFORT + 1, 1.0, True, "2", None, np.float64(1), np.bool_(True)])
 def test_bad_effort_is_refused(bad):
     with pytest.raises(ValueError, match="effort"):
         validate_effort(bad)
@@ -106,6 +106,15 @@ def test_bad_effort_is_refused(bad):
         codec.encode(np.zeros((8, 8, 3), np.uint8), 4, effort=bad)
     with pytest.raises(ValueError, match="effort"):
         Image.new("RGB", (8, 8)).save(io.BytesIO(), "JAC", effort=bad)
+
+
+def test_effort_takes_any_integer_type():
+    """As quality takes numpy numbers, effort takes numpy integers (a sweep over np.arange)."""
+    assert validate_effort(np.int64(2)) == 2 and type(validate_effort(np.int8(1))) is int
+    data = codec.encode(np.zeros((8, 8, 3), np.uint8), 4, effort=np.int64(0))
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(buffer, "JAC", quality=4, effort=np.uint8(0))
+    assert buffer.getvalue() == data
 
 
 def test_effort_levels_grow():
