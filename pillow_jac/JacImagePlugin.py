@@ -29,7 +29,9 @@ Save options (``im.save(fp, "JAC", **options)``):
 * ``icc_profile``, ``exif``, ``xmp``: metadata to store. **By default the image's own**
   ``im.info["icc_profile"]``, ``im.info["exif"]`` and ``im.info["xmp"]`` **are kept** (Pillow's own
   JPEG and WebP writers keep none of them by default); pass ``exif=b""`` (or ``None``) to drop one.
-  ``exif`` may also be a :class:`PIL.Image.Exif`; ``xmp`` may be ``str`` or ``bytes``.
+  ``exif`` may also be a :class:`PIL.Image.Exif`; ``xmp`` may be ``str`` or ``bytes``. A profile kept
+  from ``im.info`` must describe the stored pixels (:func:`_profile_fits`): a CMYK image's CMYK
+  profile is dropped, since its pixels are stored as RGB.
 * ``device``: torch device for the encoder (``"cpu"``, ``"cuda"``, ``"auto"``); default from
   ``JAC_DEVICE``, see the README.
 * ``target_size`` (bytes) or ``target_psnr`` (dB), instead of ``quality``: the largest quality whose file
@@ -43,7 +45,8 @@ Save options (``im.save(fp, "JAC", **options)``):
   for a ``thumbnail((256, 256))`` in 0.05 to 0.09 s instead of 107 s on 2 busy CPU cores.
 
 Modes: ``L``, ``LA``, ``RGB`` and ``RGBA`` are stored as they are. Other modes are converted first:
-``1`` -> ``L``; ``P`` -> ``RGBA`` when it has transparency, else ``RGB``; ``PA`` -> ``RGBA``;
+``1`` -> ``L``; ``1``, ``L`` and ``RGB`` with a colour key (``im.info["transparency"]``, PNG's tRNS) ->
+``LA``, ``LA`` and ``RGBA``; ``P`` -> ``RGBA`` when it has transparency, else ``RGB``; ``PA`` -> ``RGBA``;
 ``La`` -> ``LA``; ``RGBa`` -> ``RGBA``; ``RGBX``, ``CMYK``, ``YCbCr``, ``HSV`` -> ``RGB`` (Pillow's
 conversions; CMYK -> RGB is Pillow's naive one, with no colour management). JAC stores 8 bits per channel, and
 there is no single right way to bring high-bit-depth or float data (``I;16*``, ``I``, ``F``) to 8 bits,
@@ -427,8 +430,9 @@ def encode_image(im: Image.Image, **options: Any) -> bytes:
 
     ``options`` are the save options listed in the module doc (``quality``, ``effort``,
     ``icc_profile``, ``exif``, ``xmp``, ``device``, ``preview``, ``target_size``, ``target_psnr``;
-    others are ignored, as Pillow does). Modes are converted as listed there, and the ICC profile,
-    EXIF and XMP in ``im.info`` are kept unless an option replaces them or drops them (``None`` or ``b""``).
+    others are ignored, as Pillow does). The image is loaded first (some metadata only comes with the
+    pixels). Modes are converted as listed there, and the ICC profile, EXIF and XMP in ``im.info`` are
+    kept unless an option replaces them or drops them (``None`` or ``b""``), a profile only if it fits.
 
     Raises:
         ValueError: a bad option value, or a mode JAC cannot hold.
@@ -449,6 +453,7 @@ def encode_image(im: Image.Image, **options: Any) -> bytes:
 
 def _encode_image(im: Image.Image, encoderinfo: dict[str, Any]) -> bytes:
     """:func:`encode_image` with the options as Pillow's ``encoderinfo`` dict."""
+    im.load()  # a PNG's iTXt XMP or eXIf after its pixels reach im.info only now
     targets = {name: encoderinfo[name] for name in ("target_size", "target_psnr") if encoderinfo.get(name) is not None}
     quality = encoderinfo.get("quality", None if targets else DEFAULT_QUALITY)
     if quality is not None or not targets:
@@ -531,10 +536,13 @@ def _write(fp: IO[bytes], data: bytes, filename: str | bytes) -> None:
 def _file_position(fp: IO[bytes]) -> tuple[int | None, int | None]:
     """``(offset, fd)``: where in the regular file behind ``fp`` its next write lands; ``(None, None)`` if unknown.
 
-    Unknown for what is not a regular file (BytesIO, a pipe, a socket), and for a wrapper whose positions
-    are not its file's (``gzip.open``, ``bz2.open``: ``tell()`` counts the bytes before compression). A
+    Unknown for what is not a regular file (BytesIO, a pipe, a socket), and for any object but Python's
+    own file objects: a wrapper's positions are not its file's (``gzip.open``, ``bz2.open``, ``lzma.open``:
+    ``tell()`` counts the bytes before compression, and nothing may reach the file until it closes). A
     file opened for appending writes at its end, whatever its position says (a shell's ``>>``).
     """
+    if not isinstance(fp, (io.FileIO, io.BufferedWriter, io.BufferedRandom)):
+        return None, None
     try:
         start, fd = fp.tell(), fp.fileno()
         st = os.fstat(fd)

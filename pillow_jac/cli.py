@@ -46,6 +46,7 @@ from . import __version__
 from .constants import DEFAULT_EFFORT, DEFAULT_QUALITY, MAX_EFFORT, validate_quality
 from .conversion import (
     PROG,
+    STDIO,
     ConversionError,
     Progress,
     batch_inputs,
@@ -96,6 +97,12 @@ def _psnr(text: str) -> float:
     if not 0 < value < float("inf"):
         raise argparse.ArgumentTypeError(f"PSNR must be a positive number of dB, got {text!r}")
     return value
+
+
+def _path(text: str) -> Path:
+    """A file argument; ``-`` is standard input or output, and ``./-`` the file named ``-`` (Path drops ``./``)."""
+    path = Path(text)
+    return Path.cwd() / path if text != STDIO and str(path) == STDIO else path
 
 
 def _jobs(text: str) -> int:
@@ -164,6 +171,7 @@ def _worker_init(threads: int, cancel: Any) -> None:
     interruption never leaves a lock held.
     """
     signal.signal(signal.SIGINT, _worker_sigint)
+    signal.signal(signal.SIGTERM, _worker_sigterm)
     threading.Thread(target=_interrupt_when_cancelled, args=(cancel,), daemon=True).start()
     try:
         import torch
@@ -182,6 +190,18 @@ def _worker_sigint(signum: int, frame: Any) -> None:
     if _converting:
         _converting = False
         raise KeyboardInterrupt
+
+
+def _worker_sigterm(signum: int, frame: Any) -> None:
+    """SIGTERM in a worker: the file being converted is cleaned up as on Ctrl-C; an idle worker ends.
+
+    ``timeout`` and ``kill -TERM -PGID`` signal the whole process group, workers included.
+    """
+    if _converting:
+        _worker_sigint(signum, frame)
+        return
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _interrupt_when_cancelled(cancel: Any) -> None:
@@ -379,8 +399,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Encode any image Pillow reads to .jac. OUTPUT must end in .jac unless --force is given, "
         "and is never the input file.",
     )
-    p.add_argument("input", type=Path, help="input image (PNG, JPEG, ...); - reads standard input")
-    p.add_argument("output", type=Path, help="output .jac file; - writes standard output")
+    p.add_argument("input", type=_path, help="input image (PNG, JPEG, ...); - reads standard input")
+    p.add_argument("output", type=_path, help="output .jac file; - writes standard output")
     add_quality(p)
     p.add_argument("--strip", action="store_true", help="drop ICC profile, EXIF and XMP (kept by default)")
     p.add_argument("--force", action="store_true", help="write OUTPUT even if its name does not end in .jac")
@@ -393,8 +413,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Decode a .jac file to the format named by OUTPUT's extension (PNG recommended). "
         "ICC profile, EXIF and XMP are passed on where the output format supports them.",
     )
-    p.add_argument("input", type=Path, help="input .jac file; - reads standard input")
-    p.add_argument("output", type=Path, help="output image, e.g. out.png; - writes PNG to standard output")
+    p.add_argument("input", type=_path, help="input .jac file; - reads standard input")
+    p.add_argument("output", type=_path, help="output image, e.g. out.png; - writes PNG to standard output")
     add_device(p)
 
     p = sub.add_parser("models", help="list the installed decoder generations (fast: runs no decoder)")
@@ -485,6 +505,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except _Terminated:
         print(f"{PROG}: terminated", file=sys.stderr)
         return 128 + signal.SIGTERM
+    except BrokenPipeError:  # the reader of "-" went away (| head): stop quietly, as other filters do
+        _silence_stdout()
+        return 128 + getattr(signal, "SIGPIPE", 13)
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
@@ -507,10 +530,27 @@ def _terminate(signum: int, frame: Any) -> None:
 
 
 def _on_sigterm(handler: Any) -> Any:
-    """Install ``handler`` for SIGTERM and return the one it replaces (None, changing nothing, off the main thread)."""
+    """Install ``handler`` for SIGTERM and return the one it replaces.
+
+    Nothing changes (and None is returned) off the main thread, where SIGTERM is ignored (an inherited
+    ``SIG_IGN``), or where its handler was not installed from Python.
+    """
     if handler is None or threading.current_thread() is not threading.main_thread():
         return None
+    current = signal.getsignal(signal.SIGTERM)
+    if current is None or current == signal.SIG_IGN:
+        return None
     return signal.signal(signal.SIGTERM, handler)
+
+
+def _silence_stdout() -> None:
+    """Point standard output at the null device, so that flushing it at exit does not fail again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (AttributeError, OSError, ValueError):
+        pass
 
 
 def _run(args: argparse.Namespace) -> None:

@@ -62,10 +62,22 @@ def _is_stdio(path: Path | str) -> bool:
 
 def _stdout() -> IO[bytes]:
     """Standard output for image data; a terminal is refused (before any encoding), as compressors do."""
+    if sys.stdout is None:
+        raise ConversionError(f"{STDIO}: there is no standard output")
     out = sys.stdout.buffer
     if out.isatty():
         raise ConversionError(f"{STDIO}: refusing to write image data to a terminal; redirect or pipe it")
     return out
+
+
+def _read_stdin() -> bytes:
+    """All of standard input; a terminal is refused, as compressors do (nobody types an image)."""
+    if sys.stdin is None:
+        raise ConversionError(f"{STDIO}: there is no standard input")
+    source = sys.stdin.buffer
+    if source.isatty():
+        raise ConversionError(f"{STDIO}: refusing to read image data from a terminal; redirect or pipe it")
+    return source.read()
 
 
 def _emit(dst: Path, data: bytes, out: IO[bytes] | None) -> None:
@@ -122,7 +134,7 @@ def encode_file(
     if out is None and dst.suffix.lower() != ".jac" and not force:
         raise ConversionError(f"{dst}: a JAC file's name should end in .jac (use --force to write it anyway)")
     try:
-        im = Image.open(io.BytesIO(sys.stdin.buffer.read()) if _is_stdio(src) else src)
+        im = Image.open(io.BytesIO(_read_stdin()) if _is_stdio(src) else src)
     except Image.UnidentifiedImageError as e:
         if not _is_stdio(src):
             raise
@@ -149,7 +161,7 @@ def read_jac(path: Path, keep_unknown: bool = False) -> container.JacFile:
     ``path`` :data:`STDIO` reads standard input.
     """
     try:
-        return container.read(sys.stdin.buffer.read() if _is_stdio(path) else path, keep_unknown=keep_unknown)
+        return container.read(_read_stdin() if _is_stdio(path) else path, keep_unknown=keep_unknown)
     except container.JacFormatError as e:
         raise ConversionError(f"{path}: {e}") from e
 

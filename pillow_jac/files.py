@@ -24,6 +24,7 @@ Example:
 from __future__ import annotations
 
 import errno
+import io
 import os
 import secrets
 import stat
@@ -46,15 +47,22 @@ def write_atomic(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) ->
     the file it points to is replaced. The temporary file's name is short (``.jac-``, 8 hex digits,
     ``.tmp``), so any name the file system allows for ``path`` works, and errors name ``path``.
 
-    What exists at ``path`` but is not a regular file (``/dev/null``, ``/dev/stdout``, a named pipe) is
-    written into directly: it has no content to keep, and a rename would replace it.
+    What exists at ``path`` but is not a regular file (``/dev/null``, a named pipe), and a path to a
+    process's open file (``/dev/stdout``, ``/dev/fd/N``, ``/proc/...``: whatever it leads to), is appended
+    to directly: a rename would replace it, and a shell's ``>>`` behind ``/dev/stdout`` must keep what it
+    holds.
 
     Raises:
         OSError: ``path`` cannot be written (the error's ``filename`` is ``path``), or ``write`` raised it.
     """
     if _is_special(path):
-        with open(path, "wb") as f:
-            write(f)
+        try:
+            with open(path, "ab") as f:  # appending: a shell's ">>" behind /dev/stdout is not truncated
+                write(f)
+        except OSError as e:
+            if e.errno is None or e.filename is not None:
+                raise
+            raise type(e)(e.errno, e.strerror, os.fspath(path)) from e
         return
     path = Path(os.path.realpath(path)) if os.path.islink(path) else Path(path)
     mode = _existing_mode(path)
@@ -79,8 +87,17 @@ def write_atomic(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) ->
         raise
 
 
+#: paths that lead to a process's open files, whatever those are (``/dev/stdout`` may be a regular file)
+_OPEN_FILE_PATHS = ("/dev/stdin", "/dev/stdout", "/dev/stderr", "/dev/fd/", "/proc/")
+
+
 def _is_special(path: str | os.PathLike) -> bool:
-    """Whether ``path`` (links followed) exists and is not a regular file or a folder: a device, a pipe, a socket."""
+    """Whether ``path`` is written into rather than replaced.
+
+    So are a device, a pipe or a socket (links followed), and the paths of :data:`_OPEN_FILE_PATHS`.
+    """
+    if os.path.abspath(path).startswith(_OPEN_FILE_PATHS):
+        return True
     try:
         st = os.stat(path)
     except (OSError, ValueError):
@@ -134,5 +151,6 @@ def save(image: Any, path: str | os.PathLike, **options: Any) -> None:
     """
     from . import JacImagePlugin
 
-    data = JacImagePlugin.encode_image(image, **options)  # before the temporary file exists
-    write_atomic(path, lambda f: f.write(data))
+    encoded = io.BytesIO()  # Pillow's whole save (loading, save_all), before the temporary file exists
+    image.save(encoded, format=JacImagePlugin.JacImageFile.format, **options)
+    write_atomic(path, lambda f: f.write(encoded.getvalue()))

@@ -249,6 +249,44 @@ def test_standard_input_and_output(png: Path, tmp_path: Path, monkeypatch, capsy
     assert_one_line_error(capsysbinary.readouterr().err.decode(), "standard input is not an image")
 
 
+def test_dash_as_a_file_name_and_missing_standard_streams(png: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    """``./-`` is the file named "-", not standard output; a closed standard stream is a one-line error."""
+    monkeypatch.chdir(tmp_path)
+    assert main(["encode", str(png), "./-", "--force"]) == 0
+    assert (tmp_path / "-").read_bytes()[:8] == MAGIC
+    monkeypatch.setattr(sys, "stdout", None)
+    assert main(["encode", str(png), "-"]) == 1
+    assert_one_line_error(capsys.readouterr().err, "there is no standard output")
+    monkeypatch.setattr(sys, "stdin", None)
+    assert main(["decode", "-", str(tmp_path / "o.png")]) == 1
+    assert_one_line_error(capsys.readouterr().err, "there is no standard input")
+
+
+@pytest.mark.skipif(os.name != "posix", reason="SIGPIPE")
+def test_a_reader_that_goes_away_ends_it_quietly(jac: Path) -> None:
+    """``jac decode x.jac - | true``: no error message, the status of a process ended by SIGPIPE."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pillow_jac", "decode", "-", "-"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT,
+    )  # fmt: skip
+    proc.stdout.close()  # the reader goes away before anything is written: the input is not sent yet
+    proc.stdin.write(jac.read_bytes())
+    proc.stdin.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 128 + signal.SIGPIPE, err
+    assert err == ""
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX signals")
+def test_an_ignored_sigterm_stays_ignored(png: Path, tmp_path: Path) -> None:
+    previous = signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        assert main(["encode", str(png), str(tmp_path / "o.jac")]) == 0
+        assert signal.getsignal(signal.SIGTERM) == signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 @pytest.mark.skipif(os.name != "posix", reason="a pseudo-terminal")
 def test_image_data_is_not_written_to_a_terminal(png: Path) -> None:
     import pty

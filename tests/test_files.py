@@ -137,10 +137,51 @@ def test_special_files_are_written_into_not_replaced(tmp_path):
     fifo = tmp_path / "pipe"
     os.mkfifo(fifo)
     received = []
-    reader = threading.Thread(target=lambda: received.append(fifo.read_bytes()))
+    reader = threading.Thread(target=lambda: received.append(fifo.read_bytes()), daemon=True)
     reader.start()
     write_atomic(fifo, lambda f: f.write(b"image data"))
     reader.join(timeout=30)
     assert received == [b"image data"]
     assert stat.S_ISFIFO(os.stat(fifo).st_mode)
     assert sorted(os.listdir(tmp_path)) == ["pipe"]
+
+
+@pytest.mark.skipif(os.name != "posix", reason="/dev/fd")
+def test_dev_stdout_behind_a_shell_append_keeps_the_file(tmp_path):
+    """``jac decode x.jac /dev/stdout >> log``: the path leads to a regular file, which is appended to, not replaced."""
+    import subprocess
+    import sys
+
+    log = tmp_path / "log"
+    log.write_bytes(b"earlier line\n")
+    code = "from pillow_jac.files import write_atomic; write_atomic('/dev/stdout', lambda f: f.write(b'new'))"
+    with open(log, "ab") as out:
+        subprocess.run([sys.executable, "-c", code], stdout=out, check=True, timeout=60)
+    assert log.read_bytes() == b"earlier line\nnew"
+    with pytest.raises(OSError) as info:  # the error names the path, as for any other target
+        write_atomic("/dev/full", lambda f: f.write(b"x" * 10))
+    assert info.value.filename == "/dev/full"
+
+
+def test_save_is_pillows_whole_save(tmp_path):
+    """pillow_jac.save refuses several frames and keeps metadata that Pillow reads only with the pixels."""
+    from PIL import PngImagePlugin
+
+    frames = [Image.new("RGB", (8, 8), c) for c in ("red", "blue")]
+    with pytest.raises(ValueError, match="one image"):
+        pillow_jac.save(frames[0], tmp_path / "a.jac", save_all=True, append_images=frames[1:])
+    assert not (tmp_path / "a.jac").exists()
+    info = PngImagePlugin.PngInfo()
+    info.add_itxt("XML:com.adobe.xmp", "<x:xmpmeta/>")
+    Image.new("RGB", (8, 8)).save(tmp_path / "late.png", pnginfo=info)
+    data = (tmp_path / "late.png").read_bytes()
+    itxt = data.index(b"iTXt") - 4  # move the XMP chunk after the pixels, where some writers put it
+    chunk_end = itxt + 12 + int.from_bytes(data[itxt : itxt + 4], "big")
+    iend = data.index(b"IEND") - 4
+    (tmp_path / "late.png").write_bytes(data[:itxt] + data[chunk_end:iend] + data[itxt:chunk_end] + data[iend:])
+    with Image.open(tmp_path / "late.png") as im:
+        assert "xmp" not in im.info  # not until the pixels are read
+        pillow_jac.save(im, tmp_path / "late.jac")
+    with Image.open(tmp_path / "late.jac") as out:
+        assert out.info["xmp"] == b"<x:xmpmeta/>"
+    assert pillow_jac.JacImagePlugin.encode_image(Image.open(tmp_path / "late.png"))  # loads first too

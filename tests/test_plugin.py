@@ -661,16 +661,21 @@ def test_full_disk_leaves_no_partial_file(tmp_path: Path, rgb_jac: bytes) -> Non
     assert fileobj.read_bytes() == b"prefix"  # the caller's own bytes, and no partial JAC data
 
 
-def test_save_into_a_compressing_wrapper(tmp_path: Path, rgb_jac: bytes) -> None:
-    """gzip's tell() counts uncompressed bytes: no space is reserved (nor truncated) at that offset of the real file."""
-    import gzip
+@pytest.mark.parametrize("module", ["gzip", "bz2", "lzma"])
+@pytest.mark.parametrize("prefix", [0, 100_000])
+def test_save_into_a_compressing_wrapper(tmp_path: Path, rgb_jac: bytes, module: str, prefix: int) -> None:
+    """A wrapper's tell() is not its file's: no space is reserved (nor truncated) in the compressed file."""
+    import importlib
 
-    path = tmp_path / "x.jac.gz"
-    with gzip.open(path, "wb") as f:
-        f.write(bytes(100_000))
+    compressor = importlib.import_module(module)
+    path = tmp_path / "x.jac.z"
+    with compressor.open(path, "wb") as f:
+        f.write(bytes(prefix))
         JacImagePlugin._write(f, rgb_jac, str(path))
     assert path.stat().st_size < 2_000 + len(rgb_jac)  # 100 kB of zeros compress to about 100 bytes
-    assert gzip.decompress(path.read_bytes()) == bytes(100_000) + rgb_jac
+    written = path.read_bytes()
+    assert not written.endswith(bytes(8))  # no space reserved beyond what the compressor wrote
+    assert compressor.decompress(written) == bytes(prefix) + rgb_jac
 
 
 @pytest.mark.skipif(os.name != "posix", reason="O_APPEND through fcntl")
