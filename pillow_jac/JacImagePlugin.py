@@ -80,6 +80,7 @@ import io
 import os
 import stat
 import struct
+import tempfile
 from typing import IO, TYPE_CHECKING, Any
 
 from PIL import Image, ImageFile
@@ -541,6 +542,8 @@ def _file_position(fp: IO[bytes]) -> tuple[int | None, int | None]:
     ``tell()`` counts the bytes before compression, and nothing may reach the file until it closes). A
     file opened for appending writes at its end, whatever its position says (a shell's ``>>``).
     """
+    if isinstance(fp, getattr(tempfile, "_TemporaryFileWrapper", ())):  # NamedTemporaryFile: its file inside
+        fp = fp.file
     if not isinstance(fp, (io.FileIO, io.BufferedWriter, io.BufferedRandom)):
         return None, None
     try:

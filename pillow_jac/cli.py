@@ -171,7 +171,8 @@ def _worker_init(threads: int, cancel: Any) -> None:
     interruption never leaves a lock held.
     """
     signal.signal(signal.SIGINT, _worker_sigint)
-    signal.signal(signal.SIGTERM, _worker_sigterm)
+    if signal.getsignal(signal.SIGTERM) != signal.SIG_IGN:  # an ignored SIGTERM stays ignored, as in jac itself
+        signal.signal(signal.SIGTERM, _worker_sigterm)
     threading.Thread(target=_interrupt_when_cancelled, args=(cancel,), daemon=True).start()
     try:
         import torch
@@ -502,6 +503,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         with warnings.catch_warnings():
             warnings.showwarning = _show_warning
             _run(args)
+        if sys.stdout is not None:
+            sys.stdout.flush()  # here, where a reader that went away is handled, not at exit
     except _Terminated:
         print(f"{PROG}: terminated", file=sys.stderr)
         return 128 + signal.SIGTERM

@@ -26,6 +26,7 @@ from __future__ import annotations
 import errno
 import io
 import os
+import re
 import secrets
 import stat
 from collections.abc import Callable
@@ -87,16 +88,17 @@ def write_atomic(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) ->
         raise
 
 
-#: paths that lead to a process's open files, whatever those are (``/dev/stdout`` may be a regular file)
-_OPEN_FILE_PATHS = ("/dev/stdin", "/dev/stdout", "/dev/stderr", "/dev/fd/", "/proc/")
+#: paths that name one of a process's open files, whatever it is (``/dev/stdout`` may be a regular file);
+#: not the folders these lead through (``/proc/self/cwd/x.jac`` is an ordinary path)
+_OPEN_FILE_PATH = re.compile(r"/dev/(stdin|stdout|stderr)|/dev/fd/\d+|/proc/(self|thread-self|\d+)(/task/\d+)?/fd/\d+")
 
 
 def _is_special(path: str | os.PathLike) -> bool:
     """Whether ``path`` is written into rather than replaced.
 
-    So are a device, a pipe or a socket (links followed), and the paths of :data:`_OPEN_FILE_PATHS`.
+    So are a device, a pipe or a socket (links followed), and a path :data:`_OPEN_FILE_PATH` matches.
     """
-    if os.path.abspath(path).startswith(_OPEN_FILE_PATHS):
+    if _OPEN_FILE_PATH.fullmatch(os.path.abspath(path)):
         return True
     try:
         st = os.stat(path)

@@ -272,19 +272,34 @@ def test_a_reader_that_goes_away_ends_it_quietly(jac: Path) -> None:
     proc.stdout.close()  # the reader goes away before anything is written: the input is not sent yet
     proc.stdin.write(jac.read_bytes())
     proc.stdin.close()
+    status = proc.wait(timeout=120)
     err = proc.stderr.read().decode()
-    assert proc.wait(timeout=120) == 128 + signal.SIGPIPE, err
+    assert status == 128 + signal.SIGPIPE, err
     assert err == ""
 
 
 @pytest.mark.skipif(os.name != "posix", reason="POSIX signals")
-def test_an_ignored_sigterm_stays_ignored(png: Path, tmp_path: Path) -> None:
+def test_an_ignored_sigterm_stays_ignored(png: Path, tmp_path: Path, monkeypatch) -> None:
+    """Started with SIGTERM ignored (nohup-style wrappers), jac keeps ignoring it while it works."""
+    from pillow_jac import cli
+
+    during = []
+    real_run = cli._run
+
+    def run(args):
+        during.append(signal.getsignal(signal.SIGTERM))
+        os.kill(os.getpid(), signal.SIGTERM)  # ignored: the encode goes on
+        real_run(args)
+
+    monkeypatch.setattr(cli, "_run", run)
     previous = signal.signal(signal.SIGTERM, signal.SIG_IGN)
     try:
         assert main(["encode", str(png), str(tmp_path / "o.jac")]) == 0
+        assert during == [signal.SIG_IGN]
         assert signal.getsignal(signal.SIGTERM) == signal.SIG_IGN
     finally:
         signal.signal(signal.SIGTERM, previous)
+    assert (tmp_path / "o.jac").read_bytes()[:8] == MAGIC
 
 
 @pytest.mark.skipif(os.name != "posix", reason="a pseudo-terminal")

@@ -185,3 +185,16 @@ def test_save_is_pillows_whole_save(tmp_path):
     with Image.open(tmp_path / "late.jac") as out:
         assert out.info["xmp"] == b"<x:xmpmeta/>"
     assert pillow_jac.JacImagePlugin.encode_image(Image.open(tmp_path / "late.png"))  # loads first too
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="Linux /proc")
+def test_paths_through_proc_to_ordinary_files_are_replaced(tmp_path, monkeypatch):
+    """Only paths that name an open file are written into; a folder reached through /proc is an ordinary path."""
+    from pillow_jac.files import _is_special
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "old.jac").write_bytes(b"old content")
+    write_atomic("/proc/self/cwd/old.jac", lambda f: f.write(b"new"))
+    assert (tmp_path / "old.jac").read_bytes() == b"new"
+    assert _is_special("/dev/stdout") and _is_special("/proc/self/fd/1") and _is_special("/dev/fd/2")
+    assert not _is_special("/dev/stdout.jac") and not _is_special(str(tmp_path / "old.jac"))

@@ -669,13 +669,15 @@ def test_save_into_a_compressing_wrapper(tmp_path: Path, rgb_jac: bytes, module:
 
     compressor = importlib.import_module(module)
     path = tmp_path / "x.jac.z"
+    data = rgb_jac + bytes(8192)  # compressible: reserved space would show as zeros after the stream
     with compressor.open(path, "wb") as f:
         f.write(bytes(prefix))
-        JacImagePlugin._write(f, rgb_jac, str(path))
-    assert path.stat().st_size < 2_000 + len(rgb_jac)  # 100 kB of zeros compress to about 100 bytes
+        assert JacImagePlugin._file_position(f) == (None, None)
+        JacImagePlugin._write(f, data, str(path))
+    assert path.stat().st_size < 2_000 + len(rgb_jac)  # the zeros compress to about 100 bytes
     written = path.read_bytes()
     assert not written.endswith(bytes(8))  # no space reserved beyond what the compressor wrote
-    assert compressor.decompress(written) == bytes(prefix) + rgb_jac
+    assert compressor.decompress(written) == bytes(prefix) + data
 
 
 @pytest.mark.skipif(os.name != "posix", reason="O_APPEND through fcntl")
@@ -691,6 +693,12 @@ def test_appending_file_position_is_its_end(tmp_path: Path) -> None:
         f.seek(3)
         assert JacImagePlugin._file_position(f)[0] == 3
     assert JacImagePlugin._file_position(io.BytesIO()) == (None, None)
+    import tempfile
+
+    with tempfile.NamedTemporaryFile(dir=tmp_path) as named:  # a wrapper around a real file: its offset counts
+        named.write(b"abc")
+        named.flush()
+        assert JacImagePlugin._file_position(named)[0] == 3
 
 
 def test_unknown_save_options_are_ignored(spy: EncodeSpy) -> None:
