@@ -369,15 +369,15 @@ def build_parser() -> argparse.ArgumentParser:
             "--size",
             type=_size,
             metavar="BYTES",
-            help="instead of -q: the largest quality whose file fits in BYTES (50000, 50k, 1.5M, 48KiB); "
-            "an error when even quality 1 does not fit",
+            help="instead of -q: the largest quality whose file fits in BYTES (50000, 50k, 1.5M, 48KiB), or one "
+            "within 0.3%% below; an error when even quality 1 does not fit",
         )
         rate.add_argument(
             "--psnr",
             type=_psnr,
             metavar="DB",
-            help="instead of -q: the smallest quality whose decoded image reaches DB (PSNR on 8-bit RGB); "
-            "an error when even quality 8 does not",
+            help="instead of -q: the smallest quality whose decoded image reaches DB (PSNR on the 8-bit colour "
+            "or grey planes, not alpha); an error when even quality 8 does not",
         )
         p.add_argument(
             "--preview",

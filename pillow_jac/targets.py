@@ -4,8 +4,10 @@ A file stores its quality to 1/256 (the JHDR ``quality`` field, SPEC.md section 
 value is a valid quality: this module searches that value, as cwebp's ``-size`` and ``-psnr`` do.
 
 * ``target_size`` (bytes): the largest quality whose **whole file** (container, metadata, alpha and
-  preview included) is at most that size. The result is never larger; when even quality 1 is larger,
-  :class:`ValueError` (there is no fallback: a file over the size asked for is never returned).
+  preview included) is at most that size, or a lower one whose file is within :data:`SIZE_TOLERANCE`
+  (at least :data:`SIZE_TOLERANCE_BYTES`) of it, where the search stops. The result is never larger;
+  when even quality 1 is larger, :class:`ValueError` (there is no fallback: a file over the size asked
+  for is never returned).
 * ``target_psnr`` (dB): the smallest quality whose **decoded file** reaches at least that PSNR, on its
   8-bit colour planes (RGB, or the grey plane of L and LA; alpha is lossless and not counted). When even
   quality 8 does not, :class:`ValueError`.
@@ -50,6 +52,7 @@ import numbers
 import re
 import time
 from dataclasses import dataclass
+from fractions import Fraction
 
 import numpy as np
 
@@ -143,8 +146,8 @@ def parse_size(text: str | int) -> int:
         raise ValueError(f"not a size: {text!r} (bytes, or with k, M, G, KiB, MiB, GiB)")
     number, prefix, binary = match.groups()
     power = " kmg".index(prefix.lower()) if prefix else 0
-    value = float(number) * (1024 if binary else 1000) ** power
-    if value != int(value):
+    value = Fraction(number) * (1024 if binary else 1000) ** power  # exact: "32.2k" is 32200, not 32200.000000004
+    if value.denominator != 1:
         raise ValueError(f"not a whole number of bytes: {text!r}")
     return _check_size(int(value))
 
@@ -161,6 +164,9 @@ def _validate_targets(target_size, target_psnr) -> tuple[int | None, float | Non
     if target_size is not None:
         if isinstance(target_size, str):
             return parse_size(target_size), None
+        if isinstance(target_size, numbers.Real) and not isinstance(target_size, bool):
+            if math.isfinite(target_size) and float(target_size).is_integer():  # 50000.0, as the CLI takes it
+                target_size = int(target_size)
         if isinstance(target_size, bool) or not isinstance(target_size, numbers.Integral):
             raise ValueError(
                 f"target_size must be a whole number of bytes (or a string such as '50k'), got {target_size!r}"

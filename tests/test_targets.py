@@ -194,10 +194,21 @@ def test_bad_targets_raise(rgb: np.ndarray, options: dict, message: str) -> None
 
 @pytest.mark.parametrize(
     ("text", "value"),
-    [("50000", 50000), ("50k", 50000), ("50kB", 50000), ("50 KiB", 51200), ("1.5M", 1500000), ("2g", 2 * 10**9)],
-)
+    [
+        ("50000", 50000), ("50k", 50000), ("50kB", 50000), ("50 KiB", 51200), ("1.5M", 1500000), ("2g", 2 * 10**9),
+        ("32.2k", 32200), ("4.1M", 4100000), ("16.1k", 16100), ("0.01M", 10000), ("50000.0", 50000),
+    ],
+)  # fmt: skip
 def test_parse_size(text: str, value: int) -> None:
+    """Decimal sizes are exact ("32.2k" was 32200.000000000004 bytes in floating point, and refused)."""
     assert targets.parse_size(text) == value
+
+
+def test_every_two_decimal_megabyte_size_parses() -> None:
+    assert all(targets.parse_size(f"{n / 100:.2f}M") == n * 10_000 for n in range(1, 10_000))
+    with pytest.raises(ValueError, match="whole number"):
+        targets.parse_size("1.0001k")
+    assert targets._validate_targets(50000.0, None) == (50000, None)  # a whole float, as the CLI takes "50000.0"
 
 
 @pytest.mark.parametrize("text", ["", "k", "50x", "1e3", "0", "0.5", "-1k"])

@@ -162,7 +162,7 @@ def markdown(report: dict[str, Any]) -> str:
         "quality range does not cap (capped: the quality-8 file is below the size target, or the quality-1 file",
         "above the PSNR target). Estimates: the model's rate estimate; encodes: real (entropy-coded) encodes;",
         "syntheses: g_s runs of a PSNR search. Time: the search against a plain encode of the same image at",
-        f"quality {PLAIN_QUALITY:g} (ratio of means per image).",
+        f"quality {PLAIN_QUALITY:g} (the mean over images of each search's time over that image's plain encode).",
         "",
         "| target | hits | unreachable | capped | mean shortfall | max shortfall | estimates | encodes (max) "
         "| syntheses | time (s) | x plain |",
