@@ -88,6 +88,9 @@ MAX_REFINEMENTS = 3
 #: typical slopes on Kodak, the first step's guess: log(size) and PSNR (dB) per 1/256 of quality
 _LOG_SIZE_SLOPE = 0.4 / QUALITY_DENOMINATOR
 _PSNR_SLOPE = 2.0 / QUALITY_DENOMINATOR
+#: dB that stands for an exact decode in the secant search (8-bit PSNR of a 65535^2 image one level off
+#: in one sample is about 134 dB)
+_PSNR_CAP = 200.0
 #: typical log(size) at quality 4 per log(bits per pixel), for the first guess
 _BPP_AT_4 = 0.75
 #: bytes the coded streams take beyond the model's estimate: 50 to 90 on Kodak at qualities 1.2 to 7.4
@@ -441,7 +444,8 @@ def _search_psnr(c: _Candidates, target: float) -> tuple[int, float]:
         if c.syntheses >= MAX_EVALUATIONS and hi is not None:
             break
         # nothing reaches it after all those syntheses: the largest quality settles it
-        guess = Q16_MAX if c.syntheses >= MAX_EVALUATIONS else _next_guess(values, lo, hi, aim, _PSNR_SLOPE)
+        finite = {q: min(v, _PSNR_CAP) for q, v in values.items()}  # a lossless decode is inf dB
+        guess = Q16_MAX if c.syntheses >= MAX_EVALUATIONS else _next_guess(finite, lo, hi, aim, _PSNR_SLOPE)
         nxt = _next_inside(guess, lo, hi, set(values), False)
         if nxt is None:
             break

@@ -281,3 +281,17 @@ def test_bench_targets_writes_a_report_without_absolute_paths(tmp_path: Path) ->
     assert report["totals"]["size_hits"] == report["totals"]["size_searches"] == 4
     text = (out / "targets.md").read_text()
     assert str(tmp_path) not in text and str(tmp_path) not in (out / "targets.json").read_text()
+
+
+def test_an_exact_decode_does_not_break_the_psnr_search(rgb: np.ndarray, monkeypatch) -> None:
+    """A decoded file equal to the image is inf dB; the secant step through it must still be a number."""
+    real = targets.psnr
+    calls = []
+
+    def exact_at_first(reference, decoded):
+        calls.append(1)
+        return math.inf if len(calls) == 1 else real(reference, decoded)
+
+    monkeypatch.setattr(targets, "psnr", exact_at_first)
+    result = targets.encode_to_target(rgb, target_psnr=25.0)
+    assert result.psnr >= 25.0 and len(calls) >= 2
