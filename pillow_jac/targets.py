@@ -88,8 +88,8 @@ MAX_REFINEMENTS = 3
 #: typical slopes on Kodak, the first step's guess: log(size) and PSNR (dB) per 1/256 of quality
 _LOG_SIZE_SLOPE = 0.4 / QUALITY_DENOMINATOR
 _PSNR_SLOPE = 2.0 / QUALITY_DENOMINATOR
-#: dB that stands for an exact decode in the secant search (8-bit PSNR of a 65535^2 image one level off
-#: in one sample is about 134 dB)
+#: dB that stands for an exact decode in the secant search (8-bit PSNR of a 65535^2 RGB image one level
+#: off in one sample is about 149 dB)
 _PSNR_CAP = 200.0
 #: typical log(size) at quality 4 per log(bits per pixel), for the first guess
 _BPP_AT_4 = 0.75
@@ -155,9 +155,13 @@ def parse_size(text: str | int) -> int:
     return _check_size(int(value))
 
 
+#: the largest target_size taken (8 PiB): beyond it sizes stop being exact as floats
+MAX_TARGET_SIZE = 2**53
+
+
 def _check_size(value: int) -> int:
-    if value < 1:
-        raise ValueError(f"target_size must be a positive number of bytes, got {value}")
+    if not 1 <= value <= MAX_TARGET_SIZE:
+        raise ValueError(f"target_size must be a positive number of bytes up to 2**53, got {value}")
     return value
 
 
@@ -167,9 +171,9 @@ def _validate_targets(target_size, target_psnr) -> tuple[int | None, float | Non
     if target_size is not None:
         if isinstance(target_size, str):
             return parse_size(target_size), None
-        if isinstance(target_size, numbers.Real) and not isinstance(target_size, bool):
-            if math.isfinite(target_size) and float(target_size).is_integer():  # 50000.0, as the CLI takes it
-                target_size = int(target_size)
+        real = isinstance(target_size, numbers.Real) and not isinstance(target_size, (bool, numbers.Integral))
+        if real and math.isfinite(target_size) and float(target_size).is_integer():  # 50000.0, as the CLI takes it
+            target_size = int(target_size)
         if isinstance(target_size, bool) or not isinstance(target_size, numbers.Integral):
             raise ValueError(
                 f"target_size must be a whole number of bytes (or a string such as '50k'), got {target_size!r}"

@@ -209,6 +209,9 @@ def test_every_two_decimal_megabyte_size_parses() -> None:
     with pytest.raises(ValueError, match="whole number"):
         targets.parse_size("1.0001k")
     assert targets._validate_targets(50000.0, None) == (50000, None)  # a whole float, as the CLI takes "50000.0"
+    for huge in ("1" + "0" * 400, 10**400, 2**53 + 1):  # a clean ValueError before any model runs
+        with pytest.raises(ValueError, match="up to 2"):
+            targets._validate_targets(huge, None)
 
 
 @pytest.mark.parametrize("text", ["", "k", "50x", "1e3", "0", "0.5", "-1k"])
