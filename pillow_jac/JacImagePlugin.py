@@ -29,8 +29,7 @@ Save options (``im.save(fp, "JAC", **options)``):
 * ``icc_profile``, ``exif``, ``xmp``: metadata to store. **By default the image's own**
   ``im.info["icc_profile"]``, ``im.info["exif"]`` and ``im.info["xmp"]`` **are kept** (Pillow's own
   JPEG and WebP writers keep none of them by default); pass ``exif=b""`` (or ``None``) to drop one.
-  ``exif`` may also be a :class:`PIL.Image.Exif`; ``xmp`` may be ``str`` or ``bytes``. EXIF edited through
-  ``im.getexif()`` is written as edited (:func:`_edited_exif`). A profile kept
+  ``exif`` may also be a :class:`PIL.Image.Exif`; ``xmp`` may be ``str`` or ``bytes``. A profile kept
   from ``im.info`` must describe the stored pixels (:func:`_profile_fits`): a CMYK image's CMYK
   profile is dropped, since its pixels are stored as RGB.
 * ``device``: torch device for the encoder (``"cpu"``, ``"cuda"``, ``"auto"``); default from
@@ -395,37 +394,6 @@ def _native_mode(im: Image.Image) -> str:
     raise ValueError(msg)
 
 
-def _edited_exif(im: Image.Image, stored: bytes) -> bytes:
-    """``im``'s EXIF as it is now: ``stored`` (``im.info["exif"]``) unless ``im.getexif()`` was changed since.
-
-    ``exif = im.getexif(); exif[0x0112] = 1; im.save("x.jac")`` writes the edited orientation; an EXIF
-    nobody edited is kept byte for byte. Compared by serialising both the same way (a block Pillow
-    cannot read or write is kept as it was).
-
-    Example:
-        >>> from PIL import Image
-        >>> im = Image.new("RGB", (1, 1))
-        >>> exif = Image.Exif()
-        >>> exif[0x0112] = 6
-        >>> im.info["exif"] = stored = exif.tobytes()
-        >>> _edited_exif(im, stored) == stored
-        True
-        >>> im.getexif()[0x0112] = 1
-        >>> reread = Image.Exif()
-        >>> reread.load(_edited_exif(im, stored))
-        >>> reread[0x0112]
-        1
-    """
-    try:
-        current = im.getexif().tobytes()
-        original = Image.Exif()
-        original.load(stored)
-        unchanged = original.tobytes()
-    except Exception:  # noqa: BLE001 - any failure of Pillow's EXIF code: keep the block as it came
-        return stored
-    return stored if current == unchanged else _metadata_bytes(current, "exif") or stored
-
-
 def _profile_fits(profile: bytes | None, mode: str) -> bool:
     """Whether an ICC profile can describe pixels stored in ``mode`` (a profile too short to say: True).
 
@@ -501,8 +469,6 @@ def _encode_image(im: Image.Image, encoderinfo: dict[str, Any]) -> bytes:
                 meta[name] = _metadata_bytes(im.info.get(name), name)
             except TypeError:
                 meta[name] = None
-    if "exif" not in encoderinfo and meta["exif"] is not None:
-        meta["exif"] = _edited_exif(im, meta["exif"])
     mode = _native_mode(im)
     if "icc_profile" not in encoderinfo and not _profile_fits(meta["icc_profile"], mode):
         meta["icc_profile"] = None  # e.g. a CMYK image's profile: its pixels are stored as RGB

@@ -825,25 +825,6 @@ def test_profile_of_another_colour_space_is_not_kept(spy: EncodeSpy, srgb_profil
         assert spy.last["icc_profile"] == (profile if kept else None), (mode, profile[16:20])
 
 
-def test_exif_edited_through_getexif_is_written(spy: EncodeSpy, tmp_path: Path) -> None:
-    """``im.getexif()[274] = 1`` then save: the edit is written, not the stale info["exif"]; unedited, byte for byte."""
-    exif = make_exif()
-    exif[0x0112] = 6
-    hopper().save(tmp_path / "photo.jpg", exif=exif)
-    with Image.open(tmp_path / "photo.jpg") as im:
-        original = im.info["exif"]
-        jac_bytes(im)
-        assert spy.last["exif"] == original  # nobody edited it: the block as it came
-        im.getexif()[0x0112] = 1
-        jac_bytes(im)
-        written = Image.Exif()
-        written.load(spy.last["exif"])
-        assert written[0x0112] == 1
-        assert im.info["exif"] == original  # the image itself is not changed
-        jac_bytes(im, exif=original)  # asked for: written as given
-        assert spy.last["exif"] == original
-
-
 def test_no_metadata_by_default(rgb_jac: bytes) -> None:
     assert not {"icc_profile", "exif", "xmp"} & set(opened(rgb_jac).info)
 
