@@ -97,7 +97,7 @@ _BPP_AT_4 = 0.75
 #: (the range coder's final words and the escapes), added to every estimate
 _ESTIMATE_EXCESS = 70
 #: a size with an optional unit: k, M, G (powers of 1000) or Ki, Mi, Gi (powers of 1024), then an optional B
-_SIZE = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*(?:([kKmMgG])(i)?)?[bB]?")
+_SIZE = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*(?:([kKmMgG])([iI])?)?[bB]?")
 #: latent rows per piece of the rate estimate (bounds its temporaries on large images)
 _ESTIMATE_ROWS = 64
 #: z rows of halo for the float h_s (as the exact one's, pillow_jac.latent_coding)
@@ -172,7 +172,7 @@ def _validate_targets(target_size, target_psnr) -> tuple[int | None, float | Non
         if isinstance(target_size, str):
             return parse_size(target_size), None
         real = isinstance(target_size, numbers.Real) and not isinstance(target_size, (bool, numbers.Integral))
-        if real and math.isfinite(target_size) and float(target_size).is_integer():  # 50000.0, as the CLI takes it
+        if real and math.isfinite(target_size) and int(target_size) == target_size:  # 50000.0, as the CLI takes it
             target_size = int(target_size)
         if isinstance(target_size, bool) or not isinstance(target_size, numbers.Integral):
             raise ValueError(

@@ -197,6 +197,7 @@ def test_bad_targets_raise(rgb: np.ndarray, options: dict, message: str) -> None
     [
         ("50000", 50000), ("50k", 50000), ("50kB", 50000), ("50 KiB", 51200), ("1.5M", 1500000), ("2g", 2 * 10**9),
         ("32.2k", 32200), ("4.1M", 4100000), ("16.1k", 16100), ("0.01M", 10000), ("50000.0", 50000),
+        ("50KIB", 51200), ("2mib", 2 * 1024**2),
     ],
 )  # fmt: skip
 def test_parse_size(text: str, value: int) -> None:
@@ -209,6 +210,10 @@ def test_every_two_decimal_megabyte_size_parses() -> None:
     with pytest.raises(ValueError, match="whole number"):
         targets.parse_size("1.0001k")
     assert targets._validate_targets(50000.0, None) == (50000, None)  # a whole float, as the CLI takes "50000.0"
+    from fractions import Fraction
+
+    with pytest.raises(ValueError, match="whole number"):  # not truncated to 10**19
+        targets._validate_targets(Fraction(10**20 + 1, 10), None)
     for huge in ("1" + "0" * 400, 10**400, 2**53 + 1):  # a clean ValueError before any model runs
         with pytest.raises(ValueError, match="up to 2"):
             targets._validate_targets(huge, None)
