@@ -555,7 +555,7 @@ def _file_position(fp: IO[bytes]) -> tuple[int | None, int | None]:
             return st.st_size, fd
         if os.lseek(fd, 0, os.SEEK_CUR) != start:
             return None, None
-    except (AttributeError, OSError, ValueError):  # not a file (BytesIO, a socket wrapper, ...)
+    except (AttributeError, OSError, ValueError):  # closed, or not seekable (a pipe behind a file object)
         return None, None
     return start, fd
 

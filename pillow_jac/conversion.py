@@ -151,8 +151,9 @@ def encode_file(
             options.update(icc_profile=None, exif=None, xmp=None)
         encoded = io.BytesIO()
         im.save(encoded, format=JacImageFile.format, **options)
-    _emit(dst, encoded.getvalue(), out)
-    return len(encoded.getvalue())
+    data = encoded.getvalue()
+    _emit(dst, data, out)
+    return len(data)
 
 
 def read_jac(path: Path, keep_unknown: bool = False) -> container.JacFile:

@@ -61,9 +61,10 @@ def write_atomic(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) ->
             with open(path, "ab") as f:  # appending: a shell's ">>" behind /dev/stdout is not truncated
                 write(f)
         except OSError as e:
-            if e.errno is None or e.filename is not None:
+            restated = _about(e, Path(path), None)
+            if restated is None:
                 raise
-            raise type(e)(e.errno, e.strerror, os.fspath(path)) from e
+            raise restated from e
         return
     path = Path(os.path.realpath(path)) if os.path.islink(path) else Path(path)
     mode = _existing_mode(path)
@@ -132,8 +133,8 @@ def _create_temporary(path: Path) -> tuple[int, str]:
     raise FileExistsError(errno.EEXIST, "no free temporary file name", str(path))
 
 
-def _about(e: OSError, path: Path, tmp: str) -> OSError | None:
-    """``e`` restated about ``path`` if it names the temporary file or no file (a full disk); else None."""
+def _about(e: OSError, path: Path, tmp: str | None) -> OSError | None:
+    """``e`` restated about ``path`` if it names the temporary file ``tmp`` or no file (a full disk); else None."""
     if e.errno is None or e.filename not in (None, tmp):
         return None
     return type(e)(e.errno, e.strerror, str(path))

@@ -52,6 +52,7 @@ from .encoder_update import (
     refuse_evaluation_data,
     score_real,
     tuned_weights,
+    update_average,
 )
 
 __all__ = ["main"]
@@ -130,8 +131,7 @@ def main(argv: list[str] | None = None) -> None:
     for name, p in model.named_parameters():
         p.requires_grad_(is_encoder_key(name))
     decoder_before = {k: v.clone() for k, v in model.state_dict().items() if not is_encoder_key(k)}
-    encoder_params = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
-    params = [p for _, p in encoder_params]
+    params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=args.lr)
 
     train_paths, held_paths = holdout_split(list_images(args.data), args.holdout, args.holdout_seed)
@@ -277,9 +277,7 @@ def main(argv: list[str] | None = None) -> None:
             torch.nn.utils.clip_grad_norm_(params, args.clip)
         optimizer.step()
         if average is not None:
-            with torch.no_grad():
-                for name, p in encoder_params:
-                    average[name].lerp_(p, 1.0 - args.ema)
+            update_average(average, model, args.ema)
         step += 1
         n += 1
         t_steps += time.perf_counter() - t_step

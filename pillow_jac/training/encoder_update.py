@@ -27,6 +27,7 @@ __all__ = [
     "VALIDATION_QUALITIES",
     "is_encoder_key",
     "encoder_state",
+    "update_average",
     "forget_engine",
     "score_real",
     "bd_against",
@@ -57,6 +58,17 @@ def is_encoder_key(name: str) -> bool:
 def encoder_state(model: JointAutoregressiveHierarchicalPrior) -> dict[str, torch.Tensor]:
     """The encoder-side tensors of a model, detached copies in float32."""
     return {k: v.detach().float().clone() for k, v in model.state_dict().items() if is_encoder_key(k)}
+
+
+def update_average(average: dict[str, torch.Tensor], model: JointAutoregressiveHierarchicalPrior, decay: float) -> None:
+    """One step of the moving average of the weights being trained (those that require gradients).
+
+    ``average`` (from :func:`encoder_state`) becomes ``decay * average + (1 - decay) * weights``.
+    """
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.requires_grad:
+                average[name].lerp_(p.detach().float(), 1.0 - decay)
 
 
 def forget_engine(path: Path) -> None:

@@ -40,6 +40,7 @@ from .encoder_update import (
     refuse_evaluation_data,
     score_real,
     tuned_weights,
+    update_average,
 )
 
 __all__ = ["make_targets", "load_targets", "distillation_loss", "agreement", "main"]
@@ -203,10 +204,7 @@ def train(args: argparse.Namespace) -> float | None:
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             optimizer.step()
-            with torch.no_grad():
-                for name, p in model.named_parameters():
-                    if p.requires_grad:
-                        average[name].lerp_(p.detach().float(), 1.0 - args.ema)
+            update_average(average, model, args.ema)
             running = float(loss.detach()) if step == 1 else 0.95 * running + 0.05 * float(loss.detach())
             if step % args.eval_every and step != args.steps:
                 continue
