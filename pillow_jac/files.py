@@ -130,6 +130,14 @@ def _create_temporary(path: Path) -> tuple[int, str]:
             continue
         except OSError as e:
             raise (_about(e, path, tmp) or e) from None
+        except BaseException:
+            # Python checks for Ctrl-C (and a batch worker's cancellation) as os.open returns: the file
+            # exists then, but the caller never learns its name, so it is removed here
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            raise
     raise FileExistsError(errno.EEXIST, "no free temporary file name", str(path))
 
 

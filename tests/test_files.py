@@ -198,3 +198,19 @@ def test_paths_through_proc_to_ordinary_files_are_replaced(tmp_path, monkeypatch
     assert (tmp_path / "old.jac").read_bytes() == b"new"
     assert _is_special("/dev/stdout") and _is_special("/proc/self/fd/1") and _is_special("/dev/fd/2")
     assert not _is_special("/dev/stdout.jac") and not _is_special(str(tmp_path / "old.jac"))
+
+
+def test_an_interruption_as_the_temporary_file_is_created_leaves_nothing(tmp_path, monkeypatch):
+    """Ctrl-C (or a batch's cancellation) is raised as os.open returns: the new file is removed all the same."""
+    from pillow_jac import files
+
+    real_open = os.open
+
+    def interrupted_open(*args, **kwargs):
+        real_open(*args, **kwargs)
+        raise KeyboardInterrupt  # where Python's check for pending signals after the call raises it
+
+    monkeypatch.setattr(files.os, "open", interrupted_open)
+    with pytest.raises(KeyboardInterrupt):
+        write_atomic(tmp_path / "out.jac", lambda f: f.write(b"x"))
+    assert os.listdir(tmp_path) == []
