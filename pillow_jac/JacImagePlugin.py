@@ -96,6 +96,7 @@ __all__ = [
     "JacDecoder",
     "encode_image",
     "make_preview",
+    "preview_size",
     "register",
     "SUPPORTED_MODES",
     "NATIVE_MODES",
@@ -301,6 +302,20 @@ def _preview_for(jac: container.JacFile, mode: str, size: tuple[int, int]) -> Im
         return None
 
 
+def preview_size(size: bool | int) -> int:
+    """The long side of the preview the ``preview`` save option asks for (True: :data:`PREVIEW_SIZE`).
+
+    Raises:
+        ValueError: ``size`` is not True or a whole number from 8 to :data:`PREVIEW_MAX_SIZE`.
+    """
+    if size is True:
+        return PREVIEW_SIZE
+    if isinstance(size, bool) or not isinstance(size, int) or not 8 <= size <= PREVIEW_MAX_SIZE:
+        msg = f"preview must be True or a long side from 8 to {PREVIEW_MAX_SIZE} pixels, got {size!r}"
+        raise ValueError(msg)
+    return size
+
+
 def make_preview(pixels: np.ndarray, layout: str, size: bool | int = True) -> bytes | None:
     """The ``prvw`` chunk data for an image: a WebP at most ``size`` pixels on the long side (SPEC.md 5.4).
 
@@ -325,11 +340,7 @@ def make_preview(pixels: np.ndarray, layout: str, size: bool | int = True) -> by
         >>> container.unpack_preview(data)[:3]
         (1, 512, 341)
     """
-    if size is True:
-        size = PREVIEW_SIZE
-    if isinstance(size, bool) or not isinstance(size, int) or not 8 <= size <= PREVIEW_MAX_SIZE:
-        msg = f"preview must be True or a long side from 8 to {PREVIEW_MAX_SIZE} pixels, got {size!r}"
-        raise ValueError(msg)
+    size = preview_size(size)
     height, width = pixels.shape[:2]
     if max(width, height) <= size:
         return None

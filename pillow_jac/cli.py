@@ -29,7 +29,6 @@ Example:
 
 from __future__ import annotations
 
-import _thread
 import argparse
 import json
 import os
@@ -37,26 +36,14 @@ import signal
 import sys
 import threading
 import warnings
-from collections.abc import Iterator, Sequence
-from concurrent.futures import Future
+from collections.abc import Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from . import __version__
 from .constants import DEFAULT_EFFORT, DEFAULT_QUALITY, MAX_EFFORT, validate_quality
-from .conversion import (
-    PROG,
-    STDIO,
-    ConversionError,
-    Progress,
-    batch_inputs,
-    convert_file,
-    decode_file,
-    encode_file,
-    first_line,
-    one_line,
-    read_jac,
-)
+from .conversion import PROG, STDIO, ConversionError, decode_file, encode_file, one_line, read_jac, show_warning
+from .local_batch import run_batch
 
 __all__ = ["main", "build_parser"]
 
@@ -150,190 +137,6 @@ def file_info(path: Path) -> dict[str, Any]:
         "decoder_installed": bool(decoder),
         "decoder_path": str(decoder[0].path) if decoder else None,
     }
-
-
-# --------------------------------------------------------------------------- batch
-
-
-# In a batch worker process: whether the batch was cancelled, and whether a file is being converted.
-_cancelled = False
-_converting = False
-
-
-def _worker_init(threads: int, cancel: Any) -> None:
-    """Set up a batch worker: its torch threads, and stopping when the batch is cancelled.
-
-    Ctrl-C in a terminal signals every process of the group, workers included. A worker turns SIGINT
-    into ``KeyboardInterrupt`` only while it converts a file (an idle one would die with a traceback).
-    ``cancel`` is the reading end of a pipe that the parent closes to cancel the batch (also when the
-    parent alone got the SIGINT, or died): a thread then interrupts the file being converted. Only that
-    thread touches the pipe, and only plain module flags are shared with the main thread, so an
-    interruption never leaves a lock held.
-    """
-    signal.signal(signal.SIGINT, _worker_sigint)
-    if signal.getsignal(signal.SIGTERM) != signal.SIG_IGN:  # an ignored SIGTERM stays ignored, as in jac itself
-        signal.signal(signal.SIGTERM, _worker_sigterm)
-    threading.Thread(target=_interrupt_when_cancelled, args=(cancel,), daemon=True).start()
-    try:
-        import torch
-    except ImportError:  # pragma: no cover - torch is a dependency
-        return
-    torch.set_num_threads(threads)
-
-
-def _worker_sigint(signum: int, frame: Any) -> None:
-    """Interrupt the file being converted, once.
-
-    A Ctrl-C reaches a worker twice (the terminal's SIGINT to the group, and the cancel pipe's
-    interruption); a second one during the first's clean-up would leave the temporary file behind.
-    """
-    global _converting
-    if _converting:
-        _converting = False
-        raise KeyboardInterrupt
-
-
-def _worker_sigterm(signum: int, frame: Any) -> None:
-    """SIGTERM in a worker: the file being converted is cleaned up as on Ctrl-C; an idle worker ends.
-
-    ``timeout`` and ``kill -TERM -PGID`` signal the whole process group, workers included.
-    """
-    if _converting:
-        _worker_sigint(signum, frame)
-        return
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    os.kill(os.getpid(), signal.SIGTERM)
-
-
-def _interrupt_when_cancelled(cancel: Any) -> None:
-    global _cancelled
-    try:
-        cancel.recv_bytes()  # nothing is ever sent: this returns when the parent closes its end
-    except (EOFError, OSError):
-        pass
-    _cancelled = True
-    _thread.interrupt_main(signal.SIGINT)
-
-
-def _worker_job(
-    src: str, dst: str, to: str, quality: float, effort: int, device: str | None, extra: dict | None = None
-) -> tuple[int, int] | None:
-    """:func:`_batch_job` in a worker; None when the batch was cancelled before or while converting."""
-    global _converting
-    try:
-        _converting = True  # before the check: a cancel from now on interrupts the conversion
-        if _cancelled:
-            return None
-        return convert_file(src, dst, to, quality, effort, device, extra)
-    except KeyboardInterrupt:
-        return None
-    finally:
-        _converting = False
-
-
-def run_batch(
-    in_dir: Path,
-    out_dir: Path,
-    to: str,
-    *,
-    quality: float = DEFAULT_QUALITY,
-    effort: int = DEFAULT_EFFORT,
-    workers: int = 1,
-    recursive: bool = False,
-    device: str | None = None,
-    progress: bool = True,
-    stream: IO[str] | None = None,
-    target_size: int | None = None,
-    target_psnr: float | None = None,
-    preview: bool = False,
-) -> tuple[int, int]:
-    """Convert every image in ``in_dir`` into ``out_dir``; return (converted, failed) counts.
-
-    ``target_size``, ``target_psnr`` and ``preview`` are as in :func:`encode_file`, for every file.
-
-    With ``to="jac"`` every file Pillow can read (by extension) is encoded to ``NAME.jac``; with
-    ``to="png"`` every ``.jac`` file is decoded to ``NAME.png``. ``workers > 1`` uses that many
-    worker processes (started through a "forkserver" that has imported torch, or "spawn" where there is
-    none; never plain fork, which is unsafe once torch's thread pools run), each with
-    ``cpu_count // workers`` torch threads.
-    """
-    stream = sys.stderr if stream is None else stream
-    if not in_dir.is_dir():
-        raise CliError(f"{in_dir}: not a directory")
-    sources = batch_inputs(in_dir, to, recursive)
-    if not sources:
-        raise CliError(f"{in_dir}: no {'images' if to == 'jac' else '.jac files'} found")
-    jobs: dict[Path, Path] = {}
-    for src in sources:
-        dst = out_dir / src.relative_to(in_dir).with_suffix("." + to)
-        if dst in jobs.values():
-            other = next(s for s, d in jobs.items() if d == dst)
-            raise CliError(f"{src} and {other} would both be written to {dst}")
-        jobs[src] = dst
-    out_dir.mkdir(parents=True, exist_ok=True)
-
-    bar = Progress(len(jobs), stream, progress)
-    failed = 0
-    extra = {"target_size": target_size, "target_psnr": target_psnr, "preview": preview}
-    for src, result in _run_jobs(jobs, to, quality, effort, device, workers, extra):
-        if isinstance(result, BaseException):
-            failed += 1
-            bar.step(str(src), one_line(result))
-        else:
-            bar.step(str(src))
-    return len(jobs) - failed, failed
-
-
-def _run_jobs(
-    jobs: dict[Path, Path],
-    to: str,
-    quality: float,
-    effort: int,
-    device: str | None,
-    workers: int,
-    extra: dict | None = None,
-) -> Iterator[tuple[Path, Any]]:
-    if workers <= 1:
-        for src, dst in jobs.items():
-            try:
-                yield src, convert_file(str(src), str(dst), to, quality, effort, device, extra)
-            except Exception as e:
-                yield src, e
-        return
-
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor, as_completed
-
-    threads = max(1, (os.cpu_count() or 1) // workers)
-    if "forkserver" in multiprocessing.get_all_start_methods():
-        # Workers fork from a server process that has imported torch but never ran it: fast to
-        # start, and no fork of a process whose torch/OpenMP thread pools are running.
-        ctx = multiprocessing.get_context("forkserver")
-        ctx.set_forkserver_preload(["pillow_jac.cli", "pillow_jac.codec", "torch"])
-    else:  # pragma: no cover - Windows
-        ctx = multiprocessing.get_context("spawn")
-    cancel_reader, cancel = ctx.Pipe(duplex=False)  # closing `cancel` cancels the batch in the workers
-    init = (threads, cancel_reader)
-    with (
-        cancel_reader,
-        cancel,
-        ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_worker_init, initargs=init) as ex,
-    ):
-        futures: dict[Future[tuple[int, int] | None], Path] = {
-            ex.submit(_worker_job, str(src), str(dst), to, quality, effort, device, extra): src
-            for src, dst in jobs.items()
-        }
-        try:
-            for fut in as_completed(futures):
-                exc = fut.exception()
-                if exc is None and fut.result() is None:  # a worker stopped by a SIGINT sent to it alone
-                    exc = CliError("interrupted")
-                yield futures[fut], exc if exc is not None else fut.result()
-        except BaseException:  # e.g. KeyboardInterrupt: stop the running files, drop the queued ones
-            cancel.close()
-            for fut in futures:
-                fut.cancel()
-            raise
 
 
 # --------------------------------------------------------------------------- argument parsing
@@ -444,6 +247,12 @@ def build_parser() -> argparse.ArgumentParser:
         "or one per GPU where it has GPUs)",
     )
     p.add_argument("-r", "--recursive", action="store_true", help="include subfolders (mirrored in OUT_DIR)")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="with --to png, also replace images older than their .jac file (kept by default: they may be the "
+        "originals the .jac files were made from)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress output")
     add_device(p)
     p.add_argument(
@@ -454,6 +263,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="convert on Ray workers (pip install pillow_jac[ray]), skipping outputs already done: a new local "
         "instance, or ADDRESS 'auto' (this machine's cluster) or ray://HOST:PORT; every node must see IN_DIR "
         "and OUT_DIR at the same paths",
+    )
+    p.add_argument(
+        "--no-resume",
+        dest="resume",
+        action="store_false",
+        help="with --ray, convert every file again, also those whose output is done (needed after changing "
+        "-e, a --size or --psnr target, or the model: a done output is checked for quality, preview and "
+        "fitting the size only)",
     )
     return parser
 
@@ -497,11 +314,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         0 on success, 1 on error, 130 when interrupted, 143 when terminated. Usage errors raise
         ``SystemExit(2)`` from argparse.
     """
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "batch" and not args.resume and args.ray is None:
+        parser.error("--no-resume is an option of --ray (jac batch without --ray converts every file)")
     previous = _on_sigterm(_terminate)
     try:
         with warnings.catch_warnings():
-            warnings.showwarning = _show_warning
+            warnings.showwarning = show_warning
             _run(args)
         if sys.stdout is not None:
             sys.stdout.flush()  # here, where a reader that went away is handled, not at exit
@@ -607,6 +427,7 @@ def _run(args: argparse.Namespace) -> None:
             target_size=args.size,
             target_psnr=args.psnr,
             preview=args.preview,
+            force=args.force,
         )
         if failed:
             raise CliError(f"{failed} of {done + failed} files failed")
@@ -630,13 +451,11 @@ def _run_ray_batch(args: argparse.Namespace) -> None:
         target_size=args.size,
         target_psnr=args.psnr,
         preview=args.preview,
+        resume=args.resume,
+        force=args.force,
     )
     if not args.quiet and report.skipped:
         print(f"{PROG}: {report.skipped} files already done, skipped", file=sys.stderr)
     if report.failed:
         total = report.done + report.skipped + len(report.failed)
         raise CliError(f"{len(report.failed)} of {total} files failed")
-
-
-def _show_warning(message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any) -> None:
-    print(f"{PROG}: warning: {first_line(str(message)) or category.__name__}", file=sys.stderr)

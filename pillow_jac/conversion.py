@@ -14,6 +14,7 @@ import os
 import sys
 import time
 import warnings
+from collections.abc import Iterable
 from pathlib import Path
 from typing import IO, Any
 
@@ -28,15 +29,23 @@ __all__ = [
     "decode_file",
     "read_jac",
     "batch_inputs",
+    "plan",
     "convert_file",
+    "convert_noting_warnings",
     "Progress",
     "first_line",
     "one_line",
+    "show_warning",
 ]
 
 
 class ConversionError(Exception):
     """An error whose message is meant for the user as it is (one line, with the path it concerns)."""
+
+
+#: How often a batch tries a file whose worker process (or Ray worker) dies while converting it: a file that
+#: kills two workers (too large for memory, say) is reported as failed and the others go on.
+ATTEMPTS = 2
 
 
 def _pillow_format_for(path: Path) -> str:
@@ -113,13 +122,13 @@ def encode_file(
     model: str | None = None,
     target_size: int | None = None,
     target_psnr: float | None = None,
-    preview: bool = False,
+    preview: bool | int = False,
 ) -> int:
     """Encode any image Pillow can read to ``dst`` (``.jac``); return the bytes written.
 
-    ``target_size`` or ``target_psnr`` replace ``quality`` (:mod:`pillow_jac.targets`); ``preview`` also
-    stores a preview (SPEC.md section 5.4). ``src`` or ``dst`` :data:`STDIO` reads standard input or writes
-    standard output.
+    ``target_size`` or ``target_psnr`` replace ``quality`` (:mod:`pillow_jac.targets`); ``preview`` (True, or
+    its long side in pixels) also stores a preview (SPEC.md section 5.4). ``src`` or ``dst`` :data:`STDIO`
+    reads standard input or writes standard output.
 
     Raises:
         ConversionError: ``dst`` is ``src``, its name does not end in ``.jac`` and ``force`` is false, standard
@@ -145,8 +154,8 @@ def encode_file(
         if target_size is not None or target_psnr is not None:
             del options["quality"]
             options.update(target_size=target_size, target_psnr=target_psnr)
-        if preview:
-            options["preview"] = True
+        if preview is not False and preview is not None:
+            options["preview"] = preview
         if strip:
             options.update(icc_profile=None, exif=None, xmp=None)
         encoded = io.BytesIO()
@@ -210,7 +219,11 @@ def decode_file(src: Path, dst: Path, *, device: str | None = None) -> None:
 
 
 def batch_inputs(in_dir: Path, to: str, recursive: bool) -> list[Path]:
-    """The files of ``in_dir`` a batch converts: every image Pillow reads (``to="jac"``) or every ``.jac``."""
+    """The files of ``in_dir`` a batch converts: every image Pillow reads (``to="jac"``) or every ``.jac``.
+
+    Hidden files (names starting with ``.``: macOS's ``._NAME`` companions, temporary files) are not images of
+    the batch.
+    """
     from PIL import Image
 
     if to == "jac":
@@ -219,22 +232,129 @@ def batch_inputs(in_dir: Path, to: str, recursive: bool) -> list[Path]:
     else:
         exts = {".jac"}
     pattern = "**/*" if recursive else "*"
-    return sorted(p for p in in_dir.glob(pattern) if p.is_file() and p.suffix.lower() in exts)
+    return sorted(
+        p for p in in_dir.glob(pattern) if p.suffix.lower() in exts and not p.name.startswith(".") and p.is_file()
+    )
+
+
+def plan(
+    inputs: str | os.PathLike | Iterable[str | os.PathLike],
+    out_dir: str | os.PathLike,
+    to: str = "jac",
+    *,
+    recursive: bool = False,
+    base_dir: str | os.PathLike | None = None,
+) -> dict[Path, Path]:
+    """The input and output path of every file a batch converts (``jac batch``, with or without Ray).
+
+    Args:
+        inputs: a folder (its images as :func:`batch_inputs` selects them: every file Pillow reads by
+            extension for ``to="jac"``, every ``.jac`` file for ``to="png"``) or an iterable of file paths
+            (taken as given).
+        out_dir: the output folder (it need not exist yet).
+        to: ``"jac"`` or ``"png"``.
+        recursive: include a folder's subfolders (mirrored in ``out_dir``).
+        base_dir: for a list of paths, the folder whose layout ``out_dir`` mirrors (every path must be inside
+            it); by default each output is ``out_dir`` / the input's name.
+
+    Returns:
+        ``{input: output}`` in the order the files are submitted, all paths absolute.
+
+    Raises:
+        ValueError: ``inputs`` is not a folder nor a list, has no images, a path is outside ``base_dir``,
+            ``out_dir`` is a file, or two inputs would be written to the same output.
+    """
+    if to not in ("jac", "png"):
+        raise ValueError(f"to must be 'jac' or 'png', not {to!r}")
+    out = Path(os.path.abspath(out_dir))
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{out_dir}: not a directory (the output folder)")
+    if isinstance(inputs, (str, os.PathLike)):
+        in_dir = Path(os.path.abspath(inputs))
+        if not in_dir.is_dir():
+            raise ValueError(f"{inputs}: {'not a directory' if in_dir.exists() else 'no such directory'}")
+        sources, base = batch_inputs(in_dir, to, recursive), in_dir
+        if not sources:
+            raise ValueError(f"{inputs}: no {'images' if to == 'jac' else '.jac files'} found")
+    else:
+        sources = [Path(os.path.abspath(p)) for p in inputs]
+        base = Path(os.path.abspath(base_dir)) if base_dir is not None else None
+        if not sources:
+            raise ValueError("no input files given")
+    jobs: dict[Path, Path] = {}
+    written: dict[Path, Path] = {}
+    for src in sources:
+        if base is None:
+            relative = Path(src.name)
+        else:
+            try:
+                relative = src.relative_to(base)
+            except ValueError:
+                raise ValueError(f"{src} is not inside {base}") from None
+        dst = out / relative.with_suffix("." + to)
+        if dst in written:
+            raise ValueError(f"{src} and {written[dst]} would both be written to {dst}")
+        jobs[src] = dst
+        written[dst] = src
+    return jobs
+
+
+def _check_not_an_original(src: Path, dst: Path) -> None:
+    """Refuse to replace an image older than the ``.jac`` file decoded over it: it may be what was encoded.
+
+    ``jac batch IN IN --to jac`` then ``jac batch IN IN --to png`` would otherwise replace each original
+    with its lossy decode.
+    """
+    try:
+        existing, source = os.stat(dst), os.stat(src)
+    except OSError:  # no output yet (a missing input is reported when it is read)
+        return
+    if existing.st_mtime_ns < source.st_mtime_ns:
+        raise ConversionError(
+            f"{dst}: exists and is older than {src.name}, so it may be the image that file was made from; "
+            "not replaced (--force replaces it)"
+        )
 
 
 def convert_file(
-    src: str, dst: str, to: str, quality: float, effort: int, device: str | None, extra: dict | None = None
+    src: str,
+    dst: str,
+    to: str,
+    quality: float,
+    effort: int,
+    device: str | None,
+    extra: dict | None = None,
+    *,
+    force: bool = False,
 ) -> tuple[int, int]:
-    """Convert one file (runs in a worker); return (input bytes, output bytes).
+    """Convert one file as a batch does; return (input bytes, output bytes).
 
-    ``extra``: more :func:`encode_file` options (``target_size``, ``target_psnr``, ``preview``).
+    ``extra``: more :func:`encode_file` options (``target_size``, ``target_psnr``, ``preview``). Decoding
+    (``to="png"``) does not replace an existing file older than the ``.jac`` one unless ``force`` is true.
     """
     Path(dst).parent.mkdir(parents=True, exist_ok=True)
     if to == "jac":
         encode_file(Path(src), Path(dst), quality, effort=effort, device=device, **(extra or {}))
     else:
+        if not force:
+            _check_not_an_original(Path(src), Path(dst))
         decode_file(Path(src), Path(dst), device=device)
     return os.path.getsize(src), os.path.getsize(dst)
+
+
+def convert_noting_warnings(*args: Any, **kwargs: Any) -> tuple[tuple[int, int] | Exception, list[str]]:
+    """:func:`convert_file`, with its error (if any) and its warnings returned instead of raised or printed.
+
+    Returns:
+        ``(result, warnings)``: the byte counts or the exception, and the first line of each warning, so
+        that a batch reports them with the file's name (also from worker processes, which print nothing).
+    """
+    with warnings.catch_warnings(record=True) as caught:  # the filters in force stay (a fresh registry)
+        try:
+            result: tuple[int, int] | Exception = convert_file(*args, **kwargs)
+        except Exception as e:
+            result = e
+    return result, [first_line(str(w.message)) or w.category.__name__ for w in caught]
 
 
 #: the program name that prefixes the progress bar's error lines
@@ -249,8 +369,17 @@ class Progress:
         self.tty = enabled and hasattr(stream, "isatty") and stream.isatty()
         self.start = time.monotonic()
 
-    def step(self, name: str, error: str | None = None) -> None:
-        """One more file done (``error``: its one-line error, printed on a line of its own)."""
+    def warn(self, name: str, message: str) -> None:
+        """A warning about one file, on a line of its own (printed also when progress is off)."""
+        self._clear()
+        print(f"{PROG}: warning: {name}: {message}", file=self.stream)
+
+    def step(self, name: str, error: str | None = None, note: str | None = None) -> None:
+        """One more file done.
+
+        ``error``: its one-line error, printed on a line of its own; ``note``: words after its name on the
+        progress line, such as ``already done``.
+        """
         self.done += 1
         if error is not None:
             self._clear()
@@ -266,12 +395,17 @@ class Progress:
             if self.done == self.total:
                 self.stream.write("\n")
         elif error is None:
-            self.stream.write(f"[{self.done}/{self.total}] {name}\n")
+            self.stream.write(f"[{self.done}/{self.total}] {name}{f' ({note})' if note else ''}\n")
         self.stream.flush()
 
     def _clear(self) -> None:
         if self.tty:
             self.stream.write("\r" + " " * 60 + "\r")
+
+
+def show_warning(message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any) -> None:
+    """``warnings.showwarning`` for the command line: one line, ``jac: warning: ...``, on stderr."""
+    print(f"{PROG}: warning: {first_line(str(message)) or category.__name__}", file=sys.stderr)
 
 
 def first_line(text: str) -> str:

@@ -67,14 +67,14 @@ from typing import Any
 
 from . import container
 from .constants import DEFAULT_EFFORT, DEFAULT_QUALITY, validate_effort, validate_quality
-from .conversion import Progress, batch_inputs, convert_file, one_line
+from .conversion import ATTEMPTS, Progress, convert_noting_warnings, one_line, plan
+from .JacImagePlugin import preview_size
+from .targets import validate_targets
 
 __all__ = ["FileResult", "Report", "Worker", "convert", "is_done", "plan"]
 
 #: Calls each worker may have submitted at once (one running, one queued): enough to hide the round trip.
 IN_FLIGHT_PER_WORKER = 2
-#: How often a file is tried when its worker dies (a file that kills two workers is reported as failed).
-ATTEMPTS = 2
 
 
 @dataclass(frozen=True)
@@ -91,6 +91,7 @@ class FileResult:
         seconds: time the worker spent on the file.
         node: host name of the worker's machine.
         pid: the worker's process id.
+        warnings: the first line of each warning raised while converting the file.
     """
 
     src: str
@@ -102,6 +103,7 @@ class FileResult:
     seconds: float = 0.0
     node: str = ""
     pid: int = 0
+    warnings: tuple[str, ...] = ()
 
 
 @dataclass
@@ -145,84 +147,47 @@ class Report:
             self.failed.append(result)
 
 
-def plan(
-    inputs: str | os.PathLike | Iterable[str | os.PathLike],
-    out_dir: str | os.PathLike,
-    to: str = "jac",
+def is_done(
+    src: str | os.PathLike,
+    dst: str | os.PathLike,
+    to: str,
+    quality: float | None = DEFAULT_QUALITY,
     *,
-    recursive: bool = False,
-    base_dir: str | os.PathLike | None = None,
-) -> dict[Path, Path]:
-    """The input and output path of every file a batch converts, with ``jac batch``'s selection and names.
-
-    Args:
-        inputs: a folder (its images as ``jac batch`` selects them: every file Pillow reads by extension for
-            ``to="jac"``, every ``.jac`` file for ``to="png"``) or an iterable of file paths (taken as given).
-        out_dir: the output folder.
-        to: ``"jac"`` or ``"png"``.
-        recursive: include a folder's subfolders (mirrored in ``out_dir``).
-        base_dir: for a list of paths, the folder whose layout ``out_dir`` mirrors (every path must be inside
-            it); by default each output is ``out_dir`` / the input's name.
-
-    Returns:
-        ``{input: output}`` in the order the files are submitted, all paths absolute.
-
-    Raises:
-        ValueError: ``inputs`` is not a folder nor a list, has no images, a path is outside ``base_dir``, or two
-            inputs would be written to the same output.
-    """
-    if to not in ("jac", "png"):
-        raise ValueError(f"to must be 'jac' or 'png', not {to!r}")
-    out = Path(os.path.abspath(out_dir))
-    if isinstance(inputs, (str, os.PathLike)):
-        in_dir = Path(os.path.abspath(inputs))
-        if not in_dir.is_dir():
-            raise ValueError(f"{inputs}: not a directory")
-        sources, base = batch_inputs(in_dir, to, recursive), in_dir
-        if not sources:
-            raise ValueError(f"{inputs}: no {'images' if to == 'jac' else '.jac files'} found")
-    else:
-        sources = [Path(os.path.abspath(p)) for p in inputs]
-        base = Path(os.path.abspath(base_dir)) if base_dir is not None else None
-        if not sources:
-            raise ValueError("no input files given")
-    jobs: dict[Path, Path] = {}
-    written: dict[Path, Path] = {}
-    for src in sources:
-        if base is None:
-            relative = Path(src.name)
-        else:
-            try:
-                relative = src.relative_to(base)
-            except ValueError:
-                raise ValueError(f"{src} is not inside {base}") from None
-        dst = out / relative.with_suffix("." + to)
-        if dst in written:
-            raise ValueError(f"{src} and {written[dst]} would both be written to {dst}")
-        jobs[src] = dst
-        written[dst] = src
-    return jobs
-
-
-def is_done(src: str | os.PathLike, dst: str | os.PathLike, to: str, quality: float | None = DEFAULT_QUALITY) -> bool:
+    preview: bool | int = False,
+    target_size: int | None = None,
+) -> bool:
     """Whether ``dst`` is a finished conversion of ``src``, which ``resume`` skips.
 
-    Outputs are written atomically, so a file at ``dst`` is complete. It counts as done when it is a regular
-    file at least as new as ``src`` and, for ``to="jac"``, its header parses and holds ``quality`` (as stored, to
-    1/256); ``quality=None`` (a size or PSNR target, whose quality is found per file) checks only the header.
-    The effort, the target and the model are not checked: run with ``resume=False`` to redo a batch with another.
+    It counts as done when it is a regular file at least as new as ``src`` and:
+
+    * for ``to="png"``: Pillow reads it as a PNG whose chunks check (``verify()``), so an empty or cut file
+      left by a machine that crashed is converted again;
+    * for ``to="jac"``: the container parses (every chunk's CRC), its quality is ``quality`` (as stored, to
+      1/256; None, for a size or PSNR target, checks none), it holds a preview exactly when ``preview``
+      asks for one that is smaller than the image, and with ``target_size`` it is no larger.
+
+    The effort, a PSNR target, a size target larger than before and the model are not checked: run with
+    ``resume=False`` (``jac batch --ray --no-resume``) to redo a batch with other ones.
     """
     try:
         out = os.stat(dst)
         if not stat.S_ISREG(out.st_mode) or out.st_mtime_ns < os.stat(src).st_mtime_ns:
             return False
         if to != "jac":
+            from PIL import Image
+
+            with Image.open(dst, formats=["PNG"]) as im:
+                im.verify()
             return True
-        with open(dst, "rb") as f:
-            header = container.read_header(f)
-    except (OSError, ValueError):
+        jac = container.read(dst)
+    except (OSError, ValueError, SyntaxError, EOFError):
         return False
-    return quality is None or header.quality == container.quantize_quality(quality)
+    if quality is not None and jac.header.quality != container.quantize_quality(quality):
+        return False
+    if target_size is not None and out.st_size > target_size:
+        return False
+    wants_preview = preview is not False and preview is not None and max(jac.size) > preview_size(preview)
+    return wants_preview == (jac.preview is not None)
 
 
 def _peak_rss_bytes() -> int:
@@ -285,21 +250,35 @@ class Worker:
         device: str | None,
         resume: bool,
         extra: dict | None = None,
+        force: bool = False,
     ) -> FileResult:
         """Convert one file as ``jac batch`` does; never raises (a failure is a ``"failed"`` result).
 
-        ``extra``: the batch's ``target_size``, ``target_psnr`` and ``preview``.
+        ``extra``: the batch's ``target_size``, ``target_psnr`` and ``preview``; ``force``: as
+        :func:`pillow_jac.conversion.convert_file`'s.
         """
         start = time.perf_counter()
         where = {"node": self._info["node"], "pid": self._info["pid"]}
-        targeted = bool(extra) and (extra.get("target_size") is not None or extra.get("target_psnr") is not None)
+        extra = extra or {}
+        targeted = extra.get("target_size") is not None or extra.get("target_psnr") is not None
         try:
-            if resume and is_done(src, dst, to, None if targeted else quality):
-                return FileResult(src, dst, "skipped", **where)
-            in_bytes, out_bytes = convert_file(src, dst, to, quality=quality, effort=effort, device=device, extra=extra)
+            done = resume and is_done(
+                src,
+                dst,
+                to,
+                None if targeted else quality,
+                preview=extra.get("preview", False),
+                target_size=extra.get("target_size"),
+            )
         except Exception as e:
-            return FileResult(src, dst, "failed", one_line(e), seconds=time.perf_counter() - start, **where)
-        return FileResult(src, dst, "done", None, in_bytes, out_bytes, time.perf_counter() - start, **where)
+            return FileResult(src, dst, "failed", one_line(e), **where)
+        if done:
+            return FileResult(src, dst, "skipped", **where)
+        result, notes = convert_noting_warnings(src, dst, to, quality, effort, device, extra, force=force)
+        seconds = time.perf_counter() - start
+        if isinstance(result, Exception):
+            return FileResult(src, dst, "failed", one_line(result), seconds=seconds, warnings=tuple(notes), **where)
+        return FileResult(src, dst, "done", None, *result, seconds, warnings=tuple(notes), **where)
 
 
 def convert(
@@ -322,6 +301,7 @@ def convert(
     target_size: int | str | None = None,
     target_psnr: float | None = None,
     preview: bool | int = False,
+    force: bool = False,
 ) -> Report:
     """Convert images to ``.jac`` (or ``.jac`` files to PNG) on Ray workers, as ``jac batch`` does.
 
@@ -349,7 +329,9 @@ def convert(
             :class:`FileResult` as it comes back.
         target_size: instead of ``quality``, each file's size at most (:mod:`pillow_jac.targets`).
         target_psnr: instead of ``quality``, each file's PSNR at least.
-        preview: store a gallery preview in each file (``to="jac"``).
+        preview: store a gallery preview in each file (``to="jac"``): True, or its long side in pixels.
+        force: with ``to="png"``, also replace images older than their ``.jac`` file (by default they are
+            kept and the file fails: they may be the originals the ``.jac`` files were made from).
 
     Returns:
         The :class:`Report`; failed files are in :attr:`Report.failed` and do not raise.
@@ -360,6 +342,10 @@ def convert(
         RuntimeError: no worker could be started, or every worker died.
     """
     quality, effort = validate_quality(quality), validate_effort(effort)
+    if target_size is not None or target_psnr is not None:
+        target_size, target_psnr = validate_targets(target_size, target_psnr)
+    if preview is not False and preview is not None:
+        preview_size(preview)
     extra = {"target_size": target_size, "target_psnr": target_psnr, "preview": preview}
     if workers is not None and workers < 1 or in_flight is not None and in_flight < 1:
         raise ValueError("workers and in_flight must be at least 1")
@@ -376,7 +362,7 @@ def convert(
         options: dict[str, Any] = {"address": address, "log_to_driver": False, "logging_level": logging.WARNING}
         if address is None:
             options["include_dashboard"] = False
-        ray.init(**options)
+        _init_keeping_sigterm(ray, options)
     try:
         resources = ray.cluster_resources()
         if num_gpus is None:
@@ -396,12 +382,28 @@ def convert(
             lambda: actor_class.remote(to, device, threads),
             workers,
             slots_each,
-            (to, quality, effort, device, resume, extra),
+            (to, quality, effort, device, resume, extra, force),
             _progress_function(progress, len(jobs)),
         )
     finally:
         if started_here:
             ray.shutdown()
+
+
+def _init_keeping_sigterm(ray: Any, options: dict[str, Any]) -> None:
+    """``ray.init(**options)``, with the SIGTERM handler the program had put back afterwards.
+
+    ``ray.init`` installs its own (it exits with status 15 and a stack dump), which would replace the
+    caller's: ``jac``'s stops as Ctrl-C does (status 143, temporary files removed, the workers cancelled).
+    """
+    import signal
+    import threading
+
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.getsignal(signal.SIGTERM) if main_thread else None
+    ray.init(**options)
+    if previous is not None:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _collect(ray: Any, ref: Any, pending: dict[Any, tuple[Any, str, str]], slots: deque) -> FileResult | None:
@@ -424,7 +426,13 @@ def _progress_function(progress: bool | Callable[[FileResult], None], total: int
     if not progress:
         return lambda result: None
     bar = Progress(total, sys.stderr)
-    return lambda result: bar.step(result.src, result.error)
+
+    def report(result: FileResult) -> None:
+        for note in result.warnings:
+            bar.warn(result.src, note)
+        bar.step(result.src, result.error, "already done" if result.status == "skipped" else None)
+
+    return report
 
 
 def _run(

@@ -63,6 +63,7 @@ __all__ = [
     "TargetResult",
     "encode_to_target",
     "parse_size",
+    "validate_targets",
     "SIZE_TOLERANCE",
     "SIZE_TOLERANCE_BYTES",
     "PSNR_TOLERANCE",
@@ -165,7 +166,15 @@ def _check_size(value: int) -> int:
     return value
 
 
-def _validate_targets(target_size, target_psnr) -> tuple[int | None, float | None]:
+def validate_targets(target_size, target_psnr) -> tuple[int | None, float | None]:
+    """``(target_size, target_psnr)`` checked, one of them None.
+
+    The size is a whole number of bytes (a string as :func:`parse_size` reads it), the PSNR a positive,
+    finite number of dB.
+
+    Raises:
+        ValueError: neither or both are given, or the one given is not such a value.
+    """
     if (target_size is None) == (target_psnr is None):
         raise ValueError("give exactly one of target_size and target_psnr")
     if target_size is not None:
@@ -547,7 +556,7 @@ def encode_to_target(
             ``target_psnr`` above what quality 8 reaches.
     """
     start = time.perf_counter()
-    size_goal, psnr_goal = _validate_targets(target_size, target_psnr)
+    size_goal, psnr_goal = validate_targets(target_size, target_psnr)
     effort = validate_effort(effort)
     arr, layout = codec._as_array(image)
     height, width = arr.shape[:2]

@@ -540,7 +540,14 @@ def test_batch_name_collision(photo_dir: Path, tmp_path: Path, capsys) -> None:
 
 def test_batch_errors(tmp_path: Path, capsys) -> None:
     assert main(["batch", str(tmp_path / "missing"), str(tmp_path / "o"), "--to", "jac"]) == 1
-    assert_one_line_error(capsys.readouterr().err, "not a directory")
+    assert_one_line_error(capsys.readouterr().err, "missing: no such directory")
+    (tmp_path / "file.png").write_bytes(b"")
+    assert main(["batch", str(tmp_path / "file.png"), str(tmp_path / "o"), "--to", "jac"]) == 1
+    assert_one_line_error(capsys.readouterr().err, "file.png: not a directory")
+    (tmp_path / "in").mkdir()
+    crop().save(tmp_path / "in" / "a.png")
+    assert main(["batch", str(tmp_path / "in"), str(tmp_path / "file.png"), "--to", "jac"]) == 1
+    assert_one_line_error(capsys.readouterr().err, "file.png: not a directory (the output folder)")
     (tmp_path / "empty").mkdir()
     assert main(["batch", str(tmp_path / "empty"), str(tmp_path / "o"), "--to", "png"]) == 1
     assert_one_line_error(capsys.readouterr().err, "no .jac files found")

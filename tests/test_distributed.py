@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,8 @@ from PIL import Image, ImageCms
 from pillow_jac import distributed, save
 from pillow_jac.cli import build_parser, main
 from pillow_jac.constants import DEFAULT_QUALITY
+
+from .helpers import natural_image
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "examples" / "sample.png"
@@ -69,7 +72,7 @@ def test_plan_list_of_paths(photos: Path, tmp_path: Path) -> None:
         distributed.plan([photos / "a.png", photos / "a.bmp"], tmp_path)
     with pytest.raises(ValueError, match="is not inside"):
         distributed.plan(paths, tmp_path, base_dir=photos / "sub")
-    with pytest.raises(ValueError, match="not a directory"):
+    with pytest.raises(ValueError, match="no such directory"):
         distributed.plan(photos / "missing", tmp_path)
 
 
@@ -89,7 +92,65 @@ def test_is_done(photos: Path, tmp_path: Path) -> None:
     assert not distributed.is_done(src, dst, "jac", 3)
 
 
-@pytest.mark.parametrize("bad", [{"workers": 0}, {"in_flight": 0}, {"num_cpus": 0}, {"num_gpus": -1}, {"quality": 9}])
+def test_is_done_checks_preview_size_and_png(tmp_path: Path) -> None:
+    """What ``--ray`` resume checks beyond the quality: the preview, a size target, a whole PNG."""
+    src = tmp_path / "a.png"
+    Image.fromarray(natural_image(96, 128, 3)).save(src)
+    plain, with_preview = tmp_path / "plain.jac", tmp_path / "preview.jac"
+    with Image.open(src) as im:
+        save(im, plain, quality=3)
+        save(im, with_preview, quality=3, preview=64)
+    assert distributed.is_done(src, plain, "jac", 3)
+    assert not distributed.is_done(src, plain, "jac", 3, preview=64)  # a preview was asked for
+    assert distributed.is_done(src, with_preview, "jac", 3, preview=64)
+    assert not distributed.is_done(src, with_preview, "jac", 3)  # a preview that was not asked for
+    assert distributed.is_done(src, plain, "jac", 3, preview=True)  # 512 px: larger than the image, none is made
+    size = plain.stat().st_size
+    assert distributed.is_done(src, plain, "jac", None, target_size=size)
+    assert not distributed.is_done(src, plain, "jac", None, target_size=size - 1)  # does not fit a smaller target
+
+    jac, png = tmp_path / "b.jac", tmp_path / "b.png"
+    jac.write_bytes(plain.read_bytes())
+    with Image.open(src) as im:
+        im.save(png)
+    assert distributed.is_done(jac, png, "png")
+    for broken in (b"", png.read_bytes()[:-20], b"not a png"):  # a crash's empty or cut file is not done
+        png.write_bytes(broken)
+        assert not distributed.is_done(jac, png, "png")
+
+
+def test_ray_init_keeps_the_callers_sigterm_handler() -> None:
+    """``ray.init`` installs its own SIGTERM handler (exit 15, a stack dump); the caller's is put back."""
+
+    def ours(signum, frame):  # pragma: no cover - never called
+        pass
+
+    class FakeRay:
+        def init(self, **options):
+            signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(signum))
+
+    previous = signal.signal(signal.SIGTERM, ours)
+    try:
+        distributed._init_keeping_sigterm(FakeRay(), {})
+        assert signal.getsignal(signal.SIGTERM) is ours
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"workers": 0},
+        {"in_flight": 0},
+        {"num_cpus": 0},
+        {"num_gpus": -1},
+        {"quality": 9},
+        {"target_psnr": -3},
+        {"target_size": "lots"},
+        {"target_size": 1000, "target_psnr": 30},
+        {"preview": 4},
+    ],
+)
 def test_convert_refuses_bad_options(photos: Path, tmp_path: Path, bad: dict) -> None:
     with pytest.raises(ValueError):
         distributed.convert(photos, tmp_path, **bad)  # before any Ray instance is started
@@ -146,6 +207,7 @@ def test_ray_matches_jac_batch_and_resumes(ray_local, photos: Path, reference: P
     assert main(["batch", str(photos), str(out), "--to", "jac", "-r", "--ray", "-j", "1"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert "jac: 3 files already done, skipped" in err
+    assert sum(line.endswith(" (already done)") for line in err) == 3
     assert any("broken.png" in line for line in err)
     assert err[-1] == "jac: error: 1 of 5 files failed"
     after = {p.name: p.stat().st_mtime_ns for p in out.rglob("*.jac")}

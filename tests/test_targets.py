@@ -165,7 +165,7 @@ def test_encode_and_pillow_take_the_targets(rgb: np.ndarray, size_results: dict[
     assert buffer.getvalue() == expected.data
     with Image.open(io.BytesIO(expected.data)) as im:
         assert im.info["quality"] == expected.quality
-    assert targets._validate_targets("12.5k", None) == (12500, None)  # a string is parsed as parse_size does
+    assert targets.validate_targets("12.5k", None) == (12500, None)  # a string is parsed as parse_size does
 
 
 @pytest.mark.parametrize(
@@ -209,14 +209,14 @@ def test_every_two_decimal_megabyte_size_parses() -> None:
     assert all(targets.parse_size(f"{n / 100:.2f}M") == n * 10_000 for n in range(1, 10_000))
     with pytest.raises(ValueError, match="whole number"):
         targets.parse_size("1.0001k")
-    assert targets._validate_targets(50000.0, None) == (50000, None)  # a whole float, as the CLI takes "50000.0"
+    assert targets.validate_targets(50000.0, None) == (50000, None)  # a whole float, as the CLI takes "50000.0"
     from fractions import Fraction
 
     with pytest.raises(ValueError, match="whole number"):  # not truncated to 10**19
-        targets._validate_targets(Fraction(10**20 + 1, 10), None)
+        targets.validate_targets(Fraction(10**20 + 1, 10), None)
     for huge in ("1" + "0" * 400, 10**400, 2**53 + 1):  # a clean ValueError before any model runs
         with pytest.raises(ValueError, match="up to 2"):
-            targets._validate_targets(huge, None)
+            targets.validate_targets(huge, None)
 
 
 @pytest.mark.parametrize("text", ["", "k", "50x", "1e3", "0", "0.5", "-1k"])

@@ -1,0 +1,262 @@
+"""``jac batch`` on this machine: a folder converted file by file, in this process or in worker processes.
+
+The files and their names come from :func:`pillow_jac.conversion.plan`, each file is converted by
+:func:`pillow_jac.conversion.convert_file` (as :mod:`pillow_jac.distributed` does on Ray), and a file that
+fails is reported on a line of its own while the others go on.
+
+Worker processes (``workers > 1``):
+
+* They start from a "forkserver" that has imported torch but never ran it (or by "spawn" where there is
+  none), never by a plain fork of a process whose torch/OpenMP thread pools are running; each gets
+  ``cpu_count // workers`` torch threads.
+* **A worker that dies** (killed, or out of memory) breaks Python's process pool. The files it had not
+  finished are converted again in a new pool; only a file that was being converted when a pool broke is
+  counted as tried, and one tried :data:`~pillow_jac.conversion.ATTEMPTS` times is reported as failed. A
+  shared byte per file (written by the workers, read by the parent after a break; no lock that a killed
+  process could leave held) says which files were being converted.
+* **Ctrl-C and SIGTERM**: see :func:`_worker_init`. Queued files are dropped through the executor's own
+  ``shutdown(cancel_futures=True)``, so its management thread, not this one, settles their futures.
+* **Warnings** raised while converting a file are returned with its result and printed by the parent, with
+  the file's name (:func:`pillow_jac.conversion.convert_noting_warnings`).
+"""
+
+from __future__ import annotations
+
+import _thread
+import os
+import signal
+import sys
+import threading
+import warnings
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
+from typing import IO, Any
+
+from .constants import DEFAULT_EFFORT, DEFAULT_QUALITY
+from .conversion import ATTEMPTS, ConversionError, Progress, convert_noting_warnings, one_line, plan, show_warning
+
+__all__ = ["run_batch"]
+
+# In a batch worker process: whether the batch was cancelled, whether a file is being converted, and the
+# shared per-file states (_QUEUED, _CONVERTING, _FINISHED).
+_cancelled = False
+_converting = False
+_states: Any = None
+_QUEUED, _CONVERTING, _FINISHED = 0, 1, 2
+#: what the worker process converting a file reports when it died
+_DIED = "the worker process converting it died (killed, or out of memory)"
+#: a pool broken although no file was being converted (a worker killed while idle) is started again this often
+_IDLE_BREAKS = 2
+
+
+def run_batch(
+    in_dir: Path,
+    out_dir: Path,
+    to: str,
+    *,
+    quality: float = DEFAULT_QUALITY,
+    effort: int = DEFAULT_EFFORT,
+    workers: int = 1,
+    recursive: bool = False,
+    device: str | None = None,
+    progress: bool = True,
+    stream: IO[str] | None = None,
+    target_size: int | None = None,
+    target_psnr: float | None = None,
+    preview: bool | int = False,
+    force: bool = False,
+) -> tuple[int, int]:
+    """Convert every image in ``in_dir`` into ``out_dir``; return (converted, failed) counts.
+
+    With ``to="jac"`` every file Pillow can read (by extension) is encoded to ``NAME.jac``; with
+    ``to="png"`` every ``.jac`` file is decoded to ``NAME.png`` (an existing image older than its ``.jac``
+    file is replaced only with ``force``: it may be the original). ``target_size``, ``target_psnr`` and
+    ``preview`` are as in :func:`pillow_jac.conversion.encode_file`, for every file. ``workers > 1`` uses
+    that many worker processes.
+
+    Raises:
+        ConversionError: ``in_dir`` is not a folder or holds no images, ``out_dir`` is a file, or two inputs
+            would be written to the same output.
+    """
+    stream = sys.stderr if stream is None else stream
+    try:
+        jobs = plan(in_dir, out_dir, to, recursive=recursive)
+    except ValueError as e:
+        raise ConversionError(str(e)) from None
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+
+    bar = Progress(len(jobs), stream, progress)
+    failed = 0
+    extra = {"target_size": target_size, "target_psnr": target_psnr, "preview": preview}
+    options = (to, quality, effort, device, extra)
+    for src, result, notes in _run_jobs(jobs, options, force, workers):
+        for note in notes:
+            bar.warn(str(src), note)
+        if isinstance(result, BaseException):
+            failed += 1
+            bar.step(str(src), one_line(result))
+        else:
+            bar.step(str(src))
+    return len(jobs) - failed, failed
+
+
+def _run_jobs(
+    jobs: dict[Path, Path], options: tuple, force: bool, workers: int
+) -> Iterator[tuple[Path, Any, list[str]]]:
+    """``(source, (in bytes, out bytes) or the exception, warnings)`` for every file, as each is done."""
+    if workers <= 1:
+        for src, dst in jobs.items():
+            yield (src, *convert_noting_warnings(str(src), str(dst), *options, force=force))
+        return
+
+    import multiprocessing
+
+    if "forkserver" in multiprocessing.get_all_start_methods():
+        # Workers fork from a server process that has imported torch but never ran it: fast to
+        # start, and no fork of a process whose torch/OpenMP thread pools are running.
+        ctx = multiprocessing.get_context("forkserver")
+        ctx.set_forkserver_preload(["pillow_jac.local_batch", "pillow_jac.codec", "torch"])
+    else:  # pragma: no cover - Windows
+        ctx = multiprocessing.get_context("spawn")
+    items = [(str(src), str(dst)) for src, dst in jobs.items()]
+    sources = list(jobs)
+    states = ctx.RawArray("b", len(items))
+    tries = [0] * len(items)
+    todo, idle_breaks = list(range(len(items))), 0
+    while todo:
+        lost = []
+        for i, outcome in _run_pool(ctx, items, todo, states, workers, options, force):
+            if outcome is None:
+                lost.append(i)
+            else:
+                yield (sources[i], *outcome)
+        todo = []
+        if lost and not any(states[i] == _CONVERTING for i in lost):
+            idle_breaks += 1
+        for i in sorted(lost):
+            if states[i] == _CONVERTING:
+                tries[i] += 1
+            if tries[i] >= ATTEMPTS or idle_breaks > _IDLE_BREAKS:
+                yield sources[i], ConversionError(_DIED), []
+            else:
+                states[i] = _QUEUED
+                todo.append(i)
+
+
+def _run_pool(
+    ctx: Any, items: list[tuple[str, str]], todo: list[int], states: Any, workers: int, options: tuple, force: bool
+) -> Iterator[tuple[int, tuple[Any, list[str]] | None]]:
+    """One process pool over the files ``todo``.
+
+    Yields ``(index, (result, warnings))`` for each file, or ``(index, None)`` for a file whose result was
+    lost when the pool broke.
+    """
+    workers = min(workers, len(todo))
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    cancel_reader, cancel = ctx.Pipe(duplex=False)  # closing `cancel` cancels the batch in the workers
+    init = (threads, cancel_reader, states)
+    with (
+        cancel_reader,
+        cancel,
+        ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_worker_init, initargs=init) as ex,
+    ):
+        futures = {ex.submit(_worker_job, i, *items[i], *options, force): i for i in todo}
+        try:
+            for fut in as_completed(futures):
+                i = futures[fut]
+                try:
+                    value = fut.result()
+                except BrokenProcessPool:
+                    yield i, None
+                    continue
+                except Exception as e:  # e.g. a result that could not be sent back
+                    value = (e, [])
+                if value is None:  # a worker stopped by a SIGINT sent to it alone
+                    value = (ConversionError("interrupted"), [])
+                yield i, value
+        except BaseException:  # e.g. KeyboardInterrupt: stop the running files, drop the queued ones
+            cancel.close()
+            ex.shutdown(wait=False, cancel_futures=True)
+            raise
+
+
+def _worker_init(threads: int, cancel: Any, states: Any) -> None:
+    """Set up a batch worker: its torch threads, its warnings, and stopping when the batch is cancelled.
+
+    Ctrl-C in a terminal signals every process of the group, workers included. A worker turns SIGINT
+    into ``KeyboardInterrupt`` only while it converts a file (an idle one would die with a traceback).
+    ``cancel`` is the reading end of a pipe that the parent closes to cancel the batch (also when the
+    parent alone got the SIGINT, or died): a thread then interrupts the file being converted. Only that
+    thread touches the pipe, and only plain module flags are shared with the main thread, so an
+    interruption never leaves a lock held. ``states`` is the batch's shared byte per file.
+    """
+    global _states
+    _states = states
+    warnings.showwarning = show_warning  # warnings outside a file's conversion (those inside go to the parent)
+    signal.signal(signal.SIGINT, _worker_sigint)
+    if signal.getsignal(signal.SIGTERM) != signal.SIG_IGN:  # an ignored SIGTERM stays ignored, as in jac itself
+        signal.signal(signal.SIGTERM, _worker_sigterm)
+    threading.Thread(target=_interrupt_when_cancelled, args=(cancel,), daemon=True).start()
+    try:
+        import torch
+    except ImportError:  # pragma: no cover - torch is a dependency
+        return
+    torch.set_num_threads(threads)
+
+
+def _worker_sigint(signum: int, frame: Any) -> None:
+    """Interrupt the file being converted, once.
+
+    A Ctrl-C reaches a worker twice (the terminal's SIGINT to the group, and the cancel pipe's
+    interruption); a second one during the first's clean-up would leave the temporary file behind.
+    """
+    global _converting
+    if _converting:
+        _converting = False
+        raise KeyboardInterrupt
+
+
+def _worker_sigterm(signum: int, frame: Any) -> None:
+    """SIGTERM in a worker: the file being converted is cleaned up as on Ctrl-C; an idle worker ends.
+
+    ``timeout`` and ``kill -TERM -PGID`` signal the whole process group, workers included.
+    """
+    if _converting:
+        _worker_sigint(signum, frame)
+        return
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _interrupt_when_cancelled(cancel: Any) -> None:
+    global _cancelled
+    try:
+        cancel.recv_bytes()  # nothing is ever sent: this returns when the parent closes its end
+    except (EOFError, OSError):
+        pass
+    _cancelled = True
+    _thread.interrupt_main(signal.SIGINT)
+
+
+def _worker_job(index: int, src: str, dst: str, *options: Any) -> tuple[Any, list[str]] | None:
+    """One file in a worker: ``(result, warnings)``; None when the batch was cancelled before or while converting.
+
+    ``options``: :func:`pillow_jac.conversion.convert_file`'s ``to, quality, effort, device, extra, force``.
+    """
+    global _converting
+    started = False
+    try:
+        _converting = True  # before the check: a cancel from now on interrupts the conversion
+        if _cancelled:
+            return None
+        _states[index], started = _CONVERTING, True
+        *convert_options, force = options
+        return convert_noting_warnings(src, dst, *convert_options, force=force)
+    except KeyboardInterrupt:
+        return None
+    finally:
+        _converting = False
+        if started:
+            _states[index] = _FINISHED

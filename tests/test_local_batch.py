@@ -1,0 +1,145 @@
+"""``jac batch`` on this machine (pillow_jac/local_batch.py): lost workers, warnings, originals kept."""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import struct
+import subprocess
+import sys
+import time
+import zlib
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from pillow_jac import container
+from pillow_jac.cli import main
+from pillow_jac.conversion import batch_inputs, convert_file
+
+from .helpers import natural_image
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def photo(seed: int = 0, size: int = 64) -> Image.Image:
+    return Image.fromarray(natural_image(size, size, seed))
+
+
+def apng_with_no_frames(path: Path) -> None:
+    """A PNG whose ``acTL`` chunk says 0 frames: Pillow opens it with the warning "Invalid APNG"."""
+    buffer = io.BytesIO()
+    photo(1, 32).save(buffer, "PNG")
+    data = buffer.getvalue()
+
+    def chunk(ctype: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + ctype + body + struct.pack(">I", zlib.crc32(ctype + body))
+
+    after_ihdr = 8 + 25
+    path.write_bytes(data[:after_ihdr] + chunk(b"acTL", struct.pack(">II", 0, 0)) + data[after_ihdr:])
+
+
+def _session_workers(session: int) -> list[int]:
+    """The batch's worker processes: the children of its forkserver, in its session."""
+    processes = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        processes[int(entry)] = (int(fields[1]), int(fields[3]), cmdline)  # ppid, session, command line
+    servers = {pid for pid, (_, sid, cmd) in processes.items() if sid == session and b"forkserver" in cmd}
+    return [pid for pid, (ppid, sid, _) in processes.items() if sid == session and ppid in servers]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds the workers through /proc")
+def test_a_killed_worker_costs_no_other_file(tmp_path: Path) -> None:
+    """A worker killed mid-batch (as the out-of-memory killer does): its file is tried again, the rest go on."""
+    photos, out = tmp_path / "photos", tmp_path / "out"
+    photos.mkdir()
+    for i in range(40):
+        photo(i).save(photos / f"{i:03d}.png")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pillow_jac", "batch", str(photos), str(out), "--to", "jac", "-j", "2"],
+        cwd=ROOT,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while len(list(out.glob("*.jac"))) < 4:
+            assert proc.poll() is None and time.monotonic() < deadline, "the batch did not get going"
+            time.sleep(0.02)
+        workers = _session_workers(proc.pid)
+        assert len(workers) == 2, workers
+        os.kill(workers[0], signal.SIGKILL)
+        killed_at = len(list(out.glob("*.jac")))
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert killed_at < 40, "the batch ended before the worker was killed"
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err and "jac: error" not in err, err
+    assert sorted(p.name for p in out.iterdir()) == [f"{i:03d}.jac" for i in range(40)]  # no temporary file left
+    for path in out.iterdir():
+        container.read(path)
+
+
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_warnings_name_their_file(tmp_path: Path, capfd, jobs: str) -> None:
+    photos, out = tmp_path / "photos", tmp_path / "out"
+    photos.mkdir()
+    apng_with_no_frames(photos / "warn.png")
+    photo().save(photos / "fine.png")
+    assert main(["batch", str(photos), str(out), "--to", "jac", "-j", jobs, "--quiet"]) == 0
+    err = capfd.readouterr().err.strip().splitlines()
+    assert err == [f"jac: warning: {photos / 'warn.png'}: Invalid APNG, will use default PNG image if possible"]
+
+
+def test_decoding_in_place_keeps_the_originals(tmp_path: Path, capsys) -> None:
+    """``jac batch D D --to jac`` then ``--to png``: each original PNG is older than its .jac and is kept."""
+    original = tmp_path / "a.png"
+    photo().save(original)
+    before = original.read_bytes()
+    assert main(["batch", str(tmp_path), str(tmp_path), "--to", "jac", "--quiet"]) == 0
+    assert main(["batch", str(tmp_path), str(tmp_path), "--to", "png", "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert "a.png: exists and is older than a.jac" in err and "--force replaces it" in err
+    assert original.read_bytes() == before
+    # a decode newer than its .jac is replaced (a batch run again), and --force replaces an original
+    assert main(["batch", str(tmp_path), str(tmp_path), "--to", "png", "--quiet", "--force"]) == 0
+    decoded = original.read_bytes()
+    assert decoded != before
+    assert main(["batch", str(tmp_path), str(tmp_path), "--to", "png", "--quiet"]) == 0
+    assert original.read_bytes() == decoded
+
+
+def test_hidden_files_are_not_inputs(tmp_path: Path) -> None:
+    photo().save(tmp_path / "a.png")
+    (tmp_path / "._a.png").write_bytes(b"\x00\x05\x16\x07 AppleDouble")  # macOS's companion of a.png
+    (tmp_path / ".a.jac-1234abcd.tmp").write_bytes(b"")
+    assert [p.name for p in batch_inputs(tmp_path, "jac", recursive=False)] == ["a.png"]
+
+
+def test_preview_size_reaches_the_file(tmp_path: Path) -> None:
+    photo(0, 128).save(tmp_path / "a.png")
+    convert_file(str(tmp_path / "a.png"), str(tmp_path / "a.jac"), "jac", 2, 0, None, {"preview": 64})
+    kind, width, height, _ = container.unpack_preview(container.read(tmp_path / "a.jac").preview)
+    assert (width, height) == (64, 64)
+
+
+def test_no_resume_is_an_option_of_ray(tmp_path: Path, capsys) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["batch", str(tmp_path), str(tmp_path / "o"), "--to", "jac", "--no-resume"])
+    assert exit_info.value.code == 2
+    assert "--no-resume is an option of --ray" in capsys.readouterr().err
