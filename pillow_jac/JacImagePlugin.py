@@ -357,7 +357,10 @@ def make_preview(pixels: np.ndarray, layout: str, size: bool | int = True) -> by
 
 def _decode_pixels(jac: Any, device: str | None = None) -> np.ndarray:
     """Run :func:`pillow_jac.codec.decode`, mapping foreign exception types to ``OSError``."""
-    from . import codec  # imports torch: only now that pixels are wanted
+    from .forksafe import importing
+
+    with importing():  # a fork waits for this import (pillow_jac/forksafe.py)
+        from . import codec
 
     try:
         return codec.decode(jac, device=device)
@@ -486,9 +489,12 @@ def _encode_image(im: Image.Image, encoderinfo: dict[str, Any]) -> bytes:
     if im.mode != mode:
         im = im.convert(mode)
 
-    import numpy as np
+    from .forksafe import importing
 
-    from . import codec
+    with importing():  # a fork waits for these imports (pillow_jac/forksafe.py)
+        import numpy as np
+
+        from . import codec
 
     pixels = np.asarray(im)
     try:

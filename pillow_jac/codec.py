@@ -256,10 +256,24 @@ class ModelNotInstalledError(CodecError):
     """The generation a file names (``model_id`` and ``weights_hash``) is not installed (SPEC.md 9.1)."""
 
 
+def _get_engine(device, weights):
+    """:func:`pillow_jac.engine.get_engine`, the codec's torch modules imported first, where a fork waits.
+
+    Every path that runs the model gets its engine here first, so a fork in another thread never copies a
+    half-imported torch module's held import lock (pillow_jac/forksafe.py).
+    """
+    from .forksafe import importing
+
+    with importing():
+        from . import latent_coding, stripes  # noqa: F401 - imported now, under the guard
+        from .engine import get_engine
+        from .model import refine  # noqa: F401
+    return get_engine(device, weights)
+
+
 def _engine_for(jac: container.JacFile, device, weights):
     """The engine of the generation the file names: the installed one, or the ``weights`` file given."""
     from . import generations
-    from .engine import get_engine
 
     h = jac.header
     if weights is None:
@@ -267,7 +281,7 @@ def _engine_for(jac: container.JacFile, device, weights):
             weights = generations.find(h.model_id, h.weights_hash).path
         except generations.ModelNotInstalledError as exc:
             raise ModelNotInstalledError(str(exc)) from None
-    engine = get_engine(device, weights)
+    engine = _get_engine(device, weights)
     if h.model_id != engine.model_id or h.weights_hash != engine.weights_hash:
         raise ModelNotInstalledError(
             f"this file needs decoder {h.model_id!r} (weights {h.weights_hash.hex()}), but the weights file "
@@ -279,14 +293,13 @@ def _engine_for(jac: container.JacFile, device, weights):
 def _encoder_engine(device, weights, model):
     """The engine that encodes: the ``weights`` file, else the installed generation ``model``, else the newest."""
     from . import generations
-    from .engine import get_engine
 
     if weights is None:
         try:
             weights = generations.encoder(model).path
         except generations.ModelNotInstalledError as exc:
             raise ModelNotInstalledError(str(exc)) from None
-    engine = get_engine(device, weights)
+    engine = _get_engine(device, weights)
     if model is not None and engine.model_id != model:
         raise ValueError(f"the weights file {weights} holds {engine.model_id!r}, not the model {model!r} asked for")
     if not engine.can_encode:

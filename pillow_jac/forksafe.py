@@ -10,19 +10,40 @@ Every lock of the codec is a :class:`ForkSafeLock`, and one at-fork hook, regist
 child new unlocked ones and sets torch to one thread (its parallel ops would wait for the lost
 OpenMP workers; PyTorch's DataLoader does the same for its workers). Decoded pixels do not depend on
 the thread count (tests/test_concurrency.py). A child that raises torch's thread count again hangs
-in its first parallel op: use the ``spawn`` or ``forkserver`` start method then. Standard library only.
+in its first parallel op: use the ``spawn`` or ``forkserver`` start method then.
+
+Python's per-module import locks are not renewed in a child either: a fork while another thread
+imports the codec's torch modules (most of the first second of the first encode or decode) would
+leave that module's lock held in the child, whose first decode would then wait for ever. The codec
+imports them under :func:`importing`, and a fork waits (before it forks, at most
+:data:`IMPORT_WAIT_SECONDS`) until no such import is in progress. Standard library only.
 """
 
 from __future__ import annotations
 
+import concurrent.futures.thread  # noqa: F401 - see below
+import contextlib
+import logging  # noqa: F401 - see below
 import os
 import sys
 import threading
 import weakref
+from collections.abc import Iterator
 
-__all__ = ["ForkSafeLock"]
+# logging and concurrent.futures.thread register paired before/after-fork hooks when first imported, and
+# torch's import imports them. os.fork lists its before-hooks when it starts: a module first imported
+# while a fork waits in ours would get its after-hook run without its before-hook (its lock released
+# unheld). Imported here, they are registered before any fork can wait.
+
+__all__ = ["ForkSafeLock", "importing"]
 
 _LOCKS: weakref.WeakSet[ForkSafeLock] = weakref.WeakSet()
+#: how long a fork waits for an import of the codec's modules in another thread to finish
+IMPORT_WAIT_SECONDS = 120.0
+#: held while the codec imports its torch modules (reentrant: those imports nest)
+_importing = threading.RLock()
+#: per thread: whether this thread's fork holds ``_importing`` (taken before the fork, given back after)
+_forking = threading.local()
 
 
 class ForkSafeLock:
@@ -53,13 +74,43 @@ class ForkSafeLock:
         self._lock = threading.Lock()
 
 
+@contextlib.contextmanager
+def importing() -> Iterator[None]:
+    """Hold off forks while the block runs: the codec imports its torch modules inside it.
+
+    Example:
+        >>> with importing():
+        ...     import json
+    """
+    guard = _importing
+    with guard:
+        yield
+
+
+def _before_fork() -> None:
+    _forking.held = _importing.acquire(timeout=IMPORT_WAIT_SECONDS)
+
+
+def _after_fork_in_parent() -> None:
+    if getattr(_forking, "held", False):
+        _forking.held = False
+        _importing.release()
+
+
 def _after_fork_in_child() -> None:
+    global _importing
+    _importing = threading.RLock()
+    _forking.held = False
     for lock in list(_LOCKS):
         lock._renew()
     torch = sys.modules.get("torch")
-    if torch is not None:
-        torch.set_num_threads(1)
+    set_num_threads = getattr(torch, "set_num_threads", None)  # None while torch is still being imported
+    if set_num_threads is not None:
+        try:
+            set_num_threads(1)
+        except Exception:  # a torch too broken to run anything: the child's first decode will say so
+            pass
 
 
 if hasattr(os, "register_at_fork"):  # not on Windows, which cannot fork
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+    os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent, after_in_child=_after_fork_in_child)

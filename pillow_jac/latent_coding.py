@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 from .constants import ACTIVATION_BITS, ACTIVATION_LIMIT_BITS, MEAN_STEPS
 from .entropy_coding import CodingTables, EntropyCodingError, bytes_to_words, words_to_bytes
+from .forksafe import ForkSafeLock
 from .mixture_coding import MixtureCoder
 from .model.integer import IntegerNetwork
 from .stripes import stripes
@@ -61,21 +62,37 @@ _H_S_HALO = 4
 _H_S_MIN_ROWS = 8
 
 
+#: threads inside :func:`single_threaded` blocks, and the thread count outside them (under the lock)
+_single = {"depth": 0, "outside": 1}
+_single_lock = ForkSafeLock()
+
+
 @contextlib.contextmanager
 def single_threaded():
     """Run torch ops of the calling thread with one intra-op thread inside the block.
 
     Small images (short wavefronts) issue thousands of tiny ops; splitting them across threads costs
-    more in synchronisation than it gains. torch's thread count (OpenMP's) belongs to each thread, so
-    the block saves and restores the calling thread's own count, and threads never change each
-    other's. Results do not depend on the thread count, so this only affects speed.
+    more in synchronisation than it gains. ``torch.set_num_threads`` sets the calling thread's own
+    count (OpenMP's) and also the count a thread takes at its first ``get_num_threads`` or parallel
+    op (read first here, so that the 1 set below stays this thread's). The first thread to enter
+    records the count outside the blocks, and every thread leaving a block sets that count again, so
+    overlapping blocks in several threads never leave 1 behind for the threads started later (a
+    thread whose first torch op runs while a block is open still starts with 1). Results do not
+    depend on the thread count, so this only affects speed.
     """
-    saved = torch.get_num_threads()
+    own = torch.get_num_threads()
+    with _single_lock:
+        if _single["depth"] == 0:
+            _single["outside"] = own
+        _single["depth"] += 1
+        outside = _single["outside"]
     torch.set_num_threads(1)
     try:
         yield
     finally:
-        torch.set_num_threads(saved)
+        with _single_lock:
+            _single["depth"] -= 1
+        torch.set_num_threads(outside)
 
 
 def _padded_rows(n: int) -> int:

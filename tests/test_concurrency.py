@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import io
 import multiprocessing
+import os
 import subprocess
 import sys
 import textwrap
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -247,3 +249,86 @@ def test_single_threaded_restores_each_threads_own_count() -> None:
     for t in threads:
         t.join(timeout=60)
     assert after == {"a": 2, "b": 2}
+
+
+def test_threads_started_later_get_the_count_outside_the_blocks() -> None:
+    """A thread whose first torch op is inside another thread's ``single_threaded`` block starts on one
+    thread; its own block used to restore that 1, which every thread started later then inherited."""
+    from pillow_jac.latent_coding import single_threaded
+
+    saved = torch.get_num_threads()
+    torch.set_num_threads(2)
+    a_in, a_out = threading.Event(), threading.Event()
+    later: list[int] = []
+
+    def thread_a() -> None:
+        with single_threaded():
+            a_in.set()
+            assert a_out.wait(timeout=30)
+
+    def thread_b() -> None:  # its first torch op runs inside thread A's block
+        with single_threaded():
+            a_out.set()
+            time.sleep(0.05)  # A leaves first
+
+    def thread_c() -> None:
+        later.append(torch.get_num_threads())
+
+    try:
+        a = threading.Thread(target=thread_a)
+        a.start()
+        assert a_in.wait(timeout=30)
+        b = threading.Thread(target=thread_b)
+        b.start()
+        a.join(timeout=30)
+        b.join(timeout=30)
+        c = threading.Thread(target=thread_c)
+        c.start()
+        c.join(timeout=30)
+    finally:
+        torch.set_num_threads(saved)
+    assert later == [2]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork")
+@pytest.mark.parametrize("delay", [0.3])
+def test_fork_while_another_thread_imports_the_codec(tmp_path: Path, files: list[bytes], delay: float) -> None:
+    """A fresh process forks while another thread's first decode imports torch and the codec's modules.
+
+    The child copied the held import lock of a half-imported module and its first decode waited for ever;
+    a fork now waits for those imports (pillow_jac/forksafe.py)."""
+    (tmp_path / "a.jac").write_bytes(files[0])
+    script = textwrap.dedent(
+        """
+        import faulthandler, os, sys, threading, time
+        from PIL import Image
+        import pillow_jac
+
+        def first():
+            with Image.open(sys.argv[1]) as im:
+                im.load()
+
+        thread = threading.Thread(target=first)
+        thread.start()
+        time.sleep(float(sys.argv[2]))
+        pid = os.fork()
+        if pid == 0:
+            faulthandler.dump_traceback_later(60, exit=True)
+            with Image.open(sys.argv[1]) as im:
+                im.load()
+            os._exit(0)
+        thread.join()
+        _, status = os.waitpid(pid, 0)
+        sys.exit(os.waitstatus_to_exitcode(status))
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path / "a.jac"), str(delay)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stderr == ""  # no after-fork hook complained (a lock released that its fork never took)
