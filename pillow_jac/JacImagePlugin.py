@@ -77,6 +77,7 @@ from __future__ import annotations
 
 import errno
 import io
+import numbers
 import os
 import stat
 import struct
@@ -310,10 +311,10 @@ def preview_size(size: bool | int) -> int:
     """
     if size is True:
         return PREVIEW_SIZE
-    if isinstance(size, bool) or not isinstance(size, int) or not 8 <= size <= PREVIEW_MAX_SIZE:
+    if isinstance(size, bool) or not isinstance(size, numbers.Integral) or not 8 <= size <= PREVIEW_MAX_SIZE:
         msg = f"preview must be True or a long side from 8 to {PREVIEW_MAX_SIZE} pixels, got {size!r}"
         raise ValueError(msg)
-    return size
+    return int(size)
 
 
 def make_preview(pixels: np.ndarray, layout: str, size: bool | int = True) -> bytes | None:
@@ -592,7 +593,7 @@ def _save_all(im: Image.Image, fp: IO[bytes], filename: str | bytes) -> None:
     A ``.jac`` file holds one image, so a multi-frame image or ``append_images`` raise ``ValueError``
     before anything is encoded or written.
     """
-    frames = getattr(im, "n_frames", 1) + len(im.encoderinfo.get("append_images") or ())
+    frames = getattr(im, "n_frames", 1) + len(list(im.encoderinfo.get("append_images") or ()))  # any iterable
     if frames > 1:
         msg = f"a JAC file holds one image, but save_all was given {frames} frames: save each frame to its own file"
         raise ValueError(msg)

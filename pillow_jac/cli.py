@@ -107,13 +107,20 @@ def file_info(path: Path) -> dict[str, Any]:
 
     Keys: ``file``, ``version``, ``width``, ``height``, ``mode``, ``quality``, ``model_id``,
     ``weights_hash`` (hex), ``file_bytes``, ``bpp`` (file bits per pixel), ``z_stream_bytes``,
-    ``y_stream_bytes``, ``alpha_bytes``, ``icc_profile_bytes``, ``exif_bytes``, ``xmp_bytes`` and
-    ``unknown_chunks`` (their types).
+    ``y_stream_bytes``, ``alpha_bytes``, ``icc_profile_bytes``, ``exif_bytes``, ``xmp_bytes``,
+    ``unknown_chunks`` (the types of the chunks this version does not know, each once, in file order),
+    ``unknown_chunk_count`` (how many there are), ``decoder_installed`` and ``decoder_path``. ``path``
+    ``-`` reads standard input.
     """
     import pillow_jac
 
-    jac = read_jac(path, keep_unknown=True)
-    file_bytes = os.path.getsize(path)
+    unknown: dict[str, int] = {}
+
+    def count(ctype: bytes) -> None:
+        name = ctype.decode("latin-1")
+        unknown[name] = unknown.get(name, 0) + 1
+
+    jac, file_bytes = read_jac(path, on_unknown=count)
     h = jac.header
     decoder = [g for g in pillow_jac.models() if (g.model_id, g.weights_hash) == (h.model_id, h.weights_hash)]
     return {
@@ -133,7 +140,8 @@ def file_info(path: Path) -> dict[str, Any]:
         "icc_profile_bytes": len(jac.icc_profile or b""),
         "exif_bytes": len(jac.exif or b""),
         "xmp_bytes": len(jac.xmp or b""),
-        "unknown_chunks": [ctype.decode("latin-1") for ctype, _ in jac.unknown_chunks],
+        "unknown_chunks": list(unknown),
+        "unknown_chunk_count": sum(unknown.values()),
         "decoder_installed": bool(decoder),
         "decoder_path": str(decoder[0].path) if decoder else None,
     }
@@ -225,7 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON")
 
     p = sub.add_parser("info", help="show a .jac file's header (fast: runs no decoder)")
-    p.add_argument("input", type=Path, help=".jac file")
+    p.add_argument("input", type=_path, help=".jac file; - reads standard input")
     p.add_argument("--json", action="store_true", help="print JSON")
 
     p = sub.add_parser(
@@ -275,9 +283,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: unknown chunk types named in ``jac info``'s text (all are in ``--json``)
+_LISTED_TYPES = 8
+
+
 def _print_info(info: dict[str, Any]) -> None:
     meta = [f"{n} {info[n + '_bytes']} B" for n in ("icc_profile", "exif", "xmp") if info[n + "_bytes"]]
-    meta += [f"unknown chunk {t!r}" for t in info["unknown_chunks"]]
+    meta += [f"unknown chunk {t!r}" for t in info["unknown_chunks"][:_LISTED_TYPES]]
+    if info["unknown_chunk_count"] > len(info["unknown_chunks"][:_LISTED_TYPES]):
+        meta.append(f"{info['unknown_chunk_count']} unknown chunks of {len(info['unknown_chunks'])} types")
     streams = f"z {info['z_stream_bytes']} B, y {info['y_stream_bytes']} B"
     if info["alpha_bytes"]:
         streams += f", alpha {info['alpha_bytes']} B"

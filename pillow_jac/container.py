@@ -32,6 +32,7 @@ import os
 import re
 import struct
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
@@ -610,7 +611,9 @@ class _Reader:
         remaining = self.remaining
         if remaining is not None and n > remaining:
             self._check_left(n, what, ctype, at_eof)
-        data = self.fp.read(n) if n <= _READ_PIECE else None
+        # One read when the bytes are known to be there; else bounded pieces, so that a lying length
+        # costs at most a piece before the end of the data is found.
+        data = self.fp.read(n) if n <= _READ_PIECE or remaining is not None else None
         if data is None or len(data) != n:  # a long read, a short read or the end of the data
             data = self._read_pieces(n, what, ctype, at_eof, data or b"")
         if remaining is not None:
@@ -788,7 +791,13 @@ def read_header(fp: BinaryIO) -> JacHeader:
     return _read_jhdr(r)
 
 
-def read_file(fp: BinaryIO, header: JacHeader | None = None, *, keep_unknown: bool = False) -> JacFile:
+def read_file(
+    fp: BinaryIO,
+    header: JacHeader | None = None,
+    *,
+    keep_unknown: bool = False,
+    on_unknown: Callable[[bytes], None] | None = None,
+) -> JacFile:
     r"""Read and check a whole ``.jac`` file from a binary file object, in bounded pieces.
 
     No more bytes are read than the chunk lengths say; a length beyond the end of the file or above
@@ -804,6 +813,8 @@ def read_file(fp: BinaryIO, header: JacHeader | None = None, *, keep_unknown: bo
         header: the header :func:`read_header` returned from ``fp``, if it was called already.
         keep_unknown: also keep the unknown ancillary chunks, in :attr:`JacFile.unknown_chunks`
             (for tools that rewrite a file and must carry them over). Each one then costs memory.
+        on_unknown: called with the type of each unknown ancillary chunk (kept or not), in file order:
+            for tools that report them without keeping them.
 
     Returns:
         The file content.
@@ -850,8 +861,11 @@ def read_file(fp: BinaryIO, header: JacHeader | None = None, *, keep_unknown: bo
             found[ctype] = data
         elif _is_critical(ctype):
             raise JacDataError(f"unknown critical chunk {_type_name(ctype)}: the file needs a newer decoder")
-        elif data is not None:
-            unknown.append((ctype, data))
+        else:
+            if data is not None:
+                unknown.append((ctype, data))
+            if on_unknown is not None:
+                on_unknown(ctype)
     if not r.at_end():
         raise JacDataError("unexpected data after the JEND chunk")
     for ctype in (C.CHUNK_ZSTR, C.CHUNK_YSTR):
@@ -884,12 +898,13 @@ def read_file(fp: BinaryIO, header: JacHeader | None = None, *, keep_unknown: bo
     )
 
 
-def parse(data: bytes, *, keep_unknown: bool = False) -> JacFile:
+def parse(data: bytes, *, keep_unknown: bool = False, on_unknown: Callable[[bytes], None] | None = None) -> JacFile:
     """Parse and check the bytes of a whole ``.jac`` file.
 
     Args:
         data: the file (``bytes``, ``bytearray`` or ``memoryview``).
         keep_unknown: also keep the unknown ancillary chunks (see :func:`read_file`).
+        on_unknown: called with the type of each unknown ancillary chunk (see :func:`read_file`).
 
     Returns:
         The file content.
@@ -908,11 +923,14 @@ def parse(data: bytes, *, keep_unknown: bool = False) -> JacFile:
         ...
         pillow_jac.container.JacTruncatedError: truncated JAC file: no JEND chunk
     """
-    return read_file(io.BytesIO(data), keep_unknown=keep_unknown)
+    return read_file(io.BytesIO(data), keep_unknown=keep_unknown, on_unknown=on_unknown)
 
 
 def read(
-    source: str | os.PathLike | bytes | bytearray | memoryview | BinaryIO, *, keep_unknown: bool = False
+    source: str | os.PathLike | bytes | bytearray | memoryview | BinaryIO,
+    *,
+    keep_unknown: bool = False,
+    on_unknown: Callable[[bytes], None] | None = None,
 ) -> JacFile:
     r"""Read and check a whole ``.jac`` file: the one entry point for a path, bytes or a file object.
 
@@ -923,6 +941,7 @@ def read(
         source: a path (``str`` or :class:`os.PathLike`), the file's bytes (``bytes``, ``bytearray``
             or ``memoryview``), or a binary file object positioned at the start of the file.
         keep_unknown: also keep the unknown ancillary chunks (see :func:`read_file`).
+        on_unknown: called with the type of each unknown ancillary chunk (see :func:`read_file`).
 
     Returns:
         The file content.
@@ -942,12 +961,13 @@ def read(
         ...
         pillow_jac.container.NotJacFileError: not a JAC file (bad signature)
     """
+    options = {"keep_unknown": keep_unknown, "on_unknown": on_unknown}
     if isinstance(source, (bytes, bytearray, memoryview)):
-        return parse(source, keep_unknown=keep_unknown)
+        return parse(source, **options)
     if isinstance(source, (str, os.PathLike)):
         with open(source, "rb") as fp:
-            return read_file(fp, keep_unknown=keep_unknown)
-    return read_file(source, keep_unknown=keep_unknown)
+            return read_file(fp, **options)
+    return read_file(source, **options)
 
 
 # ---------------------------------------------------------------------------------------------

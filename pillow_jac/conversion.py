@@ -165,13 +165,20 @@ def encode_file(
     return len(data)
 
 
-def read_jac(path: Path, keep_unknown: bool = False) -> container.JacFile:
-    """Read a ``.jac`` file's container (no torch); a malformed file is a :class:`ConversionError` naming ``path``.
+def read_jac(path: Path, *, on_unknown: Any = None) -> tuple[container.JacFile, int]:
+    """Read a ``.jac`` file's container (no torch): ``(file, its size in bytes)``.
 
-    ``path`` :data:`STDIO` reads standard input.
+    ``path`` :data:`STDIO` reads standard input; ``on_unknown`` is :func:`pillow_jac.container.read`'s.
+
+    Raises:
+        ConversionError: the file is malformed (the message names ``path``).
     """
     try:
-        return container.read(_read_stdin() if _is_stdio(path) else path, keep_unknown=keep_unknown)
+        if _is_stdio(path):
+            data = _read_stdin()
+            return container.read(data, on_unknown=on_unknown), len(data)
+        with open(path, "rb") as fp:
+            return container.read(fp, on_unknown=on_unknown), os.fstat(fp.fileno()).st_size
     except container.JacFormatError as e:
         raise ConversionError(f"{path}: {e}") from e
 
@@ -188,7 +195,7 @@ def decode_file(src: Path, dst: Path, *, device: str | None = None) -> None:
     _check_output(src, dst)
     out = _stdout() if _is_stdio(dst) else None
     fmt = "PNG" if out is not None else _pillow_format_for(dst)
-    jac = read_jac(src)
+    jac, _ = read_jac(src)
     pixels_in_file, limit = jac.size[0] * jac.size[1], Image.MAX_IMAGE_PIXELS
     if limit is not None and limit < pixels_in_file <= 2 * limit:  # as Image.open warns; decode() refuses more
         warnings.warn(
@@ -213,9 +220,40 @@ def decode_file(src: Path, dst: Path, *, device: str | None = None) -> None:
         options["quality"] = 95
     if fmt == "JPEG" and im.mode in ("LA", "RGBA"):
         im = im.convert(im.mode[:-1])
-    encoded = io.BytesIO()
-    im.save(encoded, format=fmt, **options)
-    _emit(dst, encoded.getvalue(), out)
+    _emit(dst, _save_keeping_what_fits(im, fmt, options), out)
+
+
+#: the metadata save options, in the order they are given up when the output format refuses them
+_METADATA_OPTIONS = {"exif": "EXIF", "xmp": "XMP", "pnginfo": "XMP", "icc_profile": "ICC profile"}
+
+
+def _save_keeping_what_fits(im: Any, fmt: str, options: dict[str, Any]) -> bytes:
+    """``im`` saved as ``fmt``; metadata the format's writer refuses is left out with a warning.
+
+    A JPEG holds at most 64 KiB of EXIF and a TIFF only EXIF that parses as TIFF: the decoded pixels are
+    not thrown away for an optional chunk the output format cannot carry. Each piece of metadata is
+    tried alone first, so only the one refused is left out.
+    """
+
+    def save(kept: dict[str, Any]) -> bytes:
+        encoded = io.BytesIO()
+        im.save(encoded, format=fmt, **kept)
+        return encoded.getvalue()
+
+    try:
+        return save(options)
+    except Exception as e:
+        error = e
+    present = [name for name in _METADATA_OPTIONS if name in options]
+    for left_out in [[name] for name in present] + ([present] if len(present) > 1 else []):
+        try:
+            data = save({k: v for k, v in options.items() if k not in left_out})
+        except Exception:
+            continue
+        names = " and ".join(dict.fromkeys(_METADATA_OPTIONS[name] for name in left_out))
+        warnings.warn(f"{names} left out: {fmt} refused it ({first_line(str(error))})", stacklevel=3)
+        return data
+    raise error
 
 
 def batch_inputs(in_dir: Path, to: str, recursive: bool) -> list[Path]:

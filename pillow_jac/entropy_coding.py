@@ -287,8 +287,11 @@ class CodingTables:
         information it carries less its 64-bit state, and the coder writes at least one word for any
         symbol (CODING.md section 2.4), so a shorter stream is forged or cut: it is refused at once
         instead of after a decode sized by the header. ``min_bits`` replaces :attr:`min_symbol_bits`
-        for symbols coded with other models (a mixture's rows, CODING.md section 4).
+        for symbols coded with other models (a mixture's rows, CODING.md section 4). A length that is not
+        a whole number of 32-bit words is refused here too, not after the hyperprior's work.
         """
+        if len(data) % 4:
+            raise EntropyCodingError(f"stream length {len(data)} is not a multiple of 4")
         bits = self.min_symbol_bits if min_bits is None else min_bits
         need = max(4 if symbols else 0, math.ceil((symbols * bits - STATE_SLACK_BITS) / 8))
         if len(data) < need:

@@ -215,6 +215,10 @@ def encoder(model_id: str | None = None) -> Generation:
     """The generation that encodes: ``model_id`` if given, else the default (newest) encoder.
 
     The default is the ``JAC_WEIGHTS`` file if set, else the full file with the highest release.
+
+    Raises:
+        ModelNotInstalledError: ``model_id`` cannot encode here, or ``JAC_WEIGHTS`` names no full weights
+            file (a mistyped path is not silently replaced by another model).
     """
     gens = [g for g in installed() if g.can_encode]
     if model_id is None:
@@ -223,6 +227,11 @@ def encoder(model_id: str | None = None) -> Generation:
             chosen = [g for g in gens if g.path == Path(env)]
             if chosen:
                 return chosen[0]
+            gen = _generation(Path(env))
+            if gen is not None and gen.can_encode:  # the same file reached by another path
+                return gen
+            why = "no such file" if not Path(env).exists() else "not a weights file" if gen is None else "decoder only"
+            raise ModelNotInstalledError(f"JAC_WEIGHTS={env}: {why}; it names the weights file that encodes")
         if gens:
             return max(gens, key=lambda g: -1 if g.release is None else g.release)
         raise ModelNotInstalledError(f"no weights file that can encode was found (looked at {default_weights_path()})")

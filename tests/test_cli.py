@@ -670,3 +670,52 @@ def test_models_and_info_name_the_decoder_generation(tmp_path, capsys):
     assert cli.main(["encode", str(src), str(tmp_path / "m.jac"), "--model", "mbt-128-192-r006"]) == 0
     assert cli.main(["encode", str(src), str(tmp_path / "x.jac"), "--model", "mbt-1-1-r001"]) != 0
     assert "cannot encode here" in capsys.readouterr().err
+
+
+def test_info_reads_standard_input(jac: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "pillow_jac", "info", "-", "--json"],
+        input=jac.read_bytes(),
+        capture_output=True,
+        cwd=ROOT,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    info = json.loads(result.stdout)
+    assert info["file"] == "-" and info["file_bytes"] == jac.stat().st_size
+
+
+def test_info_counts_unknown_chunks_without_keeping_them(jac: Path, tmp_path: Path, capsys) -> None:
+    """A flood of unknown chunks is counted per type, not listed one by one (it took 20x the file's memory)."""
+    from pillow_jac import container
+
+    parsed = container.read(jac)
+    parsed.unknown_chunks = [(b"abcd", b"")] * 5000 + [(b"wxyz", b"1")] * 3
+    path = tmp_path / "flood.jac"
+    path.write_bytes(container.serialize(parsed))
+    assert main(["info", str(path), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert (info["unknown_chunks"], info["unknown_chunk_count"]) == (["abcd", "wxyz"], 5003)
+    assert main(["info", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "unknown chunk 'abcd', unknown chunk 'wxyz', 5003 unknown chunks of 2 types" in out
+    assert len(out) < 1000
+
+
+@pytest.mark.parametrize(
+    ("name", "exif", "refused"),
+    [
+        ("out.tif", b"Exif\x00\x00garbage-not-tiff", "TIFF refused it"),
+        ("out.jpg", b"Exif\x00\x00" + bytes(70000), "EXIF data is too long"),
+    ],
+)
+def test_decode_leaves_out_metadata_the_format_refuses(tmp_path: Path, capsys, name, exif, refused) -> None:
+    """A JPEG holds at most 64 KiB of EXIF, a TIFF only EXIF that parses: the pixels are written anyway."""
+    src = tmp_path / "a.jac"
+    crop().save(src, quality=2, exif=exif, xmp=b"<x/>")
+    assert main(["decode", str(src), str(tmp_path / name)]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("jac: warning: EXIF left out:") and refused in err[0], err
+    with Image.open(tmp_path / name) as im:
+        assert im.size == (48, 40)
+        assert "exif" not in im.info

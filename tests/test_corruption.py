@@ -17,6 +17,7 @@ from fuzz import fuzz_jac as fz
 from pillow_jac import codec, container
 from pillow_jac.container import JacFormatError
 from pillow_jac.engine import get_engine
+from pillow_jac.entropy_coding import EntropyCodingError
 
 
 @pytest.fixture(scope="module")
@@ -289,3 +290,24 @@ def test_empty_streams_are_rejected(width: int, height: int) -> None:
     )  # fmt: skip
     with pytest.raises(ValueError, match=r"the z stream has 0 bytes, but \d+ symbols need at least 4"):
         codec.decode(data)
+
+
+def test_stream_of_a_partial_word_is_refused_before_the_hyperprior(rgba_jac: bytes, monkeypatch) -> None:
+    """A y stream whose length is not a whole number of 32-bit words is refused before h_s runs (h_s of a
+    large forged image took most of a minute before the same error)."""
+    import dataclasses
+
+    from pillow_jac import latent_coding
+
+    jac = container.parse(rgba_jac)
+    y_stream = jac.y_stream + b"\x00\x00"
+    jac.y_stream = y_stream
+    jac.header = dataclasses.replace(jac.header, y_stream_length=len(y_stream))
+    forged = container.serialize(jac)
+
+    def no_hyperprior(*args, **kwargs):
+        raise AssertionError("h_s ran before the stream length was checked")
+
+    monkeypatch.setattr(latent_coding.LatentCoder, "hyper_features", no_hyperprior)
+    with pytest.raises(EntropyCodingError, match="is not a multiple of 4"):
+        codec.decode(forged)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -222,3 +223,25 @@ def test_shipped_weights_fit_the_package_budget() -> None:
     for path in kept:  # every kept generation is a decoder file, and has its vectors
         _, meta = weights.load_weights(path)
         assert meta["layout"] == "decoder" and (VECTORS / meta["model_id"] / "vectors.json").exists()
+
+
+def test_jac_weights_that_names_no_encoder_is_an_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A mistyped (or decoder-only) ``JAC_WEIGHTS`` is refused, not silently replaced by the newest model."""
+    monkeypatch.setenv("JAC_WEIGHTS", str(tmp_path / "typo.safetensors"))
+    with pytest.raises(generations.ModelNotInstalledError, match="typo.safetensors: no such file"):
+        generations.encoder()
+    with pytest.raises(codec.ModelNotInstalledError, match="no such file"):
+        codec.encode(natural_image(8, 8), 2)
+    (tmp_path / "junk.safetensors").write_bytes(b"not weights")
+    monkeypatch.setenv("JAC_WEIGHTS", str(tmp_path / "junk.safetensors"))
+    with pytest.raises(generations.ModelNotInstalledError, match="not a weights file"):
+        generations.encoder()
+    tensors, metadata = shipped()
+    small, meta = weights.decoder_only(tensors, metadata)
+    weights.save_weights(tmp_path / "decoder.safetensors", small, meta)
+    monkeypatch.setenv("JAC_WEIGHTS", str(tmp_path / "decoder.safetensors"))
+    with pytest.raises(generations.ModelNotInstalledError, match="decoder only"):
+        generations.encoder()
+    full = generations.encoder(SHIPPED_ID).path
+    monkeypatch.setenv("JAC_WEIGHTS", str(Path(os.path.relpath(full))))  # the shipped file by another path
+    assert generations.encoder().model_id == SHIPPED_ID

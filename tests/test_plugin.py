@@ -848,3 +848,23 @@ def test_bad_metadata_type(spy: EncodeSpy) -> None:
     im.info["xmp"] = {"not": "bytes"}  # from im.info: skipped, not an error
     jac_bytes(im)
     assert spy.last["xmp"] is None
+
+
+def test_save_options_take_what_pillow_users_pass(spy: EncodeSpy, tmp_path: Path) -> None:
+    """``append_images`` as any iterable (as WebP and PNG take it), ``preview`` as a numpy integer, and
+    ``pillow_jac.save`` refusing a file object or another format before encoding."""
+    import pillow_jac
+
+    assert jac_bytes(hopper(), save_all=True, append_images=(im for im in [])) == spy.data
+    with pytest.raises(ValueError, match="given 2 frames"):
+        jac_bytes(hopper(), save_all=True, append_images=(im for im in [hopper()]))
+    assert jac_bytes(hopper(), preview=np.int64(16)) == spy.data
+    assert spy.calls[-1]["preview"] == 16
+    calls = len(spy.calls)
+    with pytest.raises(TypeError):
+        pillow_jac.save(hopper(), io.BytesIO())
+    with pytest.raises(ValueError, match="writes JAC files"):
+        pillow_jac.save(hopper(), tmp_path / "x.jac", format="PNG")
+    assert len(spy.calls) == calls  # refused before any encode
+    pillow_jac.save(hopper(), tmp_path / "x.jac", format="jac")
+    assert (tmp_path / "x.jac").read_bytes() == spy.data
