@@ -18,6 +18,7 @@ every latent.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 
 import constriction
 import numpy as np
@@ -200,34 +201,46 @@ class LatentCoder:
     ) -> tuple[np.ndarray | None, np.ndarray]:
         """Inverse of :meth:`encode`: ``(z_hat, y_hat)`` for the latent shapes a header declares.
 
-        Streams too short for those shapes are refused before any network runs (CODING.md section 2.4).
+        Streams too short for those shapes are refused before any network runs (CODING.md section 2.4),
+        and h_s runs a stripe at a time just ahead of the wavefront, so a stream that runs out early
+        (forged, or cut) stops the decode before the hyperprior of the rest of the image is computed.
         """
         self.check_lengths(z_stream, y_stream, z_shape, y_shape)
-        z_hat = psi = None
+        z_hat = psi_stripes = None
         if self.z_tables is not None:
             z_hat = self.decode_z(z_stream, len(self.z_tables), z_shape)
-            psi = self.hyper_features(torch.from_numpy(z_hat), y_shape)
-        return z_hat, self.decode_y(y_stream, psi, y_shape)
+            if self.h_s is not None:
+                psi_stripes = self.hyper_stripes(torch.from_numpy(z_hat), y_shape)
+        return z_hat, self.decode_y(y_stream, psi_stripes, y_shape)
 
     # -- parameters -------------------------------------------------------------------------------
     def hyper_features(self, z_hat: torch.Tensor | None, y_shape: tuple[int, int]) -> torch.Tensor | None:
         """h_s(z_hat) in fixed point, cropped to the latent shape: ``(2M, Hy, Wy)`` or None.
 
-        Computed in stripes of ``z`` rows with a halo of :data:`_H_S_HALO` rows, so the float64
-        temporaries stay bounded for large images; the arithmetic is exact, so the result is the
-        same as in one piece.
+        The stripes of :meth:`hyper_stripes` put together: the arithmetic is exact, so the result is
+        the same as in one piece.
         """
         if self.h_s is None:
             return None
+        parts = [part for _, _, part in self.hyper_stripes(z_hat, y_shape)]
+        return torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
+
+    def hyper_stripes(self, z_hat: torch.Tensor, y_shape: tuple[int, int]) -> Iterator[tuple[int, int, torch.Tensor]]:
+        """h_s(z_hat) in fixed point, in stripes of latent rows: ``(first row, end row, (2M, rows, Wy))``.
+
+        Computed from stripes of ``z`` rows with a halo of :data:`_H_S_HALO` rows, so the float64
+        temporaries stay bounded for large images, and lazily, so that the decoder computes each
+        stripe only when its wavefront gets there.
+        """
         z = z_hat.double().to(self.device).unsqueeze(0) * 2.0**ACTIVATION_BITS
         rows = z.shape[2]
         step = max(1, _H_S_MIN_ROWS, CHUNK_POSITIONS // (16 * z.shape[3]))  # 16 latent positions per z position
-        parts = [
-            self.h_s(z[:, :, lo:hi])[0, :, 4 * (a - lo) : 4 * (b - lo)]  # 4 latent rows per z row
-            for a, b, lo, hi in stripes(rows, step, _H_S_HALO)
-        ]
-        psi = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
-        return psi[:, : y_shape[0], : y_shape[1]]
+        for a, b, lo, hi in stripes(rows, step, _H_S_HALO):
+            first, end = 4 * a, min(4 * b, y_shape[0])  # 4 latent rows per z row
+            if first >= end:
+                return
+            part = self.h_s(z[:, :, lo:hi])[0, :, 4 * (a - lo) : 4 * (a - lo) + end - first, : y_shape[1]]
+            yield first, end, part
 
     def table_ids(self, features: torch.Tensor) -> tuple[np.ndarray, ...]:
         """From g_ep inputs ``(n, C)`` to the coding parameters of each latent (see :meth:`coding_parameters`)."""
@@ -334,8 +347,13 @@ class LatentCoder:
                 )
         return words_to_bytes(encoder.get_compressed())
 
-    def decode_y(self, data: bytes, psi: torch.Tensor | None, shape: tuple[int, int]) -> np.ndarray:
+    def decode_y(
+        self, data: bytes, psi_stripes: Iterator[tuple[int, int, torch.Tensor]] | None, shape: tuple[int, int]
+    ) -> np.ndarray:
         """Inverse of :meth:`encode_y`: ``(M, Hy, Wy)`` int64 symbols.
+
+        ``psi_stripes``: :meth:`hyper_stripes` (None without hyperprior), taken as the wavefront
+        reaches each stripe.
 
         Runs with the caller's torch thread count: the codec uses one thread for small images, where
         a wavefront has few positions, and the default otherwise (on an idle 2-core machine two
@@ -354,16 +372,17 @@ class LatentCoder:
         padded = torch.zeros((H + h + 4) * S * M, dtype=torch.float64, device=self.device)
         first, rest = self.entropy_parameters.layers[0], self.entropy_parameters.layers[1:]
         # g_ep's first layer is linear in its inputs: the hyperprior half of its sum (and the bias)
-        # is known before the loop and computed in one large product; the integer sums are exact
-        # whatever the order, so splitting them changes nothing (CODING.md section 3)
+        # is computed a stripe of rows at a time (large products) just before the wavefront needs
+        # it; the integer sums are exact whatever the order, so splitting them changes nothing
+        # (CODING.md section 3)
         w_first, bias = first.matrix(self.device)  # (in, out), (out,)
         pre = None
-        if psi is not None:  # computed in place, followed by 4 latent rows of zeros as slack
-            pre = torch.empty(H * W + 4 * W, len(bias), dtype=torch.float64, device=self.device)
-            torch.addmm(bias, psi.reshape(2 * M, -1).t(), w_first[: 2 * M], out=pre[: H * W])
-            pre[H * W :] = 0
-            pre = pre.reshape(-1)
-        w_context_half = w_first[2 * M :] if psi is not None else w_first
+        if psi_stripes is not None:  # filled in place, followed by 4 latent rows of zeros as slack
+            pre_rows = torch.empty(H * W + 4 * W, len(bias), dtype=torch.float64, device=self.device)
+            pre_rows[H * W :] = 0
+            pre = pre_rows.view(-1)
+            psi_stripes, filled = iter(psi_stripes), 0
+        w_context_half = w_first[2 * M :] if psi_stripes is not None else w_first
         context = self.context.layers[0] if self.context is not None else None
         if context is not None:
             matrix = self._context_matrix
@@ -382,6 +401,10 @@ class LatentCoder:
             if pre is None:
                 acc = bias.expand(rows_in, -1)
             else:  # the same spacing in the unpadded grid: W - slope positions (W > slope whenever n > 1)
+                while filled < min(H, int(rows[0]) + rows_in):  # every row this step reads
+                    first_row, filled, psi = next(psi_stripes)
+                    psi = psi.reshape(2 * M, -1).t()
+                    torch.addmm(bias, psi, w_first[: 2 * M], out=pre_rows[first_row * W : filled * W])
                 features = len(bias)
                 spacing = max(0, W - slope) * features
                 acc = pre.as_strided((rows_in, features), (spacing, 1), (int(rows[0]) * W + int(cols[0])) * features)

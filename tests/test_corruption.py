@@ -311,3 +311,35 @@ def test_stream_of_a_partial_word_is_refused_before_the_hyperprior(rgba_jac: byt
     monkeypatch.setattr(latent_coding.LatentCoder, "hyper_features", no_hyperprior)
     with pytest.raises(EntropyCodingError, match="is not a multiple of 4"):
         codec.decode(forged)
+
+
+def test_a_stream_that_runs_out_early_stops_before_the_rest_of_the_hyperprior(monkeypatch) -> None:
+    """A forged 2048 x 2048 file whose streams are just long enough for the length check: h_s runs for
+    the first stripe of rows only (all of h_s ran first, 21-28 s and 1.2 GB at 4096 x 4096)."""
+    import math
+
+    from pillow_jac import generations
+    from pillow_jac.entropy_coding import STATE_SLACK_BITS
+
+    gen = generations.encoder()
+    coder = get_engine(None, gen.path).latents
+    side = 2048
+    y_symbols = coder.M * (side // 16) ** 2
+    y_bytes = 4 * math.ceil((y_symbols * coder.y_symbol_bits - STATE_SLACK_BITS) / 32 + 1)
+    forged = container.serialize(
+        container.JacFile.create(
+            width=side, height=side, layout="RGB", quality=4, model_id=gen.model_id,
+            weights_hash=gen.weights_hash, z_stream=bytes(8), y_stream=bytes(y_bytes),
+        )
+    )  # fmt: skip
+    calls = []
+    real_h_s = coder.h_s
+
+    def counted(z):
+        calls.append(z.shape[2])
+        return real_h_s(z)
+
+    monkeypatch.setattr(coder, "h_s", counted)
+    with pytest.raises(EntropyCodingError, match="still to decode"):
+        codec.decode(forged)
+    assert len(calls) == 1  # of 4 stripes of 8 z rows (32 z rows in all)
