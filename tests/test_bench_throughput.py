@@ -19,3 +19,26 @@ def test_throughput_writes_json_and_markdown(tmp_path):
     text = (out / "throughput.json").read_text() + (out / "throughput.md").read_text()
     assert str(tmp_path) not in text and str(Path(__file__).resolve().parents[1]) not in text
     assert "| 40x24 | 0 | 2 | 2 |" in (out / "throughput.md").read_text()
+
+
+def test_a_run_stopped_by_a_time_limit_keeps_its_finished_rows(tmp_path, monkeypatch):
+    """The results are written after every row: a device call's ``timeout`` keeps what was measured."""
+    out = tmp_path / "results"
+    real_run = throughput.run
+
+    def stopped_after_the_first_row(*args, on_row=None, **kwargs):
+        def first_then_stop(rows):
+            on_row(rows)
+            raise KeyboardInterrupt  # as the time limit's signal would
+
+        return real_run(*args, on_row=first_then_stop, **kwargs)
+
+    monkeypatch.setattr(throughput, "run", stopped_after_the_first_row)
+    argv = ["--device", "cpu", "--sizes", "40x24", "--batch", "1,2", "--images", "2", "--out", str(out)]
+    try:
+        throughput.main(argv)
+    except KeyboardInterrupt:
+        pass
+    report = json.loads((out / "throughput.json").read_text())
+    assert [(r["size"], r["batch"]) for r in report["rows"]] == [("40x24", 1)]
+    assert "| 40x24 |" in (out / "throughput.md").read_text()

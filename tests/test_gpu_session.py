@@ -148,3 +148,47 @@ def test_a_failing_step_still_leaves_checkpoint_pieces_and_report(image_folder, 
     assert (report["stop"], report["step_end"]) == ("error", 2) and "device lost" in report["error"]
     assert torch.load(out / gpu_session.CHECKPOINT, weights_only=False)["step"] == 2
     assert (pieces / (gpu_session.WEIGHTS + ".000")).exists()
+
+
+def test_a_call_killed_before_its_end_still_returns_its_last_save(image_folder, tmp_path, monkeypatch):
+    """The pieces and the report are published at every save, not only at the end: a call killed by the
+    device's time limit (here a BaseException that skips the final save) returns the weights of its last one."""
+    calls = []
+
+    def killed_at_the_fourth_step(batch):
+        calls.append(batch)
+        if len(calls) == 4:
+            raise SystemExit("killed")
+        return torch.linspace(1, 8, batch)
+
+    monkeypatch.setattr(gpu_session, "stratified_qualities", killed_at_the_fourth_step)
+    out, pieces = tmp_path / "run", tmp_path / "pieces"
+    with pytest.raises(SystemExit):
+        session(image_folder, out, "--pieces", str(pieces), "--steps", "10", "--save-every", "1e-9", "--bf16")
+    report = json.loads((pieces / gpu_session.REPORT).read_text())
+    assert (report["stop"], report["step_end"], report["bf16"]) == (None, 3, True)  # published while running
+    joined = join_file(pieces / gpu_session.WEIGHTS, tmp_path / "ema.safetensors")
+    checkpoint = torch.load(out / gpu_session.CHECKPOINT, weights_only=False)
+    assert checkpoint["step"] == 3
+    for name, value in load_model(joined).state_dict().items():
+        assert torch.equal(value, checkpoint["average"][name]), name
+
+
+def test_a_loss_that_is_not_finite_keeps_the_last_finite_weights(image_folder, tmp_path, monkeypatch):
+    calls = []
+    real_lambda = gpu_session.quality_lambda
+
+    def nan_at_the_third_step(quality, lambdas):
+        calls.append(quality)
+        lmbda = real_lambda(quality, lambdas)
+        return lmbda * float("nan") if len(calls) == 3 else lmbda
+
+    monkeypatch.setattr(gpu_session, "quality_lambda", nan_at_the_third_step)
+    out, pieces = tmp_path / "run", tmp_path / "pieces"
+    report = session(image_folder, out, "--pieces", str(pieces), "--steps", "10", "--save-every", "1e-9")
+    assert (report["stop"], report["step_end"]) == ("nonfinite", 3)
+    checkpoint = torch.load(out / gpu_session.CHECKPOINT, weights_only=False)
+    assert checkpoint["step"] == 2  # the last finite save
+    joined = join_file(pieces / gpu_session.WEIGHTS, tmp_path / "ema.safetensors")
+    for name, value in load_model(joined).state_dict().items():
+        assert torch.isfinite(value).all() and torch.equal(value, checkpoint["average"][name]), name

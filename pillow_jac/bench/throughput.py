@@ -21,8 +21,9 @@ many of its files are the bytes that batch size 1 wrote, and the fraction of pix
 largest difference) by which ``decode_batch`` of the batch-size-1 files differs from their decode at
 batch size 1.
 
-Writes ``throughput.json`` and ``throughput.md`` to ``--out`` (default ``benchmarks/results``); the
-source image is named relative to the repository (or by its file name), never by absolute path.
+Writes ``throughput.json`` and ``throughput.md`` to ``--out`` (default ``benchmarks/results``) after
+every row, so a run stopped by a time limit keeps the rows it finished; the source image is named
+relative to the repository (or by its file name), never by absolute path.
 """
 
 from __future__ import annotations
@@ -115,8 +116,13 @@ def run(
     images: int = 8,
     large_images: int = 2,
     quality: float = 4.0,
+    on_row: Any = None,
 ) -> list[dict[str, Any]]:
-    """One row per (size, batch size) measured; see the module doc."""
+    """One row per (size, batch size) measured; see the module doc.
+
+    ``on_row``: called with the rows so far after each one, so that a run stopped by a time limit keeps
+    what it measured.
+    """
     rows: list[dict[str, Any]] = []
     for width, height in sizes:
         y_shape, _ = container.latent_shapes(width, height)
@@ -158,6 +164,8 @@ def run(
                 )
                 row["largest_pixel_difference"] = max(int(np.abs(d).max()) for d in differ)
             rows.append(row)
+            if on_row is not None:
+                on_row(rows)
             gpu = "" if encode_peak is None else f", peak GPU {encode_peak / MIB:.0f} / {decode_peak / MIB:.0f} MiB"
             _log(
                 f"{width}x{height} batch {batch}{'' if batched else ' (one at a time)'}: "
@@ -228,7 +236,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     batches = sorted(set(args.batch), key=lambda b: (b != 1, b))
     image = args.image or find_shared("data/kodak/kodim01.png")
     source, source_name = (load_rgb(image), portable_path(image)) if image is not None else (_synthetic(), "synthetic")
-    rows = run(source, args.sizes, batches, device, args.images, args.large_images, args.quality)
     shown = ["python -m pillow_jac.bench.throughput", "--device", str(device)]
     shown += ["--sizes", ",".join(f"{w}x{h}" for w, h in args.sizes), "--batch", ",".join(map(str, batches))]
     shown += ["--images", str(args.images), "--large-images", str(args.large_images)]
@@ -246,11 +253,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             "date": time.strftime("%Y-%m-%d %H:%M:%S"),
             "command": " ".join(shown),
         },
-        "rows": rows,
+        "rows": [],
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "throughput.json").write_text(json.dumps(report, indent=1) + "\n")
-    (args.out / "throughput.md").write_text(markdown(report))
+
+    def write(rows: list[dict[str, Any]]) -> None:  # after every row: a time limit keeps what was measured
+        report["rows"] = rows
+        (args.out / "throughput.json").write_text(json.dumps(report, indent=1) + "\n")
+        (args.out / "throughput.md").write_text(markdown(report))
+
+    write(run(source, args.sizes, batches, device, args.images, args.large_images, args.quality, on_row=write))
     _log(f"wrote {args.out / 'throughput.json'} and {args.out / 'throughput.md'}")
     return 0
 

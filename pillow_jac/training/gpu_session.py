@@ -20,7 +20,11 @@ One process does everything a device call needs, so that no lent minute goes to 
   out, or on SIGTERM, writes a resumable checkpoint (model, optimiser, weight average, step, every
   random state) that the next call continues with ``--resume``, and writes the weight average as
   pieces of at most 15 MB (:func:`~.pack.split_file`; files come back from the device at most
-  16 MiB each) plus a JSON report into ``--pieces`` (``$OUT`` when set);
+  16 MiB each) plus a JSON report into ``--pieces`` (``$OUT`` when set). It does so every
+  ``--save-every`` seconds too, so a call killed before its end (a time limit cut short, a compile
+  past the deadline) still returns the weights of its last save;
+* a loss that is not finite stops the run at the next log line without saving or publishing the
+  weights it touched: the last pieces published stay;
 * the report gives steps, crops per second, seconds per step, the peak GPU memory and the achieved
   FLOP/s as a share of the chip's bf16 dense peak (989 TFLOP/s for an H200). The model's
   multiply-adds per pixel are counted by forward hooks on a small input
@@ -100,15 +104,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--compile-mode",
         default="default",
-        choices=["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"],
-        help="torch.compile mode; reduce-overhead replays the step as CUDA graphs",
+        choices=["default", "reduce-overhead"],
+        help="torch.compile mode; reduce-overhead replays the step as CUDA graphs (the autotuning modes can "
+        "compile for minutes, past any deadline: not offered)",
     )
     p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None, help="default: on for CUDA")
     p.add_argument("--data-on", choices=["auto", "device", "host"], default="auto", help="where the pixels live")
     p.add_argument("--device", default=None, help="default: cuda (dry run: cpu)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: leave the default; dry run 1)")
     p.add_argument("--log-every", type=int, default=None, help="default 500 (dry run 1)")
-    p.add_argument("--save-every", type=float, default=120, help="checkpoint every this many seconds (0: at the end)")
+    p.add_argument(
+        "--save-every",
+        type=float,
+        default=120,
+        help="checkpoint and publish the pieces every this many seconds (0: at the end only)",
+    )
     p.add_argument("--measure-after", type=int, default=None, help="steps before timing starts (default 20; dry 1)")
     p.add_argument("--peak-tflops", type=float, default=H200_BF16_PEAK / 1e12, help="the chip's bf16 dense peak")
     p.add_argument("--seed", type=int, default=0)
@@ -497,6 +507,10 @@ class Session:
                         self.mark = (time.monotonic(), self.step)
                     if self.step % args.log_every == 0:
                         self.last = {k: v.item() / n for k, v in sums.items()}
+                        if not math.isfinite(self.last["loss"]):
+                            self.stop = "nonfinite"
+                            _log(f"step {self.step}: the loss is not finite; stopping without saving these weights")
+                            break
                         elapsed = time.monotonic() - self.started
                         _log(
                             f"step {self.step} | {elapsed:.0f} s | lr {lr:.2e} | loss {self.last['loss']:.4f} | "
@@ -507,7 +521,12 @@ class Session:
                         sums = {k: torch.zeros((), device=device) for k in sums}
                         n = 0
                     if args.save_every and time.monotonic() - self.last_save >= args.save_every:
+                        if not self.finite():
+                            self.stop = "nonfinite"
+                            _log(f"step {self.step}: the weights are not finite; stopping without saving them")
+                            break
                         self.save()
+                        self.publish()
             finally:
                 for s, handler in handlers.items():
                     signal.signal(s, handler)
@@ -539,24 +558,50 @@ class Session:
         )
         self.last_save = time.monotonic()
 
-    def finish(self) -> dict:
-        """Save; write the weight average, its pieces, the log and the report; return the report."""
+    def finite(self) -> bool:
+        """Whether the weights and their average hold only finite numbers (checked before they are kept)."""
+        tensors = [*self.model.state_dict().values(), *self.average.shadow.values()]
+        return all(bool(torch.isfinite(t).all()) for t in tensors if t.is_floating_point())
+
+    def publish(self) -> list[str]:
+        """Write the weight average as pieces into ``--pieces``, with the log and a report; return the names.
+
+        Weights that are not finite are not published (the pieces of the last publish stay).
+        """
         from ..weights import save_float_state
 
         args = self.args
-        self.save()
+        args.pieces.mkdir(parents=True, exist_ok=True)
+        if not self.finite():
+            self.stop = self.stop or "nonfinite"
+            return sorted(p.name for p in args.pieces.glob(WEIGHTS + ".*"))
         weights_path = args.out / WEIGHTS
         notes = {"step": str(self.step), "ema_decay": str(self.average.decay), "trainer": __name__}
         save_float_state(weights_path, self.average.model(self.model).state_dict(), self.config, notes)
-        args.pieces.mkdir(parents=True, exist_ok=True)
         for stale in args.pieces.glob(WEIGHTS + ".*"):
             stale.unlink()
-        pieces = split_file(weights_path, args.pieces, part_mb=15)
+        pieces = [p.name for p in split_file(weights_path, args.pieces, part_mb=15)]
+        self.write_report(pieces)
+        return pieces
+
+    def write_report(self, pieces: list[str]) -> dict:
+        """The report and the log, into ``--out`` and ``--pieces``."""
+        args = self.args
         (args.pieces / LOG).write_bytes((args.out / LOG).read_bytes())
-        report = self.report([p.name for p in pieces])
-        text = json.dumps(report, indent=1)
+        self.loop_end = self.loop_end if self.stop else time.monotonic()
+        report = self.report(pieces)
+        text = text_of(report)
         (args.out / REPORT).write_text(text + "\n")
         (args.pieces / REPORT).write_text(text + "\n")
+        return report
+
+    def finish(self) -> dict:
+        """Save and publish (both only for finite weights); return the report."""
+        args = self.args
+        if self.finite():
+            self.save()
+        pieces = self.publish()
+        report = self.write_report(pieces)
         with open(args.out / "gpu_reports.jsonl", "a") as f:
             f.write(json.dumps(report) + "\n")
         _log(
@@ -564,7 +609,7 @@ class Session:
             f"{report['crops_per_s'] or math.nan:.1f} crops/s, {report['share_of_peak'] or math.nan:.2%} of peak; "
             f"{len(pieces)} pieces in {args.pieces}"
         )
-        print(text, flush=True)
+        print(text_of(report), flush=True)
         return report
 
     def report(self, pieces: list[str]) -> dict:
@@ -612,6 +657,11 @@ class Session:
             "last": self.last,
             "pieces": pieces,
         }
+
+
+def text_of(report: dict) -> str:
+    """The report as the JSON text written beside the pieces."""
+    return json.dumps(report, indent=1)
 
 
 def main(argv: list[str] | None = None) -> dict:
