@@ -258,8 +258,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--force",
         action="store_true",
-        help="with --to png, also replace images older than their .jac file (kept by default: they may be the "
-        "originals the .jac files were made from)",
+        help="with --to png, also replace images beside their .jac file and older than it (kept by default: "
+        "they may be the originals the .jac files were made from)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress output")
     add_device(p)
@@ -291,7 +291,8 @@ def _print_info(info: dict[str, Any]) -> None:
     meta = [f"{n} {info[n + '_bytes']} B" for n in ("icc_profile", "exif", "xmp") if info[n + "_bytes"]]
     meta += [f"unknown chunk {t!r}" for t in info["unknown_chunks"][:_LISTED_TYPES]]
     if info["unknown_chunk_count"] > len(info["unknown_chunks"][:_LISTED_TYPES]):
-        meta.append(f"{info['unknown_chunk_count']} unknown chunks of {len(info['unknown_chunks'])} types")
+        types = len(info["unknown_chunks"])
+        meta.append(f"{info['unknown_chunk_count']} unknown chunks of {types} type{'s' if types > 1 else ''}")
     streams = f"z {info['z_stream_bytes']} B, y {info['y_stream_bytes']} B"
     if info["alpha_bytes"]:
         streams += f", alpha {info['alpha_bytes']} B"

@@ -259,8 +259,8 @@ def _save_keeping_what_fits(im: Any, fmt: str, options: dict[str, Any]) -> bytes
 def batch_inputs(in_dir: Path, to: str, recursive: bool) -> list[Path]:
     """The files of ``in_dir`` a batch converts: every image Pillow reads (``to="jac"``) or every ``.jac``.
 
-    Hidden files (names starting with ``.``: macOS's ``._NAME`` companions, temporary files) are not images of
-    the batch.
+    Hidden files and folders (names starting with ``.``: macOS's ``._NAME`` companions, ``.thumbnails``,
+    temporary files) are not part of the batch.
     """
     from PIL import Image
 
@@ -271,7 +271,11 @@ def batch_inputs(in_dir: Path, to: str, recursive: bool) -> list[Path]:
         exts = {".jac"}
     pattern = "**/*" if recursive else "*"
     return sorted(
-        p for p in in_dir.glob(pattern) if p.suffix.lower() in exts and not p.name.startswith(".") and p.is_file()
+        p
+        for p in in_dir.glob(pattern)
+        if p.suffix.lower() in exts
+        and not any(part.startswith(".") for part in p.relative_to(in_dir).parts)
+        and p.is_file()
     )
 
 
@@ -338,16 +342,17 @@ def plan(
 
 
 def _check_not_an_original(src: Path, dst: Path) -> None:
-    """Refuse to replace an image older than the ``.jac`` file decoded over it: it may be what was encoded.
+    """Refuse to replace an image beside its ``.jac`` file and older than it: it may be what was encoded.
 
     ``jac batch IN IN --to jac`` then ``jac batch IN IN --to png`` would otherwise replace each original
-    with its lossy decode.
+    with its lossy decode. Outputs in another folder are replaced as before (a decode run again).
     """
     try:
         existing, source = os.stat(dst), os.stat(src)
+        beside = os.path.samefile(Path(dst).parent, Path(src).parent)
     except OSError:  # no output yet (a missing input is reported when it is read)
         return
-    if existing.st_mtime_ns < source.st_mtime_ns:
+    if beside and existing.st_mtime_ns < source.st_mtime_ns:
         raise ConversionError(
             f"{dst}: exists and is older than {src.name}, so it may be the image that file was made from; "
             "not replaced (--force replaces it)"
@@ -368,7 +373,8 @@ def convert_file(
     """Convert one file as a batch does; return (input bytes, output bytes).
 
     ``extra``: more :func:`encode_file` options (``target_size``, ``target_psnr``, ``preview``). Decoding
-    (``to="png"``) does not replace an existing file older than the ``.jac`` one unless ``force`` is true.
+    (``to="png"``) does not replace an image beside the ``.jac`` file and older than it unless ``force``
+    is true.
     """
     Path(dst).parent.mkdir(parents=True, exist_ok=True)
     if to == "jac":

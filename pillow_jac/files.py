@@ -164,7 +164,7 @@ def save(image: Any, path: str | os.PathLike, **options: Any) -> None:
 
     os.fspath(path)  # a TypeError now (a file object, say), not after the encode
     jac_format = JacImagePlugin.JacImageFile.format
-    if str(options.pop("format", jac_format)).upper() != jac_format:
+    if str(options.pop("format", None) or jac_format).upper() != jac_format:
         raise ValueError(f"pillow_jac.save writes {jac_format} files; use Image.save for other formats")
     encoded = io.BytesIO()  # Pillow's whole save (loading, save_all), before the temporary file exists
     image.save(encoded, format=jac_format, **options)

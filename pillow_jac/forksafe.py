@@ -89,6 +89,12 @@ def importing() -> Iterator[None]:
 
 def _before_fork() -> None:
     _forking.held = _importing.acquire(timeout=IMPORT_WAIT_SECONDS)
+    if not _forking.held:
+        print(
+            f"pillow_jac: forking while the codec's modules are still being imported after {IMPORT_WAIT_SECONDS:g} s; "
+            "the child may hang in its first encode or decode",
+            file=sys.stderr,
+        )
 
 
 def _after_fork_in_parent() -> None:

@@ -29,6 +29,7 @@ from __future__ import annotations
 import json
 import os
 import struct
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -217,8 +218,9 @@ def encoder(model_id: str | None = None) -> Generation:
     The default is the ``JAC_WEIGHTS`` file if set, else the full file with the highest release.
 
     Raises:
-        ModelNotInstalledError: ``model_id`` cannot encode here, or ``JAC_WEIGHTS`` names no full weights
-            file (a mistyped path is not silently replaced by another model).
+        ModelNotInstalledError: ``model_id`` cannot encode here, or ``JAC_WEIGHTS`` names no weights file
+            (a mistyped path is not silently replaced by another model; a decoder-only file there is a
+            generation that decodes, and the newest full file encodes, with a warning).
     """
     gens = [g for g in installed() if g.can_encode]
     if model_id is None:
@@ -230,8 +232,13 @@ def encoder(model_id: str | None = None) -> Generation:
             gen = _generation(Path(env))
             if gen is not None and gen.can_encode:  # the same file reached by another path
                 return gen
-            why = "no such file" if not Path(env).exists() else "not a weights file" if gen is None else "decoder only"
-            raise ModelNotInstalledError(f"JAC_WEIGHTS={env}: {why}; it names the weights file that encodes")
+            if gen is None:
+                why = "no such file" if not Path(env).exists() else "not a weights file"
+                raise ModelNotInstalledError(f"JAC_WEIGHTS={env}: {why}")
+            warnings.warn(  # a decoder generation (SPEC.md 9.2): it decodes; the newest full file encodes
+                f"JAC_WEIGHTS={env} is a decoder-only file: encoding with the newest full weights file instead",
+                stacklevel=2,
+            )
         if gens:
             return max(gens, key=lambda g: -1 if g.release is None else g.release)
         raise ModelNotInstalledError(f"no weights file that can encode was found (looked at {default_weights_path()})")

@@ -64,7 +64,7 @@ _H_S_MIN_ROWS = 8
 
 
 #: threads inside :func:`single_threaded` blocks, and the thread count outside them (under the lock)
-_single = {"depth": 0, "outside": 1}
+_single = {"depth": 0, "outside": 1}  # 1 until a first block records more
 _single_lock = ForkSafeLock()
 
 
@@ -75,25 +75,27 @@ def single_threaded():
     Small images (short wavefronts) issue thousands of tiny ops; splitting them across threads costs
     more in synchronisation than it gains. ``torch.set_num_threads`` sets the calling thread's own
     count (OpenMP's) and also the count a thread takes at its first ``get_num_threads`` or parallel
-    op (read first here, so that the 1 set below stays this thread's). The first thread to enter
-    records the count outside the blocks, and every thread leaving a block sets that count again, so
-    overlapping blocks in several threads never leave 1 behind for the threads started later (a
-    thread whose first torch op runs while a block is open still starts with 1). Results do not
-    depend on the thread count, so this only affects speed.
+    op (read first here, so that the 1 set below stays this thread's). A thread entering when no
+    block is open records its count as the count outside the blocks, unless that count is 1 and a
+    larger one was recorded before (a thread whose first torch op ran inside another's block starts
+    with 1); every thread leaving a block sets the recorded count again, under the same lock as the
+    entries, so overlapping blocks in several threads leave the count they found for the threads
+    started later. A program that calls ``torch.set_num_threads(1)`` itself between blocks gets the
+    earlier count back after the next one: set ``OMP_NUM_THREADS=1`` instead. Results do not depend
+    on the thread count, so this only affects speed.
     """
-    own = torch.get_num_threads()
     with _single_lock:
-        if _single["depth"] == 0:
+        own = torch.get_num_threads()
+        if _single["depth"] == 0 and (own != 1 or _single["outside"] == 1):
             _single["outside"] = own
         _single["depth"] += 1
-        outside = _single["outside"]
-    torch.set_num_threads(1)
+        torch.set_num_threads(1)
     try:
         yield
     finally:
         with _single_lock:
             _single["depth"] -= 1
-        torch.set_num_threads(outside)
+            torch.set_num_threads(_single["outside"])
 
 
 def _padded_rows(n: int) -> int:

@@ -9,11 +9,12 @@ Worker processes (``workers > 1``):
 * They start from a "forkserver" that has imported torch but never ran it (or by "spawn" where there is
   none), never by a plain fork of a process whose torch/OpenMP thread pools are running; each gets
   ``cpu_count // workers`` torch threads.
-* **A worker that dies** (killed, or out of memory) breaks Python's process pool. The files it had not
+* **A worker that dies** (killed, or out of memory) breaks Python's process pool. The files not
   finished are converted again in a new pool; only a file that was being converted when a pool broke is
   counted as tried, and one tried :data:`~pillow_jac.conversion.ATTEMPTS` times is reported as failed. A
   shared byte per file (written by the workers, read by the parent after a break; no lock that a killed
-  process could leave held) says which files were being converted.
+  process could leave held) says which files were being converted. Files are submitted a few per worker
+  at a time, so a pool that breaks is not racing thousands of submissions.
 * **Ctrl-C and SIGTERM**: see :func:`_worker_init`. Queued files are dropped through the executor's own
   ``shutdown(cancel_futures=True)``, so its management thread, not this one, settles their futures.
 * **Warnings** raised while converting a file are returned with its result and printed by the parent, with
@@ -28,8 +29,9 @@ import signal
 import sys
 import threading
 import warnings
+from collections import deque
 from collections.abc import Iterator
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import IO, Any
@@ -39,16 +41,21 @@ from .conversion import ATTEMPTS, ConversionError, Progress, convert_noting_warn
 
 __all__ = ["run_batch"]
 
-# In a batch worker process: whether the batch was cancelled, whether a file is being converted, and the
-# shared per-file states (_QUEUED, _CONVERTING, _FINISHED).
+# In a batch worker process: whether the batch was cancelled, whether a file is being converted, whether
+# SIGTERM asked it to end, and the shared per-file states (_QUEUED, _CONVERTING, _FINISHED).
 _cancelled = False
 _converting = False
+_terminating = False
 _states: Any = None
 _QUEUED, _CONVERTING, _FINISHED = 0, 1, 2
 #: what the worker process converting a file reports when it died
 _DIED = "the worker process converting it died (killed, or out of memory)"
 #: a pool broken although no file was being converted (a worker killed while idle) is started again this often
 _IDLE_BREAKS = 2
+#: what the files not converted report when the worker processes kept dying while idle
+_KEPT_DYING = "not converted: the worker processes kept dying while idle (killed, or out of memory)"
+#: files submitted to a pool at once, per worker: a pool that breaks is not racing a flood of submissions
+_IN_FLIGHT_PER_WORKER = 2
 
 
 def run_batch(
@@ -71,8 +78,8 @@ def run_batch(
     """Convert every image in ``in_dir`` into ``out_dir``; return (converted, failed) counts.
 
     With ``to="jac"`` every file Pillow can read (by extension) is encoded to ``NAME.jac``; with
-    ``to="png"`` every ``.jac`` file is decoded to ``NAME.png`` (an existing image older than its ``.jac``
-    file is replaced only with ``force``: it may be the original). ``target_size``, ``target_psnr`` and
+    ``to="png"`` every ``.jac`` file is decoded to ``NAME.png`` (an existing image beside its ``.jac`` file
+    and older than it is replaced only with ``force``: it may be the original). ``target_size``, ``target_psnr`` and
     ``preview`` are as in :func:`pillow_jac.conversion.encode_file`, for every file. ``workers > 1`` uses
     that many worker processes.
 
@@ -91,14 +98,16 @@ def run_batch(
     failed = 0
     extra = {"target_size": target_size, "target_psnr": target_psnr, "preview": preview}
     options = (to, quality, effort, device, extra)
+    typed, absolute = Path(in_dir), Path(os.path.abspath(in_dir))
     for src, result, notes in _run_jobs(jobs, options, force, workers):
+        name = str(typed / src.relative_to(absolute))  # as the user named the folder
         for note in notes:
-            bar.warn(str(src), note)
+            bar.warn(name, note)
         if isinstance(result, BaseException):
             failed += 1
-            bar.step(str(src), one_line(result))
+            bar.step(name, one_line(result))
         else:
-            bar.step(str(src))
+            bar.step(name)
     return len(jobs) - failed, failed
 
 
@@ -138,8 +147,10 @@ def _run_jobs(
         for i in sorted(lost):
             if states[i] == _CONVERTING:
                 tries[i] += 1
-            if tries[i] >= ATTEMPTS or idle_breaks > _IDLE_BREAKS:
+            if tries[i] >= ATTEMPTS:
                 yield sources[i], ConversionError(_DIED), []
+            elif idle_breaks > _IDLE_BREAKS:
+                yield sources[i], ConversionError(_KEPT_DYING), []
             else:
                 states[i] = _QUEUED
                 todo.append(i)
@@ -162,20 +173,32 @@ def _run_pool(
         cancel,
         ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_worker_init, initargs=init) as ex,
     ):
-        futures = {ex.submit(_worker_job, i, *items[i], *options, force): i for i in todo}
+        queue, pending, broken = deque(todo), {}, False
         try:
-            for fut in as_completed(futures):
-                i = futures[fut]
-                try:
-                    value = fut.result()
-                except BrokenProcessPool:
-                    yield i, None
-                    continue
-                except Exception as e:  # e.g. a result that could not be sent back
-                    value = (e, [])
-                if value is None:  # a worker stopped by a SIGINT sent to it alone
-                    value = (ConversionError("interrupted"), [])
-                yield i, value
+            while pending or (queue and not broken):
+                while queue and not broken and len(pending) < _IN_FLIGHT_PER_WORKER * workers:
+                    i = queue.popleft()
+                    try:
+                        pending[ex.submit(_worker_job, i, *items[i], *options, force)] = i
+                    except BrokenProcessPool:
+                        queue.appendleft(i)
+                        broken = True
+                done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    i = pending.pop(fut)
+                    try:
+                        value = fut.result()
+                    except BrokenProcessPool:
+                        broken = True
+                        yield i, None
+                        continue
+                    except Exception as e:  # e.g. a result that could not be sent back
+                        value = (e, [])
+                    if value is None:  # a worker stopped by a SIGINT sent to it alone
+                        value = (ConversionError("interrupted"), [])
+                    yield i, value
+            for i in queue:  # never submitted: for the next pool
+                yield i, None
         except BaseException:  # e.g. KeyboardInterrupt: stop the running files, drop the queued ones
             cancel.close()
             ex.shutdown(wait=False, cancel_futures=True)
@@ -219,13 +242,21 @@ def _worker_sigint(signum: int, frame: Any) -> None:
 
 
 def _worker_sigterm(signum: int, frame: Any) -> None:
-    """SIGTERM in a worker: the file being converted is cleaned up as on Ctrl-C; an idle worker ends.
+    """SIGTERM in a worker: the file being converted is cleaned up as on Ctrl-C, then the worker ends.
 
-    ``timeout`` and ``kill -TERM -PGID`` signal the whole process group, workers included.
+    ``timeout`` and ``kill -TERM -PGID`` signal the whole process group, workers included, and the
+    process pool terminates its other workers this way when one of them died: a worker that lived on
+    would wait for work for ever, and the batch with it.
     """
+    global _terminating
+    _terminating = True
     if _converting:
-        _worker_sigint(signum, frame)
+        _worker_sigint(signum, frame)  # _worker_job ends the process once the file is cleaned up
         return
+    _end_by_sigterm()
+
+
+def _end_by_sigterm() -> None:
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     os.kill(os.getpid(), signal.SIGTERM)
 
@@ -255,6 +286,9 @@ def _worker_job(index: int, src: str, dst: str, *options: Any) -> tuple[Any, lis
         *convert_options, force = options
         return convert_noting_warnings(src, dst, *convert_options, force=force)
     except KeyboardInterrupt:
+        if _terminating:  # its temporary file is gone: end now, the file not counted as having killed it
+            _states[index], started = _QUEUED, False
+            _end_by_sigterm()
         return None
     finally:
         _converting = False

@@ -686,7 +686,7 @@ def test_info_reads_standard_input(jac: Path) -> None:
 
 
 def test_info_counts_unknown_chunks_without_keeping_them(jac: Path, tmp_path: Path, capsys) -> None:
-    """A flood of unknown chunks is counted per type, not listed one by one (it took 20x the file's memory)."""
+    """A flood of unknown chunks is counted per type, not kept or listed one by one."""
     from pillow_jac import container
 
     parsed = container.read(jac)

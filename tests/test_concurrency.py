@@ -9,7 +9,6 @@ import subprocess
 import sys
 import textwrap
 import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -252,39 +251,49 @@ def test_single_threaded_restores_each_threads_own_count() -> None:
 
 
 def test_threads_started_later_get_the_count_outside_the_blocks() -> None:
-    """A thread whose first torch op is inside another thread's ``single_threaded`` block starts on one
-    thread; its own block used to restore that 1, which every thread started later then inherited."""
+    """A thread whose first torch op runs inside another thread's ``single_threaded`` block starts on one
+    thread. Whether its own block overlaps the other's (B) or comes after it (C), the threads started
+    afterwards get the count from outside the blocks, not that 1."""
     from pillow_jac.latent_coding import single_threaded
 
     saved = torch.get_num_threads()
     torch.set_num_threads(2)
-    a_in, a_out = threading.Event(), threading.Event()
+    a_in, b_in, a_left, c_started = (threading.Event() for _ in range(4))
     later: list[int] = []
 
     def thread_a() -> None:
         with single_threaded():
             a_in.set()
-            assert a_out.wait(timeout=30)
+            assert b_in.wait(timeout=30) and c_started.wait(timeout=30)
+        a_left.set()
 
-    def thread_b() -> None:  # its first torch op runs inside thread A's block
+    def thread_b() -> None:  # its first torch op runs inside A's block; it leaves after A
         with single_threaded():
-            a_out.set()
-            time.sleep(0.05)  # A leaves first
+            b_in.set()
+            assert a_left.wait(timeout=30)
 
-    def thread_c() -> None:
+    def thread_c() -> None:  # its first torch op runs inside A's block; its own block comes after
+        torch.get_num_threads()
+        c_started.set()
+        assert a_left.wait(timeout=30)
+        with single_threaded():
+            pass
+
+    def count_of_a_new_thread() -> None:
         later.append(torch.get_num_threads())
 
     try:
         a = threading.Thread(target=thread_a)
         a.start()
         assert a_in.wait(timeout=30)
-        b = threading.Thread(target=thread_b)
-        b.start()
-        a.join(timeout=30)
-        b.join(timeout=30)
-        c = threading.Thread(target=thread_c)
-        c.start()
-        c.join(timeout=30)
+        others = [threading.Thread(target=thread_b), threading.Thread(target=thread_c)]
+        for t in others:
+            t.start()
+        for t in [a, *others]:
+            t.join(timeout=30)
+        new = threading.Thread(target=count_of_a_new_thread)
+        new.start()
+        new.join(timeout=30)
     finally:
         torch.set_num_threads(saved)
     assert later == [2]
@@ -296,8 +305,8 @@ def test_threads_started_later_get_the_count_outside_the_blocks() -> None:
 def test_fork_while_another_thread_imports_the_codec(tmp_path: Path, files: list[bytes], delay: float) -> None:
     """A fresh process forks while another thread's first decode imports torch and the codec's modules.
 
-    The child copied the held import lock of a half-imported module and its first decode waited for ever;
-    a fork now waits for those imports (pillow_jac/forksafe.py)."""
+    A fork waits for those imports (pillow_jac/forksafe.py): a child that copied the held import lock of
+    a half-imported module would wait for ever in its first decode."""
     (tmp_path / "a.jac").write_bytes(files[0])
     script = textwrap.dedent(
         """

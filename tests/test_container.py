@@ -701,7 +701,7 @@ def test_container_module_imports_only_the_standard_library():
 
 def test_a_large_chunk_is_read_into_memory_once(tmp_path) -> None:
     """A metadata chunk of a file whose size is known is read in one piece, not gathered and copied (that
-    held two copies: 635 MB at the peak for a 300 MB XMP chunk)."""
+    would hold two copies at the peak)."""
     xmp = b"x" * (24 << 20)
     jac = JacFile.create(
         width=64, height=64, layout="RGB", quality=4, model_id="demo", weights_hash=bytes(8),

@@ -96,14 +96,16 @@ def test_a_killed_worker_costs_no_other_file(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("jobs", ["1", "2"])
-def test_warnings_name_their_file(tmp_path: Path, capfd, jobs: str) -> None:
-    photos, out = tmp_path / "photos", tmp_path / "out"
+def test_warnings_name_their_file(tmp_path: Path, capfd, monkeypatch, jobs: str) -> None:
+    """Each warning names its file, as the user named the folder, also from worker processes."""
+    photos = tmp_path / "photos"
     photos.mkdir()
     apng_with_no_frames(photos / "warn.png")
     photo().save(photos / "fine.png")
-    assert main(["batch", str(photos), str(out), "--to", "jac", "-j", jobs, "--quiet"]) == 0
+    monkeypatch.chdir(tmp_path)
+    assert main(["batch", "photos", "out", "--to", "jac", "-j", jobs, "--quiet"]) == 0
     err = capfd.readouterr().err.strip().splitlines()
-    assert err == [f"jac: warning: {photos / 'warn.png'}: Invalid APNG, will use default PNG image if possible"]
+    assert err == ["jac: warning: photos/warn.png: Invalid APNG, will use default PNG image if possible"]
 
 
 def test_decoding_in_place_keeps_the_originals(tmp_path: Path, capsys) -> None:
@@ -122,13 +124,25 @@ def test_decoding_in_place_keeps_the_originals(tmp_path: Path, capsys) -> None:
     assert decoded != before
     assert main(["batch", str(tmp_path), str(tmp_path), "--to", "png", "--quiet"]) == 0
     assert original.read_bytes() == decoded
+    # into another folder, a decode run again replaces its earlier output, even one older than its .jac
+    elsewhere = tmp_path / "decoded"
+    assert main(["batch", str(tmp_path), str(elsewhere), "--to", "png", "--quiet"]) == 0
+    os.utime(elsewhere / "a.png", ns=(0, 0))
+    assert main(["batch", str(tmp_path), str(elsewhere), "--to", "png", "--quiet"]) == 0
+    assert (elsewhere / "a.png").stat().st_mtime_ns > 0
 
 
 def test_hidden_files_are_not_inputs(tmp_path: Path) -> None:
     photo().save(tmp_path / "a.png")
     (tmp_path / "._a.png").write_bytes(b"\x00\x05\x16\x07 AppleDouble")  # macOS's companion of a.png
     (tmp_path / ".a.jac-1234abcd.tmp").write_bytes(b"")
+    (tmp_path / ".thumbnails").mkdir()
+    photo().save(tmp_path / ".thumbnails" / "a.png")
+    (tmp_path / "sub").mkdir()
+    photo().save(tmp_path / "sub" / "b.png")
     assert [p.name for p in batch_inputs(tmp_path, "jac", recursive=False)] == ["a.png"]
+    found = batch_inputs(tmp_path, "jac", recursive=True)
+    assert [str(p.relative_to(tmp_path)) for p in found] == ["a.png", "sub/b.png"]
 
 
 def test_preview_size_reaches_the_file(tmp_path: Path) -> None:
@@ -143,3 +157,41 @@ def test_no_resume_is_an_option_of_ray(tmp_path: Path, capsys) -> None:
         main(["batch", str(tmp_path), str(tmp_path / "o"), "--to", "jac", "--no-resume"])
     assert exit_info.value.code == 2
     assert "--no-resume is an option of --ray" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds the workers through /proc")
+def test_a_worker_killed_amid_many_files_costs_none_of_them(tmp_path: Path) -> None:
+    """Thousands of files, each refused at once (not images), and a worker killed half-way: every file is
+    reported with its own error, none with the pool's."""
+    photos, out = tmp_path / "photos", tmp_path / "out"
+    photos.mkdir()
+    for i in range(3000):
+        (photos / f"{i:04d}.png").write_bytes(b"not a png")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pillow_jac", "batch", str(photos), str(out), "--to", "jac", "-j", "2"],
+        cwd=ROOT,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    lines: list[str] = []
+    try:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            lines.append(line)
+            if len(lines) == 500:
+                workers = _session_workers(proc.pid)
+                assert len(workers) == 2, workers
+                os.kill(workers[0], signal.SIGKILL)
+        proc.wait(timeout=300)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    failures = [line for line in lines if line.startswith(f"jac: {photos}")]
+    assert proc.returncode == 1 and lines[-1].strip() == "jac: error: 3000 of 3000 files failed"
+    assert len(failures) == 3000
+    assert all("cannot identify image file" in line for line in failures), [
+        line for line in failures if "cannot identify" not in line
+    ][:3]

@@ -868,3 +868,5 @@ def test_save_options_take_what_pillow_users_pass(spy: EncodeSpy, tmp_path: Path
     assert len(spy.calls) == calls  # refused before any encode
     pillow_jac.save(hopper(), tmp_path / "x.jac", format="jac")
     assert (tmp_path / "x.jac").read_bytes() == spy.data
+    pillow_jac.save(hopper(), tmp_path / "y.jac", format=None)  # as Image.save's default
+    assert (tmp_path / "y.jac").read_bytes() == spy.data
