@@ -77,7 +77,6 @@ from __future__ import annotations
 
 import errno
 import io
-import numbers
 import os
 import stat
 import struct
@@ -88,6 +87,7 @@ from PIL import Image, ImageFile
 
 from . import container
 from .constants import DEFAULT_EFFORT, DEFAULT_QUALITY, MAGIC, validate_effort, validate_quality
+from .preview import PREVIEW_SIZE, make_preview, preview_for, preview_size
 
 if TYPE_CHECKING:
     import numpy as np
@@ -119,13 +119,6 @@ CONVERTED_MODES = {
 }
 #: every mode :func:`_save` accepts.
 SUPPORTED_MODES = (*NATIVE_MODES, "P", *CONVERTED_MODES)
-#: long side of the preview ``save(..., preview=True)`` writes (SPEC.md section 5.4): ``thumbnail((256, 256))``
-#: asks ``draft()`` for twice its size (Pillow's ``reducing_gap``), so a 512-pixel preview serves it.
-PREVIEW_SIZE = 512
-#: WebP quality of the preview (on Kodak at 512 pixels: 18 kB at 50, 20.5 kB at 60, 23 kB at 70, on average)
-PREVIEW_QUALITY = 60
-#: the largest long side ``preview=N`` accepts
-PREVIEW_MAX_SIZE = 4096
 
 
 #: Pillow's accept function (whether a prefix starts with the JAC signature): :func:`container.accept`.
@@ -222,7 +215,7 @@ class JacImageFile(ImageFile.ImageFile):
         """
         if not size or not self.tile or self._jac is None or self._preview is not None:
             return None
-        preview = _preview_for(self._jac, self.mode, size)
+        preview = preview_for(self._jac, self.mode, size)
         if preview is None:
             return None
         self._preview = preview
@@ -276,84 +269,6 @@ def _raw_pixels(jac: container.JacFile, mode: str, size: tuple[int, int]) -> byt
         msg = f"JAC decoder returned {pixels.dtype.name} {tuple(pixels.shape)}, expected uint8 {expected}"
         raise OSError(msg)
     return pixels.tobytes()
-
-
-def _preview_for(jac: container.JacFile, mode: str, size: tuple[int, int]) -> Image.Image | None:
-    """The decoded preview of ``jac`` in ``mode`` if it can stand for the image reduced to fit in ``size``."""
-    unpacked = container.unpack_preview(jac.preview)
-    if unpacked is None:
-        return None
-    image_format, width, height, data = unpacked
-    full_width, full_height = jac.size
-    if width >= full_width and height >= full_height:
-        return None  # not smaller than the image
-    if abs(width * full_height - height * full_width) > max(full_width, full_height):
-        return None  # another aspect ratio than rounding to whole pixels gives
-    scale = min(size[0] / full_width, size[1] / full_height, 1.0)
-    if width < int(full_width * scale) or height < int(full_height * scale):
-        return None  # smaller than what was asked for
-    formats = ["JPEG"] if image_format == container.PREVIEW_JPEG else ["WEBP"]
-    try:
-        with Image.open(io.BytesIO(data), formats=formats) as im:
-            if im.size != (width, height):
-                return None
-            im.load()
-            return im.convert(mode) if im.mode != mode else im.copy()
-    except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError):
-        return None
-
-
-def preview_size(size: bool | int) -> int:
-    """The long side of the preview the ``preview`` save option asks for (True: :data:`PREVIEW_SIZE`).
-
-    Raises:
-        ValueError: ``size`` is not True or a whole number from 8 to :data:`PREVIEW_MAX_SIZE`.
-    """
-    if size is True:
-        return PREVIEW_SIZE
-    if isinstance(size, bool) or not isinstance(size, numbers.Integral) or not 8 <= size <= PREVIEW_MAX_SIZE:
-        msg = f"preview must be True or a long side from 8 to {PREVIEW_MAX_SIZE} pixels, got {size!r}"
-        raise ValueError(msg)
-    return int(size)
-
-
-def make_preview(pixels: np.ndarray, layout: str, size: bool | int = True) -> bytes | None:
-    """The ``prvw`` chunk data for an image: a WebP at most ``size`` pixels on the long side (SPEC.md 5.4).
-
-    Made from the pixels given (not from the decoded image), resampled with Lanczos (alpha premultiplied),
-    at :data:`PREVIEW_QUALITY`. L is stored as RGB and LA as RGBA, which WebP holds; a reader converts
-    back to the file's mode.
-
-    Args:
-        pixels: uint8 array ``(H, W, C)`` in ``layout`` (as :func:`pillow_jac.codec.encode` holds it).
-        layout: ``"L"``, ``"LA"``, ``"RGB"`` or ``"RGBA"``.
-        size: the largest side of the preview, 8 to :data:`PREVIEW_MAX_SIZE`; True for :data:`PREVIEW_SIZE`.
-
-    Returns:
-        The chunk data, or None when the image is no larger than ``size`` (a preview would not be smaller).
-
-    Raises:
-        ValueError: ``size`` is not True or a whole number from 8 to :data:`PREVIEW_MAX_SIZE`.
-
-    Example:
-        >>> import numpy as np
-        >>> data = make_preview(np.zeros((600, 900, 3), np.uint8), "RGB")
-        >>> container.unpack_preview(data)[:3]
-        (1, 512, 341)
-    """
-    size = preview_size(size)
-    height, width = pixels.shape[:2]
-    if max(width, height) <= size:
-        return None
-    im = Image.fromarray(pixels[:, :, 0] if pixels.ndim == 3 and pixels.shape[2] == 1 else pixels)
-    if layout in ("L", "LA"):
-        im = im.convert("RGBA" if layout == "LA" else "RGB")
-    scale = size / max(width, height)
-    target = (max(1, round(width * scale)), max(1, round(height * scale)))
-    im = im.resize(target, Image.Resampling.LANCZOS, reducing_gap=3.0)
-    buffer = io.BytesIO()
-    im.save(buffer, "WEBP", quality=PREVIEW_QUALITY)
-    return container.pack_preview(container.PREVIEW_WEBP, *target, buffer.getvalue())
 
 
 def _decode_pixels(jac: Any, device: str | None = None) -> np.ndarray:

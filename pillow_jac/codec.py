@@ -132,7 +132,7 @@ def encode(
         target_psnr: instead of ``quality``: the smallest quality whose decoded file reaches this PSNR in dB.
         preview: True (or a long side in pixels) also stores a small WebP of the image (``prvw`` chunk,
             SPEC.md section 5.4) that Pillow's ``draft()`` and ``thumbnail()`` use instead of decoding;
-            at most :data:`pillow_jac.JacImagePlugin.PREVIEW_SIZE` pixels on the long side by default;
+            at most :data:`pillow_jac.preview.PREVIEW_SIZE` pixels on the long side by default;
             images no larger than that get none.
 
     Returns:
@@ -164,7 +164,7 @@ def encode(
         z_stream, y_stream = engine.latents.encode(z_hat, y_hat)
     preview_chunk = None
     if preview:
-        from .JacImagePlugin import make_preview
+        from .preview import make_preview
 
         preview_chunk = make_preview(arr, layout, preview)
     jac = container.JacFile.create(

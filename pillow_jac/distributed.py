@@ -68,7 +68,7 @@ from typing import Any
 from . import container
 from .constants import DEFAULT_EFFORT, DEFAULT_QUALITY, validate_effort, validate_quality
 from .conversion import ATTEMPTS, Progress, convert_noting_warnings, one_line, plan
-from .JacImagePlugin import preview_size
+from .preview import preview_size
 from .targets import validate_targets
 
 __all__ = ["FileResult", "Report", "Worker", "convert", "is_done", "plan"]

@@ -565,7 +565,7 @@ def encode_to_target(
     engine = codec._encoder_engine(device, weights, model)
     preview_chunk = None
     if preview:
-        from .JacImagePlugin import make_preview
+        from .preview import make_preview
 
         preview_chunk = make_preview(arr, layout, preview)
     fields = dict(
