@@ -342,17 +342,17 @@ def plan(
 
 
 def _check_not_an_original(src: Path, dst: Path) -> None:
-    """Refuse to replace an image beside its ``.jac`` file and older than it: it may be what was encoded.
+    """Refuse to replace an image older than the ``.jac`` file decoded over it: it may be what was encoded.
 
-    ``jac batch IN IN --to jac`` then ``jac batch IN IN --to png`` would otherwise replace each original
-    with its lossy decode. Outputs in another folder are replaced as before (a decode run again).
+    ``jac batch IN IN --to jac`` then ``jac batch IN IN --to png`` (or ``jac batch IN J --to jac`` then
+    ``jac batch J IN --to png``) would otherwise replace each original with its lossy decode. A decode
+    run again after its ``.jac`` was made again is older too: it needs ``force``.
     """
     try:
         existing, source = os.stat(dst), os.stat(src)
-        beside = os.path.samefile(Path(dst).parent, Path(src).parent)
     except OSError:  # no output yet (a missing input is reported when it is read)
         return
-    if beside and existing.st_mtime_ns < source.st_mtime_ns:
+    if existing.st_mtime_ns < source.st_mtime_ns:
         raise ConversionError(
             f"{dst}: exists and is older than {src.name}, so it may be the image that file was made from; "
             "not replaced (--force replaces it)"
@@ -373,8 +373,7 @@ def convert_file(
     """Convert one file as a batch does; return (input bytes, output bytes).
 
     ``extra``: more :func:`encode_file` options (``target_size``, ``target_psnr``, ``preview``). Decoding
-    (``to="png"``) does not replace an image beside the ``.jac`` file and older than it unless ``force``
-    is true.
+    (``to="png"``) does not replace an image older than the ``.jac`` file unless ``force`` is true.
     """
     Path(dst).parent.mkdir(parents=True, exist_ok=True)
     if to == "jac":

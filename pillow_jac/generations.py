@@ -61,6 +61,10 @@ PACKAGE_BUDGET_BYTES = 100_000_000
 _MAX_HEADER = 16 << 20
 
 
+#: JAC_WEIGHTS values already warned about as decoder-only files
+_WARNED_DECODER_ONLY: set[str] = set()
+
+
 class ModelNotInstalledError(LookupError):
     """No installed generation has the requested ``model_id`` (and hash)."""
 
@@ -235,13 +239,16 @@ def encoder(model_id: str | None = None) -> Generation:
             if gen is None:
                 why = "no such file" if not Path(env).exists() else "not a weights file"
                 raise ModelNotInstalledError(f"JAC_WEIGHTS={env}: {why}")
-            warnings.warn(  # a decoder generation (SPEC.md 9.2): it decodes; the newest full file encodes
-                f"JAC_WEIGHTS={env} is a decoder-only file: encoding with the newest full weights file instead",
-                stacklevel=2,
-            )
+            if env not in _WARNED_DECODER_ONLY:  # once per process, not once per file of a batch
+                _WARNED_DECODER_ONLY.add(env)
+                warnings.warn(  # a decoder generation (SPEC.md 9.2): it decodes; the newest full file encodes
+                    f"JAC_WEIGHTS={env} is a decoder-only file: encoding with the newest full weights file instead",
+                    stacklevel=2,
+                )
         if gens:
             return max(gens, key=lambda g: -1 if g.release is None else g.release)
-        raise ModelNotInstalledError(f"no weights file that can encode was found (looked at {default_weights_path()})")
+        where = package_weights_dir() / DEFAULT_WEIGHTS_NAME
+        raise ModelNotInstalledError(f"no weights file that can encode was found (looked at {where})")
     for gen in gens:
         if gen.model_id == model_id:
             return gen

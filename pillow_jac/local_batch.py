@@ -28,10 +28,11 @@ import os
 import signal
 import sys
 import threading
+import time
 import warnings
 from collections import deque
 from collections.abc import Iterator
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, CancelledError, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import IO, Any
@@ -56,6 +57,8 @@ _IDLE_BREAKS = 2
 _KEPT_DYING = "not converted: the worker processes kept dying while idle (killed, or out of memory)"
 #: files submitted to a pool at once, per worker: a pool that breaks is not racing a flood of submissions
 _IN_FLIGHT_PER_WORKER = 2
+#: how long the files of a broken pool may stay unsettled before they are taken as lost with it
+_BROKEN_GRACE_SECONDS = 10.0
 
 
 def run_batch(
@@ -78,8 +81,8 @@ def run_batch(
     """Convert every image in ``in_dir`` into ``out_dir``; return (converted, failed) counts.
 
     With ``to="jac"`` every file Pillow can read (by extension) is encoded to ``NAME.jac``; with
-    ``to="png"`` every ``.jac`` file is decoded to ``NAME.png`` (an existing image beside its ``.jac`` file
-    and older than it is replaced only with ``force``: it may be the original). ``target_size``, ``target_psnr`` and
+    ``to="png"`` every ``.jac`` file is decoded to ``NAME.png`` (an existing image older than its ``.jac``
+    file is replaced only with ``force``: it may be the original). ``target_size``, ``target_psnr`` and
     ``preview`` are as in :func:`pillow_jac.conversion.encode_file`, for every file. ``workers > 1`` uses
     that many worker processes.
 
@@ -173,23 +176,29 @@ def _run_pool(
         cancel,
         ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_worker_init, initargs=init) as ex,
     ):
-        queue, pending, broken = deque(todo), {}, False
+        queue, pending, broken_at = deque(todo), {}, None
         try:
-            while pending or (queue and not broken):
-                while queue and not broken and len(pending) < _IN_FLIGHT_PER_WORKER * workers:
+            while pending or (queue and broken_at is None):
+                while queue and broken_at is None and len(pending) < _IN_FLIGHT_PER_WORKER * workers:
                     i = queue.popleft()
                     try:
                         pending[ex.submit(_worker_job, i, *items[i], *options, force)] = i
                     except BrokenProcessPool:
                         queue.appendleft(i)
-                        broken = True
-                done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                        broken_at = time.monotonic()
+                done, _ = wait(pending, timeout=1.0, return_when=FIRST_COMPLETED)
+                if not done and broken_at is not None and time.monotonic() - broken_at > _BROKEN_GRACE_SECONDS:
+                    # a future submitted as the pool broke can stay unsettled (CPython 3.11's pool clears
+                    # its work items without the lock submit takes): it is lost with the pool
+                    done = set(pending)
+                    for fut in done:
+                        fut.cancel()
                 for fut in done:
                     i = pending.pop(fut)
                     try:
-                        value = fut.result()
-                    except BrokenProcessPool:
-                        broken = True
+                        value = fut.result(timeout=0)
+                    except (BrokenProcessPool, CancelledError, TimeoutError):
+                        broken_at = broken_at or time.monotonic()
                         yield i, None
                         continue
                     except Exception as e:  # e.g. a result that could not be sent back

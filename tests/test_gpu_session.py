@@ -166,7 +166,7 @@ def test_a_call_killed_before_its_end_still_returns_its_last_save(image_folder, 
     with pytest.raises(SystemExit):
         session(image_folder, out, "--pieces", str(pieces), "--steps", "10", "--save-every", "1e-9", "--bf16")
     report = json.loads((pieces / gpu_session.REPORT).read_text())
-    assert (report["stop"], report["step_end"], report["bf16"]) == (None, 3, True)  # published while running
+    assert (report["stop"], report["step_end"], report["pieces_step"], report["bf16"]) == ("running", 3, 3, True)
     joined = join_file(pieces / gpu_session.WEIGHTS, tmp_path / "ema.safetensors")
     checkpoint = torch.load(out / gpu_session.CHECKPOINT, weights_only=False)
     assert checkpoint["step"] == 3
@@ -174,7 +174,8 @@ def test_a_call_killed_before_its_end_still_returns_its_last_save(image_folder, 
         assert torch.equal(value, checkpoint["average"][name]), name
 
 
-def test_a_loss_that_is_not_finite_keeps_the_last_finite_weights(image_folder, tmp_path, monkeypatch):
+@pytest.mark.parametrize("log_every", ["1", "5"])  # found at a log line, or by the check before a save
+def test_a_loss_that_is_not_finite_keeps_the_last_finite_weights(image_folder, tmp_path, monkeypatch, log_every):
     calls = []
     real_lambda = gpu_session.quality_lambda
 
@@ -185,8 +186,12 @@ def test_a_loss_that_is_not_finite_keeps_the_last_finite_weights(image_folder, t
 
     monkeypatch.setattr(gpu_session, "quality_lambda", nan_at_the_third_step)
     out, pieces = tmp_path / "run", tmp_path / "pieces"
-    report = session(image_folder, out, "--pieces", str(pieces), "--steps", "10", "--save-every", "1e-9")
-    assert (report["stop"], report["step_end"]) == ("nonfinite", 3)
+    options = ["--pieces", str(pieces), "--steps", "10", "--save-every", "1e-9", "--log-every", log_every]
+    report = session(image_folder, out, *options)
+    assert (report["stop"], report["step_end"], report["pieces_step"]) == ("nonfinite", 3, 2)
+    assert report["pieces"] == ["ema.safetensors.000"]
+    text = (pieces / gpu_session.REPORT).read_text()
+    assert "NaN" not in text and json.loads(text)["pieces_step"] == 2
     checkpoint = torch.load(out / gpu_session.CHECKPOINT, weights_only=False)
     assert checkpoint["step"] == 2  # the last finite save
     joined = join_file(pieces / gpu_session.WEIGHTS, tmp_path / "ema.safetensors")

@@ -60,8 +60,10 @@ def _session_workers(session: int) -> list[int]:
 
 @pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds the workers through /proc")
-def test_a_killed_worker_costs_no_other_file(tmp_path: Path) -> None:
-    """A worker killed mid-batch (as the out-of-memory killer does): its file is tried again, the rest go on."""
+@pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGTERM])
+def test_a_killed_worker_costs_no_other_file(tmp_path: Path, how: signal.Signals) -> None:
+    """A worker killed mid-batch (SIGKILL, as the out-of-memory killer does) or terminated alone (SIGTERM: it
+    cleans up its file and ends): its file is converted again, and the rest go on."""
     photos, out = tmp_path / "photos", tmp_path / "out"
     photos.mkdir()
     for i in range(40):
@@ -80,7 +82,7 @@ def test_a_killed_worker_costs_no_other_file(tmp_path: Path) -> None:
             time.sleep(0.02)
         workers = _session_workers(proc.pid)
         assert len(workers) == 2, workers
-        os.kill(workers[0], signal.SIGKILL)
+        os.kill(workers[0], how)
         killed_at = len(list(out.glob("*.jac")))
         _, err = proc.communicate(timeout=120)
     finally:
@@ -124,12 +126,14 @@ def test_decoding_in_place_keeps_the_originals(tmp_path: Path, capsys) -> None:
     assert decoded != before
     assert main(["batch", str(tmp_path), str(tmp_path), "--to", "png", "--quiet"]) == 0
     assert original.read_bytes() == decoded
-    # into another folder, a decode run again replaces its earlier output, even one older than its .jac
-    elsewhere = tmp_path / "decoded"
-    assert main(["batch", str(tmp_path), str(elsewhere), "--to", "png", "--quiet"]) == 0
-    os.utime(elsewhere / "a.png", ns=(0, 0))
-    assert main(["batch", str(tmp_path), str(elsewhere), "--to", "png", "--quiet"]) == 0
-    assert (elsewhere / "a.png").stat().st_mtime_ns > 0
+    # encoded into another folder and decoded back into the originals' folder: the originals are kept too
+    photo(1).save(tmp_path / "b.png")
+    second = (tmp_path / "b.png").read_bytes()
+    jacs = tmp_path / "jacs"
+    assert main(["batch", str(tmp_path), str(jacs), "--to", "jac", "--quiet"]) == 0
+    assert main(["batch", str(jacs), str(tmp_path), "--to", "png", "--quiet"]) == 1
+    assert "b.png: exists and is older than b.jac" in capsys.readouterr().err
+    assert (tmp_path / "b.png").read_bytes() == second
 
 
 def test_hidden_files_are_not_inputs(tmp_path: Path) -> None:

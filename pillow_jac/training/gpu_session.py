@@ -42,6 +42,7 @@ import csv
 import json
 import math
 import os
+import shutil
 import signal
 import sys
 import time
@@ -430,6 +431,7 @@ class Session:
         self.mark: tuple[float, int] | None = None  # (time, step) where steady-state timing starts
         self.loop_start = self.loop_end = time.monotonic()
         self.last_save = self.loop_start
+        self.pieces_step: int | None = None  # the step of the weights last published
 
     def _compile_failed(self, exc: BaseException) -> None:
         self.compile_info["error"] = f"{type(exc).__name__}: {exc}"[:500]
@@ -563,10 +565,17 @@ class Session:
         tensors = [*self.model.state_dict().values(), *self.average.shadow.values()]
         return all(bool(torch.isfinite(t).all()) for t in tensors if t.is_floating_point())
 
+    def published(self) -> list[str]:
+        """The names of the pieces in ``--pieces`` now."""
+        return sorted(p.name for p in self.args.pieces.glob(WEIGHTS + ".[0-9][0-9][0-9]"))
+
     def publish(self) -> list[str]:
         """Write the weight average as pieces into ``--pieces``, with the log and a report; return the names.
 
-        Weights that are not finite are not published (the pieces of the last publish stay).
+        The pieces are made beside the checkpoint, copied into ``--pieces`` under temporary names and
+        renamed over the last publish's together, the checksum last, and the stale ones removed after:
+        a kill while the 40 MB are written leaves the last publish whole. Weights that are not finite
+        are not published (the pieces of the last publish stay).
         """
         from ..weights import save_float_state
 
@@ -574,13 +583,22 @@ class Session:
         args.pieces.mkdir(parents=True, exist_ok=True)
         if not self.finite():
             self.stop = self.stop or "nonfinite"
-            return sorted(p.name for p in args.pieces.glob(WEIGHTS + ".*"))
+            return self.published()
         weights_path = args.out / WEIGHTS
         notes = {"step": str(self.step), "ema_decay": str(self.average.decay), "trainer": __name__}
         save_float_state(weights_path, self.average.model(self.model).state_dict(), self.config, notes)
-        for stale in args.pieces.glob(WEIGHTS + ".*"):
-            stale.unlink()
-        pieces = [p.name for p in split_file(weights_path, args.pieces, part_mb=15)]
+        staging = args.out / "pieces-staging"
+        shutil.rmtree(staging, ignore_errors=True)
+        pieces = [p.name for p in split_file(weights_path, staging, part_mb=15)]
+        names = [*pieces, WEIGHTS + ".sha256"]
+        for name in names:
+            shutil.copyfile(staging / name, args.pieces / (name + ".new"))
+        for name in names:
+            os.replace(args.pieces / (name + ".new"), args.pieces / name)
+        for stale in set(self.published()) - set(pieces):
+            (args.pieces / stale).unlink()
+        shutil.rmtree(staging, ignore_errors=True)
+        self.pieces_step = self.step
         self.write_report(pieces)
         return pieces
 
@@ -596,11 +614,18 @@ class Session:
         return report
 
     def finish(self) -> dict:
-        """Save and publish (both only for finite weights); return the report."""
+        """Publish, then save the checkpoint; return the report.
+
+        The pieces first: they are what comes back, and a stop by signal may have little time left. After
+        a loss that was not finite neither is written (the last publish and checkpoint stay).
+        """
         args = self.args
-        if self.finite():
-            self.save()
-        pieces = self.publish()
+        if self.stop == "nonfinite":
+            pieces = self.published()
+        else:
+            pieces = self.publish()
+            if self.stop != "nonfinite":  # publish() found the weights finite
+                self.save()
         report = self.write_report(pieces)
         with open(args.out / "gpu_reports.jsonl", "a") as f:
             f.write(json.dumps(report) + "\n")
@@ -626,7 +651,8 @@ class Session:
             "step_start": self.step_start,
             "step_end": self.step,
             "steps": self.step - self.step_start,
-            "stop": self.stop,
+            "stop": self.stop or "running",
+            "pieces_step": self.pieces_step,
             "error": self.error,
             "device": torch.cuda.get_device_name(self.device) if self.cuda else "cpu",
             "torch": torch.__version__,
@@ -654,7 +680,7 @@ class Session:
             "achieved_flops": achieved,
             "peak_flops": peak,
             "share_of_peak": achieved / peak if achieved else None,
-            "last": self.last,
+            "last": {k: v if math.isfinite(v) else None for k, v in self.last.items()},
             "pieces": pieces,
         }
 
