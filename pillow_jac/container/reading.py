@@ -1,0 +1,430 @@
+"""Reading and checking a ``.jac`` file in bounded pieces: :func:`read` and its variants (SPEC.md sections 3-5, 8)."""
+
+from __future__ import annotations
+
+import io
+import os
+import zlib
+from collections.abc import Callable
+from typing import BinaryIO
+
+from pillow_jac import constants as C
+
+from .structure import (
+    _ALPHA_METHODS,
+    _CHUNK_HEAD,
+    _JHDR,
+    _KNOWN,
+    _READ_PIECE,
+    _TYPE,
+    _U32,
+    CHUNK_PRVW,
+    JacDataError,
+    JacFile,
+    JacHeader,
+    JacTruncatedError,
+    NotJacFileError,
+    _crc,
+    _header_problem,
+    _is_critical,
+    _type_name,
+    _version_problem,
+)
+from .writing import serialize  # noqa: F401 - for the examples
+
+# ---------------------------------------------------------------------------------------------
+# Reading
+
+
+class _Reader:
+    """Exact, bounded reads from a binary file object, with the bytes left known when it can seek."""
+
+    def __init__(self, fp: BinaryIO, know_size: bool) -> None:
+        self.fp = fp
+        self.remaining: int | None = self._remaining() if know_size else None
+
+    def _remaining(self) -> int | None:
+        try:
+            if not self.fp.seekable():
+                return None
+            pos = self.fp.tell()
+            end = self.fp.seek(0, io.SEEK_END)
+            self.fp.seek(pos)
+        except (AttributeError, OSError, ValueError):
+            return None
+        return max(0, end - pos)
+
+    def _check_left(self, n: int, what: str, ctype: bytes | None, at_eof: str | None) -> None:
+        """Refuse ``n`` bytes when the file is known to hold fewer, before anything is read."""
+        if self.remaining is not None and n > self.remaining:
+            if self.remaining == 0 and at_eof:
+                raise JacTruncatedError(at_eof)
+            what = _what(what, ctype)
+            raise JacTruncatedError(f"truncated JAC file: {what} needs {n} bytes but only {self.remaining} remain")
+
+    def read(self, n: int, what: str, ctype: bytes | None = None, at_eof: str | None = None) -> bytes:
+        """Exactly ``n`` bytes.
+
+        ``what`` names the bytes in errors (``{}`` stands for the name of ``ctype``); ``at_eof`` is the
+        message when no byte at all is left.
+        """
+        remaining = self.remaining
+        if remaining is not None and n > remaining:
+            self._check_left(n, what, ctype, at_eof)
+        # One read when the bytes are known to be there; else bounded pieces, so that a lying length
+        # costs at most a piece before the end of the data is found.
+        data = self.fp.read(n) if n <= _READ_PIECE or remaining is not None else None
+        if data is None or len(data) != n:  # a long read, a short read or the end of the data
+            data = self._read_pieces(n, what, ctype, at_eof, data or b"")
+        if remaining is not None:
+            self.remaining = remaining - n
+        return data
+
+    def _read_pieces(self, n: int, what: str, ctype: bytes | None, at_eof: str | None, start: bytes) -> bytes:
+        buf = bytearray(start[:n])
+        while len(buf) < n:
+            piece = self.fp.read(min(_READ_PIECE, n - len(buf)))
+            if not piece:
+                if not buf and at_eof:
+                    raise JacTruncatedError(at_eof)
+                what = _what(what, ctype)
+                raise JacTruncatedError(
+                    f"truncated JAC file: {what} needs {n} bytes but the file ends after {len(buf)}"
+                )
+            buf += piece[: n - len(buf)]
+        return bytes(buf)
+
+    def crc(self, n: int, crc: int, what: str, ctype: bytes) -> int:
+        """Read ``n`` bytes and return ``zlib.crc32`` of them continued from ``crc``, keeping none of them.
+
+        At most :data:`_READ_PIECE` bytes are held at a time, however long the chunk.
+        """
+        if n <= _READ_PIECE:
+            return zlib.crc32(self.read(n, what, ctype), crc)
+        self._check_left(n, what, ctype, None)
+        done = 0
+        while done < n:
+            piece = self.fp.read(min(_READ_PIECE, n - done))
+            if not piece:
+                what = _what(what, ctype)
+                raise JacTruncatedError(f"truncated JAC file: {what} needs {n} bytes but the file ends after {done}")
+            piece = piece[: n - done]
+            crc = zlib.crc32(piece, crc)
+            done += len(piece)
+        if self.remaining is not None:
+            self.remaining -= n
+        return crc
+
+    def at_end(self) -> bool:
+        if self.remaining is not None:
+            return self.remaining == 0
+        return not self.fp.read(1)
+
+
+def _what(what: str, ctype: bytes | None) -> str:
+    return what.format(_type_name(ctype)) if ctype is not None else what
+
+
+def _read_chunk(
+    r: _Reader, expected_length: dict[bytes, int], keep: frozenset[bytes] | None, at_eof: str
+) -> tuple[bytes, bytes | None]:
+    """One chunk's ``(type, data)``, its framing, length and CRC checked before its data is trusted.
+
+    The data of a type not in ``keep`` (all types when ``keep`` is None) is read, CRC-checked and
+    dropped: its ``data`` is None.
+    """
+    length, ctype = _CHUNK_HEAD.unpack(r.read(_CHUNK_HEAD.size, "chunk header", at_eof=at_eof))
+    if _TYPE.fullmatch(ctype) is None:
+        raise JacDataError(f"invalid chunk type {ctype!r}: not 4 ASCII letters (file corrupt?)")
+    if length > C.MAX_CHUNK_BYTES:
+        name = _type_name(ctype)
+        raise JacDataError(f"chunk {name} declares {length} bytes, more than the limit of {C.MAX_CHUNK_BYTES}")
+    want = expected_length.get(ctype)
+    if want is not None and length != want:
+        raise JacDataError(f"chunk {_type_name(ctype)} is {length} bytes but must be {want} bytes")
+    kept = keep is None or ctype in keep
+    if length <= _READ_PIECE - _U32.size and r.remaining is not None and length + _U32.size <= r.remaining:
+        # data and CRC in one read, when they are known to be there (else the reads below name what is missing)
+        block = r.read(length + _U32.size, "chunk {} data and CRC", ctype)
+        data: bytes | None = block[:length] if kept else None
+        crc = zlib.crc32(memoryview(block)[:length], zlib.crc32(ctype))
+        (stored,) = _U32.unpack_from(block, length)
+    else:
+        if kept:
+            data = r.read(length, "chunk {} data", ctype)
+            crc = _crc(ctype, data)
+        else:
+            data = None
+            crc = r.crc(length, zlib.crc32(ctype), "chunk {} data", ctype)
+        (stored,) = _U32.unpack(r.read(_U32.size, "CRC of chunk {}", ctype))
+    if stored != crc:
+        raise JacDataError(f"CRC mismatch in chunk {_type_name(ctype)}: the file is corrupt")
+    return ctype, data
+
+
+def _unpack_header(data: bytes) -> JacHeader:
+    (major, minor, flags, layout, width, height, q16, model_id, weights_hash, yh, yw, zh, zw, zlen, ylen) = (
+        _JHDR.unpack(data)
+    )
+    problem = _version_problem((major, minor))
+    if problem:
+        raise JacDataError(problem)
+    if flags != 0:
+        raise JacDataError(f"JHDR flags are {flags:#04x} but must be 0 in version {major}.x (newer file?)")
+    if layout >= len(C.LAYOUTS):
+        raise JacDataError(f"unknown layout code {layout} in JHDR (known: 0-{len(C.LAYOUTS) - 1})")
+    mid = model_id.rstrip(b"\0")
+    if not mid or not all(0x20 <= b <= 0x7E for b in mid):
+        raise JacDataError(f"model_id {model_id!r} is not 1 to 16 printable ASCII characters padded with NULs")
+    header = JacHeader(
+        version=(major, minor),
+        width=width,
+        height=height,
+        layout=C.LAYOUTS[layout],
+        q16=q16,
+        model_id=mid.decode("ascii"),
+        weights_hash=weights_hash,
+        y_shape=(yh, yw),
+        z_shape=(zh, zw),
+        z_stream_length=zlen,
+        y_stream_length=ylen,
+    )
+    problem = _header_problem(header)
+    if problem:
+        raise JacDataError(f"invalid JHDR: {problem}")
+    return header
+
+
+def _read_magic(r: _Reader) -> None:
+    magic = b""
+    while len(magic) < len(C.MAGIC):
+        piece = r.fp.read(len(C.MAGIC) - len(magic))
+        if not piece:
+            break
+        magic += piece
+    if magic != C.MAGIC:  # also when the file is shorter than the signature
+        raise NotJacFileError("not a JAC file (bad signature)")
+    if r.remaining is not None:
+        r.remaining -= len(C.MAGIC)
+
+
+def _read_jhdr(r: _Reader) -> JacHeader:
+    at_eof = "truncated JAC file: no JHDR chunk after the signature"
+    length, ctype = _CHUNK_HEAD.unpack(r.read(_CHUNK_HEAD.size, "JHDR chunk header", at_eof=at_eof))
+    if ctype != C.CHUNK_JHDR:
+        raise JacDataError(f"the first chunk must be JHDR, found {ctype!r}")
+    if length != C.JHDR_LENGTH:
+        raise JacDataError(f"chunk 'JHDR' is {length} bytes but must be {C.JHDR_LENGTH} bytes")
+    data = r.read(length, "chunk 'JHDR' data")
+    (crc,) = _U32.unpack(r.read(_U32.size, "CRC of chunk 'JHDR'"))
+    if crc != _crc(ctype, data):
+        raise JacDataError("CRC mismatch in chunk 'JHDR': the file is corrupt")
+    return _unpack_header(data)
+
+
+def read_header(fp: BinaryIO) -> JacHeader:
+    """Read the signature and the ``JHDR`` chunk, and nothing more, from a binary file object.
+
+    Reads exactly ``8 + 12 + JHDR_LENGTH`` = 74 bytes from the current position and leaves ``fp``
+    just after the JHDR chunk (ready for ``read_file(fp, header)``).
+
+    Args:
+        fp: a binary file object positioned at the start of the file.
+
+    Returns:
+        The validated header.
+
+    Raises:
+        NotJacFileError: the data does not start with the JAC signature.
+        JacDataError: the JHDR chunk is missing, truncated, corrupt or invalid.
+
+    Example:
+        >>> import io
+        >>> jac = JacFile.create(width=640, height=480, layout="RGBA", quality=3, model_id="demo",
+        ...                      weights_hash=bytes(8), z_stream=b"z", y_stream=b"y", alpha=b"a")
+        >>> h = read_header(io.BytesIO(serialize(jac)))
+        >>> h.mode, h.width, h.height, h.quality
+        ('RGBA', 640, 480, 3.0)
+    """
+    r = _Reader(fp, know_size=False)
+    _read_magic(r)
+    return _read_jhdr(r)
+
+
+def read_file(
+    fp: BinaryIO,
+    header: JacHeader | None = None,
+    *,
+    keep_unknown: bool = False,
+    on_unknown: Callable[[bytes], None] | None = None,
+) -> JacFile:
+    r"""Read and check a whole ``.jac`` file from a binary file object, in bounded pieces.
+
+    No more bytes are read than the chunk lengths say; a length beyond the end of the file or above
+    ``MAX_CHUNK_BYTES`` is an error before anything is allocated (for files that cannot seek, reads
+    go in 1 MiB pieces, so a lying length costs at most that much before it is caught).
+
+    Unknown ancillary chunks are CRC-checked and skipped (SPEC.md section 5.3): the memory used is
+    that of the known chunks, however many unknown ones the file holds.
+
+    Args:
+        fp: a binary file object, positioned at the start of the file, or just after the JHDR
+            chunk when ``header`` is given.
+        header: the header :func:`read_header` returned from ``fp``, if it was called already.
+        keep_unknown: also keep the unknown ancillary chunks, in :attr:`JacFile.unknown_chunks`
+            (for tools that rewrite a file and must carry them over). Each one then costs memory.
+        on_unknown: called with the type of each unknown ancillary chunk (kept or not), in file order:
+            for tools that report them without keeping them.
+
+    Returns:
+        The file content.
+
+    Raises:
+        NotJacFileError: the data does not start with the JAC signature.
+        JacDataError: the file is malformed; the message names the cause.
+
+    Example:
+        >>> import io
+        >>> jac = JacFile.create(width=64, height=64, layout="RGB", quality=8, model_id="demo",
+        ...                      weights_hash=bytes(8), z_stream=b"z", y_stream=b"yy", exif=b"Exif\0\0")
+        >>> fp = io.BytesIO(serialize(jac))
+        >>> h = read_header(fp)
+        >>> read_file(fp, h) == jac
+        True
+    """
+    r = _Reader(fp, know_size=True)
+    if header is None:
+        _read_magic(r)
+        header = _read_jhdr(r)
+    expected_length = {
+        C.CHUNK_JHDR: C.JHDR_LENGTH,
+        C.CHUNK_ZSTR: header.z_stream_length,
+        C.CHUNK_YSTR: header.y_stream_length,
+        C.CHUNK_JEND: 0,
+    }
+    # Only the known chunks are kept (one of each at most); an unknown ancillary chunk costs no memory
+    # unless keep_unknown asks for it, so parsing takes time linear in the file size and memory
+    # bounded by the known chunks (SPEC.md section 5.3).
+    keep = None if keep_unknown else _KNOWN
+    at_eof = "truncated JAC file: no JEND chunk"
+    found: dict[bytes, bytes] = {}
+    unknown: list[tuple[bytes, bytes]] = []
+    while True:
+        ctype, data = _read_chunk(r, expected_length, keep, at_eof)
+        if ctype == CHUNK_PRVW:  # ancillary and ignorable (SPEC.md 5.4): a second one is skipped, not an error
+            found.setdefault(ctype, data)
+        elif ctype in _KNOWN:
+            if ctype in found or ctype == C.CHUNK_JHDR:
+                raise JacDataError(f"duplicate chunk {_type_name(ctype)}")
+            if ctype == C.CHUNK_JEND:
+                break
+            found[ctype] = data
+        elif _is_critical(ctype):
+            raise JacDataError(f"unknown critical chunk {_type_name(ctype)}: the file needs a newer decoder")
+        else:
+            if data is not None:
+                unknown.append((ctype, data))
+            if on_unknown is not None:
+                on_unknown(ctype)
+    if not r.at_end():
+        raise JacDataError("unexpected data after the JEND chunk")
+    for ctype in (C.CHUNK_ZSTR, C.CHUNK_YSTR):
+        if ctype not in found:
+            raise JacDataError(f"missing {_type_name(ctype)} chunk")
+    alpha: bytes | None = None
+    alpha_method = C.ALPHA_METHOD_ZLIB
+    if header.has_alpha:
+        if C.CHUNK_ALPH not in found:
+            raise JacDataError(f"missing 'ALPH' chunk: layout {header.layout} has an alpha channel")
+        chunk = found[C.CHUNK_ALPH]
+        if not chunk:
+            raise JacDataError("chunk 'ALPH' is empty: it must start with a method byte")
+        alpha_method, alpha = chunk[0], chunk[1:]
+        if alpha_method not in _ALPHA_METHODS:
+            raise JacDataError(f"unknown alpha method {alpha_method} in chunk 'ALPH'")
+    elif C.CHUNK_ALPH in found:
+        raise JacDataError(f"chunk 'ALPH' is not allowed: layout {header.layout} has no alpha channel")
+    return JacFile(
+        header=header,
+        z_stream=found[C.CHUNK_ZSTR],
+        y_stream=found[C.CHUNK_YSTR],
+        alpha=alpha,
+        alpha_method=alpha_method,
+        icc_profile=found.get(C.CHUNK_ICCP),
+        exif=found.get(C.CHUNK_EXIF),
+        xmp=found.get(C.CHUNK_XMP),
+        unknown_chunks=unknown,
+        preview=found.get(CHUNK_PRVW),
+    )
+
+
+def parse(data: bytes, *, keep_unknown: bool = False, on_unknown: Callable[[bytes], None] | None = None) -> JacFile:
+    """Parse and check the bytes of a whole ``.jac`` file.
+
+    Args:
+        data: the file (``bytes``, ``bytearray`` or ``memoryview``).
+        keep_unknown: also keep the unknown ancillary chunks (see :func:`read_file`).
+        on_unknown: called with the type of each unknown ancillary chunk (see :func:`read_file`).
+
+    Returns:
+        The file content.
+
+    Raises:
+        NotJacFileError: ``data`` does not start with the JAC signature.
+        JacDataError: the file is malformed; the message names the cause.
+
+    Example:
+        >>> jac = JacFile.create(width=64, height=48, layout="RGB", quality=4, model_id="demo",
+        ...                      weights_hash=bytes(8), z_stream=b"z", y_stream=b"yy", xmp=b"<x/>")
+        >>> parse(serialize(jac)) == jac
+        True
+        >>> parse(serialize(jac)[:-12])
+        Traceback (most recent call last):
+        ...
+        pillow_jac.container.JacTruncatedError: truncated JAC file: no JEND chunk
+    """
+    return read_file(io.BytesIO(data), keep_unknown=keep_unknown, on_unknown=on_unknown)
+
+
+def read(
+    source: str | os.PathLike | bytes | bytearray | memoryview | BinaryIO,
+    *,
+    keep_unknown: bool = False,
+    on_unknown: Callable[[bytes], None] | None = None,
+) -> JacFile:
+    r"""Read and check a whole ``.jac`` file: the one entry point for a path, bytes or a file object.
+
+    Only the container is read (standard library only, no model): see :func:`pillow_jac.decode`
+    for the pixels, which accepts the returned :class:`JacFile`.
+
+    Args:
+        source: a path (``str`` or :class:`os.PathLike`), the file's bytes (``bytes``, ``bytearray``
+            or ``memoryview``), or a binary file object positioned at the start of the file.
+        keep_unknown: also keep the unknown ancillary chunks (see :func:`read_file`).
+        on_unknown: called with the type of each unknown ancillary chunk (see :func:`read_file`).
+
+    Returns:
+        The file content.
+
+    Raises:
+        NotJacFileError: the data does not start with the JAC signature (a :class:`JacFormatError`).
+        JacDataError: the file is malformed (:class:`JacTruncatedError` when it is cut short).
+        OSError: the path cannot be opened or read.
+
+    Example:
+        >>> jac = JacFile.create(width=64, height=48, layout="L", quality=2, model_id="demo",
+        ...                      weights_hash=bytes(8), z_stream=b"z", y_stream=b"y")
+        >>> read(serialize(jac)) == jac
+        True
+        >>> read(b"GIF89a")
+        Traceback (most recent call last):
+        ...
+        pillow_jac.container.NotJacFileError: not a JAC file (bad signature)
+    """
+    options = {"keep_unknown": keep_unknown, "on_unknown": on_unknown}
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return parse(source, **options)
+    if isinstance(source, (str, os.PathLike)):
+        with open(source, "rb") as fp:
+            return read_file(fp, **options)
+    return read_file(source, **options)
