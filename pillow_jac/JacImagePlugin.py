@@ -87,7 +87,7 @@ from PIL import Image, ImageFile
 
 from . import container
 from .constants import DEFAULT_EFFORT, DEFAULT_QUALITY, MAGIC, validate_effort, validate_quality
-from .preview import PREVIEW_SIZE, make_preview, preview_for, preview_size
+from .preview import PREVIEW_MAX_SIZE, PREVIEW_QUALITY, PREVIEW_SIZE, make_preview, preview_for, preview_size
 
 if TYPE_CHECKING:
     import numpy as np
@@ -102,6 +102,8 @@ __all__ = [
     "SUPPORTED_MODES",
     "NATIVE_MODES",
     "PREVIEW_SIZE",
+    "PREVIEW_QUALITY",
+    "PREVIEW_MAX_SIZE",
 ]
 
 #: modes stored without conversion; also the modes :class:`JacImageFile` opens as.

@@ -155,8 +155,11 @@ def test_load_decodes_what_open_parsed(monkeypatch, rgb_jac: bytes) -> None:
         def parsed_again(*args, **kwargs):
             raise AssertionError("the file was parsed again")
 
-        monkeypatch.setattr(container, "read_file", parsed_again)
-        monkeypatch.setattr(container, "parse", parsed_again)
+        from pillow_jac.container import reading
+
+        for module in (container, reading):  # the names the package exports, and those read() calls
+            for name in ("read", "read_file", "parse", "read_header"):
+                monkeypatch.setattr(module, name, parsed_again)
         fp.close()  # load must not need it
         im.load()
         assert_resembles(im, hopper())

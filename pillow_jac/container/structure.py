@@ -1,4 +1,8 @@
-"""The ``.jac`` container's pieces: errors, header and file records, and their checks (SPEC.md sections 2-5)."""
+"""The ``.jac`` container's pieces (SPEC.md sections 2-5).
+
+Errors, constants, the header and file records and their checks, the signature test :func:`accept` and
+the quality conversions.
+"""
 
 from __future__ import annotations
 
@@ -410,3 +414,8 @@ def _header_problem(h: JacHeader) -> str | None:
         if not (_is_int(v) and 0 <= v <= C.MAX_CHUNK_BYTES):
             return f"{name} must be from 0 to {C.MAX_CHUNK_BYTES}, got {v!r}"
     return None
+
+
+# The package names JacHeader and JacFile as its own (pillow_jac.container), which hides their examples from
+# doctest's search of this module: listed here, they run.
+__test__ = {"JacHeader": JacHeader, "JacFile": JacFile}
