@@ -41,6 +41,17 @@ def apng_with_no_frames(path: Path) -> None:
     path.write_bytes(data[:after_ihdr] + chunk(b"acTL", struct.pack(">II", 0, 0)) + data[after_ihdr:])
 
 
+def start_parallel_batch(photos: Path, out: Path) -> subprocess.Popen:
+    """``jac batch PHOTOS OUT --to jac -j 2`` in a session of its own (so that its workers can be found)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "pillow_jac", "batch", str(photos), str(out), "--to", "jac", "-j", "2"],
+        cwd=ROOT,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+
+
 def _session_workers(session: int) -> list[int]:
     """The batch's worker processes: the children of its forkserver, in its session."""
     processes = {}
@@ -68,13 +79,7 @@ def test_a_killed_worker_costs_no_other_file(tmp_path: Path, how: signal.Signals
     photos.mkdir()
     for i in range(40):
         photo(i).save(photos / f"{i:03d}.png")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "pillow_jac", "batch", str(photos), str(out), "--to", "jac", "-j", "2"],
-        cwd=ROOT,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
+    proc = start_parallel_batch(photos, out)
     try:
         deadline = time.monotonic() + 120
         while len(list(out.glob("*.jac"))) < 4:
@@ -172,13 +177,7 @@ def test_a_worker_killed_amid_many_files_costs_none_of_them(tmp_path: Path) -> N
     photos.mkdir()
     for i in range(3000):
         (photos / f"{i:04d}.png").write_bytes(b"not a png")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "pillow_jac", "batch", str(photos), str(out), "--to", "jac", "-j", "2"],
-        cwd=ROOT,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
+    proc = start_parallel_batch(photos, out)
     lines: list[str] = []
     try:
         assert proc.stderr is not None
