@@ -523,12 +523,12 @@ class Session:
                         sums = {k: torch.zeros((), device=device) for k in sums}
                         n = 0
                     if args.save_every and time.monotonic() - self.last_save >= args.save_every:
-                        if not self.finite():
+                        pieces = self.keep()
+                        if pieces is None:
                             self.stop = "nonfinite"
                             _log(f"step {self.step}: the weights are not finite; stopping without saving them")
                             break
-                        self.save()
-                        self.publish()
+                        self.write_report(pieces)
             finally:
                 for s, handler in handlers.items():
                     signal.signal(s, handler)
@@ -569,21 +569,29 @@ class Session:
         """The names of the pieces in ``--pieces`` now."""
         return sorted(p.name for p in self.args.pieces.glob(WEIGHTS + ".[0-9][0-9][0-9]"))
 
+    def keep(self) -> list[str] | None:
+        """Publish the pieces, then save the checkpoint; return the pieces' names.
+
+        None (and nothing written) when the weights are not finite, so that the last publish and checkpoint
+        stay. The pieces first: they are what comes back, and a stop by signal may have little time left.
+        """
+        if not self.finite():
+            return None
+        pieces = self.publish()
+        self.save()
+        return pieces
+
     def publish(self) -> list[str]:
-        """Write the weight average as pieces into ``--pieces``, with the log and a report; return the names.
+        """Write the weight average as pieces into ``--pieces``; return their names.
 
         The pieces are made beside the checkpoint, copied into ``--pieces`` under temporary names and
         renamed over the last publish's together, the checksum last, and the stale ones removed after:
-        a kill while the 40 MB are written leaves the last publish whole. Weights that are not finite
-        are not published (the pieces of the last publish stay).
+        a kill while the 40 MB are written leaves the last publish whole.
         """
         from ..weights import save_float_state
 
         args = self.args
         args.pieces.mkdir(parents=True, exist_ok=True)
-        if not self.finite():
-            self.stop = self.stop or "nonfinite"
-            return self.published()
         weights_path = args.out / WEIGHTS
         notes = {"step": str(self.step), "ema_decay": str(self.average.decay), "trainer": __name__}
         save_float_state(weights_path, self.average.model(self.model).state_dict(), self.config, notes)
@@ -599,7 +607,6 @@ class Session:
             (args.pieces / stale).unlink()
         shutil.rmtree(staging, ignore_errors=True)
         self.pieces_step = self.step
-        self.write_report(pieces)
         return pieces
 
     def write_report(self, pieces: list[str]) -> dict:
@@ -614,18 +621,16 @@ class Session:
         return report
 
     def finish(self) -> dict:
-        """Publish, then save the checkpoint; return the report.
+        """Publish and save (:meth:`keep`), write the report; return it.
 
-        The pieces first: they are what comes back, and a stop by signal may have little time left. After
-        a loss that was not finite neither is written (the last publish and checkpoint stay).
+        After a loss that was not finite, or with weights that are not, neither pieces nor checkpoint are
+        written (the last publish and checkpoint stay).
         """
         args = self.args
-        if self.stop == "nonfinite":
+        pieces = None if self.stop == "nonfinite" else self.keep()
+        if pieces is None:
+            self.stop = self.stop or "nonfinite"
             pieces = self.published()
-        else:
-            pieces = self.publish()
-            if self.stop != "nonfinite":  # publish() found the weights finite
-                self.save()
         report = self.write_report(pieces)
         with open(args.out / "gpu_reports.jsonl", "a") as f:
             f.write(json.dumps(report) + "\n")
