@@ -36,6 +36,7 @@ import signal
 import sys
 import threading
 import warnings
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -114,13 +115,8 @@ def file_info(path: Path) -> dict[str, Any]:
     """
     import pillow_jac
 
-    unknown: dict[str, int] = {}
-
-    def count(ctype: bytes) -> None:
-        name = ctype.decode("latin-1")
-        unknown[name] = unknown.get(name, 0) + 1
-
-    jac, file_bytes = read_jac(path, on_unknown=count)
+    unknown: Counter[bytes] = Counter()  # in file order
+    jac, file_bytes = read_jac(path, on_unknown=lambda ctype: unknown.update((ctype,)))
     h = jac.header
     decoder = [g for g in pillow_jac.models() if (g.model_id, g.weights_hash) == (h.model_id, h.weights_hash)]
     return {
@@ -140,8 +136,8 @@ def file_info(path: Path) -> dict[str, Any]:
         "icc_profile_bytes": len(jac.icc_profile or b""),
         "exif_bytes": len(jac.exif or b""),
         "xmp_bytes": len(jac.xmp or b""),
-        "unknown_chunks": list(unknown),
-        "unknown_chunk_count": sum(unknown.values()),
+        "unknown_chunks": [ctype.decode("latin-1") for ctype in unknown],
+        "unknown_chunk_count": unknown.total(),
         "decoder_installed": bool(decoder),
         "decoder_path": str(decoder[0].path) if decoder else None,
     }

@@ -146,10 +146,15 @@ def words_to_bytes(words: np.ndarray) -> bytes:
     return np.asarray(words, dtype="<u4").tobytes()
 
 
-def bytes_to_words(data: bytes) -> np.ndarray:
-    """Inverse of :func:`words_to_bytes`; the length must be a multiple of 4."""
+def check_whole_words(data: bytes) -> None:
+    """Refuse a stream whose length is not a whole number of 32-bit words (CODING.md section 2.4)."""
     if len(data) % 4:
         raise EntropyCodingError(f"stream length {len(data)} is not a multiple of 4")
+
+
+def bytes_to_words(data: bytes) -> np.ndarray:
+    """Inverse of :func:`words_to_bytes`; the length must be a multiple of 4."""
+    check_whole_words(data)
     return np.frombuffer(data, dtype="<u4").astype(np.uint32)
 
 
@@ -290,8 +295,7 @@ class CodingTables:
         for symbols coded with other models (a mixture's rows, CODING.md section 4). A length that is not
         a whole number of 32-bit words is refused here too, not after the hyperprior's work.
         """
-        if len(data) % 4:
-            raise EntropyCodingError(f"stream length {len(data)} is not a multiple of 4")
+        check_whole_words(data)
         bits = self.min_symbol_bits if min_bits is None else min_bits
         need = max(4 if symbols else 0, math.ceil((symbols * bits - STATE_SLACK_BITS) / 8))
         if len(data) < need:

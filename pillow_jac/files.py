@@ -23,6 +23,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import io
 import os
@@ -82,10 +83,7 @@ def write_atomic(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) ->
                 raise
             raise restated from e
     except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
+        _remove_temporary(tmp)
         raise
 
 
@@ -133,12 +131,15 @@ def _create_temporary(path: Path) -> tuple[int, str]:
         except BaseException:
             # Python checks for Ctrl-C (and a batch worker's cancellation) as os.open returns: the file
             # exists then, but the caller never learns its name, so it is removed here
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
+            _remove_temporary(tmp)
             raise
     raise FileExistsError(errno.EEXIST, "no free temporary file name", str(path))
+
+
+def _remove_temporary(tmp: str) -> None:
+    """Remove a temporary file on the way out of an error; one that is already gone is no error."""
+    with contextlib.suppress(OSError):
+        os.unlink(tmp)
 
 
 def _about(e: OSError, path: Path, tmp: str | None) -> OSError | None:
