@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import os
 import sys
+import tempfile
 import time
 import warnings
 from collections.abc import Iterable
@@ -299,6 +300,9 @@ def plan(
         base_dir: for a list of paths, the folder whose layout ``out_dir`` mirrors (every path must be inside
             it); by default each output is ``out_dir`` / the input's name.
 
+    Two outputs whose names differ only in case are refused where the output folder does not tell them apart
+    (macOS, Windows), as the same output.
+
     Returns:
         ``{input: output}`` in the order the files are submitted, all paths absolute.
 
@@ -325,6 +329,8 @@ def plan(
             raise ValueError("no input files given")
     jobs: dict[Path, Path] = {}
     written: dict[Path, Path] = {}
+    folded: dict[str, Path] = {}  # by the output's case-folded name
+    sensitive: dict[Path, bool] = {}
     for src in sources:
         if base is None:
             relative = Path(src.name)
@@ -334,11 +340,41 @@ def plan(
             except ValueError:
                 raise ValueError(f"{src} is not inside {base}") from None
         dst = out / relative.with_suffix("." + to)
-        if dst in written:
-            raise ValueError(f"{src} and {written[dst]} would both be written to {dst}")
+        other = written.get(dst)
+        key = str(dst).casefold()
+        if other is None and key in folded:
+            if dst.parent not in sensitive:
+                sensitive[dst.parent] = _case_sensitive(dst.parent)
+            if not sensitive[dst.parent]:
+                other = folded[key]
+        if other is not None:
+            raise ValueError(f"{src} and {other} would both be written to {dst}")
         jobs[src] = dst
         written[dst] = src
+        folded.setdefault(key, src)
     return jobs
+
+
+def _case_sensitive(folder: Path) -> bool:
+    """Whether names that differ only in case name different files in ``folder`` or the folder above it that exists.
+
+    False on macOS's and Windows' usual file systems, and when it cannot be found out. It writes and removes a
+    hidden empty file there, and is called only for two outputs whose names differ only in case.
+    """
+    while not folder.is_dir():
+        if folder.parent == folder:
+            return False
+        folder = folder.parent
+    try:
+        fd, name = tempfile.mkstemp(prefix=".jac-case-", dir=folder)
+    except OSError:
+        return False
+    try:
+        os.close(fd)
+        other = os.path.join(folder, os.path.basename(name).swapcase())
+        return not os.path.exists(other)
+    finally:
+        os.unlink(name)
 
 
 def _check_not_an_original(src: Path, dst: Path) -> None:

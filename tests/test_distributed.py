@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from PIL import Image, ImageCms
 
-from pillow_jac import distributed, save
+from pillow_jac import conversion, distributed, save
 from pillow_jac.cli import build_parser, main
 from pillow_jac.constants import DEFAULT_QUALITY
 
@@ -74,6 +74,33 @@ def test_plan_list_of_paths(photos: Path, tmp_path: Path) -> None:
         distributed.plan(paths, tmp_path, base_dir=photos / "sub")
     with pytest.raises(ValueError, match="no such directory"):
         distributed.plan(photos / "missing", tmp_path)
+
+
+def test_plan_names_differing_in_case(photos: Path, tmp_path: Path, monkeypatch) -> None:
+    """Two inputs whose outputs differ only in case: kept apart where the output folder tells such names apart,
+    refused where it does not (macOS, Windows), where one output would replace the other."""
+    (tmp_path / "x").mkdir()
+    (tmp_path / "y").mkdir()
+    paths = [tmp_path / "x" / "Photo.png", tmp_path / "y" / "photo.png", tmp_path / "y" / "other.png"]
+    out = tmp_path / "out" / "new"
+    assert conversion._case_sensitive(out)  # the tests' temporary folder is on a case-sensitive file system
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x", "y"]  # the probe left nothing behind
+    names = [d.name for d in distributed.plan(paths, out).values()]
+    assert names == ["Photo.jac", "photo.jac", "other.jac"]
+    probed = []
+    monkeypatch.setattr(conversion, "_case_sensitive", lambda folder: probed.append(folder) or False)
+    with pytest.raises(ValueError, match=r"photo.png and .*Photo.png would both be written to .*photo.jac"):
+        distributed.plan(paths, out)
+    assert probed == [out]
+    probed.clear()
+    assert len(distributed.plan(paths[1:], out)) == 2  # names that differ more than in case: no probe
+    assert probed == []
+    nested = [photos / "a.png", photos / "sub" / "c.png"]
+    monkeypatch.setattr(conversion, "_case_sensitive", lambda folder: True)
+    exact = [tmp_path / "x" / "Photo.png", tmp_path / "y" / "photo.png", tmp_path / "y" / "Photo.bmp"]
+    with pytest.raises(ValueError, match="Photo.bmp and .*x/Photo.png would both be written to"):
+        distributed.plan(exact, out)  # the same name exactly is refused wherever
+    assert len(distributed.plan(nested, out, base_dir=photos)) == 2
 
 
 def test_is_done(photos: Path, tmp_path: Path) -> None:
