@@ -278,6 +278,45 @@ def test_speed_subprocess_measurement(tmp_path: Path):
     assert "error" in bad
 
 
+#: a stand-in for CompressAI's package: the model's calls, with the shapes the real one takes and gives
+FAKE_COMPRESSAI = {
+    "compressai/__init__.py": '__version__ = "0.0-fake"\n',
+    "compressai/models.py": """
+import torch
+
+class JointAutoregressiveHierarchicalPriors(torch.nn.Module):
+    def __init__(self, N, M):
+        super().__init__()
+    def update(self, force=False):
+        pass
+    def compress(self, x):
+        assert x.shape[2] % 64 == 0 and x.shape[3] % 64 == 0, x.shape  # padded as pillow_jac pads
+        return {"strings": [[b"y" * 7], [b"z" * 3]], "shape": [x.shape[2] // 64, x.shape[3] // 64]}
+    def decompress(self, strings, shape):
+        return {"x_hat": torch.zeros(1, 3, 64 * shape[0], 64 * shape[1])}
+""",
+}
+
+
+def test_speed_compressai_child(tmp_path: Path, monkeypatch):
+    """The CompressAI measurement's script runs (in an interpreter without pillow_jac on its path)."""
+    from pillow_jac.bench import speed
+
+    for name, text in FAKE_COMPRESSAI.items():
+        (tmp_path / "fake" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "fake" / name).write_text(text)
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path / "fake"))
+    image = tmp_path / "in.npy"
+    np.save(image, _tiny_image())
+    spec = {"codec": "compressai", "N": 8, "M": 8, "threads": 1, "device": "cpu", "repeat": 1}
+    enc = speed.measure_in_subprocess({**spec, "op": "encode", "input": str(image), "output": str(tmp_path / "s")})
+    assert "error" not in enc, enc
+    assert enc["bytes"] == 10 and enc["compressai"] == "0.0-fake"
+    dec = speed.measure_in_subprocess({**spec, "op": "decode", "input": str(tmp_path / "s")})
+    assert "error" not in dec, dec
+    assert dec["bytes"] == 10
+
+
 def test_tile_and_parse_size():
     from pillow_jac.bench.speed import parse_size, tile_image
 

@@ -6,12 +6,12 @@ Usage (from the repository root)::
         --compressai-python ../bench-venv/bin/python
     python -m pillow_jac.bench.speed --sizes --max-mem 12G
 
-Every measurement (one codec, one operation, one thread count, one device) runs in a fresh Python
-subprocess, so that its peak memory (``VmHWM`` on Linux, else ``getrusage``'s ``ru_maxrss``) is its own. The
-child first encodes and decodes a 64x64 crop (loading the weights, warming caches), records its peak
-RSS so far as the *baseline*, then times ``--repeat`` calls on the real input; the report gives the
-median and the fastest call, the baseline and the peak RSS (the peak minus the baseline is what the
-operation itself needed). The parent also samples the child's RSS with psutil (when installed) and
+Every measurement (one codec, one operation, one thread count, one device) runs in a fresh Python subprocess
+(:mod:`pillow_jac.bench.isolated`), so that its peak memory (``VmHWM`` on Linux, else ``getrusage``'s
+``ru_maxrss``) is its own. The child first encodes and decodes a 64x64 crop (loading the weights, warming
+caches), records its peak RSS so far as the *baseline*, then times ``--repeat`` calls on the real input; the
+report gives the median and the fastest call, the baseline and the peak RSS (the peak minus the baseline is
+what the operation itself needed). The parent also samples the child's RSS with psutil (when installed) and
 kills it above ``--max-mem``.
 
 ``.jac`` is measured with 1 and 2 torch threads (``--threads``) on the CPU and, when CUDA is
@@ -32,8 +32,6 @@ import argparse
 import json
 import math
 import os
-import resource
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -46,6 +44,7 @@ import numpy as np
 
 from ..constants import MAX_EFFORT
 from .codecs import ALL_CODECS, find_shared, get_codec, load_rgb
+from .isolated import MIB, measure_in_subprocess
 from .metrics import portable_path
 
 __all__ = ["main", "measure_in_subprocess", "tile_image", "parse_size", "SPEED_PARAMS", "SIZES"]
@@ -68,7 +67,6 @@ SPEED_PARAMS: dict[str, float] = {
 DEFAULT_SPEED_CODECS = ("jac", "jpeg420", "webp", "avif", "jpeg2000", "heic", "jxl")
 #: image sizes of ``--sizes``: about 0.4, 2, 8 and 24 megapixels
 SIZES: tuple[tuple[int, int], ...] = ((768, 512), (1728, 1152), (3456, 2304), (6000, 4000))
-MIB = 1 << 20
 
 
 def _log(message: str) -> None:
@@ -101,218 +99,6 @@ def tile_image(image: np.ndarray, width: int, height: int) -> np.ndarray:
     block = np.concatenate([block, block[::-1]], axis=0)
     reps = (math.ceil(height / (2 * h)), math.ceil(width / (2 * w))) + (1,) * (image.ndim - 2)
     return np.ascontiguousarray(np.tile(block, reps)[:height, :width])
-
-
-# -- the child processes -------------------------------------------------------------------------
-
-
-def _max_rss() -> int:
-    """Peak resident set size of this process in bytes.
-
-    On Linux this is ``VmHWM`` of ``/proc/self/status``: ``getrusage``'s ``ru_maxrss`` survives
-    ``exec`` and so starts at the parent's peak (a parent that imported torch would make every child
-    look 250 MiB large). Elsewhere ``ru_maxrss`` (KiB on Linux and BSD, bytes on macOS).
-    """
-    try:
-        with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    value = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return value if sys.platform == "darwin" else value * 1024
-
-
-def _load_input(path: str) -> np.ndarray:
-    return np.load(path) if path.endswith(".npy") else load_rgb(path)
-
-
-def _child(spec: dict[str, Any]) -> dict[str, Any]:
-    """Run one measurement (in the child process) and return its record."""
-    name = spec["codec"]
-    device = spec.get("device") or None
-    if name.startswith("jac"):
-        import torch
-
-        torch.set_num_threads(int(spec["threads"]))
-    codec = get_codec(name, jac_device=device)
-    param = float(spec["param"])
-    rng = np.random.default_rng(0)
-    small = (rng.random((64, 64, 3)) * 255).astype(np.uint8)
-    codec.decode(codec.encode(small, param))  # warm-up: weights, tables, library initialisation
-    cuda = device is not None and device.startswith("cuda")
-    if cuda:
-        import torch
-
-        torch.cuda.reset_peak_memory_stats()
-    baseline = _max_rss()
-    times = []
-    if spec["op"] == "encode":
-        image = _load_input(spec["input"])
-        pixels = image.shape[0] * image.shape[1]
-        for _ in range(int(spec["repeat"])):
-            t0 = time.perf_counter()
-            data = codec.encode(image, param)
-            times.append(time.perf_counter() - t0)
-        Path(spec["output"]).write_bytes(data)
-    else:
-        data = Path(spec["input"]).read_bytes()
-        pixels = int(spec["pixels"])
-        for _ in range(int(spec["repeat"])):
-            t0 = time.perf_counter()
-            codec.decode(data)
-            times.append(time.perf_counter() - t0)
-    record: dict[str, Any] = {
-        "times_s": times,
-        "baseline_rss": baseline,
-        "peak_rss": _max_rss(),
-        "bytes": len(data),
-        "bpp": 8.0 * len(data) / pixels,
-    }
-    if cuda:
-        import torch
-
-        record["cuda_peak_allocated"] = int(torch.cuda.max_memory_allocated())
-    return record
-
-
-#: the CompressAI measurement, run by the interpreter of ``--compressai-python`` (no pillow_jac there)
-COMPRESSAI_CHILD = r"""
-import json, pickle, resource, sys, time
-spec = json.loads(sys.argv[1])
-import numpy as np
-import torch
-torch.set_num_threads(int(spec["threads"]))
-from PIL import Image
-import compressai
-from compressai.models import JointAutoregressiveHierarchicalPriors
-
-def max_rss():
-    try:
-        with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
-
-device = spec.get("device") or "cpu"
-def sync():
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-torch.manual_seed(0)
-net = JointAutoregressiveHierarchicalPriors(N=int(spec["N"]), M=int(spec["M"])).eval().to(device)
-net.update(force=True)
-with torch.no_grad():
-    warm = net.compress(torch.rand(1, 3, 64, 64, device=device))
-    net.decompress(warm["strings"], warm["shape"])
-    baseline = max_rss()
-    times = []
-    if spec["op"] == "encode":
-        path = spec["input"]
-        a = np.load(path) if path.endswith(".npy") else np.asarray(Image.open(path).convert("RGB"))
-        h, w = a.shape[:2]
-        x = torch.from_numpy(np.array(a)).permute(2, 0, 1)[None].float().div(255)
-        x = torch.nn.functional.pad(x, (0, (-w) % ALIGN, 0, (-h) % ALIGN), mode="replicate").to(device)
-        pixels = h * w
-        for _ in range(int(spec["repeat"])):
-            sync(); t0 = time.perf_counter()
-            out = net.compress(x)
-            sync(); times.append(time.perf_counter() - t0)
-        with open(spec["output"], "wb") as f:
-            pickle.dump({"strings": out["strings"], "shape": list(out["shape"]), "pixels": pixels}, f)
-        strings = out["strings"]
-    else:
-        with open(spec["input"], "rb") as f:
-            d = pickle.load(f)
-        pixels, strings = d["pixels"], d["strings"]
-        for _ in range(int(spec["repeat"])):
-            sync(); t0 = time.perf_counter()
-            net.decompress(d["strings"], d["shape"])
-            sync(); times.append(time.perf_counter() - t0)
-nbytes = sum(len(s) for group in strings for s in group)
-print("RESULT " + json.dumps({"times_s": times, "baseline_rss": baseline, "peak_rss": max_rss(),
-      "bytes": nbytes, "bpp": 8.0 * nbytes / pixels, "compressai": compressai.__version__,
-      "torch": torch.__version__}), flush=True)
-"""
-
-
-# -- the parent ----------------------------------------------------------------------------------
-
-
-def measure_in_subprocess(
-    spec: dict[str, Any],
-    python: str = sys.executable,
-    max_mem: int | None = None,
-    timeout: float = 1800.0,
-) -> dict[str, Any]:
-    """Run one measurement in a fresh interpreter and return its record.
-
-    Args:
-        spec: what to measure: ``codec`` (a :data:`~pillow_jac.bench.codecs.ALL_CODECS` name or
-            ``"compressai"``), ``op`` (``"encode"`` or ``"decode"``), ``param``, ``input`` (image
-            ``.png``/``.npy`` to encode, or the file to decode), ``output`` (where ``encode`` writes its
-            file), ``pixels`` (for ``decode``), ``threads``, ``device`` and ``repeat``.
-        python: the interpreter; CompressAI's may live in another virtualenv.
-        max_mem: kill the child when its RSS exceeds this many bytes (needs psutil).
-        timeout: seconds before the child is killed.
-
-    Returns:
-        The child's record (``times_s``, ``baseline_rss``, ``peak_rss``, ``bytes``, ``bpp``...) plus
-        ``median_s``, ``min_s``, ``sampled_peak_rss``; or ``{"error": ...}``.
-    """
-    threads = str(spec.get("threads", 1))
-    env = dict(os.environ, OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads, PYTHONUNBUFFERED="1")
-    if spec["codec"] == "compressai":
-        cmd = [python, "-c", COMPRESSAI_CHILD, json.dumps(spec)]
-        cwd = tempfile.gettempdir()  # keep the working tree's pillow_jac off that interpreter's path
-    else:
-        cmd = [python, "-m", "pillow_jac.bench.speed", "--child", json.dumps(spec)]
-        root = str(Path(__file__).resolve().parents[2])
-        env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
-        cwd = None
-    try:
-        import psutil
-    except ImportError:
-        psutil = None
-    sampled = 0
-    killed = None
-    start = time.monotonic()
-    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=err, env=env, cwd=cwd)
-        handle = psutil.Process(proc.pid) if psutil is not None else None
-        while proc.poll() is None:
-            if handle is not None:
-                try:
-                    sampled = max(sampled, handle.memory_info().rss)
-                except psutil.Error:
-                    pass
-            if max_mem is not None and sampled > max_mem:
-                killed = f"killed: RSS above --max-mem ({sampled / MIB:.0f} MiB)"
-            elif time.monotonic() - start > timeout:
-                killed = f"killed: over {timeout:.0f} s"
-            if killed:
-                proc.kill()
-                proc.wait()
-                break
-            time.sleep(0.05)
-        out.seek(0)
-        err.seek(0)
-        stdout, stderr = out.read(), err.read()
-    if killed:
-        return {"error": killed, "sampled_peak_rss": sampled}
-    lines = [line for line in stdout.splitlines() if line.startswith("RESULT ")]
-    if proc.returncode != 0 or not lines:
-        tail = (stderr.strip().splitlines() or ["(no output)"])[-1]
-        return {"error": f"exit {proc.returncode}: {tail}", "sampled_peak_rss": sampled}
-    record = json.loads(lines[-1][len("RESULT ") :])
-    record["median_s"] = statistics.median(record["times_s"])
-    record["min_s"] = min(record["times_s"])
-    record["sampled_peak_rss"] = sampled
-    return record
 
 
 def _encode_decode(
@@ -571,7 +357,6 @@ def _parse_sizes(text: str) -> list[tuple[int, int]]:
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line entry point; see the module docstring."""
     parser = argparse.ArgumentParser(prog="python -m pillow_jac.bench.speed", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--image", default=None, help="image to time (default: shared/data/kodak/kodim01.png)")
     parser.add_argument("--out", type=Path, default=Path("bench_out/speed"), help="output directory")
     parser.add_argument(
@@ -597,11 +382,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--size-quality", type=float, default=4.0, help=".jac quality for --sizes")
     parser.add_argument("--size-threads", type=int, default=2, help="torch threads for --sizes")
     args = parser.parse_args(argv)
-
-    if args.child:
-        record = _child(json.loads(args.child))
-        print("RESULT " + json.dumps(record), flush=True)
-        return 0
 
     if args.image is None:
         kodak = find_shared("data/kodak")
