@@ -11,9 +11,9 @@ from PIL import Image
 
 from pillow_jac.engine import load_model
 from pillow_jac.training import gpu_session
-from pillow_jac.training.gpu_session import DeviceCrops, FastWeightAverage
+from pillow_jac.training.device_crops import DeviceCrops
 from pillow_jac.training.pack import join_file
-from pillow_jac.training.train import WeightAverage
+from pillow_jac.training.train import FastWeightAverage, WeightAverage
 
 from .helpers import natural_image
 

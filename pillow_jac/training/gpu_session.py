@@ -46,20 +46,19 @@ import shutil
 import signal
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from ..model.complexity import macs_per_pixel_by_network
 from ..model.mbt2018 import JointAutoregressiveHierarchicalPrior, ModelConfig
 from ..model.objective import quality_lambda, rate_distortion_loss
-from .data import list_images, load_rgb, to_model_input
+from .data import to_model_input
+from .device_crops import load_pixels
 from .pack import split_file
-from .train import WeightAverage, _to_device, learning_rate, stratified_qualities
+from .train import FastWeightAverage, _to_device, learning_rate, stratified_qualities
 
-__all__ = ["DeviceCrops", "FastWeightAverage", "Session", "forward_macs_per_pixel", "main", "parse_args"]
+__all__ = ["Session", "forward_macs_per_pixel", "main", "parse_args"]
 
 #: dense bf16 tensor-core peak of an H200 (and H100) SXM, in FLOP/s (NVIDIA's data sheet)
 H200_BF16_PEAK = 989e12
@@ -155,120 +154,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-class DeviceCrops:
-    """Random ``crop x crop`` patches with random flips, cut from pixels already in memory on ``device``.
-
-    Every image is one slice of a single ``(pixels, 3)`` uint8 tensor; a batch is drawn (image,
-    position, flips: uniform, as :class:`~.data.CropSampler` draws them) from a generator on the
-    same device and gathered in one indexing operation, so no draw waits for the host.
-
-    Example:
-        >>> import numpy as np, torch
-        >>> crops = DeviceCrops.from_arrays([np.zeros((40, 50, 3), np.uint8), np.ones((8, 8, 3), np.uint8)], 32)
-        >>> crops.batch_uint8(4).shape, len(crops)
-        (torch.Size([4, 32, 32, 3]), 1)
-    """
-
-    def __init__(self, pixels: torch.Tensor, shapes: list[tuple[int, int]], crop: int, seed: int = 0):
-        device = pixels.device
-        offsets = np.cumsum([0] + [h * w for h, w in shapes[:-1]])
-        self.pixels, self.crop, self.device = pixels, crop, device
-        self.offsets = torch.tensor(offsets, dtype=torch.int64, device=device)
-        self.heights = torch.tensor([h for h, _ in shapes], dtype=torch.int64, device=device)
-        self.widths = torch.tensor([w for _, w in shapes], dtype=torch.int64, device=device)
-        self._ramp = torch.arange(crop, device=device)
-        self.generator = torch.Generator(device=device)
-        self.generator.manual_seed(seed)
-
-    @classmethod
-    def from_arrays(cls, images: list[np.ndarray], crop: int, seed: int = 0, device="cpu", pin=False) -> DeviceCrops:
-        """Copy the images that are at least ``crop`` on each side into one tensor on ``device``."""
-        images = [im for im in images if min(im.shape[:2]) >= crop]
-        if not images:
-            raise ValueError(f"no image is at least {crop} pixels on each side")
-        total = sum(im.shape[0] * im.shape[1] for im in images)
-        pixels = torch.empty((total, 3), dtype=torch.uint8, device=device, pin_memory=pin)
-        at = 0
-        for im in images:
-            n = im.shape[0] * im.shape[1]
-            pixels[at : at + n].copy_(torch.from_numpy(np.ascontiguousarray(im)).view(n, 3))
-            at += n
-        return cls(pixels, [im.shape[:2] for im in images], crop, seed)
-
-    def __len__(self) -> int:
-        return len(self.heights)
-
-    def batch_uint8(self, size: int) -> torch.Tensor:
-        """The next ``size`` crops as a uint8 ``(size, crop, crop, 3)`` tensor on the pixels' device."""
-        c, g, d = self.crop, self.generator, self.device
-        image = torch.randint(len(self), (size,), generator=g, device=d)
-        h, w = self.heights[image], self.widths[image]
-        top = (torch.rand(size, generator=g, device=d) * (h - c + 1)).long().clamp_max(h - c)
-        left = (torch.rand(size, generator=g, device=d) * (w - c + 1)).long().clamp_max(w - c)
-        flips = torch.rand(size, 2, generator=g, device=d) < 0.5
-        rows = torch.where(flips[:, :1], c - 1 - self._ramp, self._ramp) + top[:, None]
-        cols = torch.where(flips[:, 1:], c - 1 - self._ramp, self._ramp) + left[:, None]
-        index = (self.offsets[image, None, None] + rows[:, :, None] * w[:, None, None]) + cols[:, None, :]
-        return self.pixels[index]
-
-    def state(self) -> torch.Tensor:
-        """The generator state, for resumption."""
-        return self.generator.get_state()
-
-    def set_state(self, state: torch.Tensor) -> None:
-        """Restore a state from :meth:`state`."""
-        self.generator.set_state(state)
-
-
-class FastWeightAverage(WeightAverage):
-    """:class:`~.train.WeightAverage` updated by one ``foreach`` lerp over all tensors instead of one per tensor.
-
-    The arithmetic is the same (``average += (1 - decay) * (weights - average)``); on a GPU the
-    per-tensor loop costs a kernel launch per tensor, and the host time per step adds up.
-
-    Example:
-        >>> import torch
-        >>> model = torch.nn.Linear(1, 1, bias=False)
-        >>> _ = torch.nn.init.zeros_(model.weight)
-        >>> avg = FastWeightAverage(model, decay=0.75)
-        >>> _ = torch.nn.init.ones_(model.weight)
-        >>> avg.update(model)
-        >>> float(avg.shadow["weight"])
-        0.25
-    """
-
-    def __init__(self, model: torch.nn.Module, decay: float):
-        super().__init__(model, decay)
-        self._bound: tuple | None = None
-
-    def load(self, shadow: dict[str, torch.Tensor], device: torch.device) -> None:
-        """Take a saved average (from a checkpoint) as the current one."""
-        self.shadow = {k: v.float().to(device) for k, v in shadow.items()}
-        self._bound = None
-
-    @torch.no_grad()
-    def update(self, model: torch.nn.Module) -> None:
-        """Move the average towards the model's current state."""
-        if self._bound is None or self._bound[0] is not model:
-            state = model.state_dict()  # detached views of the parameters, updated in place by the optimiser
-            floats = [k for k, v in state.items() if v.is_floating_point() and v.dtype == torch.float32]
-            others = [k for k in state if k not in floats]
-            self._bound = (
-                model,
-                [self.shadow[k] for k in floats],
-                [state[k] for k in floats],
-                [(self.shadow[k], state[k]) for k in others],
-            )
-        _, shadow, current, others = self._bound
-        if shadow:
-            torch._foreach_lerp_(shadow, current, 1.0 - self.decay)
-        for average, value in others:
-            if value.is_floating_point():
-                average.lerp_(value.float(), 1.0 - self.decay)
-            else:
-                average.copy_(value)
-
-
 def forward_macs_per_pixel(config: ModelConfig) -> float:
     """Multiply-adds of one training forward pass of ``config``'s model, per input pixel.
 
@@ -284,32 +169,6 @@ def forward_macs_per_pixel(config: ModelConfig) -> float:
 
 def _log(message: str) -> None:
     print(f"[gpu_session] {message}", flush=True)
-
-
-def load_pixels(folder: Path, crop: int, device: torch.device, data_on: str, seed: int) -> tuple[DeviceCrops, dict]:
-    """Decode every image of ``folder`` (in threads) into a :class:`DeviceCrops` on ``device`` or in pinned memory."""
-    started = time.monotonic()
-    paths = list_images(folder)
-    with ThreadPoolExecutor(max_workers=min(16, os.cpu_count() or 1)) as pool:
-        images = list(pool.map(lambda p: load_rgb(p, 512), paths))  # the size cap of CropSampler.from_folder
-    usable = [im for im in images if min(im.shape[:2]) >= crop]
-    total = sum(im.size for im in usable)
-    where = "device"
-    if device.type == "cuda" and data_on != "device":
-        free, _ = torch.cuda.mem_get_info(device)
-        # the pixels leave at least a quarter of the free memory (and 16 GiB) for training
-        if data_on == "host" or total > free - max(free // 4, 16 << 30):
-            where = "pinned host"
-    storage = device if where == "device" else torch.device("cpu")
-    crops = DeviceCrops.from_arrays(usable, crop, seed, storage, pin=where == "pinned host")
-    info = {
-        "images": len(usable),
-        "images_smaller_than_crop": len(images) - len(usable),
-        "bytes": total,
-        "where": where,
-        "load_s": round(time.monotonic() - started, 2),
-    }
-    return crops, info
 
 
 def _initial_model(args: argparse.Namespace) -> JointAutoregressiveHierarchicalPrior:
