@@ -22,10 +22,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
-__all__ = ["__version__", "register", "encode", "decode", "save", "models"]
+__all__ = ["__version__", "register", "encode", "decode", "encode_batch", "decode_batch", "save", "models"]
 
 if TYPE_CHECKING:
     from .codec import decode, encode
+    from .codec_batch import decode_batch, encode_batch
     from .files import save
 
 
@@ -55,6 +56,10 @@ def __getattr__(name: str) -> Any:
         from . import codec
 
         return getattr(codec, name)
+    if name in ("encode_batch", "decode_batch"):
+        from . import codec_batch
+
+        return getattr(codec_batch, name)
     if name == "save":
         from .files import save
 
@@ -63,7 +68,7 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted([*globals(), "encode", "decode", "save"])
+    return sorted([*globals(), "encode", "decode", "encode_batch", "decode_batch", "save"])
 
 
 register()

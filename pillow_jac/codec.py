@@ -7,6 +7,8 @@ The public API (what the Pillow and imageio plugins and the CLI call):
   ``(H, W, 3)`` (RGB) or ``(H, W, 4)`` (RGBA), or a PIL image in one of those modes.
 * :func:`decode` ``(data, *, device=None) -> numpy.ndarray``; ``data`` is ``bytes`` or a parsed
   :class:`pillow_jac.container.JacFile`; the array has the layout of the encoded image.
+* ``encode_batch`` and ``decode_batch``: the same for many images, the float transforms batched
+  (:mod:`pillow_jac.codec_batch`, imported on first use).
 
 The colour planes go through the network (gray images as three equal planes, returned as
 ``round(0.299 R + 0.587 G + 0.114 B)``); alpha is stored losslessly beside them
@@ -38,10 +40,10 @@ from .constants import (
     LAYOUT_BY_CHANNELS,
     LAYOUTS,
     validate_effort,
-    validate_quality,
 )
 
-__all__ = ["encode", "decode", "encode_symbols", "decode_symbols", "CodecError", "encode_batch", "decode_batch"]
+_BATCH_API = ("encode_batch", "decode_batch")  # in pillow_jac/codec_batch.py, imported on first use (__getattr__)
+__all__ = ["encode", "decode", "encode_symbols", "decode_symbols", "CodecError", *_BATCH_API]
 
 
 class CodecError(ValueError, OSError):
@@ -389,39 +391,6 @@ def _synthesize(engine, y_hat: np.ndarray, quality: float, height: int, width: i
     return rgb
 
 
-# -- batches: one forward pass of g_a or g_s for several images of the same padded size --------------
-
-
-def _batchable(latent_shape: tuple[int, int]) -> bool:
-    """Whether images of this latent shape run batched: those that the per-image path computes as one stripe.
-
-    Larger images (above about 2 padded megapixels, :data:`pillow_jac.stripes.STRIPE_PIXELS`) go
-    through :func:`encode` and :func:`decode` one at a time, where the stripes bound their memory.
-    """
-    from .stripes import stripe_rows_for
-
-    return latent_shape[0] <= stripe_rows_for(latent_shape[1])
-
-
-def _batch_groups(keys: list, batch_size: int) -> list[list[int]]:
-    """Indices grouped by equal key, in order of first appearance, cut into runs of at most ``batch_size``.
-
-    Example:
-        >>> _batch_groups(["a", "b", "a", "a", "b"], 2)
-        [[0, 2], [3], [1, 4]]
-    """
-    groups: dict = {}
-    for i, key in enumerate(keys):
-        groups.setdefault(key, []).append(i)
-    return [members[i : i + batch_size] for members in groups.values() for i in range(0, len(members), batch_size)]
-
-
-def _check_batch_size(batch_size: int) -> int:
-    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
-        raise ValueError(f"batch_size must be an integer of at least 1, got {batch_size!r}")
-    return batch_size
-
-
 def _padded_pixels(colors: list[np.ndarray], first: int, end: int, latent_width: int, device):
     """Rows ``[first, end)`` of padded images (edge pixels repeated) as a ``(B, 3, rows, 16 Wy)`` tensor in [0, 1].
 
@@ -448,135 +417,6 @@ def _rounded(t) -> np.ndarray:
     return _torch().round(t).clamp(-SYMBOL_LIMIT, SYMBOL_LIMIT)[0].cpu().numpy().astype(np.int64)
 
 
-def _analyze_batch(
-    colors: list[np.ndarray], quality: float, engine, effort: int
-) -> list[tuple[np.ndarray | None, np.ndarray]]:
-    """:func:`_analyze` for images of one latent shape, each one stripe: g_a, the gains and h_a in one pass.
-
-    Effort above 0 then refines each image's latents on its own, starting from its slice of the batch.
-    """
-    torch = _torch()
-    from .stripes import analyze_in_stripes
-
-    (yh, yw), _ = container.latent_shapes(colors[0].shape[1], colors[0].shape[0])
-    model = engine.model
-    with torch.inference_mode(), _threads_for(sum(c.shape[0] * c.shape[1] for c in colors), engine):
-        y = analyze_in_stripes(model.g_a, lambda a, b: _padded_pixels(colors, a, b, yw, engine.device), (yh, yw))
-        y = y * engine.gains(quality).to(y)
-        z = model.h_a(y) if engine.config.hyperprior else None
-    latents = []
-    for i, color in enumerate(colors):
-        y_i, z_i = y[i : i + 1], None if z is None else z[i : i + 1]
-        if effort:
-            from .model.refine import refine_latents
-
-            height, width = color.shape[:2]
-            with _threads_for(height * width, engine):
-                y_i, z_i = refine_latents(
-                    model, lambda a, b, c=color: _padded_pixels([c], a, b, yw, engine.device), y_i.clone(),
-                    None if z_i is None else z_i.clone(), quality, (height, width), EFFORT_ITERATIONS[effort],
-                )  # fmt: skip
-        latents.append((None if z_i is None else _rounded(z_i), _rounded(y_i)))
-    return latents
-
-
-def _file_bytes(arr: np.ndarray, layout: str, quality: float, engine, z_stream: bytes, y_stream: bytes) -> bytes:
-    """The ``.jac`` file of coded streams, without metadata or preview (as :func:`encode` writes it then)."""
-    height, width = arr.shape[:2]
-    jac = container.JacFile.create(
-        width=width, height=height, layout=layout, quality=quality, model_id=engine.model_id,
-        weights_hash=engine.weights_hash, z_stream=z_stream, y_stream=y_stream, **_alpha_fields(arr, layout),
-    )  # fmt: skip
-    return container.serialize(jac)
-
-
-def encode_batch(
-    images,
-    quality: float = DEFAULT_QUALITY,
-    *,
-    effort: int = DEFAULT_EFFORT,
-    device=None,
-    model: str | None = None,
-    batch_size: int = 8,
-) -> list[bytes]:
-    """Compress several images, running g_a and h_a for up to ``batch_size`` images of one padded size at once.
-
-    Images are grouped by their latent shape (width and height rounded up to a multiple of 64, as
-    padded); each group runs the analysis transforms in passes of at most ``batch_size`` images, then
-    every image is entropy coded on its own by the exact latent coder. An image larger than one
-    stripe of the per-image path (:func:`_batchable`, about 2 padded megapixels) is encoded by
-    :func:`encode` alone. Peak memory is about ``batch_size`` times that of one image of the group.
-
-    The files are those :func:`encode` writes without metadata: no ICC profile, EXIF, XMP or
-    preview. With ``batch_size=1`` they are the same bytes. A batched convolution may sum in another
-    order than a single one, so on the CPU a few latents can round the other way than in
-    :func:`encode` (the file is valid and decodes exactly as any other; tests/test_batch.py
-    states the measured difference).
-
-    Args:
-        images: arrays or PIL images, as :func:`encode` takes them; any mix of sizes and layouts.
-        quality: 1 (smallest) to 8 (best), the same for every image.
-        effort: 0 to 3, as in :func:`encode` (refinement runs per image).
-        device: torch device (default: ``JAC_DEVICE`` or cpu).
-        model: ``model_id`` of the installed generation to encode with (default: the newest).
-        batch_size: images per forward pass, at least 1.
-
-    Returns:
-        The files, in the order of ``images``.
-
-    Example:
-        >>> import numpy as np
-        >>> files = encode_batch([np.zeros((20, 30, 3), np.uint8), np.zeros((40, 9), np.uint8)], quality=2)
-        >>> [decode(f).shape for f in files]
-        [(20, 30, 3), (40, 9)]
-    """
-    arrays = [_as_array(image) for image in images]
-    q = container.quantize_quality(validate_quality(quality))
-    effort = validate_effort(effort)
-    batch_size = _check_batch_size(batch_size)
-    for arr, _ in arrays:
-        if max(arr.shape[:2]) > container.C.MAX_DIMENSION:
-            raise ValueError(f"images are limited to {container.C.MAX_DIMENSION} pixels per side")
-    if not arrays:
-        return []
-    engine = _encoder_engine(device, None, model)
-    shapes = [container.latent_shapes(arr.shape[1], arr.shape[0])[0] for arr, _ in arrays]
-    out: list[bytes | None] = [None] * len(arrays)
-    keys = [shape if _batchable(shape) else ("alone", i) for i, shape in enumerate(shapes)]
-    for members in _batch_groups(keys, batch_size):
-        if not _batchable(shapes[members[0]]):
-            (i,) = members
-            out[i] = encode(arrays[i][0], q, effort=effort, device=device, model=model)
-            continue
-        colors = [_color_planes(*arrays[i]) for i in members]
-        for i, (z_hat, y_hat) in zip(members, _analyze_batch(colors, q, engine, effort), strict=True):
-            with _torch().inference_mode():
-                z_stream, y_stream = engine.latents.encode(z_hat, y_hat)
-            out[i] = _file_bytes(*arrays[i], q, engine, z_stream, y_stream)
-    return out
-
-
-def _synthesize_batch(y_hats: list[np.ndarray], qualities: list[float], sizes: list[tuple[int, int]], engine):
-    """g_s of one latent shape's images (each one stripe) in one pass: ``(H, W, 3)`` uint8 RGB per image.
-
-    Each image's pixels are converted and cropped to its ``(height, width)`` as :func:`decode` does.
-    """
-    torch = _torch()
-    from .stripes import synthesize_in_stripes
-
-    with torch.inference_mode(), _threads_for(sum(h * w for h, w in sizes), engine):
-        y = torch.from_numpy(np.stack(y_hats)).to(engine.device).float()
-        inverse = torch.cat([engine.gains(q, inverse=True) for q in qualities]).to(y)
-        y = y * inverse
-        if engine.device.type == "cpu":
-            y = y.contiguous(memory_format=torch.channels_last)
-        x_hat = synthesize_in_stripes(engine.synthesis, y)
-        return [
-            (x_hat[i, :, :h, :w].clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
-            for i, (h, w) in enumerate(sizes)
-        ]
-
-
 def _to_layout(rgb: np.ndarray, layout: str, alpha: np.ndarray | None) -> np.ndarray:
     """Decoded colour planes (and alpha) as the array of the file's layout.
 
@@ -592,49 +432,9 @@ def _to_layout(rgb: np.ndarray, layout: str, alpha: np.ndarray | None) -> np.nda
     return planes[0] if len(planes) == 1 else np.ascontiguousarray(np.stack(planes, axis=2))
 
 
-def decode_batch(files, *, device=None, batch_size: int = 8) -> list[np.ndarray]:
-    """Decompress several files, running g_s for up to ``batch_size`` images of one padded size at once.
+def __getattr__(name: str):
+    if name in _BATCH_API:
+        from . import codec_batch
 
-    Files are grouped by generation (the decoder the file names) and latent shape; every file's latents
-    are decoded on their own by the exact latent coder (they are the same as :func:`decode_symbols`
-    gives), then each group runs the synthesis transform in passes of at most ``batch_size`` images.
-    A file larger than one stripe of the per-image path (:func:`_batchable`) is decoded by
-    :func:`decode` alone. With ``batch_size=1`` the arrays equal :func:`decode`'s; batched, a
-    convolution may sum in another order, so on the CPU a few pixels can differ by one level
-    (tests/test_batch.py states the measured difference).
-
-    Args:
-        files: ``.jac`` bytes, paths or parsed :class:`~pillow_jac.container.JacFile` objects, mixed freely.
-        device: torch device (default: ``JAC_DEVICE`` or cpu).
-        batch_size: images per forward pass, at least 1.
-
-    Returns:
-        One uint8 array per file, in the order of ``files``, shaped as :func:`decode` returns it.
-
-    Raises:
-        ValueError: as :func:`decode`, for the first file that fails; nothing is returned then.
-    """
-    batch_size = _check_batch_size(batch_size)
-    parsed = [_parse(data) for data in files]
-    engines = []
-    for jac in parsed:
-        _check_size(jac.header)
-        engines.append(_engine_for(jac, device, None))
-    out: list[np.ndarray | None] = [None] * len(parsed)
-    keys = [
-        (id(engine), jac.header.y_shape) if _batchable(jac.header.y_shape) else ("alone", i)
-        for i, (jac, engine) in enumerate(zip(parsed, engines, strict=True))
-    ]
-    for members in _batch_groups(keys, batch_size):
-        engine = engines[members[0]]
-        if not _batchable(parsed[members[0]].header.y_shape):
-            (i,) = members
-            out[i] = decode(parsed[i], device=device)
-            continue
-        headers = [parsed[i].header for i in members]
-        y_hats = [_decode_latents(parsed[i], engine)[1] for i in members]
-        sizes = [(h.height, h.width) for h in headers]
-        rgbs = _synthesize_batch(y_hats, [h.quality for h in headers], sizes, engine)
-        for i, h, rgb in zip(members, headers, rgbs, strict=True):
-            out[i] = _to_layout(rgb, h.layout, _alpha_of(parsed[i]))
-    return out
+        return getattr(codec_batch, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -12,10 +12,15 @@ so that another CPU or BLAS build does not fail them.
 
 from __future__ import annotations
 
+import dataclasses
+import sys
+
 import numpy as np
 import pytest
+from PIL import Image
 
-from pillow_jac import codec, container, stripes
+import pillow_jac
+from pillow_jac import codec, codec_batch, container, stripes
 
 from .helpers import natural_image
 
@@ -116,19 +121,75 @@ def test_bad_batch_size(batch_size):
 
 
 def test_images_above_one_stripe_go_one_at_a_time(monkeypatch):
-    # stripes of 8 latent rows (the fewest): a 60-row image is one stripe, a 190-row image two
-    monkeypatch.setattr(stripes, "STRIPE_PIXELS", 1)
+    # stripes of 4096 pixels: 8 latent rows (the fewest) of a 64-pixel-wide image; a 60-row image is one
+    # stripe (4 latent rows), a 190-row image two (12)
+    monkeypatch.setattr(stripes, "STRIPE_PIXELS", 4096)
     small, large = natural_image(60, 64, seed=6), natural_image(190, 64, seed=7)
     calls = []
     encode, decode = codec.encode, codec.decode
-    monkeypatch.setattr(codec, "encode", lambda image, *a, **k: calls.append("encode") or encode(image, *a, **k))
-    monkeypatch.setattr(codec, "decode", lambda data, *a, **k: calls.append("decode") or decode(data, *a, **k))
+    monkeypatch.setattr(codec_batch, "encode", lambda image, *a, **k: calls.append("encode") or encode(image, *a, **k))
+    monkeypatch.setattr(codec_batch, "decode", lambda data, *a, **k: calls.append("decode") or decode(data, *a, **k))
     files = codec.encode_batch([large, small, small], QUALITY)
     assert calls == ["encode"]
     assert files[0] == encode(large, QUALITY)
     decoded = codec.decode_batch(files)
     assert calls == ["encode", "decode"]
     assert [d.shape for d in decoded] == [large.shape, small.shape, small.shape]
+
+
+def test_wide_images_are_not_batched(monkeypatch):
+    """A stripe has at least 8 latent rows, so a wide enough image of 8 rows holds more than a stripe's pixels: it
+    goes alone, or a batch of them would need batch_size times that memory."""
+    monkeypatch.setattr(stripes, "STRIPE_PIXELS", 4096)
+    wide = (8, 2)  # 8 latent rows of 2 columns: 4096 pixels, within 8 rows
+    assert codec_batch._batchable(wide)
+    assert not codec_batch._batchable((8, 3))  # 6144 pixels: above a stripe's, though within its fewest rows
+
+
+def test_one_item_for_a_list_is_refused():
+    image = natural_image(48, 48, seed=10)
+    for single in (image, image[:, :, 0], Image.fromarray(image)):
+        with pytest.raises(TypeError, match="images must be a list"):
+            codec.encode_batch(single, QUALITY)
+    data = codec.encode(image, QUALITY)
+    for single in (data, "x.jac", container.parse(data)):
+        with pytest.raises(TypeError, match="files must be a list"):
+            codec.decode_batch(single)
+    stacked = codec.encode_batch(np.stack([image, image]), QUALITY)  # (N, H, W, C): N images
+    assert stacked == [data, data]
+
+
+def test_errors_name_the_item():
+    image = natural_image(32, 32, seed=11)
+    good = codec.encode(image, QUALITY)
+    jac = container.parse(good)
+    bad = container.serialize(dataclasses.replace(jac, y_stream=b"\xff" * len(jac.y_stream)))
+    with pytest.raises(OSError) as info:
+        codec.decode_batch([good, bad, good])
+    assert info.value.batch_index == 1
+    if sys.version_info >= (3, 11):
+        assert info.value.__notes__ == ["(item 1 of the batch)"]
+    with pytest.raises(container.NotJacFileError) as info:  # a ValueError, as from decode()
+        codec.decode_batch([good, good, b"\x00not a jac file"])
+    assert info.value.batch_index == 2
+    with pytest.raises(ValueError, match="uint8") as info:
+        codec.encode_batch([image, image.astype(np.float32)], QUALITY)
+    assert info.value.batch_index == 1
+
+
+def test_options_as_the_single_image_calls_take_them():
+    from pillow_jac import generations
+
+    images = [natural_image(32, 40, seed=12), natural_image(32, 40, seed=13)]
+    files = codec.encode_batch(images, batch_size=np.int64(2))
+    assert files == codec.encode_batch(images, None, batch_size=2)  # None: the default quality, as encode() takes it
+    assert container.parse(files[0]).header.quality == container.parse(codec.encode(images[0])).header.quality
+    weights = generations.encoder(None).path
+    assert codec.encode_batch(images, weights=weights, batch_size=2) == files
+    decoded = codec.decode_batch(files, weights=weights, batch_size=np.int8(2))
+    assert all(np.array_equal(a, b) for a, b in zip(decoded, codec.decode_batch(files), strict=True))
+    assert pillow_jac.encode_batch is codec_batch.encode_batch is codec.encode_batch
+    assert pillow_jac.decode_batch is codec_batch.decode_batch
 
 
 def test_effort_refines_each_image():

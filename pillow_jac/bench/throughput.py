@@ -13,7 +13,7 @@ the same batch size (model loading, CUDA kernels). On CUDA, ``torch.cuda.max_mem
 reset before each timed call and read after it: the peak GPU memory of that call, weights included.
 
 Sizes too large to batch (more than one stripe of the per-image path, about 2 padded megapixels:
-:func:`pillow_jac.codec._batchable`) are coded one at a time whatever the batch size, so they are
+:func:`pillow_jac.codec_batch._batchable`) are coded one at a time whatever the batch size, so they are
 timed once, at batch size 1, over ``--large-images`` images.
 
 Each batched row also says how exactly batching reproduces the per-image path on that device: how
@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from .. import codec, container
+from .. import codec, codec_batch, container
 from .codecs import find_shared, load_rgb
 from .metrics import portable_path
 from .speed import tile_image
@@ -126,7 +126,7 @@ def run(
     rows: list[dict[str, Any]] = []
     for width, height in sizes:
         y_shape, _ = container.latent_shapes(width, height)
-        batched = codec._batchable(y_shape)
+        batched = codec_batch._batchable(y_shape)
         count = images if batched else large_images
         pictures = make_images(source, width, height, count)
         reference: tuple[list[bytes], list[np.ndarray]] | None = None

@@ -1,0 +1,316 @@
+"""Bulk coding: one forward pass of g_a or g_s for several images of the same padded size.
+
+:func:`encode_batch` and :func:`decode_batch` (also ``pillow_jac.codec.encode_batch`` and ``decode_batch``) give
+the files and pixels of :func:`encode` and :func:`decode`, image by image:
+only the float transforms (g_a and h_a, g_s; Minnen et al. 2018, fig. 1) run batched, and every image's latents
+are coded on their own by the exact latent coder (CODING.md section 3). Images larger than one stripe of the
+per-image path (:data:`pillow_jac.stripes.STRIPE_PIXELS`) are coded one at a time, where the stripes bound
+their memory. The README's "Bulk conversion on a GPU" gives the measured throughput.
+"""
+
+from __future__ import annotations
+
+import operator
+import os
+
+import numpy as np
+
+from . import container
+from .codec import (
+    _alpha_fields,
+    _alpha_of,
+    _as_array,
+    _check_size,
+    _color_planes,
+    _decode_latents,
+    _encoder_engine,
+    _engine_for,
+    _padded_pixels,
+    _parse,
+    _rounded,
+    _threads_for,
+    _to_layout,
+    _torch,
+    decode,
+    encode,
+)
+from .constants import DEFAULT_EFFORT, DEFAULT_QUALITY, EFFORT_ITERATIONS, validate_effort, validate_quality
+
+__all__ = ["encode_batch", "decode_batch"]
+
+
+def _batchable(latent_shape: tuple[int, int]) -> bool:
+    """Whether images of this latent shape run batched: those that the per-image path computes as one stripe.
+
+    Larger images (above about 2 padded megapixels, :data:`pillow_jac.stripes.STRIPE_PIXELS`, also when
+    they are wide enough for a stripe of the per-image path's fewest rows to hold more) go through
+    :func:`encode` and :func:`decode` one at a time, where the stripes
+    bound their memory.
+
+    Example:
+        >>> _batchable((32, 48)), _batchable((8, 1100))
+        (True, False)
+    """
+    from .stripes import FACTOR, STRIPE_PIXELS, stripe_rows_for
+
+    rows, columns = latent_shape
+    return rows <= stripe_rows_for(columns) and rows * columns * FACTOR * FACTOR <= STRIPE_PIXELS
+
+
+def _batch_groups(keys: list, batch_size: int) -> list[list[int]]:
+    """Indices grouped by equal key, in order of first appearance, cut into runs of at most ``batch_size``.
+
+    Example:
+        >>> _batch_groups(["a", "b", "a", "a", "b"], 2)
+        [[0, 2], [3], [1, 4]]
+    """
+    groups: dict = {}
+    for i, key in enumerate(keys):
+        groups.setdefault(key, []).append(i)
+    return [members[i : i + batch_size] for members in groups.values() for i in range(0, len(members), batch_size)]
+
+
+def _check_batch_size(batch_size) -> int:
+    """``batch_size`` as an int of at least 1 (numpy integers too; not bools or floats)."""
+    try:
+        size = None if isinstance(batch_size, bool) else operator.index(batch_size)
+    except TypeError:
+        size = None
+    if size is None or size < 1:
+        raise ValueError(f"batch_size must be an integer of at least 1, got {batch_size!r}")
+    return size
+
+
+def _items(things, what: str, single: tuple[type, ...]) -> list:
+    """``things`` as a list, refusing one item given where a list of them is expected."""
+    if isinstance(things, single) or hasattr(things, "getbands"):
+        raise TypeError(f"{what} must be a list (one item is a list of one), got {type(things).__name__}")
+    if isinstance(things, np.ndarray) and things.ndim < 4:
+        raise TypeError(
+            f"{what} must be a list of arrays or an (N, H, W, C) array, got one array of shape {things.shape} "
+            "(one image is a list of one)"
+        )
+    return list(things)
+
+
+def _naming_item(exc: BaseException, index: int) -> None:
+    """Mark ``exc`` with the index of the batch item it concerns: ``exc.batch_index`` and, on Python 3.11+, a note."""
+    exc.batch_index = index  # type: ignore[attr-defined]
+    if hasattr(exc, "add_note"):
+        exc.add_note(f"(item {index} of the batch)")
+
+
+def _analyze_batch(
+    colors: list[np.ndarray], quality: float, engine, effort: int
+) -> list[tuple[np.ndarray | None, np.ndarray]]:
+    """The per-image analysis for images of one latent shape, each one stripe: g_a, the gains and h_a in one pass.
+
+    Effort above 0 then refines each image's latents on its own, starting from its slice of the batch.
+    """
+    torch = _torch()
+    from .stripes import analyze_in_stripes
+
+    (yh, yw), _ = container.latent_shapes(colors[0].shape[1], colors[0].shape[0])
+    model = engine.model
+    with torch.inference_mode(), _threads_for(sum(c.shape[0] * c.shape[1] for c in colors), engine):
+        y = analyze_in_stripes(model.g_a, lambda a, b: _padded_pixels(colors, a, b, yw, engine.device), (yh, yw))
+        y = y * engine.gains(quality).to(y)
+        z = model.h_a(y) if engine.config.hyperprior else None
+    latents = []
+    for i, color in enumerate(colors):
+        y_i, z_i = y[i : i + 1], None if z is None else z[i : i + 1]
+        if effort:
+            from .model.refine import refine_latents
+
+            height, width = color.shape[:2]
+            with _threads_for(height * width, engine):
+                y_i, z_i = refine_latents(
+                    model, lambda a, b, c=color: _padded_pixels([c], a, b, yw, engine.device), y_i.clone(),
+                    None if z_i is None else z_i.clone(), quality, (height, width), EFFORT_ITERATIONS[effort],
+                )  # fmt: skip
+        latents.append((None if z_i is None else _rounded(z_i), _rounded(y_i)))
+    return latents
+
+
+def _file_bytes(arr: np.ndarray, layout: str, quality: float, engine, z_stream: bytes, y_stream: bytes) -> bytes:
+    """The ``.jac`` file of coded streams, without metadata or preview (as :func:`encode` writes it then)."""
+    height, width = arr.shape[:2]
+    jac = container.JacFile.create(
+        width=width, height=height, layout=layout, quality=quality, model_id=engine.model_id,
+        weights_hash=engine.weights_hash, z_stream=z_stream, y_stream=y_stream, **_alpha_fields(arr, layout),
+    )  # fmt: skip
+    return container.serialize(jac)
+
+
+def encode_batch(
+    images,
+    quality: float | None = DEFAULT_QUALITY,
+    *,
+    effort: int = DEFAULT_EFFORT,
+    device=None,
+    weights=None,
+    model: str | None = None,
+    batch_size: int = 8,
+) -> list[bytes]:
+    """Compress several images, running g_a and h_a for up to ``batch_size`` images of one padded size at once.
+
+    Images are grouped by their latent shape (width and height rounded up to a multiple of 64, as
+    padded); each group runs the analysis transforms in passes of at most ``batch_size`` images, then
+    every image is entropy coded on its own by the exact latent coder. An image larger than one
+    stripe of the per-image path (about 2 padded megapixels) is encoded by :func:`encode` alone. Peak
+    memory is about ``batch_size`` times that of one image of the group.
+
+    The files are those :func:`encode` writes without metadata: no ICC profile, EXIF, XMP or
+    preview. With ``batch_size=1`` they are the same bytes. A batched convolution may sum in another
+    order than a single one, so on the CPU a few latents can round the other way than in
+    :func:`encode` (the file is valid and decodes exactly as any other; tests/test_batch.py
+    states the measured difference).
+
+    Args:
+        images: a list of arrays or PIL images, as :func:`encode` takes them (any mix of sizes and layouts), or
+            one ``(N, H, W, C)`` array; one image is a list of one.
+        quality: 1 (smallest) to 8 (best), the same for every image (None: the default, as in :func:`encode`).
+        effort: 0 to 3, as in :func:`encode` (refinement runs per image).
+        device: torch device (default: ``JAC_DEVICE`` or cpu).
+        weights: a weights file to encode with, as in :func:`encode`.
+        model: ``model_id`` of the installed generation to encode with (default: the newest).
+        batch_size: images per forward pass, at least 1.
+
+    Returns:
+        The files, in the order of ``images``; an empty list for no images, without loading a model.
+
+    Raises:
+        TypeError: ``images`` is one image rather than a list of them.
+        ValueError: a bad option, or an image :func:`encode` refuses; the exception's ``batch_index`` (and,
+            on Python 3.11 and later, its note) names the image.
+
+    Example:
+        >>> import numpy as np
+        >>> from pillow_jac.codec import decode
+        >>> files = encode_batch([np.zeros((20, 30, 3), np.uint8), np.zeros((40, 9), np.uint8)], quality=2)
+        >>> [decode(f).shape for f in files]
+        [(20, 30, 3), (40, 9)]
+    """
+    images = _items(images, "images", (bytes, str, os.PathLike))
+    q = container.quantize_quality(validate_quality(DEFAULT_QUALITY if quality is None else quality))
+    effort = validate_effort(effort)
+    batch_size = _check_batch_size(batch_size)
+    arrays = []
+    for i, image in enumerate(images):
+        try:
+            arr = _as_array(image)
+            if max(arr[0].shape[:2]) > container.C.MAX_DIMENSION:
+                raise ValueError(f"images are limited to {container.C.MAX_DIMENSION} pixels per side")
+        except (TypeError, ValueError) as exc:
+            _naming_item(exc, i)
+            raise
+        arrays.append(arr)
+    if not arrays:
+        return []
+    engine = _encoder_engine(device, weights, model)
+    shapes = [container.latent_shapes(arr.shape[1], arr.shape[0])[0] for arr, _ in arrays]
+    out: list[bytes | None] = [None] * len(arrays)
+    keys = [shape if _batchable(shape) else ("alone", i) for i, shape in enumerate(shapes)]
+    for members in _batch_groups(keys, batch_size):
+        if not _batchable(shapes[members[0]]):
+            (i,) = members
+            out[i] = encode(arrays[i][0], q, effort=effort, device=device, weights=weights, model=model)
+            continue
+        colors = [_color_planes(*arrays[i]) for i in members]
+        for i, (z_hat, y_hat) in zip(members, _analyze_batch(colors, q, engine, effort), strict=True):
+            with _torch().inference_mode():
+                z_stream, y_stream = engine.latents.encode(z_hat, y_hat)
+            out[i] = _file_bytes(*arrays[i], q, engine, z_stream, y_stream)
+    return out
+
+
+def _synthesize_batch(y_hats: list[np.ndarray], qualities: list[float], sizes: list[tuple[int, int]], engine):
+    """g_s of one latent shape's images (each one stripe) in one pass: ``(H, W, 3)`` uint8 RGB per image.
+
+    Each image's pixels are converted and cropped to its ``(height, width)`` as :func:`decode` does.
+    """
+    torch = _torch()
+    from .stripes import synthesize_in_stripes
+
+    with torch.inference_mode(), _threads_for(sum(h * w for h, w in sizes), engine):
+        y = torch.from_numpy(np.stack(y_hats)).to(engine.device).float()
+        inverse = torch.cat([engine.gains(q, inverse=True) for q in qualities]).to(y)
+        y = y * inverse
+        if engine.device.type == "cpu":
+            y = y.contiguous(memory_format=torch.channels_last)
+        x_hat = synthesize_in_stripes(engine.synthesis, y)
+        return [
+            (x_hat[i, :, :h, :w].clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+            for i, (h, w) in enumerate(sizes)
+        ]
+
+
+def decode_batch(files, *, device=None, weights=None, batch_size: int = 8) -> list[np.ndarray]:
+    """Decompress several files, running g_s for up to ``batch_size`` images of one padded size at once.
+
+    Files are grouped by generation (the decoder the file names) and latent shape; every file's latents
+    are decoded on their own by the exact latent coder (they are the same as
+    :func:`~pillow_jac.codec.decode_symbols` gives), then each group runs the synthesis transform in passes
+    of at most ``batch_size`` images.
+    A file larger than one stripe of the per-image path (about 2 padded megapixels) is decoded by
+    :func:`decode` alone. With ``batch_size=1`` the arrays equal :func:`decode`'s; batched, a
+    convolution may sum in another order, so on the CPU a few pixels can differ by one level
+    (tests/test_batch.py states the measured difference).
+
+    Args:
+        files: a list of ``.jac`` bytes, paths or parsed :class:`~pillow_jac.container.JacFile` objects, mixed
+            freely; one file is a list of one.
+        device: torch device (default: ``JAC_DEVICE`` or cpu).
+        weights: a weights file holding the generation of every file, as in :func:`decode` (default: the
+            installed generation each file names).
+        batch_size: images per forward pass, at least 1.
+
+    Returns:
+        One uint8 array per file, in the order of ``files``, shaped as :func:`decode` returns it.
+
+    Raises:
+        TypeError: ``files`` is one file rather than a list, or an item is none of the above.
+        OSError, ValueError: as :func:`decode` raises them (a damaged file is both). Every file is read, checked
+            and given its decoder first, in order, then decoded; nothing is returned when one fails, and the
+            exception's ``batch_index`` (and, on Python 3.11 and later, its note) names the file.
+    """
+    files = _items(files, "files", (bytes, bytearray, memoryview, str, os.PathLike, container.JacFile))
+    batch_size = _check_batch_size(batch_size)
+    parsed, engines = [], []
+    for i, data in enumerate(files):
+        try:
+            jac = _parse(data)
+            _check_size(jac.header)
+            engines.append(_engine_for(jac, device, weights))
+        except (OSError, ValueError, TypeError) as exc:
+            _naming_item(exc, i)
+            raise
+        parsed.append(jac)
+    out: list[np.ndarray | None] = [None] * len(parsed)
+    keys = [
+        (id(engine), jac.header.y_shape) if _batchable(jac.header.y_shape) else ("alone", i)
+        for i, (jac, engine) in enumerate(zip(parsed, engines, strict=True))
+    ]
+    for members in _batch_groups(keys, batch_size):
+        engine = engines[members[0]]
+        if not _batchable(parsed[members[0]].header.y_shape):
+            (i,) = members
+            try:
+                out[i] = decode(parsed[i], device=device, weights=weights)
+            except (OSError, ValueError) as exc:
+                _naming_item(exc, i)
+                raise
+            continue
+        y_hats = []
+        for i in members:
+            try:
+                y_hats.append(_decode_latents(parsed[i], engine)[1])
+            except (OSError, ValueError) as exc:
+                _naming_item(exc, i)
+                raise
+        headers = [parsed[i].header for i in members]
+        sizes = [(h.height, h.width) for h in headers]
+        rgbs = _synthesize_batch(y_hats, [h.quality for h in headers], sizes, engine)
+        for i, h, rgb in zip(members, headers, rgbs, strict=True):
+            out[i] = _to_layout(rgb, h.layout, _alpha_of(parsed[i]))
+    return out
