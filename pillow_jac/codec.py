@@ -29,7 +29,7 @@ import os
 
 import numpy as np
 
-from . import container
+from . import container, interpreter_exit
 from .constants import (
     ALPHA_LAYOUTS,
     DEFAULT_EFFORT,
@@ -41,6 +41,7 @@ from .constants import (
     LAYOUTS,
     validate_effort,
 )
+from .interpreter_exit import counted
 
 _BATCH_API = ("encode_batch", "decode_batch")  # in pillow_jac/codec_batch.py, imported on first use (__getattr__)
 __all__ = ["encode", "decode", "encode_symbols", "decode_symbols", "CodecError", *_BATCH_API]
@@ -98,6 +99,7 @@ def _torch():
     return torch
 
 
+@counted
 def encode(
     image,
     quality: float | None = None,
@@ -214,6 +216,7 @@ def _analyze(color: np.ndarray, quality: float, engine, effort: int = 0) -> tupl
     return None if z is None else _rounded(z), _rounded(y)
 
 
+@counted
 def encode_symbols(
     image, quality: float = DEFAULT_QUALITY, *, effort: int = 0, device=None, weights=None, model: str | None = None
 ):
@@ -270,6 +273,7 @@ def _get_engine(device, weights):
         from . import latent_coding, stripes  # noqa: F401 - imported now, under the guard
         from .engine import get_engine
         from .model import refine  # noqa: F401
+    interpreter_exit.watch()  # after torch's import, so the exit waits for daemon threads before torch's handlers
     return get_engine(device, weights)
 
 
@@ -309,6 +313,7 @@ def _encoder_engine(device, weights, model):
     return engine
 
 
+@counted
 def decode_symbols(data, *, device=None, weights=None) -> tuple[np.ndarray | None, np.ndarray]:
     """The integer latents ``(z_hat, y_hat)`` of a file (``z_hat`` is None without hyperprior).
 
@@ -327,6 +332,7 @@ def _decode_latents(jac: container.JacFile, engine):
         return engine.latents.decode(jac.z_stream, jac.y_stream, h.z_shape, h.y_shape)
 
 
+@counted
 def decode(data, *, device=None, weights=None) -> np.ndarray:
     """Decompress ``.jac`` bytes, a ``.jac`` file's path, or a parsed :class:`~pillow_jac.container.JacFile`.
 

@@ -35,6 +35,7 @@ from .codec import (
     encode,
 )
 from .constants import DEFAULT_EFFORT, DEFAULT_QUALITY, EFFORT_ITERATIONS, validate_effort, validate_quality
+from .interpreter_exit import counted
 
 __all__ = ["encode_batch", "decode_batch"]
 
@@ -142,6 +143,7 @@ def _file_bytes(arr: np.ndarray, layout: str, quality: float, engine, z_stream: 
     return container.serialize(jac)
 
 
+@counted
 def encode_batch(
     images,
     quality: float | None = DEFAULT_QUALITY,
@@ -245,6 +247,7 @@ def _synthesize_batch(y_hats: list[np.ndarray], qualities: list[float], sizes: l
         ]
 
 
+@counted
 def decode_batch(files, *, device=None, weights=None, batch_size: int = 8) -> list[np.ndarray]:
     """Decompress several files, running g_s for up to ``batch_size`` images of one padded size at once.
 

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from .constants import ACTIVATION_BITS, ACTIVATION_LIMIT_BITS, MEAN_STEPS
 from .entropy_coding import CodingTables, EntropyCodingError, bytes_to_words, words_to_bytes
 from .forksafe import ForkSafeLock
+from .interpreter_exit import check
 from .mixture_coding import MixtureCoder
 from .model.integer import IntegerNetwork
 from .stripes import stripes
@@ -394,6 +395,7 @@ class LatentCoder:
             context_bias = context.bias.to(self.device)
         out = np.empty((H, W, M), np.int64)
         for rows, cols in wavefront_steps(H, W, slope):
+            check()  # a daemon thread stops here when the interpreter exits
             n = len(rows)
             rows_in = _padded_rows(n)
             # positions of one wavefront are consecutive rows with the column falling by `slope` per

@@ -34,6 +34,7 @@ from collections.abc import Callable, Iterator
 import torch
 
 from .constants import DOWNSAMPLING
+from .interpreter_exit import check
 
 __all__ = ["STRIPE_PIXELS", "HALO_ROWS", "stripes", "stripe_rows_for", "synthesize_in_stripes", "analyze_in_stripes"]
 
@@ -64,6 +65,7 @@ def stripes(rows: int, stripe_rows: int, halo: int = HALO_ROWS) -> Iterator[tupl
         [(0, 2, 0, 3), (2, 4, 1, 5), (4, 5, 3, 5)]
     """
     for a in range(0, rows, stripe_rows):
+        check()  # a daemon thread stops here when the interpreter exits (pillow_jac/interpreter_exit.py)
         b = min(rows, a + stripe_rows)
         yield a, b, max(0, a - halo), min(rows, b + halo)
 

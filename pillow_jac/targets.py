@@ -58,6 +58,7 @@ import numpy as np
 
 from . import codec, container
 from .constants import EFFORT_ITERATIONS, QUALITY_DENOMINATOR, QUALITY_MAX, QUALITY_MIN, validate_effort
+from .interpreter_exit import counted
 
 __all__ = [
     "TargetResult",
@@ -518,6 +519,7 @@ def _refine_for_psnr(c: _Candidates, target: float, k0: int, effort: int) -> tup
     return best
 
 
+@counted
 def encode_to_target(
     image,
     *,

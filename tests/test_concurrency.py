@@ -341,3 +341,60 @@ def test_fork_while_another_thread_imports_the_codec(tmp_path: Path, files: list
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stderr == ""  # no after-fork hook complained (a lock released that its fork never took)
+
+
+@pytest.mark.slow
+def test_interpreter_exit_during_a_daemon_threads_decode(tmp_path: Path) -> None:
+    """The main thread ends while a daemon thread makes its first decode: the process exits with its own status.
+
+    CPython ends daemon threads found running at finalisation inside whatever C++ they are in; a first decode
+    there (its model being built, or g_s running) aborted the process (SIGABRT, status 134) in every run
+    between torch's import and the end of the decode. The exit now waits for the decode to stop at its next
+    check (pillow_jac/interpreter_exit.py)."""
+    (tmp_path / "a.jac").write_bytes(codec.encode(fz.seed_image("RGB", 640, 448, seed=1), 4))
+    script = textwrap.dedent(
+        """
+        import sys, threading, time
+        from pillow_jac import codec
+
+        data = open(sys.argv[1], "rb").read()
+        started = threading.Event()
+
+        def work():
+            import torch  # about 1.5 s: the decode starts after it
+
+            started.set()
+            codec.decode(data)
+
+        threading.Thread(target=work, daemon=True).start()
+        started.wait()
+        time.sleep(0.3)
+        print("main thread done", flush=True)
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path / "a.jac")], capture_output=True, text=True, timeout=120, cwd=ROOT
+    )
+    assert (result.returncode, result.stdout, result.stderr) == (0, "main thread done\n", "")
+
+
+def test_check_stops_other_threads_at_exit(monkeypatch) -> None:
+    from pillow_jac import interpreter_exit
+
+    monkeypatch.setattr(interpreter_exit, "_stopped", [])
+    interpreter_exit.check()  # not exiting: nothing happens
+    monkeypatch.setattr(interpreter_exit, "_exiting", True)
+    interpreter_exit.check()  # the main thread is never stopped
+    outcome = []
+
+    def work() -> None:
+        try:
+            interpreter_exit.check()
+        except SystemExit as exc:
+            outcome.append(str(exc))
+
+    thread = threading.Thread(target=work)
+    thread.start()
+    thread.join()
+    assert outcome == ["pillow_jac: the interpreter is exiting"]
+    assert interpreter_exit._stopped == [thread]

@@ -42,6 +42,7 @@ from dataclasses import dataclass
 import torch
 
 from ..constants import DOWNSAMPLING, EFFORT_ITERATIONS, MAX_EFFORT
+from ..interpreter_exit import check
 from .mbt2018 import JointAutoregressiveHierarchicalPrior
 from .objective import quality_lambda
 
@@ -210,6 +211,7 @@ class _Search:
         optimizer = torch.optim.Adam(variables, lr=_learning_rate(self.iterations))
         with torch.enable_grad():
             for step in range(self.iterations):
+                check()  # a daemon thread stops here when the interpreter exits
                 tau = _temperature(step, self.iterations)
                 soft = latents(lambda v, tau=tau: sga_round(v, tau, self.generator))
                 grads = torch.autograd.grad(self.loss(*soft, x, weight, tile), variables)
