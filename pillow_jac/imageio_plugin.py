@@ -6,10 +6,14 @@ finds a Pillow format for file paths by itself, but it needs ``.jac`` in
 ``format=".jac"`` argument. :func:`register` adds that entry when imageio is installed (it is an
 optional dependency) and does nothing otherwise.
 
-The entry names :class:`JacPlugin` first: imageio's Pillow plugin, except that it refuses more than
-one frame when writing JAC (a ``.jac`` file holds one image, format_spec/SPEC.md section 1), with a
-``ValueError`` before anything is queued or written. imageio's own plugin would pass the frames to
-Pillow's ``save_all`` when the file is closed, and try again when the plugin object is collected.
+The entry names :class:`JacPlugin` first: imageio's Pillow plugin, except that when it writes JAC
+
+* it refuses more than one frame (a ``.jac`` file holds one image, format_spec/SPEC.md section 1), with a
+  ``ValueError`` before anything is queued or written. imageio's own plugin would pass the frames to
+  Pillow's ``save_all`` when the file is closed, and try again when the plugin object is collected;
+* it encodes in memory before it opens the file: imageio's own plugin opens (and so empties) the file
+  first, so a failed encode (a bad option, a size target below the smallest file) destroyed the file
+  that was there.
 
 Example:
     >>> import pillow_jac
@@ -21,6 +25,7 @@ Example:
 from __future__ import annotations
 
 import importlib.util
+import io
 from typing import Any
 
 __all__ = ["register", "EXTENSION", "PLUGIN_NAME"]
@@ -105,6 +110,16 @@ def _plugin_class() -> type:
                     raise ValueError(msg)
                 self._jac_frames = frames
             return super().write(ndimage, mode=mode, format=format, **kwargs)
+
+        def _flush_writer(self) -> None:
+            if not self.images_to_write or str(self.save_args.get("format", "")).upper() != "JAC":
+                return super()._flush_writer()
+            (image,) = self.images_to_write  # one frame: write() refuses more
+            self.images_to_write.clear()  # not tried again when the plugin is closed or collected
+            encoded = io.BytesIO()
+            image.save(encoded, **self.save_args)  # before the file is opened, which empties it
+            self._request.get_file().write(encoded.getvalue())
+            return None
 
     JacPlugin.__module__ = __name__
     return JacPlugin

@@ -131,6 +131,26 @@ def test_v3_invalid_quality(tmp_path: Path, rgb: np.ndarray) -> None:
         iio.imwrite(tmp_path / "bad.jac", rgb, quality=90)
 
 
+def test_failed_write_keeps_the_file_there(tmp_path: Path, rgb: np.ndarray, unraisable: list) -> None:
+    """imageio's Pillow plugin opens (empties) the output before Pillow encodes: a failed encode destroyed the
+    file that was there. The JAC plugin encodes first."""
+    path = tmp_path / "keep.jac"
+    iio.imwrite(path, rgb, quality=2)
+    before = path.read_bytes()
+    with pytest.raises(ValueError, match="too small"):
+        iio.imwrite(path, rgb, target_size=50)
+    with pytest.raises(ValueError, match="quality"):
+        iio.imwrite(path, rgb, quality=90)
+    with pytest.raises(ValueError, match="cannot write mode I;16"):
+        iio.imwrite(path, np.zeros((8, 8), np.uint16))
+    assert path.read_bytes() == before
+    with pytest.raises(ValueError, match="quality"):
+        iio.imwrite(tmp_path / "new.jac", rgb, quality=90)
+    gc.collect()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.jac"]  # no empty file for the failed new one
+    assert unraisable == []  # not tried again when the plugin was collected
+
+
 def test_improps(jac_file: Path) -> None:
     props = iio.improps(jac_file)
     assert props.shape == (40, 48, 3)
