@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 import pillow_jac
-from pillow_jac import codec, container, targets
+from pillow_jac import codec, container, target_search, targets
 
 SAMPLE = Path(__file__).resolve().parents[1] / "examples" / "sample.png"
 STEP = 1 / 256  # one stored quality step
@@ -62,7 +62,7 @@ def test_target_size_is_never_over_and_is_the_largest_quality(
         assert container.parse(result.data).header.quality == result.quality
         assert codec.encode(rgb, result.quality) == result.data  # the bytes of a plain encode at that quality
         # within the tolerance of the target, or one step more is already over it
-        if goal - result.size > targets._size_tolerance(goal):
+        if goal - result.size > target_search.size_tolerance(goal):
             assert len(codec.encode(rgb, result.quality + STEP)) > goal
         assert result.estimates >= 1 and result.encodes >= 1 and result.syntheses == 0
         assert result.seconds > 0 and not result.refined and result.psnr is None
@@ -300,6 +300,6 @@ def test_an_exact_decode_does_not_break_the_psnr_search(rgb: np.ndarray, monkeyp
         calls.append(1)
         return math.inf if len(calls) == 1 else real(reference, decoded)
 
-    monkeypatch.setattr(targets, "psnr", exact_at_first)
+    monkeypatch.setattr(target_search, "psnr", exact_at_first)
     result = targets.encode_to_target(rgb, target_psnr=25.0)
     assert result.psnr >= 25.0 and len(calls) >= 2
