@@ -388,8 +388,10 @@ def _encode_image(im: Image.Image, encoderinfo: dict[str, Any]) -> bytes:
     """:func:`encode_image` with the options as Pillow's ``encoderinfo`` dict."""
     im.load()  # a PNG's iTXt XMP or eXIf after its pixels reach im.info only now
     targets = {name: encoderinfo[name] for name in ("target_size", "target_psnr") if encoderinfo.get(name) is not None}
-    quality = encoderinfo.get("quality", None if targets else DEFAULT_QUALITY)
-    if quality is not None or not targets:
+    quality = encoderinfo.get("quality")
+    if quality is None and not targets:
+        quality = DEFAULT_QUALITY  # quality=None is the default, as encode() takes it
+    if quality is not None:
         quality = validate_quality(quality)
     effort = validate_effort(encoderinfo.get("effort", DEFAULT_EFFORT))
     meta: dict[str, bytes | None] = {}

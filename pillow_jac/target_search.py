@@ -297,6 +297,14 @@ def search_size(c: Candidates, target: int) -> tuple[int, bytes]:
             break
         k = nxt
     assert best is not None  # the loop ends with a fitting file or raises
+    if best[0] < Q16_MAX and hi is None:  # stopped within the tolerance, but quality 8 may fit as well
+        below = sorted(q for q in real if q < best[0])
+        if below and real[best[0]] > real[below[-1]]:  # the slope of the real sizes just below
+            slope = (real[best[0]] - real[below[-1]]) / (best[0] - below[-1])
+        if real[best[0]] + slope * (Q16_MAX - best[0]) <= goal:
+            data = c.encode(Q16_MAX)
+            if len(data) <= target:
+                best = (Q16_MAX, data)
     return best
 
 
@@ -312,11 +320,12 @@ def search_psnr(c: Candidates, target: float) -> tuple[int, float]:
             hi = k if hi is None else min(hi, k)
         else:
             lo = k if lo is None else max(lo, k)
-        if lo == Q16_MAX:
+        if lo == Q16_MAX and hi is None:
+            best = "" if len(values) == 1 else f" (the best of the {len(values)} tried: {max(values.values()):.2f} dB)"
             raise ValueError(
-                f"target_psnr {target:g} dB is too high: even quality {QUALITY_MAX:g} reaches {values[lo]:.2f} dB"
+                f"target_psnr {target:g} dB is too high: quality {QUALITY_MAX:g} reaches {values[lo]:.2f} dB{best}"
             )
-        if hi == Q16_MIN or (lo is not None and hi is not None and hi - lo <= 1):
+        if lo == Q16_MAX or hi == Q16_MIN or (lo is not None and hi is not None and abs(hi - lo) <= 1):
             break
         if hi is not None and values[hi] - target <= PSNR_TOLERANCE:
             break
@@ -337,10 +346,11 @@ def refine_for_size(c: Candidates, target: int, k0: int, effort: int) -> tuple[i
     """The refined file that fits ``target`` at the highest quality tried, starting at ``k0``; or None."""
     best: tuple[int, bytes] | None = None
     over: int | None = None  # the lowest quality whose refined file is too large
-    k, tried = k0, set()
+    k, sizes = k0, {}  # log(size) of the refined files by quality
+    aim = math.log(max(1.0, target - size_tolerance(target) / 2))
     for _ in range(MAX_REFINEMENTS):
         data = c.encode(k, effort)
-        tried.add(k)
+        sizes[k] = math.log(len(data))
         if len(data) <= target:
             if best is None or k > best[0]:
                 best = (k, data)
@@ -348,10 +358,10 @@ def refine_for_size(c: Candidates, target: int, k0: int, effort: int) -> tuple[i
                 break
         else:
             over = k if over is None else min(over, k)
-        # refinement moved the size at this quality; the usual slope says how far to move from here
-        aim = math.log(max(1.0, target - size_tolerance(target) / 2))
-        guess = k + (aim - math.log(len(data))) / _LOG_SIZE_SLOPE
-        nxt = _next_inside(guess, None if best is None else best[0], over, tried, True)
+        # refinement moved the size at this quality: the secant through the refined files says how far to move
+        # from here (the usual slope while there is one)
+        guess = _next_guess(sizes, None if best is None else best[0], over, aim, _LOG_SIZE_SLOPE)
+        nxt = _next_inside(guess, None if best is None else best[0], over, set(sizes), True)
         if nxt is None:
             break
         k = nxt
@@ -363,10 +373,10 @@ def refine_for_psnr(c: Candidates, target: float, k0: int, effort: int) -> tuple
     best: tuple[int, bytes, float] | None = None
     below: int | None = None  # the highest quality whose refined file falls short
     reached: int | None = None  # the lowest quality whose refined file reaches the target
-    k, tried = k0, set()
+    k, values = k0, {}  # PSNR of the refined files by quality
     for _ in range(MAX_REFINEMENTS):
         value = c.psnr(k, effort)
-        tried.add(k)
+        values[k] = min(value, _PSNR_CAP)
         if value >= target:
             data = c.encode(k, effort)
             reached = k if reached is None else min(reached, k)
@@ -376,8 +386,8 @@ def refine_for_psnr(c: Candidates, target: float, k0: int, effort: int) -> tuple
                 break
         else:
             below = k if below is None else max(below, k)
-        guess = k + (target + PSNR_TOLERANCE / 2 - value) / _PSNR_SLOPE
-        nxt = _next_inside(guess, below, reached, tried, False)
+        guess = _next_guess(values, below, reached, target + PSNR_TOLERANCE / 2, _PSNR_SLOPE)
+        nxt = _next_inside(guess, below, reached, set(values), False)
         if nxt is None:
             break
         k = nxt

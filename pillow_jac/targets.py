@@ -5,12 +5,15 @@ value is a valid quality: this module searches that value, as cwebp's ``-size`` 
 
 * ``target_size`` (bytes): the largest quality whose **whole file** (container, metadata, alpha and
   preview included) is at most that size, or a lower one whose file is within :data:`SIZE_TOLERANCE`
-  (at least :data:`SIZE_TOLERANCE_BYTES`) of it, where the search stops. The result is never larger;
+  (at least :data:`SIZE_TOLERANCE_BYTES`) of it, where the search stops (it still tries quality 8 when the
+  sizes it has seen say that fits too). The result is never larger;
   when even quality 1 is larger, :class:`ValueError` (there is no fallback: a file over the size asked
   for is never returned).
 * ``target_psnr`` (dB): the smallest quality whose **decoded file** reaches at least that PSNR, on its
-  8-bit colour planes (RGB, or the grey plane of L and LA; alpha is lossless and not counted). When even
-  quality 8 does not, :class:`ValueError`.
+  8-bit colour planes (RGB, or the grey plane of L and LA; alpha is lossless and not counted). When
+  quality 8 does not, and no quality tried does, :class:`ValueError`. The search takes the PSNR to rise
+  with the quality; on images of a few pixels it need not, and a lower quality that reaches the target may
+  then go unfound.
 
 How, at effort 0:
 
@@ -30,7 +33,8 @@ How, at effort 0:
    or to one step; the chosen quality is then coded once.
 
 Effort 1 to 3: the effort-0 search gives a quality; latent refinement then runs there and at up to
-:data:`MAX_REFINEMENTS` - 1 qualities predicted from how refinement moved the size (or the PSNR). The
+:data:`MAX_REFINEMENTS` - 1 qualities predicted by the secant through the refined files' sizes (or PSNRs),
+the usual slope while there is only one. The
 refined file that meets the target at the highest quality (size) or with the fewest bytes (PSNR) is
 returned; when none does, the effort-0 file, which meets it.
 

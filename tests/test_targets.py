@@ -135,7 +135,7 @@ def test_target_psnr_is_reached_by_the_smallest_quality(
 def test_psnr_targets_at_the_ends(rgb: np.ndarray) -> None:
     result = targets.encode_to_target(rgb, target_psnr=5.0)
     assert result.quality == 1.0 and result.psnr >= 5.0
-    with pytest.raises(ValueError, match="too high: even quality 8 reaches"):
+    with pytest.raises(ValueError, match="too high: quality 8 reaches"):
         targets.encode_to_target(rgb, target_psnr=80.0)
 
 
@@ -303,3 +303,71 @@ def test_an_exact_decode_does_not_break_the_psnr_search(rgb: np.ndarray, monkeyp
     monkeypatch.setattr(target_search, "psnr", exact_at_first)
     result = targets.encode_to_target(rgb, target_psnr=25.0)
     assert result.psnr >= 25.0 and len(calls) >= 2
+
+
+class CurveCandidates:
+    """A stand-in for :class:`~pillow_jac.target_search.Candidates`: sizes and PSNRs from given curves of the
+    quality, refined (effort above 0) or not, so that the searches can be tested on shapes Kodak does not give."""
+
+    def __init__(self, size, psnr, refined_size=None, refined_psnr=None) -> None:
+        self.size, self.value = size, psnr
+        self.refined_size, self.refined_value = refined_size or size, refined_psnr or psnr
+        self.height = self.width = 64
+        self.overhead = 100
+        self.estimates = self.encodes = self.syntheses = self.refinements = 0
+
+    def estimate(self, q16: int) -> float:
+        self.estimates += 1
+        return float(self.size(q16 / 256))
+
+    def encode(self, q16: int, effort: int = 0) -> bytes:
+        self.encodes += 1
+        return b"x" * int((self.refined_size if effort else self.size)(q16 / 256))
+
+    def psnr(self, q16: int, effort: int = 0) -> float:
+        self.syntheses += 1
+        return (self.refined_value if effort else self.value)(q16 / 256)
+
+
+def test_refinement_follows_the_refined_curve() -> None:
+    """Refinement that flattens the PSNR curve (about 0.65 dB per quality step, not Kodak's 2): the secant
+    through the refined points reaches the target within the refinements; the usual slope alone fell short
+    and returned the larger effort-0 file."""
+    c = CurveCandidates(
+        size=lambda q: 200 * q, psnr=lambda q: 20 + 2 * q,
+        refined_size=lambda q: 170 * q, refined_psnr=lambda q: 32.9 + 0.65 * (q - 6.5),
+    )  # fmt: skip
+    k0, _ = target_search.search_psnr(c, 33.0)  # effort 0: quality 6.5, where the refined file has 32.9 dB
+    k, data, value = target_search.refine_for_psnr(c, 33.0, k0, effort=1)
+    assert value >= 33.0 and len(data) < 200 * k0 / 256
+    c = CurveCandidates(
+        size=lambda q: 1000 * math.exp(0.4 * (q - 4)), psnr=lambda q: 30,
+        refined_size=lambda q: 1149 * math.exp(0.3 * (q - 4)),
+    )  # fmt: skip
+    k0, _ = target_search.search_size(c, 3000)
+    k, data = target_search.refine_for_size(c, 3000, k0, effort=1)
+    assert 3000 - target_search.size_tolerance(3000) <= len(data) <= 3000
+
+
+def test_size_search_takes_quality_8_when_it_fits_too() -> None:
+    """A target a few bytes above quality 8's file: the search stopped within its tolerance below quality 8."""
+    c = CurveCandidates(size=lambda q: 1530 * math.exp(0.03 * (q - 8)), psnr=lambda q: 30)
+    k, data = target_search.search_size(c, 1535)
+    assert (k, len(data)) == (8 * 256, 1530)
+
+
+def test_psnr_search_keeps_a_lower_quality_that_reaches_the_target() -> None:
+    """On tiny images the PSNR need not rise with the quality: a quality that reaches the target is returned
+    even when quality 8 does not; and when none tried does, the error says what quality 8 reaches."""
+    c = CurveCandidates(size=lambda q: 100 * q, psnr=lambda q: 40 + q if q < 7 else 40)
+    k, value = target_search.search_psnr(c, 44.5)
+    assert value >= 44.5 and k < 7 * 256
+    c = CurveCandidates(size=lambda q: 100 * q, psnr=lambda q: 41.42)
+    with pytest.raises(ValueError, match=r"too high: quality 8 reaches 41.42 dB \(the best of the \d+ tried"):
+        target_search.search_psnr(c, 42.0)
+
+
+def test_pillow_save_takes_quality_none(rgb: np.ndarray) -> None:
+    out = io.BytesIO()
+    Image.fromarray(rgb).save(out, "JAC", quality=None)
+    assert out.getvalue() == codec.encode(rgb)
