@@ -30,7 +30,7 @@ import os
 import re
 import secrets
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -58,30 +58,19 @@ def write_atomic(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) ->
         OSError: ``path`` cannot be written (the error's ``filename`` is ``path``), or ``write`` raised it.
     """
     if _is_special(path):
-        try:
-            with open(path, "ab") as f:  # appending: a shell's ">>" behind /dev/stdout is not truncated
-                write(f)
-        except OSError as e:
-            restated = _about(e, Path(path), None)
-            if restated is None:
-                raise
-            raise restated from e
+        with _about(Path(path), None), open(path, "ab") as f:  # appending: a shell's ">>" is not truncated
+            write(f)
         return
     path = Path(os.path.realpath(path)) if os.path.islink(path) else Path(path)
     mode = _existing_mode(path)
     fd, tmp = _create_temporary(path)
     try:
-        try:
+        with _about(path, tmp):
             with os.fdopen(fd, "wb") as f:
                 write(f)
             if mode is not None:
                 os.chmod(tmp, mode)
             os.replace(tmp, path)
-        except OSError as e:
-            restated = _about(e, path, tmp)
-            if restated is None:
-                raise
-            raise restated from e
     except BaseException:
         _remove_temporary(tmp)
         raise
@@ -123,11 +112,10 @@ def _create_temporary(path: Path) -> tuple[int, str]:
     for _ in range(100):
         tmp = os.path.join(path.parent, f".jac-{secrets.token_hex(4)}.tmp")
         try:
-            return os.open(tmp, flags, 0o666), tmp
+            with _about(path, tmp):
+                return os.open(tmp, flags, 0o666), tmp
         except FileExistsError:
             continue
-        except OSError as e:
-            raise (_about(e, path, tmp) or e) from None
         except BaseException:
             # Python checks for Ctrl-C (and a batch worker's cancellation) as os.open returns: the file
             # exists then, but the caller never learns its name, so it is removed here
@@ -142,11 +130,18 @@ def _remove_temporary(tmp: str) -> None:
         os.unlink(tmp)
 
 
-def _about(e: OSError, path: Path, tmp: str | None) -> OSError | None:
-    """``e`` restated about ``path`` if it names the temporary file ``tmp`` or no file (a full disk); else None."""
-    if e.errno is None or e.filename not in (None, tmp):
-        return None
-    return type(e)(e.errno, e.strerror, str(path))
+@contextlib.contextmanager
+def _about(path: Path, tmp: str | None) -> Iterator[None]:
+    """Restate an :class:`OSError` of the block about ``path``.
+
+    Only one that names the temporary file ``tmp`` or no file (a full disk); others pass as they are.
+    """
+    try:
+        yield
+    except OSError as e:
+        if e.errno is None or e.filename not in (None, tmp):
+            raise
+        raise type(e)(e.errno, e.strerror, str(path)) from e
 
 
 def save(image: Any, path: str | os.PathLike, **options: Any) -> None:
