@@ -10,6 +10,7 @@ JSON. The parent samples the child's RSS with psutil (when installed) and kills 
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import resource
@@ -114,15 +115,7 @@ from PIL import Image
 import compressai
 from compressai.models import JointAutoregressiveHierarchicalPriors
 
-def max_rss():
-    try:
-        with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
+_MAX_RSS_SOURCE
 
 device = spec.get("device") or "cpu"
 def sync():
@@ -135,7 +128,7 @@ net.update(force=True)
 with torch.no_grad():
     warm = net.compress(torch.rand(1, 3, 64, 64, device=device))
     net.decompress(warm["strings"], warm["shape"])
-    baseline = max_rss()
+    baseline = _max_rss()
     times = []
     if spec["op"] == "encode":
         path = spec["input"]
@@ -160,10 +153,11 @@ with torch.no_grad():
             net.decompress(d["strings"], d["shape"])
             sync(); times.append(time.perf_counter() - t0)
 nbytes = sum(len(s) for group in strings for s in group)
-print("RESULT " + json.dumps({"times_s": times, "baseline_rss": baseline, "peak_rss": max_rss(),
+print("RESULT " + json.dumps({"times_s": times, "baseline_rss": baseline, "peak_rss": _max_rss(),
       "bytes": nbytes, "bpp": 8.0 * nbytes / pixels, "compressai": compressai.__version__,
       "torch": torch.__version__}), flush=True)
 """
+COMPRESSAI_CHILD = COMPRESSAI_CHILD.replace("_MAX_RSS_SOURCE\n", inspect.getsource(_max_rss))  # one source
 
 
 def measure_in_subprocess(
