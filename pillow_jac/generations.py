@@ -17,6 +17,13 @@ The first full file found for a generation wins, else its first decoder file. On
 read here (the safetensors header, parsed as JSON without torch), so listing generations and ``jac
 info`` stay cheap; the engine checks every hash when it loads a file (:func:`pillow_jac.weights.verify`).
 
+The package's ``weights/released.json`` (:func:`released`) names every released generation's
+``weights_hash`` and ``decoder_hash``, and only grows. A weights file that claims a released ``model_id``
+with another decoder is skipped here, with a warning, and refused when loaded: a generation released
+before decoder hashes existed (release 6) writes a header hash that does not cover its decoder, so
+without the table a re-sealed file with another decoder would decode its files to other pixels. A file
+shorter than its header says is skipped too, so a damaged copy does not hide a good one.
+
 Example:
     >>> [g.model_id for g in installed()][:1]
     ['mbt-128-192-r006']
@@ -47,12 +54,17 @@ __all__ = [
     "default_weights_path",
     "DEFAULT_WEIGHTS_NAME",
     "KEPT_DIR",
+    "RELEASED_NAME",
+    "released",
+    "released_problem",
 ]
 
 #: the full weights file of the newest generation, in the package's weights folder
 DEFAULT_WEIGHTS_NAME = "mbt2018-n128m192.safetensors"
 #: the subfolder of the package's weights folder that holds the kept generations' decoder files
 KEPT_DIR = "generations"
+#: the table of released generations in the package's weights folder (model_id -> weights_hash, decoder_hash)
+RELEASED_NAME = "released.json"
 #: the most bytes of weights the wheel ships: the newest generation's full file (29.4 MB for
 #: N=128/M=192) plus the kept generations' decoder files (19.2 MB each), so three kept generations fit;
 #: an older one then leaves the package and is kept through JAC_MODELS (SPEC.md section 9.2)
@@ -117,6 +129,12 @@ def default_weights_path() -> Path:
 
 def _manifest(path: Path) -> dict[str, str] | None:
     """The safetensors metadata of ``path``, or None if it is not a readable safetensors file."""
+    read = _header(path)
+    return None if read is None else read[0]
+
+
+def _header(path: Path) -> tuple[dict[str, str], int] | None:
+    """The safetensors metadata of ``path`` and the file size its header declares, or None if unreadable."""
     try:
         with open(path, "rb") as f:
             head = f.read(8)
@@ -129,7 +147,66 @@ def _manifest(path: Path) -> dict[str, str] | None:
     except (OSError, ValueError):
         return None
     meta = header.get("__metadata__") if isinstance(header, dict) else None
-    return meta if isinstance(meta, dict) else None
+    if not isinstance(meta, dict):
+        return None
+    ends = [v.get("data_offsets", [0, 0])[1] for k, v in header.items() if k != "__metadata__" and isinstance(v, dict)]
+    try:
+        declared = 8 + size + max((int(e) for e in ends), default=0)
+    except (TypeError, ValueError):
+        return None
+    return meta, declared
+
+
+_RELEASED: dict[tuple, dict[str, dict[str, str]]] = {}
+
+
+def released() -> dict[str, dict[str, str]]:
+    """Every released generation: ``{model_id: {"weights_hash": hex, "decoder_hash": hex}}``.
+
+    From the package's ``weights/released.json``, which a release appends to and nothing else changes
+    (SPEC.md section 9.2). An unreadable table is an error: without it a lookalike file could pass.
+
+    Example:
+        >>> released()["mbt-128-192-r006"]["decoder_hash"]
+        '1aa14a9029b4f76c'
+    """
+    path = package_weights_dir() / RELEASED_NAME
+    try:
+        stat = path.stat()
+        key = (str(path), stat.st_size, stat.st_mtime_ns)
+        if key not in _RELEASED:
+            table = json.loads(path.read_text())
+            if not isinstance(table, dict) or not all(
+                isinstance(e, dict) and {"weights_hash", "decoder_hash"} <= set(e) for e in table.values()
+            ):
+                raise ValueError("not a table of model_id -> weights_hash, decoder_hash")
+            _RELEASED.clear()
+            _RELEASED[key] = table
+    except (OSError, ValueError) as exc:
+        raise ModelNotInstalledError(f"{path}: the table of released generations cannot be read ({exc})") from None
+    return _RELEASED[key]
+
+
+def released_problem(model_id: str, weights_hash: str, decoder_hash: str) -> str | None:
+    """Why weights naming ``model_id`` are not that released generation (None if they are, or it is unreleased)."""
+    entry = released().get(model_id)
+    if entry is None or (entry["weights_hash"], entry["decoder_hash"]) == (weights_hash, decoder_hash):
+        return None
+    return (
+        f"it claims the released generation {model_id!r} but holds another one (weights_hash {weights_hash}, "
+        f"decoder_hash {decoder_hash}; released: {entry['weights_hash']}, {entry['decoder_hash']}): "
+        "a changed decoder is a new generation, with a new model_id"
+    )
+
+
+#: weights files already warned about (skipped as lookalikes of a released generation, or as truncated)
+_WARNED_SKIPPED: set[str] = set()
+
+
+def _skip(path: Path, why: str) -> None:
+    if str(path) not in _WARNED_SKIPPED:
+        _WARNED_SKIPPED.add(str(path))
+        warnings.warn(f"weights file {path} is skipped: {why}", stacklevel=4)
 
 
 _CACHE: dict[tuple, Generation | None] = {}
@@ -146,9 +223,19 @@ def _generation(path: Path) -> Generation | None:
     with _CACHE_LOCK:
         if key in _CACHE:
             return _CACHE[key]
-    meta = _manifest(path)
+    read = _header(path)
+    meta, declared = read if read is not None else (None, 0)
     gen = None
-    if meta is not None:
+    if meta is not None and declared > stat.st_size:
+        _skip(path, f"it is {stat.st_size} bytes, shorter than the {declared} its header declares (damaged)")
+    elif meta is not None:
+        problem = released_problem(
+            str(meta.get("model_id")), str(meta.get("weights_hash")), str(meta.get("decoder_hash"))
+        )
+        if problem is not None:
+            _skip(path, problem)
+            meta = None
+    if meta is not None and declared <= stat.st_size:
         try:
             gen = Generation(
                 model_id=str(meta["model_id"]),

@@ -339,7 +339,12 @@ def read_manifest(metadata: dict[str, str], path: str | Path = "weights") -> Man
 
 
 def verify(tensors: dict[str, torch.Tensor], metadata: dict[str, str], path: str | Path = "weights") -> Manifest:
-    """Check a weights file's manifest and its hashes against its tensors (:class:`WeightsError` if not)."""
+    """Check a weights file's manifest, its hashes against its tensors, and a released generation's decoder.
+
+    Raises:
+        WeightsError: the manifest is incomplete, a hash does not match the tensors, or the file claims a
+            released generation (:func:`pillow_jac.generations.released`) with another decoder.
+    """
     manifest = read_manifest(metadata, path)
     checks = [("decoder", decoder_hash(tensors, metadata), manifest.decoder_hash)]
     if manifest.can_encode:
@@ -349,6 +354,11 @@ def verify(tensors: dict[str, torch.Tensor], metadata: dict[str, str], path: str
             raise WeightsError(
                 f"weights file {path} is damaged: {part} hash {actual} does not match its manifest {expected}"
             )
+    from .generations import released_problem
+
+    problem = released_problem(manifest.model_id, manifest.weights_hash, manifest.decoder_hash)
+    if problem is not None:  # a re-sealed lookalike of a released generation (SPEC.md section 9.2)
+        raise WeightsError(f"weights file {path} is refused: {problem}")
     return manifest
 
 

@@ -201,8 +201,21 @@ def test_release_command_keeps_the_old_generation_and_makes_vectors(
     kept = weights_dir / generations.KEPT_DIR / f"{SHIPPED_ID}.safetensors"
     _, kept_meta = weights.load_weights(kept)
     assert kept_meta["layout"] == "decoder" and kept_meta["weights_hash"] == "19772a6335c73e41"
+    _, new_meta = weights.load_weights(weights_dir / generations.DEFAULT_WEIGHTS_NAME)
+    table = json.loads((weights_dir / generations.RELEASED_NAME).read_text())
+    assert table[new_id] == {"weights_hash": new_meta["weights_hash"], "decoder_hash": new_meta["decoder_hash"]}
+    assert table[SHIPPED_ID] == generations.released()[SHIPPED_ID]
+    listing = sorted(p.name for p in weights_dir.rglob("*"))
     with pytest.raises(weights.WeightsError, match="existing generation"):
         release.release(tmp_path / "ckpt.safetensors", 7, weights_dir, tmp_path / "vectors2", {})
+    with pytest.raises(weights.WeightsError, match="release 5 is not above release 7"):
+        release.release(tmp_path / "ckpt.safetensors", 5, weights_dir, tmp_path / "vectors2", {})
+    (tmp_path / "vectors3" / "mbt-8-12-r009").mkdir(parents=True)
+    (tmp_path / "vectors3" / "mbt-8-12-r009" / "vectors.json").write_text("{}")
+    with pytest.raises(weights.WeightsError, match="mbt-8-12-r009 is an existing generation"):
+        release.release(tmp_path / "ckpt.safetensors", 9, weights_dir, tmp_path / "vectors3", {})
+    assert sorted(p.name for p in weights_dir.rglob("*")) == listing  # a refused release writes nothing
+    assert not (tmp_path / "vectors2").exists()
     monkeypatch.setenv("JAC_WEIGHTS", str(weights_dir / generations.DEFAULT_WEIGHTS_NAME))
     table = json.loads((tmp_path / "vectors" / new_id / "vectors.json").read_text())
     assert len(table) == 9
@@ -246,3 +259,89 @@ def test_jac_weights_that_names_no_encoder_is_an_error(tmp_path: Path, monkeypat
     full = generations.encoder(SHIPPED_ID).path
     monkeypatch.setenv("JAC_WEIGHTS", str(Path(os.path.relpath(full))))  # the shipped file by another path
     assert generations.encoder().model_id == SHIPPED_ID
+
+
+# -- released generations are pinned ------------------------------------------------------------------
+
+
+def test_the_released_table_pins_release_6() -> None:
+    """The released decoder of release 6, as the model card records it; every shipped or kept generation and
+    every vectors folder of a generation is in the table. A changed release-6 decoder, re-sealed, keeps its
+    header hash (a legacy hash does not cover the decoder): this table is what catches it."""
+    table = generations.released()
+    assert table[SHIPPED_ID] == {"weights_hash": "19772a6335c73e41", "decoder_hash": "1aa14a9029b4f76c"}
+    for gen in generations.installed():
+        _, meta = weights.load_weights(gen.path)
+        assert table[gen.model_id] == {"weights_hash": meta["weights_hash"], "decoder_hash": meta["decoder_hash"]}
+    folders = [f.name for f in VECTORS.iterdir() if (f / "vectors.json").is_file()]
+    assert folders and set(folders) <= set(table)
+
+
+def lookalike(folder: Path) -> Path:
+    """Release 6's full file with one decoder tensor changed and re-sealed: same model_id and header hash."""
+    tensors, metadata = shipped()
+    tensors = dict(tensors, **{"float.g_s.6.bias": tensors["float.g_s.6.bias"] + 0.05})
+    folder.mkdir(exist_ok=True)
+    path = folder / "finetuned.safetensors"
+    weights.save_weights(path, tensors, weights.seal(tensors, metadata))
+    return path
+
+
+def test_a_lookalike_of_a_released_generation_is_skipped_and_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = lookalike(tmp_path / "models")
+    entry = r006_vectors()[0]
+    data = (VECTORS / SHIPPED_ID / entry["file"]).read_bytes()
+    monkeypatch.setenv("JAC_MODELS", str(path.parent))
+    monkeypatch.setattr(generations, "_WARNED_SKIPPED", set())
+    with pytest.warns(UserWarning, match="skipped: it claims the released generation 'mbt-128-192-r006'"):
+        found = generations.find(SHIPPED_ID, bytes.fromhex("19772a6335c73e41"))
+    assert found.path.name == generations.DEFAULT_WEIGHTS_NAME  # the package's own file, not the lookalike
+    from .test_vectors import make_vectors
+
+    assert make_vectors.digest(codec.decode(data)) == entry["pixels_sha256"]
+    with pytest.raises(weights.WeightsError, match="refused: it claims the released generation"):
+        codec.decode(data, weights=path)
+
+
+def test_a_truncated_copy_does_not_hide_a_good_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    full = generations.package_weights_dir() / generations.DEFAULT_WEIGHTS_NAME
+    (tmp_path / "copy.safetensors").write_bytes(full.read_bytes()[:15_000_000])
+    monkeypatch.setenv("JAC_MODELS", str(tmp_path))
+    monkeypatch.setattr(generations, "_WARNED_SKIPPED", set())
+    with pytest.warns(UserWarning, match="shorter than the .* its header declares"):
+        assert [g.path for g in generations.installed() if g.model_id == SHIPPED_ID] == [full]
+
+
+def test_an_encoder_update_refuses_another_decoder_or_architecture(tmp_path: Path) -> None:
+    """release --encoder-update took only the encoder tensors, so it compared the old decoder with itself."""
+    import shutil
+
+    from pillow_jac.engine import load_model
+    from pillow_jac.training import release
+
+    weights_dir = tmp_path / "weights"
+    weights_dir.mkdir()
+    full = weights_dir / generations.DEFAULT_WEIGHTS_NAME
+    shutil.copyfile(generations.package_weights_dir() / generations.DEFAULT_WEIGHTS_NAME, full)
+    before = full.read_bytes()
+    model = load_model(full)
+    with torch.no_grad():
+        model.g_s[0].weight.mul_(1.5)
+    weights.save_float_state(tmp_path / "other_decoder.safetensors", model.state_dict(), model.config, {})
+    with pytest.raises(weights.WeightsError, match="decoder is not the generation's"):
+        release.encoder_update(tmp_path / "other_decoder.safetensors", weights_dir, {})
+    tiny = JointAutoregressiveHierarchicalPrior(ModelConfig(N=8, M=12))
+    weights.save_float_state(tmp_path / "tiny.safetensors", tiny.state_dict(), tiny.config, {})
+    with pytest.raises(weights.WeightsError, match="another architecture"):
+        release.encoder_update(tmp_path / "tiny.safetensors", weights_dir, {})
+    assert full.read_bytes() == before
+    model = load_model(full)
+    with torch.no_grad():
+        model.g_a[0].weight.mul_(1.01)
+    weights.save_float_state(tmp_path / "new_encoder.safetensors", model.state_dict(), model.config, {})
+    assert release.encoder_update(tmp_path / "new_encoder.safetensors", weights_dir, {}) == SHIPPED_ID
+    _, meta = weights.load_weights(full)
+    assert (meta["weights_hash"], meta["decoder_hash"]) == ("19772a6335c73e41", "1aa14a9029b4f76c")
+    assert meta["encoder_hash"] != "b0665e7c9c9f2aa9"

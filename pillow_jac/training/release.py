@@ -8,11 +8,18 @@
 2. freezes the checkpoint (:func:`pillow_jac.training.freeze.freeze`) into the package's full weights
    file, which makes it the default encoder; its ``model_id`` must be new;
 3. makes the new generation's test vectors in ``format_spec/vectors/<model_id>/``;
-4. checks that every generation's vectors still decode (``format_spec/conformance.py``).
+4. adds it to the table of released generations (``released.json`` in the weights folder,
+   :func:`pillow_jac.generations.released`);
+5. checks that every generation's vectors still decode (``format_spec/conformance.py``).
+
+Before writing anything it refuses a ``model_id`` that exists anywhere (an installed or released
+generation, a file in the weights folder, a vectors folder) and a release number not above every
+release it can see: a release never replaces a generation or its vectors.
 
 ``--encoder-update`` instead replaces only the encoder of the current generation (g_a, h_a, the
 forward gains) with the checkpoint's: the decoder and its hash stay, so no vectors change and no
-generation is added. It refuses a checkpoint whose decoder differs.
+generation is added. It refuses a checkpoint of another architecture, or whose decoder, frozen, is
+not the generation's.
 
 ``--weights-dir`` and ``--vectors-dir`` point elsewhere (the tests use temporary folders).
 """
@@ -20,12 +27,15 @@ generation is added. It refuses a checkpoint whose decoder differs.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib.util
+import json
 import sys
 from pathlib import Path
 
 from .. import generations
 from ..engine import build_model
+from ..model.mbt2018 import ModelConfig
 from ..weights import WeightsError, decoder_only, load_weights, save_weights, seal, verify
 from .freeze import freeze
 
@@ -56,25 +66,59 @@ def keep_generation(full: Path, weights_dir: Path) -> Path:
     return target
 
 
+def _existing(weights_dir: Path, vectors_dir: Path) -> dict[str, int | None]:
+    """Every generation a release must not reuse: ``{model_id: release number or None}``."""
+    found: dict[str, int | None] = {g.model_id: g.release for g in generations.installed()}
+    for path in [weights_dir / generations.DEFAULT_WEIGHTS_NAME, *(weights_dir / generations.KEPT_DIR).glob("*")]:
+        gen = generations._generation(path) if path.is_file() else None
+        if gen is not None:
+            found[gen.model_id] = gen.release
+        elif path.is_file() and path.suffix == ".safetensors":
+            raise WeightsError(f"{path} is not a readable weights file: remove or repair it before a release")
+    for model_id in (*generations.released(), *_released_table(weights_dir)):
+        found.setdefault(model_id, None)
+    if vectors_dir.is_dir():
+        for folder in vectors_dir.iterdir():
+            if (folder / "vectors.json").is_file():
+                found.setdefault(folder.name, None)
+    return found
+
+
+def _released_table(weights_dir: Path) -> dict[str, dict[str, str]]:
+    path = weights_dir / generations.RELEASED_NAME
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
 def release(checkpoint: Path, number: int, weights_dir: Path, vectors_dir: Path, notes: dict[str, str]) -> str:
-    """Add the generation frozen from ``checkpoint``; returns its ``model_id``."""
+    """Add the generation frozen from ``checkpoint``; returns its ``model_id``.
+
+    Raises:
+        WeightsError: the ``model_id`` exists, or the release number is not above every one there is (nothing
+            is written then).
+    """
     tensors, metadata = load_weights(checkpoint)
     new_tensors, new_meta = freeze(build_model(tensors, metadata), number, notes)
     new_id = new_meta["model_id"]
-    taken = {g.model_id for g in generations.installed()}
+    existing = _existing(weights_dir, vectors_dir)
+    if new_id in existing:
+        raise WeightsError(f"{new_id} is an existing generation: a release needs a new --release number")
+    numbers = [n for n in existing.values() if n is not None]
+    if numbers and number <= max(numbers):
+        raise WeightsError(f"release {number} is not above release {max(numbers)}: the newest generation encodes")
     full = weights_dir / generations.DEFAULT_WEIGHTS_NAME
     if full.exists():
         _, old_meta = load_weights(full)
-        taken.add(old_meta.get("model_id"))
         kept = keep_generation(full, weights_dir)
         print(f"kept {old_meta.get('model_id')} as {kept}")
-    if new_id in taken:
-        raise WeightsError(f"{new_id} is an existing generation: a release needs a new --release number")
     save_weights(full, new_tensors, new_meta)
     print(f"wrote {full}: {new_id}, hash {new_meta['weights_hash']}")
     make_vectors = _load_script("make_vectors")
     table = make_vectors.make(vectors_dir / new_id, vectors_dir / "sources", weights=full)
     print(f"wrote {len(table)} vectors to {vectors_dir / new_id}")
+    entries = {**generations.released(), **_released_table(weights_dir)}
+    entries[new_id] = {"weights_hash": new_meta["weights_hash"], "decoder_hash": new_meta["decoder_hash"]}
+    (weights_dir / generations.RELEASED_NAME).write_text(json.dumps(entries, indent=2) + "\n")
+    print(f"added {new_id} to {weights_dir / generations.RELEASED_NAME}")
     total = sum(f.stat().st_size for f in [full, *(weights_dir / generations.KEPT_DIR).glob("*.safetensors")])
     if total > generations.PACKAGE_BUDGET_BYTES:
         print(
@@ -91,9 +135,17 @@ def encoder_update(checkpoint: Path, weights_dir: Path, notes: dict[str, str]) -
     tensors, metadata = load_weights(full)
     old = verify(tensors, metadata, full)
     source, source_meta = load_weights(checkpoint)
-    candidate, _ = freeze(build_model(source, source_meta), old.release or 0)
-    from ..weights import ENCODER_PREFIXES
+    model = build_model(source, source_meta)
+    released_config = ModelConfig(**json.loads(metadata["config"]))
+    if dataclasses.replace(model.config, lambdas=released_config.lambdas) != released_config:  # the ladder may move
+        raise WeightsError(f"{checkpoint} is another architecture than {old.model_id}: an encoder update keeps it")
+    candidate, _ = freeze(model, old.release or 0)
+    from ..weights import DECODER_PREFIXES, ENCODER_PREFIXES, decoder_hash
 
+    frozen_decoder = {k: v for k, v in candidate.items() if k.startswith(DECODER_PREFIXES)}
+    kept = {k: v for k, v in tensors.items() if not k.startswith(DECODER_PREFIXES)}
+    if decoder_hash({**kept, **frozen_decoder}, metadata) != old.decoder_hash:  # the checkpoint's own decoder
+        raise WeightsError("the checkpoint's decoder is not the generation's: release it as a new generation")
     updated = dict(tensors)
     updated.update({k: v for k, v in candidate.items() if k.startswith(ENCODER_PREFIXES)})
     new_meta = seal(updated, {**metadata, **notes})
