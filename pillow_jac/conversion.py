@@ -9,6 +9,7 @@ input or output; and errors come as one line (:func:`one_line`).
 
 from __future__ import annotations
 
+import errno
 import io
 import os
 import sys
@@ -94,9 +95,14 @@ def _emit(dst: Path, data: bytes, out: IO[bytes] | None) -> None:
     """Write a complete output: to ``out`` (standard output) when given, else atomically to ``dst``."""
     if out is None:
         write_atomic(dst, lambda f: f.write(data))
-    else:
-        out.write(data)
-        out.flush()
+        return
+    view = memoryview(data)
+    while view:  # a pipe whose reader left part-way takes part of a large write without an error
+        written = out.write(view)
+        if not written:
+            raise OSError(errno.EAGAIN, "standard output took none of the bytes written to it")
+        view = view[written:]
+    out.flush()
 
 
 def _check_output(src: Path, dst: Path) -> None:

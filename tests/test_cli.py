@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -11,9 +12,11 @@ import time
 import warnings
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image, ImageCms
 
+import pillow_jac
 from pillow_jac import __version__
 from pillow_jac.cli import main
 from pillow_jac.constants import MAGIC
@@ -276,6 +279,36 @@ def test_a_reader_that_goes_away_ends_it_quietly(jac: Path) -> None:
     err = proc.stderr.read().decode()
     assert status == 128 + signal.SIGPIPE, err
     assert err == ""
+
+
+@pytest.mark.skipif(os.name != "posix", reason="SIGPIPE")
+def test_a_reader_that_goes_away_part_way_ends_it_quietly(tmp_path: Path) -> None:
+    """``jac decode x.jac - | head -c 10`` with more than a pipe's 64 KiB of PNG: the write that the reader left
+    during came back short, without an error, and jac ended with status 0 having written a part."""
+    noise = (np.random.default_rng(0).random((256, 384, 3)) * 255).astype(np.uint8)
+    (tmp_path / "noise.jac").write_bytes(pillow_jac.encode(noise, 8))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pillow_jac", "decode", str(tmp_path / "noise.jac"), "-"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT,
+    )  # fmt: skip
+    assert len(proc.stdout.read(10)) == 10
+    proc.stdout.close()
+    status = proc.wait(timeout=120)
+    err = proc.stderr.read().decode()
+    assert (status, err) == (128 + signal.SIGPIPE, "")
+
+
+def test_standard_output_gets_every_byte_of_short_writes() -> None:
+    from pillow_jac.conversion import _emit
+
+    class Trickle(io.BytesIO):
+        def write(self, data) -> int:  # as a pipe may: part of each write
+            return super().write(bytes(data[:1000]))
+
+    out = Trickle()
+    data = bytes(range(256)) * 40
+    _emit(Path("-"), data, out)
+    assert out.getvalue() == data
 
 
 @pytest.mark.skipif(os.name != "posix", reason="POSIX signals")
