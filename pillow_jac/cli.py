@@ -160,7 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(
             "--device",
             default=None,
-            help="torch device: cpu, cuda or auto (default: $JAC_DEVICE, else cpu)",
+            help="torch device: cpu, cuda, cuda:N or auto (default: $JAC_DEVICE, else cpu)",
         )
 
     def add_quality(p: argparse.ArgumentParser) -> None:
