@@ -1,4 +1,4 @@
-r"""Bulk throughput: images/s and peak GPU memory of :func:`~pillow_jac.codec.encode_batch` and ``decode_batch``.
+r"""Bulk throughput: images/s and peak GPU memory of :func:`~pillow_jac.codec_batch.encode_batch` and ``decode_batch``.
 
 Usage (from the repository root)::
 
@@ -7,8 +7,8 @@ Usage (from the repository root)::
 
 For every size (width x height) the benchmark makes ``--images`` different images of that size (the
 source image tiled with mirroring, each shifted by a few pixels) and, for every batch size, times one
-:func:`~pillow_jac.codec.encode_batch` call over all of them and one
-:func:`~pillow_jac.codec.decode_batch` call over the files it wrote, after an untimed warm-up call of
+:func:`~pillow_jac.codec_batch.encode_batch` call over all of them and one
+:func:`~pillow_jac.codec_batch.decode_batch` call over the files it wrote, after an untimed warm-up call of
 the same batch size (model loading, CUDA kernels). On CUDA, ``torch.cuda.max_memory_allocated`` is
 reset before each timed call and read after it: the peak GPU memory of that call, weights included.
 
@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from .. import codec, codec_batch, container
+from .. import codec_batch, container
 from .codecs import find_shared, load_rgb
 from .metrics import portable_path
 from .speed import tile_image
@@ -132,12 +132,14 @@ def run(
         reference: tuple[list[bytes], list[np.ndarray]] | None = None
         for batch in batches if batched else [1]:
             warm = pictures[: min(batch, count)]
-            codec.decode_batch(codec.encode_batch(warm, quality, device=device, batch_size=batch), device=device)
+            codec_batch.decode_batch(
+                codec_batch.encode_batch(warm, quality, device=device, batch_size=batch), device=device
+            )
             files, encode_s, encode_peak = _timed(
-                lambda b=batch, p=pictures: codec.encode_batch(p, quality, device=device, batch_size=b), device
+                lambda b=batch, p=pictures: codec_batch.encode_batch(p, quality, device=device, batch_size=b), device
             )
             decoded, decode_s, decode_peak = _timed(
-                lambda b=batch, f=files: codec.decode_batch(f, device=device, batch_size=b), device
+                lambda b=batch, f=files: codec_batch.decode_batch(f, device=device, batch_size=b), device
             )
             row: dict[str, Any] = {
                 "size": f"{width}x{height}",
@@ -156,7 +158,7 @@ def run(
             if reference is None:
                 reference = files, decoded
             elif batched:
-                same_input = codec.decode_batch(reference[0], device=device, batch_size=batch)
+                same_input = codec_batch.decode_batch(reference[0], device=device, batch_size=batch)
                 differ = [a.astype(np.int16) - b for a, b in zip(same_input, reference[1], strict=True)]
                 row["files_identical_to_batch_1"] = sum(a == b for a, b in zip(files, reference[0], strict=True))
                 row["pixel_values_differing_from_batch_1"] = sum(int((d != 0).sum()) for d in differ) / sum(
