@@ -83,13 +83,17 @@ def _check_batch_size(batch_size) -> int:
 
 
 def _items(things, what: str, single: tuple[type, ...]) -> list:
-    """``things`` as a list, refusing one item given where a list of them is expected."""
+    """``things`` as a list, refusing one item given where a list of them is expected.
+
+    One image is a PIL image or an array of numbers with 2 or 3 dimensions (an ``(N, H, W, C)`` array is N
+    images); a 1-D array of paths or objects is a list.
+    """
     if isinstance(things, single) or hasattr(things, "getbands"):
         raise TypeError(f"{what} must be a list (one item is a list of one), got {type(things).__name__}")
-    if isinstance(things, np.ndarray) and things.ndim < 4:
+    if isinstance(things, np.ndarray) and things.dtype.kind in "biuf" and things.ndim in (2, 3):
         raise TypeError(
-            f"{what} must be a list of arrays or an (N, H, W, C) array, got one array of shape {things.shape} "
-            "(one image is a list of one)"
+            f"{what} must be a list, got one image of shape {things.shape} (one image is a list of one; "
+            "an (N, H, W, C) array is N images)"
         )
     return list(things)
 

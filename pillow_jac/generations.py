@@ -17,7 +17,7 @@ The first full file found for a generation wins, else its first decoder file. On
 read here (the safetensors header, parsed as JSON without torch), so listing generations and ``jac
 info`` stay cheap; the engine checks every hash when it loads a file (:func:`pillow_jac.weights.verify`).
 
-The package's ``weights/released.json`` (:func:`released`) names every released generation's
+The package's ``released.json`` (:func:`released`, beside this module) names every released generation's
 ``weights_hash`` and ``decoder_hash``, and only grows. A weights file that claims a released ``model_id``
 with another decoder is skipped here, with a warning, and refused when loaded: a generation released
 before decoder hashes existed (release 6) writes a header hash that does not cover its decoder, so
@@ -45,6 +45,7 @@ from .forksafe import ForkSafeLock
 __all__ = [
     "Generation",
     "ModelNotInstalledError",
+    "ReleasedTableError",
     "installed",
     "find",
     "encoder",
@@ -54,7 +55,7 @@ __all__ = [
     "default_weights_path",
     "DEFAULT_WEIGHTS_NAME",
     "KEPT_DIR",
-    "RELEASED_NAME",
+    "RELEASED_PATH",
     "released",
     "released_problem",
 ]
@@ -63,8 +64,9 @@ __all__ = [
 DEFAULT_WEIGHTS_NAME = "mbt2018-n128m192.safetensors"
 #: the subfolder of the package's weights folder that holds the kept generations' decoder files
 KEPT_DIR = "generations"
-#: the table of released generations in the package's weights folder (model_id -> weights_hash, decoder_hash)
-RELEASED_NAME = "released.json"
+#: the table of released generations, part of the package's code (model_id -> weights_hash, decoder_hash): it
+#: does not depend on where, or whether, the package's weights are installed
+RELEASED_PATH = Path(__file__).resolve().parent / "released.json"
 #: the most bytes of weights the wheel ships: the newest generation's full file (29.4 MB for
 #: N=128/M=192) plus the kept generations' decoder files (19.2 MB each), so three kept generations fit;
 #: an older one then leaves the package and is kept through JAC_MODELS (SPEC.md section 9.2)
@@ -79,6 +81,10 @@ _WARNED_DECODER_ONLY: set[str] = set()
 
 class ModelNotInstalledError(LookupError):
     """No installed generation has the requested ``model_id`` (and hash)."""
+
+
+class ReleasedTableError(ValueError, OSError):
+    """The package's table of released generations cannot be read: the installation is damaged."""
 
 
 @dataclass(frozen=True)
@@ -163,14 +169,15 @@ _RELEASED: dict[tuple, dict[str, dict[str, str]]] = {}
 def released() -> dict[str, dict[str, str]]:
     """Every released generation: ``{model_id: {"weights_hash": hex, "decoder_hash": hex}}``.
 
-    From the package's ``weights/released.json``, which a release appends to and nothing else changes
-    (SPEC.md section 9.2). An unreadable table is an error: without it a lookalike file could pass.
+    From the package's ``pillow_jac/released.json`` (:data:`RELEASED_PATH`), which a release appends to and
+    nothing else changes (SPEC.md section 9.2). An unreadable table is an error (the installation is
+    damaged): without it a lookalike file could pass.
 
     Example:
         >>> released()["mbt-128-192-r006"]["decoder_hash"]
         '1aa14a9029b4f76c'
     """
-    path = package_weights_dir() / RELEASED_NAME
+    path = RELEASED_PATH
     try:
         stat = path.stat()
         key = (str(path), stat.st_size, stat.st_mtime_ns)
@@ -183,7 +190,7 @@ def released() -> dict[str, dict[str, str]]:
             _RELEASED.clear()
             _RELEASED[key] = table
     except (OSError, ValueError) as exc:
-        raise ModelNotInstalledError(f"{path}: the table of released generations cannot be read ({exc})") from None
+        raise ReleasedTableError(f"{path}: the table of released generations cannot be read ({exc})") from None
     return _RELEASED[key]
 
 
@@ -192,6 +199,8 @@ def released_problem(model_id: str, weights_hash: str, decoder_hash: str) -> str
     entry = released().get(model_id)
     if entry is None or (entry["weights_hash"], entry["decoder_hash"]) == (weights_hash, decoder_hash):
         return None
+    if decoder_hash in (None, "None", ""):
+        return f"its manifest has no decoder_hash (a file of {model_id!r} made before decoder hashes): freeze it again"
     return (
         f"it claims the released generation {model_id!r} but holds another one (weights_hash {weights_hash}, "
         f"decoder_hash {decoder_hash}; released: {entry['weights_hash']}, {entry['decoder_hash']}): "

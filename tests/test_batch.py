@@ -146,17 +146,25 @@ def test_wide_images_are_not_batched(monkeypatch):
     assert not codec_batch._batchable((8, 3))  # 6144 pixels: above a stripe's, though within its fewest rows
 
 
-def test_one_item_for_a_list_is_refused():
+def test_one_item_for_a_list_is_refused(tmp_path) -> None:
     image = natural_image(48, 48, seed=10)
     for single in (image, image[:, :, 0], Image.fromarray(image)):
         with pytest.raises(TypeError, match="images must be a list"):
             codec.encode_batch(single, QUALITY)
+    objects = np.empty(2, dtype=object)
+    objects[0], objects[1] = image, image[:, :, 0]
+    assert len(codec.encode_batch(objects, QUALITY)) == 2  # a 1-D array of images is a list
     data = codec.encode(image, QUALITY)
     for single in (data, "x.jac", container.parse(data)):
         with pytest.raises(TypeError, match="files must be a list"):
             codec.decode_batch(single)
     stacked = codec.encode_batch(np.stack([image, image]), QUALITY)  # (N, H, W, C): N images
     assert stacked == [data, data]
+    paths = [tmp_path / "a.jac", tmp_path / "b.jac"]
+    for path in paths:
+        path.write_bytes(data)
+    decoded = codec.decode_batch(np.array([str(p) for p in paths]))  # a 1-D array of paths, as glob gives them
+    assert [d.shape for d in decoded] == [image.shape] * 2
 
 
 def test_errors_name_the_item():

@@ -196,24 +196,25 @@ def test_release_command_keeps_the_old_generation_and_makes_vectors(
     torch.manual_seed(1)
     tiny = JointAutoregressiveHierarchicalPrior(ModelConfig(N=8, M=12))
     weights.save_float_state(tmp_path / "ckpt.safetensors", tiny.state_dict(), tiny.config, {})
-    new_id = release.release(tmp_path / "ckpt.safetensors", 7, weights_dir, tmp_path / "vectors", {})
+    table_path = tmp_path / "released.json"
+    new_id = release.release(tmp_path / "ckpt.safetensors", 7, weights_dir, tmp_path / "vectors", {}, table_path)
     assert new_id == "mbt-8-12-r007"
     kept = weights_dir / generations.KEPT_DIR / f"{SHIPPED_ID}.safetensors"
     _, kept_meta = weights.load_weights(kept)
     assert kept_meta["layout"] == "decoder" and kept_meta["weights_hash"] == "19772a6335c73e41"
     _, new_meta = weights.load_weights(weights_dir / generations.DEFAULT_WEIGHTS_NAME)
-    table = json.loads((weights_dir / generations.RELEASED_NAME).read_text())
+    table = json.loads(table_path.read_text())
     assert table[new_id] == {"weights_hash": new_meta["weights_hash"], "decoder_hash": new_meta["decoder_hash"]}
     assert table[SHIPPED_ID] == generations.released()[SHIPPED_ID]
     listing = sorted(p.name for p in weights_dir.rglob("*"))
     with pytest.raises(weights.WeightsError, match="existing generation"):
-        release.release(tmp_path / "ckpt.safetensors", 7, weights_dir, tmp_path / "vectors2", {})
+        release.release(tmp_path / "ckpt.safetensors", 7, weights_dir, tmp_path / "vectors2", {}, table_path)
     with pytest.raises(weights.WeightsError, match="release 5 is not above release 7"):
-        release.release(tmp_path / "ckpt.safetensors", 5, weights_dir, tmp_path / "vectors2", {})
+        release.release(tmp_path / "ckpt.safetensors", 5, weights_dir, tmp_path / "vectors2", {}, table_path)
     (tmp_path / "vectors3" / "mbt-8-12-r009").mkdir(parents=True)
     (tmp_path / "vectors3" / "mbt-8-12-r009" / "vectors.json").write_text("{}")
     with pytest.raises(weights.WeightsError, match="mbt-8-12-r009 is an existing generation"):
-        release.release(tmp_path / "ckpt.safetensors", 9, weights_dir, tmp_path / "vectors3", {})
+        release.release(tmp_path / "ckpt.safetensors", 9, weights_dir, tmp_path / "vectors3", {}, table_path)
     assert sorted(p.name for p in weights_dir.rglob("*")) == listing  # a refused release writes nothing
     assert not (tmp_path / "vectors2").exists()
     monkeypatch.setenv("JAC_WEIGHTS", str(weights_dir / generations.DEFAULT_WEIGHTS_NAME))
@@ -345,3 +346,20 @@ def test_an_encoder_update_refuses_another_decoder_or_architecture(tmp_path: Pat
     _, meta = weights.load_weights(full)
     assert (meta["weights_hash"], meta["decoder_hash"]) == ("19772a6335c73e41", "1aa14a9029b4f76c")
     assert meta["encoder_hash"] != "b0665e7c9c9f2aa9"
+
+
+def test_jac_weights_alone_need_no_package_weights(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The released table is part of the code: an installation whose weights come only from JAC_WEIGHTS works."""
+    import shutil
+
+    full = generations.package_weights_dir() / generations.DEFAULT_WEIGHTS_NAME
+    shutil.copyfile(full, tmp_path / "copy.safetensors")
+    (tmp_path / "no-package-weights").mkdir()
+    monkeypatch.setattr(generations, "package_weights_dir", lambda: tmp_path / "no-package-weights")
+    monkeypatch.setenv("JAC_WEIGHTS", str(tmp_path / "copy.safetensors"))
+    assert [g.path for g in generations.installed()] == [tmp_path / "copy.safetensors"]
+    entry = r006_vectors()[0]
+    from .test_vectors import make_vectors
+
+    data = (VECTORS / SHIPPED_ID / entry["file"]).read_bytes()
+    assert make_vectors.digest(codec.decode(data)) == entry["pixels_sha256"]

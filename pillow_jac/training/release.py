@@ -8,7 +8,7 @@
 2. freezes the checkpoint (:func:`pillow_jac.training.freeze.freeze`) into the package's full weights
    file, which makes it the default encoder; its ``model_id`` must be new;
 3. makes the new generation's test vectors in ``format_spec/vectors/<model_id>/``;
-4. adds it to the table of released generations (``released.json`` in the weights folder,
+4. adds it to the table of released generations (``pillow_jac/released.json``,
    :func:`pillow_jac.generations.released`);
 5. checks that every generation's vectors still decode (``format_spec/conformance.py``).
 
@@ -21,7 +21,7 @@ forward gains) with the checkpoint's: the decoder and its hash stay, so no vecto
 generation is added. It refuses a checkpoint of another architecture, or whose decoder, frozen, is
 not the generation's.
 
-``--weights-dir`` and ``--vectors-dir`` point elsewhere (the tests use temporary folders).
+``--weights-dir``, ``--vectors-dir`` and ``--released-table`` point elsewhere (the tests use temporary ones).
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ def keep_generation(full: Path, weights_dir: Path) -> Path:
     return target
 
 
-def _existing(weights_dir: Path, vectors_dir: Path) -> dict[str, int | None]:
+def _existing(weights_dir: Path, vectors_dir: Path, table: Path) -> dict[str, int | None]:
     """Every generation a release must not reuse: ``{model_id: release number or None}``."""
     found: dict[str, int | None] = {g.model_id: g.release for g in generations.installed()}
     for path in [weights_dir / generations.DEFAULT_WEIGHTS_NAME, *(weights_dir / generations.KEPT_DIR).glob("*")]:
@@ -75,7 +75,7 @@ def _existing(weights_dir: Path, vectors_dir: Path) -> dict[str, int | None]:
             found[gen.model_id] = gen.release
         elif path.is_file() and path.suffix == ".safetensors":
             raise WeightsError(f"{path} is not a readable weights file: remove or repair it before a release")
-    for model_id in (*generations.released(), *_released_table(weights_dir)):
+    for model_id in (*generations.released(), *_released_table(table)):
         found.setdefault(model_id, None)
     if vectors_dir.is_dir():
         for folder in vectors_dir.iterdir():
@@ -84,13 +84,22 @@ def _existing(weights_dir: Path, vectors_dir: Path) -> dict[str, int | None]:
     return found
 
 
-def _released_table(weights_dir: Path) -> dict[str, dict[str, str]]:
-    path = weights_dir / generations.RELEASED_NAME
+def _released_table(path: Path) -> dict[str, dict[str, str]]:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def release(checkpoint: Path, number: int, weights_dir: Path, vectors_dir: Path, notes: dict[str, str]) -> str:
+def release(
+    checkpoint: Path,
+    number: int,
+    weights_dir: Path,
+    vectors_dir: Path,
+    notes: dict[str, str],
+    released_table: Path | None = None,
+) -> str:
     """Add the generation frozen from ``checkpoint``; returns its ``model_id``.
+
+    ``released_table`` is the table the new generation is added to (default: the package's,
+    :data:`pillow_jac.generations.RELEASED_PATH`).
 
     Raises:
         WeightsError: the ``model_id`` exists, or the release number is not above every one there is (nothing
@@ -99,7 +108,8 @@ def release(checkpoint: Path, number: int, weights_dir: Path, vectors_dir: Path,
     tensors, metadata = load_weights(checkpoint)
     new_tensors, new_meta = freeze(build_model(tensors, metadata), number, notes)
     new_id = new_meta["model_id"]
-    existing = _existing(weights_dir, vectors_dir)
+    table_path = generations.RELEASED_PATH if released_table is None else released_table
+    existing = _existing(weights_dir, vectors_dir, table_path)
     if new_id in existing:
         raise WeightsError(f"{new_id} is an existing generation: a release needs a new --release number")
     numbers = [n for n in existing.values() if n is not None]
@@ -115,10 +125,10 @@ def release(checkpoint: Path, number: int, weights_dir: Path, vectors_dir: Path,
     make_vectors = _load_script("make_vectors")
     table = make_vectors.make(vectors_dir / new_id, vectors_dir / "sources", weights=full)
     print(f"wrote {len(table)} vectors to {vectors_dir / new_id}")
-    entries = {**generations.released(), **_released_table(weights_dir)}
+    entries = {**generations.released(), **_released_table(table_path)}
     entries[new_id] = {"weights_hash": new_meta["weights_hash"], "decoder_hash": new_meta["decoder_hash"]}
-    (weights_dir / generations.RELEASED_NAME).write_text(json.dumps(entries, indent=2) + "\n")
-    print(f"added {new_id} to {weights_dir / generations.RELEASED_NAME}")
+    table_path.write_text(json.dumps(entries, indent=2) + "\n")
+    print(f"added {new_id} to {table_path}")
     total = sum(f.stat().st_size for f in [full, *(weights_dir / generations.KEPT_DIR).glob("*.safetensors")])
     if total > generations.PACKAGE_BUDGET_BYTES:
         print(
@@ -165,6 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--note", action="append", default=[], help="KEY=VALUE added to the manifest")
     p.add_argument("--weights-dir", type=Path, default=generations.package_weights_dir())
     p.add_argument("--vectors-dir", type=Path, default=_REPO / "format_spec" / "vectors")
+    p.add_argument("--released-table", type=Path, default=generations.RELEASED_PATH)
     args = p.parse_args(argv)
     notes = dict(n.split("=", 1) for n in args.note)
     if args.encoder_update:
@@ -172,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.release is None:
         p.error("--release is required for a new generation")
-    release(args.checkpoint, args.release, args.weights_dir, args.vectors_dir, notes)
+    release(args.checkpoint, args.release, args.weights_dir, args.vectors_dir, notes, args.released_table)
     conformance = _load_script("conformance")
     return conformance.main([])
 
