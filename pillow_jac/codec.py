@@ -41,7 +41,6 @@ from .constants import (
     LAYOUTS,
     validate_effort,
 )
-from .interpreter_exit import counted
 
 _BATCH_API = ("encode_batch", "decode_batch")  # in pillow_jac/codec_batch.py, imported on first use (__getattr__)
 __all__ = ["encode", "decode", "encode_symbols", "decode_symbols", "CodecError", *_BATCH_API]
@@ -83,14 +82,26 @@ SMALL_IMAGE_PIXELS = 512 * 512
 
 
 def _threads_for(pixels: int, engine):
-    """One torch thread for small images on CPU (a context manager), else no change."""
+    """The context of torch work on an image (a context manager).
+
+    One torch thread for small images on CPU, and the work counted for a clean interpreter exit
+    (:func:`pillow_jac.interpreter_exit.working`).
+    """
     import contextlib
 
     from .latent_coding import single_threaded
 
+    region = contextlib.ExitStack()
+    region.enter_context(interpreter_exit.working())
     if engine.device.type == "cpu" and pixels <= SMALL_IMAGE_PIXELS:
-        return single_threaded()
-    return contextlib.nullcontext()
+        region.enter_context(single_threaded())
+    return region
+
+
+def _encode_latents(engine, z_hat: np.ndarray | None, y_hat: np.ndarray) -> tuple[bytes, bytes]:
+    """The coded streams ``(z, y)`` of integer latents (CODING.md section 3), counted as torch work."""
+    with _torch().inference_mode(), interpreter_exit.working():
+        return engine.latents.encode(z_hat, y_hat)
 
 
 def _torch():
@@ -99,7 +110,6 @@ def _torch():
     return torch
 
 
-@counted
 def encode(
     image,
     quality: float | None = None,
@@ -164,8 +174,7 @@ def encode(
         raise ValueError(f"images are limited to {container.C.MAX_DIMENSION} pixels per side")
     engine = _encoder_engine(device, weights, model)
     z_hat, y_hat = _analyze(_color_planes(arr, layout), q, engine, effort)
-    with _torch().inference_mode():
-        z_stream, y_stream = engine.latents.encode(z_hat, y_hat)
+    z_stream, y_stream = _encode_latents(engine, z_hat, y_hat)
     preview_chunk = None
     if preview:
         from .preview import make_preview
@@ -216,7 +225,6 @@ def _analyze(color: np.ndarray, quality: float, engine, effort: int = 0) -> tupl
     return None if z is None else _rounded(z), _rounded(y)
 
 
-@counted
 def encode_symbols(
     image, quality: float = DEFAULT_QUALITY, *, effort: int = 0, device=None, weights=None, model: str | None = None
 ):
@@ -274,7 +282,8 @@ def _get_engine(device, weights):
         from .engine import get_engine
         from .model import refine  # noqa: F401
     interpreter_exit.watch()  # after torch's import, so the exit waits for daemon threads before torch's handlers
-    return get_engine(device, weights)
+    with interpreter_exit.working():
+        return get_engine(device, weights)
 
 
 def _engine_for(jac: container.JacFile, device, weights):
@@ -313,7 +322,6 @@ def _encoder_engine(device, weights, model):
     return engine
 
 
-@counted
 def decode_symbols(data, *, device=None, weights=None) -> tuple[np.ndarray | None, np.ndarray]:
     """The integer latents ``(z_hat, y_hat)`` of a file (``z_hat`` is None without hyperprior).
 
@@ -332,7 +340,6 @@ def _decode_latents(jac: container.JacFile, engine):
         return engine.latents.decode(jac.z_stream, jac.y_stream, h.z_shape, h.y_shape)
 
 
-@counted
 def decode(data, *, device=None, weights=None) -> np.ndarray:
     """Decompress ``.jac`` bytes, a ``.jac`` file's path, or a parsed :class:`~pillow_jac.container.JacFile`.
 

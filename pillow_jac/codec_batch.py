@@ -23,6 +23,7 @@ from .codec import (
     _check_size,
     _color_planes,
     _decode_latents,
+    _encode_latents,
     _encoder_engine,
     _engine_for,
     _padded_pixels,
@@ -35,7 +36,6 @@ from .codec import (
     encode,
 )
 from .constants import DEFAULT_EFFORT, DEFAULT_QUALITY, EFFORT_ITERATIONS, validate_effort, validate_quality
-from .interpreter_exit import counted
 
 __all__ = ["encode_batch", "decode_batch"]
 
@@ -147,7 +147,6 @@ def _file_bytes(arr: np.ndarray, layout: str, quality: float, engine, z_stream: 
     return container.serialize(jac)
 
 
-@counted
 def encode_batch(
     images,
     quality: float | None = DEFAULT_QUALITY,
@@ -224,8 +223,7 @@ def encode_batch(
             continue
         colors = [_color_planes(*arrays[i]) for i in members]
         for i, (z_hat, y_hat) in zip(members, _analyze_batch(colors, q, engine, effort), strict=True):
-            with _torch().inference_mode():
-                z_stream, y_stream = engine.latents.encode(z_hat, y_hat)
+            z_stream, y_stream = _encode_latents(engine, z_hat, y_hat)
             out[i] = _file_bytes(*arrays[i], q, engine, z_stream, y_stream)
     return out
 
@@ -251,7 +249,6 @@ def _synthesize_batch(y_hats: list[np.ndarray], qualities: list[float], sizes: l
         ]
 
 
-@counted
 def decode_batch(files, *, device=None, weights=None, batch_size: int = 8) -> list[np.ndarray]:
     """Decompress several files, running g_s for up to ``batch_size`` images of one padded size at once.
 

@@ -6,30 +6,34 @@ still running; one that is inside torch's C++ at that moment makes the process a
 wrote but had not flushed. Non-daemon threads (``threading.Thread`` by default,
 ``concurrent.futures`` pools) are joined before this and are not affected.
 
-The codec's public calls count the threads inside them (:func:`counted`). The first engine the codec
-builds registers an exit handler (:func:`watch`), after torch is imported, so it runs before torch's
-own. It sets a flag and waits, at most :data:`EXIT_WAIT_SECONDS` in all, until no thread is inside and
-every thread it stopped has ended. The work checks the flag between stripes, wavefront steps and search
-steps (:func:`check`) and leaves by :class:`SystemExit`, which ends a thread without a traceback. A
-stopped thread is joined, not only counted out: while it unwinds it still frees tensors, and CPython ends
-a daemon thread found running at finalisation inside whatever C++ it is in. The main thread is never
-stopped this way: by then its own work is done. Standard library only.
+The codec counts the threads inside its torch work (:func:`working`: building an engine, the
+transforms, the latent coding; not reading files, so a thread blocked on a pipe does not hold the exit
+up). The first engine the codec builds registers an exit handler (:func:`watch`), after torch is
+imported, so it runs before torch's own. It sets a flag and waits, at most :data:`EXIT_WAIT_SECONDS`,
+until no thread is inside; then it gives each thread it stopped up to :data:`STOPPED_JOIN_SECONDS` to
+end. The work checks the flag between stripes, wavefront steps and search steps (:func:`check`), and on
+entering a region (:func:`working`), and leaves by :class:`SystemExit`, which ends a thread without a
+traceback. A stopped thread is joined, not only counted out: while it unwinds it still frees tensors, and
+CPython ends a daemon thread found running at finalisation inside whatever C++ it is in. The main thread is
+never stopped this way: by then its own work is done. Standard library only.
 """
 
 from __future__ import annotations
 
 import atexit
-import functools
+import contextlib
 import os
 import threading
 import time
-from collections.abc import Callable
-from typing import TypeVar
+from collections.abc import Iterator
 
-__all__ = ["counted", "check", "watch", "EXIT_WAIT_SECONDS"]
+__all__ = ["working", "check", "watch", "EXIT_WAIT_SECONDS", "STOPPED_JOIN_SECONDS"]
 
-#: how long the interpreter's exit waits for codec work in daemon threads to reach a check and stop
+#: how long the interpreter's exit waits for torch work in daemon threads to reach a check and stop
 EXIT_WAIT_SECONDS = 30.0
+#: how long the exit then waits for each stopped thread to end (it unwinds in milliseconds; one that
+#: goes on with other work is left to end as daemon threads do)
+STOPPED_JOIN_SECONDS = 2.0
 
 _idle = threading.Condition(threading.Lock())
 _inside = 0
@@ -37,35 +41,29 @@ _exiting = False
 _watching = False
 _stopped: list[threading.Thread] = []  # the threads check() stopped, joined by the exit handler
 
-F = TypeVar("F", bound=Callable)
 
-
-def counted(function: F) -> F:
-    """Decorate a public codec call: the exit waits for the threads inside it.
+@contextlib.contextmanager
+def working() -> Iterator[None]:
+    """A region of torch work: the exit waits for the threads inside (a thread that enters during the exit stops).
 
     Example:
         >>> from pillow_jac import interpreter_exit
-        >>> @counted
-        ... def work():
-        ...     return interpreter_exit._inside
-        >>> work(), interpreter_exit._inside
+        >>> with working():
+        ...     inside = interpreter_exit._inside
+        >>> inside, interpreter_exit._inside
         (1, 0)
     """
-
-    @functools.wraps(function)
-    def call(*args, **kwargs):
-        global _inside
+    global _inside
+    check()
+    with _idle:
+        _inside += 1
+    try:
+        yield
+    finally:
         with _idle:
-            _inside += 1
-        try:
-            return function(*args, **kwargs)
-        finally:
-            with _idle:
-                _inside -= 1
-                if not _inside:
-                    _idle.notify_all()
-
-    return call  # type: ignore[return-value]
+            _inside -= 1
+            if not _inside:
+                _idle.notify_all()
 
 
 def check() -> None:
@@ -94,7 +92,7 @@ def _at_exit() -> None:
         _idle.wait_for(lambda: _inside == 0, timeout=EXIT_WAIT_SECONDS)
         stopped = list(_stopped)
     for thread in stopped:
-        thread.join(max(0.0, deadline - time.monotonic()))
+        thread.join(max(0.0, min(STOPPED_JOIN_SECONDS, deadline - time.monotonic())))
 
 
 def _after_fork_in_child() -> None:

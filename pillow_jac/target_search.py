@@ -143,10 +143,8 @@ class Candidates:
 
     def encode(self, q16: int, effort: int = 0) -> bytes:
         """The file at quality ``q16 / 256``: a real encode (exact entropy coding)."""
-        torch = codec._torch()
         z_hat, y_hat = self.latents(q16, effort)
-        with torch.inference_mode():
-            z_stream, y_stream = self.engine.latents.encode(z_hat, y_hat)
+        z_stream, y_stream = codec._encode_latents(self.engine, z_hat, y_hat)
         self.encodes += 1
         return self._file(q16, z_stream, y_stream)
 

@@ -60,7 +60,6 @@ from fractions import Fraction
 
 from . import codec, container
 from .constants import QUALITY_DENOMINATOR, QUALITY_MIN, validate_effort
-from .interpreter_exit import counted
 from .target_search import (
     MAX_REFINEMENTS,
     PSNR_TOLERANCE,
@@ -181,7 +180,6 @@ def validate_targets(target_size, target_psnr) -> tuple[int | None, float | None
     return None, psnr
 
 
-@counted
 def encode_to_target(
     image,
     *,
