@@ -335,7 +335,7 @@ def plan(
             raise ValueError("no input files given")
     jobs: dict[Path, Path] = {}
     written: dict[Path, Path] = {}
-    folded: dict[str, Path] = {}  # by the output's case-folded name
+    folded: dict[str, Path] = {}  # by the output's name in lower case
     sensitive: dict[Path, bool] = {}
     for src in sources:
         if base is None:
@@ -347,7 +347,7 @@ def plan(
                 raise ValueError(f"{src} is not inside {base}") from None
         dst = out / relative.with_suffix("." + to)
         other = written.get(dst)
-        key = str(dst).casefold()
+        key = str(dst).lower()  # simple folding: full folding (casefold) would also merge ß and ss
         if other is None and key in folded:
             if dst.parent not in sensitive:
                 sensitive[dst.parent] = _case_sensitive(dst.parent)
