@@ -75,18 +75,14 @@ Example:
 
 from __future__ import annotations
 
-import errno
-import io
-import os
-import stat
 import struct
-import tempfile
 from typing import IO, TYPE_CHECKING, Any
 
 from PIL import Image, ImageFile
 
 from . import container
 from .constants import DEFAULT_EFFORT, DEFAULT_QUALITY, MAGIC, validate_effort, validate_quality
+from .files import write_into
 from .preview import PREVIEW_MAX_SIZE, PREVIEW_QUALITY, PREVIEW_SIZE, make_preview, preview_for, preview_size
 
 if TYPE_CHECKING:
@@ -431,79 +427,7 @@ def _encode_image(im: Image.Image, encoderinfo: dict[str, Any]) -> bytes:
 def _save(im: Image.Image, fp: IO[bytes], filename: str | bytes) -> None:
     data = _encode_image(im, im.encoderinfo)
     # Nothing is written until the file is complete in memory (see the module docstring).
-    _write(fp, data, filename)
-
-
-#: errors of a file system that cannot hold the data: reported before writing, when they can be
-_NO_SPACE = frozenset(getattr(errno, name) for name in ("ENOSPC", "EDQUOT", "EFBIG") if hasattr(errno, name))
-
-
-def _write(fp: IO[bytes], data: bytes, filename: str | bytes) -> None:
-    """Write ``data`` so that a full disk raises here, where Pillow still cleans up, with no partial data.
-
-    Where the file system can reserve space (``os.posix_fallocate``), it is reserved first, so a full
-    disk fails before any byte is written. The data is then flushed, so that a late error (buffered
-    bytes that do not fit) surfaces in the save call rather than when Pillow closes the file. If
-    writing fails after all, what was written is truncated away where the file allows it.
-    """
-    flush = getattr(fp, "flush", None)
-    if flush is not None:
-        flush()  # bytes the caller wrote before go first
-    start, fd = _file_position(fp)
-    if fd is not None and data and hasattr(os, "posix_fallocate"):
-        try:
-            os.posix_fallocate(fd, start, len(data))
-        except OSError as e:
-            if e.errno in _NO_SPACE:
-                raise OSError(e.errno, e.strerror, os.fsdecode(filename) if filename else None) from None
-            # other errors: this file (a pipe, a device, some network file systems) cannot reserve space
-    try:
-        fp.write(data)
-        if flush is not None:
-            flush()
-    except OSError:
-        if start is not None:
-            try:
-                fp.seek(start)
-                fp.truncate()
-            except (OSError, ValueError):
-                pass
-        raise
-
-
-def _file_position(fp: IO[bytes]) -> tuple[int | None, int | None]:
-    """``(offset, fd)``: where in the regular file behind ``fp`` its next write lands; ``(None, None)`` if unknown.
-
-    Unknown for what is not a regular file (BytesIO, a pipe, a socket), and for any object but Python's
-    own file objects: a wrapper's positions are not its file's (``gzip.open``, ``bz2.open``, ``lzma.open``:
-    ``tell()`` counts the bytes before compression, and nothing may reach the file until it closes). A
-    file opened for appending writes at its end, whatever its position says (a shell's ``>>``).
-    """
-    if isinstance(fp, getattr(tempfile, "_TemporaryFileWrapper", ())):  # NamedTemporaryFile: its file inside
-        fp = fp.file
-    if not isinstance(fp, (io.FileIO, io.BufferedWriter, io.BufferedRandom)):
-        return None, None
-    try:
-        start, fd = fp.tell(), fp.fileno()
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            return None, None
-        if _appends(fd):
-            return st.st_size, fd
-        if os.lseek(fd, 0, os.SEEK_CUR) != start:
-            return None, None
-    except (AttributeError, OSError, ValueError):  # closed, or not seekable (a pipe behind a file object)
-        return None, None
-    return start, fd
-
-
-def _appends(fd: int) -> bool:
-    """Whether ``fd`` was opened with ``O_APPEND`` (False where the platform cannot say)."""
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows
-        return False
-    return bool(fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_APPEND)
+    write_into(fp, data, filename)
 
 
 def _save_all(im: Image.Image, fp: IO[bytes], filename: str | bytes) -> None:

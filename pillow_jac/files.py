@@ -3,7 +3,8 @@
 :meth:`PIL.Image.Image.save` opens (and so truncates) an existing target before any plugin's
 writer runs, so no Pillow plugin can keep an old file safe if encoding then fails. :func:`save`
 is the safe way to replace a file with a ``.jac``; the CLI writes every output through
-:func:`write_atomic`.
+:func:`write_atomic`. Into the file object Pillow hands the plugin, :func:`write_into` writes the
+encoded bytes so that a full disk fails before any of them is written, where it can.
 
 Example:
     >>> import os, tempfile
@@ -30,11 +31,12 @@ import os
 import re
 import secrets
 import stat
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["save", "write_atomic"]
+__all__ = ["save", "write_atomic", "write_into", "file_position"]
 
 
 def write_atomic(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> None:
@@ -142,6 +144,79 @@ def _about(path: Path, tmp: str | None) -> Iterator[None]:
         if e.errno is None or e.filename not in (None, tmp):
             raise
         raise type(e)(e.errno, e.strerror, str(path)) from e
+
+
+#: errors of a file system that cannot hold the data: reported before writing, when they can be
+_NO_SPACE = frozenset(getattr(errno, name) for name in ("ENOSPC", "EDQUOT", "EFBIG") if hasattr(errno, name))
+
+
+def write_into(fp: IO[bytes], data: bytes, filename: str | bytes) -> None:
+    """Write ``data`` into the file object Pillow gives a plugin: a full disk raises here, leaving no partial data.
+
+    Pillow still cleans up when the plugin's save raises. Where the file system can reserve space
+    (``os.posix_fallocate``), it is reserved first, so a full disk fails before any byte is written. The data is
+    then flushed, so that a late error (buffered bytes that do not fit) surfaces in the save call rather than
+    when Pillow closes the file. If writing fails after all, what was written is truncated away where the file
+    allows it.
+    """
+    flush = getattr(fp, "flush", None)
+    if flush is not None:
+        flush()  # bytes the caller wrote before go first
+    start, fd = file_position(fp)
+    if fd is not None and data and hasattr(os, "posix_fallocate"):
+        try:
+            os.posix_fallocate(fd, start, len(data))
+        except OSError as e:
+            if e.errno in _NO_SPACE:
+                raise OSError(e.errno, e.strerror, os.fsdecode(filename) if filename else None) from None
+            # other errors: this file (a pipe, a device, some network file systems) cannot reserve space
+    try:
+        fp.write(data)
+        if flush is not None:
+            flush()
+    except OSError:
+        if start is not None:
+            try:
+                fp.seek(start)
+                fp.truncate()
+            except (OSError, ValueError):
+                pass
+        raise
+
+
+def file_position(fp: IO[bytes]) -> tuple[int | None, int | None]:
+    """``(offset, fd)``: where in the regular file behind ``fp`` its next write lands; ``(None, None)`` if unknown.
+
+    Unknown for what is not a regular file (BytesIO, a pipe, a socket), and for any object but Python's
+    own file objects: a wrapper's positions are not its file's (``gzip.open``, ``bz2.open``, ``lzma.open``:
+    ``tell()`` counts the bytes before compression, and nothing may reach the file until it closes). A
+    file opened for appending writes at its end, whatever its position says (a shell's ``>>``).
+    """
+    if isinstance(fp, getattr(tempfile, "_TemporaryFileWrapper", ())):  # NamedTemporaryFile: its file inside
+        fp = fp.file
+    if not isinstance(fp, (io.FileIO, io.BufferedWriter, io.BufferedRandom)):
+        return None, None
+    try:
+        start, fd = fp.tell(), fp.fileno()
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return None, None
+        if _appends(fd):
+            return st.st_size, fd
+        if os.lseek(fd, 0, os.SEEK_CUR) != start:
+            return None, None
+    except (AttributeError, OSError, ValueError):  # closed, or not seekable (a pipe behind a file object)
+        return None, None
+    return start, fd
+
+
+def _appends(fd: int) -> bool:
+    """Whether ``fd`` was opened with ``O_APPEND`` (False where the platform cannot say)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        return False
+    return bool(fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_APPEND)
 
 
 def save(image: Any, path: str | os.PathLike, **options: Any) -> None:

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from PIL import Image, ImageCms, UnidentifiedImageError
 
 import pillow_jac
-from pillow_jac import JacImagePlugin, container
+from pillow_jac import JacImagePlugin, container, files
 from pillow_jac.constants import DEFAULT_QUALITY, MAGIC
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -675,8 +675,8 @@ def test_save_into_a_compressing_wrapper(tmp_path: Path, rgb_jac: bytes, module:
     data = rgb_jac + bytes(8192)  # compressible: reserved space would show as zeros after the stream
     with compressor.open(path, "wb") as f:
         f.write(bytes(prefix))
-        assert JacImagePlugin._file_position(f) == (None, None)
-        JacImagePlugin._write(f, data, str(path))
+        assert files.file_position(f) == (None, None)
+        files.write_into(f, data, str(path))
     assert path.stat().st_size < 2_000 + len(rgb_jac)  # the zeros compress to about 100 bytes
     written = path.read_bytes()
     assert not written.endswith(bytes(8))  # no space reserved beyond what the compressor wrote
@@ -691,17 +691,17 @@ def test_appending_file_position_is_its_end(tmp_path: Path) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_APPEND)
     with open(fd, "wb") as f:
         assert f.tell() == 0
-        assert JacImagePlugin._file_position(f) == (len(b"earlier content"), fd)
+        assert files.file_position(f) == (len(b"earlier content"), fd)
     with open(path, "r+b") as f:
         f.seek(3)
-        assert JacImagePlugin._file_position(f)[0] == 3
-    assert JacImagePlugin._file_position(io.BytesIO()) == (None, None)
+        assert files.file_position(f)[0] == 3
+    assert files.file_position(io.BytesIO()) == (None, None)
     import tempfile
 
     with tempfile.NamedTemporaryFile(dir=tmp_path) as named:  # a wrapper around a real file: its offset counts
         named.write(b"abc")
         named.flush()
-        assert JacImagePlugin._file_position(named)[0] == 3
+        assert files.file_position(named)[0] == 3
 
 
 def test_unknown_save_options_are_ignored(spy: EncodeSpy) -> None:
