@@ -9,8 +9,8 @@ import pytest
 from pillow_jac.model.mbt2018 import ModelConfig
 from pillow_jac.study.__main__ import planned_runs
 from pillow_jac.study.evaluate import model_cost
-from pillow_jac.study.report import mean_curve, summarise, write_report
-from pillow_jac.study.variants import BUDGET, VARIANTS, run_name
+from pillow_jac.study.report import MissingRunsError, budget_paths, mean_curve, summarise, write_report
+from pillow_jac.study.variants import BUDGET, VARIANTS, Budget, run_name
 
 
 def _points(rate_factor: float, z_share: float) -> list[dict]:
@@ -82,14 +82,54 @@ def test_write_report_reads_measured_runs_and_writes_three_files(tmp_path):
     for name, factor in (("joint-s0", 1.0), ("joint-gmm3-s0", 0.95)):
         variant = name.rsplit("-s", 1)[0]
         (folder / f"{name}.json").write_text(json.dumps(_run(variant, 0, factor)))
-    summary = write_report(tmp_path, planned_runs())
+    with pytest.raises(MissingRunsError, match="11 of 13 planned runs are not measured at 4000 steps"):
+        write_report(tmp_path, planned_runs())
+    assert not (tmp_path / "study.md").exists()
+    summary = write_report(tmp_path, planned_runs(), partial=True)
     assert set(summary["variants"]) == {"joint", "joint-gmm3"}
+    assert "Partial: not measured at this budget: hyper-scale-s0" in (tmp_path / "study.md").read_text()
+    summary = write_report(tmp_path, [(VARIANTS["joint"], 0), (VARIANTS["joint-gmm3"], 0)])
+    assert summary["missing_runs"] == []
     gmm = summary["variants"]["joint-gmm3"]["sets"]["kodak"]["bd_vs_joint"]["mean"]
     assert gmm == pytest.approx(-5.0, abs=1e-6)
     text = (tmp_path / "study.md").read_text()
     assert "-5.0%" in text and "joint + K=3 Gaussian mixture" in text
     assert json.loads((tmp_path / "study.json").read_text())["budget"]["steps"] == BUDGET.steps
     assert str(tmp_path) not in text
+
+
+def test_another_budget_keeps_its_own_measurements_and_report(tmp_path):
+    """Runs extended to 8,000 steps are measured and reported beside the 4,000-step ones, never over them."""
+    longer = Budget(steps=8000)
+    measured, stem = budget_paths(tmp_path, longer)
+    assert (measured.name, stem) == ("measured-8000", "study-8000")
+    assert budget_paths(tmp_path, BUDGET) == (tmp_path / "study" / "measured", "study")
+    base, _ = budget_paths(tmp_path, BUDGET)
+    for folder, budget, factor in ((base, BUDGET, 1.0), (measured, longer, 0.8)):
+        folder.mkdir(parents=True)
+        for name in ("joint-s0", "joint-gmm3-s0"):
+            run = _run(name.rsplit("-s", 1)[0], 0, factor if name == "joint-s0" else factor * 0.95)
+            (folder / f"{name}.json").write_text(json.dumps({**run, "budget": budget.to_dict()}))
+    runs = [(VARIANTS["joint"], 0), (VARIANTS["joint-gmm3"], 0)]
+    write_report(tmp_path, runs)
+    write_report(tmp_path, runs, longer)
+    assert json.loads((tmp_path / "study.json").read_text())["budget"]["steps"] == BUDGET.steps
+    assert json.loads((tmp_path / "study-8000.json").read_text())["budget"]["steps"] == 8000
+
+
+def test_a_seed_is_compared_only_with_the_joint_model_of_its_seed():
+    """Without joint-s1, hyper-scale-s1 has no pair: it is left out and said so, not set against joint-s0."""
+    runs = {
+        "joint-s0": _run("joint", 0, 1.0),
+        "hyper-scale-s0": _run("hyper-scale", 0, 1.2),
+        "hyper-scale-s1": _run("hyper-scale", 1, 1.5),
+    }
+    entry = summarise(runs, {}, {})["variants"]["hyper-scale"]["sets"]["kodak"]
+    assert entry["bd_vs_joint"]["n"] == 1
+    assert entry["bd_vs_joint"]["mean"] == pytest.approx(20.0, abs=1e-6)
+    from pillow_jac.study.report import _pct
+
+    assert _pct(entry["bd_vs_joint"]) == "+20.0% [1 of 2 seeds]"
 
 
 def test_model_cost_counts_the_causal_taps_and_the_mixture_outputs():

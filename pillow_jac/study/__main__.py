@@ -3,8 +3,10 @@
 Phases: ``train`` trains the runs; ``measure`` also freezes and measures each trained run with real
 files (and JPEG/WebP on the same images, once); ``time`` times each run's encode and decode at
 768x512 (run it on an otherwise idle machine); ``report`` writes ``benchmarks/results/study.{json,md,png}``
-from what has been measured; ``all`` (the default) does train, measure and report. Every phase
-skips what is already done, so the study resumes where it stopped.
+from what has been measured (refusing while a planned run is not, unless ``--partial``); ``all`` (the
+default) does train, measure and report. Every phase skips what is already done, so the study resumes
+where it stopped. ``--steps`` other than the study's budget keeps its measurements and report apart
+(``study/measured-<steps>/``, ``study-<steps>.*``), so those of the study's budget stay.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import time
 from pathlib import Path
 
 from ..bench.metrics import portable_path
+from .report import MissingRunsError, budget_paths
 from .variants import BUDGET, VARIANTS, run_name
 
 SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"
@@ -57,10 +60,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--results", type=Path, default=RESULTS, help="where study.{json,md,png} and study/ go")
     p.add_argument("--only", nargs="*", help="variants to run (default: all)")
     p.add_argument("--steps", type=int, help=f"steps per run (default {BUDGET.steps}); more extends every run")
+    p.add_argument("--partial", action="store_true", help="report although some planned runs are not measured")
     args = p.parse_args(argv)
     budget = dataclasses.replace(BUDGET, steps=args.steps) if args.steps else BUDGET
     runs = planned_runs(args.only)
-    measured = args.results / "study" / "measured"
+    measured, _ = budget_paths(args.results, budget)
     if args.phase in ("train", "measure", "all"):
         from ..training.data import list_images, load_rgb
         from .evaluate import evaluation_sets, freeze_run, measure_anchors, measure_images, model_cost
@@ -117,7 +121,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.phase in ("report", "all"):
         from .report import write_report
 
-        write_report(args.results, runs, budget)
+        try:
+            write_report(args.results, runs, budget, partial=args.partial)
+        except MissingRunsError as exc:
+            p.exit(1, f"{p.prog}: error: {exc}\n")
     return 0
 
 

@@ -18,7 +18,7 @@ import numpy as np
 from ..bench.metrics import bd_quality, bd_rate
 from .variants import BUDGET, VARIANTS, Budget, Variant, run_name
 
-__all__ = ["mean_curve", "summarise", "write_report"]
+__all__ = ["mean_curve", "summarise", "write_report", "budget_paths", "MissingRunsError"]
 
 ANCHORS = ("jpeg420", "webp")
 SETS = ("kodak", "urban20")
@@ -49,10 +49,37 @@ def _bd(anchor: list[dict], test: list[dict]) -> float:
 
 
 def _spread(values: list[float]) -> dict[str, Any]:
+    """Mean, lowest and highest of the finite values, and ``n``, how many there are.
+
+    A seed without its pair is NaN and left out.
+    """
     finite = [v for v in values if math.isfinite(v)]
     if not finite:
-        return {"mean": math.nan, "values": values}
-    return {"mean": float(np.mean(finite)), "min": min(finite), "max": max(finite), "values": values}
+        return {"mean": math.nan, "n": 0, "values": values}
+    return {"mean": float(np.mean(finite)), "min": min(finite), "max": max(finite), "n": len(finite), "values": values}
+
+
+class MissingRunsError(ValueError):
+    """Not every planned run is measured at the budget.
+
+    A report would show what it has: no noise floor, or variants with a seed missing.
+    """
+
+
+def budget_paths(results: Path, budget: Budget) -> tuple[Path, str]:
+    """Where a budget's measured runs go, and the stem of its report files.
+
+    The study's own budget (:data:`~pillow_jac.study.variants.BUDGET`) keeps ``study/measured`` and
+    ``study.{json,md,png}``; another keeps ``study/measured-<steps>`` and ``study-<steps>.*``, so that the
+    results of both budgets stay side by side.
+
+    Example:
+        >>> budget_paths(Path("r"), BUDGET)[1], budget_paths(Path("r"), Budget(steps=8000))[1]
+        ('study', 'study-8000')
+    """
+    if budget.to_dict() == BUDGET.to_dict():
+        return results / "study" / "measured", "study"
+    return results / "study" / f"measured-{budget.steps}", f"study-{budget.steps}"
 
 
 def summarise(
@@ -89,8 +116,8 @@ def summarise(
             entry: dict[str, Any] = {"curve": {s: mine[s] for s in seeds}}
             if variant.name != "joint":
                 against, against_psnr = [], []
-                for s in seeds:  # the same seed's joint model, else seed 0's
-                    joint = curves.get(f"joint-s{s}", curves.get("joint-s0", {})).get(set_name)
+                for s in seeds:  # the same seed's joint model only: another seed's would add the seed spread
+                    joint = curves.get(f"joint-s{s}", {}).get(set_name)
                     against.append(_bd(joint, mine[s]) if joint else math.nan)
                     against_psnr.append(_bd_psnr(joint, mine[s]) if joint else math.nan)
                 entry["bd_vs_joint"] = _spread(against)
@@ -121,8 +148,10 @@ def _signed(spread: dict | None, digits: int, unit: str = "") -> str:
     if not spread or not math.isfinite(spread.get("mean", math.nan)):
         return "n/a"
     text = f"{spread['mean']:+.{digits}f}{unit}"
-    if len(spread["values"]) > 1:
+    if spread.get("n", len(spread["values"])) > 1:
         text += f" ({spread['min']:+.{digits}f} to {spread['max']:+.{digits}f})"
+    if spread.get("n", len(spread["values"])) < len(spread["values"]):
+        text += f" [{spread['n']} of {len(spread['values'])} seeds]"
     return text
 
 
@@ -152,9 +181,12 @@ def markdown(summary: dict[str, Any]) -> str:
         f"{', '.join(f'{q:g}' for q in budget['qualities'])}. Written by `python -m pillow_jac.study`; "
         "read with docs/study.md. BD-rate: negative is fewer bits at equal PSNR, over the PSNR range both "
         "curves cover; BD-PSNR: positive is more dB at equal rate, over the rates both cover (n/a: no "
-        "overlap). Two seeds are shown as mean (lowest to highest).",
+        "overlap). Two seeds are shown as mean (lowest to highest); each seed is compared with the joint "
+        "model of the same seed only.",
         "",
     ]
+    if summary.get("missing_runs"):
+        lines += [f"Partial: not measured at this budget: {', '.join(summary['missing_runs'])}.", ""]
     for set_name in SETS:
         noise = summary["noise"].get(set_name)
         lines += [f"## {set_name}", ""]
@@ -263,19 +295,35 @@ def plot(path: Path, summary: dict[str, Any]) -> bool:
     return True
 
 
-def write_report(results: Path, runs: list[tuple[Variant, int]], budget: Budget = BUDGET) -> dict[str, Any]:
-    """Read the runs under ``results/study`` measured at ``budget``; write ``results/study.{json,md,png}``."""
+def write_report(
+    results: Path, runs: list[tuple[Variant, int]], budget: Budget = BUDGET, partial: bool = False
+) -> dict[str, Any]:
+    """Read the runs measured at ``budget`` and write the budget's report.
+
+    The files are ``results/study.{json,md,png}`` for the study's own budget (:func:`budget_paths`).
+
+    Raises:
+        MissingRunsError: a planned run is not measured at ``budget`` (unless ``partial``).
+    """
     folder = results / "study"
+    measured_dir, stem = budget_paths(results, budget)
     measured = {}
     wanted = budget.to_dict()
     for variant, seed in runs:
-        path = folder / "measured" / f"{run_name(variant, seed)}.json"
+        path = measured_dir / f"{run_name(variant, seed)}.json"
         if path.exists() and (run := json.loads(path.read_text()))["budget"] == wanted:
             measured[run_name(variant, seed)] = run
+    missing = [run_name(v, s) for v, s in runs if run_name(v, s) not in measured]
+    if missing and not partial:
+        raise MissingRunsError(
+            f"{len(missing)} of {len(runs)} planned runs are not measured at {budget.steps} steps "
+            f"({', '.join(missing)}): measure them first, or report with --partial"
+        )
     anchors = json.loads((folder / "anchors.json").read_text()) if (folder / "anchors.json").exists() else {}
     timings = json.loads((folder / "timings.json").read_text()) if (folder / "timings.json").exists() else {}
     summary = summarise(measured, anchors, timings, budget)
-    (results / "study.json").write_text(json.dumps(summary, indent=1) + "\n")
-    (results / "study.md").write_text(markdown(summary))
-    plot(results / "study.png", summary)
+    summary["missing_runs"] = missing
+    (results / f"{stem}.json").write_text(json.dumps(summary, indent=1) + "\n")
+    (results / f"{stem}.md").write_text(markdown(summary))
+    plot(results / f"{stem}.png", summary)
     return summary

@@ -434,9 +434,17 @@ def save_checkpoint(
     config: ModelConfig,
     average: WeightAverage | None = None,
 ) -> None:
-    """Write the resumable checkpoint and the float safetensors beside it, atomically."""
+    """Write the resumable checkpoint and the float safetensors beside it, each atomically.
+
+    The float files go first and the checkpoint last, so a stop between them never leaves a checkpoint newer
+    than its weight average (a finished run is recognised by its checkpoint's step).
+    """
     from ..weights import save_float_state
 
+    save_float_state(path.with_name("float.safetensors"), model.state_dict(), config, {"step": str(step)})
+    if average is not None:
+        notes = {"step": str(step), "ema_decay": str(average.decay)}
+        save_float_state(path.with_name("ema.safetensors"), average.model(model).state_dict(), config, notes)
     tmp = path.with_suffix(".tmp")
     torch.save(
         {
@@ -451,10 +459,6 @@ def save_checkpoint(
         tmp,
     )
     os.replace(tmp, path)
-    save_float_state(path.with_name("float.safetensors"), model.state_dict(), config, {"step": str(step)})
-    if average is not None:
-        notes = {"step": str(step), "ema_decay": str(average.decay)}
-        save_float_state(path.with_name("ema.safetensors"), average.model(model).state_dict(), config, notes)
 
 
 if __name__ == "__main__":
