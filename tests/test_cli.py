@@ -607,6 +607,9 @@ def test_ctrl_c_stops_a_parallel_batch(tmp_path: Path, target: str) -> None:
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,  # its own process group, as a shell gives a command
+        # as a terminal starts it: a process started with SIGINT ignored (a background job of a script, nohup)
+        # keeps ignoring it, as it should, so a test run from such a job would otherwise see no Ctrl-C at all
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         deadline = time.monotonic() + 120
