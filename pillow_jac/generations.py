@@ -155,12 +155,11 @@ def _header(path: Path) -> tuple[dict[str, str], int] | None:
     meta = header.get("__metadata__") if isinstance(header, dict) else None
     if not isinstance(meta, dict):
         return None
-    ends = [v.get("data_offsets", [0, 0])[1] for k, v in header.items() if k != "__metadata__" and isinstance(v, dict)]
-    try:
-        declared = 8 + size + max((int(e) for e in ends), default=0)
-    except (TypeError, ValueError):
-        return None
-    return meta, declared
+    try:  # every tensor's data must lie inside the file: the largest end offset declares its size
+        ends = [int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__" and isinstance(v, dict)]
+    except (KeyError, IndexError, TypeError, ValueError):
+        return None  # not a safetensors header
+    return meta, 8 + size + max(ends, default=0)
 
 
 _RELEASED: dict[tuple, dict[str, dict[str, str]]] = {}

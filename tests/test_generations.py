@@ -363,3 +363,17 @@ def test_jac_weights_alone_need_no_package_weights(tmp_path: Path, monkeypatch: 
 
     data = (VECTORS / SHIPPED_ID / entry["file"]).read_bytes()
     assert make_vectors.digest(codec.decode(data)) == entry["pixels_sha256"]
+
+
+def test_a_malformed_weights_header_is_not_a_generation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A file in JAC_MODELS whose header parses but is not a safetensors one is skipped; listing went on to
+    fail with a TypeError on every decode."""
+    import struct
+
+    meta = {"model_id": "x", "weights_hash": "00" * 8, "decoder_hash": "00" * 8, "layout": "full"}
+    for i, offsets in enumerate((5, ["a", "b"], None)):
+        tensor = {"dtype": "F32", "shape": [1], **({} if offsets is None else {"data_offsets": offsets})}
+        header = json.dumps({"__metadata__": meta, "t": tensor}).encode()
+        (tmp_path / f"{i}.safetensors").write_bytes(struct.pack("<Q", len(header)) + header)
+    monkeypatch.setenv("JAC_MODELS", str(tmp_path))
+    assert [g.model_id for g in generations.installed()] == [SHIPPED_ID]
