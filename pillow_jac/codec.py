@@ -91,11 +91,11 @@ def _threads_for(pixels: int, engine):
 
     from .latent_coding import single_threaded
 
-    region = contextlib.ExitStack()
-    region.enter_context(interpreter_exit.working())
-    if engine.device.type == "cpu" and pixels <= SMALL_IMAGE_PIXELS:
-        region.enter_context(single_threaded())
-    return region
+    with contextlib.ExitStack() as region:  # left again if entering the second part fails
+        region.enter_context(interpreter_exit.working())
+        if engine.device.type == "cpu" and pixels <= SMALL_IMAGE_PIXELS:
+            region.enter_context(single_threaded())
+        return region.pop_all()
 
 
 def _encode_latents(engine, z_hat: np.ndarray | None, y_hat: np.ndarray) -> tuple[bytes, bytes]:
