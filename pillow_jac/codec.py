@@ -427,7 +427,8 @@ def _rounded(t) -> np.ndarray:
     """
     from .latent_coding import SYMBOL_LIMIT
 
-    return _torch().round(t).clamp(-SYMBOL_LIMIT, SYMBOL_LIMIT)[0].cpu().numpy().astype(np.int64)
+    with interpreter_exit.working():  # torch work (on CUDA, .cpu() waits for the analysis queued before it)
+        return _torch().round(t).clamp(-SYMBOL_LIMIT, SYMBOL_LIMIT)[0].cpu().numpy().astype(np.int64)
 
 
 def _to_layout(rgb: np.ndarray, layout: str, alpha: np.ndarray | None) -> np.ndarray:

@@ -335,7 +335,7 @@ def plan(
             raise ValueError("no input files given")
     jobs: dict[Path, Path] = {}
     written: dict[Path, Path] = {}
-    folded: dict[str, Path] = {}  # by the output's name in lower case
+    folded: dict[str, Path] = {}  # by the output's name folded as file systems that ignore case fold it
     sensitive: dict[Path, bool] = {}
     for src in sources:
         if base is None:
@@ -347,7 +347,7 @@ def plan(
                 raise ValueError(f"{src} is not inside {base}") from None
         dst = out / relative.with_suffix("." + to)
         other = written.get(dst)
-        key = str(dst).lower()  # simple folding: full folding (casefold) would also merge ß and ss
+        key = _folded(str(dst))
         if other is None and key in folded:
             if dst.parent not in sensitive:
                 sensitive[dst.parent] = _case_sensitive(dst.parent)
@@ -359,6 +359,20 @@ def plan(
         written[dst] = src
         folded.setdefault(key, src)
     return jobs
+
+
+def _folded(name: str) -> str:
+    """``name`` with each character in upper case where that is one character (simple case mapping).
+
+    File systems that ignore case compare names so (NTFS upper-cases each character by a table): ``ς``, ``σ``
+    and ``Σ`` are one letter there, while ``ß`` and ``ss`` stay two names, as ``str.upper``'s full mapping
+    (``ß`` -> ``SS``) or ``casefold`` would not have it.
+
+    Example:
+        >>> _folded("Straße.jac") == _folded("STRAßE.jac"), _folded("ς") == _folded("σ"), _folded("ß") == _folded("ss")
+        (True, True, False)
+    """
+    return "".join(up if len(up := c.upper()) == 1 else c for c in name)
 
 
 def _case_sensitive(folder: Path) -> bool:

@@ -157,7 +157,7 @@ def _header(path: Path) -> tuple[dict[str, str], int] | None:
         return None
     try:  # every tensor's data must lie inside the file: the largest end offset declares its size
         ends = [int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__" and isinstance(v, dict)]
-    except (KeyError, IndexError, TypeError, ValueError):
+    except (KeyError, IndexError, TypeError, ValueError, OverflowError):
         return None  # not a safetensors header
     return meta, 8 + size + max(ends, default=0)
 

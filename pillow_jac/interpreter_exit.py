@@ -54,8 +54,8 @@ def working() -> Iterator[None]:
         (1, 0)
     """
     global _inside
-    check()
-    with _idle:
+    with _idle:  # tested under the lock: the exit handler sets the flag under it too
+        _stop_if_exiting()
         _inside += 1
     try:
         yield
@@ -68,9 +68,15 @@ def working() -> Iterator[None]:
 
 def check() -> None:
     """Stop this thread (:class:`SystemExit`) if the interpreter is exiting and it is not the main thread."""
-    if _exiting and threading.current_thread() is not threading.main_thread():
+    if _exiting:
         with _idle:
-            _stopped.append(threading.current_thread())
+            _stop_if_exiting()
+
+
+def _stop_if_exiting() -> None:
+    """:func:`check`, with the lock held."""
+    if _exiting and threading.current_thread() is not threading.main_thread():
+        _stopped.append(threading.current_thread())
         raise SystemExit("pillow_jac: the interpreter is exiting")
 
 

@@ -406,3 +406,15 @@ def test_check_stops_other_threads_at_exit(monkeypatch) -> None:
     thread.join()
     assert outcome == ["pillow_jac: the interpreter is exiting"]
     assert interpreter_exit._stopped == [thread]
+
+
+def test_rounding_the_latents_is_counted_torch_work(monkeypatch) -> None:
+    """torch.round, .cpu() and .numpy() of the encoder's latents ran outside the counted region: a daemon
+    thread there at exit could still abort the process (on CUDA, .cpu() waits for the whole analysis)."""
+    from pillow_jac import interpreter_exit
+
+    seen = []
+    real = torch.round
+    monkeypatch.setattr(torch, "round", lambda t: seen.append(interpreter_exit._inside) or real(t))
+    codec._rounded(torch.zeros(1, 2, 3, 3))
+    assert seen == [1]

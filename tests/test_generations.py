@@ -371,7 +371,7 @@ def test_a_malformed_weights_header_is_not_a_generation(tmp_path: Path, monkeypa
     import struct
 
     meta = {"model_id": "x", "weights_hash": "00" * 8, "decoder_hash": "00" * 8, "layout": "full"}
-    for i, offsets in enumerate((5, ["a", "b"], None)):
+    for i, offsets in enumerate((5, ["a", "b"], None, [0, float("inf")])):
         tensor = {"dtype": "F32", "shape": [1], **({} if offsets is None else {"data_offsets": offsets})}
         header = json.dumps({"__metadata__": meta, "t": tensor}).encode()
         (tmp_path / f"{i}.safetensors").write_bytes(struct.pack("<Q", len(header)) + header)

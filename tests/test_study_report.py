@@ -168,3 +168,20 @@ def test_a_run_resumes_and_a_larger_budget_extends_it(tmp_path):
     train_run(tiny, 0, dataclasses.replace(small, steps=4), images, tmp_path, log=logs.append)
     assert torch.load(tmp_path / "checkpoint.pt", weights_only=False)["step"] == 4
     assert any("resumed at step 2" in line for line in logs) and path.read_bytes() != first
+    with pytest.raises(ValueError, match="at step 4, past this budget's 2: use --steps 4"):
+        train_run(tiny, 0, small, images, tmp_path, log=logs.append)  # its weights would be measured as step 2's
+
+
+def test_report_is_of_the_whole_study_whatever_only_says(tmp_path):
+    """``report --only joint`` wrote a study.md of the joint model alone over the whole study's."""
+    from pillow_jac.study.__main__ import main
+
+    folder, _ = budget_paths(tmp_path, BUDGET)
+    folder.mkdir(parents=True)
+    for seed in (0, 1):
+        (folder / f"joint-s{seed}.json").write_text(json.dumps(_run("joint", seed, 1.0 + seed / 50)))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["report", "--only", "joint", "--results", str(tmp_path)])
+    assert exit_info.value.code == 1 and not (tmp_path / "study.md").exists()
+    assert main(["report", "--only", "joint", "--partial", "--results", str(tmp_path)]) == 0
+    assert "Partial: not measured at this budget: hyper-scale-s0" in (tmp_path / "study.md").read_text()

@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         from .report import write_report
 
         try:
-            write_report(args.results, runs, budget, partial=args.partial)
+            write_report(args.results, planned_runs(), budget, partial=args.partial)  # the whole study, --only or not
         except MissingRunsError as exc:
             p.exit(1, f"{p.prog}: error: {exc}\n")
     return 0

@@ -28,7 +28,8 @@ def train_run(
 ) -> tuple[Path, float]:
     """Train ``variant`` with ``seed`` into ``out``; return its ``ema.safetensors`` and the training seconds.
 
-    A run whose checkpoint has reached ``budget.steps`` returns at once; one that stopped resumes from
+    A run whose checkpoint has reached ``budget.steps`` returns at once (one past it is refused: its weights
+    are another budget's); one that stopped resumes from
     its last checkpoint. A larger budget than a run had before extends it from where it ended, so the
     study can grow by rerunning it with more steps.
     """
@@ -37,7 +38,9 @@ def train_run(
     checkpoint = out / "checkpoint.pt"
     if checkpoint.exists() and done.exists():
         step = torch.load(checkpoint, map_location="cpu", weights_only=False)["step"]
-        if step >= budget.steps:
+        if step > budget.steps:  # its weights are not this budget's: they would be measured under its name
+            raise ValueError(f"{out.name} is at step {step}, past this budget's {budget.steps}: use --steps {step}")
+        if step == budget.steps:
             return done, float((out / "seconds.txt").read_text())
     config = variant.model_config(budget)
     torch.manual_seed(seed)
