@@ -9,7 +9,9 @@ For each ``format_spec/vectors/<model_id>/vectors.json`` it checks, for every ve
   sample differs by one level (allowed: g_s runs in floating point, SPEC.md section 1), else a failure.
 
 The model variants' vectors (``format_spec/vectors/variants/<model_id>/``, CODING.md section 4) are
-checked the same way with the tiny generation stored beside them (``weights.safetensors``).
+checked the same way with the tiny generation stored beside them (``weights.safetensors``). The invalid
+vectors (``format_spec/vectors/invalid/``, made by ``make_invalid.py``) must each be rejected: a decoder
+that decodes one of them breaks a rule of SPEC.md section 8.2.
 
 It prints one line per vector and a summary, and exits 0 when every vector passes. Options:
 ``--generation ID`` checks one generation; ``--device cuda`` decodes on a GPU.
@@ -74,6 +76,27 @@ def check(generation: str, device: str | None = None) -> list[tuple[str, str, bo
     return results
 
 
+def check_invalid(device: str | None = None) -> list[tuple[str, str, bool]]:
+    """``(vector, outcome, passed)`` for every invalid vector: passed when the decoder rejects it."""
+    from pillow_jac import codec
+
+    folder = HERE / "invalid"
+    table = json.loads((folder / "invalid.json").read_text()) if (folder / "invalid.json").exists() else {}
+    results = []
+    for name, entry in table.items():
+        data = (folder / entry["file"]).read_bytes()
+        if hashlib.sha256(data).hexdigest() != entry["file_sha256"]:
+            results.append((name, "the vector file is damaged", False))
+            continue
+        try:
+            codec.decode(data, device=device)
+        except (ValueError, OSError) as e:  # the reference's classes are informative; rejection is normative
+            results.append((name, f"rejected ({type(e).__name__}; {entry['rule']})", True))
+        else:
+            results.append((name, f"decoded, but it breaks {entry['rule']}", False))
+    return results
+
+
 def main(argv: list[str] | None = None) -> int:
     """Check the vectors and print a report; 0 when all pass."""
     p = argparse.ArgumentParser(description="Check that this installation decodes every generation's vectors")
@@ -88,6 +111,12 @@ def main(argv: list[str] | None = None) -> int:
             failed += not passed
             print(f"{'PASS' if passed else 'FAIL'}  {gen}/{name}: {outcome}")
     print(f"{total - failed} of {total} vectors of {len(gens)} generation(s) pass")
+    invalid = [] if args.generation else check_invalid(args.device)
+    for name, outcome, passed in invalid:
+        failed += not passed
+        print(f"{'PASS' if passed else 'FAIL'}  invalid/{name}: {outcome}")
+    if invalid:
+        print(f"{sum(p for _, _, p in invalid)} of {len(invalid)} invalid vectors are rejected")
     return 1 if failed or not total else 0
 
 

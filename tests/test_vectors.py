@@ -158,3 +158,25 @@ def test_vectors_at_effort_record_the_search_that_made_them():
         table = json.loads((folder / "vectors.json").read_text())
         assert all(("search" in e) == bool(e["effort"]) for e in table.values())
         assert all(_same_search(e) for e in table.values())
+
+
+def _load_format_script(name: str):
+    spec = importlib.util.spec_from_file_location(name, VECTORS.parent / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_invalid_vectors_are_rejected_and_made_again_byte_for_byte(tmp_path):
+    """Each invalid vector breaks one rule of SPEC 8.2 and is rejected with the error invalid.json names; the
+    script that made them makes the same bytes (its tests of the rules stay what they were)."""
+    table = json.loads((VECTORS / "invalid" / "invalid.json").read_text())
+    assert len(table) == 6
+    for entry in table.values():
+        with pytest.raises((ValueError, OSError)) as info:
+            codec.decode((VECTORS / "invalid" / entry["file"]).read_bytes())
+        assert type(info.value).__name__ == entry["error"]
+    again = _load_format_script("make_invalid").make(tmp_path)
+    assert {n: e["file_sha256"] for n, e in again.items()} == {n: e["file_sha256"] for n, e in table.items()}
+    conformance = _load_format_script("conformance")
+    assert all(passed for _, _, passed in conformance.check_invalid())

@@ -1,0 +1,117 @@
+"""Write the invalid vectors: files a decoder MUST reject (SPEC.md section 8.2, CODING.md section 2.4).
+
+``python format_spec/make_invalid.py`` writes ``format_spec/vectors/invalid/``: each file is a release-6
+vector with one rule broken, its container otherwise valid (lengths and CRCs recomputed), so that only a
+decoder that applies the rule rejects it. ``invalid.json`` names, for each, the vector it comes from, the
+rule, and the error the reference implementation raises (informative: only rejection is normative).
+``format_spec/conformance.py`` checks that every one is rejected. The files never change once written.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import sys
+import zlib
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent / "vectors"
+OUT = ROOT / "invalid"
+BASE = "mbt-128-192-r006"
+
+
+def _with(jac, *, z: bytes | None = None, y: bytes | None = None, alpha: bytes | None = None) -> bytes:
+    """The file of ``jac`` with other streams or alpha payload, its header lengths and CRCs made to agree."""
+    from pillow_jac import container
+
+    z = jac.z_stream if z is None else z
+    y = jac.y_stream if y is None else y
+    header = dataclasses.replace(jac.header, z_stream_length=len(z), y_stream_length=len(y))
+    return container.serialize(
+        dataclasses.replace(jac, header=header, z_stream=z, y_stream=y, alpha=jac.alpha if alpha is None else alpha)
+    )
+
+
+def _latent_out_of_range(jac) -> bytes:
+    """One latent of ``y`` coded as 5000 (an escape can carry it; the encoder's clamp is 4095)."""
+    from pillow_jac import codec, generations
+    from pillow_jac.engine import get_engine
+
+    z_hat, y_hat = codec.decode_symbols(jac)
+    y_hat = y_hat.copy()
+    y_hat[0, 0, 0] = 5000
+    engine = get_engine("cpu", generations.find(jac.header.model_id, jac.header.weights_hash).path)
+    z_stream, y_stream = engine.latents.encode(z_hat, y_hat)
+    return _with(jac, z=z_stream, y=y_stream)
+
+
+def _preset_dictionary(jac) -> bytes:
+    """The alpha plane as a zlib stream that sets FDICT (a preset dictionary)."""
+    plane = zlib.decompress(jac.alpha)
+    packer = zlib.compressobj(9, zlib.DEFLATED, 15, 9, zlib.Z_DEFAULT_STRATEGY, zdict=b"jac preset dictionary")
+    return _with(jac, alpha=packer.compress(plane) + packer.flush())
+
+
+#: name -> (source vector, rule, the reference implementation's error, how the file is made from the source's)
+CASES: dict[str, tuple[str, str, str, Callable]] = {
+    "ystr-partial-word": (
+        "rgb-130x70-q7.jac", "CODING 2.4: a stream is whole 32-bit words", "EntropyCodingError",
+        lambda jac: _with(jac, y=jac.y_stream + b"\x00"),
+    ),
+    "ystr-two-extra-words": (
+        "rgb-130x70-q7.jac", "CODING 2.4: no data after the last symbol", "EntropyCodingError",
+        lambda jac: _with(jac, y=jac.y_stream + b"\x12\x34\x56\x78" * 2),
+    ),
+    "zstr-cut-short": (
+        "rgb-130x70-q7.jac", "SPEC 8.2 rule 12: ZSTR cut to one word (here the y stream it garbles fails)",
+        "EntropyCodingError",
+        lambda jac: _with(jac, z=jac.z_stream[:4]),
+    ),
+    "y-latent-out-of-range": (
+        "rgb-130x70-q7.jac", "CODING 1.4: decoded latents lie in -4095..4095", "EntropyCodingError",
+        _latent_out_of_range,
+    ),
+    "alph-trailing-byte": (
+        "la-20x33-q2.jac", "SPEC 5.1: nothing follows the zlib stream", "JacDataError",
+        lambda jac: _with(jac, alpha=jac.alpha + b"\x00"),
+    ),
+    "alph-preset-dictionary": (
+        "la-20x33-q2.jac", "SPEC 5.1: FDICT is 0", "JacDataError",
+        _preset_dictionary,
+    ),
+}  # fmt: skip
+
+
+def make(out: Path = OUT) -> dict:
+    """Write every invalid vector into ``out`` and its ``invalid.json``; returns the table."""
+    from pillow_jac import container
+
+    out.mkdir(parents=True, exist_ok=True)
+    table = {}
+    for name, (source, rule, error, build) in CASES.items():
+        data = build(container.parse((ROOT / BASE / source).read_bytes()))
+        (out / f"{name}.jac").write_bytes(data)
+        table[name] = {
+            "file": f"{name}.jac",
+            "from": f"{BASE}/{source}",
+            "rule": rule,
+            "error": error,
+            "file_sha256": hashlib.sha256(data).hexdigest(),
+        }
+    (out / "invalid.json").write_text(json.dumps(table, indent=2) + "\n")
+    return table
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Write the invalid vectors once; refuse to overwrite them."""
+    if (OUT / "invalid.json").exists():
+        print(f"{OUT} exists: the invalid vectors never change", file=sys.stderr)
+        return 1
+    print(f"wrote {len(make())} invalid vectors to {OUT}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
