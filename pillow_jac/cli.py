@@ -41,7 +41,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from . import __version__
+from . import __version__, container
 from .constants import DEFAULT_EFFORT, DEFAULT_QUALITY, MAX_EFFORT, validate_quality
 from .conversion import PROG, STDIO, ConversionError, decode_file, encode_file, one_line, read_jac, show_warning
 from .local_batch import run_batch
@@ -108,9 +108,11 @@ def file_info(path: Path) -> dict[str, Any]:
 
     Keys: ``file``, ``version``, ``width``, ``height``, ``mode``, ``quality``, ``model_id``,
     ``weights_hash`` (hex), ``file_bytes``, ``bpp`` (file bits per pixel), ``z_stream_bytes``,
-    ``y_stream_bytes``, ``alpha_bytes``, ``icc_profile_bytes``, ``exif_bytes``, ``xmp_bytes``,
+    ``y_stream_bytes``, ``alpha_bytes``, ``icc_profile_bytes``, ``exif_bytes``, ``xmp_bytes``, ``preview_bytes``,
+    ``preview_size`` (``[width, height]`` of a usable preview, else None),
     ``unknown_chunks`` (the types of the chunks this version does not know, each once, in file order),
-    ``unknown_chunk_count`` (how many there are), ``decoder_installed`` and ``decoder_path``. ``path``
+    ``unknown_chunk_count`` (how many there are), ``decoder_installed``, ``model_installed`` (a generation of
+    that ``model_id``, whatever its hash) and ``decoder_path``. ``path``
     ``-`` reads standard input.
     """
     import pillow_jac
@@ -118,7 +120,9 @@ def file_info(path: Path) -> dict[str, Any]:
     unknown: Counter[bytes] = Counter()  # in file order
     jac, file_bytes = read_jac(path, on_unknown=lambda ctype: unknown.update((ctype,)))
     h = jac.header
-    decoder = [g for g in pillow_jac.models() if (g.model_id, g.weights_hash) == (h.model_id, h.weights_hash)]
+    models = pillow_jac.models()
+    decoder = [g for g in models if (g.model_id, g.weights_hash) == (h.model_id, h.weights_hash)]
+    preview = container.unpack_preview(jac.preview)
     return {
         "file": str(path),
         "version": f"{h.version[0]}.{h.version[1]}",
@@ -136,9 +140,12 @@ def file_info(path: Path) -> dict[str, Any]:
         "icc_profile_bytes": len(jac.icc_profile or b""),
         "exif_bytes": len(jac.exif or b""),
         "xmp_bytes": len(jac.xmp or b""),
+        "preview_bytes": len(jac.preview or b""),
+        "preview_size": list(preview[1:3]) if preview is not None else None,
         "unknown_chunks": [ctype.decode("latin-1") for ctype in unknown],
         "unknown_chunk_count": unknown.total(),
         "decoder_installed": bool(decoder),
+        "model_installed": any(g.model_id == h.model_id for g in models),
         "decoder_path": str(decoder[0].path) if decoder else None,
     }
 
@@ -286,6 +293,10 @@ _LISTED_TYPES = 8
 
 def _print_info(info: dict[str, Any]) -> None:
     meta = [f"{n} {info[n + '_bytes']} B" for n in ("icc_profile", "exif", "xmp") if info[n + "_bytes"]]
+    if info["preview_bytes"]:
+        size = info["preview_size"]
+        shown = f"{size[0]}x{size[1]} " if size else "(unusable) "
+        meta.append(f"preview {shown}{info['preview_bytes']} B")
     meta += [f"unknown chunk {t!r}" for t in info["unknown_chunks"][:_LISTED_TYPES]]
     if info["unknown_chunk_count"] > len(info["unknown_chunks"][:_LISTED_TYPES]):
         types = len(info["unknown_chunks"])
@@ -300,6 +311,9 @@ def _print_info(info: dict[str, Any]) -> None:
         + (
             "installed"
             if info["decoder_installed"]
+            else "NOT installed: the installed one has another hash (the file is damaged or was made by an "
+            "unreleased build)"
+            if info["model_installed"]
             else "NOT installed: get it with a pillow_jac release that "
             "ships it, or put its weights file in a directory named by JAC_MODELS"
         ),

@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import io
 import os
+import stat
 import sys
 import tempfile
 import time
@@ -81,14 +82,19 @@ def _stdout() -> IO[bytes]:
     return out
 
 
-def _read_stdin() -> bytes:
-    """All of standard input; a terminal is refused, as compressors do (nobody types an image)."""
+def _stdin() -> IO[bytes]:
+    """Standard input as a binary stream; a terminal is refused, as compressors do (nobody types an image)."""
     if sys.stdin is None:
         raise ConversionError(f"{STDIO}: there is no standard input")
     source = sys.stdin.buffer
     if source.isatty():
         raise ConversionError(f"{STDIO}: refusing to read image data from a terminal; redirect or pipe it")
-    return source.read()
+    return source
+
+
+def _read_stdin() -> bytes:
+    """All of standard input (:func:`_stdin`)."""
+    return _stdin().read()
 
 
 def _emit(dst: Path, data: bytes, out: IO[bytes] | None) -> None:
@@ -182,12 +188,27 @@ def read_jac(path: Path, *, on_unknown: Any = None) -> tuple[container.JacFile, 
     """
     try:
         if _is_stdio(path):
-            data = _read_stdin()
-            return container.read(data, on_unknown=on_unknown), len(data)
+            counted = _Counted(_stdin())  # read as the container asks: a non-JAC input stops at its signature
+            return container.read(counted, on_unknown=on_unknown), counted.count
         with open(path, "rb") as fp:
-            return container.read(fp, on_unknown=on_unknown), os.fstat(fp.fileno()).st_size
+            if stat.S_ISREG(os.fstat(fp.fileno()).st_mode):
+                return container.read(fp, on_unknown=on_unknown), os.fstat(fp.fileno()).st_size
+            counted = _Counted(fp)  # a pipe, a FIFO, /dev/stdin: its size is what was read
+            return container.read(counted, on_unknown=on_unknown), counted.count
     except container.JacFormatError as e:
         raise ConversionError(f"{path}: {e}") from e
+
+
+class _Counted:
+    """A binary stream (read only, not seekable) that counts the bytes read from it."""
+
+    def __init__(self, raw: IO[bytes]) -> None:
+        self.raw, self.count = raw, 0
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.raw.read(n)
+        self.count += len(data)
+        return data
 
 
 def decode_file(src: Path, dst: Path, *, device: str | None = None) -> None:

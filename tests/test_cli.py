@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -698,6 +699,9 @@ def test_models_and_info_name_the_decoder_generation(tmp_path, capsys):
     assert "mbt-9-12-r099" in out and "NOT installed" in out and "JAC_MODELS" in out
     assert cli.main(["info", "--json", str(tmp_path / "gone.jac")]) == 0
     assert _json.loads(capsys.readouterr().out)["decoder_installed"] is False
+    (tmp_path / "other.jac").write_bytes(fz.restamp(data, "mbt-128-192-r006", bytes(8)))  # the id, another hash
+    assert cli.main(["info", str(tmp_path / "other.jac")]) == 0
+    assert "NOT installed: the installed one has another hash" in capsys.readouterr().out
     # --model picks the generation to encode for
     src = tmp_path / "in.png"
     from PIL import Image
@@ -719,6 +723,41 @@ def test_info_reads_standard_input(jac: Path) -> None:
     assert result.returncode == 0, result.stderr
     info = json.loads(result.stdout)
     assert info["file"] == "-" and info["file_bytes"] == jac.stat().st_size
+
+
+@pytest.mark.skipif(os.name != "posix", reason="FIFOs")
+def test_info_of_a_pipe_stops_at_the_signature_and_counts_what_it_read(jac: Path, tmp_path: Path) -> None:
+    """``jac info -`` read all of standard input before looking at the signature (all of /dev/zero: out of
+    memory); a FIFO's size was its st_size, 0."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pillow_jac", "info", "-"], stdin=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT
+    )
+    proc.stdin.write(b"not a JAC file, and more to come")
+    proc.stdin.flush()  # the pipe stays open: an input read to its end would never end
+    try:
+        assert proc.wait(timeout=60) == 1
+    finally:
+        proc.kill()
+        proc.stdin.close()
+    assert b"not a JAC file" in proc.stderr.read()
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    writer = threading.Thread(target=lambda: fifo.write_bytes(jac.read_bytes()))
+    writer.start()
+    result = run_jac("info", "--json", str(fifo))
+    writer.join()
+    assert json.loads(result.stdout)["file_bytes"] == jac.stat().st_size
+
+
+def test_info_shows_a_preview(tmp_path: Path, capsys) -> None:
+    noise = (np.random.default_rng(0).random((300, 600, 3)) * 255).astype(np.uint8)
+    path = tmp_path / "p.jac"
+    path.write_bytes(pillow_jac.encode(noise, 2, preview=True))
+    assert main(["info", str(path)]) == 0
+    assert "preview 512x256 " in capsys.readouterr().out
+    assert main(["info", "--json", str(path)]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["preview_size"] == [512, 256] and info["preview_bytes"] > 0
 
 
 def test_info_counts_unknown_chunks_without_keeping_them(jac: Path, tmp_path: Path, capsys) -> None:

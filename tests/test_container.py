@@ -719,3 +719,22 @@ def test_a_large_chunk_is_read_into_memory_once(tmp_path) -> None:
         tracemalloc.stop()
     assert parsed.xmp == xmp
     assert peak < 1.3 * len(xmp)
+
+
+def test_serialize_counts_bytes_of_any_memoryview() -> None:
+    """A stream given as a memoryview of 4-byte items: its length in items passed the check, and the file
+    written had a stream four times the header's length, which the reader refused."""
+    import array
+    import dataclasses
+
+    from pillow_jac import container
+
+    words = memoryview(array.array("I", [1, 2]))  # 2 items, 8 bytes
+    jac = container.JacFile.create(
+        width=16, height=16, layout="RGB", quality=2.0, model_id="m", weights_hash=bytes(8),
+        z_stream=b"", y_stream=bytes(words),
+    )  # fmt: skip
+    short = dataclasses.replace(jac.header, y_stream_length=2)
+    with pytest.raises(ValueError, match="y_stream is 8 bytes but header.y_stream_length is 2"):
+        container.serialize(dataclasses.replace(jac, header=short, y_stream=words))
+    assert container.parse(container.serialize(dataclasses.replace(jac, y_stream=words))) == jac

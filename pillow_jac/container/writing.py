@@ -82,10 +82,10 @@ def serialize(jac: JacFile) -> bytes:
         raise ValueError(problem)
     _check_bytes("z_stream", jac.z_stream, optional=False)
     _check_bytes("y_stream", jac.y_stream, optional=False)
-    if len(jac.z_stream) != h.z_stream_length:
-        raise ValueError(f"z_stream is {len(jac.z_stream)} bytes but header.z_stream_length is {h.z_stream_length}")
-    if len(jac.y_stream) != h.y_stream_length:
-        raise ValueError(f"y_stream is {len(jac.y_stream)} bytes but header.y_stream_length is {h.y_stream_length}")
+    for name, stream, declared in (("z", jac.z_stream, h.z_stream_length), ("y", jac.y_stream, h.y_stream_length)):
+        size = memoryview(stream).nbytes  # bytes, whatever the items of a memoryview
+        if size != declared:
+            raise ValueError(f"{name}_stream is {size} bytes but header.{name}_stream_length is {declared}")
     if h.has_alpha:
         if jac.alpha is None:
             raise ValueError(f"layout {h.layout} needs alpha (the compressed ALPH payload)")
