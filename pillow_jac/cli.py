@@ -423,6 +423,10 @@ def _run(args: argparse.Namespace) -> None:
         import pillow_jac
 
         gens = pillow_jac.models()
+        chosen = os.environ.get("JAC_WEIGHTS")
+        if chosen and not any(os.path.samefile(g.path, chosen) for g in gens if os.path.exists(chosen)):
+            why = "no such file" if not os.path.exists(chosen) else "not a weights file, or another's lookalike"
+            warnings.warn(f"JAC_WEIGHTS={chosen}: {why}; encoding fails until it names a weights file", stacklevel=1)
         if args.json:
             keys = ("model_id", "release", "can_encode", "size")
             rows = [{**{k: getattr(g, k) for k in keys}, "weights_hash": g.weights_hash.hex(), "path": str(g.path)}

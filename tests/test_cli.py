@@ -794,3 +794,15 @@ def test_decode_leaves_out_metadata_the_format_refuses(tmp_path: Path, capsys, n
     with Image.open(tmp_path / name) as im:
         assert im.size == (48, 40)
         assert "exif" not in im.info
+
+
+def test_models_says_when_jac_weights_names_no_weights_file(tmp_path: Path, monkeypatch, capsys) -> None:
+    """``jac models`` listed the package's weights silently while encoding failed on a mistyped JAC_WEIGHTS."""
+    monkeypatch.setenv("JAC_WEIGHTS", str(tmp_path / "typo.safetensors"))
+    assert main(["models"]) == 0
+    captured = capsys.readouterr()
+    assert "mbt-128-192-r006" in captured.out
+    assert "warning: JAC_WEIGHTS=" in captured.err and "no such file" in captured.err
+    monkeypatch.setenv("JAC_WEIGHTS", str(ROOT / "weights" / "mbt2018-n128m192.safetensors"))
+    assert main(["models"]) == 0
+    assert capsys.readouterr().err == ""
