@@ -36,6 +36,12 @@ def _digest(array: np.ndarray) -> str:
     return hashlib.sha256(f"{a.shape}|{a.dtype}|".encode() + a.tobytes()).hexdigest()
 
 
+def _intact(folder: Path, entry: dict) -> bytes | None:
+    """A vector's bytes, or None when they are not those its table records (the vector is damaged)."""
+    data = (folder / entry["file"]).read_bytes()
+    return data if hashlib.sha256(data).hexdigest() == entry["file_sha256"] else None
+
+
 def generations() -> list[str]:
     """Every generation with vectors: released ones by model id, variants as ``variants/<model_id>``."""
     return sorted(q.parent.relative_to(HERE).as_posix() for q in HERE.glob("*/vectors.json")) + sorted(
@@ -52,8 +58,8 @@ def check(generation: str, device: str | None = None) -> list[tuple[str, str, bo
     table = json.loads((folder / "vectors.json").read_text())
     weights = folder / "weights.safetensors" if (folder / "weights.safetensors").exists() else None
     for name, entry in table.items():
-        data = (folder / entry["file"]).read_bytes()
-        if hashlib.sha256(data).hexdigest() != entry["file_sha256"]:
+        data = _intact(folder, entry)
+        if data is None:
             results.append((name, "the vector file is damaged", False))
             continue
         try:
@@ -84,8 +90,8 @@ def check_invalid(device: str | None = None) -> list[tuple[str, str, bool]]:
     table = json.loads((folder / "invalid.json").read_text()) if (folder / "invalid.json").exists() else {}
     results = []
     for name, entry in table.items():
-        data = (folder / entry["file"]).read_bytes()
-        if hashlib.sha256(data).hexdigest() != entry["file_sha256"]:
+        data = _intact(folder, entry)
+        if data is None:
             results.append((name, "the vector file is damaged", False))
             continue
         try:
