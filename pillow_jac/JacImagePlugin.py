@@ -168,6 +168,8 @@ class JacImageFile(ImageFile.ImageFile):
     _jac: container.JacFile | None = None
     #: the decoded preview :meth:`draft` chose, in the file's mode, until :meth:`load` takes it.
     _preview: Image.Image | None = None
+    #: set by :meth:`close`: :meth:`load` then fails at once instead of decoding for nothing.
+    _jac_closed = False
 
     def _open(self) -> None:
         assert self.fp is not None
@@ -180,11 +182,14 @@ class JacImageFile(ImageFile.ImageFile):
         except (EOFError, struct.error, IndexError, TypeError, UnicodeDecodeError) as e:
             raise OSError(f"truncated or corrupt JAC header: {e}") from e
         size = (header.width, header.height)
-        # Refuse a bomb before reading the chunks; Image.open warns (and checks again) after _open.
-        try:
-            Image._decompression_bomb_check(size, error_only=True)
-        except TypeError:  # Pillow < 11.1 has no error_only
-            Image._decompression_bomb_check(size)
+        # Refuse a bomb before reading the chunks, as Image.open would after _open (which also warns, once)
+        limit = Image.MAX_IMAGE_PIXELS
+        if limit is not None and size[0] * size[1] > 2 * limit:
+            msg = (
+                f"Image size ({size[0] * size[1]} pixels) exceeds limit of {2 * limit} pixels, "
+                "could be decompression bomb DOS attack."
+            )
+            raise Image.DecompressionBombError(msg)
 
         # The metadata chunks come after JHDR: read the rest of the container (bytes only, no torch).
         jac = _read_container(self.fp, header, keep_unknown=False)
@@ -221,8 +226,16 @@ class JacImageFile(ImageFile.ImageFile):
         self.tile = [ImageFile._Tile("JAC", (0, 0, *preview.size), 0, None)]
         return self.mode, (0, 0, *preview.size)
 
+    def close(self) -> None:
+        """Close the image, and let go of the parsed file and of a preview :meth:`draft` decoded."""
+        self._jac = self._preview = None
+        self._jac_closed = True
+        super().close()
+
     def load(self) -> Image.core.PixelAccess | None:
         """Decode the pixels from the container parsed at open (or the preview :meth:`draft` chose)."""
+        if self.tile and self._jac_closed:
+            raise ValueError("Operation on closed image")
         if self.tile and self._jac is not None:
             if self._preview is not None:
                 raw, self._preview = self._preview.tobytes(), None

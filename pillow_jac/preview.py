@@ -8,8 +8,10 @@ Imports no torch.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import numbers
+import warnings
 from typing import TYPE_CHECKING
 
 from PIL import Image
@@ -45,12 +47,18 @@ def preview_for(jac: container.JacFile, mode: str, size: tuple[int, int]) -> Ima
     if width < int(full_width * scale) or height < int(full_height * scale):
         return None  # smaller than what was asked for
     formats = ["JPEG"] if image_format == container.PREVIEW_JPEG else ["WEBP"]
+    # A preview is smaller than its image, whose size Image.open checked and warned about already: a second
+    # warning is silenced, only when there would be one (catch_warnings changes process-wide state)
+    quiet = Image.MAX_IMAGE_PIXELS is not None and width * height > Image.MAX_IMAGE_PIXELS
     try:
-        with Image.open(io.BytesIO(data), formats=formats) as im:
-            if im.size != (width, height):
-                return None
-            im.load()
-            return im.convert(mode) if im.mode != mode else im.copy()
+        with warnings.catch_warnings() if quiet else contextlib.nullcontext():
+            if quiet:
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data), formats=formats) as im:
+                if im.size != (width, height):
+                    return None
+                im.load()
+                return im.convert(mode) if im.mode != mode else im.copy()
     except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError):
         return None
 

@@ -219,3 +219,28 @@ def test_cli_encode_preview(tmp_path: Path) -> None:
     assert container.unpack_preview(jac.preview)[1:3] == (512, 14)
     assert main(["encode", str(source), str(tmp_path / "plain.jac"), "-q", "2"]) == 0
     assert container.read(tmp_path / "plain.jac").preview is None
+
+
+def test_a_closed_image_fails_at_once_and_lets_go_of_its_data(with_preview: bytes, monkeypatch) -> None:
+    """load() after close() ran the whole neural decode before Pillow's "closed" error; close() kept the parsed
+    file and a drafted preview."""
+    from pillow_jac import JacImagePlugin
+
+    monkeypatch.setattr(JacImagePlugin, "_raw_pixels", lambda *a: pytest.fail("decoded a closed image"))
+    im = Image.open(io.BytesIO(with_preview))
+    im.draft(None, (128, 128))
+    im.close()
+    assert im._jac is None and im._preview is None
+    with pytest.raises(ValueError, match="closed image"):
+        im.load()
+
+
+def test_thumbnail_warns_of_a_bomb_once(image: Image.Image, monkeypatch) -> None:
+    """The preview went through Image.open's check too: a second DecompressionBombWarning, for a smaller image."""
+    data = jac_bytes(image, quality=3, preview=90)  # a 90x75 preview of the 96x80 image
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 5000)  # both warn (not an error below 10,000)
+    with pytest.warns(Image.DecompressionBombWarning) as caught:
+        im = Image.open(io.BytesIO(data))
+        im.thumbnail((45, 38))
+    assert im.size == (45, 38) and im._jac is None  # from the preview
+    assert len([w for w in caught if issubclass(w.category, Image.DecompressionBombWarning)]) == 1
