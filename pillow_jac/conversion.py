@@ -357,7 +357,7 @@ def plan(
     jobs: dict[Path, Path] = {}
     written: dict[Path, Path] = {}
     folded: dict[str, Path] = {}  # by the output's name folded as file systems that ignore case fold it
-    sensitive: dict[Path, bool] = {}
+    sensitive: dict[Path, bool | None] = {}
     for src in sources:
         if base is None:
             relative = Path(src.name)
@@ -367,15 +367,21 @@ def plan(
             except ValueError:
                 raise ValueError(f"{src} is not inside {base}") from None
         dst = out / relative.with_suffix("." + to)
-        other = written.get(dst)
+        other, why = written.get(dst), ""
         key = _folded(str(dst))
         if other is None and key in folded:
             if dst.parent not in sensitive:
                 sensitive[dst.parent] = _case_sensitive(dst.parent)
             if not sensitive[dst.parent]:
                 other = folded[key]
+                why = (
+                    " (names that differ only in case: one file there)"
+                    if sensitive[dst.parent] is False
+                    else " (names that differ only in case, and whether the output folder tells them apart could "
+                    "not be found out)"
+                )
         if other is not None:
-            raise ValueError(f"{src} and {other} would both be written to {dst}")
+            raise ValueError(f"{src} and {other} would both be written to {dst}{why}")
         jobs[src] = dst
         written[dst] = src
         folded.setdefault(key, src)
@@ -396,20 +402,21 @@ def _folded(name: str) -> str:
     return "".join(up if len(up := c.upper()) == 1 else c for c in name)
 
 
-def _case_sensitive(folder: Path) -> bool:
+def _case_sensitive(folder: Path) -> bool | None:
     """Whether names that differ only in case name different files in ``folder`` or the folder above it that exists.
 
-    False on macOS's and Windows' usual file systems, and when it cannot be found out. It writes and removes a
-    hidden empty file there, and is called only for two outputs whose names differ only in case.
+    False on macOS's and Windows' usual file systems; None when it cannot be found out (the folder cannot be
+    written). It writes and removes a hidden empty file there, and is called only for two outputs whose names
+    differ only in case.
     """
     while not folder.is_dir():
         if folder.parent == folder:
-            return False
+            return None
         folder = folder.parent
     try:
         fd, name = tempfile.mkstemp(prefix=".jac-case-", dir=folder)
     except OSError:
-        return False
+        return None
     try:
         os.close(fd)
         other = os.path.join(folder, os.path.basename(name).swapcase())

@@ -89,9 +89,14 @@ def test_plan_names_differing_in_case(photos: Path, tmp_path: Path, monkeypatch)
     assert names == ["Photo.jac", "photo.jac", "other.jac"]
     probed = []
     monkeypatch.setattr(conversion, "_case_sensitive", lambda folder: probed.append(folder) or False)
-    with pytest.raises(ValueError, match=r"photo.png and .*Photo.png would both be written to .*photo.jac"):
+    with pytest.raises(ValueError, match=r"photo.png and .*Photo.png would both be written to .*photo.jac \(names"):
         distributed.plan(paths, out)
     assert probed == [out]
+    monkeypatch.setattr(conversion, "_case_sensitive", lambda folder: None)  # the folder cannot be written
+    with pytest.raises(ValueError, match="could not be found out"):
+        distributed.plan(paths, out)
+    probed.clear()
+    monkeypatch.setattr(conversion, "_case_sensitive", lambda folder: probed.append(folder) or False)
     probed.clear()
     assert len(distributed.plan(paths[1:], out)) == 2  # names that differ more than in case: no probe
     assert probed == []
