@@ -10,8 +10,10 @@ their memory. The README's "Bulk conversion on a GPU" gives the measured through
 
 from __future__ import annotations
 
+import contextlib
 import operator
 import os
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -98,11 +100,19 @@ def _items(things, what: str, single: tuple[type, ...]) -> list:
     return list(things)
 
 
-def _naming_item(exc: BaseException, index: int) -> None:
-    """Mark ``exc`` with the index of the batch item it concerns: ``exc.batch_index`` and, on Python 3.11+, a note."""
-    exc.batch_index = index  # type: ignore[attr-defined]
-    if hasattr(exc, "add_note"):
-        exc.add_note(f"(item {index} of the batch)")
+@contextlib.contextmanager
+def _naming_item(index: int, *errors: type[BaseException]) -> Iterator[None]:
+    """Mark an error of ``errors`` raised in the block with the batch item it concerns.
+
+    The error gets ``batch_index`` and, on Python 3.11+, a note; it is raised on as it is.
+    """
+    try:
+        yield
+    except errors as exc:
+        exc.batch_index = index  # type: ignore[attr-defined]
+        if hasattr(exc, "add_note"):
+            exc.add_note(f"(item {index} of the batch)")
+        raise
 
 
 def _analyze_batch(
@@ -202,13 +212,10 @@ def encode_batch(
     batch_size = _check_batch_size(batch_size)
     arrays = []
     for i, image in enumerate(images):
-        try:
+        with _naming_item(i, TypeError, ValueError):
             arr = _as_array(image)
             if max(arr[0].shape[:2]) > container.C.MAX_DIMENSION:
                 raise ValueError(f"images are limited to {container.C.MAX_DIMENSION} pixels per side")
-        except (TypeError, ValueError) as exc:
-            _naming_item(exc, i)
-            raise
         arrays.append(arr)
     if not arrays:
         return []
@@ -282,13 +289,10 @@ def decode_batch(files, *, device=None, weights=None, batch_size: int = 8) -> li
     batch_size = _check_batch_size(batch_size)
     parsed, engines = [], []
     for i, data in enumerate(files):
-        try:
+        with _naming_item(i, OSError, ValueError, TypeError):
             jac = _parse(data)
             _check_size(jac.header)
             engines.append(_engine_for(jac, device, weights))
-        except (OSError, ValueError, TypeError) as exc:
-            _naming_item(exc, i)
-            raise
         parsed.append(jac)
     out: list[np.ndarray | None] = [None] * len(parsed)
     keys = [
@@ -299,19 +303,13 @@ def decode_batch(files, *, device=None, weights=None, batch_size: int = 8) -> li
         engine = engines[members[0]]
         if not _batchable(parsed[members[0]].header.y_shape):
             (i,) = members
-            try:
+            with _naming_item(i, OSError, ValueError):
                 out[i] = decode(parsed[i], device=device, weights=weights)
-            except (OSError, ValueError) as exc:
-                _naming_item(exc, i)
-                raise
             continue
         y_hats = []
         for i in members:
-            try:
+            with _naming_item(i, OSError, ValueError):
                 y_hats.append(_decode_latents(parsed[i], engine)[1])
-            except (OSError, ValueError) as exc:
-                _naming_item(exc, i)
-                raise
         headers = [parsed[i].header for i in members]
         sizes = [(h.height, h.width) for h in headers]
         rgbs = _synthesize_batch(y_hats, [h.quality for h in headers], sizes, engine)
