@@ -23,6 +23,7 @@ import argparse
 import hashlib
 import json
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -36,10 +37,17 @@ def _digest(array: np.ndarray) -> str:
     return hashlib.sha256(f"{a.shape}|{a.dtype}|".encode() + a.tobytes()).hexdigest()
 
 
-def _intact(folder: Path, entry: dict) -> bytes | None:
-    """A vector's bytes, or None when they are not those its table records (the vector is damaged)."""
-    data = (folder / entry["file"]).read_bytes()
-    return data if hashlib.sha256(data).hexdigest() == entry["file_sha256"] else None
+def _intact(folder: Path, table: dict, results: list) -> Iterator[tuple[str, dict, bytes]]:
+    """``(name, entry, bytes)`` of each vector of ``table`` whose bytes are those it records.
+
+    A damaged vector is reported in ``results`` instead.
+    """
+    for name, entry in table.items():
+        data = (folder / entry["file"]).read_bytes()
+        if hashlib.sha256(data).hexdigest() == entry["file_sha256"]:
+            yield name, entry, data
+        else:
+            results.append((name, "the vector file is damaged", False))
 
 
 def generations() -> list[str]:
@@ -57,11 +65,7 @@ def check(generation: str, device: str | None = None) -> list[tuple[str, str, bo
     folder = HERE / generation
     table = json.loads((folder / "vectors.json").read_text())
     weights = folder / "weights.safetensors" if (folder / "weights.safetensors").exists() else None
-    for name, entry in table.items():
-        data = _intact(folder, entry)
-        if data is None:
-            results.append((name, "the vector file is damaged", False))
-            continue
+    for name, entry, data in _intact(folder, table, results):
         try:
             z_hat, y_hat = codec.decode_symbols(data, device=device, weights=weights)
             pixels = codec.decode(data, device=device, weights=weights)
@@ -89,11 +93,7 @@ def check_invalid(device: str | None = None) -> list[tuple[str, str, bool]]:
     folder = HERE / "invalid"
     table = json.loads((folder / "invalid.json").read_text()) if (folder / "invalid.json").exists() else {}
     results = []
-    for name, entry in table.items():
-        data = _intact(folder, entry)
-        if data is None:
-            results.append((name, "the vector file is damaged", False))
-            continue
+    for name, entry, data in _intact(folder, table, results):
         try:
             codec.decode(data, device=device)
         except (ValueError, OSError) as e:  # the reference's classes are informative; rejection is normative
