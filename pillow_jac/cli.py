@@ -424,7 +424,7 @@ def _run(args: argparse.Namespace) -> None:
 
         gens = pillow_jac.models()
         chosen = os.environ.get("JAC_WEIGHTS")
-        if chosen and not any(os.path.samefile(g.path, chosen) for g in gens if os.path.exists(chosen)):
+        if chosen and not (os.path.exists(chosen) and any(os.path.samefile(g.path, chosen) for g in gens)):
             why = "no such file" if not os.path.exists(chosen) else "not a weights file, or another's lookalike"
             warnings.warn(f"JAC_WEIGHTS={chosen}: {why}; encoding fails until it names a weights file", stacklevel=1)
         if args.json:

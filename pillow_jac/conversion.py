@@ -191,8 +191,9 @@ def read_jac(path: Path, *, on_unknown: Any = None) -> tuple[container.JacFile, 
             counted = _Counted(_stdin())  # read as the container asks: a non-JAC input stops at its signature
             return container.read(counted, on_unknown=on_unknown), counted.count
         with open(path, "rb") as fp:
-            if stat.S_ISREG(os.fstat(fp.fileno()).st_mode):
-                return container.read(fp, on_unknown=on_unknown), os.fstat(fp.fileno()).st_size
+            st = os.fstat(fp.fileno())
+            if stat.S_ISREG(st.st_mode):
+                return container.read(fp, on_unknown=on_unknown), st.st_size
             counted = _Counted(fp)  # a pipe, a FIFO, /dev/stdin: its size is what was read
             return container.read(counted, on_unknown=on_unknown), counted.count
     except container.JacFormatError as e:

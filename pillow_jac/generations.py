@@ -231,19 +231,18 @@ def _generation(path: Path) -> Generation | None:
     with _CACHE_LOCK:
         if key in _CACHE:
             return _CACHE[key]
-    read = _header(path)
-    meta, declared = read if read is not None else (None, 0)
-    gen = None
-    if meta is not None and declared > stat.st_size:
-        _skip(path, f"it is {stat.st_size} bytes, shorter than the {declared} its header declares (damaged)")
-    elif meta is not None:
-        problem = released_problem(
-            str(meta.get("model_id")), str(meta.get("weights_hash")), str(meta.get("decoder_hash"))
-        )
+    meta, declared = _header(path) or (None, 0)
+    if meta is not None:
+        if declared > stat.st_size:
+            problem = f"it is {stat.st_size} bytes, shorter than the {declared} its header declares (damaged)"
+        else:
+            names = ("model_id", "weights_hash", "decoder_hash")
+            problem = released_problem(*(str(meta.get(name)) for name in names))
         if problem is not None:
             _skip(path, problem)
             meta = None
-    if meta is not None and declared <= stat.st_size:
+    gen = None
+    if meta is not None:
         try:
             gen = Generation(
                 model_id=str(meta["model_id"]),

@@ -83,6 +83,8 @@ def _stop_if_exiting() -> None:
 def watch() -> None:
     """Register the exit handler, once (the codec calls this after importing torch)."""
     global _watching
+    if _watching:  # the codec asks at every engine request: no lock once registered
+        return
     with _idle:
         if _watching:
             return
