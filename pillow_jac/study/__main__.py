@@ -80,8 +80,10 @@ def main(argv: list[str] | None = None) -> int:
         _log(f"{len(images)} training images loaded")
         for variant, seed in runs:
             name = run_name(variant, seed)
+            if _measured_with(measured / f"{name}.json", budget):
+                continue  # done at this budget, although its checkpoint may have gone on to a larger one
             trained, seconds = train_run(variant, seed, budget, images, args.runs / name, log=_log)
-            if args.phase == "train" or _measured_with(measured / f"{name}.json", budget):
+            if args.phase == "train":
                 continue
             _log(f"{name}: trained in {seconds / 60:.1f} min; measuring")
             weights = freeze_run(trained, args.runs / name / "model.safetensors")
