@@ -13,7 +13,8 @@ with :class:`~pillow_jac.container.JacDataError` (:class:`~pillow_jac.container.
 file cut short): an ``OSError``, as Pillow's "broken" and "image file is truncated", and a ``ValueError``
 like every :class:`~pillow_jac.container.JacFormatError`. A stream that does not decode fails on ``load()``
 with :class:`~pillow_jac.entropy_coding.EntropyCodingError`, also both.
-``ImageFile.LOAD_TRUNCATED_IMAGES`` does not change this: the latents are one range-coded stream in
+``ImageFile.LOAD_TRUNCATED_IMAGES`` skips a damaged ancillary chunk (metadata or preview, with a warning),
+as PNG does, and changes nothing else: the latents are one range-coded stream in
 which every symbol's probabilities depend on the symbols before it, and the synthesis network spreads
 each latent over many pixels, so the bytes before the cut give no usable part of the image (a
 truncated PNG or JPEG still has its first rows).
@@ -76,6 +77,7 @@ Example:
 from __future__ import annotations
 
 import struct
+import warnings
 from typing import IO, TYPE_CHECKING, Any
 
 from PIL import Image, ImageFile
@@ -126,6 +128,11 @@ _accept = container.accept
 # --------------------------------------------------------------------------- container access
 
 
+def _skipped_damaged(ctype: bytes) -> None:
+    name = ctype.decode("ascii").rstrip()
+    warnings.warn(f"JAC: skipped the damaged {name!r} chunk (CRC mismatch); the image is intact", stacklevel=2)
+
+
 def _read_container(
     fp: IO[bytes], header: container.JacHeader | None = None, keep_unknown: bool = True
 ) -> container.JacFile:
@@ -135,8 +142,10 @@ def _read_container(
     ``OSError`` and a ``ValueError``) for a damaged file, :class:`container.NotJacFileError` for a wrong
     signature. Unknown ancillary chunks are kept unless ``keep_unknown`` is False.
     """
+    # With LOAD_TRUNCATED_IMAGES a damaged ancillary chunk is skipped, as PNG skips one (SPEC.md section 8.3)
+    on_damaged = _skipped_damaged if ImageFile.LOAD_TRUNCATED_IMAGES else None
     try:
-        return container.read_file(fp, header, keep_unknown=keep_unknown)
+        return container.read_file(fp, header, keep_unknown=keep_unknown, on_damaged=on_damaged)
     except (EOFError, struct.error, IndexError, TypeError, UnicodeDecodeError) as e:
         raise OSError(f"truncated or corrupt JAC file: {e}") from e
 

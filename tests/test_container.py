@@ -738,3 +738,33 @@ def test_serialize_counts_bytes_of_any_memoryview() -> None:
     with pytest.raises(ValueError, match="y_stream is 8 bytes but header.y_stream_length is 2"):
         container.serialize(dataclasses.replace(jac, header=short, y_stream=words))
     assert container.parse(container.serialize(dataclasses.replace(jac, y_stream=words))) == jac
+
+
+@pytest.mark.parametrize("data", SMALL_FILES)
+def test_recovery_skips_only_a_damaged_ancillary_chunk(data):
+    """SPEC.md 8.3: asked to recover, the reader drops an ancillary chunk with a bad CRC and names it; a critical
+    chunk's bad CRC is rejected all the same, and without the request any bad CRC is."""
+    whole = parse(data, keep_unknown=True)
+    for offset, ctype, payload in split_chunks(data):
+        bad = bytearray(data)
+        bad[offset + 8 + len(payload)] ^= 1  # the CRC
+        damaged: list[bytes] = []
+        if ctype[:1].isupper():
+            with pytest.raises(JacFormatError, match=f"CRC mismatch in chunk '{ctype.decode()}'"):
+                parse(bytes(bad), on_damaged=damaged.append)
+            assert damaged == []
+            continue
+        with pytest.raises(JacFormatError, match="CRC mismatch"):
+            parse(bytes(bad))
+        recovered = parse(bytes(bad), keep_unknown=True, on_damaged=damaged.append)
+        assert damaged == [ctype]
+        field = {b"iccp": "icc_profile", b"exif": "exif", b"xmp ": "xmp", b"prvw": "preview"}.get(ctype)
+        if field is None:
+            assert recovered.unknown_chunks == [c for c in whole.unknown_chunks if c[0] != ctype]
+        else:
+            assert getattr(recovered, field) is None and getattr(whole, field) is not None
+        assert (recovered.header, recovered.z_stream, recovered.y_stream) == (
+            whole.header,
+            whole.z_stream,
+            whole.y_stream,
+        )

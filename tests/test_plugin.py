@@ -194,6 +194,49 @@ def test_truncated_file(monkeypatch, rgb_jac: bytes, cut: int, load_truncated: b
     assert isinstance(info.value, ValueError)  # a JacFormatError too
 
 
+def test_load_truncated_images_skips_a_damaged_preview_or_metadata_chunk(monkeypatch) -> None:
+    """With LOAD_TRUNCATED_IMAGES, as PNG does, a bad CRC in an ancillary chunk costs that chunk, not the image
+    (SPEC.md 8.3); without it the file is refused, and a damaged critical chunk is refused either way."""
+    from PIL import ImageFile
+
+    data = jac_bytes(hopper("RGB"), quality=2, preview=16, xmp=b"<x/>")
+    with Image.open(io.BytesIO(data)) as im:
+        intact = np.asarray(im)
+    chunks = {ctype: (offset, length) for offset, ctype, length in _chunks(data)}
+    for ctype in (b"prvw", b"xmp ", b"YSTR"):
+        offset, length = chunks[ctype]
+        bad = bytearray(data)
+        bad[offset + 8 + length] ^= 1  # the chunk's CRC
+        monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", False)
+        with pytest.raises(OSError, match="CRC mismatch"):
+            Image.open(io.BytesIO(bytes(bad)))
+        monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", True)
+        if ctype == b"YSTR":
+            with pytest.raises(OSError, match="CRC mismatch in chunk 'YSTR'"):
+                Image.open(io.BytesIO(bytes(bad)))
+            continue
+        with pytest.warns(UserWarning, match=f"skipped the damaged '{ctype.decode().strip()}' chunk"):
+            im = Image.open(io.BytesIO(bytes(bad)))
+        with im:
+            assert ("xmp" in im.info) == (ctype != b"xmp ")
+            assert (im.draft("RGB", (8, 8)) is None) == (ctype == b"prvw")  # no preview to draft from
+            if ctype != b"prvw":
+                continue
+            assert np.array_equal(np.asarray(im), intact)
+
+
+def _chunks(data: bytes) -> list[tuple[int, bytes, int]]:
+    """(offset, type, data length) of each chunk of a well-formed ``.jac`` file."""
+    import struct
+
+    out, pos = [], len(MAGIC)
+    while pos < len(data):
+        (n,) = struct.unpack(">I", data[pos : pos + 4])
+        out.append((pos, data[pos + 4 : pos + 8], n))
+        pos += 12 + n
+    return out
+
+
 def test_one_frame_like_other_plugins(rgb_jac: bytes) -> None:
     from PIL import ImageSequence
 

@@ -126,12 +126,17 @@ def _what(what: str, ctype: bytes | None) -> str:
 
 
 def _read_chunk(
-    r: _Reader, expected_length: dict[bytes, int], keep: frozenset[bytes] | None, at_eof: str
-) -> tuple[bytes, bytes | None]:
+    r: _Reader,
+    expected_length: dict[bytes, int],
+    keep: frozenset[bytes] | None,
+    at_eof: str,
+    on_damaged: Callable[[bytes], None] | None = None,
+) -> tuple[bytes | None, bytes | None]:
     """One chunk's ``(type, data)``, its framing, length and CRC checked before its data is trusted.
 
     The data of a type not in ``keep`` (all types when ``keep`` is None) is read, CRC-checked and
-    dropped: its ``data`` is None.
+    dropped: its ``data`` is None. An ancillary chunk whose CRC does not match is an error, unless
+    ``on_damaged`` is given: it is then called with the type and the chunk is ``(None, None)``.
     """
     length, ctype = _CHUNK_HEAD.unpack(r.read(_CHUNK_HEAD.size, "chunk header", at_eof=at_eof))
     if _TYPE.fullmatch(ctype) is None:
@@ -158,6 +163,9 @@ def _read_chunk(
             crc = r.crc(length, zlib.crc32(ctype), "chunk {} data", ctype)
         (stored,) = _U32.unpack(r.read(_U32.size, "CRC of chunk {}", ctype))
     if stored != crc:
+        if on_damaged is not None and not _is_critical(ctype):
+            on_damaged(ctype)
+            return None, None
         raise JacDataError(f"CRC mismatch in chunk {_type_name(ctype)}: the file is corrupt")
     return ctype, data
 
@@ -257,6 +265,7 @@ def read_file(
     *,
     keep_unknown: bool = False,
     on_unknown: Callable[[bytes], None] | None = None,
+    on_damaged: Callable[[bytes], None] | None = None,
 ) -> JacFile:
     r"""Read and check a whole ``.jac`` file from a binary file object, in bounded pieces.
 
@@ -275,6 +284,10 @@ def read_file(
             (for tools that rewrite a file and must carry them over). Each one then costs memory.
         on_unknown: called with the type of each unknown ancillary chunk (kept or not), in file order:
             for tools that report them without keeping them.
+        on_damaged: recover what can be recovered (SPEC.md section 8.3): an ancillary chunk (metadata,
+            preview, unknown) whose CRC does not match is skipped as if absent, and this is called with
+            its type. Without it, such a chunk makes the file malformed. A critical chunk's CRC is
+            checked either way.
 
     Returns:
         The file content.
@@ -310,7 +323,9 @@ def read_file(
     found: dict[bytes, bytes] = {}
     unknown: list[tuple[bytes, bytes]] = []
     while True:
-        ctype, data = _read_chunk(r, expected_length, keep, at_eof)
+        ctype, data = _read_chunk(r, expected_length, keep, at_eof, on_damaged)
+        if ctype is None:
+            continue
         if ctype == CHUNK_PRVW:  # ancillary and ignorable (SPEC.md 5.4): a second one is skipped, not an error
             found.setdefault(ctype, data)
         elif ctype in _KNOWN:
@@ -358,13 +373,20 @@ def read_file(
     )
 
 
-def parse(data: bytes, *, keep_unknown: bool = False, on_unknown: Callable[[bytes], None] | None = None) -> JacFile:
+def parse(
+    data: bytes,
+    *,
+    keep_unknown: bool = False,
+    on_unknown: Callable[[bytes], None] | None = None,
+    on_damaged: Callable[[bytes], None] | None = None,
+) -> JacFile:
     """Parse and check the bytes of a whole ``.jac`` file.
 
     Args:
         data: the file (``bytes``, ``bytearray`` or ``memoryview``).
         keep_unknown: also keep the unknown ancillary chunks (see :func:`read_file`).
         on_unknown: called with the type of each unknown ancillary chunk (see :func:`read_file`).
+        on_damaged: skip a damaged ancillary chunk and call this with its type (see :func:`read_file`).
 
     Returns:
         The file content.
@@ -383,7 +405,7 @@ def parse(data: bytes, *, keep_unknown: bool = False, on_unknown: Callable[[byte
         ...
         pillow_jac.container.JacTruncatedError: truncated JAC file: no JEND chunk
     """
-    return read_file(io.BytesIO(data), keep_unknown=keep_unknown, on_unknown=on_unknown)
+    return read_file(io.BytesIO(data), keep_unknown=keep_unknown, on_unknown=on_unknown, on_damaged=on_damaged)
 
 
 def read(
@@ -391,6 +413,7 @@ def read(
     *,
     keep_unknown: bool = False,
     on_unknown: Callable[[bytes], None] | None = None,
+    on_damaged: Callable[[bytes], None] | None = None,
 ) -> JacFile:
     r"""Read and check a whole ``.jac`` file: the one entry point for a path, bytes or a file object.
 
@@ -402,6 +425,7 @@ def read(
             or ``memoryview``), or a binary file object positioned at the start of the file.
         keep_unknown: also keep the unknown ancillary chunks (see :func:`read_file`).
         on_unknown: called with the type of each unknown ancillary chunk (see :func:`read_file`).
+        on_damaged: skip a damaged ancillary chunk and call this with its type (see :func:`read_file`).
 
     Returns:
         The file content.
@@ -421,7 +445,7 @@ def read(
         ...
         pillow_jac.container.NotJacFileError: not a JAC file (bad signature)
     """
-    options = {"keep_unknown": keep_unknown, "on_unknown": on_unknown}
+    options = {"keep_unknown": keep_unknown, "on_unknown": on_unknown, "on_damaged": on_damaged}
     if isinstance(source, (bytes, bytearray, memoryview)):
         return parse(source, **options)
     if isinstance(source, (str, os.PathLike)):
