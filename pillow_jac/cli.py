@@ -4,7 +4,7 @@ Commands::
 
     jac encode IN OUT.jac [-q Q | --size BYTES | --psnr DB] [--preview] [--strip] [--force] [--device D]
     jac decode IN.jac OUT [--device D]                              .jac -> any format Pillow writes (by extension)
-    jac info FILE.jac [--json]                                      header, sizes, decoder needed; never imports torch
+    jac info FILE.jac... [--json]                                   header, sizes, decoder needed; never imports torch
     jac models [--json]                                             installed decoder generations; never imports torch
     jac batch IN_DIR OUT_DIR --to jac|png [-q Q | --size BYTES | --psnr DB] [--preview] [-j N] [-r] [--device D]
               [--ray [ADDRESS]]
@@ -103,24 +103,25 @@ def _jobs(text: str) -> int:
     return value
 
 
-def file_info(path: Path) -> dict[str, Any]:
+def file_info(path: Path, models: Sequence[Any] | None = None) -> dict[str, Any]:
     """Return a JSON-friendly description of a ``.jac`` file, reading the container only (no torch).
 
     Keys: ``file``, ``version``, ``width``, ``height``, ``mode``, ``quality``, ``model_id``,
     ``weights_hash`` (hex), ``file_bytes``, ``bpp`` (file bits per pixel), ``z_stream_bytes``,
     ``y_stream_bytes``, ``alpha_bytes``, ``icc_profile_bytes``, ``exif_bytes``, ``xmp_bytes``, ``preview_bytes``,
+    ``metadata`` (which of ``icc_profile``, ``exif``, ``xmp`` and ``preview`` the file holds, an empty one too),
     ``preview_size`` (``[width, height]`` of a usable preview, else None),
     ``unknown_chunks`` (the types of the chunks this version does not know, each once, in file order),
     ``unknown_chunk_count`` (how many there are), ``decoder_installed``, ``model_installed`` (a generation of
     that ``model_id``, whatever its hash) and ``decoder_path``. ``path``
-    ``-`` reads standard input.
+    ``-`` reads standard input. ``models``: :func:`pillow_jac.models`, when the caller has it already.
     """
     import pillow_jac
 
     unknown: Counter[bytes] = Counter()  # in file order
     jac, file_bytes = read_jac(path, on_unknown=lambda ctype: unknown.update((ctype,)))
     h = jac.header
-    models = pillow_jac.models()
+    models = pillow_jac.models() if models is None else models
     decoder = [g for g in models if (g.model_id, g.weights_hash) == (h.model_id, h.weights_hash)]
     preview = container.unpack_preview(jac.preview)
     return {
@@ -141,6 +142,7 @@ def file_info(path: Path) -> dict[str, Any]:
         "exif_bytes": len(jac.exif or b""),
         "xmp_bytes": len(jac.xmp or b""),
         "preview_bytes": len(jac.preview or b""),
+        "metadata": [name for name in ("icc_profile", "exif", "xmp", "preview") if getattr(jac, name) is not None],
         "preview_size": list(preview[1:3]) if preview is not None else None,
         "unknown_chunks": [ctype.decode("latin-1") for ctype in unknown],
         "unknown_chunk_count": unknown.total(),
@@ -236,9 +238,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("models", help="list the installed decoder generations (fast: runs no decoder)")
     p.add_argument("--json", action="store_true", help="print JSON")
 
-    p = sub.add_parser("info", help="show a .jac file's header (fast: runs no decoder)")
-    p.add_argument("input", type=_path, help=".jac file; - reads standard input")
-    p.add_argument("--json", action="store_true", help="print JSON")
+    p = sub.add_parser(
+        "info",
+        help="show .jac files' headers (fast: runs no decoder)",
+        description="Show each file's header, sizes and the decoder it needs. A file that cannot be read is "
+        "reported and the others are still shown; the status is then 1.",
+    )
+    p.add_argument("inputs", nargs="+", type=_path, metavar="FILE", help=".jac files; - reads standard input")
+    p.add_argument("--json", action="store_true", help="print JSON: an object for one file, a list for several")
 
     p = sub.add_parser(
         "batch",
@@ -292,8 +299,8 @@ _LISTED_TYPES = 8
 
 
 def _print_info(info: dict[str, Any]) -> None:
-    meta = [f"{n} {info[n + '_bytes']} B" for n in ("icc_profile", "exif", "xmp") if info[n + "_bytes"]]
-    if info["preview_bytes"]:
+    meta = [f"{n} {info[n + '_bytes']} B" for n in ("icc_profile", "exif", "xmp") if n in info["metadata"]]
+    if "preview" in info["metadata"]:
         size = info["preview_size"]
         shown = f"{size[0]}x{size[1]} " if size else "(unusable) "
         meta.append(f"preview {shown}{info['preview_bytes']} B")
@@ -435,11 +442,7 @@ def _run(args: argparse.Namespace) -> None:
         else:
             print("\n".join(g.describe() for g in gens) or "no decoder generation is installed")
     elif args.command == "info":
-        info = file_info(args.input)
-        if args.json:
-            print(json.dumps(info, indent=2))
-        else:
-            _print_info(info)
+        _info(args.inputs, args.json)
     elif args.command == "batch":
         if args.ray is not None:
             _run_ray_batch(args)
@@ -461,6 +464,32 @@ def _run(args: argparse.Namespace) -> None:
         )
         if failed:
             raise CliError(f"{failed} of {done + failed} files failed")
+
+
+def _info(paths: list[Path], as_json: bool) -> None:
+    """``jac info``: each file's description, in order; one that fails is reported and the rest still shown."""
+    import pillow_jac
+
+    if len(paths) == 1:  # its error is the command's, as before there were several
+        infos = [file_info(paths[0])]
+    else:
+        if sum(str(path) == STDIO for path in paths) > 1:
+            raise CliError("standard input (-) can be read only once")
+        models, infos = pillow_jac.models(), []
+        for path in paths:
+            try:
+                infos.append(file_info(path, models))
+            except (ConversionError, OSError) as e:
+                print(f"{PROG}: error: {one_line(e)}", file=sys.stderr)
+    if as_json:
+        print(json.dumps(infos[0] if len(paths) == 1 else infos, indent=2))
+    else:
+        for i, info in enumerate(infos):
+            if i:
+                print()
+            _print_info(info)
+    if len(infos) < len(paths):
+        raise CliError(f"{len(paths) - len(infos)} of {len(paths)} files could not be read")
 
 
 def _run_ray_batch(args: argparse.Namespace) -> None:

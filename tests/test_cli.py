@@ -131,6 +131,37 @@ def test_info_json(jac: Path, capsys) -> None:
     assert isinstance(info["model_id"], str) and len(info["weights_hash"]) == 16
 
 
+def test_info_of_several_files_reports_a_bad_one_and_shows_the_rest(jac: Path, png: Path, capsys) -> None:
+    """``jac info *.jac`` took one file only; now each is shown, one that fails is named, and the status is 1."""
+    assert main(["info", str(jac), str(png), str(jac)]) == 1
+    captured = capsys.readouterr()
+    assert captured.out.count("48x40 RGB") == 2
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 2 and "not a JAC file" in lines[0] and "1 of 3 files could not be read" in lines[1]
+    assert main(["info", "--json", str(jac), str(jac)]) == 0
+    infos = json.loads(capsys.readouterr().out)
+    assert [info["width"] for info in infos] == [48, 48]
+    with pytest.raises(SystemExit):
+        main(["info"])
+    assert main(["info", "-", "-"]) == 1
+    assert "standard input (-) can be read only once" in capsys.readouterr().err
+
+
+def test_info_shows_an_empty_metadata_chunk(tmp_path: Path, capsys) -> None:
+    """An empty ``exif`` chunk is there, and was shown as absent ("metadata: none")."""
+    from pillow_jac import container
+
+    path = tmp_path / "e.jac"
+    crop().save(path, quality=2)
+    parsed = container.read(path)
+    parsed.exif = b""
+    path.write_bytes(container.serialize(parsed))
+    assert main(["info", str(path)]) == 0
+    assert "metadata:  exif 0 B" in capsys.readouterr().out
+    assert main(["info", "--json", str(path)]) == 0
+    assert json.loads(capsys.readouterr().out)["metadata"] == ["exif"]
+
+
 def test_info_does_not_import_torch(jac: Path) -> None:
     code = (
         "import sys\n"
