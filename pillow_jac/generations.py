@@ -47,6 +47,7 @@ __all__ = [
     "ModelNotInstalledError",
     "ReleasedTableError",
     "installed",
+    "generation_of",
     "find",
     "encoder",
     "package_weights_dir",
@@ -221,8 +222,12 @@ _CACHE: dict[tuple, Generation | None] = {}
 _CACHE_LOCK = ForkSafeLock()
 
 
-def _generation(path: Path) -> Generation | None:
-    """The generation of one weights file (cached by path, size and modification time), or None."""
+def generation_of(path: Path) -> Generation | None:
+    """The generation of one weights file (cached by path, size and modification time), or None.
+
+    None when ``path`` is not a readable weights file with a manifest, is shorter than its header declares,
+    or claims a released ``model_id`` with other weights (a warning says which, SPEC.md section 9.2).
+    """
     try:
         stat = path.stat()
     except OSError:
@@ -276,7 +281,7 @@ def installed() -> list[Generation]:
     """Every installed generation once, in search order: its first full file, else its first decoder file."""
     chosen: dict[tuple[str, bytes], Generation] = {}
     for path in _candidates():
-        gen = _generation(path)
+        gen = generation_of(path)
         if gen is None:
             continue
         key = (gen.model_id, gen.weights_hash)
@@ -327,7 +332,7 @@ def encoder(model_id: str | None = None) -> Generation:
             chosen = [g for g in gens if g.path == Path(env)]
             if chosen:
                 return chosen[0]
-            gen = _generation(Path(env))
+            gen = generation_of(Path(env))
             if gen is not None and gen.can_encode:  # the same file reached by another path
                 return gen
             if gen is None:

@@ -70,7 +70,7 @@ def _existing(weights_dir: Path, vectors_dir: Path, table: Path) -> dict[str, in
     """Every generation a release must not reuse: ``{model_id: release number or None}``."""
     found: dict[str, int | None] = {g.model_id: g.release for g in generations.installed()}
     for path in [weights_dir / generations.DEFAULT_WEIGHTS_NAME, *(weights_dir / generations.KEPT_DIR).glob("*")]:
-        gen = generations._generation(path) if path.is_file() else None
+        gen = generations.generation_of(path) if path.is_file() else None
         if gen is not None:
             found[gen.model_id] = gen.release
         elif path.is_file() and path.suffix == ".safetensors":
