@@ -35,6 +35,7 @@ from PIL import Image
 
 from . import metrics
 from .codecs import DEFAULT_CODECS, Codec, find_shared, get_codecs, list_images, load_rgb
+from .rd_report import plot, write_markdown
 
 __all__ = ["main", "run", "average", "bd_table", "default_published", "load_published", "write_markdown", "plot"]
 
@@ -52,10 +53,6 @@ PUBLISHED_LABELS = {
     "webp": "WebP",
     "jpeg2000": "JPEG 2000",
 }
-
-
-def _is_jac(name: str) -> bool:
-    return name == "jac" or name.startswith("jac-")
 
 
 def _log(message: str) -> None:
@@ -207,129 +204,6 @@ def bd_table(
         row["psnr_overlap"] = [lo, hi]
         rows.append(row)
     return rows
-
-
-def _fmt(value: float, spec: str = ".2f") -> str:
-    return "n/a" if value is None or not math.isfinite(value) else format(value, spec)
-
-
-def _pct(value: float) -> str:
-    return "n/a" if value is None or not math.isfinite(value) else f"{value:+.1f}%"
-
-
-def write_markdown(path: Path, results: dict[str, Any]) -> None:
-    """The averaged curves and the BD-rate table as markdown."""
-    meta = results["meta"]
-    lines = [
-        "# Rate-distortion results",
-        "",
-        f"{meta['images']} image(s) from `{meta['data']}`, {meta['date']}. Means over images of bpp (real file "
-        "sizes), PSNR and MS-SSIM on 8-bit RGB. MS-SSIM dB is `-10 log10(1 - MS-SSIM)` of the mean.",
-        "",
-    ]
-    if meta["images"] != 24 and results["published"]:
-        lines += [
-            "Published curves are averages over all 24 Kodak images: BD-rates against them are only indicative "
-            f"for these {meta['images']} images.",
-            "",
-        ]
-    labels = {name: c["label"] for name, c in results["codecs"].items()}
-    labels.update({name: c["label"] for name, c in results["published"].items()})
-    tables = [("jac", results["bd_rate"]), *results.get("bd_rate_by_codec", {}).items()]
-    for test, bd in tables:
-        if not bd:
-            continue
-        title = ".jac" if test == "jac" else labels.get(test, test)
-        lines += [
-            f"## BD-rate of {title}",
-            "",
-            "Negative: .jac needs fewer bits for the same quality. Piecewise cubic (PCHIP) interpolation of "
-            "log-rate over the quality range both curves cover; n/a where the ranges do not overlap.",
-            "",
-            "| anchor | kind | BD-rate PSNR | BD-rate MS-SSIM | PSNR range compared (dB) |",
-            "| --- | --- | ---: | ---: | --- |",
-        ]
-        for row in bd:
-            lo, hi = row["psnr_overlap"]
-            overlap = f"{_fmt(lo)}-{_fmt(hi)}" if math.isfinite(lo) and math.isfinite(hi) and hi > lo else "none"
-            lines.append(
-                f"| {labels.get(row['anchor'], row['anchor'])} | {row['kind']} | {_pct(row['psnr'])} "
-                f"| {_pct(row['ms_ssim'])} | {overlap} |"
-            )
-        lines.append("")
-    lines += ["## Averaged curves", ""]
-    for codec in results["codecs"].values():
-        lines += [
-            f"### {codec['label']}",
-            "",
-            f"| {codec['parameter']} | bpp | PSNR (dB) | MS-SSIM | MS-SSIM (dB) | encode (s) | decode (s) |",
-            "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
-        ]
-        for p in codec["average"]:
-            lines.append(
-                f"| {p['param']:g} | {_fmt(p['bpp'], '.4f')} | {_fmt(p['psnr'])} | {_fmt(p['ms_ssim'], '.4f')} "
-                f"| {_fmt(p['ms_ssim_db'])} | {_fmt(p['encode_s'], '.3f')} | {_fmt(p['decode_s'], '.3f')} |"
-            )
-        lines.append("")
-    path.write_text("\n".join(lines))
-
-
-def plot(path: Path, results: dict[str, Any], max_bpp: float = 2.0) -> bool:
-    """PSNR and MS-SSIM (dB) against bpp; published curves dashed. False if matplotlib is missing."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        _log("note: matplotlib is not installed: no plot (pip install matplotlib)")
-        return False
-    fig, axes = plt.subplots(1, 2, figsize=(15, 6.5))
-    measured_colors = plt.get_cmap("tab10").colors
-    published_colors = ("#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")
-    curves = []  # (label, bpp, {key: values}, style)
-    others = [name for name in results["codecs"] if not _is_jac(name)]
-    for name, codec in results["codecs"].items():
-        pts = codec["average"]
-        style: dict[str, Any] = {"marker": "o", "markersize": 3.5, "linewidth": 1.4}
-        if name == "jac":
-            style.update(linewidth=2.6, color="black", zorder=5)
-        elif _is_jac(name):
-            style.update(linewidth=2.2, color="dimgray", zorder=4)
-        else:
-            style["color"] = measured_colors[others.index(name) % len(measured_colors)]
-        values = {key: [p[key] for p in pts] for key in ("psnr", "ms_ssim_db")}
-        curves.append((codec["label"], [p["bpp"] for p in pts], values, style))
-    for i, curve in enumerate(results["published"].values()):
-        style = {"linestyle": "--", "marker": "x", "markersize": 4, "linewidth": 1.2}
-        style["color"] = published_colors[i % len(published_colors)]
-        values = {"psnr": curve["psnr"], "ms_ssim_db": curve["ms_ssim_db"]}
-        curves.append((curve["label"], curve["bpp"], values, style))
-    for ax, key, ylabel in ((axes[0], "psnr", "PSNR RGB (dB)"), (axes[1], "ms_ssim_db", "MS-SSIM RGB (dB)")):
-        ys: list[float] = []
-        for label, bpp, values, style in curves:
-            pairs = [(r, v) for r, v in zip(bpp, values[key] or [], strict=False) if math.isfinite(v)]
-            if not pairs:
-                continue
-            ax.plot([r for r, _ in pairs], [v for _, v in pairs], label=label, **style)
-            ys += [v for r, v in pairs if r <= max_bpp]
-        ax.set_xlim(0, max_bpp)
-        if ys:
-            ax.set_ylim(max(min(ys) - 1, 0), max(ys) + 1)
-        ax.set_xlabel("bits per pixel")
-        ax.set_ylabel(ylabel)
-        ax.grid(True, alpha=0.3)
-    for ax in axes:
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=7.5, loc="lower right")
-    meta = results["meta"]
-    fig.suptitle(
-        f"{meta['images']} image(s) from {Path(meta['data']).name}; dashed: published results (24 Kodak images)"
-    )
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return True
 
 
 def _versions() -> dict[str, str]:
