@@ -29,7 +29,8 @@ Save options (``im.save(fp, "JAC", **options)``):
   effort decode the same way, equally fast.
 * ``icc_profile``, ``exif``, ``xmp``: metadata to store. **By default the image's own**
   ``im.info["icc_profile"]``, ``im.info["exif"]`` and ``im.info["xmp"]`` **are kept** (Pillow's own
-  JPEG and WebP writers keep none of them by default); pass ``exif=b""`` (or ``None``) to drop one.
+  JPEG and WebP writers keep none of them by default), the EXIF as ``im.getexif()`` holds it when that
+  was edited (:func:`_image_exif`); pass ``exif=b""`` (or ``None``) to drop one.
   ``exif`` may also be a :class:`PIL.Image.Exif`; ``xmp`` may be ``str`` or ``bytes``. A profile kept
   from ``im.info`` must describe the stored pixels (:func:`_profile_fits`): a CMYK image's CMYK
   profile is dropped, since its pixels are stored as RGB.
@@ -158,7 +159,7 @@ class JacImageFile(ImageFile.ImageFile):
 
     After opening, ``size`` and ``mode`` (``L``, ``LA``, ``RGB`` or ``RGBA``) are known and ``info``
     holds ``quality`` (float), ``model_id`` (str) and, when the file has them, ``icc_profile``,
-    ``exif`` and ``xmp`` (bytes, exactly as they were saved). Pixels are decoded on ``load()``.
+    ``exif`` and ``xmp`` (bytes, exactly as they were stored). Pixels are decoded on ``load()``.
 
     Opening reads and checks the whole container once and keeps it; ``load()`` decodes
     from it without reading the file again, then drops it. So ``load()`` also works after
@@ -376,6 +377,29 @@ def _metadata_bytes(value: Any, name: str) -> bytes | None:
     return value or None
 
 
+def _image_exif(im: Image.Image) -> Any:
+    """The EXIF an image carries: ``im.info["exif"]`` as it came, unless ``im.getexif()`` holds something else.
+
+    ``im.getexif()`` is Pillow's way to edit EXIF (``exif[Orientation] = 1``), and it also reads EXIF that is
+    not in ``info`` (a PNG's "Raw profile type exif" text chunk, as ImageMagick writes it): its tags are
+    stored then, re-serialised by Pillow. Otherwise the bytes are kept byte for byte. A TIFF's ``getexif()``
+    is its own image tags, not a camera's EXIF, so a TIFF keeps only ``info["exif"]`` (none, as Pillow reads it).
+    """
+    raw = im.info.get("exif")
+    if hasattr(im, "tag_v2") or not (raw is None or isinstance(raw, (bytes, bytearray))):
+        return raw
+    try:
+        current = im.getexif()
+        stored = Image.Exif()
+        if raw:
+            stored.load(bytes(raw))
+        if dict(current) == dict(stored):
+            return raw
+        return current.tobytes() if len(current) else None
+    except Exception:  # EXIF that Pillow cannot parse: the bytes as they are
+        return raw
+
+
 def encode_image(im: Image.Image, **options: Any) -> bytes:
     """The ``.jac`` file ``im.save(fp, "JAC", **options)`` writes, as bytes.
 
@@ -411,14 +435,14 @@ def _encode_image(im: Image.Image, encoderinfo: dict[str, Any]) -> bytes:
         quality = DEFAULT_QUALITY  # quality=None is the default, as encode() takes it
     if quality is not None:
         quality = validate_quality(quality)
-    effort = validate_effort(encoderinfo.get("effort", DEFAULT_EFFORT))
+    effort = validate_effort(DEFAULT_EFFORT if encoderinfo.get("effort") is None else encoderinfo["effort"])
     meta: dict[str, bytes | None] = {}
     for name in ("icc_profile", "exif", "xmp"):
         if name in encoderinfo:  # asked for: a wrong type is an error
             meta[name] = _metadata_bytes(encoderinfo[name], name)
         else:  # kept from im.info: skipped if some reader left something other than bytes there
             try:
-                meta[name] = _metadata_bytes(im.info.get(name), name)
+                meta[name] = _metadata_bytes(_image_exif(im) if name == "exif" else im.info.get(name), name)
             except TypeError:
                 meta[name] = None
     mode = _native_mode(im)

@@ -117,7 +117,7 @@ def encode(
     icc_profile: bytes | None = None,
     exif: bytes | None = None,
     xmp: bytes | None = None,
-    effort: int = DEFAULT_EFFORT,
+    effort: int | None = DEFAULT_EFFORT,
     device=None,
     weights=None,
     model: str | None = None,
@@ -136,7 +136,7 @@ def encode(
         exif: EXIF bytes (as Pillow's ``im.info["exif"]``), stored in an ancillary chunk.
         xmp: XMP packet bytes, stored in an ancillary chunk.
         effort: 0 (default, fastest) to 3: how hard the encoder searches for smaller files at the
-            same quality (:mod:`pillow_jac.model.refine`); any effort decodes the same way.
+            same quality (:mod:`pillow_jac.model.refine`); any effort decodes the same way. None: the default.
         device: torch device (default: ``JAC_DEVICE`` or cpu).
         weights: path of a weights file (default: the installed generation ``model``).
         model: ``model_id`` of the installed generation to encode with (default: the newest;
@@ -157,6 +157,7 @@ def encode(
             even quality 1 (size) or 8 (PSNR) cannot meet.
     """
     arr, layout = _as_array(image)
+    effort = DEFAULT_EFFORT if effort is None else effort
     if target_size is not None or target_psnr is not None:
         if quality is not None:
             raise ValueError("give quality or a target (target_size, target_psnr), not both")
@@ -172,14 +173,14 @@ def encode(
     height, width = arr.shape[:2]
     if max(height, width) > container.C.MAX_DIMENSION:
         raise ValueError(f"images are limited to {container.C.MAX_DIMENSION} pixels per side")
-    engine = _encoder_engine(device, weights, model)
-    z_hat, y_hat = _analyze(_color_planes(arr, layout), q, engine, effort)
-    z_stream, y_stream = _encode_latents(engine, z_hat, y_hat)
     preview_chunk = None
-    if preview:
+    if preview:  # before the networks: a bad size is refused at once, and making it costs milliseconds
         from .preview import make_preview
 
         preview_chunk = make_preview(arr, layout, preview)
+    engine = _encoder_engine(device, weights, model)
+    z_hat, y_hat = _analyze(_color_planes(arr, layout), q, engine, effort)
+    z_stream, y_stream = _encode_latents(engine, z_hat, y_hat)
     jac = container.JacFile.create(
         width=width,
         height=height,

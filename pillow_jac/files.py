@@ -163,6 +163,9 @@ def write_into(fp: IO[bytes], data: bytes, filename: str | bytes) -> None:
     if flush is not None:
         flush()  # bytes the caller wrote before go first
     start, fd = file_position(fp)
+    if fd is not None and _appends(fd):
+        _append(fd, data, start, filename)
+        return
     if fd is not None and data and hasattr(os, "posix_fallocate"):
         try:
             os.posix_fallocate(fd, start, len(data))
@@ -181,6 +184,27 @@ def write_into(fp: IO[bytes], data: bytes, filename: str | bytes) -> None:
                 fp.truncate()
             except (OSError, ValueError):
                 pass
+        raise
+
+
+def _append(fd: int, data: bytes, start: int, filename: str | bytes) -> None:
+    """Write ``data`` at the end of a file opened for appending (a shell's ``>>``), or none of it.
+
+    Space cannot be reserved there (reserving extends the file, and the write then lands after the reserved
+    zeros), and a buffered write that fails keeps its bytes to write them again when the file closes. So the
+    data goes straight to the descriptor, and a failure cuts the file back to where it ended.
+    """
+    view, done = memoryview(data), 0
+    try:
+        while done < len(view):
+            done += os.write(fd, view[done:])
+    except OSError as e:
+        try:
+            os.ftruncate(fd, start)
+        except OSError:
+            pass
+        if e.errno in _NO_SPACE:
+            raise OSError(e.errno, e.strerror, os.fsdecode(filename) if filename else None) from None
         raise
 
 
@@ -219,7 +243,7 @@ def _appends(fd: int) -> bool:
     return bool(fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_APPEND)
 
 
-def save(image: Any, path: str | os.PathLike, **options: Any) -> None:
+def save(image: Any, path: str | bytes | os.PathLike, **options: Any) -> None:
     """Save a PIL image as ``.jac`` at ``path``, replacing an existing file only once complete.
 
     Args:
@@ -233,7 +257,7 @@ def save(image: Any, path: str | os.PathLike, **options: Any) -> None:
     """
     from . import JacImagePlugin
 
-    os.fspath(path)  # a TypeError now (a file object, say), not after the encode
+    path = os.fsdecode(os.fspath(path))  # a TypeError now (a file object, say), not after the encode; bytes work
     jac_format = JacImagePlugin.JacImageFile.format
     if str(options.pop("format", None) or jac_format).upper() != jac_format:
         raise ValueError(f"pillow_jac.save writes {jac_format} files; use Image.save for other formats")

@@ -747,6 +747,36 @@ def test_appending_file_position_is_its_end(tmp_path: Path) -> None:
         assert files.file_position(named)[0] == 3
 
 
+@pytest.mark.parametrize("mode", ["ab", "a+b"])
+def test_saving_into_a_file_opened_for_appending_writes_the_file(tmp_path: Path, rgb_jac: bytes, mode: str) -> None:
+    """Space reserved at the end of a file opened for appending made it longer, and the image then landed after
+    as many zero bytes as it has: a corrupt file, reported as saved."""
+    path = tmp_path / "a.jac"
+    with Image.open(io.BytesIO(rgb_jac)) as im:
+        decoded = im.copy()
+    for count in (1, 2):
+        with open(path, mode) as f:
+            decoded.save(f, format="JAC", quality=2)
+        data = path.read_bytes()
+        single = jac_bytes(decoded, quality=2)
+        assert data == single * count
+    with Image.open(io.BytesIO(single)) as im:
+        assert im.size == decoded.size
+
+
+def test_pillow_jac_save_takes_a_bytes_path(tmp_path: Path) -> None:
+    """``Image.save`` takes a bytes path; ``pillow_jac.save`` failed on one after the whole encode."""
+    path = tmp_path / "b.jac"
+    pillow_jac.save(hopper(), os.fsencode(path), quality=2)
+    with Image.open(path) as im:
+        assert im.size == SIZE
+
+
+def test_effort_none_is_the_default_as_for_the_other_options(spy: EncodeSpy) -> None:
+    jac_bytes(hopper(), effort=None, quality=None, preview=None, device=None, model=None)
+    assert spy.last["effort"] == 0 and spy.last["quality"] == DEFAULT_QUALITY
+
+
 def test_unknown_save_options_are_ignored(spy: EncodeSpy) -> None:
     jac_bytes(hopper(), optimize=True, lossless=False)
     assert set(spy.last) == {"image", "quality", "effort", "device", "model", "preview", "icc_profile", "exif", "xmp"}
@@ -835,6 +865,51 @@ def test_metadata_kept_from_info_by_default(spy: EncodeSpy, srgb_profile: bytes)
     jac_bytes(im)
     for key in ("icc_profile", "exif", "xmp"):
         assert spy.last[key] == im.info[key]
+
+
+def test_exif_edited_through_getexif_is_what_is_kept(spy: EncodeSpy) -> None:
+    """``im.getexif()`` is Pillow's way to edit EXIF: an Orientation reset there after rotating the pixels was
+    ignored and the stale one kept from ``im.info`` (viewers then rotated the image a second time)."""
+    from PIL import ExifTags
+
+    orientation = ExifTags.Base.Orientation
+    exif = make_exif()
+    exif[orientation] = 6
+    jpeg = io.BytesIO()
+    hopper().save(jpeg, "JPEG", exif=exif)
+    with Image.open(jpeg) as im:
+        rotated = im.rotate(-90, expand=True)
+    raw = rotated.info["exif"]
+    jac_bytes(rotated)
+    assert spy.last["exif"] == raw  # not edited: the bytes as they came
+    rotated.getexif()[orientation] = 1
+    jac_bytes(rotated)
+    kept = Image.Exif()
+    kept.load(spy.last["exif"])
+    assert kept[orientation] == 1 and kept[0x010E] == "JAC test image"
+
+
+def test_exif_in_a_png_raw_profile_text_chunk_is_kept(spy: EncodeSpy) -> None:
+    """ImageMagick writes a PNG's EXIF as a "Raw profile type exif" text chunk, which only getexif() reads."""
+    from PIL import PngImagePlugin
+
+    tiff = make_exif().tobytes()[6:]
+    text = PngImagePlugin.PngInfo()
+    text.add_text("Raw profile type exif", f"\nexif\n{len(tiff) + 6:8d}\n" + (b"Exif\0\0" + tiff).hex() + "\n")
+    png = io.BytesIO()
+    hopper().save(png, "PNG", pnginfo=text)
+    with Image.open(png) as im:
+        im.load()
+        assert "exif" not in im.info
+        jac_bytes(im)
+    kept = Image.Exif()
+    kept.load(spy.last["exif"])
+    assert dict(kept) == dict(make_exif())
+    tif = io.BytesIO()
+    hopper().save(tif, "TIFF")
+    with Image.open(tif) as im:  # a TIFF's getexif() is its own image tags: not stored as EXIF
+        jac_bytes(im)
+    assert spy.last["exif"] is None
 
 
 def test_metadata_can_be_dropped_or_replaced(spy: EncodeSpy, srgb_profile: bytes) -> None:

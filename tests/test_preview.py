@@ -145,9 +145,19 @@ def test_bad_preview_values(image: Image.Image, value) -> None:
         JacImagePlugin.make_preview(np.asarray(image), "RGB", value)
 
 
-def test_a_bad_preview_value_fails_the_save(image: Image.Image) -> None:
-    with pytest.raises(ValueError, match="preview must be"):
-        jac_bytes(image, quality=2, preview=3)
+def test_a_bad_preview_value_fails_the_save_before_the_encode(image: Image.Image, monkeypatch) -> None:
+    """The preview's size was checked after the networks and the range coder had run (minutes at effort 3)."""
+    from pillow_jac import codec
+
+    def no_encoder(*args, **kwargs):
+        raise AssertionError("the encoder ran before the preview option was checked")
+
+    monkeypatch.setattr(codec, "_encoder_engine", no_encoder)
+    for value in (3, "yes", 600.0):
+        with pytest.raises(ValueError, match="preview must be"):
+            jac_bytes(image, quality=2, preview=value)
+        with pytest.raises(ValueError, match="preview must be"):
+            pillow_jac.encode(np.asarray(image), 2, preview=value)
 
 
 def with_chunk(data: bytes, preview: bytes) -> bytes:
