@@ -96,7 +96,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--warmup", type=int, default=200, help="linear warm-up steps (counted from step 0 of the run)")
-    p.add_argument("--decay-start", type=int, default=0, help="step where cosine decay starts (0: constant lr)")
+    p.add_argument("--decay-start", type=int, default=0, help="step where the cosine decay starts (if --decay-steps)")
     p.add_argument("--decay-steps", type=int, default=0, help="length of the cosine decay to lr/10")
     p.add_argument("--clip", type=float, default=1.0)
     p.add_argument("--ema", type=float, default=0.999, help="weight-average decay per step")

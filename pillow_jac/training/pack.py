@@ -1,6 +1,6 @@
 """Pack a training folder into parts small enough to carry to a remote GPU machine, and join files.
 
-``python -m pillow_jac.training.pack --data ../shared/data/train --out .gpu --part-mb 30`` writes
+``python -m pillow_jac.training.pack --data ../shared/data/train --out .gpu --part-mb 24`` writes
 ``.gpu/part01``, ``.gpu/part02`` ... each at most ``--part-mb`` megabytes, plus ``.gpu/MANIFEST``
 (name, bytes and SHA-256 of every packed file). The device machine of this workplace carries at
 most 64 MiB of working tree per call, and the shipped weights travel in every call, so the set goes
@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--split", type=Path, help="file to cut into pieces")
     p.add_argument("--join", type=Path, help="pieces' common stem (DIR/NAME for DIR/NAME.000 ...)")
     p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--part-mb", type=float, default=30)
+    p.add_argument("--part-mb", type=float, default=24)
     p.add_argument("--seed", type=int, default=0, help="seed of the order images are dealt into parts")
     args = p.parse_args(argv)
     if sum(x is not None for x in (args.data, args.split, args.join)) != 1:

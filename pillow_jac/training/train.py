@@ -71,7 +71,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     # (weights/MODEL_CARD.md, training recipe)
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--warmup", type=int, default=500)
-    p.add_argument("--decay-start", type=int, default=0, help="step where cosine decay starts (0: constant lr)")
+    p.add_argument("--decay-start", type=int, default=0, help="step where the cosine decay starts (if --decay-steps)")
     p.add_argument("--decay-steps", type=int, default=0, help="length of the cosine decay to lr/10")
     p.add_argument("--steps", type=int, default=10**9, help="stop after this global step")
     p.add_argument("--minutes", type=float, default=0, help="stop after this many minutes (0: no limit)")
