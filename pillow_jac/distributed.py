@@ -17,14 +17,14 @@ How it runs:
   beside the target, then a rename) with the same names: ``NAME.jac`` (or ``NAME.png``) in ``out_dir``,
   mirroring subfolders.
 * **GPUs.** ``num_gpus`` is each worker's share of a GPU. By default every worker gets one GPU when the
-  cluster has GPUs (and encodes with ``device="cuda"``) and none otherwise; ``num_gpus=0.25`` puts four
-  workers on each GPU.
+  cluster has GPUs (and encodes with ``device="cuda"``), unless ``device`` is a CPU, and none otherwise;
+  ``num_gpus=0.25`` puts four workers on each GPU.
 * **Backpressure.** At most ``in_flight`` calls (default two per worker) are submitted at a time; the next
   file goes out when one comes back (:func:`ray.wait`), so memory on the driver and in the object store
   stays bounded whatever the number of files.
 * **Errors.** A file that fails is reported in :attr:`Report.failed` (one line each, as ``jac batch``
-  prints) and the others go on. A worker that dies (a lost node) is replaced and its files are tried once
-  more.
+  prints) and the others go on. A worker that dies (killed for memory, a lost node) is replaced; the file
+  it was converting is tried once more, and fails alone if it kills that worker too.
 * **Resume.** With ``resume=True`` (the default) a file whose output is done is skipped, so a batch
   that was stopped continues where it was when run again. Writes are atomic, so an output that exists is
   complete; :func:`is_done` also redoes outputs older than their input and ``.jac`` files of another
@@ -59,15 +59,14 @@ import socket
 import stat
 import sys
 import time
-from collections import deque
+import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from . import container
 from .constants import DEFAULT_EFFORT, DEFAULT_QUALITY, validate_effort, validate_quality
-from .conversion import ATTEMPTS, Progress, convert_noting_warnings, one_line, plan
+from .conversion import Progress, convert_noting_warnings, one_line, plan
 from .preview import preview_size
 from .targets import validate_targets
 
@@ -158,7 +157,9 @@ def is_done(
 ) -> bool:
     """Whether ``dst`` is a finished conversion of ``src``, which ``resume`` skips.
 
-    It counts as done when it is a regular file at least as new as ``src`` and:
+    It counts as done when it is a regular file at least as new as ``src``, of the same size in pixels
+    (another picture of the same name, from another folder written into the same ``out_dir``, is not
+    taken for it), and:
 
     * for ``to="png"``: Pillow reads it as a PNG whose chunks check (``verify()``), so an empty or cut file
       left by a machine that crashed is converted again;
@@ -173,13 +174,19 @@ def is_done(
         out = os.stat(dst)
         if not stat.S_ISREG(out.st_mode) or out.st_mtime_ns < os.stat(src).st_mtime_ns:
             return False
-        if to != "jac":
-            from PIL import Image
+        from PIL import Image
 
+        if to != "jac":
             with Image.open(dst, formats=["PNG"]) as im:
+                size = im.size
                 im.verify()
-            return True
+            with open(src, "rb") as f:
+                header = container.read_header(f)
+            return size == (header.width, header.height)
         jac = container.read(dst)
+        with Image.open(src) as im:  # the header only
+            if im.size != jac.size:
+                return False
     except (OSError, ValueError, SyntaxError, EOFError):
         return False
     if quality is not None and jac.header.quality != container.quantize_quality(quality):
@@ -319,10 +326,12 @@ def convert(
         base_dir: for a list of paths, the folder whose layout ``out_dir`` mirrors.
         resume: skip files whose output is done (:func:`is_done`).
         address: where to find Ray when this process is not connected yet.
-        workers: number of actors (default: the cluster's GPUs divided by ``num_gpus`` when workers use GPUs,
-            else its CPUs divided by ``num_cpus``; never more than the files).
+        workers: number of actors (default: as many as the cluster holds now, by ``num_cpus`` and ``num_gpus``;
+            never more than the files). More than it holds is warned about: those start when it has room,
+            and the others convert meanwhile.
         num_cpus: CPUs each worker reserves, and its torch threads.
-        num_gpus: share of a GPU each worker reserves (default: 1 when the cluster has GPUs, else 0).
+        num_gpus: share of a GPU each worker reserves (default: 1 when the cluster has GPUs and ``device`` is
+            not a CPU, else 0).
         device: torch device (default: ``"cuda"`` for workers with a GPU, else ``JAC_DEVICE`` or cpu).
         in_flight: the most calls submitted at once (default: two per worker; at least one per worker).
         progress: True for ``jac batch``'s progress line on stderr, or a function called with each
@@ -364,19 +373,14 @@ def convert(
             options["include_dashboard"] = False
         _init_keeping_sigterm(ray, options)
     try:
-        resources = ray.cluster_resources()
-        if num_gpus is None:
-            num_gpus = 1.0 if resources.get("GPU", 0) > 0 else 0.0
-        if device is None and num_gpus > 0:
-            device = "cuda"
-        if workers is None:
-            capacity = resources.get("GPU", 0) / num_gpus if num_gpus > 0 else resources.get("CPU", 1) / num_cpus
-            workers = max(1, int(capacity))
-        workers = min(workers, len(jobs))
+        placed = _placement(ray.cluster_resources(), len(jobs), workers, num_cpus, num_gpus, device)
+        workers, num_gpus, device = placed
         slots_each = max(1, (in_flight or IN_FLIGHT_PER_WORKER * workers) // workers)
         actor_class = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, max_restarts=0)(Worker)
         threads = max(1, int(num_cpus))
-        return _run(
+        from .ray_driver import run
+
+        return run(
             ray,
             jobs,
             lambda: actor_class.remote(to, device, threads),
@@ -388,6 +392,40 @@ def convert(
     finally:
         if started_here:
             ray.shutdown()
+
+
+def _placement(
+    resources: dict[str, float],
+    files: int,
+    workers: int | None,
+    num_cpus: float,
+    num_gpus: float | None,
+    device: str | None,
+) -> tuple[int, float, str | None]:
+    """``(workers, num_gpus, device)`` for ``files`` files on a cluster of ``resources`` (:func:`convert`'s defaults).
+
+    A worker gets a GPU when the cluster has some, unless ``device`` is not a GPU device; ``workers``
+    defaults to as many as the cluster holds now, and is never more than the files. More than the cluster
+    holds is warned about: they wait for room (an autoscaling cluster may grow), and the others convert
+    meanwhile.
+    """
+    if num_gpus is None:
+        wants_gpu = device is None or str(device).split(":")[0] in ("cuda", "auto")
+        num_gpus = 1.0 if wants_gpu and resources.get("GPU", 0) > 0 else 0.0
+    if device is None and num_gpus > 0:
+        device = "cuda"
+    fits = resources.get("CPU", 0) / num_cpus
+    if num_gpus > 0:
+        fits = min(fits, resources.get("GPU", 0) / num_gpus)
+    asked = workers
+    workers = min(max(1, int(fits)) if workers is None else workers, files)
+    if asked is not None and workers > int(fits):
+        warnings.warn(
+            f"{workers} workers of {num_cpus:g} CPU and {num_gpus:g} GPU each asked for, but the cluster holds "
+            f"{int(fits)} now: the others start when it has room",
+            stacklevel=3,
+        )
+    return workers, num_gpus, device
 
 
 def _init_keeping_sigterm(ray: Any, options: dict[str, Any]) -> None:
@@ -406,20 +444,6 @@ def _init_keeping_sigterm(ray: Any, options: dict[str, Any]) -> None:
         signal.signal(signal.SIGTERM, previous)
 
 
-def _collect(ray: Any, ref: Any, pending: dict[Any, tuple[Any, str, str]], slots: deque) -> FileResult | None:
-    """The result of a finished call, its worker's slot given back; None (and nothing popped) if the worker died."""
-    actor, src, dst = pending[ref]
-    try:
-        result = ray.get(ref)
-    except ray.exceptions.RayActorError:
-        return None
-    except ray.exceptions.RayError as e:  # e.g. a result that could not be transferred
-        result = FileResult(src, dst, "failed", one_line(e))
-    del pending[ref]
-    slots.append(actor)
-    return result
-
-
 def _progress_function(progress: bool | Callable[[FileResult], None], total: int) -> Callable[[FileResult], None]:
     if callable(progress):
         return progress
@@ -433,75 +457,3 @@ def _progress_function(progress: bool | Callable[[FileResult], None], total: int
         bar.step(result.src, result.error, "already done" if result.status == "skipped" else None)
 
     return report
-
-
-def _run(
-    ray: Any,
-    jobs: dict[Path, Path],
-    new_actor: Callable[[], Any],
-    workers: int,
-    slots_each: int,
-    options: tuple[Any, ...],
-    report_file: Callable[[FileResult], None],
-) -> Report:
-    """Start the actors, then keep at most ``slots_each`` calls submitted to each until every file is back."""
-    report = Report()
-    actors = [new_actor() for _ in range(workers)]
-    pending: dict[Any, tuple[Any, str, str]] = {}
-    try:
-        try:
-            ray.get([a.info.remote() for a in actors])
-        except ray.exceptions.RayActorError as e:
-            raise RuntimeError(f"the Ray workers could not start: {one_line(e)}") from None
-        replacements = workers  # a lost worker is replaced, up to as many times as there are workers
-        slots = deque(a for a in actors for _ in range(slots_each))
-        todo = deque((str(s), str(d)) for s, d in jobs.items())
-        attempts: dict[str, int] = {}
-        dead: set[Any] = set()
-        start = time.perf_counter()
-        while todo or pending:
-            while todo and slots:
-                actor = slots.popleft()
-                if actor in dead:
-                    continue
-                src, dst = todo.popleft()
-                pending[actor.convert.remote(src, dst, *options)] = (actor, src, dst)
-            if not pending:
-                raise RuntimeError(f"every Ray worker died; {len(todo)} files were not converted")
-            refs = list(pending)
-            ray.wait(refs, num_returns=1)
-            # Everything back by now, in one pass over the list: at thousands of results a second, one pass per
-            # result would cost the driver more than the results themselves.
-            ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
-            for ref in ready:
-                result = _collect(ray, ref, pending, slots)
-                if result is None:  # the worker is gone
-                    actor, src, dst = pending.pop(ref)
-                    if actor not in dead:
-                        dead.add(actor)
-                        if replacements > 0:
-                            replacements -= 1
-                            actors.append(new_actor())
-                            slots.extend([actors[-1]] * slots_each)
-                    attempts[src] = attempts.get(src, 0) + 1
-                    if attempts[src] < ATTEMPTS:
-                        todo.appendleft((src, dst))
-                        continue
-                    result = FileResult(src, dst, "failed", "the worker died (lost process or node)")
-                report.add(result)
-                report_file(result)
-        report.seconds = time.perf_counter() - start
-        for actor in actors:
-            if actor not in dead:
-                try:
-                    report.workers.append(ray.get(actor.info.remote()))
-                except ray.exceptions.RayError:  # lost since its last file
-                    pass
-        return report
-    finally:
-        # Interrupted: calls not yet running are cancelled; a running one ends with its worker, which can
-        # leave a temporary file beside its output (see the module's notes on resume).
-        for ref in pending:
-            ray.cancel(ref)
-        for actor in actors:
-            ray.kill(actor)

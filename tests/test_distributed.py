@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from PIL import Image, ImageCms
 
-from pillow_jac import conversion, distributed, save
+from pillow_jac import conversion, distributed, ray_driver, save
 from pillow_jac.cli import build_parser, main
 from pillow_jac.constants import DEFAULT_QUALITY
 
@@ -151,6 +151,41 @@ def test_is_done_checks_preview_size_and_png(tmp_path: Path) -> None:
         assert not distributed.is_done(jac, png, "png")
 
 
+def test_is_done_is_not_another_picture_of_the_same_name(tmp_path: Path) -> None:
+    """Two folders written into one ``out_dir`` (shards without ``base_dir``) both hold ``IMG_0001``: the first
+    one's output was taken as the second's and kept."""
+    first, second = tmp_path / "cam1" / "IMG_0001.png", tmp_path / "cam2" / "IMG_0001.png"
+    for path, shape in ((first, (32, 32)), (second, (40, 64))):
+        path.parent.mkdir()
+        Image.fromarray(natural_image(*shape, 3)).save(path)
+    out = tmp_path / "out" / "IMG_0001.jac"
+    out.parent.mkdir()
+    with Image.open(first) as im:
+        save(im, out, quality=3)
+    os.utime(second, ns=(1, 1))  # older than the output: only its size tells it apart
+    assert distributed.is_done(first, out, "jac", 3)
+    assert not distributed.is_done(second, out, "jac", 3)
+    png = tmp_path / "out" / "IMG_0001.png"
+    with Image.open(second) as im:
+        im.save(png)
+    os.utime(out, ns=(1, 1))
+    assert not distributed.is_done(out, png, "png")  # a PNG of another size than the .jac file
+
+
+def test_placement_of_the_workers() -> None:
+    """A CPU device asked for on a cluster with GPUs ran one worker per GPU; more workers than fit waited
+    forever for the ones the cluster could not place, before any file was converted."""
+    place = distributed._placement
+    gpus = {"CPU": 16.0, "GPU": 2.0}
+    assert place(gpus, 100, None, 1, None, None) == (2, 1.0, "cuda")
+    assert place(gpus, 100, None, 1, None, "cpu") == (16, 0.0, "cpu")
+    assert place(gpus, 100, None, 1, 0.25, None) == (8, 0.25, "cuda")
+    assert place({"CPU": 2.0}, 100, None, 1, None, None) == (2, 0.0, None)
+    assert place({"CPU": 2.0}, 1, None, 1, None, None) == (1, 0.0, None)
+    with pytest.warns(UserWarning, match="4 workers of 1 CPU and 0 GPU each asked for, but the cluster holds 2 now"):
+        assert place({"CPU": 2.0}, 100, 4, 1, None, None) == (4, 0.0, None)
+
+
 def test_ray_init_keeps_the_callers_sigterm_handler() -> None:
     """``ray.init`` installs its own SIGTERM handler (exit 15, a stack dump); the caller's is put back."""
 
@@ -272,3 +307,37 @@ def test_ray_replaces_a_lost_worker(ray_local, photos: Path, reference: Path, tm
     assert killed[0] not in [w["pid"] for w in report.workers]
     finished = {name: data for name, data in outputs(out).items() if not Path(name).name.startswith(".jac-")}
     assert finished == outputs(reference)  # a worker killed while writing may leave a temporary file, nothing more
+
+
+@pytest.mark.ray
+def test_ray_more_workers_than_the_cluster_holds_still_convert(ray_local, photos: Path, reference: Path, tmp_path):
+    """``-j 4`` on 2 CPUs waited forever for the two workers Ray could not place, converting nothing."""
+    out = tmp_path / "ray"
+    with pytest.warns(UserWarning, match="the cluster holds 2 now"):
+        report = distributed.convert(photos, out, recursive=True, workers=4)
+    assert (report.done, len(report.failed)) == (4, 1)
+    assert outputs(out) == outputs(reference)
+
+
+@pytest.mark.ray
+def test_ray_a_file_that_kills_its_worker_fails_alone(ray_local) -> None:
+    """A file that kills every worker it meets (out of memory, a crash in native code) used up the replacements
+    and ended the batch with RuntimeError, its report lost; the calls queued behind it were charged too."""
+
+    class Dying(distributed.Worker):  # no model: the driver's loop is under test
+        def __init__(self):
+            self._info = {"node": "n", "pid": os.getpid(), "load_seconds": 0.0, "rss_loaded_bytes": 0}
+
+        def convert(self, src, dst, *options):
+            if "poison" in src:
+                os._exit(1)
+            return distributed.FileResult(src, dst, "done", None, 1, 1, 0.0, "n", os.getpid())
+
+    actor = ray_local.remote(num_cpus=1, max_restarts=0)(Dying)
+    names = ["poison1", "a", "b", "poison2", "c", "d", "e", "f"]
+    jobs = {Path(f"/in/{n}.png"): Path(f"/out/{n}.jac") for n in names}
+    seen: list[str] = []
+    report = ray_driver.run(ray_local, jobs, actor.remote, 1, 2, ("jac",), lambda r: seen.append(r.src))
+    assert sorted(Path(f.src).stem for f in report.failed) == ["poison1", "poison2"]
+    assert all("the worker died converting it" in f.error for f in report.failed)
+    assert report.done == 6 and sorted(seen) == sorted(str(p) for p in jobs)

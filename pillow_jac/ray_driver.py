@@ -1,0 +1,189 @@
+"""The driver's loop of the Ray path (:func:`pillow_jac.distributed.convert`): actors started, files submitted.
+
+At most ``slots_each`` calls are submitted to each actor at a time (backpressure, so the driver's and the object
+store's memory stay bounded whatever the number of files); an actor takes files once it has started; one that
+dies is replaced, and the file it was converting is charged one of :data:`~pillow_jac.conversion.ATTEMPTS`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from .conversion import ATTEMPTS, one_line
+from .distributed import FileResult, Report
+
+__all__ = ["run"]
+
+
+def run(
+    ray: Any,
+    jobs: dict[Path, Path],
+    new_actor: Callable[[], Any],
+    workers: int,
+    slots_each: int,
+    options: tuple[Any, ...],
+    report_file: Callable[[FileResult], None],
+) -> Report:
+    """Start the actors, then keep at most ``slots_each`` calls submitted to each until every file is back.
+
+    An actor takes files once it has started, so actors the cluster cannot place yet only wait. An actor
+    that dies (its process killed, its node lost) is replaced; the file it was converting (its oldest call:
+    an actor runs its calls in order) is charged one of its :data:`ATTEMPTS`, and the calls queued behind it
+    go back to the queue uncharged. So a file that kills every worker it meets fails alone, and the number of
+    replacements is bounded by the files.
+    """
+    report = Report()
+    actors: list[Any] = []
+    starting: dict[Any, Any] = {}  # the info() call of an actor that has not started yet -> the actor
+    pending: dict[Any, tuple[Any, str, str]] = {}  # a submitted call -> its actor, source and output
+    slots: deque = deque()
+    started_any = False
+
+    def add_actor() -> None:
+        actor = new_actor()
+        actors.append(actor)
+        starting[actor.info.remote()] = actor
+
+    try:
+        for _ in range(workers):
+            add_actor()
+        todo = _Queue(jobs)
+        attempts: dict[str, int] = {}
+        dead: set[Any] = set()
+        start = time.perf_counter()
+        while todo or pending:
+            while todo and slots:
+                actor = slots.popleft()
+                if actor not in dead:
+                    src, dst = todo.popleft()
+                    pending[actor.convert.remote(src, dst, *options)] = (actor, src, dst)
+            if not pending and not starting:
+                if not started_any:
+                    raise RuntimeError("the Ray workers could not start")
+                for src, dst in todo:  # no worker is left to take them, and none can be started
+                    result = FileResult(src, dst, "failed", "no Ray worker could start")
+                    report.add(result)
+                    report_file(result)
+                break
+            refs = [*pending, *starting]
+            ray.wait(refs, num_returns=1)
+            # Everything back by now, in one pass over the list: at thousands of results a second, one pass per
+            # result would cost the driver more than the results themselves.
+            ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
+            for ref in ready:
+                if ref in starting:
+                    actor = starting.pop(ref)
+                    try:
+                        ray.get(ref)
+                    except ray.exceptions.RayError:
+                        dead.add(actor)  # it could not start: not replaced (the next would fail alike)
+                        continue
+                    started_any = True
+                    slots.extend([actor] * slots_each)
+                    continue
+                if ref not in pending:  # a call of an actor whose death was handled earlier in this pass
+                    continue
+                actor, src, dst = pending[ref]
+                try:
+                    result = ray.get(ref)
+                except ray.exceptions.RayActorError:
+                    _lost(ray, actor, pending, todo, attempts, report, report_file)
+                    dead.add(actor)
+                    add_actor()
+                    continue
+                except ray.exceptions.RayError as e:  # e.g. a result that could not be transferred
+                    result = FileResult(src, dst, "failed", one_line(e))
+                del pending[ref]
+                slots.append(actor)
+                report.add(result)
+                report_file(result)
+        report.seconds = time.perf_counter() - start
+        for actor in actors:
+            if actor not in dead and actor not in starting.values():
+                try:
+                    report.workers.append(ray.get(actor.info.remote()))
+                except ray.exceptions.RayError:  # lost since its last file
+                    pass
+        return report
+    finally:
+        # Interrupted: calls not yet running are cancelled; a running one ends with its worker, which can
+        # leave a temporary file beside its output (see the module's notes on resume).
+        for ref in pending:
+            ray.cancel(ref)
+        for actor in actors:
+            ray.kill(actor)
+
+
+class _Queue:
+    """The files still to submit: those of ``jobs`` not yet taken, after those put back (no copy of ``jobs``).
+
+    A copy of every path as strings cost the driver about 160 more bytes a file.
+    """
+
+    def __init__(self, jobs: dict[Path, Path]) -> None:
+        self._fresh = iter(jobs.items())
+        self._left = len(jobs)
+        self._back: deque[tuple[str, str]] = deque()
+
+    def __len__(self) -> int:
+        return self._left + len(self._back)
+
+    def __iter__(self) -> Iterator[tuple[str, str]]:
+        while self:
+            yield self.popleft()
+
+    def popleft(self) -> tuple[str, str]:
+        if self._back:
+            return self._back.popleft()
+        src, dst = next(self._fresh)
+        self._left -= 1
+        return str(src), str(dst)
+
+    def appendleft(self, item: tuple[str, str]) -> None:
+        self._back.appendleft(item)
+
+
+def _lost(
+    ray: Any,
+    actor: Any,
+    pending: dict[Any, tuple[Any, str, str]],
+    todo: _Queue,
+    attempts: dict[str, int],
+    report: Report,
+    report_file: Callable[[FileResult], None],
+) -> None:
+    """Take a dead actor's calls back.
+
+    Those it finished are reported; the oldest unfinished one (the one it was running) is charged an attempt,
+    and the rest are queued again.
+    """
+    unfinished = []
+    for ref, (owner, src, dst) in list(pending.items()):  # in submission order
+        if owner is not actor:
+            continue
+        del pending[ref]
+        try:
+            result = ray.get(ref, timeout=0) if ray.wait([ref], timeout=0)[0] else None
+        except ray.exceptions.RayError:  # died before finishing it (a get past the timeout too)
+            result = None
+        if result is None:
+            unfinished.append((src, dst))
+        else:
+            report.add(result)
+            report_file(result)
+    if not unfinished:
+        return
+    for item in reversed(unfinished[1:]):
+        todo.appendleft(item)
+    src, dst = unfinished[0]
+    attempts[src] = attempts.get(src, 0) + 1
+    if attempts[src] < ATTEMPTS:
+        todo.appendleft((src, dst))
+        return
+    result = FileResult(src, dst, "failed", "the worker died converting it (out of memory? a lost node?)")
+    report.add(result)
+    report_file(result)
