@@ -348,7 +348,7 @@ def convert(
     Raises:
         ImportError: Ray is not installed.
         ValueError: bad options or inputs (see :func:`plan`).
-        RuntimeError: no worker could be started, or every worker died.
+        RuntimeError: no worker could be started (after one has, files no worker is left for fail instead).
     """
     quality, effort = validate_quality(quality), validate_effort(effort)
     if target_size is not None or target_psnr is not None:
