@@ -65,8 +65,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import container
+from .batch_plan import Progress, plan
 from .constants import DEFAULT_EFFORT, DEFAULT_QUALITY, validate_effort, validate_quality
-from .conversion import Progress, convert_noting_warnings, one_line, plan
+from .conversion import convert_noting_warnings, one_line
 from .preview import preview_size
 from .targets import validate_targets
 
@@ -115,8 +116,9 @@ class Report:
         failed: the files that failed, with their errors, in the order they came back.
         in_bytes: bytes read by the converted files.
         out_bytes: bytes written.
-        seconds: wall time from the first submitted file to the last result, after the workers started.
-        workers: one dict per worker that started: ``node``, ``pid``, ``load_seconds`` (start-up including
+        seconds: wall time from the first worker's start (the first file submitted) to the last result.
+        workers: one dict per worker that started and lived to the end (one still starting when the files ran
+            out is not listed): ``node``, ``pid``, ``load_seconds`` (start-up including
             the model load), ``rss_loaded_bytes`` (the worker's peak resident memory once loaded) and
             ``rss_peak_bytes`` (its peak after its last file); memory is 0 where the platform does not say.
     """

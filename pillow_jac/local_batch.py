@@ -1,6 +1,6 @@
 """``jac batch`` on this machine: a folder converted file by file, in this process or in worker processes.
 
-The files and their names come from :func:`pillow_jac.conversion.plan`, each file is converted by
+The files and their names come from :func:`pillow_jac.batch_plan.plan`, each file is converted by
 :func:`pillow_jac.conversion.convert_file` (as :mod:`pillow_jac.distributed` does on Ray), and a file that
 fails is reported on a line of its own while the others go on.
 
@@ -11,7 +11,7 @@ Worker processes (``workers > 1``):
   ``cpu_count // workers`` torch threads.
 * **A worker that dies** (killed, or out of memory) breaks Python's process pool. The files not
   finished are converted again in a new pool; only a file that was being converted when a pool broke is
-  counted as tried, and one tried :data:`~pillow_jac.conversion.ATTEMPTS` times is reported as failed. A
+  counted as tried, and one tried :data:`~pillow_jac.batch_plan.ATTEMPTS` times is reported as failed. A
   shared byte per file (written by the workers, read by the parent after a break; no lock that a killed
   process could leave held) says which files were being converted. Files are submitted a few per worker
   at a time, so a pool that breaks is not racing thousands of submissions.
@@ -37,8 +37,9 @@ from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import IO, Any
 
+from .batch_plan import ATTEMPTS, Progress, plan
 from .constants import DEFAULT_EFFORT, DEFAULT_QUALITY
-from .conversion import ATTEMPTS, ConversionError, Progress, convert_noting_warnings, one_line, plan, show_warning
+from .conversion import ConversionError, convert_noting_warnings, one_line, show_warning
 
 __all__ = ["run_batch"]
 

@@ -2,7 +2,7 @@
 
 At most ``slots_each`` calls are submitted to each actor at a time (backpressure, so the driver's and the object
 store's memory stay bounded whatever the number of files); an actor takes files once it has started; one that
-dies is replaced, and the file it was converting is charged one of :data:`~pillow_jac.conversion.ATTEMPTS`.
+dies is replaced, and the file it was converting is charged one of :data:`~pillow_jac.batch_plan.ATTEMPTS`.
 """
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from .conversion import ATTEMPTS, one_line
+from .batch_plan import ATTEMPTS
+from .conversion import one_line
 from .distributed import FileResult, Report
 
 __all__ = ["run"]
@@ -41,7 +42,7 @@ def run(
     starting: dict[Any, Any] = {}  # the info() call of an actor that has not started yet -> the actor
     pending: dict[Any, tuple[Any, str, str]] = {}  # a submitted call -> its actor, source and output
     slots: deque = deque()
-    started_any = False
+    started_any, start = False, 0.0
 
     def add_actor() -> None:
         actor = new_actor()
@@ -54,7 +55,6 @@ def run(
         todo = _Queue(jobs)
         attempts: dict[str, int] = {}
         dead: set[Any] = set()
-        start = time.perf_counter()
         while todo or pending:
             while todo and slots:
                 actor = slots.popleft()
@@ -82,7 +82,8 @@ def run(
                     except ray.exceptions.RayError:
                         dead.add(actor)  # it could not start: not replaced (the next would fail alike)
                         continue
-                    started_any = True
+                    if not started_any:
+                        started_any, start = True, time.perf_counter()
                     slots.extend([actor] * slots_each)
                     continue
                 if ref not in pending:  # a call of an actor whose death was handled earlier in this pass
@@ -101,7 +102,7 @@ def run(
                 slots.append(actor)
                 report.add(result)
                 report_file(result)
-        report.seconds = time.perf_counter() - start
+        report.seconds = time.perf_counter() - start if started_any else 0.0
         for actor in actors:
             if actor not in dead and actor not in starting.values():
                 try:

@@ -692,7 +692,7 @@ def test_python_m_error_exit_status(tmp_path: Path) -> None:
 def test_progress_bar_on_a_terminal() -> None:
     import io
 
-    from pillow_jac.conversion import Progress as _Progress
+    from pillow_jac.batch_plan import Progress as _Progress
 
     class Terminal(io.StringIO):
         def isatty(self) -> bool:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from PIL import Image, ImageCms
 
-from pillow_jac import conversion, distributed, ray_driver, save
+from pillow_jac import batch_plan, distributed, ray_driver, save
 from pillow_jac.cli import build_parser, main
 from pillow_jac.constants import DEFAULT_QUALITY
 
@@ -83,25 +83,25 @@ def test_plan_names_differing_in_case(photos: Path, tmp_path: Path, monkeypatch)
     (tmp_path / "y").mkdir()
     paths = [tmp_path / "x" / "Photo.png", tmp_path / "y" / "photo.png", tmp_path / "y" / "other.png"]
     out = tmp_path / "out" / "new"
-    assert conversion._case_sensitive(out)  # the tests' temporary folder is on a case-sensitive file system
+    assert batch_plan._case_sensitive(out)  # the tests' temporary folder is on a case-sensitive file system
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x", "y"]  # the probe left nothing behind
     names = [d.name for d in distributed.plan(paths, out).values()]
     assert names == ["Photo.jac", "photo.jac", "other.jac"]
     probed = []
-    monkeypatch.setattr(conversion, "_case_sensitive", lambda folder: probed.append(folder) or False)
+    monkeypatch.setattr(batch_plan, "_case_sensitive", lambda folder: probed.append(folder) or False)
     with pytest.raises(ValueError, match=r"photo.png and .*Photo.png would both be written to .*photo.jac \(names"):
         distributed.plan(paths, out)
     assert probed == [out]
-    monkeypatch.setattr(conversion, "_case_sensitive", lambda folder: None)  # the folder cannot be written
+    monkeypatch.setattr(batch_plan, "_case_sensitive", lambda folder: None)  # the folder cannot be written
     with pytest.raises(ValueError, match="could not be found out"):
         distributed.plan(paths, out)
     probed.clear()
-    monkeypatch.setattr(conversion, "_case_sensitive", lambda folder: probed.append(folder) or False)
+    monkeypatch.setattr(batch_plan, "_case_sensitive", lambda folder: probed.append(folder) or False)
     probed.clear()
     assert len(distributed.plan(paths[1:], out)) == 2  # names that differ more than in case: no probe
     assert probed == []
     nested = [photos / "a.png", photos / "sub" / "c.png"]
-    monkeypatch.setattr(conversion, "_case_sensitive", lambda folder: True)
+    monkeypatch.setattr(batch_plan, "_case_sensitive", lambda folder: True)
     exact = [tmp_path / "x" / "Photo.png", tmp_path / "y" / "photo.png", tmp_path / "y" / "Photo.bmp"]
     with pytest.raises(ValueError, match="Photo.bmp and .*x/Photo.png would both be written to"):
         distributed.plan(exact, out)  # the same name exactly is refused wherever
@@ -261,7 +261,7 @@ def test_ray_matches_jac_batch_and_resumes(ray_local, photos: Path, reference: P
     assert [(Path(r.src).name, r.status) for r in report.failed] == [("broken.png", "failed")]
     assert report.failed[0].error  # one line saying why
     assert len(seen) == 5 and report.seconds > 0 and report.images_per_second > 0
-    assert len(report.workers) == 2  # one per CPU of the instance
+    assert 1 <= len(report.workers) <= 2  # one per CPU; one still starting when the files ran out is not listed
     assert all(0 < w["rss_loaded_bytes"] <= w["rss_peak_bytes"] and w["load_seconds"] > 0 for w in report.workers)
     assert report.out_bytes == sum(len(b) for b in outputs(out).values())
     assert outputs(out) == outputs(reference)  # byte-identical, with the same names; no temporary files left

@@ -16,8 +16,9 @@ import pytest
 from PIL import Image
 
 from pillow_jac import container
+from pillow_jac.batch_plan import batch_inputs
 from pillow_jac.cli import main
-from pillow_jac.conversion import batch_inputs, convert_file
+from pillow_jac.conversion import convert_file
 
 from .helpers import natural_image
 
