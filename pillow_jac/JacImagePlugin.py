@@ -30,9 +30,9 @@ Save options (``im.save(fp, "JAC", **options)``):
 * ``icc_profile``, ``exif``, ``xmp``: metadata to store. **By default the image's own**
   ``im.info["icc_profile"]``, ``im.info["exif"]`` and ``im.info["xmp"]`` **are kept** (Pillow's own
   JPEG and WebP writers keep none of them by default), the EXIF as ``im.getexif()`` holds it when that
-  was edited (:func:`_image_exif`); pass ``exif=b""`` (or ``None``) to drop one.
+  was edited (:mod:`pillow_jac.save_metadata`); pass ``exif=b""`` (or ``None``) to drop one.
   ``exif`` may also be a :class:`PIL.Image.Exif`; ``xmp`` may be ``str`` or ``bytes``. A profile kept
-  from ``im.info`` must describe the stored pixels (:func:`_profile_fits`): a CMYK image's CMYK
+  from ``im.info`` must describe the stored pixels: a CMYK image's CMYK
   profile is dropped, since its pixels are stored as RGB.
 * ``device``: torch device for the encoder (``"cpu"``, ``"cuda"``, ``"auto"``); default from
   ``JAC_DEVICE``, see the README.
@@ -87,6 +87,7 @@ from . import container
 from .constants import DEFAULT_EFFORT, DEFAULT_QUALITY, MAGIC, validate_effort, validate_quality
 from .files import write_into
 from .preview import PREVIEW_MAX_SIZE, PREVIEW_QUALITY, PREVIEW_SIZE, make_preview, preview_for, preview_size
+from .save_metadata import metadata_to_store
 
 if TYPE_CHECKING:
     import numpy as np
@@ -345,61 +346,6 @@ def _native_mode(im: Image.Image) -> str:
     raise ValueError(msg)
 
 
-def _profile_fits(profile: bytes | None, mode: str) -> bool:
-    """Whether an ICC profile can describe pixels stored in ``mode`` (a profile too short to say: True).
-
-    Its data colour space (bytes 16-19 of the profile header, ICC.1 section 7.2.6) must be ``GRAY`` for
-    L and LA, ``RGB `` for RGB and RGBA.
-
-    Example:
-        >>> header = bytes(16) + b"CMYK" + bytes(108)
-        >>> _profile_fits(header, "RGB"), _profile_fits(header.replace(b"CMYK", b"RGB "), "RGBA")
-        (False, True)
-    """
-    if profile is None or len(profile) < 20:
-        return True
-    return profile[16:20] == (b"GRAY" if mode in ("L", "LA") else b"RGB ")
-
-
-def _metadata_bytes(value: Any, name: str) -> bytes | None:
-    if value is None:
-        return None
-    if isinstance(value, Image.Exif):
-        value = value.tobytes()
-    if isinstance(value, str) and name == "xmp":  # XML text; a profile or an EXIF block is binary
-        value = value.encode("utf-8")
-    if not isinstance(value, (bytes, bytearray, memoryview)):
-        msg = f"{name} must be bytes, got {type(value).__name__}"
-        raise TypeError(msg)
-    value = bytes(value)
-    if name == "exif" and value[:4] in (b"II*\x00", b"MM\x00*"):
-        value = b"Exif\x00\x00" + value  # SPEC.md section 5.2: writers include the prefix
-    return value or None
-
-
-def _image_exif(im: Image.Image) -> Any:
-    """The EXIF an image carries: ``im.info["exif"]`` as it came, unless ``im.getexif()`` holds something else.
-
-    ``im.getexif()`` is Pillow's way to edit EXIF (``exif[Orientation] = 1``), and it also reads EXIF that is
-    not in ``info`` (a PNG's "Raw profile type exif" text chunk, as ImageMagick writes it): its tags are
-    stored then, re-serialised by Pillow. Otherwise the bytes are kept byte for byte. A TIFF's ``getexif()``
-    is its own image tags, not a camera's EXIF, so a TIFF keeps only ``info["exif"]`` (none, as Pillow reads it).
-    """
-    raw = im.info.get("exif")
-    if hasattr(im, "tag_v2") or not (raw is None or isinstance(raw, (bytes, bytearray))):
-        return raw
-    try:
-        current = im.getexif()
-        stored = Image.Exif()
-        if raw:
-            stored.load(bytes(raw))
-        if dict(current) == dict(stored):
-            return raw
-        return current.tobytes() if len(current) else None
-    except Exception:  # EXIF that Pillow cannot parse: the bytes as they are
-        return raw
-
-
 def encode_image(im: Image.Image, **options: Any) -> bytes:
     """The ``.jac`` file ``im.save(fp, "JAC", **options)`` writes, as bytes.
 
@@ -436,18 +382,8 @@ def _encode_image(im: Image.Image, encoderinfo: dict[str, Any]) -> bytes:
     if quality is not None:
         quality = validate_quality(quality)
     effort = validate_effort(DEFAULT_EFFORT if encoderinfo.get("effort") is None else encoderinfo["effort"])
-    meta: dict[str, bytes | None] = {}
-    for name in ("icc_profile", "exif", "xmp"):
-        if name in encoderinfo:  # asked for: a wrong type is an error
-            meta[name] = _metadata_bytes(encoderinfo[name], name)
-        else:  # kept from im.info: skipped if some reader left something other than bytes there
-            try:
-                meta[name] = _metadata_bytes(_image_exif(im) if name == "exif" else im.info.get(name), name)
-            except TypeError:
-                meta[name] = None
     mode = _native_mode(im)
-    if "icc_profile" not in encoderinfo and not _profile_fits(meta["icc_profile"], mode):
-        meta["icc_profile"] = None  # e.g. a CMYK image's profile: its pixels are stored as RGB
+    meta = metadata_to_store(im, encoderinfo, mode)
     if im.mode != mode:
         im = im.convert(mode)
 
