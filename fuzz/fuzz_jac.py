@@ -4,10 +4,12 @@ Targets (``--target``):
 
 * ``container``: :func:`pillow_jac.container.parse`, :func:`~pillow_jac.container.read_header` and
   :func:`~pillow_jac.container.read_file` on a non-seekable stream that returns a few bytes per read,
-  and ``Image.open`` (header and chunks only, no pixels). Thousands of inputs a second.
-* ``decode``: all of the above, then :func:`pillow_jac.codec.decode` and ``Image.open(...).load()``,
-  for the input as it is and with its ``model_id``/``weights_hash`` re-stamped to the installed
-  weights (so that inputs reach the range decoder and the networks whatever weights are installed).
+  and ``Image.open`` (header and chunks only, no pixels) with ``draft()``, which decodes the preview
+  (``prvw``, SPEC.md section 5.4) with Pillow when it can stand for the image. Thousands of inputs a second.
+* ``decode``: all of the above, then :func:`pillow_jac.codec.decode`, ``Image.open(...).load()`` and,
+  for a file with a preview, ``thumbnail()``, for the input as it is and with its
+  ``model_id``/``weights_hash`` re-stamped to the installed weights (so that inputs reach the range
+  decoder and the networks whatever weights are installed).
 
 The oracle (:func:`check_container`, :func:`check_decode`) raises :class:`Finding` when
 
@@ -18,8 +20,10 @@ The oracle (:func:`check_container`, :func:`check_decode`) raises :class:`Findin
 * an input takes longer than :attr:`Limits.seconds` or raises the peak RSS above
   :attr:`Limits.rss_mb` (``MemoryError`` counts as a memory finding too);
 * the entry points disagree: ``parse`` accepts what the streaming reader or ``Image.open`` rejects
-  (or the other way round), ``codec.decode`` and ``Image.open(...).load()`` disagree on the pixels,
-  or the decoded shape differs from the header.
+  (or the other way round), ``draft()`` fails on a file ``Image.open`` accepted (other than with a
+  decompression-bomb warning or error) or uses a preview SPEC.md section 5.4 rules out,
+  ``codec.decode`` and ``Image.open(...).load()`` disagree on the pixels, ``thumbnail()`` fails where
+  ``load()`` succeeds, or the decoded shape differs from the header.
 
 While fuzzing, ``Image.MAX_IMAGE_PIXELS`` is lowered to :attr:`Limits.max_pixels` (default 96 x 96),
 so that forged dimensions exercise the size checks but nothing decodes more than ~18k pixels;
@@ -27,20 +31,27 @@ so that forged dimensions exercise the size checks but nothing decodes more than
 
 Engines: ``atheris`` (coverage-guided libFuzzer, with the JAC-aware :func:`mutate` as custom
 mutator) when it is installed, else ``random`` (a plain mutation loop over the same mutators). The
-hypothesis-driven tests in ``tests/test_fuzz.py`` reuse the mutators and the oracle.
+hypothesis-driven tests in ``tests/test_fuzz.py`` reuse the mutators and the oracle. The ``random``
+engine, ``replay`` and ``distill`` run each input under a :func:`watchdog` (a hang becomes a
+``timeout`` finding) and write it to :data:`CURRENT_INPUT` in their output folder before running it,
+so an input that kills the process is on disk afterwards.
 
-Usage (see ``fuzz/README.md``)::
+Usage (see ``fuzz/README.md``); paths may come before or after the options, libFuzzer's own
+``-flag=value`` options go to the ``atheris`` engine::
 
     python fuzz/fuzz_jac.py seeds                       # (re)make fuzz/seeds/*.jac
     python fuzz/fuzz_jac.py atheris --target decode WORK_DIR fuzz/seeds -- -max_total_time=600
-    python fuzz/fuzz_jac.py random --target container --seconds 60
-    python fuzz/fuzz_jac.py replay FILE...              # run the oracle on files, print outcomes
+    python fuzz/fuzz_jac.py random --target container --seconds 60 [CORPUS...]
+    python fuzz/fuzz_jac.py replay FILE_OR_DIR...       # run the oracle on files, print outcomes
     python fuzz/fuzz_jac.py distill --out tests/fuzz_corpus DIR...   # smallest file per outcome
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import faulthandler
+import functools
 import hashlib
 import io
 import json
@@ -51,10 +62,11 @@ import signal
 import struct
 import sys
 import tempfile
+import threading
 import time
 import warnings
 import zlib
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
@@ -62,6 +74,8 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 SEEDS_DIR = HERE / "seeds"
+#: the file the random engine and ``distill`` write each input to, in their output folder, before running it
+CURRENT_INPUT = "current-input.jac"
 MAGIC = b"\x8bJAC\r\n\x1a\n"  # repeated here so that importing this module imports nothing of pillow_jac
 _JHDR = struct.Struct(">BBBBIIH16s8sHHHHII")
 JHDR_FIELDS = (
@@ -99,6 +113,14 @@ class Overrun(Finding):
     """An input took too long or too much memory (re-checked once: a busy machine can cause it)."""
 
 
+class Timeout(Finding):
+    """An input ran past the :func:`watchdog`'s limit: it was stopped, not re-checked."""
+
+
+class _Alarm(BaseException):
+    """Raised by the :func:`watchdog`'s signal handler; not an ``Exception``, so ``except Exception`` lets it by."""
+
+
 @dataclass
 class Limits:
     """Bounds every input must stay within.
@@ -114,12 +136,15 @@ class Limits:
         seconds_per_step: allowance per wavefront step and decoder (~3-10 ms measured on 1 busy core).
         rss_mb: peak resident memory of the process while one input runs, in MiB.
         max_pixels: ``Image.MAX_IMAGE_PIXELS`` while fuzzing (files above twice this are refused).
+        timeout: the :func:`watchdog`'s limit on one input of the random engine, ``replay`` and
+            ``distill``, in seconds; ``None``: three times the input's time bounds (:func:`time_limit`).
     """
 
     seconds: float = 5.0
     seconds_per_step: float = 0.015
     rss_mb: float = 3072.0
     max_pixels: int = 96 * 96
+    timeout: float | None = None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -235,9 +260,11 @@ DIM_VALUES = (
     1000, 4096, 65535, 65536, 1 << 31, (1 << 32) - 1,
 )  # fmt: skip
 CHUNK_TYPES = (
-    b"JHDR", b"ZSTR", b"YSTR", b"ALPH", b"JEND", b"iccp", b"exif", b"xmp ", b"abcd", b"zz 9", b"ABCD", b"Jend",
-    b"a\x00bc", b"1abc", b"ab-c", b"\xffJHD", b"    ",
+    b"JHDR", b"ZSTR", b"YSTR", b"ALPH", b"JEND", b"iccp", b"exif", b"xmp ", b"prvw", b"abcd", b"zz 9", b"ABCD",
+    b"Jend", b"PRVW", b"a\x00bc", b"1abc", b"ab-c", b"\xffJHD", b"    ",
 )  # fmt: skip
+#: ``prvw`` format bytes (SPEC.md section 5.4): 0 JPEG, 1 WebP; the others are unknown formats
+PREVIEW_FORMATS = (0, 1)
 
 
 def _rand_bytes(rng: random.Random, n: int) -> bytes:
@@ -452,6 +479,70 @@ def forge_alpha(rng: random.Random, chunks: list[Chunk], corpus: Sequence[bytes]
         chunks.insert(rng.randint(1, max(1, len(chunks) - 1)), Chunk(b"ALPH", body))
 
 
+@functools.lru_cache(maxsize=512)
+def preview_file(image_format: int, width: int, height: int, mode: str = "RGB") -> bytes:
+    """A small JPEG (format 0) or WebP (other formats) of ``width x height`` pixels in ``mode`` (a gradient).
+
+    ``mode`` is one WebP or JPEG can store: RGB, RGBA (WebP), L or CMYK (JPEG); WebP gets L and CMYK as RGB.
+    """
+    from PIL import Image
+
+    ramp = Image.linear_gradient("L").resize((max(1, width), max(1, height)))
+    bands = {"L": 1, "RGB": 3, "RGBA": 4, "CMYK": 4}[mode]
+    im = Image.merge(mode, [ramp.rotate(90 * i) if i % 2 else ramp for i in range(bands)])
+    out = io.BytesIO()
+    if image_format == 0:
+        im.convert("RGB" if mode == "RGBA" else mode).save(out, "JPEG", quality=50)
+    else:
+        im.convert("RGBA" if mode == "RGBA" else "RGB").save(out, "WEBP", quality=50)
+    return out.getvalue()
+
+
+def _preview_size(rng: random.Random, width: int, height: int) -> tuple[int, int]:
+    """A preview size for a ``width x height`` image: usually its size scaled down, at most 64 x 64."""
+    if rng.random() < 0.8 and width > 0 and height > 0:
+        scale = rng.choice((0.2, 0.5, 0.75, 0.9, 1.0, 1.5)) * min(1.0, 64 / max(width, height))
+        return max(1, round(width * scale)), max(1, round(height * scale))
+    return rng.randint(1, 64), rng.randint(1, 64)
+
+
+@_with_chunks
+def forge_preview(rng: random.Random, chunks: list[Chunk], corpus: Sequence[bytes]) -> None:
+    """Add, forge or drop ``prvw``: format byte, declared size, embedded JPEG/WebP (damaged, resized), a second one."""
+    found = _jhdr(chunks)
+    w, h = (found[1]["width"], found[1]["height"]) if found else (8, 8)
+    prvw = _find(chunks, b"prvw")
+    kind = rng.randrange(9)
+    if kind == 0 and prvw:
+        chunks.remove(prvw)
+        return
+    if prvw and len(prvw.data) >= 5 and kind in (1, 2, 3, 4):
+        image_format, pw, ph = struct.unpack_from(">BHH", prvw.data)
+        image = prvw.data[5:]
+    else:  # a new preview that fits the image (or not)
+        image_format = rng.choice(PREVIEW_FORMATS)
+        pw, ph = _preview_size(rng, w, h)
+        mode = rng.choice(("RGB", "RGBA") if image_format else ("RGB", "L", "CMYK"))
+        image = preview_file(image_format, pw, ph, mode)
+    if kind == 1:
+        image_format = rng.choice((0, 1, 0, 1, 2, 0x7F, 0xFF))
+    elif kind == 2:
+        pw, ph = ((ph, pw), (pw + 1, ph), (pw, max(0, ph - 1)), (0, ph), (rng.choice(U16_VALUES), ph))[rng.randrange(5)]
+    elif kind == 3:
+        image = rng.choice((flip_bits, set_bytes, truncate, insert_delete))(rng, image, corpus)
+    elif kind == 4:
+        image = preview_file(rng.choice(PREVIEW_FORMATS), *_preview_size(rng, w, h))  # another size or format
+    elif kind == 5:
+        image = rng.choice((b"", b"\xff\xd8", b"RIFF", _rand_bytes(rng, rng.randint(1, 40))))
+    data = struct.pack(">BHH", image_format, pw & 0xFFFF, ph & 0xFFFF) + image
+    if kind == 6:
+        data = data[: rng.randint(0, 5)]  # no room for the head, or no image
+    if kind == 7 or not prvw:
+        chunks.insert(rng.randint(1, max(1, len(chunks) - 1)), Chunk(b"prvw", data))
+    else:
+        prvw.data = data
+
+
 @_with_chunks
 def chunk_ops(rng: random.Random, chunks: list[Chunk], corpus: Sequence[bytes]) -> None:
     """Delete, duplicate, move, insert or re-type a chunk (CRCs re-computed)."""
@@ -492,14 +583,14 @@ MUTATORS: dict[str, Callable[[random.Random, bytes, Sequence[bytes]], bytes]] = 
     f.__name__: f
     for f in (
         flip_bits, set_bytes, truncate, insert_delete, splice, random_file, forge_dims, forge_field,
-        forge_length, forge_stream, forge_alpha, chunk_ops, break_crc, trailing,
+        forge_length, forge_stream, forge_alpha, forge_preview, chunk_ops, break_crc, trailing,
     )
 }  # fmt: skip
 #: how often each mutator is picked: forged-but-consistent files (which reach the decoder) are favoured
 WEIGHTS = {
     "flip_bits": 3, "set_bytes": 2, "truncate": 2, "insert_delete": 1, "splice": 1, "random_file": 1,
     "forge_dims": 4, "forge_field": 4, "forge_length": 2, "forge_stream": 6, "forge_alpha": 3,
-    "chunk_ops": 3, "break_crc": 1, "trailing": 1,
+    "forge_preview": 2, "chunk_ops": 3, "break_crc": 1, "trailing": 1,
 }  # fmt: skip
 
 
@@ -534,9 +625,13 @@ class Unseekable(io.RawIOBase):
         return out
 
 
-def _allowed() -> tuple[type[BaseException], ...]:
+def _bomb() -> tuple[type[BaseException], ...]:
     Image = lib().Image
-    return (*ALLOWED, Image.DecompressionBombError, Image.DecompressionBombWarning)
+    return Image.DecompressionBombError, Image.DecompressionBombWarning
+
+
+def _allowed() -> tuple[type[BaseException], ...]:
+    return (*ALLOWED, *_bomb())
 
 
 def _call(what: str, fn: Callable[[], Any], strict_memory: bool) -> tuple[str, Any]:
@@ -550,7 +645,7 @@ def _call(what: str, fn: Callable[[], Any], strict_memory: bool) -> tuple[str, A
     except _allowed() as exc:
         return "error", exc
     except BaseException as exc:  # PanicException and friends derive from BaseException
-        if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+        if isinstance(exc, (KeyboardInterrupt, SystemExit, _Alarm)):
             raise
         raise Finding(f"{what}: forbidden exception {type(exc).__module__}.{type(exc).__name__}: {exc}") from exc
 
@@ -587,6 +682,77 @@ def _pillow_open(data: bytes, load: bool) -> Any:
             import numpy as np
 
             return np.asarray(im)
+
+
+def _pillow_draft(data: bytes, request: tuple[int, int]) -> tuple[Any, tuple[int, int], str]:
+    """Open ``data`` with Pillow and ask ``draft()`` for ``request``; load the preview when it took one.
+
+    Returns ``(draft's answer, size, mode)``, the size and mode after the load.
+    """
+    Image = lib().Image
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        with Image.open(io.BytesIO(data), formats=["JAC"]) as im:
+            answer = im.draft(None, request)
+            if answer is not None:
+                im.load()
+            return answer, im.size, im.mode
+
+
+def _pillow_thumbnail(data: bytes, size: tuple[int, int]) -> tuple[bool, tuple[int, int], str]:
+    """``thumbnail(size)`` of ``data`` opened with Pillow: ``(whether draft() took the preview, size, mode)``."""
+    Image = lib().Image
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        with Image.open(io.BytesIO(data), formats=["JAC"]) as im:
+            answers = []
+            draft = im.draft
+
+            def recorded(mode: str | None, box: tuple[int, int] | None) -> Any:
+                answers.append(draft(mode, box))
+                return answers[-1]
+
+            im.draft = recorded  # type: ignore[method-assign]
+            im.thumbnail(size)
+            im.load()
+            return any(a is not None for a in answers), im.size, im.mode
+
+
+def preview_request(jac: Any) -> tuple[int, int]:
+    """The size the oracle asks ``draft()`` for: the declared size of the file's preview, else half the image."""
+    unpacked = lib().container.unpack_preview(jac.preview)
+    if unpacked is not None:
+        return unpacked[1], unpacked[2]
+    width, height = jac.size
+    return max(1, width // 2), max(1, height // 2)
+
+
+def _check_draft(jac: Any, request: tuple[int, int], drafted: tuple[str, Any]) -> str:
+    """The rules for ``draft(None, request)`` on a file Image.open accepted (SPEC.md section 5.4); a label.
+
+    A preview is ancillary: a bad one is ignored, it never makes the file unreadable, so ``draft()`` may
+    only raise a decompression-bomb warning or error (the embedded file can be far larger than declared).
+    """
+    if drafted[0] != "ok":
+        if isinstance(drafted[1], _bomb()):
+            return f"preview:{_label(drafted)}"
+        raise Finding(f"Image.open accepted but draft() -> {_label(drafted)}")
+    answer, size, mode = drafted[1]
+    if answer is None:
+        return "preview:unused" if jac.preview is not None else ""
+    unpacked = lib().container.unpack_preview(jac.preview)
+    if unpacked is None:
+        raise Finding(f"draft() answered {answer} for a file without a usable preview")
+    width, height = jac.size
+    pw, ph = unpacked[1:3]
+    if answer != (jac.mode, (0, 0, pw, ph)) or size != (pw, ph) or mode != jac.mode:
+        raise Finding(f"draft() answered {answer}, loaded {size} {mode}; the preview is {pw}x{ph}, the file {jac.mode}")
+    if pw >= width and ph >= height:
+        raise Finding(f"draft() used a {pw}x{ph} preview of a {width}x{height} image (not smaller)")
+    scale = min(request[0] / width, request[1] / height, 1.0)
+    if pw < int(width * scale) or ph < int(height * scale):
+        raise Finding(f"draft({request}) used a {pw}x{ph} preview of {width}x{height}, smaller than asked for")
+    return "preview:used"
 
 
 def _label(outcome: tuple[str, Any]) -> str:
@@ -628,11 +794,15 @@ def check_container(data: bytes, limits: Limits | None = None, strict_memory: bo
     """
     limits = limits or Limits()
     L = lib()
+    drafted = None
     with _Budget(limits, "container"):
         parsed = _call("container.parse", lambda: L.container.parse(data), strict_memory)
         streamed = _call("read_file(unseekable)", lambda: L.container.read_file(Unseekable(data)), strict_memory)
         header = _call("read_header", lambda: L.container.read_header(io.BytesIO(data)), strict_memory)
         opened = _call("Image.open", lambda: _pillow_open(data, load=False), strict_memory)
+        if parsed[0] == "ok" and opened[0] == "ok":
+            request = preview_request(parsed[1])
+            drafted = _call("Image.draft", lambda: _pillow_draft(data, request), strict_memory)
     if parsed[0] != streamed[0] or (parsed[0] == "ok" and parsed[1] != streamed[1]):
         raise Finding(f"parse -> {_label(parsed)} but read_file on a stream -> {_label(streamed)}")
     if parsed[0] == "error" and streamed[0] == "error" and type(parsed[1]) is not type(streamed[1]):
@@ -649,6 +819,10 @@ def check_container(data: bytes, limits: Limits | None = None, strict_memory: bo
                 raise Finding(f"Image.open reports {size} {mode}, the container {jac.size} {jac.mode}")
         elif not isinstance(opened[1], (L.Image.DecompressionBombError, L.Image.DecompressionBombWarning)):
             raise Finding(f"parse accepted but Image.open -> {_label(opened)}")
+        if drafted is not None:
+            preview = _check_draft(jac, request, drafted)
+            if preview:
+                return f"{_label(parsed)} | {preview}"
     elif opened[0] == "ok":
         raise Finding(f"parse -> {_label(parsed)} but Image.open accepted")
     return _label(parsed)
@@ -663,10 +837,11 @@ def installed_model() -> tuple[str, bytes]:
 
 
 def check_decode(data: bytes, limits: Limits | None = None, strict_memory: bool = True) -> str:
-    """Run :func:`check_container`, then ``codec.decode`` and ``Image.open(...).load()``.
+    """Run :func:`check_container`, then ``codec.decode``, ``Image.open(...).load()`` and ``thumbnail()``.
 
-    Both decoders run on ``data`` as it is and re-stamped to the installed weights (see
-    :func:`restamp`). Returns the outcome labels joined by ``" | "``.
+    The decoders run on ``data`` as it is and re-stamped to the installed weights (see
+    :func:`restamp`); ``thumbnail()`` (half the size of the preview) only for a file with a preview.
+    Returns the outcome labels joined by ``" | "``.
 
     Raises:
         Finding: a forbidden exception, an overrun of ``limits``, a disagreement or a wrong shape.
@@ -679,9 +854,16 @@ def check_decode(data: bytes, limits: Limits | None = None, strict_memory: bool 
     if stamped != data:
         variants.append(stamped)
     for variant in variants:
-        with _Budget(limits, "decode", limits.seconds + 2 * limits.seconds_per_step * steps(variant)):
+        preview = _preview_of(variant)
+        decoders = 2 if preview is None else 3
+        with _Budget(limits, "decode", limits.seconds + decoders * limits.seconds_per_step * steps(variant)):
             decoded = _call("codec.decode", lambda v=variant: L.codec.decode(v), strict_memory)
             loaded = _call("Image.open().load()", lambda v=variant: _pillow_open(v, load=True), strict_memory)
+            if preview is not None:
+                box = (max(1, preview[1] // 2), max(1, preview[2] // 2))
+                thumb = _call("thumbnail()", lambda v=variant, b=box: _pillow_thumbnail(v, b), strict_memory)
+        if preview is not None:
+            _check_thumbnail(variant, box, loaded, thumb)
         bomb = (L.Image.DecompressionBombError, L.Image.DecompressionBombWarning)
         if decoded[0] == "ok":
             jac = L.container.parse(variant)
@@ -700,6 +882,28 @@ def check_decode(data: bytes, limits: Limits | None = None, strict_memory: bool 
     return " | ".join(labels)
 
 
+def _preview_of(data: bytes) -> tuple[int, int, int, bytes] | None:
+    """``container.unpack_preview`` of the file's ``prvw`` chunk; None if it has none or does not parse."""
+    try:
+        return lib().container.unpack_preview(lib().container.parse(data).preview)
+    except Exception:
+        return None
+
+
+def _check_thumbnail(data: bytes, box: tuple[int, int], loaded: tuple[str, Any], thumb: tuple[str, Any]) -> None:
+    """``thumbnail(box)`` succeeds where ``load()`` does, and elsewhere only from the preview; it fits in ``box``."""
+    if thumb[0] != "ok":
+        if loaded[0] == "ok" and not isinstance(thumb[1], _bomb()):  # the preview's bomb: see _check_draft
+            raise Finding(f"Image.open().load() accepted but thumbnail() -> {_label(thumb)}")
+        return
+    used, size, mode = thumb[1]
+    if loaded[0] != "ok" and not used:
+        raise Finding(f"Image.open().load() -> {_label(loaded)} but thumbnail() decoded the image")
+    jac = lib().container.parse(data)
+    if size[0] > box[0] or size[1] > box[1] or mode != jac.mode:
+        raise Finding(f"thumbnail({box}) of a {jac.mode} file gave {size} {mode}")
+
+
 def steps(data: bytes) -> int:
     """Wavefront steps of the latent ``data``'s header declares (0 if it has no valid header)."""
     try:
@@ -715,6 +919,78 @@ def check_confirmed(check: Callable[[bytes, Limits], str], data: bytes, limits: 
         return check(data, limits)
     except Overrun:
         return check(data, limits)
+
+
+def time_limit(data: bytes, limits: Limits, target: str) -> float:
+    """The :func:`watchdog`'s limit for one input: ``limits.timeout``, else three times its time bounds.
+
+    The bounds are those of the oracle calls :func:`check_confirmed` makes: the container's, and for
+    ``decode`` those of both variants with three decoders each; three times, as an overrun is run twice.
+    """
+    if limits.timeout:
+        return limits.timeout
+    bound = limits.seconds
+    if target == "decode":
+        bound += 2 * (limits.seconds + 3 * limits.seconds_per_step * steps(data))
+    return 3 * bound
+
+
+@contextlib.contextmanager
+def watchdog(seconds: float | None) -> Iterator[None]:
+    """Stop the block with :class:`Timeout` once it has run ``seconds`` (POSIX main thread; elsewhere no limit).
+
+    ``SIGALRM`` raises an exception in the block after ``seconds``, and again every second until the block
+    ends (code under test may swallow one); the block then raises :class:`Timeout` whatever it raised or
+    returned. Native code that never returns to Python does not see the signal: after ``2 * seconds + 10``
+    s faulthandler prints the stack of every thread and ends the process with status 1. Not for the
+    ``atheris`` engine: libFuzzer's ``-timeout`` uses ``SIGALRM`` itself.
+    """
+    if not seconds or not hasattr(signal, "setitimer") or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    state = {"armed": True, "fired": False}
+
+    def alarm(signum: int, frame: Any) -> None:
+        if state["armed"]:
+            state["fired"] = True
+            raise _Alarm
+
+    def disarm() -> None:
+        state["armed"] = False
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+        if backstop:
+            faulthandler.cancel_dump_traceback_later()
+
+    previous = signal.signal(signal.SIGALRM, alarm) or signal.SIG_DFL  # None: a handler not set from Python
+    backstop = False
+    with contextlib.suppress(AttributeError, ValueError, OSError):  # no stderr with a file descriptor
+        faulthandler.dump_traceback_later(2 * seconds + 10, exit=True, file=sys.__stderr__)
+        backstop = True
+    start = time.perf_counter()
+    signal.setitimer(signal.ITIMER_REAL, seconds, 1.0)
+    try:
+        try:
+            yield
+        finally:
+            disarm()
+    except _Alarm:
+        disarm()  # again, should the alarm have come before the first one finished
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException:
+        if not state["fired"]:
+            raise
+    if state["fired"]:
+        stopped = time.perf_counter() - start
+        raise Timeout(f"timeout: still running after {seconds:.3g} s, stopped after {stopped:.3g} s")
+
+
+def run_one(target: str, data: bytes, limits: Limits) -> str:
+    """:func:`check_confirmed` of ``target``'s check on ``data`` under the :func:`watchdog`; the outcome label."""
+    check = check_decode if target == "decode" else check_container
+    with watchdog(time_limit(data, limits, target)):
+        return check_confirmed(check, data, limits)
 
 
 def setup(limits: Limits, threads: int | None = 1) -> None:
@@ -737,7 +1013,7 @@ def load_corpus(paths: Iterable[Path]) -> list[bytes]:
 
 
 # ---------------------------------------------------------------------------------------------
-# Seed corpus: tiny valid files of every layout, with metadata
+# Seed corpus: tiny valid files of every layout, with metadata and previews
 
 
 SEED_SPECS: tuple[tuple[str, str, int, int, float, tuple[str, ...]], ...] = (
@@ -751,7 +1027,11 @@ SEED_SPECS: tuple[tuple[str, str, int, int, float, tuple[str, ...]], ...] = (
     ("rgba-64x48-q4-meta-unknown", "RGBA", 64, 48, 4.0, ("icc", "exif", "xmp", "unknown")),
     ("rgba-8x12-q7", "RGBA", 8, 12, 7.0, ()),
     ("rgb-65x16-q4", "RGB", 65, 16, 4.0, ("exif",)),
+    ("rgba-40x24-q3-preview", "RGBA", 40, 24, 3.0, ("preview",)),
+    ("l-24x36-q5-xmp-preview", "L", 24, 36, 5.0, ("xmp", "preview")),
 )
+#: long side of the seeds' previews (``encode(..., preview=N)`` stores one when the image is larger)
+SEED_PREVIEW = 16
 
 
 def seed_image(layout: str, width: int, height: int, seed: int) -> Any:
@@ -780,7 +1060,9 @@ def make_seeds(out: Path = SEEDS_DIR) -> list[Path]:
     }
     paths = []
     for i, (name, layout, w, h, q, extras) in enumerate(SEED_SPECS):
-        kwargs = dict(meta[e] for e in extras if e in meta)
+        kwargs: dict[str, Any] = dict(meta[e] for e in extras if e in meta)
+        if "preview" in extras:
+            kwargs["preview"] = SEED_PREVIEW
         data = L.codec.encode(seed_image(layout, w, h, i), q, **kwargs)
         if "unknown" in extras:
             jac = L.container.parse(data)
@@ -824,33 +1106,43 @@ def run_random(
     seed: int | None = None,
     log: Callable[[str], None] = print,
 ) -> Stats:
-    """Plain mutation loop: mutate corpus entries, run the oracle, save findings (and new outcomes)."""
+    """Plain mutation loop: mutate corpus entries, run the oracle, save findings (and new outcomes).
+
+    Each input runs under the :func:`watchdog` (a hang is saved as ``timeout-*.jac``, other findings as
+    ``finding-*.jac``, in ``crashes``) after being written to ``crashes /`` :data:`CURRENT_INPUT`, which is
+    removed when the loop ends: if the process dies (a crash, the OOM killer), that file is the input it ran.
+    """
     rng = random.Random(seed)
-    check = check_decode if target == "decode" else check_container
     stats, start, pool = Stats(), time.monotonic(), list(corpus)
     last_report = start
-    while time.monotonic() - start < seconds:
-        data = mutate(rng.choice(pool), rng, pool)
-        t0 = time.perf_counter()
-        try:
-            label = check_confirmed(check, data, limits)
-        except Finding as exc:
-            stats.findings += 1
-            path = _save(data, crashes, "finding")
-            log(f"FINDING {path}: {exc}")
-            continue
-        finally:
-            stats.executions += 1
-            stats.max_seconds = max(stats.max_seconds, time.perf_counter() - t0)
-        if label not in stats.outcomes:  # a new outcome: keep the input as a seed for more mutation
-            pool.append(data)
-            if keep:
-                _save(data, keep, "outcome")
-        stats.outcomes[label] = stats.outcomes.get(label, 0) + 1
-        if time.monotonic() - last_report > 60:
-            last_report = time.monotonic()
-            rate = stats.executions / (last_report - start)
-            log(f"#{stats.executions} {rate:.1f}/s outcomes {len(stats.outcomes)} findings {stats.findings}")
+    crashes.mkdir(parents=True, exist_ok=True)
+    current = crashes / CURRENT_INPUT
+    try:
+        while time.monotonic() - start < seconds:
+            data = mutate(rng.choice(pool), rng, pool)
+            current.write_bytes(data)
+            t0 = time.perf_counter()
+            try:
+                label = run_one(target, data, limits)
+            except Finding as exc:
+                stats.findings += 1
+                path = _save(data, crashes, "timeout" if isinstance(exc, Timeout) else "finding")
+                log(f"FINDING {path}: {exc}")
+                continue
+            finally:
+                stats.executions += 1
+                stats.max_seconds = max(stats.max_seconds, time.perf_counter() - t0)
+            if label not in stats.outcomes:  # a new outcome: keep the input as a seed for more mutation
+                pool.append(data)
+                if keep:
+                    _save(data, keep, "outcome")
+            stats.outcomes[label] = stats.outcomes.get(label, 0) + 1
+            if time.monotonic() - last_report > 60:
+                last_report = time.monotonic()
+                rate = stats.executions / (last_report - start)
+                log(f"#{stats.executions} {rate:.1f}/s outcomes {len(stats.outcomes)} findings {stats.findings}")
+    finally:
+        current.unlink(missing_ok=True)
     stats.seconds = time.monotonic() - start
     return stats
 
@@ -904,20 +1196,27 @@ def run_atheris(target: str, argv: list[str], limits: Limits, corpus: list[bytes
 def distill(inputs: Iterable[bytes], out: Path, max_bytes: int = 6000, limits: Limits | None = None) -> dict[str, str]:
     """Write the smallest input of each distinct :func:`check_decode` outcome to ``out``.
 
-    Returns ``{file name: outcome}``. Inputs larger than ``max_bytes`` are skipped.
+    Returns ``{file name: outcome}``. Inputs larger than ``max_bytes`` are skipped. Each input runs
+    under the :func:`watchdog` (a hang is a ``FINDING timeout`` outcome) after being written to
+    ``out /`` :data:`CURRENT_INPUT`, which is removed when the loop ends.
     """
     limits = limits or Limits()
     best: dict[str, bytes] = {}
-    for data in inputs:
-        if len(data) > max_bytes:
-            continue
-        try:
-            label = check_confirmed(check_decode, data, limits)
-        except Finding as exc:
-            label = f"FINDING {exc}"
-        if label not in best or len(data) < len(best[label]):
-            best[label] = data
     out.mkdir(parents=True, exist_ok=True)
+    current = out / CURRENT_INPUT
+    try:
+        for data in inputs:
+            if len(data) > max_bytes:
+                continue
+            current.write_bytes(data)
+            try:
+                label = run_one("decode", data, limits)
+            except Finding as exc:
+                label = f"FINDING {exc}"
+            if label not in best or len(data) < len(best[label]):
+                best[label] = data
+    finally:
+        current.unlink(missing_ok=True)
     index = {}
     for label, data in sorted(best.items()):
         name = f"{hashlib.sha1(data).hexdigest()[:12]}.jac"
@@ -930,54 +1229,102 @@ def _print_stats(stats: Stats) -> None:
     print(json.dumps({**stats.__dict__, "exec_per_s": round(stats.executions / max(stats.seconds, 1e-9), 2)}, indent=1))
 
 
+#: a libFuzzer option (``-max_total_time=600``); this harness's own options all start with ``--``
+LIBFUZZER_OPTION = re.compile(r"-[A-Za-z_]+=.*")
+
+
+def _files(paths: Iterable[Path]) -> list[Path]:
+    """The files given and those directly in the directories given (sorted by name), in order."""
+    out: list[Path] = []
+    for p in paths:
+        out += sorted(x for x in p.iterdir() if x.is_file()) if p.is_dir() else [p]
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Command line (see the module docstring)."""
+    """Command line (see the module docstring).
+
+    Paths may come before, between or after the options. libFuzzer's own options (``-name=value``)
+    and everything after ``--`` go to the ``atheris`` engine; other commands refuse them.
+    """
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("command", choices=["seeds", "atheris", "random", "replay", "distill"])
-    parser.add_argument("paths", nargs="*", type=Path, help="corpus dirs (atheris: the first one is written to)")
+    parser.add_argument(
+        "paths", nargs="*", type=Path,
+        help="atheris: WORK_DIR (libFuzzer writes new inputs there) and more corpus dirs; random: corpus "
+        "(default fuzz/seeds); replay, distill: files and directories of inputs",
+    )  # fmt: skip
     parser.add_argument("--target", choices=["container", "decode"], default="decode")
     parser.add_argument("--seconds", type=float, default=60.0, help="random engine: session length")
     parser.add_argument("--time-bound", type=float, default=Limits.seconds, help="seconds per input")
     parser.add_argument("--rss-mb", type=float, default=Limits.rss_mb, help="peak RSS bound")
     parser.add_argument("--max-pixels", type=int, default=Limits.max_pixels, help="Image.MAX_IMAGE_PIXELS")
+    parser.add_argument(
+        "--timeout", type=float,
+        help="random, replay, distill: stop an input after this many seconds and report a timeout "
+        "(default: three times its time bounds)",
+    )  # fmt: skip
     findings = Path(tempfile.gettempdir()) / "jac-fuzz-findings"
     parser.add_argument("--crashes", type=Path, default=findings, help=f"random engine: findings (default {findings})")
     parser.add_argument("--keep", type=Path, help="random engine: save inputs with new outcomes here")
     parser.add_argument("--out", type=Path, help="seeds: output directory (default fuzz/seeds); distill: required")
     parser.add_argument("--seed", type=int, help="random engine: RNG seed")
-    args, rest = parser.parse_known_args(argv)
-    rest = [a for a in rest if a != "--"]
-    limits = Limits(args.time_bound, Limits.seconds_per_step, args.rss_mb, args.max_pixels)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    fuzzer_args = argv[argv.index("--") + 1 :] if "--" in argv else []
+    ours = argv[: argv.index("--")] if "--" in argv else argv
+    fuzzer_args = [a for a in ours if LIBFUZZER_OPTION.fullmatch(a)] + fuzzer_args
+    args = parser.parse_intermixed_args([a for a in ours if not LIBFUZZER_OPTION.fullmatch(a)])
+    if fuzzer_args and args.command != "atheris":
+        parser.error(f"libFuzzer options are for the atheris engine only: {' '.join(fuzzer_args)}")
+    limits = Limits(args.time_bound, Limits.seconds_per_step, args.rss_mb, args.max_pixels, args.timeout)
     if args.command == "seeds":
+        if args.paths:
+            parser.error("seeds takes no paths (--out names the directory)")
         for p in make_seeds(args.out or SEEDS_DIR):
             print(p, p.stat().st_size)
         return 0
-    corpus = load_corpus(args.paths or [SEEDS_DIR])
     if args.command == "atheris":
-        run_atheris(args.target, [*rest, *map(str, args.paths or [SEEDS_DIR])], limits, load_corpus([SEEDS_DIR]))
+        if not args.paths:
+            parser.error("atheris needs WORK_DIR, where libFuzzer writes the inputs it keeps")
+    elif args.command in ("replay", "distill") and not args.paths:
+        parser.error(f"{args.command} needs files or directories of inputs")
+    if args.command == "distill" and args.out is None:
+        parser.error("distill needs --out")
+    missing = [str(p) for p in args.paths[1 if args.command == "atheris" else 0 :] if not p.exists()]
+    if missing:
+        parser.error(f"no such file or directory: {', '.join(missing)}")
+    if args.command == "atheris":
+        args.paths[0].mkdir(parents=True, exist_ok=True)
+        run_atheris(args.target, [*fuzzer_args, *map(str, args.paths)], limits, load_corpus([SEEDS_DIR]))
         return 0
-    setup(limits, threads=1 if args.target == "decode" else None)
+    files = _files(args.paths or [SEEDS_DIR])
+    if not files:
+        parser.error(f"no input files in {', '.join(map(str, args.paths))}")
+    if not faulthandler.is_enabled():  # a Python stack on a fatal signal (SIGSEGV and the like)
+        with contextlib.suppress(AttributeError, ValueError, OSError):  # no stderr with a file descriptor
+            faulthandler.enable()
+    decodes = args.target == "decode" or args.command == "distill"  # distill runs the decode target
+    setup(limits, threads=1 if decodes else None)
+    if decodes:
+        installed_model()  # build the engine before the first input (its cost is not the input's)
     if args.command == "random":
+        corpus = [f.read_bytes() for f in files]
         stats = run_random(args.target, corpus, args.seconds, limits, args.crashes, args.keep, args.seed)
         _print_stats(stats)
         return 1 if stats.findings else 0
     if args.command == "distill":
-        if args.out is None:
-            parser.error("distill needs --out")
-        index = distill(corpus, args.out, limits=limits)
+        index = distill((f.read_bytes() for f in files), args.out, limits=limits)
         print(json.dumps(index, indent=1))
         return 0
     status = 0
-    for path in args.paths:
-        files = sorted(x for x in path.iterdir() if x.is_file()) if path.is_dir() else [path]
-        for f in files:
-            t0 = time.perf_counter()
-            try:
-                check = check_decode if args.target == "decode" else check_container
-                label = check_confirmed(check, f.read_bytes(), limits)
-            except Finding as exc:
-                label, status = f"FINDING {exc}", 1
-            print(f"{f}\t{time.perf_counter() - t0:.2f}s\t{label}")
+    for f in files:
+        print(f"{f}\t", end="", flush=True)  # the name first: if the process dies on this file, it is the last line
+        t0 = time.perf_counter()
+        try:
+            label = run_one(args.target, f.read_bytes(), limits)
+        except Finding as exc:
+            label, status = f"FINDING {exc}", 1
+        print(f"{time.perf_counter() - t0:.2f}s\t{label}", flush=True)
     return status
 
 

@@ -5,17 +5,26 @@ through a few of the harness's JAC-aware mutators (bit flips, truncations, splic
 fields, lengths, streams and alpha planes with re-computed CRCs, chunk surgery). The oracle allows
 only the exceptions Pillow's own fuzzers allow, bounds time and memory per input and checks that the
 entry points agree (``parse`` vs a streaming read vs ``Image.open``; ``codec.decode`` vs ``load()``).
+Then the harness itself: its command line, the watchdog and the on-disk current input of the
+engines, the preview coverage, and ``fuzz/run_session.sh``.
 """
 
 from __future__ import annotations
 
 import io
+import os
 import random
+import shutil
+import signal
 import struct
+import subprocess
+import sys
+import textwrap
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -23,8 +32,10 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from fuzz import fuzz_jac as fz
-from pillow_jac import codec, container
+from pillow_jac import JacImagePlugin, codec, container
 from pillow_jac.engine import get_engine
+
+ROOT = Path(__file__).resolve().parent.parent
 
 SEEDS = fz.load_corpus([fz.SEEDS_DIR])
 #: generous bounds: the CI machine may be busy (inputs normally take milliseconds to ~0.2 s)
@@ -66,6 +77,8 @@ def test_seed_corpus_is_valid_and_covers_every_layout() -> None:
         assert jac.size[0] * jac.size[1] <= 64 * 64
     assert layouts == {"RGB", "L", "RGBA", "LA"}
     assert any(container.parse(d).exif and container.parse(d, keep_unknown=True).unknown_chunks for d in SEEDS)
+    assert {container.parse(d).mode for d in SEEDS if container.parse(d).preview} >= {"L", "RGBA"}
+    assert b"prvw" in fz.CHUNK_TYPES
 
 
 def test_helpers_round_trip() -> None:
@@ -255,3 +268,187 @@ def test_memory_error_is_not_reported_as_corruption() -> None:
         tables.decode(_FailingDecoder(MemoryError()), np.zeros(3, np.int64))
     with pytest.raises(EntropyCodingError, match="corrupt entropy-coded stream: boom"):
         tables.decode(_FailingDecoder(_Panic("boom")), np.zeros(3, np.int64))
+
+
+# ---------------------------------------------------------------------------------------------
+# The preview (prvw, SPEC.md section 5.4): mutated, seeded, and read through draft() and thumbnail()
+
+
+def _preview_seed() -> bytes:
+    return next(d for d in SEEDS if container.parse(d).preview)
+
+
+def test_forge_preview_makes_previews_draft_uses_and_ignores() -> None:
+    seed = next(d for d in SEEDS if container.parse(d).mode == "RGB" and not container.parse(d).preview)
+    labels = set()
+    with small_pixel_limit():
+        for i in range(120):
+            labels.add(fz.check_container(fz.MUTATORS["forge_preview"](random.Random(i), seed, SEEDS), LIMITS))
+    assert {"ok | preview:used", "ok | preview:unused"} <= labels
+
+
+def test_oracle_asks_draft_and_thumbnail_for_the_preview(monkeypatch: pytest.MonkeyPatch) -> None:
+    data = _preview_seed()
+    _, pw, ph, _ = container.unpack_preview(container.parse(data).preview)
+    asked = []
+    draft = JacImagePlugin.JacImageFile.draft
+
+    def spy(self: JacImagePlugin.JacImageFile, mode: str | None, size: tuple[int, int] | None) -> object:
+        asked.append(size)
+        return draft(self, mode, size)
+
+    monkeypatch.setattr(JacImagePlugin.JacImageFile, "draft", spy)
+    with small_pixel_limit():
+        label = fz.check_decode(data, LIMITS)
+    assert label.startswith("ok | preview:used")
+    assert (pw, ph) in asked  # draft() itself, in check_container
+    assert (2 * (pw // 2), 2 * (ph // 2)) in asked  # thumbnail() of half the preview asks for twice that
+
+
+def test_oracle_reports_a_draft_that_raises(monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(*args: object) -> None:
+        raise struct.error("unpack requires a buffer of 5 bytes")
+
+    monkeypatch.setattr(JacImagePlugin, "preview_for", broken)
+    with small_pixel_limit(), pytest.raises(fz.Finding, match="Image.draft: forbidden exception .*error"):
+        fz.check_container(_preview_seed(), LIMITS)
+
+
+# ---------------------------------------------------------------------------------------------
+# The engines: command line, watchdog, the input on disk while it runs
+
+
+def _hang(data: bytes, limits: fz.Limits) -> str:
+    time.sleep(20)
+    return "ok"
+
+
+def test_watchdog_stops_a_block_that_swallows_the_alarm() -> None:
+    start = time.perf_counter()
+    with pytest.raises(fz.Timeout, match="still running after 0.2 s"), fz.watchdog(0.2):
+        try:
+            time.sleep(20)
+        except BaseException:  # as constriction's catch-all does: the watchdog still reports the timeout
+            pass
+    assert time.perf_counter() - start < 5
+    assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
+
+
+def test_random_engine_saves_a_hang_as_a_timeout(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(fz, "check_container", _hang)
+    messages: list[str] = []
+    stats = fz.run_random("container", SEEDS, 0.1, fz.Limits(timeout=0.3), tmp_path, seed=1, log=messages.append)
+    assert stats.findings == stats.executions == 1
+    (saved,) = tmp_path.iterdir()  # the current input is gone: the loop ended
+    assert saved.name.startswith("timeout-") and "timeout" in messages[0]
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="POSIX signals")
+def test_random_engine_leaves_the_input_that_killed_it_on_disk(tmp_path: Path) -> None:
+    script = textwrap.dedent(
+        """
+        import os, signal, sys
+        from pathlib import Path
+        from fuzz import fuzz_jac as fz
+        crashes, seen = Path(sys.argv[1]), Path(sys.argv[2])
+        calls = []
+        def dies(data, limits):
+            calls.append(data)
+            if len(calls) == 3:  # as a native crash or the OOM killer would
+                seen.write_bytes(data)
+                os.kill(os.getpid(), signal.SIGKILL)
+            return "ok"
+        fz.check_container = dies
+        fz.run_random("container", fz.load_corpus([fz.SEEDS_DIR]), 60, fz.Limits(), crashes, seed=1)
+        """
+    )
+    crashes, seen = tmp_path / "crashes", tmp_path / "seen.jac"
+    done = subprocess.run([sys.executable, "-c", script, crashes, seen], cwd=ROOT, timeout=60)
+    assert done.returncode == -signal.SIGKILL
+    assert (crashes / fz.CURRENT_INPUT).read_bytes() == seen.read_bytes()
+
+
+def test_replay_reports_a_hang_as_a_timeout(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", Image.MAX_IMAGE_PIXELS)  # main() lowers it
+    monkeypatch.setattr(fz, "check_container", _hang)
+    (tmp_path / "timeout-1").write_bytes(SEEDS[0])
+    assert fz.main(["replay", "--target", "container", "--timeout", "0.3", str(tmp_path)]) == 1
+    out = capsys.readouterr().out
+    assert out.startswith(f"{tmp_path / 'timeout-1'}\t") and "\tFINDING timeout: still running after 0.3 s" in out
+
+
+def test_command_line_takes_paths_after_options(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", Image.MAX_IMAGE_PIXELS)
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "one.jac").write_bytes(b"not a jac file")
+    got: dict[str, object] = {}
+    monkeypatch.setattr(fz, "setup", lambda *args, **kwargs: None)
+    monkeypatch.setattr(fz, "installed_model", lambda: ("model", bytes(8)))
+    monkeypatch.setattr(fz, "distill", lambda inputs, out, **kwargs: got.update(inputs=list(inputs), out=out) or {})
+    monkeypatch.setattr(fz, "run_atheris", lambda target, argv, limits, corpus: got.update(target=target, argv=argv))
+    assert fz.main(["distill", "--out", str(tmp_path / "out"), str(corpus)]) == 0
+    assert got["inputs"] == [b"not a jac file"] and got["out"] == tmp_path / "out"
+    capsys.readouterr()
+    assert fz.main(["replay", "--target", "container", str(corpus)]) == 0
+    assert capsys.readouterr().out.startswith(f"{corpus / 'one.jac'}\t")
+    work = tmp_path / "work"
+    fz.main(["atheris", "--target", "container", str(work), str(corpus), "-runs=1", "--", "-max_total_time=5"])
+    assert got["target"] == "container" and work.is_dir()
+    assert got["argv"] == ["-runs=1", "-max_total_time=5", str(work), str(corpus)]
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["replay"], ["replay", "MISSING"], ["replay", "EMPTY"], ["distill", "--out", "OUT"],
+     ["distill", "--out", "OUT", "MISSING"], ["random", "MISSING"], ["random", "-max_total_time=5"]],
+)  # fmt: skip
+def test_command_line_refuses_no_input(argv: list[str], tmp_path: Path) -> None:
+    (tmp_path / "EMPTY").mkdir()
+    with pytest.raises(SystemExit) as info:
+        fz.main([str(tmp_path / a) if a.isupper() else a for a in argv])
+    assert info.value.code == 2
+
+
+# ---------------------------------------------------------------------------------------------
+# fuzz/run_session.sh, with a stand-in for Python that records its arguments
+
+
+def _session(tmp_path: Path, body: str) -> tuple[subprocess.CompletedProcess[str], list[str]]:
+    """Run fuzz/run_session.sh from ``tmp_path`` with PYTHON a shell script ending in ``body``."""
+    fake = tmp_path / "python"
+    fake.write_text(
+        "#!/bin/sh\n"
+        'echo "$@" >>"$CALLS"\n'
+        'for a in "$@"; do case $a in -artifact_prefix=*) artifacts=${a#-artifact_prefix=};; esac; done\n' + body
+    )
+    fake.chmod(0o755)
+    env = {**os.environ, "PYTHON": str(fake), "CALLS": str(tmp_path / "calls")}
+    script = ROOT / "fuzz" / "run_session.sh"
+    done = subprocess.run(
+        ["bash", str(script), "container", "1", "work"], cwd=tmp_path, env=env, capture_output=True, text=True,
+        timeout=20,
+    )  # fmt: skip
+    return done, (tmp_path / "calls").read_text().splitlines()
+
+
+@pytest.mark.skipif(shutil.which("bash") is None or sys.platform == "win32", reason="needs bash")
+def test_run_session_stops_when_a_run_fails_at_once(tmp_path: Path) -> None:
+    done, calls = _session(tmp_path, 'echo "No module named atheris"; exit 3\n')
+    assert done.returncode == 3 and len(calls) == 1
+    assert "No module named atheris" in done.stderr
+    script, *args = calls[0].split()
+    assert Path(script).is_file() and args[:3] == ["atheris", "--target", "container"]
+    assert Path(args[4]).samefile(ROOT / "fuzz" / "seeds")
+
+
+@pytest.mark.skipif(shutil.which("bash") is None or sys.platform == "win32", reason="needs bash")
+def test_run_session_restarts_after_a_finding(tmp_path: Path) -> None:
+    body = 'if [ ! -e "$CALLS.found" ]; then touch "$CALLS.found" "${artifacts}crash-1"; exit 1; fi; exit 0\n'
+    done, calls = _session(tmp_path, body)
+    assert len(calls) == 2  # the finding, then a run that ended at once without one
+    assert done.returncode == 1 and (tmp_path / "work" / "artifacts" / "crash-1").exists()
