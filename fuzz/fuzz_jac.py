@@ -20,8 +20,8 @@ The oracle (:func:`check_container`, :func:`check_decode`) raises :class:`Findin
 * an input takes longer than :attr:`Limits.seconds` or raises the peak RSS above
   :attr:`Limits.rss_mb` (``MemoryError`` counts as a memory finding too);
 * the entry points disagree: ``parse`` accepts what the streaming reader or ``Image.open`` rejects
-  (or the other way round), ``draft()`` fails on a file ``Image.open`` accepted (other than with a
-  decompression-bomb warning or error) or uses a preview SPEC.md section 5.4 rules out,
+  (or the other way round), ``draft()`` fails on a file ``Image.open`` accepted or uses a preview
+  SPEC.md section 5.4 rules out,
   ``codec.decode`` and ``Image.open(...).load()`` disagree on the pixels, ``thumbnail()`` fails where
   ``load()`` succeeds, or the decoded shape differs from the header.
 
@@ -730,12 +730,10 @@ def preview_request(jac: Any) -> tuple[int, int]:
 def _check_draft(jac: Any, request: tuple[int, int], drafted: tuple[str, Any]) -> str:
     """The rules for ``draft(None, request)`` on a file Image.open accepted (SPEC.md section 5.4); a label.
 
-    A preview is ancillary: a bad one is ignored, it never makes the file unreadable, so ``draft()`` may
-    only raise a decompression-bomb warning or error (the embedded file can be far larger than declared).
+    A preview is ancillary: a bad one is ignored, it never makes the file unreadable, so ``draft()`` never
+    raises, not even a decompression-bomb warning for an embedded file larger than declared.
     """
     if drafted[0] != "ok":
-        if isinstance(drafted[1], _bomb()):
-            return f"preview:{_label(drafted)}"
         raise Finding(f"Image.open accepted but draft() -> {_label(drafted)}")
     answer, size, mode = drafted[1]
     if answer is None:
@@ -893,7 +891,7 @@ def _preview_of(data: bytes) -> tuple[int, int, int, bytes] | None:
 def _check_thumbnail(data: bytes, box: tuple[int, int], loaded: tuple[str, Any], thumb: tuple[str, Any]) -> None:
     """``thumbnail(box)`` succeeds where ``load()`` does, and elsewhere only from the preview; it fits in ``box``."""
     if thumb[0] != "ok":
-        if loaded[0] == "ok" and not isinstance(thumb[1], _bomb()):  # the preview's bomb: see _check_draft
+        if loaded[0] == "ok":
             raise Finding(f"Image.open().load() accepted but thumbnail() -> {_label(thumb)}")
         return
     used, size, mode = thumb[1]

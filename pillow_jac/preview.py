@@ -8,13 +8,12 @@ Imports no torch.
 
 from __future__ import annotations
 
-import contextlib
 import io
 import numbers
-import warnings
+import struct
 from typing import TYPE_CHECKING
 
-from PIL import Image
+from PIL import Image, JpegImagePlugin, WebPImagePlugin
 
 from . import container
 
@@ -46,21 +45,39 @@ def preview_for(jac: container.JacFile, mode: str, size: tuple[int, int]) -> Ima
     scale = min(size[0] / full_width, size[1] / full_height, 1.0)
     if width < int(full_width * scale) or height < int(full_height * scale):
         return None  # smaller than what was asked for
-    formats = ["JPEG"] if image_format == container.PREVIEW_JPEG else ["WEBP"]
-    # A preview is smaller than its image, whose size Image.open checked and warned about already: a second
-    # warning is silenced, only when there would be one (catch_warnings changes process-wide state)
-    quiet = Image.MAX_IMAGE_PIXELS is not None and width * height > Image.MAX_IMAGE_PIXELS
-    try:
-        with warnings.catch_warnings() if quiet else contextlib.nullcontext():
-            if quiet:
-                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data), formats=formats) as im:
-                if im.size != (width, height):
-                    return None
-                im.load()
-                return im.convert(mode) if im.mode != mode else im.copy()
-    except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError):
+    # Opened by its plugin's class, not Image.open: Image.open's bomb check would warn about a preview
+    # declared smaller than the image whose embedded file is not (a forged one), and a second time about a
+    # large image's preview, whose image Image.open checked already. A preview of another size than
+    # declared is refused before its pixels are decoded, so no more than the image's size is ever decoded.
+    if image_format == container.PREVIEW_JPEG:
+        plugin = JpegImagePlugin.JpegImageFile  # reads the size from its frame header, decodes on load()
+    elif getattr(WebPImagePlugin, "SUPPORTED", True) and _webp_size(data) == (width, height):
+        plugin = WebPImagePlugin.WebPImageFile  # allocates its canvas when opened: the size is checked first
+    else:
         return None
+    try:
+        with plugin(io.BytesIO(data)) as im:
+            if im.size != (width, height):
+                return None
+            im.load()
+            return im.convert(mode) if im.mode != mode else im.copy()
+    except (OSError, ValueError, SyntaxError, EOFError, struct.error, Image.DecompressionBombError):
+        return None
+
+
+def _webp_size(data: bytes) -> tuple[int, int] | None:
+    """The canvas size a WebP file's first chunk declares (RFC 9649 sections 2.5-2.7), or None if it says none."""
+    if len(data) < 30 or data[:4] != b"RIFF" or data[8:12] != b"WEBP":
+        return None
+    kind = data[12:16]
+    if kind == b"VP8 " and data[23:26] == b"\x9d\x01\x2a":  # key frame start code, then 14-bit sizes
+        return int.from_bytes(data[26:28], "little") & 0x3FFF, int.from_bytes(data[28:30], "little") & 0x3FFF
+    if kind == b"VP8L" and data[20] == 0x2F:  # signature, then 14 bits each of width - 1 and height - 1
+        bits = int.from_bytes(data[21:25], "little")
+        return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
+    if kind == b"VP8X":  # 24 bits each of canvas width - 1 and height - 1
+        return int.from_bytes(data[24:27], "little") + 1, int.from_bytes(data[27:30], "little") + 1
+    return None
 
 
 def preview_size(size: bool | int) -> int:

@@ -6,6 +6,7 @@ import dataclasses
 import io
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -186,6 +187,35 @@ def test_a_preview_of_another_size_than_declared_is_ignored(plain: bytes, with_p
     data = with_chunk(plain, container.pack_preview(container.PREVIEW_WEBP, 60, 50, webp))  # webp is 48 x 40
     with Image.open(io.BytesIO(data)) as im:
         assert im.draft(None, (48, 48)) is None
+
+
+@pytest.mark.parametrize("image_format", ["WEBP", "JPEG"])
+def test_a_preview_larger_than_declared_is_not_opened(plain: bytes, monkeypatch, image_format: str) -> None:
+    """A ``prvw`` declaring 24x20 around an embedded file of 120x100: Image.open's bomb check warned about the
+    embedded file (an error where warnings are), and the WebP decoder allocated its canvas, all for a 96x80 file.
+    Now its header's size is compared first, and no bomb check runs on it."""
+    big = io.BytesIO()
+    Image.new("RGB", (120, 100)).save(big, image_format, quality=10)  # 12,000 pixels: above the limit, below twice
+    code = container.PREVIEW_WEBP if image_format == "WEBP" else container.PREVIEW_JPEG
+    data = with_chunk(plain, container.pack_preview(code, 24, 20, big.getvalue()))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 96 * 96)
+    opened: list[str] = []
+    if image_format == "WEBP":
+        from PIL import WebPImagePlugin
+
+        real = WebPImagePlugin.WebPImageFile.__init__
+
+        def spied(self, *args, **kwargs):
+            opened.append("webp")
+            real(self, *args, **kwargs)
+
+        monkeypatch.setattr(WebPImagePlugin.WebPImageFile, "__init__", spied)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with Image.open(io.BytesIO(data)) as im:
+            assert im.draft(None, (24, 20)) is None
+            assert im.size == SIZE
+    assert opened == []  # the WebP decoder, which allocates its canvas when opened, never ran
 
 
 def test_jpeg_previews_are_read(image: Image.Image, plain: bytes) -> None:
