@@ -197,3 +197,32 @@ def test_a_loss_that_is_not_finite_keeps_the_last_finite_weights(image_folder, t
     joined = join_file(pieces / gpu_session.WEIGHTS, tmp_path / "ema.safetensors")
     for name, value in load_model(joined).state_dict().items():
         assert torch.isfinite(value).all() and torch.equal(value, checkpoint["average"][name]), name
+
+
+def test_the_documented_data_parts_fit_a_call_beside_the_tree():
+    """Each data call carries the working tree plus one part, at most 64 MiB (docs/training_on_a_gpu.md): parts of
+    28 MB left 0.8 MB once the tree had grown to 38.3 MB, and pack's default of 30 MB no longer fitted at all.
+    This fails when the tree grows into the margin, before a lent minute finds out."""
+    import re
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    from pillow_jac.training import pack
+
+    root = Path(__file__).resolve().parents[1]
+    doc = (root / "docs" / "training_on_a_gpu.md").read_text()
+    documented = {float(mb) for mb in re.findall(r"pack --data \S+ --out \.gpu --part-mb (\d+(?:\.\d+)?)", doc)}
+    assert len(documented) == 1, documented
+    (part_mb,) = documented
+    import inspect
+
+    assert inspect.signature(pack.pack).parameters["part_mb"].default == part_mb  # pack's default is the doc's
+    if shutil.which("git") is None or not (root / ".git").exists():
+        pytest.skip("the tree that travels is what git does not ignore: needs git and a checkout")
+    listed = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=root, capture_output=True, check=True
+    ).stdout.split(b"\0")
+    tree = sum((root / name.decode()).stat().st_size for name in listed if name and (root / name.decode()).is_file())
+    limit = 64 * 2**20
+    assert tree + part_mb * pack.MB <= limit - 2_000_000, (tree, part_mb)  # 2 MB left for the tree to grow

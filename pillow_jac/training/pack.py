@@ -44,7 +44,7 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def pack(data: Path, out: Path, part_mb: float = 30, max_short_side: int = 512, seed: int = 0) -> list[Path]:
+def pack(data: Path, out: Path, part_mb: float = 24, max_short_side: int = 512, seed: int = 0) -> list[Path]:
     """Copy or downscale every image of ``data`` into parts of at most ``part_mb`` MB under ``out``.
 
     The images are dealt out in an order shuffled with ``seed``, so every part mixes all sources.
