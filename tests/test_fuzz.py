@@ -32,6 +32,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from fuzz import fuzz_jac as fz
+from fuzz import oracle
 from pillow_jac import JacImagePlugin, codec, container
 from pillow_jac.engine import get_engine
 
@@ -335,7 +336,7 @@ def test_watchdog_stops_a_block_that_swallows_the_alarm() -> None:
 
 
 def test_random_engine_saves_a_hang_as_a_timeout(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setattr(fz, "check_container", _hang)
+    monkeypatch.setattr(oracle, "check_container", _hang)  # where run_one looks it up
     messages: list[str] = []
     stats = fz.run_random("container", SEEDS, 0.1, fz.Limits(timeout=0.3), tmp_path, seed=1, log=messages.append)
     assert stats.findings == stats.executions == 1
@@ -350,6 +351,7 @@ def test_random_engine_leaves_the_input_that_killed_it_on_disk(tmp_path: Path) -
         import os, signal, sys
         from pathlib import Path
         from fuzz import fuzz_jac as fz
+        from fuzz import oracle
         crashes, seen = Path(sys.argv[1]), Path(sys.argv[2])
         calls = []
         def dies(data, limits):
@@ -358,7 +360,7 @@ def test_random_engine_leaves_the_input_that_killed_it_on_disk(tmp_path: Path) -
                 seen.write_bytes(data)
                 os.kill(os.getpid(), signal.SIGKILL)
             return "ok"
-        fz.check_container = dies
+        oracle.check_container = dies  # where run_one looks it up
         fz.run_random("container", fz.load_corpus([fz.SEEDS_DIR]), 60, fz.Limits(), crashes, seed=1)
         """
     )
@@ -372,7 +374,7 @@ def test_replay_reports_a_hang_as_a_timeout(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", Image.MAX_IMAGE_PIXELS)  # main() lowers it
-    monkeypatch.setattr(fz, "check_container", _hang)
+    monkeypatch.setattr(oracle, "check_container", _hang)  # where run_one looks it up
     (tmp_path / "timeout-1").write_bytes(SEEDS[0])
     assert fz.main(["replay", "--target", "container", "--timeout", "0.3", str(tmp_path)]) == 1
     out = capsys.readouterr().out
