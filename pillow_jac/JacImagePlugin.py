@@ -13,8 +13,8 @@ with :class:`~pillow_jac.container.JacDataError` (:class:`~pillow_jac.container.
 file cut short): an ``OSError``, as Pillow's "broken" and "image file is truncated", and a ``ValueError``
 like every :class:`~pillow_jac.container.JacFormatError`. A stream that does not decode fails on ``load()``
 with :class:`~pillow_jac.entropy_coding.EntropyCodingError`, also both.
-``ImageFile.LOAD_TRUNCATED_IMAGES`` skips a damaged ancillary chunk (metadata or preview, with a warning),
-as PNG does, and changes nothing else: the latents are one range-coded stream in
+``ImageFile.LOAD_TRUNCATED_IMAGES`` drops a damaged ancillary chunk (metadata or preview, with a warning;
+Pillow's PNG reader then stops checking those CRCs) and changes nothing else: the latents are one range-coded stream in
 which every symbol's probabilities depend on the symbols before it, and the synthesis network spreads
 each latent over many pixels, so the bytes before the cut give no usable part of the image (a
 truncated PNG or JPEG still has its first rows).
@@ -132,7 +132,7 @@ _accept = container.accept
 
 def _skipped_damaged(ctype: bytes) -> None:
     name = ctype.decode("ascii").rstrip()
-    warnings.warn(f"JAC: skipped the damaged {name!r} chunk (CRC mismatch); the image is intact", stacklevel=2)
+    warnings.warn(f"JAC: skipped the damaged ancillary chunk {name!r} (CRC mismatch)", stacklevel=2)
 
 
 def _read_container(
@@ -144,7 +144,7 @@ def _read_container(
     ``OSError`` and a ``ValueError``) for a damaged file, :class:`container.NotJacFileError` for a wrong
     signature. Unknown ancillary chunks are kept unless ``keep_unknown`` is False.
     """
-    # With LOAD_TRUNCATED_IMAGES a damaged ancillary chunk is skipped, as PNG skips one (SPEC.md section 8.3)
+    # With LOAD_TRUNCATED_IMAGES a damaged ancillary chunk is dropped (SPEC.md section 8.3)
     on_damaged = _skipped_damaged if ImageFile.LOAD_TRUNCATED_IMAGES else None
     try:
         return container.read_file(fp, header, keep_unknown=keep_unknown, on_damaged=on_damaged)

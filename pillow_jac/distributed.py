@@ -172,24 +172,26 @@ def is_done(
     The effort, a PSNR target, a size target larger than before and the model are not checked: run with
     ``resume=False`` (``jac batch --ray --no-resume``) to redo a batch with other ones.
     """
+    from PIL import Image
+
     try:
         out = os.stat(dst)
         if not stat.S_ISREG(out.st_mode) or out.st_mtime_ns < os.stat(src).st_mtime_ns:
             return False
-        from PIL import Image
-
-        if to != "jac":
-            with Image.open(dst, formats=["PNG"]) as im:
-                size = im.size
-                im.verify()
-            with open(src, "rb") as f:
-                header = container.read_header(f)
-            return size == (header.width, header.height)
-        jac = container.read(dst)
-        with Image.open(src) as im:  # the header only
-            if im.size != jac.size:
-                return False
-    except (OSError, ValueError, SyntaxError, EOFError):
+        with warnings.catch_warnings():  # a large image warned when it was converted, not at every resume
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            if to != "jac":
+                with Image.open(dst, formats=["PNG"]) as im:
+                    size = im.size
+                    im.verify()
+                with open(src, "rb") as f:
+                    header = container.read_header(f)
+                return size == (header.width, header.height)
+            jac = container.read(dst)
+            with Image.open(src) as im:  # the header only
+                if im.size != jac.size:
+                    return False
+    except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError):
         return False
     if quality is not None and jac.header.quality != container.quantize_quality(quality):
         return False
@@ -410,6 +412,9 @@ def _placement(
     defaults to as many as the cluster holds now, and is never more than the files. More than the cluster
     holds is warned about: they wait for room (an autoscaling cluster may grow), and the others convert
     meanwhile.
+
+    Raises:
+        ValueError: the cluster holds no worker at all now and ``workers`` is not given.
     """
     if num_gpus is None:
         wants_gpu = device is None or str(device).split(":")[0] in ("cuda", "auto")
@@ -419,12 +424,18 @@ def _placement(
     fits = resources.get("CPU", 0) / num_cpus
     if num_gpus > 0:
         fits = min(fits, resources.get("GPU", 0) / num_gpus)
+    kind = f"{num_cpus:g} CPU and {num_gpus:g} GPU"
+    if int(fits) == 0 and files and workers is None:
+        raise ValueError(
+            f"the cluster holds no worker of {kind} now ({resources.get('CPU', 0):g} CPUs, "
+            f"{resources.get('GPU', 0):g} GPUs): ask for less, or give workers= to wait until it has room"
+        )
     asked = workers
     workers = min(max(1, int(fits)) if workers is None else workers, files)
     if asked is not None and workers > int(fits):
+        then = "the others start when it has room" if int(fits) else "nothing converts until it has room"
         warnings.warn(
-            f"{workers} workers of {num_cpus:g} CPU and {num_gpus:g} GPU each asked for, but the cluster holds "
-            f"{int(fits)} now: the others start when it has room",
+            f"{workers} workers of {kind} each asked for, but the cluster holds {int(fits)} now: {then}",
             stacklevel=3,
         )
     return workers, num_gpus, device

@@ -94,7 +94,8 @@ def run(
                 except ray.exceptions.RayActorError:
                     _lost(ray, actor, pending, todo, attempts, report, report_file)
                     dead.add(actor)
-                    add_actor()
+                    if todo:  # a replacement only for files left to convert
+                        add_actor()
                     continue
                 except ray.exceptions.RayError as e:  # e.g. a result that could not be transferred
                     result = FileResult(src, dst, "failed", one_line(e))

@@ -6,9 +6,10 @@ by default; this plugin keeps them, as README.md's "Modes and metadata" says).
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
-from PIL import Image
+from PIL import ExifTags, Image
 
 __all__ = ["metadata_to_store"]
 
@@ -68,23 +69,51 @@ def _metadata_bytes(value: Any, name: str) -> bytes | None:
 
 
 def _image_exif(im: Image.Image) -> Any:
-    """The EXIF an image carries: ``im.info["exif"]`` as it came, unless ``im.getexif()`` holds something else.
+    """The EXIF an image carries: ``im.info["exif"]`` byte for byte, unless it was edited through ``im.getexif()``.
 
-    ``im.getexif()`` is Pillow's way to edit EXIF (``exif[Orientation] = 1``), and it also reads EXIF that is
-    not in ``info`` (a PNG's "Raw profile type exif" text chunk, as ImageMagick writes it): its tags are
-    stored then, re-serialised by Pillow. Otherwise the bytes are kept byte for byte. A TIFF's ``getexif()``
-    is its own image tags, not a camera's EXIF, so a TIFF keeps only ``info["exif"]`` (none, as Pillow reads it).
+    ``im.getexif()`` is Pillow's way to edit EXIF (``exif[Orientation] = 1``, a sub-IFD's tags): when the Exif
+    object it caches on the image was made from the image's present EXIF and now serialises differently, the
+    edited tags are stored, serialised by Pillow. The tags Pillow adds by itself (an Orientation copied from the
+    XMP) are not an edit. A cache made before ``info["exif"]`` was removed or replaced is stale: ``info`` wins,
+    so deleting ``info["exif"]`` drops the EXIF. EXIF that only ``getexif()`` reads (a PNG's "Raw profile type
+    exif" text chunk, as ImageMagick writes it) is stored too. A TIFF's ``getexif()`` is its own image tags,
+    not a camera's EXIF, so a TIFF keeps only ``info["exif"]`` (none, as Pillow reads it).
     """
     raw = im.info.get("exif")
     if hasattr(im, "tag_v2") or not (raw is None or isinstance(raw, (bytes, bytearray))):
         return raw
+    profile = im.info.get("Raw profile type exif")
     try:
-        current = im.getexif()
-        stored = Image.Exif()
-        if raw:
-            stored.load(bytes(raw))
-        if dict(current) == dict(stored):
-            return raw
-        return current.tobytes() if len(current) else None
+        source = bytes(raw) if raw is not None else _raw_profile(profile) if isinstance(profile, str) else None
+        cached = getattr(im, "_exif", None)  # what getexif() returns without reading info again
+        if cached is None or not getattr(cached, "_loaded", False):
+            return raw if raw is not None else source
+        if getattr(cached, "_loaded_exif", None) != source:
+            return raw  # info changed after the cache was made
+        as_read = Image.Exif()
+        if source:
+            as_read.load(source)
+        orientation = ExifTags.Base.Orientation
+        if orientation not in as_read and orientation in cached and _xmp_orientation(im.info) == cached[orientation]:
+            as_read[orientation] = cached[orientation]  # what getexif() copies from the XMP
+        if cached.tobytes() == as_read.tobytes():
+            return raw if raw is not None else source
+        return cached.tobytes() if len(cached) or cached.get_ifd(ExifTags.IFD.Exif) else None
     except Exception:  # EXIF that Pillow cannot parse: the bytes as they are
         return raw
+
+
+def _raw_profile(text: str) -> bytes:
+    """The EXIF bytes of a PNG "Raw profile type exif" text (a name line, a length line, then hex lines)."""
+    return bytes.fromhex("".join(text.split("\n")[3:]))
+
+
+def _xmp_orientation(info: dict[str, Any]) -> int | None:
+    """The ``tiff:Orientation`` of the image's XMP, as ``Image.getexif()`` reads it; None without one."""
+    for key in ("XML:com.adobe.xmp", "xmp"):
+        xmp = info.get(key)
+        if isinstance(xmp, (str, bytes)) and xmp:
+            text = xmp.encode("utf-8", "replace") if isinstance(xmp, str) else xmp
+            match = re.search(rb'tiff:Orientation(="|>)([0-9])', text)
+            return int(match[2]) if match else None
+    return None

@@ -184,6 +184,10 @@ def test_placement_of_the_workers() -> None:
     assert place({"CPU": 2.0}, 1, None, 1, None, None) == (1, 0.0, None)
     with pytest.warns(UserWarning, match="4 workers of 1 CPU and 0 GPU each asked for, but the cluster holds 2 now"):
         assert place({"CPU": 2.0}, 100, 4, 1, None, None) == (4, 0.0, None)
+    with pytest.raises(ValueError, match="the cluster holds no worker of 1 CPU and 1 GPU now"):
+        place({"CPU": 2.0}, 100, None, 1, 1.0, None)  # a GPU asked for where there is none: it would wait forever
+    with pytest.warns(UserWarning, match="holds 0 now: nothing converts until it has room"):
+        assert place({"CPU": 2.0}, 100, 2, 1, 1.0, None) == (2, 1.0, "cuda")
 
 
 def test_ray_init_keeps_the_callers_sigterm_handler() -> None:
@@ -341,3 +345,18 @@ def test_ray_a_file_that_kills_its_worker_fails_alone(ray_local) -> None:
     assert sorted(Path(f.src).stem for f in report.failed) == ["poison1", "poison2"]
     assert all("the worker died converting it" in f.error for f in report.failed)
     assert report.done == 6 and sorted(seen) == sorted(str(p) for p in jobs)
+
+
+def test_is_done_of_a_large_source_does_not_warn(tmp_path: Path, monkeypatch) -> None:
+    """Resume opens every source's header: one above Pillow's bomb limit warned at every resume."""
+    src, dst = tmp_path / "a.png", tmp_path / "a.jac"
+    Image.fromarray(natural_image(40, 48, 3)).save(src)
+    with Image.open(src) as im:
+        save(im, dst, quality=3)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 1,920 pixels: a warning, not yet an error
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert distributed.is_done(src, dst, "jac", 3)
+        assert not distributed.is_done(tmp_path / "missing.png", dst, "jac", 3)

@@ -215,7 +215,7 @@ def test_load_truncated_images_skips_a_damaged_preview_or_metadata_chunk(monkeyp
             with pytest.raises(OSError, match="CRC mismatch in chunk 'YSTR'"):
                 Image.open(io.BytesIO(bytes(bad)))
             continue
-        with pytest.warns(UserWarning, match=f"skipped the damaged '{ctype.decode().strip()}' chunk"):
+        with pytest.warns(UserWarning, match=f"skipped the damaged ancillary chunk '{ctype.decode().strip()}'"):
             im = Image.open(io.BytesIO(bytes(bad)))
         with im:
             assert ("xmp" in im.info) == (ctype != b"xmp ")
@@ -887,6 +887,48 @@ def test_exif_edited_through_getexif_is_what_is_kept(spy: EncodeSpy) -> None:
     kept = Image.Exif()
     kept.load(spy.last["exif"])
     assert kept[orientation] == 1 and kept[0x010E] == "JAC test image"
+
+
+def test_exif_removed_from_info_is_dropped_even_after_getexif(spy: EncodeSpy) -> None:
+    """getexif() caches its tags on the image: after a first save (or a look at the orientation), deleting
+    ``info["exif"]`` stored the cached tags, GPS included, and replacing it stored the old ones."""
+    jpeg = io.BytesIO()
+    exif = make_exif()
+    exif.get_ifd(0x8825)[2] = (48.0, 51.0, 29.0)  # GPSLatitude
+    hopper().save(jpeg, "JPEG", exif=exif)
+    with Image.open(jpeg) as im:
+        jac_bytes(im)  # the first save reads getexif(), which caches
+        assert spy.last["exif"] == im.info["exif"]
+        other = make_exif()
+        other[0x010E] = "another description"
+        im.info["exif"] = other.tobytes()
+        jac_bytes(im)
+        assert spy.last["exif"] == other.tobytes()
+        del im.info["exif"]
+        jac_bytes(im)
+        assert spy.last["exif"] is None
+
+
+def test_exif_edits_in_a_sub_ifd_are_stored_and_xmp_orientation_is_no_edit(spy: EncodeSpy) -> None:
+    """Clearing the GPS IFD through getexif() was ignored (only IFD0 was compared); an Orientation that getexif()
+    copies from the XMP by itself made the EXIF be re-serialised (its thumbnail IFD lost) although nothing was
+    edited."""
+    jpeg = io.BytesIO()
+    exif = make_exif()
+    del exif[0x0112]
+    exif.get_ifd(0x8825)[2] = (48.0, 51.0, 29.0)
+    xmp = b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:Description tiff:Orientation="6"/></x:xmpmeta>'
+    hopper().save(jpeg, "JPEG", exif=exif, xmp=xmp)
+    with Image.open(jpeg) as im:
+        raw = im.info["exif"]
+        assert im.getexif()[0x0112] == 6  # Pillow's copy from the XMP
+        jac_bytes(im)
+        assert spy.last["exif"] == raw
+        im.getexif().get_ifd(0x8825).clear()
+        jac_bytes(im)
+    kept = Image.Exif()
+    kept.load(spy.last["exif"])
+    assert kept.get_ifd(0x8825) == {} and kept[0x010E] == "JAC test image"
 
 
 def test_exif_in_a_png_raw_profile_text_chunk_is_kept(spy: EncodeSpy) -> None:
