@@ -19,6 +19,9 @@ from .distributed import FileResult, Report
 
 __all__ = ["run"]
 
+#: how long a dead actor's calls may take to report their outcome (a result in transit, or the death)
+_SETTLE_SECONDS = 30.0
+
 
 def run(
     ray: Any,
@@ -91,7 +94,7 @@ def run(
                 actor, src, dst = pending[ref]
                 try:
                     result = ray.get(ref)
-                except ray.exceptions.RayActorError:
+                except _deaths(ray):
                     _lost(ray, actor, pending, todo, attempts, report, report_file)
                     dead.add(actor)
                     if todo:  # a replacement only for files left to convert
@@ -149,6 +152,15 @@ class _Queue:
         self._back.appendleft(item)
 
 
+#: the errors of a call that mean its actor is gone: it died, was killed for memory, or lost its node
+_DEATH_ERRORS = ("RayActorError", "OutOfMemoryError", "WorkerCrashedError", "NodeDiedError")
+
+
+def _deaths(ray: Any) -> tuple[type[BaseException], ...]:
+    """The classes of :data:`_DEATH_ERRORS` that this Ray has."""
+    return tuple(getattr(ray.exceptions, name) for name in _DEATH_ERRORS if hasattr(ray.exceptions, name))
+
+
 def _lost(
     ray: Any,
     actor: Any,
@@ -163,14 +175,17 @@ def _lost(
     Those it finished are reported; the oldest unfinished one (the one it was running) is charged an attempt,
     and the rest are queued again.
     """
-    unfinished = []
-    for ref, (owner, src, dst) in list(pending.items()):  # in submission order
-        if owner is not actor:
-            continue
+    calls = [(ref, src, dst) for ref, (owner, src, dst) in pending.items() if owner is actor]  # submission order
+    for ref, _, _ in calls:
         del pending[ref]
+    # A call it finished just before dying may still be on its way: every call's outcome is waited for (they
+    # all end soon, with a result or the actor's death), or a finished call would be taken for the running one.
+    ray.wait([ref for ref, _, _ in calls], num_returns=len(calls), timeout=_SETTLE_SECONDS)
+    unfinished = []
+    for ref, src, dst in calls:
         try:
-            result = ray.get(ref, timeout=0) if ray.wait([ref], timeout=0)[0] else None
-        except ray.exceptions.RayError:  # died before finishing it (a get past the timeout too)
+            result = ray.get(ref, timeout=0)
+        except ray.exceptions.RayError:  # died before finishing it (or its outcome did not come in time)
             result = None
         if result is None:
             unfinished.append((src, dst))

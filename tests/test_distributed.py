@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -342,7 +343,7 @@ def test_ray_a_file_that_kills_its_worker_fails_alone(ray_local) -> None:
     jobs = {Path(f"/in/{n}.png"): Path(f"/out/{n}.jac") for n in names}
     seen: list[str] = []
     report = ray_driver.run(ray_local, jobs, actor.remote, 1, 2, ("jac",), lambda r: seen.append(r.src))
-    assert sorted(Path(f.src).stem for f in report.failed) == ["poison1", "poison2"]
+    assert sorted(Path(f.src).stem for f in report.failed) == ["poison1", "poison2"], report.failed
     assert all("the worker died converting it" in f.error for f in report.failed)
     assert report.done == 6 and sorted(seen) == sorted(str(p) for p in jobs)
 
@@ -360,3 +361,92 @@ def test_is_done_of_a_large_source_does_not_warn(tmp_path: Path, monkeypatch) ->
         warnings.simplefilter("error")
         assert distributed.is_done(src, dst, "jac", 3)
         assert not distributed.is_done(tmp_path / "missing.png", dst, "jac", 3)
+
+
+class _FakeRef:
+    def __init__(self, actor, kind: str, src: str = "", dst: str = "") -> None:
+        self.actor, self.kind, self.src, self.dst = actor, kind, src, dst
+        self.done, self.value, self.error, self.in_transit = False, None, None, False
+
+
+class _FakeActor:
+    """An actor of :class:`_FakeRay`: runs its queued calls in order at a blocking wait; a "poison" file kills it.
+
+    A result it finished becomes visible only at the next blocking wait (still on its way to the driver), as a
+    result can be when its actor dies right after."""
+
+    def __init__(self, ray) -> None:
+        self.ray, self.queue, self.alive = ray, [], True
+        self.info = types.SimpleNamespace(remote=lambda: self._call("info"))
+        self.convert = types.SimpleNamespace(remote=lambda src, dst, *options: self._call("convert", src, dst))
+        ray.actors.append(self)
+
+    def _call(self, kind: str, src: str = "", dst: str = "") -> _FakeRef:
+        ref = _FakeRef(self, kind, src, dst)
+        if self.alive:
+            self.queue.append(ref)
+        else:
+            ref.done, ref.error = True, self.ray.exceptions.RayActorError("dead")
+        return ref
+
+    def run_queue(self) -> None:
+        for ref in self.queue:
+            if ref.in_transit:
+                ref.done, ref.in_transit = True, False
+            elif not ref.done and self.alive:
+                if "poison" in ref.src:
+                    self.alive = False
+                    ref.done, ref.error = True, self.ray.exceptions.RayActorError("died")
+                elif ref.kind == "info":
+                    ref.done, ref.value = True, {"pid": id(self)}
+                else:
+                    ref.in_transit, ref.value = True, distributed.FileResult(ref.src, ref.dst, "done", None, 1, 1)
+            elif not ref.done:
+                ref.done, ref.error = True, self.ray.exceptions.RayActorError("died")
+        self.queue = [ref for ref in self.queue if not ref.done]
+
+
+class _FakeRay:
+    def __init__(self) -> None:
+        class RayError(Exception):
+            pass
+
+        class RayActorError(RayError):
+            pass
+
+        self.exceptions = types.SimpleNamespace(RayError=RayError, RayActorError=RayActorError)
+        self.actors: list[_FakeActor] = []
+
+    def wait(self, refs, num_returns=1, timeout=None):
+        if timeout != 0:
+            for _ in range(100):
+                if sum(r.done for r in refs) >= num_returns:
+                    break
+                for actor in list(self.actors):
+                    actor.run_queue()
+        ready = [r for r in refs if r.done]
+        return ready, [r for r in refs if not r.done]
+
+    def get(self, ref, timeout=None):
+        if not ref.done:
+            raise self.exceptions.RayError("not ready")
+        if ref.error is not None:
+            raise ref.error
+        return ref.value
+
+    def cancel(self, ref):
+        pass
+
+    def kill(self, actor):
+        actor.alive = False
+
+
+def test_a_result_on_its_way_when_its_actor_dies_is_not_taken_for_the_running_call() -> None:
+    """An actor that finished ``b`` and then died on ``poison``: ``b``'s result, still on its way, looked like an
+    unfinished call, so ``b`` (the oldest) was charged for the death, twice, and failed instead of ``poison``."""
+    ray = _FakeRay()
+    jobs = {Path(f"/in/{n}.png"): Path(f"/out/{n}.jac") for n in ("b", "poison", "c")}
+    seen: list[str] = []
+    report = ray_driver.run(ray, jobs, lambda: _FakeActor(ray), 1, 2, ("jac",), lambda r: seen.append(r.src))
+    assert [Path(f.src).stem for f in report.failed] == ["poison"], report.failed
+    assert report.done == 2 and sorted(seen) == sorted(str(p) for p in jobs)
