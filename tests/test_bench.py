@@ -347,3 +347,281 @@ def test_rd_tables_for_each_effort(tmp_path: Path):
     assert {row["anchor"] for row in results["bd_rate_by_codec"]["jac-e1"]} == {"jac", "jpeg420"}
     text = (out / "rd.md").read_text()
     assert "## BD-rate of .jac" in text and "## BD-rate of JAC (pillow_jac), effort 1" in text
+
+
+# -- averaged points, the resume cache, warm-up, report and records -------------------------------------------
+
+
+def _point(param: float, bpp: float, psnr: float, ms_ssim: float = 0.99) -> dict:
+    return {"param": param, "bpp": bpp, "psnr": psnr, "ms_ssim": ms_ssim, "encode_s": 0.01, "decode_s": 0.01}
+
+
+def test_an_averaged_point_is_a_mean_over_one_image_set(tmp_path: Path):
+    """An image decoded exactly (PSNR inf) makes the point's PSNR undefined instead of leaving its PSNR mean."""
+    from pillow_jac.bench import rd
+    from pillow_jac.bench.rd_report import write_markdown
+
+    per_image = {
+        "flat": [_point(50, 0.1, math.inf, 1.0), _point(90, 0.2, math.inf, 1.0)],
+        "busy": [_point(50, 1.0, 30.0, 0.95), _point(90, 2.0, 40.0, 0.99)],
+    }
+    avg = rd.average(per_image)
+    assert [p["bpp"] for p in avg] == pytest.approx([0.55, 1.1])
+    assert all(math.isnan(p["psnr"]) for p in avg)  # not busy's 30 and 40 dB beside both images' bpp
+    assert avg[0]["ms_ssim"] == pytest.approx(0.975) and "ms_ssim" not in avg[0]["undefined"]
+    assert avg[0]["undefined"]["psnr"] == {"images": ["flat"], "why": rd.UNDEFINED_WHY["psnr"]}
+    # one image too small for MS-SSIM: the point's MS-SSIM is undefined, its PSNR a mean over both
+    small = rd.average({"small": [_point(50, 0.5, 35.0, math.nan)], "busy": [_point(50, 1.0, 30.0, 0.95)]})[0]
+    assert small["psnr"] == 32.5 and math.isnan(small["ms_ssim"]) and math.isnan(small["ms_ssim_db"])
+    assert small["undefined"] == {"ms_ssim": {"images": ["small"], "why": rd.UNDEFINED_WHY["ms_ssim"]}}
+    # a run without MS-SSIM lists nothing
+    plain = rd.average({"a": [_point(50, 0.5, 35.0, math.nan)], "b": [_point(50, 1.0, 30.0, math.nan)]})[0]
+    assert "undefined" not in plain
+    # the point leaves the PSNR curve of the BD-rates, and the report names the image
+    measured = {"jac": rd.average({"busy": [_point(q, 0.5 * q, 28.0 + 3 * q) for q in (1, 2, 3)]}), "jpeg420": avg}
+    assert math.isnan(rd.bd_table(measured, {})[0]["psnr"])
+    results = {"meta": {"images": 2, "data": "flat", "date": "now"}, "codecs": {}, "published": {}, "bd_rate": []}
+    results["codecs"]["jpeg420"] = {"label": "JPEG", "parameter": "quality", "average": avg}
+    path = tmp_path / "rd.md"
+    write_markdown(path, results)
+    assert "- quality 50: PSNR n/a, 1 of 2 image(s) decoded exactly (PSNR infinite): `flat`." in path.read_text()
+
+
+def test_the_committed_kodak_bd_rates_are_reproduced_from_their_points():
+    """benchmarks/results/results.json (Kodak: no image decoded exactly) gives the same curves and BD-rates."""
+    from pillow_jac.bench import rd
+
+    results = json.loads((Path(__file__).resolve().parents[1] / "benchmarks/results/results.json").read_text())
+    measured = {name: rd.average(codec["per_image"]) for name, codec in results["codecs"].items()}
+    for name, codec in results["codecs"].items():
+        for got, committed in zip(measured[name], codec["average"], strict=True):
+            assert "undefined" not in got
+            for key in ("bpp", "psnr", "ms_ssim", "ms_ssim_db"):
+                assert got[key] == pytest.approx(committed[key], rel=1e-12)
+    table = {row["anchor"]: row for row in rd.bd_table(measured, results["published"])}
+    assert round(table["jpeg420"]["psnr"], 1) == -38.1 and round(table["webp"]["psnr"], 1) == -1.7
+    for row in results["bd_rate"]:
+        assert table[row["anchor"]]["psnr"] == pytest.approx(row["psnr"], rel=1e-9)
+
+
+def _rd_argv(data: Path, out: Path, *extra: str) -> list[str]:
+    return ["--data", str(data), "--out", str(out), "--codecs", "jpeg420", "--ladder", "jpeg420=50,90",
+            "--published", "", *extra]  # fmt: skip
+
+
+def test_resume_measures_again_another_image_of_the_same_name(tmp_path: Path):
+    from pillow_jac.bench import rd
+
+    data, out = tmp_path / "images", tmp_path / "out"
+    data.mkdir()
+    Image.fromarray(_tiny_image()).save(data / "img0.png")
+    rd.main(_rd_argv(data, out, "--no-ms-ssim"))
+    other = np.ascontiguousarray(255 - _tiny_image()[:, ::-1])
+    Image.fromarray(other).save(data / "img0.png")
+    assert rd.main(_rd_argv(data, out, "--no-ms-ssim", "--resume")) == 0
+    points = json.loads((out / "results.json").read_text())["codecs"]["jpeg420"]["per_image"]["img0"]
+    jpeg = get_codec("jpeg420")
+    assert [p["bytes"] for p in points] == [len(jpeg.encode(other, q)) for q in (50, 90)]
+
+
+def test_resume_passes_over_damaged_and_older_cache_lines(tmp_path: Path, capsys):
+    from pillow_jac.bench import rd
+
+    data, out = tmp_path / "images", tmp_path / "out"
+    data.mkdir()
+    Image.fromarray(_tiny_image()).save(data / "img0.png")
+    rd.main(_rd_argv(data, out, "--no-ms-ssim"))
+    good = (out / "cache.jsonl").read_text().count("\n")
+    older = {"codec": "jpeg420", "key": "0" * 16, "param": 50.0, "image": "img0", "bpp": 1.0}  # no pixels digest
+    with (out / "cache.jsonl").open("a") as cache:
+        cache.write("\n".join(["[]", "3", '"text"', "{", json.dumps(older)]) + "\n")
+    assert rd.main(_rd_argv(data, out, "--no-ms-ssim", "--resume")) == 0
+    assert f"resume: {good} cached points in {out / 'cache.jsonl'}, 5 lines unused" in capsys.readouterr().err
+
+
+def test_resume_measures_again_a_point_without_ms_ssim_when_it_is_wanted(tmp_path: Path):
+    pytest.importorskip("pytorch_msssim")
+    from pillow_jac.bench import rd
+
+    data, out = tmp_path / "images", tmp_path / "out"
+    data.mkdir()
+    big = np.concatenate([np.concatenate([_tiny_image()] * 2, axis=1)] * 3, axis=0)  # 192 x 192: has MS-SSIM
+    Image.fromarray(big).save(data / "img0.png")
+    rd.main(_rd_argv(data, out, "--no-ms-ssim"))
+    rd.main(_rd_argv(data, out, "--resume"))
+    points = json.loads((out / "results.json").read_text())["codecs"]["jpeg420"]["per_image"]["img0"]
+    assert all(0.5 < p["ms_ssim"] <= 1.0 for p in points)
+    # and a point measured with MS-SSIM serves a run without it, which records none
+    lines = (out / "cache.jsonl").read_text().count("\n")
+    rd.main(_rd_argv(data, out, "--resume", "--no-ms-ssim"))
+    assert (out / "cache.jsonl").read_text().count("\n") == lines
+    points = json.loads((out / "results.json").read_text())["codecs"]["jpeg420"]["per_image"]["img0"]
+    assert all(math.isnan(p["ms_ssim"]) for p in points)
+
+
+def test_the_jac_fingerprint_names_the_resolved_device(monkeypatch):
+    """A point measured on another device (the codec's None resolved through JAC_DEVICE) is not reused."""
+    import os
+
+    import pillow_jac.engine as engine
+    from pillow_jac.bench import rd
+
+    class Stub:
+        model_id, weights_hash = "stub", b"\x01\x02"
+
+    monkeypatch.setattr(engine, "get_engine", lambda device=None, weights=None: Stub())
+    monkeypatch.setattr(engine, "resolve_device", lambda device=None: device or os.environ.get("JAC_DEVICE", "cpu"))
+    codec = get_codec("jac")
+    monkeypatch.setenv("JAC_DEVICE", "cpu")
+    on_cpu = rd._fingerprint(codec)
+    monkeypatch.setenv("JAC_DEVICE", "cuda:1")
+    assert rd._fingerprint(codec) != on_cpu
+    monkeypatch.setenv("JAC_DEVICE", "cpu")
+    assert rd._fingerprint(codec) == on_cpu
+
+
+def test_readme_adds_a_codec_to_a_run_by_listing_every_codec():
+    """``--resume`` writes the codecs of ``--codecs`` only: the README's command lists the run's and the new one."""
+    import re
+
+    from pillow_jac.bench.codecs import DEFAULT_CODECS
+
+    text = (Path(__file__).resolve().parents[1] / "benchmarks" / "README.md").read_text()
+    commands = re.findall(r"python -m pillow_jac\.bench\.rd (?:[^\n]*\\\n)*[^\n]*", text)
+    resumed = [c for c in commands if "--resume" in c]
+    assert resumed
+    for command in resumed:
+        codecs = re.search(r"--codecs (\S+)", command)
+        assert codecs is not None and set(DEFAULT_CODECS) < set(codecs.group(1).split(",")), command
+
+
+def test_resume_keeps_only_the_codecs_named(tmp_path: Path):
+    from pillow_jac.bench import rd
+
+    data, out = tmp_path / "images", tmp_path / "out"
+    data.mkdir()
+    Image.fromarray(_tiny_image()).save(data / "img0.png")
+    argv = ["--data", str(data), "--out", str(out), "--ladder", "jpeg420=50,90", "--ladder", "webp=50,90",
+            "--published", "", "--no-ms-ssim"]  # fmt: skip
+    rd.main([*argv, "--codecs", "jpeg420"])
+    rd.main([*argv, "--codecs", "webp", "--resume"])
+    assert set(json.loads((out / "results.json").read_text())["codecs"]) == {"webp"}
+    rd.main([*argv, "--codecs", "jpeg420,webp", "--resume"])
+    assert set(json.loads((out / "results.json").read_text())["codecs"]) == {"jpeg420", "webp"}
+
+
+def test_each_codec_is_warmed_up_before_its_first_timed_point(tmp_path: Path, monkeypatch):
+    import io
+    import time
+
+    from pillow_jac.bench import rd
+    from pillow_jac.bench.codecs import Codec
+
+    calls = []
+
+    def encode(rgb: np.ndarray, quality: float) -> bytes:
+        if not calls:
+            time.sleep(0.6)  # a library's start-up, paid by the first call only
+        calls.append(rgb.shape)
+        buffer = io.BytesIO()
+        Image.fromarray(rgb).save(buffer, "JPEG", quality=int(quality))
+        return buffer.getvalue()
+
+    def decode(data: bytes) -> np.ndarray:
+        return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+
+    codec = Codec("slowstart", "slow start", "quality", (50, 90), encode, decode, ".jpg")
+    monkeypatch.setattr(rd, "get_codecs", lambda *args, **kwargs: [codec])
+    data = tmp_path / "images"
+    data.mkdir()
+    Image.fromarray(_tiny_image()).save(data / "img0.png")
+    results = rd.run(data, tmp_path / "out", ["slowstart"], with_ms_ssim=False, published=[])
+    points = results["codecs"]["slowstart"]["per_image"]["img0"]
+    assert all(p["encode_s"] < 0.3 for p in points), points
+    assert calls[0] == (64, 64, 3) and len(calls) == 3  # the untimed crop, then the two points
+
+
+def test_the_plot_mentions_published_curves_only_when_it_draws_some(tmp_path: Path, monkeypatch):
+    pytest.importorskip("matplotlib")
+    from matplotlib.figure import Figure
+
+    from pillow_jac.bench import rd_report
+
+    titles = []
+    real = Figure.suptitle
+    monkeypatch.setattr(Figure, "suptitle", lambda self, t, *a, **k: titles.append(t) or real(self, t, *a, **k))
+    average = [_point(50, 0.5, 30.0), _point(90, 1.0, 33.0)]
+    for p in average:
+        p["ms_ssim_db"] = 20.0
+    results = {"meta": {"images": 1, "data": "../shared/data/urban20"}, "published": {}}
+    results["codecs"] = {"jpeg420": {"label": "JPEG", "average": average}}
+    assert rd_report.plot(tmp_path / "a.png", results)
+    results["published"] = {"p": {"label": "P (published)", "bpp": [0.5, 1.0], "psnr": [29, 32], "ms_ssim_db": None}}
+    assert rd_report.plot(tmp_path / "b.png", results)
+    assert titles == ["1 image(s) from urban20", "1 image(s) from urban20; dashed: published results (24 Kodak images)"]
+
+
+def test_ms_ssim_db_of_nan_is_nan():
+    assert math.isnan(metrics.ms_ssim_db(math.nan))
+    assert metrics.ms_ssim_db(1.0) == math.inf
+
+
+@pytest.mark.slow
+def test_results_record_the_jac_model_versions_and_no_absolute_path(tmp_path: Path, monkeypatch):
+    import importlib.metadata
+
+    from pillow_jac import __version__, generations
+    from pillow_jac.bench import rd
+    from pillow_jac.engine import get_engine
+
+    monkeypatch.delenv("JAC_DEVICE", raising=False)
+    weights = generations.encoder().path.resolve()
+    data, out = tmp_path / "images", tmp_path / "out"
+    data.mkdir()
+    Image.fromarray(_tiny_image()).save(data / "img0.png")
+    rd.main(["--data", str(data), "--out", str(out), "--codecs", "jac", "--jac-qualities", "2,6",
+             "--jac-weights", str(weights), "--published", "", "--no-ms-ssim"])  # fmt: skip
+    results = json.loads((out / "results.json").read_text())
+    engine = get_engine("cpu", weights)
+    jac = results["codecs"]["jac"]
+    assert jac["model"] == {"model_id": engine.model_id, "weights_hash": engine.weights_hash.hex()}
+    assert jac["device"] == "cpu" and not Path(jac["settings"]["weights"]).is_absolute()
+    versions = results["meta"]["versions"]
+    assert versions["pillow_jac"] == __version__
+    for package in ("torch", "constriction", "pytorch-msssim"):
+        try:
+            assert versions[package.replace("-", "_")] == importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    text = (out / "results.json").read_text() + (out / "rd.md").read_text()
+    assert str(weights.parent) not in text and str(tmp_path) not in text
+    assert f"Model `{engine.model_id}`" in (out / "rd.md").read_text()
+
+
+def test_speed_without_a_compressai_interpreter_keeps_the_other_codecs(tmp_path: Path, capsys):
+    from pillow_jac.bench import speed
+
+    assert speed._compressai_python(str(tmp_path)) is None  # a folder: cannot be run
+    image = tmp_path / "in.png"
+    Image.fromarray(_tiny_image()).save(image)
+    out = tmp_path / "out"
+    argv = ["--image", str(image), "--out", str(out), "--codecs", "jpeg420", "--repeat", "1", "--devices", "cpu",
+            "--compressai-python", str(tmp_path / "no-venv" / "bin" / "python")]  # fmt: skip
+    assert speed.main(argv) == 0
+    report = json.loads((out / "speed.json").read_text())
+    assert [r["codec"] for r in report["rows"]] == ["jpeg420"] and "median_s" in report["rows"][0]["encode"]
+    assert f"compressai does not import in {tmp_path / 'no-venv' / 'bin' / 'python'}" in capsys.readouterr().err
+
+
+def test_targets_writes_under_bench_out_by_default(tmp_path: Path, monkeypatch):
+    from pillow_jac.bench import targets as bench_targets
+
+    data = tmp_path / "images"
+    data.mkdir()
+    Image.fromarray(_tiny_image()).save(data / "a.png")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(bench_targets, "run", lambda *args, **kwargs: [])
+    assert bench_targets.main(["--data", str(data)]) == 0
+    assert (tmp_path / "bench_out" / "targets" / "targets.json").is_file()
+    assert not (tmp_path / "benchmarks").exists()
+    assert "--out benchmarks/results" in bench_targets.__doc__

@@ -154,11 +154,17 @@ def ms_ssim(reference: np.ndarray, distorted: np.ndarray) -> float:
 def ms_ssim_db(value: float) -> float:
     """MS-SSIM in decibels, ``-10 log10(1 - value)``: the usual axis for MS-SSIM curves and BD-rates.
 
+    ``inf`` for 1 (identical images) and above, ``nan`` for ``nan`` (no MS-SSIM).
+
     Example:
         >>> round(ms_ssim_db(0.99), 6)
         20.0
+        >>> ms_ssim_db(float("nan"))
+        nan
     """
-    if not value < 1.0:
+    if math.isnan(value):
+        return math.nan
+    if value >= 1.0:
         return math.inf
     return -10.0 * math.log10(1.0 - value)
 

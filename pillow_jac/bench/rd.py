@@ -13,16 +13,28 @@ file and to ``rd.md``, with the BD-rates of ``.jac`` against every measured code
 curve (PSNR and MS-SSIM dB, piecewise cubic interpolation). ``rd.png`` plots the curves, the published
 ones (``shared/anchors/kodak/*.json``) dashed and labelled "published".
 
-Progress goes to stderr. Each measured point is also appended to ``cache.jsonl``; ``--resume`` reuses
-the points of an interrupted run (matched on codec, settings, weights hash, parameter and image).
+The images are those at the top level of ``--data`` (PNG, PPM, BMP, TIFF, WebP; subfolders are not
+searched), with 8-bit samples: a 16-bit or float image, a file that is not an image, or two files whose
+names differ only in their extension are refused before anything is measured. An averaged point's PSNR
+(MS-SSIM) is the mean over all its images, or undefined (n/a, and left out of that curve and its
+BD-rates) when one image's is not finite: decoded exactly (PSNR infinite) or too small for MS-SSIM.
+
+Times are informational: each codec first encodes and decodes a small crop untimed (its start-up), then
+every point is timed once. Progress goes to stderr. Each measured point is also appended to
+``cache.jsonl``; ``--resume`` reuses the points of an interrupted run, matched on codec, settings (for
+``.jac`` also the model, weights hash and device), parameter, image name and pixels, and measured with
+MS-SSIM when it is wanted now. ``results.json`` holds the codecs of ``--codecs`` only: to add a codec to a
+run, list all of them again with ``--resume``.
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import importlib.metadata
 import json
 import math
+import os
 import platform
 import sys
 import time
@@ -34,10 +46,21 @@ import numpy as np
 from PIL import Image
 
 from . import metrics
-from .codecs import DEFAULT_CODECS, Codec, find_shared, get_codecs, list_images, load_rgb
-from .rd_report import plot, write_markdown
+from .codecs import DEFAULT_CODECS, Codec, ImageInputError, find_shared, get_codecs, list_images, load_rgb
+from .rd_report import _is_jac, plot, write_markdown
 
-__all__ = ["main", "run", "average", "bd_table", "default_published", "load_published", "write_markdown", "plot"]
+__all__ = [
+    "main",
+    "run",
+    "measure",
+    "warm_up",
+    "average",
+    "bd_table",
+    "default_published",
+    "load_published",
+    "write_markdown",
+    "plot",
+]
 
 #: published curves shown by default (file stems in shared/anchors/kodak)
 DEFAULT_PUBLISHED = ("paper-mbt2018", "compressai-mbt2018_mse_cuda", "bpg_444_x265_ycbcr")
@@ -59,22 +82,63 @@ def _log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def _fingerprint(codec: Codec) -> str:
-    """What identifies a codec's results across runs: label, settings, ladder-independent."""
-    parts: dict[str, Any] = {"label": codec.label, "settings": codec.settings}
-    if codec.name == "jac" or codec.name.startswith("jac-"):
-        try:
-            from pillow_jac.engine import get_engine
+def _jac_device(codec: Codec) -> str:
+    """The device a ``.jac`` codec runs on: its own, else ``JAC_DEVICE``, else cpu, as the engine resolves it."""
+    choice = codec.settings.get("device")
+    try:
+        from pillow_jac.engine import resolve_device
 
-            engine = get_engine(codec.settings.get("device"), codec.settings.get("weights"))
-            parts["model"] = [engine.model_id, engine.weights_hash.hex()]
-        except Exception as e:  # noqa: BLE001  (the fingerprint is best effort; encoding will report)
-            parts["model"] = f"unknown ({type(e).__name__})"
+        return str(resolve_device(choice))
+    except Exception:  # noqa: BLE001  (an unknown or absent device: encoding will report it)
+        return str(choice if choice is not None else os.environ.get("JAC_DEVICE", "cpu"))
+
+
+def _jac_model(codec: Codec) -> dict[str, str]:
+    """The model id and weights hash (hex) a ``.jac`` codec encodes with, or ``{"error": ...}``."""
+    try:
+        from pillow_jac.engine import get_engine
+
+        engine = get_engine(codec.settings.get("device"), codec.settings.get("weights"))
+    except Exception as e:  # noqa: BLE001  (recorded, and the fingerprint stays best effort; encoding will report)
+        return {"error": type(e).__name__}
+    return {"model_id": engine.model_id, "weights_hash": engine.weights_hash.hex()}
+
+
+def _fingerprint(codec: Codec) -> str:
+    """What identifies a codec's results across runs: label, settings, and for ``.jac`` the model and device."""
+    parts: dict[str, Any] = {"label": codec.label, "settings": codec.settings}
+    if _is_jac(codec.name):
+        parts["device"] = _jac_device(codec)
+        parts["model"] = _jac_model(codec)
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def _pixels_hash(image: np.ndarray) -> str:
+    """A digest of an image's shape and pixels: the cache's key to an image's content."""
+    digest = hashlib.sha256(repr((image.shape, str(image.dtype))).encode())
+    digest.update(np.ascontiguousarray(image).tobytes())
+    return digest.hexdigest()[:16]
+
+
+#: the side of the crop :func:`warm_up` codes
+WARM_UP_SIDE = 64
+
+
+def warm_up(codec: Codec, image: np.ndarray) -> None:
+    """One untimed encode and decode of ``image``'s top-left crop (at most 64 x 64) in the middle of the ladder.
+
+    A codec's first call also pays its start-up (a library's initialisation, the ``.jac`` model's weights):
+    :func:`run` calls this once per codec before its first timed point, so that no point's time includes it.
+    """
+    crop = np.ascontiguousarray(image[:WARM_UP_SIDE, :WARM_UP_SIDE])
+    codec.decode(codec.encode(crop, codec.ladder[len(codec.ladder) // 2]))
+
+
 def measure(codec: Codec, image: np.ndarray, parameter: float, with_ms_ssim: bool = True) -> dict[str, float]:
-    """Encode and decode one image at one ladder value; bytes, bpp, PSNR, MS-SSIM and times."""
+    """Encode and decode one image at one ladder value; bytes, bpp, PSNR, MS-SSIM and times.
+
+    The times are of this one call: call :func:`warm_up` first, or the codec's start-up is in them.
+    """
     t0 = time.perf_counter()
     data = codec.encode(image, parameter)
     t1 = time.perf_counter()
@@ -94,33 +158,62 @@ def measure(codec: Codec, image: np.ndarray, parameter: float, with_ms_ssim: boo
     }
 
 
-def _finite_mean(values: Sequence[float]) -> float:
+def _mean_of_all(values: Sequence[float]) -> float:
+    """The mean of every value, or ``nan`` when there are none or one is not finite."""
     arr = np.asarray(values, dtype=np.float64)
-    arr = arr[np.isfinite(arr)]
-    return float(arr.mean()) if arr.size else math.nan
+    return float(arr.mean()) if arr.size and np.isfinite(arr).all() else math.nan
+
+
+#: why an image's metric is not finite, as ``average`` records it
+UNDEFINED_WHY = {
+    "psnr": "decoded exactly (PSNR infinite)",
+    "ms_ssim": f"without MS-SSIM (a side under {metrics.MS_SSIM_MIN_SIDE} px)",
+}
 
 
 def average(per_image: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
     """Average one codec's points over the images, ladder value by ladder value.
+
+    Every mean of a point is over the same images, so that its bpp and its quality describe one image
+    set: a point's PSNR (MS-SSIM) is ``nan`` when one of its images' is not finite (an image decoded
+    exactly has an infinite PSNR; one with a side under 161 px has no MS-SSIM), and the point then
+    leaves that curve and its BD-rates (:func:`pillow_jac.bench.metrics.bd_rate` skips it).
 
     Args:
         per_image: ``{image name: [point, ...]}``, each point with ``param``, ``bpp``, ``psnr``,
             ``ms_ssim``, ``encode_s`` and ``decode_s``.
 
     Returns:
-        One point per ladder value, sorted by mean bpp, with the means and ``ms_ssim_db`` (the dB of
-        the mean MS-SSIM) and ``images`` (how many images had that value).
+        One point per ladder value, sorted by mean bpp, with the means, ``ms_ssim_db`` (the dB of the
+        mean MS-SSIM), ``images`` (how many images had that value) and, where a metric is undefined,
+        ``undefined``: ``{metric: {"images": [names], "why": ...}}``. MS-SSIM is listed there only when
+        some of the point's images have one (a run without MS-SSIM has none at all).
+
+    Example:
+        >>> flat = [{"param": 90, "bpp": 0.1, "psnr": math.inf, "ms_ssim": 1.0, "encode_s": 0, "decode_s": 0}]
+        >>> busy = [{"param": 90, "bpp": 2.0, "psnr": 40.0, "ms_ssim": 0.99, "encode_s": 0, "decode_s": 0}]
+        >>> point = average({"flat": flat, "busy": busy})[0]
+        >>> point["bpp"], point["psnr"], point["undefined"]["psnr"]["images"]
+        (1.05, nan, ['flat'])
     """
-    by_param: dict[float, list[dict[str, Any]]] = {}
-    for points in per_image.values():
+    by_param: dict[float, list[tuple[str, dict[str, Any]]]] = {}
+    for name, points in per_image.items():
         for p in points:
-            by_param.setdefault(float(p["param"]), []).append(p)
+            by_param.setdefault(float(p["param"]), []).append((name, p))
     out = []
-    for param, points in by_param.items():
+    for param, named in by_param.items():
+        points = [p for _, p in named]
         row: dict[str, Any] = {"param": param, "images": len(points)}
         for key in ("bpp", "psnr", "ms_ssim", "encode_s", "decode_s"):
-            row[key] = _finite_mean([p[key] for p in points])
-        row["ms_ssim_db"] = metrics.ms_ssim_db(row["ms_ssim"]) if math.isfinite(row["ms_ssim"]) else math.nan
+            row[key] = _mean_of_all([p[key] for p in points])
+        row["ms_ssim_db"] = metrics.ms_ssim_db(row["ms_ssim"])
+        undefined = {}
+        for key, why in UNDEFINED_WHY.items():
+            names = [name for name, p in named if not math.isfinite(p[key])]
+            if names and (key == "psnr" or len(names) < len(named)):
+                undefined[key] = {"images": names, "why": why}
+        if undefined:
+            row["undefined"] = undefined
         out.append(row)
     return sorted(out, key=lambda r: r["bpp"])
 
@@ -178,7 +271,8 @@ def bd_table(
     Returns:
         Rows ``{anchor, kind, psnr, ms_ssim, psnr_overlap}``: BD-rates in percent (negative: ``test``
         needs fewer bits) for PSNR and MS-SSIM dB (``nan`` when a curve lacks it or the ranges do
-        not overlap), and the PSNR interval ``[lo, hi]`` the PSNR BD-rate averages over.
+        not overlap), and the PSNR interval ``[lo, hi]`` the PSNR BD-rate averages over (of the
+        points with a finite PSNR, the only ones the BD-rate uses).
     """
     rows: list[dict[str, Any]] = []
     if test not in measured:
@@ -199,20 +293,70 @@ def bd_table(
             "psnr": metrics.bd_rate(rate, psnr, t_rate, t_psnr, method),
             "ms_ssim": metrics.bd_rate(rate, ssim, t_rate, t_ssim, method) if ssim else math.nan,
         }
-        lo = max(min(psnr), min(t_psnr)) if psnr and t_psnr else math.nan
-        hi = min(max(psnr), max(t_psnr)) if psnr and t_psnr else math.nan
+        finite, t_finite = [v for v in psnr if math.isfinite(v)], [v for v in t_psnr if math.isfinite(v)]
+        lo = max(min(finite), min(t_finite)) if finite and t_finite else math.nan
+        hi = min(max(finite), max(t_finite)) if finite and t_finite else math.nan
         row["psnr_overlap"] = [lo, hi]
         rows.append(row)
     return rows
 
 
+#: installed distributions whose versions ``results.json`` records (read from their metadata: not every
+#: one has a ``__version__``)
+RECORDED_PACKAGES = ("torch", "constriction", "pytorch-msssim", "pillow-heif", "imagecodecs")
+
+
 def _versions() -> dict[str, str]:
-    out = {"python": platform.python_version(), "numpy": np.__version__, "pillow": Image.__version__}
-    for module in ("torch", "pillow_heif", "imagecodecs", "pytorch_msssim", "constriction"):
+    """The versions of Python, pillow_jac and the packages that make or measure the numbers (absent ones left out)."""
+    from pillow_jac import __version__ as pillow_jac_version
+
+    out = {
+        "python": platform.python_version(),
+        "pillow_jac": pillow_jac_version,
+        "numpy": np.__version__,
+        "pillow": Image.__version__,
+    }
+    for package in RECORDED_PACKAGES:
         try:
-            out[module] = str(__import__(module).__version__)
-        except Exception:  # noqa: BLE001  (optional, any import failure means "absent")
+            out[package.replace("-", "_")] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
             pass
+    return out
+
+
+def _check_names(paths: Sequence[Path]) -> None:
+    """Refuse images whose names differ only in their extension: results and cache key images by name."""
+    by_stem: dict[str, list[Path]] = {}
+    for path in paths:
+        by_stem.setdefault(path.stem, []).append(path)
+    clashes = [group for group in by_stem.values() if len(group) > 1]
+    if clashes:
+        named = "; ".join(" and ".join(str(p) for p in group) for group in clashes)
+        raise ImageInputError(
+            f"images whose names differ only in their extension ({named}): results are keyed by the name "
+            "without it; rename or remove one of each"
+        )
+
+
+def _load_images(paths: Sequence[Path]) -> list[tuple[str, np.ndarray]]:
+    """``(name, rgb)`` of every image, or one :class:`ImageInputError` naming every file that cannot be measured."""
+    _check_names(paths)
+    images, problems = [], []
+    for path in paths:
+        try:
+            images.append((path.stem, load_rgb(path)))
+        except ImageInputError as e:
+            problems.append(str(e))
+    if problems:
+        raise ImageInputError("\n".join(problems))
+    return images
+
+
+def _recorded_settings(settings: dict[str, Any]) -> dict[str, Any]:
+    """A codec's settings as ``results.json`` records them: a weights file named portably."""
+    out = dict(settings)
+    if out.get("weights"):
+        out["weights"] = metrics.portable_path(out["weights"])
     return out
 
 
@@ -237,9 +381,15 @@ def run(
 
     Returns:
         The results dict written to ``results.json``.
+
+    Raises:
+        ImageInputError: an image cannot be measured (not an image, samples wider than 8 bits) or two
+            names differ only in their extension; nothing is measured then.
+        FileNotFoundError: no images at the top level of ``data``.
     """
-    out.mkdir(parents=True, exist_ok=True)
     paths = list_images(data, limit)
+    images = _load_images(paths)
+    out.mkdir(parents=True, exist_ok=True)
     codecs = get_codecs(codec_names, jac_qualities=jac_qualities, jac_device=jac_device, jac_weights=jac_weights)
     if ladders:
         codecs = [c.with_ladder(ladders[c.name]) if c.name in ladders else c for c in codecs]
@@ -249,16 +399,19 @@ def run(
     cache_path = out / "cache.jsonl"
     cache: dict[tuple, dict[str, Any]] = {}
     if resume and cache_path.exists():
+        unused = 0
         for line in cache_path.read_text().splitlines():
             try:
                 rec = json.loads(line)
-                cache[(rec["codec"], rec["key"], float(rec["param"]), rec["image"])] = rec
-            except (ValueError, KeyError):
-                continue
-        _log(f"resume: {len(cache)} cached points in {cache_path}")
+                if not set(_POINT_KEYS) <= rec.keys():
+                    raise KeyError("a point's measurements")
+                cache[(rec["codec"], rec["key"], float(rec["param"]), rec["image"], rec["pixels"])] = rec
+            except (ValueError, KeyError, TypeError, AttributeError):  # damaged, or written by an older version
+                unused += 1
+        _log(f"resume: {len(cache)} cached points in {cache_path}" + (f", {unused} lines unused" if unused else ""))
     elif cache_path.exists():
         cache_path.unlink()
-    images = [(p.stem, load_rgb(p)) for p in paths]
+    digests = [_pixels_hash(image) for _, image in images]
     results: dict[str, Any] = {
         "meta": {
             "data": metrics.portable_path(data),
@@ -277,18 +430,28 @@ def run(
     with cache_path.open("a") as cache_file:
         for ci, codec in enumerate(codecs, 1):
             key = _fingerprint(codec)
+            warmed = False
             per_image: dict[str, list[dict[str, Any]]] = {}
-            for ii, (name, image) in enumerate(images, 1):
+            for ii, ((name, image), digest) in enumerate(zip(images, digests, strict=True), 1):
                 t0 = time.perf_counter()
                 points = []
                 for param in codec.ladder:
-                    rec = cache.get((codec.name, key, float(param), name))
+                    rec = cache.get((codec.name, key, float(param), name, digest))
+                    if rec is not None and with_ms_ssim and not rec.get("with_ms_ssim"):
+                        rec = None  # measured without MS-SSIM: measured again
                     if rec is None:
+                        if not warmed:
+                            warm_up(codec, images[0][1])
+                            warmed = True
                         rec = {"codec": codec.name, "key": key, "param": float(param), "image": name}
+                        rec.update(pixels=digest, with_ms_ssim=with_ms_ssim)
                         rec.update(measure(codec, image, param, with_ms_ssim))
                         cache_file.write(json.dumps(rec) + "\n")
                         cache_file.flush()
-                    points.append({k: v for k, v in rec.items() if k not in ("codec", "key", "image")})
+                    point = {k: v for k, v in rec.items() if k not in _CACHE_ONLY}
+                    if not with_ms_ssim:
+                        point["ms_ssim"] = math.nan  # as the run asked, also where the cached point has one
+                    points.append(point)
                     done += 1
                 per_image[name] = points
                 elapsed = time.perf_counter() - start
@@ -298,14 +461,16 @@ def run(
                     f"[{ci}/{len(codecs)} {codec.name}] {name} ({ii}/{len(images)}) {time.perf_counter() - t0:.1f} s; "
                     f"bpp {bpps}; elapsed {elapsed:.0f} s, eta {eta:.0f} s"
                 )
-            results["codecs"][codec.name] = {
+            entry: dict[str, Any] = {
                 "label": codec.label,
                 "parameter": codec.parameter,
                 "ladder": list(codec.ladder),
-                "settings": codec.settings,
-                "per_image": per_image,
-                "average": average(per_image),
+                "settings": _recorded_settings(codec.settings),
             }
+            if _is_jac(codec.name):
+                entry.update(model=_jac_model(codec), device=_jac_device(codec))
+            entry.update(per_image=per_image, average=average(per_image))
+            results["codecs"][codec.name] = entry
     if published is None:
         published = default_published(data, published_dir)
     results["published"] = load_published(published_dir, published)
@@ -321,6 +486,12 @@ def run(
     return results
 
 
+#: the keys of a cache line that are not the point's
+_CACHE_ONLY = ("codec", "key", "image", "pixels", "with_ms_ssim")
+#: what :func:`measure` returns: a cache line lacking one is not used
+_POINT_KEYS = ("bytes", "bpp", "psnr", "ms_ssim", "encode_s", "decode_s")
+
+
 def _json_default(value: Any) -> Any:
     if isinstance(value, (np.floating, np.integer)):
         return value.item()
@@ -329,6 +500,13 @@ def _json_default(value: Any) -> Any:
 
 def _floats(text: str) -> list[float]:
     return [float(v) for v in text.split(",") if v.strip()]
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value} (leave --limit out for every image)")
+    return value
 
 
 def _parse_ladder(text: str) -> tuple[str, list[float]]:
@@ -341,9 +519,15 @@ def _parse_ladder(text: str) -> tuple[str, list[float]]:
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line entry point; see the module docstring."""
     parser = argparse.ArgumentParser(prog="python -m pillow_jac.bench.rd", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", type=Path, default=None, help="directory of PNG images (default: shared/data/kodak)")
+    parser.add_argument(
+        "--data",
+        type=Path,
+        default=None,
+        help="folder of 8-bit PNG, PPM, BMP, TIFF or WebP images, its top level only: subfolders are not "
+        "searched (default: shared/data/kodak)",
+    )
     parser.add_argument("--out", type=Path, default=Path("bench_out/rd"), help="output directory")
-    parser.add_argument("--limit", type=int, default=None, help="use only the first N images")
+    parser.add_argument("--limit", type=_positive_int, default=None, help="use only the first N images (N >= 1)")
     parser.add_argument(
         "--codecs", default=",".join(DEFAULT_CODECS), help=f"comma-separated (default {','.join(DEFAULT_CODECS)})"
     )
@@ -364,7 +548,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--threads", type=int, default=1, help="torch threads (default 1: times here are informational; see speed)"
     )
     parser.add_argument("--no-ms-ssim", action="store_true", help="skip MS-SSIM (faster)")
-    parser.add_argument("--resume", action="store_true", help="reuse points in OUT/cache.jsonl")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="reuse the matching points of OUT/cache.jsonl; results.json holds only the codecs of --codecs, "
+        "so to add a codec to a run list every codec",
+    )
     parser.add_argument("--max-bpp", type=float, default=2.0, help="x range of the plot")
     args = parser.parse_args(argv)
 
@@ -373,26 +562,39 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("no --data given and no shared/data/kodak found")
     anchors = args.anchors or find_shared("anchors/kodak")
     names = None if args.published is None else [p for p in args.published.split(",") if p]
+    try:
+        list_images(data, args.limit)  # a wrong --data is an error message, before torch is imported
+    except FileNotFoundError as e:
+        return _error(parser, e)
     if args.threads:
         import torch
 
         torch.set_num_threads(args.threads)
-    run(
-        data=data,
-        out=args.out,
-        codec_names=[c for c in args.codecs.split(",") if c],
-        limit=args.limit,
-        jac_qualities=args.jac_qualities,
-        jac_device=args.jac_device,
-        jac_weights=args.jac_weights,
-        ladders=dict(args.ladder),
-        published_dir=anchors,
-        published=names,
-        with_ms_ssim=not args.no_ms_ssim,
-        resume=args.resume,
-        max_bpp=args.max_bpp,
-    )
+    try:
+        run(
+            data=data,
+            out=args.out,
+            codec_names=[c for c in args.codecs.split(",") if c],
+            limit=args.limit,
+            jac_qualities=args.jac_qualities,
+            jac_device=args.jac_device,
+            jac_weights=args.jac_weights,
+            ladders=dict(args.ladder),
+            published_dir=anchors,
+            published=names,
+            with_ms_ssim=not args.no_ms_ssim,
+            resume=args.resume,
+            max_bpp=args.max_bpp,
+        )
+    except ImageInputError as e:
+        return _error(parser, e)
     return 0
+
+
+def _error(parser: argparse.ArgumentParser, error: Exception) -> int:
+    """Print an input error as the command's error (no traceback); the exit status 2 of argparse's errors."""
+    print(f"{parser.prog}: error: {error}", file=sys.stderr, flush=True)
+    return 2
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-__all__ = ["write_markdown", "plot"]
+__all__ = ["write_markdown", "plot", "caption"]
 
 
 def _is_jac(name: str) -> bool:
@@ -25,6 +25,10 @@ def _fmt(value: float, spec: str = ".2f") -> str:
 
 def _pct(value: float) -> str:
     return "n/a" if value is None or not math.isfinite(value) else f"{value:+.1f}%"
+
+
+#: metric keys as the report names them
+_METRIC_NAMES = {"psnr": "PSNR", "ms_ssim": "MS-SSIM"}
 
 
 def write_markdown(path: Path, results: dict[str, Any]) -> None:
@@ -41,6 +45,12 @@ def write_markdown(path: Path, results: dict[str, Any]) -> None:
         lines += [
             "Published curves are averages over all 24 Kodak images: BD-rates against them are only indicative "
             f"for these {meta['images']} images.",
+            "",
+        ]
+    if any(p.get("undefined") for c in results["codecs"].values() for p in c["average"]):
+        lines += [
+            "Each point's means are over the same images: where one image's PSNR or MS-SSIM is not finite, the "
+            "point's is n/a and the point is left out of that curve and its BD-rates (notes under the tables).",
             "",
         ]
     labels = {name: c["label"] for name, c in results["codecs"].items()}
@@ -69,19 +79,42 @@ def write_markdown(path: Path, results: dict[str, Any]) -> None:
         lines.append("")
     lines += ["## Averaged curves", ""]
     for codec in results["codecs"].values():
+        lines += [f"### {codec['label']}", ""]
+        model = codec.get("model") or {}
+        if "model_id" in model:
+            lines += [f"Model `{model['model_id']}`, weights `{model['weights_hash'][:16]}`, on {codec['device']}.", ""]
         lines += [
-            f"### {codec['label']}",
-            "",
             f"| {codec['parameter']} | bpp | PSNR (dB) | MS-SSIM | MS-SSIM (dB) | encode (s) | decode (s) |",
             "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
         ]
+        notes = []
         for p in codec["average"]:
             lines.append(
                 f"| {p['param']:g} | {_fmt(p['bpp'], '.4f')} | {_fmt(p['psnr'])} | {_fmt(p['ms_ssim'], '.4f')} "
                 f"| {_fmt(p['ms_ssim_db'])} | {_fmt(p['encode_s'], '.3f')} | {_fmt(p['decode_s'], '.3f')} |"
             )
-        lines.append("")
+            for metric, gap in (p.get("undefined") or {}).items():
+                names = ", ".join(f"`{n}`" for n in gap["images"])
+                notes.append(
+                    f"- {codec['parameter']} {p['param']:g}: {_METRIC_NAMES.get(metric, metric)} n/a, "
+                    f"{len(gap['images'])} of {p['images']} image(s) {gap['why']}: {names}."
+                )
+        lines += ["", *notes, ""] if notes else [""]
     path.write_text("\n".join(lines))
+
+
+def caption(results: dict[str, Any]) -> str:
+    """The plot's title: the images measured and, when published curves are drawn, what the dashed ones are.
+
+    Example:
+        >>> caption({"meta": {"images": 2, "data": "../shared/data/urban20"}, "published": {}})
+        '2 image(s) from urban20'
+    """
+    meta = results["meta"]
+    text = f"{meta['images']} image(s) from {Path(meta['data']).name}"
+    if results.get("published"):
+        text += "; dashed: published results (24 Kodak images)"
+    return text
 
 
 def plot(path: Path, results: dict[str, Any], max_bpp: float = 2.0) -> bool:
@@ -132,10 +165,7 @@ def plot(path: Path, results: dict[str, Any], max_bpp: float = 2.0) -> bool:
     for ax in axes:
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7.5, loc="lower right")
-    meta = results["meta"]
-    fig.suptitle(
-        f"{meta['images']} image(s) from {Path(meta['data']).name}; dashed: published results (24 Kodak images)"
-    )
+    fig.suptitle(caption(results))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

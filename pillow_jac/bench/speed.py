@@ -134,15 +134,23 @@ def _report(tag: str, op: str, rec: dict[str, Any]) -> None:
 
 
 def _compressai_python(requested: str | None) -> str | None:
-    """The interpreter that can import compressai: ``requested``, else this one if it can, else None."""
+    """The interpreter that can import compressai: ``requested``, else this one if it can, else None.
+
+    An interpreter that cannot be run (a wrong ``--compressai-python``) is noted on stderr as one that lacks
+    compressai: the run goes on without CompressAI and keeps the other codecs' measurements.
+    """
     candidates = [requested] if requested else [sys.executable]
     for python in candidates:
-        probe = subprocess.run(
-            [python, "-c", "import compressai.models, sys; print(compressai.__version__)"],
-            capture_output=True,
-            text=True,
-            cwd=tempfile.gettempdir(),
-        )
+        try:
+            probe = subprocess.run(
+                [python, "-c", "import compressai.models, sys; print(compressai.__version__)"],
+                capture_output=True,
+                text=True,
+                cwd=tempfile.gettempdir(),
+            )
+        except OSError as e:  # no such file, not executable, not a program: as compressai not importing
+            _log(f"note: compressai does not import in {python}: cannot run it ({type(e).__name__}: {e})")
+            continue
         if probe.returncode == 0:
             _log(f"CompressAI {probe.stdout.strip()} via {python}")
             return python

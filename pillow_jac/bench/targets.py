@@ -2,8 +2,8 @@ r"""Rate-target benchmark: how well and how cheaply ``target_size`` (and ``targe
 
 Usage (from the repository root)::
 
-    python -m pillow_jac.bench.targets --data ../shared/data/kodak
     python -m pillow_jac.bench.targets --data ../shared/data/kodak --limit 6 --psnr 30,34,38
+    python -m pillow_jac.bench.targets --data ../shared/data/kodak --psnr 30,34,38 --out benchmarks/results
 
 For every image of ``--data`` (the first ``--limit``) and every size target (default 10, 25, 50, 100
 and 200 kB) it runs :func:`pillow_jac.targets.encode_to_target` and records the file size, the
@@ -16,8 +16,9 @@ largest quality does not cap (a target above the quality-8 file can only fall sh
 ``--psnr`` adds PSNR targets (dB): a hit is a decoded PSNR at or above the target, and the
 *overshoot* is how far above it is.
 
-Writes ``targets.json`` and ``targets.md`` to ``--out`` (default ``benchmarks/results``). Inputs are
-named relative to the repository (or by their folder's name), never by absolute path.
+Writes ``targets.json`` and ``targets.md`` to ``--out`` (default ``bench_out/targets``; the second
+command above writes the committed ``benchmarks/results/targets.*``). Inputs are named relative to the
+repository (or by their folder's name), never by absolute path.
 """
 
 from __future__ import annotations
@@ -44,6 +45,8 @@ __all__ = ["main", "run", "summarise", "markdown", "DEFAULT_SIZES"]
 DEFAULT_SIZES = (10_000, 25_000, 50_000, 100_000, 200_000)
 #: plain encodes are timed at this quality
 PLAIN_QUALITY = 4.0
+#: where the reports go without ``--out`` (git-ignored; the committed ones are written by passing ``--out``)
+DEFAULT_OUT = Path("bench_out/targets")
 
 
 def _log(message: str) -> None:
@@ -208,6 +211,13 @@ def _totals(rows: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value} (leave --limit out for every image)")
+    return value
+
+
 def _numbers(text: str) -> list[float]:
     return [float(v) for v in text.split(",") if v.strip()]
 
@@ -216,7 +226,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point (see the module doc)."""
     parser = argparse.ArgumentParser(prog="python -m pillow_jac.bench.targets", description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, required=True, help="folder of images (e.g. ../shared/data/kodak)")
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"), help="where targets.{json,md} go")
+    parser.add_argument(
+        "--out", type=Path, default=DEFAULT_OUT, help=f"where targets.{{json,md}} go (default {DEFAULT_OUT})"
+    )
     parser.add_argument(
         "--sizes",
         type=lambda s: [targets.parse_size(v) for v in s.split(",") if v.strip()],
@@ -224,7 +236,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="size targets, e.g. 10k,25k,50k,100k,200k (the default)",
     )
     parser.add_argument("--psnr", type=_numbers, default=[], help="PSNR targets in dB, e.g. 30,34,38 (default: none)")
-    parser.add_argument("--limit", type=int, default=None, help="only the first N images")
+    parser.add_argument("--limit", type=_positive_int, default=None, help="only the first N images (N >= 1)")
     parser.add_argument("--effort", type=int, default=0, help="encoder effort 0-3")
     parser.add_argument("--markdown-only", action="store_true", help="rewrite targets.md from --out's targets.json")
     args = parser.parse_args(argv)
@@ -245,6 +257,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         shown += ["--sizes", ",".join(str(s) for s in args.sizes)]
     if args.psnr:
         shown += ["--psnr", ",".join(f"{p:g}" for p in args.psnr)]
+    if args.out != DEFAULT_OUT:
+        shown += ["--out", portable_path(args.out)]
     report = {
         "meta": {
             "data": portable_path(args.data),
