@@ -358,7 +358,7 @@ def _point(param: float, bpp: float, psnr: float, ms_ssim: float = 0.99) -> dict
 
 def test_an_averaged_point_is_a_mean_over_one_image_set(tmp_path: Path):
     """An image decoded exactly (PSNR inf) makes the point's PSNR undefined instead of leaving its PSNR mean."""
-    from pillow_jac.bench import rd
+    from pillow_jac.bench import rd, rd_curves
     from pillow_jac.bench.rd_report import write_markdown
 
     per_image = {
@@ -369,11 +369,11 @@ def test_an_averaged_point_is_a_mean_over_one_image_set(tmp_path: Path):
     assert [p["bpp"] for p in avg] == pytest.approx([0.55, 1.1])
     assert all(math.isnan(p["psnr"]) for p in avg)  # not busy's 30 and 40 dB beside both images' bpp
     assert avg[0]["ms_ssim"] == pytest.approx(0.975) and "ms_ssim" not in avg[0]["undefined"]
-    assert avg[0]["undefined"]["psnr"] == {"images": ["flat"], "why": rd.UNDEFINED_WHY["psnr"]}
+    assert avg[0]["undefined"]["psnr"] == {"images": ["flat"], "why": rd_curves.UNDEFINED_WHY["psnr"]}
     # one image too small for MS-SSIM: the point's MS-SSIM is undefined, its PSNR a mean over both
     small = rd.average({"small": [_point(50, 0.5, 35.0, math.nan)], "busy": [_point(50, 1.0, 30.0, 0.95)]})[0]
     assert small["psnr"] == 32.5 and math.isnan(small["ms_ssim"]) and math.isnan(small["ms_ssim_db"])
-    assert small["undefined"] == {"ms_ssim": {"images": ["small"], "why": rd.UNDEFINED_WHY["ms_ssim"]}}
+    assert small["undefined"] == {"ms_ssim": {"images": ["small"], "why": rd_curves.UNDEFINED_WHY["ms_ssim"]}}
     # a run without MS-SSIM lists nothing
     plain = rd.average({"a": [_point(50, 0.5, 35.0, math.nan)], "b": [_point(50, 1.0, 30.0, math.nan)]})[0]
     assert "undefined" not in plain
