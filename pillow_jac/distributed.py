@@ -62,6 +62,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from . import container
@@ -391,7 +392,7 @@ def convert(
             workers,
             slots_each,
             (to, quality, effort, device, resume, extra, force),
-            _progress_function(progress, len(jobs)),
+            _progress_function(progress, len(jobs), inputs),
         )
     finally:
         if started_here:
@@ -457,16 +458,29 @@ def _init_keeping_sigterm(ray: Any, options: dict[str, Any]) -> None:
         signal.signal(signal.SIGTERM, previous)
 
 
-def _progress_function(progress: bool | Callable[[FileResult], None], total: int) -> Callable[[FileResult], None]:
+def _progress_function(
+    progress: bool | Callable[[FileResult], None], total: int, inputs: Any = None
+) -> Callable[[FileResult], None]:
+    """What reports each file: ``progress`` itself, nothing, or ``jac batch``'s progress line on stderr.
+
+    A file of a folder given as ``inputs`` is named as the user named the folder (``photos/a.png``), as
+    ``jac batch`` without Ray names it, not by the absolute path the workers are given.
+    """
     if callable(progress):
         return progress
     if not progress:
         return lambda result: None
     bar = Progress(total, sys.stderr)
+    name = str
+    if isinstance(inputs, (str, os.PathLike)) and os.path.isdir(inputs):
+        typed, absolute = Path(inputs), os.path.abspath(inputs)
+
+        def name(src: str) -> str:
+            return str(typed / os.path.relpath(src, absolute))
 
     def report(result: FileResult) -> None:
         for note in result.warnings:
-            bar.warn(result.src, note)
-        bar.step(result.src, result.error, "already done" if result.status == "skipped" else None)
+            bar.warn(name(result.src), note)
+        bar.step(name(result.src), result.error, "already done" if result.status == "skipped" else None)
 
     return report

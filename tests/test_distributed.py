@@ -450,3 +450,17 @@ def test_a_result_on_its_way_when_its_actor_dies_is_not_taken_for_the_running_ca
     report = ray_driver.run(ray, jobs, lambda: _FakeActor(ray), 1, 2, ("jac",), lambda r: seen.append(r.src))
     assert [Path(f.src).stem for f in report.failed] == ["poison"], report.failed
     assert report.done == 2 and sorted(seen) == sorted(str(p) for p in jobs)
+
+
+def test_ray_progress_names_files_as_jac_batch_does(tmp_path: Path, capsys, monkeypatch) -> None:
+    """``jac batch --ray`` printed the absolute paths the workers get; ``jac batch`` names a file as the folder
+    was typed."""
+    folder = tmp_path / "photos"
+    (folder / "sub").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    report = distributed._progress_function(True, 2, "photos")
+    src = str(folder / "sub" / "a.png")
+    report(distributed.FileResult(src, str(tmp_path / "out" / "a.jac"), "failed", "broken"))
+    report(distributed.FileResult(str(folder / "b.png"), str(tmp_path / "out" / "b.jac"), "done", None))
+    err = capsys.readouterr().err
+    assert f"photos{os.sep}sub{os.sep}a.png: broken" in err and str(tmp_path) not in err
