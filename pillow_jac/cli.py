@@ -7,7 +7,7 @@ Commands::
     jac info FILE.jac... [--json]                                   header, sizes, decoder needed; never imports torch
     jac models [--json]                                             installed decoder generations; never imports torch
     jac batch IN_DIR OUT_DIR --to jac|png [-q Q | --size BYTES | --psnr DB] [--preview] [-j N] [-r] [--device D]
-              [--ray [ADDRESS]]
+              [--ray [ADDRESS] [--no-resume] [--worker-cpus N] [--worker-gpus F]]
 
 ``--size 50k`` and ``--psnr 38`` choose the quality per image, as cwebp's ``-size`` and ``-psnr`` do
 (:mod:`pillow_jac.targets`): the largest whose file fits, or the smallest that reaches the PSNR.
@@ -242,7 +242,43 @@ def build_parser() -> argparse.ArgumentParser:
         "-e, a --size or --psnr target, or the model: a done output is checked for quality, preview and "
         "fitting the size only)",
     )
+    p.add_argument(
+        "--worker-cpus",
+        type=_positive_float,
+        default=None,
+        metavar="N",
+        help="with --ray, CPUs each worker reserves and its torch threads (default 1); size it so that the "
+        "workers of a node fit its memory (about 1.5 GB each at 12 MP, benchmarks/ray.md)",
+    )
+    p.add_argument(
+        "--worker-gpus",
+        type=_fraction,
+        default=None,
+        metavar="F",
+        help="with --ray, share of a GPU each worker reserves (default: 1 where the cluster has GPUs and "
+        "--device is not cpu; 0.25 puts four workers on a GPU)",
+    )
     return parser
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number above 0, got {text!r}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number of at least 0, got {text!r}")
+    return value
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -263,8 +299,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.command == "batch" and not args.resume and args.ray is None:
-        parser.error("--no-resume is an option of --ray (jac batch without --ray converts every file)")
+    if args.command == "batch" and args.ray is None:
+        for given, flag in ((not args.resume, "--no-resume"), (args.worker_cpus, "--worker-cpus"),
+                            (args.worker_gpus is not None, "--worker-gpus")):  # fmt: skip
+            if given:
+                parser.error(f"{flag} is an option of --ray")
     previous = _on_sigterm(_terminate)
     try:
         with warnings.catch_warnings():
@@ -400,6 +439,8 @@ def _run_ray_batch(args: argparse.Namespace) -> None:
         preview=args.preview,
         resume=args.resume,
         force=args.force,
+        num_cpus=args.worker_cpus or 1,
+        num_gpus=args.worker_gpus,
     )
     if not args.quiet and report.skipped:
         print(f"{PROG}: {report.skipped} files already done, skipped", file=sys.stderr)

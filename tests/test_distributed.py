@@ -464,3 +464,25 @@ def test_ray_progress_names_files_as_jac_batch_does(tmp_path: Path, capsys, monk
     report(distributed.FileResult(str(folder / "b.png"), str(tmp_path / "out" / "b.jac"), "done", None))
     err = capsys.readouterr().err
     assert f"photos{os.sep}sub{os.sep}a.png: broken" in err and str(tmp_path) not in err
+
+
+def test_cli_sizes_the_ray_workers(monkeypatch, capsys, tmp_path: Path) -> None:
+    """ray.md says to size each worker's CPUs (memory per node) and GPU share; the CLI had no way to."""
+    given: dict = {}
+
+    def fake_convert(*args, **kwargs):
+        given.update(kwargs)
+        return distributed.Report()
+
+    monkeypatch.setattr(distributed, "convert", fake_convert)
+    base = ["batch", str(tmp_path), str(tmp_path / "out"), "--to", "jac", "--ray"]
+    assert main([*base, "--worker-cpus", "2", "--worker-gpus", "0.25"]) == 0
+    assert (given["num_cpus"], given["num_gpus"]) == (2.0, 0.25)
+    assert main(base) == 0
+    assert (given["num_cpus"], given["num_gpus"]) == (1, None)
+    for bad in (["--worker-cpus", "0"], ["--worker-gpus", "-1"], ["--worker-cpus", "nan"]):
+        with pytest.raises(SystemExit):
+            main([*base, *bad])
+    with pytest.raises(SystemExit):
+        main([*base[:-1], "--worker-cpus", "2"])  # without --ray
+    assert "--worker-cpus is an option of --ray" in capsys.readouterr().err

@@ -63,6 +63,7 @@ __all__ = [
     "plot",
 ]
 
+
 def _log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
