@@ -77,14 +77,27 @@ def _size(text: str) -> int:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
-def _psnr(text: str) -> float:
+def _finite(text: str, expected: str, *, zero: bool = False) -> float:
+    """``text`` as a finite number above 0 (or at least 0 with ``zero``); else an argparse error saying ``expected``."""
     try:
         value = float(text)
     except ValueError:
         value = float("nan")
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"PSNR must be a positive number of dB, got {text!r}")
+    if not ((0 <= value) if zero else (0 < value)) or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{expected}, got {text!r}")
     return value
+
+
+def _psnr(text: str) -> float:
+    return _finite(text, "PSNR must be a positive number of dB")
+
+
+def _positive_float(text: str) -> float:
+    return _finite(text, "must be a number above 0")
+
+
+def _fraction(text: str) -> float:
+    return _finite(text, "must be a number of at least 0", zero=True)
 
 
 def _path(text: str) -> Path:
@@ -259,26 +272,6 @@ def build_parser() -> argparse.ArgumentParser:
         "--device is not cpu; 0.25 puts four workers on a GPU)",
     )
     return parser
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = 0.0
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a number above 0, got {text!r}")
-    return value
-
-
-def _fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not 0 <= value < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a number of at least 0, got {text!r}")
-    return value
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -171,7 +171,7 @@ def write_into(fp: IO[bytes], data: bytes, filename: str | bytes) -> None:
             os.posix_fallocate(fd, start, len(data))
         except OSError as e:
             if e.errno in _NO_SPACE:
-                raise OSError(e.errno, e.strerror, os.fsdecode(filename) if filename else None) from None
+                raise _named(e, filename) from None
             # other errors: this file (a pipe, a device, some network file systems) cannot reserve space
     try:
         fp.write(data)
@@ -204,8 +204,13 @@ def _append(fd: int, data: bytes, start: int, filename: str | bytes) -> None:
         except OSError:
             pass
         if e.errno in _NO_SPACE:
-            raise OSError(e.errno, e.strerror, os.fsdecode(filename) if filename else None) from None
+            raise _named(e, filename) from None
         raise
+
+
+def _named(e: OSError, filename: str | bytes) -> OSError:
+    """``e`` naming the file the plugin writes (a descriptor's error names none)."""
+    return OSError(e.errno, e.strerror, os.fsdecode(filename) if filename else None)
 
 
 def file_position(fp: IO[bytes]) -> tuple[int | None, int | None]:

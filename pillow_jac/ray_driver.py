@@ -47,6 +47,10 @@ def run(
     slots: deque = deque()
     started_any, start = False, 0.0
 
+    def finish(result: FileResult) -> None:
+        report.add(result)
+        report_file(result)
+
     def add_actor() -> None:
         actor = new_actor()
         actors.append(actor)
@@ -68,9 +72,7 @@ def run(
                 if not started_any:
                     raise RuntimeError("the Ray workers could not start")
                 for src, dst in todo:  # no worker is left to take them, and none can be started
-                    result = FileResult(src, dst, "failed", "no Ray worker could start")
-                    report.add(result)
-                    report_file(result)
+                    finish(FileResult(src, dst, "failed", "no Ray worker could start"))
                 break
             refs = [*pending, *starting]
             ray.wait(refs, num_returns=1)
@@ -95,7 +97,7 @@ def run(
                 try:
                     result = ray.get(ref)
                 except _deaths(ray):
-                    _lost(ray, actor, pending, todo, attempts, report, report_file)
+                    _lost(ray, actor, pending, todo, attempts, finish)
                     dead.add(actor)
                     if todo:  # a replacement only for files left to convert
                         add_actor()
@@ -104,8 +106,7 @@ def run(
                     result = FileResult(src, dst, "failed", one_line(e))
                 del pending[ref]
                 slots.append(actor)
-                report.add(result)
-                report_file(result)
+                finish(result)
         report.seconds = time.perf_counter() - start if started_any else 0.0
         for actor in actors:
             if actor not in dead and actor not in starting.values():
@@ -124,9 +125,10 @@ def run(
 
 
 class _Queue:
-    """The files still to submit: those of ``jobs`` not yet taken, after those put back (no copy of ``jobs``).
+    """The files still to submit: those of ``jobs`` not yet taken, after those put back.
 
-    A copy of every path as strings cost the driver about 160 more bytes a file.
+    ``jobs`` is read as it is, not copied: a copy of every path as strings would cost the driver about 160
+    more bytes a file.
     """
 
     def __init__(self, jobs: dict[Path, Path]) -> None:
@@ -167,8 +169,7 @@ def _lost(
     pending: dict[Any, tuple[Any, str, str]],
     todo: _Queue,
     attempts: dict[str, int],
-    report: Report,
-    report_file: Callable[[FileResult], None],
+    finish: Callable[[FileResult], None],
 ) -> None:
     """Take a dead actor's calls back.
 
@@ -190,8 +191,7 @@ def _lost(
         if result is None:
             unfinished.append((src, dst))
         else:
-            report.add(result)
-            report_file(result)
+            finish(result)
     if not unfinished:
         return
     for item in reversed(unfinished[1:]):
@@ -201,6 +201,4 @@ def _lost(
     if attempts[src] < ATTEMPTS:
         todo.appendleft((src, dst))
         return
-    result = FileResult(src, dst, "failed", "the worker died converting it (out of memory? a lost node?)")
-    report.add(result)
-    report_file(result)
+    finish(FileResult(src, dst, "failed", "the worker died converting it (out of memory? a lost node?)"))

@@ -96,9 +96,10 @@ def _image_exif(im: Image.Image) -> Any:
         orientation = ExifTags.Base.Orientation
         if orientation not in as_read and orientation in cached and _xmp_orientation(im.info) == cached[orientation]:
             as_read[orientation] = cached[orientation]  # what getexif() copies from the XMP
-        if cached.tobytes() == as_read.tobytes():
+        edited = cached.tobytes()
+        if edited == as_read.tobytes():
             return raw if raw is not None else source
-        return cached.tobytes() if len(cached) or cached.get_ifd(ExifTags.IFD.Exif) else None
+        return edited if len(cached) or cached.get_ifd(ExifTags.IFD.Exif) else None
     except Exception:  # EXIF that Pillow cannot parse: the bytes as they are
         return raw
 

@@ -28,6 +28,7 @@ optional libraries are imported only when their adapter is built.
 
 from __future__ import annotations
 
+import argparse
 import io
 import re
 import sys
@@ -49,6 +50,7 @@ __all__ = [
     "JAC_QUALITIES",
     "get_codec",
     "get_codecs",
+    "limit_argument",
     "list_images",
     "load_rgb",
     "find_shared",
@@ -422,6 +424,14 @@ def list_images(directory: str | Path, limit: int | None = None) -> list[Path]:
             )
         raise FileNotFoundError(f"no PNG/PPM/BMP/TIFF/WebP images in {directory}{where}")
     return paths[:limit] if limit is not None else paths
+
+
+def limit_argument(text: str) -> int:
+    """The ``--limit`` of the benchmarks (an argparse type): how many images :func:`list_images` takes, at least 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value} (leave --limit out for every image)")
+    return value
 
 
 def _wide_samples(im: Image.Image) -> str | None:

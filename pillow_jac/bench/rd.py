@@ -46,7 +46,16 @@ import numpy as np
 from PIL import Image
 
 from . import metrics
-from .codecs import DEFAULT_CODECS, Codec, ImageInputError, find_shared, get_codecs, list_images, load_rgb
+from .codecs import (
+    DEFAULT_CODECS,
+    Codec,
+    ImageInputError,
+    find_shared,
+    get_codecs,
+    limit_argument,
+    list_images,
+    load_rgb,
+)
 from .rd_curves import DEFAULT_PUBLISHED, average, bd_table, default_published, load_published
 from .rd_report import _is_jac, plot, write_markdown
 
@@ -343,13 +352,6 @@ def _floats(text: str) -> list[float]:
     return [float(v) for v in text.split(",") if v.strip()]
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value} (leave --limit out for every image)")
-    return value
-
-
 def _parse_ladder(text: str) -> tuple[str, list[float]]:
     name, _, values = text.partition("=")
     if not values:
@@ -368,7 +370,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "searched (default: shared/data/kodak)",
     )
     parser.add_argument("--out", type=Path, default=Path("bench_out/rd"), help="output directory")
-    parser.add_argument("--limit", type=_positive_int, default=None, help="use only the first N images (N >= 1)")
+    parser.add_argument("--limit", type=limit_argument, default=None, help="use only the first N images (N >= 1)")
     parser.add_argument(
         "--codecs", default=",".join(DEFAULT_CODECS), help=f"comma-separated (default {','.join(DEFAULT_CODECS)})"
     )

@@ -36,7 +36,7 @@ from typing import Any
 
 from .. import codec, targets
 from ..constants import QUALITY_MAX
-from .codecs import list_images, load_rgb
+from .codecs import limit_argument, list_images, load_rgb
 from .metrics import portable_path
 
 __all__ = ["main", "run", "summarise", "markdown", "DEFAULT_SIZES"]
@@ -211,13 +211,6 @@ def _totals(rows: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value} (leave --limit out for every image)")
-    return value
-
-
 def _numbers(text: str) -> list[float]:
     return [float(v) for v in text.split(",") if v.strip()]
 
@@ -236,7 +229,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="size targets, e.g. 10k,25k,50k,100k,200k (the default)",
     )
     parser.add_argument("--psnr", type=_numbers, default=[], help="PSNR targets in dB, e.g. 30,34,38 (default: none)")
-    parser.add_argument("--limit", type=_positive_int, default=None, help="only the first N images (N >= 1)")
+    parser.add_argument("--limit", type=limit_argument, default=None, help="only the first N images (N >= 1)")
     parser.add_argument("--effort", type=int, default=0, help="encoder effort 0-3")
     parser.add_argument("--markdown-only", action="store_true", help="rewrite targets.md from --out's targets.json")
     args = parser.parse_args(argv)
