@@ -473,11 +473,15 @@ def test_the_jac_fingerprint_names_the_resolved_device(monkeypatch):
     monkeypatch.setattr(engine, "resolve_device", lambda device=None: device or os.environ.get("JAC_DEVICE", "cpu"))
     codec = get_codec("jac")
     monkeypatch.setenv("JAC_DEVICE", "cpu")
-    on_cpu = rd._fingerprint(codec)
+
+    def fingerprint():
+        return rd._fingerprint(codec, rd._identity(codec))
+
+    on_cpu = fingerprint()
     monkeypatch.setenv("JAC_DEVICE", "cuda:1")
-    assert rd._fingerprint(codec) != on_cpu
+    assert fingerprint() != on_cpu
     monkeypatch.setenv("JAC_DEVICE", "cpu")
-    assert rd._fingerprint(codec) == on_cpu
+    assert fingerprint() == on_cpu
 
 
 def test_readme_adds_a_codec_to_a_run_by_listing_every_codec():

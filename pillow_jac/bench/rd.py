@@ -99,12 +99,14 @@ def _jac_model(codec: Codec) -> dict[str, str]:
     return {"model_id": engine.model_id, "weights_hash": engine.weights_hash.hex()}
 
 
-def _fingerprint(codec: Codec) -> str:
-    """What identifies a codec's results across runs: label, settings, and for ``.jac`` the model and device."""
-    parts: dict[str, Any] = {"label": codec.label, "settings": codec.settings}
-    if _is_jac(codec.name):
-        parts["device"] = _jac_device(codec)
-        parts["model"] = _jac_model(codec)
+def _identity(codec: Codec) -> dict[str, Any]:
+    """What a ``.jac`` codec's results depend on beyond its settings: its ``model`` and ``device`` (none for others)."""
+    return {"model": _jac_model(codec), "device": _jac_device(codec)} if _is_jac(codec.name) else {}
+
+
+def _fingerprint(codec: Codec, identity: dict[str, Any]) -> str:
+    """What identifies a codec's results across runs: label, settings, and its :func:`_identity`."""
+    parts: dict[str, Any] = {"label": codec.label, "settings": codec.settings, **identity}
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -279,7 +281,8 @@ def run(
     start = time.perf_counter()
     with cache_path.open("a") as cache_file:
         for ci, codec in enumerate(codecs, 1):
-            key = _fingerprint(codec)
+            identity = _identity(codec)
+            key = _fingerprint(codec, identity)
             warmed = False
             per_image: dict[str, list[dict[str, Any]]] = {}
             for ii, ((name, image), digest) in enumerate(zip(images, digests, strict=True), 1):
@@ -317,8 +320,7 @@ def run(
                 "ladder": list(codec.ladder),
                 "settings": _recorded_settings(codec.settings),
             }
-            if _is_jac(codec.name):
-                entry.update(model=_jac_model(codec), device=_jac_device(codec))
+            entry.update(identity)
             entry.update(per_image=per_image, average=average(per_image))
             results["codecs"][codec.name] = entry
     if published is None:
