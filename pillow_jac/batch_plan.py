@@ -12,13 +12,13 @@ from __future__ import annotations
 import os
 import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import IO
 
 from .conversion import PROG
 
-__all__ = ["ATTEMPTS", "batch_inputs", "plan", "Progress"]
+__all__ = ["ATTEMPTS", "batch_inputs", "plan", "Progress", "shown_name"]
 
 #: How often a batch tries a file whose worker process (or Ray worker) dies while converting it: a file that
 #: kills two workers (too large for memory, say) is reported as failed and the others go on.
@@ -164,6 +164,15 @@ def _case_sensitive(folder: Path) -> bool | None:
         return not os.path.exists(other)
     finally:
         os.unlink(name)
+
+
+def shown_name(folder: str | os.PathLike) -> Callable[[str | os.PathLike], str]:
+    """How a batch names a file of ``folder`` to the user: under the folder as it was typed (``photos/a.png``).
+
+    :func:`plan` gives the workers absolute paths; the progress lines and errors name files as the user did.
+    """
+    typed, absolute = Path(folder), os.path.abspath(folder)
+    return lambda src: str(typed / os.path.relpath(src, absolute))
 
 
 class Progress:

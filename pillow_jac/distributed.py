@@ -62,11 +62,10 @@ import time
 import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from . import container
-from .batch_plan import Progress, plan
+from .batch_plan import Progress, plan, shown_name
 from .constants import DEFAULT_EFFORT, DEFAULT_QUALITY, validate_effort, validate_quality
 from .conversion import convert_noting_warnings, one_line
 from .preview import preview_size
@@ -471,12 +470,7 @@ def _progress_function(
     if not progress:
         return lambda result: None
     bar = Progress(total, sys.stderr)
-    name = str
-    if isinstance(inputs, (str, os.PathLike)) and os.path.isdir(inputs):
-        typed, absolute = Path(inputs), os.path.abspath(inputs)
-
-        def name(src: str) -> str:
-            return str(typed / os.path.relpath(src, absolute))
+    name = shown_name(inputs) if isinstance(inputs, (str, os.PathLike)) and os.path.isdir(inputs) else str
 
     def report(result: FileResult) -> None:
         for note in result.warnings:

@@ -37,7 +37,7 @@ from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import IO, Any
 
-from .batch_plan import ATTEMPTS, Progress, plan
+from .batch_plan import ATTEMPTS, Progress, plan, shown_name
 from .constants import DEFAULT_EFFORT, DEFAULT_QUALITY
 from .conversion import ConversionError, convert_noting_warnings, one_line, show_warning
 
@@ -102,9 +102,9 @@ def run_batch(
     failed = 0
     extra = {"target_size": target_size, "target_psnr": target_psnr, "preview": preview}
     options = (to, quality, effort, device, extra)
-    typed, absolute = Path(in_dir), Path(os.path.abspath(in_dir))
+    shown = shown_name(in_dir)
     for src, result, notes in _run_jobs(jobs, options, force, workers):
-        name = str(typed / src.relative_to(absolute))  # as the user named the folder
+        name = shown(src)
         for note in notes:
             bar.warn(name, note)
         if isinstance(result, BaseException):
