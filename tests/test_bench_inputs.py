@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from pillow_jac.bench import rd
-from pillow_jac.bench.codecs import ImageInputError, list_images, load_rgb
+from pillow_jac.bench.codecs import ImageInputError, check_images, list_images, load_rgb
 
 
 def _rgb(height: int = 48, width: int = 64, seed: int = 0) -> np.ndarray:
@@ -145,3 +145,38 @@ def test_images_only_in_subfolders_are_an_error_that_says_so(tmp_path: Path, cap
     assert _rd(tmp_path, data) == 2
     err = capsys.readouterr().err
     assert "sub/a.png" in err and "not searched" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("kind", ["grey16-png", "rgb16-png", "rgb16-ppm", "float-tiff", "int32-tiff"])
+def test_check_images_names_every_wide_file_from_its_header(tmp_path: Path, kind: str):
+    path = _wide_images(tmp_path / "data")[kind]
+    good = tmp_path / "good.png"
+    Image.fromarray(_rgb()).save(good)
+    check_images([good])
+    with pytest.raises(ImageInputError, match="wider than 8 bits") as caught:
+        check_images([good, path])
+    assert str(path) in str(caught.value) and str(good) not in str(caught.value)
+
+
+def test_targets_speed_and_throughput_refuse_a_wide_image_before_any_work(tmp_path: Path, capsys):
+    from pillow_jac.bench import speed, targets, throughput
+
+    data = tmp_path / "data"
+    data.mkdir()
+    Image.fromarray(_rgb()).save(data / "a.png")  # a good image first: targets must not encode it first
+    wide = _wide_images(tmp_path / "wide")["grey16-png"]
+    (data / "b.png").write_bytes(wide.read_bytes())
+    out = tmp_path / "out"
+    runs = {
+        "targets": lambda: targets.main(["--data", str(data), "--out", str(out), "--sizes", "2k"]),
+        "speed": lambda: speed.main(
+            ["--image", str(wide), "--out", str(out), "--codecs", "jpeg420", "--no-compressai"]
+        ),
+        "throughput": lambda: throughput.main(["--image", str(wide), "--out", str(out), "--sizes", "64x48"]),
+    }
+    for name, run in runs.items():
+        assert run() == 2, name
+        err = capsys.readouterr().err
+        assert "wider than 8 bits" in err and "Traceback" not in err, (name, err)
+        assert "plain encode" not in err, name  # nothing was encoded before the refusal
+        assert not out.exists(), name

@@ -467,7 +467,7 @@ def load_rgb(path: str | Path) -> np.ndarray:
             if wide is not None:
                 raise ImageInputError(
                     f"{path}: {wide}: samples wider than 8 bits, which 8-bit RGB would clip; the benchmarks "
-                    "measure 8-bit images: convert it to 8 bits per sample (or leave it out of --data)"
+                    "measure 8-bit images: convert it to 8 bits per sample"
                 )
             if im.has_transparency_data:
                 alpha = im.convert("RGBA").getchannel("A")
@@ -483,6 +483,36 @@ def load_rgb(path: str | Path) -> np.ndarray:
         raise
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:  # unreadable or not an image
         raise ImageInputError(f"{path}: cannot be read as an image ({type(e).__name__}: {e})") from None
+
+
+def check_images(paths: Sequence[Path]) -> None:
+    """Refuse, before any work, every image :func:`load_rgb` would refuse by its header: one error names them all.
+
+    Only the header is read (no pixels), so a long run over a large folder does not stop at its tenth image
+    for a 16-bit file it could have named at the start.
+
+    Raises:
+        ImageInputError: a file is not an image Pillow reads, or has samples wider than 8 bits.
+    """
+    problems = []
+    for path in paths:
+        try:
+            with Image.open(path) as im:
+                wide = _wide_samples(im)
+            if wide is not None:
+                problems.append(f"{path}: {wide}: samples wider than 8 bits, which 8-bit RGB would clip")
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+            problems.append(f"{path}: cannot be read as an image ({type(e).__name__}: {e})")
+    if problems:
+        raise ImageInputError(
+            "\n".join(problems) + "\nthe benchmarks measure 8-bit images: convert these (or leave them out)"
+        )
+
+
+def input_error(prog: str, error: Exception) -> int:
+    """Print a benchmark's input error as the command's error, without a traceback; argparse's exit status 2."""
+    print(f"{prog}: error: {error}", file=sys.stderr, flush=True)
+    return 2
 
 
 def find_shared(relative: str) -> Path | None:

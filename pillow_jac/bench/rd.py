@@ -52,6 +52,7 @@ from .codecs import (
     ImageInputError,
     find_shared,
     get_codecs,
+    input_error,
     limit_argument,
     list_images,
     load_rgb,
@@ -410,7 +411,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         list_images(data, args.limit)  # a wrong --data is an error message, before torch is imported
     except FileNotFoundError as e:
-        return _error(parser, e)
+        return input_error(parser.prog, e)
     if args.threads:
         import torch
 
@@ -432,14 +433,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             max_bpp=args.max_bpp,
         )
     except ImageInputError as e:
-        return _error(parser, e)
+        return input_error(parser.prog, e)
     return 0
-
-
-def _error(parser: argparse.ArgumentParser, error: Exception) -> int:
-    """Print an input error as the command's error (no traceback); the exit status 2 of argparse's errors."""
-    print(f"{parser.prog}: error: {error}", file=sys.stderr, flush=True)
-    return 2
 
 
 if __name__ == "__main__":

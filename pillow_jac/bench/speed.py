@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 
 from ..constants import MAX_EFFORT
-from .codecs import ALL_CODECS, find_shared, get_codec, load_rgb
+from .codecs import ALL_CODECS, ImageInputError, check_images, find_shared, get_codec, input_error, load_rgb
 from .isolated import MIB, measure_in_subprocess
 from .metrics import portable_path
 
@@ -399,6 +399,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.max_mem is None:
         args.max_mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
     args.codecs = [c for c in args.codecs.split(",") if c]
+    try:
+        check_images([Path(args.image)])
+    except ImageInputError as e:
+        return input_error(parser.prog, e)
     args.out.mkdir(parents=True, exist_ok=True)
     import platform
 

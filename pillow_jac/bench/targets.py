@@ -36,7 +36,7 @@ from typing import Any
 
 from .. import codec, targets
 from ..constants import QUALITY_MAX
-from .codecs import limit_argument, list_images, load_rgb
+from .codecs import ImageInputError, check_images, input_error, limit_argument, list_images, load_rgb
 from .metrics import portable_path
 
 __all__ = ["main", "run", "summarise", "markdown", "DEFAULT_SIZES"]
@@ -58,7 +58,9 @@ def run(
 ) -> list[dict[str, Any]]:
     """One row per (image, target): what the search found and what it cost."""
     rows: list[dict[str, Any]] = []
-    for path in list_images(data, limit):
+    paths = list_images(data, limit)
+    check_images(paths)
+    for path in paths:
         rgb = load_rgb(path)
         codec.encode(rgb[:64, :64], PLAIN_QUALITY)  # the model loaded and warm before anything is timed
         start = time.perf_counter()
@@ -241,7 +243,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"not a folder: {args.data}")
     import torch
 
-    rows = run(args.data, args.sizes, args.psnr, args.limit, args.effort)
+    try:
+        rows = run(args.data, args.sizes, args.psnr, args.limit, args.effort)
+    except ImageInputError as e:
+        return input_error(parser.prog, e)
     shown = ["python -m pillow_jac.bench.targets", "--data", portable_path(args.data)]
     for flag, value in (("--limit", args.limit), ("--effort", args.effort or None)):
         if value is not None:

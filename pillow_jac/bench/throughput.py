@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 
 from .. import codec_batch, container
-from .codecs import find_shared, load_rgb
+from .codecs import ImageInputError, find_shared, input_error, load_rgb
 from .metrics import portable_path
 from .speed import tile_image
 
@@ -247,7 +247,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     device = resolve_device(args.device)
     batches = sorted(set(args.batch), key=lambda b: (b != 1, b))
     image = args.image or find_shared("data/kodak/kodim01.png")
-    source, source_name = (load_rgb(image), portable_path(image)) if image is not None else (_synthetic(), "synthetic")
+    try:
+        source = load_rgb(image) if image is not None else _synthetic()
+    except ImageInputError as e:
+        return input_error(parser.prog, e)
+    source_name = portable_path(image) if image is not None else "synthetic"
     shown = ["python -m pillow_jac.bench.throughput", "--device", str(device)]
     shown += ["--sizes", ",".join(f"{w}x{h}" for w, h in args.sizes), "--batch", ",".join(map(str, batches))]
     shown += ["--images", str(args.images), "--large-images", str(args.large_images)]
