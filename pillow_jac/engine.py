@@ -141,7 +141,10 @@ class Engine:
         def network(name: str) -> IntegerNetwork | None:
             if name not in templates:
                 return None
-            net = IntegerNetwork.from_tensors(tensors, name, templates[name])
+            try:
+                net = IntegerNetwork.from_tensors(tensors, name, templates[name])
+            except ValueError as exc:
+                raise WeightsError(f"weights file {path} is damaged: {exc}") from None
             for layer in net.layers:
                 layer.weight, layer.bias = layer.weight.to(device), layer.bias.to(device)
             return net
@@ -152,18 +155,14 @@ class Engine:
 
         y_tables = tables("y")
         #: the latent coder: integer latents <-> streams (:class:`~pillow_jac.latent_coding.LatentCoder`)
-        self.latents = latent_coding.LatentCoder(
-            network("h_s"),
-            network("context"),
-            network("entropy_parameters"),
-            tensors[SCALE_THRESHOLDS],
-            y_tables,
-            tables("z"),
-            self.config.M,
-            device,
-            self.config.entropy,
-            self._mixture_coder(tensors, y_tables) if self.config.entropy == "gmm" else None,
-        )
+        parts = (network("h_s"), network("context"), network("entropy_parameters"), tensors[SCALE_THRESHOLDS])
+        mixture = self._mixture_coder(tensors, y_tables) if self.config.entropy == "gmm" else None
+        try:
+            self.latents = latent_coding.LatentCoder(
+                *parts, y_tables, tables("z"), self.config.M, device, self.config.entropy, mixture
+            )
+        except ValueError as exc:
+            raise WeightsError(f"weights file {path} is damaged: {exc}") from None
 
     @staticmethod
     def _mixture_coder(tensors: dict[str, torch.Tensor], y_tables):

@@ -177,6 +177,11 @@ class LatentCoder:
         if context is not None:
             layer = context.layers[0]
             self.reach = h = layer.weight.shape[-1] // 2
+            causal = torch.zeros(layer.weight.shape[-2:], dtype=torch.bool)
+            for dr, dc in causal_taps(2 * h + 1):
+                causal[h + dr, h + dc] = True
+            if layer.weight.shape[-2] != 2 * h + 1 or bool((layer.weight[:, :, ~causal] != 0).any()):
+                raise ValueError("the context model's kernel is not a masked square window (CODING.md section 3)")
             taps = torch.stack([layer.weight[:, :, h + dr, h + dc] for dr, dc in causal_taps(2 * h + 1)], dim=0)
             # rows ordered tap-major, then input channel: matches a (n, taps, M) gather flattened
             self._context_matrix = taps.permute(0, 2, 1).reshape(-1, taps.shape[1]).contiguous().to(device)

@@ -377,3 +377,55 @@ def test_a_malformed_weights_header_is_not_a_generation(tmp_path: Path, monkeypa
         (tmp_path / f"{i}.safetensors").write_bytes(struct.pack("<Q", len(header)) + header)
     monkeypatch.setenv("JAC_MODELS", str(tmp_path))
     assert [g.model_id for g in generations.installed()] == [SHIPPED_ID]
+
+
+# -- a weights file's integer networks hold what CODING.md section 3 allows ----------------------------
+
+
+def _resealed(tmp_path: Path, folder: Path, change) -> Path:
+    tensors, metadata = weights.load_weights(folder / "tiny.safetensors")
+    tensors = dict(tensors)
+    change(tensors)
+    path = tmp_path / "changed.safetensors"
+    weights.save_weights(path, tensors, weights.seal(tensors, metadata))
+    return path
+
+
+def _unmask(tensors: dict) -> None:
+    kernel = tensors["int.context.0.weight"].clone()
+    kernel[:, :, 2, 2] = 1  # the centre tap: the decoder cannot know it, the encoder would use it
+    tensors["int.context.0.weight"] = kernel
+
+
+def _set(name: str, value: int, dtype: torch.dtype):
+    def change(tensors: dict) -> None:
+        t = tensors[name].to(dtype).clone()
+        t.view(-1)[0] = value
+        tensors[name] = t
+
+    return change
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (_unmask, "not a masked square window"),
+        (_set("int.h_s.0.shift", 0, torch.int8), "shift lies outside 1..24"),
+        (_set("int.h_s.0.shift", 25, torch.int8), "shift lies outside 1..24"),
+        (_set("int.entropy_parameters.0.weight", 40000, torch.int32), "weight lies outside"),
+        (_set("int.context.0.bias", 2**60, torch.int64), "could reach 2"),
+        (lambda t: t.pop("int.h_s.1.bias"), "lacks the tensor"),
+    ],
+    ids=["unmasked-context", "shift-0", "shift-25", "weight-16-bits", "bias-too-large", "missing-tensor"],
+)
+def test_integer_networks_outside_the_spec_are_refused_when_loaded(tmp_path, tiny_generation, change, message):
+    path = _resealed(tmp_path, tiny_generation, change)
+    with pytest.raises(weights.WeightsError, match=message):
+        engine.get_engine("cpu", path)
+
+
+def test_the_shipped_and_variant_weights_pass_the_value_checks(tiny_generation):
+    files = [generations.package_weights_dir() / generations.DEFAULT_WEIGHTS_NAME, tiny_generation / "tiny.safetensors"]
+    files += sorted((VECTORS / "variants").glob("*/weights.safetensors"))
+    for path in files:
+        assert engine.get_engine("cpu", path).latents is not None, path

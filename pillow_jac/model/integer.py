@@ -72,6 +72,26 @@ class IntegerLayer:
         """Number of output channels."""
         return self.weight.shape[1] if self.kind == "deconv" else self.weight.shape[0]
 
+    def problem(self) -> str | None:
+        """What breaks CODING.md section 3's rules for a stored layer, or None."""
+        if self.weight.dim() != 4:
+            return f"the weight must have 4 dimensions, not {self.weight.dim()}"
+        out = self.out_channels
+        if tuple(self.bias.shape) != (out,) or tuple(self.shift.shape) != (out,):
+            return f"bias and shift must hold one value per output channel ({out})"
+        for label, values in (("weight", self.weight), ("bias", self.bias)):
+            if not bool(torch.isfinite(values).all()) or not bool((values == torch.floor(values)).all()):
+                return f"the {label} holds values that are not integers"
+        if bool((self.weight.abs() > 2**WEIGHT_BITS - 1).any()):
+            return f"a weight lies outside +-{2**WEIGHT_BITS - 1}"
+        if bool(((self.shift < 1) | (self.shift > _MAX_SHIFT)).any()):
+            return f"a shift lies outside 1..{_MAX_SHIFT}"
+        fan_in = (self.weight.shape[0] if self.kind == "deconv" else self.weight.shape[1]) * self.weight[0, 0].numel()
+        largest = fan_in * (2**WEIGHT_BITS - 1) * _LIMIT + (float(self.bias.abs().max()) if self.bias.numel() else 0.0)
+        if largest >= 2.0**53:
+            return "its sums could reach 2**53, where float64 arithmetic stops being exact"
+        return None
+
     def _rounding(self, acc: torch.Tensor, channel_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
         """``2**(s_c - 1)`` and ``2**-s_c`` shaped to broadcast over ``acc`` (cached per layout)."""
         key = (acc.dim(), channel_dim, acc.device)
@@ -147,18 +167,29 @@ class IntegerNetwork:
 
     @classmethod
     def from_tensors(cls, tensors: dict[str, torch.Tensor], name: str, template: list[dict]) -> IntegerNetwork:
-        """Rebuild a network from ``int.<name>.<i>.*`` tensors and the per-layer ``template``."""
+        """Rebuild a network from ``int.<name>.<i>.*`` tensors and the per-layer ``template``.
+
+        Raises:
+            ValueError: a tensor is missing, or holds values CODING.md section 3 does not allow (weights
+                outside ``+-(2**15 - 1)``, shifts outside 1-24, non-integers, one shift or bias per output
+                channel not given).
+        """
         layers = []
         for i, spec in enumerate(template):
             p = f"int.{name}.{i}"
-            layers.append(
-                IntegerLayer(
-                    weight=tensors[f"{p}.weight"].double(),
-                    bias=tensors[f"{p}.bias"].double(),
-                    shift=tensors[f"{p}.shift"].long(),
-                    **spec,
-                )
+            missing = [f"{p}.{t}" for t in ("weight", "bias", "shift") if f"{p}.{t}" not in tensors]
+            if missing:
+                raise ValueError(f"the integer network {name!r} lacks the tensor(s) {', '.join(missing)}")
+            layer = IntegerLayer(
+                weight=tensors[f"{p}.weight"].double(),
+                bias=tensors[f"{p}.bias"].double(),
+                shift=tensors[f"{p}.shift"].long(),
+                **spec,
             )
+            problem = layer.problem()
+            if problem is not None:
+                raise ValueError(f"{p}: {problem}")
+            layers.append(layer)
         return cls(layers)
 
     def template(self) -> list[dict]:
