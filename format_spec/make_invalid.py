@@ -4,7 +4,8 @@
 vector with one rule broken, its container otherwise valid (lengths and CRCs recomputed), so that only a
 decoder that applies the rule rejects it. ``invalid.json`` names, for each, the vector it comes from, the
 rule, and the error the reference implementation raises (informative: only rejection is normative).
-``format_spec/conformance.py`` checks that every one is rejected. The files never change once written.
+``format_spec/conformance.py`` checks that every one is rejected. The files never change once written:
+the script adds the vectors it lacks, and refuses to run when it would make an existing one differently.
 """
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import shutil
 import sys
+import tempfile
 import zlib
 from collections.abc import Callable
 from pathlib import Path
@@ -47,6 +50,46 @@ def _latent_out_of_range(jac) -> bytes:
     return _with(jac, z=z_stream, y=y_stream)
 
 
+def _z_latent_out_of_range(jac) -> bytes:
+    """One latent of ``z`` coded as 5000 (the y stream coded with the hyperprior of that z)."""
+    from pillow_jac import codec, generations
+    from pillow_jac.engine import get_engine
+
+    z_hat, y_hat = codec.decode_symbols(jac)
+    z_hat = z_hat.copy()
+    z_hat[0, 0, 0] = 5000
+    engine = get_engine("cpu", generations.find(jac.header.model_id, jac.header.weights_hash).path)
+    z_stream, y_stream = engine.latents.encode(z_hat, y_hat)
+    return _with(jac, z=z_stream, y=y_stream)
+
+
+#: a 2048x1024 image (8192 latent positions): large enough for the bounds of CODING 2.4 to bite
+_LARGE = (2048, 1024)
+
+
+def _large(jac, cut: int) -> bytes:
+    """A 2048x1024 file of all-zero latents whose YSTR is cut to its first ``cut`` bytes."""
+    import numpy as np
+
+    from pillow_jac import generations
+    from pillow_jac.container.structure import latent_shapes
+    from pillow_jac.engine import get_engine
+
+    engine = get_engine("cpu", generations.find(jac.header.model_id, jac.header.weights_hash).path)
+    width, height = _LARGE
+    y_shape, z_shape = latent_shapes(width, height)
+    z_hat = np.zeros((engine.config.N, *z_shape), np.int64)
+    y_hat = np.zeros((engine.config.M, *y_shape), np.int64)
+    z_stream, y_stream = engine.latents.encode(z_hat, y_hat)
+    header = dataclasses.replace(jac.header, width=width, height=height, y_shape=y_shape, z_shape=z_shape)
+    return _with(dataclasses.replace(jac, header=header), z=z_stream, y=y_stream[:cut])
+
+
+def _alpha_plane_short(jac) -> bytes:
+    """The alpha plane one byte short of width x height, as one complete zlib stream."""
+    return _with(jac, alpha=zlib.compress(zlib.decompress(jac.alpha)[:-1], 9))
+
+
 def _preset_dictionary(jac) -> bytes:
     """The alpha plane as a zlib stream that sets FDICT (a preset dictionary)."""
     plane = zlib.decompress(jac.alpha)
@@ -72,6 +115,29 @@ CASES: dict[str, tuple[str, str, str, Callable]] = {
     "y-latent-out-of-range": (
         "rgb-130x70-q7.jac", "CODING 1.4: decoded latents lie in -4095..4095", "EntropyCodingError",
         _latent_out_of_range,
+    ),
+    "ystr-invalid-data": (
+        "rgb-130x70-q7.jac", "CODING 2.4: the point lies outside every symbol's interval (invalid data)",
+        "EntropyCodingError",
+        lambda jac: _with(jac, y=b"\xff" * 8 + jac.y_stream[8:]),
+    ),
+    "ystr-too-short": (
+        "rgb-130x70-q7.jac", "CODING 2.4: a stream shorter than its symbols' length bound (2048x1024, 4 bytes)",
+        "EntropyCodingError",
+        lambda jac: _large(jac, 4),
+    ),
+    "ystr-runs-out": (
+        "rgb-130x70-q7.jac", "CODING 2.4: the data runs out with more symbols to decode (2048x1024, 8 bytes)",
+        "EntropyCodingError",
+        lambda jac: _large(jac, 8),
+    ),
+    "z-latent-out-of-range": (
+        "rgb-130x70-q7.jac", "CODING 1.4: decoded latents lie in -4095..4095 (z)", "EntropyCodingError",
+        _z_latent_out_of_range,
+    ),
+    "alph-plane-short": (
+        "la-20x33-q2.jac", "SPEC 8.2 rule 12: the alpha plane is width x height bytes", "JacDataError",
+        _alpha_plane_short,
     ),
     "alph-trailing-byte": (
         "la-20x33-q2.jac", "SPEC 5.1: nothing follows the zlib stream", "JacDataError",
@@ -105,11 +171,20 @@ def make(out: Path = OUT) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Write the invalid vectors once; refuse to overwrite them."""
-    if (OUT / "invalid.json").exists():
-        print(f"{OUT} exists: the invalid vectors never change", file=sys.stderr)
-        return 1
-    print(f"wrote {len(make())} invalid vectors to {OUT}")
+    """Add the invalid vectors ``OUT`` lacks; refuse when an existing one would be made differently."""
+    existing = json.loads((OUT / "invalid.json").read_text()) if (OUT / "invalid.json").exists() else {}
+    with tempfile.TemporaryDirectory() as tmp:
+        table = make(Path(tmp))
+        differ = [n for n, e in existing.items() if table.get(n, {}).get("file_sha256") != e["file_sha256"]]
+        if differ:
+            print(f"{OUT}: this script would change {', '.join(differ)}; invalid vectors never change", file=sys.stderr)
+            return 1
+        added = [name for name in table if name not in existing]
+        OUT.mkdir(parents=True, exist_ok=True)
+        for name in added:
+            shutil.copyfile(Path(tmp) / table[name]["file"], OUT / table[name]["file"])
+    (OUT / "invalid.json").write_text(json.dumps(table, indent=2) + "\n")
+    print(f"added {len(added)} invalid vector(s) to {OUT}: {', '.join(added) or 'none'}")
     return 0
 
 
