@@ -13,11 +13,15 @@ with :class:`~pillow_jac.container.JacDataError` (:class:`~pillow_jac.container.
 file cut short): an ``OSError``, as Pillow's "broken" and "image file is truncated", and a ``ValueError``
 like every :class:`~pillow_jac.container.JacFormatError`. A stream that does not decode fails on ``load()``
 with :class:`~pillow_jac.entropy_coding.EntropyCodingError`, also both.
-``ImageFile.LOAD_TRUNCATED_IMAGES`` drops a damaged ancillary chunk (metadata or preview, with a warning;
-Pillow's PNG reader then stops checking those CRCs) and changes nothing else: the latents are one range-coded stream in
-which every symbol's probabilities depend on the symbols before it, and the synthesis network spreads
-each latent over many pixels, so the bytes before the cut give no usable part of the image (a
-truncated PNG or JPEG still has its first rows).
+``ImageFile.LOAD_TRUNCATED_IMAGES`` drops a damaged ancillary chunk (metadata or preview; Pillow's PNG
+reader then stops checking those CRCs) and forgives a damaged end: a file cut before or inside its
+12-byte ``JEND`` chunk once every chunk the pixels need is whole, or bytes after ``JEND`` (SPEC.md
+section 8.3), each with a warning that names the file and points at the caller's line. It changes
+nothing else: the latents are one range-coded stream in which every symbol's probabilities depend on
+the symbols before it, and the synthesis network spreads each latent over many pixels, so the bytes
+before a cut in them give no usable part of the image (a truncated PNG or JPEG still has its first rows).
+An opened image holds the file's chunks in memory until it is loaded or closed, as Pillow's WebP plugin
+holds a WebP file.
 
 Save options (``im.save(fp, "JAC", **options)``):
 
@@ -77,8 +81,11 @@ Example:
 
 from __future__ import annotations
 
+import os
 import struct
+import sys
 import warnings
+from collections.abc import Callable
 from typing import IO, TYPE_CHECKING, Any
 
 from PIL import Image, ImageFile
@@ -130,22 +137,57 @@ _accept = container.accept
 # --------------------------------------------------------------------------- container access
 
 
-def _skipped_damaged(ctype: bytes) -> None:
-    name = ctype.decode("ascii").rstrip()
-    warnings.warn(f"JAC: skipped the damaged ancillary chunk {name!r} (CRC mismatch)", stacklevel=2)
+#: the folders of pillow_jac and Pillow, whose frames a warning about a file is not attributed to
+_LIBRARY_DIRS = tuple(os.path.dirname(path) + os.sep for path in (__file__, Image.__file__))
+
+
+def _warn(message: str) -> None:
+    """Warn about a file, attributed to the first caller outside pillow_jac and Pillow (the user's line)."""
+    if sys.version_info >= (3, 12):
+        warnings.warn(message, stacklevel=2, skip_file_prefixes=_LIBRARY_DIRS)
+        return
+    frame, level = sys._getframe(1), 2  # _warn's caller is stacklevel 2
+    while frame.f_back is not None and frame.f_code.co_filename.startswith(_LIBRARY_DIRS):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, stacklevel=level)
+
+
+def _file_name(fp: IO[bytes]) -> str | None:
+    """The name of the file ``fp`` reads, when it has one (a path, a zip member, ...)."""
+    name = getattr(fp, "name", None)
+    if isinstance(name, bytes):
+        name = os.fsdecode(name)
+    return name if isinstance(name, str) and name else None
+
+
+def _damaged_warning(name: str | None) -> Callable[[bytes], None]:
+    """The ``on_damaged`` callback of a recovering read (SPEC.md section 8.3): a warning naming the file."""
+    where = f"JAC file {name!r}" if name else "JAC"
+
+    def on_damaged(ctype: bytes) -> None:
+        if ctype == container.C.CHUNK_JEND:
+            _warn(
+                f"{where}: read without its damaged end (the file is cut short before or inside its JEND "
+                "chunk, or has bytes after JEND)"
+            )
+        else:
+            _warn(f"{where}: skipped the damaged ancillary chunk {ctype.decode('ascii').rstrip()!r} (CRC mismatch)")
+
+    return on_damaged
 
 
 def _read_container(
-    fp: IO[bytes], header: container.JacHeader | None = None, keep_unknown: bool = True
+    fp: IO[bytes], header: container.JacHeader | None = None, keep_unknown: bool = True, name: str | None = None
 ) -> container.JacFile:
     """Read a whole ``.jac`` file (after ``header`` when given), turning stray low-level errors into ``OSError``.
 
     :class:`container.JacFormatError` passes through unchanged: :class:`container.JacDataError` (an
     ``OSError`` and a ``ValueError``) for a damaged file, :class:`container.NotJacFileError` for a wrong
-    signature. Unknown ancillary chunks are kept unless ``keep_unknown`` is False.
+    signature. Unknown ancillary chunks are kept unless ``keep_unknown`` is False. ``name`` (else
+    ``fp.name``) names the file in warnings.
     """
-    # With LOAD_TRUNCATED_IMAGES a damaged ancillary chunk is dropped (SPEC.md section 8.3)
-    on_damaged = _skipped_damaged if ImageFile.LOAD_TRUNCATED_IMAGES else None
+    # With LOAD_TRUNCATED_IMAGES a damaged ancillary chunk is dropped, and a damaged end forgiven (SPEC.md 8.3)
+    on_damaged = _damaged_warning(name or _file_name(fp)) if ImageFile.LOAD_TRUNCATED_IMAGES else None
     try:
         return container.read_file(fp, header, keep_unknown=keep_unknown, on_damaged=on_damaged)
     except (EOFError, struct.error, IndexError, TypeError, UnicodeDecodeError) as e:
@@ -203,7 +245,8 @@ class JacImageFile(ImageFile.ImageFile):
             raise Image.DecompressionBombError(msg)
 
         # The metadata chunks come after JHDR: read the rest of the container (bytes only, no torch).
-        jac = _read_container(self.fp, header, keep_unknown=False)
+        filename = os.fsdecode(self.filename) if self.filename else None
+        jac = _read_container(self.fp, header, keep_unknown=False, name=filename)
         self._jac = jac
         self._size = size
         self._mode = header.layout
@@ -221,7 +264,8 @@ class JacImageFile(ImageFile.ImageFile):
         ``thumbnail(size)`` calls this with ``size`` times its ``reducing_gap`` (2 by default), so a 512-pixel
         preview serves ``thumbnail((256, 256))``. The preview (SPEC.md section 5.4) is decoded here, by
         Pillow, and converted to the file's mode; ``mode`` is ignored. A preview that is missing, not
-        smaller than the image, of another aspect ratio, too small, or that does not decode is not used.
+        smaller than the image, of another aspect ratio, too small, or that does not decode is not used;
+        nor is one without alpha for an image with alpha, unless the image's alpha is all 255.
 
         Returns:
             ``(mode, box)``, ``box`` being the whole image in the preview's pixels, when the preview

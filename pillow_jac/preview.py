@@ -32,7 +32,11 @@ PREVIEW_MAX_SIZE = 4096
 
 
 def preview_for(jac: container.JacFile, mode: str, size: tuple[int, int]) -> Image.Image | None:
-    """The decoded preview of ``jac`` in ``mode`` if it can stand for the image reduced to fit in ``size``."""
+    """The decoded preview of ``jac`` in ``mode`` if it can stand for the image reduced to fit in ``size``.
+
+    For a mode with alpha, a preview without alpha (JPEG, or a WebP without an alpha plane) stands for
+    the image only when the image's own alpha is 255 everywhere: converting it would make it opaque.
+    """
     unpacked = container.unpack_preview(jac.preview)
     if unpacked is None:
         return None
@@ -59,10 +63,27 @@ def preview_for(jac: container.JacFile, mode: str, size: tuple[int, int]) -> Ima
         with plugin(io.BytesIO(data)) as im:
             if im.size != (width, height):
                 return None
+            if "A" in mode and "A" not in im.mode and not _opaque(jac):
+                return None  # a preview without alpha (JPEG, lossy WebP) stands only for an opaque image
             im.load()
             return im.convert(mode) if im.mode != mode else im.copy()
     except (OSError, ValueError, SyntaxError, EOFError, struct.error, Image.DecompressionBombError):
         return None
+
+
+def _opaque(jac: container.JacFile) -> bool:
+    """Whether the alpha plane of ``jac`` (zlib, lossless: no neural decoder) is 255 everywhere.
+
+    The reference writer's WebP preview of an image whose alpha is all 255 has no alpha (libwebp
+    drops an opaque alpha plane), and stands for it exactly; another preview without alpha does not.
+    """
+    if jac.alpha is None:
+        return False
+    try:
+        plane = container.decompress_alpha(jac.alpha_method, jac.alpha, *jac.size)
+    except (container.JacDataError, MemoryError):
+        return False  # decoding the image reports it
+    return plane.count(255) == len(plane)
 
 
 def _webp_size(data: bytes) -> tuple[int, int] | None:

@@ -768,3 +768,46 @@ def test_recovery_skips_only_a_damaged_ancillary_chunk(data):
             whole.z_stream,
             whole.y_stream,
         )
+
+
+@pytest.mark.parametrize("layout", ["RGB", "LA"])
+def test_recovery_forgives_only_a_damaged_end(layout):
+    """SPEC.md 8.3: asked to recover, the reader takes a file cut before or inside its JEND chunk once every chunk
+    the pixels need is whole, and ignores bytes after JEND, reporting b"JEND"; any other cut is rejected, and
+    without the request so is each of these."""
+    data = serialize(make(layout, width=5, height=3, metadata=True))
+    whole = parse(data)
+
+    def read_stream(d, **kw):
+        return read_file(Stream(d, piece=5), **kw)
+
+    damaged_ends = [data[:-n] for n in range(1, 13)] + [data + b"\0", data + data[-12:], data + b"junk" * 300]
+    for damaged_end in damaged_ends:
+        for reader in (parse, read_stream):
+            with pytest.raises(JacFormatError):
+                reader(damaged_end)
+            damaged: list[bytes] = []
+            assert reader(damaged_end, on_damaged=damaged.append) == whole
+            assert damaged == [b"JEND"]
+    for n in range(13, len(data) - HEADER_BYTES + 1):  # a cut in the chunks the pixels need, or before them
+        for reader in (parse, read_stream):
+            with pytest.raises(JacFormatError, match="truncated JAC file"):
+                reader(data[:-n], on_damaged=lambda ctype: pytest.fail(f"reported {ctype!r}"))
+
+
+def test_recovery_still_checks_the_chunks_at_the_end():
+    """A recovering reader checks JEND's CRC, whole or cut, and a cut ancillary chunk after the streams is no
+    damaged end: only a missing JEND (here with the chunk before it) is forgiven."""
+    recover = {"on_damaged": lambda ctype: None}
+    with pytest.raises(JacFormatError, match="CRC mismatch in chunk 'JEND'"):
+        parse(build(VALID_JHDR, Z, Y, chunk(b"JEND", crc=0)), **recover)
+    with pytest.raises(JacFormatError, match="truncated JAC file: CRC of chunk 'JEND'"):
+        parse(build(VALID_JHDR, Z, Y, chunk(b"JEND", crc=0))[:-1], **recover)
+    with pytest.raises(JacFormatError, match="'JEND' is 1 bytes but must be 0"):
+        parse(build(VALID_JHDR, Z, Y, chunk(b"JEND", b"x")), **recover)
+    extra = chunk(b"abcd", b"ancillary")
+    with pytest.raises(JacFormatError, match="truncated JAC file"):
+        parse(build(VALID_JHDR, Z, Y, extra[:-1]), **recover)
+    with pytest.raises(JacFormatError, match="truncated JAC file"):
+        parse(build(VALID_JHDR, Z, Y, extra[:5]), **recover)
+    assert parse(build(VALID_JHDR, Z, Y), **recover) == parse(build(VALID_JHDR, Z, Y, extra, END))

@@ -181,10 +181,13 @@ def test_invalid_file() -> None:
         Image.open(io.BytesIO(MAGIC[:5]))
 
 
-@pytest.mark.parametrize("load_truncated", [False, True])
-@pytest.mark.parametrize("cut", [8, 12, 30, 74, -40, -13, -1])
+@pytest.mark.parametrize(
+    ("cut", "load_truncated"),
+    [(cut, flag) for cut in (8, 12, 30, 74, -40, -13, -1) for flag in (False, True) if not (flag and cut == -1)],
+)
 def test_truncated_file(monkeypatch, rgb_jac: bytes, cut: int, load_truncated: bool) -> None:
-    """A file cut short is an OSError, as in Pillow's plugins, even with LOAD_TRUNCATED_IMAGES (see the module doc)."""
+    """A file cut short is an OSError, as in Pillow's plugins, even with LOAD_TRUNCATED_IMAGES (see the module doc)
+    unless only its JEND chunk is cut (-1, see the next test)."""
     from PIL import ImageFile
 
     monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", load_truncated)
@@ -223,6 +226,58 @@ def test_load_truncated_images_skips_a_damaged_preview_or_metadata_chunk(monkeyp
             if ctype != b"prvw":
                 continue
             assert np.array_equal(np.asarray(im), intact)
+
+
+def test_load_truncated_images_forgives_a_damaged_end(monkeypatch, rgb_jac: bytes) -> None:
+    """With LOAD_TRUNCATED_IMAGES a file cut inside or before its 12-byte JEND chunk, or with bytes after it, is
+    read (SPEC.md 8.3) with a warning; without it, and for a cut in YSTR (13 bytes off), it is refused."""
+    from PIL import ImageFile
+
+    with Image.open(io.BytesIO(rgb_jac)) as im:
+        intact = np.asarray(im)
+    for data in (rgb_jac[:-1], rgb_jac[:-12], rgb_jac + b"\0", rgb_jac + b"junk" * 100):
+        monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", False)
+        with pytest.raises(OSError, match="truncated JAC file|after the JEND"):
+            Image.open(io.BytesIO(data))
+        monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", True)
+        with pytest.warns(UserWarning, match="read without its damaged end"):
+            im = Image.open(io.BytesIO(data))
+        with im:
+            assert im.tile[0].args == container.parse(rgb_jac)  # what load() decodes
+            if len(data) == len(rgb_jac) - 1:
+                assert np.array_equal(np.asarray(im), intact)
+    with pytest.raises(OSError, match="truncated JAC file: CRC of chunk 'YSTR'"):
+        Image.open(io.BytesIO(rgb_jac[:-13]))
+
+
+def test_recovery_warnings_name_the_file_and_point_at_the_caller(monkeypatch, tmp_path: Path, rgb_jac: bytes) -> None:
+    """The warnings of a recovering read named no file, so the default filter showed one per process, and pointed
+    at pillow_jac's code: they now name the file (a path, or a file object's name) and point at the caller's line."""
+    from PIL import ImageFile
+
+    monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", True)
+    bad = bytearray(jac_bytes(hopper("RGB"), quality=2, xmp=b"<x/>"))
+    offset, _, length = next(c for c in _chunks(bytes(bad)) if c[1] == b"xmp ")
+    bad[offset + 8 + length] ^= 1  # the xmp chunk's CRC
+    paths = []
+    for name, data in (("a.jac", bytes(bad)), ("b.jac", bytes(bad)), ("c.jac", rgb_jac + b"\0")):
+        paths.append(tmp_path / name)
+        paths[-1].write_bytes(data)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")  # once per message and line: the loop's line
+        for path in [*paths, paths[0]]:
+            Image.open(path).close()
+        with open(paths[1], "rb") as fp:
+            Image.open(fp).close()  # a file object: its name
+    damaged_xmp = "skipped the damaged ancillary chunk 'xmp' (CRC mismatch)"
+    assert [str(w.message) for w in caught] == [
+        f"JAC file {str(paths[0])!r}: {damaged_xmp}",
+        f"JAC file {str(paths[1])!r}: {damaged_xmp}",
+        f"JAC file {str(paths[2])!r}: read without its damaged end (the file is cut short before or inside its "
+        "JEND chunk, or has bytes after JEND)",
+        f"JAC file {str(paths[1])!r}: {damaged_xmp}",
+    ]
+    assert {w.filename for w in caught} == {__file__}
 
 
 def _chunks(data: bytes) -> list[tuple[int, bytes, int]]:

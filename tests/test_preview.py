@@ -284,3 +284,27 @@ def test_thumbnail_warns_of_a_bomb_once(image: Image.Image, monkeypatch) -> None
         im.thumbnail((45, 38))
     assert im.size == (45, 38) and im._jac is None  # from the preview
     assert len([w for w in caught if issubclass(w.category, Image.DecompressionBombWarning)]) == 1
+
+
+@pytest.mark.parametrize("layout", ["RGBA", "LA"])
+@pytest.mark.parametrize("image_format", ["JPEG", "WEBP"])
+def test_a_preview_without_alpha_stands_only_for_an_opaque_image(layout: str, image_format: str) -> None:
+    """A preview without alpha (JPEG, or a WebP whose alpha libwebp dropped as opaque), converted to the file's
+    mode, made an opaque thumbnail of an image with alpha. It now serves only an image whose alpha (the ALPH
+    chunk, zlib: no torch) is 255 everywhere; any other is decoded. No neural coding here: draft() alone."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (48, 40), (200, 100, 50)).save(buffer, image_format, quality=60)
+    code = container.PREVIEW_JPEG if image_format == "JPEG" else container.PREVIEW_WEBP
+    preview = container.pack_preview(code, 48, 40, buffer.getvalue())
+    width, height = SIZE
+    for plane, used in ((bytes(range(width)) * height, False), (b"\xff" * (width * height), True)):
+        _, alpha = container.compress_alpha(plane, width, height)
+        jac = container.JacFile.create(
+            width=width, height=height, layout=layout, quality=2, model_id="demo", weights_hash=bytes(8),
+            z_stream=b"z", y_stream=b"y", alpha=alpha, preview=preview,
+        )  # fmt: skip
+        with Image.open(io.BytesIO(container.serialize(jac))) as im:
+            assert (im.draft(None, (48, 48)) is not None) == used
+            if used:
+                im.load()
+                assert im.mode == layout and im.size == (48, 40) and im.getextrema()[-1] == (255, 255)

@@ -24,6 +24,7 @@ from .structure import (
     JacHeader,
     JacTruncatedError,
     NotJacFileError,
+    _chunk,
     _crc,
     _header_problem,
     _is_critical,
@@ -31,6 +32,9 @@ from .structure import (
     _version_problem,
 )
 from .writing import serialize  # noqa: F401 - for the examples
+
+#: the JEND chunk, the same 12 bytes in every file: a recovering reader accepts a file cut inside it
+_JEND_CHUNK = _chunk(C.CHUNK_JEND, b"")
 
 # ---------------------------------------------------------------------------------------------
 # Reading
@@ -115,6 +119,18 @@ class _Reader:
             self.remaining -= n
         return crc
 
+    def read_upto(self, n: int) -> bytes:
+        """Up to ``n`` bytes: fewer only where the file ends."""
+        if self.remaining is not None:
+            return self.read(min(n, self.remaining), "")
+        buf = b""
+        while len(buf) < n:
+            piece = self.fp.read(n - len(buf))
+            if not piece:
+                break
+            buf += piece[: n - len(buf)]
+        return buf
+
     def at_end(self) -> bool:
         if self.remaining is not None:
             return self.remaining == 0
@@ -131,14 +147,18 @@ def _read_chunk(
     keep: frozenset[bytes] | None,
     at_eof: str,
     on_damaged: Callable[[bytes], None] | None = None,
+    head: bytes | None = None,
 ) -> tuple[bytes | None, bytes | None]:
     """One chunk's ``(type, data)``, its framing, length and CRC checked before its data is trusted.
 
     The data of a type not in ``keep`` (all types when ``keep`` is None) is read, CRC-checked and
     dropped: its ``data`` is None. An ancillary chunk whose CRC does not match is an error, unless
     ``on_damaged`` is given: it is then called with the type and the chunk is ``(None, None)``.
+    ``head`` is the chunk's length and type when they were read already.
     """
-    length, ctype = _CHUNK_HEAD.unpack(r.read(_CHUNK_HEAD.size, "chunk header", at_eof=at_eof))
+    if head is None:
+        head = r.read(_CHUNK_HEAD.size, "chunk header", at_eof=at_eof)
+    length, ctype = _CHUNK_HEAD.unpack(head)
     if _TYPE.fullmatch(ctype) is None:
         raise JacDataError(f"invalid chunk type {ctype!r}: not 4 ASCII letters (file corrupt?)")
     if length > C.MAX_CHUNK_BYTES:
@@ -286,8 +306,10 @@ def read_file(
             for tools that report them without keeping them.
         on_damaged: recover what can be recovered (SPEC.md section 8.3): an ancillary chunk (metadata,
             preview, unknown) whose CRC does not match is skipped as if absent, and this is called with
-            its type. Without it, such a chunk makes the file malformed. A critical chunk's CRC is
-            checked either way.
+            its type. The end of the file is forgiven too, and this is called with ``b"JEND"``: a file
+            that ends before or inside its JEND chunk (any first 0 to 11 of its 12 bytes) after
+            complete chunks, and bytes after JEND, which are ignored. Without it, each of these makes
+            the file malformed. A critical chunk is checked either way: its CRC, and that it is whole.
 
     Returns:
         The file content.
@@ -322,8 +344,24 @@ def read_file(
     at_eof = "truncated JAC file: no JEND chunk"
     found: dict[bytes, bytes] = {}
     unknown: list[tuple[bytes, bytes]] = []
+    damaged_end = False
     while True:
-        ctype, data = _read_chunk(r, expected_length, keep, at_eof, on_damaged)
+        head = None
+        if on_damaged is not None:  # recovering: the file may end before or inside JEND (SPEC.md 8.3)
+            head = r.read_upto(_CHUNK_HEAD.size)
+            jend = head == _JEND_CHUNK[: _CHUNK_HEAD.size]
+            if jend:
+                head += r.read_upto(_U32.size)  # JEND's CRC, the same in every file
+                if len(head) == len(_JEND_CHUNK):
+                    if head != _JEND_CHUNK:
+                        raise JacDataError("CRC mismatch in chunk 'JEND': the file is corrupt")
+                    break
+            if jend or len(head) < _CHUNK_HEAD.size:  # the file ends here
+                if head != _JEND_CHUNK[: len(head)] or not _has_streams(found, header):
+                    raise JacTruncatedError(_cut_message(head, at_eof))
+                damaged_end = True
+                break
+        ctype, data = _read_chunk(r, expected_length, keep, at_eof, on_damaged, head)
         if ctype is None:
             continue
         if ctype == CHUNK_PRVW:  # ancillary and ignorable (SPEC.md 5.4): a second one is skipped, not an error
@@ -341,8 +379,10 @@ def read_file(
                 unknown.append((ctype, data))
             if on_unknown is not None:
                 on_unknown(ctype)
-    if not r.at_end():
-        raise JacDataError("unexpected data after the JEND chunk")
+    if not damaged_end and not r.at_end():
+        if on_damaged is None:
+            raise JacDataError("unexpected data after the JEND chunk")
+        damaged_end = True  # recovering: the bytes after JEND are not read
     for ctype in (C.CHUNK_ZSTR, C.CHUNK_YSTR):
         if ctype not in found:
             raise JacDataError(f"missing {_type_name(ctype)} chunk")
@@ -359,6 +399,9 @@ def read_file(
             raise JacDataError(f"unknown alpha method {alpha_method} in chunk 'ALPH'")
     elif C.CHUNK_ALPH in found:
         raise JacDataError(f"chunk 'ALPH' is not allowed: layout {header.layout} has no alpha channel")
+    if damaged_end:
+        assert on_damaged is not None
+        on_damaged(C.CHUNK_JEND)
     return JacFile(
         header=header,
         z_stream=found[C.CHUNK_ZSTR],
@@ -371,6 +414,20 @@ def read_file(
         unknown_chunks=unknown,
         preview=found.get(CHUNK_PRVW),
     )
+
+
+def _has_streams(found: dict[bytes, bytes], header: JacHeader) -> bool:
+    """Whether every chunk the pixels need (ZSTR, YSTR, and ALPH for a layout with alpha) was read whole."""
+    return C.CHUNK_ZSTR in found and C.CHUNK_YSTR in found and (C.CHUNK_ALPH in found or not header.has_alpha)
+
+
+def _cut_message(head: bytes, at_eof: str) -> str:
+    """The error for a file that ends after ``head``, the first bytes of a chunk (none: at a chunk boundary)."""
+    if not head:
+        return at_eof
+    if len(head) < _CHUNK_HEAD.size:
+        return f"truncated JAC file: chunk header needs 8 bytes but the file ends after {len(head)}"
+    return f"truncated JAC file: CRC of chunk 'JEND' needs 4 bytes but the file ends after {len(head) - 8}"
 
 
 def parse(
