@@ -26,6 +26,7 @@ Example:
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -42,6 +43,9 @@ from .constants import (
     validate_effort,
 )
 
+if TYPE_CHECKING:
+    from PIL import Image
+
 _BATCH_API = ("encode_batch", "decode_batch")  # in pillow_jac/codec_batch.py, imported on first use (__getattr__)
 __all__ = ["encode", "decode", "encode_symbols", "decode_symbols", "CodecError", *_BATCH_API]
 
@@ -54,11 +58,18 @@ class CodecError(ValueError, OSError):
 
 
 def _as_array(image) -> tuple[np.ndarray, str]:
-    """A uint8 ``(H, W, C)`` array and its layout from an array or a PIL image."""
+    """A uint8 ``(H, W, C)`` array and its layout from an array or a PIL image.
+
+    Raises:
+        TypeError: ``image`` is no array-like (None, a number, a str, encoded ``bytes``, a dict...).
+        ValueError: an array (or a nested list) of another dtype or shape, or a PIL image of another mode.
+    """
     if hasattr(image, "mode") and hasattr(image, "getbands"):
         if image.mode not in LAYOUTS:
             raise ValueError(f"cannot encode mode {image.mode!r}: convert to RGB, RGBA, L or LA first")
         image = np.asarray(image)
+    elif not _array_like(image):
+        raise TypeError(f"expected a uint8 numpy array or a PIL image, got {type(image).__name__}")
     arr = np.asarray(image)
     if arr.dtype != np.uint8:
         raise ValueError(f"expected a uint8 array, got {arr.dtype}")
@@ -69,6 +80,44 @@ def _as_array(image) -> tuple[np.ndarray, str]:
     if arr.shape[0] < 1 or arr.shape[1] < 1:
         raise ValueError("the image is empty")
     return arr, LAYOUT_BY_CHANNELS[arr.shape[2]]
+
+
+def _array_like(image) -> bool:
+    """Whether numpy reads ``image`` as an array of numbers.
+
+    So it does an array or numpy scalar, an object with the array interface or the buffer protocol, and a (nested)
+    list or tuple; not ``str``, ``bytes`` or ``bytearray`` (an encoded file's bytes are no pixels), None or a plain
+    number.
+    """
+    if isinstance(image, (np.ndarray, np.generic, list, tuple)):
+        return True
+    if isinstance(image, (str, bytes, bytearray)):
+        return False
+    if any(hasattr(image, name) for name in ("__array__", "__array_interface__", "__array_struct__")):
+        return True
+    try:
+        memoryview(image)
+    except TypeError:
+        return False
+    return True
+
+
+def _metadata(icc_profile, exif, xmp) -> dict[str, bytes | None]:
+    """The ``icc_profile``, ``exif`` and ``xmp`` to store, by the rule of Pillow's save path.
+
+    :func:`pillow_jac.save_metadata.metadata_bytes`: bytes-like, ``exif`` also a :class:`PIL.Image.Exif`, ``xmp``
+    also a ``str``; a TypeError otherwise, a ValueError for more than a chunk holds.
+    """
+    from .save_metadata import metadata_bytes
+
+    given = {"icc_profile": icc_profile, "exif": exif, "xmp": xmp}
+    return {name: metadata_bytes(value, name) for name, value in given.items()}
+
+
+def _check_model(model) -> None:
+    """A ``model`` argument is a ``model_id`` (str) or None."""
+    if model is not None and not isinstance(model, str):
+        raise TypeError(f"model must be a model_id (str) or None, got {type(model).__name__}")
 
 
 def _color_planes(arr: np.ndarray, layout: str) -> np.ndarray:
@@ -115,8 +164,8 @@ def encode(
     quality: float | None = None,
     *,
     icc_profile: bytes | None = None,
-    exif: bytes | None = None,
-    xmp: bytes | None = None,
+    exif: bytes | Image.Exif | None = None,
+    xmp: bytes | str | None = None,
     effort: int | None = DEFAULT_EFFORT,
     device=None,
     weights=None,
@@ -125,7 +174,7 @@ def encode(
     target_psnr: float | None = None,
     preview: bool | int = False,
 ) -> bytes:
-    """Compress an image to ``.jac`` bytes.
+    r"""Compress an image to ``.jac`` bytes.
 
     Args:
         image: uint8 array ``(H, W)``, ``(H, W, 2)``, ``(H, W, 3)`` or ``(H, W, 4)``, or a PIL image
@@ -133,8 +182,11 @@ def encode(
         quality: 1 (smallest) to 8 (best); fractions interpolate. Stored to 1/256. Default
             :data:`~pillow_jac.constants.DEFAULT_QUALITY`; not allowed with a target.
         icc_profile: ICC profile bytes, stored in an ancillary chunk.
-        exif: EXIF bytes (as Pillow's ``im.info["exif"]``), stored in an ancillary chunk.
-        xmp: XMP packet bytes, stored in an ancillary chunk.
+        exif: EXIF bytes (as Pillow's ``im.info["exif"]``; a block starting with the TIFF header gains the
+            ``Exif\0\0`` prefix) or a :class:`PIL.Image.Exif`, stored in an ancillary chunk.
+        xmp: XMP packet bytes, or a ``str`` stored as UTF-8, in an ancillary chunk. For all three, ``b""`` or
+            None stores none; they are checked as ``Image.save`` checks them
+            (:func:`pillow_jac.save_metadata.metadata_bytes`), before any model work.
         effort: 0 (default, fastest) to 3: how hard the encoder searches for smaller files at the
             same quality (:mod:`pillow_jac.model.refine`); any effort decodes the same way. None: the default.
         device: torch device (default: ``JAC_DEVICE`` or cpu).
@@ -153,8 +205,10 @@ def encode(
         The complete file.
 
     Raises:
-        ValueError: a bad argument; ``quality`` together with a target, or both targets; a target that
-            even quality 1 (size) or 8 (PSNR) cannot meet.
+        TypeError: ``image`` is not an array or PIL image; ``icc_profile``, ``exif``, ``xmp`` or ``model`` of
+            another type than above.
+        ValueError: a bad argument (an array of another dtype or shape among them); ``quality`` together with a
+            target, or both targets; a target that even quality 1 (size) or 8 (PSNR) cannot meet.
     """
     arr, layout = _as_array(image)
     effort = DEFAULT_EFFORT if effort is None else effort
@@ -170,6 +224,8 @@ def encode(
     q16 = container.quality_to_u16(DEFAULT_QUALITY if quality is None else quality)  # validated here, once
     q = container.u16_to_quality(q16)
     effort = validate_effort(effort)
+    metadata = _metadata(icc_profile, exif, xmp)  # before the networks, as everything checked here
+    _check_model(model)
     height, width = arr.shape[:2]
     if max(height, width) > container.C.MAX_DIMENSION:
         raise ValueError(f"images are limited to {container.C.MAX_DIMENSION} pixels per side")
@@ -191,9 +247,7 @@ def encode(
         z_stream=z_stream,
         y_stream=y_stream,
         **_alpha_fields(arr, layout),
-        icc_profile=icc_profile,
-        exif=exif,
-        xmp=xmp,
+        **metadata,
         preview=preview_chunk,
     )
     return container.serialize(jac)
@@ -310,6 +364,7 @@ def _encoder_engine(device, weights, model):
     """The engine that encodes: the ``weights`` file, else the installed generation ``model``, else the newest."""
     from . import generations
 
+    _check_model(model)
     if weights is None:
         try:
             weights = generations.encoder(model).path

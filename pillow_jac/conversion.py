@@ -20,7 +20,7 @@ from typing import IO, Any
 
 from . import container
 from .constants import DEFAULT_EFFORT
-from .files import write_atomic
+from .files import check_target, write_atomic
 
 __all__ = [
     "STDIO",
@@ -125,16 +125,21 @@ def encode_file(
     target_size: int | None = None,
     target_psnr: float | None = None,
     preview: bool | int = False,
+    name_frames: bool = True,
 ) -> int:
     """Encode any image Pillow can read to ``dst`` (``.jac``); return the bytes written.
 
     ``target_size`` or ``target_psnr`` replace ``quality`` (:mod:`pillow_jac.targets`); ``preview`` (True, or
     its long side in pixels) also stores a preview (SPEC.md section 5.4). ``src`` or ``dst`` :data:`STDIO`
-    reads standard input or writes standard output.
+    reads standard input or writes standard output. Of an animated or multi-page input (GIF, APNG, TIFF...)
+    only the first frame is encoded, with a warning: ``SRC has N frames; only the first is encoded``
+    (``N frames; ...`` without ``name_frames``, for a batch that names the file itself).
 
     Raises:
         ConversionError: ``dst`` is ``src``, its name does not end in ``.jac`` and ``force`` is false, standard
             output is a terminal, or standard input holds no image Pillow reads.
+        OSError: ``dst`` cannot be written (a folder, a missing folder), found before reading ``src``
+            (:func:`pillow_jac.files.check_target`).
     """
     from PIL import Image
 
@@ -144,6 +149,8 @@ def encode_file(
     out = _stdout() if _is_stdio(dst) else None
     if out is None and dst.suffix.lower() != ".jac" and not force:
         raise ConversionError(f"{dst}: a JAC file's name should end in .jac (use --force to write it anyway)")
+    if out is None:
+        check_target(dst)
     try:
         im = Image.open(io.BytesIO(_read_stdin()) if _is_stdio(src) else src)
     except Image.UnidentifiedImageError as e:
@@ -151,6 +158,7 @@ def encode_file(
             raise
         raise ConversionError(f"{STDIO}: standard input is not an image Pillow can read") from e
     with im:
+        _warn_of_frames(im, src, name_frames)
         im.load()
         options: dict[str, Any] = {"quality": quality, "effort": effort, "device": device, "model": model}
         if target_size is not None or target_psnr is not None:
@@ -165,6 +173,20 @@ def encode_file(
     data = encoded.getvalue()
     _emit(dst, data, out)
     return len(data)
+
+
+def _warn_of_frames(im: Any, src: Path, name_it: bool) -> None:
+    """Warn that only the first frame of an animated or multi-page image is encoded.
+
+    Not for an MPO (a camera JPEG whose further images are its own previews or depth maps). Read before
+    ``load()``: counting the frames seeks through them.
+    """
+    if im.format == "MPO" or not getattr(im, "is_animated", False):
+        return
+    frames = im.n_frames  # Pillow seeks back to the first frame after counting
+    where = "standard input" if _is_stdio(src) else src
+    shown = f"{where} has {frames} frames" if name_it else f"{frames} frames"
+    warnings.warn(f"{shown}; only the first is encoded", stacklevel=3)
 
 
 def read_jac(path: Path, *, on_unknown: Any = None) -> tuple[container.JacFile, int]:
@@ -310,7 +332,7 @@ def convert_file(
     """
     Path(dst).parent.mkdir(parents=True, exist_ok=True)
     if to == "jac":
-        encode_file(Path(src), Path(dst), quality, effort=effort, device=device, **(extra or {}))
+        encode_file(Path(src), Path(dst), quality, effort=effort, device=device, name_frames=False, **(extra or {}))
     else:
         if not force:
             _check_not_an_original(Path(src), Path(dst))

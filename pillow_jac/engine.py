@@ -54,7 +54,8 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
         >>> str(resolve_device("cpu"))
         'cpu'
     """
-    choice = str(device) if device is not None else os.environ.get("JAC_DEVICE", "cpu")
+    # an empty (or blank) JAC_DEVICE is unset, as an empty JAC_WEIGHTS or JAC_MODELS is
+    choice = str(device) if device is not None else os.environ.get("JAC_DEVICE", "").strip() or "cpu"
     if choice == "auto":
         choice = "cuda" if torch.cuda.is_available() else "cpu"
     try:

@@ -36,7 +36,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["save", "write_atomic", "write_into", "file_position"]
+__all__ = ["save", "write_atomic", "check_target", "write_into", "file_position"]
 
 
 def write_atomic(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> None:
@@ -76,6 +76,31 @@ def write_atomic(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) ->
     except BaseException:
         _remove_temporary(tmp)
         raise
+
+
+def check_target(path: str | os.PathLike) -> None:
+    """Raise now what :func:`write_atomic` would raise at the end for a ``path`` it cannot replace; create nothing.
+
+    So a long encode is not run for nothing: a folder at ``path`` (:class:`IsADirectoryError`), a missing
+    folder to put it in (:class:`FileNotFoundError`), a parent that is a file (:class:`NotADirectoryError`), or
+    an existing file one may not write (:class:`PermissionError`); each names ``path``. What is written into
+    rather than replaced (a device, a pipe, ``/dev/stdout``) passes.
+    """
+    if _is_special(path):
+        return
+    target = Path(os.path.realpath(path)) if os.path.islink(path) else Path(path)
+
+    def error(code: int, kind: type[OSError]) -> OSError:
+        return kind(code, os.strerror(code), os.fsdecode(os.fspath(path)))
+
+    if os.path.isdir(target):
+        raise error(errno.EISDIR, IsADirectoryError)
+    parent = target.parent
+    if not os.path.isdir(parent):
+        if os.path.exists(parent):
+            raise error(errno.ENOTDIR, NotADirectoryError)
+        raise error(errno.ENOENT, FileNotFoundError)
+    _existing_mode(target)
 
 
 #: paths that name one of a process's open files, whatever it is (``/dev/stdout`` may be a regular file);
@@ -258,14 +283,22 @@ def save(image: Any, path: str | bytes | os.PathLike, **options: Any) -> None:
             ``device``).
 
     Raises:
+        TypeError: ``image`` is not a :class:`PIL.Image.Image`, or ``path`` is not a path.
         ValueError: bad options or an unsupported mode (the target is left as it was).
+        OSError: ``path`` cannot be written (:func:`check_target`: a folder, a missing folder; found before
+            encoding).
     """
+    from PIL import Image
+
     from . import JacImagePlugin
 
+    if not isinstance(image, Image.Image):
+        raise TypeError(f"pillow_jac.save expects a PIL.Image.Image, got {type(image).__name__}")
     path = os.fsdecode(os.fspath(path))  # a TypeError now (a file object, say), not after the encode; bytes work
     jac_format = JacImagePlugin.JacImageFile.format
     if str(options.pop("format", None) or jac_format).upper() != jac_format:
         raise ValueError(f"pillow_jac.save writes {jac_format} files; use Image.save for other formats")
+    check_target(path)
     encoded = io.BytesIO()  # Pillow's whole save (loading, save_all), before the temporary file exists
     image.save(encoded, format=jac_format, **options)
     write_atomic(path, lambda f: f.write(encoded.getvalue()))

@@ -1,7 +1,8 @@
 """The ICC profile, EXIF and XMP a saved image carries into its ``.jac`` file (SPEC.md section 5.2).
 
 What the save options give, else what the image holds (Pillow's own JPEG and WebP writers keep none of them
-by default; this plugin keeps them, as README.md's "Modes and metadata" says).
+by default; this plugin keeps them, as README.md's "Modes and metadata" says). :func:`metadata_bytes` is the
+one rule for the values given, on the Pillow save path and in :func:`pillow_jac.encode` alike.
 """
 
 from __future__ import annotations
@@ -11,7 +12,9 @@ from typing import Any
 
 from PIL import ExifTags, Image
 
-__all__ = ["metadata_to_store"]
+from .constants import MAX_CHUNK_BYTES
+
+__all__ = ["metadata_to_store", "metadata_bytes"]
 
 
 def metadata_to_store(im: Image.Image, options: dict[str, Any], mode: str) -> dict[str, bytes | None]:
@@ -25,10 +28,10 @@ def metadata_to_store(im: Image.Image, options: dict[str, Any], mode: str) -> di
     meta: dict[str, bytes | None] = {}
     for name in ("icc_profile", "exif", "xmp"):
         if name in options:
-            meta[name] = _metadata_bytes(options[name], name)
+            meta[name] = metadata_bytes(options[name], name)
         else:
             try:
-                meta[name] = _metadata_bytes(_image_exif(im) if name == "exif" else im.info.get(name), name)
+                meta[name] = metadata_bytes(_image_exif(im) if name == "exif" else im.info.get(name), name)
             except TypeError:
                 meta[name] = None
     if "icc_profile" not in options and not _profile_fits(meta["icc_profile"], mode):
@@ -52,7 +55,21 @@ def _profile_fits(profile: bytes | None, mode: str) -> bool:
     return profile[16:20] == (b"GRAY" if mode in ("L", "LA") else b"RGB ")
 
 
-def _metadata_bytes(value: Any, name: str) -> bytes | None:
+def metadata_bytes(value: Any, name: str) -> bytes | None:
+    r"""The bytes stored for the metadata option ``name`` (``icc_profile``, ``exif`` or ``xmp``) given ``value``.
+
+    Bytes-like values are taken as they are; ``exif`` may also be a :class:`PIL.Image.Exif`, and ``xmp`` a
+    ``str`` (stored as UTF-8). An EXIF block that starts with the TIFF header gains the ``Exif\0\0`` prefix
+    (SPEC.md section 5.2: writers include it). None and ``b""`` give None: nothing is stored.
+
+    Raises:
+        TypeError: any other type (a profile or an EXIF block is binary: text would be stored as garbage).
+        ValueError: more bytes than a chunk holds.
+
+    Example:
+        >>> metadata_bytes("<x/>", "xmp"), metadata_bytes(b"II*\x00", "exif"), metadata_bytes(b"", "icc_profile")
+        (b'<x/>', b'Exif\x00\x00II*\x00', None)
+    """
     if value is None:
         return None
     if isinstance(value, Image.Exif):
@@ -62,10 +79,17 @@ def _metadata_bytes(value: Any, name: str) -> bytes | None:
     if not isinstance(value, (bytes, bytearray, memoryview)):
         msg = f"{name} must be bytes, got {type(value).__name__}"
         raise TypeError(msg)
+    _check_chunk_size(memoryview(value).nbytes, name)  # before copying
     value = bytes(value)
     if name == "exif" and value[:4] in (b"II*\x00", b"MM\x00*"):
         value = b"Exif\x00\x00" + value  # SPEC.md section 5.2: writers include the prefix
+        _check_chunk_size(len(value), name)
     return value or None
+
+
+def _check_chunk_size(size: int, name: str) -> None:
+    if size > MAX_CHUNK_BYTES:
+        raise ValueError(f"{name} is {size} bytes, more than the chunk limit of {MAX_CHUNK_BYTES}")
 
 
 def _image_exif(im: Image.Image) -> Any:

@@ -221,7 +221,10 @@ def _next_inside(guess: float, lo: int | None, hi: int | None, tried: set[int], 
     high = Q16_MAX if hi is None else hi - 1
     if low > high:
         return None
-    k = min(high, max(low, math.floor(guess) if prefer_low else math.ceil(guess)))
+    if math.isnan(guess):
+        guess = (low + high) / 2
+    guess = min(high, max(low, guess))  # an infinite guess too (a target of 1e308 dB): the nearest end
+    k = math.floor(guess) if prefer_low else math.ceil(guess)
     for step in range(high - low + 1):
         for candidate in (k - step, k + step) if prefer_low else (k + step, k - step):
             if low <= candidate <= high and candidate not in tried:

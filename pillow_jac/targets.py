@@ -57,6 +57,7 @@ import re
 import time
 from dataclasses import dataclass
 from fractions import Fraction
+from typing import TYPE_CHECKING
 
 from . import codec, container
 from .constants import QUALITY_DENOMINATOR, QUALITY_MIN, validate_effort
@@ -72,6 +73,9 @@ from .target_search import (
     search_psnr,
     search_size,
 )
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 __all__ = [
     "TargetResult",
@@ -190,8 +194,8 @@ def encode_to_target(
     weights=None,
     model: str | None = None,
     icc_profile: bytes | None = None,
-    exif: bytes | None = None,
-    xmp: bytes | None = None,
+    exif: bytes | Image.Exif | None = None,
+    xmp: bytes | str | None = None,
     preview: bool | int = False,
 ) -> TargetResult:
     """Encode ``image`` at the quality that meets a size or a PSNR target (see the module doc).
@@ -205,8 +209,8 @@ def encode_to_target(
         weights: weights file.
         model: ``model_id`` of the installed generation to encode with.
         icc_profile: ICC profile to store.
-        exif: EXIF block to store.
-        xmp: XMP packet to store.
+        exif: EXIF block to store (bytes or a :class:`PIL.Image.Exif`).
+        xmp: XMP packet to store (bytes or a ``str``); all three as :func:`pillow_jac.codec.encode` takes them.
         preview: also store a preview (True, or its long side; SPEC.md section 5.4); its bytes count in
             ``target_size``.
 
@@ -214,6 +218,7 @@ def encode_to_target(
         The file and the search's cost.
 
     Raises:
+        TypeError: an argument of the wrong type, as :func:`pillow_jac.codec.encode` says.
         ValueError: both or neither target, a bad value, ``target_size`` below what quality 1 gives, or
             ``target_psnr`` above what quality 8 reaches.
     """
@@ -221,18 +226,20 @@ def encode_to_target(
     size_goal, psnr_goal = validate_targets(target_size, target_psnr)
     effort = validate_effort(effort)
     arr, layout = codec._as_array(image)
+    metadata = codec._metadata(icc_profile, exif, xmp)
+    codec._check_model(model)
     height, width = arr.shape[:2]
     if max(height, width) > container.C.MAX_DIMENSION:
         raise ValueError(f"images are limited to {container.C.MAX_DIMENSION} pixels per side")
-    engine = codec._encoder_engine(device, weights, model)
     preview_chunk = None
-    if preview:
+    if preview:  # before the model loads, as every argument checked here: a bad size is refused at once
         from .preview import make_preview
 
         preview_chunk = make_preview(arr, layout, preview)
+    engine = codec._encoder_engine(device, weights, model)
     fields = dict(
         width=width, height=height, layout=layout, model_id=engine.model_id, weights_hash=engine.weights_hash,
-        **codec._alpha_fields(arr, layout), icc_profile=icc_profile, exif=exif, xmp=xmp, preview=preview_chunk,
+        **codec._alpha_fields(arr, layout), **metadata, preview=preview_chunk,
     )  # fmt: skip
     if size_goal is not None:
         empty = container.JacFile.create(quality=QUALITY_MIN, z_stream=b"", y_stream=b"", **fields)

@@ -225,6 +225,34 @@ def test_failed_encode_keeps_existing_output(png: Path, tmp_path: Path, monkeypa
     assert out.read_bytes() == b"previous content"
 
 
+def test_unusable_output_fails_before_encoding(png: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    from pillow_jac import codec
+
+    def no_encode(*args, **kwargs):
+        raise AssertionError("encoded before the output path was checked")
+
+    monkeypatch.setattr(codec, "encode", no_encode)
+    (tmp_path / "folder.jac").mkdir()
+    assert main(["encode", str(png), str(tmp_path / "folder.jac")]) == 1
+    assert_one_line_error(capsys.readouterr().err, "folder.jac: Is a directory")
+    assert main(["encode", str(png), str(tmp_path / "missing" / "x.jac")]) == 1
+    assert_one_line_error(capsys.readouterr().err, "x.jac: No such file or directory")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["folder.jac", "in.png"]
+
+
+def test_only_the_first_frame_is_encoded_with_a_warning(tmp_path: Path, capsys) -> None:
+    frames = [Image.new("RGB", (8, 8), colour) for colour in ("red", "blue", "green")]
+    gif = tmp_path / "anim.gif"
+    frames[0].save(gif, save_all=True, append_images=frames[1:])
+    assert main(["encode", str(gif), str(tmp_path / "anim.jac"), "-q", "1"]) == 0
+    assert capsys.readouterr().err == f"jac: warning: {gif} has 3 frames; only the first is encoded\n"
+    with Image.open(tmp_path / "anim.jac") as im:
+        assert im.size == (8, 8)
+    frames[0].save(tmp_path / "one.gif")
+    assert main(["encode", str(tmp_path / "one.gif"), str(tmp_path / "one.jac"), "-q", "1"]) == 0
+    assert capsys.readouterr().err == ""
+
+
 @pytest.mark.skipif(os.name != "posix", reason="POSIX signals")
 @pytest.mark.parametrize("while_", ["encoding", "writing"])
 def test_sigterm_stops_like_ctrl_c(png: Path, tmp_path: Path, monkeypatch, capsys, while_: str) -> None:
@@ -595,6 +623,16 @@ def test_batch_reports_failures(fake_encode: list, photo_dir: Path, tmp_path: Pa
     assert any("broken.png" in line for line in err)
     assert err[-1] == "jac: error: 1 of 3 files failed"
     assert sorted(p.name for p in out.iterdir()) == ["a.jac", "b.jac"]  # the others were converted
+
+
+def test_batch_warns_of_frames(fake_encode: list, tmp_path: Path, capsys) -> None:
+    photos = tmp_path / "in"
+    photos.mkdir()
+    frames = [Image.new("RGB", (8, 8), colour) for colour in ("red", "blue")]
+    frames[0].save(photos / "anim.gif", save_all=True, append_images=frames[1:])
+    assert main(["batch", str(photos), str(tmp_path / "out"), "--to", "jac", "--quiet"]) == 0
+    warnings_shown = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+    assert warnings_shown == [f"jac: warning: {photos / 'anim.gif'}: 2 frames; only the first is encoded"]
 
 
 def test_batch_name_collision(photo_dir: Path, tmp_path: Path, capsys) -> None:

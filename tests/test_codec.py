@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import pytest
 
@@ -126,3 +128,74 @@ def test_decode_takes_a_path_and_junk_is_a_value_error(tmp_path):
         codec.decode(b"junk")
     with pytest.raises(TypeError, match="expected .jac bytes, a path or a parsed JacFile"):
         codec.decode(12)
+
+
+def _huge() -> memoryview:
+    """One byte more than a chunk holds, without allocating it."""
+    return memoryview(np.broadcast_to(np.uint8(0), (container.C.MAX_CHUNK_BYTES + 1,)))
+
+
+class _NoModel(Exception):
+    """Raised by a stand-in for the model: the arguments were not all checked before it."""
+
+
+@pytest.fixture
+def no_model(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise _NoModel
+
+    monkeypatch.setattr(codec, "_encoder_engine", refuse)
+
+
+@pytest.mark.parametrize(
+    ("options", "error", "message"),
+    [
+        ({"icc_profile": "text"}, TypeError, "icc_profile must be bytes, got str"),
+        ({"exif": 123}, TypeError, "exif must be bytes, got int"),
+        ({"xmp": 5}, TypeError, "xmp must be bytes, got int"),
+        ({"icc_profile": _huge()}, ValueError, "chunk limit"),
+        ({"model": 5}, TypeError, "model must be a model_id"),
+    ],
+)
+def test_metadata_and_model_are_checked_before_the_network(no_model, options, error, message):
+    with pytest.raises(error, match=message):
+        codec.encode(np.zeros((8, 8, 3), np.uint8), 1, effort=1, **options)
+
+
+def test_encode_takes_metadata_as_image_save_does():
+    """xmp as str (UTF-8), exif as PIL.Image.Exif or raw TIFF (gaining the Exif\\0\\0 prefix, SPEC.md 5.2)."""
+    from PIL import Image
+
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation
+    image = np.zeros((8, 8), np.uint8)
+    jac = container.parse(codec.encode(image, 1, xmp="<x>é</x>", exif=exif))
+    assert (jac.xmp, jac.exif) == ("<x>é</x>".encode(), exif.tobytes())
+    jac = container.parse(codec.encode(image, 1, exif=b"MM\x00*\x00\x00\x00\x08", icc_profile=bytearray(b"icc")))
+    assert (jac.exif, jac.icc_profile) == (b"Exif\x00\x00MM\x00*\x00\x00\x00\x08", b"icc")
+    im = Image.fromarray(image)  # the Pillow save path stores the same
+    out = io.BytesIO()
+    im.save(out, "JAC", quality=1, xmp="<x>é</x>", exif=exif)
+    assert out.getvalue() == codec.encode(image, 1, xmp="<x>é</x>", exif=exif)
+
+
+def test_non_arrays_are_type_errors_and_arrays_of_other_kinds_value_errors(no_model):
+    """What is no array-like is a TypeError; arrays of another dtype or shape (nested lists, a numpy scalar)
+    stay ValueErrors; buffers are arrays."""
+    for image in (None, "photo.png", b"\x89PNG\r\n", 3, {"pixels": 1}):
+        with pytest.raises(TypeError, match="expected a uint8 numpy array or a PIL image"):
+            codec.encode(image, 1)
+    with pytest.raises(ValueError, match="uint8"):
+        codec.encode([[1, 2], [3, 4]], 1)
+    with pytest.raises(ValueError, match="shape"):
+        codec.encode(np.uint8(3), 1)
+    with pytest.raises(_NoModel):  # taken: the model is next
+        codec.encode(memoryview(np.zeros((4, 4, 3), np.uint8)), 1)
+
+
+def test_a_blank_jac_device_counts_as_unset(monkeypatch):
+    from pillow_jac.engine import resolve_device
+
+    for blank in ("", "  "):
+        monkeypatch.setenv("JAC_DEVICE", blank)
+        assert str(resolve_device()) == "cpu"

@@ -214,3 +214,26 @@ def test_an_interruption_as_the_temporary_file_is_created_leaves_nothing(tmp_pat
     with pytest.raises(KeyboardInterrupt):
         write_atomic(tmp_path / "out.jac", lambda f: f.write(b"x"))
     assert os.listdir(tmp_path) == []
+
+
+def test_save_checks_the_path_and_image_before_encoding(tmp_path, monkeypatch):
+    """A folder, a missing folder or an image that is not a PIL image fail at once, leaving nothing behind."""
+    import numpy as np
+
+    from pillow_jac import codec
+
+    def no_encode(*args, **kwargs):
+        raise AssertionError("encoded before the output path was checked")
+
+    monkeypatch.setattr(codec, "encode", no_encode)
+    image = Image.new("RGB", (8, 8))
+    (tmp_path / "folder.jac").mkdir()
+    with pytest.raises(IsADirectoryError) as caught:
+        pillow_jac.save(image, tmp_path / "folder.jac", quality=1)
+    assert caught.value.filename == str(tmp_path / "folder.jac")
+    with pytest.raises(FileNotFoundError) as caught:
+        pillow_jac.save(image, tmp_path / "missing" / "x.jac", quality=1)
+    assert caught.value.filename == str(tmp_path / "missing" / "x.jac")
+    with pytest.raises(TypeError, match=r"expects a PIL\.Image\.Image, got ndarray"):
+        pillow_jac.save(np.zeros((8, 8, 3), np.uint8), tmp_path / "x.jac", quality=1)
+    assert sorted(os.listdir(tmp_path)) == ["folder.jac"] and not os.listdir(tmp_path / "folder.jac")

@@ -372,3 +372,41 @@ def test_pillow_save_takes_quality_none(rgb: np.ndarray) -> None:
     out = io.BytesIO()
     Image.fromarray(rgb).save(out, "JAC", quality=None)
     assert out.getvalue() == codec.encode(rgb)
+
+
+def test_a_huge_psnr_target_is_a_value_error_not_an_overflow() -> None:
+    """target_psnr=1e308 passes validation (finite); the secant then guesses an infinite quality, which
+    used to reach math.ceil and raise OverflowError."""
+    c = CurveCandidates(size=lambda q: 100 * q, psnr=lambda q: 20 + 2 * q)
+    with pytest.raises(ValueError, match="too high: quality 8 reaches 36.00 dB"):
+        target_search.search_psnr(c, 1e308)
+    assert target_search._next_inside(math.inf, None, None, set(), False) == 8 * 256
+    assert target_search._next_inside(-math.inf, None, None, set(), True) == 256
+    assert 256 <= target_search._next_inside(math.nan, None, None, set(), True) <= 8 * 256
+
+
+def test_target_arguments_are_checked_before_the_model_loads(monkeypatch) -> None:
+    """A bad preview, metadata or model with a target is refused before torch and the weights are touched."""
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was loaded before the arguments were checked")
+
+    monkeypatch.setattr(codec, "_encoder_engine", no_model)
+    tiny = np.zeros((8, 8, 3), np.uint8)
+    for options, error in [
+        ({"preview": 3}, ValueError),
+        ({"xmp": 5}, TypeError),
+        ({"icc_profile": "text"}, TypeError),
+        ({"exif": memoryview(np.broadcast_to(np.uint8(0), (container.C.MAX_CHUNK_BYTES + 1,)))}, ValueError),
+        ({"model": 5}, TypeError),
+    ]:
+        for target in ({"target_size": 600}, {"target_psnr": 30}):
+            with pytest.raises(error):
+                pillow_jac.encode(tiny, **target, **options)
+
+
+def test_targets_take_metadata_as_image_save_does(rgb: np.ndarray) -> None:
+    tiny = rgb[:8, :8]
+    result = targets.encode_to_target(tiny, target_size=2000, xmp="<x/>", exif=b"II*\x00\x08\x00\x00\x00")
+    jac = container.parse(result.data)
+    assert (jac.xmp, jac.exif) == (b"<x/>", b"Exif\x00\x00II*\x00\x08\x00\x00\x00")
