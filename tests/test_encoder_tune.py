@@ -150,3 +150,13 @@ def test_command_line_runs_validates_and_resumes(base, tmp_path, capsys):
     for k, v in tensors.items():
         if not k.startswith(("float.g_a.", "float.h_a.", "float.log_gain")):
             assert torch.equal(last[k], v), k
+    # a resume tunes the weights the run started from: other ones (here another encoder) are refused
+    other = tmp_path / "other.safetensors"
+    other.write_bytes((out / "last.safetensors").read_bytes())
+    changed = [*common, "--steps", "4", "--resume"]
+    changed[changed.index(str(base))] = str(other)
+    with pytest.raises(SystemExit, match="other weights"):
+        encoder_tune.main(changed)
+    assert torch.load(out / "checkpoint.pt", weights_only=False)["step"] == 3
+    with pytest.raises(SystemExit, match="--holdout 5 must be from 0 to 4"):
+        encoder_tune.main([*common, "--out", str(tmp_path / "run2"), "--holdout", "5"])

@@ -199,6 +199,22 @@ def test_a_loss_that_is_not_finite_keeps_the_last_finite_weights(image_folder, t
         assert torch.isfinite(value).all() and torch.equal(value, checkpoint["average"][name]), name
 
 
+def test_a_loss_that_is_not_finite_before_the_first_save_still_writes_the_report(image_folder, tmp_path, monkeypatch):
+    real_lambda = gpu_session.quality_lambda
+    monkeypatch.setattr(gpu_session, "quality_lambda", lambda q, lambdas: real_lambda(q, lambdas) * float("nan"))
+    out, pieces = tmp_path / "run", tmp_path / "pieces"
+    report = session(image_folder, out, "--pieces", str(pieces), "--steps", "3", "--save-every", "600")
+    assert (report["stop"], report["pieces"]) == ("nonfinite", [])
+    assert json.loads((pieces / gpu_session.REPORT).read_text())["stop"] == "nonfinite"
+
+
+@pytest.mark.parametrize("option", ["--log-every", "--batch"])
+def test_counts_below_one_are_refused(tmp_path, capsys, option):
+    with pytest.raises(SystemExit) as stop:
+        gpu_session.parse_args(["--dry-run", "--data", str(tmp_path), "--minutes", "1", option, "0"])
+    assert stop.value.code == 2 and "must be at least 1" in capsys.readouterr().err
+
+
 def test_the_documented_data_parts_fit_a_call_beside_the_tree():
     """Each data call carries the working tree plus one part, at most 64 MiB (docs/training_on_a_gpu.md): parts of
     28 MB left 0.8 MB once the tree had grown to 38.3 MB, and pack's default of 30 MB no longer fitted at all.

@@ -101,6 +101,9 @@ def test_training_changes_only_the_encoder_and_scores_real_files(base, tmp_path,
     train += ["--batch", "2", "--score-images", "2", "--margin", "-1"]
     with pytest.raises(ValueError, match="held-out"):  # scored on images the targets may hold
         search_distil.main([*train, "--holdout-seed", "1"])
+    other = tiny_weights(tmp_path / "other.safetensors", seed=6)
+    with pytest.raises(ValueError, match="made with other weights"):  # targets of another model's search
+        search_distil.main([*train[:2], str(other), *train[3:]])
     search_distil.main(train)
     rows = list(csv.DictReader(open(out / "distil.csv")))
     assert [r["step"] for r in rows] == ["0", "2", "4"]

@@ -80,7 +80,7 @@ def test_weight_average_follows_the_weights(image_folder, tmp_path):
     assert "average" not in torch.load(none / "checkpoint.pt", weights_only=False)
     # a checkpoint without an average (older runs) resumes with the average starting at its weights;
     # one step later the average is 0.9 * old + 0.1 * new
-    after = run(image_folder, none, "--steps", "2", "--ema", "0.9")
+    after = run(image_folder, none, "--steps", "2", "--ema", "0.9", "--allow-changed-options")
     for name in ("g_a.0.weight", "g_s.1.beta", "log_gain"):
         old, new = before[f"float.{name}"], after[f"float.{name}"]
         assert not torch.equal(old, new)
@@ -208,3 +208,105 @@ def test_prefetching_trains_the_same_steps_and_resumes_exactly(image_folder, tmp
     logs = [(tmp_path / d / "log.csv").read_text().splitlines()[1:] for d in ("plain", "fetched", "resumed")]
     figures = [[(row.split(",")[0], *row.split(",")[2:]) for row in log] for log in logs]
     assert len(figures[0]) == 4 and figures[0] == figures[1] == figures[2]
+
+
+def test_a_resume_with_other_run_options_is_refused(image_folder, tmp_path):
+    """--batch, --lr, --ema ... shape the run: a resume repeats them, or says it changes them."""
+    out = tmp_path / "run"
+    run(image_folder, out, "--steps", "1")
+    assert (out / "ema.safetensors").exists()
+    for changed in (["--batch", "4"], ["--lr", "3e-4"], ["--seed", "1"], ["--ema", "0"]):
+        with pytest.raises(SystemExit, match="trained with other options"):
+            run(image_folder, out, "--steps", "2", *changed)
+    run(image_folder, out, "--steps", "2", "--log-every", "2", "--save-every", "3")  # logging may change
+    # a run without a weight average leaves no average of another run beside its weights
+    run(image_folder, out, "--steps", "3", "--ema", "0", "--allow-changed-options")
+    assert not (out / "ema.safetensors").exists()
+    assert torch.load(out / "checkpoint.pt", weights_only=False)["options"]["ema"] == "0.0"
+
+
+def test_every_rank_resumes_from_its_own_states(image_folder, tmp_path):
+    """A DDP checkpoint holds each rank's crop sampler and RNG states; rank 1 resumes from rank 1's."""
+    from pillow_jac.training.data import CropSampler
+
+    samplers = [CropSampler.from_folder(image_folder, 64, seed=rank) for rank in range(2)]
+    for sampler in samplers:
+        sampler.batch_uint8(3)
+    ranks = [train.gather_rank_states(s, torch.device("cpu"), distributed=False)[0] for s in samplers]
+    model = JointAutoregressiveHierarchicalPrior(ModelConfig(N=8, M=12))
+    optimizer = torch.optim.Adam(model.parameters())
+    path = tmp_path / "checkpoint.pt"
+    train.save_checkpoint(path, model, optimizer, 5, samplers[0], model.config, None, {}, ranks)
+    ckpt = torch.load(path, weights_only=False)
+    for rank, sampler in enumerate(samplers):
+        state, rng = train.rank_state(ckpt, rank, 2, seed=0, step=5)
+        fresh = CropSampler.from_folder(image_folder, 64, seed=99)
+        fresh.set_state(state)
+        assert torch.equal(fresh.batch_uint8(2), sampler.batch_uint8(2)), rank
+        assert torch.equal(rng["torch"], ranks[rank]["rng"]["torch"])
+    # a checkpoint of another number of ranks still gives the ranks different crops
+    assert train.rank_state(ckpt, 1, 3, seed=0, step=5)[0] != train.rank_state(ckpt, 0, 3, seed=0, step=5)[0]
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (["--batch", "0"], "--batch must be at least 1"),
+        (["--log-every", "0"], "--log-every must be at least 1"),
+        (["--save-every", "0"], "--save-every must be at least 1"),
+        (["--crop", "100"], "--crop must be a positive multiple of"),
+        (["--ema", "1"], "--ema must be in"),
+        (["--ema", "-0.5"], "--ema must be in"),
+    ],
+)
+def test_train_options_are_checked_before_anything_runs(image_folder, tmp_path, capsys, options, message):
+    with pytest.raises(SystemExit) as stop:
+        train.parse_args(["--data", str(image_folder), "--out", str(tmp_path / "x"), *options])
+    assert stop.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
+def test_train_data_must_be_a_folder_of_training_images(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    kodak = tmp_path / "kodak"
+    kodak.mkdir()
+    Image.fromarray(natural_image(64, 64, seed=1)).save(kodak / "kodim01.png")
+    for data, message in (
+        (tmp_path / "missing", "is not a folder"),
+        (tmp_path / "empty", "no images in"),
+        (kodak, "evaluation set"),
+    ):
+        with pytest.raises(SystemExit) as stop:
+            train.parse_args(["--data", str(data)])
+        assert stop.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_periodic_evaluation_does_not_keep_its_engines(image_folder, tmp_path):
+    from pillow_jac import engine
+
+    torch.manual_seed(0)
+    model = JointAutoregressiveHierarchicalPrior(ModelConfig(N=8, M=12))
+    result = train.evaluate_real(model, sorted(image_folder.iterdir())[:1], tmp_path, step=1)
+    assert set(result) == {f"q{q}_{k}" for q in (1, 4, 8) for k in ("bpp", "psnr")}
+    path = str((tmp_path / "eval.safetensors").resolve())
+    assert not [key for key in engine._CACHE if key[0] == path]
+
+
+def test_pack_refuses_images_that_would_share_a_name(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    Image.fromarray(natural_image(600, 700, seed=1)).save(src / "x.png")  # downscaled: x.webp
+    Image.fromarray(natural_image(600, 700, seed=2)).save(src / "x.jpg")  # downscaled: x.webp too
+    with pytest.raises(ValueError, match=r"x.jpg and x.png -> x.webp"):
+        pack(src, tmp_path / "out", part_mb=1)
+    assert not (tmp_path / "out").exists()
+
+
+def test_16_bit_grey_training_images_keep_their_levels(tmp_path):
+    from pillow_jac.training.data import load_rgb
+
+    Image.fromarray(np.array([[0, 257 * 100, 65535]], dtype=np.uint16)).save(tmp_path / "grey16.png")
+    assert load_rgb(tmp_path / "grey16.png").tolist() == [[[0] * 3, [100] * 3, [255] * 3]]
+    Image.fromarray(np.ones((2, 2), np.float32)).save(tmp_path / "float.tiff")
+    with pytest.raises(ValueError, match="float.tiff: floating-point samples"):
+        load_rgb(tmp_path / "float.tiff")

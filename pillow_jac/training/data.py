@@ -29,10 +29,25 @@ def list_images(folder: str | Path) -> list[Path]:
 def load_rgb(path: Path, max_short_side: int | None = None) -> np.ndarray:
     """Decode ``path`` to an ``(H, W, 3)`` uint8 array, the short side at most ``max_short_side``.
 
-    Downscaling large photos removes sensor noise and JPEG artefacts.
+    Downscaling large photos removes sensor noise and JPEG artefacts. 16-bit grey samples (modes ``I;16``
+    and ``I`` within 0..65535) become ``round(v / 257)``; 16-bit colour, which Pillow reads as RGB, keeps
+    each sample's high byte (within one level of that). Other samples wider than 8 bits (32-bit integers,
+    floats) are refused.
+
+    Raises:
+        ValueError: the image has samples that do not fit 16 bits, or floating-point samples (naming ``path``).
     """
     with Image.open(path) as im:
-        im = im.convert("RGB")
+        if im.mode.startswith("I"):  # I;16, I;16B, I (32-bit) ...: Image.convert("RGB") would clip them
+            wide = np.asarray(im).astype(np.int64)
+            if wide.size and (wide.min() < 0 or wide.max() > 0xFFFF):
+                raise ValueError(f"{path}: mode {im.mode} samples outside 0..65535: convert it to 8 bits per sample")
+            grey = ((wide * 2 + 257) // 514).astype(np.uint8)  # round(v / 257)
+            im = Image.fromarray(grey, "L").convert("RGB")
+        elif im.mode == "F":
+            raise ValueError(f"{path}: floating-point samples (mode F): convert it to 8 bits per sample")
+        else:
+            im = im.convert("RGB")
         if max_short_side and min(im.size) > max_short_side:
             f = max_short_side / min(im.size)
             im = im.resize((round(im.width * f), round(im.height * f)), Image.Resampling.LANCZOS)

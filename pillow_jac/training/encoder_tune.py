@@ -46,6 +46,7 @@ from .coded_rate import CoderRate, coded_forward, coded_loss, estimate_image_bit
 from .encoder_update import (
     VALIDATION_QUALITIES,
     bd_against,
+    copy_atomically,
     encoder_state,
     holdout_split,
     is_encoder_key,
@@ -124,6 +125,7 @@ def main(argv: list[str] | None = None) -> None:
     base_tensors, base_metadata = load_weights(args.weights)
     model = load_model(args.weights).to(memory_format=torch.channels_last)
     rate = CoderRate(base_tensors, base_metadata)
+    base_weights = {k: base_metadata.get(k, "") for k in ("decoder_hash", "encoder_hash")}  # what a resume must use
 
     def estimate(tuned: JointAutoregressiveHierarchicalPrior):  # the training-time bits of one image
         return lambda image, quality: sum(estimate_image_bits(tuned, rate, image, quality).values())
@@ -134,7 +136,10 @@ def main(argv: list[str] | None = None) -> None:
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=args.lr)
 
-    train_paths, held_paths = holdout_split(list_images(args.data), args.holdout, args.holdout_seed)
+    try:
+        train_paths, held_paths = holdout_split(list_images(args.data), args.holdout, args.holdout_seed)
+    except (ValueError, FileNotFoundError) as exc:
+        raise SystemExit(f"--data {args.data}: {exc}") from None
     (args.out / "holdout.txt").write_text("".join(f"{p.name}\n" for p in held_paths))
     held = [load_rgb(p, 512) for p in held_paths]
     t0 = time.time()
@@ -147,6 +152,11 @@ def main(argv: list[str] | None = None) -> None:
     average = encoder_state(model) if args.ema else None
     if args.resume and ckpt_path.exists():
         ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        if ckpt.get("weights", base_weights) != base_weights:
+            raise SystemExit(
+                f"{ckpt_path} tunes the encoder of other weights ({ckpt['weights']}) than --weights {args.weights} "
+                f"({base_weights}): resume with those weights, or choose another --out"
+            )
         model.load_state_dict(ckpt["encoder"], strict=False)
         optimizer.load_state_dict(ckpt["optimizer"])
         sampler.set_state(ckpt["sampler"])
@@ -184,6 +194,7 @@ def main(argv: list[str] | None = None) -> None:
                 "baseline": baseline,
                 "average": average,
                 "args": {k: str(v) for k, v in vars(args).items()},
+                "weights": base_weights,
             },
             tmp,
         )
@@ -235,7 +246,7 @@ def main(argv: list[str] | None = None) -> None:
         path.replace(args.out / "last.safetensors")
         if improved:
             best_bd, best_step = bd, step
-            (args.out / "best.safetensors").write_bytes((args.out / "last.safetensors").read_bytes())
+            copy_atomically(args.out / "last.safetensors", args.out / "best.safetensors")
         with open(val_path, "a", newline="") as f:
             csv.writer(f).writerow(_val_row(step, round(time.time() - start, 1), bd, improved, rows))
         print(

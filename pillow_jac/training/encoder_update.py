@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -34,6 +36,7 @@ __all__ = [
     "tuned_weights",
     "holdout_split",
     "refuse_evaluation_data",
+    "copy_atomically",
 ]
 
 #: names of the evaluation sets (shared/data/kodak, shared/data/urban20): never training data
@@ -186,6 +189,8 @@ def holdout_split(paths: list[Path], count: int, seed: int) -> tuple[list[Path],
         >>> len(train), len(held), set(train).isdisjoint(held)
         (7, 3, True)
     """
+    if not 0 <= count < len(paths):
+        raise ValueError(f"--holdout {count} must be from 0 to {len(paths) - 1}: there are {len(paths)} images")
     chosen = set(np.random.default_rng(seed).choice(len(paths), size=count, replace=False).tolist())
     return [p for i, p in enumerate(paths) if i not in chosen], [p for i, p in enumerate(paths) if i in chosen]
 
@@ -195,3 +200,10 @@ def refuse_evaluation_data(parser: argparse.ArgumentParser, data: Path) -> None:
     for forbidden in EVALUATION_SETS:
         if forbidden in str(data.resolve()).lower():
             parser.error(f"--data {data} looks like the {forbidden} evaluation set: never train on it")
+
+
+def copy_atomically(source: Path, target: Path) -> None:
+    """Copy ``source`` to ``target`` through a temporary file and a rename: ``target`` is whole or absent."""
+    tmp = target.with_name(f".{target.name}.tmp")
+    shutil.copyfile(source, tmp)
+    os.replace(tmp, target)

@@ -11,10 +11,17 @@ from pathlib import Path
 
 from ..model.mbt2018 import JointAutoregressiveHierarchicalPrior, ModelConfig
 
-__all__ = ["H200_BF16_PEAK", "parse_args"]
+__all__ = ["H200_BF16_PEAK", "parse_args", "check_crop"]
 
 #: dense bf16 tensor-core peak of an H200 (and H100) SXM, in FLOP/s (NVIDIA's data sheet)
 H200_BF16_PEAK = 989e12
+
+
+def check_crop(parser: argparse.ArgumentParser, crop: int) -> None:
+    """Exit through ``parser`` unless ``crop`` is a positive multiple of the model's downsampling."""
+    align = JointAutoregressiveHierarchicalPrior.ALIGN
+    if crop < align or crop % align:
+        parser.error(f"--crop must be a positive multiple of {align} (the model's downsampling), got {crop}")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -93,8 +100,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.bf16 = args.device.startswith("cuda")
     if args.pieces is None:
         args.pieces = Path(os.environ["OUT"]) if os.environ.get("OUT") else args.out / "pieces"
-    if args.crop % JointAutoregressiveHierarchicalPrior.ALIGN:
-        p.error(f"--crop must be a multiple of {JointAutoregressiveHierarchicalPrior.ALIGN}")
+    check_crop(p, args.crop)
+    for name in ("batch", "log_every"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
     if not args.resume and not args.init and not dry:
         p.error("give --init (the weights to start from) or --resume")
     if args.lambdas and len(args.lambdas) != ModelConfig.qualities:

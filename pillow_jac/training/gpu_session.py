@@ -386,6 +386,7 @@ class Session:
     def write_report(self, pieces: list[str]) -> dict:
         """The report and the log, into ``--out`` and ``--pieces``."""
         args = self.args
+        args.pieces.mkdir(parents=True, exist_ok=True)  # a stop before the first publish has not made it
         (args.pieces / LOG).write_bytes((args.out / LOG).read_bytes())
         self.loop_end = self.loop_end if self.stop else time.monotonic()
         report = self.report(pieces)

@@ -62,17 +62,29 @@ def pack(data: Path, out: Path, part_mb: float = 24, max_short_side: int = 512, 
         >>> sorted(p.name for p in parts[0].iterdir()), Image.open(parts[0] / "big.webp").size
         (['big.webp', 'small.png'], (768, 512))
     """
-    staged = out / "staging"
-    staged.mkdir(parents=True, exist_ok=True)
-    files = []
+    plan = {}  # source -> (its name in the parts, whether it is copied as it is); a downscaled image is a .webp
     for path in list_images(data):
         with Image.open(path) as im:
             small = min(im.size) <= max_short_side
+        plan[path] = (path.name, True) if small else (path.stem + ".webp", False)
+    by_name: dict[str, list[str]] = {}
+    for path, (name, _) in plan.items():
+        by_name.setdefault(name, []).append(path.name)
+    clashes = {name: sources for name, sources in by_name.items() if len(sources) > 1}
+    if clashes:
+        raise ValueError(
+            f"images of {data} would share a name in the parts: "
+            + "; ".join(f"{' and '.join(sources)} -> {name}" for name, sources in sorted(clashes.items()))
+            + ": rename them"
+        )
+    staged = out / "staging"
+    staged.mkdir(parents=True, exist_ok=True)
+    files = []
+    for path, (name, small) in plan.items():
+        target = staged / name
         if small:
-            target = staged / path.name
             shutil.copyfile(path, target)
         else:
-            target = staged / (path.stem + ".webp")
             Image.fromarray(load_rgb(path, max_short_side)).save(target, lossless=True, quality=100, method=4)
         files.append(target)
     limit = part_mb * MB

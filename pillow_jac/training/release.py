@@ -2,24 +2,30 @@
 
 ``python -m pillow_jac.training.release CHECKPOINT.safetensors --release N`` (SPEC.md section 9.2):
 
-1. keeps the current generation: its decoder file (no encoder, compact storage,
+1. freezes the checkpoint (:func:`pillow_jac.training.freeze.freeze`); its ``model_id`` must be new;
+2. keeps the current generation: its decoder file (no encoder, compact storage,
    :func:`pillow_jac.weights.decoder_only`) goes to ``weights/generations/<model_id>.safetensors``,
    unless it is there already;
-2. freezes the checkpoint (:func:`pillow_jac.training.freeze.freeze`) into the package's full weights
-   file, which makes it the default encoder; its ``model_id`` must be new;
-3. makes the new generation's test vectors in ``format_spec/vectors/<model_id>/``;
-4. adds it to the table of released generations (``pillow_jac/released.json``,
-   :func:`pillow_jac.generations.released`);
-5. checks that every generation's vectors still decode (``format_spec/conformance.py``).
+3. makes the new generation's test vectors, from the frozen file, in a temporary folder beside
+   ``format_spec/vectors/<model_id>/``;
+4. checks those vectors (``format_spec/conformance.py``'s checks: file digests, exact latents, pixels
+   within one level) with the frozen file, and the kept generation's vectors with its decoder file;
+5. only then puts in place, each by an atomic rename, the vectors folder, the package's full weights
+   file (the new generation becomes the default encoder) and the table of released generations
+   (``pillow_jac/released.json``, :func:`pillow_jac.generations.released`).
+
+A failure or Ctrl-C before step 5 leaves the package as it was (at most a kept decoder file more, which
+a retry reuses), so the same release number can be tried again; SIGINT and SIGTERM wait for step 5.
 
 Before writing anything it refuses a ``model_id`` that exists anywhere (an installed or released
 generation, a file in the weights folder, a vectors folder) and a release number not above every
 release it can see: a release never replaces a generation or its vectors.
 
 ``--encoder-update`` instead replaces only the encoder of the current generation (g_a, h_a, the
-forward gains) with the checkpoint's: the decoder and its hash stay, so no vectors change and no
-generation is added. It refuses a checkpoint of another architecture, or whose decoder, frozen, is
-not the generation's.
+forward gains, and the lambda ladder they were trained for: the encoder fields of the config,
+:data:`pillow_jac.weights.ENCODER_CONFIG_FIELDS`) with the checkpoint's: the decoder and its hash
+stay, so no vectors change and no generation is added. It refuses a checkpoint of another
+architecture, or whose decoder, frozen, is not the generation's.
 
 ``--weights-dir``, ``--vectors-dir`` and ``--released-table`` point elsewhere (the tests use temporary ones).
 """
@@ -27,17 +33,25 @@ not the generation's.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import hashlib
 import importlib.util
 import json
+import os
+import shutil
+import signal
 import sys
+import tempfile
 from pathlib import Path
+
+import numpy as np
 
 from .. import generations
 from ..engine import build_model
 from ..model.mbt2018 import ModelConfig
-from ..weights import WeightsError, decoder_only, load_weights, save_weights, seal, verify
-from .freeze import freeze
+from ..weights import ENCODER_CONFIG_FIELDS, WeightsError, decoder_only, load_weights, save_weights, seal, verify
+from .freeze import MAX_RELEASE, check_notes, freeze, parse_notes
 
 __all__ = ["keep_generation", "release", "encoder_update", "main"]
 
@@ -88,6 +102,64 @@ def _released_table(path: Path) -> dict[str, dict[str, str]]:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
+def _write_text_atomically(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text`` by a rename: a reader sees the old or the new file, never a part."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@contextlib.contextmanager
+def _signals_deferred():
+    """SIGINT and SIGTERM wait until the block ends (they are then delivered), so a commit is not cut short."""
+    held = {signal.SIGINT, signal.SIGTERM}
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
+
+
+def check_vectors(folder: Path, weights: Path) -> list[str]:
+    """What fails when the vectors of ``folder`` are decoded with ``weights`` (empty when all pass).
+
+    The checks of ``format_spec/conformance.py`` (the file's SHA-256, the exact latents, the pixels within
+    one level), with a given weights file instead of the installed generations.
+    """
+    from .. import codec
+
+    conformance = _load_script("conformance")
+    table = json.loads((folder / "vectors.json").read_text())
+    results: list[tuple[str, str, bool]] = []
+    for name, entry, data in conformance._intact(folder, table, results):
+        try:
+            z_hat, y_hat = codec.decode_symbols(data, weights=weights)
+            pixels = codec.decode(data, weights=weights)
+        except (ValueError, OSError, WeightsError) as exc:  # the codec's errors for a file it cannot decode
+            results.append((name, f"not decoded ({exc})", False))
+            continue
+        z_digest = conformance._digest(z_hat) if z_hat is not None else ""
+        symbols = hashlib.sha256((z_digest + conformance._digest(y_hat)).encode()).hexdigest()
+        if symbols != entry["symbols_sha256"]:
+            results.append((name, "latents differ", False))
+            continue
+        from PIL import Image
+
+        expected = np.asarray(Image.open(folder / entry["decoded"]))
+        if pixels.shape != expected.shape:
+            results.append((name, f"shape {pixels.shape}, expected {expected.shape}", False))
+        elif int(np.abs(pixels.astype(np.int64) - expected).max(initial=0)) > 1:
+            results.append((name, "pixels differ by more than one level", False))
+    return [f"{folder.name}/{name}: {why}" for name, why, passed in results if not passed]
+
+
 def release(
     checkpoint: Path,
     number: int,
@@ -99,14 +171,18 @@ def release(
     """Add the generation frozen from ``checkpoint``; returns its ``model_id``.
 
     ``released_table`` is the table the new generation is added to (default: the package's,
-    :data:`pillow_jac.generations.RELEASED_PATH`).
+    :data:`pillow_jac.generations.RELEASED_PATH`). Everything that can fail happens in temporary files
+    first; the vectors, the full weights file and the table are then each put in place by a rename.
 
     Raises:
-        WeightsError: the ``model_id`` exists, or the release number is not above every one there is (nothing
-            is written then).
+        WeightsError: the ``model_id`` exists, its vectors folder exists, the release number is not above every
+            one there is (nothing is written then), or the new vectors fail their check (the package is unchanged).
     """
     tensors, metadata = load_weights(checkpoint)
-    new_tensors, new_meta = freeze(build_model(tensors, metadata), number, notes)
+    try:
+        new_tensors, new_meta = freeze(build_model(tensors, metadata), number, notes)
+    except ValueError as exc:
+        raise WeightsError(str(exc)) from None
     new_id = new_meta["model_id"]
     table_path = generations.RELEASED_PATH if released_table is None else released_table
     existing = _existing(weights_dir, vectors_dir, table_path)
@@ -115,19 +191,42 @@ def release(
     numbers = [n for n in existing.values() if n is not None]
     if numbers and number <= max(numbers):
         raise WeightsError(f"release {number} is not above release {max(numbers)}: the newest generation encodes")
+    target_vectors = vectors_dir / new_id
+    if target_vectors.exists():
+        raise WeightsError(f"{target_vectors} exists (without a vectors table): remove it before the release")
     full = weights_dir / generations.DEFAULT_WEIGHTS_NAME
+    kept = old_id = None
     if full.exists():
         _, old_meta = load_weights(full)
+        old_id = old_meta.get("model_id")
         kept = keep_generation(full, weights_dir)
-        print(f"kept {old_meta.get('model_id')} as {kept}")
-    save_weights(full, new_tensors, new_meta)
+        print(f"kept {old_id} as {kept}")
+    vectors_dir.mkdir(parents=True, exist_ok=True)
+    fd, staged_name = tempfile.mkstemp(prefix=f".{new_id}.", suffix=".safetensors", dir=weights_dir)
+    os.close(fd)
+    staged_full, staged_vectors = Path(staged_name), None
+    try:
+        staged_vectors = Path(tempfile.mkdtemp(prefix=f".{new_id}.", suffix=".tmp", dir=vectors_dir))
+        save_weights(staged_full, new_tensors, new_meta)
+        make_vectors = _load_script("make_vectors")
+        made = make_vectors.make(staged_vectors, vectors_dir / "sources", weights=staged_full)
+        failures = check_vectors(staged_vectors, staged_full)
+        if kept is not None and (vectors_dir / str(old_id) / "vectors.json").is_file():
+            failures += check_vectors(vectors_dir / str(old_id), kept)
+        if failures:
+            raise WeightsError("the vectors do not pass their check: " + "; ".join(failures))
+        entries = {**generations.released(), **_released_table(table_path)}
+        entries[new_id] = {"weights_hash": new_meta["weights_hash"], "decoder_hash": new_meta["decoder_hash"]}
+        with _signals_deferred():
+            staged_vectors.rename(target_vectors)
+            os.replace(staged_full, full)
+            _write_text_atomically(table_path, json.dumps(entries, indent=2) + "\n")
+    finally:
+        staged_full.unlink(missing_ok=True)
+        if staged_vectors is not None:
+            shutil.rmtree(staged_vectors, ignore_errors=True)
+    print(f"wrote {len(made)} vectors to {target_vectors}; they decode with the new file")
     print(f"wrote {full}: {new_id}, hash {new_meta['weights_hash']}")
-    make_vectors = _load_script("make_vectors")
-    table = make_vectors.make(vectors_dir / new_id, vectors_dir / "sources", weights=full)
-    print(f"wrote {len(table)} vectors to {vectors_dir / new_id}")
-    entries = {**generations.released(), **_released_table(table_path)}
-    entries[new_id] = {"weights_hash": new_meta["weights_hash"], "decoder_hash": new_meta["decoder_hash"]}
-    table_path.write_text(json.dumps(entries, indent=2) + "\n")
     print(f"added {new_id} to {table_path}")
     total = sum(f.stat().st_size for f in [full, *(weights_dir / generations.KEPT_DIR).glob("*.safetensors")])
     if total > generations.PACKAGE_BUDGET_BYTES:
@@ -140,7 +239,12 @@ def release(
 
 
 def encoder_update(checkpoint: Path, weights_dir: Path, notes: dict[str, str]) -> str:
-    """Replace the encoder of the current full file with the checkpoint's; the decoder must be identical."""
+    """Replace the encoder of the current full file with the checkpoint's; the decoder must be identical.
+
+    The encoder is the encoder tensors and the encoder fields of the config (the lambda ladder,
+    :data:`pillow_jac.weights.ENCODER_CONFIG_FIELDS`): a checkpoint trained for another ladder brings it.
+    """
+    check_notes(notes)
     full = weights_dir / generations.DEFAULT_WEIGHTS_NAME
     tensors, metadata = load_weights(full)
     old = verify(tensors, metadata, full)
@@ -158,11 +262,20 @@ def encoder_update(checkpoint: Path, weights_dir: Path, notes: dict[str, str]) -
         raise WeightsError("the checkpoint's decoder is not the generation's: release it as a new generation")
     updated = dict(tensors)
     updated.update({k: v for k, v in candidate.items() if k.startswith(ENCODER_PREFIXES)})
-    new_meta = seal(updated, {**metadata, **notes})
+    config = json.loads(metadata["config"])
+    ladder = json.loads(json.dumps({k: model.config.to_dict()[k] for k in ENCODER_CONFIG_FIELDS}))  # as JSON reads
+    moved = {"config": json.dumps({**config, **ladder})} if ladder != {k: config.get(k) for k in ladder} else {}
+    new_meta = seal(updated, {**metadata, **notes, **moved})
     if new_meta["decoder_hash"] != old.decoder_hash or new_meta["weights_hash"] != old.weights_hash:
         raise WeightsError("the update changes the decoder: release it as a new generation instead")
+    if new_meta == metadata:
+        print(f"nothing changed: {checkpoint} holds the encoder {old.model_id} has (encoder hash {old.encoder_hash})")
+        return old.model_id
     save_weights(full, updated, new_meta)
-    print(f"updated the encoder of {old.model_id}: encoder hash {old.encoder_hash} -> {new_meta['encoder_hash']}")
+    if new_meta["encoder_hash"] == old.encoder_hash:
+        print(f"updated the notes of {old.model_id}; the encoder is unchanged (encoder hash {old.encoder_hash})")
+    else:
+        print(f"updated the encoder of {old.model_id}: encoder hash {old.encoder_hash} -> {new_meta['encoder_hash']}")
     return old.model_id
 
 
@@ -170,22 +283,28 @@ def main(argv: list[str] | None = None) -> int:
     """Command-line entry point."""
     p = argparse.ArgumentParser(description="Add a decoder generation, or update the current one's encoder")
     p.add_argument("checkpoint", type=Path, help="float weights (.safetensors) of the trained model")
-    p.add_argument("--release", type=int, help="release number of the new generation (part of its model id)")
+    p.add_argument(
+        "--release", type=int, help=f"release number of the new generation (1 to {MAX_RELEASE}, part of its model id)"
+    )
     p.add_argument("--encoder-update", action="store_true", help="replace only the current generation's encoder")
     p.add_argument("--note", action="append", default=[], help="KEY=VALUE added to the manifest")
     p.add_argument("--weights-dir", type=Path, default=generations.package_weights_dir())
     p.add_argument("--vectors-dir", type=Path, default=_REPO / "format_spec" / "vectors")
     p.add_argument("--released-table", type=Path, default=generations.RELEASED_PATH)
     args = p.parse_args(argv)
-    notes = dict(n.split("=", 1) for n in args.note)
+    try:
+        notes = parse_notes(args.note)
+    except ValueError as exc:
+        p.error(str(exc))
     if args.encoder_update:
         encoder_update(args.checkpoint, args.weights_dir, notes)
         return 0
     if args.release is None:
         p.error("--release is required for a new generation")
+    if not 1 <= args.release <= MAX_RELEASE:
+        p.error(f"--release must be from 1 to {MAX_RELEASE}")
     release(args.checkpoint, args.release, args.weights_dir, args.vectors_dir, notes, args.released_table)
-    conformance = _load_script("conformance")
-    return conformance.main([])
+    return 0
 
 
 if __name__ == "__main__":

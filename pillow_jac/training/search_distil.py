@@ -34,6 +34,7 @@ import torch
 from ..constants import EFFORT_ITERATIONS, QUALITY_DENOMINATOR, QUALITY_MAX, QUALITY_MIN
 from .encoder_update import (
     bd_against,
+    copy_atomically,
     encoder_state,
     holdout_split,
     is_encoder_key,
@@ -67,11 +68,13 @@ def make_targets(
     crop: int = 256,
     seed: int = 0,
     held_out: tuple[str, ...] = (),
+    weights: dict[str, str] | None = None,
 ) -> int:
     """Refine ``crops`` random crops of ``images`` and store them in ``out/targets-NNN.pt``; returns the count.
 
-    Every file records its setup (effort, crop, seed and the names of the held-out images that
-    ``images`` excludes); files already in ``out`` must have the same setup. Full files are kept and
+    Every file records its setup (effort, crop, seed, the names of the held-out images that
+    ``images`` excludes, and ``weights``: the decoder and encoder hashes of the model's weights file,
+    :func:`weights_of`); files already in ``out`` must have the same setup. Full files are kept and
     the draw continues after them (a shorter last file is made again), so an interrupted or extended
     run writes what one uninterrupted run would.
     """
@@ -80,12 +83,12 @@ def make_targets(
 
     if crop % 64:
         raise ValueError(f"crop must be a multiple of 64 (the latent grid of the codec), got {crop}")
-    setup = {"effort": effort, "crop": crop, "seed": seed, "held_out": sorted(held_out)}
+    setup = {"effort": effort, "crop": crop, "seed": seed, "held_out": sorted(held_out), "weights": weights}
     out.mkdir(parents=True, exist_ok=True)
     counts = {}  # crops per file, by file name
     for path in _shards(out):
         shard = torch.load(path)
-        if shard["setup"] != setup:
+        if {"weights": None, **shard["setup"]} != setup:
             raise ValueError(f"{path} was made with {shard['setup']}, not {setup}: choose another folder")
         counts[path.name] = len(shard["quality"])
     done = sum(n == SHARD for n in counts.values())
@@ -118,6 +121,14 @@ def make_targets(
         moved = float((shard["y"] != shard["y0"]).float().mean())
         print(f"targets {index + 1}/{-(-crops // SHARD)}: the search moved {moved:.2%} of y", flush=True)
     return sum(counts.values())
+
+
+def weights_of(path: Path) -> dict[str, str]:
+    """The decoder and encoder hashes of the weights file at ``path``: what targets and a tuning run start from."""
+    from ..weights import load_weights
+
+    metadata = load_weights(path)[1]
+    return {k: metadata.get(k, "") for k in ("decoder_hash", "encoder_hash")}
 
 
 def load_targets(folder: Path) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict]:
@@ -174,6 +185,11 @@ def train(args: argparse.Namespace) -> float | None:
     held_paths = _held_out(args)
     if setup["held_out"] != sorted(p.name for p in held_paths):
         raise ValueError("the targets were made with other held-out images than --data/--holdout/--holdout-seed give")
+    made_with, given = setup.get("weights"), weights_of(args.weights)
+    if made_with is not None and made_with != given:
+        raise ValueError(
+            f"the targets were made with other weights ({made_with}) than --weights {args.weights} ({given})"
+        )
     torch.manual_seed(args.seed)
     base_tensors, base_metadata = load_weights(args.weights)
     model = load_model(args.weights)
@@ -221,7 +237,7 @@ def train(args: argparse.Namespace) -> float | None:
             log.flush()
             if bd < 0 and (best is None or bd < best):
                 best = bd
-                (args.out / "best.safetensors").write_bytes(path.read_bytes())
+                copy_atomically(path, args.out / "best.safetensors")
             print(f"step {step}: loss {running:.4f} BD-rate {bd:+.3f}% y agreement {agreed:.4%}", flush=True)
     return best
 
@@ -229,7 +245,10 @@ def train(args: argparse.Namespace) -> float | None:
 def _held_out(args: argparse.Namespace) -> list[Path]:
     from .data import list_images
 
-    return holdout_split(list_images(args.data), args.holdout, args.holdout_seed)[1]
+    try:
+        return holdout_split(list_images(args.data), args.holdout, args.holdout_seed)[1]
+    except (ValueError, FileNotFoundError) as exc:
+        raise SystemExit(f"--data {args.data}: {exc}") from None
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -267,11 +286,14 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.command == "targets":
-        training, held = holdout_split(list_images(args.data), args.holdout, args.holdout_seed)
+        held = _held_out(args)
+        training = [p for p in list_images(args.data) if p not in held]
         model = load_model(args.weights).eval()
         images = [load_rgb(p, 512) for p in training]
         held_out = tuple(p.name for p in held)
-        count = make_targets(model, images, args.out, args.crops, args.effort, args.crop, args.seed, held_out)
+        count = make_targets(
+            model, images, args.out, args.crops, args.effort, args.crop, args.seed, held_out, weights_of(args.weights)
+        )
         print(f"{count} crops in {args.out}", flush=True)
     else:
         best = train(args)

@@ -9,12 +9,16 @@ the next batch is cut in a background thread (:class:`BatchPrefetcher`) and copi
 pinned memory, and the loop reads nothing back from the device except to log, so the host queues
 work ahead of the GPU instead of waiting on it within each step (docs/training_on_a_gpu.md).
 
-Checkpoints (model, optimiser, step, RNG states, weight average) resume exactly; the float weights
+Checkpoints (model, optimiser, step, each rank's RNG and crop-sampler states, weight average, and the
+options that shape the run, :data:`RUN_OPTIONS`) resume exactly; a resume with other such options is
+refused unless ``--allow-changed-options`` is given (``--steps``, ``--minutes``, logging, saving and
+evaluation may change freely). The float weights
 are also written as safetensors for :mod:`pillow_jac.training.freeze`: ``float.safetensors`` (the
 weights being trained) and, with ``--ema``, ``ema.safetensors``, an exponential moving average of
 them (Polyak averaging). The average smooths out the noise of a constant learning rate, so a run
-can ship a snapshot without first decaying its learning rate. SIGTERM or Ctrl-C finishes the
-current step, writes a checkpoint and exits.
+can ship a snapshot without first decaying its learning rate; without ``--ema`` there is no
+``ema.safetensors`` in ``--out`` (an older one is removed). SIGTERM or Ctrl-C finishes the current step,
+writes a checkpoint and exits; under DDP the ranks agree on the step they stop after.
 """
 
 from __future__ import annotations
@@ -37,9 +41,39 @@ from ..constants import LAMBDAS
 from ..model.mbt2018 import CONTEXT_SIZES, ENTROPY_MODELS, JointAutoregressiveHierarchicalPrior, ModelConfig
 from ..model.objective import quality_lambda, rate_distortion_loss
 from .data import CropSampler, list_images, to_model_input
+from .encoder_update import forget_engine, refuse_evaluation_data
+from .gpu_options import check_crop
 
 DEFAULT_TRAIN = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "train"
 DEFAULT_KODAK = DEFAULT_TRAIN.parent / "kodak"
+
+#: the options that shape a run: a resume with others is refused (unless --allow-changed-options)
+RUN_OPTIONS = (
+    "data",
+    "N",
+    "M",
+    "no_context",
+    "no_hyperprior",
+    "entropy",
+    "mixtures",
+    "context_size",
+    "lambdas",
+    "crop",
+    "batch",
+    "lr",
+    "warmup",
+    "decay_start",
+    "decay_steps",
+    "clip",
+    "ema",
+    "bf16",
+    "seed",
+)
+
+
+def run_options(args: argparse.Namespace) -> dict[str, str]:
+    """The :data:`RUN_OPTIONS` of ``args`` as strings (the data folder resolved), as a checkpoint records them."""
+    return {k: str(Path(args.data).resolve() if k == "data" else getattr(args, k)) for k in RUN_OPTIONS}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -92,9 +126,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--eval-images", type=int, default=24)
     p.add_argument("--log-every", type=int, default=50)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--allow-changed-options",
+        action="store_true",
+        help="resume a checkpoint with options other than those it was trained with (--batch, --lr, --ema, ...)",
+    )
     args = p.parse_args(argv)
     if args.lambdas and len(args.lambdas) != len(LAMBDAS):  # the file format's qualities are 1..8
         p.error(f"--lambdas needs {len(LAMBDAS)} values, one per quality, got {len(args.lambdas)}")
+    for name in ("batch", "log_every", "save_every"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    if not 0 <= args.ema < 1:
+        p.error(f"--ema must be in [0, 1) (0: no average), got {args.ema}")
+    check_crop(p, args.crop)
+    refuse_evaluation_data(p, args.data)
+    if not args.data.is_dir():
+        p.error(f"--data {args.data} is not a folder")
+    try:
+        list_images(args.data)
+    except FileNotFoundError as exc:
+        p.error(f"--data: {exc}")
     return args
 
 
@@ -136,7 +188,10 @@ def evaluate_real(model, paths: list[Path], out_dir: Path, step: int) -> dict[st
     tensors, metadata = freeze(copy.deepcopy(_unwrap(model)), release=0, notes={"step": str(step)})
     path = out_dir / "eval.safetensors"
     save_weights(path, tensors, metadata)
-    rows = evaluate(paths, [1.0, 4.0, 8.0], weights=path, with_float=False)
+    try:
+        rows = evaluate(paths, [1.0, 4.0, 8.0], weights=path, with_float=False)
+    finally:
+        forget_engine(path)  # the next evaluation writes another model to the same path
     return {f"q{r['quality']:g}_{k}": r[k] for r in rows for k in ("bpp", "psnr")}
 
 
@@ -284,10 +339,10 @@ def main(argv: list[str] | None = None) -> None:
     """Train until ``--steps`` or ``--minutes`` is reached, checkpointing as it goes."""
     args = parse_args(argv)
     distributed = "RANK" in os.environ and "WORLD_SIZE" in os.environ
-    rank = 0
+    rank, world_size = 0, 1
     if distributed:
         torch.distributed.init_process_group("nccl" if args.device.startswith("cuda") else "gloo")
-        rank = torch.distributed.get_rank()
+        rank, world_size = torch.distributed.get_rank(), torch.distributed.get_world_size()
         if args.device.startswith("cuda"):
             args.device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
             torch.cuda.set_device(args.device)
@@ -333,20 +388,37 @@ def main(argv: list[str] | None = None) -> None:
     prefetch = device.type == "cuda" if args.prefetch is None else args.prefetch
     step, ckpt = 0, None
     ckpt_path = args.out / "checkpoint.pt"
+    options = run_options(args)
     if ckpt_path.exists():
         ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
         run_config = ModelConfig(**ckpt["config"])
         if run_config != config:
             raise SystemExit(f"{ckpt_path} is a run of {run_config}, not of {config}: same options")
+        changed = {k: (v, options.get(k)) for k, v in ckpt.get("options", {}).items() if options.get(k) != v}
+        if changed:
+            lines = ", ".join(f"--{k.replace('_', '-')} {old} -> {new}" for k, (old, new) in changed.items())
+            if not args.allow_changed_options:
+                raise SystemExit(
+                    f"{ckpt_path} was trained with other options ({lines}): resume with the same ones, pass "
+                    "--allow-changed-options to change them, or choose another --out"
+                )
+            print(f"resuming with changed options: {lines}", flush=True)
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         step = ckpt["step"]
-        sampler.set_state(ckpt["sampler"])
-        torch.set_rng_state(ckpt["torch_rng"])
+        sampler_state, rng = rank_state(ckpt, rank, world_size, args.seed, step)
+        if rank and len(ckpt.get("ranks") or ()) != world_size:
+            print(f"rank {rank}: the checkpoint has no state of this rank: new crop and RNG states", flush=True)
+        sampler.set_state(sampler_state)
+        torch.set_rng_state(rng["torch"])
+        if device.type == "cuda" and rng.get("cuda") is not None:
+            torch.cuda.set_rng_state(rng["cuda"], device)
         print(f"resumed from {ckpt_path} at step {step}", flush=True)
     average = WeightAverage(model, args.ema) if args.ema else None  # starts at the current weights
     if average is not None and ckpt is not None and "average" in ckpt:
-        average.shadow = {k: v.float() for k, v in ckpt["average"].items()}
+        average.shadow = {k: v.float().to(device) for k, v in ckpt["average"].items()}
+    if average is None and rank == 0:  # the file a release would ship must be this run's, or none
+        (args.out / "ema.safetensors").unlink(missing_ok=True)
     train_model = model
     if distributed:
         train_model = torch.nn.parallel.DistributedDataParallel(model)
@@ -409,9 +481,17 @@ def main(argv: list[str] | None = None) -> None:
             log_file.flush()
             sums = {k: torch.zeros((), device=device) for k in sums}
             n = 0
-        done = stop["requested"] or step >= args.steps or (args.minutes and time.time() - start > args.minutes * 60)
-        if rank == 0 and (step % args.save_every == 0 or done):
-            save_checkpoint(ckpt_path, model, optimizer, step, source, config, average)
+        done = bool(
+            stop["requested"] or step >= args.steps or (args.minutes and time.time() - start > args.minutes * 60)
+        )
+        if distributed:  # one rank stopping alone would leave the others waiting in the next allreduce
+            flag = torch.tensor([float(done)], device=device)
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+            done = bool(flag.item())
+        if step % args.save_every == 0 or done:
+            ranks = gather_rank_states(source, device, distributed)  # every rank takes part
+            if rank == 0:
+                save_checkpoint(ckpt_path, model, optimizer, step, source, config, average, options, ranks)
         if rank == 0 and eval_paths and step % args.eval_every == 0:
             # with --ema the average is what a release would ship, so that is what is measured
             result = evaluate_real(average.model(model) if average else model, eval_paths, args.out, step)
@@ -425,6 +505,47 @@ def main(argv: list[str] | None = None) -> None:
     log_file.close()
 
 
+def _rng_state(device: torch.device) -> dict:
+    """This process's torch RNG states: the CPU generator's, and the current CUDA device's when training there."""
+    return {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
+
+
+def gather_rank_states(sampler: CropSampler | BatchPrefetcher, device: torch.device, distributed: bool) -> list[dict]:
+    """Every rank's ``{"sampler": ..., "rng": ...}``, in rank order (a collective call under DDP)."""
+    mine = {"sampler": copy.deepcopy(sampler.state()), "rng": _rng_state(device)}
+    if not distributed:
+        return [mine]
+    states: list = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(states, mine)
+    return states
+
+
+def rank_state(ckpt: dict, rank: int, world_size: int, seed: int, step: int) -> tuple[dict, dict]:
+    """The crop-sampler state and RNG states ``rank`` resumes from: its own from the checkpoint.
+
+    A checkpoint of another number of ranks (or one that recorded rank 0 only) gives rank 0 the recorded
+    state and every other rank fresh states drawn from ``(seed, rank, step)``, so the ranks still draw
+    different crops.
+
+    Example:
+        >>> import numpy as np, torch
+        >>> ckpt = {"sampler": np.random.default_rng(0).bit_generator.state, "torch_rng": torch.get_rng_state()}
+        >>> a, b = rank_state(ckpt, 1, 2, 0, 10)[0], rank_state(ckpt, 2, 3, 0, 10)[0]
+        >>> a != b != ckpt["sampler"]
+        True
+    """
+    ranks = ckpt.get("ranks")
+    if ranks is not None and len(ranks) == world_size:
+        return ranks[rank]["sampler"], ranks[rank]["rng"]
+    if rank == 0:
+        return ckpt["sampler"], {"torch": ckpt["torch_rng"], "cuda": ckpt.get("cuda_rng")}
+    import numpy as np
+
+    sampler = np.random.default_rng([seed, rank, step]).bit_generator.state
+    generator = torch.Generator().manual_seed(int(np.random.default_rng([seed, rank, step, 1]).integers(2**62)))
+    return sampler, {"torch": generator.get_state(), "cuda": None}
+
+
 def save_checkpoint(
     path: Path,
     model,
@@ -433,11 +554,15 @@ def save_checkpoint(
     sampler: CropSampler | BatchPrefetcher,
     config: ModelConfig,
     average: WeightAverage | None = None,
+    options: dict[str, str] | None = None,
+    ranks: list[dict] | None = None,
 ) -> None:
     """Write the resumable checkpoint and the float safetensors beside it, each atomically.
 
     The float files go first and the checkpoint last, so a stop between them never leaves a checkpoint newer
-    than its weight average (a finished run is recognised by its checkpoint's step).
+    than its weight average (a finished run is recognised by its checkpoint's step). ``ranks`` holds every
+    rank's sampler and RNG states (:func:`gather_rank_states`; default: this process's only), ``options`` the
+    :data:`RUN_OPTIONS` a resume must repeat.
     """
     from ..weights import save_float_state
 
@@ -445,15 +570,20 @@ def save_checkpoint(
     if average is not None:
         notes = {"step": str(step), "ema_decay": str(average.decay)}
         save_float_state(path.with_name("ema.safetensors"), average.model(model).state_dict(), config, notes)
+    if ranks is None:
+        ranks = [{"sampler": copy.deepcopy(sampler.state()), "rng": _rng_state(torch.device("cpu"))}]
     tmp = path.with_suffix(".tmp")
     torch.save(
         {
             "model": model.state_dict(),
             "optimizer": optimizer.state_dict(),
             "step": step,
-            "sampler": sampler.state(),
-            "torch_rng": torch.get_rng_state(),
+            "sampler": ranks[0]["sampler"],
+            "torch_rng": ranks[0]["rng"]["torch"],
+            "cuda_rng": ranks[0]["rng"]["cuda"],
+            "ranks": ranks,
             "config": config.to_dict(),
+            **({"options": options} if options is not None else {}),
             **({"average": average.shadow} if average is not None else {}),
         },
         tmp,

@@ -1,0 +1,161 @@
+"""The release tools: a failed release changes nothing, the manifest's own fields are not notes, released
+generations are not overwritten, and an encoder update carries the ladder it was trained for."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+from pathlib import Path
+
+import pytest
+import torch
+
+from pillow_jac import generations, weights
+from pillow_jac.model.mbt2018 import JointAutoregressiveHierarchicalPrior, ModelConfig
+from pillow_jac.training import freeze as freeze_module
+from pillow_jac.training import release
+from pillow_jac.training.freeze import freeze, model_id_for
+
+TINY = ModelConfig(N=8, M=12)
+
+
+def tiny_model(seed: int, config: ModelConfig = TINY) -> JointAutoregressiveHierarchicalPrior:
+    torch.manual_seed(seed)
+    return JointAutoregressiveHierarchicalPrior(config)
+
+
+@pytest.fixture()
+def package(tmp_path: Path) -> types.SimpleNamespace:
+    """A weights folder whose default generation is a tiny release 7, and a checkpoint of another tiny model."""
+    weights_dir = tmp_path / "weights"
+    weights_dir.mkdir()
+    full = weights_dir / generations.DEFAULT_WEIGHTS_NAME
+    weights.save_weights(full, *freeze(tiny_model(1), 7))
+    model = tiny_model(2)
+    weights.save_float_state(tmp_path / "ckpt.safetensors", model.state_dict(), model.config, {})
+    return types.SimpleNamespace(
+        weights_dir=weights_dir,
+        full=full,
+        checkpoint=tmp_path / "ckpt.safetensors",
+        vectors=tmp_path / "vectors",
+        table=tmp_path / "released.json",
+    )
+
+
+def leftovers(package) -> set[str]:
+    """What the weights and vectors folders hold, less the kept decoder and the vector sources."""
+    folders = (package.weights_dir, package.vectors)
+    return {p.name for f in folders if f.exists() for p in f.iterdir()} - {generations.KEPT_DIR, "sources"}
+
+
+def test_a_failed_release_changes_nothing_and_can_be_retried(package, monkeypatch: pytest.MonkeyPatch) -> None:
+    before = package.full.read_bytes()
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt  # Ctrl-C while the vectors are made
+
+    def made_nothing(out, *args, **kwargs):
+        (out / "vectors.json").write_text("{}")
+        return {}
+
+    for make, error in ((interrupted, KeyboardInterrupt), (made_nothing, weights.WeightsError)):
+        monkeypatch.setattr(release, "_load_script", lambda name, make=make: types.SimpleNamespace(make=make))
+        # vectors that fail their check are not put in place either
+        monkeypatch.setattr(release, "check_vectors", lambda folder, path: [f"{folder.name}/x: latents differ"])
+        with pytest.raises(error):
+            release.release(package.checkpoint, 8, package.weights_dir, package.vectors, {}, package.table)
+        assert package.full.read_bytes() == before  # the default generation is still release 7
+        assert not package.table.exists()
+        assert leftovers(package) == {generations.DEFAULT_WEIGHTS_NAME}
+    monkeypatch.undo()
+    # the same release number then goes through, and its vectors pass the conformance checks
+    new_id = release.release(package.checkpoint, 8, package.weights_dir, package.vectors, {}, package.table)
+    assert new_id == "mbt-8-12-r008"
+    _, meta = weights.load_weights(package.full)
+    assert meta["model_id"] == new_id
+    assert json.loads(package.table.read_text())[new_id]["decoder_hash"] == meta["decoder_hash"]
+    assert release.check_vectors(package.vectors / new_id, package.full) == []
+    kept = package.weights_dir / generations.KEPT_DIR / "mbt-8-12-r007.safetensors"
+    assert release.check_vectors(package.vectors / new_id, kept)  # another decoder fails them
+    assert leftovers(package) == {generations.DEFAULT_WEIGHTS_NAME, new_id}
+
+
+def test_a_leftover_vectors_folder_is_refused_before_anything_is_written(package) -> None:
+    (package.vectors / "mbt-8-12-r008").mkdir(parents=True)
+    before = package.full.read_bytes()
+    with pytest.raises(weights.WeightsError, match="exists"):
+        release.release(package.checkpoint, 8, package.weights_dir, package.vectors, {}, package.table)
+    assert package.full.read_bytes() == before
+    assert not (package.weights_dir / generations.KEPT_DIR).exists()
+
+
+def test_notes_cannot_set_the_manifests_own_fields(package, capsys) -> None:
+    for key in ("model_id", "release", "config", "layout", "decoder_hash", "weights_hash", "encoder_hash"):
+        with pytest.raises(ValueError, match="not a note"):
+            freeze(tiny_model(1), 8, {key: "x"})
+    for main in (release.main, freeze_module.main):
+        for note in ("model_id=mbt-128-192-r006", "foo"):
+            target = [] if main is release.main else [str(package.vectors / "out.safetensors")]
+            with pytest.raises(SystemExit) as stop:
+                main([str(package.checkpoint), *target, "--release", "8", "--note", note])
+            assert stop.value.code == 2  # an argparse error, not a traceback
+    assert "not a note" in capsys.readouterr().err
+    assert package.full.read_bytes() and not package.vectors.exists()
+    _, meta = freeze(tiny_model(1), 8, {"data": "a=b"})
+    assert (meta["data"], meta["model_id"]) == ("a=b", "mbt-8-12-r008")
+
+
+def test_freeze_refuses_a_released_id_with_another_decoder_and_the_package_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for number in (-1, 1000):
+        with pytest.raises(ValueError, match="three digits"):
+            model_id_for(TINY, number)
+    model = tiny_model(1)
+    weights.save_float_state(tmp_path / "ckpt.safetensors", model.state_dict(), model.config, {})
+    _, pinned = freeze(tiny_model(1), 7)
+    table = {"mbt-8-12-r007": {"weights_hash": pinned["weights_hash"], "decoder_hash": pinned["decoder_hash"]}}
+    monkeypatch.setattr(generations, "released", lambda: table)
+    with pytest.raises(SystemExit, match="inside the package's weights folder"):
+        freeze_module.main(
+            [
+                str(tmp_path / "ckpt.safetensors"),
+                str(generations.package_weights_dir() / "x.safetensors"),
+                "--release",
+                "9",
+            ]
+        )
+    freeze_module.main([str(tmp_path / "ckpt.safetensors"), str(tmp_path / "same.safetensors"), "--release", "7"])
+    assert (tmp_path / "same.safetensors").exists()  # the released decoder itself, frozen again
+    other = tiny_model(2)
+    weights.save_float_state(tmp_path / "other.safetensors", other.state_dict(), other.config, {})
+    with pytest.raises(SystemExit, match="mbt-8-12-r007 is a released generation"):
+        freeze_module.main(
+            [str(tmp_path / "other.safetensors"), str(tmp_path / "other_frozen.safetensors"), "--release", "7"]
+        )
+    assert not (tmp_path / "other_frozen.safetensors").exists()
+    with pytest.raises(SystemExit) as stop:
+        freeze_module.main([str(tmp_path / "other.safetensors"), str(tmp_path / "x.safetensors"), "--release", "1000"])
+    assert stop.value.code == 2
+
+
+def test_an_encoder_update_brings_its_ladder(package, capsys) -> None:
+    model = tiny_model(1)
+    ladder = tuple(round(v * 1.1, 6) for v in TINY.lambdas)
+    moved = JointAutoregressiveHierarchicalPrior(dataclasses.replace(TINY, lambdas=ladder))
+    moved.load_state_dict(model.state_dict())
+    weights.save_float_state(package.checkpoint, moved.state_dict(), moved.config, {})
+    _, before = weights.load_weights(package.full)
+    assert release.encoder_update(package.checkpoint, package.weights_dir, {}) == "mbt-8-12-r007"
+    _, after = weights.load_weights(package.full)
+    assert tuple(json.loads(after["config"])["lambdas"]) == ladder
+    assert (after["decoder_hash"], after["weights_hash"]) == (before["decoder_hash"], before["weights_hash"])
+    assert after["encoder_hash"] != before["encoder_hash"]
+    assert "updated the encoder" in capsys.readouterr().out
+    written = package.full.read_bytes()
+    release.encoder_update(package.checkpoint, package.weights_dir, {})
+    assert "nothing changed" in capsys.readouterr().out
+    assert package.full.read_bytes() == written
+    with pytest.raises(ValueError, match="not a note"):
+        release.encoder_update(package.checkpoint, package.weights_dir, {"encoder_hash": "0" * 16})
