@@ -308,3 +308,12 @@ def test_a_preview_without_alpha_stands_only_for_an_opaque_image(layout: str, im
             if used:
                 im.load()
                 assert im.mode == layout and im.size == (48, 40) and im.getextrema()[-1] == (255, 255)
+
+
+def test_numpy_booleans_and_integers_are_taken_as_python_ones():
+    from pillow_jac.preview import PREVIEW_SIZE, preview_size
+
+    assert preview_size(np.True_) == preview_size(True) == PREVIEW_SIZE
+    assert preview_size(np.int64(48)) == 48
+    with pytest.raises(ValueError, match="preview must be"):
+        preview_size(np.False_)  # False means no preview: the caller never asks for its size
