@@ -19,11 +19,8 @@ import numpy as np
 
 from . import container
 from .codec import (
-    _alpha_fields,
     _alpha_of,
-    _as_array,
     _check_size,
-    _color_planes,
     _decode_latents,
     _encode_latents,
     _encoder_engine,
@@ -37,6 +34,7 @@ from .codec import (
     decode,
     encode,
 )
+from .codec_inputs import _alpha_fields, _as_array, _color_planes
 from .constants import DEFAULT_EFFORT, DEFAULT_QUALITY, EFFORT_ITERATIONS, validate_effort, validate_quality
 
 __all__ = ["encode_batch", "decode_batch"]

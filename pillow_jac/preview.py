@@ -111,7 +111,11 @@ def preview_size(size: bool | int) -> int:
 
     if size is True or (isinstance(size, np.bool_) and bool(size)):  # numpy's True as Python's
         return PREVIEW_SIZE
-    if isinstance(size, (bool, np.bool_)) or not isinstance(size, numbers.Integral) or not 8 <= size <= PREVIEW_MAX_SIZE:
+    if (
+        isinstance(size, (bool, np.bool_))
+        or not isinstance(size, numbers.Integral)
+        or not 8 <= size <= PREVIEW_MAX_SIZE
+    ):
         msg = f"preview must be True or a long side from 8 to {PREVIEW_MAX_SIZE} pixels, got {size!r}"
         raise ValueError(msg)
     return int(size)

@@ -12,7 +12,7 @@ import math
 
 import numpy as np
 
-from . import codec, container
+from . import codec, codec_inputs, container
 from .constants import EFFORT_ITERATIONS, QUALITY_DENOMINATOR, QUALITY_MAX, QUALITY_MIN
 
 __all__ = [
@@ -89,7 +89,7 @@ class Candidates:
         from .stripes import analyze_in_stripes
 
         self.arr, self.layout, self.engine, self.file_fields = arr, layout, engine, file_fields
-        self.color = codec._color_planes(arr, layout)
+        self.color = codec_inputs._color_planes(arr, layout)
         self.height, self.width = self.color.shape[:2]
         (yh, yw), _ = container.latent_shapes(self.width, self.height)
         color, device = self.color, engine.device

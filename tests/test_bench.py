@@ -12,7 +12,8 @@ import pytest
 from PIL import Image
 
 from pillow_jac.bench import metrics
-from pillow_jac.bench.codecs import ALL_CODECS, CodecUnavailable, find_shared, get_codec, get_codecs
+from pillow_jac.bench.codecs import ALL_CODECS, CodecUnavailable, get_codec, get_codecs
+from pillow_jac.bench.images import find_shared
 
 # -- PSNR, bpp, MS-SSIM ---------------------------------------------------------------------------
 

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from pillow_jac.bench import rd
-from pillow_jac.bench.codecs import ImageInputError, check_images, list_images, load_rgb
+from pillow_jac.bench.images import ImageInputError, check_images, list_images, load_rgb
 
 
 def _rgb(height: int = 48, width: int = 64, seed: int = 0) -> np.ndarray:

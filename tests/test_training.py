@@ -14,7 +14,7 @@ from PIL import Image
 from pillow_jac.engine import build_model, load_model
 from pillow_jac.model.integer import integerize
 from pillow_jac.model.mbt2018 import JointAutoregressiveHierarchicalPrior, ModelConfig
-from pillow_jac.training import train
+from pillow_jac.training import checkpoint, train
 from pillow_jac.training.freeze import freeze
 from pillow_jac.training.pack import join_file, pack, split_file
 from pillow_jac.weights import WeightsError, load_weights, save_weights
@@ -232,20 +232,20 @@ def test_every_rank_resumes_from_its_own_states(image_folder, tmp_path):
     samplers = [CropSampler.from_folder(image_folder, 64, seed=rank) for rank in range(2)]
     for sampler in samplers:
         sampler.batch_uint8(3)
-    ranks = [train.gather_rank_states(s, torch.device("cpu"), distributed=False)[0] for s in samplers]
+    ranks = [checkpoint.gather_rank_states(s, torch.device("cpu"), distributed=False)[0] for s in samplers]
     model = JointAutoregressiveHierarchicalPrior(ModelConfig(N=8, M=12))
     optimizer = torch.optim.Adam(model.parameters())
     path = tmp_path / "checkpoint.pt"
-    train.save_checkpoint(path, model, optimizer, 5, samplers[0], model.config, None, {}, ranks)
+    checkpoint.save_checkpoint(path, model, optimizer, 5, samplers[0], model.config, None, {}, ranks)
     ckpt = torch.load(path, weights_only=False)
     for rank, sampler in enumerate(samplers):
-        state, rng = train.rank_state(ckpt, rank, 2, seed=0, step=5)
+        state, rng = checkpoint.rank_state(ckpt, rank, 2, seed=0, step=5)
         fresh = CropSampler.from_folder(image_folder, 64, seed=99)
         fresh.set_state(state)
         assert torch.equal(fresh.batch_uint8(2), sampler.batch_uint8(2)), rank
         assert torch.equal(rng["torch"], ranks[rank]["rng"]["torch"])
     # a checkpoint of another number of ranks still gives the ranks different crops
-    assert train.rank_state(ckpt, 1, 3, seed=0, step=5)[0] != train.rank_state(ckpt, 0, 3, seed=0, step=5)[0]
+    assert checkpoint.rank_state(ckpt, 1, 3, seed=0, step=5)[0] != checkpoint.rank_state(ckpt, 0, 3, seed=0, step=5)[0]
 
 
 @pytest.mark.parametrize(

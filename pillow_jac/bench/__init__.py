@@ -8,6 +8,7 @@ Modules:
 
 * :mod:`pillow_jac.bench.metrics`: bpp, PSNR, MS-SSIM and the Bjøntegaard delta rate;
 * :mod:`pillow_jac.bench.codecs`: one adapter per codec (``encode(rgb, q) -> bytes``, ``decode(bytes) -> rgb``);
+* :mod:`pillow_jac.bench.images`: the reference images, listed and read as 8-bit RGB, wide samples refused;
 * :mod:`pillow_jac.bench.rd`: ``python -m pillow_jac.bench.rd``, rate-distortion curves, tables and a plot;
 * :mod:`pillow_jac.bench.speed`: ``python -m pillow_jac.bench.speed``, encode/decode times and peak memory.
 """

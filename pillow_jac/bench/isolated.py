@@ -25,7 +25,8 @@ from typing import Any
 import numpy as np
 
 from ..constants import ALIGN
-from .codecs import get_codec, load_rgb
+from .codecs import get_codec
+from .images import load_rgb
 
 __all__ = ["measure_in_subprocess", "COMPRESSAI_CHILD", "MIB"]
 

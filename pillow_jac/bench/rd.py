@@ -46,17 +46,8 @@ import numpy as np
 from PIL import Image
 
 from . import metrics
-from .codecs import (
-    DEFAULT_CODECS,
-    Codec,
-    ImageInputError,
-    find_shared,
-    get_codecs,
-    input_error,
-    limit_argument,
-    list_images,
-    load_rgb,
-)
+from .codecs import DEFAULT_CODECS, Codec, get_codecs
+from .images import ImageInputError, find_shared, input_error, limit_argument, list_images, load_rgb
 from .rd_curves import DEFAULT_PUBLISHED, average, bd_table, default_published, load_published
 from .rd_report import _is_jac, plot, write_markdown
 

@@ -43,7 +43,8 @@ from typing import Any
 import numpy as np
 
 from ..constants import MAX_EFFORT
-from .codecs import ALL_CODECS, ImageInputError, check_images, find_shared, get_codec, input_error, load_rgb
+from .codecs import ALL_CODECS, get_codec
+from .images import ImageInputError, check_images, find_shared, input_error, load_rgb
 from .isolated import MIB, measure_in_subprocess
 from .metrics import portable_path
 

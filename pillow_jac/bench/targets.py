@@ -36,7 +36,7 @@ from typing import Any
 
 from .. import codec, targets
 from ..constants import QUALITY_MAX
-from .codecs import ImageInputError, check_images, input_error, limit_argument, list_images, load_rgb
+from .images import ImageInputError, check_images, input_error, limit_argument, list_images, load_rgb
 from .metrics import portable_path
 
 __all__ = ["main", "run", "summarise", "markdown", "DEFAULT_SIZES"]

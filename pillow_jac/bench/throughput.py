@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 
 from .. import codec_batch, container
-from .codecs import ImageInputError, find_shared, input_error, load_rgb
+from .images import ImageInputError, find_shared, input_error, load_rgb
 from .metrics import portable_path
 from .speed import tile_image
 

@@ -7,8 +7,9 @@ type and data). All integers are big-endian. The first chunk is ``JHDR``, the la
 This package only moves bytes: it never runs the model. It imports the standard library and
 :mod:`pillow_jac.constants` only (never torch or numpy), so that ``Image.open`` stays cheap. Its
 modules: :mod:`.structure` (errors, the header and file records, their checks), :mod:`.writing`
-(:func:`serialize`), :mod:`.reading` (:func:`read` and its variants) and :mod:`.payloads` (the
-preview and alpha chunks' contents); everything is imported from here.
+(:func:`serialize`), :mod:`.reading` (:func:`read` and its variants) on :mod:`.chunk_reader`
+(bounded reads, one checked chunk) and :mod:`.payloads` (the preview and alpha chunks' contents);
+everything is imported from here.
 
 Entry points: :func:`accept` (does a prefix start with the signature?), :func:`read` (a whole file
 from a path, bytes or a file object), :func:`read_header` (the header only), :func:`serialize`

@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
             _write_json(measured / f"{name}.json", result)
             _log(f"{name}: measured")
     if args.phase == "time":
-        from ..bench.codecs import load_rgb
+        from ..bench.images import load_rgb
         from .evaluate import time_codec
 
         image = load_rgb(args.kodak / "kodim23.png")

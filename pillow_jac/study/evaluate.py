@@ -17,7 +17,8 @@ import torch
 
 from .. import codec, container
 from ..bench import metrics
-from ..bench.codecs import get_codec, list_images, load_rgb
+from ..bench.codecs import get_codec
+from ..bench.images import list_images, load_rgb
 from ..engine import load_model
 from ..model.complexity import macs_per_pixel_by_network
 from ..model.mbt2018 import JointAutoregressiveHierarchicalPrior, ModelConfig, count_parameters

@@ -16,8 +16,9 @@ import torch
 
 from ..model.mbt2018 import JointAutoregressiveHierarchicalPrior
 from ..model.objective import quality_lambda, rate_distortion_loss
+from ..training.checkpoint import save_checkpoint
 from ..training.data import CropSampler, to_model_input
-from ..training.train import WeightAverage, save_checkpoint, stratified_qualities
+from ..training.train import WeightAverage, stratified_qualities
 from .variants import Budget, Variant
 
 __all__ = ["train_run"]

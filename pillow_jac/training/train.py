@@ -10,7 +10,8 @@ pinned memory, and the loop reads nothing back from the device except to log, so
 work ahead of the GPU instead of waiting on it within each step (docs/training_on_a_gpu.md).
 
 Checkpoints (model, optimiser, step, each rank's RNG and crop-sampler states, weight average, and the
-options that shape the run, :data:`RUN_OPTIONS`) resume exactly; a resume with other such options is
+options that shape the run, :data:`~pillow_jac.training.checkpoint.RUN_OPTIONS`; written and read by
+:mod:`pillow_jac.training.checkpoint`) resume exactly; a resume with other such options is
 refused unless ``--allow-changed-options`` is given (``--steps``, ``--minutes``, logging, saving and
 evaluation may change freely). The float weights
 are also written as safetensors for :mod:`pillow_jac.training.freeze`: ``float.safetensors`` (the
@@ -40,40 +41,13 @@ import torch
 from ..constants import LAMBDAS
 from ..model.mbt2018 import CONTEXT_SIZES, ENTROPY_MODELS, JointAutoregressiveHierarchicalPrior, ModelConfig
 from ..model.objective import quality_lambda, rate_distortion_loss
+from .checkpoint import gather_rank_states, load_checkpoint, restore_checkpoint, run_options, save_checkpoint
 from .data import CropSampler, list_images, to_model_input
 from .encoder_update import forget_engine, refuse_evaluation_data
 from .gpu_options import check_crop
 
 DEFAULT_TRAIN = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "train"
 DEFAULT_KODAK = DEFAULT_TRAIN.parent / "kodak"
-
-#: the options that shape a run: a resume with others is refused (unless --allow-changed-options)
-RUN_OPTIONS = (
-    "data",
-    "N",
-    "M",
-    "no_context",
-    "no_hyperprior",
-    "entropy",
-    "mixtures",
-    "context_size",
-    "lambdas",
-    "crop",
-    "batch",
-    "lr",
-    "warmup",
-    "decay_start",
-    "decay_steps",
-    "clip",
-    "ema",
-    "bf16",
-    "seed",
-)
-
-
-def run_options(args: argparse.Namespace) -> dict[str, str]:
-    """The :data:`RUN_OPTIONS` of ``args`` as strings (the data folder resolved), as a checkpoint records them."""
-    return {k: str(Path(args.data).resolve() if k == "data" else getattr(args, k)) for k in RUN_OPTIONS}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -390,29 +364,8 @@ def main(argv: list[str] | None = None) -> None:
     ckpt_path = args.out / "checkpoint.pt"
     options = run_options(args)
     if ckpt_path.exists():
-        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-        run_config = ModelConfig(**ckpt["config"])
-        if run_config != config:
-            raise SystemExit(f"{ckpt_path} is a run of {run_config}, not of {config}: same options")
-        changed = {k: (v, options.get(k)) for k, v in ckpt.get("options", {}).items() if options.get(k) != v}
-        if changed:
-            lines = ", ".join(f"--{k.replace('_', '-')} {old} -> {new}" for k, (old, new) in changed.items())
-            if not args.allow_changed_options:
-                raise SystemExit(
-                    f"{ckpt_path} was trained with other options ({lines}): resume with the same ones, pass "
-                    "--allow-changed-options to change them, or choose another --out"
-                )
-            print(f"resuming with changed options: {lines}", flush=True)
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        step = ckpt["step"]
-        sampler_state, rng = rank_state(ckpt, rank, world_size, args.seed, step)
-        if rank and len(ckpt.get("ranks") or ()) != world_size:
-            print(f"rank {rank}: the checkpoint has no state of this rank: new crop and RNG states", flush=True)
-        sampler.set_state(sampler_state)
-        torch.set_rng_state(rng["torch"])
-        if device.type == "cuda" and rng.get("cuda") is not None:
-            torch.cuda.set_rng_state(rng["cuda"], device)
+        ckpt = load_checkpoint(ckpt_path, config, options, args.allow_changed_options)
+        step = restore_checkpoint(ckpt, model, optimizer, sampler, device, rank, world_size, args.seed)
         print(f"resumed from {ckpt_path} at step {step}", flush=True)
     average = WeightAverage(model, args.ema) if args.ema else None  # starts at the current weights
     if average is not None and ckpt is not None and "average" in ckpt:
@@ -503,92 +456,6 @@ def main(argv: list[str] | None = None) -> None:
     if prefetch:
         source.close()
     log_file.close()
-
-
-def _rng_state(device: torch.device) -> dict:
-    """This process's torch RNG states: the CPU generator's, and the current CUDA device's when training there."""
-    return {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
-
-
-def gather_rank_states(sampler: CropSampler | BatchPrefetcher, device: torch.device, distributed: bool) -> list[dict]:
-    """Every rank's ``{"sampler": ..., "rng": ...}``, in rank order (a collective call under DDP)."""
-    mine = {"sampler": copy.deepcopy(sampler.state()), "rng": _rng_state(device)}
-    if not distributed:
-        return [mine]
-    states: list = [None] * torch.distributed.get_world_size()
-    torch.distributed.all_gather_object(states, mine)
-    return states
-
-
-def rank_state(ckpt: dict, rank: int, world_size: int, seed: int, step: int) -> tuple[dict, dict]:
-    """The crop-sampler state and RNG states ``rank`` resumes from: its own from the checkpoint.
-
-    A checkpoint of another number of ranks (or one that recorded rank 0 only) gives rank 0 the recorded
-    state and every other rank fresh states drawn from ``(seed, rank, step)``, so the ranks still draw
-    different crops.
-
-    Example:
-        >>> import numpy as np, torch
-        >>> ckpt = {"sampler": np.random.default_rng(0).bit_generator.state, "torch_rng": torch.get_rng_state()}
-        >>> a, b = rank_state(ckpt, 1, 2, 0, 10)[0], rank_state(ckpt, 2, 3, 0, 10)[0]
-        >>> a != b != ckpt["sampler"]
-        True
-    """
-    ranks = ckpt.get("ranks")
-    if ranks is not None and len(ranks) == world_size:
-        return ranks[rank]["sampler"], ranks[rank]["rng"]
-    if rank == 0:
-        return ckpt["sampler"], {"torch": ckpt["torch_rng"], "cuda": ckpt.get("cuda_rng")}
-    import numpy as np
-
-    sampler = np.random.default_rng([seed, rank, step]).bit_generator.state
-    generator = torch.Generator().manual_seed(int(np.random.default_rng([seed, rank, step, 1]).integers(2**62)))
-    return sampler, {"torch": generator.get_state(), "cuda": None}
-
-
-def save_checkpoint(
-    path: Path,
-    model,
-    optimizer,
-    step: int,
-    sampler: CropSampler | BatchPrefetcher,
-    config: ModelConfig,
-    average: WeightAverage | None = None,
-    options: dict[str, str] | None = None,
-    ranks: list[dict] | None = None,
-) -> None:
-    """Write the resumable checkpoint and the float safetensors beside it, each atomically.
-
-    The float files go first and the checkpoint last, so a stop between them never leaves a checkpoint newer
-    than its weight average (a finished run is recognised by its checkpoint's step). ``ranks`` holds every
-    rank's sampler and RNG states (:func:`gather_rank_states`; default: this process's only), ``options`` the
-    :data:`RUN_OPTIONS` a resume must repeat.
-    """
-    from ..weights import save_float_state
-
-    save_float_state(path.with_name("float.safetensors"), model.state_dict(), config, {"step": str(step)})
-    if average is not None:
-        notes = {"step": str(step), "ema_decay": str(average.decay)}
-        save_float_state(path.with_name("ema.safetensors"), average.model(model).state_dict(), config, notes)
-    if ranks is None:
-        ranks = [{"sampler": copy.deepcopy(sampler.state()), "rng": _rng_state(torch.device("cpu"))}]
-    tmp = path.with_suffix(".tmp")
-    torch.save(
-        {
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "step": step,
-            "sampler": ranks[0]["sampler"],
-            "torch_rng": ranks[0]["rng"]["torch"],
-            "cuda_rng": ranks[0]["rng"]["cuda"],
-            "ranks": ranks,
-            "config": config.to_dict(),
-            **({"options": options} if options is not None else {}),
-            **({"average": average.shadow} if average is not None else {}),
-        },
-        tmp,
-    )
-    os.replace(tmp, path)
 
 
 if __name__ == "__main__":

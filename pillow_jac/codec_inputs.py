@@ -1,0 +1,93 @@
+"""The checks and conversions of :func:`pillow_jac.codec.encode`'s arguments, before any model work.
+
+An image (a uint8 array or a PIL image, :func:`_as_array`) becomes a ``(H, W, C)`` array and its layout
+(the JHDR ``layout``, SPEC.md section 3.2); its colour planes go through the network
+(:func:`_color_planes`) and its alpha is stored losslessly beside them (:func:`_alpha_fields`, SPEC.md
+section 5.1). The metadata follows the rule of Pillow's save path (:func:`_metadata`, SPEC.md section
+5.2). :mod:`pillow_jac.codec`, :mod:`pillow_jac.codec_batch` and :mod:`pillow_jac.targets` check their
+arguments here, so they refuse the same inputs with the same messages.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import container
+from .constants import ALPHA_LAYOUTS, GRAY_LAYOUTS, LAYOUT_BY_CHANNELS, LAYOUTS
+
+
+def _as_array(image) -> tuple[np.ndarray, str]:
+    """A uint8 ``(H, W, C)`` array and its layout from an array or a PIL image.
+
+    Raises:
+        TypeError: ``image`` is no array-like (None, a number, a str, encoded ``bytes``, a dict...).
+        ValueError: an array (or a nested list) of another dtype or shape, or a PIL image of another mode.
+    """
+    if hasattr(image, "mode") and hasattr(image, "getbands"):
+        if image.mode not in LAYOUTS:
+            raise ValueError(f"cannot encode mode {image.mode!r}: convert to RGB, RGBA, L or LA first")
+        image = np.asarray(image)
+    elif not _array_like(image):
+        raise TypeError(f"expected a uint8 numpy array or a PIL image, got {type(image).__name__}")
+    arr = np.asarray(image)
+    if arr.dtype != np.uint8:
+        raise ValueError(f"expected a uint8 array, got {arr.dtype}")
+    if arr.ndim == 2:
+        arr = arr[:, :, None]
+    if arr.ndim != 3 or arr.shape[2] not in LAYOUT_BY_CHANNELS:
+        raise ValueError(f"expected an (H, W) or (H, W, 1-4) array, got shape {arr.shape}")
+    if arr.shape[0] < 1 or arr.shape[1] < 1:
+        raise ValueError("the image is empty")
+    return arr, LAYOUT_BY_CHANNELS[arr.shape[2]]
+
+
+def _array_like(image) -> bool:
+    """Whether numpy reads ``image`` as an array of numbers.
+
+    So it does an array or numpy scalar, an object with the array interface or the buffer protocol, and a (nested)
+    list or tuple; not ``str``, ``bytes`` or ``bytearray`` (an encoded file's bytes are no pixels), None or a plain
+    number.
+    """
+    if isinstance(image, (np.ndarray, np.generic, list, tuple)):
+        return True
+    if isinstance(image, (str, bytes, bytearray)):
+        return False
+    if any(hasattr(image, name) for name in ("__array__", "__array_interface__", "__array_struct__")):
+        return True
+    try:
+        memoryview(image)
+    except TypeError:
+        return False
+    return True
+
+
+def _metadata(icc_profile, exif, xmp) -> dict[str, bytes | None]:
+    """The ``icc_profile``, ``exif`` and ``xmp`` to store, by the rule of Pillow's save path.
+
+    :func:`pillow_jac.save_metadata.metadata_bytes`: bytes-like, ``exif`` also a :class:`PIL.Image.Exif`, ``xmp``
+    also a ``str``; a TypeError otherwise, a ValueError for more than a chunk holds.
+    """
+    from .save_metadata import metadata_bytes
+
+    given = {"icc_profile": icc_profile, "exif": exif, "xmp": xmp}
+    return {name: metadata_bytes(value, name) for name, value in given.items()}
+
+
+def _check_model(model) -> None:
+    """A ``model`` argument is a ``model_id`` (str) or None."""
+    if model is not None and not isinstance(model, str):
+        raise TypeError(f"model must be a model_id (str) or None, got {type(model).__name__}")
+
+
+def _color_planes(arr: np.ndarray, layout: str) -> np.ndarray:
+    """The ``(H, W, 3)`` planes that go through the network (gray repeated three times)."""
+    return np.repeat(arr[:, :, :1], 3, axis=2) if layout in GRAY_LAYOUTS else arr[:, :, :3]
+
+
+def _alpha_fields(arr: np.ndarray, layout: str) -> dict:
+    """The ``alpha`` and ``alpha_method`` of :meth:`~pillow_jac.container.JacFile.create` for an image."""
+    if layout not in ALPHA_LAYOUTS:
+        return {"alpha": None, "alpha_method": 0}
+    height, width = arr.shape[:2]
+    method, alpha = container.compress_alpha(np.ascontiguousarray(arr[:, :, -1]).tobytes(), width, height)
+    return {"alpha": alpha, "alpha_method": method}
