@@ -326,15 +326,17 @@ class JacDecoder(ImageFile.PyDecoder):
         return -1, 0
 
 
-def _raw_pixels(jac: container.JacFile, mode: str, size: tuple[int, int]) -> bytes:
-    """The decoded pixels of ``jac`` as raw bytes in ``mode``, checked against the expected shape."""
+def _raw_pixels(jac: container.JacFile, mode: str, size: tuple[int, int]) -> memoryview:
+    """The decoded pixels of ``jac`` as raw bytes in ``mode`` (a view, not a copy), checked against the shape."""
     pixels = _decode_pixels(jac)
     width, height = size
     expected = (height, width) if mode == "L" else (height, width, len(mode))
     if tuple(pixels.shape) != expected or pixels.dtype.name != "uint8":
         msg = f"JAC decoder returned {pixels.dtype.name} {tuple(pixels.shape)}, expected uint8 {expected}"
         raise OSError(msg)
-    return pixels.tobytes()
+    import numpy as np  # loaded with the codec already; opening a file does not need it
+
+    return memoryview(np.ascontiguousarray(pixels)).cast("B")
 
 
 def _decode_pixels(jac: Any, device: str | None = None) -> np.ndarray:

@@ -414,14 +414,26 @@ def _to_layout(rgb: np.ndarray, layout: str, alpha: np.ndarray | None) -> np.nda
 
     Grey is ``(299 R + 587 G + 114 B + 500) // 1000`` (CODING.md section 1.4).
     """
-    if layout in GRAY_LAYOUTS:
-        gray = ((rgb.astype(np.int64) * np.array([299, 587, 114], np.int64)).sum(axis=2) + 500) // 1000
-        planes = [gray.astype(np.uint8)]
+    if layout in GRAY_LAYOUTS:  # in place in uint32 (at most 255500): two planes of temporaries, no more
+        gray = rgb[:, :, 0].astype(np.uint32)
+        gray *= 299
+        term = rgb[:, :, 1].astype(np.uint32)
+        term *= 587
+        gray += term
+        term[...] = rgb[:, :, 2]
+        term *= 114
+        gray += term
+        gray += 500
+        gray //= 1000
+        color = gray.astype(np.uint8)
     else:
-        planes = [rgb[:, :, c] for c in range(3)]
-    if alpha is not None:
-        planes.append(alpha)
-    return planes[0] if len(planes) == 1 else np.ascontiguousarray(np.stack(planes, axis=2))
+        color = rgb
+    if alpha is None:
+        return np.ascontiguousarray(color)
+    out = np.empty((*color.shape[:2], (1 if color.ndim == 2 else color.shape[2]) + 1), np.uint8)
+    out[:, :, :-1] = color.reshape(*color.shape[:2], -1)
+    out[:, :, -1] = alpha
+    return out
 
 
 def __getattr__(name: str):

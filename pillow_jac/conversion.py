@@ -245,7 +245,7 @@ def decode_file(src: Path, dst: Path, *, device: str | None = None) -> None:
             stacklevel=2,
         )
     pixels = decode(jac, device=device)
-    im = Image.frombytes(jac.mode, jac.size, pixels.tobytes())
+    im = Image.frombytes(jac.mode, jac.size, memoryview(pixels).cast("B"))  # _to_layout's array is contiguous
     # Save options Pillow's writers understand; each writer ignores the ones it does not.
     options: dict[str, Any] = {
         name: bytes(value) for name in ("icc_profile", "exif", "xmp") if (value := getattr(jac, name))

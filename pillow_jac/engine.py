@@ -75,8 +75,13 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
 _NOT_IN_DECODER_FILES = tuple(p.removeprefix("float.") for p in ENCODER_PREFIXES + TRAINING_PREFIXES)
 
 
-def build_model(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> JointAutoregressiveHierarchicalPrior:
+def build_model(
+    tensors: dict[str, torch.Tensor], metadata: dict[str, str], networks: dict[str, IntegerNetwork] | None = None
+) -> JointAutoregressiveHierarchicalPrior:
     """The float model of a weights file's tensors: ``float.*``, plus float masters recovered from ``int.*``.
+
+    ``networks`` are the file's integer networks when the caller has built them already (by name), so
+    that they are not built and checked a second time.
 
     A shipped file stores h_s, the context model and g_ep only as integer networks; their float
     parameters are recovered with :func:`~pillow_jac.model.integer.dequantize_into`. A training
@@ -93,7 +98,8 @@ def build_model(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> J
         for name, template in templates.items():
             prefix = name + "."
             if any(k.startswith(prefix) for k in missing):
-                dequantize_into(IntegerNetwork.from_tensors(tensors, name, template), getattr(model, name))
+                network = (networks or {}).get(name) or IntegerNetwork.from_tensors(tensors, name, template)
+                dequantize_into(network, getattr(model, name))
                 missing = [k for k in missing if not k.startswith(prefix)]
     except (KeyError, TypeError, ValueError, RuntimeError) as exc:
         raise WeightsError(f"weights do not fit their manifest: {exc}") from exc
@@ -130,24 +136,24 @@ class Engine:
         #: False for a decoder file (a kept generation): it decodes, but has no encoder
         self.can_encode = manifest.can_encode
         self.device = device
-        model = build_model(tensors, metadata)
+        templates = json.loads(metadata["integer_networks"])
+        try:  # built and checked once: the float model's masters are recovered from these too
+            networks = {name: IntegerNetwork.from_tensors(tensors, name, t) for name, t in templates.items()}
+        except ValueError as exc:
+            raise WeightsError(f"weights file {path} is damaged: {exc}") from None
+        model = build_model(tensors, metadata, networks)
         self.config = model.config
         self.model = model.to(device).eval()
         if device.type == "cpu":
             self.model = self.model.to(memory_format=torch.channels_last)
         #: g_s for decoding; its last layer (3 outputs) runs as a sub-pixel convolution, twice as fast
         self.synthesis = nn.Sequential(*self.model.g_s[:-1], SubpixelDeconv(self.model.g_s[-1]).to(device))
-        templates = json.loads(metadata["integer_networks"])
 
         def network(name: str) -> IntegerNetwork | None:
-            if name not in templates:
-                return None
-            try:
-                net = IntegerNetwork.from_tensors(tensors, name, templates[name])
-            except ValueError as exc:
-                raise WeightsError(f"weights file {path} is damaged: {exc}") from None
-            for layer in net.layers:
-                layer.weight, layer.bias = layer.weight.to(device), layer.bias.to(device)
+            net = networks.get(name)
+            if net is not None:
+                for layer in net.layers:
+                    layer.weight, layer.bias = layer.weight.to(device), layer.bias.to(device)
             return net
 
         def tables(prefix: str) -> entropy_coding.CodingTables | None:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 from PIL import Image, JpegImagePlugin, WebPImagePlugin
 
 from . import container
+from .constants import ALPHA_LAYOUTS, GRAY_LAYOUTS
 
 if TYPE_CHECKING:
     import numpy as np
@@ -150,11 +151,11 @@ def make_preview(pixels: np.ndarray, layout: str, size: bool | int = True) -> by
     if max(width, height) <= size:
         return None
     im = Image.fromarray(pixels[:, :, 0] if pixels.ndim == 3 and pixels.shape[2] == 1 else pixels)
-    if layout in ("L", "LA"):
-        im = im.convert("RGBA" if layout == "LA" else "RGB")
     scale = size / max(width, height)
     target = (max(1, round(width * scale)), max(1, round(height * scale)))
     im = im.resize(target, Image.Resampling.LANCZOS, reducing_gap=3.0)
+    if layout in GRAY_LAYOUTS:  # after resizing: each of the three equal planes resizes as the grey one
+        im = im.convert("RGBA" if layout in ALPHA_LAYOUTS else "RGB")
     buffer = io.BytesIO()
     im.save(buffer, "WEBP", quality=PREVIEW_QUALITY)
     return container.pack_preview(container.PREVIEW_WEBP, *target, buffer.getvalue())

@@ -199,3 +199,24 @@ def test_a_blank_jac_device_counts_as_unset(monkeypatch):
     for blank in ("", "  "):
         monkeypatch.setenv("JAC_DEVICE", blank)
         assert str(resolve_device()) == "cpu"
+
+
+def test_decoded_layouts_follow_coding_1_4_exactly():
+    """Grey is (299 R + 587 G + 114 B + 500) // 1000 for every value; alpha is appended; arrays are contiguous."""
+    from pillow_jac.codec import _to_layout
+
+    rng = np.random.default_rng(3)
+    rgb = rng.integers(0, 256, (40, 70, 3), dtype=np.uint8)[3:37, 5:66]  # a cropped view, as synthesis gives
+    rgb[0, :4] = [[0, 0, 0], [255, 255, 255], [255, 0, 0], [1, 1, 1]]
+    alpha = rng.integers(0, 256, rgb.shape[:2], dtype=np.uint8)
+    wide = rgb.astype(np.int64)
+    gray = ((299 * wide[..., 0] + 587 * wide[..., 1] + 114 * wide[..., 2] + 500) // 1000).astype(np.uint8)
+    expected = {
+        "L": gray,
+        "LA": np.dstack([gray, alpha]),
+        "RGB": rgb,
+        "RGBA": np.dstack([rgb, alpha]),
+    }
+    for layout, want in expected.items():
+        got = _to_layout(rgb, layout, alpha if "A" in layout else None)
+        assert got.dtype == np.uint8 and got.flags.c_contiguous and np.array_equal(got, want), layout
