@@ -91,7 +91,7 @@ from typing import IO, TYPE_CHECKING, Any
 from PIL import Image, ImageFile
 
 from . import container
-from .constants import DEFAULT_EFFORT, DEFAULT_QUALITY, MAGIC, validate_effort, validate_quality
+from .constants import DEFAULT_EFFORT, DEFAULT_QUALITY, LAYOUTS, MAGIC, validate_effort, validate_quality
 from .files import write_into
 from .preview import PREVIEW_MAX_SIZE, PREVIEW_QUALITY, PREVIEW_SIZE, make_preview, preview_for, preview_size
 from .save_metadata import metadata_to_store
@@ -114,7 +114,7 @@ __all__ = [
 ]
 
 #: modes stored without conversion; also the modes :class:`JacImageFile` opens as.
-NATIVE_MODES = ("L", "LA", "RGB", "RGBA")
+NATIVE_MODES = tuple(sorted(LAYOUTS))  # ("L", "LA", "RGB", "RGBA")
 #: modes converted before encoding (``P`` depends on transparency, see :func:`_native_mode`).
 CONVERTED_MODES = {
     "1": "L",

@@ -63,6 +63,8 @@ ACTIVATION_LIMIT_BITS = 20
 DOWNSAMPLING = 16
 #: pixels per row and column of z (h_a's two more stride-2 stages): inputs are padded to this multiple.
 ALIGN = 64
+#: rows (and columns) of y per row of z
+Y_PER_Z = ALIGN // DOWNSAMPLING
 
 #: hard limits a decoder enforces before allocating anything (SPEC.md section 8).
 MAX_DIMENSION = 65535

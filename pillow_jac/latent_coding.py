@@ -25,7 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .constants import ACTIVATION_BITS, ACTIVATION_LIMIT_BITS, MEAN_STEPS
+from .constants import ACTIVATION_BITS, ACTIVATION_LIMIT_BITS, MEAN_STEPS, Y_PER_Z
 from .entropy_coding import CodingTables, EntropyCodingError, bytes_to_words, words_to_bytes
 from .forksafe import ForkSafeLock
 from .interpreter_exit import check
@@ -242,12 +242,13 @@ class LatentCoder:
         """
         z = z_hat.double().to(self.device).unsqueeze(0) * 2.0**ACTIVATION_BITS
         rows = z.shape[2]
-        step = max(1, _H_S_MIN_ROWS, CHUNK_POSITIONS // (16 * z.shape[3]))  # 16 latent positions per z position
+        step = max(1, _H_S_MIN_ROWS, CHUNK_POSITIONS // (Y_PER_Z**2 * z.shape[3]))  # latent positions per z one
         for a, b, lo, hi in stripes(rows, step, _H_S_HALO):
-            first, end = 4 * a, min(4 * b, y_shape[0])  # 4 latent rows per z row
+            first, end = Y_PER_Z * a, min(Y_PER_Z * b, y_shape[0])
             if first >= end:
                 return
-            part = self.h_s(z[:, :, lo:hi])[0, :, 4 * (a - lo) : 4 * (a - lo) + end - first, : y_shape[1]]
+            top = Y_PER_Z * (a - lo)
+            part = self.h_s(z[:, :, lo:hi])[0, :, top : top + end - first, : y_shape[1]]
             yield first, end, part
 
     def table_ids(self, features: torch.Tensor) -> tuple[np.ndarray, ...]:

@@ -12,7 +12,7 @@ from typing import Any
 
 from PIL import ExifTags, Image
 
-from .constants import MAX_CHUNK_BYTES
+from .constants import GRAY_LAYOUTS, MAX_CHUNK_BYTES
 
 __all__ = ["metadata_to_store", "metadata_bytes"]
 
@@ -52,7 +52,7 @@ def _profile_fits(profile: bytes | None, mode: str) -> bool:
     """
     if profile is None or len(profile) < 20:
         return True
-    return profile[16:20] == (b"GRAY" if mode in ("L", "LA") else b"RGB ")
+    return profile[16:20] == (b"GRAY" if mode in GRAY_LAYOUTS else b"RGB ")
 
 
 def metadata_bytes(value: Any, name: str) -> bytes | None:

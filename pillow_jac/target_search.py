@@ -13,7 +13,7 @@ import math
 import numpy as np
 
 from . import codec, codec_inputs, container
-from .constants import EFFORT_ITERATIONS, QUALITY_DENOMINATOR, QUALITY_MAX, QUALITY_MIN
+from .constants import EFFORT_ITERATIONS, QUALITY_DENOMINATOR, QUALITY_MAX, QUALITY_MIN, Y_PER_Z
 
 __all__ = [
     "Candidates",
@@ -163,13 +163,13 @@ class Candidates:
                 z = torch.from_numpy(z_hat).to(device).float()[None]
                 bits += float(-model.z_density.likelihood(z).log2().sum())
             rows = y.shape[2]
-            for a in range(0, rows, _ESTIMATE_ROWS):  # latent rows [a, b), a multiple of 4 (z rows a/4...)
+            for a in range(0, rows, _ESTIMATE_ROWS):  # latent rows [a, b), a multiple of Y_PER_Z
                 b = min(rows, a + _ESTIMATE_ROWS)
                 psi = phi = None
                 if z is not None:
-                    za, zb = a // 4, -(-b // 4)
+                    za, zb = a // Y_PER_Z, -(-b // Y_PER_Z)
                     lo, hi = max(0, za - _H_S_HALO), min(z.shape[2], zb + _H_S_HALO)
-                    psi = model.h_s(z[:, :, lo:hi])[:, :, 4 * (za - lo) :, : y.shape[3]][:, :, : b - a]
+                    psi = model.h_s(z[:, :, lo:hi])[:, :, Y_PER_Z * (za - lo) :, : y.shape[3]][:, :, : b - a]
                 if self.engine.config.context:  # the causal mask reaches context_size // 2 rows up
                     top = max(0, a - self.engine.config.context_size // 2)
                     phi = model.context(y[:, :, top:b])[:, :, a - top :]

@@ -43,7 +43,7 @@ _PREVIEW_FORMATS = (PREVIEW_JPEG, PREVIEW_WEBP)
 _PRVW_HEAD = struct.Struct(">BHH")
 _KNOWN_ANCILLARY = (C.CHUNK_ICCP, C.CHUNK_EXIF, C.CHUNK_XMP, CHUNK_PRVW)
 _KNOWN = frozenset(_KNOWN_CRITICAL + _KNOWN_ANCILLARY)
-_ALPHA_LAYOUTS = ("RGBA", "LA")
+_ALPHA_LAYOUTS = C.ALPHA_LAYOUTS
 _ALPHA_METHODS = (C.ALPHA_METHOD_ZLIB,)
 
 
@@ -107,8 +107,7 @@ def latent_shapes(width: int, height: int) -> tuple[tuple[int, int], tuple[int, 
         if not isinstance(v, int) or isinstance(v, bool) or v < 1:
             raise ValueError(f"{name} must be a positive integer, got {v!r}")
     zh, zw = -(-height // C.ALIGN), -(-width // C.ALIGN)
-    f = C.ALIGN // 16
-    return (zh * f, zw * f), (zh, zw)
+    return (zh * C.Y_PER_Z, zw * C.Y_PER_Z), (zh, zw)
 
 
 def quality_to_u16(quality: float) -> int:

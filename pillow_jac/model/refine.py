@@ -41,7 +41,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..constants import DOWNSAMPLING, EFFORT_ITERATIONS, MAX_EFFORT
+from ..constants import DOWNSAMPLING, EFFORT_ITERATIONS, MAX_EFFORT, Y_PER_Z
 from ..interpreter_exit import check
 from .mbt2018 import JointAutoregressiveHierarchicalPrior
 from .objective import quality_lambda
@@ -129,7 +129,8 @@ class _Tile:
         self.ext_cols = (max(0, c - HALO), min(shape[1], d + HALO))
         (ea, eb), (ec, ed) = self.ext_rows, self.ext_cols
         self.core = (slice(a - ea, b - ea), slice(c - ec, d - ec))  # in tile coordinates
-        self.z_core = (slice((a - ea) // 4, (b - ea) // 4), slice((c - ec) // 4, (d - ec) // 4))
+        q = Y_PER_Z
+        self.z_core = (slice((a - ea) // q, (b - ea) // q), slice((c - ec) // q, (d - ec) // q))
         # the loss counts the core and the halo rows it influences, not the rows padding distorts
         self.count = (
             slice(_EDGE if ea > 0 else 0, (eb - ea) - (_EDGE if eb < shape[0] else 0)),
@@ -185,7 +186,7 @@ class _Search:
     def refine_tile(self, tile: _Tile, y, z, y_hat: torch.Tensor, z_hat: torch.Tensor | None) -> None:
         """Refine one tile's core in ``y_hat`` / ``z_hat`` in place, the rest of its window held fixed."""
         (ea, eb), (ec, ed) = tile.ext_rows, tile.ext_cols
-        za, zb, zc, zd = ea // 4, (eb + 3) // 4, ec // 4, (ed + 3) // 4
+        za, zb, zc, zd = ea // Y_PER_Z, -(-eb // Y_PER_Z), ec // Y_PER_Z, -(-ed // Y_PER_Z)
         x = self.pixel_rows(ea * _FACTOR, eb * _FACTOR)[:, :, :, ec * _FACTOR : ed * _FACTOR].float()
         rows = torch.arange(ea * _FACTOR, eb * _FACTOR, device=x.device)[:, None] < self.size[0]
         cols = torch.arange(ec * _FACTOR, ed * _FACTOR, device=x.device)[None, :] < self.size[1]

@@ -25,7 +25,7 @@ import math
 import numpy as np
 import torch
 
-from ..constants import ACTIVATION_BITS, CDF_PRECISION, ESCAPE_CLASSES, MEAN_STEPS, SCALE_MIN
+from ..constants import ACTIVATION_BITS, CDF_PRECISION, DOWNSAMPLING, ESCAPE_CLASSES, MEAN_STEPS, SCALE_MIN
 from ..model.entropy_models import gaussian_likelihood
 from ..model.mbt2018 import JointAutoregressiveHierarchicalPrior
 from ..weights import SCALE_THRESHOLDS, read_table
@@ -242,8 +242,8 @@ def _padded(image: np.ndarray) -> torch.Tensor:
 
     h, w = image.shape[:2]
     (yh, yw), _ = latent_shapes(w, h)
-    rows = np.minimum(np.arange(16 * yh), h - 1)
-    cols = np.minimum(np.arange(16 * yw), w - 1)
+    rows = np.minimum(np.arange(DOWNSAMPLING * yh), h - 1)
+    cols = np.minimum(np.arange(DOWNSAMPLING * yw), w - 1)
     block = image[rows[:, None], cols[None, :]]
     return torch.from_numpy(np.ascontiguousarray(block)).permute(2, 0, 1)[None].float() / 255.0
 

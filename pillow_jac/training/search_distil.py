@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..constants import EFFORT_ITERATIONS, QUALITY_DENOMINATOR, QUALITY_MAX, QUALITY_MIN
+from ..constants import ALIGN, EFFORT_ITERATIONS, QUALITY_DENOMINATOR, QUALITY_MAX, QUALITY_MIN
 from .encoder_update import (
     bd_against,
     copy_atomically,
@@ -81,8 +81,8 @@ def make_targets(
     from ..model.refine import refine_latents
     from .data import CropSampler
 
-    if crop % 64:
-        raise ValueError(f"crop must be a multiple of 64 (the latent grid of the codec), got {crop}")
+    if crop % ALIGN:
+        raise ValueError(f"crop must be a multiple of {ALIGN} (the latent grid of the codec), got {crop}")
     setup = {"effort": effort, "crop": crop, "seed": seed, "held_out": sorted(held_out), "weights": weights}
     out.mkdir(parents=True, exist_ok=True)
     counts = {}  # crops per file, by file name
