@@ -194,6 +194,8 @@ def get_engine(device: str | torch.device | None = None, weights: str | Path | N
     Without ``weights``, the default encoder's file (:func:`pillow_jac.generations.encoder`).
     """
     dev = resolve_device(device)
+    if dev.type == "cuda" and dev.index is None:  # "cuda" and "cuda:0" are one engine, not two copies of the model
+        dev = torch.device("cuda", torch.cuda.current_device())
     path = Path(weights) if weights is not None else generations.encoder().path
     try:
         stat = path.stat()
