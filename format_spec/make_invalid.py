@@ -37,30 +37,30 @@ def _with(jac, *, z: bytes | None = None, y: bytes | None = None, alpha: bytes |
     )
 
 
-def _latent_out_of_range(jac) -> bytes:
-    """One latent of ``y`` coded as 5000 (an escape can carry it; the encoder's clamp is 4095)."""
-    from pillow_jac import codec, generations
+def _engine(jac):
+    """The engine of the generation that made ``jac``."""
+    from pillow_jac import generations
     from pillow_jac.engine import get_engine
 
-    z_hat, y_hat = codec.decode_symbols(jac)
-    y_hat = y_hat.copy()
-    y_hat[0, 0, 0] = 5000
-    engine = get_engine("cpu", generations.find(jac.header.model_id, jac.header.weights_hash).path)
-    z_stream, y_stream = engine.latents.encode(z_hat, y_hat)
-    return _with(jac, z=z_stream, y=y_stream)
+    return get_engine("cpu", generations.find(jac.header.model_id, jac.header.weights_hash).path)
 
 
-def _z_latent_out_of_range(jac) -> bytes:
-    """One latent of ``z`` coded as 5000 (the y stream coded with the hyperprior of that z)."""
-    from pillow_jac import codec, generations
-    from pillow_jac.engine import get_engine
+def _latent_out_of_range(part: str) -> Callable:
+    """A builder that codes one latent of ``part`` (``"z"`` or ``"y"``) as 5000.
 
-    z_hat, y_hat = codec.decode_symbols(jac)
-    z_hat = z_hat.copy()
-    z_hat[0, 0, 0] = 5000
-    engine = get_engine("cpu", generations.find(jac.header.model_id, jac.header.weights_hash).path)
-    z_stream, y_stream = engine.latents.encode(z_hat, y_hat)
-    return _with(jac, z=z_stream, y=y_stream)
+    An escape can carry it; the encoder's clamp is 4095. The y stream is coded with the hyperprior of the z.
+    """
+
+    def build(jac) -> bytes:
+        from pillow_jac import codec
+
+        latents = dict(zip(("z", "y"), codec.decode_symbols(jac), strict=True))
+        latents[part] = latents[part].copy()
+        latents[part][0, 0, 0] = 5000
+        z_stream, y_stream = _engine(jac).latents.encode(latents["z"], latents["y"])
+        return _with(jac, z=z_stream, y=y_stream)
+
+    return build
 
 
 #: a 2048x1024 image (8192 latent positions): large enough for the bounds of CODING 2.4 to bite
@@ -71,11 +71,9 @@ def _large(jac, cut: int) -> bytes:
     """A 2048x1024 file of all-zero latents whose YSTR is cut to its first ``cut`` bytes."""
     import numpy as np
 
-    from pillow_jac import generations
     from pillow_jac.container.structure import latent_shapes
-    from pillow_jac.engine import get_engine
 
-    engine = get_engine("cpu", generations.find(jac.header.model_id, jac.header.weights_hash).path)
+    engine = _engine(jac)
     width, height = _LARGE
     y_shape, z_shape = latent_shapes(width, height)
     z_hat = np.zeros((engine.config.N, *z_shape), np.int64)
@@ -114,7 +112,7 @@ CASES: dict[str, tuple[str, str, str, Callable]] = {
     ),
     "y-latent-out-of-range": (
         "rgb-130x70-q7.jac", "CODING 1.4: decoded latents lie in -4095..4095", "EntropyCodingError",
-        _latent_out_of_range,
+        _latent_out_of_range("y"),
     ),
     "ystr-invalid-data": (
         "rgb-130x70-q7.jac", "CODING 2.4: the point lies outside every symbol's interval (invalid data)",
@@ -133,7 +131,7 @@ CASES: dict[str, tuple[str, str, str, Callable]] = {
     ),
     "z-latent-out-of-range": (
         "rgb-130x70-q7.jac", "CODING 1.4: decoded latents lie in -4095..4095 (z)", "EntropyCodingError",
-        _z_latent_out_of_range,
+        _latent_out_of_range("z"),
     ),
     "alph-plane-short": (
         "la-20x33-q2.jac", "SPEC 8.2 rule 12: the alpha plane is width x height bytes", "JacDataError",
