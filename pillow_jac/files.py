@@ -86,6 +86,7 @@ def check_target(path: str | os.PathLike) -> None:
     an existing file one may not write (:class:`PermissionError`); each names ``path``. What is written into
     rather than replaced (a device, a pipe, ``/dev/stdout``) passes.
     """
+    path = os.fsdecode(os.fspath(path))  # a bytes path as a str one
     if _is_special(path):
         return
     target = Path(os.path.realpath(path)) if os.path.islink(path) else Path(path)

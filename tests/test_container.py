@@ -813,3 +813,18 @@ def test_recovery_still_checks_the_chunks_at_the_end():
     with pytest.raises(JacFormatError, match="truncated JAC file"):
         parse(build(VALID_JHDR, Z, Y, extra[:5]), **recover)
     assert parse(build(VALID_JHDR, Z, Y), **recover) == parse(build(VALID_JHDR, Z, Y, extra, END))
+
+
+def test_recovery_reports_damaged_chunks_only_of_a_file_it_accepts():
+    """A damaged ancillary chunk of a file rejected later (cut inside its streams) is not reported as skipped."""
+    data = serialize(make("RGB", width=5, height=3, metadata=True))
+    chunks = {ctype: (offset, payload) for offset, ctype, payload in split_chunks(data)}
+    offset, payload = chunks[b"exif"]
+    bad = bytearray(data)
+    bad[offset + 8 + len(payload)] ^= 1  # the exif CRC
+    ystr_offset, _ = chunks[b"YSTR"]
+    damaged: list[bytes] = []
+    with pytest.raises(JacFormatError, match="truncated"):
+        parse(bytes(bad[: ystr_offset + 10]), on_damaged=damaged.append)
+    assert damaged == []
+    assert parse(bytes(bad), on_damaged=damaged.append) is not None and damaged == [b"exif"]

@@ -237,3 +237,14 @@ def test_save_checks_the_path_and_image_before_encoding(tmp_path, monkeypatch):
     with pytest.raises(TypeError, match=r"expects a PIL\.Image\.Image, got ndarray"):
         pillow_jac.save(np.zeros((8, 8, 3), np.uint8), tmp_path / "x.jac", quality=1)
     assert sorted(os.listdir(tmp_path)) == ["folder.jac"] and not os.listdir(tmp_path / "folder.jac")
+
+
+def test_check_target_takes_bytes_paths(tmp_path):
+    from pillow_jac.files import check_target
+
+    check_target(os.fsencode(tmp_path / "new.jac"))  # a file that can be written: nothing raised, nothing made
+    assert not (tmp_path / "new.jac").exists()
+    with pytest.raises(IsADirectoryError):
+        check_target(os.fsencode(tmp_path))
+    with pytest.raises(FileNotFoundError):
+        check_target(os.fsencode(tmp_path / "missing" / "x.jac"))

@@ -159,3 +159,72 @@ def test_an_encoder_update_brings_its_ladder(package, capsys) -> None:
     assert package.full.read_bytes() == written
     with pytest.raises(ValueError, match="not a note"):
         release.encoder_update(package.checkpoint, package.weights_dir, {"encoder_hash": "0" * 16})
+
+
+def _quick_vectors(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Vectors made and checked instantly: what is tested is how they are put in place."""
+
+    def make(out, *args, **kwargs):
+        (out / "vectors.json").write_text("{}")
+        return {}
+
+    monkeypatch.setattr(release, "_load_script", lambda name: types.SimpleNamespace(make=make))
+    monkeypatch.setattr(release, "check_vectors", lambda folder, path: [])
+
+
+def test_a_release_whose_last_rename_fails_puts_everything_back(package, monkeypatch: pytest.MonkeyPatch) -> None:
+    _quick_vectors(monkeypatch)
+    before = package.full.read_bytes()
+    package.table.write_text("{}\n")
+    real_replace = release.os.replace
+
+    def full_disk(src, dst):
+        if Path(dst) == package.table:
+            raise OSError(28, "No space left on device")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(release.os, "replace", full_disk)
+    with pytest.raises(OSError, match="No space"):
+        release.release(package.checkpoint, 8, package.weights_dir, package.vectors, {}, package.table)
+    assert package.full.read_bytes() == before and package.table.read_text() == "{}\n"
+    assert leftovers(package) == {generations.DEFAULT_WEIGHTS_NAME}  # no vectors, no staged or backup file
+    monkeypatch.setattr(release.os, "replace", real_replace)
+    assert release.release(package.checkpoint, 8, package.weights_dir, package.vectors, {}, package.table)
+
+
+def test_a_release_keeps_the_modes_of_what_it_replaces(package, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    _quick_vectors(monkeypatch)
+    package.table.write_text("{}\n")
+    package.table.chmod(0o644)
+    package.full.chmod(0o640)
+    new_id = release.release(package.checkpoint, 8, package.weights_dir, package.vectors, {}, package.table)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert package.table.stat().st_mode & 0o777 == 0o644  # readable by others, as before (mkstemp makes 0600)
+    assert package.full.stat().st_mode & 0o777 == 0o640
+    assert (package.vectors / new_id).stat().st_mode & 0o777 == 0o777 & ~umask  # as a new folder (mkdtemp: 0700)
+
+
+def test_freeze_never_writes_over_another_generation_or_the_vectors(tmp_path: Path, monkeypatch) -> None:
+    models = tmp_path / "models"
+    models.mkdir()
+    kept = models / "mbt-8-12-r007.safetensors"
+    weights.save_weights(kept, *freeze(tiny_model(1), 7))
+    monkeypatch.setenv("JAC_MODELS", str(models))
+    before = kept.read_bytes()
+    other = tiny_model(2)
+    weights.save_float_state(tmp_path / "other.safetensors", other.state_dict(), other.config, {})
+    with pytest.raises(SystemExit, match="holds the generation mbt-8-12-r007"):
+        freeze_module.main([str(tmp_path / "other.safetensors"), str(kept), "--release", "9"])
+    assert kept.read_bytes() == before
+    variant = next((Path(freeze_module.__file__).parents[2] / "format_spec" / "vectors" / "variants").glob("*"))
+    with pytest.raises(SystemExit, match="pin the test vectors"):
+        freeze_module.main([str(tmp_path / "other.safetensors"), str(variant / "weights.safetensors"), "--release=1"])
+    # a training run frozen again over its own earlier file (same id, a newer decoder) is the usual case
+    run = tmp_path / "run.safetensors"
+    freeze_module.main([str(tmp_path / "other.safetensors"), str(run), "--release", "0"])
+    trained_on = tiny_model(3)
+    weights.save_float_state(tmp_path / "later.safetensors", trained_on.state_dict(), trained_on.config, {})
+    freeze_module.main([str(tmp_path / "later.safetensors"), str(run), "--release", "0"])

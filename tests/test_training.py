@@ -225,6 +225,18 @@ def test_a_resume_with_other_run_options_is_refused(image_folder, tmp_path):
     assert torch.load(out / "checkpoint.pt", weights_only=False)["options"]["ema"] == "0.0"
 
 
+def test_a_checkpoint_without_recorded_options_resumes_with_a_warning(image_folder, tmp_path, capsys):
+    out = tmp_path / "run"
+    run(image_folder, out, "--steps", "1")
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=False)
+    del ckpt["options"]  # as a checkpoint written before the options were recorded
+    torch.save(ckpt, out / "checkpoint.pt")
+    capsys.readouterr()
+    run(image_folder, out, "--steps", "2", "--batch", "3")
+    assert "records no options" in capsys.readouterr().out
+    assert torch.load(out / "checkpoint.pt", weights_only=False)["options"]["batch"] == "3"
+
+
 def test_every_rank_resumes_from_its_own_states(image_folder, tmp_path):
     """A DDP checkpoint holds each rank's crop sampler and RNG states; rank 1 resumes from rank 1's."""
     from pillow_jac.training.data import CropSampler

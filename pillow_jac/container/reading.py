@@ -189,6 +189,8 @@ def read_file(
     at_eof = "truncated JAC file: no JEND chunk"
     found: dict[bytes, bytes] = {}
     unknown: list[tuple[bytes, bytes]] = []
+    damaged: list[bytes] = []  # reported once the whole file is accepted, not for a file then rejected
+    skip_damaged = damaged.append if on_damaged is not None else None
     damaged_end = False
     while True:
         head = None
@@ -206,7 +208,7 @@ def read_file(
                     raise JacTruncatedError(_cut_message(head, at_eof))
                 damaged_end = True
                 break
-        ctype, data = _read_chunk(r, expected_length, keep, at_eof, on_damaged, head)
+        ctype, data = _read_chunk(r, expected_length, keep, at_eof, skip_damaged, head)
         if ctype is None:
             continue
         if ctype == CHUNK_PRVW:  # ancillary and ignorable (SPEC.md 5.4): a second one is skipped, not an error
@@ -244,9 +246,9 @@ def read_file(
             raise JacDataError(f"unknown alpha method {alpha_method} in chunk 'ALPH'")
     elif C.CHUNK_ALPH in found:
         raise JacDataError(f"chunk 'ALPH' is not allowed: layout {header.layout} has no alpha channel")
-    if damaged_end:
-        assert on_damaged is not None
-        on_damaged(C.CHUNK_JEND)
+    if on_damaged is not None:
+        for ctype in damaged + ([C.CHUNK_JEND] if damaged_end else []):
+            on_damaged(ctype)
     return JacFile(
         header=header,
         z_stream=found[C.CHUNK_ZSTR],

@@ -63,6 +63,9 @@ def load_checkpoint(path: Path, config: ModelConfig, options: dict[str, str], al
     run_config = ModelConfig(**ckpt["config"])
     if run_config != config:
         raise SystemExit(f"{path} is a run of {run_config}, not of {config}: same options")
+    if "options" not in ckpt:  # a checkpoint from before options were recorded: nothing to compare with
+        shown = ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in options.items())
+        print(f"warning: {path} records no options; resuming with {shown}, recorded from now on", flush=True)
     changed = {k: (v, options.get(k)) for k, v in ckpt.get("options", {}).items() if options.get(k) != v}
     if changed:
         lines = ", ".join(f"--{k.replace('_', '-')} {old} -> {new}" for k, (old, new) in changed.items())

@@ -188,8 +188,10 @@ def freeze(model: JointAutoregressiveHierarchicalPrior, release: int, notes: dic
 def refuse_overwrite(target: Path, metadata: dict[str, str]) -> None:
     """ValueError if writing ``metadata``'s generation to ``target`` could change a shipped or released one.
 
-    ``target`` must lie outside the package's weights folder, and a ``model_id`` that the table of released
-    generations or an installed file holds must come with that decoder (a byte-identical re-freeze).
+    ``target`` must lie outside the package's weights folder and a checkout's ``format_spec`` folder, must not
+    be a weights file of another generation (one found through ``JAC_MODELS``, say), and a ``model_id`` that
+    the table of released generations or an installed file holds must come with that decoder (a
+    byte-identical re-freeze). Re-freezing a training run over its own earlier file is allowed.
     """
     from .. import generations
 
@@ -200,7 +202,16 @@ def refuse_overwrite(target: Path, metadata: dict[str, str]) -> None:
             f"{target} is inside the package's weights folder {package}: freeze into runs/..., and add a "
             "generation with python -m pillow_jac.training.release"
         )
+    spec = Path(__file__).resolve().parents[2] / "format_spec"  # a checkout's vectors and their generations
+    if spec.is_dir() and spec.resolve() in where.parents:
+        raise ValueError(f"{target} is inside {spec}: its generations pin the test vectors; freeze into runs/...")
     model_id, decoder = metadata["model_id"], metadata["decoder_hash"]
+    existing = generations.generation_of(where) if where.is_file() else None
+    if existing is not None and existing.model_id != model_id:
+        raise ValueError(
+            f"{target} holds the generation {existing.model_id}: freezing {model_id} over it would lose it "
+            "(freeze into a new file)"
+        )
     entry = generations.released().get(model_id)
     if entry is not None and entry["decoder_hash"] != decoder:
         raise ValueError(

@@ -102,18 +102,56 @@ def _released_table(path: Path) -> dict[str, dict[str, str]]:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def _write_text_atomically(path: Path, text: str) -> None:
-    """Replace ``path`` with ``text`` by a rename: a reader sees the old or the new file, never a part."""
+def _default_mode(folder: bool = False) -> int:
+    """The mode a new file (or folder) gets here: ``0o666`` (``0o777``) less the umask."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return (0o777 if folder else 0o666) & ~umask
+
+
+def _mode_for(path: Path, replaced: Path) -> None:
+    """Give the staged ``path`` the mode of the file it replaces, else the usual mode of a new one."""
+    os.chmod(path, replaced.stat().st_mode & 0o777 if replaced.exists() else _default_mode(path.is_dir()))
+
+
+def _staged_text(path: Path, text: str) -> Path:
+    """``text`` written and synced to a temporary file beside ``path``, with ``path``'s mode: renamed in later."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w") as f:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        _mode_for(Path(tmp), path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    return Path(tmp)
+
+
+def _commit(
+    vectors: Path, vectors_to: Path, full: Path, full_to: Path, table: Path, table_to: Path, backup: Path | None
+) -> None:
+    """Rename the staged vectors, shipped file and table into place: all three, or (on an error) none.
+
+    Only renames remain (every file is written and synced before), SIGINT and SIGTERM wait until the end,
+    and a rename that fails undoes the ones before it (the shipped file comes back from ``backup``).
+    """
+    with _signals_deferred():
+        vectors.rename(vectors_to)
+        try:
+            os.replace(full, full_to)
+            try:
+                os.replace(table, table_to)
+            except BaseException:
+                if backup is not None:
+                    os.replace(backup, full_to)
+                else:
+                    full_to.unlink(missing_ok=True)
+                raise
+        except BaseException:
+            vectors_to.rename(vectors)
+            raise
 
 
 @contextlib.contextmanager
@@ -204,7 +242,7 @@ def release(
     vectors_dir.mkdir(parents=True, exist_ok=True)
     fd, staged_name = tempfile.mkstemp(prefix=f".{new_id}.", suffix=".safetensors", dir=weights_dir)
     os.close(fd)
-    staged_full, staged_vectors = Path(staged_name), None
+    staged_full, staged_vectors, staged_table, backup = Path(staged_name), None, None, None
     try:
         staged_vectors = Path(tempfile.mkdtemp(prefix=f".{new_id}.", suffix=".tmp", dir=vectors_dir))
         save_weights(staged_full, new_tensors, new_meta)
@@ -217,12 +255,18 @@ def release(
             raise WeightsError("the vectors do not pass their check: " + "; ".join(failures))
         entries = {**generations.released(), **_released_table(table_path)}
         entries[new_id] = {"weights_hash": new_meta["weights_hash"], "decoder_hash": new_meta["decoder_hash"]}
-        with _signals_deferred():
-            staged_vectors.rename(target_vectors)
-            os.replace(staged_full, full)
-            _write_text_atomically(table_path, json.dumps(entries, indent=2) + "\n")
+        staged_table = _staged_text(table_path, json.dumps(entries, indent=2) + "\n")
+        _mode_for(staged_full, full)
+        _mode_for(staged_vectors, target_vectors)
+        if full.exists():  # the shipped file as it was, to put back if a later rename fails
+            backup = Path(tempfile.mkstemp(prefix=f".{full.name}.", suffix=".old", dir=weights_dir)[1])
+            backup.unlink()
+            os.link(full, backup)
+        _commit(staged_vectors, target_vectors, staged_full, full, staged_table, table_path, backup)
     finally:
-        staged_full.unlink(missing_ok=True)
+        for leftover in (staged_full, staged_table, backup):
+            if leftover is not None:
+                leftover.unlink(missing_ok=True)
         if staged_vectors is not None:
             shutil.rmtree(staged_vectors, ignore_errors=True)
     print(f"wrote {len(made)} vectors to {target_vectors}; they decode with the new file")

@@ -434,13 +434,14 @@ def main(argv: list[str] | None = None) -> None:
             log_file.flush()
             sums = {k: torch.zeros((), device=device) for k in sums}
             n = 0
-        done = bool(
-            stop["requested"] or step >= args.steps or (args.minutes and time.time() - start > args.minutes * 60)
-        )
-        if distributed:  # one rank stopping alone would leave the others waiting in the next allreduce
-            flag = torch.tensor([float(done)], device=device)
+        stopping = bool(stop["requested"] or (args.minutes and time.time() - start > args.minutes * 60))
+        done = step >= args.steps  # the same step on every rank
+        if not distributed:
+            done = done or stopping
+        elif step % args.log_every == 0:  # a signal or the time limit of one rank: all stop at the same step,
+            flag = torch.tensor([float(stopping)], device=device)  # agreed where the log reads back anyway
             torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-            done = bool(flag.item())
+            done = done or bool(flag.item())
         if step % args.save_every == 0 or done:
             ranks = gather_rank_states(source, device, distributed)  # every rank takes part
             if rank == 0:
