@@ -77,7 +77,8 @@ def metadata_bytes(value: Any, name: str) -> bytes | None:
     if isinstance(value, str) and name == "xmp":  # XML text; a profile or an EXIF block is binary
         value = value.encode("utf-8")
     if not isinstance(value, (bytes, bytearray, memoryview)):
-        msg = f"{name} must be bytes, got {type(value).__name__}"
+        accepted = {"exif": "bytes or a PIL.Image.Exif", "xmp": "bytes or a str"}.get(name, "bytes")
+        msg = f"{name} must be {accepted}, got {type(value).__name__}"
         raise TypeError(msg)
     _check_chunk_size(memoryview(value).nbytes, name)  # before copying
     value = bytes(value)

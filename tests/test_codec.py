@@ -151,8 +151,8 @@ def no_model(monkeypatch):
     ("options", "error", "message"),
     [
         ({"icc_profile": "text"}, TypeError, "icc_profile must be bytes, got str"),
-        ({"exif": 123}, TypeError, "exif must be bytes, got int"),
-        ({"xmp": 5}, TypeError, "xmp must be bytes, got int"),
+        ({"exif": 123}, TypeError, "exif must be bytes or a PIL.Image.Exif, got int"),
+        ({"xmp": 5}, TypeError, "xmp must be bytes or a str, got int"),
         ({"icc_profile": _huge()}, ValueError, "chunk limit"),
         ({"model": 5}, TypeError, "model must be a model_id"),
     ],
