@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from . import container, interpreter_exit
-from .codec_inputs import _alpha_fields, _as_array, _check_model, _color_planes, _metadata
+from .codec_inputs import alpha_fields, as_array, check_model, color_planes, metadata_fields
 from .constants import (
     ALPHA_LAYOUTS,
     DEFAULT_EFFORT,
@@ -141,7 +141,7 @@ def encode(
         ValueError: a bad argument (an array of another dtype or shape among them); ``quality`` together with a
             target, or both targets; a target that even quality 1 (size) or 8 (PSNR) cannot meet.
     """
-    arr, layout = _as_array(image)
+    arr, layout = as_array(image)
     effort = DEFAULT_EFFORT if effort is None else effort
     if target_size is not None or target_psnr is not None:
         if quality is not None:
@@ -155,8 +155,8 @@ def encode(
     q16 = container.quality_to_u16(DEFAULT_QUALITY if quality is None else quality)  # validated here, once
     q = container.u16_to_quality(q16)
     effort = validate_effort(effort)
-    metadata = _metadata(icc_profile, exif, xmp)  # before the networks, as everything checked here
-    _check_model(model)
+    metadata = metadata_fields(icc_profile, exif, xmp)  # before the networks, as everything checked here
+    check_model(model)
     height, width = arr.shape[:2]
     if max(height, width) > container.C.MAX_DIMENSION:
         raise ValueError(f"images are limited to {container.C.MAX_DIMENSION} pixels per side")
@@ -166,7 +166,7 @@ def encode(
 
         preview_chunk = make_preview(arr, layout, preview)
     engine = _encoder_engine(device, weights, model)
-    z_hat, y_hat = _analyze(_color_planes(arr, layout), q, engine, effort)
+    z_hat, y_hat = _analyze(color_planes(arr, layout), q, engine, effort)
     z_stream, y_stream = _encode_latents(engine, z_hat, y_hat)
     jac = container.JacFile.create(
         width=width,
@@ -177,7 +177,7 @@ def encode(
         weights_hash=engine.weights_hash,
         z_stream=z_stream,
         y_stream=y_stream,
-        **_alpha_fields(arr, layout),
+        **alpha_fields(arr, layout),
         **metadata,
         preview=preview_chunk,
     )
@@ -215,9 +215,9 @@ def encode_symbols(
     image, quality: float = DEFAULT_QUALITY, *, effort: int = 0, device=None, weights=None, model: str | None = None
 ):
     """The integer latents ``(z_hat, y_hat)`` that :func:`encode` writes for ``image``."""
-    arr, layout = _as_array(image)
+    arr, layout = as_array(image)
     q = container.quantize_quality(quality)
-    return _analyze(_color_planes(arr, layout), q, _encoder_engine(device, weights, model), validate_effort(effort))
+    return _analyze(color_planes(arr, layout), q, _encoder_engine(device, weights, model), validate_effort(effort))
 
 
 def _parse(data) -> container.JacFile:
@@ -295,7 +295,7 @@ def _encoder_engine(device, weights, model):
     """The engine that encodes: the ``weights`` file, else the installed generation ``model``, else the newest."""
     from . import generations
 
-    _check_model(model)
+    check_model(model)
     if weights is None:
         try:
             weights = generations.encoder(model).path

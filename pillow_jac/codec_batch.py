@@ -34,7 +34,7 @@ from .codec import (
     decode,
     encode,
 )
-from .codec_inputs import _alpha_fields, _as_array, _color_planes
+from .codec_inputs import alpha_fields, as_array, color_planes
 from .constants import DEFAULT_EFFORT, DEFAULT_QUALITY, EFFORT_ITERATIONS, validate_effort, validate_quality
 
 __all__ = ["encode_batch", "decode_batch"]
@@ -150,7 +150,7 @@ def _file_bytes(arr: np.ndarray, layout: str, quality: float, engine, z_stream: 
     height, width = arr.shape[:2]
     jac = container.JacFile.create(
         width=width, height=height, layout=layout, quality=quality, model_id=engine.model_id,
-        weights_hash=engine.weights_hash, z_stream=z_stream, y_stream=y_stream, **_alpha_fields(arr, layout),
+        weights_hash=engine.weights_hash, z_stream=z_stream, y_stream=y_stream, **alpha_fields(arr, layout),
     )  # fmt: skip
     return container.serialize(jac)
 
@@ -211,7 +211,7 @@ def encode_batch(
     arrays = []
     for i, image in enumerate(images):
         with _naming_item(i, TypeError, ValueError):
-            arr = _as_array(image)
+            arr = as_array(image)
             if max(arr[0].shape[:2]) > container.C.MAX_DIMENSION:
                 raise ValueError(f"images are limited to {container.C.MAX_DIMENSION} pixels per side")
         arrays.append(arr)
@@ -226,7 +226,7 @@ def encode_batch(
             (i,) = members
             out[i] = encode(arrays[i][0], q, effort=effort, device=device, weights=weights, model=model)
             continue
-        colors = [_color_planes(*arrays[i]) for i in members]
+        colors = [color_planes(*arrays[i]) for i in members]
         for i, (z_hat, y_hat) in zip(members, _analyze_batch(colors, q, engine, effort), strict=True):
             z_stream, y_stream = _encode_latents(engine, z_hat, y_hat)
             out[i] = _file_bytes(*arrays[i], q, engine, z_stream, y_stream)

@@ -1,9 +1,9 @@
 """The checks and conversions of :func:`pillow_jac.codec.encode`'s arguments, before any model work.
 
-An image (a uint8 array or a PIL image, :func:`_as_array`) becomes a ``(H, W, C)`` array and its layout
+An image (a uint8 array or a PIL image, :func:`as_array`) becomes a ``(H, W, C)`` array and its layout
 (the JHDR ``layout``, SPEC.md section 3.2); its colour planes go through the network
-(:func:`_color_planes`) and its alpha is stored losslessly beside them (:func:`_alpha_fields`, SPEC.md
-section 5.1). The metadata follows the rule of Pillow's save path (:func:`_metadata`, SPEC.md section
+(:func:`color_planes`) and its alpha is stored losslessly beside them (:func:`alpha_fields`, SPEC.md
+section 5.1). The metadata follows the rule of Pillow's save path (:func:`metadata_fields`, SPEC.md section
 5.2). :mod:`pillow_jac.codec`, :mod:`pillow_jac.codec_batch` and :mod:`pillow_jac.targets` check their
 arguments here, so they refuse the same inputs with the same messages.
 """
@@ -15,8 +15,10 @@ import numpy as np
 from . import container
 from .constants import ALPHA_LAYOUTS, GRAY_LAYOUTS, LAYOUT_BY_CHANNELS, LAYOUTS
 
+__all__ = ["as_array", "array_like", "metadata_fields", "check_model", "color_planes", "alpha_fields"]
 
-def _as_array(image) -> tuple[np.ndarray, str]:
+
+def as_array(image) -> tuple[np.ndarray, str]:
     """A uint8 ``(H, W, C)`` array and its layout from an array or a PIL image.
 
     Raises:
@@ -27,7 +29,7 @@ def _as_array(image) -> tuple[np.ndarray, str]:
         if image.mode not in LAYOUTS:
             raise ValueError(f"cannot encode mode {image.mode!r}: convert to RGB, RGBA, L or LA first")
         image = np.asarray(image)
-    elif not _array_like(image):
+    elif not array_like(image):
         raise TypeError(f"expected a uint8 numpy array or a PIL image, got {type(image).__name__}")
     arr = np.asarray(image)
     if arr.dtype != np.uint8:
@@ -41,7 +43,7 @@ def _as_array(image) -> tuple[np.ndarray, str]:
     return arr, LAYOUT_BY_CHANNELS[arr.shape[2]]
 
 
-def _array_like(image) -> bool:
+def array_like(image) -> bool:
     """Whether numpy reads ``image`` as an array of numbers.
 
     So it does an array or numpy scalar, an object with the array interface or the buffer protocol, and a (nested)
@@ -61,7 +63,7 @@ def _array_like(image) -> bool:
     return True
 
 
-def _metadata(icc_profile, exif, xmp) -> dict[str, bytes | None]:
+def metadata_fields(icc_profile, exif, xmp) -> dict[str, bytes | None]:
     """The ``icc_profile``, ``exif`` and ``xmp`` to store, by the rule of Pillow's save path.
 
     :func:`pillow_jac.save_metadata.metadata_bytes`: bytes-like, ``exif`` also a :class:`PIL.Image.Exif`, ``xmp``
@@ -73,18 +75,18 @@ def _metadata(icc_profile, exif, xmp) -> dict[str, bytes | None]:
     return {name: metadata_bytes(value, name) for name, value in given.items()}
 
 
-def _check_model(model) -> None:
+def check_model(model) -> None:
     """A ``model`` argument is a ``model_id`` (str) or None."""
     if model is not None and not isinstance(model, str):
         raise TypeError(f"model must be a model_id (str) or None, got {type(model).__name__}")
 
 
-def _color_planes(arr: np.ndarray, layout: str) -> np.ndarray:
+def color_planes(arr: np.ndarray, layout: str) -> np.ndarray:
     """The ``(H, W, 3)`` planes that go through the network (gray repeated three times)."""
     return np.repeat(arr[:, :, :1], 3, axis=2) if layout in GRAY_LAYOUTS else arr[:, :, :3]
 
 
-def _alpha_fields(arr: np.ndarray, layout: str) -> dict:
+def alpha_fields(arr: np.ndarray, layout: str) -> dict:
     """The ``alpha`` and ``alpha_method`` of :meth:`~pillow_jac.container.JacFile.create` for an image."""
     if layout not in ALPHA_LAYOUTS:
         return {"alpha": None, "alpha_method": 0}

@@ -89,7 +89,7 @@ class Candidates:
         from .stripes import analyze_in_stripes
 
         self.arr, self.layout, self.engine, self.file_fields = arr, layout, engine, file_fields
-        self.color = codec_inputs._color_planes(arr, layout)
+        self.color = codec_inputs.color_planes(arr, layout)
         self.height, self.width = self.color.shape[:2]
         (yh, yw), _ = container.latent_shapes(self.width, self.height)
         color, device = self.color, engine.device

@@ -225,9 +225,9 @@ def encode_to_target(
     start = time.perf_counter()
     size_goal, psnr_goal = validate_targets(target_size, target_psnr)
     effort = validate_effort(effort)
-    arr, layout = codec_inputs._as_array(image)
-    metadata = codec_inputs._metadata(icc_profile, exif, xmp)
-    codec_inputs._check_model(model)
+    arr, layout = codec_inputs.as_array(image)
+    metadata = codec_inputs.metadata_fields(icc_profile, exif, xmp)
+    codec_inputs.check_model(model)
     height, width = arr.shape[:2]
     if max(height, width) > container.C.MAX_DIMENSION:
         raise ValueError(f"images are limited to {container.C.MAX_DIMENSION} pixels per side")
@@ -239,7 +239,7 @@ def encode_to_target(
     engine = codec._encoder_engine(device, weights, model)
     fields = dict(
         width=width, height=height, layout=layout, model_id=engine.model_id, weights_hash=engine.weights_hash,
-        **codec_inputs._alpha_fields(arr, layout), **metadata, preview=preview_chunk,
+        **codec_inputs.alpha_fields(arr, layout), **metadata, preview=preview_chunk,
     )  # fmt: skip
     if size_goal is not None:
         empty = container.JacFile.create(quality=QUALITY_MIN, z_stream=b"", y_stream=b"", **fields)
