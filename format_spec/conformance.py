@@ -59,18 +59,32 @@ def generations() -> list[str]:
 
 def check(generation: str, device: str | None = None) -> list[tuple[str, str, bool]]:
     """``(vector, outcome, passed)`` for every vector of one generation (or ``variants/<model_id>``)."""
+    folder = HERE / generation
+    weights = folder / "weights.safetensors" if (folder / "weights.safetensors").exists() else None
+    return check_folder(folder, weights, device, generation)
+
+
+def check_folder(
+    folder: Path, weights: Path | None = None, device: str | None = None, generation: str | None = None
+) -> list[tuple[str, str, bool]]:
+    """``(vector, outcome, passed)`` for every vector of ``folder``, decoded with ``weights``.
+
+    ``weights`` None decodes with the installed generation each file names; ``generation`` names the
+    decoder in a "not installed" outcome. The release tool checks new vectors with this before it commits.
+    """
     from pillow_jac import codec
 
     results = []
-    folder = HERE / generation
     table = json.loads((folder / "vectors.json").read_text())
-    weights = folder / "weights.safetensors" if (folder / "weights.safetensors").exists() else None
     for name, entry, data in _intact(folder, table, results):
         try:
             z_hat, y_hat = codec.decode_symbols(data, device=device, weights=weights)
             pixels = codec.decode(data, device=device, weights=weights)
         except codec.ModelNotInstalledError:
-            results.append((name, f"decoder {generation} is not installed", False))
+            results.append((name, f"decoder {generation or folder.name} is not installed", False))
+            continue
+        except (ValueError, OSError) as exc:  # the codec's errors (a weights file's among them) for a vector
+            results.append((name, f"not decoded ({type(exc).__name__}: {exc})", False))
             continue
         symbols = hashlib.sha256(((_digest(z_hat) if z_hat is not None else "") + _digest(y_hat)).encode())
         if symbols.hexdigest() != entry["symbols_sha256"]:

@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import hashlib
 import importlib.util
 import json
 import os
@@ -44,8 +43,6 @@ import signal
 import sys
 import tempfile
 from pathlib import Path
-
-import numpy as np
 
 from .. import generations
 from ..engine import build_model
@@ -168,34 +165,11 @@ def _signals_deferred():
 def check_vectors(folder: Path, weights: Path) -> list[str]:
     """What fails when the vectors of ``folder`` are decoded with ``weights`` (empty when all pass).
 
-    The checks of ``format_spec/conformance.py`` (the file's SHA-256, the exact latents, the pixels within
-    one level), with a given weights file instead of the installed generations.
+    ``format_spec/conformance.py``'s checks (the file's SHA-256, the exact latents, the pixels within one
+    level), with a given weights file instead of the installed generations.
     """
-    from .. import codec
-
-    conformance = _load_script("conformance")
-    table = json.loads((folder / "vectors.json").read_text())
-    results: list[tuple[str, str, bool]] = []
-    for name, entry, data in conformance._intact(folder, table, results):
-        try:
-            z_hat, y_hat = codec.decode_symbols(data, weights=weights)
-            pixels = codec.decode(data, weights=weights)
-        except (ValueError, OSError, WeightsError) as exc:  # the codec's errors for a file it cannot decode
-            results.append((name, f"not decoded ({exc})", False))
-            continue
-        z_digest = conformance._digest(z_hat) if z_hat is not None else ""
-        symbols = hashlib.sha256((z_digest + conformance._digest(y_hat)).encode()).hexdigest()
-        if symbols != entry["symbols_sha256"]:
-            results.append((name, "latents differ", False))
-            continue
-        from PIL import Image
-
-        expected = np.asarray(Image.open(folder / entry["decoded"]))
-        if pixels.shape != expected.shape:
-            results.append((name, f"shape {pixels.shape}, expected {expected.shape}", False))
-        elif int(np.abs(pixels.astype(np.int64) - expected).max(initial=0)) > 1:
-            results.append((name, "pixels differ by more than one level", False))
-    return [f"{folder.name}/{name}: {why}" for name, why, passed in results if not passed]
+    results = _load_script("conformance").check_folder(folder, weights)
+    return [f"{folder.name}/{name}: {outcome}" for name, outcome, passed in results if not passed]
 
 
 def release(
