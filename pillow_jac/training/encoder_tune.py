@@ -54,6 +54,7 @@ from .encoder_update import (
     score_real,
     tuned_weights,
     update_average,
+    weights_identity,
 )
 
 __all__ = ["main"]
@@ -125,7 +126,7 @@ def main(argv: list[str] | None = None) -> None:
     base_tensors, base_metadata = load_weights(args.weights)
     model = load_model(args.weights).to(memory_format=torch.channels_last)
     rate = CoderRate(base_tensors, base_metadata)
-    base_weights = {k: base_metadata.get(k, "") for k in ("decoder_hash", "encoder_hash")}  # what a resume must use
+    base_weights = weights_identity(base_metadata)  # what a resume must use
 
     def estimate(tuned: JointAutoregressiveHierarchicalPrior):  # the training-time bits of one image
         return lambda image, quality: sum(estimate_image_bits(tuned, rate, image, quality).values())

@@ -37,6 +37,7 @@ __all__ = [
     "holdout_split",
     "refuse_evaluation_data",
     "copy_atomically",
+    "weights_identity",
 ]
 
 #: names of the evaluation sets (shared/data/kodak, shared/data/urban20): never training data
@@ -200,6 +201,16 @@ def refuse_evaluation_data(parser: argparse.ArgumentParser, data: Path) -> None:
     for forbidden in EVALUATION_SETS:
         if forbidden in str(data.resolve()).lower():
             parser.error(f"--data {data} looks like the {forbidden} evaluation set: never train on it")
+
+
+def weights_identity(metadata: dict[str, str]) -> dict[str, str]:
+    """The decoder and encoder hashes of a weights file's manifest: what a tuning run or its targets start from.
+
+    Example:
+        >>> weights_identity({"decoder_hash": "a", "encoder_hash": "b", "model_id": "m"})
+        {'decoder_hash': 'a', 'encoder_hash': 'b'}
+    """
+    return {k: metadata.get(k, "") for k in ("decoder_hash", "encoder_hash")}
 
 
 def copy_atomically(source: Path, target: Path) -> None:

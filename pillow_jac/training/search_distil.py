@@ -42,6 +42,7 @@ from .encoder_update import (
     score_real,
     tuned_weights,
     update_average,
+    weights_identity,
 )
 
 __all__ = ["make_targets", "load_targets", "distillation_loss", "agreement", "main"]
@@ -74,9 +75,9 @@ def make_targets(
 
     Every file records its setup (effort, crop, seed, the names of the held-out images that
     ``images`` excludes, and ``weights``: the decoder and encoder hashes of the model's weights file,
-    :func:`weights_of`); files already in ``out`` must have the same setup. Full files are kept and
-    the draw continues after them (a shorter last file is made again), so an interrupted or extended
-    run writes what one uninterrupted run would.
+    :func:`~pillow_jac.training.encoder_update.weights_identity`); files already in ``out`` must have
+    the same setup. Full files are kept and the draw continues after them (a shorter last file is made
+    again), so an interrupted or extended run writes what one uninterrupted run would.
     """
     from ..model.refine import refine_latents
     from .data import CropSampler
@@ -121,14 +122,6 @@ def make_targets(
         moved = float((shard["y"] != shard["y0"]).float().mean())
         print(f"targets {index + 1}/{-(-crops // SHARD)}: the search moved {moved:.2%} of y", flush=True)
     return sum(counts.values())
-
-
-def weights_of(path: Path) -> dict[str, str]:
-    """The decoder and encoder hashes of the weights file at ``path``: what targets and a tuning run start from."""
-    from ..weights import load_weights
-
-    metadata = load_weights(path)[1]
-    return {k: metadata.get(k, "") for k in ("decoder_hash", "encoder_hash")}
 
 
 def load_targets(folder: Path) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict]:
@@ -177,7 +170,7 @@ def train(args: argparse.Namespace) -> float | None:
     The encoder runs under bf16 autocast here, as the search itself does; it is scored in float32,
     with real files.
     """
-    from ..engine import load_model
+    from ..engine import build_model
     from ..weights import load_weights, save_weights
     from .data import load_rgb
 
@@ -185,14 +178,14 @@ def train(args: argparse.Namespace) -> float | None:
     held_paths = _held_out(args)
     if setup["held_out"] != sorted(p.name for p in held_paths):
         raise ValueError("the targets were made with other held-out images than --data/--holdout/--holdout-seed give")
-    made_with, given = setup.get("weights"), weights_of(args.weights)
+    base_tensors, base_metadata = load_weights(args.weights)
+    made_with, given = setup.get("weights"), weights_identity(base_metadata)
     if made_with is not None and made_with != given:
         raise ValueError(
             f"the targets were made with other weights ({made_with}) than --weights {args.weights} ({given})"
         )
     torch.manual_seed(args.seed)
-    base_tensors, base_metadata = load_weights(args.weights)
-    model = load_model(args.weights)
+    model = build_model(base_tensors, base_metadata)
     for name, p in model.named_parameters():
         p.requires_grad_(is_encoder_key(name))
     params = [p for p in model.parameters() if p.requires_grad]
@@ -280,7 +273,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     """Run ``targets`` or ``train``."""
-    from ..engine import load_model
+    from ..engine import build_model
+    from ..weights import load_weights
     from .data import list_images, load_rgb
 
     args = parse_args(argv)
@@ -288,11 +282,12 @@ def main(argv: list[str] | None = None) -> None:
     if args.command == "targets":
         held = _held_out(args)
         training = [p for p in list_images(args.data) if p not in held]
-        model = load_model(args.weights).eval()
+        tensors, metadata = load_weights(args.weights)
+        model = build_model(tensors, metadata).eval()
         images = [load_rgb(p, 512) for p in training]
         held_out = tuple(p.name for p in held)
         count = make_targets(
-            model, images, args.out, args.crops, args.effort, args.crop, args.seed, held_out, weights_of(args.weights)
+            model, images, args.out, args.crops, args.effort, args.crop, args.seed, held_out, weights_identity(metadata)
         )
         print(f"{count} crops in {args.out}", flush=True)
     else:
