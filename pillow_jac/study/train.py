@@ -16,7 +16,7 @@ import torch
 
 from ..model.mbt2018 import JointAutoregressiveHierarchicalPrior
 from ..model.objective import quality_lambda, rate_distortion_loss
-from ..training.checkpoint import save_checkpoint
+from ..training.checkpoint import rank_state, save_checkpoint
 from ..training.data import CropSampler, to_model_input
 from ..training.train import WeightAverage, stratified_qualities
 from .variants import Budget, Variant
@@ -54,8 +54,9 @@ def train_run(
         state = torch.load(checkpoint, map_location="cpu", weights_only=False)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
-        sampler.set_state(state["sampler"])
-        torch.set_rng_state(state["torch_rng"])
+        sampler_state, rng = rank_state(state, 0, 1, seed, state["step"])
+        sampler.set_state(sampler_state)
+        torch.set_rng_state(rng["torch"])
         average.shadow = {k: v.float() for k, v in state["average"].items()}
         step, seconds = state["step"], float((out / "seconds.txt").read_text())
         log(f"{out.name}: resumed at step {step}")

@@ -120,9 +120,9 @@ def gather_rank_states(sampler: CropSampler | BatchPrefetcher, device: torch.dev
 def rank_state(ckpt: dict, rank: int, world_size: int, seed: int, step: int) -> tuple[dict, dict]:
     """The crop-sampler state and RNG states ``rank`` resumes from: its own from the checkpoint.
 
-    A checkpoint of another number of ranks (or one that recorded rank 0 only) gives rank 0 the recorded
-    state and every other rank fresh states drawn from ``(seed, rank, step)``, so the ranks still draw
-    different crops.
+    A checkpoint of another number of ranks (or one written before every rank's states were recorded, which
+    holds rank 0's as ``sampler``, ``torch_rng`` and ``cuda_rng``) gives rank 0 the recorded state and every
+    other rank fresh states drawn from ``(seed, rank, step)``, so the ranks still draw different crops.
 
     Example:
         >>> import numpy as np, torch
@@ -135,6 +135,8 @@ def rank_state(ckpt: dict, rank: int, world_size: int, seed: int, step: int) -> 
     if ranks is not None and len(ranks) == world_size:
         return ranks[rank]["sampler"], ranks[rank]["rng"]
     if rank == 0:
+        if ranks:
+            return ranks[0]["sampler"], ranks[0]["rng"]
         return ckpt["sampler"], {"torch": ckpt["torch_rng"], "cuda": ckpt.get("cuda_rng")}
     import numpy as np
 
@@ -175,9 +177,6 @@ def save_checkpoint(
             "model": model.state_dict(),
             "optimizer": optimizer.state_dict(),
             "step": step,
-            "sampler": ranks[0]["sampler"],
-            "torch_rng": ranks[0]["rng"]["torch"],
-            "cuda_rng": ranks[0]["rng"]["cuda"],
             "ranks": ranks,
             "config": config.to_dict(),
             **({"options": options} if options is not None else {}),
