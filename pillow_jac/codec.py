@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from . import container, interpreter_exit
-from .codec_inputs import alpha_fields, as_array, check_model, color_planes, metadata_fields
+from .codec_inputs import as_array, check_model, color_planes, file_fields
 from .constants import (
     ALPHA_LAYOUTS,
     DEFAULT_EFFORT,
@@ -155,31 +155,17 @@ def encode(
     q16 = container.quality_to_u16(DEFAULT_QUALITY if quality is None else quality)  # validated here, once
     q = container.u16_to_quality(q16)
     effort = validate_effort(effort)
-    metadata = metadata_fields(icc_profile, exif, xmp)  # before the networks, as everything checked here
-    check_model(model)
-    height, width = arr.shape[:2]
-    if max(height, width) > container.C.MAX_DIMENSION:
-        raise ValueError(f"images are limited to {container.C.MAX_DIMENSION} pixels per side")
-    preview_chunk = None
-    if preview:  # before the networks: a bad size is refused at once, and making it costs milliseconds
-        from .preview import make_preview
-
-        preview_chunk = make_preview(arr, layout, preview)
+    fields = file_fields(arr, layout, icc_profile=icc_profile, exif=exif, xmp=xmp, model=model, preview=preview)
     engine = _encoder_engine(device, weights, model)
     z_hat, y_hat = _analyze(color_planes(arr, layout), q, engine, effort)
     z_stream, y_stream = _encode_latents(engine, z_hat, y_hat)
     jac = container.JacFile.create(
-        width=width,
-        height=height,
-        layout=layout,
         q16=q16,
         model_id=engine.model_id,
         weights_hash=engine.weights_hash,
         z_stream=z_stream,
         y_stream=y_stream,
-        **alpha_fields(arr, layout),
-        **metadata,
-        preview=preview_chunk,
+        **fields,
     )
     return container.serialize(jac)
 

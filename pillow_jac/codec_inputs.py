@@ -15,7 +15,7 @@ import numpy as np
 from . import container
 from .constants import ALPHA_LAYOUTS, GRAY_LAYOUTS, LAYOUT_BY_CHANNELS, LAYOUTS
 
-__all__ = ["as_array", "array_like", "metadata_fields", "check_model", "color_planes", "alpha_fields"]
+__all__ = ["as_array", "array_like", "metadata_fields", "check_model", "color_planes", "alpha_fields", "file_fields"]
 
 
 def as_array(image) -> tuple[np.ndarray, str]:
@@ -79,6 +79,28 @@ def check_model(model) -> None:
     """A ``model`` argument is a ``model_id`` (str) or None."""
     if model is not None and not isinstance(model, str):
         raise TypeError(f"model must be a model_id (str) or None, got {type(model).__name__}")
+
+
+def file_fields(arr: np.ndarray, layout: str, *, icc_profile, exif, xmp, model, preview) -> dict:
+    """Every :meth:`~pillow_jac.container.JacFile.create` field of an image that needs no model, checked first.
+
+    The metadata (:func:`metadata_fields`), the ``model`` argument's type, the size limit and the preview are
+    checked (and the preview and alpha made) before any network runs, so a bad argument is refused at once:
+    ``width``, ``height``, ``layout``, the alpha fields, the metadata and ``preview``.
+    """
+    metadata = metadata_fields(icc_profile, exif, xmp)
+    check_model(model)
+    height, width = arr.shape[:2]
+    if max(height, width) > container.C.MAX_DIMENSION:
+        raise ValueError(f"images are limited to {container.C.MAX_DIMENSION} pixels per side")
+    preview_chunk = None
+    if preview:  # making it costs milliseconds
+        from .preview import make_preview
+
+        preview_chunk = make_preview(arr, layout, preview)
+    return dict(
+        width=width, height=height, layout=layout, **alpha_fields(arr, layout), **metadata, preview=preview_chunk
+    )
 
 
 def color_planes(arr: np.ndarray, layout: str) -> np.ndarray:

@@ -226,21 +226,11 @@ def encode_to_target(
     size_goal, psnr_goal = validate_targets(target_size, target_psnr)
     effort = validate_effort(effort)
     arr, layout = codec_inputs.as_array(image)
-    metadata = codec_inputs.metadata_fields(icc_profile, exif, xmp)
-    codec_inputs.check_model(model)
-    height, width = arr.shape[:2]
-    if max(height, width) > container.C.MAX_DIMENSION:
-        raise ValueError(f"images are limited to {container.C.MAX_DIMENSION} pixels per side")
-    preview_chunk = None
-    if preview:  # before the model loads, as every argument checked here: a bad size is refused at once
-        from .preview import make_preview
-
-        preview_chunk = make_preview(arr, layout, preview)
+    fields = codec_inputs.file_fields(  # every argument checked before the model loads
+        arr, layout, icc_profile=icc_profile, exif=exif, xmp=xmp, model=model, preview=preview
+    )
     engine = codec._encoder_engine(device, weights, model)
-    fields = dict(
-        width=width, height=height, layout=layout, model_id=engine.model_id, weights_hash=engine.weights_hash,
-        **codec_inputs.alpha_fields(arr, layout), **metadata, preview=preview_chunk,
-    )  # fmt: skip
+    fields.update(model_id=engine.model_id, weights_hash=engine.weights_hash)
     if size_goal is not None:
         empty = container.JacFile.create(quality=QUALITY_MIN, z_stream=b"", y_stream=b"", **fields)
         overhead = len(container.serialize(empty))
