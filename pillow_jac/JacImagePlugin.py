@@ -341,9 +341,9 @@ def _raw_pixels(jac: container.JacFile, mode: str, size: tuple[int, int]) -> mem
 
 def _decode_pixels(jac: Any, device: str | None = None) -> np.ndarray:
     """Run :func:`pillow_jac.codec.decode`, mapping foreign exception types to ``OSError``."""
-    from .forksafe import importing
+    from .forksafe import setting_up
 
-    with importing():  # a fork waits for this import (pillow_jac/forksafe.py)
+    with setting_up():  # a fork waits for this import (pillow_jac/forksafe.py)
         from . import codec
 
     try:
@@ -433,9 +433,9 @@ def _encode_image(im: Image.Image, encoderinfo: dict[str, Any]) -> bytes:
     if im.mode != mode:
         im = im.convert(mode)
 
-    from .forksafe import importing
+    from .forksafe import setting_up
 
-    with importing():  # a fork waits for these imports (pillow_jac/forksafe.py)
+    with setting_up():  # a fork waits for these imports (pillow_jac/forksafe.py)
         import numpy as np
 
         from . import codec

@@ -245,11 +245,11 @@ def _get_engine(device, weights):
     """:func:`pillow_jac.engine.get_engine`, the codec's torch modules imported first, where a fork waits.
 
     Every path that runs the model gets its engine here first, so a fork in another thread never copies a
-    half-imported torch module's held import lock (pillow_jac/forksafe.py).
+    half-imported torch module's held import lock, nor a half-built engine (pillow_jac/forksafe.py).
     """
-    from .forksafe import importing
+    from .forksafe import setting_up
 
-    with importing():
+    with setting_up():
         from . import latent_coding, stripes  # noqa: F401 - imported now, under the guard
         from .engine import get_engine
         from .model import refine  # noqa: F401

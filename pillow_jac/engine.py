@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from . import generations
-from .forksafe import ForkSafeLock
+from .forksafe import ForkSafeLock, setting_up
 from .generations import DEFAULT_WEIGHTS_NAME, default_weights_path
 from .model.integer import IntegerNetwork, dequantize_into
 from .model.layers import SubpixelDeconv
@@ -203,7 +203,8 @@ def get_engine(device: str | torch.device | None = None, weights: str | Path | N
         raise WeightsError(f"weights file not found: {path} (set JAC_WEIGHTS to its location)") from None
     # the file's identity includes its modification time, so a re-frozen file is reloaded
     key = (str(path.resolve()), stat.st_mtime_ns, stat.st_size, str(dev))
-    with _LOCK:
+    # a fork waits for a build in another thread: a child copied in the middle of one would hang (forksafe)
+    with setting_up(), _LOCK:
         engine = _CACHE.get(key)
         if engine is None:
             engine = _CACHE[key] = Engine(path, dev)

@@ -12,11 +12,15 @@ OpenMP workers; PyTorch's DataLoader does the same for its workers). Decoded pix
 the thread count (tests/test_concurrency.py). A child that raises torch's thread count again hangs
 in its first parallel op: use the ``spawn`` or ``forkserver`` start method then.
 
-Python's per-module import locks are not renewed in a child either: a fork while another thread
-imports the codec's torch modules (most of the first second of the first encode or decode) would
-leave that module's lock held in the child, whose first decode would then wait for ever. The codec
-imports them under :func:`importing`, and a fork waits (before it forks, at most
-:data:`IMPORT_WAIT_SECONDS`) until no such import is in progress. Standard library only.
+Other state is not renewed in a child either, and the codec's set-up is where another thread holds it:
+Python's per-module import lock while the codec imports its torch modules (most of the first second
+of the first encode or decode); while an engine is built, a one-time initialisation of safetensors'
+native code left running (its first ``safe_open``) and the mutex of torch's random generator (the
+model's layers are created with random weights before the file's are loaded). A child copied at such
+a moment waits for ever in its first decode. The codec sets itself up under :func:`setting_up`, and a
+fork waits (before it forks, at most :data:`SETUP_WAIT_SECONDS`) until no set-up is in progress. Once
+an engine is built, a fork while another thread decodes needs no wait (tests/test_concurrency.py).
+Standard library only.
 """
 
 from __future__ import annotations
@@ -35,14 +39,14 @@ from collections.abc import Iterator
 # while a fork waits in ours would get its after-hook run without its before-hook (its lock released
 # unheld). Imported here, they are registered before any fork can wait.
 
-__all__ = ["ForkSafeLock", "importing"]
+__all__ = ["ForkSafeLock", "setting_up"]
 
 _LOCKS: weakref.WeakSet[ForkSafeLock] = weakref.WeakSet()
-#: how long a fork waits for an import of the codec's modules in another thread to finish
-IMPORT_WAIT_SECONDS = 120.0
-#: held while the codec imports its torch modules (reentrant: those imports nest)
-_importing = threading.RLock()
-#: per thread: whether this thread's fork holds ``_importing`` (taken before the fork, given back after)
+#: how long a fork waits for the codec's set-up in another thread to finish
+SETUP_WAIT_SECONDS = 120.0
+#: held while the codec imports its torch modules or builds an engine (reentrant: these nest)
+_setting_up = threading.RLock()
+#: per thread: whether this thread's fork holds ``_setting_up`` (taken before the fork, given back after)
 _forking = threading.local()
 
 
@@ -75,23 +79,23 @@ class ForkSafeLock:
 
 
 @contextlib.contextmanager
-def importing() -> Iterator[None]:
-    """Hold off forks while the block runs: the codec imports its torch modules inside it.
+def setting_up() -> Iterator[None]:
+    """Hold off forks while the block runs: the codec imports its torch modules and builds engines inside it.
 
     Example:
-        >>> with importing():
+        >>> with setting_up():
         ...     import json
     """
-    guard = _importing
+    guard = _setting_up
     with guard:
         yield
 
 
 def _before_fork() -> None:
-    _forking.held = _importing.acquire(timeout=IMPORT_WAIT_SECONDS)
+    _forking.held = _setting_up.acquire(timeout=SETUP_WAIT_SECONDS)
     if not _forking.held:
         print(
-            f"pillow_jac: forking while the codec's modules are still being imported after {IMPORT_WAIT_SECONDS:g} s; "
+            f"pillow_jac: forking while the codec is still setting up after {SETUP_WAIT_SECONDS:g} s; "
             "the child may hang in its first encode or decode",
             file=sys.stderr,
         )
@@ -100,12 +104,12 @@ def _before_fork() -> None:
 def _after_fork_in_parent() -> None:
     if getattr(_forking, "held", False):
         _forking.held = False
-        _importing.release()
+        _setting_up.release()
 
 
 def _after_fork_in_child() -> None:
-    global _importing
-    _importing = threading.RLock()
+    global _setting_up
+    _setting_up = threading.RLock()
     _forking.held = False
     for lock in list(_LOCKS):
         lock._renew()

@@ -345,6 +345,54 @@ def test_fork_while_another_thread_imports_the_codec(tmp_path: Path, files: list
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork")
+def test_fork_while_another_thread_builds_the_first_engine(tmp_path: Path, files: list[bytes]) -> None:
+    """A fresh process forks while another thread's first decode builds the engine: the fork waits for the build.
+
+    A child copied in the middle of it waited for ever in its own first decode (in safetensors' first
+    ``safe_open``, or in torch's random generator while the model's layers were created): about one run
+    in seven with GIL switches every 10 us, as the CI's machine once had it at the default interval."""
+    (tmp_path / "a.jac").write_bytes(files[0])
+    script = textwrap.dedent(
+        """
+        import faulthandler, os, sys, threading, time
+        from PIL import Image
+        import pillow_jac
+        from pillow_jac import engine
+
+        sys.setswitchinterval(1e-5)
+
+        def first():
+            with Image.open(sys.argv[1]) as im:
+                im.load()
+
+        thread = threading.Thread(target=first)
+        thread.start()
+        while not engine._LOCK.locked():  # the other thread is building the engine
+            if not thread.is_alive():
+                sys.exit("the build was not seen")
+            time.sleep(0.0002)
+        pid = os.fork()
+        if pid == 0:
+            faulthandler.dump_traceback_later(60, exit=True)
+            built = len(engine._CACHE)
+            with Image.open(sys.argv[1]) as im:
+                im.load()
+            os._exit(0 if built == 1 else 3)
+        thread.join()
+        _, status = os.waitpid(pid, 0)
+        sys.exit(os.waitstatus_to_exitcode(status))
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path / "a.jac")], capture_output=True, text=True, timeout=300, cwd=ROOT
+    )
+    assert result.returncode != 3, "the fork did not wait for the engine's build"
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stderr == ""
+
+
+@pytest.mark.slow
 def test_interpreter_exit_during_a_daemon_threads_decode(tmp_path: Path) -> None:
     """The main thread ends while a daemon thread makes its first decode: the process exits with its own status.
 
