@@ -36,8 +36,6 @@ from .constants import (
     ALPHA_LAYOUTS,
     DEFAULT_EFFORT,
     DEFAULT_QUALITY,
-    DOWNSAMPLING,
-    EFFORT_ITERATIONS,
     GRAY_LAYOUTS,
     validate_effort,
 )
@@ -56,26 +54,11 @@ class CodecError(ValueError, OSError):
     """
 
 
-#: images up to this many pixels run their float transforms on one torch thread: their ops are too
-#: small to gain from more, and on a busy machine extra threads make them many times slower
-SMALL_IMAGE_PIXELS = 512 * 512
+def _transforms():
+    """:mod:`pillow_jac.image_transforms` (imported with torch, by :func:`_get_engine` first)."""
+    from . import image_transforms
 
-
-def _threads_for(pixels: int, engine):
-    """The context of torch work on an image (a context manager).
-
-    One torch thread for small images on CPU, and the work counted for a clean interpreter exit
-    (:func:`pillow_jac.interpreter_exit.working`).
-    """
-    import contextlib
-
-    from .latent_coding import single_threaded
-
-    with contextlib.ExitStack() as region:  # left again if entering the second part fails
-        region.enter_context(interpreter_exit.working())
-        if engine.device.type == "cpu" and pixels <= SMALL_IMAGE_PIXELS:
-            region.enter_context(single_threaded())
-        return region.pop_all()
+    return image_transforms
 
 
 def _encode_latents(engine, z_hat: np.ndarray | None, y_hat: np.ndarray) -> tuple[bytes, bytes]:
@@ -172,29 +155,10 @@ def encode(
 
 def _analyze(color: np.ndarray, quality: float, engine, effort: int = 0) -> tuple[np.ndarray | None, np.ndarray]:
     """g_a and h_a on the padded image, then rounding (or refinement): the latents ``(z_hat, y_hat)``."""
-    torch = _torch()
-    from .stripes import analyze_in_stripes
-
-    height, width = color.shape[:2]
-    (yh, yw), _ = container.latent_shapes(width, height)
-    model = engine.model
-
-    def pixel_rows(first: int, end: int):  # the padded image, built stripe by stripe
-        return _padded_pixels([color], first, end, yw, engine.device)
-
-    with torch.inference_mode(), _threads_for(height * width, engine):
-        y = analyze_in_stripes(model.g_a, pixel_rows, (yh, yw))
-        y = y * engine.gains(quality).to(y)
-        z = model.h_a(y) if engine.config.hyperprior else None
-    if effort:
-        from .model.refine import refine_latents
-
-        with _threads_for(height * width, engine):
-            y, z = refine_latents(
-                model, pixel_rows, y.clone(), None if z is None else z.clone(), quality, (height, width),
-                EFFORT_ITERATIONS[effort],
-            )  # fmt: skip
-    return None if z is None else _rounded(z), _rounded(y)
+    transforms = _transforms()
+    y = transforms.analyze(engine, [color])
+    y, z = transforms.hyper_analyze(engine, y, quality, color.shape[0] * color.shape[1])
+    return transforms.symbols(engine, y, z, quality, effort, color)
 
 
 def encode_symbols(
@@ -250,7 +214,7 @@ def _get_engine(device, weights):
     from .forksafe import setting_up
 
     with setting_up():
-        from . import latent_coding, stripes  # noqa: F401 - imported now, under the guard
+        from . import image_transforms, latent_coding, stripes  # noqa: F401 - imported now, under the guard
         from .engine import get_engine
         from .model import refine  # noqa: F401
     interpreter_exit.watch()  # after torch's import, so the exit waits for daemon threads before torch's handlers
@@ -309,7 +273,7 @@ def decode_symbols(data, *, device=None, weights=None) -> tuple[np.ndarray | Non
 def _decode_latents(jac: container.JacFile, engine):
     torch = _torch()
     h = jac.header
-    with torch.inference_mode(), _threads_for(h.height * h.width, engine):
+    with torch.inference_mode(), _transforms().torch_work(h.height * h.width, engine):
         return engine.latents.decode(jac.z_stream, jac.y_stream, h.z_shape, h.y_shape)
 
 
@@ -330,7 +294,8 @@ def decode(data, *, device=None, weights=None) -> np.ndarray:
     h = jac.header
     alpha = _alpha_of(jac)
     _, y_hat = _decode_latents(jac, engine)
-    return _to_layout(_synthesize(engine, y_hat, h.quality, h.height, h.width), h.layout, alpha)
+    (rgb,) = _transforms().synthesize(engine, [y_hat], [h.quality], [(h.height, h.width)])
+    return _to_layout(rgb, h.layout, alpha)
 
 
 def _alpha_of(jac: container.JacFile) -> np.ndarray | None:
@@ -340,59 +305,6 @@ def _alpha_of(jac: container.JacFile) -> np.ndarray | None:
         return None
     raw = container.decompress_alpha(jac.alpha_method, jac.alpha, h.width, h.height)
     return np.frombuffer(raw, np.uint8).reshape(h.height, h.width)
-
-
-def _synthesize(engine, y_hat: np.ndarray, quality: float, height: int, width: int) -> np.ndarray:
-    """g_s of integer latents ``(M, Hy, Wy)`` at a stored quality: the ``(H, W, 3)`` uint8 colour planes.
-
-    ``clamp(round(255 * g_s(y_hat * inverse_gain(q))), 0, 255)`` cropped to the image (CODING.md section
-    1.4), computed stripe by stripe so memory stays bounded.
-    """
-    torch = _torch()
-    from .stripes import synthesize_in_stripes
-
-    rgb = np.empty((height, width, 3), np.uint8)
-    with torch.inference_mode(), _threads_for(height * width, engine):
-        y = torch.from_numpy(y_hat).to(engine.device).float()[None]
-        y = y * engine.gains(quality, inverse=True).to(y)
-        if engine.device.type == "cpu":
-            y = y.contiguous(memory_format=torch.channels_last)
-
-        def store(first_row: int, x_hat) -> None:  # one stripe of g_s output to 8-bit pixels
-            end = min(height, first_row + x_hat.shape[2])
-            if first_row < end:
-                part = x_hat[0, :, : end - first_row, :width]
-                rgb[first_row:end] = (part.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
-
-        synthesize_in_stripes(engine.synthesis, y, sink=store)
-    return rgb
-
-
-def _padded_pixels(colors: list[np.ndarray], first: int, end: int, latent_width: int, device):
-    """Rows ``[first, end)`` of padded images (edge pixels repeated) as a ``(B, 3, rows, 16 Wy)`` tensor in [0, 1].
-
-    The input of g_a (CODING.md section 1.2), for :func:`_analyze`, the batches and the target search.
-    """
-    torch = _torch()
-    blocks = []
-    for color in colors:
-        height, width = color.shape[:2]
-        rows = np.minimum(np.arange(first, end), height - 1)
-        columns = np.minimum(np.arange(latent_width * DOWNSAMPLING), width - 1)
-        blocks.append(color[rows[:, None], columns[None, :]])
-    x = torch.from_numpy(np.stack(blocks)).to(device).permute(0, 3, 1, 2).float() / 255.0
-    return x.contiguous(memory_format=torch.channels_last) if device.type == "cpu" else x
-
-
-def _rounded(t) -> np.ndarray:
-    """The integer symbols of one image's latents ``(1, C, H, W)``: rounded and clamped to the symbol range.
-
-    The encoder's quantisation (CODING.md section 1.2), for :func:`_analyze`, the batches and the target search.
-    """
-    from .latent_coding import SYMBOL_LIMIT
-
-    with interpreter_exit.working():  # torch work (on CUDA, .cpu() waits for the analysis queued before it)
-        return _torch().round(t).clamp(-SYMBOL_LIMIT, SYMBOL_LIMIT)[0].cpu().numpy().astype(np.int64)
 
 
 def _to_layout(rgb: np.ndarray, layout: str, alpha: np.ndarray | None) -> np.ndarray:

@@ -25,17 +25,14 @@ from .codec import (
     _encode_latents,
     _encoder_engine,
     _engine_for,
-    _padded_pixels,
     _parse,
-    _rounded,
-    _threads_for,
     _to_layout,
-    _torch,
+    _transforms,
     decode,
     encode,
 )
 from .codec_inputs import alpha_fields, as_array, color_planes
-from .constants import DEFAULT_EFFORT, DEFAULT_QUALITY, EFFORT_ITERATIONS, validate_effort, validate_quality
+from .constants import DEFAULT_EFFORT, DEFAULT_QUALITY, validate_effort, validate_quality
 
 __all__ = ["encode_batch", "decode_batch"]
 
@@ -120,29 +117,13 @@ def _analyze_batch(
 
     Effort above 0 then refines each image's latents on its own, starting from its slice of the batch.
     """
-    torch = _torch()
-    from .stripes import analyze_in_stripes
-
-    (yh, yw), _ = container.latent_shapes(colors[0].shape[1], colors[0].shape[0])
-    model = engine.model
-    with torch.inference_mode(), _threads_for(sum(c.shape[0] * c.shape[1] for c in colors), engine):
-        y = analyze_in_stripes(model.g_a, lambda a, b: _padded_pixels(colors, a, b, yw, engine.device), (yh, yw))
-        y = y * engine.gains(quality).to(y)
-        z = model.h_a(y) if engine.config.hyperprior else None
-    latents = []
-    for i, color in enumerate(colors):
-        y_i, z_i = y[i : i + 1], None if z is None else z[i : i + 1]
-        if effort:
-            from .model.refine import refine_latents
-
-            height, width = color.shape[:2]
-            with _threads_for(height * width, engine):
-                y_i, z_i = refine_latents(
-                    model, lambda a, b, c=color: _padded_pixels([c], a, b, yw, engine.device), y_i.clone(),
-                    None if z_i is None else z_i.clone(), quality, (height, width), EFFORT_ITERATIONS[effort],
-                )  # fmt: skip
-        latents.append((None if z_i is None else _rounded(z_i), _rounded(y_i)))
-    return latents
+    transforms = _transforms()
+    y = transforms.analyze(engine, colors)
+    y, z = transforms.hyper_analyze(engine, y, quality, sum(c.shape[0] * c.shape[1] for c in colors))
+    return [
+        transforms.symbols(engine, y[i : i + 1], None if z is None else z[i : i + 1], quality, effort, color)
+        for i, color in enumerate(colors)
+    ]
 
 
 def _file_bytes(arr: np.ndarray, layout: str, quality: float, engine, z_stream: bytes, y_stream: bytes) -> bytes:
@@ -233,27 +214,6 @@ def encode_batch(
     return out
 
 
-def _synthesize_batch(y_hats: list[np.ndarray], qualities: list[float], sizes: list[tuple[int, int]], engine):
-    """g_s of one latent shape's images (each one stripe) in one pass: ``(H, W, 3)`` uint8 RGB per image.
-
-    Each image's pixels are converted and cropped to its ``(height, width)`` as :func:`decode` does.
-    """
-    torch = _torch()
-    from .stripes import synthesize_in_stripes
-
-    with torch.inference_mode(), _threads_for(sum(h * w for h, w in sizes), engine):
-        y = torch.from_numpy(np.stack(y_hats)).to(engine.device).float()
-        inverse = torch.cat([engine.gains(q, inverse=True) for q in qualities]).to(y)
-        y = y * inverse
-        if engine.device.type == "cpu":
-            y = y.contiguous(memory_format=torch.channels_last)
-        x_hat = synthesize_in_stripes(engine.synthesis, y)
-        return [
-            (x_hat[i, :, :h, :w].clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
-            for i, (h, w) in enumerate(sizes)
-        ]
-
-
 def decode_batch(files, *, device=None, weights=None, batch_size: int = 8) -> list[np.ndarray]:
     """Decompress several files, running g_s for up to ``batch_size`` images of one padded size at once.
 
@@ -310,7 +270,7 @@ def decode_batch(files, *, device=None, weights=None, batch_size: int = 8) -> li
                 y_hats.append(_decode_latents(parsed[i], engine)[1])
         headers = [parsed[i].header for i in members]
         sizes = [(h.height, h.width) for h in headers]
-        rgbs = _synthesize_batch(y_hats, [h.quality for h in headers], sizes, engine)
+        rgbs = _transforms().synthesize(engine, y_hats, [h.quality for h in headers], sizes)
         for i, h, rgb in zip(members, headers, rgbs, strict=True):
             out[i] = _to_layout(rgb, h.layout, _alpha_of(parsed[i]))
     return out

@@ -13,7 +13,7 @@ import math
 import numpy as np
 
 from . import codec, codec_inputs, container
-from .constants import EFFORT_ITERATIONS, QUALITY_DENOMINATOR, QUALITY_MAX, QUALITY_MIN, Y_PER_Z
+from .constants import QUALITY_DENOMINATOR, QUALITY_MAX, QUALITY_MIN, Y_PER_Z
 
 __all__ = [
     "Candidates",
@@ -85,28 +85,20 @@ class Candidates:
     """
 
     def __init__(self, arr: np.ndarray, layout: str, engine, file_fields: dict) -> None:
-        torch = codec._torch()
-        from .stripes import analyze_in_stripes
+        from . import image_transforms  # imported with the engine (pillow_jac.codec._get_engine)
 
+        self.transforms = image_transforms
         self.arr, self.layout, self.engine, self.file_fields = arr, layout, engine, file_fields
         self.color = codec_inputs.color_planes(arr, layout)
         self.height, self.width = self.color.shape[:2]
-        (yh, yw), _ = container.latent_shapes(self.width, self.height)
-        color, device = self.color, engine.device
-
-        def pixel_rows(first: int, end: int):  # the padded image, as codec._analyze builds it
-            return codec._padded_pixels([color], first, end, yw, device)
-
-        self.pixel_rows = pixel_rows
-        with torch.inference_mode(), self.threads():
-            self.y0 = analyze_in_stripes(engine.model.g_a, pixel_rows, (yh, yw))
+        self.y0 = image_transforms.analyze(engine, [self.color])
         self.overhead = len(self._file(Q16_MIN, b"", b""))
         self._latents: dict[tuple[int, int], tuple] = {}
         self.estimates = self.encodes = self.syntheses = self.refinements = 0
 
     def threads(self):
         """One torch thread for a small image on the CPU, as the codec runs it."""
-        return codec._threads_for(self.height * self.width, self.engine)
+        return self.transforms.torch_work(self.height * self.width, self.engine)
 
     # -- latents and files -------------------------------------------------------------------------
     def latents(self, q16: int, effort: int = 0) -> tuple[np.ndarray | None, np.ndarray]:
@@ -118,22 +110,10 @@ class Candidates:
         return self._latents[key]
 
     def _compute_latents(self, q16: int, effort: int):
-        torch = codec._torch()
-
-        model, quality = self.engine.model, q16 / QUALITY_DENOMINATOR
-        with torch.inference_mode(), self.threads():
-            y = self.y0 * model.gains(torch.tensor([quality], dtype=torch.float64)).to(self.y0)
-            z = model.h_a(y) if self.engine.config.hyperprior else None
-        if effort:
-            from .model.refine import refine_latents
-
-            self.refinements += 1
-            with self.threads():
-                y, z = refine_latents(
-                    model, self.pixel_rows, y.clone(), None if z is None else z.clone(), quality,
-                    (self.height, self.width), EFFORT_ITERATIONS[effort],
-                )  # fmt: skip
-        return (None if z is None else codec._rounded(z)), codec._rounded(y)
+        quality = q16 / QUALITY_DENOMINATOR
+        y, z = self.transforms.hyper_analyze(self.engine, self.y0, quality, self.height * self.width)
+        self.refinements += bool(effort)
+        return self.transforms.symbols(self.engine, y, z, quality, effort, self.color)
 
     def _file(self, q16: int, z_stream: bytes, y_stream: bytes) -> bytes:
         jac = container.JacFile.create(
@@ -182,7 +162,8 @@ class Candidates:
     def psnr(self, q16: int, effort: int = 0) -> float:
         """PSNR of the file at quality ``q16 / 256`` as :func:`pillow_jac.codec.decode` decodes it."""
         _, y_hat = self.latents(q16, effort)
-        rgb = codec._synthesize(self.engine, y_hat, q16 / QUALITY_DENOMINATOR, self.height, self.width)
+        size = (self.height, self.width)
+        (rgb,) = self.transforms.synthesize(self.engine, [y_hat], [q16 / QUALITY_DENOMINATOR], [size])
         self.syntheses += 1
         decoded = codec._to_layout(rgb, self.layout, None)
         return psnr(self.arr[:, :, 0] if decoded.ndim == 2 else self.arr[:, :, :3], decoded)

@@ -464,5 +464,7 @@ def test_rounding_the_latents_is_counted_torch_work(monkeypatch) -> None:
     seen = []
     real = torch.round
     monkeypatch.setattr(torch, "round", lambda t: seen.append(interpreter_exit._inside) or real(t))
-    codec._rounded(torch.zeros(1, 2, 3, 3))
+    from pillow_jac import image_transforms
+
+    image_transforms._rounded(torch.zeros(1, 2, 3, 3))
     assert seen == [1]

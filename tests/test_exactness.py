@@ -33,7 +33,7 @@ def _run(script: str, *args: str) -> None:
 
 @pytest.mark.slow
 def test_pixels_are_the_same_at_every_thread_count_from_1_to_8():
-    """A 640x448 image (above codec.SMALL_IMAGE_PIXELS, so decoding uses the thread count it is given):
+    """A 640x448 image (above image_transforms.SMALL_IMAGE_PIXELS, so decoding uses the thread count it is given):
     the same pixels at 1 to 8 torch threads, whatever split oneDNN picks for each count."""
     data = codec.encode(natural_image(448, 640, seed=3), 5)
     saved = torch.get_num_threads()
@@ -51,7 +51,7 @@ def test_pixels_are_the_same_at_every_thread_count_from_1_to_8():
 @pytest.mark.slow
 def test_encode_two_threads_decode_one_thread(tmp_path):
     # a natural photo (the bundled 384x256 sample, public domain) and synthetic images; the last is
-    # above codec.SMALL_IMAGE_PIXELS, so its float transforms and wavefront loop use 2 threads too
+    # above image_transforms.SMALL_IMAGE_PIXELS, so its float transforms and wavefront loop use 2 threads too
     photo = np.asarray(Image.open(SAMPLE).convert("RGB"))
     images = [natural_image(40, 130, seed=7), photo, natural_image(520, 530, seed=1)]
     np.save(tmp_path / "images.npy", np.array(images, dtype=object), allow_pickle=True)

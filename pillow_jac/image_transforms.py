@@ -1,0 +1,136 @@
+"""The float transforms of one engine on numpy images (Minnen et al. 2018, fig. 1; CODING.md section 1).
+
+Encoder: the padded image (edge pixels repeated, CODING.md section 1.2) through g_a in stripes
+(:func:`analyze`), the quality's gains and h_a (:func:`hyper_analyze`), then the effort's refinement
+(:mod:`pillow_jac.model.refine`) and rounding to the integer symbols (:func:`symbols`). Decoder: the
+inverse gains and g_s in stripes, to 8-bit colour planes (:func:`synthesize`, CODING.md section 1.4).
+
+:func:`pillow_jac.encode`, the batches (:mod:`pillow_jac.codec_batch`) and the target search
+(:mod:`pillow_jac.target_search`) run these same steps, so their latents, and files, are the same.
+Every step runs as :func:`torch_work` of its images' size. Imported with torch, by the codec's set-up
+(:func:`pillow_jac.codec._get_engine`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+
+from . import container, interpreter_exit
+from .constants import DOWNSAMPLING, EFFORT_ITERATIONS
+from .latent_coding import SYMBOL_LIMIT, single_threaded
+from .stripes import analyze_in_stripes, synthesize_in_stripes
+
+__all__ = ["SMALL_IMAGE_PIXELS", "torch_work", "padded_pixels", "analyze", "hyper_analyze", "symbols", "synthesize"]
+
+#: images up to this many pixels run their float transforms on one torch thread: their ops are too
+#: small to gain from more, and on a busy machine extra threads make them many times slower
+SMALL_IMAGE_PIXELS = 512 * 512
+
+
+def torch_work(pixels: int, engine) -> contextlib.AbstractContextManager:
+    """The context of torch work on ``pixels`` pixels of images (a context manager).
+
+    One torch thread for small images on the CPU, and the work counted for a clean interpreter exit
+    (:func:`pillow_jac.interpreter_exit.working`).
+    """
+    with contextlib.ExitStack() as region:  # left again if entering the second part fails
+        region.enter_context(interpreter_exit.working())
+        if engine.device.type == "cpu" and pixels <= SMALL_IMAGE_PIXELS:
+            region.enter_context(single_threaded())
+        return region.pop_all()
+
+
+def padded_pixels(colors: Sequence[np.ndarray], first: int, end: int, latent_width: int, device) -> torch.Tensor:
+    """Rows ``[first, end)`` of padded images (edge pixels repeated) as a ``(B, 3, rows, 16 Wy)`` tensor in [0, 1].
+
+    The input of g_a (CODING.md section 1.2).
+    """
+    blocks = []
+    for color in colors:
+        height, width = color.shape[:2]
+        rows = np.minimum(np.arange(first, end), height - 1)
+        columns = np.minimum(np.arange(latent_width * DOWNSAMPLING), width - 1)
+        blocks.append(color[rows[:, None], columns[None, :]])
+    x = torch.from_numpy(np.stack(blocks)).to(device).permute(0, 3, 1, 2).float() / 255.0
+    return x.contiguous(memory_format=torch.channels_last) if device.type == "cpu" else x
+
+
+def _rows_of(colors: Sequence[np.ndarray], device) -> Callable[[int, int], torch.Tensor]:
+    """``(first, end) -> padded rows`` of images of one latent shape, built stripe by stripe."""
+    (_, yw), _ = container.latent_shapes(colors[0].shape[1], colors[0].shape[0])
+    return lambda first, end: padded_pixels(colors, first, end, yw, device)
+
+
+def analyze(engine, colors: Sequence[np.ndarray]) -> torch.Tensor:
+    """g_a of images of one latent shape, ``(H, W, 3)`` uint8 each: ``y`` as ``(B, M, Hy, Wy)``, in stripes."""
+    shape, _ = container.latent_shapes(colors[0].shape[1], colors[0].shape[0])
+    with torch.inference_mode(), torch_work(sum(c.shape[0] * c.shape[1] for c in colors), engine):
+        return analyze_in_stripes(engine.model.g_a, _rows_of(colors, engine.device), shape)
+
+
+def hyper_analyze(engine, y: torch.Tensor, quality: float, pixels: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """g_a's output scaled by the gains of a stored quality, and h_a of it: ``(y, z)`` (z None without a hyperprior).
+
+    ``pixels``: the images' pixel count, for :func:`torch_work`.
+    """
+    with torch.inference_mode(), torch_work(pixels, engine):
+        y = y * engine.gains(quality).to(y)
+        z = engine.model.h_a(y) if engine.config.hyperprior else None
+    return y, z
+
+
+def symbols(
+    engine, y: torch.Tensor, z: torch.Tensor | None, quality: float, effort: int, color: np.ndarray
+) -> tuple[np.ndarray | None, np.ndarray]:
+    """One image's integer latents ``(z_hat, y_hat)``: its scaled ``y`` and ``z`` refined at ``effort`` and rounded.
+
+    ``color`` is the image's ``(H, W, 3)`` colour planes, the target of the refinement.
+    """
+    height, width = color.shape[:2]
+    if effort:
+        from .model.refine import refine_latents
+
+        with torch_work(height * width, engine):
+            y, z = refine_latents(
+                engine.model, _rows_of([color], engine.device), y.clone(), None if z is None else z.clone(), quality,
+                (height, width), EFFORT_ITERATIONS[effort],
+            )  # fmt: skip
+    return None if z is None else _rounded(z), _rounded(y)
+
+
+def _rounded(t: torch.Tensor) -> np.ndarray:
+    """The integer symbols of one image's latents ``(1, C, H, W)``: rounded and clamped to the symbol range.
+
+    The encoder's quantisation (CODING.md section 1.2).
+    """
+    with interpreter_exit.working():  # torch work (on CUDA, .cpu() waits for the analysis queued before it)
+        return torch.round(t).clamp(-SYMBOL_LIMIT, SYMBOL_LIMIT)[0].cpu().numpy().astype(np.int64)
+
+
+def synthesize(engine, y_hats: Sequence[np.ndarray], qualities: Sequence[float], sizes: Sequence[tuple[int, int]]):
+    """g_s of integer latents ``(M, Hy, Wy)`` of one shape at stored qualities: ``(H, W, 3)`` uint8 colour planes each.
+
+    ``clamp(round(255 * g_s(y_hat * inverse_gain(q))), 0, 255)`` cropped to each image's ``(height, width)``
+    (CODING.md section 1.4), computed stripe by stripe, each stripe stored as it is made.
+    """
+    outputs = [np.empty((h, w, 3), np.uint8) for h, w in sizes]
+    with torch.inference_mode(), torch_work(sum(h * w for h, w in sizes), engine):
+        y = torch.from_numpy(np.stack(y_hats)).to(engine.device).float()
+        y = y * torch.cat([engine.gains(q, inverse=True) for q in qualities]).to(y)
+        if engine.device.type == "cpu":
+            y = y.contiguous(memory_format=torch.channels_last)
+
+        def store(first_row: int, x_hat: torch.Tensor) -> None:  # one stripe of g_s output to 8-bit pixels
+            for i, (height, width) in enumerate(sizes):
+                end = min(height, first_row + x_hat.shape[2])
+                if first_row < end:
+                    part = x_hat[i, :, : end - first_row, :width]
+                    pixels = (part.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0)
+                    outputs[i][first_row:end] = pixels.cpu().numpy()
+
+        synthesize_in_stripes(engine.synthesis, y, sink=store)
+    return outputs
