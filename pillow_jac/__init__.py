@@ -1,7 +1,8 @@
 """pillow_jac: the JAC learned image codec as a Pillow and imageio file format.
 
-Importing the package registers the ``.jac`` format with Pillow (and with imageio when it is
-installed). It does not import torch: that happens on the first encode or decode.
+Importing the package registers the ``.jac`` format with Pillow, and with imageio when it is
+installed (at imageio's own import, if that comes later). It imports neither torch nor imageio: torch
+comes with the first encode or decode.
 
 Example:
     >>> import pillow_jac
@@ -31,7 +32,7 @@ if TYPE_CHECKING:
 
 
 def register() -> None:
-    """Register JAC with Pillow, and with imageio if it is installed. Safe to call repeatedly."""
+    """Register JAC with Pillow, and with imageio if installed (now, or at its import). Safe to call repeatedly."""
     from . import JacImagePlugin, imageio_plugin
 
     JacImagePlugin.register()

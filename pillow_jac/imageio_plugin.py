@@ -4,16 +4,24 @@ imageio reads and writes through Pillow, so the Pillow registration does the rea
 finds a Pillow format for file paths by itself, but it needs ``.jac`` in
 ``imageio.config.known_extensions`` for ``imwrite("<bytes>", ..., extension=".jac")`` and for the v2
 ``format=".jac"`` argument. :func:`register` adds that entry when imageio is installed (it is an
-optional dependency) and does nothing otherwise.
+optional dependency) and does nothing otherwise. ``import pillow_jac`` does not import imageio (and
+numpy with it, most of what importing imageio costs): if imageio is not imported yet, the entry is added
+by a hook on ``sys.meta_path`` the moment imageio's own import has run, before anything can use it.
 
 The entry names :class:`JacPlugin` first: imageio's Pillow plugin, except that when it writes JAC
 
 * it refuses more than one frame (a ``.jac`` file holds one image, format_spec/SPEC.md section 1), with a
   ``ValueError`` before anything is queued or written. imageio's own plugin would pass the frames to
   Pillow's ``save_all`` when the file is closed, and try again when the plugin object is collected;
-* it encodes in memory before it opens the file: imageio's own plugin opens (and so empties) the file
-  first, so a failed encode (a bad option, a size target below the smallest file) destroyed the file
-  that was there.
+* it encodes in memory before it touches the output: imageio's own plugin opens (and so empties) the
+  file first, so a failed encode (a bad option, a size target below the smallest file) destroyed the
+  file that was there. A path is then replaced only by the complete new file
+  (:func:`pillow_jac.files.write_atomic`), and a file object gets its bytes as the Pillow plugin writes
+  them (:func:`pillow_jac.files.write_into`): a full disk leaves no partial ``.jac``.
+
+:class:`JacPlugin` also comes just before ``pillow`` in ``known_plugins``, so that a write imageio
+gives to the first plugin that takes it (an output without ``.jac`` in its name, with ``format="JAC"``)
+reaches it; for every other format it is imageio's Pillow plugin unchanged.
 
 Example:
     >>> import pillow_jac
@@ -24,8 +32,12 @@ Example:
 
 from __future__ import annotations
 
+import importlib.abc
 import importlib.util
 import io
+import sys
+import threading
+import warnings
 from typing import Any
 
 __all__ = ["register", "EXTENSION", "PLUGIN_NAME"]
@@ -33,19 +45,42 @@ __all__ = ["register", "EXTENSION", "PLUGIN_NAME"]
 EXTENSION = ".jac"
 #: the name of :class:`JacPlugin` in ``imageio.config.known_plugins`` (``plugin="pillow_jac"``).
 PLUGIN_NAME = "pillow_jac"
+_HOOK_LOCK = threading.Lock()
 
 
 def register() -> bool:
-    """Add ``.jac`` to imageio's known extensions if imageio is installed; idempotent.
+    """Add ``.jac`` to imageio's known extensions, now if imageio is imported, else when it is; idempotent.
 
     Returns:
-        True when imageio is installed (and ``.jac`` is registered), False otherwise.
+        True when imageio is installed and ``.jac`` is registered (or will be, at imageio's import);
+        False when imageio is not installed, or cannot be used (then with a warning).
     """
+    if "imageio" in sys.modules:
+        return sys.modules["imageio"] is not None and _register_now()  # None: its import is blocked
     if importlib.util.find_spec("imageio") is None:
         return False
-    from imageio.config import FileExtension, PluginConfig, known_extensions, known_plugins
+    with _HOOK_LOCK:
+        if not any(isinstance(finder, _RegisterAtImport) for finder in sys.meta_path):
+            sys.meta_path.insert(0, _RegisterAtImport())
+    if "imageio" in sys.modules:  # imported by another thread meanwhile, before the hook was in place
+        return _register_now()
+    return True
 
-    known_plugins.setdefault(PLUGIN_NAME, PluginConfig(name=PLUGIN_NAME, class_name="JacPlugin", module_name=__name__))
+
+def _register_now() -> bool:
+    """Add the entries to an imported imageio's configuration (see the module doc)."""
+    try:
+        from imageio.config import FileExtension, PluginConfig, known_extensions, known_plugins
+    except Exception as exc:  # an imageio too old for imageio.config (< 2.16), or one that fails to import
+        warnings.warn(f"pillow_jac: .jac is not registered with imageio, which cannot be used: {exc}", stacklevel=2)
+        return False
+    if PLUGIN_NAME not in known_plugins:
+        config = PluginConfig(name=PLUGIN_NAME, class_name="JacPlugin", module_name=__name__)
+        plugins = list(known_plugins.items())
+        names = [name for name, _ in plugins]
+        plugins.insert(names.index("pillow") if "pillow" in names else len(plugins), (PLUGIN_NAME, config))
+        known_plugins.clear()  # the same dict, reordered: imageio tries its plugins in this order
+        known_plugins.update(plugins)
     entries = known_extensions.setdefault(EXTENSION, [])
     if not any(PLUGIN_NAME in entry.priority for entry in entries):
         entries.insert(
@@ -58,6 +93,46 @@ def register() -> bool:
             ),
         )
     return True
+
+
+class _RegisterAtImport(importlib.abc.MetaPathFinder):
+    """Finds nothing itself: it gives imageio's own spec a loader that registers ``.jac`` once imageio has run."""
+
+    def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> Any:
+        if fullname != "imageio":
+            return None
+        for finder in sys.meta_path:
+            find = getattr(finder, "find_spec", None)
+            if finder is self or find is None:
+                continue
+            spec = find(fullname, path, target)
+            if spec is not None:
+                break
+        else:
+            return None
+        if spec.loader is not None and hasattr(spec.loader, "exec_module"):
+            spec.loader = _RegisteringLoader(spec.loader, self)
+        return spec
+
+
+class _RegisteringLoader(importlib.abc.Loader):
+    """imageio's loader, then :func:`_register_now`; imageio's module keeps its own loader."""
+
+    def __init__(self, loader: Any, hook: _RegisterAtImport) -> None:
+        self.loader, self.hook = loader, hook
+
+    def create_module(self, spec: Any) -> Any:
+        return self.loader.create_module(spec)
+
+    def exec_module(self, module: Any) -> None:
+        module.__loader__ = self.loader
+        if module.__spec__ is not None:
+            module.__spec__.loader = self.loader
+        self.loader.exec_module(module)
+        with _HOOK_LOCK:
+            if self.hook in sys.meta_path:
+                sys.meta_path.remove(self.hook)
+        _register_now()
 
 
 def _frame_count(ndimage: Any, mode: str | None = None, is_batch: bool | None = None) -> int:
@@ -118,11 +193,23 @@ def _plugin_class() -> type:
             self.images_to_write.clear()  # not tried again when the plugin is closed or collected
             encoded = io.BytesIO()
             image.save(encoded, **self.save_args)  # before the file is opened, which empties it
-            self._request.get_file().write(encoded.getvalue())
+            _write(self._request, encoded.getvalue())
             return None
 
     JacPlugin.__module__ = __name__
     return JacPlugin
+
+
+def _write(request: Any, data: bytes) -> None:
+    """Give an encoded file to imageio's output: a path replaced only once complete, else the file object."""
+    from imageio.core.request import URI_FILENAME
+
+    from . import files
+
+    if getattr(request, "_uri_type", None) == URI_FILENAME and getattr(request, "_file", None) is None:
+        files.write_atomic(request.filename, lambda f: f.write(data))
+    else:
+        files.write_into(request.get_file(), data, request.filename)
 
 
 def __getattr__(name: str) -> Any:

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import gc
 import importlib.util
+import io
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -102,6 +105,9 @@ def test_register_without_imageio(monkeypatch) -> None:
     monkeypatch.setattr(
         importlib.util, "find_spec", lambda name, *a: None if name == "imageio" else real_find_spec(name, *a)
     )
+    monkeypatch.delitem(sys.modules, "imageio")  # not imported yet
+    assert imageio_plugin.register() is False
+    monkeypatch.setitem(sys.modules, "imageio", None)  # its import blocked
     assert imageio_plugin.register() is False
 
 
@@ -191,3 +197,86 @@ def test_16_bit_data_is_rejected(tmp_path: Path) -> None:
     deep = np.zeros((8, 8), np.uint16)
     with pytest.raises(ValueError, match="cannot write mode I;16"):
         iio.imwrite(tmp_path / "deep.jac", deep)
+
+
+def test_importing_pillow_jac_leaves_imageio_for_later_and_registers_when_it_comes() -> None:
+    """``import pillow_jac`` does not import imageio (and numpy with it); importing imageio later registers .jac."""
+    script = (
+        "import sys\n"
+        "import pillow_jac\n"
+        "assert 'imageio' not in sys.modules and 'numpy' not in sys.modules, 'imported at once'\n"
+        "import numpy as np, imageio.v3 as iio\n"
+        "from imageio.config import known_plugins\n"
+        "names = list(known_plugins)\n"
+        "assert names.index('pillow_jac') == names.index('pillow') - 1, names\n"
+        "assert type(sys.modules['imageio'].__loader__).__name__ == 'SourceFileLoader', 'imageio keeps its loader'\n"
+        "data = iio.imwrite('<bytes>', np.zeros((8, 8, 3), np.uint8), extension='.jac', quality=1)\n"
+        "assert iio.imread(data, extension='.jac').shape == (8, 8, 3)\n"
+        "assert not any(type(f).__module__ == 'pillow_jac.imageio_plugin' for f in sys.meta_path), 'hook left'\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+def test_an_unusable_imageio_is_warned_about_and_pillow_still_works(tmp_path: Path) -> None:
+    """An imageio without ``imageio.config`` (before 2.16) or one that fails to import broke ``import pillow_jac``."""
+    (tmp_path / "imageio").mkdir()
+    (tmp_path / "imageio" / "__init__.py").write_text("")  # an imageio of no use to us
+    script = (
+        "import warnings\n"
+        "import pillow_jac\n"
+        "from PIL import Image\n"
+        "assert 'JAC' in Image.OPEN\n"
+        "with warnings.catch_warnings(record=True) as seen:\n"
+        "    warnings.simplefilter('always')\n"
+        "    import imageio\n"
+        "assert [str(w.message) for w in seen if 'not registered with imageio' in str(w.message)], seen\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT)])}
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+@pytest.mark.filterwarnings("ignore:Can.t determine file format")
+def test_format_jac_reaches_the_jac_plugin_without_an_extension(tmp_path: Path, rgb: np.ndarray) -> None:
+    """imageio gives a write without ``.jac`` in its name to the first plugin that takes it: ours, before ``pillow``."""
+    path = tmp_path / "no-extension"
+    path.write_bytes(b"kept")
+    with pytest.raises(ValueError):
+        iio.imwrite(path, rgb, format="JAC", quality=9)  # refused before the file is touched
+    assert path.read_bytes() == b"kept"
+    out = io.BytesIO()
+    with pytest.raises(ValueError, match="2 frames"):
+        iio.imwrite(out, np.stack([rgb, rgb]), format="JAC")
+    assert out.getvalue() == b""
+    iio.imwrite(out, rgb, format="JAC")
+    assert out.getvalue().startswith(MAGIC)
+    png = iio.imwrite("<bytes>", rgb, format="PNG")  # another format: imageio's Pillow plugin, unchanged
+    assert np.array_equal(iio.imread(png), rgb)
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="RLIMIT_FSIZE")
+def test_a_write_that_fails_on_the_disk_leaves_the_old_file(tmp_path: Path, jac_file: Path) -> None:
+    """A write cut short (a full disk, here a file-size limit) left a truncated .jac in place of the old file."""
+    old = tmp_path / "old.jac"
+    old.write_bytes(jac_file.read_bytes())
+    script = (
+        "import resource, signal, sys\n"
+        "import numpy as np, imageio.v3 as iio\n"
+        "import pillow_jac\n"
+        "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[2]), resource.RLIM_INFINITY))\n"
+        "big = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)\n"
+        "try:\n"
+        "    iio.imwrite(sys.argv[1], big, quality=8)\n"
+        "except OSError as e:\n"
+        "    print('refused', e.errno)\n"
+    )
+    limit = str(old.stat().st_size + 64)
+    result = subprocess.run(
+        [sys.executable, "-c", script, str(old), limit], capture_output=True, text=True, timeout=300, cwd=ROOT
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.startswith("refused")
+    assert old.read_bytes() == jac_file.read_bytes()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["old.jac"]
