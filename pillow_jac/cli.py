@@ -142,7 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
             "-q",
             "--quality",
             type=_quality,
-            default=DEFAULT_QUALITY,
+            default=None,  # DEFAULT_QUALITY once parsed (main): None tells that it was not given
             help=f"quality from 1 to 8, fractions allowed (default {DEFAULT_QUALITY:g})",
         )
         rate.add_argument(
@@ -170,7 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
             "--effort",
             type=int,
             choices=range(MAX_EFFORT + 1),
-            default=DEFAULT_EFFORT,
+            default=None,  # DEFAULT_EFFORT once parsed (main)
             help=f"encoder effort from 0 (fastest, default) to {MAX_EFFORT} (slowest); 1 and 2 give smaller files, "
             "3 no smaller than 2 on Kodak",
         )
@@ -292,6 +292,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     parser = build_parser()
     args = parser.parse_args(argv)
+    if hasattr(args, "effort"):  # the encoder's options (encode, batch)
+        options = {"-q": args.quality, "-e": args.effort, "--size": args.size, "--psnr": args.psnr,
+                   "--preview": args.preview or None}  # fmt: skip
+        given = [flag for flag, value in options.items() if value is not None]
+        if args.command == "batch" and args.to == "png" and given:
+            parser.error(f"{', '.join(given)}: options of --to jac, not of --to png")
+        args.quality = DEFAULT_QUALITY if args.quality is None else args.quality
+        args.effort = DEFAULT_EFFORT if args.effort is None else args.effort
     if args.command == "batch" and args.ray is None:
         for given, flag in ((not args.resume, "--no-resume"), (args.worker_cpus, "--worker-cpus"),
                             (args.worker_gpus is not None, "--worker-gpus")):  # fmt: skip
@@ -393,6 +401,10 @@ def _run(args: argparse.Namespace) -> None:
         if args.ray is not None:
             _run_ray_batch(args)
             return
+        if (args.device or os.environ.get("JAC_DEVICE", "").strip() or "cpu") != "cpu":
+            from .engine import resolve_device  # imports torch: only for a device that may be missing
+
+            resolve_device(args.device)  # once, not once per file from every worker
         done, failed = run_batch(
             args.in_dir,
             args.out_dir,

@@ -31,7 +31,7 @@ from .codec import (
     decode,
     encode,
 )
-from .codec_inputs import alpha_fields, as_array, color_planes
+from .codec_inputs import alpha_fields, as_array, check_model, color_planes
 from .constants import DEFAULT_EFFORT, DEFAULT_QUALITY, validate_effort, validate_quality
 
 __all__ = ["encode_batch", "decode_batch"]
@@ -87,10 +87,12 @@ def _items(things, what: str, single: tuple[type, ...]) -> list:
     """
     if isinstance(things, single) or hasattr(things, "getbands"):
         raise TypeError(f"{what} must be a list (one item is a list of one), got {type(things).__name__}")
+    if not isinstance(things, (list, tuple, np.ndarray)) and hasattr(things, "__array__"):
+        things = np.asarray(things)  # a torch tensor, say: iterated, it would give one "image" per row
     if isinstance(things, np.ndarray) and things.dtype.kind in "biuf" and things.ndim in (2, 3):
         raise TypeError(
-            f"{what} must be a list, got one image of shape {things.shape} (one image is a list of one; "
-            "an (N, H, W, C) array is N images)"
+            f"{what} must be a list, got an array of shape {things.shape}: one image is a list of one, an "
+            "(N, H, W, C) array is N images, and N grey images are a list of (H, W) arrays"
         )
     return list(things)
 
@@ -140,7 +142,7 @@ def encode_batch(
     images,
     quality: float | None = DEFAULT_QUALITY,
     *,
-    effort: int = DEFAULT_EFFORT,
+    effort: int | None = DEFAULT_EFFORT,
     device=None,
     weights=None,
     model: str | None = None,
@@ -151,8 +153,10 @@ def encode_batch(
     Images are grouped by their latent shape (width and height rounded up to a multiple of 64, as
     padded); each group runs the analysis transforms in passes of at most ``batch_size`` images, then
     every image is entropy coded on its own by the exact latent coder. An image larger than one
-    stripe of the per-image path (about 2 padded megapixels) is encoded by :func:`encode` alone. Peak
-    memory is about ``batch_size`` times that of one image of the group.
+    stripe of the per-image path (about 2 padded megapixels) is encoded by :func:`encode` alone. Every
+    image is read into an array first (a generator of images too), and the files are returned together, so
+    memory grows with the number of images: give a large set in chunks. The transforms' working memory
+    is about ``batch_size`` times that of one image of the group.
 
     The files are those :func:`encode` writes without metadata: no ICC profile, EXIF, XMP or
     preview. With ``batch_size=1`` they are the same bytes. A batched convolution may sum in another
@@ -164,7 +168,7 @@ def encode_batch(
         images: a list of arrays or PIL images, as :func:`encode` takes them (any mix of sizes and layouts), or
             one ``(N, H, W, C)`` array; one image is a list of one.
         quality: 1 (smallest) to 8 (best), the same for every image (None: the default, as in :func:`encode`).
-        effort: 0 to 3, as in :func:`encode` (refinement runs per image).
+        effort: 0 to 3, as in :func:`encode` (refinement runs per image); None: the default.
         device: torch device (default: ``JAC_DEVICE`` or cpu).
         weights: a weights file to encode with, as in :func:`encode`.
         model: ``model_id`` of the installed generation to encode with (default: the newest).
@@ -187,8 +191,9 @@ def encode_batch(
     """
     images = _items(images, "images", (bytes, str, os.PathLike))
     q = container.quantize_quality(validate_quality(DEFAULT_QUALITY if quality is None else quality))
-    effort = validate_effort(effort)
+    effort = validate_effort(DEFAULT_EFFORT if effort is None else effort)
     batch_size = _check_batch_size(batch_size)
+    check_model(model)
     arrays = []
     for i, image in enumerate(images):
         with _naming_item(i, TypeError, ValueError):
@@ -272,5 +277,6 @@ def decode_batch(files, *, device=None, weights=None, batch_size: int = 8) -> li
         sizes = [(h.height, h.width) for h in headers]
         rgbs = _transforms().synthesize(engine, y_hats, [h.quality for h in headers], sizes)
         for i, h, rgb in zip(members, headers, rgbs, strict=True):
-            out[i] = _to_layout(rgb, h.layout, _alpha_of(parsed[i]))
+            with _naming_item(i, OSError, ValueError):
+                out[i] = _to_layout(rgb, h.layout, _alpha_of(parsed[i]))
     return out

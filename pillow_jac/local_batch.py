@@ -8,7 +8,7 @@ Worker processes (``workers > 1``):
 
 * They start from a "forkserver" that has imported torch but never ran it (or by "spawn" where there is
   none), never by a plain fork of a process whose torch/OpenMP thread pools are running; each gets
-  ``cpu_count // workers`` torch threads.
+  ``CPUs // workers`` torch threads, counting the CPUs this process may use (its affinity), not the machine's.
 * **A worker that dies** (killed, or out of memory) breaks Python's process pool. The files not
   finished are converted again in a new pool; only a file that was being converted when a pool broke is
   counted as tried, and one tried :data:`~pillow_jac.batch_plan.ATTEMPTS` times is reported as failed. A
@@ -47,6 +47,7 @@ __all__ = ["run_batch"]
 # SIGTERM asked it to end, and the shared per-file states (_QUEUED, _CONVERTING, _FINISHED).
 _cancelled = False
 _converting = False
+_in_job = False  # from a job's start to the end of its clean-up
 _terminating = False
 _states: Any = None
 _QUEUED, _CONVERTING, _FINISHED = 0, 1, 2
@@ -58,6 +59,8 @@ _IDLE_BREAKS = 2
 _KEPT_DYING = "not converted: the worker processes kept dying while idle (killed, or out of memory)"
 #: files submitted to a pool at once, per worker: a pool that breaks is not racing a flood of submissions
 _IN_FLIGHT_PER_WORKER = 2
+#: how long a cancelled worker waits for its pool to end it before it ends itself (its parent died)
+_ORPHAN_GRACE_SECONDS = 10.0
 #: how long the files of a broken pool may stay unsettled before they are taken as lost with it
 _BROKEN_GRACE_SECONDS = 10.0
 
@@ -169,7 +172,7 @@ def _run_pool(
     lost when the pool broke.
     """
     workers = min(workers, len(todo))
-    threads = max(1, (os.cpu_count() or 1) // workers)
+    threads = max(1, _usable_cpus() // workers)
     cancel_reader, cancel = ctx.Pipe(duplex=False)  # closing `cancel` cancels the batch in the workers
     init = (threads, cancel_reader, states)
     with (
@@ -213,6 +216,13 @@ def _run_pool(
             cancel.close()
             ex.shutdown(wait=False, cancel_futures=True)
             raise
+
+
+def _usable_cpus() -> int:
+    """The CPUs this process may run on (``taskset``, cgroups' cpusets, Slurm), not all the machine's."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0)) or 1
+    return os.cpu_count() or 1
 
 
 def _worker_init(threads: int, cancel: Any, states: Any) -> None:
@@ -272,6 +282,13 @@ def _end_by_sigterm() -> None:
 
 
 def _interrupt_when_cancelled(cancel: Any) -> None:
+    """Interrupt the file being converted when the batch is cancelled, then end the worker if the pool does not.
+
+    A parent that is alive ends its workers through the pool within moments. One that was killed (``kill
+    -9``, the out-of-memory killer) never does, and an idle worker waits for work for ever (every worker
+    holds the pool's queue, so it never sees its end): once the file being converted is cleaned up, a worker
+    still there after :data:`_ORPHAN_GRACE_SECONDS` ends itself.
+    """
     global _cancelled
     try:
         cancel.recv_bytes()  # nothing is ever sent: this returns when the parent closes its end
@@ -279,6 +296,10 @@ def _interrupt_when_cancelled(cancel: Any) -> None:
         pass
     _cancelled = True
     _thread.interrupt_main(signal.SIGINT)
+    deadline = time.monotonic() + _ORPHAN_GRACE_SECONDS
+    while _in_job or time.monotonic() < deadline:  # a file's clean-up is never cut short
+        time.sleep(0.1)
+    os._exit(1)
 
 
 def _worker_job(index: int, src: str, dst: str, *options: Any) -> tuple[Any, list[str]] | None:
@@ -286,8 +307,8 @@ def _worker_job(index: int, src: str, dst: str, *options: Any) -> tuple[Any, lis
 
     ``options``: :func:`pillow_jac.conversion.convert_file`'s ``to, quality, effort, device, extra, force``.
     """
-    global _converting
-    started = False
+    global _converting, _in_job
+    started, _in_job = False, True
     try:
         _converting = True  # before the check: a cancel from now on interrupts the conversion
         if _cancelled:
@@ -304,3 +325,4 @@ def _worker_job(index: int, src: str, dst: str, *options: Any) -> tuple[Any, lis
         _converting = False
         if started:
             _states[index] = _FINISHED
+        _in_job = False

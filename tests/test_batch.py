@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import sys
+import zlib
 
 import numpy as np
 import pytest
@@ -160,6 +161,10 @@ def test_one_item_for_a_list_is_refused(tmp_path) -> None:
             codec.decode_batch(single)
     stacked = codec.encode_batch(np.stack([image, image]), QUALITY)  # (N, H, W, C): N images
     assert stacked == [data, data]
+    torch = pytest.importorskip("torch")
+    with pytest.raises(TypeError, match="images must be a list"):  # iterated, it gave one "image" per row
+        codec.encode_batch(torch.from_numpy(image), QUALITY)
+    assert codec.encode_batch(torch.from_numpy(np.stack([image, image])), QUALITY) == [data, data]
     paths = [tmp_path / "a.jac", tmp_path / "b.jac"]
     for path in paths:
         path.write_bytes(data)
@@ -183,6 +188,12 @@ def test_errors_name_the_item():
     with pytest.raises(ValueError, match="uint8") as info:
         codec.encode_batch([image, image.astype(np.float32)], QUALITY)
     assert info.value.batch_index == 1
+    rgba = codec.encode(np.dstack([image, image[:, :, 0]]), QUALITY)
+    jac = container.parse(rgba)
+    short_alpha = container.serialize(dataclasses.replace(jac, alpha=zlib.compress(b"\0" * 10)))  # a valid container
+    with pytest.raises(ValueError, match="alpha plane") as info:  # found after the group's synthesis
+        codec.decode_batch([rgba, short_alpha])
+    assert info.value.batch_index == 1
 
 
 def test_options_as_the_single_image_calls_take_them():
@@ -190,6 +201,9 @@ def test_options_as_the_single_image_calls_take_them():
 
     images = [natural_image(32, 40, seed=12), natural_image(32, 40, seed=13)]
     files = codec.encode_batch(images, batch_size=np.int64(2))
+    assert codec.encode_batch(images, effort=None, batch_size=2) == files  # None: the default, as encode() takes it
+    with pytest.raises(TypeError, match="model"):
+        codec.encode_batch([], model=3)  # checked with no images too
     assert files == codec.encode_batch(images, None, batch_size=2)  # None: the default quality, as encode() takes it
     assert container.parse(files[0]).header.quality == container.parse(codec.encode(images[0])).header.quality
     weights = generations.encoder(None).path

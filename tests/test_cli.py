@@ -659,6 +659,24 @@ def test_batch_errors(tmp_path: Path, capsys) -> None:
             main(["batch", str(tmp_path / "empty"), str(tmp_path / "o"), "--to", "png", "-j", jobs])
         assert exit_info.value.code == 2
         assert "-j/--jobs: must be a whole number of at least 1" in capsys.readouterr().err
+    for options in (["-q", "3"], ["-e", "2"], ["--size", "1k", "--preview"]):  # ignored before, status 0
+        with pytest.raises(SystemExit) as exit_info:
+            main(["batch", str(tmp_path / "in"), str(tmp_path / "o"), "--to", "png", *options])
+        assert exit_info.value.code == 2
+        assert "options of --to jac, not of --to png" in capsys.readouterr().err
+
+
+def test_a_bad_device_fails_a_batch_once(tmp_path: Path, capsys, monkeypatch) -> None:
+    """A bad --device was reported once per file, after each input was opened (10,000 lines for 10,000 files)."""
+    (tmp_path / "in").mkdir()
+    for name in ("a.png", "b.png"):
+        crop().save(tmp_path / "in" / name)
+    assert main(["batch", str(tmp_path / "in"), str(tmp_path / "o"), "--to", "jac", "--device", "bogus"]) == 1
+    assert_one_line_error(capsys.readouterr().err, "unknown device 'bogus'")
+    monkeypatch.setenv("JAC_DEVICE", "bogus")
+    assert main(["batch", str(tmp_path / "in"), str(tmp_path / "o"), "--to", "jac"]) == 1
+    assert_one_line_error(capsys.readouterr().err, "unknown device 'bogus'")
+    assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
 
 
 @pytest.mark.slow

@@ -199,3 +199,42 @@ def test_a_worker_killed_amid_many_files_costs_none_of_them(tmp_path: Path) -> N
     assert all("cannot identify image file" in line for line in failures), [
         line for line in failures if "cannot identify" not in line
     ][:3]
+
+
+def test_a_worker_whose_batch_is_cancelled_ends_itself_if_its_pool_does_not(monkeypatch) -> None:
+    """A parent killed with ``kill -9`` left its idle workers waiting for work for ever (1.2 GB for ``-j 2``).
+
+    The cancel pipe's end interrupts the file being converted; a worker still there once that file is
+    cleaned up and the grace has passed now ends itself (here: the exit and the interruption recorded)."""
+    import multiprocessing
+    import threading
+
+    from pillow_jac import local_batch
+
+    exits, interrupts = [], []
+    monkeypatch.setattr(local_batch, "_ORPHAN_GRACE_SECONDS", 0.3)
+    monkeypatch.setattr(local_batch._thread, "interrupt_main", lambda *a: interrupts.append(a))
+    monkeypatch.setattr(local_batch.os, "_exit", exits.append)
+    monkeypatch.setattr(local_batch, "_cancelled", False)
+    monkeypatch.setattr(local_batch, "_in_job", True)  # a file's clean-up under way: never cut short
+    reader, writer = multiprocessing.Pipe(duplex=False)
+    thread = threading.Thread(target=local_batch._interrupt_when_cancelled, args=(reader,), daemon=True)
+    thread.start()
+    time.sleep(0.2)
+    assert (exits, interrupts) == ([], [])  # the parent holds its end: nothing happens
+    writer.close()  # the parent died
+    time.sleep(0.8)
+    assert len(interrupts) == 1 and exits == [] and local_batch._cancelled
+    local_batch._in_job = False  # the clean-up is done
+    thread.join(timeout=5)
+    assert exits == [1]
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_getaffinity"), reason="CPU affinity")
+def test_workers_share_the_cpus_this_process_may_use(monkeypatch) -> None:
+    """Under taskset, a cpuset or Slurm, -j 4 gave each worker cpu_count // 4 threads of a 64-core host on 4 CPUs."""
+    from pillow_jac import local_batch
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 64)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    assert local_batch._usable_cpus() == 4
