@@ -233,8 +233,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--force",
         action="store_true",
-        help="with --to png, also replace images older than their .jac file (kept by default: they may be the "
-        "originals the .jac files were made from; a decode run again after its .jac was made again needs it)",
+        help="with --to png, also replace images that no decode wrote (kept by default: they may be the "
+        "originals the .jac files were made from; a PNG that a decode wrote is replaced)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress output")
     add_device(p)

@@ -223,6 +223,10 @@ class _Counted:
         return data
 
 
+#: the ``Software`` text chunk of a PNG that a decode wrote: a batch decode replaces only such a file
+DECODED_BY = "pillow_jac (decoded from a .jac file)"
+
+
 def decode_file(src: Path, dst: Path, *, device: str | None = None) -> None:
     """Decode ``src`` (``.jac``) and save it in the format ``dst``'s extension names, with its metadata.
 
@@ -250,11 +254,13 @@ def decode_file(src: Path, dst: Path, *, device: str | None = None) -> None:
     options: dict[str, Any] = {
         name: bytes(value) for name in ("icc_profile", "exif", "xmp") if (value := getattr(jac, name))
     }
-    if fmt == "PNG" and "xmp" in options:  # Pillow's PNG writer takes XMP only as an iTXt chunk
+    if fmt == "PNG":  # Pillow's PNG writer takes XMP only as an iTXt chunk; the decoder is named in Software
         from PIL.PngImagePlugin import PngInfo
 
         pnginfo = PngInfo()
-        pnginfo.add_itxt("XML:com.adobe.xmp", options.pop("xmp").decode("utf-8", "replace"))
+        pnginfo.add_text("Software", DECODED_BY)
+        if "xmp" in options:
+            pnginfo.add_itxt("XML:com.adobe.xmp", options.pop("xmp").decode("utf-8", "replace"))
         options["pnginfo"] = pnginfo
     if fmt in ("JPEG", "WEBP", "AVIF"):
         options["quality"] = 95
@@ -297,20 +303,26 @@ def _save_keeping_what_fits(im: Any, fmt: str, options: dict[str, Any]) -> bytes
 
 
 def _check_not_an_original(src: Path, dst: Path) -> None:
-    """Refuse to replace an image older than the ``.jac`` file decoded over it: it may be what was encoded.
+    """Refuse to replace an image that a decode did not write: it may be what ``src`` was made from.
 
     ``jac batch IN IN --to jac`` then ``jac batch IN IN --to png`` (or ``jac batch IN J --to jac`` then
-    ``jac batch J IN --to png``) would otherwise replace each original with its lossy decode. A decode
-    run again after its ``.jac`` was made again is older too: it needs ``force``.
+    ``jac batch J IN --to png``) would otherwise replace each original with its lossy decode, whatever
+    the files' times say (an original copied back without its time is newer than its ``.jac``). A PNG
+    that a decode wrote names it in its ``Software`` text chunk (:data:`DECODED_BY`) and is replaced.
     """
-    try:
-        existing, source = os.stat(dst), os.stat(src)
-    except OSError:  # no output yet (a missing input is reported when it is read)
+    if not os.path.lexists(dst):  # no output yet (a missing input is reported when it is read)
         return
-    if existing.st_mtime_ns < source.st_mtime_ns:
+    from PIL import Image
+
+    try:
+        with Image.open(dst) as im:
+            decoded = im.format == "PNG" and im.info.get("Software") == DECODED_BY
+    except Exception:  # not an image Pillow opens (or one too large to): not a decode of ours
+        decoded = False
+    if not decoded:
         raise ConversionError(
-            f"{dst}: exists and is older than {src.name}, so it may be the image that file was made from; "
-            "not replaced (--force replaces it)"
+            f"{dst}: exists and was not written by a decode of {src.name}, so it may be the image that file "
+            "was made from; not replaced (--force replaces it)"
         )
 
 
@@ -328,7 +340,7 @@ def convert_file(
     """Convert one file as a batch does; return (input bytes, output bytes).
 
     ``extra``: more :func:`encode_file` options (``target_size``, ``target_psnr``, ``preview``). Decoding
-    (``to="png"``) does not replace an image older than the ``.jac`` file unless ``force`` is true.
+    (``to="png"``) replaces only a PNG that a decode wrote, unless ``force`` is true.
     """
     Path(dst).parent.mkdir(parents=True, exist_ok=True)
     if to == "jac":

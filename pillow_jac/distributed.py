@@ -343,8 +343,8 @@ def convert(
         target_size: instead of ``quality``, each file's size at most (:mod:`pillow_jac.targets`).
         target_psnr: instead of ``quality``, each file's PSNR at least.
         preview: store a gallery preview in each file (``to="jac"``): True, or its long side in pixels.
-        force: with ``to="png"``, also replace images older than their ``.jac`` file (by default they are
-            kept and the file fails: they may be the originals the ``.jac`` files were made from).
+        force: with ``to="png"``, also replace images that no decode wrote (by default they are kept and the
+            file fails: they may be the originals the ``.jac`` files were made from).
 
     Returns:
         The :class:`Report`; failed files are in :attr:`Report.failed` and do not raise.

@@ -85,8 +85,8 @@ def run_batch(
     """Convert every image in ``in_dir`` into ``out_dir``; return (converted, failed) counts.
 
     With ``to="jac"`` every file Pillow can read (by extension) is encoded to ``NAME.jac``; with
-    ``to="png"`` every ``.jac`` file is decoded to ``NAME.png`` (an existing image older than its ``.jac``
-    file is replaced only with ``force``: it may be the original). ``target_size``, ``target_psnr`` and
+    ``to="png"`` every ``.jac`` file is decoded to ``NAME.png`` (an existing image that no decode wrote is
+    replaced only with ``force``: it may be the original). ``target_size``, ``target_psnr`` and
     ``preview`` are as in :func:`pillow_jac.conversion.encode_file`, for every file. ``workers > 1`` uses
     that many worker processes.
 
