@@ -46,6 +46,7 @@ def run(
     pending: dict[Any, tuple[Any, str, str]] = {}  # a submitted call -> its actor, source and output
     slots: deque = deque()
     started_any, start = False, 0.0
+    start_error: BaseException | None = None  # why the first actor that could not start failed
 
     def finish(result: FileResult) -> None:
         report.add(result)
@@ -69,10 +70,11 @@ def run(
                     src, dst = todo.popleft()
                     pending[actor.convert.remote(src, dst, *options)] = (actor, src, dst)
             if not pending and not starting:
+                why = "" if start_error is None else f": {_cause(start_error)}"
                 if not started_any:
-                    raise RuntimeError("the Ray workers could not start")
+                    raise RuntimeError(f"the Ray workers could not start{why}") from start_error
                 for src, dst in todo:  # no worker is left to take them, and none can be started
-                    finish(FileResult(src, dst, "failed", "no Ray worker could start"))
+                    finish(FileResult(src, dst, "failed", f"no Ray worker could start{why}"))
                 break
             refs = [*pending, *starting]
             ray.wait(refs, num_returns=1)
@@ -84,8 +86,9 @@ def run(
                     actor = starting.pop(ref)
                     try:
                         ray.get(ref)
-                    except ray.exceptions.RayError:
+                    except ray.exceptions.RayError as exc:
                         dead.add(actor)  # it could not start: not replaced (the next would fail alike)
+                        start_error = start_error or exc  # the cause, for the error if none starts
                         continue
                     if not started_any:
                         started_any, start = True, time.perf_counter()
@@ -202,3 +205,18 @@ def _lost(
         todo.appendleft((src, dst))
         return
     finish(FileResult(src, dst, "failed", "the worker died converting it (out of memory? a lost node?)"))
+
+
+def _cause(exc: BaseException) -> str:
+    r"""One line for a Ray error: the worker's own exception (its message's last ``Name: text`` line), else its first.
+
+    Example:
+        >>> _cause(RuntimeError("The actor died in its creation task\nTraceback...\nValueError: bad device"))
+        'ValueError: bad device'
+    """
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    for line in reversed(lines):
+        name, colon, _ = line.partition(": ")
+        if colon and name.replace(".", "").isidentifier() and name.split(".")[-1][:1].isupper():
+            return line
+    return one_line(exc)

@@ -486,3 +486,21 @@ def test_cli_sizes_the_ray_workers(monkeypatch, capsys, tmp_path: Path) -> None:
     with pytest.raises(SystemExit):
         main([*base[:-1], "--worker-cpus", "2"])  # without --ray
     assert "--worker-cpus is an option of --ray" in capsys.readouterr().err
+
+
+def test_workers_that_cannot_start_say_why() -> None:
+    """An actor failing in its ``__init__`` (a bad device, a missing model) was dropped with its error: the user
+    saw only "the Ray workers could not start"."""
+    ray = _FakeRay()
+
+    class NotStarting(_FakeActor):
+        def _call(self, kind: str, src: str = "", dst: str = "") -> _FakeRef:
+            ref = _FakeRef(self, kind, src, dst)
+            message = "The actor died in its creation task\nTraceback (most recent call last):\nValueError: bad device"
+            ref.done, ref.error = True, self.ray.exceptions.RayActorError(message)
+            return ref
+
+    jobs = {Path("/in/a.png"): Path("/out/a.jac")}
+    with pytest.raises(RuntimeError, match="the Ray workers could not start: ValueError: bad device") as info:
+        ray_driver.run(ray, jobs, lambda: NotStarting(ray), 2, 1, ("jac",), lambda r: None)
+    assert isinstance(info.value.__cause__, ray.exceptions.RayActorError)
