@@ -207,5 +207,9 @@ def get_engine(device: str | torch.device | None = None, weights: str | Path | N
     with setting_up(), _LOCK:
         engine = _CACHE.get(key)
         if engine is None:
-            engine = _CACHE[key] = Engine(path, dev)
+            from .latent_coding import single_threaded
+
+            # a few hundred small ops: on 2 cores with another busy process, 0.3 s on one thread, 0.7-2 s on two
+            with single_threaded():
+                engine = _CACHE[key] = Engine(path, dev)
         return engine
