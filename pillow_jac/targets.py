@@ -32,11 +32,13 @@ How, at effort 0:
    :func:`pillow_jac.codec.decode`). A secant search on PSNR closes the bracket to :data:`PSNR_TOLERANCE`
    or to one step; the chosen quality is then coded once.
 
-Effort 1 to 3: the effort-0 search gives a quality; latent refinement then runs there and at up to
-:data:`MAX_REFINEMENTS` - 1 qualities predicted by the secant through the refined files' sizes (or PSNRs),
-the usual slope while there is only one. The
-refined file that meets the target at the highest quality (size) or with the fewest bytes (PSNR) is
-returned; when none does, the effort-0 file, which meets it.
+Effort 1 to 3: the effort-0 search gives a quality (or, when effort 0 cannot meet the target at all,
+quality 1 for a size and 8 for a PSNR, which only a refined file may meet); latent refinement then runs
+there and at up to :data:`MAX_REFINEMENTS` - 1 qualities predicted by the secant through the refined
+files' sizes (or PSNRs), the usual slope while there is only one. The refined file that meets the
+target at the highest quality (size) or with the fewest bytes (PSNR) is returned, for a PSNR only when
+it is smaller than effort 0's file; otherwise the effort-0 file, which meets it. When neither does,
+:class:`ValueError` gives both figures.
 
 Every file returned is what :func:`pillow_jac.codec.encode` writes at the quality it reports (the same
 bytes). :class:`TargetResult` reports the cost: model estimates, real encodes, syntheses, refinements.
@@ -64,6 +66,8 @@ from .constants import QUALITY_DENOMINATOR, QUALITY_MIN, validate_effort
 from .target_search import (
     MAX_REFINEMENTS,
     PSNR_TOLERANCE,
+    Q16_MAX,
+    Q16_MIN,
     SIZE_TOLERANCE,
     SIZE_TOLERANCE_BYTES,
     Candidates,
@@ -220,7 +224,8 @@ def encode_to_target(
     Raises:
         TypeError: an argument of the wrong type, as :func:`pillow_jac.codec.encode` says.
         ValueError: both or neither target, a bad value, ``target_size`` below what quality 1 gives, or
-            ``target_psnr`` above what quality 8 reaches.
+            ``target_psnr`` above what quality 8 reaches (at ``effort``: with refinement too). A size below
+            what the container and metadata alone take is refused before the model loads.
     """
     start = time.perf_counter()
     size_goal, psnr_goal = validate_targets(target_size, target_psnr)
@@ -229,32 +234,50 @@ def encode_to_target(
     fields = codec_inputs.file_fields(  # every argument checked before the model loads
         arr, layout, icc_profile=icc_profile, exif=exif, xmp=xmp, model=model, preview=preview
     )
-    engine = codec._encoder_engine(device, weights, model)
-    fields.update(model_id=engine.model_id, weights_hash=engine.weights_hash)
-    if size_goal is not None:
-        empty = container.JacFile.create(quality=QUALITY_MIN, z_stream=b"", y_stream=b"", **fields)
+    if size_goal is not None:  # the header's fields have fixed sizes: a placeholder decoder counts as the real one
+        empty = container.JacFile.create(
+            quality=QUALITY_MIN, z_stream=b"", y_stream=b"", model_id="x", weights_hash=bytes(8), **fields
+        )
         overhead = len(container.serialize(empty))
         if size_goal < overhead:
             raise ValueError(
                 f"target_size {size_goal} bytes is too small: the container, metadata, alpha and preview alone "
                 f"take {overhead} bytes"
             )
+    engine = codec._encoder_engine(device, weights, model)
+    fields.update(model_id=engine.model_id, weights_hash=engine.weights_hash)
     c = Candidates(arr, layout, engine, fields)
     reached = None
     refined = False
     if size_goal is not None:
-        q16, data = search_size(c, size_goal)
+        try:
+            q16, data = search_size(c, size_goal)
+        except ValueError as plain_error:  # even quality 1 is too large at effort 0: refinement may fit
+            if not effort:
+                raise
+            q16, data = Q16_MIN, None
+            unmet = plain_error
         if effort:
             better = refine_for_size(c, size_goal, q16, effort)
             if better is not None:
                 (q16, data), refined = better, True
+            elif data is None:
+                raise ValueError(f"{unmet}; {len(c.encode(Q16_MIN, effort))} bytes at effort {effort}") from None
     else:
-        q16, reached = search_psnr(c, psnr_goal)
+        try:
+            q16, reached = search_psnr(c, psnr_goal)
+        except ValueError as plain_error:  # even quality 8 falls short at effort 0: refinement may reach it
+            if not effort:
+                raise
+            q16, reached = Q16_MAX, None
+            unmet = plain_error
         data = None
         if effort:
             better = refine_for_psnr(c, psnr_goal, q16, effort)
-            if better is not None:
-                (q16, data, reached), refined = better, True
+            if better is None and reached is None:
+                raise ValueError(f"{unmet}; {c.psnr(Q16_MAX, effort):.2f} dB at effort {effort}") from None
+            if better is not None and (reached is None or len(better[1]) < len(data := c.encode(q16))):
+                (q16, data, reached), refined = better, True  # a refined file, smaller than effort 0's
         if data is None:
             data = c.encode(q16)
     return TargetResult(

@@ -155,6 +155,41 @@ def test_effort_with_target_psnr(rgb: np.ndarray, monkeypatch) -> None:
     assert result.psnr >= 30.0 and decoded_psnr(rgb, result.data) == pytest.approx(result.psnr, abs=1e-9)
 
 
+def test_targets_that_only_refinement_meets_are_met_at_effort(rgb: np.ndarray, monkeypatch) -> None:
+    """At effort 1-3, a size below effort 0's quality-1 file (or a PSNR above its quality 8) that the refined
+    encode meets was refused, with effort 0's figures."""
+    monkeypatch.setattr(target_search, "MAX_REFINEMENTS", 2)
+    plain, refined = len(codec.encode(rgb, 1.0)), len(codec.encode(rgb, 1.0, effort=1))
+    assert refined < plain  # what the test needs of its image
+    with pytest.raises(ValueError, match="too small"):
+        targets.encode_to_target(rgb, target_size=refined)
+    result = targets.encode_to_target(rgb, target_size=refined, effort=1)
+    assert result.refined and result.size <= refined and result.data == codec.encode(rgb, result.quality, effort=1)
+    with pytest.raises(ValueError, match=f"; {refined} bytes at effort 1"):
+        targets.encode_to_target(rgb, target_size=refined - 1, effort=1)
+    top = [decoded_psnr(rgb, codec.encode(rgb, 8.0, effort=e)) for e in (0, 1)]
+    assert top[1] > top[0]
+    goal = (top[0] + top[1]) / 2
+    result = targets.encode_to_target(rgb, target_psnr=goal, effort=1)
+    assert result.refined and result.psnr >= goal and decoded_psnr(rgb, result.data) == pytest.approx(result.psnr)
+    with pytest.raises(ValueError, match=f"; {top[1]:.2f} dB at effort 1"):
+        targets.encode_to_target(rgb, target_psnr=top[1] + 0.01, effort=1)
+
+
+def test_a_psnr_target_at_effort_never_gives_a_larger_file_than_effort_0(rgb: np.ndarray, monkeypatch) -> None:
+    plain = targets.encode_to_target(rgb, target_psnr=30.0)
+    q16 = round(plain.quality * 256)
+    monkeypatch.setattr(targets, "refine_for_psnr", lambda *a: (q16, bytes(len(plain.data) + 1), 99.0))
+    result = targets.encode_to_target(rgb, target_psnr=30.0, effort=1)
+    assert (result.data, result.refined, result.psnr) == (plain.data, False, plain.psnr)
+
+
+def test_a_size_below_the_container_is_refused_before_the_model_loads(rgb: np.ndarray, monkeypatch) -> None:
+    monkeypatch.setattr(codec, "_encoder_engine", lambda *a: pytest.fail("the model was loaded first"))
+    with pytest.raises(ValueError, match="alone take"):
+        targets.encode_to_target(rgb, target_size=20)
+
+
 # --------------------------------------------------------------------------- the public entry points
 
 

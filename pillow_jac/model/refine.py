@@ -247,7 +247,8 @@ def refine_latents(
         quality: the quality (sets lambda and the inverse gain).
         size: ``(height, width)`` of the real image; padding beyond it is not counted as distortion.
         iterations: gradient steps per tile (0 only rounds).
-        seed: seed of the Gumbel noise; the same inputs and seed give the same latents on a machine.
+        seed: seed of the Gumbel noise; the same inputs and seed give the same latents on a machine with the
+            same torch thread count (the gradients' sums are ordered by it).
 
     Returns:
         ``(y_hat, z_hat)``, rounded, on ``y``'s device and in its dtype.
