@@ -2,11 +2,12 @@
 
 The public API (what the Pillow and imageio plugins and the CLI call):
 
-* :func:`encode` ``(image, quality=DEFAULT_QUALITY, *, icc_profile=None, exif=None, xmp=None,
-  effort=0, device=None) -> bytes``; ``image`` is a uint8 array ``(H, W)`` (L), ``(H, W, 2)`` (LA),
-  ``(H, W, 3)`` (RGB) or ``(H, W, 4)`` (RGBA), or a PIL image in one of those modes.
-* :func:`decode` ``(data, *, device=None) -> numpy.ndarray``; ``data`` is ``bytes`` or a parsed
-  :class:`pillow_jac.container.JacFile`; the array has the layout of the encoded image.
+* :func:`encode` ``(image, quality=None, *, icc_profile=None, exif=None, xmp=None, effort=0, device=None,
+  weights=None, model=None, target_size=None, target_psnr=None, preview=False) -> bytes``; ``image`` is a
+  uint8 array ``(H, W)`` (L), ``(H, W, 2)`` (LA), ``(H, W, 3)`` (RGB) or ``(H, W, 4)`` (RGBA), or a PIL image
+  in one of those modes; quality None is :data:`~pillow_jac.constants.DEFAULT_QUALITY`.
+* :func:`decode` ``(data, *, device=None, weights=None) -> numpy.ndarray``; ``data`` is ``bytes``, a path
+  or a parsed :class:`pillow_jac.container.JacFile`; the array has the layout of the encoded image.
 * ``encode_batch`` and ``decode_batch``: the same for many images, the float transforms batched
   (:mod:`pillow_jac.codec_batch`, imported on first use).
 

@@ -266,15 +266,18 @@ def decode_file(src: Path, dst: Path, *, device: str | None = None) -> None:
         options["quality"] = 95
     if fmt == "JPEG" and im.mode in ("LA", "RGBA"):
         im = im.convert(im.mode[:-1])
-    _emit(dst, _save_keeping_what_fits(im, fmt, options), out)
+    data, kept = _save_keeping_what_fits(im, fmt, options)
+    stored = {"icc_profile": "icc_profile", "exif": "exif", "xmp": "pnginfo" if fmt == "PNG" else "xmp"}
+    _warn_of_what_was_not_stored(data, fmt, [n for n, option in stored.items() if getattr(jac, n) and option in kept])
+    _emit(dst, data, out)
 
 
 #: the metadata save options, in the order they are given up when the output format refuses them
 _METADATA_OPTIONS = {"exif": "EXIF", "xmp": "XMP", "pnginfo": "XMP", "icc_profile": "ICC profile"}
 
 
-def _save_keeping_what_fits(im: Any, fmt: str, options: dict[str, Any]) -> bytes:
-    """``im`` saved as ``fmt``; metadata the format's writer refuses is left out with a warning.
+def _save_keeping_what_fits(im: Any, fmt: str, options: dict[str, Any]) -> tuple[bytes, dict[str, Any]]:
+    """``im`` saved as ``fmt``, and the options it was saved with; metadata the writer refuses is left out (warned).
 
     A JPEG holds at most 64 KiB of EXIF and a TIFF only EXIF that parses as TIFF: the decoded pixels are
     not thrown away for an optional chunk the output format cannot carry. Each piece of metadata is
@@ -287,19 +290,48 @@ def _save_keeping_what_fits(im: Any, fmt: str, options: dict[str, Any]) -> bytes
         return encoded.getvalue()
 
     try:
-        return save(options)
+        return save(options), options
     except Exception as e:
         error = e
     present = [name for name in _METADATA_OPTIONS if name in options]
     for left_out in [[name] for name in present] + ([present] if len(present) > 1 else []):
+        kept = {k: v for k, v in options.items() if k not in left_out}
         try:
-            data = save({k: v for k, v in options.items() if k not in left_out})
+            data = save(kept)
         except Exception:
             continue
         names = " and ".join(dict.fromkeys(_METADATA_OPTIONS[name] for name in left_out))
         warnings.warn(f"{names} left out: {fmt} refused it ({first_line(str(error))})", stacklevel=3)
-        return data
+        return data, kept
     raise error
+
+
+def _warn_of_what_was_not_stored(data: bytes, fmt: str, given: list[str]) -> None:
+    """Warn of metadata that ``fmt``'s writer skipped without an error (a BMP stores none, Pillow's TIFF no XMP).
+
+    ``given``: the metadata passed to the writer (``icc_profile``, ``exif``, ``xmp``). The file is opened
+    again (its header only) to see what it holds.
+    """
+    from PIL import Image
+
+    if not given:
+        return
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the decompression-bomb warning was given for the .jac already
+            with Image.open(io.BytesIO(data)) as im:
+                held = {
+                    "ICC profile": "icc_profile" in im.info,
+                    "EXIF": "exif" in im.info or len(im.getexif()) > 0,
+                    "XMP": "xmp" in im.info or "XML:com.adobe.xmp" in im.info,
+                }
+    except Exception:  # a file Pillow writes but cannot open again: nothing to tell
+        return
+    lost = [_METADATA_OPTIONS[name] for name in given if not held[_METADATA_OPTIONS[name]]]
+    if lost:
+        names = " and ".join([", ".join(lost[:-1]), lost[-1]] if len(lost) > 1 else lost)
+        them = "them" if len(lost) > 1 else "it"
+        warnings.warn(f"{names} left out: {fmt} output does not store {them}", stacklevel=3)
 
 
 def _check_not_an_original(src: Path, dst: Path) -> None:
@@ -315,8 +347,10 @@ def _check_not_an_original(src: Path, dst: Path) -> None:
     from PIL import Image
 
     try:
-        with Image.open(dst) as im:
-            decoded = im.format == "PNG" and im.info.get("Software") == DECODED_BY
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(dst) as im:
+                decoded = im.format == "PNG" and im.info.get("Software") == DECODED_BY
     except Exception:  # not an image Pillow opens (or one too large to): not a decode of ours
         decoded = False
     if not decoded:

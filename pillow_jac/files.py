@@ -280,7 +280,8 @@ def save(image: Any, path: str | bytes | os.PathLike, **options: Any) -> None:
     Args:
         image: a :class:`PIL.Image.Image` (any mode the plugin accepts).
         path: the target file.
-        **options: the plugin's save options (``quality``, ``icc_profile``, ``exif``, ``xmp``,
+        **options: the plugin's save options, as ``Image.save`` takes them (``quality``, ``effort``,
+            ``target_size``, ``target_psnr``, ``preview``, ``model``, ``icc_profile``, ``exif``, ``xmp``,
             ``device``).
 
     Raises:

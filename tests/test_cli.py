@@ -877,10 +877,22 @@ def test_decode_leaves_out_metadata_the_format_refuses(tmp_path: Path, capsys, n
     crop().save(src, quality=2, exif=exif, xmp=b"<x/>")
     assert main(["decode", str(src), str(tmp_path / name)]) == 0
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("jac: warning: EXIF left out:") and refused in err[0], err
+    assert err[0].startswith("jac: warning: EXIF left out:") and refused in err[0], err
+    assert err[1:] == (["jac: warning: XMP left out: TIFF output does not store it"] if name.endswith(".tif") else [])
     with Image.open(tmp_path / name) as im:
         assert im.size == (48, 40)
         assert "exif" not in im.info
+
+
+def test_decode_warns_of_metadata_the_format_skips_silently(tmp_path: Path, capsys) -> None:
+    """Pillow's BMP writer ignores ICC, EXIF and XMP and its TIFF writer XMP, without an error: it went unsaid."""
+    src = tmp_path / "a.jac"
+    crop().save(src, quality=2, exif=b"Exif\x00\x00" + Image.Exif().tobytes(), xmp=b"<x/>", icc_profile=b"icc")
+    assert main(["decode", str(src), str(tmp_path / "out.bmp")]) == 0
+    err = capsys.readouterr().err
+    assert err == "jac: warning: ICC profile, EXIF and XMP left out: BMP output does not store them\n"
+    assert main(["decode", str(src), str(tmp_path / "out.png")]) == 0  # PNG keeps all three
+    assert capsys.readouterr().err == ""
 
 
 def test_models_says_when_jac_weights_names_no_weights_file(tmp_path: Path, monkeypatch, capsys) -> None:
