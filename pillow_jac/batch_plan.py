@@ -3,85 +3,26 @@
 :func:`plan` names every input's output (refusing two inputs that would write one output, names that differ
 only in case where the output folder does not tell them apart, and an output that is an input);
 :func:`batch_inputs` lists a folder's images; :data:`ATTEMPTS` bounds how often a file whose worker dies is
-tried; :func:`is_done` is the rule by which a batch run again skips a file; :class:`Progress` is the progress
-line. Each file is converted by :func:`pillow_jac.conversion.convert_file`.
+tried; :class:`Progress` is the progress line. Each file is converted by
+:func:`pillow_jac.conversion.convert_file`.
 """
 
 from __future__ import annotations
 
 import os
-import stat
 import tempfile
 import time
-import warnings
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import IO
 
-from . import container
-from .constants import DEFAULT_QUALITY
-from .conversion import DECODED_BY, PROG
-from .preview import preview_size
+from .conversion import PROG
 
-__all__ = ["ATTEMPTS", "batch_inputs", "is_done", "plan", "Progress", "shown_name"]
+__all__ = ["ATTEMPTS", "batch_inputs", "plan", "Progress", "shown_name"]
 
 #: How often a batch tries a file whose worker process (or Ray worker) dies while converting it: a file that
 #: kills two workers (too large for memory, say) is reported as failed and the others go on.
 ATTEMPTS = 2
-
-
-def is_done(
-    src: str | os.PathLike,
-    dst: str | os.PathLike,
-    to: str,
-    quality: float | None = DEFAULT_QUALITY,
-    *,
-    preview: bool | int = False,
-    target_size: int | None = None,
-) -> bool:
-    """Whether ``dst`` is a finished conversion of ``src``, which ``resume`` skips.
-
-    It counts as done when it is a regular file at least as new as ``src``, of the same size in pixels
-    (another picture of the same name, from another folder written into the same ``out_dir``, is not
-    taken for it), and:
-
-    * for ``to="png"``: Pillow reads it as a PNG whose chunks check (``verify()``), so an empty or cut file
-      left by a machine that crashed is converted again, and a decode wrote it (its ``Software`` text chunk,
-      :data:`~pillow_jac.conversion.DECODED_BY`): another image of that name is not taken for it;
-    * for ``to="jac"``: the container parses (every chunk's CRC), its quality is ``quality`` (as stored, to
-      1/256; None, for a size or PSNR target, checks none), it holds a preview exactly when ``preview``
-      asks for one that is smaller than the image, and with ``target_size`` it is no larger.
-
-    The effort, a PSNR target, a size target larger than before and the model are not checked: run with
-    ``resume=False`` (``jac batch --no-resume``) to redo a batch with other ones.
-    """
-    from PIL import Image
-
-    try:
-        out = os.stat(dst)
-        if not stat.S_ISREG(out.st_mode) or out.st_mtime_ns < os.stat(src).st_mtime_ns:
-            return False
-        with warnings.catch_warnings():  # a large image warned when it was converted, not at every resume
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            if to != "jac":
-                with Image.open(dst, formats=["PNG"]) as im:
-                    size, decoded = im.size, im.info.get("Software") == DECODED_BY
-                    im.verify()
-                with open(src, "rb") as f:
-                    header = container.read_header(f)
-                return decoded and size == (header.width, header.height)
-            jac = container.read(dst)
-            with Image.open(src) as im:  # the header only
-                if im.size != jac.size:
-                    return False
-    except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError):
-        return False
-    if quality is not None and jac.header.quality != container.quantize_quality(quality):
-        return False
-    if target_size is not None and out.st_size > target_size:
-        return False
-    wants_preview = preview is not False and preview is not None and max(jac.size) > preview_size(preview)
-    return wants_preview == (jac.preview is not None)
 
 
 def batch_inputs(in_dir: Path, to: str, recursive: bool) -> list[Path]:

@@ -7,7 +7,7 @@ Commands::
     jac info FILE.jac... [--json]                                   header, sizes, decoder needed; never imports torch
     jac models [--json]                                             installed decoder generations; never imports torch
     jac batch IN_DIR OUT_DIR --to jac|png [-q Q | --size BYTES | --psnr DB] [--preview] [-j N] [-r] [--device D]
-              [--no-resume] [--ray [ADDRESS] [--worker-cpus N] [--worker-gpus F]]
+              [--ray [ADDRESS] [--no-resume] [--worker-cpus N] [--worker-gpus F]]
 
 ``--size 50k`` and ``--psnr 38`` choose the quality per image, as cwebp's ``-size`` and ``-psnr`` do
 (:mod:`pillow_jac.targets`): the largest whose file fits, or the smallest that reaches the PSNR.
@@ -251,9 +251,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-resume",
         dest="resume",
         action="store_false",
-        help="convert every file again, also those whose output is done (needed after changing -e, a --size "
-        "or --psnr target, or the model: a done output is checked for quality, preview and fitting the size "
-        "only)",
+        help="with --ray, convert every file again, also those whose output is done (needed after changing "
+        "-e, a --size or --psnr target, or the model: a done output is checked for quality, preview and "
+        "fitting the size only)",
     )
     p.add_argument(
         "--worker-cpus",
@@ -301,7 +301,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.quality = DEFAULT_QUALITY if args.quality is None else args.quality
         args.effort = DEFAULT_EFFORT if args.effort is None else args.effort
     if args.command == "batch" and args.ray is None:
-        for given, flag in ((args.worker_cpus, "--worker-cpus"), (args.worker_gpus is not None, "--worker-gpus")):
+        for given, flag in ((not args.resume, "--no-resume"), (args.worker_cpus, "--worker-cpus"),
+                            (args.worker_gpus is not None, "--worker-gpus")):  # fmt: skip
             if given:
                 parser.error(f"{flag} is an option of --ray")
     previous = _on_sigterm(_terminate)
@@ -404,7 +405,7 @@ def _run(args: argparse.Namespace) -> None:
             from .engine import resolve_device  # imports torch: only for a device that may be missing
 
             resolve_device(args.device)  # once, not once per file from every worker
-        done, failed, skipped = run_batch(
+        done, failed = run_batch(
             args.in_dir,
             args.out_dir,
             args.to,
@@ -418,10 +419,7 @@ def _run(args: argparse.Namespace) -> None:
             target_psnr=args.psnr,
             preview=args.preview,
             force=args.force,
-            resume=args.resume,
         )
-        if not args.quiet and skipped:
-            print(f"{PROG}: {skipped} files already done, skipped", file=sys.stderr)
         if failed:
             raise CliError(f"{failed} of {done + failed} files failed")
 

@@ -56,6 +56,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import stat
 import sys
 import time
 import warnings
@@ -63,7 +64,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .batch_plan import Progress, is_done, plan, shown_name
+from . import container
+from .batch_plan import Progress, plan, shown_name
 from .constants import DEFAULT_EFFORT, DEFAULT_QUALITY, validate_effort, validate_quality
 from .conversion import convert_noting_warnings, one_line
 from .preview import preview_size
@@ -144,6 +146,59 @@ class Report:
             self.skipped += 1
         else:
             self.failed.append(result)
+
+
+def is_done(
+    src: str | os.PathLike,
+    dst: str | os.PathLike,
+    to: str,
+    quality: float | None = DEFAULT_QUALITY,
+    *,
+    preview: bool | int = False,
+    target_size: int | None = None,
+) -> bool:
+    """Whether ``dst`` is a finished conversion of ``src``, which ``resume`` skips.
+
+    It counts as done when it is a regular file at least as new as ``src``, of the same size in pixels
+    (another picture of the same name, from another folder written into the same ``out_dir``, is not
+    taken for it), and:
+
+    * for ``to="png"``: Pillow reads it as a PNG whose chunks check (``verify()``), so an empty or cut file
+      left by a machine that crashed is converted again;
+    * for ``to="jac"``: the container parses (every chunk's CRC), its quality is ``quality`` (as stored, to
+      1/256; None, for a size or PSNR target, checks none), it holds a preview exactly when ``preview``
+      asks for one that is smaller than the image, and with ``target_size`` it is no larger.
+
+    The effort, a PSNR target, a size target larger than before and the model are not checked: run with
+    ``resume=False`` (``jac batch --ray --no-resume``) to redo a batch with other ones.
+    """
+    from PIL import Image
+
+    try:
+        out = os.stat(dst)
+        if not stat.S_ISREG(out.st_mode) or out.st_mtime_ns < os.stat(src).st_mtime_ns:
+            return False
+        with warnings.catch_warnings():  # a large image warned when it was converted, not at every resume
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            if to != "jac":
+                with Image.open(dst, formats=["PNG"]) as im:
+                    size = im.size
+                    im.verify()
+                with open(src, "rb") as f:
+                    header = container.read_header(f)
+                return size == (header.width, header.height)
+            jac = container.read(dst)
+            with Image.open(src) as im:  # the header only
+                if im.size != jac.size:
+                    return False
+    except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError):
+        return False
+    if quality is not None and jac.header.quality != container.quantize_quality(quality):
+        return False
+    if target_size is not None and out.st_size > target_size:
+        return False
+    wants_preview = preview is not False and preview is not None and max(jac.size) > preview_size(preview)
+    return wants_preview == (jac.preview is not None)
 
 
 def _peak_rss_bytes() -> int:

@@ -37,7 +37,7 @@ from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import IO, Any
 
-from .batch_plan import ATTEMPTS, Progress, is_done, plan, shown_name
+from .batch_plan import ATTEMPTS, Progress, plan, shown_name
 from .constants import DEFAULT_EFFORT, DEFAULT_QUALITY
 from .conversion import ConversionError, convert_noting_warnings, one_line, show_warning
 
@@ -81,16 +81,14 @@ def run_batch(
     target_psnr: float | None = None,
     preview: bool | int = False,
     force: bool = False,
-    resume: bool = True,
-) -> tuple[int, int, int]:
-    """Convert every image in ``in_dir`` into ``out_dir``; return (converted, failed, skipped) counts.
+) -> tuple[int, int]:
+    """Convert every image in ``in_dir`` into ``out_dir``; return (converted, failed) counts.
 
     With ``to="jac"`` every file Pillow can read (by extension) is encoded to ``NAME.jac``; with
     ``to="png"`` every ``.jac`` file is decoded to ``NAME.png`` (an existing image that no decode wrote is
     replaced only with ``force``: it may be the original). ``target_size``, ``target_psnr`` and
     ``preview`` are as in :func:`pillow_jac.conversion.encode_file`, for every file. ``workers > 1`` uses
-    that many worker processes. With ``resume`` a file whose output is done (:func:`~pillow_jac.batch_plan.is_done`,
-    the rule of a Ray batch) is skipped, so a batch run again continues where it stopped.
+    that many worker processes.
 
     Raises:
         ConversionError: ``in_dir`` is not a folder or holds no images, ``out_dir`` is a file, or two inputs
@@ -102,16 +100,6 @@ def run_batch(
     except ValueError as e:
         raise ConversionError(str(e)) from None
     Path(out_dir).mkdir(parents=True, exist_ok=True)
-    skipped = 0
-    if resume:
-        targeted = target_size is not None or target_psnr is not None
-        quality_done = None if targeted else quality
-        left = {
-            src: dst
-            for src, dst in jobs.items()
-            if not is_done(src, dst, to, quality_done, preview=preview, target_size=target_size)
-        }
-        skipped, jobs = len(jobs) - len(left), left
 
     bar = Progress(len(jobs), stream, progress)
     failed = 0
@@ -127,7 +115,7 @@ def run_batch(
             bar.step(name, one_line(result))
         else:
             bar.step(name)
-    return len(jobs) - failed, failed, skipped
+    return len(jobs) - failed, failed
 
 
 def _run_jobs(
