@@ -319,10 +319,10 @@ def _warn_of_what_was_not_stored(data: bytes, fmt: str, given: list[str]) -> Non
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the decompression-bomb warning was given for the .jac already
-            with Image.open(io.BytesIO(data)) as im:
+            with Image.open(io.BytesIO(data)) as im:  # the header: info only (a PNG's getexif() would load it)
                 held = {
                     "ICC profile": "icc_profile" in im.info,
-                    "EXIF": "exif" in im.info or len(im.getexif()) > 0,
+                    "EXIF": "exif" in im.info or fmt == "TIFF",  # a TIFF's EXIF becomes tags of its own IFD
                     "XMP": "xmp" in im.info or "XML:com.adobe.xmp" in im.info,
                 }
     except Exception:  # a file Pillow writes but cannot open again: nothing to tell
@@ -355,8 +355,8 @@ def _check_not_an_original(src: Path, dst: Path) -> None:
         decoded = False
     if not decoded:
         raise ConversionError(
-            f"{dst}: exists and was not written by a decode of {src.name}, so it may be the image that file "
-            "was made from; not replaced (--force replaces it)"
+            f"{dst}: exists and carries no mark of a decode (a decode by an earlier pillow_jac carries none either), "
+            f"so it may be the image {src.name} was made from; not replaced (--force replaces it)"
         )
 
 

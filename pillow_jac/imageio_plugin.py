@@ -16,12 +16,15 @@ The entry names :class:`JacPlugin` first: imageio's Pillow plugin, except that w
 * it encodes in memory before it touches the output: imageio's own plugin opens (and so empties) the
   file first, so a failed encode (a bad option, a size target below the smallest file) destroyed the
   file that was there. A path is then replaced only by the complete new file
-  (:func:`pillow_jac.files.write_atomic`), and a file object gets its bytes as the Pillow plugin writes
-  them (:func:`pillow_jac.files.write_into`): a full disk leaves no partial ``.jac``.
+  (:func:`pillow_jac.files.write_atomic`; written in place where replacing it would lose its other hard
+  links, or cannot be done in a read-only folder), and a file object gets its bytes as the Pillow plugin
+  writes them (:func:`pillow_jac.files.write_into`): a full disk leaves no partial ``.jac``.
 
 :class:`JacPlugin` also comes just before ``pillow`` in ``known_plugins``, so that a write imageio
-gives to the first plugin that takes it (an output without ``.jac`` in its name, with ``format="JAC"``)
-reaches it; for every other format it is imageio's Pillow plugin unchanged.
+gives to the first plugin that takes it (a file object, bytes, or a name with no extension imageio knows,
+with ``format="JAC"``) reaches it; for every other format it is imageio's Pillow plugin unchanged. A name
+ending in another format's extension (``x.png`` with ``format="JAC"``) goes to that extension's plugins,
+imageio's own ``pillow`` among them: name a ``.jac`` file ``.jac``.
 
 Example:
     >>> import pillow_jac
@@ -32,9 +35,11 @@ Example:
 
 from __future__ import annotations
 
+import errno
 import importlib.abc
 import importlib.util
 import io
+import os
 import sys
 import threading
 import warnings
@@ -201,15 +206,30 @@ def _plugin_class() -> type:
 
 
 def _write(request: Any, data: bytes) -> None:
-    """Give an encoded file to imageio's output: a path replaced only once complete, else the file object."""
+    """Give an encoded file to imageio's output: a path replaced only once complete, else the file object.
+
+    A path is written in place, as imageio's own plugins write it, where a replacement would lose something:
+    a file with other hard links (they would keep the old bytes), or a folder where no new file may be made
+    (a writable file in a read-only folder).
+    """
     from imageio.core.request import URI_FILENAME
 
     from . import files
 
     if getattr(request, "_uri_type", None) == URI_FILENAME and getattr(request, "_file", None) is None:
-        files.write_atomic(request.filename, lambda f: f.write(data))
-    else:
-        files.write_into(request.get_file(), data, request.filename)
+        path = request.filename
+        try:
+            linked = os.stat(path).st_nlink > 1
+        except OSError:
+            linked = False
+        if not linked:
+            try:
+                files.write_atomic(path, lambda f: f.write(data))
+                return
+            except OSError as exc:
+                if exc.errno not in (errno.EACCES, errno.EPERM) or os.access(os.path.dirname(path) or ".", os.W_OK):
+                    raise
+    files.write_into(request.get_file(), data, request.filename)
 
 
 def __getattr__(name: str) -> Any:

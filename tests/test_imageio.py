@@ -280,3 +280,13 @@ def test_a_write_that_fails_on_the_disk_leaves_the_old_file(tmp_path: Path, jac_
     assert result.stdout.startswith("refused")
     assert old.read_bytes() == jac_file.read_bytes()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["old.jac"]
+
+
+@pytest.mark.skipif(not hasattr(os, "link"), reason="hard links")
+def test_a_write_to_a_hard_linked_file_reaches_every_name(tmp_path: Path, rgb: np.ndarray) -> None:
+    """A replaced file would leave the old bytes under the other names: such a file is written in place."""
+    path, other = tmp_path / "a.jac", tmp_path / "other-name.jac"
+    path.write_bytes(b"OLD")
+    os.link(path, other)
+    iio.imwrite(path, rgb, quality=2)
+    assert other.read_bytes() == path.read_bytes() and path.read_bytes().startswith(MAGIC)
