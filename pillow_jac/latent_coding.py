@@ -18,6 +18,7 @@ every latent.
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator
 
 import constriction
@@ -67,6 +68,19 @@ _H_S_MIN_ROWS = 8
 #: threads inside :func:`single_threaded` blocks, and the thread count outside them (under the lock)
 _single = {"depth": 0, "outside": 1}  # 1 until a first block records more
 _single_lock = ForkSafeLock()
+
+
+def _forget_blocks_in_child() -> None:
+    """Forget the parent's blocks and thread count in a forked child.
+
+    The child has none of its parent's threads or their blocks, and one torch thread (forksafe): its first
+    block must not set the parent's count back, which would wait for OpenMP threads it lacks.
+    """
+    _single.update(depth=0, outside=1)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_blocks_in_child)
 
 
 @contextlib.contextmanager

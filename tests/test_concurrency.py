@@ -468,3 +468,46 @@ def test_rounding_the_latents_is_counted_torch_work(monkeypatch) -> None:
 
     image_transforms._rounded(torch.zeros(1, 2, 3, 3))
     assert seen == [1]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork")
+def test_forked_children_encode_after_the_parent_encoded_and_during_its_first_search(tmp_path: Path) -> None:
+    """Two fork hangs found by a review, each in every run:
+
+    * a child of a parent whose main thread had encoded waited for ever in its first encode: it inherited the
+      parent's thread count in single_threaded's bookkeeping, set it back on leaving its first block, and its
+      next op waited for OpenMP threads it does not have;
+    * a fork while another thread built the process's first Adam optimiser (effort 1, which imports
+      torch._dynamo, 800 modules) copied a held import lock: the child hung in its own first effort-1 encode."""
+    script = textwrap.dedent(
+        """
+        import faulthandler, os, sys, threading, time
+        import numpy as np, torch
+        import pillow_jac
+
+        torch.set_num_threads(2)  # (no faulthandler timer here: a child that re-arms a copied one waits for ever)
+        image = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+        pillow_jac.encode(image, quality=3)  # the main thread has encoded
+
+        def child(effort):
+            pid = os.fork()
+            if pid == 0:
+                faulthandler.dump_traceback_later(60, exit=True)
+                pillow_jac.decode(pillow_jac.encode(image, quality=2, effort=effort))
+                os._exit(0)
+            return pid
+
+        search = threading.Thread(target=pillow_jac.encode, args=(image, 3), kwargs={"effort": 1})
+        search.start()
+        while "torch._dynamo" not in sys.modules and search.is_alive():
+            time.sleep(0.0005)
+        pids = [child(1)]  # while the first Adam is being built
+        search.join()
+        pids.append(child(0))
+        statuses = [os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) for pid in pids]
+        sys.exit(max(statuses))
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-3000:]

@@ -42,6 +42,7 @@ from dataclasses import dataclass
 import torch
 
 from ..constants import DOWNSAMPLING, EFFORT_ITERATIONS, MAX_EFFORT, Y_PER_Z
+from ..forksafe import setting_up
 from ..interpreter_exit import check
 from .mbt2018 import JointAutoregressiveHierarchicalPrior
 from .objective import quality_lambda
@@ -209,7 +210,8 @@ class _Search:
 
         with torch.no_grad():
             start = float(self.loss(*latents(torch.round), x, weight, tile))
-        optimizer = torch.optim.Adam(variables, lr=_learning_rate(self.iterations))
+        with setting_up():  # the first Adam imports torch._dynamo (800 modules): a fork waits for it (forksafe)
+            optimizer = torch.optim.Adam(variables, lr=_learning_rate(self.iterations))
         with torch.enable_grad():
             for step in range(self.iterations):
                 check()  # a daemon thread stops here when the interpreter exits
