@@ -31,7 +31,7 @@ from .codec import (
     decode,
     encode,
 )
-from .codec_inputs import alpha_fields, as_array, check_model, color_planes
+from .codec_inputs import as_array, check_model, color_planes, file_fields
 from .constants import DEFAULT_EFFORT, DEFAULT_QUALITY, validate_effort, validate_quality
 
 __all__ = ["encode_batch", "decode_batch"]
@@ -128,12 +128,11 @@ def _analyze_batch(
     ]
 
 
-def _file_bytes(arr: np.ndarray, layout: str, quality: float, engine, z_stream: bytes, y_stream: bytes) -> bytes:
-    """The ``.jac`` file of coded streams, without metadata or preview (as :func:`encode` writes it then)."""
-    height, width = arr.shape[:2]
+def _file_bytes(fields: dict, quality: float, engine, z_stream: bytes, y_stream: bytes) -> bytes:
+    """The ``.jac`` file of coded streams and an image's :func:`~pillow_jac.codec_inputs.file_fields`."""
     jac = container.JacFile.create(
-        width=width, height=height, layout=layout, quality=quality, model_id=engine.model_id,
-        weights_hash=engine.weights_hash, z_stream=z_stream, y_stream=y_stream, **alpha_fields(arr, layout),
+        quality=quality, model_id=engine.model_id, weights_hash=engine.weights_hash, z_stream=z_stream,
+        y_stream=y_stream, **fields,
     )  # fmt: skip
     return container.serialize(jac)
 
@@ -194,13 +193,12 @@ def encode_batch(
     effort = validate_effort(DEFAULT_EFFORT if effort is None else effort)
     batch_size = _check_batch_size(batch_size)
     check_model(model)
-    arrays = []
+    arrays, fields = [], []
     for i, image in enumerate(images):
         with _naming_item(i, TypeError, ValueError):
-            arr = as_array(image)
-            if max(arr[0].shape[:2]) > container.C.MAX_DIMENSION:
-                raise ValueError(f"images are limited to {container.C.MAX_DIMENSION} pixels per side")
-        arrays.append(arr)
+            arr, layout = as_array(image)
+            fields.append(file_fields(arr, layout, icc_profile=None, exif=None, xmp=None, model=None, preview=False))
+        arrays.append((arr, layout))
     if not arrays:
         return []
     engine = _encoder_engine(device, weights, model)
@@ -215,7 +213,7 @@ def encode_batch(
         colors = [color_planes(*arrays[i]) for i in members]
         for i, (z_hat, y_hat) in zip(members, _analyze_batch(colors, q, engine, effort), strict=True):
             z_stream, y_stream = _encode_latents(engine, z_hat, y_hat)
-            out[i] = _file_bytes(*arrays[i], q, engine, z_stream, y_stream)
+            out[i] = _file_bytes(fields[i], q, engine, z_stream, y_stream)
     return out
 
 
