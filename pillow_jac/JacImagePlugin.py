@@ -95,6 +95,7 @@ from .constants import DEFAULT_EFFORT, DEFAULT_QUALITY, LAYOUTS, MAGIC, validate
 from .files import write_into
 from .preview import PREVIEW_MAX_SIZE, PREVIEW_QUALITY, PREVIEW_SIZE, make_preview, preview_for, preview_size
 from .save_metadata import metadata_to_store
+from .size_limit import check_declared_size
 
 if TYPE_CHECKING:
     import numpy as np
@@ -236,13 +237,7 @@ class JacImageFile(ImageFile.ImageFile):
             raise OSError(f"truncated or corrupt JAC header: {e}") from e
         size = (header.width, header.height)
         # Refuse a bomb before reading the chunks, as Image.open would after _open (which also warns, once)
-        limit = Image.MAX_IMAGE_PIXELS
-        if limit is not None and size[0] * size[1] > 2 * limit:
-            msg = (
-                f"Image size ({size[0] * size[1]} pixels) exceeds limit of {2 * limit} pixels, "
-                "could be decompression bomb DOS attack."
-            )
-            raise Image.DecompressionBombError(msg)
+        check_declared_size(*size)
 
         # The metadata chunks come after JHDR: read the rest of the container (bytes only, no torch).
         filename = os.fsdecode(self.filename) if self.filename else None

@@ -40,6 +40,7 @@ from .constants import (
     GRAY_LAYOUTS,
     validate_effort,
 )
+from .size_limit import check_declared_size
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -183,25 +184,6 @@ def _parse(data) -> container.JacFile:
     return container.parse(bytes(data))
 
 
-def _check_size(header: container.JacHeader) -> None:
-    """Refuse a decompression bomb before anything is allocated, with Pillow's limit.
-
-    A file of about 100 bytes can declare 65535 x 65535 pixels, and the range decoder decodes an
-    empty stream without complaint, so decoding would allocate tens of gigabytes before noticing.
-    The limit is the size ``Image.open`` refuses: twice ``PIL.Image.MAX_IMAGE_PIXELS`` (none if
-    that is None), so raising Pillow's limit raises this one too.
-    """
-    from PIL import Image
-
-    limit = Image.MAX_IMAGE_PIXELS
-    pixels = header.width * header.height
-    if limit is not None and pixels > 2 * limit:
-        raise CodecError(
-            f"image size {header.width}x{header.height} ({pixels} pixels) exceeds the limit of {2 * limit} "
-            "pixels (twice PIL.Image.MAX_IMAGE_PIXELS): refusing a possible decompression bomb"
-        )
-
-
 class ModelNotInstalledError(CodecError):
     """The generation a file names (``model_id`` and ``weights_hash``) is not installed (SPEC.md 9.1)."""
 
@@ -266,7 +248,7 @@ def decode_symbols(data, *, device=None, weights=None) -> tuple[np.ndarray | Non
     These are exact: the same on every machine, device and thread count (CODING.md section 3).
     """
     jac = _parse(data)
-    _check_size(jac.header)
+    check_declared_size(jac.header.width, jac.header.height, error=CodecError)
     engine = _engine_for(jac, device, weights)
     return _decode_latents(jac, engine)
 
@@ -290,7 +272,7 @@ def decode(data, *, device=None, weights=None) -> np.ndarray:
             (:class:`CodecError`) or its streams are corrupt.
     """
     jac = _parse(data)
-    _check_size(jac.header)
+    check_declared_size(jac.header.width, jac.header.height, error=CodecError)
     engine = _engine_for(jac, device, weights)
     h = jac.header
     alpha = _alpha_of(jac)

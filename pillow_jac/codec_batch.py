@@ -19,8 +19,8 @@ import numpy as np
 
 from . import container
 from .codec import (
+    CodecError,
     _alpha_of,
-    _check_size,
     _decode_latents,
     _encode_latents,
     _encoder_engine,
@@ -33,6 +33,7 @@ from .codec import (
 )
 from .codec_inputs import as_array, check_model, color_planes, file_fields
 from .constants import DEFAULT_EFFORT, DEFAULT_QUALITY, validate_effort, validate_quality
+from .size_limit import check_declared_size
 
 __all__ = ["encode_batch", "decode_batch"]
 
@@ -252,7 +253,7 @@ def decode_batch(files, *, device=None, weights=None, batch_size: int = 8) -> li
     for i, data in enumerate(files):
         with _naming_item(i, OSError, ValueError, TypeError):
             jac = _parse(data)
-            _check_size(jac.header)
+            check_declared_size(jac.header.width, jac.header.height, error=CodecError)
             engines.append(_engine_for(jac, device, weights))
         parsed.append(jac)
     out: list[np.ndarray | None] = [None] * len(parsed)

@@ -234,20 +234,14 @@ def decode_file(src: Path, dst: Path, *, device: str | None = None) -> None:
     """
     from PIL import Image
 
-    from .codec import decode
+    from .codec import CodecError, decode
+    from .size_limit import check_declared_size
 
     _check_output(src, dst)
     out = _stdout() if _is_stdio(dst) else None
     fmt = "PNG" if out is not None else _pillow_format_for(dst)
     jac, _ = read_jac(src)
-    pixels_in_file, limit = jac.size[0] * jac.size[1], Image.MAX_IMAGE_PIXELS
-    if limit is not None and limit < pixels_in_file <= 2 * limit:  # as Image.open warns; decode() refuses more
-        warnings.warn(
-            f"Image size ({pixels_in_file} pixels) exceeds limit of {limit} pixels, "
-            "could be decompression bomb DOS attack.",
-            Image.DecompressionBombWarning,
-            stacklevel=2,
-        )
+    check_declared_size(*jac.size, error=CodecError, warn=True)  # as Image.open would
     pixels = decode(jac, device=device)
     im = Image.frombytes(jac.mode, jac.size, memoryview(pixels).cast("B"))  # _to_layout's array is contiguous
     # Save options Pillow's writers understand; each writer ignores the ones it does not.
