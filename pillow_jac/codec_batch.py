@@ -17,21 +17,11 @@ from collections.abc import Iterator
 
 import numpy as np
 
+from . import codec_steps as steps
 from . import container
-from .codec import (
-    CodecError,
-    _alpha_of,
-    _decode_latents,
-    _encode_latents,
-    _encoder_engine,
-    _engine_for,
-    _parse,
-    _to_layout,
-    _transforms,
-    decode,
-    encode,
-)
+from .codec import decode, encode
 from .codec_inputs import as_array, check_model, color_planes, file_fields
+from .codec_steps import CodecError
 from .constants import DEFAULT_EFFORT, DEFAULT_QUALITY, validate_effort, validate_quality
 from .size_limit import check_declared_size
 
@@ -120,7 +110,7 @@ def _analyze_batch(
 
     Effort above 0 then refines each image's latents on its own, starting from its slice of the batch.
     """
-    transforms = _transforms()
+    transforms = steps.transforms()
     y = transforms.analyze(engine, colors)
     y, z = transforms.hyper_analyze(engine, y, quality, sum(c.shape[0] * c.shape[1] for c in colors))
     return [
@@ -202,7 +192,7 @@ def encode_batch(
         arrays.append((arr, layout))
     if not arrays:
         return []
-    engine = _encoder_engine(device, weights, model)
+    engine = steps.encoder_engine(device, weights, model)
     shapes = [container.latent_shapes(arr.shape[1], arr.shape[0])[0] for arr, _ in arrays]
     out: list[bytes | None] = [None] * len(arrays)
     keys = [shape if _batchable(shape) else ("alone", i) for i, shape in enumerate(shapes)]
@@ -213,7 +203,7 @@ def encode_batch(
             continue
         colors = [color_planes(*arrays[i]) for i in members]
         for i, (z_hat, y_hat) in zip(members, _analyze_batch(colors, q, engine, effort), strict=True):
-            z_stream, y_stream = _encode_latents(engine, z_hat, y_hat)
+            z_stream, y_stream = steps.encode_latents(engine, z_hat, y_hat)
             out[i] = _file_bytes(fields[i], q, engine, z_stream, y_stream)
     return out
 
@@ -252,9 +242,9 @@ def decode_batch(files, *, device=None, weights=None, batch_size: int = 8) -> li
     parsed, engines = [], []
     for i, data in enumerate(files):
         with _naming_item(i, OSError, ValueError, TypeError):
-            jac = _parse(data)
+            jac = steps.parse_input(data)
             check_declared_size(jac.header.width, jac.header.height, error=CodecError)
-            engines.append(_engine_for(jac, device, weights))
+            engines.append(steps.decoder_engine(jac, device, weights))
         parsed.append(jac)
     out: list[np.ndarray | None] = [None] * len(parsed)
     keys = [
@@ -271,11 +261,11 @@ def decode_batch(files, *, device=None, weights=None, batch_size: int = 8) -> li
         y_hats = []
         for i in members:
             with _naming_item(i, OSError, ValueError):
-                y_hats.append(_decode_latents(parsed[i], engine)[1])
+                y_hats.append(steps.decode_latents(parsed[i], engine)[1])
         headers = [parsed[i].header for i in members]
         sizes = [(h.height, h.width) for h in headers]
-        rgbs = _transforms().synthesize(engine, y_hats, [h.quality for h in headers], sizes)
+        rgbs = steps.transforms().synthesize(engine, y_hats, [h.quality for h in headers], sizes)
         for i, h, rgb in zip(members, headers, rgbs, strict=True):
             with _naming_item(i, OSError, ValueError):
-                out[i] = _to_layout(rgb, h.layout, _alpha_of(parsed[i]))
+                out[i] = steps.to_layout(rgb, h.layout, steps.alpha_plane(parsed[i]))
     return out

@@ -243,7 +243,7 @@ def decode_file(src: Path, dst: Path, *, device: str | None = None) -> None:
     jac, _ = read_jac(src)
     check_declared_size(*jac.size, error=CodecError, warn=True)  # as Image.open would
     pixels = decode(jac, device=device)
-    im = Image.frombytes(jac.mode, jac.size, memoryview(pixels).cast("B"))  # _to_layout's array is contiguous
+    im = Image.frombytes(jac.mode, jac.size, memoryview(pixels).cast("B"))  # decode returns a contiguous array
     # Save options Pillow's writers understand; each writer ignores the ones it does not.
     options: dict[str, Any] = {
         name: bytes(value) for name in ("icc_profile", "exif", "xmp") if (value := getattr(jac, name))

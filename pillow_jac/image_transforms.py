@@ -8,7 +8,7 @@ inverse gains and g_s in stripes, to 8-bit colour planes (:func:`synthesize`, CO
 :func:`pillow_jac.encode`, the batches (:mod:`pillow_jac.codec_batch`) and the target search
 (:mod:`pillow_jac.target_search`) run these same steps, so their latents, and files, are the same.
 Every step runs as :func:`torch_work` of its images' size. Imported with torch, by the codec's set-up
-(:func:`pillow_jac.codec._get_engine`).
+(:func:`pillow_jac.codec_steps.guarded_engine`).
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ import math
 
 import numpy as np
 
-from . import codec, codec_inputs, container
+from . import codec_inputs, codec_steps, container
 from .constants import QUALITY_DENOMINATOR, QUALITY_MAX, QUALITY_MIN, Y_PER_Z
 
 __all__ = [
@@ -85,7 +85,7 @@ class Candidates:
     """
 
     def __init__(self, arr: np.ndarray, layout: str, engine, file_fields: dict) -> None:
-        from . import image_transforms  # imported with the engine (pillow_jac.codec._get_engine)
+        from . import image_transforms  # imported with the engine (pillow_jac.codec_steps.guarded_engine)
 
         self.transforms = image_transforms
         self.arr, self.layout, self.engine, self.file_fields = arr, layout, engine, file_fields
@@ -124,14 +124,14 @@ class Candidates:
     def encode(self, q16: int, effort: int = 0) -> bytes:
         """The file at quality ``q16 / 256``: a real encode (exact entropy coding)."""
         z_hat, y_hat = self.latents(q16, effort)
-        z_stream, y_stream = codec._encode_latents(self.engine, z_hat, y_hat)
+        z_stream, y_stream = codec_steps.encode_latents(self.engine, z_hat, y_hat)
         self.encodes += 1
         return self._file(q16, z_stream, y_stream)
 
     # -- the model's rate estimate -----------------------------------------------------------------
     def estimate(self, q16: int) -> float:
         """The float model's estimate of the file's size in bytes at quality ``q16 / 256``."""
-        torch = codec._torch()
+        import torch
 
         z_hat, y_hat = self.latents(q16)
         model, device = self.engine.model, self.engine.device
@@ -165,7 +165,7 @@ class Candidates:
         size = (self.height, self.width)
         (rgb,) = self.transforms.synthesize(self.engine, [y_hat], [q16 / QUALITY_DENOMINATOR], [size])
         self.syntheses += 1
-        decoded = codec._to_layout(rgb, self.layout, None)
+        decoded = codec_steps.to_layout(rgb, self.layout, None)
         return psnr(self.arr[:, :, 0] if decoded.ndim == 2 else self.arr[:, :, :3], decoded)
 
 

@@ -61,7 +61,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import TYPE_CHECKING
 
-from . import codec, codec_inputs, container
+from . import codec_inputs, codec_steps, container
 from .constants import QUALITY_DENOMINATOR, QUALITY_MIN, validate_effort
 from .target_search import (
     MAX_REFINEMENTS,
@@ -244,7 +244,7 @@ def encode_to_target(
                 f"target_size {size_goal} bytes is too small: the container, metadata, alpha and preview alone "
                 f"take {overhead} bytes"
             )
-    engine = codec._encoder_engine(device, weights, model)
+    engine = codec_steps.encoder_engine(device, weights, model)
     fields.update(model_id=engine.model_id, weights_hash=engine.weights_hash)
     c = Candidates(arr, layout, engine, fields)
     reached = None

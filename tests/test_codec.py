@@ -7,7 +7,7 @@ import io
 import numpy as np
 import pytest
 
-from pillow_jac import codec, container
+from pillow_jac import codec, codec_steps, container
 from pillow_jac.entropy_coding import EntropyCodingError
 
 from .helpers import natural_image
@@ -144,7 +144,7 @@ def no_model(monkeypatch):
     def refuse(*args, **kwargs):
         raise _NoModel
 
-    monkeypatch.setattr(codec, "_encoder_engine", refuse)
+    monkeypatch.setattr(codec_steps, "encoder_engine", refuse)
 
 
 @pytest.mark.parametrize(
@@ -203,7 +203,7 @@ def test_a_blank_jac_device_counts_as_unset(monkeypatch):
 
 def test_decoded_layouts_follow_coding_1_4_exactly():
     """Grey is (299 R + 587 G + 114 B + 500) // 1000 for every value; alpha is appended; arrays are contiguous."""
-    from pillow_jac.codec import _to_layout
+    from pillow_jac.codec_steps import to_layout
 
     rng = np.random.default_rng(3)
     rgb = rng.integers(0, 256, (40, 70, 3), dtype=np.uint8)[3:37, 5:66]  # a cropped view, as synthesis gives
@@ -218,5 +218,5 @@ def test_decoded_layouts_follow_coding_1_4_exactly():
         "RGBA": np.dstack([rgb, alpha]),
     }
     for layout, want in expected.items():
-        got = _to_layout(rgb, layout, alpha if "A" in layout else None)
+        got = to_layout(rgb, layout, alpha if "A" in layout else None)
         assert got.dtype == np.uint8 and got.flags.c_contiguous and np.array_equal(got, want), layout

@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 import pillow_jac
-from pillow_jac import JacImagePlugin, codec, container
+from pillow_jac import JacImagePlugin, codec, codec_steps, container
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "examples" / "sample.png"
@@ -148,12 +148,11 @@ def test_bad_preview_values(image: Image.Image, value) -> None:
 
 def test_a_bad_preview_value_fails_the_save_before_the_encode(image: Image.Image, monkeypatch) -> None:
     """The preview's size was checked after the networks and the range coder had run (minutes at effort 3)."""
-    from pillow_jac import codec
 
     def no_encoder(*args, **kwargs):
         raise AssertionError("the encoder ran before the preview option was checked")
 
-    monkeypatch.setattr(codec, "_encoder_engine", no_encoder)
+    monkeypatch.setattr(codec_steps, "encoder_engine", no_encoder)
     for value in (3, "yes", 600.0):
         with pytest.raises(ValueError, match="preview must be"):
             jac_bytes(image, quality=2, preview=value)

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 import pillow_jac
-from pillow_jac import codec, container, target_search, targets
+from pillow_jac import codec, codec_steps, container, target_search, targets
 
 SAMPLE = Path(__file__).resolve().parents[1] / "examples" / "sample.png"
 STEP = 1 / 256  # one stored quality step
@@ -185,7 +185,7 @@ def test_a_psnr_target_at_effort_never_gives_a_larger_file_than_effort_0(rgb: np
 
 
 def test_a_size_below_the_container_is_refused_before_the_model_loads(rgb: np.ndarray, monkeypatch) -> None:
-    monkeypatch.setattr(codec, "_encoder_engine", lambda *a: pytest.fail("the model was loaded first"))
+    monkeypatch.setattr(codec_steps, "encoder_engine", lambda *a: pytest.fail("the model was loaded first"))
     with pytest.raises(ValueError, match="alone take"):
         targets.encode_to_target(rgb, target_size=20)
 
@@ -426,7 +426,7 @@ def test_target_arguments_are_checked_before_the_model_loads(monkeypatch) -> Non
     def no_model(*args, **kwargs):
         raise AssertionError("the model was loaded before the arguments were checked")
 
-    monkeypatch.setattr(codec, "_encoder_engine", no_model)
+    monkeypatch.setattr(codec_steps, "encoder_engine", no_model)
     tiny = np.zeros((8, 8, 3), np.uint8)
     for options, error in [
         ({"preview": 3}, ValueError),

@@ -1,0 +1,164 @@
+"""The steps every encode and decode path shares, and the codec's errors.
+
+Used by :mod:`pillow_jac.codec`, :mod:`pillow_jac.codec_batch`, :mod:`pillow_jac.targets` and
+:mod:`pillow_jac.target_search`: the engine of a file's generation or of an encode, a parsed file from
+what the caller gave, latents to coded streams and back (CODING.md section 3), the alpha plane (SPEC.md
+section 5.1) and the array of a file's layout (CODING.md section 1.4).
+
+Torch is imported only inside the functions that run the model, after :func:`guarded_engine`.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from . import container, interpreter_exit
+from .codec_inputs import check_model
+from .constants import ALPHA_LAYOUTS, GRAY_LAYOUTS
+
+
+class CodecError(ValueError, OSError):
+    """A file cannot be decoded by this installation (wrong model, corrupt stream).
+
+    A :class:`ValueError`, and an :class:`OSError` as Pillow reports an image it cannot decode.
+    """
+
+
+class ModelNotInstalledError(CodecError):
+    """The generation a file names (``model_id`` and ``weights_hash``) is not installed (SPEC.md 9.1)."""
+
+
+def transforms():
+    """:mod:`pillow_jac.image_transforms` (imported with torch, by :func:`guarded_engine` first)."""
+    from . import image_transforms
+
+    return image_transforms
+
+
+def guarded_engine(device, weights):
+    """:func:`pillow_jac.engine.get_engine`, the codec's torch modules imported first, where a fork waits.
+
+    Every path that runs the model gets its engine here first, so a fork in another thread never copies a
+    half-imported torch module's held import lock, nor a half-built engine (pillow_jac/forksafe.py).
+    """
+    from .forksafe import setting_up
+
+    with setting_up():
+        from . import image_transforms, latent_coding, stripes  # noqa: F401 - imported now, under the guard
+        from .engine import get_engine
+        from .model import refine  # noqa: F401
+    interpreter_exit.watch()  # after torch's import, so the exit waits for daemon threads before torch's handlers
+    with interpreter_exit.working():
+        return get_engine(device, weights)
+
+
+def decoder_engine(jac: container.JacFile, device, weights):
+    """The engine of the generation the file names: the installed one, or the ``weights`` file given."""
+    from . import generations
+
+    h = jac.header
+    if weights is None:
+        try:
+            weights = generations.find(h.model_id, h.weights_hash).path
+        except generations.ModelNotInstalledError as exc:
+            raise ModelNotInstalledError(str(exc)) from None
+    engine = guarded_engine(device, weights)
+    if h.model_id != engine.model_id or h.weights_hash != engine.weights_hash:
+        raise ModelNotInstalledError(
+            f"this file needs decoder {h.model_id!r} (weights {h.weights_hash.hex()}), but the weights file "
+            f"given holds {engine.model_id!r} ({engine.weights_hash.hex()})"
+        )
+    return engine
+
+
+def encoder_engine(device, weights, model):
+    """The engine that encodes: the ``weights`` file, else the installed generation ``model``, else the newest."""
+    from . import generations
+
+    check_model(model)
+    if weights is None:
+        try:
+            weights = generations.encoder(model).path
+        except generations.ModelNotInstalledError as exc:
+            raise ModelNotInstalledError(str(exc)) from None
+    engine = guarded_engine(device, weights)
+    if model is not None and engine.model_id != model:
+        raise ValueError(f"the weights file {weights} holds {engine.model_id!r}, not the model {model!r} asked for")
+    if not engine.can_encode:
+        raise ModelNotInstalledError(f"{engine.model_id!r} is installed as a decoder only: it cannot encode")
+    return engine
+
+
+def parse_input(data) -> container.JacFile:
+    """A parsed file from a :class:`~pillow_jac.container.JacFile`, bytes-like data, or a path."""
+    if isinstance(data, container.JacFile):
+        return data
+    if isinstance(data, (str, os.PathLike)):
+        with open(data, "rb") as f:
+            return container.read_file(f)
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise TypeError(f"expected .jac bytes, a path or a parsed JacFile, got {type(data).__name__}")
+    return container.parse(bytes(data))
+
+
+def analyze_image(color: np.ndarray, quality: float, engine, effort: int = 0) -> tuple[np.ndarray | None, np.ndarray]:
+    """g_a and h_a on the padded image, then rounding (or refinement): the latents ``(z_hat, y_hat)``."""
+    steps = transforms()
+    y = steps.analyze(engine, [color])
+    y, z = steps.hyper_analyze(engine, y, quality, color.shape[0] * color.shape[1])
+    return steps.symbols(engine, y, z, quality, effort, color)
+
+
+def encode_latents(engine, z_hat: np.ndarray | None, y_hat: np.ndarray) -> tuple[bytes, bytes]:
+    """The coded streams ``(z, y)`` of integer latents (CODING.md section 3), counted as torch work."""
+    import torch
+
+    with torch.inference_mode(), interpreter_exit.working():
+        return engine.latents.encode(z_hat, y_hat)
+
+
+def decode_latents(jac: container.JacFile, engine) -> tuple[np.ndarray | None, np.ndarray]:
+    """The exact integer latents ``(z_hat, y_hat)`` of a parsed file's streams (CODING.md section 3)."""
+    import torch
+
+    h = jac.header
+    with torch.inference_mode(), transforms().torch_work(h.height * h.width, engine):
+        return engine.latents.decode(jac.z_stream, jac.y_stream, h.z_shape, h.y_shape)
+
+
+def alpha_plane(jac: container.JacFile) -> np.ndarray | None:
+    """The lossless alpha plane of a file, ``(H, W)`` uint8, or None (SPEC.md section 5.1)."""
+    h = jac.header
+    if h.layout not in ALPHA_LAYOUTS:
+        return None
+    raw = container.decompress_alpha(jac.alpha_method, jac.alpha, h.width, h.height)
+    return np.frombuffer(raw, np.uint8).reshape(h.height, h.width)
+
+
+def to_layout(rgb: np.ndarray, layout: str, alpha: np.ndarray | None) -> np.ndarray:
+    """Decoded colour planes (and alpha) as the array of the file's layout.
+
+    Grey is ``(299 R + 587 G + 114 B + 500) // 1000`` (CODING.md section 1.4).
+    """
+    if layout in GRAY_LAYOUTS:  # in place in uint32 (at most 255500): two planes of temporaries, no more
+        gray = rgb[:, :, 0].astype(np.uint32)
+        gray *= 299
+        term = rgb[:, :, 1].astype(np.uint32)
+        term *= 587
+        gray += term
+        term[...] = rgb[:, :, 2]
+        term *= 114
+        gray += term
+        gray += 500
+        gray //= 1000
+        color = gray.astype(np.uint8)
+    else:
+        color = rgb
+    if alpha is None:
+        return np.ascontiguousarray(color)
+    out = np.empty((*color.shape[:2], (1 if color.ndim == 2 else color.shape[2]) + 1), np.uint8)
+    out[:, :, :-1] = color.reshape(*color.shape[:2], -1)
+    out[:, :, -1] = alpha
+    return out
