@@ -11,6 +11,7 @@ Torch is imported only inside the functions that run the model, after :func:`gua
 from __future__ import annotations
 
 import os
+import sys
 
 import numpy as np
 
@@ -37,14 +38,32 @@ def transforms():
     return image_transforms
 
 
+def refuse_half_imported_torch() -> None:
+    """Raise :class:`CodecError` if an earlier import of torch in this process was interrupted.
+
+    Ctrl-C during the first encode or decode can land in torch's import (1-3 s). Python then drops
+    ``torch`` from ``sys.modules`` but keeps the submodules it had imported, and torch's native
+    libraries stay loaded: importing it again raised AttributeError, ImportError or SystemError, or
+    crashed the process with a segmentation fault, losing everything else it held. The half-import
+    shows as ``torch.*`` modules without ``torch``; refusing then keeps the process alive.
+    """
+    if "torch" not in sys.modules and any(name.startswith("torch.") for name in list(sys.modules)):
+        raise CodecError(
+            "an earlier import of torch in this process was interrupted (Ctrl-C?), and importing it again "
+            "can crash the process: restart Python to encode or decode .jac files"
+        )
+
+
 def guarded_engine(device, weights):
     """:func:`pillow_jac.engine.get_engine`, the codec's torch modules imported first, where a fork waits.
 
     Every path that runs the model gets its engine here first, so a fork in another thread never copies a
     half-imported torch module's held import lock, nor a half-built engine (pillow_jac/forksafe.py).
+    A process whose import of torch was interrupted gets :class:`CodecError` (:func:`refuse_half_imported_torch`).
     """
     from .forksafe import setting_up
 
+    refuse_half_imported_torch()
     with setting_up():
         from . import image_transforms, latent_coding, stripes  # noqa: F401 - imported now, under the guard
         from .engine import get_engine

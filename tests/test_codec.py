@@ -220,3 +220,31 @@ def test_decoded_layouts_follow_coding_1_4_exactly():
     for layout, want in expected.items():
         got = to_layout(rgb, layout, alpha if "A" in layout else None)
         assert got.dtype == np.uint8 and got.flags.c_contiguous and np.array_equal(got, want), layout
+
+
+def test_a_half_imported_torch_is_refused_with_a_clear_error(tmp_path):
+    """Ctrl-C during torch's first import leaves ``torch.*`` modules without ``torch``; importing it again
+    raised AttributeError or crashed the process (a segmentation fault). Encode and decode now refuse,
+    before anything imports torch again (in a fresh process, which has not imported torch)."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "x.jac"
+    path.write_bytes(codec.encode(np.zeros((8, 8, 3), np.uint8), 2))
+    script = f"""
+import sys, types
+import numpy as np
+from pillow_jac import codec
+sys.modules["torch._utils"] = types.ModuleType("torch._utils")  # what an interrupted import leaves
+for call in (lambda: codec.decode({str(path)!r}), lambda: codec.encode(np.zeros((8, 8, 3), np.uint8), 2)):
+    try:
+        call()
+    except codec.CodecError as e:
+        assert "import of torch in this process was interrupted" in str(e), e
+    else:
+        raise AssertionError("not refused")
+assert "torch" not in sys.modules
+print("refused")
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.stdout.strip() == "refused", done.stdout + done.stderr
