@@ -160,6 +160,7 @@ def encode_file(
     with im:
         _warn_of_frames(im, src, name_frames)
         im.load()
+        im = _eight_bit_grey(im, src)
         options: dict[str, Any] = {"quality": quality, "effort": effort, "device": device, "model": model}
         if target_size is not None or target_psnr is not None:
             del options["quality"]
@@ -173,6 +174,31 @@ def encode_file(
     data = encoded.getvalue()
     _emit(dst, data, out)
     return len(data)
+
+
+#: Pillow's modes of 16-bit grey samples (PNG, TIFF, PGM), whose range 0-65535 the file format defines
+SIXTEEN_BIT_GREY = ("I;16", "I;16L", "I;16B", "I;16N")
+
+
+def _eight_bit_grey(im: Any, src: Path) -> Any:
+    """A 16-bit grey image as 8-bit ``L`` (``round(v * 255 / 65535)``), with a warning; any other image as is.
+
+    JAC stores 8 bits per sample, and Pillow's plugin rejects these modes (its ``convert("L")`` would clip
+    at 255, README "Modes and metadata"). A file's 16-bit samples span 0-65535 by definition, so the
+    command line scales them, as other encoders reduce 16-bit PNGs; ``I`` and ``F`` images, whose range
+    no file defines, are still rejected. ``im.info`` (ICC profile, EXIF, XMP) is kept.
+    """
+    if im.mode not in SIXTEEN_BIT_GREY:
+        return im
+    import numpy as np
+    from PIL import Image
+
+    samples = np.asarray(im).astype(np.uint32)
+    grey = Image.fromarray(((samples * 255 + 32767) // 65535).astype(np.uint8), "L")
+    grey.info = dict(im.info)
+    where = "standard input" if _is_stdio(src) else src
+    warnings.warn(f"{where}: 16-bit grey samples reduced to 8 bits (JAC stores 8)", stacklevel=3)
+    return grey
 
 
 def _warn_of_frames(im: Any, src: Path, name_it: bool) -> None:

@@ -202,13 +202,31 @@ def test_corrupt_jac(jac: Path, tmp_path: Path, capsys) -> None:
 
 
 def test_unsupported_mode(tmp_path: Path, capsys) -> None:
-    src = tmp_path / "deep.png"
-    Image.new("I;16", (8, 8), 1000).save(src)
+    """32-bit integer grey has no range a file defines: refused, and nothing is left behind."""
+    src = tmp_path / "deep.tif"
+    Image.new("I", (8, 8), 1000).save(src)
     out = tmp_path / "deep.jac"
     assert main(["encode", str(src), str(out)]) == 1
-    assert_one_line_error(capsys.readouterr().err, "cannot write mode I;16")
+    assert_one_line_error(capsys.readouterr().err, "cannot write mode I ")
     assert not out.exists()
-    assert [p.name for p in tmp_path.iterdir()] == ["deep.png"]  # no temporary file left behind
+    assert [p.name for p in tmp_path.iterdir()] == ["deep.tif"]  # no temporary file left behind
+
+
+def test_sixteen_bit_grey_is_scaled_to_eight_bits_with_a_warning(tmp_path: Path, capsys) -> None:
+    """A 16-bit grey PNG was refused ("cannot write mode I;16"); Pillow's convert("L") would clip it at 255."""
+    ramp = np.linspace(0, 65535, 32 * 48).reshape(32, 48).astype(np.uint16)
+    src = tmp_path / "deep.png"
+    srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    Image.fromarray(ramp).save(src, icc_profile=srgb[:16] + b"GRAY" + srgb[20:])  # a grey profile: kept
+    assert Image.open(src).mode == "I;16"
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        assert main(["encode", str(src), str(tmp_path / "deep.jac"), "-q", "8"]) == 0
+    assert "16-bit grey samples reduced to 8 bits" in capsys.readouterr().err
+    with Image.open(tmp_path / "deep.jac") as im:
+        assert im.mode == "L" and im.info["icc_profile"] == Image.open(src).info["icc_profile"]
+        error = np.abs(np.asarray(im).astype(float) - ramp / 257.0)
+    assert error.mean() < 3 and np.asarray(im).max() > 240  # scaled, not clipped (clipping gives 255 from 1/256 on)
 
 
 def test_failed_encode_keeps_existing_output(png: Path, tmp_path: Path, monkeypatch) -> None:
