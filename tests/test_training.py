@@ -152,10 +152,10 @@ def test_training_starts_from_a_shipped_file(image_folder, shipped_tiny, tmp_pat
 
 
 def test_training_needs_no_range_coder():
-    """A GPU machine that only trains may lack constriction: training and load_model must not import it."""
+    """A GPU machine that only trains lacks constriction: training, gpu_session and load_model must not import it."""
     code = (
         "import sys; sys.modules['constriction'] = None\n"  # any import of it now raises ImportError
-        "from pillow_jac.training import train, pack\n"
+        "from pillow_jac.training import train, pack, gpu_session\n"
         "from pillow_jac.engine import load_model, default_weights_path\n"
         "print(load_model(default_weights_path()).config.M)\n"
     )

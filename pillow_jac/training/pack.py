@@ -1,10 +1,12 @@
 """Pack a training folder into parts small enough to carry to a remote GPU machine, and join files.
 
-``python -m pillow_jac.training.pack --data ../shared/data/train --out .gpu --part-mb 24`` writes
+``python -m pillow_jac.training.pack --data ../shared/data/train --out .gpu --part-mb auto`` writes
 ``.gpu/part01``, ``.gpu/part02`` ... each at most ``--part-mb`` megabytes, plus ``.gpu/MANIFEST``
 (name, bytes and SHA-256 of every packed file). The device machine of this workplace carries at
 most 64 MiB of working tree per call, and the shipped weights travel in every call, so the set goes
-over in several calls (docs/training_on_a_gpu.md). The files are dealt into the parts in a seeded
+over in several calls (docs/training_on_a_gpu.md). ``auto`` sizes the parts to the room one call
+leaves beside the working tree as it is now (:func:`room_mb`): every kept decoder generation
+(19 MB) makes that room, and so the parts, smaller. The files are dealt into the parts in a seeded
 random order, so the first parts are already a fair sample of every source: a session that has
 time to carry only some of them still trains on a mix (sorted by name, the first part of the
 project's set held nothing but ``bsds_`` photos).
@@ -25,15 +27,33 @@ import argparse
 import hashlib
 import random
 import shutil
+import subprocess
 from pathlib import Path
 
 from PIL import Image
 
 from .data import list_images, load_rgb
 
-__all__ = ["pack", "split_file", "join_file"]
+__all__ = ["pack", "split_file", "join_file", "room_mb"]
 
 MB = 1_000_000
+#: what one device call carries at most: the working tree (what git does not ignore) and the carried paths
+CALL_LIMIT = 64 * 2**20
+#: room kept for the tree to grow between the pack and the calls (a results file, a note)
+CALL_MARGIN = 1_500_000
+
+
+def travelling_tree_bytes(root: Path) -> int:
+    """Bytes of the working tree a device call sends: the files git tracks, and those it does not ignore."""
+    listed = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=root, capture_output=True, check=True
+    ).stdout.split(b"\0")
+    return sum(path.stat().st_size for name in listed if name and (path := root / name.decode()).is_file())
+
+
+def room_mb(root: Path) -> float:
+    """The largest part, in MB, that one call carries beside the working tree of ``root`` (less a margin)."""
+    return (CALL_LIMIT - CALL_MARGIN - travelling_tree_bytes(root)) / MB
 
 
 def _sha256(path: Path) -> str:
@@ -165,17 +185,26 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--split", type=Path, help="file to cut into pieces")
     p.add_argument("--join", type=Path, help="pieces' common stem (DIR/NAME for DIR/NAME.000 ...)")
     p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--part-mb", type=float, default=24)
+    p.add_argument(
+        "--part-mb", default="24", help="MB per part, or auto: the room a device call leaves beside the working tree"
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the order images are dealt into parts")
     args = p.parse_args(argv)
     if sum(x is not None for x in (args.data, args.split, args.join)) != 1:
         p.error("give exactly one of --data, --split, --join")
+    try:
+        part_mb = room_mb(Path.cwd()) if args.part_mb == "auto" else float(args.part_mb)
+    except (ValueError, OSError, subprocess.CalledProcessError) as exc:
+        p.error(f"--part-mb {args.part_mb}: {exc}")
+    if part_mb < 1:
+        p.error(f"parts of {part_mb:.1f} MB: the working tree leaves no room for data in a device call")
     if args.data:
-        for folder in pack(args.data, args.out, args.part_mb, seed=args.seed):
+        print(f"parts of at most {part_mb:.1f} MB")
+        for folder in pack(args.data, args.out, part_mb, seed=args.seed):
             total = sum(f.stat().st_size for f in folder.iterdir())
             print(f"{folder}: {len(list(folder.iterdir()))} files, {total / MB:.1f} MB")
     elif args.split:
-        for piece in split_file(args.split, args.out, args.part_mb):
+        for piece in split_file(args.split, args.out, part_mb):
             print(piece)
     else:
         print(join_file(args.join, args.out))

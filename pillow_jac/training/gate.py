@@ -1,0 +1,115 @@
+"""The release gate for a retrained decoder: does it beat the current generation on Kodak and urban20?
+
+A retrained decoder becomes a new generation only if it beats the current one by at least 5% BD-rate
+on Kodak **and** on urban20 (issue 18; docs/training_on_a_gpu.md, "After"). This measures both,
+side by side in one run, with real files (``bench.rd``, effort 0, qualities 1-8, PSNR on 8-bit RGB),
+and prints the BD-rate of the candidate against the current generation on each set::
+
+    python -m pillow_jac.training.gate runs/gpu/measure.safetensors
+
+The exit status is 0 when every set clears the bar (``--bar``, percent), 1 otherwise; ``gate.json``
+under ``--out`` records the curves and the verdict. The current generation is measured again rather
+than read from ``benchmarks/results``: those runs may be of other settings, and only figures of one
+run on one machine compare. Each ``bench.rd`` run resumes from its cache under ``--out``, so an
+interrupted gate continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+#: how much smaller the candidate's files must be at equal PSNR, in percent of BD-rate, on every set
+BAR_PERCENT = 5.0
+QUALITIES = (1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0)
+SETS = {"kodak": Path("../shared/data/kodak"), "urban20": Path("../shared/data/urban20")}
+
+
+def curve(results: dict[str, Any]) -> tuple[list[float], list[float]]:
+    """``(bpp, psnr)`` of the ``jac`` codec's average curve in a ``bench.rd`` result."""
+    points = results["codecs"]["jac"]["average"]
+    return [p["bpp"] for p in points], [p["psnr"] for p in points]
+
+
+def gate(
+    candidate: Path,
+    stable: Path,
+    sets: dict[str, Path],
+    out: Path,
+    *,
+    qualities=QUALITIES,
+    bar: float = BAR_PERCENT,
+    limit: int | None = None,
+    log=print,
+) -> dict[str, Any]:
+    """Measure ``stable`` and ``candidate`` on each set; return the verdict (also written to ``out/gate.json``)."""
+    from ..bench import metrics, rd
+
+    verdict: dict[str, Any] = {
+        "candidate": metrics.portable_path(candidate),
+        "stable": metrics.portable_path(stable),
+        "bar_percent": bar,
+        "qualities": list(qualities),
+        "limit": limit,
+        "sets": {},
+    }
+    for name, data in sets.items():
+        curves = {}
+        for which, weights in (("stable", stable), ("candidate", candidate)):
+            log(f"{name}: measuring the {which} weights")
+            results = rd.run(
+                data, out / name / which, codec_names=["jac"], limit=limit, jac_qualities=list(qualities),
+                jac_weights=str(weights), published=[], with_ms_ssim=False, resume=True,
+            )  # fmt: skip
+            curves[which] = curve(results)
+        bd = metrics.bd_rate(*curves["stable"], *curves["candidate"])
+        verdict["sets"][name] = {
+            "data": metrics.portable_path(data),
+            "images": results["meta"]["images"],
+            "bd_rate_percent": bd,
+            "passes": math.isfinite(bd) and bd <= -bar,
+            "curves": {which: {"bpp": c[0], "psnr": c[1]} for which, c in curves.items()},
+        }
+    verdict["passes"] = all(s["passes"] for s in verdict["sets"].values())
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "gate.json").write_text(json.dumps(verdict, indent=1) + "\n")
+    return verdict
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m pillow_jac.training.gate CANDIDATE``: 0 when it clears the bar on every set, else 1."""
+    from .. import generations
+
+    p = argparse.ArgumentParser(prog="python -m pillow_jac.training.gate", description=__doc__.split("\n\n")[0])
+    p.add_argument("candidate", type=Path, help="the retrained model's frozen weights (freeze --release 0)")
+    p.add_argument("--stable", type=Path, help="the weights to beat (default: the installed newest generation)")
+    p.add_argument("--kodak", type=Path, default=SETS["kodak"])
+    p.add_argument("--urban", type=Path, default=SETS["urban20"])
+    p.add_argument("--out", type=Path, default=Path("runs/gate"))
+    p.add_argument("--bar", type=float, default=BAR_PERCENT, help="percent of BD-rate to gain on every set")
+    p.add_argument("--qualities", default=",".join(f"{q:g}" for q in QUALITIES))
+    p.add_argument("--limit", type=int, help="the first N images of each set only (a quick look, not a verdict)")
+    p.add_argument("--threads", type=int, default=2, help="torch threads")
+    args = p.parse_args(argv)
+    import torch
+
+    torch.set_num_threads(args.threads)
+    stable = args.stable or generations.encoder(None).path
+    qualities = [float(q) for q in args.qualities.split(",")]
+    verdict = gate(
+        args.candidate, stable, {"kodak": args.kodak, "urban20": args.urban}, args.out,
+        qualities=qualities, bar=args.bar, limit=args.limit,
+    )  # fmt: skip
+    for name, s in verdict["sets"].items():
+        mark = "passes" if s["passes"] else "fails"
+        print(f"{name} ({s['images']} images): BD-rate {s['bd_rate_percent']:+.2f}% against the stable weights: {mark}")
+    print(f"bar: at most -{args.bar:g}% on every set; {'release it' if verdict['passes'] else 'do not release'}")
+    return 0 if verdict["passes"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
