@@ -32,20 +32,26 @@ def _run(script: str, *args: str) -> None:
 
 
 @pytest.mark.slow
-def test_pixels_are_the_same_at_every_thread_count_from_1_to_8():
-    """A 640x448 image (above image_transforms.SMALL_IMAGE_PIXELS, so decoding uses the thread count it is given):
-    the same pixels at 1 to 8 torch threads, whatever split oneDNN picks for each count."""
+def test_symbols_are_exact_and_pixels_within_a_level_at_every_thread_count_from_1_to_8():
+    """A 640x448 image (above image_transforms.SMALL_IMAGE_PIXELS, so decoding uses the thread count it is given).
+
+    The latents are the same at 1 to 8 torch threads (integer networks); the pixels come from float g_s, whose
+    sums a convolution library may split differently for some thread counts: on an AMX CPU all eight agreed,
+    on an AVX2 CPU 13 of 860,160 samples differed by one level at 3 threads. CODING.md allows one level."""
     data = codec.encode(natural_image(448, 640, seed=3), 5)
     saved = torch.get_num_threads()
     try:
-        decoded = {}
+        decoded, symbols = {}, {}
         for threads in range(1, 9):
             torch.set_num_threads(threads)
-            decoded[threads] = codec.decode(data)
+            decoded[threads] = codec.decode(data).astype(np.int16)
+            symbols[threads] = codec.decode_symbols(data)
     finally:
         torch.set_num_threads(saved)
     for threads, pixels in decoded.items():
-        assert np.array_equal(pixels, decoded[1]), f"{threads} threads: {np.count_nonzero(pixels != decoded[1])} differ"
+        assert all(np.array_equal(a, b) for a, b in zip(symbols[threads], symbols[1], strict=True)), threads
+        differ = np.abs(pixels - decoded[1])
+        assert differ.max() <= 1 and np.count_nonzero(differ) <= pixels.size // 10_000, (threads, differ.sum())
 
 
 @pytest.mark.slow

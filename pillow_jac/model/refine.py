@@ -46,6 +46,7 @@ from ..forksafe import setting_up
 from ..interpreter_exit import check
 from .mbt2018 import JointAutoregressiveHierarchicalPrior
 from .objective import quality_lambda
+from .precision import bf16_autocast_pays
 
 __all__ = ["EFFORT_ITERATIONS", "MAX_EFFORT", "TEMPERATURES", "sga_round", "refine_latents", "schedule"]
 
@@ -159,6 +160,7 @@ class _Search:
     inverse_gain: torch.Tensor
     iterations: int
     generator: torch.Generator
+    bf16: bool  # autocast where it is faster (pillow_jac/model/precision.py)
 
     def loss(self, y_hat, z_hat, x: torch.Tensor, weight: torch.Tensor, tile: _Tile) -> torch.Tensor:
         """Estimated ``lambda * 255^2 * MSE + bpp`` of a tile's counted region (paper eq. 2 and 4)."""
@@ -168,7 +170,7 @@ class _Search:
         px_cols = slice(cols.start * _FACTOR, cols.stop * _FACTOR)
         weight = weight[:, :, px_rows, px_cols]
         pixels = weight.sum().clamp_min(1.0)
-        with torch.autocast(device_type=y_hat.device.type, dtype=torch.bfloat16):
+        with torch.autocast(device_type=y_hat.device.type, dtype=torch.bfloat16, enabled=self.bf16):
             psi = phi = None
             bits = y_hat.new_zeros(())
             if z_hat is not None:
@@ -264,6 +266,7 @@ def refine_latents(
     search = _Search(
         model, pixel_rows, size,
         float(quality_lambda(q, model.config.lambdas)), inverse_gain, iterations, torch.Generator(device=y.device),
+        bf16_autocast_pays(y.device),
     )  # fmt: skip
     for tile in _tiles(tuple(y.shape[2:])):
         search.generator.manual_seed(seed)

@@ -66,6 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     runs = planned_runs(args.only)
     measured, _ = budget_paths(args.results, budget)
     if args.phase in ("train", "measure", "all"):
+        from ..model.precision import bf16_autocast_pays
         from ..training.data import list_images, load_rgb
         from .evaluate import evaluation_sets, freeze_run, measure_anchors, measure_images, model_cost
         from .train import train_run
@@ -95,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
                 "config": config.to_dict(),
                 "budget": budget.to_dict(),
                 "train_seconds": round(seconds, 1),
+                "precision": "bf16" if bf16_autocast_pays("cpu") else "float32",
                 "cost": model_cost(config),
                 "sets": {
                     set_name: {

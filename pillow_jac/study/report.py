@@ -89,6 +89,7 @@ def summarise(
     curves = {name: {s: mean_curve(r["sets"][s]["per_image"]) for s in r["sets"]} for name, r in runs.items()}
     anchor_curves = {s: {c: mean_curve(v[c]["per_image"]) for c in ANCHORS if c in v} for s, v in anchors.items()}
     out: dict[str, Any] = {"budget": budget.to_dict(), "variants": {}, "noise": {}}
+    out["float32_runs"] = sorted(name for name, r in runs.items() if r.get("precision") == "float32")
     for set_name in SETS:  # the joint model's seed-to-seed difference: the noise floor
         pair = [curves.get(f"joint-s{s}", {}).get(set_name) for s in (0, 1)]
         if all(pair):
@@ -167,6 +168,12 @@ def _share(spread: dict | None) -> str:
     return "n/a" if not spread else f"{spread['mean']:.1f}%"
 
 
+def _float32_note(summary: dict[str, Any]) -> str:
+    """Which runs trained in float32 (on a CPU without native bf16, where it is faster), if any."""
+    runs = summary.get("float32_runs")
+    return f" (float32 for {', '.join(runs)}: a CPU without native bf16)" if runs else ""
+
+
 def markdown(summary: dict[str, Any]) -> str:
     """The tables of ``study.md``."""
     budget = summary["budget"]
@@ -177,7 +184,8 @@ def markdown(summary: dict[str, Any]) -> str:
         f"{budget['crop']}x{budget['crop']} from `../shared/data/train`, Adam at {budget['lr']:g} after "
         f"{budget['warmup']} warm-up steps, one variable-rate model over the lambda ladder "
         f"{', '.join(f'{v:g}' for v in budget['lambdas'])} (one quality per crop), weight average "
-        f"{budget['ema']:g}, bf16 autocast on 2 CPU cores. Measured with real files at qualities "
+        f"{budget['ema']:g}, bf16 autocast on 2 CPU cores{_float32_note(summary)}. "
+        "Measured with real files at qualities "
         f"{', '.join(f'{q:g}' for q in budget['qualities'])}. Written by `python -m pillow_jac.study`; "
         "read with docs/study.md. BD-rate: negative is fewer bits at equal PSNR, over the PSNR range both "
         "curves cover; BD-PSNR: positive is more dB at equal rate, over the rates both cover (n/a: no "

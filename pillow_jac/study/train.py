@@ -1,8 +1,9 @@
 """Train one run of the study from scratch under the study's budget (resumable).
 
 The recipe is the trainer's (:mod:`pillow_jac.training.train`): Adam with a linear warm-up, gradient
-clipping, bf16 autocast with channels_last on the CPU, a quality per image drawn from strata of
-``[1, 8]``, and a weight average that is what gets frozen. The crops of a run depend only on its
+clipping, channels_last with bf16 autocast where the CPU has native bf16 (else float32, which is
+faster there: pillow_jac/model/precision.py), a quality per image drawn from strata of ``[1, 8]``,
+and a weight average that is what gets frozen. The crops of a run depend only on its
 seed, so every variant sees the same crops in the same order.
 """
 
@@ -16,6 +17,7 @@ import torch
 
 from ..model.mbt2018 import JointAutoregressiveHierarchicalPrior
 from ..model.objective import quality_lambda, rate_distortion_loss
+from ..model.precision import bf16_autocast_pays
 from ..training.checkpoint import rank_state, save_checkpoint
 from ..training.data import CropSampler, to_model_input
 from ..training.train import WeightAverage, stratified_qualities
@@ -69,7 +71,7 @@ def train_run(
             memory_format=torch.channels_last
         )
         quality = stratified_qualities(budget.batch)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16_autocast_pays("cpu")):
             result = model(x, quality)
         losses = rate_distortion_loss(result, x, quality_lambda(quality, config.lambdas).float())
         optimizer.zero_grad(set_to_none=True)

@@ -256,6 +256,27 @@ def release(
     return new_id
 
 
+def _shipped_tables(candidate: dict, shipped: dict) -> dict:
+    """The shipped coding tables that stand for ``candidate``'s own: the y tables, and the z tables if its density is.
+
+    Freezing computes the tables in floating point: the y tables from constants only, the z tables from the
+    float density (CODING.md section 2.1). Another CPU can break a near-tie the other way (2 entries of one y
+    table differed on an AVX2 CPU from the AMX one that made release 6), so comparing a re-freeze with the
+    shipped file would call an unchanged decoder another. What a checkpoint decides is its networks and its
+    density; where those are the generation's, so are its tables, and the shipped ones are kept.
+    """
+    import torch
+
+    from ..weights import TRAINING_PREFIXES
+
+    density = sorted(k for k in candidate if k.startswith(TRAINING_PREFIXES))
+    same_density = density == sorted(k for k in shipped if k.startswith(TRAINING_PREFIXES)) and all(
+        torch.equal(candidate[k], shipped[k]) for k in density
+    )
+    prefixes = ("table.y_", "table.z_") if same_density else ("table.y_",)
+    return {k: v for k, v in shipped.items() if k.startswith(prefixes)}
+
+
 def encoder_update(checkpoint: Path, weights_dir: Path, notes: dict[str, str]) -> str:
     """Replace the encoder of the current full file with the checkpoint's; the decoder must be identical.
 
@@ -275,6 +296,7 @@ def encoder_update(checkpoint: Path, weights_dir: Path, notes: dict[str, str]) -
     from ..weights import DECODER_PREFIXES, ENCODER_PREFIXES, decoder_hash
 
     frozen_decoder = {k: v for k, v in candidate.items() if k.startswith(DECODER_PREFIXES)}
+    frozen_decoder.update(_shipped_tables(candidate, tensors))
     kept = {k: v for k, v in tensors.items() if not k.startswith(DECODER_PREFIXES)}
     if decoder_hash({**kept, **frozen_decoder}, metadata) != old.decoder_hash:  # the checkpoint's own decoder
         raise WeightsError("the checkpoint's decoder is not the generation's: release it as a new generation")

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from ..constants import ALIGN, EFFORT_ITERATIONS, QUALITY_DENOMINATOR, QUALITY_MAX, QUALITY_MIN
+from ..model.precision import bf16_autocast_pays
 from .encoder_update import (
     bd_against,
     copy_atomically,
@@ -167,7 +168,7 @@ def train(args: argparse.Namespace) -> float | None:
     """Fine-tune towards the targets; returns the best BD-rate (percent) against the untuned encoder.
 
     None when no scored step beat the untuned encoder (then ``--out`` holds no ``best.safetensors``).
-    The encoder runs under bf16 autocast here, as the search itself does; it is scored in float32,
+    The encoder runs under bf16 autocast where it pays, as the search itself does; it is scored in float32,
     with real files.
     """
     from ..engine import build_model
@@ -205,7 +206,7 @@ def train(args: argparse.Namespace) -> float | None:
             for group in optimizer.param_groups:
                 group["lr"] = args.lr * min(1.0, step / 50)
             pick = torch.randint(len(data["quality"]), (args.batch,), generator=generator)
-            with torch.autocast("cpu", dtype=torch.bfloat16):
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16_autocast_pays("cpu")):
                 y, z = _encode(model, data["x"][pick], data["quality"][pick])
             loss = distillation_loss(y, data["y"][pick], args.margin)
             loss = loss + distillation_loss(z, data["z"][pick], args.margin)

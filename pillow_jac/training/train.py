@@ -41,6 +41,7 @@ import torch
 from ..constants import LAMBDAS
 from ..model.mbt2018 import CONTEXT_SIZES, ENTROPY_MODELS, JointAutoregressiveHierarchicalPrior, ModelConfig
 from ..model.objective import quality_lambda, rate_distortion_loss
+from ..model.precision import bf16_autocast_pays
 from .checkpoint import gather_rank_states, load_checkpoint, restore_checkpoint, run_options, save_checkpoint
 from .data import CropSampler, list_images, to_model_input
 from .encoder_update import forget_engine, refuse_evaluation_data
@@ -87,7 +88,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--ema", type=float, default=0.999, help="weight-average decay per step (0: none)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: leave the default)")
-    p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument(
+        "--bf16",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="bf16 autocast (default: where it is faster, pillow_jac/model/precision.py)",
+    )
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False)
     p.add_argument(
         "--prefetch",
@@ -387,6 +393,8 @@ def main(argv: list[str] | None = None) -> None:
     if new_log:
         log.writerow(["step", "wall_s", "lr", "loss", "bpp", "psnr"])
     start = time.time()
+    if args.bf16 is None:
+        args.bf16 = bf16_autocast_pays(device)
     autocast_dtype = torch.bfloat16 if args.bf16 else None
     # running sums stay on the device: reading them (.item()) waits for the device, so that
     # happens only when a line is logged, and the host can queue the next steps meanwhile
