@@ -11,7 +11,9 @@ For each ``format_spec/vectors/<model_id>/vectors.json`` it checks, for every ve
 The model variants' vectors (``format_spec/vectors/variants/<model_id>/``, CODING.md section 4) are
 checked the same way with the tiny generation stored beside them (``weights.safetensors``). The invalid
 vectors (``format_spec/vectors/invalid/``, made by ``make_invalid.py``) must each be rejected: a decoder
-that decodes one of them breaks a rule of SPEC.md section 8.2.
+that decodes one of them breaks a rule of SPEC.md section 8.2. The edge vectors
+(``format_spec/vectors/edge/``, made by ``make_edge.py``: escapes in both streams, a preview, unknown
+chunks, another chunk order, a later minor version) must each decode, checked as a generation's are.
 
 It prints one line per vector and a summary, and exits 0 when every vector passes. Options:
 ``--generation ID`` checks one generation; ``--device cuda`` decodes on a GPU.
@@ -30,6 +32,7 @@ import numpy as np
 from PIL import Image
 
 HERE = Path(__file__).resolve().parent / "vectors"
+EDGE = HERE / "edge"
 
 
 def _digest(array: np.ndarray) -> str:
@@ -52,8 +55,10 @@ def _intact(folder: Path, table: dict, results: list) -> Iterator[tuple[str, dic
 
 def generations() -> list[str]:
     """Every generation with vectors: released ones by model id, variants as ``variants/<model_id>``."""
-    return sorted(q.parent.relative_to(HERE).as_posix() for q in HERE.glob("*/vectors.json")) + sorted(
-        q.parent.relative_to(HERE).as_posix() for q in HERE.glob("variants/*/vectors.json")
+    released = [q.parent for q in HERE.glob("*/vectors.json") if q.parent != EDGE]
+    variants = list(HERE.glob("variants/*/vectors.json"))
+    return sorted(p.relative_to(HERE).as_posix() for p in released) + sorted(
+        q.parent.relative_to(HERE).as_posix() for q in variants
     )
 
 
@@ -134,6 +139,13 @@ def main(argv: list[str] | None = None) -> int:
             failed += not passed
             print(f"{'PASS' if passed else 'FAIL'}  {gen}/{name}: {outcome}")
     print(f"{total - failed} of {total} vectors of {len(gens)} generation(s) pass")
+    edge = [] if args.generation or not (EDGE / "vectors.json").exists() else check_folder(EDGE, None, args.device)
+    for name, outcome, passed in edge:
+        total += 1
+        failed += not passed
+        print(f"{'PASS' if passed else 'FAIL'}  edge/{name}: {outcome}")
+    if edge:
+        print(f"{sum(p for _, _, p in edge)} of {len(edge)} edge vectors decode")
     invalid = [] if args.generation else check_invalid(args.device)
     for name, outcome, passed in invalid:
         failed += not passed

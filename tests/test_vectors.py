@@ -23,7 +23,7 @@ VECTORS = Path(__file__).resolve().parents[1] / "format_spec" / "vectors"
 _spec = importlib.util.spec_from_file_location("make_vectors", VECTORS.parent / "make_vectors.py")
 make_vectors = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(make_vectors)
-GENERATIONS = sorted(p.parent.name for p in VECTORS.glob("*/vectors.json"))
+GENERATIONS = sorted(p.parent.name for p in VECTORS.glob("*/vectors.json") if p.parent.name != "edge")
 CASES = [
     (gen, name, entry)
     for gen in GENERATIONS
@@ -207,3 +207,23 @@ def test_an_invalid_vector_whose_generation_is_missing_is_not_counted_as_rejecte
     results = conformance.check_invalid()
     assert results and not any(passed for _, _, passed in results)
     assert all("not tested" in outcome for _, outcome, _ in results)
+
+
+def test_edge_vectors_decode_and_the_container_cases_as_the_file_they_come_from(tmp_path):
+    """Escapes in both streams, a preview with unknown chunks, another chunk order and a later minor version:
+    each decodes with exact latents, and the container cases to the pixels and metadata of their source."""
+    conformance = _load_format_script("conformance")
+    results = conformance.check_folder(VECTORS / "edge")
+    assert len(results) == 4 and all(passed for _, _, passed in results), results
+    table = json.loads((VECTORS / "edge" / "vectors.json").read_text())
+    for name in ("preview-and-unknown", "chunks-reordered", "minor-version"):
+        edge = VECTORS / "edge" / table[name]["file"]
+        source = VECTORS / table[name]["from"]
+        assert np.array_equal(codec.decode(edge), codec.decode(source)), name
+        with Image.open(edge) as a, Image.open(source) as b:
+            assert a.info == b.info, name
+    z_hat, y_hat = codec.decode_symbols(VECTORS / "edge" / table["escapes"]["file"])
+    assert np.abs(z_hat).max() == 4095 and np.abs(y_hat).max() == 4095
+    again = _load_format_script("make_edge").make(tmp_path)  # the preview's WebP bytes depend on libwebp
+    for name in ("escapes", "chunks-reordered", "minor-version"):
+        assert again[name]["file_sha256"] == table[name]["file_sha256"], name

@@ -1,0 +1,172 @@
+"""Write the edge vectors: valid files that exercise what the generation vectors leave out (SPEC.md 9.4).
+
+``python format_spec/make_edge.py`` writes ``format_spec/vectors/edge/``. Each file is made from a
+release-6 vector, and a decoder MUST decode it:
+
+* ``escapes``: hyper-latents and latents far outside their tables (CODING.md section 2.3), up to the
+  clamp of 4095, in both streams: escape classes 1 to 11 and their uniform values, which no encoded
+  photo of the generation vectors reaches (they hold two y escapes in all);
+* ``preview-and-unknown``: a ``prvw`` chunk and two unknown ancillary chunks (SPEC.md 5.3, 5.4); the
+  same pixels as the vector it comes from;
+* ``chunks-reordered``: the chunks between ``JHDR`` and ``JEND`` in another allowed order (SPEC.md 4.3),
+  metadata after the streams; the same pixels and metadata;
+* ``minor-version``: format version 1.7 (SPEC.md 9.1: a 1.0 decoder reads any 1.m file); the same pixels.
+
+``vectors.json`` has the fields of a generation's (SPEC.md 9.4) plus ``from`` and ``what``;
+``format_spec/conformance.py`` checks them as it checks a generation's. The files never change once
+written: the script adds the vectors it lacks and refuses to make an existing one differently.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import shutil
+import struct
+import sys
+import tempfile
+import zlib
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parent / "vectors"
+OUT = ROOT / "edge"
+BASE = "mbt-128-192-r006"
+
+
+def _chunk(ctype: bytes, data: bytes) -> bytes:
+    """One chunk as SPEC.md 3.1 lays it out: length, type, data, CRC-32 of type and data."""
+    return struct.pack(">I", len(data)) + ctype + data + struct.pack(">I", zlib.crc32(ctype + data))
+
+
+def _chunks(data: bytes) -> list[tuple[bytes, bytes]]:
+    """``(type, data)`` of every chunk of a valid file, in file order."""
+    out, at = [], 8
+    while at < len(data):
+        (length,) = struct.unpack(">I", data[at : at + 4])
+        out.append((data[at + 4 : at + 8], data[at + 8 : at + 8 + length]))
+        at += 12 + length
+    return out
+
+
+def _escapes(data: bytes) -> bytes:
+    """The file with large latents written into both streams, coded by the generation's own coder."""
+    from pillow_jac import codec, container, generations
+    from pillow_jac.engine import get_engine
+
+    jac = container.parse(data)
+    z_hat, y_hat = (a.copy() for a in codec.decode_symbols(jac))
+    rng = np.random.default_rng(7)
+    for a, count in ((z_hat, 40), (y_hat, 200)):
+        flat = a.reshape(-1)
+        at = rng.choice(flat.size, count, replace=False)
+        magnitude = np.concatenate([[4095], rng.integers(20, 4096, count - 1)])
+        flat[at] = magnitude * rng.choice([-1, 1], count)
+    engine = get_engine("cpu", generations.find(jac.header.model_id, jac.header.weights_hash).path)
+    z, y = engine.latents.encode(z_hat, y_hat)
+    header = dataclasses.replace(jac.header, z_stream_length=len(z), y_stream_length=len(y))
+    return container.serialize(dataclasses.replace(jac, header=header, z_stream=z, y_stream=y))
+
+
+def _preview_and_unknown(data: bytes) -> bytes:
+    """A ``prvw`` chunk (a WebP of the decoded image) and two unknown ancillary chunks around it."""
+    from pillow_jac import codec
+    from pillow_jac.preview import make_preview
+
+    chunks = _chunks(data)
+    preview = make_preview(codec.decode(data), "RGB", 48)
+    extra = [(b"abcd", b"an unknown ancillary chunk"), (b"prvw", preview), (b"zz9z", bytes(range(40)))]
+    return data[:8] + b"".join(_chunk(t, d) for t, d in [chunks[0], *extra, *chunks[1:]])
+
+
+def _reordered(data: bytes) -> bytes:
+    """JHDR, the streams, the metadata in reverse, JEND: an order writers do not use but readers accept."""
+    chunks = _chunks(data)
+    middle = chunks[1:-1]
+    streams = [c for c in middle if c[0] in (b"ZSTR", b"YSTR", b"ALPH")][::-1]
+    rest = [c for c in middle if c[0] not in (b"ZSTR", b"YSTR", b"ALPH")][::-1]
+    return data[:8] + b"".join(_chunk(t, d) for t, d in [chunks[0], *streams, *rest, chunks[-1]])
+
+
+def _minor_version(data: bytes) -> bytes:
+    """The file as version 1.7 (the JHDR's minor version byte, and its CRC)."""
+    from pillow_jac import container
+
+    jac = container.parse(data)
+    return container.serialize(dataclasses.replace(jac, header=dataclasses.replace(jac.header, version=(1, 7))))
+
+
+#: name -> (source vector, what it exercises, how the file is made from the source's bytes)
+CASES: dict[str, tuple[str, str, Callable[[bytes], bytes]]] = {
+    "escapes": ("rgb-130x70-q7.jac", "CODING 2.3: z and y escapes of classes up to 11, values up to 4095", _escapes),
+    "preview-and-unknown": (
+        "rgb-130x70-q7.jac", "SPEC 5.3, 5.4: a prvw chunk and unknown ancillary chunks, skipped", _preview_and_unknown,
+    ),
+    "chunks-reordered": (
+        "rgb-32x32-q4-meta.jac", "SPEC 4.3: streams before metadata, each group reversed", _reordered,
+    ),
+    "minor-version": ("rgba-16x16-q8.jac", "SPEC 9.1: format version 1.7 decodes as 1.0", _minor_version),
+}  # fmt: skip
+
+
+def _entry(name: str, source: str, what: str, data: bytes, out: Path) -> dict:
+    from pillow_jac import codec, container
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from make_vectors import digest, symbols_digest
+
+    (out / f"{name}.jac").write_bytes(data)
+    pixels = codec.decode(data)
+    Image.fromarray(pixels).save(out / f"{name}.decoded.png")
+    header = container.parse(data).header
+    return {
+        "file": f"{name}.jac",
+        "from": f"{BASE}/{source}",
+        "what": what,
+        "decoded": f"{name}.decoded.png",
+        "mode": header.layout,
+        "size": [header.width, header.height],
+        "model_id": header.model_id,
+        "weights_hash": header.weights_hash.hex(),
+        "file_sha256": hashlib.sha256(data).hexdigest(),
+        "symbols_sha256": symbols_digest(data),
+        "pixels_sha256": digest(pixels),
+    }
+
+
+def make(out: Path = OUT) -> dict:
+    """Write every edge vector into ``out`` and its ``vectors.json``; returns the table."""
+    out.mkdir(parents=True, exist_ok=True)
+    table = {}
+    for name, (source, what, build) in CASES.items():
+        data = build((ROOT / BASE / source).read_bytes())
+        table[name] = _entry(name, source, what, data, out)
+    (out / "vectors.json").write_text(json.dumps(table, indent=2) + "\n")
+    return table
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Add the edge vectors ``OUT`` lacks; refuse when an existing one would be made differently."""
+    existing = json.loads((OUT / "vectors.json").read_text()) if (OUT / "vectors.json").exists() else {}
+    with tempfile.TemporaryDirectory() as tmp:
+        table = make(Path(tmp))
+        differ = [n for n, e in existing.items() if n in table and table[n]["file_sha256"] != e["file_sha256"]]
+        if differ:
+            print(f"{OUT}: this script would change {', '.join(differ)}; edge vectors never change", file=sys.stderr)
+            return 1
+        OUT.mkdir(parents=True, exist_ok=True)
+        added = [n for n in table if n not in existing]
+        for name in added:
+            for key in ("file", "decoded"):
+                shutil.copyfile(Path(tmp) / table[name][key], OUT / table[name][key])
+    (OUT / "vectors.json").write_text(json.dumps({**table, **existing}, indent=2) + "\n")
+    print(f"added {len(added)} edge vector(s) to {OUT}: {', '.join(added) or 'none'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
