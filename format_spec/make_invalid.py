@@ -106,7 +106,7 @@ CASES: dict[str, tuple[str, str, str, Callable]] = {
         lambda jac: _with(jac, y=jac.y_stream + b"\x12\x34\x56\x78" * 2),
     ),
     "zstr-cut-short": (
-        "rgb-130x70-q7.jac", "SPEC 8.2 rule 12: ZSTR cut to one word (its z stream then holds data after its last symbol)",
+        "rgb-130x70-q7.jac", "SPEC 8.2 rule 12: ZSTR cut to one word (data left after its last z symbol)",
         "EntropyCodingError",
         lambda jac: _with(jac, z=jac.z_stream[:4]),
     ),
