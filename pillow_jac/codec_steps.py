@@ -39,7 +39,7 @@ def transforms():
 
 
 def refuse_half_imported_torch() -> None:
-    """Raise :class:`CodecError` if an earlier import of torch in this process was interrupted.
+    """Raise :class:`CodecError` if an earlier import of torch in this process failed part-way or was interrupted.
 
     Ctrl-C during the first encode or decode can land in torch's import (1-3 s). Python then drops
     ``torch`` from ``sys.modules`` but keeps the submodules it had imported, and torch's native
@@ -49,8 +49,9 @@ def refuse_half_imported_torch() -> None:
     """
     if "torch" not in sys.modules and any(name.startswith("torch.") for name in list(sys.modules)):
         raise CodecError(
-            "an earlier import of torch in this process was interrupted (Ctrl-C?), and importing it again "
-            "can crash the process: restart Python to encode or decode .jac files"
+            "an earlier import of torch in this process failed or was interrupted (Ctrl-C?), and importing it "
+            "again can crash the process: restart Python to encode or decode .jac files (if the first error was "
+            "not an interrupt, torch's installation needs repair)"
         )
 
 

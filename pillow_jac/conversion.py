@@ -160,7 +160,7 @@ def encode_file(
     with im:
         _warn_of_frames(im, src, name_frames)
         im.load()
-        im = _eight_bit_grey(im, src)
+        im = _eight_bit_grey(im, src, name_frames)
         options: dict[str, Any] = {"quality": quality, "effort": effort, "device": device, "model": model}
         if target_size is not None or target_psnr is not None:
             del options["quality"]
@@ -176,29 +176,43 @@ def encode_file(
     return len(data)
 
 
-#: Pillow's modes of 16-bit grey samples (PNG, TIFF, PGM), whose range 0-65535 the file format defines
+#: Pillow's modes of 16-bit grey samples (PNG, TIFF), whose range 0-65535 the file format defines
 SIXTEEN_BIT_GREY = ("I;16", "I;16L", "I;16B", "I;16N")
+#: formats whose grey samples Pillow opens as mode ``I`` but which hold at most 16 bits, 0-65535 (a 16-bit PGM
+#: is scaled to that range by Pillow's reader; a PNG opens as ``I`` in older Pillows)
+SIXTEEN_BIT_AS_I = ("PPM", "PNG")
 
 
-def _eight_bit_grey(im: Any, src: Path) -> Any:
+def _eight_bit_grey(im: Any, src: Path, name_it: bool = True) -> Any:
     """A 16-bit grey image as 8-bit ``L`` (``round(v * 255 / 65535)``), with a warning; any other image as is.
 
     JAC stores 8 bits per sample, and Pillow's plugin rejects these modes (its ``convert("L")`` would clip
     at 255, README "Modes and metadata"). A file's 16-bit samples span 0-65535 by definition, so the
-    command line scales them, as other encoders reduce 16-bit PNGs; ``I`` and ``F`` images, whose range
-    no file defines, are still rejected. ``im.info`` (ICC profile, EXIF, XMP) is kept.
+    command line scales them, as other encoders reduce 16-bit PNGs; ``I`` and ``F`` images of other formats,
+    whose range no file defines, are still rejected. ``im.info`` (ICC profile, EXIF, XMP) is kept; a
+    transparent grey level (a PNG's ``tRNS``) becomes an alpha plane made from the 16-bit samples, since
+    several of them share an 8-bit level. ``name_it`` as for :func:`_warn_of_frames`.
     """
-    if im.mode not in SIXTEEN_BIT_GREY:
+    if im.mode not in SIXTEEN_BIT_GREY and not (im.mode == "I" and im.format in SIXTEEN_BIT_AS_I):
         return im
     import numpy as np
     from PIL import Image
 
-    samples = np.asarray(im).astype(np.uint32)
-    grey = Image.fromarray(((samples * 255 + 32767) // 65535).astype(np.uint8), "L")
-    grey.info = dict(im.info)
+    samples = np.asarray(im).astype(np.int64)
+    if samples.min(initial=0) < 0 or samples.max(initial=0) > 65535:
+        return im  # not 16-bit samples after all: the plugin rejects the mode, naming it
+    grey = ((samples * 255 + 32767) // 65535).astype(np.uint8)
+    info = dict(im.info)
+    key = info.pop("transparency", None)
+    if isinstance(key, int):
+        out = Image.fromarray(np.dstack([grey, np.where(samples == key, 0, 255).astype(np.uint8)]), "LA")
+    else:
+        out = Image.fromarray(grey, "L")
+    out.info = info
     where = "standard input" if _is_stdio(src) else src
-    warnings.warn(f"{where}: 16-bit grey samples reduced to 8 bits (JAC stores 8)", stacklevel=3)
-    return grey
+    shown = f"{where}: 16-bit grey" if name_it else "16-bit grey"
+    warnings.warn(f"{shown} samples reduced to 8 bits (JAC stores 8)", stacklevel=3)
+    return out
 
 
 def _warn_of_frames(im: Any, src: Path, name_it: bool) -> None:

@@ -229,6 +229,31 @@ def test_sixteen_bit_grey_is_scaled_to_eight_bits_with_a_warning(tmp_path: Path,
     assert error.mean() < 3 and np.asarray(im).max() > 240  # scaled, not clipped (clipping gives 255 from 1/256 on)
 
 
+def test_sixteen_bit_pgm_and_a_transparent_grey_level(tmp_path: Path, capsys) -> None:
+    """A 16-bit PGM opens as mode I (still refused once); a 16-bit PNG's tRNS grey level became the 8-bit
+    level of its low byte, making other pixels transparent. The key is matched on the 16-bit samples."""
+    ramp = np.linspace(0, 65535, 24 * 40).reshape(24, 40).astype(np.uint16)
+    pgm = tmp_path / "deep.pgm"
+    pgm.write_bytes(b"P5 40 24 65535\n" + ramp.astype(">u2").tobytes())
+    assert Image.open(pgm).mode == "I"
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        assert main(["encode", str(pgm), str(tmp_path / "pgm.jac"), "-q", "8"]) == 0
+    with Image.open(tmp_path / "pgm.jac") as im:
+        assert im.mode == "L" and np.abs(np.asarray(im).astype(float) - ramp / 257.0).mean() < 3
+    keyed = ramp.copy()
+    keyed[:4, :4] = 4660  # the transparent level; 4660 & 0xFF = 52 is the 8-bit level of other pixels
+    png = tmp_path / "keyed.png"
+    Image.fromarray(keyed).save(png, transparency=4660)
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        assert main(["encode", str(png), str(tmp_path / "keyed.jac"), "-q", "8"]) == 0
+    with Image.open(tmp_path / "keyed.jac") as im:
+        alpha = np.asarray(im)[:, :, 1]
+    assert im.mode == "LA" and (alpha == 0).sum() == 16 and (alpha[:4, :4] == 0).all()
+    assert "16-bit grey samples reduced" in capsys.readouterr().err
+
+
 def test_failed_encode_keeps_existing_output(png: Path, tmp_path: Path, monkeypatch) -> None:
     from pillow_jac import codec
 

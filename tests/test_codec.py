@@ -240,7 +240,7 @@ for call in (lambda: codec.decode({str(path)!r}), lambda: codec.encode(np.zeros(
     try:
         call()
     except codec.CodecError as e:
-        assert "import of torch in this process was interrupted" in str(e), e
+        assert "import of torch in this process failed or was interrupted" in str(e), e
     else:
         raise AssertionError("not refused")
 assert "torch" not in sys.modules

@@ -134,3 +134,22 @@ def test_a_context_free_coder_decodes_narrow_latents(generations):
     z = np.zeros((8, 1, 1), np.int64)
     z_stream, y_stream = coder.encode(z, y)
     np.testing.assert_array_equal(coder.decode(z_stream, y_stream, (1, 1), (3, 1))[1], y)
+
+
+def test_a_run_records_the_precision_it_trained_in(tmp_path) -> None:
+    """Measured runs named the measuring machine's precision, not the one their steps ran in."""
+    from pillow_jac.study import train
+
+    fresh, old = tmp_path / "fresh", tmp_path / "old"
+    fresh.mkdir()
+    old.mkdir()
+    assert train.run_precision(fresh) == "bf16"  # runs before the record: every CPU then ran bf16 autocast
+    train._record_precision(fresh, "float32")
+    assert train.run_precision(fresh) == "float32"
+    train._record_precision(fresh, "float32")
+    assert train.run_precision(fresh) == "float32"
+    train._record_precision(fresh, "bf16")
+    assert train.run_precision(fresh) == "mixed"
+    (old / "checkpoint.pt").write_bytes(b"")  # trained before precisions were recorded, resumed in float32
+    train._record_precision(old, "float32")
+    assert train.run_precision(old) == "mixed"

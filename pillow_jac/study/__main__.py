@@ -66,10 +66,9 @@ def main(argv: list[str] | None = None) -> int:
     runs = planned_runs(args.only)
     measured, _ = budget_paths(args.results, budget)
     if args.phase in ("train", "measure", "all"):
-        from ..model.precision import bf16_autocast_pays
         from ..training.data import list_images, load_rgb
         from .evaluate import evaluation_sets, freeze_run, measure_anchors, measure_images, model_cost
-        from .train import train_run
+        from .train import run_precision, train_run
 
         sets = evaluation_sets(args.kodak, args.urban)
         anchors_path = args.results / "study" / "anchors.json"
@@ -96,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
                 "config": config.to_dict(),
                 "budget": budget.to_dict(),
                 "train_seconds": round(seconds, 1),
-                "precision": "bf16" if bf16_autocast_pays("cpu") else "float32",
+                "precision": run_precision(args.runs / name),
                 "cost": model_cost(config),
                 "sets": {
                     set_name: {

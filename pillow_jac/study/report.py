@@ -89,7 +89,7 @@ def summarise(
     curves = {name: {s: mean_curve(r["sets"][s]["per_image"]) for s in r["sets"]} for name, r in runs.items()}
     anchor_curves = {s: {c: mean_curve(v[c]["per_image"]) for c in ANCHORS if c in v} for s, v in anchors.items()}
     out: dict[str, Any] = {"budget": budget.to_dict(), "variants": {}, "noise": {}}
-    out["float32_runs"] = sorted(name for name, r in runs.items() if r.get("precision") == "float32")
+    out["float32_runs"] = sorted(name for name, r in runs.items() if r.get("precision", "bf16") != "bf16")
     for set_name in SETS:  # the joint model's seed-to-seed difference: the noise floor
         pair = [curves.get(f"joint-s{s}", {}).get(set_name) for s in (0, 1)]
         if all(pair):
@@ -169,9 +169,9 @@ def _share(spread: dict | None) -> str:
 
 
 def _float32_note(summary: dict[str, Any]) -> str:
-    """Which runs trained in float32 (on a CPU without native bf16, where it is faster), if any."""
+    """Which runs trained in float32, all or in part (on a CPU without native bf16, where it is faster), if any."""
     runs = summary.get("float32_runs")
-    return f" (float32 for {', '.join(runs)}: a CPU without native bf16)" if runs else ""
+    return f" (float32 for all or part of {', '.join(runs)}: a CPU without native bf16)" if runs else ""
 
 
 def markdown(summary: dict[str, Any]) -> str:

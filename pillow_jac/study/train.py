@@ -23,7 +23,25 @@ from ..training.data import CropSampler, to_model_input
 from ..training.train import WeightAverage, stratified_qualities
 from .variants import Budget, Variant
 
-__all__ = ["train_run"]
+__all__ = ["train_run", "run_precision"]
+
+#: where a run records the precision its steps ran in (pillow_jac/model/precision.py)
+_PRECISION_FILE = "precision.txt"
+
+
+def _record_precision(out: Path, precision: str) -> None:
+    """Record that the run's next steps run in ``precision``: ``mixed`` once two precisions have trained it."""
+    path = out / _PRECISION_FILE
+    before = path.read_text().strip() if path.exists() else None
+    if before is None and (out / "checkpoint.pt").exists():
+        before = "bf16"  # a run trained before precisions were recorded: every CPU then ran bf16 autocast
+    path.write_text(("mixed" if before not in (None, precision) else precision) + "\n")
+
+
+def run_precision(out: Path) -> str:
+    """``bf16``, ``float32`` or ``mixed``: how the run in ``out`` was trained (``bf16`` before it was recorded)."""
+    path = out / _PRECISION_FILE
+    return path.read_text().strip() if path.exists() else "bf16"
 
 
 def train_run(
@@ -63,6 +81,8 @@ def train_run(
         step, seconds = state["step"], float((out / "seconds.txt").read_text())
         log(f"{out.name}: resumed at step {step}")
     model.train()
+    bf16 = bf16_autocast_pays("cpu")
+    _record_precision(out, "bf16" if bf16 else "float32")
     start = time.time() - seconds
     while step < budget.steps:
         for group in optimizer.param_groups:
@@ -71,7 +91,7 @@ def train_run(
             memory_format=torch.channels_last
         )
         quality = stratified_qualities(budget.batch)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16_autocast_pays("cpu")):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             result = model(x, quality)
         losses = rate_distortion_loss(result, x, quality_lambda(quality, config.lambdas).float())
         optimizer.zero_grad(set_to_none=True)

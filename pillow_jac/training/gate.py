@@ -107,6 +107,9 @@ def main(argv: list[str] | None = None) -> int:
     for name, s in verdict["sets"].items():
         mark = "passes" if s["passes"] else "fails"
         print(f"{name} ({s['images']} images): BD-rate {s['bd_rate_percent']:+.2f}% against the stable weights: {mark}")
+    if args.limit:
+        print(f"a quick look at {args.limit} image(s) a set (--limit): no verdict; run it without --limit")
+        return 1
     print(f"bar: at most -{args.bar:g}% on every set; {'release it' if verdict['passes'] else 'do not release'}")
     return 0 if verdict["passes"] else 1
 

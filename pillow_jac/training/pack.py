@@ -51,9 +51,10 @@ def travelling_tree_bytes(root: Path) -> int:
     return sum(path.stat().st_size for name in listed if name and (path := root / name.decode()).is_file())
 
 
-def room_mb(root: Path) -> float:
-    """The largest part, in MB, that one call carries beside the working tree of ``root`` (less a margin)."""
-    return (CALL_LIMIT - CALL_MARGIN - travelling_tree_bytes(root)) / MB
+def room_mb(where: Path) -> float:
+    """The largest part, in MB, that one call carries beside the working tree ``where`` lies in (less a margin)."""
+    top = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=where, capture_output=True, check=True)
+    return (CALL_LIMIT - CALL_MARGIN - travelling_tree_bytes(Path(top.stdout.decode().strip()))) / MB
 
 
 def _sha256(path: Path) -> str:

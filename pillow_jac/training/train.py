@@ -368,6 +368,8 @@ def main(argv: list[str] | None = None) -> None:
     prefetch = device.type == "cuda" if args.prefetch is None else args.prefetch
     step, ckpt = 0, None
     ckpt_path = args.out / "checkpoint.pt"
+    if args.bf16 is None:  # resolved before the options are recorded: a checkpoint names the precision it had
+        args.bf16 = bf16_autocast_pays(device)
     options = run_options(args)
     if ckpt_path.exists():
         ckpt = load_checkpoint(ckpt_path, config, options, args.allow_changed_options)
@@ -393,8 +395,6 @@ def main(argv: list[str] | None = None) -> None:
     if new_log:
         log.writerow(["step", "wall_s", "lr", "loss", "bpp", "psnr"])
     start = time.time()
-    if args.bf16 is None:
-        args.bf16 = bf16_autocast_pays(device)
     autocast_dtype = torch.bfloat16 if args.bf16 else None
     # running sums stay on the device: reading them (.item()) waits for the device, so that
     # happens only when a line is logged, and the host can queue the next steps meanwhile
