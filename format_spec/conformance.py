@@ -55,10 +55,8 @@ def _intact(folder: Path, table: dict, results: list) -> Iterator[tuple[str, dic
 
 def generations() -> list[str]:
     """Every generation with vectors: released ones by model id, variants as ``variants/<model_id>``."""
-    released = [q.parent for q in HERE.glob("*/vectors.json") if q.parent != EDGE]
-    variants = list(HERE.glob("variants/*/vectors.json"))
-    return sorted(p.relative_to(HERE).as_posix() for p in released) + sorted(
-        q.parent.relative_to(HERE).as_posix() for q in variants
+    return sorted(q.parent.relative_to(HERE).as_posix() for q in HERE.glob("*/vectors.json")) + sorted(
+        q.parent.relative_to(HERE).as_posix() for q in HERE.glob("variants/*/vectors.json")
     )
 
 
@@ -70,7 +68,11 @@ def check(generation: str, device: str | None = None) -> list[tuple[str, str, bo
 
 
 def check_folder(
-    folder: Path, weights: Path | None = None, device: str | None = None, generation: str | None = None
+    folder: Path,
+    weights: Path | None = None,
+    device: str | None = None,
+    generation: str | None = None,
+    table: str = "vectors.json",
 ) -> list[tuple[str, str, bool]]:
     """``(vector, outcome, passed)`` for every vector of ``folder``, decoded with ``weights``.
 
@@ -80,8 +82,8 @@ def check_folder(
     from pillow_jac import codec
 
     results = []
-    table = json.loads((folder / "vectors.json").read_text())
-    for name, entry, data in _intact(folder, table, results):
+    entries = json.loads((folder / table).read_text())
+    for name, entry, data in _intact(folder, entries, results):
         try:
             z_hat, y_hat = codec.decode_symbols(data, device=device, weights=weights)
             pixels = codec.decode(data, device=device, weights=weights)
@@ -103,6 +105,11 @@ def check_folder(
         outcome = "exact" if diff == 0 else f"within {diff}"
         results.append((name, outcome, diff <= 1))
     return results
+
+
+def check_edge(device: str | None = None) -> list[tuple[str, str, bool]]:
+    """``(vector, outcome, passed)`` for every edge vector (``edge/edge.json``), checked as a generation's are."""
+    return check_folder(EDGE, None, device, table="edge.json")
 
 
 def check_invalid(device: str | None = None) -> list[tuple[str, str, bool]]:
@@ -139,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
             failed += not passed
             print(f"{'PASS' if passed else 'FAIL'}  {gen}/{name}: {outcome}")
     print(f"{total - failed} of {total} vectors of {len(gens)} generation(s) pass")
-    edge = [] if args.generation or not (EDGE / "vectors.json").exists() else check_folder(EDGE, None, args.device)
+    edge = [] if args.generation or not (EDGE / "edge.json").exists() else check_edge(args.device)
     for name, outcome, passed in edge:
         total += 1
         failed += not passed

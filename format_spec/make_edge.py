@@ -12,7 +12,7 @@ release-6 vector, and a decoder MUST decode it:
   metadata after the streams; the same pixels and metadata;
 * ``minor-version``: format version 1.7 (SPEC.md 9.1: a 1.0 decoder reads any 1.m file); the same pixels.
 
-``vectors.json`` has the fields of a generation's (SPEC.md 9.4) plus ``from`` and ``what``;
+``edge.json`` has the fields of a generation's ``vectors.json`` (SPEC.md 9.4) plus ``from`` and ``what``;
 ``format_spec/conformance.py`` checks them as it checks a generation's. The files never change once
 written: the script adds the vectors it lacks and refuses to make an existing one differently.
 """
@@ -139,19 +139,19 @@ def _entry(name: str, source: str, what: str, data: bytes, out: Path) -> dict:
 
 
 def make(out: Path = OUT) -> dict:
-    """Write every edge vector into ``out`` and its ``vectors.json``; returns the table."""
+    """Write every edge vector into ``out`` and its ``edge.json``; returns the table."""
     out.mkdir(parents=True, exist_ok=True)
     table = {}
     for name, (source, what, build) in CASES.items():
         data = build((ROOT / BASE / source).read_bytes())
         table[name] = _entry(name, source, what, data, out)
-    (out / "vectors.json").write_text(json.dumps(table, indent=2) + "\n")
+    (out / "edge.json").write_text(json.dumps(table, indent=2) + "\n")
     return table
 
 
 def main(argv: list[str] | None = None) -> int:
     """Add the edge vectors ``OUT`` lacks; refuse when an existing one would be made differently."""
-    existing = json.loads((OUT / "vectors.json").read_text()) if (OUT / "vectors.json").exists() else {}
+    existing = json.loads((OUT / "edge.json").read_text()) if (OUT / "edge.json").exists() else {}
     with tempfile.TemporaryDirectory() as tmp:
         table = make(Path(tmp))
         differ = [n for n, e in existing.items() if n in table and table[n]["file_sha256"] != e["file_sha256"]]
@@ -163,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
         for name in added:
             for key in ("file", "decoded"):
                 shutil.copyfile(Path(tmp) / table[name][key], OUT / table[name][key])
-    (OUT / "vectors.json").write_text(json.dumps({**table, **existing}, indent=2) + "\n")
+    (OUT / "edge.json").write_text(json.dumps({**table, **existing}, indent=2) + "\n")
     print(f"added {len(added)} edge vector(s) to {OUT}: {', '.join(added) or 'none'}")
     return 0
 
