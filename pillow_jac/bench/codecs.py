@@ -279,6 +279,17 @@ def _jxl() -> Codec:
     return Codec("jxl", "JPEG XL (pillow-jxl-plugin)", "quality", PERCENT_LADDER, encode_pil, _pillow_load, ".jxl")
 
 
+def _search_precision(device: str | None) -> str:
+    """The precision the effort search runs in on ``device`` (pillow_jac/model/precision.py)."""
+    try:
+        from pillow_jac.engine import resolve_device
+        from pillow_jac.model.precision import bf16_autocast_pays
+
+        return "bf16" if bf16_autocast_pays(resolve_device(device)) else "float32"
+    except Exception:  # noqa: BLE001  (an unknown or absent device: encoding will report it)
+        return "unknown"
+
+
 def _jac(qualities: Sequence[float] | None, device: str | None, weights: str | None = None, effort: int = 0) -> Codec:
     try:
         from pillow_jac import codec
@@ -305,6 +316,7 @@ def _jac(qualities: Sequence[float] | None, device: str | None, weights: str | N
 
         settings["effort"] = effort
         settings["search"] = schedule(effort)  # a new search is measured afresh
+        settings["search_precision"] = _search_precision(device)  # bf16 where the device has it, else float32
     name = f"jac-e{effort}" if effort else "jac"
     return Codec(name, label, "quality", ladder, encode, decode, ".jac", settings)
 
