@@ -148,8 +148,9 @@ def test_training_moves_an_init_to_another_ladder(image_folder, tmp_path):  # no
         train.main([*args[:-2], "--out", str(tmp_path / "run"), "--steps", "2"])
 
 
-def test_a_ladder_needs_one_lambda_per_quality(capsys):
+def test_a_ladder_needs_one_lambda_per_quality(capsys, tmp_path):
+    data = ["--data", str(tmp_path)]  # the default (../shared/data/train) is not there on every machine
     with pytest.raises(SystemExit):
-        train.parse_args(["--lambdas", "0.001,0.01,0.1"])
+        train.parse_args([*data, "--lambdas", "0.001,0.01,0.1"])
     assert "needs 8 values" in capsys.readouterr().err
-    assert train.parse_args(["--lambdas", ",".join(map(str, SPREAD))]).lambdas == SPREAD
+    assert train.parse_args([*data, "--lambdas", ",".join(map(str, SPREAD))]).lambdas == SPREAD
