@@ -149,6 +149,9 @@ def test_training_moves_an_init_to_another_ladder(image_folder, tmp_path):  # no
 
 
 def test_a_ladder_needs_one_lambda_per_quality(capsys, tmp_path):
+    from PIL import Image
+
+    Image.new("RGB", (64, 64)).save(tmp_path / "a.png")
     data = ["--data", str(tmp_path)]  # the default (../shared/data/train) is not there on every machine
     with pytest.raises(SystemExit):
         train.parse_args([*data, "--lambdas", "0.001,0.01,0.1"])
