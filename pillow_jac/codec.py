@@ -112,8 +112,9 @@ def encode(
     effort = validate_effort(effort)
     fields = file_fields(arr, layout, icc_profile=icc_profile, exif=exif, xmp=xmp, model=model, preview=preview)
     engine = steps.encoder_engine(device, weights, model)
-    z_hat, y_hat = steps.analyze_image(color_planes(arr, layout), q, engine, effort)
-    z_stream, y_stream = steps.encode_latents(engine, z_hat, y_hat)
+    with steps.allocation_errors_as_memory_errors(arr.shape[1], arr.shape[0]):
+        z_hat, y_hat = steps.analyze_image(color_planes(arr, layout), q, engine, effort)
+        z_stream, y_stream = steps.encode_latents(engine, z_hat, y_hat)
     jac = container.JacFile.create(
         q16=q16,
         model_id=engine.model_id,
@@ -143,7 +144,8 @@ def decode_symbols(data, *, device=None, weights=None) -> tuple[np.ndarray | Non
     jac = steps.parse_input(data)
     check_declared_size(jac.header.width, jac.header.height, error=CodecError)
     engine = steps.decoder_engine(jac, device, weights)
-    return steps.decode_latents(jac, engine)
+    with steps.allocation_errors_as_memory_errors(jac.header.width, jac.header.height):
+        return steps.decode_latents(jac, engine)
 
 
 def decode(data, *, device=None, weights=None) -> np.ndarray:
@@ -156,14 +158,16 @@ def decode(data, *, device=None, weights=None) -> np.ndarray:
         ValueError: the file is malformed (:class:`~pillow_jac.container.JacFormatError`), was made
             with other weights (:class:`CodecError`), is larger than twice ``PIL.Image.MAX_IMAGE_PIXELS``
             (:class:`CodecError`) or its streams are corrupt.
+        MemoryError: decoding the image's size needs more memory than there is.
     """
     jac = steps.parse_input(data)
     check_declared_size(jac.header.width, jac.header.height, error=CodecError)
     engine = steps.decoder_engine(jac, device, weights)
     h = jac.header
     alpha = steps.alpha_plane(jac)
-    _, y_hat = steps.decode_latents(jac, engine)
-    (rgb,) = steps.transforms().synthesize(engine, [y_hat], [h.quality], [(h.height, h.width)])
+    with steps.allocation_errors_as_memory_errors(h.width, h.height):
+        _, y_hat = steps.decode_latents(jac, engine)
+        (rgb,) = steps.transforms().synthesize(engine, [y_hat], [h.quality], [(h.height, h.width)])
     return steps.to_layout(rgb, h.layout, alpha)
 
 

@@ -10,6 +10,7 @@ Torch is imported only inside the functions that run the model, after :func:`gua
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 
@@ -53,6 +54,29 @@ def refuse_half_imported_torch() -> None:
             "again can crash the process: restart Python to encode or decode .jac files (if the first error was "
             "not an interrupt, torch's installation needs repair)"
         )
+
+
+#: what torch's allocators say when an allocation fails (the CPU allocator raises a plain RuntimeError)
+_ALLOCATION_FAILED = ("can't allocate memory", "not enough memory", "out of memory")
+
+
+@contextlib.contextmanager
+def allocation_errors_as_memory_errors(width: int, height: int):
+    """Turn torch's failed allocations into :class:`MemoryError`, naming the image size.
+
+    A file may declare up to twice Pillow's pixel limit (about 179 megapixels), which needs several GB to
+    decode; where they are not there, torch's CPU allocator raised a bare ``RuntimeError`` out of the
+    codec (found by fuzzing: a 115 kB file declaring 13376 x 13376 pixels).
+    """
+    try:
+        yield
+    except RuntimeError as exc:
+        if not any(text in str(exc) for text in _ALLOCATION_FAILED):
+            raise
+        raise MemoryError(
+            f"not enough memory to code a {width}x{height} image ({width * height / 1e6:.0f} megapixels): "
+            f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+        ) from exc
 
 
 def guarded_engine(device, weights):

@@ -248,3 +248,21 @@ print("refused")
 """
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert done.stdout.strip() == "refused", done.stdout + done.stderr
+
+
+def test_a_failed_allocation_is_a_memory_error_naming_the_size(monkeypatch):
+    """A file may declare up to ~179 megapixels; where the memory is not there, torch's CPU allocator raised a
+    bare RuntimeError out of decode (found by fuzzing a 115 kB file declaring 13376 x 13376)."""
+    data = codec.encode(np.zeros((8, 8, 3), np.uint8), 2)
+    engine = codec_steps.decoder_engine(container.parse(data), None, None)
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] DefaultCPUAllocator: can't allocate memory: 9 bytes")
+
+    monkeypatch.setattr(engine.latents, "decode", fail)
+    for call in (codec.decode, codec.decode_symbols):
+        with pytest.raises(MemoryError, match="not enough memory to code a 8x8 image"):
+            call(data)
+    monkeypatch.setattr(engine.latents, "decode", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("other")))
+    with pytest.raises(RuntimeError, match="other"):  # another RuntimeError is not a memory error
+        codec.decode(data)
