@@ -379,7 +379,16 @@ def _run(args: argparse.Namespace) -> None:
             preview=args.preview,
         )
     elif args.command == "decode":
-        decode_file(args.input, args.output, device=args.device)
+        from .codec import CodecError
+        from .container import JacFormatError
+        from .entropy_coding import EntropyCodingError
+
+        try:
+            decode_file(args.input, args.output, device=args.device)
+        except (CodecError, EntropyCodingError, JacFormatError, MemoryError) as exc:  # the file's own errors
+            where = "standard input" if str(args.input) == STDIO else args.input
+            message = one_line(exc)
+            raise ConversionError(message if message.startswith(f"{where}: ") else f"{where}: {message}") from exc
     elif args.command == "models":
         import pillow_jac
 

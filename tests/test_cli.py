@@ -948,3 +948,15 @@ def test_models_says_when_jac_weights_names_no_weights_file(tmp_path: Path, monk
     monkeypatch.setenv("JAC_WEIGHTS", str(ROOT / "weights" / "mbt2018-n128m192.safetensors"))
     assert main(["models"]) == 0
     assert capsys.readouterr().err == ""
+
+
+def test_decode_names_the_file_whose_streams_or_alpha_are_corrupt(tmp_path: Path, capsys) -> None:
+    """Container errors named the file; errors found while decoding (a stream, the alpha plane) did not."""
+    invalid = Path(__file__).resolve().parents[1] / "format_spec" / "vectors" / "invalid"
+    for name, words in (("ystr-runs-out.jac", "symbols still to decode"), ("alph-plane-short.jac", "alpha plane")):
+        src = tmp_path / name
+        src.write_bytes((invalid / name).read_bytes())
+        assert main(["decode", str(src), str(tmp_path / "out.png")]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith(f"jac: error: {src}: ") and words in err and err.count("\n") == 1, err
+        assert not (tmp_path / "out.png").exists()
