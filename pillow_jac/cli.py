@@ -386,7 +386,7 @@ def _run(args: argparse.Namespace) -> None:
         try:
             decode_file(args.input, args.output, device=args.device)
         except (CodecError, EntropyCodingError, JacFormatError, MemoryError) as exc:  # the file's own errors
-            where = "standard input" if str(args.input) == STDIO else args.input
+            where = args.input  # "-" for standard input, as the container's errors name it
             message = one_line(exc)
             raise ConversionError(message if message.startswith(f"{where}: ") else f"{where}: {message}") from exc
     elif args.command == "models":

@@ -103,10 +103,11 @@ def encode(
             raise ValueError("give quality or a target (target_size, target_psnr), not both")
         from .targets import encode_to_target
 
-        return encode_to_target(
-            arr, target_size=target_size, target_psnr=target_psnr, effort=effort, device=device, weights=weights,
-            model=model, icc_profile=icc_profile, exif=exif, xmp=xmp, preview=preview,
-        ).data  # fmt: skip
+        with steps.allocation_errors_as_memory_errors(arr.shape[1], arr.shape[0]):
+            return encode_to_target(
+                arr, target_size=target_size, target_psnr=target_psnr, effort=effort, device=device,
+                weights=weights, model=model, icc_profile=icc_profile, exif=exif, xmp=xmp, preview=preview,
+            ).data  # fmt: skip
     q16 = container.quality_to_u16(DEFAULT_QUALITY if quality is None else quality)  # validated here, once
     q = container.u16_to_quality(q16)
     effort = validate_effort(effort)

@@ -202,9 +202,11 @@ def encode_batch(
             out[i] = encode(arrays[i][0], q, effort=effort, device=device, weights=weights, model=model)
             continue
         colors = [color_planes(*arrays[i]) for i in members]
-        for i, (z_hat, y_hat) in zip(members, _analyze_batch(colors, q, engine, effort), strict=True):
-            z_stream, y_stream = steps.encode_latents(engine, z_hat, y_hat)
-            out[i] = _file_bytes(fields[i], q, engine, z_stream, y_stream)
+        height, width = arrays[members[0]][0].shape[:2]
+        with steps.allocation_errors_as_memory_errors(width, height):
+            for i, (z_hat, y_hat) in zip(members, _analyze_batch(colors, q, engine, effort), strict=True):
+                z_stream, y_stream = steps.encode_latents(engine, z_hat, y_hat)
+                out[i] = _file_bytes(fields[i], q, engine, z_stream, y_stream)
     return out
 
 
@@ -259,12 +261,13 @@ def decode_batch(files, *, device=None, weights=None, batch_size: int = 8) -> li
                 out[i] = decode(parsed[i], device=device, weights=weights)
             continue
         y_hats = []
-        for i in members:
-            with _naming_item(i, OSError, ValueError):
-                y_hats.append(steps.decode_latents(parsed[i], engine)[1])
         headers = [parsed[i].header for i in members]
-        sizes = [(h.height, h.width) for h in headers]
-        rgbs = steps.transforms().synthesize(engine, y_hats, [h.quality for h in headers], sizes)
+        with steps.allocation_errors_as_memory_errors(headers[0].width, headers[0].height):
+            for i in members:
+                with _naming_item(i, OSError, ValueError, MemoryError):
+                    y_hats.append(steps.decode_latents(parsed[i], engine)[1])
+            sizes = [(h.height, h.width) for h in headers]
+            rgbs = steps.transforms().synthesize(engine, y_hats, [h.quality for h in headers], sizes)
         for i, h, rgb in zip(members, headers, rgbs, strict=True):
             with _naming_item(i, OSError, ValueError):
                 out[i] = steps.to_layout(rgb, h.layout, steps.alpha_plane(parsed[i]))

@@ -56,8 +56,9 @@ def refuse_half_imported_torch() -> None:
         )
 
 
-#: what torch's allocators say when an allocation fails (the CPU allocator raises a plain RuntimeError)
-_ALLOCATION_FAILED = ("can't allocate memory", "not enough memory", "out of memory")
+#: what torch's CPU allocator says when an allocation fails (it raises a plain RuntimeError; a GPU's
+#: allocator raises torch.OutOfMemoryError)
+_ALLOCATION_FAILED = ("DefaultCPUAllocator: can't allocate memory",)
 
 
 @contextlib.contextmanager
@@ -71,10 +72,11 @@ def allocation_errors_as_memory_errors(width: int, height: int):
     try:
         yield
     except RuntimeError as exc:
-        if not any(text in str(exc) for text in _ALLOCATION_FAILED):
+        out_of_memory = getattr(sys.modules.get("torch"), "OutOfMemoryError", ())
+        if not (isinstance(exc, out_of_memory) or any(text in str(exc) for text in _ALLOCATION_FAILED)):
             raise
         raise MemoryError(
-            f"not enough memory to code a {width}x{height} image ({width * height / 1e6:.0f} megapixels): "
+            f"not enough memory to code a {width}x{height} image ({width * height / 1e6:.1f} megapixels): "
             f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
         ) from exc
 

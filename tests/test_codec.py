@@ -260,9 +260,18 @@ def test_a_failed_allocation_is_a_memory_error_naming_the_size(monkeypatch):
         raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] DefaultCPUAllocator: can't allocate memory: 9 bytes")
 
     monkeypatch.setattr(engine.latents, "decode", fail)
-    for call in (codec.decode, codec.decode_symbols):
+    for call in (codec.decode, codec.decode_symbols, lambda d: codec.decode_batch([d, d])):
         with pytest.raises(MemoryError, match="not enough memory to code a 8x8 image"):
             call(data)
+    image = np.zeros((8, 8, 3), np.uint8)
+    monkeypatch.setattr(engine.latents, "encode", fail)  # the engine that encodes is the same (newest) one
+    for call in (
+        lambda: codec.encode(image, 2),
+        lambda: codec.encode(image, target_size=300),
+        lambda: codec.encode_batch([image, image], 2),
+    ):
+        with pytest.raises(MemoryError, match="not enough memory to code a 8x8 image"):
+            call()
     monkeypatch.setattr(engine.latents, "decode", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("other")))
     with pytest.raises(RuntimeError, match="other"):  # another RuntimeError is not a memory error
         codec.decode(data)
