@@ -33,7 +33,6 @@ from . import container
 from .codec_inputs import as_array, color_planes, file_fields
 from .codec_steps import CodecError, ModelNotInstalledError
 from .constants import DEFAULT_EFFORT, DEFAULT_QUALITY, validate_effort
-from .size_limit import check_declared_size
 
 if TYPE_CHECKING:
     import numpy as np
@@ -142,9 +141,7 @@ def decode_symbols(data, *, device=None, weights=None) -> tuple[np.ndarray | Non
 
     These are exact: the same on every machine, device and thread count (CODING.md section 3).
     """
-    jac = steps.parse_input(data)
-    check_declared_size(jac.header.width, jac.header.height, error=CodecError)
-    engine = steps.decoder_engine(jac, device, weights)
+    jac, engine = steps.file_and_decoder(data, device, weights)
     with steps.allocation_errors_as_memory_errors(jac.header.width, jac.header.height):
         return steps.decode_latents(jac, engine)
 
@@ -161,9 +158,7 @@ def decode(data, *, device=None, weights=None) -> np.ndarray:
             (:class:`CodecError`) or its streams are corrupt.
         MemoryError: decoding the image's size needs more memory than there is.
     """
-    jac = steps.parse_input(data)
-    check_declared_size(jac.header.width, jac.header.height, error=CodecError)
-    engine = steps.decoder_engine(jac, device, weights)
+    jac, engine = steps.file_and_decoder(data, device, weights)
     h = jac.header
     alpha = steps.alpha_plane(jac)
     with steps.allocation_errors_as_memory_errors(h.width, h.height):

@@ -21,9 +21,7 @@ from . import codec_steps as steps
 from . import container
 from .codec import decode, encode
 from .codec_inputs import as_array, check_model, color_planes, file_fields
-from .codec_steps import CodecError
 from .constants import DEFAULT_EFFORT, DEFAULT_QUALITY, validate_effort, validate_quality
-from .size_limit import check_declared_size
 
 __all__ = ["encode_batch", "decode_batch"]
 
@@ -244,9 +242,8 @@ def decode_batch(files, *, device=None, weights=None, batch_size: int = 8) -> li
     parsed, engines = [], []
     for i, data in enumerate(files):
         with _naming_item(i, OSError, ValueError, TypeError):
-            jac = steps.parse_input(data)
-            check_declared_size(jac.header.width, jac.header.height, error=CodecError)
-            engines.append(steps.decoder_engine(jac, device, weights))
+            jac, engine = steps.file_and_decoder(data, device, weights)
+            engines.append(engine)
         parsed.append(jac)
     out: list[np.ndarray | None] = [None] * len(parsed)
     keys = [

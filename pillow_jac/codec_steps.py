@@ -19,6 +19,7 @@ import numpy as np
 from . import container, interpreter_exit
 from .codec_inputs import check_model
 from .constants import ALPHA_LAYOUTS, GRAY_LAYOUTS
+from .size_limit import check_declared_size
 
 
 class CodecError(ValueError, OSError):
@@ -147,6 +148,17 @@ def parse_input(data) -> container.JacFile:
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise TypeError(f"expected .jac bytes, a path or a parsed JacFile, got {type(data).__name__}")
     return container.parse(bytes(data))
+
+
+def file_and_decoder(data, device, weights):
+    """``(file, engine)`` of what a decode was given: the path every decode takes first.
+
+    :func:`parse_input`, then a refusal above Pillow's pixel limit before anything is allocated
+    (:mod:`pillow_jac.size_limit`, as :class:`CodecError`), then :func:`decoder_engine`.
+    """
+    jac = parse_input(data)
+    check_declared_size(jac.header.width, jac.header.height, error=CodecError)
+    return jac, decoder_engine(jac, device, weights)
 
 
 def analyze_image(color: np.ndarray, quality: float, engine, effort: int = 0) -> tuple[np.ndarray | None, np.ndarray]:
