@@ -386,9 +386,8 @@ def _run(args: argparse.Namespace) -> None:
         try:
             decode_file(args.input, args.output, device=args.device)
         except (CodecError, EntropyCodingError, JacFormatError, MemoryError) as exc:  # the file's own errors
-            where = args.input  # "-" for standard input, as the container's errors name it
-            message = one_line(exc)
-            raise ConversionError(message if message.startswith(f"{where}: ") else f"{where}: {message}") from exc
+            # named as the container's errors name it ("-" for standard input); those come named already
+            raise ConversionError(f"{args.input}: {one_line(exc)}") from exc
     elif args.command == "models":
         import pillow_jac
 
