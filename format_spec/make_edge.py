@@ -22,10 +22,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import shutil
 import struct
 import sys
-import tempfile
 import zlib
 from collections.abc import Callable
 from pathlib import Path
@@ -151,21 +149,10 @@ def make(out: Path = OUT) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     """Add the edge vectors ``OUT`` lacks; refuse when an existing one would be made differently."""
-    existing = json.loads((OUT / "edge.json").read_text()) if (OUT / "edge.json").exists() else {}
-    with tempfile.TemporaryDirectory() as tmp:
-        table = make(Path(tmp))
-        differ = [n for n, e in existing.items() if n in table and table[n]["file_sha256"] != e["file_sha256"]]
-        if differ:
-            print(f"{OUT}: this script would change {', '.join(differ)}; edge vectors never change", file=sys.stderr)
-            return 1
-        OUT.mkdir(parents=True, exist_ok=True)
-        added = [n for n in table if n not in existing]
-        for name in added:
-            for key in ("file", "decoded"):
-                shutil.copyfile(Path(tmp) / table[name][key], OUT / table[name][key])
-    (OUT / "edge.json").write_text(json.dumps({**table, **existing}, indent=2) + "\n")
-    print(f"added {len(added)} edge vector(s) to {OUT}: {', '.join(added) or 'none'}")
-    return 0
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from make_vectors import add_missing
+
+    return add_missing(OUT, "edge.json", make, "edge", files=("file", "decoded"))
 
 
 if __name__ == "__main__":

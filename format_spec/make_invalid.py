@@ -13,9 +13,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import shutil
 import sys
-import tempfile
 import zlib
 from collections.abc import Callable
 from pathlib import Path
@@ -170,20 +168,10 @@ def make(out: Path = OUT) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     """Add the invalid vectors ``OUT`` lacks; refuse when an existing one would be made differently."""
-    existing = json.loads((OUT / "invalid.json").read_text()) if (OUT / "invalid.json").exists() else {}
-    with tempfile.TemporaryDirectory() as tmp:
-        table = make(Path(tmp))
-        differ = [n for n, e in existing.items() if table.get(n, {}).get("file_sha256") != e["file_sha256"]]
-        if differ:
-            print(f"{OUT}: this script would change {', '.join(differ)}; invalid vectors never change", file=sys.stderr)
-            return 1
-        added = [name for name in table if name not in existing]
-        OUT.mkdir(parents=True, exist_ok=True)
-        for name in added:
-            shutil.copyfile(Path(tmp) / table[name]["file"], OUT / table[name]["file"])
-    (OUT / "invalid.json").write_text(json.dumps(table, indent=2) + "\n")
-    print(f"added {len(added)} invalid vector(s) to {OUT}: {', '.join(added) or 'none'}")
-    return 0
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from make_vectors import add_missing
+
+    return add_missing(OUT, "invalid.json", make, "invalid")
 
 
 if __name__ == "__main__":

@@ -21,7 +21,10 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import shutil
 import sys
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -89,6 +92,31 @@ def make(out: Path, sources: Path, **encode_kwargs) -> dict:
     table = {name: _make_one(out, sources, name, made_by, encode_kwargs) for name in VECTORS}
     (out / "vectors.json").write_text(json.dumps(table, indent=2) + "\n")
     return table
+
+
+def add_missing(out: Path, table_name: str, make_into: Callable[[Path], dict], kind: str, files=("file",)) -> int:
+    """Make every vector of a set in a temporary folder, and add to ``out`` those it lacks.
+
+    For the sets that only ever grow (``invalid/``, ``edge/``): nothing is written, and 1 is returned, when a
+    vector ``out`` already holds would be made with other bytes (or no longer made). ``make_into(folder)``
+    writes the vectors and returns their table; ``files`` are the entry keys naming each vector's files.
+    """
+    path = out / table_name
+    existing = json.loads(path.read_text()) if path.exists() else {}
+    with tempfile.TemporaryDirectory() as tmp:
+        table = make_into(Path(tmp))
+        differ = [n for n, e in existing.items() if table.get(n, {}).get("file_sha256") != e["file_sha256"]]
+        if differ:
+            print(f"{out}: this script would change {', '.join(differ)}; {kind} vectors never change", file=sys.stderr)
+            return 1
+        added = [name for name in table if name not in existing]
+        out.mkdir(parents=True, exist_ok=True)
+        for name in added:
+            for key in files:
+                shutil.copyfile(Path(tmp) / table[name][key], out / table[name][key])
+    path.write_text(json.dumps(table, indent=2) + "\n")
+    print(f"added {len(added)} {kind} vector(s) to {out}: {', '.join(added) or 'none'}")
+    return 0
 
 
 def refresh_search(folder: Path) -> list[str]:
