@@ -87,12 +87,14 @@ def guarded_engine(device, weights):
 
     Every path that runs the model gets its engine here first, so a fork in another thread never copies a
     half-imported torch module's held import lock, nor a half-built engine (pillow_jac/forksafe.py).
+    Torch's first import here gets OpenMP's passive wait policy (:mod:`pillow_jac.openmp_wait`).
     A process whose import of torch was interrupted gets :class:`CodecError` (:func:`refuse_half_imported_torch`).
     """
     from .forksafe import setting_up
+    from .openmp_wait import passive_unless_chosen
 
     refuse_half_imported_torch()
-    with setting_up():
+    with setting_up(), passive_unless_chosen():
         from . import image_transforms, latent_coding, stripes  # noqa: F401 - imported now, under the guard
         from .engine import get_engine
         from .model import refine  # noqa: F401

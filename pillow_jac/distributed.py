@@ -232,9 +232,12 @@ class Worker:
     def __init__(self, to: str, device: str | None, threads: int) -> None:
         start = time.perf_counter()
         import numpy as np
-        import torch
 
         from . import codec
+        from .openmp_wait import passive_unless_chosen
+
+        with passive_unless_chosen():  # pillow_jac/openmp_wait.py
+            import torch
 
         torch.set_num_threads(max(1, threads))
         data = codec.encode(np.zeros((64, 64, 3), np.uint8), device=device)  # loads the newest generation

@@ -40,6 +40,7 @@ from typing import IO, Any
 from .batch_plan import ATTEMPTS, Progress, plan, shown_name
 from .constants import DEFAULT_EFFORT, DEFAULT_QUALITY
 from .conversion import ConversionError, convert_noting_warnings, one_line, show_warning
+from .openmp_wait import passive_unless_chosen
 
 __all__ = ["run_batch"]
 
@@ -243,7 +244,8 @@ def _worker_init(threads: int, cancel: Any, states: Any) -> None:
         signal.signal(signal.SIGTERM, _worker_sigterm)
     threading.Thread(target=_interrupt_when_cancelled, args=(cancel,), daemon=True).start()
     try:
-        import torch
+        with passive_unless_chosen():  # workers share the cores: OpenMP threads that spin slow each other
+            import torch
     except ImportError:  # pragma: no cover - torch is a dependency
         return
     torch.set_num_threads(threads)

@@ -1,0 +1,110 @@
+"""The codec's first import of torch sets OpenMP's passive wait policy, only then (pillow_jac.openmp_wait)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pillow_jac.bench import contention
+from pillow_jac.openmp_wait import CHOSEN_BY_USER, passive_unless_chosen
+
+ROOT = Path(__file__).resolve().parents[1]
+VECTOR = min((ROOT / "format_spec" / "vectors" / "mbt-128-192-r006").glob("*.jac"))
+
+#: records the policy the environment holds when torch's import begins, then uses the codec as a program would
+_PROGRAM = """
+import importlib.abc, io, json, os, sys
+seen = []
+class Recorder(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name == "torch" and not seen:
+            seen.append(os.environ.get("OMP_WAIT_POLICY"))
+        return None
+sys.meta_path.insert(0, Recorder())
+if sys.argv[1] == "torch-first":
+    import torch
+import numpy as np
+from PIL import Image
+import pillow_jac
+if sys.argv[1] == "decode":  # the first codec call of the process is a decode
+    Image.open(sys.argv[2]).load()
+else:
+    Image.fromarray(np.full((24, 40, 3), 90, np.uint8)).save(io.BytesIO(), "JAC")
+print(json.dumps({"at_import": seen[0] if seen else None, "after": os.environ.get("OMP_WAIT_POLICY")}))
+"""
+
+
+def _run(mode: str, **extra: str) -> dict:
+    """The policy when torch's import began, and the variable after the codec ran, in a fresh process."""
+    env = {k: v for k, v in os.environ.items() if k not in CHOSEN_BY_USER}
+    env.update(extra)
+    done = subprocess.run(
+        [sys.executable, "-c", _PROGRAM, mode, str(VECTOR)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("first_call", ["encode", "decode"])
+def test_the_codecs_import_of_torch_is_passive_and_leaves_the_environment_as_it_was(first_call):
+    assert _run(first_call) == {"at_import": "PASSIVE", "after": None}
+
+
+def test_a_program_that_chose_keeps_its_choice():
+    assert _run("encode", OMP_WAIT_POLICY="ACTIVE") == {"at_import": "ACTIVE", "after": "ACTIVE"}
+
+
+@pytest.mark.parametrize("variable", [None, *CHOSEN_BY_USER])
+def test_the_policy_is_set_only_before_torch_and_only_where_nothing_was_chosen(variable, monkeypatch):
+    for name in CHOSEN_BY_USER:
+        monkeypatch.delenv(name, raising=False)
+    if variable is not None:
+        monkeypatch.setenv(variable, "7")
+    monkeypatch.delitem(sys.modules, "torch", raising=False)  # as before torch's first import
+    with passive_unless_chosen():
+        during = os.environ.get("OMP_WAIT_POLICY")
+    assert during == ("PASSIVE" if variable is None else "7" if variable == "OMP_WAIT_POLICY" else None)
+    assert os.environ.get("OMP_WAIT_POLICY") == ("7" if variable == "OMP_WAIT_POLICY" else None)
+
+
+def test_torch_imported_first_keeps_torchs_policy():
+    assert _run("torch-first") == {"at_import": None, "after": None}
+
+
+def test_contention_bench_measures_beside_a_neighbour_and_stops_it(tmp_path, monkeypatch):
+    from PIL import Image
+
+    from tests.helpers import natural_image
+
+    image = tmp_path / "small.png"
+    Image.fromarray(natural_image(48, 64)).save(image)
+    started = []
+    popen = subprocess.Popen
+
+    def recording_popen(*args, **kwargs):
+        started.append(popen(*args, **kwargs))
+        return started[-1]
+
+    monkeypatch.setattr(contention.subprocess, "Popen", recording_popen)
+    monkeypatch.setattr(contention.time, "sleep", lambda seconds: None)
+    args = argparse.Namespace(image=str(image), quality=2.0, threads=1, repeat=1, neighbours=2, timeout=120.0)
+    row = contention.measure("codec", "nice 19", args)
+    assert (row["policy"], row["load"]) == ("codec", "nice 19")
+    assert row["bytes"] > 0 and len(row["times"]["encode"]) == len(row["times"]["decode"]) == 1
+    neighbours = [p for p in started if p.args[1] == "-c"]
+    # both ran until the measurement ended and were killed then (an error would have ended them before)
+    assert [p.returncode for p in neighbours] == [-9, -9]
+    meta = {"image": "small.png", "quality": 2.0, "threads": 1, "neighbours": 2, "repeat": 1, "machine": "test"}
+    text = contention.markdown([row], meta)
+    assert "| nice 19 | passive (the codec's) |" in text
