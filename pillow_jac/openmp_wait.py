@@ -31,12 +31,24 @@ import sys
 import threading
 from collections.abc import Iterator
 
-__all__ = ["passive_unless_chosen", "CHOSEN_BY_USER"]
+__all__ = ["passive_unless_chosen", "threads_sleep", "CHOSEN_BY_USER"]
 
 #: variables by which a program chooses OpenMP's waiting itself (standard OpenMP, GNU libgomp, LLVM/Intel)
 CHOSEN_BY_USER = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")
 
 _lock = threading.Lock()
+#: whether this process's torch was imported inside :func:`passive_unless_chosen` with the policy set there
+_set_for_import = {"passive": False}
+
+
+def threads_sleep() -> bool:
+    """Whether torch's idle OpenMP threads sleep in this process: the codec set the passive policy, or the program did.
+
+    Example:
+        >>> isinstance(threads_sleep(), bool)
+        True
+    """
+    return _set_for_import["passive"] or os.environ.get("OMP_WAIT_POLICY", "").strip().lower() == "passive"
 
 
 @contextlib.contextmanager
@@ -66,3 +78,4 @@ def passive_unless_chosen() -> Iterator[None]:
         if set_here:
             with _lock:
                 os.environ.pop("OMP_WAIT_POLICY", None)
+                _set_for_import["passive"] = "torch" in sys.modules

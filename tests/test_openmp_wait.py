@@ -108,3 +108,31 @@ def test_contention_bench_measures_beside_a_neighbour_and_stops_it(tmp_path, mon
     meta = {"image": "small.png", "quality": 2.0, "threads": 1, "neighbours": 2, "repeat": 1, "machine": "test"}
     text = contention.markdown([row], meta)
     assert "| nice 19 | passive (the codec's) |" in text
+
+
+@pytest.mark.parametrize(
+    ("sleeping", "threads", "pixels", "inside"),
+    [
+        (True, 2, 64 * 64, 2),  # sleeping threads: a small image keeps two
+        (True, 3, 64 * 64, 1),  # more than two: one, as where they spin (not measured otherwise)
+        (False, 2, 64 * 64, 1),  # spinning threads: one for a small image
+        (False, 2, 600 * 600, 2),  # a large image keeps the count it is given
+    ],
+)
+def test_small_images_keep_two_threads_only_where_they_sleep(sleeping, threads, pixels, inside, monkeypatch):
+    import torch
+
+    from pillow_jac import codec_steps, openmp_wait
+
+    transforms = codec_steps.transforms()
+    engine = argparse.Namespace(device=torch.device("cpu"))
+    monkeypatch.setitem(openmp_wait._set_for_import, "passive", sleeping)
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with transforms.torch_work(pixels, engine):
+            seen = torch.get_num_threads()
+        assert (seen, torch.get_num_threads()) == (inside, threads)
+    finally:
+        torch.set_num_threads(before)
