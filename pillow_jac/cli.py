@@ -410,7 +410,10 @@ def _run(args: argparse.Namespace) -> None:
             _run_ray_batch(args)
             return
         if (args.device or os.environ.get("JAC_DEVICE", "").strip() or "cpu") != "cpu":
-            from .engine import resolve_device  # imports torch: only for a device that may be missing
+            from .openmp_wait import passive_unless_chosen
+
+            with passive_unless_chosen():  # imports torch: only for a device that may be missing
+                from .engine import resolve_device
 
             resolve_device(args.device)  # once, not once per file from every worker
         done, failed = run_batch(

@@ -22,36 +22,42 @@ import torch
 from . import container, interpreter_exit
 from .constants import DOWNSAMPLING, EFFORT_ITERATIONS
 from .latent_coding import SYMBOL_LIMIT, single_threaded
-from .openmp_wait import threads_sleep
 from .stripes import analyze_in_stripes, synthesize_in_stripes
 
-__all__ = ["SMALL_IMAGE_PIXELS", "torch_work", "padded_pixels", "analyze", "hyper_analyze", "symbols", "synthesize"]
+__all__ = [
+    "SMALL_IMAGE_PIXELS",
+    "SMALL_IMAGE_THREADS",
+    "torch_work",
+    "padded_pixels",
+    "analyze",
+    "hyper_analyze",
+    "symbols",
+    "synthesize",
+]
 
 #: images up to this many pixels run their float transforms on one torch thread where OpenMP's threads
-#: spin (:mod:`pillow_jac.openmp_wait`) or more than two are set: beside other work, spinning threads made
-#: their thousands of small ops many times slower
+#: spin (:mod:`pillow_jac.openmp_wait`) or more than :data:`SMALL_IMAGE_THREADS` are set: beside other
+#: work, spinning threads made their thousands of small ops many times slower
 SMALL_IMAGE_PIXELS = 512 * 512
+#: the thread count small images keep where OpenMP's threads sleep (two was measured; more was not)
+SMALL_IMAGE_THREADS = 2
 
 
 def torch_work(pixels: int, engine) -> contextlib.AbstractContextManager:
     """The context of torch work on ``pixels`` pixels of images (a context manager).
 
-    One torch thread for small images on the CPU unless OpenMP's threads sleep and at most two are set, and
-    the work counted for a clean interpreter exit (:func:`pillow_jac.interpreter_exit.working`). With
-    sleeping threads two are faster than one from 128x128 pixels up and level beside other work (2-core
-    AVX2 CPU, kodim01 crops at quality 4: 512x512 encode 0.73 s against 1.12 s, decode 1.20 s against
-    1.65 s, an effort-1 encode of 384x256 4.6 s against 8.5 s; with a torch program beside it, level).
+    One torch thread for small images on the CPU unless OpenMP's threads sleep and at most
+    :data:`SMALL_IMAGE_THREADS` are set, and the work counted for a clean interpreter exit
+    (:func:`pillow_jac.interpreter_exit.working`). With sleeping threads two are faster than one from
+    128x128 pixels up and level beside other work (2-core AVX2 CPU, kodim01 crops at quality 4: 512x512
+    encode 0.73 s against 1.12 s, decode 1.20 s against 1.65 s, an effort-1 encode of 384x256 4.6 s
+    against 8.5 s; with a torch program beside it, level).
     """
     with contextlib.ExitStack() as region:  # left again if entering the second part fails
         region.enter_context(interpreter_exit.working())
-        if engine.device.type == "cpu" and pixels <= SMALL_IMAGE_PIXELS and not _two_sleeping_threads_at_most():
-            region.enter_context(single_threaded())
+        if engine.device.type == "cpu" and pixels <= SMALL_IMAGE_PIXELS:
+            region.enter_context(single_threaded(keep_if_sleeping=SMALL_IMAGE_THREADS))
         return region.pop_all()
-
-
-def _two_sleeping_threads_at_most() -> bool:
-    """Whether torch's OpenMP threads sleep when idle and the calling thread runs at most two."""
-    return threads_sleep() and torch.get_num_threads() <= 2
 
 
 def padded_pixels(colors: Sequence[np.ndarray], first: int, end: int, latent_width: int, device) -> torch.Tensor:

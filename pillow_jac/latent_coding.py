@@ -32,6 +32,7 @@ from .forksafe import ForkSafeLock
 from .interpreter_exit import check
 from .mixture_coding import MixtureCoder
 from .model.integer import IntegerNetwork
+from .openmp_wait import threads_sleep
 from .stripes import stripes
 
 __all__ = ["LatentCoder", "SYMBOL_LIMIT", "wavefront_steps", "causal_taps", "CAUSAL_TAPS", "single_threaded"]
@@ -84,8 +85,11 @@ if hasattr(os, "register_at_fork"):
 
 
 @contextlib.contextmanager
-def single_threaded():
+def single_threaded(keep_if_sleeping: int = 0):
     """Run torch ops of the calling thread with one intra-op thread inside the block.
+
+    ``keep_if_sleeping``: where OpenMP's idle threads sleep (:func:`pillow_jac.openmp_wait.threads_sleep`),
+    a count outside the blocks of at most this many is kept inside the block instead of one.
 
     Small images (short wavefronts) issue thousands of tiny ops; splitting them across threads costs
     more in synchronisation than it gains. ``torch.set_num_threads`` sets the calling thread's own
@@ -104,7 +108,8 @@ def single_threaded():
         if _single["depth"] == 0 and (own != 1 or _single["outside"] == 1):
             _single["outside"] = own
         _single["depth"] += 1
-        torch.set_num_threads(1)
+        outside = _single["outside"]
+        torch.set_num_threads(outside if 1 < outside <= keep_if_sleeping and threads_sleep() else 1)
     try:
         yield
     finally:

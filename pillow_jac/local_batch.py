@@ -131,10 +131,11 @@ def _run_jobs(
     import multiprocessing
 
     if "forkserver" in multiprocessing.get_all_start_methods():
-        # Workers fork from a server process that has imported torch but never ran it: fast to
-        # start, and no fork of a process whose torch/OpenMP thread pools are running.
+        # Workers fork from a server process that has imported torch (with the codec's OpenMP wait
+        # policy) but never ran it: fast to start, and no fork of a process whose torch/OpenMP thread
+        # pools are running.
         ctx = multiprocessing.get_context("forkserver")
-        ctx.set_forkserver_preload(["pillow_jac.local_batch", "pillow_jac.codec", "torch"])
+        ctx.set_forkserver_preload(["pillow_jac.local_batch", "pillow_jac.codec", "pillow_jac.passive_torch"])
     else:  # pragma: no cover - Windows
         ctx = multiprocessing.get_context("spawn")
     items = [(str(src), str(dst)) for src, dst in jobs.items()]

@@ -17,7 +17,8 @@ another session (benchmarks/results/contention/contention.md):
 the policy once, when torch's native libraries load, so it can only be chosen before torch is imported:
 the codec's first import of torch (:func:`pillow_jac.codec_steps.guarded_engine`) sets
 ``OMP_WAIT_POLICY=PASSIVE`` for the import and removes it again after, so that child processes inherit
-the environment they would have had; the workers of ``jac batch`` and of :mod:`pillow_jac.distributed`
+the environment they would have had (a process started by another thread during the import, 1-3 s,
+inherits the variable); the workers of ``jac batch`` and of :mod:`pillow_jac.distributed`
 import torch the same way. A program that imported torch before its first encode or decode
 keeps torch's policy, and one that set ``OMP_WAIT_POLICY``, ``GOMP_SPINCOUNT`` or ``KMP_BLOCKTIME``
 itself keeps its own.
@@ -37,18 +38,27 @@ __all__ = ["passive_unless_chosen", "threads_sleep", "CHOSEN_BY_USER"]
 CHOSEN_BY_USER = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")
 
 _lock = threading.Lock()
-#: whether this process's torch was imported inside :func:`passive_unless_chosen` with the policy set there
-_set_for_import = {"passive": False}
+#: "passive": True once this process's torch was imported inside :func:`passive_unless_chosen` with the
+#: policy set there; "chosen": the program's own policy, read at the first :func:`threads_sleep` after
+#: torch's import (None until then)
+_state: dict[str, bool | None] = {"passive": False, "chosen": None}
 
 
 def threads_sleep() -> bool:
     """Whether torch's idle OpenMP threads sleep in this process: the codec set the passive policy, or the program did.
 
+    A program's own ``OMP_WAIT_POLICY=passive`` counts as it was when first asked after torch's import (a
+    variable set later does not change the threads OpenMP already made).
+
     Example:
         >>> isinstance(threads_sleep(), bool)
         True
     """
-    return _set_for_import["passive"] or os.environ.get("OMP_WAIT_POLICY", "").strip().lower() == "passive"
+    if _state["passive"]:
+        return True
+    if _state["chosen"] is None and "torch" in sys.modules:
+        _state["chosen"] = os.environ.get("OMP_WAIT_POLICY", "").strip().lower() == "passive"
+    return bool(_state["chosen"])
 
 
 @contextlib.contextmanager
@@ -78,4 +88,4 @@ def passive_unless_chosen() -> Iterator[None]:
         if set_here:
             with _lock:
                 os.environ.pop("OMP_WAIT_POLICY", None)
-                _set_for_import["passive"] = "torch" in sys.modules
+                _state["passive"] = "torch" in sys.modules

@@ -13,6 +13,7 @@ import pytest
 
 from pillow_jac.bench import contention
 from pillow_jac.openmp_wait import CHOSEN_BY_USER, passive_unless_chosen
+from pillow_jac.openmp_wait import _state as passive_state
 
 ROOT = Path(__file__).resolve().parents[1]
 VECTOR = min((ROOT / "format_spec" / "vectors" / "mbt-128-192-r006").glob("*.jac"))
@@ -34,9 +35,13 @@ from PIL import Image
 import pillow_jac
 if sys.argv[1] == "decode":  # the first codec call of the process is a decode
     Image.open(sys.argv[2]).load()
+elif sys.argv[1] == "fork-server":  # what jac batch's fork server preloads before it forks the workers
+    import pillow_jac.passive_torch
 else:
     Image.fromarray(np.full((24, 40, 3), 90, np.uint8)).save(io.BytesIO(), "JAC")
-print(json.dumps({"at_import": seen[0] if seen else None, "after": os.environ.get("OMP_WAIT_POLICY")}))
+from pillow_jac.openmp_wait import threads_sleep
+print(json.dumps({"at_import": seen[0] if seen else None, "after": os.environ.get("OMP_WAIT_POLICY"),
+                  "sleep": threads_sleep()}))
 """
 
 
@@ -56,13 +61,13 @@ def _run(mode: str, **extra: str) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.parametrize("first_call", ["encode", "decode"])
+@pytest.mark.parametrize("first_call", ["encode", "decode", "fork-server"])
 def test_the_codecs_import_of_torch_is_passive_and_leaves_the_environment_as_it_was(first_call):
-    assert _run(first_call) == {"at_import": "PASSIVE", "after": None}
+    assert _run(first_call) == {"at_import": "PASSIVE", "after": None, "sleep": True}
 
 
 def test_a_program_that_chose_keeps_its_choice():
-    assert _run("encode", OMP_WAIT_POLICY="ACTIVE") == {"at_import": "ACTIVE", "after": "ACTIVE"}
+    assert _run("encode", OMP_WAIT_POLICY="ACTIVE") == {"at_import": "ACTIVE", "after": "ACTIVE", "sleep": False}
 
 
 @pytest.mark.parametrize("variable", [None, *CHOSEN_BY_USER])
@@ -72,6 +77,7 @@ def test_the_policy_is_set_only_before_torch_and_only_where_nothing_was_chosen(v
     if variable is not None:
         monkeypatch.setenv(variable, "7")
     monkeypatch.delitem(sys.modules, "torch", raising=False)  # as before torch's first import
+    monkeypatch.setitem(passive_state, "passive", False)
     with passive_unless_chosen():
         during = os.environ.get("OMP_WAIT_POLICY")
     assert during == ("PASSIVE" if variable is None else "7" if variable == "OMP_WAIT_POLICY" else None)
@@ -79,7 +85,26 @@ def test_the_policy_is_set_only_before_torch_and_only_where_nothing_was_chosen(v
 
 
 def test_torch_imported_first_keeps_torchs_policy():
-    assert _run("torch-first") == {"at_import": None, "after": None}
+    assert _run("torch-first") == {"at_import": None, "after": None, "sleep": False}
+
+
+def test_jac_batch_workers_fork_from_a_server_that_imported_torch_passively(tmp_path, monkeypatch):
+    import multiprocessing.context
+
+    from pillow_jac import local_batch
+
+    preloads = []
+
+    def record(self, modules):
+        preloads.append(list(modules))
+        raise KeyboardInterrupt  # stop before any worker starts
+
+    monkeypatch.setattr(multiprocessing.context.BaseContext, "set_forkserver_preload", record)
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        pytest.skip("no fork server here")
+    with pytest.raises(KeyboardInterrupt):
+        list(local_batch._run_jobs({tmp_path / "a.png": tmp_path / "a.jac"}, (), False, 2))
+    assert preloads and "pillow_jac.passive_torch" in preloads[0] and "torch" not in preloads[0]
 
 
 def test_contention_bench_measures_beside_a_neighbour_and_stops_it(tmp_path, monkeypatch):
@@ -126,8 +151,8 @@ def test_small_images_keep_two_threads_only_where_they_sleep(sleeping, threads, 
 
     transforms = codec_steps.transforms()
     engine = argparse.Namespace(device=torch.device("cpu"))
-    monkeypatch.setitem(openmp_wait._set_for_import, "passive", sleeping)
-    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    monkeypatch.setitem(openmp_wait._state, "passive", sleeping)
+    monkeypatch.setitem(openmp_wait._state, "chosen", False)
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
@@ -136,3 +161,53 @@ def test_small_images_keep_two_threads_only_where_they_sleep(sleeping, threads, 
         assert (seen, torch.get_num_threads()) == (inside, threads)
     finally:
         torch.set_num_threads(before)
+
+
+def test_a_thread_whose_first_torch_op_ran_inside_anothers_block_gets_its_count_back(monkeypatch):
+    """Its first count is 1 (the other thread's block); a small image's work must not leave it there."""
+    import threading
+
+    import torch
+
+    from pillow_jac import codec_steps, openmp_wait
+    from pillow_jac.latent_coding import single_threaded
+
+    transforms = codec_steps.transforms()
+    monkeypatch.setitem(openmp_wait._state, "passive", True)
+    engine = argparse.Namespace(device=torch.device("cpu"))
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    inside, release, seen = threading.Event(), threading.Event(), {}
+
+    def builder():  # as an engine is built for another generation
+        torch.get_num_threads()
+        with single_threaded():
+            inside.set()
+            release.wait(30)
+
+    def coder():
+        with transforms.torch_work(64 * 64, engine):
+            seen["small image"] = torch.get_num_threads()
+        release.set()
+        other.join()
+        with transforms.torch_work(1024 * 1024, engine):
+            seen["large image later"] = torch.get_num_threads()
+
+    other = threading.Thread(target=builder)
+    try:
+        other.start()
+        assert inside.wait(30)
+        worker = threading.Thread(target=coder)
+        worker.start()
+        worker.join(60)
+    finally:
+        release.set()
+        torch.set_num_threads(before)
+    assert seen == {"small image": 2, "large image later": 2}
+
+
+def test_a_contention_neighbour_stops_when_its_parent_is_gone():
+    neighbour = subprocess.run(
+        [sys.executable, "-c", contention._NEIGHBOUR, "19", "1"], capture_output=True, text=True, timeout=120
+    )  # its parent is this test, not process 1: it must leave at once rather than train for ever
+    assert neighbour.returncode == 0, neighbour.stderr

@@ -22,6 +22,7 @@ import argparse
 import json
 import os
 import platform
+import signal
 import statistics
 import subprocess
 import sys
@@ -37,10 +38,12 @@ POLICIES = ("codec", "spin")
 #: the neighbours' niceness per load (None: no neighbours)
 LOADS = {"idle": None, "nice 19": 19, "nice 0": 0}
 
-#: other torch work: a small network trained until the process is killed, at the niceness in argv[1]
+#: other torch work: a small network trained at the niceness in argv[1] until the process is killed or its
+#: parent (argv[2]) is gone (it runs in its own session, where no terminal's signal reaches it)
 _NEIGHBOUR = """
 import os, sys
 os.nice(int(sys.argv[1]))
+parent = int(sys.argv[2])
 import torch
 net = torch.nn.Sequential(
     torch.nn.Conv2d(3, 64, 5, 2, 2), torch.nn.ReLU(), torch.nn.Conv2d(64, 64, 5, 2, 2), torch.nn.ReLU(),
@@ -48,7 +51,7 @@ net = torch.nn.Sequential(
 )
 optimiser = torch.optim.Adam(net.parameters())
 x = torch.rand(4, 3, 128, 128)
-while True:
+while os.getppid() == parent:
     loss = (net(x) - x).square().mean()
     optimiser.zero_grad()
     loss.backward()
@@ -87,11 +90,12 @@ def measure(policy: str, load: str, args: argparse.Namespace) -> dict:
     """One measurement in a fresh interpreter, with ``--neighbours`` other torch processes beside it under load."""
     env = {k: v for k, v in os.environ.items() if k not in CHOSEN_BY_USER}
     neighbours = []
-    if LOADS[load] is not None:
-        command = [sys.executable, "-c", _NEIGHBOUR, str(LOADS[load])]
-        neighbours = [subprocess.Popen(command, env=env, start_new_session=True) for _ in range(args.neighbours)]
-        time.sleep(2.0)  # past their import of torch
     try:
+        if LOADS[load] is not None:
+            command = [sys.executable, "-c", _NEIGHBOUR, str(LOADS[load]), str(os.getpid())]
+            for _ in range(args.neighbours):
+                neighbours.append(subprocess.Popen(command, env=env, start_new_session=True))
+            time.sleep(2.0)  # past their import of torch
         command = [sys.executable, "-m", "pillow_jac.bench.contention", "--child", policy, "--image", args.image]
         command += ["--quality", str(args.quality), "--threads", str(args.threads), "--repeat", str(args.repeat)]
         done = subprocess.run(command, env=env, capture_output=True, text=True, check=False, timeout=args.timeout)
@@ -123,6 +127,11 @@ def markdown(rows: list[dict], meta: dict) -> str:
         cells = [f"{min(t):.2f} / {statistics.median(t):.2f}" for t in (row["times"]["encode"], row["times"]["decode"])]
         lines.append(f"| {row['load']} | {names[row['policy']]} | {cells[0]} | {cells[1]} |")
     return "\n".join(lines) + "\n"
+
+
+def _stop(signum: int, frame) -> None:
+    """SIGTERM: leave as Ctrl-C does."""
+    raise KeyboardInterrupt
 
 
 def _cpu_model() -> str:
@@ -167,6 +176,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": f"{_cpu_model()}, {os.cpu_count()} CPU(s), Python {platform.python_version()}",
         "date": time.strftime("%Y-%m-%d"),
     }
+    signal.signal(signal.SIGTERM, _stop)  # so that a terminated run stops its neighbours (measure's finally)
     rows = []
     for load in LOADS:
         for policy in POLICIES:
