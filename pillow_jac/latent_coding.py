@@ -101,7 +101,8 @@ def single_threaded(keep_if_sleeping: int = 0):
     entries, so overlapping blocks in several threads leave the count they found for the threads
     started later. A program that calls ``torch.set_num_threads(1)`` itself between blocks gets the
     earlier count back after the next one: set ``OMP_NUM_THREADS=1`` instead. Results do not depend
-    on the thread count, so this only affects speed.
+    on the thread count, so this only affects speed. Blocks do not nest in one thread: leaving an inner
+    one sets the count outside the blocks.
     """
     with _single_lock:
         own = torch.get_num_threads()
@@ -114,7 +115,7 @@ def single_threaded(keep_if_sleeping: int = 0):
         yield
     finally:
         with _single_lock:
-            _single["depth"] -= 1
+            _single["depth"] = max(0, _single["depth"] - 1)  # 0 already in a child forked inside the block
             torch.set_num_threads(_single["outside"])
 
 

@@ -135,7 +135,7 @@ def _run_jobs(
         # policy) but never ran it: fast to start, and no fork of a process whose torch/OpenMP thread
         # pools are running.
         ctx = multiprocessing.get_context("forkserver")
-        ctx.set_forkserver_preload(["pillow_jac.local_batch", "pillow_jac.codec", "pillow_jac.passive_torch"])
+        ctx.set_forkserver_preload(["pillow_jac.passive_torch", "pillow_jac.local_batch", "pillow_jac.codec"])
     else:  # pragma: no cover - Windows
         ctx = multiprocessing.get_context("spawn")
     items = [(str(src), str(dst)) for src, dst in jobs.items()]
