@@ -3,7 +3,7 @@
 Commands::
 
     jac encode IN OUT.jac [-q Q | --size BYTES | --psnr DB] [--preview] [--strip] [--force] [--device D]
-    jac decode IN.jac OUT [--device D]                              .jac -> any format Pillow writes (by extension)
+    jac decode IN.jac OUT [--force] [--device D]                    .jac -> any format Pillow writes (by extension)
     jac info FILE.jac... [--json]                                   header, sizes, decoder needed; never imports torch
     jac models [--json]                                             installed decoder generations; never imports torch
     jac batch IN_DIR OUT_DIR --to jac|png [-q Q | --size BYTES | --psnr DB] [--preview] [-j N] [-r] [--device D]
@@ -197,6 +197,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("input", type=_path, help="input .jac file; - reads standard input")
     p.add_argument("output", type=_path, help="output image, e.g. out.png; - writes PNG to standard output")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="replace OUTPUT even if no decode wrote it (kept by default: it may be the image IN.jac was made from)",
+    )
     add_device(p)
 
     p = sub.add_parser("models", help="list the installed decoder generations (fast: runs no decoder)")
@@ -384,7 +389,7 @@ def _run(args: argparse.Namespace) -> None:
         from .entropy_coding import EntropyCodingError
 
         try:
-            decode_file(args.input, args.output, device=args.device)
+            decode_file(args.input, args.output, device=args.device, force=args.force)
         except (CodecError, EntropyCodingError, JacFormatError, MemoryError) as exc:  # the file's own errors
             # named as the container's errors name it ("-" for standard input); those come named already
             raise ConversionError(f"{args.input}: {one_line(exc)}") from exc

@@ -263,131 +263,66 @@ class _Counted:
         return data
 
 
-#: the ``Software`` text chunk of a PNG that a decode wrote: a batch decode replaces only such a file
-DECODED_BY = "pillow_jac (decoded from a .jac file)"
-
-
-def decode_file(src: Path, dst: Path, *, device: str | None = None) -> None:
+def decode_file(src: Path, dst: Path, *, device: str | None = None, force: bool = False) -> None:
     """Decode ``src`` (``.jac``) and save it in the format ``dst``'s extension names, with its metadata.
 
-    ``src`` :data:`STDIO` reads standard input; ``dst`` :data:`STDIO` writes PNG to standard output.
+    ``src`` :data:`STDIO` reads standard input; ``dst`` :data:`STDIO` writes PNG to standard output. Before
+    anything is decoded, ``dst`` is checked: a ``.jac`` name is refused (a decode would encode it again), a
+    path that cannot be written is reported, and an existing image that no decode wrote is not replaced unless
+    ``force`` (:func:`_check_not_an_original`). How the pixels are written: :mod:`pillow_jac.decoded_output`.
     """
     from PIL import Image
 
+    from . import decoded_output
     from .codec import CodecError, decode
     from .size_limit import check_declared_size
 
     _check_output(src, dst)
     out = _stdout() if _is_stdio(dst) else None
     fmt = "PNG" if out is not None else _pillow_format_for(dst)
+    if out is None:
+        if fmt == "JAC":
+            raise ConversionError(
+                f"{dst}: a decode does not write .jac files; copy the file, or re-encode it with jac encode"
+            )
+        check_target(dst)
+        if not force:
+            _check_not_an_original(src, dst)
     jac, _ = read_jac(src)
     check_declared_size(*jac.size, error=CodecError, warn=True)  # as Image.open would
     pixels = decode(jac, device=device)
     im = Image.frombytes(jac.mode, jac.size, memoryview(pixels).cast("B"))  # decode returns a contiguous array
+    try:
+        im = decoded_output.for_format(im, fmt)
+    except ValueError as e:
+        raise ConversionError(f"{dst}: {e}") from None
     # Save options Pillow's writers understand; each writer ignores the ones it does not.
     options: dict[str, Any] = {
         name: bytes(value) for name in ("icc_profile", "exif", "xmp") if (value := getattr(jac, name))
     }
-    if fmt == "PNG":  # Pillow's PNG writer takes XMP only as an iTXt chunk; the decoder is named in Software
-        from PIL.PngImagePlugin import PngInfo
-
-        pnginfo = PngInfo()
-        pnginfo.add_text("Software", DECODED_BY)
-        if "xmp" in options:
-            pnginfo.add_itxt("XML:com.adobe.xmp", options.pop("xmp").decode("utf-8", "replace"))
-        options["pnginfo"] = pnginfo
     if fmt in ("JPEG", "WEBP", "AVIF"):
         options["quality"] = 95
-    if fmt == "JPEG" and im.mode in ("LA", "RGBA"):
-        im = im.convert(im.mode[:-1])
-    data, kept = _save_keeping_what_fits(im, fmt, options)
+    data, kept = decoded_output.save_keeping_what_fits(im, fmt, decoded_output.marked_options(fmt, options))
     stored = {"icc_profile": "icc_profile", "exif": "exif", "xmp": "pnginfo" if fmt == "PNG" else "xmp"}
-    _warn_of_what_was_not_stored(data, fmt, [n for n, option in stored.items() if getattr(jac, n) and option in kept])
+    given = [n for n, option in stored.items() if getattr(jac, n) and option in kept]
+    decoded_output.warn_of_what_was_not_stored(data, fmt, given)
     _emit(dst, data, out)
-
-
-#: the metadata save options, in the order they are given up when the output format refuses them
-_METADATA_OPTIONS = {"exif": "EXIF", "xmp": "XMP", "pnginfo": "XMP", "icc_profile": "ICC profile"}
-
-
-def _save_keeping_what_fits(im: Any, fmt: str, options: dict[str, Any]) -> tuple[bytes, dict[str, Any]]:
-    """``im`` saved as ``fmt``, and the options it was saved with; metadata the writer refuses is left out (warned).
-
-    A JPEG holds at most 64 KiB of EXIF and a TIFF only EXIF that parses as TIFF: the decoded pixels are
-    not thrown away for an optional chunk the output format cannot carry. Each piece of metadata is
-    tried alone first, so only the one refused is left out.
-    """
-
-    def save(kept: dict[str, Any]) -> bytes:
-        encoded = io.BytesIO()
-        im.save(encoded, format=fmt, **kept)
-        return encoded.getvalue()
-
-    try:
-        return save(options), options
-    except Exception as e:
-        error = e
-    present = [name for name in _METADATA_OPTIONS if name in options]
-    for left_out in [[name] for name in present] + ([present] if len(present) > 1 else []):
-        kept = {k: v for k, v in options.items() if k not in left_out}
-        try:
-            data = save(kept)
-        except Exception:
-            continue
-        names = " and ".join(dict.fromkeys(_METADATA_OPTIONS[name] for name in left_out))
-        warnings.warn(f"{names} left out: {fmt} refused it ({first_line(str(error))})", stacklevel=3)
-        return data, kept
-    raise error
-
-
-def _warn_of_what_was_not_stored(data: bytes, fmt: str, given: list[str]) -> None:
-    """Warn of metadata that ``fmt``'s writer skipped without an error (a BMP stores none, Pillow's TIFF no XMP).
-
-    ``given``: the metadata passed to the writer (``icc_profile``, ``exif``, ``xmp``). The file is opened
-    again (its header only) to see what it holds.
-    """
-    from PIL import Image
-
-    if not given:
-        return
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the decompression-bomb warning was given for the .jac already
-            with Image.open(io.BytesIO(data)) as im:  # the header: info only (a PNG's getexif() would load it)
-                held = {
-                    "ICC profile": "icc_profile" in im.info,
-                    "EXIF": "exif" in im.info or fmt == "TIFF",  # a TIFF's EXIF becomes tags of its own IFD
-                    "XMP": "xmp" in im.info or "XML:com.adobe.xmp" in im.info,
-                }
-    except Exception:  # a file Pillow writes but cannot open again: nothing to tell
-        return
-    lost = [_METADATA_OPTIONS[name] for name in given if not held[_METADATA_OPTIONS[name]]]
-    if lost:
-        names = " and ".join([", ".join(lost[:-1]), lost[-1]] if len(lost) > 1 else lost)
-        them = "them" if len(lost) > 1 else "it"
-        warnings.warn(f"{names} left out: {fmt} output does not store {them}", stacklevel=3)
 
 
 def _check_not_an_original(src: Path, dst: Path) -> None:
     """Refuse to replace an image that a decode did not write: it may be what ``src`` was made from.
 
-    ``jac batch IN IN --to jac`` then ``jac batch IN IN --to png`` (or ``jac batch IN J --to jac`` then
-    ``jac batch J IN --to png``) would otherwise replace each original with its lossy decode, whatever
-    the files' times say (an original copied back without its time is newer than its ``.jac``). A PNG
-    that a decode wrote names it in its ``Software`` text chunk (:data:`DECODED_BY`) and is replaced.
+    ``jac encode photo.png photo.jac`` then ``jac decode photo.jac photo.png``, or ``jac batch IN IN --to jac``
+    then ``jac batch IN IN --to png``, would otherwise replace each original with its lossy decode, whatever
+    the files' times say (an original copied back without its time is newer than its ``.jac``). A PNG or JPEG
+    that a decode wrote carries its mark (:func:`pillow_jac.decoded_output.written_by_a_decode`) and is
+    replaced; what is written into rather than replaced (a device, a named pipe) is not opened.
     """
-    if not os.path.lexists(dst):  # no output yet (a missing input is reported when it is read)
+    if not os.path.isfile(dst):  # no output yet, or a device or pipe (a missing input is reported when it is read)
         return
-    from PIL import Image
+    from .decoded_output import written_by_a_decode
 
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            with Image.open(dst) as im:
-                decoded = im.format == "PNG" and im.info.get("Software") == DECODED_BY
-    except Exception:  # not an image Pillow opens (or one too large to): not a decode of ours
-        decoded = False
-    if not decoded:
+    if not written_by_a_decode(dst):
         raise ConversionError(
             f"{dst}: exists and carries no mark of a decode (a decode by an earlier pillow_jac carries none either), "
             f"so it may be the image {src.name} was made from; not replaced (--force replaces it)"
@@ -414,9 +349,7 @@ def convert_file(
     if to == "jac":
         encode_file(Path(src), Path(dst), quality, effort=effort, device=device, name_frames=False, **(extra or {}))
     else:
-        if not force:
-            _check_not_an_original(Path(src), Path(dst))
-        decode_file(Path(src), Path(dst), device=device)
+        decode_file(Path(src), Path(dst), device=device, force=force)
     return os.path.getsize(src), os.path.getsize(dst)
 
 

@@ -98,13 +98,79 @@ def test_decode_other_formats(jac: Path, tmp_path: Path, ext: str) -> None:
         assert im.size == (48, 40)
 
 
-def test_decode_rgba_to_jpeg_drops_alpha(tmp_path: Path) -> None:
+def _half_transparent(mode: str) -> Image.Image:
+    """A crop in ``mode`` (RGBA or LA) whose left half is fully transparent, its hidden colour dark."""
+    im = crop().convert(mode)
+    alpha = np.full((im.height, im.width), 255, np.uint8)
+    alpha[:, : im.width // 2] = 0
+    im.putalpha(Image.fromarray(alpha))
+    return im
+
+
+@pytest.mark.parametrize(
+    ("mode", "ext", "expected"), [("RGBA", ".jpg", "RGB"), ("LA", ".pcx", "L"), ("LA", ".bmp", "L")]
+)
+def test_decode_to_a_format_without_alpha_composites_onto_white_and_warns(tmp_path, capsys, mode, ext, expected):
     src = tmp_path / "a.jac"
-    crop().convert("RGBA").save(src)
-    assert main(["decode", str(src), str(tmp_path / "a.jpg")]) == 0
+    _half_transparent(mode).save(src, quality=8)
+    assert main(["decode", str(src), str(tmp_path / f"a{ext}")]) == 0
+    err = capsys.readouterr().err
+    assert "alpha left out" in err and "composited onto white" in err, err
+    with Image.open(tmp_path / f"a{ext}") as im:
+        assert im.mode == expected
+        flat = np.asarray(im.convert("L"))
+    assert flat[:, : flat.shape[1] // 2 - 1].min() >= 250  # white where it was transparent (JPEG's ringing aside)
+    assert flat[:, flat.shape[1] // 2 + 1 :].mean() < 200  # the image where it was opaque
     assert main(["decode", str(src), str(tmp_path / "a.png")]) == 0
+    assert "alpha" not in capsys.readouterr().err
     with Image.open(tmp_path / "a.png") as im:
+        assert im.mode == mode
+
+
+def test_decode_keeps_grey_alpha_as_rgba_where_the_format_stores_only_that(tmp_path, capsys):
+    src = tmp_path / "la.jac"
+    _half_transparent("LA").save(src, quality=8)
+    assert main(["decode", str(src), str(tmp_path / "la.sgi")]) == 0  # Pillow's SGI writer takes RGBA, not LA
+    assert "alpha" not in capsys.readouterr().err
+    with Image.open(tmp_path / "la.sgi") as im, Image.open(src) as original:
         assert im.mode == "RGBA"
+        assert np.array_equal(np.asarray(im)[..., 3], np.asarray(original)[..., 1])
+
+
+def test_decode_does_not_replace_an_original_unless_forced(png: Path, tmp_path: Path, capsys) -> None:
+    """The README's commands in order (encode photo.png, decode to photo.png) kept the original only by luck."""
+    original = png.read_bytes()
+    jac = tmp_path / "in.jac"
+    assert main(["encode", str(png), str(jac), "-q", "2"]) == 0
+    assert main(["decode", str(jac), str(png)]) == 1
+    assert_one_line_error(capsys.readouterr().err, "in.png: exists and carries no mark of a decode", "--force")
+    assert png.read_bytes() == original
+    for ext in (".png", ".jpg"):  # a decode's own output carries its mark and is replaced again
+        out = tmp_path / f"decoded{ext}"
+        assert main(["decode", str(jac), str(out)]) == 0
+        assert main(["decode", str(jac), str(out)]) == 0
+    crop().save(tmp_path / "other.jpg")  # a JPEG no decode wrote
+    assert main(["decode", str(jac), str(tmp_path / "other.jpg")]) == 1
+    assert_one_line_error(capsys.readouterr().err, "other.jpg: exists and carries no mark of a decode")
+    assert main(["decode", str(jac), str(png), "--force"]) == 0
+    assert png.read_bytes() != original
+
+
+def test_decode_checks_its_output_before_decoding(jac: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    from pillow_jac import codec
+
+    def no_decode(*args, **kwargs):
+        raise AssertionError("decoded before the output was checked")
+
+    monkeypatch.setattr(codec, "decode", no_decode)
+    (tmp_path / "folder.png").mkdir()
+    assert main(["decode", str(jac), str(tmp_path / "folder.png")]) == 1
+    assert_one_line_error(capsys.readouterr().err, "folder.png: Is a directory")
+    assert main(["decode", str(jac), str(tmp_path / "missing" / "x.png")]) == 1
+    assert_one_line_error(capsys.readouterr().err, "x.png: No such file or directory")
+    assert main(["decode", str(jac), str(tmp_path / "again.jac")]) == 1  # a decode would encode it again
+    assert_one_line_error(capsys.readouterr().err, "again.jac: a decode does not write .jac files", "jac encode")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["folder.png"]
 
 
 # --------------------------------------------------------------------------- info
@@ -464,7 +530,7 @@ def test_outputs_get_the_umask_mode_and_keep_an_existing_mode(png: Path, jac: Pa
         existing = tmp_path / "existing.png"
         existing.write_bytes(b"old")
         existing.chmod(0o664)
-        assert main(["decode", str(jac), str(existing)]) == 0
+        assert main(["decode", str(jac), str(existing), "--force"]) == 0  # not a decode's output: replaced if forced
     finally:
         os.umask(previous)
     assert (tmp_path / "new.jac").stat().st_mode & 0o777 == 0o640
@@ -483,6 +549,9 @@ def test_unknown_output_extension(jac: Path, tmp_path: Path, capsys) -> None:
     assert_one_line_error(capsys.readouterr().err, "cannot write '.xyz'")
     assert main(["decode", str(jac), str(tmp_path / "noext")]) == 1
     assert_one_line_error(capsys.readouterr().err, "no file extension")
+    assert main(["decode", str(jac), str(tmp_path / "out.xbm")]) == 1  # Pillow writes only bilevel XBM
+    assert_one_line_error(capsys.readouterr().err, "out.xbm: Pillow's XBM writer takes none of the modes RGB")
+    assert not (tmp_path / "out.xbm").exists()
 
 
 def _same_file_paths(path: Path) -> list[Path]:

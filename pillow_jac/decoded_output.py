@@ -1,0 +1,187 @@
+"""A decoded image written in another format: the mode that format stores, its metadata, the mark of a decode.
+
+What ``jac decode`` and ``jac batch --to png`` (:func:`pillow_jac.conversion.decode_file`) do with the
+decoded pixels before they are written, through Pillow's writers only:
+
+* **Mode.** An image with alpha keeps it wherever the writer stores it (LA as RGBA where only that is
+  stored, as in SGI or QOI); where the format stores no alpha (JPEG, BMP, PPM, PCX, EPS, PDF), the image is
+  composited onto white, with a warning, rather than showing the arbitrary colours under transparent
+  pixels. Grey goes to RGB where the writer takes no grey (QOI).
+* **Metadata.** ICC profile, EXIF and XMP are passed on; one the writer refuses is left out with a
+  warning rather than losing the pixels, and one it skips silently is warned of.
+* **The mark of a decode.** PNG (a ``Software`` text chunk) and JPEG (a comment) outputs say that a decode
+  wrote them, so that a later decode may replace them while an original image is never replaced
+  unasked (:func:`written_by_a_decode`).
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import warnings
+from pathlib import Path
+from typing import Any
+
+__all__ = ["DECODED_BY", "for_format", "marked_options", "save_keeping_what_fits", "warn_of_what_was_not_stored"]
+
+#: the ``Software`` text chunk of a PNG, and the comment of a JPEG, that a decode wrote
+DECODED_BY = "pillow_jac (decoded from a .jac file)"
+
+#: for each decoded mode, the modes to hand a writer, in order of preference
+_MODES = {"RGBA": ("RGBA",), "LA": ("LA", "RGBA"), "RGB": ("RGB",), "L": ("L", "RGB")}
+#: the mode an image with alpha becomes where the format stores no alpha
+_WITHOUT_ALPHA = {"RGBA": "RGB", "LA": "L"}
+
+
+@functools.cache
+def _stores(fmt: str, mode: str) -> bool:
+    """Whether Pillow's ``fmt`` writer takes an image of ``mode``, and its alpha where ``mode`` has one.
+
+    Tried on a 16x16 image in memory; the alpha is read back (Pillow writes RGBA BMP and PPM as RGB, and a
+    format it cannot read back, such as PDF, counts as storing none).
+    """
+    from PIL import Image
+
+    im = Image.new(mode, (16, 16), (200,) * len(mode))
+    if "A" in mode:  # transparent on the left, opaque on the right
+        alpha = Image.new("L", im.size, 255)
+        alpha.paste(0, (0, 0, 8, 16))
+        im.putalpha(alpha)
+    encoded = io.BytesIO()
+    try:
+        im.save(encoded, format=fmt)
+        if "A" not in mode:
+            return True
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(encoded) as back:
+                alpha = back.convert("RGBA").getchannel("A")
+    except Exception:
+        return False
+    return alpha.tobytes() == im.getchannel("A").tobytes()
+
+
+def _onto_white(im: Any) -> Any:
+    """``im`` (RGBA or LA) composited onto opaque white, without alpha (grey stays grey)."""
+    from PIL import Image
+
+    rgba = im.convert("RGBA")
+    flat = Image.alpha_composite(Image.new("RGBA", im.size, (255, 255, 255, 255)), rgba)
+    return flat.convert(_WITHOUT_ALPHA[im.mode])
+
+
+def for_format(im: Any, fmt: str) -> Any:
+    """``im`` in a mode Pillow's ``fmt`` writer stores, its alpha kept where the format has any.
+
+    Raises:
+        ValueError: the writer takes none of the modes ``im`` could be given (say, XBM, which stores only bilevel
+            images); the message names them.
+
+    Example:
+        >>> from PIL import Image
+        >>> for_format(Image.new("LA", (2, 2)), "SGI").mode, for_format(Image.new("L", (2, 2)), "QOI").mode
+        ('RGBA', 'RGB')
+    """
+    for mode in _MODES[im.mode]:
+        if _stores(fmt, mode):
+            return im if mode == im.mode else im.convert(mode)
+    if im.mode in _WITHOUT_ALPHA:
+        message = f"alpha left out: {fmt} output does not store it; the image is composited onto white"
+        warnings.warn(message, stacklevel=3)
+        return for_format(_onto_white(im), fmt)
+    modes = ", ".join(_MODES[im.mode])
+    raise ValueError(f"Pillow's {fmt} writer takes none of the modes {modes}; choose another format")
+
+
+def marked_options(fmt: str, options: dict[str, Any]) -> dict[str, Any]:
+    """``options`` with the mark of a decode added, and PNG's XMP as the iTXt chunk Pillow's writer needs."""
+    options = dict(options)
+    if fmt == "PNG":
+        from PIL.PngImagePlugin import PngInfo
+
+        pnginfo = PngInfo()
+        pnginfo.add_text("Software", DECODED_BY)
+        if "xmp" in options:
+            pnginfo.add_itxt("XML:com.adobe.xmp", options.pop("xmp").decode("utf-8", "replace"))
+        options["pnginfo"] = pnginfo
+    elif fmt == "JPEG":
+        options["comment"] = DECODED_BY
+    return options
+
+
+def written_by_a_decode(path: str | Path) -> bool:
+    """Whether ``path`` is a PNG or JPEG that a decode wrote (:data:`DECODED_BY`); False for anything else."""
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(path) as im:
+                if im.format == "PNG":
+                    return im.info.get("Software") == DECODED_BY
+                return im.format == "JPEG" and im.info.get("comment") == DECODED_BY.encode()
+    except Exception:  # not an image Pillow opens (or one too large to): not a decode of ours
+        return False
+
+
+#: the metadata save options, in the order they are given up when the output format refuses them
+_METADATA_OPTIONS = {"exif": "EXIF", "xmp": "XMP", "pnginfo": "XMP", "icc_profile": "ICC profile"}
+
+
+def save_keeping_what_fits(im: Any, fmt: str, options: dict[str, Any]) -> tuple[bytes, dict[str, Any]]:
+    """``im`` saved as ``fmt``, and the options it was saved with; metadata the writer refuses is left out (warned).
+
+    A JPEG holds at most 64 KiB of EXIF and a TIFF only EXIF that parses as TIFF: the decoded pixels are
+    not thrown away for an optional chunk the output format cannot carry. Each piece of metadata is
+    tried alone first, so only the one refused is left out.
+    """
+
+    def save(kept: dict[str, Any]) -> bytes:
+        encoded = io.BytesIO()
+        im.save(encoded, format=fmt, **kept)
+        return encoded.getvalue()
+
+    try:
+        return save(options), options
+    except Exception as e:
+        error = e
+    present = [name for name in _METADATA_OPTIONS if name in options]
+    for left_out in [[name] for name in present] + ([present] if len(present) > 1 else []):
+        kept = {k: v for k, v in options.items() if k not in left_out}
+        try:
+            data = save(kept)
+        except Exception:
+            continue
+        names = " and ".join(dict.fromkeys(_METADATA_OPTIONS[name] for name in left_out))
+        first_line = next(iter(str(error).strip().splitlines()), "")
+        warnings.warn(f"{names} left out: {fmt} refused it ({first_line})", stacklevel=3)
+        return data, kept
+    raise error
+
+
+def warn_of_what_was_not_stored(data: bytes, fmt: str, given: list[str]) -> None:
+    """Warn of metadata that ``fmt``'s writer skipped without an error (a BMP stores none, Pillow's TIFF no XMP).
+
+    ``given``: the metadata passed to the writer (``icc_profile``, ``exif``, ``xmp``). The file is opened
+    again (its header only) to see what it holds.
+    """
+    from PIL import Image
+
+    if not given:
+        return
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the decompression-bomb warning was given for the .jac already
+            with Image.open(io.BytesIO(data)) as im:  # the header: info only (a PNG's getexif() would load it)
+                held = {
+                    "ICC profile": "icc_profile" in im.info,
+                    "EXIF": "exif" in im.info or fmt == "TIFF",  # a TIFF's EXIF becomes tags of its own IFD
+                    "XMP": "xmp" in im.info or "XML:com.adobe.xmp" in im.info,
+                }
+    except Exception:  # a file Pillow writes but cannot open again: nothing to tell
+        return
+    lost = [_METADATA_OPTIONS[name] for name in given if not held[_METADATA_OPTIONS[name]]]
+    if lost:
+        names = " and ".join([", ".join(lost[:-1]), lost[-1]] if len(lost) > 1 else lost)
+        them = "them" if len(lost) > 1 else "it"
+        warnings.warn(f"{names} left out: {fmt} output does not store {them}", stacklevel=3)
