@@ -300,6 +300,8 @@ def decode_file(src: Path, dst: Path, *, device: str | None = None, force: bool 
     options: dict[str, Any] = {
         name: bytes(value) for name in ("icc_profile", "exif", "xmp") if (value := getattr(jac, name))
     }
+    if "icc_profile" in options and decoded_output.profile_for(options["icc_profile"], fmt, im.mode) is None:
+        del options["icc_profile"]
     if fmt in ("JPEG", "WEBP", "AVIF"):
         options["quality"] = 95
     data, kept = decoded_output.save_keeping_what_fits(im, fmt, decoded_output.marked_options(fmt, options))

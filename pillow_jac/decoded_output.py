@@ -8,7 +8,9 @@ decoded pixels before they are written, through Pillow's writers only:
   composited onto white, with a warning, rather than showing the arbitrary colours under transparent
   pixels. Grey goes to RGB where the writer takes no grey (QOI).
 * **Metadata.** ICC profile, EXIF and XMP are passed on; one the writer refuses is left out with a
-  warning rather than losing the pixels, and one it skips silently is warned of.
+  warning rather than losing the pixels, and one it skips silently is warned of. A grey profile is left
+  out, with a warning, where the writer stores grey as colour (Pillow's WebP writer), which it cannot
+  describe.
 * **The mark of a decode.** PNG (a ``Software`` text chunk) and JPEG (a comment) outputs say that a decode
   wrote them, so that a later decode may replace them while an original image is never replaced
   unasked (:func:`written_by_a_decode`).
@@ -22,7 +24,14 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-__all__ = ["DECODED_BY", "for_format", "marked_options", "save_keeping_what_fits", "warn_of_what_was_not_stored"]
+__all__ = [
+    "DECODED_BY",
+    "for_format",
+    "profile_for",
+    "marked_options",
+    "save_keeping_what_fits",
+    "warn_of_what_was_not_stored",
+]
 
 #: the ``Software`` text chunk of a PNG, and the comment of a JPEG, that a decode wrote
 DECODED_BY = "pillow_jac (decoded from a .jac file)"
@@ -59,6 +68,42 @@ def _stores(fmt: str, mode: str) -> bool:
     except Exception:
         return False
     return alpha.tobytes() == im.getchannel("A").tobytes()
+
+
+@functools.cache
+def _read_back_mode(fmt: str, mode: str) -> str | None:
+    """The mode Pillow reads back from its ``fmt`` writer's image of ``mode`` (None where it cannot read it)."""
+    from PIL import Image
+
+    encoded = io.BytesIO()
+    try:
+        Image.new(mode, (16, 16)).save(encoded, format=fmt)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(encoded) as back:
+                return back.mode
+    except Exception:
+        return None
+
+
+def profile_for(profile: bytes | None, fmt: str, mode: str) -> bytes | None:
+    """``profile``, or None (with a warning) where ``fmt`` stores a ``mode`` image as pixels it cannot describe.
+
+    Pillow's WebP writer stores grey as RGB: a grey ICC profile would then describe colour pixels.
+
+    Example:
+        >>> grey = bytes(16) + b"GRAY" + bytes(108)
+        >>> profile_for(grey, "PNG", "L") == grey
+        True
+    """
+    from .save_metadata import profile_fits
+
+    stored = _read_back_mode(fmt, mode)
+    if profile is None or stored is None or stored not in ("L", "LA", "RGB", "RGBA") or profile_fits(profile, stored):
+        return profile
+    message = f"ICC profile left out: {fmt} stores {mode} pixels as {stored}, which this {mode} profile cannot describe"
+    warnings.warn(message, stacklevel=3)
+    return None
 
 
 def _onto_white(im: Any) -> Any:

@@ -14,7 +14,7 @@ from PIL import ExifTags, Image
 
 from .constants import GRAY_LAYOUTS, MAX_CHUNK_BYTES
 
-__all__ = ["metadata_to_store", "metadata_bytes"]
+__all__ = ["metadata_to_store", "metadata_bytes", "profile_fits"]
 
 
 def metadata_to_store(im: Image.Image, options: dict[str, Any], mode: str) -> dict[str, bytes | None]:
@@ -23,7 +23,7 @@ def metadata_to_store(im: Image.Image, options: dict[str, Any], mode: str) -> di
     An option given is stored as given (a wrong type is a ``TypeError``; ``b""`` or None drops it). Otherwise
     the image's own is kept: ``im.info``'s profile and XMP, the EXIF as :func:`_image_exif` says, and
     skipped when some reader left something other than bytes there. A profile kept from the image is
-    dropped when it cannot describe the stored pixels (:func:`_profile_fits`: a CMYK image stored as RGB).
+    dropped when it cannot describe the stored pixels (:func:`profile_fits`: a CMYK image stored as RGB).
     """
     meta: dict[str, bytes | None] = {}
     for name in ("icc_profile", "exif", "xmp"):
@@ -34,12 +34,12 @@ def metadata_to_store(im: Image.Image, options: dict[str, Any], mode: str) -> di
                 meta[name] = metadata_bytes(_image_exif(im) if name == "exif" else im.info.get(name), name)
             except TypeError:
                 meta[name] = None
-    if "icc_profile" not in options and not _profile_fits(meta["icc_profile"], mode):
+    if "icc_profile" not in options and not profile_fits(meta["icc_profile"], mode):
         meta["icc_profile"] = None
     return meta
 
 
-def _profile_fits(profile: bytes | None, mode: str) -> bool:
+def profile_fits(profile: bytes | None, mode: str) -> bool:
     """Whether an ICC profile can describe pixels stored in ``mode`` (a profile too short to say: True).
 
     Its data colour space (bytes 16-19 of the profile header, ICC.1 section 7.2.6) must be ``GRAY`` for
@@ -47,7 +47,7 @@ def _profile_fits(profile: bytes | None, mode: str) -> bool:
 
     Example:
         >>> header = bytes(16) + b"CMYK" + bytes(108)
-        >>> _profile_fits(header, "RGB"), _profile_fits(header.replace(b"CMYK", b"RGB "), "RGBA")
+        >>> profile_fits(header, "RGB"), profile_fits(header.replace(b"CMYK", b"RGB "), "RGBA")
         (False, True)
     """
     if profile is None or len(profile) < 20:

@@ -137,6 +137,21 @@ def test_decode_keeps_grey_alpha_as_rgba_where_the_format_stores_only_that(tmp_p
         assert np.array_equal(np.asarray(im)[..., 3], np.asarray(original)[..., 1])
 
 
+def test_a_grey_profile_is_left_out_where_the_format_stores_grey_as_colour(tmp_path, capsys):
+    grey_icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("LAB")).tobytes()
+    grey_icc = grey_icc[:16] + b"GRAY" + grey_icc[20:]  # the header's colour space is all this rule reads
+    src = tmp_path / "grey.jac"
+    crop().convert("L").save(src, quality=4, icc_profile=grey_icc)
+    assert main(["decode", str(src), str(tmp_path / "grey.webp")]) == 0  # Pillow's WebP writer stores RGB
+    assert "ICC profile left out: WEBP stores L pixels as RGB" in capsys.readouterr().err
+    with Image.open(tmp_path / "grey.webp") as im:
+        assert im.mode == "RGB" and "icc_profile" not in im.info
+    assert main(["decode", str(src), str(tmp_path / "grey.png")]) == 0
+    assert "ICC" not in capsys.readouterr().err
+    with Image.open(tmp_path / "grey.png") as im:
+        assert im.mode == "L" and im.info["icc_profile"] == grey_icc
+
+
 def test_decode_does_not_replace_an_original_unless_forced(png: Path, tmp_path: Path, capsys) -> None:
     """The README's commands in order (encode photo.png, decode to photo.png) kept the original only by luck."""
     original = png.read_bytes()
