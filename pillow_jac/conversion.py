@@ -161,6 +161,7 @@ def encode_file(
         _warn_of_frames(im, src, name_frames)
         im.load()
         im = _eight_bit_grey(im, src, name_frames)
+        im = _cmyk_as_srgb(im, src, name_frames)
         options: dict[str, Any] = {"quality": quality, "effort": effort, "device": device, "model": model}
         if target_size is not None or target_psnr is not None:
             del options["quality"]
@@ -212,6 +213,35 @@ def _eight_bit_grey(im: Any, src: Path, name_it: bool = True) -> Any:
     where = "standard input" if _is_stdio(src) else src
     shown = f"{where}: 16-bit grey" if name_it else "16-bit grey"
     warnings.warn(f"{shown} samples reduced to 8 bits (JAC stores 8)", stacklevel=3)
+    return out
+
+
+def _cmyk_as_srgb(im: Any, src: Path, name_it: bool = True) -> Any:
+    """A CMYK image with an ICC profile as sRGB through that profile (perceptual intent), the profile sRGB's.
+
+    JAC stores RGB, and Pillow's plugin converts CMYK without colour management (as Pillow's other writers
+    do), so a print file's colours would shift; the command line converts as a colour-managed converter
+    does (libvips does so too), through Pillow's ImageCms (LittleCMS), and stores an sRGB profile. A CMYK
+    image without a profile, or one LittleCMS cannot use, is left to the plugin's naive conversion, with a
+    warning. Any other image is returned as is. ``name_it`` as for :func:`_warn_of_frames`.
+    """
+    if im.mode != "CMYK":
+        return im
+    where = "standard input" if _is_stdio(src) else src
+    shown = f"{where}: CMYK" if name_it else "CMYK"
+    profile = im.info.get("icc_profile")
+    if not profile or profile[16:20] != b"CMYK":
+        warnings.warn(f"{shown} without a CMYK ICC profile converted to RGB naively (colours may shift)", stacklevel=3)
+        return im
+    from PIL import ImageCms
+
+    srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
+    try:
+        out = ImageCms.profileToProfile(im, ImageCms.ImageCmsProfile(io.BytesIO(profile)), srgb, outputMode="RGB")
+    except (ImageCms.PyCMSError, OSError, ValueError) as e:
+        warnings.warn(f"{shown}: its ICC profile is unusable ({first_line(str(e))}); converted naively", stacklevel=3)
+        return im
+    out.info = {**im.info, "icc_profile": srgb.tobytes()}
     return out
 
 

@@ -41,3 +41,49 @@ def tiny_weights(path: Path, seed: int) -> Path:
     torch.manual_seed(seed)
     save_weights(path, *freeze(JointAutoregressiveHierarchicalPrior(ModelConfig(N=8, M=12)), release=0))
     return path
+
+
+def _cmyk_corner_lab(c: int, m: int, y: int, k: int) -> tuple[float, float, float]:
+    """The Lab colour of a CMYK corner in :func:`cmyk_profile`: inks far from Pillow's naive conversion."""
+    lightness = max(5.0, 100 - 45 * c - 50 * m - 10 * y) * (0.15 if k else 1.0)
+    chroma = 1 - 0.8 * k
+    return lightness, (-30 * c + 70 * m - 5 * y) * chroma, (-50 * c - 5 * m + 85 * y) * chroma
+
+
+def cmyk_profile() -> bytes:
+    """A minimal ICC v2 output profile, CMYK to Lab through a 2-point lut8 ``A2B0`` (ICC.1:2001-04 section 6.5.7).
+
+    Made here because no CMYK profile may be shipped or downloaded; :func:`_cmyk_corner_lab` gives its colours.
+    """
+    import struct
+
+    def s15(v: float) -> bytes:
+        return struct.pack(">i", round(v * 65536))
+
+    d50 = s15(0.9642) + s15(1.0) + s15(0.8249)
+    text = b"pillow_jac test CMYK\0"
+    desc = b"desc" + bytes(4) + struct.pack(">I", len(text)) + text + bytes(8) + bytes(3) + bytes(67)
+    wtpt = b"XYZ " + bytes(4) + d50
+    clut = bytearray()
+    for c in (0, 1):  # the first input channel varies slowest
+        for m in (0, 1):
+            for y in (0, 1):
+                for k in (0, 1):
+                    lightness, a, b = _cmyk_corner_lab(c, m, y, k)
+                    clut += bytes([round(lightness * 255 / 100), round(a + 128), round(b + 128)])
+    identity = bytes(range(256))
+    matrix = b"".join(s15(1.0 if i % 4 == 0 else 0.0) for i in range(9))
+    a2b0 = b"mft1" + bytes(4) + bytes([4, 3, 2, 0]) + matrix + identity * 4 + bytes(clut) + identity * 3
+    tags = [(b"desc", desc), (b"wtpt", wtpt), (b"A2B0", a2b0)]
+    offset, table, body = 128 + 4 + 12 * len(tags), b"", b""
+    for signature, data in tags:
+        data += bytes(-len(data) % 4)
+        table += signature + struct.pack(">II", offset + len(body), len(data))
+        body += data
+    size = offset + len(body)
+    header = (
+        struct.pack(">I", size) + bytes(4) + bytes([2, 0x10, 0, 0]) + b"prtr" + b"CMYK" + b"Lab "
+        + struct.pack(">6H", 2026, 1, 1, 0, 0, 0) + b"acsp" + bytes(24) + struct.pack(">I", 0) + d50 + bytes(48)
+    )  # fmt: skip
+    assert len(header) == 128
+    return header + struct.pack(">I", len(tags)) + table + body

@@ -335,6 +335,38 @@ def test_sixteen_bit_pgm_and_a_transparent_grey_level(tmp_path: Path, capsys) ->
     assert "16-bit grey samples reduced" in capsys.readouterr().err
 
 
+def test_encode_converts_cmyk_through_its_icc_profile_and_warns_without_one(tmp_path: Path, capsys) -> None:
+    """As a colour-managed converter: a print file's inks through its profile to sRGB, not Pillow's naive formula."""
+    from .helpers import cmyk_profile
+
+    inks = Image.new("CMYK", (64, 32), (255, 0, 0, 0))  # cyan, and magenta on the right
+    inks.paste((0, 255, 0, 0), (32, 0, 64, 32))
+    profile = cmyk_profile()
+    inks.save(tmp_path / "print.jpg", icc_profile=profile, quality=95)
+    assert main(["encode", str(tmp_path / "print.jpg"), str(tmp_path / "print.jac"), "-q", "8"]) == 0
+    assert capsys.readouterr().err == ""
+    srgb = ImageCms.createProfile("sRGB")
+    with Image.open(tmp_path / "print.jpg") as source:
+        managed = ImageCms.profileToProfile(
+            source, ImageCms.ImageCmsProfile(io.BytesIO(profile)), srgb, outputMode="RGB"
+        )
+        naive = np.asarray(source.convert("RGB"), np.int16)
+    with Image.open(tmp_path / "print.jac") as im:
+        assert im.info["icc_profile"][16:20] == b"RGB "  # an sRGB profile now describes the pixels
+        decoded = np.asarray(im.convert("RGB"), np.int16)
+    assert np.abs(decoded - np.asarray(managed, np.int16)).mean() < 8  # the codec's error, at the colours' edge most
+    assert np.abs(decoded - naive).mean() > 30
+    inks.save(tmp_path / "broken.jpg", icc_profile=profile[:300], quality=95)  # its tags cut off
+    assert main(["encode", str(tmp_path / "broken.jpg"), str(tmp_path / "broken.jac"), "-q", "1"]) == 0
+    assert "broken.jpg: CMYK: its ICC profile is unusable" in capsys.readouterr().err
+    inks.save(tmp_path / "bare.jpg", quality=95)
+    assert main(["encode", str(tmp_path / "bare.jpg"), str(tmp_path / "bare.jac"), "-q", "8"]) == 0
+    assert "bare.jpg: CMYK without a CMYK ICC profile converted to RGB naively" in capsys.readouterr().err
+    with Image.open(tmp_path / "bare.jac") as im, Image.open(tmp_path / "bare.jpg") as source:
+        assert "icc_profile" not in im.info
+        assert np.abs(np.asarray(im.convert("RGB"), np.int16) - np.asarray(source.convert("RGB"), np.int16)).mean() < 8
+
+
 def test_failed_encode_keeps_existing_output(png: Path, tmp_path: Path, monkeypatch) -> None:
     from pillow_jac import codec
 
