@@ -1,10 +1,10 @@
 """What a batch converts (``jac batch``, with or without Ray): its files, their outputs, its attempts, its progress.
 
-:func:`plan` names every input's output (refusing two inputs that would write one output, names that differ
-only in case where the output folder does not tell them apart, and an output that is an input);
-:func:`batch_inputs` lists a folder's images; :data:`ATTEMPTS` bounds how often a file whose worker dies is
-tried; :class:`Progress` is the progress line. Each file is converted by
-:func:`pillow_jac.conversion.convert_file`.
+:func:`plan_batch` names every input's output and sets aside the inputs that would share one (``a.png`` and
+``a.jpg``, or names that differ only in case where the output folder does not tell them apart), which fail
+while the others convert; :func:`plan` refuses them instead; :func:`batch_inputs` lists a folder's images;
+:data:`ATTEMPTS` bounds how often a file whose worker dies is tried; :class:`Progress` is the progress line.
+Each file is converted by :func:`pillow_jac.conversion.convert_file`.
 """
 
 from __future__ import annotations
@@ -12,40 +12,63 @@ from __future__ import annotations
 import os
 import tempfile
 import time
+import warnings
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import IO
 
 from .conversion import PROG
 
-__all__ = ["ATTEMPTS", "batch_inputs", "plan", "Progress", "shown_name"]
+__all__ = ["ATTEMPTS", "batch_inputs", "plan", "plan_batch", "Progress", "shown_name"]
 
 #: How often a batch tries a file whose worker process (or Ray worker) dies while converting it: a file that
 #: kills two workers (too large for memory, say) is reported as failed and the others go on.
 ATTEMPTS = 2
 
 
-def batch_inputs(in_dir: Path, to: str, recursive: bool) -> list[Path]:
-    """The files of ``in_dir`` a batch converts: every image Pillow reads (``to="jac"``) or every ``.jac``.
+def batch_inputs(in_dir: Path, to: str, recursive: bool, *, out_dir: Path | None = None) -> list[Path]:
+    """The files of ``in_dir`` a batch converts: every image Pillow decodes (``to="jac"``) or every ``.jac``.
 
     Hidden files and folders (names starting with ``.``: macOS's ``._NAME`` companions, ``.thumbnails``,
-    temporary files) are not part of the batch.
+    temporary files) are not part of the batch, nor is ``out_dir`` where it lies inside ``in_dir`` (its outputs
+    would be converted again by the next run). An image is chosen by its extension, among the formats Pillow
+    can decode here (:func:`_decodable_extensions`). A link that leads nowhere is listed, so that it is reported
+    as failed, not passed over; folders reached through links are not entered.
     """
-    from PIL import Image
-
-    if to == "jac":
-        Image.init()
-        exts = {e for e, fmt in Image.registered_extensions().items() if fmt in Image.OPEN and e != ".jac"}
-    else:
-        exts = {".jac"}
+    exts = _decodable_extensions() if to == "jac" else {".jac"}
     pattern = "**/*" if recursive else "*"
+    outputs = Path(os.path.abspath(out_dir)) if out_dir is not None else None
+    skip = outputs if outputs is not None and outputs != in_dir and outputs.is_relative_to(in_dir) else None
     return sorted(
         p
         for p in in_dir.glob(pattern)
         if p.suffix.lower() in exts
         and not any(part.startswith(".") for part in p.relative_to(in_dir).parts)
-        and p.is_file()
+        and (skip is None or not p.is_relative_to(skip))
+        and (p.is_file() or (p.is_symlink() and not p.exists()))
     )
+
+
+def _decodable_extensions() -> set[str]:
+    """The extensions of the formats Pillow can decode here (``.jac`` aside).
+
+    Not those it only identifies: its stub formats (BUFR, GRIB, HDF5, and WMF without a handler), MPEG, and
+    EPS where Ghostscript is not installed, so a video or a data file beside the photographs is no failure.
+    """
+    from PIL import EpsImagePlugin, Image, ImageFile
+
+    Image.init()
+    decodable = set()
+    for ext, fmt in Image.registered_extensions().items():
+        factory = Image.OPEN.get(fmt, (None,))[0]
+        if factory is None or ext == ".jac" or fmt == "MPEG":
+            continue
+        if isinstance(factory, type) and issubclass(factory, ImageFile.StubImageFile):
+            continue
+        if fmt == "EPS" and not EpsImagePlugin.has_ghostscript():
+            continue
+        decodable.add(ext)
+    return decodable
 
 
 def plan(
@@ -56,20 +79,11 @@ def plan(
     recursive: bool = False,
     base_dir: str | os.PathLike | None = None,
 ) -> dict[Path, Path]:
-    """The input and output path of every file a batch converts (``jac batch``, with or without Ray).
+    """The input and output path of every file a batch converts; two inputs for one output are refused.
 
-    Args:
-        inputs: a folder (its images as :func:`batch_inputs` selects them: every file Pillow reads by
-            extension for ``to="jac"``, every ``.jac`` file for ``to="png"``) or an iterable of file paths
-            (taken as given).
-        out_dir: the output folder (it need not exist yet).
-        to: ``"jac"`` or ``"png"``.
-        recursive: include a folder's subfolders (mirrored in ``out_dir``).
-        base_dir: for a list of paths, the folder whose layout ``out_dir`` mirrors (every path must be inside
-            it); by default each output is ``out_dir`` / the input's name.
-
-    Two outputs whose names differ only in case are refused where the output folder does not tell them apart
-    (macOS, Windows), as the same output.
+    As :func:`plan_batch`, whose arguments it takes, but where two inputs would be written to one output
+    (``a.png`` and ``a.jpg``, or names that differ only in case where the output folder does not tell them
+    apart) it raises instead of leaving them out.
 
     Returns:
         ``{input: output}`` in the order the files are submitted, all paths absolute.
@@ -77,6 +91,44 @@ def plan(
     Raises:
         ValueError: ``inputs`` is not a folder nor a list, has no images, a path is outside ``base_dir``,
             ``out_dir`` is a file, or two inputs would be written to the same output.
+    """
+    jobs, clashes = plan_batch(inputs, out_dir, to, recursive=recursive, base_dir=base_dir)
+    if clashes:
+        src, (_, why) = next(iter(clashes.items()))
+        raise ValueError(f"{src}: {why}")
+    return jobs
+
+
+def plan_batch(
+    inputs: str | os.PathLike | Iterable[str | os.PathLike],
+    out_dir: str | os.PathLike,
+    to: str = "jac",
+    *,
+    recursive: bool = False,
+    base_dir: str | os.PathLike | None = None,
+) -> tuple[dict[Path, Path], dict[Path, tuple[Path, str]]]:
+    """The files a batch converts (``jac batch``, with or without Ray), and those it cannot.
+
+    Args:
+        inputs: a folder (its images as :func:`batch_inputs` selects them: every image Pillow decodes, by
+            extension, for ``to="jac"``, every ``.jac`` file for ``to="png"``; for ``to="jac"``, a PNG or JPEG
+            that a decode wrote is left out with a warning, since it is no original) or an iterable of file
+            paths (taken as given).
+        out_dir: the output folder (it need not exist yet).
+        to: ``"jac"`` or ``"png"``.
+        recursive: include a folder's subfolders (mirrored in ``out_dir``).
+        base_dir: for a list of paths, the folder whose layout ``out_dir`` mirrors (every path must be inside
+            it); by default each output is ``out_dir`` / the input's name.
+
+    Returns:
+        ``({input: output}, {input: (output, why)})``: the files to convert, in the order they are submitted,
+        and the inputs that would share an output with another (``a.png`` and ``a.jpg``; names that differ only in
+        case where the output folder does not tell them apart, as on macOS and Windows), none of which is
+        converted; all paths absolute.
+
+    Raises:
+        ValueError: ``inputs`` is not a folder nor a list, has no images, a path is outside ``base_dir``,
+            or ``out_dir`` is a file.
     """
     if to not in ("jac", "png"):
         raise ValueError(f"to must be 'jac' or 'png', not {to!r}")
@@ -87,7 +139,9 @@ def plan(
         in_dir = Path(os.path.abspath(inputs))
         if not in_dir.is_dir():
             raise ValueError(f"{inputs}: {'not a directory' if in_dir.exists() else 'no such directory'}")
-        sources, base = batch_inputs(in_dir, to, recursive), in_dir
+        sources, base = batch_inputs(in_dir, to, recursive, out_dir=out), in_dir
+        if to == "jac":
+            sources = _originals(sources, shown_name(inputs))
         if not sources:
             raise ValueError(f"{inputs}: no {'images' if to == 'jac' else '.jac files'} found")
     else:
@@ -95,10 +149,9 @@ def plan(
         base = Path(os.path.abspath(base_dir)) if base_dir is not None else None
         if not sources:
             raise ValueError("no input files given")
-    jobs: dict[Path, Path] = {}
-    written: dict[Path, Path] = {}
-    folded: dict[str, Path] = {}  # by the output's name folded as file systems that ignore case fold it
-    sensitive: dict[Path, bool | None] = {}
+    outputs: dict[Path, Path] = {}
+    by_output: dict[Path, list[Path]] = {}
+    by_folded: dict[str, list[Path]] = {}  # by the output's name folded as file systems that ignore case fold it
     for src in sources:
         if base is None:
             relative = Path(src.name)
@@ -108,25 +161,62 @@ def plan(
             except ValueError:
                 raise ValueError(f"{src} is not inside {base}") from None
         dst = out / relative.with_suffix("." + to)
-        other, why = written.get(dst), ""
-        key = _folded(str(dst))
-        if other is None and key in folded:
-            if dst.parent not in sensitive:
-                sensitive[dst.parent] = _case_sensitive(dst.parent)
-            if not sensitive[dst.parent]:
-                other = folded[key]
-                why = (
-                    " (names that differ only in case: one file there)"
-                    if sensitive[dst.parent] is False
-                    else " (names that differ only in case, and whether the output folder tells them apart could "
-                    "not be found out)"
-                )
-        if other is not None:
-            raise ValueError(f"{src} and {other} would both be written to {dst}{why}")
-        jobs[src] = dst
-        written[dst] = src
-        folded.setdefault(key, src)
-    return jobs
+        outputs[src] = dst
+        by_output.setdefault(dst, []).append(src)
+        by_folded.setdefault(_folded(str(dst)), []).append(src)
+    clashes: dict[Path, tuple[Path, str]] = {}
+    for dst, srcs in by_output.items():
+        if len(srcs) > 1:
+            for src in srcs:
+                others = ", ".join(_beside(o, src) for o in srcs if o != src)
+                why = f"{others} would also be written to {dst.name}; neither is converted (convert one alone)"
+                clashes[src] = (dst, why)
+    sensitive: dict[Path, bool | None] = {}
+    for srcs in by_folded.values():
+        names = {outputs[s] for s in srcs}
+        if len(names) < 2:
+            continue
+        folder = outputs[srcs[0]].parent
+        if folder not in sensitive:
+            sensitive[folder] = _case_sensitive(folder)
+        if sensitive[folder]:
+            continue
+        why = (
+            "names that differ only in case: one file there"
+            if sensitive[folder] is False
+            else "names that differ only in case, and whether the output folder tells them apart is unknown"
+        )
+        for src in srcs:
+            if src not in clashes:
+                others = ", ".join(_beside(o, src) for o in srcs if outputs[o] != outputs[src])
+                said = f"{others} would also be written to {outputs[src].name} ({why}); neither is converted"
+                clashes[src] = (outputs[src], said)
+    jobs = {src: dst for src, dst in outputs.items() if src not in clashes}
+    return jobs, clashes
+
+
+def _beside(path: Path, src: Path) -> str:
+    """``path`` as a message about ``src`` names it: its name alone when both are in one folder."""
+    return path.name if path.parent == src.parent else str(path)
+
+
+def _originals(sources: list[Path], shown: Callable[[Path], str]) -> list[Path]:
+    """``sources`` less the PNG and JPEG files that a decode wrote (warned of): encoding them again loses quality.
+
+    So a folder converted to ``.jac`` and back in place (``jac batch D D --to jac``, then ``--to png``) can be
+    converted again: ``b.png`` decoded beside its original ``b.jpg`` is not taken for a second original.
+    """
+    from .decoded_output import written_by_a_decode
+
+    kept = []
+    for src in sources:
+        if src.suffix.lower() in (".png", ".jpg", ".jpeg") and written_by_a_decode(src):
+            warnings.warn(
+                f"{shown(src)}: written by a decode of a .jac file, not an original; not encoded", stacklevel=3
+            )
+        else:
+            kept.append(src)
+    return kept
 
 
 def _folded(name: str) -> str:

@@ -65,7 +65,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import container
-from .batch_plan import Progress, plan, shown_name
+from .batch_plan import Progress, plan, plan_batch, shown_name
 from .constants import DEFAULT_EFFORT, DEFAULT_QUALITY, validate_effort, validate_quality
 from .conversion import convert_noting_warnings, one_line
 from .preview import preview_size
@@ -324,7 +324,8 @@ def convert(
     Client; None: a new local instance, stopped again at the end).
 
     Args:
-        inputs: a folder or an iterable of file paths (see :func:`plan`).
+        inputs: a folder or an iterable of file paths (see :func:`pillow_jac.batch_plan.plan_batch`; inputs that
+            would share an output fail, in :attr:`Report.failed`, and the others convert).
         out_dir: the output folder (created if needed).
         to: ``"jac"`` or ``"png"``.
         quality: quality from 1 to 8 (``to="jac"``).
@@ -354,7 +355,7 @@ def convert(
 
     Raises:
         ImportError: Ray is not installed.
-        ValueError: bad options or inputs (see :func:`plan`).
+        ValueError: bad options or inputs (see :func:`pillow_jac.batch_plan.plan_batch`).
         RuntimeError: no worker could be started (after one has, files no worker is left for fail instead).
     """
     quality, effort = validate_quality(quality), validate_effort(effort)
@@ -367,11 +368,20 @@ def convert(
         raise ValueError("workers and in_flight must be at least 1")
     if not num_cpus > 0 or num_gpus is not None and not num_gpus >= 0:
         raise ValueError("num_cpus must be above 0 and num_gpus at least 0")
-    jobs = plan(inputs, out_dir, to, recursive=recursive, base_dir=base_dir)
+    jobs, clashes = plan_batch(inputs, out_dir, to, recursive=recursive, base_dir=base_dir)
     try:
         import ray
     except ImportError:
         raise ImportError('the Ray path needs Ray: pip install "pillow_jac[ray]"') from None
+    report_file = _progress_function(progress, len(jobs) + len(clashes), inputs)
+    failed = [FileResult(str(src), str(dst), "failed", why) for src, (dst, why) in clashes.items()]
+    for result in failed:  # two inputs for one output: neither is converted, the others are
+        report_file(result)
+    if not jobs:
+        report = Report()
+        for result in failed:
+            report.add(result)
+        return report
 
     started_here = not ray.is_initialized()
     if started_here:
@@ -387,15 +397,17 @@ def convert(
         threads = max(1, int(num_cpus))
         from .ray_driver import run
 
-        return run(
+        report = run(
             ray,
             jobs,
             lambda: actor_class.remote(to, device, threads),
             workers,
             slots_each,
             (to, quality, effort, device, resume, extra, force),
-            _progress_function(progress, len(jobs), inputs),
+            report_file,
         )
+        report.failed[:0] = failed
+        return report
     finally:
         if started_here:
             ray.shutdown()

@@ -1,6 +1,6 @@
 """``jac batch`` on this machine: a folder converted file by file, in this process or in worker processes.
 
-The files and their names come from :func:`pillow_jac.batch_plan.plan`, each file is converted by
+The files and their names come from :func:`pillow_jac.batch_plan.plan_batch`, each file is converted by
 :func:`pillow_jac.conversion.convert_file` (as :mod:`pillow_jac.distributed` does on Ray), and a file that
 fails is reported on a line of its own while the others go on.
 
@@ -37,7 +37,7 @@ from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import IO, Any
 
-from .batch_plan import ATTEMPTS, Progress, plan, shown_name
+from .batch_plan import ATTEMPTS, Progress, plan_batch, shown_name
 from .constants import DEFAULT_EFFORT, DEFAULT_QUALITY
 from .conversion import ConversionError, convert_noting_warnings, one_line, show_warning
 from .openmp_wait import passive_unless_chosen
@@ -85,29 +85,31 @@ def run_batch(
 ) -> tuple[int, int]:
     """Convert every image in ``in_dir`` into ``out_dir``; return (converted, failed) counts.
 
-    With ``to="jac"`` every file Pillow can read (by extension) is encoded to ``NAME.jac``; with
+    With ``to="jac"`` every image Pillow can decode (by extension) is encoded to ``NAME.jac``; with
     ``to="png"`` every ``.jac`` file is decoded to ``NAME.png`` (an existing image that no decode wrote is
-    replaced only with ``force``: it may be the original). ``target_size``, ``target_psnr`` and
-    ``preview`` are as in :func:`pillow_jac.conversion.encode_file`, for every file. ``workers > 1`` uses
+    replaced only with ``force``: it may be the original). Which files, and which fail before converting
+    (two inputs for one output): :func:`pillow_jac.batch_plan.plan_batch`. ``target_size``, ``target_psnr``
+    and ``preview`` are as in :func:`pillow_jac.conversion.encode_file`, for every file. ``workers > 1`` uses
     that many worker processes.
 
     Raises:
-        ConversionError: ``in_dir`` is not a folder or holds no images, ``out_dir`` is a file, or two inputs
-            would be written to the same output.
+        ConversionError: ``in_dir`` is not a folder or holds no images, or ``out_dir`` is a file.
     """
     stream = sys.stderr if stream is None else stream
     try:
-        jobs = plan(in_dir, out_dir, to, recursive=recursive)
+        jobs, clashes = plan_batch(in_dir, out_dir, to, recursive=recursive)
     except ValueError as e:
         raise ConversionError(str(e)) from None
     Path(out_dir).mkdir(parents=True, exist_ok=True)
 
-    bar = Progress(len(jobs), stream, progress)
-    failed = 0
+    bar = Progress(len(jobs) + len(clashes), stream, progress)
+    shown = shown_name(in_dir)
+    for src, (_, why) in clashes.items():  # two inputs for one output: neither is converted, the others are
+        bar.step(shown(src), why)
+    failed = len(clashes)
     extra = {"target_size": target_size, "target_psnr": target_psnr, "preview": preview}
     options = (to, quality, effort, device, extra)
-    shown = shown_name(in_dir)
-    for src, result, notes in _run_jobs(jobs, options, force, workers):
+    for src, result, notes in _run_jobs(jobs, options, force, workers) if jobs else ():
         name = shown(src)
         for note in notes:
             bar.warn(name, note)
@@ -116,7 +118,7 @@ def run_batch(
             bar.step(name, one_line(result))
         else:
             bar.step(name)
-    return len(jobs) - failed, failed
+    return len(jobs) + len(clashes) - failed, failed
 
 
 def _run_jobs(

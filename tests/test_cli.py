@@ -794,12 +794,6 @@ def test_batch_warns_of_frames(fake_encode: list, tmp_path: Path, capsys) -> Non
     assert warnings_shown == [f"jac: warning: {photos / 'anim.gif'}: 2 frames; only the first is encoded"]
 
 
-def test_batch_name_collision(photo_dir: Path, tmp_path: Path, capsys) -> None:
-    crop().save(photo_dir / "a.bmp")
-    assert main(["batch", str(photo_dir), str(tmp_path / "o"), "--to", "jac"]) == 1
-    assert_one_line_error(capsys.readouterr().err, "would both be written to")
-
-
 def test_batch_errors(tmp_path: Path, capsys) -> None:
     assert main(["batch", str(tmp_path / "missing"), str(tmp_path / "o"), "--to", "jac"]) == 1
     assert_one_line_error(capsys.readouterr().err, "missing: no such directory")

@@ -69,7 +69,7 @@ def test_plan_list_of_paths(photos: Path, tmp_path: Path) -> None:
     assert [d.name for d in distributed.plan(paths, tmp_path).values()] == ["a.jac", "c.jac"]
     mirrored = distributed.plan(paths, tmp_path, base_dir=photos).values()
     assert [str(d.relative_to(tmp_path)) for d in mirrored] == ["a.jac", "sub/c.jac"]
-    with pytest.raises(ValueError, match="would both be written to"):
+    with pytest.raises(ValueError, match="a.png: a.bmp would also be written to a.jac; neither is converted"):
         distributed.plan([photos / "a.png", photos / "a.bmp"], tmp_path)
     with pytest.raises(ValueError, match="is not inside"):
         distributed.plan(paths, tmp_path, base_dir=photos / "sub")
@@ -90,11 +90,11 @@ def test_plan_names_differing_in_case(photos: Path, tmp_path: Path, monkeypatch)
     assert names == ["Photo.jac", "photo.jac", "other.jac"]
     probed = []
     monkeypatch.setattr(batch_plan, "_case_sensitive", lambda folder: probed.append(folder) or False)
-    with pytest.raises(ValueError, match=r"photo.png and .*Photo.png would both be written to .*photo.jac \(names"):
+    with pytest.raises(ValueError, match=r"x/Photo.png: .*y/photo.png would also be written to Photo.jac \(names"):
         distributed.plan(paths, out)
     assert probed == [out]
     monkeypatch.setattr(batch_plan, "_case_sensitive", lambda folder: None)  # the folder cannot be written
-    with pytest.raises(ValueError, match="could not be found out"):
+    with pytest.raises(ValueError, match="whether the output folder tells them apart is unknown"):
         distributed.plan(paths, out)
     probed.clear()
     monkeypatch.setattr(batch_plan, "_case_sensitive", lambda folder: probed.append(folder) or False)
@@ -104,7 +104,7 @@ def test_plan_names_differing_in_case(photos: Path, tmp_path: Path, monkeypatch)
     nested = [photos / "a.png", photos / "sub" / "c.png"]
     monkeypatch.setattr(batch_plan, "_case_sensitive", lambda folder: True)
     exact = [tmp_path / "x" / "Photo.png", tmp_path / "y" / "photo.png", tmp_path / "y" / "Photo.bmp"]
-    with pytest.raises(ValueError, match="Photo.bmp and .*x/Photo.png would both be written to"):
+    with pytest.raises(ValueError, match="x/Photo.png: .*y/Photo.bmp would also be written to Photo.jac"):
         distributed.plan(exact, out)  # the same name exactly is refused wherever
     assert len(distributed.plan(nested, out, base_dir=photos)) == 2
 
@@ -295,6 +295,22 @@ def test_ray_passes_targets_on_like_jac_batch(ray_local, photos: Path, tmp_path:
     code = main(["batch", str(photos), str(ref), "--to", "jac", "-r", "-j", "1", *options])
     assert main(["batch", str(photos), str(out), "--to", "jac", "-r", *options, "--ray", "-j", "1"]) == code
     assert outputs(out) == outputs(ref) and len(outputs(ref)) == 4
+
+
+@pytest.mark.ray
+def test_ray_fails_inputs_that_would_share_an_output_and_converts_the_others(ray_local, tmp_path: Path) -> None:
+    """As ``jac batch`` without Ray: a.png and a.jpg fail, c.png converts; all of them clashing starts no worker."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name in ("a.png", "a.jpg", "c.png"):
+        Image.new("RGB", (16, 16), (20, 90, 160)).save(photos / name)
+    report = distributed.convert(photos, tmp_path / "out", quality=1, workers=1)
+    assert report.done == 1 and sorted(Path(r.src).name for r in report.failed) == ["a.jpg", "a.png"]
+    assert all("would also be written to a.jac" in r.error for r in report.failed)
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["c.jac"]
+    (photos / "c.png").unlink()
+    report = distributed.convert(photos, tmp_path / "out2", quality=1)
+    assert report.done == 0 and len(report.failed) == 2 and not (tmp_path / "out2").exists()
 
 
 @pytest.mark.ray

@@ -244,3 +244,54 @@ def test_workers_share_the_cpus_this_process_may_use(monkeypatch) -> None:
     monkeypatch.setattr(os, "cpu_count", lambda: 64)
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
     assert local_batch._usable_cpus() == 4
+
+
+def test_inputs_that_would_share_an_output_fail_and_the_others_convert(tmp_path: Path, capsys) -> None:
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    photo(0, 16).save(photos / "a.png")
+    photo(0, 16).save(photos / "a.jpg")
+    photo(1, 16).save(photos / "c.png")
+    assert main(["batch", str(photos), str(tmp_path / "out"), "--to", "jac", "-q", "1"]) == 1
+    err = capsys.readouterr().err
+    assert "a.jpg would also be written to a.jac; neither is converted" in err, err
+    assert "a.png would also be written to a.jac; neither is converted" in err, err
+    assert err.strip().splitlines()[-1] == "jac: error: 2 of 3 files failed", err
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["c.jac"]
+
+
+def test_a_batch_skips_its_own_outputs_decodes_and_what_pillow_only_identifies(tmp_path: Path, capsys) -> None:
+    """The in-place round trip of the README runs again; videos and data files beside photos are no failures."""
+    from PIL import EpsImagePlugin
+
+    photo(0, 16).save(tmp_path / "b.jpg")
+    photo(1, 16).save(tmp_path / "c.png")
+    (tmp_path / "clip.mpg").write_bytes(b"\x00\x00\x01\xb3" + bytes(60))  # Pillow identifies MPEG, cannot decode it
+    (tmp_path / "data.h5").write_bytes(b"\x89HDF\r\n\x1a\n" + bytes(60))  # a stub format without a handler
+    (tmp_path / "plot.eps").write_bytes(b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 1 1\n")
+    args = ["-q", "1", "-r"]
+    assert main(["batch", str(tmp_path), str(tmp_path), "--to", "jac", *args]) == 0
+    assert main(["batch", str(tmp_path), str(tmp_path), "--to", "png", "--force"]) == 0  # b.png: a decode
+    capsys.readouterr()
+    assert main(["batch", str(tmp_path), str(tmp_path), "--to", "jac", *args]) == 0
+    err = capsys.readouterr().err
+    for decoded in ("b.png", "c.png"):  # c.png, the original, was replaced by its decode (--force)
+        assert f"{decoded}: written by a decode of a .jac file, not an original; not encoded" in err, err
+    assert "[1/1]" in err and "b.jpg" in err, err  # b.jpg alone is encoded again, beside its decode b.png
+    names = [p.name for p in batch_inputs(tmp_path, "jac", recursive=True)]
+    assert "clip.mpg" not in names and "data.h5" not in names
+    assert ("plot.eps" in names) == bool(EpsImagePlugin.has_ghostscript())
+    (tmp_path / "jac").mkdir()
+    photo(2, 16).save(tmp_path / "jac" / "d.png")  # a decode's output folder inside the input folder
+    assert "d.png" not in [p.name for p in batch_inputs(tmp_path, "jac", True, out_dir=tmp_path / "jac")]
+    assert "d.png" in [p.name for p in batch_inputs(tmp_path, "jac", True)]
+
+
+def test_a_link_that_leads_nowhere_is_reported(tmp_path: Path, capsys) -> None:
+    photo(0, 16).save(tmp_path / "a.png")
+    (tmp_path / "gone.png").symlink_to(tmp_path / "missing.png")
+    (tmp_path / "loop.png").symlink_to(tmp_path / "loop.png")
+    assert main(["batch", str(tmp_path), str(tmp_path / "out"), "--to", "jac", "-q", "1"]) == 1
+    err = capsys.readouterr().err
+    assert "gone.png: " in err and "loop.png: " in err, err
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["a.jac"]
