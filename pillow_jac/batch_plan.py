@@ -3,13 +3,15 @@
 :func:`plan_batch` names every input's output and sets aside the inputs that would share one (``a.png`` and
 ``a.jpg``, or names that differ only in case where the output folder does not tell them apart), which fail
 while the others convert; :func:`plan` refuses them instead; :func:`batch_inputs` lists a folder's images;
-:data:`ATTEMPTS` bounds how often a file whose worker dies is tried; :class:`Progress` is the progress line.
+:func:`is_done` tells a finished output, which a resumed batch skips; :data:`ATTEMPTS` bounds how often a file
+whose worker dies is tried; :class:`Progress` is the progress line.
 Each file is converted by :func:`pillow_jac.conversion.convert_file`.
 """
 
 from __future__ import annotations
 
 import os
+import stat
 import tempfile
 import time
 import warnings
@@ -17,9 +19,13 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import IO
 
+from . import container
+from .constants import DEFAULT_QUALITY
 from .conversion import PROG
+from .decoded_output import DECODED_BY
+from .preview import preview_size
 
-__all__ = ["ATTEMPTS", "batch_inputs", "plan", "plan_batch", "Progress", "shown_name"]
+__all__ = ["ATTEMPTS", "batch_inputs", "done_before", "is_done", "plan", "plan_batch", "Progress", "shown_name"]
 
 #: How often a batch tries a file whose worker process (or Ray worker) dies while converting it: a file that
 #: kills two workers (too large for memory, say) is reported as failed and the others go on.
@@ -217,6 +223,79 @@ def _originals(sources: list[Path], shown: Callable[[Path], str]) -> list[Path]:
         else:
             kept.append(src)
     return kept
+
+
+def is_done(
+    src: str | os.PathLike,
+    dst: str | os.PathLike,
+    to: str,
+    quality: float | None = DEFAULT_QUALITY,
+    *,
+    preview: bool | int = False,
+    target_size: int | None = None,
+) -> bool:
+    """Whether ``dst`` is a finished conversion of ``src``, which ``resume`` skips.
+
+    It counts as done when it is a regular file at least as new as ``src``, of the same size in pixels
+    (another picture of the same name, from another folder written into the same ``out_dir``, is not
+    taken for it), and:
+
+    * for ``to="png"``: Pillow reads it as a PNG whose chunks check (``verify()``), so an empty or cut file
+      left by a machine that crashed is converted again, and that a decode wrote (its ``Software`` chunk,
+      :data:`~pillow_jac.decoded_output.DECODED_BY`), so an original is not taken for one;
+    * for ``to="jac"``: the container parses (every chunk's CRC), its quality is ``quality`` (as stored, to
+      1/256; None, for a size or PSNR target, checks none), it holds a preview exactly when ``preview``
+      asks for one that is smaller than the image, and with ``target_size`` it is no larger.
+
+    The effort, a PSNR target, a size target larger than before and the model are not checked: run with
+    ``resume=False`` (``jac batch --no-resume``) to redo a batch with other ones.
+    """
+    from PIL import Image
+
+    try:
+        out = os.stat(dst)
+        if not stat.S_ISREG(out.st_mode) or out.st_mtime_ns < os.stat(src).st_mtime_ns:
+            return False
+        with warnings.catch_warnings():  # a large image warned when it was converted, not at every resume
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            if to != "jac":
+                with Image.open(dst, formats=["PNG"]) as im:
+                    size, decoded = im.size, im.info.get("Software") == DECODED_BY
+                    im.verify()
+                if not decoded:  # an image that no decode wrote (an original) is not a finished output
+                    return False
+                with open(src, "rb") as f:
+                    header = container.read_header(f)
+                return size == (header.width, header.height)
+            jac = container.read(dst)
+            with Image.open(src) as im:  # the header only
+                if im.size != jac.size:
+                    return False
+    except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError):
+        return False
+    if quality is not None and jac.header.quality != container.quantize_quality(quality):
+        return False
+    if target_size is not None and out.st_size > target_size:
+        return False
+    wants_preview = preview is not False and preview is not None and max(jac.size) > preview_size(preview)
+    return wants_preview == (jac.preview is not None)
+
+
+def done_before(src: str | os.PathLike, dst: str | os.PathLike, to: str, quality: float, extra: dict) -> bool:
+    """Whether a resumed batch skips ``src``: :func:`is_done` with the batch's options.
+
+    ``extra``: the batch's ``target_size``, ``target_psnr`` and ``preview``; with a target the quality is not
+    checked.
+    """
+    targeted = extra.get("target_size") is not None or extra.get("target_psnr") is not None
+    return is_done(
+        src,
+        dst,
+        to,
+        None if targeted else quality,
+        preview=extra.get("preview", False),
+        target_size=extra.get("target_size"),
+    )
 
 
 def _folded(name: str) -> str:

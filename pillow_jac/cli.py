@@ -6,8 +6,8 @@ Commands::
     jac decode IN.jac OUT [--force] [--device D]                    .jac -> any format Pillow writes (by extension)
     jac info FILE.jac... [--json]                                   header, sizes, decoder needed; never imports torch
     jac models [--json]                                             installed decoder generations; never imports torch
-    jac batch IN_DIR OUT_DIR --to jac|png [-q Q | --size BYTES | --psnr DB] [--preview] [-j N] [-r] [--device D]
-              [--ray [ADDRESS] [--no-resume] [--worker-cpus N] [--worker-gpus F]]
+    jac batch IN_DIR OUT_DIR --to jac|png [-q Q | --size BYTES | --psnr DB] [--preview] [-j N] [-r] [--no-resume]
+              [--device D] [--ray [ADDRESS] [--worker-cpus N] [--worker-gpus F]]
 
 ``--size 50k`` and ``--psnr 38`` choose the quality per image, as cwebp's ``-size`` and ``-psnr`` do
 (:mod:`pillow_jac.targets`): the largest whose file fits, or the smallest that reaches the PSNR.
@@ -248,7 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="?",
         const="local",
         metavar="ADDRESS",
-        help="convert on Ray workers (pip install pillow_jac[ray]), skipping outputs already done: a new local "
+        help="convert on Ray workers (pip install pillow_jac[ray]): a new local "
         "instance, or ADDRESS 'auto' (this machine's cluster) or ray://HOST:PORT; every node must see IN_DIR "
         "and OUT_DIR at the same paths",
     )
@@ -256,9 +256,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-resume",
         dest="resume",
         action="store_false",
-        help="with --ray, convert every file again, also those whose output is done (needed after changing "
-        "-e, a --size or --psnr target, or the model: a done output is checked for quality, preview and "
-        "fitting the size only)",
+        help="convert every file again, also those whose output is done (needed after changing -e, a --size or "
+        "--psnr target, or the model: a done output is checked for quality, preview and fitting the size only)",
     )
     p.add_argument(
         "--worker-cpus",
@@ -306,8 +305,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.quality = DEFAULT_QUALITY if args.quality is None else args.quality
         args.effort = DEFAULT_EFFORT if args.effort is None else args.effort
     if args.command == "batch" and args.ray is None:
-        for given, flag in ((not args.resume, "--no-resume"), (args.worker_cpus, "--worker-cpus"),
-                            (args.worker_gpus is not None, "--worker-gpus")):  # fmt: skip
+        for given, flag in ((args.worker_cpus, "--worker-cpus"), (args.worker_gpus is not None, "--worker-gpus")):
             if given:
                 parser.error(f"{flag} is an option of --ray")
     previous = _on_sigterm(_terminate)
@@ -421,7 +419,7 @@ def _run(args: argparse.Namespace) -> None:
                 from .engine import resolve_device
 
             resolve_device(args.device)  # once, not once per file from every worker
-        done, failed = run_batch(
+        done, skipped, failed = run_batch(
             args.in_dir,
             args.out_dir,
             args.to,
@@ -435,9 +433,12 @@ def _run(args: argparse.Namespace) -> None:
             target_psnr=args.psnr,
             preview=args.preview,
             force=args.force,
+            resume=args.resume,
         )
+        if not args.quiet and skipped:
+            print(f"{PROG}: {skipped} files already done, skipped", file=sys.stderr)
         if failed:
-            raise CliError(f"{failed} of {done + failed} files failed")
+            raise CliError(f"{failed} of {done + skipped + failed} files failed")
 
 
 def _run_ray_batch(args: argparse.Namespace) -> None:

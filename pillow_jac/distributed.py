@@ -56,7 +56,6 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import stat
 import sys
 import time
 import warnings
@@ -64,8 +63,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import container
-from .batch_plan import Progress, plan, plan_batch, shown_name
+from .batch_plan import Progress, done_before, is_done, plan, plan_batch, shown_name
 from .constants import DEFAULT_EFFORT, DEFAULT_QUALITY, validate_effort, validate_quality
 from .conversion import convert_noting_warnings, one_line
 from .preview import preview_size
@@ -148,59 +146,6 @@ class Report:
             self.failed.append(result)
 
 
-def is_done(
-    src: str | os.PathLike,
-    dst: str | os.PathLike,
-    to: str,
-    quality: float | None = DEFAULT_QUALITY,
-    *,
-    preview: bool | int = False,
-    target_size: int | None = None,
-) -> bool:
-    """Whether ``dst`` is a finished conversion of ``src``, which ``resume`` skips.
-
-    It counts as done when it is a regular file at least as new as ``src``, of the same size in pixels
-    (another picture of the same name, from another folder written into the same ``out_dir``, is not
-    taken for it), and:
-
-    * for ``to="png"``: Pillow reads it as a PNG whose chunks check (``verify()``), so an empty or cut file
-      left by a machine that crashed is converted again;
-    * for ``to="jac"``: the container parses (every chunk's CRC), its quality is ``quality`` (as stored, to
-      1/256; None, for a size or PSNR target, checks none), it holds a preview exactly when ``preview``
-      asks for one that is smaller than the image, and with ``target_size`` it is no larger.
-
-    The effort, a PSNR target, a size target larger than before and the model are not checked: run with
-    ``resume=False`` (``jac batch --ray --no-resume``) to redo a batch with other ones.
-    """
-    from PIL import Image
-
-    try:
-        out = os.stat(dst)
-        if not stat.S_ISREG(out.st_mode) or out.st_mtime_ns < os.stat(src).st_mtime_ns:
-            return False
-        with warnings.catch_warnings():  # a large image warned when it was converted, not at every resume
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            if to != "jac":
-                with Image.open(dst, formats=["PNG"]) as im:
-                    size = im.size
-                    im.verify()
-                with open(src, "rb") as f:
-                    header = container.read_header(f)
-                return size == (header.width, header.height)
-            jac = container.read(dst)
-            with Image.open(src) as im:  # the header only
-                if im.size != jac.size:
-                    return False
-    except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError):
-        return False
-    if quality is not None and jac.header.quality != container.quantize_quality(quality):
-        return False
-    if target_size is not None and out.st_size > target_size:
-        return False
-    wants_preview = preview is not False and preview is not None and max(jac.size) > preview_size(preview)
-    return wants_preview == (jac.preview is not None)
-
-
 def _peak_rss_bytes() -> int:
     """This process's peak resident memory in bytes (0 where the platform does not say).
 
@@ -274,16 +219,8 @@ class Worker:
         start = time.perf_counter()
         where = {"node": self._info["node"], "pid": self._info["pid"]}
         extra = extra or {}
-        targeted = extra.get("target_size") is not None or extra.get("target_psnr") is not None
         try:
-            done = resume and is_done(
-                src,
-                dst,
-                to,
-                None if targeted else quality,
-                preview=extra.get("preview", False),
-                target_size=extra.get("target_size"),
-            )
+            done = resume and done_before(src, dst, to, quality, extra)
         except Exception as e:
             return FileResult(src, dst, "failed", one_line(e), **where)
         if done:

@@ -37,7 +37,7 @@ from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import IO, Any
 
-from .batch_plan import ATTEMPTS, Progress, plan_batch, shown_name
+from .batch_plan import ATTEMPTS, Progress, done_before, plan_batch, shown_name
 from .constants import DEFAULT_EFFORT, DEFAULT_QUALITY
 from .conversion import ConversionError, convert_noting_warnings, one_line, show_warning
 from .openmp_wait import passive_unless_chosen
@@ -82,15 +82,17 @@ def run_batch(
     target_psnr: float | None = None,
     preview: bool | int = False,
     force: bool = False,
-) -> tuple[int, int]:
-    """Convert every image in ``in_dir`` into ``out_dir``; return (converted, failed) counts.
+    resume: bool = True,
+) -> tuple[int, int, int]:
+    """Convert every image in ``in_dir`` into ``out_dir``; return (converted, skipped, failed) counts.
 
     With ``to="jac"`` every image Pillow can decode (by extension) is encoded to ``NAME.jac``; with
     ``to="png"`` every ``.jac`` file is decoded to ``NAME.png`` (an existing image that no decode wrote is
     replaced only with ``force``: it may be the original). Which files, and which fail before converting
     (two inputs for one output): :func:`pillow_jac.batch_plan.plan_batch`. ``target_size``, ``target_psnr``
     and ``preview`` are as in :func:`pillow_jac.conversion.encode_file`, for every file. ``workers > 1`` uses
-    that many worker processes.
+    that many worker processes. With ``resume``, an output already done (:func:`pillow_jac.batch_plan.is_done`)
+    is skipped, so that a stopped batch run again continues where it stopped, as on Ray.
 
     Raises:
         ConversionError: ``in_dir`` is not a folder or holds no images, or ``out_dir`` is a file.
@@ -109,7 +111,13 @@ def run_batch(
     failed = len(clashes)
     extra = {"target_size": target_size, "target_psnr": target_psnr, "preview": preview}
     options = (to, quality, effort, device, extra)
-    for src, result, notes in _run_jobs(jobs, options, force, workers) if jobs else ():
+    todo = {}
+    for src, dst in jobs.items():
+        if resume and done_before(src, dst, to, quality, extra):
+            bar.step(shown(src), note="already done")
+        else:
+            todo[src] = dst
+    for src, result, notes in _run_jobs(todo, options, force, workers) if todo else ():
         name = shown(src)
         for note in notes:
             bar.warn(name, note)
@@ -118,7 +126,7 @@ def run_batch(
             bar.step(name, one_line(result))
         else:
             bar.step(name)
-    return len(jobs) + len(clashes) - failed, failed
+    return len(todo) + len(clashes) - failed, len(jobs) - len(todo), failed
 
 
 def _run_jobs(

@@ -17,6 +17,7 @@ from PIL import Image, ImageCms
 from pillow_jac import batch_plan, distributed, ray_driver, save
 from pillow_jac.cli import build_parser, main
 from pillow_jac.constants import DEFAULT_QUALITY
+from pillow_jac.conversion import convert_file
 
 from .helpers import natural_image
 
@@ -146,6 +147,8 @@ def test_is_done_checks_preview_size_and_png(tmp_path: Path) -> None:
     jac.write_bytes(plain.read_bytes())
     with Image.open(src) as im:
         im.save(png)
+    assert not distributed.is_done(jac, png, "png")  # an image no decode wrote: maybe the original
+    convert_file(str(jac), str(png), "png", 3, 0, None, force=True)
     assert distributed.is_done(jac, png, "png")
     for broken in (b"", png.read_bytes()[:-20], b"not a png"):  # a crash's empty or cut file is not done
         png.write_bytes(broken)

@@ -168,11 +168,29 @@ def test_preview_size_reaches_the_file(tmp_path: Path) -> None:
     assert (width, height) == (64, 64)
 
 
-def test_no_resume_is_an_option_of_ray(tmp_path: Path, capsys) -> None:
-    with pytest.raises(SystemExit) as exit_info:
-        main(["batch", str(tmp_path), str(tmp_path / "o"), "--to", "jac", "--no-resume"])
-    assert exit_info.value.code == 2
-    assert "--no-resume is an option of --ray" in capsys.readouterr().err
+def test_a_batch_run_again_skips_what_is_done_as_on_ray(tmp_path: Path, capsys) -> None:
+    photos, out, back = tmp_path / "photos", tmp_path / "out", tmp_path / "back"
+    photos.mkdir()
+    for seed in range(3):
+        photo(seed, 16).save(photos / f"p{seed}.png")
+    assert main(["batch", str(photos), str(out), "--to", "jac", "-q", "1"]) == 0
+    assert main(["batch", str(out), str(back), "--to", "png"]) == 0
+    (out / "p1.jac").write_bytes((out / "p1.jac").read_bytes()[:-9])  # cut short, as by a crash
+    capsys.readouterr()
+    written = {p: p.stat().st_mtime_ns for p in [*out.iterdir(), *back.iterdir()]}
+    assert main(["batch", str(photos), str(out), "--to", "jac", "-q", "1"]) == 0
+    assert main(["batch", str(out), str(back), "--to", "png"]) == 0
+    err = capsys.readouterr().err
+    assert "jac: 2 files already done, skipped" in err and "p0.png (already done)" in err, err
+    redone = sorted(p.name for p, ns in written.items() if p.stat().st_mtime_ns != ns)
+    assert redone == ["p1.jac", "p1.png"]  # the cut file, then its decode, which is now older than it
+    again = ["batch", str(photos), str(out), "--to", "jac", "-q", "2"]
+    assert main(again) == 0
+    assert "already done" not in capsys.readouterr().err  # another quality: every file again
+    assert main(again) == 0
+    assert "jac: 3 files already done, skipped" in capsys.readouterr().err
+    assert main([*again, "--no-resume"]) == 0
+    assert "already done" not in capsys.readouterr().err
 
 
 @pytest.mark.slow
