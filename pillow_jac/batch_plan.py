@@ -354,6 +354,7 @@ class Progress:
 
     def warn(self, name: str, message: str) -> None:
         """A warning about one file, on a line of its own (printed also when progress is off)."""
+        name = _one_line_name(name)
         self._clear()
         print(f"{PROG}: warning: {name}: {message}", file=self.stream)
 
@@ -364,6 +365,7 @@ class Progress:
         progress line, such as ``already done``.
         """
         self.done += 1
+        name = _one_line_name(name)
         if error is not None:
             self._clear()
             print(f"{PROG}: {name}: {error}", file=self.stream)
@@ -381,6 +383,22 @@ class Progress:
             self.stream.write(f"[{self.done}/{self.total}] {name}{f' ({note})' if note else ''}\n")
         self.stream.flush()
 
+    def close(self) -> None:
+        """End a bar left part-way (a stopped batch), so that what is printed next starts a line of its own."""
+        if self.tty and 0 < self.done < self.total:
+            self.stream.write("\n")
+            self.stream.flush()
+
     def _clear(self) -> None:
         if self.tty:
             self.stream.write("\r" + " " * 60 + "\r")
+
+
+def _one_line_name(name: str) -> str:
+    r"""``name`` with its line breaks and other control characters escaped, so that one file takes one line.
+
+    Example:
+        >>> _one_line_name("a\nb.png"), _one_line_name("été.png")
+        ('a\\nb.png', 'été.png')
+    """
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in name)

@@ -117,15 +117,18 @@ def run_batch(
             bar.step(shown(src), note="already done")
         else:
             todo[src] = dst
-    for src, result, notes in _run_jobs(todo, options, force, workers) if todo else ():
-        name = shown(src)
-        for note in notes:
-            bar.warn(name, note)
-        if isinstance(result, BaseException):
-            failed += 1
-            bar.step(name, one_line(result))
-        else:
-            bar.step(name)
+    try:
+        for src, result, notes in _run_jobs(todo, options, force, workers) if todo else ():
+            name = shown(src)
+            for note in notes:
+                bar.warn(name, note)
+            if isinstance(result, BaseException):
+                failed += 1
+                bar.step(name, one_line(result))
+            else:
+                bar.step(name)
+    finally:
+        bar.close()
     return len(todo) + len(clashes) - failed, len(jobs) - len(todo), failed
 
 

@@ -313,3 +313,24 @@ def test_a_link_that_leads_nowhere_is_reported(tmp_path: Path, capsys) -> None:
     err = capsys.readouterr().err
     assert "gone.png: " in err and "loop.png: " in err, err
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["a.jac"]
+
+
+def test_progress_ends_a_stopped_bar_and_keeps_one_line_per_file() -> None:
+    from pillow_jac.batch_plan import Progress
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    terminal = Terminal()
+    bar = Progress(3, terminal)
+    bar.step("a.png")
+    bar.close()  # stopped after one of three: what comes next ("jac: interrupted") starts a line
+    assert terminal.getvalue().startswith("\r[") and " 1/3 " in terminal.getvalue(), terminal.getvalue()
+    assert terminal.getvalue().endswith("s\n"), terminal.getvalue()
+    lines = io.StringIO()
+    bar = Progress(2, lines)
+    bar.step("two\nlines.png")
+    bar.step("b.png", error="broken")
+    bar.close()
+    assert lines.getvalue().splitlines() == ["[1/2] two\\nlines.png", "jac: b.png: broken"]
