@@ -2,7 +2,7 @@
 
 Used by :mod:`pillow_jac.codec`, :mod:`pillow_jac.codec_batch`, :mod:`pillow_jac.targets` and
 :mod:`pillow_jac.target_search`: the engine of a file's generation or of an encode, a parsed file from
-what the caller gave, latents to coded streams and back (CODING.md section 3), the alpha plane (SPEC.md
+what the caller gave, latents to coded streams and back (CODING.md section 2), the alpha plane (SPEC.md
 section 5.1) and the array of a file's layout (CODING.md section 1.4).
 
 Torch is imported only inside the functions that run the model, after :func:`guarded_engine`.
@@ -172,7 +172,7 @@ def analyze_image(color: np.ndarray, quality: float, engine, effort: int = 0) ->
 
 
 def encode_latents(engine, z_hat: np.ndarray | None, y_hat: np.ndarray) -> tuple[bytes, bytes]:
-    """The coded streams ``(z, y)`` of integer latents (CODING.md section 3), counted as torch work."""
+    """The coded streams ``(z, y)`` of integer latents (CODING.md section 2), counted as torch work."""
     import torch
 
     with torch.inference_mode(), interpreter_exit.working():
@@ -180,7 +180,7 @@ def encode_latents(engine, z_hat: np.ndarray | None, y_hat: np.ndarray) -> tuple
 
 
 def decode_latents(jac: container.JacFile, engine) -> tuple[np.ndarray | None, np.ndarray]:
-    """The exact integer latents ``(z_hat, y_hat)`` of a parsed file's streams (CODING.md section 3)."""
+    """The exact integer latents ``(z_hat, y_hat)`` of a parsed file's streams (CODING.md section 2)."""
     import torch
 
     h = jac.header

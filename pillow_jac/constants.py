@@ -18,8 +18,10 @@ FORMAT_VERSION = (1, 0)
 #: ladder of a new model and of a manifest that has none. Each model's own ladder is ``config.lambdas`` in its
 #: manifest (release 6: 0.0004 ... 0.18, log-spaced).
 LAMBDAS = (0.0018, 0.0035, 0.0067, 0.013, 0.025, 0.0483, 0.0932, 0.18)
+#: the quality range a JHDR may hold (SPEC.md section 3.2: q16 from 256 to 2048); a format constant, not
+#: the length of a ladder, so that no encoder update can widen what a reader accepts
 QUALITY_MIN = 1.0
-QUALITY_MAX = float(len(LAMBDAS))
+QUALITY_MAX = 8.0
 #: qualities are stored as round(quality * QUALITY_DENOMINATOR) in a u16 (SPEC.md section 3).
 QUALITY_DENOMINATOR = 256
 

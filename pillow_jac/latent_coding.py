@@ -26,7 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .constants import ACTIVATION_BITS, ACTIVATION_LIMIT_BITS, MEAN_STEPS, Y_PER_Z
+from .constants import ACTIVATION_BITS, ACTIVATION_LIMIT_BITS, MEAN_STEPS, SCALE_LEVELS, Y_PER_Z
 from .entropy_coding import CodingTables, EntropyCodingError, bytes_to_words, words_to_bytes
 from .forksafe import ForkSafeLock
 from .interpreter_exit import check
@@ -183,6 +183,14 @@ class LatentCoder:
     ):
         if (entropy == "gmm") != (mixture is not None):
             raise ValueError("a gmm model, and only a gmm model, needs a mixture coder")
+        if (
+            thresholds.dim() != 1
+            or len(thresholds) != SCALE_LEVELS - 1
+            or bool((thresholds[1:] < thresholds[:-1]).any())
+        ):
+            raise ValueError(f"table.y_thresholds must be {SCALE_LEVELS - 1} values in ascending order (CODING.md 2.2)")
+        if (z_tables is None) != (h_s is None):
+            raise ValueError("a model has z coding tables if, and only if, it has a hyperprior (CODING.md 4.1)")
         self.h_s, self.context, self.entropy_parameters = h_s, context, entropy_parameters
         self.entropy, self.mixture = entropy, mixture
         outputs = entropy_parameters.layers[-1].out_channels
@@ -340,7 +348,7 @@ class LatentCoder:
 
     # -- y ----------------------------------------------------------------------------------------
     def encode_y(self, y_hat: np.ndarray, psi: torch.Tensor | None) -> bytes:
-        """Code ``y_hat`` ``(M, Hy, Wy)`` (clamped integers) in wavefront order (CODING.md 1, 6.2)."""
+        """Code ``y_hat`` ``(M, Hy, Wy)`` (clamped integers) in wavefront order (CODING.md sections 1.3 and 2.2-2.4)."""
         M, H, W = y_hat.shape
         parameters = []  # per chunk of latent rows, raster positions
         step = max(1, CHUNK_POSITIONS // W)

@@ -105,3 +105,21 @@ def test_wavefronts_cover_grid_once_and_respect_causality(height, width):
                     assert done[r + dr, c + dc] < done[r, c]
     if (height, width) == (32, 48):
         assert len(steps) == 141
+
+
+def test_a_latent_coder_refuses_thresholds_out_of_order_and_z_tables_without_a_hyperprior():
+    """CODING.md 2.2 and 4.1: the scale index counts thresholds at or below a scale, which a binary search
+    finds only in ascending order; z is decoded exactly when the model has a hyperprior."""
+    from pillow_jac.engine import get_engine
+    from pillow_jac.latent_coding import LatentCoder
+
+    c = get_engine("cpu").latents
+    parts = [c.h_s, c.context, c.entropy_parameters, c.thresholds, c.y_tables, c.z_tables, c.M, c.device]
+    LatentCoder(*parts)  # the shipped generation's own
+    shuffled = c.thresholds.flip(0)
+    with pytest.raises(ValueError, match="63 values in ascending order"):
+        LatentCoder(*parts[:3], shuffled, *parts[4:])
+    with pytest.raises(ValueError, match="63 values in ascending order"):
+        LatentCoder(*parts[:3], c.thresholds[:-1], *parts[4:])
+    with pytest.raises(ValueError, match="if, and only if, it has a hyperprior"):
+        LatentCoder(None, *parts[1:])

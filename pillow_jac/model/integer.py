@@ -88,7 +88,7 @@ class IntegerLayer:
             return f"a shift lies outside 1..{_MAX_SHIFT}"
         fan_in = (self.weight.shape[0] if self.kind == "deconv" else self.weight.shape[1]) * self.weight[0, 0].numel()
         largest = fan_in * (2**WEIGHT_BITS - 1) * _LIMIT + (float(self.bias.abs().max()) if self.bias.numel() else 0.0)
-        if largest >= 2.0**53:
+        if largest + 2.0 ** (_MAX_SHIFT - 1) >= 2.0**53:  # the rounding adds up to 2**23 to the sum
             return "its sums could reach 2**53, where float64 arithmetic stops being exact"
         return None
 
