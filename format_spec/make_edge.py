@@ -11,6 +11,9 @@ release-6 vector, and a decoder MUST decode it:
 * ``chunks-reordered``: the chunks between ``JHDR`` and ``JEND`` in another allowed order (SPEC.md 4.3),
   metadata after the streams; the same pixels and metadata;
 * ``minor-version``: format version 1.7 (SPEC.md 9.1: a 1.0 decoder reads any 1.m file); the same pixels.
+* ``ystr-one-extra-word``: one word appended to the y stream, which leaves the decoder exhausted (CODING.md
+  2.4): valid, with the latents and pixels of the vector it comes from; a decoder whose end test is stricter
+  than the exhausted test rejects it.
 
 ``edge.json`` has the fields of a generation's ``vectors.json`` (SPEC.md 9.4) plus ``from`` and ``what``;
 ``format_spec/conformance.py`` checks them as it checks a generation's. The files never change once
@@ -98,6 +101,16 @@ def _minor_version(data: bytes) -> bytes:
     return container.serialize(dataclasses.replace(jac, header=dataclasses.replace(jac.header, version=(1, 7))))
 
 
+def _one_extra_word(data: bytes) -> bytes:
+    """The file with the word ``0x78563412`` appended to its y stream (its header length and CRCs made to agree)."""
+    from pillow_jac import container
+
+    jac = container.parse(data)
+    y = jac.y_stream + b"\x12\x34\x56\x78"
+    header = dataclasses.replace(jac.header, y_stream_length=len(y))
+    return container.serialize(dataclasses.replace(jac, header=header, y_stream=y))
+
+
 #: name -> (source vector, what it exercises, how the file is made from the source's bytes)
 CASES: dict[str, tuple[str, str, Callable[[bytes], bytes]]] = {
     "escapes": ("rgb-130x70-q7.jac", "CODING 2.3: z and y escapes of classes up to 11, values up to 4095", _escapes),
@@ -108,6 +121,9 @@ CASES: dict[str, tuple[str, str, Callable[[bytes], bytes]]] = {
         "rgb-32x32-q4-meta.jac", "SPEC 4.3: streams before metadata, each group reversed", _reordered,
     ),
     "minor-version": ("rgba-16x16-q8.jac", "SPEC 9.1: format version 1.7 decodes as 1.0", _minor_version),
+    "ystr-one-extra-word": (
+        "rgb-130x70-q7.jac", "CODING 2.4: one appended word leaves the decoder exhausted: valid", _one_extra_word,
+    ),
 }  # fmt: skip
 
 

@@ -210,13 +210,14 @@ def test_an_invalid_vector_whose_generation_is_missing_is_not_counted_as_rejecte
 
 
 def test_edge_vectors_decode_and_the_container_cases_as_the_file_they_come_from(tmp_path):
-    """Escapes in both streams, a preview with unknown chunks, another chunk order and a later minor version:
-    each decodes with exact latents, and the container cases to the pixels and metadata of their source."""
+    """Escapes in both streams, a preview with unknown chunks, another chunk order, a later minor version and
+    one word appended to a stream: each decodes with exact latents, the others to the pixels and metadata of
+    their source."""
     conformance = _load_format_script("conformance")
     results = conformance.check_edge()
-    assert len(results) == 4 and all(passed for _, _, passed in results), results
+    assert len(results) == 5 and all(passed for _, _, passed in results), results
     table = json.loads((VECTORS / "edge" / "edge.json").read_text())
-    for name in ("preview-and-unknown", "chunks-reordered", "minor-version"):
+    for name in ("preview-and-unknown", "chunks-reordered", "minor-version", "ystr-one-extra-word"):
         edge = VECTORS / "edge" / table[name]["file"]
         source = VECTORS / table[name]["from"]
         assert np.array_equal(codec.decode(edge), codec.decode(source)), name
@@ -225,5 +226,5 @@ def test_edge_vectors_decode_and_the_container_cases_as_the_file_they_come_from(
     z_hat, y_hat = codec.decode_symbols(VECTORS / "edge" / table["escapes"]["file"])
     assert np.abs(z_hat).max() == 4095 and np.abs(y_hat).max() == 4095
     again = _load_format_script("make_edge").make(tmp_path)  # the preview's WebP bytes depend on libwebp
-    for name in ("escapes", "chunks-reordered", "minor-version"):
+    for name in ("escapes", "chunks-reordered", "minor-version", "ystr-one-extra-word"):
         assert again[name]["file_sha256"] == table[name]["file_sha256"], name
