@@ -6,8 +6,8 @@ Commands::
     jac decode IN.jac OUT [--force] [--device D]                    .jac -> any format Pillow writes (by extension)
     jac info FILE.jac... [--json]                                   header, sizes, decoder needed; never imports torch
     jac models [--json]                                             installed decoder generations; never imports torch
-    jac batch IN_DIR OUT_DIR --to jac|png [-q Q | --size BYTES | --psnr DB] [--preview] [-j N] [-r] [--no-resume]
-              [--device D] [--ray [ADDRESS] [--worker-cpus N] [--worker-gpus F]]
+    jac batch IN_DIR OUT_DIR --to jac|png [-q Q | --size BYTES | --psnr DB] [--preview] [--strip] [--model M] [-j N]
+              [-r] [--no-resume] [--device D] [--ray [ADDRESS] [--worker-cpus N] [--worker-gpus F]]
 
 ``--size 50k`` and ``--psnr 38`` choose the quality per image, as cwebp's ``-size`` and ``-psnr`` do
 (:mod:`pillow_jac.targets`): the largest whose file fits, or the smallest that reaches the PSNR.
@@ -236,6 +236,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("-r", "--recursive", action="store_true", help="include subfolders (mirrored in OUT_DIR)")
     p.add_argument(
+        "--strip", action="store_true", help="with --to jac, drop ICC profile, EXIF and XMP (kept by default)"
+    )
+    p.add_argument(
+        "--model", help="with --to jac, model_id of the decoder generation to encode for (default: the newest)"
+    )
+    p.add_argument(
         "--force",
         action="store_true",
         help="with --to png, also replace images that no decode wrote (kept by default: they may be the "
@@ -298,7 +304,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if hasattr(args, "effort"):  # the encoder's options (encode, batch)
         options = {"-q": args.quality, "-e": args.effort, "--size": args.size, "--psnr": args.psnr,
-                   "--preview": args.preview or None}  # fmt: skip
+                   "--preview": args.preview or None, "--strip": args.strip or None, "--model": args.model}  # fmt: skip
         given = [flag for flag, value in options.items() if value is not None]
         if args.command == "batch" and args.to == "png" and given:
             parser.error(f"{', '.join(given)}: options of --to jac, not of --to png")
@@ -434,6 +440,8 @@ def _run(args: argparse.Namespace) -> None:
             preview=args.preview,
             force=args.force,
             resume=args.resume,
+            strip=args.strip,
+            model=args.model,
         )
         if not args.quiet and skipped:
             print(f"{PROG}: {skipped} files already done, skipped", file=sys.stderr)
@@ -459,6 +467,8 @@ def _run_ray_batch(args: argparse.Namespace) -> None:
         target_size=args.size,
         target_psnr=args.psnr,
         preview=args.preview,
+        strip=args.strip,
+        model=args.model,
         resume=args.resume,
         force=args.force,
         num_cpus=args.worker_cpus or 1,

@@ -252,6 +252,8 @@ def convert(
     target_size: int | str | None = None,
     target_psnr: float | None = None,
     preview: bool | int = False,
+    strip: bool = False,
+    model: str | None = None,
     force: bool = False,
 ) -> Report:
     """Convert images to ``.jac`` (or ``.jac`` files to PNG) on Ray workers, as ``jac batch`` does.
@@ -284,6 +286,8 @@ def convert(
         target_size: instead of ``quality``, each file's size at most (:mod:`pillow_jac.targets`).
         target_psnr: instead of ``quality``, each file's PSNR at least.
         preview: store a gallery preview in each file (``to="jac"``): True, or its long side in pixels.
+        strip: leave out each image's ICC profile, EXIF and XMP (``to="jac"``).
+        model: the ``model_id`` of the decoder generation to encode for (``to="jac"``; default the newest).
         force: with ``to="png"``, also replace images that no decode wrote (by default they are kept and the
             file fails: they may be the originals the ``.jac`` files were made from).
 
@@ -301,6 +305,7 @@ def convert(
     if preview is not False and preview is not None:
         preview_size(preview)
     extra = {"target_size": target_size, "target_psnr": target_psnr, "preview": preview}
+    extra.update({"strip": strip, "model": model} if to == "jac" else {})
     if workers is not None and workers < 1 or in_flight is not None and in_flight < 1:
         raise ValueError("workers and in_flight must be at least 1")
     if not num_cpus > 0 or num_gpus is not None and not num_gpus >= 0:

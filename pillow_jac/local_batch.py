@@ -83,16 +83,19 @@ def run_batch(
     preview: bool | int = False,
     force: bool = False,
     resume: bool = True,
+    strip: bool = False,
+    model: str | None = None,
 ) -> tuple[int, int, int]:
     """Convert every image in ``in_dir`` into ``out_dir``; return (converted, skipped, failed) counts.
 
     With ``to="jac"`` every image Pillow can decode (by extension) is encoded to ``NAME.jac``; with
     ``to="png"`` every ``.jac`` file is decoded to ``NAME.png`` (an existing image that no decode wrote is
     replaced only with ``force``: it may be the original). Which files, and which fail before converting
-    (two inputs for one output): :func:`pillow_jac.batch_plan.plan_batch`. ``target_size``, ``target_psnr``
-    and ``preview`` are as in :func:`pillow_jac.conversion.encode_file`, for every file. ``workers > 1`` uses
-    that many worker processes. With ``resume``, an output already done (:func:`pillow_jac.batch_plan.is_done`)
-    is skipped, so that a stopped batch run again continues where it stopped, as on Ray.
+    (two inputs for one output): :func:`pillow_jac.batch_plan.plan_batch`. ``target_size``, ``target_psnr``,
+    ``preview``, ``strip`` and ``model`` are as in :func:`pillow_jac.conversion.encode_file`, for every file.
+    ``workers > 1`` uses that many worker processes. With ``resume``, an output already done
+    (:func:`pillow_jac.batch_plan.is_done`) is skipped, so that a stopped batch run again continues where it
+    stopped, as on Ray.
 
     Raises:
         ConversionError: ``in_dir`` is not a folder or holds no images, or ``out_dir`` is a file.
@@ -110,6 +113,7 @@ def run_batch(
         bar.step(shown(src), why)
     failed = len(clashes)
     extra = {"target_size": target_size, "target_psnr": target_psnr, "preview": preview}
+    extra.update({"strip": strip, "model": model} if to == "jac" else {})
     options = (to, quality, effort, device, extra)
     todo = {}
     for src, dst in jobs.items():

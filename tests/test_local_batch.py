@@ -334,3 +334,22 @@ def test_progress_ends_a_stopped_bar_and_keeps_one_line_per_file() -> None:
     bar.step("b.png", error="broken")
     bar.close()
     assert lines.getvalue().splitlines() == ["[1/2] two\\nlines.png", "jac: b.png: broken"]
+
+
+def test_batch_strips_metadata_and_encodes_for_a_model_as_encode_does(tmp_path: Path, capsys) -> None:
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    exif = Image.Exif()
+    exif[0x8825] = {2: (51.0, 30.0, 0.0)}  # a GPS position, which a batch for the web should be able to drop
+    photo(0, 16).save(photos / "a.jpg", exif=exif.tobytes())
+    assert main(["batch", str(photos), str(tmp_path / "kept"), "--to", "jac", "-q", "1"]) == 0
+    assert main(["batch", str(photos), str(tmp_path / "bare"), "--to", "jac", "-q", "1", "--strip"]) == 0
+    with Image.open(tmp_path / "kept" / "a.jac") as kept, Image.open(tmp_path / "bare" / "a.jac") as bare:
+        assert "exif" in kept.info and "exif" not in bare.info
+    model = container.read(tmp_path / "kept" / "a.jac").header.model_id
+    assert main(["batch", str(photos), str(tmp_path / "m"), "--to", "jac", "-q", "1", "--model", model]) == 0
+    assert main(["batch", str(photos), str(tmp_path / "x"), "--to", "jac", "-q", "1", "--model", "mbt-0-0-r999"]) == 1
+    assert "mbt-0-0-r999" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["batch", str(tmp_path / "kept"), str(tmp_path / "png"), "--to", "png", "--strip"])
+    assert "--strip: options of --to jac, not of --to png" in capsys.readouterr().err
