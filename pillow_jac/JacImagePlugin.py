@@ -91,7 +91,15 @@ from typing import IO, TYPE_CHECKING, Any
 from PIL import Image, ImageFile
 
 from . import container
-from .constants import DEFAULT_EFFORT, DEFAULT_QUALITY, LAYOUTS, MAGIC, validate_effort, validate_quality
+from .constants import (
+    DEFAULT_EFFORT,
+    DEFAULT_QUALITY,
+    LAYOUTS,
+    MAGIC,
+    UnsupportedModeError,
+    validate_effort,
+    validate_quality,
+)
 from .files import write_into
 from .preview import PREVIEW_MAX_SIZE, PREVIEW_QUALITY, PREVIEW_SIZE, make_preview, preview_for, preview_size
 from .save_metadata import metadata_to_store
@@ -353,7 +361,7 @@ def _decode_pixels(jac: Any, device: str | None = None) -> np.ndarray:
 
 
 def _native_mode(im: Image.Image) -> str:
-    """Return the mode ``im`` is stored as, or raise ``ValueError`` for modes JAC cannot hold.
+    """Return the mode ``im`` is stored as, or raise ``UnsupportedModeError`` (a ``ValueError`` and an ``OSError``).
 
     Example:
         >>> from PIL import Image
@@ -366,7 +374,7 @@ def _native_mode(im: Image.Image) -> str:
         >>> _native_mode(Image.new("I;16", (1, 1)))  # doctest: +ELLIPSIS
         Traceback (most recent call last):
         ...
-        ValueError: cannot write mode I;16 as JAC: ...
+        pillow_jac.constants.UnsupportedModeError: cannot write mode I;16 as JAC: ...
     """
     mode = im.mode
     if mode in ("1", "L", "RGB") and "transparency" in im.info:  # a colour key (PNG tRNS): stored as alpha
@@ -384,7 +392,7 @@ def _native_mode(im: Image.Image) -> str:
     )
     if mode.startswith("I") or mode == "F":
         msg += ", choosing how to map its values to 0-255"
-    raise ValueError(msg)
+    raise UnsupportedModeError(msg)
 
 
 def encode_image(im: Image.Image, **options: Any) -> bytes:

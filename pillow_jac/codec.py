@@ -127,13 +127,20 @@ def encode(
 
 
 def encode_symbols(
-    image, quality: float = DEFAULT_QUALITY, *, effort: int = 0, device=None, weights=None, model: str | None = None
+    image,
+    quality: float | None = None,
+    *,
+    effort: int | None = DEFAULT_EFFORT,
+    device=None,
+    weights=None,
+    model: str | None = None,
 ):
-    """The integer latents ``(z_hat, y_hat)`` that :func:`encode` writes for ``image``."""
+    """The integer latents ``(z_hat, y_hat)`` that :func:`encode` writes for ``image`` (None: the default)."""
     arr, layout = as_array(image)
-    q = container.quantize_quality(quality)
+    q = container.quantize_quality(DEFAULT_QUALITY if quality is None else quality)
+    effort = validate_effort(DEFAULT_EFFORT if effort is None else effort)
     engine = steps.encoder_engine(device, weights, model)
-    return steps.analyze_image(color_planes(arr, layout), q, engine, validate_effort(effort))
+    return steps.analyze_image(color_planes(arr, layout), q, engine, effort)
 
 
 def decode_symbols(data, *, device=None, weights=None) -> tuple[np.ndarray | None, np.ndarray]:

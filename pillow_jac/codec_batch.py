@@ -72,9 +72,10 @@ def _items(things, what: str, single: tuple[type, ...]) -> list:
     """``things`` as a list, refusing one item given where a list of them is expected.
 
     One image is a PIL image or an array of numbers with 2 or 3 dimensions (an ``(N, H, W, C)`` array is N
-    images); a 1-D array of paths or objects is a list.
+    images); a 1-D array of paths or objects is a list. A file object is one item too (iterated, it would
+    give its lines).
     """
-    if isinstance(things, single) or hasattr(things, "getbands"):
+    if isinstance(things, single) or hasattr(things, "getbands") or hasattr(things, "read"):  # "read": a file object
         raise TypeError(f"{what} must be a list (one item is a list of one), got {type(things).__name__}")
     if not isinstance(things, (list, tuple, np.ndarray)) and hasattr(things, "__array__"):
         things = np.asarray(things)  # a torch tensor, say: iterated, it would give one "image" per row

@@ -13,9 +13,17 @@ from __future__ import annotations
 import numpy as np
 
 from . import container
-from .constants import ALPHA_LAYOUTS, GRAY_LAYOUTS, LAYOUT_BY_CHANNELS, LAYOUTS
+from .constants import ALPHA_LAYOUTS, GRAY_LAYOUTS, LAYOUT_BY_CHANNELS, LAYOUTS, UnsupportedModeError
 
-__all__ = ["as_array", "array_like", "metadata_fields", "check_model", "color_planes", "alpha_fields", "file_fields"]
+__all__ = [
+    "as_array",
+    "array_like",
+    "metadata_fields",
+    "check_model",
+    "color_planes",
+    "alpha_fields",
+    "file_fields",
+]
 
 
 def as_array(image) -> tuple[np.ndarray, str]:
@@ -23,11 +31,12 @@ def as_array(image) -> tuple[np.ndarray, str]:
 
     Raises:
         TypeError: ``image`` is no array-like (None, a number, a str, encoded ``bytes``, a dict...).
-        ValueError: an array (or a nested list) of another dtype or shape, or a PIL image of another mode.
+        ValueError: an array (or a nested list) of another dtype or shape, or a PIL image of another mode
+            (:class:`UnsupportedModeError`, also an :class:`OSError`).
     """
     if hasattr(image, "mode") and hasattr(image, "getbands"):
         if image.mode not in LAYOUTS:
-            raise ValueError(f"cannot encode mode {image.mode!r}: convert to RGB, RGBA, L or LA first")
+            raise UnsupportedModeError(f"cannot encode mode {image.mode!r}: convert to RGB, RGBA, L or LA first")
         image = np.asarray(image)
     elif not array_like(image):
         raise TypeError(f"expected a uint8 numpy array or a PIL image, got {type(image).__name__}")

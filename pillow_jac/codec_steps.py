@@ -16,7 +16,7 @@ import sys
 
 import numpy as np
 
-from . import container, interpreter_exit
+from . import container, generations, interpreter_exit
 from .codec_inputs import check_model
 from .constants import ALPHA_LAYOUTS, GRAY_LAYOUTS
 from .size_limit import check_declared_size
@@ -29,8 +29,12 @@ class CodecError(ValueError, OSError):
     """
 
 
-class ModelNotInstalledError(CodecError):
-    """The generation a file names (``model_id`` and ``weights_hash``) is not installed (SPEC.md 9.1)."""
+class ModelNotInstalledError(CodecError, generations.ModelNotInstalledError):
+    """The generation a file names (``model_id`` and ``weights_hash``) is not installed (SPEC.md 9.1).
+
+    Also :class:`pillow_jac.generations.ModelNotInstalledError` (a :class:`LookupError`), so that either
+    class catches a generation that is missing, whichever part of the package found it.
+    """
 
 
 def transforms():

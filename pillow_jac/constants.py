@@ -138,6 +138,16 @@ CHUNK_XMP = b"xmp "  #: XMP packet
 JHDR_LENGTH = 54
 #: JHDR layout code -> Pillow mode (the code is the index).
 LAYOUTS = ("RGB", "L", "RGBA", "LA")
+
+
+class UnsupportedModeError(ValueError, OSError):
+    """An image mode JAC cannot store: a :class:`ValueError`, and an :class:`OSError` as Pillow's writers raise.
+
+    ``Image.save(..., "PNG")`` of a mode PNG cannot hold raises ``OSError: cannot write mode F as PNG``; a
+    save loop that catches ``OSError`` catches this too.
+    """
+
+
 #: layouts with an alpha plane (an ``ALPH`` chunk), and layouts returned as one grey plane (SPEC.md section 5).
 ALPHA_LAYOUTS = ("RGBA", "LA")
 GRAY_LAYOUTS = ("L", "LA")

@@ -27,6 +27,7 @@ from .weights import (
     SCALE_THRESHOLDS,
     TRAINING_PREFIXES,
     WeightsError,
+    WeightsNotFoundError,
     load_weights,
     read_table,
     strip_prefix,
@@ -196,11 +197,15 @@ def get_engine(device: str | torch.device | None = None, weights: str | Path | N
     dev = resolve_device(device)
     if dev.type == "cuda" and dev.index is None:  # "cuda" and "cuda:0" are one engine, not two copies of the model
         dev = torch.device("cuda", torch.cuda.current_device())
+    if weights is not None and not os.fspath(weights):
+        raise ValueError("weights is an empty path: name a weights file, or give None for the installed generation")
     path = Path(weights) if weights is not None else generations.encoder().path
     try:
         stat = path.stat()
     except FileNotFoundError:
-        raise WeightsError(f"weights file not found: {path} (set JAC_WEIGHTS to its location)") from None
+        raise WeightsNotFoundError(f"weights file not found: {path} (set JAC_WEIGHTS to its location)") from None
+    if path.is_dir():
+        raise WeightsError(f"weights file {path} is a folder, not a weights file")
     # the file's identity includes its modification time, so a re-frozen file is reloaded
     key = (str(path.resolve()), stat.st_mtime_ns, stat.st_size, str(dev))
     # a fork waits for a build in another thread: a child copied in the middle of one would hang (forksafe)

@@ -52,6 +52,7 @@ __all__ = [
     "SCALE_THRESHOLDS",
     "MIXTURE_EXP",
     "WeightsError",
+    "WeightsNotFoundError",
 ]
 
 #: tensor-name prefixes of the decoder: what a decoder runs (SPEC.md section 9.2)
@@ -78,6 +79,10 @@ MIXTURE_EXP = "table.mixture_exp"
 
 class WeightsError(OSError):
     """A weights file is missing, malformed or does not match its manifest."""
+
+
+class WeightsNotFoundError(WeightsError, FileNotFoundError):
+    """No weights file where one was named: also a :class:`FileNotFoundError`."""
 
 
 def strip_prefix(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:

@@ -275,3 +275,33 @@ def test_a_failed_allocation_is_a_memory_error_naming_the_size(monkeypatch):
     monkeypatch.setattr(engine.latents, "decode", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("other")))
     with pytest.raises(RuntimeError, match="other"):  # another RuntimeError is not a memory error
         codec.decode(data)
+
+
+def test_api_edges_raise_what_a_pillow_user_catches(tmp_path) -> None:
+    """From a review of the Python API: each of these was a confusing error or none."""
+    from PIL import Image
+
+    import pillow_jac
+    from pillow_jac import generations
+    from pillow_jac.weights import WeightsError
+
+    a = np.zeros((8, 8, 3), np.uint8)
+    data = pillow_jac.encode(a, 4)
+    with pytest.raises(TypeError, match="must be a list"):  # iterated, a file gave its lines as "files"
+        pillow_jac.decode_batch(io.BytesIO(data))
+    with pytest.raises(generations.ModelNotInstalledError):  # the class generations exports catches it too
+        pillow_jac.encode(a, 4, model="mbt-0-0-r999")
+    with pytest.raises(codec.ModelNotInstalledError):
+        pillow_jac.encode(a, 4, model="mbt-0-0-r999")
+    with pytest.raises(OSError, match="cannot write mode F as JAC"):  # as Pillow's writers: OSError (and ValueError)
+        Image.new("F", (4, 4)).save(io.BytesIO(), "JAC")
+    with pytest.raises(ValueError, match="cannot encode mode 'I'"):
+        pillow_jac.encode(Image.new("I", (4, 4)))
+    with pytest.raises(ValueError, match="empty path"):
+        pillow_jac.encode(a, 4, weights="")
+    with pytest.raises(WeightsError, match="is a folder"):
+        pillow_jac.encode(a, 4, weights=tmp_path)
+    with pytest.raises(FileNotFoundError, match="weights file not found"):
+        pillow_jac.encode(a, 4, weights=tmp_path / "missing.safetensors")
+    z, y = codec.encode_symbols(a, None, effort=None)  # None: the defaults, as encode takes them
+    assert np.array_equal(y, codec.decode_symbols(data)[1])
