@@ -632,3 +632,21 @@ def test_targets_writes_under_bench_out_by_default(tmp_path: Path, monkeypatch):
     assert (tmp_path / "bench_out" / "targets" / "targets.json").is_file()
     assert not (tmp_path / "benchmarks").exists()
     assert "--out benchmarks/results" in bench_targets.__doc__
+
+
+def test_bd_rate_warns_of_a_dominated_point_and_of_a_thin_overlap():
+    """A saturating top point (more bits for less PSNR) and an overlap of one or two points move the figure
+    without a word otherwise: a review added 1.6 bpp / 36.0 dB after 1.2 bpp / 36.5 dB and the BD-rate went
+    from -24.1% to -18.2%."""
+    import warnings
+
+    from pillow_jac.bench.metrics import bd_rate
+
+    anchor = ([0.25, 0.5, 1.0, 2.0], [28.0, 31.0, 34.0, 37.0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        bd_rate(*anchor, [0.2, 0.4, 0.8, 1.2], [28.0, 31.0, 34.0, 36.5])  # an ordinary curve: no warning
+    with pytest.warns(UserWarning, match="test curve is not increasing"):
+        bd_rate(*anchor, [0.2, 0.4, 0.8, 1.2, 1.6], [28.0, 31.0, 34.0, 36.5, 36.0])
+    with pytest.warns(UserWarning, match="only 1 point of the test curve"):
+        bd_rate(*anchor, [1.5, 3.0], [36.0, 40.0])

@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -350,5 +351,19 @@ def _bd(
     hi = min(xa[-1], xt[-1])
     if not hi > lo:
         return math.nan
+    for name, x, y in (("anchor", xa, ya), ("test", xt, yt)):
+        if bool((np.diff(y) <= 0).any()):  # more quality for fewer bits than a point beside it: a dominated point
+            warnings.warn(
+                f"the {name} curve is not increasing (a point costs more than one of higher quality): the "
+                "interpolation runs through it, and the figure depends on it",
+                stacklevel=3,
+            )
+        inside = int(((x >= lo) & (x <= hi)).sum())
+        if inside < 3:
+            warnings.warn(
+                f"only {inside} point{'s' if inside != 1 else ''} of the {name} curve in the range both curves cover "
+                f"({lo:.3g} to {hi:.3g}): the figure rests on an interpolation of very few points",
+                stacklevel=3,
+            )
     delta = (_integral(xt, yt, lo, hi, method) - _integral(xa, ya, lo, hi, method)) / (hi - lo)
     return float((math.exp(delta) - 1.0) * 100.0) if relative else float(delta)
