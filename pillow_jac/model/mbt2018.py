@@ -214,7 +214,7 @@ class JointAutoregressiveHierarchicalPrior(nn.Module):
         out: dict[str, torch.Tensor] = {}
         psi = phi = None
         if self.config.hyperprior:
-            z = self.h_a(y)
+            z = self.h_a(y).float()  # under bf16 autocast h_a gives bf16, whose grid would coarsen z + noise
             z_round = z + (torch.round(z) - z).detach()
             z_rate = z + torch.empty_like(z).uniform_(-0.5, 0.5) if self.training else z_round
             out["z_likelihoods"] = self.z_density.likelihood(z_rate)

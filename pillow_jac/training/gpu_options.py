@@ -55,6 +55,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=200, help="linear warm-up steps (counted from step 0 of the run)")
     p.add_argument("--decay-start", type=int, default=0, help="step where the cosine decay starts (if --decay-steps)")
     p.add_argument("--decay-steps", type=int, default=0, help="length of the cosine decay to lr/10")
+    p.add_argument(
+        "--decay-last",
+        type=float,
+        default=0.3,
+        help="share of this call's training time, at its end, over which the learning rate falls to a tenth "
+        "(a cosine; 0: none); the run stops on time, so a decay counted in steps cannot be aimed at its end",
+    )
     p.add_argument("--clip", type=float, default=1.0)
     p.add_argument("--ema", type=float, default=0.999, help="weight-average decay per step")
     p.add_argument("--compile", action="store_true", help="torch.compile the forward pass and the loss")
