@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import IO
 
-from . import container
+from . import container, generations
 from .constants import DEFAULT_QUALITY
 from .conversion import PROG
 from .decoded_output import DECODED_BY
@@ -43,14 +43,15 @@ def batch_inputs(in_dir: Path, to: str, recursive: bool, *, out_dir: Path | None
     """
     exts = _decodable_extensions() if to == "jac" else {".jac"}
     pattern = "**/*" if recursive else "*"
-    outputs = Path(os.path.abspath(out_dir)) if out_dir is not None else None
-    skip = outputs if outputs is not None and outputs != in_dir and outputs.is_relative_to(in_dir) else None
+    real_in = Path(os.path.realpath(in_dir))
+    outputs = Path(os.path.realpath(out_dir)) if out_dir is not None else None  # links resolved on both sides
+    skip = outputs if outputs is not None and outputs != real_in and outputs.is_relative_to(real_in) else None
     return sorted(
         p
         for p in in_dir.glob(pattern)
         if p.suffix.lower() in exts
         and not any(part.startswith(".") for part in p.relative_to(in_dir).parts)
-        and (skip is None or not p.is_relative_to(skip))
+        and (skip is None or not (real_in / p.relative_to(in_dir)).is_relative_to(skip))
         and (p.is_file() or (p.is_symlink() and not p.exists()))
     )
 
@@ -233,6 +234,8 @@ def is_done(
     *,
     preview: bool | int = False,
     target_size: int | None = None,
+    strip: bool = False,
+    model: str | None = None,
 ) -> bool:
     """Whether ``dst`` is a finished conversion of ``src``, which ``resume`` skips.
 
@@ -245,9 +248,11 @@ def is_done(
       :data:`~pillow_jac.decoded_output.DECODED_BY`), so an original is not taken for one;
     * for ``to="jac"``: the container parses (every chunk's CRC), its quality is ``quality`` (as stored, to
       1/256; None, for a size or PSNR target, checks none), it holds a preview exactly when ``preview``
-      asks for one that is smaller than the image, and with ``target_size`` it is no larger.
+      asks for one that is smaller than the image, with ``target_size`` it is no larger, with ``strip`` it
+      holds no ICC profile, EXIF or XMP, and it was made for ``model`` (by default the generation that
+      encodes now, :func:`pillow_jac.generations.encoder`).
 
-    The effort, a PSNR target, a size target larger than before and the model are not checked: run with
+    The effort, a PSNR target and a size target larger than before are not checked: run with
     ``resume=False`` (``jac batch --no-resume``) to redo a batch with other ones.
     """
     from PIL import Image
@@ -277,6 +282,14 @@ def is_done(
         return False
     if target_size is not None and out.st_size > target_size:
         return False
+    if strip and any(getattr(jac, name) for name in ("icc_profile", "exif", "xmp")):
+        return False
+    try:
+        wanted = model or generations.encoder().model_id
+    except LookupError:  # no generation encodes here: the conversion reports it
+        return False
+    if jac.header.model_id != wanted:
+        return False
     wants_preview = preview is not False and preview is not None and max(jac.size) > preview_size(preview)
     return wants_preview == (jac.preview is not None)
 
@@ -284,8 +297,8 @@ def is_done(
 def done_before(src: str | os.PathLike, dst: str | os.PathLike, to: str, quality: float, extra: dict) -> bool:
     """Whether a resumed batch skips ``src``: :func:`is_done` with the batch's options.
 
-    ``extra``: the batch's ``target_size``, ``target_psnr`` and ``preview``; with a target the quality is not
-    checked.
+    ``extra``: the batch's ``target_size``, ``target_psnr``, ``preview``, ``strip`` and ``model``; with a target
+    the quality is not checked.
     """
     targeted = extra.get("target_size") is not None or extra.get("target_psnr") is not None
     return is_done(
@@ -295,6 +308,8 @@ def done_before(src: str | os.PathLike, dst: str | os.PathLike, to: str, quality
         None if targeted else quality,
         preview=extra.get("preview", False),
         target_size=extra.get("target_size"),
+        strip=bool(extra.get("strip")),
+        model=extra.get("model"),
     )
 
 

@@ -262,8 +262,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-resume",
         dest="resume",
         action="store_false",
-        help="convert every file again, also those whose output is done (needed after changing -e, a --size or "
-        "--psnr target, or the model: a done output is checked for quality, preview and fitting the size only)",
+        help="convert every file again, also those whose output is done (needed after changing -e, a --psnr "
+        "target or to a larger --size: a done output is checked for quality, preview, model, --strip and fitting "
+        "the size only)",
     )
     p.add_argument(
         "--worker-cpus",

@@ -233,8 +233,11 @@ def _cmyk_as_srgb(im: Any, src: Path, name_it: bool = True) -> Any:
     if not profile or profile[16:20] != b"CMYK":
         warnings.warn(f"{shown} without a CMYK ICC profile converted to RGB naively (colours may shift)", stacklevel=3)
         return im
-    from PIL import ImageCms
-
+    try:
+        from PIL import ImageCms
+    except ImportError:  # a Pillow built without LittleCMS
+        warnings.warn(f"{shown}: Pillow has no ImageCms here; converted to RGB naively", stacklevel=3)
+        return im
     srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
     try:
         out = ImageCms.profileToProfile(im, ImageCms.ImageCmsProfile(io.BytesIO(profile)), srgb, outputMode="RGB")
@@ -355,9 +358,15 @@ def _check_not_an_original(src: Path, dst: Path) -> None:
     from .decoded_output import written_by_a_decode
 
     if not written_by_a_decode(dst):
+        marked = dst.suffix.lower() in (".png", ".jpg", ".jpeg")
+        why = (
+            "carries no mark of a decode (a decode by an earlier pillow_jac carries none either)"
+            if marked
+            else "is not a PNG or JPEG, the formats in which a decode leaves its mark"
+        )
         raise ConversionError(
-            f"{dst}: exists and carries no mark of a decode (a decode by an earlier pillow_jac carries none either), "
-            f"so it may be the image {src.name} was made from; not replaced (--force replaces it)"
+            f"{dst}: exists and {why}, so it may be the image {src.name} was made from; "
+            "not replaced (--force replaces it)"
         )
 
 

@@ -89,7 +89,8 @@ def _read_back_mode(fmt: str, mode: str) -> str | None:
 def profile_for(profile: bytes | None, fmt: str, mode: str) -> bytes | None:
     """``profile``, or None (with a warning) where ``fmt`` stores a ``mode`` image as pixels it cannot describe.
 
-    Pillow's WebP writer stores grey as RGB: a grey ICC profile would then describe colour pixels.
+    ``mode`` is the mode handed to the writer. Pillow's WebP writer stores grey as RGB: a grey ICC profile
+    would then describe colour pixels.
 
     Example:
         >>> grey = bytes(16) + b"GRAY" + bytes(108)
@@ -101,7 +102,8 @@ def profile_for(profile: bytes | None, fmt: str, mode: str) -> bytes | None:
     stored = _read_back_mode(fmt, mode)
     if profile is None or stored is None or stored not in ("L", "LA", "RGB", "RGBA") or profile_fits(profile, stored):
         return profile
-    message = f"ICC profile left out: {fmt} stores {mode} pixels as {stored}, which this {mode} profile cannot describe"
+    space = profile[16:20].decode("ascii", "replace").strip() if len(profile) >= 20 else "its"
+    message = f"ICC profile left out: {fmt} stores these pixels as {stored}, which a {space} profile cannot describe"
     warnings.warn(message, stacklevel=3)
     return None
 
@@ -131,8 +133,9 @@ def for_format(im: Any, fmt: str) -> Any:
         if _stores(fmt, mode):
             return im if mode == im.mode else im.convert(mode)
     if im.mode in _WITHOUT_ALPHA:
-        message = f"alpha left out: {fmt} output does not store it; the image is composited onto white"
-        warnings.warn(message, stacklevel=3)
+        if im.getchannel("A").getextrema() != (255, 255):  # an opaque image loses nothing: no warning
+            message = f"alpha left out: {fmt} output does not store it; the image is composited onto white"
+            warnings.warn(message, stacklevel=3)
         return for_format(_onto_white(im), fmt)
     modes = ", ".join(_MODES[im.mode])
     raise ValueError(f"Pillow's {fmt} writer takes none of the modes {modes}; choose another format")

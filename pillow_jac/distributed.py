@@ -351,6 +351,7 @@ def convert(
         report.failed[:0] = failed
         return report
     finally:
+        getattr(report_file, "close", lambda: None)()
         if started_here:
             ray.shutdown()
 
@@ -434,4 +435,5 @@ def _progress_function(
             bar.warn(name(result.src), note)
         bar.step(name(result.src), result.error, "already done" if result.status == "skipped" else None)
 
+    report.close = bar.close  # type: ignore[attr-defined]  # ends a bar left part-way (convert's finally)
     return report

@@ -116,12 +116,12 @@ def run_batch(
     extra.update({"strip": strip, "model": model} if to == "jac" else {})
     options = (to, quality, effort, device, extra)
     todo = {}
-    for src, dst in jobs.items():
-        if resume and done_before(src, dst, to, quality, extra):
-            bar.step(shown(src), note="already done")
-        else:
-            todo[src] = dst
     try:
+        for src, dst in jobs.items():
+            if resume and done_before(src, dst, to, quality, extra):
+                bar.step(shown(src), note="already done")
+            else:
+                todo[src] = dst
         for src, result, notes in _run_jobs(todo, options, force, workers) if todo else ():
             name = shown(src)
             for note in notes:

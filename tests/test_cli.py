@@ -127,6 +127,13 @@ def test_decode_to_a_format_without_alpha_composites_onto_white_and_warns(tmp_pa
         assert im.mode == mode
 
 
+def test_an_opaque_image_loses_no_alpha_and_gets_no_warning(tmp_path, capsys):
+    src = tmp_path / "opaque.jac"
+    crop().convert("RGBA").save(src, quality=4)
+    assert main(["decode", str(src), str(tmp_path / "opaque.jpg")]) == 0
+    assert "alpha" not in capsys.readouterr().err
+
+
 def test_decode_keeps_grey_alpha_as_rgba_where_the_format_stores_only_that(tmp_path, capsys):
     src = tmp_path / "la.jac"
     _half_transparent("LA").save(src, quality=8)
@@ -143,7 +150,7 @@ def test_a_grey_profile_is_left_out_where_the_format_stores_grey_as_colour(tmp_p
     src = tmp_path / "grey.jac"
     crop().convert("L").save(src, quality=4, icc_profile=grey_icc)
     assert main(["decode", str(src), str(tmp_path / "grey.webp")]) == 0  # Pillow's WebP writer stores RGB
-    assert "ICC profile left out: WEBP stores L pixels as RGB" in capsys.readouterr().err
+    assert "ICC profile left out: WEBP stores these pixels as RGB, which a GRAY profile" in capsys.readouterr().err
     with Image.open(tmp_path / "grey.webp") as im:
         assert im.mode == "RGB" and "icc_profile" not in im.info
     assert main(["decode", str(src), str(tmp_path / "grey.png")]) == 0
@@ -164,6 +171,9 @@ def test_decode_does_not_replace_an_original_unless_forced(png: Path, tmp_path: 
         out = tmp_path / f"decoded{ext}"
         assert main(["decode", str(jac), str(out)]) == 0
         assert main(["decode", str(jac), str(out)]) == 0
+    assert main(["decode", str(jac), str(tmp_path / "decoded.tif")]) == 0
+    assert main(["decode", str(jac), str(tmp_path / "decoded.tif")]) == 1  # a TIFF carries no mark
+    assert_one_line_error(capsys.readouterr().err, "decoded.tif: exists and is not a PNG or JPEG", "--force")
     crop().save(tmp_path / "other.jpg")  # a JPEG no decode wrote
     assert main(["decode", str(jac), str(tmp_path / "other.jpg")]) == 1
     assert_one_line_error(capsys.readouterr().err, "other.jpg: exists and carries no mark of a decode")

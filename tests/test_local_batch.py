@@ -347,7 +347,13 @@ def test_batch_strips_metadata_and_encodes_for_a_model_as_encode_does(tmp_path: 
     with Image.open(tmp_path / "kept" / "a.jac") as kept, Image.open(tmp_path / "bare" / "a.jac") as bare:
         assert "exif" in kept.info and "exif" not in bare.info
     model = container.read(tmp_path / "kept" / "a.jac").header.model_id
-    assert main(["batch", str(photos), str(tmp_path / "m"), "--to", "jac", "-q", "1", "--model", model]) == 0
+    capsys.readouterr()
+    assert main(["batch", str(photos), str(tmp_path / "kept"), "--to", "jac", "-q", "1", "--model", model]) == 0
+    assert "1 files already done" in capsys.readouterr().err  # the model it was made for: done
+    assert main(["batch", str(photos), str(tmp_path / "kept"), "--to", "jac", "-q", "1", "--strip"]) == 0
+    assert "already done" not in capsys.readouterr().err  # it holds EXIF: a --strip run is not done with it
+    with Image.open(tmp_path / "kept" / "a.jac") as kept:
+        assert "exif" not in kept.info
     assert main(["batch", str(photos), str(tmp_path / "x"), "--to", "jac", "-q", "1", "--model", "mbt-0-0-r999"]) == 1
     assert "mbt-0-0-r999" in capsys.readouterr().err
     with pytest.raises(SystemExit):

@@ -352,13 +352,15 @@ def _bd(
     if not hi > lo:
         return math.nan
     for name, x, y in (("anchor", xa, ya), ("test", xt, yt)):
-        if bool((np.diff(y) <= 0).any()):  # more quality for fewer bits than a point beside it: a dominated point
+        used = np.flatnonzero((x >= lo) & (x <= hi))
+        stencil = slice(max(0, int(used[0]) - 1), int(used[-1]) + 2) if used.size else slice(0, 0)
+        if bool((np.diff(y[stencil]) <= 0).any()):  # among the points the interpolation uses: a dominated one
             warnings.warn(
                 f"the {name} curve is not increasing (a point costs more than one of higher quality): the "
                 "interpolation runs through it, and the figure depends on it",
                 stacklevel=3,
             )
-        inside = int(((x >= lo) & (x <= hi)).sum())
+        inside = int(used.size)
         if inside < 3:
             warnings.warn(
                 f"only {inside} point{'s' if inside != 1 else ''} of the {name} curve in the range both curves cover "
