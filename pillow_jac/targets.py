@@ -259,6 +259,8 @@ def encode_to_target(
             unmet = plain_error
         if effort:
             better = refine_for_size(c, size_goal, q16, effort)
+            if better is not None and data is not None and c.psnr(better[0], effort) < c.psnr(q16, 0):
+                better = None  # the refinements ran out below the effort-0 file's quality: that file is better
             if better is not None:
                 (q16, data), refined = better, True
             elif data is None:
