@@ -37,7 +37,8 @@ quality 1 for a size and 8 for a PSNR, which only a refined file may meet); late
 there and at up to :data:`MAX_REFINEMENTS` - 1 qualities predicted by the secant through the refined
 files' sizes (or PSNRs), the usual slope while there is only one. The refined file that meets the
 target at the highest quality (size) or with the fewest bytes (PSNR) is returned, for a PSNR only when
-it is smaller than effort 0's file; otherwise the effort-0 file, which meets it. When neither does,
+it is smaller than effort 0's file and for a size only when its PSNR is not below the effort-0 file's;
+otherwise the effort-0 file, which meets it. When neither does,
 :class:`ValueError` gives both figures.
 
 Every file returned is what :func:`pillow_jac.codec.encode` writes at the quality it reports (the same
