@@ -189,8 +189,8 @@ class LatentCoder:
             or bool((thresholds[1:] < thresholds[:-1]).any())
         ):
             raise ValueError(f"table.y_thresholds must be {SCALE_LEVELS - 1} values in ascending order (CODING.md 2.2)")
-        if (z_tables is None) != (h_s is None):
-            raise ValueError("a model has z coding tables if, and only if, it has a hyperprior (CODING.md 4.1)")
+        if z_tables is not None and h_s is None:  # z would be decoded for nothing (a rate-only coder has no tables)
+            raise ValueError("z coding tables without a hyperprior (CODING.md 4.1)")
         self.h_s, self.context, self.entropy_parameters = h_s, context, entropy_parameters
         self.entropy, self.mixture = entropy, mixture
         outputs = entropy_parameters.layers[-1].out_channels

@@ -121,5 +121,6 @@ def test_a_latent_coder_refuses_thresholds_out_of_order_and_z_tables_without_a_h
         LatentCoder(*parts[:3], shuffled, *parts[4:])
     with pytest.raises(ValueError, match="63 values in ascending order"):
         LatentCoder(*parts[:3], c.thresholds[:-1], *parts[4:])
-    with pytest.raises(ValueError, match="if, and only if, it has a hyperprior"):
+    with pytest.raises(ValueError, match="z coding tables without a hyperprior"):
         LatentCoder(None, *parts[1:])
+    LatentCoder(*parts[:5], None, *parts[6:])  # a hyperprior without the range coder's tables: a rate-only coder
