@@ -635,7 +635,7 @@ def test_targets_writes_under_bench_out_by_default(tmp_path: Path, monkeypatch):
 
 
 def test_bd_rate_warns_of_a_dominated_point_and_of_a_thin_overlap():
-    """A saturating top point (more bits for less PSNR) and an overlap of one or two points move the figure
+    """A saturating top point (more bits for less PSNR) and an overlap of one point move the figure
     without a word otherwise: a review added 1.6 bpp / 36.0 dB after 1.2 bpp / 36.5 dB and the BD-rate went
     from -24.1% to -18.2%."""
     import warnings
