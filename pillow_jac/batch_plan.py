@@ -22,10 +22,20 @@ from typing import IO
 from . import container, generations
 from .constants import DEFAULT_QUALITY
 from .conversion import PROG
-from .decoded_output import DECODED_BY
+from .decoded_output import carries_mark
 from .preview import preview_size
 
-__all__ = ["ATTEMPTS", "batch_inputs", "done_before", "is_done", "plan", "plan_batch", "Progress", "shown_name"]
+__all__ = [
+    "ATTEMPTS",
+    "batch_inputs",
+    "done_before",
+    "file_options",
+    "is_done",
+    "plan",
+    "plan_batch",
+    "Progress",
+    "shown_name",
+]
 
 #: How often a batch tries a file whose worker process (or Ray worker) dies while converting it: a file that
 #: kills two workers (too large for memory, say) is reported as failed and the others go on.
@@ -265,7 +275,7 @@ def is_done(
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             if to != "jac":
                 with Image.open(dst, formats=["PNG"]) as im:
-                    size, decoded = im.size, im.info.get("Software") == DECODED_BY
+                    size, decoded = im.size, carries_mark(im)
                     im.verify()
                 if not decoded:  # an image that no decode wrote (an original) is not a finished output
                     return False
@@ -292,6 +302,19 @@ def is_done(
         return False
     wants_preview = preview is not False and preview is not None and max(jac.size) > preview_size(preview)
     return wants_preview == (jac.preview is not None)
+
+
+def file_options(to: str, *, target_size, target_psnr, preview, strip: bool, model: str | None) -> dict:
+    """The options every file of a batch is converted with beyond quality and effort (``convert_file``'s ``extra``).
+
+    ``strip`` and ``model`` are options of the encoder, given only with ``to="jac"``.
+
+    Example:
+        >>> file_options("png", target_size=None, target_psnr=None, preview=False, strip=True, model=None)
+        {'target_size': None, 'target_psnr': None, 'preview': False}
+    """
+    extra = {"target_size": target_size, "target_psnr": target_psnr, "preview": preview}
+    return {**extra, "strip": strip, "model": model} if to == "jac" else extra
 
 
 def done_before(src: str | os.PathLike, dst: str | os.PathLike, to: str, quality: float, extra: dict) -> bool:

@@ -26,11 +26,13 @@ from typing import Any
 
 __all__ = [
     "DECODED_BY",
+    "carries_mark",
     "for_format",
     "profile_for",
     "marked_options",
     "save_keeping_what_fits",
     "warn_of_what_was_not_stored",
+    "written_by_a_decode",
 ]
 
 #: the ``Software`` text chunk of a PNG, and the comment of a JPEG, that a decode wrote
@@ -43,47 +45,39 @@ _WITHOUT_ALPHA = {"RGBA": "RGB", "LA": "L"}
 
 
 @functools.cache
-def _stores(fmt: str, mode: str) -> bool:
-    """Whether Pillow's ``fmt`` writer takes an image of ``mode``, and its alpha where ``mode`` has one.
+def _round_trip(fmt: str, mode: str) -> tuple[str | None, bool] | None:
+    """How Pillow's ``fmt`` writer keeps a 16x16 image of ``mode``, written and read back in memory.
 
-    Tried on a 16x16 image in memory; the alpha is read back (Pillow writes RGBA BMP and PPM as RGB, and a
-    format it cannot read back, such as PDF, counts as storing none).
+    None where the writer refuses the mode; else the mode Pillow reads back (None where it cannot read the
+    format back, such as PDF) and whether an alpha plane (transparent on the left, opaque on the right) came
+    back whole: Pillow writes RGBA BMP and PPM as RGB, and a format it cannot read back counts as storing none.
     """
     from PIL import Image
 
     im = Image.new(mode, (16, 16), (200,) * len(mode))
-    if "A" in mode:  # transparent on the left, opaque on the right
+    if "A" in mode:
         alpha = Image.new("L", im.size, 255)
         alpha.paste(0, (0, 0, 8, 16))
         im.putalpha(alpha)
     encoded = io.BytesIO()
     try:
         im.save(encoded, format=fmt)
-        if "A" not in mode:
-            return True
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            with Image.open(encoded) as back:
-                alpha = back.convert("RGBA").getchannel("A")
-    except Exception:
-        return False
-    return alpha.tobytes() == im.getchannel("A").tobytes()
-
-
-@functools.cache
-def _read_back_mode(fmt: str, mode: str) -> str | None:
-    """The mode Pillow reads back from its ``fmt`` writer's image of ``mode`` (None where it cannot read it)."""
-    from PIL import Image
-
-    encoded = io.BytesIO()
-    try:
-        Image.new(mode, (16, 16)).save(encoded, format=fmt)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            with Image.open(encoded) as back:
-                return back.mode
     except Exception:
         return None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(encoded) as back:
+                kept = "A" in mode and back.convert("RGBA").getchannel("A").tobytes() == im.getchannel("A").tobytes()
+                return back.mode, kept
+    except Exception:
+        return None, False
+
+
+def _stores(fmt: str, mode: str) -> bool:
+    """Whether Pillow's ``fmt`` writer takes an image of ``mode``, and its alpha where ``mode`` has one."""
+    kept = _round_trip(fmt, mode)
+    return kept is not None and ("A" not in mode or kept[1])
 
 
 def profile_for(profile: bytes | None, fmt: str, mode: str) -> bytes | None:
@@ -99,7 +93,7 @@ def profile_for(profile: bytes | None, fmt: str, mode: str) -> bytes | None:
     """
     from .save_metadata import profile_fits
 
-    stored = _read_back_mode(fmt, mode)
+    stored = (_round_trip(fmt, mode) or (None, False))[0]
     if profile is None or stored is None or stored not in ("L", "LA", "RGB", "RGBA") or profile_fits(profile, stored):
         return profile
     space = profile[16:20].decode("ascii", "replace").strip() if len(profile) >= 20 else "its"
@@ -157,17 +151,22 @@ def marked_options(fmt: str, options: dict[str, Any]) -> dict[str, Any]:
     return options
 
 
+def carries_mark(im: Any) -> bool:
+    """Whether an opened image is a PNG or JPEG that a decode wrote (:data:`DECODED_BY`, :func:`marked_options`)."""
+    if im.format == "PNG":
+        return im.info.get("Software") == DECODED_BY
+    return im.format == "JPEG" and im.info.get("comment") == DECODED_BY.encode()
+
+
 def written_by_a_decode(path: str | Path) -> bool:
-    """Whether ``path`` is a PNG or JPEG that a decode wrote (:data:`DECODED_BY`); False for anything else."""
+    """Whether ``path`` is a PNG or JPEG that a decode wrote (:func:`carries_mark`); False for anything else."""
     from PIL import Image
 
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             with Image.open(path) as im:
-                if im.format == "PNG":
-                    return im.info.get("Software") == DECODED_BY
-                return im.format == "JPEG" and im.info.get("comment") == DECODED_BY.encode()
+                return carries_mark(im)
     except Exception:  # not an image Pillow opens (or one too large to): not a decode of ours
         return False
 

@@ -63,7 +63,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .batch_plan import Progress, done_before, is_done, plan, plan_batch, shown_name
+from .batch_plan import Progress, done_before, file_options, is_done, plan, plan_batch, shown_name
 from .constants import DEFAULT_EFFORT, DEFAULT_QUALITY, validate_effort, validate_quality
 from .conversion import convert_noting_warnings, one_line
 from .preview import preview_size
@@ -304,8 +304,9 @@ def convert(
         target_size, target_psnr = validate_targets(target_size, target_psnr)
     if preview is not False and preview is not None:
         preview_size(preview)
-    extra = {"target_size": target_size, "target_psnr": target_psnr, "preview": preview}
-    extra.update({"strip": strip, "model": model} if to == "jac" else {})
+    extra = file_options(
+        to, target_size=target_size, target_psnr=target_psnr, preview=preview, strip=strip, model=model
+    )
     if workers is not None and workers < 1 or in_flight is not None and in_flight < 1:
         raise ValueError("workers and in_flight must be at least 1")
     if not num_cpus > 0 or num_gpus is not None and not num_gpus >= 0:

@@ -162,8 +162,8 @@ class Engine:
             return None if found is None else entropy_coding.CodingTables(*(t.numpy() for t in found))
 
         y_tables = tables("y")
-        if (read_table(tensors, "z") is None) == bool(self.config.hyperprior):
-            raise WeightsError(f"weights file {path} is damaged: z coding tables come with a hyperprior, and only then")
+        if self.config.hyperprior and read_table(tensors, "z") is None:  # the other way round: LatentCoder's check
+            raise WeightsError(f"weights file {path} is damaged: a model with a hyperprior needs z coding tables")
         #: the latent coder: integer latents <-> streams (:class:`~pillow_jac.latent_coding.LatentCoder`)
         parts = (network("h_s"), network("context"), network("entropy_parameters"), tensors[SCALE_THRESHOLDS])
         mixture = self._mixture_coder(tensors, y_tables) if self.config.entropy == "gmm" else None

@@ -37,7 +37,7 @@ from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import IO, Any
 
-from .batch_plan import ATTEMPTS, Progress, done_before, plan_batch, shown_name
+from .batch_plan import ATTEMPTS, Progress, done_before, file_options, plan_batch, shown_name
 from .constants import DEFAULT_EFFORT, DEFAULT_QUALITY
 from .conversion import ConversionError, convert_noting_warnings, one_line, show_warning
 from .openmp_wait import passive_unless_chosen
@@ -112,8 +112,9 @@ def run_batch(
     for src, (_, why) in clashes.items():  # two inputs for one output: neither is converted, the others are
         bar.step(shown(src), why)
     failed = len(clashes)
-    extra = {"target_size": target_size, "target_psnr": target_psnr, "preview": preview}
-    extra.update({"strip": strip, "model": model} if to == "jac" else {})
+    extra = file_options(
+        to, target_size=target_size, target_psnr=target_psnr, preview=preview, strip=strip, model=model
+    )
     options = (to, quality, effort, device, extra)
     todo = {}
     try:
