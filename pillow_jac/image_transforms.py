@@ -14,7 +14,8 @@ Every step runs as :func:`torch_work` of its images' size. Imported with torch, 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -28,6 +29,7 @@ __all__ = [
     "SMALL_IMAGE_PIXELS",
     "SMALL_IMAGE_THREADS",
     "torch_work",
+    "ieee_float32_convolutions",
     "padded_pixels",
     "analyze",
     "hyper_analyze",
@@ -58,6 +60,51 @@ def torch_work(pixels: int, engine) -> contextlib.AbstractContextManager:
         if engine.device.type == "cpu" and pixels <= SMALL_IMAGE_PIXELS:
             region.enter_context(single_threaded(keep_if_sleeping=SMALL_IMAGE_THREADS))
         return region.pop_all()
+
+
+_precision_lock = threading.Lock()
+_precision_users = 0
+_precision_saved: object = None
+
+
+def _cudnn_conv_precision() -> tuple[Callable[[], object], Callable[[object], None], object]:
+    """``(get, set, ieee)`` of cuDNN's float32 convolution precision: the per-operator setting where torch has it.
+
+    torch 2.9 and later refuse to read the legacy ``allow_tf32`` once a program has set the per-operator
+    flags differently, so the legacy flag is used only where the per-operator one does not exist.
+    """
+    cudnn = torch.backends.cudnn
+    conv = getattr(cudnn, "conv", None)
+    if conv is not None and hasattr(conv, "fp32_precision"):
+        return (lambda: conv.fp32_precision), (lambda value: setattr(conv, "fp32_precision", value)), "ieee"
+    return (lambda: cudnn.allow_tf32), (lambda value: setattr(cudnn, "allow_tf32", value)), False
+
+
+@contextlib.contextmanager
+def ieee_float32_convolutions() -> Iterator[None]:
+    """Float32 convolutions on cuDNN in IEEE float32 within the block, not TF32 (CODING.md section 1.1).
+
+    cuDNN's default multiplies float32 convolution inputs rounded to TF32 (10 bits of mantissa). On
+    latents far from what an encoder writes (the edge vector ``escapes``, values up to 4095) that moved
+    samples by 255 levels on an H200, where float32 and float64 on a CPU stay within one. The setting is the
+    process's: it is changed when the first of overlapping blocks (of any thread) enters and restored
+    when the last one leaves, so a program's own torch work in another thread meanwhile runs without
+    TF32 too.
+    """
+    global _precision_users, _precision_saved
+    get, put, ieee = _cudnn_conv_precision()
+    with _precision_lock:
+        if _precision_users == 0:
+            _precision_saved = get()
+            put(ieee)
+        _precision_users += 1
+    try:
+        yield
+    finally:
+        with _precision_lock:
+            _precision_users -= 1
+            if _precision_users == 0:
+                put(_precision_saved)
 
 
 def padded_pixels(colors: Sequence[np.ndarray], first: int, end: int, latent_width: int, device) -> torch.Tensor:
@@ -131,10 +178,12 @@ def synthesize(engine, y_hats: Sequence[np.ndarray], qualities: Sequence[float],
     """g_s of integer latents ``(M, Hy, Wy)`` of one shape at stored qualities: ``(H, W, 3)`` uint8 colour planes each.
 
     ``clamp(round(255 * g_s(y_hat * inverse_gain(q))), 0, 255)`` cropped to each image's ``(height, width)``
-    (CODING.md section 1.4), computed stripe by stripe, each stripe stored as it is made.
+    (CODING.md section 1.4), computed stripe by stripe, each stripe stored as it is made; on CUDA with
+    IEEE float32 convolutions (:func:`ieee_float32_convolutions`).
     """
     outputs = [np.empty((h, w, 3), np.uint8) for h, w in sizes]
-    with torch.inference_mode(), torch_work(sum(h * w for h, w in sizes), engine):
+    exact_float32 = ieee_float32_convolutions() if engine.device.type == "cuda" else contextlib.nullcontext()
+    with torch.inference_mode(), torch_work(sum(h * w for h, w in sizes), engine), exact_float32:
         y = torch.from_numpy(np.stack(y_hats)).to(engine.device).float()
         y = y * torch.cat([engine.gains(q, inverse=True) for q in qualities]).to(y)
         if engine.device.type == "cpu":
