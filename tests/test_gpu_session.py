@@ -212,6 +212,18 @@ def test_a_loss_that_is_not_finite_before_the_first_save_still_writes_the_report
     assert json.loads((pieces / gpu_session.REPORT).read_text())["stop"] == "nonfinite"
 
 
+def test_profiled_steps_are_summarised_and_left_out_of_the_timing(image_folder, tmp_path, monkeypatch):
+    monkeypatch.delenv("OUT", raising=False)
+    report = session(image_folder, tmp_path / "run", "--steps", "6", "--profile-steps", "2")
+    assert report["steps"] == 6 and report["measured_steps"] == 6 - 1 - 2  # 1 unmeasured, 2 profiled
+    profile = report["profile"]
+    assert (profile["steps"], profile["ranked_by"], profile["device_busy_share"]) == (2, "CPU time", None)
+    assert profile["wall_s_per_step"] > 0 and 0 < len(profile["top"]) <= 12
+    assert all(row["calls"] >= 1 and row["ms_per_step"] >= 0 for row in profile["top"])
+    assert any("conv" in row["op"] for row in profile["top"])  # the model's own work is among the heaviest
+    assert session(image_folder, tmp_path / "plain", "--steps", "2")["profile"] is None
+
+
 @pytest.mark.parametrize("option", ["--log-every", "--batch"])
 def test_counts_below_one_are_refused(tmp_path, capsys, option):
     with pytest.raises(SystemExit) as stop:
@@ -240,3 +252,22 @@ def test_the_documented_data_parts_fit_a_call_beside_the_tree():
     tree = pack.travelling_tree_bytes(root)
     assert tree + room * pack.MB <= pack.CALL_LIMIT - pack.CALL_MARGIN + 1
     assert room >= 6, f"a device call has room for only {room:.1f} MB of data beside the {tree / 1e6:.1f} MB tree"
+
+
+def test_every_documented_gpu_session_command_parses(tmp_path, monkeypatch):
+    """The doc's commands run on a lent machine, where a misspelt option costs the call: each must parse."""
+    import re
+    import shlex
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "training_on_a_gpu.md").read_text()
+    commands = re.findall(r"python3? -m pillow_jac\.training\.gpu_session ([^;&|`]+)", doc)
+    assert len(commands) >= 4, commands  # the dry run, call 1, call K and its restart
+    monkeypatch.setenv("OUT", str(tmp_path))
+    for command in commands:
+        words = [w.replace("$OUT", str(tmp_path)) for w in shlex.split(command, comments=True)]
+        words = [w for w in words if not w.startswith("2>")]
+        if "M" in words:  # the restart's minutes, taken from the table
+            words[words.index("M")] = "5"
+        args = gpu_session.parse_args(words)
+        assert args.minutes > 0, command

@@ -84,6 +84,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="checkpoint and publish the pieces every this many seconds (0: at the end only)",
     )
     p.add_argument("--measure-after", type=int, default=None, help="steps before timing starts (default 20; dry 1)")
+    p.add_argument(
+        "--profile-steps", type=int, default=0, help="profile this many steps before the timing starts (0: none)"
+    )
     p.add_argument("--peak-tflops", type=float, default=H200_BF16_PEAK / 1e12, help="the chip's bf16 dense peak")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dry-run", action="store_true", help="tiny model on the CPU, a few steps: checks everything")
@@ -111,6 +114,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for name in ("batch", "log_every"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    if args.profile_steps < 0:
+        p.error(f"--profile-steps must be 0 or more, got {args.profile_steps}")
     if not args.resume and not args.init and not dry:
         p.error("give --init (the weights to start from) or --resume")
     if args.lambdas and len(args.lambdas) != ModelConfig.qualities:

@@ -30,7 +30,8 @@ One process does everything a device call needs, so that no lent minute goes to 
   FLOP/s as a share of the chip's bf16 dense peak (989 TFLOP/s for an H200). The model's
   multiply-adds per pixel are counted by forward hooks on a small input
   (:func:`forward_macs_per_pixel`, about 102,000 for N=128, M=192); training is counted as three
-  forward passes (forward, and backward for the inputs and for the weights).
+  forward passes (forward, and backward for the inputs and for the weights); ``--profile-steps``
+  adds where a step's time goes (:mod:`~.step_profile`), from steps outside the timing.
 
 ``--dry-run`` runs the same code on the CPU with a tiny model (N=8, M=12) for a few steps, which is
 what ``tests/test_gpu_session.py`` does, twice, the second time with ``--resume``.
@@ -58,6 +59,7 @@ from .data import to_model_input
 from .device_crops import load_pixels
 from .gpu_options import parse_args
 from .pack import split_file
+from .step_profile import StepProfile
 from .train import FastWeightAverage, _to_device, learning_rate, stratified_qualities
 
 __all__ = ["Session", "forward_macs_per_pixel", "main", "parse_args", "time_decay"]
@@ -223,6 +225,7 @@ class Session:
         self.error: str | None = None
         self.last: dict[str, float] = {}
         self.mark: tuple[float, int] | None = None  # (time, step) where steady-state timing starts
+        self.profile = StepProfile(args.profile_steps, cuda) if args.profile_steps else None
         self.loop_start = self.loop_end = time.monotonic()
         self.last_save = self.loop_start
         self.pieces_step: int | None = None  # the step of the weights last published
@@ -302,8 +305,11 @@ class Session:
                     for k in sums:
                         sums[k] += losses[k].detach()
                     if self.mark is None and self.step - self.step_start >= args.measure_after:
-                        self._sync()
-                        self.mark = (time.monotonic(), self.step)
+                        if self.profile is not None and self.profile.profiler is None:
+                            self.profile.start()  # the profiled steps, then the timing
+                        elif self.profile is None or self.profile.step_done():
+                            self._sync()
+                            self.mark = (time.monotonic(), self.step)
                     if self.step % args.log_every == 0:
                         self.last = {k: v.item() / n for k, v in sums.items()}
                         if not math.isfinite(self.last["loss"]):
@@ -484,6 +490,7 @@ class Session:
             "achieved_flops": achieved,
             "peak_flops": peak,
             "share_of_peak": achieved / peak if achieved else None,
+            "profile": self.profile.summary() if self.profile else None,
             "last": {k: v if math.isfinite(v) else None for k, v in self.last.items()},
             "pieces": pieces,
         }
