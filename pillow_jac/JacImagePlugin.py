@@ -301,6 +301,7 @@ class JacImageFile(ImageFile.ImageFile):
                 raw = _raw_pixels(self._jac, self.mode, self.size)
             self.load_prepare()
             self.frombytes(raw, "raw", self.mode)
+            self.readonly = 0  # writable pixels of its own, as Pillow's load leaves the tiles it decodes
             self.tile = []
             self._jac = None
             if self.fp is not None and self._exclusive_fp and self._close_exclusive_fp_after_loading:

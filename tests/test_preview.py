@@ -101,8 +101,10 @@ def test_draft_picks_the_preview_only_when_large_enough(with_preview: bytes) -> 
         assert im.draft(None, (48, 48)) == ("RGB", (0, 0, 48, 40))
         assert im.size == (48, 40)
         assert im.draft(None, (30, 30)) is None  # once only
-        im.load()
+        pixels = im.load()
         assert im.size == (48, 40) and im.mode == "RGB"
+        pixels[0, 0] = (1, 2, 3)  # writable, as a decoded image is
+        assert im.getpixel((0, 0)) == (1, 2, 3)
     with Image.open(io.BytesIO(with_preview)) as im:
         im.load()
         assert im.draft(None, (48, 48)) is None  # too late: the image is decoded
