@@ -163,7 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
             "--preview",
             action="store_true",
             help="also store a WebP preview of at most 512 pixels (about 20-40 kB) that thumbnail() and file "
-            "browsers read without decoding the image",
+            "browsers read without decoding the image; only for images larger than that, which need one",
         )
         p.add_argument(
             "-e",
@@ -184,7 +184,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("input", type=_path, help="input image (PNG, JPEG, ...); - reads standard input")
     p.add_argument("output", type=_path, help="output .jac file; - writes standard output")
     add_quality(p)
-    p.add_argument("--strip", action="store_true", help="drop ICC profile, EXIF and XMP (kept by default)")
+    p.add_argument(
+        "--strip",
+        action="store_true",
+        help="drop ICC profile, EXIF and XMP (kept by default); an EXIF orientation is applied to the pixels first",
+    )
     p.add_argument("--force", action="store_true", help="write OUTPUT even if its name does not end in .jac")
     p.add_argument("--model", help="model_id of the decoder generation to encode for (default: the newest; jac models)")
     add_device(p)
@@ -236,7 +240,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("-r", "--recursive", action="store_true", help="include subfolders (mirrored in OUT_DIR)")
     p.add_argument(
-        "--strip", action="store_true", help="with --to jac, drop ICC profile, EXIF and XMP (kept by default)"
+        "--strip",
+        action="store_true",
+        help="with --to jac, drop ICC profile, EXIF and XMP (kept by default), applying an EXIF orientation to the "
+        "pixels first",
     )
     p.add_argument(
         "--model", help="with --to jac, model_id of the decoder generation to encode for (default: the newest)"

@@ -102,7 +102,10 @@ def _print(info: dict[str, Any]) -> None:
         f"  streams:   {streams}",
         f"  metadata:  {', '.join(meta) if meta else 'none'}",
     ]
-    print("\n".join(lines))
+    text = "\n".join(lines)
+    encoding = getattr(sys.stdout, "encoding", None) or "utf-8"
+    # a file name that is not valid in the locale's encoding (undecodable bytes) is shown escaped
+    print(text.encode(encoding, "backslashreplace").decode(encoding), flush=True)
 
 
 def show_info(paths: list[Path], as_json: bool) -> None:
@@ -115,17 +118,19 @@ def show_info(paths: list[Path], as_json: bool) -> None:
         if sum(str(path) == STDIO for path in paths) > 1:
             raise ConversionError("standard input (-) can be read only once")
         models, infos = pillow_jac.models(), []
-        for path in paths:
+        for path in paths:  # in text, each file is shown as soon as it is read
             try:
                 infos.append(file_info(path, models))
             except (ConversionError, OSError) as e:
-                print(f"{PROG}: error: {one_line(e)}", file=sys.stderr)
+                print(f"{PROG}: error: {one_line(e)}", file=sys.stderr, flush=True)
+                continue
+            if not as_json:
+                if len(infos) > 1:
+                    print()
+                _print(infos[-1])
     if as_json:
         print(json.dumps(infos[0] if len(paths) == 1 else infos, indent=2))
-    else:
-        for i, info in enumerate(infos):
-            if i:
-                print()
-            _print(info)
+    elif len(paths) == 1:
+        _print(infos[0])
     if len(infos) < len(paths):
         raise ConversionError(f"{len(paths) - len(infos)} of {len(paths)} files could not be read")

@@ -9,6 +9,7 @@ input or output; and errors come as one line (:func:`one_line`).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import io
 import os
@@ -125,7 +126,7 @@ def encode_file(
     target_size: int | None = None,
     target_psnr: float | None = None,
     preview: bool | int = False,
-    name_frames: bool = True,
+    name_source: bool = True,
 ) -> int:
     """Encode any image Pillow can read to ``dst`` (``.jac``); return the bytes written.
 
@@ -133,11 +134,15 @@ def encode_file(
     its long side in pixels) also stores a preview (SPEC.md section 5.4). ``src`` or ``dst`` :data:`STDIO`
     reads standard input or writes standard output. Of an animated or multi-page input (GIF, APNG, TIFF...)
     only the first frame is encoded, with a warning: ``SRC has N frames; only the first is encoded``
-    (``N frames; ...`` without ``name_frames``, for a batch that names the file itself).
+    (``N frames; ...`` without ``name_source``, for a batch that names the file itself). An EXIF orientation
+    that the output would not keep (``strip``, or a TIFF, whose tags are not carried as EXIF) is applied to
+    the pixels, so the image still shows upright.
 
     Raises:
         ConversionError: ``dst`` is ``src``, its name does not end in ``.jac`` and ``force`` is false, standard
-            output is a terminal, or standard input holds no image Pillow reads.
+            output is a terminal, or standard input holds no image Pillow reads; with ``name_source``, also
+            an error of reading or encoding ``src`` whose message does not name it (a truncated file, a mode
+            the format cannot store, a target that cannot be met): ``SRC: message``.
         OSError: ``dst`` cannot be written (a folder, a missing folder), found before reading ``src``
             (:func:`pillow_jac.files.check_target`).
     """
@@ -157,11 +162,14 @@ def encode_file(
         if not _is_stdio(src):
             raise
         raise ConversionError(f"{STDIO}: standard input is not an image Pillow can read") from e
-    with im:
-        _warn_of_frames(im, src, name_frames)
+    except Image.DecompressionBombError as e:
+        raise ConversionError(f"{src}: {one_line(e)}") from e
+    with im, _naming(src, name_source):
+        _warn_of_frames(im, src, name_source)
         im.load()
-        im = _eight_bit_grey(im, src, name_frames)
-        im = _cmyk_as_srgb(im, src, name_frames)
+        im = _eight_bit_grey(im, src, name_source)
+        im = _cmyk_as_srgb(im, src, name_source)
+        im = _upright_where_orientation_is_lost(im, strip)
         options: dict[str, Any] = {"quality": quality, "effort": effort, "device": device, "model": model}
         if target_size is not None or target_psnr is not None:
             del options["quality"]
@@ -182,6 +190,47 @@ SIXTEEN_BIT_GREY = ("I;16", "I;16L", "I;16B", "I;16N")
 #: formats whose grey samples Pillow opens as mode ``I`` but which hold at most 16 bits, 0-65535 (a 16-bit PGM
 #: is scaled to that range by Pillow's reader; a PNG opens as ``I`` in older Pillows)
 SIXTEEN_BIT_AS_I = ("PPM", "PNG")
+
+
+@contextlib.contextmanager
+def _naming(src: Path, name_it: bool):
+    """Errors of reading or encoding ``src`` as :class:`ConversionError` ``SRC: message`` (when ``name_it``).
+
+    Pillow's (a truncated file, a decompression bomb) and the codec's (a mode JAC cannot store, a target
+    that cannot be met) do not name the file; an ``OSError`` with a file name already does.
+    """
+    try:
+        yield
+    except ConversionError:
+        raise
+    except (OSError, ValueError, SyntaxError) as e:
+        if not name_it or getattr(e, "filename", None):
+            raise
+        raise ConversionError(f"{src}: {one_line(e)}") from e
+
+
+#: the EXIF tag of the orientation in which to show the stored pixels (1: as stored)
+EXIF_ORIENTATION = 0x0112
+
+
+def _upright_where_orientation_is_lost(im: Any, strip: bool) -> Any:
+    """``im`` turned as its EXIF orientation says where the output would not keep that tag, else ``im``.
+
+    With ``strip`` no EXIF is stored, and a TIFF's tags are not carried as EXIF (only ``info["exif"]``
+    is): a phone photo would then show on its side. Pillow's ``exif_transpose`` turns the pixels and
+    removes the orientation from the EXIF and XMP it keeps.
+    """
+    if not strip and "exif" in im.info:
+        return im
+    try:
+        orientation = im.getexif().get(EXIF_ORIENTATION, 1)
+    except Exception:  # EXIF that does not parse: no orientation to apply, as a viewer would find none
+        return im
+    if orientation not in (2, 3, 4, 5, 6, 7, 8):
+        return im
+    from PIL import ImageOps
+
+    return ImageOps.exif_transpose(im)
 
 
 def _eight_bit_grey(im: Any, src: Path, name_it: bool = True) -> Any:
@@ -388,7 +437,7 @@ def convert_file(
     """
     Path(dst).parent.mkdir(parents=True, exist_ok=True)
     if to == "jac":
-        encode_file(Path(src), Path(dst), quality, effort=effort, device=device, name_frames=False, **(extra or {}))
+        encode_file(Path(src), Path(dst), quality, effort=effort, device=device, name_source=False, **(extra or {}))
     else:
         decode_file(Path(src), Path(dst), device=device, force=force)
     return os.path.getsize(src), os.path.getsize(dst)
@@ -426,7 +475,7 @@ def first_line(text: str) -> str:
 
 def one_line(e: BaseException) -> str:
     """``e`` in one line; errors of types that carry no message of ours (internal errors) say their type."""
-    if isinstance(e, (FileNotFoundError, IsADirectoryError, PermissionError)) and e.filename:
+    if isinstance(e, OSError) and e.filename and e.strerror:  # "x: Not a directory", not "[Errno 20] ..."
         return f"{e.filename}: {e.strerror}"
     try:
         text = first_line(str(e))

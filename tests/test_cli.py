@@ -1080,3 +1080,77 @@ def test_decode_names_the_file_whose_streams_or_alpha_are_corrupt(tmp_path: Path
         err = capsys.readouterr().err
         assert err.startswith(f"jac: error: {src}: ") and words in err and err.count("\n") == 1, err
         assert not (tmp_path / "out.png").exists()
+
+
+# --------------------------------------------------------------------------- orientation, errors naming the input
+
+
+def _turned_photo(path: Path, orientation: int = 6, fmt: str | None = None) -> None:
+    """A 48x40 crop whose EXIF (a TIFF's tag 274) says to show it turned: 40x48 for orientation 6."""
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    exif[0x010F] = "Cam"  # Make
+    if fmt == "TIFF":
+        crop().save(path, tiffinfo={0x0112: orientation, 0x010F: "Cam"})
+    else:
+        crop().save(path, exif=exif.tobytes())
+
+
+def _shown_size(path: Path) -> tuple[int, int]:
+    from PIL import ImageOps
+
+    with Image.open(path) as im:
+        return ImageOps.exif_transpose(im).size
+
+
+def test_an_orientation_the_output_would_lose_is_applied_to_the_pixels(tmp_path: Path) -> None:
+    """--strip dropped a phone photo's orientation with its EXIF, and a TIFF's tags are not carried: sideways."""
+    jpeg, tiff = tmp_path / "phone.jpg", tmp_path / "scan.tif"
+    _turned_photo(jpeg)
+    _turned_photo(tiff, fmt="TIFF")
+    assert _shown_size(jpeg) == _shown_size(tiff) == (40, 48)
+    for src, options, stored in ((jpeg, [], (48, 40)), (jpeg, ["--strip"], (40, 48)), (tiff, [], (40, 48))):
+        out = tmp_path / f"{src.stem}{''.join(options)}.jac"
+        assert main(["encode", str(src), str(out), *options]) == 0
+        with Image.open(out) as im:
+            assert im.size == stored, (src, options)  # the pixels as stored
+            assert ("exif" in im.info) == (options == [] and src == jpeg)
+        assert _shown_size(out) == (40, 48), (src, options)  # and as a viewer shows them: upright
+    with Image.open(tmp_path / "phone.jac") as im:
+        assert im.getexif()[0x0112] == 6 and im.getexif()[0x010F] == "Cam"  # kept, not applied
+    mirrored = tmp_path / "mirror.jpg"
+    _turned_photo(mirrored, orientation=2)
+    assert main(["encode", str(mirrored), str(tmp_path / "m.jac"), "--strip"]) == 0
+    expected = np.asarray(crop())[:, ::-1].astype(int)
+    with Image.open(tmp_path / "m.jac") as im:
+        assert np.abs(np.asarray(im).astype(int) - expected).mean() < 8  # mirrored, not turned
+
+
+def test_errors_of_reading_or_encoding_the_input_name_it(tmp_path: Path, capsys) -> None:
+    """ "image file is truncated" or "cannot write mode F" said nothing of which file."""
+    good = tmp_path / "whole.png"
+    crop().save(good)
+    cut = tmp_path / "cut off.png"
+    cut.write_bytes(good.read_bytes()[:-200])
+    floats = tmp_path / "floats.tif"
+    Image.fromarray(np.zeros((8, 8), np.float32)).save(floats)
+    for src, fragment in ((cut, "truncated"), (floats, "mode F")):
+        out = tmp_path / "out.jac"
+        assert main(["encode", str(src), str(out)]) == 1
+        assert_one_line_error(capsys.readouterr().err, f"{src}: ", fragment)
+        assert not out.exists()
+    assert main(["encode", str(good), str(good / "x.jac")]) == 1  # an OSError's number and repr, reworded
+    assert_one_line_error(capsys.readouterr().err, f"{good / 'x.jac'}: Not a directory")
+
+
+def test_info_shows_each_file_as_it_is_read_and_a_name_the_locale_cannot_show(jac: Path, tmp_path: Path) -> None:
+    """A name with bytes that are not UTF-8, under a strict UTF-8 stdout, failed the whole listing."""
+    odd = Path(os.fsdecode(bytes(tmp_path) + b"/odd\xff.jac"))
+    odd.write_bytes(jac.read_bytes())
+    result = subprocess.run(
+        [sys.executable, "-m", "pillow_jac", "info", str(odd), str(jac)],
+        capture_output=True, cwd=ROOT, timeout=120, env={**os.environ, "PYTHONIOENCODING": "utf-8:strict"},
+    )  # fmt: skip
+    out = result.stdout.decode()
+    assert result.returncode == 0, result.stderr
+    assert out.count("48x40 RGB") == 2 and "odd\\udcff.jac" in out
