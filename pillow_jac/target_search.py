@@ -263,7 +263,7 @@ def search_size(c: Candidates, target: int) -> tuple[int, bytes]:
             hi = k if hi is None else min(hi, k)
         if hi == Q16_MIN:
             raise ValueError(
-                f"target_size {target} bytes is too small: even quality {QUALITY_MIN:g} gives {len(data)} bytes"
+                f"a size target of {target} bytes is too small: even quality {QUALITY_MIN:g} gives {len(data)} bytes"
                 f" ({c.overhead} of them container, metadata, alpha and preview)"
             )
         if lo == Q16_MAX or (lo is not None and hi is not None and hi - lo <= 1):
@@ -305,7 +305,7 @@ def search_psnr(c: Candidates, target: float) -> tuple[int, float]:
         if lo == Q16_MAX and hi is None:
             best = "" if len(values) == 1 else f" (the best of the {len(values)} tried: {max(values.values()):.2f} dB)"
             raise ValueError(
-                f"target_psnr {target:g} dB is too high: quality {QUALITY_MAX:g} reaches {values[lo]:.2f} dB{best}"
+                f"a PSNR target of {target:g} dB is too high: quality {QUALITY_MAX:g} reaches {values[lo]:.2f} dB{best}"
             )
         if lo == Q16_MAX or hi == Q16_MIN or (lo is not None and hi is not None and abs(hi - lo) <= 1):
             break

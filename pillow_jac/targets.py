@@ -242,7 +242,7 @@ def encode_to_target(
         overhead = len(container.serialize(empty))
         if size_goal < overhead:
             raise ValueError(
-                f"target_size {size_goal} bytes is too small: the container, metadata, alpha and preview alone "
+                f"a size target of {size_goal} bytes is too small: the container, metadata, alpha and preview alone "
                 f"take {overhead} bytes"
             )
     engine = codec_steps.encoder_engine(device, weights, model)

@@ -301,7 +301,9 @@ def test_cli_reports_an_unreachable_size(rgb: np.ndarray, tmp_path: Path, capsys
     source = tmp_path / "a.png"
     Image.fromarray(rgb).save(source)
     assert main(["encode", str(source), str(tmp_path / "a.jac"), "--size", "100"]) == 1
-    assert "too small" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"{source}: a size target of 100 bytes is too small" in err  # the file, in words for either API
+    assert "target_size" not in err
     assert not (tmp_path / "a.jac").exists()
 
 
