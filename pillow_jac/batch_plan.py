@@ -21,7 +21,7 @@ from typing import IO
 
 from . import container, generations
 from .constants import DEFAULT_QUALITY
-from .conversion import PROG
+from .conversion import PROG, exif_orientation
 from .decoded_output import carries_mark
 from .preview import preview_size
 
@@ -283,8 +283,9 @@ def is_done(
                     header = container.read_header(f)
                 return size == (header.width, header.height)
             jac = container.read(dst)
-            with Image.open(src) as im:  # the header only
-                if im.size != jac.size:
+            with Image.open(src) as im:  # the header (and a JPEG's EXIF) only
+                turned = exif_orientation(im) in (5, 6, 7, 8)  # the encode may have turned it upright
+                if jac.size != im.size and not (turned and jac.size == im.size[::-1]):
                     return False
     except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError):
         return False

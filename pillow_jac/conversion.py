@@ -27,6 +27,7 @@ __all__ = [
     "STDIO",
     "ConversionError",
     "encode_file",
+    "exif_orientation",
     "decode_file",
     "read_jac",
     "convert_file",
@@ -148,7 +149,9 @@ def encode_file(
     """
     from PIL import Image
 
+    from .constants import UnsupportedModeError
     from .JacImagePlugin import JacImageFile
+    from .target_search import TargetNotMetError
 
     _check_output(src, dst)
     out = _stdout() if _is_stdio(dst) else None
@@ -163,13 +166,19 @@ def encode_file(
             raise
         raise ConversionError(f"{STDIO}: standard input is not an image Pillow can read") from e
     except Image.DecompressionBombError as e:
+        if not name_source:
+            raise
         raise ConversionError(f"{src}: {one_line(e)}") from e
-    with im, _naming(src, name_source):
-        _warn_of_frames(im, src, name_source)
-        im.load()
-        im = _eight_bit_grey(im, src, name_source)
-        im = _cmyk_as_srgb(im, src, name_source)
-        im = _upright_where_orientation_is_lost(im, strip)
+    with im:
+        with _naming(src, name_source, (OSError, ValueError, SyntaxError)):  # reading the image
+            _warn_of_frames(im, src, name_source)
+            im.load()
+            orientation = exif_orientation(im)
+            lost = strip or "exif" not in im.info  # the output keeps info["exif"] only
+            im = _eight_bit_grey(im, src, name_source)
+            im = _cmyk_as_srgb(im, src, name_source)
+            if lost:
+                im = _upright(im, orientation)
         options: dict[str, Any] = {"quality": quality, "effort": effort, "device": device, "model": model}
         if target_size is not None or target_psnr is not None:
             del options["quality"]
@@ -179,7 +188,8 @@ def encode_file(
         if strip:
             options.update(icc_profile=None, exif=None, xmp=None)
         encoded = io.BytesIO()
-        im.save(encoded, format=JacImageFile.format, **options)
+        with _naming(src, name_source, (UnsupportedModeError, TargetNotMetError)):  # what this image cannot be
+            im.save(encoded, format=JacImageFile.format, **options)
     data = encoded.getvalue()
     _emit(dst, data, out)
     return len(data)
@@ -193,17 +203,17 @@ SIXTEEN_BIT_AS_I = ("PPM", "PNG")
 
 
 @contextlib.contextmanager
-def _naming(src: Path, name_it: bool):
-    """Errors of reading or encoding ``src`` as :class:`ConversionError` ``SRC: message`` (when ``name_it``).
+def _naming(src: Path, name_it: bool, kinds: tuple[type[BaseException], ...]):
+    """Errors of ``kinds`` about ``src`` as :class:`ConversionError` ``SRC: message`` (when ``name_it``).
 
-    Pillow's (a truncated file, a decompression bomb) and the codec's (a mode JAC cannot store, a target
-    that cannot be met) do not name the file; an ``OSError`` with a file name already does.
+    Pillow's errors of reading (a truncated file) and the codec's about the image (a mode JAC cannot
+    store, a target that cannot be met) do not name the file; an ``OSError`` with a file name already does.
     """
     try:
         yield
     except ConversionError:
         raise
-    except (OSError, ValueError, SyntaxError) as e:
+    except kinds as e:
         if not name_it or getattr(e, "filename", None):
             raise
         raise ConversionError(f"{src}: {one_line(e)}") from e
@@ -213,24 +223,36 @@ def _naming(src: Path, name_it: bool):
 EXIF_ORIENTATION = 0x0112
 
 
-def _upright_where_orientation_is_lost(im: Any, strip: bool) -> Any:
-    """``im`` turned as its EXIF orientation says where the output would not keep that tag, else ``im``.
+def exif_orientation(im: Any) -> int:
+    """The EXIF orientation of an opened image, 1 to 8 (1: show as stored); 1 where there is none or it is invalid.
 
-    With ``strip`` no EXIF is stored, and a TIFF's tags are not carried as EXIF (only ``info["exif"]``
-    is): a phone photo would then show on its side. Pillow's ``exif_transpose`` turns the pixels and
-    removes the orientation from the EXIF and XMP it keeps.
+    Read after ``load()``: a Pillow that turns a TIFF while loading it also removes the tag then.
     """
-    if not strip and "exif" in im.info:
-        return im
     try:
         orientation = im.getexif().get(EXIF_ORIENTATION, 1)
-    except Exception:  # EXIF that does not parse: no orientation to apply, as a viewer would find none
-        return im
-    if orientation not in (2, 3, 4, 5, 6, 7, 8):
-        return im
-    from PIL import ImageOps
+    except Exception:  # EXIF that does not parse: no orientation, as a viewer would find none
+        return 1
+    return orientation if orientation in _TURNS else 1
 
-    return ImageOps.exif_transpose(im)
+
+#: the transposition that shows pixels of each EXIF orientation upright (as ``ImageOps.exif_transpose``)
+_TURNS = {1: None, 2: "FLIP_LEFT_RIGHT", 3: "ROTATE_180", 4: "FLIP_TOP_BOTTOM", 5: "TRANSPOSE", 6: "ROTATE_270",
+          7: "TRANSVERSE", 8: "ROTATE_90"}  # fmt: skip
+
+
+def _upright(im: Any, orientation: int) -> Any:
+    """``im`` turned as an EXIF ``orientation`` says, for an output that will not keep the tag.
+
+    With ``--strip`` no EXIF is stored, and of a TIFF only ``info["exif"]`` would be (none): a phone photo
+    would show on its side. ``info`` (the ICC profile) goes with the pixels.
+    """
+    if _TURNS[orientation] is None:
+        return im
+    from PIL import Image
+
+    turned = im.transpose(getattr(Image.Transpose, _TURNS[orientation]))
+    turned.info = {k: v for k, v in im.info.items() if k != "exif"}
+    return turned
 
 
 def _eight_bit_grey(im: Any, src: Path, name_it: bool = True) -> Any:

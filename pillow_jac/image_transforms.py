@@ -49,7 +49,9 @@ def torch_work(pixels: int, engine) -> contextlib.AbstractContextManager:
     """The context of torch work on ``pixels`` pixels of images (a context manager).
 
     One torch thread for small images on the CPU unless OpenMP's threads sleep and at most
-    :data:`SMALL_IMAGE_THREADS` are set, and the work counted for a clean interpreter exit
+    :data:`SMALL_IMAGE_THREADS` are set; on CUDA, IEEE float32 convolutions
+    (:func:`ieee_float32_convolutions`: the decoder's pixels, and the encoder's latents the same whether a
+    decode overlaps it or not); and the work counted for a clean interpreter exit
     (:func:`pillow_jac.interpreter_exit.working`). With sleeping threads two are faster than one from
     128x128 pixels up and level beside other work (2-core AVX2 CPU, kodim01 crops at quality 4: 512x512
     encode 0.73 s against 1.12 s, decode 1.20 s against 1.65 s, an effort-1 encode of 384x256 4.6 s
@@ -59,6 +61,8 @@ def torch_work(pixels: int, engine) -> contextlib.AbstractContextManager:
         region.enter_context(interpreter_exit.working())
         if engine.device.type == "cpu" and pixels <= SMALL_IMAGE_PIXELS:
             region.enter_context(single_threaded(keep_if_sleeping=SMALL_IMAGE_THREADS))
+        if engine.device.type == "cuda":
+            region.enter_context(ieee_float32_convolutions())
         return region.pop_all()
 
 
@@ -85,11 +89,12 @@ def ieee_float32_convolutions() -> Iterator[None]:
     """Float32 convolutions on cuDNN in IEEE float32 within the block, not TF32 (CODING.md section 1.1).
 
     cuDNN's default multiplies float32 convolution inputs rounded to TF32 (10 bits of mantissa). On
-    latents far from what an encoder writes (the edge vector ``escapes``, values up to 4095) that moved
-    samples by 255 levels on an H200, where float32 and float64 on a CPU stay within one. The setting is the
-    process's: it is changed when the first of overlapping blocks (of any thread) enters and restored
-    when the last one leaves, so a program's own torch work in another thread meanwhile runs without
-    TF32 too.
+    latents far from what an encoder writes (the edge vector ``escapes``, values up to 4095) that moves
+    samples by up to 255 levels, where float32 and float64 stay within one. The setting is the process's:
+    it is changed when the first of overlapping blocks (of any thread) enters and restored when the last
+    one leaves, so a program's own convolutions in another thread meanwhile run without TF32 too, and
+    there, on torch 2.9 and later, reading the legacy ``torch.backends.cudnn.allow_tf32`` raises (torch
+    refuses it while the convolutions' and RNNs' settings differ; the per-operator settings read as usual).
     """
     global _precision_users, _precision_saved
     get, put, ieee = _cudnn_conv_precision()
@@ -178,12 +183,10 @@ def synthesize(engine, y_hats: Sequence[np.ndarray], qualities: Sequence[float],
     """g_s of integer latents ``(M, Hy, Wy)`` of one shape at stored qualities: ``(H, W, 3)`` uint8 colour planes each.
 
     ``clamp(round(255 * g_s(y_hat * inverse_gain(q))), 0, 255)`` cropped to each image's ``(height, width)``
-    (CODING.md section 1.4), computed stripe by stripe, each stripe stored as it is made; on CUDA with
-    IEEE float32 convolutions (:func:`ieee_float32_convolutions`).
+    (CODING.md section 1.4), computed stripe by stripe, each stripe stored as it is made.
     """
     outputs = [np.empty((h, w, 3), np.uint8) for h, w in sizes]
-    exact_float32 = ieee_float32_convolutions() if engine.device.type == "cuda" else contextlib.nullcontext()
-    with torch.inference_mode(), torch_work(sum(h * w for h, w in sizes), engine), exact_float32:
+    with torch.inference_mode(), torch_work(sum(h * w for h, w in sizes), engine):
         y = torch.from_numpy(np.stack(y_hats)).to(engine.device).float()
         y = y * torch.cat([engine.gains(q, inverse=True) for q in qualities]).to(y)
         if engine.device.type == "cpu":

@@ -16,6 +16,7 @@ from . import codec_inputs, codec_steps, container
 from .constants import QUALITY_DENOMINATOR, QUALITY_MAX, QUALITY_MIN, Y_PER_Z
 
 __all__ = [
+    "TargetNotMetError",
     "Candidates",
     "psnr",
     "search_size",
@@ -30,6 +31,11 @@ __all__ = [
     "MAX_EVALUATIONS",
     "MAX_REFINEMENTS",
 ]
+
+
+class TargetNotMetError(ValueError):
+    """A size or PSNR target that no quality meets: even quality 1 is larger, or quality 8 falls short."""
+
 
 #: the smallest and largest stored quality values (quality times 256)
 Q16_MIN = round(QUALITY_MIN * QUALITY_DENOMINATOR)
@@ -262,7 +268,7 @@ def search_size(c: Candidates, target: int) -> tuple[int, bytes]:
         else:
             hi = k if hi is None else min(hi, k)
         if hi == Q16_MIN:
-            raise ValueError(
+            raise TargetNotMetError(
                 f"a size target of {target} bytes is too small: even quality {QUALITY_MIN:g} gives {len(data)} bytes"
                 f" ({c.overhead} of them container, metadata, alpha and preview)"
             )
@@ -304,7 +310,7 @@ def search_psnr(c: Candidates, target: float) -> tuple[int, float]:
             lo = k if lo is None else max(lo, k)
         if lo == Q16_MAX and hi is None:
             best = "" if len(values) == 1 else f" (the best of the {len(values)} tried: {max(values.values()):.2f} dB)"
-            raise ValueError(
+            raise TargetNotMetError(
                 f"a PSNR target of {target:g} dB is too high: quality {QUALITY_MAX:g} reaches {values[lo]:.2f} dB{best}"
             )
         if lo == Q16_MAX or hi == Q16_MIN or (lo is not None and hi is not None and abs(hi - lo) <= 1):

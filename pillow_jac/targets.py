@@ -72,6 +72,7 @@ from .target_search import (
     SIZE_TOLERANCE,
     SIZE_TOLERANCE_BYTES,
     Candidates,
+    TargetNotMetError,
     psnr,
     refine_for_psnr,
     refine_for_size,
@@ -83,6 +84,7 @@ if TYPE_CHECKING:
     from PIL import Image
 
 __all__ = [
+    "TargetNotMetError",
     "TargetResult",
     "encode_to_target",
     "parse_size",
@@ -241,7 +243,7 @@ def encode_to_target(
         )
         overhead = len(container.serialize(empty))
         if size_goal < overhead:
-            raise ValueError(
+            raise TargetNotMetError(
                 f"a size target of {size_goal} bytes is too small: the container, metadata, alpha and preview alone "
                 f"take {overhead} bytes"
             )
@@ -253,7 +255,7 @@ def encode_to_target(
     if size_goal is not None:
         try:
             q16, data = search_size(c, size_goal)
-        except ValueError as plain_error:  # even quality 1 is too large at effort 0: refinement may fit
+        except TargetNotMetError as plain_error:  # even quality 1 is too large at effort 0: refinement may fit
             if not effort:
                 raise
             q16, data = Q16_MIN, None
@@ -265,11 +267,11 @@ def encode_to_target(
             if better is not None:
                 (q16, data), refined = better, True
             elif data is None:
-                raise ValueError(f"{unmet}; {len(c.encode(Q16_MIN, effort))} bytes at effort {effort}") from None
+                raise TargetNotMetError(f"{unmet}; {len(c.encode(Q16_MIN, effort))} bytes at effort {effort}") from None
     else:
         try:
             q16, reached = search_psnr(c, psnr_goal)
-        except ValueError as plain_error:  # even quality 8 falls short at effort 0: refinement may reach it
+        except TargetNotMetError as plain_error:  # even quality 8 falls short at effort 0: refinement may reach it
             if not effort:
                 raise
             q16, reached = Q16_MAX, None
@@ -278,7 +280,7 @@ def encode_to_target(
         if effort:
             better = refine_for_psnr(c, psnr_goal, q16, effort)
             if better is None and reached is None:
-                raise ValueError(f"{unmet}; {c.psnr(Q16_MAX, effort):.2f} dB at effort {effort}") from None
+                raise TargetNotMetError(f"{unmet}; {c.psnr(Q16_MAX, effort):.2f} dB at effort {effort}") from None
             if better is not None and (reached is None or len(better[1]) < len(data := c.encode(q16))):
                 (q16, data, reached), refined = better, True  # a refined file, smaller than effort 0's
         if data is None:

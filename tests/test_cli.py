@@ -1104,7 +1104,7 @@ def _shown_size(path: Path) -> tuple[int, int]:
 
 
 def test_an_orientation_the_output_would_lose_is_applied_to_the_pixels(tmp_path: Path) -> None:
-    """--strip dropped a phone photo's orientation with its EXIF, and a TIFF's tags are not carried: sideways."""
+    """A photo whose EXIF says to turn it shows upright after encoding, whether its EXIF is kept or not."""
     jpeg, tiff = tmp_path / "phone.jpg", tmp_path / "scan.tif"
     _turned_photo(jpeg)
     _turned_photo(tiff, fmt="TIFF")
@@ -1127,7 +1127,7 @@ def test_an_orientation_the_output_would_lose_is_applied_to_the_pixels(tmp_path:
 
 
 def test_errors_of_reading_or_encoding_the_input_name_it(tmp_path: Path, capsys) -> None:
-    """ "image file is truncated" or "cannot write mode F" said nothing of which file."""
+    """Pillow's and the codec's errors about the input carry its name; an OSError's is reworded as name: reason."""
     good = tmp_path / "whole.png"
     crop().save(good)
     cut = tmp_path / "cut off.png"
@@ -1144,7 +1144,7 @@ def test_errors_of_reading_or_encoding_the_input_name_it(tmp_path: Path, capsys)
 
 
 def test_info_shows_each_file_as_it_is_read_and_a_name_the_locale_cannot_show(jac: Path, tmp_path: Path) -> None:
-    """A name with bytes that are not UTF-8, under a strict UTF-8 stdout, failed the whole listing."""
+    """A name with bytes that are not UTF-8 is shown escaped, also under a strict UTF-8 stdout."""
     odd = Path(os.fsdecode(bytes(tmp_path) + b"/odd\xff.jac"))
     odd.write_bytes(jac.read_bytes())
     result = subprocess.run(
@@ -1154,3 +1154,21 @@ def test_info_shows_each_file_as_it_is_read_and_a_name_the_locale_cannot_show(ja
     out = result.stdout.decode()
     assert result.returncode == 0, result.stderr
     assert out.count("48x40 RGB") == 2 and "odd\\udcff.jac" in out
+
+
+def test_a_turned_photo_batched_with_strip_is_done_on_the_next_run(tmp_path: Path, capsys) -> None:
+    """Its output is stored turned (40x48 from 48x40), and the resume check allows for that."""
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    _turned_photo(src / "phone.jpg")
+    assert main(["batch", str(src), str(out), "--to", "jac", "--strip"]) == 0
+    first = (out / "phone.jac").stat().st_mtime_ns
+    capsys.readouterr()
+    assert main(["batch", str(src), str(out), "--to", "jac", "--strip"]) == 0
+    assert (out / "phone.jac").stat().st_mtime_ns == first  # skipped, not encoded again
+
+
+def test_an_option_error_is_not_blamed_on_the_input(png: Path, tmp_path: Path, capsys) -> None:
+    assert main(["encode", str(png), str(tmp_path / "o.jac"), "--device", "bogus"]) == 1
+    err = capsys.readouterr().err
+    assert "bogus" in err and f"{png}:" not in err

@@ -222,6 +222,8 @@ def test_profiled_steps_are_summarised_and_left_out_of_the_timing(image_folder, 
     assert all(row["calls"] >= 1 and row["ms_per_step"] >= 0 for row in profile["top"])
     assert any("conv" in row["op"] for row in profile["top"])  # the model's own work is among the heaviest
     assert session(image_folder, tmp_path / "plain", "--steps", "2")["profile"] is None
+    cut_short = session(image_folder, tmp_path / "short", "--steps", "3", "--profile-steps", "5")
+    assert cut_short["profile"] is None and not torch.autograd.profiler._is_profiler_enabled  # the window is closed
 
 
 @pytest.mark.parametrize("option", ["--log-every", "--batch"])

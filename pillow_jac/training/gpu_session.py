@@ -336,6 +336,8 @@ class Session:
                 for s, handler in handlers.items():
                     signal.signal(s, handler)
                 self.loop_end = time.monotonic()
+        if self.profile is not None:
+            self.profile.close()
         self._sync()
         self.loop_end = time.monotonic()
         if n:
@@ -446,6 +448,12 @@ class Session:
         print(text_of(report), flush=True)
         return report
 
+    def _profile_summary(self, s_per_step: float | None) -> dict | None:
+        summary = self.profile.summary() if self.profile else None
+        if summary is not None and summary["device_s_per_step"] is not None and s_per_step:
+            summary = {**summary, "device_share_of_timed_step": round(summary["device_s_per_step"] / s_per_step, 4)}
+        return summary
+
     def report(self, pieces: list[str]) -> dict:
         """The JSON report of this call: progress, throughput, memory and the share of the FLOP/s peak."""
         args = self.args
@@ -490,7 +498,7 @@ class Session:
             "achieved_flops": achieved,
             "peak_flops": peak,
             "share_of_peak": achieved / peak if achieved else None,
-            "profile": self.profile.summary() if self.profile else None,
+            "profile": self._profile_summary(measured_s / measured_steps if measured_steps else None),
             "last": {k: v if math.isfinite(v) else None for k, v in self.last.items()},
             "pieces": pieces,
         }

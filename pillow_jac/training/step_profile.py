@@ -6,8 +6,9 @@ out. The summary (:meth:`StepProfile.summary`) says whether the step is bound by
 host: the share of the window's wall time in which device kernels and copies ran (``device_busy_share``;
 one stream, so they do not overlap), their number per step (each a launch from the host), the wall
 time per step, and the operators that took the most device time (the most CPU time on a CPU dry run).
-docs/training_on_a_gpu.md asks what made gpu_session's eager step slower than train.py's; this is
-the measurement for the next lent GPU.
+The profiler's own host work lowers ``device_busy_share``; the report adds ``device_share_of_timed_step``,
+the device time of a profiled step over the wall time of an unprofiled one. ``top`` lists operators and
+the kernels they launch side by side, so its rows are not to be summed.
 """
 
 from __future__ import annotations
@@ -84,6 +85,12 @@ class StepProfile:
                 for e in top
             ],
         }
+
+    def close(self) -> None:
+        """Stop a window that the run's end cut short (no summary then)."""
+        if self.profiler is not None and self.result is None:
+            self.profiler.__exit__(None, None, None)
+            self.profiler = None
 
     def summary(self) -> dict | None:
         """The summary once the window is over, else None (a call that ended inside it)."""
