@@ -160,15 +160,12 @@ def encode_file(
     if out is None:
         check_target(dst)
     try:
-        im = Image.open(io.BytesIO(_read_stdin()) if _is_stdio(src) else src)
+        with _naming(src, name_source, (Image.DecompressionBombError,)):
+            im = Image.open(io.BytesIO(_read_stdin()) if _is_stdio(src) else src)
     except Image.UnidentifiedImageError as e:
         if not _is_stdio(src):
             raise
         raise ConversionError(f"{STDIO}: standard input is not an image Pillow can read") from e
-    except Image.DecompressionBombError as e:
-        if not name_source:
-            raise
-        raise ConversionError(f"{src}: {one_line(e)}") from e
     with im:
         with _naming(src, name_source, (OSError, ValueError, SyntaxError)):  # reading the image
             _warn_of_frames(im, src, name_source)
@@ -244,15 +241,13 @@ def _upright(im: Any, orientation: int) -> Any:
     """``im`` turned as an EXIF ``orientation`` says, for an output that will not keep the tag.
 
     With ``--strip`` no EXIF is stored, and of a TIFF only ``info["exif"]`` would be (none): a phone photo
-    would show on its side. ``info`` (the ICC profile) goes with the pixels.
+    would show on its side. ``transpose`` copies ``info`` (the ICC profile) with the pixels.
     """
     if _TURNS[orientation] is None:
         return im
     from PIL import Image
 
-    turned = im.transpose(getattr(Image.Transpose, _TURNS[orientation]))
-    turned.info = {k: v for k, v in im.info.items() if k != "exif"}
-    return turned
+    return im.transpose(getattr(Image.Transpose, _TURNS[orientation]))
 
 
 def _eight_bit_grey(im: Any, src: Path, name_it: bool = True) -> Any:
