@@ -42,9 +42,9 @@ from typing import Any
 
 from . import __version__
 from .cli_info import show_info
-from .constants import DEFAULT_EFFORT, DEFAULT_QUALITY, MAX_EFFORT, validate_quality
+from .constants import DEFAULT_EFFORT, DEFAULT_QUALITY, MAX_EFFORT, QUALITY_MAX, QUALITY_MIN, validate_quality
 from .conversion import PROG, STDIO, ConversionError, decode_file, encode_file, one_line, show_warning
-from .local_batch import run_batch
+from .preview import PREVIEW_SIZE
 
 __all__ = ["main", "build_parser"]
 
@@ -60,7 +60,8 @@ def _quality(text: str) -> float:
     try:
         number = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"quality must be a number from 1 to 8, got {text!r}") from None
+        allowed = f"{QUALITY_MIN:g} to {QUALITY_MAX:g}"
+        raise argparse.ArgumentTypeError(f"quality must be a number from {allowed}, got {text!r}") from None
     try:
         return validate_quality(number)
     except ValueError as e:
@@ -143,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
             "--quality",
             type=_quality,
             default=None,  # DEFAULT_QUALITY once parsed (main): None tells that it was not given
-            help=f"quality from 1 to 8, fractions allowed (default {DEFAULT_QUALITY:g})",
+            help=f"quality from {QUALITY_MIN:g} to {QUALITY_MAX:g}, fractions allowed (default {DEFAULT_QUALITY:g})",
         )
         rate.add_argument(
             "--size",
@@ -162,8 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(
             "--preview",
             action="store_true",
-            help="also store a WebP preview of at most 512 pixels (about 20-40 kB) that thumbnail() and file "
-            "browsers read without decoding the image; only for images larger than that, which need one",
+            help=f"also store a WebP preview of at most {PREVIEW_SIZE} pixels (about 20-40 kB) that thumbnail() and "
+            "file browsers read without decoding the image; only for images larger than that, which need one",
         )
         p.add_argument(
             "-e",
@@ -433,6 +434,8 @@ def _run(args: argparse.Namespace) -> None:
                 from .engine import resolve_device
 
             resolve_device(args.device)  # once, not once per file from every worker
+        from .local_batch import run_batch
+
         done, skipped, failed = run_batch(
             args.in_dir,
             args.out_dir,

@@ -111,12 +111,21 @@ def encode(
     q = container.u16_to_quality(q16)
     effort = validate_effort(effort)
     fields = file_fields(arr, layout, icc_profile=icc_profile, exif=exif, xmp=xmp, model=model, preview=preview)
-    engine = steps.encoder_engine(device, weights, model)
+    return encode_with(steps.encoder_engine(device, weights, model), arr, layout, q, effort, fields)
+
+
+def encode_with(engine, arr, layout: str, quality: float, effort: int, fields: dict) -> bytes:
+    """The file of an image checked by :func:`~pillow_jac.codec_inputs.as_array`, encoded by ``engine``.
+
+    ``quality`` is one a file stores (:func:`~pillow_jac.container.quantize_quality`), ``effort`` a valid
+    one, ``fields`` the image's :func:`~pillow_jac.codec_inputs.file_fields`: the part of :func:`encode`
+    after its checks, which :func:`~pillow_jac.codec_batch.encode_batch` shares for an image it runs alone.
+    """
     with steps.allocation_errors_as_memory_errors(arr.shape[1], arr.shape[0]):
-        z_hat, y_hat = steps.analyze_image(color_planes(arr, layout), q, engine, effort)
+        z_hat, y_hat = steps.analyze_image(color_planes(arr, layout), quality, engine, effort)
         z_stream, y_stream = steps.encode_latents(engine, z_hat, y_hat)
     jac = container.JacFile.create(
-        q16=q16,
+        quality=quality,
         model_id=engine.model_id,
         weights_hash=engine.weights_hash,
         z_stream=z_stream,
@@ -165,7 +174,15 @@ def decode(data, *, device=None, weights=None) -> np.ndarray:
             (:class:`CodecError`) or its streams are corrupt.
         MemoryError: decoding the image's size needs more memory than there is.
     """
-    jac, engine = steps.file_and_decoder(data, device, weights)
+    return decode_with(*steps.file_and_decoder(data, device, weights))
+
+
+def decode_with(jac, engine) -> np.ndarray:
+    """The pixels of a parsed file, decoded by its engine (:func:`~pillow_jac.codec_steps.file_and_decoder`).
+
+    The part of :func:`decode` after its checks, which :func:`~pillow_jac.codec_batch.decode_batch` shares
+    for a file it decodes alone.
+    """
     h = jac.header
     alpha = steps.alpha_plane(jac)
     with steps.allocation_errors_as_memory_errors(h.width, h.height):

@@ -19,7 +19,7 @@ import numpy as np
 
 from . import codec_steps as steps
 from . import container
-from .codec import decode, encode
+from .codec import decode_with, encode_with
 from .codec_inputs import as_array, check_model, color_planes, file_fields
 from .constants import DEFAULT_EFFORT, DEFAULT_QUALITY, validate_effort, validate_quality
 
@@ -30,9 +30,8 @@ def _batchable(latent_shape: tuple[int, int]) -> bool:
     """Whether images of this latent shape run batched: those that the per-image path computes as one stripe.
 
     Larger images (above about 2 padded megapixels, :data:`pillow_jac.stripes.STRIPE_PIXELS`, also when
-    they are wide enough for a stripe of the per-image path's fewest rows to hold more) go through
-    :func:`encode` and :func:`decode` one at a time, where the stripes
-    bound their memory.
+    they are wide enough for a stripe of the per-image path's fewest rows to hold more) go through the
+    per-image path of :func:`encode` and :func:`decode` one at a time, where the stripes bound their memory.
 
     Example:
         >>> _batchable((32, 48)), _batchable((8, 1100))
@@ -142,7 +141,7 @@ def encode_batch(
     Images are grouped by their latent shape (width and height rounded up to a multiple of 64, as
     padded); each group runs the analysis transforms in passes of at most ``batch_size`` images, then
     every image is entropy coded on its own by the exact latent coder. An image larger than one
-    stripe of the per-image path (about 2 padded megapixels) is encoded by :func:`encode` alone. Every
+    stripe of the per-image path (about 2 padded megapixels) is encoded alone, as :func:`encode` does. Every
     image is read into an array first (a generator of images too), and the files are returned together, so
     memory grows with the number of images: give a large set in chunks. The transforms' working memory
     is about ``batch_size`` times that of one image of the group.
@@ -198,7 +197,7 @@ def encode_batch(
     for members in _batch_groups(keys, batch_size):
         if not _batchable(shapes[members[0]]):
             (i,) = members
-            out[i] = encode(arrays[i][0], q, effort=effort, device=device, weights=weights, model=model)
+            out[i] = encode_with(engine, *arrays[i], q, effort, fields[i])
             continue
         colors = [color_planes(*arrays[i]) for i in members]
         height, width = arrays[members[0]][0].shape[:2]
@@ -216,8 +215,8 @@ def decode_batch(files, *, device=None, weights=None, batch_size: int = 8) -> li
     are decoded on their own by the exact latent coder (they are the same as
     :func:`~pillow_jac.codec.decode_symbols` gives), then each group runs the synthesis transform in passes
     of at most ``batch_size`` images.
-    A file larger than one stripe of the per-image path (about 2 padded megapixels) is decoded by
-    :func:`decode` alone. With ``batch_size=1`` the arrays equal :func:`decode`'s; batched, a
+    A file larger than one stripe of the per-image path (about 2 padded megapixels) is decoded alone, as
+    :func:`decode` does. With ``batch_size=1`` the arrays equal :func:`decode`'s; batched, a
     convolution may sum in another order, so on the CPU a few pixels can differ by one level
     (tests/test_batch.py states the measured difference).
 
@@ -256,7 +255,7 @@ def decode_batch(files, *, device=None, weights=None, batch_size: int = 8) -> li
         if not _batchable(parsed[members[0]].header.y_shape):
             (i,) = members
             with _naming_item(i, OSError, ValueError):
-                out[i] = decode(parsed[i], device=device, weights=weights)
+                out[i] = decode_with(parsed[i], engine)
             continue
         y_hats = []
         headers = [parsed[i].header for i in members]

@@ -122,20 +122,26 @@ def test_bad_batch_size(batch_size):
 
 
 def test_images_above_one_stripe_go_one_at_a_time(monkeypatch):
+    """A large image goes through the per-image path alone, with what encode_batch checked and made already:
+    its alpha plane is compressed once, and its file and pixels are encode's and decode's."""
     # stripes of 4096 pixels: 8 latent rows (the fewest) of a 64-pixel-wide image; a 60-row image is one
     # stripe (4 latent rows), a 190-row image two (12)
     monkeypatch.setattr(stripes, "STRIPE_PIXELS", 4096)
     small, large = natural_image(60, 64, seed=6), natural_image(190, 64, seed=7)
+    large = np.dstack([large, np.linspace(0, 255, large.shape[0] * large.shape[1]).reshape(large.shape[:2])])
+    large = large.astype(np.uint8)
+    expected = codec.encode(large, QUALITY)
     calls = []
-    encode, decode = codec.encode, codec.decode
-    monkeypatch.setattr(codec_batch, "encode", lambda image, *a, **k: calls.append("encode") or encode(image, *a, **k))
-    monkeypatch.setattr(codec_batch, "decode", lambda data, *a, **k: calls.append("decode") or decode(data, *a, **k))
+    for module, name in ((codec_batch, "encode_with"), (codec_batch, "decode_with"), (container, "compress_alpha")):
+        original = getattr(module, name)
+        monkeypatch.setattr(module, name, lambda *a, _f=original, _n=name, **k: calls.append(_n) or _f(*a, **k))
     files = codec.encode_batch([large, small, small], QUALITY)
-    assert calls == ["encode"]
-    assert files[0] == encode(large, QUALITY)
+    assert calls == ["compress_alpha", "encode_with"]
+    assert files[0] == expected
     decoded = codec.decode_batch(files)
-    assert calls == ["encode", "decode"]
+    assert calls == ["compress_alpha", "encode_with", "decode_with"]
     assert [d.shape for d in decoded] == [large.shape, small.shape, small.shape]
+    np.testing.assert_array_equal(decoded[0], codec.decode(files[0]))
 
 
 def test_wide_images_are_not_batched(monkeypatch):

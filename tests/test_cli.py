@@ -254,11 +254,13 @@ def test_info_shows_an_empty_metadata_chunk(tmp_path: Path, capsys) -> None:
 
 
 def test_info_does_not_import_torch(jac: Path) -> None:
+    """Nor the range coder, nor the batch machinery (multiprocessing and its fork server): only jac batch needs it."""
     code = (
         "import sys\n"
         "from pillow_jac.cli import main\n"
         f"rc = main(['info', {str(jac)!r}])\n"
-        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+        "loaded = [m for m in ('torch', 'constriction', 'pillow_jac.local_batch') if m in sys.modules]\n"
+        "assert not loaded, f'{loaded} imported'\n"
         "sys.exit(rc)\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60)
