@@ -23,12 +23,14 @@ from .model.layers import SubpixelDeconv
 from .model.mbt2018 import JointAutoregressiveHierarchicalPrior, ModelConfig
 from .weights import (
     ENCODER_PREFIXES,
+    FLOAT_PREFIX,
     MIXTURE_EXP,
     SCALE_THRESHOLDS,
     TRAINING_PREFIXES,
     WeightsError,
     WeightsNotFoundError,
     load_weights,
+    read_integer_network,
     read_table,
     strip_prefix,
     verify,
@@ -73,7 +75,7 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
 
 
 #: model parameters a decoder file leaves out: the encoder's and the training-only ones
-_NOT_IN_DECODER_FILES = tuple(p.removeprefix("float.") for p in ENCODER_PREFIXES + TRAINING_PREFIXES)
+_NOT_IN_DECODER_FILES = tuple(p.removeprefix(FLOAT_PREFIX) for p in ENCODER_PREFIXES + TRAINING_PREFIXES)
 
 
 def build_model(
@@ -93,13 +95,13 @@ def build_model(
     try:
         config = ModelConfig(**json.loads(metadata["config"]))
         model = JointAutoregressiveHierarchicalPrior(config)
-        floats = {k: v.float() for k, v in strip_prefix(tensors, "float.").items()}  # a decoder file may hold fp16
+        floats = {k: v.float() for k, v in strip_prefix(tensors, FLOAT_PREFIX).items()}  # a decoder file may hold fp16
         missing, unexpected = model.load_state_dict(floats, strict=False)
         templates = json.loads(metadata.get("integer_networks", "{}"))
         for name, template in templates.items():
             prefix = name + "."
             if any(k.startswith(prefix) for k in missing):
-                network = (networks or {}).get(name) or IntegerNetwork.from_tensors(tensors, name, template)
+                network = (networks or {}).get(name) or read_integer_network(tensors, name, template)
                 dequantize_into(network, getattr(model, name))
                 missing = [k for k in missing if not k.startswith(prefix)]
     except (KeyError, TypeError, ValueError, RuntimeError) as exc:
@@ -139,7 +141,7 @@ class Engine:
         self.device = device
         templates = json.loads(metadata["integer_networks"])
         try:  # built and checked once: the float model's masters are recovered from these too
-            networks = {name: IntegerNetwork.from_tensors(tensors, name, t) for name, t in templates.items()}
+            networks = {name: read_integer_network(tensors, name, t) for name, t in templates.items()}
         except ValueError as exc:
             raise WeightsError(f"weights file {path} is damaged: {exc}") from None
         model = build_model(tensors, metadata, networks)

@@ -30,10 +30,16 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from .model.integer import LAYER_FIELDS, LAYER_KINDS, IntegerLayer, IntegerNetwork
+
 __all__ = [
     "DECODER_PREFIXES",
     "ENCODER_PREFIXES",
     "TRAINING_PREFIXES",
+    "FLOAT_PREFIX",
+    "INT_PREFIX",
+    "integer_tensors",
+    "read_integer_network",
     "Manifest",
     "strip_prefix",
     "save_float_state",
@@ -55,17 +61,20 @@ __all__ = [
     "WeightsNotFoundError",
 ]
 
+#: tensor-name prefix of float parameters: ``float.<the model's state-dict key>``
+FLOAT_PREFIX = "float."
+#: tensor-name prefix of the integer networks: ``int.<network>.<layer>.{weight,bias,shift}`` (:func:`integer_tensors`)
+INT_PREFIX = "int."
 #: tensor-name prefixes of the decoder: what a decoder runs (SPEC.md section 9.2)
-DECODER_PREFIXES = ("int.", "table.", "float.g_s.", "float.log_inverse_gain")
+DECODER_PREFIXES = (INT_PREFIX, "table.", f"{FLOAT_PREFIX}g_s.", f"{FLOAT_PREFIX}log_inverse_gain")
 #: tensor-name prefixes of the encoder: an encoder update may change these and nothing else
-ENCODER_PREFIXES = ("float.g_a.", "float.h_a.", "float.log_gain")
+ENCODER_PREFIXES = (f"{FLOAT_PREFIX}g_a.", f"{FLOAT_PREFIX}h_a.", f"{FLOAT_PREFIX}log_gain")
 #: tensor-name prefixes of what only training uses (the z tables are made from the density at freeze time)
-TRAINING_PREFIXES = ("float.z_density.",)
+TRAINING_PREFIXES = (f"{FLOAT_PREFIX}z_density.",)
+#: the stored dtype of each tensor of an integer layer (compact: CODING.md section 3 bounds their values)
+_INTEGER_DTYPES = {"weight": torch.int16, "bias": torch.int64, "shift": torch.int8}
 #: fields of the architecture (``config``) that only the encoder uses
 ENCODER_CONFIG_FIELDS = ("lambdas",)
-#: the layer fields of an integer network's template, and the values a decoder accepts
-_TEMPLATE_KINDS = ("conv", "deconv")
-_TEMPLATE_KEYS = {"kind", "stride", "padding", "output_padding", "relu"}
 #: the integer networks a model has, by the config flag that brings them (None: always)
 _INTEGER_NETWORKS = {"entropy_parameters": None, "h_s": "hyperprior", "context": "context"}
 _HASH_HEX = 16
@@ -96,9 +105,45 @@ def strip_prefix(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, tor
     return {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
 
 
+def integer_tensors(network: IntegerNetwork, name: str) -> dict[str, torch.Tensor]:
+    """An integer network's tensors as a weights file stores them: ``int.<name>.<i>.{weight,bias,shift}``."""
+    return {
+        f"{INT_PREFIX}{name}.{i}.{part}": getattr(layer, part).to(dtype)
+        for i, layer in enumerate(network.layers)
+        for part, dtype in _INTEGER_DTYPES.items()
+    }
+
+
+def read_integer_network(tensors: dict[str, torch.Tensor], name: str, template: list[dict]) -> IntegerNetwork:
+    """The integer network ``name`` of a weights file: its ``int.<name>.<i>.*`` tensors laid out by ``template``.
+
+    Raises:
+        ValueError: a tensor is missing, or holds values CODING.md section 3 does not allow (weights
+            outside ``+-(2**15 - 1)``, shifts outside 1-24, non-integers, one shift or bias per output
+            channel not given).
+    """
+    layers = []
+    for i, spec in enumerate(template):
+        p = f"{INT_PREFIX}{name}.{i}"
+        missing = [f"{p}.{part}" for part in _INTEGER_DTYPES if f"{p}.{part}" not in tensors]
+        if missing:
+            raise ValueError(f"the integer network {name!r} lacks the tensor(s) {', '.join(missing)}")
+        layer = IntegerLayer(
+            weight=tensors[f"{p}.weight"].double(),
+            bias=tensors[f"{p}.bias"].double(),
+            shift=tensors[f"{p}.shift"].long(),
+            **spec,
+        )
+        problem = layer.problem()
+        if problem is not None:
+            raise ValueError(f"{p}: {problem}")
+        layers.append(layer)
+    return IntegerNetwork(layers)
+
+
 def save_float_state(path: str | Path, state: dict[str, torch.Tensor], config: Any, extra: dict[str, str]) -> None:
     """Write a float state dict as ``float.*`` tensors with the architecture in the metadata."""
-    tensors = {f"float.{k}": v.detach().float().contiguous().cpu() for k, v in state.items()}
+    tensors = {f"{FLOAT_PREFIX}{k}": v.detach().float().contiguous().cpu() for k, v in state.items()}
     metadata = {"config": json.dumps(config.to_dict()), **extra}
     tmp = Path(path).with_suffix(".tmp")
     save_file(tensors, str(tmp), metadata=metadata)
@@ -306,11 +351,11 @@ def _problem(metadata: dict[str, str]) -> str | None:
         if not (isinstance(layers, list) and layers):
             return f"integer network {name!r} has no layers"
         for layer in layers:
-            if not (isinstance(layer, dict) and set(layer) == _TEMPLATE_KEYS):
-                return f"a layer of {name!r} must have exactly the fields {sorted(_TEMPLATE_KEYS)}"
+            if not (isinstance(layer, dict) and set(layer) == set(LAYER_FIELDS)):
+                return f"a layer of {name!r} must have exactly the fields {sorted(LAYER_FIELDS)}"
             ints = [layer[k] for k in ("stride", "padding", "output_padding")]
             if (
-                layer["kind"] not in _TEMPLATE_KINDS
+                layer["kind"] not in LAYER_KINDS
                 or not isinstance(layer["relu"], bool)
                 or not all(type(v) is int for v in ints)
                 or layer["stride"] not in (1, 2)

@@ -30,7 +30,10 @@ from torch import nn
 from ..constants import ACTIVATION_BITS, ACTIVATION_LIMIT_BITS
 from .layers import MaskedConv2d
 
-__all__ = ["IntegerLayer", "IntegerNetwork", "integerize", "dequantize_into", "to_fixed", "WEIGHT_BITS"]
+__all__ = [
+    "IntegerLayer", "IntegerNetwork", "integerize", "dequantize_into", "to_fixed", "WEIGHT_BITS", "LAYER_FIELDS",
+    "LAYER_KINDS",
+]  # fmt: skip
 
 #: weights are integers with |w| <= 2**WEIGHT_BITS - 1
 WEIGHT_BITS = 15
@@ -38,6 +41,9 @@ _LIMIT = float(2**ACTIVATION_LIMIT_BITS - 1)
 _MAX_SHIFT = 24
 #: at most this many products per output: 2**13 * 2**15 * 2**20 = 2**48 < 2**53
 _MAX_FAN_IN = 2**13
+#: the fields of an :class:`IntegerLayer` besides its tensors (weight, bias, shift), and the kinds it can be
+LAYER_FIELDS = ("kind", "stride", "padding", "output_padding", "relu")
+LAYER_KINDS = ("conv", "deconv")
 
 
 def to_fixed(x: torch.Tensor) -> torch.Tensor:
@@ -131,14 +137,6 @@ class IntegerLayer:
         w, b = self.matrix(a.device)
         return self.rescale(torch.addmm(b, a, w), 1)
 
-    def tensors(self, prefix: str) -> dict[str, torch.Tensor]:
-        """The layer's integer tensors for the weights file (compact integer dtypes)."""
-        return {
-            f"{prefix}.weight": self.weight.to(torch.int16),
-            f"{prefix}.bias": self.bias.to(torch.int64),
-            f"{prefix}.shift": self.shift.to(torch.int8),
-        }
-
 
 class IntegerNetwork:
     """A sequence of :class:`IntegerLayer` (h_s, the context model or g_ep)."""
@@ -158,44 +156,9 @@ class IntegerNetwork:
             a = layer.matmul(a)
         return a
 
-    def tensors(self, name: str) -> dict[str, torch.Tensor]:
-        """Every layer's integer tensors, named ``int.<name>.<i>.*``."""
-        out = {}
-        for i, layer in enumerate(self.layers):
-            out.update(layer.tensors(f"int.{name}.{i}"))
-        return out
-
-    @classmethod
-    def from_tensors(cls, tensors: dict[str, torch.Tensor], name: str, template: list[dict]) -> IntegerNetwork:
-        """Rebuild a network from ``int.<name>.<i>.*`` tensors and the per-layer ``template``.
-
-        Raises:
-            ValueError: a tensor is missing, or holds values CODING.md section 3 does not allow (weights
-                outside ``+-(2**15 - 1)``, shifts outside 1-24, non-integers, one shift or bias per output
-                channel not given).
-        """
-        layers = []
-        for i, spec in enumerate(template):
-            p = f"int.{name}.{i}"
-            missing = [f"{p}.{t}" for t in ("weight", "bias", "shift") if f"{p}.{t}" not in tensors]
-            if missing:
-                raise ValueError(f"the integer network {name!r} lacks the tensor(s) {', '.join(missing)}")
-            layer = IntegerLayer(
-                weight=tensors[f"{p}.weight"].double(),
-                bias=tensors[f"{p}.bias"].double(),
-                shift=tensors[f"{p}.shift"].long(),
-                **spec,
-            )
-            problem = layer.problem()
-            if problem is not None:
-                raise ValueError(f"{p}: {problem}")
-            layers.append(layer)
-        return cls(layers)
-
     def template(self) -> list[dict]:
-        """The non-tensor description of each layer (stored in the weights manifest)."""
-        keys = ("kind", "stride", "padding", "output_padding", "relu")
-        return [{k: getattr(layer, k) for k in keys} for layer in self.layers]
+        """The non-tensor description of each layer (:data:`LAYER_FIELDS`; stored in the weights manifest)."""
+        return [{k: getattr(layer, k) for k in LAYER_FIELDS} for layer in self.layers]
 
 
 def _integer_layer(module: nn.Module, relu: bool) -> IntegerLayer:

@@ -28,7 +28,7 @@ import torch
 from ..constants import ACTIVATION_BITS, CDF_PRECISION, DOWNSAMPLING, ESCAPE_CLASSES, MEAN_STEPS, SCALE_MIN
 from ..model.entropy_models import gaussian_likelihood
 from ..model.mbt2018 import JointAutoregressiveHierarchicalPrior
-from ..weights import SCALE_THRESHOLDS, read_table
+from ..weights import SCALE_THRESHOLDS, read_integer_network, read_table
 
 __all__ = ["CoderRate", "coded_forward", "coded_loss", "estimate_image_bits"]
 
@@ -98,7 +98,7 @@ class CoderRate:
         templates = json.loads(metadata["integer_networks"])
 
         def network(name: str) -> IntegerNetwork | None:
-            return IntegerNetwork.from_tensors(tensors, name, templates[name]) if name in templates else None
+            return read_integer_network(tensors, name, templates[name]) if name in templates else None
 
         # the codec's own table selection (LatentCoder.table_ids); the range coder tables are not needed
         self.prior = LatentCoder(

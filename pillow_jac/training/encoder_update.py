@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from ..model.mbt2018 import JointAutoregressiveHierarchicalPrior
-from ..weights import ENCODER_PREFIXES
+from ..weights import ENCODER_PREFIXES, FLOAT_PREFIX, integer_tensors, strip_prefix
 
 __all__ = [
     "ENCODER_MODULES",
@@ -44,7 +44,7 @@ __all__ = [
 EVALUATION_SETS = ("kodak", "urban20")
 
 #: the modules an encoder update may change (the weights file's encoder tensors); the rest is the decoder
-ENCODER_MODULES = tuple(prefix.removeprefix("float.").rstrip(".") for prefix in ENCODER_PREFIXES)
+ENCODER_MODULES = tuple(prefix.removeprefix(FLOAT_PREFIX).rstrip(".") for prefix in ENCODER_PREFIXES)
 #: validation qualities (integers of the 1..8 scale)
 VALIDATION_QUALITIES = (1.0, 3.0, 5.0, 8.0)
 
@@ -153,7 +153,7 @@ def tuned_weights(
     tensors = dict(base_tensors)
     replaced = set()
     for key, value in state.items():
-        name = f"float.{key}"
+        name = f"{FLOAT_PREFIX}{key}"
         if is_encoder_key(key):
             old = base_tensors[name]
             new = value.detach().to(old.dtype).contiguous().cpu()
@@ -164,9 +164,10 @@ def tuned_weights(
             assert torch.equal(value.detach().to(base_tensors[name].dtype).cpu(), base_tensors[name]), (
                 f"decoder tensor {name} differs from the base weights file"
             )
-    assert replaced == {k for k in base_tensors if k.startswith("float.") and is_encoder_key(k[6:])}
+    floats = strip_prefix(base_tensors, FLOAT_PREFIX)
+    assert replaced == {FLOAT_PREFIX + k for k in floats if is_encoder_key(k)}
     for name in json.loads(base_metadata.get("integer_networks", "{}")):  # decoder networks stored as integers
-        for key, value in integerize(getattr(model, name)).tensors(name).items():
+        for key, value in integer_tensors(integerize(getattr(model, name)), name).items():
             assert torch.equal(value, base_tensors[key]), f"decoder tensor {key} differs from the base weights file"
     for name, value in tensors.items():
         if name not in replaced:

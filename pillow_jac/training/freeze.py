@@ -35,7 +35,16 @@ from ..entropy_coding import factorized_tables, gaussian_tables, scale_table
 from ..mixture_coding import mixture_exp_table
 from ..model.integer import integerize
 from ..model.mbt2018 import JointAutoregressiveHierarchicalPrior, ModelConfig
-from ..weights import MIXTURE_EXP, SCALE_THRESHOLDS, load_weights, save_weights, seal, table_tensors
+from ..weights import (
+    FLOAT_PREFIX,
+    MIXTURE_EXP,
+    SCALE_THRESHOLDS,
+    integer_tensors,
+    load_weights,
+    save_weights,
+    seal,
+    table_tensors,
+)
 
 __all__ = [
     "freeze",
@@ -152,14 +161,14 @@ def freeze(model: JointAutoregressiveHierarchicalPrior, release: int, notes: dic
         nets["context"] = model.context
     # the integer networks are stored only as such: their float masters come back by dequantisation
     tensors = {
-        f"float.{k}": v.detach().float().contiguous()
+        f"{FLOAT_PREFIX}{k}": v.detach().float().contiguous()
         for k, v in model.state_dict().items()
         if k.split(".", 1)[0] not in nets
     }
     templates = {}
     for name, net in nets.items():
         integer = integerize(net)
-        tensors.update(integer.tensors(name))
+        tensors.update(integer_tensors(integer, name))
         templates[name] = integer.template()
     freqs, offsets, lows = gaussian_tables()
     tensors.update(table_tensors("y", freqs, offsets, lows))
