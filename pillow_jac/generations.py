@@ -253,7 +253,7 @@ def generation_of(path: Path) -> Generation | None:
                 model_id=str(meta["model_id"]),
                 weights_hash=bytes.fromhex(meta["weights_hash"]),
                 release=int(meta["release"]) if str(meta.get("release", "")).isdigit() else None,
-                can_encode=meta.get("layout", "full") == "full",
+                can_encode={"full": True, "decoder": False}[meta["layout"]],  # as weights.read_manifest requires
                 path=path,
                 size=stat.st_size,
             )
