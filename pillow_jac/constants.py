@@ -134,8 +134,30 @@ CHUNK_JEND = b"JEND"  #: empty, last chunk
 CHUNK_ICCP = b"iccp"  #: ICC profile
 CHUNK_EXIF = b"exif"  #: EXIF block
 CHUNK_XMP = b"xmp "  #: XMP packet
+#: preview chunk (SPEC.md section 5.4): a small image in a format Pillow decodes, never the image itself.
+CHUNK_PRVW = b"prvw"
+#: ``prvw`` format byte 0: a JPEG (JFIF) file.
+PREVIEW_JPEG = 0
+#: ``prvw`` format byte 1: a WebP (RIFF) file.
+PREVIEW_WEBP = 1
 #: byte length of the JHDR chunk's data.
 JHDR_LENGTH = 54
+#: JHDR fields naming the decoder (SPEC.md section 3.2): ``model_id``, 1 to this many printable ASCII
+#: characters padded with NULs, and ``weights_hash``, this many bytes (a weights manifest holds it as hex)
+MODEL_ID_BYTES = 16
+WEIGHTS_HASH_BYTES = 8
+
+
+def is_model_id(text: str) -> bool:
+    """Whether ``text`` can be a ``model_id``: 1 to :data:`MODEL_ID_BYTES` printable ASCII characters.
+
+    Example:
+        >>> is_model_id("mbt-128-192-r006"), is_model_id(""), is_model_id("r\u00e9lease")
+        (True, False, False)
+    """
+    return 1 <= len(text) <= MODEL_ID_BYTES and all(0x20 <= ord(ch) <= 0x7E for ch in text)
+
+
 #: JHDR layout code -> Pillow mode (the code is the index).
 LAYOUTS = ("RGB", "L", "RGBA", "LA")
 

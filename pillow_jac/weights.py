@@ -30,6 +30,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from .constants import MODEL_ID_BYTES, WEIGHTS_HASH_BYTES, is_model_id
 from .model.integer import LAYER_FIELDS, LAYER_KINDS, IntegerLayer, IntegerNetwork
 
 __all__ = [
@@ -77,7 +78,7 @@ _INTEGER_DTYPES = {"weight": torch.int16, "bias": torch.int64, "shift": torch.in
 ENCODER_CONFIG_FIELDS = ("lambdas",)
 #: the integer networks a model has, by the config flag that brings them (None: always)
 _INTEGER_NETWORKS = {"entropy_parameters": None, "h_s": "hyperprior", "context": "context"}
-_HASH_HEX = 16
+_HASH_HEX = 2 * WEIGHTS_HASH_BYTES
 #: the three tensors of a coding table set ``table.<part>_<field>`` (CODING.md section 2.1)
 TABLE_FIELDS = ("freqs", "offsets", "lows")
 #: the fixed-point thresholds between the y scale levels (CODING.md section 2.2)
@@ -327,8 +328,8 @@ def _problem(metadata: dict[str, str]) -> str | None:
         if not isinstance(metadata.get(key), str):
             return f"its manifest has no {key!r} (a file frozen before decoder generations: freeze it again)"
     model_id = metadata["model_id"]
-    if not (1 <= len(model_id) <= 16 and all(0x20 <= ord(c) <= 0x7E for c in model_id)):
-        return f"model_id {model_id!r} is not 1 to 16 printable ASCII characters"
+    if not (isinstance(model_id, str) and is_model_id(model_id)):
+        return f"model_id {model_id!r} is not 1 to {MODEL_ID_BYTES} printable ASCII characters"
     if metadata["layout"] not in ("full", "decoder"):
         return f"unknown layout {metadata['layout']!r}"
     names = ["weights_hash", "decoder_hash"] + (["encoder_hash"] if metadata["layout"] == "full" else [])

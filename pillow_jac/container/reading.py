@@ -47,8 +47,10 @@ def _unpack_header(data: bytes) -> JacHeader:
     if layout >= len(C.LAYOUTS):
         raise JacDataError(f"unknown layout code {layout} in JHDR (known: 0-{len(C.LAYOUTS) - 1})")
     mid = model_id.rstrip(b"\0")
-    if not mid or not all(0x20 <= b <= 0x7E for b in mid):
-        raise JacDataError(f"model_id {model_id!r} is not 1 to 16 printable ASCII characters padded with NULs")
+    if not C.is_model_id(mid.decode("latin-1")):
+        raise JacDataError(
+            f"model_id {model_id!r} is not 1 to {C.MODEL_ID_BYTES} printable ASCII characters padded with NULs"
+        )
     header = JacHeader(
         version=(major, minor),
         width=width,

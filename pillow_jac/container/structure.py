@@ -26,18 +26,11 @@ _CHUNK_HEAD = struct.Struct(">I4s")
 #: bytes read from a file object per ``read`` call: a lying length field costs at most this much
 #: memory before the missing data is noticed.
 _READ_PIECE = 1 << 20
-_MODEL_ID_BYTES = 16
-_WEIGHTS_HASH_BYTES = 8
 
 #: a valid chunk type (SPEC.md section 3.1): a letter, then three letters, digits or spaces.
 _TYPE = re.compile(rb"[A-Za-z][A-Za-z0-9 ]{3}")
 _KNOWN_CRITICAL = (C.CHUNK_JHDR, C.CHUNK_ZSTR, C.CHUNK_YSTR, C.CHUNK_ALPH, C.CHUNK_JEND)
-#: preview chunk (SPEC.md section 5.4): a small image in a format Pillow decodes, never the image itself.
-CHUNK_PRVW = b"prvw"
-#: ``prvw`` format byte 0: a JPEG (JFIF) file.
-PREVIEW_JPEG = 0
-#: ``prvw`` format byte 1: a WebP (RIFF) file.
-PREVIEW_WEBP = 1
+CHUNK_PRVW, PREVIEW_JPEG, PREVIEW_WEBP = C.CHUNK_PRVW, C.PREVIEW_JPEG, C.PREVIEW_WEBP
 _PREVIEW_FORMATS = (PREVIEW_JPEG, PREVIEW_WEBP)
 #: ``prvw`` data before the embedded image: format (u8), width (u16), height (u16).
 _PRVW_HEAD = struct.Struct(">BHH")
@@ -399,10 +392,10 @@ def _header_problem(h: JacHeader) -> str | None:
     if not (_is_int(h.q16) and low <= h.q16 <= high):
         return f"quality must be from {C.QUALITY_MIN:g} to {C.QUALITY_MAX:g} (q16 {low} to {high}), got q16 {h.q16!r}"
     mid = h.model_id
-    if not (isinstance(mid, str) and 1 <= len(mid) <= _MODEL_ID_BYTES and all(0x20 <= ord(ch) <= 0x7E for ch in mid)):
-        return f"model_id must be 1 to {_MODEL_ID_BYTES} printable ASCII characters, got {mid!r}"
-    if not (isinstance(h.weights_hash, (bytes, bytearray)) and len(h.weights_hash) == _WEIGHTS_HASH_BYTES):
-        return f"weights_hash must be {_WEIGHTS_HASH_BYTES} bytes, got {h.weights_hash!r}"
+    if not (isinstance(mid, str) and C.is_model_id(mid)):
+        return f"model_id must be 1 to {C.MODEL_ID_BYTES} printable ASCII characters, got {mid!r}"
+    if not (isinstance(h.weights_hash, (bytes, bytearray)) and len(h.weights_hash) == C.WEIGHTS_HASH_BYTES):
+        return f"weights_hash must be {C.WEIGHTS_HASH_BYTES} bytes, got {h.weights_hash!r}"
     y_shape, z_shape = latent_shapes(h.width, h.height)
     if tuple(h.y_shape) != y_shape:
         return f"y shape {tuple(h.y_shape)} does not match {y_shape} derived from a {h.width}x{h.height} image"

@@ -8,7 +8,6 @@ from .structure import (
     _ALPHA_METHODS,
     _JHDR,
     _KNOWN_ANCILLARY,
-    _MODEL_ID_BYTES,
     CHUNK_PRVW,
     MAGIC,  # noqa: F401 - for the example
     JacFile,
@@ -32,7 +31,7 @@ def _pack_header(h: JacHeader) -> bytes:
         h.width,
         h.height,
         h.q16,
-        h.model_id.encode("ascii").ljust(_MODEL_ID_BYTES, b"\0"),
+        h.model_id.encode("ascii").ljust(C.MODEL_ID_BYTES, b"\0"),
         bytes(h.weights_hash),
         *h.y_shape,
         *h.z_shape,
