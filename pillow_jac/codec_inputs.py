@@ -42,6 +42,11 @@ def as_array(image) -> tuple[np.ndarray, str]:
         raise TypeError(f"expected a uint8 numpy array or a PIL image, got {type(image).__name__}")
     arr = np.asarray(image)
     if arr.dtype != np.uint8:
+        if isinstance(image, (list, tuple)):  # numpy reads Python ints as int64, never uint8
+            raise ValueError(
+                f"expected uint8 pixels: a {type(image).__name__} reads as {arr.dtype}; "
+                "give numpy.asarray(pixels, dtype=numpy.uint8)"
+            )
         raise ValueError(f"expected a uint8 array, got {arr.dtype}")
     if arr.ndim == 2:
         arr = arr[:, :, None]
