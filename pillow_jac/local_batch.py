@@ -192,7 +192,7 @@ def _run_pool(
     lost when the pool broke.
     """
     workers = min(workers, len(todo))
-    threads = max(1, _usable_cpus() // workers)
+    threads = threads_per_worker(workers)
     cancel_reader, cancel = ctx.Pipe(duplex=False)  # closing `cancel` cancels the batch in the workers
     init = (threads, cancel_reader, states)
     with (
@@ -236,6 +236,11 @@ def _run_pool(
             cancel.close()
             ex.shutdown(wait=False, cancel_futures=True)
             raise
+
+
+def threads_per_worker(workers: int) -> int:
+    """The torch threads each of ``workers`` batch workers gets: an equal share of :func:`_usable_cpus`, at least 1."""
+    return max(1, _usable_cpus() // workers)
 
 
 def _usable_cpus() -> int:

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from pillow_jac.constants import CDF_PRECISION, MEAN_STEPS, SCALE_LEVELS
+from pillow_jac.engine import get_engine
 from pillow_jac.entropy_coding import CodingTables, EntropyCodingError, gaussian_tables, quantize_pmf
 from pillow_jac.latent_coding import CAUSAL_TAPS, wavefront_steps
 from pillow_jac.model.integer import integerize, to_fixed
@@ -88,6 +89,21 @@ def test_masked_context_conv_equals_gathered_taps():
         weight = torch.stack([layer.weight[:, :, 2 + dr, 2 + dc] for dr, dc in CAUSAL_TAPS], dim=2)
         acc = (weight * taps[None]).sum(dim=(1, 2)) + layer.bias
         assert torch.equal(layer.rescale(acc[None], 1)[0], full[:, r, c])
+
+
+def test_the_decoders_context_matrix_equals_the_masked_convolution():
+    """The shipped decoder's gather matrix (LatentCoder: taps in CAUSAL_TAPS order, then input channels) times
+    the causal taps gives, at every position, the integers of the encoder's masked convolution."""
+    coder = get_engine().latents
+    layer, h = coder.context.layers[0], coder.reach
+    torch.manual_seed(2)
+    y = torch.randint(-20, 21, (1, coder.M, 7, 9)).double() * 256
+    full = layer(y)[0]
+    padded = torch.nn.functional.pad(y[0], (h, h, h, h))
+    for r, c in [(0, 0), (3, 4), (6, 8), (2, 0), (5, 7)]:
+        taps = torch.stack([padded[:, r + h + dr, c + h + dc] for dr, dc in CAUSAL_TAPS])  # (taps, M)
+        acc = taps.reshape(1, -1) @ coder._context_matrix.to(taps.device) + layer.bias
+        assert torch.equal(layer.rescale(acc, 1)[0], full[:, r, c]), (r, c)
 
 
 @pytest.mark.parametrize(("height", "width"), [(1, 1), (1, 9), (9, 1), (4, 6), (32, 48)])

@@ -105,6 +105,20 @@ def test_the_block_sets_ieee_and_restores_the_programs_setting_also_after_an_err
         put(before)
 
 
+def test_torch_work_on_a_cuda_engine_runs_in_ieee_float32_and_on_the_cpu_leaves_the_setting():
+    """Every float transform of the codec runs inside torch_work: for a CUDA engine that block is IEEE float32
+    (checked here without a GPU, on the flags it sets), for a CPU engine the setting stays the program's."""
+    from types import SimpleNamespace
+
+    _, _, ieee = image_transforms._cudnn_conv_precision()
+    before = _precision()
+    with image_transforms.torch_work(10**6, SimpleNamespace(device=torch.device("cuda"))):
+        assert _precision() == ieee
+    assert _precision() == before
+    with image_transforms.torch_work(10**6, SimpleNamespace(device=torch.device("cpu"))):
+        assert _precision() == before
+
+
 def test_overlapping_blocks_of_two_threads_keep_ieee_until_the_last_leaves():
     _, _, ieee = image_transforms._cudnn_conv_precision()
     before = _precision()

@@ -262,6 +262,7 @@ def test_workers_share_the_cpus_this_process_may_use(monkeypatch) -> None:
     monkeypatch.setattr(os, "cpu_count", lambda: 64)
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
     assert local_batch._usable_cpus() == 4
+    assert [local_batch.threads_per_worker(j) for j in (1, 2, 4, 8)] == [4, 2, 1, 1]  # what _run_pool hands on
 
 
 def test_inputs_that_would_share_an_output_fail_and_the_others_convert(tmp_path: Path, capsys) -> None:

@@ -71,6 +71,7 @@ def test_thumbnail_uses_the_preview(image: Image.Image, with_preview: bytes) -> 
     with Image.open(io.BytesIO(with_preview)) as im:
         im.thumbnail((24, 24))  # asks draft() for 48 x 48: the preview covers it
         assert im.size == (24, 20) and im.mode == "RGB"
+        assert im._jac is None  # from the preview: the image's own streams were never decoded
     expected = image.resize((48, 40), Image.Resampling.LANCZOS).resize((24, 20), Image.Resampling.BICUBIC)
     difference = np.abs(np.asarray(im, np.int16) - np.asarray(expected, np.int16))
     assert difference.mean() < 6  # the WebP preview's loss, not another picture
@@ -127,6 +128,7 @@ def test_preview_keeps_the_mode(image: Image.Image, mode: str) -> None:
     with Image.open(io.BytesIO(data)) as im:
         im.thumbnail((24, 24))
         assert im.mode == mode and im.size == (24, 20)
+        assert im._jac is None  # from the preview, not a decode
         if mode != "L":  # alpha survives the preview (WebP with alpha)
             alpha = np.asarray(im.getchannel("A"), np.int16)
             assert alpha[0].mean() < 40 and alpha[-1].mean() > 200  # the gradient runs top to bottom
@@ -166,15 +168,25 @@ def with_chunk(data: bytes, preview: bytes) -> bytes:
     return container.serialize(dataclasses.replace(container.parse(data), preview=preview))
 
 
+def _webp(width: int, height: int) -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", (width, height), (90, 120, 150)).save(out, "WEBP")
+    return out.getvalue()
+
+
 @pytest.mark.parametrize(
     "preview",
     [
         b"\x01\x00",  # too short
         container.pack_preview(container.PREVIEW_WEBP, 48, 40, b"RIFF but not a WebP"),  # does not decode
         b"\x07\x00\x30\x00\x28" + b"RIFF",  # unknown format
-        container.pack_preview(container.PREVIEW_WEBP, 48, 20, b"x"),  # another aspect ratio
-        container.pack_preview(container.PREVIEW_WEBP, 96, 80, b"x"),  # not smaller than the image
+        # real WebP files of the declared size, each refused for its own reason alone:
+        container.pack_preview(
+            container.PREVIEW_WEBP, 60, 40, _webp(60, 40)
+        ),  # another aspect ratio (the image's is 6:5)
+        container.pack_preview(container.PREVIEW_WEBP, 96, 80, _webp(96, 80)),  # not smaller than the image
     ],
+    ids=["too-short", "not-a-webp", "unknown-format", "another-aspect", "not-smaller"],
 )
 def test_unusable_previews_are_ignored(plain: bytes, preview: bytes) -> None:
     data = with_chunk(plain, preview)

@@ -79,12 +79,18 @@ def test_tiled_refinement_of_a_padded_image(monkeypatch):
     data = codec.encode(image, 5, effort=1)
     assert codec.decode(data).shape == image.shape
     assert rd_loss(image, data, 5)[0] < plain[0]
+    _, before = codec.encode_symbols(image, 5)
+    _, after = codec.decode_symbols(data)
+    moved = (before != after).any(axis=(0, 1))  # by latent column
+    assert moved[:8].any() and moved[8:].any(), moved  # each tile's columns were refined
 
 
 def test_gray_images_take_effort_too():
     gray = np.asarray(Image.fromarray(sample(0, 100, 64, 64)).convert("L"))
     data = codec.encode(gray, 2, effort=1)
     assert codec.decode(data).shape == gray.shape
+    assert data != codec.encode(gray, 2)
+    assert rd_loss(gray, data, 2)[0] < rd_loss(gray, codec.encode(gray, 2), 2)[0]
 
 
 def test_sga_round_anneals_to_rounding_and_passes_gradients():
@@ -113,9 +119,11 @@ def test_bad_effort_is_refused(bad):
 def test_effort_takes_any_integer_type():
     """As quality takes numpy numbers, effort takes numpy integers (a sweep over np.arange)."""
     assert validate_effort(np.int64(2)) == 2 and type(validate_effort(np.int8(1))) is int
-    data = codec.encode(np.zeros((8, 8, 3), np.uint8), 4, effort=np.int64(0))
+    image = sample(0, 0, 16, 16)
+    data = codec.encode(image, 4, effort=np.int64(1))
+    assert data == codec.encode(image, 4, effort=1) != codec.encode(image, 4)
     buffer = io.BytesIO()
-    Image.new("RGB", (8, 8)).save(buffer, "JAC", quality=4, effort=np.uint8(0))
+    Image.fromarray(image).save(buffer, "JAC", quality=4, effort=np.uint8(1))
     assert buffer.getvalue() == data
 
 
