@@ -18,6 +18,7 @@ import zlib
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 import pillow_jac
@@ -216,6 +217,22 @@ def test_options_as_the_single_image_calls_take_them():
     assert codec.encode_batch(images, weights=weights, batch_size=2) == files
     decoded = codec.decode_batch(files, weights=weights, batch_size=np.int8(2))
     assert all(np.array_equal(a, b) for a, b in zip(decoded, codec.decode_batch(files), strict=True))
+
+
+def test_weights_are_used_as_the_single_image_calls_use_them(tmp_path) -> None:
+    """weights= names the generation that encodes (the files carry its model_id) and decodes."""
+    from pillow_jac import weights as weights_file
+    from pillow_jac.model.mbt2018 import JointAutoregressiveHierarchicalPrior, ModelConfig
+    from pillow_jac.training.freeze import freeze
+
+    torch.manual_seed(0)
+    tiny = tmp_path / "tiny.safetensors"
+    weights_file.save_weights(tiny, *freeze(JointAutoregressiveHierarchicalPrior(ModelConfig(N=8, M=12)), release=7))
+    images = [natural_image(32, 40, seed=12), natural_image(32, 40, seed=13)]
+    files = codec.encode_batch(images, weights=tiny, batch_size=2)
+    assert {container.parse(f).header.model_id for f in files} == {"mbt-8-12-r007"}
+    decoded = codec.decode_batch(files, weights=tiny, batch_size=2)
+    assert all(np.array_equal(a, codec.decode(f, weights=tiny)) for a, f in zip(decoded, files, strict=True))
     assert pillow_jac.encode_batch is codec_batch.encode_batch is codec.encode_batch
     assert pillow_jac.decode_batch is codec_batch.decode_batch
 

@@ -40,9 +40,25 @@ def test_the_same_weights_do_not_clear_the_bar_and_the_verdict_is_recorded(sets,
     assert "release it" in capsys.readouterr().out
 
 
-def test_bd_rate_is_of_the_candidate_against_the_stable_curve() -> None:
-    stable = {"codecs": {"jac": {"average": [{"bpp": b, "psnr": p} for b, p in [(1, 30), (2, 33), (4, 36)]]}}}
-    cheaper = {"codecs": {"jac": {"average": [{"bpp": b * 0.9, "psnr": p} for b, p in [(1, 30), (2, 33), (4, 36)]]}}}
-    from pillow_jac.bench.metrics import bd_rate
+def test_bd_rate_is_of_the_candidate_against_the_stable_curve(tmp_path: Path, monkeypatch) -> None:
+    """The gate's verdict on curves given for each weights file: 10% smaller files at equal PSNR pass the 5% bar,
+    10% larger ones fail (the BD-rate is the candidate's against the stable curve, not the other way round)."""
+    from pillow_jac.bench import rd
 
-    assert np.isclose(bd_rate(*gate.curve(stable), *gate.curve(cheaper)), -10.0)
+    points = [(1, 30), (2, 33), (4, 36)]
+    scale = {"stable.safetensors": 1.0, "cheaper.safetensors": 0.9, "dearer.safetensors": 1.1}
+
+    def fake_run(data, out, *, jac_weights, **kwargs):
+        factor = scale[Path(jac_weights).name]
+        average = [{"bpp": b * factor, "psnr": p} for b, p in points]
+        return {"codecs": {"jac": {"average": average}}, "meta": {"images": 1}}
+
+    monkeypatch.setattr(rd, "run", fake_run)
+    sets = {"kodak": tmp_path / "k", "urban20": tmp_path / "u"}
+    for name, bd, passes in (("cheaper", -10.0, True), ("dearer", 10.0, False)):
+        verdict = gate.gate(
+            Path(f"{name}.safetensors"), Path("stable.safetensors"), sets, tmp_path / name, log=lambda _: None
+        )
+        assert verdict["passes"] is passes
+        for result in verdict["sets"].values():
+            assert np.isclose(result["bd_rate_percent"], bd, atol=0.05) and result["passes"] is passes

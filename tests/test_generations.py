@@ -234,9 +234,14 @@ def test_release_command_keeps_the_old_generation_and_makes_vectors(
 def test_shipped_weights_fit_the_package_budget() -> None:
     assert 0 < generations.package_weights_bytes() <= generations.PACKAGE_BUDGET_BYTES
     kept = sorted((generations.package_weights_dir() / generations.KEPT_DIR).glob("*.safetensors"))
+    kept_ids = set()
     for path in kept:  # every kept generation is a decoder file, and has its vectors
         _, meta = weights.load_weights(path)
         assert meta["layout"] == "decoder" and (VECTORS / meta["model_id"] / "vectors.json").exists()
+        kept_ids.add(meta["model_id"])
+    # every released generation but the newest (shipped in full) is kept as a decoder file: none yet beside r006
+    released = json.loads((ROOT / "pillow_jac" / "released.json").read_text())
+    assert kept_ids == set(released) - {generations.encoder(None).model_id}
 
 
 def test_jac_weights_that_names_no_encoder_is_an_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

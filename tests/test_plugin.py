@@ -375,11 +375,14 @@ def _damaged(data: bytes, kind: str) -> bytes:
     return data[:8] + b"junkjunkjunk" + data[20:]  # "first-chunk": the signature, then no JHDR
 
 
-@pytest.mark.parametrize("kind", ["crc", "trailing", "first-chunk"])
-def test_damaged_file_is_an_oserror_like_a_damaged_png(rgb_jac: bytes, kind: str) -> None:
+@pytest.mark.parametrize(
+    ("kind", "cause"),
+    [("crc", "CRC mismatch in chunk 'YSTR'"), ("trailing", "after the JEND chunk"), ("first-chunk", "must be JHDR")],
+)
+def test_damaged_file_is_an_oserror_like_a_damaged_png(rgb_jac: bytes, kind: str, cause: str) -> None:
     """The loop Pillow users write to skip broken images skips a damaged .jac; the message names the cause."""
     data = _damaged(rgb_jac, kind)
-    with pytest.raises(OSError) as info:
+    with pytest.raises(OSError, match=cause) as info:
         Image.open(io.BytesIO(data))
     assert isinstance(info.value, container.JacDataError)
     assert isinstance(info.value, ValueError)  # a JacFormatError, as documented since the first release
@@ -455,6 +458,7 @@ def test_decompression_bomb_error_before_decoding(monkeypatch, rgb_jac: bytes) -
         raise AssertionError("decoder ran")
 
     monkeypatch.setattr(codec, "decode", must_not_run)
+    monkeypatch.setattr(container, "read_file", must_not_run)  # refused from the header, before the chunks are read
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", SIZE[0] * SIZE[1] // 2 - 1)
     with pytest.raises(Image.DecompressionBombError):
         Image.open(io.BytesIO(rgb_jac))

@@ -12,14 +12,19 @@ from tests.helpers import natural_image
 
 @pytest.mark.parametrize("quality", [1, 8])
 def test_striped_codec_matches_whole_image(quality, monkeypatch):
-    image = natural_image(300, 200, seed=3)  # a 19-row latent: stripes of 8, 8 and 3 rows
+    image = natural_image(300, 200, seed=3)  # a 20-row latent (padded to 320 rows): stripes of 8, 8 and 4 rows
     data = codec.encode(image, quality)
     pixels = codec.decode(data)
     _, symbols = codec.encode_symbols(image, quality)
     monkeypatch.setattr(stripes, "STRIPE_PIXELS", 1)  # the smallest stripes: 8 latent rows
     assert stripes.stripe_rows_for(13) == 8
+    seen, whole = [], stripes.stripes
+    monkeypatch.setattr(stripes, "stripes", lambda *a, **k: [seen.append(s) or s for s in whole(*a, **k)])
     _, striped_symbols = codec.encode_symbols(image, quality)
+    assert [(a, b) for a, b, _, _ in seen] == [(0, 8), (8, 16), (16, 20)]  # g_a ran in three stripes
+    seen.clear()
     striped_pixels = codec.decode(data)
+    assert [(a, b) for a, b, _, _ in seen] == [(0, 8), (8, 16), (16, 20)]  # and g_s
     # equal up to float summation order: in practice bit-identical here
     assert (striped_symbols != symbols).mean() < 1e-3
     assert np.abs(striped_pixels.astype(int) - pixels).max() <= 1
