@@ -92,6 +92,7 @@ from PIL import Image, ImageFile
 
 from . import container
 from .constants import (
+    ALPHA_LAYOUTS,
     DEFAULT_EFFORT,
     DEFAULT_QUALITY,
     LAYOUTS,
@@ -110,7 +111,6 @@ if TYPE_CHECKING:
 
 __all__ = [
     "JacImageFile",
-    "JacDecoder",
     "encode_image",
     "make_preview",
     "preview_size",
@@ -215,8 +215,16 @@ class JacImageFile(ImageFile.ImageFile):
 
     Opening reads and checks the whole container once and keeps it; ``load()`` decodes
     from it without reading the file again, then drops it. So ``load()`` also works after
-    ``verify()`` (which has nothing left to check, and closes the file), as with WebP, AVIF and HEIF.
+    ``verify()`` (which checks what opening does not: the alpha plane's zlib stream, SPEC.md section 5.1;
+    it closes the file), as with WebP, AVIF and HEIF.
     A file holds one image: ``n_frames`` is 1 and ``is_animated`` is False.
+
+    :class:`PIL.ImageFile.Parser` reads a ``.jac`` whole, as it reads PNG and JPEG: it collects what it is
+    fed and opens and decodes it all at ``close()``, so trailing data, a damaged end and everything after
+    a chunk boundary are judged on the whole file, as :func:`PIL.Image.open` judges them. Until the whole file
+    has come, the Parser tries to open what it has after every piece (its design, for every format): a file
+    of many chunks fed in small pieces costs time that grows with the square of its size (20,000 empty
+    chunks, 240 kB, in pieces of 1 kB: about 13 s); give it large pieces, or open the complete bytes.
 
     A file with a preview (``prvw``, SPEC.md section 5.4) answers :meth:`draft`, and so ``thumbnail()``,
     with the preview when it is large enough: no neural decoder, no torch.
@@ -259,7 +267,7 @@ class JacImageFile(ImageFile.ImageFile):
             value = getattr(jac, name)
             if value:
                 self.info[name] = bytes(value)
-        self.tile = [ImageFile._Tile("JAC", (0, 0, *size), 0, jac)]
+        self.tile = [ImageFile._Tile("JAC", (0, 0, *size), 0, None)]  # not loaded yet: load() decodes self._jac
 
     def draft(self, mode: str | None, size: tuple[int, int] | None) -> tuple[str, tuple[int, int, float, float]] | None:
         """Load the file's preview instead of the image when it is at least as large as the image fitted in ``size``.
@@ -283,6 +291,27 @@ class JacImageFile(ImageFile.ImageFile):
         self._size = preview.size
         self.tile = [ImageFile._Tile("JAC", (0, 0, *preview.size), 0, None)]
         return self.mode, (0, 0, *preview.size)
+
+    def load_read(self, read_bytes: int) -> bytes:
+        """Read from the file: the hook of Pillow's tile loader, which :meth:`load` does not use.
+
+        Pillow's :class:`~PIL.ImageFile.Parser` decodes tiles as data arrives unless an image has this hook;
+        with it (as PNG and JPEG have) the Parser waits for all the data and opens the whole file at ``close()``.
+        A ``.jac`` must be read whole: a prefix ending at a chunk boundary can look like a complete file.
+        """
+        assert self.fp is not None
+        return self.fp.read(read_bytes)
+
+    def verify(self) -> None:
+        """Check what :func:`PIL.Image.open` has not: the alpha plane decompresses to the image's size.
+
+        Everything else of the container (chunks, CRCs, the header, the metadata) was checked at open.
+        Whether the streams decode, and with which installed generation, only :meth:`load` tells.
+        """
+        if self._jac is not None and self._jac.header.layout in ALPHA_LAYOUTS:
+            h = self._jac.header
+            container.decompress_alpha(self._jac.alpha_method, self._jac.alpha, h.width, h.height)
+        super().verify()
 
     def close(self) -> None:
         """Close the image, and let go of the parsed file and of a preview :meth:`draft` decoded."""
@@ -308,26 +337,6 @@ class JacImageFile(ImageFile.ImageFile):
                 self.fp.close()
                 self.fp = None
         return super().load()
-
-
-class JacDecoder(ImageFile.PyDecoder):
-    """Pillow decoder for the ``"JAC"`` tile, whose argument is the parsed file: runs the codec.
-
-    :meth:`JacImageFile.load` does not need it; it serves other users of the tile, such as
-    :class:`PIL.ImageFile.Parser`. Without an argument it reads the container from the file.
-    Any failure surfaces as ``OSError`` or ``ValueError`` (never a torch or constriction exception).
-    """
-
-    _pulls_fd = True
-
-    def decode(self, buffer: bytes | Image.SupportsArrayInterface) -> tuple[int, int]:
-        """Decode the whole image in one call (``buffer`` is unused)."""
-        jac = self.args[0] if self.args else None
-        if not isinstance(jac, container.JacFile):
-            assert self.fd is not None
-            jac = _read_container(self.fd, keep_unknown=False)
-        self.set_as_raw(_raw_pixels(jac, self.mode, (self.state.xsize, self.state.ysize)), self.mode)
-        return -1, 0
 
 
 def _raw_pixels(jac: container.JacFile, mode: str, size: tuple[int, int]) -> memoryview:
@@ -492,7 +501,6 @@ def register() -> None:
     Image.register_save_all(JacImageFile.format, _save_all)
     Image.register_extension(JacImageFile.format, ".jac")
     Image.register_mime(JacImageFile.format, "image/x-jac")
-    Image.register_decoder("JAC", JacDecoder)
 
 
 register()

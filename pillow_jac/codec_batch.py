@@ -257,15 +257,15 @@ def decode_batch(files, *, device=None, weights=None, batch_size: int = 8) -> li
             with _naming_item(i, OSError, ValueError):
                 out[i] = decode_with(parsed[i], engine)
             continue
-        y_hats = []
+        y_hats, alphas = [], []
         headers = [parsed[i].header for i in members]
         with steps.allocation_errors_as_memory_errors(headers[0].width, headers[0].height):
             for i in members:
                 with _naming_item(i, OSError, ValueError, MemoryError):
+                    alphas.append(steps.alpha_plane(parsed[i]))  # first, as decode() checks it
                     y_hats.append(steps.decode_latents(parsed[i], engine)[1])
             sizes = [(h.height, h.width) for h in headers]
             rgbs = steps.transforms().synthesize(engine, y_hats, [h.quality for h in headers], sizes)
-        for i, h, rgb in zip(members, headers, rgbs, strict=True):
-            with _naming_item(i, OSError, ValueError):
-                out[i] = steps.to_layout(rgb, h.layout, steps.alpha_plane(parsed[i]))
+        for i, h, rgb, alpha in zip(members, headers, rgbs, alphas, strict=True):
+            out[i] = steps.to_layout(rgb, h.layout, alpha)
     return out

@@ -198,9 +198,18 @@ def test_errors_name_the_item():
     rgba = codec.encode(np.dstack([image, image[:, :, 0]]), QUALITY)
     jac = container.parse(rgba)
     short_alpha = container.serialize(dataclasses.replace(jac, alpha=zlib.compress(b"\0" * 10)))  # a valid container
-    with pytest.raises(ValueError, match="alpha plane") as info:  # found after the group's synthesis
+    with pytest.raises(ValueError, match="alpha plane") as info:
         codec.decode_batch([rgba, short_alpha])
     assert info.value.batch_index == 1
+    # a bad alpha plane and a bad stream: the error decode() gives (it checks the alpha plane first), not another
+    bad_stream = b"\xff" * len(jac.y_stream)
+    both = container.serialize(dataclasses.replace(jac, alpha=jac.alpha[:-1] + b"\0", y_stream=bad_stream))
+    with pytest.raises(OSError) as alone:
+        codec.decode(both)
+    for batch_size in (1, 2):
+        with pytest.raises(OSError) as batched:
+            codec.decode_batch([rgba, both], batch_size=batch_size)
+        assert type(batched.value) is type(alone.value) and str(batched.value) == str(alone.value), batch_size
 
 
 def test_options_as_the_single_image_calls_take_them():

@@ -95,7 +95,6 @@ def test_registration() -> None:
     assert Image.SAVE_ALL["JAC"] is JacImagePlugin._save_all
     assert Image.registered_extensions()[".jac"] == "JAC"
     assert Image.MIME["JAC"] == "image/x-jac"
-    assert "JAC" in Image.DECODERS
 
 
 def test_register_is_idempotent() -> None:
@@ -255,7 +254,7 @@ def test_load_truncated_images_forgives_a_damaged_end(monkeypatch, rgb_jac: byte
         with pytest.warns(UserWarning, match="read without its damaged end"):
             im = Image.open(io.BytesIO(data))
         with im:
-            assert im.tile[0].args == container.parse(rgb_jac)  # what load() decodes
+            assert im._jac == container.parse(rgb_jac)  # what load() decodes
             if len(data) == len(rgb_jac) - 1:
                 assert np.array_equal(np.asarray(im), intact)
     with pytest.raises(OSError, match="truncated JAC file: CRC of chunk 'YSTR'"):
@@ -326,17 +325,89 @@ def test_load_after_verify(rgb_jac_path: Path) -> None:
         assert_resembles(im, hopper())
 
 
-def test_incremental_parser(rgb_jac: bytes) -> None:
-    """PIL.ImageFile.Parser decodes through the "JAC" tile decoder, from the parsed file in the tile."""
+def _parse_in_pieces(data: bytes, cuts: list[int]):
+    """What :class:`PIL.ImageFile.Parser` gives for ``data`` fed in pieces ending at ``cuts`` (and the end)."""
     from PIL import ImageFile
 
     parser = ImageFile.Parser()
-    for i in range(0, len(rgb_jac), 100):
-        parser.feed(rgb_jac[i : i + 100])
-    im = parser.close()
-    assert im.size == SIZE and im.mode == "RGB"
-    with Image.open(io.BytesIO(rgb_jac)) as direct:
-        assert im.tobytes() == direct.tobytes()
+    for a, b in zip([0, *cuts], [*cuts, len(data)], strict=True):
+        parser.feed(data[a:b])
+    return parser.close()
+
+
+def _chunk_ends(data: bytes) -> list[int]:
+    """The offset after the signature and after each chunk of a file."""
+    ends, at = [len(MAGIC)], len(MAGIC)
+    while at < len(data):
+        at += 12 + int.from_bytes(data[at : at + 4], "big")
+        ends.append(at)
+    return ends
+
+
+def test_incremental_parser(rgb_jac: bytes) -> None:
+    """PIL.ImageFile.Parser gives the image and the metadata Image.open gives, however the file is cut up."""
+    vectors = Path(__file__).resolve().parents[1] / "format_spec" / "vectors"
+    with_metadata = (vectors / "edge" / "chunks-reordered.jac").read_bytes()  # ICC, EXIF and XMP
+    for data in (rgb_jac, with_metadata):
+        with Image.open(io.BytesIO(data)) as direct:
+            direct.load()
+            for cuts in (list(range(100, len(data), 100)), _chunk_ends(data)[:-1], [len(data) - 5]):
+                im = _parse_in_pieces(data, cuts)
+                assert im.tobytes() == direct.tobytes() and im.info == direct.info
+                im.putpixel((0, 0), 0 if im.mode == "L" else (1, 2, 3))  # writable, as Image.open's after load()
+
+
+def _outcome(read) -> tuple:
+    """``("refused",)`` when ``read()`` raises OSError, else the image's pixels and info."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # LOAD_TRUNCATED_IMAGES's warnings: the same for both readers
+            im = read()
+            im.load()
+    except OSError:
+        return ("refused",)
+    return im.tobytes(), im.info
+
+
+@pytest.mark.parametrize("truncated_ok", [False, True])
+def test_the_parser_judges_the_whole_file_as_open_does(rgb_jac: bytes, monkeypatch, truncated_ok: bool) -> None:
+    """A piece that ended at a chunk boundary made the file so far look complete: the Parser returned it and
+    ignored the rest (trailing data; with LOAD_TRUNCATED_IMAGES also a bad end or an unknown critical chunk).
+    Now it refuses or accepts each file as Image.open does, whatever the pieces."""
+    from PIL import ImageFile
+
+    monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", truncated_ok)
+    end = len(rgb_jac) - 12  # where JEND starts
+    cases = {
+        "trailing byte": (rgb_jac + b"\0", len(rgb_jac)),
+        "another file after it": (rgb_jac + rgb_jac, len(rgb_jac)),
+        "unknown critical chunk": (rgb_jac[:end] + _chunk(b"ABCD", b"x") + rgb_jac[end:], end),
+        "JEND's CRC zeroed": (rgb_jac[:-4] + bytes(4), end),
+        "cut inside JEND": (rgb_jac[:-6], end),
+    }
+    outcomes = {}
+    for name, (data, cut) in cases.items():
+        outcomes[name] = _outcome(lambda d=data: Image.open(io.BytesIO(d)))
+        assert _outcome(lambda d=data, c=cut: _parse_in_pieces(d, [c])) == outcomes[name], name
+    refused = {name for name, outcome in outcomes.items() if outcome == ("refused",)}
+    # without LOAD_TRUNCATED_IMAGES every one is refused; with it, a file cut short or with data after its end is
+    # read (SPEC.md 8.3), but not a damaged critical chunk
+    assert refused == (set(cases) if not truncated_ok else {"unknown critical chunk", "JEND's CRC zeroed"})
+
+
+def _chunk(ctype: bytes, payload: bytes) -> bytes:
+    import zlib
+
+    crc = zlib.crc32(ctype + payload).to_bytes(4, "big")
+    return len(payload).to_bytes(4, "big") + ctype + payload + crc
+
+
+def test_verify_checks_the_alpha_plane() -> None:
+    """verify() passed a file whose alpha plane does not decompress to the image's size; load() then failed."""
+    vectors = Path(__file__).resolve().parents[1] / "format_spec" / "vectors" / "invalid"
+    for name in ("alph-plane-short", "alph-preset-dictionary", "alph-trailing-byte"):
+        with Image.open(vectors / f"{name}.jac") as im, pytest.raises(container.JacDataError, match="alpha plane"):
+            im.verify()
 
 
 def test_trailing_garbage_is_rejected(rgb_jac: bytes) -> None:
