@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -18,7 +19,7 @@ import pytest
 from PIL import Image, ImageCms
 
 import pillow_jac
-from pillow_jac import __version__
+from pillow_jac import __version__, container
 from pillow_jac.cli import main
 from pillow_jac.constants import MAGIC
 
@@ -64,22 +65,40 @@ def assert_one_line_error(err: str, *fragments: str) -> None:
 # --------------------------------------------------------------------------- encode / decode
 
 
+def _with_metadata(png: Path) -> Path:
+    """``png`` with EXIF and XMP beside its ICC profile."""
+    from PIL import PngImagePlugin
+
+    path = png.with_name("meta.png")
+    text = PngImagePlugin.PngInfo()
+    text.add_itxt("XML:com.adobe.xmp", "<x:xmpmeta>tags</x:xmpmeta>")  # where PNG keeps XMP
+    with Image.open(png) as im:
+        exif = Image.Exif()
+        exif[0x010F] = "a camera maker"
+        im.save(path, icc_profile=im.info["icc_profile"], exif=exif, pnginfo=text)
+    with Image.open(path) as check:
+        assert {"icc_profile", "exif", "xmp"} <= set(check.info)
+    return path
+
+
 def test_encode(png: Path, tmp_path: Path, capsys) -> None:
     out = tmp_path / "out.jac"
-    assert main(["encode", str(png), str(out), "-q", "2.5"]) == 0
+    source = _with_metadata(png)
+    assert main(["encode", str(source), str(out), "-q", "2.5"]) == 0
     assert out.read_bytes().startswith(MAGIC)
-    with Image.open(out) as im:
+    with Image.open(out) as im, Image.open(source) as original:
         assert im.format == "JAC" and im.size == (48, 40)
         assert im.info["quality"] == 2.5
-        assert "icc_profile" in im.info  # metadata kept by default
+        for key in ("icc_profile", "exif", "xmp"):  # metadata kept by default, as it was
+            assert im.info[key] == original.info[key], key
     assert capsys.readouterr().err == ""
 
 
 def test_encode_strip(png: Path, tmp_path: Path) -> None:
     out = tmp_path / "out.jac"
-    assert main(["encode", str(png), str(out), "--strip", "--quality", "4"]) == 0
+    assert main(["encode", str(_with_metadata(png)), str(out), "--strip", "--quality", "4"]) == 0
     with Image.open(out) as im:
-        assert "icc_profile" not in im.info
+        assert not {"icc_profile", "exif", "xmp"} & set(im.info)
 
 
 def test_decode(jac: Path, tmp_path: Path) -> None:
@@ -95,7 +114,7 @@ def test_decode_other_formats(jac: Path, tmp_path: Path, ext: str) -> None:
     out = tmp_path / f"out{ext}"
     assert main(["decode", str(jac), str(out)]) == 0
     with Image.open(out) as im:
-        assert im.size == (48, 40)
+        assert im.size == (48, 40) and im.format == {".jpg": "JPEG", ".tif": "TIFF"}[ext]
 
 
 def _half_transparent(mode: str) -> Image.Image:
@@ -219,7 +238,9 @@ def test_info_json(jac: Path, capsys) -> None:
     assert info["bpp"] == pytest.approx(8 * jac.stat().st_size / (48 * 40), abs=1e-4)
     assert info["xmp_bytes"] == 4 and info["exif_bytes"] == 0
     assert info["y_stream_bytes"] > 0
-    assert isinstance(info["model_id"], str) and len(info["weights_hash"]) == 16
+    header = container.read(jac).header  # the generation the file names
+    assert (info["model_id"], info["weights_hash"]) == (header.model_id, header.weights_hash.hex())
+    assert info["model_id"] == pillow_jac.models()[0].model_id
 
 
 def test_info_of_several_files_reports_a_bad_one_and_shows_the_rest(jac: Path, png: Path, capsys) -> None:
@@ -1156,6 +1177,26 @@ def test_info_shows_each_file_as_it_is_read_and_a_name_the_locale_cannot_show(ja
     out = result.stdout.decode()
     assert result.returncode == 0, result.stderr
     assert out.count("48x40 RGB") == 2 and "odd\\udcff.jac" in out
+    # each file is shown once read: the first before the second (a pipe, written to only then) has come
+    fifo = tmp_path / "second.jac"
+    os.mkfifo(fifo)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pillow_jac", "info", str(jac), str(fifo)], stdout=subprocess.PIPE, cwd=ROOT,
+    )  # fmt: skip
+    try:
+        first = b""
+        while b"48x40 RGB" not in first:
+            ready, _, _ = select.select([proc.stdout], [], [], 60)
+            assert ready, "the first file was not shown while jac info waited for the second"
+            line = proc.stdout.readline()
+            assert line, "jac info ended before showing the first file"
+            first += line
+        fifo.write_bytes(jac.read_bytes())  # blocks until jac info opens the pipe
+        rest = proc.stdout.read()
+        assert proc.wait(timeout=60) == 0 and rest.count(b"48x40 RGB") == 1
+    finally:
+        proc.kill()
+        proc.stdout.close()
 
 
 def test_a_turned_photo_batched_with_strip_is_done_on_the_next_run(tmp_path: Path, capsys) -> None:

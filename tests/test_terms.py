@@ -22,7 +22,10 @@ def test_the_package_metadata_names_the_weights_terms() -> None:
     files = re.search(r"^license-files\s*=\s*\[(.*?)\]", pyproject, re.MULTILINE | re.DOTALL)
     assert files is not None and '"weights/LICENSE.md"' in files.group(1)
     expression = re.search(r'^license\s*=\s*"(.*)"', pyproject, re.MULTILINE)
-    assert expression is not None and expression.group(1) != "Apache-2.0"  # not the code's licence alone
+    assert expression is not None
+    # the code's licence and the weights' terms together, both applying: an AND, never an OR
+    assert "Apache-2.0" in expression.group(1) and " OR " not in expression.group(1)
+    assert re.search(r"\bAND LicenseRef-[\w.-]+", expression.group(1)), expression.group(1)
     terms = (WEIGHTS / "LICENSE.md").read_text(encoding="utf-8")
     assert "Apache" in terms and "non-commercial research" in terms
     for group, source in (("wiki_", "Zelex/images"), ("bsds_", "BSDS500"), ("inet_", "ImageNet")):
