@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import pillow_jac
 from pillow_jac.bench import metrics
 from pillow_jac.bench.codecs import ALL_CODECS, CodecUnavailable, get_codec, get_codecs
 from pillow_jac.bench.images import find_shared
@@ -196,6 +197,8 @@ def test_jac_adapter_round_trip():
     assert data[:8] == b"\x8bJAC\r\n\x1a\n"
     out = codec.decode(data)
     assert out.shape == rgb.shape and out.dtype == np.uint8
+    np.testing.assert_array_equal(out, pillow_jac.decode(data))  # the codec's own pixels, channels in order
+    assert metrics.psnr(rgb, out) > 20
 
 
 # -- the drivers -------------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -82,6 +83,10 @@ def test_the_policy_is_set_only_before_torch_and_only_where_nothing_was_chosen(v
         during = os.environ.get("OMP_WAIT_POLICY")
     assert during == ("PASSIVE" if variable is None else "7" if variable == "OMP_WAIT_POLICY" else None)
     assert os.environ.get("OMP_WAIT_POLICY") == ("7" if variable == "OMP_WAIT_POLICY" else None)
+    monkeypatch.setitem(sys.modules, "torch", types.ModuleType("torch"))  # torch imported already: nothing set
+    with passive_unless_chosen():
+        during = os.environ.get("OMP_WAIT_POLICY")
+    assert during == ("7" if variable == "OMP_WAIT_POLICY" else None)
 
 
 def test_torch_imported_first_keeps_torchs_policy():
