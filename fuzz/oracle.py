@@ -102,6 +102,45 @@ def _pillow_open(data: bytes, load: bool) -> Any:
             return np.asarray(im)
 
 
+def _pieces(data: bytes) -> list[bytes]:
+    """``data`` cut where a reader could take the file so far for a whole one.
+
+    After the signature and after each chunk its length fields lead to; the rest in one piece where they lead
+    outside the data.
+    """
+    cuts, at = [], 8
+    while at < len(data):
+        cuts.append(at)
+        at += 12 + int.from_bytes(data[at : at + 4], "big")
+    return [data[a:b] for a, b in zip([0, *cuts], [*cuts, len(data)], strict=True)]
+
+
+def _pillow_parser(data: bytes) -> Any:
+    """The pixels of Pillow's ``ImageFile.Parser`` fed ``data`` one piece per chunk (:func:`_pieces`)."""
+    from PIL import ImageFile
+
+    Image = lib().Image
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        parser = ImageFile.Parser()
+        for piece in _pieces(data):
+            parser.feed(piece)
+        with parser.close() as im:
+            import numpy as np
+
+            return np.asarray(im)
+
+
+def _pillow_verify(data: bytes) -> bool:
+    """``Image.open(...).verify()`` of ``data``."""
+    Image = lib().Image
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        with Image.open(io.BytesIO(data), formats=["JAC"]) as im:
+            im.verify()
+    return True
+
+
 def _pillow_draft(data: bytes, request: tuple[int, int]) -> tuple[Any, tuple[int, int], str]:
     """Open ``data`` with Pillow and ask ``draft()`` for ``request``; load the preview when it took one.
 
@@ -249,15 +288,18 @@ def check_decode(data: bytes, limits: Limits | None = None, strict_memory: bool 
         variants.append(stamped)
     for variant in variants:
         preview = _preview_of(variant)
-        decoders = 2 if preview is None else 3
+        decoders = 3 if preview is None else 4
         with _Budget(limits, "decode", limits.seconds + decoders * limits.seconds_per_step * steps(variant)):
             decoded = _call("codec.decode", lambda v=variant: L.codec.decode(v), strict_memory)
             loaded = _call("Image.open().load()", lambda v=variant: _pillow_open(v, load=True), strict_memory)
+            verified = _call("Image.open().verify()", lambda v=variant: _pillow_verify(v), strict_memory)
+            fed = _call("ImageFile.Parser", lambda v=variant: _pillow_parser(v), strict_memory)
             if preview is not None:
                 box = (max(1, preview[1] // 2), max(1, preview[2] // 2))
                 thumb = _call("thumbnail()", lambda v=variant, b=box: _pillow_thumbnail(v, b), strict_memory)
         if preview is not None:
             _check_thumbnail(variant, box, loaded, thumb)
+        _check_parser_and_verify(loaded, fed, verified, decoded)
         if decoded[0] == "ok":
             jac = L.container.parse(variant)
             w, h = jac.size
@@ -273,6 +315,22 @@ def check_decode(data: bytes, limits: Limits | None = None, strict_memory: bool 
             raise Finding(f"codec.decode -> {_label(decoded)} but Image.open().load() accepted")
         labels.append(_label(decoded))
     return " | ".join(labels)
+
+
+def _check_parser_and_verify(
+    loaded: tuple[str, Any], fed: tuple[str, Any], verified: tuple[str, Any], decoded: tuple[str, Any]
+) -> None:
+    """The Parser accepts what ``Image.open().load()`` accepts, with the same pixels.
+
+    And ``verify()`` passes no file whose decode then finds the container damaged (its alpha plane included).
+    """
+    if loaded[0] == "ok":
+        if fed[0] != "ok" or fed[1].shape != loaded[1].shape or (fed[1] != loaded[1]).any():
+            raise Finding(f"Image.open().load() accepted but ImageFile.Parser -> {_label(fed)}")
+    elif fed[0] == "ok" and not isinstance(loaded[1], _bomb()):
+        raise Finding(f"Image.open().load() -> {_label(loaded)} but ImageFile.Parser accepted")
+    if verified[0] == "ok" and decoded[0] == "error" and isinstance(decoded[1], lib().container.JacFormatError):
+        raise Finding(f"verify() passed but codec.decode found the container damaged: {_label(decoded)}")
 
 
 def _preview_of(data: bytes) -> tuple[int, int, int, bytes] | None:
