@@ -224,7 +224,9 @@ class JacImageFile(ImageFile.ImageFile):
     a chunk boundary are judged on the whole file, as :func:`PIL.Image.open` judges them. Until the whole file
     has come, the Parser tries to open what it has after every piece (its design, for every format): a file
     of many chunks fed in small pieces costs time that grows with the square of its size (20,000 empty
-    chunks, 240 kB, in pieces of 1 kB: about 13 s); give it large pieces, or open the complete bytes.
+    chunks, 240 kB, in pieces of 1 kB: about 13 s); give it large pieces, or open the complete bytes. Under
+    ``LOAD_TRUNCATED_IMAGES`` a piece that stops before ``JEND`` is such an attempt too, and warns of a
+    damaged end although the whole file, judged at ``close()``, may have none.
 
     A file with a preview (``prvw``, SPEC.md section 5.4) answers :meth:`draft`, and so ``thumbnail()``,
     with the preview when it is large enough: no neural decoder, no torch.
@@ -488,7 +490,7 @@ def _save_all(im: Image.Image, fp: IO[bytes], filename: str | bytes) -> None:
 
 
 def register() -> None:
-    """Register the JAC format with Pillow (open, save, ``.jac``, MIME type, decoder); idempotent.
+    """Register the JAC format with Pillow (open, save, ``.jac``, MIME type); idempotent.
 
     Example:
         >>> register(); register()

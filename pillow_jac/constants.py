@@ -146,6 +146,8 @@ JHDR_LENGTH = 54
 #: characters padded with NULs, and ``weights_hash``, this many bytes (a weights manifest holds it as hex)
 MODEL_ID_BYTES = 16
 WEIGHTS_HASH_BYTES = 8
+#: the ``layout`` of a weights file's manifest (SPEC.md section 9.2): the whole model, or a kept generation's decoder
+WEIGHTS_LAYOUTS = ("full", "decoder")
 
 
 def is_model_id(text: str) -> bool:

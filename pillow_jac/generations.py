@@ -40,6 +40,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+from .constants import WEIGHTS_LAYOUTS
 from .forksafe import ForkSafeLock
 
 __all__ = [
@@ -240,6 +241,8 @@ def generation_of(path: Path) -> Generation | None:
     if meta is not None:
         if declared > stat.st_size:
             problem = f"it is {stat.st_size} bytes, shorter than the {declared} its header declares (damaged)"
+        elif meta.get("layout") not in WEIGHTS_LAYOUTS:  # as weights.read_manifest requires
+            problem = f"its manifest's layout is {meta.get('layout')!r}, not one of {', '.join(WEIGHTS_LAYOUTS)}"
         else:
             names = ("model_id", "weights_hash", "decoder_hash")
             problem = released_problem(*(str(meta.get(name)) for name in names))
@@ -253,7 +256,7 @@ def generation_of(path: Path) -> Generation | None:
                 model_id=str(meta["model_id"]),
                 weights_hash=bytes.fromhex(meta["weights_hash"]),
                 release=int(meta["release"]) if str(meta.get("release", "")).isdigit() else None,
-                can_encode={"full": True, "decoder": False}[meta["layout"]],  # as weights.read_manifest requires
+                can_encode=meta["layout"] == "full",
                 path=path,
                 size=stat.st_size,
             )

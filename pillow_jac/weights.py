@@ -30,7 +30,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from .constants import MODEL_ID_BYTES, WEIGHTS_HASH_BYTES, is_model_id
+from .constants import MODEL_ID_BYTES, WEIGHTS_HASH_BYTES, WEIGHTS_LAYOUTS, is_model_id
 from .model.integer import LAYER_FIELDS, LAYER_KINDS, IntegerLayer, IntegerNetwork
 
 __all__ = [
@@ -330,7 +330,7 @@ def _problem(metadata: dict[str, str]) -> str | None:
     model_id = metadata["model_id"]
     if not (isinstance(model_id, str) and is_model_id(model_id)):
         return f"model_id {model_id!r} is not 1 to {MODEL_ID_BYTES} printable ASCII characters"
-    if metadata["layout"] not in ("full", "decoder"):
+    if metadata["layout"] not in WEIGHTS_LAYOUTS:
         return f"unknown layout {metadata['layout']!r}"
     names = ["weights_hash", "decoder_hash"] + (["encoder_hash"] if metadata["layout"] == "full" else [])
     names += ["legacy_weights_hash"] if "legacy_weights_hash" in metadata else []

@@ -226,6 +226,8 @@ def test_options_as_the_single_image_calls_take_them():
     assert codec.encode_batch(images, weights=weights, batch_size=2) == files
     decoded = codec.decode_batch(files, weights=weights, batch_size=np.int8(2))
     assert all(np.array_equal(a, b) for a, b in zip(decoded, codec.decode_batch(files), strict=True))
+    assert pillow_jac.encode_batch is codec_batch.encode_batch is codec.encode_batch
+    assert pillow_jac.decode_batch is codec_batch.decode_batch
 
 
 def test_weights_are_used_as_the_single_image_calls_use_them(tmp_path) -> None:
@@ -242,8 +244,6 @@ def test_weights_are_used_as_the_single_image_calls_use_them(tmp_path) -> None:
     assert {container.parse(f).header.model_id for f in files} == {"mbt-8-12-r007"}
     decoded = codec.decode_batch(files, weights=tiny, batch_size=2)
     assert all(np.array_equal(a, codec.decode(f, weights=tiny)) for a, f in zip(decoded, files, strict=True))
-    assert pillow_jac.encode_batch is codec_batch.encode_batch is codec.encode_batch
-    assert pillow_jac.decode_batch is codec_batch.decode_batch
 
 
 def test_effort_refines_each_image():

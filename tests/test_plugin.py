@@ -361,7 +361,8 @@ def _outcome(read) -> tuple:
     """``("refused",)`` when ``read()`` raises OSError, else the image's pixels and info."""
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # LOAD_TRUNCATED_IMAGES's warnings: the same for both readers
+            # LOAD_TRUNCATED_IMAGES's warnings: the Parser may warn for a piece it tried to open (its docstring)
+            warnings.simplefilter("ignore")
             im = read()
             im.load()
     except OSError:
@@ -371,9 +372,8 @@ def _outcome(read) -> tuple:
 
 @pytest.mark.parametrize("truncated_ok", [False, True])
 def test_the_parser_judges_the_whole_file_as_open_does(rgb_jac: bytes, monkeypatch, truncated_ok: bool) -> None:
-    """A piece that ended at a chunk boundary made the file so far look complete: the Parser returned it and
-    ignored the rest (trailing data; with LOAD_TRUNCATED_IMAGES also a bad end or an unknown critical chunk).
-    Now it refuses or accepts each file as Image.open does, whatever the pieces."""
+    """The Parser refuses or accepts each file as Image.open does, also when a piece ends where the file so far
+    looks complete (at a chunk boundary before trailing data, a bad end or an unknown critical chunk)."""
     from PIL import ImageFile
 
     monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", truncated_ok)
@@ -403,7 +403,7 @@ def _chunk(ctype: bytes, payload: bytes) -> bytes:
 
 
 def test_verify_checks_the_alpha_plane() -> None:
-    """verify() passed a file whose alpha plane does not decompress to the image's size; load() then failed."""
+    """verify() refuses a file whose alpha plane does not decompress to the image's size, as load() does."""
     vectors = Path(__file__).resolve().parents[1] / "format_spec" / "vectors" / "invalid"
     for name in ("alph-plane-short", "alph-preset-dictionary", "alph-trailing-byte"):
         with Image.open(vectors / f"{name}.jac") as im, pytest.raises(container.JacDataError, match="alpha plane"):
