@@ -124,14 +124,15 @@ def encode_with(engine, arr, layout: str, quality: float, effort: int, fields: d
     with steps.allocation_errors_as_memory_errors(arr.shape[1], arr.shape[0]):
         z_hat, y_hat = steps.analyze_image(color_planes(arr, layout), quality, engine, effort)
         z_stream, y_stream = steps.encode_latents(engine, z_hat, y_hat)
+    return file_bytes(fields, quality, engine, z_stream, y_stream)
+
+
+def file_bytes(fields: dict, quality: float, engine, z_stream: bytes, y_stream: bytes) -> bytes:
+    """The ``.jac`` file of coded streams and an image's :func:`~pillow_jac.codec_inputs.file_fields`."""
     jac = container.JacFile.create(
-        quality=quality,
-        model_id=engine.model_id,
-        weights_hash=engine.weights_hash,
-        z_stream=z_stream,
-        y_stream=y_stream,
-        **fields,
-    )
+        quality=quality, model_id=engine.model_id, weights_hash=engine.weights_hash, z_stream=z_stream,
+        y_stream=y_stream, **fields,
+    )  # fmt: skip
     return container.serialize(jac)
 
 

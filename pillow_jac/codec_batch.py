@@ -19,7 +19,7 @@ import numpy as np
 
 from . import codec_steps as steps
 from . import container
-from .codec import decode_with, encode_with
+from .codec import decode_with, encode_with, file_bytes
 from .codec_inputs import as_array, check_model, color_planes, file_fields
 from .constants import DEFAULT_EFFORT, DEFAULT_QUALITY, validate_effort, validate_quality
 
@@ -117,15 +117,6 @@ def _analyze_batch(
     ]
 
 
-def _file_bytes(fields: dict, quality: float, engine, z_stream: bytes, y_stream: bytes) -> bytes:
-    """The ``.jac`` file of coded streams and an image's :func:`~pillow_jac.codec_inputs.file_fields`."""
-    jac = container.JacFile.create(
-        quality=quality, model_id=engine.model_id, weights_hash=engine.weights_hash, z_stream=z_stream,
-        y_stream=y_stream, **fields,
-    )  # fmt: skip
-    return container.serialize(jac)
-
-
 def encode_batch(
     images,
     quality: float | None = DEFAULT_QUALITY,
@@ -204,7 +195,7 @@ def encode_batch(
         with steps.allocation_errors_as_memory_errors(width, height):
             for i, (z_hat, y_hat) in zip(members, _analyze_batch(colors, q, engine, effort), strict=True):
                 z_stream, y_stream = steps.encode_latents(engine, z_hat, y_hat)
-                out[i] = _file_bytes(fields[i], q, engine, z_stream, y_stream)
+                out[i] = file_bytes(fields[i], q, engine, z_stream, y_stream)
     return out
 
 
