@@ -11,6 +11,7 @@ the script adds the vectors it lacks, and refuses to run when it would make an e
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import sys
@@ -65,18 +66,26 @@ def _latent_out_of_range(part: str) -> Callable:
 _LARGE = (2048, 1024)
 
 
-def _large(jac, cut: int) -> bytes:
-    """A 2048x1024 file of all-zero latents whose YSTR is cut to its first ``cut`` bytes."""
+@functools.cache
+def _zero_streams(engine) -> tuple[bytes, bytes]:
+    """The coded ``(z, y)`` streams of a 2048x1024 image's all-zero latents (coded once per engine)."""
     import numpy as np
 
     from pillow_jac.container.structure import latent_shapes
 
-    engine = _engine(jac)
-    width, height = _LARGE
-    y_shape, z_shape = latent_shapes(width, height)
+    y_shape, z_shape = latent_shapes(*_LARGE)
     z_hat = np.zeros((engine.config.N, *z_shape), np.int64)
     y_hat = np.zeros((engine.config.M, *y_shape), np.int64)
-    z_stream, y_stream = engine.latents.encode(z_hat, y_hat)
+    return engine.latents.encode(z_hat, y_hat)
+
+
+def _large(jac, cut: int) -> bytes:
+    """A 2048x1024 file of all-zero latents whose YSTR is cut to its first ``cut`` bytes."""
+    from pillow_jac.container.structure import latent_shapes
+
+    width, height = _LARGE
+    y_shape, z_shape = latent_shapes(width, height)
+    z_stream, y_stream = _zero_streams(_engine(jac))
     header = dataclasses.replace(jac.header, width=width, height=height, y_shape=y_shape, z_shape=z_shape)
     return _with(dataclasses.replace(jac, header=header), z=z_stream, y=y_stream[:cut])
 

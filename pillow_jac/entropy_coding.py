@@ -27,6 +27,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import math
 
 import constriction
@@ -105,7 +106,13 @@ _LOG_TAIL = (np.log10(np.maximum(0.5 * np.vectorize(math.erfc)(_Z / math.sqrt(2.
 
 
 def gaussian_tables() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The y tables: ``SCALE_LEVELS * MEAN_STEPS`` discretised Gaussians with escapes."""
+    """The y tables: ``SCALE_LEVELS * MEAN_STEPS`` discretised Gaussians with escapes (arrays the caller owns)."""
+    return tuple(table.copy() for table in _gaussian_tables())
+
+
+@functools.cache
+def _gaussian_tables() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`gaussian_tables`, computed once: they depend on constants only."""
     pmfs, lows = [], []
     for sigma in scale_table():
         extent = _tail_extent(sigma)

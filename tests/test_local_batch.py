@@ -196,11 +196,11 @@ def test_a_batch_run_again_skips_what_is_done_as_on_ray(tmp_path: Path, capsys) 
 @pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds the workers through /proc")
 def test_a_worker_killed_amid_many_files_costs_none_of_them(tmp_path: Path) -> None:
-    """Thousands of files, each refused at once (not images), and a worker killed half-way: every file is
+    """A thousand files, each refused at once (not images), and a worker killed half-way: every file is
     reported with its own error, none with the pool's."""
     photos, out = tmp_path / "photos", tmp_path / "out"
     photos.mkdir()
-    for i in range(3000):
+    for i in range(1000):
         (photos / f"{i:04d}.png").write_bytes(b"not a png")
     proc = start_parallel_batch(photos, out)
     lines: list[str] = []
@@ -218,8 +218,8 @@ def test_a_worker_killed_amid_many_files_costs_none_of_them(tmp_path: Path) -> N
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
     failures = [line for line in lines if line.startswith(f"jac: {photos}")]
-    assert proc.returncode == 1 and lines[-1].strip() == "jac: error: 3000 of 3000 files failed"
-    assert len(failures) == 3000
+    assert proc.returncode == 1 and lines[-1].strip() == "jac: error: 1000 of 1000 files failed"
+    assert len(failures) == 1000
     assert all("cannot identify image file" in line for line in failures), [
         line for line in failures if "cannot identify" not in line
     ][:3]
