@@ -6,10 +6,13 @@ Targets (``--target``):
   :func:`~pillow_jac.container.read_file` on a non-seekable stream that returns a few bytes per read,
   and ``Image.open`` (header and chunks only, no pixels) with ``draft()``, which decodes the preview
   (``prvw``, SPEC.md section 5.4) with Pillow when it can stand for the image. Thousands of inputs a second.
-* ``decode``: all of the above, then :func:`pillow_jac.codec.decode`, ``Image.open(...).load()`` and,
-  for a file with a preview, ``thumbnail()``, for the input as it is and with its
-  ``model_id``/``weights_hash`` re-stamped to the installed weights (so that inputs reach the range
-  decoder and the networks whatever weights are installed).
+* ``decode``: all of the above, then :func:`pillow_jac.codec.decode`, ``Image.open(...).load()``,
+  ``verify()``, ``ImageFile.Parser``, for a file with a preview ``thumbnail()``, ``codec.decode_batch`` of
+  the file alone, ``codec.decode_symbols``, ``load()`` under ``ImageFile.LOAD_TRUNCATED_IMAGES`` and ``jac
+  info`` (``pillow_jac.cli.main``), for the input as it is and with its ``model_id``/``weights_hash``
+  re-stamped to the installed weights (so that inputs reach the range decoder and the networks whatever
+  weights are installed). A file that decodes runs one of ``decode_batch``, ``decode_symbols`` and the load
+  under the flag (:func:`~fuzz.read_paths.rotated_check`): each costs another whole decode.
 
 The oracle (:func:`check_container`, :func:`check_decode`) raises :class:`Finding` when
 
@@ -23,7 +26,12 @@ The oracle (:func:`check_container`, :func:`check_decode`) raises :class:`Findin
   (or the other way round), ``draft()`` fails on a file ``Image.open`` accepted or uses a preview
   SPEC.md section 5.4 rules out,
   ``codec.decode`` and ``Image.open(...).load()`` disagree on the pixels, ``thumbnail()`` fails where
-  ``load()`` succeeds, or the decoded shape differs from the header.
+  ``load()`` succeeds, or the decoded shape differs from the header;
+* ``codec.decode_batch`` of the file alone or ``codec.decode_symbols`` disagrees with ``codec.decode``
+  (success, pixels, the class of the error); ``load()`` under ``LOAD_TRUNCATED_IMAGES`` does what the
+  plugin's docstring says (a whole file as without the flag, a damaged ancillary chunk or end skipped with
+  a warning each, nothing else recovered); ``jac info`` fails on a file ``parse`` accepts, or reports
+  another error than ``parse``'s.
 
 While fuzzing, ``Image.MAX_IMAGE_PIXELS`` is lowered to :attr:`Limits.max_pixels` (default 96 x 96),
 so that forged dimensions exercise the size checks but nothing decodes more than ~18k pixels;
@@ -44,7 +52,10 @@ one re-exports their public names, so ``from fuzz import fuzz_jac`` gives all of
 * ``fuzz/mutators.py``: the mutators (:data:`MUTATORS`) and :func:`mutate`;
 * ``fuzz/limits.py``: :class:`Limits`, :class:`Finding` and its kinds, the time and memory budget of an
   oracle call and the :func:`watchdog`;
+* ``fuzz/calls.py``: the modules under test (:func:`lib`) and running one reader on an input (``call``);
 * ``fuzz/oracle.py``: :func:`check_container`, :func:`check_decode` and :func:`run_one`;
+* ``fuzz/read_paths.py``: the rules of ``decode_batch``, ``decode_symbols``, ``LOAD_TRUNCATED_IMAGES`` and
+  ``jac info``;
 * ``fuzz/corpus.py``: the seeds (``fuzz/seeds``, :func:`make_seeds`) and :func:`load_corpus`;
 * ``fuzz/engines.py``: :func:`run_random`, :func:`run_atheris`, :func:`distill` and :func:`setup`.
 
@@ -114,28 +125,33 @@ from fuzz.mutators import (
 )
 from fuzz.oracle import (
     ALLOWED,
+    DECODERS,
+    ROTATED_CHECKS,
     Unseekable,
     check_confirmed,
     check_container,
     check_decode,
+    info_path,
     installed_model,
     lib,
     preview_request,
+    rotated_check,
     run_one,
     steps,
     time_limit,
 )
 
 __all__ = [
-    "ALLOWED", "CHUNK_TYPES", "CURRENT_INPUT", "DIM_VALUES", "HERE", "JHDR_FIELDS", "LIBFUZZER_OPTION", "MAGIC",
-    "MUTATORS", "PREVIEW_FORMATS", "SEEDS_DIR", "SEED_PREVIEW", "SEED_SPECS", "U16_VALUES", "U32_VALUES", "WEIGHTS",
+    "ALLOWED", "CHUNK_TYPES", "CURRENT_INPUT", "DECODERS", "DIM_VALUES", "HERE", "JHDR_FIELDS", "LIBFUZZER_OPTION",
+    "MAGIC", "MUTATORS", "PREVIEW_FORMATS", "ROTATED_CHECKS", "SEEDS_DIR", "SEED_PREVIEW", "SEED_SPECS",
+    "U16_VALUES", "U32_VALUES", "WEIGHTS",
     "Chunk", "Finding", "Limits", "Overrun", "Stats", "Timeout", "Unseekable",
     "break_crc", "check_confirmed", "check_container", "check_decode", "chunk_ops", "crc", "derived_shapes",
     "distill", "flip_bits", "forge_alpha", "forge_dims", "forge_field", "forge_length", "forge_preview",
-    "forge_stream", "insert_delete", "installed_model", "join", "lib", "load_corpus", "main", "make_seeds", "mutate",
-    "pack_jhdr", "peak_rss_mb", "preview_file", "preview_request", "random_file", "reset_peak_rss", "restamp",
-    "run_atheris", "run_one", "run_random", "seed_image", "set_bytes", "setup", "splice", "split", "steps",
-    "time_limit", "trailing", "truncate", "unpack_jhdr", "watchdog",
+    "forge_stream", "info_path", "insert_delete", "installed_model", "join", "lib", "load_corpus", "main",
+    "make_seeds", "mutate", "pack_jhdr", "peak_rss_mb", "preview_file", "preview_request", "random_file",
+    "reset_peak_rss", "restamp", "rotated_check", "run_atheris", "run_one", "run_random", "seed_image", "set_bytes",
+    "setup", "splice", "split", "steps", "time_limit", "trailing", "truncate", "unpack_jhdr", "watchdog",
 ]  # fmt: skip
 
 

@@ -3,47 +3,50 @@
 :func:`check_container` runs ``container.parse``, ``read_file`` on a non-seekable stream
 (:class:`Unseekable`), ``read_header``, ``Image.open`` and ``draft()`` (whose use of the ``prvw``
 preview must follow SPEC.md section 5.4) and checks that they agree; :func:`check_decode` adds
-``codec.decode``, ``Image.open(...).load()`` and ``thumbnail()``, on the input as it is and re-stamped
-with the installed weights. Only the exceptions in :data:`ALLOWED` and Pillow's decompression-bomb
-error and warning may escape; anything else, an overrun of the :class:`~fuzz.limits.Limits` or a
-disagreement raises :class:`~fuzz.limits.Finding`. Each check returns a short, size-independent
-outcome label. :func:`run_one` runs a check as the engines do: an overrun counts only if it happens
-twice (:func:`check_confirmed`), under the :func:`~fuzz.limits.watchdog` (:func:`time_limit`).
-
-:func:`lib` imports the modules under test on first use, so that atheris can instrument them first.
+``codec.decode``, ``Image.open(...).load()``, ``verify()``, ``ImageFile.Parser``, ``thumbnail()``,
+``codec.decode_batch``, ``codec.decode_symbols``, ``load()`` under ``ImageFile.LOAD_TRUNCATED_IMAGES`` and
+``jac info`` (``pillow_jac.cli.main``), on the input as it is and re-stamped with the installed weights
+(a file that decodes runs one of ``decode_batch``, ``decode_symbols`` and the load under the flag:
+:func:`~fuzz.read_paths.rotated_check`; the rules of those read paths are in :mod:`fuzz.read_paths`).
+Only the exceptions in :data:`~fuzz.calls.ALLOWED` and Pillow's decompression-bomb error and warning may
+escape (:func:`~fuzz.calls.call`); anything else, an overrun of the :class:`~fuzz.limits.Limits` or a
+disagreement raises :class:`~fuzz.limits.Finding`. Each check returns a short, size-independent outcome
+label. :func:`run_one` runs a check as the engines do: an overrun counts only if it happens twice
+(:func:`check_confirmed`), under the :func:`~fuzz.limits.watchdog` (:func:`time_limit`).
 """
 
 from __future__ import annotations
 
 import io
-import re
 import warnings
 from collections.abc import Callable
-from types import SimpleNamespace
 from typing import Any
 
+from .calls import ALLOWED, bomb_errors, call, label, lib
 from .chunks import restamp
-from .limits import Finding, Limits, Overrun, _Alarm, _Budget, watchdog
+from .limits import Finding, Limits, Overrun, _Budget, watchdog
+from .read_paths import (
+    ROTATED_CHECKS,
+    alpha_plane_decodes,
+    check_batch_and_symbols,
+    check_info,
+    check_truncated,
+    info_path,
+    jac_info,
+    load_truncated,
+    recover,
+    rotated_check,
+)
 
-ALLOWED: tuple[type[BaseException], ...] = (
-    OSError, SyntaxError, ValueError, MemoryError, NotImplementedError, OverflowError,
-)  # fmt: skip
+__all__ = [
+    "ALLOWED", "DECODERS", "ROTATED_CHECKS", "Unseekable", "check_confirmed", "check_container", "check_decode",
+    "info_path", "installed_model", "lib", "preview_request", "rotated_check", "run_one", "steps", "time_limit",
+]  # fmt: skip
 
-_LIB: SimpleNamespace | None = None
-
-
-def lib() -> SimpleNamespace:
-    """The modules under test, imported on first use (so ``atheris`` can instrument them first)."""
-    global _LIB
-    if _LIB is None:
-        from PIL import Image
-
-        import pillow_jac  # noqa: F401  (registers the Pillow plugin)
-        from pillow_jac import codec, container
-        from pillow_jac import constants as C
-
-        _LIB = SimpleNamespace(Image=Image, codec=codec, container=container, C=C)
-    return _LIB
+#: the decoders :func:`check_decode` runs on a variant of an input at most: ``codec.decode``, ``load()``, the
+#: Parser, ``decode_batch``, ``decode_symbols`` and ``load()`` under ``LOAD_TRUNCATED_IMAGES``; ``thumbnail()``
+#: of a file with a preview, and the decode of a damaged file's recovered container, come on top
+DECODERS = 6
 
 
 class Unseekable(io.RawIOBase):
@@ -62,31 +65,6 @@ class Unseekable(io.RawIOBase):
         out = self._data[self._pos : self._pos + min(n, self._piece)]
         self._pos += len(out)
         return out
-
-
-def _bomb() -> tuple[type[BaseException], ...]:
-    Image = lib().Image
-    return Image.DecompressionBombError, Image.DecompressionBombWarning
-
-
-def _allowed() -> tuple[type[BaseException], ...]:
-    return (*ALLOWED, *_bomb())
-
-
-def _call(what: str, fn: Callable[[], Any], strict_memory: bool) -> tuple[str, Any]:
-    """``("ok", value)`` or ``("error", exception)``; raises :class:`Finding` for a forbidden exception."""
-    try:
-        return "ok", fn()
-    except MemoryError as exc:
-        if strict_memory:
-            raise Finding(f"{what}: MemoryError on a small input: {exc}") from exc
-        return "error", exc
-    except _allowed() as exc:
-        return "error", exc
-    except BaseException as exc:  # PanicException and friends derive from BaseException
-        if isinstance(exc, (KeyboardInterrupt, SystemExit, _Alarm)):
-            raise
-        raise Finding(f"{what}: forbidden exception {type(exc).__module__}.{type(exc).__name__}: {exc}") from exc
 
 
 def _pillow_open(data: bytes, load: bool) -> Any:
@@ -197,7 +175,7 @@ def _check_draft(jac: Any, request: tuple[int, int], drafted: tuple[str, Any]) -
     raises, not even a decompression-bomb warning for an embedded file larger than declared.
     """
     if drafted[0] != "ok":
-        raise Finding(f"Image.open accepted but draft() -> {_label(drafted)}")
+        raise Finding(f"Image.open accepted but draft() -> {label(drafted)}")
     answer, size, mode = drafted[1]
     if answer is None:
         return "preview:unused" if jac.preview is not None else ""
@@ -216,15 +194,6 @@ def _check_draft(jac: Any, request: tuple[int, int], drafted: tuple[str, Any]) -
     return "preview:used"
 
 
-def _label(outcome: tuple[str, Any]) -> str:
-    """A short, size-independent label of an outcome, e.g. ``JacDataError:CRC mismatch in chunk``."""
-    kind, value = outcome
-    if kind == "ok":
-        return "ok"
-    words = re.sub(r"""b?'[^']*'|b?"[^"]*"|\([^)]*\)|0x[0-9a-f]+|\d+""", "#", str(value)).split()[:6]
-    return f"{type(value).__name__}:{' '.join(words)}"
-
-
 def check_container(data: bytes, limits: Limits | None = None, strict_memory: bool = True) -> str:
     """Run every container entry point on ``data`` and check they agree; returns the outcome label.
 
@@ -235,36 +204,36 @@ def check_container(data: bytes, limits: Limits | None = None, strict_memory: bo
     L = lib()
     drafted = None
     with _Budget(limits, "container"):
-        parsed = _call("container.parse", lambda: L.container.parse(data), strict_memory)
-        streamed = _call("read_file(unseekable)", lambda: L.container.read_file(Unseekable(data)), strict_memory)
-        header = _call("read_header", lambda: L.container.read_header(io.BytesIO(data)), strict_memory)
-        opened = _call("Image.open", lambda: _pillow_open(data, load=False), strict_memory)
+        parsed = call("container.parse", lambda: L.container.parse(data), strict_memory)
+        streamed = call("read_file(unseekable)", lambda: L.container.read_file(Unseekable(data)), strict_memory)
+        header = call("read_header", lambda: L.container.read_header(io.BytesIO(data)), strict_memory)
+        opened = call("Image.open", lambda: _pillow_open(data, load=False), strict_memory)
         if parsed[0] == "ok" and opened[0] == "ok":
             request = preview_request(parsed[1])
-            drafted = _call("Image.draft", lambda: _pillow_draft(data, request), strict_memory)
+            drafted = call("Image.draft", lambda: _pillow_draft(data, request), strict_memory)
     if parsed[0] != streamed[0] or (parsed[0] == "ok" and parsed[1] != streamed[1]):
-        raise Finding(f"parse -> {_label(parsed)} but read_file on a stream -> {_label(streamed)}")
+        raise Finding(f"parse -> {label(parsed)} but read_file on a stream -> {label(streamed)}")
     if parsed[0] == "error" and streamed[0] == "error" and type(parsed[1]) is not type(streamed[1]):
-        raise Finding(f"parse -> {_label(parsed)} but read_file on a stream -> {_label(streamed)}")
+        raise Finding(f"parse -> {label(parsed)} but read_file on a stream -> {label(streamed)}")
     if isinstance(parsed[1], SyntaxError) != isinstance(header[1], SyntaxError):
-        raise Finding(f"parse -> {_label(parsed)} but read_header -> {_label(header)}")
+        raise Finding(f"parse -> {label(parsed)} but read_header -> {label(header)}")
     if parsed[0] == "ok":
         jac = parsed[1]
         if header[0] != "ok" or header[1] != jac.header:
-            raise Finding(f"parse accepted but read_header -> {_label(header)}")
+            raise Finding(f"parse accepted but read_header -> {label(header)}")
         if opened[0] == "ok":
             size, mode, info = opened[1]
             if size != jac.size or mode != jac.mode or info.get("model_id") != jac.header.model_id:
                 raise Finding(f"Image.open reports {size} {mode}, the container {jac.size} {jac.mode}")
         elif not isinstance(opened[1], (L.Image.DecompressionBombError, L.Image.DecompressionBombWarning)):
-            raise Finding(f"parse accepted but Image.open -> {_label(opened)}")
+            raise Finding(f"parse accepted but Image.open -> {label(opened)}")
         if drafted is not None:
             preview = _check_draft(jac, request, drafted)
             if preview:
-                return f"{_label(parsed)} | {preview}"
+                return f"{label(parsed)} | {preview}"
     elif opened[0] == "ok":
-        raise Finding(f"parse -> {_label(parsed)} but Image.open accepted")
-    return _label(parsed)
+        raise Finding(f"parse -> {label(parsed)} but Image.open accepted")
+    return label(parsed)
 
 
 def installed_model() -> tuple[str, bytes]:
@@ -278,9 +247,10 @@ def installed_model() -> tuple[str, bytes]:
 def check_decode(data: bytes, limits: Limits | None = None, strict_memory: bool = True) -> str:
     """Run :func:`check_container`, then every decoder, and check that they agree.
 
-    The decoders (``codec.decode``, ``Image.open(...).load()``, ``verify()``, ``ImageFile.Parser`` and, for a
-    file with a preview, ``thumbnail()`` of half its size) run on ``data`` as it is and re-stamped to the
-    installed weights (see :func:`restamp`).
+    The decoders (``codec.decode``, ``Image.open(...).load()``, ``verify()``, ``ImageFile.Parser``, for a
+    file with a preview ``thumbnail()`` of half its size, ``codec.decode_batch`` of the file alone,
+    ``codec.decode_symbols`` and ``load()`` under ``ImageFile.LOAD_TRUNCATED_IMAGES``) and ``jac info`` run on
+    ``data`` as it is and re-stamped to the installed weights (see :func:`restamp`).
     Returns the outcome labels joined by ``" | "``.
 
     Raises:
@@ -295,18 +265,41 @@ def check_decode(data: bytes, limits: Limits | None = None, strict_memory: bool 
         variants.append(stamped)
     for variant in variants:
         preview = _preview_of(variant)
-        decoders = 3 if preview is None else 4
+        with _Budget(limits, "container"):
+            parsed = call("container.parse", lambda v=variant: L.container.parse(v), strict_memory)
+            recovered = call("container.parse(on_damaged)", lambda v=variant: recover(v), strict_memory)
+            info = call("jac info", lambda v=variant: jac_info(v), strict_memory)
+        repair = parsed[0] == "error" and recovered[0] == "ok"  # damaged, and recovered under LOAD_TRUNCATED_IMAGES
+        decoders = DECODERS + (preview is not None) + repair
         with _Budget(limits, "decode", limits.seconds + decoders * limits.seconds_per_step * steps(variant)):
-            decoded = _call("codec.decode", lambda v=variant: L.codec.decode(v), strict_memory)
-            loaded = _call("Image.open().load()", lambda v=variant: _pillow_open(v, load=True), strict_memory)
-            verified = _call("Image.open().verify()", lambda v=variant: _pillow_verify(v), strict_memory)
-            fed = _call("ImageFile.Parser", lambda v=variant: _pillow_parser(v), strict_memory)
+            decoded = call("codec.decode", lambda v=variant: L.codec.decode(v), strict_memory)
+            loaded = call("Image.open().load()", lambda v=variant: _pillow_open(v, load=True), strict_memory)
+            verified = call("Image.open().verify()", lambda v=variant: _pillow_verify(v), strict_memory)
+            fed = call("ImageFile.Parser", lambda v=variant: _pillow_parser(v), strict_memory)
             if preview is not None:
                 box = (max(1, preview[1] // 2), max(1, preview[2] // 2))
-                thumb = _call("thumbnail()", lambda v=variant, b=box: _pillow_thumbnail(v, b), strict_memory)
+                thumb = call("thumbnail()", lambda v=variant, b=box: _pillow_thumbnail(v, b), strict_memory)
+            rotated = ROTATED_CHECKS if decoded[0] == "error" else (rotated_check(variant),)
+            batched = symbols = None
+            if "decode_batch" in rotated:
+                batched = call("codec.decode_batch", lambda v=variant: L.codec.decode_batch([v]), strict_memory)
+            if "decode_symbols" in rotated and alpha_plane_decodes(variant):  # else it decodes what decode does not
+                symbols = call("codec.decode_symbols", lambda v=variant: L.codec.decode_symbols(v), strict_memory)
+            load = "LOAD_TRUNCATED_IMAGES" in rotated
+            truncated = call(
+                "Image.open() under LOAD_TRUNCATED_IMAGES",
+                lambda v=variant, full=load: load_truncated(v, full),
+                strict_memory,
+            )
+            repaired = None
+            if repair:
+                repaired = call("codec.decode(recovered)", lambda j=recovered[1][0]: L.codec.decode(j), strict_memory)
         if preview is not None:
             _check_thumbnail(variant, box, loaded, thumb)
         _check_parser_and_verify(loaded, fed, verified, decoded)
+        check_batch_and_symbols(variant, decoded, batched, symbols)
+        check_truncated(variant, parsed, recovered, loaded, truncated, repaired)
+        check_info(parsed, info[1])
         if decoded[0] == "ok":
             jac = L.container.parse(variant)
             w, h = jac.size
@@ -316,11 +309,11 @@ def check_decode(data: bytes, limits: Limits | None = None, strict_memory: bool 
             if loaded[0] == "ok":
                 if loaded[1].shape != want or (loaded[1] != decoded[1]).any():
                     raise Finding("Image.open().load() and codec.decode give different pixels")
-            elif not isinstance(loaded[1], _bomb()):
-                raise Finding(f"codec.decode accepted but Image.open().load() -> {_label(loaded)}")
+            elif not isinstance(loaded[1], bomb_errors()):
+                raise Finding(f"codec.decode accepted but Image.open().load() -> {label(loaded)}")
         elif loaded[0] == "ok":
-            raise Finding(f"codec.decode -> {_label(decoded)} but Image.open().load() accepted")
-        labels.append(_label(decoded))
+            raise Finding(f"codec.decode -> {label(decoded)} but Image.open().load() accepted")
+        labels.append(label(decoded))
     return " | ".join(labels)
 
 
@@ -333,11 +326,11 @@ def _check_parser_and_verify(
     """
     if loaded[0] == "ok":
         if fed[0] != "ok" or fed[1].shape != loaded[1].shape or (fed[1] != loaded[1]).any():
-            raise Finding(f"Image.open().load() accepted but ImageFile.Parser -> {_label(fed)}")
-    elif fed[0] == "ok" and not isinstance(loaded[1], _bomb()):
-        raise Finding(f"Image.open().load() -> {_label(loaded)} but ImageFile.Parser accepted")
+            raise Finding(f"Image.open().load() accepted but ImageFile.Parser -> {label(fed)}")
+    elif fed[0] == "ok" and not isinstance(loaded[1], bomb_errors()):
+        raise Finding(f"Image.open().load() -> {label(loaded)} but ImageFile.Parser accepted")
     if verified[0] == "ok" and decoded[0] == "error" and isinstance(decoded[1], lib().container.JacFormatError):
-        raise Finding(f"verify() passed but codec.decode found the container damaged: {_label(decoded)}")
+        raise Finding(f"verify() passed but codec.decode found the container damaged: {label(decoded)}")
 
 
 def _preview_of(data: bytes) -> tuple[int, int, int, bytes] | None:
@@ -352,11 +345,11 @@ def _check_thumbnail(data: bytes, box: tuple[int, int], loaded: tuple[str, Any],
     """``thumbnail(box)`` succeeds where ``load()`` does, and elsewhere only from the preview; it fits in ``box``."""
     if thumb[0] != "ok":
         if loaded[0] == "ok":
-            raise Finding(f"Image.open().load() accepted but thumbnail() -> {_label(thumb)}")
+            raise Finding(f"Image.open().load() accepted but thumbnail() -> {label(thumb)}")
         return
     used, size, mode = thumb[1]
     if loaded[0] != "ok" and not used:
-        raise Finding(f"Image.open().load() -> {_label(loaded)} but thumbnail() decoded the image")
+        raise Finding(f"Image.open().load() -> {label(loaded)} but thumbnail() decoded the image")
     jac = lib().container.parse(data)
     if size[0] > box[0] or size[1] > box[1] or mode != jac.mode:
         raise Finding(f"thumbnail({box}) of a {jac.mode} file gave {size} {mode}")
@@ -383,13 +376,14 @@ def time_limit(data: bytes, limits: Limits, target: str) -> float:
     """The :func:`watchdog`'s limit for one input: ``limits.timeout``, else three times its time bounds.
 
     The bounds are those of the oracle calls :func:`check_confirmed` makes: the container's, and for
-    ``decode`` those of both variants with three decoders each; three times, as an overrun is run twice.
+    ``decode`` those of both variants with :data:`DECODERS` decoders each; three times, as an overrun is run
+    twice.
     """
     if limits.timeout:
         return limits.timeout
     bound = limits.seconds
     if target == "decode":
-        bound += 2 * (limits.seconds + 3 * limits.seconds_per_step * steps(data))
+        bound += 2 * (limits.seconds + DECODERS * limits.seconds_per_step * steps(data))
     return 3 * bound
 
 

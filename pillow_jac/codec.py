@@ -156,7 +156,9 @@ def encode_symbols(
 def decode_symbols(data, *, device=None, weights=None) -> tuple[np.ndarray | None, np.ndarray]:
     """The integer latents ``(z_hat, y_hat)`` of a file (``z_hat`` is None without hyperprior).
 
-    These are exact: the same on every machine, device and thread count (CODING.md section 3).
+    These are exact: the same on every machine, device and thread count (CODING.md section 3). Only the
+    container and the two streams are read: a damaged alpha plane, which :func:`decode` refuses, is not
+    looked at.
     """
     jac, engine = steps.file_and_decoder(data, device, weights)
     with steps.allocation_errors_as_memory_errors(jac.header.width, jac.header.height):

@@ -4,9 +4,11 @@ Each example is a seed file (``fuzz/seeds``, valid tiny files of every layout wi
 through a few of the harness's JAC-aware mutators (bit flips, truncations, splices, forged JHDR
 fields, lengths, streams and alpha planes with re-computed CRCs, chunk surgery). The oracle allows
 only the exceptions Pillow's own fuzzers allow, bounds time and memory per input and checks that the
-entry points agree (``parse`` vs a streaming read vs ``Image.open``; ``codec.decode`` vs ``load()``).
-Then the harness itself: its command line, the watchdog and the on-disk current input of the
-engines, the preview coverage, and ``fuzz/run_session.sh``.
+entry points agree (``parse`` vs a streaming read vs ``Image.open``; ``codec.decode`` vs ``load()``,
+``decode_batch``, ``decode_symbols`` and ``load()`` under ``LOAD_TRUNCATED_IMAGES``; ``jac info`` vs ``parse``),
+and that each of the last four rules finds the bug it is there for. Then the harness itself: its command
+line, the watchdog and the on-disk current input of the engines, the preview coverage, and
+``fuzz/run_session.sh``.
 """
 
 from __future__ import annotations
@@ -21,15 +23,17 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Iterator
+import zlib
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from PIL import Image
+from PIL import Image, ImageFile
 
 from fuzz import fuzz_jac as fz
 from fuzz import oracle
@@ -313,6 +317,206 @@ def test_oracle_reports_a_draft_that_raises(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setattr(JacImagePlugin, "preview_for", broken)
     with small_pixel_limit(), pytest.raises(fz.Finding, match="Image.draft: forbidden exception .*error"):
         fz.check_container(_preview_seed(), LIMITS)
+
+
+# ---------------------------------------------------------------------------------------------
+# The other read paths: decode_batch, decode_symbols, LOAD_TRUNCATED_IMAGES and jac info. Each test runs
+# the oracle on an input that reaches a rule, and most run it again with the library broken as a bug would
+# break it.
+
+
+def _seed_named(name: str) -> bytes:
+    """The seed ``fuzz/seeds/NAME``, re-stamped with the installed model."""
+    return fz.restamp((fz.SEEDS_DIR / name).read_bytes(), *fz.installed_model())
+
+
+def _rechunked(data: bytes, edit: Callable[[list[fz.Chunk]], object]) -> bytes:
+    """``data`` with ``edit(chunks)`` applied to its chunk list (CRCs re-computed unless forged)."""
+    chunks, tail = fz.split(data)
+    edit(chunks)
+    return fz.join(chunks, tail)
+
+
+def _short_alpha(chunks: list[fz.Chunk]) -> None:
+    alph = next(c for c in chunks if c.ctype == b"ALPH")
+    alph.data = b"\0" + zlib.compress(b"\xff" * 95)  # 8 x 12 needs 96 bytes
+
+
+def test_oracle_compares_decode_batch_with_decode(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``decode_batch`` refuses a file whose alpha plane does not decompress as ``decode`` does: same error class."""
+    from pillow_jac import codec_batch, codec_steps
+
+    data = _rechunked(_seed_named("rgba-8x12-q7.jac"), _short_alpha)
+    with small_pixel_limit():
+        assert fz.check_decode(data, LIMITS) == "ok | JacDataError:alpha plane decompresses to # bytes,"
+
+    class LenientSteps:  # decode_batch's steps, with an alpha plane that does not decompress taken as opaque
+        def __getattr__(self, name: str) -> object:
+            return getattr(codec_steps, name)
+
+        @staticmethod
+        def alpha_plane(jac: container.JacFile) -> object:
+            try:
+                return codec_steps.alpha_plane(jac)
+            except container.JacDataError:
+                return np.full((jac.header.height, jac.header.width), 255, np.uint8)
+
+    monkeypatch.setattr(codec_batch, "steps", LenientSteps())
+    with small_pixel_limit(), pytest.raises(fz.Finding, match="codec.decode -> JacDataError.* but decode_batch -> ok"):
+        fz.check_decode(data, LIMITS)
+
+
+def test_oracle_compares_decode_symbols_with_decode(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``decode_symbols`` must refuse a file above the pixel limit as ``decode`` does, before decoding."""
+    from pillow_jac import codec_steps
+
+    data = _forged(200, 100)  # 20,000 pixels: above twice the fuzzing limit of 96 x 96
+    with small_pixel_limit():
+        assert fz.check_decode(data, LIMITS) == "ok | CodecError:image size #x# # exceeds the"
+
+    def unchecked(data: bytes, *, device: object = None, weights: object = None) -> object:  # no size limit
+        jac = codec_steps.parse_input(data)
+        return codec_steps.decode_latents(jac, codec_steps.decoder_engine(jac, device, weights))
+
+    monkeypatch.setattr(codec, "decode_symbols", unchecked)
+    with small_pixel_limit(), pytest.raises(fz.Finding, match="codec.decode -> CodecError.* but decode_symbols -> "):
+        fz.check_decode(data, LIMITS)
+
+
+def _damaged_exif_and_end(chunks: list[fz.Chunk]) -> None:
+    next(c for c in chunks if c.ctype == b"exif").crc = 0
+    chunks.pop()  # JEND: the file ends after its last stream
+
+
+def test_oracle_checks_load_truncated_images(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under ``LOAD_TRUNCATED_IMAGES`` a damaged EXIF chunk and a missing end are skipped with two warnings."""
+    data = _rechunked(_seed_named("la-33x20-q5.5-exif-unknown.jac"), _damaged_exif_and_end)
+    with small_pixel_limit():
+        assert fz.check_decode(data, LIMITS).startswith("JacDataError:CRC mismatch in chunk #: the | ")
+    monkeypatch.setattr(JacImagePlugin, "_damaged_warning", lambda name: lambda ctype: None)  # recovers silently
+    with small_pixel_limit(), pytest.raises(fz.Finding, match=r"LOAD_TRUNCATED_IMAGES warned \[\] for the damage"):
+        fz.check_decode(data, LIMITS)
+
+
+def test_oracle_checks_load_truncated_images_recovers_no_critical_chunk() -> None:
+    """A stream chunk with a wrong CRC is refused under ``LOAD_TRUNCATED_IMAGES`` too (the oracle would report a
+    recovering read that took it: "the recovering parse accepted a damaged critical chunk")."""
+    data = _rechunked(_seed_named("rgb-8x8-q1.jac"), lambda chunks: setattr(chunks[2], "crc", 0))  # YSTR
+    with small_pixel_limit():
+        assert fz.check_decode(data, LIMITS).startswith("JacDataError:CRC mismatch in chunk #: the | ")
+    with pytest.raises(container.JacDataError, match="CRC mismatch in chunk 'YSTR'"):
+        container.parse(data, on_damaged=lambda ctype: None)
+
+
+def test_oracle_checks_load_truncated_images_changes_no_pixels(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stream that does not decode fails under ``LOAD_TRUNCATED_IMAGES`` too: no grey image instead."""
+    data = _rechunked(_seed_named("rgb-8x8-q1.jac"), lambda chunks: setattr(chunks[2], "data", bytes(24)))  # YSTR
+    with small_pixel_limit():
+        label = fz.check_decode(data, LIMITS)
+    assert label.startswith("ok | EntropyCodingError:"), label
+    decode = JacImagePlugin._decode_pixels
+
+    def grey_when_truncated(jac: container.JacFile, device: str | None = None) -> object:
+        try:
+            return decode(jac, device)
+        except ValueError:
+            if not ImageFile.LOAD_TRUNCATED_IMAGES:
+                raise
+            return np.full((jac.header.height, jac.header.width, 3), 128, np.uint8)
+
+    monkeypatch.setattr(JacImagePlugin, "_decode_pixels", grey_when_truncated)
+    with small_pixel_limit(), pytest.raises(fz.Finding, match="under LOAD_TRUNCATED_IMAGES gave an image"):
+        fz.check_decode(data, LIMITS)
+
+
+def test_oracle_checks_jac_info(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``jac info`` shows a file whose preview is unusable (a bad preview is ignored, SPEC.md section 5.4)."""
+    from pillow_jac import cli_info
+
+    data = _rechunked(_seed_named("rgb-8x8-q1.jac"), lambda chunks: chunks.insert(1, fz.Chunk(b"prvw", b"\1\0")))
+    assert container.parse(data).preview == b"\1\0" and container.unpack_preview(b"\1\0") is None
+    with small_pixel_limit():
+        assert fz.check_decode(data, LIMITS) == "ok | preview:unused | ok"
+    show = cli_info._print
+
+    def unguarded(info: dict[str, object]) -> None:  # as _print would be without its check for an unusable preview
+        if "preview" in info["metadata"]:
+            size = info["preview_size"]
+            print(f"{size[0]}x{size[1]}")  # type: ignore[index]
+        show(info)
+
+    monkeypatch.setattr(cli_info, "_print", unguarded)
+    with small_pixel_limit(), pytest.raises(fz.Finding, match="parse accepted but jac info -> status 1: .*TypeError"):
+        fz.check_decode(data, LIMITS)
+
+
+def _rotated_to(check: str, data: bytes) -> bytes:
+    """``data`` with an unknown ancillary chunk added that makes :func:`fz.rotated_check` choose ``check``."""
+    for i in range(256):
+        out = _rechunked(data, lambda chunks, i=i: chunks.insert(1, fz.Chunk(b"fuZz", bytes([i]))))
+        if fz.rotated_check(out) == check:
+            return out
+    raise AssertionError(f"no variant of the file runs {check}")
+
+
+def _one_pixel_off(pixels: np.ndarray) -> np.ndarray:
+    pixels = pixels.copy()
+    pixels.flat[0] ^= 1
+    return pixels
+
+
+@pytest.mark.parametrize("check", fz.ROTATED_CHECKS)
+def test_a_file_that_decodes_runs_one_rotated_check(check: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A file that decodes runs one of the checks that cost another whole decode, and a wrong result there is found."""
+    from pillow_jac import codec_batch
+
+    data = _rotated_to(check, _seed_named("la-1x1-q1.jac"))
+    with small_pixel_limit():
+        assert fz.check_decode(data, LIMITS) == "ok | ok"
+    if check == "decode_batch":
+        batch = codec_batch.decode_batch
+        monkeypatch.setattr(codec_batch, "decode_batch", lambda files: [_one_pixel_off(p) for p in batch(files)])
+        found = "decode_batch of one file and codec.decode give different pixels"
+    elif check == "decode_symbols":
+        symbols = codec.decode_symbols
+
+        def cropped(data: bytes) -> tuple[object, np.ndarray]:
+            z_hat, y_hat = symbols(data)
+            return z_hat, y_hat[:, :-1]
+
+        monkeypatch.setattr(codec, "decode_symbols", cropped)
+        found = "decode_symbols gave latents of shapes"
+    else:
+        decode = JacImagePlugin._decode_pixels
+
+        def off_when_truncated(jac: container.JacFile, device: str | None = None) -> np.ndarray:
+            pixels = decode(jac, device)
+            return _one_pixel_off(pixels) if ImageFile.LOAD_TRUNCATED_IMAGES else pixels
+
+        monkeypatch.setattr(JacImagePlugin, "_decode_pixels", off_when_truncated)
+        found = "under LOAD_TRUNCATED_IMAGES gives other pixels"
+    with small_pixel_limit(), pytest.raises(fz.Finding, match=found):
+        fz.check_decode(data, LIMITS)
+
+
+def test_oracle_checks_the_error_of_jac_info(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``jac info`` of a damaged file says the container's error, not a stray exception's."""
+    from pillow_jac import cli_info
+
+    data = SEEDS[0][:-3]  # cut inside the CRC of JEND
+    with small_pixel_limit():
+        assert fz.check_decode(data, LIMITS).startswith("JacTruncatedError:truncated JAC file: CRC of chunk")
+    read = cli_info.read_jac
+
+    def raw(path: Path, **kwargs: object) -> object:  # a reader that reports the error without naming the file
+        try:
+            return read(path, **kwargs)
+        except cli_info.ConversionError as exc:
+            raise exc.__cause__ from None  # type: ignore[misc]
+
+    monkeypatch.setattr(cli_info, "read_jac", raw)
+    with small_pixel_limit(), pytest.raises(fz.Finding, match="JacTruncatedError.* but jac info -> status 1"):
+        fz.check_decode(data, LIMITS)
 
 
 # ---------------------------------------------------------------------------------------------
