@@ -94,7 +94,9 @@ def build_model(
     """
     try:
         config = ModelConfig(**json.loads(metadata["config"]))
-        model = JointAutoregressiveHierarchicalPrior(config)
+        # the layers' random initialisation, overwritten below, must not move the caller's torch generator
+        with torch.random.fork_rng(devices=[]):
+            model = JointAutoregressiveHierarchicalPrior(config)
         floats = {k: v.float() for k, v in strip_prefix(tensors, FLOAT_PREFIX).items()}  # a decoder file may hold fp16
         missing, unexpected = model.load_state_dict(floats, strict=False)
         templates = json.loads(metadata.get("integer_networks", "{}"))

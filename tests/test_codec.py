@@ -305,3 +305,21 @@ def test_api_edges_raise_what_a_pillow_user_catches(tmp_path) -> None:
         pillow_jac.encode(a, 4, weights=tmp_path / "missing.safetensors")
     z, y = codec.encode_symbols(a, None, effort=None)  # None: the defaults, as encode takes them
     assert np.array_equal(y, codec.decode_symbols(data)[1])
+
+
+def test_building_an_engine_leaves_the_callers_random_generator_alone(monkeypatch):
+    """The first encode and decode of a process build an engine; its layers' random initialisation (overwritten
+    by the file's weights) must not move the caller's torch generator: a seeded program draws the same
+    numbers whether or not the codec ran first."""
+    import torch
+
+    from pillow_jac import engine
+
+    torch.manual_seed(0)
+    expected = torch.rand(4)
+    data = codec.encode(natural_image(16, 16), 4)
+    for run in (lambda: codec.encode(natural_image(16, 16), 4), lambda: codec.decode(data)):
+        monkeypatch.setattr(engine, "_CACHE", {})  # so that this call builds its engine
+        torch.manual_seed(0)
+        run()
+        assert torch.equal(torch.rand(4), expected)
