@@ -10,11 +10,12 @@ import pytest
 import torch
 from PIL import Image
 
+from pillow_jac import latent_coding
 from pillow_jac.constants import EFFORT_ITERATIONS, QUALITY_DENOMINATOR
 from pillow_jac.engine import load_model
 from pillow_jac.model.refine import refine_latents
 from pillow_jac.training import search_distil
-from pillow_jac.training.encoder_update import is_encoder_key
+from pillow_jac.training.encoder_update import bd_against, is_encoder_key
 from pillow_jac.weights import load_weights
 from tests.helpers import synthetic, tiny_weights
 
@@ -27,8 +28,15 @@ def base(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(autouse=True)
-def _threads():
+def _threads(monkeypatch):
+    """One torch thread, as the runs' ``--threads 1`` ask, restored after.
+
+    The codec's blocks restore the thread count first recorded outside them
+    (:func:`pillow_jac.latent_coding.single_threaded`), which an earlier test may have left at more.
+    """
     before = torch.get_num_threads()
+    monkeypatch.setitem(latent_coding._single, "outside", 1)
+    torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
 
@@ -48,6 +56,9 @@ def test_targets_are_the_searchs_latents_and_resume_the_same_draw(base, tmp_path
         assert all(torch.equal(a[k], b[k]) for k in KEYS)
     with pytest.raises(ValueError, match="made with"):  # another setup never extends these files
         search_distil.make_targets(model, images, part, crops + 1, effort=1, crop=64, seed=2)
+    other_weights = {"decoder_hash": "d", "encoder_hash": "e"}  # nor a search with other weights
+    with pytest.raises(ValueError, match="made with"):
+        search_distil.make_targets(model, images, part, crops + 1, effort=1, crop=64, seed=0, weights=other_weights)
     with pytest.raises(ValueError, match="multiple of 64"):
         search_distil.make_targets(model, images, tmp_path / "odd", 1, effort=1, crop=48)
     shard = torch.load(whole / "targets-001.pt")
@@ -81,7 +92,13 @@ def test_losses_count_what_rounding_gets_wrong():
     assert float(search_distil.distillation_loss(torch.tensor([0.4, 0, 0, 0]), target, 0.2)) > 0.0
 
 
-def test_training_changes_only_the_encoder_and_scores_real_files(base, tmp_path, monkeypatch):
+def test_bd_rate_is_the_tested_encoders_against_the_untuned():
+    anchor = [{"bpp": b, "psnr": p} for b, p in ((0.2, 28.0), (0.4, 31.0), (0.8, 34.0), (1.6, 37.0))]
+    smaller = [{**r, "bpp": 0.9 * r["bpp"]} for r in anchor]  # the same quality in 10% fewer bits
+    assert bd_against(anchor, smaller) == pytest.approx(-10.0)
+
+
+def test_training_changes_only_the_encoder_and_scores_real_files(base, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(search_distil, "SHARD", 4)
     data = tmp_path / "data"
     data.mkdir()
@@ -95,25 +112,70 @@ def test_training_changes_only_the_encoder_and_scores_real_files(base, tmp_path,
     for path in held:  # the held-out images are flat grey: no target crop may come from them
         Image.fromarray(np.full((80, 96, 3), 7, np.uint8)).save(path)
     search_distil.main(["targets", *common, "--out", str(targets), "--crops", str(search_distil.SHARD + 4)])
-    x = torch.cat([torch.load(p)["x"] for p in sorted(targets.glob("targets-*.pt"))])
+    shards = [torch.load(p) for p in sorted(targets.glob("targets-*.pt"))]
+    x = torch.cat([shard["x"] for shard in shards])
     assert len(x) == search_distil.SHARD + 4 and not bool((x == 7).flatten(1).all(1).any())
+    training, check, _ = search_distil.load_targets(targets)  # the first file is kept apart, never trained on
+    assert torch.equal(training["x"], shards[1]["x"]) and torch.equal(check["x"], shards[0]["x"])
     train = ["train", *common, "--targets", str(targets), "--out", str(out), "--steps", "4", "--eval-every", "2"]
     train += ["--batch", "2", "--score-images", "2", "--margin", "-1"]
+    train += ["--lr", "1e-3"]  # 4 steps move the average of g_a and h_a by more than rounding
     with pytest.raises(ValueError, match="held-out"):  # scored on images the targets may hold
         search_distil.main([*train, "--holdout-seed", "1"])
     other = tiny_weights(tmp_path / "other.safetensors", seed=6)
     with pytest.raises(ValueError, match="made with other weights"):  # targets of another model's search
         search_distil.main([*train[:2], str(other), *train[3:]])
+
+    # the untrained tiny model's curves need not overlap (NaN): the BD-rates of the real scores are scripted
+    scores, compared, averages = [], [], []
+    real_score, real_update = search_distil.score_real, search_distil.update_average
+
+    def score(*args, **kwargs):
+        scores.append(real_score(*args, **kwargs))
+        return scores[-1]
+
+    def scripted_bd(anchor, test):
+        compared.append((anchor, test))
+        return script.pop(0)
+
+    def update(average, model, decay):
+        averages[:] = [average]
+        real_update(average, model, decay)
+
+    monkeypatch.setattr(search_distil, "score_real", score)
+    monkeypatch.setattr(search_distil, "bd_against", scripted_bd)
+    monkeypatch.setattr(search_distil, "update_average", update)
+    script = [1.0, 2.0]  # neither beats the untuned encoder
     search_distil.main(train)
+    assert "no scored step beat the untuned encoder" in capsys.readouterr().out
+    assert not (out / "best.safetensors").exists() and not script
+    assert len(scores) == 3  # the untuned encoder's score, then each scored step's, compared in that order
+    assert all(a is scores[0] and t is scored for (a, t), scored in zip(compared, scores[1:], strict=True))
     rows = list(csv.DictReader(open(out / "distil.csv")))
-    assert [r["step"] for r in rows] == ["0", "2", "4"]
-    # scored with real files at each step (the untrained tiny model's curves need not overlap: NaN allowed)
-    assert all(isinstance(float(r["bd_rate"]), float) and 0.0 <= float(r["y_agreement"]) <= 1.0 for r in rows)
+    assert [(r["step"], float(r["bd_rate"])) for r in rows] == [("0", 0.0), ("2", 1.0), ("4", 2.0)]
+    untuned = float((shards[0]["y0"] == shards[0]["y"]).float().mean())  # g_a's rounding against the search's
+    assert float(rows[0]["y_agreement"]) == pytest.approx(untuned, abs=1e-6) and untuned < 1.0
     base_tensors, base_meta = load_weights(base)
     last, meta = load_weights(out / "last.safetensors")
     assert meta["decoder_hash"] == base_meta["decoder_hash"]
     changed = {k for k in base_tensors if not torch.equal(base_tensors[k], last[k])}
     assert changed and all(k.startswith("float.") and is_encoder_key(k[6:]) for k in changed)
+    assert any(k.startswith("float.g_a.") for k in changed) and any(k.startswith("float.h_a.") for k in changed)
+    for k, v in averages[0].items():  # what is scored and saved is the moving average
+        assert torch.equal(last[f"float.{k}"], v), k
+    tuned = load_model(out / "last.safetensors")
+    with torch.no_grad():
+        y, _ = search_distil._encode(tuned, check["x"], check["quality"])
+    assert float(rows[2]["y_agreement"]) == pytest.approx(float((torch.round(y) == check["y"]).float().mean()))
+
+    # scored at other steps, the run trains the same weights; the best scored step is kept
+    script = [-2.0, -1.0]
+    again = tmp_path / "again"
+    search_distil.main([*(str(again) if a == str(out) else a for a in train), "--eval-every", "3"])
+    assert "best BD-rate -2.000%" in capsys.readouterr().out
+    assert all(torch.equal(load_weights(again / "last.safetensors")[0][k], v) for k, v in last.items())
+    best, best_meta = load_weights(again / "best.safetensors")
+    assert "3 steps" in best_meta["encoder_update"] and not all(torch.equal(best[k], v) for k, v in last.items())
 
 
 def test_evaluation_sets_are_refused(base, tmp_path):

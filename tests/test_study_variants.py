@@ -21,6 +21,17 @@ from pillow_jac.training.freeze import freeze
 from pillow_jac.weights import save_weights
 
 TINY = {"N": 8, "M": 12}
+#: the model ids of the tiny release-1 variants (freeze.model_id_for's flags); joint-wide is joint at this size
+MODEL_IDS = {
+    "joint": "mbt-8-12-r001",
+    "hyper-scale": "mbtnz-8-12-r001",
+    "hyper-mean-scale": "mbtn-8-12-r001",
+    "context-only": "mbth-8-12-r001",
+    "joint-gmm3": "mbtg3-8-12-r001",
+    "joint-ctx3": "mbtc3-8-12-r001",
+    "joint-ctx7": "mbtc7-8-12-r001",
+    "joint-wide": "mbt-8-12-r001",
+}
 
 
 @pytest.fixture(scope="module")
@@ -57,10 +68,11 @@ def test_variant_files_round_trip_exactly(generations, name):
     config = get_engine("cpu", path).config
     expected = ModelConfig(**{**VARIANTS[name].config, **TINY}, lambdas=BUDGET.lambdas)
     assert config == expected
+    assert get_engine("cpu", path).model_id == MODEL_IDS[name]
     image = _image()
     for quality in (1, 8):
         data = codec.encode(image, quality=quality, weights=path)
-        assert container.parse(data).header.model_id == get_engine("cpu", path).model_id
+        assert container.parse(data).header.model_id == MODEL_IDS[name]
         z_hat, y_hat = codec.encode_symbols(image, quality=quality, weights=path)
         z_back, y_back = codec.decode_symbols(data, weights=path)
         np.testing.assert_array_equal(y_back, y_hat)
@@ -70,6 +82,15 @@ def test_variant_files_round_trip_exactly(generations, name):
             assert z_back is None and z_hat is None
         pixels = codec.decode(data, weights=path)
         assert pixels.shape == image.shape and pixels.dtype == np.uint8
+
+
+def test_variants_have_distinct_model_ids(generations):
+    """Files name their decoder by model id: two different variants never share one."""
+    ids = {name: get_engine("cpu", path).model_id for name, path in generations.items()}
+    assert VARIANTS["joint-wide"].config.keys() == {"N", "M"}  # the same design as joint, only wider
+    assert ids["joint-wide"] == ids["joint"]  # the same config at the tiny size
+    del ids["joint-wide"]
+    assert len(set(ids.values())) == len(ids), ids
 
 
 @pytest.mark.parametrize("name", ["joint-gmm3", "joint-ctx3", "joint-ctx7", "hyper-scale"])
