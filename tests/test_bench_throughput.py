@@ -10,6 +10,7 @@ import pytest
 
 from pillow_jac import codec_batch
 from pillow_jac.bench import throughput
+from pillow_jac.bench.metrics import portable_path
 
 
 @pytest.fixture
@@ -94,7 +95,8 @@ def test_every_batched_row_is_compared_with_batch_size_1(tmp_path, batching_diff
 
 
 def test_throughput_writes_under_bench_out_by_default(tmp_path, monkeypatch):
-    """The source image is named by its file name, never by where it lay."""
+    """The source image is named as every results file names an input (metrics.portable_path), never by an
+    absolute path."""
     from PIL import Image
 
     image = tmp_path / "source.png"
@@ -105,5 +107,7 @@ def test_throughput_writes_under_bench_out_by_default(tmp_path, monkeypatch):
     text = (tmp_path / "bench_out" / "throughput" / "throughput.json").read_text()
     assert not (tmp_path / "benchmarks").exists()
     meta = json.loads(text)["meta"]
-    assert meta["source"] == "source.png" and meta["command"].endswith("--image source.png")
+    # its name, or a path relative to the repository where it lies beside it (../pytest-of-.../source.png)
+    assert meta["source"] == portable_path(image) and meta["source"].endswith("source.png")
+    assert not Path(meta["source"]).is_absolute() and meta["command"].endswith(f"--image {meta['source']}")
     assert str(tmp_path) not in text
