@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 from collections.abc import Iterator
 
 import constriction
@@ -69,6 +70,8 @@ _H_S_MIN_ROWS = 8
 #: threads inside :func:`single_threaded` blocks, and the thread count outside them (under the lock)
 _single = {"depth": 0, "outside": 1}  # 1 until a first block records more
 _single_lock = ForkSafeLock()
+#: per thread: the count its last block left it with (absent before its first block)
+_left_with = threading.local()
 
 
 def _forget_blocks_in_child() -> None:
@@ -78,6 +81,7 @@ def _forget_blocks_in_child() -> None:
     block must not set the parent's count back, which would wait for OpenMP threads it lacks.
     """
     _single.update(depth=0, outside=1)
+    _left_with.__dict__.clear()  # the forking thread's, the child's only thread
 
 
 if hasattr(os, "register_at_fork"):
@@ -97,16 +101,18 @@ def single_threaded(keep_if_sleeping: int = 0):
     op (read first here, so that the 1 set below stays this thread's). A thread entering when no
     block is open records its count as the count outside the blocks, unless that count is 1 and a
     larger one was recorded before (a thread whose first torch op ran inside another's block starts
-    with 1); every thread leaving a block sets the recorded count again, under the same lock as the
-    entries, so overlapping blocks in several threads leave the count they found for the threads
-    started later. A program that calls ``torch.set_num_threads(1)`` itself between blocks gets the
-    earlier count back after the next one: set ``OMP_NUM_THREADS=1`` instead. Results do not depend
-    on the thread count, so this only affects speed. Blocks do not nest in one thread: leaving an inner
-    one sets the count outside the blocks.
+    with 1) and the thread's own last block did not leave it with more (then the program chose 1 since:
+    ``torch.set_num_threads(1)`` between blocks holds); every thread leaving a block sets the recorded
+    count again, under the same lock as the entries, so overlapping blocks in several threads leave the
+    count they found for the threads started later. A thread's own 1 before its first block, while
+    another thread recorded more, is taken for a count it started with: ``OMP_NUM_THREADS=1`` sets it
+    for every thread. Results do not depend on the thread count, so this only affects speed. Blocks do
+    not nest in one thread: leaving an inner one sets the count outside the blocks.
     """
     with _single_lock:
         own = torch.get_num_threads()
-        if _single["depth"] == 0 and (own != 1 or _single["outside"] == 1):
+        chose_one = own == 1 and getattr(_left_with, "count", 1) != 1
+        if _single["depth"] == 0 and (own != 1 or _single["outside"] == 1 or chose_one):
             _single["outside"] = own
         _single["depth"] += 1
         outside = _single["outside"]
@@ -117,6 +123,7 @@ def single_threaded(keep_if_sleeping: int = 0):
         with _single_lock:
             _single["depth"] = max(0, _single["depth"] - 1)  # 0 already in a child forked inside the block
             torch.set_num_threads(_single["outside"])
+            _left_with.count = _single["outside"]
 
 
 def _padded_rows(n: int) -> int:

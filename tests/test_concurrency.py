@@ -251,6 +251,33 @@ def test_single_threaded_restores_each_threads_own_count() -> None:
     assert after == {"a": 2, "b": 2}
 
 
+def test_a_programs_own_count_of_one_between_blocks_holds() -> None:
+    """A thread that calls ``torch.set_num_threads(1)`` between two codec calls stays on one thread after the
+    second (the codec's blocks record it as the count outside them), and a later 2 holds as well."""
+    from pillow_jac.latent_coding import single_threaded
+
+    data = codec.encode(fz.seed_image("RGB", 16, 16, seed=0), 4)
+    after: list[int] = []
+
+    def program() -> None:
+        torch.set_num_threads(2)
+        codec.decode(data)
+        after.append(torch.get_num_threads())
+        torch.set_num_threads(1)
+        codec.decode(data)
+        with single_threaded():
+            pass
+        after.append(torch.get_num_threads())
+        torch.set_num_threads(2)
+        codec.decode(data)
+        after.append(torch.get_num_threads())
+
+    thread = threading.Thread(target=program)
+    thread.start()
+    thread.join(timeout=60)
+    assert after == [2, 1, 2]
+
+
 def test_threads_started_later_get_the_count_outside_the_blocks() -> None:
     """A thread whose first torch op runs inside another thread's ``single_threaded`` block starts on one
     thread. Whether its own block overlaps the other's (B) or comes after it (C), the threads started

@@ -30,8 +30,9 @@ def base(tmp_path_factory) -> Path:
 def one_thread(monkeypatch):
     """A run's ``--threads 1`` holds as in a program of its own.
 
-    The codec's blocks restore the thread count first recorded outside them
-    (:func:`pillow_jac.latent_coding.single_threaded`), which an earlier test may have left at more.
+    The count outside the codec's blocks is recorded as 1: a thread's 1 before its own first block, while
+    more was recorded, is otherwise taken for a count it started with
+    (:func:`pillow_jac.latent_coding.single_threaded`).
     """
     before = torch.get_num_threads()
     monkeypatch.setitem(latent_coding._single, "outside", 1)

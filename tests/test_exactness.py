@@ -114,6 +114,7 @@ def test_encode_two_threads_decode_one_thread(tmp_path, monkeypatch):
             for q in PER_IMAGE[i]:
                 seen.clear()
                 pixels = codec.decode((tmp_path / f"{i}-{q}.jac").read_bytes())
+                assert torch.get_num_threads() == 1  # a codec call keeps the count the program set
                 ((z, y),) = seen
                 np.testing.assert_array_equal(np.load(tmp_path / f"{i}-{q}-z.npy"), z)
                 np.testing.assert_array_equal(np.load(tmp_path / f"{i}-{q}-y.npy"), y)

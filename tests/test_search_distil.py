@@ -31,8 +31,9 @@ def base(tmp_path_factory) -> Path:
 def _threads(monkeypatch):
     """One torch thread, as the runs' ``--threads 1`` ask, restored after.
 
-    The codec's blocks restore the thread count first recorded outside them
-    (:func:`pillow_jac.latent_coding.single_threaded`), which an earlier test may have left at more.
+    The count outside the codec's blocks is recorded as 1 too: a thread's 1 before its own first block,
+    while more was recorded, is otherwise taken for a count it started with
+    (:func:`pillow_jac.latent_coding.single_threaded`).
     """
     before = torch.get_num_threads()
     monkeypatch.setitem(latent_coding._single, "outside", 1)
