@@ -299,7 +299,7 @@ def check_decode(data: bytes, limits: Limits | None = None, strict_memory: bool 
         _check_parser_and_verify(loaded, fed, verified, decoded)
         check_batch_and_symbols(variant, decoded, batched, symbols)
         check_truncated(variant, parsed, recovered, loaded, truncated, repaired)
-        check_info(parsed, info[1])
+        check_info(parsed, info)
         if decoded[0] == "ok":
             jac = L.container.parse(variant)
             w, h = jac.size

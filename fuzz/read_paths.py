@@ -75,7 +75,11 @@ _PARSER: Any = None
 
 @contextlib.contextmanager
 def _cached_cli_parser() -> Iterator[None]:
-    """Let ``cli.main`` reuse one argument parser: building it takes most of a ``jac info`` call (~15 ms)."""
+    """Let ``cli.main`` reuse one argument parser: building it takes most of a ``jac info`` call (~15 ms).
+
+    The parser is built once per process: its defaults must not depend on anything that changes between
+    inputs (they do not: ``cli.build_parser`` reads only constants).
+    """
     global _PARSER
     cli = lib().cli
     build = cli.build_parser
@@ -221,13 +225,19 @@ def check_truncated(
             raise Finding(f"load() -> {label(reference)} but under LOAD_TRUNCATED_IMAGES -> {label(truncated)}")
 
 
-def check_info(parsed: tuple[str, Any], info: tuple[int, str, str]) -> None:
+def check_info(parsed: tuple[str, Any], info: tuple[str, Any]) -> None:
     """``jac info`` prints a file the container accepts (status 0), and refuses any other with the container's error.
 
     That is one line ``jac: error: PATH: MESSAGE`` on stderr, status 1 and nothing on stdout: a stray exception
     (``TypeError``, ``struct.error``, ...), which the command line also reports in one line, says its type.
+    ``info`` is the outcome of :func:`jac_info`; the command line's status 130 is a Ctrl-C it caught, raised
+    again here.
     """
-    status, out, err = info
+    if info[0] != "ok":  # jac_info itself failed (writing the input): not the command line's doing
+        raise Finding(f"jac info could not be run: {label(info)}")
+    status, out, err = info[1]
+    if status == 130:
+        raise KeyboardInterrupt
     path = info_path()
     if parsed[0] == "ok":
         h = parsed[1].header

@@ -398,14 +398,19 @@ def test_oracle_checks_load_truncated_images(monkeypatch: pytest.MonkeyPatch) ->
         fz.check_decode(data, LIMITS)
 
 
-def test_oracle_checks_load_truncated_images_recovers_no_critical_chunk() -> None:
-    """A stream chunk with a wrong CRC is refused under ``LOAD_TRUNCATED_IMAGES`` too (the oracle would report a
-    recovering read that took it: "the recovering parse accepted a damaged critical chunk")."""
-    data = _rechunked(_seed_named("rgb-8x8-q1.jac"), lambda chunks: setattr(chunks[2], "crc", 0))  # YSTR
+def test_oracle_checks_load_truncated_images_recovers_no_critical_chunk(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stream chunk with a wrong CRC is refused under ``LOAD_TRUNCATED_IMAGES`` too; a recovering read that
+    took it is reported: "the recovering parse accepted a damaged critical chunk"."""
+    whole = _seed_named("rgb-8x8-q1.jac")
+    data = _rechunked(whole, lambda chunks: setattr(chunks[2], "crc", 0))  # YSTR
     with small_pixel_limit():
         assert fz.check_decode(data, LIMITS).startswith("JacDataError:CRC mismatch in chunk #: the | ")
     with pytest.raises(container.JacDataError, match="CRC mismatch in chunk 'YSTR'"):
         container.parse(data, on_damaged=lambda ctype: None)
+    # the break: the recovering read takes the damaged YSTR as if whole (and reports it)
+    monkeypatch.setattr(oracle, "recover", lambda v: (container.parse(whole), [b"YSTR"]) if v == data else (None, []))
+    with small_pixel_limit(), pytest.raises(fz.Finding, match="accepted a damaged critical chunk"):
+        fz.check_decode(data, LIMITS)
 
 
 def test_oracle_checks_load_truncated_images_changes_no_pixels(monkeypatch: pytest.MonkeyPatch) -> None:
