@@ -101,8 +101,8 @@ def single_threaded(keep_if_sleeping: int = 0):
     op (read first here, so that the 1 set below stays this thread's). A thread entering when no
     block is open records its count as the count outside the blocks, unless that count is 1 and a
     larger one was recorded before (a thread whose first torch op ran inside another's block starts
-    with 1) and the thread's own last block did not leave it with more (then the program chose 1 since:
-    ``torch.set_num_threads(1)`` between blocks holds); every thread leaving a block sets the recorded
+    with 1) and the thread has not left a block before (after one, its 1 is the program's or one recorded
+    earlier: ``torch.set_num_threads(1)`` between blocks holds); every thread leaving a block sets the recorded
     count again, under the same lock as the entries, so overlapping blocks in several threads leave the
     count they found for the threads started later. A thread's own 1 before its first block, while
     another thread recorded more, is taken for a count it started with: ``OMP_NUM_THREADS=1`` sets it
@@ -111,7 +111,7 @@ def single_threaded(keep_if_sleeping: int = 0):
     """
     with _single_lock:
         own = torch.get_num_threads()
-        chose_one = own == 1 and getattr(_left_with, "count", 1) != 1
+        chose_one = own == 1 and hasattr(_left_with, "count")  # not a count this thread started with
         if _single["depth"] == 0 and (own != 1 or _single["outside"] == 1 or chose_one):
             _single["outside"] = own
         _single["depth"] += 1
