@@ -70,8 +70,8 @@ _H_S_MIN_ROWS = 8
 #: threads inside :func:`single_threaded` blocks, and the thread count outside them (under the lock)
 _single = {"depth": 0, "outside": 1}  # 1 until a first block records more
 _single_lock = ForkSafeLock()
-#: per thread: the count its last block left it with (absent before its first block)
-_left_with = threading.local()
+#: per thread: ``done`` is True once the thread has left a block
+_left_a_block = threading.local()
 
 
 def _forget_blocks_in_child() -> None:
@@ -81,7 +81,7 @@ def _forget_blocks_in_child() -> None:
     block must not set the parent's count back, which would wait for OpenMP threads it lacks.
     """
     _single.update(depth=0, outside=1)
-    _left_with.__dict__.clear()  # the forking thread's, the child's only thread
+    _left_a_block.__dict__.clear()  # the forking thread's, the child's only thread
 
 
 if hasattr(os, "register_at_fork"):
@@ -111,7 +111,7 @@ def single_threaded(keep_if_sleeping: int = 0):
     """
     with _single_lock:
         own = torch.get_num_threads()
-        chose_one = own == 1 and hasattr(_left_with, "count")  # not a count this thread started with
+        chose_one = own == 1 and getattr(_left_a_block, "done", False)  # not a count this thread started with
         if _single["depth"] == 0 and (own != 1 or _single["outside"] == 1 or chose_one):
             _single["outside"] = own
         _single["depth"] += 1
@@ -123,7 +123,7 @@ def single_threaded(keep_if_sleeping: int = 0):
         with _single_lock:
             _single["depth"] = max(0, _single["depth"] - 1)  # 0 already in a child forked inside the block
             torch.set_num_threads(_single["outside"])
-            _left_with.count = _single["outside"]
+            _left_a_block.done = True
 
 
 def _padded_rows(n: int) -> int:
