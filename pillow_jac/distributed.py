@@ -42,13 +42,15 @@ Example:
     >>> import tempfile
     >>> from pathlib import Path
     >>> from PIL import Image
-    >>> src = Path(tempfile.mkdtemp())
+    >>> tmp = tempfile.TemporaryDirectory()
+    >>> src = Path(tmp.name)
     >>> Image.new("RGB", (8, 8)).save(src / "a.png")
     >>> [(s.name, d.name) for s, d in plan(src, src / "out", "jac").items()]
     [('a.png', 'a.jac')]
     >>> report = convert(src, src / "out", quality=4)  # doctest: +SKIP
     >>> report.done, report.skipped, report.failed  # doctest: +SKIP
     (1, 0, [])
+    >>> tmp.cleanup()
 """
 
 from __future__ import annotations

@@ -9,7 +9,8 @@ encoded bytes so that a full disk fails before any of them is written, where it 
 Example:
     >>> import os, tempfile
     >>> from PIL import Image
-    >>> folder = tempfile.mkdtemp()
+    >>> tmp = tempfile.TemporaryDirectory()
+    >>> folder = tmp.name
     >>> path = os.path.join(folder, "out.jac")
     >>> save(Image.new("RGB", (8, 8), "red"), path, quality=2)
     >>> Image.open(path).size
@@ -18,8 +19,10 @@ Example:
     ...     save(Image.new("RGB", (8, 8)), path, quality=75)  # not a JAC quality
     ... except ValueError:
     ...     pass
-    >>> Image.open(path).size  # the old file is intact
+    >>> with Image.open(path) as im:
+    ...     im.size  # the old file is intact
     (8, 8)
+    >>> tmp.cleanup()
 """
 
 from __future__ import annotations

@@ -76,12 +76,16 @@ def pack(data: Path, out: Path, part_mb: float = 24, max_short_side: int = 512, 
     Example:
         >>> import tempfile, numpy as np
         >>> from PIL import Image
-        >>> src, dst = Path(tempfile.mkdtemp()), Path(tempfile.mkdtemp()) / "pack"
+        >>> tmp = tempfile.TemporaryDirectory()
+        >>> src, dst = Path(tmp.name) / "src", Path(tmp.name) / "pack"
+        >>> src.mkdir()
         >>> Image.fromarray(np.zeros((600, 900, 3), np.uint8)).save(src / "big.png")
         >>> Image.fromarray(np.zeros((30, 40, 3), np.uint8)).save(src / "small.png")
         >>> parts = pack(src, dst, part_mb=1)
-        >>> sorted(p.name for p in parts[0].iterdir()), Image.open(parts[0] / "big.webp").size
+        >>> with Image.open(parts[0] / "big.webp") as im:
+        ...     sorted(p.name for p in parts[0].iterdir()), im.size
         (['big.webp', 'small.png'], (768, 512))
+        >>> tmp.cleanup()
     """
     plan = {}  # source -> (its name in the parts, whether it is copied as it is); a downscaled image is a .webp
     for path in list_images(data):
@@ -141,12 +145,14 @@ def split_file(path: Path, out: Path, part_mb: float = 15) -> list[Path]:
 
     Example:
         >>> import tempfile
-        >>> d = Path(tempfile.mkdtemp())
+        >>> tmp = tempfile.TemporaryDirectory()
+        >>> d = Path(tmp.name)
         >>> _ = (d / "w.bin").write_bytes(bytes(range(256)) * 10)
         >>> [p.name for p in split_file(d / "w.bin", d / "out", part_mb=0.001)]
         ['w.bin.000', 'w.bin.001', 'w.bin.002']
         >>> join_file(d / "out" / "w.bin", d / "back.bin").read_bytes() == (d / "w.bin").read_bytes()
         True
+        >>> tmp.cleanup()
     """
     out.mkdir(parents=True, exist_ok=True)
     size = int(part_mb * MB)
