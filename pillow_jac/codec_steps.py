@@ -94,10 +94,11 @@ def guarded_engine(device, weights):
     Torch's first import here gets OpenMP's passive wait policy (:mod:`pillow_jac.openmp_wait`).
     A process whose import of torch was interrupted gets :class:`CodecError` (:func:`refuse_half_imported_torch`).
     """
-    from .forksafe import setting_up
+    from .forksafe import note_codec_thread, setting_up
     from .openmp_wait import passive_unless_chosen
 
     refuse_half_imported_torch()
+    note_codec_thread()  # a fork waits for this thread's native clean-up once it has ended
     with setting_up(), passive_unless_chosen():
         from . import image_transforms, latent_coding, stripes  # noqa: F401 - imported now, under the guard
         from .engine import get_engine

@@ -20,6 +20,15 @@ model's layers are created with random weights before the file's are loaded). A 
 a moment waits for ever in its first decode. The codec sets itself up under :func:`setting_up`, and a
 fork waits (before it forks, at most :data:`SETUP_WAIT_SECONDS`) until no set-up is in progress. Once
 an engine is built, a fork while another thread decodes needs no wait (tests/test_concurrency.py).
+
+A thread that ran the codec and has ended still holds locks while it exits: ``Thread.join`` returns
+once its Python code is done, before the thread's native clean-up (MKL's memory manager, linked into
+torch, frees the thread's buffers under its lock). A fork right after the join copied that lock held
+about once in ten tries on a loaded 2-core machine, and the child waited for ever in its first encode.
+Each thread that gets an engine is recorded (:func:`note_codec_thread`), and a fork first waits, at
+most :data:`EXIT_WAIT_SECONDS`, until every recorded thread that Python no longer lists has left the
+process (on Linux, where ``/proc/self/task`` shows it). The threads of OpenMP teams that such a
+thread started end on their own and are not waited for.
 Standard library only.
 """
 
@@ -31,6 +40,7 @@ import logging  # noqa: F401 - see below
 import os
 import sys
 import threading
+import time
 import weakref
 from collections.abc import Iterator
 
@@ -44,6 +54,16 @@ __all__ = ["ForkSafeLock", "setting_up"]
 _LOCKS: weakref.WeakSet[ForkSafeLock] = weakref.WeakSet()
 #: how long a fork waits for the codec's set-up in another thread to finish
 SETUP_WAIT_SECONDS = 120.0
+#: how long a fork waits for ended codec threads to leave the process
+EXIT_WAIT_SECONDS = 5.0
+_TASKS = "/proc/self/task"
+#: recorded threads at which those that have left the process are forgotten
+_PRUNE_AT = 64
+#: native id -> start time (``/proc``) of each thread that got an engine; guarded by ``_threads_lock``
+_codec_threads: dict[int, str] = {}
+_threads_lock = threading.Lock()
+#: per thread: whether :func:`note_codec_thread` recorded it
+_noted = threading.local()
 #: held while the codec imports its torch modules or builds an engine (reentrant: these nest)
 _setting_up = threading.RLock()
 #: per thread: whether this thread's fork holds ``_setting_up`` (taken before the fork, given back after)
@@ -91,7 +111,65 @@ def setting_up() -> Iterator[None]:
         yield
 
 
+def _start_time(tid: int) -> str | None:
+    """The start time of thread ``tid`` of this process (``/proc``), None when it has left or cannot be read."""
+    try:
+        with open(f"{_TASKS}/{tid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    fields = stat[stat.rfind(b")") + 2 :].split()  # after the name, which may hold spaces
+    return fields[19].decode() if len(fields) > 19 else None
+
+
+def note_codec_thread() -> None:
+    """Record the calling thread, so that a fork waits for it to leave the process once it has ended.
+
+    Example:
+        >>> note_codec_thread()
+        >>> threading.get_native_id() in _codec_threads or not os.path.isdir(_TASKS)
+        True
+    """
+    if getattr(_noted, "done", False) or not os.path.isdir(_TASKS):
+        return
+    tid = threading.get_native_id()
+    started = _start_time(tid)
+    if started is not None:
+        with _threads_lock:
+            if len(_codec_threads) >= _PRUNE_AT:  # threads that have left are forgotten: the record stays bounded
+                for other, other_started in list(_codec_threads.items()):
+                    if _start_time(other) != other_started:
+                        del _codec_threads[other]
+            _codec_threads[tid] = started
+    _noted.done = True
+
+
+def _wait_for_ended_threads() -> None:
+    """Wait until each recorded thread that Python no longer lists has left the process (or its id is reused)."""
+    with _threads_lock:
+        if not _codec_threads:
+            return
+        live = {t.native_id for t in threading.enumerate()}
+        ended = {tid: started for tid, started in _codec_threads.items() if tid not in live}
+    deadline = time.monotonic() + EXIT_WAIT_SECONDS
+    while ended:
+        for tid, started in list(ended.items()):
+            if _start_time(tid) != started:  # left (or the id now names another thread)
+                del ended[tid]
+                with _threads_lock:
+                    _codec_threads.pop(tid, None)
+        if not ended:
+            return
+        if time.monotonic() > deadline:  # not waited for again
+            with _threads_lock:
+                for tid in ended:
+                    _codec_threads.pop(tid, None)
+            return
+        time.sleep(0.001)
+
+
 def _before_fork() -> None:
+    _wait_for_ended_threads()
     _forking.held = _setting_up.acquire(timeout=SETUP_WAIT_SECONDS)
     if not _forking.held:
         print(
@@ -108,8 +186,11 @@ def _after_fork_in_parent() -> None:
 
 
 def _after_fork_in_child() -> None:
-    global _setting_up
+    global _setting_up, _threads_lock
     _setting_up = threading.RLock()
+    _threads_lock = threading.Lock()
+    _codec_threads.clear()  # the child has only the forking thread
+    _noted.__dict__.clear()
     _forking.held = False
     for lock in list(_LOCKS):
         lock._renew()
