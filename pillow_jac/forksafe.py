@@ -26,9 +26,11 @@ once its Python code is done, before the thread's native clean-up (MKL's memory 
 torch, frees the thread's buffers under its lock). A fork right after the join copied that lock held
 about once in ten tries on a loaded 2-core machine, and the child waited for ever in its first encode.
 Each thread that gets an engine is recorded (:func:`note_codec_thread`), and a fork first waits, at
-most :data:`EXIT_WAIT_SECONDS`, until every recorded thread that Python no longer lists has left the
-process (on Linux, where ``/proc/self/task`` shows it). The threads of OpenMP teams that such a
-thread started end on their own and are not waited for.
+most :data:`EXIT_WAIT_SECONDS`, until every recorded thread that no longer runs Python has left the
+process (on Linux, where ``/proc/self/task`` shows it; elsewhere nothing is waited for). Not covered:
+the OpenMP worker threads such a thread started end on their own, after it, with the same kind of
+clean-up, and are not waited for; a native thread that calls into Python only now and then counts as
+ended between its calls, so a fork then waits the full 5 s for it.
 Standard library only.
 """
 
@@ -59,8 +61,9 @@ EXIT_WAIT_SECONDS = 5.0
 _TASKS = "/proc/self/task"
 #: recorded threads at which those that have left the process are forgotten
 _PRUNE_AT = 64
-#: native id -> start time (``/proc``) of each thread that got an engine; guarded by ``_threads_lock``
-_codec_threads: dict[int, str] = {}
+#: native id -> (start time in ``/proc``, Python ident) of each thread that got an engine; added to and
+#: pruned under ``_threads_lock``
+_codec_threads: dict[int, tuple[str, int]] = {}
 _threads_lock = threading.Lock()
 #: per thread: whether :func:`note_codec_thread` recorded it
 _noted = threading.local()
@@ -137,33 +140,39 @@ def note_codec_thread() -> None:
     if started is not None:
         with _threads_lock:
             if len(_codec_threads) >= _PRUNE_AT:  # threads that have left are forgotten: the record stays bounded
-                for other, other_started in list(_codec_threads.items()):
+                for other, (other_started, _) in list(_codec_threads.items()):
                     if _start_time(other) != other_started:
                         del _codec_threads[other]
-            _codec_threads[tid] = started
+            _codec_threads[tid] = (started, threading.get_ident())
     _noted.done = True
 
 
+def _running_python() -> set[int]:
+    """The idents of the threads that run Python now: ``threading``'s and raw ``_thread`` ones alike."""
+    return set(sys._current_frames())
+
+
 def _wait_for_ended_threads() -> None:
-    """Wait until each recorded thread that Python no longer lists has left the process (or its id is reused)."""
-    with _threads_lock:
-        if not _codec_threads:
-            return
-        live = {t.native_id for t in threading.enumerate()}
-        ended = {tid: started for tid, started in _codec_threads.items() if tid not in live}
+    """Wait until each recorded thread that no longer runs Python has left the process (or its id is reused).
+
+    Takes no lock: a fork from a signal handler that interrupted :func:`note_codec_thread` must not wait on
+    its own thread (a copy and a ``pop`` of the dict are each atomic in CPython).
+    """
+    if not _codec_threads:
+        return
+    running = _running_python()
+    ended = {tid: started for tid, (started, ident) in dict(_codec_threads).items() if ident not in running}
     deadline = time.monotonic() + EXIT_WAIT_SECONDS
     while ended:
         for tid, started in list(ended.items()):
             if _start_time(tid) != started:  # left (or the id now names another thread)
                 del ended[tid]
-                with _threads_lock:
-                    _codec_threads.pop(tid, None)
+                _codec_threads.pop(tid, None)
         if not ended:
             return
         if time.monotonic() > deadline:  # not waited for again
-            with _threads_lock:
-                for tid in ended:
-                    _codec_threads.pop(tid, None)
+            for tid in ended:
+                _codec_threads.pop(tid, None)
             return
         time.sleep(0.001)
 

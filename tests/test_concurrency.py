@@ -498,30 +498,34 @@ def test_rounding_the_latents_is_counted_torch_work(monkeypatch) -> None:
 
 
 @pytest.mark.skipif(not hasattr(os, "fork") or not os.path.isdir("/proc/self/task"), reason="fork, /proc")
-def test_a_fork_waits_for_an_ended_codec_thread_to_leave_the_process() -> None:
+def test_a_fork_waits_for_an_ended_codec_thread_to_leave_the_process(monkeypatch) -> None:
     """A thread that got an engine and has ended can still run its native clean-up (MKL frees its buffers
     under its allocator's lock): a fork right after ``join`` gave a child that waited for ever in its first
     encode, about once in ten tries on a loaded 2-core machine. A fork now waits until such a thread has left
-    the process. Here a thread Python does not list (as after ``join``) stays in the process 0.3 s longer."""
+    the process. Here a thread taken as done with Python (as after ``join``) stays in the process 0.3 s longer."""
     import _thread
 
     from pillow_jac import forksafe
 
-    noted, release, left = threading.Event(), threading.Event(), []
+    noted, release, left, idents = threading.Event(), threading.Event(), [], []
 
-    def native_clean_up() -> None:  # a raw thread: threading.enumerate() does not list it
+    def native_clean_up() -> None:
         forksafe.note_codec_thread()
+        idents.append(threading.get_ident())
         noted.set()
         release.wait(30)
         time.sleep(0.3)
         left.append(time.monotonic())
 
+    running = forksafe._running_python
+    monkeypatch.setattr(forksafe, "_running_python", lambda: running() - set(idents))
     _thread.start_new_thread(native_clean_up, ())
     assert noted.wait(30)
     forksafe.note_codec_thread()  # this one too: the child must not take it for one of its own
     assert threading.get_native_id() in forksafe._codec_threads
     release.set()
     read, write = os.pipe()
+    before = time.monotonic()
     pid = os.fork()
     if pid == 0:  # the child records no thread of its parent's
         os.write(write, b"clear" if not forksafe._codec_threads else b"kept")
@@ -532,7 +536,20 @@ def test_a_fork_waits_for_an_ended_codec_thread_to_leave_the_process() -> None:
     os.close(read)
     assert os.waitpid(pid, 0)[1] == 0
     assert left and forked >= left[0], "the fork did not wait for the ended thread"
-    assert not forksafe._codec_threads.keys() - {t.native_id for t in threading.enumerate()}
+    assert forked - before < forksafe.EXIT_WAIT_SECONDS / 2, "the fork waited for a thread still running Python"
+    assert threading.get_native_id() in forksafe._codec_threads  # a running thread stays recorded
+
+
+def test_a_threads_start_time_is_read_after_a_name_with_spaces_and_parentheses(tmp_path, monkeypatch) -> None:
+    """``/proc/<tid>/stat``: the name is in parentheses and may hold both; the start time is field 22."""
+    from pillow_jac import forksafe
+
+    (tmp_path / "7").mkdir()
+    fields = " ".join(str(n) for n in range(3, 53))  # each field holds its own number
+    (tmp_path / "7" / "stat").write_bytes(f"7 (a) b (c)) {fields}\n".encode())
+    monkeypatch.setattr(forksafe, "_TASKS", str(tmp_path))
+    assert forksafe._start_time(7) == "22"
+    assert forksafe._start_time(8) is None  # a thread that has left
 
 
 @pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="/proc")
@@ -540,11 +557,13 @@ def test_the_record_of_codec_threads_forgets_those_that_have_left() -> None:
     """A program that encodes in a new thread per request and never forks keeps a bounded record."""
     from pillow_jac import forksafe
 
+    forksafe.note_codec_thread()
     for _ in range(3 * forksafe._PRUNE_AT):
         thread = threading.Thread(target=forksafe.note_codec_thread)
         thread.start()
         thread.join()
     assert len(forksafe._codec_threads) <= forksafe._PRUNE_AT
+    assert threading.get_native_id() in forksafe._codec_threads  # a thread still there is kept
 
 
 @pytest.mark.slow
