@@ -142,7 +142,7 @@ def note_codec_thread() -> None:
             if len(_codec_threads) >= _PRUNE_AT:  # threads that have left are forgotten: the record stays bounded
                 for other, (other_started, _) in list(_codec_threads.items()):
                     if _start_time(other) != other_started:
-                        del _codec_threads[other]
+                        _codec_threads.pop(other, None)  # a fork in another thread may have dropped it
             _codec_threads[tid] = (started, threading.get_ident())
     _noted.done = True
 
