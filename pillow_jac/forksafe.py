@@ -147,9 +147,14 @@ def note_codec_thread() -> None:
     _noted.done = True
 
 
-def _running_python() -> set[int]:
-    """The idents of the threads that run Python now: ``threading``'s and raw ``_thread`` ones alike."""
-    return set(sys._current_frames())
+def _running_python() -> dict[int, int | None]:
+    """Ident -> native id (None where ``threading`` does not know it) of the threads that run Python now.
+
+    Raw ``_thread`` threads are there too. A new thread often gets the ident of one that has ended (the
+    same stack), so the native id, where known, tells them apart.
+    """
+    native = {t.ident: t.native_id for t in threading.enumerate()}
+    return {ident: native.get(ident) for ident in sys._current_frames()}
 
 
 def _wait_for_ended_threads() -> None:
@@ -161,7 +166,11 @@ def _wait_for_ended_threads() -> None:
     if not _codec_threads:
         return
     running = _running_python()
-    ended = {tid: started for tid, (started, ident) in dict(_codec_threads).items() if ident not in running}
+    ended = {
+        tid: started
+        for tid, (started, ident) in dict(_codec_threads).items()
+        if ident not in running or running[ident] not in (None, tid)
+    }
     deadline = time.monotonic() + EXIT_WAIT_SECONDS
     while ended:
         for tid, started in list(ended.items()):

@@ -518,7 +518,7 @@ def test_a_fork_waits_for_an_ended_codec_thread_to_leave_the_process(monkeypatch
         left.append(time.monotonic())
 
     running = forksafe._running_python
-    monkeypatch.setattr(forksafe, "_running_python", lambda: running() - set(idents))
+    monkeypatch.setattr(forksafe, "_running_python", lambda: {i: n for i, n in running().items() if i not in idents})
     _thread.start_new_thread(native_clean_up, ())
     assert noted.wait(30)
     forksafe.note_codec_thread()  # this one too: the child must not take it for one of its own
@@ -538,6 +538,19 @@ def test_a_fork_waits_for_an_ended_codec_thread_to_leave_the_process(monkeypatch
     assert left and forked >= left[0], "the fork did not wait for the ended thread"
     assert forked - before < forksafe.EXIT_WAIT_SECONDS / 2, "the fork waited for a thread still running Python"
     assert threading.get_native_id() in forksafe._codec_threads  # a running thread stays recorded
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="/proc")
+def test_an_ended_thread_whose_ident_a_new_thread_took_is_still_taken_as_ended(monkeypatch) -> None:
+    """A new thread often gets the ident of one that has ended: the native id tells them apart."""
+    from pillow_jac import forksafe
+
+    forksafe.note_codec_thread()
+    me = threading.get_native_id()
+    ended = max(int(t) for t in os.listdir("/proc/self/task")) + 1_000_000  # no thread of this process
+    monkeypatch.setitem(forksafe._codec_threads, ended, ("1", threading.get_ident()))  # this thread's ident
+    forksafe._wait_for_ended_threads()
+    assert ended not in forksafe._codec_threads and me in forksafe._codec_threads
 
 
 def test_a_threads_start_time_is_read_after_a_name_with_spaces_and_parentheses(tmp_path, monkeypatch) -> None:
