@@ -62,9 +62,8 @@ _TASKS = "/proc/self/task"
 #: recorded threads at which those that have left the process are forgotten
 _PRUNE_AT = 64
 #: native id -> (start time in ``/proc``, Python ident) of each thread that got an engine; added to and
-#: pruned under ``_threads_lock``
+#: pruned under ``_threads_lock`` (below)
 _codec_threads: dict[int, tuple[str, int]] = {}
-_threads_lock = threading.Lock()
 #: per thread: whether :func:`note_codec_thread` recorded it
 _noted = threading.local()
 #: held while the codec imports its torch modules or builds an engine (reentrant: these nest)
@@ -101,6 +100,9 @@ class ForkSafeLock:
         self._lock = threading.Lock()
 
 
+_threads_lock = ForkSafeLock()
+
+
 @contextlib.contextmanager
 def setting_up() -> Iterator[None]:
     """Hold off forks while the block runs: the codec imports its torch modules and builds engines inside it.
@@ -133,7 +135,10 @@ def note_codec_thread() -> None:
         >>> threading.get_native_id() in _codec_threads or not os.path.isdir(_TASKS)
         True
     """
-    if getattr(_noted, "done", False) or not os.path.isdir(_TASKS):
+    if getattr(_noted, "done", False):
+        return
+    _noted.done = True
+    if not os.path.isdir(_TASKS):  # nothing to wait for where /proc does not show the threads
         return
     tid = threading.get_native_id()
     started = _start_time(tid)
@@ -144,7 +149,6 @@ def note_codec_thread() -> None:
                     if _start_time(other) != other_started:
                         _codec_threads.pop(other, None)  # a fork in another thread may have dropped it
             _codec_threads[tid] = (started, threading.get_ident())
-    _noted.done = True
 
 
 def _running_python() -> dict[int, int | None]:
@@ -204,9 +208,8 @@ def _after_fork_in_parent() -> None:
 
 
 def _after_fork_in_child() -> None:
-    global _setting_up, _threads_lock
+    global _setting_up
     _setting_up = threading.RLock()
-    _threads_lock = threading.Lock()
     _codec_threads.clear()  # the child has only the forking thread
     _noted.__dict__.clear()
     _forking.held = False
