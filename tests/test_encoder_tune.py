@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import csv
+import os
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -240,3 +242,33 @@ def test_command_line_runs_validates_and_resumes(base, tmp_path, capsys, monkeyp
     assert torch.load(out / "checkpoint.pt", weights_only=False)["step"] == 3
     with pytest.raises(SystemExit, match="--holdout 5 must be from 0 to 4"):
         encoder_tune.main([*common, "--out", str(tmp_path / "run2"), "--holdout", "5"])
+
+
+def test_ctrl_c_ends_the_run_after_its_step_with_a_checkpoint_and_gives_the_handlers_back(
+    base, tmp_path, monkeypatch, one_thread
+):
+    """Ctrl-C during step 2 of 50: the step ends, is saved, and the run returns; the caller's handlers
+    (Python's KeyboardInterrupt for SIGINT) are back (pillow_jac.training.stop_signals)."""
+    from pillow_jac.training import train
+
+    data = tmp_path / "data"
+    data.mkdir()
+    for i in range(3):
+        Image.fromarray(synthetic(80, 96, 20 + i)).save(data / f"im{i}.png")
+    before = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    real, calls = train.stratified_qualities, []
+
+    def interrupted_in_the_second_step(batch):
+        calls.append(batch)
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+        return real(batch)
+
+    monkeypatch.setattr(train, "stratified_qualities", interrupted_in_the_second_step)
+    out = tmp_path / "run"
+    encoder_tune.main(
+        ["--weights", str(base), "--data", str(data), "--batch", "2", "--crop", "64", "--holdout", "1"]
+        + ["--eval-every", "1000", "--threads", "1", "--out", str(out), "--steps", "50"]
+    )
+    assert len(calls) == 2 and torch.load(out / "checkpoint.pt", weights_only=False)["step"] == 2
+    assert {s: signal.getsignal(s) for s in before} == before

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 
 import numpy as np
 import pytest
@@ -180,6 +182,26 @@ def test_a_call_killed_before_its_end_still_returns_its_last_save(image_folder, 
     assert checkpoint["step"] == 3
     for name, value in load_model(joined).state_dict().items():
         assert torch.equal(value, checkpoint["average"][name]), name
+
+
+def test_sigterm_ends_the_call_after_its_step_and_gives_the_handlers_back(image_folder, tmp_path, monkeypatch):
+    """SIGTERM during step 2 of 10: the step ends, is saved and reported as stopped by a signal; the
+    caller's handlers are back (pillow_jac.training.stop_signals)."""
+    before = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    calls = []
+
+    def signalled_in_the_second_step(batch):
+        calls.append(batch)
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return torch.linspace(1, 8, batch)
+
+    monkeypatch.setattr(gpu_session, "stratified_qualities", signalled_in_the_second_step)
+    out = tmp_path / "run"
+    report = session(image_folder, out, "--pieces", str(tmp_path / "pieces"), "--steps", "10")
+    assert (report["stop"], report["step_end"], len(calls)) == ("signal", 2, 2)
+    assert torch.load(out / gpu_session.CHECKPOINT, weights_only=False)["step"] == 2
+    assert {s: signal.getsignal(s) for s in before} == before
 
 
 @pytest.mark.parametrize("log_every", ["1", "5"])  # found at a log line, or by the check before a save

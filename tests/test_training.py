@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 
@@ -71,6 +73,26 @@ def test_resumed_run_equals_uninterrupted_run(image_folder, tmp_path):
     # the weight average is saved, resumed with the rest, and lags the weights
     weight = "float.g_a.0.weight"
     assert not torch.equal(straight[weight], straight["ema." + weight])
+
+
+def test_sigterm_ends_the_run_after_its_step_with_a_checkpoint_and_gives_the_handlers_back(
+    image_folder, tmp_path, monkeypatch
+):
+    """SIGTERM (``kill``, ``timeout``) during step 2 of 50: the step ends, is saved, and the run returns;
+    the caller's handlers are back (pillow_jac.training.stop_signals)."""
+    before = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    real, calls = train.stratified_qualities, []
+
+    def signalled_in_the_second_step(batch):
+        calls.append(batch)
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(batch)
+
+    monkeypatch.setattr(train, "stratified_qualities", signalled_in_the_second_step)
+    run(image_folder, tmp_path / "run", "--steps", "50")
+    assert len(calls) == 2 and torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)["step"] == 2
+    assert {s: signal.getsignal(s) for s in before} == before
 
 
 def test_weight_average_follows_the_weights(image_folder, tmp_path):

@@ -31,7 +31,6 @@ import argparse
 import csv
 import datetime
 import math
-import signal
 import sys
 import time
 import traceback
@@ -56,6 +55,7 @@ from .encoder_update import (
     update_average,
     weights_identity,
 )
+from .stop_signals import stop_on_signals
 
 __all__ = ["main"]
 
@@ -264,59 +264,53 @@ def main(argv: list[str] | None = None) -> None:
     log = csv.writer(log_file)
     if new_log:
         log.writerow(["step", "wall_s", "lr", "loss", "bpp", "psnr", "step_s"])
-    stop = {"requested": False}
-
-    def request_stop(signum, frame):  # finish the current step, checkpoint, exit
-        stop["requested"] = True
-
-    signal.signal(signal.SIGTERM, request_stop)
-    signal.signal(signal.SIGINT, request_stop)
-    start = last_eval = time.time()
-    sums, n, t_steps = {"loss": 0.0, "bpp": 0.0, "psnr": 0.0}, 0, 0.0
-    model.train()
-    while step < args.steps and not stop["requested"]:
-        t_step = time.perf_counter()
-        lr = _learning_rate(args, step)
-        for g in optimizer.param_groups:
-            g["lr"] = lr
-        x = to_model_input(sampler.batch_uint8(args.batch), torch.device("cpu"))  # channels_last
-        quality = stratified_qualities(args.batch)
-        lmbda = quality_lambda(quality, model.config.lambdas).float()
-        losses = coded_loss(coded_forward(model, rate, x, quality, args.rate_gradient), x, lmbda)
-        optimizer.zero_grad(set_to_none=True)
-        losses["loss"].backward()
-        if args.clip:
-            torch.nn.utils.clip_grad_norm_(params, args.clip)
-        optimizer.step()
-        if average is not None:
-            update_average(average, model, args.ema)
-        step += 1
-        n += 1
-        t_steps += time.perf_counter() - t_step
-        for k in sums:
-            sums[k] += float(losses[k].detach())
-        if step % args.log_every == 0:
-            avg = {k: v / n for k, v in sums.items()}
-            elapsed = time.time() - start
-            print(
-                f"step {step} | {elapsed / 60:.1f} min | {t_steps / n:.2f} s/step | lr {lr:.2e} | "
-                f"loss {avg['loss']:.4f} | bpp {avg['bpp']:.4f} | psnr {avg['psnr']:.2f}",
-                flush=True,
-            )
-            log.writerow([step, round(elapsed, 1), lr, avg["loss"], avg["bpp"], avg["psnr"], round(t_steps / n, 3)])
-            log_file.flush()
-            sums, n, t_steps = dict.fromkeys(sums, 0.0), 0, 0.0
-        if step % args.eval_every == 0 or time.time() - last_eval > args.eval_minutes * 60:
-            checkpoint()
-            model.eval()
-            try:
-                validate()
-            except Exception:  # a failed validation loses one score, not the run
-                traceback.print_exc()
-            model.train()
-            checkpoint()
-            last_eval = time.time()
-    checkpoint()
+    with stop_on_signals() as stop:
+        start = last_eval = time.time()
+        sums, n, t_steps = {"loss": 0.0, "bpp": 0.0, "psnr": 0.0}, 0, 0.0
+        model.train()
+        while step < args.steps and not stop:
+            t_step = time.perf_counter()
+            lr = _learning_rate(args, step)
+            for g in optimizer.param_groups:
+                g["lr"] = lr
+            x = to_model_input(sampler.batch_uint8(args.batch), torch.device("cpu"))  # channels_last
+            quality = stratified_qualities(args.batch)
+            lmbda = quality_lambda(quality, model.config.lambdas).float()
+            losses = coded_loss(coded_forward(model, rate, x, quality, args.rate_gradient), x, lmbda)
+            optimizer.zero_grad(set_to_none=True)
+            losses["loss"].backward()
+            if args.clip:
+                torch.nn.utils.clip_grad_norm_(params, args.clip)
+            optimizer.step()
+            if average is not None:
+                update_average(average, model, args.ema)
+            step += 1
+            n += 1
+            t_steps += time.perf_counter() - t_step
+            for k in sums:
+                sums[k] += float(losses[k].detach())
+            if step % args.log_every == 0:
+                avg = {k: v / n for k, v in sums.items()}
+                elapsed = time.time() - start
+                print(
+                    f"step {step} | {elapsed / 60:.1f} min | {t_steps / n:.2f} s/step | lr {lr:.2e} | "
+                    f"loss {avg['loss']:.4f} | bpp {avg['bpp']:.4f} | psnr {avg['psnr']:.2f}",
+                    flush=True,
+                )
+                log.writerow([step, round(elapsed, 1), lr, avg["loss"], avg["bpp"], avg["psnr"], round(t_steps / n, 3)])
+                log_file.flush()
+                sums, n, t_steps = dict.fromkeys(sums, 0.0), 0, 0.0
+            if step % args.eval_every == 0 or time.time() - last_eval > args.eval_minutes * 60:
+                checkpoint()
+                model.eval()
+                try:
+                    validate()
+                except Exception:  # a failed validation loses one score, not the run
+                    traceback.print_exc()
+                model.train()
+                checkpoint()
+                last_eval = time.time()
+        checkpoint()
     log_file.close()
     print(f"stopped at step {step}; best BD-rate {best_bd:+.3f}% at step {best_step}", flush=True)
 

@@ -45,7 +45,6 @@ import json
 import math
 import os
 import shutil
-import signal
 import sys
 import time
 from pathlib import Path
@@ -60,6 +59,7 @@ from .device_crops import load_pixels
 from .gpu_options import parse_args
 from .pack import split_file
 from .step_profile import StepProfile
+from .stop_signals import stop_on_signals
 from .train import FastWeightAverage, _to_device, learning_rate, stratified_qualities
 
 __all__ = ["Session", "forward_macs_per_pixel", "main", "parse_args", "time_decay"]
@@ -260,10 +260,6 @@ class Session:
         sums = {k: torch.zeros((), device=device) for k in ("loss", "bpp", "psnr")}
         n = 0
 
-        def request_stop(signum, frame):  # finish the current step, save, report, exit
-            self.stop = "signal"
-
-        handlers = {s: signal.signal(s, request_stop) for s in (signal.SIGTERM, signal.SIGINT)}
         self.loop_start = time.monotonic()
         self.last_save = self.loop_start
         _log(
@@ -271,12 +267,15 @@ class Session:
             f"data {self.data_info}, set-up {self.loop_start - self.started:.1f} s, "
             f"batch {args.batch} x {args.crop}^2, compile {args.compile}"
         )
-        with open(log_path, "a", newline="") as log_file:
+        # a signal finishes the current step, then the session saves, reports and exits
+        with open(log_path, "a", newline="") as log_file, stop_on_signals() as signalled:
             log = csv.writer(log_file)
             if new_log:
                 log.writerow(["step", "wall_s", "lr", "loss", "bpp", "psnr"])
             try:
                 while True:
+                    if self.stop is None and signalled:
+                        self.stop = "signal"
                     if self.stop is None and args.steps and self.step - self.step_start >= args.steps:
                         self.stop = "steps"
                     if self.stop is None and time.monotonic() >= self.deadline:
@@ -333,8 +332,6 @@ class Session:
                             break
                         self.write_report(pieces)
             finally:
-                for s, handler in handlers.items():
-                    signal.signal(s, handler)
                 self.loop_end = time.monotonic()
         if self.profile is not None:
             self.profile.close()

@@ -30,7 +30,6 @@ import csv
 import dataclasses
 import math
 import os
-import signal
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -46,6 +45,7 @@ from .checkpoint import gather_rank_states, load_checkpoint, restore_checkpoint,
 from .data import CropSampler, list_images, to_model_input
 from .encoder_update import forget_engine, refuse_evaluation_data
 from .gpu_options import check_crop
+from .stop_signals import stop_on_signals
 
 DEFAULT_TRAIN = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "train"
 DEFAULT_KODAK = DEFAULT_TRAIN.parent / "kodak"
@@ -401,67 +401,61 @@ def main(argv: list[str] | None = None) -> None:
     sums = {k: torch.zeros((), device=device) for k in ("loss", "bpp", "psnr")}
     source = BatchPrefetcher(sampler, args.batch, pin_memory=device.type == "cuda") if prefetch else sampler
     n = 0
-    stop = {"requested": False}
-
-    def request_stop(signum, frame):  # finish the current step, checkpoint, exit
-        stop["requested"] = True
-
-    signal.signal(signal.SIGTERM, request_stop)
-    signal.signal(signal.SIGINT, request_stop)
-    while step < args.steps:
-        lr = learning_rate(args, step)
-        for g in optimizer.param_groups:
-            g["lr"] = lr
-        crops = source.next() if prefetch else sampler.batch_uint8(args.batch)
-        x = to_model_input(crops, device).contiguous(memory_format=torch.channels_last)
-        quality = stratified_qualities(args.batch)
-        quality, lmbda = _to_device(device, quality, quality_lambda(quality, config.lambdas).float())
-        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-            out = forward(x, quality)
-        losses = rate_distortion_loss(out, x, lmbda)
-        optimizer.zero_grad(set_to_none=True)
-        losses["loss"].backward()
-        if args.clip:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip)
-        optimizer.step()
-        if average is not None:
-            average.update(model)
-        step += 1
-        n += 1
-        for k in sums:
-            sums[k] += losses[k].detach()
-        if rank == 0 and step % args.log_every == 0:
-            avg = {k: v.item() / n for k, v in sums.items()}
-            elapsed = time.time() - start
-            print(
-                f"step {step} | {elapsed / 60:.1f} min | lr {lr:.2e} | loss {avg['loss']:.4f} | "
-                f"bpp {avg['bpp']:.4f} | psnr {avg['psnr']:.2f}",
-                flush=True,
-            )
-            log.writerow([step, round(elapsed, 1), lr, avg["loss"], avg["bpp"], avg["psnr"]])
-            log_file.flush()
-            sums = {k: torch.zeros((), device=device) for k in sums}
-            n = 0
-        stopping = bool(stop["requested"] or (args.minutes and time.time() - start > args.minutes * 60))
-        done = step >= args.steps  # the same step on every rank
-        if not distributed:
-            done = done or stopping
-        elif step % args.log_every == 0:  # a signal or the time limit of one rank: all stop at the same step,
-            flag = torch.tensor([float(stopping)], device=device)  # agreed where the log reads back anyway
-            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-            done = done or bool(flag.item())
-        if step % args.save_every == 0 or done:
-            ranks = gather_rank_states(source, device, distributed)  # every rank takes part
-            if rank == 0:
-                save_checkpoint(ckpt_path, model, optimizer, step, source, config, average, options, ranks)
-        if rank == 0 and eval_paths and step % args.eval_every == 0:
-            # with --ema the average is what a release would ship, so that is what is measured
-            result = evaluate_real(average.model(model) if average else model, eval_paths, args.out, step)
-            print("eval " + " ".join(f"{k} {v:.4f}" for k, v in result.items()), flush=True)
-            with open(args.out / "eval.csv", "a") as f:
-                f.write(f"{step}," + ",".join(f"{k}={v:.4f}" for k, v in result.items()) + "\n")
-        if done:
-            break
+    with stop_on_signals() as stop:
+        while step < args.steps:
+            lr = learning_rate(args, step)
+            for g in optimizer.param_groups:
+                g["lr"] = lr
+            crops = source.next() if prefetch else sampler.batch_uint8(args.batch)
+            x = to_model_input(crops, device).contiguous(memory_format=torch.channels_last)
+            quality = stratified_qualities(args.batch)
+            quality, lmbda = _to_device(device, quality, quality_lambda(quality, config.lambdas).float())
+            with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+                out = forward(x, quality)
+            losses = rate_distortion_loss(out, x, lmbda)
+            optimizer.zero_grad(set_to_none=True)
+            losses["loss"].backward()
+            if args.clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip)
+            optimizer.step()
+            if average is not None:
+                average.update(model)
+            step += 1
+            n += 1
+            for k in sums:
+                sums[k] += losses[k].detach()
+            if rank == 0 and step % args.log_every == 0:
+                avg = {k: v.item() / n for k, v in sums.items()}
+                elapsed = time.time() - start
+                print(
+                    f"step {step} | {elapsed / 60:.1f} min | lr {lr:.2e} | loss {avg['loss']:.4f} | "
+                    f"bpp {avg['bpp']:.4f} | psnr {avg['psnr']:.2f}",
+                    flush=True,
+                )
+                log.writerow([step, round(elapsed, 1), lr, avg["loss"], avg["bpp"], avg["psnr"]])
+                log_file.flush()
+                sums = {k: torch.zeros((), device=device) for k in sums}
+                n = 0
+            stopping = bool(stop or (args.minutes and time.time() - start > args.minutes * 60))
+            done = step >= args.steps  # the same step on every rank
+            if not distributed:
+                done = done or stopping
+            elif step % args.log_every == 0:  # a signal or the time limit of one rank: all stop at the same step,
+                flag = torch.tensor([float(stopping)], device=device)  # agreed where the log reads back anyway
+                torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+                done = done or bool(flag.item())
+            if step % args.save_every == 0 or done:
+                ranks = gather_rank_states(source, device, distributed)  # every rank takes part
+                if rank == 0:
+                    save_checkpoint(ckpt_path, model, optimizer, step, source, config, average, options, ranks)
+            if rank == 0 and eval_paths and step % args.eval_every == 0:
+                # with --ema the average is what a release would ship, so that is what is measured
+                result = evaluate_real(average.model(model) if average else model, eval_paths, args.out, step)
+                print("eval " + " ".join(f"{k} {v:.4f}" for k, v in result.items()), flush=True)
+                with open(args.out / "eval.csv", "a") as f:
+                    f.write(f"{step}," + ",".join(f"{k}={v:.4f}" for k, v in result.items()) + "\n")
+            if done:
+                break
     if prefetch:
         source.close()
     log_file.close()

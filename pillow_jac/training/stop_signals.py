@@ -1,0 +1,53 @@
+"""SIGTERM and Ctrl-C as a request to stop a training loop at the end of its step.
+
+:func:`stop_on_signals` is how :mod:`~pillow_jac.training.train`, :mod:`~pillow_jac.training.encoder_tune` and
+:mod:`~pillow_jac.training.gpu_session` let ``kill``, ``timeout`` or Ctrl-C end a run with a checkpoint
+(README "Training"). The handlers last only while the block runs: a program (a notebook, a test process) that
+calls one of their ``main`` functions gets its own handlers back, so that Ctrl-C interrupts it again afterwards
+and a ``multiprocessing`` pool it forks later can still end its workers with SIGTERM (a worker that had
+inherited a handler that only records the request would never end, and the pool would wait on it for ever).
+
+Off the main thread (where Python cannot install handlers) the signals keep what they had; a signal the
+program ignores (``SIG_IGN``, as a shell gives ``SIGINT`` to a command started with ``&``) stays ignored.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+#: the signals that ask a run to stop
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+class StopRequest:
+    """Whether a stop was asked for, and by which signal (true once one arrived)."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+
+    def __bool__(self) -> bool:
+        return self.signum is not None
+
+    def record(self, signum: int, frame: object) -> None:
+        """The signal handler: remember the request; the loop ends at the end of its step."""
+        self.signum = signum
+
+
+@contextmanager
+def stop_on_signals() -> Iterator[StopRequest]:
+    """Record SIGTERM and SIGINT in the yielded :class:`StopRequest` for the block, then restore the handlers."""
+    request = StopRequest()
+    replaced: dict[int, object] = {}
+    if threading.current_thread() is threading.main_thread():
+        for signum in STOP_SIGNALS:
+            current = signal.getsignal(signum)
+            if current is not None and current != signal.SIG_IGN:  # None: a handler not installed from Python
+                replaced[signum] = signal.signal(signum, request.record)
+    try:
+        yield request
+    finally:
+        for signum, handler in replaced.items():
+            signal.signal(signum, handler)
