@@ -6,4 +6,19 @@ torch's spinning OpenMP threads, and every parallel op of one process would wait
 threads to give up a core (pillow_jac.openmp_wait: decoding beside such a process took six times as long).
 """
 
+import signal
+
+import pytest
+
 import pillow_jac.passive_torch  # noqa: F401
+
+
+@pytest.fixture
+def sigint_interrupts():
+    """SIGINT raises KeyboardInterrupt for the test, as in a program started from a terminal (an xdist
+    worker, like a command started with ``&``, ignores it); the runner's handler is put back after."""
+    saved = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, saved)

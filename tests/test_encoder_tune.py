@@ -245,7 +245,7 @@ def test_command_line_runs_validates_and_resumes(base, tmp_path, capsys, monkeyp
 
 
 def test_ctrl_c_ends_the_run_after_its_step_with_a_checkpoint_and_gives_the_handlers_back(
-    base, tmp_path, monkeypatch, one_thread
+    base, tmp_path, monkeypatch, one_thread, sigint_interrupts
 ):
     """Ctrl-C during step 2 of 50: the step ends, is saved, and the run returns; the caller's handlers
     (Python's KeyboardInterrupt for SIGINT) are back (pillow_jac.training.stop_signals)."""

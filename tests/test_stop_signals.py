@@ -18,7 +18,7 @@ def _handlers() -> dict[int, object]:
     return {signum: signal.getsignal(signum) for signum in STOP_SIGNALS}
 
 
-def test_each_signal_is_recorded_in_the_block_and_the_handlers_come_back():
+def test_each_signal_is_recorded_in_the_block_and_the_handlers_come_back(sigint_interrupts):
     before = _handlers()
     with stop_on_signals() as stop:
         assert not stop
