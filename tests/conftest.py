@@ -11,6 +11,7 @@ import signal
 import pytest
 
 import pillow_jac.passive_torch  # noqa: F401
+from pillow_jac import latent_coding
 
 
 @pytest.fixture
@@ -22,3 +23,22 @@ def sigint_interrupts():
         yield
     finally:
         signal.signal(signal.SIGINT, saved)
+
+
+@pytest.fixture
+def one_torch_thread(monkeypatch):
+    """One torch thread, as a training run's ``--threads 1`` asks, and the caller's count back after.
+
+    The count outside the codec's blocks is recorded as 1 too: a thread's 1 before its own first block,
+    while more was recorded, is otherwise taken for a count it started with
+    (:func:`pillow_jac.latent_coding.single_threaded`).
+    """
+    import torch
+
+    before = torch.get_num_threads()
+    monkeypatch.setitem(latent_coding._single, "outside", 1)
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from pillow_jac import codec, container, latent_coding
+from pillow_jac import codec, container
 from pillow_jac.engine import get_engine, load_model
 from pillow_jac.model.objective import quality_lambda
 from pillow_jac.training import encoder_tune
@@ -26,20 +26,6 @@ from tests.helpers import synthetic, tiny_weights
 @pytest.fixture(scope="module")
 def base(tmp_path_factory) -> Path:
     return tiny_weights(tmp_path_factory.mktemp("weights") / "tiny.safetensors", seed=3)
-
-
-@pytest.fixture
-def one_thread(monkeypatch):
-    """A run's ``--threads 1`` holds as in a program of its own.
-
-    The count outside the codec's blocks is recorded as 1: a thread's 1 before its own first block, while
-    more was recorded, is otherwise taken for a count it started with
-    (:func:`pillow_jac.latent_coding.single_threaded`).
-    """
-    before = torch.get_num_threads()
-    monkeypatch.setitem(latent_coding._single, "outside", 1)
-    yield
-    torch.set_num_threads(before)
 
 
 def train_steps(model, rate, steps: int) -> None:
@@ -184,7 +170,7 @@ def test_moving_average_moves_towards_the_trained_weights():
     assert torch.allclose(average["weight"], torch.full((2, 2), 0.1)) and torch.equal(average["bias"], torch.zeros(2))
 
 
-def test_command_line_runs_validates_and_resumes(base, tmp_path, capsys, monkeypatch, one_thread):
+def test_command_line_runs_validates_and_resumes(base, tmp_path, capsys, monkeypatch, one_torch_thread):
     """A resumed run ends exactly where a straight one does; validation scores the moving average, keeps the best."""
     data = tmp_path / "data"
     data.mkdir()
@@ -245,7 +231,7 @@ def test_command_line_runs_validates_and_resumes(base, tmp_path, capsys, monkeyp
 
 
 def test_ctrl_c_ends_the_run_after_its_step_with_a_checkpoint_and_gives_the_handlers_back(
-    base, tmp_path, monkeypatch, one_thread, sigint_interrupts
+    base, tmp_path, monkeypatch, one_torch_thread, sigint_interrupts
 ):
     """Ctrl-C during step 2 of 50: the step ends, is saved, and the run returns; the caller's handlers
     (Python's KeyboardInterrupt for SIGINT) are back (pillow_jac.training.stop_signals)."""

@@ -10,7 +10,6 @@ import pytest
 import torch
 from PIL import Image
 
-from pillow_jac import latent_coding
 from pillow_jac.constants import EFFORT_ITERATIONS, QUALITY_DENOMINATOR
 from pillow_jac.engine import load_model
 from pillow_jac.model.refine import refine_latents
@@ -22,24 +21,12 @@ from tests.helpers import synthetic, tiny_weights
 KEYS = ("x", "quality", "y", "z", "y0")
 
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
 @pytest.fixture(scope="module")
 def base(tmp_path_factory) -> Path:
     return tiny_weights(tmp_path_factory.mktemp("weights") / "tiny.safetensors", seed=5)
-
-
-@pytest.fixture(autouse=True)
-def _threads(monkeypatch):
-    """One torch thread, as the runs' ``--threads 1`` ask, restored after.
-
-    The count outside the codec's blocks is recorded as 1 too: a thread's 1 before its own first block,
-    while more was recorded, is otherwise taken for a count it started with
-    (:func:`pillow_jac.latent_coding.single_threaded`).
-    """
-    before = torch.get_num_threads()
-    monkeypatch.setitem(latent_coding._single, "outside", 1)
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def test_targets_are_the_searchs_latents_and_resume_the_same_draw(base, tmp_path, monkeypatch):
