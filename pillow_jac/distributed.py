@@ -328,12 +328,12 @@ def convert(
             report.add(result)
         return report
 
-    started_here = not ray.is_initialized()
-    if started_here:
+    stop_ray = None  # Ray started here is stopped again at the end
+    if not ray.is_initialized():
         options: dict[str, Any] = {"address": address, "log_to_driver": False, "logging_level": logging.WARNING}
         if address is None:
             options["include_dashboard"] = False
-        _init_keeping_sigterm(ray, options)
+        stop_ray = _start_ray(ray, options)
     try:
         placed = _placement(ray.cluster_resources(), len(jobs), workers, num_cpus, num_gpus, device)
         workers, num_gpus, device = placed
@@ -355,8 +355,8 @@ def convert(
         return report
     finally:
         getattr(report_file, "close", lambda: None)()
-        if started_here:
-            ray.shutdown()
+        if stop_ray is not None:
+            stop_ray()
 
 
 def _placement(
@@ -402,20 +402,47 @@ def _placement(
     return workers, num_gpus, device
 
 
-def _init_keeping_sigterm(ray: Any, options: dict[str, Any]) -> None:
-    """``ray.init(**options)``, with the SIGTERM handler the program had put back afterwards.
+def _start_ray(ray: Any, options: dict[str, Any]) -> Callable[[], None]:
+    """``ray.init(**options)``; returns the function that stops that instance and puts the process back.
 
-    ``ray.init`` installs its own (it exits with status 15 and a stack dump), which would replace the
-    caller's: ``jac``'s stops as Ctrl-C does (status 143, temporary files removed, the workers cancelled).
+    ``ray.init`` changes the calling process for good, beyond the instance it starts: it installs its own
+    SIGTERM handler (exit 15 and a stack dump), which would replace the caller's (``jac``'s stops as Ctrl-C
+    does: status 143, temporary files removed, the workers cancelled), so the caller's is put back at once;
+    and it sets environment variables (``PYTHONBREAKPOINT`` among them, after which ``breakpoint()`` no
+    longer stops in the caller's debugger), enables :mod:`faulthandler` and draws from :mod:`random`'s
+    shared generator. After ``ray.shutdown()`` the returned function puts back the variables ``ray.init``
+    changed (those nothing has changed since), faulthandler's state and the generator's state, so that a
+    program that seeded :mod:`random` draws the numbers it would have without the batch.
     """
+    import faulthandler
+    import random
     import signal
     import threading
 
     main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.getsignal(signal.SIGTERM) if main_thread else None
+    environ, generator, fault_handler = dict(os.environ), random.getstate(), faulthandler.is_enabled()
     ray.init(**options)
     if previous is not None:
         signal.signal(signal.SIGTERM, previous)
+    set_by_ray = {k: v for k, v in os.environ.items() if environ.get(k) != v}
+    removed_by_ray = [k for k in environ if k not in os.environ]
+
+    def stop() -> None:
+        ray.shutdown()
+        for key, value in set_by_ray.items():
+            if os.environ.get(key) == value:
+                if key in environ:
+                    os.environ[key] = environ[key]
+                else:
+                    del os.environ[key]
+        for key in removed_by_ray:
+            os.environ.setdefault(key, environ[key])
+        random.setstate(generator)
+        if not fault_handler:
+            faulthandler.disable()
+
+    return stop
 
 
 def _progress_function(

@@ -5,7 +5,9 @@ The tests marked ``ray`` skip when Ray is not installed (``pip install -e ".[tes
 
 from __future__ import annotations
 
+import faulthandler
 import os
+import random
 import signal
 import sys
 import types
@@ -194,22 +196,53 @@ def test_placement_of_the_workers() -> None:
         assert place({"CPU": 2.0}, 100, 2, 1, 1.0, None) == (2, 1.0, "cuda")
 
 
-def test_ray_init_keeps_the_callers_sigterm_handler() -> None:
-    """``ray.init`` installs its own SIGTERM handler (exit 15, a stack dump); the caller's is put back."""
+def test_a_ray_started_here_leaves_the_process_as_it_found_it(monkeypatch) -> None:
+    """``ray.init`` installs its own SIGTERM handler (exit 15, a stack dump): the caller's is put back at once.
+    It also sets variables (``PYTHONBREAKPOINT`` turned ``breakpoint()`` off), enables faulthandler and
+    draws from ``random``: each is put back once the instance is stopped, except a variable changed since."""
 
     def ours(signum, frame):  # pragma: no cover - never called
         pass
 
+    stopped = []
+
     class FakeRay:
         def init(self, **options):
             signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(signum))
+            os.environ["PYTHONBREAKPOINT"] = "ray.util.rpdb._driver_set_trace"
+            os.environ["JAC_TEST_CHANGED"] = "by ray"
+            os.environ["JAC_TEST_TOUCHED_SINCE"] = "by ray"
+            del os.environ["JAC_TEST_REMOVED"]
+            faulthandler.enable()
+            random.random()
 
+        def shutdown(self):
+            stopped.append(True)
+
+    monkeypatch.delenv("PYTHONBREAKPOINT", raising=False)
+    monkeypatch.setenv("JAC_TEST_CHANGED", "the program's")
+    monkeypatch.delenv("JAC_TEST_TOUCHED_SINCE", raising=False)
+    monkeypatch.setenv("JAC_TEST_REMOVED", "the program's")
+    fault_handler = faulthandler.is_enabled()
+    faulthandler.disable()
     previous = signal.signal(signal.SIGTERM, ours)
     try:
-        distributed._init_keeping_sigterm(FakeRay(), {})
+        random.seed(7)
+        want = random.random()
+        random.seed(7)
+        stop = distributed._start_ray(FakeRay(), {})
         assert signal.getsignal(signal.SIGTERM) is ours
+        assert os.environ["PYTHONBREAKPOINT"].startswith("ray.")  # the driver keeps Ray's while it runs
+        os.environ["JAC_TEST_TOUCHED_SINCE"] = "by the program"
+        stop()
+        assert stopped and "PYTHONBREAKPOINT" not in os.environ and not faulthandler.is_enabled()
+        assert os.environ["JAC_TEST_CHANGED"] == os.environ["JAC_TEST_REMOVED"] == "the program's"
+        assert os.environ["JAC_TEST_TOUCHED_SINCE"] == "by the program"
+        assert random.random() == want
     finally:
         signal.signal(signal.SIGTERM, previous)
+        if fault_handler:
+            faulthandler.enable()
 
 
 @pytest.mark.parametrize(
@@ -248,9 +281,16 @@ def test_cli_ray_option() -> None:
 def ray_local():
     ray = pytest.importorskip("ray")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no usage report from a test run
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+
+    def environ() -> dict[str, str]:
+        return {k: v for k, v in os.environ.items() if k != "PYTEST_CURRENT_TEST"}  # pytest's, test by test
+
+    before, fault_handler = environ(), faulthandler.is_enabled()
+    stop = distributed._start_ray(ray, {"num_cpus": 2, "include_dashboard": False, "log_to_driver": False})
     yield ray
-    ray.shutdown()
+    stop()
+    # convert's own start and stop of a local instance: the process is as it was before
+    assert (environ(), faulthandler.is_enabled()) == (before, fault_handler)
 
 
 @pytest.fixture(scope="module")
