@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import types
@@ -141,6 +142,34 @@ def test_contention_bench_measures_beside_a_neighbour_and_stops_it(tmp_path, mon
     meta = {"image": "small.png", "quality": 2.0, "threads": 1, "neighbours": 2, "repeat": 1, "machine": "test"}
     text = contention.markdown([row], meta)
     assert "| nice 19 | passive (the codec's) |" in text
+
+
+def test_contention_bench_stops_on_sigterm_while_it_runs_and_gives_the_handler_back(tmp_path, monkeypatch):
+    """SIGTERM during the runs leaves as Ctrl-C does (so each measurement stops its neighbours); after the
+    bench returns, or fails, the caller's handler is back."""
+
+    def ours(signum, frame):  # pragma: no cover - never called
+        pass
+
+    during = []
+
+    def measured(policy, load, args):
+        during.append(signal.getsignal(signal.SIGTERM))
+        return {"policy": policy, "load": load}
+
+    monkeypatch.setattr(contention, "measure", measured)
+    monkeypatch.setattr(contention, "markdown", lambda rows, meta: "")
+    argv = ["--image", "unused.png", "--out", str(tmp_path)]
+    previous = signal.signal(signal.SIGTERM, ours)
+    try:
+        assert contention.main(argv) == 0
+        assert during and set(during) == {contention._stop} and signal.getsignal(signal.SIGTERM) is ours
+        monkeypatch.setattr(contention, "measure", lambda *args: os.kill(os.getpid(), signal.SIGTERM))
+        with pytest.raises(KeyboardInterrupt):
+            contention.main(argv)
+        assert signal.getsignal(signal.SIGTERM) is ours
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 @pytest.mark.parametrize(

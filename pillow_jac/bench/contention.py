@@ -176,12 +176,16 @@ def main(argv: list[str] | None = None) -> int:
         "machine": f"{_cpu_model()}, {os.cpu_count()} CPU(s), Python {platform.python_version()}",
         "date": time.strftime("%Y-%m-%d"),
     }
-    signal.signal(signal.SIGTERM, _stop)  # so that a terminated run stops its neighbours (measure's finally)
-    rows = []
-    for load in LOADS:
-        for policy in POLICIES:
-            rows.append(measure(policy, load, args))
-            print(f"{load} {policy}: done", file=sys.stderr, flush=True)
+    # a terminated run stops its neighbours (measure's finally); the caller's handler is back after
+    previous = signal.signal(signal.SIGTERM, _stop)
+    try:
+        rows = []
+        for load in LOADS:
+            for policy in POLICIES:
+                rows.append(measure(policy, load, args))
+                print(f"{load} {policy}: done", file=sys.stderr, flush=True)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     text = markdown(rows, meta)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "contention.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
