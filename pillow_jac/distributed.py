@@ -407,12 +407,14 @@ def _start_ray(ray: Any, options: dict[str, Any]) -> Callable[[], None]:
 
     ``ray.init`` changes the calling process for good, beyond the instance it starts: it installs its own
     SIGTERM handler (exit 15 and a stack dump), which would replace the caller's (``jac``'s stops as Ctrl-C
-    does: status 143, temporary files removed, the workers cancelled), so the caller's is put back at once;
-    and it sets environment variables (``PYTHONBREAKPOINT`` among them, after which ``breakpoint()`` no
-    longer stops in the caller's debugger), enables :mod:`faulthandler` and draws from :mod:`random`'s
-    shared generator. After ``ray.shutdown()`` the returned function puts back the variables ``ray.init``
-    changed (those nothing has changed since), faulthandler's state and the generator's state, so that a
-    program that seeded :mod:`random` draws the numbers it would have without the batch.
+    does: status 143, temporary files removed, the workers cancelled), so the caller's is put back at once,
+    also when ``ray.init`` fails; and it sets environment variables (``PYTHONBREAKPOINT`` among them, after
+    which ``breakpoint()`` no longer stops in the caller's debugger), enables :mod:`faulthandler` and draws
+    from :mod:`random`'s shared generator. After ``ray.shutdown()`` (or a failed ``ray.init``) the
+    variables it changed are put back, unless something has changed them since, and so are faulthandler's
+    state and the generator's, unless something other than ``ray.init`` and ``ray.shutdown`` has drawn
+    from it meanwhile: a program that seeded :mod:`random` then draws the numbers it would have drawn
+    without the batch.
     """
     import faulthandler
     import random
@@ -422,25 +424,39 @@ def _start_ray(ray: Any, options: dict[str, Any]) -> Callable[[], None]:
     main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.getsignal(signal.SIGTERM) if main_thread else None
     environ, generator, fault_handler = dict(os.environ), random.getstate(), faulthandler.is_enabled()
-    ray.init(**options)
-    if previous is not None:
-        signal.signal(signal.SIGTERM, previous)
-    set_by_ray = {k: v for k, v in os.environ.items() if environ.get(k) != v}
-    removed_by_ray = [k for k in environ if k not in os.environ]
 
-    def stop() -> None:
-        ray.shutdown()
-        for key, value in set_by_ray.items():
+    def changes() -> tuple[dict[str, str], list[str]]:
+        """The variables Ray has set so far, and those it has removed."""
+        return {k: v for k, v in os.environ.items() if environ.get(k) != v}, [k for k in environ if k not in os.environ]
+
+    def put_back(changed: dict[str, str], removed: list[str], untouched: bool) -> None:
+        for key, value in changed.items():
             if os.environ.get(key) == value:
                 if key in environ:
                     os.environ[key] = environ[key]
                 else:
                     del os.environ[key]
-        for key in removed_by_ray:
+        for key in removed:
             os.environ.setdefault(key, environ[key])
-        random.setstate(generator)
+        if untouched:
+            random.setstate(generator)
         if not fault_handler:
             faulthandler.disable()
+
+    try:
+        ray.init(**options)
+    except BaseException:
+        put_back(*changes(), untouched=True)
+        raise
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+    started, drawn = changes(), random.getstate()
+
+    def stop() -> None:
+        untouched = random.getstate() == drawn  # ray.shutdown draws too
+        ray.shutdown()
+        put_back(*started, untouched=untouched)
 
     return stop
 

@@ -16,8 +16,9 @@ from pillow_jac import latent_coding
 
 @pytest.fixture
 def sigint_interrupts():
-    """SIGINT raises KeyboardInterrupt for the test, as in a program started from a terminal (an xdist
-    worker, like a command started with ``&``, ignores it); the runner's handler is put back after."""
+    """SIGINT raises KeyboardInterrupt for the test, as in a program started from a terminal; the runner's
+    handler is put back after. A runner started in the background of a script (``&``, as a CI job may be)
+    ignores SIGINT, and its test processes inherit that."""
     saved = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         yield

@@ -196,53 +196,88 @@ def test_placement_of_the_workers() -> None:
         assert place({"CPU": 2.0}, 100, 2, 1, 1.0, None) == (2, 1.0, "cuda")
 
 
-def test_a_ray_started_here_leaves_the_process_as_it_found_it(monkeypatch) -> None:
-    """``ray.init`` installs its own SIGTERM handler (exit 15, a stack dump): the caller's is put back at once.
-    It also sets variables (``PYTHONBREAKPOINT`` turned ``breakpoint()`` off), enables faulthandler and
-    draws from ``random``: each is put back once the instance is stopped, except a variable changed since."""
+class _ProcessChangingRay:
+    """``ray.init`` as it changes the calling process (a SIGTERM handler, variables, faulthandler, ``random``)."""
+
+    def __init__(self, fails: bool = False) -> None:
+        self.fails, self.stopped = fails, False
+
+    def init(self, **options) -> None:
+        signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(signum))
+        os.environ["PYTHONBREAKPOINT"] = "ray.util.rpdb._driver_set_trace"
+        os.environ["JAC_TEST_CHANGED"] = "by ray"
+        os.environ["JAC_TEST_TOUCHED_SINCE"] = "by ray"
+        del os.environ["JAC_TEST_REMOVED"]
+        faulthandler.enable()
+        random.random()
+        if self.fails:
+            raise ConnectionError("no cluster at that address")
+
+    def shutdown(self) -> None:
+        self.stopped = True
+
+
+@pytest.fixture
+def process_state(monkeypatch):
+    """The variables _ProcessChangingRay changes, the program's SIGTERM handler, and faulthandler and
+    ``random`` standing in for the real ones (so that the test leaves pytest's faulthandler alone)."""
 
     def ours(signum, frame):  # pragma: no cover - never called
         pass
 
-    stopped = []
-
-    class FakeRay:
-        def init(self, **options):
-            signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(signum))
-            os.environ["PYTHONBREAKPOINT"] = "ray.util.rpdb._driver_set_trace"
-            os.environ["JAC_TEST_CHANGED"] = "by ray"
-            os.environ["JAC_TEST_TOUCHED_SINCE"] = "by ray"
-            del os.environ["JAC_TEST_REMOVED"]
-            faulthandler.enable()
-            random.random()
-
-        def shutdown(self):
-            stopped.append(True)
-
     monkeypatch.delenv("PYTHONBREAKPOINT", raising=False)
     monkeypatch.setenv("JAC_TEST_CHANGED", "the program's")
-    monkeypatch.delenv("JAC_TEST_TOUCHED_SINCE", raising=False)
+    monkeypatch.setenv("JAC_TEST_TOUCHED_SINCE", "the program's")
     monkeypatch.setenv("JAC_TEST_REMOVED", "the program's")
-    fault_handler = faulthandler.is_enabled()
-    faulthandler.disable()
+    enabled = [False]
+    monkeypatch.setattr(faulthandler, "enable", lambda *a, **k: enabled.__setitem__(0, True))
+    monkeypatch.setattr(faulthandler, "disable", lambda: enabled.__setitem__(0, False))
+    monkeypatch.setattr(faulthandler, "is_enabled", lambda: enabled[0])
+    monkeypatch.setattr(random, "_inst", random.Random(7))
+    for name in ("random", "getstate", "setstate"):
+        monkeypatch.setattr(random, name, getattr(random._inst, name))
     previous = signal.signal(signal.SIGTERM, ours)
     try:
-        random.seed(7)
-        want = random.random()
-        random.seed(7)
-        stop = distributed._start_ray(FakeRay(), {})
-        assert signal.getsignal(signal.SIGTERM) is ours
-        assert os.environ["PYTHONBREAKPOINT"].startswith("ray.")  # the driver keeps Ray's while it runs
-        os.environ["JAC_TEST_TOUCHED_SINCE"] = "by the program"
-        stop()
-        assert stopped and "PYTHONBREAKPOINT" not in os.environ and not faulthandler.is_enabled()
-        assert os.environ["JAC_TEST_CHANGED"] == os.environ["JAC_TEST_REMOVED"] == "the program's"
-        assert os.environ["JAC_TEST_TOUCHED_SINCE"] == "by the program"
-        assert random.random() == want
+        yield ours
     finally:
         signal.signal(signal.SIGTERM, previous)
-        if fault_handler:
-            faulthandler.enable()
+
+
+def _as_the_program_left_it(ours, want: float) -> bool:
+    assert signal.getsignal(signal.SIGTERM) is ours and "PYTHONBREAKPOINT" not in os.environ
+    assert os.environ["JAC_TEST_CHANGED"] == os.environ["JAC_TEST_REMOVED"] == "the program's"
+    return not faulthandler.is_enabled() and random.random() == want
+
+
+def test_a_ray_started_here_leaves_the_process_as_it_found_it(process_state) -> None:
+    """``ray.init`` installs its own SIGTERM handler (exit 15, a stack dump): the caller's is put back at once.
+    It also sets variables (``PYTHONBREAKPOINT`` turned ``breakpoint()`` off), enables faulthandler and
+    draws from ``random``: each is put back once the instance is stopped, except a variable changed since."""
+    want = random.Random(7).random()
+    ray = _ProcessChangingRay()
+    stop = distributed._start_ray(ray, {})
+    assert signal.getsignal(signal.SIGTERM) is process_state
+    assert os.environ["PYTHONBREAKPOINT"].startswith("ray.")  # the driver keeps Ray's while it runs
+    os.environ["JAC_TEST_TOUCHED_SINCE"] = "by the program"
+    stop()
+    assert ray.stopped and _as_the_program_left_it(process_state, want)
+    assert os.environ["JAC_TEST_TOUCHED_SINCE"] == "by the program"
+
+
+def test_a_ray_that_fails_to_start_leaves_the_process_as_it_found_it(process_state) -> None:
+    want = random.Random(7).random()
+    with pytest.raises(ConnectionError):
+        distributed._start_ray(_ProcessChangingRay(fails=True), {})
+    assert _as_the_program_left_it(process_state, want)
+    assert os.environ["JAC_TEST_TOUCHED_SINCE"] == "the program's"
+
+
+def test_draws_the_program_made_while_ray_ran_are_not_drawn_again(process_state) -> None:
+    stop = distributed._start_ray(_ProcessChangingRay(), {})
+    random.random()  # the program's own, from another thread while the batch runs
+    stop()
+    numbers = random.Random(7)
+    assert random.random() == [numbers.random() for _ in range(3)][-1]  # Ray's, the program's, then this
 
 
 @pytest.mark.parametrize(
@@ -285,12 +320,12 @@ def ray_local():
     def environ() -> dict[str, str]:
         return {k: v for k, v in os.environ.items() if k != "PYTEST_CURRENT_TEST"}  # pytest's, test by test
 
-    before, fault_handler = environ(), faulthandler.is_enabled()
+    before, fault_handler, generator = environ(), faulthandler.is_enabled(), random.getstate()
     stop = distributed._start_ray(ray, {"num_cpus": 2, "include_dashboard": False, "log_to_driver": False})
     yield ray
     stop()
     # convert's own start and stop of a local instance: the process is as it was before
-    assert (environ(), faulthandler.is_enabled()) == (before, fault_handler)
+    assert (environ(), faulthandler.is_enabled(), random.getstate()) == (before, fault_handler, generator)
 
 
 @pytest.fixture(scope="module")

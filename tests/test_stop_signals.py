@@ -77,14 +77,21 @@ def test_pools_forked_after_a_loop_still_end_their_workers():
     pools hung in every one of six runs of this test's loop."""
     with stop_on_signals():
         pass
-    finished = threading.Event()
+    finished, failed = threading.Event(), threading.Event()
 
     def pools() -> None:
         for _ in range(30):
+            if failed.is_set():
+                return
             with multiprocessing.get_context("fork").Pool(2) as workers:
                 workers.map(_sleep, [0] * 4)
         finished.set()
 
     thread = threading.Thread(target=pools, daemon=True)
     thread.start()
-    assert finished.wait(timeout=60), "a pool's workers did not end"
+    if not finished.wait(timeout=60):
+        failed.set()  # end the workers that survived SIGTERM, or they would hang the test process's exit
+        for child in multiprocessing.active_children():
+            os.kill(child.pid, signal.SIGKILL)
+        thread.join(timeout=30)
+        pytest.fail("a pool's workers did not end")

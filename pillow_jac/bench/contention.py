@@ -26,6 +26,7 @@ import signal
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -176,8 +177,14 @@ def main(argv: list[str] | None = None) -> int:
         "machine": f"{_cpu_model()}, {os.cpu_count()} CPU(s), Python {platform.python_version()}",
         "date": time.strftime("%Y-%m-%d"),
     }
-    # a terminated run stops its neighbours (measure's finally); the caller's handler is back after
-    previous = signal.signal(signal.SIGTERM, _stop)
+    # a terminated run stops its neighbours (measure's finally); the caller's handler is back after. An
+    # ignored SIGTERM stays ignored, and one whose handler is not Python's (None) or off the main thread
+    # is left alone
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        current = signal.getsignal(signal.SIGTERM)
+        if current is not None and current != signal.SIG_IGN:
+            previous = signal.signal(signal.SIGTERM, _stop)
     try:
         rows = []
         for load in LOADS:
@@ -185,7 +192,8 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append(measure(policy, load, args))
                 print(f"{load} {policy}: done", file=sys.stderr, flush=True)
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     text = markdown(rows, meta)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "contention.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
