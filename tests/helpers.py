@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import signal
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -87,3 +90,23 @@ def cmyk_profile() -> bytes:
     )  # fmt: skip
     assert len(header) == 128
     return header + struct.pack(">I", len(tags)) + table + body
+
+
+def stop_handlers() -> dict[int, Any]:
+    """The handlers of the signals that stop a training loop (pillow_jac.training.stop_signals)."""
+    return {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+
+
+def signal_in_the_second_step(monkeypatch, module: Any, signum: int) -> list[int]:
+    """Send ``signum`` to this process from the second call of ``module.stratified_qualities`` (once a
+    training step); returns the list of calls, each the batch size it was asked for."""
+    real, calls = module.stratified_qualities, []
+
+    def signalling(batch: int):
+        calls.append(batch)
+        if len(calls) == 2:
+            os.kill(os.getpid(), signum)
+        return real(batch)
+
+    monkeypatch.setattr(module, "stratified_qualities", signalling)
+    return calls

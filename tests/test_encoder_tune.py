@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import os
 import signal
 from pathlib import Path
 
@@ -20,7 +19,7 @@ from pillow_jac.training import encoder_tune
 from pillow_jac.training.coded_rate import CoderRate, coded_forward, coded_loss, estimate_image_bits
 from pillow_jac.training.encoder_update import is_encoder_key, tuned_weights, update_average
 from pillow_jac.weights import encoder_hash, load_weights, save_weights
-from tests.helpers import synthetic, tiny_weights
+from tests.helpers import signal_in_the_second_step, stop_handlers, synthetic, tiny_weights
 
 
 @pytest.fixture(scope="module")
@@ -241,20 +240,12 @@ def test_ctrl_c_ends_the_run_after_its_step_with_a_checkpoint_and_gives_the_hand
     data.mkdir()
     for i in range(3):
         Image.fromarray(synthetic(80, 96, 20 + i)).save(data / f"im{i}.png")
-    before = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
-    real, calls = train.stratified_qualities, []
-
-    def interrupted_in_the_second_step(batch):
-        calls.append(batch)
-        if len(calls) == 2:
-            os.kill(os.getpid(), signal.SIGINT)
-        return real(batch)
-
-    monkeypatch.setattr(train, "stratified_qualities", interrupted_in_the_second_step)
+    before = stop_handlers()
+    calls = signal_in_the_second_step(monkeypatch, train, signal.SIGINT)  # encoder_tune's qualities are train's
     out = tmp_path / "run"
     encoder_tune.main(
         ["--weights", str(base), "--data", str(data), "--batch", "2", "--crop", "64", "--holdout", "1"]
         + ["--eval-every", "1000", "--threads", "1", "--out", str(out), "--steps", "50"]
     )
     assert len(calls) == 2 and torch.load(out / "checkpoint.pt", weights_only=False)["step"] == 2
-    assert {s: signal.getsignal(s) for s in before} == before
+    assert stop_handlers() == before

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 
 import numpy as np
@@ -17,7 +16,7 @@ from pillow_jac.training.device_crops import DeviceCrops
 from pillow_jac.training.pack import join_file
 from pillow_jac.training.train import FastWeightAverage, WeightAverage
 
-from .helpers import natural_image
+from .helpers import natural_image, signal_in_the_second_step, stop_handlers
 
 LADDER = (0.0004, 0.000957393, 0.0022915, 0.00548468, 0.0131275, 0.0314204, 0.0752042, 0.18)
 REPORT_FIELDS = {
@@ -187,21 +186,13 @@ def test_a_call_killed_before_its_end_still_returns_its_last_save(image_folder, 
 def test_sigterm_ends_the_call_after_its_step_and_gives_the_handlers_back(image_folder, tmp_path, monkeypatch):
     """SIGTERM during step 2 of 10: the step ends, is saved and reported as stopped by a signal; the
     caller's handlers are back (pillow_jac.training.stop_signals)."""
-    before = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
-    calls = []
-
-    def signalled_in_the_second_step(batch):
-        calls.append(batch)
-        if len(calls) == 2:
-            os.kill(os.getpid(), signal.SIGTERM)
-        return torch.linspace(1, 8, batch)
-
-    monkeypatch.setattr(gpu_session, "stratified_qualities", signalled_in_the_second_step)
+    before = stop_handlers()
+    calls = signal_in_the_second_step(monkeypatch, gpu_session, signal.SIGTERM)
     out = tmp_path / "run"
     report = session(image_folder, out, "--pieces", str(tmp_path / "pieces"), "--steps", "10")
     assert (report["stop"], report["step_end"], len(calls)) == ("signal", 2, 2)
     assert torch.load(out / gpu_session.CHECKPOINT, weights_only=False)["step"] == 2
-    assert {s: signal.getsignal(s) for s in before} == before
+    assert stop_handlers() == before
 
 
 @pytest.mark.parametrize("log_every", ["1", "5"])  # found at a log line, or by the check before a save

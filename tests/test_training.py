@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -21,7 +20,7 @@ from pillow_jac.training.freeze import freeze
 from pillow_jac.training.pack import join_file, pack, split_file
 from pillow_jac.weights import WeightsError, load_weights, save_weights
 
-from .helpers import natural_image
+from .helpers import natural_image, signal_in_the_second_step, stop_handlers
 
 TINY = [
     "--N",
@@ -80,19 +79,11 @@ def test_sigterm_ends_the_run_after_its_step_with_a_checkpoint_and_gives_the_han
 ):
     """SIGTERM (``kill``, ``timeout``) during step 2 of 50: the step ends, is saved, and the run returns;
     the caller's handlers are back (pillow_jac.training.stop_signals)."""
-    before = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
-    real, calls = train.stratified_qualities, []
-
-    def signalled_in_the_second_step(batch):
-        calls.append(batch)
-        if len(calls) == 2:
-            os.kill(os.getpid(), signal.SIGTERM)
-        return real(batch)
-
-    monkeypatch.setattr(train, "stratified_qualities", signalled_in_the_second_step)
+    before = stop_handlers()
+    calls = signal_in_the_second_step(monkeypatch, train, signal.SIGTERM)
     run(image_folder, tmp_path / "run", "--steps", "50")
     assert len(calls) == 2 and torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)["step"] == 2
-    assert {s: signal.getsignal(s) for s in before} == before
+    assert stop_handlers() == before
 
 
 def test_weight_average_follows_the_weights(image_folder, tmp_path):
