@@ -26,11 +26,11 @@ import signal
 import statistics
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 from ..openmp_wait import CHOSEN_BY_USER
+from ..training.stop_signals import replace_handler
 from .images import find_shared
 
 __all__ = ["main", "POLICIES", "LOADS"]
@@ -177,14 +177,8 @@ def main(argv: list[str] | None = None) -> int:
         "machine": f"{_cpu_model()}, {os.cpu_count()} CPU(s), Python {platform.python_version()}",
         "date": time.strftime("%Y-%m-%d"),
     }
-    # a terminated run stops its neighbours (measure's finally); the caller's handler is back after. An
-    # ignored SIGTERM stays ignored, and one whose handler is not Python's (None) or off the main thread
-    # is left alone
-    previous = None
-    if threading.current_thread() is threading.main_thread():
-        current = signal.getsignal(signal.SIGTERM)
-        if current is not None and current != signal.SIG_IGN:
-            previous = signal.signal(signal.SIGTERM, _stop)
+    # a terminated run stops its neighbours (measure's finally); the caller's handler is back after
+    previous = replace_handler(signal.SIGTERM, _stop)
     try:
         rows = []
         for load in LOADS:

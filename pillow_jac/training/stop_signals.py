@@ -17,6 +17,7 @@ import signal
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 #: the signals that ask a run to stop
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -36,18 +37,28 @@ class StopRequest:
         self.signum = signum
 
 
+def replace_handler(signum: int, handler: Any) -> Any:
+    """Install ``handler`` for ``signum`` and return the one it replaces, to be put back after.
+
+    Nothing changes (and None is returned) off the main thread, for an ignored signal, or where the
+    current handler was not installed from Python (``signal.getsignal`` gives None: it cannot be put back).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    current = signal.getsignal(signum)
+    if current is None or current == signal.SIG_IGN:
+        return None
+    return signal.signal(signum, handler)
+
+
 @contextmanager
 def stop_on_signals() -> Iterator[StopRequest]:
     """Record SIGTERM and SIGINT in the yielded :class:`StopRequest` for the block, then restore the handlers."""
     request = StopRequest()
-    replaced: dict[int, object] = {}
-    if threading.current_thread() is threading.main_thread():
-        for signum in STOP_SIGNALS:
-            current = signal.getsignal(signum)
-            if current is not None and current != signal.SIG_IGN:  # None: a handler not installed from Python
-                replaced[signum] = signal.signal(signum, request.record)
+    replaced = {signum: replace_handler(signum, request.record) for signum in STOP_SIGNALS}
     try:
         yield request
     finally:
         for signum, handler in replaced.items():
-            signal.signal(signum, handler)
+            if handler is not None:
+                signal.signal(signum, handler)
