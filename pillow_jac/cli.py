@@ -34,7 +34,6 @@ import json
 import os
 import signal
 import sys
-import threading
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -45,6 +44,7 @@ from .cli_info import show_info
 from .constants import DEFAULT_EFFORT, DEFAULT_QUALITY, MAX_EFFORT, QUALITY_MAX, QUALITY_MIN, validate_quality
 from .conversion import PROG, STDIO, ConversionError, decode_file, encode_file, one_line, show_warning
 from .preview import PREVIEW_SIZE
+from .signal_handlers import handling
 
 __all__ = ["main", "build_parser"]
 
@@ -323,30 +323,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         for given, flag in ((args.worker_cpus, "--worker-cpus"), (args.worker_gpus is not None, "--worker-gpus")):
             if given:
                 parser.error(f"{flag} is an option of --ray")
-    previous = _on_sigterm(_terminate)
-    try:
-        with warnings.catch_warnings():
-            warnings.showwarning = show_warning
-            _run(args)
-        if sys.stdout is not None:
-            sys.stdout.flush()  # here, where a reader that went away is handled, not at exit
-    except _Terminated:
-        print(f"{PROG}: terminated", file=sys.stderr)
-        return 128 + signal.SIGTERM
-    except BrokenPipeError:  # the reader of "-" went away (| head): stop quietly, as other filters do
-        _silence_stdout()
-        return 128 + getattr(signal, "SIGPIPE", 13)
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted", file=sys.stderr)
-        return 130
-    except SystemExit:
-        raise
-    except BaseException as e:  # one line, no traceback
-        print(f"{PROG}: error: {one_line(e)}", file=sys.stderr)
-        return 1
-    finally:
-        _on_sigterm(previous)
-    return 0
+    with handling({signal.SIGTERM: _terminate}):  # the caller's handler is back after
+        try:
+            with warnings.catch_warnings():
+                warnings.showwarning = show_warning
+                _run(args)
+            if sys.stdout is not None:
+                sys.stdout.flush()  # here, where a reader that went away is handled, not at exit
+        except _Terminated:
+            print(f"{PROG}: terminated", file=sys.stderr)
+            return 128 + signal.SIGTERM
+        except BrokenPipeError:  # the reader of "-" went away (| head): stop quietly, as other filters do
+            _silence_stdout()
+            return 128 + getattr(signal, "SIGPIPE", 13)
+        except KeyboardInterrupt:
+            print(f"{PROG}: interrupted", file=sys.stderr)
+            return 130
+        except SystemExit:
+            raise
+        except BaseException as e:  # one line, no traceback
+            print(f"{PROG}: error: {one_line(e)}", file=sys.stderr)
+            return 1
+        return 0
 
 
 class _Terminated(KeyboardInterrupt):
@@ -355,20 +353,6 @@ class _Terminated(KeyboardInterrupt):
 
 def _terminate(signum: int, frame: Any) -> None:
     raise _Terminated
-
-
-def _on_sigterm(handler: Any) -> Any:
-    """Install ``handler`` for SIGTERM and return the one it replaces.
-
-    Nothing changes (and None is returned) off the main thread, where SIGTERM is ignored (an inherited
-    ``SIG_IGN``), or where its handler was not installed from Python.
-    """
-    if handler is None or threading.current_thread() is not threading.main_thread():
-        return None
-    current = signal.getsignal(signal.SIGTERM)
-    if current is None or current == signal.SIG_IGN:
-        return None
-    return signal.signal(signal.SIGTERM, handler)
 
 
 def _silence_stdout() -> None:

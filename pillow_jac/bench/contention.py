@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 
 from ..openmp_wait import CHOSEN_BY_USER
-from ..training.stop_signals import replace_handler
+from ..signal_handlers import handling
 from .images import find_shared
 
 __all__ = ["main", "POLICIES", "LOADS"]
@@ -178,16 +178,12 @@ def main(argv: list[str] | None = None) -> int:
         "date": time.strftime("%Y-%m-%d"),
     }
     # a terminated run stops its neighbours (measure's finally); the caller's handler is back after
-    previous = replace_handler(signal.SIGTERM, _stop)
-    try:
+    with handling({signal.SIGTERM: _stop}):
         rows = []
         for load in LOADS:
             for policy in POLICIES:
                 rows.append(measure(policy, load, args))
                 print(f"{load} {policy}: done", file=sys.stderr, flush=True)
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
     text = markdown(rows, meta)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "contention.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")

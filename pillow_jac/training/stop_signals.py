@@ -7,17 +7,16 @@ calls one of their ``main`` functions gets its own handlers back, so that Ctrl-C
 and a ``multiprocessing`` pool it forks later can still end its workers with SIGTERM (a worker that had
 inherited a handler that only records the request would never end, and the pool would wait on it for ever).
 
-Off the main thread (where Python cannot install handlers) the signals keep what they had; a signal the
-program ignores (``SIG_IGN``, as a shell gives ``SIGINT`` to a command started with ``&``) stays ignored.
+Off the main thread, and for a signal the program ignores, nothing changes (:mod:`pillow_jac.signal_handlers`).
 """
 
 from __future__ import annotations
 
 import signal
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+
+from ..signal_handlers import handling
 
 #: the signals that ask a run to stop
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -37,28 +36,9 @@ class StopRequest:
         self.signum = signum
 
 
-def replace_handler(signum: int, handler: Any) -> Any:
-    """Install ``handler`` for ``signum`` and return the one it replaces, to be put back after.
-
-    Nothing changes (and None is returned) off the main thread, for an ignored signal, or where the
-    current handler was not installed from Python (``signal.getsignal`` gives None: it cannot be put back).
-    """
-    if threading.current_thread() is not threading.main_thread():
-        return None
-    current = signal.getsignal(signum)
-    if current is None or current == signal.SIG_IGN:
-        return None
-    return signal.signal(signum, handler)
-
-
 @contextmanager
 def stop_on_signals() -> Iterator[StopRequest]:
     """Record SIGTERM and SIGINT in the yielded :class:`StopRequest` for the block, then restore the handlers."""
     request = StopRequest()
-    replaced = {signum: replace_handler(signum, request.record) for signum in STOP_SIGNALS}
-    try:
+    with handling(dict.fromkeys(STOP_SIGNALS, request.record)):
         yield request
-    finally:
-        for signum, handler in replaced.items():
-            if handler is not None:
-                signal.signal(signum, handler)
