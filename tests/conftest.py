@@ -26,6 +26,22 @@ def sigint_interrupts():
         signal.signal(signal.SIGINT, saved)
 
 
+@pytest.fixture(autouse=True)
+def torch_threads_as_found():
+    """Each test leaves its process on the torch thread count it found, with the count the codec records
+    outside its blocks (:func:`pillow_jac.latent_coding.single_threaded`): a test that runs a training entry
+    point with ``--threads 1`` (an entry point sets the count for its program) would otherwise leave the
+    files after it in its process on one thread."""
+    import torch
+
+    before, outside = torch.get_num_threads(), latent_coding._single["outside"]
+    yield
+    if torch.get_num_threads() != before:
+        torch.set_num_threads(before)
+    if latent_coding._single["depth"] == 0:
+        latent_coding._single["outside"] = outside
+
+
 @pytest.fixture
 def one_torch_thread(monkeypatch):
     """One torch thread, as a training run's ``--threads 1`` asks, and the caller's count back after.
