@@ -587,8 +587,10 @@ def test_forked_children_encode_after_the_parent_encoded_and_during_its_first_se
     * a child of a parent whose main thread had encoded waited for ever in its first encode: it inherited the
       parent's thread count in single_threaded's bookkeeping, set it back on leaving its first block, and its
       next op waited for OpenMP threads it does not have;
-    * a fork while another thread built the process's first Adam optimiser (effort 1, which imports
-      torch._dynamo, 800 modules) copied a held import lock: the child hung in its own first effort-1 encode;
+    * a fork while another thread's first search built its optimiser (``torch.optim.Adam``, whose first use
+      imports torch._dynamo, 800 modules) copied a held import lock: the child hung in its own first effort-1
+      encode. The search has its own Adam now and imports nothing (checked here); the child is forked
+      during the search's first step;
     * a fork right after the search thread's ``join`` copied the lock of MKL's memory manager, held by that
       thread's native clean-up: the effort-0 child hung in g_a, about once in ten runs on a loaded machine
       (the test above pins the wait that prevents it)."""
@@ -610,12 +612,24 @@ def test_forked_children_encode_after_the_parent_encoded_and_during_its_first_se
                 os._exit(0)
             return pid
 
+        from pillow_jac.model import refine
+
+        stepping, step = threading.Event(), refine._Adam.step
+
+        def first_step(self, grads):
+            stepping.set()
+            time.sleep(0.05)  # the fork below comes while this thread is in its first step
+            return step(self, grads)
+
+        refine._Adam.step = first_step
+        modules = set(sys.modules)
         search = threading.Thread(target=pillow_jac.encode, args=(image, 3), kwargs={"effort": 1})
         search.start()
-        while "torch._dynamo" not in sys.modules and search.is_alive():
-            time.sleep(0.0005)
-        pids = [child(1)]  # while the first Adam is being built
+        assert stepping.wait(120)
+        pids = [child(1)]  # during the first search
         search.join()
+        refine._Adam.step = step
+        assert set(sys.modules) == modules, sorted(set(sys.modules) - modules)  # the search imports nothing
         pids.append(child(0))
         statuses = [os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) for pid in pids]
         sys.exit(max(statuses))
