@@ -8,8 +8,10 @@ from __future__ import annotations
 import faulthandler
 import os
 import random
+import shutil
 import signal
 import sys
+import tempfile
 import types
 from pathlib import Path
 
@@ -321,9 +323,14 @@ def ray_local():
         return {k: v for k, v in os.environ.items() if k != "PYTEST_CURRENT_TEST"}  # pytest's, test by test
 
     before, fault_handler, generator = environ(), faulthandler.is_enabled(), random.getstate()
-    stop = distributed._start_ray(ray, {"num_cpus": 2, "include_dashboard": False, "log_to_driver": False})
+    # Ray's session folder (logs, sockets) in a short folder of its own, removed after: not one more in /tmp/ray
+    # for every run of the suite (a socket's path has at most 107 characters, too few under tmp_path)
+    session = tempfile.mkdtemp(prefix="jac-ray-")
+    options = {"num_cpus": 2, "include_dashboard": False, "log_to_driver": False, "_temp_dir": session}
+    stop = distributed._start_ray(ray, options)
     yield ray
     stop()
+    shutil.rmtree(session, ignore_errors=True)
     # convert's own start and stop of a local instance: the process is as it was before
     assert (environ(), faulthandler.is_enabled(), random.getstate()) == (before, fault_handler, generator)
 
