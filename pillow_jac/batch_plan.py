@@ -283,9 +283,10 @@ def is_done(
                     header = container.read_header(f)
                 return size == (header.width, header.height)
             jac = container.read(dst)
-            with Image.open(src) as im:  # the header (and a JPEG's EXIF) only
-                turned = exif_orientation(im) in (5, 6, 7, 8)  # the encode may have turned it upright
-                if jac.size != im.size and not (turned and jac.size == im.size[::-1]):
+            with Image.open(src) as im:  # the header only
+                # the encode may have turned it upright; the orientation only where the sizes ask (a PNG's
+                # EXIF may follow its pixels: Pillow reads them all to find it)
+                if jac.size != im.size and not (jac.size == im.size[::-1] and exif_orientation(im) in (5, 6, 7, 8)):
                     return False
     except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError):
         return False

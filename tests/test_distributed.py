@@ -130,6 +130,26 @@ def test_is_done(photos: Path, tmp_path: Path) -> None:
     assert not distributed.is_done(src, dst, "jac", 3)
 
 
+def test_is_done_reads_no_pixels_of_the_source(tmp_path: Path, monkeypatch) -> None:
+    """A resumed batch checked each PNG's EXIF orientation, and Pillow decodes a whole PNG to look for an eXIf
+    chunk after its pixels (about 0.3 s for 12 megapixels): only a size that fits a turn needs it."""
+    from PIL import ImageFile
+
+    src, dst = tmp_path / "a.png", tmp_path / "a.jac"
+    Image.fromarray(natural_image(40, 48, 3)).save(src)
+    with Image.open(src) as im:
+        save(im, dst, quality=3)
+    loads = []
+    real = ImageFile.ImageFile.load
+    monkeypatch.setattr(ImageFile.ImageFile, "load", lambda im: loads.append(im.format) or real(im))
+    assert distributed.is_done(src, dst, "jac", 3)
+    assert loads == []
+    with Image.open(src) as im:
+        save(im.transpose(Image.Transpose.TRANSPOSE), dst, quality=3)  # the size of a turn: the orientation is read
+    assert not distributed.is_done(src, dst, "jac", 3)  # (none: not turned, so not this output)
+    assert loads and set(loads) == {"PNG"}
+
+
 def test_is_done_checks_preview_size_and_png(tmp_path: Path) -> None:
     """What ``--ray`` resume checks beyond the quality: the preview, a size target, a whole PNG."""
     src = tmp_path / "a.png"
