@@ -137,6 +137,15 @@ def run_batch(
     return len(todo) + len(clashes) - failed, len(jobs) - len(todo), failed
 
 
+#: what jac batch's fork server imports before it forks the workers: torch under the codec's wait policy first,
+#: then the modules of a conversion, among them those the codec imports at its first call (codec_steps.
+#: guarded_engine), so that no worker imports them again (about 50 ms each)
+_WORKER_PRELOAD = [
+    "pillow_jac.passive_torch", "pillow_jac.local_batch", "pillow_jac.codec", "pillow_jac.image_transforms",
+    "pillow_jac.latent_coding", "pillow_jac.stripes", "pillow_jac.engine", "pillow_jac.model.refine",
+]  # fmt: skip
+
+
 def _run_jobs(
     jobs: dict[Path, Path], options: tuple, force: bool, workers: int
 ) -> Iterator[tuple[Path, Any, list[str]]]:
@@ -153,7 +162,7 @@ def _run_jobs(
         # policy) but never ran it: fast to start, and no fork of a process whose torch/OpenMP thread
         # pools are running.
         ctx = multiprocessing.get_context("forkserver")
-        ctx.set_forkserver_preload(["pillow_jac.passive_torch", "pillow_jac.local_batch", "pillow_jac.codec"])
+        ctx.set_forkserver_preload(_WORKER_PRELOAD)
     else:  # pragma: no cover - Windows
         ctx = multiprocessing.get_context("spawn")
     items = [(str(src), str(dst)) for src, dst in jobs.items()]

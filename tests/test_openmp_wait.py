@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from pillow_jac import local_batch
 from pillow_jac.bench import contention
 from pillow_jac.openmp_wait import CHOSEN_BY_USER, passive_unless_chosen
 from pillow_jac.openmp_wait import _state as passive_state
@@ -35,15 +36,21 @@ if sys.argv[1] == "torch-first":
 import numpy as np
 from PIL import Image
 import pillow_jac
+worker_imports = None
 if sys.argv[1] == "decode":  # the first codec call of the process is a decode
     Image.open(sys.argv[2]).load()
 elif sys.argv[1] == "fork-server":  # what jac batch's fork server preloads before it forks the workers
-    import pillow_jac.passive_torch
+    import importlib
+    for name in json.loads(sys.argv[3]):
+        importlib.import_module(name)
+    preloaded = set(sys.modules)
+    Image.fromarray(np.full((24, 40, 3), 90, np.uint8)).save(io.BytesIO(), "JAC")  # a worker's first file
+    worker_imports = sorted(m for m in set(sys.modules) - preloaded if m.startswith("pillow_jac"))
 else:
     Image.fromarray(np.full((24, 40, 3), 90, np.uint8)).save(io.BytesIO(), "JAC")
 from pillow_jac.openmp_wait import threads_sleep
 print(json.dumps({"at_import": seen[0] if seen else None, "after": os.environ.get("OMP_WAIT_POLICY"),
-                  "sleep": threads_sleep()}))
+                  "sleep": threads_sleep(), "worker_imports": worker_imports}))
 """
 
 
@@ -52,7 +59,7 @@ def _run(mode: str, **extra: str) -> dict:
     env = {k: v for k, v in os.environ.items() if k not in CHOSEN_BY_USER}
     env.update(extra)
     done = subprocess.run(
-        [sys.executable, "-c", _PROGRAM, mode, str(VECTOR)],
+        [sys.executable, "-c", _PROGRAM, mode, str(VECTOR), json.dumps(local_batch._WORKER_PRELOAD)],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -65,11 +72,15 @@ def _run(mode: str, **extra: str) -> dict:
 
 @pytest.mark.parametrize("first_call", ["encode", "decode", "fork-server"])
 def test_the_codecs_import_of_torch_is_passive_and_leaves_the_environment_as_it_was(first_call):
-    assert _run(first_call) == {"at_import": "PASSIVE", "after": None, "sleep": True}
+    """Also: a jac batch worker, forked from a server that imported the preload list, imports none of the
+    package's modules at its first file (each cost it tens of milliseconds)."""
+    worker_imports = [] if first_call == "fork-server" else None
+    assert _run(first_call) == {"at_import": "PASSIVE", "after": None, "sleep": True, "worker_imports": worker_imports}
 
 
 def test_a_program_that_chose_keeps_its_choice():
-    assert _run("encode", OMP_WAIT_POLICY="ACTIVE") == {"at_import": "ACTIVE", "after": "ACTIVE", "sleep": False}
+    expected = {"at_import": "ACTIVE", "after": "ACTIVE", "sleep": False, "worker_imports": None}
+    assert _run("encode", OMP_WAIT_POLICY="ACTIVE") == expected
 
 
 @pytest.mark.parametrize("variable", [None, *CHOSEN_BY_USER])
@@ -91,7 +102,7 @@ def test_the_policy_is_set_only_before_torch_and_only_where_nothing_was_chosen(v
 
 
 def test_torch_imported_first_keeps_torchs_policy():
-    assert _run("torch-first") == {"at_import": None, "after": None, "sleep": False}
+    assert _run("torch-first") == {"at_import": None, "after": None, "sleep": False, "worker_imports": None}
 
 
 def test_jac_batch_workers_fork_from_a_server_that_imported_torch_passively(tmp_path, monkeypatch):
