@@ -32,9 +32,8 @@ import errno
 import io
 import os
 import re
-import secrets
 import stat
-import tempfile
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -141,7 +140,7 @@ def _create_temporary(path: Path) -> tuple[int, str]:
     """Create a file with a new short name in ``path``'s folder (mode ``0o666`` less the umask); return fd and name."""
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
     for _ in range(100):
-        tmp = os.path.join(path.parent, f".jac-{secrets.token_hex(4)}.tmp")
+        tmp = os.path.join(path.parent, f".jac-{os.urandom(4).hex()}.tmp")
         try:
             with _about(path, tmp):
                 return os.open(tmp, flags, 0o666), tmp
@@ -250,7 +249,8 @@ def file_position(fp: IO[bytes]) -> tuple[int | None, int | None]:
     ``tell()`` counts the bytes before compression, and nothing may reach the file until it closes). A
     file opened for appending writes at its end, whatever its position says (a shell's ``>>``).
     """
-    if isinstance(fp, getattr(tempfile, "_TemporaryFileWrapper", ())):  # NamedTemporaryFile: its file inside
+    # NamedTemporaryFile: its file inside (tempfile is not imported here: without it there is no such wrapper)
+    if isinstance(fp, getattr(sys.modules.get("tempfile"), "_TemporaryFileWrapper", ())):
         fp = fp.file
     if not isinstance(fp, (io.FileIO, io.BufferedWriter, io.BufferedRandom)):
         return None, None
