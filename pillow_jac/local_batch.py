@@ -139,7 +139,7 @@ def run_batch(
 
 #: what jac batch's fork server imports before it forks the workers: torch under the codec's wait policy first,
 #: then the modules of a conversion, among them those the codec imports at its first call (codec_steps.
-#: guarded_engine), so that no worker imports them again (about 50 ms each)
+#: guarded_engine), so that no worker imports them again (about 50 ms a worker)
 _WORKER_PRELOAD = [
     "pillow_jac.passive_torch", "pillow_jac.local_batch", "pillow_jac.codec", "pillow_jac.image_transforms",
     "pillow_jac.latent_coding", "pillow_jac.stripes", "pillow_jac.engine", "pillow_jac.model.refine",

@@ -38,7 +38,7 @@ def replace_handler(signum: int, handler: Any) -> Any:
 def handling(handlers: dict[int, Any]) -> Iterator[None]:
     """Install each ``{signum: handler}`` (by :func:`replace_handler`) for the block, then put the old ones back.
 
-    The old handlers are put back also when the block raises.
+    The old handlers are put back also when the block raises, whatever the block did to them meanwhile.
     """
     replaced = {signum: replace_handler(signum, handler) for signum, handler in handlers.items()}
     try:

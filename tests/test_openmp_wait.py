@@ -143,15 +143,17 @@ def test_contention_bench_measures_beside_a_neighbour_and_stops_it(tmp_path, mon
 
     monkeypatch.setattr(contention.subprocess, "Popen", recording_popen)
     monkeypatch.setattr(contention.time, "sleep", lambda seconds: None)
-    # one neighbour (each is a process spinning on the CPU for the whole measurement, beside the other tests)
-    args = argparse.Namespace(image=str(image), quality=2.0, threads=1, repeat=1, neighbours=1, timeout=120.0)
+    # neighbours that wait instead of spinning on both cores beside the other tests (the real one's own test
+    # is below); each is killed when the measurement ends
+    monkeypatch.setattr(contention, "_NEIGHBOUR", "import time; time.sleep(600)")
+    args = argparse.Namespace(image=str(image), quality=2.0, threads=1, repeat=1, neighbours=2, timeout=120.0)
     row = contention.measure("codec", "nice 19", args)
     assert (row["policy"], row["load"]) == ("codec", "nice 19")
     assert row["bytes"] > 0 and len(row["times"]["encode"]) == len(row["times"]["decode"]) == 1
     neighbours = [p for p in started if p.args[1] == "-c"]
-    # it ran until the measurement ended and was killed then (an error would have ended it before)
-    assert [p.returncode for p in neighbours] == [-9]
-    meta = {"image": "small.png", "quality": 2.0, "threads": 1, "neighbours": 1, "repeat": 1, "machine": "test"}
+    # both ran until the measurement ended and were killed then (an error would have ended them before)
+    assert [p.returncode for p in neighbours] == [-9, -9]
+    meta = {"image": "small.png", "quality": 2.0, "threads": 1, "neighbours": 2, "repeat": 1, "machine": "test"}
     text = contention.markdown([row], meta)
     assert "| nice 19 | passive (the codec's) |" in text
 

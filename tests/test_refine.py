@@ -34,16 +34,23 @@ def rd_loss(image: np.ndarray, data: bytes, quality: int) -> tuple[float, float,
     return lmbda * 255.0**2 * mse + bpp, bpp, mse
 
 
-def test_the_searchs_adam_takes_torchs_steps_bit_for_bit():
-    """The search's own Adam (no torch.optim: its first use imports torch._dynamo) steps as torch.optim.Adam
-    does on the CPU, to the last bit, for variables of the search's shapes and a run of its length."""
+@pytest.mark.parametrize(
+    "device",
+    ["cpu", pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(),
+                                                                              reason="needs CUDA")])],
+)  # fmt: skip
+def test_the_searchs_adam_takes_torchs_steps_bit_for_bit(device):
+    """The search's Adam (not torch.optim.Adam, whose first step imports torch._dynamo) steps as
+    torch.optim.Adam does, to the last bit, for variables of the search's shapes and a run of its length:
+    on CUDA too, where torch chooses its foreach kernels."""
     generator = torch.Generator().manual_seed(0)
     ours = [torch.randn(1, 12, 6, 10, generator=generator) * 4, torch.randn(1, 8, 2, 3, generator=generator)]
+    ours = [v.to(device) for v in ours]
     start, theirs = ours[0].clone(), [v.clone().requires_grad_(True) for v in ours]
     adam, reference = refine._Adam(ours, lr=0.0123), torch.optim.Adam(theirs, lr=0.0123)
     for _ in range(EFFORT_ITERATIONS[MAX_EFFORT]):
-        grads = [torch.randn(v.shape, generator=generator) * 10.0 ** torch.randint(-3, 3, (), generator=generator)
-                 for v in ours]  # fmt: skip
+        grads = [(torch.randn(v.shape, generator=generator) * 10.0 ** torch.randint(-3, 3, (), generator=generator))
+                 .to(device) for v in ours]  # fmt: skip
         adam.step(grads)
         for v, g in zip(theirs, grads, strict=True):
             v.grad = g.clone()

@@ -40,6 +40,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+from torch.optim.adam import adam as functional_adam
 
 from ..constants import DOWNSAMPLING, EFFORT_ITERATIONS, MAX_EFFORT, Y_PER_Z
 from ..interpreter_exit import check
@@ -89,12 +90,13 @@ def _learning_rate(iterations: int) -> float:
 
 
 class _Adam:
-    """Adam (Kingma & Ba, ICLR 2015) with the defaults and the arithmetic of ``torch.optim.Adam`` on the CPU.
+    """Adam (Kingma & Ba, ICLR 2015) with ``torch.optim.Adam``'s defaults and its steps, without the optimiser.
 
-    The same operations in the same order as torch's single-tensor Adam (betas 0.9 and 0.999, eps 1e-8, no
-    weight decay), so a search takes the same steps, bit for bit; without ``torch.optim``, whose first
-    optimiser in a process imports ``torch._dynamo`` (about 800 modules, 1.9 s on a 2-core CPU: a first
-    effort-1 encode took half as long again).
+    Torch's functional Adam (``torch.optim.adam.adam``) with this class's own state takes the steps
+    ``torch.optim.Adam`` takes, bit for bit: it chooses the same implementation for the device (one tensor at
+    a time on the CPU, torch's ``foreach`` kernels on CUDA). The optimiser class is left out because its first
+    step in a process imports ``torch._dynamo`` (about 800 modules, 1.9 s on a 2-core CPU: a first effort-1
+    encode took half as long again).
 
     Example:
         >>> import torch
@@ -106,21 +108,19 @@ class _Adam:
     """
 
     def __init__(self, variables: list[torch.Tensor], lr: float, betas=(0.9, 0.999), eps: float = 1e-8):
-        self.variables, self.lr, self.betas, self.eps, self.steps = variables, lr, betas, eps, 0
+        self.variables, self.lr, self.betas, self.eps = variables, lr, betas, eps
         self.averages = [torch.zeros_like(v, memory_format=torch.preserve_format) for v in variables]
         self.squares = [torch.zeros_like(v, memory_format=torch.preserve_format) for v in variables]
+        self.steps = [torch.tensor(0.0) for _ in variables]  # on the CPU, as torch.optim.Adam keeps them
 
     @torch.no_grad()
     def step(self, grads: list[torch.Tensor]) -> None:
         """Move each variable by one Adam step along its gradient in ``grads``."""
-        self.steps += 1
         beta1, beta2 = self.betas
-        step_size = self.lr / (1 - beta1 ** float(self.steps))
-        bias_correction2_sqrt = (1 - beta2 ** float(self.steps)) ** 0.5
-        for v, g, average, square in zip(self.variables, grads, self.averages, self.squares, strict=True):
-            average.lerp_(g, 1 - beta1)
-            square.mul_(beta2).addcmul_(g, g, value=1 - beta2)
-            v.addcdiv_(average, (square.sqrt() / bias_correction2_sqrt).add_(self.eps), value=-step_size)
+        functional_adam(
+            self.variables, list(grads), self.averages, self.squares, [], self.steps,
+            amsgrad=False, beta1=beta1, beta2=beta2, lr=self.lr, weight_decay=0.0, eps=self.eps, maximize=False,
+        )  # fmt: skip
 
 
 def _temperature(step: int, iterations: int) -> float:
