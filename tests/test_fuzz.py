@@ -663,3 +663,73 @@ def test_run_session_restarts_after_a_finding(tmp_path: Path) -> None:
     done, calls = _session(tmp_path, body)
     assert len(calls) == 2  # the finding, then a run that ended at once without one
     assert done.returncode == 1 and (tmp_path / "work" / "artifacts" / "crash-1").exists()
+
+
+# --------------------------------------------------------------------------- each rule of the read paths breaks
+
+
+def _whole_and_damaged() -> tuple[bytes, bytes]:
+    """A seed that decodes, and the same file with a damaged EXIF chunk and no end (recovered with two warnings)."""
+    whole = _seed_named("la-33x20-q5.5-exif-unknown.jac")
+    return whole, _rechunked(whole, _damaged_exif_and_end)
+
+
+def test_every_rule_of_the_truncated_read_reports_its_break() -> None:
+    """Each branch of ``read_paths.check_truncated`` that real files do not reach in the tests above is driven
+    here with the outcomes a broken reader would give; each is reported, and the true outcomes are not."""
+    from fuzz import read_paths
+
+    whole, damaged = _whole_and_damaged()
+    jac, pixels = container.parse(whole), codec.decode(whole)
+    ok_parse, ok_pixels = ("ok", jac), ("ok", pixels)
+    clean = ("ok", (pixels, []))
+    read_paths.check_truncated(whole, ok_parse, ("ok", (jac, [])), ok_pixels, clean, None)  # all agree
+    broken = container.JacDataError("CRC mismatch in chunk 'exif'")
+    cases = [
+        # a whole file that the recovering parse reads otherwise
+        ((whole, ok_parse, ("ok", (jac, [b"exif"])), ok_pixels, clean, None), "parse accepted but the recovering"),
+        # a file both parses refuse, and an image under the flag all the same
+        ((damaged, ("error", broken), ("error", broken), ("error", broken), clean, None), "gave an image"),
+        # a refused file that the recovering parse takes without naming any damage
+        ((damaged, ("error", broken), ("ok", (jac, [])), ("error", broken), clean, ok_pixels), "without reporting"),
+        # a whole file that decodes, refused under the flag
+        ((whole, ok_parse, ("ok", (jac, [])), ok_pixels, ("error", OSError("broken")), None), "chunks decode but"),
+        # a file whose decode fails with one error, and with another under the flag
+        ((whole, ok_parse, ("ok", (jac, [])), ("error", ValueError("bad")), ("error", OSError("other")), None),
+         r"load\(\) -> ValueError:bad but under LOAD_TRUNCATED_IMAGES -> OSError:other"),
+    ]  # fmt: skip
+    for arguments, message in cases:
+        with pytest.raises(fz.Finding, match=message):
+            read_paths.check_truncated(*arguments)
+
+
+def test_every_rule_of_decode_batch_and_decode_symbols_reports_its_break() -> None:
+    """Each branch of ``read_paths.check_batch_and_symbols`` the tests above do not reach, with the outcomes a
+    broken ``decode_batch`` or ``decode_symbols`` would give."""
+    from fuzz import read_paths
+
+    whole = _seed_named("la-33x20-q5.5-exif-unknown.jac")
+    pixels, symbols = codec.decode(whole), codec.decode_symbols(whole)
+    read_paths.check_batch_and_symbols(whole, ("ok", pixels), ("ok", [pixels]), ("ok", symbols))  # all agree
+    refused = codec.CodecError("refused")
+    with pytest.raises(fz.Finding, match="codec.decode accepted but decode_batch -> CodecError:refused"):
+        read_paths.check_batch_and_symbols(whole, ("ok", pixels), ("error", refused), None)
+    with pytest.raises(fz.Finding, match="codec.decode accepted but decode_symbols -> CodecError:refused"):
+        read_paths.check_batch_and_symbols(whole, ("ok", pixels), None, ("error", refused))
+    unnamed = codec.CodecError("refused")
+    unnamed.batch_index = 3  # the error names another item than the only one
+    with pytest.raises(fz.Finding, match="with batch_index 3"):
+        read_paths.check_batch_and_symbols(whole, ("error", refused), ("error", unnamed), None)
+
+
+def test_jac_info_that_cannot_run_is_reported_and_its_ctrl_c_is_raised_again() -> None:
+    """``read_paths.check_info``: a ``jac info`` that could not be run (writing its input failed) is a finding of
+    its own, and its status 130 (a Ctrl-C it caught) is the fuzzer's Ctrl-C."""
+    from fuzz import read_paths
+
+    whole = _seed_named("rgb-8x8-q1.jac")
+    parsed = ("ok", container.parse(whole))
+    with pytest.raises(fz.Finding, match="jac info could not be run: OSError:No space left"):
+        read_paths.check_info(parsed, ("error", OSError("No space left on device")))
+    with pytest.raises(KeyboardInterrupt):
+        read_paths.check_info(parsed, ("ok", (130, "", "jac: interrupted\n")))
