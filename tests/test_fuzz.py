@@ -13,6 +13,7 @@ line, the watchdog and the on-disk current input of the engines, the preview cov
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import os
 import random
@@ -733,3 +734,111 @@ def test_jac_info_that_cannot_run_is_reported_and_its_ctrl_c_is_raised_again() -
         read_paths.check_info(parsed, ("error", OSError("No space left on device")))
     with pytest.raises(KeyboardInterrupt):
         read_paths.check_info(parsed, ("ok", (130, "", "jac: interrupted\n")))
+
+
+def test_every_rule_of_draft_parser_verify_and_thumbnail_reports_its_break() -> None:
+    """The oracle's rules for ``draft()`` (SPEC.md section 5.4), the Parser against ``load()``, ``verify()``
+    against the decode, and ``thumbnail()``, each driven with the outcomes a broken reader would give."""
+    data = _preview_seed()
+    jac, pixels = container.parse(data), codec.decode(data)
+    (width, height), (pw, ph) = jac.size, container.unpack_preview(jac.preview)[1:3]
+    request, used = oracle.preview_request(jac), (jac.mode, (0, 0, pw, ph))
+    assert oracle._check_draft(jac, request, ("ok", (used, (pw, ph), jac.mode))) == "preview:used"
+    plain = container.parse(_seed_named("rgb-8x8-q1.jac"))
+    draft_cases = [
+        (jac, ("error", OSError("broken")), "Image.open accepted but draft"),
+        (plain, ("ok", (("RGB", (0, 0, 4, 4)), (4, 4), "RGB")), "for a file without a usable preview"),
+        (jac, ("ok", (used, (pw + 1, ph), jac.mode)), "loaded"),
+        (jac, ("ok", ((jac.mode, (0, 0, width, height)), (width, height), jac.mode)), "loaded"),
+    ]
+    for file, drafted, message in draft_cases:
+        with pytest.raises(fz.Finding, match=message):
+            oracle._check_draft(file, oracle.preview_request(file), drafted)
+    with pytest.raises(fz.Finding, match="smaller than asked for"):
+        oracle._check_draft(jac, (width, height), ("ok", (used, (pw, ph), jac.mode)))
+    as_large = dataclasses.replace(jac, header=dataclasses.replace(jac.header, width=pw, height=ph))
+    with pytest.raises(fz.Finding, match="not smaller"):
+        oracle._check_draft(as_large, (pw, ph), ("ok", (used, (pw, ph), jac.mode)))
+
+    ok, refused = ("ok", pixels), ("error", container.JacDataError("CRC mismatch in chunk 'YSTR'"))
+    oracle._check_parser_and_verify(ok, ok, ok, ok)  # all agree
+    with pytest.raises(fz.Finding, match=r"load\(\) accepted but ImageFile.Parser"):
+        oracle._check_parser_and_verify(ok, ("ok", _one_pixel_off(pixels)), ok, ok)
+    with pytest.raises(fz.Finding, match="but ImageFile.Parser accepted"):
+        oracle._check_parser_and_verify(refused, ok, refused, refused)
+    with pytest.raises(fz.Finding, match="verify.. passed but codec.decode found the container damaged"):
+        oracle._check_parser_and_verify(refused, refused, ("ok", None), refused)
+
+    box = (max(1, width // 2), max(1, height // 2))
+    oracle._check_thumbnail(data, box, ok, ("ok", (True, (pw, ph), jac.mode)))
+    with pytest.raises(fz.Finding, match=r"load\(\) accepted but thumbnail"):
+        oracle._check_thumbnail(data, box, ok, ("error", OSError("broken")))
+    with pytest.raises(fz.Finding, match=r"but thumbnail\(\) decoded the image"):
+        oracle._check_thumbnail(data, box, refused, ("ok", (False, box, jac.mode)))
+    with pytest.raises(fz.Finding, match=r"thumbnail\(.*\) of a .* file gave"):
+        oracle._check_thumbnail(data, box, ok, ("ok", (True, (width, height), jac.mode)))
+
+
+def test_every_rule_of_the_container_entry_points_reports_its_break(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``oracle.check_container``: ``read_file`` on a stream, ``read_header`` and ``Image.open`` agree with
+    ``container.parse``; each disagreement a broken entry point would give is reported."""
+    data, other = _seed_named("rgb-8x8-q1.jac"), _seed_named("la-33x20-q5.5-exif-unknown.jac")
+    refused = data[:-3]  # cut inside the CRC of JEND
+    real_open = oracle._pillow_open
+
+    def fails(exc: BaseException) -> Callable[..., object]:
+        def raising(*args: object, **kwargs: object) -> object:
+            raise exc
+
+        return raising
+
+    cases = [
+        ("read_file", lambda f: container.parse(other), data, "but read_file on a stream -> ok"),
+        ("read_file", fails(OSError("other")), refused, "but read_file on a stream -> OSError:other"),
+        ("read_header", fails(container.NotJacFileError("no")), data, "parse -> ok but read_header -> NotJacFileError"),
+        ("read_header", lambda f: container.parse(other).header, data, "parse accepted but read_header -> ok"),
+        ("_pillow_open", lambda d, load: ((1, 1), "L", {}), data, r"Image.open reports \(1, 1\) L"),
+        ("_pillow_open", fails(OSError("other")), data, "parse accepted but Image.open -> OSError:other"),
+        ("_pillow_open", lambda d, load: real_open(data, load), refused, "but Image.open accepted"),
+    ]
+    for name, broken, file, message in cases:
+        with monkeypatch.context() as patch:
+            patch.setattr(oracle if name == "_pillow_open" else container, name, broken)
+            with pytest.raises(fz.Finding, match=message):
+                fz.check_container(file, LIMITS)
+    assert fz.check_container(data, LIMITS) == "ok"  # the entry points as they are agree
+
+
+def test_every_rule_of_decode_against_load_reports_its_break(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``oracle.check_decode``: ``codec.decode`` gives the header's shape in uint8, and ``Image.open().load()``
+    accepts and refuses what it does, with its pixels; each break a reader could make is reported (the other
+    readers broken alike where the oracle compares them first)."""
+    data = _rotated_to("decode_symbols", _seed_named("la-1x1-q1.jac"))  # its one extra check compares shapes
+    decode = codec.decode
+
+    def refused(*args: object, **kwargs: object) -> object:
+        error = OSError("other")
+        error.batch_index = 0  # as decode_batch names its item
+        raise error
+
+    oracle_open, parser = oracle._pillow_open, oracle._pillow_parser
+    cases = [
+        ({(codec, "decode"): lambda *a, **k: decode(*a, **k).astype(np.uint16)}, "codec.decode returned uint16"),
+        ({(oracle, "_pillow_open"): lambda d, load: (_one_pixel_off if load else lambda r: r)(oracle_open(d, load)),
+          (oracle, "_pillow_parser"): lambda d: _one_pixel_off(parser(d))},
+         r"load\(\) and codec.decode give different pixels"),
+        ({(oracle, "_pillow_open"): lambda d, load: refused() if load else oracle_open(d, load),
+          (oracle, "_pillow_parser"): refused}, r"codec.decode accepted but Image.open\(\).load\(\) -> OSError"),
+        # the file's bytes refused, the plugin's parsed file (and so load()) decoded
+        ({(codec, "decode"): lambda d, **k: refused() if isinstance(d, bytes) else decode(d, **k),
+          (codec, "decode_batch"): refused, (codec, "decode_symbols"): refused},
+         r"codec.decode -> OSError:other but Image.open\(\).load\(\) accepted"),
+    ]  # fmt: skip
+    for patches, message in cases:
+        with monkeypatch.context() as patch:
+            for (module, name), broken in patches.items():
+                patch.setattr(module, name, broken)
+            with small_pixel_limit(), pytest.raises(fz.Finding, match=message):
+                fz.check_decode(data, LIMITS)
+    with small_pixel_limit():
+        assert fz.check_decode(data, LIMITS) == "ok | ok"  # the readers as they are agree
