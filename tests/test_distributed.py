@@ -343,8 +343,9 @@ def ray_local():
         return {k: v for k, v in os.environ.items() if k != "PYTEST_CURRENT_TEST"}  # pytest's, test by test
 
     before, fault_handler, generator = environ(), faulthandler.is_enabled(), random.getstate()
-    # Ray's session folder (logs, sockets) in a short folder of its own, removed after: not one more in /tmp/ray
-    # for every run of the suite (a socket's path has at most 107 characters, too few under tmp_path)
+    # Ray's session folder (logs, sockets) in a short folder of its own, removed after: not one more in Ray's
+    # default temporary folder for every run of the suite (a socket's path has at most 107 characters, too
+    # few under tmp_path)
     session = tempfile.mkdtemp(prefix="jac-ray-")
     options = {"num_cpus": 2, "include_dashboard": False, "log_to_driver": False, "_temp_dir": session}
     stop = distributed._start_ray(ray, options)
