@@ -11,6 +11,7 @@ Torch is imported only inside the functions that run the model, after :func:`gua
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
 import sys
 
@@ -86,6 +87,14 @@ def allocation_errors_as_memory_errors(width: int, height: int):
         ) from exc
 
 
+#: the codec's modules that import torch, imported by :func:`guarded_engine` before a first engine (and
+#: preloaded by ``jac batch``'s fork server, :data:`pillow_jac.local_batch._WORKER_PRELOAD`)
+TORCH_MODULES = (
+    "pillow_jac.image_transforms", "pillow_jac.latent_coding", "pillow_jac.stripes", "pillow_jac.engine",
+    "pillow_jac.model.refine",
+)  # fmt: skip
+
+
 def guarded_engine(device, weights):
     """:func:`pillow_jac.engine.get_engine`, the codec's torch modules imported first, where a fork waits.
 
@@ -100,9 +109,9 @@ def guarded_engine(device, weights):
     refuse_half_imported_torch()
     note_codec_thread()  # a fork waits for this thread's native clean-up once it has ended
     with setting_up(), passive_unless_chosen():
-        from . import image_transforms, latent_coding, stripes  # noqa: F401 - imported now, under the guard
+        for name in TORCH_MODULES:  # imported now, under the guard
+            importlib.import_module(name)
         from .engine import get_engine
-        from .model import refine  # noqa: F401
     interpreter_exit.watch()  # after torch's import, so the exit waits for daemon threads before torch's handlers
     with interpreter_exit.working():
         return get_engine(device, weights)

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from .batch_plan import ATTEMPTS, Progress, done_before, file_options, plan_batch, shown_name
+from .codec_steps import TORCH_MODULES
 from .constants import DEFAULT_EFFORT, DEFAULT_QUALITY
 from .conversion import ConversionError, convert_noting_warnings, one_line, show_warning
 from .openmp_wait import passive_unless_chosen
@@ -138,12 +139,9 @@ def run_batch(
 
 
 #: what jac batch's fork server imports before it forks the workers: torch under the codec's wait policy first,
-#: then the modules of a conversion, among them those the codec imports at its first call (codec_steps.
-#: guarded_engine), so that no worker imports them again (about 50 ms a worker)
-_WORKER_PRELOAD = [
-    "pillow_jac.passive_torch", "pillow_jac.local_batch", "pillow_jac.codec", "pillow_jac.image_transforms",
-    "pillow_jac.latent_coding", "pillow_jac.stripes", "pillow_jac.engine", "pillow_jac.model.refine",
-]  # fmt: skip
+#: then the modules of a conversion, among them those the codec imports at its first call, so that no worker
+#: imports them again (about 50 ms a worker)
+_WORKER_PRELOAD = ["pillow_jac.passive_torch", "pillow_jac.local_batch", "pillow_jac.codec", *TORCH_MODULES]
 
 
 def _run_jobs(
