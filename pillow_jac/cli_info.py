@@ -112,7 +112,7 @@ def show_info(paths: list[Path], as_json: bool) -> None:
     """``jac info``: each file's description, in order; one that fails is reported and the rest still shown."""
     import pillow_jac
 
-    if len(paths) == 1:  # its error is the command's, as before there were several
+    if len(paths) == 1:  # one file: its error is the command's own
         infos = [file_info(paths[0])]
     else:
         if sum(str(path) == STDIO for path in paths) > 1:

@@ -12,7 +12,7 @@ The public API (what the Pillow and imageio plugins and the CLI call):
   (:mod:`pillow_jac.codec_batch`, imported on first use).
 
 The colour planes go through the network (gray images as three equal planes, returned as
-``round(0.299 R + 0.587 G + 0.114 B)``); alpha is stored losslessly beside them
+``(299 R + 587 G + 114 B + 500) // 1000``, CODING.md section 1.4); alpha is stored losslessly beside them
 (SPEC.md section 5). Images are padded to a multiple of 64 by repeating the edge pixels and
 cropped back after decoding.
 

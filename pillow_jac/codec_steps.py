@@ -31,7 +31,7 @@ class CodecError(ValueError, OSError):
 
 
 class ModelNotInstalledError(CodecError, generations.ModelNotInstalledError):
-    """The generation a file names (``model_id`` and ``weights_hash``) is not installed (SPEC.md 9.1).
+    """The generation a file names (``model_id`` and ``weights_hash``) is not installed (SPEC.md 9.2).
 
     Also :class:`pillow_jac.generations.ModelNotInstalledError` (a :class:`LookupError`), so that either
     class catches a generation that is missing, whichever part of the package found it.

@@ -62,8 +62,8 @@ CHUNK_POSITIONS = 4096
 #: reach at most 3.25 z rows (13 latent rows) from a latent row
 _H_S_HALO = 4
 #: z rows per h_s stripe at least: the halo then costs at most (8 + 2 * 4) / 8 = 2x the stripe's
-#: own work. A fixed positions budget alone gave 2 z rows per stripe at 24 MP, so h_s computed
-#: 5x the rows it kept, and wider images took ever longer per pixel
+#: own work. A positions budget alone would give wide images stripes of a few z rows, each paying
+#: the whole halo (2 z rows at 24 MP: h_s would compute 5x the rows it keeps)
 _H_S_MIN_ROWS = 8
 
 

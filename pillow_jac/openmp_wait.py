@@ -2,7 +2,7 @@
 
 Torch runs its CPU ops in OpenMP parallel regions. Between regions, OpenMP's worker threads spin for a
 while (GNU libgomp's default: 300,000 iterations) before they sleep. The wavefront decoder (CODING.md
-section 2.4) runs thousands of small regions, one after another. With the cores idle the spinning saves
+section 1.3) runs thousands of small regions, one after another. With the cores idle the spinning saves
 a wake-up per region. With other torch work on the machine, whose threads spin too, a region waits until
 both of its threads hold a core at once: the decoder took six times as long as with sleeping threads,
 even beside a background job at the lowest priority (with autogroups, Linux shares the CPU between

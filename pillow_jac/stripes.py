@@ -13,8 +13,8 @@ stripe is extended by the transform's reach (a halo) and the halo is cropped awa
   ``16a - 30 .. 16b + 14``, so a halo of two latent rows (32 pixels).
 
 The values equal those of the whole image up to float summation order (the convolution kernels
-may block a smaller input differently); small images are a single stripe, computed exactly as
-before. The transforms are the paper's (Minnen et al. 2018, fig. 1); the striping is ours.
+may block a smaller input differently); small images are a single stripe, computed as the
+whole image. The transforms are the paper's (Minnen et al. 2018, fig. 1); the striping is ours.
 
 Example:
     >>> import torch

@@ -17,7 +17,7 @@ value is a valid quality: this module searches that value, as cwebp's ``-size`` 
 
 How, at effort 0:
 
-1. g_a runs once. The quality only scales its output (``y = g_a(x) * gain(q)``, SPEC.md section 3.2 and
+1. g_a runs once. The quality only scales its output (``y = g_a(x) * gain(q)``, CODING.md section 1.2 and
    :meth:`~pillow_jac.model.mbt2018.JointAutoregressiveHierarchicalPrior.gains`), so every candidate costs
    h_a and what follows, never g_a again.
 2. Size: the model's own rate estimate (the -log2 likelihood of the rounded latents under the float

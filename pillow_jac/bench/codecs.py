@@ -311,7 +311,7 @@ def _jac(qualities: Sequence[float] | None, device: str | None, weights: str | N
     label = "JAC (pillow_jac)" + (f", effort {effort}" if effort else "")
     label += f" on {device}" if device and device != "cpu" else ""
     settings: dict[str, object] = {"device": device, "weights": weights}
-    if effort:  # effort 0 keeps the settings (and the cache fingerprint) it had before efforts existed
+    if effort:  # effort 0 leaves "effort" out of the settings, so its cache fingerprint is that of the plain codec
         from pillow_jac.model.refine import schedule
 
         settings["effort"] = effort

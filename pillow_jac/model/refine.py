@@ -12,7 +12,8 @@ This module is that search, for :class:`~pillow_jac.model.mbt2018.JointAutoregre
 The decoder is untouched: every integer ``(y_hat, z_hat)`` is a valid ``.jac`` file, so refinement
 changes what an encoder writes and never how a file decodes (the format does not change). The
 objective is the float model's estimate of ``lambda * 255^2 * MSE + bpp`` with rounded latents;
-files are coded with the exact integer prior, whose rates are within about 0.6% of it.
+files are coded with the exact integer prior, whose rates are within about 1% of it (release 6: +0.95%
+BD-rate, benchmarks/results/integer_cost.json).
 
 Large images are refined tile by tile (bounded memory): a tile's latents are optimised with the
 already-decided latents around it held fixed (a halo), so the result does not depend on how
@@ -95,8 +96,8 @@ class _Adam:
     Torch's functional Adam (``torch.optim.adam.adam``) with this class's own state takes the steps
     ``torch.optim.Adam`` takes, bit for bit: it chooses the same implementation for the device (one tensor at
     a time on the CPU, torch's ``foreach`` kernels on CUDA). The optimiser class is left out because its first
-    step in a process imports ``torch._dynamo`` (about 800 modules, 1.9 s on a 2-core CPU: a first effort-1
-    encode took half as long again).
+    step in a process imports ``torch._dynamo`` (about 800 modules, 1.9 s on a 2-core CPU, which each
+    process's first effort-1 encode would pay).
 
     Example:
         >>> import torch

@@ -3,7 +3,7 @@
 ``python -m pillow_jac.training.freeze CHECKPOINT.safetensors runs/NAME/frozen.safetensors --release N``
 converts h_s, the context model and g_ep into integer networks
 (:func:`pillow_jac.model.integer.integerize`), builds the integer coding tables (y: the Gaussian
-tables of CODING.md section 2.2; z: the factorized prior's per-channel tables), and writes one
+tables of CODING.md section 2.1; z: the factorized prior's per-channel tables), and writes one
 safetensors file with the float weights of g_a, h_a, g_s, the z density and the gains, the integer
 tensors, the tables and the manifest (model id, architecture, integer-network layout, and the
 decoder, encoder and header hashes of :func:`pillow_jac.weights.seal`). The integer networks are not

@@ -15,9 +15,9 @@ options that shape the run, :data:`~pillow_jac.training.checkpoint.RUN_OPTIONS`;
 refused unless ``--allow-changed-options`` is given (``--steps``, ``--minutes``, logging, saving and
 evaluation may change freely). The float weights
 are also written as safetensors for :mod:`pillow_jac.training.freeze`: ``float.safetensors`` (the
-weights being trained) and, with ``--ema``, ``ema.safetensors``, an exponential moving average of
-them (Polyak averaging). The average smooths out the noise of a constant learning rate, so a run
-can ship a snapshot without first decaying its learning rate; without ``--ema`` there is no
+weights being trained) and ``ema.safetensors``, an exponential moving average of them (Polyak
+averaging; ``--ema``, default 0.999). The average smooths out the noise of a constant learning rate,
+so a run can ship a snapshot without first decaying its learning rate; with ``--ema 0`` there is no
 ``ema.safetensors`` in ``--out`` (an older one is removed). SIGTERM or Ctrl-C finishes the current step,
 writes a checkpoint and exits; under DDP the ranks agree on the step they stop after.
 """
@@ -72,12 +72,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "a ladder other than --init's starts from its gains, re-interpolated (pillow_jac.training.ladder)",
     )
     # 256 rather than 128: with 128x128 crops y is 8x8 and z 2x2, so most context and hyperprior
-    # positions touch the padding. 256 (batch 4, stratified qualities, a decay) left a plateau:
-    # Kodak +0.25 dB at q1, +0.5 at q4, +1.3 at q8 in 4,500 steps (weights/MODEL_CARD.md, release 3)
+    # positions touch the padding (the measured difference: weights/MODEL_CARD.md, release 3)
     p.add_argument("--crop", type=int, default=256)
     p.add_argument("--batch", type=int, default=4)
-    # 3e-4 plateaued (loss flat for 2,000 steps); 1e-4 dropped the loss by a quarter at once
-    # (weights/MODEL_CARD.md, training recipe)
+    # 1e-4: from a trained model, 3e-4 leaves the loss flat (weights/MODEL_CARD.md, training recipe)
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--warmup", type=int, default=500)
     p.add_argument("--decay-start", type=int, default=0, help="step where the cosine decay starts (if --decay-steps)")
@@ -145,9 +143,8 @@ def stratified_qualities(batch: int) -> torch.Tensor:
     Gradient clipping normalises each batch; a batch of only low qualities (whose lambda-weighted
     gradients are ~40x smaller than at quality 8) would then weigh as much as one with a high
     quality. Stratifying makes every batch span the ladder, so the clip scales batches alike and the
-    loss keeps its lambda weighting, also with small batches (with batch 2 and independent draws,
-    the top qualities lost 0.4 dB on Kodak in 5,000 steps while the bottom ones gained;
-    weights/MODEL_CARD.md, release 3).
+    loss keeps its lambda weighting, also with small batches (independent draws in batches of 2 trade
+    the top qualities for the bottom ones: weights/MODEL_CARD.md, release 3).
 
     Example:
         >>> import torch
