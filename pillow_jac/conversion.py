@@ -154,6 +154,7 @@ def encode_file(
 
     from .constants import UnsupportedModeError
     from .JacImagePlugin import JacImageFile
+    from .save_metadata import carried_orientation
     from .target_search import TargetNotMetError
 
     _check_output(src, dst)
@@ -174,10 +175,10 @@ def encode_file(
             _warn_of_frames(im, src, name_source)
             im.load()
             orientation = exif_orientation(im)
-            lost = strip or "exif" not in im.info  # the output keeps info["exif"] only
+            kept = not strip and carried_orientation(im) == orientation  # the output's tag turns it for viewers
             im = _eight_bit_grey(im, src, name_source)
             im = _cmyk_as_srgb(im, src, name_source)
-            if lost:
+            if not kept:
                 im = _upright(im, orientation)
         options: dict[str, Any] = {"quality": quality, "effort": effort, "device": device, "model": model}
         if target_size is not None or target_psnr is not None:
@@ -241,16 +242,21 @@ _TURNS = {1: None, 2: "FLIP_LEFT_RIGHT", 3: "ROTATE_180", 4: "FLIP_TOP_BOTTOM", 
 
 
 def _upright(im: Any, orientation: int) -> Any:
-    """``im`` turned as an EXIF ``orientation`` says, for an output that will not keep the tag.
+    """``im`` turned as an EXIF ``orientation`` says, for an output whose metadata will not turn it.
 
-    With ``--strip`` no EXIF is stored, and of a TIFF only ``info["exif"]`` would be (none): a phone photo
-    would show on its side. ``transpose`` copies ``info`` (the ICC profile) with the pixels.
+    With ``--strip`` nothing is stored, and of a TIFF only ``info["exif"]`` would be (none): a phone photo
+    would show on its side. The turned image keeps ``info`` (the ICC profile) without the orientation
+    (:func:`~pillow_jac.save_metadata.without_orientation`), so that no tag left elsewhere turns it again.
     """
     if _TURNS[orientation] is None:
         return im
     from PIL import Image
 
-    return im.transpose(getattr(Image.Transpose, _TURNS[orientation]))
+    from .save_metadata import without_orientation
+
+    turned = im.transpose(getattr(Image.Transpose, _TURNS[orientation]))
+    turned.info = without_orientation(turned.info)
+    return turned
 
 
 def _eight_bit_grey(im: Any, src: Path, name_it: bool = True) -> Any:

@@ -14,7 +14,7 @@ from PIL import ExifTags, Image
 
 from .constants import GRAY_LAYOUTS, MAX_CHUNK_BYTES
 
-__all__ = ["metadata_to_store", "metadata_bytes", "profile_fits"]
+__all__ = ["metadata_to_store", "metadata_bytes", "profile_fits", "carried_orientation", "without_orientation"]
 
 
 def metadata_to_store(im: Image.Image, options: dict[str, Any], mode: str) -> dict[str, bytes | None]:
@@ -127,6 +127,59 @@ def _image_exif(im: Image.Image) -> Any:
         return edited if len(cached) or cached.get_ifd(ExifTags.IFD.Exif) else None
     except Exception:  # EXIF that Pillow cannot parse: the bytes as they are
         return raw
+
+
+def carried_orientation(im: Image.Image) -> int | None:
+    """The EXIF orientation that ``im`` saved with its own metadata would carry; None without one.
+
+    The EXIF stored (:func:`_image_exif`: ``info["exif"]``, an edit through ``getexif()``, a PNG's raw
+    profile) says it; without an orientation there, the stored XMP's ``tiff:Orientation`` does, as
+    ``Image.getexif()`` reads the two. A viewer turns the image by what this returns.
+    """
+    exif = _image_exif(im)
+    if isinstance(exif, (bytes, bytearray)) and exif:
+        parsed = Image.Exif()
+        try:
+            parsed.load(bytes(exif))
+        except Exception:  # EXIF that does not parse: a viewer finds no orientation in it
+            parsed = Image.Exif()
+        exif = parsed
+    if isinstance(exif, Image.Exif) and ExifTags.Base.Orientation in exif:
+        return exif[ExifTags.Base.Orientation]
+    return _xmp_orientation({"xmp": im.info.get("xmp")})
+
+
+def without_orientation(info: dict[str, Any]) -> dict[str, Any]:
+    """A copy of an image's ``info`` with the orientation taken out of its EXIF, raw EXIF profile and XMP.
+
+    For pixels already turned upright (as ``ImageOps.exif_transpose`` does for the image it turns), so that
+    no viewer turns them again. EXIF that does not parse is dropped: what it says of the turn is unknown.
+    """
+    out = dict(info)
+    orientation = ExifTags.Base.Orientation
+    for key in ("exif", "Raw profile type exif"):
+        value = out.get(key)
+        if value is None:
+            continue
+        exif = Image.Exif()
+        try:
+            exif.load(bytes(value) if key == "exif" else _raw_profile(value))
+        except Exception:
+            del out[key]
+            continue
+        if orientation in exif:
+            del exif[orientation]
+            data = exif.tobytes()
+            out[key] = data if key == "exif" else f"\nexif\n{len(data):8}\n{data.hex()}\n"
+    for key in ("XML:com.adobe.xmp", "xmp"):
+        value = out.get(key)
+        if isinstance(value, (str, bytes, bytearray)):
+            for pattern in (r'tiff:Orientation="[0-9]"', r"<tiff:Orientation>[0-9]</tiff:Orientation>"):
+                out[key] = (
+                    re.sub(pattern, "", value) if isinstance(value, str) else re.sub(pattern.encode(), b"", value)
+                )
+                value = out[key]
+    return out
 
 
 def _raw_profile(text: str) -> bytes:

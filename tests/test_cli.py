@@ -1149,6 +1149,68 @@ def test_an_orientation_the_output_would_lose_is_applied_to_the_pixels(tmp_path:
         assert np.abs(np.asarray(im).astype(int) - expected).mean() < 8  # mirrored, not turned
 
 
+_XMP_TURNED = (
+    b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+    b'<rdf:Description xmlns:tiff="http://ns.adobe.com/tiff/1.0/" tiff:Orientation="6"/></rdf:RDF></x:xmpmeta>'
+)
+
+
+def _raw_profile_text(exif: Image.Exif) -> str:
+    """EXIF as ImageMagick writes it into a PNG: a "Raw profile type exif" text of hex lines."""
+    data = exif.tobytes()[6:]
+    return f"\nexif\n{len(data):8d}\n{data.hex()}\n"
+
+
+def test_an_orientation_kept_in_a_raw_exif_profile_or_the_xmp_is_not_applied_twice(tmp_path: Path) -> None:
+    """The tag turns the image for viewers wherever the output keeps it; only pixels without a kept tag are turned."""
+    from PIL import PngImagePlugin
+
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    (tmp_path / "raw").mkdir()
+    (tmp_path / "xmp").mkdir()
+    raw, xmp = tmp_path / "raw" / "magick.png", tmp_path / "xmp" / "photo.jpg"
+    text = PngImagePlugin.PngInfo()
+    text.add_text("Raw profile type exif", _raw_profile_text(exif), zip=True)
+    crop().save(raw, pnginfo=text)
+    crop().save(xmp, xmp=_XMP_TURNED, quality=95)
+    assert _shown_size(raw) == _shown_size(xmp) == (40, 48)
+    for src in (raw, xmp):
+        for options, stored in (([], (48, 40)), (["--strip"], (40, 48))):
+            out = tmp_path / f"{src.stem}{''.join(options)}.jac"
+            assert main(["encode", str(src), str(out), *options]) == 0
+            with Image.open(out) as im:
+                assert im.size == stored, (src, options)
+            assert _shown_size(out) == (40, 48), (src, options)
+            folder = tmp_path / f"batch-{src.parent.name}{''.join(options)}"
+            assert main(["batch", str(src.parent), str(folder), "--to", "jac", "--quiet", *options]) == 0
+            assert _shown_size(folder / f"{src.stem}.jac") == (40, 48), (src, options)
+
+
+def test_turned_pixels_keep_no_orientation_anywhere(tmp_path: Path) -> None:
+    """Pixels turned upright lose the tag from the EXIF, a raw EXIF profile and the XMP; the other tags stay."""
+    from PIL import ImageOps
+
+    from pillow_jac.conversion import _upright
+
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    exif[0x010F] = "Cam"
+    im = crop()
+    im.info.update(exif=exif.tobytes(), xmp=_XMP_TURNED, **{"Raw profile type exif": _raw_profile_text(exif)})
+    im.info["XML:com.adobe.xmp"] = _XMP_TURNED.decode()
+    turned = _upright(im, 6)
+    assert turned.size == (40, 48) and "exif" in im.info and im.info["xmp"] == _XMP_TURNED  # the source as it was
+    assert ImageOps.exif_transpose(turned).size == (40, 48)  # nothing turns it again
+    for key in ("exif", "Raw profile type exif", "xmp", "XML:com.adobe.xmp"):
+        alone = Image.new("RGB", turned.size)
+        alone.info[key] = turned.info[key]
+        assert 0x0112 not in alone.getexif(), key
+    kept = Image.Exif()
+    kept.load(turned.info["exif"])
+    assert kept[0x010F] == "Cam"
+
+
 def test_errors_of_reading_or_encoding_the_input_name_it(tmp_path: Path, capsys) -> None:
     """Pillow's and the codec's errors about the input carry its name; an OSError's is reworded as name: reason."""
     good = tmp_path / "whole.png"
