@@ -84,9 +84,10 @@ def check_target(path: str | os.PathLike) -> None:
     """Raise now what :func:`write_atomic` would raise at the end for a ``path`` it cannot replace; create nothing.
 
     So a long encode is not run for nothing: a folder at ``path`` (:class:`IsADirectoryError`), a missing
-    folder to put it in (:class:`FileNotFoundError`), a parent that is a file (:class:`NotADirectoryError`), or
-    an existing file one may not write (:class:`PermissionError`); each names ``path``. What is written into
-    rather than replaced (a device, a pipe, ``/dev/stdout``) passes.
+    folder to put it in (:class:`FileNotFoundError`), a parent that is a file (:class:`NotADirectoryError`), an
+    existing file one may not write, or a folder that takes no new file (:class:`PermissionError`: the file is
+    replaced through a new one beside it); each names ``path``. What is written into rather than replaced (a
+    device, a pipe, ``/dev/stdout``) passes.
     """
     path = os.fsdecode(os.fspath(path))  # a bytes path as a str one
     if _is_special(path):
@@ -104,6 +105,12 @@ def check_target(path: str | os.PathLike) -> None:
             raise error(errno.ENOTDIR, NotADirectoryError)
         raise error(errno.ENOENT, FileNotFoundError)
     _existing_mode(target)
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise PermissionError(errno.EACCES, _NO_NEW_FILE, os.fsdecode(os.fspath(path)))
+
+
+#: the reason given when a file's folder refuses the new file that replaces it
+_NO_NEW_FILE = "Permission denied to make a file in its folder (the output is written to a new file there, then moved)"
 
 
 #: paths that name one of a process's open files, whatever it is (``/dev/stdout`` may be a regular file);
@@ -146,6 +153,10 @@ def _create_temporary(path: Path) -> tuple[int, str]:
                 return os.open(tmp, flags, 0o666), tmp
         except FileExistsError:
             continue
+        except PermissionError as e:
+            if e.filename != str(path):
+                raise
+            raise PermissionError(e.errno, _NO_NEW_FILE, str(path)) from e
         except BaseException:
             # Python checks for Ctrl-C (and a batch worker's cancellation) as os.open returns: the file
             # exists then, but the caller never learns its name, so it is removed here

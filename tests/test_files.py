@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import io
 import os
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -270,3 +271,42 @@ def test_check_target_takes_bytes_paths(tmp_path):
         check_target(os.fsencode(tmp_path))
     with pytest.raises(FileNotFoundError):
         check_target(os.fsencode(tmp_path / "missing" / "x.jac"))
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX permissions")
+def test_a_folder_that_takes_no_new_file_is_refused_before_encoding_and_named(tmp_path, monkeypatch):
+    """A file is replaced through a new one beside it: a folder one may not write fails before the encode, also
+    for a file in it one may write, and the error says the folder is what refuses."""
+    folder = tmp_path / "locked"
+    folder.mkdir()
+    old = folder / "old.jac"
+    old.write_bytes(b"old")
+    access = os.access
+    monkeypatch.setattr(
+        os, "access", lambda p, mode, **k: access(p, mode, **k) and not (Path(p) == folder and mode & os.W_OK)
+    )
+    encodes = []
+    monkeypatch.setattr(Image.Image, "save", lambda *a, **k: encodes.append(a))
+    for target in (folder / "new.jac", old):
+        with pytest.raises(PermissionError) as exc:
+            pillow_jac.save(Image.new("RGB", (8, 8)), target, quality=1)
+        assert exc.value.filename == str(target) and "folder" in exc.value.strerror
+    assert encodes == [] and old.read_bytes() == b"old" and sorted(os.listdir(folder)) == ["old.jac"]
+
+
+def test_a_temporary_file_the_folder_refuses_is_reported_as_the_folders_doing(tmp_path, monkeypatch):
+    """Where the folder refuses only at the end (its permissions changed during the encode), the error says so."""
+    path = tmp_path / "out.jac"
+    path.write_bytes(b"old")
+    real_open = os.open
+
+    def refuse_temporaries(name, flags, mode=0o777, **kwargs):
+        if os.path.basename(name).startswith(".jac-"):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), name)
+        return real_open(name, flags, mode, **kwargs)
+
+    monkeypatch.setattr(os, "open", refuse_temporaries)
+    with pytest.raises(PermissionError) as exc:
+        write_atomic(path, lambda f: f.write(b"new"))
+    assert exc.value.filename == str(path) and "folder" in exc.value.strerror and ".tmp" not in str(exc.value)
+    assert path.read_bytes() == b"old" and os.listdir(tmp_path) == ["out.jac"]
