@@ -6,7 +6,8 @@ decoded pixels before they are written, through Pillow's writers only:
 * **Mode.** An image with alpha keeps it wherever the writer stores it (LA as RGBA where only that is
   stored, as in SGI or QOI); where the format stores no alpha (JPEG, BMP, PPM, PCX, EPS, PDF), the image is
   composited onto white, with a warning, rather than showing the arbitrary colours under transparent
-  pixels. Grey goes to RGB where the writer takes no grey (QOI).
+  pixels, and where it stores only whole transparency (GIF), so are the partly transparent pixels. Grey
+  goes to RGB where the writer takes no grey (QOI).
 * **Metadata.** ICC profile, EXIF and XMP are passed on; one the writer refuses is left out with a
   warning rather than losing the pixels, and one it skips silently is warned of. A grey profile is left
   out, with a warning, where the writer stores grey as colour (Pillow's WebP writer), which it cannot
@@ -44,20 +45,29 @@ _MODES = {"RGBA": ("RGBA",), "LA": ("LA", "RGBA"), "RGB": ("RGB",), "L": ("L", "
 _WITHOUT_ALPHA = {"RGBA": "RGB", "LA": "L"}
 
 
+#: the alpha levels of the probe images: any level, and only fully transparent or opaque
+_GRADED, _ON_OFF = (0, 85, 170, 255), (0, 255)
+#: how far a level read back may be from the one written and still count as kept (a lossy alpha plane)
+_ALPHA_TOLERANCE = 16
+
+
 @functools.cache
-def _round_trip(fmt: str, mode: str) -> tuple[str | None, bool] | None:
+def _round_trip(fmt: str, mode: str, levels: tuple[int, ...] = _ON_OFF) -> tuple[str | None, bool] | None:
     """How Pillow's ``fmt`` writer keeps a 16x16 image of ``mode``, written and read back in memory.
 
     None where the writer refuses the mode; else the mode Pillow reads back (None where it cannot read the
-    format back, such as PDF) and whether an alpha plane (transparent on the left, opaque on the right) came
-    back whole: Pillow writes RGBA BMP and PPM as RGB, and a format it cannot read back counts as storing none.
+    format back, such as PDF) and whether an alpha plane of ``levels`` (columns of each, left to right) came
+    back, each level within :data:`_ALPHA_TOLERANCE`. Pillow writes RGBA BMP and PPM as RGB, GIF keeps only
+    fully transparent pixels, and a format it cannot read back counts as storing none. An image read back at
+    another size (ICNS's largest icon) is compared at the probe's, nearest pixel.
     """
     from PIL import Image
 
     im = Image.new(mode, (16, 16), (200,) * len(mode))
     if "A" in mode:
-        alpha = Image.new("L", im.size, 255)
-        alpha.paste(0, (0, 0, 8, 16))
+        columns = [level for level in levels for _ in range(16 // len(levels))]
+        alpha = Image.new("L", im.size)
+        alpha.putdata(columns * 16)
         im.putalpha(alpha)
     encoded = io.BytesIO()
     try:
@@ -68,16 +78,20 @@ def _round_trip(fmt: str, mode: str) -> tuple[str | None, bool] | None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             with Image.open(encoded) as back:
-                kept = "A" in mode and back.convert("RGBA").getchannel("A").tobytes() == im.getchannel("A").tobytes()
-                return back.mode, kept
+                alpha = back.convert("RGBA").getchannel("A")
+                if alpha.size != im.size:
+                    alpha = alpha.resize(im.size, Image.Resampling.NEAREST)
+                pairs = zip(alpha.tobytes(), im.getchannel("A").tobytes(), strict=True)
+                return back.mode, "A" in mode and all(abs(a - b) <= _ALPHA_TOLERANCE for a, b in pairs)
     except Exception:
         return None, False
 
 
-def _stores(fmt: str, mode: str) -> bool:
-    """Whether Pillow's ``fmt`` writer takes an image of ``mode``, and its alpha where ``mode`` has one."""
-    kept = _round_trip(fmt, mode)
-    return kept is not None and ("A" not in mode or kept[1])
+def _alpha_stored(fmt: str, mode: str) -> str | None:
+    """How Pillow's ``fmt`` writer keeps the alpha of a ``mode`` image: ``"graded"``, ``"on/off"`` or None."""
+    if (_round_trip(fmt, mode, _GRADED) or (None, False))[1]:
+        return "graded"
+    return "on/off" if (_round_trip(fmt, mode, _ON_OFF) or (None, False))[1] else None
 
 
 def profile_for(profile: bytes | None, fmt: str, mode: str) -> bytes | None:
@@ -111,6 +125,13 @@ def _onto_white(im: Any) -> Any:
     return flat.convert(_WITHOUT_ALPHA[im.mode])
 
 
+def _on_off(im: Any) -> Any:
+    """``im`` (RGBA or LA) with every partly transparent pixel composited onto white and made opaque."""
+    flat = _onto_white(im)  # RGB or L
+    flat.putalpha(im.getchannel("A").point(lambda level: 255 if level else 0))
+    return flat
+
+
 def for_format(im: Any, fmt: str) -> Any:
     """``im`` in a mode Pillow's ``fmt`` writer stores, its alpha kept where the format has any.
 
@@ -124,8 +145,20 @@ def for_format(im: Any, fmt: str) -> Any:
         ('RGBA', 'RGB')
     """
     for mode in _MODES[im.mode]:
-        if _stores(fmt, mode):
-            return im if mode == im.mode else im.convert(mode)
+        if _round_trip(fmt, mode) is None:
+            continue
+        if "A" in mode:
+            stored = _alpha_stored(fmt, mode)
+            if stored is None:
+                continue
+            if stored == "on/off" and any(im.getchannel("A").histogram()[1:255]):
+                message = (
+                    f"alpha reduced to on/off: {fmt} output stores no partial transparency; "
+                    "partly transparent pixels are composited onto white"
+                )
+                warnings.warn(message, stacklevel=3)
+                im = _on_off(im)
+        return im if mode == im.mode else im.convert(mode)
     if im.mode in _WITHOUT_ALPHA:
         if im.getchannel("A").getextrema() != (255, 255):  # an opaque image loses nothing: no warning
             message = f"alpha left out: {fmt} output does not store it; the image is composited onto white"

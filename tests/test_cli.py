@@ -153,6 +153,46 @@ def test_an_opaque_image_loses_no_alpha_and_gets_no_warning(tmp_path, capsys):
     assert "alpha" not in capsys.readouterr().err
 
 
+def _graded_alpha(mode: str) -> Image.Image:
+    """A crop in ``mode`` (RGBA or LA): its left quarter fully transparent, then partly, its right half opaque."""
+    im = crop().convert(mode)
+    alpha = np.full((im.height, im.width), 255, np.uint8)
+    quarter = im.width // 4
+    alpha[:, :quarter] = 0
+    alpha[:, quarter : 2 * quarter] = 128
+    im.putalpha(Image.fromarray(alpha))
+    return im
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "LA"])
+def test_decode_to_gif_keeps_whole_transparency_and_warns_of_partial(tmp_path, capsys, mode):
+    """GIF stores only fully transparent pixels: partly transparent ones are composited onto white, with a warning."""
+    for name, im in (("on-off", _half_transparent(mode)), ("graded", _graded_alpha(mode))):
+        src = tmp_path / f"{name}.jac"
+        im.save(src, quality=8)
+        assert main(["decode", str(src), str(tmp_path / f"{name}.gif")]) == 0
+        err = capsys.readouterr().err
+        assert ("alpha reduced to on/off" in err) == (name == "graded"), (name, err)
+        with Image.open(tmp_path / f"{name}.gif") as gif, Image.open(src) as original:
+            alpha = np.asarray(gif.convert("RGBA"))[..., 3]
+            grey = np.asarray(gif.convert("L")).astype(int)
+            expected = np.asarray(original.getchannel("A"))
+        assert np.array_equal(alpha, np.where(expected == 0, 0, 255)), name
+        if name == "graded":  # half the hidden colour, half white: light, where a plain GIF would show it dark
+            quarter = alpha.shape[1] // 4
+            assert grey[:, quarter + 1 : 2 * quarter - 1].min() >= 128
+
+
+def test_decode_to_icns_keeps_partial_alpha(tmp_path, capsys):
+    """Pillow reads an ICNS back at its largest icon: its alpha is still kept, with no warning."""
+    src = tmp_path / "graded.jac"
+    _graded_alpha("RGBA").save(src, quality=8)
+    assert main(["decode", str(src), str(tmp_path / "graded.icns")]) == 0
+    assert "alpha" not in capsys.readouterr().err
+    with Image.open(tmp_path / "graded.icns") as icns:
+        assert icns.mode == "RGBA" and 100 < np.median(np.asarray(icns)[:, icns.width * 3 // 8, 3]) < 160
+
+
 def test_decode_keeps_grey_alpha_as_rgba_where_the_format_stores_only_that(tmp_path, capsys):
     src = tmp_path / "la.jac"
     _half_transparent("LA").save(src, quality=8)
