@@ -78,11 +78,13 @@ def _round_trip(fmt: str, mode: str, levels: tuple[int, ...] = _ON_OFF) -> tuple
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             with Image.open(encoded) as back:
+                if "A" not in mode:
+                    return back.mode, False
                 alpha = back.convert("RGBA").getchannel("A")
                 if alpha.size != im.size:
                     alpha = alpha.resize(im.size, Image.Resampling.NEAREST)
                 pairs = zip(alpha.tobytes(), im.getchannel("A").tobytes(), strict=True)
-                return back.mode, "A" in mode and all(abs(a - b) <= _ALPHA_TOLERANCE for a, b in pairs)
+                return back.mode, all(abs(a - b) <= _ALPHA_TOLERANCE for a, b in pairs)
     except Exception:
         return None, False
 
