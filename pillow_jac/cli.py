@@ -393,11 +393,18 @@ def _run(args: argparse.Namespace) -> None:
     elif args.command == "models":
         import pillow_jac
 
+        from .generations import generation_of, models_path_problems
+
+        for problem in models_path_problems():
+            warnings.warn(problem, stacklevel=1)
         gens = pillow_jac.models()
         chosen = os.environ.get("JAC_WEIGHTS")
-        if chosen and not (os.path.exists(chosen) and any(os.path.samefile(g.path, chosen) for g in gens)):
+        named = generation_of(Path(chosen)) if chosen else None
+        if chosen and named is None:
             why = "no such file" if not os.path.exists(chosen) else "not a weights file, or another's lookalike"
             warnings.warn(f"JAC_WEIGHTS={chosen}: {why}; encoding fails until it names a weights file", stacklevel=1)
+        elif named is not None and not named.can_encode:
+            warnings.warn(f"JAC_WEIGHTS={chosen} is a decoder-only file: the newest full file encodes", stacklevel=1)
         if args.json:
             keys = ("model_id", "release", "can_encode", "size")
             rows = [{**{k: getattr(g, k) for k in keys}, "weights_hash": g.weights_hash.hex(), "path": str(g.path)}

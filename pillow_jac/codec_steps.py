@@ -14,6 +14,7 @@ import contextlib
 import importlib
 import os
 import sys
+import warnings
 
 import numpy as np
 
@@ -124,9 +125,10 @@ def decoder_engine(jac: container.JacFile, device, weights):
     h = jac.header
     if weights is None:
         try:
-            weights = generations.find(h.model_id, h.weights_hash).path
+            copies = generations.copies(h.model_id, h.weights_hash)
         except generations.ModelNotInstalledError as exc:
             raise ModelNotInstalledError(str(exc)) from None
+        return _first_that_loads([gen.path for gen in copies], device, "decoding")
     engine = guarded_engine(device, weights)
     if h.model_id != engine.model_id or h.weights_hash != engine.weights_hash:
         raise ModelNotInstalledError(
@@ -136,6 +138,45 @@ def decoder_engine(jac: container.JacFile, device, weights):
     return engine
 
 
+def _first_that_loads(paths: list, device, doing: str):
+    """The engine of the first of a generation's files that loads; a damaged one is passed over with a warning.
+
+    The listing reads manifests only (:mod:`pillow_jac.generations`): a copy whose tensors do not match its
+    hashes, or that does not parse, is found here, and the next copy of the same generation decodes instead.
+    """
+    first = None
+    for i, path in enumerate(paths):
+        key = _file_key(path)
+        if key in _DAMAGED and i < len(paths) - 1:  # warned of once in this process
+            continue
+        try:
+            return guarded_engine(device, path)
+        except OSError as exc:
+            # a WeightsError comes from a loaded weights module; one not yet imported is not imported here (it
+            # imports torch, which may be what failed)
+            loaded = sys.modules.get(f"{__package__}.weights")
+            if loaded is None or not isinstance(exc, loaded.WeightsError):
+                raise
+            first = first or exc
+            if i < len(paths) - 1 and key not in _DAMAGED:
+                warnings.warn(f"{exc}; {doing} with another copy of its generation", stacklevel=4)
+            _DAMAGED.add(key)
+    raise first
+
+
+#: the weights files found damaged when loaded, by :func:`_file_key`
+_DAMAGED: set[tuple] = set()
+
+
+def _file_key(path) -> tuple:
+    """A file's identity for :data:`_DAMAGED`: its path, size and modification time (a replaced file is new)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return (os.fspath(path),)
+    return (os.fspath(path), st.st_size, st.st_mtime_ns)
+
+
 def encoder_engine(device, weights, model):
     """The engine that encodes: the ``weights`` file, else the installed generation ``model``, else the newest."""
     from . import generations
@@ -143,10 +184,16 @@ def encoder_engine(device, weights, model):
     check_model(model)
     if weights is None:
         try:
-            weights = generations.encoder(model).path
+            chosen = generations.encoder(model)
+            paths = [chosen.path]  # JAC_WEIGHTS, when it names the encoder, has no stand-in
+            if os.path.normpath(os.environ.get("JAC_WEIGHTS") or ".") != os.path.normpath(chosen.path):
+                copies = generations.copies(chosen.model_id, chosen.weights_hash)
+                paths = [gen.path for gen in copies if gen.can_encode]
         except generations.ModelNotInstalledError as exc:
             raise ModelNotInstalledError(str(exc)) from None
-    engine = guarded_engine(device, weights)
+        engine = _first_that_loads(paths, device, "encoding")
+    else:
+        engine = guarded_engine(device, weights)
     if model is not None and engine.model_id != model:
         raise ValueError(f"the weights file {weights} holds {engine.model_id!r}, not the model {model!r} asked for")
     if not engine.can_encode:

@@ -22,7 +22,8 @@ The package's ``released.json`` (:func:`released`, beside this module) names eve
 with another decoder is skipped here, with a warning, and refused when loaded: a generation released
 before decoder hashes existed (release 6) writes a header hash that does not cover its decoder, so
 without the table a re-sealed file with another decoder would decode its files to other pixels. A file
-shorter than its header says is skipped too, so a damaged copy does not hide a good one.
+shorter than its header says is skipped too, and a copy whose tensors do not match its hashes gives way
+to the next copy of its generation when it is loaded, so a damaged copy does not hide a good one.
 
 Example:
     >>> [g.model_id for g in installed()][:1]
@@ -50,6 +51,8 @@ __all__ = [
     "installed",
     "generation_of",
     "find",
+    "copies",
+    "models_path_problems",
     "encoder",
     "package_weights_dir",
     "package_weights_bytes",
@@ -280,29 +283,54 @@ def _candidates() -> list[Path]:
     return paths
 
 
-def installed() -> list[Generation]:
-    """Every installed generation once, in search order: its first full file, else its first decoder file."""
-    chosen: dict[tuple[str, bytes], Generation] = {}
+def models_path_problems() -> list[str]:
+    """What is wrong with each ``JAC_MODELS`` entry that names no folder: a file, or nothing at all."""
+    problems = []
+    for folder in filter(None, os.environ.get("JAC_MODELS", "").split(os.pathsep)):
+        if os.path.isfile(folder):
+            problems.append(f"JAC_MODELS entry {folder} is a file: name the folder that holds it")
+        elif not os.path.isdir(folder):
+            problems.append(f"JAC_MODELS entry {folder}: no such folder")
+    return problems
+
+
+def _copies() -> dict[tuple[str, bytes], list[Generation]]:
+    """Every file of every installed generation, by generation: full files first, each kind in search order."""
+    found: dict[tuple[str, bytes], list[Generation]] = {}
     for path in _candidates():
         gen = generation_of(path)
-        if gen is None:
-            continue
-        key = (gen.model_id, gen.weights_hash)
-        if key not in chosen or (gen.can_encode and not chosen[key].can_encode):
-            chosen[key] = gen
-    return list(chosen.values())
+        if gen is not None:
+            found.setdefault((gen.model_id, gen.weights_hash), []).append(gen)
+    return {key: sorted(gens, key=lambda g: not g.can_encode) for key, gens in found.items()}
+
+
+def installed() -> list[Generation]:
+    """Every installed generation once, in search order: its first full file, else its first decoder file."""
+    return [gens[0] for gens in _copies().values()]
 
 
 def find(model_id: str, weights_hash: bytes) -> Generation:
-    """The installed generation that decodes files stamped ``(model_id, weights_hash)``.
+    """The installed generation that decodes files stamped ``(model_id, weights_hash)``: its first copy.
 
     Raises:
         ModelNotInstalledError: none is installed; the message names the model and how to get it.
     """
-    gens = installed()
-    for gen in gens:
-        if gen.model_id == model_id and gen.weights_hash == bytes(weights_hash):
-            return gen
+    return copies(model_id, weights_hash)[0]
+
+
+def copies(model_id: str, weights_hash: bytes) -> list[Generation]:
+    """Every installed file of the generation ``(model_id, weights_hash)``, the one :func:`installed` lists first.
+
+    The listing reads manifests only: a copy whose tensors turn out damaged when loaded gives way to the next
+    (:func:`pillow_jac.codec_steps.decoder_engine`), so a damaged copy does not hide a good one.
+
+    Raises:
+        ModelNotInstalledError: none is installed; the message names the model and how to get it.
+    """
+    found = _copies()
+    if (model_id, bytes(weights_hash)) in found:
+        return found[(model_id, bytes(weights_hash))]
+    gens = [gens[0] for gens in found.values()]
     same_id = [g for g in gens if g.model_id == model_id]
     have = ", ".join(f"{g.model_id} ({g.weights_hash.hex()})" for g in gens) or "none"
     why = (
@@ -311,10 +339,11 @@ def find(model_id: str, weights_hash: bytes) -> Generation:
         if same_id
         else "it is not installed"
     )
+    problems = "".join(f" ({problem})" for problem in models_path_problems())
     raise ModelNotInstalledError(
         f"this file needs decoder {model_id!r} (weights {bytes(weights_hash).hex()}), but {why}. "
         f"Installed: {have}. To decode it, install a pillow_jac release that ships {model_id!r}, or put its "
-        "weights file in a directory named by the JAC_MODELS environment variable."
+        f"weights file in a directory named by the JAC_MODELS environment variable{problems}."
     )
 
 

@@ -1133,6 +1133,25 @@ def test_models_says_when_jac_weights_names_no_weights_file(tmp_path: Path, monk
     assert capsys.readouterr().err == ""
 
 
+def test_models_warns_of_jac_models_entries_that_name_no_folder(tmp_path: Path, monkeypatch, capsys) -> None:
+    """A JAC_MODELS entry that is the weights file itself, or a mistyped folder, is said, not passed over silently;
+    a decoder-only JAC_WEIGHTS is said to decode only, not to make encoding fail."""
+    from pillow_jac import weights
+
+    shipped = ROOT / "weights" / "mbt2018-n128m192.safetensors"
+    small = tmp_path / "r006-decoder.safetensors"
+    weights.save_weights(small, *weights.decoder_only(*weights.load_weights(shipped)))
+    monkeypatch.setenv("JAC_MODELS", os.pathsep.join([str(small), str(tmp_path / "typo")]))
+    monkeypatch.setenv("JAC_WEIGHTS", str(small))
+    assert main(["models"]) == 0
+    err = capsys.readouterr().err.splitlines()
+    assert err == [
+        f"jac: warning: JAC_MODELS entry {small} is a file: name the folder that holds it",
+        f"jac: warning: JAC_MODELS entry {tmp_path / 'typo'}: no such folder",
+        f"jac: warning: JAC_WEIGHTS={small} is a decoder-only file: the newest full file encodes",
+    ]
+
+
 def test_decode_names_the_file_whose_streams_or_alpha_are_corrupt(tmp_path: Path, capsys) -> None:
     """Container errors named the file; errors found while decoding (a stream, the alpha plane) did not."""
     invalid = Path(__file__).resolve().parents[1] / "format_spec" / "vectors" / "invalid"

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,7 @@ import pytest
 import torch
 
 import pillow_jac
-from pillow_jac import codec, container, engine, generations, weights
+from pillow_jac import codec, codec_steps, container, engine, generations, weights
 from pillow_jac.model.mbt2018 import JointAutoregressiveHierarchicalPrior, ModelConfig
 from pillow_jac.training.freeze import freeze
 
@@ -29,6 +30,7 @@ def private_caches(monkeypatch: pytest.MonkeyPatch) -> None:
     """Engines and registry entries of temporary files stay private to each test."""
     monkeypatch.setattr(engine, "_CACHE", {})
     monkeypatch.setattr(generations, "_CACHE", {})
+    monkeypatch.setattr(codec_steps, "_DAMAGED", set())
     monkeypatch.delenv("JAC_MODELS", raising=False)
     monkeypatch.delenv("JAC_WEIGHTS", raising=False)
 
@@ -318,6 +320,41 @@ def test_a_truncated_copy_does_not_hide_a_good_file(tmp_path: Path, monkeypatch:
     monkeypatch.setattr(generations, "_WARNED_SKIPPED", set())
     with pytest.warns(UserWarning, match="shorter than the .* its header declares"):
         assert [g.path for g in generations.installed() if g.model_id == SHIPPED_ID] == [full]
+
+
+def _damaged_copy(good: Path, folder: Path, how: str) -> Path:
+    """A copy of ``good`` in ``folder`` whose manifest still reads as the generation: a byte flipped, or bytes added."""
+    folder.mkdir()
+    data = bytearray(good.read_bytes())
+    if how == "flipped":
+        data[-1] ^= 0x01  # a tensor's last byte: the manifest and the size are as before
+    else:
+        data += bytes(8)  # longer than its header says
+    (folder / good.name).write_bytes(bytes(data))
+    return folder / good.name
+
+
+@pytest.mark.parametrize("how", ["flipped", "longer"])
+def test_a_damaged_copy_gives_way_to_a_good_one(tiny_generation: Path, tmp_path: Path, monkeypatch, how) -> None:
+    """The listing reads manifests only; a copy found damaged when loaded is passed over, once, with a warning."""
+    good = tiny_generation / "tiny.safetensors"
+    bad = _damaged_copy(good, tmp_path / "first", how)
+    image = natural_image(16, 24)
+    data = codec.encode(image, 3, weights=good)
+    monkeypatch.setenv("JAC_MODELS", os.pathsep.join([str(bad.parent), str(tiny_generation)]))
+    stamp = container.parse(data).header.weights_hash
+    assert [g.path for g in generations.copies("mbt-8-12-r007", stamp)] == [bad, good]
+    with pytest.warns(UserWarning, match=r"tiny.safetensors.*decoding with another copy of its generation"):
+        pixels = codec.decode(data)
+    np.testing.assert_array_equal(pixels, codec.decode(data, weights=good))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # said once in a process, not once per file
+        codec.decode(data)
+        assert codec.encode(image, 3) == data  # the newest generation encodes from its good copy too
+    monkeypatch.setenv("JAC_MODELS", str(bad.parent))
+    monkeypatch.setattr(codec_steps, "_DAMAGED", set())
+    with pytest.raises(weights.WeightsError, match=str(bad.parent.name)):
+        codec.decode(data)  # no good copy: the damaged one's error
 
 
 def test_an_encoder_update_refuses_another_decoder_or_architecture(tmp_path: Path) -> None:
