@@ -180,16 +180,18 @@ def _plugin_class() -> type:
         def write(self, ndimage: Any, *, mode: str | None = None, format: str | None = None, **kwargs: Any) -> Any:
             request = self.request
             target = format or Image.registered_extensions().get(request.extension or request.format_hint or "")
+            frames = self._jac_frames
             if (target or "").upper() == "JAC":
-                frames = self._jac_frames + _frame_count(ndimage, mode, kwargs.get("is_batch"))
+                frames += _frame_count(ndimage, mode, kwargs.get("is_batch"))
                 if frames > 1:
                     msg = (
                         f"a JAC file holds one image, but {frames} frames were written to it: "
                         "write each frame to its own .jac file"
                     )
                     raise ValueError(msg)
-                self._jac_frames = frames
-            return super().write(ndimage, mode=mode, format=format, **kwargs)
+            result = super().write(ndimage, mode=mode, format=format, **kwargs)
+            self._jac_frames = frames  # a write that raised left no frame (nothing pending: _flush_writer)
+            return result
 
         def _flush_writer(self) -> None:
             if not self.images_to_write or str(self.save_args.get("format", "")).upper() != "JAC":

@@ -93,6 +93,23 @@ def test_incremental_writes_are_refused_after_one_frame(tmp_path: Path, rgb: np.
     assert iio.imwrite("<bytes>", rgb[None], extension=".jac").startswith(MAGIC)  # a batch of one is one image
 
 
+def test_a_write_that_failed_is_no_frame(tmp_path: Path, rgb: np.ndarray, unraisable: list) -> None:
+    """A write refused (an array Pillow cannot take, a bad quality) leaves the handle ready for the one image."""
+    path = tmp_path / "retry.jac"
+    with iio.imopen(path, "w") as f:
+        with pytest.raises(TypeError):
+            f.write(rgb.astype(np.uint16))  # Pillow's error for 3-channel 16-bit data
+        f.write(rgb)
+    with Image.open(path) as im:
+        assert im.size == (48, 40)
+    with iio.imopen("<bytes>", "w", extension=".jac") as f:
+        with pytest.raises(ValueError, match="quality"):
+            f.write(rgb, quality=75)
+        assert f.write(rgb, quality=4).startswith(MAGIC)
+    gc.collect()
+    assert unraisable == []
+
+
 def test_register_is_idempotent() -> None:
     before = len(known_extensions()[".jac"])
     assert imageio_plugin.register() is True
