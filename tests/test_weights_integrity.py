@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from pillow_jac import codec, engine, weights
+from pillow_jac import codec, codec_steps, engine, weights
 from pillow_jac.weights import WeightsError
 
 from .helpers import natural_image
@@ -78,12 +78,15 @@ def test_tampered_encoder_tensor_fails_with_hash_error(weights_copy: Path, prefi
 def test_tampered_weights_via_environment(
     weights_copy: Path, monkeypatch: pytest.MonkeyPatch, valid_jac: bytes
 ) -> None:
-    """``JAC_WEIGHTS`` pointing at a damaged file: decoding and encoding fail with the hash error."""
+    """``JAC_WEIGHTS`` pointing at a damaged file: encoding fails with the hash error; a file of its generation
+    still decodes, with the package's copy, and a warning names the damaged one."""
     tamper(weights_copy, first_tensor(weights_copy, "int.context."))
+    expected = codec.decode(valid_jac)
     monkeypatch.setenv("JAC_WEIGHTS", str(weights_copy))
+    monkeypatch.setattr(codec_steps, "_DAMAGED", set())
     assert engine.default_weights_path() == weights_copy
-    with pytest.raises(WeightsError, match="damaged"):
-        codec.decode(valid_jac)
+    with pytest.warns(UserWarning, match=f"{weights_copy.name} is damaged.*decoding with another copy"):
+        np.testing.assert_array_equal(codec.decode(valid_jac), expected)
     with pytest.raises(WeightsError, match="damaged"):
         codec.encode(natural_image(8, 8), 2)
     assert isinstance(WeightsError("x"), OSError)  # so Pillow's load() reports it as an OSError
