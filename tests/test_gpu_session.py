@@ -243,6 +243,28 @@ def test_profiled_steps_are_summarised_and_left_out_of_the_timing(image_folder, 
     assert cut_short["profile"] is None and not torch.autograd.profiler._is_profiler_enabled  # the window is closed
 
 
+@pytest.mark.parametrize("where", ["start", "stop"])
+def test_a_profiler_that_fails_ends_its_window_and_not_the_training(image_folder, tmp_path, monkeypatch, where):
+    """The profile is a measurement: its error goes into the report, and the run trains, times and saves."""
+    monkeypatch.delenv("OUT", raising=False)
+
+    class Broken(torch.profiler.profile):
+        def __enter__(self):
+            if where == "start":
+                raise RuntimeError("no profiler here")
+            return super().__enter__()
+
+        def key_averages(self, *args, **kwargs):
+            raise RuntimeError("no events here")
+
+    monkeypatch.setattr(torch.profiler, "profile", Broken)
+    report = session(image_folder, tmp_path / "run", "--steps", "6", "--profile-steps", "2")
+    message = "no profiler here" if where == "start" else "no events here"
+    assert report["steps"] == 6 and report["profile"] == {"error": f"RuntimeError: {message}"}
+    assert report["measured_steps"] >= 6 - 1 - 2 and (tmp_path / "run" / "ema.safetensors").exists()
+    assert not torch.autograd.profiler._is_profiler_enabled
+
+
 @pytest.mark.parametrize("option", ["--log-every", "--batch"])
 def test_counts_below_one_are_refused(tmp_path, capsys, option):
     with pytest.raises(SystemExit) as stop:

@@ -447,7 +447,7 @@ class Session:
 
     def _profile_summary(self, s_per_step: float | None) -> dict | None:
         summary = self.profile.summary() if self.profile else None
-        if summary is not None and summary["device_s_per_step"] is not None and s_per_step:
+        if summary is not None and summary.get("device_s_per_step") is not None and s_per_step:
             summary = {**summary, "device_share_of_timed_step": round(summary["device_s_per_step"] / s_per_step, 4)}
         return summary
 

@@ -8,11 +8,13 @@ one stream, so they do not overlap), their number per step (each a launch from t
 time per step, and the operators that took the most device time (the most CPU time on a CPU dry run).
 The profiler's own host work lowers ``device_busy_share``; the report adds ``device_share_of_timed_step``,
 the device time of a profiled step over the wall time of an unprofiled one. ``top`` lists operators and
-the kernels they launch side by side, so its rows are not to be summed.
+the kernels they launch side by side, so its rows are not to be summed. A profiler that fails ends the
+window with its error as the summary (``{"error": ...}``): the training goes on.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 
 import torch
@@ -21,6 +23,8 @@ __all__ = ["StepProfile"]
 
 #: operators listed in the summary
 TOP = 12
+#: what :attr:`StepProfile.profiler` holds after an error: not None, so the window is not started again
+_FAILED = object()
 
 
 def _device_us(event) -> float:
@@ -45,24 +49,40 @@ class StepProfile:
     def start(self) -> None:
         """Begin the window (after the device has finished the steps queued before it)."""
         activities = [torch.profiler.ProfilerActivity.CPU]
-        if self.cuda:
-            activities.append(torch.profiler.ProfilerActivity.CUDA)
-            torch.cuda.synchronize()
-        self.profiler = torch.profiler.profile(activities=activities)
-        self.profiler.__enter__()
+        try:
+            if self.cuda:
+                activities.append(torch.profiler.ProfilerActivity.CUDA)
+                torch.cuda.synchronize()
+            self.profiler = torch.profiler.profile(activities=activities)
+            self.profiler.__enter__()
+        except Exception as exc:  # the profile is a measurement: the training must not end for it
+            self._fail(exc)
         self.started = time.monotonic()
 
     def step_done(self) -> bool:
         """Count a finished step; after the last one stop the profiler and summarise. True when it stopped."""
+        if self.result is not None:  # ended by an error
+            return True
         self.done += 1
         if self.done < self.steps:
             return False
-        if self.cuda:
-            torch.cuda.synchronize()
-        self.ended = time.monotonic()
-        self.profiler.__exit__(None, None, None)
-        self.result = self._summarise()
+        try:
+            if self.cuda:
+                torch.cuda.synchronize()
+            self.ended = time.monotonic()
+            self.profiler.__exit__(None, None, None)
+            self.result = self._summarise()
+        except Exception as exc:
+            self._fail(exc)
         return True
+
+    def _fail(self, exc: Exception) -> None:
+        """End the window on a profiler error: the error is the summary, and the profiler is let go."""
+        self.result = {"error": f"{type(exc).__name__}: {exc}"[:300]}
+        if self.profiler is not None:
+            with contextlib.suppress(Exception):
+                self.profiler.__exit__(None, None, None)
+        self.profiler = _FAILED
 
     def _summarise(self) -> dict:
         wall_us = (self.ended - self.started) * 1e6
@@ -89,7 +109,8 @@ class StepProfile:
     def close(self) -> None:
         """Stop a window that the run's end cut short (no summary then)."""
         if self.profiler is not None and self.result is None:
-            self.profiler.__exit__(None, None, None)
+            with contextlib.suppress(Exception):
+                self.profiler.__exit__(None, None, None)
             self.profiler = None
 
     def summary(self) -> dict | None:
