@@ -307,7 +307,8 @@ def test_stream_of_a_partial_word_is_refused_before_the_hyperprior(rgba_jac: byt
     def no_hyperprior(*args, **kwargs):
         raise AssertionError("h_s ran before the stream length was checked")
 
-    monkeypatch.setattr(latent_coding.LatentCoder, "hyper_features", no_hyperprior)
+    for name in ("hyper_stripes", "hyper_features"):  # the wavefront decoder's, and the whole-image one
+        monkeypatch.setattr(latent_coding.LatentCoder, name, no_hyperprior)
     with pytest.raises(EntropyCodingError, match="is not a multiple of 4"):
         codec.decode(forged)
 

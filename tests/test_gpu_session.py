@@ -92,11 +92,11 @@ def test_failed_compile_falls_back_to_eager_and_time_stops_it(image_folder, tmp_
     monkeypatch.setenv("OUT", str(tmp_path / "out_env"))
     report = gpu_session.main(
         ["--dry-run", "--data", str(image_folder), "--out", str(tmp_path / "run"), "--compile"]
-        + ["--minutes", "0.05", "--margin", "1", "--steps", "0", "--log-every", "1000"]
-    )
+        + ["--minutes", "0.08", "--margin", "1", "--steps", "0", "--log-every", "1000"]
+    )  # its deadline 3.8 s after its start, of which set-up took about 1.1 s on 2 busy cores
     assert report["stop"] == "time" and report["steps"] > 1
     assert report["compile"]["used"] is False and "no compiler here" in report["compile"]["error"]
-    assert report["seconds"]["total"] < 3.5
+    assert report["seconds"]["total"] < 6
     # stopped on time, its last step inside the last 30% of its time: the learning rate had begun to fall
     # (time_decay's own values are its doctest's)
     warm = 1e-4 * min(1.0, report["step_end"] / 200)

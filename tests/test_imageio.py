@@ -260,7 +260,7 @@ def test_format_jac_reaches_the_jac_plugin_without_an_extension(tmp_path: Path, 
     """imageio gives a write without ``.jac`` in its name to the first plugin that takes it: ours, before ``pillow``."""
     path = tmp_path / "no-extension"
     path.write_bytes(b"kept")
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="quality"):
         iio.imwrite(path, rgb, format="JAC", quality=9)  # refused before the file is touched
     assert path.read_bytes() == b"kept"
     out = io.BytesIO()

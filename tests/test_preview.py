@@ -27,6 +27,16 @@ def image() -> Image.Image:
         return im.convert("RGB").crop((120, 80, 120 + SIZE[0], 80 + SIZE[1]))
 
 
+def forbid_decode(monkeypatch) -> None:
+    """The image's own streams must not be decoded: a thumbnail or draft is to come from the preview."""
+    monkeypatch.setattr(JacImagePlugin, "_raw_pixels", lambda *a: pytest.fail("decoded the image, not its preview"))
+
+
+@pytest.fixture
+def no_decode(monkeypatch) -> None:
+    forbid_decode(monkeypatch)
+
+
 def jac_bytes(im: Image.Image, **options) -> bytes:
     buffer = io.BytesIO()
     im.save(buffer, "JAC", **options)
@@ -67,11 +77,10 @@ def test_a_file_with_preview_decodes_to_the_same_pixels(plain: bytes, with_previ
         assert im.size == SIZE and np.array_equal(np.asarray(im), codec.decode(plain))
 
 
-def test_thumbnail_uses_the_preview(image: Image.Image, with_preview: bytes) -> None:
+def test_thumbnail_uses_the_preview(image: Image.Image, with_preview: bytes, no_decode) -> None:
     with Image.open(io.BytesIO(with_preview)) as im:
         im.thumbnail((24, 24))  # asks draft() for 48 x 48: the preview covers it
-        assert im.size == (24, 20) and im.mode == "RGB"
-        assert im._jac is None  # from the preview: the image's own streams were never decoded
+        assert im.size == (24, 20) and im.mode == "RGB"  # from the preview (forbid_decode)
     expected = image.resize((48, 40), Image.Resampling.LANCZOS).resize((24, 20), Image.Resampling.BICUBIC)
     difference = np.abs(np.asarray(im, np.int16) - np.asarray(expected, np.int16))
     assert difference.mean() < 6  # the WebP preview's loss, not another picture
@@ -120,15 +129,15 @@ def test_thumbnail_without_preview_decodes(plain: bytes) -> None:
 
 
 @pytest.mark.parametrize("mode", ["L", "LA", "RGBA"])
-def test_preview_keeps_the_mode(image: Image.Image, mode: str) -> None:
+def test_preview_keeps_the_mode(image: Image.Image, mode: str, monkeypatch) -> None:
     converted = image.convert(mode)
     if mode in ("LA", "RGBA"):
         converted.putalpha(Image.linear_gradient("L").resize(SIZE))
     data = jac_bytes(converted, quality=2, preview=48)
+    forbid_decode(monkeypatch)
     with Image.open(io.BytesIO(data)) as im:
         im.thumbnail((24, 24))
-        assert im.mode == mode and im.size == (24, 20)
-        assert im._jac is None  # from the preview, not a decode
+        assert im.mode == mode and im.size == (24, 20)  # from the preview (forbid_decode)
         if mode != "L":  # alpha survives the preview (WebP with alpha)
             alpha = np.asarray(im.getchannel("A"), np.int16)
             assert alpha[0].mean() < 40 and alpha[-1].mean() > 200  # the gradient runs top to bottom
@@ -281,7 +290,7 @@ def test_a_closed_image_fails_at_once_and_lets_go_of_its_data(with_preview: byte
 
     monkeypatch.setattr(JacImagePlugin, "_raw_pixels", lambda *a: pytest.fail("decoded a closed image"))
     im = Image.open(io.BytesIO(with_preview))
-    im.draft(None, (128, 128))
+    assert im.draft(None, (48, 48)) is not None and im._preview is not None  # the preview drafted
     im.close()
     assert im._jac is None and im._preview is None
     with pytest.raises(ValueError, match="closed image"):
@@ -291,11 +300,12 @@ def test_a_closed_image_fails_at_once_and_lets_go_of_its_data(with_preview: byte
 def test_thumbnail_warns_of_a_bomb_once(image: Image.Image, monkeypatch) -> None:
     """The preview went through Image.open's check too: a second DecompressionBombWarning, for a smaller image."""
     data = jac_bytes(image, quality=3, preview=90)  # a 90x75 preview of the 96x80 image
+    forbid_decode(monkeypatch)
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 5000)  # both warn (not an error below 10,000)
     with pytest.warns(Image.DecompressionBombWarning) as caught:
         im = Image.open(io.BytesIO(data))
         im.thumbnail((45, 38))
-    assert im.size == (45, 38) and im._jac is None  # from the preview
+    assert im.size == (45, 38)  # from the preview (forbid_decode)
     assert len([w for w in caught if issubclass(w.category, Image.DecompressionBombWarning)]) == 1
 
 

@@ -225,6 +225,8 @@ def test_freeze_never_writes_over_another_generation_or_the_vectors(tmp_path: Pa
     # a training run frozen again over its own earlier file (same id, a newer decoder) is the usual case
     run = tmp_path / "run.safetensors"
     freeze_module.main([str(tmp_path / "other.safetensors"), str(run), "--release", "0"])
+    first = weights.load_weights(run)[1]["decoder_hash"]
     trained_on = tiny_model(3)
     weights.save_float_state(tmp_path / "later.safetensors", trained_on.state_dict(), trained_on.config, {})
     freeze_module.main([str(tmp_path / "later.safetensors"), str(run), "--release", "0"])
+    assert weights.load_weights(run)[1]["decoder_hash"] != first  # replaced by the newer decoder

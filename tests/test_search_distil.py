@@ -166,6 +166,7 @@ def test_training_changes_only_the_encoder_and_scores_real_files(base, tmp_path,
     assert "3 steps" in best_meta["encoder_update"] and not all(torch.equal(best[k], v) for k, v in last.items())
 
 
-def test_evaluation_sets_are_refused(base, tmp_path):
+def test_evaluation_sets_are_refused(base, tmp_path, capsys):
     with pytest.raises(SystemExit):
         search_distil.parse_args(["train", "--weights", str(base), "--data", str(tmp_path / "kodak")])
+    assert "looks like the kodak evaluation set: never train on it" in capsys.readouterr().err
