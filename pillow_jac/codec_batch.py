@@ -168,7 +168,7 @@ def encode_batch(
         >>> [decode(f).shape for f in files]
         [(20, 30, 3), (40, 9)]
     """
-    images = _items(images, "images", (bytes, str, os.PathLike))
+    images = _items(images, "images", (bytes, bytearray, memoryview, str, os.PathLike))
     q = container.quantize_quality(validate_quality(DEFAULT_QUALITY if quality is None else quality))
     effort = validate_effort(DEFAULT_EFFORT if effort is None else effort)
     batch_size = _check_batch_size(batch_size)

@@ -40,7 +40,10 @@ def as_array(image) -> tuple[np.ndarray, str]:
         image = np.asarray(image)
     elif not array_like(image):
         raise TypeError(f"expected a uint8 numpy array or a PIL image, got {type(image).__name__}")
-    arr = np.asarray(image)
+    try:
+        arr = np.asarray(image)
+    except RuntimeError as exc:  # a torch tensor that requires grad, say
+        raise TypeError(f"cannot read a {type(image).__name__} as an array: {exc}") from exc
     if arr.dtype != np.uint8:
         if isinstance(image, (list, tuple)):  # numpy reads Python ints as int64, never uint8
             raise ValueError(

@@ -156,7 +156,7 @@ def test_wide_images_are_not_batched(monkeypatch):
 
 def test_one_item_for_a_list_is_refused(tmp_path) -> None:
     image = natural_image(48, 48, seed=10)
-    for single in (image, image[:, :, 0], Image.fromarray(image)):
+    for single in (image, image[:, :, 0], Image.fromarray(image), memoryview(image), bytearray(image.tobytes())):
         with pytest.raises(TypeError, match="images must be a list"):
             codec.encode_batch(single, QUALITY)
     objects = np.empty(2, dtype=object)
@@ -171,6 +171,8 @@ def test_one_item_for_a_list_is_refused(tmp_path) -> None:
     torch = pytest.importorskip("torch")
     with pytest.raises(TypeError, match="images must be a list"):  # iterated, it gave one "image" per row
         codec.encode_batch(torch.from_numpy(image), QUALITY)
+    with pytest.raises(TypeError, match="cannot read a Tensor as an array"):  # torch's own error is a RuntimeError
+        codec.encode(torch.zeros(8, 8, 3, requires_grad=True), QUALITY)
     assert codec.encode_batch(torch.from_numpy(np.stack([image, image])), QUALITY) == [data, data]
     paths = [tmp_path / "a.jac", tmp_path / "b.jac"]
     for path in paths:
