@@ -330,12 +330,16 @@ def convert(
 
     stop_ray = None  # Ray started here is stopped again at the end
     if not ray.is_initialized():
-        options: dict[str, Any] = {"address": address, "log_to_driver": False, "logging_level": logging.WARNING}
+        # "local": a new instance, not a cluster that RAY_ADDRESS or an earlier `ray start` would name
+        options: dict[str, Any] = {"address": address or "local", "log_to_driver": False}
+        options["logging_level"] = logging.WARNING
         if address is None:
             options["include_dashboard"] = False
         stop_ray = _start_ray(ray, options)
     try:
-        placed = _placement(ray.cluster_resources(), len(jobs), workers, num_cpus, num_gpus, device)
+        # a local instance started here never grows: a worker that does not fit now never will
+        grows = stop_ray is None or address is not None
+        placed = _placement(ray.cluster_resources(), len(jobs), workers, num_cpus, num_gpus, device, grows)
         workers, num_gpus, device = placed
         slots_each = max(1, (in_flight or IN_FLIGHT_PER_WORKER * workers) // workers)
         actor_class = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, max_restarts=0)(Worker)
@@ -366,6 +370,7 @@ def _placement(
     num_cpus: float,
     num_gpus: float | None,
     device: str | None,
+    grows: bool = True,
 ) -> tuple[int, float, str | None]:
     """``(workers, num_gpus, device)`` for ``files`` files on a cluster of ``resources`` (:func:`convert`'s defaults).
 
@@ -375,7 +380,8 @@ def _placement(
     meanwhile.
 
     Raises:
-        ValueError: the cluster holds no worker at all now and ``workers`` is not given.
+        ValueError: the cluster holds no worker at all now and ``workers`` is not given, or it cannot grow
+            (``grows`` False: a local instance started for this call) and holds none.
     """
     if num_gpus is None:
         wants_gpu = device is None or str(device).split(":")[0] in ("cuda", "auto")
@@ -386,10 +392,11 @@ def _placement(
     if num_gpus > 0:
         fits = min(fits, resources.get("GPU", 0) / num_gpus)
     kind = f"{num_cpus:g} CPU and {num_gpus:g} GPU"
-    if int(fits) == 0 and files and workers is None:
+    if int(fits) == 0 and files and (workers is None or not grows):
         raise ValueError(
             f"the cluster holds no worker of {kind} now ({resources.get('CPU', 0):g} CPUs, "
-            f"{resources.get('GPU', 0):g} GPUs): ask for less, or give workers= to wait until it has room"
+            f"{resources.get('GPU', 0):g} GPUs): ask for less"
+            + (", or give workers= to wait until it has room" if grows else "; this local instance does not grow")
         )
     asked = workers
     workers = min(max(1, int(fits)) if workers is None else workers, files)

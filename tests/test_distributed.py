@@ -216,6 +216,11 @@ def test_placement_of_the_workers() -> None:
         place({"CPU": 2.0}, 100, None, 1, 1.0, None)  # a GPU asked for where there is none: it would wait forever
     with pytest.warns(UserWarning, match="holds 0 now: nothing converts until it has room"):
         assert place({"CPU": 2.0}, 100, 2, 1, 1.0, None) == (2, 1.0, "cuda")
+    # a local instance started for the call never grows: a worker that does not fit would wait for ever
+    with pytest.raises(ValueError, match="holds no worker of 64 CPU and 0 GPU now .*does not grow"):
+        place({"CPU": 2.0}, 100, 1, 64, None, None, grows=False)
+    with pytest.warns(UserWarning, match="the others start when it has room"):  # some fit: the rest take turns
+        assert place({"CPU": 2.0}, 100, 4, 1, None, None, grows=False)[0] == 4
 
 
 class _ProcessChangingRay:
@@ -292,6 +297,21 @@ def test_a_ray_that_fails_to_start_leaves_the_process_as_it_found_it(process_sta
         distributed._start_ray(_ProcessChangingRay(fails=True), {})
     assert _as_the_program_left_it(process_state, want)
     assert os.environ["JAC_TEST_TOUCHED_SINCE"] == "the program's"
+
+
+@pytest.mark.parametrize(("address", "asked"), [(None, "local"), ("auto", "auto")])
+def test_without_an_address_a_new_local_instance_is_started(tmp_path, monkeypatch, process_state, address, asked):
+    """``address=None`` is a new local instance, not the cluster that RAY_ADDRESS or an earlier ``ray start`` names."""
+    (tmp_path / "in").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "in" / "a.png")
+    ray = _ProcessChangingRay(fails=True)
+    seen = {}
+    ray.is_initialized = lambda: False
+    ray.init = lambda **options: (seen.update(options), _ProcessChangingRay.init(ray, **options))
+    monkeypatch.setitem(sys.modules, "ray", ray)
+    with pytest.raises(ConnectionError):
+        distributed.convert(tmp_path / "in", tmp_path / "out", address=address)
+    assert seen["address"] == asked
 
 
 def test_draws_the_program_made_while_ray_ran_are_not_drawn_again(process_state) -> None:
