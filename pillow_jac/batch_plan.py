@@ -42,28 +42,38 @@ __all__ = [
 ATTEMPTS = 2
 
 
-def batch_inputs(in_dir: Path, to: str, recursive: bool, *, out_dir: Path | None = None) -> list[Path]:
+def batch_inputs(
+    in_dir: Path, to: str, recursive: bool, *, out_dir: Path | None = None, unreadable: list | None = None
+) -> list[Path]:
     """The files of ``in_dir`` a batch converts: every image Pillow decodes (``to="jac"``) or every ``.jac``.
 
     Hidden files and folders (names starting with ``.``: macOS's ``._NAME`` companions, ``.thumbnails``,
     temporary files) are not part of the batch, nor is ``out_dir`` where it lies inside ``in_dir`` (its outputs
     would be converted again by the next run). An image is chosen by its extension, among the formats Pillow
     can decode here (:func:`_decodable_extensions`). A link that leads nowhere is listed, so that it is reported
-    as failed, not passed over; folders reached through links are not entered.
+    as failed, not passed over; folders reached through links are not entered. A folder that cannot be read
+    (``in_dir`` or, with ``recursive``, one below it) is added to ``unreadable`` with its error, where given,
+    rather than passed over in silence.
     """
     exts = _decodable_extensions() if to == "jac" else {".jac"}
-    pattern = "**/*" if recursive else "*"
     real_in = Path(os.path.realpath(in_dir))
     outputs = Path(os.path.realpath(out_dir)) if out_dir is not None else None  # links resolved on both sides
     skip = outputs if outputs is not None and outputs != real_in and outputs.is_relative_to(real_in) else None
-    return sorted(
-        p
-        for p in in_dir.glob(pattern)
-        if p.suffix.lower() in exts
-        and not any(part.startswith(".") for part in p.relative_to(in_dir).parts)
-        and (skip is None or not (real_in / p.relative_to(in_dir)).is_relative_to(skip))
-        and (p.is_file() or (p.is_symlink() and not p.exists()))
-    )
+    found = []
+    for root, folders, names in os.walk(in_dir, onerror=None if unreadable is None else unreadable.append):
+        folder = Path(root)
+        relative = folder.relative_to(in_dir)
+        if any(part.startswith(".") for part in relative.parts) or (
+            skip is not None and (real_in / relative).is_relative_to(skip)
+        ):
+            folders[:] = []  # nor anything below it
+            continue
+        # names os.walk gives as files: files, links to files and links that lead nowhere (a link to a folder
+        # is among the folders, and not entered)
+        found.extend(folder / name for name in names if Path(name).suffix.lower() in exts and not name.startswith("."))
+        if not recursive:
+            break
+    return sorted(p for p in found if p.is_file() or (p.is_symlink() and not p.exists()))
 
 
 def _decodable_extensions() -> set[str]:
@@ -141,7 +151,7 @@ def plan_batch(
         ``({input: output}, {input: (output, why)})``: the files to convert, in the order they are submitted,
         and the inputs that would share an output with another (``a.png`` and ``a.jpg``; names that differ only in
         case where the output folder does not tell them apart, as on macOS and Windows), none of which is
-        converted; all paths absolute.
+        converted, and the folders below a folder given that cannot be read; all paths absolute.
 
     Raises:
         ValueError: ``inputs`` is not a folder nor a list, has no images, a path is outside ``base_dir``,
@@ -152,14 +162,18 @@ def plan_batch(
     out = Path(os.path.abspath(out_dir))
     if out.exists() and not out.is_dir():
         raise ValueError(f"{out_dir}: not a directory (the output folder)")
+    unreadable: list[OSError] = []
     if isinstance(inputs, (str, os.PathLike)):
         in_dir = Path(os.path.abspath(inputs))
         if not in_dir.is_dir():
             raise ValueError(f"{inputs}: {'not a directory' if in_dir.exists() else 'no such directory'}")
-        sources, base = batch_inputs(in_dir, to, recursive, out_dir=out), in_dir
+        sources, base = batch_inputs(in_dir, to, recursive, out_dir=out, unreadable=unreadable), in_dir
+        for error in unreadable:
+            if Path(os.path.abspath(error.filename)) == in_dir:
+                raise ValueError(f"{inputs}: cannot read the folder: {error.strerror}")
         if to == "jac":
             sources = _originals(sources, shown_name(inputs))
-        if not sources:
+        if not sources and not unreadable:
             raise ValueError(f"{inputs}: no {'images' if to == 'jac' else '.jac files'} found")
     else:
         sources = [Path(os.path.abspath(p)) for p in inputs]
@@ -208,6 +222,10 @@ def plan_batch(
                 others = ", ".join(_beside(o, src) for o in srcs if outputs[o] != outputs[src])
                 said = f"{others} would also be written to {outputs[src].name} ({why}); neither is converted"
                 clashes[src] = (outputs[src], said)
+    for error in unreadable:  # a folder below the input folder: each is reported as a file that failed
+        folder = Path(os.path.abspath(error.filename))
+        why = f"cannot read this folder ({error.strerror}): the images in it are not converted"
+        clashes[folder] = (out / folder.relative_to(base), why)
     jobs = {src: dst for src, dst in outputs.items() if src not in clashes}
     return jobs, clashes
 

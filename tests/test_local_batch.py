@@ -161,6 +161,35 @@ def test_hidden_files_are_not_inputs(tmp_path: Path) -> None:
     assert [str(p.relative_to(tmp_path)) for p in found] == ["a.png", "sub/b.png"]
 
 
+def _unreadable(monkeypatch, *folders: Path) -> None:
+    """``folders`` refuse to be listed, as a folder without read permission does (root reads every folder)."""
+    scandir = os.scandir
+
+    def refusing(path="."):
+        if Path(os.fspath(path)).resolve() in {f.resolve() for f in folders}:
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return scandir(path)
+
+    monkeypatch.setattr(os, "scandir", refusing)
+
+
+def test_a_folder_that_cannot_be_read_is_reported_not_passed_over(tmp_path: Path, monkeypatch, capsys) -> None:
+    """With -r, an unreadable subfolder fails like a file (exit 1, named) and the rest convert; an unreadable
+    input folder is said to be one, not 'no images found'."""
+    photos = tmp_path / "photos"
+    (photos / "locked").mkdir(parents=True)
+    photo().save(photos / "a.png")
+    photo().save(photos / "locked" / "b.png")
+    _unreadable(monkeypatch, photos / "locked")
+    assert main(["batch", str(photos), str(tmp_path / "out"), "--to", "jac", "-r", "-j", "1", "-q", "1"]) == 1
+    err = capsys.readouterr().err
+    assert f"{photos / 'locked'}" in err and "cannot read this folder (Permission denied)" in err, err
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["a.jac"]
+    _unreadable(monkeypatch, photos)
+    assert main(["batch", str(photos), str(tmp_path / "out2"), "--to", "jac", "-j", "1"]) == 1
+    assert "cannot read the folder: Permission denied" in capsys.readouterr().err
+
+
 def test_preview_size_reaches_the_file(tmp_path: Path) -> None:
     photo(0, 128).save(tmp_path / "a.png")
     convert_file(str(tmp_path / "a.png"), str(tmp_path / "a.jac"), "jac", 2, 0, None, {"preview": 64})
