@@ -276,8 +276,9 @@ def is_done(
       :data:`~pillow_jac.decoded_output.DECODED_BY`), so an original is not taken for one;
     * for ``to="jac"``: the container parses (every chunk's CRC), its quality is ``quality`` (as stored, to
       1/256; None, for a size or PSNR target, checks none), it holds a preview exactly when ``preview``
-      asks for one that is smaller than the image, with ``target_size`` it is no larger, with ``strip`` it
-      holds no ICC profile, EXIF or XMP, and it was made for ``model`` (by default the generation that
+      asks for one that is smaller than the image, of the size asked for, with ``target_size`` it is no
+      larger, with ``strip`` it holds no ICC profile, EXIF or XMP (and without it, some where the source's
+      header has any), and it was made for ``model`` (by default the generation that
       encodes now, :func:`pillow_jac.generations.encoder`).
 
     The effort, a PSNR target and a size target larger than before are not checked: run with
@@ -306,14 +307,17 @@ def is_done(
                 # EXIF may follow its pixels: Pillow reads them all to find it)
                 if jac.size != im.size and not (jac.size == im.size[::-1] and exif_orientation(im) in (5, 6, 7, 8)):
                     return False
+                # what Pillow read with the header (a PNG's eXIf after its pixels is not looked for)
+                source_metadata = any(im.info.get(name) for name in ("icc_profile", "exif", "xmp"))
     except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError):
         return False
     if quality is not None and jac.header.quality != container.quantize_quality(quality):
         return False
     if target_size is not None and out.st_size > target_size:
         return False
-    if strip and any(getattr(jac, name) for name in ("icc_profile", "exif", "xmp")):
-        return False
+    kept_metadata = any(getattr(jac, name) for name in ("icc_profile", "exif", "xmp"))
+    if strip and kept_metadata or not strip and source_metadata and not kept_metadata:
+        return False  # made with --strip, or without it (from a source that has metadata), the other asked for
     try:
         wanted = model or generations.encoder().model_id
     except LookupError:  # no generation encodes here: the conversion reports it
@@ -321,6 +325,9 @@ def is_done(
     if jac.header.model_id != wanted:
         return False
     wants_preview = preview is not False and preview is not None and max(jac.size) > preview_size(preview)
+    if wants_preview and jac.preview is not None:
+        unpacked = container.unpack_preview(jac.preview)  # None: one that cannot be used
+        return unpacked is not None and max(unpacked[1:3]) == preview_size(preview)  # the size asked for
     return wants_preview == (jac.preview is not None)
 
 

@@ -163,6 +163,17 @@ def test_is_done_checks_preview_size_and_png(tmp_path: Path) -> None:
     assert distributed.is_done(src, with_preview, "jac", 3, preview=64)
     assert not distributed.is_done(src, with_preview, "jac", 3)  # a preview that was not asked for
     assert distributed.is_done(src, plain, "jac", 3, preview=True)  # 512 px: larger than the image, none is made
+    assert not distributed.is_done(src, with_preview, "jac", 3, preview=48)  # a preview of another size
+    tagged = tmp_path / "tagged.png"
+    Image.fromarray(natural_image(96, 128, 3)).save(tagged, icc_profile=b"profile", exif=b"Exif\x00\x00MM\x00*")
+    stripped, kept = tmp_path / "stripped.jac", tmp_path / "kept.jac"
+    with Image.open(tagged) as im:
+        save(im, stripped, quality=3, icc_profile=None, exif=None, xmp=None)
+        save(im, kept, quality=3)
+    assert distributed.is_done(tagged, stripped, "jac", 3, strip=True)
+    assert not distributed.is_done(tagged, stripped, "jac", 3)  # made with --strip, asked for without it
+    assert distributed.is_done(tagged, kept, "jac", 3) and not distributed.is_done(tagged, kept, "jac", 3, strip=True)
+    assert distributed.is_done(src, plain, "jac", 3)  # a source with no metadata: nothing to keep
     size = plain.stat().st_size
     assert distributed.is_done(src, plain, "jac", None, target_size=size)
     assert not distributed.is_done(src, plain, "jac", None, target_size=size - 1)  # does not fit a smaller target
