@@ -323,7 +323,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         for given, flag in ((args.worker_cpus, "--worker-cpus"), (args.worker_gpus is not None, "--worker-gpus")):
             if given:
                 parser.error(f"{flag} is an option of --ray")
-    with handling({signal.SIGTERM: _terminate}):  # the caller's handler is back after
+    terminated: list[int] = []  # a SIGTERM came, whatever a library made of the exception it raised
+
+    def terminate(signum: int, frame: Any) -> None:
+        terminated.append(signum)
+        raise _Terminated
+
+    with handling({signal.SIGTERM: terminate}):  # the caller's handler is back after
         try:
             with warnings.catch_warnings():
                 warnings.showwarning = show_warning
@@ -336,7 +342,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         except BrokenPipeError:  # the reader of "-" went away (| head): stop quietly, as other filters do
             _silence_stdout()
             return 128 + getattr(signal, "SIGPIPE", 13)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt:  # Ctrl-C, or a SIGTERM that a library (Ray's wait) raised again as Ctrl-C
+            if terminated:
+                print(f"{PROG}: terminated", file=sys.stderr)
+                return 128 + signal.SIGTERM
             print(f"{PROG}: interrupted", file=sys.stderr)
             return 130
         except SystemExit:
@@ -349,10 +358,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 class _Terminated(KeyboardInterrupt):
     """SIGTERM, raised in the main thread so that it unwinds (and cleans up) as Ctrl-C does."""
-
-
-def _terminate(signum: int, frame: Any) -> None:
-    raise _Terminated
 
 
 def _silence_stdout() -> None:

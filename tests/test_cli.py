@@ -514,6 +514,26 @@ def test_sigterm_stops_like_ctrl_c(png: Path, tmp_path: Path, monkeypatch, capsy
     assert signal.getsignal(signal.SIGTERM) is before  # main() puts the handler back
 
 
+@pytest.mark.skipif(os.name != "posix", reason="POSIX signals")
+def test_sigterm_that_a_library_raises_again_as_ctrl_c_is_still_terminated(png: Path, monkeypatch, capsys) -> None:
+    """Ray's wait catches the exception SIGTERM raises and raises KeyboardInterrupt instead: still 143."""
+    from pillow_jac import codec
+
+    def encode(*args, **kwargs):
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+        except KeyboardInterrupt:
+            raise KeyboardInterrupt from None  # as ray.wait does
+        raise AssertionError("SIGTERM did not stop the encode")
+
+    monkeypatch.setattr(codec, "encode", encode)
+    assert main(["encode", str(png), str(png.with_suffix(".jac"))]) == 128 + signal.SIGTERM
+    assert capsys.readouterr().err.strip() == "jac: terminated"
+    monkeypatch.setattr(codec, "encode", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
+    assert main(["encode", str(png), str(png.with_suffix(".jac"))]) == 130  # a Ctrl-C is still one
+    assert capsys.readouterr().err.strip() == "jac: interrupted"
+
+
 def test_standard_input_and_output(png: Path, tmp_path: Path, monkeypatch, capsysbinary) -> None:
     """``-`` reads standard input and writes standard output, byte for byte what a file would get."""
     import io
