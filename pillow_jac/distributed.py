@@ -300,6 +300,7 @@ def convert(
         ImportError: Ray is not installed.
         ValueError: bad options or inputs (see :func:`pillow_jac.batch_plan.plan_batch`).
         RuntimeError: no worker could be started (after one has, files no worker is left for fail instead).
+        ConnectionError: ``address`` (``HOST:PORT`` or ``ray://HOST:PORT``) takes no connection.
     """
     quality, effort = validate_quality(quality), validate_effort(effort)
     if target_size is not None or target_psnr is not None:
@@ -335,6 +336,8 @@ def convert(
         options["logging_level"] = logging.WARNING
         if address is None:
             options["include_dashboard"] = False
+        else:
+            _check_reachable(address)
         stop_ray = _start_ray(ray, options)
     try:
         # a local instance started here never grows: a worker that does not fit now never will
@@ -407,6 +410,26 @@ def _placement(
             stacklevel=3,
         )
     return workers, num_gpus, device
+
+
+#: seconds to wait for a Ray address to take a connection before saying it cannot be reached
+CONNECT_SECONDS = 10.0
+
+
+def _check_reachable(address: str) -> None:
+    """Raise :class:`ConnectionError` at once when ``HOST:PORT`` (or ``ray://HOST:PORT``) takes no connection.
+
+    ``ray.init`` itself retries an address that does not answer for many minutes, printing only its own log
+    lines. ``auto`` and other forms are left to Ray.
+    """
+    target = address.removeprefix("ray://")
+    host, _, port = target.rpartition(":")
+    if not host or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_SECONDS).close()
+    except OSError as exc:
+        raise ConnectionError(f"cannot reach Ray at {address}: {exc.strerror or exc}") from None
 
 
 def _start_ray(ray: Any, options: dict[str, Any]) -> Callable[[], None]:

@@ -325,6 +325,28 @@ def test_without_an_address_a_new_local_instance_is_started(tmp_path, monkeypatc
     assert seen["address"] == asked
 
 
+def test_an_address_that_takes_no_connection_fails_at_once(tmp_path, monkeypatch) -> None:
+    """ray.init retries such an address for many minutes; it is refused before Ray is asked."""
+    import socket
+
+    (tmp_path / "in").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "in" / "a.png")
+    listening = socket.socket()
+    listening.bind(("127.0.0.1", 0))
+    port = listening.getsockname()[1]
+    ray = _ProcessChangingRay(fails=True)
+    ray.is_initialized = lambda: False
+    ray.init = lambda **options: pytest.fail("Ray was asked")
+    monkeypatch.setitem(sys.modules, "ray", ray)
+    for address in (f"127.0.0.1:{port}", f"ray://127.0.0.1:{port}"):  # bound, not listening: refused
+        with pytest.raises(ConnectionError, match=f"cannot reach Ray at {address}"):
+            distributed.convert(tmp_path / "in", tmp_path / "out", address=address)
+    listening.listen()
+    distributed._check_reachable(f"127.0.0.1:{port}")  # one that answers passes
+    distributed._check_reachable("auto")  # and forms other than HOST:PORT are left to Ray
+    listening.close()
+
+
 def test_draws_the_program_made_while_ray_ran_are_not_drawn_again(process_state) -> None:
     stop = distributed._start_ray(_ProcessChangingRay(), {})
     random.random()  # the program's own, from another thread while the batch runs
