@@ -13,7 +13,7 @@ import numbers
 import struct
 from typing import TYPE_CHECKING
 
-from PIL import Image, JpegImagePlugin, WebPImagePlugin
+from PIL import Image, ImageFile, JpegImagePlugin, WebPImagePlugin
 
 from . import container
 from .constants import ALPHA_LAYOUTS, GRAY_LAYOUTS
@@ -55,6 +55,8 @@ def preview_for(jac: container.JacFile, mode: str, size: tuple[int, int]) -> Ima
     # large image's preview, whose image Image.open checked already. A preview of another size than
     # declared is refused before its pixels are decoded, so no more than the image's size is ever decoded.
     if image_format == container.PREVIEW_JPEG:
+        if ImageFile.LOAD_TRUNCATED_IMAGES and not data.rstrip(b"\x00").endswith(b"\xff\xd9"):
+            return None  # cut short (no end of image): Pillow would fill it in with grey rather than refuse it
         plugin = JpegImagePlugin.JpegImageFile  # reads the size from its frame header, decodes on load()
     elif getattr(WebPImagePlugin, "SUPPORTED", True) and _webp_size(data) == (width, height):
         plugin = WebPImagePlugin.WebPImageFile  # allocates its canvas when opened: the size is checked first

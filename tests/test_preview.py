@@ -333,6 +333,30 @@ def test_a_preview_without_alpha_stands_only_for_an_opaque_image(layout: str, im
                 assert im.mode == layout and im.size == (48, 40) and im.getextrema()[-1] == (255, 255)
 
 
+def test_a_jpeg_preview_cut_short_is_not_used_even_where_truncated_images_load(image, monkeypatch) -> None:
+    """SPEC.md 5.4: a preview that does not decode to its size is ignored. Pillow fills a cut JPEG in with grey
+    under LOAD_TRUNCATED_IMAGES; the preview is refused then, and the whole one still serves."""
+    from PIL import ImageFile
+
+    buffer = io.BytesIO()
+    image.resize((48, 40)).save(buffer, "JPEG", quality=90)
+    whole = buffer.getvalue()
+    width, height = SIZE
+
+    def file_with(jpeg: bytes) -> bytes:
+        jac = container.JacFile.create(
+            width=width, height=height, layout="RGB", quality=2, model_id="demo", weights_hash=bytes(8),
+            z_stream=b"z", y_stream=b"y", preview=container.pack_preview(container.PREVIEW_JPEG, 48, 40, jpeg),
+        )  # fmt: skip
+        return container.serialize(jac)
+
+    monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", True)
+    with Image.open(io.BytesIO(file_with(whole[: len(whole) // 2]))) as im:
+        assert im.draft(None, (48, 48)) is None
+    with Image.open(io.BytesIO(file_with(whole))) as im:
+        assert im.draft(None, (48, 48)) is not None
+
+
 def test_numpy_booleans_and_integers_are_taken_as_python_ones():
     from pillow_jac.preview import PREVIEW_SIZE, preview_size
 
