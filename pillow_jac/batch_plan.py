@@ -24,6 +24,7 @@ from .constants import DEFAULT_QUALITY
 from .conversion import PROG, exif_orientation
 from .decoded_output import carries_mark
 from .preview import preview_size
+from .source_record import SourceRecord
 
 __all__ = [
     "ATTEMPTS",
@@ -151,7 +152,9 @@ def plan_batch(
         ``({input: output}, {input: (output, why)})``: the files to convert, in the order they are submitted,
         and the inputs that would share an output with another (``a.png`` and ``a.jpg``; names that differ only in
         case where the output folder does not tell them apart, as on macOS and Windows), none of which is
-        converted, and the folders below a folder given that cannot be read; all paths absolute.
+        converted, the inputs whose output exists and was made from another file
+        (:class:`~pillow_jac.source_record.SourceRecord`), and the folders below a folder given that cannot be
+        read; all paths absolute.
 
     Raises:
         ValueError: ``inputs`` is not a folder nor a list, has no images, a path is outside ``base_dir``,
@@ -222,6 +225,11 @@ def plan_batch(
                 others = ", ".join(_beside(o, src) for o in srcs if outputs[o] != outputs[src])
                 said = f"{others} would also be written to {outputs[src].name} ({why}); neither is converted"
                 clashes[src] = (outputs[src], said)
+    made_from = SourceRecord(out)
+    for src, dst in outputs.items():  # an output another file made (another folder's a.png) is not replaced
+        why_not = None if src in clashes else made_from.conflict(src, dst)
+        if why_not is not None:
+            clashes[src] = (dst, why_not)
     for error in unreadable:  # a folder below the input folder: each is reported as a file that failed
         folder = Path(os.path.abspath(error.filename))
         why = f"cannot read this folder ({error.strerror}): the images in it are not converted"

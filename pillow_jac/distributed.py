@@ -69,6 +69,7 @@ from .batch_plan import Progress, done_before, file_options, is_done, plan, plan
 from .constants import DEFAULT_EFFORT, DEFAULT_QUALITY, validate_effort, validate_quality
 from .conversion import convert_noting_warnings, one_line
 from .preview import preview_size
+from .source_record import SourceRecord
 from .targets import validate_targets
 
 __all__ = ["FileResult", "Report", "Worker", "convert", "is_done", "plan"]
@@ -319,7 +320,14 @@ def convert(
         import ray
     except ImportError:
         raise ImportError('the Ray path needs Ray: pip install "pillow_jac[ray]"') from None
-    report_file = _progress_function(progress, len(jobs) + len(clashes), inputs)
+    shown = _progress_function(progress, len(jobs) + len(clashes), inputs)
+    made_from = SourceRecord(out_dir)
+
+    def report_file(result: FileResult) -> None:
+        if result.status == "done":
+            made_from.note(result.src, result.dst)
+        shown(result)
+
     failed = [FileResult(str(src), str(dst), "failed", why) for src, (dst, why) in clashes.items()]
     for result in failed:  # two inputs for one output: neither is converted, the others are
         report_file(result)
@@ -361,7 +369,7 @@ def convert(
         report.failed[:0] = failed
         return report
     finally:
-        getattr(report_file, "close", lambda: None)()
+        getattr(shown, "close", lambda: None)()
         if stop_ray is not None:
             stop_ray()
 

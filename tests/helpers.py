@@ -110,3 +110,10 @@ def signal_in_the_second_step(monkeypatch, module: Any, signum: int) -> list[int
 
     monkeypatch.setattr(module, "stratified_qualities", signalling)
     return calls
+
+
+def listing(folder: Path) -> list[str]:
+    """The names in ``folder``, sorted, leaving out a batch's record of sources (pillow_jac.source_record)."""
+    from pillow_jac.source_record import RECORD_NAME
+
+    return sorted(p.name for p in folder.iterdir() if p.name != RECORD_NAME)

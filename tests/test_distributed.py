@@ -12,6 +12,7 @@ import shutil
 import signal
 import sys
 import tempfile
+import time
 import types
 from pathlib import Path
 
@@ -22,8 +23,9 @@ from pillow_jac import batch_plan, distributed, ray_driver, save
 from pillow_jac.cli import build_parser, main
 from pillow_jac.constants import DEFAULT_QUALITY
 from pillow_jac.conversion import convert_file
+from pillow_jac.source_record import RECORD_NAME
 
-from .helpers import natural_image
+from .helpers import listing, natural_image
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "examples" / "sample.png"
@@ -50,7 +52,11 @@ def photos(tmp_path_factory) -> Path:
 
 
 def outputs(folder: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): p.read_bytes()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.name != RECORD_NAME  # a batch's record of sources
+    }
 
 
 # --------------------------------------------------------------------------- without Ray
@@ -449,6 +455,39 @@ def test_ray_matches_jac_batch_and_resumes(ray_local, photos: Path, reference: P
 
 
 @pytest.mark.ray
+def test_ray_does_not_replace_an_output_another_source_made(ray_local, tmp_path: Path) -> None:
+    """As jac batch without Ray: the driver notes what each output was made from, and the plan refuses another."""
+    first, second = tmp_path / "A", tmp_path / "B"
+    for folder, colour in ((first, (200, 30, 30)), (second, (30, 30, 200))):
+        folder.mkdir()
+        Image.new("RGB", (32, 24), colour).save(folder / "a.png")
+    os.utime(second / "a.png", ns=(time.time_ns() + 10**10,) * 2)
+    assert distributed.convert(first, tmp_path / "out", quality=1, workers=1).done == 1
+    made = (tmp_path / "out" / "a.jac").read_bytes()
+    report = distributed.convert(second, tmp_path / "out", quality=1, workers=1)
+    assert report.done == 0 and "made from another file" in report.failed[0].error
+    assert (tmp_path / "out" / "a.jac").read_bytes() == made
+
+
+def test_a_record_of_sources_that_is_cut_or_unreadable_is_no_error(tmp_path: Path) -> None:
+    from pillow_jac.source_record import RECORD_NAME, SourceRecord
+
+    src, other = tmp_path / "a.png", tmp_path / "b.png"
+    src.write_bytes(b"one")
+    other.write_bytes(b"other")
+    (tmp_path / "out").mkdir()
+    dst = tmp_path / "out" / "a.jac"
+    dst.write_bytes(b"made")
+    SourceRecord(tmp_path / "out").note(src, dst)
+    with open(tmp_path / "out" / RECORD_NAME, "a") as f:
+        f.write('{"output": "a.jac", "sour')  # a line cut by a crash
+    record = SourceRecord(tmp_path / "out")
+    assert record.conflict(src, dst) is None and "made from another file" in record.conflict(other, dst)
+    (tmp_path / "out" / RECORD_NAME).write_bytes(b"\xff\xfe not utf-8")
+    assert SourceRecord(tmp_path / "out").conflict(other, dst) is None  # nothing known: as before the record
+
+
+@pytest.mark.ray
 def test_ray_passes_targets_on_like_jac_batch(ray_local, photos: Path, tmp_path: Path) -> None:
     """``--psnr`` (and ``--preview``) reach the Ray workers: the files equal ``jac batch -j 1``'s."""
     ref, out = tmp_path / "ref", tmp_path / "ray"
@@ -468,7 +507,7 @@ def test_ray_fails_inputs_that_would_share_an_output_and_converts_the_others(ray
     report = distributed.convert(photos, tmp_path / "out", quality=1, workers=1)
     assert report.done == 1 and sorted(Path(r.src).name for r in report.failed) == ["a.jpg", "a.png"]
     assert all("would also be written to a.jac" in r.error for r in report.failed)
-    assert [p.name for p in (tmp_path / "out").iterdir()] == ["c.jac"]
+    assert listing(tmp_path / "out") == ["c.jac"]
     (photos / "c.png").unlink()
     report = distributed.convert(photos, tmp_path / "out2", quality=1)
     assert report.done == 0 and len(report.failed) == 2 and not (tmp_path / "out2").exists()

@@ -20,7 +20,7 @@ from pillow_jac.batch_plan import batch_inputs
 from pillow_jac.cli import main
 from pillow_jac.conversion import convert_file
 
-from .helpers import natural_image
+from .helpers import listing, natural_image
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -98,9 +98,9 @@ def test_a_killed_worker_costs_no_other_file(tmp_path: Path, how: signal.Signals
     assert killed_at < 40, "the batch ended before the worker was killed"
     assert proc.returncode == 0, err
     assert "Traceback" not in err and "jac: error" not in err, err
-    assert sorted(p.name for p in out.iterdir()) == [f"{i:03d}.jac" for i in range(40)]  # no temporary file left
-    for path in out.iterdir():
-        container.read(path)
+    assert listing(out) == [f"{i:03d}.jac" for i in range(40)]  # no temporary file left
+    for name in listing(out):
+        container.read(out / name)
 
 
 @pytest.mark.parametrize("jobs", ["1", "2"])
@@ -184,10 +184,36 @@ def test_a_folder_that_cannot_be_read_is_reported_not_passed_over(tmp_path: Path
     assert main(["batch", str(photos), str(tmp_path / "out"), "--to", "jac", "-r", "-j", "1", "-q", "1"]) == 1
     err = capsys.readouterr().err
     assert f"{photos / 'locked'}" in err and "cannot read this folder (Permission denied)" in err, err
-    assert [p.name for p in (tmp_path / "out").iterdir()] == ["a.jac"]
+    assert listing(tmp_path / "out") == ["a.jac"]
     _unreadable(monkeypatch, photos)
     assert main(["batch", str(photos), str(tmp_path / "out2"), "--to", "jac", "-j", "1"]) == 1
     assert "cannot read the folder: Permission denied" in capsys.readouterr().err
+
+
+def test_an_output_another_source_made_is_not_replaced(tmp_path: Path, capsys) -> None:
+    """Two folders with an a.png of one size, converted into one output folder: the second run once replaced the
+    first's a.jac (its a.png newer) or kept it as done (older). Now it fails, naming the file that made it; the
+    first folder moved elsewhere is still the same source (done, skipped)."""
+    first, second, out = tmp_path / "A", tmp_path / "B", tmp_path / "out"
+    for folder, colour in ((first, (200, 30, 30)), (second, (30, 30, 200))):
+        folder.mkdir()
+        Image.new("RGB", (32, 24), colour).save(folder / "a.png")
+        Image.new("RGB", (32, 24), colour).save(folder / f"only-{folder.name}.png")
+    os.utime(second / "a.png", ns=(time.time_ns() + 10**10,) * 2)  # newer than the output will be
+    assert main(["batch", str(first), str(out), "--to", "jac", "-j", "1", "--quiet"]) == 0
+    made = (out / "a.jac").read_bytes()
+    assert main(["batch", str(second), str(out), "--to", "jac", "-j", "1", "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert f"a.jac there was made from another file, {first / 'a.png'}" in err, err
+    assert (out / "a.jac").read_bytes() == made and (out / "only-B.jac").exists()  # the rest converted
+    moved = tmp_path / "moved"
+    first.rename(moved)
+    assert main(["batch", str(moved), str(out), "--to", "jac", "-j", "1"]) == 0
+    assert "2 files already done, skipped" in capsys.readouterr().err
+    (out / "a.jac").unlink()  # removed by hand: the other folder's a.png converts
+    assert main(["batch", str(second), str(out), "--to", "jac", "-j", "1", "--quiet"]) == 0
+    assert (out / "a.jac").read_bytes() != made
+    assert sorted(p.name for p in out.iterdir()) == [".jac-sources", "a.jac", "only-A.jac", "only-B.jac"]
 
 
 def test_preview_size_reaches_the_file(tmp_path: Path) -> None:
@@ -206,7 +232,7 @@ def test_a_batch_run_again_skips_what_is_done_as_on_ray(tmp_path: Path, capsys) 
     assert main(["batch", str(out), str(back), "--to", "png"]) == 0
     (out / "p1.jac").write_bytes((out / "p1.jac").read_bytes()[:-9])  # cut short, as by a crash
     capsys.readouterr()
-    written = {p: p.stat().st_mtime_ns for p in [*out.iterdir(), *back.iterdir()]}
+    written = {p: p.stat().st_mtime_ns for p in [*out.glob("*.jac"), *back.glob("*.png")]}
     assert main(["batch", str(photos), str(out), "--to", "jac", "-q", "1"]) == 0
     assert main(["batch", str(out), str(back), "--to", "png"]) == 0
     err = capsys.readouterr().err
@@ -305,7 +331,7 @@ def test_inputs_that_would_share_an_output_fail_and_the_others_convert(tmp_path:
     assert "a.jpg would also be written to a.jac; neither is converted" in err, err
     assert "a.png would also be written to a.jac; neither is converted" in err, err
     assert err.strip().splitlines()[-1] == "jac: error: 2 of 3 files failed", err
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["c.jac"]
+    assert listing(tmp_path / "out") == ["c.jac"]
 
 
 def test_a_batch_skips_its_own_outputs_decodes_and_what_pillow_only_identifies(tmp_path: Path, capsys) -> None:
@@ -342,7 +368,7 @@ def test_a_link_that_leads_nowhere_is_reported(tmp_path: Path, capsys) -> None:
     assert main(["batch", str(tmp_path), str(tmp_path / "out"), "--to", "jac", "-q", "1"]) == 1
     err = capsys.readouterr().err
     assert "gone.png: " in err and "loop.png: " in err, err
-    assert [p.name for p in (tmp_path / "out").iterdir()] == ["a.jac"]
+    assert listing(tmp_path / "out") == ["a.jac"]
 
 
 def test_progress_ends_a_stopped_bar_and_keeps_one_line_per_file() -> None:

@@ -1,0 +1,72 @@
+"""Which source each output of a batch was made from, so that a later batch does not replace it with another's.
+
+``jac batch A out`` and then ``jac batch B out`` both write ``out/a.jac`` when both folders hold an ``a.png``;
+by name, time and size alone (:func:`pillow_jac.batch_plan.is_done`) the second run cannot tell its ``a.png``
+from the first's, and would replace the output made from A (perhaps the only copy of that picture left). A
+batch therefore notes, in a hidden file of its output folder (:data:`RECORD_NAME`, one JSON line per
+converted file: the output's path in the folder, and the source's path, size and modification time), what
+each output was made from, and refuses to replace an output made from another file. A source moved or
+renamed with its folder (the same size and modification time) is the same file; an output with no line (made
+before the record, or by hand) is replaced as before.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+__all__ = ["RECORD_NAME", "SourceRecord"]
+
+#: the record's name in an output folder (hidden: a batch does not take it, or the folder's outputs, as inputs)
+RECORD_NAME = ".jac-sources"
+
+
+class SourceRecord:
+    """The record of the output folder ``out_dir``, read once; :meth:`note` adds to it."""
+
+    def __init__(self, out_dir: str | os.PathLike):
+        self.out_dir = Path(out_dir)
+        self.path = self.out_dir / RECORD_NAME
+        self.made: dict[str, dict] = {}
+        try:
+            lines = self.path.read_text("utf-8").splitlines()
+        except (OSError, UnicodeDecodeError):  # none yet, or unreadable: nothing is known
+            lines = []
+        for line in lines:
+            try:
+                entry = json.loads(line)
+                self.made[str(entry["output"])] = entry  # the last line of an output wins
+            except (ValueError, KeyError, TypeError):
+                continue  # a line cut by a crash
+
+    def _key(self, dst: Path) -> str:
+        return Path(os.path.relpath(dst, self.out_dir)).as_posix()
+
+    def conflict(self, src: Path, dst: Path) -> str | None:
+        """Why ``src`` may not be converted into ``dst``: it exists and was made from another file; else None."""
+        entry = self.made.get(self._key(dst))
+        if entry is None or entry.get("source") == str(src) or not dst.exists():
+            return None
+        try:
+            st = src.stat()
+        except OSError:
+            return None  # the conversion reports it
+        if [entry.get("size"), entry.get("mtime_ns")] == [st.st_size, st.st_mtime_ns]:
+            return None  # the same file, moved or renamed with its folder
+        return (
+            f"{dst.name} there was made from another file, {entry.get('source')}: "
+            "remove it (or write to another folder) to convert this one"
+        )
+
+    def note(self, src: str | os.PathLike, dst: str | os.PathLike) -> None:
+        """Add that ``dst`` was made from ``src`` (an error writing the record is no error of the file's)."""
+        try:
+            st = os.stat(src)
+            entry = {"output": self._key(Path(dst)), "source": os.fspath(src), "size": st.st_size}
+            entry["mtime_ns"] = st.st_mtime_ns
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(entry) + "\n")
+        except OSError:
+            return
+        self.made[entry["output"]] = entry
