@@ -118,7 +118,8 @@ def plan(
 
     Raises:
         ValueError: ``inputs`` is not a folder nor a list, has no images, a path is outside ``base_dir``,
-            ``out_dir`` is a file, or two inputs would be written to the same output.
+            ``out_dir`` is a file, two inputs would be written to the same output, an output exists that
+            another file made, or a folder below ``inputs`` cannot be read (:func:`plan_batch`).
     """
     jobs, clashes = plan_batch(inputs, out_dir, to, recursive=recursive, base_dir=base_dir)
     if clashes:
