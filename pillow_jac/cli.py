@@ -336,13 +336,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 _run(args)
             if sys.stdout is not None:
                 sys.stdout.flush()  # here, where a reader that went away is handled, not at exit
-        except _Terminated:
-            print(f"{PROG}: terminated", file=sys.stderr)
-            return 128 + signal.SIGTERM
         except BrokenPipeError:  # the reader of "-" went away (| head): stop quietly, as other filters do
             _silence_stdout()
             return 128 + getattr(signal, "SIGPIPE", 13)
-        except KeyboardInterrupt:  # Ctrl-C, or a SIGTERM that a library (Ray's wait) raised again as Ctrl-C
+        except KeyboardInterrupt:  # Ctrl-C, or a SIGTERM (its _Terminated, or what Ray's wait raised in its place)
             if terminated:
                 print(f"{PROG}: terminated", file=sys.stderr)
                 return 128 + signal.SIGTERM

@@ -69,7 +69,7 @@ from .batch_plan import Progress, done_before, file_options, is_done, plan, plan
 from .constants import DEFAULT_EFFORT, DEFAULT_QUALITY, validate_effort, validate_quality
 from .conversion import convert_noting_warnings, one_line
 from .preview import preview_size
-from .source_record import SourceRecord
+from .source_record import note_made
 from .targets import validate_targets
 
 __all__ = ["FileResult", "Report", "Worker", "convert", "is_done", "plan"]
@@ -321,11 +321,10 @@ def convert(
     except ImportError:
         raise ImportError('the Ray path needs Ray: pip install "pillow_jac[ray]"') from None
     shown = _progress_function(progress, len(jobs) + len(clashes), inputs)
-    made_from = SourceRecord(out_dir)
 
     def report_file(result: FileResult) -> None:
         if result.status == "done":
-            made_from.note(result.src, result.dst)
+            note_made(out_dir, result.src, result.dst)
         shown(result)
 
     failed = [FileResult(str(src), str(dst), "failed", why) for src, (dst, why) in clashes.items()]

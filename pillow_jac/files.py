@@ -106,7 +106,7 @@ def check_target(path: str | os.PathLike) -> None:
         raise error(errno.ENOENT, FileNotFoundError)
     _existing_mode(target)
     if not os.access(parent, os.W_OK | os.X_OK):
-        raise PermissionError(errno.EACCES, _NO_NEW_FILE, os.fsdecode(os.fspath(path)))
+        raise PermissionError(errno.EACCES, _NO_NEW_FILE, path)
 
 
 #: the reason given when a file's folder refuses the new file that replaces it

@@ -42,7 +42,7 @@ from .codec_steps import TORCH_MODULES
 from .constants import DEFAULT_EFFORT, DEFAULT_QUALITY
 from .conversion import ConversionError, convert_noting_warnings, one_line, show_warning
 from .openmp_wait import passive_unless_chosen
-from .source_record import SourceRecord
+from .source_record import note_made
 
 __all__ = ["run_batch"]
 
@@ -118,7 +118,6 @@ def run_batch(
         to, target_size=target_size, target_psnr=target_psnr, preview=preview, strip=strip, model=model
     )
     options = (to, quality, effort, device, extra)
-    made_from = SourceRecord(out_dir)
     todo = {}
     try:
         for src, dst in jobs.items():
@@ -134,7 +133,7 @@ def run_batch(
                 failed += 1
                 bar.step(name, one_line(result))
             else:
-                made_from.note(src, todo[src])
+                note_made(out_dir, src, todo[src])
                 bar.step(name)
     finally:
         bar.close()

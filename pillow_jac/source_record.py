@@ -16,21 +16,37 @@ import json
 import os
 from pathlib import Path
 
-__all__ = ["RECORD_NAME", "SourceRecord"]
+__all__ = ["RECORD_NAME", "SourceRecord", "note_made"]
 
 #: the record's name in an output folder (hidden: a batch does not take it, or the folder's outputs, as inputs)
 RECORD_NAME = ".jac-sources"
 
 
+def _key(out_dir: str | os.PathLike, dst: str | os.PathLike) -> str:
+    """An output's line key: its path in ``out_dir``, with ``/`` between folders."""
+    return Path(os.path.relpath(dst, out_dir)).as_posix()
+
+
+def note_made(out_dir: str | os.PathLike, src: str | os.PathLike, dst: str | os.PathLike) -> None:
+    """Add to ``out_dir``'s record that ``dst`` was made from ``src`` (failing to write it fails no file)."""
+    try:
+        st = os.stat(src)
+        entry = {"output": _key(out_dir, dst), "source": os.fspath(src), "size": st.st_size}
+        entry["mtime_ns"] = st.st_mtime_ns
+        with open(Path(out_dir) / RECORD_NAME, "a", encoding="utf-8") as f:
+            f.write(json.dumps(entry) + "\n")
+    except OSError:
+        return
+
+
 class SourceRecord:
-    """The record of the output folder ``out_dir``, read once; :meth:`note` adds to it."""
+    """The record of the output folder ``out_dir`` as it is when read (once, here); :func:`note_made` adds to it."""
 
     def __init__(self, out_dir: str | os.PathLike):
         self.out_dir = Path(out_dir)
-        self.path = self.out_dir / RECORD_NAME
         self.made: dict[str, dict] = {}
         try:
-            lines = self.path.read_text("utf-8").splitlines()
+            lines = (self.out_dir / RECORD_NAME).read_text("utf-8").splitlines()
         except (OSError, UnicodeDecodeError):  # none yet, or unreadable: nothing is known
             lines = []
         for line in lines:
@@ -40,12 +56,9 @@ class SourceRecord:
             except (ValueError, KeyError, TypeError):
                 continue  # a line cut by a crash
 
-    def _key(self, dst: Path) -> str:
-        return Path(os.path.relpath(dst, self.out_dir)).as_posix()
-
     def conflict(self, src: Path, dst: Path) -> str | None:
         """Why ``src`` may not be converted into ``dst``: it exists and was made from another file; else None."""
-        entry = self.made.get(self._key(dst))
+        entry = self.made.get(_key(self.out_dir, dst))
         if entry is None or entry.get("source") == str(src) or not dst.exists():
             return None
         try:
@@ -58,15 +71,3 @@ class SourceRecord:
             f"{dst.name} there was made from another file, {entry.get('source')}: "
             "remove it (or write to another folder) to convert this one"
         )
-
-    def note(self, src: str | os.PathLike, dst: str | os.PathLike) -> None:
-        """Add that ``dst`` was made from ``src`` (an error writing the record is no error of the file's)."""
-        try:
-            st = os.stat(src)
-            entry = {"output": self._key(Path(dst)), "source": os.fspath(src), "size": st.st_size}
-            entry["mtime_ns"] = st.st_mtime_ns
-            with open(self.path, "a", encoding="utf-8") as f:
-                f.write(json.dumps(entry) + "\n")
-        except OSError:
-            return
-        self.made[entry["output"]] = entry

@@ -470,7 +470,7 @@ def test_ray_does_not_replace_an_output_another_source_made(ray_local, tmp_path:
 
 
 def test_a_record_of_sources_that_is_cut_or_unreadable_is_no_error(tmp_path: Path) -> None:
-    from pillow_jac.source_record import RECORD_NAME, SourceRecord
+    from pillow_jac.source_record import RECORD_NAME, SourceRecord, note_made
 
     src, other = tmp_path / "a.png", tmp_path / "b.png"
     src.write_bytes(b"one")
@@ -478,7 +478,7 @@ def test_a_record_of_sources_that_is_cut_or_unreadable_is_no_error(tmp_path: Pat
     (tmp_path / "out").mkdir()
     dst = tmp_path / "out" / "a.jac"
     dst.write_bytes(b"made")
-    SourceRecord(tmp_path / "out").note(src, dst)
+    note_made(tmp_path / "out", src, dst)
     with open(tmp_path / "out" / RECORD_NAME, "a") as f:
         f.write('{"output": "a.jac", "sour')  # a line cut by a crash
     record = SourceRecord(tmp_path / "out")
