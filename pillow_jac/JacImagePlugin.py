@@ -98,6 +98,7 @@ from .constants import (
     DEFAULT_QUALITY,
     LAYOUTS,
     MAGIC,
+    METADATA_FIELDS,
     UnsupportedModeError,
     validate_effort,
     validate_quality,
@@ -266,7 +267,7 @@ class JacImageFile(ImageFile.ImageFile):
         self._mode = header.layout
         self.info["quality"] = float(header.quality)
         self.info["model_id"] = header.model_id
-        for name in ("icc_profile", "exif", "xmp"):
+        for name in METADATA_FIELDS:
             value = getattr(jac, name)
             if value:
                 self.info[name] = bytes(value)

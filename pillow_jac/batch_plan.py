@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import IO
 
 from . import container, generations
-from .constants import DEFAULT_QUALITY
+from .constants import DEFAULT_QUALITY, METADATA_FIELDS
 from .conversion import PROG, exif_orientation
 from .decoded_output import carries_mark
 from .preview import preview_size
@@ -317,14 +317,14 @@ def is_done(
                 if jac.size != im.size and not (jac.size == im.size[::-1] and exif_orientation(im) in (5, 6, 7, 8)):
                     return False
                 # what Pillow read with the header (a PNG's eXIf after its pixels is not looked for)
-                source_metadata = any(im.info.get(name) for name in ("icc_profile", "exif", "xmp"))
+                source_metadata = any(im.info.get(name) for name in METADATA_FIELDS)
     except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError):
         return False
     if quality is not None and jac.header.quality != container.quantize_quality(quality):
         return False
     if target_size is not None and out.st_size > target_size:
         return False
-    kept_metadata = any(getattr(jac, name) for name in ("icc_profile", "exif", "xmp"))
+    kept_metadata = any(getattr(jac, name) for name in METADATA_FIELDS)
     if strip and kept_metadata or not strip and source_metadata and not kept_metadata:
         return False  # made with --strip, or without it (from a source that has metadata), the other asked for
     try:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from . import container
+from .constants import METADATA_FIELDS
 from .conversion import PROG, STDIO, ConversionError, one_line, read_jac
 
 __all__ = ["file_info", "show_info"]
@@ -58,7 +59,7 @@ def file_info(path: Path, models: Sequence[Any] | None = None) -> dict[str, Any]
         "exif_bytes": len(jac.exif or b""),
         "xmp_bytes": len(jac.xmp or b""),
         "preview_bytes": len(jac.preview or b""),
-        "metadata": [name for name in ("icc_profile", "exif", "xmp", "preview") if getattr(jac, name) is not None],
+        "metadata": [name for name in (*METADATA_FIELDS, "preview") if getattr(jac, name) is not None],
         "preview_size": list(preview[1:3]) if preview is not None else None,
         "unknown_chunks": [ctype.decode("latin-1") for ctype in unknown],
         "unknown_chunk_count": unknown.total(),
@@ -73,7 +74,7 @@ _LISTED_TYPES = 8
 
 
 def _print(info: dict[str, Any]) -> None:
-    meta = [f"{n} {info[n + '_bytes']} B" for n in ("icc_profile", "exif", "xmp") if n in info["metadata"]]
+    meta = [f"{n} {info[n + '_bytes']} B" for n in METADATA_FIELDS if n in info["metadata"]]
     if "preview" in info["metadata"]:
         size = info["preview_size"]
         shown = f"{size[0]}x{size[1]} " if size else "(unusable) "

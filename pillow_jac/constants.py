@@ -134,6 +134,9 @@ CHUNK_JEND = b"JEND"  #: empty, last chunk
 CHUNK_ICCP = b"iccp"  #: ICC profile
 CHUNK_EXIF = b"exif"  #: EXIF block
 CHUNK_XMP = b"xmp "  #: XMP packet
+#: the metadata a file carries, by the name it has as a ``JacFile`` field, a save option and an ``im.info`` key
+#: (the ``iccp``, ``exif`` and ``xmp `` chunks, SPEC.md section 5.2)
+METADATA_FIELDS = ("icc_profile", "exif", "xmp")
 #: preview chunk (SPEC.md section 5.4): a small image in a format Pillow decodes, never the image itself.
 CHUNK_PRVW = b"prvw"
 #: ``prvw`` format byte 0: a JPEG (JFIF) file.

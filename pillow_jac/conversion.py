@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from . import container
-from .constants import DEFAULT_EFFORT
+from .constants import DEFAULT_EFFORT, METADATA_FIELDS
 from .files import check_target, write_atomic
 
 __all__ = [
@@ -405,9 +405,7 @@ def decode_file(src: Path, dst: Path, *, device: str | None = None, force: bool 
     except ValueError as e:
         raise ConversionError(f"{dst}: {e}") from None
     # Save options Pillow's writers understand; each writer ignores the ones it does not.
-    options: dict[str, Any] = {
-        name: bytes(value) for name in ("icc_profile", "exif", "xmp") if (value := getattr(jac, name))
-    }
+    options: dict[str, Any] = {name: bytes(value) for name in METADATA_FIELDS if (value := getattr(jac, name))}
     if "icc_profile" in options and decoded_output.profile_for(options["icc_profile"], fmt, im.mode) is None:
         del options["icc_profile"]
     if fmt in ("JPEG", "WEBP", "AVIF"):

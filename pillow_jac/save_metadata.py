@@ -12,7 +12,7 @@ from typing import Any
 
 from PIL import ExifTags, Image
 
-from .constants import GRAY_LAYOUTS, MAX_CHUNK_BYTES
+from .constants import GRAY_LAYOUTS, MAX_CHUNK_BYTES, METADATA_FIELDS
 
 __all__ = ["metadata_to_store", "metadata_bytes", "profile_fits", "carried_orientation", "without_orientation"]
 
@@ -26,7 +26,7 @@ def metadata_to_store(im: Image.Image, options: dict[str, Any], mode: str) -> di
     dropped when it cannot describe the stored pixels (:func:`profile_fits`: a CMYK image stored as RGB).
     """
     meta: dict[str, bytes | None] = {}
-    for name in ("icc_profile", "exif", "xmp"):
+    for name in METADATA_FIELDS:
         if name in options:
             meta[name] = metadata_bytes(options[name], name)
         else:

@@ -95,7 +95,7 @@ def serialize(jac: JacFile) -> bytes:
             raise ValueError(f"alpha payload is larger than the chunk limit of {C.MAX_CHUNK_BYTES} bytes")
     elif jac.alpha is not None:
         raise ValueError(f"layout {h.layout} has no alpha channel but alpha is given")
-    for name in ("icc_profile", "exif", "xmp", "preview"):
+    for name in (*C.METADATA_FIELDS, "preview"):
         _check_bytes(name, getattr(jac, name))
     for item in jac.unknown_chunks:
         if not (isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], bytes)):
