@@ -135,6 +135,7 @@ def plan_batch(
     *,
     recursive: bool = False,
     base_dir: str | os.PathLike | None = None,
+    record: SourceRecord | None = None,
 ) -> tuple[dict[Path, Path], dict[Path, tuple[Path, str]]]:
     """The files a batch converts (``jac batch``, with or without Ray), and those it cannot.
 
@@ -148,6 +149,8 @@ def plan_batch(
         recursive: include a folder's subfolders (mirrored in ``out_dir``).
         base_dir: for a list of paths, the folder whose layout ``out_dir`` mirrors (every path must be inside
             it); by default each output is ``out_dir`` / the input's name.
+        record: ``out_dir``'s record of sources, when the caller has read it (to ask it
+            :meth:`~pillow_jac.source_record.SourceRecord.changed` later); by default it is read here.
 
     Returns:
         ``({input: output}, {input: (output, why)})``: the files to convert, in the order they are submitted,
@@ -226,7 +229,7 @@ def plan_batch(
                 others = ", ".join(_beside(o, src) for o in srcs if outputs[o] != outputs[src])
                 said = f"{others} would also be written to {outputs[src].name} ({why}); neither is converted"
                 clashes[src] = (outputs[src], said)
-    made_from = SourceRecord(out)
+    made_from = SourceRecord(out) if record is None else record
     for src, dst in outputs.items():  # an output another file made (another folder's a.png) is not replaced
         why_not = None if src in clashes else made_from.conflict(src, dst)
         if why_not is not None:

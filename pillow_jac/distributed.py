@@ -28,7 +28,8 @@ How it runs:
 * **Resume.** With ``resume=True`` (the default) a file whose output is done is skipped, so a batch
   that was stopped continues where it was when run again. Writes are atomic, so an output that exists is
   complete; :func:`is_done` also redoes outputs older than their input and ``.jac`` files of another
-  quality. A worker killed mid-file can leave a ``.jac-XXXXXXXX.tmp`` file beside the outputs: nothing
+  quality, and an output whose input has another size or time than when it was made (an older copy put in
+  its place) is redone (:meth:`~pillow_jac.source_record.SourceRecord.changed`). A worker killed mid-file can leave a ``.jac-XXXXXXXX.tmp`` file beside the outputs: nothing
   reads it, and it can be deleted.
 * **Paths.** Workers open the files themselves: every node must see ``inputs`` and ``out_dir`` at the same
   absolute paths (a local folder on a one-machine instance, or shared storage mounted alike on every node).
@@ -69,7 +70,7 @@ from .batch_plan import Progress, done_before, file_options, is_done, plan, plan
 from .constants import DEFAULT_EFFORT, DEFAULT_QUALITY, validate_effort, validate_quality
 from .conversion import convert_noting_warnings, one_line
 from .preview import preview_size
-from .source_record import note_made
+from .source_record import SourceRecord, note_made
 from .targets import validate_targets
 
 __all__ = ["FileResult", "Report", "Worker", "convert", "is_done", "plan"]
@@ -315,7 +316,8 @@ def convert(
         raise ValueError("workers and in_flight must be at least 1")
     if not num_cpus > 0 or num_gpus is not None and not num_gpus >= 0:
         raise ValueError("num_cpus must be above 0 and num_gpus at least 0")
-    jobs, clashes = plan_batch(inputs, out_dir, to, recursive=recursive, base_dir=base_dir)
+    made_from = SourceRecord(out_dir)
+    jobs, clashes = plan_batch(inputs, out_dir, to, recursive=recursive, base_dir=base_dir, record=made_from)
     try:
         import ray
     except ImportError:
@@ -362,7 +364,7 @@ def convert(
             lambda: actor_class.remote(to, device, threads),
             workers,
             slots_each,
-            (to, quality, effort, device, resume, extra, force),
+            lambda src, dst: (to, quality, effort, device, resume and not made_from.changed(src, dst), extra, force),
             report_file,
         )
         report.failed[:0] = failed

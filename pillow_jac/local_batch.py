@@ -42,7 +42,7 @@ from .codec_steps import TORCH_MODULES
 from .constants import DEFAULT_EFFORT, DEFAULT_QUALITY
 from .conversion import ConversionError, convert_noting_warnings, one_line, show_warning
 from .openmp_wait import passive_unless_chosen
-from .source_record import note_made
+from .source_record import SourceRecord, note_made
 
 __all__ = ["run_batch"]
 
@@ -96,15 +96,17 @@ def run_batch(
     (two inputs for one output): :func:`pillow_jac.batch_plan.plan_batch`. ``target_size``, ``target_psnr``,
     ``preview``, ``strip`` and ``model`` are as in :func:`pillow_jac.conversion.encode_file`, for every file.
     ``workers > 1`` uses that many worker processes. With ``resume``, an output already done
-    (:func:`pillow_jac.batch_plan.is_done`) is skipped, so that a stopped batch run again continues where it
-    stopped, as on Ray.
+    (:func:`pillow_jac.batch_plan.is_done`), and made from its source as the source is now
+    (:meth:`pillow_jac.source_record.SourceRecord.changed`), is skipped, so that a stopped batch run again
+    continues where it stopped, as on Ray.
 
     Raises:
         ConversionError: ``in_dir`` is not a folder or holds no images, or ``out_dir`` is a file.
     """
     stream = sys.stderr if stream is None else stream
     try:
-        jobs, clashes = plan_batch(in_dir, out_dir, to, recursive=recursive)
+        made_from = SourceRecord(out_dir)
+        jobs, clashes = plan_batch(in_dir, out_dir, to, recursive=recursive, record=made_from)
     except ValueError as e:
         raise ConversionError(str(e)) from None
     Path(out_dir).mkdir(parents=True, exist_ok=True)
@@ -121,7 +123,7 @@ def run_batch(
     todo = {}
     try:
         for src, dst in jobs.items():
-            if resume and done_before(src, dst, to, quality, extra):
+            if resume and not made_from.changed(src, dst) and done_before(src, dst, to, quality, extra):
                 bar.step(shown(src), note="already done")
             else:
                 todo[src] = dst

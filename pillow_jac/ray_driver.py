@@ -29,10 +29,12 @@ def run(
     new_actor: Callable[[], Any],
     workers: int,
     slots_each: int,
-    options: tuple[Any, ...],
+    options: Callable[[str, str], tuple[Any, ...]],
     report_file: Callable[[FileResult], None],
 ) -> Report:
     """Start the actors, then keep at most ``slots_each`` calls submitted to each until every file is back.
+
+    ``options(src, dst)``: the arguments of ``Worker.convert`` after the source and output.
 
     An actor takes files once it has started, so actors the cluster cannot place yet only wait. An actor
     that dies (its process killed, its node lost) is replaced; the file it was converting (its oldest call:
@@ -68,7 +70,7 @@ def run(
                 actor = slots.popleft()
                 if actor not in dead:
                     src, dst = todo.popleft()
-                    pending[actor.convert.remote(src, dst, *options)] = (actor, src, dst)
+                    pending[actor.convert.remote(src, dst, *options(src, dst))] = (actor, src, dst)
             if not pending and not starting:
                 why = "" if start_error is None else f": {_cause(start_error)}"
                 if not started_any:

@@ -8,6 +8,10 @@ converted file: the output's path in the folder, and the source's path, size and
 each output was made from, and refuses to replace an output made from another file. A source moved or
 renamed with its folder (the same size and modification time) is the same file; an output with no line (made
 before the record, or by hand) is replaced as before.
+
+The record also tells a source that changed since its output was made although it is no newer than the output
+(an older copy put in its place with ``cp -p``, say): a resumed batch converts it again
+(:meth:`SourceRecord.changed`).
 """
 
 from __future__ import annotations
@@ -55,6 +59,20 @@ class SourceRecord:
                 self.made[str(entry["output"])] = entry  # the last line of an output wins
             except (ValueError, KeyError, TypeError):
                 continue  # a line cut by a crash
+
+    def changed(self, src: str | os.PathLike, dst: str | os.PathLike) -> bool:
+        """Whether ``dst`` was made from ``src`` when ``src`` had another size or modification time than now.
+
+        ``src`` and ``dst`` are absolute paths, as :func:`pillow_jac.batch_plan.plan_batch` gives them.
+        """
+        entry = self.made.get(_key(self.out_dir, dst))
+        if entry is None or entry.get("source") != os.fspath(src):
+            return False
+        try:
+            st = os.stat(src)
+        except OSError:
+            return False  # the conversion reports it
+        return [entry.get("size"), entry.get("mtime_ns")] != [st.st_size, st.st_mtime_ns]
 
     def conflict(self, src: Path, dst: Path) -> str | None:
         """Why ``src`` may not be converted into ``dst``: it exists and was made from another file; else None."""

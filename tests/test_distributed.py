@@ -469,6 +469,22 @@ def test_ray_does_not_replace_an_output_another_source_made(ray_local, tmp_path:
     assert (tmp_path / "out" / "a.jac").read_bytes() == made
 
 
+@pytest.mark.ray
+def test_ray_converts_again_a_source_replaced_by_an_older_copy(ray_local, tmp_path: Path) -> None:
+    """As jac batch without Ray: an older copy put in a source's place (``cp -p``) is not taken as done."""
+    photos, old = tmp_path / "photos", tmp_path / "old.png"
+    photos.mkdir()
+    Image.new("RGB", (32, 24), (200, 30, 30)).save(photos / "a.png")
+    Image.new("RGB", (32, 24), (30, 30, 200)).save(old)
+    os.utime(old, ns=(time.time_ns() - 10**11,) * 2)
+    assert distributed.convert(photos, tmp_path / "out", quality=1, workers=1).done == 1
+    made = (tmp_path / "out" / "a.jac").read_bytes()
+    os.replace(old, photos / "a.png")
+    report = distributed.convert(photos, tmp_path / "out", quality=1, workers=1)
+    assert (report.done, report.skipped) == (1, 0) and (tmp_path / "out" / "a.jac").read_bytes() != made
+    assert distributed.convert(photos, tmp_path / "out", quality=1, workers=1).skipped == 1
+
+
 def test_a_record_of_sources_that_is_cut_or_unreadable_is_no_error(tmp_path: Path) -> None:
     from pillow_jac.source_record import RECORD_NAME, SourceRecord, note_made
 
@@ -558,7 +574,9 @@ def test_ray_a_file_that_kills_its_worker_fails_alone(ray_local) -> None:
     names = ["poison1", "a", "b", "poison2", "c", "d", "e", "f"]
     jobs = {Path(f"/in/{n}.png"): Path(f"/out/{n}.jac") for n in names}
     seen: list[str] = []
-    report = ray_driver.run(ray_local, jobs, actor.remote, 1, 2, ("jac",), lambda r: seen.append(r.src))
+    report = ray_driver.run(
+        ray_local, jobs, actor.remote, 1, 2, lambda src, dst: ("jac",), lambda r: seen.append(r.src)
+    )
     assert sorted(Path(f.src).stem for f in report.failed) == ["poison1", "poison2"], report.failed
     assert all("the worker died converting it" in f.error for f in report.failed)
     assert report.done == 6 and sorted(seen) == sorted(str(p) for p in jobs)
@@ -663,7 +681,9 @@ def test_a_result_on_its_way_when_its_actor_dies_is_not_taken_for_the_running_ca
     ray = _FakeRay()
     jobs = {Path(f"/in/{n}.png"): Path(f"/out/{n}.jac") for n in ("b", "poison", "c")}
     seen: list[str] = []
-    report = ray_driver.run(ray, jobs, lambda: _FakeActor(ray), 1, 2, ("jac",), lambda r: seen.append(r.src))
+    report = ray_driver.run(
+        ray, jobs, lambda: _FakeActor(ray), 1, 2, lambda src, dst: ("jac",), lambda r: seen.append(r.src)
+    )
     assert [Path(f.src).stem for f in report.failed] == ["poison"], report.failed
     assert report.done == 2 and sorted(seen) == sorted(str(p) for p in jobs)
 
@@ -718,5 +738,5 @@ def test_workers_that_cannot_start_say_why() -> None:
 
     jobs = {Path("/in/a.png"): Path("/out/a.jac")}
     with pytest.raises(RuntimeError, match="the Ray workers could not start: ValueError: bad device") as info:
-        ray_driver.run(ray, jobs, lambda: NotStarting(ray), 2, 1, ("jac",), lambda r: None)
+        ray_driver.run(ray, jobs, lambda: NotStarting(ray), 2, 1, lambda src, dst: ("jac",), lambda r: None)
     assert isinstance(info.value.__cause__, ray.exceptions.RayActorError)

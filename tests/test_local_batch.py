@@ -12,6 +12,7 @@ import time
 import zlib
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -214,6 +215,31 @@ def test_an_output_another_source_made_is_not_replaced(tmp_path: Path, capsys) -
     assert main(["batch", str(second), str(out), "--to", "jac", "-j", "1", "--quiet"]) == 0
     assert (out / "a.jac").read_bytes() != made
     assert sorted(p.name for p in out.iterdir()) == [".jac-sources", "a.jac", "only-A.jac", "only-B.jac"]
+
+
+def test_a_source_replaced_by_an_older_copy_is_converted_again(tmp_path: Path, capsys) -> None:
+    """``cp -p old.png a.png`` puts back a file older than a.jac, of the same size in pixels: by time alone
+    a.jac was done. The record of sources knows a.png's size and time when a.jac was made, so it is redone."""
+    photos, out = tmp_path / "photos", tmp_path / "out"
+    photos.mkdir()
+    photo(0, 32).save(photos / "a.png")
+    photo(1, 32).save(photos / "b.png")
+    old = tmp_path / "old.png"
+    photo(2, 32).save(old)
+    os.utime(old, ns=(time.time_ns() - 10**11,) * 2)  # older than a.jac will be
+    assert main(["batch", str(photos), str(out), "--to", "jac", "-q", "1", "--quiet"]) == 0
+    first = (out / "a.jac").read_bytes()
+    os.replace(old, photos / "a.png")  # as cp -p would leave it: another picture, an older time
+    assert main(["batch", str(photos), str(out), "--to", "jac", "-q", "1"]) == 0
+    assert "jac: 1 files already done, skipped" in capsys.readouterr().err  # b.png only
+    assert (out / "a.jac").read_bytes() != first
+    with Image.open(out / "a.jac") as im:
+        assert (
+            abs(np.asarray(im, np.float32) - photo(2, 32)).mean()
+            < abs(np.asarray(im, np.float32) - photo(0, 32)).mean()
+        )
+    assert main(["batch", str(photos), str(out), "--to", "jac", "-q", "1"]) == 0
+    assert "jac: 2 files already done, skipped" in capsys.readouterr().err  # now done, as made
 
 
 def test_preview_size_reaches_the_file(tmp_path: Path) -> None:
