@@ -128,7 +128,7 @@ def decoder_engine(jac: container.JacFile, device, weights):
             copies = generations.copies(h.model_id, h.weights_hash)
         except generations.ModelNotInstalledError as exc:
             raise ModelNotInstalledError(str(exc)) from None
-        return _first_that_loads([gen.path for gen in copies], device, "decoding")
+        return _first_that_loads([gen.path for gen in copies], device, "decoding", (h.model_id, h.weights_hash))
     engine = guarded_engine(device, weights)
     if h.model_id != engine.model_id or h.weights_hash != engine.weights_hash:
         raise ModelNotInstalledError(
@@ -138,11 +138,13 @@ def decoder_engine(jac: container.JacFile, device, weights):
     return engine
 
 
-def _first_that_loads(paths: list, device, doing: str):
+def _first_that_loads(paths: list, device, doing: str, identity: tuple[str, bytes] | None = None):
     """The engine of the first of a generation's files that loads; a damaged one is passed over with a warning.
 
     The listing reads manifests only (:mod:`pillow_jac.generations`): a copy whose tensors do not match its
     hashes, or that does not parse, is found here, and the next copy of the same generation decodes instead.
+    ``identity``: the ``(model_id, weights_hash)`` the engine must have; a file replaced by another generation
+    since it was listed (a release, an ``rsync`` into ``JAC_MODELS``) is passed over, never decodes.
     """
     first = None
     for i, path in enumerate(paths):
@@ -150,7 +152,13 @@ def _first_that_loads(paths: list, device, doing: str):
         if key in _DAMAGED and i < len(paths) - 1:  # warned of once in this process
             continue
         try:
-            return guarded_engine(device, path)
+            engine = guarded_engine(device, path)
+            if identity is None or (engine.model_id, engine.weights_hash) == identity:
+                return engine
+            first = first or ModelNotInstalledError(
+                f"weights file {path} was replaced while it was read: it now holds {engine.model_id!r} (weights "
+                f"{engine.weights_hash.hex()}), not {identity[0]!r} ({identity[1].hex()}); try again"
+            )
         except OSError as exc:
             # a WeightsError comes from a loaded weights module; one not yet imported is not imported here (it
             # imports torch, which may be what failed)

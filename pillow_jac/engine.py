@@ -94,9 +94,10 @@ def build_model(
     """
     try:
         config = ModelConfig(**json.loads(metadata["config"]))
-        # the layers' random initialisation, overwritten below, must not move the caller's torch generator
+        # the layers' random initialisation, overwritten below, must not move the caller's torch generator;
+        # float32 whatever default dtype the caller set (float64 layers refused g_s's float32 input)
         with torch.random.fork_rng(devices=[]):
-            model = JointAutoregressiveHierarchicalPrior(config)
+            model = JointAutoregressiveHierarchicalPrior(config).float()
         floats = {k: v.float() for k, v in strip_prefix(tensors, FLOAT_PREFIX).items()}  # a decoder file may hold fp16
         missing, unexpected = model.load_state_dict(floats, strict=False)
         templates = json.loads(metadata.get("integer_networks", "{}"))

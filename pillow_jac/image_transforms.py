@@ -49,9 +49,11 @@ def torch_work(pixels: int, engine) -> contextlib.AbstractContextManager:
     """The context of torch work on ``pixels`` pixels of images (a context manager).
 
     One torch thread for small images on the CPU unless OpenMP's threads sleep and at most
-    :data:`SMALL_IMAGE_THREADS` are set; on CUDA, IEEE float32 convolutions
+    :data:`SMALL_IMAGE_THREADS` are set; IEEE float32 convolutions on the engine's device
     (:func:`ieee_float32_convolutions`: the decoder's pixels, and the encoder's latents the same whether a
-    decode overlaps it or not); and the work counted for a clean interpreter exit
+    decode overlaps it or not); no autocast that a caller entered (its bf16 or fp16 would reach g_s, whose
+    samples then moved by up to 255 levels, or came out NaN: CODING.md section 1.1; the effort search enters
+    its own); and the work counted for a clean interpreter exit
     (:func:`pillow_jac.interpreter_exit.working`). With sleeping threads two are faster than one from
     128x128 pixels up and level beside other work (2-core AVX2 CPU, kodim01 crops at quality 4: 512x512
     encode 0.73 s against 1.12 s, decode 1.20 s against 1.65 s, an effort-1 encode of 384x256 4.6 s
@@ -61,55 +63,67 @@ def torch_work(pixels: int, engine) -> contextlib.AbstractContextManager:
         region.enter_context(interpreter_exit.working())
         if engine.device.type == "cpu" and pixels <= SMALL_IMAGE_PIXELS:
             region.enter_context(single_threaded(keep_if_sleeping=SMALL_IMAGE_THREADS))
-        if engine.device.type == "cuda":
-            region.enter_context(ieee_float32_convolutions())
+        region.enter_context(ieee_float32_convolutions(engine.device.type))
+        region.enter_context(torch.autocast(engine.device.type, enabled=False))
         return region.pop_all()
 
 
 _precision_lock = threading.Lock()
-_precision_users = 0
-_precision_saved: object = None
+_precision_users: dict[str, int] = {}  # by device type: the blocks open now
+_precision_saved: dict[str, object] = {}  # by device type: the program's setting while blocks are open
 
 
-def _cudnn_conv_precision() -> tuple[Callable[[], object], Callable[[object], None], object]:
-    """``(get, set, ieee)`` of cuDNN's float32 convolution precision: the per-operator setting where torch has it.
+def _conv_precision(device_type: str) -> tuple[Callable[[], object], Callable[[object], None], object] | None:
+    """``(get, set, ieee)`` of the float32 convolution precision on ``device_type``, or None where it has none.
 
-    torch 2.9 and later refuse to read the legacy ``allow_tf32`` once a program has set the per-operator
-    flags differently, so the legacy flag is used only where the per-operator one does not exist.
+    On CUDA, cuDNN's: the per-operator setting where torch has it (torch 2.9 and later refuse to read the
+    legacy ``allow_tf32`` once a program has set the per-operator flags differently, so the legacy flag is
+    used only where the per-operator one does not exist). On the CPU, oneDNN's per-operator setting, which a
+    program may set to bf16 or TF32 (taken on CPUs with such instructions).
     """
-    cudnn = torch.backends.cudnn
-    conv = getattr(cudnn, "conv", None)
+    if device_type == "cuda":
+        cudnn = torch.backends.cudnn
+        conv = getattr(cudnn, "conv", None)
+        if conv is not None and hasattr(conv, "fp32_precision"):
+            return (lambda: conv.fp32_precision), (lambda value: setattr(conv, "fp32_precision", value)), "ieee"
+        return (lambda: cudnn.allow_tf32), (lambda value: setattr(cudnn, "allow_tf32", value)), False
+    conv = getattr(torch.backends.mkldnn, "conv", None) if device_type == "cpu" else None
     if conv is not None and hasattr(conv, "fp32_precision"):
         return (lambda: conv.fp32_precision), (lambda value: setattr(conv, "fp32_precision", value)), "ieee"
-    return (lambda: cudnn.allow_tf32), (lambda value: setattr(cudnn, "allow_tf32", value)), False
+    return None
 
 
 @contextlib.contextmanager
-def ieee_float32_convolutions() -> Iterator[None]:
-    """Float32 convolutions on cuDNN in IEEE float32 within the block, not TF32 (CODING.md section 1.1).
+def ieee_float32_convolutions(device_type: str = "cuda") -> Iterator[None]:
+    """Float32 convolutions on ``device_type`` in IEEE float32 within the block (CODING.md section 1.1).
 
     cuDNN's default multiplies float32 convolution inputs rounded to TF32 (10 bits of mantissa). On
     latents far from what an encoder writes (the edge vector ``escapes``, values up to 4095) that moves
-    samples by up to 255 levels, where float32 and float64 stay within one. The setting is the process's:
-    it is changed when the first of overlapping blocks (of any thread) enters and restored when the last
-    one leaves, so a program's own convolutions in another thread meanwhile run without TF32 too, and
-    there, on torch 2.9 and later, reading the legacy ``torch.backends.cudnn.allow_tf32`` raises (torch
-    refuses it while the convolutions' and RNNs' settings differ; the per-operator settings read as usual).
+    samples by up to 255 levels, where float32 and float64 stay within one. On the CPU, oneDNN is IEEE
+    unless a program chose bf16 or TF32 (``torch.backends.mkldnn.conv.fp32_precision``). The setting is
+    the process's: it is changed when the first of overlapping blocks (of any thread) enters and restored
+    when the last one leaves, so a program's own convolutions in another thread meanwhile run in IEEE
+    float32 too, and there, on torch 2.9 and later, reading the legacy ``torch.backends.cudnn.allow_tf32``
+    raises (torch refuses it while the convolutions' and RNNs' settings differ; the per-operator settings
+    read as usual).
     """
-    global _precision_users, _precision_saved
-    get, put, ieee = _cudnn_conv_precision()
+    access = _conv_precision(device_type)
+    if access is None:
+        yield
+        return
+    get, put, ieee = access
     with _precision_lock:
-        if _precision_users == 0:
-            _precision_saved = get()
+        if _precision_users.get(device_type, 0) == 0:
+            _precision_saved[device_type] = get()
             put(ieee)
-        _precision_users += 1
+        _precision_users[device_type] = _precision_users.get(device_type, 0) + 1
     try:
         yield
     finally:
         with _precision_lock:
-            _precision_users -= 1
-            if _precision_users == 0:
-                put(_precision_saved)
+            _precision_users[device_type] -= 1
+            if _precision_users[device_type] == 0:
+                put(_precision_saved.pop(device_type))
 
 
 def padded_pixels(colors: Sequence[np.ndarray], first: int, end: int, latent_width: int, device) -> torch.Tensor:

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from .constants import ACTIVATION_BITS, CDF_PRECISION, MIXTURE_EXP_ENTRIES, MIXTURE_HALF_WIDTH, MIXTURE_WEIGHT_BITS
-from .entropy_coding import CodingTables, EntropyCodingError
+from .entropy_coding import CodingTables, EntropyCodingError, log2_ratio
 
 __all__ = ["MixtureCoder", "mixture_exp_table", "WINDOW"]
 
@@ -68,7 +68,8 @@ class MixtureCoder:
             raise ValueError("malformed mixture exponential table")
         self.model = _Categorical(perfect=False)
         #: the fewest bits a latent can cost: its row's largest entry over the row's total, at most
-        self.min_symbol_bits = math.log2((_MASS + WINDOW * _FLOOR) / (_MASS + _FLOOR)) / 2
+        largest = (_MASS + WINDOW * _FLOOR) / (_MASS + _FLOOR)  # the float64 quotient, as CODING.md 4.2 has it
+        self.min_symbol_bits = log2_ratio(*largest.as_integer_ratio()) / 2
 
     # -- parameters -------------------------------------------------------------------------------
     def weights(self, logits: torch.Tensor) -> np.ndarray:

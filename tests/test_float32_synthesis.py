@@ -82,12 +82,12 @@ def test_tf32_inputs_move_escapes_by_many_levels_where_float64_stays_within_one(
 
 
 def _precision() -> object:
-    get, _, _ = image_transforms._cudnn_conv_precision()
+    get, _, _ = image_transforms._conv_precision("cuda")
     return get()
 
 
 def test_the_block_sets_ieee_and_restores_the_programs_setting_also_after_an_error():
-    _, put, ieee = image_transforms._cudnn_conv_precision()
+    _, put, ieee = image_transforms._conv_precision("cuda")
     before = _precision()
     assert before != ieee  # torch's default is TF32 for cuDNN convolutions
     with ieee_float32_convolutions():
@@ -105,22 +105,28 @@ def test_the_block_sets_ieee_and_restores_the_programs_setting_also_after_an_err
         put(before)
 
 
-def test_torch_work_on_a_cuda_engine_runs_in_ieee_float32_and_on_the_cpu_leaves_the_setting():
-    """Every float transform of the codec runs inside torch_work: for a CUDA engine that block is IEEE float32
-    (checked here without a GPU, on the flags it sets), for a CPU engine the setting stays the program's."""
+def test_torch_work_runs_convolutions_in_ieee_float32_on_the_engines_device():
+    """Every float transform of the codec runs inside torch_work: for a CUDA engine cuDNN's convolutions are IEEE
+    float32 (checked here without a GPU, on the flags it sets), for a CPU engine oneDNN's, each only there."""
     from types import SimpleNamespace
 
-    _, _, ieee = image_transforms._cudnn_conv_precision()
-    before = _precision()
+    _, _, ieee = image_transforms._conv_precision("cuda")
+    cpu_get, cpu_put, cpu_ieee = image_transforms._conv_precision("cpu")
+    before, cpu_before = _precision(), cpu_get()
     with image_transforms.torch_work(10**6, SimpleNamespace(device=torch.device("cuda"))):
-        assert _precision() == ieee
+        assert _precision() == ieee and cpu_get() == cpu_before
     assert _precision() == before
-    with image_transforms.torch_work(10**6, SimpleNamespace(device=torch.device("cpu"))):
-        assert _precision() == before
+    cpu_put("bf16")  # a program that chose bf16 convolutions (taken on CPUs with AMX)
+    try:
+        with image_transforms.torch_work(10**6, SimpleNamespace(device=torch.device("cpu"))):
+            assert cpu_get() == cpu_ieee and _precision() == before
+        assert cpu_get() == "bf16"
+    finally:
+        cpu_put(cpu_before)
 
 
 def test_overlapping_blocks_of_two_threads_keep_ieee_until_the_last_leaves():
-    _, _, ieee = image_transforms._cudnn_conv_precision()
+    _, _, ieee = image_transforms._conv_precision("cuda")
     before = _precision()
     entered, release = threading.Event(), threading.Event()
 

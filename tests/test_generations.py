@@ -276,15 +276,16 @@ def test_jac_weights_that_names_no_encoder_is_an_error(tmp_path: Path, monkeypat
 
 def test_the_released_table_pins_release_6() -> None:
     """The released decoder of release 6, as the model card records it; every shipped or kept generation and
-    every vectors folder of a generation is in the table. A changed release-6 decoder, re-sealed, keeps its
-    header hash (a legacy hash does not cover the decoder): this table is what catches it."""
+    every vectors folder of a generation is in the table, and every generation in the table has its vectors.
+    A changed release-6 decoder, re-sealed, keeps its header hash (a legacy hash does not cover the decoder):
+    this table is what catches it."""
     table = generations.released()
     assert table[SHIPPED_ID] == {"weights_hash": "19772a6335c73e41", "decoder_hash": "1aa14a9029b4f76c"}
     for gen in generations.installed():
         _, meta = weights.load_weights(gen.path)
         assert table[gen.model_id] == {"weights_hash": meta["weights_hash"], "decoder_hash": meta["decoder_hash"]}
     folders = [f.name for f in VECTORS.iterdir() if (f / "vectors.json").is_file()]
-    assert folders and set(folders) <= set(table)
+    assert folders and set(folders) == set(table)  # and every released generation has its vectors
 
 
 def lookalike(folder: Path) -> Path:
@@ -357,6 +358,33 @@ def test_a_damaged_copy_gives_way_to_a_good_one(tiny_generation: Path, tmp_path:
     monkeypatch.setattr(codec_steps, "_DAMAGED", set())
     with pytest.raises(weights.WeightsError, match=str(bad.parent.name)):
         codec.decode(data)  # no good copy: the damaged one's error
+
+
+def test_a_copy_replaced_by_another_generation_after_the_listing_never_decodes(
+    tiny_generation: Path, tmp_path: Path, monkeypatch
+) -> None:
+    """A release or an rsync replaces a listed file between the listing and the load: the generation found there
+    is not the file's, so it does not decode it (it decoded with another g_s, up to 26 levels off, no error)."""
+    models = tmp_path / "models"
+    models.mkdir()
+    tensors, metadata = weights.load_weights(tiny_generation / "tiny.safetensors")
+    weights.save_weights(models / "g.safetensors", tensors, metadata)
+    other = dict(tensors, **{"float.g_s.6.bias": tensors["float.g_s.6.bias"] + 0.1})
+    weights.save_weights(
+        tmp_path / "r008.safetensors", other, weights.seal(other, dict(metadata, release="8", model_id="mbt-8-12-r008"))
+    )
+    monkeypatch.setenv("JAC_MODELS", str(models))
+    data = codec.encode(natural_image(16, 24), 3)
+    real = generations.copies
+
+    def listed_then_replaced(*args):
+        listed = real(*args)
+        os.replace(tmp_path / "r008.safetensors", models / "g.safetensors")
+        return listed
+
+    monkeypatch.setattr(generations, "copies", listed_then_replaced)
+    with pytest.raises(codec.ModelNotInstalledError, match=r"g.safetensors was replaced while it was read.*r008"):
+        codec.decode(data)
 
 
 def test_an_encoder_update_refuses_another_decoder_or_architecture(tmp_path: Path) -> None:

@@ -23,12 +23,23 @@ VECTORS = Path(__file__).resolve().parents[1] / "format_spec" / "vectors"
 _spec = importlib.util.spec_from_file_location("make_vectors", VECTORS.parent / "make_vectors.py")
 make_vectors = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(make_vectors)
+#: the share of a vector's samples (at least 2) the reference decoder may round to the other side elsewhere
+OFF_BY_ONE_SHARE = 0.01
 GENERATIONS = sorted(p.parent.name for p in VECTORS.glob("*/vectors.json"))
 CASES = [
     (gen, name, entry)
     for gen in GENERATIONS
     for name, entry in json.loads((VECTORS / gen / "vectors.json").read_text()).items()
 ]
+
+
+def assert_within_one_level_in_a_few_samples(pixels: np.ndarray, expected: np.ndarray) -> None:
+    """The reference's pixels on another machine: g_s is float32, whose summation order differs, so one level
+    off in a few samples; a changed rounding rule moved a fifth to a half of a vector's samples by one level."""
+    assert pixels.shape == expected.shape
+    off = np.abs(pixels.astype(np.int64) - expected)
+    assert off.max(initial=0) <= 1
+    assert np.count_nonzero(off) <= max(2, OFF_BY_ONE_SHARE * off.size), np.count_nonzero(off)
 
 
 def test_every_generation_has_all_cases():
@@ -51,8 +62,9 @@ def test_vector_decodes_exactly(gen, name, entry):
     expected = np.asarray(Image.open(VECTORS / gen / entry["decoded"]))
     assert pixels.shape == expected.shape
     assert make_vectors.digest(expected) == entry["pixels_sha256"]
-    # latents are exact everywhere; g_s is float, so allow one level where platforms round differently
-    assert np.abs(pixels.astype(int) - expected).max() <= 1
+    # latents are exact everywhere; g_s is float, so allow one level where platforms round differently, in
+    # a few samples only: a changed rounding rule moves a fifth to a half of them by one level
+    assert_within_one_level_in_a_few_samples(pixels, expected)
 
 
 def _same_search(entry: dict) -> bool:
@@ -151,8 +163,7 @@ def test_variant_vector_decodes_exactly_and_re_encodes(folder, name, entry, monk
         torch.set_num_threads(saved)
     assert seen == [1, 3]  # the latents were decoded at each thread count
     pixels = codec.decode(data, weights=weights)
-    expected = np.asarray(Image.open(folder / entry["decoded"]))
-    assert np.abs(pixels.astype(int) - expected).max(initial=0) <= 1
+    assert_within_one_level_in_a_few_samples(pixels, np.asarray(Image.open(folder / entry["decoded"])))
     with Image.open(VECTORS / "sources" / entry["source"]) as im:
         source = np.asarray(im)
     extra = make_vectors.METADATA if entry["metadata"] else {}

@@ -21,6 +21,7 @@ cuDNN switch is deliberately not toggled here: that would not be thread-safe.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -105,8 +106,11 @@ class IntegerLayer:
         if key not in cache:
             view = [1] * acc.dim()
             view[channel_dim] = -1
-            shift = self.shift.view(view).to(acc.device).double()
-            cache[key] = (torch.exp2(shift - 1), torch.exp2(-shift))
+            # exact powers of two, made on the host: a device's exp2 need not be exact
+            shifts = [int(s) for s in self.shift.flatten().tolist()]
+            half = torch.tensor([math.ldexp(1.0, s - 1) for s in shifts], dtype=torch.float64).view(view)
+            inverse = torch.tensor([math.ldexp(1.0, -s) for s in shifts], dtype=torch.float64).view(view)
+            cache[key] = (half.to(acc.device), inverse.to(acc.device))
         return cache[key]
 
     def rescale(self, acc: torch.Tensor, channel_dim: int) -> torch.Tensor:

@@ -1,0 +1,89 @@
+"""What a caller has set in torch does not change what a file decodes to, nor the file an encoder writes.
+
+A program that decodes inside its own training or inference loop may be under bf16 or fp16 autocast, may
+or have set float64 as torch's default dtype. The codec's float transforms run in their own context
+(:func:`pillow_jac.image_transforms.torch_work`, which also holds oneDNN's and cuDNN's convolutions to IEEE
+float32: tests/test_float32_synthesis.py), and its engine is float32 whatever the default dtype
+(:func:`pillow_jac.engine.build_model`).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from pillow_jac import codec, generations
+from pillow_jac.entropy_coding import log2_ratio
+
+from .helpers import natural_image
+
+VECTORS = Path(__file__).resolve().parents[1] / "format_spec" / "vectors"
+EDGE = VECTORS / "edge"
+
+
+def _escapes() -> tuple[bytes, np.ndarray]:
+    """The edge vector with latents up to 4095, where reduced precision moved samples by 255 levels."""
+    entry = json.loads((EDGE / "edge.json").read_text())["escapes"]
+    return (EDGE / entry["file"]).read_bytes(), np.asarray(Image.open(EDGE / entry["decoded"]))
+
+
+CALLER_STATES = {
+    "bf16 autocast": lambda: torch.autocast("cpu", dtype=torch.bfloat16),
+    "fp16 autocast": lambda: torch.autocast("cpu", dtype=torch.float16),
+}
+
+
+@pytest.mark.parametrize("state", CALLER_STATES)
+def test_a_callers_torch_settings_change_no_decoded_pixel_and_no_encoded_byte(state: str) -> None:
+    data, reference = _escapes()
+    image = natural_image(24, 40)
+    expected_pixels, expected_file = codec.decode(data), codec.encode(image, 4)
+    assert np.abs(expected_pixels.astype(int) - reference).max() <= 1
+    with CALLER_STATES[state]():
+        pixels, file = codec.decode(data), codec.encode(image, 4)
+    np.testing.assert_array_equal(pixels, expected_pixels)  # under fp16 autocast g_s gave NaN, 255 levels off
+    assert file == expected_file
+
+
+def test_an_engine_built_under_a_float64_default_dtype_decodes_as_any_other(tmp_path: Path) -> None:
+    """A float64 default when the engine was built made its layers float64, and every decode of the process
+    failed on g_s's float32 input (the engine is cached)."""
+    data, _ = _escapes()
+    expected = codec.decode(data)
+    weights = tmp_path / "copy.safetensors"  # another path: an engine of its own, built here
+    shutil.copyfile(generations.package_weights_dir() / generations.DEFAULT_WEIGHTS_NAME, weights)
+    saved = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        pixels = codec.decode(data, weights=weights)
+    finally:
+        torch.set_default_dtype(saved)
+    np.testing.assert_array_equal(pixels, expected)
+    np.testing.assert_array_equal(codec.decode(data, weights=weights), expected)
+
+
+def test_log2_ratio_is_correctly_rounded_where_libm_and_numpy_disagree() -> None:
+    """The bound on a stream's length (CODING.md 2.4) takes -log2(fmax / 2**16): rounded correctly, the same
+    on every machine, where libm's and numpy's log2 differ on some of these ratios."""
+    import decimal
+    import math
+
+    fmax = np.arange(1, 2**16 + 1)
+    with_numpy = np.log2(fmax / 2.0**16)
+    disagree = [int(f) for f, v in zip(fmax, with_numpy, strict=True) if math.log2(f / 2**16) != v]
+    checked = disagree[:200] + [1, 3, 255, 40000, 65531, 65534, 65535, 65536]
+    with decimal.localcontext() as context:
+        context.prec = 100
+        for f in checked:
+            exact = (decimal.Decimal(f).ln() - decimal.Decimal(2**16).ln()) / decimal.Decimal(2).ln()
+            value = log2_ratio(f, 2**16)
+            for neighbour in (math.nextafter(value, -math.inf), math.nextafter(value, math.inf)):
+                assert abs(decimal.Decimal(value) - exact) <= abs(decimal.Decimal(neighbour) - exact), f
+    # the shipped generation's y and z tables (largest frequencies 65531 and 65534): the value it always had
+    assert [log2_ratio(f, 2**16) for f in (65531, 65534)] == [float(np.log2(f / 2**16)) for f in (65531, 65534)]
