@@ -6,6 +6,7 @@ section "Versions") and regenerate the test vectors. Standard library only: the 
 
 from __future__ import annotations
 
+import decimal
 import numbers
 import operator
 
@@ -79,7 +80,8 @@ DEFAULT_QUALITY = 4.0
 def validate_quality(quality: float) -> float:
     """Return ``quality`` as a float in ``[1, 8]`` or raise ``ValueError`` explaining the scale.
 
-    Only real numbers are qualities: a string, bytes or a bool is refused rather than converted.
+    Only numbers are qualities (a :class:`decimal.Decimal` among them): a string, bytes or a bool is refused
+    rather than converted.
 
     Example:
         >>> validate_quality(4)
@@ -90,7 +92,7 @@ def validate_quality(quality: float) -> float:
         ValueError: quality must be a number from 1 to 8, got '4'
     """
     shown = repr(quality) if len(repr(quality)) <= 40 else repr(quality)[:37] + "..."
-    if isinstance(quality, bool) or not isinstance(quality, numbers.Real):
+    if isinstance(quality, bool) or not isinstance(quality, (numbers.Real, decimal.Decimal)):
         raise ValueError(f"quality must be a number from 1 to 8, got {shown}")
     try:
         q = float(quality)

@@ -188,6 +188,12 @@ def _plugin_class() -> type:
                         f"a JAC file holds one image, but {frames} frames were written to it: "
                         "write each frame to its own .jac file"
                     )
+                    shape = getattr(ndimage, "shape", None)
+                    if kwargs.get("is_batch") is None and shape is not None:  # imageio's guess from the shape
+                        msg += (
+                            f" (an array of shape {tuple(shape)} is read as a batch of frames: "
+                            "one image is (height, width) or (height, width, 1 to 4 channels))"
+                        )
                     raise ValueError(msg)
             result = super().write(ndimage, mode=mode, format=format, **kwargs)
             self._jac_frames = frames  # a write that raised left no frame (nothing pending: _flush_writer)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from decimal import Decimal
 
 import numpy as np
 import pytest
@@ -105,7 +106,7 @@ def test_crc_catches_flipped_bits():
         codec.decode(bytes(data))
 
 
-@pytest.mark.parametrize("quality", ["4", b"4", True, 10**400, float("nan"), [4]])
+@pytest.mark.parametrize("quality", ["4", b"4", True, 10**400, float("nan"), [4], Decimal("NaN"), Decimal("Infinity")])
 def test_quality_must_be_a_real_number(quality):
     """Strings, bytes and bools are refused, not converted; a huge int is a ValueError, not OverflowError."""
     with pytest.raises(ValueError, match="quality must be"):

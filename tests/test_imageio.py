@@ -80,6 +80,13 @@ def test_multi_frame_write_is_refused(tmp_path: Path, unraisable: list, frames) 
     assert unraisable == []
 
 
+@pytest.mark.parametrize("shape", [(3, 16, 16), (16, 16, 5)])
+def test_an_array_read_as_frames_says_how_its_shape_was_read(shape: tuple) -> None:
+    """Channels first, or five channels: imageio reads the first axis as frames; the error says so."""
+    with pytest.raises(ValueError, match=rf"an array of shape \({shape[0]}, 16, {shape[2]}\) is read as a batch"):
+        iio.imwrite("<bytes>", np.zeros(shape, np.uint8), extension=".jac")
+
+
 def test_incremental_writes_are_refused_after_one_frame(tmp_path: Path, rgb: np.ndarray, unraisable: list) -> None:
     path = tmp_path / "one.jac"
     with iio.imopen(path, "w") as f:

@@ -8,6 +8,8 @@ import subprocess
 import sys
 import threading
 import warnings
+from decimal import Decimal
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -720,7 +722,7 @@ def test_default_quality(spy: EncodeSpy) -> None:
     assert spy.last["quality"] == DEFAULT_QUALITY
 
 
-@pytest.mark.parametrize("quality", [1, 2.5, 3, 8, np.float32(5.25)])
+@pytest.mark.parametrize("quality", [1, 2.5, 3, 8, np.float32(5.25), Decimal("4.5"), Fraction(7, 2)])
 def test_quality_values(spy: EncodeSpy, quality) -> None:
     jac_bytes(hopper(), quality=quality)
     assert spy.last["quality"] == float(quality)
