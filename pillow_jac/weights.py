@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -188,7 +189,7 @@ def content_hash(tensors: dict[str, torch.Tensor]) -> bytes:
     for name in sorted(tensors):
         t = tensors[name].detach().contiguous().cpu()
         h.update(f"{name}|{str(t.dtype)}|{tuple(t.shape)}|".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        h.update(_little_endian_bytes(t))
     return h.digest()[:8]
 
 
@@ -220,14 +221,32 @@ def _is_encoder(name: str) -> bool:
     return name.startswith(ENCODER_PREFIXES)
 
 
-def _canonical(t: torch.Tensor) -> torch.Tensor:
+def _canonical(t: torch.Tensor, name: str = "a tensor") -> torch.Tensor:
     """A tensor's values in the dtype the hashes use: int64 for integers, float32 for floats.
 
     The decoder and encoder hashes are over values, not storage: a decoder file may keep a tensor in
-    any dtype that holds its values exactly (:func:`decoder_only`) and still carries the same hash.
+    any dtype that holds its values exactly (:func:`decoder_only`) and still carries the same hash. A
+    tensor whose values that dtype does not hold exactly (float64 values between float32's, as the decoder
+    reads ``int.*`` and ``table.*``) raises :class:`WeightsError`: two such files would share a hash.
     """
     t = t.detach().contiguous().cpu()
-    return t.to(torch.float32 if t.is_floating_point() else torch.int64)
+    canonical = t.to(torch.float32 if t.is_floating_point() else torch.int64)
+    if t.dtype not in (torch.float32, torch.int64) and not torch.equal(canonical.to(t.dtype), t):
+        raise WeightsError(
+            f"{name} holds {t.dtype} values that {canonical.dtype} does not hold exactly, "
+            "which the hashes cannot tell apart (SPEC.md section 9.3)"
+        )
+    return canonical
+
+
+def _little_endian_bytes(t: torch.Tensor) -> bytes:
+    """A contiguous CPU tensor's values as bytes, each value little-endian whatever the host's byte order."""
+    if not t.numel():
+        return b""
+    raw = t.reshape(-1).view(torch.uint8)
+    if sys.byteorder == "big" and t.element_size() > 1:
+        raw = raw.view(-1, t.element_size()).flip(1).reshape(-1)
+    return raw.numpy().tobytes()
 
 
 def _canonical_json(value: Any) -> bytes:
@@ -238,9 +257,9 @@ def _sealed_hash(domain: bytes, fields: dict, tensors: dict[str, torch.Tensor]) 
     h = hashlib.sha256(domain)
     h.update(_canonical_json(fields))
     for name in sorted(tensors):
-        t = _canonical(tensors[name])
+        t = _canonical(tensors[name], name)
         h.update(f"\n{name}|{str(t.dtype)}|{tuple(t.shape)}|".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        h.update(_little_endian_bytes(t))
     return h.hexdigest()[:_HASH_HEX]
 
 

@@ -185,3 +185,29 @@ def test_weights_load_without_pickle(weights_copy: Path, monkeypatch: pytest.Mon
     data = codec.encode(natural_image(16, 16), 3, weights=weights_copy)
     assert codec.decode(data, weights=weights_copy).shape == (16, 16, 3)
     assert built.weights_hash.hex() == metadata["weights_hash"]
+
+
+def test_values_the_hash_cannot_tell_apart_are_refused(weights_copy: Path) -> None:
+    """The hashes take floats as float32 (SPEC.md 9.3) and the decoder reads the thresholds as float64: two
+    float64 thresholds a quarter of a float32 step apart sealed to one hash, and decoded differently."""
+    tensors, metadata = weights.load_weights(weights_copy)
+    name = weights.SCALE_THRESHOLDS  # int64 in the shipped file; a file may hold them as floats
+    as_float64 = dict(tensors, **{name: tensors[name].double()})
+    as_float32 = dict(tensors, **{name: tensors[name].float()})  # values float32 holds: storage does not matter
+    assert (
+        weights.seal(as_float64, dict(metadata))["decoder_hash"] == weights.seal(as_float32, metadata)["decoder_hash"]
+    )
+    between = tensors[name].double()
+    between[1] += float(np.spacing(np.float32(between[1]))) / 4
+    with pytest.raises(WeightsError, match=rf"{name} holds torch.float64 values that torch.float32 does not hold"):
+        weights.seal(dict(tensors, **{name: between}), dict(metadata))
+    with pytest.raises(WeightsError, match="does not hold exactly"):
+        weights.verify(dict(tensors, **{name: between}), metadata, weights_copy)
+
+
+def test_hashed_bytes_are_little_endian_on_any_host(monkeypatch: pytest.MonkeyPatch) -> None:
+    t = torch.tensor([1, 2], dtype=torch.int32)
+    assert weights._little_endian_bytes(t) == b"\x01\x00\x00\x00\x02\x00\x00\x00"
+    monkeypatch.setattr(weights.sys, "byteorder", "big")  # a big-endian host holds each value's bytes reversed
+    assert weights._little_endian_bytes(t) == b"\x00\x00\x00\x01\x00\x00\x00\x02"
+    assert weights._little_endian_bytes(torch.tensor([7], dtype=torch.uint8)) == b"\x07"
