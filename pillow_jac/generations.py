@@ -198,9 +198,18 @@ def released() -> dict[str, dict[str, str]]:
     return _RELEASED[key]
 
 
-def released_problem(model_id: str, weights_hash: str, decoder_hash: str) -> str | None:
-    """Why weights naming ``model_id`` are not that released generation (None if they are, or it is unreleased)."""
+def released_problem(model_id: str, weights_hash: str, decoder_hash: str, legacy_hash: str | None = None) -> str | None:
+    """Why weights naming ``model_id`` are not that released generation (None if they are, or it is unreleased).
+
+    ``legacy_hash``: the manifest's ``legacy_weights_hash``, which only a released generation may carry: it
+    does not cover the decoder, so two decoders of another ``model_id`` could share it (SPEC.md section 9.3).
+    """
     entry = released().get(model_id)
+    if entry is None and legacy_hash not in (None, "None", ""):
+        return (
+            f"it carries a legacy_weights_hash, which only a generation released before decoder hashes may "
+            f"carry, and {model_id!r} is no such generation"
+        )
     if entry is None or (entry["weights_hash"], entry["decoder_hash"]) == (weights_hash, decoder_hash):
         return None
     if decoder_hash in (None, "None", ""):
@@ -247,7 +256,7 @@ def generation_of(path: Path) -> Generation | None:
         elif meta.get("layout") not in WEIGHTS_LAYOUTS:  # as weights.read_manifest requires
             problem = f"its manifest's layout is {meta.get('layout')!r}, not one of {', '.join(WEIGHTS_LAYOUTS)}"
         else:
-            names = ("model_id", "weights_hash", "decoder_hash")
+            names = ("model_id", "weights_hash", "decoder_hash", "legacy_weights_hash")
             problem = released_problem(*(str(meta.get(name)) for name in names))
         if problem is not None:
             _skip(path, problem)

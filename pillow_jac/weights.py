@@ -426,8 +426,9 @@ def verify(tensors: dict[str, torch.Tensor], metadata: dict[str, str], path: str
             )
     from .generations import released_problem
 
-    problem = released_problem(manifest.model_id, manifest.weights_hash, manifest.decoder_hash)
-    if problem is not None:  # a re-sealed lookalike of a released generation (SPEC.md section 9.2)
+    legacy = metadata.get("legacy_weights_hash")
+    problem = released_problem(manifest.model_id, manifest.weights_hash, manifest.decoder_hash, legacy)
+    if problem is not None:  # a re-sealed lookalike of a released generation (SPEC.md sections 9.2, 9.3)
         raise WeightsError(f"weights file {path} is refused: {problem}")
     return manifest
 

@@ -316,6 +316,23 @@ def test_a_lookalike_of_a_released_generation_is_skipped_and_refused(
         codec.decode(data, weights=path)
 
 
+def test_a_legacy_hash_is_refused_on_a_generation_that_was_not_released(tmp_path: Path, monkeypatch) -> None:
+    """A legacy hash does not cover the decoder: two unreleased decoders sealed with one shared it, and a file of
+    one decoded with the other. Only a generation of the released table may carry one (SPEC.md 9.3)."""
+    torch.manual_seed(1)
+    tensors, metadata = freeze(JointAutoregressiveHierarchicalPrior(ModelConfig(N=8, M=12)), release=50)
+    metadata = weights.seal(tensors, dict(metadata, legacy_weights_hash="00000000000000aa"))
+    (tmp_path / "models").mkdir()
+    path = tmp_path / "models" / "legacy.safetensors"
+    weights.save_weights(path, tensors, metadata)
+    with pytest.raises(weights.WeightsError, match="refused: it carries a legacy_weights_hash.*'mbt-8-12-r050'"):
+        codec.encode(natural_image(16, 16), 3, weights=path)
+    monkeypatch.setenv("JAC_MODELS", str(path.parent))
+    monkeypatch.setattr(generations, "_WARNED_SKIPPED", set())
+    with pytest.warns(UserWarning, match="legacy.safetensors is skipped: it carries a legacy_weights_hash"):
+        assert "mbt-8-12-r050" not in [g.model_id for g in pillow_jac.models()]
+
+
 def test_a_truncated_copy_does_not_hide_a_good_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     full = generations.package_weights_dir() / generations.DEFAULT_WEIGHTS_NAME
     (tmp_path / "copy.safetensors").write_bytes(full.read_bytes()[:15_000_000])
