@@ -73,8 +73,10 @@ KEPT_DIR = "generations"
 #: does not depend on where, or whether, the package's weights are installed
 RELEASED_PATH = Path(__file__).resolve().parent / "released.json"
 #: the most bytes of weights the wheel ships: the newest generation's full file (29.4 MB for
-#: N=128/M=192) plus the kept generations' decoder files (19.2 MB each), so three kept generations fit;
-#: an older one then leaves the package and is kept through JAC_MODELS (SPEC.md section 9.2)
+#: N=128/M=192) plus the kept generations' decoder files (19.2 MB each), so three kept generations fit.
+#: No generation leaves the package (its files would stop decoding after an upgrade): a release that
+#: would go over is refused until the kept decoder files move into a distribution the package requires
+#: (pillow_jac.training.release)
 PACKAGE_BUDGET_BYTES = 100_000_000
 #: a safetensors header larger than this is not a weights file of ours (ours are ~10 kB)
 _MAX_HEADER = 16 << 20

@@ -81,6 +81,20 @@ def test_a_failed_release_changes_nothing_and_can_be_retried(package, monkeypatc
     assert leftovers(package) == {generations.DEFAULT_WEIGHTS_NAME, new_id}
 
 
+def test_a_release_over_the_package_budget_is_refused_and_no_generation_leaves(package, monkeypatch) -> None:
+    """Once said: remove the oldest kept decoder file from the package. Its files would then stop decoding after
+    an upgrade, so the release is refused instead, before anything is put in place."""
+    before = package.full.read_bytes()
+    # room for a full file of this size, not for the kept decoder file of release 7 beside it
+    monkeypatch.setattr(generations, "PACKAGE_BUDGET_BYTES", len(before) + 1000)
+    with pytest.raises(weights.WeightsError, match=r"over its budget of .*no kept generation may leave the package"):
+        release.release(package.checkpoint, 8, package.weights_dir, package.vectors, {}, package.table)
+    assert package.full.read_bytes() == before and not package.table.exists()
+    assert leftovers(package) == {generations.DEFAULT_WEIGHTS_NAME}
+    monkeypatch.setattr(generations, "PACKAGE_BUDGET_BYTES", 10**9)
+    assert release.release(package.checkpoint, 8, package.weights_dir, package.vectors, {}, package.table)
+
+
 def test_a_leftover_vectors_folder_is_refused_before_anything_is_written(package) -> None:
     (package.vectors / "mbt-8-12-r008").mkdir(parents=True)
     before = package.full.read_bytes()

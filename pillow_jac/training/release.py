@@ -188,7 +188,8 @@ def release(
 
     Raises:
         WeightsError: the ``model_id`` exists, its vectors folder exists, the release number is not above every
-            one there is (nothing is written then), or the new vectors fail their check (the package is unchanged).
+            one there is (nothing is written then), the package's weights would exceed their budget, or the new
+            vectors fail their check (the package is unchanged).
     """
     tensors, metadata = load_weights(checkpoint)
     try:
@@ -220,6 +221,7 @@ def release(
     try:
         staged_vectors = Path(tempfile.mkdtemp(prefix=f".{new_id}.", suffix=".tmp", dir=vectors_dir))
         save_weights(staged_full, new_tensors, new_meta)
+        _check_package_budget(staged_full, weights_dir)
         make_vectors = _load_script("make_vectors")
         made = make_vectors.make(staged_vectors, vectors_dir / "sources", weights=staged_full)
         failures = check_vectors(staged_vectors, staged_full)
@@ -246,14 +248,25 @@ def release(
     print(f"wrote {len(made)} vectors to {target_vectors}; they decode with the new file")
     print(f"wrote {full}: {new_id}, hash {new_meta['weights_hash']}")
     print(f"added {new_id} to {table_path}")
-    total = sum(f.stat().st_size for f in [full, *(weights_dir / generations.KEPT_DIR).glob("*.safetensors")])
-    if total > generations.PACKAGE_BUDGET_BYTES:
-        print(
-            f"warning: the weights folder holds {total / 1e6:.1f} MB, over the package budget of "
-            f"{generations.PACKAGE_BUDGET_BYTES / 1e6:.0f} MB: publish the oldest kept decoder file on its own "
-            "(users keep it through JAC_MODELS) and remove it from weights/generations/"
-        )
     return new_id
+
+
+def _check_package_budget(full: Path, weights_dir: Path) -> None:
+    """Refuse a release whose package weights (``full`` and every kept decoder file) exceed the budget.
+
+    No generation may leave the package to make room: a user's ``pip install -U`` would then leave its files
+    undecodable. What the budget asks for instead is a distribution of the kept decoder files that the package
+    requires, looked up beside ``generations/``: build it before this release.
+    """
+    kept = sorted((weights_dir / generations.KEPT_DIR).glob("*.safetensors"))
+    total = sum(f.stat().st_size for f in [full, *kept])
+    if total > generations.PACKAGE_BUDGET_BYTES:
+        raise WeightsError(
+            f"the package's weights would hold {total / 1e6:.1f} MB, over its budget of "
+            f"{generations.PACKAGE_BUDGET_BYTES / 1e6:.0f} MB; no kept generation may leave the package (its files "
+            "would stop decoding after an upgrade): move the kept decoder files into a distribution the package "
+            "requires before this release"
+        )
 
 
 def _shipped_tables(candidate: dict, shipped: dict) -> dict:
