@@ -6,7 +6,9 @@
 2. keeps the current generation: its decoder file (no encoder, compact storage,
    :func:`pillow_jac.weights.decoder_only`) goes to ``weights/generations/<model_id>.safetensors``,
    unless it is there already;
-3. makes the new generation's test vectors, from the frozen file, in a temporary folder beside
+3. refuses the release if the package's weights (the new full file and every kept decoder file) would go
+   over :data:`pillow_jac.generations.PACKAGE_BUDGET_BYTES`: no generation leaves the package;
+   then makes the new generation's test vectors, from the frozen file, in a temporary folder beside
    ``format_spec/vectors/<model_id>/``;
 4. checks those vectors (``format_spec/conformance.py``'s checks: file digests, exact latents, pixels
    within one level) with the frozen file, and the kept generation's vectors with its decoder file;
