@@ -225,9 +225,12 @@ def released_problem(model_id: str, weights_hash: str, decoder_hash: str, legacy
 
 #: weights files already warned about (skipped as lookalikes of a released generation, or as truncated)
 _WARNED_SKIPPED: set[str] = set()
+#: why each weights file listed in this process was skipped, by path (for the error of a file none decodes)
+_SKIPPED: dict[str, str] = {}
 
 
 def _skip(path: Path, why: str) -> None:
+    _SKIPPED[str(path)] = why
     if str(path) not in _WARNED_SKIPPED:
         _WARNED_SKIPPED.add(str(path))
         warnings.warn(f"weights file {path} is skipped: {why}", stacklevel=4)
@@ -276,6 +279,8 @@ def generation_of(path: Path) -> Generation | None:
             )
         except (KeyError, ValueError, TypeError):
             gen = None
+    if gen is not None:
+        _SKIPPED.pop(str(path), None)  # a file skipped before and repaired since
     with _CACHE_LOCK:
         _CACHE[key] = gen
     return gen
@@ -351,6 +356,9 @@ def copies(model_id: str, weights_hash: bytes) -> list[Generation]:
         else "it is not installed"
     )
     problems = "".join(f" ({problem})" for problem in models_path_problems())
+    skipped = [f"{path} ({_SKIPPED[str(path)]})" for path in _candidates() if str(path) in _SKIPPED]
+    if skipped:
+        why += f"; skipped: {'; '.join(skipped)}"
     raise ModelNotInstalledError(
         f"this file needs decoder {model_id!r} (weights {bytes(weights_hash).hex()}), but {why}. "
         f"Installed: {have}. To decode it, install a pillow_jac release that ships {model_id!r}, or put its "

@@ -31,6 +31,7 @@ def private_caches(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(engine, "_CACHE", {})
     monkeypatch.setattr(generations, "_CACHE", {})
     monkeypatch.setattr(codec_steps, "_DAMAGED", set())
+    monkeypatch.setattr(generations, "_SKIPPED", {})
     monkeypatch.delenv("JAC_MODELS", raising=False)
     monkeypatch.delenv("JAC_WEIGHTS", raising=False)
 
@@ -331,6 +332,26 @@ def test_a_legacy_hash_is_refused_on_a_generation_that_was_not_released(tmp_path
     monkeypatch.setattr(generations, "_WARNED_SKIPPED", set())
     with pytest.warns(UserWarning, match="legacy.safetensors is skipped: it carries a legacy_weights_hash"):
         assert "mbt-8-12-r050" not in [g.model_id for g in pillow_jac.models()]
+
+
+def test_a_file_no_generation_decodes_names_the_copies_that_were_skipped(
+    tiny_generation: Path, tmp_path: Path, monkeypatch
+) -> None:
+    """A file made with a frozen candidate whose model_id was released later with another decoder: its weights
+    are skipped as a lookalike, and the error says so rather than only "it is not installed"."""
+    monkeypatch.setenv("JAC_MODELS", str(tiny_generation))
+    data = codec.encode(natural_image(16, 16), 3)
+    assert container.parse(data).header.model_id == "mbt-8-12-r007"
+    table = dict(generations.released(), **{"mbt-8-12-r007": {"weights_hash": "0" * 16, "decoder_hash": "0" * 16}})
+    (tmp_path / "released.json").write_text(json.dumps(table))
+    monkeypatch.setattr(generations, "RELEASED_PATH", tmp_path / "released.json")
+    monkeypatch.setattr(generations, "_CACHE", {})  # as in a new process, after the upgrade
+    monkeypatch.setattr(generations, "_WARNED_SKIPPED", set())
+    with pytest.warns(UserWarning, match="tiny.safetensors is skipped"):
+        with pytest.raises(
+            codec.ModelNotInstalledError, match=r"not installed; skipped: .*tiny.safetensors \(it claims"
+        ):
+            codec.decode(data)
 
 
 def test_a_truncated_copy_does_not_hide_a_good_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
