@@ -809,6 +809,19 @@ def test_save_all(spy: EncodeSpy, tmp_path: Path) -> None:
     assert len(spy.calls) == 1
 
 
+def test_append_to_an_existing_file_is_refused_and_the_file_kept(tmp_path: Path) -> None:
+    """``save(path, append=True)`` makes Pillow open the file for update without emptying it: a smaller image
+    written there left the old file's tail after its end, and the file could no longer be opened."""
+    path = tmp_path / "a.jac"
+    hopper().save(path, quality=8)
+    before = path.read_bytes()
+    with pytest.raises(ValueError, match="append=True"):
+        hopper().resize((16, 16)).save(path, quality=1, append=True)
+    assert path.read_bytes() == before
+    with Image.open(path) as im:
+        im.load()
+
+
 _FULL_DISK = """
 import resource, signal, sys
 from PIL import Image
