@@ -14,7 +14,7 @@ The entry names :class:`JacPlugin` first: imageio's Pillow plugin, except that w
   ``ValueError`` before anything is queued or written. imageio's own plugin would pass the frames to
   Pillow's ``save_all`` when the file is closed, and try again when the plugin object is collected;
 * it encodes in memory before it touches the output: imageio's own plugin opens (and so empties) the
-  file first, so a failed encode (a bad option, a size target below the smallest file) destroyed the
+  file first, so a failed encode (a bad option, a size target below the smallest file) destroys the
   file that was there. A path is then replaced only by the complete new file
   (:func:`pillow_jac.files.write_atomic`; written in place where replacing it would lose its other hard
   links, or cannot be done in a read-only folder), and a file object gets its bytes as the Pillow plugin

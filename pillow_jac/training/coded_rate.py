@@ -9,8 +9,8 @@ replaced by the table's: the float h_s, context model and g_ep give means and sc
 the coder's values with straight-through estimators, and the discretised Gaussian at those values
 gives ``d bits / d y`` at ``y`` plus uniform noise (the gradient of the expected rate, see
 :func:`coded_forward`); the z rate takes its gradient from the float factorized density the same way.
-Training against the float model's own rate (exact means, continuous scales) let the encoder
-exploit the difference and lost 12% BD-rate (shared/NOTES.md).
+The float model's own rate (exact means, continuous scales) is not what the coder charges: an encoder
+trained against it learns to exploit the difference (weights/MODEL_CARD.md, "Encoder fine-tune").
 
 :func:`coded_forward` runs a model's encoder on a batch with hard rounding and returns the coded
 bits and the decoder's reconstruction; :func:`estimate_image_bits` gives one whole image's estimate

@@ -12,9 +12,8 @@ latents the codec writes: the train-test mismatch of additive-noise training tha
 "Soft then Hard: Rethinking the Quantization in Neural Image Compression" (ICML 2021), close with
 a hard-quantisation stage; here it is the encoder that is tuned, against a fixed decoder.
 
-The rate term is the coder's own (:mod:`pillow_jac.training.coded_rate`), not the float model's:
-training against the float model's rate let the encoder exploit the difference and lost 12% BD-rate
-(shared/NOTES.md).
+The rate term is the coder's own (:mod:`pillow_jac.training.coded_rate`), not the float model's, which
+an encoder trained against it learns to exploit (weights/MODEL_CARD.md, "Encoder fine-tune").
 
 The loss is ``lambda * 255^2 * MSE + bpp`` per crop (paper eq. 2) over stratified qualities 1..8 on the
 model's own lambda ladder. A fixed, seeded list of training images is held out: every

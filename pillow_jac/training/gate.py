@@ -1,7 +1,7 @@
 """The release gate for a retrained decoder: does it beat the current generation on Kodak and urban20?
 
 A retrained decoder becomes a new generation only if it beats the current one by at least 5% BD-rate
-on Kodak **and** on urban20 (issue 18; docs/training_on_a_gpu.md, "After"). This measures both,
+on Kodak **and** on urban20 (docs/training_on_a_gpu.md, "After"). This measures both,
 side by side in one run, with real files (``bench.rd``, effort 0, qualities 1-8, PSNR on 8-bit RGB),
 and prints the BD-rate of the candidate against the current generation on each set::
 
