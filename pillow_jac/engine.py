@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from . import generations
-from .forksafe import ForkSafeLock, setting_up
+from .forksafe import fork_safe_lock, setting_up
 from .generations import DEFAULT_WEIGHTS_NAME, default_weights_path
 from .model.integer import IntegerNetwork, dequantize_into
 from .model.layers import SubpixelDeconv
@@ -47,7 +47,7 @@ __all__ = [
 ]
 
 _CACHE: dict[tuple, Engine] = {}
-_LOCK = ForkSafeLock()  # held while an engine is built (about a second): see forksafe
+_LOCK = fork_safe_lock()  # held while an engine is built (about a second): see forksafe
 
 
 def resolve_device(device: str | torch.device | None = None) -> torch.device:

@@ -6,8 +6,8 @@ gone there too. ``multiprocessing`` forks by default on Linux, from whatever thr
 happen to ordinary users: a pool started while another thread builds the first engine (about a second
 at the first encode or decode) would give a child whose first decode waits for ever.
 
-Every lock of the codec is a :class:`ForkSafeLock`, and one at-fork hook, registered here, gives the
-child new unlocked ones and sets torch to one thread (its parallel ops would wait for the lost
+Every lock of the codec comes from :func:`fork_safe_lock`, and one at-fork hook, registered here, gives
+the child new unlocked ones and sets torch to one thread (its parallel ops would wait for the lost
 OpenMP workers; PyTorch's DataLoader does the same for its workers). Decoded pixels do not depend on
 the thread count (tests/test_concurrency.py). A child that raises torch's thread count again hangs
 in its first parallel op: use the ``spawn`` or ``forkserver`` start method then.
@@ -36,24 +36,27 @@ Standard library only.
 
 from __future__ import annotations
 
-import concurrent.futures.thread  # noqa: F401 - see below
 import contextlib
 import logging  # noqa: F401 - see below
 import os
 import sys
 import threading
 import time
-import weakref
 from collections.abc import Iterator
 
 # logging and concurrent.futures.thread register paired before/after-fork hooks when first imported, and
 # torch's import imports them. os.fork lists its before-hooks when it starts: a module first imported
 # while a fork waits in ours would get its after-hook run without its before-hook (its lock released
 # unheld). Imported here, they are registered before any fork can wait.
+try:
+    import concurrent.futures.thread  # noqa: F401
+except RuntimeError:  # first imported while the interpreter exits (a decode in an exit handler): no fork follows
+    pass
 
-__all__ = ["ForkSafeLock", "setting_up"]
+__all__ = ["fork_safe_lock", "setting_up"]
 
-_LOCKS: weakref.WeakSet[ForkSafeLock] = weakref.WeakSet()
+#: every lock :func:`fork_safe_lock` made (module-level locks: kept for the life of the process)
+_LOCKS: list = []
 #: how long a fork waits for the codec's set-up in another thread to finish
 SETUP_WAIT_SECONDS = 120.0
 #: how long a fork waits for ended codec threads to leave the process
@@ -72,35 +75,27 @@ _setting_up = threading.RLock()
 _forking = threading.local()
 
 
-class ForkSafeLock:
-    """A non-reentrant lock that a forked child gets back unlocked (usable as ``with lock:``).
+def fork_safe_lock() -> threading.RLock:
+    """A lock for a module of the codec (a :class:`threading.RLock`) that a forked child gets back unlocked.
+
+    The standard library's C lock: ``with lock:`` takes it in C, so a KeyboardInterrupt that lands as it is
+    taken cannot leave it held (a lock class written in Python can: its ``__enter__`` runs bytecode after the
+    acquire, where the signal's handler runs, and the lock then stayed held for good). Reentrant, so that a
+    call into the codec from a signal handler or a finaliser that interrupted the codec in the same thread goes
+    on instead of waiting for itself for ever.
 
     Example:
-        >>> lock = ForkSafeLock()
-        >>> with lock:
-        ...     lock.locked()
+        >>> lock = fork_safe_lock()
+        >>> with lock, lock:
+        ...     lock._is_owned()
         True
     """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        _LOCKS.add(self)
-
-    def __enter__(self) -> bool:
-        return self._lock.acquire()
-
-    def __exit__(self, *exc) -> None:
-        self._lock.release()
-
-    def locked(self) -> bool:
-        """Whether some thread holds the lock."""
-        return self._lock.locked()
-
-    def _renew(self) -> None:
-        self._lock = threading.Lock()
+    lock = threading.RLock()
+    _LOCKS.append(lock)
+    return lock
 
 
-_threads_lock = ForkSafeLock()
+_threads_lock = fork_safe_lock()
 
 
 @contextlib.contextmanager
@@ -213,8 +208,8 @@ def _after_fork_in_child() -> None:
     _codec_threads.clear()  # the child has only the forking thread
     _noted.__dict__.clear()
     _forking.held = False
-    for lock in list(_LOCKS):
-        lock._renew()
+    for lock in _LOCKS:
+        lock._at_fork_reinit()
     torch = sys.modules.get("torch")
     set_num_threads = getattr(torch, "set_num_threads", None)  # None while torch is still being imported
     if set_num_threads is not None:

@@ -42,7 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .constants import WEIGHTS_LAYOUTS
-from .forksafe import ForkSafeLock
+from .forksafe import fork_safe_lock
 
 __all__ = [
     "Generation",
@@ -237,7 +237,7 @@ def _skip(path: Path, why: str) -> None:
 
 
 _CACHE: dict[tuple, Generation | None] = {}
-_CACHE_LOCK = ForkSafeLock()
+_CACHE_LOCK = fork_safe_lock()
 
 
 def generation_of(path: Path) -> Generation | None:

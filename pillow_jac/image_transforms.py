@@ -68,7 +68,7 @@ def torch_work(pixels: int, engine) -> contextlib.AbstractContextManager:
         return region.pop_all()
 
 
-_precision_lock = threading.Lock()
+_precision_lock = threading.RLock()  # C-level and reentrant: see pillow_jac.forksafe.fork_safe_lock
 _precision_users: dict[str, int] = {}  # by device type: the blocks open now
 _precision_saved: dict[str, object] = {}  # by device type: the program's setting while blocks are open
 
@@ -112,18 +112,23 @@ def ieee_float32_convolutions(device_type: str = "cuda") -> Iterator[None]:
         yield
         return
     get, put, ieee = access
-    with _precision_lock:
-        if _precision_users.get(device_type, 0) == 0:
-            _precision_saved[device_type] = get()
-            put(ieee)
-        _precision_users[device_type] = _precision_users.get(device_type, 0) + 1
+    entered = False
     try:
+        with _precision_lock:
+            if _precision_users.get(device_type, 0) == 0:
+                if device_type not in _precision_saved:  # else left by a restore that an interrupt cut short
+                    _precision_saved[device_type] = get()
+                put(ieee)
+            _precision_users[device_type] = _precision_users.get(device_type, 0) + 1
+            entered = True
         yield
     finally:
-        with _precision_lock:
-            _precision_users[device_type] -= 1
-            if _precision_users[device_type] == 0:
-                put(_precision_saved.pop(device_type))
+        if entered:
+            with _precision_lock:
+                _precision_users[device_type] -= 1
+                if _precision_users[device_type] == 0:
+                    put(_precision_saved[device_type])  # restored before it is forgotten
+                    del _precision_saved[device_type]
 
 
 def padded_pixels(colors: Sequence[np.ndarray], first: int, end: int, latent_width: int, device) -> torch.Tensor:

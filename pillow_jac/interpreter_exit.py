@@ -15,7 +15,9 @@ end. The work checks the flag between stripes, wavefront steps and search steps 
 entering a region (:func:`working`), and leaves by :class:`SystemExit`, which ends a thread without a
 traceback. A stopped thread is joined, not only counted out: while it unwinds it still frees tensors, and
 CPython ends a daemon thread found running at finalisation inside whatever C++ it is in. The main thread is
-never stopped this way: by then its own work is done. Standard library only.
+never stopped this way, nor waited for: by then its own work is done (a count it left behind, when a
+KeyboardInterrupt cut a region short between its bookkeeping steps, does not hold the exit up).
+Standard library only.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import threading
 import time
 from collections.abc import Iterator
 
-__all__ = ["working", "check", "watch", "EXIT_WAIT_SECONDS", "STOPPED_JOIN_SECONDS"]
+__all__ = ["working", "check", "watch", "threads_inside", "EXIT_WAIT_SECONDS", "STOPPED_JOIN_SECONDS"]
 
 #: how long the interpreter's exit waits for torch work in daemon threads to reach a check and stop
 EXIT_WAIT_SECONDS = 30.0
@@ -35,8 +37,12 @@ EXIT_WAIT_SECONDS = 30.0
 #: goes on with other work is left to end as daemon threads do)
 STOPPED_JOIN_SECONDS = 2.0
 
-_idle = threading.Condition(threading.Lock())
-_inside = 0
+#: the counts below are changed under this C lock, taken by ``with`` (a ``Condition``'s own ``__enter__`` is
+#: Python code, where a KeyboardInterrupt could land after the acquire and leave it held)
+_idle_lock = threading.RLock()
+_idle = threading.Condition(_idle_lock)
+#: per thread (ident): how many regions of torch work it is inside
+_inside: dict[int, int] = {}
 _exiting = False
 _watching = False
 _stopped: list[threading.Thread] = []  # the threads check() stopped, joined by the exit handler
@@ -49,27 +55,37 @@ def working() -> Iterator[None]:
     Example:
         >>> from pillow_jac import interpreter_exit
         >>> with working():
-        ...     inside = interpreter_exit._inside
-        >>> inside, interpreter_exit._inside
+        ...     inside = interpreter_exit.threads_inside()
+        >>> inside, interpreter_exit.threads_inside()
         (1, 0)
     """
-    global _inside
-    with _idle:  # tested under the lock: the exit handler sets the flag under it too
-        _stop_if_exiting()
-        _inside += 1
+    me = threading.get_ident()
+    entered = False
     try:
+        with _idle_lock:  # tested under the lock: the exit handler sets the flag under it too
+            _stop_if_exiting()
+            _inside[me] = _inside.get(me, 0) + 1
+            entered = True
         yield
     finally:
-        with _idle:
-            _inside -= 1
-            if not _inside:
+        if entered:
+            with _idle_lock:
+                left = _inside.pop(me, 1) - 1
+                if left > 0:
+                    _inside[me] = left
                 _idle.notify_all()
+
+
+def threads_inside(but: int | None = None) -> int:
+    """How many threads are inside regions of torch work now (less the thread ``but``, by ident)."""
+    with _idle_lock:
+        return sum(1 for ident, count in _inside.items() if count > 0 and ident != but)
 
 
 def check() -> None:
     """Stop this thread (:class:`SystemExit`) if the interpreter is exiting and it is not the main thread."""
     if _exiting:
-        with _idle:
+        with _idle_lock:
             _stop_if_exiting()
 
 
@@ -85,28 +101,33 @@ def watch() -> None:
     global _watching
     if _watching:  # the codec asks at every engine request: no lock once registered
         return
-    with _idle:
+    with _idle_lock:
         if _watching:
             return
         _watching = True
-    atexit.register(_at_exit)
+    try:
+        atexit.register(_at_exit)
+    except RuntimeError:  # the interpreter is already exiting (a first decode in an exit handler): nothing to wait for
+        pass
 
 
 def _at_exit() -> None:
     global _exiting
     deadline = time.monotonic() + EXIT_WAIT_SECONDS
-    with _idle:
+    me = threading.get_ident()  # the thread that exits; what it left counted is not waited for
+    with _idle_lock:
         _exiting = True
-        _idle.wait_for(lambda: _inside == 0, timeout=EXIT_WAIT_SECONDS)
+        _idle.wait_for(lambda: threads_inside(but=me) == 0, timeout=EXIT_WAIT_SECONDS)
         stopped = list(_stopped)
     for thread in stopped:
         thread.join(max(0.0, min(STOPPED_JOIN_SECONDS, deadline - time.monotonic())))
 
 
 def _after_fork_in_child() -> None:
-    global _idle, _inside
-    _idle = threading.Condition(threading.Lock())  # the parent's may have been held by a thread the child lacks
-    _inside = 0  # the threads inside were the parent's
+    global _idle, _idle_lock
+    _idle_lock = threading.RLock()  # the parent's may have been held by a thread the child lacks
+    _idle = threading.Condition(_idle_lock)
+    _inside.clear()  # the threads inside were the parent's
     _stopped.clear()
 
 

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 from .constants import ACTIVATION_BITS, ACTIVATION_LIMIT_BITS, MEAN_STEPS, SCALE_LEVELS, Y_PER_Z
 from .entropy_coding import CodingTables, EntropyCodingError, bytes_to_words, words_to_bytes
-from .forksafe import ForkSafeLock
+from .forksafe import fork_safe_lock
 from .interpreter_exit import check
 from .mixture_coding import MixtureCoder
 from .model.integer import IntegerNetwork
@@ -67,9 +67,9 @@ _H_S_HALO = 4
 _H_S_MIN_ROWS = 8
 
 
-#: threads inside :func:`single_threaded` blocks, and the thread count outside them (under the lock)
-_single = {"depth": 0, "outside": 1}  # 1 until a first block records more
-_single_lock = ForkSafeLock()
+#: the threads (idents) inside :func:`single_threaded` blocks, and the thread count outside them (under the lock)
+_single: dict = {"inside": set(), "outside": 1}  # 1 until a first block records more
+_single_lock = fork_safe_lock()
 #: per thread: ``done`` is True once the thread has left a block
 _left_a_block = threading.local()
 
@@ -80,7 +80,7 @@ def _forget_blocks_in_child() -> None:
     The child has none of its parent's threads or their blocks, and one torch thread (forksafe): its first
     block must not set the parent's count back, which would wait for OpenMP threads it lacks.
     """
-    _single.update(depth=0, outside=1)
+    _single.update(inside=set(), outside=1)
     _left_a_block.__dict__.clear()  # the forking thread's, the child's only thread
 
 
@@ -109,21 +109,29 @@ def single_threaded(keep_if_sleeping: int = 0):
     for every thread. Results do not depend on the thread count, so this only affects speed. Blocks do
     not nest in one thread: leaving an inner one sets the count outside the blocks.
     """
-    with _single_lock:
-        own = torch.get_num_threads()
-        chose_one = own == 1 and getattr(_left_a_block, "done", False)  # not a count this thread started with
-        if _single["depth"] == 0 and (own != 1 or _single["outside"] == 1 or chose_one):
-            _single["outside"] = own
-        _single["depth"] += 1
-        outside = _single["outside"]
-        torch.set_num_threads(outside if 1 < outside <= keep_if_sleeping and threads_sleep() else 1)
+    me = threading.get_ident()
+    entered = False
     try:
+        with _single_lock:
+            own = torch.get_num_threads()
+            chose_one = own == 1 and getattr(_left_a_block, "done", False)  # not a count this thread started with
+            # this thread's own entry is stale (blocks do not nest in a thread: a KeyboardInterrupt cut the
+            # last one short), as is one of a thread that has ended
+            alive = {t.ident for t in threading.enumerate()}
+            others = {ident for ident in _single["inside"] if ident != me and ident in alive}
+            if not others and (own != 1 or _single["outside"] == 1 or chose_one):
+                _single["outside"] = own
+            _single["inside"] = others | {me}
+            entered = True
+            outside = _single["outside"]
+            torch.set_num_threads(outside if 1 < outside <= keep_if_sleeping and threads_sleep() else 1)
         yield
     finally:
-        with _single_lock:
-            _single["depth"] = max(0, _single["depth"] - 1)  # 0 already in a child forked inside the block
-            torch.set_num_threads(_single["outside"])
-            _left_a_block.done = True
+        if entered:
+            with _single_lock:
+                _single["inside"].discard(me)  # already gone in a child forked inside the block
+                torch.set_num_threads(_single["outside"])
+                _left_a_block.done = True
 
 
 def _padded_rows(n: int) -> int:

@@ -142,10 +142,16 @@ def run_batch(
     return len(todo) + len(clashes) - failed, len(jobs) - len(todo), failed
 
 
-#: what jac batch's fork server imports before it forks the workers: torch under the codec's wait policy first,
-#: then the modules of a conversion, among them those the codec imports at its first call, so that no worker
-#: imports them again (about 50 ms a worker)
-_WORKER_PRELOAD = ["pillow_jac.passive_torch", "pillow_jac.local_batch", "pillow_jac.codec", *TORCH_MODULES]
+#: what jac batch's fork server imports before it forks the workers: a module that ignores Ctrl-C there (as the
+#: server does after its preload), torch under the codec's wait policy, then the modules of a conversion, among
+#: them those the codec imports at its first call, so that no worker imports them again (about 50 ms a worker)
+_WORKER_PRELOAD = [
+    "pillow_jac.forkserver_signals",
+    "pillow_jac.passive_torch",
+    "pillow_jac.local_batch",
+    "pillow_jac.codec",
+    *TORCH_MODULES,
+]
 
 
 def _run_jobs(

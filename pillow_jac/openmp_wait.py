@@ -31,14 +31,14 @@ import os
 import sys
 from collections.abc import Iterator
 
-from .forksafe import ForkSafeLock
+from .forksafe import fork_safe_lock
 
 __all__ = ["passive_unless_chosen", "threads_sleep", "CHOSEN_BY_USER"]
 
 #: variables by which a program chooses OpenMP's waiting itself (standard OpenMP, GNU libgomp, LLVM/Intel)
 CHOSEN_BY_USER = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")
 
-_lock = ForkSafeLock()  # a fork waits while another thread holds it (pillow_jac/forksafe.py)
+_lock = fork_safe_lock()  # a fork waits while another thread holds it (pillow_jac/forksafe.py)
 #: "passive": True once this process's torch was imported inside :func:`passive_unless_chosen` with the
 #: policy set there; "chosen": the program's own policy, read at the first :func:`threads_sleep` after
 #: torch's import (None until then)

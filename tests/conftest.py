@@ -38,7 +38,7 @@ def torch_threads_as_found():
     yield
     if torch.get_num_threads() != before:
         torch.set_num_threads(before)
-    if latent_coding._single["depth"] == 0:
+    if not latent_coding._single["inside"]:
         latent_coding._single["outside"] = outside
 
 

@@ -395,7 +395,13 @@ def test_fork_while_another_thread_builds_the_first_engine(tmp_path: Path, files
 
         thread = threading.Thread(target=first)
         thread.start()
-        while not engine._LOCK.locked():  # the other thread is building the engine
+        def held(lock):  # by another thread (an RLock has no locked() before Python 3.14)
+            if lock.acquire(blocking=False):
+                lock.release()
+                return False
+            return True
+
+        while not held(engine._LOCK):  # the other thread is building the engine
             if not thread.is_alive():
                 sys.exit("the build was not seen")
             time.sleep(0.0002)
@@ -490,7 +496,7 @@ def test_rounding_the_latents_is_counted_torch_work(monkeypatch) -> None:
 
     seen = []
     real = torch.round
-    monkeypatch.setattr(torch, "round", lambda t: seen.append(interpreter_exit._inside) or real(t))
+    monkeypatch.setattr(torch, "round", lambda t: seen.append(interpreter_exit.threads_inside()) or real(t))
     from pillow_jac import image_transforms
 
     image_transforms._rounded(torch.zeros(1, 2, 3, 3))

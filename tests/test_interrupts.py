@@ -1,0 +1,202 @@
+"""A Ctrl-C anywhere leaves the codec usable, and the codec runs from signal handlers and exit handlers.
+
+A KeyboardInterrupt lands between any two bytecodes of the main thread. Where it cut the codec's
+bookkeeping short, a lock stayed held (the next decode, or the exit, waited for ever), a count stayed up
+(the exit waited 30 s), or the program's thread count or convolution precision was not given back.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import torch
+
+from pillow_jac import image_transforms, latent_coding
+
+from .helpers import natural_image
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _run(script: str, *args: str, timeout: float = 120, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(script), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+        env=env,
+    )
+
+
+def test_a_ctrl_c_as_a_codec_lock_is_taken_leaves_it_free() -> None:
+    """Another thread gives the lock up and sends SIGINT: the main thread takes it, and the interrupt follows.
+    A lock class written in Python stayed held every time (its __enter__ ran bytecode after the acquire)."""
+    result = _run(
+        """
+        import os, signal, threading, time
+        from pillow_jac.forksafe import fork_safe_lock
+
+        def trial():
+            lock = fork_safe_lock()
+            taken = threading.Event()
+
+            def other():
+                lock.acquire()
+                taken.set()
+                time.sleep(0.2)
+                lock.release()
+                os.kill(os.getpid(), signal.SIGINT)
+
+            threading.Thread(target=other).start()
+            taken.wait()
+            try:
+                with lock:
+                    time.sleep(1)
+            except KeyboardInterrupt:
+                pass
+            probe = []
+            t = threading.Thread(target=lambda: probe.append(lock.acquire(timeout=1)))
+            t.start()
+            t.join()
+            return probe == [True]
+
+        print([trial() for _ in range(3)])
+        """
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[True, True, True]"
+
+
+def test_a_count_the_main_thread_left_does_not_hold_the_exit_up() -> None:
+    """A region of torch work the main thread left counted (an interrupt between its steps): the exit handler
+    waited EXIT_WAIT_SECONDS (30 s) for it. The main thread is the one exiting: its count is not waited for."""
+    start = time.monotonic()
+    result = _run(
+        """
+        import threading
+        from pillow_jac import interpreter_exit
+        interpreter_exit.watch()
+        interpreter_exit._inside[threading.get_ident()] = 1  # left behind
+        assert interpreter_exit.threads_inside() == 1 and interpreter_exit.threads_inside(threading.get_ident()) == 0
+        """,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert time.monotonic() - start < 15  # a standard-library import and an exit, not 30 s of waiting
+
+
+def test_a_block_this_thread_left_behind_does_not_keep_the_programs_thread_count(monkeypatch) -> None:
+    """single_threaded's bookkeeping cut short left its depth at 1: from then on the count outside the blocks
+    was never recorded again, and every block set the program's own count back to a stale one."""
+    monkeypatch.setitem(latent_coding._single, "inside", {threading.get_ident()})  # a stale entry of this thread
+    monkeypatch.setitem(latent_coding._single, "outside", 1)
+    saved = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        with latent_coding.single_threaded():
+            assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 2 and latent_coding._single["inside"] == set()
+        torch.set_num_threads(3)  # the program's own choice between blocks
+        with latent_coding.single_threaded():
+            pass
+        assert torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(saved)
+
+
+def test_an_interrupted_restore_of_the_convolution_precision_is_made_good(monkeypatch) -> None:
+    """An interrupt as the last block gave oneDNN's setting back lost the program's setting for good."""
+    get, put, ieee = image_transforms._conv_precision("cpu")
+    calls = []
+
+    def interrupted_once(value):
+        calls.append(value)
+        if len(calls) == 2:  # the restore at the first block's end
+            raise KeyboardInterrupt
+        put(value)
+
+    monkeypatch.setattr(image_transforms, "_conv_precision", lambda device_type: (get, interrupted_once, ieee))
+    before = get()
+    put("bf16")  # the program's choice
+    try:
+        try:
+            with image_transforms.ieee_float32_convolutions("cpu"):
+                assert get() == ieee
+        except KeyboardInterrupt:
+            pass
+        assert get() == ieee  # not given back yet
+        with image_transforms.ieee_float32_convolutions("cpu"):
+            assert get() == ieee
+        assert get() == "bf16"  # the next block gave back the program's setting, not its own
+    finally:
+        put(before)
+        image_transforms._precision_saved.pop("cpu", None)
+
+
+def test_the_codec_runs_from_a_handler_that_interrupted_it_and_from_an_exit_handler(tmp_path: Path) -> None:
+    """A decode from a signal handler or finaliser that interrupted the codec in the same thread waited for
+    ever on the codec's own lock; a first decode in an exit handler raised "can't register atexit after
+    shutdown"."""
+    from pillow_jac import codec
+
+    (tmp_path / "a.jac").write_bytes(codec.encode(natural_image(16, 16), 2))
+    result = _run(
+        """
+        import atexit, sys
+        import pillow_jac
+        from pillow_jac import codec
+
+        def at_exit():
+            print("at exit", codec.decode(open(sys.argv[1], "rb").read()).shape, flush=True)
+
+        atexit.register(at_exit)
+        """,
+        str(tmp_path / "a.jac"),
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "at exit (16, 16, 3)"
+    result = _run(
+        """
+        import sys
+        from pillow_jac import codec, engine, generations, image_transforms, interpreter_exit, latent_coding
+        data = open(sys.argv[1], "rb").read()
+        locks = [engine._LOCK, generations._CACHE_LOCK, latent_coding._single_lock, image_transforms._precision_lock,
+                 interpreter_exit._idle_lock]
+        for lock in locks:  # as held by the code a handler interrupted
+            lock.acquire()
+        print(codec.decode(data).shape)
+        """,
+        str(tmp_path / "a.jac"),
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "(16, 16, 3)"
+
+
+def test_the_fork_server_ignores_ctrl_c_while_it_preloads(tmp_path: Path) -> None:
+    """jac batch's fork server ignores SIGINT only after its preload (torch, some seconds): a Ctrl-C to the
+    process group before that printed a traceback from inside torch's import, and the server died."""
+    (tmp_path / "interrupt_self.py").write_text("import os, signal\nos.kill(os.getpid(), signal.SIGINT)\n")
+    path = os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")]))  # the server's own path
+    result = _run(
+        """
+        import multiprocessing
+        from pillow_jac import local_batch
+
+        if __name__ == "__main__":
+            ctx = multiprocessing.get_context("forkserver")
+            ctx.set_forkserver_preload([local_batch._WORKER_PRELOAD[0], "interrupt_self"])
+            with ctx.Pool(1) as pool:
+                print(pool.apply(abs, (-3,)))
+        """,
+        env={**os.environ, "PYTHONPATH": path},
+    )
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+    assert result.stdout.strip() == "3"
