@@ -249,6 +249,22 @@ def test_shipped_weights_fit_the_package_budget() -> None:
     assert kept_ids == set(released) - {generations.encoder(None).model_id}
 
 
+def test_the_wheel_ships_every_weights_file_and_every_package() -> None:
+    """Every released generation's file (the full one and the kept decoder files) and every subpackage are in the
+    wheel's configuration: a narrowed glob would leave a generation out of the package, and its files
+    undecodable after an upgrade."""
+    import fnmatch
+
+    tomllib = pytest.importorskip("tomllib")
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    globs = config["package-data"]["pillow_jac._weights"]
+    assert config["package-dir"]["pillow_jac._weights"] == "weights"
+    files = [p.relative_to(ROOT / "weights").as_posix() for p in (ROOT / "weights").rglob("*.safetensors")]
+    assert files and all(any(fnmatch.fnmatchcase(f, g) and f.count("/") == g.count("/") for g in globs) for f in files)
+    packages = {".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "pillow_jac").rglob("__init__.py")}
+    assert packages <= set(config["packages"]), packages - set(config["packages"])
+
+
 def test_jac_weights_that_names_no_encoder_is_an_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A mistyped ``JAC_WEIGHTS`` is refused, not silently replaced by the newest model; a decoder-only file
     there is a generation that decodes (SPEC.md 9.2), and the newest full file encodes, with a warning."""
