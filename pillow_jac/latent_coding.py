@@ -58,13 +58,13 @@ CAUSAL_TAPS = causal_taps(5)
 _MEAN_SHIFT = ACTIVATION_BITS - int(np.log2(MEAN_STEPS))
 #: latent positions per chunk of the one-pass parameter computations (bounds their temporaries)
 CHUNK_POSITIONS = 4096
-#: z rows of halo for striped h_s: two 5x5 stride-2 transposed convolutions and a 3x3 convolution
-#: reach at most 3.25 z rows (13 latent rows) from a latent row
-_H_S_HALO = 4
-#: z rows per h_s stripe at least: the halo then costs at most (8 + 2 * 4) / 8 = 2x the stripe's
-#: own work. A positions budget alone would give wide images stripes of a few z rows, each paying
-#: the whole halo (2 z rows at 24 MP: h_s would compute 5x the rows it keeps)
-_H_S_MIN_ROWS = 8
+#: z rows of halo (above, below) for striped h_s: through two 5x5 stride-2 transposed convolutions (padding
+#: 2, output padding 1) and a 3x3 convolution, latent rows ``[4a, 4b)`` depend on z rows ``[a - 1, b + 1]``
+#: only (tests/test_stripes.py: one row fewer on either side changes h_s)
+_H_S_HALO = (1, 2)
+#: z rows per h_s stripe at least: the halo then costs at most (13 + 3) / 13 = 1.23x the stripe's own work.
+#: A positions budget alone would give wide images stripes of a few z rows, each paying the whole halo
+_H_S_MIN_ROWS = 13
 
 
 #: the threads (idents) inside :func:`single_threaded` blocks, and the thread count outside them (under the lock)
@@ -279,14 +279,14 @@ class LatentCoder:
     def hyper_stripes(self, z_hat: torch.Tensor, y_shape: tuple[int, int]) -> Iterator[tuple[int, int, torch.Tensor]]:
         """h_s(z_hat) in fixed point, in stripes of latent rows: ``(first row, end row, (2M, rows, Wy))``.
 
-        Computed from stripes of ``z`` rows with a halo of :data:`_H_S_HALO` rows, so the float64
+        Computed from stripes of ``z`` rows with the halo :data:`_H_S_HALO`, so the float64
         temporaries stay bounded for large images, and lazily, so that the decoder computes each
         stripe only when its wavefront gets there.
         """
         z = z_hat.double().to(self.device).unsqueeze(0) * 2.0**ACTIVATION_BITS
         rows = z.shape[2]
         step = max(1, _H_S_MIN_ROWS, CHUNK_POSITIONS // (Y_PER_Z**2 * z.shape[3]))  # latent positions per z one
-        for a, b, lo, hi in stripes(rows, step, _H_S_HALO):
+        for a, b, lo, hi in stripes(rows, step, *_H_S_HALO):
             first, end = Y_PER_Z * a, min(Y_PER_Z * b, y_shape[0])
             if first >= end:
                 return

@@ -57,17 +57,24 @@ def stripe_rows_for(latent_width: int, stripe_pixels: int | None = None) -> int:
     return max(4 * HALO_ROWS, pixels // (FACTOR * FACTOR * latent_width))
 
 
-def stripes(rows: int, stripe_rows: int, halo: int = HALO_ROWS) -> Iterator[tuple[int, int, int, int]]:
-    """``(a, b, lo, hi)``: each stripe ``[a, b)`` of ``rows`` and its extent ``[lo, hi)`` with ``halo`` rows.
+def stripes(
+    rows: int, stripe_rows: int, halo: int = HALO_ROWS, below: int | None = None
+) -> Iterator[tuple[int, int, int, int]]:
+    """``(a, b, lo, hi)``: each stripe ``[a, b)`` of ``rows`` and its extent ``[lo, hi)`` with its halo.
+
+    ``halo`` rows above the stripe and ``below`` (by default ``halo``) below it.
 
     Example:
         >>> list(stripes(5, 2, halo=1))
         [(0, 2, 0, 3), (2, 4, 1, 5), (4, 5, 3, 5)]
+        >>> list(stripes(5, 2, 1, below=2))
+        [(0, 2, 0, 4), (2, 4, 1, 5), (4, 5, 3, 5)]
     """
+    below = halo if below is None else below
     for a in range(0, rows, stripe_rows):
         check()  # a daemon thread stops here when the interpreter exits (pillow_jac/interpreter_exit.py)
         b = min(rows, a + stripe_rows)
-        yield a, b, max(0, a - halo), min(rows, b + halo)
+        yield a, b, max(0, a - halo), min(rows, b + below)
 
 
 def synthesize_in_stripes(

@@ -66,7 +66,9 @@ _BPP_AT_4 = 0.75
 _ESTIMATE_EXCESS = 70
 #: latent rows per piece of the rate estimate (bounds its temporaries on large images)
 _ESTIMATE_ROWS = 64
-#: z rows of halo for the float h_s (as the exact one's, pillow_jac.latent_coding)
+#: z rows of halo on each side for the float h_s of the rate estimate: more than its reach (1 row above, 2
+#: below: pillow_jac.latent_coding), and kept so, since float sums depend on the stripes and a target's
+#: quality on the estimate
 _H_S_HALO = 4
 
 
