@@ -231,7 +231,7 @@ def _canonical(t: torch.Tensor, name: str = "a tensor") -> torch.Tensor:
     """
     t = t.detach().contiguous().cpu()
     canonical = t.to(torch.float32 if t.is_floating_point() else torch.int64)
-    if t.dtype not in (torch.float32, torch.int64) and not torch.equal(canonical.to(t.dtype), t):
+    if t.dtype not in _EXACTLY_WIDENED and not torch.equal(canonical.to(t.dtype), t):
         raise WeightsError(
             f"{name} holds {t.dtype} values that {canonical.dtype} does not hold exactly, "
             "which the hashes cannot tell apart (SPEC.md section 9.3)"
@@ -239,14 +239,19 @@ def _canonical(t: torch.Tensor, name: str = "a tensor") -> torch.Tensor:
     return canonical
 
 
-def _little_endian_bytes(t: torch.Tensor) -> bytes:
-    """A contiguous CPU tensor's values as bytes, each value little-endian whatever the host's byte order."""
+#: dtypes whose every value the canonical dtype (float32 or int64) holds: their cast needs no check
+_EXACTLY_WIDENED = {torch.float16, torch.bfloat16, torch.float32, torch.int8, torch.int16, torch.int32, torch.int64}
+_EXACTLY_WIDENED |= {torch.uint8, torch.bool}
+
+
+def _little_endian_bytes(t: torch.Tensor):
+    """A contiguous CPU tensor's values as a bytes-like array, each value little-endian on any host."""
     if not t.numel():
         return b""
     raw = t.reshape(-1).view(torch.uint8)
     if sys.byteorder == "big" and t.element_size() > 1:
         raw = raw.view(-1, t.element_size()).flip(1).reshape(-1)
-    return raw.numpy().tobytes()
+    return raw.numpy()  # hashed in place, not copied
 
 
 def _canonical_json(value: Any) -> bytes:

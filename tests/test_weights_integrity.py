@@ -207,7 +207,7 @@ def test_values_the_hash_cannot_tell_apart_are_refused(weights_copy: Path) -> No
 
 def test_hashed_bytes_are_little_endian_on_any_host(monkeypatch: pytest.MonkeyPatch) -> None:
     t = torch.tensor([1, 2], dtype=torch.int32)
-    assert weights._little_endian_bytes(t) == b"\x01\x00\x00\x00\x02\x00\x00\x00"
+    assert bytes(weights._little_endian_bytes(t)) == b"\x01\x00\x00\x00\x02\x00\x00\x00"
     monkeypatch.setattr(weights.sys, "byteorder", "big")  # a big-endian host holds each value's bytes reversed
-    assert weights._little_endian_bytes(t) == b"\x00\x00\x00\x01\x00\x00\x00\x02"
-    assert weights._little_endian_bytes(torch.tensor([7], dtype=torch.uint8)) == b"\x07"
+    assert bytes(weights._little_endian_bytes(t)) == b"\x00\x00\x00\x01\x00\x00\x00\x02"
+    assert bytes(weights._little_endian_bytes(torch.tensor([7], dtype=torch.uint8))) == b"\x07"
