@@ -73,11 +73,14 @@ def check_folder(
     device: str | None = None,
     generation: str | None = None,
     table: str = "vectors.json",
+    share: float | None = None,
 ) -> list[tuple[str, str, bool]]:
     """``(vector, outcome, passed)`` for every vector of ``folder``, decoded with ``weights``.
 
     ``weights`` None decodes with the installed generation each file names; ``generation`` names the
-    decoder in a "not installed" outcome. The release tool checks new vectors with this before it commits.
+    decoder in a "not installed" outcome. The release tool checks new vectors with this before it commits,
+    with ``share``: the pixels may then be one level off in at most that share of the samples (or two), as
+    the reference decoder is on another machine; without it, anywhere (SPEC.md 9.4).
     """
     from pillow_jac import codec
 
@@ -101,9 +104,11 @@ def check_folder(
         if pixels.shape != expected.shape:
             results.append((name, f"shape {pixels.shape}, expected {expected.shape}", False))
             continue
-        diff = int(np.abs(pixels.astype(np.int64) - expected).max(initial=0))
-        outcome = "exact" if diff == 0 else f"within {diff}"
-        results.append((name, outcome, diff <= 1))
+        off = np.abs(pixels.astype(np.int64) - expected)
+        diff, count = int(off.max(initial=0)), int(np.count_nonzero(off))
+        outcome = "exact" if diff == 0 else f"within {diff} ({count} of {off.size} samples off)"
+        few = share is None or count <= max(2, share * off.size)
+        results.append((name, outcome, diff <= 1 and few))
     return results
 
 

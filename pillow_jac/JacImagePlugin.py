@@ -471,8 +471,8 @@ def _encode_image(im: Image.Image, encoderinfo: dict[str, Any]) -> bytes:
 
 def _save(im: Image.Image, fp: IO[bytes], filename: str | bytes) -> None:
     if im.encoderinfo.get("append"):
-        # Pillow opens the file for update without emptying it: a shorter file written there kept the old one's
-        # tail after its end, and neither image could be read back
+        # Pillow opens the file for update without emptying it: a shorter file written there would keep the old
+        # one's tail after its end, and neither image could be read back
         raise ValueError("a JAC file holds one image: append=True (adding to an existing file) is not supported")
     data = _encode_image(im, im.encoderinfo)
     # Nothing is written until the file is complete in memory (see the module docstring).

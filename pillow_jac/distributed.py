@@ -28,8 +28,9 @@ How it runs:
 * **Resume.** With ``resume=True`` (the default) a file whose output is done is skipped, so a batch
   that was stopped continues where it was when run again. Writes are atomic, so an output that exists is
   complete; :func:`is_done` also redoes outputs older than their input and ``.jac`` files of another
-  quality, and an output whose input has another size or time than when it was made (an older copy put in
-  its place) is redone (:meth:`~pillow_jac.source_record.SourceRecord.changed`). A worker killed mid-file
+  quality. Beyond :func:`is_done`, :func:`convert` redoes an output whose input has another size or time
+  than when it was made (an older copy put in its place: the output folder's record of sources,
+  :meth:`~pillow_jac.source_record.SourceRecord.changed`). A worker killed mid-file
   can leave a ``.jac-XXXXXXXX.tmp`` file beside the outputs: nothing reads it, and it can be deleted.
 * **Paths.** Workers open the files themselves: every node must see ``inputs`` and ``out_dir`` at the same
   absolute paths (a local folder on a one-machine instance, or shared storage mounted alike on every node).

@@ -95,7 +95,7 @@ def build_model(
     try:
         config = ModelConfig(**json.loads(metadata["config"]))
         # the layers' random initialisation, overwritten below, must not move the caller's torch generator;
-        # float32 whatever default dtype the caller set (float64 layers refused g_s's float32 input)
+        # float32 whatever default dtype the caller set (float64 layers would refuse g_s's float32 input)
         with torch.random.fork_rng(devices=[]):
             model = JointAutoregressiveHierarchicalPrior(config).float()
         floats = {k: v.float() for k, v in strip_prefix(tensors, FLOAT_PREFIX).items()}  # a decoder file may hold fp16

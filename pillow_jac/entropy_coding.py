@@ -171,9 +171,9 @@ def log2_ratio(numerator: int, denominator: int) -> float:
 
     (A float64 ``x`` is ``log2_ratio(*x.as_integer_ratio())``.)
 
-    The bounds of a stream's length rest on it; libm's and numpy's ``log2`` need not round correctly (numpy's
-    vectorised one and glibc's differ on 118 of the 65,536 ratios ``f / 2**16``), so it is computed in
-    decimal to 60 digits and rounded once.
+    The bounds of a stream's length rest on it; libm's and numpy's ``log2`` need not round correctly (they
+    differ on some of the 65,536 ratios ``f / 2**16``, by how each was built), so it is computed in decimal
+    to 60 digits and rounded once.
 
     Example:
         >>> log2_ratio(1, 8), log2_ratio(65531, 65536) == math.log2(65531 / 65536)

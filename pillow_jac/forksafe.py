@@ -80,7 +80,7 @@ def fork_safe_lock() -> threading.RLock:
 
     The standard library's C lock: ``with lock:`` takes it in C, so a KeyboardInterrupt that lands as it is
     taken cannot leave it held (a lock class written in Python can: its ``__enter__`` runs bytecode after the
-    acquire, where the signal's handler runs, and the lock then stayed held for good). Reentrant, so that a
+    acquire, where the signal's handler runs, and the lock would stay held for good). Reentrant, so that a
     call into the codec from a signal handler or a finaliser that interrupted the codec in the same thread goes
     on instead of waiting for itself for ever.
 

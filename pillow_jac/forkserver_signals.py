@@ -1,9 +1,10 @@
 """Imported first by ``jac batch``'s fork server (:data:`pillow_jac.local_batch._WORKER_PRELOAD`): Ctrl-C ignored.
 
 The fork server ignores SIGINT once it has imported its preload modules (torch among them, a few
-seconds); a Ctrl-C to the terminal's process group before that printed a KeyboardInterrupt traceback
-from inside torch's import below the command's own one-line message. The server's workers set their
-own handling (:func:`pillow_jac.local_batch._worker_init`); the command's process is not this one.
+seconds); before that, a Ctrl-C to the terminal's process group would print a KeyboardInterrupt traceback
+from inside torch's import below the command's own one-line message, and end the server.
+:mod:`pillow_jac.forkserver_signals_restored`, imported last, puts Python's handler back, so that the
+processes the server forks get it as they would without this module.
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ Every step runs as :func:`torch_work` of its images' size. Imported with torch, 
 from __future__ import annotations
 
 import contextlib
-import threading
+import os
 from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
@@ -22,6 +22,7 @@ import torch
 
 from . import container, interpreter_exit
 from .constants import DOWNSAMPLING, EFFORT_ITERATIONS
+from .forksafe import fork_safe_lock
 from .latent_coding import SYMBOL_LIMIT, single_threaded
 from .stripes import analyze_in_stripes, synthesize_in_stripes
 
@@ -51,13 +52,12 @@ def torch_work(pixels: int, engine) -> contextlib.AbstractContextManager:
     One torch thread for small images on the CPU unless OpenMP's threads sleep and at most
     :data:`SMALL_IMAGE_THREADS` are set; IEEE float32 convolutions on the engine's device
     (:func:`ieee_float32_convolutions`: the decoder's pixels, and the encoder's latents the same whether a
-    decode overlaps it or not); no autocast that a caller entered (its bf16 or fp16 would reach g_s, whose
-    samples then moved by up to 255 levels, or came out NaN: CODING.md section 1.1; the effort search enters
-    its own); and the work counted for a clean interpreter exit
-    (:func:`pillow_jac.interpreter_exit.working`). With sleeping threads two are faster than one from
-    128x128 pixels up and level beside other work (2-core AVX2 CPU, kodim01 crops at quality 4: 512x512
-    encode 0.73 s against 1.12 s, decode 1.20 s against 1.65 s, an effort-1 encode of 384x256 4.6 s
-    against 8.5 s; with a torch program beside it, level).
+    decode overlaps it or not); no autocast that a caller entered (its bf16 or fp16 would reach g_s and move
+    samples by up to 255 levels, or make them NaN: CODING.md section 1.1; the effort search enters its own);
+    and the work counted for a clean interpreter exit (:func:`pillow_jac.interpreter_exit.working`). With
+    sleeping threads two are faster than one from 128x128 pixels up and level beside other work (2-core AVX2
+    CPU, kodim01 crops at quality 4: 512x512 encode 0.73 s against 1.12 s, decode 1.20 s against 1.65 s, an
+    effort-1 encode of 384x256 4.6 s against 8.5 s; with a torch program beside it, level).
     """
     with contextlib.ExitStack() as region:  # left again if entering the second part fails
         region.enter_context(interpreter_exit.working())
@@ -68,7 +68,7 @@ def torch_work(pixels: int, engine) -> contextlib.AbstractContextManager:
         return region.pop_all()
 
 
-_precision_lock = threading.RLock()  # C-level and reentrant: see pillow_jac.forksafe.fork_safe_lock
+_precision_lock = fork_safe_lock()
 _precision_users: dict[str, int] = {}  # by device type: the blocks open now
 _precision_saved: dict[str, object] = {}  # by device type: the program's setting while blocks are open
 
@@ -129,6 +129,20 @@ def ieee_float32_convolutions(device_type: str = "cuda") -> Iterator[None]:
                 if _precision_users[device_type] == 0:
                     put(_precision_saved[device_type])  # restored before it is forgotten
                     del _precision_saved[device_type]
+
+
+def _precision_in_child() -> None:
+    """A forked child has none of its parent's blocks: the program's setting back, and the counts forgotten."""
+    for device_type, saved in list(_precision_saved.items()):
+        access = _conv_precision(device_type)
+        if access is not None:
+            access[1](saved)
+    _precision_saved.clear()
+    _precision_users.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_precision_in_child)
 
 
 def padded_pixels(colors: Sequence[np.ndarray], first: int, end: int, latent_width: int, device) -> torch.Tensor:

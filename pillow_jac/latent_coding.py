@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
+import weakref
 from collections.abc import Iterator
 
 import constriction
@@ -58,17 +59,41 @@ CAUSAL_TAPS = causal_taps(5)
 _MEAN_SHIFT = ACTIVATION_BITS - int(np.log2(MEAN_STEPS))
 #: latent positions per chunk of the one-pass parameter computations (bounds their temporaries)
 CHUNK_POSITIONS = 4096
-#: z rows of halo (above, below) for striped h_s: through two 5x5 stride-2 transposed convolutions (padding
-#: 2, output padding 1) and a 3x3 convolution, latent rows ``[4a, 4b)`` depend on z rows ``[a - 1, b + 1]``
-#: only (tests/test_stripes.py: one row fewer on either side changes h_s)
-_H_S_HALO = (1, 2)
-#: z rows per h_s stripe at least: the halo then costs at most (13 + 3) / 13 = 1.23x the stripe's own work.
-#: A positions budget alone would give wide images stripes of a few z rows, each paying the whole halo
+#: z rows per h_s stripe at least: with the shipped h_s's halo (1 row above, 2 below: :func:`rows_reach`) the
+#: halo costs at most (13 + 3) / 13 = 1.23x the stripe's own work. A positions budget alone would give wide
+#: images stripes of a few z rows, each paying the whole halo
 _H_S_MIN_ROWS = 13
 
 
-#: the threads (idents) inside :func:`single_threaded` blocks, and the thread count outside them (under the lock)
-_single: dict = {"inside": set(), "outside": 1}  # 1 until a first block records more
+def rows_reach(network: IntegerNetwork, upsampling: int) -> tuple[int, int]:
+    """The rows above and below a stripe of input rows that ``network`` reads to make the stripe's outputs.
+
+    An output stripe ``[upsampling * a, upsampling * b)`` is traced back through each layer's rows (a
+    convolution's output row ``o`` reads rows ``o * s - p .. o * s - p + k - 1``; a transposed one's reads
+    ``ceil((o + p - k + 1) / s) .. floor((o + p) / s)``). For the shipped h_s (two 5x5 stride-2 transposed
+    convolutions, padding 2, then a 3x3 convolution) latent rows ``[4a, 4b)`` read z rows ``[a - 1, b + 1]``:
+    ``(1, 2)``.
+    """
+    a, b = 64, 65  # an inner stripe; every stripe starts at a multiple of the strides, so all reach alike
+    first, last = upsampling * a, upsampling * b - 1
+    for layer in reversed(network.layers):
+        k, s, p = layer.weight.shape[2], layer.stride, layer.padding
+        if layer.kind == "deconv":
+            first, last = -(-(first + p - k + 1) // s), (last + p) // s
+        else:
+            first, last = first * s - p, last * s - p + k - 1
+    return max(0, a - first), max(0, last - (b - 1))
+
+
+class _Block:
+    """One open :func:`single_threaded` block: held by the block's frame alone, so it lives while the block does."""
+
+    __slots__ = ("__weakref__",)
+
+
+#: the open :func:`single_threaded` blocks, and the thread count outside them (under the lock). A block whose
+#: bookkeeping a KeyboardInterrupt cut short leaves no entry behind: it goes with the block's frame.
+_single: dict = {"inside": weakref.WeakSet(), "outside": 1}  # 1 until a first block records more
 _single_lock = fork_safe_lock()
 #: per thread: ``done`` is True once the thread has left a block
 _left_a_block = threading.local()
@@ -80,7 +105,7 @@ def _forget_blocks_in_child() -> None:
     The child has none of its parent's threads or their blocks, and one torch thread (forksafe): its first
     block must not set the parent's count back, which would wait for OpenMP threads it lacks.
     """
-    _single.update(inside=set(), outside=1)
+    _single.update(inside=weakref.WeakSet(), outside=1)
     _left_a_block.__dict__.clear()  # the forking thread's, the child's only thread
 
 
@@ -106,22 +131,18 @@ def single_threaded(keep_if_sleeping: int = 0):
     count again, under the same lock as the entries, so overlapping blocks in several threads leave the
     count they found for the threads started later. A thread's own 1 before its first block, while
     another thread recorded more, is taken for a count it started with: ``OMP_NUM_THREADS=1`` sets it
-    for every thread. Results do not depend on the thread count, so this only affects speed. Blocks do
-    not nest in one thread: leaving an inner one sets the count outside the blocks.
+    for every thread. Results do not depend on the thread count, so this only affects speed. A block nested
+    in another of its thread (a call from a signal handler) sets the count outside the blocks as it ends.
     """
-    me = threading.get_ident()
+    block = _Block()
     entered = False
     try:
         with _single_lock:
             own = torch.get_num_threads()
             chose_one = own == 1 and getattr(_left_a_block, "done", False)  # not a count this thread started with
-            # this thread's own entry is stale (blocks do not nest in a thread: a KeyboardInterrupt cut the
-            # last one short), as is one of a thread that has ended
-            alive = {t.ident for t in threading.enumerate()}
-            others = {ident for ident in _single["inside"] if ident != me and ident in alive}
-            if not others and (own != 1 or _single["outside"] == 1 or chose_one):
+            if not len(_single["inside"]) and (own != 1 or _single["outside"] == 1 or chose_one):
                 _single["outside"] = own
-            _single["inside"] = others | {me}
+            _single["inside"].add(block)
             entered = True
             outside = _single["outside"]
             torch.set_num_threads(outside if 1 < outside <= keep_if_sleeping and threads_sleep() else 1)
@@ -129,7 +150,7 @@ def single_threaded(keep_if_sleeping: int = 0):
     finally:
         if entered:
             with _single_lock:
-                _single["inside"].discard(me)  # already gone in a child forked inside the block
+                _single["inside"].discard(block)  # already gone in a child forked inside the block
                 torch.set_num_threads(_single["outside"])
                 _left_a_block.done = True
 
@@ -207,6 +228,8 @@ class LatentCoder:
         if z_tables is not None and h_s is None:  # z would be decoded for nothing (a rate-only coder has no tables)
             raise ValueError("z coding tables without a hyperprior (CODING.md 4.1)")
         self.h_s, self.context, self.entropy_parameters = h_s, context, entropy_parameters
+        #: z rows (above, below) each h_s stripe reads beyond its own
+        self.h_s_halo = rows_reach(h_s, Y_PER_Z) if h_s is not None else (0, 0)
         self.entropy, self.mixture = entropy, mixture
         outputs = entropy_parameters.layers[-1].out_channels
         #: mixture components per latent (1 without a mixture)
@@ -279,14 +302,14 @@ class LatentCoder:
     def hyper_stripes(self, z_hat: torch.Tensor, y_shape: tuple[int, int]) -> Iterator[tuple[int, int, torch.Tensor]]:
         """h_s(z_hat) in fixed point, in stripes of latent rows: ``(first row, end row, (2M, rows, Wy))``.
 
-        Computed from stripes of ``z`` rows with the halo :data:`_H_S_HALO`, so the float64
+        Computed from stripes of ``z`` rows with the halo :attr:`h_s_halo`, so the float64
         temporaries stay bounded for large images, and lazily, so that the decoder computes each
         stripe only when its wavefront gets there.
         """
         z = z_hat.double().to(self.device).unsqueeze(0) * 2.0**ACTIVATION_BITS
         rows = z.shape[2]
         step = max(1, _H_S_MIN_ROWS, CHUNK_POSITIONS // (Y_PER_Z**2 * z.shape[3]))  # latent positions per z one
-        for a, b, lo, hi in stripes(rows, step, *_H_S_HALO):
+        for a, b, lo, hi in stripes(rows, step, *self.h_s_halo):
             first, end = Y_PER_Z * a, min(Y_PER_Z * b, y_shape[0])
             if first >= end:
                 return

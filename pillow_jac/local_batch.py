@@ -144,13 +144,15 @@ def run_batch(
 
 #: what jac batch's fork server imports before it forks the workers: a module that ignores Ctrl-C there (as the
 #: server does after its preload), torch under the codec's wait policy, then the modules of a conversion, among
-#: them those the codec imports at its first call, so that no worker imports them again (about 50 ms a worker)
+#: them those the codec imports at its first call, so that no worker imports them again (about 50 ms a worker),
+#: and last a module that puts Python's SIGINT handler back for the processes the server forks
 _WORKER_PRELOAD = [
     "pillow_jac.forkserver_signals",
     "pillow_jac.passive_torch",
     "pillow_jac.local_batch",
     "pillow_jac.codec",
     *TORCH_MODULES,
+    "pillow_jac.forkserver_signals_restored",
 ]
 
 

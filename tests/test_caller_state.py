@@ -1,7 +1,7 @@
 """What a caller has set in torch does not change what a file decodes to, nor the file an encoder writes.
 
-A program that decodes inside its own training or inference loop may be under bf16 or fp16 autocast, may
-or have set float64 as torch's default dtype. The codec's float transforms run in their own context
+A program that decodes inside its own training or inference loop may be under bf16 or fp16 autocast, or
+may have set float64 as torch's default dtype. The codec's float transforms run in their own context
 (:func:`pillow_jac.image_transforms.torch_work`, which also holds oneDNN's and cuDNN's convolutions to IEEE
 float32: tests/test_float32_synthesis.py), and its engine is float32 whatever the default dtype
 (:func:`pillow_jac.engine.build_model`).

@@ -11,10 +11,10 @@ import os
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 from pathlib import Path
 
+import pytest
 import torch
 
 from pillow_jac import image_transforms, latent_coding
@@ -55,8 +55,8 @@ def test_a_ctrl_c_as_a_codec_lock_is_taken_leaves_it_free() -> None:
                 os.kill(os.getpid(), signal.SIGINT)
 
             threading.Thread(target=other).start()
-            taken.wait()
-            try:
+            try:  # the interrupt may land anywhere here on a loaded machine: only the lock's state is judged
+                taken.wait()
                 with lock:
                     time.sleep(1)
             except KeyboardInterrupt:
@@ -94,18 +94,26 @@ def test_a_count_the_main_thread_left_does_not_hold_the_exit_up() -> None:
 
 def test_a_block_this_thread_left_behind_does_not_keep_the_programs_thread_count(monkeypatch) -> None:
     """single_threaded's bookkeeping cut short left its depth at 1: from then on the count outside the blocks
-    was never recorded again, and every block set the program's own count back to a stale one."""
-    monkeypatch.setitem(latent_coding._single, "inside", {threading.get_ident()})  # a stale entry of this thread
-    monkeypatch.setitem(latent_coding._single, "outside", 1)
+    was never recorded again, and every block set the program's own count back to a stale one. An open block
+    is now an entry that lives with the block's frame."""
+    import weakref
+
+    class InterruptedAfterAdding(weakref.WeakSet):
+        def add(self, item):
+            super().add(item)
+            raise KeyboardInterrupt  # between the entry and the mark that the block was entered
+
     saved = torch.get_num_threads()
     try:
         torch.set_num_threads(2)
+        monkeypatch.setitem(latent_coding._single, "inside", InterruptedAfterAdding())
+        with pytest.raises(KeyboardInterrupt), latent_coding.single_threaded():
+            pass
+        assert not len(latent_coding._single["inside"])  # the entry went with the block
+        torch.set_num_threads(3)  # the program's own choice between blocks
+        monkeypatch.setitem(latent_coding._single, "inside", weakref.WeakSet(latent_coding._single["inside"]))
         with latent_coding.single_threaded():
             assert torch.get_num_threads() == 1
-        assert torch.get_num_threads() == 2 and latent_coding._single["inside"] == set()
-        torch.set_num_threads(3)  # the program's own choice between blocks
-        with latent_coding.single_threaded():
-            pass
         assert torch.get_num_threads() == 3
     finally:
         torch.set_num_threads(saved)
@@ -180,23 +188,69 @@ def test_the_codec_runs_from_a_handler_that_interrupted_it_and_from_an_exit_hand
     assert result.stdout.strip() == "(16, 16, 3)"
 
 
-def test_the_fork_server_ignores_ctrl_c_while_it_preloads(tmp_path: Path) -> None:
+def test_the_fork_server_ignores_ctrl_c_while_it_preloads_and_its_children_do_not(tmp_path: Path) -> None:
     """jac batch's fork server ignores SIGINT only after its preload (torch, some seconds): a Ctrl-C to the
-    process group before that printed a traceback from inside torch's import, and the server died."""
+    process group before that would print a traceback from inside torch's import and end the server. The
+    processes the server forks get Python's handler back (a program's own pool on that server included)."""
     (tmp_path / "interrupt_self.py").write_text("import os, signal\nos.kill(os.getpid(), signal.SIGINT)\n")
+    (tmp_path / "probe.py").write_text(
+        "import signal\n"
+        "def default_handler():\n"
+        "    return signal.getsignal(signal.SIGINT) is signal.default_int_handler\n"
+    )
     path = os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")]))  # the server's own path
     result = _run(
         """
         import multiprocessing
+        import probe
         from pillow_jac import local_batch
 
         if __name__ == "__main__":
             ctx = multiprocessing.get_context("forkserver")
-            ctx.set_forkserver_preload([local_batch._WORKER_PRELOAD[0], "interrupt_self"])
+            first, last = local_batch._WORKER_PRELOAD[0], local_batch._WORKER_PRELOAD[-1]
+            ctx.set_forkserver_preload([first, "interrupt_self", last])
             with ctx.Pool(1) as pool:
-                print(pool.apply(abs, (-3,)))
+                print(pool.apply(abs, (-3,)), pool.apply(probe.default_handler))
         """,
         env={**os.environ, "PYTHONPATH": path},
     )
     assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
-    assert result.stdout.strip() == "3"
+    assert result.stdout.strip() == "3 True"
+
+
+def test_a_block_nested_in_its_thread_keeps_the_programs_thread_count() -> None:
+    """A decode from a signal handler that interrupted one nests single_threaded in a thread: the inner block
+    took the outer one's 1 for the program's count, and every block after it set the program's count to 1."""
+    saved = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        with latent_coding.single_threaded():
+            with latent_coding.single_threaded():
+                assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 2 and latent_coding._single["outside"] == 2
+        with latent_coding.single_threaded():
+            pass
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(saved)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_child_forked_inside_a_precision_block_has_the_programs_setting_back() -> None:
+    """A child forked while a thread was inside the block kept its count: the block never gave the program's
+    setting back there, nor set IEEE again in a later block after the program chose bf16."""
+    get, put, ieee = image_transforms._conv_precision("cpu")
+    before = get()
+    put("bf16")
+    try:
+        with image_transforms.ieee_float32_convolutions("cpu"):
+            pid = os.fork()
+            if pid == 0:  # the child: no block open here
+                ok = get() == "bf16" and not image_transforms._precision_users
+                with image_transforms.ieee_float32_convolutions("cpu"):
+                    ok = ok and get() == ieee
+                os._exit(0 if ok and get() == "bf16" else 1)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+    finally:
+        put(before)

@@ -82,15 +82,18 @@ def test_a_failed_release_changes_nothing_and_can_be_retried(package, monkeypatc
 
 
 def test_a_release_over_the_package_budget_is_refused_and_no_generation_leaves(package, monkeypatch) -> None:
-    """Once said: remove the oldest kept decoder file from the package. Its files would then stop decoding after
-    an upgrade, so the release is refused instead, before anything is put in place."""
+    """Removing the oldest kept decoder file from the package would leave its files undecodable after an upgrade,
+    so the release is refused instead, before anything is put in place (the current generation's decoder file
+    made for it included)."""
     before = package.full.read_bytes()
+    kept_dir = package.weights_dir / generations.KEPT_DIR
     # room for a full file of this size, not for the kept decoder file of release 7 beside it
     monkeypatch.setattr(generations, "PACKAGE_BUDGET_BYTES", len(before) + 1000)
     with pytest.raises(weights.WeightsError, match=r"over its budget of .*no kept generation may leave the package"):
         release.release(package.checkpoint, 8, package.weights_dir, package.vectors, {}, package.table)
     assert package.full.read_bytes() == before and not package.table.exists()
     assert leftovers(package) == {generations.DEFAULT_WEIGHTS_NAME}
+    assert not list(kept_dir.glob("*.safetensors"))
     monkeypatch.setattr(generations, "PACKAGE_BUDGET_BYTES", 10**9)
     assert release.release(package.checkpoint, 8, package.weights_dir, package.vectors, {}, package.table)
 

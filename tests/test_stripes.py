@@ -77,6 +77,41 @@ def test_exact_path_in_chunks_is_identical(quality, monkeypatch):
     monkeypatch.setattr(latent_coding, "_H_S_MIN_ROWS", 1)
     assert codec.encode(image, quality) == data
     assert torch.equal(prior.hyper_features(torch.from_numpy(z_hat), y_hat.shape[1:]), psi)
+    assert prior.h_s_halo == latent_coding.rows_reach(prior.h_s, 4) == (1, 2)  # the shipped h_s's reach
     for short in ((0, 2), (1, 1), (0, 0)):  # one row fewer above or below, and none: h_s in stripes is wrong
-        monkeypatch.setattr(latent_coding, "_H_S_HALO", short)
+        monkeypatch.setattr(prior, "h_s_halo", short)
         assert not torch.equal(prior.hyper_features(torch.from_numpy(z_hat), y_hat.shape[1:]), psi), short
+
+
+def test_the_halo_follows_the_layers_of_h_s() -> None:
+    """A generation whose h_s has other layers gets the halo its layers need, not the shipped one's."""
+    from types import SimpleNamespace
+
+    from pillow_jac.latent_coding import rows_reach
+
+    def layer(kind, k, s, p):
+        return SimpleNamespace(kind=kind, weight=torch.zeros(1, 1, k, k), stride=s, padding=p)
+
+    shipped = SimpleNamespace(layers=[layer("deconv", 5, 2, 2), layer("deconv", 5, 2, 2), layer("conv", 3, 1, 1)])
+    assert rows_reach(shipped, 4) == (1, 2)
+    wider = SimpleNamespace(layers=[layer("deconv", 5, 2, 2), layer("deconv", 5, 2, 2), layer("conv", 5, 1, 2)])
+    assert rows_reach(wider, 4) == (2, 2)
+    # checked against the layers themselves: the rows of a stripe computed from that many rows around it
+    torch.manual_seed(0)
+    for spec in (shipped, wider):
+        convs = [
+            torch.nn.ConvTranspose2d(1, 1, 5, 2, 2, 1).double()
+            if lay.kind == "deconv"
+            else torch.nn.Conv2d(1, 1, lay.weight.shape[2], 1, lay.padding).double()
+            for lay in spec.layers
+        ]
+        net = torch.nn.Sequential(*convs)
+        z = torch.randn(1, 1, 12, 3, dtype=torch.float64)
+        above, below = rows_reach(spec, 4)
+        with torch.no_grad():
+            whole = net(z)
+            a, b = 5, 7
+            part = net(z[:, :, a - above : b + below])[:, :, 4 * above : 4 * above + 4 * (b - a)]
+            assert torch.allclose(part, whole[:, :, 4 * a : 4 * b], rtol=0, atol=1e-12)
+            short = net(z[:, :, a - above + 1 : b + below])[:, :, 4 * (above - 1) : 4 * (above - 1) + 4 * (b - a)]
+            assert not torch.allclose(short, whole[:, :, 4 * a : 4 * b], rtol=0, atol=1e-12)
