@@ -430,6 +430,10 @@ def test_a_copy_replaced_by_another_generation_after_the_listing_never_decodes(
     monkeypatch.setenv("JAC_MODELS", str(models))
     data = codec.encode(natural_image(16, 24), 3)
     real = generations.copies
+    # another time than the replaced file's (the same size: one bias changed), as a release or an rsync gives it;
+    # one file system tick apart the two could share a time, and the engine built before would be the one asked for
+    stamp = (models / "g.safetensors").stat().st_mtime_ns + 10**10
+    os.utime(tmp_path / "r008.safetensors", ns=(stamp, stamp))
 
     def listed_then_replaced(*args):
         listed = real(*args)
