@@ -151,7 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
             type=_size,
             metavar="BYTES",
             help="instead of -q: the largest quality whose file fits in BYTES (50000, 50k, 1.5M, 48KiB), or one "
-            "within 0.3%% below; an error when even quality 1 does not fit",
+            "within 0.3%% of the image's bytes (at least 16) below; an error when even quality 1 does not fit",
         )
         rate.add_argument(
             "--psnr",

@@ -79,7 +79,8 @@ def encode(
         model: ``model_id`` of the installed generation to encode with (default: the newest;
             :func:`pillow_jac.models` lists them).
         target_size: instead of ``quality``: the largest quality (to 1/256) whose whole file is at most
-            this many bytes, or one within 0.3% below it (:mod:`pillow_jac.targets`).
+            this many bytes, or one within 0.3% of the image's bytes (at least 16) below it
+            (:mod:`pillow_jac.targets`).
         target_psnr: instead of ``quality``: the smallest quality whose decoded file reaches this PSNR in dB.
         preview: True (or a long side in pixels) also stores a small WebP of the image (``prvw`` chunk,
             SPEC.md section 5.4) that Pillow's ``draft()`` and ``thumbnail()`` use instead of decoding;

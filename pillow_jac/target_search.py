@@ -221,14 +221,28 @@ def _next_inside(guess: float, lo: int | None, hi: int | None, tried: set[int], 
     return None
 
 
-def size_tolerance(target: int) -> float:
-    """How far below ``target`` (bytes) a size search may stop."""
-    return max(SIZE_TOLERANCE * target, SIZE_TOLERANCE_BYTES)
+def _below(value: float, target: float) -> str:
+    """``value`` (below ``target``) with enough decimals to show that it is below (at least two)."""
+    for digits in range(2, 10):
+        shown = f"{value:.{digits}f}"
+        if float(shown) < target:
+            return shown
+    return repr(value)
+
+
+def size_tolerance(target: int, overhead: int = 0) -> float:
+    """How far below ``target`` (bytes) a size search may stop: a share of the bytes left for the image.
+
+    ``overhead``: the file's bytes that do not depend on the quality (container, metadata, alpha, preview).
+    A share of the whole target would take that share from the image alone: 20 KB of EXIF and a 21 KB target
+    left the image 10% fewer bytes than a fitting quality gave it.
+    """
+    return max(SIZE_TOLERANCE * max(target - overhead, 0), SIZE_TOLERANCE_BYTES)
 
 
 def search_size(c: Candidates, target: int) -> tuple[int, bytes]:
     """The largest quality (q16) whose file is at most ``target`` bytes, and that file."""
-    goal, tolerance = math.log(target), size_tolerance(target)
+    goal, tolerance = math.log(target), size_tolerance(target, c.overhead)
     aim = math.log(max(1.0, target - tolerance / 2))  # a little below the target, inside the tolerance
     # 1. bracket with the model's estimate: secant on log(size), starting from a typical bits per pixel
     bpp = max(target - c.overhead, 1) * 8 / (c.height * c.width)
@@ -311,9 +325,10 @@ def search_psnr(c: Candidates, target: float) -> tuple[int, float]:
         else:
             lo = k if lo is None else max(lo, k)
         if lo == Q16_MAX and hi is None:
-            best = "" if len(values) == 1 else f" (the best of the {len(values)} tried: {max(values.values()):.2f} dB)"
+            best = "" if len(values) == 1 else f" (the best of the {len(values)} tried: {_below(max(values.values()), target)} dB)"
+            reached = _below(values[lo], target)
             raise TargetNotMetError(
-                f"a PSNR target of {target:g} dB is too high: quality {QUALITY_MAX:g} reaches {values[lo]:.2f} dB{best}"
+                f"a PSNR target of {target:g} dB is too high: quality {QUALITY_MAX:g} reaches {reached} dB{best}"
             )
         if lo == Q16_MAX or hi == Q16_MIN or (lo is not None and hi is not None and abs(hi - lo) <= 1):
             break
@@ -337,14 +352,14 @@ def refine_for_size(c: Candidates, target: int, k0: int, effort: int) -> tuple[i
     best: tuple[int, bytes] | None = None
     over: int | None = None  # the lowest quality whose refined file is too large
     k, sizes = k0, {}  # log(size) of the refined files by quality
-    aim = math.log(max(1.0, target - size_tolerance(target) / 2))
+    aim = math.log(max(1.0, target - size_tolerance(target, c.overhead) / 2))
     for _ in range(MAX_REFINEMENTS):
         data = c.encode(k, effort)
         sizes[k] = math.log(len(data))
         if len(data) <= target:
             if best is None or k > best[0]:
                 best = (k, data)
-            if target - len(data) <= size_tolerance(target) or k == Q16_MAX:
+            if target - len(data) <= size_tolerance(target, c.overhead) or k == Q16_MAX:
                 break
         else:
             over = k if over is None else min(over, k)

@@ -4,9 +4,9 @@ A file stores its quality to 1/256 (the JHDR ``quality`` field, SPEC.md section 
 value is a valid quality: this module searches that value, as cwebp's ``-size`` and ``-psnr`` do.
 
 * ``target_size`` (bytes): the largest quality whose **whole file** (container, metadata, alpha and
-  preview included) is at most that size, or a lower one whose file is within :data:`SIZE_TOLERANCE`
-  (at least :data:`SIZE_TOLERANCE_BYTES`) of it, where the search stops (it still tries quality 8 when the
-  sizes it has seen say that fits too). The result is never larger;
+  preview included) is at most that size, or a lower one whose file is within :data:`SIZE_TOLERANCE` of the
+  bytes left for the image (at least :data:`SIZE_TOLERANCE_BYTES`) below it, where the search stops (it still
+  tries quality 8 when the sizes it has seen say that fits too). The result is never larger;
   when even quality 1 is larger, :class:`ValueError` (there is no fallback: a file over the size asked
   for is never returned).
 * ``target_psnr`` (dB): the smallest quality whose **decoded file** reaches at least that PSNR, on its

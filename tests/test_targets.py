@@ -100,6 +100,20 @@ def test_target_size_counts_metadata_and_alpha(rgb: np.ndarray, sizes: dict[floa
     assert codec.encode(rgba, result.quality, exif=exif) == result.data
 
 
+def test_the_size_tolerance_is_a_share_of_the_images_bytes_not_of_the_metadatas(rgb: np.ndarray) -> None:
+    """20 KB of EXIF and a target a few hundred bytes above it: a 0.3% share of the whole target (63 bytes)
+    left the image about a tenth fewer bytes than the largest fitting quality gave it."""
+    exif = b"Exif\0\0" + bytes(20_000)
+    smallest = len(codec.encode(rgb, 1, exif=exif))
+    target = smallest + 400
+    result = targets.encode_to_target(rgb, target_size=target, exif=exif)
+    assert result.size <= target
+    overhead = smallest - len(codec.encode(rgb, 1))  # what the EXIF adds, whatever the quality
+    assert target - result.size <= target_search.size_tolerance(target, overhead) < 0.003 * target
+    if target - result.size > target_search.SIZE_TOLERANCE_BYTES:  # else one step more is over the target
+        assert len(codec.encode(rgb, result.quality + STEP, exif=exif)) > target
+
+
 def test_effort_with_target_size(rgb: np.ndarray, sizes: dict[float, int], monkeypatch) -> None:
     monkeypatch.setattr(target_search, "MAX_REFINEMENTS", 1)  # one refined encode: the plumbing, not the search
     target = sizes[4.0]
@@ -423,6 +437,8 @@ def test_a_huge_psnr_target_is_a_value_error_not_an_overflow() -> None:
     c = CurveCandidates(size=lambda q: 100 * q, psnr=lambda q: 20 + 2 * q)
     with pytest.raises(ValueError, match="too high: quality 8 reaches 36.00 dB"):
         target_search.search_psnr(c, 1e308)
+    with pytest.raises(ValueError, match=r"too high: quality 8 reaches 35.999 dB"):  # not a rounded-up 36.00
+        target_search.search_psnr(CurveCandidates(size=lambda q: 100 * q, psnr=lambda q: 19.999 + 2 * q), 35.9995)
     assert target_search._next_inside(math.inf, None, None, set(), False) == 8 * 256
     assert target_search._next_inside(-math.inf, None, None, set(), True) == 256
     assert 256 <= target_search._next_inside(math.nan, None, None, set(), True) <= 8 * 256
