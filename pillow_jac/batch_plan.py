@@ -32,6 +32,7 @@ __all__ = [
     "done_before",
     "file_options",
     "is_done",
+    "batch_settings",
     "plan",
     "plan_batch",
     "Progress",
@@ -293,8 +294,9 @@ def is_done(
       header has any), and it was made for ``model`` (by default the generation that
       encodes now, :func:`pillow_jac.generations.encoder`).
 
-    The effort, a PSNR target and a size target larger than before are not checked: run with
-    ``resume=False`` (``jac batch --no-resume``) to redo a batch with other ones.
+    The effort, a PSNR target and a size target larger than before cannot be told from the file: a batch
+    judges them by its output folder's record (:func:`batch_settings`), and ``resume=False``
+    (``jac batch --no-resume``) redoes every file whatever the record says.
     """
     from PIL import Image
 
@@ -354,6 +356,24 @@ def file_options(to: str, *, target_size, target_psnr, preview, strip: bool, mod
     """
     extra = {"target_size": target_size, "target_psnr": target_psnr, "preview": preview}
     return {**extra, "strip": strip, "model": model} if to == "jac" else extra
+
+
+def batch_settings(to: str, quality: float, effort: int, extra: dict) -> dict | None:
+    """What a batch's ``.jac`` outputs are made with that resuming must match (None for ``to="png"``).
+
+    The quality (None with a size or PSNR target), the targets and the effort: an output made with other
+    ones is converted again (:meth:`pillow_jac.source_record.SourceRecord.changed`), as :func:`is_done` alone
+    cannot tell from the file (a PSNR target, the effort, a larger size target).
+
+    Example:
+        >>> batch_settings("jac", 4.0, 0, {"target_size": None, "target_psnr": 34.0})
+        {'quality': None, 'effort': 0, 'target_size': None, 'target_psnr': 34.0}
+    """
+    if to != "jac":
+        return None
+    size, psnr = extra.get("target_size"), extra.get("target_psnr")
+    targeted = size is not None or psnr is not None
+    return {"quality": None if targeted else quality, "effort": effort, "target_size": size, "target_psnr": psnr}
 
 
 def done_before(src: str | os.PathLike, dst: str | os.PathLike, to: str, quality: float, extra: dict) -> bool:

@@ -67,7 +67,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .batch_plan import Progress, done_before, file_options, is_done, plan, plan_batch, shown_name
+from .batch_plan import Progress, batch_settings, done_before, file_options, is_done, plan, plan_batch, shown_name
 from .constants import DEFAULT_EFFORT, DEFAULT_QUALITY, validate_effort, validate_quality
 from .conversion import convert_noting_warnings, one_line
 from .preview import preview_size
@@ -325,9 +325,11 @@ def convert(
         raise ImportError('the Ray path needs Ray: pip install "pillow_jac[ray]"') from None
     shown = _progress_function(progress, len(jobs) + len(clashes), inputs)
 
+    settings = batch_settings(to, quality, effort, extra)
+
     def report_file(result: FileResult) -> None:
         if result.status == "done":
-            note_made(out_dir, result.src, result.dst)
+            note_made(out_dir, result.src, result.dst, settings)
         shown(result)
 
     failed = [FileResult(str(src), str(dst), "failed", why) for src, (dst, why) in clashes.items()]
@@ -365,7 +367,15 @@ def convert(
             lambda: actor_class.remote(to, device, threads),
             workers,
             slots_each,
-            lambda src, dst: (to, quality, effort, device, resume and not made_from.changed(src, dst), extra, force),
+            lambda src, dst: (
+                to,
+                quality,
+                effort,
+                device,
+                resume and not made_from.changed(src, dst, settings),
+                extra,
+                force,
+            ),
             report_file,
         )
         report.failed[:0] = failed

@@ -37,7 +37,7 @@ from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import IO, Any
 
-from .batch_plan import ATTEMPTS, Progress, done_before, file_options, plan_batch, shown_name
+from .batch_plan import ATTEMPTS, Progress, batch_settings, done_before, file_options, plan_batch, shown_name
 from .codec_steps import TORCH_MODULES
 from .constants import DEFAULT_EFFORT, DEFAULT_QUALITY
 from .conversion import ConversionError, convert_noting_warnings, one_line, show_warning
@@ -120,10 +120,11 @@ def run_batch(
         to, target_size=target_size, target_psnr=target_psnr, preview=preview, strip=strip, model=model
     )
     options = (to, quality, effort, device, extra)
+    settings = batch_settings(to, quality, effort, extra)
     todo = {}
     try:
         for src, dst in jobs.items():
-            if resume and not made_from.changed(src, dst) and done_before(src, dst, to, quality, extra):
+            if resume and not made_from.changed(src, dst, settings) and done_before(src, dst, to, quality, extra):
                 bar.step(shown(src), note="already done")
             else:
                 todo[src] = dst
@@ -135,7 +136,7 @@ def run_batch(
                 failed += 1
                 bar.step(name, one_line(result))
             else:
-                note_made(out_dir, src, todo[src])
+                note_made(out_dir, src, todo[src], settings)
                 bar.step(name)
     finally:
         bar.close()

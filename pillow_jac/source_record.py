@@ -10,8 +10,9 @@ renamed with its folder (the same size and modification time) is the same file; 
 before the record, or by hand) is replaced as before.
 
 The record also tells a source that changed since its output was made although it is no newer than the output
-(an older copy put in its place with ``cp -p``, say): a resumed batch converts it again
-(:meth:`SourceRecord.changed`).
+(an older copy put in its place with ``cp -p``, say), and an output made with other settings than a batch
+asks for now (a quality where a PSNR or size target is asked for, another effort): a resumed batch converts
+either again (:meth:`SourceRecord.changed`).
 """
 
 from __future__ import annotations
@@ -31,12 +32,19 @@ def _key(out_dir: str | os.PathLike, dst: str | os.PathLike) -> str:
     return Path(os.path.relpath(dst, out_dir)).as_posix()
 
 
-def note_made(out_dir: str | os.PathLike, src: str | os.PathLike, dst: str | os.PathLike) -> None:
-    """Add to ``out_dir``'s record that ``dst`` was made from ``src`` (failing to write it fails no file)."""
+def note_made(
+    out_dir: str | os.PathLike, src: str | os.PathLike, dst: str | os.PathLike, settings: dict | None = None
+) -> None:
+    """Add to ``out_dir``'s record that ``dst`` was made from ``src`` (failing to write it fails no file).
+
+    ``settings``: what the batch made it with (:func:`pillow_jac.batch_plan.batch_settings`), or None.
+    """
     try:
         st = os.stat(src)
         entry = {"output": _key(out_dir, dst), "source": os.fspath(src), "size": st.st_size}
         entry["mtime_ns"] = st.st_mtime_ns
+        if settings is not None:
+            entry["settings"] = settings
         with open(Path(out_dir) / RECORD_NAME, "a", encoding="utf-8") as f:
             f.write(json.dumps(entry) + "\n")
     except OSError:
@@ -60,14 +68,20 @@ class SourceRecord:
             except (ValueError, KeyError, TypeError):
                 continue  # a line cut by a crash
 
-    def changed(self, src: str | os.PathLike, dst: str | os.PathLike) -> bool:
-        """Whether ``dst`` was made from ``src`` when ``src`` had another size or modification time than now.
+    def changed(self, src: str | os.PathLike, dst: str | os.PathLike, settings: dict | None = None) -> bool:
+        """Whether ``dst`` was made from ``src`` as it was not now, or with other ``settings`` than these.
+
+        As it was not now: with another size or modification time. An output recorded without settings is not
+        judged by them.
 
         ``src`` and ``dst`` are absolute paths, as :func:`pillow_jac.batch_plan.plan_batch` gives them.
         """
         entry = self.made.get(_key(self.out_dir, dst))
         if entry is None or entry.get("source") != os.fspath(src):
             return False
+        made_with = entry.get("settings")
+        if settings is not None and made_with is not None and made_with != json.loads(json.dumps(settings)):
+            return True
         try:
             st = os.stat(src)
         except OSError:

@@ -325,7 +325,11 @@ def search_psnr(c: Candidates, target: float) -> tuple[int, float]:
         else:
             lo = k if lo is None else max(lo, k)
         if lo == Q16_MAX and hi is None:
-            best = "" if len(values) == 1 else f" (the best of the {len(values)} tried: {_below(max(values.values()), target)} dB)"
+            best = (
+                ""
+                if len(values) == 1
+                else f" (the best of the {len(values)} tried: {_below(max(values.values()), target)} dB)"
+            )
             reached = _below(values[lo], target)
             raise TargetNotMetError(
                 f"a PSNR target of {target:g} dB is too high: quality {QUALITY_MAX:g} reaches {reached} dB{best}"

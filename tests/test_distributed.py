@@ -485,6 +485,17 @@ def test_ray_converts_again_a_source_replaced_by_an_older_copy(ray_local, tmp_pa
     assert distributed.convert(photos, tmp_path / "out", quality=1, workers=1).skipped == 1
 
 
+@pytest.mark.ray
+def test_ray_converts_again_outputs_made_with_other_settings(ray_local, tmp_path: Path) -> None:
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.new("RGB", (32, 24), (200, 30, 30)).save(photos / "a.png")
+    assert distributed.convert(photos, tmp_path / "out", quality=1, workers=1).done == 1
+    report = distributed.convert(photos, tmp_path / "out", target_psnr=30, workers=1)
+    assert (report.done, report.skipped) == (1, 0)
+    assert distributed.convert(photos, tmp_path / "out", target_psnr=30, workers=1).skipped == 1
+
+
 def test_a_record_of_sources_that_is_cut_or_unreadable_is_no_error(tmp_path: Path) -> None:
     from pillow_jac.source_record import RECORD_NAME, SourceRecord, note_made
 

@@ -242,6 +242,24 @@ def test_a_source_replaced_by_an_older_copy_is_converted_again(tmp_path: Path, c
     assert "jac: 2 files already done, skipped" in capsys.readouterr().err  # now done, as made
 
 
+def test_a_batch_with_other_settings_converts_again(tmp_path: Path, capsys) -> None:
+    """A batch run at -q 1, then with --psnr: every file was "already done" (a target checks no quality) and kept
+    its quality-1 file. The record of sources holds the settings each output was made with."""
+    photos, out = tmp_path / "photos", tmp_path / "out"
+    photos.mkdir()
+    for seed in range(2):
+        photo(seed, 32).save(photos / f"p{seed}.png")
+    assert main(["batch", str(photos), str(out), "--to", "jac", "-q", "1", "--quiet"]) == 0
+    made = {p.name: p.read_bytes() for p in out.glob("*.jac")}
+    for args in (["--psnr", "30"], ["-q", "1", "-e", "1"], ["--size", "900"]):
+        capsys.readouterr()
+        assert main(["batch", str(photos), str(out), "--to", "jac", *args]) == 0
+        assert "already done" not in capsys.readouterr().err, args
+        assert main(["batch", str(photos), str(out), "--to", "jac", *args]) == 0
+        assert "jac: 2 files already done, skipped" in capsys.readouterr().err, args  # the same settings again
+    assert {p.name: p.read_bytes() for p in out.glob("*.jac")} != made
+
+
 def test_preview_size_reaches_the_file(tmp_path: Path) -> None:
     photo(0, 128).save(tmp_path / "a.png")
     convert_file(str(tmp_path / "a.png"), str(tmp_path / "a.jac"), "jac", 2, 0, None, {"preview": 64})
