@@ -32,6 +32,21 @@ def _key(out_dir: str | os.PathLike, dst: str | os.PathLike) -> str:
     return Path(os.path.relpath(dst, out_dir)).as_posix()
 
 
+def _identity(src: str | os.PathLike) -> dict[str, int]:
+    """What tells a source file from another once moved or renamed: its size and modification time (OSError)."""
+    st = os.stat(src)
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def _same_file(entry: dict, src: str | os.PathLike) -> bool | None:
+    """Whether ``src`` is, by size and time, the file ``entry`` records; None when it cannot be read."""
+    try:
+        identity = _identity(src)
+    except OSError:
+        return None
+    return all(entry.get(field) == value for field, value in identity.items())
+
+
 def note_made(
     out_dir: str | os.PathLike, src: str | os.PathLike, dst: str | os.PathLike, settings: dict | None = None
 ) -> None:
@@ -40,9 +55,7 @@ def note_made(
     ``settings``: what the batch made it with (:func:`pillow_jac.batch_plan.batch_settings`), or None.
     """
     try:
-        st = os.stat(src)
-        entry = {"output": _key(out_dir, dst), "source": os.fspath(src), "size": st.st_size}
-        entry["mtime_ns"] = st.st_mtime_ns
+        entry = {"output": _key(out_dir, dst), "source": os.fspath(src), **_identity(src)}
         if settings is not None:
             entry["settings"] = settings
         with open(Path(out_dir) / RECORD_NAME, "a", encoding="utf-8") as f:
@@ -82,23 +95,15 @@ class SourceRecord:
         made_with = entry.get("settings")
         if settings is not None and made_with is not None and made_with != json.loads(json.dumps(settings)):
             return True
-        try:
-            st = os.stat(src)
-        except OSError:
-            return False  # the conversion reports it
-        return [entry.get("size"), entry.get("mtime_ns")] != [st.st_size, st.st_mtime_ns]
+        return _same_file(entry, src) is False  # one that cannot be read: the conversion reports it
 
     def conflict(self, src: Path, dst: Path) -> str | None:
         """Why ``src`` may not be converted into ``dst``: it exists and was made from another file; else None."""
         entry = self.made.get(_key(self.out_dir, dst))
         if entry is None or entry.get("source") == str(src) or not dst.exists():
             return None
-        try:
-            st = src.stat()
-        except OSError:
-            return None  # the conversion reports it
-        if [entry.get("size"), entry.get("mtime_ns")] == [st.st_size, st.st_mtime_ns]:
-            return None  # the same file, moved or renamed with its folder
+        if _same_file(entry, src) is not False:  # the same file, moved or renamed with its folder; or unreadable,
+            return None  # which the conversion reports
         return (
             f"{dst.name} there was made from another file, {entry.get('source')}: "
             "remove it (or write to another folder) to convert this one"

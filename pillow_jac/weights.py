@@ -240,8 +240,10 @@ def _canonical(t: torch.Tensor, name: str = "a tensor") -> torch.Tensor:
 
 
 #: dtypes whose every value the canonical dtype (float32 or int64) holds: their cast needs no check
-_EXACTLY_WIDENED = {torch.float16, torch.bfloat16, torch.float32, torch.int8, torch.int16, torch.int32, torch.int64}
-_EXACTLY_WIDENED |= {torch.uint8, torch.bool}
+_EXACTLY_WIDENED = frozenset(
+    (torch.float16, torch.bfloat16, torch.float32)  # to float32
+    + (torch.bool, torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)  # to int64
+)
 
 
 def _little_endian_bytes(t: torch.Tensor):
