@@ -2,9 +2,9 @@
 
 The per-file work that the command line (:mod:`pillow_jac.cli`) and the distributed batch
 (:mod:`pillow_jac.distributed`) share, on the public API only (``PIL.Image.open``, ``Image.save``,
-:func:`pillow_jac.container.read`, :func:`pillow_jac.decode`, :func:`pillow_jac.files.write_atomic`): an output
-is encoded in memory, then written atomically; an output is never its input; ``-`` stands for standard
-input or output; and errors come as one line (:func:`one_line`).
+:func:`pillow_jac.container.read`, :func:`pillow_jac.decode`, :func:`pillow_jac.files.write_file`): an output
+is encoded in memory, then written (atomically, unless it has other hard links); an output is never
+its input; ``-`` stands for standard input or output; and errors come as one line (:func:`one_line`).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from typing import IO, Any
 
 from . import container
 from .constants import DEFAULT_EFFORT, METADATA_FIELDS
-from .files import check_target, write_atomic
+from .files import check_target, write_file
 
 __all__ = [
     "STDIO",
@@ -92,9 +92,9 @@ def _read_stdin() -> bytes:
 
 
 def _emit(dst: Path, data: bytes, out: IO[bytes] | None) -> None:
-    """Write a complete output: to ``out`` (standard output) when given, else atomically to ``dst``."""
+    """Write a complete output: to ``out`` (standard output) when given, else to ``dst`` (:func:`write_file`)."""
     if out is None:
-        write_atomic(dst, lambda f: f.write(data))
+        write_file(dst, data)
         return
     view = memoryview(data)
     while view:  # a pipe whose reader left part-way takes part of a large write without an error

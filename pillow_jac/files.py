@@ -2,8 +2,8 @@
 
 :meth:`PIL.Image.Image.save` opens (and so truncates) an existing target before any plugin's
 writer runs, so no Pillow plugin can keep an old file safe if encoding then fails. :func:`save`
-is the safe way to replace a file with a ``.jac``; the CLI writes every output through
-:func:`write_atomic`. Into the file object Pillow hands the plugin, :func:`write_into` writes the
+is the safe way to replace a file with a ``.jac``; it, the CLI and the imageio plugin write every
+output through :func:`write_file`. Into the file object Pillow hands the plugin, :func:`write_into` writes the
 encoded bytes so that a full disk fails before any of them is written, where it can.
 
 Example:
@@ -38,7 +38,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["save", "write_atomic", "check_target", "write_into", "file_position"]
+__all__ = ["save", "write_file", "write_atomic", "check_target", "write_into", "file_position"]
 
 
 def write_atomic(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> None:
@@ -49,9 +49,13 @@ def write_atomic(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) ->
     is untouched.
 
     Permissions are those :func:`open` gives: an existing file keeps its mode (and one that may not be
-    written is refused), a new one gets ``0o666`` less the umask. A symbolic link at ``path`` is kept and
-    the file it points to is replaced. The temporary file's name is short (``.jac-``, 8 hex digits,
-    ``.tmp``), so any name the file system allows for ``path`` works, and errors name ``path``.
+    written is refused), a new one gets ``0o666`` less the umask. The temporary file is made with the
+    existing file's mode (less the umask), so it is never readable by more users than the file it
+    replaces. Its data reaches the disk (:func:`os.fsync`) before the rename, and the rename before the
+    call returns, so a crash or a power cut leaves the old file or the new one, not an empty one. A
+    symbolic link at ``path`` is kept and the file it points to is replaced. The temporary file's name is
+    short (``.jac-``, 8 hex digits, ``.tmp``), so any name the file system allows for ``path`` works, and
+    errors name ``path``.
 
     What exists at ``path`` but is not a regular file (``/dev/null``, a named pipe), and a path to a
     process's open file (``/dev/stdout``, ``/dev/fd/N``, ``/proc/...``: whatever it leads to), is appended
@@ -67,17 +71,76 @@ def write_atomic(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) ->
         return
     path = Path(os.path.realpath(path)) if os.path.islink(path) else Path(path)
     mode = _existing_mode(path)
-    fd, tmp = _create_temporary(path)
+    fd, tmp = _create_temporary(path, 0o666 if mode is None else mode)
     try:
         with _about(path, tmp):
             with os.fdopen(fd, "wb") as f:
                 write(f)
+                f.flush()
+                os.fsync(f.fileno())
             if mode is not None:
-                os.chmod(tmp, mode)
+                os.chmod(tmp, mode)  # the bits the umask took from the temporary file
             os.replace(tmp, path)
     except BaseException:
         _remove_temporary(tmp)
         raise
+    _sync_folder(path.parent)
+
+
+def write_file(path: str | os.PathLike, data: bytes) -> None:
+    """Put the complete ``data`` at ``path``: replaced through :func:`write_atomic`, or written in place.
+
+    In place where a replacement would lose something, as Pillow's and imageio's own writers write every
+    file: a file with other hard links (they would keep the old bytes), and a writable file in a folder
+    that takes no new file. In place, the space is reserved before the first byte is written where the
+    file system can reserve it, so a full disk leaves the old file as it was. :func:`check_target` passes
+    for every path this writes.
+
+    Raises:
+        OSError: ``path`` cannot be written (the error's ``filename`` is ``path``).
+    """
+    if _is_special(path) or not _in_place(path):  # a special path is appended to: see write_atomic
+        write_atomic(path, lambda f: f.write(data))
+        return
+    with _about(Path(path), None), open(path, "r+b") as f:
+        if data and hasattr(os, "posix_fallocate"):
+            try:
+                os.posix_fallocate(f.fileno(), 0, len(data))
+            except OSError as e:
+                if e.errno in _NO_SPACE:
+                    raise
+        f.write(data)
+        f.truncate()
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _in_place(path: str | os.PathLike) -> bool:
+    """Whether :func:`write_file` writes the existing regular file at ``path`` in place (see there)."""
+    try:
+        st = os.stat(path)
+    except (OSError, ValueError):
+        return False
+    if not stat.S_ISREG(st.st_mode):
+        return False
+    if st.st_nlink > 1:
+        return True
+    folder = os.path.dirname(os.path.realpath(path))
+    return not os.access(folder, os.W_OK | os.X_OK) and os.access(path, os.W_OK)
+
+
+def _sync_folder(folder: Path) -> None:
+    """Make a rename in ``folder`` durable where the platform can (a folder cannot be opened on Windows)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some file systems refuse to sync a folder; the rename is done all the same
+    finally:
+        os.close(fd)
 
 
 def check_target(path: str | os.PathLike) -> None:
@@ -105,7 +168,7 @@ def check_target(path: str | os.PathLike) -> None:
             raise error(errno.ENOTDIR, NotADirectoryError)
         raise error(errno.ENOENT, FileNotFoundError)
     _existing_mode(target)
-    if not os.access(parent, os.W_OK | os.X_OK):
+    if not os.access(parent, os.W_OK | os.X_OK) and not _in_place(target):
         raise PermissionError(errno.EACCES, _NO_NEW_FILE, path)
 
 
@@ -143,14 +206,14 @@ def _existing_mode(path: Path) -> int | None:
     return st.st_mode & 0o777
 
 
-def _create_temporary(path: Path) -> tuple[int, str]:
-    """Create a file with a new short name in ``path``'s folder (mode ``0o666`` less the umask); return fd and name."""
+def _create_temporary(path: Path, mode: int) -> tuple[int, str]:
+    """Create a file with a new short name in ``path``'s folder (``mode`` less the umask); return fd and name."""
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
     for _ in range(100):
         tmp = os.path.join(path.parent, f".jac-{os.urandom(4).hex()}.tmp")
         try:
             with _about(path, tmp):
-                return os.open(tmp, flags, 0o666), tmp
+                return os.open(tmp, flags, mode), tmp
         except FileExistsError:
             continue
         except PermissionError as e:
@@ -289,7 +352,7 @@ def _appends(fd: int) -> bool:
 
 
 def save(image: Any, path: str | bytes | os.PathLike, **options: Any) -> None:
-    """Save a PIL image as ``.jac`` at ``path``, replacing an existing file only once complete.
+    """Save a PIL image as ``.jac`` at ``path``, encoded before an existing file is touched (:func:`write_file`).
 
     Args:
         image: a :class:`PIL.Image.Image` (any mode the plugin accepts).
@@ -315,6 +378,6 @@ def save(image: Any, path: str | bytes | os.PathLike, **options: Any) -> None:
     if str(options.pop("format", None) or jac_format).upper() != jac_format:
         raise ValueError(f"pillow_jac.save writes {jac_format} files; use Image.save for other formats")
     check_target(path)
-    encoded = io.BytesIO()  # Pillow's whole save (loading, save_all), before the temporary file exists
+    encoded = io.BytesIO()  # Pillow's whole save (loading, save_all), before the output is touched
     image.save(encoded, format=jac_format, **options)
-    write_atomic(path, lambda f: f.write(encoded.getvalue()))
+    write_file(path, encoded.getvalue())

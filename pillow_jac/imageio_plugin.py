@@ -16,7 +16,7 @@ The entry names :class:`JacPlugin` first: imageio's Pillow plugin, except that w
 * it encodes in memory before it touches the output: imageio's own plugin opens (and so empties) the
   file first, so a failed encode (a bad option, a size target below the smallest file) destroys the
   file that was there. A path is then replaced only by the complete new file
-  (:func:`pillow_jac.files.write_atomic`; written in place where replacing it would lose its other hard
+  (:func:`pillow_jac.files.write_file`; written in place where replacing it would lose its other hard
   links, or cannot be done in a read-only folder), and a file object gets its bytes as the Pillow plugin
   writes them (:func:`pillow_jac.files.write_into`): a full disk leaves no partial ``.jac``.
 
@@ -35,11 +35,9 @@ Example:
 
 from __future__ import annotations
 
-import errno
 import importlib.abc
 import importlib.util
 import io
-import os
 import sys
 import threading
 import warnings
@@ -214,29 +212,14 @@ def _plugin_class() -> type:
 
 
 def _write(request: Any, data: bytes) -> None:
-    """Give an encoded file to imageio's output: a path replaced only once complete, else the file object.
-
-    A path is written in place, as imageio's own plugins write it, where a replacement would lose something:
-    a file with other hard links (they would keep the old bytes), or a folder where no new file may be made
-    (a writable file in a read-only folder).
-    """
+    """Give an encoded file to imageio's output: a path to :func:`pillow_jac.files.write_file`, else its file object."""
     from imageio.core.request import URI_FILENAME
 
     from . import files
 
     if getattr(request, "_uri_type", None) == URI_FILENAME and getattr(request, "_file", None) is None:
-        path = request.filename
-        try:
-            linked = os.stat(path).st_nlink > 1
-        except OSError:
-            linked = False
-        if not linked:
-            try:
-                files.write_atomic(path, lambda f: f.write(data))
-                return
-            except OSError as exc:
-                if exc.errno not in (errno.EACCES, errno.EPERM) or os.access(os.path.dirname(path) or ".", os.W_OK):
-                    raise
+        files.write_file(request.filename, data)
+        return
     files.write_into(request.get_file(), data, request.filename)
 
 

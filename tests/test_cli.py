@@ -508,7 +508,7 @@ def test_sigterm_stops_like_ctrl_c(png: Path, tmp_path: Path, monkeypatch, capsy
         real_write(path, killed if while_ == "writing" else write)
 
     monkeypatch.setattr(codec, "encode", encode)
-    monkeypatch.setattr("pillow_jac.conversion.write_atomic", write_atomic)
+    monkeypatch.setattr(files, "write_atomic", write_atomic)  # what conversion's write_file calls
     before = signal.getsignal(signal.SIGTERM)
     assert main(["encode", str(png), str(out_dir / "o.jac")]) == 128 + signal.SIGTERM
     assert capsys.readouterr().err.strip() == "jac: terminated"

@@ -613,6 +613,34 @@ def test_lying_lengths_allocate_nothing():
     assert max(s.requests) <= C.JHDR_LENGTH
 
 
+class SeekReturnsNone:
+    """A file-like whose ``seek`` returns None, as some wrappers' does; Pillow needs only read, seek and tell."""
+
+    def __init__(self, data: bytes):
+        self.f = io.BytesIO(data)
+
+    def read(self, n=-1):
+        return self.f.read(n)
+
+    def seek(self, offset, whence=0):
+        self.f.seek(offset, whence)
+
+    def tell(self):
+        return self.f.tell()
+
+    def seekable(self):
+        return True
+
+
+def test_a_seek_that_returns_none_reads_the_file():
+    data = serialize(make("RGBA"))
+    assert read_file(SeekReturnsNone(data)) == parse(data)
+    # and its length is still known, so a lying length allocates nothing
+    lying = SeekReturnsNone(build(VALID_JHDR, chunk(b"abcd", length=C.MAX_CHUNK_BYTES), Z, Y, END))
+    with pytest.raises(JacFormatError, match="needs 1073741824 bytes but only"):
+        read_file(lying)
+
+
 def test_read_file_leaves_no_data_unread():
     data = serialize(make("RGBA"))
     fp = io.BytesIO(data)

@@ -5,8 +5,10 @@ from __future__ import annotations
 import errno
 import io
 import os
+import stat
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -275,23 +277,72 @@ def test_check_target_takes_bytes_paths(tmp_path):
 
 @pytest.mark.skipif(os.name != "posix", reason="POSIX permissions")
 def test_a_folder_that_takes_no_new_file_is_refused_before_encoding_and_named(tmp_path, monkeypatch):
-    """A file is replaced through a new one beside it: a folder one may not write fails before the encode, also
-    for a file in it one may write, and the error says the folder is what refuses."""
+    """A new file in a folder one may not write fails before the encode, and the error says the folder is what
+    refuses; a file there that one may write is written in place, as Pillow and imageio write it."""
     folder = tmp_path / "locked"
     folder.mkdir()
     old = folder / "old.jac"
-    old.write_bytes(b"old")
+    old.write_bytes(b"old" * 1000)
     access = os.access
     monkeypatch.setattr(
         os, "access", lambda p, mode, **k: access(p, mode, **k) and not (Path(p) == folder and mode & os.W_OK)
     )
     encodes = []
-    monkeypatch.setattr(Image.Image, "save", lambda *a, **k: encodes.append(a))
-    for target in (folder / "new.jac", old):
-        with pytest.raises(PermissionError) as exc:
-            pillow_jac.save(Image.new("RGB", (8, 8)), target, quality=1)
-        assert exc.value.filename == str(target) and "folder" in exc.value.strerror
-    assert encodes == [] and old.read_bytes() == b"old" and sorted(os.listdir(folder)) == ["old.jac"]
+    real_save = Image.Image.save
+    monkeypatch.setattr(Image.Image, "save", lambda *a, **k: (encodes.append(a), real_save(*a, **k)))
+    target = folder / "new.jac"
+    with pytest.raises(PermissionError) as exc:
+        pillow_jac.save(Image.new("RGB", (8, 8)), target, quality=1)
+    assert exc.value.filename == str(target) and "folder" in exc.value.strerror
+    assert encodes == [] and sorted(os.listdir(folder)) == ["old.jac"]
+    inode = old.stat().st_ino
+    pillow_jac.save(Image.new("RGB", (8, 8), "red"), old, quality=1)
+    assert len(encodes) == 1 and sorted(os.listdir(folder)) == ["old.jac"] and old.stat().st_ino == inode
+    with Image.open(old) as im:  # the longer old bytes were cut off
+        assert im.size == (8, 8) and im.getpixel((0, 0))[0] > 200
+
+
+@pytest.mark.skipif(not hasattr(os, "link"), reason="no hard links")
+def test_a_file_with_other_hard_links_is_written_in_place_by_every_writer(tmp_path):
+    """pillow_jac.save, the CLI and imageio keep a hard link's other names pointing at the new bytes."""
+    import imageio.v3 as iio
+
+    from pillow_jac.cli import main
+
+    src = tmp_path / "src.png"
+    Image.new("RGB", (8, 8), "blue").save(src)
+    for i, write in enumerate(
+        (
+            lambda p: pillow_jac.save(Image.open(src), p, quality=1),
+            lambda p: main(["encode", "-q", "1", str(src), str(p)]),
+            lambda p: iio.imwrite(p, np.asarray(Image.open(src)), quality=1),
+        )
+    ):
+        first, second = tmp_path / f"a{i}.jac", tmp_path / f"b{i}.jac"
+        first.write_bytes(b"old" * 10_000)
+        os.link(first, second)
+        write(first)
+        assert first.read_bytes() == second.read_bytes() and first.stat().st_nlink == 2
+        with Image.open(second) as im:
+            assert im.size == (8, 8)
+
+
+def test_a_temporary_file_is_never_more_readable_than_the_file_it_replaces(tmp_path, monkeypatch):
+    """A private file stays private while its replacement is written, and the data is synced before the rename."""
+    path = tmp_path / "private.jac"
+    path.write_bytes(b"old")
+    path.chmod(0o600)
+    seen, synced = [], []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd))[1])
+
+    def write(f):
+        seen.append(stat.S_IMODE(os.fstat(f.fileno()).st_mode))
+        f.write(b"new")
+
+    write_atomic(path, write)
+    assert seen == [0o600] and stat.S_IMODE(path.stat().st_mode) == 0o600 and path.read_bytes() == b"new"
+    assert synced, "the new data was not synced before the rename"
 
 
 def test_a_temporary_file_the_folder_refuses_is_reported_as_the_folders_doing(tmp_path, monkeypatch):

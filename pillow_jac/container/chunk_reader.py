@@ -40,11 +40,14 @@ class _Reader:
             if not self.fp.seekable():
                 return None
             pos = self.fp.tell()
-            end = self.fp.seek(0, io.SEEK_END)
+            if not isinstance(pos, int):
+                return None
+            self.fp.seek(0, io.SEEK_END)  # its return value is not used: some wrappers' seek returns None
+            end = self.fp.tell()
             self.fp.seek(pos)
         except (AttributeError, OSError, ValueError):
             return None
-        return max(0, end - pos)
+        return max(0, end - pos) if isinstance(end, int) else None
 
     def _check_left(self, n: int, what: str, ctype: bytes | None, at_eof: str | None) -> None:
         """Refuse ``n`` bytes when the file is known to hold fewer, before anything is read."""
