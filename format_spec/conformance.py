@@ -144,6 +144,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", help="torch device (default: JAC_DEVICE or cpu)")
     args = p.parse_args(argv)
     gens = [args.generation] if args.generation else generations()
+    if args.generation and args.generation not in generations():
+        known = ", ".join(generations())
+        print(f"conformance.py: no vectors for generation {args.generation!r} (vectors: {known})", file=sys.stderr)
+        return 1
     failed = total = 0
     for gen in gens:
         for name, outcome, passed in check(gen, args.device):

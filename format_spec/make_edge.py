@@ -15,8 +15,10 @@ release-6 vector, and a decoder MUST decode it:
   2.4): valid, with the latents and pixels of the vector it comes from; a decoder whose end test is stricter
   than the exhausted test rejects it.
 
-``edge.json`` has the fields of a generation's ``vectors.json`` (SPEC.md 9.4) plus ``from`` and ``what``;
-``format_spec/conformance.py`` checks them as it checks a generation's. The files never change once
+An ``edge.json`` entry names the vector's ``file`` and ``decoded`` pixels, where it comes ``from`` and
+``what`` it exercises, and records its ``mode``, ``size``, ``model_id``, ``weights_hash``, ``file_sha256``,
+``symbols_sha256`` and ``pixels_sha256``; ``format_spec/conformance.py`` checks them as it checks a
+generation's. The files never change once
 written: the script adds the vectors it lacks and refuses to make an existing one differently.
 """
 
@@ -74,12 +76,16 @@ def _escapes(data: bytes) -> bytes:
 
 
 def _preview_and_unknown(data: bytes) -> bytes:
-    """A ``prvw`` chunk (a WebP of the decoded image) and two unknown ancillary chunks around it."""
-    from pillow_jac import codec
+    """A ``prvw`` chunk (a WebP of the source vector's recorded pixels) and two unknown ancillary chunks around it.
+
+    The recorded pixels, not this machine's decode: a decode may differ by one level in a few samples on
+    another machine (SPEC.md 9.4), and the preview's bytes must not.
+    """
     from pillow_jac.preview import make_preview
 
     chunks = _chunks(data)
-    preview = make_preview(codec.decode(data), "RGB", 48)
+    with Image.open(ROOT / BASE / "rgb-130x70-q7.decoded.png") as im:
+        preview = make_preview(np.asarray(im.convert("RGB")), "RGB", 48)
     extra = [(b"abcd", b"an unknown ancillary chunk"), (b"prvw", preview), (b"zz9z", bytes(range(40)))]
     return data[:8] + b"".join(_chunk(t, d) for t, d in [chunks[0], *extra, *chunks[1:]])
 

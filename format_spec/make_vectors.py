@@ -98,8 +98,11 @@ def add_missing(out: Path, table_name: str, make_into: Callable[[Path], dict], k
     """Make every vector of a set in a temporary folder, and add to ``out`` those it lacks.
 
     For the sets that only ever grow (``invalid/``, ``edge/``): nothing is written, and 1 is returned, when a
-    vector ``out`` already holds would be made with other bytes (or no longer made). ``make_into(folder)``
-    writes the vectors and returns their table; ``files`` are the entry keys naming each vector's files.
+    vector ``out`` already holds would be made with other bytes (or no longer made). The entries and files
+    ``out`` holds are kept as they are (on another machine a decode may differ by one level in a few samples,
+    SPEC.md 9.4, and the vectors' recorded pixels are this folder's); only new entries are added.
+    ``make_into(folder)`` writes the vectors and returns their table; ``files`` are the entry keys naming
+    each vector's files.
     """
     path = out / table_name
     existing = json.loads(path.read_text()) if path.exists() else {}
@@ -114,7 +117,7 @@ def add_missing(out: Path, table_name: str, make_into: Callable[[Path], dict], k
         for name in added:
             for key in files:
                 shutil.copyfile(Path(tmp) / table[name][key], out / table[name][key])
-    path.write_text(json.dumps(table, indent=2) + "\n")
+    path.write_text(json.dumps({**existing, **{name: table[name] for name in added}}, indent=2) + "\n")
     print(f"added {len(added)} {kind} vector(s) to {out}: {', '.join(added) or 'none'}")
     return 0
 

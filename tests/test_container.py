@@ -856,3 +856,26 @@ def test_recovery_reports_damaged_chunks_only_of_a_file_it_accepts():
         parse(bytes(bad[: ystr_offset + 10]), on_damaged=damaged.append)
     assert damaged == []
     assert parse(bytes(bad), on_damaged=damaged.append) is not None and damaged == [b"exif"]
+
+
+def test_many_damaged_chunks_are_reported_once_per_type_in_bounded_memory():
+    """A hostile file of many damaged ancillary chunks (SPEC.md 8.3): each type once, the first 16 types, and the
+    memory does not grow with the chunk count."""
+
+    def damaged(ctype: bytes) -> bytes:
+        good = chunk(ctype, b"")
+        return good[:-1] + bytes([good[-1] ^ 1])
+
+    many_of_one = build(VALID_JHDR, damaged(b"abcd") * 20_000, Z, Y, END)
+    types = [bytes([97 + i // 26, 97 + i % 26]) + b"zz" for i in range(100)]
+    many_types = build(VALID_JHDR, b"".join(damaged(t) for t in types) * 200, Z, Y, END)
+    for data, expected in ((many_of_one, [b"abcd"]), (many_types, types[:16])):
+        reported: list[bytes] = []
+        tracemalloc.start()
+        try:
+            parse(data, on_damaged=reported.append)
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        assert reported == expected
+        assert peak < 64 * 1024, f"{len(data)} bytes of damaged chunks took {peak} bytes"

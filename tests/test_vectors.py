@@ -108,6 +108,8 @@ def test_conformance_script_passes_and_reports_each_vector(capsys):
     spec = importlib.util.spec_from_file_location("conformance", VECTORS.parent / "conformance.py")
     conformance = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(conformance)
+    assert conformance.main(["--generation", "mbt-128-192-r005"]) == 1  # no vectors: one line, no traceback
+    assert "no vectors for generation 'mbt-128-192-r005'" in capsys.readouterr().err
     assert conformance.main(["--generation", "mbt-128-192-r006"]) == 0
     out = capsys.readouterr().out
     assert out.count("PASS") == len(make_vectors.VECTORS) and "FAIL" not in out
@@ -262,6 +264,43 @@ def test_edge_vectors_decode_and_the_container_cases_as_the_file_they_come_from(
     again = _load_format_script("make_edge").make(tmp_path)  # the preview's WebP bytes depend on libwebp
     for name in ("escapes", "chunks-reordered", "minor-version", "ystr-one-extra-word"):
         assert again[name]["file_sha256"] == table[name]["file_sha256"], name
+
+
+def test_growing_a_vector_set_keeps_the_entries_it_holds_and_adds_only_new_ones(tmp_path):
+    """A machine whose decode differs by one level in a sample (SPEC.md 9.4) makes the same files with other
+    recorded pixels: the recorded entries stay as they are, and a new vector is added."""
+    make_vectors = _load_format_script("make_vectors")
+    kept = {"file": "a.jac", "file_sha256": "aa", "pixels_sha256": "recorded"}
+    (tmp_path / "a.jac").write_bytes(b"a")
+    (tmp_path / "set.json").write_text(json.dumps({"a": kept}))
+
+    def make_into(folder):
+        (folder / "a.jac").write_bytes(b"a")
+        (folder / "b.jac").write_bytes(b"b")
+        return {
+            "a": {**kept, "pixels_sha256": "one level off here"},
+            "b": {"file": "b.jac", "file_sha256": "bb", "pixels_sha256": "new"},
+        }
+
+    assert make_vectors.add_missing(tmp_path, "set.json", make_into, "test") == 0
+    table = json.loads((tmp_path / "set.json").read_text())
+    assert table == {"a": kept, "b": {"file": "b.jac", "file_sha256": "bb", "pixels_sha256": "new"}}
+    assert (tmp_path / "b.jac").read_bytes() == b"b"
+
+
+def test_the_edge_preview_is_made_from_the_recorded_pixels_not_this_machines_decode(monkeypatch):
+    make_edge = _load_format_script("make_edge")
+    source = (VECTORS / "mbt-128-192-r006" / "rgb-130x70-q7.jac").read_bytes()
+    before = make_edge._preview_and_unknown(source)
+    real = codec.decode
+
+    def one_level_off(data, **kw):
+        pixels = real(data, **kw).copy()
+        pixels[0, 0, 0] ^= 1
+        return pixels
+
+    monkeypatch.setattr(codec, "decode", one_level_off)
+    assert make_edge._preview_and_unknown(source) == before
 
 
 def test_the_release_check_refuses_a_one_level_change_of_many_samples(monkeypatch):

@@ -35,6 +35,10 @@ from .writing import serialize  # noqa: F401 - for the examples
 _JEND_CHUNK = _chunk(C.CHUNK_JEND, b"")
 
 
+#: how many damaged chunk types a recovering read reports (SPEC.md 8.3); the chunks of others are skipped alike
+_DAMAGED_TYPES_REPORTED = 16
+
+
 def _unpack_header(data: bytes) -> JacHeader:
     (major, minor, flags, layout, width, height, q16, model_id, weights_hash, yh, yw, zh, zw, zlen, ylen) = (
         _JHDR.unpack(data)
@@ -152,8 +156,9 @@ def read_file(
         on_unknown: called with the type of each unknown ancillary chunk (kept or not), in file order:
             for tools that report them without keeping them.
         on_damaged: recover what can be recovered (SPEC.md section 8.3): an ancillary chunk (metadata,
-            preview, unknown) whose CRC does not match is skipped as if absent, and this is called with
-            its type. The end of the file is forgiven too, and this is called with ``b"JEND"``: a file
+            preview, unknown) whose CRC does not match is skipped as if absent, and this is called once
+            with each such type (the first 16 types; a hostile file's many damaged chunks cost no
+            memory). The end of the file is forgiven too, and this is called with ``b"JEND"``: a file
             that ends before or inside its JEND chunk (any first 0 to 11 of its 12 bytes) after
             complete chunks, and bytes after JEND, which are ignored. Without it, each of these makes
             the file malformed. A critical chunk is checked either way: its CRC, and that it is whole.
@@ -191,8 +196,16 @@ def read_file(
     at_eof = "truncated JAC file: no JEND chunk"
     found: dict[bytes, bytes] = {}
     unknown: list[tuple[bytes, bytes]] = []
-    damaged: list[bytes] = []  # reported once the whole file is accepted, not for a file then rejected
-    skip_damaged = damaged.append if on_damaged is not None else None
+    # damaged chunk types, each once and at most _DAMAGED_TYPES_REPORTED of them (memory that does not grow
+    # with a hostile file's chunk count); reported once the whole file is accepted, not for a file then rejected
+    damaged: dict[bytes, None] = {}
+
+    def skip_damaged(ctype: bytes) -> None:
+        if len(damaged) < _DAMAGED_TYPES_REPORTED:
+            damaged.setdefault(ctype)
+
+    if on_damaged is None:
+        skip_damaged = None  # type: ignore[assignment]
     damaged_end = False
     while True:
         head = None
@@ -249,7 +262,7 @@ def read_file(
     elif C.CHUNK_ALPH in found:
         raise JacDataError(f"chunk 'ALPH' is not allowed: layout {header.layout} has no alpha channel")
     if on_damaged is not None:
-        for ctype in damaged + ([C.CHUNK_JEND] if damaged_end else []):
+        for ctype in [*damaged, *([C.CHUNK_JEND] if damaged_end else [])]:
             on_damaged(ctype)
     return JacFile(
         header=header,
