@@ -139,6 +139,9 @@ class Engine:
         manifest = verify(tensors, metadata, path)
         self.model_id = manifest.model_id
         self.weights_hash = bytes.fromhex(manifest.weights_hash)
+        #: the hash of the encoder's tensors (weights.encoder_hash): an encoder update changes it and keeps
+        #: ``weights_hash``; None for a decoder file
+        self.encoder_hash: str | None = manifest.encoder_hash
         #: False for a decoder file (a kept generation): it decodes, but has no encoder
         self.can_encode = manifest.can_encode
         self.device = device

@@ -475,14 +475,15 @@ def test_resume_measures_again_a_point_without_ms_ssim_when_it_is_wanted(tmp_pat
 
 
 def test_the_jac_fingerprint_names_the_resolved_device(monkeypatch):
-    """A point measured on another device (the codec's None resolved through JAC_DEVICE) is not reused."""
+    """A point measured on another device (the codec's None resolved through JAC_DEVICE), or with another encoder
+    of the same decoder, is not reused."""
     import os
 
     import pillow_jac.engine as engine
     from pillow_jac.bench import rd
 
     class Stub:
-        model_id, weights_hash = "stub", b"\x01\x02"
+        model_id, weights_hash, encoder_hash = "stub", b"\x01\x02", "e1"
 
     monkeypatch.setattr(engine, "get_engine", lambda device=None, weights=None: Stub())
     monkeypatch.setattr(engine, "resolve_device", lambda device=None: device or os.environ.get("JAC_DEVICE", "cpu"))
@@ -497,6 +498,8 @@ def test_the_jac_fingerprint_names_the_resolved_device(monkeypatch):
     assert fingerprint() != on_cpu
     monkeypatch.setenv("JAC_DEVICE", "cpu")
     assert fingerprint() == on_cpu
+    Stub.encoder_hash = "e2"  # an encoder update: the same decoder and weights_hash, measured again
+    assert fingerprint() != on_cpu
 
 
 def test_readme_adds_a_codec_to_a_run_by_listing_every_codec():
@@ -603,7 +606,12 @@ def test_results_record_the_jac_model_versions_and_no_absolute_path(tmp_path: Pa
     results = json.loads((out / "results.json").read_text())
     engine = get_engine("cpu", weights)
     jac = results["codecs"]["jac"]
-    assert jac["model"] == {"model_id": engine.model_id, "weights_hash": engine.weights_hash.hex()}
+    assert jac["model"] == {
+        "model_id": engine.model_id,
+        "weights_hash": engine.weights_hash.hex(),
+        "encoder_hash": engine.encoder_hash,
+    }
+    assert engine.encoder_hash
     assert jac["device"] == "cpu" and not Path(jac["settings"]["weights"]).is_absolute()
     versions = results["meta"]["versions"]
     assert versions["pillow_jac"] == __version__

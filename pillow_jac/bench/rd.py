@@ -81,14 +81,18 @@ def _jac_device(codec: Codec) -> str:
 
 
 def _jac_model(codec: Codec) -> dict[str, str]:
-    """The model id and weights hash (hex) a ``.jac`` codec encodes with, or ``{"error": ...}``."""
+    """The model id, weights hash (hex) and encoder hash a ``.jac`` codec encodes with, or ``{"error": ...}``.
+
+    The encoder hash tells an encoder update (the same decoder and ``weights_hash``) from the encoder before
+    it, so that cached results of the old encoder are measured again.
+    """
     try:
         from pillow_jac.engine import get_engine
 
         engine = get_engine(codec.settings.get("device"), codec.settings.get("weights"))
     except Exception as e:  # noqa: BLE001  (recorded, and the fingerprint stays best effort; encoding will report)
         return {"error": type(e).__name__}
-    return {"model_id": engine.model_id, "weights_hash": engine.weights_hash.hex()}
+    return {"model_id": engine.model_id, "weights_hash": engine.weights_hash.hex(), "encoder_hash": engine.encoder_hash}
 
 
 def _identity(codec: Codec) -> dict[str, Any]:
