@@ -54,11 +54,13 @@ def test_bd_rate_is_of_the_candidate_against_the_stable_curve(tmp_path: Path, mo
         return {"codecs": {"jac": {"average": average}}, "meta": {"images": 1}}
 
     monkeypatch.setattr(rd, "run", fake_run)
+    monkeypatch.setattr("pillow_jac.weights.load_weights", lambda path: (str(path), {}))
+    monkeypatch.setattr(gate, "measured_model", lambda tensors, metadata: {"decoder": tensors})
     sets = {"kodak": tmp_path / "k", "urban20": tmp_path / "u"}
     for name, bd, passes in (("cheaper", -10.0, True), ("dearer", 10.0, False)):
         verdict = gate.gate(
             Path(f"{name}.safetensors"), Path("stable.safetensors"), sets, tmp_path / name, log=lambda _: None
         )
-        assert verdict["passes"] is passes
+        assert verdict["passes"] is passes and verdict["model"] == {"decoder": f"{name}.safetensors"}
         for result in verdict["sets"].values():
             assert np.isclose(result["bd_rate_percent"], bd, atol=0.05) and result["passes"] is passes

@@ -247,3 +247,30 @@ def test_freeze_never_writes_over_another_generation_or_the_vectors(tmp_path: Pa
     weights.save_float_state(tmp_path / "later.safetensors", trained_on.state_dict(), trained_on.config, {})
     freeze_module.main([str(tmp_path / "later.safetensors"), str(run), "--release", "0"])
     assert weights.load_weights(run)[1]["decoder_hash"] != first  # replaced by the newer decoder
+
+
+def test_a_release_needs_the_gates_whole_set_verdict_on_these_very_weights(package, tmp_path, capsys) -> None:
+    """The gate measured the candidate frozen with --release 0; the release freezes it again with its number and
+    takes it only if that verdict passed on whole sets and is of the same decoder and encoder."""
+    from pillow_jac.engine import build_model
+    from pillow_jac.training.gate import measured_model
+
+    measured = measured_model(*freeze(build_model(*weights.load_weights(package.checkpoint)), 0))
+    other = measured_model(*freeze(tiny_model(3), 0))
+    refused = {
+        "did not pass": {"passes": False, "limit": None, "model": measured},
+        "--limit": {"passes": True, "limit": 2, "model": measured},
+        "another model": {"passes": True, "limit": None, "model": other},
+        "another model than": {"passes": True, "limit": None},  # a gate.json from before it recorded the model
+    }
+    before = package.full.read_bytes()
+    for reason, verdict in refused.items():
+        with pytest.raises(weights.WeightsError, match=reason):
+            release.release(package.checkpoint, 8, package.weights_dir, package.vectors, {}, package.table, verdict)
+        assert package.full.read_bytes() == before and not package.vectors.exists()
+    with pytest.raises(SystemExit) as stop:  # the command line wants a verdict, or --no-gate said aloud
+        release.main([str(package.checkpoint), "--release", "8", "--gate", str(tmp_path / "none.json")])
+    assert stop.value.code == 2 and "--no-gate" in capsys.readouterr().err
+    verdict = {"passes": True, "limit": None, "model": measured}
+    new_id = release.release(package.checkpoint, 8, package.weights_dir, package.vectors, {}, package.table, verdict)
+    assert new_id == "mbt-8-12-r008" and package.full.read_bytes() != before

@@ -8,7 +8,9 @@ and prints the BD-rate of the candidate against the current generation on each s
     python -m pillow_jac.training.gate runs/gpu/measure.safetensors
 
 The exit status is 0 when every set clears the bar (``--bar``, percent), 1 otherwise; ``gate.json``
-under ``--out`` records the curves and the verdict. The current generation is measured again rather
+under ``--out`` records the curves, the verdict and what was measured (:func:`measured_model`), and
+``python -m pillow_jac.training.release`` releases only a model that a whole-set ``gate.json`` passed.
+The current generation is measured again rather
 than read from ``benchmarks/results``: those runs may be of other settings, and only figures of one
 run on one machine compare. Each ``bench.rd`` run resumes from its cache under ``--out``, so an
 interrupted gate continues where it stopped.
@@ -35,6 +37,30 @@ def curve(results: dict[str, Any]) -> tuple[list[float], list[float]]:
     return [p["bpp"] for p in points], [p["psnr"] for p in points]
 
 
+def measured_model(tensors: dict, metadata: dict[str, str]) -> dict[str, str]:
+    """What a gate verdict holds for: the candidate's decoder, whatever its release number, and its encoder.
+
+    The decoder hash with the ``model_id`` left out (a candidate is frozen with ``--release 0`` to be gated,
+    then again with its release number to be released) and the encoder hash (weights.py, SPEC.md 9.3).
+    """
+    from ..weights import decoder_hash, encoder_hash
+
+    return {
+        "decoder": decoder_hash(tensors, {**metadata, "model_id": ""}),
+        "encoder": encoder_hash(tensors, metadata),
+    }
+
+
+def check_verdict(verdict: dict[str, Any], model: dict[str, str]) -> None:
+    """Raise ValueError unless ``verdict`` (a ``gate.json``) passed on whole sets for ``model`` (measured_model)."""
+    if not verdict.get("passes"):
+        raise ValueError("the gate did not pass: a new generation must beat the current one on every set")
+    if verdict.get("limit") is not None:
+        raise ValueError(f"the gate measured {verdict['limit']} image(s) a set (--limit): run it on the whole sets")
+    if verdict.get("model") != model:
+        raise ValueError("the gate measured another model than this one: gate the weights being released")
+
+
 def gate(
     candidate: Path,
     stable: Path,
@@ -48,9 +74,11 @@ def gate(
 ) -> dict[str, Any]:
     """Measure ``stable`` and ``candidate`` on each set; return the verdict (also written to ``out/gate.json``)."""
     from ..bench import metrics, rd
+    from ..weights import load_weights
 
     verdict: dict[str, Any] = {
         "candidate": metrics.portable_path(candidate),
+        "model": measured_model(*load_weights(candidate)),
         "stable": metrics.portable_path(stable),
         "bar_percent": bar,
         "qualities": list(qualities),

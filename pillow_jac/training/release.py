@@ -183,11 +183,14 @@ def release(
     vectors_dir: Path,
     notes: dict[str, str],
     released_table: Path | None = None,
+    gate_verdict: dict | None = None,
 ) -> str:
     """Add the generation frozen from ``checkpoint``; returns its ``model_id``.
 
     ``released_table`` is the table the new generation is added to (default: the package's,
-    :data:`pillow_jac.generations.RELEASED_PATH`). Everything that can fail happens in temporary files
+    :data:`pillow_jac.generations.RELEASED_PATH`). ``gate_verdict`` (a ``gate.json``), when given, must
+    have passed on whole sets for this very decoder and encoder (:func:`.gate.check_verdict`).
+    Everything that can fail happens in temporary files
     first; the vectors, the full weights file and the table are then each put in place by a rename.
 
     Raises:
@@ -201,6 +204,13 @@ def release(
     except ValueError as exc:
         raise WeightsError(str(exc)) from None
     new_id = new_meta["model_id"]
+    if gate_verdict is not None:
+        from .gate import check_verdict, measured_model
+
+        try:
+            check_verdict(gate_verdict, measured_model(new_tensors, new_meta))
+        except ValueError as exc:
+            raise WeightsError(f"{checkpoint}: {exc}") from None
     table_path = generations.RELEASED_PATH if released_table is None else released_table
     existing = _existing(weights_dir, vectors_dir, table_path)
     if new_id in existing:
@@ -354,6 +364,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--weights-dir", type=Path, default=generations.package_weights_dir())
     p.add_argument("--vectors-dir", type=Path, default=_REPO / "format_spec" / "vectors")
     p.add_argument("--released-table", type=Path, default=generations.RELEASED_PATH)
+    p.add_argument(
+        "--gate", type=Path, default=Path("runs/gate/gate.json"),
+        help="the gate's verdict on these weights (python -m pillow_jac.training.gate; default %(default)s)",
+    )  # fmt: skip
+    p.add_argument("--no-gate", action="store_true", help="release without a gate verdict (not for the package)")
     args = p.parse_args(argv)
     try:
         notes = parse_notes(args.note)
@@ -366,7 +381,13 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--release is required for a new generation")
     if not 1 <= args.release <= MAX_RELEASE:
         p.error(f"--release must be from 1 to {MAX_RELEASE}")
-    release(args.checkpoint, args.release, args.weights_dir, args.vectors_dir, notes, args.released_table)
+    verdict = None
+    if not args.no_gate:
+        try:
+            verdict = json.loads(args.gate.read_text())
+        except (OSError, ValueError) as exc:
+            p.error(f"no gate verdict in {args.gate} ({exc}): gate the weights first, or pass --no-gate")
+    release(args.checkpoint, args.release, args.weights_dir, args.vectors_dir, notes, args.released_table, verdict)
     return 0
 
 
