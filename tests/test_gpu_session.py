@@ -312,3 +312,31 @@ def test_every_documented_gpu_session_command_parses(tmp_path, monkeypatch):
             words[words.index("M")] = "5"
         args = gpu_session.parse_args(words)
         assert args.minutes > 0, command
+
+
+def test_the_gpu_options_and_pack_refuse_what_would_waste_a_run(tmp_path, capsys) -> None:
+    """An evaluation set as training data, an average that never moves (or overshoots), and split pieces over the
+    16 MiB a file may come back in: refused or sized before a lent minute is spent."""
+    from pillow_jac.training import gpu_options, pack
+
+    for argv, message in (
+        (
+            ["--dry-run", "--minutes", "1", "--data", str(tmp_path / "kodak"), "--out", str(tmp_path / "o")],
+            "kodak evaluation",
+        ),
+        (
+            ["--dry-run", "--minutes", "1", "--data", str(tmp_path / "t"), "--out", str(tmp_path / "o"), "--ema", "1"],
+            "--ema",
+        ),
+    ):
+        with pytest.raises(SystemExit) as stop:
+            gpu_options.parse_args(argv)
+        assert stop.value.code == 2 and message in capsys.readouterr().err
+    with pytest.raises(SystemExit) as stop:
+        pack.main(["--data", str(tmp_path / "urban20"), "--out", str(tmp_path / "p")])
+    assert stop.value.code == 2 and "urban20 evaluation set" in capsys.readouterr().err
+    big = tmp_path / "ema.safetensors"
+    big.write_bytes(bytes(20_000_000))
+    pack.main(["--split", str(big), "--out", str(tmp_path / "pieces")])
+    pieces = sorted((tmp_path / "pieces").glob("ema.safetensors.0*"))
+    assert len(pieces) == 2 and max(p.stat().st_size for p in pieces) <= 15_000_000 < 16 * 2**20

@@ -222,6 +222,8 @@ def test_a_release_keeps_the_modes_of_what_it_replaces(package, monkeypatch: pyt
     assert package.table.stat().st_mode & 0o777 == 0o644  # readable by others, as before (mkstemp makes 0600)
     assert package.full.stat().st_mode & 0o777 == 0o640
     assert (package.vectors / new_id).stat().st_mode & 0o777 == 0o777 & ~umask  # as a new folder (mkdtemp: 0700)
+    (kept,) = (package.weights_dir / generations.KEPT_DIR).iterdir()  # a new file (safetensors writes 0600)
+    assert kept.stat().st_mode & 0o777 == 0o666 & ~umask
 
 
 def test_freeze_never_writes_over_another_generation_or_the_vectors(tmp_path: Path, monkeypatch) -> None:

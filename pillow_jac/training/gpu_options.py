@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 
 from ..model.mbt2018 import JointAutoregressiveHierarchicalPrior, ModelConfig
+from .encoder_update import refuse_evaluation_data
 
 __all__ = ["H200_BF16_PEAK", "parse_args", "check_crop"]
 
@@ -63,7 +64,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "(a cosine; 0: none); the run stops on time, so a decay counted in steps cannot be aimed at its end",
     )
     p.add_argument("--clip", type=float, default=1.0)
-    p.add_argument("--ema", type=float, default=0.999, help="weight-average decay per step")
+    p.add_argument("--ema", type=float, default=0.999, help="weight-average decay per step, in [0, 1)")
     p.add_argument("--compile", action="store_true", help="torch.compile the forward pass and the loss")
     p.add_argument(
         "--compile-mode",
@@ -114,6 +115,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for name in ("batch", "log_every"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    if not 0 <= args.ema < 1:
+        p.error(f"--ema must be in [0, 1) (0: the average is the weights), got {args.ema}")
+    refuse_evaluation_data(p, args.data)
     if args.profile_steps < 0:
         p.error(f"--profile-steps must be 0 or more, got {args.profile_steps}")
     if not args.resume and not args.init and not dry:

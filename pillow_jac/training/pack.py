@@ -33,6 +33,7 @@ from pathlib import Path
 from PIL import Image
 
 from .data import list_images, load_rgb
+from .encoder_update import refuse_evaluation_data
 
 __all__ = ["pack", "split_file", "join_file", "room_mb"]
 
@@ -193,12 +194,18 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--join", type=Path, help="pieces' common stem (DIR/NAME for DIR/NAME.000 ...)")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument(
-        "--part-mb", default="24", help="MB per part, or auto: the room a device call leaves beside the working tree"
+        "--part-mb",
+        help="MB per part, or auto: the room a device call leaves beside the working tree (default: 24 for --data; "
+        "15 for --split, under the 16 MiB a file may have to come back from the device)",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the order images are dealt into parts")
     args = p.parse_args(argv)
     if sum(x is not None for x in (args.data, args.split, args.join)) != 1:
         p.error("give exactly one of --data, --split, --join")
+    if args.data is not None:
+        refuse_evaluation_data(p, args.data)
+    if args.part_mb is None:
+        args.part_mb = "15" if args.split else "24"
     try:
         part_mb = room_mb(Path.cwd()) if args.part_mb == "auto" else float(args.part_mb)
     except (ValueError, OSError, subprocess.CalledProcessError) as exc:

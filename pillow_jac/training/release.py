@@ -76,7 +76,15 @@ def keep_generation(full: Path, weights_dir: Path) -> Path:
             raise WeightsError(f"{target} exists and holds another decoder than {full}")
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    save_weights(target, *decoder_only(tensors, metadata))
+    fd, staged = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    try:  # whole or absent, and readable by all who read the package (safetensors writes 0600)
+        save_weights(Path(staged), *decoder_only(tensors, metadata))
+        _mode_for(Path(staged), target)
+        os.replace(staged, target)
+    except BaseException:
+        Path(staged).unlink(missing_ok=True)
+        raise
     return target
 
 
