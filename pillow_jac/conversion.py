@@ -383,6 +383,7 @@ def decode_file(src: Path, dst: Path, *, device: str | None = None, force: bool 
 
     from . import decoded_output
     from .codec import CodecError, decode
+    from .save_metadata import without_orientation
     from .size_limit import check_declared_size
 
     _check_output(src, dst)
@@ -411,10 +412,41 @@ def decode_file(src: Path, dst: Path, *, device: str | None = None, force: bool 
     if fmt in ("JPEG", "WEBP", "AVIF"):
         options["quality"] = 95
     data, kept = decoded_output.save_keeping_what_fits(im, fmt, decoded_output.marked_options(fmt, options))
+    orientation = _stored_orientation(options)
+    if orientation != 1 and _stored_orientation(_metadata_of(data)) != orientation:
+        # the output lost the turn (a format without EXIF, or EXIF it refused): the pixels are turned instead,
+        # as jac encode turns them for a .jac that would lose it, so that the image still shows upright
+        options = without_orientation(options)
+        turned = _upright(im, orientation)
+        data, kept = decoded_output.save_keeping_what_fits(turned, fmt, decoded_output.marked_options(fmt, options))
     stored = {"icc_profile": "icc_profile", "exif": "exif", "xmp": "pnginfo" if fmt == "PNG" else "xmp"}
     given = [n for n, option in stored.items() if getattr(jac, n) and option in kept]
     decoded_output.warn_of_what_was_not_stored(data, fmt, given)
     _emit(dst, data, out)
+
+
+def _stored_orientation(info: dict[str, Any]) -> int:
+    """The EXIF orientation (1 to 8) that metadata in ``info`` (``exif``, ``xmp``) gives a viewer; 1 without one."""
+    from PIL import Image
+
+    from .save_metadata import carried_orientation
+
+    stub = Image.new("L", (1, 1))
+    stub.info = {key: info[key] for key in ("exif", "xmp") if info.get(key)}
+    orientation = carried_orientation(stub)
+    return orientation if orientation in _TURNS else 1
+
+
+def _metadata_of(data: bytes) -> dict[str, Any]:
+    """The EXIF and XMP of an image file that Pillow wrote, as its reader finds them (none where it finds none)."""
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            exif = im.getexif()
+            return {"exif": exif.tobytes() if len(exif) else None, "xmp": im.info.get("xmp")}
+    except Exception:  # noqa: BLE001  (a format Pillow writes but cannot read back: no metadata found)
+        return {}
 
 
 def _check_not_an_original(src: Path, dst: Path) -> None:

@@ -1230,6 +1230,27 @@ def test_an_orientation_the_output_would_lose_is_applied_to_the_pixels(tmp_path:
         assert np.abs(np.asarray(im).astype(int) - expected).mean() < 8  # mirrored, not turned
 
 
+def test_a_decode_to_a_format_that_loses_the_orientation_turns_the_pixels(tmp_path: Path) -> None:
+    """jac decode keeps the orientation where the output stores it, and turns the pixels where it does not (BMP,
+    PPM, GIF, EXIF over JPEG's 64 KiB): the picture shows upright either way, turned once."""
+    jpeg = tmp_path / "phone.jpg"
+    _turned_photo(jpeg)
+    big = Image.Exif()
+    big[0x0112], big[0x010E] = 6, "x" * 70_000  # ImageDescription: EXIF that a JPEG cannot hold
+    crop().save(tmp_path / "big.png", exif=big.tobytes())
+    for src in (jpeg, tmp_path / "big.png"):
+        assert main(["encode", str(src), str(tmp_path / f"{src.stem}.jac")]) == 0
+    outputs = [("phone", ext) for ext in ("png", "jpg", "webp", "bmp", "ppm", "gif")] + [("big", "jpg")]
+    for stem, ext in outputs:
+        out = tmp_path / f"{stem}-out.{ext}"
+        assert main(["decode", str(tmp_path / f"{stem}.jac"), str(out)]) == 0
+        assert _shown_size(out) == (40, 48), out.name
+    with Image.open(tmp_path / "phone-out.bmp") as im:
+        assert im.size == (40, 48)  # turned pixels
+    with Image.open(tmp_path / "phone-out.png") as im:
+        assert im.size == (48, 40) and im.getexif()[0x0112] == 6  # the tag kept, the pixels as stored
+
+
 _XMP_TURNED = (
     b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
     b'<rdf:Description xmlns:tiff="http://ns.adobe.com/tiff/1.0/" tiff:Orientation="6"/></rdf:RDF></x:xmpmeta>'
