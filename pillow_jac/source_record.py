@@ -85,13 +85,16 @@ class SourceRecord:
         """Whether ``dst`` was made from ``src`` as it was not now, or with other ``settings`` than these.
 
         As it was not now: with another size or modification time. An output recorded without settings is not
-        judged by them.
+        judged by them. A source recorded under another path (its folder moved or renamed, or reached through a
+        link) that is the same file by size and time is judged as this one.
 
         ``src`` and ``dst`` are absolute paths, as :func:`pillow_jac.batch_plan.plan_batch` gives them.
         """
         entry = self.made.get(_key(self.out_dir, dst))
-        if entry is None or entry.get("source") != os.fspath(src):
+        if entry is None:
             return False
+        if entry.get("source") != os.fspath(src) and _same_file(entry, src) is not True:
+            return False  # made from another file (conflict() says so), not this one moved or renamed
         made_with = entry.get("settings")
         if settings is not None and made_with is not None and made_with != json.loads(json.dumps(settings)):
             return True

@@ -211,6 +211,11 @@ def test_an_output_another_source_made_is_not_replaced(tmp_path: Path, capsys) -
     first.rename(moved)
     assert main(["batch", str(moved), str(out), "--to", "jac", "-j", "1"]) == 0
     assert "2 files already done, skipped" in capsys.readouterr().err
+    before = (out / "only-A.jac").read_bytes()  # moved, and asked for another quality: converted again
+    assert main(["batch", str(moved), str(out), "--to", "jac", "-j", "1", "-q", "1", "--quiet"]) == 0
+    assert (out / "only-A.jac").read_bytes() != before
+    with Image.open(out / "a.jac") as im:
+        assert im.info["quality"] == 1
     (out / "a.jac").unlink()  # removed by hand: the other folder's a.png converts
     assert main(["batch", str(second), str(out), "--to", "jac", "-j", "1", "--quiet"]) == 0
     assert (out / "a.jac").read_bytes() != made
