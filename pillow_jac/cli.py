@@ -270,9 +270,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-resume",
         dest="resume",
         action="store_false",
-        help="convert every file again, also those whose output is done (needed after changing -e, a --psnr "
-        "target or to a larger --size: a done output is checked for quality, preview, model, --strip and fitting "
-        "the size only)",
+        help="convert every file again, also those whose output is done (an output is done when OUT_DIR's record "
+        "says it was made from the source as it is now, with the -q, -e, --size and --psnr asked for; needed "
+        "only where that record is missing)",
     )
     p.add_argument(
         "--worker-cpus",
@@ -317,6 +317,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         given = [flag for flag, value in options.items() if value is not None]
         if args.command == "batch" and args.to == "png" and given:
             parser.error(f"{', '.join(given)}: options of --to jac, not of --to png")
+        if args.command == "batch" and args.to == "jac" and args.force:
+            parser.error("--force: an option of --to png (a .jac made from another file is never replaced)")
         args.quality = DEFAULT_QUALITY if args.quality is None else args.quality
         args.effort = DEFAULT_EFFORT if args.effort is None else args.effort
     if args.command == "batch" and args.ray is None:
@@ -417,6 +419,10 @@ def _run(args: argparse.Namespace) -> None:
     elif args.command == "info":
         show_info(args.inputs, args.json)
     elif args.command == "batch":
+        if args.to == "jac":  # once, not once per file: a --model or JAC_WEIGHTS that cannot encode here
+            from .generations import encoder
+
+            encoder(args.model)
         if args.ray is not None:
             _run_ray_batch(args)
             return

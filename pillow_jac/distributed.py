@@ -303,7 +303,8 @@ def convert(
         ImportError: Ray is not installed.
         ValueError: bad options or inputs (see :func:`pillow_jac.batch_plan.plan_batch`).
         RuntimeError: no worker could be started (after one has, files no worker is left for fail instead).
-        ConnectionError: ``address`` (``HOST:PORT`` or ``ray://HOST:PORT``) takes no connection.
+        ConnectionError: ``address`` (``HOST:PORT`` or ``ray://HOST:PORT``) takes no connection, or ``"auto"``
+            finds no cluster on this machine.
     """
     quality, effort = validate_quality(quality), validate_effort(effort)
     if target_size is not None or target_psnr is not None:
@@ -345,12 +346,20 @@ def convert(
     if not ray.is_initialized():
         # "local": a new instance, not a cluster that RAY_ADDRESS or an earlier `ray start` would name
         options: dict[str, Any] = {"address": address or "local", "log_to_driver": False}
-        options["logging_level"] = logging.WARNING
+        options["logging_level"] = logging.ERROR  # its notices are not the batch's; its errors reach the caller
         if address is None:
             options["include_dashboard"] = False
         else:
             _check_reachable(address)
-        stop_ray = _start_ray(ray, options)
+        try:
+            stop_ray = _start_ray(ray, options)
+        except ConnectionError as exc:
+            if address != "auto":
+                raise
+            raise ConnectionError(
+                "no Ray cluster runs on this machine (--ray auto / address 'auto'): start one with "
+                "`ray start --head`, or give the address of one (--ray HOST:PORT or ray://HOST:PORT)"
+            ) from exc
     try:
         # a local instance started here never grows: a worker that does not fit now never will
         grows = stop_ray is None or address is not None

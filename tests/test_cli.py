@@ -912,10 +912,14 @@ def test_batch_errors(tmp_path: Path, capsys) -> None:
             main(["batch", str(tmp_path / "in"), str(tmp_path / "o"), "--to", "png", *options])
         assert exit_info.value.code == 2
         assert "options of --to jac, not of --to png" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:  # accepted before, and it changed nothing
+        main(["batch", str(tmp_path / "in"), str(tmp_path / "o"), "--to", "jac", "--force"])
+    assert exit_info.value.code == 2 and "--force: an option of --to png" in capsys.readouterr().err
 
 
 def test_a_bad_device_fails_a_batch_once(tmp_path: Path, capsys, monkeypatch) -> None:
-    """A bad --device was reported once per file, after each input was opened (10,000 lines for 10,000 files)."""
+    """A bad --device, --model or JAC_WEIGHTS was reported once per file, after each input was opened (10,000 lines
+    for 10,000 files)."""
     (tmp_path / "in").mkdir()
     for name in ("a.png", "b.png"):
         crop().save(tmp_path / "in" / name)
@@ -924,6 +928,13 @@ def test_a_bad_device_fails_a_batch_once(tmp_path: Path, capsys, monkeypatch) ->
     monkeypatch.setenv("JAC_DEVICE", "bogus")
     assert main(["batch", str(tmp_path / "in"), str(tmp_path / "o"), "--to", "jac"]) == 1
     assert_one_line_error(capsys.readouterr().err, "unknown device 'bogus'")
+    assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
+    monkeypatch.delenv("JAC_DEVICE")
+    assert main(["batch", str(tmp_path / "in"), str(tmp_path / "o"), "--to", "jac", "--model", "nope"]) == 1
+    assert_one_line_error(capsys.readouterr().err, "model 'nope' cannot encode here")
+    monkeypatch.setenv("JAC_WEIGHTS", str(tmp_path / "missing.safetensors"))
+    assert main(["batch", str(tmp_path / "in"), str(tmp_path / "o"), "--to", "jac"]) == 1
+    assert_one_line_error(capsys.readouterr().err, "missing.safetensors: no such file")
     assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
 
 

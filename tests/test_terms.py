@@ -21,6 +21,10 @@ def test_the_package_metadata_names_the_weights_terms() -> None:
     pyproject = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
     files = re.search(r"^license-files\s*=\s*\[(.*?)\]", pyproject, re.MULTILINE | re.DOTALL)
     assert files is not None and '"weights/LICENSE.md"' in files.group(1)
+    # the Apache-2.0 text ships with the code (its section 4(a): recipients get a copy of the licence)
+    assert '"LICENSE"' in files.group(1)
+    apache = (ROOT / "LICENSE").read_text(encoding="utf-8")
+    assert "Apache License" in apache and "Version 2.0, January 2004" in apache and "END OF TERMS" in apache
     expression = re.search(r'^license\s*=\s*"(.*)"', pyproject, re.MULTILINE)
     assert expression is not None
     # the code's licence and the weights' terms together, both applying: an AND, never an OR
