@@ -398,6 +398,9 @@ def decode_file(src: Path, dst: Path, *, device: str | None = None, force: bool 
         if not force:
             _check_not_an_original(src, dst)
     jac, _ = read_jac(src)
+    if fmt == "ICO" and max(jac.size) > 256:  # before the decode
+        w, h = jac.size
+        raise ConversionError(f"{dst}: ICO holds images of at most 256x256 pixels, not {w}x{h}; choose another format")
     check_declared_size(*jac.size, error=CodecError, warn=True)  # as Image.open would
     pixels = decode(jac, device=device)
     im = Image.frombytes(jac.mode, jac.size, memoryview(pixels).cast("B"))  # decode returns a contiguous array
@@ -411,9 +414,18 @@ def decode_file(src: Path, dst: Path, *, device: str | None = None, force: bool 
         del options["icc_profile"]
     if fmt in ("JPEG", "WEBP", "AVIF"):
         options["quality"] = 95
+    if fmt == "ICO":
+        options["sizes"] = [im.size]  # the image at its size, not Pillow's ladder of icon sizes below it
     data, kept = decoded_output.save_keeping_what_fits(im, fmt, decoded_output.marked_options(fmt, options))
+    written = _metadata_of(data)
+    if written.get("size", im.size) != im.size:  # ICO over 256 pixels a side, ICNS: icon sizes only
+        w, h = written["size"]
+        raise ConversionError(
+            f"{dst}: {fmt} cannot hold a {im.width}x{im.height} image at its size (it would be {w}x{h}); "
+            "choose another format"
+        )
     orientation = _stored_orientation(options)
-    if orientation != 1 and _stored_orientation(_metadata_of(data)) != orientation:
+    if orientation != 1 and _stored_orientation(written) != orientation:
         # the output lost the turn (a format without EXIF, or EXIF it refused): the pixels are turned instead,
         # as jac encode turns them for a .jac that would lose it, so that the image still shows upright
         options = without_orientation(options)
@@ -438,13 +450,13 @@ def _stored_orientation(info: dict[str, Any]) -> int:
 
 
 def _metadata_of(data: bytes) -> dict[str, Any]:
-    """The EXIF and XMP of an image file that Pillow wrote, as its reader finds them (none where it finds none)."""
+    """The size, EXIF and XMP of an image file that Pillow wrote, as its reader finds them (none it cannot read)."""
     from PIL import Image
 
     try:
         with Image.open(io.BytesIO(data)) as im:
             exif = im.getexif()
-            return {"exif": exif.tobytes() if len(exif) else None, "xmp": im.info.get("xmp")}
+            return {"size": im.size, "exif": exif.tobytes() if len(exif) else None, "xmp": im.info.get("xmp")}
     except Exception:  # noqa: BLE001  (a format Pillow writes but cannot read back: no metadata found)
         return {}
 

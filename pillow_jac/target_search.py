@@ -45,7 +45,8 @@ Q16_MAX = round(QUALITY_MAX * QUALITY_DENOMINATOR)
 SIZE_TOLERANCE = 0.003
 #: the tolerance of small files, in bytes (the streams grow in 4-byte words)
 SIZE_TOLERANCE_BYTES = 16
-#: a PSNR search stops once the file is this close above the target (dB); one step is about 0.005 dB
+#: a PSNR search stops once the file is this close above the target (dB); one step of 1/256 is about 0.007 dB
+#: on Kodak (25.1 to 38.0 dB over qualities 1 to 8)
 PSNR_TOLERANCE = 0.02
 #: most rate estimates in a size search's bracketing phase
 MAX_ESTIMATES = 6
