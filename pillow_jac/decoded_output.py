@@ -57,9 +57,10 @@ def _round_trip(fmt: str, mode: str, levels: tuple[int, ...] = _ON_OFF) -> tuple
 
     None where the writer refuses the mode; else the mode Pillow reads back (None where it cannot read the
     format back, such as PDF) and whether an alpha plane of ``levels`` (columns of each, left to right) came
-    back, each level within :data:`_ALPHA_TOLERANCE`. Pillow reads back an RGBA BMP (written with its alpha bytes) as RGB and writes PPM as RGB, GIF keeps only
-    fully transparent pixels, and a format it cannot read back counts as storing none. An image read back at
-    another size (ICNS's largest icon) is compared at the probe's, nearest pixel.
+    back, each level within :data:`_ALPHA_TOLERANCE`. Pillow reads back an RGBA BMP (written with its alpha
+    bytes) as RGB and writes PPM as RGB, GIF keeps only fully transparent pixels, and a format it cannot read
+    back counts as storing none. An image read back at another size (ICNS's largest icon) is compared at the
+    probe's, nearest pixel.
     """
     from PIL import Image
 
