@@ -333,7 +333,7 @@ def search_psnr(c: Candidates, target: float) -> tuple[int, float]:
             )
             reached = _below(values[lo], target)
             raise TargetNotMetError(
-                f"a PSNR target of {target:g} dB is too high: quality {QUALITY_MAX:g} reaches {reached} dB{best}"
+                f"a PSNR target of {target:g} dB is not reached: quality {QUALITY_MAX:g} reaches {reached} dB{best}"
             )
         if lo == Q16_MAX or hi == Q16_MIN or (lo is not None and hi is not None and abs(hi - lo) <= 1):
             break

@@ -12,8 +12,9 @@ value is a valid quality: this module searches that value, as cwebp's ``-size`` 
 * ``target_psnr`` (dB): the smallest quality whose **decoded file** reaches at least that PSNR, on its
   8-bit colour planes (RGB, or the grey plane of L and LA; alpha is lossless and not counted). When
   quality 8 does not, and no quality tried does, :class:`ValueError`. The search takes the PSNR to rise
-  with the quality; on images of a few pixels it need not, and a lower quality that reaches the target may
-  then go unfound.
+  with the quality; on images of a few pixels, and on flat or smooth ones (a sky, a plain colour: a 96x128
+  grey image reached 54.4 dB at quality 7.78 and 49.7 dB at quality 8), it need not, and a lower quality that
+  reaches the target, or one below 8 that reaches a target 8 misses, may then go unfound.
 
 How, at effort 0:
 

@@ -149,7 +149,7 @@ def test_target_psnr_is_reached_by_the_smallest_quality(
 def test_psnr_targets_at_the_ends(rgb: np.ndarray) -> None:
     result = targets.encode_to_target(rgb, target_psnr=5.0)
     assert result.quality == 1.0 and result.psnr >= 5.0
-    with pytest.raises(ValueError, match="too high: quality 8 reaches"):
+    with pytest.raises(ValueError, match="not reached: quality 8 reaches"):
         targets.encode_to_target(rgb, target_psnr=80.0)
 
 
@@ -421,7 +421,7 @@ def test_psnr_search_keeps_a_lower_quality_that_reaches_the_target() -> None:
     k, value = target_search.search_psnr(c, 44.5)
     assert value >= 44.5 and k < 7 * 256
     c = CurveCandidates(size=lambda q: 100 * q, psnr=lambda q: 41.42)
-    with pytest.raises(ValueError, match=r"too high: quality 8 reaches 41.42 dB \(the best of the \d+ tried"):
+    with pytest.raises(ValueError, match=r"not reached: quality 8 reaches 41.42 dB \(the best of the \d+ tried"):
         target_search.search_psnr(c, 42.0)
 
 
@@ -435,9 +435,9 @@ def test_a_huge_psnr_target_is_a_value_error_not_an_overflow() -> None:
     """target_psnr=1e308 passes validation (finite); the secant then guesses an infinite quality, which
     used to reach math.ceil and raise OverflowError."""
     c = CurveCandidates(size=lambda q: 100 * q, psnr=lambda q: 20 + 2 * q)
-    with pytest.raises(ValueError, match="too high: quality 8 reaches 36.00 dB"):
+    with pytest.raises(ValueError, match="not reached: quality 8 reaches 36.00 dB"):
         target_search.search_psnr(c, 1e308)
-    with pytest.raises(ValueError, match=r"too high: quality 8 reaches 35.999 dB"):  # not a rounded-up 36.00
+    with pytest.raises(ValueError, match=r"not reached: quality 8 reaches 35.999 dB"):  # not a rounded-up 36.00
         target_search.search_psnr(CurveCandidates(size=lambda q: 100 * q, psnr=lambda q: 19.999 + 2 * q), 35.9995)
     assert target_search._next_inside(math.inf, None, None, set(), False) == 8 * 256
     assert target_search._next_inside(-math.inf, None, None, set(), True) == 256
