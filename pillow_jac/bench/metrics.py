@@ -14,9 +14,11 @@
 
 from __future__ import annotations
 
+import json
 import math
 import warnings
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -33,6 +35,27 @@ __all__ = [
     "bd_quality",
     "portable_path",
 ]
+
+
+def json_text(value: Any) -> str:
+    """``value`` as RFC 8259 JSON text, indented by one, that every JSON reader takes.
+
+    A float that is not finite (a BD-rate of curves that do not overlap, an undefined MS-SSIM) is written as
+    ``null``; numpy scalars as numbers, anything else JSON has no type for as its text.
+    """
+
+    def plain(v: Any) -> Any:
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [plain(x) for x in v]
+        if isinstance(v, np.generic):
+            v = v.item()
+        if isinstance(v, float) and not math.isfinite(v):
+            return None
+        return v
+
+    return json.dumps(plain(value), indent=1, allow_nan=False, default=str)  # a path as text
 
 
 def portable_path(path) -> str:

@@ -327,7 +327,7 @@ def run(
     for name in measured:  # each higher encoder effort of .jac against the same anchors
         if name.startswith("jac-"):
             results.setdefault("bd_rate_by_codec", {})[name] = bd_table(measured, results["published"], test=name)
-    (out / "results.json").write_text(json.dumps(results, indent=1, default=_json_default))
+    (out / "results.json").write_text(metrics.json_text(results))
     write_markdown(out / "rd.md", results)
     plotted = plot(out / "rd.png", results, max_bpp)
     _log(f"wrote {out / 'results.json'}, {out / 'rd.md'}" + (f", {out / 'rd.png'}" if plotted else ""))
@@ -338,12 +338,6 @@ def run(
 _CACHE_ONLY = ("codec", "key", "image", "pixels", "with_ms_ssim")
 #: what :func:`measure` returns: a cache line lacking one is not used
 _POINT_KEYS = ("bytes", "bpp", "psnr", "ms_ssim", "encode_s", "decode_s")
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, (np.floating, np.integer)):
-        return value.item()
-    return str(value)
 
 
 def _floats(text: str) -> list[float]:

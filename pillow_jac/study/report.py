@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from ..bench.metrics import bd_quality, bd_rate
+from ..bench.metrics import bd_quality, bd_rate, json_text
 from .variants import BUDGET, VARIANTS, Budget, Variant, run_name
 
 __all__ = ["mean_curve", "summarise", "write_report", "budget_paths", "MissingRunsError"]
@@ -331,7 +331,7 @@ def write_report(
     timings = json.loads((folder / "timings.json").read_text()) if (folder / "timings.json").exists() else {}
     summary = summarise(measured, anchors, timings, budget)
     summary["missing_runs"] = missing
-    (results / f"{stem}.json").write_text(json.dumps(summary, indent=1) + "\n")
+    (results / f"{stem}.json").write_text(json_text(summary) + "\n")
     (results / f"{stem}.md").write_text(markdown(summary))
     plot(results / f"{stem}.png", summary)
     return summary
