@@ -174,3 +174,15 @@ def test_a_run_records_the_precision_it_trained_in(tmp_path) -> None:
     (old / "checkpoint.pt").write_bytes(b"")  # trained before precisions were recorded, resumed in float32
     train._record_precision(old, "float32")
     assert train.run_precision(old) == "mixed"
+
+
+def test_training_steps_are_timed_side_by_side_for_every_variant() -> None:
+    """The report's training cost: seconds per step of each variant, measured in turn on one machine."""
+    from pillow_jac.study.train import step_seconds
+
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (96, 96, 3), dtype=np.uint8) for _ in range(2)]
+    budget = dataclasses.replace(BUDGET, batch=1, crop=64)
+    chosen = [dataclasses.replace(VARIANTS[n], config={**VARIANTS[n].config, **TINY}) for n in ("joint", "joint-wide")]
+    seconds = step_seconds(chosen, budget, images, steps=1, rounds=2)
+    assert set(seconds) == {"joint", "joint-wide"} and all(0 < s < 60 for s in seconds.values())

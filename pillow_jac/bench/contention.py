@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import signal
 import statistics
 import subprocess
@@ -31,6 +30,7 @@ from pathlib import Path
 
 from ..openmp_wait import CHOSEN_BY_USER
 from ..signal_handlers import handling
+from . import metrics
 from .images import find_shared
 
 __all__ = ["main", "POLICIES", "LOADS"]
@@ -135,17 +135,6 @@ def _stop(signum: int, frame) -> None:
     raise KeyboardInterrupt
 
 
-def _cpu_model() -> str:
-    """The CPU's model name where Linux says it, else the platform's processor string."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; print the table and write ``contention.json`` and ``contention.md`` into ``--out``."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -174,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
         "threads": args.threads,
         "neighbours": args.neighbours,
         "repeat": args.repeat,
-        "machine": f"{_cpu_model()}, {os.cpu_count()} CPU(s), Python {platform.python_version()}",
+        "machine": metrics.machine_description(),
         "date": time.strftime("%Y-%m-%d"),
     }
     # a terminated run stops its neighbours (measure's finally); the caller's handler is back after

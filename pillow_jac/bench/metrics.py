@@ -37,6 +37,31 @@ __all__ = [
 ]
 
 
+def cpu_model() -> str:
+    """The CPU's model name where Linux says it, else the platform's processor string."""
+    import platform
+    from pathlib import Path
+
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_description() -> str:
+    """What a results file records of the machine: CPU model, CPU count, Python and (where loaded) torch."""
+    import os
+    import platform
+    import sys
+
+    torch = sys.modules.get("torch")
+    version = f", torch {torch.__version__}" if torch is not None else ""
+    return f"{cpu_model()}, {os.cpu_count()} CPU(s), Python {platform.python_version()}{version}"
+
+
 def json_text(value: Any) -> str:
     """``value`` as RFC 8259 JSON text, indented by one, that every JSON reader takes.
 

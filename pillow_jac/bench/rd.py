@@ -266,7 +266,7 @@ def run(
             "images": len(images),
             "image_names": [n for n, _ in images],
             "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-            "machine": f"{platform.machine()}, {platform.processor() or platform.system()}",
+            "machine": metrics.machine_description(),
             "versions": _versions(),
             "ms_ssim": with_ms_ssim,
         },

@@ -43,6 +43,7 @@ from typing import Any
 import numpy as np
 
 from ..constants import MAX_EFFORT
+from . import metrics
 from .codecs import ALL_CODECS, get_codec
 from .images import ImageInputError, check_images, find_shared, input_error, load_rgb
 from .isolated import MIB, measure_in_subprocess
@@ -405,11 +406,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ImageInputError as e:
         return input_error(parser.prog, e)
     args.out.mkdir(parents=True, exist_ok=True)
-    import platform
 
     meta = {
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPU(s), {platform.python_version()}",
+        "machine": metrics.machine_description(),
         "load_average": os.getloadavg(),
     }
     with tempfile.TemporaryDirectory(prefix="jac-speed-") as tmp:

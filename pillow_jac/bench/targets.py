@@ -25,8 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import sys
 import time
@@ -36,6 +34,7 @@ from typing import Any
 
 from .. import codec, targets
 from ..constants import QUALITY_MAX
+from . import metrics
 from .images import ImageInputError, check_images, input_error, limit_argument, list_images, load_rgb
 from .metrics import portable_path
 
@@ -262,8 +261,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "data": portable_path(args.data),
             "images": len({r["image"] for r in rows}),
             "effort": args.effort,
-            "machine": f"{platform.machine()}, {os.cpu_count()} CPU(s), {torch.get_num_threads()} torch threads, "
-            f"Python {platform.python_version()}",
+            "machine": f"{metrics.machine_description()}, {torch.get_num_threads()} torch threads",
             "date": time.strftime("%Y-%m-%d %H:%M:%S"),
             "command": " ".join(shown),
             "size_tolerance": targets.SIZE_TOLERANCE,

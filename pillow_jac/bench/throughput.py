@@ -31,8 +31,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import sys
 import time
 from collections.abc import Sequence
@@ -42,6 +40,7 @@ from typing import Any
 import numpy as np
 
 from .. import codec_batch, container
+from . import metrics
 from .images import ImageInputError, find_shared, input_error, load_rgb
 from .metrics import portable_path
 from .speed import tile_image
@@ -261,7 +260,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     report = {
         "meta": {
             "device": name,
-            "machine": f"{platform.machine()}, {os.cpu_count()} CPU(s), Python {platform.python_version()}",
+            "machine": metrics.machine_description(),
             "torch": torch.__version__,
             "model_id": get_engine(device).model_id,
             "quality": args.quality,

@@ -18,8 +18,8 @@ import sys
 import time
 from pathlib import Path
 
-from ..bench.metrics import portable_path
-from .report import MissingRunsError, budget_paths
+from ..bench.metrics import machine_description, portable_path
+from .report import TRAIN_STEP_KEY, MissingRunsError, budget_paths
 from .variants import BUDGET, VARIANTS, run_name
 
 SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"
@@ -121,6 +121,17 @@ def main(argv: list[str] | None = None) -> int:
                 timings[variant.name] = time_codec(weights, image)
                 _log(f"{variant.name}: {timings[variant.name]}")
                 _write_json(timings_path, timings)
+        chosen = list({variant.name: variant for variant, _ in runs}.values())
+        if any(v.name not in timings.get(TRAIN_STEP_KEY, {}) for v in chosen):  # side by side, all of them again
+            from ..training.data import list_images
+            from ..training.data import load_rgb as load_training
+            from .train import step_seconds
+
+            crops = [load_training(path, 512) for path in list_images(args.data)[:64]]
+            timings[TRAIN_STEP_KEY] = step_seconds(chosen, budget, crops)
+            timings[f"{TRAIN_STEP_KEY}_machine"] = machine_description()
+            _log(f"seconds per training step: {timings[TRAIN_STEP_KEY]}")
+            _write_json(timings_path, timings)
     if args.phase in ("report", "all"):
         from .report import write_report
 

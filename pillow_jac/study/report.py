@@ -24,6 +24,10 @@ ANCHORS = ("jpeg420", "webp")
 SETS = ("kodak", "urban20")
 
 
+#: the key of timings.json that holds each variant's seconds per training step (study.train.step_seconds)
+TRAIN_STEP_KEY = "train_step_s"
+
+
 def mean_curve(per_image: dict[str, list[dict]]) -> list[dict[str, float]]:
     """The per-image points averaged parameter by parameter (bpp, PSNR and the z/y rates), sorted by bpp."""
     by_param: dict[float, list[dict]] = {}
@@ -106,8 +110,8 @@ def summarise(
             "seeds": seeds,
             "config": first["config"],
             "cost": first["cost"],
-            "train_minutes": _spread([runs[run_name(variant, s)]["train_seconds"] / 60 for s in seeds]),
             "timing": timings.get(variant.name),
+            "train_step_s": timings.get(TRAIN_STEP_KEY, {}).get(variant.name),
             "sets": {},
         }
         for set_name in SETS:
@@ -241,9 +245,10 @@ def markdown(summary: dict[str, Any]) -> str:
         "",
         "Multiply-adds per input pixel (convolutions and GDN; the context model at its causal taps); "
         "encode and decode of kodim23 (768x512) at quality 4 with 2 threads, median of 3, on an idle machine; "
-        "training minutes are wall-clock on the shared 2-core machine.",
+        "seconds per training step (a batch of the budget's crops, its precision) timed side by side, all "
+        "variants in turn, on one machine (`python -m pillow_jac.study time`).",
         "",
-        "| variant | parameters | encoder MACs/px | decoder MACs/px | encode s | decode s | train min |",
+        "| variant | parameters | encoder MACs/px | decoder MACs/px | encode s | decode s | train s/step |",
         "|---|---|---|---|---|---|---|",
     ]
     for row in summary["variants"].values():
@@ -251,7 +256,7 @@ def markdown(summary: dict[str, Any]) -> str:
         lines.append(
             f"| {row['label']} | {cost['parameters'] / 1e6:.2f} M | {cost['encoder_macs_per_pixel'] / 1e3:.1f} k "
             f"| {cost['decoder_macs_per_pixel'] / 1e3:.1f} k | {timing.get('encode_s', math.nan):.2f} "
-            f"| {timing.get('decode_s', math.nan):.2f} | {row['train_minutes']['mean']:.1f} |"
+            f"| {timing.get('decode_s', math.nan):.2f} | {row.get('train_step_s') or math.nan:.3f} |"
         )
     return "\n".join(lines) + "\n"
 

@@ -23,7 +23,7 @@ from ..training.data import CropSampler, to_model_input
 from ..training.train import WeightAverage, stratified_qualities
 from .variants import Budget, Variant
 
-__all__ = ["train_run", "run_precision"]
+__all__ = ["train_run", "run_precision", "step_seconds"]
 
 #: where a run records the precision its steps ran in (pillow_jac/model/precision.py)
 _PRECISION_FILE = "precision.txt"
@@ -87,17 +87,7 @@ def train_run(
     while step < budget.steps:
         for group in optimizer.param_groups:
             group["lr"] = budget.lr * min(1.0, (step + 1) / budget.warmup)
-        x = to_model_input(sampler.batch_uint8(budget.batch), torch.device("cpu")).contiguous(
-            memory_format=torch.channels_last
-        )
-        quality = stratified_qualities(budget.batch)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            result = model(x, quality)
-        losses = rate_distortion_loss(result, x, quality_lambda(quality, config.lambdas).float())
-        optimizer.zero_grad(set_to_none=True)
-        losses["loss"].backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), budget.clip)
-        optimizer.step()
+        losses = _train_step(model, optimizer, sampler, budget, bf16)
         average.update(model)
         step += 1
         if step % 250 == 0 or step == budget.steps:
@@ -108,3 +98,50 @@ def train_run(
             (out / "seconds.txt").write_text(f"{time.time() - start:.1f}\n")
             save_checkpoint(checkpoint, model, optimizer, step, sampler, config, average)
     return done, time.time() - start
+
+
+def _train_step(model, optimizer, sampler: CropSampler, budget: Budget, bf16: bool) -> dict[str, torch.Tensor]:
+    """One Adam step of the study's recipe on the sampler's next batch; returns the losses."""
+    x = to_model_input(sampler.batch_uint8(budget.batch), torch.device("cpu")).contiguous(
+        memory_format=torch.channels_last
+    )
+    quality = stratified_qualities(budget.batch)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        result = model(x, quality)
+    losses = rate_distortion_loss(result, x, quality_lambda(quality, model.config.lambdas).float())
+    optimizer.zero_grad(set_to_none=True)
+    losses["loss"].backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), budget.clip)
+    optimizer.step()
+    return losses
+
+
+def step_seconds(
+    variants: list[Variant], budget: Budget, images: list[np.ndarray], steps: int = 10, rounds: int = 3
+) -> dict[str, float]:
+    """Seconds per training step of each variant, timed side by side on this machine.
+
+    ``rounds`` rounds of ``steps`` steps, the variants in turn within each round (so that a change of the
+    machine's load reaches all of them), after two untimed steps each; the median round of each. The
+    precision is what :func:`train_run` would use here. What the report's cost table compares: the wall-clock
+    minutes of the runs themselves mix machines, pauses and shared cores.
+    """
+    bf16 = bf16_autocast_pays("cpu")
+    setups = {}
+    for variant in variants:
+        torch.manual_seed(0)
+        model = JointAutoregressiveHierarchicalPrior(variant.model_config(budget)).to(memory_format=torch.channels_last)
+        model.train()
+        optimizer = torch.optim.Adam(model.parameters(), lr=budget.lr)
+        sampler = CropSampler(images, budget.crop, seed=0)
+        for _ in range(2):
+            _train_step(model, optimizer, sampler, budget, bf16)
+        setups[variant.name] = (model, optimizer, sampler)
+    times: dict[str, list[float]] = {name: [] for name in setups}
+    for _ in range(rounds):
+        for name, (model, optimizer, sampler) in setups.items():
+            start = time.perf_counter()
+            for _ in range(steps):
+                _train_step(model, optimizer, sampler, budget, bf16)
+            times[name].append((time.perf_counter() - start) / steps)
+    return {name: round(float(np.median(t)), 4) for name, t in times.items()}
