@@ -215,3 +215,14 @@ def test_a_run_measured_at_the_budget_is_not_trained_again(tmp_path, monkeypatch
     assert main(["measure", *common]) == 0
     assert trained == ["joint-s1"]
     assert json.loads((folder / "joint-s1.json").read_text())["budget"] == BUDGET.to_dict()
+
+
+def test_evaluation_sets_leave_out_a_set_whose_folder_is_missing(tmp_path) -> None:
+    from PIL import Image
+
+    from pillow_jac.study.evaluate import evaluation_sets
+
+    (tmp_path / "kodak").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "kodak" / "a.png")
+    assert list(evaluation_sets(tmp_path / "kodak", tmp_path / "no-urban20")) == ["kodak"]
+    assert list(evaluation_sets(None, tmp_path / "kodak")) == ["urban20"]

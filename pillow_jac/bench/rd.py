@@ -151,6 +151,8 @@ def measure(codec: Codec, image: np.ndarray, parameter: float, with_ms_ssim: boo
     }
 
 
+#: installed distributions whose versions ``results.json`` records (read from their metadata: not every
+#: one has a ``__version__``)
 RECORDED_PACKAGES = ("torch", "constriction", "pytorch-msssim", "pillow-heif", "imagecodecs")
 
 

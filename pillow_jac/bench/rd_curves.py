@@ -183,7 +183,3 @@ def bd_table(
         row["psnr_overlap"] = [lo, hi]
         rows.append(row)
     return rows
-
-
-#: installed distributions whose versions ``results.json`` records (read from their metadata: not every
-#: one has a ``__version__``)

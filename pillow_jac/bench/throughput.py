@@ -253,7 +253,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     source_name = portable_path(image) if image is not None else "synthetic"
     shown = ["python -m pillow_jac.bench.throughput", "--device", str(device)]
     shown += ["--sizes", ",".join(f"{w}x{h}" for w, h in args.sizes), "--batch", ",".join(map(str, batches))]
-    shown += ["--images", str(args.images), "--large-images", str(args.large_images)]
+    shown += ["--images", str(args.images), "--large-images", str(args.large_images), "--quality", f"{args.quality:g}"]
     if args.image is not None:
         shown += ["--image", source_name]
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"

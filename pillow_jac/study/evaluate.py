@@ -120,5 +120,6 @@ def time_codec(weights: Path, image: np.ndarray, quality: float = 4.0, repeats: 
 
 
 def evaluation_sets(kodak: Path | None, urban: Path | None) -> dict[str, list[Path]]:
-    """The evaluation images by set name (sets whose folder is missing are left out)."""
-    return {name: list_images(folder) for name, folder in (("kodak", kodak), ("urban20", urban)) if folder}
+    """The evaluation images by set name (a set given as None, or whose folder is missing, is left out)."""
+    sets = (("kodak", kodak), ("urban20", urban))
+    return {name: list_images(folder) for name, folder in sets if folder is not None and folder.is_dir()}
