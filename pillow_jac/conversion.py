@@ -86,9 +86,34 @@ def _stdin() -> IO[bytes]:
     return source
 
 
+#: what standard input may hold beyond the largest image's pixels (metadata, a format's own overhead)
+STDIN_METADATA_BYTES = 64 << 20
+
+
 def _read_stdin() -> bytes:
-    """All of standard input (:func:`_stdin`)."""
-    return _stdin().read()
+    """All of standard input (:func:`_stdin`), refused once it holds more than any image Pillow would open.
+
+    The bound is 8 bytes (16-bit RGBA) for each pixel of the largest image Pillow opens
+    (``2 * Image.MAX_IMAGE_PIXELS``, its decompression-bomb error), plus :data:`STDIN_METADATA_BYTES`: endless input
+    (``cat /dev/zero |``) fails there instead of taking the machine's memory. Without Pillow's limit
+    (``MAX_IMAGE_PIXELS = None``) there is none.
+    """
+    from PIL import Image
+
+    source = _stdin()
+    if Image.MAX_IMAGE_PIXELS is None:
+        return source.read()
+    limit = 16 * int(Image.MAX_IMAGE_PIXELS) + STDIN_METADATA_BYTES
+    pieces, size = [], 0
+    while piece := source.read(min(1 << 24, limit + 1 - size)):
+        pieces.append(piece)
+        size += len(piece)
+        if size > limit:
+            raise ConversionError(
+                f"{STDIO}: standard input holds more than {limit >> 20} MiB, more than any image Pillow opens "
+                "(Image.MAX_IMAGE_PIXELS)"
+            )
+    return b"".join(pieces)
 
 
 def _emit(dst: Path, data: bytes, out: IO[bytes] | None) -> None:

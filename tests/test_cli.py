@@ -562,6 +562,16 @@ def test_standard_input_and_output(png: Path, tmp_path: Path, monkeypatch, capsy
     assert main(["encode", "-", str(tmp_path / "junk.jac")]) == 1
     assert_one_line_error(capsysbinary.readouterr().err.decode(), "standard input is not an image")
 
+    # endless input (cat /dev/zero |) stops at the most that an image Pillow opens can hold
+    from pillow_jac import conversion
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    monkeypatch.setattr(conversion, "STDIN_METADATA_BYTES", 0)
+    endless = type("Endless", (io.RawIOBase,), {"readable": lambda self: True, "readinto": lambda self, b: len(b)})
+    monkeypatch.setattr(sys, "stdin", type("Stdin", (), {"buffer": io.BufferedReader(endless())})())
+    assert main(["encode", "-", str(tmp_path / "endless.jac")]) == 1
+    assert_one_line_error(capsysbinary.readouterr().err.decode(), "standard input holds more than")
+
 
 def test_dash_as_a_file_name_and_missing_standard_streams(png: Path, tmp_path: Path, monkeypatch, capsys) -> None:
     """``./-`` is the file named "-", not standard output; a closed standard stream is a one-line error."""
