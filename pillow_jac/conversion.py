@@ -423,9 +423,6 @@ def decode_file(src: Path, dst: Path, *, device: str | None = None, force: bool 
         if not force:
             _check_not_an_original(src, dst)
     jac, _ = read_jac(src)
-    if fmt == "ICO" and max(jac.size) > 256:  # before the decode
-        w, h = jac.size
-        raise ConversionError(f"{dst}: ICO holds images of at most 256x256 pixels, not {w}x{h}; choose another format")
     check_declared_size(*jac.size, error=CodecError, warn=True)  # as Image.open would
     pixels = decode(jac, device=device)
     im = Image.frombytes(jac.mode, jac.size, memoryview(pixels).cast("B"))  # decode returns a contiguous array
@@ -439,16 +436,15 @@ def decode_file(src: Path, dst: Path, *, device: str | None = None, force: bool 
         del options["icc_profile"]
     if fmt in ("JPEG", "WEBP", "AVIF"):
         options["quality"] = 95
-    if fmt == "ICO":
-        options["sizes"] = [im.size]  # the image at its size, not Pillow's ladder of icon sizes below it
+    if fmt == "ICO":  # Pillow's icon sizes below the image's, and the image's own (fitted into ICO's 256x256)
+        scale = min(1.0, 256 / max(im.size))
+        largest = (max(1, round(im.width * scale)), max(1, round(im.height * scale)))
+        options["sizes"] = sorted({*[(s, s) for s in (16, 24, 32, 48, 64, 128, 256) if s <= min(largest)], largest})
     data, kept = decoded_output.save_keeping_what_fits(im, fmt, decoded_output.marked_options(fmt, options))
     written = _metadata_of(data)
-    if written.get("size", im.size) != im.size:  # ICO over 256 pixels a side, ICNS: icon sizes only
+    if written.get("size", im.size) != im.size:  # ICO over 256 pixels a side; ICNS: icons of its sizes only
         w, h = written["size"]
-        raise ConversionError(
-            f"{dst}: {fmt} cannot hold a {im.width}x{im.height} image at its size (it would be {w}x{h}); "
-            "choose another format"
-        )
+        warnings.warn(f"{fmt} holds icons: the {im.width}x{im.height} image reads back at {w}x{h}", stacklevel=2)
     orientation = _stored_orientation(options)
     if orientation != 1 and _stored_orientation(written) != orientation:
         # the output lost the turn (a format without EXIF, or EXIF it refused): the pixels are turned instead,
