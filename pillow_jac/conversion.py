@@ -475,9 +475,11 @@ def _metadata_of(data: bytes) -> dict[str, Any]:
     from PIL import Image
 
     try:
-        with Image.open(io.BytesIO(data)) as im:
-            exif = im.getexif()
-            return {"size": im.size, "exif": exif.tobytes() if len(exif) else None, "xmp": im.info.get("xmp")}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the image's own came already
+            with Image.open(io.BytesIO(data)) as im:
+                exif = im.getexif()
+                return {"size": im.size, "exif": exif.tobytes() if len(exif) else None, "xmp": im.info.get("xmp")}
     except Exception:  # noqa: BLE001  (a format Pillow writes but cannot read back: no metadata found)
         return {}
 
