@@ -1,8 +1,9 @@
 """The loaded model: shipped weights on a device, built once per (weights, device) and cached.
 
-torch is imported by this module, which only :mod:`pillow_jac.codec` imports, lazily, on the first
-real encode or decode. Device choice: the ``device`` argument, else the ``JAC_DEVICE`` environment
-variable (``cpu``, ``cuda``, ``cuda:N`` or ``auto``), else ``cpu``. The default never initialises
+torch is imported by this module, which the codec imports lazily, on the first real encode or decode
+(and the command line's device check and the training tools, which need torch anyway). Device choice:
+the ``device`` argument, else the ``JAC_DEVICE`` environment variable (``cpu``, ``cuda``, ``cuda:N`` or
+``auto``), else ``cpu``. The default never initialises
 CUDA, so it is safe in forked worker processes (a CUDA context does not survive ``fork``).
 """
 
@@ -16,9 +17,10 @@ import torch
 from torch import nn
 
 from . import generations
+from .constants import MEAN_STEPS, SCALE_LEVELS
 from .forksafe import fork_safe_lock, setting_up
 from .generations import DEFAULT_WEIGHTS_NAME, default_weights_path
-from .model.integer import IntegerNetwork, dequantize_into
+from .model.integer import IntegerNetwork, dequantize_into, float_template
 from .model.layers import SubpixelDeconv
 from .model.mbt2018 import JointAutoregressiveHierarchicalPrior, ModelConfig
 from .weights import (
@@ -102,6 +104,8 @@ def build_model(
         missing, unexpected = model.load_state_dict(floats, strict=False)
         templates = json.loads(metadata.get("integer_networks", "{}"))
         for name, template in templates.items():
+            if template != float_template(getattr(model, name)):
+                raise WeightsError(f"integer network {name!r}: its layers are not those of the config's architecture")
             prefix = name + "."
             if any(k.startswith(prefix) for k in missing):
                 network = (networks or {}).get(name) or read_integer_network(tensors, name, template)
@@ -165,19 +169,36 @@ class Engine:
                     layer.weight, layer.bias = layer.weight.to(device), layer.bias.to(device)
             return net
 
-        def tables(prefix: str) -> entropy_coding.CodingTables | None:
+        def tables(prefix: str, count: int) -> entropy_coding.CodingTables | None:
+            """``prefix``'s tables (CODING.md 2.1: ``count`` of them, of integers), None where the file has none."""
             found = read_table(tensors, prefix)
-            return None if found is None else entropy_coding.CodingTables(*(t.numpy() for t in found))
+            if found is None:
+                return None
+            if any(t.is_floating_point() or t.is_complex() for t in found):
+                raise ValueError(f"the {prefix} coding tables must hold integers")
+            made = entropy_coding.CodingTables(*(t.numpy() for t in found))
+            if len(made) != count:
+                raise ValueError(f"{len(made)} {prefix} coding tables where the model codes with {count}")
+            return made
 
-        y_tables = tables("y")
-        if self.config.hyperprior and read_table(tensors, "z") is None:  # the other way round: LatentCoder's check
+        try:
+            y_tables = tables("y", SCALE_LEVELS * MEAN_STEPS)
+            z_tables = tables("z", self.config.N)
+            thresholds = tensors[SCALE_THRESHOLDS]
+        except KeyError as exc:
+            raise WeightsError(f"weights file {path} is damaged: it has no tensor {exc}") from None
+        except ValueError as exc:
+            raise WeightsError(f"weights file {path} is damaged: {exc}") from None
+        if y_tables is None:
+            raise WeightsError(f"weights file {path} is damaged: it has no y coding tables")
+        if self.config.hyperprior and z_tables is None:  # the other way round: LatentCoder's check
             raise WeightsError(f"weights file {path} is damaged: a model with a hyperprior needs z coding tables")
         #: the latent coder: integer latents <-> streams (:class:`~pillow_jac.latent_coding.LatentCoder`)
-        parts = (network("h_s"), network("context"), network("entropy_parameters"), tensors[SCALE_THRESHOLDS])
+        parts = (network("h_s"), network("context"), network("entropy_parameters"), thresholds)
         mixture = self._mixture_coder(tensors, y_tables) if self.config.entropy == "gmm" else None
         try:
             self.latents = latent_coding.LatentCoder(
-                *parts, y_tables, tables("z"), self.config.M, device, self.config.entropy, mixture
+                *parts, y_tables, z_tables, self.config.M, device, self.config.entropy, mixture
             )
         except ValueError as exc:
             raise WeightsError(f"weights file {path} is damaged: {exc}") from None

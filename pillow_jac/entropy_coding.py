@@ -204,7 +204,9 @@ class CodingTables:
         self.models = []
         for k in range(len(self.sizes)):
             row = freqs[self.offsets[k] : self.offsets[k + 1]]
-            if row.sum() != _TOTAL or (row < 1).any():
+            if (row < 1).any():
+                raise ValueError(f"coding table {k} has a frequency below 1")
+            if row.sum() != _TOTAL:
                 raise ValueError(f"coding table {k} does not sum to 2**{CDF_PRECISION}")
             self.models.append(_Categorical(row / _TOTAL, perfect=False))
         #: per table, the cumulative frequencies ``0, f0, f0 + f1, ..., 2**CDF_PRECISION`` (one more

@@ -211,3 +211,68 @@ def test_hashed_bytes_are_little_endian_on_any_host(monkeypatch: pytest.MonkeyPa
     monkeypatch.setattr(weights.sys, "byteorder", "big")  # a big-endian host holds each value's bytes reversed
     assert bytes(weights._little_endian_bytes(t)) == b"\x00\x00\x00\x01\x00\x00\x00\x02"
     assert bytes(weights._little_endian_bytes(torch.tensor([7], dtype=torch.uint8))) == b"\x07"
+
+
+def _resealed(tensors: dict, metadata: dict, path: Path) -> Path:
+    """``tensors`` and ``metadata`` sealed with valid hashes as an unreleased generation: only consistency can fail."""
+    metadata = {k: v for k, v in metadata.items() if k != "legacy_weights_hash"}
+    metadata = weights.seal(tensors, {**metadata, "model_id": "mbt-128-192-r099", "release": "99"})
+    weights.save_weights(path, tensors, metadata)
+    return path
+
+
+def _fewer_tables(tensors: dict, part: str, count: int) -> None:
+    freqs, offsets, lows = weights.read_table(tensors, part)
+    tensors.update(weights.table_tensors(part, freqs[: int(offsets[count])], offsets[: count + 1], lows[:count]))
+
+
+def _zero_frequency(tensors: dict) -> None:
+    """The first y table's first frequency moved onto its largest: the table still sums to 2**16."""
+    freqs = tensors["table.y_freqs"].clone()
+    at = int(torch.argmax(freqs[:8]))
+    freqs[at] += freqs[0]
+    freqs[0] = 0
+    tensors["table.y_freqs"] = freqs
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ("h_s stride", "'h_s': its layers are not those of the config's architecture"),
+        ("context padding", "'context': its layers are not those"),
+        ("z tables", "256 z coding tables where the model codes with 128"),
+        ("y tables", "400 y coding tables where the model codes with 1024"),
+        ("no thresholds", "has no tensor 'table.y_thresholds'"),
+        ("float tables", "must hold integers"),
+        ("zero frequency", "has a frequency below 1"),
+    ],
+)
+def test_weights_that_do_not_fit_their_model_are_refused_when_loaded(weights_copy: Path, change, message) -> None:
+    """Hashes can be valid while the contents do not fit the model: h_s with another stride read uninitialised
+    rows, 2N z tables wrote files their own weights could not decode, N/2 or too few y tables failed with an
+    IndexError mid-encode, a missing table with a KeyError. Each is a WeightsError when the file loads, so that
+    another copy of the generation is tried."""
+    tensors, metadata = weights.load_weights(weights_copy)
+    templates = json.loads(metadata["integer_networks"])
+    if change == "h_s stride":
+        templates["h_s"][-1]["stride"] = 2
+    elif change == "context padding":
+        templates["context"][0]["padding"] = 0
+    elif change == "z tables":
+        freqs, offsets, lows = weights.read_table(tensors, "z")
+        n = len(lows)
+        both = torch.cat([freqs, freqs]), torch.cat([offsets, offsets[1:] + offsets[-1]]), torch.cat([lows, lows])
+        assert len(both[2]) == 2 * n
+        tensors.update(weights.table_tensors("z", *both))
+    elif change == "y tables":
+        _fewer_tables(tensors, "y", 400)
+    elif change == "no thresholds":
+        del tensors["table.y_thresholds"]
+    elif change == "float tables":
+        tensors["table.y_freqs"] = tensors["table.y_freqs"].double()
+    elif change == "zero frequency":
+        _zero_frequency(tensors)
+    metadata["integer_networks"] = json.dumps(templates)
+    path = _resealed(tensors, metadata, weights_copy.with_name("inconsistent.safetensors"))
+    with pytest.raises(WeightsError, match=message):
+        engine.get_engine(weights=path)

@@ -220,6 +220,27 @@ def integerize(network: nn.Module) -> IntegerNetwork:
     return IntegerNetwork(layers)
 
 
+def float_template(network: nn.Module) -> list[dict]:
+    """The template (:meth:`IntegerNetwork.template`) that :func:`integerize` would give ``network``.
+
+    What a weights file's ``integer_networks`` must say of each network for the model its config builds: a
+    layout that differs (another stride, padding or ReLU) would run other layers than the architecture's.
+    """
+    modules = list(network) if isinstance(network, nn.Sequential) else [network]
+    out = []
+    for i, module in enumerate(modules):
+        if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
+            deconv = isinstance(module, nn.ConvTranspose2d)
+            out.append({
+                "kind": "deconv" if deconv else "conv",
+                "stride": module.stride[0],
+                "padding": module.padding[0],
+                "output_padding": module.output_padding[0] if deconv else 0,
+                "relu": i + 1 < len(modules) and isinstance(modules[i + 1], nn.ReLU),
+            })  # fmt: skip
+    return out
+
+
 def _float_layers(network: nn.Module) -> list[nn.Module]:
     """The (transposed) convolutions of a float network, in the order :func:`integerize` converts them."""
     modules = list(network) if isinstance(network, nn.Sequential) else [network]
@@ -233,7 +254,7 @@ def dequantize_into(integer: IntegerNetwork, network: nn.Module) -> None:
     The inverse of :func:`integerize`: weight ``w / 2**s_c`` and bias ``b / 2**(s_c + F)``. The
     shipped weights file stores h_s, the context model and g_ep only as integer networks
     (they are what the decoder runs); this recovers float masters from them to resume training or
-    to run the float model. Each weight is within ``2**-16`` of its channel's largest weight of the
+    to run the float model. Each weight is within ``2**-15`` of its channel's largest weight of the
     trained value; integerising the result gives back the same integer weights and shifts (the
     biases to float32 precision).
 
