@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
@@ -46,11 +47,14 @@ SMALL_IMAGE_PIXELS = 512 * 512
 SMALL_IMAGE_THREADS = 2
 
 
-def torch_work(pixels: int, engine) -> contextlib.AbstractContextManager:
+def torch_work(pixels: int, engine, coding: bool = False) -> contextlib.AbstractContextManager:
     """The context of torch work on ``pixels`` pixels of images (a context manager).
 
     One torch thread for small images on the CPU unless OpenMP's threads sleep and at most
-    :data:`SMALL_IMAGE_THREADS` are set; IEEE float32 convolutions on the engine's device
+    :data:`SMALL_IMAGE_THREADS` are set, and for the exact entropy coding (``coding``: its wavefronts are
+    hundreds of small products) of any image where OpenMP's threads spin (beside other work a 768x512 decode
+    took 2.4-13 s on two spinning threads against 1.0-1.4 s on one; on an otherwise idle machine 0.30 s
+    against 0.39 s); IEEE float32 convolutions on the engine's device
     (:func:`ieee_float32_convolutions`: the decoder's pixels, and the encoder's latents the same whether a
     decode overlaps it or not); no autocast that a caller entered (its bf16 or fp16 would reach g_s and move
     samples by up to 255 levels, or make them NaN: CODING.md section 1.1; the effort search enters its own);
@@ -61,8 +65,9 @@ def torch_work(pixels: int, engine) -> contextlib.AbstractContextManager:
     """
     with contextlib.ExitStack() as region:  # left again if entering the second part fails
         region.enter_context(interpreter_exit.working())
-        if engine.device.type == "cpu" and pixels <= SMALL_IMAGE_PIXELS:
-            region.enter_context(single_threaded(keep_if_sleeping=SMALL_IMAGE_THREADS))
+        if engine.device.type == "cpu" and (pixels <= SMALL_IMAGE_PIXELS or coding):
+            keep = SMALL_IMAGE_THREADS if pixels <= SMALL_IMAGE_PIXELS else sys.maxsize  # sleeping: as set
+            region.enter_context(single_threaded(keep_if_sleeping=keep))
         region.enter_context(ieee_float32_convolutions(engine.device.type))
         region.enter_context(torch.autocast(engine.device.type, enabled=False))
         return region.pop_all()

@@ -87,3 +87,33 @@ def test_log2_ratio_is_correctly_rounded_where_libm_and_numpy_disagree() -> None
                 assert abs(decimal.Decimal(value) - exact) <= abs(decimal.Decimal(neighbour) - exact), f
     # the shipped generation's y and z tables (largest frequencies 65531 and 65534): the value it always had
     assert [log2_ratio(f, 2**16) for f in (65531, 65534)] == [float(np.log2(f / 2**16)) for f in (65531, 65534)]
+
+
+@pytest.mark.parametrize("sleeping", [True, False])
+def test_the_entropy_coding_runs_on_one_thread_where_openmp_threads_spin(monkeypatch, sleeping: bool) -> None:
+    """Beside other work, two spinning OpenMP threads made a 768x512 decode's hundreds of small wavefront products
+    2-10 times slower than one thread: where the threads spin, the exact coding runs on one, whatever the image's
+    size; where they sleep, on the threads set."""
+    from pillow_jac import engine, image_transforms, latent_coding
+
+    monkeypatch.setattr(image_transforms, "SMALL_IMAGE_PIXELS", 0)  # a "large" image, without its cost
+    monkeypatch.setattr(latent_coding, "threads_sleep", lambda: sleeping)
+    coder_class = type(engine.get_engine("cpu").latents)
+    seen = []
+
+    def recorded(real):
+        def recording(self, *args, **kwargs):
+            seen.append(torch.get_num_threads())
+            return real(self, *args, **kwargs)
+
+        return recording
+
+    for method in ("encode", "decode"):
+        monkeypatch.setattr(coder_class, method, recorded(getattr(coder_class, method)))
+    saved = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        codec.decode(codec.encode(natural_image(32, 48), 3))
+    finally:
+        torch.set_num_threads(saved)
+    assert seen == ([2, 2] if sleeping else [1, 1]), seen

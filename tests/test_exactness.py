@@ -82,7 +82,9 @@ def test_encode_two_threads_decode_one_thread(tmp_path, monkeypatch):
     np.save(tmp_path / "images.npy", np.array(images, dtype=object), allow_pickle=True)
     _run(
         """
-        import sys, numpy as np, torch
+        import sys, numpy as np
+        import pillow_jac.passive_torch  # sleeping threads: the entropy coding too keeps the 2 threads set
+        import torch
         from pillow_jac import codec, codec_steps
         torch.set_num_threads(2)
         out = sys.argv[1]
