@@ -117,3 +117,15 @@ def listing(folder: Path) -> list[str]:
     from pillow_jac.source_record import RECORD_NAME
 
     return sorted(p.name for p in folder.iterdir() if p.name != RECORD_NAME)
+
+
+def assert_within_one_level_in_a_few_samples(pixels: np.ndarray, expected: np.ndarray) -> None:
+    """The reference's pixels on another machine or thread count: g_s is float32, whose summation order differs,
+    so one level off in a few samples; a changed rounding rule moved a fifth to a half of a vector's samples by
+    one level (the latents, integer, are compared exactly elsewhere)."""
+    from pillow_jac.constants import VECTOR_OFF_BY_ONE_SHARE
+
+    assert pixels.shape == expected.shape
+    off = np.abs(pixels.astype(np.int64) - expected)
+    assert off.max(initial=0) <= 1
+    assert np.count_nonzero(off) <= max(2, VECTOR_OFF_BY_ONE_SHARE * off.size), np.count_nonzero(off)

@@ -13,6 +13,12 @@ from pillow_jac.bench import throughput
 from pillow_jac.bench.metrics import portable_path
 
 
+@pytest.fixture(autouse=True)
+def no_shared_data(monkeypatch):
+    """The benchmark's default image lies in ../shared, which tests never read: its synthetic image instead."""
+    monkeypatch.setattr(throughput, "find_shared", lambda relative: None)
+
+
 @pytest.fixture
 def batching_differs(monkeypatch):
     """Batches of more than one image code differently from batch size 1, by a known amount.

@@ -18,7 +18,7 @@ from PIL import Image
 
 from pillow_jac import codec, codec_steps
 
-from .helpers import natural_image
+from .helpers import assert_within_one_level_in_a_few_samples, natural_image
 
 QUALITIES = (1, 3.25, 6, 8)
 #: the qualities of each image below: all of them for the two small ones, the top (the most symbols) for the
@@ -120,7 +120,8 @@ def test_encode_two_threads_decode_one_thread(tmp_path, monkeypatch):
                 ((z, y),) = seen
                 np.testing.assert_array_equal(np.load(tmp_path / f"{i}-{q}-z.npy"), z)
                 np.testing.assert_array_equal(np.load(tmp_path / f"{i}-{q}-y.npy"), y)
-                np.testing.assert_array_equal(np.load(tmp_path / f"{i}-{q}-pixels.npy"), pixels)
+                # g_s is float32: another thread count may round a few samples the other way (CODING.md 1.4)
+                assert_within_one_level_in_a_few_samples(pixels, np.load(tmp_path / f"{i}-{q}-pixels.npy"))
     finally:
         torch.set_num_threads(saved)
 
