@@ -22,9 +22,10 @@ How, at effort 0:
    :meth:`~pillow_jac.model.mbt2018.JointAutoregressiveHierarchicalPrior.gains`), so every candidate costs
    h_a and what follows, never g_a again.
 2. Size: the model's own rate estimate (the -log2 likelihood of the rounded latents under the float
-   hyperprior and context model, what training minimises; within about 0.3% of the coded size from quality 4
-   up and 0.6-1.9% above it at quality 1 on Kodak, for a third of the cost of coding) brackets the target by a secant search on log(size). Real encodes (the
-   exact entropy coder: the bytes of the file) then confirm and close the bracket by the same secant
+   hyperprior and context model, what training minimises; within about 0.3% of the coded size from
+   quality 4 up and 0.6-1.9% above it at quality 1 on Kodak, for a third of the cost of coding) brackets
+   the target by a secant search on log(size). Real encodes (the exact entropy coder: the bytes of the
+   file) then confirm and close the bracket by the same secant
    search on the real sizes (bisecting when a step would leave the bracket), until the fitting file is
    within :data:`SIZE_TOLERANCE` of the target (or :data:`SIZE_TOLERANCE_BYTES`) or the next quality
    (1/256 up) is over it.
