@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from . import container, interpreter_exit
-from .constants import DOWNSAMPLING, EFFORT_ITERATIONS
+from .constants import DOWNSAMPLING, EFFORT_ITERATIONS, EFFORT_REAL_CHECK_PIXELS
 from .forksafe import fork_safe_lock
 from .latent_coding import SYMBOL_LIMIT, single_threaded
 from .stripes import analyze_in_stripes, synthesize_in_stripes
@@ -197,15 +197,34 @@ def symbols(
     ``color`` is the image's ``(H, W, 3)`` colour planes, the target of the refinement.
     """
     height, width = color.shape[:2]
-    if effort:
-        from .model.refine import refine_latents
+    if not effort:
+        return None if z is None else _rounded(z), _rounded(y)
+    from .model.refine import refine_latents
 
-        with torch_work(height * width, engine):
-            y, z = refine_latents(
-                engine.model, _rows_of([color], engine.device), y.clone(), None if z is None else z.clone(), quality,
-                (height, width), EFFORT_ITERATIONS[effort],
-            )  # fmt: skip
-    return None if z is None else _rounded(z), _rounded(y)
+    with torch_work(height * width, engine):
+        refined_y, refined_z = refine_latents(
+            engine.model, _rows_of([color], engine.device), y.clone(), None if z is None else z.clone(), quality,
+            (height, width), EFFORT_ITERATIONS[effort],
+        )  # fmt: skip
+    refined = None if refined_z is None else _rounded(refined_z), _rounded(refined_y)
+    if height * width > EFFORT_REAL_CHECK_PIXELS:  # on a 16x16 image 2 estimated bytes saved became 1 dB lost
+        return refined
+    plain = None if z is None else _rounded(z), _rounded(y)
+    return min((plain, refined), key=lambda latents: _real_loss(engine, latents, quality, color))
+
+
+def _real_loss(engine, latents: tuple[np.ndarray | None, np.ndarray], quality: float, color: np.ndarray) -> float:
+    """``lambda * 255^2 * MSE + bpp`` of the real file of ``latents``: its coded streams and its decoded pixels."""
+    from .model.objective import quality_lambda
+
+    z_hat, y_hat = latents
+    with torch.inference_mode(), torch_work(color.shape[0] * color.shape[1], engine, coding=True):
+        z_stream, y_stream = engine.latents.encode(z_hat, y_hat)
+    (pixels,) = synthesize(engine, [y_hat], [quality], [color.shape[:2]])
+    mse = float(np.mean((pixels.astype(np.float64) - color) ** 2)) / 255.0**2
+    lmbda = float(quality_lambda(torch.tensor([float(quality)]), engine.config.lambdas)[0])
+    bpp = 8 * (len(z_stream) + len(y_stream)) / (color.shape[0] * color.shape[1])
+    return lmbda * 255.0**2 * mse + bpp
 
 
 def _rounded(t: torch.Tensor) -> np.ndarray:

@@ -43,7 +43,7 @@ from dataclasses import dataclass
 import torch
 from torch.optim.adam import adam as functional_adam
 
-from ..constants import DOWNSAMPLING, EFFORT_ITERATIONS, MAX_EFFORT, Y_PER_Z
+from ..constants import DOWNSAMPLING, EFFORT_ITERATIONS, EFFORT_REAL_CHECK_PIXELS, MAX_EFFORT, Y_PER_Z
 from ..interpreter_exit import check
 from .mbt2018 import JointAutoregressiveHierarchicalPrior
 from .objective import quality_lambda
@@ -154,6 +154,8 @@ def schedule(effort: int) -> dict[str, object] | None:
         "temperatures": list(TEMPERATURES),
         "tile": TILE,
         "halo": HALO,
+        "distortion": "MSE of the pixels clamped to [0, 1], its gradient straight through the clamp",
+        "real_check_pixels": EFFORT_REAL_CHECK_PIXELS,
     }
 
 
@@ -217,7 +219,13 @@ class _Search:
             y_like = model.y_likelihood(y_hat, model.entropy_parameters(model.entropy_inputs(psi, phi)))
             bits = bits - y_like[:, :, rows, cols].float().log2().sum()
             x_hat = model.g_s(y_hat * self.inverse_gain)
-        error = (x_hat[:, :, px_rows, px_cols].float() - x[:, :, px_rows, px_cols]).pow(2).sum(1, keepdim=True)
+        # the decoder clamps to [0, 1] before rounding (CODING.md 1.4): the error is the clamped output's, so
+        # that no bits go to pulling back an output that the clamp puts right anyway; its gradient passes the
+        # clamp straight through, so that an output beyond the range that the clamp leaves wrong (0.9 wanted,
+        # 1.3 made) is still pulled towards the pixel
+        x_hat = x_hat[:, :, px_rows, px_cols].float()
+        x_hat = x_hat + (x_hat.clamp(0.0, 1.0) - x_hat).detach()
+        error = (x_hat - x[:, :, px_rows, px_cols]).pow(2).sum(1, keepdim=True)
         mse = (error * weight).sum() / (3 * pixels)
         return self.lmbda * 255.0**2 * mse + bits / pixels
 
