@@ -26,7 +26,18 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 @pytest.fixture(scope="module")
 def base(tmp_path_factory) -> Path:
-    return tiny_weights(tmp_path_factory.mktemp("weights") / "tiny.safetensors", seed=5)
+    """An untrained tiny model whose outputs lie mostly in [0, 1]: untrained, they were about -0.13 to 0.13, two
+    thirds of them below the range the decoder clamps to, where the search (which sees the clamp) finds nothing;
+    its targets come from effort 2, where effort 1's 8 steps moved no latent of this model."""
+    from pillow_jac.training.freeze import freeze
+    from pillow_jac.weights import save_weights
+
+    path = tiny_weights(tmp_path_factory.mktemp("weights") / "tiny.safetensors", seed=5)
+    model = load_model(path)
+    with torch.no_grad():
+        model.g_s[-1].bias += 0.5
+    save_weights(path, *freeze(model, release=0))
+    return path
 
 
 def test_targets_are_the_searchs_latents_and_resume_the_same_draw(base, tmp_path, monkeypatch):
@@ -35,20 +46,20 @@ def test_targets_are_the_searchs_latents_and_resume_the_same_draw(base, tmp_path
     images = [synthetic(80, 96, 20 + i) for i in range(3)]
     crops = search_distil.SHARD + 3
     whole, part = tmp_path / "whole", tmp_path / "part"
-    assert search_distil.make_targets(model, images, whole, crops, effort=1, crop=64, seed=0) == crops
+    assert search_distil.make_targets(model, images, whole, crops, effort=2, crop=64, seed=0) == crops
     # interrupted after a short last file, then extended: the short file is made again
-    assert search_distil.make_targets(model, images, part, search_distil.SHARD + 1, effort=1, crop=64, seed=0) == 5
-    assert search_distil.make_targets(model, images, part, crops, effort=1, crop=64, seed=0) == crops
+    assert search_distil.make_targets(model, images, part, search_distil.SHARD + 1, effort=2, crop=64, seed=0) == 5
+    assert search_distil.make_targets(model, images, part, crops, effort=2, crop=64, seed=0) == crops
     for name in ("targets-000.pt", "targets-001.pt"):
         a, b = torch.load(whole / name), torch.load(part / name)
         assert all(torch.equal(a[k], b[k]) for k in KEYS)
     with pytest.raises(ValueError, match="made with"):  # another setup never extends these files
-        search_distil.make_targets(model, images, part, crops + 1, effort=1, crop=64, seed=2)
+        search_distil.make_targets(model, images, part, crops + 1, effort=2, crop=64, seed=2)
     other_weights = {"decoder_hash": "d", "encoder_hash": "e"}  # nor a search with other weights
     with pytest.raises(ValueError, match="made with"):
-        search_distil.make_targets(model, images, part, crops + 1, effort=1, crop=64, seed=0, weights=other_weights)
+        search_distil.make_targets(model, images, part, crops + 1, effort=2, crop=64, seed=0, weights=other_weights)
     with pytest.raises(ValueError, match="multiple of 64"):
-        search_distil.make_targets(model, images, tmp_path / "odd", 1, effort=1, crop=48)
+        search_distil.make_targets(model, images, tmp_path / "odd", 1, effort=2, crop=48)
     shard = torch.load(whole / "targets-001.pt")
     assert shard["x"].shape == (3, 64, 64, 3) and shard["x"].dtype == torch.uint8
     assert shard["y"].shape == (3, 12, 4, 4) and shard["z"].shape == (3, 8, 1, 1) and shard["y"].dtype == torch.int16
@@ -65,7 +76,7 @@ def test_targets_are_the_searchs_latents_and_resume_the_same_draw(base, tmp_path
         y = model.g_a(x) * model.gains(quality)
         z = model.h_a(y)
     y_star, z_star = refine_latents(
-        model, lambda a, b: x[:, :, a:b], y, z, float(quality), (64, 64), EFFORT_ITERATIONS[1]
+        model, lambda a, b: x[:, :, a:b], y, z, float(quality), (64, 64), EFFORT_ITERATIONS[2]
     )
     assert torch.equal(y_star[0].to(torch.int16), every["y"][i])
     assert torch.equal(z_star[0].to(torch.int16), every["z"][i])
@@ -94,7 +105,7 @@ def test_training_changes_only_the_encoder_and_scores_real_files(base, tmp_path,
         Image.fromarray(synthetic(80, 96, 30 + i)).save(data / f"im{i}.png")
     targets, out = tmp_path / "targets", tmp_path / "run"
     common = ["--weights", str(base), "--data", str(data), "--crop", "64", "--holdout", "2"]
-    common += ["--threads", "1", "--effort", "1"]
+    common += ["--threads", "1", "--effort", "2"]
     held = search_distil._held_out(search_distil.parse_args(["train", *common]))
     assert len(held) == 2
     for path in held:  # the held-out images are flat grey: no target crop may come from them
