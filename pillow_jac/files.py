@@ -77,7 +77,7 @@ def write_atomic(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) ->
             with os.fdopen(fd, "wb") as f:
                 write(f)
                 f.flush()
-                os.fsync(f.fileno())
+                _sync(f.fileno())
             if mode is not None:
                 os.chmod(tmp, mode)  # the bits the umask took from the temporary file
             os.replace(tmp, path)
@@ -112,7 +112,7 @@ def write_file(path: str | os.PathLike, data: bytes) -> None:
         f.write(data)
         f.truncate()
         f.flush()
-        os.fsync(f.fileno())
+        _sync(f.fileno())
 
 
 def _in_place(path: str | os.PathLike) -> bool:
@@ -127,6 +127,15 @@ def _in_place(path: str | os.PathLike) -> bool:
         return True
     folder = os.path.dirname(os.path.realpath(path))
     return not os.access(folder, os.W_OK | os.X_OK) and os.access(path, os.W_OK)
+
+
+def _sync(fd: int) -> None:
+    """``os.fsync(fd)``; a file system that cannot sync (``EINVAL``, ``ENOTSUP``) is no error, a failed write is."""
+    try:
+        os.fsync(fd)
+    except OSError as e:
+        if e.errno not in (errno.EINVAL, getattr(errno, "ENOTSUP", errno.EINVAL)):
+            raise
 
 
 def _sync_folder(folder: Path) -> None:
