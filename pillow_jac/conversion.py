@@ -441,12 +441,13 @@ def decode_file(src: Path, dst: Path, *, device: str | None = None, force: bool 
         largest = (max(1, round(im.width * scale)), max(1, round(im.height * scale)))
         options["sizes"] = sorted({*[(s, s) for s in (16, 24, 32, 48, 64, 128, 256) if s <= min(largest)], largest})
     data, kept = decoded_output.save_keeping_what_fits(im, fmt, decoded_output.marked_options(fmt, options))
-    written = _metadata_of(data)
-    if written.get("size", im.size) != im.size:  # ICO over 256 pixels a side; ICNS: icons of its sizes only
-        w, h = written["size"]
-        warnings.warn(f"{fmt} holds icons: the {im.width}x{im.height} image reads back at {w}x{h}", stacklevel=2)
+    if fmt in ("ICO", "ICNS"):  # icons of their sizes only: ICO up to 256 pixels a side, ICNS square ones
+        size = _read_back(data, exif=False).get("size", im.size)
+        if size != im.size:
+            shown = f"{size[0]}x{size[1]}"
+            warnings.warn(f"{fmt} holds icons: the {im.width}x{im.height} image reads back at {shown}", stacklevel=2)
     orientation = _stored_orientation(options)
-    if orientation != 1 and _stored_orientation(written) != orientation:
+    if orientation != 1 and _stored_orientation(_read_back(data)) != orientation:
         # the output lost the turn (a format without EXIF, or EXIF it refused): the pixels are turned instead,
         # as jac encode turns them for a .jac that would lose it, so that the image still shows upright
         options = without_orientation(options)
@@ -470,16 +471,22 @@ def _stored_orientation(info: dict[str, Any]) -> int:
     return orientation if orientation in _TURNS else 1
 
 
-def _metadata_of(data: bytes) -> dict[str, Any]:
-    """The size, EXIF and XMP of an image file that Pillow wrote, as its reader finds them (none it cannot read)."""
+def _read_back(data: bytes, exif: bool = True) -> dict[str, Any]:
+    """The size, and with ``exif`` the EXIF and XMP, of an image file Pillow wrote, as its reader finds them.
+
+    Empty for a format Pillow cannot read back. Without ``exif`` the pixels are not decoded (a PNG's
+    ``getexif()`` loads the image to find an ``eXIf`` chunk after the pixels).
+    """
     from PIL import Image
 
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the image's own came already
             with Image.open(io.BytesIO(data)) as im:
-                exif = im.getexif()
-                return {"size": im.size, "exif": exif.tobytes() if len(exif) else None, "xmp": im.info.get("xmp")}
+                if not exif:
+                    return {"size": im.size}
+                found = im.getexif()
+                return {"size": im.size, "exif": found.tobytes() if len(found) else None, "xmp": im.info.get("xmp")}
     except Exception:  # noqa: BLE001  (a format Pillow writes but cannot read back: no metadata found)
         return {}
 
