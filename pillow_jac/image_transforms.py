@@ -210,6 +210,8 @@ def symbols(
     if height * width > EFFORT_REAL_CHECK_PIXELS:  # on a 16x16 image 2 estimated bytes saved became 1 dB lost
         return refined
     plain = None if z is None else _rounded(z), _rounded(y)
+    if all(a is None and b is None or np.array_equal(a, b) for a, b in zip(plain, refined, strict=True)):
+        return plain  # the search kept every latent: nothing to compare
     return min((plain, refined), key=lambda latents: _real_loss(engine, latents, quality, color))
 
 
