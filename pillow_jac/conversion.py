@@ -436,10 +436,8 @@ def decode_file(src: Path, dst: Path, *, device: str | None = None, force: bool 
         del options["icc_profile"]
     if fmt in ("JPEG", "WEBP", "AVIF"):
         options["quality"] = 95
-    if fmt == "ICO":  # Pillow's icon sizes below the image's, and the image's own (fitted into ICO's 256x256)
-        scale = min(1.0, 256 / max(im.size))
-        largest = (max(1, round(im.width * scale)), max(1, round(im.height * scale)))
-        options["sizes"] = sorted({*[(s, s) for s in (16, 24, 32, 48, 64, 128, 256) if s <= min(largest)], largest})
+    if fmt == "ICO":
+        options["sizes"] = _icon_sizes(im.size)
     data, kept = decoded_output.save_keeping_what_fits(im, fmt, decoded_output.marked_options(fmt, options))
     if fmt in ("ICO", "ICNS"):  # icons of their sizes only: ICO up to 256 pixels a side, ICNS square ones
         size = _read_back(data, exif=False).get("size", im.size)
@@ -452,11 +450,20 @@ def decode_file(src: Path, dst: Path, *, device: str | None = None, force: bool 
         # as jac encode turns them for a .jac that would lose it, so that the image still shows upright
         options = without_orientation(options)
         turned = _upright(im, orientation)
+        if fmt == "ICO":
+            options["sizes"] = _icon_sizes(turned.size)
         data, kept = decoded_output.save_keeping_what_fits(turned, fmt, decoded_output.marked_options(fmt, options))
     stored = {"icc_profile": "icc_profile", "exif": "exif", "xmp": "pnginfo" if fmt == "PNG" else "xmp"}
     given = [n for n, option in stored.items() if getattr(jac, n) and option in kept]
     decoded_output.warn_of_what_was_not_stored(data, fmt, given)
     _emit(dst, data, out)
+
+
+def _icon_sizes(size: tuple[int, int]) -> list[tuple[int, int]]:
+    """An ICO's icons for an image of ``size``: Pillow's square sizes below it, and its own fitted into 256x256."""
+    scale = min(1.0, 256 / max(size))
+    largest = (max(1, round(size[0] * scale)), max(1, round(size[1] * scale)))
+    return sorted({*[(s, s) for s in (16, 24, 32, 48, 64, 128, 256) if s <= min(largest)], largest})
 
 
 def _stored_orientation(info: dict[str, Any]) -> int:

@@ -1282,8 +1282,12 @@ def test_a_decode_to_an_icon_format_keeps_the_size_or_warns(tmp_path: Path, caps
     for src in (small, big):
         assert main(["encode", str(src), str(tmp_path / f"{src.stem}.jac")]) == 0
     capsys.readouterr()
-    for stem, ext, size, warned in (("small", "ico", (56, 40), False), ("big", "ico", (256, 171), True),
-                                    ("small", "icns", (1024, 1024), True)):  # fmt: skip
+    _turned_photo(tmp_path / "phone.jpg")  # 48x40, shown 40x48: an ICO has no EXIF, so its pixels are turned
+    assert main(["encode", str(tmp_path / "phone.jpg"), str(tmp_path / "phone.jac")]) == 0
+    capsys.readouterr()
+    cases = [("small", "ico", (56, 40), False), ("big", "ico", (256, 171), True),
+             ("small", "icns", (1024, 1024), True), ("phone", "ico", (40, 48), False)]  # fmt: skip
+    for stem, ext, size, warned in cases:
         out = tmp_path / f"{stem}-out.{ext}"
         assert main(["decode", str(tmp_path / f"{stem}.jac"), str(out)]) == 0
         with Image.open(out) as im:
