@@ -184,16 +184,7 @@ def _integer_layer(module: nn.Module, relu: bool) -> IntegerLayer:
     w_int = torch.round(weight * scale.view(view)).clamp(-(2**WEIGHT_BITS - 1), 2**WEIGHT_BITS - 1)
     bias = module.bias.detach().double() if module.bias is not None else torch.zeros(len(shift), dtype=torch.float64)
     b_int = torch.round(bias * scale * 2.0**ACTIVATION_BITS)
-    return IntegerLayer(
-        kind="deconv" if deconv else "conv",
-        weight=w_int,
-        bias=b_int,
-        shift=shift,
-        stride=module.stride[0],
-        padding=module.padding[0],
-        output_padding=module.output_padding[0] if deconv else 0,
-        relu=relu,
-    )
+    return IntegerLayer(weight=w_int, bias=b_int, shift=shift, **_layout(module, relu))
 
 
 def integerize(network: nn.Module) -> IntegerNetwork:
@@ -208,16 +199,7 @@ def integerize(network: nn.Module) -> IntegerNetwork:
         >>> bool((exact - net(x).double()).abs().max() < 0.02)
         True
     """
-    modules = list(network) if isinstance(network, nn.Sequential) else [network]
-    layers = []
-    for i, module in enumerate(modules):
-        if isinstance(module, nn.ReLU):
-            continue
-        if not isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
-            raise TypeError(f"cannot integerise {type(module).__name__}")
-        relu = i + 1 < len(modules) and isinstance(modules[i + 1], nn.ReLU)
-        layers.append(_integer_layer(module, relu))
-    return IntegerNetwork(layers)
+    return IntegerNetwork([_integer_layer(module, relu) for module, relu in _convolutions(network)])
 
 
 def float_template(network: nn.Module) -> list[dict]:
@@ -226,25 +208,37 @@ def float_template(network: nn.Module) -> list[dict]:
     What a weights file's ``integer_networks`` must say of each network for the model its config builds: a
     layout that differs (another stride, padding or ReLU) would run other layers than the architecture's.
     """
+    return [_layout(module, relu) for module, relu in _convolutions(network)]
+
+
+def _convolutions(network: nn.Module) -> list[tuple[nn.Module, bool]]:
+    """``(layer, followed by a ReLU)`` for each (transposed) convolution of a float ``nn.Sequential`` (or one conv)."""
     modules = list(network) if isinstance(network, nn.Sequential) else [network]
     out = []
     for i, module in enumerate(modules):
-        if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
-            deconv = isinstance(module, nn.ConvTranspose2d)
-            out.append({
-                "kind": "deconv" if deconv else "conv",
-                "stride": module.stride[0],
-                "padding": module.padding[0],
-                "output_padding": module.output_padding[0] if deconv else 0,
-                "relu": i + 1 < len(modules) and isinstance(modules[i + 1], nn.ReLU),
-            })  # fmt: skip
+        if isinstance(module, nn.ReLU):
+            continue
+        if not isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
+            raise TypeError(f"cannot integerise {type(module).__name__}")
+        out.append((module, i + 1 < len(modules) and isinstance(modules[i + 1], nn.ReLU)))
     return out
+
+
+def _layout(module: nn.Module, relu: bool) -> dict:
+    """The non-tensor fields of a layer (:data:`LAYER_FIELDS`) as :func:`integerize` stores them."""
+    deconv = isinstance(module, nn.ConvTranspose2d)
+    return {
+        "kind": "deconv" if deconv else "conv",
+        "stride": module.stride[0],
+        "padding": module.padding[0],
+        "output_padding": module.output_padding[0] if deconv else 0,
+        "relu": relu,
+    }
 
 
 def _float_layers(network: nn.Module) -> list[nn.Module]:
     """The (transposed) convolutions of a float network, in the order :func:`integerize` converts them."""
-    modules = list(network) if isinstance(network, nn.Sequential) else [network]
-    return [m for m in modules if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))]
+    return [module for module, _ in _convolutions(network)]
 
 
 @torch.no_grad()
