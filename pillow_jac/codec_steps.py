@@ -20,7 +20,7 @@ import numpy as np
 
 from . import container, generations, interpreter_exit
 from .codec_inputs import check_model
-from .constants import ALPHA_LAYOUTS, DOWNSAMPLING, GRAY_LAYOUTS
+from .constants import ALPHA_LAYOUTS, GRAY_LAYOUTS
 from .size_limit import check_declared_size
 
 
@@ -242,11 +242,7 @@ def analyze_image(color: np.ndarray, quality: float, engine, effort: int = 0) ->
 
 def encode_latents(engine, z_hat: np.ndarray | None, y_hat: np.ndarray) -> tuple[bytes, bytes]:
     """The coded streams ``(z, y)`` of integer latents (CODING.md section 2), counted as torch work."""
-    import torch
-
-    pixels = y_hat.shape[-2] * y_hat.shape[-1] * DOWNSAMPLING**2  # the padded image's
-    with torch.inference_mode(), transforms().torch_work(pixels, engine, coding=True):
-        return engine.latents.encode(z_hat, y_hat)
+    return transforms().coded(engine, z_hat, y_hat)
 
 
 def decode_latents(jac: container.JacFile, engine) -> tuple[np.ndarray | None, np.ndarray]:

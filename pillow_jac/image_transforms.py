@@ -36,6 +36,7 @@ __all__ = [
     "analyze",
     "hyper_analyze",
     "symbols",
+    "coded",
     "synthesize",
 ]
 
@@ -198,21 +199,35 @@ def symbols(
     """
     height, width = color.shape[:2]
     if not effort:
-        return None if z is None else _rounded(z), _rounded(y)
+        return _symbols_of(y, z)
     from .model.refine import refine_latents
 
     with torch_work(height * width, engine):
-        refined_y, refined_z = refine_latents(
+        refined = _symbols_of(*refine_latents(
             engine.model, _rows_of([color], engine.device), y.clone(), None if z is None else z.clone(), quality,
             (height, width), EFFORT_ITERATIONS[effort],
-        )  # fmt: skip
-    refined = None if refined_z is None else _rounded(refined_z), _rounded(refined_y)
+        ))  # fmt: skip
     if height * width > EFFORT_REAL_CHECK_PIXELS:  # on a 16x16 image 2 estimated bytes saved became 1 dB lost
         return refined
-    plain = None if z is None else _rounded(z), _rounded(y)
-    if all(a is None and b is None or np.array_equal(a, b) for a, b in zip(plain, refined, strict=True)):
+    plain = _symbols_of(y, z)
+    if all(np.array_equal(a, b) for a, b in zip(plain, refined, strict=True)):
         return plain  # the search kept every latent: nothing to compare
     return min((plain, refined), key=lambda latents: _real_loss(engine, latents, quality, color))
+
+
+def _symbols_of(y: torch.Tensor, z: torch.Tensor | None) -> tuple[np.ndarray | None, np.ndarray]:
+    """``(z_hat, y_hat)``: one image's latents rounded (:func:`_rounded`), z_hat None without a hyperprior."""
+    return None if z is None else _rounded(z), _rounded(y)
+
+
+def coded(engine, z_hat: np.ndarray | None, y_hat: np.ndarray) -> tuple[bytes, bytes]:
+    """The coded streams ``(z, y)`` of one image's integer latents (CODING.md section 2), as torch work.
+
+    Of the padded image's size, as entropy coding (:func:`torch_work`).
+    """
+    pixels = y_hat.shape[-2] * y_hat.shape[-1] * DOWNSAMPLING**2
+    with torch.inference_mode(), torch_work(pixels, engine, coding=True):
+        return engine.latents.encode(z_hat, y_hat)
 
 
 def _real_loss(engine, latents: tuple[np.ndarray | None, np.ndarray], quality: float, color: np.ndarray) -> float:
@@ -220,8 +235,7 @@ def _real_loss(engine, latents: tuple[np.ndarray | None, np.ndarray], quality: f
     from .model.objective import quality_lambda
 
     z_hat, y_hat = latents
-    with torch.inference_mode(), torch_work(color.shape[0] * color.shape[1], engine, coding=True):
-        z_stream, y_stream = engine.latents.encode(z_hat, y_hat)
+    z_stream, y_stream = coded(engine, z_hat, y_hat)
     (pixels,) = synthesize(engine, [y_hat], [quality], [color.shape[:2]])
     mse = float(np.mean((pixels.astype(np.float64) - color) ** 2)) / 255.0**2
     lmbda = float(quality_lambda(torch.tensor([float(quality)]), engine.config.lambdas)[0])
