@@ -46,11 +46,12 @@ def test_bd_rate_is_of_the_candidate_against_the_stable_curve(tmp_path: Path, mo
     from pillow_jac.bench import rd
 
     points = [(1, 30), (2, 33), (4, 36)]
-    scale = {"stable.safetensors": 1.0, "cheaper.safetensors": 0.9, "dearer.safetensors": 1.1}
+    scale = {"stable.safetensors": 1.0, "cheaper.safetensors": 0.9, "dearer.safetensors": 1.1, "apart.safetensors": 1.0}
 
     def fake_run(data, out, *, jac_weights, **kwargs):
         factor = scale[Path(jac_weights).name]
-        average = [{"bpp": b * factor, "psnr": p} for b, p in points]
+        shift = 20 if "apart" in jac_weights else 0  # PSNR far above the stable curve's range
+        average = [{"bpp": b * factor, "psnr": p + shift} for b, p in points]
         return {"codecs": {"jac": {"average": average}}, "meta": {"images": 1}}
 
     monkeypatch.setattr(rd, "run", fake_run)
@@ -64,3 +65,10 @@ def test_bd_rate_is_of_the_candidate_against_the_stable_curve(tmp_path: Path, mo
         assert verdict["passes"] is passes and verdict["model"] == {"decoder": f"{name}.safetensors"}
         for result in verdict["sets"].values():
             assert np.isclose(result["bd_rate_percent"], bd, atol=0.05) and result["passes"] is passes
+    # curves whose PSNR ranges do not overlap: no BD-rate, no pass, and
+    # gate.json stays JSON that every reader takes (null, not NaN)
+    verdict = gate.gate(Path("apart.safetensors"), Path("stable.safetensors"), sets, tmp_path / "apart", log=print)
+    assert verdict["passes"] is False
+    written = (tmp_path / "apart" / "gate.json").read_text()
+    assert "NaN" not in written
+    assert json.loads(written)["sets"]["kodak"]["bd_rate_percent"] is None

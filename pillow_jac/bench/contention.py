@@ -175,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{load} {policy}: done", file=sys.stderr, flush=True)
     text = markdown(rows, meta)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "contention.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
+    (args.out / "contention.json").write_text(metrics.json_text({"meta": meta, "rows": rows}) + "\n")
     (args.out / "contention.md").write_text(text)
     print(text)
     return 0

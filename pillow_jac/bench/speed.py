@@ -29,7 +29,6 @@ skipping a size whose memory, extrapolated from the previous size, would exceed 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import subprocess
@@ -422,7 +421,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             text = codecs_markdown(report, meta)
             name = "speed"
     report["meta"] = meta
-    (args.out / f"{name}.json").write_text(json.dumps(report, indent=1))
+    (args.out / f"{name}.json").write_text(metrics.json_text(report) + "\n")
     (args.out / f"{name}.md").write_text(text)
     print(text)
     _log(f"wrote {args.out / (name + '.json')} and {args.out / (name + '.md')}")

@@ -273,7 +273,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "rows": rows,
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "targets.json").write_text(json.dumps(report, indent=1) + "\n")
+    (args.out / "targets.json").write_text(metrics.json_text(report) + "\n")
     (args.out / "targets.md").write_text(markdown(report))
     _log(f"wrote {args.out / 'targets.json'} and {args.out / 'targets.md'}")
     return 0 if report["totals"]["size_hits"] == report["totals"]["size_searches"] else 1

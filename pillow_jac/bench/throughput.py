@@ -30,7 +30,6 @@ relative to the repository (or by its file name), never by absolute path.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from collections.abc import Sequence
@@ -274,7 +273,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     def write(rows: list[dict[str, Any]]) -> None:  # after every row: a time limit keeps what was measured
         report["rows"] = rows
-        (args.out / "throughput.json").write_text(json.dumps(report, indent=1) + "\n")
+        (args.out / "throughput.json").write_text(metrics.json_text(report) + "\n")
         (args.out / "throughput.md").write_text(markdown(report))
 
     write(run(source, args.sizes, batches, device, args.images, args.large_images, args.quality, on_row=write))

@@ -10,7 +10,6 @@ difference between the two rates is the cost of integerisation, table quantisati
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
@@ -18,7 +17,7 @@ import numpy as np
 import torch
 
 from .. import codec
-from ..bench.metrics import psnr
+from ..bench.metrics import json_text, psnr
 from ..constants import ALIGN
 from ..engine import get_engine
 from .data import list_images, load_rgb
@@ -89,7 +88,7 @@ def main(argv: list[str] | None = None) -> None:
             f"| {overhead:+.2f}% | {r['encode_s']:.2f} | {r['decode_s']:.2f} |"
         )
     if args.json:
-        args.json.write_text(json.dumps(rows, indent=2) + "\n")
+        args.json.write_text(json_text(rows) + "\n")
 
 
 if __name__ == "__main__":

@@ -19,7 +19,6 @@ interrupted gate continues where it stopped.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 from pathlib import Path
@@ -104,7 +103,7 @@ def gate(
         }
     verdict["passes"] = all(s["passes"] for s in verdict["sets"].values())
     out.mkdir(parents=True, exist_ok=True)
-    (out / "gate.json").write_text(json.dumps(verdict, indent=1) + "\n")
+    (out / "gate.json").write_text(metrics.json_text(verdict) + "\n")
     return verdict
 
 
