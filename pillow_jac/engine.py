@@ -28,7 +28,7 @@ from .weights import (
     FLOAT_PREFIX,
     MIXTURE_EXP,
     SCALE_THRESHOLDS,
-    TRAINING_PREFIXES,
+    Z_DENSITY_PREFIXES,
     WeightsError,
     WeightsNotFoundError,
     load_weights,
@@ -76,8 +76,8 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
     return resolved
 
 
-#: model parameters a decoder file leaves out: the encoder's and the training-only ones
-_NOT_IN_DECODER_FILES = tuple(p.removeprefix(FLOAT_PREFIX) for p in ENCODER_PREFIXES + TRAINING_PREFIXES)
+#: model parameters a decoder file leaves out: the encoder's and z's float density
+_NOT_IN_DECODER_FILES = tuple(p.removeprefix(FLOAT_PREFIX) for p in ENCODER_PREFIXES + Z_DENSITY_PREFIXES)
 
 
 def build_model(
@@ -88,8 +88,9 @@ def build_model(
     ``networks`` are the file's integer networks when the caller has built them already (by name), so
     that they are not built and checked a second time.
 
-    A shipped file stores h_s, the context model and g_ep only as integer networks; their float
-    parameters are recovered with :func:`~pillow_jac.model.integer.dequantize_into`. A training
+    A shipped file stores h_s, the context model and g_ep only as integer networks (float parameters of
+    them beside raise :class:`WeightsError`); their float parameters are recovered with
+    :func:`~pillow_jac.model.integer.dequantize_into`. A training
     file (``float.*`` only) loads as it is. A decoder file (``layout`` ``decoder``) has no encoder
     and no z density: those stay as initialised and must not be used. Any other parameter found
     in neither raises :class:`WeightsError`, and so does a tensor of the wrong shape.
@@ -101,8 +102,11 @@ def build_model(
         with torch.random.fork_rng(devices=[]):
             model = JointAutoregressiveHierarchicalPrior(config).float()
         floats = {k: v.float() for k, v in strip_prefix(tensors, FLOAT_PREFIX).items()}  # a decoder file may hold fp16
-        missing, unexpected = model.load_state_dict(floats, strict=False)
         templates = json.loads(metadata.get("integer_networks", "{}"))
+        doubled = sorted({k.split(".")[0] for k in floats} & set(templates))
+        if doubled:  # the encoder's search would run the floats, the decoder the integers: no hash binds the two
+            raise WeightsError(f"{', '.join(doubled)}: float parameters beside the integer network")
+        missing, unexpected = model.load_state_dict(floats, strict=False)
         for name, template in templates.items():
             if template != float_template(getattr(model, name)):
                 raise WeightsError(f"integer network {name!r}: its layers are not those of the config's architecture")
@@ -154,7 +158,12 @@ class Engine:
             networks = {name: read_integer_network(tensors, name, t) for name, t in templates.items()}
         except ValueError as exc:
             raise WeightsError(f"weights file {path} is damaged: {exc}") from None
-        model = build_model(tensors, metadata, networks)
+        try:
+            model = build_model(tensors, metadata, networks)
+        except WeightsError as exc:  # such as an entropy model this version does not have
+            from . import __version__
+
+            raise WeightsError(f"weights file {path} cannot be used by pillow_jac {__version__}: {exc}") from None
         self.config = model.config
         self.model = model.to(device).eval()
         if device.type == "cpu":

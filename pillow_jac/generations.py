@@ -40,6 +40,7 @@ import struct
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from stat import S_ISREG
 
 from .constants import WEIGHTS_LAYOUTS
 from .forksafe import fork_safe_lock
@@ -147,8 +148,14 @@ def _manifest(path: Path) -> dict[str, str] | None:
 
 
 def _header(path: Path) -> tuple[dict[str, str], int] | None:
-    """The safetensors metadata of ``path`` and the file size its header declares, or None if unreadable."""
+    """The safetensors metadata of ``path`` and the file size its header declares, or None if unreadable.
+
+    Only a regular file is opened (a FIFO or a device named ``*.safetensors`` would block or never end);
+    a header nested too deeply for the JSON parser is unreadable too.
+    """
     try:
+        if not S_ISREG(os.stat(path).st_mode):
+            return None
         with open(path, "rb") as f:
             head = f.read(8)
             if len(head) != 8:
@@ -157,7 +164,7 @@ def _header(path: Path) -> tuple[dict[str, str], int] | None:
             if size > _MAX_HEADER:
                 return None
             header = json.loads(f.read(size))
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return None
     meta = header.get("__metadata__") if isinstance(header, dict) else None
     if not isinstance(meta, dict):
@@ -388,6 +395,7 @@ def encoder(model_id: str | None = None) -> Generation:
                 return gen
             if gen is None:
                 why = "no such file" if not Path(env).exists() else "not a weights file"
+                why = _SKIPPED.get(str(Path(env)), why)  # a truncated file or a lookalike says so
                 raise ModelNotInstalledError(f"JAC_WEIGHTS={env}: {why}")
             if env not in _WARNED_DECODER_ONLY:  # once per process, not once per file of a batch
                 _WARNED_DECODER_ONLY.add(env)

@@ -6,15 +6,16 @@ A weights file holds up to four groups of tensors (SPEC.md section 9.2):
   path (CODING.md section 3); ``table.*``, the integer coding tables (CODING.md section 2); and the
   float synthesis ``float.g_s.*`` with the inverse gains ``float.log_inverse_gain``;
 * the **encoder** (:data:`ENCODER_PREFIXES`): ``float.g_a.*``, ``float.h_a.*``, ``float.log_gain``;
-* training-only floats: ``float.z_density.*`` (the z tables are made from it). The float masters of
-  the integer networks are not stored: :func:`pillow_jac.engine.build_model` recovers them.
+* the float factorized prior of z, ``float.z_density.*`` (:data:`Z_DENSITY_PREFIXES`): the z tables were
+  made from it when the generation was frozen, and the encoder's search estimates z's rate with it. The
+  float masters of the integer networks are not stored: :func:`pillow_jac.engine.build_model` recovers them.
 
 A *full* file has all of them; a *decoder* file (a kept generation) has only the decoder. The
 safetensors metadata carries the manifest, checked by :func:`read_manifest`: ``model_id``, the
 architecture (``config``, JSON), the integer networks' layer layout (``integer_networks``), the
 ``layout``, and three hashes. ``decoder_hash`` covers exactly what a decoder runs (the decoder
 tensors and every manifest field that changes decoding, :func:`decoder_hash`); ``encoder_hash``
-covers the encoder (:func:`encoder_hash`); ``weights_hash`` is the 8 bytes written into every
+covers what else the encoder reads (:func:`encoder_hash`); ``weights_hash`` is the 8 bytes written into every
 ``.jac`` header, the generation's name beside ``model_id`` (:func:`header_hash`).
 """
 
@@ -29,15 +30,16 @@ from typing import Any
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save as safetensors_bytes
 
 from .constants import MODEL_ID_BYTES, WEIGHTS_HASH_BYTES, WEIGHTS_LAYOUTS, is_model_id
+from .files import write_atomic
 from .model.integer import LAYER_FIELDS, LAYER_KINDS, IntegerLayer, IntegerNetwork
 
 __all__ = [
     "DECODER_PREFIXES",
     "ENCODER_PREFIXES",
-    "TRAINING_PREFIXES",
+    "Z_DENSITY_PREFIXES",
     "FLOAT_PREFIX",
     "INT_PREFIX",
     "integer_tensors",
@@ -71,8 +73,13 @@ INT_PREFIX = "int."
 DECODER_PREFIXES = (INT_PREFIX, "table.", f"{FLOAT_PREFIX}g_s.", f"{FLOAT_PREFIX}log_inverse_gain")
 #: tensor-name prefixes of the encoder: an encoder update may change these and nothing else
 ENCODER_PREFIXES = (f"{FLOAT_PREFIX}g_a.", f"{FLOAT_PREFIX}h_a.", f"{FLOAT_PREFIX}log_gain")
-#: tensor-name prefixes of what only training uses (the z tables are made from the density at freeze time)
-TRAINING_PREFIXES = (f"{FLOAT_PREFIX}z_density.",)
+#: tensor-name prefixes of z's float density: the z tables were made from it at freeze time, and the encoder's
+#: search estimates z's rate with it; an encoder update keeps it (the tables are the decoder's)
+Z_DENSITY_PREFIXES = (f"{FLOAT_PREFIX}z_density.",)
+#: the first bytes of the encoder hash (SPEC.md section 9.3): over the encoder tensors and z's density
+_ENCODER_DOMAIN = b"JAC encoder 2\n"
+#: the first bytes of the older encoder hash, over the encoder tensors only, which a reader still accepts
+_ENCODER_DOMAIN_WITHOUT_DENSITY = b"JAC encoder 1\n"
 #: the stored dtype of each tensor of an integer layer (compact: CODING.md section 3 bounds their values)
 _INTEGER_DTYPES = {"weight": torch.int16, "bias": torch.int64, "shift": torch.int8}
 #: fields of the architecture (``config``) that only the encoder uses
@@ -146,10 +153,7 @@ def read_integer_network(tensors: dict[str, torch.Tensor], name: str, template: 
 def save_float_state(path: str | Path, state: dict[str, torch.Tensor], config: Any, extra: dict[str, str]) -> None:
     """Write a float state dict as ``float.*`` tensors with the architecture in the metadata."""
     tensors = {f"{FLOAT_PREFIX}{k}": v.detach().float().contiguous().cpu() for k, v in state.items()}
-    metadata = {"config": json.dumps(config.to_dict()), **extra}
-    tmp = Path(path).with_suffix(".tmp")
-    save_file(tensors, str(tmp), metadata=metadata)
-    tmp.replace(path)
+    save_weights(path, tensors, {"config": json.dumps(config.to_dict()), **extra})
 
 
 def load_weights(
@@ -168,10 +172,9 @@ def load_weights(
 
 
 def save_weights(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
-    """Write ``tensors`` and ``metadata`` atomically (the file is replaced only once complete)."""
-    tmp = Path(path).with_suffix(".tmp")
-    save_file({k: v.contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
-    tmp.replace(path)
+    """Write ``tensors`` and ``metadata`` atomically, a replaced file keeping its mode (:func:`files.write_atomic`)."""
+    data = safetensors_bytes({k: v.contiguous().cpu() for k, v in tensors.items()}, metadata=metadata)
+    write_atomic(path, lambda f: f.write(data))
 
 
 def content_hash(tensors: dict[str, torch.Tensor]) -> bytes:
@@ -276,7 +279,7 @@ def decoder_hash(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> 
     SHA-256 over ``JAC decoder 1``, the canonical JSON of the decoding fields of the manifest
     (``model_id``, ``config`` less :data:`ENCODER_CONFIG_FIELDS`, ``integer_networks``,
     ``legacy_weights_hash``) and, sorted by name, every decoder tensor's name, shape and values (int64
-    or float32); the first 8 bytes, as 16 hex digits. Encoder and training-only tensors are not in it.
+    or float32); the first 8 bytes, as 16 hex digits. Encoder tensors and z's density are not in it.
     """
     config = {k: v for k, v in json.loads(metadata["config"]).items() if k not in ENCODER_CONFIG_FIELDS}
     fields = {
@@ -288,11 +291,21 @@ def decoder_hash(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> 
     return _sealed_hash(b"JAC decoder 1\n", fields, {k: v for k, v in tensors.items() if _is_decoder(k)})
 
 
-def encoder_hash(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> str:
-    """The hex hash of the encoder: its tensors and the lambda ladder it optimises (SPEC.md section 9.3)."""
+def encoder_hash(tensors: dict[str, torch.Tensor], metadata: dict[str, str], *, density: bool = True) -> str:
+    """The hex hash of what the encoder reads beside the decoder (SPEC.md section 9.3).
+
+    Its tensors, z's float density (the search's estimate of z's rate) and the lambda ladder it optimises.
+    ``density=False``: the older form over the encoder tensors and the ladder only, which :func:`verify`
+    still accepts in a manifest.
+    """
     config = json.loads(metadata["config"])
     fields = {k: config.get(k) for k in ENCODER_CONFIG_FIELDS}
-    return _sealed_hash(b"JAC encoder 1\n", fields, {k: v for k, v in tensors.items() if _is_encoder(k)})
+    if not density:
+        return _sealed_hash(
+            _ENCODER_DOMAIN_WITHOUT_DENSITY, fields, {k: v for k, v in tensors.items() if _is_encoder(k)}
+        )
+    hashed = {k: v for k, v in tensors.items() if _is_encoder(k) or k.startswith(Z_DENSITY_PREFIXES)}
+    return _sealed_hash(_ENCODER_DOMAIN, fields, hashed)
 
 
 def header_hash(metadata: dict[str, str]) -> str:
@@ -425,7 +438,10 @@ def verify(tensors: dict[str, torch.Tensor], metadata: dict[str, str], path: str
     manifest = read_manifest(metadata, path)
     checks = [("decoder", decoder_hash(tensors, metadata), manifest.decoder_hash)]
     if manifest.can_encode:
-        checks.append(("encoder", encoder_hash(tensors, metadata), manifest.encoder_hash))
+        actual = encoder_hash(tensors, metadata)
+        if actual != manifest.encoder_hash and encoder_hash(tensors, metadata, density=False) == manifest.encoder_hash:
+            actual = manifest.encoder_hash  # sealed with the older hash, without the density (SPEC.md section 9.3)
+        checks.append(("encoder", actual, manifest.encoder_hash))
     for part, actual, expected in checks:
         if actual != expected:
             raise WeightsError(

@@ -107,11 +107,12 @@ def test_decoding_fields_of_the_manifest_change_the_decoder_hash() -> None:
         assert weights.decoder_hash(tensors, changed) != metadata["decoder_hash"]
 
 
-def test_training_only_tensors_are_outside_both_hashes() -> None:
+def test_the_z_density_is_in_the_encoder_hash_not_the_decoders() -> None:
+    """No decoder reads z's float density; the encoder's search estimates z's rate with it."""
     tensors, metadata = shipped()
     name = next(k for k in tensors if k.startswith("float.z_density."))
     sealed = weights.seal(dict(tensors, **{name: bump(tensors[name])}), metadata)
-    assert (sealed["decoder_hash"], sealed["encoder_hash"]) == (metadata["decoder_hash"], metadata["encoder_hash"])
+    assert sealed["decoder_hash"] == metadata["decoder_hash"] and sealed["encoder_hash"] != metadata["encoder_hash"]
 
 
 # -- a second generation -------------------------------------------------------------------------
@@ -279,6 +280,15 @@ def test_jac_weights_that_names_no_encoder_is_an_error(tmp_path: Path, monkeypat
     with pytest.raises(generations.ModelNotInstalledError, match="not a weights file"):
         generations.encoder()
     tensors, metadata = shipped()
+    weights.save_weights(tmp_path / "half.safetensors", tensors, metadata)
+    with open(tmp_path / "half.safetensors", "r+b") as f:
+        f.truncate(os.path.getsize(tmp_path / "half.safetensors") // 2)
+    monkeypatch.setenv("JAC_WEIGHTS", str(tmp_path / "half.safetensors"))
+    for _ in range(2):  # the reason each time, not only in the first call's warning
+        with pytest.raises(generations.ModelNotInstalledError, match="half.safetensors: it is .* shorter than"):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                generations.encoder()
     small, meta = weights.decoder_only(tensors, metadata)
     weights.save_weights(tmp_path / "decoder.safetensors", small, meta)
     monkeypatch.setenv("JAC_WEIGHTS", str(tmp_path / "decoder.safetensors"))
@@ -475,7 +485,7 @@ def test_an_encoder_update_refuses_another_decoder_or_architecture(tmp_path: Pat
     assert release.encoder_update(tmp_path / "new_encoder.safetensors", weights_dir, {}) == SHIPPED_ID
     _, meta = weights.load_weights(full)
     assert (meta["weights_hash"], meta["decoder_hash"]) == ("19772a6335c73e41", "1aa14a9029b4f76c")
-    assert meta["encoder_hash"] != "b0665e7c9c9f2aa9"
+    assert meta["encoder_hash"] != "1c51823b1006abe9"
 
 
 def test_jac_weights_alone_need_no_package_weights(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -506,6 +516,21 @@ def test_a_malformed_weights_header_is_not_a_generation(tmp_path: Path, monkeypa
         (tmp_path / f"{i}.safetensors").write_bytes(struct.pack("<Q", len(header)) + header)
     monkeypatch.setenv("JAC_MODELS", str(tmp_path))
     assert [g.model_id for g in generations.installed()] == [SHIPPED_ID]
+
+
+def test_a_header_too_deep_or_a_pipe_in_the_models_folder_is_not_a_generation(tmp_path: Path) -> None:
+    """A header nested too deeply for the JSON parser raised RecursionError on every decode; a named pipe
+    called ``*.safetensors`` blocked every listing forever."""
+    import struct
+
+    header = b'{"__metadata__":{"a":"b"},"x":' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    (tmp_path / "deep.safetensors").write_bytes(struct.pack("<Q", len(header)) + header)
+    os.mkfifo(tmp_path / "pipe.safetensors")
+    code = "import pillow_jac; print([m.model_id for m in pillow_jac.models()])"
+    env = {**os.environ, "JAC_MODELS": str(tmp_path)}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == f"[{SHIPPED_ID!r}]"
 
 
 @pytest.mark.parametrize("layout", [None, "encoder", ""])

@@ -276,3 +276,21 @@ def test_a_release_needs_the_gates_whole_set_verdict_on_these_very_weights(packa
     verdict = {"passes": True, "limit": None, "model": measured}
     new_id = release.release(package.checkpoint, 8, package.weights_dir, package.vectors, {}, package.table, verdict)
     assert new_id == "mbt-8-12-r008" and package.full.read_bytes() != before
+
+
+def test_an_encoder_update_keeps_the_files_mode_and_needs_an_encoder(package) -> None:
+    model = tiny_model(1)
+    ladder = tuple(round(v * 1.1, 6) for v in TINY.lambdas)
+    moved = JointAutoregressiveHierarchicalPrior(dataclasses.replace(TINY, lambdas=ladder))
+    moved.load_state_dict(model.state_dict())
+    weights.save_float_state(package.checkpoint, moved.state_dict(), moved.config, {})
+    package.full.chmod(0o644)
+    release.encoder_update(package.checkpoint, package.weights_dir, {})
+    assert package.full.stat().st_mode & 0o777 == 0o644  # others still read it (safetensors alone writes 0600)
+    # a checkpoint without an encoder (the generation's own decoder file) would install untrained values
+    decoder_file = package.checkpoint.with_name("decoder.safetensors")
+    weights.save_weights(decoder_file, *weights.decoder_only(*weights.load_weights(package.full)))
+    written = package.full.read_bytes()
+    with pytest.raises(weights.WeightsError, match="has no encoder"):
+        release.encoder_update(decoder_file, package.weights_dir, {})
+    assert package.full.read_bytes() == written

@@ -68,8 +68,9 @@ def test_tampered_tensor_fails_with_hash_error(weights_copy: Path, prefix: str) 
         engine.get_engine(weights=weights_copy)
 
 
-@pytest.mark.parametrize("prefix", ["float.g_a.", "float.h_a.", "float.log_gain"])
+@pytest.mark.parametrize("prefix", ["float.g_a.", "float.h_a.", "float.log_gain", "float.z_density."])
 def test_tampered_encoder_tensor_fails_with_hash_error(weights_copy: Path, prefix: str) -> None:
+    """What the encoder reads beside the decoder: z's density is its search's estimate of z's rate."""
     tamper(weights_copy, first_tensor(weights_copy, prefix))
     with pytest.raises(WeightsError, match=r"is damaged: encoder hash [0-9a-f]{16} does not match its manifest"):
         engine.get_engine(weights=weights_copy)
@@ -275,4 +276,29 @@ def test_weights_that_do_not_fit_their_model_are_refused_when_loaded(weights_cop
     metadata["integer_networks"] = json.dumps(templates)
     path = _resealed(tensors, metadata, weights_copy.with_name("inconsistent.safetensors"))
     with pytest.raises(WeightsError, match=message):
+        engine.get_engine(weights=path)
+
+
+def test_a_manifest_sealed_with_the_older_encoder_hash_still_loads(weights_copy: Path) -> None:
+    """The encoder hash without z's density (SPEC.md 9.3, ``JAC encoder 1``) is still a valid manifest."""
+    tensors, metadata = weights.load_weights(weights_copy)
+    metadata["encoder_hash"] = weights.encoder_hash(tensors, metadata, density=False)
+    assert metadata["encoder_hash"] != weights.encoder_hash(tensors, metadata)
+    path = weights_copy.with_name("older.safetensors")
+    weights.save_weights(path, tensors, metadata)
+    assert engine.get_engine(weights=path).encoder_hash == metadata["encoder_hash"]
+    metadata["encoder_hash"] = "0" * 16  # neither form
+    weights.save_weights(path, tensors, metadata)
+    with pytest.raises(WeightsError, match="encoder hash"):
+        engine.get_engine(weights=path)
+
+
+def test_float_parameters_beside_an_integer_network_are_refused(weights_copy: Path) -> None:
+    """The decoder runs h_s's integer network; the encoder's search would run float h_s parameters stored
+    beside it, which neither hash binds to the integers."""
+    tensors, metadata = weights.load_weights(weights_copy)
+    model = engine.load_model(weights_copy)
+    tensors.update({f"float.h_s.{k}": v * 1.2 for k, v in model.h_s.state_dict().items()})
+    path = _resealed(tensors, metadata, weights_copy.with_name("doubled.safetensors"))
+    with pytest.raises(WeightsError, match=r"doubled.safetensors cannot be used.*h_s: float parameters beside"):
         engine.get_engine(weights=path)

@@ -308,10 +308,10 @@ def _shipped_tables(candidate: dict, shipped: dict) -> dict:
     """
     import torch
 
-    from ..weights import TRAINING_PREFIXES
+    from ..weights import Z_DENSITY_PREFIXES
 
-    density = sorted(k for k in candidate if k.startswith(TRAINING_PREFIXES))
-    same_density = density == sorted(k for k in shipped if k.startswith(TRAINING_PREFIXES)) and all(
+    density = sorted(k for k in candidate if k.startswith(Z_DENSITY_PREFIXES))
+    same_density = density == sorted(k for k in shipped if k.startswith(Z_DENSITY_PREFIXES)) and all(
         torch.equal(candidate[k], shipped[k]) for k in density
     )
     prefixes = ("table.y_", "table.z_") if same_density else ("table.y_",)
@@ -329,13 +329,16 @@ def encoder_update(checkpoint: Path, weights_dir: Path, notes: dict[str, str]) -
     tensors, metadata = load_weights(full)
     old = verify(tensors, metadata, full)
     source, source_meta = load_weights(checkpoint)
+    from ..weights import DECODER_PREFIXES, ENCODER_PREFIXES, decoder_hash
+
+    lacking = [p.rstrip(".") for p in ENCODER_PREFIXES if not any(k.startswith(p) for k in source)]
+    if lacking:  # build_model would leave them at their initial values
+        raise WeightsError(f"{checkpoint} has no encoder ({', '.join(lacking)}): an encoder update needs one")
     model = build_model(source, source_meta)
     released_config = ModelConfig(**json.loads(metadata["config"]))
     if dataclasses.replace(model.config, lambdas=released_config.lambdas) != released_config:  # the ladder may move
         raise WeightsError(f"{checkpoint} is another architecture than {old.model_id}: an encoder update keeps it")
     candidate, _ = freeze(model, old.release or 0)
-    from ..weights import DECODER_PREFIXES, ENCODER_PREFIXES, decoder_hash
-
     frozen_decoder = {k: v for k, v in candidate.items() if k.startswith(DECODER_PREFIXES)}
     frozen_decoder.update(_shipped_tables(candidate, tensors))
     kept = {k: v for k, v in tensors.items() if not k.startswith(DECODER_PREFIXES)}
