@@ -11,6 +11,7 @@ their output folder before running it, so an input that kills the process is on 
 from __future__ import annotations
 
 import hashlib
+import json
 import random
 import sys
 import time
@@ -147,7 +148,7 @@ def run_atheris(target: str, argv: list[str], limits: Limits, corpus: list[bytes
 
 
 def distill(inputs: Iterable[bytes], out: Path, max_bytes: int = 6000, limits: Limits | None = None) -> dict[str, str]:
-    """Write the smallest input of each distinct :func:`check_decode` outcome to ``out``.
+    """Write the smallest input of each distinct :func:`check_decode` outcome to ``out``, listed in its ``index.json``.
 
     Returns ``{file name: outcome}``. Inputs larger than ``max_bytes`` are skipped. Each input runs
     under the :func:`~fuzz.limits.watchdog` (a hang is a ``FINDING timeout`` outcome) after being written to
@@ -175,4 +176,24 @@ def distill(inputs: Iterable[bytes], out: Path, max_bytes: int = 6000, limits: L
         name = f"{hashlib.sha1(data).hexdigest()[:12]}.jac"
         (out / name).write_bytes(data)
         index[name] = label
+    _record(out / "index.json", index)
     return index
+
+
+def _record(path: Path, index: dict[str, str]) -> None:
+    """Add each new file's entry to ``path``, the corpus's ``index.json`` (what tests/test_fuzz_corpus.py replays).
+
+    An entry records the container's verdict and the whole outcome; entries already there, with their reasons,
+    are kept.
+    """
+    recorded = json.loads(path.read_text()) if path.is_file() else {}
+    for name, label in index.items():
+        recorded.setdefault(
+            name,
+            {
+                "container": label.split(" | ")[0].split(":")[0],
+                "outcome": label,
+                "why": "smallest fuzz input with this outcome (fuzz_jac.py distill)",
+            },
+        )
+    path.write_text(json.dumps(dict(sorted(recorded.items())), indent=1) + "\n")

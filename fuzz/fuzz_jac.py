@@ -38,7 +38,8 @@ so that forged dimensions exercise the size checks but nothing decodes more than
 ``codec.decode`` honours the same limit (twice ``MAX_IMAGE_PIXELS``, as Pillow's error).
 
 Engines: ``atheris`` (coverage-guided libFuzzer, with the JAC-aware :func:`mutate` as custom
-mutator) when it is installed, else ``random`` (a plain mutation loop over the same mutators). The
+mutator; ``pip install atheris``) and ``random`` (a plain mutation loop over the same mutators, nothing to
+install). The
 hypothesis-driven tests in ``tests/test_fuzz.py`` reuse the mutators and the oracle. The ``random``
 engine, ``replay`` and ``distill`` run each input under a :func:`watchdog` (a hang becomes a
 ``timeout`` finding) and write it to :data:`CURRENT_INPUT` in their output folder before running it,
@@ -80,6 +81,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import faulthandler
+import importlib.util
 import json
 import re
 import signal
@@ -171,6 +173,11 @@ def _files(paths: Iterable[Path]) -> list[Path]:
     return out
 
 
+def atheris_installed() -> bool:
+    """Whether the ``atheris`` engine can run here."""
+    return importlib.util.find_spec("atheris") is not None
+
+
 def main(argv: list[str] | None = None) -> int:
     """Command line (see the module docstring).
 
@@ -216,6 +223,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "atheris":
         if not args.paths:
             parser.error("atheris needs WORK_DIR, where libFuzzer writes the inputs it keeps")
+        if not atheris_installed():
+            parser.error("the atheris engine needs atheris (pip install atheris); the random engine needs nothing")
     elif args.command in ("replay", "distill") and not args.paths:
         parser.error(f"{args.command} needs files or directories of inputs")
     if args.command == "distill" and args.out is None:

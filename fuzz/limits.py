@@ -43,9 +43,9 @@ class Limits:
 
     Decoding time grows with the number of wavefront steps ``3 (Hy - 1) + Wy`` of the latent (one
     batched step each, CODING.md section 1.3), which for thin images is far more than the pixel count
-    suggests (a 1 x 18432 image has 1161 steps, a 135 x 136 one 33), so the time bound of a decode
-    is ``seconds + seconds_per_step * steps`` for each decoder: linear in the declared size, so that
-    only super-linear behaviour (a hang) is a finding.
+    suggests (a 1 x 18432 image has 1161 steps, a 135 x 136 one 45: latents are padded to multiples of 64
+    pixels), so the time bound of a decode is ``seconds + seconds_per_step * steps`` for each decoder:
+    linear in the declared size, so that only super-linear behaviour (a hang) is a finding.
 
     Attributes:
         seconds: wall-clock time of one oracle call, before the per-step allowance.

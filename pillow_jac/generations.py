@@ -106,6 +106,7 @@ class Generation:
         can_encode: True for a full file, False for a decoder file.
         path: where the file is.
         size: the file's size in bytes.
+        encoder_hash: the manifest's ``encoder_hash`` (a full file), else None.
     """
 
     model_id: str
@@ -114,6 +115,7 @@ class Generation:
     can_encode: bool
     path: Path
     size: int
+    encoder_hash: str | None = None
 
     def describe(self) -> str:
         """One line: id, hash, what it can do, where it is."""
@@ -283,6 +285,7 @@ def generation_of(path: Path) -> Generation | None:
                 can_encode=meta["layout"] == "full",
                 path=path,
                 size=stat.st_size,
+                encoder_hash=str(meta["encoder_hash"]) if meta["layout"] == "full" and "encoder_hash" in meta else None,
             )
         except (KeyError, ValueError, TypeError):
             gen = None

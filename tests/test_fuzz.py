@@ -601,6 +601,7 @@ def test_command_line_takes_paths_after_options(
     monkeypatch.setattr(fz, "installed_model", lambda: ("model", bytes(8)))
     monkeypatch.setattr(fz, "distill", lambda inputs, out, **kwargs: got.update(inputs=list(inputs), out=out) or {})
     monkeypatch.setattr(fz, "run_atheris", lambda target, argv, limits, corpus: got.update(target=target, argv=argv))
+    monkeypatch.setattr(fz, "atheris_installed", lambda: True)
     assert fz.main(["distill", "--out", str(tmp_path / "out"), str(corpus)]) == 0
     assert got["inputs"] == [b"not a jac file"] and got["out"] == tmp_path / "out"
     capsys.readouterr()

@@ -3,8 +3,10 @@
 The corpus holds, for every distinct outcome the fuzz sessions met (which error, from which entry
 point), the smallest input that produced it, plus the inputs of the bugs found (``index.json`` says
 which). Every file must still meet the harness's rules (only allowed exceptions, time and memory
-bounds, agreeing entry points), and each entry point must still accept or reject it as recorded. The files
-were distilled against an earlier generation; the decode path re-stamps them for the installed one.
+bounds, agreeing entry points), and each entry point must still accept or reject it as recorded. The decode
+path re-stamps each file for the installed generation: those distilled against an earlier one exercise the
+container and model checks, those distilled against release 6 also decode to pixels, so that the pixel rules
+(``decode`` against ``load()``, ``decode_batch``, previews) run on them.
 """
 
 from __future__ import annotations
@@ -27,6 +29,9 @@ def test_index_lists_every_file() -> None:
     assert sorted(INDEX) == [p.name for p in FILES]
     assert len(FILES) >= 20
     assert all(p.stat().st_size <= 8192 for p in FILES)
+    # files that decode to pixels, with and without a preview: the replay's pixel rules have something to check
+    decoded = [e["outcome"] for e in INDEX.values() if e["outcome"].endswith(" | ok")]
+    assert len(decoded) >= 5 and any("preview:used" in o for o in decoded)
 
 
 def _param(path: Path) -> object:

@@ -363,6 +363,17 @@ def _parse_sizes(text: str) -> list[tuple[int, int]]:
     return out
 
 
+def _default_model() -> dict[str, Any]:
+    """The generation the ``.jac`` codecs encode with (the default), as ``bench.rd`` records it."""
+    from .. import generations
+
+    try:
+        gen = generations.encoder()
+    except (LookupError, OSError) as e:  # recorded; encoding will report it
+        return {"error": type(e).__name__}
+    return {"model_id": gen.model_id, "weights_hash": gen.weights_hash.hex(), "encoder_hash": gen.encoder_hash}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line entry point; see the module docstring."""
     parser = argparse.ArgumentParser(prog="python -m pillow_jac.bench.speed", description=__doc__.split("\n\n")[0])
@@ -410,6 +421,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
         "machine": metrics.machine_description(),
         "load_average": os.getloadavg(),
+        "model": _default_model(),
     }
     with tempfile.TemporaryDirectory(prefix="jac-speed-") as tmp:
         if args.sizes:

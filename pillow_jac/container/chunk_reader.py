@@ -151,7 +151,9 @@ def _read_chunk(
         head = r.read(_CHUNK_HEAD.size, "chunk header", at_eof=at_eof)
     length, ctype = _CHUNK_HEAD.unpack(head)
     if _TYPE.fullmatch(ctype) is None:
-        raise JacDataError(f"invalid chunk type {ctype!r}: not 4 ASCII letters (file corrupt?)")
+        raise JacDataError(
+            f"invalid chunk type {ctype!r}: not a letter, then three letters, digits or spaces (file corrupt?)"
+        )
     if length > C.MAX_CHUNK_BYTES:
         name = _type_name(ctype)
         raise JacDataError(f"chunk {name} declares {length} bytes, more than the limit of {C.MAX_CHUNK_BYTES}")

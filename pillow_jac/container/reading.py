@@ -235,7 +235,7 @@ def read_file(
                 break
             found[ctype] = data
         elif _is_critical(ctype):
-            raise JacDataError(f"unknown critical chunk {_type_name(ctype)}: the file needs a newer decoder")
+            raise JacDataError(f"unknown critical chunk {_type_name(ctype)}: not part of JAC 1.x (file corrupt?)")
         else:
             if data is not None:
                 unknown.append((ctype, data))
