@@ -29,7 +29,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from . import codec_steps as steps
-from . import container
+from . import container, interpreter_exit
 from .codec_inputs import as_array, color_planes, file_fields
 from .codec_steps import CodecError, ModelNotInstalledError
 from .constants import DEFAULT_EFFORT, DEFAULT_QUALITY, validate_effort
@@ -115,6 +115,7 @@ def encode(
     return encode_with(steps.encoder_engine(device, weights, model), arr, layout, q, effort, fields)
 
 
+@interpreter_exit.counted
 def encode_with(engine, arr, layout: str, quality: float, effort: int, fields: dict) -> bytes:
     """The file of an image checked by :func:`~pillow_jac.codec_inputs.as_array`, encoded by ``engine``.
 
@@ -137,6 +138,7 @@ def file_bytes(fields: dict, quality: float, engine, z_stream: bytes, y_stream: 
     return container.serialize(jac)
 
 
+@interpreter_exit.counted
 def encode_symbols(
     image,
     quality: float | None = None,
@@ -161,7 +163,11 @@ def decode_symbols(data, *, device=None, weights=None) -> tuple[np.ndarray | Non
     container and the two streams are read: a damaged alpha plane, which :func:`decode` refuses, is not
     looked at.
     """
-    jac, engine = steps.file_and_decoder(data, device, weights)
+    return _latents(*steps.file_and_decoder(data, device, weights))
+
+
+@interpreter_exit.counted
+def _latents(jac, engine) -> tuple[np.ndarray | None, np.ndarray]:
     with steps.allocation_errors_as_memory_errors(jac.header.width, jac.header.height):
         return steps.decode_latents(jac, engine)
 
@@ -181,6 +187,7 @@ def decode(data, *, device=None, weights=None) -> np.ndarray:
     return decode_with(*steps.file_and_decoder(data, device, weights))
 
 
+@interpreter_exit.counted
 def decode_with(jac, engine) -> np.ndarray:
     """The pixels of a parsed file, decoded by its engine (:func:`~pillow_jac.codec_steps.file_and_decoder`).
 

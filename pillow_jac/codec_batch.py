@@ -18,7 +18,7 @@ from collections.abc import Iterator
 import numpy as np
 
 from . import codec_steps as steps
-from . import container
+from . import container, interpreter_exit
 from .codec import decode_with, encode_with, file_bytes
 from .codec_inputs import as_array, check_model, color_planes, file_fields
 from .constants import DEFAULT_EFFORT, DEFAULT_QUALITY, validate_effort, validate_quality
@@ -117,6 +117,7 @@ def _analyze_batch(
     ]
 
 
+@interpreter_exit.counted
 def encode_batch(
     images,
     quality: float | None = DEFAULT_QUALITY,
@@ -236,6 +237,12 @@ def decode_batch(files, *, device=None, weights=None, batch_size: int = 8) -> li
             jac, engine = steps.file_and_decoder(data, device, weights)
             engines.append(engine)
         parsed.append(jac)
+    return _decode_parsed(parsed, engines, batch_size)
+
+
+@interpreter_exit.counted
+def _decode_parsed(parsed: list, engines: list, batch_size: int) -> list[np.ndarray]:
+    """:func:`decode_batch` of files read, checked and given their decoders."""
     out: list[np.ndarray | None] = [None] * len(parsed)
     keys = [
         (id(engine), jac.header.y_shape) if _batchable(jac.header.y_shape) else ("alone", i)

@@ -6,17 +6,20 @@ still running; one that is inside torch's C++ at that moment makes the process a
 wrote but had not flushed. Non-daemon threads (``threading.Thread`` by default,
 ``concurrent.futures`` pools) are joined before this and are not affected.
 
-The codec counts the threads inside its torch work (:func:`working`: building an engine, the
-transforms, the latent coding; not reading files, so a thread blocked on a pipe does not hold the exit
-up). The first engine the codec builds registers an exit handler (:func:`watch`), after torch is
-imported, so it runs before torch's own. It sets a flag and waits, at most :data:`EXIT_WAIT_SECONDS`,
-until no thread is inside; then it gives each thread it stopped up to :data:`STOPPED_JOIN_SECONDS` to
-end. The work checks the flag between stripes, wavefront steps and search steps (:func:`check`), and on
-entering a region (:func:`working`), and leaves by :class:`SystemExit`, which ends a thread without a
-traceback. A stopped thread is joined, not only counted out: while it unwinds it still frees tensors, and
-CPython ends a daemon thread found running at finalisation inside whatever C++ it is in. The main thread is
-never stopped this way, nor waited for: by then its own work is done (a count it left behind, when a
-KeyboardInterrupt cut a region short between its bookkeeping steps, does not hold the exit up).
+The codec counts the threads inside its torch work (:func:`working`: building an engine, the transforms,
+the latent coding; not reading files, so a thread blocked on a pipe does not hold the exit up). Each
+public call that holds tensors runs as one region (:func:`counted`), so that the frames which hold them
+return, and free them, inside it: a daemon thread that frees a tensor releases the GIL, and one that
+does so during finalisation is ended inside torch's C++. The first engine the codec builds registers an
+exit handler (:func:`watch`), after torch is imported, so it runs before torch's own. It sets a flag and
+waits, at most :data:`EXIT_WAIT_SECONDS`, until no thread is inside; then it gives each thread it
+stopped up to :data:`STOPPED_JOIN_SECONDS` to end. The work checks the flag between stripes, wavefront
+steps and search steps (:func:`check`), and on entering a region (:func:`working`), and leaves by
+:class:`SystemExit`, which ends a thread without a traceback. A stopped thread is joined, not only
+counted out: while it unwinds it still frees tensors, and CPython ends a daemon thread found running at
+finalisation inside whatever C++ it is in. The main thread is never stopped this way, nor waited for: by
+then its own work is done (a count it left behind, when a KeyboardInterrupt cut a region short between
+its bookkeeping steps, does not hold the exit up).
 Standard library only.
 """
 
@@ -24,12 +27,16 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import functools
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import TypeVar
 
-__all__ = ["working", "check", "watch", "threads_inside", "EXIT_WAIT_SECONDS", "STOPPED_JOIN_SECONDS"]
+_F = TypeVar("_F", bound=Callable)
+
+__all__ = ["working", "counted", "check", "watch", "threads_inside", "EXIT_WAIT_SECONDS", "STOPPED_JOIN_SECONDS"]
 
 #: how long the interpreter's exit waits for torch work in daemon threads to reach a check and stop
 EXIT_WAIT_SECONDS = 30.0
@@ -74,6 +81,20 @@ def working() -> Iterator[None]:
                 if left > 0:
                     _inside[me] = left
                 _idle.notify_all()
+
+
+def counted(function: _F) -> _F:
+    """``function`` run as one region of torch work (:func:`working`).
+
+    Its frame, and every tensor it holds, is freed before the region ends.
+    """
+
+    @functools.wraps(function)
+    def run(*args, **kwargs):
+        with working():
+            return function(*args, **kwargs)
+
+    return run  # type: ignore[return-value]
 
 
 def threads_inside(but: int | None = None) -> int:

@@ -64,7 +64,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import TYPE_CHECKING
 
-from . import codec_inputs, codec_steps, container
+from . import codec_inputs, codec_steps, container, interpreter_exit
 from .constants import QUALITY_DENOMINATOR, QUALITY_MIN, validate_effort
 from .target_search import (
     MAX_REFINEMENTS,
@@ -193,6 +193,7 @@ def validate_targets(target_size, target_psnr) -> tuple[int | None, float | None
     return None, psnr
 
 
+@interpreter_exit.counted
 def encode_to_target(
     image,
     *,
