@@ -60,6 +60,9 @@ _PSNR_SLOPE = 2.0 / QUALITY_DENOMINATOR
 #: dB that stands for an exact decode in the secant search (8-bit PSNR of a 65535^2 RGB image one level
 #: off in one sample is about 149 dB)
 _PSNR_CAP = 200.0
+#: the first step (1/256 of quality) away from a one-sided bracket whose secant points back into it, doubled at
+#: each such step: on small images the PSNR can fall just above a quality that falls short of the target
+_FIRST_STRIDE = 16
 #: typical log(size) at quality 4 per log(bits per pixel), for the first guess
 _BPP_AT_4 = 0.75
 #: bytes the coded streams take beyond the model's estimate: 50 to 90 on Kodak at qualities 1.2 to 7.4
@@ -319,6 +322,7 @@ def search_psnr(c: Candidates, target: float) -> tuple[int, float]:
     values: dict[int, float] = {}
     lo = hi = None  # lo falls short of the target, hi reaches it
     k = Q16_MAX // 2
+    stride = _FIRST_STRIDE
     while True:
         values[k] = c.psnr(k)
         if values[k] >= target:
@@ -344,6 +348,10 @@ def search_psnr(c: Candidates, target: float) -> tuple[int, float]:
         # nothing reaches it after all those syntheses: the largest quality settles it
         finite = {q: min(v, _PSNR_CAP) for q, v in values.items()}  # a lossless decode is inf dB
         guess = Q16_MAX if c.syntheses >= MAX_EVALUATIONS else _next_guess(finite, lo, hi, aim, _PSNR_SLOPE)
+        if hi is None and guess <= lo + 1:  # the PSNR fell above lo: step past the dip, not one 1/256 at a time
+            guess, stride = lo + stride, 2 * stride
+        elif lo is None and guess >= hi - 1:  # it rose below hi: step down past it
+            guess, stride = hi - stride, 2 * stride
         nxt = _next_inside(guess, lo, hi, set(values), False)
         if nxt is None:
             break
