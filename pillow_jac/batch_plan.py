@@ -184,7 +184,7 @@ def plan_batch(
         if not sources and not unreadable:
             raise ValueError(f"{inputs}: no {'images' if to == 'jac' else '.jac files'} found")
     else:
-        sources = [Path(os.path.abspath(p)) for p in inputs]
+        sources = list(dict.fromkeys(Path(os.path.abspath(p)) for p in inputs))  # a file listed twice: once
         base = Path(os.path.abspath(base_dir)) if base_dir is not None else None
         if not sources:
             raise ValueError("no input files given")

@@ -242,7 +242,7 @@ def convert(
     out_dir: str | os.PathLike,
     to: str = "jac",
     *,
-    quality: float = DEFAULT_QUALITY,
+    quality: float | None = None,
     effort: int = DEFAULT_EFFORT,
     recursive: bool = False,
     base_dir: str | os.PathLike | None = None,
@@ -272,7 +272,8 @@ def convert(
             would share an output fail, in :attr:`Report.failed`, and the others convert).
         out_dir: the output folder (created if needed).
         to: ``"jac"`` or ``"png"``.
-        quality: quality from 1 to 8 (``to="jac"``).
+        quality: quality from 1 to 8 (``to="jac"``; default :data:`~pillow_jac.constants.DEFAULT_QUALITY`; not
+            with a target).
         effort: encoder effort from 0 to 3 (``to="jac"``).
         recursive: include a folder's subfolders.
         base_dir: for a list of paths, the folder whose layout ``out_dir`` mirrors.
@@ -306,9 +307,12 @@ def convert(
         ConnectionError: ``address`` (``HOST:PORT`` or ``ray://HOST:PORT``) takes no connection, or ``"auto"``
             finds no cluster on this machine.
     """
-    quality, effort = validate_quality(quality), validate_effort(effort)
     if target_size is not None or target_psnr is not None:
+        if quality is not None:
+            raise ValueError("give quality or a target (target_size, target_psnr), not both")
         target_size, target_psnr = validate_targets(target_size, target_psnr)
+    quality = validate_quality(DEFAULT_QUALITY if quality is None else quality)
+    effort = validate_effort(effort)
     if preview is not False and preview is not None:
         preview_size(preview)
     extra = file_options(
@@ -432,6 +436,13 @@ def _placement(
         )
     asked = workers
     workers = min(max(1, int(fits)) if workers is None else workers, files)
+    if asked is not None and workers > int(fits) and not grows:  # the others would hold their place, unstarted
+        warnings.warn(
+            f"{workers} workers of {kind} each asked for, but this local instance holds {int(fits)} and does not "
+            f"grow: {int(fits)} convert",
+            stacklevel=3,
+        )
+        workers = int(fits)
     if asked is not None and workers > int(fits):
         then = "the others start when it has room" if int(fits) else "nothing converts until it has room"
         warnings.warn(

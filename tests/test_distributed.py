@@ -83,6 +83,10 @@ def test_plan_list_of_paths(photos: Path, tmp_path: Path) -> None:
     assert [str(d.relative_to(tmp_path)) for d in mirrored] == ["a.jac", "sub/c.jac"]
     with pytest.raises(ValueError, match="a.png: a.bmp would also be written to a.jac; neither is converted"):
         distributed.plan([photos / "a.png", photos / "a.bmp"], tmp_path)
+    # a file listed twice (a manifest, a dataset's path column), by one path or two: converted once, not failed
+    relative = os.path.relpath(photos / "a.png")
+    twice = [photos / "a.png", relative, f".{os.sep}{relative}", photos / "sub" / "c.png"]
+    assert [d.name for d in distributed.plan(twice, tmp_path).values()] == ["a.jac", "c.jac"]
     with pytest.raises(ValueError, match="is not inside"):
         distributed.plan(paths, tmp_path, base_dir=photos / "sub")
     with pytest.raises(ValueError, match="no such directory"):
@@ -237,8 +241,11 @@ def test_placement_of_the_workers() -> None:
     # a local instance started for the call never grows: a worker that does not fit would wait for ever
     with pytest.raises(ValueError, match="holds no worker of 64 CPU and 0 GPU now .*does not grow"):
         place({"CPU": 2.0}, 100, 1, 64, None, None, grows=False)
-    with pytest.warns(UserWarning, match="the others start when it has room"):  # some fit: the rest take turns
-        assert place({"CPU": 2.0}, 100, 4, 1, None, None, grows=False)[0] == 4
+    # some fit: on a cluster that grows the rest start when it has room; a local instance never has it
+    with pytest.warns(UserWarning, match="the others start when it has room"):
+        assert place({"CPU": 2.0}, 100, 4, 1, None, None)[0] == 4
+    with pytest.warns(UserWarning, match="this local instance holds 2 and does not grow: 2 convert"):
+        assert place({"CPU": 2.0}, 100, 4, 1, None, None, grows=False)[0] == 2
 
 
 class _ProcessChangingRay:
@@ -375,6 +382,7 @@ def test_draws_the_program_made_while_ray_ran_are_not_drawn_again(process_state)
         {"target_psnr": -3},
         {"target_size": "lots"},
         {"target_size": 1000, "target_psnr": 30},
+        {"quality": 2, "target_size": 1500},  # as pillow_jac.encode and Image.save refuse it
         {"preview": 4},
     ],
 )
