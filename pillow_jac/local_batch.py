@@ -214,7 +214,7 @@ def _run_pool(
     workers = min(workers, len(todo))
     threads = threads_per_worker(workers)
     cancel_reader, cancel = ctx.Pipe(duplex=False)  # closing `cancel` cancels the batch in the workers
-    init = (threads, cancel_reader, states)
+    init = (threads, cancel_reader, states, signal.getsignal(signal.SIGINT) == signal.SIG_IGN)
     with (
         cancel_reader,
         cancel,
@@ -270,7 +270,7 @@ def _usable_cpus() -> int:
     return os.cpu_count() or 1
 
 
-def _worker_init(threads: int, cancel: Any, states: Any) -> None:
+def _worker_init(threads: int, cancel: Any, states: Any, sigint_ignored: bool = False) -> None:
     """Set up a batch worker: its torch threads, its warnings, and stopping when the batch is cancelled.
 
     Ctrl-C in a terminal signals every process of the group, workers included. A worker turns SIGINT
@@ -278,12 +278,13 @@ def _worker_init(threads: int, cancel: Any, states: Any) -> None:
     ``cancel`` is the reading end of a pipe that the parent closes to cancel the batch (also when the
     parent alone got the SIGINT, or died): a thread then interrupts the file being converted. Only that
     thread touches the pipe, and only plain module flags are shared with the main thread, so an
-    interruption never leaves a lock held. ``states`` is the batch's shared byte per file.
+    interruption never leaves a lock held. ``states`` is the batch's shared byte per file. Where the batch
+    ignores SIGINT (``jac batch ... &`` in a script), its workers ignore it too, as ``-j 1`` does.
     """
     global _states
     _states = states
     warnings.showwarning = show_warning  # warnings outside a file's conversion (those inside go to the parent)
-    signal.signal(signal.SIGINT, _worker_sigint)
+    signal.signal(signal.SIGINT, signal.SIG_IGN if sigint_ignored else _worker_sigint)
     if signal.getsignal(signal.SIGTERM) != signal.SIG_IGN:  # an ignored SIGTERM stays ignored, as in jac itself
         signal.signal(signal.SIGTERM, _worker_sigterm)
     threading.Thread(target=_interrupt_when_cancelled, args=(cancel,), daemon=True).start()

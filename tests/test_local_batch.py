@@ -104,6 +104,42 @@ def test_a_killed_worker_costs_no_other_file(tmp_path: Path, how: signal.Signals
         container.read(out / name)
 
 
+@pytest.mark.slow
+def test_a_batch_started_with_sigint_ignored_ignores_it_in_its_workers(tmp_path: Path) -> None:
+    """``jac batch ... &`` in a script runs with SIGINT ignored; a Ctrl-C to the group then interrupted the files
+    of ``-j 2``'s workers (2 of 10 failed, status 1), while ``-j 1`` went on as asked."""
+    photos, out = tmp_path / "photos", tmp_path / "out"
+    photos.mkdir()
+    for i in range(12):
+        photo(i, 96).save(photos / f"{i:03d}.png")
+
+    def ignore_sigint() -> None:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pillow_jac", "batch", str(photos), str(out), "--to", "jac", "-j", "2", "-e", "1"],
+        cwd=ROOT, stderr=subprocess.PIPE, text=True, start_new_session=True, preexec_fn=ignore_sigint,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while len(list(out.glob("*.jac"))) < 2:
+            assert proc.poll() is None and time.monotonic() < deadline, "the batch did not get going"
+            time.sleep(0.02)
+        sent = 0
+        while proc.poll() is None and sent < 5:  # Ctrl-C to the whole group, while files are converting
+            os.killpg(proc.pid, signal.SIGINT)
+            sent += 1
+            time.sleep(0.3)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert sent, "the batch ended before a Ctrl-C"
+    assert (proc.returncode, "interrupted" in err) == (0, False), err
+    assert listing(out) == [f"{i:03d}.jac" for i in range(12)]
+
+
 @pytest.mark.parametrize("jobs", ["1", "2"])
 def test_warnings_name_their_file(tmp_path: Path, capfd, monkeypatch, jobs: str) -> None:
     """Each warning names its file, as the user named the folder, also from worker processes."""
