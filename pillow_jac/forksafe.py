@@ -36,9 +36,11 @@ Standard library only.
 
 from __future__ import annotations
 
+import _thread
 import contextlib
 import logging  # noqa: F401 - see below
 import os
+import signal
 import sys
 import threading
 import time
@@ -59,6 +61,8 @@ __all__ = ["fork_safe_lock", "setting_up"]
 _LOCKS: list = []
 #: how long a fork waits for the codec's set-up in another thread to finish
 SETUP_WAIT_SECONDS = 120.0
+#: how long after a fork a Ctrl-C that came during its wait comes again (the fork's hooks are done by then)
+_REDELIVER_SECONDS = 0.02
 #: how long a fork waits for ended codec threads to leave the process
 EXIT_WAIT_SECONDS = 5.0
 _TASKS = "/proc/self/task"
@@ -186,8 +190,24 @@ def _wait_for_ended_threads() -> None:
 
 
 def _before_fork() -> None:
-    _wait_for_ended_threads()
-    _forking.held = _setting_up.acquire(timeout=SETUP_WAIT_SECONDS)
+    """Wait for ended codec threads and the codec's set-up; a Ctrl-C meanwhile comes after the fork.
+
+    An exception from an at-fork hook is only reported as ignored, and the fork goes on: a KeyboardInterrupt
+    that cut the wait short was lost, and the child, forked during the set-up, waited for ever. The wait goes
+    on to its end instead, and :func:`_after_fork_in_parent` has SIGINT come again once the fork is done (a
+    Python hook cannot raise into the code that forked).
+    """
+    _forking.interrupted = False
+    deadline = time.monotonic() + SETUP_WAIT_SECONDS
+    while True:
+        try:
+            if deadline is not None:
+                _wait_for_ended_threads()
+                deadline, waited = None, deadline
+            _forking.held = _setting_up.acquire(timeout=max(0.0, waited - time.monotonic()))
+            break
+        except KeyboardInterrupt:
+            _forking.interrupted = True
     if not _forking.held:
         print(
             f"pillow_jac: forking while the codec is still setting up after {SETUP_WAIT_SECONDS:g} s; "
@@ -200,6 +220,15 @@ def _after_fork_in_parent() -> None:
     if getattr(_forking, "held", False):
         _forking.held = False
         _setting_up.release()
+    if getattr(_forking, "interrupted", False):  # the Ctrl-C that came during the wait, now that it is over:
+        _forking.interrupted = False  # from another thread, so that it lands after the hooks, as a Ctrl-C would
+        threading.Thread(target=_interrupt_main_soon, daemon=True).start()
+
+
+def _interrupt_main_soon() -> None:
+    """SIGINT for the main thread, once the code that started this thread has gone on (a Ctrl-C, later)."""
+    time.sleep(_REDELIVER_SECONDS)
+    _thread.interrupt_main(signal.SIGINT)
 
 
 def _after_fork_in_child() -> None:

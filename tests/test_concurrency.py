@@ -512,6 +512,48 @@ def test_every_frame_holding_tensors_returns_inside_a_region_of_torch_work() -> 
         assert _frames_freeing_tensors_outside_a_region(call) == [], name
 
 
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="forks")
+def test_a_ctrl_c_while_a_fork_waits_for_the_set_up_comes_after_the_fork() -> None:
+    """A KeyboardInterrupt in the fork's wait for the codec's set-up was reported as ignored (an at-fork hook's
+    exception), the fork went on during the set-up, and the child waited for ever in its first decode."""
+    script = textwrap.dedent(
+        """
+        import os, signal, threading, time
+        from pillow_jac import forksafe
+
+        held = threading.Event()
+
+        def set_up():
+            with forksafe.setting_up():
+                held.set()
+                time.sleep(1.5)
+
+        threading.Thread(target=set_up).start()
+        held.wait()
+
+        def alarm(signum, frame):
+            raise KeyboardInterrupt
+
+        signal.signal(signal.SIGALRM, alarm)
+        signal.setitimer(signal.ITIMER_REAL, 0.3)
+        start = time.monotonic()
+        try:
+            pid = os.fork()
+            if pid == 0:
+                os._exit(0)
+            forked = time.monotonic() - start
+            time.sleep(0.5)  # the SIGINT raised again is handled at the next check
+            print("no interrupt", flush=True)
+        except KeyboardInterrupt:
+            forked = time.monotonic() - start
+            print("interrupted after the fork" if forked > 1.0 else "interrupted before the set-up ended", flush=True)
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert (done.stdout.strip(), done.returncode) == ("interrupted after the fork", 0), done.stderr
+    assert "ignored" not in done.stderr, done.stderr
+
+
 def test_check_stops_other_threads_at_exit(monkeypatch) -> None:
     from pillow_jac import interpreter_exit
 
