@@ -2,7 +2,7 @@
 
 import sys
 
-from pillow_jac.cli import main
+from pillow_jac.cli import console
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(console())

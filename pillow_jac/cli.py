@@ -34,6 +34,7 @@ import json
 import os
 import signal
 import sys
+import threading
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -46,7 +47,7 @@ from .conversion import PROG, STDIO, ConversionError, decode_file, encode_file, 
 from .preview import PREVIEW_SIZE
 from .signal_handlers import handling
 
-__all__ = ["main", "build_parser"]
+__all__ = ["main", "console", "build_parser"]
 
 
 class CliError(ConversionError):
@@ -353,6 +354,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{PROG}: error: {one_line(e)}", file=sys.stderr)
             return 1
         return 0
+
+
+def console() -> int:
+    """The ``jac`` command and ``python -m pillow_jac``: :func:`main`, then the process exits with its status.
+
+    Interrupted (130) or terminated (143), the process ignores further Ctrl-Cs on its way out: one pressed
+    again while the interpreter joins what ``jac batch -j N``'s pool left would print a traceback below the
+    one-line message.
+    """
+    status = main()
+    if status in (130, 128 + signal.SIGTERM) and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    return status
 
 
 class _Terminated(KeyboardInterrupt):

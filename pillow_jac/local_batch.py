@@ -24,6 +24,7 @@ Worker processes (``workers > 1``):
 from __future__ import annotations
 
 import _thread
+import contextlib
 import os
 import signal
 import sys
@@ -215,11 +216,14 @@ def _run_pool(
     threads = threads_per_worker(workers)
     cancel_reader, cancel = ctx.Pipe(duplex=False)  # closing `cancel` cancels the batch in the workers
     init = (threads, cancel_reader, states, signal.getsignal(signal.SIGINT) == signal.SIG_IGN)
-    with (
-        cancel_reader,
-        cancel,
-        ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_worker_init, initargs=init) as ex,
-    ):
+    sigint: list = []  # the handler to put back once the pool has stopped, when Ctrl-C is ignored meanwhile
+    with contextlib.ExitStack() as stack:
+        stack.callback(lambda: sigint and signal.signal(signal.SIGINT, sigint[0]))  # the last thing on the way out
+        stack.enter_context(cancel_reader)
+        stack.enter_context(cancel)
+        ex = stack.enter_context(
+            ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_worker_init, initargs=init)
+        )
         queue, pending, broken_at = deque(todo), {}, None
         try:
             while pending or (queue and broken_at is None):
@@ -254,6 +258,9 @@ def _run_pool(
                 yield i, None
         except BaseException:  # e.g. KeyboardInterrupt: stop the running files, drop the queued ones
             cancel.close()
+            previous = signal.getsignal(signal.SIGINT)  # None: a handler not set from Python, left alone
+            if previous is not None and threading.current_thread() is threading.main_thread():
+                sigint.append(signal.signal(signal.SIGINT, signal.SIG_IGN))  # more Ctrl-Cs while the pool stops
             ex.shutdown(wait=False, cancel_futures=True)
             raise
 

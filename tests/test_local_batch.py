@@ -140,6 +140,35 @@ def test_a_batch_started_with_sigint_ignored_ignores_it_in_its_workers(tmp_path:
     assert listing(out) == [f"{i:03d}.jac" for i in range(12)]
 
 
+@pytest.mark.slow
+def test_ctrl_c_pressed_again_while_the_workers_stop_prints_no_traceback(tmp_path: Path) -> None:
+    """Three Ctrl-Cs in a tenth of a second: the second and third landed in the pool's shutdown and at exit,
+    printing "Exception ignored in ... KeyboardInterrupt" tracebacks below "jac: interrupted" (-j 1: none)."""
+    photos, out = tmp_path / "photos", tmp_path / "out"
+    photos.mkdir()
+    for i in range(12):
+        photo(i, 96).save(photos / f"{i:03d}.png")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pillow_jac", "batch", str(photos), str(out), "--to", "jac", "-j", "2", "-e", "1"],
+        cwd=ROOT, stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while not list(out.glob("*.jac")):
+            assert proc.poll() is None and time.monotonic() < deadline, "the batch did not get going"
+            time.sleep(0.02)
+        for _ in range(3):
+            os.killpg(proc.pid, signal.SIGINT)
+            time.sleep(0.03)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "Exception ignored" not in err, err
+
+
 @pytest.mark.parametrize("jobs", ["1", "2"])
 def test_warnings_name_their_file(tmp_path: Path, capfd, monkeypatch, jobs: str) -> None:
     """Each warning names its file, as the user named the folder, also from worker processes."""
