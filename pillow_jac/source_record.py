@@ -3,11 +3,12 @@
 ``jac batch A out`` and then ``jac batch B out`` both write ``out/a.jac`` when both folders hold an ``a.png``;
 by name, time and size alone (:func:`pillow_jac.batch_plan.is_done`) the second run cannot tell its ``a.png``
 from the first's, and would replace the output made from A (perhaps the only copy of that picture left). A
-batch therefore notes, in a hidden file of its output folder (:data:`RECORD_NAME`, one JSON line per
-converted file: the output's path in the folder, and the source's path, size and modification time), what
-each output was made from, and refuses to replace an output made from another file. A source moved or
-renamed with its folder (the same size and modification time) is the same file; an output with no line (made
-before the record, or by hand) is replaced as before.
+batch therefore notes, in a hidden file of its output folder (:data:`RECORD_NAME`, one JSON line per converted
+file: the output's path in the folder, and the source's path, size and modification time; a record read with
+more than two lines per output is rewritten with the last of each), what each output was made from, and
+refuses to replace an output made from another file. A source moved or renamed with its folder (the same size
+and modification time) is the same file; an output with no line (made before the record, or by hand) is
+replaced as before.
 
 The record also tells a source that changed since its output was made although it is no newer than the output
 (an older copy put in its place with ``cp -p``, say), and an output made with other settings than a batch
@@ -21,10 +22,14 @@ import json
 import os
 from pathlib import Path
 
+from .files import write_atomic
+
 __all__ = ["RECORD_NAME", "SourceRecord", "note_made"]
 
 #: the record's name in an output folder (hidden: a batch does not take it, or the folder's outputs, as inputs)
 RECORD_NAME = ".jac-sources"
+#: lines at which a record with more than two lines per output is rewritten with one when read
+_COMPACT_AT = 1000
 
 
 def _key(out_dir: str | os.PathLike, dst: str | os.PathLike) -> str:
@@ -80,6 +85,16 @@ class SourceRecord:
                 self.made[str(entry["output"])] = entry  # the last line of an output wins
             except (ValueError, KeyError, TypeError):
                 continue  # a line cut by a crash
+        if len(lines) > max(_COMPACT_AT, 2 * len(self.made)):
+            self._compact()
+
+    def _compact(self) -> None:
+        """Rewrite the record with one line per output, the last (each conversion again added one)."""
+        text = "".join(json.dumps(entry) + "\n" for entry in self.made.values())
+        try:
+            write_atomic(self.out_dir / RECORD_NAME, lambda f: f.write(text.encode("utf-8")))
+        except OSError:  # a folder that cannot be written: the record stays as it is
+            pass
 
     def changed(self, src: str | os.PathLike, dst: str | os.PathLike, settings: dict | None = None) -> bool:
         """Whether ``dst`` was made from ``src`` as it was not now, or with other ``settings`` than these.

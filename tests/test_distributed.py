@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import faulthandler
 import logging
+import json
 import os
 import random
 import shutil
@@ -523,6 +524,27 @@ def test_a_record_of_sources_that_is_cut_or_unreadable_is_no_error(tmp_path: Pat
     assert record.conflict(src, dst) is None and "made from another file" in record.conflict(other, dst)
     (tmp_path / "out" / RECORD_NAME).write_bytes(b"\xff\xfe not utf-8")
     assert SourceRecord(tmp_path / "out").conflict(other, dst) is None  # nothing known: as before the record
+
+
+def test_a_record_that_grew_with_each_conversion_again_is_compacted_when_read(tmp_path: Path) -> None:
+    """Each conversion adds a line and nothing removed them: a folder converted again and again read its whole
+    history at every start. Read with more than two lines per output, it is rewritten with the last of each."""
+    from pillow_jac.source_record import RECORD_NAME, SourceRecord, note_made
+
+    out = tmp_path / "out"
+    out.mkdir()
+    sources = [tmp_path / f"{i}.png" for i in range(3)]
+    for src in sources:
+        src.write_bytes(b"x")
+    for run in range(400):  # 1,200 lines for 3 outputs
+        for src in sources:
+            note_made(out, src, out / f"{src.stem}.jac", {"quality": run})
+    assert len((out / RECORD_NAME).read_text().splitlines()) == 1200
+    record = SourceRecord(out)
+    lines = (out / RECORD_NAME).read_text().splitlines()
+    assert len(lines) == 3 and all(json.loads(line)["settings"] == {"quality": 399} for line in lines)
+    assert SourceRecord(out).made == record.made
+    assert not record.changed(sources[0], out / "0.jac", {"quality": 399})
 
 
 @pytest.mark.ray
