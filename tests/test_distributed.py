@@ -6,8 +6,8 @@ The tests marked ``ray`` skip when Ray is not installed (``pip install -e ".[tes
 from __future__ import annotations
 
 import faulthandler
-import logging
 import json
+import logging
 import os
 import random
 import shutil
