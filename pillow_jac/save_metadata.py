@@ -118,6 +118,8 @@ def _image_exif(im: Image.Image) -> Any:
         as_read = Image.Exif()
         if source:
             as_read.load(source)
+        for tag in list(getattr(cached, "_ifds", {})):  # a sub-IFD only read (an empty one where there is none)
+            as_read.get_ifd(tag)  # serialises into both alike: a read is not an edit
         orientation = ExifTags.Base.Orientation
         if orientation not in as_read and orientation in cached and _xmp_orientation(im.info) == cached[orientation]:
             as_read[orientation] = cached[orientation]  # what getexif() copies from the XMP

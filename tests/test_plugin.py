@@ -1088,6 +1088,27 @@ def test_exif_edits_in_a_sub_ifd_are_stored_and_xmp_orientation_is_no_edit(spy: 
     assert kept.get_ifd(0x8825) == {} and kept[0x010E] == "JAC test image"
 
 
+def test_a_sub_ifd_only_read_through_getexif_is_no_edit(spy: EncodeSpy) -> None:
+    """``im.getexif().get_ifd(GPSInfo)`` ("does the photo have a location?") on EXIF without a GPS IFD made the
+    EXIF be stored re-serialised: an empty GPS IFD added, the thumbnail IFD lost."""
+    from PIL import ExifTags
+
+    jpeg = io.BytesIO()
+    exif = make_exif()
+    hopper().save(jpeg, "JPEG", exif=exif)
+    with Image.open(jpeg) as im:
+        raw = im.info["exif"]
+        for ifd in (ExifTags.IFD.GPSInfo, ExifTags.IFD.Interop, ExifTags.IFD.Exif):
+            im.getexif().get_ifd(ifd)
+        jac_bytes(im)
+        assert spy.last["exif"] == raw
+        im.getexif().get_ifd(ExifTags.IFD.GPSInfo)[2] = (48.0, 51.0, 29.0)  # an edit there is still stored
+        jac_bytes(im)
+    kept = Image.Exif()
+    kept.load(spy.last["exif"])
+    assert kept.get_ifd(ExifTags.IFD.GPSInfo)[2] == (48.0, 51.0, 29.0)
+
+
 def test_exif_in_a_png_raw_profile_text_chunk_is_kept(spy: EncodeSpy) -> None:
     """ImageMagick writes a PNG's EXIF as a "Raw profile type exif" text chunk, which only getexif() reads."""
     from PIL import PngImagePlugin
