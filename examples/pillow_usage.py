@@ -23,9 +23,9 @@ with tempfile.TemporaryDirectory() as tmp:
     exif[0x010E] = "A hovercraft at sea"  # ImageDescription
     photo.save(path, quality=5.5, icc_profile=srgb, exif=exif)
 
-    # Opening reads only the header and metadata: no neural network runs yet.
+    # Opening reads and checks the container (header, metadata, streams): no neural network runs yet.
     with Image.open(path) as im:
-        print(im.format, im.size, im.mode, "quality", im.info["quality"])
+        print(im.format, im.size, im.mode, "quality", im.info["jac_quality"])
         print("EXIF description:", im.getexif()[0x010E])
         print("ICC profile kept:", im.info["icc_profile"] == srgb)
         im.thumbnail((96, 96))  # decodes, then resizes

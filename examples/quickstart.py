@@ -28,6 +28,6 @@ data = buffer.getvalue()
 
 decoded = Image.open(io.BytesIO(data))
 print(f"sample:  {SAMPLE.name}, {width}x{height} {original.mode}, PNG {SAMPLE.stat().st_size} bytes")
-print(f"JAC:     {len(data)} bytes at quality {decoded.info['quality']:g} (model {decoded.info['model_id']})")
+print(f"JAC:     {len(data)} bytes at quality {decoded.info['jac_quality']:g} (model {decoded.info['model_id']})")
 print(f"bpp:     {8 * len(data) / (width * height):.3f}")
 print(f"PSNR:    {psnr(np.asarray(original), np.asarray(decoded)):.2f} dB")

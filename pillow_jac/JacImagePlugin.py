@@ -69,7 +69,8 @@ it first, so a full disk also fails before the first byte; and it flushes the fi
 so a write error is raised by ``save`` itself, not later by ``close``. Pillow opens a path target
 before calling the writer: if that path did not exist, Pillow removes it again on error; if it did
 exist, Pillow has already truncated it, and it stays empty. :func:`pillow_jac.save` writes a
-temporary file and renames it into place, so it never loses an existing file.
+temporary file and renames it into place, so an error never loses an existing file (a file with other hard
+links, or in a folder that takes no new file, is written in place: :func:`pillow_jac.files.write_file`).
 
 Example:
     >>> from PIL import Image
@@ -265,7 +266,9 @@ class JacImageFile(ImageFile.ImageFile):
         self._jac = jac
         self._size = size
         self._mode = header.layout
-        self.info["quality"] = float(header.quality)
+        # not "quality": that is every writer's save option, and im.save(out, **im.info) would pass it on (a JPEG
+        # refuses 2.0, a WebP takes it as 2 of 100)
+        self.info["jac_quality"] = float(header.quality)
         self.info["model_id"] = header.model_id
         for name in METADATA_FIELDS:
             value = getattr(jac, name)
@@ -429,7 +432,7 @@ def encode_image(im: Image.Image, **options: Any) -> bytes:
         >>> im = Image.new("P", (8, 8))
         >>> im.info["xmp"] = b"<x:xmpmeta/>"
         >>> out = Image.open(io.BytesIO(encode_image(im, quality=2)))
-        >>> out.mode, out.info["quality"], out.info["xmp"]
+        >>> out.mode, out.info["jac_quality"], out.info["xmp"]
         ('RGB', 2.0, b'<x:xmpmeta/>')
     """
     return _encode_image(im, options)

@@ -90,7 +90,7 @@ def test_encode(png: Path, tmp_path: Path, capsys) -> None:
     assert out.read_bytes().startswith(MAGIC)
     with Image.open(out) as im, Image.open(source) as original:
         assert im.format == "JAC" and im.size == (48, 40)
-        assert im.info["quality"] == 2.5
+        assert im.info["jac_quality"] == 2.5
         for key in ("icc_profile", "exif", "xmp"):  # metadata kept by default, as it was
             assert im.info[key] == original.info[key], key
     assert capsys.readouterr().err == ""
@@ -847,7 +847,7 @@ def test_batch_roundtrip(photo_dir: Path, tmp_path: Path, capsys) -> None:
     err = capsys.readouterr().err
     assert "[2/2]" in err  # progress on stderr
     with Image.open(out / "a.jac") as im:
-        assert im.info["quality"] == 2.0
+        assert im.info["jac_quality"] == 2.0
 
     back = tmp_path / "png"
     assert main(["batch", str(out), str(back), "--to", "png", "--quiet"]) == 0

@@ -148,13 +148,13 @@ def test_v3_bytes_roundtrip(rgb: np.ndarray) -> None:
     assert data == pillow_jac.encode(rgb, DEFAULT_QUALITY)
     np.testing.assert_array_equal(iio.imread(data, extension=".jac"), pillow_jac.decode(data))
     assert iio.improps(data).shape == rgb.shape  # found by its signature too
-    assert iio.immeta(data)["quality"] == DEFAULT_QUALITY
+    assert iio.immeta(data)["jac_quality"] == DEFAULT_QUALITY
 
 
 def test_v3_quality_and_plugin_argument(tmp_path: Path, rgb: np.ndarray) -> None:
     path = tmp_path / "q.jac"
     iio.imwrite(path, rgb, plugin="pillow", quality=2.5)
-    assert iio.immeta(path)["quality"] == 2.5
+    assert iio.immeta(path)["jac_quality"] == 2.5
 
 
 def test_v3_invalid_quality(tmp_path: Path, rgb: np.ndarray) -> None:
@@ -190,7 +190,7 @@ def test_improps(jac_file: Path) -> None:
 
 def test_immeta(jac_file: Path) -> None:
     meta = iio.immeta(jac_file)
-    assert meta["quality"] == 5.0
+    assert meta["jac_quality"] == 5.0
     assert isinstance(meta["model_id"], str)
     assert meta["mode"] == "RGB"
 
@@ -215,7 +215,7 @@ def test_v2_api(jac_file: Path, tmp_path: Path, rgb: np.ndarray) -> None:
     out = tmp_path / "v2.jac"
     iio2.imwrite(out, rgb, quality=3)
     with Image.open(out) as im:
-        assert im.format == "JAC" and im.info["quality"] == 3.0
+        assert im.format == "JAC" and im.info["jac_quality"] == 3.0
 
 
 def test_16_bit_data_is_rejected(tmp_path: Path) -> None:

@@ -280,7 +280,7 @@ def test_an_output_another_source_made_is_not_replaced(tmp_path: Path, capsys) -
     assert main(["batch", str(moved), str(out), "--to", "jac", "-j", "1", "-q", "1", "--quiet"]) == 0
     assert (out / "only-A.jac").read_bytes() != before
     with Image.open(out / "a.jac") as im:
-        assert im.info["quality"] == 1
+        assert im.info["jac_quality"] == 1
     (out / "a.jac").unlink()  # removed by hand: the other folder's a.png converts
     assert main(["batch", str(second), str(out), "--to", "jac", "-j", "1", "--quiet"]) == 0
     assert (out / "a.jac").read_bytes() != made

@@ -135,7 +135,7 @@ def test_sanity(rgb_jac_path: Path, tmp_path: Path) -> None:
         assert im.get_format_mimetype() == "image/x-jac"
         assert im.size == SIZE
         assert im.mode == "RGB"
-        assert im.info["quality"] == 6.0
+        assert im.info["jac_quality"] == 6.0
         assert isinstance(im.info["model_id"], str) and im.info["model_id"]
         assert im.tile  # nothing decoded yet
         im.load()
@@ -555,7 +555,7 @@ def test_open_does_not_import_torch(rgb_jac_path: Path) -> None:
         "import sys, pillow_jac\n"
         "from PIL import Image\n"
         f"im = Image.open({str(rgb_jac_path)!r})\n"
-        "assert im.size == (48, 40) and im.mode == 'RGB' and im.info['quality'] == 6.0, im\n"
+        "assert im.size == (48, 40) and im.mode == 'RGB' and im.info['jac_quality'] == 6.0, im\n"
         "assert 'torch' not in sys.modules, 'torch was imported'\n"
         "print('ok')\n"
     )
@@ -737,8 +737,8 @@ def test_quality_that_is_not_a_number_is_refused(quality) -> None:
 
 def test_quality_is_stored_and_changes_size() -> None:
     small, large = jac_bytes(hopper(), quality=1), jac_bytes(hopper(), quality=7.3)
-    assert opened(small).info["quality"] == 1.0
-    assert opened(large).info["quality"] == container.quantize_quality(7.3)  # stored to 1/256
+    assert opened(small).info["jac_quality"] == 1.0
+    assert opened(large).info["jac_quality"] == container.quantize_quality(7.3)  # stored to 1/256
     assert len(small) < len(large)
 
 
@@ -758,7 +758,7 @@ def test_save_to_path_by_extension(tmp_path: Path) -> None:
     path = tmp_path / "out.JAC"  # extensions are case-insensitive
     hopper().save(path, quality=3)
     with Image.open(path) as im:
-        assert im.format == "JAC" and im.info["quality"] == 3.0
+        assert im.format == "JAC" and im.info["jac_quality"] == 3.0
         im.load()
 
 

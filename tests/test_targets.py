@@ -217,7 +217,7 @@ def test_encode_and_pillow_take_the_targets(rgb: np.ndarray, size_results: dict[
     Image.fromarray(rgb).save(buffer, "JAC", target_size=goal)
     assert buffer.getvalue() == expected.data
     with Image.open(io.BytesIO(expected.data)) as im:
-        assert im.info["quality"] == expected.quality
+        assert im.info["jac_quality"] == expected.quality
     assert targets.validate_targets("12.5k", None) == (12500, None)  # a string is parsed as parse_size does
 
 
