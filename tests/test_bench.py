@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -680,3 +681,25 @@ def test_bd_rate_warns_of_a_dominated_point_and_of_a_thin_overlap():
         bd_rate(*anchor, [1.5, 3.0], [36.0, 40.0])  # one point of each curve in the overlap: one warning each
     curves = sorted(str(w.message).split(" curve")[0].rsplit(" ", 1)[1] for w in caught)
     assert curves == ["anchor", "test"]
+
+
+def test_avif_through_imagecodecs_encodes(monkeypatch) -> None:
+    """Where Pillow has no AVIF and pillow-heif none either, the imagecodecs fallback raised KeyError: 444 at its
+    first encode (it takes its PIXEL_FORMAT enum, not an integer), so bench.rd, whose default set has AVIF,
+    stopped."""
+    imagecodecs = pytest.importorskip("imagecodecs")
+    if not imagecodecs.AVIF.available:
+        pytest.skip("imagecodecs without AVIF")
+    from PIL import features
+
+    from pillow_jac.bench import codecs
+
+    check = features.check
+    monkeypatch.setattr(codecs.features, "check", lambda feature: False if feature == "avif" else check(feature))
+    monkeypatch.setitem(sys.modules, "pillow_heif", None)  # its import fails
+    rgb = _tiny_image()
+    for name in ("avif", "avif420"):
+        codec = codecs.get_codec(name)
+        assert "imagecodecs" in codec.label
+        decoded = codec.decode(codec.encode(rgb, 60))
+        assert decoded.shape == rgb.shape and np.abs(decoded.astype(int) - rgb).mean() < 40

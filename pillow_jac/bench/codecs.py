@@ -187,7 +187,8 @@ def _avif(subsampling: str) -> Codec:
     except ImportError:
         imagecodecs = None
     if imagecodecs is not None and imagecodecs.AVIF.available:
-        pixelformat = {"4:4:4": 444, "4:2:2": 422, "4:2:0": 420}[subsampling]
+        formats = imagecodecs.AVIF.PIXEL_FORMAT  # its enum: the integers 444, 422, 420 are no keys of it
+        pixelformat = {"4:4:4": formats.YUV444, "4:2:2": formats.YUV422, "4:2:0": formats.YUV420}[subsampling]
 
         def encode_ic(rgb: np.ndarray, quality: float) -> bytes:
             return bytes(
