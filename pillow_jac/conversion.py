@@ -198,10 +198,12 @@ def encode_file(
     with im:
         with _naming(src, name_source, (OSError, ValueError, SyntaxError)):  # reading the image
             _warn_of_frames(im, src, name_source)
+            rawmode = _rawmode(im)  # how the file's samples are stored: load() forgets it
             im.load()
             orientation = exif_orientation(im)
             kept = not strip and carried_orientation(im) == orientation  # the output's tag turns it for viewers
             im = _eight_bit_grey(im, src, name_source)
+            im = _sixteen_bit_colour(im, rawmode, src, name_source)
             im = _cmyk_as_srgb(im, src, name_source)
             if not kept:
                 im = _upright(im, orientation)
@@ -282,6 +284,33 @@ def _upright(im: Any, orientation: int) -> Any:
     turned = im.transpose(getattr(Image.Transpose, _TURNS[orientation]))
     turned.info = without_orientation(turned.info)
     return turned
+
+
+def _rawmode(im: Any) -> str | None:
+    """The raw mode of an image not yet loaded (how its file stores the samples, such as ``LA;16B``), or None."""
+    tile = getattr(im, "tile", None) or []
+    args = getattr(tile[0], "args", None) if tile else None
+    return args if isinstance(args, str) else args[0] if isinstance(args, tuple) and args else None
+
+
+def _sixteen_bit_colour(im: Any, rawmode: str | None, src: Path, name_it: bool = True) -> Any:
+    """16-bit colour or grey+alpha samples, which Pillow reads as 8-bit RGB or RGBA, with a warning; else ``im``.
+
+    Pillow keeps each 16-bit sample's high byte. A 16-bit grey+alpha PNG opens as RGBA: it becomes ``LA`` (its
+    three colour planes are equal), so that the file stores grey and decodes as grey, as an 8-bit one does.
+    ``rawmode``: :func:`_rawmode` before the image was loaded. ``name_it`` as for :func:`_warn_of_frames`.
+    """
+    if im.mode not in ("RGB", "RGBA") or not isinstance(rawmode, str) or ";16" not in rawmode:
+        return im
+    where = "standard input" if _is_stdio(src) else src
+    kind = "16-bit grey and alpha" if rawmode.startswith("LA") else "16-bit colour"
+    warnings.warn(f"{f'{where}: ' if name_it else ''}{kind} samples reduced to 8 bits (JAC stores 8)", stacklevel=3)
+    if not rawmode.startswith("LA"):
+        return im
+    info = dict(im.info)
+    out = im.convert("LA")  # R = G = B: the grey level, exactly
+    out.info = info
+    return out
 
 
 def _eight_bit_grey(im: Any, src: Path, name_it: bool = True) -> Any:

@@ -385,6 +385,43 @@ def test_sixteen_bit_grey_is_scaled_to_eight_bits_with_a_warning(tmp_path: Path,
     assert error.mean() < 3 and np.asarray(im).max() > 240  # scaled, not clipped (clipping gives 255 from 1/256 on)
 
 
+def _png(path: Path, samples: np.ndarray, colour_type: int) -> None:
+    """A 16-bit PNG of ``samples`` (height, width, planes) written by hand (Pillow writes no 16-bit colour)."""
+    import struct
+    import zlib
+
+    def chunk(ctype: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + ctype + body + struct.pack(">I", zlib.crc32(ctype + body))
+
+    height, width = samples.shape[:2]
+    rows = b"".join(b"\0" + samples[y].astype(">u2").tobytes() for y in range(height))
+    header = struct.pack(">IIBBBBB", width, height, 16, colour_type, 0, 0, 0)
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
+    )
+
+
+def test_sixteen_bit_grey_and_alpha_stays_grey_and_sixteen_bit_colour_is_named(tmp_path: Path, capsys) -> None:
+    """Pillow opens a 16-bit grey+alpha PNG as RGBA: it was stored as colour (its decode no longer grey) with no
+    warning, and 16-bit colour was reduced to 8 bits silently, where 16-bit grey is named."""
+    grey = np.linspace(0, 65535, 24 * 32).reshape(24, 32)
+    alpha = np.full_like(grey, 65535)
+    alpha[:, :8] = 0
+    _png(tmp_path / "la.png", np.dstack([grey, alpha]), 4)
+    _png(tmp_path / "rgb.png", np.dstack([grey, grey[::-1], grey]), 2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        assert main(["encode", str(tmp_path / "la.png"), str(tmp_path / "la.jac"), "-q", "6"]) == 0
+        assert "16-bit grey and alpha samples reduced to 8 bits" in capsys.readouterr().err
+        assert main(["encode", str(tmp_path / "rgb.png"), str(tmp_path / "rgb.jac"), "-q", "6"]) == 0
+        assert "16-bit colour samples reduced to 8 bits" in capsys.readouterr().err
+    with Image.open(tmp_path / "la.jac") as im:
+        assert im.mode == "LA"
+        assert (np.asarray(im)[:, :8, 1] == 0).all() and (np.asarray(im)[:, 8:, 1] == 255).all()
+    with Image.open(tmp_path / "rgb.jac") as im:
+        assert im.mode == "RGB"
+
+
 def test_sixteen_bit_pgm_and_a_transparent_grey_level(tmp_path: Path, capsys) -> None:
     """A 16-bit PGM opens as mode I (still refused once); a 16-bit PNG's tRNS grey level became the 8-bit
     level of its low byte, making other pixels transparent. The key is matched on the 16-bit samples."""
