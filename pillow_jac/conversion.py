@@ -467,7 +467,9 @@ def decode_file(src: Path, dst: Path, *, device: str | None = None, force: bool 
         options["quality"] = 95
     if fmt == "ICO":
         options["sizes"] = _icon_sizes(im.size)
-    data, kept = decoded_output.save_keeping_what_fits(im, fmt, decoded_output.marked_options(fmt, options))
+    with warnings.catch_warnings(record=True) as first_save:  # given out below unless the image is saved again
+        warnings.simplefilter("always")
+        data, kept = decoded_output.save_keeping_what_fits(im, fmt, decoded_output.marked_options(fmt, options))
     if fmt in ("ICO", "ICNS"):  # icons of their sizes only: ICO up to 256 pixels a side, ICNS square ones
         size = _read_back(data, exif=False).get("size", im.size)
         if size != im.size:
@@ -482,6 +484,9 @@ def decode_file(src: Path, dst: Path, *, device: str | None = None, force: bool 
         if fmt == "ICO":
             options["sizes"] = _icon_sizes(turned.size)
         data, kept = decoded_output.save_keeping_what_fits(turned, fmt, decoded_output.marked_options(fmt, options))
+    else:
+        for caught in first_save:
+            warnings.warn(caught.message, stacklevel=2)
     stored = {"icc_profile": "icc_profile", "exif": "exif", "xmp": "pnginfo" if fmt == "PNG" else "xmp"}
     given = [n for n, option in stored.items() if getattr(jac, n) and option in kept]
     decoded_output.warn_of_what_was_not_stored(data, fmt, given)

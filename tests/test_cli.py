@@ -23,7 +23,7 @@ from pillow_jac import __version__, container, generations
 from pillow_jac.cli import main
 from pillow_jac.constants import MAGIC
 
-from .helpers import listing
+from .helpers import listing, natural_image
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "examples" / "sample.png"
@@ -1077,8 +1077,6 @@ def test_models_and_info_name_the_decoder_generation(tmp_path, capsys):
     from fuzz import fuzz_jac as fz
     from pillow_jac import cli, codec
 
-    from .helpers import natural_image
-
     assert cli.main(["models", "--json"]) == 0
     listed = _json.loads(capsys.readouterr().out)
     assert listed[0]["model_id"] == "mbt-128-192-r006" and listed[0]["can_encode"] is True
@@ -1473,3 +1471,22 @@ def test_an_option_error_is_not_blamed_on_the_input(png: Path, tmp_path: Path, c
     assert main(["encode", str(png), str(tmp_path / "o.jac"), "--device", "bogus"]) == 1
     err = capsys.readouterr().err
     assert "bogus" in err and f"{png}:" not in err
+
+
+def test_decoding_to_a_format_that_refuses_the_metadata_warns_once(tmp_path: Path, capsys) -> None:
+    """A turned photo whose EXIF and XMP JPEG refuses (each over 64 kB): the output is saved a second time with its
+    pixels turned, and the warning that the metadata was left out came twice."""
+    from PIL import ExifTags
+
+    exif = Image.Exif()
+    exif[ExifTags.Base.Orientation] = 6
+    exif[ExifTags.Base.ImageDescription] = "x" * 70_000  # over JPEG's 64 kB segment: the orientation is lost
+    xmp = b'<x:xmpmeta xmlns:x="adobe:ns:meta/">' + b" " * 70_000 + b"</x:xmpmeta>"
+    src = tmp_path / "turned.jac"
+    src.write_bytes(pillow_jac.encode(natural_image(24, 32), 2, exif=exif, xmp=xmp))
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        assert main(["decode", str(src), str(tmp_path / "turned.jpg")]) == 0
+    err = capsys.readouterr().err
+    assert err.count("left out") == 1, err
+    assert Image.open(tmp_path / "turned.jpg").size == (24, 32)  # the pixels turned: 32 wide, 24 high before
