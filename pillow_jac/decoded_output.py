@@ -163,10 +163,14 @@ def for_format(im: Any, fmt: str) -> Any:
                 im = _on_off(im)
         return im if mode == im.mode else im.convert(mode)
     if im.mode in _WITHOUT_ALPHA:
+        flat = _onto_white(im)
+        with warnings.catch_warnings():  # a format that takes the flattened image either: its error alone
+            warnings.simplefilter("ignore")
+            for_format(flat.crop((0, 0, 1, 1)), fmt)
         if im.getchannel("A").getextrema() != (255, 255):  # an opaque image loses nothing: no warning
             message = f"alpha left out: {fmt} output does not store it; the image is composited onto white"
             warnings.warn(message, stacklevel=3)
-        return for_format(_onto_white(im), fmt)
+        return for_format(flat, fmt)
     modes = ", ".join(_MODES[im.mode])
     raise ValueError(f"Pillow's {fmt} writer takes none of the modes {modes}; choose another format")
 

@@ -741,6 +741,12 @@ def test_unknown_output_extension(jac: Path, tmp_path: Path, capsys) -> None:
     assert main(["decode", str(jac), str(tmp_path / "out.xbm")]) == 1  # Pillow writes only bilevel XBM
     assert_one_line_error(capsys.readouterr().err, "out.xbm: Pillow's XBM writer takes none of the modes RGB")
     assert not (tmp_path / "out.xbm").exists()
+    rgba = np.dstack([natural_image(16, 16), np.full((16, 16), 128, np.uint8)])  # half transparent
+    (tmp_path / "rgba.jac").write_bytes(pillow_jac.encode(rgba, 2))
+    with warnings.catch_warnings():  # the error alone: "alpha left out" was warned before it
+        warnings.simplefilter("always")
+        assert main(["decode", str(tmp_path / "rgba.jac"), str(tmp_path / "rgba.xbm")]) == 1
+    assert_one_line_error(capsys.readouterr().err, "takes none of the modes RGB")
 
 
 def _same_file_paths(path: Path) -> list[Path]:
