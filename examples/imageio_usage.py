@@ -20,7 +20,7 @@ with tempfile.TemporaryDirectory() as tmp:
     iio.imwrite(path, pixels, quality=4)  # extra keywords go to Pillow's save()
     print("properties:", iio.improps(path))
     meta = iio.immeta(path)
-    print("metadata:", {k: meta[k] for k in ("quality", "model_id")})
+    print("metadata:", {k: meta[k] for k in ("jac_quality", "model_id")})
     back = iio.imread(path)
     print("read back:", back.shape, back.dtype)
 

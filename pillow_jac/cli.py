@@ -481,7 +481,7 @@ def _run_ray_batch(args: argparse.Namespace) -> None:
         args.in_dir,
         args.out_dir,
         args.to,
-        quality=args.quality,
+        quality=None if args.size is not None or args.psnr is not None else args.quality,  # a target instead
         effort=args.effort,
         recursive=args.recursive,
         address=None if args.ray == "local" else args.ray,
