@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import signal
@@ -10,6 +11,7 @@ import subprocess
 import sys
 import time
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -43,15 +45,32 @@ def apng_with_no_frames(path: Path) -> None:
     path.write_bytes(data[:after_ihdr] + chunk(b"acTL", struct.pack(">II", 0, 0)) + data[after_ihdr:])
 
 
-def start_parallel_batch(photos: Path, out: Path) -> subprocess.Popen:
-    """``jac batch PHOTOS OUT --to jac -j 2`` in a session of its own (so that its workers can be found)."""
-    return subprocess.Popen(
-        [sys.executable, "-m", "pillow_jac", "batch", str(photos), str(out), "--to", "jac", "-j", "2"],
+@contextlib.contextmanager
+def parallel_batch(photos: Path, out: Path, *options: str, preexec_fn=None) -> Iterator[subprocess.Popen]:
+    """``jac batch PHOTOS OUT --to jac -j 2 OPTIONS`` in a session of its own (so that its workers can be found);
+    its whole process group is killed on the way out if it still runs."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pillow_jac", "batch", str(photos), str(out), "--to", "jac", "-j", "2", *options],
         cwd=ROOT,
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,
+        preexec_fn=preexec_fn,
     )
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def wait_for_outputs(proc: subprocess.Popen, out: Path, count: int) -> None:
+    """Wait until the batch has written ``count`` outputs (at most two minutes, and while it runs)."""
+    deadline = time.monotonic() + 120
+    while len(list(out.glob("*.jac"))) < count:
+        assert proc.poll() is None and time.monotonic() < deadline, "the batch did not get going"
+        time.sleep(0.02)
 
 
 def _session_workers(session: int) -> list[int]:
@@ -81,21 +100,13 @@ def test_a_killed_worker_costs_no_other_file(tmp_path: Path, how: signal.Signals
     photos.mkdir()
     for i in range(40):
         photo(i).save(photos / f"{i:03d}.png")
-    proc = start_parallel_batch(photos, out)
-    try:
-        deadline = time.monotonic() + 120
-        while len(list(out.glob("*.jac"))) < 4:
-            assert proc.poll() is None and time.monotonic() < deadline, "the batch did not get going"
-            time.sleep(0.02)
+    with parallel_batch(photos, out) as proc:
+        wait_for_outputs(proc, out, 4)
         workers = _session_workers(proc.pid)
         assert len(workers) == 2, workers
         os.kill(workers[0], how)
         killed_at = len(list(out.glob("*.jac")))
         _, err = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
     assert killed_at < 40, "the batch ended before the worker was killed"
     assert proc.returncode == 0, err
     assert "Traceback" not in err and "jac: error" not in err, err
@@ -116,25 +127,14 @@ def test_a_batch_started_with_sigint_ignored_ignores_it_in_its_workers(tmp_path:
     def ignore_sigint() -> None:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
 
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "pillow_jac", "batch", str(photos), str(out), "--to", "jac", "-j", "2", "-e", "1"],
-        cwd=ROOT, stderr=subprocess.PIPE, text=True, start_new_session=True, preexec_fn=ignore_sigint,
-    )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 120
-        while len(list(out.glob("*.jac"))) < 2:
-            assert proc.poll() is None and time.monotonic() < deadline, "the batch did not get going"
-            time.sleep(0.02)
+    with parallel_batch(photos, out, "-e", "1", preexec_fn=ignore_sigint) as proc:
+        wait_for_outputs(proc, out, 2)
         sent = 0
         while proc.poll() is None and sent < 5:  # Ctrl-C to the whole group, while files are converting
             os.killpg(proc.pid, signal.SIGINT)
             sent += 1
             time.sleep(0.3)
         _, err = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
     assert sent, "the batch ended before a Ctrl-C"
     assert (proc.returncode, "interrupted" in err) == (0, False), err
     assert listing(out) == [f"{i:03d}.jac" for i in range(12)]
@@ -148,23 +148,12 @@ def test_ctrl_c_pressed_again_while_the_workers_stop_prints_no_traceback(tmp_pat
     photos.mkdir()
     for i in range(12):
         photo(i, 96).save(photos / f"{i:03d}.png")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "pillow_jac", "batch", str(photos), str(out), "--to", "jac", "-j", "2", "-e", "1"],
-        cwd=ROOT, stderr=subprocess.PIPE, text=True, start_new_session=True,
-    )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 120
-        while not list(out.glob("*.jac")):
-            assert proc.poll() is None and time.monotonic() < deadline, "the batch did not get going"
-            time.sleep(0.02)
+    with parallel_batch(photos, out, "-e", "1") as proc:
+        wait_for_outputs(proc, out, 1)
         for _ in range(3):
             os.killpg(proc.pid, signal.SIGINT)
             time.sleep(0.03)
         _, err = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
     assert proc.returncode == 130, err
     assert "Traceback" not in err and "Exception ignored" not in err, err
 
@@ -371,9 +360,8 @@ def test_a_worker_killed_amid_many_files_costs_none_of_them(tmp_path: Path) -> N
     photos.mkdir()
     for i in range(1000):
         (photos / f"{i:04d}.png").write_bytes(b"not a png")
-    proc = start_parallel_batch(photos, out)
     lines: list[str] = []
-    try:
+    with parallel_batch(photos, out) as proc:
         assert proc.stderr is not None
         for line in proc.stderr:
             lines.append(line)
@@ -382,10 +370,6 @@ def test_a_worker_killed_amid_many_files_costs_none_of_them(tmp_path: Path) -> N
                 assert len(workers) == 2, workers
                 os.kill(workers[0], signal.SIGKILL)
         proc.wait(timeout=300)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
     failures = [line for line in lines if line.startswith(f"jac: {photos}")]
     assert proc.returncode == 1 and lines[-1].strip() == "jac: error: 1000 of 1000 files failed"
     assert len(failures) == 1000
