@@ -302,9 +302,8 @@ def _sixteen_bit_colour(im: Any, rawmode: str | None, src: Path, name_it: bool =
     """
     if im.mode not in ("RGB", "RGBA") or not isinstance(rawmode, str) or ";16" not in rawmode:
         return im
-    where = "standard input" if _is_stdio(src) else src
     kind = "16-bit grey and alpha" if rawmode.startswith("LA") else "16-bit colour"
-    warnings.warn(f"{f'{where}: ' if name_it else ''}{kind} samples reduced to 8 bits (JAC stores 8)", stacklevel=3)
+    warnings.warn(f"{_of(src, name_it, kind)} samples reduced to 8 bits (JAC stores 8)", stacklevel=3)
     if not rawmode.startswith("LA"):
         return im
     info = dict(im.info)
@@ -339,9 +338,7 @@ def _eight_bit_grey(im: Any, src: Path, name_it: bool = True) -> Any:
     else:
         out = Image.fromarray(grey, "L")
     out.info = info
-    where = "standard input" if _is_stdio(src) else src
-    shown = f"{where}: 16-bit grey" if name_it else "16-bit grey"
-    warnings.warn(f"{shown} samples reduced to 8 bits (JAC stores 8)", stacklevel=3)
+    warnings.warn(f"{_of(src, name_it, '16-bit grey')} samples reduced to 8 bits (JAC stores 8)", stacklevel=3)
     return out
 
 
@@ -356,8 +353,7 @@ def _cmyk_as_srgb(im: Any, src: Path, name_it: bool = True) -> Any:
     """
     if im.mode != "CMYK":
         return im
-    where = "standard input" if _is_stdio(src) else src
-    shown = f"{where}: CMYK" if name_it else "CMYK"
+    shown = _of(src, name_it, "CMYK")
     profile = im.info.get("icc_profile")
     if not profile or profile[16:20] != b"CMYK":
         warnings.warn(f"{shown} without a CMYK ICC profile converted to RGB naively (colours may shift)", stacklevel=3)
@@ -377,6 +373,16 @@ def _cmyk_as_srgb(im: Any, src: Path, name_it: bool = True) -> Any:
     return out
 
 
+def _source_name(src: Path) -> str | Path:
+    """How a warning names the source: its path, or "standard input"."""
+    return "standard input" if _is_stdio(src) else src
+
+
+def _of(src: Path, name_it: bool, what: str) -> str:
+    """``what`` with the source's name before it (``SRC: what``) when ``name_it``, as a warning shows it."""
+    return f"{_source_name(src)}: {what}" if name_it else what
+
+
 def _warn_of_frames(im: Any, src: Path, name_it: bool) -> None:
     """Warn that only the first frame of an animated or multi-page image is encoded.
 
@@ -386,8 +392,7 @@ def _warn_of_frames(im: Any, src: Path, name_it: bool) -> None:
     if im.format == "MPO" or not getattr(im, "is_animated", False):
         return
     frames = im.n_frames  # Pillow seeks back to the first frame after counting
-    where = "standard input" if _is_stdio(src) else src
-    shown = f"{where} has {frames} frames" if name_it else f"{frames} frames"
+    shown = f"{_source_name(src)} has {frames} frames" if name_it else f"{frames} frames"
     warnings.warn(f"{shown}; only the first is encoded", stacklevel=3)
 
 
