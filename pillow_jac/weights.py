@@ -300,12 +300,8 @@ def encoder_hash(tensors: dict[str, torch.Tensor], metadata: dict[str, str], *, 
     """
     config = json.loads(metadata["config"])
     fields = {k: config.get(k) for k in ENCODER_CONFIG_FIELDS}
-    if not density:
-        return _sealed_hash(
-            _ENCODER_DOMAIN_WITHOUT_DENSITY, fields, {k: v for k, v in tensors.items() if _is_encoder(k)}
-        )
-    hashed = {k: v for k, v in tensors.items() if _is_encoder(k) or k.startswith(Z_DENSITY_PREFIXES)}
-    return _sealed_hash(_ENCODER_DOMAIN, fields, hashed)
+    hashed = {k: v for k, v in tensors.items() if _is_encoder(k) or (density and k.startswith(Z_DENSITY_PREFIXES))}
+    return _sealed_hash(_ENCODER_DOMAIN if density else _ENCODER_DOMAIN_WITHOUT_DENSITY, fields, hashed)
 
 
 def header_hash(metadata: dict[str, str]) -> str:
