@@ -180,6 +180,11 @@ def distill(inputs: Iterable[bytes], out: Path, max_bytes: int = 6000, limits: L
     return index
 
 
+def container_verdict(label: str) -> str:
+    """What a :func:`check_decode` outcome says of the container: ``ok`` or the exception's type."""
+    return label.split(" | ")[0].split(":")[0]
+
+
 def _record(path: Path, index: dict[str, str]) -> None:
     """Add each new file's entry to ``path``, the corpus's ``index.json`` (what tests/test_fuzz_corpus.py replays).
 
@@ -191,7 +196,7 @@ def _record(path: Path, index: dict[str, str]) -> None:
         recorded.setdefault(
             name,
             {
-                "container": label.split(" | ")[0].split(":")[0],
+                "container": container_verdict(label),
                 "outcome": label,
                 "why": "smallest fuzz input with this outcome (fuzz_jac.py distill)",
             },

@@ -97,7 +97,7 @@ if __name__ == "__main__" and str(HERE.parent) not in sys.path:  # run as a scri
 
 from fuzz.chunks import JHDR_FIELDS, MAGIC, Chunk, crc, derived_shapes, join, pack_jhdr, restamp, split, unpack_jhdr
 from fuzz.corpus import SEED_PREVIEW, SEED_SPECS, SEEDS_DIR, load_corpus, make_seeds, seed_image
-from fuzz.engines import CURRENT_INPUT, Stats, distill, run_atheris, run_random, setup
+from fuzz.engines import CURRENT_INPUT, Stats, container_verdict, distill, run_atheris, run_random, setup
 from fuzz.limits import Finding, Limits, Overrun, Timeout, peak_rss_mb, reset_peak_rss, watchdog
 from fuzz.mutators import (
     CHUNK_TYPES,
@@ -148,7 +148,8 @@ __all__ = [
     "MAGIC", "MUTATORS", "PREVIEW_FORMATS", "ROTATED_CHECKS", "SEEDS_DIR", "SEED_PREVIEW", "SEED_SPECS",
     "U16_VALUES", "U32_VALUES", "WEIGHTS",
     "Chunk", "Finding", "Limits", "Overrun", "Stats", "Timeout", "Unseekable",
-    "break_crc", "check_confirmed", "check_container", "check_decode", "chunk_ops", "crc", "derived_shapes",
+    "break_crc", "check_confirmed", "check_container", "check_decode", "chunk_ops", "container_verdict", "crc",
+    "derived_shapes",
     "distill", "flip_bits", "forge_alpha", "forge_dims", "forge_field", "forge_length", "forge_preview",
     "forge_stream", "info_path", "insert_delete", "installed_model", "join", "lib", "load_corpus", "main",
     "make_seeds", "mutate", "pack_jhdr", "peak_rss_mb", "preview_file", "preview_request", "random_file",
