@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from .. import codec
-from ..bench.metrics import json_text, psnr
+from ..bench.metrics import json_text, machine_description, portable_path, psnr
 from ..constants import ALIGN
 from ..engine import get_engine
 from .data import list_images, load_rgb
@@ -88,7 +88,25 @@ def main(argv: list[str] | None = None) -> None:
             f"| {overhead:+.2f}% | {r['encode_s']:.2f} | {r['decode_s']:.2f} |"
         )
     if args.json:
-        args.json.write_text(json_text(rows) + "\n")
+        meta = provenance(args.data, paths, args.weights, args.threads)
+        args.json.write_text(json_text({"meta": meta, "rows": rows}) + "\n")
+
+
+def provenance(data: Path, paths: list[Path], weights: Path | None, threads: int) -> dict:
+    """What the rows of :func:`evaluate` were measured on: the images, the model (its hashes) and the machine."""
+    engine = get_engine("cpu", weights)
+    return {
+        "data": portable_path(data),
+        "images": [p.name for p in paths],
+        "model": {
+            "model_id": engine.model_id,
+            "weights_hash": engine.weights_hash.hex(),
+            "encoder_hash": engine.encoder_hash,
+        },
+        "threads": threads,
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "machine": machine_description(),
+    }
 
 
 if __name__ == "__main__":
