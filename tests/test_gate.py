@@ -63,6 +63,7 @@ def test_bd_rate_is_of_the_candidate_against_the_stable_curve(tmp_path: Path, mo
             Path(f"{name}.safetensors"), Path("stable.safetensors"), sets, tmp_path / name, log=lambda _: None
         )
         assert verdict["passes"] is passes and verdict["model"] == {"decoder": f"{name}.safetensors"}
+        assert verdict["stable_model"] == {"decoder": "stable.safetensors"}  # what release checks it followed
         for result in verdict["sets"].values():
             assert np.isclose(result["bd_rate_percent"], bd, atol=0.05) and result["passes"] is passes
     # curves whose PSNR ranges do not overlap: no BD-rate, no pass, and
@@ -72,3 +73,11 @@ def test_bd_rate_is_of_the_candidate_against_the_stable_curve(tmp_path: Path, mo
     written = (tmp_path / "apart" / "gate.json").read_text()
     assert "NaN" not in written
     assert json.loads(written)["sets"]["kodak"]["bd_rate_percent"] is None
+
+
+def test_a_gate_of_no_set_is_refused(tmp_path: Path) -> None:
+    """all() of no set is True: a verdict on nothing would pass."""
+    shipped = generations.encoder(None).path
+    with pytest.raises(ValueError, match="at least one set"):
+        gate.gate(shipped, shipped, {}, tmp_path, log=lambda _: None)
+    assert not (tmp_path / "gate.json").exists()

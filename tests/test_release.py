@@ -251,19 +251,45 @@ def test_freeze_never_writes_over_another_generation_or_the_vectors(tmp_path: Pa
     assert weights.load_weights(run)[1]["decoder_hash"] != first  # replaced by the newer decoder
 
 
+def passing_verdict(model: dict, stable: dict) -> dict:
+    """A ``gate.json`` that clears the bar: whole evaluation sets, every quality, 10% smaller files on each set."""
+    from pillow_jac.bench.metrics import portable_path
+    from pillow_jac.training import gate
+
+    bpp = [0.1 * 1.4**i for i in range(8)]
+    psnr = [25.0 + 1.8 * i for i in range(8)]
+    curves = {"stable": {"bpp": bpp, "psnr": psnr}, "candidate": {"bpp": [0.9 * b for b in bpp], "psnr": psnr}}
+    sets = {name: {"data": portable_path(path), "curves": curves} for name, path in gate.SETS.items()}
+    return {
+        "passes": True, "limit": None, "model": model, "stable_model": stable,
+        "bar_percent": gate.BAR_PERCENT, "qualities": list(gate.QUALITIES), "sets": sets,
+    }  # fmt: skip
+
+
 def test_a_release_needs_the_gates_whole_set_verdict_on_these_very_weights(package, tmp_path, capsys) -> None:
     """The gate measured the candidate frozen with --release 0; the release freezes it again with its number and
-    takes it only if that verdict passed on whole sets and is of the same decoder and encoder."""
+    takes it only if that verdict passed the bar on the whole evaluation sets at every quality, of the same decoder
+    and encoder, against the generation it follows."""
     from pillow_jac.engine import build_model
     from pillow_jac.training.gate import measured_model
 
     measured = measured_model(*freeze(build_model(*weights.load_weights(package.checkpoint)), 0))
+    stable = measured_model(*weights.load_weights(package.full))
     other = measured_model(*freeze(tiny_model(3), 0))
+    good = passing_verdict(measured, stable)
+    sets = good["sets"]
+    worse = {**sets["kodak"]["curves"], "candidate": sets["kodak"]["curves"]["stable"]}
     refused = {
-        "did not pass": {"passes": False, "limit": None, "model": measured},
-        "--limit": {"passes": True, "limit": 2, "model": measured},
-        "another model": {"passes": True, "limit": None, "model": other},
-        "another model than": {"passes": True, "limit": None},  # a gate.json from before it recorded the model
+        "did not pass": {**good, "passes": False},
+        "--limit": {**good, "limit": 2},
+        "another model": {**good, "model": other},
+        "another model than": {k: v for k, v in good.items() if k != "model"},  # before it recorded the model
+        "another generation": {**good, "stable_model": other},
+        "bar was -1000": {**good, "bar_percent": -1000.0},
+        "qualities": {**good, "qualities": [1.0, 8.0]},
+        "sets": {**good, "sets": {"kodak": sets["kodak"]}},
+        "urban20 was elsewhere": {**good, "sets": {**sets, "urban20": {**sets["urban20"], "data": "elsewhere"}}},
+        "curves give": {**good, "sets": {**sets, "kodak": {**sets["kodak"], "curves": worse}}},
     }
     before = package.full.read_bytes()
     for reason, verdict in refused.items():
@@ -273,8 +299,7 @@ def test_a_release_needs_the_gates_whole_set_verdict_on_these_very_weights(packa
     with pytest.raises(SystemExit) as stop:  # the command line wants a verdict, or --no-gate said aloud
         release.main([str(package.checkpoint), "--release", "8", "--gate", str(tmp_path / "none.json")])
     assert stop.value.code == 2 and "--no-gate" in capsys.readouterr().err
-    verdict = {"passes": True, "limit": None, "model": measured}
-    new_id = release.release(package.checkpoint, 8, package.weights_dir, package.vectors, {}, package.table, verdict)
+    new_id = release.release(package.checkpoint, 8, package.weights_dir, package.vectors, {}, package.table, good)
     assert new_id == "mbt-8-12-r008" and package.full.read_bytes() != before
 
 

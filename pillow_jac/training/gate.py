@@ -50,14 +50,44 @@ def measured_model(tensors: dict, metadata: dict[str, str]) -> dict[str, str]:
     }
 
 
-def check_verdict(verdict: dict[str, Any], model: dict[str, str]) -> None:
-    """Raise ValueError unless ``verdict`` (a ``gate.json``) passed on whole sets for ``model`` (measured_model)."""
+def check_verdict(verdict: dict[str, Any], model: dict[str, str], stable: dict[str, str]) -> None:
+    """Raise ValueError unless ``verdict`` (a ``gate.json``) passed the release bar for ``model``.
+
+    Both :func:`measured_model` forms: ``model`` of the weights being released and ``stable`` of the
+    generation they follow. The verdict must be of whole sets (no ``--limit``), of the evaluation sets
+    :data:`SETS` at every quality of :data:`QUALITIES`, against that very generation, with a bar at
+    least :data:`BAR_PERCENT`, and each set's BD-rate, computed again from the curves it records, must
+    clear that bar: a ``gate.json`` of another bar, other folders, fewer qualities or an older stable
+    generation says nothing about this release.
+    """
+    from ..bench.metrics import bd_rate, portable_path
+
     if not verdict.get("passes"):
         raise ValueError("the gate did not pass: a new generation must beat the current one on every set")
     if verdict.get("limit") is not None:
         raise ValueError(f"the gate measured {verdict['limit']} image(s) a set (--limit): run it on the whole sets")
     if verdict.get("model") != model:
         raise ValueError("the gate measured another model than this one: gate the weights being released")
+    if verdict.get("stable_model") != stable:
+        raise ValueError("the gate measured against another generation than the current one: gate it again")
+    bar = verdict.get("bar_percent")
+    if not isinstance(bar, (int, float)) or not bar >= BAR_PERCENT:
+        raise ValueError(f"the gate's bar was {bar}%: a release needs at least {BAR_PERCENT:g}% on every set")
+    if verdict.get("qualities") != list(QUALITIES):
+        raise ValueError(f"the gate measured qualities {verdict.get('qualities')}: a release needs all of 1-8")
+    sets = verdict.get("sets") or {}
+    if set(sets) != set(SETS):
+        raise ValueError(f"the gate measured the sets {sorted(sets)}: a release needs {sorted(SETS)}")
+    for name, measured in sets.items():
+        if measured.get("data") != portable_path(SETS[name]):
+            raise ValueError(f"the gate's {name} was {measured.get('data')}, not {portable_path(SETS[name])}")
+        curves = measured.get("curves", {})
+        try:
+            bd = bd_rate(*(curves[w][k] for w in ("stable", "candidate") for k in ("bpp", "psnr")))
+        except (KeyError, TypeError, ValueError):
+            raise ValueError(f"the gate's {name} curves are missing or unreadable") from None
+        if not (math.isfinite(bd) and bd <= -BAR_PERCENT):
+            raise ValueError(f"the gate's {name} curves give {bd:+.2f}% BD-rate: not past -{BAR_PERCENT:g}%")
 
 
 def gate(
@@ -71,14 +101,23 @@ def gate(
     limit: int | None = None,
     log=print,
 ) -> dict[str, Any]:
-    """Measure ``stable`` and ``candidate`` on each set; return the verdict (also written to ``out/gate.json``)."""
+    """Measure ``stable`` and ``candidate`` on each set; return the verdict (also written to ``out/gate.json``).
+
+    Raises:
+        ValueError: ``sets`` is empty (a verdict on no set would pass).
+    """
+    from .. import files
     from ..bench import metrics, rd
     from ..weights import load_weights
+
+    if not sets:
+        raise ValueError("the gate needs at least one set to measure")
 
     verdict: dict[str, Any] = {
         "candidate": metrics.portable_path(candidate),
         "model": measured_model(*load_weights(candidate)),
         "stable": metrics.portable_path(stable),
+        "stable_model": measured_model(*load_weights(stable)),
         "bar_percent": bar,
         "qualities": list(qualities),
         "limit": limit,
@@ -103,7 +142,8 @@ def gate(
         }
     verdict["passes"] = all(s["passes"] for s in verdict["sets"].values())
     out.mkdir(parents=True, exist_ok=True)
-    (out / "gate.json").write_text(metrics.json_text(verdict) + "\n")
+    text = (metrics.json_text(verdict) + "\n").encode()
+    files.write_atomic(out / "gate.json", lambda f: f.write(text))
     return verdict
 
 

@@ -197,7 +197,8 @@ def release(
 
     ``released_table`` is the table the new generation is added to (default: the package's,
     :data:`pillow_jac.generations.RELEASED_PATH`). ``gate_verdict`` (a ``gate.json``), when given, must
-    have passed on whole sets for this very decoder and encoder (:func:`.gate.check_verdict`).
+    have passed the release bar on whole evaluation sets for this very decoder and encoder, against the
+    generation in ``weights_dir`` (:func:`.gate.check_verdict`).
     Everything that can fail happens in temporary files
     first; the vectors, the full weights file and the table are then each put in place by a rename.
 
@@ -212,11 +213,13 @@ def release(
     except ValueError as exc:
         raise WeightsError(str(exc)) from None
     new_id = new_meta["model_id"]
+    full = weights_dir / generations.DEFAULT_WEIGHTS_NAME
     if gate_verdict is not None:
         from .gate import check_verdict, measured_model
 
+        stable = measured_model(*load_weights(full)) if full.exists() else None
         try:
-            check_verdict(gate_verdict, measured_model(new_tensors, new_meta))
+            check_verdict(gate_verdict, measured_model(new_tensors, new_meta), stable)
         except ValueError as exc:
             raise WeightsError(f"{checkpoint}: {exc}") from None
     table_path = generations.RELEASED_PATH if released_table is None else released_table
@@ -229,7 +232,6 @@ def release(
     target_vectors = vectors_dir / new_id
     if target_vectors.exists():
         raise WeightsError(f"{target_vectors} exists (without a vectors table): remove it before the release")
-    full = weights_dir / generations.DEFAULT_WEIGHTS_NAME
     kept = old_id = None
     kept_before = set((weights_dir / generations.KEPT_DIR).glob("*.safetensors"))
     if full.exists():
