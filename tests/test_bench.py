@@ -5,6 +5,8 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -291,6 +293,30 @@ def test_speed_subprocess_measurement(tmp_path: Path):
         {**spec, "codec": "nonexistent", "op": "encode", "input": str(image), "output": "x"}
     )
     assert "error" in bad
+
+
+def test_benchmarks_time_jac_with_the_threads_users_get(tmp_path: Path):
+    """The codec imports torch with OpenMP's passive wait policy (pillow_jac/openmp_wait.py); a benchmark that
+    imported torch first would time spinning threads, which no plain ``pillow_jac.encode`` runs."""
+    from pillow_jac.bench import speed
+
+    image = tmp_path / "in.npy"
+    np.save(image, _tiny_image())
+    spec = {"codec": "jac", "param": 2, "threads": 2, "device": "cpu", "repeat": 1, "op": "encode"}
+    enc = speed.measure_in_subprocess({**spec, "input": str(image), "output": str(tmp_path / "out.jac")})
+    assert enc.get("threads_sleep") is True, enc
+    data = tmp_path / "data"
+    data.mkdir()
+    Image.fromarray(_tiny_image()).save(data / "img0.png")
+    script = (
+        "import sys; from pillow_jac.bench import rd; from pillow_jac.openmp_wait import threads_sleep; "
+        "rd.main(sys.argv[1:]); print('threads sleep', threads_sleep())"
+    )
+    argv = ["--data", str(data), "--out", str(tmp_path / "rd"), "--codecs", "jpeg420", "--ladder", "jpeg420=50",
+            "--no-ms-ssim", "--threads", "2"]  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")}
+    done = subprocess.run([sys.executable, "-c", script, *argv], capture_output=True, text=True, env=env, timeout=120)
+    assert "threads sleep True" in done.stdout, done.stderr[-2000:]
 
 
 #: a stand-in for CompressAI's package: the model's calls, with the shapes the real one takes and gives

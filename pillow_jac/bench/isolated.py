@@ -60,7 +60,7 @@ def _child(spec: dict[str, Any]) -> dict[str, Any]:
     name = spec["codec"]
     device = spec.get("device") or None
     if name.startswith("jac"):
-        import torch
+        from pillow_jac.passive_torch import torch  # the codec's OpenMP wait policy, as users get it
 
         torch.set_num_threads(int(spec["threads"]))
     codec = get_codec(name, jac_device=device)
@@ -97,6 +97,10 @@ def _child(spec: dict[str, Any]) -> dict[str, Any]:
         "bytes": len(data),
         "bpp": 8.0 * len(data) / pixels,
     }
+    if name.startswith("jac"):
+        from pillow_jac.openmp_wait import threads_sleep
+
+        record["threads_sleep"] = threads_sleep()  # what the figure holds for (pillow_jac/openmp_wait.py)
     if cuda:
         import torch
 

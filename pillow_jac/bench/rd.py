@@ -404,7 +404,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except FileNotFoundError as e:
         return input_error(parser.prog, e)
     if args.threads:
-        import torch
+        from pillow_jac.passive_torch import torch  # the codec's OpenMP wait policy, as users get it
 
         torch.set_num_threads(args.threads)
     try:

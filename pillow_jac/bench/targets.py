@@ -240,7 +240,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if not args.data.is_dir():
         parser.error(f"not a folder: {args.data}")
-    import torch
+    from pillow_jac.passive_torch import torch  # the codec's OpenMP wait policy, as users get it
 
     try:
         rows = run(args.data, args.sizes, args.psnr, args.limit, args.effort)
