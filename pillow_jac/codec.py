@@ -153,7 +153,8 @@ def encode_symbols(
     q = container.quantize_quality(DEFAULT_QUALITY if quality is None else quality)
     effort = validate_effort(DEFAULT_EFFORT if effort is None else effort)
     engine = steps.encoder_engine(device, weights, model)
-    return steps.analyze_image(color_planes(arr, layout), q, engine, effort)
+    with steps.allocation_errors_as_memory_errors(arr.shape[1], arr.shape[0]):
+        return steps.analyze_image(color_planes(arr, layout), q, engine, effort)
 
 
 def decode_symbols(data, *, device=None, weights=None) -> tuple[np.ndarray | None, np.ndarray]:

@@ -274,6 +274,9 @@ def test_a_failed_allocation_is_a_memory_error_naming_the_size(monkeypatch):
     ):
         with pytest.raises(MemoryError, match="not enough memory to code a 8x8 image"):
             call()
+    monkeypatch.setattr(codec_steps, "analyze_image", fail)  # encode_symbols stops before the coder
+    with pytest.raises(MemoryError, match="not enough memory to code a 8x8 image"):
+        codec.encode_symbols(image, 2)
     monkeypatch.setattr(engine.latents, "decode", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("other")))
     with pytest.raises(RuntimeError, match="other"):  # another RuntimeError is not a memory error
         codec.decode(data)
