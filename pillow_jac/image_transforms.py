@@ -151,17 +151,25 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_precision_in_child)
 
 
-def padded_pixels(colors: Sequence[np.ndarray], first: int, end: int, latent_width: int, device) -> torch.Tensor:
+def padded_pixels(
+    colors: Sequence[np.ndarray],
+    first: int,
+    end: int,
+    latent_width: int,
+    device,
+    columns: tuple[int, int] | None = None,
+) -> torch.Tensor:
     """Rows ``[first, end)`` of padded images (edge pixels repeated) as a ``(B, 3, rows, 16 Wy)`` tensor in [0, 1].
 
-    The input of g_a (CODING.md section 1.2).
+    The input of g_a (CODING.md section 1.2). ``columns``: only those ``[first, end)`` columns of the padded width.
     """
     blocks = []
+    start, stop = (0, latent_width * DOWNSAMPLING) if columns is None else columns
     for color in colors:
         height, width = color.shape[:2]
         rows = np.minimum(np.arange(first, end), height - 1)
-        columns = np.minimum(np.arange(latent_width * DOWNSAMPLING), width - 1)
-        blocks.append(color[rows[:, None], columns[None, :]])
+        columns_read = np.minimum(np.arange(start, stop), width - 1)
+        blocks.append(color[rows[:, None], columns_read[None, :]])
     x = torch.from_numpy(np.stack(blocks)).to(device).permute(0, 3, 1, 2).float() / 255.0
     return x.contiguous(memory_format=torch.channels_last) if device.type == "cpu" else x
 
@@ -202,9 +210,14 @@ def symbols(
         return _symbols_of(y, z)
     from .model.refine import refine_latents
 
+    (_, yw), _ = container.latent_shapes(width, height)
+
+    def window(first: int, end: int, first_column: int, end_column: int) -> torch.Tensor:
+        return padded_pixels([color], first, end, yw, engine.device, (first_column, end_column))
+
     with torch_work(height * width, engine):
         refined = _symbols_of(*refine_latents(
-            engine.model, _rows_of([color], engine.device), y.clone(), None if z is None else z.clone(), quality,
+            engine.model, window, y.clone(), None if z is None else z.clone(), quality,
             (height, width), EFFORT_ITERATIONS[effort],
         ))  # fmt: skip
     if height * width > EFFORT_REAL_CHECK_PIXELS:  # on a 16x16 image 2 estimated bytes saved became 1 dB lost

@@ -39,6 +39,14 @@ CALLER_STATES = {
 }
 
 
+def test_effort_searches_under_a_callers_inference_mode() -> None:
+    """torch.enable_grad() does not leave inference mode: the search found no gradient and effort 1 raised."""
+    image = natural_image(40, 56)
+    expected = codec.encode(image, 4, effort=1)
+    with torch.inference_mode():
+        assert codec.encode(image, 4, effort=1) == expected
+
+
 @pytest.mark.parametrize("state", CALLER_STATES)
 def test_a_callers_torch_settings_change_no_decoded_pixel_and_no_encoded_byte(state: str) -> None:
     data, reference = _escapes()

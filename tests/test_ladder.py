@@ -112,7 +112,7 @@ def test_refinement_optimises_the_models_own_lambda():
             z = m.h_a(y)
         assert torch.round(y).abs().sum() > 20
         results.append(
-            refine_latents(m, lambda a, b: x[:, :, 16 * a : 16 * b], y, z, 4.0, (64, 64), iterations=8, seed=0)
+            refine_latents(m, lambda a, b, c, d: x[:, :, a:b, c:d], y, z, 4.0, (64, 64), iterations=8, seed=0)
         )
     assert not torch.equal(results[0][0], results[1][0])
 

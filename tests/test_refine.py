@@ -97,6 +97,44 @@ def test_tiles_cover_the_latent_once():
         assert (seen == 1).all(), shape
 
 
+def test_a_tiles_psi_is_that_of_the_whole_z_where_its_loss_counts():
+    """The search's rate of a tile uses h_s of a window of z: it must reach as far as h_s reads, so that psi
+    of every counted latent is what the decoder gets from the whole z (a window of the tile's own z rows gave
+    zero-padded psi on the last core rows of an inner tile)."""
+    model = get_engine().model
+    assert refine.Z_REACH == get_engine().latents.h_s_halo  # the shipped h_s's reach, one fact
+    shape = (120, 108)  # latents: three tiles down, three across
+    z = torch.randn(1, model.config.N, shape[0] // 4, shape[1] // 4, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        whole = model.h_s(z.round())
+        for tile in refine._tiles(shape):
+            (ea, eb), (ec, ed) = tile.ext_rows, tile.ext_cols
+            (za, zb), (zc, zd) = tile.z_rows, tile.z_cols
+            top, left = tile.psi_offset
+            psi = model.h_s(z.round()[:, :, za:zb, zc:zd])[:, :, top : top + eb - ea, left : left + ed - ec]
+            rows, cols = tile.count
+            torch.testing.assert_close(psi[:, :, rows, cols], whole[:, :, ea:eb, ec:ed][:, :, rows, cols])
+
+
+def test_the_search_reads_the_pixels_of_one_tiles_window_at_a_time(monkeypatch):
+    """A wide image's tiles each read their own window of pixels, not every column of their rows."""
+    monkeypatch.setattr(refine, "TILE", 8)
+    image = sample(0, 0, 64, 384)  # latents 4 x 24: three tiles across
+    spans = []
+    padded = refine.refine_latents  # the codec's own call, its pixel windows recorded
+
+    def recording(model, pixels, *args, **kwargs):
+        def window(a, b, c, d):
+            spans.append(d - c)
+            return pixels(a, b, c, d)
+
+        return padded(model, window, *args, **kwargs)
+
+    monkeypatch.setattr(refine, "refine_latents", recording)
+    codec.encode(image, 4, effort=1)
+    assert len(spans) == 3 and max(spans) <= (8 + 2 * refine.HALO) * 16, spans
+
+
 def test_tiled_refinement_of_a_padded_image(monkeypatch):
     # tiles of 8 latents: a 100 x 150 image (latent 8 x 12, padded to 128 x 192 pixels) has 2 tiles
     monkeypatch.setattr(refine, "TILE", 8)

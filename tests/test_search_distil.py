@@ -76,7 +76,7 @@ def test_targets_are_the_searchs_latents_and_resume_the_same_draw(base, tmp_path
         y = model.g_a(x) * model.gains(quality)
         z = model.h_a(y)
     y_star, z_star = refine_latents(
-        model, lambda a, b: x[:, :, a:b], y, z, float(quality), (64, 64), EFFORT_ITERATIONS[2]
+        model, lambda a, b, c, d: x[:, :, a:b, c:d], y, z, float(quality), (64, 64), EFFORT_ITERATIONS[2]
     )
     assert torch.equal(y_star[0].to(torch.int16), every["y"][i])
     assert torch.equal(z_star[0].to(torch.int16), every["z"][i])

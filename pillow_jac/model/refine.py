@@ -57,6 +57,9 @@ TILE = 48
 HALO = 4
 #: latent rows at an inner tile edge whose values the zero padding of the convolutions distorts
 _EDGE = 2
+#: z rows (and columns) before and after a stripe's own that h_s reads for the stripe's psi
+#: (:func:`pillow_jac.latent_coding.rows_reach` of the shipped h_s; tests/test_refine.py checks they agree)
+Z_REACH = (1, 2)
 #: pixels per latent row and column
 _FACTOR = DOWNSAMPLING
 
@@ -168,8 +171,15 @@ class _Tile:
         self.ext_cols = (max(0, c - HALO), min(shape[1], d + HALO))
         (ea, eb), (ec, ed) = self.ext_rows, self.ext_cols
         self.core = (slice(a - ea, b - ea), slice(c - ec, d - ec))  # in tile coordinates
-        q = Y_PER_Z
-        self.z_core = (slice((a - ea) // q, (b - ea) // q), slice((c - ec) // q, (d - ec) // q))
+        q, (before, after) = Y_PER_Z, Z_REACH
+        z_shape = (-(-shape[0] // q), -(-shape[1] // q))
+        # z of the window and of h_s's reach around it, so that psi of every latent of the window is h_s's
+        # psi of the whole z (a window of z alone gave zero-padded psi on the core's last rows)
+        self.z_rows = (max(0, ea // q - before), min(z_shape[0], -(-eb // q) + after))
+        self.z_cols = (max(0, ec // q - before), min(z_shape[1], -(-ed // q) + after))
+        (za, _), (zc, _) = self.z_rows, self.z_cols
+        self.z_core = (slice(a // q - za, b // q - za), slice(c // q - zc, d // q - zc))  # in the z window
+        self.psi_offset = (ea - q * za, ec - q * zc)  # the window's first latent row and column in h_s's output
         # the loss counts the core and the halo rows it influences, not the rows padding distorts
         self.count = (
             slice(_EDGE if ea > 0 else 0, (eb - ea) - (_EDGE if eb < shape[0] else 0)),
@@ -191,7 +201,7 @@ class _Search:
     """What every tile of one image's search shares: the networks, the image and the objective."""
 
     model: JointAutoregressiveHierarchicalPrior
-    pixel_rows: Callable[[int, int], torch.Tensor]
+    pixels: Callable[[int, int, int, int], torch.Tensor]
     size: tuple[int, int]
     lmbda: float
     inverse_gain: torch.Tensor
@@ -213,7 +223,8 @@ class _Search:
             if z_hat is not None:
                 z_like = model.z_density.likelihood(z_hat)
                 bits = bits - z_like[(..., *tile.z_core)].log2().sum()
-                psi = model.h_s(z_hat)[:, :, : y_hat.shape[2], : y_hat.shape[3]]
+                top, left = tile.psi_offset
+                psi = model.h_s(z_hat)[:, :, top : top + y_hat.shape[2], left : left + y_hat.shape[3]]
             if model.config.context:
                 phi = model.context(y_hat)
             y_like = model.y_likelihood(y_hat, model.entropy_parameters(model.entropy_inputs(psi, phi)))
@@ -232,8 +243,8 @@ class _Search:
     def refine_tile(self, tile: _Tile, y, z, y_hat: torch.Tensor, z_hat: torch.Tensor | None) -> None:
         """Refine one tile's core in ``y_hat`` / ``z_hat`` in place, the rest of its window held fixed."""
         (ea, eb), (ec, ed) = tile.ext_rows, tile.ext_cols
-        za, zb, zc, zd = ea // Y_PER_Z, -(-eb // Y_PER_Z), ec // Y_PER_Z, -(-ed // Y_PER_Z)
-        x = self.pixel_rows(ea * _FACTOR, eb * _FACTOR)[:, :, :, ec * _FACTOR : ed * _FACTOR].float()
+        (za, zb), (zc, zd) = tile.z_rows, tile.z_cols
+        x = self.pixels(ea * _FACTOR, eb * _FACTOR, ec * _FACTOR, ed * _FACTOR).float()
         rows = torch.arange(ea * _FACTOR, eb * _FACTOR, device=x.device)[:, None] < self.size[0]
         cols = torch.arange(ec * _FACTOR, ed * _FACTOR, device=x.device)[None, :] < self.size[1]
         weight = (rows & cols).to(x.dtype)[None, None]
@@ -272,7 +283,7 @@ class _Search:
 
 def refine_latents(
     model: JointAutoregressiveHierarchicalPrior,
-    pixel_rows: Callable[[int, int], torch.Tensor],
+    pixels: Callable[[int, int, int, int], torch.Tensor],
     y: torch.Tensor,
     z: torch.Tensor | None,
     quality: float,
@@ -284,7 +295,8 @@ def refine_latents(
 
     Args:
         model: the float model (its parameters are read, never changed).
-        pixel_rows: ``(first, end) -> (1, 3, end - first, 16 * Wy)`` padded image rows in ``[0, 1]``.
+        pixels: ``(first, end, first_column, end_column) -> (1, 3, end - first, end_column - first_column)``,
+            that window of the padded image in ``[0, 1]`` (a tile's window only: memory follows the tile).
         y: g_a's latents with the quality's gain applied, ``(1, M, Hy, Wy)``.
         z: h_a's hyper-latents ``(1, N, Hy / 4, Wy / 4)`` (None without the hyperprior).
         quality: the quality (sets lambda and the inverse gain).
@@ -296,18 +308,19 @@ def refine_latents(
     Returns:
         ``(y_hat, z_hat)``, rounded, on ``y``'s device and in its dtype.
     """
-    y_hat, z_hat = torch.round(y.detach()).float(), None if z is None else torch.round(z.detach()).float()
     if iterations <= 0:
-        return y_hat, z_hat
-    q = torch.tensor([quality], dtype=torch.float64)
-    with torch.no_grad():
-        inverse_gain = model.gains(q, inverse=True).to(device=y.device, dtype=torch.float32)
-    search = _Search(
-        model, pixel_rows, size,
-        float(quality_lambda(q, model.config.lambdas)), inverse_gain, iterations, torch.Generator(device=y.device),
-        bf16_autocast_pays(y.device),
-    )  # fmt: skip
-    for tile in _tiles(tuple(y.shape[2:])):
-        search.generator.manual_seed(seed)
-        search.refine_tile(tile, y, z, y_hat, z_hat)
+        return torch.round(y.detach()).float(), None if z is None else torch.round(z.detach()).float()
+    with torch.inference_mode(False):  # a caller's inference mode would leave the search without gradients
+        y_hat, z_hat = torch.round(y.detach()).float(), None if z is None else torch.round(z.detach()).float()
+        q = torch.tensor([quality], dtype=torch.float64)
+        with torch.no_grad():
+            inverse_gain = model.gains(q, inverse=True).to(device=y.device, dtype=torch.float32)
+        search = _Search(
+            model, pixels, size,
+            float(quality_lambda(q, model.config.lambdas)), inverse_gain, iterations,
+            torch.Generator(device=y.device), bf16_autocast_pays(y.device),
+        )  # fmt: skip
+        for tile in _tiles(tuple(y.shape[2:])):
+            search.generator.manual_seed(seed)
+            search.refine_tile(tile, y, z, y_hat, z_hat)
     return y_hat.to(y.dtype), None if z_hat is None else z_hat.to(z.dtype)

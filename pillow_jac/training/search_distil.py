@@ -108,7 +108,7 @@ def make_targets(
                 y = model.g_a(x) * model.gains(q)
                 z = model.h_a(y)
             y_star, z_star = refine_latents(
-                model, lambda a, b, x=x: x[:, :, a:b], y.clone(), z.clone(), quality, (crop, crop),
+                model, lambda a, b, c, d, x=x: x[:, :, a:b, c:d], y.clone(), z.clone(), quality, (crop, crop),
                 EFFORT_ITERATIONS[effort],
             )  # fmt: skip
             for key, value in (("x", pixels[0]), ("y", y_star[0]), ("z", z_star[0]), ("y0", torch.round(y[0]))):
