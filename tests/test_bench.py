@@ -528,6 +528,34 @@ def test_the_jac_fingerprint_names_the_resolved_device(monkeypatch):
     assert fingerprint() == on_cpu
     Stub.encoder_hash = "e2"  # an encoder update: the same decoder and weights_hash, measured again
     assert fingerprint() != on_cpu
+    Stub.encoder_hash = "e1"
+    import torch
+
+    threads = torch.get_num_threads()
+    try:  # effort 1-3 bytes depend on the thread count
+        torch.set_num_threads(threads + 1)
+        assert fingerprint() != on_cpu
+    finally:
+        torch.set_num_threads(threads)
+    assert fingerprint() == on_cpu
+    monkeypatch.setattr(rd, "code_digest", lambda: "changed")  # a change to the codec's code: measured again
+    assert fingerprint() != on_cpu
+
+
+def test_the_code_digest_covers_the_package_code(tmp_path: Path, monkeypatch):
+    import pillow_jac
+    from pillow_jac.bench import rd
+
+    package = tmp_path / "pillow_jac"
+    (package / "model").mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "model" / "refine.py").write_text("TILE = 48\n")
+    monkeypatch.setattr(pillow_jac, "__file__", str(package / "__init__.py"))
+    before = rd.code_digest()
+    (package / "notes.txt").write_text("not code")
+    assert rd.code_digest() == before
+    (package / "model" / "refine.py").write_text("TILE = 32\n")
+    assert rd.code_digest() != before
 
 
 def test_readme_adds_a_codec_to_a_run_by_listing_every_codec():

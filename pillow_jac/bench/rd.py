@@ -22,7 +22,8 @@ BD-rates) when one image's is not finite: decoded exactly (PSNR infinite) or too
 Times are informational: each codec first encodes and decodes a small crop untimed (its start-up), then
 every point is timed once. Progress goes to stderr. Each measured point is also appended to
 ``cache.jsonl``; ``--resume`` reuses the points of an interrupted run, matched on codec, settings (for
-``.jac`` also the model, weights hash and device), parameter, image name and pixels, and measured with
+``.jac`` also the model, weights hash, device, pillow_jac's code, torch's version and thread count),
+parameter, image name and pixels, and measured with
 MS-SSIM when it is wanted now. ``results.json`` holds the codecs of ``--codecs`` only: to add a codec to a
 run, list all of them again with ``--resume``.
 """
@@ -95,9 +96,35 @@ def _jac_model(codec: Codec) -> dict[str, str]:
     return {"model_id": engine.model_id, "weights_hash": engine.weights_hash.hex(), "encoder_hash": engine.encoder_hash}
 
 
+def code_digest() -> str:
+    """A digest of pillow_jac's own code and tables (every ``.py`` and ``.json`` file of the package).
+
+    Part of a ``.jac`` codec's identity: a change to the encoder, the container or the search that no hash
+    of the weights sees must not reuse results measured before it.
+    """
+    import pillow_jac
+
+    root = Path(pillow_jac.__file__).parent
+    digest = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if p.suffix in (".py", ".json") and p.is_file()):
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
+
+
 def _identity(codec: Codec) -> dict[str, Any]:
-    """What a ``.jac`` codec's results depend on beyond its settings: its ``model`` and ``device`` (none for others)."""
-    return {"model": _jac_model(codec), "device": _jac_device(codec)} if _is_jac(codec.name) else {}
+    """What a ``.jac`` codec's results depend on beyond its settings (none for others).
+
+    Its ``model`` and ``device``, pillow_jac's code (:func:`code_digest`), torch's version and its thread
+    count (the effort search's gradients are summed in an order that depends on it).
+    """
+    if not _is_jac(codec.name):
+        return {}
+    import torch
+
+    return {
+        "model": _jac_model(codec), "device": _jac_device(codec), "code": code_digest(),
+        "torch": torch.__version__, "threads": torch.get_num_threads(),
+    }  # fmt: skip
 
 
 def _fingerprint(codec: Codec, identity: dict[str, Any]) -> str:
