@@ -585,7 +585,14 @@ def test_resume_keeps_only_the_codecs_named(tmp_path: Path):
     rd.main([*argv, "--codecs", "webp", "--resume"])
     assert set(json.loads((out / "results.json").read_text())["codecs"]) == {"webp"}
     rd.main([*argv, "--codecs", "jpeg420,webp", "--resume"])
-    assert set(json.loads((out / "results.json").read_text())["codecs"]) == {"jpeg420", "webp"}
+    results = json.loads((out / "results.json").read_text())
+    assert set(results["codecs"]) == {"jpeg420", "webp"}
+    # the points of earlier runs say so, and the report says whose times they hold
+    reused = {name: [p.get("reused", False) for p in c["per_image"]["img0"]] for name, c in results["codecs"].items()}
+    assert reused == {"jpeg420": [True, True], "webp": [True, True]}
+    assert "4 of 4 points were measured by an earlier run" in (out / "rd.md").read_text()
+    rd.main([*argv, "--codecs", "jpeg420"])
+    assert "earlier run" not in (out / "rd.md").read_text()
 
 
 def test_each_codec_is_warmed_up_before_its_first_timed_point(tmp_path: Path, monkeypatch):

@@ -317,6 +317,7 @@ def run(
                     rec = cache.get((codec.name, key, float(param), name, digest))
                     if rec is not None and with_ms_ssim and not rec.get("with_ms_ssim"):
                         rec = None  # measured without MS-SSIM: measured again
+                    reused = rec is not None
                     if rec is None:
                         if not warmed:
                             warm_up(codec, images[0][1])
@@ -327,6 +328,8 @@ def run(
                         cache_file.write(json.dumps(rec) + "\n")
                         cache_file.flush()
                     point = {k: v for k, v in rec.items() if k not in _CACHE_ONLY}
+                    if reused:
+                        point["reused"] = True  # from an earlier run: its times are that run's
                     if not with_ms_ssim:
                         point["ms_ssim"] = math.nan  # as the run asked, also where the cached point has one
                     points.append(point)

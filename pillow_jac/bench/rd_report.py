@@ -47,6 +47,14 @@ def write_markdown(path: Path, results: dict[str, Any]) -> None:
             f"for these {meta['images']} images.",
             "",
         ]
+    points = [p for c in results["codecs"].values() for ps in c.get("per_image", {}).values() for p in ps]
+    reused = sum(1 for p in points if p.get("reused"))
+    if reused:
+        lines += [
+            f"{reused} of {len(points)} points were measured by an earlier run and reused (`--resume`): their "
+            "encode and decode times are that run's, taken under its load.",
+            "",
+        ]
     if any(p.get("undefined") for c in results["codecs"].values() for p in c["average"]):
         lines += [
             "Each point's means are over the same images: where one image's PSNR or MS-SSIM is not finite, the "
