@@ -191,6 +191,10 @@ def encode_file(
     try:
         with _naming(src, name_source, (Image.DecompressionBombError,)):
             im = Image.open(io.BytesIO(_read_stdin()) if _is_stdio(src) else src)
+            if _turned_while_loading(im):  # from memory: Pillow maps a file's samples at the turned size
+                data = Path(src).read_bytes()
+                im.close()
+                im = Image.open(io.BytesIO(data))
     except Image.UnidentifiedImageError as e:
         if not _is_stdio(src):
             raise
@@ -249,6 +253,19 @@ def _naming(src: Path, name_it: bool, kinds: tuple[type[BaseException], ...]):
 
 #: the EXIF tag of the orientation in which to show the stored pixels (1: as stored)
 EXIF_ORIENTATION = 0x0112
+
+
+def _turned_while_loading(im: Any) -> bool:
+    """Whether ``im`` is a TIFF opened from a path that Pillow will turn (EXIF orientation 5-8) as it loads.
+
+    Pillow gives such a TIFF its turned size at open and, loading from a path, maps the samples of a single
+    strip of an L, P, RGBA, CMYK or I;16 image straight from the file at that size: scrambled pixels of the
+    unturned size (Pillow 13.0). Opened from memory, it reads them and then turns them.
+    """
+    try:
+        return im.format == "TIFF" and bool(im.filename) and im.tag_v2.get(EXIF_ORIENTATION) in (5, 6, 7, 8)
+    except Exception:  # noqa: BLE001  (tags that do not parse: load() reports them)
+        return False
 
 
 def exif_orientation(im: Any) -> int:
