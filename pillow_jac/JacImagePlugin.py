@@ -213,7 +213,7 @@ class JacImageFile(ImageFile.ImageFile):
     """A ``.jac`` image opened by :func:`PIL.Image.open`.
 
     After opening, ``size`` and ``mode`` (``L``, ``LA``, ``RGB`` or ``RGBA``) are known and ``info``
-    holds ``quality`` (float), ``model_id`` (str) and, when the file has them, ``icc_profile``,
+    holds ``jac_quality`` (float), ``model_id`` (str) and, when the file has them, ``icc_profile``,
     ``exif`` and ``xmp`` (bytes, exactly as they were stored). Pixels are decoded on ``load()``.
 
     Opening reads and checks the whole container once and keeps it; ``load()`` decodes

@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .cli_info import show_info
+from .cli_info import print_out, show_info
 from .constants import DEFAULT_EFFORT, DEFAULT_QUALITY, MAX_EFFORT, QUALITY_MAX, QUALITY_MIN, validate_quality
 from .conversion import PROG, STDIO, ConversionError, decode_file, encode_file, one_line, show_warning
 from .preview import PREVIEW_SIZE
@@ -427,9 +427,9 @@ def _run(args: argparse.Namespace) -> None:
             keys = ("model_id", "release", "can_encode", "size")
             rows = [{**{k: getattr(g, k) for k in keys}, "weights_hash": g.weights_hash.hex(), "path": str(g.path)}
                     for g in gens]  # fmt: skip
-            print(json.dumps(rows, indent=2))
+            print_out(json.dumps(rows, indent=2))
         else:
-            print("\n".join(g.describe() for g in gens) or "no decoder generation is installed")
+            print_out("\n".join(g.describe() for g in gens) or "no decoder generation is installed")
     elif args.command == "info":
         show_info(args.inputs, args.json)
     elif args.command == "batch":
@@ -503,3 +503,7 @@ def _run_ray_batch(args: argparse.Namespace) -> None:
     if report.failed:
         total = report.done + report.skipped + len(report.failed)
         raise CliError(f"{len(report.failed)} of {total} files failed")
+
+
+if __name__ == "__main__":  # python -m pillow_jac.cli, as python -m pillow_jac
+    sys.exit(console())

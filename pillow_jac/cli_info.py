@@ -106,7 +106,26 @@ def _print(info: dict[str, Any]) -> None:
     text = "\n".join(lines)
     encoding = getattr(sys.stdout, "encoding", None) or "utf-8"
     # a file name that is not valid in the locale's encoding (undecodable bytes) is shown escaped
-    print(text.encode(encoding, "backslashreplace").decode(encoding), flush=True)
+    print_out(text.encode(encoding, "backslashreplace").decode(encoding))
+
+
+def print_out(text: str = "") -> None:
+    """Print ``text`` on standard output now; an error of it names standard output.
+
+    Raises:
+        ConversionError: there is no standard output (the process started with it closed: ``print`` would
+            print nothing and the command would succeed).
+        OSError: writing failed (``standard output: No space left on device``); BrokenPipeError as it is,
+            for the command line's quiet stop when the reader goes away.
+    """
+    if sys.stdout is None:
+        raise ConversionError(f"{STDIO}: there is no standard output")
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:
+        raise
+    except OSError as e:
+        raise OSError(e.errno, e.strerror, "standard output") from e
 
 
 def show_info(paths: list[Path], as_json: bool) -> None:
@@ -127,10 +146,10 @@ def show_info(paths: list[Path], as_json: bool) -> None:
                 continue
             if not as_json:
                 if len(infos) > 1:
-                    print()
+                    print_out()
                 _print(infos[-1])
     if as_json:
-        print(json.dumps(infos[0] if len(paths) == 1 else infos, indent=2))
+        print_out(json.dumps(infos[0] if len(paths) == 1 else infos, indent=2))
     elif len(paths) == 1:
         _print(infos[0])
     if len(infos) < len(paths):

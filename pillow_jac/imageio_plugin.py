@@ -187,7 +187,8 @@ def _plugin_class() -> type:
                         "write each frame to its own .jac file"
                     )
                     shape = getattr(ndimage, "shape", None)
-                    if kwargs.get("is_batch") is None and shape is not None:  # imageio's guess from the shape
+                    guessed = kwargs.get("is_batch") is None and shape is not None  # imageio's guess from the shape
+                    if guessed and frames - self._jac_frames > 1:  # this array alone was taken for frames
                         msg += (
                             f" (an array of shape {tuple(shape)} is read as a batch of frames: "
                             "one image is (height, width) or (height, width, 1 to 4 channels))"

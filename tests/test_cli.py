@@ -618,6 +618,9 @@ def test_dash_as_a_file_name_and_missing_standard_streams(png: Path, tmp_path: P
     monkeypatch.setattr(sys, "stdout", None)
     assert main(["encode", str(png), "-"]) == 1
     assert_one_line_error(capsys.readouterr().err, "there is no standard output")
+    for command in (["info", "./-"], ["info", "--json", "./-"], ["models"]):  # printed nothing and exited 0
+        assert main(command) == 1, command
+        assert_one_line_error(capsys.readouterr().err, "there is no standard output")
     monkeypatch.setattr(sys, "stdin", None)
     assert main(["decode", "-", str(tmp_path / "o.png")]) == 1
     assert_one_line_error(capsys.readouterr().err, "there is no standard input")
@@ -1292,6 +1295,20 @@ def test_an_orientation_the_output_would_lose_is_applied_to_the_pixels(tmp_path:
         assert np.abs(np.asarray(im).astype(int) - expected).mean() < 8  # mirrored, not turned
 
 
+@pytest.mark.parametrize("mode", ["L", "RGBA", "P"])
+def test_a_turned_tiff_of_one_strip_is_read_upright_in_every_mode(tmp_path: Path, mode: str) -> None:
+    """Pillow maps an uncompressed L, P or RGBA TIFF's strip from its file at the size turned by tag 274: the
+    encoder stored scrambled pixels with exit 0 (RGB, which Pillow copies, was right)."""
+    tiff, out = tmp_path / f"scan-{mode}.tif", tmp_path / f"scan-{mode}.jac"
+    source = crop().convert(mode)
+    source.save(tiff, tiffinfo={0x0112: 6})
+    assert main(["encode", str(tiff), str(out), "-q", "8"]) == 0
+    expected = np.asarray(source.convert("RGBA").transpose(Image.Transpose.ROTATE_270)).astype(int)
+    with Image.open(out) as im:
+        assert im.size == (40, 48)
+        assert np.abs(np.asarray(im.convert("RGBA")).astype(int) - expected).mean() < 16  # scrambled: 40-60
+
+
 def test_a_decode_to_a_format_that_loses_the_orientation_turns_the_pixels(tmp_path: Path) -> None:
     """jac decode keeps the orientation where the output stores it, and turns the pixels where it does not (BMP,
     PPM, GIF, EXIF over JPEG's 64 KiB): the picture shows upright either way, turned once."""
@@ -1496,3 +1513,28 @@ def test_decoding_to_a_format_that_refuses_the_metadata_warns_once(tmp_path: Pat
     err = capsys.readouterr().err
     assert err.count("left out") == 1, err
     assert Image.open(tmp_path / "turned.jpg").size == (24, 32)  # the pixels turned: 32 wide, 24 high before
+
+
+def test_python_m_pillow_jac_cli_runs_the_command(tmp_path: Path) -> None:
+    """``python -m pillow_jac.cli`` did nothing and exited 0: the module had no entry point of its own."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "pillow_jac.cli", "--version"], capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout.startswith("jac "), done
+    done = subprocess.run([sys.executable, "-m", "pillow_jac.cli"], capture_output=True, text=True)
+    assert done.returncode == 2 and "COMMAND" in done.stderr
+
+
+def test_a_full_standard_output_is_named(tmp_path: Path, png: Path) -> None:
+    """``jac info x.jac > /dev/full`` said ``[Errno 28] No space left on device``, naming nothing."""
+    import subprocess
+    import sys
+
+    jac = tmp_path / "x.jac"
+    assert main(["encode", str(png), str(jac)]) == 0
+    for command in (["info", str(jac)], ["models"]):
+        with open("/dev/full", "w") as full:
+            done = subprocess.run([sys.executable, "-m", "pillow_jac", *command], stdout=full, stderr=subprocess.PIPE,
+                                  text=True, cwd=ROOT)  # fmt: skip
+        assert done.returncode == 1 and done.stderr == "jac: error: standard output: No space left on device\n", done

@@ -91,8 +91,9 @@ def test_incremental_writes_are_refused_after_one_frame(tmp_path: Path, rgb: np.
     path = tmp_path / "one.jac"
     with iio.imopen(path, "w") as f:
         f.write(rgb)
-        with pytest.raises(ValueError, match="2 frames were written"):
+        with pytest.raises(ValueError, match="2 frames were written") as refused:
             f.write(rgb)
+        assert "read as a batch" not in str(refused.value)  # a second image, not one array taken for frames
     gc.collect()
     assert unraisable == []
     with Image.open(path) as im:  # the first frame is written as usual
