@@ -225,6 +225,15 @@ def test_command_line_runs_validates_and_resumes(base, tmp_path, capsys, monkeyp
     with pytest.raises(SystemExit, match="other weights"):
         encoder_tune.main(changed)
     assert torch.load(out / "checkpoint.pt", weights_only=False)["step"] == 3
+    # and the images and options it was trained with: another held-out draw would score a new set against the old
+    # baseline and train on images held out before
+    held_out = (out / "holdout.txt").read_text()
+    resume = [*common, "--out", str(out), "--steps", "4", "--resume"]
+    for extra, what in ((["--holdout-seed", "2"], "held_out"), (["--batch", "1"], "batch"), (["--lr", "1e-3"], "lr")):
+        with pytest.raises(SystemExit, match=f"other {what}"):
+            encoder_tune.main([*resume, *extra])
+    assert (out / "holdout.txt").read_text() == held_out
+    assert torch.load(out / "checkpoint.pt", weights_only=False)["step"] == 3
     with pytest.raises(SystemExit, match="--holdout 5 must be from 0 to 4"):
         encoder_tune.main([*common, "--out", str(tmp_path / "run2"), "--holdout", "5"])
 

@@ -102,6 +102,15 @@ def _learning_rate(args: argparse.Namespace, step: int) -> float:
     return lr
 
 
+def _shown(run: dict, keys: list[str]) -> list[str]:
+    """``key=value`` of the checkpoint's options, the held-out images as their count and first names."""
+    shown = []
+    for k in keys:
+        v = run[k]
+        shown.append(f"{k}={len(v)} images from {', '.join(v[:3])}" if k == "held_out" else f"{k}={v}")
+    return shown
+
+
 def main(argv: list[str] | None = None) -> None:
     """Tune until ``--steps``, validating, keeping the best and checkpointing as it goes."""
     # the whole codec is imported now, so a run of many hours uses one version of it throughout
@@ -140,7 +149,12 @@ def main(argv: list[str] | None = None) -> None:
         train_paths, held_paths = holdout_split(list_images(args.data), args.holdout, args.holdout_seed)
     except (ValueError, FileNotFoundError) as exc:
         raise SystemExit(f"--data {args.data}: {exc}") from None
-    (args.out / "holdout.txt").write_text("".join(f"{p.name}\n" for p in held_paths))
+    # what a resumed run must share with the run it continues: the images and the options that shape the steps
+    shaping = {
+        "data": str(args.data.resolve()), "held_out": [p.name for p in held_paths],
+        **{k: getattr(args, k) for k in ("batch", "crop", "lr", "warmup", "decay_steps", "clip", "ema",
+                                         "rate_gradient", "seed")},
+    }  # fmt: skip
     held = [load_rgb(p, 512) for p in held_paths]
     t0 = time.time()
     sampler = CropSampler([load_rgb(p, 512) for p in train_paths], args.crop, seed=args.seed)
@@ -157,6 +171,12 @@ def main(argv: list[str] | None = None) -> None:
                 f"{ckpt_path} tunes the encoder of other weights ({ckpt['weights']}) than --weights {args.weights} "
                 f"({base_weights}): resume with those weights, or choose another --out"
             )
+        changed = sorted(k for k, v in ckpt.get("run", shaping).items() if shaping.get(k) != v)
+        if changed:
+            raise SystemExit(
+                f"{ckpt_path} was trained with other {', '.join(changed)} ({', '.join(_shown(ckpt['run'], changed))}): "
+                "resume with the same options and data, or choose another --out"
+            )
         model.load_state_dict(ckpt["encoder"], strict=False)
         optimizer.load_state_dict(ckpt["optimizer"])
         sampler.set_state(ckpt["sampler"])
@@ -164,6 +184,7 @@ def main(argv: list[str] | None = None) -> None:
         step, best_bd, best_step, baseline = ckpt["step"], ckpt["best_bd"], ckpt["best_step"], ckpt["baseline"]
         average = ckpt.get("average") or average
         print(f"resumed from {ckpt_path} at step {step} (best {best_bd:+.3f}% at step {best_step})", flush=True)
+    (args.out / "holdout.txt").write_text("".join(f"{p.name}\n" for p in held_paths))
 
     def candidate(path: Path) -> Path:
         for k, v in decoder_before.items():  # the decoder is frozen: nothing may have moved it
@@ -194,6 +215,7 @@ def main(argv: list[str] | None = None) -> None:
                 "baseline": baseline,
                 "average": average,
                 "args": {k: str(v) for k, v in vars(args).items()},
+                "run": shaping,
                 "weights": base_weights,
             },
             tmp,
