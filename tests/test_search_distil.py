@@ -181,3 +181,27 @@ def test_evaluation_sets_are_refused(base, tmp_path, capsys):
     with pytest.raises(SystemExit):
         search_distil.parse_args(["train", "--weights", str(base), "--data", str(tmp_path / "kodak")])
     assert "looks like the kodak evaluation set: never train on it" in capsys.readouterr().err
+
+
+def test_evaluation_images_linked_or_copied_into_training_data_are_refused(tmp_path, capsys):
+    """The folder's name alone let a folder of links to (or copies of) Kodak images through."""
+    import argparse
+
+    from pillow_jac.training.encoder_update import refuse_evaluation_data
+
+    kodak, train = tmp_path / "sets" / "kodak", tmp_path / "train"
+    kodak.mkdir(parents=True)
+    train.mkdir()
+    Image.fromarray(synthetic(32, 48, 1)).save(kodak / "kodim01.png")
+    Image.fromarray(synthetic(32, 48, 2)).save(train / "mine.png")
+    parser = argparse.ArgumentParser(prog="tune")
+    refuse_evaluation_data(parser, train, (kodak,))  # training images only: accepted
+    (train / "linked.png").symlink_to(kodak / "kodim01.png")
+    with pytest.raises(SystemExit):
+        refuse_evaluation_data(parser, train, (kodak,))
+    assert "linked.png is an image of the kodak evaluation set" in capsys.readouterr().err
+    (train / "linked.png").unlink()
+    (train / "copied.png").write_bytes((kodak / "kodim01.png").read_bytes())
+    with pytest.raises(SystemExit):
+        refuse_evaluation_data(parser, train, (kodak,))
+    assert "copied.png is a copy of kodim01.png of an evaluation set" in capsys.readouterr().err

@@ -23,6 +23,7 @@ import torch
 
 from ..model.mbt2018 import JointAutoregressiveHierarchicalPrior
 from ..weights import ENCODER_PREFIXES, FLOAT_PREFIX, integer_tensors, strip_prefix
+from .gate import SETS
 
 __all__ = [
     "ENCODER_MODULES",
@@ -197,11 +198,41 @@ def holdout_split(paths: list[Path], count: int, seed: int) -> tuple[list[Path],
     return [p for i, p in enumerate(paths) if i not in chosen], [p for i, p in enumerate(paths) if i in chosen]
 
 
-def refuse_evaluation_data(parser: argparse.ArgumentParser, data: Path) -> None:
-    """Exit through ``parser`` when ``data`` looks like an evaluation set (Kodak, urban20)."""
+#: where the evaluation sets lie, from the repository root: the release gate's folders
+EVALUATION_FOLDERS = tuple(SETS.values())
+
+
+def refuse_evaluation_data(
+    parser: argparse.ArgumentParser, data: Path, evaluation: tuple[Path, ...] = EVALUATION_FOLDERS
+) -> None:
+    """Exit through ``parser`` when ``data`` holds an image of an evaluation set (Kodak, urban20).
+
+    The folder, or one of its images once links are followed, lies in a folder named like an evaluation set,
+    or one of its images has the bytes of an image of the ``evaluation`` folders that exist here (a copy).
+    """
+    from .data import list_images
+
     for forbidden in EVALUATION_SETS:
         if forbidden in str(data.resolve()).lower():
             parser.error(f"--data {data} looks like the {forbidden} evaluation set: never train on it")
+    try:
+        paths = list_images(data)
+    except OSError:  # no folder, or no image in it: the command reports that as it reads the data
+        return
+    for path in paths:
+        folder = str(path.resolve().parent).lower()
+        for forbidden in EVALUATION_SETS:
+            if forbidden in folder:
+                parser.error(f"--data {data}: {path.name} is an image of the {forbidden} evaluation set")
+    evaluation_files = {}
+    for folder in evaluation:
+        if folder.is_dir():
+            for image in list_images(folder):
+                evaluation_files.setdefault(image.stat().st_size, []).append(image)
+    for path in paths:  # bytes compared only where the sizes agree
+        for image in evaluation_files.get(path.stat().st_size, ()):
+            if image.read_bytes() == path.read_bytes():
+                parser.error(f"--data {data}: {path.name} is a copy of {image.name} of an evaluation set")
 
 
 def weights_identity(metadata: dict[str, str]) -> dict[str, str]:
