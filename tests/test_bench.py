@@ -265,15 +265,23 @@ def test_published_curves_are_compared_only_on_their_own_image_set(tmp_path: Pat
     curve = {"name": "paper", "results": {"bpp": [0.5, 1, 2, 4], "psnr-rgb": [25, 30, 35, 40]}}
     (anchors / f"{rd.DEFAULT_PUBLISHED[0]}.json").write_text(json.dumps(curve))
     published = {}
-    for name in ("urban20", "kodak"):
-        data = tmp_path / "data" / name
+    full_size = np.kron(_tiny_image(), np.ones((8, 8, 1), np.uint8))  # 512 x 768, as kodim04
+    # a Kodak image at its size in a folder of the anchors' name is compared; a downscaled one, or another
+    # image there, is not: the published curves are of the 24 Kodak images at 768 x 512
+    for name, folder, image, file in (
+        ("urban20", "urban20", full_size, "img0"),
+        ("kodak", "kodak", full_size, "kodim04"),
+        ("small", "kodak", _tiny_image(), "kodim04"),
+        ("other", "kodak", full_size, "img0"),
+    ):
+        data = tmp_path / name / folder
         data.mkdir(parents=True)
-        Image.fromarray(_tiny_image()).save(data / "img0.png")
+        Image.fromarray(image).save(data / f"{file}.png")
         out = tmp_path / f"out-{name}"
         rd.main(["--data", str(data), "--out", str(out), "--codecs", "jpeg420", "--ladder", "jpeg420=30,60,90",
                  "--anchors", str(anchors), "--no-ms-ssim"])  # fmt: skip
         published[name] = set(json.loads((out / "results.json").read_text())["published"])
-    assert published == {"urban20": set(), "kodak": {rd.DEFAULT_PUBLISHED[0]}}
+    assert published == {"urban20": set(), "kodak": {rd.DEFAULT_PUBLISHED[0]}, "small": set(), "other": set()}
 
 
 def test_speed_subprocess_measurement(tmp_path: Path):

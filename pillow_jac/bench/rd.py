@@ -352,7 +352,7 @@ def run(
             entry.update(per_image=per_image, average=average(per_image))
             results["codecs"][codec.name] = entry
     if published is None:
-        published = default_published(data, published_dir)
+        published = default_published(data, published_dir, [(name, image.shape) for name, image in images])
     results["published"] = load_published(published_dir, published)
     measured = {name: c["average"] for name, c in results["codecs"].items()}
     results["bd_rate"] = bd_table(measured, results["published"])
