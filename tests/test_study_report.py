@@ -217,6 +217,23 @@ def test_a_run_measured_at_the_budget_is_not_trained_again(tmp_path, monkeypatch
     assert json.loads((folder / "joint-s1.json").read_text())["budget"] == BUDGET.to_dict()
 
 
+def test_a_measurement_of_another_configuration_does_not_stand_for_the_variant(tmp_path, monkeypatch) -> None:
+    """A variant whose model changed under the same name (a 3x3 context window for joint-ctx7) was reported with the
+    old measurement and the new label; it is not measured at all now, and its old file is not reused."""
+    import dataclasses
+
+    folder, _ = budget_paths(tmp_path, BUDGET)
+    folder.mkdir(parents=True)
+    for name in ("joint-s0", "joint-ctx7-s0"):
+        (folder / f"{name}.json").write_text(json.dumps(_run(name.rsplit("-s", 1)[0], 0, 1.0)))
+    runs = [(VARIANTS["joint"], 0), (VARIANTS["joint-ctx7"], 0)]
+    assert write_report(tmp_path, runs)["missing_runs"] == []
+    changed = dataclasses.replace(VARIANTS["joint-ctx7"], config={**VARIANTS["joint-ctx7"].config, "context_size": 3})
+    monkeypatch.setitem(VARIANTS, "joint-ctx7", changed)
+    summary = write_report(tmp_path, [(VARIANTS["joint"], 0), (changed, 0)], partial=True)
+    assert summary["missing_runs"] == ["joint-ctx7-s0"]
+
+
 def test_evaluation_sets_leave_out_a_set_whose_folder_is_missing(tmp_path) -> None:
     from PIL import Image
 

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from ..bench.metrics import machine_description, portable_path
-from .report import TRAIN_STEP_KEY, MissingRunsError, budget_paths
+from .report import TRAIN_STEP_KEY, MissingRunsError, budget_paths, measurement
 from .variants import BUDGET, VARIANTS, run_name
 
 SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"
@@ -35,11 +35,6 @@ def planned_runs(only: list[str] | None = None) -> list[tuple]:
     chosen = [v for v in VARIANTS.values() if not only or v.name in only]
     seeds = sorted({s for v in chosen for s in v.seeds})
     return [(v, s) for s in seeds for v in chosen if s in v.seeds]
-
-
-def _measured_with(path: Path, budget) -> bool:
-    """Whether ``path`` holds a run's measurement at ``budget`` (a run measured at another is measured again)."""
-    return path.exists() and json.loads(path.read_text())["budget"] == budget.to_dict()
 
 
 def _write_json(path: Path, value: dict) -> None:
@@ -80,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         _log(f"{len(images)} training images loaded")
         for variant, seed in runs:
             name = run_name(variant, seed)
-            if _measured_with(measured / f"{name}.json", budget):
+            if measurement(measured / f"{name}.json", variant, budget) is not None:
                 continue  # done at this budget, although its checkpoint may have gone on to a larger one
             trained, seconds = train_run(variant, seed, budget, images, args.runs / name, log=_log)
             if args.phase == "train":

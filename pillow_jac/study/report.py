@@ -308,6 +308,25 @@ def plot(path: Path, summary: dict[str, Any]) -> bool:
     return True
 
 
+def measurement(path: Path, variant: Variant, budget: Budget) -> dict[str, Any] | None:
+    """The run measured in ``path`` if it is of ``variant``'s model at ``budget``, else None (measured again).
+
+    A run measured at another budget, or with another configuration than the variant now has (a variant whose
+    context window or mixture changed under the same name), does not stand for it.
+    """
+    from ..model.mbt2018 import ModelConfig
+
+    if not path.exists():
+        return None
+    run = json.loads(path.read_text())
+    if run["budget"] != budget.to_dict():
+        return None
+    stored, planned = ModelConfig(**run["config"]).to_dict(), variant.model_config(budget).to_dict()
+    if json.dumps(stored, sort_keys=True) != json.dumps(planned, sort_keys=True):  # as JSON: a list is a tuple
+        return None
+    return run
+
+
 def write_report(
     results: Path, runs: list[tuple[Variant, int]], budget: Budget = BUDGET, partial: bool = False
 ) -> dict[str, Any]:
@@ -321,10 +340,8 @@ def write_report(
     folder = results / "study"
     measured_dir, stem = budget_paths(results, budget)
     measured = {}
-    wanted = budget.to_dict()
     for variant, seed in runs:
-        path = measured_dir / f"{run_name(variant, seed)}.json"
-        if path.exists() and (run := json.loads(path.read_text()))["budget"] == wanted:
+        if (run := measurement(measured_dir / f"{run_name(variant, seed)}.json", variant, budget)) is not None:
             measured[run_name(variant, seed)] = run
     missing = [run_name(v, s) for v, s in runs if run_name(v, s) not in measured]
     if missing and not partial:
