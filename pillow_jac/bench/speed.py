@@ -262,8 +262,9 @@ def codecs_markdown(report: dict[str, Any], meta: dict[str, Any]) -> str:
         "# Speed",
         "",
         f"`{report['image']}` ({report['width']}x{report['height']}); {meta['machine']}; {meta['date']}.",
-        "Median of the timed calls after a warm-up, each measurement in a fresh process. Memory: peak RSS in MiB "
-        "(baseline after imports and warm-up in parentheses).",
+        "Median of the timed calls after a warm-up (a small image, then one untimed call on this one), each "
+        "measurement in a fresh process. Memory: peak RSS in MiB (baseline after imports and the small image's "
+        "warm-up in parentheses).",
         "",
         "| codec | param | device | threads | bpp | encode (s) | decode (s) | encode peak MiB | decode peak MiB |",
         "| --- | ---: | --- | ---: | ---: | ---: | ---: | --- | --- |",
