@@ -299,8 +299,23 @@ def test_a_release_needs_the_gates_whole_set_verdict_on_these_very_weights(packa
     with pytest.raises(SystemExit) as stop:  # the command line wants a verdict, or --no-gate said aloud
         release.main([str(package.checkpoint), "--release", "8", "--gate", str(tmp_path / "none.json")])
     assert stop.value.code == 2 and "--no-gate" in capsys.readouterr().err
+    for argv, why in (
+        (["--release", "8", "--no-gate"], "only through the gate"),  # the package's own weights folder
+        (["--release", "8", "--encoder-update"], "keeps the current generation's release"),
+    ):
+        with pytest.raises(SystemExit) as stop:
+            release.main([str(package.checkpoint), *argv])
+        assert stop.value.code == 2 and why in capsys.readouterr().err
+    assert package.full.read_bytes() == before
     new_id = release.release(package.checkpoint, 8, package.weights_dir, package.vectors, {}, package.table, good)
     assert new_id == "mbt-8-12-r008" and package.full.read_bytes() != before
+
+
+def test_a_release_records_the_training_step_as_freeze_does(package) -> None:
+    model = tiny_model(2)
+    weights.save_float_state(package.checkpoint, model.state_dict(), model.config, {"step": "4321"})
+    release.release(package.checkpoint, 8, package.weights_dir, package.vectors, {}, package.table)
+    assert weights.load_weights(package.full)[1]["step"] == "4321"
 
 
 def test_an_encoder_update_keeps_the_files_mode_and_needs_an_encoder(package) -> None:

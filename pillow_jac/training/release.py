@@ -208,6 +208,8 @@ def release(
             vectors fail their check (the package is unchanged).
     """
     tensors, metadata = load_weights(checkpoint)
+    if "step" in metadata:  # the training step the weights are of, as freeze records it
+        notes = {"step": metadata["step"], **notes}
     try:
         new_tensors, new_meta = freeze(build_model(tensors, metadata), number, notes)
     except ValueError as exc:
@@ -388,12 +390,16 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         p.error(str(exc))
     if args.encoder_update:
+        if args.release is not None:
+            p.error("--release: an encoder update keeps the current generation's release (leave it out)")
         encoder_update(args.checkpoint, args.weights_dir, notes)
         return 0
     if args.release is None:
         p.error("--release is required for a new generation")
     if not 1 <= args.release <= MAX_RELEASE:
         p.error(f"--release must be from 1 to {MAX_RELEASE}")
+    if args.no_gate and args.weights_dir.resolve() == generations.package_weights_dir().resolve():
+        p.error("--no-gate: the package's generations are released only through the gate (give --weights-dir)")
     verdict = None
     if not args.no_gate:
         try:
