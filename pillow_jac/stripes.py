@@ -8,7 +8,7 @@ Both are convolutional, so a stripe gives the same values as the whole image as 
 stripe is extended by the transform's reach (a halo) and the halo is cropped away afterwards:
 
 * g_s (four 5x5 stride-2 transposed convolutions, GDN acting per pixel): output rows
-  ``[16a, 16b)`` depend only on latent rows ``a - 2 .. b + 1``, so a halo of two latent rows.
+  ``[16a, 16b)`` depend only on latent rows ``a - 1 .. b + 1``, within a halo of two latent rows.
 * g_a (four 5x5 stride-2 convolutions): latent rows ``[a, b)`` depend only on pixel rows
   ``16a - 30 .. 16b + 14``, so a halo of two latent rows (32 pixels).
 
