@@ -164,17 +164,27 @@ def test_training_starts_from_a_shipped_file(image_folder, shipped_tiny, tmp_pat
         )
 
 
-def test_training_needs_no_range_coder():
-    """A GPU machine that only trains lacks constriction: training, gpu_session and load_model must not import it."""
+def test_training_needs_no_range_coder(tmp_path):
+    """A GPU machine that only trains lacks constriction: training, gpu_session and load_model must not import it,
+    and the GPU doc's fallback trainer must run a step (it imported freeze, and through it the coder, at start)."""
+    data = tmp_path / "data"
+    data.mkdir()
+    for i in range(2):
+        Image.fromarray(natural_image(80, 96, seed=i)).save(data / f"{i}.png")
     code = (
         "import sys; sys.modules['constriction'] = None\n"  # any import of it now raises ImportError
         "from pillow_jac.training import train, pack, gpu_session\n"
         "from pillow_jac.engine import load_model, default_weights_path\n"
         "print(load_model(default_weights_path()).config.M)\n"
+        "train.main(['--device', 'cpu', '--data', sys.argv[1], '--out', sys.argv[2], '--init', "
+        "str(default_weights_path()), '--batch', '1', '--crop', '64', '--eval-every', '0', '--steps', '1'])\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "192"
+    out = tmp_path / "run"
+    result = subprocess.run([sys.executable, "-c", code, str(data), str(out)], capture_output=True, text=True,
+                            timeout=300)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.splitlines()[0] == "192"
+    assert (out / "ema.safetensors").exists()
 
 
 def test_joining_damaged_pieces_fails(tmp_path):

@@ -34,7 +34,7 @@ from ..engine import build_model
 from ..entropy_coding import factorized_tables, gaussian_tables, scale_table
 from ..mixture_coding import mixture_exp_table
 from ..model.integer import integerize
-from ..model.mbt2018 import JointAutoregressiveHierarchicalPrior, ModelConfig
+from ..model.mbt2018 import JointAutoregressiveHierarchicalPrior
 from ..weights import (
     FLOAT_PREFIX,
     MIXTURE_EXP,
@@ -45,6 +45,7 @@ from ..weights import (
     seal,
     table_tensors,
 )
+from .model_ids import MAX_RELEASE, model_id_for
 
 __all__ = [
     "freeze",
@@ -72,8 +73,6 @@ RESERVED_NOTES = frozenset(
         "legacy_weights_hash",
     }
 )
-#: the largest release number a model id holds (``-rNNN``)
-MAX_RELEASE = 999
 
 
 def parse_notes(notes: Iterable[str]) -> dict[str, str]:
@@ -117,31 +116,6 @@ def scale_thresholds() -> torch.Tensor:
     sigma = scale_table()
     mids = np.sqrt(sigma[1:] * sigma[:-1])
     return torch.tensor([math.ceil(m * 2**ACTIVATION_BITS) for m in mids], dtype=torch.int64)
-
-
-def model_id_for(config: ModelConfig, release: int) -> str:
-    """The model id of a release: ``mbt[flags]-N-M-rNNN``, e.g. ``mbt-128-192-r001``.
-
-    Flags name what differs from the shipped design: ``n`` no context model, ``h`` no hyperprior,
-    ``cK`` a K x K context window, ``z`` zero-mean Gaussians, ``gK`` a K-component mixture. An id
-    longer than the header's 16 bytes drops the ``mbt`` prefix; one still too long is an error.
-
-    Example:
-        >>> model_id_for(ModelConfig(), 6), model_id_for(ModelConfig(N=96, M=144, entropy="gmm", mixtures=3), 1)
-        ('mbt-128-192-r006', 'g3-96-144-r001')
-    """
-    flags = "" if config.context else "n"
-    flags += "" if config.hyperprior else "h"
-    flags += f"c{config.context_size}" if config.context and config.context_size != 5 else ""
-    flags += {"gaussian": "", "zero-mean": "z", "gmm": f"g{config.mixtures}"}[config.entropy]
-    if not (isinstance(release, int) and 0 <= release <= MAX_RELEASE):
-        raise ValueError(f"release {release!r} is not a number from 0 to {MAX_RELEASE} (the id holds three digits)")
-    name = f"mbt{flags}-{config.N}-{config.M}-r{release:03d}"
-    if len(name) > 16:
-        name = name.removeprefix("mbt")
-    if len(name) > 16:
-        raise ValueError(f"model id {name!r} is longer than 16 characters")
-    return name
 
 
 def freeze(model: JointAutoregressiveHierarchicalPrior, release: int, notes: dict[str, str] | None = None):

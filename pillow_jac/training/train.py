@@ -339,7 +339,7 @@ def main(argv: list[str] | None = None) -> None:
         context_size=args.context_size,
         lambdas=args.lambdas or LAMBDAS,
     )
-    from .freeze import model_id_for
+    from .model_ids import model_id_for
 
     try:  # a model whose id does not fit a file header could be trained, but never frozen
         model_id_for(config, 999)
