@@ -715,6 +715,17 @@ def test_speed_without_a_compressai_interpreter_keeps_the_other_codecs(tmp_path:
     assert f"compressai does not import in {tmp_path / 'no-venv' / 'bin' / 'python'}" in capsys.readouterr().err
 
 
+def test_a_compressai_interpreter_given_relative_to_here_is_found(tmp_path: Path, monkeypatch, capsys):
+    """The README's ``--compressai-python ../bench-venv/bin/python`` was run from a temporary folder: not found."""
+    from pillow_jac.bench import speed
+
+    (tmp_path / "venv" / "bin").mkdir(parents=True)
+    (tmp_path / "venv" / "bin" / "python").symlink_to(sys.executable)
+    monkeypatch.chdir(tmp_path)
+    speed._compressai_python(os.path.join("venv", "bin", "python"))  # found and run, compressai importing or not
+    assert "No such file" not in capsys.readouterr().err
+
+
 def test_targets_writes_under_bench_out_by_default(tmp_path: Path, monkeypatch):
     from pillow_jac.bench import targets as bench_targets
 

@@ -140,6 +140,10 @@ def _compressai_python(requested: str | None) -> str | None:
     An interpreter that cannot be run (a wrong ``--compressai-python``) is noted on stderr as one that lacks
     compressai: the run goes on without CompressAI and keeps the other codecs' measurements.
     """
+    # a path relative to here (``../bench-venv/bin/python``) is made absolute, as the probe and the measurements
+    # run in another folder; its links are kept (a virtualenv's python is one); a bare name is looked up on PATH
+    if requested and os.sep in requested:
+        requested = os.path.abspath(requested)
     candidates = [requested] if requested else [sys.executable]
     for python in candidates:
         try:

@@ -395,7 +395,8 @@ class Session:
         args = self.args
         args.pieces.mkdir(parents=True, exist_ok=True)
         weights_path = args.out / WEIGHTS
-        notes = {"step": str(self.step), "ema_decay": str(self.average.decay), "trainer": "pillow_jac.training.gpu_session"}
+        trainer = "pillow_jac.training.gpu_session"  # not __name__: under python -m that is __main__
+        notes = {"step": str(self.step), "ema_decay": str(self.average.decay), "trainer": trainer}
         save_float_state(weights_path, self.average.model(self.model).state_dict(), self.config, notes)
         staging = args.out / "pieces-staging"
         shutil.rmtree(staging, ignore_errors=True)
