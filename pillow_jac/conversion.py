@@ -192,7 +192,8 @@ def encode_file(
         with _naming(src, name_source, (Image.DecompressionBombError,)):
             im = Image.open(io.BytesIO(_read_stdin()) if _is_stdio(src) else src)
             if _turned_while_loading(im):  # from memory: Pillow maps a file's samples at the turned size
-                data = Path(src).read_bytes()
+                im.fp.seek(0)  # what Pillow opened (a pipe's bytes it read already), not the path again
+                data = im.fp.read()
                 im.close()
                 im = Image.open(io.BytesIO(data))
     except Image.UnidentifiedImageError as e:

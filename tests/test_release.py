@@ -266,7 +266,9 @@ def passing_verdict(model: dict, stable: dict) -> dict:
     }  # fmt: skip
 
 
-def test_a_release_needs_the_gates_whole_set_verdict_on_these_very_weights(package, tmp_path, capsys) -> None:
+def test_a_release_needs_the_gates_whole_set_verdict_on_these_very_weights(
+    package, tmp_path, capsys, monkeypatch
+) -> None:
     """The gate measured the candidate frozen with --release 0; the release freezes it again with its number and
     takes it only if that verdict passed the bar on the whole evaluation sets at every quality, of the same decoder
     and encoder, against the generation it follows."""
@@ -301,10 +303,15 @@ def test_a_release_needs_the_gates_whole_set_verdict_on_these_very_weights(packa
     assert stop.value.code == 2 and "--no-gate" in capsys.readouterr().err
     for argv, why in (
         (["--release", "8", "--no-gate"], "only through the gate"),  # the package's own weights folder
+        # a folder of one's own, but the package's table and vectors: an ungated entry in the package's table
+        (["--release", "8", "--no-gate", "--weights-dir", str(package.weights_dir)], "--vectors-dir, --released-table"),
         (["--release", "8", "--encoder-update"], "keeps the current generation's release"),
     ):
-        with pytest.raises(SystemExit) as stop:
-            release.main([str(package.checkpoint), *argv])
+        with monkeypatch.context() as never:  # a refusal that failed must not write the package's own table
+            never.setattr(release, "release", lambda *a, argv=argv, **k: pytest.fail(f"released with {argv}"))
+            never.setattr(release, "encoder_update", lambda *a, argv=argv, **k: pytest.fail(f"updated with {argv}"))
+            with pytest.raises(SystemExit) as stop:
+                release.main([str(package.checkpoint), *argv])
         assert stop.value.code == 2 and why in capsys.readouterr().err
     assert package.full.read_bytes() == before
     new_id = release.release(package.checkpoint, 8, package.weights_dir, package.vectors, {}, package.table, good)

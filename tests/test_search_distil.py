@@ -187,8 +187,9 @@ def test_evaluation_images_linked_or_copied_into_training_data_are_refused(tmp_p
     """The folder's name alone let a folder of links to (or copies of) Kodak images through."""
     import argparse
 
-    from pillow_jac.training.encoder_update import refuse_evaluation_data
+    from pillow_jac.training.encoder_update import EVALUATION_FOLDERS, refuse_evaluation_data
 
+    assert all(folder.is_absolute() for folder in EVALUATION_FOLDERS)  # found from any current folder
     kodak, train = tmp_path / "sets" / "kodak", tmp_path / "train"
     kodak.mkdir(parents=True)
     train.mkdir()

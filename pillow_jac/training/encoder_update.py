@@ -198,8 +198,8 @@ def holdout_split(paths: list[Path], count: int, seed: int) -> tuple[list[Path],
     return [p for i, p in enumerate(paths) if i not in chosen], [p for i, p in enumerate(paths) if i in chosen]
 
 
-#: where the evaluation sets lie, from the repository root: the release gate's folders
-EVALUATION_FOLDERS = tuple(SETS.values())
+#: where the evaluation sets lie: the release gate's folders, from the repository root (whatever the current folder)
+EVALUATION_FOLDERS = tuple(Path(__file__).resolve().parents[2] / folder for folder in SETS.values())
 
 
 def refuse_evaluation_data(

@@ -398,14 +398,26 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--release is required for a new generation")
     if not 1 <= args.release <= MAX_RELEASE:
         p.error(f"--release must be from 1 to {MAX_RELEASE}")
-    if args.no_gate and args.weights_dir.resolve() == generations.package_weights_dir().resolve():
-        p.error("--no-gate: the package's generations are released only through the gate (give --weights-dir)")
+    package = {
+        "--weights-dir": (args.weights_dir, generations.package_weights_dir()),
+        "--vectors-dir": (args.vectors_dir, _REPO / "format_spec" / "vectors"),
+        "--released-table": (args.released_table, generations.RELEASED_PATH),
+    }
+    at_package = [flag for flag, (given, own) in package.items() if given.resolve() == own.resolve()]
+    if args.no_gate and at_package:
+        p.error(
+            f"--no-gate: the package's generations are released only through the gate ({', '.join(at_package)} "
+            "the package's own: give folders and a table of your own for a generation not for the package)"
+        )
     verdict = None
     if not args.no_gate:
         try:
             verdict = json.loads(args.gate.read_text())
         except (OSError, ValueError) as exc:
-            p.error(f"no gate verdict in {args.gate} ({exc}): gate the weights first, or pass --no-gate")
+            p.error(
+                f"no gate verdict in {args.gate} ({exc}): gate the weights first (--no-gate, with --weights-dir, "
+                "--vectors-dir and --released-table of your own, releases a generation not for the package)"
+            )
     release(args.checkpoint, args.release, args.weights_dir, args.vectors_dir, notes, args.released_table, verdict)
     return 0
 
