@@ -83,6 +83,14 @@ def json_text(value: Any) -> str:
     return json.dumps(plain(value), indent=1, allow_nan=False, default=str)  # a path as text
 
 
+def model_record(model: Any) -> dict[str, str]:
+    """What a results file records of the generation it measured: its id, weights hash (hex) and encoder hash.
+
+    ``model``: an engine (:func:`pillow_jac.engine.get_engine`) or a :class:`pillow_jac.generations.Generation`.
+    """
+    return {"model_id": model.model_id, "weights_hash": model.weights_hash.hex(), "encoder_hash": model.encoder_hash}
+
+
 def portable_path(path) -> str:
     """How a results file names an input: relative to the repository (``../shared/data/kodak``), else its name.
 

@@ -93,7 +93,7 @@ def _jac_model(codec: Codec) -> dict[str, str]:
         engine = get_engine(codec.settings.get("device"), codec.settings.get("weights"))
     except Exception as e:  # noqa: BLE001  (recorded, and the fingerprint stays best effort; encoding will report)
         return {"error": type(e).__name__}
-    return {"model_id": engine.model_id, "weights_hash": engine.weights_hash.hex(), "encoder_hash": engine.encoder_hash}
+    return metrics.model_record(engine)
 
 
 def code_digest() -> str:
@@ -114,16 +114,24 @@ def code_digest() -> str:
 def _identity(codec: Codec) -> dict[str, Any]:
     """What a ``.jac`` codec's results depend on beyond its settings (none for others).
 
-    Its ``model`` and ``device``, pillow_jac's code (:func:`code_digest`), torch's version and its thread
-    count (the effort search's gradients are summed in an order that depends on it).
+    Its ``model`` and ``device``, pillow_jac's code (:func:`code_digest`), torch's version, its thread
+    count (the effort search's gradients are summed in an order that depends on it) and whether the search
+    runs under bf16 autocast (a CPU's native bf16 decides it: pillow_jac/model/precision.py).
     """
     if not _is_jac(codec.name):
         return {}
     import torch
 
+    from pillow_jac.model.precision import bf16_autocast_pays
+
+    device = _jac_device(codec)
+    try:
+        bf16 = bf16_autocast_pays(device)
+    except (RuntimeError, ValueError):  # a device torch does not know: encoding will report it
+        bf16 = None
     return {
-        "model": _jac_model(codec), "device": _jac_device(codec), "code": code_digest(),
-        "torch": torch.__version__, "threads": torch.get_num_threads(),
+        "model": _jac_model(codec), "device": device, "code": code_digest(),
+        "torch": torch.__version__, "threads": torch.get_num_threads(), "bf16_search": bf16,
     }  # fmt: skip
 
 

@@ -376,7 +376,7 @@ def _default_model() -> dict[str, Any]:
         gen = generations.encoder()
     except (LookupError, OSError) as e:  # recorded; encoding will report it
         return {"error": type(e).__name__}
-    return {"model_id": gen.model_id, "weights_hash": gen.weights_hash.hex(), "encoder_hash": gen.encoder_hash}
+    return metrics.model_record(gen)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from .. import codec
-from ..bench.metrics import json_text, machine_description, portable_path, psnr
+from ..bench.metrics import json_text, machine_description, model_record, portable_path, psnr
 from ..constants import ALIGN
 from ..engine import get_engine
 from .data import list_images, load_rgb
@@ -98,11 +98,7 @@ def provenance(data: Path, paths: list[Path], weights: Path | None, threads: int
     return {
         "data": portable_path(data),
         "images": [p.name for p in paths],
-        "model": {
-            "model_id": engine.model_id,
-            "weights_hash": engine.weights_hash.hex(),
-            "encoder_hash": engine.encoder_hash,
-        },
+        "model": model_record(engine),
         "threads": threads,
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
         "machine": machine_description(),
