@@ -29,7 +29,7 @@ Example:
     >>> with torch.no_grad():
     ...     y = model.g_a(x) * model.gains(q)
     ...     z = model.h_a(y)
-    >>> y_hat, z_hat = refine_latents(model, lambda a, b: x[:, :, a:b], y, z, 4.0, (64, 64), iterations=3)
+    >>> y_hat, z_hat = refine_latents(model, lambda a, b, c, d: x[:, :, a:b, c:d], y, z, 4.0, (64, 64), iterations=3)
     >>> y_hat.shape == y.shape, bool((y_hat == y_hat.round()).all())
     (True, True)
 """
