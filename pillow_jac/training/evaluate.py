@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.limit:
         paths = paths[: args.limit]
     rows = evaluate(paths, [float(q) for q in args.qualities.split(",")], args.weights)
-    print(f"{len(paths)} images from {args.data}")
+    print(f"{len(paths)} images from {portable_path(args.data)}")
     print(
         "| quality | bpp (file) | PSNR dB | float-model bpp | float-model PSNR | rate overhead | encode s | decode s |"
     )
