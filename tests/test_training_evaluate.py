@@ -7,6 +7,7 @@ import json
 import numpy as np
 from PIL import Image
 
+from pillow_jac.bench.metrics import portable_path
 from pillow_jac.engine import get_engine
 from pillow_jac.training import evaluate
 
@@ -26,7 +27,7 @@ def test_json_records_rows_model_and_portable_data(tmp_path, monkeypatch):
         "weights_hash": engine.weights_hash.hex(),
         "encoder_hash": engine.encoder_hash,
     }
-    assert report["meta"]["data"] == "images"
+    assert report["meta"]["data"] == portable_path(data) and not report["meta"]["data"].startswith("/")
     assert report["meta"]["images"] == ["a.png"]
     (row,) = report["rows"]
     assert row["quality"] == 2.0
