@@ -119,7 +119,7 @@ def print_out(text: str = "") -> None:
             for the command line's quiet stop when the reader goes away.
     """
     if sys.stdout is None:
-        raise ConversionError(f"{STDIO}: there is no standard output")
+        raise ConversionError("there is no standard output (the process started with it closed)")
     try:
         print(text, flush=True)
     except BrokenPipeError:
