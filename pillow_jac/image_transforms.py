@@ -174,10 +174,18 @@ def padded_pixels(
     return x.contiguous(memory_format=torch.channels_last) if device.type == "cpu" else x
 
 
-def _rows_of(colors: Sequence[np.ndarray], device) -> Callable[[int, int], torch.Tensor]:
-    """``(first, end) -> padded rows`` of images of one latent shape, built stripe by stripe."""
+def _rows_of(colors: Sequence[np.ndarray], device) -> Callable[..., torch.Tensor]:
+    """``(first, end[, first_column, end_column]) -> padded rows`` of images of one latent shape.
+
+    Built stripe by stripe (g_a), or window by window (the effort search's tiles) where columns are given.
+    """
     (_, yw), _ = container.latent_shapes(colors[0].shape[1], colors[0].shape[0])
-    return lambda first, end: padded_pixels(colors, first, end, yw, device)
+
+    def rows(first: int, end: int, first_column: int | None = None, end_column: int | None = None) -> torch.Tensor:
+        columns = None if first_column is None else (first_column, end_column)
+        return padded_pixels(colors, first, end, yw, device, columns)
+
+    return rows
 
 
 def analyze(engine, colors: Sequence[np.ndarray]) -> torch.Tensor:
@@ -210,14 +218,9 @@ def symbols(
         return _symbols_of(y, z)
     from .model.refine import refine_latents
 
-    (_, yw), _ = container.latent_shapes(width, height)
-
-    def window(first: int, end: int, first_column: int, end_column: int) -> torch.Tensor:
-        return padded_pixels([color], first, end, yw, engine.device, (first_column, end_column))
-
     with torch_work(height * width, engine):
         refined = _symbols_of(*refine_latents(
-            engine.model, window, y.clone(), None if z is None else z.clone(), quality,
+            engine.model, _rows_of([color], engine.device), y.clone(), None if z is None else z.clone(), quality,
             (height, width), EFFORT_ITERATIONS[effort],
         ))  # fmt: skip
     if height * width > EFFORT_REAL_CHECK_PIXELS:  # on a 16x16 image 2 estimated bytes saved became 1 dB lost

@@ -230,8 +230,10 @@ def refuse_evaluation_data(
             for image in list_images(folder):
                 evaluation_files.setdefault(image.stat().st_size, []).append(image)
     for path in paths:  # bytes compared only where the sizes agree
-        for image in evaluation_files.get(path.stat().st_size, ()):
-            if image.read_bytes() == path.read_bytes():
+        alike = evaluation_files.get(path.stat().st_size, ())
+        content = path.read_bytes() if alike else None
+        for image in alike:
+            if image.read_bytes() == content:
                 parser.error(f"--data {data}: {path.name} is a copy of {image.name} of an evaluation set")
 
 

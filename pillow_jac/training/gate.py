@@ -50,6 +50,11 @@ def measured_model(tensors: dict, metadata: dict[str, str]) -> dict[str, str]:
     }
 
 
+def clears(bd_rate_percent: float, bar: float) -> bool:
+    """Whether a BD-rate (percent, negative: smaller files) clears a bar of ``bar`` percent; NaN never does."""
+    return math.isfinite(bd_rate_percent) and bd_rate_percent <= -bar
+
+
 def check_verdict(verdict: dict[str, Any], model: dict[str, str], stable: dict[str, str]) -> None:
     """Raise ValueError unless ``verdict`` (a ``gate.json``) passed the release bar for ``model``.
 
@@ -86,7 +91,7 @@ def check_verdict(verdict: dict[str, Any], model: dict[str, str], stable: dict[s
             bd = bd_rate(*(curves[w][k] for w in ("stable", "candidate") for k in ("bpp", "psnr")))
         except (KeyError, TypeError, ValueError):
             raise ValueError(f"the gate's {name} curves are missing or unreadable") from None
-        if not (math.isfinite(bd) and bd <= -BAR_PERCENT):
+        if not clears(bd, BAR_PERCENT):
             raise ValueError(f"the gate's {name} curves give {bd:+.2f}% BD-rate: not past -{BAR_PERCENT:g}%")
 
 
@@ -137,7 +142,7 @@ def gate(
             "data": metrics.portable_path(data),
             "images": results["meta"]["images"],
             "bd_rate_percent": bd,
-            "passes": math.isfinite(bd) and bd <= -bar,
+            "passes": clears(bd, bar),
             "curves": {which: {"bpp": c[0], "psnr": c[1]} for which, c in curves.items()},
         }
     verdict["passes"] = all(s["passes"] for s in verdict["sets"].values())

@@ -398,12 +398,11 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--release is required for a new generation")
     if not 1 <= args.release <= MAX_RELEASE:
         p.error(f"--release must be from 1 to {MAX_RELEASE}")
-    package = {
-        "--weights-dir": (args.weights_dir, generations.package_weights_dir()),
-        "--vectors-dir": (args.vectors_dir, _REPO / "format_spec" / "vectors"),
-        "--released-table": (args.released_table, generations.RELEASED_PATH),
-    }
-    at_package = [flag for flag, (given, own) in package.items() if given.resolve() == own.resolve()]
+    at_package = [  # the defaults are the package's own
+        f"--{dest.replace('_', '-')}"
+        for dest in ("weights_dir", "vectors_dir", "released_table")
+        if getattr(args, dest).resolve() == p.get_default(dest).resolve()
+    ]
     if args.no_gate and at_package:
         p.error(
             f"--no-gate: the package's generations are released only through the gate ({', '.join(at_package)} "
