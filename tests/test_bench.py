@@ -549,12 +549,9 @@ def test_the_jac_fingerprint_names_the_resolved_device(monkeypatch):
     from pillow_jac.model import precision
 
     native = precision._cpu_has_native_bf16()
-    monkeypatch.setattr(precision, "_cpu_has_native_bf16", lambda: not native)
-    assert fingerprint() != on_cpu  # another CPU's search precision: its effort 1-3 files differ
-    monkeypatch.undo()
-    monkeypatch.setattr(engine, "get_engine", lambda device=None, weights=None: Stub())
-    monkeypatch.setattr(engine, "resolve_device", lambda device=None: device or os.environ.get("JAC_DEVICE", "cpu"))
-    monkeypatch.setenv("JAC_DEVICE", "cpu")
+    with monkeypatch.context() as other_cpu:
+        other_cpu.setattr(precision, "_cpu_has_native_bf16", lambda: not native)
+        assert fingerprint() != on_cpu  # another CPU's search precision: its effort 1-3 files differ
     assert fingerprint() == on_cpu
     monkeypatch.setattr(rd, "code_digest", lambda: "changed")  # a change to the codec's code: measured again
     assert fingerprint() != on_cpu
