@@ -15,6 +15,7 @@ from PIL import Image
 from pillow_jac import codec, container
 from pillow_jac.engine import get_engine, load_model
 from pillow_jac.model.objective import quality_lambda
+from pillow_jac.training import data as training_data
 from pillow_jac.training import encoder_tune
 from pillow_jac.training.coded_rate import CoderRate, coded_forward, coded_loss, estimate_image_bits
 from pillow_jac.training.encoder_update import is_encoder_key, tuned_weights, update_average
@@ -234,6 +235,21 @@ def test_command_line_runs_validates_and_resumes(base, tmp_path, capsys, monkeyp
             encoder_tune.main([*resume, *extra])
     assert (out / "holdout.txt").read_text() == held_out
     assert torch.load(out / "checkpoint.pt", weights_only=False)["step"] == 3
+    # other training images are refused before any image is loaded; the same images in a moved folder resume
+    trained = next(p for p in sorted(data.iterdir()) if p.name not in held_out)
+    original = trained.read_bytes()
+    Image.fromarray(synthetic(96, 80, 99)).save(trained)
+    assert len(trained.read_bytes()) != len(original)
+    with monkeypatch.context() as m:
+        m.setattr(training_data, "load_rgb", lambda *a, **k: pytest.fail("an image was loaded"))
+        with pytest.raises(SystemExit, match="other training_images"):
+            encoder_tune.main(resume)
+    trained.write_bytes(original)
+    moved = data.rename(tmp_path / "moved")
+    script = [-0.25]
+    encoder_tune.main([str(moved) if a == str(data) else a for a in resume])
+    assert torch.load(out / "checkpoint.pt", weights_only=False)["step"] == 4 and not script
+    moved.rename(data)
     with pytest.raises(SystemExit, match="--holdout 5 must be from 0 to 4"):
         encoder_tune.main([*common, "--out", str(tmp_path / "run2"), "--holdout", "5"])
 

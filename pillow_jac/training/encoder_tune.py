@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import csv
 import datetime
+import hashlib
 import math
 import sys
 import time
@@ -102,6 +103,12 @@ def _learning_rate(args: argparse.Namespace, step: int) -> float:
     return lr
 
 
+def images_digest(paths: list[Path]) -> str:
+    """A digest of the images ``paths`` name, by file name and size: the same images in a moved folder match."""
+    listing = "".join(f"{p.name}\t{p.stat().st_size}\n" for p in paths)
+    return hashlib.sha256(listing.encode()).hexdigest()[:16]
+
+
 def _shown(run: dict, keys: list[str]) -> list[str]:
     """``key=value`` of the checkpoint's options, the held-out images as their count and first names."""
     shown = []
@@ -150,21 +157,14 @@ def main(argv: list[str] | None = None) -> None:
     except (ValueError, FileNotFoundError) as exc:
         raise SystemExit(f"--data {args.data}: {exc}") from None
     # what a resumed run must share with the run it continues: the images and the options that shape the steps
+    # (the training images by name and size, wherever their folder lies now)
     shaping = {
-        "data": str(args.data.resolve()), "held_out": [p.name for p in held_paths],
+        "training_images": images_digest(train_paths), "held_out": [p.name for p in held_paths],
         **{k: getattr(args, k) for k in ("batch", "crop", "lr", "warmup", "decay_steps", "clip", "ema",
                                          "rate_gradient", "seed")},
     }  # fmt: skip
-    held = [load_rgb(p, 512) for p in held_paths]
-    t0 = time.time()
-    sampler = CropSampler([load_rgb(p, 512) for p in train_paths], args.crop, seed=args.seed)
-    print(f"{len(sampler.images)} training images loaded in {time.time() - t0:.0f} s, {len(held)} held out", flush=True)
-
-    step, best_bd, best_step, baseline = 0, 0.0, 0, None
-    # Polyak averaging of the encoder weights: small batches make each step noisy, and the average
-    # of the last ~1 / (1 - decay) steps is what is scored and saved
-    average = encoder_state(model) if args.ema else None
-    if args.resume and ckpt_path.exists():
+    ckpt = None
+    if args.resume and ckpt_path.exists():  # checked before the images are loaded
         ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
         if ckpt.get("weights", base_weights) != base_weights:
             raise SystemExit(
@@ -177,6 +177,16 @@ def main(argv: list[str] | None = None) -> None:
                 f"{ckpt_path} was trained with other {', '.join(changed)} ({', '.join(_shown(ckpt['run'], changed))}): "
                 "resume with the same options and data, or choose another --out"
             )
+    held = [load_rgb(p, 512) for p in held_paths]
+    t0 = time.time()
+    sampler = CropSampler([load_rgb(p, 512) for p in train_paths], args.crop, seed=args.seed)
+    print(f"{len(sampler.images)} training images loaded in {time.time() - t0:.0f} s, {len(held)} held out", flush=True)
+
+    step, best_bd, best_step, baseline = 0, 0.0, 0, None
+    # Polyak averaging of the encoder weights: small batches make each step noisy, and the average
+    # of the last ~1 / (1 - decay) steps is what is scored and saved
+    average = encoder_state(model) if args.ema else None
+    if ckpt is not None:
         model.load_state_dict(ckpt["encoder"], strict=False)
         optimizer.load_state_dict(ckpt["optimizer"])
         sampler.set_state(ckpt["sampler"])
