@@ -2,11 +2,13 @@
 
 For each ``format_spec/vectors/<model_id>/vectors.json`` it checks, for every vector (SPEC.md section 9.4):
 
-* the file's SHA-256 (the vector itself is intact);
+* the file's SHA-256 and the reference pixels' digest (the vector and its ``.decoded.png`` are intact);
 * that the generation is installed (:func:`pillow_jac.generations.find`);
 * the decoded integer latents, which MUST match exactly on every machine (CODING.md section 3);
-* the decoded pixels: ``exact`` when they match the reference bit for bit, ``within 1`` when some
-  sample differs by one level (allowed: g_s runs in floating point, SPEC.md section 1), else a failure.
+* the decoded pixels: ``exact`` when they match the reference bit for bit, ``within 1`` when a few
+  samples differ by one level (allowed: g_s runs in floating point, SPEC.md section 1): at most
+  :data:`~pillow_jac.constants.VECTOR_OFF_BY_ONE_SHARE` of them, or two, else a failure (a decoder that
+  truncates instead of rounding moves a fifth to a half of them).
 
 The model variants' vectors (``format_spec/vectors/variants/<model_id>/``, CODING.md section 4) are
 checked the same way with the tiny generation stored beside them (``weights.safetensors``). The invalid
@@ -78,11 +80,13 @@ def check_folder(
     """``(vector, outcome, passed)`` for every vector of ``folder``, decoded with ``weights``.
 
     ``weights`` None decodes with the installed generation each file names; ``generation`` names the
-    decoder in a "not installed" outcome. The release tool checks new vectors with this before it commits,
-    with ``share``: the pixels may then be one level off in at most that share of the samples (or two), as
-    the reference decoder is on another machine; without it, anywhere (SPEC.md 9.4).
+    decoder in a "not installed" outcome. The pixels may be one level off in at most ``share`` of the
+    samples, or two (default :data:`~pillow_jac.constants.VECTOR_OFF_BY_ONE_SHARE`; SPEC.md 9.4).
     """
     from pillow_jac import codec
+    from pillow_jac.constants import VECTOR_OFF_BY_ONE_SHARE
+
+    share = VECTOR_OFF_BY_ONE_SHARE if share is None else share
 
     results = []
     entries = json.loads((folder / table).read_text())
@@ -101,14 +105,16 @@ def check_folder(
             results.append((name, "latents differ (the entropy path is not exact here)", False))
             continue
         expected = np.asarray(Image.open(folder / entry["decoded"]))
+        if _digest(expected) != entry["pixels_sha256"]:
+            results.append((name, f"the reference pixels {entry['decoded']} are damaged", False))
+            continue
         if pixels.shape != expected.shape:
             results.append((name, f"shape {pixels.shape}, expected {expected.shape}", False))
             continue
         off = np.abs(pixels.astype(np.int64) - expected)
         diff, count = int(off.max(initial=0)), int(np.count_nonzero(off))
         outcome = "exact" if diff == 0 else f"within {diff} ({count} of {off.size} samples off)"
-        few = share is None or count <= max(2, share * off.size)
-        results.append((name, outcome, diff <= 1 and few))
+        results.append((name, outcome, diff <= 1 and count <= max(2, share * off.size)))
     return results
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -296,15 +297,28 @@ def test_the_edge_preview_is_made_from_the_recorded_pixels_not_this_machines_dec
     assert make_edge._preview_and_unknown(source) == before
 
 
-def test_the_release_check_refuses_a_one_level_change_of_many_samples(monkeypatch):
-    """A changed rounding rule moves a fifth to a half of a vector's samples by one level: within the spec's
-    one level, so conformance.py passes it; the release tool's check (a share of the samples) does not."""
-    spec = importlib.util.spec_from_file_location("conformance", VECTORS.parent / "conformance.py")
-    conformance = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(conformance)
+def test_conformance_refuses_a_one_level_change_of_many_samples(monkeypatch):
+    """A changed rounding rule moves a fifth to a half of a vector's samples by one level: every sample within
+    one level, yet not the rare pixels of SPEC.md section 1, so conformance.py (and the release tool) fail it."""
+    conformance = _load_format_script("conformance")
     real = codec.decode
-    monkeypatch.setattr(codec, "decode", lambda data, **kw: np.maximum(real(data, **kw), 1) - 1)  # floor, not round
     folder = VECTORS / "mbt-128-192-r006"
     assert all(passed for _, _, passed in conformance.check_folder(folder))
-    strict = {name: passed for name, _, passed in conformance.check_folder(folder, share=VECTOR_OFF_BY_ONE_SHARE)}
-    assert not strict["rgb-130x70-q7"] and not strict["rgb-24x40-q1"]
+    monkeypatch.setattr(codec, "decode", lambda data, **kw: np.maximum(real(data, **kw), 1) - 1)  # floor, not round
+    for share in (None, VECTOR_OFF_BY_ONE_SHARE):
+        checked = {name: passed for name, _, passed in conformance.check_folder(folder, share=share)}
+        assert not checked["rgb-130x70-q7"] and not checked["rgb-24x40-q1"]
+
+
+def test_conformance_checks_the_reference_pixels_against_their_digest(tmp_path):
+    """A damaged ``.decoded.png`` is reported, not used as the reference a decoder is held to."""
+    folder = tmp_path / "vectors"
+    shutil.copytree(VECTORS / "mbt-128-192-r006", folder)
+    entry = json.loads((folder / "vectors.json").read_text())["rgb-24x40-q1"]
+    pixels = np.asarray(Image.open(folder / entry["decoded"])).copy()
+    pixels[0, 0, 0] ^= 1  # one level: a decoder within one level of it would still pass
+    Image.fromarray(pixels).save(folder / entry["decoded"])
+    checked = _load_format_script("conformance").check_folder(folder)
+    outcomes = {name: (outcome, passed) for name, outcome, passed in checked}
+    assert outcomes["rgb-24x40-q1"] == (f"the reference pixels {entry['decoded']} are damaged", False)
+    assert all(passed for name, (_, passed) in outcomes.items() if name != "rgb-24x40-q1")

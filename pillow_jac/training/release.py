@@ -47,7 +47,6 @@ import tempfile
 from pathlib import Path
 
 from .. import generations
-from ..constants import VECTOR_OFF_BY_ONE_SHARE
 from ..engine import build_model
 from ..model.mbt2018 import ModelConfig
 from ..weights import ENCODER_CONFIG_FIELDS, WeightsError, decoder_only, load_weights, save_weights, seal, verify
@@ -180,7 +179,7 @@ def check_vectors(folder: Path, weights: Path) -> list[str]:
     level, in at most :data:`~pillow_jac.constants.VECTOR_OFF_BY_ONE_SHARE` of the samples), with a given
     weights file instead of the installed generations.
     """
-    results = _load_script("conformance").check_folder(folder, weights, share=VECTOR_OFF_BY_ONE_SHARE)
+    results = _load_script("conformance").check_folder(folder, weights)
     return [f"{folder.name}/{name}: {outcome}" for name, outcome, passed in results if not passed]
 
 
