@@ -28,12 +28,14 @@ from .weights import (
     FLOAT_PREFIX,
     MIXTURE_EXP,
     SCALE_THRESHOLDS,
+    TABLE_FIELDS,
     Z_DENSITY_PREFIXES,
     WeightsError,
     WeightsNotFoundError,
     load_weights,
     read_integer_network,
     read_table,
+    require_integers,
     strip_prefix,
     verify,
 )
@@ -183,9 +185,9 @@ class Engine:
             found = read_table(tensors, prefix)
             if found is None:
                 return None
-            if any(t.is_floating_point() or t.is_complex() for t in found):
-                raise ValueError(f"the {prefix} coding tables must hold integers")
-            made = entropy_coding.CodingTables(*(t.numpy() for t in found))
+            names = [f"table.{prefix}_{field}" for field in TABLE_FIELDS]
+            arrays = (require_integers(n, t).numpy() for n, t in zip(names, found, strict=True))
+            made = entropy_coding.CodingTables(*arrays)
             if len(made) != count:
                 raise ValueError(f"{len(made)} {prefix} coding tables where the model codes with {count}")
             return made
@@ -193,7 +195,7 @@ class Engine:
         try:
             y_tables = tables("y", SCALE_LEVELS * MEAN_STEPS)
             z_tables = tables("z", self.config.N)
-            thresholds = tensors[SCALE_THRESHOLDS]
+            thresholds = require_integers(SCALE_THRESHOLDS, tensors[SCALE_THRESHOLDS])
         except KeyError as exc:
             raise WeightsError(f"weights file {path} is damaged: it has no tensor {exc}") from None
         except ValueError as exc:
@@ -220,7 +222,7 @@ class Engine:
         if MIXTURE_EXP not in tensors:
             raise WeightsError(f"a gmm model needs the tensor {MIXTURE_EXP}")
         try:
-            return MixtureCoder(y_tables, tensors[MIXTURE_EXP].numpy())
+            return MixtureCoder(y_tables, require_integers(MIXTURE_EXP, tensors[MIXTURE_EXP]).numpy())
         except ValueError as exc:
             raise WeightsError(str(exc)) from exc
 

@@ -201,6 +201,8 @@ class CodingTables:
         self.sizes = np.diff(self.offsets)
         if len(self.lows) != len(self.sizes) or (self.sizes < 3).any():
             raise ValueError("malformed coding tables")
+        if len(self.offsets) < 2 or self.offsets[0] != 0 or self.offsets[-1] != len(freqs):
+            raise ValueError("the coding tables' offsets must start at 0 and end at the number of frequencies")
         self.models = []
         for k in range(len(self.sizes)):
             row = freqs[self.offsets[k] : self.offsets[k + 1]]

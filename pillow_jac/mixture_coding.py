@@ -64,7 +64,12 @@ class MixtureCoder:
     def __init__(self, tables: CodingTables, exp_table: np.ndarray):
         self.tables = tables
         self.exp_table = np.asarray(exp_table, np.int64)
-        if self.exp_table.shape != (MIXTURE_EXP_ENTRIES,) or self.exp_table[0] <= 0 or (self.exp_table < 0).any():
+        if (
+            self.exp_table.shape != (MIXTURE_EXP_ENTRIES,)
+            or self.exp_table[0] <= 0
+            or (self.exp_table < 0).any()
+            or (self.exp_table > 1 << MIXTURE_WEIGHT_BITS).any()  # X[0] = 2**16 is the largest (CODING.md 4.2)
+        ):
             raise ValueError("malformed mixture exponential table")
         self.model = _Categorical(perfect=False)
         #: the fewest bits a latent can cost: its row's largest entry over the row's total, at most

@@ -59,6 +59,7 @@ __all__ = [
     "decoder_only",
     "table_tensors",
     "read_table",
+    "require_integers",
     "SCALE_THRESHOLDS",
     "MIXTURE_EXP",
     "WeightsError",
@@ -123,6 +124,17 @@ def integer_tensors(network: IntegerNetwork, name: str) -> dict[str, torch.Tenso
     }
 
 
+def require_integers(name: str, tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor`` if its dtype is an integer one (CODING.md section 3: values are what counts, in any integer dtype).
+
+    Raises:
+        ValueError: a float, complex or boolean tensor, whose values a cast would round or truncate.
+    """
+    if tensor.is_floating_point() or tensor.is_complex() or tensor.dtype == torch.bool:
+        raise ValueError(f"{name} must hold integers, not {tensor.dtype}")
+    return tensor
+
+
 def read_integer_network(tensors: dict[str, torch.Tensor], name: str, template: list[dict]) -> IntegerNetwork:
     """The integer network ``name`` of a weights file: its ``int.<name>.<i>.*`` tensors laid out by ``template``.
 
@@ -137,11 +149,9 @@ def read_integer_network(tensors: dict[str, torch.Tensor], name: str, template: 
         missing = [f"{p}.{part}" for part in _INTEGER_DTYPES if f"{p}.{part}" not in tensors]
         if missing:
             raise ValueError(f"the integer network {name!r} lacks the tensor(s) {', '.join(missing)}")
+        stored = {part: require_integers(f"{p}.{part}", tensors[f"{p}.{part}"]) for part in _INTEGER_DTYPES}
         layer = IntegerLayer(
-            weight=tensors[f"{p}.weight"].double(),
-            bias=tensors[f"{p}.bias"].double(),
-            shift=tensors[f"{p}.shift"].long(),
-            **spec,
+            weight=stored["weight"].double(), bias=stored["bias"].double(), shift=stored["shift"].long(), **spec
         )
         problem = layer.problem()
         if problem is not None:

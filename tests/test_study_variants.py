@@ -18,7 +18,7 @@ from pillow_jac.model.mbt2018 import ModelConfig
 from pillow_jac.study.train import train_run
 from pillow_jac.study.variants import BUDGET, VARIANTS
 from pillow_jac.training.freeze import freeze
-from pillow_jac.weights import save_weights
+from pillow_jac.weights import WeightsError, load_weights, save_weights, seal
 
 TINY = {"N": 8, "M": 12}
 #: the model ids of the tiny release-1 variants (freeze.model_id_for's flags); joint-wide is joint at this size
@@ -130,6 +130,26 @@ def test_cut_mixture_stream_is_refused(generations):
     cut = dataclasses.replace(parsed, y_stream=parsed.y_stream[: len(parsed.y_stream) // 2 // 4 * 4])
     with pytest.raises(ValueError):
         codec.decode_symbols(cut, weights=path)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [("entry above 2**16", "malformed mixture exponential table"), ("float", "must hold integers")],
+)
+def test_a_mixture_exponential_table_outside_codings_rules_is_refused(generations, tmp_path, change, message):
+    """CODING.md 4.2: 4096 integers, the largest X[0] = 2**16; a larger entry overflows e_k * 2**16's int64 and a
+    float one would be cast. The whole generation is refused when it loads."""
+    tensors, metadata = load_weights(generations["joint-gmm3"])
+    table = tensors["table.mixture_exp"].clone()
+    if change == "float":
+        table = table.double()
+    else:
+        table[5] = 1 << 48
+    weights = tmp_path / "changed.safetensors"
+    tensors = {**tensors, "table.mixture_exp": table}
+    save_weights(weights, tensors, seal(tensors, dict(metadata)))  # valid hashes: only the table's rules can fail
+    with pytest.raises(WeightsError, match=message):
+        get_engine("cpu", weights)
 
 
 def test_seven_by_seven_context_at_full_width_freezes():

@@ -246,6 +246,10 @@ def _zero_frequency(tensors: dict) -> None:
         ("no thresholds", "has no tensor 'table.y_thresholds'"),
         ("float tables", "must hold integers"),
         ("zero frequency", "has a frequency below 1"),
+        ("frequencies past the last table", "offsets must start at 0 and end at the number of frequencies"),
+        ("float thresholds", "table.y_thresholds must hold integers, not torch.float64"),
+        ("float shift", "int.h_s.0.shift must hold integers, not torch.float32"),
+        ("float weight", "int.entropy_parameters.1.weight must hold integers"),
     ],
 )
 def test_weights_that_do_not_fit_their_model_are_refused_when_loaded(weights_copy: Path, change, message) -> None:
@@ -273,6 +277,14 @@ def test_weights_that_do_not_fit_their_model_are_refused_when_loaded(weights_cop
         tensors["table.y_freqs"] = tensors["table.y_freqs"].double()
     elif change == "zero frequency":
         _zero_frequency(tensors)
+    elif change == "frequencies past the last table":  # they would set the length bound's b (CODING.md 2.4)
+        tensors["table.y_freqs"] = torch.cat([tensors["table.y_freqs"], torch.tensor([1 << 20], dtype=torch.int32)])
+    elif change == "float thresholds":  # 100.5 would act as 101
+        tensors["table.y_thresholds"] = tensors["table.y_thresholds"].double() + 0.5
+    elif change == "float shift":  # a cast would truncate 7.5 to 7
+        tensors["int.h_s.0.shift"] = tensors["int.h_s.0.shift"].float() + 0.5
+    elif change == "float weight":  # integral values in a float dtype: still refused
+        tensors["int.entropy_parameters.1.weight"] = tensors["int.entropy_parameters.1.weight"].float()
     metadata["integer_networks"] = json.dumps(templates)
     path = _resealed(tensors, metadata, weights_copy.with_name("inconsistent.safetensors"))
     with pytest.raises(WeightsError, match=message):
