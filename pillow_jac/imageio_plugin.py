@@ -11,8 +11,12 @@ by a hook on ``sys.meta_path`` the moment imageio's own import has run, before a
 The entry names :class:`JacPlugin` first: imageio's Pillow plugin, except that when it writes JAC
 
 * it refuses more than one frame (a ``.jac`` file holds one image, format_spec/SPEC.md section 1), with a
-  ``ValueError`` before anything is queued or written. imageio's own plugin would pass the frames to
-  Pillow's ``save_all`` when the file is closed, and try again when the plugin object is collected;
+  ``ValueError`` before anything is queued or written, and the handle then writes nothing when it is
+  closed, not even the frame before (a file that was there stays as it was). imageio's own plugin would pass
+  the frames to Pillow's ``save_all`` when the file is closed, and try again when the plugin object is
+  collected;
+* with no format named and none known from the name it says how to name one (imageio's plugin raises
+  ``KeyError: None``);
 * it encodes in memory before it touches the output: imageio's own plugin opens (and so empties) the
   file first, so a failed encode (a bad option, a size target below the smallest file) destroys the
   file that was there. A path is then replaced only by the complete new file
@@ -174,10 +178,15 @@ def _plugin_class() -> type:
         """imageio's Pillow plugin, refusing a second frame when it writes JAC (see the module doc)."""
 
         _jac_frames = 0
+        _jac_refused = False
 
         def write(self, ndimage: Any, *, mode: str | None = None, format: str | None = None, **kwargs: Any) -> Any:
             request = self.request
             target = format or Image.registered_extensions().get(request.extension or request.format_hint or "")
+            if target is None:  # imageio's own plugin fails with KeyError: None
+                raise ValueError(
+                    "no output format: name a file with its extension, or pass extension='.jac' or format='JAC'"
+                )
             frames = self._jac_frames
             if (target or "").upper() == "JAC":
                 frames += _frame_count(ndimage, mode, kwargs.get("is_batch"))
@@ -193,12 +202,17 @@ def _plugin_class() -> type:
                             f" (an array of shape {tuple(shape)} is read as a batch of frames: "
                             "one image is (height, width) or (height, width, 1 to 4 channels))"
                         )
+                    self._jac_refused = True  # the frame queued before is not written either, when closed
+                    self.images_to_write.clear()
                     raise ValueError(msg)
             result = super().write(ndimage, mode=mode, format=format, **kwargs)
             self._jac_frames = frames  # a write that raised left no frame (nothing pending: _flush_writer)
             return result
 
         def _flush_writer(self) -> None:
+            if self._jac_refused:  # a refused write leaves nothing: no file, and a file that was there as it was
+                self.images_to_write.clear()
+                return None
             if not self.images_to_write or str(self.save_args.get("format", "")).upper() != "JAC":
                 return super()._flush_writer()
             (image,) = self.images_to_write  # one frame: write() refuses more

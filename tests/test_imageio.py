@@ -88,17 +88,33 @@ def test_an_array_read_as_frames_says_how_its_shape_was_read(shape: tuple) -> No
 
 
 def test_incremental_writes_are_refused_after_one_frame(tmp_path: Path, rgb: np.ndarray, unraisable: list) -> None:
-    path = tmp_path / "one.jac"
+    """A second frame is refused, and the handle then writes nothing: not the first frame, over a file or anew."""
+    path, kept = tmp_path / "one.jac", tmp_path / "kept.jac"
+    kept.write_bytes(b"kept")
     with iio.imopen(path, "w") as f:
         f.write(rgb)
         with pytest.raises(ValueError, match="2 frames were written") as refused:
             f.write(rgb)
         assert "read as a batch" not in str(refused.value)  # a second image, not one array taken for frames
+    assert not path.exists()
+    with pytest.raises(ValueError, match="2 frames were written"):  # the error leaves the block
+        with iio.imopen(kept, "w") as f:
+            for frame in (rgb, rgb):
+                f.write(frame)
+    with pytest.raises(ValueError, match="2 frames were written"):  # imageio's v2 writer, which closes alike
+        with iio2.get_writer(kept, format="JAC") as writer:
+            for frame in (rgb, rgb):
+                writer.append_data(frame)
     gc.collect()
     assert unraisable == []
-    with Image.open(path) as im:  # the first frame is written as usual
-        assert im.size == (48, 40)
+    assert kept.read_bytes() == b"kept"
     assert iio.imwrite("<bytes>", rgb[None], extension=".jac").startswith(MAGIC)  # a batch of one is one image
+
+
+@pytest.mark.filterwarnings("ignore:Can't determine file format to write as")
+def test_the_jac_plugin_without_a_format_says_how_to_name_one(rgb: np.ndarray) -> None:
+    with pytest.raises(ValueError, match="no output format: .*extension='.jac' or format='JAC'"):
+        iio.imwrite("<bytes>", rgb, plugin="pillow_jac")  # imageio's own plugin: KeyError: None
 
 
 def test_a_write_that_failed_is_no_frame(tmp_path: Path, rgb: np.ndarray, unraisable: list) -> None:
