@@ -377,6 +377,16 @@ def _decode_pixels(jac: Any, device: str | None = None) -> np.ndarray:
 # --------------------------------------------------------------------------- writing
 
 
+def _sixteen_bit_key(im: Image.Image) -> bool:
+    """Whether ``im``'s transparent colour is a 16-bit one that its 8-bit samples cannot match.
+
+    Pillow reads a 16-bit RGB PNG's samples as 8 bits but keeps its ``tRNS`` colour at 16, so the colour
+    matches no pixel of the image, and converting it to RGBA makes every pixel opaque.
+    """
+    key = im.info.get("transparency")
+    return im.mode == "RGB" and isinstance(key, tuple) and any(v > 255 for v in key)
+
+
 def _native_mode(im: Image.Image) -> str:
     """Return the mode ``im`` is stored as, or raise ``UnsupportedModeError`` (a ``ValueError`` and an ``OSError``).
 
@@ -394,7 +404,7 @@ def _native_mode(im: Image.Image) -> str:
         pillow_jac.constants.UnsupportedModeError: cannot write mode I;16 as JAC: ...
     """
     mode = im.mode
-    if mode in ("1", "L", "RGB") and "transparency" in im.info:  # a colour key (PNG tRNS): stored as alpha
+    if mode in ("1", "L", "RGB") and "transparency" in im.info and not _sixteen_bit_key(im):  # PNG tRNS: alpha
         return "RGBA" if mode == "RGB" else "LA"
     if mode in NATIVE_MODES:
         return mode
@@ -449,6 +459,11 @@ def _encode_image(im: Image.Image, encoderinfo: dict[str, Any]) -> bytes:
         quality = validate_quality(quality)
     effort = validate_effort(DEFAULT_EFFORT if encoderinfo.get("effort") is None else encoderinfo["effort"])
     mode = _native_mode(im)
+    if _sixteen_bit_key(im):
+        _warn(
+            f"the transparent colour {im.info['transparency']} is a 16-bit one that no 8-bit pixel matches "
+            "(Pillow reads 16-bit colour as 8 bits): stored without transparency"
+        )
     meta = metadata_to_store(im, encoderinfo, mode)
     if im.mode != mode:
         im = im.convert(mode)

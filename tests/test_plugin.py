@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import io
 import os
+import struct
 import subprocess
 import sys
 import threading
 import warnings
+import zlib
 from decimal import Decimal
 from fractions import Fraction
 from pathlib import Path
@@ -683,6 +685,32 @@ def test_colour_key_is_stored_as_alpha(spy: EncodeSpy, tmp_path: Path, mode: str
     assert spy.last["image"].shape[2] == len(stored)
     np.testing.assert_array_equal(spy.last["image"], expected)
     assert (expected[:10, :10, -1] == 0).all() and expected[..., -1].max() == 255
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def test_a_sixteen_bit_colour_key_is_dropped_with_a_warning(spy: EncodeSpy, tmp_path: Path) -> None:
+    """Pillow reads a 16-bit RGB PNG as 8 bits but keeps its tRNS colour at 16: it matches no pixel, so an alpha
+    plane made from it would be opaque everywhere. The image is stored as RGB, and the user told why."""
+    key = (4660, 22136, 39612)
+    samples = np.full((6, 5, 3), key, ">u2")
+    samples[3:] = 1000  # the top rows have the transparent colour
+    rows = b"".join(b"\0" + row.tobytes() for row in samples)
+    png = tmp_path / "rgb16-keyed.png"
+    png.write_bytes(
+        b"\x89PNG\r\n\x1a\n"
+        + _png_chunk(b"IHDR", struct.pack(">IIBBBBB", 5, 6, 16, 2, 0, 0, 0))
+        + _png_chunk(b"tRNS", struct.pack(">HHH", *key))
+        + _png_chunk(b"IDAT", zlib.compress(rows))
+        + _png_chunk(b"IEND", b"")
+    )
+    with Image.open(png) as im:
+        assert im.mode == "RGB" and im.info["transparency"] == key
+        with pytest.warns(UserWarning, match=r"transparent colour \(4660, 22136, 39612\) is a 16-bit one"):
+            jac_bytes(im)
+    assert spy.last["image"].shape == (6, 5, 3)
 
 
 def test_palette_with_rgba_palette(spy: EncodeSpy) -> None:
