@@ -372,7 +372,8 @@ def save(image: Any, path: str | bytes | os.PathLike, **options: Any) -> None:
 
     Raises:
         TypeError: ``image`` is not a :class:`PIL.Image.Image`, or ``path`` is not a path.
-        ValueError: bad options or an unsupported mode (the target is left as it was).
+        ValueError: bad options, an unsupported mode, or a name ending in another format's extension
+            (``photo.png``) (the target is left as it was).
         OSError: ``path`` cannot be written (:func:`check_target`: a folder, a missing folder; found before
             encoding).
     """
@@ -386,6 +387,12 @@ def save(image: Any, path: str | bytes | os.PathLike, **options: Any) -> None:
     jac_format = JacImagePlugin.JacImageFile.format
     if str(options.pop("format", None) or jac_format).upper() != jac_format:
         raise ValueError(f"pillow_jac.save writes {jac_format} files; use Image.save for other formats")
+    other = Image.registered_extensions().get(os.path.splitext(path)[1].lower())
+    if other not in (None, jac_format):  # no viewer would open "photo.png" holding a .jac
+        raise ValueError(
+            f"pillow_jac.save writes {jac_format} files, but {path!r} names a {other} file: name it .jac "
+            f"(Image.save(path, format={jac_format!r}) writes {jac_format} under any name)"
+        )
     check_target(path)
     encoded = io.BytesIO()  # Pillow's whole save (loading, save_all), before the output is touched
     image.save(encoded, format=jac_format, **options)

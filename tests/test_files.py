@@ -261,6 +261,11 @@ def test_save_checks_the_path_and_image_before_encoding(tmp_path, monkeypatch):
     assert caught.value.filename == str(tmp_path / "missing" / "x.jac")
     with pytest.raises(TypeError, match=r"expects a PIL\.Image\.Image, got ndarray"):
         pillow_jac.save(np.zeros((8, 8, 3), np.uint8), tmp_path / "x.jac", quality=1)
+    (tmp_path / "photo.PNG").write_bytes(b"kept")  # a name no viewer would open as a .jac
+    with pytest.raises(ValueError, match=r"names a PNG file: name it \.jac"):
+        pillow_jac.save(image, tmp_path / "photo.PNG", quality=1)
+    assert (tmp_path / "photo.PNG").read_bytes() == b"kept"
+    (tmp_path / "photo.PNG").unlink()
     assert sorted(os.listdir(tmp_path)) == ["folder.jac"] and not os.listdir(tmp_path / "folder.jac")
 
 
