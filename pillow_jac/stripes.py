@@ -38,7 +38,9 @@ from .interpreter_exit import check
 
 __all__ = ["STRIPE_PIXELS", "HALO_ROWS", "stripes", "stripe_rows_for", "synthesize_in_stripes", "analyze_in_stripes"]
 
-#: pixels per stripe (about 0.8 GB of float temporaries at N = 128); images up to this size are one stripe
+#: pixels per stripe (about 0.8 GB of float temporaries at N = 128); images up to this size are one stripe.
+#: A stripe has at least ``4 * HALO_ROWS`` latent rows plus its halo, so from about 16,384 pixels wide a
+#: stripe is larger: 12 latent rows (192 pixel rows) of the whole width, about 5 GB at 65,535 pixels
 STRIPE_PIXELS = 2**21
 #: latent rows of halo on each side of a stripe (enough for g_s and for g_a, see the module docstring)
 HALO_ROWS = 2
