@@ -173,8 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
             type=int,
             choices=range(MAX_EFFORT + 1),
             default=None,  # DEFAULT_EFFORT once parsed (main)
-            help=f"encoder effort from 0 (fastest, default) to {MAX_EFFORT} (slowest); 1 and 2 give smaller files, "
-            "3 no better than 2 on Kodak (smaller files at a lower PSNR, on the same rate-distortion curve)",
+            help=f"encoder effort from 0 (fastest, default) to {MAX_EFFORT} (slowest); 1 and 2 give smaller files "
+            "at the same quality (README, 'Effort'); 3 searches longest, its gain over 2 not measured on Kodak",
         )
 
     p = sub.add_parser(
@@ -263,7 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="?",
         const="local",
         metavar="ADDRESS",
-        help="convert on Ray workers (pip install pillow_jac[ray]): a new local "
+        help='convert on Ray workers (the ray extra: pip install -e ".[ray]" in a checkout): a new local '
         "instance, or ADDRESS 'auto' (this machine's cluster) or ray://HOST:PORT; every node must see IN_DIR "
         "and OUT_DIR at the same paths",
     )

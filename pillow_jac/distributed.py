@@ -1,6 +1,7 @@
 """Convert collections of images on a Ray cluster: ``jac batch`` across many machines.
 
-Install with ``pip install "pillow_jac[ray]"`` on the machine that submits and on every node of the cluster.
+Install the ``ray`` extra (``pip install -e ".[ray]"`` in a checkout) on the machine that submits and on
+every node of the cluster.
 The command line form is ``jac batch SRC DST --to jac --ray [ADDRESS]``; this module is its API:
 
 * :func:`convert` ``(inputs, out_dir, to="jac", *, quality, effort, recursive, base_dir, resume, address,
@@ -327,7 +328,8 @@ def convert(
     try:
         import ray
     except ImportError:
-        raise ImportError('the Ray path needs Ray: pip install "pillow_jac[ray]"') from None
+        msg = 'the Ray path needs Ray: install the ray extra (pip install -e ".[ray]" in a checkout)'
+        raise ImportError(msg) from None
     shown = _progress_function(progress, len(jobs) + len(clashes), inputs)
 
     settings = batch_settings(to, quality, effort, extra)

@@ -717,7 +717,9 @@ def test_speed_without_a_compressai_interpreter_keeps_the_other_codecs(tmp_path:
     assert speed.main(argv) == 0
     report = json.loads((out / "speed.json").read_text())
     assert [r["codec"] for r in report["rows"]] == ["jpeg420"] and "median_s" in report["rows"][0]["encode"]
-    assert report["meta"]["model"]["model_id"] == "mbt-128-192-r006"  # what the .jac rows would be measured with
+    from pillow_jac import generations
+
+    assert report["meta"]["model"]["model_id"] == generations.encoder().model_id  # what .jac rows use
     assert len(report["meta"]["model"]["encoder_hash"]) == 16
     assert f"compressai does not import in {tmp_path / 'no-venv' / 'bin' / 'python'}" in capsys.readouterr().err
 
