@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import os
@@ -253,8 +252,8 @@ def test_rd_end_to_end_tiny(tmp_path: Path):
     rd.main(["--data", str(data), "--out", str(out), "--codecs", "jpeg420", "--ladder", "jpeg420=20,50,80,95",
              "--anchors", str(published), "--published", "fake", "--no-ms-ssim", "--resume"])  # fmt: skip
     assert (out / "cache.jsonl").read_text().count("\n") == cached
-    if importlib.util.find_spec("matplotlib") is not None:
-        assert (out / "rd.png").stat().st_size > 10_000
+    pytest.importorskip("matplotlib")  # CI installs it (the bench extra); the numbers above are checked without
+    assert (out / "rd.png").stat().st_size > 10_000
 
 
 def test_published_curves_are_compared_only_on_their_own_image_set(tmp_path: Path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from PIL import Image
 
 from pillow_jac.model.mbt2018 import ModelConfig
 from pillow_jac.study.__main__ import planned_runs
@@ -91,6 +92,9 @@ def test_write_report_reads_measured_runs_and_writes_three_files(tmp_path):
     assert "-5.0%" in text and "joint + K=3 Gaussian mixture" in text
     assert json.loads((tmp_path / "study.json").read_text())["budget"]["steps"] == BUDGET.steps
     assert str(tmp_path) not in text
+    pytest.importorskip("matplotlib")
+    with Image.open(tmp_path / "study.png") as plot:  # the third file: the curves
+        assert plot.size[0] > 300 and plot.size[1] > 200
 
 
 def test_another_budget_keeps_its_own_measurements_and_report(tmp_path):
