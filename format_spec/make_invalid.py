@@ -1,8 +1,9 @@
 """Write the invalid vectors: files a decoder MUST reject (SPEC.md section 8.2, CODING.md section 2.4).
 
 ``python format_spec/make_invalid.py`` writes ``format_spec/vectors/invalid/``: each file is a release-6
-vector with one rule broken, its container otherwise valid (lengths and CRCs recomputed), so that only a
-decoder that applies the rule rejects it. ``invalid.json`` names, for each, the vector it comes from, the
+vector with one rule broken, of the streams, the alpha plane or the container (rules 1-11 of section 8.2),
+everything else valid (lengths and CRCs recomputed where they are not the rule), so that only a decoder
+that applies the rule rejects it. ``invalid.json`` names, for each, the vector it comes from, the
 rule, and the error the reference implementation raises (informative: only rejection is normative).
 ``format_spec/conformance.py`` checks that every one is rejected. The files never change once written:
 the script adds the vectors it lacks, and refuses to run when it would make an existing one differently.
@@ -14,6 +15,7 @@ import dataclasses
 import functools
 import hashlib
 import json
+import struct
 import sys
 import zlib
 from collections.abc import Callable
@@ -102,6 +104,74 @@ def _preset_dictionary(jac) -> bytes:
     return _with(jac, alpha=packer.compress(plane) + packer.flush())
 
 
+def _chunks(data: bytes) -> list[list[bytes]]:
+    """The ``[type, data]`` of each chunk of a valid file, after its signature (SPEC.md section 3.1)."""
+    from pillow_jac.constants import MAGIC
+
+    at, chunks = len(MAGIC), []
+    while at < len(data):
+        (length,) = struct.unpack(">I", data[at : at + 4])
+        chunks.append([data[at + 4 : at + 8], data[at + 8 : at + 8 + length]])
+        at += 12 + length
+    return chunks
+
+
+def _file(chunks: list[list[bytes]], bad_crc: bytes | None = None) -> bytes:
+    """A file of ``chunks`` with the right lengths and CRCs, except the CRC of the chunk type ``bad_crc``."""
+    from pillow_jac.constants import MAGIC
+
+    out = bytearray(MAGIC)
+    for ctype, payload in chunks:
+        crc = zlib.crc32(payload, zlib.crc32(ctype)) ^ (1 if ctype == bad_crc else 0)
+        out += struct.pack(">I", len(payload)) + ctype + payload + struct.pack(">I", crc)
+    return bytes(out)
+
+
+#: byte offsets of JHDR's fields (SPEC.md section 4): ``>BBBBIIH16s8sHHHHII``
+_JHDR_FIELDS = {"major": 0, "flags": 2, "quality": 12, "model_id": 14, "y_height": 38, "y_length": 50}
+
+
+def _jhdr(field: str, value: bytes) -> Callable:
+    """A builder that writes ``value`` over JHDR's ``field`` (the CRC recomputed)."""
+
+    def build(jac) -> bytes:
+        from pillow_jac import container
+
+        chunks = _chunks(container.serialize(jac))
+        at = _JHDR_FIELDS[field]
+        chunks[0][1] = chunks[0][1][:at] + value + chunks[0][1][at + len(value) :]
+        return _file(chunks)
+
+    return build
+
+
+def _edited(edit: Callable[[list[list[bytes]]], object], bad_crc: bytes | None = None) -> Callable:
+    """A builder that edits the list of ``[type, data]`` chunks in place, then writes them out."""
+
+    def build(jac) -> bytes:
+        from pillow_jac import container
+
+        chunks = _chunks(container.serialize(jac))
+        edit(chunks)
+        return _file(chunks, bad_crc)
+
+    return build
+
+
+def _index(chunks: list[list[bytes]], ctype: bytes) -> int:
+    return next(i for i, (t, _) in enumerate(chunks) if t == ctype)
+
+
+def _payload(ctype: bytes, change: Callable[[bytes], bytes]) -> Callable:
+    """A builder that replaces the data of the chunk ``ctype`` with ``change(data)`` (its length and CRC agree)."""
+
+    def edit(chunks: list[list[bytes]]) -> None:
+        chunk = chunks[_index(chunks, ctype)]
+        chunk[1] = change(chunk[1])
+
+    return _edited(edit)
+
+
 #: name -> (source vector, rule, the reference implementation's error, how the file is made from the source's)
 CASES: dict[str, tuple[str, str, str, Callable]] = {
     "ystr-partial-word": (
@@ -151,6 +221,72 @@ CASES: dict[str, tuple[str, str, str, Callable]] = {
     "alph-preset-dictionary": (
         "la-20x33-q2.jac", "SPEC 5.1: FDICT is 0", "JacDataError",
         _preset_dictionary,
+    ),
+    "ends-before-jend": (
+        "rgb-130x70-q7.jac", "SPEC 8.2 rule 1: the file ends before JEND", "JacTruncatedError",
+        _edited(lambda chunks: chunks.pop()),
+    ),
+    "chunk-longer-than-file": (
+        "rgb-130x70-q7.jac", "SPEC 8.2 rule 2: a chunk length beyond the bytes left", "JacTruncatedError",
+        lambda jac: _file(_chunks(_with(jac))[:-1]) + struct.pack(">I", 1000) + b"abcd" + bytes(16),
+    ),
+    "chunk-type-not-a-letter": (
+        "rgb-130x70-q7.jac", "SPEC 8.2 rule 3: chunk type byte 0 is an ASCII letter", "JacDataError",
+        _edited(lambda chunks: chunks.insert(-1, [b"1abc", b""])),
+    ),
+    "ystr-bad-crc": (
+        "rgb-130x70-q7.jac", "SPEC 8.2 rule 4: a critical chunk's CRC does not match", "JacDataError",
+        _edited(lambda chunks: None, bad_crc=b"YSTR"),
+    ),
+    "first-chunk-not-jhdr": (
+        "rgb-130x70-q7.jac", "SPEC 8.2 rule 5: the first chunk is JHDR", "JacDataError",
+        _edited(lambda chunks: chunks.insert(0, [b"abcd", b"x"])),
+    ),
+    "jhdr-major-version-2": (
+        "rgb-130x70-q7.jac", "SPEC 8.2 rule 6: major version 1", "JacDataError", _jhdr("major", b"\x02"),
+    ),
+    "jhdr-flags-set": (
+        "rgb-130x70-q7.jac", "SPEC 8.2 rule 6: flags are 0", "JacDataError", _jhdr("flags", b"\x01"),
+    ),
+    "jhdr-quality-above-2048": (
+        "rgb-130x70-q7.jac", "SPEC 8.2 rule 6: quality 256 to 2048", "JacDataError",
+        _jhdr("quality", struct.pack(">H", 2049)),
+    ),
+    "jhdr-model-id-after-nul": (
+        "rgb-130x70-q7.jac", "SPEC 8.2 rule 6: nothing but NULs after the model_id's first NUL", "JacDataError",
+        _jhdr("model_id", b"mbt-128-192-r\x0006"),
+    ),
+    "jhdr-latent-shape": (
+        "rgb-130x70-q7.jac", "SPEC 8.2 rule 6: the latent shapes are those derived from the size", "JacDataError",
+        _jhdr("y_height", struct.pack(">H", 6)),
+    ),
+    "unknown-critical-chunk": (
+        "rgb-130x70-q7.jac", "SPEC 8.2 rule 7: a critical chunk type this version does not define", "JacDataError",
+        _edited(lambda chunks: chunks.insert(-1, [b"QUUX", b""])),
+    ),
+    "second-ystr": (
+        "rgb-130x70-q7.jac", "SPEC 8.2 rule 8: one YSTR", "JacDataError",
+        _edited(lambda chunks: chunks.insert(-1, list(chunks[_index(chunks, b"YSTR")]))),
+    ),
+    "ystr-length-not-jhdrs": (
+        "rgb-130x70-q7.jac", "SPEC 8.2 rule 9: YSTR's length is JHDR's y stream length", "JacDataError",
+        _payload(b"YSTR", lambda data: data + bytes(4)),
+    ),
+    "alph-in-rgb": (
+        "rgb-130x70-q7.jac", "SPEC 8.2 rule 10: no ALPH for RGB", "JacDataError",
+        _edited(lambda chunks: chunks.insert(-1, [b"ALPH", b"\x00" + zlib.compress(bytes(130 * 70), 9)])),
+    ),
+    "alph-empty": (
+        "la-20x33-q2.jac", "SPEC 8.2 rule 10: ALPH is not empty", "JacDataError",
+        _payload(b"ALPH", lambda data: b""),
+    ),
+    "jend-not-empty": (
+        "rgb-130x70-q7.jac", "SPEC 8.2 rule 11: JEND is empty", "JacDataError",
+        _payload(b"JEND", lambda data: b"\x00"),
+    ),
+    "byte-after-jend": (
+        "rgb-130x70-q7.jac", "SPEC 8.2 rule 11: nothing follows JEND", "JacDataError",
+        lambda jac: _with(jac) + b"\x00",
     ),
 }  # fmt: skip
 

@@ -202,6 +202,23 @@ def test_invalid_vectors_are_rejected_and_made_again_byte_for_byte(tmp_path, mon
         "alph-plane-short": "expected 33x20 = 660",
         "alph-trailing-byte": "unexpected bytes after the alpha plane",
         "alph-preset-dictionary": "corrupt alpha plane",
+        "ends-before-jend": "no JEND chunk",
+        "chunk-longer-than-file": "chunk 'abcd' data needs 1000 bytes but only 16 remain",
+        "chunk-type-not-a-letter": "invalid chunk type b'1abc'",
+        "ystr-bad-crc": "CRC mismatch in chunk 'YSTR'",
+        "first-chunk-not-jhdr": "the first chunk must be JHDR",
+        "jhdr-major-version-2": "unsupported JAC format version 2.0",
+        "jhdr-flags-set": "JHDR flags are 0x01",
+        "jhdr-quality-above-2048": "got q16 2049",
+        "jhdr-model-id-after-nul": "is not 1 to 16 printable ASCII characters padded with NULs",
+        "jhdr-latent-shape": "y shape (6, 8) does not match (12, 8)",
+        "unknown-critical-chunk": "unknown critical chunk 'QUUX'",
+        "second-ystr": "duplicate chunk 'YSTR'",
+        "ystr-length-not-jhdrs": "chunk 'YSTR' is 4068 bytes but must be 4064 bytes",
+        "alph-in-rgb": "layout RGB has no alpha channel",
+        "alph-empty": "chunk 'ALPH' is empty",
+        "jend-not-empty": "chunk 'JEND' is 1 bytes but must be 0 bytes",
+        "byte-after-jend": "unexpected data after the JEND chunk",
     }
     assert set(table) == set(reasons)
     errors, real_decode = {}, codec.decode
