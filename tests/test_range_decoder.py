@@ -27,25 +27,39 @@ def _random_table(rng: np.random.Generator) -> np.ndarray:
     return freqs
 
 
+def _mixture_row(rng: np.random.Generator) -> np.ndarray:
+    """A mixture row as CODING.md section 4.3 makes it: 35 integers (as float64) of a 2**32 mass plus a floor each."""
+    mass = rng.gamma(0.3, size=35)
+    row = np.floor(mass / mass.sum() * 2**32)
+    row[0] += 2**32 - row.sum()
+    return row + 2**16
+
+
 def _stream(seed: int, count: int):
-    """Random symbols of tables, escape classes and escape values, coded by constriction 0.5."""
+    """Random symbols of tables, escape classes, escape values and mixture rows, coded by constriction 0.5."""
     rng = np.random.default_rng(seed)
     tables = [_random_table(rng) for _ in range(6)]
     escape = np.full(24, 1.0 / 24)
     ops = []
     for _ in range(count):
-        kind = rng.integers(3)
+        kind = rng.integers(4)
         if kind == 0:
             freqs = tables[int(rng.integers(len(tables)))]
             ops.append(("table", freqs, int(rng.choice(len(freqs), p=freqs / 65536))))
         elif kind == 1:
             ops.append(("class", escape, int(rng.integers(24))))
-        else:
+        elif kind == 2:
             c = int(rng.integers(1, 24))
             ops.append(("uniform", 1 << c, int(rng.integers(1 << c))))
+        else:
+            row = _mixture_row(rng)
+            ops.append(("mixture", row, int(rng.choice(len(row), p=row / row.sum()))))
     encoder = constriction.stream.queue.RangeEncoder()
     for kind, model, symbol in ops:
-        encoder.encode(np.array([symbol], np.int32), _library_model(kind, model))
+        if kind == "mixture":  # as pillow_jac.mixture_coding codes rows: one parameterised model, rows apart
+            encoder.encode(np.array([symbol], np.int32), Categorical(perfect=False), model[None])
+        else:
+            encoder.encode(np.array([symbol], np.int32), _library_model(kind, model))
     return ops, encoder.get_compressed()
 
 
@@ -71,7 +85,10 @@ def _decode_plain(ops, words) -> tuple[list[int], bool]:
 def _exhausted_by_constriction(ops, words) -> bool:
     decoder = constriction.stream.queue.RangeDecoder(np.asarray(words, np.uint32))
     for kind, model, _ in ops:
-        decoder.decode(_library_model(kind, model), 1)
+        if kind == "mixture":
+            decoder.decode(Categorical(perfect=False), model[None])
+        else:
+            decoder.decode(_library_model(kind, model), 1)
     return bool(decoder.maybe_exhausted())
 
 
