@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 from PIL import Image
@@ -62,6 +63,10 @@ def test_summary_pairs_seeds_and_reports_noise_and_anchors():
     anchors = {s: {"jpeg420": anchor} for s in ("kodak", "urban20")}
     summary = summarise(runs, anchors, {"joint": {"encode_s": 0.5, "decode_s": 0.7}})
     assert summary["noise"]["kodak"] == pytest.approx(2.0, abs=1e-6)  # seed 1 is 2% larger at equal PSNR
+    # pooled over both variants: joint +2%, hyper-scale 1.122 / 1.2 - 1 = -6.5%
+    pooled = summary["seed_spread"]["kodak"]
+    assert pooled["variants"] == 2 and pooled["rms"] == pytest.approx(math.sqrt((2.0**2 + 6.5**2) / 2), abs=1e-6)
+    assert pooled["two_seed_se"] == pytest.approx(pooled["rms"] / math.sqrt(2))
     entry = summary["variants"]["hyper-scale"]["sets"]["kodak"]
     # each seed against the joint model of the same seed: +20% and +10%
     assert entry["bd_vs_joint"]["values"] == pytest.approx([20.0, 10.0], abs=1e-6)
@@ -145,6 +150,10 @@ def test_model_cost_counts_the_causal_taps_and_the_mixture_outputs():
     assert wider_window["decoder_macs_per_pixel"] - base["decoder_macs_per_pixel"] == pytest.approx(
         (24 - 12) * 12 * 24 / 256
     )
+    # parameters alike: the masked-out taps are stored, always multiplied by 0, and not counted
+    assert wider_window["parameters"] - base["parameters"] == (24 - 12) * 12 * 24
+    assert wider_window["stored_parameters"] - base["stored_parameters"] == (49 - 25) * 12 * 24
+    assert no_context["parameters"] == no_context["stored_parameters"]
     assert (
         mixture["parameters"] > base["parameters"]
         and mixture["encoder_macs_per_pixel"] == base["encoder_macs_per_pixel"]

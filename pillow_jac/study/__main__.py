@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     measured, _ = budget_paths(args.results, budget)
     if args.phase in ("train", "measure", "all"):
         from ..training.data import list_images, load_rgb
-        from .evaluate import evaluation_sets, freeze_run, measure_anchors, measure_images, model_cost
+        from .evaluate import evaluation_sets, freeze_run, measure_anchors, measure_images
         from .train import run_precision, train_run
 
         sets = evaluation_sets(args.kodak, args.urban)
@@ -91,7 +91,6 @@ def main(argv: list[str] | None = None) -> int:
                 "budget": budget.to_dict(),
                 "train_seconds": round(seconds, 1),
                 "precision": run_precision(args.runs / name),
-                "cost": model_cost(config),
                 "sets": {
                     set_name: {
                         "data": portable_path(getattr(args, "kodak" if set_name == "kodak" else "urban")),

@@ -21,6 +21,7 @@ from ..bench.codecs import get_codec
 from ..bench.images import list_images, load_rgb
 from ..engine import load_model
 from ..model.complexity import macs_per_pixel_by_network
+from ..model.layers import MaskedConv2d, causal_mask
 from ..model.mbt2018 import JointAutoregressiveHierarchicalPrior, ModelConfig, count_parameters
 from ..training.freeze import freeze
 from ..weights import save_weights
@@ -86,14 +87,22 @@ def measure_anchors(images: list[Path], names: tuple[str, ...] = ("jpeg420", "we
 def model_cost(config: ModelConfig) -> dict[str, float]:
     """Parameters, and multiply-adds per input pixel of the encoder's and the decoder's networks.
 
-    The counts are :func:`~pillow_jac.model.complexity.macs_per_pixel_by_network`'s, the masked context
-    convolution at its causal taps only, as the decoder runs it.
+    Both count the masked context convolution at its causal taps only, as the decoder runs it: its weights
+    at the other taps are stored but always multiplied by 0 (``stored_parameters`` counts them too). The
+    multiply-adds are :func:`~pillow_jac.model.complexity.macs_per_pixel_by_network`'s.
     """
     per_network = macs_per_pixel_by_network(config, causal_taps_only=True)
     with torch.device("meta"):  # shapes only: no memory, and the random state is left untouched
         model = JointAutoregressiveHierarchicalPrior(config)
+    stored = count_parameters(model)
+    masked_out = sum(
+        m.weight.numel() - m.out_channels * m.in_channels * int(causal_mask(m.kernel_size[0]).sum())
+        for m in model.modules()
+        if isinstance(m, MaskedConv2d)
+    )
     return {
-        "parameters": count_parameters(model),
+        "parameters": stored - masked_out,
+        "stored_parameters": stored,
         "encoder_macs_per_pixel": sum(v for k, v in per_network.items() if k in ENCODER_PARTS),
         "decoder_macs_per_pixel": sum(v for k, v in per_network.items() if k in DECODER_PARTS),
     }

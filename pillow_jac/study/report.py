@@ -16,6 +16,8 @@ from typing import Any
 import numpy as np
 
 from ..bench.metrics import bd_quality, bd_rate, json_text
+from ..model.mbt2018 import ModelConfig
+from .evaluate import model_cost
 from .variants import BUDGET, VARIANTS, Budget, Variant, run_name
 
 __all__ = ["mean_curve", "summarise", "write_report", "budget_paths", "MissingRunsError"]
@@ -63,6 +65,28 @@ def _spread(values: list[float]) -> dict[str, Any]:
     return {"mean": float(np.mean(finite)), "min": min(finite), "max": max(finite), "n": len(finite), "values": values}
 
 
+def _seed_spread(curves: dict[str, dict[str, list[dict]]]) -> dict[str, dict[str, float]]:
+    """Per set, the seed noise pooled over every variant with two seeds (not the joint model's pair alone).
+
+    ``rms``: the root mean square of each variant's seed 1 against its seed 0 (BD-rate, points); a comparison
+    of one seed with another model's same seed varies as much. ``two_seed_se``: ``rms / sqrt 2``, the
+    standard error of a mean over two seeds of such comparisons. A difference is read as one only where both
+    seeds show it and their mean exceeds twice ``two_seed_se`` (docs/study.md).
+    """
+    spread = {}
+    for set_name in SETS:
+        pairs = [
+            _bd(curves[f"{v.name}-s0"][set_name], curves[f"{v.name}-s1"][set_name])
+            for v in VARIANTS.values()
+            if all(set_name in curves.get(f"{v.name}-s{s}", {}) for s in (0, 1))
+        ]
+        pairs = [d for d in pairs if math.isfinite(d)]
+        if pairs:
+            rms = float(np.sqrt(np.mean(np.square(pairs))))
+            spread[set_name] = {"rms": rms, "two_seed_se": rms / math.sqrt(2), "variants": len(pairs)}
+    return spread
+
+
 class MissingRunsError(ValueError):
     """Not every planned run is measured at the budget.
 
@@ -99,6 +123,7 @@ def summarise(
         if all(pair):
             out["noise"][set_name] = _bd(pair[0], pair[1])
             out["noise_psnr"] = {**out.get("noise_psnr", {}), set_name: _bd_psnr(pair[0], pair[1])}
+    out["seed_spread"] = _seed_spread(curves)
     for variant in VARIANTS.values():
         seeds = [s for s in variant.seeds if run_name(variant, s) in runs]
         if not seeds:
@@ -109,7 +134,7 @@ def summarise(
             "question": variant.question,
             "seeds": seeds,
             "config": first["config"],
-            "cost": first["cost"],
+            "cost": model_cost(ModelConfig(**first["config"])),  # from the architecture, as counted now
             "timing": timings.get(variant.name),
             "train_step_s": timings.get(TRAIN_STEP_KEY, {}).get(variant.name),
             "sets": {},
@@ -188,7 +213,7 @@ def markdown(summary: dict[str, Any]) -> str:
         f"{budget['crop']}x{budget['crop']} from `../shared/data/train`, Adam at {budget['lr']:g} after "
         f"{budget['warmup']} warm-up steps, one variable-rate model over the lambda ladder "
         f"{', '.join(f'{v:g}' for v in budget['lambdas'])} (one quality per crop), weight average "
-        f"{budget['ema']:g}, bf16 autocast on 2 CPU cores{_float32_note(summary)}. "
+        f"{budget['ema']:g}, bf16 autocast on a CPU{_float32_note(summary)}. "
         "Measured with real files at qualities "
         f"{', '.join(f'{q:g}' for q in budget['qualities'])}. Written by `python -m pillow_jac.study`; "
         "read with docs/study.md. BD-rate: negative is fewer bits at equal PSNR, over the PSNR range both "
@@ -206,6 +231,15 @@ def markdown(summary: dict[str, Any]) -> str:
             lines += [
                 f"Noise floor: the joint model's seed 1 against its seed 0 is {noise:+.1f}% BD-rate, "
                 f"{summary['noise_psnr'][set_name]:+.2f} dB BD-PSNR.",
+                "",
+            ]
+        pooled = summary.get("seed_spread", {}).get(set_name)
+        if pooled:
+            lines += [
+                f"Seed spread pooled over the {pooled['variants']} variants with two seeds: seed 1 against "
+                f"seed 0 is {pooled['rms']:.1f} points BD-rate (root mean square); a two-seed mean comparison "
+                f"has a standard error of about {pooled['two_seed_se']:.1f} points, so a difference is read as "
+                f"one where both seeds show it and the mean exceeds {2 * pooled['two_seed_se']:.1f} points.",
                 "",
             ]
         lines += [
@@ -243,7 +277,8 @@ def markdown(summary: dict[str, Any]) -> str:
     lines += [
         "## Cost",
         "",
-        "Multiply-adds per input pixel (convolutions and GDN; the context model at its causal taps); "
+        "Parameters and multiply-adds per input pixel (convolutions and GDN; the context model at its causal "
+        "taps only, as the decoder runs it); "
         "encode and decode of kodim23 (768x512) at quality 4 with 2 threads, median of 3, on an idle machine; "
         "seconds per training step (a batch of the budget's crops, its precision) timed side by side, all "
         "variants in turn, on one machine (`python -m pillow_jac.study time`).",

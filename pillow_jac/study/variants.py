@@ -4,6 +4,10 @@ Minnen, Ballé, Toderici 2018 compare the joint model with the scale hyperprior 
 (zero-mean Gaussian, no context), a mean-and-scale hyperprior without context, and a context model
 without hyperprior (their figure 5). This study adds a K=3 Gaussian mixture (Cheng et al. 2020),
 context windows of 3x3 and 7x7, and a second width, all from :class:`~pillow_jac.model.mbt2018.ModelConfig`.
+
+The zero-mean variant is this model's networks less the context model and the mean, not Ballé's own: h_a
+takes y (not |y|), and h_s is followed by the entropy-parameter network, which outputs the scales. Against
+the mean-scale variant it differs only in the last layer's outputs, a clean ablation of the mean.
 """
 
 from __future__ import annotations
@@ -82,7 +86,7 @@ VARIANTS = {
         Variant("joint", "joint: hyperprior + 5x5 context, mean-scale (shipped design)", "RQ1-RQ4", {**_SMALL}),
         Variant(
             "hyper-scale",
-            "hyperprior only, zero-mean (Ballé 2018)",
+            "hyperprior only, zero-mean (mbt2018 networks)",
             "RQ1, RQ2",
             {**_SMALL, "context": False, "entropy": "zero-mean"},
         ),
