@@ -24,6 +24,7 @@ from .constants import DEFAULT_QUALITY, METADATA_FIELDS
 from .conversion import PROG, exif_orientation
 from .decoded_output import carries_mark
 from .preview import preview_size
+from .quiet_warnings import ignoring
 from .source_record import SourceRecord
 
 __all__ = [
@@ -304,8 +305,7 @@ def is_done(
         out = os.stat(dst)
         if not stat.S_ISREG(out.st_mode) or out.st_mtime_ns < os.stat(src).st_mtime_ns:
             return False
-        with warnings.catch_warnings():  # a large image warned when it was converted, not at every resume
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        with ignoring(Image.DecompressionBombWarning):  # a large image warned when converted, not at every resume
             if to != "jac":
                 with Image.open(dst, formats=["PNG"]) as im:
                     size, decoded = im.size, carries_mark(im)

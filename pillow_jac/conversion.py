@@ -22,6 +22,7 @@ from typing import IO, Any
 from . import container
 from .constants import DEFAULT_EFFORT, METADATA_FIELDS
 from .files import check_target, write_file
+from .quiet_warnings import ignoring
 
 __all__ = [
     "STDIO",
@@ -544,8 +545,7 @@ def _read_back(data: bytes, exif: bool = True) -> dict[str, Any]:
     from PIL import Image
 
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the image's own came already
+        with ignoring(Image.DecompressionBombWarning):  # the image's own came already
             with Image.open(io.BytesIO(data)) as im:
                 if not exif:
                     return {"size": im.size}

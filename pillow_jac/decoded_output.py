@@ -25,6 +25,8 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from .quiet_warnings import ignoring
+
 __all__ = [
     "DECODED_BY",
     "carries_mark",
@@ -76,8 +78,7 @@ def _round_trip(fmt: str, mode: str, levels: tuple[int, ...] = _ON_OFF) -> tuple
     except Exception:
         return None
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with ignoring():
             with Image.open(encoded) as back:
                 if "A" not in mode:
                     return back.mode, False
@@ -164,8 +165,7 @@ def for_format(im: Any, fmt: str) -> Any:
         return im if mode == im.mode else im.convert(mode)
     if im.mode in _WITHOUT_ALPHA:
         flat = _onto_white(im)
-        with warnings.catch_warnings():  # a format that takes the flattened image either: its error alone
-            warnings.simplefilter("ignore")
+        with ignoring():  # a format that takes the flattened image either: its error alone
             for_format(flat.crop((0, 0, 1, 1)), fmt)
         if im.getchannel("A").getextrema() != (255, 255):  # an opaque image loses nothing: no warning
             message = f"alpha left out: {fmt} output does not store it; the image is composited onto white"
@@ -203,8 +203,7 @@ def written_by_a_decode(path: str | Path) -> bool:
     from PIL import Image
 
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with ignoring():
             with Image.open(path) as im:
                 return carries_mark(im)
     except Exception:  # not an image Pillow opens (or one too large to): not a decode of ours
@@ -257,8 +256,7 @@ def warn_of_what_was_not_stored(data: bytes, fmt: str, given: list[str]) -> None
     if not given:
         return
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the decompression-bomb warning was given for the .jac already
+        with ignoring():  # the decompression-bomb warning was given for the .jac already
             with Image.open(io.BytesIO(data)) as im:  # the header: info only (a PNG's getexif() would load it)
                 held = {
                     "ICC profile": "icc_profile" in im.info,
