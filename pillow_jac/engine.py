@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from stat import S_ISREG
 
 import torch
 from torch import nn
@@ -101,7 +102,7 @@ def build_model(
         config = ModelConfig(**json.loads(metadata["config"]))
         # the layers' random initialisation, overwritten below, must not move the caller's torch generator;
         # float32 whatever default dtype the caller set (float64 layers would refuse g_s's float32 input)
-        with torch.random.fork_rng(devices=[]):
+        with torch.random.fork_rng(devices=[]), torch.device("cpu"):  # not a default device the caller set
             model = JointAutoregressiveHierarchicalPrior(config).float()
         floats = {k: v.float() for k, v in strip_prefix(tensors, FLOAT_PREFIX).items()}  # a decoder file may hold fp16
         templates = json.loads(metadata.get("integer_networks", "{}"))
@@ -239,6 +240,8 @@ def get_engine(device: str | torch.device | None = None, weights: str | Path | N
     dev = resolve_device(device)
     if dev.type == "cuda" and dev.index is None:  # "cuda" and "cuda:0" are one engine, not two copies of the model
         dev = torch.device("cuda", torch.cuda.current_device())
+    if dev.type == "cpu":  # an index means nothing on the CPU: "cpu:1" is "cpu", not another copy of the model
+        dev = torch.device("cpu")
     if weights is not None and not os.fspath(weights):
         raise ValueError("weights is an empty path: name a weights file, or give None for the installed generation")
     path = Path(weights) if weights is not None else generations.encoder().path
@@ -248,6 +251,8 @@ def get_engine(device: str | torch.device | None = None, weights: str | Path | N
         raise WeightsNotFoundError(f"weights file not found: {path} (set JAC_WEIGHTS to its location)") from None
     if path.is_dir():
         raise WeightsError(f"weights file {path} is a folder, not a weights file")
+    if not S_ISREG(stat.st_mode):  # a FIFO would block the read for ever, a device give endless bytes
+        raise WeightsError(f"weights file {path} is not a regular file")
     # the file's identity includes its modification time, so a re-frozen file is reloaded
     key = (str(path.resolve()), stat.st_mtime_ns, stat.st_size, str(dev))
     # a fork waits for a build in another thread: a child copied in the middle of one would hang (forksafe)
@@ -257,6 +262,9 @@ def get_engine(device: str | torch.device | None = None, weights: str | Path | N
             from .latent_coding import single_threaded
 
             # a few hundred small ops: on 2 cores with another busy process, 0.3 s on one thread, 0.7-2 s on two
-            with single_threaded():
-                engine = _CACHE[key] = Engine(path, dev)
+            with single_threaded(), torch.device(dev):  # not a default device the caller set
+                engine = Engine(path, dev)
+            for older in [k for k in _CACHE if (k[0], k[3]) == (key[0], key[3])]:  # the file as it was before
+                del _CACHE[older]
+            _CACHE[key] = engine
         return engine

@@ -59,6 +59,7 @@ def torch_work(pixels: int, engine, coding: bool = False) -> contextlib.Abstract
     (:func:`ieee_float32_convolutions`: the decoder's pixels, and the encoder's latents the same whether a
     decode overlaps it or not); no autocast that a caller entered (its bf16 or fp16 would reach g_s and move
     samples by up to 255 levels, or make them NaN: CODING.md section 1.1; the effort search enters its own);
+    new tensors on the engine's device, whatever default device a caller set (``torch.set_default_device``);
     and the work counted for a clean interpreter exit (:func:`pillow_jac.interpreter_exit.working`). With
     sleeping threads two are faster than one from 128x128 pixels up and level beside other work (2-core AVX2
     CPU, kodim01 crops at quality 4: 512x512 encode 0.73 s against 1.12 s, decode 1.20 s against 1.65 s, an
@@ -71,6 +72,7 @@ def torch_work(pixels: int, engine, coding: bool = False) -> contextlib.Abstract
             region.enter_context(single_threaded(keep_if_sleeping=keep))
         region.enter_context(ieee_float32_convolutions(engine.device.type))
         region.enter_context(torch.autocast(engine.device.type, enabled=False))
+        region.enter_context(torch.device(engine.device))  # not a default device the caller set (meta, cuda)
         return region.pop_all()
 
 
@@ -254,7 +256,8 @@ def _real_loss(engine, latents: tuple[np.ndarray | None, np.ndarray], quality: f
     z_stream, y_stream = coded(engine, z_hat, y_hat)
     (pixels,) = synthesize(engine, [y_hat], [quality], [color.shape[:2]])
     mse = float(np.mean((pixels.astype(np.float64) - color) ** 2)) / 255.0**2
-    lmbda = float(quality_lambda(torch.tensor([float(quality)]), engine.config.lambdas)[0])
+    with torch.device("cpu"):  # not a default device the caller set
+        lmbda = float(quality_lambda(torch.tensor([float(quality)]), engine.config.lambdas)[0])
     bpp = 8 * (len(z_stream) + len(y_stream)) / (color.shape[0] * color.shape[1])
     return lmbda * 255.0**2 * mse + bpp
 

@@ -76,6 +76,33 @@ def test_an_engine_built_under_a_float64_default_dtype_decodes_as_any_other(tmp_
     np.testing.assert_array_equal(codec.decode(data, weights=weights), expected)
 
 
+@pytest.mark.parametrize("how", ["context", "default"])
+def test_a_callers_default_device_changes_no_byte_and_no_pixel(tmp_path: Path, how: str) -> None:
+    """Under ``with torch.device("meta")`` (or ``torch.set_default_device``), common in model code, the engine
+    was built on the meta device and every encode and decode raised NotImplementedError; a CUDA default would
+    have put the codec's own tensors on another device than its model."""
+    image = natural_image(40, 56)
+    weights = tmp_path / "copy.safetensors"  # another path: an engine of its own, built under the setting
+    shutil.copyfile(generations.package_weights_dir() / generations.DEFAULT_WEIGHTS_NAME, weights)
+    expected = [codec.encode(image, 4), codec.encode(image, 4, effort=1), codec.encode(image, target_size=700)]
+    pixels = codec.decode(expected[0])
+    if how == "context":
+        with torch.device("meta"):
+            files = [codec.encode(image, 4, weights=weights), codec.encode(image, 4, effort=1)]
+            files.append(codec.encode(image, target_size=700))
+            decoded = codec.decode(expected[0], weights=weights)
+    else:
+        torch.set_default_device("meta")
+        try:
+            files = [codec.encode(image, 4, weights=weights), codec.encode(image, 4, effort=1)]
+            files.append(codec.encode(image, target_size=700))
+            decoded = codec.decode(expected[0], weights=weights)
+        finally:
+            torch.set_default_device(None)
+    assert files == expected
+    np.testing.assert_array_equal(decoded, pixels)
+
+
 def test_log2_ratio_is_correctly_rounded_where_libm_and_numpy_disagree() -> None:
     """The bound on a stream's length (CODING.md 2.4) takes -log2(fmax / 2**16): rounded correctly, the same
     on every machine, where libm's and numpy's log2 differ on some of these ratios."""

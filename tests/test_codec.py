@@ -331,3 +331,46 @@ def test_building_an_engine_leaves_the_callers_random_generator_alone(monkeypatc
             torch.manual_seed(0)
             run()
             assert torch.equal(torch.rand(4), expected)
+
+
+def test_cpu_indexes_share_one_engine_and_a_changed_weights_file_replaces_its_own(tmp_path, monkeypatch):
+    """ "cpu:1" built another copy of the model (about 150 MB) although an index means nothing on the CPU, and
+    each modification of a weights file left the engine of the file as it was cached for good."""
+    import os
+    import shutil
+
+    from pillow_jac import engine, generations
+
+    monkeypatch.setattr(engine, "_CACHE", {})
+    weights = tmp_path / "copy.safetensors"
+    shutil.copyfile(generations.package_weights_dir() / generations.DEFAULT_WEIGHTS_NAME, weights)
+    first = engine.get_engine("cpu", weights)
+    assert engine.get_engine("cpu:1", weights) is first and engine.get_engine("cpu:0", weights) is first
+    for seconds in (1, 2):  # the file re-frozen or copied again: another modification time
+        os.utime(weights, (seconds, seconds))
+        assert engine.get_engine("cpu", weights) is not first
+    assert len(engine._CACHE) == 1
+
+
+def test_a_weights_path_that_is_not_a_regular_file_is_refused(tmp_path):
+    """A FIFO named as the weights file blocked the encode for ever, waiting for a writer (in a child process,
+    so that a regression fails here instead of hanging the suite)."""
+    import os
+    import subprocess
+    import sys
+
+    fifo = tmp_path / "weights.safetensors"
+    os.mkfifo(fifo)
+    script = (
+        "import sys, numpy as np, pillow_jac\n"
+        "from pillow_jac.weights import WeightsError\n"
+        "try:\n"
+        "    pillow_jac.encode(np.zeros((16, 16, 3), np.uint8), 4, weights=sys.argv[1])\n"
+        "except WeightsError as e:\n"
+        "    print(e)\n"
+    )
+    try:
+        done = subprocess.run([sys.executable, "-c", script, str(fifo)], capture_output=True, text=True, timeout=120)
+    except subprocess.TimeoutExpired:
+        pytest.fail("the encode blocked on the FIFO")
+    assert done.stdout.strip() == f"weights file {fifo} is not a regular file", done.stderr
