@@ -25,9 +25,11 @@ from .size_limit import check_declared_size
 
 
 class CodecError(ValueError, OSError):
-    """A file cannot be decoded by this installation (wrong model, corrupt stream).
+    """A file cannot be decoded here: its generation is not installed, it is too large, or torch is half-imported.
 
-    A :class:`ValueError`, and an :class:`OSError` as Pillow reports an image it cannot decode.
+    A :class:`ValueError`, and an :class:`OSError` as Pillow reports an image it cannot decode. A damaged
+    file raises the container's :class:`~pillow_jac.container.JacDataError` and a stream that does not decode
+    :class:`~pillow_jac.entropy_coding.EntropyCodingError`, both also ValueError and OSError (SPEC.md 8.2).
     """
 
 

@@ -196,17 +196,19 @@ def released() -> dict[str, dict[str, str]]:
     try:
         stat = path.stat()
         key = (str(path), stat.st_size, stat.st_mtime_ns)
-        if key not in _RELEASED:
+        table = _RELEASED.get(key)
+        if table is None:
             table = json.loads(path.read_text())
             if not isinstance(table, dict) or not all(
                 isinstance(e, dict) and {"weights_hash", "decoder_hash"} <= set(e) for e in table.values()
             ):
                 raise ValueError("not a table of model_id -> weights_hash, decoder_hash")
+            # one assignment: a thread that read the table as another cleared the cache still has its own
             _RELEASED.clear()
             _RELEASED[key] = table
     except (OSError, ValueError) as exc:
         raise ReleasedTableError(f"{path}: the table of released generations cannot be read ({exc})") from None
-    return _RELEASED[key]
+    return table
 
 
 def released_problem(model_id: str, weights_hash: str, decoder_hash: str, legacy_hash: str | None = None) -> str | None:
