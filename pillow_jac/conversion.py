@@ -22,7 +22,7 @@ from typing import IO, Any
 from . import container
 from .constants import DEFAULT_EFFORT, METADATA_FIELDS
 from .files import check_target, write_file
-from .quiet_warnings import ignoring
+from .quiet_warnings import ignoring, recording
 
 __all__ = [
     "STDIO",
@@ -324,6 +324,13 @@ def _sixteen_bit_colour(im: Any, rawmode: str | None, src: Path, name_it: bool =
     kind = "16-bit grey and alpha" if rawmode.startswith("LA") else "16-bit colour"
     warnings.warn(f"{_of(src, name_it, kind)} samples reduced to 8 bits (JAC stores 8)", stacklevel=3)
     if not rawmode.startswith("LA"):
+        if "transparency" in im.info:  # Pillow keeps a tRNS colour at 16 bits: as 8-bit it would key other pixels
+            key = im.info.pop("transparency")
+            warnings.warn(
+                f"{_of(src, name_it, 'transparent colour')} {key} is a 16-bit one that no 8-bit pixel matches: "
+                "stored without transparency",
+                stacklevel=3,
+            )
         return im
     info = dict(im.info)
     out = im.convert("LA")  # R = G = B: the grey level, exactly
@@ -491,8 +498,7 @@ def decode_file(src: Path, dst: Path, *, device: str | None = None, force: bool 
         options["quality"] = 95
     if fmt == "ICO":
         options["sizes"] = _icon_sizes(im.size)
-    with warnings.catch_warnings(record=True) as first_save:  # given out below unless the image is saved again
-        warnings.simplefilter("always")
+    with recording(always=True) as first_save:  # given out below unless the image is saved again
         data, kept = decoded_output.save_keeping_what_fits(im, fmt, decoded_output.marked_options(fmt, options))
     if fmt in ("ICO", "ICNS"):  # icons of their sizes only: ICO up to 256 pixels a side, ICNS square ones
         size = _read_back(data, exif=False).get("size", im.size)
@@ -612,7 +618,7 @@ def convert_noting_warnings(*args: Any, **kwargs: Any) -> tuple[tuple[int, int] 
         ``(result, warnings)``: the byte counts or the exception, and the first line of each warning, so
         that a batch reports them with the file's name (also from worker processes, which print nothing).
     """
-    with warnings.catch_warnings(record=True) as caught:  # the filters in force stay (a fresh registry)
+    with recording() as caught:  # the filters in force stay (a fresh registry)
         try:
             result: tuple[int, int] | Exception = convert_file(*args, **kwargs)
         except Exception as e:

@@ -202,8 +202,9 @@ def _plugin_class() -> type:
                             f" (an array of shape {tuple(shape)} is read as a batch of frames: "
                             "one image is (height, width) or (height, width, 1 to 4 channels))"
                         )
-                    self._jac_refused = True  # the frame queued before is not written either, when closed
-                    self.images_to_write.clear()
+                    if self._jac_frames:  # a frame was queued before: it is not written either, when closed
+                        self._jac_refused = True
+                        self.images_to_write.clear()
                     raise ValueError(msg)
             result = super().write(ndimage, mode=mode, format=format, **kwargs)
             self._jac_frames = frames  # a write that raised left no frame (nothing pending: _flush_writer)

@@ -1,10 +1,14 @@
-"""Warnings ignored for a moment, one thread at a time.
+"""The codec's warning-filter blocks, one thread at a time and never across a fork.
 
 ``warnings.catch_warnings`` saves the process's filter list on entry and puts it back on exit. Two such
 blocks in two threads that overlap put back each other's lists: the filter one of them added stays for
-good, and every later warning of the process is ignored. The codec's own short blocks (reading a header
-back, a trial save of one pixel) therefore run under one lock (:func:`ignoring`), so they never overlap one
-another. Only the standard library is imported here.
+good, and every later warning of the process is ignored (or shown that should not be). The codec's own
+blocks (reading a header back, a one-pixel trial save, a conversion's recorded warnings) therefore hold
+one lock, so they never overlap one another; the short ones (:func:`ignoring`) also hold off forks
+(:func:`pillow_jac.forksafe.setting_up`), so that a child is not copied with an "ignore" in place that
+nothing would remove. A recording block can last a whole conversion, so forks do not wait for it. A
+caller's own ``catch_warnings`` in another thread can still overlap one of them: that race is the
+standard library's. Only the standard library and :mod:`pillow_jac.forksafe` are imported here.
 
 Example:
     >>> import warnings
@@ -21,16 +25,27 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from .forksafe import fork_safe_lock
+from .forksafe import fork_safe_lock, setting_up
 
-__all__ = ["ignoring"]
+__all__ = ["ignoring", "recording"]
 
+#: held by every block of this module; taken before setting_up, so that a recording block that reaches an
+#: ignoring one, and an ignoring one in another thread, cannot each hold the lock the other waits for
 _FILTERS_LOCK = fork_safe_lock()
 
 
 @contextmanager
 def ignoring(category: type[Warning] = Warning) -> Iterator[None]:
-    """Ignore warnings of ``category`` inside the block, the filter list saved and put back under one lock."""
-    with _FILTERS_LOCK, warnings.catch_warnings():
+    """Ignore warnings of ``category`` inside the block."""
+    with _FILTERS_LOCK, setting_up(), warnings.catch_warnings():
         warnings.simplefilter("ignore", category)
         yield
+
+
+@contextmanager
+def recording(always: bool = False) -> Iterator[list[warnings.WarningMessage]]:
+    """Record the block's warnings in the list it gives, instead of showing them; every one with ``always``."""
+    with _FILTERS_LOCK, warnings.catch_warnings(record=True) as caught:
+        if always:
+            warnings.simplefilter("always")
+        yield caught

@@ -7,11 +7,13 @@ import json
 import os
 import select
 import signal
+import struct
 import subprocess
 import sys
 import threading
 import time
 import warnings
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -445,6 +447,31 @@ def test_sixteen_bit_pgm_and_a_transparent_grey_level(tmp_path: Path, capsys) ->
         alpha = np.asarray(im)[:, :, 1]
     assert im.mode == "LA" and (alpha == 0).sum() == 16 and (alpha[:4, :4] == 0).all()
     assert "16-bit grey samples reduced" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("key", [(0, 100, 255), (4660, 22136, 39612)])
+def test_a_sixteen_bit_colour_png_drops_its_transparent_colour_with_a_warning(tmp_path: Path, capsys, key) -> None:
+    """Pillow reads the samples as 8 bits but keeps the tRNS colour at 16: as an 8-bit colour (0, 100, 255) keys
+    other pixels than the file's (here, none of the keyed ones and all of the others), and one above 255 none."""
+    samples = np.full((6, 5, 3), key, ">u2")
+    samples[3:] = (0, 25600, 65280)  # read as the 8-bit (0, 100, 255): not the file's transparent colour
+    rows = b"".join(b"\0" + row.tobytes() for row in samples)
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    png = tmp_path / "rgb16.png"
+    png.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 5, 6, 16, 2, 0, 0, 0))
+        + chunk(b"tRNS", struct.pack(">HHH", *key)) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
+    )  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        assert main(["encode", str(png), str(tmp_path / "out.jac"), "-q", "8"]) == 0
+    with Image.open(tmp_path / "out.jac") as im:
+        assert im.mode == "RGB"
+    err = capsys.readouterr().err
+    assert f"transparent colour {key} is a 16-bit one that no 8-bit pixel matches" in err, err
 
 
 def test_encode_converts_cmyk_through_its_icc_profile_and_warns_without_one(tmp_path: Path, capsys) -> None:

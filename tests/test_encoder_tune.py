@@ -250,6 +250,14 @@ def test_command_line_runs_validates_and_resumes(base, tmp_path, capsys, monkeyp
     encoder_tune.main([str(moved) if a == str(data) else a for a in resume])
     assert torch.load(out / "checkpoint.pt", weights_only=False)["step"] == 4 and not script
     moved.rename(data)
+    # a checkpoint written before the images were named by digest names their folder: it still resumes there
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=False)
+    del ckpt["run"]["training_images"]
+    ckpt["run"]["data"] = str(data.resolve())
+    torch.save(ckpt, out / "checkpoint.pt")
+    script = [-0.125]
+    encoder_tune.main([*common, "--out", str(out), "--steps", "5", "--resume"])
+    assert torch.load(out / "checkpoint.pt", weights_only=False)["step"] == 5 and not script
     with pytest.raises(SystemExit, match="--holdout 5 must be from 0 to 4"):
         encoder_tune.main([*common, "--out", str(tmp_path / "run2"), "--holdout", "5"])
 

@@ -109,6 +109,13 @@ def test_incremental_writes_are_refused_after_one_frame(tmp_path: Path, rgb: np.
     assert unraisable == []
     assert kept.read_bytes() == b"kept"
     assert iio.imwrite("<bytes>", rgb[None], extension=".jac").startswith(MAGIC)  # a batch of one is one image
+    retried = tmp_path / "retried.jac"  # a batch refused before any frame was queued: the next image is written
+    with iio.imopen(retried, "w") as f:
+        with pytest.raises(ValueError, match="2 frames were written"):
+            f.write(np.stack([rgb, rgb]))
+        f.write(rgb)
+    with Image.open(retried) as im:
+        assert im.size == (48, 40)
 
 
 @pytest.mark.filterwarnings("ignore:Can't determine file format to write as")

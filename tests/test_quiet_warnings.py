@@ -9,12 +9,13 @@ from pathlib import Path
 
 from PIL import Image
 
-from pillow_jac import decoded_output
+from pillow_jac import decoded_output, quiet_warnings
 
 
 def test_blocks_in_parallel_threads_leave_the_filters_as_they_were(tmp_path: Path) -> None:
     """Two overlapping ``catch_warnings`` blocks put back each other's filter lists: an "ignore" stayed for good,
-    and every later warning of the process went unseen (here, reading headers back in three threads)."""
+    and every later warning of the process went unseen (here, reading headers back in two threads while a third
+    records its warnings)."""
     png = tmp_path / "out.png"
     Image.new("RGB", (4, 4)).save(png)
     saved = sys.getswitchinterval()
@@ -26,7 +27,13 @@ def test_blocks_in_parallel_threads_leave_the_filters_as_they_were(tmp_path: Pat
             for _ in range(300):
                 assert decoded_output.written_by_a_decode(png) is False
 
-        threads = [threading.Thread(target=read_back) for _ in range(3)]
+        def record() -> None:  # as a conversion records its warnings, around all of its work
+            for _ in range(300):
+                with quiet_warnings.recording(always=True) as caught:
+                    warnings.warn("recorded", stacklevel=1)
+                assert [str(w.message) for w in caught] == ["recorded"]
+
+        threads = [threading.Thread(target=work) for work in (read_back, read_back, record)]
         for thread in threads:
             thread.start()
         for thread in threads:

@@ -171,7 +171,9 @@ def main(argv: list[str] | None = None) -> None:
                 f"{ckpt_path} tunes the encoder of other weights ({ckpt['weights']}) than --weights {args.weights} "
                 f"({base_weights}): resume with those weights, or choose another --out"
             )
-        changed = sorted(k for k, v in ckpt.get("run", shaping).items() if shaping.get(k) != v)
+        # a checkpoint from before the images were named by digest names its folder instead
+        compared = {**shaping, "data": str(args.data.resolve())}
+        changed = sorted(k for k, v in ckpt.get("run", shaping).items() if compared.get(k) != v)
         if changed:
             raise SystemExit(
                 f"{ckpt_path} was trained with other {', '.join(changed)} ({', '.join(_shown(ckpt['run'], changed))}): "
