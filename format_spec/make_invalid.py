@@ -2,9 +2,10 @@
 
 ``python format_spec/make_invalid.py`` writes ``format_spec/vectors/invalid/``: each file is a release-6
 vector with one rule broken, of the streams, the alpha plane or the container (rules 1-11 of section 8.2),
-everything else valid (lengths and CRCs recomputed where they are not the rule), so that only a decoder
-that applies the rule rejects it. ``invalid.json`` names, for each, the vector it comes from, the
-rule, and the error the reference implementation raises (informative: only rejection is normative).
+everything else valid (lengths and CRCs recomputed where they are not the rule), so that a decoder that
+does not apply the rule decodes it, or rejects it only later by another rule (SPEC.md 9.4 names those).
+``invalid.json`` names, for each, the vector it comes from, the rule, and the error the reference
+implementation raises (informative: only rejection is normative).
 ``format_spec/conformance.py`` checks that every one is rejected. The files never change once written:
 the script adds the vectors it lacks, and refuses to run when it would make an existing one differently.
 """

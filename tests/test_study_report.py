@@ -63,10 +63,16 @@ def test_summary_pairs_seeds_and_reports_noise_and_anchors():
     anchors = {s: {"jpeg420": anchor} for s in ("kodak", "urban20")}
     summary = summarise(runs, anchors, {"joint": {"encode_s": 0.5, "decode_s": 0.7}})
     assert summary["noise"]["kodak"] == pytest.approx(2.0, abs=1e-6)  # seed 1 is 2% larger at equal PSNR
-    # pooled over both variants: joint +2%, hyper-scale 1.122 / 1.2 - 1 = -6.5%
-    pooled = summary["seed_spread"]["kodak"]
-    assert pooled["variants"] == 2 and pooled["rms"] == pytest.approx(math.sqrt((2.0**2 + 6.5**2) / 2), abs=1e-6)
-    assert pooled["two_seed_se"] == pytest.approx(pooled["rms"] / math.sqrt(2))
+    assert summary["seed_spread"] == {}  # two variants with two seeds: too few to pool
+    # five variants, seed 1 against seed 0: +2%, -6.5% and +4%, +4%, -2%
+    more = dict(runs)
+    for name, factor in (("context-only", 1.04), ("joint-ctx3", 1.04), ("joint-ctx7", 0.98)):
+        more[f"{name}-s0"], more[f"{name}-s1"] = _run(name, 0, 1.0), _run(name, 1, factor)
+    pooled = summarise(more, anchors, {})["seed_spread"]["kodak"]
+    rms = math.sqrt((2.0**2 + 6.5**2 + 4.0**2 + 4.0**2 + 2.0**2) / 5)
+    assert pooled["variants"] == 5 and pooled["rms"] == pytest.approx(rms, abs=1e-6)
+    assert pooled["two_seed_se"] == pytest.approx(rms / math.sqrt(2))
+    assert pooled["threshold"] == pytest.approx(2.571 * rms / math.sqrt(2))
     entry = summary["variants"]["hyper-scale"]["sets"]["kodak"]
     # each seed against the joint model of the same seed: +20% and +10%
     assert entry["bd_vs_joint"]["values"] == pytest.approx([20.0, 10.0], abs=1e-6)

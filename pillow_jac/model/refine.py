@@ -115,7 +115,7 @@ class _Adam:
         self.variables, self.lr, self.betas, self.eps = variables, lr, betas, eps
         self.averages = [torch.zeros_like(v, memory_format=torch.preserve_format) for v in variables]
         self.squares = [torch.zeros_like(v, memory_format=torch.preserve_format) for v in variables]
-        self.steps = [torch.tensor(0.0) for _ in variables]  # on the CPU, as torch.optim.Adam keeps them
+        self.steps = [torch.tensor(0.0, device="cpu") for _ in variables]  # on the CPU, as torch.optim.Adam keeps them
 
     @torch.no_grad()
     def step(self, grads: list[torch.Tensor]) -> None:

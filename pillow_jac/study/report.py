@@ -16,8 +16,6 @@ from typing import Any
 import numpy as np
 
 from ..bench.metrics import bd_quality, bd_rate, json_text
-from ..model.mbt2018 import ModelConfig
-from .evaluate import model_cost
 from .variants import BUDGET, VARIANTS, Budget, Variant, run_name
 
 __all__ = ["mean_curve", "summarise", "write_report", "budget_paths", "MissingRunsError"]
@@ -65,13 +63,21 @@ def _spread(values: list[float]) -> dict[str, Any]:
     return {"mean": float(np.mean(finite)), "min": min(finite), "max": max(finite), "n": len(finite), "values": values}
 
 
+#: the fewest variants with two seeds that the seed noise is pooled over: fewer give no rule
+MIN_POOLED_VARIANTS = 5
+#: Student's t at 97.5% by degrees of freedom (the variants pooled), for a two-sided 95% threshold
+_T_975 = {5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
+
+
 def _seed_spread(curves: dict[str, dict[str, list[dict]]]) -> dict[str, dict[str, float]]:
     """Per set, the seed noise pooled over every variant with two seeds (not the joint model's pair alone).
 
     ``rms``: the root mean square of each variant's seed 1 against its seed 0 (BD-rate, points); a comparison
     of one seed with another model's same seed varies as much. ``two_seed_se``: ``rms / sqrt 2``, the
-    standard error of a mean over two seeds of such comparisons. A difference is read as one only where both
-    seeds show it and their mean exceeds twice ``two_seed_se`` (docs/study.md).
+    standard error of a mean over two seeds of such comparisons; ``threshold``: Student's t at 97.5% for as
+    many degrees of freedom as variants pooled, times ``two_seed_se``. A difference is read as one only where
+    both seeds have the sign of their mean and the mean exceeds ``threshold`` (docs/study.md). Fewer than
+    :data:`MIN_POOLED_VARIANTS` variants give no rule: the root mean square of two pairs can be off severalfold.
     """
     spread = {}
     for set_name in SETS:
@@ -81,9 +87,11 @@ def _seed_spread(curves: dict[str, dict[str, list[dict]]]) -> dict[str, dict[str
             if all(set_name in curves.get(f"{v.name}-s{s}", {}) for s in (0, 1))
         ]
         pairs = [d for d in pairs if math.isfinite(d)]
-        if pairs:
+        if len(pairs) >= MIN_POOLED_VARIANTS:
             rms = float(np.sqrt(np.mean(np.square(pairs))))
-            spread[set_name] = {"rms": rms, "two_seed_se": rms / math.sqrt(2), "variants": len(pairs)}
+            se = rms / math.sqrt(2)
+            t = _T_975[min(len(pairs), max(_T_975))]
+            spread[set_name] = {"rms": rms, "two_seed_se": se, "threshold": t * se, "variants": len(pairs)}
     return spread
 
 
@@ -114,6 +122,9 @@ def summarise(
     runs: dict[str, dict], anchors: dict[str, dict], timings: dict[str, dict], budget: Budget = BUDGET
 ) -> dict[str, Any]:
     """Per variant and set: BD-rates (against the joint model, JPEG and WebP), z share, cost and times."""
+    from ..model.mbt2018 import ModelConfig  # here: the study's other commands start without torch
+    from .evaluate import model_cost
+
     curves = {name: {s: mean_curve(r["sets"][s]["per_image"]) for s in r["sets"]} for name, r in runs.items()}
     anchor_curves = {s: {c: mean_curve(v[c]["per_image"]) for c in ANCHORS if c in v} for s, v in anchors.items()}
     out: dict[str, Any] = {"budget": budget.to_dict(), "variants": {}, "noise": {}}
@@ -239,7 +250,8 @@ def markdown(summary: dict[str, Any]) -> str:
                 f"Seed spread pooled over the {pooled['variants']} variants with two seeds: seed 1 against "
                 f"seed 0 is {pooled['rms']:.1f} points BD-rate (root mean square); a two-seed mean comparison "
                 f"has a standard error of about {pooled['two_seed_se']:.1f} points, so a difference is read as "
-                f"one where both seeds show it and the mean exceeds {2 * pooled['two_seed_se']:.1f} points.",
+                f"one where both seeds have the sign of the mean and the mean exceeds {pooled['threshold']:.1f} "
+                "points (Student's t at 97.5%).",
                 "",
             ]
         lines += [
