@@ -29,7 +29,6 @@ from .weights import (
     FLOAT_PREFIX,
     MIXTURE_EXP,
     SCALE_THRESHOLDS,
-    TABLE_FIELDS,
     Z_DENSITY_PREFIXES,
     WeightsError,
     WeightsNotFoundError,
@@ -186,9 +185,7 @@ class Engine:
             found = read_table(tensors, prefix)
             if found is None:
                 return None
-            names = [f"table.{prefix}_{field}" for field in TABLE_FIELDS]
-            arrays = (require_integers(n, t).numpy() for n, t in zip(names, found, strict=True))
-            made = entropy_coding.CodingTables(*arrays)
+            made = entropy_coding.CodingTables(*(t.numpy() for t in found))
             if len(made) != count:
                 raise ValueError(f"{len(made)} {prefix} coding tables where the model codes with {count}")
             return made

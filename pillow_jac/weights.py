@@ -215,15 +215,18 @@ def table_tensors(part: str, freqs, offsets, lows) -> dict[str, torch.Tensor]:
 def read_table(tensors: dict[str, torch.Tensor], part: str) -> tuple[torch.Tensor, ...] | None:
     """``(freqs, offsets, lows)`` of ``part``'s coding tables, or None if the file has none (no hyperprior).
 
+    Raises:
+        ValueError: a table tensor that does not hold integers (:func:`require_integers`).
+
     Example:
         >>> import torch
-        >>> t = table_tensors("z", torch.ones(3), torch.tensor([0, 3]), torch.zeros(1))
+        >>> t = table_tensors("z", torch.ones(3, dtype=torch.int32), torch.tensor([0, 3]), torch.tensor([0]))
         >>> [v.tolist() for v in read_table(t, "z")], read_table(t, "y")
-        ([[1.0, 1.0, 1.0], [0, 3], [0.0]], None)
+        ([[1, 1, 1], [0, 3], [0]], None)
     """
     if f"table.{part}_{TABLE_FIELDS[0]}" not in tensors:
         return None
-    return tuple(tensors[f"table.{part}_{field}"] for field in TABLE_FIELDS)
+    return tuple(require_integers(f"table.{part}_{f}", tensors[f"table.{part}_{f}"]) for f in TABLE_FIELDS)
 
 
 def _is_decoder(name: str) -> bool:
