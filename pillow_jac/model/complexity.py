@@ -37,7 +37,7 @@ def macs_per_pixel_by_network(config: ModelConfig, causal_taps_only: bool = Fals
                 kernel = module.out_channels // module.groups * module.kernel_size[0] * module.kernel_size[1]
                 macs = inputs[0].numel() * kernel
             elif isinstance(module, MaskedConv2d) and causal_taps_only:
-                macs = output.numel() * module.in_channels * int(module.mask[0, 0].sum())
+                macs = output.numel() * module.in_channels * module.taps
             elif isinstance(module, torch.nn.Conv2d):
                 kernel = module.in_channels // module.groups * module.kernel_size[0] * module.kernel_size[1]
                 macs = output.numel() * kernel

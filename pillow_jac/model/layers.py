@@ -105,6 +105,11 @@ class MaskedConv2d(nn.Conv2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
         return F.conv2d(x, self.weight * self.mask, self.bias, padding=self.padding)
 
+    @property
+    def taps(self) -> int:
+        """The kernel positions the mask keeps (the causal ones): the only ones the decoder multiplies."""
+        return int(causal_mask(self.kernel_size[0]).sum())
+
 
 def conv(in_channels: int, out_channels: int, kernel_size: int = 5, stride: int = 2) -> nn.Conv2d:
     """A "same"-padded convolution (stride 2 halves height and width)."""

@@ -21,7 +21,7 @@ from ..bench.codecs import get_codec
 from ..bench.images import list_images, load_rgb
 from ..engine import load_model
 from ..model.complexity import macs_per_pixel_by_network
-from ..model.layers import MaskedConv2d, causal_mask
+from ..model.layers import MaskedConv2d
 from ..model.mbt2018 import JointAutoregressiveHierarchicalPrior, ModelConfig, count_parameters
 from ..training.freeze import freeze
 from ..weights import save_weights
@@ -96,7 +96,7 @@ def model_cost(config: ModelConfig) -> dict[str, float]:
         model = JointAutoregressiveHierarchicalPrior(config)
     stored = count_parameters(model)
     masked_out = sum(
-        m.weight.numel() - m.out_channels * m.in_channels * int(causal_mask(m.kernel_size[0]).sum())
+        m.weight.numel() - m.out_channels * m.in_channels * m.taps
         for m in model.modules()
         if isinstance(m, MaskedConv2d)
     )
