@@ -129,7 +129,7 @@ def _file(chunks: list[list[bytes]], bad_crc: bytes | None = None) -> bytes:
 
 
 #: byte offsets of JHDR's fields (SPEC.md section 4): ``>BBBBIIH16s8sHHHHII``
-_JHDR_FIELDS = {"major": 0, "flags": 2, "quality": 12, "model_id": 14, "y_height": 38, "y_length": 50}
+_JHDR_FIELDS = {"major": 0, "flags": 2, "quality": 12, "model_id": 14, "y_height": 38}
 
 
 def _jhdr(field: str, value: bytes) -> Callable:
