@@ -129,3 +129,21 @@ def assert_within_one_level_in_a_few_samples(pixels: np.ndarray, expected: np.nd
     off = np.abs(pixels.astype(np.int64) - expected)
     assert off.max(initial=0) <= 1
     assert np.count_nonzero(off) <= max(2, VECTOR_OFF_BY_ONE_SHARE * off.size), np.count_nonzero(off)
+
+
+def sixteen_bit_png(path: Path, samples: np.ndarray, colour_type: int, transparency: tuple | None = None) -> None:
+    """A 16-bit PNG of ``samples`` (height, width, planes) written by hand (Pillow writes no 16-bit colour).
+
+    ``transparency``: the 16-bit colour of a ``tRNS`` chunk (colour type 2), if any.
+    """
+    import struct
+    import zlib
+
+    def chunk(ctype: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + ctype + body + struct.pack(">I", zlib.crc32(ctype + body))
+
+    height, width = samples.shape[:2]
+    rows = b"".join(b"\0" + samples[y].astype(">u2").tobytes() for y in range(height))
+    header = chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 16, colour_type, 0, 0, 0))
+    key = b"" if transparency is None else chunk(b"tRNS", struct.pack(">" + "H" * len(transparency), *transparency))
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + header + key + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))

@@ -7,13 +7,11 @@ import json
 import os
 import select
 import signal
-import struct
 import subprocess
 import sys
 import threading
 import time
 import warnings
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +23,7 @@ from pillow_jac import __version__, container, generations
 from pillow_jac.cli import main
 from pillow_jac.constants import MAGIC
 
-from .helpers import listing, natural_image
+from .helpers import listing, natural_image, sixteen_bit_png
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "examples" / "sample.png"
@@ -387,30 +385,14 @@ def test_sixteen_bit_grey_is_scaled_to_eight_bits_with_a_warning(tmp_path: Path,
     assert error.mean() < 3 and np.asarray(im).max() > 240  # scaled, not clipped (clipping gives 255 from 1/256 on)
 
 
-def _png(path: Path, samples: np.ndarray, colour_type: int) -> None:
-    """A 16-bit PNG of ``samples`` (height, width, planes) written by hand (Pillow writes no 16-bit colour)."""
-    import struct
-    import zlib
-
-    def chunk(ctype: bytes, body: bytes) -> bytes:
-        return struct.pack(">I", len(body)) + ctype + body + struct.pack(">I", zlib.crc32(ctype + body))
-
-    height, width = samples.shape[:2]
-    rows = b"".join(b"\0" + samples[y].astype(">u2").tobytes() for y in range(height))
-    header = struct.pack(">IIBBBBB", width, height, 16, colour_type, 0, 0, 0)
-    path.write_bytes(
-        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
-    )
-
-
 def test_sixteen_bit_grey_and_alpha_stays_grey_and_sixteen_bit_colour_is_named(tmp_path: Path, capsys) -> None:
     """Pillow opens a 16-bit grey+alpha PNG as RGBA: it was stored as colour (its decode no longer grey) with no
     warning, and 16-bit colour was reduced to 8 bits silently, where 16-bit grey is named."""
     grey = np.linspace(0, 65535, 24 * 32).reshape(24, 32)
     alpha = np.full_like(grey, 65535)
     alpha[:, :8] = 0
-    _png(tmp_path / "la.png", np.dstack([grey, alpha]), 4)
-    _png(tmp_path / "rgb.png", np.dstack([grey, grey[::-1], grey]), 2)
+    sixteen_bit_png(tmp_path / "la.png", np.dstack([grey, alpha]), 4)
+    sixteen_bit_png(tmp_path / "rgb.png", np.dstack([grey, grey[::-1], grey]), 2)
     with warnings.catch_warnings():
         warnings.simplefilter("always")
         assert main(["encode", str(tmp_path / "la.png"), str(tmp_path / "la.jac"), "-q", "6"]) == 0
@@ -455,16 +437,8 @@ def test_a_sixteen_bit_colour_png_drops_its_transparent_colour_with_a_warning(tm
     other pixels than the file's (here, none of the keyed ones and all of the others), and one above 255 none."""
     samples = np.full((6, 5, 3), key, ">u2")
     samples[3:] = (0, 25600, 65280)  # read as the 8-bit (0, 100, 255): not the file's transparent colour
-    rows = b"".join(b"\0" + row.tobytes() for row in samples)
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
     png = tmp_path / "rgb16.png"
-    png.write_bytes(
-        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 5, 6, 16, 2, 0, 0, 0))
-        + chunk(b"tRNS", struct.pack(">HHH", *key)) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
-    )  # fmt: skip
+    sixteen_bit_png(png, samples, 2, transparency=key)
     with warnings.catch_warnings():
         warnings.simplefilter("always")
         assert main(["encode", str(png), str(tmp_path / "out.jac"), "-q", "8"]) == 0

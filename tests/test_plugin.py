@@ -24,6 +24,8 @@ import pillow_jac
 from pillow_jac import JacImagePlugin, container, files
 from pillow_jac.constants import DEFAULT_QUALITY, MAGIC
 
+from .helpers import sixteen_bit_png
+
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "examples" / "sample.png"
 SIZE = (48, 40)
@@ -297,7 +299,6 @@ def test_recovery_warnings_name_the_file_and_point_at_the_caller(monkeypatch, tm
 
 def _chunks(data: bytes) -> list[tuple[int, bytes, int]]:
     """(offset, type, data length) of each chunk of a well-formed ``.jac`` file."""
-    import struct
 
     out, pos = [], len(MAGIC)
     while pos < len(data):
@@ -400,7 +401,6 @@ def test_the_parser_judges_the_whole_file_as_open_does(rgb_jac: bytes, monkeypat
 
 
 def _chunk(ctype: bytes, payload: bytes) -> bytes:
-    import zlib
 
     crc = zlib.crc32(ctype + payload).to_bytes(4, "big")
     return len(payload).to_bytes(4, "big") + ctype + payload + crc
@@ -687,25 +687,14 @@ def test_colour_key_is_stored_as_alpha(spy: EncodeSpy, tmp_path: Path, mode: str
     assert (expected[:10, :10, -1] == 0).all() and expected[..., -1].max() == 255
 
 
-def _png_chunk(kind: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-
 def test_a_sixteen_bit_colour_key_is_dropped_with_a_warning(spy: EncodeSpy, tmp_path: Path) -> None:
     """Pillow reads a 16-bit RGB PNG as 8 bits but keeps its tRNS colour at 16: it matches no pixel, so an alpha
     plane made from it would be opaque everywhere. The image is stored as RGB, and the user told why."""
     key = (4660, 22136, 39612)
     samples = np.full((6, 5, 3), key, ">u2")
     samples[3:] = 1000  # the top rows have the transparent colour
-    rows = b"".join(b"\0" + row.tobytes() for row in samples)
     png = tmp_path / "rgb16-keyed.png"
-    png.write_bytes(
-        b"\x89PNG\r\n\x1a\n"
-        + _png_chunk(b"IHDR", struct.pack(">IIBBBBB", 5, 6, 16, 2, 0, 0, 0))
-        + _png_chunk(b"tRNS", struct.pack(">HHH", *key))
-        + _png_chunk(b"IDAT", zlib.compress(rows))
-        + _png_chunk(b"IEND", b"")
-    )
+    sixteen_bit_png(png, samples, 2, transparency=key)
     with Image.open(png) as im:
         assert im.mode == "RGB" and im.info["transparency"] == key
         with pytest.warns(UserWarning, match=r"transparent colour \(4660, 22136, 39612\) is a 16-bit one"):
