@@ -9,8 +9,10 @@ float32: tests/test_float32_synthesis.py), and its engine is float32 whatever th
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -76,7 +78,19 @@ def test_an_engine_built_under_a_float64_default_dtype_decodes_as_any_other(tmp_
     np.testing.assert_array_equal(codec.decode(data, weights=weights), expected)
 
 
-@pytest.mark.parametrize("how", ["context", "default"])
+@contextlib.contextmanager
+def _meta_by_default() -> Iterator[None]:
+    torch.set_default_device("meta")
+    try:
+        yield
+    finally:
+        torch.set_default_device(None)
+
+
+DEFAULT_DEVICES = {"context": lambda: torch.device("meta"), "default": _meta_by_default}
+
+
+@pytest.mark.parametrize("how", DEFAULT_DEVICES)
 def test_a_callers_default_device_changes_no_byte_and_no_pixel(tmp_path: Path, how: str) -> None:
     """Under ``with torch.device("meta")`` (or ``torch.set_default_device``), common in model code, the engine
     was built on the meta device and every encode and decode raised NotImplementedError; a CUDA default would
@@ -86,19 +100,10 @@ def test_a_callers_default_device_changes_no_byte_and_no_pixel(tmp_path: Path, h
     shutil.copyfile(generations.package_weights_dir() / generations.DEFAULT_WEIGHTS_NAME, weights)
     expected = [codec.encode(image, 4), codec.encode(image, 4, effort=1), codec.encode(image, target_size=700)]
     pixels = codec.decode(expected[0])
-    if how == "context":
-        with torch.device("meta"):
-            files = [codec.encode(image, 4, weights=weights), codec.encode(image, 4, effort=1)]
-            files.append(codec.encode(image, target_size=700))
-            decoded = codec.decode(expected[0], weights=weights)
-    else:
-        torch.set_default_device("meta")
-        try:
-            files = [codec.encode(image, 4, weights=weights), codec.encode(image, 4, effort=1)]
-            files.append(codec.encode(image, target_size=700))
-            decoded = codec.decode(expected[0], weights=weights)
-        finally:
-            torch.set_default_device(None)
+    with DEFAULT_DEVICES[how]():
+        files = [codec.encode(image, 4, weights=weights), codec.encode(image, 4, effort=1)]
+        files.append(codec.encode(image, target_size=700))
+        decoded = codec.decode(expected[0], weights=weights)
     assert files == expected
     np.testing.assert_array_equal(decoded, pixels)
 
