@@ -3,6 +3,12 @@
 At most ``slots_each`` calls are submitted to each actor at a time (backpressure, so the driver's and the object
 store's memory stay bounded whatever the number of files); an actor takes files once it has started; one that
 dies is replaced, and the file it was converting is charged one of :data:`~pillow_jac.batch_plan.ATTEMPTS`.
+
+Which file that was is known only when the actor died with one call unfinished: a process that exits at once
+(``os._exit``, the out-of-memory killer) can take with it the result of a call it had finished but not yet
+sent, so a death that leaves several calls unfinished charges none of them. They become *suspects*, queued
+again in their order, and each suspect is converted alone: submitted to an actor with no other call, which
+takes none until it is back. A suspect's death is then its own.
 """
 
 from __future__ import annotations
@@ -37,10 +43,11 @@ def run(
     ``options(src, dst)``: the arguments of ``Worker.convert`` after the source and output.
 
     An actor takes files once it has started, so actors the cluster cannot place yet only wait. An actor
-    that dies (its process killed, its node lost) is replaced; the file it was converting (its oldest call:
-    an actor runs its calls in order) is charged one of its :data:`ATTEMPTS`, and the calls queued behind it
-    go back to the queue uncharged. So a file that kills every worker it meets fails alone, and the number of
-    replacements is bounded by the files.
+    that dies (its process killed, its node lost) is replaced. A death that leaves one call unfinished charges
+    its file one of its :data:`ATTEMPTS`; one that leaves several makes them suspects, converted alone from then
+    on (the module's notes). So a file that kills every worker it meets fails alone, and the number of
+    replacements is bounded by the files: a death either charges a file or makes at least two files suspects,
+    and suspects die only alone.
     """
     report = Report()
     actors: list[Any] = []
@@ -64,13 +71,26 @@ def run(
             add_actor()
         todo = _Queue(jobs)
         attempts: dict[str, int] = {}
+        suspects: set[str] = set()  # files converted alone: each was unfinished when an actor died with others
+        calls: dict[Any, int] = {}  # a live actor -> its calls submitted and not back
+        alone: set[Any] = set()  # the actors converting a suspect
         dead: set[Any] = set()
         while todo or pending:
+            waiting = []  # slots that cannot take the next file now: their actor converts a suspect, or it is busy
             while todo and slots:
                 actor = slots.popleft()
-                if actor not in dead:
-                    src, dst = todo.popleft()
-                    pending[actor.convert.remote(src, dst, *options(src, dst))] = (actor, src, dst)
+                if actor in dead:
+                    continue
+                src, dst = todo.peek()
+                if actor in alone or (src in suspects and calls[actor]):
+                    waiting.append(actor)
+                    continue
+                if src in suspects:
+                    alone.add(actor)
+                todo.popleft()
+                calls[actor] += 1
+                pending[actor.convert.remote(src, dst, *options(src, dst))] = (actor, src, dst)
+            slots.extend(waiting)
             if not pending and not starting:
                 why = "" if start_error is None else f": {_cause(start_error)}"
                 if not started_any:
@@ -94,6 +114,7 @@ def run(
                         continue
                     if not started_any:
                         started_any, start = True, time.perf_counter()
+                    calls[actor] = 0
                     slots.extend([actor] * slots_each)
                     continue
                 if ref not in pending:  # a call of an actor whose death was handled earlier in this pass
@@ -102,14 +123,18 @@ def run(
                 try:
                     result = ray.get(ref)
                 except _deaths(ray):
-                    _lost(ray, actor, pending, todo, attempts, finish)
+                    _lost(ray, actor, pending, todo, attempts, suspects, finish)
                     dead.add(actor)
+                    del calls[actor]
+                    alone.discard(actor)
                     if todo:  # a replacement only for files left to convert
                         add_actor()
                     continue
                 except ray.exceptions.RayError as e:  # e.g. a result that could not be transferred
                     result = FileResult(src, dst, "failed", one_line(e))
                 del pending[ref]
+                calls[actor] -= 1
+                alone.discard(actor)  # a suspect's actor has no other call
                 slots.append(actor)
                 finish(result)
         report.seconds = time.perf_counter() - start if started_any else 0.0
@@ -149,11 +174,17 @@ class _Queue:
             yield self.popleft()
 
     def popleft(self) -> tuple[str, str]:
-        if self._back:
-            return self._back.popleft()
-        src, dst = next(self._fresh)
-        self._left -= 1
-        return str(src), str(dst)
+        item = self.peek()
+        self._back.popleft()
+        return item
+
+    def peek(self) -> tuple[str, str]:
+        """The next file, left in the queue."""
+        if not self._back:
+            src, dst = next(self._fresh)
+            self._left -= 1
+            self._back.append((str(src), str(dst)))
+        return self._back[0]
 
     def appendleft(self, item: tuple[str, str]) -> None:
         self._back.appendleft(item)
@@ -174,12 +205,14 @@ def _lost(
     pending: dict[Any, tuple[Any, str, str]],
     todo: _Queue,
     attempts: dict[str, int],
+    suspects: set[str],
     finish: Callable[[FileResult], None],
 ) -> None:
     """Take a dead actor's calls back.
 
-    Those it finished are reported; the oldest unfinished one (the one it was running) is charged an attempt,
-    and the rest are queued again.
+    Those it finished are reported. One unfinished call alone is the one it died converting: charged an attempt,
+    and queued again while attempts are left. Several unfinished calls are queued again uncharged, as suspects:
+    the oldest may have finished with its result lost in the death (the module's notes).
     """
     calls = [(ref, src, dst) for ref, (owner, src, dst) in pending.items() if owner is actor]  # submission order
     for ref, _, _ in calls:
@@ -197,10 +230,13 @@ def _lost(
             unfinished.append((src, dst))
         else:
             finish(result)
+    if len(unfinished) > 1:
+        suspects.update(src for src, _ in unfinished)
+        for item in reversed(unfinished):
+            todo.appendleft(item)
+        return
     if not unfinished:
         return
-    for item in reversed(unfinished[1:]):
-        todo.appendleft(item)
     src, dst = unfinished[0]
     attempts[src] = attempts.get(src, 0) + 1
     if attempts[src] < ATTEMPTS:

@@ -651,10 +651,11 @@ class _FakeActor:
     """An actor of :class:`_FakeRay`: runs its queued calls in order at a blocking wait; a "poison" file kills it.
 
     A result it finished becomes visible only at the next blocking wait (still on its way to the driver), as a
-    result can be when its actor dies right after."""
+    result can be when its actor dies right after; with ``loses_replies``, such a result is lost with the actor
+    (a process that exits at once does not send what it had not sent yet)."""
 
-    def __init__(self, ray) -> None:
-        self.ray, self.queue, self.alive = ray, [], True
+    def __init__(self, ray, loses_replies: bool = False) -> None:
+        self.ray, self.queue, self.alive, self.loses_replies = ray, [], True, loses_replies
         self.info = types.SimpleNamespace(remote=lambda: self._call("info"))
         self.convert = types.SimpleNamespace(remote=lambda src, dst, *options: self._call("convert", src, dst))
         ray.actors.append(self)
@@ -675,6 +676,9 @@ class _FakeActor:
                 if "poison" in ref.src:
                     self.alive = False
                     ref.done, ref.error = True, self.ray.exceptions.RayActorError("died")
+                    for sent in self.queue if self.loses_replies else ():  # replies not yet sent die with it
+                        if sent.in_transit:
+                            sent.done, sent.in_transit, sent.error = True, False, ref.error
                 elif ref.kind == "info":
                     ref.done, ref.value = True, {"pid": id(self)}
                 else:
@@ -730,6 +734,22 @@ def test_a_result_on_its_way_when_its_actor_dies_is_not_taken_for_the_running_ca
     )
     assert [Path(f.src).stem for f in report.failed] == ["poison"], report.failed
     assert report.done == 2 and sorted(seen) == sorted(str(p) for p in jobs)
+
+
+def test_a_finished_call_whose_reply_dies_with_its_actor_is_not_charged() -> None:
+    """An actor that finished ``b`` and died on ``poison`` before sending ``b``'s result: both calls ended with the
+    actor's death, so ``b`` (the older) was charged for it, at every try, and failed beside ``poison`` (as a
+    clean-checkout CI run saw on a real Ray)."""
+    ray = _FakeRay()
+    names = ("b", "poison1", "a", "poison2", "c", "d")
+    jobs = {Path(f"/in/{n}.png"): Path(f"/out/{n}.jac") for n in names}
+    seen: list[str] = []
+    report = ray_driver.run(
+        ray, jobs, lambda: _FakeActor(ray, loses_replies=True), 1, 2, lambda src, dst: ("jac",), seen.append
+    )
+    assert sorted(Path(f.src).stem for f in report.failed) == ["poison1", "poison2"], report.failed
+    assert report.done == 4 and sorted(r.src for r in seen) == sorted(str(p) for p in jobs)
+    assert len(ray.actors) <= 1 + len(jobs) * batch_plan.ATTEMPTS  # replacements stay bounded by the files
 
 
 def test_ray_progress_names_files_as_jac_batch_does(tmp_path: Path, capsys, monkeypatch) -> None:
