@@ -21,10 +21,11 @@ from typing import IO
 
 from . import container, generations
 from .constants import DEFAULT_QUALITY, METADATA_FIELDS
-from .conversion import PROG, exif_orientation
+from .conversion import PROG
 from .decoded_output import carries_mark
 from .preview import preview_size
 from .quiet_warnings import ignoring
+from .source_image import exif_orientation
 from .source_record import SourceRecord
 
 __all__ = [

@@ -22,7 +22,8 @@ from typing import IO, Any
 from . import container
 from .constants import DEFAULT_EFFORT, METADATA_FIELDS
 from .files import check_target, write_file
-from .quiet_warnings import ignoring, recording
+from .quiet_warnings import first_line, ignoring, recording
+from .source_image import exif_orientation, storable, turned_while_loading, upright
 
 __all__ = [
     "STDIO",
@@ -180,7 +181,6 @@ def encode_file(
 
     from .constants import UnsupportedModeError
     from .JacImagePlugin import JacImageFile
-    from .save_metadata import carried_orientation
     from .target_search import TargetNotMetError
 
     _check_output(src, dst)
@@ -192,7 +192,7 @@ def encode_file(
     try:
         with _naming(src, name_source, (Image.DecompressionBombError,)):
             im = Image.open(io.BytesIO(_read_stdin()) if _is_stdio(src) else src)
-            if _turned_while_loading(im):  # from memory: Pillow maps a file's samples at the turned size
+            if turned_while_loading(im):  # from memory: Pillow maps a file's samples at the turned size
                 im.fp.seek(0)  # what Pillow opened (a pipe's bytes it read already), not the path again
                 data = im.fp.read()
                 im.close()
@@ -203,16 +203,7 @@ def encode_file(
         raise ConversionError(f"{STDIO}: standard input is not an image Pillow can read") from e
     with im:
         with _naming(src, name_source, (OSError, ValueError, SyntaxError)):  # reading the image
-            _warn_of_frames(im, src, name_source)
-            rawmode = _rawmode(im)  # how the file's samples are stored: load() forgets it
-            im.load()
-            orientation = exif_orientation(im)
-            kept = not strip and carried_orientation(im) == orientation  # the output's tag turns it for viewers
-            im = _eight_bit_grey(im, src, name_source)
-            im = _sixteen_bit_colour(im, rawmode, src, name_source)
-            im = _cmyk_as_srgb(im, src, name_source)
-            if not kept:
-                im = _upright(im, orientation)
+            im = storable(im, _source_name(src) if name_source else None, strip)
         options: dict[str, Any] = {"quality": quality, "effort": effort, "device": device, "model": model}
         if target_size is not None or target_psnr is not None:
             del options["quality"]
@@ -227,13 +218,6 @@ def encode_file(
     data = encoded.getvalue()
     _emit(dst, data, out)
     return len(data)
-
-
-#: Pillow's modes of 16-bit grey samples (PNG, TIFF), whose range 0-65535 the file format defines
-SIXTEEN_BIT_GREY = ("I;16", "I;16L", "I;16B", "I;16N")
-#: formats whose grey samples Pillow opens as mode ``I`` but which hold at most 16 bits, 0-65535 (a 16-bit PGM
-#: is scaled to that range by Pillow's reader; a PNG opens as ``I`` in older Pillows)
-SIXTEEN_BIT_AS_I = ("PPM", "PNG")
 
 
 @contextlib.contextmanager
@@ -253,173 +237,9 @@ def _naming(src: Path, name_it: bool, kinds: tuple[type[BaseException], ...]):
         raise ConversionError(f"{src}: {one_line(e)}") from e
 
 
-#: the EXIF tag of the orientation in which to show the stored pixels (1: as stored)
-EXIF_ORIENTATION = 0x0112
-
-
-def _turned_while_loading(im: Any) -> bool:
-    """Whether ``im`` is a TIFF opened from a path that Pillow will turn (EXIF orientation 5-8) as it loads.
-
-    Pillow gives such a TIFF its turned size at open and, loading from a path, maps the samples of a single
-    strip of an L, P, RGBA, CMYK or I;16 image straight from the file at that size: scrambled pixels of the
-    unturned size (Pillow 13.0). Opened from memory, it reads them and then turns them.
-    """
-    try:
-        return im.format == "TIFF" and bool(im.filename) and im.tag_v2.get(EXIF_ORIENTATION) in (5, 6, 7, 8)
-    except Exception:  # noqa: BLE001  (tags that do not parse: load() reports them)
-        return False
-
-
-def exif_orientation(im: Any) -> int:
-    """The EXIF orientation of an opened image, 1 to 8 (1: show as stored); 1 where there is none or it is invalid.
-
-    Read after ``load()``: a Pillow that turns a TIFF while loading it also removes the tag then.
-    """
-    try:
-        orientation = im.getexif().get(EXIF_ORIENTATION, 1)
-    except Exception:  # EXIF that does not parse: no orientation, as a viewer would find none
-        return 1
-    return orientation if orientation in _TURNS else 1
-
-
-#: the transposition that shows pixels of each EXIF orientation upright (as ``ImageOps.exif_transpose``)
-_TURNS = {1: None, 2: "FLIP_LEFT_RIGHT", 3: "ROTATE_180", 4: "FLIP_TOP_BOTTOM", 5: "TRANSPOSE", 6: "ROTATE_270",
-          7: "TRANSVERSE", 8: "ROTATE_90"}  # fmt: skip
-
-
-def _upright(im: Any, orientation: int) -> Any:
-    """``im`` turned as an EXIF ``orientation`` says, for an output whose metadata will not turn it.
-
-    With ``--strip`` nothing is stored, and of a TIFF only ``info["exif"]`` would be (none): a phone photo
-    would show on its side. The turned image keeps ``info`` (the ICC profile) without the orientation
-    (:func:`~pillow_jac.save_metadata.without_orientation`), so that no tag left elsewhere turns it again.
-    """
-    if _TURNS[orientation] is None:
-        return im
-    from PIL import Image
-
-    from .save_metadata import without_orientation
-
-    turned = im.transpose(getattr(Image.Transpose, _TURNS[orientation]))
-    turned.info = without_orientation(turned.info)
-    return turned
-
-
-def _rawmode(im: Any) -> str | None:
-    """The raw mode of an image not yet loaded (how its file stores the samples, such as ``LA;16B``), or None."""
-    tile = getattr(im, "tile", None) or []
-    args = getattr(tile[0], "args", None) if tile else None
-    return args if isinstance(args, str) else args[0] if isinstance(args, tuple) and args else None
-
-
-def _sixteen_bit_colour(im: Any, rawmode: str | None, src: Path, name_it: bool = True) -> Any:
-    """16-bit colour or grey+alpha samples, which Pillow reads as 8-bit RGB or RGBA, with a warning; else ``im``.
-
-    Pillow keeps each 16-bit sample's high byte. A 16-bit grey+alpha PNG opens as RGBA: it becomes ``LA`` (its
-    three colour planes are equal), so that the file stores grey and decodes as grey, as an 8-bit one does.
-    ``rawmode``: :func:`_rawmode` before the image was loaded. ``name_it`` as for :func:`_warn_of_frames`.
-    """
-    if im.mode not in ("RGB", "RGBA") or not isinstance(rawmode, str) or ";16" not in rawmode:
-        return im
-    kind = "16-bit grey and alpha" if rawmode.startswith("LA") else "16-bit colour"
-    warnings.warn(f"{_of(src, name_it, kind)} samples reduced to 8 bits (JAC stores 8)", stacklevel=3)
-    if not rawmode.startswith("LA"):
-        if "transparency" in im.info:  # Pillow keeps a tRNS colour at 16 bits: as 8-bit it would key other pixels
-            key = im.info.pop("transparency")
-            warnings.warn(
-                f"{_of(src, name_it, 'transparent colour')} {key} is a 16-bit one that no 8-bit pixel matches: "
-                "stored without transparency",
-                stacklevel=3,
-            )
-        return im
-    info = dict(im.info)
-    out = im.convert("LA")  # R = G = B: the grey level, exactly
-    out.info = info
-    return out
-
-
-def _eight_bit_grey(im: Any, src: Path, name_it: bool = True) -> Any:
-    """A 16-bit grey image as 8-bit ``L`` (``round(v * 255 / 65535)``), with a warning; any other image as is.
-
-    JAC stores 8 bits per sample, and Pillow's plugin rejects these modes (its ``convert("L")`` would clip
-    at 255, README "Modes and metadata"). A file's 16-bit samples span 0-65535 by definition, so the
-    command line scales them, as other encoders reduce 16-bit PNGs; ``I`` and ``F`` images of other formats,
-    whose range no file defines, are still rejected. ``im.info`` (ICC profile, EXIF, XMP) is kept; a
-    transparent grey level (a PNG's ``tRNS``) becomes an alpha plane made from the 16-bit samples, since
-    several of them share an 8-bit level. ``name_it`` as for :func:`_warn_of_frames`.
-    """
-    if im.mode not in SIXTEEN_BIT_GREY and not (im.mode == "I" and im.format in SIXTEEN_BIT_AS_I):
-        return im
-    import numpy as np
-    from PIL import Image
-
-    samples = np.asarray(im).astype(np.int64)
-    if samples.min(initial=0) < 0 or samples.max(initial=0) > 65535:
-        return im  # not 16-bit samples after all: the plugin rejects the mode, naming it
-    grey = ((samples * 255 + 32767) // 65535).astype(np.uint8)
-    info = dict(im.info)
-    key = info.pop("transparency", None)
-    if isinstance(key, int):
-        out = Image.fromarray(np.dstack([grey, np.where(samples == key, 0, 255).astype(np.uint8)]), "LA")
-    else:
-        out = Image.fromarray(grey, "L")
-    out.info = info
-    warnings.warn(f"{_of(src, name_it, '16-bit grey')} samples reduced to 8 bits (JAC stores 8)", stacklevel=3)
-    return out
-
-
-def _cmyk_as_srgb(im: Any, src: Path, name_it: bool = True) -> Any:
-    """A CMYK image with an ICC profile as sRGB through that profile (perceptual intent), the profile sRGB's.
-
-    JAC stores RGB, and Pillow's plugin converts CMYK without colour management (as Pillow's other writers
-    do), so a print file's colours would shift; the command line converts as a colour-managed converter
-    does (libvips does so too), through Pillow's ImageCms (LittleCMS), and stores an sRGB profile. A CMYK
-    image without a profile, or one LittleCMS cannot use, is left to the plugin's naive conversion, with a
-    warning. Any other image is returned as is. ``name_it`` as for :func:`_warn_of_frames`.
-    """
-    if im.mode != "CMYK":
-        return im
-    shown = _of(src, name_it, "CMYK")
-    profile = im.info.get("icc_profile")
-    if not profile or profile[16:20] != b"CMYK":
-        warnings.warn(f"{shown} without a CMYK ICC profile converted to RGB naively (colours may shift)", stacklevel=3)
-        return im
-    try:
-        from PIL import ImageCms
-    except ImportError:  # a Pillow built without LittleCMS
-        warnings.warn(f"{shown}: Pillow has no ImageCms here; converted to RGB naively", stacklevel=3)
-        return im
-    srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
-    try:
-        out = ImageCms.profileToProfile(im, ImageCms.ImageCmsProfile(io.BytesIO(profile)), srgb, outputMode="RGB")
-    except (ImageCms.PyCMSError, OSError, ValueError) as e:
-        warnings.warn(f"{shown}: its ICC profile is unusable ({first_line(str(e))}); converted naively", stacklevel=3)
-        return im
-    out.info = {**im.info, "icc_profile": srgb.tobytes()}
-    return out
-
-
 def _source_name(src: Path) -> str | Path:
     """How a warning names the source: its path, or "standard input"."""
     return "standard input" if _is_stdio(src) else src
-
-
-def _of(src: Path, name_it: bool, what: str) -> str:
-    """``what`` with the source's name before it (``SRC: what``) when ``name_it``, as a warning shows it."""
-    return f"{_source_name(src)}: {what}" if name_it else what
-
-
-def _warn_of_frames(im: Any, src: Path, name_it: bool) -> None:
-    """Warn that only the first frame of an animated or multi-page image is encoded.
-
-    Not for an MPO (a camera JPEG whose further images are its own previews or depth maps). Read before
-    ``load()``: counting the frames seeks through them.
-    """
-    if im.format == "MPO" or not getattr(im, "is_animated", False):
-        return
-    frames = im.n_frames  # Pillow seeks back to the first frame after counting
-    shown = f"{_source_name(src)} has {frames} frames" if name_it else f"{frames} frames"
-    warnings.warn(f"{shown}; only the first is encoded", stacklevel=3)
 
 
 def read_jac(path: Path, *, on_unknown: Any = None) -> tuple[container.JacFile, int]:
@@ -510,7 +330,7 @@ def decode_file(src: Path, dst: Path, *, device: str | None = None, force: bool 
         # the output lost the turn (a format without EXIF, or EXIF it refused): the pixels are turned instead,
         # as jac encode turns them for a .jac that would lose it, so that the image still shows upright
         options = without_orientation(options)
-        turned = _upright(im, orientation)
+        turned = upright(im, orientation)
         if fmt == "ICO":
             options["sizes"] = _icon_sizes(turned.size)
         data, kept = decoded_output.save_keeping_what_fits(turned, fmt, decoded_output.marked_options(fmt, options))
@@ -539,7 +359,7 @@ def _stored_orientation(info: dict[str, Any]) -> int:
     stub = Image.new("L", (1, 1))
     stub.info = {key: info[key] for key in ("exif", "xmp") if info.get(key)}
     orientation = carried_orientation(stub)
-    return orientation if orientation in _TURNS else 1
+    return orientation if orientation in range(1, 9) else 1
 
 
 def _read_back(data: bytes, exif: bool = True) -> dict[str, Any]:
@@ -633,12 +453,6 @@ PROG = "jac"
 def show_warning(message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any) -> None:
     """``warnings.showwarning`` for the command line: one line, ``jac: warning: ...``, on stderr."""
     print(f"{PROG}: warning: {first_line(str(message)) or category.__name__}", file=sys.stderr)
-
-
-def first_line(text: str) -> str:
-    """The first line of a message (empty if there is none)."""
-    text = text.strip()
-    return text.splitlines()[0] if text else ""
 
 
 def one_line(e: BaseException) -> str:

@@ -25,7 +25,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from .quiet_warnings import ignoring
+from .quiet_warnings import first_line, ignoring
 
 __all__ = [
     "DECODED_BY",
@@ -239,8 +239,7 @@ def save_keeping_what_fits(im: Any, fmt: str, options: dict[str, Any]) -> tuple[
         except Exception:
             continue
         names = " and ".join(dict.fromkeys(_METADATA_OPTIONS[name] for name in left_out))
-        first_line = next(iter(str(error).strip().splitlines()), "")
-        warnings.warn(f"{names} left out: {fmt} refused it ({first_line})", stacklevel=3)
+        warnings.warn(f"{names} left out: {fmt} refused it ({first_line(str(error))})", stacklevel=3)
         return data, kept
     raise error
 

@@ -27,7 +27,7 @@ from contextlib import contextmanager
 
 from .forksafe import fork_safe_lock, setting_up
 
-__all__ = ["ignoring", "recording"]
+__all__ = ["first_line", "ignoring", "recording"]
 
 #: held by every block of this module; taken before setting_up, so that a recording block that reaches an
 #: ignoring one, and an ignoring one in another thread, cannot each hold the lock the other waits for
@@ -49,3 +49,9 @@ def recording(always: bool = False) -> Iterator[list[warnings.WarningMessage]]:
         if always:
             warnings.simplefilter("always")
         yield caught
+
+
+def first_line(text: str) -> str:
+    """The first line of a message (empty if there is none), as a warning or a one-line report quotes it."""
+    text = text.strip()
+    return text.splitlines()[0] if text else ""

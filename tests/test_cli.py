@@ -1405,7 +1405,7 @@ def test_turned_pixels_keep_no_orientation_anywhere(tmp_path: Path) -> None:
     """Pixels turned upright lose the tag from the EXIF, a raw EXIF profile and the XMP; the other tags stay."""
     from PIL import ImageOps
 
-    from pillow_jac.conversion import _upright
+    from pillow_jac.source_image import upright
 
     exif = Image.Exif()
     exif[0x0112] = 6
@@ -1413,7 +1413,7 @@ def test_turned_pixels_keep_no_orientation_anywhere(tmp_path: Path) -> None:
     im = crop()
     im.info.update(exif=exif.tobytes(), xmp=_XMP_TURNED, **{"Raw profile type exif": _raw_profile_text(exif)})
     im.info["XML:com.adobe.xmp"] = _XMP_TURNED.decode()
-    turned = _upright(im, 6)
+    turned = upright(im, 6)
     assert turned.size == (40, 48) and "exif" in im.info and im.info["xmp"] == _XMP_TURNED  # the source as it was
     assert ImageOps.exif_transpose(turned).size == (40, 48)  # nothing turns it again
     for key in ("exif", "Raw profile type exif", "xmp", "XML:com.adobe.xmp"):
