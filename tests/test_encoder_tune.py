@@ -218,6 +218,10 @@ def test_command_line_runs_validates_and_resumes(base, tmp_path, capsys, monkeyp
     for k, v in tensors.items():
         if not k.startswith(("float.g_a.", "float.h_a.", "float.log_gain")):
             assert torch.equal(last[k], v), k
+    # a resume of a run that is not there is refused before any work, not started again from step 0
+    with pytest.raises(SystemExit, match="does not exist"):
+        encoder_tune.main([*common, "--out", str(tmp_path / "mistyped"), "--steps", "4", "--resume"])
+    assert not (tmp_path / "mistyped").exists()
     # a resume tunes the weights the run started from: other ones (here another encoder) are refused
     other = tmp_path / "other.safetensors"
     other.write_bytes((out / "last.safetensors").read_bytes())

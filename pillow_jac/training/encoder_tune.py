@@ -131,10 +131,12 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    args.out.mkdir(parents=True, exist_ok=True)
     ckpt_path = args.out / "checkpoint.pt"
     if ckpt_path.exists() and not args.resume:
         raise SystemExit(f"{ckpt_path} exists: pass --resume to continue it, or choose another --out")
+    if args.resume and not ckpt_path.exists():  # a mistyped --out would start hours of tuning again from step 0
+        raise SystemExit(f"--resume: {ckpt_path} does not exist (start without --resume, or name the run's --out)")
+    args.out.mkdir(parents=True, exist_ok=True)
 
     # ... with what it imports on first use: one small image through the encoder and decoder
     codec.decode(codec.encode(np.zeros((16, 16, 3), np.uint8), 4.0, weights=args.weights), weights=args.weights)
@@ -164,7 +166,7 @@ def main(argv: list[str] | None = None) -> None:
                                          "rate_gradient", "seed")},
     }  # fmt: skip
     ckpt = None
-    if args.resume and ckpt_path.exists():  # checked before the images are loaded
+    if args.resume:  # checked before the images are loaded
         ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
         if ckpt.get("weights", base_weights) != base_weights:
             raise SystemExit(
