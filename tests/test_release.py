@@ -318,6 +318,58 @@ def test_a_release_needs_the_gates_whole_set_verdict_on_these_very_weights(
     assert new_id == "mbt-8-12-r008" and package.full.read_bytes() != before
 
 
+def test_an_encoder_update_of_the_package_needs_the_gates_verdict_on_the_updated_file(
+    package, tmp_path, capsys, monkeypatch
+) -> None:
+    """``release --encoder-update`` replaced the package's encoder with any checkpoint whose decoder matched (an
+    encoder of zeros too), with no gate: every new file would be written by an encoder nobody measured."""
+    import shutil
+
+    from pillow_jac.training.gate import ENCODER_BAR_PERCENT, measured_model
+
+    model = tiny_model(1)  # the generation's own decoder, another encoder (the ladder it was trained for)
+    ladder = tuple(round(v * 1.1, 6) for v in TINY.lambdas)
+    moved = JointAutoregressiveHierarchicalPrior(dataclasses.replace(TINY, lambdas=ladder))
+    moved.load_state_dict(model.state_dict())
+    weights.save_float_state(package.checkpoint, moved.state_dict(), moved.config, {})
+    gated = tmp_path / "gated"  # the updated full file as the gate measures it (encoder_tune's best.safetensors)
+    shutil.copytree(package.weights_dir, gated)
+    release.encoder_update(package.checkpoint, gated, {})
+    measured = measured_model(*weights.load_weights(gated / generations.DEFAULT_WEIGHTS_NAME))
+    stable = measured_model(*weights.load_weights(package.full))
+    good = {**passing_verdict(measured, stable), "bar_percent": ENCODER_BAR_PERCENT}
+    sets = good["sets"]
+    same = {**sets["urban20"]["curves"], "candidate": sets["urban20"]["curves"]["stable"]}
+    before = package.full.read_bytes()
+    for reason, verdict in {
+        "did not pass": {**good, "passes": False},
+        "another model": {**good, "model": stable},  # the current encoder measured against itself
+        "another generation": {**good, "stable_model": measured},
+        "bar was 0.1": {**good, "bar_percent": 0.1},
+        "urban20 curves give": {**good, "sets": {**sets, "urban20": {**sets["urban20"], "curves": same}}},
+    }.items():
+        with pytest.raises(weights.WeightsError, match=reason):
+            release.encoder_update(package.checkpoint, package.weights_dir, {}, verdict)
+        assert package.full.read_bytes() == before
+    for argv, why in (  # the package's own folder: a verdict, or nothing is written
+        (["--encoder-update", "--gate", str(tmp_path / "none.json")], "--bar 0.5"),
+        (["--encoder-update", "--no-gate"], "only through the gate"),
+    ):
+        with monkeypatch.context() as never:
+            never.setattr(release, "encoder_update", lambda *a, argv=argv, **k: pytest.fail(f"updated with {argv}"))
+            with pytest.raises(SystemExit) as stop:
+                release.main([str(package.checkpoint), *argv])
+        assert stop.value.code == 2 and why in capsys.readouterr().err
+    (tmp_path / "gate.json").write_text(json.dumps(good))
+    argv = [str(package.checkpoint), "--encoder-update", "--weights-dir", str(package.weights_dir)]
+    assert release.main([*argv, "--gate", str(tmp_path / "gate.json")]) == 0
+    assert measured_model(*weights.load_weights(package.full)) == measured
+    # a folder of one's own may be updated without a verdict, as a generation not for the package is released
+    package.full.write_bytes(before)
+    assert release.main([*argv, "--no-gate"]) == 0
+    assert measured_model(*weights.load_weights(package.full)) == measured
+
+
 def test_a_release_records_the_training_step_as_freeze_does(package) -> None:
     model = tiny_model(2)
     weights.save_float_state(package.checkpoint, model.state_dict(), model.config, {"step": "4321"})

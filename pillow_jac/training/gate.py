@@ -26,6 +26,9 @@ from typing import Any
 
 #: how much smaller the candidate's files must be at equal PSNR, in percent of BD-rate, on every set
 BAR_PERCENT = 5.0
+#: the bar of an encoder update (same decoder, files of the same generation): smaller files on every set, by more
+#: than the rounding of a curve's averages; ``gate --bar 0.5`` measures a tuned encoder for it
+ENCODER_BAR_PERCENT = 0.5
 QUALITIES = (1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0)
 SETS = {"kodak": Path("../shared/data/kodak"), "urban20": Path("../shared/data/urban20")}
 
@@ -55,15 +58,18 @@ def clears(bd_rate_percent: float, bar: float) -> bool:
     return math.isfinite(bd_rate_percent) and bd_rate_percent <= -bar
 
 
-def check_verdict(verdict: dict[str, Any], model: dict[str, str], stable: dict[str, str]) -> None:
+def check_verdict(
+    verdict: dict[str, Any], model: dict[str, str], stable: dict[str, str] | None, bar: float = BAR_PERCENT
+) -> None:
     """Raise ValueError unless ``verdict`` (a ``gate.json``) passed the release bar for ``model``.
 
     Both :func:`measured_model` forms: ``model`` of the weights being released and ``stable`` of the
-    generation they follow. The verdict must be of whole sets (no ``--limit``), of the evaluation sets
-    :data:`SETS` at every quality of :data:`QUALITIES`, against that very generation, with a bar at
-    least :data:`BAR_PERCENT`, and each set's BD-rate, computed again from the curves it records, must
-    clear that bar: a ``gate.json`` of another bar, other folders, fewer qualities or an older stable
-    generation says nothing about this release.
+    generation they follow (or whose encoder they replace). The verdict must be of whole sets (no
+    ``--limit``), of the evaluation sets :data:`SETS` at every quality of :data:`QUALITIES`, against that
+    very generation, with a bar at least ``bar`` (:data:`BAR_PERCENT` for a new generation,
+    :data:`ENCODER_BAR_PERCENT` for an encoder update), and each set's BD-rate, computed again from the
+    curves it records, must clear that bar: a ``gate.json`` of another bar, other folders, fewer qualities
+    or an older stable generation says nothing about this release.
     """
     from ..bench.metrics import bd_rate, portable_path
 
@@ -75,9 +81,9 @@ def check_verdict(verdict: dict[str, Any], model: dict[str, str], stable: dict[s
         raise ValueError("the gate measured another model than this one: gate the weights being released")
     if verdict.get("stable_model") != stable:
         raise ValueError("the gate measured against another generation than the current one: gate it again")
-    bar = verdict.get("bar_percent")
-    if not isinstance(bar, (int, float)) or not bar >= BAR_PERCENT:
-        raise ValueError(f"the gate's bar was {bar}%: a release needs at least {BAR_PERCENT:g}% on every set")
+    measured_bar = verdict.get("bar_percent")
+    if not isinstance(measured_bar, (int, float)) or not measured_bar >= bar:
+        raise ValueError(f"the gate's bar was {measured_bar}%: this release needs at least {bar:g}% on every set")
     if verdict.get("qualities") != list(QUALITIES):
         raise ValueError(f"the gate measured qualities {verdict.get('qualities')}: a release needs all of 1-8")
     sets = verdict.get("sets") or {}
@@ -91,8 +97,8 @@ def check_verdict(verdict: dict[str, Any], model: dict[str, str], stable: dict[s
             bd = bd_rate(*(curves[w][k] for w in ("stable", "candidate") for k in ("bpp", "psnr")))
         except (KeyError, TypeError, ValueError):
             raise ValueError(f"the gate's {name} curves are missing or unreadable") from None
-        if not clears(bd, BAR_PERCENT):
-            raise ValueError(f"the gate's {name} curves give {bd:+.2f}% BD-rate: not past -{BAR_PERCENT:g}%")
+        if not clears(bd, bar):
+            raise ValueError(f"the gate's {name} curves give {bd:+.2f}% BD-rate: not past -{bar:g}%")
 
 
 def gate(
@@ -157,7 +163,11 @@ def main(argv: list[str] | None = None) -> int:
     from .. import generations
 
     p = argparse.ArgumentParser(prog="python -m pillow_jac.training.gate", description=__doc__.split("\n\n")[0])
-    p.add_argument("candidate", type=Path, help="the retrained model's frozen weights (freeze --release 0)")
+    p.add_argument(
+        "candidate", type=Path,
+        help="the retrained model's frozen weights (freeze --release 0), or a tuned encoder's full file "
+        "(encoder_tune's best.safetensors, with --bar 0.5)",
+    )  # fmt: skip
     p.add_argument("--stable", type=Path, help="the weights to beat (default: the installed newest generation)")
     p.add_argument("--kodak", type=Path, default=SETS["kodak"])
     p.add_argument("--urban", type=Path, default=SETS["urban20"])

@@ -27,7 +27,9 @@ release it can see: a release never replaces a generation or its vectors.
 forward gains, and the lambda ladder they were trained for: the encoder fields of the config,
 :data:`pillow_jac.weights.ENCODER_CONFIG_FIELDS`) with the checkpoint's: the decoder and its hash
 stay, so no vectors change and no generation is added. It refuses a checkpoint of another
-architecture, or whose decoder, frozen, is not the generation's.
+architecture, or whose decoder, frozen, is not the generation's, and, in the package's weights folder,
+an encoder that the gate did not find better on every set (``gate --bar 0.5`` of the updated full file:
+:data:`.gate.ENCODER_BAR_PERCENT`).
 
 ``--weights-dir``, ``--vectors-dir`` and ``--released-table`` point elsewhere (the tests use temporary ones).
 """
@@ -51,6 +53,7 @@ from ..engine import build_model
 from ..model.mbt2018 import ModelConfig
 from ..weights import ENCODER_CONFIG_FIELDS, WeightsError, decoder_only, load_weights, save_weights, seal, verify
 from .freeze import MAX_RELEASE, check_notes, freeze, parse_notes
+from .gate import ENCODER_BAR_PERCENT
 
 __all__ = ["keep_generation", "release", "encoder_update", "main"]
 
@@ -321,11 +324,15 @@ def _shipped_tables(candidate: dict, shipped: dict) -> dict:
     return {k: v for k, v in shipped.items() if k.startswith(prefixes)}
 
 
-def encoder_update(checkpoint: Path, weights_dir: Path, notes: dict[str, str]) -> str:
+def encoder_update(checkpoint: Path, weights_dir: Path, notes: dict[str, str], gate_verdict: dict | None = None) -> str:
     """Replace the encoder of the current full file with the checkpoint's; the decoder must be identical.
 
     The encoder is the encoder tensors and the encoder fields of the config (the lambda ladder,
     :data:`pillow_jac.weights.ENCODER_CONFIG_FIELDS`): a checkpoint trained for another ladder brings it.
+    ``gate_verdict`` (a ``gate.json`` of the updated full file, such as ``encoder_tune``'s
+    ``best.safetensors``, against the current one), when given, must clear
+    :data:`.gate.ENCODER_BAR_PERCENT` on every set (:func:`.gate.check_verdict`); a change of notes alone needs
+    none.
     """
     check_notes(notes)
     full = weights_dir / generations.DEFAULT_WEIGHTS_NAME
@@ -358,6 +365,15 @@ def encoder_update(checkpoint: Path, weights_dir: Path, notes: dict[str, str]) -
     if new_meta == metadata:
         print(f"nothing changed: {checkpoint} holds the encoder {old.model_id} has (encoder hash {old.encoder_hash})")
         return old.model_id
+    if gate_verdict is not None and new_meta["encoder_hash"] != old.encoder_hash:
+        from .gate import ENCODER_BAR_PERCENT, check_verdict, measured_model
+
+        try:
+            check_verdict(
+                gate_verdict, measured_model(updated, new_meta), measured_model(tensors, metadata), ENCODER_BAR_PERCENT
+            )
+        except ValueError as exc:
+            raise WeightsError(f"{checkpoint}: {exc}") from None
     save_weights(full, updated, new_meta)
     if new_meta["encoder_hash"] == old.encoder_hash:
         print(f"updated the notes of {old.model_id}; the encoder is unchanged (encoder hash {old.encoder_hash})")
@@ -380,43 +396,47 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--released-table", type=Path, default=generations.RELEASED_PATH)
     p.add_argument(
         "--gate", type=Path, default=Path("runs/gate/gate.json"),
-        help="the gate's verdict on these weights (python -m pillow_jac.training.gate; default %(default)s)",
+        help="the gate's verdict on these weights, or for --encoder-update on the updated full file "
+        "(python -m pillow_jac.training.gate; default %(default)s)",
     )  # fmt: skip
-    p.add_argument("--no-gate", action="store_true", help="release without a gate verdict (not for the package)")
+    p.add_argument("--no-gate", action="store_true", help="without a gate verdict (not for the package's weights)")
     args = p.parse_args(argv)
     try:
         notes = parse_notes(args.note)
     except ValueError as exc:
         p.error(str(exc))
-    if args.encoder_update:
-        if args.release is not None:
-            p.error("--release: an encoder update keeps the current generation's release (leave it out)")
-        encoder_update(args.checkpoint, args.weights_dir, notes)
-        return 0
-    if args.release is None:
+    if args.encoder_update and args.release is not None:
+        p.error("--release: an encoder update keeps the current generation's release (leave it out)")
+    if not args.encoder_update and args.release is None:
         p.error("--release is required for a new generation")
-    if not 1 <= args.release <= MAX_RELEASE:
+    if not args.encoder_update and not 1 <= args.release <= MAX_RELEASE:
         p.error(f"--release must be from 1 to {MAX_RELEASE}")
-    at_package = [  # the defaults are the package's own
+    # the defaults are the package's own (an encoder update writes only the weights folder)
+    dests = ("weights_dir",) if args.encoder_update else ("weights_dir", "vectors_dir", "released_table")
+    at_package = [
         f"--{dest.replace('_', '-')}"
-        for dest in ("weights_dir", "vectors_dir", "released_table")
+        for dest in dests
         if getattr(args, dest).resolve() == p.get_default(dest).resolve()
     ]
     if args.no_gate and at_package:
         p.error(
-            f"--no-gate: the package's generations are released only through the gate ({', '.join(at_package)} "
-            "the package's own: give folders and a table of your own for a generation not for the package)"
+            f"--no-gate: the package's weights change only through the gate ({', '.join(at_package)} "
+            "the package's own: give folders and a table of your own for weights not for the package)"
         )
     verdict = None
     if not args.no_gate:
         try:
             verdict = json.loads(args.gate.read_text())
         except (OSError, ValueError) as exc:
+            how = f"--bar {ENCODER_BAR_PERCENT:g} " if args.encoder_update else ""
             p.error(
-                f"no gate verdict in {args.gate} ({exc}): gate the weights first (--no-gate, with --weights-dir, "
-                "--vectors-dir and --released-table of your own, releases a generation not for the package)"
+                f"no gate verdict in {args.gate} ({exc}): gate the weights first (python -m pillow_jac.training.gate "
+                f"{how}WEIGHTS; --no-gate, with folders of your own, changes weights not for the package)"
             )
-    release(args.checkpoint, args.release, args.weights_dir, args.vectors_dir, notes, args.released_table, verdict)
+    if args.encoder_update:
+        encoder_update(args.checkpoint, args.weights_dir, notes, verdict)
+    else:
+        release(args.checkpoint, args.release, args.weights_dir, args.vectors_dir, notes, args.released_table, verdict)
     return 0
 
 
