@@ -127,14 +127,21 @@ def build_model(
 
 
 def load_model(path: str | Path) -> JointAutoregressiveHierarchicalPrior:
-    """The float model of a shipped weights file or a training ``float.safetensors`` (on the CPU).
+    """The float model of a shipped weights file or a training ``float.safetensors`` (on the CPU), whole.
+
+    Raises:
+        WeightsError: besides :func:`build_model`'s reasons, ``path`` is a decoder file (a kept generation's:
+            no encoder, no z density), whose model would start training or tuning from untrained values.
 
     Example:
         >>> model = load_model(default_weights_path())
         >>> model.config.M
         192
     """
-    return build_model(*load_weights(path))
+    tensors, metadata = load_weights(path)
+    if metadata.get("layout") == "decoder":
+        raise WeightsError(f"{path} is a decoder file, with no encoder: give its generation's full weights file")
+    return build_model(tensors, metadata)
 
 
 class Engine:

@@ -6,6 +6,7 @@ import json
 import signal
 import subprocess
 import sys
+import types
 
 import numpy as np
 import pytest
@@ -162,6 +163,27 @@ def test_training_starts_from_a_shipped_file(image_folder, shipped_tiny, tmp_pat
                 "12",
             ]
         )
+
+
+def test_training_refuses_to_start_from_a_decoder_file(image_folder, shipped_tiny, tmp_path):
+    """A kept generation's decoder file (no encoder, no z density) as ``--init`` trained from a random g_a, h_a and
+    z density without a word, in train.py and in the GPU script (whose dry run read only the config)."""
+    from pillow_jac import weights
+    from pillow_jac.training import gpu_session
+
+    _, path = shipped_tiny
+    decoder_file = tmp_path / "decoder.safetensors"
+    weights.save_weights(decoder_file, *weights.decoder_only(*load_weights(path)))
+    with pytest.raises(WeightsError, match="a decoder file"):
+        load_model(decoder_file)
+    with pytest.raises(SystemExit, match="a decoder file"):
+        train.main(["--data", str(image_folder), "--out", str(tmp_path / "run"), "--init", str(decoder_file)])
+    argv = ["--dry-run", "--data", str(image_folder), "--out", str(tmp_path / "gpu"), "--init", str(decoder_file)]
+    with pytest.raises(SystemExit, match="a decoder file"):
+        gpu_session.main([*argv, "--minutes", "1"])
+    with pytest.raises(SystemExit, match="a decoder file"):  # what a real run does once it has its device
+        gpu_session._init_weights(types.SimpleNamespace(dry_run=False, init=decoder_file))
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()
 
 
 def test_training_needs_no_range_coder(tmp_path):

@@ -104,12 +104,19 @@ def _init_weights(args: argparse.Namespace) -> JointAutoregressiveHierarchicalPr
             from safetensors import safe_open
 
             with safe_open(str(args.init), framework="pt") as f:
-                init_config = ModelConfig(**json.loads((f.metadata() or {})["config"]))
+                header = f.metadata() or {}
+            if header.get("layout") == "decoder":
+                raise SystemExit(f"--init {args.init} is a decoder file, with no encoder: give the full weights file")
+            init_config = ModelConfig(**json.loads(header["config"]))
             _log(f"dry run: --init {args.init} is {init_config}; training {DRY_RUN_CONFIG} instead")
         return JointAutoregressiveHierarchicalPrior(DRY_RUN_CONFIG)
     from ..engine import load_model
+    from ..weights import WeightsError
 
-    return load_model(args.init)
+    try:
+        return load_model(args.init)
+    except WeightsError as exc:
+        raise SystemExit(f"--init: {exc}") from None
 
 
 def save_checkpoint(path: Path, state: dict) -> None:

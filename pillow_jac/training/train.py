@@ -347,8 +347,12 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"{exc}: choose other widths or flags") from None
     if args.init:
         from ..engine import load_model
+        from ..weights import WeightsError
 
-        model = load_model(args.init)
+        try:
+            model = load_model(args.init)
+        except WeightsError as exc:
+            raise SystemExit(f"--init: {exc}") from None
         if dataclasses.replace(model.config, lambdas=config.lambdas) != config:
             raise SystemExit(f"--init {args.init} is {model.config}, not the {config} asked for")
         if args.lambdas and args.lambdas != model.config.lambdas:
