@@ -292,12 +292,13 @@ def is_done(
     * for ``to="jac"``: the container parses (every chunk's CRC), its quality is ``quality`` (as stored, to
       1/256; None, for a size or PSNR target, checks none), it holds a preview exactly when ``preview``
       asks for one that is smaller than the image, of the size asked for, with ``target_size`` it is no
-      larger, with ``strip`` it holds no ICC profile, EXIF or XMP (and without it, some where the source's
-      header has any), and it was made for ``model`` (by default the generation that
-      encodes now, :func:`pillow_jac.generations.encoder`).
+      larger, with ``strip`` it holds no ICC profile, EXIF or XMP, and it was made for ``model`` (by default
+      the generation that encodes now, :func:`pillow_jac.generations.encoder`).
 
-    The effort, a PSNR target and a size target larger than before cannot be told from the file: a batch
-    judges them by its output folder's record (:func:`batch_settings`), and ``resume=False``
+    The effort, a PSNR target, a size target larger than before and an output made with ``strip`` where
+    ``strip`` is not asked for now cannot be told from the file (a source's metadata may all be left out
+    without it: a grey image's RGB profile): a batch judges them by its output folder's record
+    (:func:`batch_settings`), and ``resume=False``
     (``jac batch --no-resume``) redoes every file whatever the record says.
     """
     from PIL import Image
@@ -322,17 +323,14 @@ def is_done(
                 # EXIF may follow its pixels: Pillow reads them all to find it)
                 if jac.size != im.size and not (jac.size == im.size[::-1] and exif_orientation(im) in (5, 6, 7, 8)):
                     return False
-                # what Pillow read with the header (a PNG's eXIf after its pixels is not looked for)
-                source_metadata = any(im.info.get(name) for name in METADATA_FIELDS)
     except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError):
         return False
     if quality is not None and jac.header.quality != container.quantize_quality(quality):
         return False
     if target_size is not None and out.st_size > target_size:
         return False
-    kept_metadata = any(getattr(jac, name) for name in METADATA_FIELDS)
-    if strip and kept_metadata or not strip and source_metadata and not kept_metadata:
-        return False  # made with --strip, or without it (from a source that has metadata), the other asked for
+    if strip and any(getattr(jac, name) for name in METADATA_FIELDS):
+        return False  # made without --strip, which is asked for now
     try:
         wanted = model or generations.encoder().model_id
     except LookupError:  # no generation encodes here: the conversion reports it
@@ -362,19 +360,21 @@ def file_options(to: str, *, target_size, target_psnr, preview, strip: bool, mod
 def batch_settings(to: str, quality: float, effort: int, extra: dict) -> dict | None:
     """What a batch's ``.jac`` outputs are made with that resuming must match (None for ``to="png"``).
 
-    The quality (None with a size or PSNR target), the targets and the effort: an output made with other
-    ones is converted again (:meth:`pillow_jac.source_record.SourceRecord.changed`), as :func:`is_done` alone
-    cannot tell from the file (a PSNR target, the effort, a larger size target).
+    The quality as a file stores it (None with a size or PSNR target), the targets, the effort and ``strip``:
+    an output made with other ones is converted again (:meth:`pillow_jac.source_record.SourceRecord.changed`),
+    as :func:`is_done` alone cannot tell from the file (a PSNR target, the effort, a larger size target, an
+    output made with ``strip`` for a batch without it).
 
     Example:
-        >>> batch_settings("jac", 4.0, 0, {"target_size": None, "target_psnr": 34.0})
-        {'quality': None, 'effort': 0, 'target_size': None, 'target_psnr': 34.0}
+        >>> batch_settings("jac", 4.3, 0, {"target_size": None, "target_psnr": None, "strip": False})
+        {'quality': 4.30078125, 'effort': 0, 'target_size': None, 'target_psnr': None, 'strip': False}
     """
     if to != "jac":
         return None
     size, psnr = extra.get("target_size"), extra.get("target_psnr")
-    targeted = size is not None or psnr is not None
-    return {"quality": None if targeted else quality, "effort": effort, "target_size": size, "target_psnr": psnr}
+    stored = None if size is not None or psnr is not None else container.quantize_quality(quality)
+    settings = {"quality": stored, "effort": effort, "target_size": size, "target_psnr": psnr}
+    return {**settings, "strip": bool(extra.get("strip"))}
 
 
 def done_before(src: str | os.PathLike, dst: str | os.PathLike, to: str, quality: float, extra: dict) -> bool:

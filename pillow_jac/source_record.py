@@ -100,7 +100,7 @@ class SourceRecord:
         """Whether ``dst`` was made from ``src`` as it was not now, or with other ``settings`` than these.
 
         As it was not now: with another size or modification time. An output recorded without settings is not
-        judged by them. A source recorded under another path (its folder moved or renamed, or reached through a
+        judged by them, nor by a setting its line does not name (one a batch started recording later). A source recorded under another path (its folder moved or renamed, or reached through a
         link) that is the same file by size and time is judged as this one.
 
         ``src`` and ``dst`` are absolute paths, as :func:`pillow_jac.batch_plan.plan_batch` gives them.
@@ -111,8 +111,10 @@ class SourceRecord:
         if entry.get("source") != os.fspath(src) and _same_file(entry, src) is not True:
             return False  # made from another file (conflict() says so), not this one moved or renamed
         made_with = entry.get("settings")
-        if settings is not None and made_with is not None and made_with != json.loads(json.dumps(settings)):
-            return True
+        if settings is not None and isinstance(made_with, dict):
+            now = json.loads(json.dumps(settings))  # as the record reads back
+            if any(made_with[name] != value for name, value in now.items() if name in made_with):
+                return True
         return _same_file(entry, src) is False  # one that cannot be read: the conversion reports it
 
     def conflict(self, src: Path, dst: Path) -> str | None:

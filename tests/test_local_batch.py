@@ -319,6 +319,41 @@ def test_a_batch_with_other_settings_converts_again(tmp_path: Path, capsys) -> N
     assert {p.name: p.read_bytes() for p in out.glob("*.jac")} != made
 
 
+def test_resume_judges_strip_and_quality_by_what_the_output_was_made_with(tmp_path: Path, capsys) -> None:
+    """Resume guessed ``--strip`` from the source's header: a grey PNG with an RGB profile (which no output keeps)
+    was converted again at every run, and a ``--strip`` output of a PNG whose EXIF Pillow does not read with the
+    header was "done" for a run without ``--strip``, its EXIF lost. ``-q 4.501`` redid outputs stored at 4.5."""
+    from PIL import ImageCms
+
+    photos, out = tmp_path / "photos", tmp_path / "out"
+    photos.mkdir()
+    srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    photo(0, 24).convert("L").save(photos / "grey.png", icc_profile=srgb)
+    exif = Image.Exif()
+    exif[0x010E] = "a description"
+    photo(1, 24).save(photos / "late.png", exif=exif.tobytes())  # eXIf, then moved after the pixels:
+    data = (photos / "late.png").read_bytes()
+    start = data.index(b"eXIf") - 4
+    end = start + 12 + int.from_bytes(data[start : start + 4], "big")
+    chunk, rest = data[start:end], data[:start] + data[end:]
+    iend = rest.rindex(b"IEND") - 4
+    (photos / "late.png").write_bytes(rest[:iend] + chunk + rest[iend:])
+
+    def batch(*args: str) -> str:
+        capsys.readouterr()
+        assert main(["batch", str(photos), str(out), "--to", "jac", *args]) == 0
+        return capsys.readouterr().err
+
+    batch("-q", "4.5")
+    assert "jac: 2 files already done, skipped" in batch("-q", "4.5")  # the grey one too
+    assert "jac: 2 files already done, skipped" in batch("-q", "4.501")  # the quality a file stores
+    batch("-q", "4.5", "--strip")
+    assert not container.read(out / "late.jac").exif
+    assert "already done" not in batch("-q", "4.5")  # made with --strip: the EXIF comes back
+    assert container.read(out / "late.jac").exif
+    assert "jac: 2 files already done, skipped" in batch("-q", "4.5")
+
+
 def test_preview_size_reaches_the_file(tmp_path: Path) -> None:
     photo(0, 128).save(tmp_path / "a.png")
     convert_file(str(tmp_path / "a.png"), str(tmp_path / "a.jac"), "jac", 2, 0, None, {"preview": 64})
