@@ -23,6 +23,7 @@ from . import container, generations
 from .constants import DEFAULT_QUALITY, METADATA_FIELDS
 from .conversion import PROG
 from .decoded_output import carries_mark
+from .preview import asked as asked_preview
 from .preview import preview_size
 from .quiet_warnings import ignoring
 from .source_image import exif_orientation
@@ -337,7 +338,7 @@ def is_done(
         return False
     if jac.header.model_id != wanted:
         return False
-    wants_preview = preview is not False and preview is not None and max(jac.size) > preview_size(preview)
+    wants_preview = asked_preview(preview) and max(jac.size) > preview_size(preview)
     if wants_preview and jac.preview is not None:
         unpacked = container.unpack_preview(jac.preview)  # None: one that cannot be used
         return unpacked is not None and max(unpacked[1:3]) == preview_size(preview)  # the size asked for

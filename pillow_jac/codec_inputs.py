@@ -14,6 +14,7 @@ import numpy as np
 
 from . import container
 from .constants import ALPHA_LAYOUTS, GRAY_LAYOUTS, LAYOUT_BY_CHANNELS, LAYOUTS, UnsupportedModeError
+from .preview import asked as asked_preview
 
 __all__ = [
     "as_array",
@@ -111,7 +112,7 @@ def file_fields(arr: np.ndarray, layout: str, *, icc_profile, exif, xmp, model, 
     if max(height, width) > container.C.MAX_DIMENSION:
         raise ValueError(f"images are limited to {container.C.MAX_DIMENSION} pixels per side")
     preview_chunk = None
-    if preview:  # making it costs milliseconds
+    if asked_preview(preview):  # making it costs milliseconds
         from .preview import make_preview
 
         preview_chunk = make_preview(arr, layout, preview)

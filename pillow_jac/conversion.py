@@ -22,6 +22,7 @@ from typing import IO, Any
 from . import container
 from .constants import DEFAULT_EFFORT, METADATA_FIELDS
 from .files import check_target, write_file
+from .preview import asked as asked_preview
 from .quiet_warnings import first_line, ignoring, recording
 from .source_image import exif_orientation, storable, turned_while_loading, upright
 
@@ -208,7 +209,7 @@ def encode_file(
         if target_size is not None or target_psnr is not None:
             del options["quality"]
             options.update(target_size=target_size, target_psnr=target_psnr)
-        if preview is not False and preview is not None:
+        if asked_preview(preview):
             options["preview"] = preview
         if strip:
             options.update(icc_profile=None, exif=None, xmp=None)

@@ -71,6 +71,7 @@ from typing import Any
 from .batch_plan import Progress, batch_settings, done_before, file_options, is_done, plan, plan_batch, shown_name
 from .constants import DEFAULT_EFFORT, DEFAULT_QUALITY, validate_effort, validate_quality
 from .conversion import convert_noting_warnings, one_line
+from .preview import asked as asked_preview
 from .preview import preview_size
 from .source_record import SourceRecord, note_made
 from .targets import validate_targets
@@ -314,7 +315,7 @@ def convert(
         target_size, target_psnr = validate_targets(target_size, target_psnr)
     quality = validate_quality(DEFAULT_QUALITY if quality is None else quality)
     effort = validate_effort(effort)
-    if preview is not False and preview is not None:
+    if asked_preview(preview):
         preview_size(preview)
     extra = file_options(
         to, target_size=target_size, target_psnr=target_psnr, preview=preview, strip=strip, model=model

@@ -104,6 +104,16 @@ def _webp_size(data: bytes) -> tuple[int, int] | None:
     return None
 
 
+def asked(option: object) -> bool:
+    """Whether a ``preview`` save option asks for a preview: anything but None and False (numpy's too).
+
+    ``0`` asks for one (of a size :func:`preview_size` refuses), not for none: a falsy size is not "no".
+    """
+    import numpy as np  # here: opening a file (this module) needs no numpy
+
+    return not (option is None or option is False or (isinstance(option, np.bool_) and not option))
+
+
 def preview_size(size: bool | int) -> int:
     """The long side of the preview the ``preview`` save option asks for (True: :data:`PREVIEW_SIZE`).
 

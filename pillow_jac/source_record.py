@@ -100,8 +100,9 @@ class SourceRecord:
         """Whether ``dst`` was made from ``src`` as it was not now, or with other ``settings`` than these.
 
         As it was not now: with another size or modification time. An output recorded without settings is not
-        judged by them, nor by a setting its line does not name (one a batch started recording later). A source recorded under another path (its folder moved or renamed, or reached through a
-        link) that is the same file by size and time is judged as this one.
+        judged by them, nor by a setting its line does not name (one a batch started recording later). A
+        source recorded under another path (its folder moved or renamed, or reached through a link) that is
+        the same file by size and time is judged as this one.
 
         ``src`` and ``dst`` are absolute paths, as :func:`pillow_jac.batch_plan.plan_batch` gives them.
         """

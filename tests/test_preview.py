@@ -56,6 +56,7 @@ def with_preview(image: Image.Image) -> bytes:
 def test_without_preview_the_bytes_do_not_change(image: Image.Image, plain: bytes) -> None:
     assert container.parse(plain).preview is None
     assert jac_bytes(image, quality=3, preview=False) == plain
+    assert jac_bytes(image, quality=3, preview=np.False_) == plain
     assert codec.encode(np.asarray(image), 3, preview=False) == plain
 
 
@@ -166,7 +167,7 @@ def test_a_bad_preview_value_fails_the_save_before_the_encode(image: Image.Image
         raise AssertionError("the encoder ran before the preview option was checked")
 
     monkeypatch.setattr(codec_steps, "encoder_engine", no_encoder)
-    for value in (3, "yes", 600.0):
+    for value in (3, "yes", 600.0, 0, 0.0, ""):  # a falsy size is a bad size, not "no preview" (it was ignored)
         with pytest.raises(ValueError, match="preview must be"):
             jac_bytes(image, quality=2, preview=value)
         with pytest.raises(ValueError, match="preview must be"):
