@@ -327,9 +327,17 @@ class JacImageFile(ImageFile.ImageFile):
         super().close()
 
     def load(self) -> Image.core.PixelAccess | None:
-        """Decode the pixels from the container parsed at open (or the preview :meth:`draft` chose)."""
+        """Decode the pixels from the container parsed at open (or the preview :meth:`draft` chose).
+
+        The file object is not needed (it may be closed by now), with one exception: ``ImageFile.Parser.close()``,
+        when the whole input does not open (a complete file, then trailing bytes), loads in a ``finally`` the
+        image that an earlier piece opened, from data it has closed, while the error of opening the whole is on
+        its way. That stale image is not decoded (seconds, and memory, for nothing): the error goes on as it is.
+        """
         if self.tile and self._jac_closed:
             raise ValueError("Operation on closed image")
+        if self.tile and getattr(self.fp, "closed", False) and isinstance(sys.exc_info()[1], OSError):
+            return None
         if self.tile and self._jac is not None:
             if self._preview is not None:
                 raw, self._preview = self._preview.tobytes(), None

@@ -375,6 +375,20 @@ def _outcome(read) -> tuple:
     return im.tobytes(), im.info
 
 
+def test_the_parser_does_not_decode_a_piece_before_it_refuses_the_whole(rgb_jac: bytes, monkeypatch) -> None:
+    """A complete file fed to the Parser, then bytes that make the whole input invalid: ``close()`` loads the
+    first piece's image in a ``finally``, and the plugin decoded it (seconds, gigabytes for a large one) before
+    the refusal, whose error a failed decode could replace."""
+    from PIL import ImageFile
+
+    monkeypatch.setattr(JacImagePlugin, "_decode_pixels", lambda jac: pytest.fail("the stale piece was decoded"))
+    parser = ImageFile.Parser()
+    parser.feed(rgb_jac)
+    parser.feed(b"junk")
+    with pytest.raises(OSError, match="JEND"):
+        parser.close()
+
+
 @pytest.mark.parametrize("truncated_ok", [False, True])
 def test_the_parser_judges_the_whole_file_as_open_does(rgb_jac: bytes, monkeypatch, truncated_ok: bool) -> None:
     """The Parser refuses or accepts each file as Image.open does, also when a piece ends where the file so far
