@@ -389,8 +389,8 @@ def _problem(metadata: dict[str, str]) -> str | None:
     try:
         config = json.loads(metadata["config"])
         templates = json.loads(metadata["integer_networks"])
-    except ValueError as exc:
-        return f"its manifest is not valid JSON: {exc}"
+    except (ValueError, RecursionError) as exc:  # RecursionError: nested deeper than the parser goes
+        return f"its manifest is not valid JSON: {type(exc).__name__}: {exc}"
     if not isinstance(config, dict) or not isinstance(templates, dict):
         return "config and integer_networks must be JSON objects"
     expected = {name for name, flag in _INTEGER_NETWORKS.items() if flag is None or config.get(flag, True)}

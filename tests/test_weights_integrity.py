@@ -135,6 +135,7 @@ def test_any_flipped_byte_of_the_decoding_manifest_is_caught(weights_copy: Path)
         (lambda m: m.pop("decoder_hash"), "no 'decoder_hash'"),
         (lambda m: m.pop("integer_networks"), "no 'integer_networks'"),
         (lambda m: m.update(config="{not json"), "not valid JSON"),
+        (lambda m: m.update(config="[" * 100_000 + "]" * 100_000), "not valid JSON: RecursionError"),
         (lambda m: m.update(layout="mystery"), "unknown layout"),
         (lambda m: m.update(model_id=""), "model_id"),
         (lambda m: m.update(integer_networks=m["integer_networks"].replace('"stride": 2', '"stride": 0')), "invalid"),
@@ -250,6 +251,8 @@ def _zero_frequency(tensors: dict) -> None:
         ("float thresholds", "table.y_thresholds must hold integers, not torch.float64"),
         ("float shift", "int.h_s.0.shift must hold integers, not torch.float32"),
         ("float weight", "int.entropy_parameters.1.weight must hold integers"),
+        # the manifest's widths size the model: checked against the tensors before gigabytes are allocated
+        ("huge widths", r"is \(128,\), the config needs \(2048,\)"),
     ],
 )
 def test_weights_that_do_not_fit_their_model_are_refused_when_loaded(weights_copy: Path, change, message) -> None:
@@ -285,6 +288,8 @@ def test_weights_that_do_not_fit_their_model_are_refused_when_loaded(weights_cop
         tensors["int.h_s.0.shift"] = tensors["int.h_s.0.shift"].float() + 0.5
     elif change == "float weight":  # integral values in a float dtype: still refused
         tensors["int.entropy_parameters.1.weight"] = tensors["int.entropy_parameters.1.weight"].float()
+    elif change == "huge widths":
+        metadata["config"] = json.dumps({**json.loads(metadata["config"]), "N": 2048, "M": 2052})
     metadata["integer_networks"] = json.dumps(templates)
     path = _resealed(tensors, metadata, weights_copy.with_name("inconsistent.safetensors"))
     with pytest.raises(WeightsError, match=message):
