@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import sys
-from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -28,15 +27,25 @@ def file_info(path: Path, models: Sequence[Any] | None = None) -> dict[str, Any]
     ``y_stream_bytes``, ``alpha_bytes``, ``icc_profile_bytes``, ``exif_bytes``, ``xmp_bytes``, ``preview_bytes``,
     ``metadata`` (which of ``icc_profile``, ``exif``, ``xmp`` and ``preview`` the file holds, an empty one too),
     ``preview_size`` (``[width, height]`` of a usable preview, else None),
-    ``unknown_chunks`` (the types of the chunks this version does not know, each once, in file order),
-    ``unknown_chunk_count`` (how many there are), ``decoder_installed``, ``model_installed`` (a generation of
+    ``unknown_chunks`` (the types of the chunks this version does not know, each once, in file order: the
+    first :data:`UNKNOWN_TYPES_KEPT`), ``unknown_chunks_all_listed`` (whether that list holds every type),
+    ``unknown_chunk_count`` (how many chunks there are), ``decoder_installed``, ``model_installed`` (a generation of
     that ``model_id``, whatever its hash) and ``decoder_path``. ``path``
     ``-`` reads standard input. ``models``: :func:`pillow_jac.models`, when the caller has it already.
     """
     import pillow_jac
 
-    unknown: Counter[bytes] = Counter()  # in file order
-    jac, file_bytes = read_jac(path, on_unknown=lambda ctype: unknown.update((ctype,)))
+    unknown: dict[bytes, None] = {}  # the first types, in file order: memory bounded whatever the file holds
+    counts = [0, 0]  # chunks, and chunks of a type not kept
+
+    def note(ctype: bytes) -> None:
+        counts[0] += 1
+        if ctype in unknown or len(unknown) < UNKNOWN_TYPES_KEPT:
+            unknown[ctype] = None
+        else:
+            counts[1] += 1
+
+    jac, file_bytes = read_jac(path, on_unknown=note)
     h = jac.header
     models = pillow_jac.models() if models is None else models
     decoder = [g for g in models if (g.model_id, g.weights_hash) == (h.model_id, h.weights_hash)]
@@ -62,15 +71,18 @@ def file_info(path: Path, models: Sequence[Any] | None = None) -> dict[str, Any]
         "metadata": [name for name in (*METADATA_FIELDS, "preview") if getattr(jac, name) is not None],
         "preview_size": list(preview[1:3]) if preview is not None else None,
         "unknown_chunks": [ctype.decode("latin-1") for ctype in unknown],
-        "unknown_chunk_count": unknown.total(),
+        "unknown_chunks_all_listed": counts[1] == 0,
+        "unknown_chunk_count": counts[0],
         "decoder_installed": bool(decoder),
         "model_installed": any(g.model_id == h.model_id for g in models),
         "decoder_path": str(decoder[0].path) if decoder else None,
     }
 
 
-#: unknown chunk types named in ``jac info``'s text (all are in ``--json``)
+#: unknown chunk types named in ``jac info``'s text (up to :data:`UNKNOWN_TYPES_KEPT` are in ``--json``)
 _LISTED_TYPES = 8
+#: distinct unknown chunk types that :func:`file_info` keeps (a file may hold millions, SPEC.md 5.3)
+UNKNOWN_TYPES_KEPT = 64
 
 
 def _print(info: dict[str, Any]) -> None:
@@ -82,7 +94,9 @@ def _print(info: dict[str, Any]) -> None:
     meta += [f"unknown chunk {t!r}" for t in info["unknown_chunks"][:_LISTED_TYPES]]
     if info["unknown_chunk_count"] > len(info["unknown_chunks"][:_LISTED_TYPES]):
         types = len(info["unknown_chunks"])
-        meta.append(f"{info['unknown_chunk_count']} unknown chunks of {types} type{'s' if types > 1 else ''}")
+        kinds = f"{types} type{'s' if types > 1 else ''}"
+        kinds = kinds if info["unknown_chunks_all_listed"] else f"over {kinds}"
+        meta.append(f"{info['unknown_chunk_count']} unknown chunks of {kinds}")
     streams = f"z {info['z_stream_bytes']} B, y {info['y_stream_bytes']} B"
     if info["alpha_bytes"]:
         streams += f", alpha {info['alpha_bytes']} B"

@@ -1176,6 +1176,19 @@ def test_info_counts_unknown_chunks_without_keeping_them(jac: Path, tmp_path: Pa
     out = capsys.readouterr().out
     assert "unknown chunk 'abcd', unknown chunk 'wxyz', 5003 unknown chunks of 2 types" in out
     assert len(out) < 1000
+    # thousands of distinct types: the first are kept, the rest only counted (a dict entry each took 180 MB
+    # for a million)
+    from pillow_jac.cli_info import UNKNOWN_TYPES_KEPT
+
+    many = [(f"a{i:03d}".encode(), b"") for i in range(1000)]
+    parsed.unknown_chunks = many + many
+    path.write_bytes(container.serialize(parsed))
+    assert main(["info", str(path), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["unknown_chunks"] == [t.decode() for t, _ in many[:UNKNOWN_TYPES_KEPT]]
+    assert (info["unknown_chunks_all_listed"], info["unknown_chunk_count"]) == (False, 2000)
+    assert main(["info", str(path)]) == 0
+    assert f"2000 unknown chunks of over {UNKNOWN_TYPES_KEPT} types" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(
