@@ -164,7 +164,7 @@ def decode_symbols(data, *, device=None, weights=None) -> tuple[np.ndarray | Non
     container and the two streams are read: a damaged alpha plane, which :func:`decode` refuses, is not
     looked at.
     """
-    return _latents(*steps.file_and_decoder(data, device, weights))
+    return _latents(*steps.file_and_decoder(data, device, weights, alpha=False))
 
 
 @interpreter_exit.counted

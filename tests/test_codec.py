@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 from decimal import Decimal
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -149,6 +150,16 @@ def no_model(monkeypatch):
         raise _NoModel
 
     monkeypatch.setattr(codec_steps, "encoder_engine", refuse)
+
+
+@pytest.mark.parametrize("name", ["ystr-partial-word", "alph-plane-short", "alph-trailing-byte"])
+def test_damage_seen_without_a_model_is_refused_before_the_weights_load(monkeypatch, name: str) -> None:
+    """A stream that is not whole 32-bit words, or an alpha plane of the wrong size, was refused only after torch
+    and the weights had loaded (seconds through imageio's imiter)."""
+    vectors = Path(__file__).resolve().parents[1] / "format_spec" / "vectors" / "invalid"
+    monkeypatch.setattr(codec_steps, "decoder_engine", lambda *a, **k: pytest.fail("the weights were loaded first"))
+    with pytest.raises(ValueError):
+        codec.decode(vectors / f"{name}.jac")
 
 
 @pytest.mark.parametrize(
