@@ -42,7 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from stat import S_ISREG
 
-from .constants import WEIGHTS_LAYOUTS
+from .constants import MODEL_ID_BYTES, WEIGHTS_LAYOUTS, is_model_id
 from .forksafe import fork_safe_lock
 
 __all__ = [
@@ -178,6 +178,11 @@ def _header(path: Path) -> tuple[dict[str, str], int] | None:
     return meta, 8 + size + max(ends, default=0)
 
 
+def _is_number(text: object) -> bool:
+    """Whether a manifest's value is a whole number in ASCII digits (``"²"`` is a digit to ``str.isdigit``)."""
+    return isinstance(text, str) and text.isascii() and text.isdigit()
+
+
 _RELEASED: dict[tuple, dict[str, dict[str, str]]] = {}
 
 
@@ -271,6 +276,8 @@ def generation_of(path: Path) -> Generation | None:
             problem = f"it is {stat.st_size} bytes, shorter than the {declared} its header declares (damaged)"
         elif meta.get("layout") not in WEIGHTS_LAYOUTS:  # as weights.read_manifest requires
             problem = f"its manifest's layout is {meta.get('layout')!r}, not one of {', '.join(WEIGHTS_LAYOUTS)}"
+        elif not (isinstance(meta.get("model_id"), str) and is_model_id(meta["model_id"])):  # shown in listings
+            problem = f"its model_id {meta.get('model_id')!r} is not 1 to {MODEL_ID_BYTES} printable ASCII characters"
         else:
             names = ("model_id", "weights_hash", "decoder_hash", "legacy_weights_hash")
             problem = released_problem(*(str(meta.get(name)) for name in names))
@@ -283,7 +290,7 @@ def generation_of(path: Path) -> Generation | None:
             gen = Generation(
                 model_id=str(meta["model_id"]),
                 weights_hash=bytes.fromhex(meta["weights_hash"]),
-                release=int(meta["release"]) if str(meta.get("release", "")).isdigit() else None,
+                release=int(meta["release"]) if _is_number(meta.get("release")) else None,
                 can_encode=meta["layout"] == "full",
                 path=path,
                 size=stat.st_size,

@@ -413,7 +413,7 @@ def _problem(metadata: dict[str, str]) -> str | None:
             ):
                 return f"a layer of {name!r} is invalid: {layer}"
     release = metadata.get("release")
-    if release is not None and not release.isdigit():
+    if release is not None and not (isinstance(release, str) and release.isascii() and release.isdigit()):
         return f"release must be a number, got {release!r}"
     return None
 

@@ -343,6 +343,25 @@ def test_a_lookalike_of_a_released_generation_is_skipped_and_refused(
         codec.decode(data, weights=path)
 
 
+def test_a_listing_skips_a_model_id_no_file_could_name_and_a_release_that_is_no_number(tmp_path, monkeypatch) -> None:
+    """The listing took a weights file's model_id and release from its header unchecked: ``jac models`` printed a
+    model_id holding terminal escapes, and a release of ``"²"`` passed ``isdigit`` and failed ``int``."""
+    torch.manual_seed(1)
+    tensors, metadata = freeze(JointAutoregressiveHierarchicalPrior(ModelConfig(N=8, M=12)), release=51)
+    models = tmp_path / "models"
+    models.mkdir()
+    weights.save_weights(models / "escape.safetensors", tensors, {**metadata, "model_id": "mbt-8-12\x1b[2J"})
+    superscript = weights.seal(tensors, {**metadata, "release": "\u00b2"})
+    weights.save_weights(models / "super.safetensors", tensors, superscript)
+    monkeypatch.setenv("JAC_MODELS", str(models))
+    monkeypatch.setattr(generations, "_WARNED_SKIPPED", set())
+    with pytest.warns(UserWarning, match="escape.safetensors is skipped: its model_id .* printable ASCII"):
+        listed = {g.path.name: g for g in pillow_jac.models()}
+    assert "escape.safetensors" not in listed and listed["super.safetensors"].release is None
+    with pytest.raises(weights.WeightsError, match="release must be a number"):
+        weights.read_manifest(weights.load_weights(models / "super.safetensors")[1])
+
+
 def test_a_legacy_hash_is_refused_on_a_generation_that_was_not_released(tmp_path: Path, monkeypatch) -> None:
     """A legacy hash does not cover the decoder: two unreleased decoders sealed with one shared it, and a file of
     one decoded with the other. Only a generation of the released table may carry one (SPEC.md 9.3)."""
