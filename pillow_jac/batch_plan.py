@@ -293,16 +293,18 @@ def is_done(
     * for ``to="jac"``: the container parses (every chunk's CRC), its quality is ``quality`` (as stored, to
       1/256; None, for a size or PSNR target, checks none), it holds a preview exactly when ``preview``
       asks for one that is smaller than the image, of the size asked for, with ``target_size`` it is no
-      larger, with ``strip`` it holds no ICC profile, EXIF or XMP, and it was made for ``model`` (by default
-      the generation that encodes now, :func:`pillow_jac.generations.encoder`).
+      larger, with ``strip`` it holds no ICC profile, EXIF or XMP (and without it, some where an encode would
+      store some of what the source's header holds), and it was made for ``model`` (by default the
+      generation that encodes now, :func:`pillow_jac.generations.encoder`).
 
-    The effort, a PSNR target, a size target larger than before and an output made with ``strip`` where
-    ``strip`` is not asked for now cannot be told from the file (a source's metadata may all be left out
-    without it: a grey image's RGB profile): a batch judges them by its output folder's record
+    The effort, a PSNR target, a size target larger than before and ``strip`` for a source whose metadata
+    follows its pixels cannot be told from the file: a batch judges them by its output folder's record
     (:func:`batch_settings`), and ``resume=False``
     (``jac batch --no-resume``) redoes every file whatever the record says.
     """
     from PIL import Image
+
+    from .save_metadata import metadata_to_store
 
     try:
         out = os.stat(dst)
@@ -324,14 +326,18 @@ def is_done(
                 # EXIF may follow its pixels: Pillow reads them all to find it)
                 if jac.size != im.size and not (jac.size == im.size[::-1] and exif_orientation(im) in (5, 6, 7, 8)):
                     return False
+                # what an encode without strip would store of what Pillow read with the header (a profile
+                # that cannot describe the stored mode is not; a PNG's eXIf after its pixels is not looked for)
+                source_metadata = any(metadata_to_store(im, {}, jac.header.layout).values())
     except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError):
         return False
     if quality is not None and jac.header.quality != container.quantize_quality(quality):
         return False
     if target_size is not None and out.st_size > target_size:
         return False
-    if strip and any(getattr(jac, name) for name in METADATA_FIELDS):
-        return False  # made without --strip, which is asked for now
+    kept_metadata = any(getattr(jac, name) for name in METADATA_FIELDS)
+    if strip and kept_metadata or not strip and source_metadata and not kept_metadata:
+        return False  # made with --strip, or without it (from a source that has metadata), the other asked for
     try:
         wanted = model or generations.encoder().model_id
     except LookupError:  # no generation encodes here: the conversion reports it

@@ -236,10 +236,10 @@ def file_and_decoder(data, device, weights, *, alpha: bool = True):
 
     jac = parse_input(data)
     check_declared_size(jac.header.width, jac.header.height, error=CodecError)
+    if alpha:  # first, as decode_with looks at it before the streams
+        alpha_plane(jac)
     for stream in (jac.z_stream, jac.y_stream):
         check_whole_words(stream)
-    if alpha:
-        alpha_plane(jac)
     return jac, decoder_engine(jac, device, weights)
 
 

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-__all__ = ["write_markdown", "plot", "caption"]
+__all__ = ["write_markdown", "plot", "caption", "effort_gains"]
 
 
 def _is_jac(name: str) -> bool:
@@ -85,6 +85,7 @@ def write_markdown(path: Path, results: dict[str, Any]) -> None:
                 f"| {_pct(row['ms_ssim'])} | {overlap} |"
             )
         lines.append("")
+    lines += _effort_gain(results, labels)
     lines += ["## Averaged curves", ""]
     for codec in results["codecs"].values():
         lines += [f"### {codec['label']}", ""]
@@ -109,6 +110,59 @@ def write_markdown(path: Path, results: dict[str, Any]) -> None:
                 )
         lines += ["", *notes, ""] if notes else [""]
     path.write_text("\n".join(lines))
+
+
+def effort_gains(results: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """For each ``jac-eN`` codec of a run that also measured ``jac``: its gain per added second of encoding.
+
+    ``{name: {"encode_s", "added_s", "bd_rate", "gain_per_second"}}``: the mean encode time over every image and
+    quality of this run, the seconds added to ``jac``'s (effort 0), its PSNR BD-rate against ``jac`` (percent,
+    negative: smaller files) and ``-bd_rate / added_s``. Times and BD-rates are of the same run, so their ratio
+    is of one machine under one load.
+    """
+
+    def mean_encode(codec: dict[str, Any]) -> float:
+        times = [p["encode_s"] for points in codec.get("per_image", {}).values() for p in points]
+        return sum(times) / len(times) if times else math.nan
+
+    codecs = results["codecs"]
+    if "jac" not in codecs:
+        return {}
+    base = mean_encode(codecs["jac"])
+    gains = {}
+    for name, bd in results.get("bd_rate_by_codec", {}).items():
+        row = next((r for r in bd if r["anchor"] == "jac"), None)
+        if not name.startswith("jac-e") or name not in codecs or row is None:
+            continue
+        encode_s = mean_encode(codecs[name])
+        added = encode_s - base
+        gain = -row["psnr"] / added if added > 0 and math.isfinite(row["psnr"]) else math.nan
+        gains[name] = {"encode_s": encode_s, "added_s": added, "bd_rate": row["psnr"], "gain_per_second": gain}
+    return gains
+
+
+def _effort_gain(results: dict[str, Any], labels: dict[str, str]) -> list[str]:
+    """The report's section of :func:`effort_gains` (none without an effort to compare)."""
+    gains = effort_gains(results)
+    if not gains:
+        return []
+    base = next(iter(gains.values()))
+    lines = [
+        "## Gain per added second of encoding",
+        "",
+        "BD-rate (PSNR) against effort 0 for each second the mean encode adds to effort 0's "
+        f"({_fmt(base['encode_s'] - base['added_s'], '.3f')} s), means over every image and quality of this run.",
+        "",
+        "| codec | mean encode (s) | added (s) | BD-rate vs effort 0 | gain per added second |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
+    for name, g in gains.items():
+        per_second = "n/a" if not math.isfinite(g["gain_per_second"]) else f"{g['gain_per_second']:.2f}%"
+        lines.append(
+            f"| {labels.get(name, name)} | {_fmt(g['encode_s'], '.3f')} | {_fmt(g['added_s'], '.3f')} "
+            f"| {_pct(g['bd_rate'])} | {per_second} |"
+        )
+    return [*lines, ""]
 
 
 def caption(results: dict[str, Any]) -> str:
