@@ -396,6 +396,18 @@ def test_rd_tables_for_each_effort(tmp_path: Path):
     assert {row["anchor"] for row in results["bd_rate_by_codec"]["jac-e1"]} == {"jac", "jpeg420"}
     text = (out / "rd.md").read_text()
     assert "## BD-rate of .jac" in text and "## BD-rate of JAC (pillow_jac), effort 1" in text
+    # the gain per added second of encoding: BD-rate and times of this one run (the README quoted a ratio of two)
+    from pillow_jac.bench.rd_report import effort_gains
+
+    def mean_encode(name: str) -> float:
+        points = [p for ps in results["codecs"][name]["per_image"].values() for p in ps]
+        return sum(p["encode_s"] for p in points) / len(points)
+
+    (bd,) = [row["psnr"] for row in results["bd_rate_by_codec"]["jac-e1"] if row["anchor"] == "jac"]
+    gain = effort_gains(results)["jac-e1"]
+    assert gain["added_s"] == pytest.approx(mean_encode("jac-e1") - mean_encode("jac"))
+    assert gain["bd_rate"] == bd and gain["gain_per_second"] == pytest.approx(-bd / gain["added_s"])
+    assert "## Gain per added second of encoding" in text and f"{gain['gain_per_second']:.2f}%" in text
 
 
 # -- averaged points, the resume cache, warm-up, report and records -------------------------------------------
