@@ -101,9 +101,12 @@ def _child(spec: dict[str, Any]) -> dict[str, Any]:
         "bpp": 8.0 * len(data) / pixels,
     }
     if name.startswith("jac"):
+        import torch
+
         from pillow_jac.openmp_wait import threads_sleep
 
         record["threads_sleep"] = threads_sleep()  # what the figure holds for (pillow_jac/openmp_wait.py)
+        record["torch"] = torch.__version__  # as the CompressAI child records its own, which may differ
     if cuda:
         import torch
 
