@@ -343,3 +343,21 @@ def test_the_gpu_options_and_pack_refuse_what_would_waste_a_run(tmp_path, capsys
     pack.main(["--split", str(big), "--out", str(tmp_path / "pieces")])
     pieces = sorted((tmp_path / "pieces").glob("ema.safetensors.0*"))
     assert len(pieces) == 2 and max(p.stat().st_size for p in pieces) <= 15_000_000 < 16 * 2**20
+
+
+def test_a_signal_during_the_last_save_waits_for_it(image_folder, tmp_path, monkeypatch):
+    """The final publish and checkpoint ran after the training loop's signal handlers were put back: a second
+    Ctrl-C or SIGTERM (or the first, arriving then) killed the save half-way."""
+    import os
+    import signal
+
+    keep = gpu_session.Session.keep
+
+    def interrupted_keep(self):
+        os.kill(os.getpid(), signal.SIGINT)  # as a user's Ctrl-C while the weights are written
+        return keep(self)
+
+    monkeypatch.setattr(gpu_session.Session, "keep", interrupted_keep)
+    out = tmp_path / "run"
+    report = session(image_folder, out)
+    assert report["stop"] == "steps" and (out / gpu_session.CHECKPOINT).exists() and (out / gpu_session.REPORT).exists()

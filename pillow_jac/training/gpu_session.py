@@ -527,9 +527,11 @@ def main(argv: list[str] | None = None) -> dict:
     except Exception as exc:
         session.stop, session.error = "error", f"{type(exc).__name__}: {exc}"[:1000]
         _log(f"step {session.step + 1} failed ({session.error}); saving the {session.step} steps before it")
-        session.finish()
+        with stop_on_signals():  # a second Ctrl-C or SIGTERM waits for the last save, as the first did
+            session.finish()
         raise
-    return session.finish()
+    with stop_on_signals():
+        return session.finish()
 
 
 if __name__ == "__main__":
