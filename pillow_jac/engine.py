@@ -101,7 +101,6 @@ def build_model(
         config = ModelConfig(**json.loads(metadata["config"]))
         floats = {k: v.float() for k, v in strip_prefix(tensors, FLOAT_PREFIX).items()}  # a decoder file may hold fp16
         templates = json.loads(metadata.get("integer_networks", "{}"))
-        _check_shapes(config, floats, templates, metadata.get("layout") == "decoder")
         # the layers' random initialisation, overwritten below, must not move the caller's torch generator;
         # float32 whatever default dtype the caller set (float64 layers would refuse g_s's float32 input)
         with torch.random.fork_rng(devices=[]), torch.device("cpu"):  # not a default device the caller set
@@ -125,29 +124,6 @@ def build_model(
     if missing or unexpected:
         raise WeightsError(f"weights do not fit the model {config}: missing {missing[:4]}, unexpected {unexpected[:4]}")
     return model
-
-
-def _check_shapes(config: ModelConfig, floats: dict, templates: dict, decoder_file: bool) -> None:
-    """Refuse float tensors that are not the config's parameters, before the model is built.
-
-    The manifest's widths size the model, so they are checked first against what the file holds, on a model
-    without storage (``meta``): every parameter and persistent buffer is a float tensor of its shape or part
-    of an integer network (or one a decoder file leaves out). A manifest's ``N`` of thousands beside small
-    tensors is refused in milliseconds, not after allocating gigabytes for a model it cannot fill.
-    """
-    with torch.random.fork_rng(devices=[]), torch.device("meta"):
-        expected = JointAutoregressiveHierarchicalPrior(config).state_dict()
-    for name, tensor in floats.items():
-        if name in expected and tuple(tensor.shape) != tuple(expected[name].shape):
-            raise WeightsError(
-                f"weights do not fit the model {config}: {name} is {tuple(tensor.shape)}, "
-                f"the config needs {tuple(expected[name].shape)}"
-            )
-    covered = tuple(name + "." for name in templates) + (_NOT_IN_DECODER_FILES if decoder_file else ())
-    missing = [k for k in expected if k not in floats and not k.startswith(covered)]
-    unexpected = [k for k in floats if k not in expected]
-    if missing or unexpected:
-        raise WeightsError(f"weights do not fit the model {config}: missing {missing[:4]}, unexpected {unexpected[:4]}")
 
 
 def load_model(path: str | Path) -> JointAutoregressiveHierarchicalPrior:

@@ -157,3 +157,22 @@ def test_the_entropy_coding_runs_on_one_thread_where_openmp_threads_spin(monkeyp
     finally:
         torch.set_num_threads(saved)
     assert seen == ([2, 2] if sleeping else [1, 1]), seen
+
+
+def test_the_first_encode_and_decode_leave_the_environment_and_warning_filters_as_they_were() -> None:
+    """Checking a weights file's shapes on torch's meta device (since replaced) imported torch._dynamo at the first
+    decode: 1.7 s more, a TORCHINDUCTOR_CACHE_DIR every later child process inherited, and a warning filter."""
+    import subprocess
+    import sys
+
+    code = (
+        "import os, sys, warnings\n"
+        "import numpy as np, torch, pillow_jac\n"
+        "env, filters = dict(os.environ), list(warnings.filters)\n"
+        "pillow_jac.decode(pillow_jac.encode(np.zeros((16, 16, 3), np.uint8), 4))\n"
+        "assert dict(os.environ) == env, set(os.environ.items()) ^ set(env.items())\n"
+        "assert warnings.filters == filters\n"
+        "assert 'torch._dynamo' not in sys.modules\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr

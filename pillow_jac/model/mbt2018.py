@@ -48,6 +48,9 @@ ENTROPY_MODELS = {"zero-mean": 1, "gaussian": 2, "gmm": 3}
 CONTEXT_SIZES = (3, 5, 7)
 #: the most components a "gmm" model may have
 MAX_MIXTURES = 8
+#: the widest N and M a configuration may have (the paper's largest model is N=192, M=320): the widths size the
+#: model built before a weights file's tensors are checked against it, so they bound that memory (about 2 GB)
+MAX_WIDTH = 1024
 
 
 @dataclass(frozen=True)
@@ -95,6 +98,10 @@ class ModelConfig:
             raise ValueError(f"a 'gmm' model has 2 to {MAX_MIXTURES} mixtures and the others 1, got {self.mixtures}")
         if self.context_size not in CONTEXT_SIZES:
             raise ValueError(f"context_size must be one of {CONTEXT_SIZES}, got {self.context_size}")
+        for name in ("N", "M"):
+            width = getattr(self, name)
+            if type(width) is not int or not 1 <= width <= MAX_WIDTH:
+                raise ValueError(f"{name} must be a whole number from 1 to {MAX_WIDTH}, got {width!r}")
         if self.M % 6:
             raise ValueError("M must be a multiple of 6 (the paper's 10M/3, 8M/3 and 3M/2 widths)")
 
