@@ -37,14 +37,12 @@ Standard library only.
 from __future__ import annotations
 
 import _thread
-import contextlib
 import logging  # noqa: F401 - see below
 import os
 import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator
 
 # logging and concurrent.futures.thread register paired before/after-fork hooks when first imported, and
 # torch's import imports them. os.fork lists its before-hooks when it starts: a module first imported
@@ -102,17 +100,19 @@ def fork_safe_lock() -> threading.RLock:
 _threads_lock = fork_safe_lock()
 
 
-@contextlib.contextmanager
-def setting_up() -> Iterator[None]:
-    """Hold off forks while the block runs: the codec imports its torch modules and builds engines inside it.
+def setting_up() -> threading.RLock:
+    """The lock that holds off forks while a ``with`` block runs (the codec's imports and engine builds).
+
+    The C lock itself, not a generator around it: ``with`` takes it in C, so a KeyboardInterrupt that lands as
+    it is taken cannot leave it held (as :func:`fork_safe_lock` says; a ``@contextmanager`` suspended after its
+    ``yield`` kept the lock for as long as the interrupt's traceback lived, and every later encode waited).
+    Called at each use: a fork's child gets a new one.
 
     Example:
         >>> with setting_up():
         ...     import json
     """
-    guard = _setting_up
-    with guard:
-        yield
+    return _setting_up
 
 
 def _start_time(tid: int) -> str | None:

@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 
 from fuzz import fuzz_jac as fz
-from pillow_jac import codec
+from pillow_jac import codec, forksafe
 
 ROOT = Path(__file__).resolve().parent.parent
 #: (layout, width, height, quality) of the files decoded concurrently
@@ -730,3 +730,16 @@ def test_forked_children_encode_after_the_parent_encoded_and_during_its_first_se
     )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert result.returncode == 0, result.stderr[-3000:]
+
+
+def test_the_set_up_lock_is_taken_in_c_so_a_ctrl_c_cannot_leave_it_held() -> None:
+    """``setting_up()`` was a generator around the lock: a KeyboardInterrupt landing in its ``__enter__`` after the
+    generator had taken the lock left it held while the traceback lived (a REPL keeps the last one), and every
+    encode and decode of the process then waited for ever. It is the C lock itself, as ``fork_safe_lock`` requires
+    of the codec's locks."""
+    lock = forksafe.setting_up()
+    assert type(lock) is type(threading.RLock()) and lock is forksafe.setting_up()
+    assert not hasattr(type(lock).__enter__, "__code__")  # no bytecode, so no signal handler, between acquire and block
+    with lock:
+        assert lock._is_owned()
+    assert not lock._is_owned()
