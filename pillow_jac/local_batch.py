@@ -291,7 +291,9 @@ def _worker_init(threads: int, cancel: Any, states: Any, sigint_ignored: bool = 
     global _states
     _states = states
     warnings.showwarning = show_warning  # warnings outside a file's conversion (those inside go to the parent)
-    signal.signal(signal.SIGINT, signal.SIG_IGN if sigint_ignored else _worker_sigint)
+    # where SIGINT is ignored, a handler still: the cancel thread's interruption is a simulated SIGINT, which
+    # Python drops for an ignored signal (a SIGTERM to the batch then waited for every running file)
+    signal.signal(signal.SIGINT, _worker_sigint_when_cancelled if sigint_ignored else _worker_sigint)
     if signal.getsignal(signal.SIGTERM) != signal.SIG_IGN:  # an ignored SIGTERM stays ignored, as in jac itself
         signal.signal(signal.SIGTERM, _worker_sigterm)
     threading.Thread(target=_interrupt_when_cancelled, args=(cancel,), daemon=True).start()
@@ -313,6 +315,12 @@ def _worker_sigint(signum: int, frame: Any) -> None:
     if _converting:
         _converting = False
         raise KeyboardInterrupt
+
+
+def _worker_sigint_when_cancelled(signum: int, frame: Any) -> None:
+    """SIGINT in a worker of a batch that ignores it: ignored, but for the cancel thread's interruption."""
+    if _cancelled:
+        _worker_sigint(signum, frame)
 
 
 def _worker_sigterm(signum: int, frame: Any) -> None:

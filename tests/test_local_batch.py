@@ -140,6 +140,29 @@ def test_a_batch_started_with_sigint_ignored_ignores_it_in_its_workers(tmp_path:
     assert listing(out) == [f"{i:03d}.jac" for i in range(12)]
 
 
+def test_a_batch_that_ignores_sigint_still_stops_its_running_files_on_sigterm(tmp_path: Path) -> None:
+    """With SIGINT ignored (``jac batch ... &`` in a script), a SIGTERM to the batch waited for every file being
+    converted to finish (36 s at effort 2), writing outputs after the stop that nothing reported or recorded: the
+    parent's cancel interrupts a file with a simulated SIGINT, which Python drops for an ignored signal."""
+    photos, out = tmp_path / "photos", tmp_path / "out"
+    photos.mkdir()
+    for i in range(6):
+        photo(i, 192).save(photos / f"{i:03d}.png")
+
+    def ignore_sigint() -> None:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    with parallel_batch(photos, out, "-e", "2", preexec_fn=ignore_sigint) as proc:
+        wait_for_outputs(proc, out, 1)
+        before = set(listing(out))
+        os.kill(proc.pid, signal.SIGTERM)  # the parent only, as `kill %1` would
+        _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err
+    after = set(listing(out))
+    assert all(name.endswith(".jac") for name in after), after  # no temporary file left
+    assert len(after - before) < 2, (before, after)  # the two running files were stopped, not finished
+
+
 @pytest.mark.slow
 def test_ctrl_c_pressed_again_while_the_workers_stop_prints_no_traceback(tmp_path: Path) -> None:
     """Three Ctrl-Cs in a tenth of a second: the second and third landed in the pool's shutdown and at exit,
