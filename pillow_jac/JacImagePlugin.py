@@ -333,10 +333,11 @@ class JacImageFile(ImageFile.ImageFile):
         when the whole input does not open (a complete file, then trailing bytes), loads in a ``finally`` the
         image that an earlier piece opened, from data it has closed, while the error of opening the whole is on
         its way. That stale image is not decoded (seconds, and memory, for nothing): the error goes on as it is.
+        Only that call is told apart (its caller is ``Parser.close``): any other load decodes.
         """
         if self.tile and self._jac_closed:
             raise ValueError("Operation on closed image")
-        if self.tile and getattr(self.fp, "closed", False) and isinstance(sys.exc_info()[1], OSError):
+        if self.tile and _stale_parser_load(self.fp):
             return None
         if self.tile and self._jac is not None:
             if self._preview is not None:
@@ -352,6 +353,14 @@ class JacImageFile(ImageFile.ImageFile):
                 self.fp.close()
                 self.fp = None
         return super().load()
+
+
+def _stale_parser_load(fp: object) -> bool:
+    """Whether :meth:`JacImageFile.load` is ``ImageFile.Parser.close()``'s load of a stale piece (see there)."""
+    if not getattr(fp, "closed", False) or not isinstance(sys.exc_info()[1], OSError):
+        return False
+    caller = sys._getframe(2)  # load() -> this -> the caller of load()
+    return caller.f_code is ImageFile.Parser.close.__code__
 
 
 def _raw_pixels(jac: container.JacFile, mode: str, size: tuple[int, int]) -> memoryview:

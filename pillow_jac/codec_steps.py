@@ -227,10 +227,11 @@ def file_and_decoder(data, device, weights, *, alpha: bool = True):
     """``(file, engine)`` of what a decode was given: the path every decode takes first.
 
     :func:`parse_input`, then a refusal above Pillow's pixel limit before anything is allocated
-    (:mod:`pillow_jac.size_limit`, as :class:`CodecError`), then the checks that need no model (streams of
-    whole 32-bit words, CODING.md section 2.4; with ``alpha``, an alpha plane that decompresses to the image's
-    size, SPEC.md section 5.1), then :func:`decoder_engine`: a damaged file is refused before torch and the
-    weights are loaded. The alpha plane is decompressed again where it is used (milliseconds a megapixel).
+    (:mod:`pillow_jac.size_limit`, as :class:`CodecError`), then the checks that need no model (with ``alpha``,
+    an alpha plane that decompresses to the image's size, SPEC.md section 5.1; a y stream of whole 32-bit
+    words, CODING.md section 2.4: the z stream's length matters only to a model with a hyperprior, which
+    reads it), then :func:`decoder_engine`: a damaged file is refused before torch and the weights are
+    loaded. The alpha plane is decompressed again where it is used (milliseconds a megapixel).
     """
     from .entropy_coding import check_whole_words
 
@@ -238,8 +239,7 @@ def file_and_decoder(data, device, weights, *, alpha: bool = True):
     check_declared_size(jac.header.width, jac.header.height, error=CodecError)
     if alpha:  # first, as decode_with looks at it before the streams
         alpha_plane(jac)
-    for stream in (jac.z_stream, jac.y_stream):
-        check_whole_words(stream)
+    check_whole_words(jac.y_stream)
     return jac, decoder_engine(jac, device, weights)
 
 

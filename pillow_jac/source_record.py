@@ -69,6 +69,18 @@ def note_made(
         return
 
 
+def _stored_quality(quality: object) -> object:
+    """A recorded quality as a file stores it (to 1/256): records of earlier versions hold it as it was given."""
+    from .container import quantize_quality
+
+    if not isinstance(quality, (int, float)) or isinstance(quality, bool):
+        return quality  # None: a size or PSNR target
+    try:
+        return quantize_quality(quality)
+    except (ValueError, OverflowError):  # not a quality a file can store: compared as it is
+        return quality
+
+
 class SourceRecord:
     """The record of the output folder ``out_dir`` as it is when read (once, here); :func:`note_made` adds to it."""
 
@@ -114,6 +126,8 @@ class SourceRecord:
         made_with = entry.get("settings")
         if settings is not None and isinstance(made_with, dict):
             now = json.loads(json.dumps(settings))  # as the record reads back
+            if "quality" in made_with:
+                made_with = {**made_with, "quality": _stored_quality(made_with["quality"])}
             if any(made_with[name] != value for name, value in now.items() if name in made_with):
                 return True
         return _same_file(entry, src) is False  # one that cannot be read: the conversion reports it

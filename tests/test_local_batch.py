@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
 import signal
 import struct
@@ -369,6 +370,16 @@ def test_resume_judges_strip_and_quality_by_what_the_output_was_made_with(tmp_pa
 
     batch("-q", "4.5")
     assert "jac: 2 files already done, skipped" in batch("-q", "4.5")  # the grey one too
+    # a record written before the quality was recorded as stored (4.3 as given, a file stores 4.30078125), and
+    # before strip was recorded: the outputs are not all redone
+    batch("-q", "4.3")
+    record = out / ".jac-sources"
+    lines = [json.loads(line) for line in record.read_text().splitlines()]
+    for entry in lines:
+        entry["settings"] = {k: v for k, v in entry["settings"].items() if k != "strip"} | {"quality": 4.3}
+    record.write_text("".join(json.dumps(entry) + "\n" for entry in lines))
+    assert "jac: 2 files already done, skipped" in batch("-q", "4.3")
+    batch("-q", "4.5")
     assert "jac: 2 files already done, skipped" in batch("-q", "4.501")  # the quality a file stores
     batch("-q", "4.5", "--strip")
     assert not container.read(out / "late.jac").exif

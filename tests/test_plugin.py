@@ -387,6 +387,16 @@ def test_the_parser_does_not_decode_a_piece_before_it_refuses_the_whole(rgb_jac:
     parser.feed(b"junk")
     with pytest.raises(OSError, match="JEND"):
         parser.close()
+    # only the Parser's stale load is skipped: a program's load inside its own ``except OSError`` decodes
+    monkeypatch.undo()
+    fp = io.BytesIO(rgb_jac)
+    with Image.open(fp) as im:
+        fp.close()  # load does not need it
+        try:
+            raise FileNotFoundError("a file of the program's own")
+        except OSError:
+            im.load()
+        assert not im.tile and im.getpixel((0, 0)) is not None
 
 
 @pytest.mark.parametrize("truncated_ok", [False, True])

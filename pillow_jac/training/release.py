@@ -331,8 +331,8 @@ def encoder_update(checkpoint: Path, weights_dir: Path, notes: dict[str, str], g
     :data:`pillow_jac.weights.ENCODER_CONFIG_FIELDS`): a checkpoint trained for another ladder brings it.
     ``gate_verdict`` (a ``gate.json`` of the updated full file, such as ``encoder_tune``'s
     ``best.safetensors``, against the current one), when given, must clear
-    :data:`.gate.ENCODER_BAR_PERCENT` on every set (:func:`.gate.check_verdict`); a change of notes alone needs
-    none.
+    :data:`.gate.ENCODER_BAR_PERCENT` on every set (:func:`.gate.check_verdict`); a change of notes alone is
+    not checked against it (the command line still asks for one in the package's folder).
     """
     check_notes(notes)
     full = weights_dir / generations.DEFAULT_WEIGHTS_NAME
