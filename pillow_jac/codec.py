@@ -185,18 +185,18 @@ def decode(data, *, device=None, weights=None) -> np.ndarray:
             (:class:`CodecError`) or its streams are corrupt.
         MemoryError: decoding the image's size needs more memory than there is.
     """
-    return decode_with(*steps.file_and_decoder(data, device, weights))
+    jac, alpha = steps.checked_file(data)
+    return decode_with(jac, steps.decoder_engine(jac, device, weights), alpha)
 
 
 @interpreter_exit.counted
-def decode_with(jac, engine) -> np.ndarray:
-    """The pixels of a parsed file, decoded by its engine (:func:`~pillow_jac.codec_steps.file_and_decoder`).
+def decode_with(jac, engine, alpha: np.ndarray | None) -> np.ndarray:
+    """The pixels of a parsed file, decoded by its engine, with its alpha plane (codec_steps.alpha_plane) or None.
 
-    The part of :func:`decode` after its checks, which :func:`~pillow_jac.codec_batch.decode_batch` shares
-    for a file it decodes alone.
+    The part of :func:`decode` after its checks (:func:`~pillow_jac.codec_steps.checked_file`), which
+    :func:`~pillow_jac.codec_batch.decode_batch` shares for a file it decodes alone.
     """
     h = jac.header
-    alpha = steps.alpha_plane(jac)
     with steps.allocation_errors_as_memory_errors(h.width, h.height):
         _, y_hat = steps.decode_latents(jac, engine)
         (rgb,) = steps.transforms().synthesize(engine, [y_hat], [h.quality], [(h.height, h.width)])

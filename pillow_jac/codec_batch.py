@@ -253,7 +253,7 @@ def _decode_parsed(parsed: list, engines: list, batch_size: int) -> list[np.ndar
         if not _batchable(parsed[members[0]].header.y_shape):
             (i,) = members
             with _naming_item(i, OSError, ValueError):
-                out[i] = decode_with(parsed[i], engine)
+                out[i] = decode_with(parsed[i], engine, steps.alpha_plane(parsed[i]))
             continue
         y_hats, alphas = [], []
         headers = [parsed[i].header for i in members]

@@ -223,23 +223,31 @@ def parse_input(data) -> container.JacFile:
     return container.parse(bytes(data))
 
 
-def file_and_decoder(data, device, weights, *, alpha: bool = True):
-    """``(file, engine)`` of what a decode was given: the path every decode takes first.
+def checked_file(data, *, alpha: bool = True) -> tuple[container.JacFile, np.ndarray | None]:
+    """``(file, alpha plane or None)`` of what a decode was given, checked as far as it can be without a model.
 
     :func:`parse_input`, then a refusal above Pillow's pixel limit before anything is allocated
-    (:mod:`pillow_jac.size_limit`, as :class:`CodecError`), then the checks that need no model (with ``alpha``,
-    an alpha plane that decompresses to the image's size, SPEC.md section 5.1; a y stream of whole 32-bit
-    words, CODING.md section 2.4: the z stream's length matters only to a model with a hyperprior, which
-    reads it), then :func:`decoder_engine`: a damaged file is refused before torch and the weights are
-    loaded. The alpha plane is decompressed again where it is used (milliseconds a megapixel).
+    (:mod:`pillow_jac.size_limit`, as :class:`CodecError`), then (with ``alpha``) the alpha plane, which must
+    decompress to the image's size (SPEC.md section 5.1; None without ``alpha`` or for a file without one),
+    then a y stream of whole 32-bit words (CODING.md section 2.4: the z stream's length matters only to a
+    model with a hyperprior, which reads it). A damaged file is so refused before torch and the weights load.
     """
     from .entropy_coding import check_whole_words
 
     jac = parse_input(data)
     check_declared_size(jac.header.width, jac.header.height, error=CodecError)
-    if alpha:  # first, as decode_with looks at it before the streams
-        alpha_plane(jac)
+    plane = alpha_plane(jac) if alpha else None  # first, as a decode has always looked at it before the streams
     check_whole_words(jac.y_stream)
+    return jac, plane
+
+
+def file_and_decoder(data, device, weights, *, alpha: bool = True):
+    """``(file, engine)`` of what a decode was given: :func:`checked_file`, then :func:`decoder_engine`.
+
+    For a caller that decodes the alpha plane later (a batch holds none of them while it checks every file),
+    so that a file with one decompresses it twice (milliseconds a megapixel).
+    """
+    jac, _ = checked_file(data, alpha=alpha)
     return jac, decoder_engine(jac, device, weights)
 
 
