@@ -168,6 +168,16 @@ def is_model_id(text: str) -> bool:
     return 1 <= len(text) <= MODEL_ID_BYTES and all(0x20 <= ord(ch) <= 0x7E for ch in text)
 
 
+def is_release_number(text: object) -> bool:
+    """Whether a manifest's ``release`` is a whole number in ASCII digits (``"²"`` is a digit to ``str.isdigit``).
+
+    Example:
+        >>> is_release_number("6"), is_release_number("\u00b2"), is_release_number(6)
+        (True, False, False)
+    """
+    return isinstance(text, str) and text.isascii() and text.isdigit()
+
+
 #: JHDR layout code -> Pillow mode (the code is the index).
 LAYOUTS = ("RGB", "L", "RGBA", "LA")
 

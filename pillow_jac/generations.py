@@ -42,7 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from stat import S_ISREG
 
-from .constants import MODEL_ID_BYTES, WEIGHTS_LAYOUTS, is_model_id
+from .constants import MODEL_ID_BYTES, WEIGHTS_LAYOUTS, is_model_id, is_release_number
 from .forksafe import fork_safe_lock
 
 __all__ = [
@@ -178,11 +178,6 @@ def _header(path: Path) -> tuple[dict[str, str], int] | None:
     return meta, 8 + size + max(ends, default=0)
 
 
-def _is_number(text: object) -> bool:
-    """Whether a manifest's value is a whole number in ASCII digits (``"²"`` is a digit to ``str.isdigit``)."""
-    return isinstance(text, str) and text.isascii() and text.isdigit()
-
-
 _RELEASED: dict[tuple, dict[str, dict[str, str]]] = {}
 
 
@@ -290,7 +285,7 @@ def generation_of(path: Path) -> Generation | None:
             gen = Generation(
                 model_id=str(meta["model_id"]),
                 weights_hash=bytes.fromhex(meta["weights_hash"]),
-                release=int(meta["release"]) if _is_number(meta.get("release")) else None,
+                release=int(meta["release"]) if is_release_number(meta.get("release")) else None,
                 can_encode=meta["layout"] == "full",
                 path=path,
                 size=stat.st_size,

@@ -32,7 +32,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save as safetensors_bytes
 
-from .constants import MODEL_ID_BYTES, WEIGHTS_HASH_BYTES, WEIGHTS_LAYOUTS, is_model_id
+from .constants import MODEL_ID_BYTES, WEIGHTS_HASH_BYTES, WEIGHTS_LAYOUTS, is_model_id, is_release_number
 from .files import write_atomic
 from .model.integer import LAYER_FIELDS, LAYER_KINDS, IntegerLayer, IntegerNetwork
 
@@ -413,7 +413,7 @@ def _problem(metadata: dict[str, str]) -> str | None:
             ):
                 return f"a layer of {name!r} is invalid: {layer}"
     release = metadata.get("release")
-    if release is not None and not (isinstance(release, str) and release.isascii() and release.isdigit()):
+    if release is not None and not is_release_number(release):
         return f"release must be a number, got {release!r}"
     return None
 

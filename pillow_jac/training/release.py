@@ -53,7 +53,7 @@ from ..engine import build_model
 from ..model.mbt2018 import ModelConfig
 from ..weights import ENCODER_CONFIG_FIELDS, WeightsError, decoder_only, load_weights, save_weights, seal, verify
 from .freeze import MAX_RELEASE, check_notes, freeze, parse_notes
-from .gate import ENCODER_BAR_PERCENT
+from .gate import ENCODER_BAR_PERCENT, check_verdict, measured_model
 
 __all__ = ["keep_generation", "release", "encoder_update", "main"]
 
@@ -219,8 +219,6 @@ def release(
     new_id = new_meta["model_id"]
     full = weights_dir / generations.DEFAULT_WEIGHTS_NAME
     if gate_verdict is not None:
-        from .gate import check_verdict, measured_model
-
         stable = measured_model(*load_weights(full)) if full.exists() else None
         try:
             check_verdict(gate_verdict, measured_model(new_tensors, new_meta), stable)
@@ -366,8 +364,6 @@ def encoder_update(checkpoint: Path, weights_dir: Path, notes: dict[str, str], g
         print(f"nothing changed: {checkpoint} holds the encoder {old.model_id} has (encoder hash {old.encoder_hash})")
         return old.model_id
     if gate_verdict is not None and new_meta["encoder_hash"] != old.encoder_hash:
-        from .gate import ENCODER_BAR_PERCENT, check_verdict, measured_model
-
         try:
             check_verdict(
                 gate_verdict, measured_model(updated, new_meta), measured_model(tensors, metadata), ENCODER_BAR_PERCENT
