@@ -66,6 +66,11 @@ def parallel_batch(photos: Path, out: Path, *options: str, preexec_fn=None) -> I
             proc.wait()
 
 
+def _ignore_sigint() -> None:
+    """A child's SIGINT ignored, as for ``jac batch ... &`` in a script (a ``preexec_fn``)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def wait_for_outputs(proc: subprocess.Popen, out: Path, count: int) -> None:
     """Wait until the batch has written ``count`` outputs (at most two minutes, and while it runs)."""
     deadline = time.monotonic() + 120
@@ -125,10 +130,7 @@ def test_a_batch_started_with_sigint_ignored_ignores_it_in_its_workers(tmp_path:
     for i in range(12):
         photo(i, 96).save(photos / f"{i:03d}.png")
 
-    def ignore_sigint() -> None:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-    with parallel_batch(photos, out, "-e", "1", preexec_fn=ignore_sigint) as proc:
+    with parallel_batch(photos, out, "-e", "1", preexec_fn=_ignore_sigint) as proc:
         wait_for_outputs(proc, out, 2)
         sent = 0
         while proc.poll() is None and sent < 5:  # Ctrl-C to the whole group, while files are converting
@@ -150,10 +152,7 @@ def test_a_batch_that_ignores_sigint_still_stops_its_running_files_on_sigterm(tm
     for i in range(6):
         photo(i, 192).save(photos / f"{i:03d}.png")
 
-    def ignore_sigint() -> None:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-    with parallel_batch(photos, out, "-e", "2", preexec_fn=ignore_sigint) as proc:
+    with parallel_batch(photos, out, "-e", "2", preexec_fn=_ignore_sigint) as proc:
         wait_for_outputs(proc, out, 1)
         before = set(listing(out))
         os.kill(proc.pid, signal.SIGTERM)  # the parent only, as `kill %1` would
