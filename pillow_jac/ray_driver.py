@@ -56,8 +56,10 @@ def run(
     slots: deque = deque()
     started_any, start = False, 0.0
     start_error: BaseException | None = None  # why the first actor that could not start failed
+    suspects: set[str] = set()  # files converted alone until done: each was unfinished when an actor died with others
 
     def finish(result: FileResult) -> None:
+        suspects.discard(result.src)
         report.add(result)
         report_file(result)
 
@@ -71,9 +73,6 @@ def run(
             add_actor()
         todo = _Queue(jobs)
         attempts: dict[str, int] = {}
-        suspects: set[str] = set()  # files converted alone: each was unfinished when an actor died with others
-        calls: dict[Any, int] = {}  # a live actor -> its calls submitted and not back
-        alone: set[Any] = set()  # the actors converting a suspect
         dead: set[Any] = set()
         while todo or pending:
             waiting = []  # slots that cannot take the next file now: their actor converts a suspect, or it is busy
@@ -82,13 +81,10 @@ def run(
                 if actor in dead:
                     continue
                 src, dst = todo.peek()
-                if actor in alone or (src in suspects and calls[actor]):
+                if suspects and not _may_take(actor, src, pending, suspects):
                     waiting.append(actor)
                     continue
-                if src in suspects:
-                    alone.add(actor)
                 todo.popleft()
-                calls[actor] += 1
                 pending[actor.convert.remote(src, dst, *options(src, dst))] = (actor, src, dst)
             slots.extend(waiting)
             if not pending and not starting:
@@ -114,7 +110,6 @@ def run(
                         continue
                     if not started_any:
                         started_any, start = True, time.perf_counter()
-                    calls[actor] = 0
                     slots.extend([actor] * slots_each)
                     continue
                 if ref not in pending:  # a call of an actor whose death was handled earlier in this pass
@@ -125,16 +120,12 @@ def run(
                 except _deaths(ray):
                     _lost(ray, actor, pending, todo, attempts, suspects, finish)
                     dead.add(actor)
-                    del calls[actor]
-                    alone.discard(actor)
                     if todo:  # a replacement only for files left to convert
                         add_actor()
                     continue
                 except ray.exceptions.RayError as e:  # e.g. a result that could not be transferred
                     result = FileResult(src, dst, "failed", one_line(e))
                 del pending[ref]
-                calls[actor] -= 1
-                alone.discard(actor)  # a suspect's actor has no other call
                 slots.append(actor)
                 finish(result)
         report.seconds = time.perf_counter() - start if started_any else 0.0
@@ -152,6 +143,15 @@ def run(
             ray.cancel(ref)
         for actor in actors:
             ray.kill(actor)
+
+
+def _may_take(actor: Any, src: str, pending: dict[Any, tuple[Any, str, str]], suspects: set[str]) -> bool:
+    """Whether ``actor`` may take ``src`` now: a suspect only with no other call, and nothing while it converts one.
+
+    Read from the calls submitted, only while there are suspects (after a death, until they are done).
+    """
+    mine = [submitted for owner, submitted, _ in pending.values() if owner is actor]
+    return not mine if src in suspects else not any(submitted in suspects for submitted in mine)
 
 
 class _Queue:
