@@ -175,6 +175,7 @@ def _run_jobs(
         # pools are running.
         ctx = multiprocessing.get_context("forkserver")
         ctx.set_forkserver_preload(_WORKER_PRELOAD)
+        _start_fork_server()
     else:  # pragma: no cover - Windows
         ctx = multiprocessing.get_context("spawn")
     items = [(str(src), str(dst)) for src, dst in jobs.items()]
@@ -202,6 +203,25 @@ def _run_jobs(
             else:
                 states[i] = _QUEUED
                 todo.append(i)
+
+
+def _start_fork_server() -> None:
+    """Start multiprocessing's fork server (where it is not running) with SIGINT blocked in this thread.
+
+    The server starts with this thread's signal mask, so a Ctrl-C that reaches it before its first preload
+    module (:mod:`pillow_jac.forkserver_signals`) ignores SIGINT waits and is then discarded, where it would
+    have printed a traceback from the interpreter's start-up. One that reaches this process meanwhile is
+    raised here as KeyboardInterrupt once the mask is back. (The standard library starts its resource tracker so,
+    bpo-33613, and unblocks SIGINT after: the tracker is started first, as the server's start would.)
+    """
+    from multiprocessing import forkserver, resource_tracker
+
+    resource_tracker.ensure_running()
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        forkserver.ensure_running()
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
 
 
 def _run_pool(

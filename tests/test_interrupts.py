@@ -218,6 +218,86 @@ def test_the_fork_server_ignores_ctrl_c_while_it_preloads_and_its_children_do_no
     assert result.stdout.strip() == "3 True"
 
 
+def test_a_ctrl_c_as_the_fork_server_starts_is_discarded_there_and_raised_in_the_batch(tmp_path: Path) -> None:
+    """jac batch's fork server took a Ctrl-C that came before its first preload module (the interpreter's own
+    start-up, about half a second) as KeyboardInterrupt, printed a traceback under the command's one-line
+    message and ended. Here the SIGINT is sent before that module; the server lives and says nothing. A Ctrl-C
+    to the batch while the server starts is raised in the batch, not lost."""
+    (tmp_path / "interrupt_self.py").write_text("import os, signal\nos.kill(os.getpid(), signal.SIGINT)\n")
+    path = os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")]))  # the server's own path
+    result = _run(
+        """
+        import multiprocessing, os, signal
+        from multiprocessing import forkserver
+        from pillow_jac import local_batch
+
+        if __name__ == "__main__":
+            ctx = multiprocessing.get_context("forkserver")
+            first, last = local_batch._WORKER_PRELOAD[0], local_batch._WORKER_PRELOAD[-1]
+            ctx.set_forkserver_preload(["interrupt_self", first, last])
+            local_batch._start_fork_server()
+            with ctx.Pool(1) as pool:
+                print(pool.apply(abs, (-3,)))
+            forkserver.ensure_running = lambda: os.kill(os.getpid(), signal.SIGINT)
+            try:
+                local_batch._start_fork_server()
+                for _ in range(1000):
+                    pass
+            except KeyboardInterrupt:
+                print("interrupted")
+        """,
+        env={**os.environ, "PYTHONPATH": path},
+    )
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+    assert result.stdout.split() == ["3", "interrupted"]
+
+
+def test_a_worker_asked_for_by_a_pool_that_is_gone_ends_without_a_traceback(tmp_path: Path) -> None:
+    """A Ctrl-C while jac batch waited for its first worker left the request with the fork server, which forked
+    the worker once its preload was done; the batch had removed the pool's semaphores on its way out, and the
+    worker printed a FileNotFoundError traceback below "jac: interrupted". Other start-up errors still print."""
+    (tmp_path / "slow_preload.py").write_text("import time\ntime.sleep(1.5)\n")
+    (tmp_path / "unpicklable.py").write_text(
+        "class Missing:\n"
+        "    def __init__(self):\n"
+        "        self.state = 1\n"
+        "    def __setstate__(self, state):\n"
+        "        raise FileNotFoundError('not a semaphore')\n"
+    )
+    path = os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")]))
+    result = _run(
+        """
+        import multiprocessing, threading
+        from multiprocessing import util
+        import unpicklable
+        from pillow_jac import local_batch
+
+        def remove(name):  # as the semaphore's finaliser does once its pool is gone
+            for finalizer in list(util._finalizer_registry.values()):
+                if finalizer._args == (name,):
+                    finalizer()
+
+        if __name__ == "__main__":
+            ctx = multiprocessing.get_context("forkserver")
+            first, last = local_batch._WORKER_PRELOAD[0], local_batch._WORKER_PRELOAD[-1]
+            ctx.set_forkserver_preload([first, "slow_preload", last])
+            lock = ctx.Lock()
+            threading.Timer(0.5, remove, (lock._semlock.name,)).start()
+            gone = ctx.Process(target=print, args=(lock,))
+            gone.start()  # returns once the server, done with its preload, has forked the worker
+            gone.join()
+            other = ctx.Process(target=print, args=(unpicklable.Missing(),))
+            other.start()
+            other.join()
+            print(gone.exitcode, other.exitcode)
+        """,
+        env={**os.environ, "PYTHONPATH": path},
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["1", "1"]
+    assert result.stderr.count("Traceback") == 1 and "not a semaphore" in result.stderr, result.stderr
+
+
 def test_a_block_nested_in_its_thread_keeps_the_programs_thread_count() -> None:
     """A decode from a signal handler that interrupted one nests single_threaded in a thread: the inner block
     took the outer one's 1 for the program's count, and every block after it set the program's count to 1."""
