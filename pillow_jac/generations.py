@@ -79,8 +79,9 @@ RELEASED_PATH = Path(__file__).resolve().parent / "released.json"
 #: would go over is refused until the kept decoder files move into a distribution the package requires
 #: (pillow_jac.training.release)
 PACKAGE_BUDGET_BYTES = 100_000_000
-#: a safetensors header larger than this is not a weights file of ours (ours are ~10 kB)
-_MAX_HEADER = 16 << 20
+#: a safetensors header larger than this is not a weights file of ours (ours are ~10 kB): a bigger one costs
+#: every listing its parse
+_MAX_HEADER = 1 << 20
 
 
 #: JAC_WEIGHTS values already warned about as decoder-only files

@@ -245,6 +245,8 @@ def _canonical(t: torch.Tensor, name: str = "a tensor") -> torch.Tensor:
     tensor whose values that dtype does not hold exactly (float64 values between float32's, as the decoder
     reads ``int.*`` and ``table.*``) raises :class:`WeightsError`: two such files would share a hash.
     """
+    if t.dtype not in _HASHED_DTYPES:
+        raise WeightsError(f"{name} is stored as {t.dtype}, which no weights file uses (SPEC.md section 9.3)")
     t = t.detach().contiguous().cpu()
     canonical = t.to(torch.float32 if t.is_floating_point() else torch.int64)
     if t.dtype not in _EXACTLY_WIDENED and not torch.equal(canonical.to(t.dtype), t):
@@ -260,6 +262,8 @@ _EXACTLY_WIDENED = frozenset(
     (torch.float16, torch.bfloat16, torch.float32)  # to float32
     + (torch.bool, torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)  # to int64
 )
+#: the dtypes a weights file's tensors may have: those, and float64 where its values are float32's
+_HASHED_DTYPES = _EXACTLY_WIDENED | {torch.float64}
 
 
 def _little_endian_bytes(t: torch.Tensor):
@@ -370,6 +374,22 @@ class Manifest:
         return self.layout == "full"
 
 
+#: how deep a manifest's JSON values may nest (ours: 3, integer_networks' name, layer list, layer); the hashes
+#: serialise them again, recursively
+MANIFEST_NESTING = 8
+
+
+def _nesting(value: Any) -> int:
+    """How many JSON arrays and objects nest in ``value`` at most (0 for a number or a string), without recursion."""
+    deepest, todo = 0, [(value, 0)]
+    while todo:
+        item, depth = todo.pop()
+        if isinstance(item, (dict, list)):
+            deepest = max(deepest, depth + 1)
+            todo.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return deepest
+
+
 def _problem(metadata: dict[str, str]) -> str | None:
     """What is wrong with a manifest's schema, or None."""
     for key in ("model_id", "config", "integer_networks", "weights_hash", "decoder_hash", "layout"):
@@ -393,6 +413,8 @@ def _problem(metadata: dict[str, str]) -> str | None:
         return f"its manifest is not valid JSON: {type(exc).__name__}: {exc}"
     if not isinstance(config, dict) or not isinstance(templates, dict):
         return "config and integer_networks must be JSON objects"
+    if max(_nesting(config), _nesting(templates)) > MANIFEST_NESTING:
+        return f"config or integer_networks is nested more than {MANIFEST_NESTING} deep"
     expected = {name for name, flag in _INTEGER_NETWORKS.items() if flag is None or config.get(flag, True)}
     if set(templates) != expected:
         return f"integer_networks names {sorted(templates)}, the config needs {sorted(expected)}"
@@ -445,12 +467,18 @@ def verify(tensors: dict[str, torch.Tensor], metadata: dict[str, str], path: str
             released generation (:func:`pillow_jac.generations.released`) with another decoder.
     """
     manifest = read_manifest(metadata, path)
-    checks = [("decoder", decoder_hash(tensors, metadata), manifest.decoder_hash)]
-    if manifest.can_encode:
-        actual = encoder_hash(tensors, metadata)
-        if actual != manifest.encoder_hash and encoder_hash(tensors, metadata, density=False) == manifest.encoder_hash:
-            actual = manifest.encoder_hash  # sealed with the older hash, without the density (SPEC.md section 9.3)
-        checks.append(("encoder", actual, manifest.encoder_hash))
+    try:
+        checks = [("decoder", decoder_hash(tensors, metadata), manifest.decoder_hash)]
+        if manifest.can_encode:
+            actual = encoder_hash(tensors, metadata)
+            if (
+                actual != manifest.encoder_hash
+                and encoder_hash(tensors, metadata, density=False) == manifest.encoder_hash
+            ):
+                actual = manifest.encoder_hash  # sealed with the older hash, without the density (SPEC.md section 9.3)
+            checks.append(("encoder", actual, manifest.encoder_hash))
+    except WeightsError as exc:  # a tensor the hashes cannot take
+        raise WeightsError(f"weights file {path} is refused: {exc}") from None
     for part, actual, expected in checks:
         if actual != expected:
             raise WeightsError(

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -147,3 +149,10 @@ def sixteen_bit_png(path: Path, samples: np.ndarray, colour_type: int, transpare
     header = chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 16, colour_type, 0, 0, 0))
     key = b"" if transparency is None else chunk(b"tRNS", struct.pack(">" + "H" * len(transparency), *transparency))
     path.write_bytes(b"\x89PNG\r\n\x1a\n" + header + key + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
+
+
+def safetensors_header(path: Path) -> tuple[int, dict]:
+    """``(data_start, header)`` of a safetensors file: u64 LE header size, JSON header, then data."""
+    with open(path, "rb") as f:
+        (size,) = struct.unpack("<Q", f.read(8))
+        return 8 + size, json.loads(f.read(size))

@@ -19,7 +19,7 @@ from pillow_jac import codec, codec_steps, container, engine, generations, weigh
 from pillow_jac.model.mbt2018 import JointAutoregressiveHierarchicalPrior, ModelConfig
 from pillow_jac.training.freeze import freeze
 
-from .helpers import assert_within_one_level_in_a_few_samples, natural_image
+from .helpers import assert_within_one_level_in_a_few_samples, natural_image, safetensors_header
 
 ROOT = Path(__file__).resolve().parents[1]
 VECTORS = ROOT / "format_spec" / "vectors"
@@ -414,13 +414,22 @@ def _damaged_copy(good: Path, folder: Path, how: str) -> Path:
     data = bytearray(good.read_bytes())
     if how == "flipped":
         data[-1] ^= 0x01  # a tensor's last byte: the manifest and the size are as before
+    elif how == "dtype":  # one more tensor, of a dtype torch cannot copy (NotImplementedError where it was hashed)
+        import struct
+
+        (size,) = struct.unpack("<Q", data[:8])
+        header = json.loads(data[8 : 8 + size])
+        end = len(data) - 8 - size
+        header["int.zz"] = {"dtype": "F4", "shape": [2], "data_offsets": [end, end + 1]}
+        raw = json.dumps(header).encode()
+        data = bytearray(struct.pack("<Q", len(raw)) + raw + data[8 + size :] + b"\x01")
     else:
         data += bytes(8)  # longer than its header says
     (folder / good.name).write_bytes(bytes(data))
     return folder / good.name
 
 
-@pytest.mark.parametrize("how", ["flipped", "longer"])
+@pytest.mark.parametrize("how", ["flipped", "longer", "dtype"])
 def test_a_damaged_copy_gives_way_to_a_good_one(tiny_generation: Path, tmp_path: Path, monkeypatch, how) -> None:
     """The listing reads manifests only; a copy found damaged when loaded is passed over, once, with a warning."""
     good = tiny_generation / "tiny.safetensors"
@@ -550,6 +559,20 @@ def test_a_header_too_deep_or_a_pipe_in_the_models_folder_is_not_a_generation(tm
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == f"[{SHIPPED_ID!r}]"
+
+
+def test_a_header_of_megabytes_is_not_read_by_every_listing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 16 MiB safetensors header was parsed by every listing (every ``jac info``, a process's first decode):
+    about 3 s and 400 MB each time, for what is not one of our weights files (their headers are ~10 kB)."""
+    import struct
+
+    full = generations.package_weights_dir() / generations.DEFAULT_WEIGHTS_NAME
+    start, header = safetensors_header(full)
+    header["__metadata__"] = dict(header["__metadata__"], padding="x" * (1 << 20))
+    raw = json.dumps(header).encode()
+    (tmp_path / "padded.safetensors").write_bytes(struct.pack("<Q", len(raw)) + raw + full.read_bytes()[start:])
+    monkeypatch.setenv("JAC_MODELS", str(tmp_path))
+    assert [g.path for g in generations.installed() if g.model_id == SHIPPED_ID] == [full]
 
 
 @pytest.mark.parametrize("layout", [None, "encoder", ""])

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import pickle
 import shutil
-import struct
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +14,7 @@ import torch
 from pillow_jac import codec, codec_steps, engine, weights
 from pillow_jac.weights import WeightsError
 
-from .helpers import natural_image
+from .helpers import natural_image, safetensors_header
 
 
 @pytest.fixture(autouse=True)
@@ -35,13 +34,6 @@ def weights_copy(tmp_path: Path) -> Path:
 def valid_jac() -> bytes:
     """A file made with the intact shipped weights (module scope: built before the private cache)."""
     return codec.encode(natural_image(8, 8), 2)
-
-
-def safetensors_header(path: Path) -> tuple[int, dict]:
-    """``(data_start, header)`` of a safetensors file: u64 LE header size, JSON header, then data."""
-    with open(path, "rb") as f:
-        (size,) = struct.unpack("<Q", f.read(8))
-        return 8 + size, json.loads(f.read(size))
 
 
 def tamper(path: Path, name: str, at: float = 0.5) -> None:
@@ -136,6 +128,7 @@ def test_any_flipped_byte_of_the_decoding_manifest_is_caught(weights_copy: Path)
         (lambda m: m.pop("integer_networks"), "no 'integer_networks'"),
         (lambda m: m.update(config="{not json"), "not valid JSON"),
         (lambda m: m.update(config="[" * 100_000 + "]" * 100_000), "not valid JSON: RecursionError"),
+        (lambda m: m.update(config=m["config"][:-1] + ', "x": ' + "[" * 50 + "]" * 50 + "}"), "nested more than 8"),
         (lambda m: m.update(layout="mystery"), "unknown layout"),
         (lambda m: m.update(model_id=""), "model_id"),
         (lambda m: m.update(integer_networks=m["integer_networks"].replace('"stride": 2', '"stride": 0')), "invalid"),
