@@ -225,11 +225,13 @@ class JacImageFile(ImageFile.ImageFile):
     :class:`PIL.ImageFile.Parser` reads a ``.jac`` whole, as it reads PNG and JPEG: it collects what it is
     fed and opens and decodes it all at ``close()``, so trailing data, a damaged end and everything after
     a chunk boundary are judged on the whole file, as :func:`PIL.Image.open` judges them. Until the whole file
-    has come, the Parser tries to open what it has after every piece (its design, for every format): a file
-    of many chunks fed in small pieces costs time that grows with the square of its size (20,000 empty
-    chunks, 240 kB, in pieces of 1 kB: about 13 s); give it large pieces, or open the complete bytes. Under
-    ``LOAD_TRUNCATED_IMAGES`` a piece that stops before ``JEND`` is such an attempt too, and warns of a
-    damaged end although the whole file, judged at ``close()``, may have none.
+    has come, the Parser tries to open what it has after every piece (its design, for every format); a ``.jac``
+    refuses such an attempt from its last 12 bytes alone until they are the JEND chunk
+    (:func:`_parser_feeding`), so feeding costs time linear in the file's size. Under ``LOAD_TRUNCATED_IMAGES``
+    a file cut before ``JEND`` opens, so every attempt reads what has come: a file of many chunks fed in small
+    pieces then costs time that grows with the square of its size (20,000 empty chunks, 240 kB, in pieces of
+    1 kB: about 13 s), and a piece that stops before ``JEND`` warns of a damaged end although the whole file,
+    judged at ``close()``, may have none.
 
     A file with a preview (``prvw``, SPEC.md section 5.4) answers :meth:`draft`, and so ``thumbnail()``,
     with the preview when it is large enough: no neural decoder, no torch.
@@ -252,6 +254,9 @@ class JacImageFile(ImageFile.ImageFile):
             msg = "not a JAC file"
             raise SyntaxError(msg)
         self.fp.seek(0)
+        if not ImageFile.LOAD_TRUNCATED_IMAGES and _parser_feeding() and not container.ends_with_jend(self.fp):
+            msg = "the JAC file has not all come yet: it does not end with JEND"
+            raise OSError(msg)  # the Parser waits for more, having read none of the chunks
         try:
             header = container.read_header(self.fp)
         except (EOFError, struct.error, IndexError, TypeError, UnicodeDecodeError) as e:
@@ -353,6 +358,22 @@ class JacImageFile(ImageFile.ImageFile):
                 self.fp.close()
                 self.fp = None
         return super().load()
+
+
+def _parser_feeding() -> bool:
+    """Whether :meth:`JacImageFile._open` runs for ``ImageFile.Parser.feed()``'s attempt on what has come so far.
+
+    ``feed()`` -> ``Image.open`` -> its opener -> the class -> ``ImageFile.__init__`` -> ``_open``: its frame is
+    looked for among the nearest few (any other caller opens the file as given).
+    """
+    frame = sys._getframe(1)
+    for _ in range(8):
+        frame = frame.f_back
+        if frame is None:
+            return False
+        if frame.f_code is ImageFile.Parser.feed.__code__:
+            return True
+    return False
 
 
 def _stale_parser_load(fp: object) -> bool:

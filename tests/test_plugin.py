@@ -362,6 +362,23 @@ def test_incremental_parser(rgb_jac: bytes) -> None:
                 im.putpixel((0, 0), 0 if im.mode == "L" else (1, 2, 3))  # writable, as Image.open's after load()
 
 
+def test_the_parser_reads_the_chunks_once_the_file_has_come(rgb_jac: bytes, monkeypatch) -> None:
+    """The Parser tries to open what it has after every piece: every try read all the chunks so far, so a file of
+    many chunks fed in small pieces took time growing with the square of its size (20,000 empty chunks in pieces
+    of 1 kB: 13 s)."""
+    from pillow_jac import container
+
+    end = len(rgb_jac) - 12
+    data = rgb_jac[:end] + _chunk(b"zzzz", b"") * 200 + rgb_jac[end:]
+    reads = []
+    read_file = container.read_file
+    monkeypatch.setattr(container, "read_file", lambda *a, **k: reads.append(1) or read_file(*a, **k))
+    im = _parse_in_pieces(data, list(range(64, len(data), 64)))
+    assert len(reads) == 2  # the try with the whole file, and close()
+    with Image.open(io.BytesIO(rgb_jac)) as direct:
+        assert im.tobytes() == direct.tobytes()
+
+
 def _outcome(read) -> tuple:
     """``("refused",)`` when ``read()`` raises OSError, else the image's pixels and info."""
     try:
