@@ -314,6 +314,26 @@ class JacImageFile(ImageFile.ImageFile):
         assert self.fp is not None
         return self.fp.read(read_bytes)
 
+    def getexif(self) -> Image.Exif:
+        """Pillow's :meth:`~PIL.Image.Image.getexif`, except that an EXIF block Pillow cannot parse reads as none.
+
+        Pillow's parser lets ``struct.error`` or ``SyntaxError`` out of a short or garbled block (for PNG and
+        WebP too), and imageio's reader and :func:`PIL.ImageOps.exif_transpose` call this on every image: a
+        ``.jac`` whose pixels decode would not read at all. Here it warns and gives an empty ``Exif``;
+        ``info["exif"]`` keeps the stored bytes, and the file is not touched.
+        """
+        try:
+            return super().getexif()
+        except MemoryError:
+            raise
+        except Exception as exc:  # what Pillow's TIFF-directory reader raises for a damaged block
+            name = os.fsdecode(self.filename) if self.filename else "a JAC file"
+            warnings.warn(f"{name}: its EXIF cannot be read ({type(exc).__name__}: {exc}); read as none", stacklevel=2)
+            exif = Image.Exif()
+            exif._loaded = True  # as Pillow's getexif() marks what it has read: not parsed again
+            self._exif = exif
+            return exif
+
     def verify(self) -> None:
         """Check what :func:`PIL.Image.open` has not: the alpha plane decompresses to the image's size.
 

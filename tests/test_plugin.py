@@ -1269,3 +1269,31 @@ def test_save_options_take_what_pillow_users_pass(spy: EncodeSpy, tmp_path: Path
     assert (tmp_path / "x.jac").read_bytes() == spy.data
     pillow_jac.save(hopper(), tmp_path / "y.jac", format=None)  # as Image.save's default
     assert (tmp_path / "y.jac").read_bytes() == spy.data
+
+
+@pytest.mark.parametrize("exif", [b"MM\0*", b"garbage!"])
+def test_exif_that_pillow_cannot_parse_reads_as_none(rgb_jac: bytes, tmp_path: Path, exif: bytes) -> None:
+    """Pillow's EXIF parser let struct.error and SyntaxError out of a short or garbled block: getexif(),
+    ImageOps.exif_transpose() and imageio's reader (which calls getexif()) failed on a file whose pixels decode.
+    The stored bytes stay in info and are carried by a save."""
+    import imageio.v3 as iio
+    from PIL import ImageOps
+
+    jac = container.parse(rgb_jac)
+    jac.exif = exif
+    path = tmp_path / "bad-exif.jac"
+    path.write_bytes(container.serialize(jac))
+    with Image.open(path) as im:
+        with pytest.warns(UserWarning, match=r"bad-exif.jac: its EXIF cannot be read"):
+            assert dict(im.getexif()) == {}
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # said once
+            assert dict(im.getexif()) == {}
+            turned = ImageOps.exif_transpose(im)
+        assert turned.size == im.size and im.info["exif"] == exif
+        out = io.BytesIO()
+        im.save(out, "JAC")
+    assert container.parse(out.getvalue()).exif in (exif, b"Exif\0\0" + exif)  # the header a TIFF block gets
+    with pytest.warns(UserWarning, match="EXIF cannot be read"):
+        pixels = iio.imread(path)
+    assert pixels.shape == (im.height, im.width, 3)
