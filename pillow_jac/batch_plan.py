@@ -284,8 +284,8 @@ def is_done(
     """Whether ``dst`` is a finished conversion of ``src``, which ``resume`` skips.
 
     It counts as done when it is a regular file at least as new as ``src``, of the same size in pixels
-    (another picture of the same name, from another folder written into the same ``out_dir``, is not
-    taken for it), and:
+    (a picture of another size is not taken for it; one of the same size only the batch's record tells
+    apart, :meth:`~pillow_jac.source_record.SourceRecord.conflict`), and:
 
     * for ``to="png"``: Pillow reads it as a PNG whose chunks check (``verify()``), so an empty or cut file
       left by a machine that crashed is converted again, and that a decode wrote (its ``Software`` chunk,

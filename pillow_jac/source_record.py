@@ -7,8 +7,9 @@ batch therefore notes, in a hidden file of its output folder (:data:`RECORD_NAME
 file: the output's path in the folder, and the source's path, size and modification time; a record read with
 more than two lines per output is rewritten with the last of each), what each output was made from, and
 refuses to replace an output made from another file. A source moved or renamed with its folder (the same size
-and modification time) is the same file; an output with no line (made before the record, or by hand) is
-replaced as before.
+and modification time) is the same file. A ``.jac`` output with no line (made by ``jac encode``, by a batch
+into another folder, or one that came as a ``.jac``) is taken as made from another file: the batch neither
+replaces it nor skips its source as done (:meth:`SourceRecord.conflict`).
 
 The record also tells a source that changed since its output was made although it is no newer than the output
 (an older copy put in its place with ``cp -p``, say), and an output made with other settings than a batch
@@ -133,9 +134,24 @@ class SourceRecord:
         return _same_file(entry, src) is False  # one that cannot be read: the conversion reports it
 
     def conflict(self, src: Path, dst: Path) -> str | None:
-        """Why ``src`` may not be converted into ``dst``: it exists and was made from another file; else None."""
+        """Why ``src`` may not be converted into ``dst``: it exists and was made from another file; else None.
+
+        A ``.jac`` there with no line was made from another file as far as anyone can tell (by ``jac encode``,
+        by an earlier batch into another folder, or it came as a ``.jac``): it may be the only copy of its
+        picture, and its size and time tell nothing of its source, so it is neither replaced nor taken as done.
+        A PNG with no line is replaced only where a decode wrote it (:func:`pillow_jac.conversion.decode_file`).
+        """
         entry = self.made.get(_key(self.out_dir, dst))
-        if entry is None or entry.get("source") == str(src) or not dst.exists():
+        if not dst.exists():
+            return None
+        if entry is None:
+            if dst.suffix.lower() != ".jac":
+                return None
+            return (
+                f"{dst.name} is there, and no batch into this folder made it from this file (it is not in the "
+                f"folder's {RECORD_NAME}): remove it (or write to another folder) to convert this one"
+            )
+        if entry.get("source") == str(src):
             return None
         if _same_file(entry, src) is not False:  # the same file, moved or renamed with its folder; or unreadable,
             return None  # which the conversion reports

@@ -299,6 +299,36 @@ def test_an_output_another_source_made_is_not_replaced(tmp_path: Path, capsys) -
     assert sorted(p.name for p in out.iterdir()) == [".jac-sources", "a.jac", "only-A.jac", "only-B.jac"]
 
 
+def test_a_jac_no_batch_made_there_is_neither_replaced_nor_taken_as_done(tmp_path: Path, capsys) -> None:
+    """A .jac in the output folder that is not in its record (one that came as a .jac, one ``jac encode`` made)
+    was replaced by the encode of a newer holiday.png of the same name, or, when as new and of the same size
+    in pixels, skipped as done although it holds another picture. It may be the only copy of its picture."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    photo(0, 32).save(photos / "holiday.png")
+    photo(1, 32).save(photos / "other.png")
+    received = tmp_path / "received.jac"
+    Image.new("RGB", (48, 40), (10, 120, 200)).save(received, quality=2)
+    (photos / "holiday.jac").write_bytes(received.read_bytes())  # in place: jac batch photos photos
+    assert main(["batch", str(photos), str(photos), "--to", "jac", "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert "holiday.jac is there, and no batch into this folder made it" in err, err
+    assert (photos / "holiday.jac").read_bytes() == received.read_bytes() and (photos / "other.jac").exists()
+    out = tmp_path / "out"
+    out.mkdir()
+    assert main(["encode", str(photos / "other.png"), str(out / "holiday.jac"), "-q", "4"]) == 0  # as new, 32x32
+    by_hand = (out / "holiday.jac").read_bytes()
+    assert main(["batch", str(photos), str(out), "--to", "jac", "-q", "4"]) == 1
+    err = capsys.readouterr().err
+    assert "already done" not in err and "holiday.jac is there, and no batch" in err, err
+    assert (out / "holiday.jac").read_bytes() == by_hand
+    (out / "holiday.jac").unlink()  # removed: it converts, and is then the batch's own
+    assert main(["batch", str(photos), str(out), "--to", "jac", "-q", "4", "--quiet"]) == 0
+    assert (out / "holiday.jac").read_bytes() != by_hand
+    assert main(["batch", str(photos), str(out), "--to", "jac", "-q", "4"]) == 0
+    assert "2 files already done, skipped" in capsys.readouterr().err
+
+
 def test_a_source_replaced_by_an_older_copy_is_converted_again(tmp_path: Path, capsys) -> None:
     """``cp -p old.png a.png`` puts back a file older than a.jac, of the same size in pixels: by time alone
     a.jac was done. The record of sources knows a.png's size and time when a.jac was made, so it is redone."""
