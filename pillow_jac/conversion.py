@@ -327,9 +327,10 @@ def decode_file(src: Path, dst: Path, *, device: str | None = None, force: bool 
             shown = f"{size[0]}x{size[1]}"
             warnings.warn(f"{fmt} holds icons: the {im.width}x{im.height} image reads back at {shown}", stacklevel=2)
     orientation = _stored_orientation(options)
-    if orientation != 1 and _stored_orientation(_read_back(data)) != orientation:
-        # the output lost the turn (a format without EXIF, or EXIF it refused): the pixels are turned instead,
-        # as jac encode turns them for a .jac that would lose it, so that the image still shows upright
+    if orientation != 1 and _stored_orientation(_read_back(data), xmp=False) != orientation:
+        # the output lost the turn (a format without EXIF, or EXIF it refused; an XMP tiff:Orientation alone
+        # turns it for Pillow but not for browsers and most viewers): the pixels are turned instead, as jac
+        # encode turns them for a .jac that would lose it, so that the image still shows upright
         options = without_orientation(options)
         turned = upright(im, orientation)
         if fmt == "ICO":
@@ -351,20 +352,22 @@ def _icon_sizes(size: tuple[int, int]) -> list[tuple[int, int]]:
     return sorted({*[(s, s) for s in (16, 24, 32, 48, 64, 128, 256) if s <= min(largest)], largest})
 
 
-def _stored_orientation(info: dict[str, Any]) -> int:
-    """The EXIF orientation (1 to 8) that metadata in ``info`` (``exif``, ``xmp``) gives a viewer; 1 without one."""
+def _stored_orientation(info: dict[str, Any], xmp: bool = True) -> int:
+    """The EXIF orientation (1 to 8) that metadata in ``info`` (``exif``, and with ``xmp`` the XMP) gives a
+    viewer that reads it, as Pillow's ``getexif()`` does; 1 without one."""
     from PIL import Image
 
     from .save_metadata import carried_orientation
 
     stub = Image.new("L", (1, 1))
-    stub.info = {key: info[key] for key in ("exif", "xmp") if info.get(key)}
+    stub.info = {key: info[key] for key in ("exif", "xmp")[: 2 if xmp else 1] if info.get(key)}
     orientation = carried_orientation(stub)
     return orientation if orientation in range(1, 9) else 1
 
 
 def _read_back(data: bytes, exif: bool = True) -> dict[str, Any]:
-    """The size, and with ``exif`` the EXIF and XMP, of an image file Pillow wrote, as its reader finds them.
+    """The size, and with ``exif`` the EXIF and XMP, of an image file Pillow wrote, as its reader finds them
+    (the EXIF as it is stored: not with the XMP's orientation, which ``getexif()`` adds where it has none).
 
     Empty for a format Pillow cannot read back. Without ``exif`` the pixels are not decoded (a PNG's
     ``getexif()`` loads the image to find an ``eXIf`` chunk after the pixels).
@@ -376,8 +379,9 @@ def _read_back(data: bytes, exif: bool = True) -> dict[str, Any]:
             with Image.open(io.BytesIO(data)) as im:
                 if not exif:
                     return {"size": im.size}
-                found = im.getexif()
-                return {"size": im.size, "exif": found.tobytes() if len(found) else None, "xmp": im.info.get("xmp")}
+                xmp = {key: im.info.pop(key) for key in ("xmp", "XML:com.adobe.xmp") if key in im.info}
+                found = im.getexif()  # without the XMP, whose orientation Pillow would copy into it
+                return {"size": im.size, "exif": found.tobytes() if len(found) else None, "xmp": xmp.get("xmp")}
     except Exception:  # noqa: BLE001  (a format Pillow writes but cannot read back: no metadata found)
         return {}
 

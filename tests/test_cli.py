@@ -1342,11 +1342,14 @@ def test_a_decode_to_a_format_that_loses_the_orientation_turns_the_pixels(tmp_pa
     crop().save(tmp_path / "big.png", exif=big.tobytes())
     for src in (jpeg, tmp_path / "big.png"):
         assert main(["encode", str(src), str(tmp_path / f"{src.stem}.jac")]) == 0
+    crop().save(tmp_path / "big-xmp.jac", exif=big.tobytes(), xmp=_XMP_TURNED)  # the turn in the XMP too
     outputs = [("phone", ext) for ext in ("png", "jpg", "webp", "bmp", "ppm", "gif")] + [("big", "jpg")]
-    for stem, ext in outputs:
+    for stem, ext in [*outputs, ("big-xmp", "jpg")]:
         out = tmp_path / f"{stem}-out.{ext}"
         assert main(["decode", str(tmp_path / f"{stem}.jac"), str(out)]) == 0
         assert _shown_size(out) == (40, 48), out.name
+    with Image.open(tmp_path / "big-xmp-out.jpg") as im:  # browsers read no XMP orientation: the pixels turned
+        assert im.size == (40, 48) and b"Orientation" not in im.info.get("xmp", b"")
     with Image.open(tmp_path / "phone-out.bmp") as im:
         assert im.size == (40, 48)  # turned pixels
     with Image.open(tmp_path / "phone-out.png") as im:
