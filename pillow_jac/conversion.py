@@ -353,8 +353,7 @@ def _icon_sizes(size: tuple[int, int]) -> list[tuple[int, int]]:
 
 
 def _stored_orientation(info: dict[str, Any], xmp: bool = True) -> int:
-    """The EXIF orientation (1 to 8) that metadata in ``info`` (``exif``, and with ``xmp`` the XMP) gives a
-    viewer that reads it, as Pillow's ``getexif()`` does; 1 without one."""
+    """The EXIF orientation (1 to 8) that ``info``'s ``exif`` (and with ``xmp`` its XMP) gives a viewer; else 1."""
     from PIL import Image
 
     from .save_metadata import carried_orientation
@@ -366,10 +365,10 @@ def _stored_orientation(info: dict[str, Any], xmp: bool = True) -> int:
 
 
 def _read_back(data: bytes, exif: bool = True) -> dict[str, Any]:
-    """The size, and with ``exif`` the EXIF and XMP, of an image file Pillow wrote, as its reader finds them
-    (the EXIF as it is stored: not with the XMP's orientation, which ``getexif()`` adds where it has none).
+    """The size, and with ``exif`` the EXIF and XMP, of an image file Pillow wrote, as its reader finds them.
 
-    Empty for a format Pillow cannot read back. Without ``exif`` the pixels are not decoded (a PNG's
+    The EXIF is as stored, without the XMP's orientation, which ``getexif()`` adds where it has none. Empty
+    for a format Pillow cannot read back. Without ``exif`` the pixels are not decoded (a PNG's
     ``getexif()`` loads the image to find an ``eXIf`` chunk after the pixels).
     """
     from PIL import Image
