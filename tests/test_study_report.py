@@ -188,6 +188,12 @@ def test_a_run_resumes_and_a_larger_budget_extends_it(tmp_path):
     assert any("resumed at step 2" in line for line in logs) and path.read_bytes() != first
     with pytest.raises(ValueError, match="at step 4, past this budget's 2: use --steps 4"):
         train_run(tiny, 0, small, images, tmp_path, log=logs.append)  # its weights would be measured as step 2's
+    # a run folder of another recipe or model was returned, or resumed, and measured under this plan's name
+    with pytest.raises(ValueError, match="another recipe \\(lr\\)"):
+        train_run(tiny, 0, dataclasses.replace(small, steps=4, lr=1e-3), images, tmp_path)
+    with pytest.raises(ValueError, match="another model config"):
+        train_run(dataclasses.replace(tiny, config={"N": 8, "M": 18}), 0, dataclasses.replace(small, steps=4),
+                  images, tmp_path)  # fmt: skip
 
 
 def test_report_is_of_the_whole_study_whatever_only_says(tmp_path):
@@ -262,3 +268,22 @@ def test_evaluation_sets_leave_out_a_set_whose_folder_is_missing(tmp_path) -> No
     Image.new("RGB", (8, 8)).save(tmp_path / "kodak" / "a.png")
     assert list(evaluation_sets(tmp_path / "kodak", tmp_path / "no-urban20")) == ["kodak"]
     assert list(evaluation_sets(None, tmp_path / "kodak")) == ["urban20"]
+
+
+def test_the_study_does_not_train_on_an_evaluation_set(tmp_path):
+    """Every trainer refused --data holding Kodak or urban20 images, except the study's."""
+    from PIL import Image
+
+    from pillow_jac.study.__main__ import main
+
+    evaluation, photos = tmp_path / "evaluation", tmp_path / "photos"
+    evaluation.mkdir()
+    photos.mkdir()
+    Image.new("RGB", (8, 8), (1, 2, 3)).save(evaluation / "one.png")
+    (photos / "mine.png").write_bytes((evaluation / "one.png").read_bytes())
+    for data in (photos, tmp_path / "kodak"):
+        data.mkdir(exist_ok=True)
+        with pytest.raises(SystemExit):
+            main(["train", "--data", str(data), "--kodak", str(evaluation), "--urban", str(evaluation),
+                  "--runs", str(tmp_path / "runs"), "--results", str(tmp_path / "results")])  # fmt: skip
+    assert not (tmp_path / "runs").exists()

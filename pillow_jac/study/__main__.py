@@ -62,6 +62,9 @@ def main(argv: list[str] | None = None) -> int:
     measured, _ = budget_paths(args.results, budget)
     if args.phase in ("train", "measure", "all"):
         from ..training.data import list_images, load_rgb
+        from ..training.encoder_update import EVALUATION_FOLDERS, refuse_evaluation_data
+
+        refuse_evaluation_data(p, args.data, (*EVALUATION_FOLDERS, args.kodak, args.urban))
         from .evaluate import evaluation_sets, freeze_run, measure_anchors, measure_images
         from .train import run_precision, train_run
 

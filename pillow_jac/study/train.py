@@ -9,6 +9,7 @@ seed, so every variant sees the same crops in the same order.
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -44,6 +45,35 @@ def run_precision(out: Path) -> str:
     return path.read_text().strip() if path.exists() else "bf16"
 
 
+#: a run's training recipe (the budget less its steps and measured qualities), written when it starts
+_RECIPE_FILE = "recipe.json"
+
+
+def _as_json(value: dict) -> dict:
+    return json.loads(json.dumps(value))
+
+
+def _check_recipe(out: Path, state: dict | None, config, budget: Budget) -> None:
+    """Refuse a run folder trained with another model config or recipe than ``budget`` asks.
+
+    It would be returned, or resumed, and measured under this plan's name. ``state``: its checkpoint, if any.
+    A run from before the recipe was written is checked by its checkpoint's config alone, and gets the file.
+    """
+    recipe = _as_json({k: v for k, v in budget.to_dict().items() if k not in ("steps", "qualities")})
+    if state is not None:
+        stored = state.get("config")
+        if stored is not None and _as_json(stored) != _as_json(config.to_dict()):
+            raise ValueError(f"{out} holds a run of another model config ({stored}): use another --runs folder")
+    path = out / _RECIPE_FILE
+    if path.exists():
+        made = json.loads(path.read_text())
+        if made != recipe:
+            changed = sorted(k for k in recipe.keys() | made.keys() if made.get(k) != recipe.get(k))
+            raise ValueError(f"{out} was trained with another recipe ({', '.join(changed)}): use another --runs folder")
+    else:
+        path.write_text(json.dumps(recipe) + "\n")
+
+
 def train_run(
     variant: Variant, seed: int, budget: Budget, images: list[np.ndarray], out: Path, log=print
 ) -> tuple[Path, float]:
@@ -57,21 +87,22 @@ def train_run(
     out.mkdir(parents=True, exist_ok=True)
     done = out / "ema.safetensors"
     checkpoint = out / "checkpoint.pt"
-    if checkpoint.exists() and done.exists():
-        step = torch.load(checkpoint, map_location="cpu", weights_only=False)["step"]
+    state = torch.load(checkpoint, map_location="cpu", weights_only=False) if checkpoint.exists() else None
+    config = variant.model_config(budget)
+    _check_recipe(out, state, config, budget)
+    if state is not None and done.exists():
+        step = state["step"]
         if step > budget.steps:  # its weights are not this budget's: they would be measured under its name
             raise ValueError(f"{out.name} is at step {step}, past this budget's {budget.steps}: use --steps {step}")
         if step == budget.steps:
             return done, float((out / "seconds.txt").read_text())
-    config = variant.model_config(budget)
     torch.manual_seed(seed)
     model = JointAutoregressiveHierarchicalPrior(config).to(memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(model.parameters(), lr=budget.lr)
     sampler = CropSampler(images, budget.crop, seed=seed)
     average = WeightAverage(model, budget.ema)
     step, seconds = 0, 0.0
-    if checkpoint.exists():
-        state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         sampler_state, rng = rank_state(state, 0, 1, seed, state["step"])
