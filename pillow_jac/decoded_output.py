@@ -262,10 +262,17 @@ def warn_of_what_was_not_stored(data: bytes, fmt: str, given: list[str]) -> None
                     "EXIF": "exif" in im.info or fmt == "TIFF",  # a TIFF's EXIF becomes tags of its own IFD
                     "XMP": "xmp" in im.info or "XML:com.adobe.xmp" in im.info,
                 }
-    except Exception:  # a file Pillow writes but cannot open again: nothing to tell
+    except Exception:  # a file Pillow writes but cannot open again (PDF): what it holds is not known
+        names, them = _listed([_METADATA_OPTIONS[name] for name in given])
+        warnings.warn(f"{names} perhaps left out: Pillow cannot read {fmt} back to tell", stacklevel=3)
         return
     lost = [_METADATA_OPTIONS[name] for name in given if not held[_METADATA_OPTIONS[name]]]
     if lost:
-        names = " and ".join([", ".join(lost[:-1]), lost[-1]] if len(lost) > 1 else lost)
-        them = "them" if len(lost) > 1 else "it"
+        names, them = _listed(lost)
         warnings.warn(f"{names} left out: {fmt} output does not store {them}", stacklevel=3)
+
+
+def _listed(names: list[str]) -> tuple[str, str]:
+    """``("ICC profile, EXIF and XMP", "them")``: the names in a sentence, and the pronoun for them."""
+    joined = " and ".join([", ".join(names[:-1]), names[-1]] if len(names) > 1 else names)
+    return joined, "them" if len(names) > 1 else "it"

@@ -1220,6 +1220,9 @@ def test_decode_warns_of_metadata_the_format_skips_silently(tmp_path: Path, caps
     assert err == "jac: warning: ICC profile, EXIF and XMP left out: BMP output does not store them\n"
     assert main(["decode", str(src), str(tmp_path / "out.png")]) == 0  # PNG keeps all three
     assert capsys.readouterr().err == ""
+    assert main(["decode", str(src), str(tmp_path / "out.pdf")]) == 0  # Pillow writes PDF but does not read it
+    err = capsys.readouterr().err
+    assert err == "jac: warning: ICC profile, EXIF and XMP perhaps left out: Pillow cannot read PDF back to tell\n"
 
 
 def test_models_says_when_jac_weights_names_no_weights_file(tmp_path: Path, monkeypatch, capsys) -> None:
