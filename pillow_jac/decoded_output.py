@@ -171,8 +171,24 @@ def for_format(im: Any, fmt: str) -> Any:
             message = f"alpha left out: {fmt} output does not store it; the image is composited onto white"
             warnings.warn(message, stacklevel=3)
         return for_format(flat, fmt)
+    missing = _writer_missing(fmt)
+    if missing:
+        raise ValueError(f"Pillow has no {fmt} writer here ({missing}); choose another format")
     modes = ", ".join(_MODES[im.mode])
     raise ValueError(f"Pillow's {fmt} writer takes none of the modes {modes}; choose another format")
+
+
+def _writer_missing(fmt: str) -> str | None:
+    """Why ``fmt`` cannot be written in any mode, or None: Pillow's stubs (HDF5, BUFR, GRIB, WMF) lack a handler."""
+    from PIL import Image
+
+    try:
+        Image.new("L", (1, 1)).save(io.BytesIO(), format=fmt)
+    except OSError as exc:
+        return str(exc) if "handler not installed" in str(exc) else None
+    except Exception:  # a mode the writer refuses: not a missing writer
+        return None
+    return None
 
 
 def marked_options(fmt: str, options: dict[str, Any]) -> dict[str, Any]:

@@ -751,6 +751,9 @@ def test_unknown_output_extension(jac: Path, tmp_path: Path, capsys) -> None:
         warnings.simplefilter("always")
         assert main(["decode", str(tmp_path / "rgba.jac"), str(tmp_path / "rgba.xbm")]) == 1
     assert_one_line_error(capsys.readouterr().err, "takes none of the modes RGB")
+    for name in ("rgba.h5", "rgba.wmf"):  # Pillow's stub formats: no writer in any mode, not a mode refused
+        assert main(["decode", str(tmp_path / "rgba.jac"), str(tmp_path / name)]) == 1
+        assert_one_line_error(capsys.readouterr().err, "Pillow has no ", " writer here (", "save handler not installed")
 
 
 def _same_file_paths(path: Path) -> list[Path]:
