@@ -14,9 +14,7 @@ from typing import Any
 
 from .limits import Finding, _Alarm
 
-ALLOWED: tuple[type[BaseException], ...] = (
-    OSError, SyntaxError, ValueError, MemoryError, NotImplementedError, OverflowError,
-)  # fmt: skip
+ALLOWED: tuple[type[BaseException], ...] = (OSError, SyntaxError, ValueError, MemoryError)
 
 _LIB: SimpleNamespace | None = None
 

@@ -16,9 +16,9 @@ Targets (``--target``):
 
 The oracle (:func:`check_container`, :func:`check_decode`) raises :class:`Finding` when
 
-* an exception escapes that Pillow's own fuzzers do not allow (only ``OSError``, ``SyntaxError``,
-  ``ValueError``, ``MemoryError``, ``NotImplementedError``, ``OverflowError`` and the
-  decompression-bomb error/warning may; ``PIL.UnidentifiedImageError`` is an ``OSError``), a
+* an exception escapes that a Pillow user does not expect of a damaged file (only ``OSError``, ``SyntaxError``,
+  ``ValueError``, ``MemoryError`` and the decompression-bomb error/warning may; ``PIL.UnidentifiedImageError``
+  is an ``OSError``; Pillow's own fuzzers also allow ``NotImplementedError`` and ``OverflowError``), a
   ``BaseException`` such as constriction's ``PanicException`` included;
 * an input takes longer than :attr:`Limits.seconds` or raises the peak RSS above
   :attr:`Limits.rss_mb` (``MemoryError`` counts as a memory finding too);
