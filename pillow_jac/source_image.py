@@ -41,10 +41,46 @@ def storable(im: Any, name: str | Path | None, strip: bool) -> Any:
     im.load()
     orientation = exif_orientation(im)
     kept = not strip and carried_orientation(im) == orientation  # the output's tag turns it for viewers
+    if not strip:
+        _tiff_tags_as_exif(im)
     im = _eight_bit_grey(im, name)
     im = _sixteen_bit_colour(im, rawmode, name)
     im = _cmyk_as_srgb(im, name)
     return im if kept else upright(im, orientation)
+
+
+#: a TIFF's tags that say who made the picture, when and with what (EXIF's IFD0 has them too): ImageDescription,
+#: Make, Model, Software, DateTime, Artist and Copyright; with its EXIF and GPS directories, a TIFF's EXIF
+_DESCRIPTIVE_TIFF_TAGS = (0x010E, 0x010F, 0x0110, 0x0131, 0x0132, 0x013B, 0x8298)
+_EXIF_DIRECTORIES = (0x8769, 0x8825)
+
+
+def _tiff_tags_as_exif(im: Any) -> None:
+    """Give a TIFF without ``info["exif"]`` one of its descriptive tags and EXIF and GPS directories.
+
+    Pillow reads a TIFF's EXIF as tags of its own image directory, beside the layout's (strips, sizes), and no
+    writer of another format carries them: ``jac encode`` kept none of a scan's or camera's TIFF metadata,
+    without a word. The orientation is left to :func:`storable`'s turn. Tags that do not parse are left out.
+    """
+    if im.format != "TIFF" or im.info.get("exif"):
+        return
+    from PIL import Image
+
+    try:
+        tags = im.getexif()
+        exif = Image.Exif()
+        for tag in _DESCRIPTIVE_TIFF_TAGS:
+            if tag in tags:
+                exif[tag] = tags[tag]
+        for tag in _EXIF_DIRECTORIES:
+            directory = tags.get_ifd(tag)
+            if directory:
+                exif.get_ifd(tag).update(directory)
+        data = exif.tobytes() if len(exif) or any(exif.get_ifd(t) for t in _EXIF_DIRECTORIES) else None
+    except Exception:  # noqa: BLE001  (tags Pillow cannot parse or write back: none kept, as before)
+        return
+    if data is not None:
+        im.info["exif"] = data
 
 
 #: Pillow's modes of 16-bit grey samples (PNG, TIFF), whose range 0-65535 the file format defines

@@ -1303,7 +1303,8 @@ def test_an_orientation_the_output_would_lose_is_applied_to_the_pixels(tmp_path:
         assert main(["encode", str(src), str(out), *options]) == 0
         with Image.open(out) as im:
             assert im.size == stored, (src, options)  # the pixels as stored
-            assert ("exif" in im.info) == (options == [] and src == jpeg)
+            assert ("exif" in im.info) == (options == [])  # a TIFF's tags as EXIF, its orientation applied
+            assert (0x0112 in im.getexif()) == (options == [] and src == jpeg)
         assert _shown_size(out) == (40, 48), (src, options)  # and as a viewer shows them: upright
     with Image.open(tmp_path / "phone.jac") as im:
         assert im.getexif()[0x0112] == 6 and im.getexif()[0x010F] == "Cam"  # kept, not applied
@@ -1570,3 +1571,18 @@ def test_a_full_standard_output_is_named(tmp_path: Path, png: Path) -> None:
             done = subprocess.run([sys.executable, "-m", "pillow_jac", *command], stdout=full, stderr=subprocess.PIPE,
                                   text=True, cwd=ROOT)  # fmt: skip
         assert done.returncode == 1 and done.stderr == "jac: error: standard output: No space left on device\n", done
+
+
+def test_a_tiffs_camera_tags_are_kept_as_exif(tmp_path: Path) -> None:
+    """Pillow reads a TIFF's EXIF as tags of its image directory, which no writer of another format carries:
+    jac encode kept none of a camera's or scanner's TIFF metadata, and said nothing. Its descriptive tags are
+    stored as EXIF now (not its layout's tags, nor the orientation, which turns the pixels as before)."""
+    exif = Image.Exif()
+    exif[0x010F], exif[0x0132], exif[0x8298], exif[0x0112] = "Cam", "2020:01:02 03:04:05", "me", 6
+    tif = tmp_path / "cam.tif"
+    crop().save(tif, exif=exif)
+    for options, expected in (([], {0x010F: "Cam", 0x0132: "2020:01:02 03:04:05", 0x8298: "me"}), (["--strip"], {})):
+        out = tmp_path / f"cam{''.join(options)}.jac"
+        assert main(["encode", str(tif), str(out), *options]) == 0
+        with Image.open(out) as im:
+            assert dict(im.getexif()) == expected and im.size == (40, 48)  # turned upright, no tag to turn it again
