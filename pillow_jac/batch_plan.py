@@ -22,7 +22,7 @@ from typing import IO
 from . import container, generations
 from .constants import DEFAULT_QUALITY, METADATA_FIELDS
 from .conversion import PROG
-from .decoded_output import carries_mark
+from .decoded_output import MARKED_SUFFIXES, carries_mark
 from .preview import asked as asked_preview
 from .preview import preview_size
 from .quiet_warnings import ignoring
@@ -145,7 +145,7 @@ def plan_batch(
 
     Args:
         inputs: a folder (its images as :func:`batch_inputs` selects them: every image Pillow decodes, by
-            extension, for ``to="jac"``, every ``.jac`` file for ``to="png"``; for ``to="jac"``, a PNG or JPEG
+            extension, for ``to="jac"``, every ``.jac`` file for ``to="png"``; for ``to="jac"``, a PNG, JPEG or TIFF
             that a decode wrote is left out with a warning, since it is no original) or an iterable of file
             paths (taken as given).
         out_dir: the output folder (it need not exist yet).
@@ -252,7 +252,7 @@ def _beside(path: Path, src: Path) -> str:
 
 
 def _originals(sources: list[Path], shown: Callable[[Path], str]) -> list[Path]:
-    """``sources`` less the PNG and JPEG files that a decode wrote (warned of): encoding them again loses quality.
+    """``sources`` less the PNG, JPEG and TIFF files a decode wrote (warned of): encoding them again loses quality.
 
     So a folder converted to ``.jac`` and back in place (``jac batch D D --to jac``, then ``--to png``) can be
     converted again: ``b.png`` decoded beside its original ``b.jpg`` is not taken for a second original.
@@ -261,7 +261,7 @@ def _originals(sources: list[Path], shown: Callable[[Path], str]) -> list[Path]:
 
     kept = []
     for src in sources:
-        if src.suffix.lower() in (".png", ".jpg", ".jpeg") and written_by_a_decode(src):
+        if src.suffix.lower() in MARKED_SUFFIXES and written_by_a_decode(src):
             warnings.warn(
                 f"{shown(src)}: written by a decode of a .jac file, not an original; not encoded", stacklevel=3
             )

@@ -390,20 +390,20 @@ def _check_not_an_original(src: Path, dst: Path) -> None:
 
     ``jac encode photo.png photo.jac`` then ``jac decode photo.jac photo.png``, or ``jac batch IN IN --to jac``
     then ``jac batch IN IN --to png``, would otherwise replace each original with its lossy decode, whatever
-    the files' times say (an original copied back without its time is newer than its ``.jac``). A PNG or JPEG
+    the files' times say (an original copied back without its time is newer than its ``.jac``). A PNG, JPEG or TIFF
     that a decode wrote carries its mark (:func:`pillow_jac.decoded_output.written_by_a_decode`) and is
     replaced; what is written into rather than replaced (a device, a named pipe) is not opened.
     """
     if not os.path.isfile(dst):  # no output yet, or a device or pipe (a missing input is reported when it is read)
         return
-    from .decoded_output import written_by_a_decode
+    from .decoded_output import MARKED_SUFFIXES, written_by_a_decode
 
     if not written_by_a_decode(dst):
-        marked = dst.suffix.lower() in (".png", ".jpg", ".jpeg")
+        marked = dst.suffix.lower() in MARKED_SUFFIXES
         why = (
             "carries no mark of a decode (a decode by an earlier pillow_jac carries none either)"
             if marked
-            else "is not a PNG or JPEG, the formats in which a decode leaves its mark"
+            else "is not a PNG, JPEG or TIFF, the formats in which a decode leaves its mark"
         )
         raise ConversionError(
             f"{dst}: exists and {why}, so it may be the image {src.name} was made from; "

@@ -40,6 +40,8 @@ __all__ = [
 
 #: the ``Software`` text chunk of a PNG, and the comment of a JPEG, that a decode wrote
 DECODED_BY = "pillow_jac (decoded from a .jac file)"
+#: the extensions of the formats in which a decode leaves :data:`DECODED_BY` (:func:`marked_options`)
+MARKED_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 
 #: for each decoded mode, the modes to hand a writer, in order of preference
 _MODES = {"RGBA": ("RGBA",), "LA": ("LA", "RGBA"), "RGB": ("RGB",), "L": ("L", "RGB")}
@@ -204,18 +206,22 @@ def marked_options(fmt: str, options: dict[str, Any]) -> dict[str, Any]:
         options["pnginfo"] = pnginfo
     elif fmt == "JPEG":
         options["comment"] = DECODED_BY
+    elif fmt == "TIFF":
+        options["software"] = DECODED_BY  # its Software tag (one the EXIF had is replaced, as in a PNG)
     return options
 
 
 def carries_mark(im: Any) -> bool:
-    """Whether an opened image is a PNG or JPEG that a decode wrote (:data:`DECODED_BY`, :func:`marked_options`)."""
+    """Whether an opened image is a PNG, JPEG or TIFF a decode wrote (:data:`DECODED_BY`, :func:`marked_options`)."""
     if im.format == "PNG":
         return im.info.get("Software") == DECODED_BY
+    if im.format == "TIFF":
+        return getattr(im, "tag_v2", {}).get(0x0131) == DECODED_BY
     return im.format == "JPEG" and im.info.get("comment") == DECODED_BY.encode()
 
 
 def written_by_a_decode(path: str | Path) -> bool:
-    """Whether ``path`` is a PNG or JPEG that a decode wrote (:func:`carries_mark`); False for anything else."""
+    """Whether ``path`` is a PNG, JPEG or TIFF a decode wrote (:func:`carries_mark`); False for anything else."""
     from PIL import Image
 
     try:

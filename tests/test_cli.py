@@ -228,13 +228,16 @@ def test_decode_does_not_replace_an_original_unless_forced(png: Path, tmp_path: 
     assert main(["decode", str(jac), str(png)]) == 1
     assert_one_line_error(capsys.readouterr().err, "in.png: exists and carries no mark of a decode", "--force")
     assert png.read_bytes() == original
-    for ext in (".png", ".jpg"):  # a decode's own output carries its mark and is replaced again
+    for ext in (".png", ".jpg", ".tif"):  # a decode's own output carries its mark and is replaced again
         out = tmp_path / f"decoded{ext}"
         assert main(["decode", str(jac), str(out)]) == 0
         assert main(["decode", str(jac), str(out)]) == 0
-    assert main(["decode", str(jac), str(tmp_path / "decoded.tif")]) == 0
-    assert main(["decode", str(jac), str(tmp_path / "decoded.tif")]) == 1  # a TIFF carries no mark
-    assert_one_line_error(capsys.readouterr().err, "decoded.tif: exists and is not a PNG or JPEG", "--force")
+    assert main(["decode", str(jac), str(tmp_path / "decoded.webp")]) == 0
+    assert main(["decode", str(jac), str(tmp_path / "decoded.webp")]) == 1  # a WebP carries no mark
+    assert_one_line_error(capsys.readouterr().err, "decoded.webp: exists and is not a PNG, JPEG or TIFF", "--force")
+    crop().save(tmp_path / "scan.tif")  # a TIFF no decode wrote
+    assert main(["decode", str(jac), str(tmp_path / "scan.tif")]) == 1
+    assert_one_line_error(capsys.readouterr().err, "scan.tif: exists and carries no mark of a decode")
     crop().save(tmp_path / "other.jpg")  # a JPEG no decode wrote
     assert main(["decode", str(jac), str(tmp_path / "other.jpg")]) == 1
     assert_one_line_error(capsys.readouterr().err, "other.jpg: exists and carries no mark of a decode")
