@@ -196,13 +196,22 @@ def _secant(k0: int, v0: float, k1: int | None, v1: float | None, goal: float, s
 
 
 def _next_guess(points: dict[int, float], lo: int | None, hi: int | None, goal: float, slope: float) -> float:
-    """A safeguarded secant step: through the two points nearest ``goal``, bisecting if it leaves the bracket.
+    """A safeguarded secant step: through the bracket's ends, bisecting if it leaves the bracket.
 
-    ``lo < hi`` are the bracket's ends (either may be unknown yet); the values rise with the quality.
+    ``lo < hi`` are the bracket's ends (either may be unknown yet); the values rise with the quality. With
+    one end known, the line goes through it and the point nearest ``goal`` of the others. The line is never
+    drawn through two points off the bracket: sizes that stay level for a few qualities (a small file grows
+    4 bytes at a time) or a PSNR that dips made such a line point back at an end, and the search then crept
+    up 1/256 of a quality per encode.
     """
-    near = sorted(points, key=lambda q: abs(points[q] - goal))[:2]
-    other = near[1] if len(near) > 1 else None
-    guess = _secant(near[0], points[near[0]], other, None if other is None else points[other], goal, slope)
+    ends = [q for q in (lo, hi) if q is not None]
+    if len(ends) == 2:
+        guess = _secant(lo, points[lo], hi, points[hi], goal, slope)
+    else:
+        anchor = ends[0] if ends else min(points, key=lambda q: abs(points[q] - goal))
+        others = sorted((q for q in points if q != anchor), key=lambda q: abs(points[q] - goal))
+        other = others[0] if others else None
+        guess = _secant(anchor, points[anchor], other, None if other is None else points[other], goal, slope)
     if lo is not None and hi is not None and not lo < guess < hi:
         guess = (lo + hi) / 2
     return guess

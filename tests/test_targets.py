@@ -502,3 +502,24 @@ def test_a_size_target_at_effort_keeps_the_effort_0_file_when_the_refined_one_is
     lowest = target_search.Q16_MIN  # a refined file that fits but is far worse: quality 1
     monkeypatch.setattr(targets, "refine_for_size", lambda c, target, k0, effort: (lowest, c.encode(lowest, effort)))
     assert pillow_jac.encode(image, target_size=goal, effort=1) == plain
+
+
+def test_size_search_does_not_creep_along_sizes_that_stay_level() -> None:
+    """A small image's file grows 4 bytes at a time, so its size stays level over a few qualities, and the rate
+    estimate runs high: the secant through the two points nearest the goal (one off the bracket) pointed back
+    at its lower end, and the search crept up 1/256 of a quality per encode until the encodes ran out (a
+    128x128 grey crop: 166 bytes at quality 2.45 for --size 264, where quality 5.64 gives 262)."""
+
+    def size(q: float) -> int:
+        return 100 + 4 * math.ceil(150 * (400 / 150) ** ((q - 1) / 7) / 4)
+
+    misses = []
+    for target in range(300, 500, 3):
+        c = CurveCandidates(size=size, psnr=lambda q: 30)
+        c.estimate = lambda q16, c=c: float(size(q16 / 256) + 65)  # the model's estimate, biased high
+        k, data = target_search.search_size(c, target)
+        largest = max(q for q in range(256, 8 * 256 + 1) if size(q / 256) <= target)
+        assert len(data) <= target and c.encodes <= target_search.MAX_EVALUATIONS
+        if target - len(data) > target_search.size_tolerance(target, c.overhead) and len(data) < size(largest / 256):
+            misses.append((target, k / 256, len(data), largest / 256))
+    assert not misses, misses
