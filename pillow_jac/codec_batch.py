@@ -206,7 +206,8 @@ def decode_batch(files, *, device=None, weights=None, batch_size: int = 8) -> li
     Files are grouped by generation (the decoder the file names) and latent shape; every file's latents
     are decoded on their own by the exact latent coder (they are the same as
     :func:`~pillow_jac.codec.decode_symbols` gives), then each group runs the synthesis transform in passes
-    of at most ``batch_size`` images.
+    of at most ``batch_size`` images, in stripes that hold as many pixels together as one image's stripe
+    (:mod:`pillow_jac.stripes`), so that the memory does not grow with ``batch_size``.
     A file larger than one stripe of the per-image path (about 2 padded megapixels) is decoded alone, as
     :func:`decode` does. With ``batch_size=1`` the arrays equal :func:`decode`'s; batched, a
     convolution may sum in another order, so on the CPU a few pixels can differ by one level

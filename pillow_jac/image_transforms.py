@@ -25,7 +25,7 @@ from . import container, interpreter_exit
 from .constants import DOWNSAMPLING, EFFORT_ITERATIONS, EFFORT_REAL_CHECK_PIXELS
 from .forksafe import fork_safe_lock
 from .latent_coding import SYMBOL_LIMIT, single_threaded
-from .stripes import analyze_in_stripes, synthesize_in_stripes
+from .stripes import analyze_in_stripes, stripe_rows_for, synthesize_in_stripes
 
 __all__ = [
     "SMALL_IMAGE_PIXELS",
@@ -195,7 +195,8 @@ def analyze(engine, colors: Sequence[np.ndarray]) -> torch.Tensor:
     """g_a of images of one latent shape, ``(H, W, 3)`` uint8 each: ``y`` as ``(B, M, Hy, Wy)``, in stripes."""
     shape, _ = container.latent_shapes(colors[0].shape[1], colors[0].shape[0])
     with torch.inference_mode(), torch_work(sum(c.shape[0] * c.shape[1] for c in colors), engine):
-        return analyze_in_stripes(engine.model.g_a, _rows_of(colors, engine.device), shape)
+        rows = stripe_rows_for(shape[1] * len(colors))  # the images of a batch share one stripe's pixels
+        return analyze_in_stripes(engine.model.g_a, _rows_of(colors, engine.device), shape, rows)
 
 
 def hyper_analyze(engine, y: torch.Tensor, quality: float, pixels: int) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -85,7 +85,10 @@ def synthesize_in_stripes(
     stripe_rows: int | None = None,
     sink: Callable[[int, torch.Tensor], None] | None = None,
 ) -> torch.Tensor | None:
-    """``g_s(y)`` for ``y`` of shape ``(1, M, Hy, Wy)``, one stripe of latent rows at a time.
+    """``g_s(y)`` for ``y`` of shape ``(B, M, Hy, Wy)``, one stripe of latent rows at a time.
+
+    By default a stripe of the ``B`` images together holds :data:`STRIPE_PIXELS`, so a batch takes the memory of
+    one image's stripe, not ``B`` times it.
 
     Args:
         g_s: the synthesis transform (16x upsampling).
@@ -96,10 +99,10 @@ def synthesize_in_stripes(
             stripe); the function then returns None.
 
     Returns:
-        ``(1, 3, 16 Hy, 16 Wy)`` float output, or None with a ``sink``.
+        ``(B, 3, 16 Hy, 16 Wy)`` float output, or None with a ``sink``.
     """
     rows = y.shape[2]
-    stripe_rows = stripe_rows or stripe_rows_for(y.shape[3])
+    stripe_rows = stripe_rows or stripe_rows_for(y.shape[3] * y.shape[0])  # a batch's images share the budget
     if sink is None and rows <= stripe_rows:
         return g_s(y)
     parts = []
