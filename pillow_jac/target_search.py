@@ -65,9 +65,12 @@ _PSNR_CAP = 200.0
 _FIRST_STRIDE = 16
 #: typical log(size) at quality 4 per log(bits per pixel), for the first guess
 _BPP_AT_4 = 0.75
-#: bytes the coded streams take beyond the model's estimate: 50 to 90 on Kodak at qualities 1.2 to 7.4
-#: (the range coder's final words and the escapes), added to every estimate
-_ESTIMATE_EXCESS = 70
+#: bytes the coded streams take beyond the model's estimate (the range coder's final words, the escapes and the
+#: integer tables' coarser probabilities, which cost a little at every latent position): about 4 bytes and
+#: 0.035 a latent position (16x16 pixels) at qualities 1 to 8, from 3-8 bytes at 128x128 to 25-73 at 768x512
+#: (Kodak crops and training photos); a fixed 70 sent a small image's first real encode far below its target
+_ESTIMATE_EXCESS = 4.0
+_ESTIMATE_EXCESS_PER_LATENT = 0.035
 #: latent rows per piece of the rate estimate (bounds its temporaries on large images)
 _ESTIMATE_ROWS = 64
 #: z rows of halo on each side for the float h_s of the rate estimate: more than its reach (1 row above, 2
@@ -168,7 +171,8 @@ class Candidates:
                 params = model.entropy_parameters(model.entropy_inputs(psi, phi))
                 bits += float(-model.y_likelihood(y[:, :, a:b], params).log2().sum())
         self.estimates += 1
-        return self.overhead + bits / 8 + _ESTIMATE_EXCESS
+        positions = y_hat.shape[-2] * y_hat.shape[-1]
+        return self.overhead + bits / 8 + _ESTIMATE_EXCESS + _ESTIMATE_EXCESS_PER_LATENT * positions
 
     # -- decoded pixels ----------------------------------------------------------------------------
     def psnr(self, q16: int, effort: int = 0) -> float:
