@@ -468,7 +468,7 @@ class LatentCoder:
             blocks = [(matrix[r * k * M : (r + 1) * k * M], (r - h) * S - h, k) for r in range(h)]
             blocks.append((matrix[h * k * M :], -h, h))
             context_bias = context.bias.to(self.device)
-        out = np.empty((H, W, M), np.int64)
+        out = np.empty((M, H, W), np.int64)  # written in the layout returned: no transposed copy of the whole
         for rows, cols in wavefront_steps(H, W, slope):
             check()  # a daemon thread stops here when the interpreter exits
             n = len(rows)
@@ -506,8 +506,8 @@ class LatentCoder:
                 raise EntropyCodingError("decoded latent out of range")
             positions_left -= n
             self.y_tables.check_not_run_out(decoder, positions_left * M, self.y_symbol_bits)
-            out[rows, cols] = values
+            out[:, rows, cols] = values.T
             target = padded.as_strided((n, M), (step, 1), origin)
             target.copy_(torch.from_numpy(values).to(self.device, torch.float64) * 2.0**ACTIVATION_BITS)
         self.y_tables.finish(decoder)
-        return np.ascontiguousarray(out.transpose(2, 0, 1))
+        return out

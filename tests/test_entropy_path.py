@@ -140,3 +140,23 @@ def test_a_latent_coder_refuses_thresholds_out_of_order_and_z_tables_without_a_h
     with pytest.raises(ValueError, match="z coding tables without a hyperprior"):
         LatentCoder(None, *parts[1:])
     LatentCoder(*parts[:5], None, *parts[6:])  # a hyperprior without the range coder's tables: a rate-only coder
+
+
+def test_the_decoded_latents_are_made_once_in_the_layout_returned() -> None:
+    """The wavefront wrote y_hat position-major and returned a transposed copy of it: the whole latent grid twice
+    at the peak (6 bytes a pixel, 535 MB at Pillow's 89-megapixel limit)."""
+    import tracemalloc
+
+    from pillow_jac import codec
+
+    base = (np.random.default_rng(0).random((32, 32, 3)) * 255).astype(np.uint8)
+    data = codec.encode(np.kron(base, np.ones((16, 16, 1), np.uint8)), 4)
+    codec.decode_symbols(data)  # the engine built
+    tracemalloc.start()
+    try:
+        _, y_hat = codec.decode_symbols(data)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert y_hat.shape == (192, 32, 32) and y_hat.flags.c_contiguous
+    assert peak < 1.5 * y_hat.nbytes, peak / y_hat.nbytes  # one grid and the wavefront's small temporaries
