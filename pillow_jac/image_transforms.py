@@ -72,7 +72,8 @@ def torch_work(pixels: int, engine, coding: bool = False) -> contextlib.Abstract
             region.enter_context(single_threaded(keep_if_sleeping=keep))
         region.enter_context(ieee_float32_convolutions(engine.device.type))
         region.enter_context(torch.autocast(engine.device.type, enabled=False))
-        if torch.get_default_device() != engine.device:  # a mode that every torch call goes through: only if needed
+        if torch.empty(0).device != engine.device:  # a mode that every torch call goes through: only if needed
+            # (a new tensor's device: where a caller's torch.device block or set_default_device puts it)
             region.enter_context(torch.device(engine.device))  # not a default device the caller set (meta, cuda)
         return region.pop_all()
 

@@ -75,8 +75,8 @@ def _tiff_tags_as_exif(im: Any) -> None:
         for tag in _EXIF_DIRECTORIES:
             directory = tags.get_ifd(tag)
             if directory:
-                exif.get_ifd(tag).update(directory)
-        data = exif.tobytes() if len(exif) or any(exif.get_ifd(t) for t in _EXIF_DIRECTORIES) else None
+                exif[tag] = dict(directory)  # a dict is written as a directory (Pillow 10.2 on)
+        data = exif.tobytes() if len(exif) else None
     except Exception:  # noqa: BLE001  (tags Pillow cannot parse or write back: none kept, as before)
         return
     if data is not None:
