@@ -73,7 +73,7 @@ from .constants import DEFAULT_EFFORT, DEFAULT_QUALITY, validate_effort, validat
 from .conversion import convert_noting_warnings, one_line
 from .preview import asked as asked_preview
 from .preview import preview_size
-from .source_record import SourceRecord, note_made
+from .source_record import SourceRecord, note_made, note_started
 from .targets import validate_targets
 
 __all__ = ["FileResult", "Report", "Worker", "convert", "is_done", "plan"]
@@ -336,13 +336,17 @@ def convert(
     settings = batch_settings(to, quality, effort, extra)
 
     def report_file(result: FileResult) -> None:
-        if result.status == "done":
+        if result.status in ("done", "skipped"):  # a skipped output is this source's too: its pending line ends
             note_made(out_dir, result.src, result.dst, settings)
         shown(result)
 
     failed = [FileResult(str(src), str(dst), "failed", why) for src, (dst, why) in clashes.items()]
     for result in failed:  # two inputs for one output: neither is converted, the others are
         report_file(result)
+    if jobs:
+        os.makedirs(out_dir, exist_ok=True)
+    for src, dst in jobs.items():  # before any worker writes: a batch stopped meanwhile is not lost
+        note_started(out_dir, src, dst)
     if not jobs:
         report = Report()
         for result in failed:

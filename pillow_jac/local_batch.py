@@ -43,7 +43,7 @@ from .codec_steps import TORCH_MODULES
 from .constants import DEFAULT_EFFORT, DEFAULT_QUALITY
 from .conversion import ConversionError, convert_noting_warnings, one_line, show_warning
 from .openmp_wait import passive_unless_chosen
-from .source_record import SourceRecord, note_made
+from .source_record import SourceRecord, note_made, note_started
 
 __all__ = ["run_batch"]
 
@@ -129,6 +129,8 @@ def run_batch(
                 bar.step(shown(src), note="already done")
             else:
                 todo[src] = dst
+        for src, dst in todo.items():  # before any output is written: a batch stopped meanwhile is not lost
+            note_started(out_dir, src, dst)
         for src, result, notes in _run_jobs(todo, options, force, workers) if todo else ():
             name = shown(src)
             for note in notes:

@@ -9,7 +9,9 @@ more than two lines per output is rewritten with the last of each), what each ou
 refuses to replace an output made from another file. A source moved or renamed with its folder (the same size
 and modification time) is the same file. A ``.jac`` output with no line (made by ``jac encode``, by a batch
 into another folder, or one that came as a ``.jac``) is taken as made from another file: the batch neither
-replaces it nor skips its source as done (:meth:`SourceRecord.conflict`).
+replaces it nor skips its source as done (:meth:`SourceRecord.conflict`). So that a batch stopped between writing
+an output and noting it does not leave such a ``.jac``, each conversion is noted as begun before it starts
+(:func:`note_started`): an output whose last line says so is its source's, converted again.
 
 The record also tells a source that changed since its output was made although it is no newer than the output
 (an older copy put in its place with ``cp -p``, say), and an output made with other settings than a batch
@@ -25,7 +27,7 @@ from pathlib import Path
 
 from .files import write_atomic
 
-__all__ = ["RECORD_NAME", "SourceRecord", "note_made"]
+__all__ = ["RECORD_NAME", "SourceRecord", "note_made", "note_started"]
 
 #: the record's name in an output folder (hidden: a batch does not take it, or the folder's outputs, as inputs)
 RECORD_NAME = ".jac-sources"
@@ -60,10 +62,22 @@ def note_made(
 
     ``settings``: what the batch made it with (:func:`pillow_jac.batch_plan.batch_settings`), or None.
     """
+    _note(out_dir, src, dst, {} if settings is None else {"settings": settings})
+
+
+def note_started(out_dir: str | os.PathLike, src: str | os.PathLike, dst: str | os.PathLike) -> None:
+    """Add to ``out_dir``'s record that ``dst`` is about to be made from ``src``, before its conversion starts.
+
+    A batch stopped between writing ``dst`` and :func:`note_made` (killed, a power cut) leaves this line last: a
+    later batch takes ``dst`` as this source's (no conflict) and converts it again
+    (:meth:`SourceRecord.changed`), where a ``.jac`` with no line would be another file's.
+    """
+    _note(out_dir, src, dst, {"pending": True})
+
+
+def _note(out_dir: str | os.PathLike, src: str | os.PathLike, dst: str | os.PathLike, more: dict) -> None:
     try:
-        entry = {"output": _key(out_dir, dst), "source": os.fspath(src), **_identity(src)}
-        if settings is not None:
-            entry["settings"] = settings
+        entry = {"output": _key(out_dir, dst), "source": os.fspath(src), **_identity(src), **more}
         with open(Path(out_dir) / RECORD_NAME, "a", encoding="utf-8") as f:
             f.write(json.dumps(entry) + "\n")
     except OSError:
@@ -124,6 +138,8 @@ class SourceRecord:
             return False
         if entry.get("source") != os.fspath(src) and _same_file(entry, src) is not True:
             return False  # made from another file (conflict() says so), not this one moved or renamed
+        if entry.get("pending"):
+            return True  # its conversion began and was not recorded as done: whatever is there is redone
         made_with = entry.get("settings")
         if settings is not None and isinstance(made_with, dict):
             now = json.loads(json.dumps(settings))  # as the record reads back

@@ -329,6 +329,30 @@ def test_a_jac_no_batch_made_there_is_neither_replaced_nor_taken_as_done(tmp_pat
     assert "2 files already done, skipped" in capsys.readouterr().err
 
 
+def test_a_batch_stopped_after_writing_an_output_converts_it_again(tmp_path: Path, capsys) -> None:
+    """An output written just before the batch was killed has no line saying what made it, and a .jac with no
+    line is another file's (it may be the only copy of its picture): every later batch refused it. The batch now
+    notes each conversion before it starts, so such an output is its source's, converted again."""
+    photos, out = tmp_path / "photos", tmp_path / "out"
+    photos.mkdir()
+    photo(0, 32).save(photos / "a.png")
+    photo(1, 32).save(photos / "b.png")
+    assert main(["batch", str(photos), str(out), "--to", "jac", "--quiet"]) == 0
+    record = out / ".jac-sources"
+    lines = record.read_text().splitlines()
+    started = [json.loads(line) for line in lines if json.loads(line).get("pending")]
+    assert {e["output"] for e in started} == {"a.jac", "b.jac"}  # noted before converting
+    kept = [line for line in lines if not (json.loads(line)["output"] == "a.jac" and "pending" not in line)]
+    record.write_text("\n".join(kept) + "\n")  # as a kill between a.jac's write and its line leaves it
+    before = (out / "a.jac").stat().st_mtime_ns
+    assert main(["batch", str(photos), str(out), "--to", "jac"]) == 0
+    err = capsys.readouterr().err
+    assert "1 files already done, skipped" in err and "no batch into this folder" not in err, err
+    assert (out / "a.jac").stat().st_mtime_ns != before  # converted again
+    assert main(["batch", str(photos), str(out), "--to", "jac"]) == 0
+    assert "2 files already done, skipped" in capsys.readouterr().err
+
+
 def test_a_source_replaced_by_an_older_copy_is_converted_again(tmp_path: Path, capsys) -> None:
     """``cp -p old.png a.png`` puts back a file older than a.jac, of the same size in pixels: by time alone
     a.jac was done. The record of sources knows a.png's size and time when a.jac was made, so it is redone."""
@@ -405,7 +429,8 @@ def test_resume_judges_strip_and_quality_by_what_the_output_was_made_with(tmp_pa
     record = out / ".jac-sources"
     lines = [json.loads(line) for line in record.read_text().splitlines()]
     for entry in lines:
-        entry["settings"] = {k: v for k, v in entry["settings"].items() if k != "strip"} | {"quality": 4.3}
+        if "settings" in entry:  # not the lines noting a conversion that begins
+            entry["settings"] = {k: v for k, v in entry["settings"].items() if k != "strip"} | {"quality": 4.3}
     record.write_text("".join(json.dumps(entry) + "\n" for entry in lines))
     assert "jac: 2 files already done, skipped" in batch("-q", "4.3")
     batch("-q", "4.5")
