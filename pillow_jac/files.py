@@ -54,8 +54,9 @@ def write_atomic(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) ->
     replaces. Its data reaches the disk (:func:`os.fsync`) before the rename, and the rename before the
     call returns, so a crash or a power cut leaves the old file or the new one, not an empty one. A
     symbolic link at ``path`` is kept and the file it points to is replaced. The temporary file's name is
-    short (``.jac-``, 8 hex digits, ``.tmp``), so any name the file system allows for ``path`` works, and
-    errors name ``path``.
+    short (``.jac-``, the writer's process id, ``-``, 8 hex digits, ``.tmp``), so any name the file system allows
+    for ``path`` works, errors name ``path``, and one that a killed process left is told from one being written
+    (:func:`remove_orphaned_temporaries`).
 
     What exists at ``path`` but is not a regular file (``/dev/null``, a named pipe), and a path to a
     process's open file (``/dev/stdout``, ``/dev/fd/N``, ``/proc/...``: whatever it leads to), is appended
@@ -219,7 +220,7 @@ def _create_temporary(path: Path, mode: int) -> tuple[int, str]:
     """Create a file with a new short name in ``path``'s folder (``mode`` less the umask); return fd and name."""
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
     for _ in range(100):
-        tmp = os.path.join(path.parent, f".jac-{os.urandom(4).hex()}.tmp")
+        tmp = os.path.join(path.parent, f".jac-{os.getpid()}-{os.urandom(4).hex()}.tmp")
         try:
             with _about(path, tmp):
                 return os.open(tmp, flags, mode), tmp
@@ -235,6 +236,40 @@ def _create_temporary(path: Path, mode: int) -> tuple[int, str]:
             _remove_temporary(tmp)
             raise
     raise FileExistsError(errno.EEXIST, "no free temporary file name", str(path))
+
+
+_TEMPORARY_NAME = re.compile(r"\.jac-([0-9]+)-[0-9a-f]{8}\.tmp")
+
+
+def remove_orphaned_temporaries(folder: str | os.PathLike) -> int:
+    """Remove the temporary files in ``folder`` that a process which no longer runs left; return how many.
+
+    A process killed while :func:`write_atomic` writes (SIGKILL, the out-of-memory killer) cannot remove its
+    temporary file; its name holds the writer's process id. Call it once the writers have been waited for (a
+    process that has died but is not yet reaped still counts as running). POSIX only (0 elsewhere).
+    """
+    if os.name != "posix":
+        return 0
+    removed = 0
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return 0
+    for name in names:
+        match = _TEMPORARY_NAME.fullmatch(name)
+        if match is None:
+            continue
+        try:
+            os.kill(int(match.group(1)), 0)
+            continue  # it runs (or is another user's)
+        except ProcessLookupError:
+            pass
+        except (PermissionError, OverflowError, ValueError):
+            continue
+        with contextlib.suppress(OSError):
+            os.unlink(os.path.join(folder, name))
+            removed += 1
+    return removed
 
 
 def _remove_temporary(tmp: str) -> None:

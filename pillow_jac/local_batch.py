@@ -42,6 +42,7 @@ from .batch_plan import ATTEMPTS, Progress, batch_settings, done_before, file_op
 from .codec_steps import TORCH_MODULES
 from .constants import DEFAULT_EFFORT, DEFAULT_QUALITY
 from .conversion import ConversionError, convert_noting_warnings, one_line, show_warning
+from .files import remove_orphaned_temporaries
 from .openmp_wait import passive_unless_chosen
 from .source_record import SourceRecord, note_made, note_started
 
@@ -193,6 +194,8 @@ def _run_jobs(
             else:
                 yield (sources[i], *outcome)
         todo = []
+        for folder in {Path(items[i][1]).parent for i in lost if states[i] == _CONVERTING}:
+            remove_orphaned_temporaries(folder)  # what a killed worker was writing (its pool is joined)
         if lost and not any(states[i] == _CONVERTING for i in lost):
             idle_breaks += 1
         for i in sorted(lost):

@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 
 import pillow_jac
+from pillow_jac import files
 from pillow_jac.constants import MAGIC
 from pillow_jac.files import write_atomic
 
@@ -366,3 +367,25 @@ def test_a_temporary_file_the_folder_refuses_is_reported_as_the_folders_doing(tm
         write_atomic(path, lambda f: f.write(b"new"))
     assert exc.value.filename == str(path) and "folder" in exc.value.strerror and ".tmp" not in str(exc.value)
     assert path.read_bytes() == b"old" and os.listdir(tmp_path) == ["out.jac"]
+
+
+@pytest.mark.skipif(os.name != "posix", reason="process ids of the writers")
+def test_a_temporary_file_a_killed_writer_left_is_removed_and_one_being_written_is_not(tmp_path: Path) -> None:
+    """A batch worker killed while it wrote an output (SIGKILL, the out-of-memory killer) left its temporary file
+    beside the outputs for good: its name now holds the writer's process id, and the batch removes those of
+    processes that no longer run."""
+    import subprocess
+    import sys
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = int(gone.stdout)  # waited for: no longer a process
+    orphan = tmp_path / f".jac-{dead}-0123abcd.tmp"
+    live = tmp_path / f".jac-{os.getpid()}-89abcdef.tmp"
+    other = tmp_path / ".jac-sources"
+    for path in (orphan, live, other):
+        path.write_bytes(b"x")
+    assert files.remove_orphaned_temporaries(tmp_path) == 1
+    assert not orphan.exists() and live.exists() and other.exists()
+    names = []
+    files.write_atomic(tmp_path / "a.jac", lambda f: names.extend(os.listdir(tmp_path)) or f.write(b"data"))
+    assert any(files._TEMPORARY_NAME.fullmatch(name) for name in names), names  # the name it is written under
