@@ -33,6 +33,15 @@ def photo(seed: int = 0, size: int = 64) -> Image.Image:
     return Image.fromarray(natural_image(size, size, seed))
 
 
+def photo_folder(tmp_path: Path, count: int, size: int = 64) -> tuple[Path, Path]:
+    """``(photos, out)``: a folder of ``count`` photos ``000.png``... of ``size`` pixels, and an output path."""
+    photos, out = tmp_path / "photos", tmp_path / "out"
+    photos.mkdir()
+    for i in range(count):
+        photo(i, size).save(photos / f"{i:03d}.png")
+    return photos, out
+
+
 def apng_with_no_frames(path: Path) -> None:
     """A PNG whose ``acTL`` chunk says 0 frames: Pillow opens it with the warning "Invalid APNG"."""
     buffer = io.BytesIO()
@@ -102,10 +111,7 @@ def _session_workers(session: int) -> list[int]:
 def test_a_killed_worker_costs_no_other_file(tmp_path: Path, how: signal.Signals) -> None:
     """A worker killed mid-batch (SIGKILL, as the out-of-memory killer does) or terminated alone (SIGTERM: it
     cleans up its file and ends): its file is converted again, and the rest go on."""
-    photos, out = tmp_path / "photos", tmp_path / "out"
-    photos.mkdir()
-    for i in range(40):
-        photo(i).save(photos / f"{i:03d}.png")
+    photos, out = photo_folder(tmp_path, 40)
     with parallel_batch(photos, out) as proc:
         wait_for_outputs(proc, out, 4)
         workers = _session_workers(proc.pid)
@@ -125,10 +131,7 @@ def test_a_killed_worker_costs_no_other_file(tmp_path: Path, how: signal.Signals
 def test_a_batch_started_with_sigint_ignored_ignores_it_in_its_workers(tmp_path: Path) -> None:
     """``jac batch ... &`` in a script runs with SIGINT ignored; a Ctrl-C to the group then interrupted the files
     of ``-j 2``'s workers (2 of 10 failed, status 1), while ``-j 1`` went on as asked."""
-    photos, out = tmp_path / "photos", tmp_path / "out"
-    photos.mkdir()
-    for i in range(12):
-        photo(i, 96).save(photos / f"{i:03d}.png")
+    photos, out = photo_folder(tmp_path, 12, 96)
 
     with parallel_batch(photos, out, "-e", "1", preexec_fn=_ignore_sigint) as proc:
         wait_for_outputs(proc, out, 2)
@@ -147,10 +150,7 @@ def test_a_batch_that_ignores_sigint_still_stops_its_running_files_on_sigterm(tm
     """With SIGINT ignored (``jac batch ... &`` in a script), a SIGTERM to the batch waited for every file being
     converted to finish (36 s at effort 2), writing outputs after the stop that nothing reported or recorded: the
     parent's cancel interrupts a file with a simulated SIGINT, which Python drops for an ignored signal."""
-    photos, out = tmp_path / "photos", tmp_path / "out"
-    photos.mkdir()
-    for i in range(6):
-        photo(i, 192).save(photos / f"{i:03d}.png")
+    photos, out = photo_folder(tmp_path, 6, 192)
 
     with parallel_batch(photos, out, "-e", "2", preexec_fn=_ignore_sigint) as proc:
         wait_for_outputs(proc, out, 1)
@@ -167,10 +167,7 @@ def test_a_batch_that_ignores_sigint_still_stops_its_running_files_on_sigterm(tm
 def test_ctrl_c_pressed_again_while_the_workers_stop_prints_no_traceback(tmp_path: Path) -> None:
     """Three Ctrl-Cs in a tenth of a second: the second and third landed in the pool's shutdown and at exit,
     printing "Exception ignored in ... KeyboardInterrupt" tracebacks below "jac: interrupted" (-j 1: none)."""
-    photos, out = tmp_path / "photos", tmp_path / "out"
-    photos.mkdir()
-    for i in range(12):
-        photo(i, 96).save(photos / f"{i:03d}.png")
+    photos, out = photo_folder(tmp_path, 12, 96)
     with parallel_batch(photos, out, "-e", "1") as proc:
         wait_for_outputs(proc, out, 1)
         for _ in range(3):
