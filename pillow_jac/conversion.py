@@ -359,7 +359,7 @@ def _stored_orientation(info: dict[str, Any], xmp: bool = True) -> int:
     from .save_metadata import carried_orientation
 
     stub = Image.new("L", (1, 1))
-    stub.info = {key: info[key] for key in ("exif", "xmp")[: 2 if xmp else 1] if info.get(key)}
+    stub.info = {key: info[key] for key in (("exif", "xmp") if xmp else ("exif",)) if info.get(key)}
     orientation = carried_orientation(stub)
     return orientation if orientation in range(1, 9) else 1
 

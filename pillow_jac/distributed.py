@@ -344,15 +344,13 @@ def convert(
     failed = [FileResult(str(src), str(dst), "failed", why) for src, (dst, why) in clashes.items()]
     for result in failed:  # two inputs for one output: neither is converted, the others are
         report_file(result)
-    if jobs:
-        os.makedirs(out_dir, exist_ok=True)
-    for src, dst in jobs.items():  # before any worker writes: a batch stopped meanwhile is not lost
-        note_started(out_dir, src, dst)
     if not jobs:
         report = Report()
         for result in failed:
             report.add(result)
         return report
+    os.makedirs(out_dir, exist_ok=True)
+    note_started(out_dir, jobs)  # before any worker writes: a batch stopped meanwhile is not lost
 
     stop_ray = None  # Ray started here is stopped again at the end
     if not ray.is_initialized():

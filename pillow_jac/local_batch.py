@@ -130,8 +130,7 @@ def run_batch(
                 bar.step(shown(src), note="already done")
             else:
                 todo[src] = dst
-        for src, dst in todo.items():  # before any output is written: a batch stopped meanwhile is not lost
-            note_started(out_dir, src, dst)
+        note_started(out_dir, todo)  # before any output is written: a batch stopped meanwhile is not lost
         for src, result, notes in _run_jobs(todo, options, force, workers) if todo else ():
             name = shown(src)
             for note in notes:

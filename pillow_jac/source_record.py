@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from .files import write_atomic
@@ -62,24 +63,31 @@ def note_made(
 
     ``settings``: what the batch made it with (:func:`pillow_jac.batch_plan.batch_settings`), or None.
     """
-    _note(out_dir, src, dst, {} if settings is None else {"settings": settings})
+    _note(out_dir, [(src, dst)], {} if settings is None else {"settings": settings})
 
 
-def note_started(out_dir: str | os.PathLike, src: str | os.PathLike, dst: str | os.PathLike) -> None:
-    """Add to ``out_dir``'s record that ``dst`` is about to be made from ``src``, before its conversion starts.
+def note_started(out_dir: str | os.PathLike, jobs: Mapping) -> None:
+    """Add to ``out_dir``'s record that each output of ``jobs`` (``{source: output}``) is about to be made.
 
-    A batch stopped between writing ``dst`` and :func:`note_made` (killed, a power cut) leaves this line last: a
-    later batch takes ``dst`` as this source's (no conflict) and converts it again
-    (:meth:`SourceRecord.changed`), where a ``.jac`` with no line would be another file's.
+    Written once, before the conversions start. A batch stopped between writing an output and :func:`note_made`
+    (killed, a power cut) leaves this line last: a later batch takes the output as its source's (no conflict)
+    and converts it again (:meth:`SourceRecord.changed`), where a ``.jac`` with no line would be another file's.
     """
-    _note(out_dir, src, dst, {"pending": True})
+    _note(out_dir, jobs.items(), {"pending": True})
 
 
-def _note(out_dir: str | os.PathLike, src: str | os.PathLike, dst: str | os.PathLike, more: dict) -> None:
+def _note(out_dir: str | os.PathLike, made: Iterable[tuple], more: dict) -> None:
+    """Append a line per ``(source, output)`` of ``made`` in one write; a source that cannot be read has none."""
+    lines = []
+    for src, dst in made:
+        try:
+            entry = {"output": _key(out_dir, dst), "source": os.fspath(src), **_identity(src), **more}
+        except OSError:  # the conversion reports it
+            continue
+        lines.append(json.dumps(entry) + "\n")
     try:
-        entry = {"output": _key(out_dir, dst), "source": os.fspath(src), **_identity(src), **more}
         with open(Path(out_dir) / RECORD_NAME, "a", encoding="utf-8") as f:
-            f.write(json.dumps(entry) + "\n")
+            f.write("".join(lines))
     except OSError:
         return
 
