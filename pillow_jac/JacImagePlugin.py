@@ -189,17 +189,24 @@ def _damaged_warning(name: str | None) -> Callable[[bytes], None]:
 
 
 def _read_container(
-    fp: IO[bytes], header: container.JacHeader | None = None, keep_unknown: bool = True, name: str | None = None
+    fp: IO[bytes],
+    header: container.JacHeader | None = None,
+    keep_unknown: bool = True,
+    name: str | None = None,
+    quiet: bool = False,
 ) -> container.JacFile:
     """Read a whole ``.jac`` file (after ``header`` when given), turning stray low-level errors into ``OSError``.
 
     :class:`container.JacFormatError` passes through unchanged: :class:`container.JacDataError` (an
     ``OSError`` and a ``ValueError``) for a damaged file, :class:`container.NotJacFileError` for a wrong
     signature. Unknown ancillary chunks are kept unless ``keep_unknown`` is False. ``name`` (else
-    ``fp.name``) names the file in warnings.
+    ``fp.name``) names the file in warnings; ``quiet`` forgives damage as ``LOAD_TRUNCATED_IMAGES`` asks
+    without warning of it (a read that is not the last word on the file).
     """
     # With LOAD_TRUNCATED_IMAGES a damaged ancillary chunk is dropped, and a damaged end forgiven (SPEC.md 8.3)
-    on_damaged = _damaged_warning(name or _file_name(fp)) if ImageFile.LOAD_TRUNCATED_IMAGES else None
+    on_damaged = None
+    if ImageFile.LOAD_TRUNCATED_IMAGES:
+        on_damaged = (lambda ctype: None) if quiet else _damaged_warning(name or _file_name(fp))
     try:
         return container.read_file(fp, header, keep_unknown=keep_unknown, on_damaged=on_damaged)
     except (EOFError, struct.error, IndexError, TypeError, UnicodeDecodeError) as e:
@@ -230,8 +237,7 @@ class JacImageFile(ImageFile.ImageFile):
     (:func:`_parser_feeding`), so feeding costs time linear in the file's size. Under ``LOAD_TRUNCATED_IMAGES``
     a file cut before ``JEND`` opens, so every attempt reads what has come: a file of many chunks fed in small
     pieces then costs time that grows with the square of its size (20,000 empty chunks, 240 kB, in pieces of
-    1 kB: about 13 s), and a piece that stops before ``JEND`` warns of a damaged end although the whole file,
-    judged at ``close()``, may have none.
+    1 kB: about 13 s); such an attempt warns of nothing, since the whole file judged at ``close()`` may be sound.
 
     A file with a preview (``prvw``, SPEC.md section 5.4) answers :meth:`draft`, and so ``thumbnail()``,
     with the preview when it is large enough: no neural decoder, no torch.
@@ -254,7 +260,8 @@ class JacImageFile(ImageFile.ImageFile):
             msg = "not a JAC file"
             raise SyntaxError(msg)
         self.fp.seek(0)
-        if not ImageFile.LOAD_TRUNCATED_IMAGES and _parser_feeding() and not container.ends_with_jend(self.fp):
+        feeding = _parser_feeding()
+        if not ImageFile.LOAD_TRUNCATED_IMAGES and feeding and not container.ends_with_jend(self.fp):
             msg = "the JAC file has not all come yet: it does not end with JEND"
             raise OSError(msg)  # the Parser waits for more, having read none of the chunks
         try:
@@ -267,7 +274,8 @@ class JacImageFile(ImageFile.ImageFile):
 
         # The metadata chunks come after JHDR: read the rest of the container (bytes only, no torch).
         filename = os.fsdecode(self.filename) if self.filename else None
-        jac = _read_container(self.fp, header, keep_unknown=False, name=filename)
+        # a piece the Parser tries is not the whole file: close() judges that, and warns of what it finds
+        jac = _read_container(self.fp, header, keep_unknown=False, name=filename, quiet=feeding)
         self._jac = jac
         self._size = size
         self._mode = header.layout
@@ -485,9 +493,10 @@ def encode_image(im: Image.Image, **options: Any) -> bytes:
 
     ``options`` are the save options listed in the module doc (``quality``, ``effort``,
     ``icc_profile``, ``exif``, ``xmp``, ``device``, ``preview``, ``target_size``, ``target_psnr``;
-    others are ignored, as Pillow does). The image is loaded first (some metadata only comes with the
-    pixels). Modes are converted as listed there, and the ICC profile, EXIF and XMP in ``im.info`` are
-    kept unless an option replaces them or drops them (``None`` or ``b""``), a profile only if it fits.
+    others are ignored, as Pillow does, but ``lossless=True`` is refused). The image is loaded first (some
+    metadata only comes with the pixels). Modes are converted as listed there, and the ICC profile, EXIF and
+    XMP in ``im.info`` are kept unless an option replaces them or drops them (``None`` or ``b""``), a profile
+    only if it fits.
 
     Raises:
         ValueError: a bad option value, or a mode JAC cannot hold.
@@ -508,6 +517,8 @@ def encode_image(im: Image.Image, **options: Any) -> bytes:
 
 def _encode_image(im: Image.Image, encoderinfo: dict[str, Any]) -> bytes:
     """:func:`encode_image` with the options as Pillow's ``encoderinfo`` dict."""
+    if encoderinfo.get("lossless"):  # WebP's option: taken silently, it would lose what the caller asked to keep
+        raise ValueError("JAC is a lossy format: lossless=True is not supported (PNG or lossless WebP keep all)")
     im.load()  # a PNG's iTXt XMP or eXIf after its pixels reach im.info only now
     targets = {name: encoderinfo[name] for name in ("target_size", "target_psnr") if encoderinfo.get(name) is not None}
     quality = encoderinfo.get("quality")

@@ -383,13 +383,31 @@ def _outcome(read) -> tuple:
     """``("refused",)`` when ``read()`` raises OSError, else the image's pixels and info."""
     try:
         with warnings.catch_warnings():
-            # LOAD_TRUNCATED_IMAGES's warnings: the Parser may warn for a piece it tried to open (its docstring)
+            # LOAD_TRUNCATED_IMAGES's warnings of the damage it forgives
             warnings.simplefilter("ignore")
             im = read()
             im.load()
     except OSError:
         return ("refused",)
     return im.tobytes(), im.info
+
+
+def test_the_parser_warns_only_of_damage_the_whole_file_has(rgb_jac: bytes, monkeypatch) -> None:
+    """Under LOAD_TRUNCATED_IMAGES the Parser's attempt on a piece that stops before JEND warned of a damaged
+    end, for a sound file fed byte by byte; a file whose end is damaged is still warned of, once, at close()."""
+    from PIL import ImageFile
+
+    monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", True)
+    for data, warned in ((rgb_jac, 0), (rgb_jac[:-6], 1)):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            im = _parse_in_pieces(data, list(range(1, len(data))))
+        assert [str(w.message) for w in caught if "damaged end" in str(w.message)] == [
+            "JAC: read without its "
+            "damaged end (the file is cut short before or inside its JEND chunk, or has bytes after JEND)"
+        ] * warned
+        with Image.open(io.BytesIO(rgb_jac)) as direct:
+            assert im.tobytes() == direct.tobytes()
 
 
 def test_the_parser_does_not_decode_a_piece_before_it_refuses_the_whole(rgb_jac: bytes, monkeypatch) -> None:
@@ -995,6 +1013,14 @@ def test_effort_none_is_the_default_as_for_the_other_options(spy: EncodeSpy) -> 
 def test_unknown_save_options_are_ignored(spy: EncodeSpy) -> None:
     jac_bytes(hopper(), optimize=True, lossless=False)
     assert set(spy.last) == {"image", "quality", "effort", "device", "model", "preview", "icc_profile", "exif", "xmp"}
+
+
+def test_lossless_is_refused_not_ignored(spy: EncodeSpy, tmp_path: Path) -> None:
+    """WebP's ``lossless=True`` was ignored as any unknown option is: the caller got a lossy file unawares."""
+    target = tmp_path / "x.jac"
+    with pytest.raises(ValueError, match="lossy format: lossless=True"):
+        hopper().save(target, lossless=True)
+    assert not target.exists() and not spy.calls
 
 
 def test_device_option(spy: EncodeSpy) -> None:
