@@ -6,9 +6,10 @@ For each ``format_spec/vectors/<model_id>/vectors.json`` it checks, for every ve
 * that the generation is installed (:func:`pillow_jac.generations.find`);
 * the decoded integer latents, which MUST match exactly on every machine (CODING.md section 3);
 * the decoded pixels: ``exact`` when they match the reference bit for bit, ``within 1`` when a few
-  samples differ by one level (allowed: g_s runs in floating point, SPEC.md section 1): at most
-  :data:`~pillow_jac.constants.VECTOR_OFF_BY_ONE_SHARE` of them, or two, else a failure (a decoder that
-  truncates instead of rounding moves a fifth to a half of them).
+  colour or grey samples differ by one level (allowed: g_s runs in floating point, SPEC.md section 1): at
+  most :data:`~pillow_jac.constants.VECTOR_OFF_BY_ONE_SHARE` of them, or two, else a failure (a decoder that
+  truncates instead of rounding moves a fifth to a half of them); alpha samples are lossless and must match
+  exactly (SPEC.md 5.1).
 
 The model variants' vectors (``format_spec/vectors/variants/<model_id>/``, CODING.md section 4) are
 checked the same way with the tiny generation stored beside them (``weights.safetensors``). The invalid
@@ -80,8 +81,9 @@ def check_folder(
     """``(vector, outcome, passed)`` for every vector of ``folder``, decoded with ``weights``.
 
     ``weights`` None decodes with the installed generation each file names; ``generation`` names the
-    decoder in a "not installed" outcome. The pixels may be one level off in at most ``share`` of the
-    samples, or two (default :data:`~pillow_jac.constants.VECTOR_OFF_BY_ONE_SHARE`; SPEC.md 9.4).
+    decoder in a "not installed" outcome. The colour or grey samples may be one level off in at most
+    ``share`` of them, or two (default :data:`~pillow_jac.constants.VECTOR_OFF_BY_ONE_SHARE`; SPEC.md 9.4);
+    alpha samples never.
     """
     from pillow_jac import codec
     from pillow_jac.constants import VECTOR_OFF_BY_ONE_SHARE
@@ -112,6 +114,11 @@ def check_folder(
             results.append((name, f"shape {pixels.shape}, expected {expected.shape}", False))
             continue
         off = np.abs(pixels.astype(np.int64) - expected)
+        if off.ndim == 3 and off.shape[2] in (2, 4):  # LA, RGBA: alpha is lossless (SPEC.md 5.1), never off
+            off, alpha_off = off[..., :-1], int(np.count_nonzero(off[..., -1]))
+            if alpha_off:
+                results.append((name, f"{alpha_off} alpha samples differ (alpha is returned exactly)", False))
+                continue
         diff, count = int(off.max(initial=0)), int(np.count_nonzero(off))
         outcome = "exact" if diff == 0 else f"within {diff} ({count} of {off.size} samples off)"
         results.append((name, outcome, diff <= 1 and count <= max(2, share * off.size)))

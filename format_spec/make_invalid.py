@@ -98,6 +98,17 @@ def _alpha_plane_short(jac) -> bytes:
     return _with(jac, alpha=zlib.compress(zlib.decompress(jac.alpha)[:-1], 9))
 
 
+def _alpha_unfinished(jac) -> bytes:
+    """The alpha plane as a zlib stream flushed but never finished (no final block, no Adler-32)."""
+    packer = zlib.compressobj(9)
+    return _with(jac, alpha=packer.compress(zlib.decompress(jac.alpha)) + packer.flush(zlib.Z_SYNC_FLUSH))
+
+
+def _alpha_bad_adler(jac) -> bytes:
+    """The alpha plane's zlib stream with its Adler-32 (the last 4 bytes) off by one bit."""
+    return _with(jac, alpha=jac.alpha[:-1] + bytes([jac.alpha[-1] ^ 1]))
+
+
 def _preset_dictionary(jac) -> bytes:
     """The alpha plane as a zlib stream that sets FDICT (a preset dictionary)."""
     plane = zlib.decompress(jac.alpha)
@@ -141,6 +152,35 @@ def _jhdr(field: str, value: bytes) -> Callable:
         chunks = _chunks(container.serialize(jac))
         at = _JHDR_FIELDS[field]
         chunks[0][1] = chunks[0][1][:at] + value + chunks[0][1][at + len(value) :]
+        return _file(chunks)
+
+    return build
+
+
+#: JHDR's fields in order (SPEC.md section 3.2), as :func:`_jhdr_fields` names them
+_JHDR_LAYOUT = ">BBBBIIH16s8sHHHHII"
+_JHDR_NAMES = ("major", "minor", "flags", "layout", "width", "height", "quality", "model_id", "weights_hash",
+               "y_height", "y_width", "z_height", "z_width", "z_stream_length", "y_stream_length")  # fmt: skip
+
+
+def _jhdr_fields(streams_empty: bool = False, **values: int) -> Callable:
+    """A builder that sets JHDR's named fields to ``values`` (the CRC recomputed).
+
+    With ``streams_empty`` it empties ``ZSTR`` and ``YSTR`` (their JHDR lengths 0), so that only the rule
+    under test is broken.
+    """
+
+    def build(jac) -> bytes:
+        from pillow_jac import container
+
+        chunks = _chunks(container.serialize(jac))
+        fields = dict(zip(_JHDR_NAMES, struct.unpack(_JHDR_LAYOUT, chunks[0][1]), strict=True))
+        fields.update(values)
+        if streams_empty:
+            fields.update(z_stream_length=0, y_stream_length=0)
+            for chunk in chunks:
+                chunk[1] = b"" if chunk[0] in (b"ZSTR", b"YSTR") else chunk[1]
+        chunks[0][1] = struct.pack(_JHDR_LAYOUT, *fields.values())
         return _file(chunks)
 
     return build
@@ -288,6 +328,94 @@ CASES: dict[str, tuple[str, str, str, Callable]] = {
     "byte-after-jend": (
         "rgb-130x70-q7.jac", "SPEC 8.2 rule 11: nothing follows JEND", "JacDataError",
         lambda jac: _with(jac) + b"\x00",
+    ),
+    "exif-bad-crc": (
+        "rgb-32x32-q4-meta.jac", "SPEC 8.2 rule 4: an ancillary chunk's CRC does not match (only a reader asked to "
+        "recover may skip it, SPEC 8.3)", "JacDataError",
+        _edited(lambda chunks: None, bad_crc=b"exif"),
+    ),
+    "jhdr-bad-crc": (
+        "rgb-130x70-q7.jac", "SPEC 8.2 rule 4: JHDR's CRC does not match", "JacDataError",
+        _edited(lambda chunks: None, bad_crc=b"JHDR"),
+    ),
+    "jend-bad-crc": (
+        "rgb-130x70-q7.jac", "SPEC 8.2 rules 4 and 11: JEND's CRC does not match", "JacDataError",
+        _edited(lambda chunks: None, bad_crc=b"JEND"),
+    ),
+    "chunk-type-byte-3-not-allowed": (
+        "rgb-130x70-q7.jac", "SPEC 8.2 rule 3: chunk type bytes 1 to 3 are letters, digits or spaces",
+        "JacDataError",
+        _edited(lambda chunks: chunks.insert(-1, [b"abc-", b""])),
+    ),
+    "jhdr-55-bytes": (
+        "rgb-130x70-q7.jac", "SPEC 8.2 rule 5: JHDR is 54 bytes long", "JacDataError",
+        _edited(lambda chunks: chunks[0].__setitem__(1, chunks[0][1] + b"\x00")),
+    ),
+    "jhdr-layout-4": (
+        "rgb-130x70-q7.jac", "SPEC 8.2 rule 6: layout code 0 to 3", "JacDataError", _jhdr_fields(layout=4),
+    ),
+    "jhdr-width-0": (
+        "rgb-130x70-q7.jac", "SPEC 8.2 rule 6: width 1 to 65535 (latent widths 0 and empty streams agree with it)",
+        "JacDataError",
+        _jhdr_fields(streams_empty=True, width=0, y_width=0, z_width=0),
+    ),
+    "jhdr-height-65536": (
+        "rgb-130x70-q7.jac", "SPEC 8.2 rule 6: height 1 to 65535 (the latent heights agree with it)",
+        "JacDataError",
+        _jhdr_fields(height=65536, y_height=4096, z_height=1024),
+    ),
+    "jhdr-quality-below-256": (
+        "rgb-130x70-q7.jac", "SPEC 8.2 rule 6: quality 256 to 2048", "JacDataError", _jhdr_fields(quality=255),
+    ),
+    "jhdr-model-id-all-nul": (
+        "rgb-130x70-q7.jac", "SPEC 8.2 rule 6: a model_id of at least one byte", "JacDataError",
+        _jhdr_fields(model_id=bytes(16)),
+    ),
+    "jhdr-model-id-not-printable": (
+        "rgb-130x70-q7.jac", "SPEC 8.2 rule 6: model_id bytes 0x20 to 0x7E", "JacDataError",
+        _jhdr_fields(model_id=b"mbt-128-192-r00\x7f"),
+    ),
+    "second-jhdr": (
+        "rgb-130x70-q7.jac", "SPEC 8.2 rule 8: one JHDR", "JacDataError",
+        _edited(lambda chunks: chunks.insert(-1, list(chunks[0]))),
+    ),
+    "second-zstr": (
+        "rgb-130x70-q7.jac", "SPEC 8.2 rule 8: one ZSTR", "JacDataError",
+        _edited(lambda chunks: chunks.insert(-1, list(chunks[_index(chunks, b"ZSTR")]))),
+    ),
+    "second-exif": (
+        "rgb-32x32-q4-meta.jac", "SPEC 8.2 rule 8: at most one exif", "JacDataError",
+        _edited(lambda chunks: chunks.insert(-1, list(chunks[_index(chunks, b"exif")]))),
+    ),
+    "zstr-missing": (
+        "rgb-130x70-q7.jac", "SPEC 8.2 rule 9: ZSTR present", "JacDataError",
+        _edited(lambda chunks: chunks.pop(_index(chunks, b"ZSTR"))),
+    ),
+    "rgba-without-alph": (
+        "rgba-16x16-q8.jac", "SPEC 8.2 rule 10: ALPH present for RGBA", "JacDataError",
+        _edited(lambda chunks: chunks.pop(_index(chunks, b"ALPH"))),
+    ),
+    "alph-method-1": (
+        "la-20x33-q2.jac", "SPEC 8.2 rule 10: ALPH method 0", "JacDataError",
+        _payload(b"ALPH", lambda data: b"\x01" + data[1:]),
+    ),
+    "alph-plane-long": (
+        "la-20x33-q2.jac", "SPEC 8.2 rule 12: the alpha plane is width x height bytes (one more here)",
+        "JacDataError",
+        lambda jac: _with(jac, alpha=zlib.compress(zlib.decompress(jac.alpha) + b"\xff", 9)),
+    ),
+    "alph-bad-adler32": (
+        "la-20x33-q2.jac", "SPEC 8.2 rule 12: one complete zlib stream (its Adler-32 matches)", "JacDataError",
+        _alpha_bad_adler,
+    ),
+    "alph-unfinished": (
+        "la-20x33-q2.jac", "SPEC 8.2 rule 12: one complete zlib stream (this one has no final block)",
+        "JacDataError",
+        _alpha_unfinished,
+    ),
+    "zstr-partial-word": (
+        "rgb-130x70-q7.jac", "CODING 2.4: a stream is whole 32-bit words (ZSTR)", "EntropyCodingError",
+        lambda jac: _with(jac, z=jac.z_stream + b"\x00"),
     ),
 }  # fmt: skip
 

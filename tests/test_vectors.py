@@ -219,6 +219,27 @@ def test_invalid_vectors_are_rejected_and_made_again_byte_for_byte(tmp_path, mon
         "alph-empty": "chunk 'ALPH' is empty",
         "jend-not-empty": "chunk 'JEND' is 1 bytes but must be 0 bytes",
         "byte-after-jend": "unexpected data after the JEND chunk",
+        "exif-bad-crc": "CRC mismatch in chunk 'exif'",
+        "jhdr-bad-crc": "CRC mismatch in chunk 'JHDR'",
+        "jend-bad-crc": "CRC mismatch in chunk 'JEND'",
+        "chunk-type-byte-3-not-allowed": "invalid chunk type b'abc-'",
+        "jhdr-55-bytes": "chunk 'JHDR' is 55 bytes but must be 54 bytes",
+        "jhdr-layout-4": "unknown layout code 4",
+        "jhdr-width-0": "width must be from 1 to 65535, got 0",
+        "jhdr-height-65536": "height must be from 1 to 65535, got 65536",
+        "jhdr-quality-below-256": "got q16 255",
+        "jhdr-model-id-all-nul": "is not 1 to 16 printable ASCII characters padded with NULs",
+        "jhdr-model-id-not-printable": "r00\\x7f' is not 1 to 16 printable ASCII characters",
+        "second-jhdr": "duplicate chunk 'JHDR'",
+        "second-zstr": "duplicate chunk 'ZSTR'",
+        "second-exif": "duplicate chunk 'exif'",
+        "zstr-missing": "missing 'ZSTR' chunk",
+        "rgba-without-alph": "missing 'ALPH' chunk: layout RGBA",
+        "alph-method-1": "unknown alpha method 1",
+        "alph-plane-long": "decompresses to more than 33x20 = 660 bytes",
+        "alph-bad-adler32": "incorrect data check",
+        "alph-unfinished": "the zlib stream does not end",
+        "zstr-partial-word": "stream length 41 is not a multiple of 4",
     }
     assert set(table) == set(reasons)
     errors, real_decode = {}, codec.decode
@@ -325,6 +346,25 @@ def test_conformance_refuses_a_one_level_change_of_many_samples(monkeypatch):
     for share in (None, VECTOR_OFF_BY_ONE_SHARE):
         checked = {name: passed for name, _, passed in conformance.check_folder(folder, share=share)}
         assert not checked["rgb-130x70-q7"] and not checked["rgb-24x40-q1"]
+
+
+def test_conformance_holds_alpha_to_the_reference_exactly(monkeypatch):
+    """Alpha is lossless (SPEC.md 5.1), yet conformance.py let up to 1% of all samples, alpha among them, be one
+    level off: a decoder that moved 13 alpha samples of ``la-20x33-q2`` by one level passed."""
+    conformance = _load_format_script("conformance")
+    real = codec.decode
+    folder = VECTORS / "mbt-128-192-r006"
+
+    def alpha_off(data, **kw):
+        pixels = real(data, **kw).copy()
+        if pixels.ndim == 3 and pixels.shape[2] in (2, 4):
+            pixels[0, :2, -1] ^= 1  # two alpha samples: within the colour samples' allowance
+        return pixels
+
+    monkeypatch.setattr(codec, "decode", alpha_off)
+    checked = {name: (outcome, passed) for name, outcome, passed in conformance.check_folder(folder)}
+    assert checked["la-20x33-q2"] == ("2 alpha samples differ (alpha is returned exactly)", False)
+    assert checked["rgba-16x16-q8"][1] is False and checked["rgb-130x70-q7"][1] is True
 
 
 def test_conformance_checks_the_reference_pixels_against_their_digest(tmp_path):
