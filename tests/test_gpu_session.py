@@ -192,10 +192,18 @@ def test_sigterm_ends_the_call_after_its_step_and_gives_the_handlers_back(image_
     before = stop_handlers()
     calls = signal_in_the_second_step(monkeypatch, gpu_session, signal.SIGTERM)
     out = tmp_path / "run"
-    report = session(image_folder, out, "--pieces", str(tmp_path / "pieces"), "--steps", "10")
+    pieces = tmp_path / "pieces"
+    report = session(image_folder, out, "--pieces", str(pieces), "--steps", "10", "--save-every", "1e-9")
     assert (report["stop"], report["step_end"], len(calls)) == ("signal", 2, 2)
     assert torch.load(out / gpu_session.CHECKPOINT, weights_only=False)["step"] == 2
     assert stop_handlers() == before
+    # the device's time limit sends it, and its reply collects the pieces meanwhile: the publish of step 1 stays
+    # whole, unwritten (a publish then could mix old and new pieces), and the report says which step it holds
+    assert report["pieces_step"] == 1 and report["pieces"] == ["ema.safetensors.000"]
+    assert json.loads((pieces / gpu_session.REPORT).read_text())["pieces_step"] == 1
+    assert sorted(p.name for p in pieces.iterdir()) == sorted(
+        ["ema.safetensors.000", "ema.safetensors.sha256", gpu_session.REPORT, gpu_session.LOG]
+    )
 
 
 @pytest.mark.parametrize("log_every", ["1", "5"])  # found at a log line, or by the check before a save

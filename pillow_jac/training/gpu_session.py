@@ -23,7 +23,8 @@ One process does everything a device call needs, so that no lent minute goes to 
   pieces of at most 15 MB (:func:`~.pack.split_file`; files come back from the device at most
   16 MiB each) plus a JSON report into ``--pieces`` (``$OUT`` when set). It does so every
   ``--save-every`` seconds too, so a call killed before its end (a time limit cut short, a compile
-  past the deadline) still returns the weights of its last save;
+  past the deadline) still returns the weights of its last save; after SIGTERM or SIGINT it saves the
+  checkpoint but publishes nothing more (:meth:`Session.finish`);
 * a loss that is not finite stops the run at the next log line without saving or publishing the
   weights it touched: the last pieces published stay;
 * the report gives steps, crops per second, seconds per step, the peak GPU memory and the achieved
@@ -331,7 +332,7 @@ class Session:
                         log_file.flush()
                         sums = {k: torch.zeros((), device=device) for k in sums}
                         n = 0
-                    if args.save_every and time.monotonic() - self.last_save >= args.save_every:
+                    if args.save_every and not signalled and time.monotonic() - self.last_save >= args.save_every:
                         pieces = self.keep()
                         if pieces is None:
                             self.stop = "nonfinite"
@@ -382,7 +383,7 @@ class Session:
         """Publish the pieces, then save the checkpoint; return the pieces' names.
 
         None (and nothing written) when the weights are not finite, so that the last publish and checkpoint
-        stay. The pieces first: they are what comes back, and a stop by signal may have little time left.
+        stay. The pieces first: they are what comes back.
         """
         if not self.finite():
             return None
@@ -435,10 +436,20 @@ class Session:
         """Publish and save (:meth:`keep`), write the report; return it.
 
         After a loss that was not finite, or with weights that are not, neither pieces nor checkpoint are
-        written (the last publish and checkpoint stay).
+        written (the last publish and checkpoint stay). After a signal only the checkpoint is saved: a
+        SIGTERM is most often the device's time limit, whose reply is already collecting ``--pieces`` while
+        this process goes on (the shell it ran in is gone), and a publish then could leave old and new pieces
+        mixed, or more files than a reply brings back; the last publish stays whole (``--resume`` continues
+        from the checkpoint, and publishes at its next save).
         """
         args = self.args
-        pieces = None if self.stop == "nonfinite" else self.keep()
+        if self.stop == "signal":
+            pieces = None
+            if self.finite():
+                self.save()
+                pieces = self.published()
+        else:
+            pieces = None if self.stop == "nonfinite" else self.keep()
         if pieces is None:
             self.stop = self.stop or "nonfinite"
             pieces = self.published()
