@@ -292,6 +292,8 @@ def synthesize(engine, y_hats: Sequence[np.ndarray], qualities: Sequence[float],
                 end = min(height, first_row + x_hat.shape[2])
                 if first_row < end:
                     part = x_hat[i, :, : end - first_row, :width]
+                    # NaN is 0 (CODING.md 1.4): clamp passes NaN on, and its cast to uint8 is the machine's
+                    part = part.nan_to_num(nan=0.0, posinf=1.0, neginf=0.0)
                     pixels = (part.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0)
                     outputs[i][first_row:end] = pixels.cpu().numpy()
 

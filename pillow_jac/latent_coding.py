@@ -131,10 +131,11 @@ def single_threaded(keep_if_sleeping: int = 0):
     count again, under the same lock as the entries, so overlapping blocks in several threads leave the
     count they found for the threads started later. A thread's own 1 before its first block, while
     another thread recorded more, is taken for a count it started with: ``OMP_NUM_THREADS=1`` sets it
-    for every thread. Decoded pixels and effort-0 files do not depend on the thread count, so for them this
-    only affects speed; the effort search's float gradients are summed in an order that does (a 2-thread
-    program keeps 2 threads in the block for a small image, so its effort 1-3 files can differ by a few bytes
-    from a 1-thread one's: README, "Effort"). A block nested
+    for every thread. Decoded latents do not depend on the thread count, so for them this only affects
+    speed (decoded pixels may differ by one level in rare samples, g_s being float32: SPEC.md section 1, and
+    so may effort-0 files, g_a being float32 too); the effort search's float gradients are summed in an order
+    that does (a 2-thread program keeps 2 threads in the block for a small image, so its effort 1-3 files can
+    differ by a few bytes from a 1-thread one's: README, "Effort"). A block nested
     in another of its thread (a call from a signal handler) sets the count outside the blocks as it ends.
     """
     block = _Block()

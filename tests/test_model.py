@@ -20,6 +20,11 @@ def test_config_validation():
         ModelConfig(N=8, M=12, context=False, hyperprior=False)
     with pytest.raises(ValueError, match="multiple of 6"):
         ModelConfig(N=8, M=10)
+    # one gain row has nothing to interpolate with: CODING.md 1.2's k = min(floor(p), Q - 2) was -1, and indexing
+    # the table with it took its last row by accident
+    for qualities in (1, 0, True, 2.0):
+        with pytest.raises(ValueError, match="qualities must be a whole number of at least 2"):
+            ModelConfig(N=8, M=12, qualities=qualities, lambdas=(0.01, 0.02)[: int(qualities)])
 
 
 def test_gains_interpolate_in_log_domain():

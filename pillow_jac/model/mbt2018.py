@@ -86,6 +86,9 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "lambdas", tuple(float(v) for v in self.lambdas))  # a list from JSON
+        if isinstance(self.qualities, bool) or not isinstance(self.qualities, int) or self.qualities < 2:
+            # the gain interpolation needs two rows (CODING.md 1.2: k = min(floor(p), Q - 2))
+            raise ValueError(f"qualities must be a whole number of at least 2, got {self.qualities!r}")
         if len(self.lambdas) != self.qualities:
             raise ValueError(f"{self.qualities} quality levels need as many lambdas, got {len(self.lambdas)}")
         if not all(0 < a < b for a, b in zip(self.lambdas[:-1], self.lambdas[1:], strict=True)):
