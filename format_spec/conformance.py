@@ -5,6 +5,7 @@ For each ``format_spec/vectors/<model_id>/vectors.json`` it checks, for every ve
 * the file's SHA-256 and the reference pixels' digest (the vector and its ``.decoded.png`` are intact);
 * that the generation is installed (:func:`pillow_jac.generations.find`);
 * the decoded integer latents, which MUST match exactly on every machine (CODING.md section 3);
+* where the entry records ``metadata_sha256``, the bytes of each metadata chunk as read (SPEC.md 5.2);
 * the decoded pixels: ``exact`` when they match the reference bit for bit, ``within 1`` when a few
   colour or grey samples differ by one level (allowed: g_s runs in floating point, SPEC.md section 1): at
   most :data:`~pillow_jac.constants.VECTOR_OFF_BY_ONE_SHARE` of them, or two, else a failure (a decoder that
@@ -54,6 +55,18 @@ def _intact(folder: Path, table: dict, results: list) -> Iterator[tuple[str, dic
             yield name, entry, data
         else:
             results.append((name, "the vector file is damaged", False))
+
+
+def _metadata_differs(data: bytes, recorded: dict | None) -> str:
+    """The metadata fields whose bytes the reader gives other than ``recorded`` (an entry's ``metadata_sha256``)."""
+    if not recorded:
+        return ""
+    from pillow_jac import container
+
+    jac = container.parse(data)
+    fields = ("icc_profile", "exif", "xmp")
+    read = {f: hashlib.sha256(getattr(jac, f)).hexdigest() for f in fields if getattr(jac, f) is not None}
+    return ", ".join(f for f in fields if read.get(f) != recorded.get(f))
 
 
 def generations() -> list[str]:
@@ -109,6 +122,10 @@ def check_folder(
         expected = np.asarray(Image.open(folder / entry["decoded"]))
         if _digest(expected) != entry["pixels_sha256"]:
             results.append((name, f"the reference pixels {entry['decoded']} are damaged", False))
+            continue
+        carried = _metadata_differs(data, entry.get("metadata_sha256"))
+        if carried:
+            results.append((name, f"metadata not carried unchanged: {carried} (SPEC.md 5.2)", False))
             continue
         if pixels.shape != expected.shape:
             results.append((name, f"shape {pixels.shape}, expected {expected.shape}", False))

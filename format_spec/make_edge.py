@@ -14,12 +14,18 @@ release-6 vector, and a decoder MUST decode it:
 * ``ystr-one-extra-word``: one word appended to the y stream, which leaves the decoder exhausted (CODING.md
   2.4): valid, with the latents and pixels of the vector it comes from; a decoder whose end test is stricter
   than the exhausted test rejects it.
+* ``metadata-empty-and-unprefixed``: an empty ``iccp`` and ``xmp `` chunk and an ``exif`` chunk without the
+  6-byte ``Exif`` prefix (SPEC.md 5.2: allowed, carried as they are); the pixels of the vector it comes from.
+* ``previews-ignored``: three ``prvw`` chunks a reader MUST ignore (3 bytes; format 7; a PNG labelled JPEG,
+  SPEC.md 5.4) and an unknown ancillary chunk whose type holds a space (``ab c``, SPEC.md 3.1); the pixels
+  of the vector it comes from.
 
 An ``edge.json`` entry names the vector's ``file`` and ``decoded`` pixels, where it comes ``from`` and
 ``what`` it exercises, and records its ``mode``, ``size``, ``model_id``, ``weights_hash``, ``file_sha256``,
-``symbols_sha256`` and ``pixels_sha256``; ``format_spec/conformance.py`` checks them as it checks a
-generation's. The files never change once
-written: the script adds the vectors it lacks and refuses to make an existing one differently.
+``symbols_sha256``, ``pixels_sha256`` and, for a file with metadata, ``metadata_sha256`` (the SHA-256 of each
+metadata chunk's data, by ``JacFile`` field: ``icc_profile``, ``exif``, ``xmp``); ``format_spec/conformance.py``
+checks them as it checks a generation's. The files never change once written: the script adds the vectors it
+lacks and refuses to make an existing one differently.
 """
 
 from __future__ import annotations
@@ -39,6 +45,8 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parent / "vectors"
 OUT = ROOT / "edge"
 BASE = "mbt-128-192-r006"
+#: the metadata fields of a ``JacFile`` whose digests an entry records (SPEC.md 5.2)
+METADATA = ("icc_profile", "exif", "xmp")
 
 
 def _chunk(ctype: bytes, data: bytes) -> bytes:
@@ -117,6 +125,30 @@ def _one_extra_word(data: bytes) -> bytes:
     return container.serialize(dataclasses.replace(jac, header=header, y_stream=y))
 
 
+def _metadata_empty_and_unprefixed(data: bytes) -> bytes:
+    """The metadata vector with an empty ``iccp`` and ``xmp `` and its EXIF stored without its 6-byte prefix."""
+    chunks = _chunks(data)
+    changed = {b"iccp": lambda d: b"", b"xmp ": lambda d: b"", b"exif": lambda d: d.removeprefix(b"Exif\0\0")}
+    assert all(t in {c[0] for c in chunks} for t in changed) and b"".join(c[1] for c in chunks).find(b"Exif\0\0") >= 0
+    return data[:8] + b"".join(_chunk(t, changed[t](d) if t in changed else d) for t, d in chunks)
+
+
+def _previews_ignored(data: bytes) -> bytes:
+    """Three ``prvw`` chunks a reader ignores and an unknown ancillary type with a space, after JHDR."""
+    import io
+
+    png = io.BytesIO()
+    Image.new("RGB", (35, 65), (200, 100, 50)).save(png, "PNG")
+    extra = [
+        (b"prvw", b"\x00\x00\x23"),  # shorter than 6 bytes
+        (b"prvw", b"\x07\x00\x23\x00\x41" + png.getvalue()),  # format 7: unknown
+        (b"prvw", b"\x00\x00\x23\x00\x41" + png.getvalue()),  # labelled JPEG, holds a PNG
+        (b"ab c", b"a type with a space"),
+    ]
+    chunks = _chunks(data)
+    return data[:8] + b"".join(_chunk(t, d) for t, d in [chunks[0], *extra, *chunks[1:]])
+
+
 #: name -> (source vector, what it exercises, how the file is made from the source's bytes)
 CASES: dict[str, tuple[str, str, Callable[[bytes], bytes]]] = {
     "escapes": ("rgb-130x70-q7.jac", "CODING 2.3: z and y escapes of classes up to 11, values up to 4095", _escapes),
@@ -130,6 +162,14 @@ CASES: dict[str, tuple[str, str, Callable[[bytes], bytes]]] = {
     "ystr-one-extra-word": (
         "rgb-130x70-q7.jac", "CODING 2.4: one appended word leaves the decoder exhausted: valid", _one_extra_word,
     ),
+    "metadata-empty-and-unprefixed": (
+        "rgb-32x32-q4-meta.jac", "SPEC 5.2: empty iccp and xmp chunks, EXIF without its Exif\\0\\0 prefix",
+        _metadata_empty_and_unprefixed,
+    ),
+    "previews-ignored": (
+        "rgb-130x70-q7.jac", "SPEC 5.4, 3.1: three prvw chunks a reader ignores, an ancillary type with a space",
+        _previews_ignored,
+    ),
 }  # fmt: skip
 
 
@@ -142,7 +182,9 @@ def _entry(name: str, source: str, what: str, data: bytes, out: Path) -> dict:
     (out / f"{name}.jac").write_bytes(data)
     pixels = codec.decode(data)
     Image.fromarray(pixels).save(out / f"{name}.decoded.png")
-    header = container.parse(data).header
+    jac = container.parse(data)
+    header = jac.header
+    metadata = {f: hashlib.sha256(getattr(jac, f)).hexdigest() for f in METADATA if getattr(jac, f) is not None}
     return {
         "file": f"{name}.jac",
         "from": f"{BASE}/{source}",
@@ -155,6 +197,7 @@ def _entry(name: str, source: str, what: str, data: bytes, out: Path) -> dict:
         "file_sha256": hashlib.sha256(data).hexdigest(),
         "symbols_sha256": symbols_digest(data),
         "pixels_sha256": digest(pixels),
+        **({"metadata_sha256": metadata} if metadata else {}),
     }
 
 

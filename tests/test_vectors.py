@@ -278,23 +278,31 @@ def test_an_invalid_vector_whose_generation_is_missing_is_not_counted_as_rejecte
 
 
 def test_edge_vectors_decode_and_the_container_cases_as_the_file_they_come_from(tmp_path):
-    """Escapes in both streams, a preview with unknown chunks, another chunk order, a later minor version and
-    one word appended to a stream: each decodes with exact latents, the others to the pixels and metadata of
-    their source."""
+    """Escapes in both streams, a preview with unknown chunks, another chunk order, a later minor version, one
+    word appended to a stream, empty and unprefixed metadata, previews to ignore: each decodes with exact
+    latents, the others to the pixels (and, but for the metadata vector, the metadata) of their source."""
     conformance = _load_format_script("conformance")
     results = conformance.check_edge()
-    assert len(results) == 5 and all(passed for _, _, passed in results), results
+    assert len(results) == 7 and all(passed for _, _, passed in results), results
     table = json.loads((VECTORS / "edge" / "edge.json").read_text())
-    for name in ("preview-and-unknown", "chunks-reordered", "minor-version", "ystr-one-extra-word"):
+    same = ("preview-and-unknown", "chunks-reordered", "minor-version", "ystr-one-extra-word", "previews-ignored")
+    for name in (*same, "metadata-empty-and-unprefixed"):
         edge = VECTORS / "edge" / table[name]["file"]
         source = VECTORS / table[name]["from"]
         assert np.array_equal(codec.decode(edge), codec.decode(source)), name
         with Image.open(edge) as a, Image.open(source) as b:
-            assert a.info == b.info, name
+            if name in same:
+                assert a.info == b.info, name
+            else:  # empty metadata is no metadata to Pillow; the EXIF is carried as stored, without its prefix
+                assert "icc_profile" not in a.info and "xmp" not in a.info
+                assert b"Exif\0\0" + a.info["exif"] == b.info["exif"]
+    with Image.open(VECTORS / "edge" / table["previews-ignored"]["file"]) as im:
+        assert im.draft("RGB", (20, 20)) is None  # no preview to serve: the image is decoded
     z_hat, y_hat = codec.decode_symbols(VECTORS / "edge" / table["escapes"]["file"])
     assert np.abs(z_hat).max() == 4095 and np.abs(y_hat).max() == 4095
     again = _load_format_script("make_edge").make(tmp_path)  # the preview's WebP bytes depend on libwebp
-    for name in ("escapes", "chunks-reordered", "minor-version", "ystr-one-extra-word"):
+    remade = ("escapes", "chunks-reordered", "minor-version", "ystr-one-extra-word", "metadata-empty-and-unprefixed")
+    for name in remade:
         assert again[name]["file_sha256"] == table[name]["file_sha256"], name
 
 
@@ -346,6 +354,20 @@ def test_conformance_refuses_a_one_level_change_of_many_samples(monkeypatch):
     for share in (None, VECTOR_OFF_BY_ONE_SHARE):
         checked = {name: passed for name, _, passed in conformance.check_folder(folder, share=share)}
         assert not checked["rgb-130x70-q7"] and not checked["rgb-24x40-q1"]
+
+
+def test_conformance_checks_that_metadata_is_carried_unchanged(tmp_path):
+    """SPEC 5.2: metadata is carried unchanged, yet conformance.py compared only latents and pixels; an entry's
+    ``metadata_sha256`` now holds a reader to each chunk's bytes."""
+    folder = tmp_path / "edge"
+    shutil.copytree(VECTORS / "edge", folder)
+    table = json.loads((folder / "edge.json").read_text())
+    table["metadata-empty-and-unprefixed"]["metadata_sha256"]["exif"] = hashlib.sha256(b"other").hexdigest()
+    (folder / "edge.json").write_text(json.dumps(table))
+    checked = {name: (outcome, passed) for name, outcome, passed in _load_format_script("conformance").check_folder(
+        folder, None, table="edge.json")}  # fmt: skip
+    assert checked["metadata-empty-and-unprefixed"] == ("metadata not carried unchanged: exif (SPEC.md 5.2)", False)
+    assert all(passed for name, (_, passed) in checked.items() if name != "metadata-empty-and-unprefixed")
 
 
 def test_conformance_holds_alpha_to_the_reference_exactly(monkeypatch):
