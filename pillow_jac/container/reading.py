@@ -260,7 +260,10 @@ def read_file(
                 on_unknown(ctype)
     if not damaged_end and not r.at_end():
         if on_damaged is None:
-            raise JacDataError("unexpected data after the JEND chunk")
+            raise JacDataError(
+                "unexpected data after the JEND chunk (bytes appended to the file, or a damaged one; a reader asked "
+                "to recover ignores them, SPEC.md 8.3: with Pillow, ImageFile.LOAD_TRUNCATED_IMAGES)"
+            )
         damaged_end = True  # recovering: the bytes after JEND are not read
     for ctype in (C.CHUNK_ZSTR, C.CHUNK_YSTR):
         if ctype not in found:
