@@ -4,6 +4,7 @@ Commands::
 
     jac encode IN OUT.jac [-q Q | --size BYTES | --psnr DB] [--preview] [--strip] [--force] [--device D]
     jac decode IN.jac OUT [--force] [--device D]                    .jac -> any format Pillow writes (by extension)
+    (encode, decode and batch also take --max-image-pixels N: Pillow's decompression-bomb limit)
     jac info FILE.jac... [--json]                                   header, sizes, decoder needed; never imports torch
     jac models [--json]                                             installed decoder generations; never imports torch
     jac batch IN_DIR OUT_DIR --to jac|png [-q Q | --size BYTES | --psnr DB] [--preview] [--strip] [--model M] [-j N]
@@ -30,15 +31,18 @@ Example:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
 import sys
 import threading
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
+
+from PIL import Image
 
 from . import __version__
 from .cli_info import print_out, show_info
@@ -102,6 +106,19 @@ def _fraction(text: str) -> float:
     return _finite(text, "must be a number of at least 0", zero=True)
 
 
+def _pixel_limit(text: str) -> int | None:
+    """``--max-image-pixels``: a whole number of pixels, 0 or ``none`` for no limit (None)."""
+    if text.strip().lower() == "none":
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be a whole number of pixels, 0 or none for no limit, got {text!r}")
+    return value or None
+
+
 def _path(text: str) -> Path:
     """A file argument; ``-`` is standard input or output, and ``./-`` the file named ``-`` (Path drops ``./``)."""
     path = Path(text)
@@ -136,6 +153,17 @@ def build_parser() -> argparse.ArgumentParser:
             "--device",
             default=None,
             help="torch device: cpu, cuda, cuda:N or auto (default: $JAC_DEVICE, else cpu)",
+        )
+
+    def add_pixel_limit(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--max-image-pixels",
+            type=_pixel_limit,
+            default=_PILLOWS,
+            metavar="N",
+            help=f"Pillow's decompression-bomb limit (PIL.Image.MAX_IMAGE_PIXELS, default {Image.MAX_IMAGE_PIXELS}): "
+            "an image above N pixels is warned about and one above twice N refused, read or written; 0 or none: "
+            "no limit (for a trusted large image, such as a panorama)",
         )
 
     def add_quality(p: argparse.ArgumentParser) -> None:
@@ -194,6 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="write OUTPUT even if its name does not end in .jac")
     p.add_argument("--model", help="model_id of the decoder generation to encode for (default: the newest; jac models)")
     add_device(p)
+    add_pixel_limit(p)
 
     p = sub.add_parser(
         "decode",
@@ -209,6 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="replace OUTPUT even if no decode wrote it (kept by default: it may be the image IN.jac was made from)",
     )
     add_device(p)
+    add_pixel_limit(p)
 
     p = sub.add_parser("models", help="list the installed decoder generations (fast: runs no decoder)")
     p.add_argument("--json", action="store_true", help="print JSON")
@@ -258,6 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--quiet", action="store_true", help="no progress output")
     add_device(p)
+    add_pixel_limit(p)
     p.add_argument(
         "--ray",
         nargs="?",
@@ -332,7 +363,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         terminated.append(signum)
         raise _Terminated
 
-    with handling({signal.SIGTERM: terminate}):  # the caller's handler is back after
+    limit = getattr(args, "max_image_pixels", _PILLOWS)
+    with handling({signal.SIGTERM: terminate}), _pixel_limit_set(limit):  # the caller's, back after
         try:
             with warnings.catch_warnings():
                 warnings.showwarning = show_warning
@@ -367,6 +399,26 @@ def console() -> int:
     if status in (130, 128 + signal.SIGTERM) and threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGINT, signal.SIG_IGN)
     return status
+
+
+#: ``--max-image-pixels`` not given: Pillow's limit as the process has it
+_PILLOWS = object()
+
+
+@contextlib.contextmanager
+def _pixel_limit_set(limit: Any) -> Iterator[None]:
+    """Pillow's pixel limit set to ``limit`` (unless :data:`_PILLOWS`) for the command, then the caller's again.
+
+    Batch workers take the limit from this process (:func:`pillow_jac.local_batch.run_batch`, the Ray workers of
+    :func:`pillow_jac.distributed.convert`).
+    """
+    before = Image.MAX_IMAGE_PIXELS
+    if limit is not _PILLOWS:
+        Image.MAX_IMAGE_PIXELS = limit
+    try:
+        yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = before
 
 
 class _Terminated(KeyboardInterrupt):

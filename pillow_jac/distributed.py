@@ -69,6 +69,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from PIL import Image
+
 from .batch_plan import Progress, batch_settings, done_before, file_options, is_done, plan, plan_batch, shown_name
 from .constants import DEFAULT_EFFORT, DEFAULT_QUALITY, validate_effort, validate_quality
 from .conversion import convert_noting_warnings, one_line
@@ -180,9 +182,11 @@ class Worker:
         to: ``"jac"`` or ``"png"``.
         device: torch device for the model (None: ``JAC_DEVICE``, else cpu).
         threads: torch threads (the worker's CPUs).
+        pixel_limit: ``PIL.Image.MAX_IMAGE_PIXELS`` for the worker's files: the driver's (``jac batch --ray
+            --max-image-pixels``), which a worker process would not have otherwise.
     """
 
-    def __init__(self, to: str, device: str | None, threads: int) -> None:
+    def __init__(self, to: str, device: str | None, threads: int, pixel_limit: float | None) -> None:
         start = time.perf_counter()
         import numpy as np
 
@@ -196,6 +200,7 @@ class Worker:
         data = codec.encode(np.zeros((64, 64, 3), np.uint8), device=device)  # loads the newest generation
         if to == "png":
             codec.decode(data, device=device)
+        Image.MAX_IMAGE_PIXELS = pixel_limit  # after the warm-up, which a tiny limit would refuse
         self._info = {
             "node": socket.gethostname(),
             "pid": os.getpid(),
@@ -377,13 +382,14 @@ def convert(
         workers, num_gpus, device = placed
         slots_each = max(1, (in_flight or IN_FLIGHT_PER_WORKER * workers) // workers)
         actor_class = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, max_restarts=0)(Worker)
+        pixel_limit = Image.MAX_IMAGE_PIXELS  # the workers' too
         threads = max(1, int(num_cpus))
         from .ray_driver import run
 
         report = run(
             ray,
             jobs,
-            lambda: actor_class.remote(to, device, threads),
+            lambda: actor_class.remote(to, device, threads, pixel_limit),
             workers,
             slots_each,
             lambda src, dst: (

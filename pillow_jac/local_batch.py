@@ -38,6 +38,8 @@ from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import IO, Any
 
+from PIL import Image
+
 from .batch_plan import ATTEMPTS, Progress, batch_settings, done_before, file_options, plan_batch, shown_name
 from .codec_steps import TORCH_MODULES
 from .constants import DEFAULT_EFFORT, DEFAULT_QUALITY
@@ -239,7 +241,7 @@ def _run_pool(
     workers = min(workers, len(todo))
     threads = threads_per_worker(workers)
     cancel_reader, cancel = ctx.Pipe(duplex=False)  # closing `cancel` cancels the batch in the workers
-    init = (threads, cancel_reader, states, signal.getsignal(signal.SIGINT) == signal.SIG_IGN)
+    init = (threads, cancel_reader, states, Image.MAX_IMAGE_PIXELS, signal.getsignal(signal.SIGINT) == signal.SIG_IGN)
     sigint: list = []  # the handler to put back once the pool has stopped, when Ctrl-C is ignored meanwhile
     with contextlib.ExitStack() as stack:
         stack.callback(lambda: sigint and signal.signal(signal.SIGINT, sigint[0]))  # the last thing on the way out
@@ -301,8 +303,13 @@ def _usable_cpus() -> int:
     return os.cpu_count() or 1
 
 
-def _worker_init(threads: int, cancel: Any, states: Any, sigint_ignored: bool = False) -> None:
-    """Set up a batch worker: its torch threads, its warnings, and stopping when the batch is cancelled.
+def _worker_init(
+    threads: int, cancel: Any, states: Any, pixel_limit: float | None, sigint_ignored: bool = False
+) -> None:
+    """Set up a batch worker: its torch threads, warnings, pixel limit and stopping when the batch is cancelled.
+
+    ``pixel_limit`` is the batch's ``PIL.Image.MAX_IMAGE_PIXELS`` (``jac batch --max-image-pixels``): a worker
+    started by the fork server has Pillow's own otherwise.
 
     Ctrl-C in a terminal signals every process of the group, workers included. A worker turns SIGINT
     into ``KeyboardInterrupt`` only while it converts a file (an idle one would die with a traceback).
@@ -314,6 +321,7 @@ def _worker_init(threads: int, cancel: Any, states: Any, sigint_ignored: bool = 
     """
     global _states
     _states = states
+    Image.MAX_IMAGE_PIXELS = pixel_limit
     warnings.showwarning = show_warning  # warnings outside a file's conversion (those inside go to the parent)
     # where SIGINT is ignored, a handler still: the cancel thread's interruption is a simulated SIGINT, which
     # Python drops for an ignored signal (a SIGTERM to the batch then waited for every running file)

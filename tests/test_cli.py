@@ -1589,3 +1589,25 @@ def test_a_tiffs_camera_tags_are_kept_as_exif(tmp_path: Path) -> None:
         assert main(["encode", str(tif), str(out), *options]) == 0
         with Image.open(out) as im:
             assert dict(im.getexif()) == expected and im.size == (40, 48)  # turned upright, no tag to turn it again
+
+
+def test_max_image_pixels_sets_pillows_limit_for_the_command_only(png, jac, tmp_path, capsys, monkeypatch) -> None:
+    """A trusted image above Pillow's decompression-bomb limit (a 200 MP panorama) could not be encoded or decoded
+    with ``jac`` at all: the limit is Python's ``PIL.Image.MAX_IMAGE_PIXELS``. ``--max-image-pixels`` sets it for
+    the command (0 or none: no limit), and the caller's is back after."""
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 500)  # the 48x40 crop is 1920 pixels: above twice it
+    out = tmp_path / "out.jac"
+    assert main(["encode", str(png), str(out)]) == 1
+    assert "decompression bomb" in capsys.readouterr().err and not out.exists()
+    assert main(["encode", str(png), str(out), "--max-image-pixels", "0"]) == 0 and out.exists()
+    assert main(["decode", str(jac), str(tmp_path / "a.png")]) == 1
+    assert main(["decode", str(jac), str(tmp_path / "a.png"), "--max-image-pixels", "none"]) == 0
+    assert main(["decode", str(jac), str(tmp_path / "b.png"), "--max-image-pixels", "1000"]) == 0  # warned
+    assert "could be decompression bomb" in capsys.readouterr().err
+    assert Image.MAX_IMAGE_PIXELS == 500
+    monkeypatch.undo()
+    assert main(["encode", str(png), str(tmp_path / "c.jac"), "--max-image-pixels", "900"]) == 1
+    assert "exceeds limit of 1800 pixels" in capsys.readouterr().err
+    for bad in ("-1", "many", "1.5"):
+        with pytest.raises(SystemExit):
+            main(["encode", str(png), str(tmp_path / "d.jac"), "--max-image-pixels", bad])

@@ -805,3 +805,15 @@ def test_workers_that_cannot_start_say_why() -> None:
     with pytest.raises(RuntimeError, match="the Ray workers could not start: ValueError: bad device") as info:
         ray_driver.run(ray, jobs, lambda: NotStarting(ray), 2, 1, lambda src, dst: ("jac",), lambda r: None)
     assert isinstance(info.value.__cause__, ray.exceptions.RayActorError)
+
+
+def test_a_worker_takes_the_drivers_pixel_limit(photos: Path, tmp_path: Path, monkeypatch) -> None:
+    """A Ray worker process had Pillow's own limit, whatever ``jac batch --ray --max-image-pixels`` (or the driver's
+    ``PIL.Image.MAX_IMAGE_PIXELS``) said: the driver's limit is handed to each worker (here run in this process)."""
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", Image.MAX_IMAGE_PIXELS)  # put back after
+    worker = distributed.Worker("jac", "cpu", 1, 500)  # a.png is 48x40 = 1920 pixels: above twice 500
+    result = worker.convert(str(photos / "a.png"), str(tmp_path / "a.jac"), "jac", 4.0, 0, "cpu", False)
+    assert result.status == "failed" and "decompression bomb" in result.error and Image.MAX_IMAGE_PIXELS == 500
+    worker = distributed.Worker("jac", "cpu", 1, None)
+    result = worker.convert(str(photos / "a.png"), str(tmp_path / "a.jac"), "jac", 4.0, 0, "cpu", False)
+    assert result.status == "done" and (tmp_path / "a.jac").exists()

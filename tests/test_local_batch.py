@@ -636,3 +636,14 @@ def test_batch_strips_metadata_and_encodes_for_a_model_as_encode_does(tmp_path: 
     with pytest.raises(SystemExit):
         main(["batch", str(tmp_path / "kept"), str(tmp_path / "png"), "--to", "png", "--strip"])
     assert "--strip: options of --to jac, not of --to png" in capsys.readouterr().err
+
+
+def test_workers_take_the_batchs_pixel_limit(tmp_path: Path, monkeypatch, capsys) -> None:
+    """Workers started by the fork server had Pillow's own limit, not the batch's: ``--max-image-pixels`` (or a
+    caller's ``PIL.Image.MAX_IMAGE_PIXELS``) held with ``-j 1`` and was lost with ``-j 2``."""
+    photos, out = photo_folder(tmp_path, 2)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 64x64 = 4096 pixels: above twice it
+    assert main(["batch", str(photos), str(out), "--to", "jac", "-j", "2", "--quiet"]) == 1
+    assert capsys.readouterr().err.count("decompression bomb") == 2
+    assert main(["batch", str(photos), str(out), "--to", "jac", "-j", "2", "--quiet", "--max-image-pixels", "0"]) == 0
+    assert listing(out) == ["000.jac", "001.jac"]
