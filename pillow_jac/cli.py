@@ -192,7 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(
             "--preview",
             action="store_true",
-            help=f"also store a WebP preview of at most {PREVIEW_SIZE} pixels (about 20-40 kB) that thumbnail() and "
+            help=f"also store a WebP preview of at most {PREVIEW_SIZE} pixels (about 10-40 kB) that thumbnail() and "
             "file browsers read without decoding the image; only for images larger than that, which need one",
         )
         p.add_argument(
@@ -312,7 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="N",
         help="with --ray, CPUs each worker reserves and its torch threads (default 1); size it so that the "
-        "workers of a node fit its memory (about 1.5 GB each at 12 MP, benchmarks/ray.md)",
+        "workers of a node fit its memory (about 1.8 GB each at 12 MP, benchmarks/ray.md)",
     )
     p.add_argument(
         "--worker-gpus",
