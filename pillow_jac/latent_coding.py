@@ -63,10 +63,20 @@ CHUNK_POSITIONS = 4096
 #: halo costs at most (13 + 3) / 13 = 1.23x the stripe's own work. A positions budget alone would give wide
 #: images stripes of a few z rows, each paying the whole halo
 _H_S_MIN_ROWS = 13
+#: z columns per h_s tile: a stripe of a wider image (over 4,096 pixels) runs in tiles of this many columns
+#: with the halo of :func:`rows_reach` on each side, so that its float64 temporaries stay bounded however wide
+#: the image (the halo costs (64 + 3) / 64 = 1.05x); the integer arithmetic makes the tiles' values the whole's
+_H_S_TILE_COLUMNS = 64
+#: z positions per h_s stripe of an image wider than 256 z columns (16,384 pixels), whose stripes have fewer rows
+#: than :data:`_H_S_MIN_ROWS` (at least 4): the first stripe, computed before the first symbol is decoded, stays a
+#: small share of the image (13 rows of a 65,535-pixel-wide image were 30% of a 2,730-pixel-high one)
+_H_S_WIDE_STRIPE = 13 * 256
 
 
 def rows_reach(network: IntegerNetwork, upsampling: int) -> tuple[int, int]:
     """The rows above and below a stripe of input rows that ``network`` reads to make the stripe's outputs.
+
+    Square kernels, strides and paddings reach as far to the left and right: the same halo serves columns.
 
     An output stripe ``[upsampling * a, upsampling * b)`` is traced back through each layer's rows (a
     convolution's output row ``o`` reads rows ``o * s - p .. o * s - p + k - 1``; a transposed one's reads
@@ -306,19 +316,32 @@ class LatentCoder:
     def hyper_stripes(self, z_hat: torch.Tensor, y_shape: tuple[int, int]) -> Iterator[tuple[int, int, torch.Tensor]]:
         """h_s(z_hat) in fixed point, in stripes of latent rows: ``(first row, end row, (2M, rows, Wy))``.
 
-        Computed from stripes of ``z`` rows with the halo :attr:`h_s_halo`, so the float64
-        temporaries stay bounded for large images, and lazily, so that the decoder computes each
-        stripe only when its wavefront gets there.
+        Computed from stripes of ``z`` rows, and for images wider than :data:`_H_S_TILE_COLUMNS` z columns
+        tiles of those, with the halo :attr:`h_s_halo`, so the float64 temporaries stay bounded for large
+        images, and lazily, so that the decoder computes each stripe only when its wavefront gets there.
         """
         z = z_hat.double().to(self.device).unsqueeze(0) * 2.0**ACTIVATION_BITS
-        rows = z.shape[2]
-        step = max(1, _H_S_MIN_ROWS, CHUNK_POSITIONS // (Y_PER_Z**2 * z.shape[3]))  # latent positions per z one
+        rows, columns = z.shape[2], z.shape[3]
+        least = _H_S_MIN_ROWS if columns * _H_S_MIN_ROWS <= _H_S_WIDE_STRIPE else max(4, _H_S_WIDE_STRIPE // columns)
+        step = max(least, CHUNK_POSITIONS // (Y_PER_Z**2 * columns))  # latent positions per z one
         for a, b, lo, hi in stripes(rows, step, *self.h_s_halo):
             first, end = Y_PER_Z * a, min(Y_PER_Z * b, y_shape[0])
             if first >= end:
                 return
             top = Y_PER_Z * (a - lo)
-            part = self.h_s(z[:, :, lo:hi])[0, :, top : top + end - first, : y_shape[1]]
+            if columns <= _H_S_TILE_COLUMNS:
+                yield first, end, self.h_s(z[:, :, lo:hi])[0, :, top : top + end - first, : y_shape[1]]
+                continue
+            part = None
+            for c, d, left, right in stripes(columns, _H_S_TILE_COLUMNS, *self.h_s_halo):
+                x0, x1 = Y_PER_Z * c, min(Y_PER_Z * d, y_shape[1])
+                if x0 >= x1:
+                    break
+                tile = self.h_s(z[:, :, lo:hi, left:right])[0]
+                if part is None:
+                    part = tile.new_empty((tile.shape[0], end - first, y_shape[1]))
+                at = Y_PER_Z * (c - left)
+                part[:, :, x0:x1] = tile[:, top : top + end - first, at : at + x1 - x0]
             yield first, end, part
 
     def table_ids(self, features: torch.Tensor) -> tuple[np.ndarray, ...]:

@@ -83,6 +83,29 @@ def test_exact_path_in_chunks_is_identical(quality, monkeypatch):
         assert not torch.equal(prior.hyper_features(torch.from_numpy(z_hat), y_hat.shape[1:]), psi), short
 
 
+def test_h_s_in_column_tiles_is_exact(monkeypatch) -> None:
+    """A stripe of h_s ran the whole width at once: 13 z rows of a 65,535-pixel-wide image were 30% of a 2,730-high
+    one, computed (7.8 GB, 2 minutes) before the first symbol of a forged file failed. Wide images now run in
+    tiles of columns with the same halo, in stripes of fewer rows; the integers are those of the whole."""
+    from pillow_jac import latent_coding
+    from pillow_jac.engine import get_engine
+
+    prior = get_engine().latents
+    z = torch.from_numpy(np.random.default_rng(3).integers(-6, 7, (prior.h_s.layers[0].weight.shape[0], 9, 41)))
+    y_shape = (4 * 9, 4 * 41)
+    monkeypatch.setattr(latent_coding, "_H_S_TILE_COLUMNS", 10**9)
+    whole = prior.hyper_features(z, y_shape)
+    monkeypatch.setattr(latent_coding, "_H_S_TILE_COLUMNS", 6)  # 7 tiles, the last one of 5 columns
+    monkeypatch.setattr(latent_coding, "_H_S_WIDE_STRIPE", 41 * 5)  # 5 rows a stripe: the wide images' rule
+    monkeypatch.setattr(latent_coding, "CHUNK_POSITIONS", 1)
+    stripes_seen = [(first, end) for first, end, _ in prior.hyper_stripes(z, y_shape)]
+    assert stripes_seen == [(0, 20), (20, 36)]
+    assert torch.equal(prior.hyper_features(z, y_shape), whole)
+    for short in ((0, 2), (1, 1)):  # a halo one column short on either side: the tiles are wrong
+        monkeypatch.setattr(prior, "h_s_halo", short)
+        assert not torch.equal(prior.hyper_features(z, y_shape), whole), short
+
+
 def test_the_halo_follows_the_layers_of_h_s() -> None:
     """A generation whose h_s has other layers gets the halo its layers need, not the shipped one's."""
     from types import SimpleNamespace
