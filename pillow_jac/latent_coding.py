@@ -471,7 +471,11 @@ class LatentCoder:
         positions_left = H * W
         # fixed-point y_hat, position-major, with a border of `reach` latents on top, left and right
         # (zeros), plus slack: a step may read a few rows past its last position, see _padded_rows
-        padded = torch.zeros((H + h + 4) * S * M, dtype=torch.float64, device=self.device)
+        size = (H + h + 4) * S * M
+        if self.device.type == "cpu":  # numpy's zeros come from calloc: pages are committed as the wavefront gets there
+            padded = torch.from_numpy(np.zeros(size, np.float64))
+        else:
+            padded = torch.zeros(size, dtype=torch.float64, device=self.device)
         first, rest = self.entropy_parameters.layers[0], self.entropy_parameters.layers[1:]
         # g_ep's first layer is linear in its inputs: the hyperprior half of its sum (and the bias)
         # is computed a stripe of rows at a time (large products) just before the wavefront needs
