@@ -69,7 +69,7 @@ _H_S_MIN_ROWS = 13
 _H_S_TILE_COLUMNS = 64
 #: z positions per h_s stripe of an image wider than 256 z columns (16,384 pixels), whose stripes have fewer rows
 #: than :data:`_H_S_MIN_ROWS` (at least 4): the first stripe, computed before the first symbol is decoded, stays a
-#: small share of the image (13 rows of a 65,535-pixel-wide image were 30% of a 2,730-pixel-high one)
+#: small share of the image (13 rows of a 65,535-pixel-wide image would be 30% of a 2,730-pixel-high one)
 _H_S_WIDE_STRIPE = 13 * 256
 
 
