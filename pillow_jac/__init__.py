@@ -22,6 +22,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+# the at-fork hooks, from the first import on (standard library only): a fork while another thread makes the
+# codec's first imports waits for them, and the standard modules torch's import would bring in are there
+# already when an exit handler decodes (pillow_jac/forksafe.py)
+from . import forksafe
+
 __version__ = "0.1.0"
 __all__ = ["__version__", "register", "encode", "decode", "encode_batch", "decode_batch", "save", "models"]
 
@@ -53,16 +58,21 @@ def models() -> list:
 
 
 def __getattr__(name: str) -> Any:
+    # imported under forksafe.setting_up(): numpy and the codec take 0.1-0.2 s to import, and a fork meanwhile
+    # would copy a module's import lock held for ever in the child
     if name in ("encode", "decode"):
-        from . import codec
+        with forksafe.setting_up():
+            from . import codec
 
         return getattr(codec, name)
     if name in ("encode_batch", "decode_batch"):
-        from . import codec_batch
+        with forksafe.setting_up():
+            from . import codec_batch
 
         return getattr(codec_batch, name)
     if name == "save":
-        from .files import save
+        with forksafe.setting_up():
+            from .files import save
 
         return save
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -21,6 +21,7 @@ import numpy as np
 from . import container, generations, interpreter_exit
 from .codec_inputs import check_model
 from .constants import ALPHA_LAYOUTS, GRAY_LAYOUTS
+from .forksafe import setting_up
 from .size_limit import check_declared_size
 
 
@@ -106,7 +107,7 @@ def guarded_engine(device, weights):
     Torch's first import here gets OpenMP's passive wait policy (:mod:`pillow_jac.openmp_wait`).
     A process whose import of torch was interrupted gets :class:`CodecError` (:func:`refuse_half_imported_torch`).
     """
-    from .forksafe import note_codec_thread, setting_up
+    from .forksafe import note_codec_thread
     from .openmp_wait import passive_unless_chosen
 
     refuse_half_imported_torch()
@@ -232,7 +233,8 @@ def checked_file(data, *, alpha: bool = True) -> tuple[container.JacFile, np.nda
     then a y stream of whole 32-bit words (CODING.md section 2.4: the z stream's length matters only to a
     model with a hyperprior, which reads it). A damaged file is so refused before torch and the weights load.
     """
-    from .entropy_coding import check_whole_words
+    with setting_up():  # a first import (constriction): a fork meanwhile waits (pillow_jac/forksafe.py)
+        from .entropy_coding import check_whole_words
 
     jac = parse_input(data)
     check_declared_size(jac.header.width, jac.header.height, error=CodecError)

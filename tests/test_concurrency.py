@@ -329,12 +329,14 @@ def test_threads_started_later_get_the_count_outside_the_blocks() -> None:
 
 @pytest.mark.slow
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="fork")
-@pytest.mark.parametrize("delay", [0.3])
-def test_fork_while_another_thread_imports_the_codec(tmp_path: Path, files: list[bytes], delay: float) -> None:
+@pytest.mark.parametrize(("delay", "how"), [(0.3, "plugin"), (0.15, "plugin"), (0.05, "plugin"), (0.0, "api")])
+def test_fork_while_another_thread_imports_the_codec(tmp_path: Path, files: list[bytes], delay: float, how) -> None:
     """A fresh process forks while another thread's first decode imports torch and the codec's modules.
 
     A fork waits for those imports (pillow_jac/forksafe.py): a child that copied the held import lock of
-    a half-imported module would wait for ever in its first decode."""
+    a half-imported module would wait for ever in its first decode. In the first 0.02-0.2 s the thread was
+    still importing numpy for the codec (``pillow_jac.decode``) or constriction (the plugin's first check)
+    outside that guard, and the child hung (a thread that decodes, then a fork pool: its workers hung)."""
     (tmp_path / "a.jac").write_bytes(files[0])
     script = textwrap.dedent(
         """
@@ -343,6 +345,9 @@ def test_fork_while_another_thread_imports_the_codec(tmp_path: Path, files: list
         import pillow_jac
 
         def first():
+            if sys.argv[3] == "api":
+                pillow_jac.decode(sys.argv[1])
+                return
             with Image.open(sys.argv[1]) as im:
                 im.load()
 
@@ -361,7 +366,7 @@ def test_fork_while_another_thread_imports_the_codec(tmp_path: Path, files: list
         """
     )
     result = subprocess.run(
-        [sys.executable, "-c", script, str(tmp_path / "a.jac"), str(delay)],
+        [sys.executable, "-c", script, str(tmp_path / "a.jac"), str(delay), how],
         capture_output=True,
         text=True,
         timeout=300,

@@ -170,6 +170,25 @@ def test_the_codec_runs_from_a_handler_that_interrupted_it_and_from_an_exit_hand
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "at exit (16, 16, 3)"
+    # through the public API and the plugin, with no codec module imported before exit: the standard modules
+    # torch's import needs came first at exit, when they can no longer register their exit handlers
+    result = _run(
+        """
+        import atexit, sys
+        import pillow_jac
+        from PIL import Image
+
+        def at_exit():
+            print("at exit", pillow_jac.decode(sys.argv[1]).shape, flush=True)
+            with Image.open(sys.argv[1]) as im:
+                print("at exit", im.load() is not None and im.size, flush=True)
+
+        atexit.register(at_exit)
+        """,
+        str(tmp_path / "a.jac"),
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split("\n")[:2] == ["at exit (16, 16, 3)", "at exit (16, 16)"], (result.stdout, result.stderr)
     result = _run(
         """
         import sys
