@@ -33,6 +33,7 @@ from . import container, interpreter_exit
 from .codec_inputs import as_array, color_planes, file_fields
 from .codec_steps import CodecError, ModelNotInstalledError
 from .constants import DEFAULT_EFFORT, DEFAULT_QUALITY, validate_effort
+from .forksafe import setting_up
 
 if TYPE_CHECKING:
     import numpy as np
@@ -101,7 +102,8 @@ def encode(
     if target_size is not None or target_psnr is not None:
         if quality is not None:
             raise ValueError("give quality or a target (target_size, target_psnr), not both")
-        from .targets import encode_to_target
+        with setting_up():  # a first import: a fork in another thread waits for it (pillow_jac/forksafe.py)
+            from .targets import encode_to_target
 
         with steps.allocation_errors_as_memory_errors(arr.shape[1], arr.shape[0]):
             return encode_to_target(

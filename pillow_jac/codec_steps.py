@@ -108,7 +108,9 @@ def guarded_engine(device, weights):
     A process whose import of torch was interrupted gets :class:`CodecError` (:func:`refuse_half_imported_torch`).
     """
     from .forksafe import note_codec_thread
-    from .openmp_wait import passive_unless_chosen
+
+    with setting_up():
+        from .openmp_wait import passive_unless_chosen
 
     refuse_half_imported_torch()
     note_codec_thread()  # a fork waits for this thread's native clean-up once it has ended
