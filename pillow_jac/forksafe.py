@@ -7,10 +7,11 @@ happen to ordinary users: a pool started while another thread builds the first e
 at the first encode or decode) would give a child whose first decode waits for ever.
 
 Every lock of the codec comes from :func:`fork_safe_lock`, and one at-fork hook, registered here, gives
-the child new unlocked ones and sets torch to one thread (its parallel ops would wait for the lost
-OpenMP workers; PyTorch's DataLoader does the same for its workers). Decoded pixels do not depend on
-the thread count (tests/test_concurrency.py). A child that raises torch's thread count again hangs
-in its first parallel op: use the ``spawn`` or ``forkserver`` start method then.
+the child new unlocked ones and, once the codec has run in the process, sets torch to one thread (its
+parallel ops would wait for the lost OpenMP workers; PyTorch's DataLoader does the same for its workers).
+Decoded latents do not depend on the thread count, nor pixels but for a rare one-level difference (SPEC.md
+section 1; tests/test_concurrency.py). A child that raises torch's thread count again hangs in its first
+parallel op: use the ``spawn`` or ``forkserver`` start method then.
 
 Other state is not renewed in a child either, and the codec's set-up is where another thread holds it:
 Python's per-module import lock while the codec imports its torch modules (most of the first second
@@ -71,6 +72,9 @@ _PRUNE_AT = 64
 _codec_threads: dict[int, tuple[str, int]] = {}
 #: per thread: whether :func:`note_codec_thread` recorded it
 _noted = threading.local()
+#: whether the codec has run in this process (or the process it was forked from): only then does a fork's child
+#: get torch on one thread, so that ``import pillow_jac`` alone leaves a program's forks as they were
+_codec_ran = False
 #: held while the codec imports its torch modules or builds an engine (reentrant: these nest)
 _setting_up = threading.RLock()
 #: per thread: whether this thread's fork holds ``_setting_up`` (taken before the fork, given back after)
@@ -134,6 +138,8 @@ def note_codec_thread() -> None:
         >>> threading.get_native_id() in _codec_threads or not os.path.isdir(_TASKS)
         True
     """
+    global _codec_ran
+    _codec_ran = True
     if getattr(_noted, "done", False):
         return
     _noted.done = True
@@ -239,7 +245,7 @@ def _after_fork_in_child() -> None:
     _forking.held = False
     for lock in _LOCKS:
         lock._at_fork_reinit()
-    torch = sys.modules.get("torch")
+    torch = sys.modules.get("torch") if _codec_ran else None
     set_num_threads = getattr(torch, "set_num_threads", None)  # None while torch is still being imported
     if set_num_threads is not None:
         try:

@@ -748,3 +748,39 @@ def test_the_set_up_lock_is_taken_in_c_so_a_ctrl_c_cannot_leave_it_held() -> Non
     with lock:
         assert lock._is_owned()
     assert not lock._is_owned()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork")
+def test_importing_the_package_leaves_a_programs_forks_alone(tmp_path: Path, files: list[bytes]) -> None:
+    """``import pillow_jac`` registers the at-fork hooks (so that a fork during a first decode waits for it), but a
+    fork's child gets torch on one thread only once the codec has run: a program that imported the package and
+    forked had its children's thread count changed by a codec it never used."""
+    (tmp_path / "a.jac").write_bytes(files[0])
+    script = textwrap.dedent(
+        """
+        import os, sys
+        import torch
+        import pillow_jac
+
+        def child_threads():
+            read, write = os.pipe()
+            if os.fork() == 0:
+                os.write(write, str(torch.get_num_threads()).encode())
+                os._exit(0)
+            os.close(write)
+            value = os.read(read, 16).decode()
+            os.wait()
+            return value
+
+        torch.set_num_threads(2)
+        print(child_threads(), end=" ")
+        pillow_jac.decode(sys.argv[1])
+        torch.set_num_threads(2)
+        print(child_threads())
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path / "a.jac")], capture_output=True, text=True, timeout=300, cwd=ROOT
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.split() == ["2", "1"]
