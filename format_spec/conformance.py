@@ -62,11 +62,10 @@ def _metadata_differs(data: bytes, recorded: dict | None) -> str:
     if not recorded:
         return ""
     from pillow_jac import container
+    from pillow_jac.constants import METADATA_FIELDS
 
-    jac = container.parse(data)
-    fields = ("icc_profile", "exif", "xmp")
-    read = {f: hashlib.sha256(getattr(jac, f)).hexdigest() for f in fields if getattr(jac, f) is not None}
-    return ", ".join(f for f in fields if read.get(f) != recorded.get(f))
+    read = container.parse(data).metadata_digests()
+    return ", ".join(f for f in METADATA_FIELDS if read.get(f) != recorded.get(f))
 
 
 def generations() -> list[str]:

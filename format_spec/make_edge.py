@@ -16,9 +16,10 @@ release-6 vector, and a decoder MUST decode it:
   than the exhausted test rejects it.
 * ``metadata-empty-and-unprefixed``: an empty ``iccp`` and ``xmp `` chunk and an ``exif`` chunk without the
   6-byte ``Exif`` prefix (SPEC.md 5.2: allowed, carried as they are); the pixels of the vector it comes from.
-* ``previews-ignored``: three ``prvw`` chunks a reader MUST ignore (3 bytes; format 7; a PNG labelled JPEG,
-  SPEC.md 5.4) and an unknown ancillary chunk whose type holds a space (``ab c``, SPEC.md 3.1); the pixels
-  of the vector it comes from.
+* ``preview-short-and-spaced-type``, ``preview-unknown-format``, ``preview-png-as-jpeg``: each with one ``prvw``
+  chunk a reader MUST ignore (SPEC.md 5.4: 3 bytes; format 7; a PNG labelled JPEG), the first also with an
+  unknown ancillary chunk whose type holds a space (``ab c``, SPEC.md 3.1); the pixels of the vector they come
+  from. One bad preview a file: a reader uses the first ``prvw`` and ignores later ones.
 
 An ``edge.json`` entry names the vector's ``file`` and ``decoded`` pixels, where it comes ``from`` and
 ``what`` it exercises, and records its ``mode``, ``size``, ``model_id``, ``weights_hash``, ``file_sha256``,
@@ -45,8 +46,6 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parent / "vectors"
 OUT = ROOT / "edge"
 BASE = "mbt-128-192-r006"
-#: the metadata fields of a ``JacFile`` whose digests an entry records (SPEC.md 5.2)
-METADATA = ("icc_profile", "exif", "xmp")
 
 
 def _chunk(ctype: bytes, data: bytes) -> bytes:
@@ -133,20 +132,23 @@ def _metadata_empty_and_unprefixed(data: bytes) -> bytes:
     return data[:8] + b"".join(_chunk(t, changed[t](d) if t in changed else d) for t, d in chunks)
 
 
-def _previews_ignored(data: bytes) -> bytes:
-    """Three ``prvw`` chunks a reader ignores and an unknown ancillary type with a space, after JHDR."""
+def _png_35x65() -> bytes:
+    """A 35x65 PNG: the size of a preview of the 70x130 source, in a format a ``prvw`` cannot hold."""
     import io
 
     png = io.BytesIO()
     Image.new("RGB", (35, 65), (200, 100, 50)).save(png, "PNG")
-    extra = [
-        (b"prvw", b"\x00\x00\x23"),  # shorter than 6 bytes
-        (b"prvw", b"\x07\x00\x23\x00\x41" + png.getvalue()),  # format 7: unknown
-        (b"prvw", b"\x00\x00\x23\x00\x41" + png.getvalue()),  # labelled JPEG, holds a PNG
-        (b"ab c", b"a type with a space"),
-    ]
-    chunks = _chunks(data)
-    return data[:8] + b"".join(_chunk(t, d) for t, d in [chunks[0], *extra, *chunks[1:]])
+    return png.getvalue()
+
+
+def _with_after_jhdr(*extra: tuple[bytes, bytes]) -> Callable[[bytes], bytes]:
+    """A builder that puts the chunks ``extra`` right after JHDR."""
+
+    def build(data: bytes) -> bytes:
+        chunks = _chunks(data)
+        return data[:8] + b"".join(_chunk(t, d) for t, d in [chunks[0], *extra, *chunks[1:]])
+
+    return build
 
 
 #: name -> (source vector, what it exercises, how the file is made from the source's bytes)
@@ -166,9 +168,17 @@ CASES: dict[str, tuple[str, str, Callable[[bytes], bytes]]] = {
         "rgb-32x32-q4-meta.jac", "SPEC 5.2: empty iccp and xmp chunks, EXIF without its Exif\\0\\0 prefix",
         _metadata_empty_and_unprefixed,
     ),
-    "previews-ignored": (
-        "rgb-130x70-q7.jac", "SPEC 5.4, 3.1: three prvw chunks a reader ignores, an ancillary type with a space",
-        _previews_ignored,
+    "preview-short-and-spaced-type": (
+        "rgb-130x70-q7.jac", "SPEC 5.4, 3.1: a prvw of 3 bytes, ignored; an ancillary type with a space",
+        _with_after_jhdr((b"prvw", b"\x00\x00\x23"), (b"ab c", b"a type with a space")),
+    ),
+    "preview-unknown-format": (
+        "rgb-130x70-q7.jac", "SPEC 5.4: a prvw of format 7, ignored",
+        lambda data: _with_after_jhdr((b"prvw", b"\x07\x00\x23\x00\x41" + _png_35x65()))(data),
+    ),
+    "preview-png-as-jpeg": (
+        "rgb-130x70-q7.jac", "SPEC 5.4: a prvw labelled JPEG that holds a PNG, ignored",
+        lambda data: _with_after_jhdr((b"prvw", b"\x00\x00\x23\x00\x41" + _png_35x65()))(data),
     ),
 }  # fmt: skip
 
@@ -184,7 +194,7 @@ def _entry(name: str, source: str, what: str, data: bytes, out: Path) -> dict:
     Image.fromarray(pixels).save(out / f"{name}.decoded.png")
     jac = container.parse(data)
     header = jac.header
-    metadata = {f: hashlib.sha256(getattr(jac, f)).hexdigest() for f in METADATA if getattr(jac, f) is not None}
+    metadata = jac.metadata_digests()
     return {
         "file": f"{name}.jac",
         "from": f"{BASE}/{source}",

@@ -198,7 +198,7 @@ LAYOUT_BY_CHANNELS = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}
 #: ALPH method byte 0: zlib stream (RFC 1950) of the raw row-major H*W uint8 alpha plane.
 ALPHA_METHOD_ZLIB = 0
 
-#: the share of a test vector's samples (at least two) that the reference decoder may give one level off the
-#: vector's pixels on another machine (g_s is float32, whose summation order differs); a changed rounding rule
-#: moves a fifth to a half of them
+#: the share of a test vector's colour or grey samples (at least two) that the reference decoder may give one
+#: level off the vector's pixels on another machine (g_s is float32, whose summation order differs; alpha is
+#: exact); a changed rounding rule moves a fifth to a half of them
 VECTOR_OFF_BY_ONE_SHARE = 0.01

@@ -280,12 +280,14 @@ def test_an_invalid_vector_whose_generation_is_missing_is_not_counted_as_rejecte
 def test_edge_vectors_decode_and_the_container_cases_as_the_file_they_come_from(tmp_path):
     """Escapes in both streams, a preview with unknown chunks, another chunk order, a later minor version, one
     word appended to a stream, empty and unprefixed metadata, previews to ignore: each decodes with exact
-    latents, the others to the pixels (and, but for the metadata vector, the metadata) of their source."""
+    latents, the others to the pixels (and, but for the metadata vector, the metadata) of their source; a preview
+    a reader must ignore is not served."""
     conformance = _load_format_script("conformance")
     results = conformance.check_edge()
-    assert len(results) == 7 and all(passed for _, _, passed in results), results
+    assert len(results) == 9 and all(passed for _, _, passed in results), results
     table = json.loads((VECTORS / "edge" / "edge.json").read_text())
-    same = ("preview-and-unknown", "chunks-reordered", "minor-version", "ystr-one-extra-word", "previews-ignored")
+    bad_previews = ("preview-short-and-spaced-type", "preview-unknown-format", "preview-png-as-jpeg")
+    same = ("preview-and-unknown", "chunks-reordered", "minor-version", "ystr-one-extra-word", *bad_previews)
     for name in (*same, "metadata-empty-and-unprefixed"):
         edge = VECTORS / "edge" / table[name]["file"]
         source = VECTORS / table[name]["from"]
@@ -296,8 +298,9 @@ def test_edge_vectors_decode_and_the_container_cases_as_the_file_they_come_from(
             else:  # empty metadata is no metadata to Pillow; the EXIF is carried as stored, without its prefix
                 assert "icc_profile" not in a.info and "xmp" not in a.info
                 assert b"Exif\0\0" + a.info["exif"] == b.info["exif"]
-    with Image.open(VECTORS / "edge" / table["previews-ignored"]["file"]) as im:
-        assert im.draft("RGB", (20, 20)) is None  # no preview to serve: the image is decoded
+    for name in ("preview-and-unknown", *bad_previews):  # a sound preview serves draft(); each bad one does not
+        with Image.open(VECTORS / "edge" / table[name]["file"]) as im:
+            assert (im.draft("RGB", (20, 20)) is None) == (name in bad_previews), name
     z_hat, y_hat = codec.decode_symbols(VECTORS / "edge" / table["escapes"]["file"])
     assert np.abs(z_hat).max() == 4095 and np.abs(y_hat).max() == 4095
     again = _load_format_script("make_edge").make(tmp_path)  # the preview's WebP bytes depend on libwebp

@@ -6,6 +6,7 @@ the quality conversions.
 
 from __future__ import annotations
 
+import hashlib
 import re
 import struct
 import zlib
@@ -312,6 +313,15 @@ class JacFile:
     def size(self) -> tuple[int, int]:
         """``(width, height)`` as in Pillow."""
         return self.header.width, self.header.height
+
+    def metadata_digests(self) -> dict[str, str]:
+        """The SHA-256 (hex) of each metadata chunk's data the file holds, empty ones too, by field name.
+
+        What a test vector records as ``metadata_sha256`` (SPEC.md 9.4), to hold a reader to "carried unchanged".
+        """
+        return {
+            f: hashlib.sha256(getattr(self, f)).hexdigest() for f in C.METADATA_FIELDS if getattr(self, f) is not None
+        }
 
     @classmethod
     def create(
