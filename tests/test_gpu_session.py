@@ -206,6 +206,17 @@ def test_sigterm_ends_the_call_after_its_step_and_gives_the_handlers_back(image_
     )
 
 
+def test_weights_not_finite_at_a_signal_are_reported_and_not_kept(image_folder, tmp_path, monkeypatch):
+    """A signal, then weights that are not finite: the report said "signal", as if the checkpoint had been saved."""
+    signal_in_the_second_step(monkeypatch, gpu_session, signal.SIGTERM)
+    monkeypatch.setattr(gpu_session.Session, "finite", lambda self: self.step < 2)
+    out, pieces = tmp_path / "run", tmp_path / "pieces"
+    report = session(image_folder, out, "--pieces", str(pieces), "--steps", "10", "--save-every", "1e-9")
+    assert (report["stop"], report["step_end"], report["pieces_step"]) == ("nonfinite", 2, 1)
+    assert torch.load(out / gpu_session.CHECKPOINT, weights_only=False)["step"] == 1
+    assert not list(pieces.glob("*.new"))
+
+
 @pytest.mark.parametrize("log_every", ["1", "5"])  # found at a log line, or by the check before a save
 def test_a_loss_that_is_not_finite_keeps_the_last_finite_weights(image_folder, tmp_path, monkeypatch, log_every):
     calls = []

@@ -421,15 +421,19 @@ class Session:
         return pieces
 
     def write_report(self, pieces: list[str]) -> dict:
-        """The report and the log, into ``--out`` and ``--pieces``."""
+        """The report and the log, into ``--out`` and ``--pieces``, each written whole or not at all.
+
+        Renamed into place: a reply that collects ``--pieces`` while this runs (after a kill at the device's
+        time limit) gets the last report or this one, never a cut one.
+        """
         args = self.args
         args.pieces.mkdir(parents=True, exist_ok=True)  # a stop before the first publish has not made it
-        (args.pieces / LOG).write_bytes((args.out / LOG).read_bytes())
+        _replace_with(args.pieces / LOG, (args.out / LOG).read_bytes())
         self.loop_end = self.loop_end if self.stop else time.monotonic()
         report = self.report(pieces)
-        text = text_of(report)
-        (args.out / REPORT).write_text(text + "\n")
-        (args.pieces / REPORT).write_text(text + "\n")
+        text = (text_of(report) + "\n").encode()
+        _replace_with(args.out / REPORT, text)
+        _replace_with(args.pieces / REPORT, text)
         return report
 
     def finish(self) -> dict:
@@ -448,6 +452,8 @@ class Session:
             if self.finite():
                 self.save()
                 pieces = self.published()
+            else:  # reported as such: neither checkpoint nor pieces of these weights
+                self.stop = "nonfinite"
         else:
             pieces = None if self.stop == "nonfinite" else self.keep()
         if pieces is None:
@@ -518,6 +524,13 @@ class Session:
             "last": {k: v if math.isfinite(v) else None for k, v in self.last.items()},
             "pieces": pieces,
         }
+
+
+def _replace_with(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file beside it, renamed into place."""
+    tmp = path.with_name(path.name + ".new")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
 
 
 def text_of(report: dict) -> str:
