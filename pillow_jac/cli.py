@@ -163,7 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
             metavar="N",
             help=f"Pillow's decompression-bomb limit (PIL.Image.MAX_IMAGE_PIXELS, default {Image.MAX_IMAGE_PIXELS}): "
             "an image above N pixels is warned about and one above twice N refused, read or written; 0 or none: "
-            "no limit (for a trusted large image, such as a panorama)",
+            "no limit (for a trusted large image, such as a panorama; it also lifts the cap on what standard "
+            "input may hold, 16 bytes a pixel of the limit)",
         )
 
     def add_quality(p: argparse.ArgumentParser) -> None:

@@ -305,6 +305,8 @@ def convert(
         force: with ``to="png"``, also replace images that no decode wrote (by default they are kept and the
             file fails: they may be the originals the ``.jac`` files were made from).
 
+    The workers take this process's ``PIL.Image.MAX_IMAGE_PIXELS`` (``jac batch --ray --max-image-pixels``).
+
     Returns:
         The :class:`Report`; failed files are in :attr:`Report.failed` and do not raise.
 
