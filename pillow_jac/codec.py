@@ -95,7 +95,9 @@ def encode(
         TypeError: ``image`` is not an array or PIL image; ``icc_profile``, ``exif``, ``xmp`` or ``model`` of
             another type than above.
         ValueError: a bad argument (an array of another dtype or shape among them); ``quality`` together with a
-            target, or both targets; a target that even quality 1 (size) or 8 (PSNR) cannot meet.
+            target, or both targets; a target that even quality 1 (size) or 8 (PSNR) cannot meet; an image of
+            more than twice ``PIL.Image.MAX_IMAGE_PIXELS`` pixels, whose file the decoders would refuse (raise
+            the limit to encode it).
     """
     arr, layout = as_array(image)
     effort = DEFAULT_EFFORT if effort is None else effort
@@ -185,6 +187,8 @@ def decode(data, *, device=None, weights=None) -> np.ndarray:
         ValueError: the file is malformed (:class:`~pillow_jac.container.JacFormatError`), was made
             with other weights (:class:`CodecError`), is larger than twice ``PIL.Image.MAX_IMAGE_PIXELS``
             (:class:`CodecError`) or its streams are corrupt.
+        OSError: a path that cannot be read (:class:`FileNotFoundError`, :class:`IsADirectoryError`...).
+        TypeError: ``data`` of another type (a file object: read it, or give its path).
         MemoryError: decoding the image's size needs more memory than there is.
     """
     jac, alpha = steps.checked_file(data)

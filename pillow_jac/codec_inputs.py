@@ -15,6 +15,7 @@ import numpy as np
 from . import container
 from .constants import ALPHA_LAYOUTS, GRAY_LAYOUTS, LAYOUT_BY_CHANNELS, LAYOUTS, UnsupportedModeError
 from .preview import asked as asked_preview
+from .size_limit import check_declared_size
 
 __all__ = [
     "as_array",
@@ -55,7 +56,10 @@ def as_array(image) -> tuple[np.ndarray, str]:
     if arr.ndim == 2:
         arr = arr[:, :, None]
     if arr.ndim != 3 or arr.shape[2] not in LAYOUT_BY_CHANNELS:
-        raise ValueError(f"expected an (H, W) or (H, W, 1-4) array, got shape {arr.shape}")
+        hint = ""
+        if arr.ndim == 3 and arr.shape[0] in LAYOUT_BY_CHANNELS:  # torch's and many tools' layout
+            hint = ": channels first? give pixels.transpose(1, 2, 0)"
+        raise ValueError(f"expected an (H, W) or (H, W, 1-4) array, got shape {arr.shape}{hint}")
     if arr.shape[0] < 1 or arr.shape[1] < 1:
         raise ValueError("the image is empty")
     return arr, LAYOUT_BY_CHANNELS[arr.shape[2]]
@@ -111,6 +115,10 @@ def file_fields(arr: np.ndarray, layout: str, *, icc_profile, exif, xmp, model, 
     height, width = arr.shape[:2]
     if max(height, width) > container.C.MAX_DIMENSION:
         raise ValueError(f"images are limited to {container.C.MAX_DIMENSION} pixels per side")
+    # a file that decoders here would refuse (PIL.Image.MAX_IMAGE_PIXELS) is refused before the networks run
+    check_declared_size(
+        width, height, error=ValueError, why="decoders would refuse the file; raise the limit to encode it"
+    )
     preview_chunk = None
     if asked_preview(preview):  # making it costs milliseconds
         from .preview import make_preview

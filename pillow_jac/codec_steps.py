@@ -223,7 +223,14 @@ def parse_input(data) -> container.JacFile:
             return container.read_file(f)
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise TypeError(f"expected .jac bytes, a path or a parsed JacFile, got {type(data).__name__}")
-    return container.parse(bytes(data))
+    data = bytes(data)
+    try:
+        return container.parse(data)
+    except container.NotJacFileError as exc:
+        if isinstance(exc.args[0], str) and len(data) < 4096 and b"\0" not in data:  # a path given as bytes?
+            raise container.NotJacFileError(f"{exc.args[0]}: bytes are the file's data; a path as bytes? give "
+                                            "os.fsdecode(path)") from None  # fmt: skip
+        raise
 
 
 def checked_file(data, *, alpha: bool = True) -> tuple[container.JacFile, np.ndarray | None]:

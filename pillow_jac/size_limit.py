@@ -20,12 +20,18 @@ from PIL import Image
 
 
 def check_declared_size(
-    width: int, height: int, *, error: type[Exception] = Image.DecompressionBombError, warn: bool = False
+    width: int,
+    height: int,
+    *,
+    error: type[Exception] = Image.DecompressionBombError,
+    warn: bool = False,
+    why: str = "refusing a possible decompression bomb",
 ) -> None:
     """Raise ``error`` if ``width x height`` exceeds twice Pillow's pixel limit; with ``warn``, warn above it.
 
     The codec raises its ``CodecError`` and leaves the warning to ``Image.open`` (which gives it once
     for the plugin's files); ``jac decode``, which does not go through ``Image.open``, warns itself.
+    ``why`` ends the error's message.
     """
     limit = Image.MAX_IMAGE_PIXELS
     if limit is None:
@@ -34,7 +40,7 @@ def check_declared_size(
     if pixels > 2 * limit:
         raise error(
             f"image size {width}x{height} ({pixels} pixels) exceeds the limit of {2 * limit} pixels "
-            "(twice PIL.Image.MAX_IMAGE_PIXELS): refusing a possible decompression bomb"
+            f"(twice PIL.Image.MAX_IMAGE_PIXELS): {why}"
         )
     if warn and pixels > limit:
         warnings.warn(

@@ -385,3 +385,26 @@ def test_a_weights_path_that_is_not_a_regular_file_is_refused(tmp_path):
     except subprocess.TimeoutExpired:
         pytest.fail("the encode blocked on the FIFO")
     assert done.stdout.strip() == f"weights file {fifo} is not a regular file", done.stderr
+
+
+def test_what_users_pass_by_mistake_is_refused_with_a_hint(tmp_path, monkeypatch) -> None:
+    """Channels first, a path as bytes and a file opened as text gave errors that did not say what to do (a
+    UnicodeDecodeError for a text-mode file); an image that decoders here would refuse (twice Pillow's pixel limit)
+    was encoded for minutes before the file was refused at its decode."""
+    from PIL import Image
+
+    from pillow_jac import container
+
+    with pytest.raises(ValueError, match=r"channels first\? give pixels.transpose\(1, 2, 0\)"):
+        codec.encode(np.zeros((3, 24, 40), np.uint8), 2)
+    path = tmp_path / "a.jac"
+    path.write_bytes(codec.encode(np.zeros((16, 16, 3), np.uint8), 2))
+    with pytest.raises(container.NotJacFileError, match=r"a path as bytes\? give os.fsdecode"):
+        codec.decode(bytes(path))
+    for encoding in ("utf-8", "latin-1"):
+        with open(path, encoding=encoding) as f, pytest.raises(TypeError, match="open it in binary mode"):
+            container.read(f)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
+    with pytest.raises(ValueError, match="decoders would refuse the file; raise the limit to encode it"):
+        codec.encode(np.zeros((16, 16, 3), np.uint8), 2)
+    assert codec.encode(np.zeros((8, 8, 3), np.uint8), 2)  # 64 pixels: within twice the limit

@@ -91,15 +91,15 @@ def test_h_s_in_column_tiles_is_exact(monkeypatch) -> None:
     from pillow_jac.engine import get_engine
 
     prior = get_engine().latents
-    z = torch.from_numpy(np.random.default_rng(3).integers(-6, 7, (prior.h_s.layers[0].weight.shape[0], 9, 41)))
-    y_shape = (4 * 9, 4 * 41)
+    z = torch.from_numpy(np.random.default_rng(3).integers(-6, 7, (prior.h_s.layers[0].weight.shape[0], 6, 20)))
+    y_shape = (4 * 6, 4 * 20)
     monkeypatch.setattr(latent_coding, "_H_S_TILE_COLUMNS", 10**9)
     whole = prior.hyper_features(z, y_shape)
-    monkeypatch.setattr(latent_coding, "_H_S_TILE_COLUMNS", 6)  # 7 tiles, the last one of 5 columns
-    monkeypatch.setattr(latent_coding, "_H_S_WIDE_STRIPE", 41 * 5)  # 5 rows a stripe: the wide images' rule
+    monkeypatch.setattr(latent_coding, "_H_S_TILE_COLUMNS", 6)  # 4 tiles, the last one of 2 columns
+    monkeypatch.setattr(latent_coding, "_H_S_WIDE_STRIPE", 20 * 4)  # 4 rows a stripe: the wide images' rule
     monkeypatch.setattr(latent_coding, "CHUNK_POSITIONS", 1)
     stripes_seen = [(first, end) for first, end, _ in prior.hyper_stripes(z, y_shape)]
-    assert stripes_seen == [(0, 20), (20, 36)]
+    assert stripes_seen == [(0, 16), (16, 24)]
     assert torch.equal(prior.hyper_features(z, y_shape), whole)
     for short in ((0, 2), (1, 1)):  # a halo one column short on either side: the tiles are wrong
         monkeypatch.setattr(prior, "h_s_halo", short)

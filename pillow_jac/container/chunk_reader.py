@@ -32,6 +32,8 @@ class _Reader:
     """Exact, bounded reads from a binary file object, with the bytes left known when it can seek."""
 
     def __init__(self, fp: BinaryIO, know_size: bool) -> None:
+        if isinstance(fp, io.TextIOBase):  # its reads would decode the bytes as text, and fail on them
+            raise TypeError("a .jac file is read as bytes: open it in binary mode ('rb')")
         self.fp = fp
         self.remaining: int | None = self._remaining() if know_size else None
 

@@ -97,6 +97,8 @@ def _read_magic(r: _Reader) -> None:
         piece = r.fp.read(len(C.MAGIC) - len(magic))
         if not piece:
             break
+        if not isinstance(piece, (bytes, bytearray)):  # a text stream that is no io.TextIOBase
+            raise TypeError(f"a .jac file is read as bytes: open it in binary mode ('rb'), got {type(piece).__name__}")
         magic += piece
     if magic != C.MAGIC:  # also when the file is shorter than the signature
         raise NotJacFileError("not a JAC file (bad signature)")
