@@ -228,7 +228,9 @@ def decode_batch(files, *, device=None, weights=None, batch_size: int = 8) -> li
         TypeError: ``files`` is one file rather than a list, or an item is none of the above.
         OSError, ValueError: as :func:`decode` raises them (a damaged file is both). Every file is read, checked
             and given its decoder first, in order, then decoded; nothing is returned when one fails, and the
-            exception's ``batch_index`` (and, on Python 3.11 and later, its note) names the file.
+            exception's ``batch_index`` (and, on Python 3.11 and later, its note) names the file. A stream that
+            does not decode is found when its group is decoded, after the groups before it: the latents are
+            not all decoded first, since a batch of many large files would hold them all at once.
     """
     files = _items(files, "files", (bytes, bytearray, memoryview, str, os.PathLike, container.JacFile))
     batch_size = _check_batch_size(batch_size)
