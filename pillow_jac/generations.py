@@ -307,11 +307,19 @@ def _candidates() -> list[Path]:
     if env:
         paths.append(Path(env))
     for folder in filter(None, os.environ.get("JAC_MODELS", "").split(os.pathsep)):
-        paths.extend(sorted(Path(folder).glob("*.safetensors")))
+        paths.extend(_weights_files(Path(folder)))
     own = package_weights_dir()
     paths.append(own / DEFAULT_WEIGHTS_NAME)
-    paths.extend(sorted((own / KEPT_DIR).glob("*.safetensors")))
+    paths.extend(_weights_files(own / KEPT_DIR))
     return paths
+
+
+def _weights_files(folder: Path) -> list[Path]:
+    """The ``*.safetensors`` files of ``folder``, sorted, but for hidden ones.
+
+    A release's staged files, whose names start with a dot, are not generations until renamed into place.
+    """
+    return sorted(p for p in folder.glob("*.safetensors") if not p.name.startswith("."))
 
 
 def models_path_problems() -> list[str]:

@@ -641,3 +641,15 @@ def test_the_shipped_and_variant_weights_pass_the_value_checks(tiny_generation):
     files += sorted((VECTORS / "variants").glob("*/weights.safetensors"))
     for path in files:
         assert engine.get_engine("cpu", path).latents is not None, path
+
+
+def test_a_hidden_weights_file_is_not_a_generation(tiny_generation: Path, tmp_path: Path, monkeypatch) -> None:
+    """A release stages its new file under a hidden name beside the others, then renames it; killed between, it left
+    the staged file, which every listing took for a generation (the newest, so the default encoder)."""
+    import shutil
+
+    shutil.copyfile(tiny_generation / "tiny.safetensors", tmp_path / ".mbt-8-12-r007.x5k_e35e.safetensors")
+    monkeypatch.setenv("JAC_MODELS", str(tmp_path))
+    assert [g.model_id for g in generations.installed()] == [SHIPPED_ID]
+    shutil.copyfile(tiny_generation / "tiny.safetensors", tmp_path / "tiny.safetensors")
+    assert sorted(g.model_id for g in generations.installed()) == sorted([SHIPPED_ID, "mbt-8-12-r007"])
