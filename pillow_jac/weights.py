@@ -169,11 +169,18 @@ def save_float_state(path: str | Path, state: dict[str, torch.Tensor], config: A
 def load_weights(
     path: str | Path, device: str = "cpu", prefix: str = ""
 ) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Every tensor whose name starts with ``prefix`` (prefix removed), and the metadata."""
+    """Every tensor whose name starts with ``prefix`` (prefix removed), and the metadata.
+
+    The tensors are copies, not views of the file mapped into memory: a file rewritten in place (``cp`` over
+    it) after its hash was checked would otherwise change the weights already loaded.
+    """
     try:
         with safe_open(str(path), framework="pt", device=device) as f:
             metadata = dict(f.metadata() or {})
-            tensors = strip_prefix({k: f.get_tensor(k) for k in f.keys() if k.startswith(prefix)}, prefix)
+            tensors = {k: f.get_tensor(k) for k in f.keys() if k.startswith(prefix)}
+            if torch.device(device).type == "cpu":
+                tensors = {k: t.clone() for k, t in tensors.items()}
+            tensors = strip_prefix(tensors, prefix)
     except FileNotFoundError:
         raise
     except Exception as exc:  # safetensors raises its own error types for malformed files

@@ -313,3 +313,22 @@ def test_float_parameters_beside_an_integer_network_are_refused(weights_copy: Pa
     path = _resealed(tensors, metadata, weights_copy.with_name("doubled.safetensors"))
     with pytest.raises(WeightsError, match=r"doubled.safetensors cannot be used.*h_s: float parameters beside"):
         engine.get_engine(weights=path)
+
+
+def test_loaded_weights_are_not_views_of_the_file(tmp_path: Path) -> None:
+    """The tensors were views of the file mapped into memory: a file rewritten in place after its hash was checked
+    (as ``cp`` over it does) changed the weights already loaded, which had passed no check."""
+    from pillow_jac import generations
+
+    from .helpers import safetensors_header
+
+    path = tmp_path / "w.safetensors"
+    shutil.copyfile(generations.package_weights_dir() / generations.DEFAULT_WEIGHTS_NAME, path)
+    tensors, _ = weights.load_weights(path)
+    name = "float.g_s.0.weight"
+    before = tensors[name].clone()
+    start, header = safetensors_header(path)
+    with open(path, "r+b") as f:  # the same inode, rewritten in place
+        f.seek(start + header[name]["data_offsets"][0])
+        f.write(bytes(64))
+    assert torch.equal(tensors[name], before)
