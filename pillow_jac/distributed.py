@@ -197,10 +197,11 @@ class Worker:
             import torch
 
         torch.set_num_threads(max(1, threads))
+        Image.MAX_IMAGE_PIXELS = None  # the warm-up's 64x64 image, whatever the batch's limit
         data = codec.encode(np.zeros((64, 64, 3), np.uint8), device=device)  # loads the newest generation
         if to == "png":
             codec.decode(data, device=device)
-        Image.MAX_IMAGE_PIXELS = pixel_limit  # after the warm-up, which a tiny limit would refuse
+        Image.MAX_IMAGE_PIXELS = pixel_limit
         self._info = {
             "node": socket.gethostname(),
             "pid": os.getpid(),
