@@ -86,6 +86,8 @@ _MAX_HEADER = 1 << 20
 
 #: JAC_WEIGHTS values already warned about as decoder-only files
 _WARNED_DECODER_ONLY: set[str] = set()
+#: default encoders already warned about as generations this package did not release
+_WARNED_UNRELEASED: set[str] = set()
 
 
 class ModelNotInstalledError(LookupError):
@@ -420,7 +422,16 @@ def encoder(model_id: str | None = None) -> Generation:
                     stacklevel=2,
                 )
         if gens:
-            return max(gens, key=lambda g: -1 if g.release is None else g.release)
+            chosen = max(gens, key=lambda g: -1 if g.release is None else g.release)
+            if chosen.model_id not in released() and str(chosen.path) not in _WARNED_UNRELEASED:
+                _WARNED_UNRELEASED.add(str(chosen.path))  # once per file and process, not once per image
+                warnings.warn(
+                    f"encoding for {chosen.model_id!r} ({chosen.path}), the newest generation installed but not "
+                    "one this package released: its files decode only where that weights file is installed "
+                    "(model=, jac encode --model or JAC_WEIGHTS chooses another)",
+                    stacklevel=2,
+                )
+            return chosen
         where = package_weights_dir() / DEFAULT_WEIGHTS_NAME
         raise ModelNotInstalledError(f"no weights file that can encode was found (looked at {where})")
     for gen in gens:

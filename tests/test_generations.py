@@ -118,6 +118,7 @@ def test_the_z_density_is_in_the_encoder_hash_not_the_decoders() -> None:
 # -- a second generation -------------------------------------------------------------------------
 
 
+@pytest.mark.filterwarnings("ignore:encoding for .* not one this package released")  # r007 is a test's
 def test_a_new_generation_leaves_old_files_decodable(tiny_generation: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     old = codec.encode(natural_image(24, 40), 3)
     old_pixels = codec.decode(old)
@@ -445,6 +446,7 @@ def test_a_damaged_copy_gives_way_to_a_good_one(tiny_generation: Path, tmp_path:
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # said once in a process, not once per file
         codec.decode(data)
+    with pytest.warns(UserWarning, match="not one this package released"):  # r007 here is a test's, unreleased
         assert codec.encode(image, 3) == data  # the newest generation encodes from its good copy too
     monkeypatch.setenv("JAC_MODELS", str(bad.parent))
     monkeypatch.setattr(codec_steps, "_DAMAGED", set())
@@ -452,6 +454,7 @@ def test_a_damaged_copy_gives_way_to_a_good_one(tiny_generation: Path, tmp_path:
         codec.decode(data)  # no good copy: the damaged one's error
 
 
+@pytest.mark.filterwarnings("ignore:encoding for .* not one this package released")  # r007 is a test's
 def test_a_copy_replaced_by_another_generation_after_the_listing_never_decodes(
     tiny_generation: Path, tmp_path: Path, monkeypatch
 ) -> None:
@@ -653,3 +656,20 @@ def test_a_hidden_weights_file_is_not_a_generation(tiny_generation: Path, tmp_pa
     assert [g.model_id for g in generations.installed()] == [SHIPPED_ID]
     shutil.copyfile(tiny_generation / "tiny.safetensors", tmp_path / "tiny.safetensors")
     assert sorted(g.model_id for g in generations.installed()) == sorted([SHIPPED_ID, "mbt-8-12-r007"])
+
+
+def test_an_unreleased_newest_generation_encodes_with_a_warning(tiny_generation: Path, monkeypatch) -> None:
+    """A full weights file of a higher release in JAC_MODELS became the default encoder without a word: its files
+    decode only where that file is installed. It still encodes (a developer's candidate), once warned a process."""
+    monkeypatch.setenv("JAC_MODELS", str(tiny_generation))
+    monkeypatch.setattr(generations, "_WARNED_UNRELEASED", set())
+    with pytest.warns(UserWarning, match=r"'mbt-8-12-r007' .* not one this package released"):
+        assert generations.encoder().model_id == "mbt-8-12-r007"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        generations.encoder()  # once
+        assert generations.encoder(SHIPPED_ID).model_id == SHIPPED_ID  # named: no warning
+    monkeypatch.delenv("JAC_MODELS")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert generations.encoder().model_id == SHIPPED_ID  # the released default: no warning
