@@ -90,11 +90,10 @@ def _preview_and_unknown(data: bytes) -> bytes:
     """
     from pillow_jac.preview import make_preview
 
-    chunks = _chunks(data)
     with Image.open(ROOT / BASE / "rgb-130x70-q7.decoded.png") as im:
         preview = make_preview(np.asarray(im.convert("RGB")), "RGB", 48)
     extra = [(b"abcd", b"an unknown ancillary chunk"), (b"prvw", preview), (b"zz9z", bytes(range(40)))]
-    return data[:8] + b"".join(_chunk(t, d) for t, d in [chunks[0], *extra, *chunks[1:]])
+    return _with_after_jhdr(*extra)(data)
 
 
 def _reordered(data: bytes) -> bytes:

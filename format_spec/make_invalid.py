@@ -139,25 +139,7 @@ def _file(chunks: list[list[bytes]], bad_crc: bytes | None = None) -> bytes:
     return bytes(out)
 
 
-#: byte offsets of JHDR's fields (SPEC.md section 4): ``>BBBBIIH16s8sHHHHII``
-_JHDR_FIELDS = {"major": 0, "flags": 2, "quality": 12, "model_id": 14, "y_height": 38}
-
-
-def _jhdr(field: str, value: bytes) -> Callable:
-    """A builder that writes ``value`` over JHDR's ``field`` (the CRC recomputed)."""
-
-    def build(jac) -> bytes:
-        from pillow_jac import container
-
-        chunks = _chunks(container.serialize(jac))
-        at = _JHDR_FIELDS[field]
-        chunks[0][1] = chunks[0][1][:at] + value + chunks[0][1][at + len(value) :]
-        return _file(chunks)
-
-    return build
-
-
-#: JHDR's fields in order (SPEC.md section 3.2), as :func:`_jhdr_fields` names them
+#: JHDR's fields in order (SPEC.md section 3.2), as :func:`_jhdr_fields` names them, and their layout
 _JHDR_LAYOUT = ">BBBBIIH16s8sHHHHII"
 _JHDR_NAMES = ("major", "minor", "flags", "layout", "width", "height", "quality", "model_id", "weights_hash",
                "y_height", "y_width", "z_height", "z_width", "z_stream_length", "y_stream_length")  # fmt: skip
@@ -284,22 +266,22 @@ CASES: dict[str, tuple[str, str, str, Callable]] = {
         _edited(lambda chunks: chunks.insert(0, [b"abcd", b"x"])),
     ),
     "jhdr-major-version-2": (
-        "rgb-130x70-q7.jac", "SPEC 8.2 rule 6: major version 1", "JacDataError", _jhdr("major", b"\x02"),
+        "rgb-130x70-q7.jac", "SPEC 8.2 rule 6: major version 1", "JacDataError", _jhdr_fields(major=2),
     ),
     "jhdr-flags-set": (
-        "rgb-130x70-q7.jac", "SPEC 8.2 rule 6: flags are 0", "JacDataError", _jhdr("flags", b"\x01"),
+        "rgb-130x70-q7.jac", "SPEC 8.2 rule 6: flags are 0", "JacDataError", _jhdr_fields(flags=1),
     ),
     "jhdr-quality-above-2048": (
         "rgb-130x70-q7.jac", "SPEC 8.2 rule 6: quality 256 to 2048", "JacDataError",
-        _jhdr("quality", struct.pack(">H", 2049)),
+        _jhdr_fields(quality=2049),
     ),
     "jhdr-model-id-after-nul": (
         "rgb-130x70-q7.jac", "SPEC 8.2 rule 6: nothing but NULs after the model_id's first NUL", "JacDataError",
-        _jhdr("model_id", b"mbt-128-192-r\x0006"),
+        _jhdr_fields(model_id=b"mbt-128-192-r\x0006"),
     ),
     "jhdr-latent-shape": (
         "rgb-130x70-q7.jac", "SPEC 8.2 rule 6: the latent shapes are those derived from the size", "JacDataError",
-        _jhdr("y_height", struct.pack(">H", 6)),
+        _jhdr_fields(y_height=6),
     ),
     "unknown-critical-chunk": (
         "rgb-130x70-q7.jac", "SPEC 8.2 rule 7: a critical chunk type this version does not define", "JacDataError",
