@@ -316,8 +316,8 @@ class LatentCoder:
     def hyper_stripes(self, z_hat: torch.Tensor, y_shape: tuple[int, int]) -> Iterator[tuple[int, int, torch.Tensor]]:
         """h_s(z_hat) in fixed point, in stripes of latent rows: ``(first row, end row, (2M, rows, Wy))``.
 
-        Computed from stripes of ``z`` rows, and for images wider than :data:`_H_S_TILE_COLUMNS` z columns
-        tiles of those, with the halo :attr:`h_s_halo`, so the float64 temporaries stay bounded for large
+        Computed from stripes of ``z`` rows in tiles of :data:`_H_S_TILE_COLUMNS` z columns (one for most
+        images), with the halo :attr:`h_s_halo`, so the float64 temporaries stay bounded for large
         images, and lazily, so that the decoder computes each stripe only when its wavefront gets there.
         """
         z = z_hat.double().to(self.device).unsqueeze(0) * 2.0**ACTIVATION_BITS
@@ -329,10 +329,7 @@ class LatentCoder:
             if first >= end:
                 return
             top = Y_PER_Z * (a - lo)
-            if columns <= _H_S_TILE_COLUMNS:
-                yield first, end, self.h_s(z[:, :, lo:hi])[0, :, top : top + end - first, : y_shape[1]]
-                continue
-            part = None
+            part = None  # one tile for an image of up to _H_S_TILE_COLUMNS z columns
             for c, d, left, right in stripes(columns, _H_S_TILE_COLUMNS, *self.h_s_halo):
                 x0, x1 = Y_PER_Z * c, min(Y_PER_Z * d, y_shape[1])
                 if x0 >= x1:
