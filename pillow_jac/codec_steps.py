@@ -228,8 +228,8 @@ def parse_input(data) -> container.JacFile:
         return container.parse(data)
     except container.NotJacFileError as exc:
         looks_like_path = os.sep.encode() in data or data.lower().endswith(b".jac")
-        if isinstance(exc.args[0], str) and len(data) < 4096 and b"\0" not in data and looks_like_path:
-            raise container.NotJacFileError(f"{exc.args[0]}: bytes are the file's data; a path as bytes? give "
+        if len(data) < 4096 and b"\0" not in data and looks_like_path:
+            raise container.NotJacFileError(f"{exc}: bytes are the file's data; a path as bytes? give "
                                             "os.fsdecode(path)") from None  # fmt: skip
         raise
 

@@ -52,6 +52,7 @@ from pathlib import Path
 
 import torch
 
+from ..files import write_atomic
 from ..model.complexity import macs_per_pixel_by_network
 from ..model.mbt2018 import JointAutoregressiveHierarchicalPrior, ModelConfig
 from ..model.objective import quality_lambda, rate_distortion_loss
@@ -428,12 +429,13 @@ class Session:
         """
         args = self.args
         args.pieces.mkdir(parents=True, exist_ok=True)  # a stop before the first publish has not made it
-        _replace_with(args.pieces / LOG, (args.out / LOG).read_bytes())
+        log = (args.out / LOG).read_bytes()
+        write_atomic(args.pieces / LOG, lambda f: f.write(log))
         self.loop_end = self.loop_end if self.stop else time.monotonic()
         report = self.report(pieces)
         text = (text_of(report) + "\n").encode()
-        _replace_with(args.out / REPORT, text)
-        _replace_with(args.pieces / REPORT, text)
+        for path in (args.out / REPORT, args.pieces / REPORT):
+            write_atomic(path, lambda f: f.write(text))
         return report
 
     def finish(self) -> dict:
@@ -447,13 +449,11 @@ class Session:
         from the checkpoint, and publishes at its next save).
         """
         args = self.args
+        if self.stop == "signal" and not self.finite():
+            self.stop = "nonfinite"  # reported as such: neither checkpoint nor pieces of these weights
         if self.stop == "signal":
-            pieces = None
-            if self.finite():
-                self.save()
-                pieces = self.published()
-            else:  # reported as such: neither checkpoint nor pieces of these weights
-                self.stop = "nonfinite"
+            self.save()
+            pieces = self.published()
         else:
             pieces = None if self.stop == "nonfinite" else self.keep()
         if pieces is None:
@@ -524,13 +524,6 @@ class Session:
             "last": {k: v if math.isfinite(v) else None for k, v in self.last.items()},
             "pieces": pieces,
         }
-
-
-def _replace_with(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file beside it, renamed into place."""
-    tmp = path.with_name(path.name + ".new")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 def text_of(report: dict) -> str:
