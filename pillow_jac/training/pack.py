@@ -5,11 +5,12 @@
 (name, bytes and SHA-256 of every packed file). The device machine of this workplace carries at
 most 64 MiB of working tree per call, and the shipped weights travel in every call, so the set goes
 over in several calls (docs/training_on_a_gpu.md). ``auto`` sizes the parts to the room one call
-leaves beside the working tree as it is now (:func:`room_mb`): every kept decoder generation
-(19 MB) makes that room, and so the parts, smaller. The files are dealt into the parts in a seeded
-random order, so the first parts are already a fair sample of every source: a session that has
-time to carry only some of them still trains on a mix (sorted by name, the first part of the
-project's set held nothing but ``bsds_`` photos).
+leaves beside the working tree as it is now (:func:`~.travel.room_mb`), with the kept decoder
+generations set aside first (``python -m pillow_jac.training.travel set-aside``: they need not
+travel). The files are dealt into the parts in a seeded random order, so the first parts are
+already a fair sample of every source: a session that has time to carry only some of them still
+trains on a mix (sorted by name, the first part of the project's set held nothing but ``bsds_``
+photos).
 
 The pixels the trainer sees do not change: images whose short side is at most ``max_short_side``
 are copied byte for byte, larger ones are downscaled exactly as :func:`~.data.load_rgb` does and
@@ -34,28 +35,9 @@ from PIL import Image
 
 from .data import list_images, load_rgb
 from .encoder_update import refuse_evaluation_data
+from .travel import MB, kept_decoder_files, repository_root, room_mb
 
-__all__ = ["pack", "split_file", "join_file", "room_mb"]
-
-MB = 1_000_000
-#: what one device call carries at most: the working tree (what git does not ignore) and the carried paths
-CALL_LIMIT = 64 * 2**20
-#: room kept for the tree to grow between the pack and the calls (a results file, a note)
-CALL_MARGIN = 1_500_000
-
-
-def travelling_tree_bytes(root: Path) -> int:
-    """Bytes of the working tree a device call sends: the files git tracks, and those it does not ignore."""
-    listed = subprocess.run(
-        ["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=root, capture_output=True, check=True
-    ).stdout.split(b"\0")
-    return sum(path.stat().st_size for name in listed if name and (path := root / name.decode()).is_file())
-
-
-def room_mb(where: Path) -> float:
-    """The largest part, in MB, that one call carries beside the working tree ``where`` lies in (less a margin)."""
-    top = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=where, capture_output=True, check=True)
-    return (CALL_LIMIT - CALL_MARGIN - travelling_tree_bytes(Path(top.stdout.decode().strip()))) / MB
+__all__ = ["pack", "split_file", "join_file"]
 
 
 def _sha256(path: Path) -> str:
@@ -208,8 +190,16 @@ def main(argv: list[str] | None = None) -> None:
         args.part_mb = "15" if args.split else "24"
     try:
         part_mb = room_mb(Path.cwd()) if args.part_mb == "auto" else float(args.part_mb)
+        auto = args.data is not None and args.part_mb == "auto"
+        travelling = [f for f in kept_decoder_files(repository_root(Path.cwd())) if f.stat().st_size] if auto else []
     except (ValueError, OSError, subprocess.CalledProcessError) as exc:
         p.error(f"--part-mb {args.part_mb}: {exc}")
+    if travelling:
+        size = sum(f.stat().st_size for f in travelling) / MB
+        print(
+            f"{len(travelling)} kept decoder file(s), {size:.1f} MB, travel with every call and shrink the parts: "
+            "python -m pillow_jac.training.travel set-aside first (docs/training_on_a_gpu.md)"
+        )
     if part_mb < 1:
         p.error(f"parts of {part_mb:.1f} MB: the working tree leaves no room for data in a device call")
     if args.data:
