@@ -99,13 +99,13 @@ def test_a_release_over_the_package_budget_is_refused_and_no_generation_leaves(p
 
 
 def test_a_release_with_kept_decoders_set_aside_is_refused_before_anything_is_written(package) -> None:
-    """A kept decoder emptied for a GPU session (pillow_jac.training.travel) is no generation: a release made then
-    would check its number and the package budget without it."""
+    """A kept decoder emptied for a GPU session (pillow_jac.training.travel) is no generation: the refusal says how
+    to put it back."""
     kept_dir = package.weights_dir / generations.KEPT_DIR
     kept_dir.mkdir()
     (kept_dir / "mbt-8-12-r005.safetensors").touch()
     before = package.full.read_bytes()
-    with pytest.raises(weights.WeightsError, match=r"mbt-8-12-r005.safetensors are empty .*travel put-back"):
+    with pytest.raises(weights.WeightsError, match=r"mbt-8-12-r005.safetensors is empty .*travel put-back"):
         release.release(package.checkpoint, 8, package.weights_dir, package.vectors, {}, package.table)
     assert package.full.read_bytes() == before and not package.table.exists()
     assert sorted(p.name for p in kept_dir.iterdir()) == ["mbt-8-12-r005.safetensors"]

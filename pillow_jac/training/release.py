@@ -97,6 +97,11 @@ def _existing(weights_dir: Path, vectors_dir: Path, table: Path) -> dict[str, in
         gen = generations.generation_of(path) if path.is_file() else None
         if gen is not None:
             found[gen.model_id] = gen.release
+        elif path.is_file() and path.suffix == ".safetensors" and not path.stat().st_size:
+            raise WeightsError(
+                f"{path} is empty (a kept decoder set aside for a GPU session): put it back before a release, "
+                "python -m pillow_jac.training.travel put-back"
+            )
         elif path.is_file() and path.suffix == ".safetensors":
             raise WeightsError(f"{path} is not a readable weights file: remove or repair it before a release")
     for model_id in (*generations.released(), *_released_table(table)):
@@ -224,14 +229,6 @@ def release(
             check_verdict(gate_verdict, measured_model(new_tensors, new_meta), stable)
         except ValueError as exc:
             raise WeightsError(f"{checkpoint}: {exc}") from None
-    set_aside = sorted(
-        p.name for p in (weights_dir / generations.KEPT_DIR).glob("*.safetensors") if not p.stat().st_size
-    )
-    if set_aside:  # emptied for a GPU session (pillow_jac.training.travel): those generations would look absent
-        raise WeightsError(
-            f"kept decoder files {', '.join(set_aside)} are empty (set aside for a GPU session): put them back first, "
-            "python -m pillow_jac.training.travel put-back"
-        )
     table_path = generations.RELEASED_PATH if released_table is None else released_table
     existing = _existing(weights_dir, vectors_dir, table_path)
     if new_id in existing:
