@@ -568,6 +568,32 @@ def test_the_jac_fingerprint_names_the_resolved_device(monkeypatch):
     assert fingerprint() != on_cpu
 
 
+def test_an_anchor_is_measured_again_after_a_change_to_the_code_or_packages_that_measure_it(
+    tmp_path: Path, monkeypatch
+):
+    """The anchors' points are keyed like ``.jac``'s on the bench code (adapters, PSNR) and the package versions: a
+    resumed run after a fix to the PSNR would otherwise compare ``.jac`` measured anew with anchors measured before."""
+    from pillow_jac.bench import rd
+
+    data, out = tmp_path / "images", tmp_path / "out"
+    data.mkdir()
+    Image.fromarray(_tiny_image()).save(data / "img0.png")
+    argv = ["--data", str(data), "--out", str(out), "--ladder", "jpeg420=50", "--codecs", "jpeg420",
+            "--published", "", "--no-ms-ssim", "--resume"]  # fmt: skip
+
+    def reused() -> bool:
+        rd.main(argv)
+        return json.loads((out / "results.json").read_text())["codecs"]["jpeg420"]["per_image"]["img0"][0].get(
+            "reused", False
+        )
+
+    assert not reused() and reused()
+    monkeypatch.setattr(rd, "code_digest", lambda: "changed")
+    assert not reused() and reused()
+    monkeypatch.setattr(rd, "_versions", lambda: {"pillow": "another"})
+    assert not reused()
+
+
 def test_the_code_digest_covers_the_package_code(tmp_path: Path, monkeypatch):
     import pillow_jac
     from pillow_jac.bench import rd

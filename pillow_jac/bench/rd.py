@@ -112,14 +112,15 @@ def code_digest() -> str:
 
 
 def _identity(codec: Codec) -> dict[str, Any]:
-    """What a ``.jac`` codec's results depend on beyond its settings (none for others).
+    """What a codec's results depend on beyond its settings.
 
-    Its ``model`` and ``device``, pillow_jac's code (:func:`code_digest`), torch's version, its thread
-    count (the effort search's gradients are summed in an order that depends on it) and whether the search
-    runs under bf16 autocast (a CPU's native bf16 decides it: pillow_jac/model/precision.py).
+    Every codec's: pillow_jac's code (:func:`code_digest`: the adapters of ``bench/codecs.py`` and the measures
+    of ``bench/metrics.py`` are part of it). A ``.jac`` codec's also: its ``model`` and ``device``, torch's
+    version, its thread count (the effort search's gradients are summed in an order that depends on it) and
+    whether the search runs under bf16 autocast (a CPU's native bf16 decides it: pillow_jac/model/precision.py).
     """
     if not _is_jac(codec.name):
-        return {}
+        return {"code": code_digest()}
     import torch
 
     from pillow_jac.model.precision import bf16_autocast_pays
@@ -136,8 +137,12 @@ def _identity(codec: Codec) -> dict[str, Any]:
 
 
 def _fingerprint(codec: Codec, identity: dict[str, Any]) -> str:
-    """What identifies a codec's results across runs: label, settings, and its :func:`_identity`."""
-    parts: dict[str, Any] = {"label": codec.label, "settings": codec.settings, **identity}
+    """What identifies a codec's results across runs.
+
+    Its label, settings and :func:`_identity`, and the versions of the packages that make or measure the
+    numbers (:func:`_versions`).
+    """
+    parts: dict[str, Any] = {"label": codec.label, "settings": codec.settings, **identity, "versions": _versions()}
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
