@@ -46,11 +46,13 @@ def test_bd_rate_is_of_the_candidate_against_the_stable_curve(tmp_path: Path, mo
     from pillow_jac.bench import rd
 
     points = [(1, 30), (2, 33), (4, 36)]
-    scale = {"stable.safetensors": 1.0, "cheaper.safetensors": 0.9, "dearer.safetensors": 1.1, "apart.safetensors": 1.0}
+    scale = {"stable.safetensors": 1.0, "cheaper.safetensors": 0.9, "dearer.safetensors": 1.1, "apart.safetensors": 1.0,
+             "sliver.safetensors": 0.5}  # fmt: skip
+    shifts = {"apart.safetensors": 20, "sliver.safetensors": 5}  # far above the stable curve's range; at its top
 
     def fake_run(data, out, *, jac_weights, **kwargs):
         factor = scale[Path(jac_weights).name]
-        shift = 20 if "apart" in jac_weights else 0  # PSNR far above the stable curve's range
+        shift = shifts.get(Path(jac_weights).name, 0)
         average = [{"bpp": b * factor, "psnr": p + shift} for b, p in points]
         return {"codecs": {"jac": {"average": average}}, "meta": {"images": 1}}
 
@@ -66,6 +68,10 @@ def test_bd_rate_is_of_the_candidate_against_the_stable_curve(tmp_path: Path, mo
         assert verdict["stable_model"] == {"decoder": "stable.safetensors"}  # what release checks it followed
         for result in verdict["sets"].values():
             assert np.isclose(result["bd_rate_percent"], bd, atol=0.05) and result["passes"] is passes
+    # half the bits where the curves meet, but they meet in 35-36 dB only, a sixth of the stable curve's 30-36 dB
+    verdict = gate.gate(Path("sliver.safetensors"), Path("stable.safetensors"), sets, tmp_path / "sliver", log=print)
+    kodak = verdict["sets"]["kodak"]
+    assert kodak["bd_rate_percent"] < -40 and np.isclose(kodak["overlap"], 1 / 6) and verdict["passes"] is False
     # curves whose PSNR ranges do not overlap: no BD-rate, no pass, and
     # gate.json stays JSON that every reader takes (null, not NaN)
     verdict = gate.gate(Path("apart.safetensors"), Path("stable.safetensors"), sets, tmp_path / "apart", log=print)

@@ -7,8 +7,9 @@ and prints the BD-rate of the candidate against the current generation on each s
 
     python -m pillow_jac.training.gate runs/gpu/measure.safetensors
 
-The exit status is 0 when every set clears the bar (``--bar``, percent), 1 otherwise; ``gate.json``
-under ``--out`` records the curves, the verdict and what was measured (:func:`measured_model`), and
+The exit status is 0 when every set clears the bar (``--bar``, percent) with curves that meet over at
+least :data:`MIN_OVERLAP` of the current generation's PSNR span, 1 otherwise; ``gate.json`` under
+``--out`` records the curves, the verdict and what was measured (:func:`measured_model`), and
 ``python -m pillow_jac.training.release`` releases only a model that a whole-set ``gate.json`` passed.
 The current generation is measured again rather
 than read from ``benchmarks/results``: those runs may be of other settings, and only figures of one
@@ -29,6 +30,9 @@ BAR_PERCENT = 5.0
 #: the bar of an encoder update (same decoder, files of the same generation): smaller files on every set, by more
 #: than the rounding of a curve's averages; ``gate --bar 0.5`` measures a tuned encoder for it
 ENCODER_BAR_PERCENT = 0.5
+#: the least share of the current generation's PSNR span that both curves must cover: BD-rate averages only over
+#: the common range, so a candidate whose ladder moved could otherwise pass on a sliver at one end of it
+MIN_OVERLAP = 0.5
 QUALITIES = (1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0)
 SETS = {"kodak": Path("../shared/data/kodak"), "urban20": Path("../shared/data/urban20")}
 
@@ -56,6 +60,20 @@ def measured_model(tensors: dict, metadata: dict[str, str]) -> dict[str, str]:
 def clears(bd_rate_percent: float, bar: float) -> bool:
     """Whether a BD-rate (percent, negative: smaller files) clears a bar of ``bar`` percent; NaN never does."""
     return math.isfinite(bd_rate_percent) and bd_rate_percent <= -bar
+
+
+def overlap(stable_psnr: list[float], candidate_psnr: list[float]) -> float:
+    """The share of the stable curve's PSNR span that the candidate's curve covers too (0 where they do not meet).
+
+    Example:
+        >>> overlap([28.0, 33.0, 38.0], [30.0, 35.0, 40.0])
+        0.8
+        >>> overlap([28.0, 38.0], [37.8, 46.0]) < MIN_OVERLAP
+        True
+    """
+    low, high = max(min(stable_psnr), min(candidate_psnr)), min(max(stable_psnr), max(candidate_psnr))
+    span = max(stable_psnr) - min(stable_psnr)
+    return max(0.0, high - low) / span if span > 0 else 0.0
 
 
 def check_verdict(
@@ -99,6 +117,12 @@ def check_verdict(
             raise ValueError(f"the gate's {name} curves are missing or unreadable") from None
         if not clears(bd, bar):
             raise ValueError(f"the gate's {name} curves give {bd:+.2f}% BD-rate: not past -{bar:g}%")
+        share = overlap(curves["stable"]["psnr"], curves["candidate"]["psnr"])
+        if share < MIN_OVERLAP:
+            raise ValueError(
+                f"the gate's {name} curves share {share:.0%} of the current generation's PSNR span, under the "
+                f"{MIN_OVERLAP:.0%} a BD-rate must average over"
+            )
 
 
 def gate(
@@ -144,11 +168,13 @@ def gate(
             )  # fmt: skip
             curves[which] = curve(results)
         bd = metrics.bd_rate(*curves["stable"], *curves["candidate"])
+        share = overlap(curves["stable"][1], curves["candidate"][1])
         verdict["sets"][name] = {
             "data": metrics.portable_path(data),
             "images": results["meta"]["images"],
             "bd_rate_percent": bd,
-            "passes": clears(bd, bar),
+            "overlap": share,
+            "passes": clears(bd, bar) and share >= MIN_OVERLAP,
             "curves": {which: {"bpp": c[0], "psnr": c[1]} for which, c in curves.items()},
         }
     verdict["passes"] = all(s["passes"] for s in verdict["sets"].values())
@@ -189,6 +215,10 @@ def main(argv: list[str] | None = None) -> int:
     for name, s in verdict["sets"].items():
         mark = "passes" if s["passes"] else "fails"
         print(f"{name} ({s['images']} images): BD-rate {s['bd_rate_percent']:+.2f}% against the stable weights: {mark}")
+        if s["overlap"] < MIN_OVERLAP:
+            print(
+                f"  the curves meet over {s['overlap']:.0%} of the stable PSNR span, under the {MIN_OVERLAP:.0%} needed"
+            )
     if args.limit:
         print(f"a quick look at {args.limit} image(s) a set (--limit): no verdict; run it without --limit")
         return 1
