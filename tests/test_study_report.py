@@ -45,6 +45,24 @@ def test_every_variant_has_two_seeds_and_first_seeds_train_first():
     assert [v.name for v, s in runs[len(VARIANTS) :]] == list(VARIANTS)
     assert all(s == 1 for _, s in runs[len(VARIANTS) :])
     assert planned_runs(["joint"]) == [(VARIANTS["joint"], 0), (VARIANTS["joint"], 1)]
+    # docs/study.md's seed-0-only runs at 32,000 steps
+    assert planned_runs(["hyper-scale", "context-only"], [0]) == [
+        (VARIANTS["hyper-scale"], 0),
+        (VARIANTS["context-only"], 0),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [(["--only", "joint", "jiont"], "--only jiont: no such variant"), (["--seeds", "7"], "--seeds 7: none")],
+)
+def test_the_command_line_refuses_variants_and_seeds_the_study_does_not_have(argv, message, tmp_path, capsys):
+    """Either would otherwise plan no run at all (or fewer) and report on what was there, silently."""
+    from pillow_jac.study.__main__ import main
+
+    with pytest.raises(SystemExit) as stop:
+        main(["report", "--results", str(tmp_path), *argv])
+    assert stop.value.code == 2 and message in capsys.readouterr().err
 
 
 def test_mean_curve_averages_parameter_by_parameter():

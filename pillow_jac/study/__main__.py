@@ -30,11 +30,14 @@ def _log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
-def planned_runs(only: list[str] | None = None) -> list[tuple]:
-    """``(variant, seed)`` in training order: every variant's first seed, then the second seeds."""
+def planned_runs(only: list[str] | None = None, seeds: list[int] | None = None) -> list[tuple]:
+    """``(variant, seed)`` in training order: every variant's first seed, then the second seeds.
+
+    ``only`` keeps those variants and ``seeds`` those of their seeds (default: all of both).
+    """
     chosen = [v for v in VARIANTS.values() if not only or v.name in only]
-    seeds = sorted({s for v in chosen for s in v.seeds})
-    return [(v, s) for s in seeds for v in chosen if s in v.seeds]
+    planned = sorted({s for v in chosen for s in v.seeds if seeds is None or s in seeds})
+    return [(v, s) for s in planned for v in chosen if s in v.seeds]
 
 
 def _write_json(path: Path, value: dict) -> None:
@@ -54,11 +57,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--runs", type=Path, default=Path("runs/study"), help="where the runs' checkpoints go")
     p.add_argument("--results", type=Path, default=RESULTS, help="where study.{json,md,png} and study/ go")
     p.add_argument("--only", nargs="*", help="variants to run (default: all)")
+    p.add_argument("--seeds", nargs="*", type=int, help="of their seeds, those to run (default: all)")
     p.add_argument("--steps", type=int, help=f"steps per run (default {BUDGET.steps}); more extends every run")
     p.add_argument("--partial", action="store_true", help="report although some planned runs are not measured")
     args = p.parse_args(argv)
     budget = dataclasses.replace(BUDGET, steps=args.steps) if args.steps else BUDGET
-    runs = planned_runs(args.only)
+    unknown = sorted(set(args.only or ()) - set(VARIANTS))
+    if unknown:
+        p.error(f"--only {' '.join(unknown)}: no such variant (the study's: {', '.join(VARIANTS)})")
+    runs = planned_runs(args.only, args.seeds)
+    if args.seeds is not None and not runs:
+        p.error(f"--seeds {' '.join(map(str, args.seeds))}: none of the chosen variants has such a seed")
     measured, _ = budget_paths(args.results, budget)
     if args.phase in ("train", "measure", "all"):
         from ..training.data import list_images, load_rgb
