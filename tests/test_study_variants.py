@@ -213,3 +213,16 @@ def test_training_steps_are_timed_side_by_side_for_every_variant() -> None:
     chosen = [dataclasses.replace(VARIANTS[n], config={**VARIANTS[n].config, **TINY}) for n in ("joint", "joint-wide")]
     seconds = step_seconds(chosen, budget, images, steps=1, rounds=2)
     assert set(seconds) == {"joint", "joint-wide"} and all(0 < s < 60 for s in seconds.values())
+
+
+def test_a_run_resumes_without_its_seconds_file(tmp_path):
+    """The checkpoint is saved before the run's seconds: a run stopped between the two resumes (counting from 0 s)."""
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (96, 96, 3), dtype=np.uint8) for _ in range(2)]
+    tiny = dataclasses.replace(VARIANTS["joint"], config={**VARIANTS["joint"].config, **TINY})
+    budget = dataclasses.replace(BUDGET, steps=1, warmup=2, batch=1, crop=64)
+    train_run(tiny, 0, budget, images, tmp_path / "run", log=lambda message: None)
+    (tmp_path / "run" / "seconds.txt").unlink()
+    said = []
+    train_run(tiny, 0, dataclasses.replace(budget, steps=2), images, tmp_path / "run", log=said.append)
+    assert "run: resumed at step 1" in said and (tmp_path / "run" / "seconds.txt").read_text().strip()

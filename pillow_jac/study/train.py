@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..files import write_atomic
 from ..model.mbt2018 import JointAutoregressiveHierarchicalPrior
 from ..model.objective import quality_lambda, rate_distortion_loss
 from ..model.precision import bf16_autocast_pays
@@ -30,13 +31,19 @@ __all__ = ["train_run", "run_precision", "step_seconds"]
 _PRECISION_FILE = "precision.txt"
 
 
+def _write_text(path: Path, text: str) -> None:
+    """Replace ``path`` whole (:func:`pillow_jac.files.write_atomic`): a resume reads these files."""
+    data = text.encode()
+    write_atomic(path, lambda f: f.write(data))
+
+
 def _record_precision(out: Path, precision: str) -> None:
     """Record that the run's next steps run in ``precision``: ``mixed`` once two precisions have trained it."""
     path = out / _PRECISION_FILE
     before = path.read_text().strip() if path.exists() else None
     if before is None and (out / "checkpoint.pt").exists():
         before = "bf16"  # a run trained before precisions were recorded: every CPU then ran bf16 autocast
-    path.write_text(("mixed" if before not in (None, precision) else precision) + "\n")
+    _write_text(path, ("mixed" if before not in (None, precision) else precision) + "\n")
 
 
 def run_precision(out: Path) -> str:
@@ -71,7 +78,7 @@ def _check_recipe(out: Path, state: dict | None, config, budget: Budget) -> None
             changed = sorted(k for k in recipe.keys() | made.keys() if made.get(k) != recipe.get(k))
             raise ValueError(f"{out} was trained with another recipe ({', '.join(changed)}): use another --runs folder")
     else:
-        path.write_text(json.dumps(recipe) + "\n")
+        _write_text(path, json.dumps(recipe) + "\n")
 
 
 def train_run(
@@ -109,7 +116,8 @@ def train_run(
         sampler.set_state(sampler_state)
         torch.set_rng_state(rng["torch"])
         average.shadow = {k: v.float() for k, v in state["average"].items()}
-        step, seconds = state["step"], float((out / "seconds.txt").read_text())
+        timed = out / "seconds.txt"  # absent if the run stopped between its first checkpoint and this file
+        step, seconds = state["step"], float(timed.read_text()) if timed.exists() else 0.0
         log(f"{out.name}: resumed at step {step}")
     model.train()
     bf16 = bf16_autocast_pays("cpu")
@@ -126,8 +134,9 @@ def train_run(
                 f"{out.name}: step {step} | {(time.time() - start) / 60:.1f} min | loss {losses['loss'].item():.4f} "
                 f"| bpp {losses['bpp'].item():.3f} | psnr {losses['psnr'].item():.2f}"
             )
-            (out / "seconds.txt").write_text(f"{time.time() - start:.1f}\n")
+            seconds_now = time.time() - start
             save_checkpoint(checkpoint, model, optimizer, step, sampler, config, average)
+            _write_text(out / "seconds.txt", f"{seconds_now:.1f}\n")  # after: a kill between counts too few seconds
     return done, time.time() - start
 
 
