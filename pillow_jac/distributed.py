@@ -358,7 +358,6 @@ def convert(
             report.add(result)
         return report
     os.makedirs(out_dir, exist_ok=True)
-    note_started(out_dir, jobs)  # before any worker writes: a batch stopped meanwhile is not lost
 
     stop_ray = None  # Ray started here is stopped again at the end
     if not ray.is_initialized():
@@ -389,23 +388,17 @@ def convert(
         threads = max(1, int(num_cpus))
         from .ray_driver import run
 
+        def options(src: str, dst: str) -> tuple:
+            # noted as started as it is sent (the workers decide which files are done already): a batch stopped
+            # meanwhile is not lost, and one stopped before it reached a file leaves that file's record as it was
+            may_skip = resume and not made_from.changed(src, dst, settings)
+            note_started(out_dir, {src: dst})
+            return (to, quality, effort, device, may_skip, extra, force)
+
         report = run(
-            ray,
-            jobs,
-            lambda: actor_class.remote(to, device, threads, pixel_limit),
-            workers,
-            slots_each,
-            lambda src, dst: (
-                to,
-                quality,
-                effort,
-                device,
-                resume and not made_from.changed(src, dst, settings),
-                extra,
-                force,
-            ),
+            ray, jobs, lambda: actor_class.remote(to, device, threads, pixel_limit), workers, slots_each, options,
             report_file,
-        )
+        )  # fmt: skip
         report.failed[:0] = failed
         return report
     finally:

@@ -342,6 +342,28 @@ def test_without_an_address_a_new_local_instance_is_started(tmp_path, monkeypatc
         assert "no Ray cluster runs on this machine" in str(failed.value) and "--ray HOST:PORT" in str(failed.value)
 
 
+def test_a_ray_batch_that_cannot_start_leaves_the_record_of_a_finished_batch_as_it_was(
+    tmp_path, monkeypatch, capsys, process_state
+):
+    """A Ray batch marked every file as started before Ray was reached: one that could not start (or a Ctrl-C before
+    it reached a file) had the next batch convert every finished output again. Files are noted as they are sent."""
+    (tmp_path / "in").mkdir()
+    for name in ("a", "b"):
+        Image.fromarray(natural_image(16, 24, seed=len(name))).save(tmp_path / "in" / f"{name}.png")
+    out = tmp_path / "out"
+    assert main(["batch", str(tmp_path / "in"), str(out), "--to", "jac", "-j", "1"]) == 0
+    record = (out / RECORD_NAME).read_bytes()
+    ray = _ProcessChangingRay(fails=True)
+    ray.is_initialized = lambda: False
+    monkeypatch.setitem(sys.modules, "ray", ray)
+    with pytest.raises(ConnectionError):
+        distributed.convert(tmp_path / "in", out, address="auto")
+    assert (out / RECORD_NAME).read_bytes() == record
+    capsys.readouterr()
+    assert main(["batch", str(tmp_path / "in"), str(out), "--to", "jac", "-j", "1"]) == 0
+    assert "jac: 2 files already done, skipped" in capsys.readouterr().err
+
+
 def test_an_address_that_takes_no_connection_fails_at_once(tmp_path, monkeypatch) -> None:
     """ray.init retries such an address for many minutes; it is refused before Ray is asked."""
     import socket
