@@ -51,16 +51,18 @@ from .source_record import SourceRecord, note_made, note_started
 __all__ = ["run_batch"]
 
 # In a batch worker process: whether the batch was cancelled, whether a file is being converted, whether
-# SIGTERM asked it to end, and the shared per-file states (_QUEUED, _CONVERTING, _FINISHED).
+# SIGTERM asked it to end, and the shared per-file states (_QUEUED, _CONVERTING, _FINISHED, _TERMINATED: its worker
+# got SIGTERM while converting it and ended after cleaning up).
 _cancelled = False
 _converting = False
 _in_job = False  # from a job's start to the end of its clean-up
 _terminating = False
 _states: Any = None
-_QUEUED, _CONVERTING, _FINISHED = 0, 1, 2
+_QUEUED, _CONVERTING, _FINISHED, _TERMINATED = 0, 1, 2, 3
 #: what the worker process converting a file reports when it died
 _DIED = "the worker process converting it died (killed, or out of memory)"
-#: a pool broken although no file was being converted (a worker killed while idle) is started again this often
+#: a pool broken although no file was being converted (a worker killed while idle) is started again this often in a
+#: row (a pool that converted files in between starts the count again)
 _IDLE_BREAKS = 2
 #: what the files not converted report when the worker processes kept dying while idle
 _KEPT_DYING = "not converted: the worker processes kept dying while idle (killed, or out of memory)"
@@ -188,26 +190,31 @@ def _run_jobs(
     tries = [0] * len(items)
     todo, idle_breaks = list(range(len(items))), 0
     while todo:
-        lost = []
+        lost, finished = [], False
         for i, outcome in _run_pool(ctx, items, todo, states, workers, options, force):
             if outcome is None:
                 lost.append(i)
             else:
+                finished = True
                 yield (sources[i], *outcome)
         todo = []
         for folder in {Path(items[i][1]).parent for i in lost if states[i] == _CONVERTING}:
             remove_orphaned_temporaries(folder)  # what a killed worker was writing (its pool is joined)
-        if lost and not any(states[i] == _CONVERTING for i in lost):
+        # the file whose worker died converting it broke the pool (killed: still marked converting; sent SIGTERM
+        # alone: marked terminated, the first to be, the files of the workers the pool then ended are not)
+        charged = {i for i in lost if states[i] == _CONVERTING} or {i for i in lost if states[i] == _TERMINATED}
+        idle_breaks = 0 if finished else idle_breaks
+        if lost and not charged:
             idle_breaks += 1
         for i in sorted(lost):
-            if states[i] == _CONVERTING:
+            states[i] = _QUEUED  # no file stays marked as terminated: a worker's SIGTERM handling looks for one
+            if i in charged:
                 tries[i] += 1
             if tries[i] >= ATTEMPTS:
                 yield sources[i], ConversionError(_DIED), []
             elif idle_breaks > _IDLE_BREAKS:
                 yield sources[i], ConversionError(_KEPT_DYING), []
             else:
-                states[i] = _QUEUED
                 todo.append(i)
 
 
@@ -411,8 +418,11 @@ def _worker_job(index: int, src: str, dst: str, *options: Any) -> tuple[Any, lis
         *convert_options, force = options
         return convert_noting_warnings(src, dst, *convert_options, force=force)
     except KeyboardInterrupt:
-        if _terminating:  # its temporary file is gone: end now, the file not counted as having killed it
-            _states[index], started = _QUEUED, False
+        if _terminating:  # its temporary file is gone: end now
+            # The pool ends its other workers with SIGTERM once one has died, after that one marked its file: a
+            # SIGTERM with another file marked so is the pool's, and this file is not charged (the parent's loop)
+            _states[index] = _QUEUED if _TERMINATED in _states[:] else _TERMINATED
+            started = False
             _end_by_sigterm()
         return None
     finally:

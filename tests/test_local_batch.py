@@ -471,6 +471,42 @@ def test_a_batch_run_again_skips_what_is_done_as_on_ray(tmp_path: Path, capsys) 
     assert "already done" not in capsys.readouterr().err
 
 
+_TERMINATING_WORKER = """
+import os, signal, time
+import pillow_jac.conversion as conversion
+convert = conversion.convert_file
+def convert_file(src, dst, *args, **kwargs):
+    if "term" in os.path.basename(str(src)):  # as a memory watchdog (earlyoom) sends SIGTERM to the largest process
+        time.sleep(0.15)
+        os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(0.3)  # the other worker is converting a file then, which the pool's own SIGTERM interrupts
+    return convert(src, dst, *args, **kwargs)
+conversion.convert_file = convert_file
+"""
+
+
+@pytest.mark.slow
+def test_a_file_whose_worker_gets_sigterm_alone_fails_alone(tmp_path: Path) -> None:
+    """A worker sent SIGTERM alone while converting a file, each time that file is converted: the file is charged
+    as one whose worker was killed, and fails after its attempts. Such a SIGTERM was taken for the pool's own (which
+    ends the other workers when one died): the file was never charged, and after three breaks every file left failed
+    as "the worker processes kept dying while idle". The file the other worker converts meanwhile is not charged."""
+    photos, out = photo_folder(tmp_path, 12)
+    photo(99).save(photos / "005-term.png")
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(_TERMINATING_WORKER)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), str(ROOT)])}
+    done = subprocess.run(
+        [sys.executable, "-m", "pillow_jac", "batch", str(photos), str(out), "--to", "jac", "-j", "2"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    failures = [line for line in done.stderr.splitlines() if line.startswith(f"jac: {photos}")]
+    assert done.returncode == 1 and done.stderr.splitlines()[-1] == "jac: error: 1 of 13 files failed", done.stderr
+    assert len(failures) == 1 and "005-term.png" in failures[0] and "died" in failures[0], failures
+    assert listing(out) == [f"{i:03d}.jac" for i in range(12)]
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds the workers through /proc")
 def test_a_worker_killed_amid_many_files_costs_none_of_them(tmp_path: Path) -> None:
