@@ -304,8 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
         dest="resume",
         action="store_false",
         help="convert every file again, also those whose output is done (an output is done when OUT_DIR's record "
-        "says it was made from the source as it is now, with the -q, -e, --size and --psnr asked for; needed "
-        "only where that record is missing)",
+        "says it was made from the source as it is now, with the -q, -e, --size and --psnr asked for)",
     )
     p.add_argument(
         "--worker-cpus",

@@ -59,7 +59,7 @@ def _same_file(entry: dict, src: str | os.PathLike) -> bool | None:
 def note_made(
     out_dir: str | os.PathLike, src: str | os.PathLike, dst: str | os.PathLike, settings: dict | None = None
 ) -> None:
-    """Add to ``out_dir``'s record that ``dst`` was made from ``src`` (failing to write it fails no file).
+    """Add to ``out_dir``'s record that ``dst`` was made from ``src`` (OSError where it cannot: see :func:`_note`).
 
     ``settings``: what the batch made it with (:func:`pillow_jac.batch_plan.batch_settings`), or None.
     """
@@ -77,7 +77,11 @@ def note_started(out_dir: str | os.PathLike, jobs: Mapping) -> None:
 
 
 def _note(out_dir: str | os.PathLike, made: Iterable[tuple], more: dict) -> None:
-    """Append a line per ``(source, output)`` of ``made`` in one write; a source that cannot be read has none."""
+    """Append a line per ``(source, output)`` of ``made`` in one write; a source that cannot be read has none.
+
+    Raises:
+        OSError: the record cannot be written (its folder read-only for this user, a full disk): the batch stops.
+    """
     lines = []
     for src, dst in made:
         try:
@@ -85,11 +89,18 @@ def _note(out_dir: str | os.PathLike, made: Iterable[tuple], more: dict) -> None
         except OSError:  # the conversion reports it
             continue
         lines.append(json.dumps(entry) + "\n")
+    path = Path(out_dir) / RECORD_NAME
     try:
-        with open(Path(out_dir) / RECORD_NAME, "a", encoding="utf-8") as f:
+        with open(path, "a", encoding="utf-8") as f:
             f.write("".join(lines))
-    except OSError:
-        return
+    except OSError as e:  # a later batch would refuse an output missing from the record, so the batch stops
+        why = e.strerror or str(e)
+        raise OSError(
+            e.errno,
+            f"cannot add to the batch's record of the outputs it made ({why}): a later batch "
+            "into this folder would refuse what it does not record, so this one stops",
+            str(path),
+        ) from e
 
 
 def _stored_quality(quality: object) -> object:

@@ -489,6 +489,17 @@ def test_ray_matches_jac_batch_and_resumes(ray_local, photos: Path, reference: P
 
 
 @pytest.mark.ray
+def test_ray_stops_where_it_cannot_write_the_record(ray_local, tmp_path: Path) -> None:
+    """As jac batch: outputs missing from the record would be refused by every later batch into the folder."""
+    (tmp_path / "in").mkdir()
+    Image.fromarray(natural_image(16, 16)).save(tmp_path / "in" / "a.png")
+    (tmp_path / "out" / RECORD_NAME).mkdir(parents=True)
+    with pytest.raises(OSError, match="cannot add to the batch's record"):
+        distributed.convert(tmp_path / "in", tmp_path / "out", workers=1)
+    assert listing(tmp_path / "out") == []  # no output (the record is not listed)
+
+
+@pytest.mark.ray
 def test_ray_does_not_replace_an_output_another_source_made(ray_local, tmp_path: Path) -> None:
     """As jac batch without Ray: the driver notes what each output was made from, and the plan refuses another."""
     first, second = tmp_path / "A", tmp_path / "B"

@@ -471,6 +471,20 @@ def test_a_batch_run_again_skips_what_is_done_as_on_ray(tmp_path: Path, capsys) 
     assert "already done" not in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_a_batch_that_cannot_write_its_record_stops_before_converting(tmp_path: Path, capsys, jobs: str) -> None:
+    """Outputs missing from the folder's record are refused by every later batch: a batch went on without it,
+    reported success, and the next run into the folder failed every file."""
+    from pillow_jac.source_record import RECORD_NAME
+
+    photos, out = photo_folder(tmp_path, 2)
+    (out / RECORD_NAME).mkdir(parents=True)  # cannot be appended to, even by root
+    assert main(["batch", str(photos), str(out), "--to", "jac", "-j", jobs]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith(f"jac: error: {out / RECORD_NAME}: cannot add to the batch's record"), err
+    assert listing(out) == []  # no output (the record is not listed)
+
+
 _TERMINATING_WORKER = """
 import os, signal, time
 import pillow_jac.conversion as conversion
