@@ -208,7 +208,23 @@ def marked_options(fmt: str, options: dict[str, Any]) -> dict[str, Any]:
         options["comment"] = DECODED_BY
     elif fmt == "TIFF":
         options["software"] = DECODED_BY  # its Software tag (one the EXIF had is replaced, as in a PNG)
+        if "exif" in options and (exif := _exif_for_tiff(options.pop("exif"))) is not None:
+            options["exif"] = exif  # an EXIF of nothing but layout tags is left out: it held nothing else
     return options
+
+
+def _exif_for_tiff(data: bytes) -> bytes | None:
+    """A stored EXIF without its layout tags, which Pillow's TIFF writer would copy over the file's own."""
+    from PIL import Image
+
+    from .source_image import descriptive_exif
+
+    try:
+        tags = Image.Exif()
+        tags.load(data)
+        return descriptive_exif(tags, orientation_and_resolution=True)
+    except Exception:  # noqa: BLE001  (EXIF Pillow cannot parse: the writer refuses it, and it is left out, warned)
+        return data
 
 
 def carries_mark(im: Any) -> bool:

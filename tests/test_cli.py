@@ -1591,6 +1591,27 @@ def test_a_tiffs_camera_tags_are_kept_as_exif(tmp_path: Path) -> None:
             assert dict(im.getexif()) == expected and im.size == (40, 48)  # turned upright, no tag to turn it again
 
 
+@pytest.mark.parametrize("mode", ["L", "RGB"])
+def test_a_decode_to_tiff_leaves_out_the_exifs_stale_layout_tags(tmp_path: Path, capsys, mode: str) -> None:
+    """Pillow's TIFF writer copies an EXIF's IFD0 over its own tags: a photo's EXIF whose sizes or photometric
+    interpretation were left from before a crop or a grey conversion gave a TIFF of 4000x3000 that did not load,
+    or that no reader opened, and jac decode exited 0. The layout tags are left out; the rest is kept."""
+    exif = Image.Exif()
+    exif[0x0100], exif[0x0101], exif[0x0106], exif[0x010F], exif[0x0112], exif[0x011A] = 4000, 3000, 2, "Cam", 3, 300.0
+    source = tmp_path / "cropped.jpg"
+    crop().convert(mode).save(source, exif=exif, quality=95)
+    assert main(["encode", str(source), str(tmp_path / "cropped.jac")]) == 0
+    assert main(["decode", str(tmp_path / "cropped.jac"), str(tmp_path / "cropped.tif")]) == 0
+    assert "warning" not in capsys.readouterr().err
+    with Image.open(tmp_path / "cropped.tif") as im, Image.open(tmp_path / "cropped.jac") as jac:
+        tags = dict(im.tag_v2)
+        im.load()
+        decoded = np.asarray(jac)
+        # Pillow 13 turns a TIFF by its orientation as it loads it (3: half a turn); earlier versions do not
+        assert im.mode == mode and any(np.array_equal(np.asarray(im), x) for x in (decoded, decoded[::-1, ::-1]))
+    assert (tags[0x0100], tags[0x0101], tags[0x010F], tags[0x0112], tags[0x011A]) == (48, 40, "Cam", 3, 300.0)
+
+
 def test_max_image_pixels_sets_pillows_limit_for_the_command_only(png, jac, tmp_path, capsys, monkeypatch) -> None:
     """A trusted image above Pillow's decompression-bomb limit (a 200 MP panorama) could not be encoded or decoded
     with ``jac`` at all: the limit is Python's ``PIL.Image.MAX_IMAGE_PIXELS``. ``--max-image-pixels`` sets it for
