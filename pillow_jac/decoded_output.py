@@ -19,6 +19,7 @@ decoded pixels before they are written, through Pillow's writers only:
 
 from __future__ import annotations
 
+import codecs
 import functools
 import io
 import warnings
@@ -201,8 +202,8 @@ def marked_options(fmt: str, options: dict[str, Any]) -> dict[str, Any]:
 
         pnginfo = PngInfo()
         pnginfo.add_text("Software", DECODED_BY)
-        if "xmp" in options:
-            pnginfo.add_itxt("XML:com.adobe.xmp", options.pop("xmp").decode("utf-8", "replace"))
+        if "xmp" in options and (text := _xmp_text(options.pop("xmp"))) is not None:
+            pnginfo.add_itxt("XML:com.adobe.xmp", text)  # one that is not text is left out (and warned of after)
         options["pnginfo"] = pnginfo
     elif fmt == "JPEG":
         options["comment"] = DECODED_BY
@@ -225,6 +226,26 @@ def _exif_for_tiff(data: bytes) -> bytes | None:
         return descriptive_exif(tags, orientation_and_resolution=True)
     except Exception:  # noqa: BLE001  (EXIF Pillow cannot parse: the writer refuses it, and it is left out, warned)
         return data
+
+
+#: the byte-order marks an XMP packet may start with (XMP Specification Part 3, 1.1.2), UTF-32's before UTF-16's
+_XMP_ENCODINGS = (
+    (codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"), (codecs.BOM_UTF16_LE, "utf-16"),
+    (codecs.BOM_UTF16_BE, "utf-16"), (codecs.BOM_UTF8, "utf-8-sig"),
+)  # fmt: skip
+
+
+def _xmp_text(data: bytes) -> str | None:
+    """An XMP packet as text: UTF-8, or UTF-16 or UTF-32 after their byte-order mark; None for anything else.
+
+    PNG stores XMP as UTF-8 text (an iTXt chunk): a packet in another encoding decoded as UTF-8 "with
+    replacement" was written as garbage (NULs and U+FFFD) without a word.
+    """
+    encoding = next((name for bom, name in _XMP_ENCODINGS if data.startswith(bom)), "utf-8")
+    try:
+        return data.decode(encoding)
+    except UnicodeDecodeError:
+        return None
 
 
 def carries_mark(im: Any) -> bool:

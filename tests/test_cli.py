@@ -1612,6 +1612,23 @@ def test_a_decode_to_tiff_leaves_out_the_exifs_stale_layout_tags(tmp_path: Path,
     assert (tags[0x0100], tags[0x0101], tags[0x010F], tags[0x0112], tags[0x011A]) == (48, 40, "Cam", 3, 300.0)
 
 
+def test_a_decode_to_png_stores_an_xmp_in_utf_16_as_text_and_leaves_out_one_that_is_not_text(tmp_path, capsys):
+    """PNG holds XMP as UTF-8 text: a UTF-16 packet (the XMP specification allows UTF-8, -16 and -32) was decoded as
+    UTF-8 with replacement and written as NULs and U+FFFD, without a word."""
+    packet = '<?xpacket begin="\ufeff"?><x:xmpmeta xmlns:x="adobe:ns:meta/">Zoë</x:xmpmeta><?xpacket end="w"?>'
+    for name, xmp, expected in (
+        ("utf16", packet.encode("utf-16"), packet),
+        ("utf8", packet.encode("utf-8"), packet),
+        ("latin1", packet.replace("\ufeff", "").encode("latin-1"), None),  # no mark, not UTF-8: not text
+    ):
+        crop().save(tmp_path / f"{name}.jpg", xmp=xmp)
+        assert main(["encode", str(tmp_path / f"{name}.jpg"), str(tmp_path / f"{name}.jac")]) == 0
+        assert main(["decode", str(tmp_path / f"{name}.jac"), str(tmp_path / f"{name}.png")]) == 0
+        with Image.open(tmp_path / f"{name}.png") as im:
+            assert im.info.get("XML:com.adobe.xmp") == expected, name
+        assert ("XMP left out" in capsys.readouterr().err) is (expected is None), name
+
+
 def test_max_image_pixels_sets_pillows_limit_for_the_command_only(png, jac, tmp_path, capsys, monkeypatch) -> None:
     """A trusted image above Pillow's decompression-bomb limit (a 200 MP panorama) could not be encoded or decoded
     with ``jac`` at all: the limit is Python's ``PIL.Image.MAX_IMAGE_PIXELS``. ``--max-image-pixels`` sets it for
