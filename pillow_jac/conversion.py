@@ -125,12 +125,15 @@ def _emit(dst: Path, data: bytes, out: IO[bytes] | None) -> None:
         write_file(dst, data)
         return
     view = memoryview(data)
-    while view:  # a pipe whose reader left part-way takes part of a large write without an error
-        written = out.write(view)
-        if not written:
-            raise OSError(errno.EAGAIN, "standard output took none of the bytes written to it")
-        view = view[written:]
-    out.flush()
+    try:
+        while view:  # a pipe whose reader left part-way takes part of a large write without an error
+            written = out.write(view)
+            if not written:
+                raise OSError(errno.EAGAIN, "took none of the bytes written to it")
+            view = view[written:]
+        out.flush()
+    except OSError as e:  # named, as jac info names it (EPIPE stays a BrokenPipeError: jac ends quietly)
+        raise OSError(e.errno, e.strerror or str(e), "standard output") from e
 
 
 def _check_output(src: Path, dst: Path) -> None:
@@ -301,9 +304,9 @@ def decode_file(src: Path, dst: Path, *, device: str | None = None, force: bool 
                 f"{dst}: a decode does not write .jac files; copy the file, or re-encode it with jac encode"
             )
         check_target(dst)
-        if not force:
-            _check_not_an_original(src, dst)
-    jac, _ = read_jac(src)
+    jac, _ = read_jac(src)  # first: a missing or damaged input is reported as such, not as a problem of the output
+    if out is None and not force:
+        _check_not_an_original(src, dst)
     check_declared_size(*jac.size, error=CodecError, warn=True)  # as Image.open would
     pixels = decode(jac, device=device)
     im = Image.frombytes(jac.mode, jac.size, memoryview(pixels).cast("B"))  # decode returns a contiguous array

@@ -41,8 +41,9 @@ __all__ = [
 
 #: the ``Software`` text chunk of a PNG, and the comment of a JPEG, that a decode wrote
 DECODED_BY = "pillow_jac (decoded from a .jac file)"
-#: the extensions of the formats in which a decode leaves :data:`DECODED_BY` (:func:`marked_options`)
-MARKED_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
+#: the extensions of the formats in which a decode leaves :data:`DECODED_BY` (:func:`marked_options`): every one
+#: Pillow writes PNG, JPEG or TIFF for
+MARKED_SUFFIXES = (".png", ".apng", ".jpg", ".jpeg", ".jpe", ".jfif", ".tif", ".tiff")
 
 #: for each decoded mode, the modes to hand a writer, in order of preference
 _MODES = {"RGBA": ("RGBA",), "LA": ("LA", "RGBA"), "RGB": ("RGB",), "L": ("L", "RGB")}

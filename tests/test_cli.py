@@ -1629,6 +1629,22 @@ def test_a_decode_to_png_stores_an_xmp_in_utf_16_as_text_and_leaves_out_one_that
         assert ("XMP left out" in capsys.readouterr().err) is (expected is None), name
 
 
+def test_decode_errors_name_what_they_are_about(jac: Path, tmp_path: Path, capsys) -> None:
+    """A missing input was reported as a problem of an existing output; an original named .jfif as "not a PNG, JPEG
+    or TIFF"; a failed write to "-" without naming standard output, as jac info names it."""
+    original = tmp_path / "photo.jfif"
+    crop().save(original, format="JPEG")
+    assert main(["decode", str(tmp_path / "missing.jac"), str(original)]) == 1
+    assert capsys.readouterr().err.strip() == f"jac: error: {tmp_path / 'missing.jac'}: No such file or directory"
+    assert main(["decode", str(jac), str(original)]) == 1
+    assert "exists and carries no mark of a decode" in capsys.readouterr().err
+    if Path("/dev/full").exists():
+        with open("/dev/full", "wb") as full:
+            done = subprocess.run([sys.executable, "-m", "pillow_jac", "decode", str(jac), "-"], stdout=full,
+                                  stderr=subprocess.PIPE, text=True, cwd=ROOT, timeout=120)  # fmt: skip
+        assert (done.returncode, done.stderr.strip()) == (1, "jac: error: standard output: No space left on device")
+
+
 def test_max_image_pixels_sets_pillows_limit_for_the_command_only(png, jac, tmp_path, capsys, monkeypatch) -> None:
     """A trusted image above Pillow's decompression-bomb limit (a 200 MP panorama) could not be encoded or decoded
     with ``jac`` at all: the limit is Python's ``PIL.Image.MAX_IMAGE_PIXELS``. ``--max-image-pixels`` sets it for
