@@ -117,14 +117,14 @@ def _print(info: dict[str, Any]) -> None:
         f"  streams:   {streams}",
         f"  metadata:  {', '.join(meta) if meta else 'none'}",
     ]
-    text = "\n".join(lines)
-    encoding = getattr(sys.stdout, "encoding", None) or "utf-8"
-    # a file name that is not valid in the locale's encoding (undecodable bytes) is shown escaped
-    print_out(text.encode(encoding, "backslashreplace").decode(encoding))
+    print_out("\n".join(lines))
 
 
 def print_out(text: str = "") -> None:
     """Print ``text`` on standard output now; an error of it names standard output.
+
+    What the output's encoding cannot hold (a path's undecodable bytes, a name outside an ASCII locale) is shown
+    with Python's backslash escapes, as its own error messages show it.
 
     Raises:
         ConversionError: there is no standard output (the process started with it closed: ``print`` would
@@ -134,8 +134,9 @@ def print_out(text: str = "") -> None:
     """
     if sys.stdout is None:
         raise ConversionError("there is no standard output (the process started with it closed)")
+    encoding = getattr(sys.stdout, "encoding", None) or "utf-8"
     try:
-        print(text, flush=True)
+        print(text.encode(encoding, "backslashreplace").decode(encoding), flush=True)
     except BrokenPipeError:
         raise
     except OSError as e:

@@ -1468,6 +1468,23 @@ def test_errors_of_reading_or_encoding_the_input_name_it(tmp_path: Path, capsys)
     assert_one_line_error(capsys.readouterr().err, f"{good / 'x.jac'}: Not a directory")
 
 
+def test_models_shows_a_path_the_locale_cannot_show(tmp_path: Path) -> None:
+    """jac models failed ("'ascii' codec can't encode") where jac info showed the same name escaped."""
+    folder = tmp_path / "modèles"
+    folder.mkdir()
+    weights = folder / "w.safetensors"
+    try:
+        os.link(generations.default_weights_path(), weights)
+    except OSError:  # another file system
+        weights.write_bytes(generations.default_weights_path().read_bytes())
+    result = subprocess.run(
+        [sys.executable, "-m", "pillow_jac", "models"], capture_output=True, cwd=ROOT, timeout=120,
+        env={**os.environ, "PYTHONIOENCODING": "ascii", "JAC_WEIGHTS": str(weights)},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "mod\\xe8les" in result.stdout.decode()
+
+
 def test_info_shows_each_file_as_it_is_read_and_a_name_the_locale_cannot_show(jac: Path, tmp_path: Path) -> None:
     """A name with bytes that are not UTF-8 is shown escaped, also under a strict UTF-8 stdout."""
     odd = Path(os.fsdecode(bytes(tmp_path) + b"/odd\xff.jac"))
