@@ -63,18 +63,21 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
     """
     # an empty (or blank) JAC_DEVICE is unset, as an empty JAC_WEIGHTS or JAC_MODELS is
     choice = str(device) if device is not None else os.environ.get("JAC_DEVICE", "").strip() or "cpu"
+    # an error names where an unexpected choice came from: a user who passed no device may not know the variable
+    whose = "" if device is not None else f" (JAC_DEVICE={choice})"
     if choice == "auto":
         choice = "cuda" if torch.cuda.is_available() else "cpu"
     try:
         resolved = torch.device(choice)
     except (RuntimeError, ValueError, TypeError) as exc:
-        raise ValueError(f"unknown device {choice!r}: use cpu, cuda, cuda:N or auto") from exc
+        raise ValueError(f"unknown device {choice!r}{whose}: use cpu, cuda, cuda:N or auto") from exc
     if resolved.type not in ("cpu", "cuda"):  # meta, mps, xla...: the codec is built and tested for these two
-        raise ValueError(f"device {choice!r} is not supported: use cpu, cuda, cuda:N or auto")
+        raise ValueError(f"device {choice!r}{whose} is not supported: use cpu, cuda, cuda:N or auto")
     if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("CUDA was requested but is not available")
+        raise ValueError(f"CUDA was requested{whose} but is not available")
     if resolved.type == "cuda" and resolved.index is not None and resolved.index >= torch.cuda.device_count():
-        raise ValueError(f"{choice!r} does not exist: this machine has {torch.cuda.device_count()} CUDA device(s)")
+        count = torch.cuda.device_count()
+        raise ValueError(f"{choice!r}{whose} does not exist: this machine has {count} CUDA device(s)")
     return resolved
 
 

@@ -988,9 +988,15 @@ def test_a_bad_device_fails_a_batch_once(tmp_path: Path, capsys, monkeypatch) ->
         crop().save(tmp_path / "in" / name)
     assert main(["batch", str(tmp_path / "in"), str(tmp_path / "o"), "--to", "jac", "--device", "bogus"]) == 1
     assert_one_line_error(capsys.readouterr().err, "unknown device 'bogus'")
-    monkeypatch.setenv("JAC_DEVICE", "bogus")
+    monkeypatch.setenv("JAC_DEVICE", "bogus")  # named: a user who gave no --device may not know the variable
     assert main(["batch", str(tmp_path / "in"), str(tmp_path / "o"), "--to", "jac"]) == 1
-    assert_one_line_error(capsys.readouterr().err, "unknown device 'bogus'")
+    assert_one_line_error(capsys.readouterr().err, "unknown device 'bogus' (JAC_DEVICE=bogus)")
+    import torch
+
+    if not torch.cuda.is_available():
+        monkeypatch.setenv("JAC_DEVICE", "cuda")
+        assert main(["encode", str(tmp_path / "in" / "a.png"), str(tmp_path / "a.jac")]) == 1
+        assert_one_line_error(capsys.readouterr().err, "CUDA was requested (JAC_DEVICE=cuda) but is not available")
     assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
     monkeypatch.delenv("JAC_DEVICE")
     assert main(["batch", str(tmp_path / "in"), str(tmp_path / "o"), "--to", "jac", "--model", "nope"]) == 1
