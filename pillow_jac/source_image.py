@@ -165,13 +165,13 @@ def _rawmode(im: Any) -> str | None:
 
 
 def _sixteen_bit_colour(im: Any, rawmode: str | None, name: str | Path | None) -> Any:
-    """16-bit colour or grey+alpha samples, which Pillow reads as 8-bit RGB or RGBA, with a warning; else ``im``.
+    """16-bit colour or grey+alpha samples, which Pillow reads as 8-bit RGB, RGBA or CMYK, with a warning; else ``im``.
 
     Pillow keeps each 16-bit sample's high byte. A 16-bit grey+alpha PNG opens as RGBA: it becomes ``LA`` (its
     three colour planes are equal), so that the file stores grey and decodes as grey, as an 8-bit one does.
     ``rawmode``: :func:`_rawmode` before the image was loaded; ``name`` as for :func:`storable`.
     """
-    if im.mode not in ("RGB", "RGBA") or not isinstance(rawmode, str) or ";16" not in rawmode:
+    if im.mode not in ("RGB", "RGBA", "CMYK") or not isinstance(rawmode, str) or ";16" not in rawmode:
         return im
     kind = "16-bit grey and alpha" if rawmode.startswith("LA") else "16-bit colour"
     warnings.warn(f"{_of(name, kind)} samples reduced to 8 bits (JAC stores 8)", stacklevel=4)

@@ -1668,6 +1668,32 @@ def test_decode_errors_name_what_they_are_about(jac: Path, tmp_path: Path, capsy
         assert (done.returncode, done.stderr.strip()) == (1, "jac: error: standard output: No space left on device")
 
 
+def test_16_bit_cmyk_is_said_to_be_reduced_to_8_bits(tmp_path: Path, capsys) -> None:
+    """Pillow keeps the high byte of 16-bit CMYK samples, as of 16-bit RGB, which was warned of; CMYK was not."""
+    import struct
+
+    width, height = 4, 3
+    samples = (np.arange(width * height * 4, dtype="<u2") * 4099).tobytes()
+    entries = [(256, width), (257, height), (258, None), (259, 1), (262, 5), (273, None), (277, 4), (278, height),
+               (279, len(samples)), (284, 1)]  # fmt: skip
+    ifd_end = 8 + 2 + 12 * len(entries) + 4
+    tiff = bytearray(b"II*\x00" + struct.pack("<IH", 8, len(entries)))
+    for tag, value in entries:
+        if tag == 258:  # four 16-bit samples a pixel, listed after the directory
+            tiff += struct.pack("<HHII", tag, 3, 4, ifd_end)
+        elif tag in (273, 279):
+            tiff += struct.pack("<HHII", tag, 4, 1, ifd_end + 8 if tag == 273 else value)
+        else:
+            tiff += struct.pack("<HHIHH", tag, 3, 1, value, 0)
+    tiff += struct.pack("<I4H", 0, 16, 16, 16, 16) + samples
+    source = tmp_path / "cmyk16.tif"
+    source.write_bytes(bytes(tiff))
+    with Image.open(source) as im:
+        assert im.mode == "CMYK" and im.tile[0].args[0] == "CMYK;16L"
+    assert main(["encode", str(source), str(tmp_path / "cmyk16.jac")]) == 0
+    assert "16-bit colour samples reduced to 8 bits" in capsys.readouterr().err
+
+
 def test_max_image_pixels_sets_pillows_limit_for_the_command_only(png, jac, tmp_path, capsys, monkeypatch) -> None:
     """A trusted image above Pillow's decompression-bomb limit (a 200 MP panorama) could not be encoded or decoded
     with ``jac`` at all: the limit is Python's ``PIL.Image.MAX_IMAGE_PIXELS``. ``--max-image-pixels`` sets it for
