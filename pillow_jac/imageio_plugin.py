@@ -183,9 +183,11 @@ def _plugin_class() -> type:
         def write(self, ndimage: Any, *, mode: str | None = None, format: str | None = None, **kwargs: Any) -> Any:
             request = self.request
             target = format or Image.registered_extensions().get(request.extension or request.format_hint or "")
-            if target is None:  # imageio's own plugin fails with KeyError: None
+            # imageio's own plugin fails with KeyError: None. Also where extension= was given in capitals: imageio
+            # knows no plugin for '.PNG' and tries each with a request of no extension (imageio 2.38)
+            if target is None:
                 raise ValueError(
-                    "no output format: name a file with its extension, or pass extension='.jac' or format='JAC'"
+                    "no output format: name a file with its extension, or pass extension= (such as '.jac') or format="
                 )
             frames = self._jac_frames
             if (target or "").upper() == "JAC":
