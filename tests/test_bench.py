@@ -678,6 +678,32 @@ def test_each_codec_is_warmed_up_before_its_first_timed_point(tmp_path: Path, mo
     assert calls[0] == (64, 64, 3) and len(calls) == 3  # the untimed crop, then the two points
 
 
+def test_every_curve_of_the_plot_is_drawn_its_own_way(tmp_path: Path, monkeypatch):
+    """The published curves took colours the measured anchors had (AVIF and the paper's mbt2018 both red), and every
+    effort level the same grey line; a results file read back (nulls for MS-SSIM not measured) is drawn too."""
+    pytest.importorskip("matplotlib")
+    from matplotlib.axes import Axes
+
+    from pillow_jac.bench import rd_report
+
+    drawn = []
+    real = Axes.plot
+
+    def plot(self, *args, **kwargs):
+        drawn.append((kwargs["label"], kwargs["color"], kwargs.get("linestyle")))
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Axes, "plot", plot)
+    average = [{**_point(50, 0.5, 30.0), "ms_ssim_db": None}, {**_point(90, 1.0, 33.0), "ms_ssim_db": None}]
+    names = ["jac", "jac-e1", "jac-e2", "jpeg420", "jpeg444", "webp", "avif", "jpeg2000", "heic", "jxl"]
+    published = {f"p{i}": {"label": f"P{i}", "bpp": [0.5, 1.0], "psnr": [29, 32], "ms_ssim_db": None} for i in range(3)}
+    results = {"meta": {"images": 1, "data": "kodak"}, "published": published,
+               "codecs": {name: {"label": name, "average": average} for name in names}}  # fmt: skip
+    assert rd_report.plot(tmp_path / "rd.png", json.loads(json.dumps(results)))
+    assert len(drawn) == len(names) + len(published)  # the PSNR panel; the MS-SSIM one has no point to draw
+    assert len({(color, style) for _, color, style in drawn}) == len(drawn), drawn
+
+
 def test_the_plot_mentions_published_curves_only_when_it_draws_some(tmp_path: Path, monkeypatch):
     pytest.importorskip("matplotlib")
     from matplotlib.figure import Figure

@@ -190,30 +190,34 @@ def plot(path: Path, results: dict[str, Any], max_bpp: float = 2.0) -> bool:
         print("note: matplotlib is not installed: no plot (pip install matplotlib)", file=sys.stderr, flush=True)
         return False
     fig, axes = plt.subplots(1, 2, figsize=(15, 6.5))
-    measured_colors = plt.get_cmap("tab10").colors
-    published_colors = ("#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")
     curves = []  # (label, bpp, {key: values}, style)
     others = [name for name in results["codecs"] if not _is_jac(name)]
+    searched = [name for name in results["codecs"] if _is_jac(name) and name != "jac"]  # jac-e1, jac-e2, ...
+    # one colour per curve: the measured anchors', then the published curves' (tab20 where tab10 runs out)
+    colors = plt.get_cmap("tab10" if len(others) + len(results["published"]) <= 10 else "tab20").colors
     for name, codec in results["codecs"].items():
         pts = codec["average"]
         style: dict[str, Any] = {"marker": "o", "markersize": 3.5, "linewidth": 1.4}
         if name == "jac":
             style.update(linewidth=2.6, color="black", zorder=5)
-        elif _is_jac(name):
-            style.update(linewidth=2.2, color="dimgray", zorder=4)
+        elif _is_jac(name):  # a grey and a dash pattern of its own for each effort level
+            k = searched.index(name) % 3
+            style.update(
+                linewidth=2.2, color=("dimgray", "gray", "darkgray")[k], linestyle=("-", "-.", ":")[k], zorder=4
+            )
         else:
-            style["color"] = measured_colors[others.index(name) % len(measured_colors)]
+            style["color"] = colors[others.index(name) % len(colors)]
         values = {key: [p[key] for p in pts] for key in ("psnr", "ms_ssim_db")}
         curves.append((codec["label"], [p["bpp"] for p in pts], values, style))
     for i, curve in enumerate(results["published"].values()):
         style = {"linestyle": "--", "marker": "x", "markersize": 4, "linewidth": 1.2}
-        style["color"] = published_colors[i % len(published_colors)]
+        style["color"] = colors[(len(others) + i) % len(colors)]
         values = {"psnr": curve["psnr"], "ms_ssim_db": curve["ms_ssim_db"]}
         curves.append((curve["label"], curve["bpp"], values, style))
     for ax, key, ylabel in ((axes[0], "psnr", "PSNR RGB (dB)"), (axes[1], "ms_ssim_db", "MS-SSIM RGB (dB)")):
         ys: list[float] = []
         for label, bpp, values, style in curves:
-            pairs = [(r, v) for r, v in zip(bpp, values[key] or [], strict=False) if math.isfinite(v)]
+            pairs = [(r, v) for r, v in zip(bpp, values[key] or [], strict=False) if v is not None and math.isfinite(v)]
             if not pairs:
                 continue
             ax.plot([r for r, _ in pairs], [v for _, v in pairs], label=label, **style)
