@@ -625,6 +625,30 @@ def test_readme_adds_a_codec_to_a_run_by_listing_every_codec():
         assert codecs is not None and set(DEFAULT_CODECS) < set(codecs.group(1).split(",")), command
 
 
+def test_a_codec_asked_for_and_not_measured_is_recorded_and_fails_the_run(tmp_path: Path, monkeypatch, capsys):
+    """A codec whose library is missing was left out with a note on stderr only: results.json and rd.md did not say,
+    and the run exited 0, so a README comparison could lose an anchor unseen."""
+    from pillow_jac.bench import codecs, rd
+
+    data, out = tmp_path / "images", tmp_path / "out"
+    data.mkdir()
+    Image.fromarray(_tiny_image()).save(data / "img0.png")
+    real = codecs.get_codec
+
+    def get_codec(name, **kwargs):
+        if name == "webp":
+            raise codecs.CodecUnavailable("libwebp is not installed")
+        return real(name, **kwargs)
+
+    monkeypatch.setattr(codecs, "get_codec", get_codec)
+    argv = ["--data", str(data), "--out", str(out), "--ladder", "jpeg420=50", "--published", "", "--no-ms-ssim"]
+    assert rd.main([*argv, "--codecs", "jpeg420,webp"]) == 1
+    assert "webp was asked for and not measured: libwebp is not installed" in capsys.readouterr().err
+    results = json.loads((out / "results.json").read_text())
+    assert set(results["codecs"]) == {"jpeg420"} and results["meta"]["skipped"] == {"webp": "libwebp is not installed"}
+    assert "Not measured: webp (libwebp is not installed)." in (out / "rd.md").read_text()
+
+
 def test_resume_keeps_only_the_codecs_named(tmp_path: Path):
     from pillow_jac.bench import rd
 

@@ -369,8 +369,11 @@ def get_codecs(
     jac_device: str | None = None,
     jac_weights: str | None = None,
     verbose: bool = True,
+    skipped: dict[str, str] | None = None,
 ) -> list[Codec]:
     """The adapters for ``names`` (default :data:`DEFAULT_CODECS`), skipping unavailable ones with a note.
+
+    ``skipped``, where given, gets each unavailable codec's name and why.
 
     Example:
         >>> [c.name for c in get_codecs(["jpeg420", "webp"], verbose=False)]
@@ -383,4 +386,6 @@ def get_codecs(
         except CodecUnavailable as e:
             if verbose:
                 print(f"note: skipping {name}: {e}", file=sys.stderr)
+            if skipped is not None:
+                skipped[name] = str(e)
     return out

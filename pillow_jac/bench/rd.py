@@ -280,7 +280,10 @@ def run(
     paths = list_images(data, limit)
     images = _load_images(paths)
     out.mkdir(parents=True, exist_ok=True)
-    codecs = get_codecs(codec_names, jac_qualities=jac_qualities, jac_device=jac_device, jac_weights=jac_weights)
+    skipped: dict[str, str] = {}  # codecs whose library is missing here: recorded, so that no comparison is lost unseen
+    codecs = get_codecs(
+        codec_names, jac_qualities=jac_qualities, jac_device=jac_device, jac_weights=jac_weights, skipped=skipped
+    )
     if ladders:
         codecs = [c.with_ladder(ladders[c.name]) if c.name in ladders else c for c in codecs]
     if with_ms_ssim and not metrics.ms_ssim_available():
@@ -311,6 +314,7 @@ def run(
             "machine": metrics.machine_description(),
             "versions": _versions(),
             "ms_ssim": with_ms_ssim,
+            "skipped": skipped,
         },
         "codecs": {},
     }
@@ -409,7 +413,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("bench_out/rd"), help="output directory")
     parser.add_argument("--limit", type=limit_argument, default=None, help="use only the first N images (N >= 1)")
     parser.add_argument(
-        "--codecs", default=",".join(DEFAULT_CODECS), help=f"comma-separated (default {','.join(DEFAULT_CODECS)})"
+        "--codecs",
+        help=f"comma-separated (default {','.join(DEFAULT_CODECS)}, those of them whose library is installed; one "
+        "named here that cannot run makes the exit status 1)",
     )
     parser.add_argument("--jac-qualities", type=_floats, default=None, help="e.g. 1,1.5,2,3,4,5,6,7,8")
     parser.add_argument("--jac-device", default=None, help="torch device for .jac (cpu, cuda, auto)")
@@ -451,10 +457,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         torch.set_num_threads(args.threads)
     try:
-        run(
+        results = run(
             data=data,
             out=args.out,
-            codec_names=[c for c in args.codecs.split(",") if c],
+            codec_names=[c for c in (args.codecs or ",".join(DEFAULT_CODECS)).split(",") if c],
             limit=args.limit,
             jac_qualities=args.jac_qualities,
             jac_device=args.jac_device,
@@ -468,6 +474,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     except ImageInputError as e:
         return input_error(parser.prog, e)
+    if args.codecs and results["meta"]["skipped"]:
+        for name, why in results["meta"]["skipped"].items():
+            print(f"{parser.prog}: error: {name} was asked for and not measured: {why}", file=sys.stderr)
+        return 1
     return 0
 
 

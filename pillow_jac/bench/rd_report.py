@@ -47,6 +47,8 @@ def write_markdown(path: Path, results: dict[str, Any]) -> None:
             f"for these {meta['images']} images.",
             "",
         ]
+    for name, why in meta.get("skipped", {}).items():
+        lines += [f"Not measured: {name} ({why}).", ""]
     points = [p for c in results["codecs"].values() for ps in c.get("per_image", {}).values() for p in ps]
     reused = sum(1 for p in points if p.get("reused"))
     if reused:
