@@ -32,8 +32,8 @@ How it runs:
   quality. Beyond :func:`is_done`, :func:`convert` redoes an output whose input has another size or time
   than when it was made (an older copy put in its place: the output folder's record of sources,
   :meth:`~pillow_jac.source_record.SourceRecord.changed`). A worker killed mid-file
-  can leave a ``.jac-PID-XXXXXXXX.tmp`` file beside the outputs: nothing reads it, and it can be deleted
-  (``jac batch`` removes those of its own workers; a Ray worker's process id is its node's).
+  can leave a ``.jac-HOST-PID-XXXXXXXX.tmp`` file beside the outputs: nothing reads it, and it can be deleted
+  (``jac batch`` removes those of its own dead workers, by the machine and process id in the name).
 * **Paths.** Workers open the files themselves: every node must see ``inputs`` and ``out_dir`` at the same
   absolute paths (a local folder on a one-machine instance, or shared storage mounted alike on every node).
 

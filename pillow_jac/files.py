@@ -29,9 +29,12 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
+import hashlib
 import io
 import os
 import re
+import socket
 import stat
 import sys
 from collections.abc import Callable, Iterator
@@ -220,7 +223,7 @@ def _create_temporary(path: Path, mode: int) -> tuple[int, str]:
     """Create a file with a new short name in ``path``'s folder (``mode`` less the umask); return fd and name."""
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
     for _ in range(100):
-        tmp = os.path.join(path.parent, f".jac-{os.getpid()}-{os.urandom(4).hex()}.tmp")
+        tmp = os.path.join(path.parent, f".jac-{_host_tag()}-{os.getpid()}-{os.urandom(4).hex()}.tmp")
         try:
             with _about(path, tmp):
                 return os.open(tmp, flags, mode), tmp
@@ -238,15 +241,24 @@ def _create_temporary(path: Path, mode: int) -> tuple[int, str]:
     raise FileExistsError(errno.EEXIST, "no free temporary file name", str(path))
 
 
-_TEMPORARY_NAME = re.compile(r"\.jac-([0-9]+)-[0-9a-f]{8}\.tmp")
+#: a temporary file's name: the writer's host (:func:`_host_tag`; none in names of pillow_jac before it), its
+#: process id, and 8 random hex digits
+_TEMPORARY_NAME = re.compile(r"\.jac-(?:([0-9a-f]{8})-)?([0-9]+)-[0-9a-f]{8}\.tmp")
+
+
+@functools.cache
+def _host_tag() -> str:
+    """8 hex digits of this machine's name: a process id says whether a writer runs only on its own machine."""
+    return hashlib.sha256(socket.gethostname().encode("utf-8", "surrogateescape")).hexdigest()[:8]
 
 
 def remove_orphaned_temporaries(folder: str | os.PathLike) -> int:
     """Remove the temporary files in ``folder`` that a process which no longer runs left; return how many.
 
     A process killed while :func:`write_atomic` writes (SIGKILL, the out-of-memory killer) cannot remove its
-    temporary file; its name holds the writer's process id. Call it once the writers have been waited for (a
-    process that has died but is not yet reaped still counts as running). POSIX only (0 elsewhere).
+    temporary file; its name holds the writer's machine and process id. Only this machine's are judged (in a
+    folder that several machines write to, another's writer may be running). Call it once the writers have been
+    waited for (a process that has died but is not yet reaped still counts as running). POSIX only (0 elsewhere).
     """
     if os.name != "posix":
         return 0
@@ -257,10 +269,10 @@ def remove_orphaned_temporaries(folder: str | os.PathLike) -> int:
         return 0
     for name in names:
         match = _TEMPORARY_NAME.fullmatch(name)
-        if match is None:
+        if match is None or match.group(1) not in (None, _host_tag()):
             continue
         try:
-            os.kill(int(match.group(1)), 0)
+            os.kill(int(match.group(2)), 0)
             continue  # it runs (or is another user's)
         except ProcessLookupError:
             pass

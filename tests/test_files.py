@@ -379,13 +379,19 @@ def test_a_temporary_file_a_killed_writer_left_is_removed_and_one_being_written_
 
     gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     dead = int(gone.stdout)  # waited for: no longer a process
-    orphan = tmp_path / f".jac-{dead}-0123abcd.tmp"
-    live = tmp_path / f".jac-{os.getpid()}-89abcdef.tmp"
+    here = files._host_tag()
+    orphan = tmp_path / f".jac-{here}-{dead}-0123abcd.tmp"
+    older = tmp_path / f".jac-{dead}-4567cdef.tmp"  # named by a pillow_jac that wrote no machine in it
+    live = tmp_path / f".jac-{here}-{os.getpid()}-89abcdef.tmp"
+    # another machine's writer, in a folder both write to (shared storage): its process id says nothing here
+    elsewhere = tmp_path / f".jac-{'0' if here != '00000000' else '1'}0000000-{dead}-01234567.tmp"
     other = tmp_path / ".jac-sources"
-    for path in (orphan, live, other):
+    for path in (orphan, older, live, elsewhere, other):
         path.write_bytes(b"x")
-    assert files.remove_orphaned_temporaries(tmp_path) == 1
-    assert not orphan.exists() and live.exists() and other.exists()
+    assert files.remove_orphaned_temporaries(tmp_path) == 2
+    assert not orphan.exists() and not older.exists() and live.exists() and elsewhere.exists() and other.exists()
     names = []
     files.write_atomic(tmp_path / "a.jac", lambda f: names.extend(os.listdir(tmp_path)) or f.write(b"data"))
-    assert any(files._TEMPORARY_NAME.fullmatch(name) for name in names), names  # the name it is written under
+    (written,) = set(names) - {path.name for path in (live, elsewhere, other)}  # the name it is written under
+    match = files._TEMPORARY_NAME.fullmatch(written)
+    assert match is not None and match.group(1, 2) == (here, str(os.getpid())), written
