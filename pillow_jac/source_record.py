@@ -21,12 +21,19 @@ either again (:meth:`SourceRecord.changed`).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
+from typing import IO
 
 from .files import write_atomic
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: no lock (one batch a folder at a time there)
+    fcntl = None  # type: ignore[assignment]
 
 __all__ = ["RECORD_NAME", "SourceRecord", "note_made", "note_started"]
 
@@ -91,7 +98,7 @@ def _note(out_dir: str | os.PathLike, made: Iterable[tuple], more: dict) -> None
         lines.append(json.dumps(entry) + "\n")
     path = Path(out_dir) / RECORD_NAME
     try:
-        with open(path, "a", encoding="utf-8") as f:
+        with _locked(path) as f:
             f.write("".join(lines))
     except OSError as e:  # a later batch would refuse an output missing from the record, so the batch stops
         why = e.strerror or str(e)
@@ -101,6 +108,31 @@ def _note(out_dir: str | os.PathLike, made: Iterable[tuple], more: dict) -> None
             "into this folder would refuse what it does not record, so this one stops",
             str(path),
         ) from e
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[IO[str]]:
+    """The record at ``path`` opened to append (and read), held alone (``flock``) until the block ends.
+
+    Several batches may write into one folder (drivers of shards, ``benchmarks/ray.md``): a compaction
+    (:meth:`SourceRecord._compact`) rewrites the record under this lock, so a line appended meanwhile is neither
+    lost in the old file nor left out of the new one. A file replaced while this waited is opened again.
+    """
+    while True:
+        f = open(path, "a+", encoding="utf-8")
+        try:
+            if fcntl is not None:
+                fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+                try:
+                    replaced = os.fstat(f.fileno()).st_ino != os.stat(path).st_ino  # compacted while this waited
+                except FileNotFoundError:  # removed meanwhile: made again
+                    replaced = True
+                if replaced:
+                    continue
+            yield f
+            return
+        finally:
+            f.close()  # and unlocked
 
 
 def _stored_quality(quality: object) -> object:
@@ -115,31 +147,44 @@ def _stored_quality(quality: object) -> object:
         return quality
 
 
+def _last_lines(lines: Iterable[str]) -> dict[str, dict]:
+    """Each output's last line of a record's ``lines`` (one cut by a crash is skipped)."""
+    made: dict[str, dict] = {}
+    for line in lines:
+        try:
+            entry = json.loads(line)
+            made[str(entry["output"])] = entry
+        except (ValueError, KeyError, TypeError):
+            continue
+    return made
+
+
 class SourceRecord:
     """The record of the output folder ``out_dir`` as it is when read (once, here); :func:`note_made` adds to it."""
 
     def __init__(self, out_dir: str | os.PathLike):
         self.out_dir = Path(out_dir)
-        self.made: dict[str, dict] = {}
         try:
             lines = (self.out_dir / RECORD_NAME).read_text("utf-8").splitlines()
         except (OSError, UnicodeDecodeError):  # none yet, or unreadable: nothing is known
             lines = []
-        for line in lines:
-            try:
-                entry = json.loads(line)
-                self.made[str(entry["output"])] = entry  # the last line of an output wins
-            except (ValueError, KeyError, TypeError):
-                continue  # a line cut by a crash
+        self.made: dict[str, dict] = _last_lines(lines)
         if len(lines) > max(_COMPACT_AT, 2 * len(self.made)):
             self._compact()
 
     def _compact(self) -> None:
-        """Rewrite the record with one line per output, the last (each conversion again added one)."""
-        text = "".join(json.dumps(entry) + "\n" for entry in self.made.values())
+        """Rewrite the record with one line per output, the last (each conversion again added one).
+
+        Read again under the record's lock (:func:`_locked`), with what other batches appended since.
+        """
+        path = self.out_dir / RECORD_NAME
         try:
-            write_atomic(self.out_dir / RECORD_NAME, lambda f: f.write(text.encode("utf-8")))
-        except OSError:  # a folder that cannot be written: the record stays as it is
+            with _locked(path) as f:
+                f.seek(0)
+                latest = _last_lines(f.read().splitlines())
+                text = "".join(json.dumps(entry) + "\n" for entry in latest.values())
+                write_atomic(path, lambda out: out.write(text.encode("utf-8")))
+        except (OSError, UnicodeDecodeError):  # a folder that cannot be written: the record stays as it is
             pass
 
     def changed(self, src: str | os.PathLike, dst: str | os.PathLike, settings: dict | None = None) -> bool:

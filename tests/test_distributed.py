@@ -541,6 +541,38 @@ def test_ray_converts_again_outputs_made_with_other_settings(ray_local, tmp_path
     assert distributed.convert(photos, tmp_path / "out", target_psnr=30, workers=1).skipped == 1
 
 
+@pytest.mark.skipif(os.name != "posix", reason="the record is locked with flock")
+def test_a_line_another_batch_appends_while_the_record_is_compacted_is_kept(tmp_path: Path, monkeypatch) -> None:
+    """A compaction read the record, then renamed a rewritten copy over it: a line another batch into the folder
+    appended in between was lost, and that output refused by every later batch as made by none."""
+    import threading
+
+    from pillow_jac import source_record
+    from pillow_jac.source_record import SourceRecord, note_made
+
+    out = tmp_path / "out"
+    out.mkdir()
+    src, other = tmp_path / "a.png", tmp_path / "b.png"
+    src.write_bytes(b"one")
+    other.write_bytes(b"other")
+    for _ in range(1200):  # one output converted again and again: compacted when read
+        note_made(out, src, out / "a.jac")
+    real, appending = source_record.write_atomic, []
+
+    def write_atomic(path, write):  # the other batch appends while the compaction is under way
+        appending.append(threading.Thread(target=note_made, args=(out, other, out / "b.jac")))
+        appending[0].start()
+        appending[0].join(0.3)
+        real(path, write)
+
+    monkeypatch.setattr(source_record, "write_atomic", write_atomic)
+    SourceRecord(out)
+    appending[0].join(10)
+    assert not appending[0].is_alive()
+    lines = (out / source_record.RECORD_NAME).read_text().splitlines()
+    assert sorted(json.loads(line)["output"] for line in lines) == ["a.jac", "b.jac"]
+
+
 def test_a_record_of_sources_that_is_cut_or_unreadable_is_no_error(tmp_path: Path) -> None:
     from pillow_jac.source_record import RECORD_NAME, SourceRecord, note_made
 
