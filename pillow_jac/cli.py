@@ -2,7 +2,8 @@
 
 Commands::
 
-    jac encode IN OUT.jac [-q Q | --size BYTES | --psnr DB] [--preview] [--strip] [--force] [--device D]
+    jac encode IN OUT.jac [-q Q | --size BYTES | --psnr DB] [-e E] [--model M] [--preview] [--strip] [--force]
+              [--device D]
     jac decode IN.jac OUT [--force] [--device D]                    .jac -> any format Pillow writes (by extension)
     (encode, decode and batch also take --max-image-pixels N: Pillow's decompression-bomb limit)
     jac info FILE.jac... [--json]                                   header, sizes, decoder needed; never imports torch
@@ -18,6 +19,9 @@ Exit status: 0 on success, 1 on any error (one line ``jac: error: ...`` on stder
 
 Outputs are encoded in memory, then written to a temporary file next to the target and renamed into
 place, so a failed, interrupted or terminated command never leaves a partial or truncated output file.
+Two outputs are written in place instead, as Pillow's own writers write every file (a replacement would
+lose something): a file with other hard links, and a writable file in a folder that takes no new file
+(:func:`pillow_jac.files.write_file`; the space is reserved first where the file system can).
 An output is never the input file (also through another path or a link), and ``encode`` writes only
 names ending in ``.jac`` unless ``--force`` is given. ``-`` reads standard input or writes standard
 output (:mod:`pillow_jac.conversion`).
