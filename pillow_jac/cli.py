@@ -262,6 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="convert a folder of images",
         description="Convert every image in IN_DIR to .jac (--to jac) or every .jac file to PNG (--to png).",
     )
+    p.set_defaults(usage_error=p.error)  # main's checks of option pairs show `jac batch`'s usage, not jac's
     p.add_argument("in_dir", type=Path, metavar="IN_DIR", help="folder to read")
     p.add_argument("out_dir", type=Path, metavar="OUT_DIR", help="folder to write (created if needed)")
     p.add_argument("--to", choices=("jac", "png"), required=True, help="output format")
@@ -347,20 +348,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     parser = build_parser()
     args = parser.parse_args(argv)
+    usage_error = getattr(args, "usage_error", parser.error)
     if hasattr(args, "effort"):  # the encoder's options (encode, batch)
         options = {"-q": args.quality, "-e": args.effort, "--size": args.size, "--psnr": args.psnr,
                    "--preview": args.preview or None, "--strip": args.strip or None, "--model": args.model}  # fmt: skip
         given = [flag for flag, value in options.items() if value is not None]
         if args.command == "batch" and args.to == "png" and given:
-            parser.error(f"{', '.join(given)}: options of --to jac, not of --to png")
+            usage_error(f"{', '.join(given)}: options of --to jac, not of --to png")
         if args.command == "batch" and args.to == "jac" and args.force:
-            parser.error("--force: an option of --to png (a .jac made from another file is never replaced)")
+            usage_error("--force: an option of --to png (a .jac made from another file is never replaced)")
         args.quality = DEFAULT_QUALITY if args.quality is None else args.quality
         args.effort = DEFAULT_EFFORT if args.effort is None else args.effort
     if args.command == "batch" and args.ray is None:
         for given, flag in ((args.worker_cpus, "--worker-cpus"), (args.worker_gpus is not None, "--worker-gpus")):
             if given:
-                parser.error(f"{flag} is an option of --ray")
+                usage_error(f"{flag} is an option of --ray")
     terminated: list[int] = []  # a SIGTERM came, whatever a library made of the exception it raised
 
     def terminate(signum: int, frame: Any) -> None:
