@@ -22,6 +22,7 @@ either again (:meth:`SourceRecord.changed`).
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 from collections.abc import Iterable, Iterator, Mapping
@@ -110,6 +111,21 @@ def _note(out_dir: str | os.PathLike, made: Iterable[tuple], more: dict) -> None
         ) from e
 
 
+#: what flock raises where a file system keeps no locks (an NFS mount without its lock service, some FUSE ones)
+_NO_LOCKS = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EINVAL, errno.ENOSYS}
+
+
+def _lock(f: IO[str]) -> bool:
+    """Hold ``f`` alone (``flock``) until it is closed; False where its file system keeps no locks (none held)."""
+    try:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+    except OSError as e:
+        if e.errno in _NO_LOCKS:  # unlocked, as in earlier versions: safe while one batch at a time writes there
+            return False
+        raise
+    return True
+
+
 @contextlib.contextmanager
 def _locked(path: Path) -> Iterator[IO[str]]:
     """The record at ``path`` opened to append (and read), held alone (``flock``) until the block ends.
@@ -121,8 +137,7 @@ def _locked(path: Path) -> Iterator[IO[str]]:
     while True:
         f = open(path, "a+", encoding="utf-8")
         try:
-            if fcntl is not None:
-                fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+            if fcntl is not None and _lock(f):
                 try:
                     replaced = os.fstat(f.fileno()).st_ino != os.stat(path).st_ino  # compacted while this waited
                 except FileNotFoundError:  # removed meanwhile: made again

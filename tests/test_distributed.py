@@ -573,6 +573,27 @@ def test_a_line_another_batch_appends_while_the_record_is_compacted_is_kept(tmp_
     assert sorted(json.loads(line)["output"] for line in lines) == ["a.jac", "b.jac"]
 
 
+@pytest.mark.skipif(os.name != "posix", reason="the record is locked with flock")
+def test_a_record_on_a_file_system_without_locks_is_written_unlocked(tmp_path: Path, monkeypatch) -> None:
+    """flock fails with ENOLCK on an NFS mount without its lock service: the record is written as before there was a
+    lock, not refused (which would stop every batch into such a folder)."""
+    import errno
+    import fcntl
+
+    from pillow_jac.source_record import SourceRecord, note_made
+
+    def no_locks(fd, operation):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    (tmp_path / "a.png").write_bytes(b"one")
+    (tmp_path / "out").mkdir()
+    for _ in range(1200):  # compacted when read, unlocked too
+        note_made(tmp_path / "out", tmp_path / "a.png", tmp_path / "out" / "a.jac")
+    assert list(SourceRecord(tmp_path / "out").made) == ["a.jac"]
+    assert len((tmp_path / "out" / RECORD_NAME).read_text().splitlines()) == 1
+
+
 def test_a_record_of_sources_that_is_cut_or_unreadable_is_no_error(tmp_path: Path) -> None:
     from pillow_jac.source_record import RECORD_NAME, SourceRecord, note_made
 
