@@ -186,12 +186,13 @@ def _run_jobs(
         ctx = multiprocessing.get_context("spawn")
     items = [(str(src), str(dst)) for src, dst in jobs.items()]
     sources = list(jobs)
-    states = ctx.RawArray("b", len(items))
+    states = ctx.RawArray("b", len(items) + 1)  # and last, whether a worker got SIGTERM while idle
     tries = [0] * len(items)
     todo, idle_breaks = list(range(len(items))), 0
     while todo:
-        lost, finished = [], False
-        for i, outcome in _run_pool(ctx, items, todo, states, workers, options, force):
+        lost, finished, hard_deaths = [], False, []
+        states[len(items)] = 0
+        for i, outcome in _run_pool(ctx, items, todo, states, workers, options, force, hard_deaths):
             if outcome is None:
                 lost.append(i)
             else:
@@ -200,9 +201,13 @@ def _run_jobs(
         todo = []
         for folder in {Path(items[i][1]).parent for i in lost if states[i] == _CONVERTING}:
             remove_orphaned_temporaries(folder)  # what a killed worker was writing (its pool is joined)
-        # the file whose worker died converting it broke the pool (killed: still marked converting; sent SIGTERM
-        # alone: marked terminated, the first to be, the files of the workers the pool then ended are not)
-        charged = {i for i in lost if states[i] == _CONVERTING} or {i for i in lost if states[i] == _TERMINATED}
+        # The file whose worker died converting it broke the pool. Killed, it is still marked converting; sent
+        # SIGTERM alone, it is marked terminated, the first so (the pool then ends the others with SIGTERM, and
+        # their files are not). A worker killed while idle marks nothing: the file of a worker the pool then
+        # ended would be taken for the first, so none is charged where a worker ended by another signal than
+        # SIGTERM (or a worker ended idle by SIGTERM marked the pool: see _worker_job).
+        converting = {i for i in lost if states[i] == _CONVERTING}
+        charged = converting or (set() if hard_deaths else {i for i in lost if states[i] == _TERMINATED})
         idle_breaks = 0 if finished else idle_breaks
         if lost and not charged:
             idle_breaks += 1
@@ -238,12 +243,20 @@ def _start_fork_server() -> None:
 
 
 def _run_pool(
-    ctx: Any, items: list[tuple[str, str]], todo: list[int], states: Any, workers: int, options: tuple, force: bool
+    ctx: Any,
+    items: list[tuple[str, str]],
+    todo: list[int],
+    states: Any,
+    workers: int,
+    options: tuple,
+    force: bool,
+    hard_deaths: list[int],
 ) -> Iterator[tuple[int, tuple[Any, list[str]] | None]]:
     """One process pool over the files ``todo``.
 
     Yields ``(index, (result, warnings))`` for each file, or ``(index, None)`` for a file whose result was
-    lost when the pool broke.
+    lost when the pool broke. Once the pool is over, ``hard_deaths`` gets the exit status of each worker that
+    ended otherwise than by finishing or by SIGTERM (SIGKILL: -9), as far as the executor says.
     """
     workers = min(workers, len(todo))
     threads = threads_per_worker(workers)
@@ -257,6 +270,9 @@ def _run_pool(
         ex = stack.enter_context(
             ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_worker_init, initargs=init)
         )
+        # the executor's workers, a dict filled as they start (CPython's attribute; none: no exit status is known)
+        processes = getattr(ex, "_processes", None)
+        processes = processes if isinstance(processes, dict) else {}
         queue, pending, broken_at = deque(todo), {}, None
         try:
             while pending or (queue and broken_at is None):
@@ -296,6 +312,9 @@ def _run_pool(
                 sigint.append(signal.signal(signal.SIGINT, signal.SIG_IGN))  # more Ctrl-Cs while the pool stops
             ex.shutdown(wait=False, cancel_futures=True)
             raise
+    # the pool is shut down and its workers joined
+    ended = [getattr(process, "exitcode", None) for process in list(processes.values())]
+    hard_deaths.extend(code for code in ended if code not in (None, 0, -signal.SIGTERM))
 
 
 def threads_per_worker(workers: int) -> int:
@@ -374,6 +393,8 @@ def _worker_sigterm(signum: int, frame: Any) -> None:
     if _converting:
         _worker_sigint(signum, frame)  # _worker_job ends the process once the file is cleaned up
         return
+    if _states is not None:  # ended while idle: a worker the pool ends after this is not the cause
+        _states[len(_states) - 1] = 1
     _end_by_sigterm()
 
 
@@ -419,9 +440,10 @@ def _worker_job(index: int, src: str, dst: str, *options: Any) -> tuple[Any, lis
         return convert_noting_warnings(src, dst, *convert_options, force=force)
     except KeyboardInterrupt:
         if _terminating:  # its temporary file is gone: end now
-            # The pool ends its other workers with SIGTERM once one has died, after that one marked its file: a
-            # SIGTERM with another file marked so is the pool's, and this file is not charged (the parent's loop)
-            _states[index] = _QUEUED if _TERMINATED in _states[:] else _TERMINATED
+            # The pool ends its other workers with SIGTERM once one has died, after that one marked its file (or,
+            # idle, the pool: the last byte): a SIGTERM after such a mark is the pool's, and this file is not
+            # charged (the parent's loop)
+            _states[index] = _QUEUED if _TERMINATED in _states[:-1] or _states[len(_states) - 1] else _TERMINATED
             started = False
             _end_by_sigterm()
         return None

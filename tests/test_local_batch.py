@@ -485,6 +485,50 @@ def test_a_batch_that_cannot_write_its_record_stops_before_converting(tmp_path: 
     assert listing(out) == []  # no output (the record is not listed)
 
 
+@pytest.mark.parametrize("idle_death", [-signal.SIGKILL, None])
+def test_a_file_is_charged_for_a_terminated_worker_only_where_no_worker_was_killed_idle(monkeypatch, idle_death):
+    """Pools that break with a file marked as its worker's SIGTERM (the first so): sent alone (no other worker
+    ended by another signal), the file is charged and fails after its attempts; where a worker was killed idle
+    (SIGKILL, the out-of-memory killer), the SIGTERM was the pool's and the file is converted again uncharged."""
+    from pillow_jac import local_batch
+
+    pools = []
+
+    def breaking_pool(ctx, items, todo, states, workers, options, force, hard_deaths):
+        pools.append(list(todo))
+        if len(pools) <= 2:  # two pools break with file 0 marked
+            states[0] = local_batch._TERMINATED
+            hard_deaths.extend([idle_death] if idle_death else [])
+            yield 0, None
+            yield from ((i, (("made", i), [])) for i in todo if i != 0)
+        else:
+            yield from ((i, (("made", i), [])) for i in todo)
+
+    monkeypatch.setattr(local_batch, "_run_pool", breaking_pool)
+    jobs = {Path(f"{i}.png"): Path(f"{i}.jac") for i in range(3)}
+    results = {src.name: result for src, result, _ in local_batch._run_jobs(jobs, (), False, workers=2)}
+    if idle_death:
+        assert results["0.png"] == ("made", 0) and len(pools) == 3
+    else:
+        assert str(results["0.png"]) == local_batch._DIED and len(pools) == 2
+    assert results["1.png"] == ("made", 1) and results["2.png"] == ("made", 2)
+
+
+def test_a_worker_ended_idle_by_sigterm_marks_the_pool(monkeypatch) -> None:
+    """Its SIGTERM broke the pool, and the workers the pool then ends mark their files as not the cause."""
+    from multiprocessing import RawArray
+
+    from pillow_jac import local_batch
+
+    monkeypatch.setattr(local_batch, "_states", RawArray("b", 3))
+    monkeypatch.setattr(local_batch, "_converting", False)
+    monkeypatch.setattr(local_batch, "_terminating", False)
+    ended = []
+    monkeypatch.setattr(local_batch, "_end_by_sigterm", lambda: ended.append(True))
+    local_batch._worker_sigterm(signal.SIGTERM, None)
+    assert ended == [True] and list(local_batch._states) == [0, 0, 1]
+
+
 _TERMINATING_WORKER = """
 import os, signal, time
 import pillow_jac.conversion as conversion
