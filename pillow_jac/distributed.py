@@ -224,11 +224,13 @@ class Worker:
         resume: bool,
         extra: dict | None = None,
         force: bool = False,
+        unrecorded: str | None = None,
     ) -> FileResult:
         """Convert one file as ``jac batch`` does; never raises (a failure is a ``"failed"`` result).
 
         ``extra``: the batch's ``target_size``, ``target_psnr`` and ``preview``; ``force``: as
-        :func:`pillow_jac.conversion.convert_file`'s.
+        :func:`pillow_jac.conversion.convert_file`'s. ``unrecorded``: why the driver could not note the file
+        in the output folder's record; then only a file already done is taken (skipped), and no output written.
         """
         start = time.perf_counter()
         where = {"node": self._info["node"], "pid": self._info["pid"]}
@@ -239,6 +241,8 @@ class Worker:
             return FileResult(src, dst, "failed", one_line(e), **where)
         if done:
             return FileResult(src, dst, "skipped", **where)
+        if unrecorded is not None:  # an output no record holds would be refused by every later batch
+            return FileResult(src, dst, "failed", f"not converted: {unrecorded}", **where)
         result, notes = convert_noting_warnings(src, dst, to, quality, effort, device, extra, force=force)
         seconds = time.perf_counter() - start
         if isinstance(result, Exception):
@@ -345,8 +349,13 @@ def convert(
     settings = batch_settings(to, quality, effort, extra)
 
     def report_file(result: FileResult) -> None:
-        if result.status in ("done", "skipped"):  # a skipped output is this source's too: its pending line ends
-            note_made(out_dir, result.src, result.dst, settings)
+        try:
+            if result.status in ("done", "skipped"):  # a skipped output is this source's too: its pending line ends
+                note_made(out_dir, result.src, result.dst, settings)
+        except OSError:
+            if result.status == "done":
+                raise
+            # a skipped one was recorded before (a batch run again in a folder it may not write)
         shown(result)
 
     failed = [FileResult(str(src), str(dst), "failed", why) for src, (dst, why) in clashes.items()]
@@ -392,8 +401,12 @@ def convert(
             # noted as started as it is sent (the workers decide which files are done already): a batch stopped
             # meanwhile is not lost, and one stopped before it reached a file leaves that file's record as it was
             may_skip = resume and not made_from.changed(src, dst, settings)
-            note_started(out_dir, {src: dst})
-            return (to, quality, effort, device, may_skip, extra, force)
+            try:
+                note_started(out_dir, {src: dst})
+                unrecorded = None
+            except OSError as e:  # the worker takes it only if it is done (a batch run again, a read-only folder)
+                unrecorded = str(e)
+            return (to, quality, effort, device, may_skip, extra, force, unrecorded)
 
         report = run(
             ray, jobs, lambda: actor_class.remote(to, device, threads, pixel_limit), workers, slots_each, options,

@@ -77,9 +77,10 @@ def note_made(
 def note_started(out_dir: str | os.PathLike, jobs: Mapping) -> None:
     """Add to ``out_dir``'s record that each output of ``jobs`` (``{source: output}``) is about to be made.
 
-    Written once, before the conversions start. A batch stopped between writing an output and :func:`note_made`
-    (killed, a power cut) leaves this line last: a later batch takes the output as its source's (no conflict)
-    and converts it again (:meth:`SourceRecord.changed`), where a ``.jac`` with no line would be another file's.
+    Written before the conversions start (on Ray, for each file as it is sent). A batch stopped between
+    writing an output and :func:`note_made` (killed, a power cut) leaves this line last: a later batch takes the
+    output as its source's (no conflict) and converts it again (:meth:`SourceRecord.changed`), where a ``.jac``
+    with no line would be another file's.
     """
     _note(out_dir, jobs.items(), {"pending": True})
 
@@ -97,6 +98,8 @@ def _note(out_dir: str | os.PathLike, made: Iterable[tuple], more: dict) -> None
         except OSError:  # the conversion reports it
             continue
         lines.append(json.dumps(entry) + "\n")
+    if not lines:  # nothing to add (a batch with nothing left to do, in a folder it may not write)
+        return
     path = Path(out_dir) / RECORD_NAME
     try:
         with _locked(path) as f:

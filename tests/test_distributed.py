@@ -489,14 +489,28 @@ def test_ray_matches_jac_batch_and_resumes(ray_local, photos: Path, reference: P
 
 
 @pytest.mark.ray
-def test_ray_stops_where_it_cannot_write_the_record(ray_local, tmp_path: Path) -> None:
-    """As jac batch: outputs missing from the record would be refused by every later batch into the folder."""
+def test_ray_converts_nothing_it_cannot_record_and_skips_what_is_done(ray_local, tmp_path: Path, monkeypatch) -> None:
+    """An output missing from the folder's record would be refused by every later batch: a file the driver cannot
+    note as sent is taken by its worker only if it is done already (a batch run again in a folder it may no longer
+    write), else it fails, unconverted."""
+    import errno
+
+    from pillow_jac import source_record
+
     (tmp_path / "in").mkdir()
     Image.fromarray(natural_image(16, 16)).save(tmp_path / "in" / "a.png")
-    (tmp_path / "out" / RECORD_NAME).mkdir(parents=True)
-    with pytest.raises(OSError, match="cannot add to the batch's record"):
-        distributed.convert(tmp_path / "in", tmp_path / "out", workers=1)
-    assert listing(tmp_path / "out") == []  # no output (the record is not listed)
+    assert distributed.convert(tmp_path / "in", tmp_path / "out", workers=1).done == 1
+
+    def read_only(path):
+        raise OSError(errno.EROFS, "Read-only file system", str(path))
+
+    monkeypatch.setattr(source_record, "_locked", read_only)  # the driver's: the workers do not write the record
+    Image.fromarray(natural_image(16, 16, seed=1)).save(tmp_path / "in" / "b.png")
+    report = distributed.convert(tmp_path / "in", tmp_path / "out", workers=1)
+    assert (report.done, report.skipped) == (0, 1)
+    assert [(Path(r.src).name, r.error.split(":")[0]) for r in report.failed] == [("b.png", "not converted")]
+    assert "cannot add to the batch's record" in report.failed[0].error
+    assert listing(tmp_path / "out") == ["a.jac"]
 
 
 @pytest.mark.ray

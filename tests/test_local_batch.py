@@ -529,6 +529,25 @@ def test_a_worker_ended_idle_by_sigterm_marks_the_pool(monkeypatch) -> None:
     assert ended == [True] and list(local_batch._states) == [0, 0, 1]
 
 
+def test_a_finished_batch_run_again_in_a_folder_it_cannot_write_skips_every_file(tmp_path, capsys, monkeypatch):
+    """Nothing is left to note in the record: no error (a record that cannot be written stops only a batch that
+    would convert something)."""
+    import errno
+
+    from pillow_jac import source_record
+
+    photos, out = photo_folder(tmp_path, 2)
+    assert main(["batch", str(photos), str(out), "--to", "jac"]) == 0
+
+    def read_only(path):
+        raise OSError(errno.EROFS, "Read-only file system", str(path))
+
+    monkeypatch.setattr(source_record, "_locked", read_only)
+    capsys.readouterr()
+    assert main(["batch", str(photos), str(out), "--to", "jac"]) == 0
+    assert "jac: 2 files already done, skipped" in capsys.readouterr().err
+
+
 _TERMINATING_WORKER = """
 import os, signal, time
 import pillow_jac.conversion as conversion
