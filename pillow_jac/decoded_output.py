@@ -215,16 +215,31 @@ def marked_options(fmt: str, options: dict[str, Any]) -> dict[str, Any]:
     return options
 
 
-def _exif_for_tiff(data: bytes) -> bytes | None:
-    """A stored EXIF without its layout tags, which Pillow's TIFF writer would copy over the file's own."""
-    from PIL import Image
+#: IFD0 tags that say how a TIFF's own pixels lie (TIFF 6.0's baseline and extension fields): sizes, samples,
+#: compression, photometric interpretation, strips and tiles, colour map, sample format, JPEG and YCbCr layout
+_TIFF_LAYOUT_TAGS = (
+    0x00FE, 0x00FF, 0x0100, 0x0101, 0x0102, 0x0103, 0x0106, 0x0107, 0x0108, 0x0109, 0x010A, 0x0111, 0x0115,
+    0x0116, 0x0117, 0x0118, 0x0119, 0x011C, 0x0124, 0x0125, 0x013D, 0x0140, 0x0142, 0x0143, 0x0144, 0x0145,
+    0x014A, 0x0152, 0x0153, 0x0154, 0x0155, 0x0201, 0x0202, 0x0211, 0x0212, 0x0213, 0x0214,
+)  # fmt: skip
 
-    from .source_image import descriptive_exif
+
+def _exif_for_tiff(data: bytes) -> bytes | None:
+    """A stored EXIF without its layout tags, which Pillow's TIFF writer would copy over the file's own.
+
+    Stale ones (a photo cropped or made grey after its EXIF was written) gave a TIFF no reader opens, or one of
+    another size. Every other tag stays. None where nothing else was there.
+    """
+    from PIL import Image
 
     try:
         tags = Image.Exif()
         tags.load(data)
-        return descriptive_exif(tags, orientation_and_resolution=True)
+        for tag in (0x8769, 0x8825):  # the EXIF and GPS directories, read now: written back with the rest
+            tags.get_ifd(tag)
+        for tag in _TIFF_LAYOUT_TAGS:
+            tags.pop(tag, None)
+        return tags.tobytes() if len(tags) else None
     except Exception:  # noqa: BLE001  (EXIF Pillow cannot parse: the writer refuses it, and it is left out, warned)
         return data
 

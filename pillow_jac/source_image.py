@@ -66,29 +66,23 @@ def _tiff_tags_as_exif(im: Any) -> None:
         return
 
     try:
-        data = descriptive_exif(im.getexif())
+        data = _descriptive_exif(im.getexif())
     except Exception:  # noqa: BLE001  (tags Pillow cannot parse or write back: none kept, as before)
         return
     if data is not None:
         im.info["exif"] = data
 
 
-#: EXIF's IFD0 tags that a TIFF writer may keep beside its own: the orientation, and the resolution
-_TIFF_SAFE_TAGS = (0x0112, 0x011A, 0x011B, 0x0128)
+def _descriptive_exif(tags: Any) -> bytes | None:
+    """EXIF of ``tags`` (a TIFF's ``PIL.Image.Exif``): its descriptive tags and EXIF and GPS directories, or None.
 
-
-def descriptive_exif(tags: Any, orientation_and_resolution: bool = False) -> bytes | None:
-    """EXIF of ``tags`` (a ``PIL.Image.Exif``) but for the tags of an image's layout; None where nothing is left.
-
-    The descriptive tags of IFD0 and the EXIF and GPS directories, with ``orientation_and_resolution`` those too.
-    The layout tags (sizes, samples, strips, photometric interpretation) say how a TIFF's own pixels lie: a TIFF
-    writer copies an EXIF's over its own, so stale ones (a photo cropped or made grey after they were written)
-    gave a TIFF no reader opens. Raises what Pillow raises for tags it cannot write back.
+    Not its layout's tags (sizes, strips) nor the orientation (:func:`storable` turns the pixels by it).
+    Raises what Pillow raises for tags it cannot write back.
     """
     from PIL import Image
 
     exif = Image.Exif()
-    for tag in _DESCRIPTIVE_TIFF_TAGS + (_TIFF_SAFE_TAGS if orientation_and_resolution else ()):
+    for tag in _DESCRIPTIVE_TIFF_TAGS:
         if tag in tags:
             exif[tag] = tags[tag]
     for tag in _EXIF_DIRECTORIES:

@@ -1622,6 +1622,8 @@ def test_a_decode_to_tiff_leaves_out_the_exifs_stale_layout_tags(tmp_path: Path,
     or that no reader opened, and jac decode exited 0. The layout tags are left out; the rest is kept."""
     exif = Image.Exif()
     exif[0x0100], exif[0x0101], exif[0x0106], exif[0x010F], exif[0x0112], exif[0x011A] = 4000, 3000, 2, "Cam", 3, 300.0
+    exif[0x013C], exif[0x010D], exif[0x4746] = "host", "doc", 5  # HostComputer, DocumentName, Rating: kept too
+    exif.get_ifd(0x8769)[0x9003] = "2020:01:02 03:04:05"  # DateTimeOriginal, in the EXIF directory
     source = tmp_path / "cropped.jpg"
     crop().convert(mode).save(source, exif=exif, quality=95)
     assert main(["encode", str(source), str(tmp_path / "cropped.jac")]) == 0
@@ -1634,6 +1636,9 @@ def test_a_decode_to_tiff_leaves_out_the_exifs_stale_layout_tags(tmp_path: Path,
         # Pillow 13 turns a TIFF by its orientation as it loads it (3: half a turn); earlier versions do not
         assert im.mode == mode and any(np.array_equal(np.asarray(im), x) for x in (decoded, decoded[::-1, ::-1]))
     assert (tags[0x0100], tags[0x0101], tags[0x010F], tags[0x0112], tags[0x011A]) == (48, 40, "Cam", 3, 300.0)
+    assert (tags[0x013C], tags[0x010D], tags[0x4746]) == ("host", "doc", 5)
+    with Image.open(tmp_path / "cropped.tif") as im:
+        assert im.getexif().get_ifd(0x8769).get(0x9003) == "2020:01:02 03:04:05"
 
 
 def test_a_decode_to_png_stores_an_xmp_in_utf_16_as_text_and_leaves_out_one_that_is_not_text(tmp_path, capsys):
