@@ -244,15 +244,17 @@ def _exif_for_tiff(data: bytes) -> bytes | None:
         return data
 
 
-#: the byte-order marks an XMP packet may start with (XMP Specification Part 3, 1.1.2), UTF-32's before UTF-16's
+#: how an XMP packet in UTF-16 or UTF-32 starts: with a byte-order mark, or (the mark inside its
+#: ``<?xpacket begin=`` instead) with its ``<`` in that encoding; UTF-32's before UTF-16's
 _XMP_ENCODINGS = (
     (codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"), (codecs.BOM_UTF16_LE, "utf-16"),
-    (codecs.BOM_UTF16_BE, "utf-16"), (codecs.BOM_UTF8, "utf-8-sig"),
+    (codecs.BOM_UTF16_BE, "utf-16"), (codecs.BOM_UTF8, "utf-8-sig"), (b"<\0\0\0", "utf-32-le"),
+    (b"\0\0\0<", "utf-32-be"), (b"<\0", "utf-16-le"), (b"\0<", "utf-16-be"),
 )  # fmt: skip
 
 
 def _xmp_text(data: bytes) -> str | None:
-    """An XMP packet as text: UTF-8, or UTF-16 or UTF-32 after their byte-order mark; None for anything else.
+    """An XMP packet as text: UTF-8, UTF-16 or UTF-32 (:data:`_XMP_ENCODINGS`); None for anything else.
 
     PNG stores XMP as UTF-8 text (an iTXt chunk): a packet in another encoding decoded as UTF-8 "with
     replacement" was written as garbage (NULs and U+FFFD) without a word.

@@ -1647,6 +1647,7 @@ def test_a_decode_to_png_stores_an_xmp_in_utf_16_as_text_and_leaves_out_one_that
     packet = '<?xpacket begin="\ufeff"?><x:xmpmeta xmlns:x="adobe:ns:meta/">Zoë</x:xmpmeta><?xpacket end="w"?>'
     for name, xmp, expected in (
         ("utf16", packet.encode("utf-16"), packet),
+        ("utf16be", packet.encode("utf-16-be"), packet),  # no mark before the packet: it is in its begin=""
         ("utf8", packet.encode("utf-8"), packet),
         ("latin1", packet.replace("\ufeff", "").encode("latin-1"), None),  # no mark, not UTF-8: not text
     ):
