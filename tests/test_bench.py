@@ -726,6 +726,12 @@ def test_every_curve_of_the_plot_is_drawn_its_own_way(tmp_path: Path, monkeypatc
     assert rd_report.plot(tmp_path / "rd.png", json.loads(json.dumps(results)))
     assert len(drawn) == len(names) + len(published)  # the PSNR panel; the MS-SSIM one has no point to draw
     assert len({(color, style) for _, color, style in drawn}) == len(drawn), drawn
+    from matplotlib.colors import to_rgb
+
+    rgb = [to_rgb(color) for _, color, _ in drawn]  # and no two colours nearly the same (tab10's grey and "gray")
+    assert (
+        min(max(abs(a - b) for a, b in zip(x, y, strict=True)) for i, x in enumerate(rgb) for y in rgb[i + 1 :]) > 0.05
+    )
 
 
 def test_the_plot_mentions_published_curves_only_when_it_draws_some(tmp_path: Path, monkeypatch):

@@ -205,7 +205,7 @@ def plot(path: Path, results: dict[str, Any], max_bpp: float = 2.0) -> bool:
         elif _is_jac(name):  # a grey and a dash pattern of its own for each effort level
             k = searched.index(name) % 3
             style.update(
-                linewidth=2.2, color=("dimgray", "gray", "darkgray")[k], linestyle=("-", "-.", ":")[k], zorder=4
+                linewidth=2.2, color=("dimgray", "darkgray", "#505050")[k], linestyle=("-", "-.", ":")[k], zorder=4
             )
         else:
             style["color"] = colors[others.index(name) % len(colors)]
