@@ -57,6 +57,15 @@ def test_set_aside_empties_the_kept_decoders_and_put_back_restores_them_byte_for
     assert _git(checkout, "status", "--porcelain") == "?? note.txt\n"
 
 
+def test_a_kept_decoder_moved_away_is_put_back_too(checkout: Path) -> None:
+    """Files moved aside (the doc's earlier advice): set-aside passes over a missing one, put-back restores it."""
+    kept = checkout / "weights" / generations.KEPT_DIR / "mbt-8-12-r900.safetensors"
+    before = kept.read_bytes()
+    kept.rename(checkout.parent / "aside.safetensors")
+    assert travel.set_aside(checkout) == [] and travel.put_back(checkout) == [kept]
+    assert kept.read_bytes() == before
+
+
 def test_a_kept_decoder_that_differs_from_git_is_not_set_aside(checkout: Path) -> None:
     """Putting back restores the index's bytes: a file changed since would be lost, so nothing is touched."""
     kept = checkout / "weights" / generations.KEPT_DIR / "mbt-8-12-r900.safetensors"

@@ -191,7 +191,11 @@ def main(argv: list[str] | None = None) -> None:
     try:
         part_mb = room_mb(Path.cwd()) if args.part_mb == "auto" else float(args.part_mb)
         auto = args.data is not None and args.part_mb == "auto"
-        travelling = [f for f in kept_decoder_files(repository_root(Path.cwd())) if f.stat().st_size] if auto else []
+        travelling = (
+            [f for f in kept_decoder_files(repository_root(Path.cwd())) if f.is_file() and f.stat().st_size]
+            if auto
+            else []
+        )
     except (ValueError, OSError, subprocess.CalledProcessError) as exc:
         p.error(f"--part-mb {args.part_mb}: {exc}")
     if travelling:

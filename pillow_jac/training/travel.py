@@ -87,7 +87,7 @@ def set_aside(root: Path) -> list[Path]:
     Returns:
         The files emptied now (those already empty are left as they are and not listed).
     """
-    kept = [path for path in kept_decoder_files(root) if path.stat().st_size > 0]
+    kept = [path for path in kept_decoder_files(root) if path.is_file() and path.stat().st_size > 0]
     changed = [path for path in kept if not _as_in_index(root, path)]
     if changed:
         names = ", ".join(str(path.relative_to(root)) for path in changed)
@@ -99,12 +99,12 @@ def set_aside(root: Path) -> list[Path]:
 
 
 def put_back(root: Path) -> list[Path]:
-    """Restore every empty kept decoder file from git's index, and check that each is a generation again.
+    """Restore every empty (or missing) kept decoder file from git's index, and check each is a generation again.
 
     Returns:
         The files restored.
     """
-    empty = [path for path in kept_decoder_files(root) if path.stat().st_size == 0]
+    empty = [path for path in kept_decoder_files(root) if not path.is_file() or path.stat().st_size == 0]
     if empty:
         _git(root, "checkout", "--", *(str(path.relative_to(root)) for path in empty))
     broken = [str(path.relative_to(root)) for path in empty if generations.generation_of(path) is None]
