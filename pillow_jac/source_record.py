@@ -118,6 +118,11 @@ def _note(out_dir: str | os.PathLike, made: Iterable[tuple], more: dict) -> None
 _NO_LOCKS = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EINVAL, errno.ENOSYS}
 
 
+#: how often a record replaced while an append waited is opened again (then taken as it is: a file system whose
+#: inode numbers change under an open file would otherwise never let go)
+_REOPENS = 8
+
+
 def _lock(f: IO[str]) -> bool:
     """Hold ``f`` alone (``flock``) until it is closed; False where its file system keeps no locks (none held)."""
     try:
@@ -137,10 +142,10 @@ def _locked(path: Path) -> Iterator[IO[str]]:
     (:meth:`SourceRecord._compact`) rewrites the record under this lock, so a line appended meanwhile is neither
     lost in the old file nor left out of the new one. A file replaced while this waited is opened again.
     """
-    while True:
+    for tries_left in range(_REOPENS, -1, -1):
         f = open(path, "a+", encoding="utf-8")
         try:
-            if fcntl is not None and _lock(f):
+            if fcntl is not None and _lock(f) and tries_left:
                 try:
                     replaced = os.fstat(f.fileno()).st_ino != os.stat(path).st_ino  # compacted while this waited
                 except FileNotFoundError:  # removed meanwhile: made again
