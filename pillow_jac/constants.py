@@ -56,7 +56,7 @@ EFFORT_ITERATIONS = (0, 8, 24, 80)
 MAX_EFFORT = len(EFFORT_ITERATIONS) - 1
 #: images of up to this many pixels keep their refined latents only if the real file is better than effort
 #: 0's (pillow_jac/image_transforms.py): the search's estimate does not see that the streams grow in 4-byte words
-EFFORT_REAL_CHECK_PIXELS = 128 * 128
+EFFORT_REAL_CHECK_PIXELS = 256 * 256
 #: effort used when the caller gives none
 DEFAULT_EFFORT = 0
 
