@@ -158,6 +158,7 @@ def schedule(effort: int) -> dict[str, object] | None:
         "tile": TILE,
         "halo": HALO,
         "distortion": "MSE of the pixels clamped to [0, 1], its gradient straight through the clamp",
+        "kept_if": "the estimated loss in float32 is lower",
         "real_check_pixels": EFFORT_REAL_CHECK_PIXELS,
     }
 
