@@ -268,9 +268,9 @@ def test_a_small_image_keeps_the_search_only_where_its_real_file_is_better(monke
     ("height", "width", "value", "quality", "effort"), [(200, 136, 1, 4, 1), (129, 129, 254, 6, 2)]
 )
 def test_a_searched_file_is_never_worse_than_effort_0s(height, width, value, quality, effort) -> None:
-    """A tile kept its search's result on a comparison under bf16 autocast, which moves the loss by more than the
-    gain it judges (a flat 200x136 image: 302 bytes at effort 1 for a worse loss than effort 0's 246); and images
-    from 129x129 to 256x256 kept an estimate's gain that their real file, in 4-byte words, did not have."""
+    """Images from 129x129 to 256x256 kept a search's result that their real file did not bear out (the estimate
+    under bf16 autocast, and its streams not in 4-byte words): a flat 200x136 image got 302 bytes at effort 1 for
+    a worse loss than effort 0's 246. They are checked against their real file, as those up to 128x128 were."""
     import json
 
     from pillow_jac.weights import load_weights

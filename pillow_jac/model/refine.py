@@ -158,7 +158,6 @@ def schedule(effort: int) -> dict[str, object] | None:
         "tile": TILE,
         "halo": HALO,
         "distortion": "MSE of the pixels clamped to [0, 1], its gradient straight through the clamp",
-        "kept_if": "the estimated loss in float32 is lower",
         "real_check_pixels": EFFORT_REAL_CHECK_PIXELS,
     }
 
@@ -210,19 +209,15 @@ class _Search:
     generator: torch.Generator
     bf16: bool  # autocast where it is faster (pillow_jac/model/precision.py)
 
-    def loss(self, y_hat, z_hat, x: torch.Tensor, weight: torch.Tensor, tile: _Tile, fast: bool = True) -> torch.Tensor:
-        """Estimated ``lambda * 255^2 * MSE + bpp`` of a tile's counted region (paper eq. 2 and 4).
-
-        ``fast``: under bf16 autocast where it pays (the search's steps); False: float32, for the comparison
-        that keeps or rejects a tile's result (bf16 moves the loss by more than the gain it judges).
-        """
+    def loss(self, y_hat, z_hat, x: torch.Tensor, weight: torch.Tensor, tile: _Tile) -> torch.Tensor:
+        """Estimated ``lambda * 255^2 * MSE + bpp`` of a tile's counted region (paper eq. 2 and 4)."""
         model = self.model
         rows, cols = tile.count
         px_rows = slice(rows.start * _FACTOR, rows.stop * _FACTOR)
         px_cols = slice(cols.start * _FACTOR, cols.stop * _FACTOR)
         weight = weight[:, :, px_rows, px_cols]
         pixels = weight.sum().clamp_min(1.0)
-        with torch.autocast(device_type=y_hat.device.type, dtype=torch.bfloat16, enabled=self.bf16 and fast):
+        with torch.autocast(device_type=y_hat.device.type, dtype=torch.bfloat16, enabled=self.bf16):
             psi = phi = None
             bits = y_hat.new_zeros(())
             if z_hat is not None:
@@ -270,7 +265,7 @@ class _Search:
             return yv, zv
 
         with torch.no_grad():
-            start = float(self.loss(*latents(torch.round), x, weight, tile, fast=False))
+            start = float(self.loss(*latents(torch.round), x, weight, tile))
         optimizer = _Adam(variables, lr=_learning_rate(self.iterations))
         with torch.enable_grad():
             for step in range(self.iterations):
@@ -280,7 +275,7 @@ class _Search:
                 optimizer.step(torch.autograd.grad(self.loss(*soft, x, weight, tile), variables))
         with torch.no_grad():
             final_y, final_z = latents(torch.round)
-            if float(self.loss(final_y, final_z, x, weight, tile, fast=False)) < start:  # never worse than g_a's
+            if float(self.loss(final_y, final_z, x, weight, tile)) < start:  # never worse than g_a's estimate
                 y_hat[:, :, ea:eb, ec:ed] = final_y
                 if z_hat is not None:
                     z_hat[:, :, za:zb, zc:zd] = final_z
