@@ -59,6 +59,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -349,13 +350,11 @@ def convert(
     settings = batch_settings(to, quality, effort, extra)
 
     def report_file(result: FileResult) -> None:
-        try:
-            if result.status in ("done", "skipped"):  # a skipped output is this source's too: its pending line ends
+        if result.status == "done":
+            note_made(out_dir, result.src, result.dst, settings)
+        elif result.status == "skipped":  # this source's too: its pending line ends
+            with contextlib.suppress(OSError):  # recorded before (a batch run again in a folder it may not write)
                 note_made(out_dir, result.src, result.dst, settings)
-        except OSError:
-            if result.status == "done":
-                raise
-            # a skipped one was recorded before (a batch run again in a folder it may not write)
         shown(result)
 
     failed = [FileResult(str(src), str(dst), "failed", why) for src, (dst, why) in clashes.items()]

@@ -315,7 +315,7 @@ def test_the_documented_data_parts_fit_a_call_beside_the_tree():
     assert doc.index("## After") < doc.index("python -m pillow_jac.training.travel put-back")
     if shutil.which("git") is None or not (root / ".git").exists():
         pytest.skip("the tree that travels is what git does not ignore: needs git and a checkout")
-    kept = sum(path.stat().st_size for path in travel.kept_decoder_files(root))
+    kept = sum(path.stat().st_size for path in travel.travelling_kept_decoders(root))
     tree = travel.travelling_tree_bytes(root) - kept
     room = travel.room_mb(root) + kept / travel.MB
     assert room >= 6, f"a device call has room for only {room:.1f} MB of data beside the {tree / 1e6:.1f} MB tree"

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 from ..bench.metrics import machine_description, portable_path
+from ..files import write_atomic
 from .report import TRAIN_STEP_KEY, MissingRunsError, budget_paths, measurement
 from .variants import BUDGET, VARIANTS, run_name
 
@@ -42,9 +43,8 @@ def planned_runs(only: list[str] | None = None, seeds: list[int] | None = None) 
 
 def _write_json(path: Path, value: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(value, indent=1) + "\n")
-    tmp.replace(path)
+    data = (json.dumps(value, indent=1) + "\n").encode()
+    write_atomic(path, lambda f: f.write(data))
 
 
 def main(argv: list[str] | None = None) -> int:

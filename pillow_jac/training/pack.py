@@ -35,7 +35,7 @@ from PIL import Image
 
 from .data import list_images, load_rgb
 from .encoder_update import refuse_evaluation_data
-from .travel import MB, kept_decoder_files, repository_root, room_mb
+from .travel import MB, repository_root, room_mb, travelling_kept_decoders
 
 __all__ = ["pack", "split_file", "join_file"]
 
@@ -191,11 +191,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         part_mb = room_mb(Path.cwd()) if args.part_mb == "auto" else float(args.part_mb)
         auto = args.data is not None and args.part_mb == "auto"
-        travelling = (
-            [f for f in kept_decoder_files(repository_root(Path.cwd())) if f.is_file() and f.stat().st_size]
-            if auto
-            else []
-        )
+        travelling = travelling_kept_decoders(repository_root(Path.cwd())) if auto else []
     except (ValueError, OSError, subprocess.CalledProcessError) as exc:
         p.error(f"--part-mb {args.part_mb}: {exc}")
     if travelling:

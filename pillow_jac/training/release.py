@@ -97,12 +97,12 @@ def _existing(weights_dir: Path, vectors_dir: Path, table: Path) -> dict[str, in
         gen = generations.generation_of(path) if path.is_file() else None
         if gen is not None:
             found[gen.model_id] = gen.release
-        elif path.is_file() and path.suffix == ".safetensors" and not path.stat().st_size:
-            raise WeightsError(
-                f"{path} is empty (a kept decoder set aside for a GPU session): put it back before a release, "
-                "python -m pillow_jac.training.travel put-back"
-            )
         elif path.is_file() and path.suffix == ".safetensors":
+            if not path.stat().st_size:
+                raise WeightsError(
+                    f"{path} is empty (a kept decoder set aside for a GPU session): put it back before a release, "
+                    "python -m pillow_jac.training.travel put-back"
+                )
             raise WeightsError(f"{path} is not a readable weights file: remove or repair it before a release")
     for model_id in (*generations.released(), *_released_table(table)):
         found.setdefault(model_id, None)

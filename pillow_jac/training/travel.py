@@ -30,6 +30,7 @@ __all__ = [
     "travelling_tree_bytes",
     "room_mb",
     "kept_decoder_files",
+    "travelling_kept_decoders",
     "set_aside",
     "put_back",
 ]
@@ -77,6 +78,11 @@ def kept_decoder_files(root: Path) -> list[Path]:
     return [root / name.decode() for name in listed if name]
 
 
+def travelling_kept_decoders(root: Path) -> list[Path]:
+    """The kept decoder files of :func:`kept_decoder_files` that are not set aside (neither empty nor missing)."""
+    return [path for path in kept_decoder_files(root) if path.is_file() and path.stat().st_size > 0]
+
+
 def _as_in_index(root: Path, path: Path) -> bool:
     return subprocess.run(["git", "diff", "--quiet", "--", str(path)], cwd=root).returncode == 0
 
@@ -87,7 +93,7 @@ def set_aside(root: Path) -> list[Path]:
     Returns:
         The files emptied now (those already empty are left as they are and not listed).
     """
-    kept = [path for path in kept_decoder_files(root) if path.is_file() and path.stat().st_size > 0]
+    kept = travelling_kept_decoders(root)
     changed = [path for path in kept if not _as_in_index(root, path)]
     if changed:
         names = ", ".join(str(path.relative_to(root)) for path in changed)
@@ -132,7 +138,9 @@ def main(argv: list[str] | None = None) -> int:
         elif args.action == "put-back":
             done = put_back(root)
             print(f"put back {len(done)} kept decoder file(s)")
-        for path in done if args.action != "room" else ():
+        else:
+            done = []
+        for path in done:
             print(f"  {path.relative_to(root)}")
     except (ValueError, OSError, subprocess.CalledProcessError) as exc:
         detail = exc.stderr.decode().strip() if isinstance(exc, subprocess.CalledProcessError) and exc.stderr else exc
