@@ -12,3 +12,10 @@ Modules:
 * :mod:`pillow_jac.bench.rd`: ``python -m pillow_jac.bench.rd``, rate-distortion curves, tables and a plot;
 * :mod:`pillow_jac.bench.speed`: ``python -m pillow_jac.bench.speed``, encode/decode times and peak memory.
 """
+
+import sys
+
+
+def log(message: str) -> None:
+    """A benchmark's progress line, on standard error (standard output carries its results)."""
+    print(message, file=sys.stderr, flush=True)

@@ -46,7 +46,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from . import metrics
+from . import log, metrics
 from .codecs import DEFAULT_CODECS, Codec, get_codecs
 from .images import ImageInputError, find_shared, input_error, limit_argument, list_images, load_rgb
 from .rd_curves import DEFAULT_PUBLISHED, average, bd_table, default_published, load_published
@@ -64,10 +64,6 @@ __all__ = [
     "write_markdown",
     "plot",
 ]
-
-
-def _log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 def _jac_device(codec: Codec) -> str:
@@ -287,7 +283,7 @@ def run(
     if ladders:
         codecs = [c.with_ladder(ladders[c.name]) if c.name in ladders else c for c in codecs]
     if with_ms_ssim and not metrics.ms_ssim_available():
-        _log("note: pytorch-msssim is not installed: no MS-SSIM (pip install pytorch-msssim)")
+        log("note: pytorch-msssim is not installed: no MS-SSIM (pip install pytorch-msssim)")
         with_ms_ssim = False
     cache_path = out / "cache.jsonl"
     cache: dict[tuple, dict[str, Any]] = {}
@@ -301,7 +297,7 @@ def run(
                 cache[(rec["codec"], rec["key"], float(rec["param"]), rec["image"], rec["pixels"])] = rec
             except (ValueError, KeyError, TypeError, AttributeError):  # damaged, or written by an older version
                 unused += 1
-        _log(f"resume: {len(cache)} cached points in {cache_path}" + (f", {unused} lines unused" if unused else ""))
+        log(f"resume: {len(cache)} cached points in {cache_path}" + (f", {unused} lines unused" if unused else ""))
     elif cache_path.exists():
         cache_path.unlink()
     digests = [_pixels_hash(image) for _, image in images]
@@ -355,7 +351,7 @@ def run(
                 elapsed = time.perf_counter() - start
                 eta = elapsed / done * (total - done) if done else 0.0
                 bpps = ", ".join(f"{p['bpp']:.3f}" for p in points)
-                _log(
+                log(
                     f"[{ci}/{len(codecs)} {codec.name}] {name} ({ii}/{len(images)}) {time.perf_counter() - t0:.1f} s; "
                     f"bpp {bpps}; elapsed {elapsed:.0f} s, eta {eta:.0f} s"
                 )
@@ -379,7 +375,7 @@ def run(
     (out / "results.json").write_text(metrics.json_text(results))
     write_markdown(out / "rd.md", results)
     plotted = plot(out / "rd.png", results, max_bpp)
-    _log(f"wrote {out / 'results.json'}, {out / 'rd.md'}" + (f", {out / 'rd.png'}" if plotted else ""))
+    log(f"wrote {out / 'results.json'}, {out / 'rd.md'}" + (f", {out / 'rd.png'}" if plotted else ""))
     return results
 
 

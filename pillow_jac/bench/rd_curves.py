@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from . import metrics
+from . import log, metrics
 
 __all__ = ["DEFAULT_PUBLISHED", "PUBLISHED_LABELS", "average", "bd_table", "default_published", "load_published"]
 
@@ -36,10 +35,6 @@ PUBLISHED_LABELS = {
     "webp": "WebP",
     "jpeg2000": "JPEG 2000",
 }
-
-
-def _log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 def _mean_of_all(values: Sequence[float]) -> float:
@@ -129,7 +124,7 @@ def default_published(
     if Path(anchors).resolve().name == "kodak":
         others = [name for name, shape in images if tuple(shape[:2]) not in KODAK_IMAGES.get(name, ())]
         if others:
-            _log(f"note: {others[0]} is not a Kodak image at its full size: the published Kodak curves are left out")
+            log(f"note: {others[0]} is not a Kodak image at its full size: the published Kodak curves are left out")
             return []
     return list(DEFAULT_PUBLISHED)
 
@@ -142,7 +137,7 @@ def load_published(directory: Path | None, names: Sequence[str]) -> dict[str, di
     for name in names:
         path = directory / f"{name}.json"
         if not path.is_file():
-            _log(f"note: no published curve {path}")
+            log(f"note: no published curve {path}")
             continue
         results = json.loads(path.read_text())["results"]
         ssim = results.get("ms-ssim-rgb")

@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 
 from ..constants import MAX_EFFORT
-from . import metrics
+from . import log, metrics
 from .codecs import ALL_CODECS, get_codec
 from .images import ImageInputError, check_images, find_shared, input_error, load_rgb
 from .isolated import MIB, measure_in_subprocess
@@ -68,10 +68,6 @@ SPEED_PARAMS: dict[str, float] = {
 DEFAULT_SPEED_CODECS = ("jac", "jpeg420", "webp", "avif", "jpeg2000", "heic", "jxl")
 #: image sizes of ``--sizes``: about 0.4, 2, 8 and 24 megapixels
 SIZES: tuple[tuple[int, int], ...] = ((768, 512), (1728, 1152), (3456, 2304), (6000, 4000))
-
-
-def _log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 def parse_size(text: str) -> int:
@@ -126,9 +122,9 @@ def _encode_decode(
 
 def _report(tag: str, op: str, rec: dict[str, Any]) -> None:
     if "error" in rec:
-        _log(f"  {tag} {op}: {rec['error']}")
+        log(f"  {tag} {op}: {rec['error']}")
     else:
-        _log(
+        log(
             f"  {tag} {op}: median {rec['median_s']:.3f} s (min {rec['min_s']:.3f} s), peak RSS "
             f"{rec['peak_rss'] / MIB:.0f} MiB (baseline {rec['baseline_rss'] / MIB:.0f} MiB), {rec['bpp']:.3f} bpp"
         )
@@ -154,15 +150,15 @@ def _compressai_python(requested: str | None) -> str | None:
                 cwd=tempfile.gettempdir(),
             )
         except OSError as e:  # no such file, not executable, not a program: as compressai not importing
-            _log(f"note: compressai does not import in {python}: cannot run it ({type(e).__name__}: {e})")
+            log(f"note: compressai does not import in {python}: cannot run it ({type(e).__name__}: {e})")
             continue
         if probe.returncode == 0:
-            _log(f"CompressAI {probe.stdout.strip()} via {python}")
+            log(f"CompressAI {probe.stdout.strip()} via {python}")
             return python
         last = (probe.stderr.strip().splitlines() or ["?"])[-1]
-        _log(f"note: compressai does not import in {python}: {last}")
+        log(f"note: compressai does not import in {python}: {last}")
     if not requested:
-        _log("note: pass --compressai-python PATH (a virtualenv with compressai) to time CompressAI's mbt2018")
+        log("note: pass --compressai-python PATH (a virtualenv with compressai) to time CompressAI's mbt2018")
     return None
 
 
@@ -197,14 +193,14 @@ def run_codecs(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             get_codec(name)
             available.append(name)
         except Exception as e:  # noqa: BLE001  (CodecUnavailable, or a broken optional library)
-            _log(f"note: skipping {name}: {e}")
+            log(f"note: skipping {name}: {e}")
     params = {**SPEED_PARAMS, **dict(args.param)}
     devices = _devices(args.devices)
     for name in available:
         settings = [(d, t) for d in devices for t in args.threads] if name.startswith("jac") else [("cpu", 0)]
         for device, threads in settings:
             tag = f"{name}-{device}-{threads}t"
-            _log(f"{tag} (param {params[name]:g})")
+            log(f"{tag} (param {params[name]:g})")
             base = {"codec": name, "param": params[name], "threads": threads or 1, "device": device}
             base["repeat"] = args.repeat
             result = _encode_decode(base, cpu_image, pixels, work, sys.executable, args.max_mem, tag)
@@ -214,7 +210,7 @@ def run_codecs(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         for device in devices:
             for threads in args.threads:
                 tag = f"compressai-{device}-{threads}t"
-                _log(f"{tag} (mbt2018 N={args.N} M={args.M}, random weights)")
+                log(f"{tag} (mbt2018 N={args.N} M={args.M}, random weights)")
                 base = {"codec": "compressai", "threads": threads, "device": device, "repeat": args.cai_repeat}
                 base.update(N=args.N, M=args.M, param=0)
                 result = _encode_decode(base, cpu_image, pixels, work, cai_python, args.max_mem, tag)
@@ -309,10 +305,10 @@ def run_sizes(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                     estimate = max(estimate, rec["baseline_rss"] + grow)
             if estimate > args.max_mem:
                 row["skipped"] = f"estimated peak {estimate / MIB:.0f} MiB > --max-mem {args.max_mem / MIB:.0f} MiB"
-                _log(f"{tag}: skipped, {row['skipped']}")
+                log(f"{tag}: skipped, {row['skipped']}")
                 rows.append(row)
                 continue
-        _log(f"{tag} ({pixels / 1e6:.2f} MP), quality {args.size_quality:g}, {args.size_threads} thread(s), {device}")
+        log(f"{tag} ({pixels / 1e6:.2f} MP), quality {args.size_quality:g}, {args.size_threads} thread(s), {device}")
         path = work / f"tile-{width}x{height}.npy"
         np.save(path, tile_image(source, width, height))
         base = {"codec": "jac", "param": args.size_quality, "threads": args.size_threads, "device": device, "repeat": 1}
@@ -441,7 +437,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     (args.out / f"{name}.json").write_text(metrics.json_text(report) + "\n")
     (args.out / f"{name}.md").write_text(text)
     print(text)
-    _log(f"wrote {args.out / (name + '.json')} and {args.out / (name + '.md')}")
+    log(f"wrote {args.out / (name + '.json')} and {args.out / (name + '.md')}")
     return 0
 
 

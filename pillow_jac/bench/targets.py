@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -34,7 +33,7 @@ from typing import Any
 
 from .. import codec, targets
 from ..constants import QUALITY_MAX
-from . import metrics
+from . import log, metrics
 from .images import ImageInputError, check_images, input_error, limit_argument, list_images, load_rgb
 from .metrics import portable_path
 
@@ -46,10 +45,6 @@ DEFAULT_SIZES = (10_000, 25_000, 50_000, 100_000, 200_000)
 PLAIN_QUALITY = 4.0
 #: where the reports go without ``--out`` (git-ignored; the committed ones are written by passing ``--out``)
 DEFAULT_OUT = Path("bench_out/targets")
-
-
-def _log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 def run(
@@ -66,7 +61,7 @@ def run(
         plain = codec.encode(rgb, PLAIN_QUALITY, effort=effort)
         plain_seconds = time.perf_counter() - start
         base = {"image": path.name, "pixels": rgb.shape[0] * rgb.shape[1], "plain_seconds": plain_seconds}
-        _log(f"{path.name}: plain encode at quality {PLAIN_QUALITY:g}: {len(plain)} bytes, {plain_seconds:.2f} s")
+        log(f"{path.name}: plain encode at quality {PLAIN_QUALITY:g}: {len(plain)} bytes, {plain_seconds:.2f} s")
         goals = [("size", float(s)) for s in sizes] + [("psnr", float(p)) for p in psnrs]
         for kind, goal in goals:
             options = {"target_size": int(goal)} if kind == "size" else {"target_psnr": goal}
@@ -75,7 +70,7 @@ def run(
                 result = targets.encode_to_target(rgb, effort=effort, **options)
             except ValueError as error:
                 row.update(error=str(error))
-                _log(f"  {kind} {goal:g}: {error}")
+                log(f"  {kind} {goal:g}: {error}")
                 rows.append(row)
                 continue
             row.update(
@@ -97,7 +92,7 @@ def run(
                 row["overshoot_db"] = result.psnr - goal
                 row["capped"] = result.quality == 1.0
             rows.append(row)
-            _log(
+            log(
                 f"  {kind} {goal:g}: {result.size} bytes, quality {result.quality:.4f}, {result.estimates} estimates, "
                 f"{result.encodes} encodes, {result.syntheses} syntheses, {result.seconds:.2f} s"
             )
@@ -277,7 +272,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "targets.json").write_text(metrics.json_text(report) + "\n")
     (args.out / "targets.md").write_text(markdown(report))
-    _log(f"wrote {args.out / 'targets.json'} and {args.out / 'targets.md'}")
+    log(f"wrote {args.out / 'targets.json'} and {args.out / 'targets.md'}")
     return 0 if report["totals"]["size_hits"] == report["totals"]["size_searches"] else 1
 
 

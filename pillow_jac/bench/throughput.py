@@ -30,7 +30,6 @@ relative to the repository (or by its file name), never by absolute path.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -39,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from .. import codec_batch, container
-from . import metrics
+from . import log, metrics
 from .images import ImageInputError, find_shared, input_error, load_rgb
 from .metrics import portable_path
 from .speed import tile_image
@@ -52,10 +51,6 @@ DEFAULT_BATCHES = (1, 4, 8)
 #: where the reports go without ``--out`` (git-ignored)
 DEFAULT_OUT = Path("bench_out/throughput")
 MIB = 1 << 20
-
-
-def _log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 def parse_sizes(text: str) -> list[tuple[int, int]]:
@@ -174,7 +169,7 @@ def run(
             if on_row is not None:
                 on_row(rows)
             gpu = "" if encode_peak is None else f", peak GPU {encode_peak / MIB:.0f} / {decode_peak / MIB:.0f} MiB"
-            _log(
+            log(
                 f"{width}x{height} batch {batch}{'' if batched else ' (one at a time)'}: "
                 f"encode {count / encode_s:.2f} images/s, decode {count / decode_s:.2f} images/s{gpu}"
             )
@@ -277,7 +272,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         (args.out / "throughput.md").write_text(markdown(report))
 
     write(run(source, args.sizes, batches, device, args.images, args.large_images, args.quality, on_row=write))
-    _log(f"wrote {args.out / 'throughput.json'} and {args.out / 'throughput.md'}")
+    log(f"wrote {args.out / 'throughput.json'} and {args.out / 'throughput.md'}")
     return 0
 
 
