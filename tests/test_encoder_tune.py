@@ -280,9 +280,10 @@ def test_ctrl_c_ends_the_run_after_its_step_with_a_checkpoint_and_gives_the_hand
     before = stop_handlers()
     calls = signal_in_the_second_step(monkeypatch, train, signal.SIGINT)  # encoder_tune's qualities are train's
     out = tmp_path / "run"
-    encoder_tune.main(
+    status = encoder_tune.main(
         ["--weights", str(base), "--data", str(data), "--batch", "2", "--crop", "64", "--holdout", "1"]
         + ["--eval-every", "1000", "--threads", "1", "--out", str(out), "--steps", "50"]
     )
+    assert status == 130  # as the jac command returns after Ctrl-C, not a finished run's 0
     assert len(calls) == 2 and torch.load(out / "checkpoint.pt", weights_only=False)["step"] == 2
     assert stop_handlers() == before

@@ -56,6 +56,7 @@ def test_dry_run_resumes_and_its_pieces_make_a_weights_file(image_folder, tmp_pa
     out, pieces = tmp_path / "run", tmp_path / "pieces"
     first = session(image_folder, out, "--pieces", str(pieces), "--lambdas", ",".join(map(str, LADDER)))
     assert (first["step_start"], first["step_end"], first["stop"]) == (0, 3, "steps")
+    assert first["signal"] is None and gpu_session.exit_status(first) == 0
     assert first["data"]["images"] == 3 and first["data"]["images_smaller_than_crop"] == 1
     with pytest.raises(SystemExit, match="--resume"):  # a second run would overwrite the first
         session(image_folder, out, "--pieces", str(pieces))
@@ -194,7 +195,8 @@ def test_sigterm_ends_the_call_after_its_step_and_gives_the_handlers_back(image_
     out = tmp_path / "run"
     pieces = tmp_path / "pieces"
     report = session(image_folder, out, "--pieces", str(pieces), "--steps", "10", "--save-every", "1e-9")
-    assert (report["stop"], report["step_end"], len(calls)) == ("signal", 2, 2)
+    assert (report["stop"], report["signal"], report["step_end"], len(calls)) == ("signal", signal.SIGTERM, 2, 2)
+    assert gpu_session.exit_status(report) == 143  # the command's status: not 0, as if the call had finished
     assert torch.load(out / gpu_session.CHECKPOINT, weights_only=False)["step"] == 2
     assert stop_handlers() == before
     # the device's time limit sends it, and its reply collects the pieces meanwhile: the publish of step 1 stays
@@ -213,6 +215,8 @@ def test_weights_not_finite_at_a_signal_are_reported_and_not_kept(image_folder, 
     out, pieces = tmp_path / "run", tmp_path / "pieces"
     report = session(image_folder, out, "--pieces", str(pieces), "--steps", "10", "--save-every", "1e-9")
     assert (report["stop"], report["step_end"], report["pieces_step"]) == ("nonfinite", 2, 1)
+    assert gpu_session.exit_status(report) == 143
+    assert gpu_session.exit_status({**report, "signal": None}) == 1  # weights not finite, no signal: a failure
     assert torch.load(out / gpu_session.CHECKPOINT, weights_only=False)["step"] == 1
     assert not list(pieces.glob("*.new"))
 

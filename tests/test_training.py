@@ -51,9 +51,9 @@ def image_folder(tmp_path_factory):
     return folder
 
 
-def run(folder, out, *extra):
+def run(folder, out, *extra, status=0):
     """Train; return the weights and their running average (``ema.*`` tensors) in one dict."""
-    train.main(["--data", str(folder), "--out", str(out), *TINY, *extra])
+    assert train.main(["--data", str(folder), "--out", str(out), *TINY, *extra]) == status
     tensors, _ = load_weights(out / "float.safetensors")
     if (out / "ema.safetensors").exists():
         average, _ = load_weights(out / "ema.safetensors")
@@ -78,11 +78,12 @@ def test_resumed_run_equals_uninterrupted_run(image_folder, tmp_path):
 def test_sigterm_ends_the_run_after_its_step_with_a_checkpoint_and_gives_the_handlers_back(
     image_folder, tmp_path, monkeypatch
 ):
-    """SIGTERM (``kill``, ``timeout``) during step 2 of 50: the step ends, is saved, and the run returns;
-    the caller's handlers are back (pillow_jac.training.stop_signals)."""
+    """SIGTERM (``kill``, ``timeout``) during step 2 of 50: the step ends, is saved, and the run returns
+    143, as the jac command does (it returned 0, as if the run had finished); the caller's handlers are back
+    (pillow_jac.training.stop_signals)."""
     before = stop_handlers()
     calls = signal_in_the_second_step(monkeypatch, train, signal.SIGTERM)
-    run(image_folder, tmp_path / "run", "--steps", "50")
+    run(image_folder, tmp_path / "run", "--steps", "50", status=143)
     assert len(calls) == 2 and torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)["step"] == 2
     assert stop_handlers() == before
 

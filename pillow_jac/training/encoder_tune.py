@@ -118,8 +118,11 @@ def _shown(run: dict, keys: list[str]) -> list[str]:
     return shown
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Tune until ``--steps``, validating, keeping the best and checkpointing as it goes."""
+def main(argv: list[str] | None = None) -> int:
+    """Tune until ``--steps``, validating, keeping the best and checkpointing as it goes.
+
+    Returns the exit status: 0, or after SIGTERM or Ctrl-C (a checkpoint saved) 128 + the signal's number.
+    """
     # the whole codec is imported now, so a run of many hours uses one version of it throughout
     from .. import codec, container, engine, entropy_coding, latent_coding, stripes  # noqa: F401
     from ..bench import metrics  # noqa: F401
@@ -348,6 +351,7 @@ def main(argv: list[str] | None = None) -> None:
         checkpoint()
     log_file.close()
     print(f"stopped at step {step}; best BD-rate {best_bd:+.3f}% at step {best_step}", flush=True)
+    return stop.exit_status()
 
 
 def _val_row(step: int, wall: float, bd: float, best: bool, rows: list[dict]) -> list:
@@ -359,4 +363,4 @@ def _val_row(step: int, wall: float, bd: float, best: bool, rows: list[dict]) ->
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    sys.exit(main(sys.argv[1:]))

@@ -56,6 +56,7 @@ from ..files import write_atomic
 from ..model.complexity import macs_per_pixel_by_network
 from ..model.mbt2018 import JointAutoregressiveHierarchicalPrior, ModelConfig
 from ..model.objective import quality_lambda, rate_distortion_loss
+from . import stop_signals
 from .data import to_model_input
 from .device_crops import load_pixels
 from .gpu_options import parse_args
@@ -231,6 +232,7 @@ class Session:
             except Exception as exc:  # compiling is an optimisation: any failure means eager
                 self._compile_failed(exc)
         self.stop: str | None = None
+        self.signum: int | None = None  # the signal that stopped the loop
         self.error: str | None = None
         self.last: dict[str, float] = {}
         self.mark: tuple[float, int] | None = None  # (time, step) where steady-state timing starts
@@ -284,7 +286,7 @@ class Session:
             try:
                 while True:
                     if self.stop is None and signalled:
-                        self.stop = "signal"
+                        self.stop, self.signum = "signal", signalled.signum
                     if self.stop is None and args.steps and self.step - self.step_start >= args.steps:
                         self.stop = "steps"
                     if self.stop is None and time.monotonic() >= self.deadline:
@@ -491,6 +493,7 @@ class Session:
             "step_end": self.step,
             "steps": self.step - self.step_start,
             "stop": self.stop or "running",
+            "signal": self.signum,
             "pieces_step": self.pieces_step,
             "error": self.error,
             "device": torch.cuda.get_device_name(self.device) if self.cuda else "cpu",
@@ -551,5 +554,16 @@ def main(argv: list[str] | None = None) -> dict:
         return session.finish()
 
 
+def exit_status(report: dict) -> int:
+    """The command's exit status for its report.
+
+    128 + the signal's number after a signal (as ``jac`` and the other trainers), 1 after weights or a loss
+    that were not finite (nothing of them saved), 0 otherwise.
+    """
+    if report.get("signal"):
+        return stop_signals.exit_status(report["signal"])
+    return 1 if report["stop"] == "nonfinite" else 0
+
+
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    sys.exit(exit_status(main(sys.argv[1:])))

@@ -35,6 +35,19 @@ class StopRequest:
         """The signal handler: remember the request; the loop ends at the end of its step."""
         self.signum = signum
 
+    def exit_status(self) -> int:
+        """The run's exit status: :func:`exit_status` of the signal that stopped it, 0 where none did."""
+        return exit_status(self.signum)
+
+
+def exit_status(signum: int | None) -> int:
+    """128 + the signal's number (130 after Ctrl-C, 143 after SIGTERM), 0 for none.
+
+    The status a shell reports for a program the signal ended, which the ``jac`` command line returns too:
+    a run stopped early, even with its checkpoint saved, does not tell a script that it finished.
+    """
+    return 128 + signum if signum else 0
+
 
 @contextmanager
 def stop_on_signals() -> Iterator[StopRequest]:

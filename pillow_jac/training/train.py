@@ -312,8 +312,11 @@ def _unwrap(model):
     return model.module if hasattr(model, "module") else model
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Train until ``--steps`` or ``--minutes`` is reached, checkpointing as it goes."""
+def main(argv: list[str] | None = None) -> int:
+    """Train until ``--steps`` or ``--minutes`` is reached, checkpointing as it goes.
+
+    Returns the exit status: 0, or after SIGTERM or Ctrl-C (a checkpoint saved) 128 + the signal's number.
+    """
     args = parse_args(argv)
     distributed = "RANK" in os.environ and "WORLD_SIZE" in os.environ
     rank, world_size = 0, 1
@@ -460,7 +463,8 @@ def main(argv: list[str] | None = None) -> None:
     if prefetch:
         source.close()
     log_file.close()
+    return stop.exit_status()
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    sys.exit(main(sys.argv[1:]))
