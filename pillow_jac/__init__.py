@@ -14,7 +14,7 @@ Example:
     '0.1.0'
 
 The array API, :func:`encode` and :func:`decode`, is :mod:`pillow_jac.codec`'s, re-exported lazily;
-:func:`save` (:mod:`pillow_jac.files`) replaces a file with a ``.jac`` only once the new one is complete.
+:func:`save` (:mod:`pillow_jac.image_saving`) replaces a file with a ``.jac`` only once the new one is complete.
 :func:`models` lists the installed decoder generations (:mod:`pillow_jac.generations`).
 """
 
@@ -33,7 +33,7 @@ __all__ = ["__version__", "register", "encode", "decode", "encode_batch", "decod
 if TYPE_CHECKING:
     from .codec import decode, encode
     from .codec_batch import decode_batch, encode_batch
-    from .files import save
+    from .image_saving import save
 
 
 def register() -> None:
@@ -72,7 +72,7 @@ def __getattr__(name: str) -> Any:
         return getattr(codec_batch, name)
     if name == "save":
         with forksafe.setting_up():
-            from .files import save
+            from .image_saving import save
 
         return save
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -12,6 +12,11 @@ import operator
 
 #: 8-byte signature (SPEC.md section 2). Byte 1 is 'J', so no TGA-style reader can claim it.
 MAGIC = b"\x8bJAC\r\n\x1a\n"
+#: the format's name in Pillow (``Image.open(...).format``, ``save(..., format=...)``), its file name extension
+#: (SPEC.md section 2) and its MIME type
+FORMAT_NAME = "JAC"
+EXTENSION = ".jac"
+MIME_TYPE = "image/x-jac"
 #: (major, minor) of the container and coding rules this package writes (SPEC.md section 9).
 FORMAT_VERSION = (1, 0)
 

@@ -1,27 +1,26 @@
 """Writing files so that a failure never destroys the target: a temporary file, then a rename.
 
 :meth:`PIL.Image.Image.save` opens (and so truncates) an existing target before any plugin's
-writer runs, so no Pillow plugin can keep an old file safe if encoding then fails. :func:`save`
-is the safe way to replace a file with a ``.jac``; it, the CLI and the imageio plugin write every
-output through :func:`write_file`. Into the file object Pillow hands the plugin, :func:`write_into` writes the
-encoded bytes so that a full disk fails before any of them is written, where it can.
+writer runs, so no Pillow plugin can keep an old file safe if encoding then fails.
+:func:`pillow_jac.save` (:mod:`pillow_jac.image_saving`) is the safe way to replace a file with a ``.jac``;
+it, the CLI and the imageio plugin write every output through :func:`write_file`. Into the file object Pillow
+hands the plugin, :func:`write_into` writes the encoded bytes so that a full disk fails before any of them is
+written, where it can.
 
 Example:
     >>> import os, tempfile
-    >>> from PIL import Image
     >>> tmp = tempfile.TemporaryDirectory()
-    >>> folder = tmp.name
-    >>> path = os.path.join(folder, "out.jac")
-    >>> save(Image.new("RGB", (8, 8), "red"), path, quality=2)
-    >>> Image.open(path).size
-    (8, 8)
+    >>> path = os.path.join(tmp.name, "out.bin")
+    >>> write_file(path, b"new")
+    >>> def fails(f):
+    ...     f.write(b"half")
+    ...     raise OSError("disk full")
     >>> try:
-    ...     save(Image.new("RGB", (8, 8)), path, quality=75)  # not a JAC quality
-    ... except ValueError:
+    ...     write_atomic(path, fails)
+    ... except OSError:
     ...     pass
-    >>> with Image.open(path) as im:
-    ...     im.size  # the old file is intact
-    (8, 8)
+    >>> open(path, "rb").read()  # the old file is intact
+    b'new'
     >>> tmp.cleanup()
 """
 
@@ -39,9 +38,9 @@ import stat
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
-__all__ = ["save", "write_file", "write_atomic", "check_target", "write_into", "file_position"]
+__all__ = ["write_file", "write_atomic", "check_target", "write_into", "file_position"]
 
 
 def write_atomic(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> None:
@@ -405,42 +404,3 @@ def _appends(fd: int) -> bool:
     except ImportError:  # pragma: no cover - Windows
         return False
     return bool(fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_APPEND)
-
-
-def save(image: Any, path: str | bytes | os.PathLike, **options: Any) -> None:
-    """Save a PIL image as ``.jac`` at ``path``, encoded before an existing file is touched (:func:`write_file`).
-
-    Args:
-        image: a :class:`PIL.Image.Image` (any mode the plugin accepts).
-        path: the target file.
-        **options: the plugin's save options, as ``Image.save`` takes them (``quality``, ``effort``,
-            ``target_size``, ``target_psnr``, ``preview``, ``model``, ``icc_profile``, ``exif``, ``xmp``,
-            ``device``).
-
-    Raises:
-        TypeError: ``image`` is not a :class:`PIL.Image.Image`, or ``path`` is not a path.
-        ValueError: bad options, an unsupported mode, or a name ending in another format's extension
-            (``photo.png``) (the target is left as it was).
-        OSError: ``path`` cannot be written (:func:`check_target`: a folder, a missing folder; found before
-            encoding).
-    """
-    from PIL import Image
-
-    from . import JacImagePlugin
-
-    if not isinstance(image, Image.Image):
-        raise TypeError(f"pillow_jac.save expects a PIL.Image.Image, got {type(image).__name__}")
-    path = os.fsdecode(os.fspath(path))  # a TypeError now (a file object, say), not after the encode; bytes work
-    jac_format = JacImagePlugin.JacImageFile.format
-    if str(options.pop("format", None) or jac_format).upper() != jac_format:
-        raise ValueError(f"pillow_jac.save writes {jac_format} files; use Image.save for other formats")
-    other = Image.registered_extensions().get(os.path.splitext(path)[1].lower())
-    if other not in (None, jac_format):  # no viewer would open "photo.png" holding a .jac
-        raise ValueError(
-            f"pillow_jac.save writes {jac_format} files, but {path!r} names a {other} file: name it .jac "
-            f"(Image.save(path, format={jac_format!r}) writes {jac_format} under any name)"
-        )
-    check_target(path)
-    encoded = io.BytesIO()  # Pillow's whole save (loading, save_all), before the output is touched
-    image.save(encoded, format=jac_format, **options)
-    write_file(path, encoded.getvalue())

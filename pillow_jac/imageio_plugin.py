@@ -47,9 +47,10 @@ import threading
 import warnings
 from typing import Any
 
+from .constants import EXTENSION
+
 __all__ = ["register", "EXTENSION", "PLUGIN_NAME"]
 
-EXTENSION = ".jac"
 #: the name of :class:`JacPlugin` in ``imageio.config.known_plugins`` (``plugin="pillow_jac"``).
 PLUGIN_NAME = "pillow_jac"
 _HOOK_LOCK = threading.Lock()

@@ -8,7 +8,8 @@ one lock, so they never overlap one another; the short ones (:func:`ignoring`) a
 (:func:`pillow_jac.forksafe.setting_up`), so that a child is not copied with an "ignore" in place that
 nothing would remove. A recording block can last a whole conversion, so forks do not wait for it. A
 caller's own ``catch_warnings`` in another thread can still overlap one of them: that race is the
-standard library's. Only the standard library and :mod:`pillow_jac.forksafe` are imported here.
+standard library's. Only the standard library and :mod:`pillow_jac.forksafe` are imported here (and Pillow,
+already imported by then, when :func:`warn_at_caller` warns about a file).
 
 Example:
     >>> import warnings
@@ -21,13 +22,15 @@ Example:
 
 from __future__ import annotations
 
+import os
+import sys
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 from .forksafe import fork_safe_lock, setting_up
 
-__all__ = ["first_line", "ignoring", "recording"]
+__all__ = ["first_line", "ignoring", "recording", "warn_at_caller"]
 
 #: held by every block of this module; taken before setting_up, so that a recording block that reaches an
 #: ignoring one, and an ignoring one in another thread, cannot each hold the lock the other waits for
@@ -55,3 +58,17 @@ def first_line(text: str) -> str:
     """The first line of a message (empty if there is none), as a warning or a one-line report quotes it."""
     text = text.strip()
     return text.splitlines()[0] if text else ""
+
+
+def warn_at_caller(message: str) -> None:
+    """Warn (a ``UserWarning``), attributed to the first caller outside pillow_jac and Pillow: the user's line."""
+    import PIL  # the plugin's callers have imported it
+
+    library = (os.path.dirname(__file__) + os.sep, os.path.dirname(PIL.__file__) + os.sep)
+    if sys.version_info >= (3, 12):
+        warnings.warn(message, stacklevel=2, skip_file_prefixes=library)
+        return
+    frame, level = sys._getframe(1), 2  # the caller of this function is stacklevel 2
+    while frame.f_back is not None and frame.f_code.co_filename.startswith(library):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, stacklevel=level)

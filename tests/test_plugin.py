@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from PIL import Image, ImageCms, UnidentifiedImageError
 
 import pillow_jac
-from pillow_jac import JacImagePlugin, container, files
+from pillow_jac import JacImagePlugin, container, files, image_saving
 from pillow_jac.constants import DEFAULT_QUALITY, MAGIC
 
 from .helpers import sixteen_bit_png
@@ -97,8 +97,8 @@ def rgb_jac_path(tmp_path: Path, rgb_jac: bytes) -> Path:
 
 def test_registration() -> None:
     assert Image.OPEN["JAC"][0] is JacImagePlugin.JacImageFile
-    assert Image.SAVE["JAC"] is JacImagePlugin._save
-    assert Image.SAVE_ALL["JAC"] is JacImagePlugin._save_all
+    assert Image.SAVE["JAC"] is image_saving.save_handler
+    assert Image.SAVE_ALL["JAC"] is image_saving.save_all_handler
     assert Image.registered_extensions()[".jac"] == "JAC"
     assert Image.MIME["JAC"] == "image/x-jac"
 
@@ -1095,7 +1095,7 @@ def test_encode_image_is_what_save_writes(spy: EncodeSpy, srgb_profile: bytes) -
     assert by_encode["image"].shape == (SIZE[1], SIZE[0], 3)  # P converted to RGB
     assert by_encode["icc_profile"] == srgb_profile  # kept from im.info
     assert (by_encode["exif"], by_encode["xmp"]) == (make_exif().tobytes(), None)  # replaced, dropped
-    assert JacImagePlugin._encode_image(im, options) == data  # the private name the CLI used
+    assert image_saving._encode_image(im, options) == data  # with Pillow's encoderinfo dict, as the handler has it
     with pytest.raises(ValueError, match="quality"):
         JacImagePlugin.encode_image(im, quality=75)
 
