@@ -139,8 +139,7 @@ def _file(chunks: list[list[bytes]], bad_crc: bytes | None = None) -> bytes:
     return bytes(out)
 
 
-#: JHDR's fields in order (SPEC.md section 3.2), as :func:`_jhdr_fields` names them, and their layout
-_JHDR_LAYOUT = ">BBBBIIH16s8sHHHHII"
+#: JHDR's fields in order (SPEC.md section 3.2), as :func:`_jhdr_fields` names them
 _JHDR_NAMES = ("major", "minor", "flags", "layout", "width", "height", "quality", "model_id", "weights_hash",
                "y_height", "y_width", "z_height", "z_width", "z_stream_length", "y_stream_length")  # fmt: skip
 
@@ -154,15 +153,16 @@ def _jhdr_fields(streams_empty: bool = False, **values: int) -> Callable:
 
     def build(jac) -> bytes:
         from pillow_jac import container
+        from pillow_jac.container.structure import JHDR
 
         chunks = _chunks(container.serialize(jac))
-        fields = dict(zip(_JHDR_NAMES, struct.unpack(_JHDR_LAYOUT, chunks[0][1]), strict=True))
+        fields = dict(zip(_JHDR_NAMES, JHDR.unpack(chunks[0][1]), strict=True))
         fields.update(values)
         if streams_empty:
             fields.update(z_stream_length=0, y_stream_length=0)
             for chunk in chunks:
                 chunk[1] = b"" if chunk[0] in (b"ZSTR", b"YSTR") else chunk[1]
-        chunks[0][1] = struct.pack(_JHDR_LAYOUT, *fields.values())
+        chunks[0][1] = JHDR.pack(*fields.values())
         return _file(chunks)
 
     return build

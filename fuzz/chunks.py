@@ -6,7 +6,8 @@ mutations can keep or break them; :func:`unpack_jhdr` and :func:`pack_jhdr` read
 fields (SPEC.md section 3.2) without validation, so any forged value packs; :func:`derived_shapes` gives
 the latent shapes a size implies; :func:`restamp` gives a file another model id and weights hash.
 
-Nothing of ``pillow_jac`` is imported here, so that atheris can instrument it before it is imported.
+Nothing of ``pillow_jac`` is imported here, so that atheris can instrument it before it is imported: the
+format's facts this harness needs are repeated here, and ``tests/test_fuzz.py`` checks them against the package.
 """
 
 from __future__ import annotations
@@ -18,11 +19,13 @@ from dataclasses import dataclass
 from typing import Any
 
 MAGIC = b"\x8bJAC\r\n\x1a\n"  # repeated here so that importing this module imports nothing of pillow_jac
-_JHDR = struct.Struct(">BBBBIIH16s8sHHHHII")
+JHDR = struct.Struct(">BBBBIIH16s8sHHHHII")
 JHDR_FIELDS = (
     "major", "minor", "flags", "layout", "width", "height", "quality", "model_id", "weights_hash",
     "yh", "yw", "zh", "zw", "zlen", "ylen",
 )  # fmt: skip
+#: ``prvw`` data before the embedded image: format (u8), width (u16), height (u16) (SPEC.md section 5.4)
+PRVW_HEAD = struct.Struct(">BHH")
 #: offset in a file of the JHDR chunk's CRC (signature 8 + chunk head 8 + its 54 bytes of data)
 _JHDR_CRC_AT = 8 + 8 + 54
 
@@ -82,9 +85,9 @@ def join(chunks: Iterable[Chunk], tail: bytes = b"", magic: bytes = MAGIC) -> by
 
 def unpack_jhdr(data: bytes) -> dict[str, Any] | None:
     """The raw JHDR fields of a chunk's data (no validation), or None if it is not 54 bytes."""
-    if len(data) != _JHDR.size:
+    if len(data) != JHDR.size:
         return None
-    return dict(zip(JHDR_FIELDS, _JHDR.unpack(data), strict=True))
+    return dict(zip(JHDR_FIELDS, JHDR.unpack(data), strict=True))
 
 
 def pack_jhdr(fields: dict[str, Any]) -> bytes:
@@ -97,7 +100,7 @@ def pack_jhdr(fields: dict[str, Any]) -> bytes:
     ]
     values[7] = values[7].ljust(16, b"\0")
     values[8] = values[8].ljust(8, b"\0")
-    return _JHDR.pack(*values)
+    return JHDR.pack(*values)
 
 
 def derived_shapes(width: int, height: int) -> dict[str, int]:

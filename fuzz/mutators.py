@@ -13,12 +13,22 @@ from __future__ import annotations
 import functools
 import io
 import random
-import struct
 import zlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from .chunks import JHDR_FIELDS, MAGIC, Chunk, crc, derived_shapes, join, pack_jhdr, split, unpack_jhdr
+from .chunks import (
+    JHDR_FIELDS,
+    MAGIC,
+    PRVW_HEAD,
+    Chunk,
+    crc,
+    derived_shapes,
+    join,
+    pack_jhdr,
+    split,
+    unpack_jhdr,
+)  # fmt: skip
 
 U16_VALUES = (0, 1, 2, 3, 4, 5, 8, 255, 256, 257, 1023, 1024, 1152, 2047, 2048, 2049, 4096, 4097, 32767, 32768, 65535)
 U32_VALUES = (
@@ -287,7 +297,7 @@ def forge_preview(rng: random.Random, chunks: list[Chunk], corpus: Sequence[byte
         chunks.remove(prvw)
         return
     if prvw and len(prvw.data) >= 5 and kind in (1, 2, 3, 4):
-        image_format, pw, ph = struct.unpack_from(">BHH", prvw.data)
+        image_format, pw, ph = PRVW_HEAD.unpack_from(prvw.data)
         image = prvw.data[5:]
     else:  # a new preview that fits the image (or not)
         image_format = rng.choice(PREVIEW_FORMATS)
@@ -304,7 +314,7 @@ def forge_preview(rng: random.Random, chunks: list[Chunk], corpus: Sequence[byte
         image = preview_file(rng.choice(PREVIEW_FORMATS), *_preview_size(rng, w, h))  # another size or format
     elif kind == 5:
         image = rng.choice((b"", b"\xff\xd8", b"RIFF", _rand_bytes(rng, rng.randint(1, 40))))
-    data = struct.pack(">BHH", image_format, pw & 0xFFFF, ph & 0xFFFF) + image
+    data = PRVW_HEAD.pack(image_format, pw & 0xFFFF, ph & 0xFFFF) + image
     if kind == 6:
         data = data[: rng.randint(0, 5)]  # no room for the head, or no image
     if kind == 7 or not prvw:

@@ -248,7 +248,7 @@ def checked_file(data, *, alpha: bool = True) -> tuple[container.JacFile, np.nda
 
     jac = parse_input(data)
     check_declared_size(jac.header.width, jac.header.height, error=CodecError)
-    plane = alpha_plane(jac) if alpha else None  # first, as a decode has always looked at it before the streams
+    plane = alpha_plane(jac) if alpha else None  # first: every decode path checks the alpha plane before the streams
     check_whole_words(jac.y_stream)
     return jac, plane
 

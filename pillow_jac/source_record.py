@@ -128,7 +128,7 @@ def _lock(f: IO[str]) -> bool:
     try:
         fcntl.flock(f.fileno(), fcntl.LOCK_EX)
     except OSError as e:
-        if e.errno in _NO_LOCKS:  # unlocked, as in earlier versions: safe while one batch at a time writes there
+        if e.errno in _NO_LOCKS:  # unlocked: safe while one batch at a time writes there
             return False
         raise
     return True
@@ -159,7 +159,7 @@ def _locked(path: Path) -> Iterator[IO[str]]:
 
 
 def _stored_quality(quality: object) -> object:
-    """A recorded quality as a file stores it (to 1/256): records of earlier versions hold it as it was given."""
+    """A recorded quality as a file stores it (to 1/256); a record may hold it unrounded, as it was given."""
     from .container import quantize_quality
 
     if not isinstance(quality, (int, float)) or isinstance(quality, bool):

@@ -68,7 +68,7 @@ _BPP_AT_4 = 0.75
 #: bytes the coded streams take beyond the model's estimate (the range coder's final words, the escapes and the
 #: integer tables' coarser probabilities, which cost a little at every latent position): about 4 bytes and
 #: 0.035 a latent position (16x16 pixels) at qualities 1 to 8, from 3-8 bytes at 128x128 to 25-73 at 768x512
-#: (Kodak crops and training photos); a fixed 70 sent a small image's first real encode far below its target
+#: (Kodak crops and training photos); a fixed excess would send a small image's first real encode far below its target
 _ESTIMATE_EXCESS = 4.0
 _ESTIMATE_EXCESS_PER_LATENT = 0.035
 #: latent rows per piece of the rate estimate (bounds its temporaries on large images)

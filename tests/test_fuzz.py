@@ -845,3 +845,23 @@ def test_every_rule_of_decode_against_load_reports_its_break(monkeypatch: pytest
                 fz.check_decode(data, LIMITS)
     with small_pixel_limit():
         assert fz.check_decode(data, LIMITS) == "ok | ok"  # the readers as they are agree
+
+
+def test_the_harness_copies_of_the_formats_facts_agree_with_the_package():
+    """fuzz/chunks.py and fuzz/mutators.py repeat the signature, JHDR's and prvw's layouts, the latent shapes a size
+    implies and the chunk types (importing pillow_jac there would precede atheris's instrumentation): a change
+    to the format must reach them, or the harness would forge files of another format."""
+    from fuzz import chunks, mutators
+    from pillow_jac import constants as C
+    from pillow_jac.container import structure
+
+    assert chunks.MAGIC == C.MAGIC and mutators.MAGIC == C.MAGIC
+    assert chunks.JHDR.format == structure.JHDR.format and chunks.PRVW_HEAD.format == structure.PRVW_HEAD.format
+    assert len(chunks.JHDR_FIELDS) == len(structure.JHDR.unpack(bytes(structure.JHDR.size)))
+    assert chunks._JHDR_CRC_AT == len(C.MAGIC) + 8 + C.JHDR_LENGTH
+    for width, height in [(1, 1), (63, 64), (65, 129), (1000, 7), (65535, 1)]:
+        (yh, yw), (zh, zw) = structure.latent_shapes(width, height)
+        assert chunks.derived_shapes(width, height) == {"yh": yh, "yw": yw, "zh": zh, "zw": zw}
+    known = {getattr(C, name) for name in dir(C) if name.startswith("CHUNK_")}
+    assert known <= set(mutators.CHUNK_TYPES)
+    assert set(mutators.PREVIEW_FORMATS) == {C.PREVIEW_JPEG, C.PREVIEW_WEBP}

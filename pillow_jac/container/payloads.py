@@ -6,7 +6,7 @@ import zlib
 
 from pillow_jac import constants as C
 
-from .structure import _PREVIEW_FORMATS, _PRVW_HEAD, PREVIEW_JPEG, PREVIEW_WEBP, JacDataError, _is_int  # noqa: F401 - the formats for the examples
+from .structure import _PREVIEW_FORMATS, PREVIEW_JPEG, PREVIEW_WEBP, PRVW_HEAD, JacDataError, _is_int  # noqa: F401 - the formats for the examples
 from .writing import _check_bytes
 
 # ---------------------------------------------------------------------------------------------
@@ -35,7 +35,7 @@ def pack_preview(image_format: int, width: int, height: int, image: bytes) -> by
     _check_bytes("preview image", image, optional=False)
     if not image:
         raise ValueError("the preview image is empty")
-    return _PRVW_HEAD.pack(image_format, width, height) + bytes(image)
+    return PRVW_HEAD.pack(image_format, width, height) + bytes(image)
 
 
 def unpack_preview(data: bytes | None) -> tuple[int, int, int, bytes] | None:
@@ -50,12 +50,12 @@ def unpack_preview(data: bytes | None) -> tuple[int, int, int, bytes] | None:
         >>> unpack_preview(b"\x07\x00\x04\x00\x03data") is None  # format 7 is unknown
         True
     """
-    if data is None or len(data) <= _PRVW_HEAD.size:
+    if data is None or len(data) <= PRVW_HEAD.size:
         return None
-    image_format, width, height = _PRVW_HEAD.unpack_from(data)
+    image_format, width, height = PRVW_HEAD.unpack_from(data)
     if image_format not in _PREVIEW_FORMATS or width < 1 or height < 1:
         return None
-    return image_format, width, height, bytes(data[_PRVW_HEAD.size :])
+    return image_format, width, height, bytes(data[PRVW_HEAD.size :])
 
 
 # ---------------------------------------------------------------------------------------------

@@ -13,10 +13,10 @@ from .chunk_reader import _read_chunk, _Reader
 from .structure import (
     _ALPHA_METHODS,
     _CHUNK_HEAD,
-    _JHDR,
     _KNOWN,
     _U32,
     CHUNK_PRVW,
+    JHDR,
     JacDataError,
     JacFile,
     JacHeader,
@@ -57,8 +57,8 @@ _DAMAGED_TYPES_REPORTED = 16
 
 
 def _unpack_header(data: bytes) -> JacHeader:
-    (major, minor, flags, layout, width, height, q16, model_id, weights_hash, yh, yw, zh, zw, zlen, ylen) = (
-        _JHDR.unpack(data)
+    (major, minor, flags, layout, width, height, q16, model_id, weights_hash, yh, yw, zh, zw, zlen, ylen) = JHDR.unpack(
+        data
     )
     problem = _version_problem((major, minor))
     if problem:

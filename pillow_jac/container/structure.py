@@ -20,8 +20,8 @@ MAGIC = C.MAGIC
 
 #: JHDR data: major, minor, flags, layout, width, height, quality, model_id, weights_hash,
 #: y_height, y_width, z_height, z_width, z_stream_length, y_stream_length.
-_JHDR = struct.Struct(">BBBBIIH16s8sHHHHII")
-assert _JHDR.size == C.JHDR_LENGTH
+JHDR = struct.Struct(">BBBBIIH16s8sHHHHII")
+assert JHDR.size == C.JHDR_LENGTH
 _U32 = struct.Struct(">I")
 _CHUNK_HEAD = struct.Struct(">I4s")
 #: bytes read from a file object per ``read`` call: a lying length field costs at most this much
@@ -34,7 +34,7 @@ _KNOWN_CRITICAL = (C.CHUNK_JHDR, C.CHUNK_ZSTR, C.CHUNK_YSTR, C.CHUNK_ALPH, C.CHU
 CHUNK_PRVW, PREVIEW_JPEG, PREVIEW_WEBP = C.CHUNK_PRVW, C.PREVIEW_JPEG, C.PREVIEW_WEBP
 _PREVIEW_FORMATS = (PREVIEW_JPEG, PREVIEW_WEBP)
 #: ``prvw`` data before the embedded image: format (u8), width (u16), height (u16).
-_PRVW_HEAD = struct.Struct(">BHH")
+PRVW_HEAD = struct.Struct(">BHH")
 _KNOWN_ANCILLARY = (C.CHUNK_ICCP, C.CHUNK_EXIF, C.CHUNK_XMP, CHUNK_PRVW)
 _KNOWN = frozenset(_KNOWN_CRITICAL + _KNOWN_ANCILLARY)
 _ALPHA_LAYOUTS = C.ALPHA_LAYOUTS

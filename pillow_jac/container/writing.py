@@ -6,9 +6,9 @@ from pillow_jac import constants as C
 
 from .structure import (
     _ALPHA_METHODS,
-    _JHDR,
     _KNOWN_ANCILLARY,
     CHUNK_PRVW,
+    JHDR,
     MAGIC,  # noqa: F401 - for the example
     JacFile,
     JacHeader,
@@ -23,7 +23,7 @@ from .structure import (
 
 
 def _pack_header(h: JacHeader) -> bytes:
-    return _JHDR.pack(
+    return JHDR.pack(
         h.version[0],
         h.version[1],
         0,  # flags
