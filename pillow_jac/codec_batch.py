@@ -26,7 +26,7 @@ from .constants import DEFAULT_EFFORT, DEFAULT_QUALITY, validate_effort, validat
 __all__ = ["encode_batch", "decode_batch"]
 
 
-def _batchable(latent_shape: tuple[int, int]) -> bool:
+def batchable(latent_shape: tuple[int, int]) -> bool:
     """Whether images of this latent shape run batched: those that the per-image path computes as one stripe.
 
     Larger images (above about 2 padded megapixels, :data:`pillow_jac.stripes.STRIPE_PIXELS`, also when
@@ -34,7 +34,7 @@ def _batchable(latent_shape: tuple[int, int]) -> bool:
     per-image path of :func:`encode` and :func:`decode` one at a time, where the stripes bound their memory.
 
     Example:
-        >>> _batchable((32, 48)), _batchable((8, 1100))
+        >>> batchable((32, 48)), batchable((8, 1100))
         (True, False)
     """
     from .stripes import FACTOR, STRIPE_PIXELS, stripe_rows_for
@@ -185,9 +185,9 @@ def encode_batch(
     engine = steps.encoder_engine(device, weights, model)
     shapes = [container.latent_shapes(arr.shape[1], arr.shape[0])[0] for arr, _ in arrays]
     out: list[bytes | None] = [None] * len(arrays)
-    keys = [shape if _batchable(shape) else ("alone", i) for i, shape in enumerate(shapes)]
+    keys = [shape if batchable(shape) else ("alone", i) for i, shape in enumerate(shapes)]
     for members in _batch_groups(keys, batch_size):
-        if not _batchable(shapes[members[0]]):
+        if not batchable(shapes[members[0]]):
             (i,) = members
             out[i] = encode_with(engine, *arrays[i], q, effort, fields[i])
             continue
@@ -248,12 +248,12 @@ def _decode_parsed(parsed: list, engines: list, batch_size: int) -> list[np.ndar
     """:func:`decode_batch` of files read, checked and given their decoders."""
     out: list[np.ndarray | None] = [None] * len(parsed)
     keys = [
-        (id(engine), jac.header.y_shape) if _batchable(jac.header.y_shape) else ("alone", i)
+        (id(engine), jac.header.y_shape) if batchable(jac.header.y_shape) else ("alone", i)
         for i, (jac, engine) in enumerate(zip(parsed, engines, strict=True))
     ]
     for members in _batch_groups(keys, batch_size):
         engine = engines[members[0]]
-        if not _batchable(parsed[members[0]].header.y_shape):
+        if not batchable(parsed[members[0]].header.y_shape):
             (i,) = members
             with _naming_item(i, OSError, ValueError):
                 out[i] = decode_with(parsed[i], engine, steps.alpha_plane(parsed[i]))

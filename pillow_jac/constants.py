@@ -101,11 +101,11 @@ def validate_quality(quality: float) -> float:
     """
     shown = repr(quality) if len(repr(quality)) <= 40 else repr(quality)[:37] + "..."
     if isinstance(quality, bool) or not isinstance(quality, (numbers.Real, decimal.Decimal)):
-        raise ValueError(f"quality must be a number from 1 to 8, got {shown}")
+        raise ValueError(f"quality must be a number from {QUALITY_MIN:g} to {QUALITY_MAX:g}, got {shown}")
     try:
         q = float(quality)
     except (TypeError, ValueError, OverflowError):
-        raise ValueError(f"quality must be a number from 1 to 8, got {shown}") from None
+        raise ValueError(f"quality must be a number from {QUALITY_MIN:g} to {QUALITY_MAX:g}, got {shown}") from None
     if not QUALITY_MIN <= q <= QUALITY_MAX:  # also rejects NaN
         hint = " (JAC qualities are not JPEG's 0-100 scale)" if q > QUALITY_MAX else ""
         raise ValueError(

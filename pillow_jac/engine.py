@@ -43,6 +43,7 @@ from .weights import (
 __all__ = [
     "Engine",
     "get_engine",
+    "forget",
     "build_model",
     "load_model",
     "resolve_device",
@@ -275,3 +276,15 @@ def get_engine(device: str | torch.device | None = None, weights: str | Path | N
                 del _CACHE[older]
             _CACHE[key] = engine
         return engine
+
+
+def forget(weights: str | Path) -> None:
+    """Drop the cached engines of the weights file ``weights`` (on every device), so that their memory can go.
+
+    A program that measures many weights files one after another (an encoder fine-tune's candidates) calls it
+    for each file it is done with; a later :func:`get_engine` of the file builds it again.
+    """
+    resolved = str(Path(weights).resolve())
+    with setting_up(), _LOCK:
+        for key in [k for k in _CACHE if k[0] == resolved]:
+            del _CACHE[key]

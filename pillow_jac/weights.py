@@ -57,6 +57,7 @@ __all__ = [
     "read_manifest",
     "verify",
     "decoder_only",
+    "table_prefix",
     "table_tensors",
     "read_table",
     "require_integers",
@@ -70,8 +71,10 @@ __all__ = [
 FLOAT_PREFIX = "float."
 #: tensor-name prefix of the integer networks: ``int.<network>.<layer>.{weight,bias,shift}`` (:func:`integer_tensors`)
 INT_PREFIX = "int."
+#: tensor-name prefix of the coding tables: ``table.<part>_<field>`` and the tables of CODING.md section 2
+TABLE_PREFIX = "table."
 #: tensor-name prefixes of the decoder: what a decoder runs (SPEC.md section 9.2)
-DECODER_PREFIXES = (INT_PREFIX, "table.", f"{FLOAT_PREFIX}g_s.", f"{FLOAT_PREFIX}log_inverse_gain")
+DECODER_PREFIXES = (INT_PREFIX, TABLE_PREFIX, f"{FLOAT_PREFIX}g_s.", f"{FLOAT_PREFIX}log_inverse_gain")
 #: tensor-name prefixes of the encoder: an encoder update may change these and nothing else
 ENCODER_PREFIXES = (f"{FLOAT_PREFIX}g_a.", f"{FLOAT_PREFIX}h_a.", f"{FLOAT_PREFIX}log_gain")
 #: tensor-name prefixes of z's float density: the z tables were made from it at freeze time, and the encoder's
@@ -91,9 +94,14 @@ _HASH_HEX = 2 * WEIGHTS_HASH_BYTES
 #: the three tensors of a coding table set ``table.<part>_<field>`` (CODING.md section 2.1)
 TABLE_FIELDS = ("freqs", "offsets", "lows")
 #: the fixed-point thresholds between the y scale levels (CODING.md section 2.2)
-SCALE_THRESHOLDS = "table.y_thresholds"
+SCALE_THRESHOLDS = f"{TABLE_PREFIX}y_thresholds"
 #: a Gaussian-mixture model's exponential table (CODING.md section 4.2)
-MIXTURE_EXP = "table.mixture_exp"
+MIXTURE_EXP = f"{TABLE_PREFIX}mixture_exp"
+
+
+def table_prefix(part: str) -> str:
+    """The prefix of every tensor of ``part``'s coding tables (``"y"`` or ``"z"``): ``table.y_``, ``table.z_``."""
+    return f"{TABLE_PREFIX}{part}_"
 
 
 class WeightsError(OSError):
@@ -210,13 +218,13 @@ def content_hash(tensors: dict[str, torch.Tensor]) -> bytes:
         t = tensors[name].detach().contiguous().cpu()
         h.update(f"{name}|{str(t.dtype)}|{tuple(t.shape)}|".encode())
         h.update(_little_endian_bytes(t))
-    return h.digest()[:8]
+    return h.digest()[:WEIGHTS_HASH_BYTES]
 
 
 def table_tensors(part: str, freqs, offsets, lows) -> dict[str, torch.Tensor]:
     """The weights-file tensors of the coding tables of ``part`` (``"y"`` or ``"z"``)."""
     arrays = dict(zip(TABLE_FIELDS, (freqs, offsets, lows), strict=True))
-    return {f"table.{part}_{field}": torch.as_tensor(arrays[field]) for field in TABLE_FIELDS}
+    return {table_prefix(part) + field: torch.as_tensor(arrays[field]) for field in TABLE_FIELDS}
 
 
 def read_table(tensors: dict[str, torch.Tensor], part: str) -> tuple[torch.Tensor, ...] | None:
@@ -231,9 +239,10 @@ def read_table(tensors: dict[str, torch.Tensor], part: str) -> tuple[torch.Tenso
         >>> [v.tolist() for v in read_table(t, "z")], read_table(t, "y")
         ([[1, 1, 1], [0, 3], [0]], None)
     """
-    if f"table.{part}_{TABLE_FIELDS[0]}" not in tensors:
+    prefix = table_prefix(part)
+    if prefix + TABLE_FIELDS[0] not in tensors:
         return None
-    return tuple(require_integers(f"table.{part}_{f}", tensors[f"table.{part}_{f}"]) for f in TABLE_FIELDS)
+    return tuple(require_integers(prefix + f, tensors[prefix + f]) for f in TABLE_FIELDS)
 
 
 def _is_decoder(name: str) -> bool:

@@ -150,8 +150,8 @@ def test_wide_images_are_not_batched(monkeypatch):
     goes alone, or a batch of them would need batch_size times that memory."""
     monkeypatch.setattr(stripes, "STRIPE_PIXELS", 4096)
     wide = (8, 2)  # 8 latent rows of 2 columns: 4096 pixels, within 8 rows
-    assert codec_batch._batchable(wide)
-    assert not codec_batch._batchable((8, 3))  # 6144 pixels: above a stripe's, though within its fewest rows
+    assert codec_batch.batchable(wide)
+    assert not codec_batch.batchable((8, 3))  # 6144 pixels: above a stripe's, though within its fewest rows
 
 
 def test_one_item_for_a_list_is_refused(tmp_path) -> None:

@@ -13,7 +13,7 @@ the same batch size (model loading, CUDA kernels). On CUDA, ``torch.cuda.max_mem
 reset before each timed call and read after it: the peak GPU memory of that call, weights included.
 
 Sizes too large to batch (more than one stripe of the per-image path, about 2 padded megapixels:
-:func:`pillow_jac.codec_batch._batchable`) are coded one at a time whatever the batch size, so they are
+:func:`pillow_jac.codec_batch.batchable`) are coded one at a time whatever the batch size, so they are
 timed once, at batch size 1, over ``--large-images`` images.
 
 Each batched row also says how exactly batching reproduces the per-image path on that device: how
@@ -122,7 +122,7 @@ def run(
     rows: list[dict[str, Any]] = []
     for width, height in sizes:
         y_shape, _ = container.latent_shapes(width, height)
-        batched = codec_batch._batchable(y_shape)
+        batched = codec_batch.batchable(y_shape)
         count = images if batched else large_images
         pictures = make_images(source, width, height, count)
         measured = sorted(set(batches), key=lambda b: (b != 1, b)) if batched else [1]

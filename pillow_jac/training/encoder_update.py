@@ -31,7 +31,6 @@ __all__ = [
     "is_encoder_key",
     "encoder_state",
     "update_average",
-    "forget_engine",
     "score_real",
     "bd_against",
     "tuned_weights",
@@ -76,15 +75,6 @@ def update_average(average: dict[str, torch.Tensor], model: JointAutoregressiveH
                 average[name].lerp_(p.detach().float(), 1.0 - decay)
 
 
-def forget_engine(path: Path) -> None:
-    """Drop the codec's cached engines of ``path`` (every candidate file would otherwise stay in memory)."""
-    from .. import engine
-
-    with engine._LOCK:
-        for key in [k for k in engine._CACHE if k[0] == str(Path(path).resolve())]:
-            del engine._CACHE[key]
-
-
 def score_real(
     weights: Path,
     images: list[np.ndarray],
@@ -99,7 +89,7 @@ def score_real(
     images: ``est_bytes`` against their real ``stream_bytes`` (ZSTR + YSTR) and ``file_bytes``,
     summed over those images.
     """
-    from .. import codec, container
+    from .. import codec, container, engine
     from ..bench.metrics import psnr
 
     rows = []
@@ -119,7 +109,7 @@ def score_real(
             n = len(images)
             rows.append({**acc, "quality": q, "bpp": acc["bpp"] / n, "psnr": acc["psnr"] / n})
     finally:
-        forget_engine(weights)
+        engine.forget(weights)  # every candidate file would otherwise stay in memory
     return rows
 
 

@@ -63,7 +63,7 @@ from .gpu_options import parse_args
 from .pack import split_file
 from .step_profile import StepProfile
 from .stop_signals import stop_on_signals
-from .train import FastWeightAverage, _to_device, learning_rate, stratified_qualities
+from .train import FastWeightAverage, learning_rate, stratified_qualities, to_device
 
 __all__ = ["Session", "forward_macs_per_pixel", "main", "parse_args", "time_decay"]
 
@@ -304,7 +304,7 @@ class Session:
                         batch = batch.pin_memory()  # pixels in host memory: copied without a stream sync
                     x = to_model_input(batch, device).contiguous(memory_format=torch.channels_last)
                     quality = stratified_qualities(args.batch)
-                    quality, lmbda = _to_device(device, quality, quality_lambda(quality, config.lambdas).float())
+                    quality, lmbda = to_device(device, quality, quality_lambda(quality, config.lambdas).float())
                     losses = self._backward(x, quality, lmbda)
                     if args.clip:
                         torch.nn.utils.clip_grad_norm_(self.model.parameters(), args.clip, foreach=self.cuda or None)

@@ -6,6 +6,7 @@ coder: a GPU machine that only trains has no constriction (docs/training_on_a_gp
 
 from __future__ import annotations
 
+from ..constants import MODEL_ID_BYTES
 from ..model.mbt2018 import ModelConfig
 
 __all__ = ["MAX_RELEASE", "model_id_for"]
@@ -32,8 +33,8 @@ def model_id_for(config: ModelConfig, release: int) -> str:
     if not (isinstance(release, int) and 0 <= release <= MAX_RELEASE):
         raise ValueError(f"release {release!r} is not a number from 0 to {MAX_RELEASE} (the id holds three digits)")
     name = f"mbt{flags}-{config.N}-{config.M}-r{release:03d}"
-    if len(name) > 16:
+    if len(name) > MODEL_ID_BYTES:
         name = name.removeprefix("mbt")
-    if len(name) > 16:
-        raise ValueError(f"model id {name!r} is longer than 16 characters")
+    if len(name) > MODEL_ID_BYTES:
+        raise ValueError(f"model id {name!r} is longer than {MODEL_ID_BYTES} characters")
     return name

@@ -317,13 +317,13 @@ def _shipped_tables(candidate: dict, shipped: dict) -> dict:
     """
     import torch
 
-    from ..weights import Z_DENSITY_PREFIXES
+    from ..weights import Z_DENSITY_PREFIXES, table_prefix
 
     density = sorted(k for k in candidate if k.startswith(Z_DENSITY_PREFIXES))
     same_density = density == sorted(k for k in shipped if k.startswith(Z_DENSITY_PREFIXES)) and all(
         torch.equal(candidate[k], shipped[k]) for k in density
     )
-    prefixes = ("table.y_", "table.z_") if same_density else ("table.y_",)
+    prefixes = (table_prefix("y"), table_prefix("z")) if same_density else (table_prefix("y"),)
     return {k: v for k, v in shipped.items() if k.startswith(prefixes)}
 
 

@@ -43,7 +43,7 @@ from ..model.objective import quality_lambda, rate_distortion_loss
 from ..model.precision import bf16_autocast_pays
 from .checkpoint import gather_rank_states, load_checkpoint, restore_checkpoint, run_options, save_checkpoint
 from .data import CropSampler, list_images, to_model_input
-from .encoder_update import forget_engine, refuse_evaluation_data
+from .encoder_update import refuse_evaluation_data
 from .gpu_options import check_crop
 from .stop_signals import stop_on_signals
 
@@ -158,6 +158,7 @@ def stratified_qualities(batch: int) -> torch.Tensor:
 
 def evaluate_real(model, paths: list[Path], out_dir: Path, step: int) -> dict[str, float]:
     """Freeze the current weights and measure real bitstreams (bpp, PSNR) at qualities 1, 4 and 8."""
+    from .. import engine
     from ..weights import save_weights
     from .evaluate import evaluate
     from .freeze import freeze
@@ -168,7 +169,7 @@ def evaluate_real(model, paths: list[Path], out_dir: Path, step: int) -> dict[st
     try:
         rows = evaluate(paths, [1.0, 4.0, 8.0], weights=path, with_float=False)
     finally:
-        forget_engine(path)  # the next evaluation writes another model to the same path
+        engine.forget(path)  # the next evaluation writes another model to the same path
     return {f"q{r['quality']:g}_{k}": r[k] for r in rows for k in ("bpp", "psnr")}
 
 
@@ -301,7 +302,7 @@ class BatchPrefetcher:
         self._pool.shutdown(wait=True)
 
 
-def _to_device(device: torch.device, *tensors: torch.Tensor) -> list[torch.Tensor]:
+def to_device(device: torch.device, *tensors: torch.Tensor) -> list[torch.Tensor]:
     """Copy small host tensors to ``device``; on CUDA through pinned memory, without a stream sync."""
     if device.type != "cuda":
         return [t.to(device) for t in tensors]
@@ -413,7 +414,7 @@ def main(argv: list[str] | None = None) -> int:
             crops = source.next() if prefetch else sampler.batch_uint8(args.batch)
             x = to_model_input(crops, device).contiguous(memory_format=torch.channels_last)
             quality = stratified_qualities(args.batch)
-            quality, lmbda = _to_device(device, quality, quality_lambda(quality, config.lambdas).float())
+            quality, lmbda = to_device(device, quality, quality_lambda(quality, config.lambdas).float())
             with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
                 out = forward(x, quality)
             losses = rate_distortion_loss(out, x, lmbda)
