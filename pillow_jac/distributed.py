@@ -62,21 +62,18 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import socket
 import sys
-import time
-import warnings
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 from typing import Any
 
 from PIL import Image
 
-from .batch_plan import Progress, batch_settings, done_before, file_options, is_done, plan, plan_batch, shown_name
+from . import ray_cluster
+from .batch_plan import Progress, batch_settings, file_options, is_done, plan, plan_batch, shown_name
 from .constants import DEFAULT_EFFORT, DEFAULT_QUALITY, validate_effort, validate_quality
-from .conversion import convert_noting_warnings, one_line
 from .preview import asked as asked_preview
 from .preview import preview_size
+from .ray_worker import FileResult, Report, Worker
 from .source_record import SourceRecord, note_made, note_started
 from .targets import validate_targets
 
@@ -84,171 +81,6 @@ __all__ = ["FileResult", "Report", "Worker", "convert", "is_done", "plan"]
 
 #: Calls each worker may have submitted at once (one running, one queued): enough to hide the round trip.
 IN_FLIGHT_PER_WORKER = 2
-
-
-@dataclass(frozen=True)
-class FileResult:
-    """What happened to one file.
-
-    Attributes:
-        src: the input path.
-        dst: the output path.
-        status: ``"done"``, ``"skipped"`` (the output was already done) or ``"failed"``.
-        error: one line saying why, for a failed file; else None.
-        in_bytes: size of the input (0 unless done).
-        out_bytes: size of the output written (0 unless done).
-        seconds: time the worker spent on the file.
-        node: host name of the worker's machine.
-        pid: the worker's process id.
-        warnings: the first line of each warning raised while converting the file.
-    """
-
-    src: str
-    dst: str
-    status: str
-    error: str | None = None
-    in_bytes: int = 0
-    out_bytes: int = 0
-    seconds: float = 0.0
-    node: str = ""
-    pid: int = 0
-    warnings: tuple[str, ...] = ()
-
-
-@dataclass
-class Report:
-    """The outcome of :func:`convert`.
-
-    Attributes:
-        done: files converted.
-        skipped: files whose output was already done (``resume``).
-        failed: the files that failed, with their errors, in the order they came back.
-        in_bytes: bytes read by the converted files.
-        out_bytes: bytes written.
-        seconds: wall time from the first worker's start (the first file submitted) to the last result.
-        workers: one dict per worker that started and lived to the end (one still starting when the files ran
-            out is not listed): ``node``, ``pid``, ``load_seconds`` (start-up including
-            the model load), ``rss_loaded_bytes`` (the worker's peak resident memory once loaded) and
-            ``rss_peak_bytes`` (its peak after its last file); memory is 0 where the platform does not say.
-    """
-
-    done: int = 0
-    skipped: int = 0
-    failed: list[FileResult] = field(default_factory=list)
-    in_bytes: int = 0
-    out_bytes: int = 0
-    seconds: float = 0.0
-    workers: list[dict[str, Any]] = field(default_factory=list)
-
-    @property
-    def images_per_second(self) -> float:
-        """Files converted per second of :attr:`seconds` (skipped files do not count)."""
-        return self.done / self.seconds if self.seconds > 0 else 0.0
-
-    def add(self, result: FileResult) -> None:
-        """Count one file's result."""
-        if result.status == "done":
-            self.done += 1
-            self.in_bytes += result.in_bytes
-            self.out_bytes += result.out_bytes
-        elif result.status == "skipped":
-            self.skipped += 1
-        else:
-            self.failed.append(result)
-
-
-def _peak_rss_bytes() -> int:
-    """This process's peak resident memory in bytes (0 where the platform does not say).
-
-    ``VmHWM`` on Linux, where ``ru_maxrss`` counts the parent's peak from before ``exec``; ``ru_maxrss`` elsewhere.
-    """
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    try:
-        import resource
-    except ImportError:  # pragma: no cover - Windows
-        return 0
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # bytes on macOS
-
-
-class Worker:
-    """A Ray actor that loads the model once, then converts files one per call.
-
-    Args:
-        to: ``"jac"`` or ``"png"``.
-        device: torch device for the model (None: ``JAC_DEVICE``, else cpu).
-        threads: torch threads (the worker's CPUs).
-        pixel_limit: ``PIL.Image.MAX_IMAGE_PIXELS`` for the worker's files: the driver's (``jac batch --ray
-            --max-image-pixels``), which a worker process would not have otherwise.
-    """
-
-    def __init__(self, to: str, device: str | None, threads: int, pixel_limit: float | None) -> None:
-        start = time.perf_counter()
-        import numpy as np
-
-        from . import codec
-        from .openmp_wait import passive_unless_chosen
-
-        with passive_unless_chosen():  # pillow_jac/openmp_wait.py
-            import torch
-
-        torch.set_num_threads(max(1, threads))
-        Image.MAX_IMAGE_PIXELS = None  # the warm-up's 64x64 image, whatever the batch's limit
-        data = codec.encode(np.zeros((64, 64, 3), np.uint8), device=device)  # loads the newest generation
-        if to == "png":
-            codec.decode(data, device=device)
-        Image.MAX_IMAGE_PIXELS = pixel_limit
-        self._info = {
-            "node": socket.gethostname(),
-            "pid": os.getpid(),
-            "load_seconds": time.perf_counter() - start,
-            "rss_loaded_bytes": _peak_rss_bytes(),
-        }
-
-    def info(self) -> dict[str, Any]:
-        """The worker's ``node``, ``pid``, ``load_seconds`` and memory (see :attr:`Report.workers`)."""
-        return {**self._info, "rss_peak_bytes": _peak_rss_bytes()}
-
-    def convert(
-        self,
-        src: str,
-        dst: str,
-        to: str,
-        quality: float,
-        effort: int,
-        device: str | None,
-        resume: bool,
-        extra: dict | None = None,
-        force: bool = False,
-        unrecorded: str | None = None,
-    ) -> FileResult:
-        """Convert one file as ``jac batch`` does; never raises (a failure is a ``"failed"`` result).
-
-        ``extra``: the batch's ``target_size``, ``target_psnr`` and ``preview``; ``force``: as
-        :func:`pillow_jac.conversion.convert_file`'s. ``unrecorded``: why the driver could not note the file
-        in the output folder's record; then only a file already done is taken (skipped), and no output written.
-        """
-        start = time.perf_counter()
-        where = {"node": self._info["node"], "pid": self._info["pid"]}
-        extra = extra or {}
-        try:
-            done = resume and done_before(src, dst, to, quality, extra)
-        except Exception as e:
-            return FileResult(src, dst, "failed", one_line(e), **where)
-        if done:
-            return FileResult(src, dst, "skipped", **where)
-        if unrecorded is not None:  # an output no record holds would be refused by every later batch
-            return FileResult(src, dst, "failed", f"not converted: {unrecorded}", **where)
-        result, notes = convert_noting_warnings(src, dst, to, quality, effort, device, extra, force=force)
-        seconds = time.perf_counter() - start
-        if isinstance(result, Exception):
-            return FileResult(src, dst, "failed", one_line(result), seconds=seconds, warnings=tuple(notes), **where)
-        return FileResult(src, dst, "done", None, *result, seconds, warnings=tuple(notes), **where)
 
 
 def convert(
@@ -375,9 +207,9 @@ def convert(
         if address is None:
             options["include_dashboard"] = False
         else:
-            _check_reachable(address)
+            ray_cluster.check_reachable(address)
         try:
-            stop_ray = _start_ray(ray, options)
+            stop_ray = ray_cluster.start_ray(ray, options)
         except ConnectionError as exc:
             if address != "auto":
                 raise
@@ -388,7 +220,7 @@ def convert(
     try:
         # a local instance started here never grows: a worker that does not fit now never will
         grows = stop_ray is None or address is not None
-        placed = _placement(ray.cluster_resources(), len(jobs), workers, num_cpus, num_gpus, device, grows)
+        placed = ray_cluster.placement(ray.cluster_resources(), len(jobs), workers, num_cpus, num_gpus, device, grows)
         workers, num_gpus, device = placed
         slots_each = max(1, (in_flight or IN_FLIGHT_PER_WORKER * workers) // workers)
         actor_class = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, max_restarts=0)(Worker)
@@ -417,138 +249,6 @@ def convert(
         getattr(shown, "close", lambda: None)()
         if stop_ray is not None:
             stop_ray()
-
-
-def _placement(
-    resources: dict[str, float],
-    files: int,
-    workers: int | None,
-    num_cpus: float,
-    num_gpus: float | None,
-    device: str | None,
-    grows: bool = True,
-) -> tuple[int, float, str | None]:
-    """``(workers, num_gpus, device)`` for ``files`` files on a cluster of ``resources`` (:func:`convert`'s defaults).
-
-    A worker gets a GPU when the cluster has some, unless ``device`` is not a GPU device; ``workers``
-    defaults to as many as the cluster holds now, and is never more than the files. More than the cluster
-    holds is warned about: they wait for room (an autoscaling cluster may grow), and the others convert
-    meanwhile.
-
-    Raises:
-        ValueError: the cluster holds no worker at all now and ``workers`` is not given, or it cannot grow
-            (``grows`` False: a local instance started for this call) and holds none.
-    """
-    if num_gpus is None:
-        wants_gpu = device is None or str(device).split(":")[0] in ("cuda", "auto")
-        num_gpus = 1.0 if wants_gpu and resources.get("GPU", 0) > 0 else 0.0
-    if device is None and num_gpus > 0:
-        device = "cuda"
-    fits = resources.get("CPU", 0) / num_cpus
-    if num_gpus > 0:
-        fits = min(fits, resources.get("GPU", 0) / num_gpus)
-    kind = f"{num_cpus:g} CPU and {num_gpus:g} GPU"
-    if int(fits) == 0 and files and (workers is None or not grows):
-        raise ValueError(
-            f"the cluster holds no worker of {kind} now ({resources.get('CPU', 0):g} CPUs, "
-            f"{resources.get('GPU', 0):g} GPUs): ask for less"
-            + (", or give workers= to wait until it has room" if grows else "; this local instance does not grow")
-        )
-    asked = workers
-    workers = min(max(1, int(fits)) if workers is None else workers, files)
-    if asked is not None and workers > int(fits) and not grows:  # the others would hold their place, unstarted
-        warnings.warn(
-            f"{workers} workers of {kind} each asked for, but this local instance holds {int(fits)} and does not "
-            f"grow: {int(fits)} convert",
-            stacklevel=3,
-        )
-        workers = int(fits)
-    if asked is not None and workers > int(fits):
-        then = "the others start when it has room" if int(fits) else "nothing converts until it has room"
-        warnings.warn(
-            f"{workers} workers of {kind} each asked for, but the cluster holds {int(fits)} now: {then}",
-            stacklevel=3,
-        )
-    return workers, num_gpus, device
-
-
-#: seconds to wait for a Ray address to take a connection before saying it cannot be reached
-CONNECT_SECONDS = 10.0
-
-
-def _check_reachable(address: str) -> None:
-    """Raise :class:`ConnectionError` at once when ``HOST:PORT`` (or ``ray://HOST:PORT``) takes no connection.
-
-    ``ray.init`` itself retries an address that does not answer for many minutes, printing only its own log
-    lines. ``auto`` and other forms are left to Ray.
-    """
-    target = address.removeprefix("ray://")
-    host, _, port = target.rpartition(":")
-    if not host or not port.isdigit():
-        return
-    try:
-        socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_SECONDS).close()
-    except OSError as exc:
-        raise ConnectionError(f"cannot reach Ray at {address}: {exc.strerror or exc}") from None
-
-
-def _start_ray(ray: Any, options: dict[str, Any]) -> Callable[[], None]:
-    """``ray.init(**options)``; returns the function that stops that instance and puts the process back.
-
-    ``ray.init`` changes the calling process for good, beyond the instance it starts: it installs its own
-    SIGTERM handler (exit 15 and a stack dump), which would replace the caller's (``jac``'s stops as Ctrl-C
-    does: status 143, temporary files removed, the workers cancelled), so the caller's is put back at once,
-    also when ``ray.init`` fails; and it sets environment variables (``PYTHONBREAKPOINT`` among them, after
-    which ``breakpoint()`` no longer stops in the caller's debugger), enables :mod:`faulthandler` and draws
-    from :mod:`random`'s shared generator. After ``ray.shutdown()`` (or a failed ``ray.init``) the
-    variables it changed are put back, unless something has changed them since, and so are faulthandler's
-    state and the generator's, unless something other than ``ray.init`` and ``ray.shutdown`` has drawn
-    from it meanwhile: a program that seeded :mod:`random` then draws the numbers it would have drawn
-    without the batch.
-    """
-    import faulthandler
-    import random
-    import signal
-    import threading
-
-    main_thread = threading.current_thread() is threading.main_thread()
-    previous = signal.getsignal(signal.SIGTERM) if main_thread else None
-    environ, generator, fault_handler = dict(os.environ), random.getstate(), faulthandler.is_enabled()
-
-    def changes() -> tuple[dict[str, str], list[str]]:
-        """The variables Ray has set so far, and those it has removed."""
-        return {k: v for k, v in os.environ.items() if environ.get(k) != v}, [k for k in environ if k not in os.environ]
-
-    def put_back(changed: dict[str, str], removed: list[str], untouched: bool) -> None:
-        for key, value in changed.items():
-            if os.environ.get(key) == value:
-                if key in environ:
-                    os.environ[key] = environ[key]
-                else:
-                    del os.environ[key]
-        for key in removed:
-            os.environ.setdefault(key, environ[key])
-        if untouched:
-            random.setstate(generator)
-        if not fault_handler:
-            faulthandler.disable()
-
-    try:
-        ray.init(**options)
-    except BaseException:
-        put_back(*changes(), untouched=True)
-        raise
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
-    started, drawn = changes(), random.getstate()
-
-    def stop() -> None:
-        untouched = random.getstate() == drawn  # ray.shutdown draws too
-        ray.shutdown()
-        put_back(*started, untouched=untouched)
-
-    return stop
 
 
 def _progress_function(

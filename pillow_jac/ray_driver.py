@@ -21,7 +21,7 @@ from typing import Any
 
 from .batch_plan import ATTEMPTS
 from .conversion import one_line
-from .distributed import FileResult, Report
+from .ray_worker import FileResult, Report
 
 __all__ = ["run"]
 

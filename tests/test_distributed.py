@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 from PIL import Image, ImageCms
 
-from pillow_jac import batch_plan, distributed, ray_driver, save
+from pillow_jac import batch_plan, distributed, ray_cluster, ray_driver, save
 from pillow_jac.cli import build_parser, main
 from pillow_jac.constants import DEFAULT_QUALITY
 from pillow_jac.conversion import convert_file
@@ -226,7 +226,7 @@ def test_is_done_is_not_another_picture_of_the_same_name(tmp_path: Path) -> None
 def test_placement_of_the_workers() -> None:
     """A CPU device asked for on a cluster with GPUs ran one worker per GPU; more workers than fit waited
     forever for the ones the cluster could not place, before any file was converted."""
-    place = distributed._placement
+    place = ray_cluster.placement
     gpus = {"CPU": 16.0, "GPU": 2.0}
     assert place(gpus, 100, None, 1, None, None) == (2, 1.0, "cuda")
     assert place(gpus, 100, None, 1, None, "cpu") == (16, 0.0, "cpu")
@@ -308,7 +308,7 @@ def test_a_ray_started_here_leaves_the_process_as_it_found_it(process_state) -> 
     draws from ``random``: each is put back once the instance is stopped, except a variable changed since."""
     want = random.Random(7).random()
     ray = _ProcessChangingRay()
-    stop = distributed._start_ray(ray, {})
+    stop = ray_cluster.start_ray(ray, {})
     assert signal.getsignal(signal.SIGTERM) is process_state
     assert os.environ["PYTHONBREAKPOINT"].startswith("ray.")  # the driver keeps Ray's while it runs
     os.environ["JAC_TEST_TOUCHED_SINCE"] = "by the program"
@@ -320,7 +320,7 @@ def test_a_ray_started_here_leaves_the_process_as_it_found_it(process_state) -> 
 def test_a_ray_that_fails_to_start_leaves_the_process_as_it_found_it(process_state) -> None:
     want = random.Random(7).random()
     with pytest.raises(ConnectionError):
-        distributed._start_ray(_ProcessChangingRay(fails=True), {})
+        ray_cluster.start_ray(_ProcessChangingRay(fails=True), {})
     assert _as_the_program_left_it(process_state, want)
     assert os.environ["JAC_TEST_TOUCHED_SINCE"] == "the program's"
 
@@ -381,13 +381,13 @@ def test_an_address_that_takes_no_connection_fails_at_once(tmp_path, monkeypatch
         with pytest.raises(ConnectionError, match=f"cannot reach Ray at {address}"):
             distributed.convert(tmp_path / "in", tmp_path / "out", address=address)
     listening.listen()
-    distributed._check_reachable(f"127.0.0.1:{port}")  # one that answers passes
-    distributed._check_reachable("auto")  # and forms other than HOST:PORT are left to Ray
+    ray_cluster.check_reachable(f"127.0.0.1:{port}")  # one that answers passes
+    ray_cluster.check_reachable("auto")  # and forms other than HOST:PORT are left to Ray
     listening.close()
 
 
 def test_draws_the_program_made_while_ray_ran_are_not_drawn_again(process_state) -> None:
-    stop = distributed._start_ray(_ProcessChangingRay(), {})
+    stop = ray_cluster.start_ray(_ProcessChangingRay(), {})
     random.random()  # the program's own, from another thread while the batch runs
     stop()
     numbers = random.Random(7)
@@ -441,7 +441,7 @@ def ray_local():
     # few under tmp_path)
     session = tempfile.mkdtemp(prefix="jac-ray-")
     options = {"num_cpus": 2, "include_dashboard": False, "log_to_driver": False, "_temp_dir": session}
-    stop = distributed._start_ray(ray, options)
+    stop = ray_cluster.start_ray(ray, options)
     yield ray
     stop()
     shutil.rmtree(session, ignore_errors=True)
