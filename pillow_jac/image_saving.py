@@ -108,10 +108,14 @@ def _sixteen_bit_key(im: Image.Image) -> bool:
     """Whether ``im``'s transparent colour is a 16-bit one that its 8-bit samples cannot match.
 
     Pillow reads a 16-bit RGB PNG's samples as 8 bits but keeps its ``tRNS`` colour at 16, so the colour
-    matches no pixel of the image, and converting it to RGBA makes every pixel opaque.
+    matches no pixel of the image, and converting it to RGBA makes every pixel opaque. A 16-bit grey PNG
+    brought to ``L`` keeps its 16-bit level too, and ``L`` -> ``LA`` would key on its low byte: other pixels
+    transparent.
     """
     key = im.info.get("transparency")
-    return im.mode == "RGB" and isinstance(key, tuple) and any(v > 255 for v in key)
+    if im.mode == "RGB":
+        return isinstance(key, tuple) and any(v > 255 for v in key)
+    return im.mode in ("1", "L") and isinstance(key, int) and key > 255
 
 
 def _native_mode(im: Image.Image) -> str:

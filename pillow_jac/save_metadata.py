@@ -126,7 +126,8 @@ def _image_exif(im: Image.Image) -> Any:
         edited = cached.tobytes()
         if edited == as_read.tobytes():
             return raw if raw is not None else source
-        return edited if len(cached) or cached.get_ifd(ExifTags.IFD.Exif) else None
+        sub_ifds = (cached.get_ifd(tag) for tag in (ExifTags.IFD.Exif, ExifTags.IFD.GPSInfo))
+        return edited if len(cached) or any(sub_ifds) else None  # no tag left anywhere: every tag deleted
     except Exception:  # EXIF that Pillow cannot parse: the bytes as they are
         return raw
 

@@ -761,6 +761,21 @@ def test_a_sixteen_bit_colour_key_is_dropped_with_a_warning(spy: EncodeSpy, tmp_
     assert spy.last["image"].shape == (6, 5, 3)
 
 
+def test_a_sixteen_bit_grey_key_is_dropped_with_a_warning(spy: EncodeSpy) -> None:
+    """A 16-bit grey PNG's tRNS level stays 16-bit when the image is brought to 8-bit L (as the README asks),
+    and L -> LA keyed on its low byte: the darkest pixels became transparent, the keyed one stayed opaque, with
+    no warning. As for RGB, the image is stored without transparency and the user told why."""
+    samples = (np.arange(64 * 64).reshape(64, 64) * 16).astype(np.uint16)
+    png = io.BytesIO()
+    Image.fromarray(samples).save(png, "PNG", transparency=4096)
+    with Image.open(png) as im:
+        grey = im.point(lambda v: v / 257).convert("L")
+    assert grey.info["transparency"] == 4096
+    with pytest.warns(UserWarning, match=r"transparent colour 4096 is a 16-bit one"):
+        jac_bytes(grey)
+    assert spy.last["image"].shape == (64, 64)  # L, no alpha plane
+
+
 def test_palette_with_rgba_palette(spy: EncodeSpy) -> None:
     im = with_alpha(hopper()).quantize(16, method=Image.Quantize.FASTOCTREE)
     assert im.palette.mode == "RGBA"
@@ -1191,6 +1206,26 @@ def test_a_sub_ifd_only_read_through_getexif_is_no_edit(spy: EncodeSpy) -> None:
     kept = Image.Exif()
     kept.load(spy.last["exif"])
     assert kept.get_ifd(ExifTags.IFD.GPSInfo)[2] == (48.0, 51.0, 29.0)
+
+
+def test_a_gps_ifd_added_through_getexif_alone_is_stored(spy: EncodeSpy) -> None:
+    """A location added through ``im.getexif().get_ifd(GPSInfo)`` to an image with no EXIF (a geotagging script)
+    left IFD0 empty, and an edit with an empty IFD0 and Exif IFD was taken for "every tag deleted": nothing was
+    stored (JPEG and WebP store it with ``exif=im.getexif()``)."""
+    from PIL import ExifTags
+
+    im = hopper()
+    gps = im.getexif().get_ifd(ExifTags.IFD.GPSInfo)
+    gps[ExifTags.GPS.GPSLatitudeRef] = "N"
+    gps[ExifTags.GPS.GPSLatitude] = (51.0, 30.0, 0.0)
+    jac_bytes(im)
+    assert spy.last["exif"] is not None
+    kept = Image.Exif()
+    kept.load(spy.last["exif"])
+    assert kept.get_ifd(ExifTags.IFD.GPSInfo) == {1: "N", 2: (51.0, 30.0, 0.0)}
+    im.getexif().get_ifd(ExifTags.IFD.GPSInfo).clear()  # and deleting it again stores none
+    jac_bytes(im)
+    assert spy.last["exif"] is None
 
 
 def test_exif_in_a_png_raw_profile_text_chunk_is_kept(spy: EncodeSpy) -> None:
