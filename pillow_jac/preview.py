@@ -168,6 +168,12 @@ def make_preview(pixels: np.ndarray, layout: str, size: bool | int = True) -> by
     im = im.resize(target, Image.Resampling.LANCZOS, reducing_gap=3.0)
     if layout in GRAY_LAYOUTS:  # after resizing: each of the three equal planes resizes as the grey one
         im = im.convert("RGBA" if layout in ALPHA_LAYOUTS else "RGB")
+    if layout in ALPHA_LAYOUTS and im.getextrema()[-1][0] == 255 and int(pixels[..., -1].min()) < 255:
+        # resized to 255 everywhere, the alpha would be dropped by libwebp, and a preview without alpha stands only
+        # for an opaque image (preview_for): the least opaque pixel's place keeps 254, so the alpha stays
+        row, column = divmod(int(pixels[..., -1].argmin()), width)
+        where = (min(target[0] - 1, int(column * scale)), min(target[1] - 1, int(row * scale)))
+        im.putpixel(where, (*im.getpixel(where)[:3], 254))
     buffer = io.BytesIO()
     im.save(buffer, "WEBP", quality=PREVIEW_QUALITY)
     return container.pack_preview(container.PREVIEW_WEBP, *target, buffer.getvalue())

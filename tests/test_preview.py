@@ -334,6 +334,29 @@ def test_a_preview_without_alpha_stands_only_for_an_opaque_image(layout: str, im
                 assert im.mode == layout and im.size == (48, 40) and im.getextrema()[-1] == (255, 255)
 
 
+@pytest.mark.parametrize("layout", ["RGBA", "LA"])
+def test_the_preview_of_a_nearly_opaque_image_keeps_its_alpha(image: Image.Image, layout: str) -> None:
+    """One pixel of alpha 250 among 255s: resized to the preview, the alpha was 255 everywhere, libwebp dropped it,
+    and the reader (rightly) took a preview without alpha for no image of this file's: every such file paid for a
+    preview that thumbnail() never used. No neural coding here: make_preview and draft() alone."""
+    from pillow_jac.preview import make_preview
+
+    pixels = np.array(image.convert(layout))
+    pixels[..., -1] = 255
+    pixels[40, 50, -1] = 250
+    chunk = make_preview(pixels, layout, 8)  # 96x80 to 8x7: the 250 averaged away
+    with Image.open(io.BytesIO(container.unpack_preview(chunk)[3])) as embedded:
+        assert embedded.mode == "RGBA" and embedded.getextrema()[-1][0] < 255
+    width, height = SIZE
+    _, alpha = container.compress_alpha(pixels[..., -1].tobytes(), width, height)
+    jac = container.JacFile.create(
+        width=width, height=height, layout=layout, quality=2, model_id="demo", weights_hash=bytes(8),
+        z_stream=b"z", y_stream=b"y", alpha=alpha, preview=chunk,
+    )  # fmt: skip
+    with Image.open(io.BytesIO(container.serialize(jac))) as im:
+        assert im.draft(None, (8, 8)) is not None
+
+
 def test_a_jpeg_preview_cut_short_is_not_used_even_where_truncated_images_load(image, monkeypatch) -> None:
     """SPEC.md 5.4: a preview that does not decode to its size is ignored. Pillow fills a cut JPEG in with grey
     under LOAD_TRUNCATED_IMAGES; the preview is refused then, and the whole one still serves."""
