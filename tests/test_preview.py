@@ -198,11 +198,25 @@ def _webp(width: int, height: int) -> bytes:
     ],
     ids=["too-short", "not-a-webp", "unknown-format", "another-aspect", "not-smaller"],
 )
-def test_unusable_previews_are_ignored(plain: bytes, preview: bytes) -> None:
+def test_unusable_previews_are_ignored(plain: bytes, preview: bytes, tmp_path: Path) -> None:
+    """draft() ignores them, and ``jac info`` does not call them usable (it gave the declared size of any whose
+    fields unpacked, while thumbnail() decoded the whole image)."""
+    from pillow_jac.cli_info import file_info
+
     data = with_chunk(plain, preview)
     with Image.open(io.BytesIO(data)) as im:
         assert im.draft(None, (48, 48)) is None
         assert im.size == SIZE
+    (tmp_path / "a.jac").write_bytes(data)
+    info = file_info(tmp_path / "a.jac")
+    assert "preview" in info["metadata"] and info["preview_size"] is None
+
+
+def test_jac_info_gives_a_usable_previews_size(with_preview: bytes, tmp_path: Path) -> None:
+    from pillow_jac.cli_info import file_info
+
+    (tmp_path / "a.jac").write_bytes(with_preview)
+    assert file_info(tmp_path / "a.jac")["preview_size"] == [48, 40]
 
 
 def test_a_preview_of_another_size_than_declared_is_ignored(plain: bytes, with_preview: bytes) -> None:
