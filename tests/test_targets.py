@@ -537,3 +537,17 @@ def test_the_rate_estimate_is_near_a_small_files_real_size(rgb: np.ndarray) -> N
     c = target_search.Candidates(arr, "RGB", engine, fields)
     for q16 in (256, 1024, 2048):
         assert abs(c.estimate(q16) - len(c.encode(q16))) <= 25, q16
+
+
+def test_the_report_of_a_target_never_reached_reads_as_such() -> None:
+    """Every search of a target unreachable: its row read "+- dB" and "- (None)" where a mean and a maximum were."""
+    from pillow_jac.bench import targets as bench_targets
+
+    rows = [{"kind": "psnr", "target": 50.0, "error": "quality 8 is not good enough"}]
+    report = {
+        "meta": dict.fromkeys(("data", "images", "effort", "machine", "date", "command"), "x"),
+        "summary": bench_targets.summarise(rows),
+        "totals": bench_targets._totals(rows),
+    }
+    row = next(line for line in bench_targets.markdown(report).splitlines() if line.startswith("| 50 dB"))
+    assert row.split(" | ")[1:8] == ["0/0", "1", "0", "-", "-", "-", "- -"]

@@ -142,8 +142,14 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def _fmt(value: Any, digits: int = 2) -> str:
-    return "-" if value is None else f"{value:.{digits}f}"
+def _fmt(value: Any, digits: int = 2, before: str = "", after: str = "") -> str:
+    """``value`` to ``digits`` places between ``before`` and ``after``; ``-`` alone where there is none.
+
+    Example:
+        >>> _fmt(0.0123, 3, "+", " dB"), _fmt(None, 3, "+", " dB"), _fmt(4, 0, "(", ")")
+        ('+0.012 dB', '-', '(4)')
+    """
+    return "-" if value is None else f"{before}{value:.{digits}f}{after}"
 
 
 def markdown(report: dict[str, Any]) -> str:
@@ -170,17 +176,14 @@ def markdown(report: dict[str, Any]) -> str:
     for s in report["summary"]:
         if s["kind"] == "size":
             target = f"{s['target'] / 1000:g} kB"
-            mean, worst = (
-                _fmt(s[k]) + ("%" if s[k] is not None else "")
-                for k in ("mean_shortfall_percent", "max_shortfall_percent")
-            )
+            mean, worst = (_fmt(s[k], after="%") for k in ("mean_shortfall_percent", "max_shortfall_percent"))
         else:
             target = f"{s['target']:g} dB"
-            mean, worst = "+" + _fmt(s["mean_overshoot_db"], 3) + " dB", "+" + _fmt(s["max_overshoot_db"], 3) + " dB"
+            mean, worst = (_fmt(s[k], 3, "+", " dB") for k in ("mean_overshoot_db", "max_overshoot_db"))
         lines.append(
             f"| {target} | {s['hits']}/{s['searches'] - s['errors']} | {s['errors']} | {s['capped']} "
             f"| {mean} | {worst} "
-            f"| {_fmt(s['mean_estimates'], 1)} | {_fmt(s['mean_encodes'], 1)} ({s['max_encodes']}) "
+            f"| {_fmt(s['mean_estimates'], 1)} | {_fmt(s['mean_encodes'], 1)} {_fmt(s['max_encodes'], 0, '(', ')')} "
             f"| {_fmt(s['mean_syntheses'], 1)} | {_fmt(s['mean_seconds'])} | {_fmt(s['time_ratio'])} |"
         )
     totals = report["totals"]
