@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import operator
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 
@@ -67,12 +67,13 @@ def _check_batch_size(batch_size) -> int:
     return size
 
 
-def _items(things, what: str, single: tuple[type, ...]) -> list:
-    """``things`` as a list, refusing one item given where a list of them is expected.
+def _items(things, what: str, single: tuple[type, ...]) -> tuple[Iterable, bool]:
+    """``things`` to iterate over, and whether they come from an iterator; one item given for a list is refused.
 
     One image is a PIL image or an array of numbers with 2 or 3 dimensions (an ``(N, H, W, C)`` array is N
     images); a 1-D array of paths or objects is a list. A file object is one item too (iterated, it would
-    give its lines).
+    give its lines). The items of an iterator (a generator) are to be read as they come: a generator may
+    refill one buffer for every item it yields.
     """
     if isinstance(things, single) or hasattr(things, "getbands") or hasattr(things, "read"):  # "read": a file object
         raise TypeError(f"{what} must be a list (one item is a list of one), got {type(things).__name__}")
@@ -83,7 +84,7 @@ def _items(things, what: str, single: tuple[type, ...]) -> list:
             f"{what} must be a list, got an array of shape {things.shape}: one image is a list of one, an "
             "(N, H, W, C) array is N images, and N grey images are a list of (H, W) arrays"
         )
-    return list(things)
+    return things, not isinstance(things, (list, tuple, np.ndarray))
 
 
 @contextlib.contextmanager
@@ -134,8 +135,9 @@ def encode_batch(
     padded); each group runs the analysis transforms in passes of at most ``batch_size`` images, then
     every image is entropy coded on its own by the exact latent coder. An image larger than one
     stripe of the per-image path (about 2 padded megapixels) is encoded alone, as :func:`encode` does. Every
-    image is read into an array first (a generator of images too), and the files are returned together, so
-    memory grows with the number of images: give a large set in chunks. The transforms' working memory
+    image is read into an array first (a generator's images copied as they come, so a generator may refill one
+    buffer), and the files are returned together, so memory grows with the number of images: give a large set
+    in chunks. The transforms' working memory
     is about ``batch_size`` times that of one image of the group.
 
     The files are those :func:`encode` writes without metadata: no ICC profile, EXIF, XMP or
@@ -169,7 +171,7 @@ def encode_batch(
         >>> [decode(f).shape for f in files]
         [(20, 30, 3), (40, 9)]
     """
-    images = _items(images, "images", (bytes, bytearray, memoryview, str, os.PathLike))
+    images, pulled = _items(images, "images", (bytes, bytearray, memoryview, str, os.PathLike))
     q = container.quantize_quality(validate_quality(DEFAULT_QUALITY if quality is None else quality))
     effort = validate_effort(DEFAULT_EFFORT if effort is None else effort)
     batch_size = _check_batch_size(batch_size)
@@ -178,6 +180,8 @@ def encode_batch(
     for i, image in enumerate(images):
         with _naming_item(i, TypeError, ValueError):
             arr, layout = as_array(image)
+            if pulled:  # copied as it comes: the generator may write its next image into the same buffer
+                arr = arr.copy()
             fields.append(file_fields(arr, layout, icc_profile=None, exif=None, xmp=None, model=None, preview=False))
         arrays.append((arr, layout))
     if not arrays:
@@ -232,7 +236,7 @@ def decode_batch(files, *, device=None, weights=None, batch_size: int = 8) -> li
             does not decode is found when its group is decoded, after the groups before it: the latents are
             not all decoded first, since a batch of many large files would hold them all at once.
     """
-    files = _items(files, "files", (bytes, bytearray, memoryview, str, os.PathLike, container.JacFile))
+    files, _ = _items(files, "files", (bytes, bytearray, memoryview, str, os.PathLike, container.JacFile))
     batch_size = _check_batch_size(batch_size)
     parsed, engines = [], []
     for i, data in enumerate(files):

@@ -114,6 +114,29 @@ def test_empty_lists():
     assert codec.decode_batch([]) == []
 
 
+def test_a_generator_that_reuses_its_buffer_gives_each_item_as_it_was_yielded():
+    """A generator that refills one buffer (video frames, ``readinto``) gave every output the last item: the batch
+    took the references first and read them afterwards."""
+    frame = np.empty((16, 24, 3), np.uint8)
+
+    def frames():
+        for level in (0, 128, 255):
+            frame[:] = level
+            yield frame
+
+    files = codec_batch.encode_batch(frames(), quality=4)
+    assert files == [codec.encode(np.full((16, 24, 3), level, np.uint8), 4) for level in (0, 128, 255)]
+    buffer = bytearray()
+
+    def chunks():
+        for data in files:
+            buffer[:] = data
+            yield buffer
+
+    levels = [int(round(float(a.mean()))) for a in codec_batch.decode_batch(chunks())]
+    assert levels == [int(round(float(codec.decode(f).mean()))) for f in files] and len(set(levels)) == 3
+
+
 @pytest.mark.parametrize("batch_size", [0, -1, 1.5, True])
 def test_bad_batch_size(batch_size):
     with pytest.raises(ValueError, match="batch_size"):
