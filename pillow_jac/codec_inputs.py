@@ -15,6 +15,7 @@ import numpy as np
 from . import container
 from .constants import ALPHA_LAYOUTS, GRAY_LAYOUTS, LAYOUT_BY_CHANNELS, LAYOUTS, UnsupportedModeError
 from .preview import asked as asked_preview
+from .quiet_warnings import warn_at_caller
 from .size_limit import check_declared_size
 
 __all__ = [
@@ -31,6 +32,9 @@ __all__ = [
 def as_array(image) -> tuple[np.ndarray, str]:
     """A uint8 ``(H, W, C)`` array and its layout from an array or a PIL image.
 
+    A PIL image's colour key (``im.info["transparency"]``, PNG's tRNS) is not applied, with a warning: its
+    alpha is not in its pixels (``Image.save`` applies it).
+
     Raises:
         TypeError: ``image`` is no array-like (None, a number, a str, encoded ``bytes``, a dict...).
         ValueError: an array (or a nested list) of another dtype or shape, or a PIL image of another mode
@@ -39,6 +43,11 @@ def as_array(image) -> tuple[np.ndarray, str]:
     if hasattr(image, "mode") and hasattr(image, "getbands"):
         if image.mode not in LAYOUTS:
             raise UnsupportedModeError(f"cannot encode mode {image.mode!r}: convert to RGB, RGBA, L or LA first")
+        if "transparency" in getattr(image, "info", {}):  # PNG's tRNS colour key: alpha that the pixels lack
+            warn_at_caller(
+                f"the image's transparent colour {image.info['transparency']!r} (im.info['transparency']) is not "
+                f"applied: encode(image.convert('{image.mode}A')) or Image.save keeps it as alpha"
+            )
         image = np.asarray(image)
     elif not array_like(image):
         raise TypeError(f"expected a uint8 numpy array or a PIL image, got {type(image).__name__}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import warnings
 from decimal import Decimal
 from pathlib import Path
 
@@ -408,3 +409,20 @@ def test_what_users_pass_by_mistake_is_refused_with_a_hint(tmp_path, monkeypatch
     with pytest.raises(ValueError, match="decoders would refuse the file; raise the limit to encode it"):
         codec.encode(np.zeros((16, 16, 3), np.uint8), 2)
     assert codec.encode(np.zeros((8, 8, 3), np.uint8), 2)  # 64 pixels: within twice the limit
+
+
+def test_a_pil_images_colour_key_that_encode_does_not_apply_is_warned_of(no_model) -> None:
+    """An RGB PNG with a tRNS colour passed to encode() lost its transparency without a word, where Image.save
+    stores it as alpha."""
+    from PIL import Image
+
+    from pillow_jac.codec_inputs import as_array
+
+    im = Image.new("RGB", (8, 6))
+    im.info["transparency"] = (0, 0, 0)
+    with pytest.warns(UserWarning, match=r"transparent colour \(0, 0, 0\).*convert\('RGBA'\)"):
+        arr, layout = as_array(im)
+    assert layout == "RGB" and arr.shape == (6, 8, 3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        as_array(Image.new("RGB", (8, 6)))  # no key, no warning
