@@ -237,17 +237,21 @@ def parse_input(data) -> container.JacFile:
 def checked_file(data, *, alpha: bool = True) -> tuple[container.JacFile, np.ndarray | None]:
     """``(file, alpha plane or None)`` of what a decode was given, checked as far as it can be without a model.
 
-    :func:`parse_input`, then a refusal above Pillow's pixel limit before anything is allocated
-    (:mod:`pillow_jac.size_limit`, as :class:`CodecError`), then (with ``alpha``) the alpha plane, which must
-    decompress to the image's size (SPEC.md section 5.1; None without ``alpha`` or for a file without one),
-    then a y stream of whole 32-bit words (CODING.md section 2.4: the z stream's length matters only to a
-    model with a hyperprior, which reads it). A damaged file is so refused before torch and the weights load.
+    :func:`parse_input`, then a refusal above twice Pillow's pixel limit before anything is allocated
+    (:mod:`pillow_jac.size_limit`, as :class:`CodecError`), and above the limit Pillow's
+    ``DecompressionBombWarning`` for bytes and paths (a parsed :class:`~pillow_jac.container.JacFile` is what
+    the Pillow plugin and ``jac decode`` hand over, having warned at their open already), then (with ``alpha``)
+    the alpha plane, which must decompress to the image's size (SPEC.md section 5.1; None without ``alpha`` or
+    for a file without one), then a y stream of whole 32-bit words (CODING.md section 2.4: the z stream's length
+    matters only to a model with a hyperprior, which reads it). A damaged file is so refused before torch and
+    the weights load.
     """
     with setting_up():  # a first import (constriction): a fork meanwhile waits (pillow_jac/forksafe.py)
         from .entropy_coding import check_whole_words
 
     jac = parse_input(data)
-    check_declared_size(jac.header.width, jac.header.height, error=CodecError)
+    warn = not isinstance(data, container.JacFile)
+    check_declared_size(jac.header.width, jac.header.height, error=CodecError, warn=warn)
     plane = alpha_plane(jac) if alpha else None  # first: every decode path checks the alpha plane before the streams
     check_whole_words(jac.y_stream)
     return jac, plane

@@ -60,15 +60,15 @@ def first_line(text: str) -> str:
     return text.splitlines()[0] if text else ""
 
 
-def warn_at_caller(message: str) -> None:
-    """Warn (a ``UserWarning``), attributed to the first caller outside pillow_jac and Pillow: the user's line."""
+def warn_at_caller(message: str, category: type[Warning] = UserWarning) -> None:
+    """Warn, attributed to the first caller outside pillow_jac and Pillow: the user's line."""
     import PIL  # the plugin's callers have imported it
 
     library = (os.path.dirname(__file__) + os.sep, os.path.dirname(PIL.__file__) + os.sep)
     if sys.version_info >= (3, 12):
-        warnings.warn(message, stacklevel=2, skip_file_prefixes=library)
+        warnings.warn(message, category, stacklevel=2, skip_file_prefixes=library)
         return
     frame, level = sys._getframe(1), 2  # the caller of this function is stacklevel 2
     while frame.f_back is not None and frame.f_code.co_filename.startswith(library):
         frame, level = frame.f_back, level + 1
-    warnings.warn(message, stacklevel=level)
+    warnings.warn(message, category, stacklevel=level)

@@ -14,8 +14,6 @@ Only Pillow is imported here (no torch, no numpy).
 
 from __future__ import annotations
 
-import warnings
-
 from PIL import Image
 
 
@@ -29,9 +27,9 @@ def check_declared_size(
 ) -> None:
     """Raise ``error`` if ``width x height`` exceeds twice Pillow's pixel limit; with ``warn``, warn above it.
 
-    The codec raises its ``CodecError`` and leaves the warning to ``Image.open`` (which gives it once
-    for the plugin's files); ``jac decode``, which does not go through ``Image.open``, warns itself.
-    ``why`` ends the error's message.
+    The codec raises its ``CodecError``; the warning (attributed to the caller's line outside pillow_jac and
+    Pillow) is given once a file: by ``Image.open`` for the plugin's files, by ``jac decode`` and by
+    :func:`pillow_jac.decode` of bytes or a path. ``why`` ends the error's message.
     """
     limit = Image.MAX_IMAGE_PIXELS
     if limit is None:
@@ -43,8 +41,9 @@ def check_declared_size(
             f"(twice PIL.Image.MAX_IMAGE_PIXELS): {why}"
         )
     if warn and pixels > limit:
-        warnings.warn(
+        from .quiet_warnings import warn_at_caller
+
+        warn_at_caller(
             f"Image size ({pixels} pixels) exceeds limit of {limit} pixels, could be decompression bomb DOS attack.",
             Image.DecompressionBombWarning,
-            stacklevel=3,
         )

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pillow_jac import codec, codec_steps, container
+from pillow_jac import codec, codec_batch, codec_steps, container
 from pillow_jac.entropy_coding import EntropyCodingError
 
 from .helpers import natural_image
@@ -426,3 +426,23 @@ def test_a_pil_images_colour_key_that_encode_does_not_apply_is_warned_of(no_mode
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         as_array(Image.new("RGB", (8, 6)))  # no key, no warning
+
+
+def test_the_array_api_warns_of_a_possible_bomb_as_image_open_does(monkeypatch, tmp_path) -> None:
+    """decode() and decode_batch() of a file above Pillow's limit (within twice it) gave no
+    DecompressionBombWarning, so a program that makes that warning an error, as Pillow advises, was not protected
+    on this path; the plugin warns once (at Image.open), and jac decode once."""
+    from PIL import Image
+
+    data = codec.encode(np.zeros((16, 16, 3), np.uint8), 2)
+    path = tmp_path / "a.jac"
+    path.write_bytes(data)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 200)  # 256 pixels: a warning, not an error
+    for call in (lambda: codec.decode(data), lambda: codec.decode(path), lambda: codec_batch.decode_batch([data])):
+        with pytest.warns(Image.DecompressionBombWarning):
+            call()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with Image.open(io.BytesIO(data)) as im:
+            im.load()
+    assert [w.category for w in caught] == [Image.DecompressionBombWarning]  # once, not again at load()
