@@ -78,7 +78,10 @@ def _items(things, what: str, single: tuple[type, ...]) -> tuple[Iterable, bool]
     if isinstance(things, single) or hasattr(things, "getbands") or hasattr(things, "read"):  # "read": a file object
         raise TypeError(f"{what} must be a list (one item is a list of one), got {type(things).__name__}")
     if not isinstance(things, (list, tuple, np.ndarray)) and hasattr(things, "__array__"):
-        things = np.asarray(things)  # a torch tensor, say: iterated, it would give one "image" per row
+        try:
+            things = np.asarray(things)  # a torch tensor, say: iterated, it would give one "image" per row
+        except RuntimeError as exc:  # a tensor that requires grad, as codec_inputs.as_array says of one image
+            raise TypeError(f"cannot read a {type(things).__name__} as an array: {exc}") from exc
     if isinstance(things, np.ndarray) and things.dtype.kind in "biuf" and things.ndim in (2, 3):
         raise TypeError(
             f"{what} must be a list, got an array of shape {things.shape}: one image is a list of one, an "

@@ -279,3 +279,11 @@ def test_effort_refines_each_image():
         z1, y1 = codec.encode_symbols(image, QUALITY, effort=1)
         _assert_close(y, y1, LATENT_TOLERANCE)
         _assert_close(z, z1, LATENT_TOLERANCE)
+
+
+def test_a_tensor_that_requires_grad_is_a_type_error_as_for_one_image():
+    """An (N, H, W, C) tensor that requires grad raised torch's RuntimeError, which the API does not document;
+    one such image, alone or in a list, was already a TypeError."""
+    for images in (torch.zeros(2, 8, 8, 3, requires_grad=True), [torch.zeros(8, 8, 3, requires_grad=True)]):
+        with pytest.raises(TypeError, match="cannot read a Tensor as an array"):
+            codec_batch.encode_batch(images)
