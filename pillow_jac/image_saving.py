@@ -8,7 +8,7 @@ Save options (``im.save(fp, "JAC", **options)``):
   :data:`pillow_jac.constants.DEFAULT_QUALITY`. JPEG-style values such as 75 raise ``ValueError``.
 * ``effort``: 0 (default, fastest) to 3: how hard the encoder searches for a smaller file at the
   same quality (:mod:`pillow_jac.model.refine`; on Kodak, effort 2 encodes about 16 times slower
-  than effort 0 and needs about 11% fewer bytes for the same PSNR, see the README). Files of any
+  than effort 0 and needs about 12% fewer bytes for the same PSNR, see the README). Files of any
   effort decode the same way, equally fast.
 * ``icc_profile``, ``exif``, ``xmp``: metadata to store. **By default the image's own**
   ``im.info["icc_profile"]``, ``im.info["exif"]`` and ``im.info["xmp"]`` **are kept** (Pillow's own

@@ -10,7 +10,7 @@ sessions before it looks at niceness). Measured on a 2-core AVX2 machine with to
 (768x512) at quality 4 on two torch threads, beside one ``nice -n 19`` torch training process started in
 another session: torch's default policy, encode 2.57 s and decode 14.2 s (idle: 1.03 s and 1.36 s);
 ``OMP_WAIT_POLICY=PASSIVE``, encode 1.90 s and decode 2.29 s (idle: 1.01 s and 1.36 s). Where a program's
-threads spin all the same (it imported torch first), the codec now runs the exact entropy coding on one
+threads spin all the same (it imported torch first), the codec runs the exact entropy coding on one
 thread (:func:`pillow_jac.image_transforms.torch_work`): on a 2-core AMD EPYC with AVX-512 bf16, beside
 such a process, decode 0.70 s against 0.53 s with sleeping threads (benchmarks/results/contention/contention.md).
 

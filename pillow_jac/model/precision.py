@@ -7,7 +7,7 @@ float networks under bf16 autocast where that is faster: on a CPU with native bf
 and 0.01 dB (weights/MODEL_CARD.md). On a CPU
 without them (AVX2 only: most desktop CPUs, AMD Zen 2/3), oneDNN has no bf16 convolution and torch
 falls back to slow kernels: a 5x5 convolution took 1.37 s under bf16 autocast against 0.20 s in
-float32, and an effort-1 encode of 768x512 took 343 s against 1.2 s at effort 0. There the networks
+float32, and an effort-1 encode of 768x512 took 343 s against 1.06 s at effort 0. There the networks
 run in float32.
 
 On CUDA, bf16 is used where the device supports it (``torch.cuda.is_bf16_supported``).
