@@ -222,7 +222,8 @@ def parse_input(data) -> container.JacFile:
         with open(data, "rb") as f:
             return container.read_file(f)
     if not isinstance(data, (bytes, bytearray, memoryview)):
-        raise TypeError(f"expected .jac bytes, a path or a parsed JacFile, got {type(data).__name__}")
+        hint = ": read it (f.read()), or give its path" if hasattr(data, "read") else ""
+        raise TypeError(f"expected .jac bytes, a path or a parsed JacFile, got {type(data).__name__}{hint}")
     data = bytes(data)
     try:
         return container.parse(data)

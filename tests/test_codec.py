@@ -446,3 +446,10 @@ def test_the_array_api_warns_of_a_possible_bomb_as_image_open_does(monkeypatch, 
         with Image.open(io.BytesIO(data)) as im:
             im.load()
     assert [w.category for w in caught] == [Image.DecompressionBombWarning]  # once, not again at load()
+
+
+def test_a_file_object_given_to_decode_is_refused_with_the_hint_its_docstring_promises(tmp_path) -> None:
+    path = tmp_path / "a.jac"
+    path.write_bytes(b"not read")
+    with open(path, "rb") as f, pytest.raises(TypeError, match=r"got BufferedReader: read it \(f.read\(\)\)"):
+        codec.decode(f)
