@@ -14,7 +14,7 @@ from typing import Any
 
 from .constants import METADATA_FIELDS
 from .conversion import PROG, STDIO, ConversionError, one_line, read_jac
-from .preview import preview_for
+from .preview import usable_preview_size
 
 __all__ = ["file_info", "show_info"]
 
@@ -49,8 +49,7 @@ def file_info(path: Path, models: Sequence[Any] | None = None) -> dict[str, Any]
     h = jac.header
     models = pillow_jac.models() if models is None else models
     decoder = [g for g in models if (g.model_id, g.weights_hash) == (h.model_id, h.weights_hash)]
-    # what a reader would serve as the preview (SPEC.md 5.4), decoded by Pillow: a small image, no torch
-    preview = preview_for(jac, h.layout, (1, 1)) if jac.preview is not None else None
+    preview = usable_preview_size(jac) if jac.preview is not None else None  # what a reader would serve
     return {
         "file": str(path),
         "version": f"{h.version[0]}.{h.version[1]}",
@@ -70,7 +69,7 @@ def file_info(path: Path, models: Sequence[Any] | None = None) -> dict[str, Any]
         "xmp_bytes": len(jac.xmp or b""),
         "preview_bytes": len(jac.preview or b""),
         "metadata": [name for name in (*METADATA_FIELDS, "preview") if getattr(jac, name) is not None],
-        "preview_size": list(preview.size) if preview is not None else None,
+        "preview_size": list(preview) if preview is not None else None,
         "unknown_chunks": [ctype.decode("latin-1") for ctype in unknown],
         "unknown_chunks_all_listed": counts[1] == 0,
         "unknown_chunk_count": counts[0],

@@ -8,9 +8,12 @@ Imports no torch.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import numbers
 import struct
+import zlib
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from PIL import Image, ImageFile, JpegImagePlugin, WebPImagePlugin
@@ -21,7 +24,10 @@ from .constants import ALPHA_LAYOUTS, GRAY_LAYOUTS
 if TYPE_CHECKING:
     import numpy as np
 
-__all__ = ["PREVIEW_SIZE", "PREVIEW_QUALITY", "PREVIEW_MAX_SIZE", "make_preview", "preview_for", "preview_size"]
+__all__ = [
+    "PREVIEW_SIZE", "PREVIEW_QUALITY", "PREVIEW_MAX_SIZE", "make_preview", "preview_for", "preview_size",
+    "usable_preview_size",
+]  # fmt: skip
 
 #: long side of the preview ``save(..., preview=True)`` writes (SPEC.md section 5.4): ``thumbnail((256, 256))``
 #: asks ``draft()`` for twice its size (Pillow's ``reducing_gap``), so a 512-pixel preview serves it.
@@ -38,40 +44,78 @@ def preview_for(jac: container.JacFile, mode: str, size: tuple[int, int]) -> Ima
     For a mode with alpha, a preview without alpha (JPEG, or a WebP without an alpha plane) stands for
     the image only when the image's own alpha is 255 everywhere: converting it would make it opaque.
     """
+    try:
+        with _opened(jac, mode, size) as im:
+            if im is None:
+                return None
+            im.load()
+            return im.convert(mode) if im.mode != mode else im.copy()
+    except _UNREADABLE:
+        return None
+
+
+def usable_preview_size(jac: container.JacFile) -> tuple[int, int] | None:
+    """The size of the preview :func:`preview_for` would serve for some reduced size, found without decoding it.
+
+    What ``jac info`` reports. None for a file above twice Pillow's pixel limit, which a reader refuses (and
+    whose alpha plane this would otherwise read whole).
+    """
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit is not None and jac.size[0] * jac.size[1] > 2 * limit:
+        return None
+    try:
+        with _opened(jac, jac.header.layout, (1, 1)) as im:
+            return None if im is None else im.size
+    except _UNREADABLE:
+        return None
+
+
+#: what opening or decoding a damaged embedded image raises
+_UNREADABLE = (OSError, ValueError, SyntaxError, EOFError, struct.error, Image.DecompressionBombError)
+
+
+@contextlib.contextmanager
+def _opened(jac: container.JacFile, mode: str, size: tuple[int, int]) -> Iterator[Image.Image | None]:
+    """The preview of ``jac`` opened (its pixels not yet decoded) if it can stand for the image in ``size``, else None.
+
+    Raises what Pillow raises for a damaged embedded image (:data:`_UNREADABLE`).
+    """
     unpacked = container.unpack_preview(jac.preview)
     if unpacked is None:
-        return None
+        yield None
+        return
     image_format, width, height, data = unpacked
     full_width, full_height = jac.size
-    if width >= full_width and height >= full_height:
-        return None  # not smaller than the image
-    if abs(width * full_height - height * full_width) > max(full_width, full_height):
-        return None  # another aspect ratio than rounding to whole pixels gives
     scale = min(size[0] / full_width, size[1] / full_height, 1.0)
-    if width < int(full_width * scale) or height < int(full_height * scale):
-        return None  # smaller than what was asked for
+    if (
+        (width >= full_width and height >= full_height)  # not smaller than the image
+        or abs(width * full_height - height * full_width) > max(full_width, full_height)  # another aspect ratio
+        or width < int(full_width * scale)  # than rounding to whole pixels gives, or smaller than asked for
+        or height < int(full_height * scale)
+    ):
+        yield None
+        return
     # Opened by its plugin's class, not Image.open: Image.open's bomb check would warn about a preview
     # declared smaller than the image whose embedded file is not (a forged one), and a second time about a
     # large image's preview, whose image Image.open checked already. A preview of another size than
     # declared is refused before its pixels are decoded, so no more than the image's size is ever decoded.
     if image_format == container.PREVIEW_JPEG:
         if ImageFile.LOAD_TRUNCATED_IMAGES and not data.rstrip(b"\x00").endswith(b"\xff\xd9"):
-            return None  # cut short (no end of image): Pillow would fill it in with grey rather than refuse it
+            yield None  # cut short (no end of image): Pillow would fill it in with grey rather than refuse it
+            return
         plugin = JpegImagePlugin.JpegImageFile  # reads the size from its frame header, decodes on load()
     elif getattr(WebPImagePlugin, "SUPPORTED", True) and _webp_size(data) == (width, height):
         plugin = WebPImagePlugin.WebPImageFile  # allocates its canvas when opened: the size is checked first
     else:
-        return None
-    try:
-        with plugin(io.BytesIO(data)) as im:
-            if im.size != (width, height):
-                return None
-            if "A" in mode and "A" not in im.mode and not _opaque(jac):
-                return None  # a preview without alpha (JPEG, lossy WebP) stands only for an opaque image
-            im.load()
-            return im.convert(mode) if im.mode != mode else im.copy()
-    except (OSError, ValueError, SyntaxError, EOFError, struct.error, Image.DecompressionBombError):
-        return None
+        yield None
+        return
+    with plugin(io.BytesIO(data)) as im:
+        if im.size != (width, height):
+            yield None
+        elif "A" in mode and "A" not in im.mode and not _opaque(jac):
+            yield None  # a preview without alpha (JPEG, lossy WebP) stands only for an opaque image
+        else:
+            yield im
 
 
 def _opaque(jac: container.JacFile) -> bool:
@@ -79,14 +123,30 @@ def _opaque(jac: container.JacFile) -> bool:
 
     The reference writer's WebP preview of an image whose alpha is all 255 has no alpha (libwebp
     drops an opaque alpha plane), and stands for it exactly; another preview without alpha does not.
+    The plane is read in pieces of :data:`_ALPHA_PIECE` bytes, never whole, and not past the first that is
+    not opaque; a damaged one is not opaque (decoding the image reports it).
     """
-    if jac.alpha is None:
+    if jac.alpha is None or jac.alpha_method != container.C.ALPHA_METHOD_ZLIB:
         return False
+    left = jac.size[0] * jac.size[1]
+    d = zlib.decompressobj()
+    pending = jac.alpha
     try:
-        plane = container.decompress_alpha(jac.alpha_method, jac.alpha, *jac.size)
-    except (container.JacDataError, MemoryError):
-        return False  # decoding the image reports it
-    return plane.count(255) == len(plane)
+        while not d.eof:
+            piece = d.decompress(pending, _ALPHA_PIECE)
+            pending = d.unconsumed_tail
+            if piece.count(255) != len(piece) or len(piece) > left:
+                return False
+            left -= len(piece)
+            if not piece and not pending:  # the input is used up before the stream's end: truncated
+                return False
+    except zlib.error:
+        return False
+    return left == 0 and not d.unused_data
+
+
+#: bytes of the alpha plane :func:`_opaque` holds at a time
+_ALPHA_PIECE = 1 << 20
 
 
 def _webp_size(data: bytes) -> tuple[int, int] | None:

@@ -402,3 +402,41 @@ def test_numpy_booleans_and_integers_are_taken_as_python_ones():
     assert preview_size(np.int64(48)) == 48
     with pytest.raises(ValueError, match="preview must be"):
         preview_size(np.False_)  # False means no preview: the caller never asks for its size
+
+
+def test_the_alpha_check_reads_the_plane_in_pieces_and_jac_info_decodes_no_preview(monkeypatch, tmp_path) -> None:
+    """jac info asked preview_for, which read the whole alpha plane at once (and decoded the preview): a 390 kB
+    file of 20000x20000 took 807 MB and 1.7 s. The plane is read in pieces, and info decodes no preview pixels."""
+    import tracemalloc
+    import zlib
+
+    from pillow_jac import preview as preview_module
+    from pillow_jac.cli_info import file_info
+
+    width, height = 4000, 4000  # 16 MB of alpha
+    buffer = io.BytesIO()
+    Image.new("RGB", (40, 40), (200, 100, 50)).save(buffer, "JPEG")
+    chunk = container.pack_preview(container.PREVIEW_JPEG, 40, 40, buffer.getvalue())
+
+    def file_of(plane: bytes) -> container.JacFile:
+        return container.JacFile.create(
+            width=width, height=height, layout="RGBA", quality=2, model_id="demo", weights_hash=bytes(8),
+            z_stream=b"z", y_stream=b"y", alpha=zlib.compress(plane),
+            preview=chunk,
+        )  # fmt: skip
+
+    opaque = b"\xff" * (width * height)
+    last_not = opaque[:-1] + b"\xfe"
+    for plane, expected in ((opaque, True), (last_not, False), (opaque[:-1], False)):
+        jac = file_of(plane)
+        tracemalloc.start()
+        assert preview_module._opaque(jac) is expected
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        assert peak < 4 * preview_module._ALPHA_PIECE
+    path = tmp_path / "big.jac"
+    path.write_bytes(container.serialize(file_of(opaque)))
+    monkeypatch.setattr(preview_module, "preview_for", lambda *a: pytest.fail("info decoded the preview"))
+    assert file_info(path)["preview_size"] == [40, 40]
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", width * height // 2 - 1)  # a reader refuses the file
+    assert file_info(path)["preview_size"] is None
