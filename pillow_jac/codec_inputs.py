@@ -13,7 +13,14 @@ from __future__ import annotations
 import numpy as np
 
 from . import container
-from .constants import ALPHA_LAYOUTS, GRAY_LAYOUTS, LAYOUT_BY_CHANNELS, LAYOUTS, UnsupportedModeError
+from .constants import (
+    ALPHA_LAYOUTS,
+    GRAY_LAYOUTS,
+    LAYOUT_BY_CHANNELS,
+    LAYOUTS,
+    UnsupportedModeError,
+    wide_colour_key,
+)
 from .preview import asked as asked_preview
 from .quiet_warnings import warn_at_caller
 from .size_limit import check_declared_size
@@ -43,11 +50,13 @@ def as_array(image) -> tuple[np.ndarray, str]:
     if hasattr(image, "mode") and hasattr(image, "getbands"):
         if image.mode not in LAYOUTS:
             raise UnsupportedModeError(f"cannot encode mode {image.mode!r}: convert to RGB, RGBA, L or LA first")
-        if "transparency" in getattr(image, "info", {}):  # PNG's tRNS colour key: alpha that the pixels lack
-            warn_at_caller(
-                f"the image's transparent colour {image.info['transparency']!r} (im.info['transparency']) is not "
-                f"applied: encode(image.convert('{image.mode}A')) or Image.save keeps it as alpha"
-            )
+        key = getattr(image, "info", {}).get("transparency")
+        if key is not None and image.mode in ("L", "RGB"):  # PNG's tRNS colour key: alpha that the pixels lack
+            if wide_colour_key(image.mode, key):
+                why = "is a 16-bit one that no 8-bit pixel matches (Image.save leaves it out too)"
+            else:
+                why = f"is not applied: encode(image.convert('{image.mode}A')) or Image.save keeps it as alpha"
+            warn_at_caller(f"the image's transparent colour {key!r} (im.info['transparency']) {why}")
         image = np.asarray(image)
     elif not array_like(image):
         raise TypeError(f"expected a uint8 numpy array or a PIL image, got {type(image).__name__}")

@@ -195,6 +195,22 @@ class UnsupportedModeError(ValueError, OSError):
     """
 
 
+def wide_colour_key(mode: str, key: object) -> bool:
+    """Whether ``key``, a ``mode`` image's colour key, is a 16-bit one that no 8-bit pixel matches.
+
+    The key is PIL's ``info["transparency"]`` (PNG's tRNS). Pillow reads a 16-bit PNG's samples as 8 bits but
+    keeps its tRNS colour at 16: the key matches no pixel of an RGB image (RGBA from it would be opaque
+    everywhere), and L -> LA keys on its low byte (other pixels transparent).
+
+    Example:
+        >>> wide_colour_key("RGB", (4660, 0, 0)), wide_colour_key("L", 4096), wide_colour_key("L", 12)
+        (True, True, False)
+    """
+    if mode == "RGB":
+        return isinstance(key, tuple) and any(isinstance(v, int) and v > 255 for v in key)
+    return mode in ("1", "L") and isinstance(key, int) and key > 255
+
+
 #: layouts with an alpha plane (an ``ALPH`` chunk), and layouts returned as one grey plane (SPEC.md section 5).
 ALPHA_LAYOUTS = ("RGBA", "LA")
 GRAY_LAYOUTS = ("L", "LA")

@@ -72,6 +72,7 @@ from .constants import (
     UnsupportedModeError,
     validate_effort,
     validate_quality,
+    wide_colour_key,
 )
 from .files import check_target, write_file, write_into
 from .quiet_warnings import warn_at_caller
@@ -105,17 +106,8 @@ SUPPORTED_MODES = (*NATIVE_MODES, "P", *CONVERTED_MODES)
 
 
 def _sixteen_bit_key(im: Image.Image) -> bool:
-    """Whether ``im``'s transparent colour is a 16-bit one that its 8-bit samples cannot match.
-
-    Pillow reads a 16-bit RGB PNG's samples as 8 bits but keeps its ``tRNS`` colour at 16, so the colour
-    matches no pixel of the image, and converting it to RGBA makes every pixel opaque. A 16-bit grey PNG
-    brought to ``L`` keeps its 16-bit level too, and ``L`` -> ``LA`` would key on its low byte: other pixels
-    transparent.
-    """
-    key = im.info.get("transparency")
-    if im.mode == "RGB":
-        return isinstance(key, tuple) and any(v > 255 for v in key)
-    return im.mode in ("1", "L") and isinstance(key, int) and key > 255
+    """Whether ``im``'s transparent colour is a 16-bit one (:func:`pillow_jac.constants.wide_colour_key`)."""
+    return wide_colour_key(im.mode, im.info.get("transparency"))
 
 
 def _native_mode(im: Image.Image) -> str:

@@ -423,9 +423,16 @@ def test_a_pil_images_colour_key_that_encode_does_not_apply_is_warned_of(no_mode
     with pytest.warns(UserWarning, match=r"transparent colour \(0, 0, 0\).*convert\('RGBA'\)"):
         arr, layout = as_array(im)
     assert layout == "RGB" and arr.shape == (6, 8, 3)
+    grey = Image.new("L", (8, 6))
+    grey.info["transparency"] = 4096  # a 16-bit grey PNG's key: L -> LA would key its low byte, the wrong pixels
+    with pytest.warns(UserWarning, match=r"transparent colour 4096 .* is a 16-bit one that no 8-bit pixel"):
+        as_array(grey)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         as_array(Image.new("RGB", (8, 6)))  # no key, no warning
+        keyed = Image.new("RGBA", (8, 6))
+        keyed.info["transparency"] = (0, 0, 0)  # the image has its alpha: the key says nothing more
+        as_array(keyed)
 
 
 def test_the_array_api_warns_of_a_possible_bomb_as_image_open_does(monkeypatch, tmp_path) -> None:
