@@ -88,6 +88,14 @@ def test_sigterm_ends_the_run_after_its_step_with_a_checkpoint_and_gives_the_han
     assert stop_handlers() == before
 
 
+def test_a_signal_in_the_last_step_leaves_a_finished_run_finished(image_folder, tmp_path, monkeypatch):
+    """SIGTERM during step 2 of 2: the run ends having taken every step, so it exits 0 (it returned 143, as
+    if it had been cut short)."""
+    signal_in_the_second_step(monkeypatch, train, signal.SIGTERM)
+    run(image_folder, tmp_path / "run", "--steps", "2", status=0)
+    assert torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)["step"] == 2
+
+
 def test_weight_average_follows_the_weights(image_folder, tmp_path):
     none = tmp_path / "none"
     before = run(image_folder, none, "--steps", "1", "--ema", "0")

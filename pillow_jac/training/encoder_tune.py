@@ -55,7 +55,7 @@ from .encoder_update import (
     update_average,
     weights_identity,
 )
-from .stop_signals import stop_on_signals
+from .stop_signals import exit_status, stop_on_signals
 
 __all__ = ["main"]
 
@@ -121,7 +121,8 @@ def _shown(run: dict, keys: list[str]) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     """Tune until ``--steps``, validating, keeping the best and checkpointing as it goes.
 
-    Returns the exit status: 0, or after SIGTERM or Ctrl-C (a checkpoint saved) 128 + the signal's number.
+    Returns the exit status: 0, or where SIGTERM or Ctrl-C ended the run before ``--steps`` (a checkpoint
+    saved) 128 + the signal's number.
     """
     # the whole codec is imported now, so a run of many hours uses one version of it throughout
     from .. import codec, container, engine, entropy_coding, latent_coding, stripes  # noqa: F401
@@ -348,10 +349,11 @@ def main(argv: list[str] | None = None) -> int:
                 model.train()
                 checkpoint()
                 last_eval = time.time()
+        stopped_by = stop.signum if step < args.steps else None  # a signal that ended it early; not one after
         checkpoint()
     log_file.close()
     print(f"stopped at step {step}; best BD-rate {best_bd:+.3f}% at step {best_step}", flush=True)
-    return stop.exit_status()
+    return exit_status(stopped_by)
 
 
 def _val_row(step: int, wall: float, bd: float, best: bool, rows: list[dict]) -> list:

@@ -557,8 +557,9 @@ def main(argv: list[str] | None = None) -> dict:
 def exit_status(report: dict) -> int:
     """The command's exit status for its report.
 
-    128 + the signal's number after a signal (as ``jac`` and the other trainers), 1 after weights or a loss
-    that were not finite (nothing of them saved), 0 otherwise.
+    128 + the signal's number where a signal ended the call (as ``jac`` and the other trainers; it comes first,
+    also where the weights then were not finite), 1 after weights or a loss that were not finite (nothing of
+    them saved), 0 otherwise.
     """
     if report.get("signal"):
         return stop_signals.exit_status(report["signal"])

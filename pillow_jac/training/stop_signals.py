@@ -35,10 +35,6 @@ class StopRequest:
         """The signal handler: remember the request; the loop ends at the end of its step."""
         self.signum = signum
 
-    def exit_status(self) -> int:
-        """The run's exit status: :func:`exit_status` of the signal that stopped it, 0 where none did."""
-        return exit_status(self.signum)
-
 
 def exit_status(signum: int | None) -> int:
     """128 + the signal's number (130 after Ctrl-C, 143 after SIGTERM), 0 for none.

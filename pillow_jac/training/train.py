@@ -45,7 +45,7 @@ from .checkpoint import gather_rank_states, load_checkpoint, restore_checkpoint,
 from .data import CropSampler, list_images, to_model_input
 from .encoder_update import refuse_evaluation_data
 from .gpu_options import check_crop
-from .stop_signals import stop_on_signals
+from .stop_signals import exit_status, stop_on_signals
 
 DEFAULT_TRAIN = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "train"
 DEFAULT_KODAK = DEFAULT_TRAIN.parent / "kodak"
@@ -316,7 +316,8 @@ def _unwrap(model):
 def main(argv: list[str] | None = None) -> int:
     """Train until ``--steps`` or ``--minutes`` is reached, checkpointing as it goes.
 
-    Returns the exit status: 0, or after SIGTERM or Ctrl-C (a checkpoint saved) 128 + the signal's number.
+    Returns the exit status: 0, or where SIGTERM or Ctrl-C ended the run before ``--steps`` (a checkpoint
+    saved) 128 + the signal's number, on every rank of a data-parallel run alike.
     """
     args = parse_args(argv)
     distributed = "RANK" in os.environ and "WORLD_SIZE" in os.environ
@@ -406,6 +407,7 @@ def main(argv: list[str] | None = None) -> int:
     sums = {k: torch.zeros((), device=device) for k in ("loss", "bpp", "psnr")}
     source = BatchPrefetcher(sampler, args.batch, pin_memory=device.type == "cuda") if prefetch else sampler
     n = 0
+    stopped_by = None  # the signal that ended the run before --steps, on every rank alike
     with stop_on_signals() as stop:
         while step < args.steps:
             lr = learning_rate(args, step)
@@ -443,12 +445,16 @@ def main(argv: list[str] | None = None) -> int:
                 n = 0
             stopping = bool(stop or (args.minutes and time.time() - start > args.minutes * 60))
             done = step >= args.steps  # the same step on every rank
-            if not distributed:
-                done = done or stopping
-            elif step % args.log_every == 0:  # a signal or the time limit of one rank: all stop at the same step,
-                flag = torch.tensor([float(stopping)], device=device)  # agreed where the log reads back anyway
-                torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-                done = done or bool(flag.item())
+            signum = stop.signum if stopping else None
+            if distributed and step % args.log_every == 0:  # a signal or the time limit of one rank: all stop at
+                flag = torch.tensor([float(stopping), float(signum or 0)], device=device)  # the same step, agreed
+                torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)  # where the log reads back
+                stopping, signum = bool(flag[0].item()), int(flag[1].item()) or None  # every rank's status alike
+            elif distributed:
+                stopping = False
+            if stopping and not done:  # ended early: by a signal, or by the time limit (no signal)
+                stopped_by = signum
+            done = done or stopping
             if step % args.save_every == 0 or done:
                 ranks = gather_rank_states(source, device, distributed)  # every rank takes part
                 if rank == 0:
@@ -464,7 +470,7 @@ def main(argv: list[str] | None = None) -> int:
     if prefetch:
         source.close()
     log_file.close()
-    return stop.exit_status()
+    return exit_status(stopped_by)
 
 
 if __name__ == "__main__":
