@@ -210,8 +210,10 @@ def marked_options(fmt: str, options: dict[str, Any]) -> dict[str, Any]:
         options["comment"] = DECODED_BY
     elif fmt == "TIFF":
         options["software"] = DECODED_BY  # its Software tag (one the EXIF had is replaced, as in a PNG)
-        if "exif" in options and (exif := _exif_for_tiff(options.pop("exif"))) is not None:
-            options["exif"] = exif  # an EXIF of nothing but layout tags is left out: it held nothing else
+        # the XMP goes in as IFD0's XMLPacket tag, beside the EXIF's; the "xmp" option stays for the check of
+        # what was stored (Pillow's TIFF writer ignores it)
+        if (exif := _exif_for_tiff(options.pop("exif", None), options.get("xmp"))) is not None:
+            options["exif"] = exif  # an EXIF of nothing but layout tags (and no XMP) is left out
     return options
 
 
@@ -224,24 +226,40 @@ _TIFF_LAYOUT_TAGS = (
 )  # fmt: skip
 
 
-def _exif_for_tiff(data: bytes) -> bytes | None:
-    """A stored EXIF without its layout tags, which Pillow's TIFF writer would copy over the file's own.
+def _exif_for_tiff(data: bytes | None, xmp: bytes | None = None) -> bytes | None:
+    """The tags for Pillow's TIFF writer: a stored EXIF without its layout tags, and an XMP as tag 700 (XMLPacket).
 
-    Stale ones (a photo cropped or made grey after its EXIF was written) gave a TIFF no reader opens, or one of
-    another size. Every other tag stays. None where nothing else was there.
+    The layout tags Pillow's writer would copy over the file's own: stale ones (a photo cropped or made grey
+    after its EXIF was written) gave a TIFF no reader opens, or one of another size. Every other tag stays.
+    None where nothing else was there. An EXIF Pillow cannot parse is returned as it is (the writer refuses
+    it, and it is left out with a warning; the XMP with it).
+
+    Example:
+        >>> from PIL import Image
+        >>> tags = Image.Exif()
+        >>> tags.load(_exif_for_tiff(None, b"<x:xmpmeta/>"))
+        >>> tags[700]
+        b'<x:xmpmeta/>'
     """
     from PIL import Image
 
-    try:
-        tags = Image.Exif()
-        tags.load(data)
-        for tag in (0x8769, 0x8825):  # the EXIF and GPS directories, read now: written back with the rest
-            tags.get_ifd(tag)
-        for tag in _TIFF_LAYOUT_TAGS:
-            tags.pop(tag, None)
-        return tags.tobytes() if len(tags) else None
-    except Exception:  # noqa: BLE001  (EXIF Pillow cannot parse: the writer refuses it, and it is left out, warned)
-        return data
+    tags = Image.Exif()
+    if data is not None:
+        try:
+            tags.load(data)
+            for tag in (0x8769, 0x8825):  # the EXIF and GPS directories, read now: written back with the rest
+                tags.get_ifd(tag)
+            for tag in _TIFF_LAYOUT_TAGS:
+                tags.pop(tag, None)
+        except Exception:  # noqa: BLE001  (EXIF Pillow cannot parse: the writer refuses it; left out, warned)
+            return data
+    if xmp:
+        tags[_XMP_TAG] = bytes(xmp)
+    return tags.tobytes() if len(tags) else None
+
+
+#: TIFF's XMLPacket tag (XMP Specification Part 3, section 1.1.4), where TIFF keeps an XMP packet
+_XMP_TAG = 0x02BC
 
 
 #: how an XMP packet in UTF-16 or UTF-32 starts: with a byte-order mark, or (the mark inside its
@@ -322,7 +340,7 @@ def save_keeping_what_fits(im: Any, fmt: str, options: dict[str, Any]) -> tuple[
 
 
 def warn_of_what_was_not_stored(data: bytes, fmt: str, given: list[str]) -> None:
-    """Warn of metadata that ``fmt``'s writer skipped without an error (a BMP stores none, Pillow's TIFF no XMP).
+    """Warn of metadata that ``fmt``'s writer skipped without an error (a BMP stores none, a GIF no EXIF).
 
     ``given``: the metadata passed to the writer (``icc_profile``, ``exif``, ``xmp``). The file is opened
     again (its header only) to see what it holds.

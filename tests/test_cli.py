@@ -1225,7 +1225,8 @@ def test_decode_leaves_out_metadata_the_format_refuses(tmp_path: Path, capsys, n
 
 
 def test_decode_warns_of_metadata_the_format_skips_silently(tmp_path: Path, capsys) -> None:
-    """Pillow's BMP writer ignores ICC, EXIF and XMP and its TIFF writer XMP, without an error: it went unsaid."""
+    """Pillow's BMP writer ignores ICC, EXIF and XMP without an error: it went unsaid. A TIFF gets the XMP as its
+    XMLPacket tag (Pillow's TIFF writer has no XMP option: it was left out, with a warning)."""
     src = tmp_path / "a.jac"
     crop().save(src, quality=2, exif=b"Exif\x00\x00" + Image.Exif().tobytes(), xmp=b"<x/>", icc_profile=b"icc")
     assert main(["decode", str(src), str(tmp_path / "out.bmp")]) == 0
@@ -1233,6 +1234,10 @@ def test_decode_warns_of_metadata_the_format_skips_silently(tmp_path: Path, caps
     assert err == "jac: warning: ICC profile, EXIF and XMP left out: BMP output does not store them\n"
     assert main(["decode", str(src), str(tmp_path / "out.png")]) == 0  # PNG keeps all three
     assert capsys.readouterr().err == ""
+    assert main(["decode", str(src), str(tmp_path / "out.tif")]) == 0  # TIFF too: the XMP as tag 700 (XMLPacket)
+    assert capsys.readouterr().err == ""
+    with Image.open(tmp_path / "out.tif") as im:
+        assert im.info["xmp"] == b"<x/>" and im.info["icc_profile"] == b"icc"
     assert main(["decode", str(src), str(tmp_path / "out.pdf")]) == 0  # Pillow writes PDF but does not read it
     err = capsys.readouterr().err
     assert err == "jac: warning: ICC profile, EXIF and XMP perhaps left out: Pillow cannot read PDF back to tell\n"
