@@ -314,7 +314,8 @@ def save_keeping_what_fits(im: Any, fmt: str, options: dict[str, Any]) -> tuple[
 
     A JPEG holds at most 64 KiB of EXIF and a TIFF only EXIF that parses as TIFF: the decoded pixels are
     not thrown away for an optional chunk the output format cannot carry. Each piece of metadata is
-    tried alone first, so only the one refused is left out.
+    tried alone first, so only the one refused is left out (a TIFF's XMP, a tag beside the EXIF's, stays when
+    the EXIF is refused).
     """
 
     def save(kept: dict[str, Any]) -> bytes:
@@ -329,6 +330,8 @@ def save_keeping_what_fits(im: Any, fmt: str, options: dict[str, Any]) -> tuple[
     present = [name for name in _METADATA_OPTIONS if name in options]
     for left_out in [[name] for name in present] + ([present] if len(present) > 1 else []):
         kept = {k: v for k, v in options.items() if k not in left_out}
+        if fmt == "TIFF" and "exif" in left_out and kept.get("xmp"):  # the XMP travelled in the refused EXIF
+            kept["exif"] = _exif_for_tiff(None, kept["xmp"])  # (marked_options): alone, it stays
         try:
             data = save(kept)
         except Exception:

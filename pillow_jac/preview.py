@@ -55,7 +55,7 @@ def preview_for(jac: container.JacFile, mode: str, size: tuple[int, int]) -> Ima
 
 
 def usable_preview_size(jac: container.JacFile) -> tuple[int, int] | None:
-    """The size of the preview :func:`preview_for` would serve for some reduced size, found without decoding it.
+    """The size of the preview :func:`preview_for` would serve for some reduced size.
 
     What ``jac info`` reports. None for a file above twice Pillow's pixel limit, which a reader refuses (and
     whose alpha plane this would otherwise read whole).
@@ -65,7 +65,10 @@ def usable_preview_size(jac: container.JacFile) -> tuple[int, int] | None:
         return None
     try:
         with _opened(jac, jac.header.layout, (1, 1)) as im:
-            return None if im is None else im.size
+            if im is None:
+                return None
+            im.load()  # a damaged body, behind a sound header, is refused by preview_for as well
+            return im.size
     except _UNREADABLE:
         return None
 

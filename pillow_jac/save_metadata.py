@@ -156,7 +156,13 @@ def without_orientation(info: dict[str, Any]) -> dict[str, Any]:
     """A copy of an image's ``info`` with the orientation taken out of its EXIF, raw EXIF profile and XMP.
 
     For pixels already turned upright (as ``ImageOps.exif_transpose`` does for the image it turns), so that
-    no viewer turns them again. EXIF that does not parse is dropped: what it says of the turn is unknown.
+    no viewer turns them again. EXIF that does not parse is dropped: what it says of the turn is unknown. The
+    XMP's ``tiff:Orientation`` goes in every spelling Pillow reads (an attribute, or an element whose text may
+    carry spaces around its digit).
+
+    Example:
+        >>> without_orientation({"xmp": b"<r tiff:Orientation = '6'/><tiff:Orientation> 6 </tiff:Orientation >"})
+        {'xmp': b'<r/>'}
     """
     out = dict(info)
     orientation = ExifTags.Base.Orientation
@@ -177,12 +183,19 @@ def without_orientation(info: dict[str, Any]) -> dict[str, Any]:
     for key in ("XML:com.adobe.xmp", "xmp"):
         value = out.get(key)
         if isinstance(value, (str, bytes, bytearray)):
-            for pattern in (r'tiff:Orientation="[0-9]"', r"<tiff:Orientation>[0-9]</tiff:Orientation>"):
+            for pattern in _XMP_ORIENTATION_SPELLINGS:
                 out[key] = (
                     re.sub(pattern, "", value) if isinstance(value, str) else re.sub(pattern.encode(), b"", value)
                 )
                 value = out[key]
     return out
+
+
+#: the XMP's ``tiff:Orientation``, as an attribute (either quote) or an element
+_XMP_ORIENTATION_SPELLINGS = (
+    r"""\s*tiff:Orientation\s*=\s*(?:"[^"]*"|'[^']*')""",
+    r"<tiff:Orientation\s*>[^<]*</tiff:Orientation\s*>",
+)
 
 
 def _raw_profile(text: str) -> bytes:

@@ -195,8 +195,10 @@ def _webp(width: int, height: int) -> bytes:
             container.PREVIEW_WEBP, 60, 40, _webp(60, 40)
         ),  # another aspect ratio (the image's is 6:5)
         container.pack_preview(container.PREVIEW_WEBP, 96, 80, _webp(96, 80)),  # not smaller than the image
+        # a sound header (the right size) before a body of garbage: it does not decode
+        container.pack_preview(container.PREVIEW_WEBP, 48, 40, _webp(48, 40)[:40] + bytes(range(7, 250)) * 4),
     ],
-    ids=["too-short", "not-a-webp", "unknown-format", "another-aspect", "not-smaller"],
+    ids=["too-short", "not-a-webp", "unknown-format", "another-aspect", "not-smaller", "damaged-body"],
 )
 def test_unusable_previews_are_ignored(plain: bytes, preview: bytes, tmp_path: Path) -> None:
     """draft() ignores them, and ``jac info`` does not call them usable (it gave the declared size of any whose
