@@ -67,6 +67,17 @@ class Unseekable(io.RawIOBase):
         return out
 
 
+def _unwarned(decode: Any, data: Any) -> Any:
+    """``decode(data)`` without the codec's ``DecompressionBombWarning`` above Pillow's limit.
+
+    The codec decodes up to twice the limit; the Pillow paths here make the warning an error, as a cautious
+    program does.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", lib().Image.DecompressionBombWarning)
+        return decode(data)
+
+
 def _pillow_open(data: bytes, load: bool) -> Any:
     Image = lib().Image
     with warnings.catch_warnings():
@@ -272,7 +283,7 @@ def check_decode(data: bytes, limits: Limits | None = None, strict_memory: bool 
         repair = parsed[0] == "error" and recovered[0] == "ok"  # damaged, and recovered under LOAD_TRUNCATED_IMAGES
         decoders = DECODERS + (preview is not None) + repair
         with _Budget(limits, "decode", limits.seconds + decoders * limits.seconds_per_step * steps(variant)):
-            decoded = call("codec.decode", lambda v=variant: L.codec.decode(v), strict_memory)
+            decoded = call("codec.decode", lambda v=variant: _unwarned(L.codec.decode, v), strict_memory)
             loaded = call("Image.open().load()", lambda v=variant: _pillow_open(v, load=True), strict_memory)
             verified = call("Image.open().verify()", lambda v=variant: _pillow_verify(v), strict_memory)
             fed = call("ImageFile.Parser", lambda v=variant: _pillow_parser(v), strict_memory)
@@ -282,9 +293,13 @@ def check_decode(data: bytes, limits: Limits | None = None, strict_memory: bool 
             rotated = ROTATED_CHECKS if decoded[0] == "error" else (rotated_check(variant),)
             batched = symbols = None
             if "decode_batch" in rotated:
-                batched = call("codec.decode_batch", lambda v=variant: L.codec.decode_batch([v]), strict_memory)
+                batched = call(
+                    "codec.decode_batch", lambda v=variant: _unwarned(L.codec.decode_batch, [v]), strict_memory
+                )
             if "decode_symbols" in rotated and alpha_plane_decodes(variant):  # else it decodes what decode does not
-                symbols = call("codec.decode_symbols", lambda v=variant: L.codec.decode_symbols(v), strict_memory)
+                symbols = call(
+                    "codec.decode_symbols", lambda v=variant: _unwarned(L.codec.decode_symbols, v), strict_memory
+                )
             load = "LOAD_TRUNCATED_IMAGES" in rotated
             truncated = call(
                 "Image.open() under LOAD_TRUNCATED_IMAGES",
