@@ -17,6 +17,7 @@ from PIL import Image
 
 from .batch_plan import done_before
 from .conversion import convert_noting_warnings, one_line
+from .peak_memory import peak_rss_bytes
 
 __all__ = ["FileResult", "Report", "Worker"]
 
@@ -92,25 +93,6 @@ class Report:
             self.failed.append(result)
 
 
-def _peak_rss_bytes() -> int:
-    """This process's peak resident memory in bytes (0 where the platform does not say).
-
-    ``VmHWM`` on Linux, where ``ru_maxrss`` counts the parent's peak from before ``exec``; ``ru_maxrss`` elsewhere.
-    """
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    try:
-        import resource
-    except ImportError:  # pragma: no cover - Windows
-        return 0
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # bytes on macOS
-
-
 class Worker:
     """A Ray actor that loads the model once, then converts files one per call.
 
@@ -142,12 +124,12 @@ class Worker:
             "node": socket.gethostname(),
             "pid": os.getpid(),
             "load_seconds": time.perf_counter() - start,
-            "rss_loaded_bytes": _peak_rss_bytes(),
+            "rss_loaded_bytes": peak_rss_bytes(),
         }
 
     def info(self) -> dict[str, Any]:
         """The worker's ``node``, ``pid``, ``load_seconds`` and memory (see :attr:`Report.workers`)."""
-        return {**self._info, "rss_peak_bytes": _peak_rss_bytes()}
+        return {**self._info, "rss_peak_bytes": peak_rss_bytes()}
 
     def convert(
         self,

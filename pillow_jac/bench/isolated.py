@@ -14,7 +14,6 @@ from __future__ import annotations
 import inspect
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -26,30 +25,13 @@ from typing import Any
 import numpy as np
 
 from ..constants import ALIGN
+from ..peak_memory import peak_rss_bytes
 from .codecs import get_codec
 from .images import load_rgb
 
 __all__ = ["measure_in_subprocess", "COMPRESSAI_CHILD", "MIB"]
 
 MIB = 1 << 20
-
-
-def _max_rss() -> int:
-    """Peak resident set size of this process in bytes.
-
-    On Linux this is ``VmHWM`` of ``/proc/self/status``: ``getrusage``'s ``ru_maxrss`` survives
-    ``exec`` and so starts at the parent's peak (a parent that imported torch would make every child
-    look 250 MiB large). Elsewhere ``ru_maxrss`` (KiB on Linux and BSD, bytes on macOS).
-    """
-    try:
-        with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    value = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return value if sys.platform == "darwin" else value * 1024
 
 
 def _load_input(path: str) -> np.ndarray:
@@ -74,7 +56,7 @@ def _child(spec: dict[str, Any]) -> dict[str, Any]:
         import torch
 
         torch.cuda.reset_peak_memory_stats()
-    baseline = _max_rss()
+    baseline = peak_rss_bytes()
     times = []
     if spec["op"] == "encode":
         image = _load_input(spec["input"])
@@ -96,7 +78,7 @@ def _child(spec: dict[str, Any]) -> dict[str, Any]:
     record: dict[str, Any] = {
         "times_s": times,
         "baseline_rss": baseline,
-        "peak_rss": _max_rss(),
+        "peak_rss": peak_rss_bytes(),
         "bytes": len(data),
         "bpp": 8.0 * len(data) / pixels,
     }
@@ -139,7 +121,7 @@ net.update(force=True)
 with torch.no_grad():
     warm = net.compress(torch.rand(1, 3, 64, 64, device=device))
     net.decompress(warm["strings"], warm["shape"])
-    baseline = _max_rss()
+    baseline = peak_rss_bytes()
     times = []
     if spec["op"] == "encode":
         path = spec["input"]
@@ -166,11 +148,11 @@ with torch.no_grad():
             net.decompress(d["strings"], d["shape"])
             sync(); times.append(time.perf_counter() - t0)
 nbytes = sum(len(s) for group in strings for s in group)
-print("RESULT " + json.dumps({"times_s": times, "baseline_rss": baseline, "peak_rss": _max_rss(),
+print("RESULT " + json.dumps({"times_s": times, "baseline_rss": baseline, "peak_rss": peak_rss_bytes(),
       "bytes": nbytes, "bpp": 8.0 * nbytes / pixels, "compressai": compressai.__version__,
       "torch": torch.__version__}), flush=True)
 """
-COMPRESSAI_CHILD = COMPRESSAI_CHILD.replace("_MAX_RSS_SOURCE\n", inspect.getsource(_max_rss))  # one source
+COMPRESSAI_CHILD = COMPRESSAI_CHILD.replace("_MAX_RSS_SOURCE\n", inspect.getsource(peak_rss_bytes))  # one source
 
 
 def measure_in_subprocess(
