@@ -12,7 +12,6 @@ import contextlib
 import io
 import numbers
 import struct
-import zlib
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
@@ -126,30 +125,16 @@ def _opaque(jac: container.JacFile) -> bool:
 
     The reference writer's WebP preview of an image whose alpha is all 255 has no alpha (libwebp
     drops an opaque alpha plane), and stands for it exactly; another preview without alpha does not.
-    The plane is read in pieces of :data:`_ALPHA_PIECE` bytes, never whole, and not past the first that is
-    not opaque; a damaged one is not opaque (decoding the image reports it).
+    The plane is read in pieces (:func:`pillow_jac.container.alpha_pieces`), never whole, and not past the
+    first that is not opaque; a damaged one is not opaque (decoding the image reports it).
     """
-    if jac.alpha is None or jac.alpha_method != container.C.ALPHA_METHOD_ZLIB:
+    if jac.alpha is None:
         return False
-    left = jac.size[0] * jac.size[1]
-    d = zlib.decompressobj()
-    pending = jac.alpha
     try:
-        while not d.eof:
-            piece = d.decompress(pending, _ALPHA_PIECE)
-            pending = d.unconsumed_tail
-            if piece.count(255) != len(piece) or len(piece) > left:
-                return False
-            left -= len(piece)
-            if not piece and not pending:  # the input is used up before the stream's end: truncated
-                return False
-    except zlib.error:
+        pieces = container.alpha_pieces(jac.alpha_method, jac.alpha, *jac.size)
+        return all(piece.count(255) == len(piece) for piece in pieces)
+    except container.JacDataError:
         return False
-    return left == 0 and not d.unused_data
-
-
-#: bytes of the alpha plane :func:`_opaque` holds at a time
-_ALPHA_PIECE = 1 << 20
 
 
 def _webp_size(data: bytes) -> tuple[int, int] | None:

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 from pillow_jac import constants as C  # noqa: F401 - container.C: the constants, as tools reach them
 
-from .payloads import compress_alpha, decompress_alpha, pack_preview, unpack_preview
+from .payloads import alpha_pieces, compress_alpha, decompress_alpha, pack_preview, unpack_preview
 from .reading import ends_with_jend, parse, read, read_file, read_header
 from .structure import (
     CHUNK_PRVW,
@@ -76,6 +76,7 @@ __all__ = [
     "ends_with_jend",
     "compress_alpha",
     "decompress_alpha",
+    "alpha_pieces",
     "CHUNK_PRVW",
     "PREVIEW_JPEG",
     "PREVIEW_WEBP",

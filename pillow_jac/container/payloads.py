@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import zlib
+from collections.abc import Iterator
 
 from pillow_jac import constants as C
 
@@ -118,20 +119,42 @@ def decompress_alpha(method: int, payload: bytes, width: int, height: int) -> by
         >>> decompress_alpha(0, zlib.compress(b"\xff" * 4), 2, 2)
         b'\xff\xff\xff\xff'
     """
+    return b"".join(alpha_pieces(method, payload, width, height, piece=width * height + 1))  # one piece
+
+
+def alpha_pieces(method: int, payload: bytes, width: int, height: int, piece: int = 1 << 20) -> Iterator[bytes]:
+    r"""The ``ALPH`` plane of :func:`decompress_alpha` in pieces of at most ``piece`` bytes, checked as it goes.
+
+    Never more than ``piece`` bytes at a time: a reader that needs only a look at the plane (whether it is
+    opaque, :func:`pillow_jac.preview.preview_for`) holds no more, and can stop early.
+
+    Raises:
+        JacDataError: as :func:`decompress_alpha`, once the piece that shows it is reached.
+
+    Example:
+        >>> list(alpha_pieces(0, zlib.compress(b"\xff" * 5), 5, 1, piece=2))
+        [b'\xff\xff', b'\xff\xff', b'\xff']
+    """
     n = _check_dims(width, height)
     if method != C.ALPHA_METHOD_ZLIB:
         raise JacDataError(f"unknown alpha method {method}")
     d = zlib.decompressobj()
-    try:
-        out = d.decompress(payload, n + 1)
-    except zlib.error as exc:
-        raise JacDataError(f"corrupt alpha plane: {exc}") from None
-    if len(out) > n:
-        raise JacDataError(f"alpha plane decompresses to more than {width}x{height} = {n} bytes")
+    pending, produced = payload, 0
+    while not d.eof:
+        try:
+            out = d.decompress(pending, min(piece, n + 1 - produced))
+        except zlib.error as exc:
+            raise JacDataError(f"corrupt alpha plane: {exc}") from None
+        pending, produced = d.unconsumed_tail, produced + len(out)
+        if produced > n:
+            raise JacDataError(f"alpha plane decompresses to more than {width}x{height} = {n} bytes")
+        if not out and not pending:  # the input is used up before the stream's end
+            break
+        if out:
+            yield out
     if not d.eof:
         raise JacDataError("truncated alpha plane: the zlib stream does not end")
-    if len(out) < n:
-        raise JacDataError(f"alpha plane decompresses to {len(out)} bytes, expected {width}x{height} = {n}")
+    if produced < n:
+        raise JacDataError(f"alpha plane decompresses to {produced} bytes, expected {width}x{height} = {n}")
     if d.unused_data:
         raise JacDataError(f"{len(d.unused_data)} unexpected bytes after the alpha plane's zlib stream")
-    return out
