@@ -167,7 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
             choices=range(MAX_EFFORT + 1),
             default=None,  # DEFAULT_EFFORT once parsed (main)
             help=f"encoder effort from 0 (fastest, default) to {MAX_EFFORT} (slowest); 1 and 2 give smaller files "
-            "at the same quality (README, 'Effort'); 3 searches longest, for about 0.3% more than 2 on Kodak",
+            "at the same quality (README, 'Effort'); 3 searches longest, for about 0.3%% more than 2 on Kodak",
         )
 
     p = sub.add_parser(
