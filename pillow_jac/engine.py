@@ -37,8 +37,8 @@ from .weights import (
     read_table,
     require_integers,
     strip_prefix,
-    verify,
 )
+from .weights_manifest import verify
 
 __all__ = [
     "Engine",
@@ -160,8 +160,8 @@ class Engine:
         manifest = verify(tensors, metadata, path)
         self.model_id = manifest.model_id
         self.weights_hash = bytes.fromhex(manifest.weights_hash)
-        #: the hash of the encoder's tensors (weights.encoder_hash): an encoder update changes it and keeps
-        #: ``weights_hash``; None for a decoder file
+        #: the hash of the encoder's tensors (weights_hashes.encoder_hash): an encoder update changes it and
+        #: keeps ``weights_hash``; None for a decoder file
         self.encoder_hash: str | None = manifest.encoder_hash
         #: False for a decoder file (a kept generation): it decodes, but has no encoder
         self.can_encode = manifest.can_encode

@@ -15,7 +15,7 @@ Weights files are found, in this order:
 
 The first full file found for a generation wins, else its first decoder file. Only the manifest is
 read here (the safetensors header, parsed as JSON without torch), so listing generations and ``jac
-info`` stay cheap; the engine checks every hash when it loads a file (:func:`pillow_jac.weights.verify`).
+info`` stay cheap; the engine checks every hash when it loads a file (:func:`pillow_jac.weights_manifest.verify`).
 
 The package's ``released.json`` (:func:`released`, beside this module) names every released generation's
 ``weights_hash`` and ``decoder_hash``, and only grows. A weights file that claims a released ``model_id``
@@ -272,7 +272,7 @@ def generation_of(path: Path) -> Generation | None:
     if meta is not None:
         if declared > stat.st_size:
             problem = f"it is {stat.st_size} bytes, shorter than the {declared} its header declares (damaged)"
-        elif meta.get("layout") not in WEIGHTS_LAYOUTS:  # as weights.read_manifest requires
+        elif meta.get("layout") not in WEIGHTS_LAYOUTS:  # as weights_manifest.read_manifest requires
             problem = f"its manifest's layout is {meta.get('layout')!r}, not one of {', '.join(WEIGHTS_LAYOUTS)}"
         elif not (isinstance(meta.get("model_id"), str) and is_model_id(meta["model_id"])):  # shown in listings
             problem = f"its model_id {meta.get('model_id')!r} is not 1 to {MODEL_ID_BYTES} printable ASCII characters"

@@ -1258,11 +1258,11 @@ def test_models_says_when_jac_weights_names_no_weights_file(tmp_path: Path, monk
 def test_models_warns_of_jac_models_entries_that_name_no_folder(tmp_path: Path, monkeypatch, capsys) -> None:
     """A JAC_MODELS entry that is the weights file itself, or a mistyped folder, is said, not passed over silently;
     a decoder-only JAC_WEIGHTS is said to decode only, not to make encoding fail."""
-    from pillow_jac import weights
+    from pillow_jac import weights, weights_hashes
 
     shipped = ROOT / "weights" / "mbt2018-n128m192.safetensors"
     small = tmp_path / "r006-decoder.safetensors"
-    weights.save_weights(small, *weights.decoder_only(*weights.load_weights(shipped)))
+    weights.save_weights(small, *weights_hashes.decoder_only(*weights.load_weights(shipped)))
     monkeypatch.setenv("JAC_MODELS", os.pathsep.join([str(small), str(tmp_path / "typo")]))
     monkeypatch.setenv("JAC_WEIGHTS", str(small))
     assert main(["models"]) == 0

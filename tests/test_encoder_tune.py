@@ -19,7 +19,8 @@ from pillow_jac.training import data as training_data
 from pillow_jac.training import encoder_tune
 from pillow_jac.training.coded_rate import CoderRate, coded_forward, coded_loss, estimate_image_bits
 from pillow_jac.training.encoder_update import is_encoder_key, tuned_weights, update_average
-from pillow_jac.weights import encoder_hash, load_weights, save_weights
+from pillow_jac.weights import load_weights, save_weights
+from pillow_jac.weights_hashes import encoder_hash
 from tests.helpers import signal_in_the_second_step, stop_handlers, synthetic, tiny_weights
 
 

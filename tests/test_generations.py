@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 import pillow_jac
-from pillow_jac import codec, codec_steps, container, engine, generations, weights
+from pillow_jac import codec, codec_steps, container, engine, generations, weights, weights_hashes, weights_manifest
 from pillow_jac.model.mbt2018 import JointAutoregressiveHierarchicalPrior, ModelConfig
 from pillow_jac.training.freeze import freeze
 
@@ -70,14 +70,14 @@ def test_encoder_change_keeps_the_header_hash() -> None:
     tensors, metadata = shipped()
     for name in [k for k in tensors if k.startswith(weights.ENCODER_PREFIXES)][:3] + ["float.log_gain"]:
         changed = dict(tensors, **{name: bump(tensors[name])})
-        sealed = weights.seal(changed, metadata)
+        sealed = weights_hashes.seal(changed, metadata)
         assert sealed["weights_hash"] == metadata["weights_hash"] == "19772a6335c73e41", name
         assert sealed["decoder_hash"] == metadata["decoder_hash"], name
         assert sealed["encoder_hash"] != metadata["encoder_hash"], name
     # the lambda ladder is the encoder's too
     config = json.loads(metadata["config"])
     config["lambdas"] = [v * 1.01 for v in config["lambdas"]]
-    sealed = weights.seal(tensors, dict(metadata, config=json.dumps(config)))
+    sealed = weights_hashes.seal(tensors, dict(metadata, config=json.dumps(config)))
     assert sealed["decoder_hash"] == metadata["decoder_hash"] and sealed["encoder_hash"] != metadata["encoder_hash"]
 
 
@@ -90,7 +90,7 @@ def test_every_decoder_tensor_changes_the_decoder_hash(prefix: str) -> None:
     assert names
     for name in {names[0], names[len(names) // 2], names[-1]}:  # the first, a middle and the last
         changed = dict(tensors, **{name: bump(tensors[name])})
-        assert weights.decoder_hash(changed, metadata) != metadata["decoder_hash"], name
+        assert weights_hashes.decoder_hash(changed, metadata) != metadata["decoder_hash"], name
 
 
 def test_decoding_fields_of_the_manifest_change_the_decoder_hash() -> None:
@@ -104,14 +104,14 @@ def test_decoding_fields_of_the_manifest_change_the_decoder_hash() -> None:
         dict(metadata, model_id="mbt-128-192-r999"),
         dict(metadata, legacy_weights_hash="0" * 16),
     ):
-        assert weights.decoder_hash(tensors, changed) != metadata["decoder_hash"]
+        assert weights_hashes.decoder_hash(tensors, changed) != metadata["decoder_hash"]
 
 
 def test_the_z_density_is_in_the_encoder_hash_not_the_decoders() -> None:
     """No decoder reads z's float density; the encoder's search estimates z's rate with it."""
     tensors, metadata = shipped()
     name = next(k for k in tensors if k.startswith("float.z_density."))
-    sealed = weights.seal(dict(tensors, **{name: bump(tensors[name])}), metadata)
+    sealed = weights_hashes.seal(dict(tensors, **{name: bump(tensors[name])}), metadata)
     assert sealed["decoder_hash"] == metadata["decoder_hash"] and sealed["encoder_hash"] != metadata["encoder_hash"]
 
 
@@ -150,7 +150,7 @@ def test_missing_generation_names_the_model_and_the_remedy(tiny_generation: Path
 def test_a_kept_generation_decodes_from_its_decoder_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The decoder-only layout decodes every release-6 vector to the same pixels, and refuses to encode."""
     tensors, metadata = shipped()
-    small, meta = weights.decoder_only(tensors, metadata)
+    small, meta = weights_hashes.decoder_only(tensors, metadata)
     assert not [k for k in small if k.startswith(weights.ENCODER_PREFIXES)]
     assert (meta["weights_hash"], meta["decoder_hash"]) == (metadata["weights_hash"], metadata["decoder_hash"])
     path = tmp_path / f"{SHIPPED_ID}.safetensors"
@@ -172,7 +172,7 @@ def test_an_encoder_update_keeps_every_file_valid(tmp_path: Path) -> None:
     name = "float.g_a.0.weight"
     updated = dict(tensors, **{name: tensors[name] * 1.01})
     path = tmp_path / "updated.safetensors"
-    weights.save_weights(path, updated, weights.seal(updated, metadata))
+    weights.save_weights(path, updated, weights_hashes.seal(updated, metadata))
     image = natural_image(32, 48)
     new = codec.encode(image, 4, weights=path)
     assert new != codec.encode(image, 4)  # the encoder changed what it writes...
@@ -290,7 +290,7 @@ def test_jac_weights_that_names_no_encoder_is_an_error(tmp_path: Path, monkeypat
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 generations.encoder()
-    small, meta = weights.decoder_only(tensors, metadata)
+    small, meta = weights_hashes.decoder_only(tensors, metadata)
     weights.save_weights(tmp_path / "decoder.safetensors", small, meta)
     monkeypatch.setenv("JAC_WEIGHTS", str(tmp_path / "decoder.safetensors"))
     with pytest.warns(UserWarning, match="decoder-only file: encoding with the newest full weights file"):
@@ -323,7 +323,7 @@ def lookalike(folder: Path) -> Path:
     tensors = dict(tensors, **{"float.g_s.6.bias": tensors["float.g_s.6.bias"] + 0.05})
     folder.mkdir(exist_ok=True)
     path = folder / "finetuned.safetensors"
-    weights.save_weights(path, tensors, weights.seal(tensors, metadata))
+    weights.save_weights(path, tensors, weights_hashes.seal(tensors, metadata))
     return path
 
 
@@ -352,7 +352,7 @@ def test_a_listing_skips_a_model_id_no_file_could_name_and_a_release_that_is_no_
     models = tmp_path / "models"
     models.mkdir()
     weights.save_weights(models / "escape.safetensors", tensors, {**metadata, "model_id": "mbt-8-12\x1b[2J"})
-    superscript = weights.seal(tensors, {**metadata, "release": "\u00b2"})
+    superscript = weights_hashes.seal(tensors, {**metadata, "release": "\u00b2"})
     weights.save_weights(models / "super.safetensors", tensors, superscript)
     monkeypatch.setenv("JAC_MODELS", str(models))
     monkeypatch.setattr(generations, "_WARNED_SKIPPED", set())
@@ -360,7 +360,7 @@ def test_a_listing_skips_a_model_id_no_file_could_name_and_a_release_that_is_no_
         listed = {g.path.name: g for g in pillow_jac.models()}
     assert "escape.safetensors" not in listed and listed["super.safetensors"].release is None
     with pytest.raises(weights.WeightsError, match="release must be a number"):
-        weights.read_manifest(weights.load_weights(models / "super.safetensors")[1])
+        weights_manifest.read_manifest(weights.load_weights(models / "super.safetensors")[1])
 
 
 def test_a_legacy_hash_is_refused_on_a_generation_that_was_not_released(tmp_path: Path, monkeypatch) -> None:
@@ -368,7 +368,7 @@ def test_a_legacy_hash_is_refused_on_a_generation_that_was_not_released(tmp_path
     one decoded with the other. Only a generation of the released table may carry one (SPEC.md 9.3)."""
     torch.manual_seed(1)
     tensors, metadata = freeze(JointAutoregressiveHierarchicalPrior(ModelConfig(N=8, M=12)), release=50)
-    metadata = weights.seal(tensors, dict(metadata, legacy_weights_hash="00000000000000aa"))
+    metadata = weights_hashes.seal(tensors, dict(metadata, legacy_weights_hash="00000000000000aa"))
     (tmp_path / "models").mkdir()
     path = tmp_path / "models" / "legacy.safetensors"
     weights.save_weights(path, tensors, metadata)
@@ -466,7 +466,9 @@ def test_a_copy_replaced_by_another_generation_after_the_listing_never_decodes(
     weights.save_weights(models / "g.safetensors", tensors, metadata)
     other = dict(tensors, **{"float.g_s.6.bias": tensors["float.g_s.6.bias"] + 0.1})
     weights.save_weights(
-        tmp_path / "r008.safetensors", other, weights.seal(other, dict(metadata, release="8", model_id="mbt-8-12-r008"))
+        tmp_path / "r008.safetensors",
+        other,
+        weights_hashes.seal(other, dict(metadata, release="8", model_id="mbt-8-12-r008")),
     )
     monkeypatch.setenv("JAC_MODELS", str(models))
     data = codec.encode(natural_image(16, 24), 3)
@@ -582,13 +584,13 @@ def test_a_header_of_megabytes_is_not_read_by_every_listing(tmp_path: Path, monk
 def test_a_manifest_without_a_known_layout_is_not_a_generation(
     tiny_generation: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, layout: str | None
 ) -> None:
-    """The listing asks of the manifest's layout what loading does (weights.read_manifest): a file that loading
+    """The listing asks of the manifest's layout what loading does (weights_manifest.read_manifest): a file that loading
     refuses is not listed as a generation that can encode (or decode), and a warning says why it is skipped."""
     tensors, metadata = weights.load_weights(tiny_generation / "tiny.safetensors")
     metadata = {k: v for k, v in metadata.items() if k != "layout"} | ({} if layout is None else {"layout": layout})
     weights.save_weights(tmp_path / "tiny.safetensors", tensors, metadata)
     with pytest.raises(weights.WeightsError, match="layout"):
-        weights.verify(*weights.load_weights(tmp_path / "tiny.safetensors"), tmp_path / "tiny.safetensors")
+        weights_manifest.verify(*weights.load_weights(tmp_path / "tiny.safetensors"), tmp_path / "tiny.safetensors")
     monkeypatch.setenv("JAC_MODELS", str(tmp_path))
     with pytest.warns(UserWarning, match=r"tiny.safetensors is skipped: its manifest's layout is"):
         assert [g.model_id for g in generations.installed()] == [SHIPPED_ID]
@@ -602,7 +604,7 @@ def _resealed(tmp_path: Path, folder: Path, change) -> Path:
     tensors = dict(tensors)
     change(tensors)
     path = tmp_path / "changed.safetensors"
-    weights.save_weights(path, tensors, weights.seal(tensors, metadata))
+    weights.save_weights(path, tensors, weights_hashes.seal(tensors, metadata))
     return path
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from pillow_jac import generations, weights
+from pillow_jac import generations, weights, weights_hashes
 from pillow_jac.model.mbt2018 import JointAutoregressiveHierarchicalPrior, ModelConfig
 from pillow_jac.training import freeze as freeze_module
 from pillow_jac.training import release
@@ -408,7 +408,7 @@ def test_an_encoder_update_keeps_the_files_mode_and_needs_an_encoder(package) ->
     assert package.full.stat().st_mode & 0o777 == 0o644  # others still read it (safetensors alone writes 0600)
     # a checkpoint without an encoder (the generation's own decoder file) would install untrained values
     decoder_file = package.checkpoint.with_name("decoder.safetensors")
-    weights.save_weights(decoder_file, *weights.decoder_only(*weights.load_weights(package.full)))
+    weights.save_weights(decoder_file, *weights_hashes.decoder_only(*weights.load_weights(package.full)))
     written = package.full.read_bytes()
     with pytest.raises(weights.WeightsError, match="has no encoder"):
         release.encoder_update(decoder_file, package.weights_dir, {})

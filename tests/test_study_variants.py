@@ -18,7 +18,8 @@ from pillow_jac.model.mbt2018 import ModelConfig
 from pillow_jac.study.train import train_run
 from pillow_jac.study.variants import BUDGET, VARIANTS
 from pillow_jac.training.freeze import freeze
-from pillow_jac.weights import WeightsError, load_weights, save_weights, seal
+from pillow_jac.weights import WeightsError, load_weights, save_weights
+from pillow_jac.weights_hashes import seal
 
 TINY = {"N": 8, "M": 12}
 #: the model ids of the tiny release-1 variants (freeze.model_id_for's flags); joint-wide is joint at this size

@@ -177,12 +177,12 @@ def test_training_starts_from_a_shipped_file(image_folder, shipped_tiny, tmp_pat
 def test_training_refuses_to_start_from_a_decoder_file(image_folder, shipped_tiny, tmp_path):
     """A kept generation's decoder file (no encoder, no z density) as ``--init`` trained from a random g_a, h_a and
     z density without a word, in train.py and in the GPU script (whose dry run read only the config)."""
-    from pillow_jac import weights
+    from pillow_jac import weights, weights_hashes
     from pillow_jac.training import gpu_session
 
     _, path = shipped_tiny
     decoder_file = tmp_path / "decoder.safetensors"
-    weights.save_weights(decoder_file, *weights.decoder_only(*load_weights(path)))
+    weights.save_weights(decoder_file, *weights_hashes.decoder_only(*load_weights(path)))
     with pytest.raises(WeightsError, match="a decoder file"):
         load_model(decoder_file)
     with pytest.raises(SystemExit, match="a decoder file"):

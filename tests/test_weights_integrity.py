@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from pillow_jac import codec, codec_steps, engine, weights
+from pillow_jac import codec, codec_steps, engine, weights, weights_hashes, weights_manifest
 from pillow_jac.weights import WeightsError
 
 from .helpers import natural_image, safetensors_header
@@ -111,14 +111,14 @@ def test_tampered_manifest_hash(weights_copy: Path, key: str, why: str) -> None:
 def test_any_flipped_byte_of_the_decoding_manifest_is_caught(weights_copy: Path) -> None:
     """model_id, config and integer_networks are sealed by the decoder hash: one flipped byte fails the check."""
     tensors, metadata = weights.load_weights(weights_copy)
-    weights.verify(tensors, metadata)
+    weights_manifest.verify(tensors, metadata)
     rng = np.random.default_rng(0)
     for key in ("model_id", "config", "integer_networks"):
         value = metadata[key]
         for at in sorted(set(rng.integers(0, len(value), 12).tolist())):
             changed = dict(metadata, **{key: value[:at] + chr(ord(value[at]) ^ 1) + value[at + 1 :]})
             with pytest.raises(WeightsError, match="is damaged"):
-                weights.verify(tensors, changed)
+                weights_manifest.verify(tensors, changed)
 
 
 @pytest.mark.parametrize(
@@ -175,7 +175,7 @@ def test_weights_load_without_pickle(weights_copy: Path, monkeypatch: pytest.Mon
     for module, name in [(pickle, "load"), (pickle, "loads"), (pickle, "Unpickler"), (torch, "load")]:
         monkeypatch.setattr(module, name, forbidden)
     tensors, metadata = weights.load_weights(weights_copy)
-    assert weights.verify(tensors, metadata).weights_hash == metadata["weights_hash"]
+    assert weights_manifest.verify(tensors, metadata).weights_hash == metadata["weights_hash"]
     built = engine.get_engine(weights=weights_copy)
     data = codec.encode(natural_image(16, 16), 3, weights=weights_copy)
     assert codec.decode(data, weights=weights_copy).shape == (16, 16, 3)
@@ -190,28 +190,29 @@ def test_values_the_hash_cannot_tell_apart_are_refused(weights_copy: Path) -> No
     as_float64 = dict(tensors, **{name: tensors[name].double()})
     as_float32 = dict(tensors, **{name: tensors[name].float()})  # values float32 holds: storage does not matter
     assert (
-        weights.seal(as_float64, dict(metadata))["decoder_hash"] == weights.seal(as_float32, metadata)["decoder_hash"]
+        weights_hashes.seal(as_float64, dict(metadata))["decoder_hash"]
+        == weights_hashes.seal(as_float32, metadata)["decoder_hash"]
     )
     between = tensors[name].double()
     between[1] += float(np.spacing(np.float32(between[1]))) / 4
     with pytest.raises(WeightsError, match=rf"{name} holds torch.float64 values that torch.float32 does not hold"):
-        weights.seal(dict(tensors, **{name: between}), dict(metadata))
+        weights_hashes.seal(dict(tensors, **{name: between}), dict(metadata))
     with pytest.raises(WeightsError, match="does not hold exactly"):
-        weights.verify(dict(tensors, **{name: between}), metadata, weights_copy)
+        weights_manifest.verify(dict(tensors, **{name: between}), metadata, weights_copy)
 
 
 def test_hashed_bytes_are_little_endian_on_any_host(monkeypatch: pytest.MonkeyPatch) -> None:
     t = torch.tensor([1, 2], dtype=torch.int32)
-    assert bytes(weights._little_endian_bytes(t)) == b"\x01\x00\x00\x00\x02\x00\x00\x00"
-    monkeypatch.setattr(weights.sys, "byteorder", "big")  # a big-endian host holds each value's bytes reversed
-    assert bytes(weights._little_endian_bytes(t)) == b"\x00\x00\x00\x01\x00\x00\x00\x02"
-    assert bytes(weights._little_endian_bytes(torch.tensor([7], dtype=torch.uint8))) == b"\x07"
+    assert bytes(weights_hashes._little_endian_bytes(t)) == b"\x01\x00\x00\x00\x02\x00\x00\x00"
+    monkeypatch.setattr(weights_hashes.sys, "byteorder", "big")  # a big-endian host holds each value's bytes reversed
+    assert bytes(weights_hashes._little_endian_bytes(t)) == b"\x00\x00\x00\x01\x00\x00\x00\x02"
+    assert bytes(weights_hashes._little_endian_bytes(torch.tensor([7], dtype=torch.uint8))) == b"\x07"
 
 
 def _resealed(tensors: dict, metadata: dict, path: Path) -> Path:
     """``tensors`` and ``metadata`` sealed with valid hashes as an unreleased generation: only consistency can fail."""
     metadata = {k: v for k, v in metadata.items() if k != "legacy_weights_hash"}
-    metadata = weights.seal(tensors, {**metadata, "model_id": "mbt-128-192-r099", "release": "99"})
+    metadata = weights_hashes.seal(tensors, {**metadata, "model_id": "mbt-128-192-r099", "release": "99"})
     weights.save_weights(path, tensors, metadata)
     return path
 
@@ -293,8 +294,8 @@ def test_weights_that_do_not_fit_their_model_are_refused_when_loaded(weights_cop
 def test_a_manifest_sealed_with_the_older_encoder_hash_still_loads(weights_copy: Path) -> None:
     """The encoder hash without z's density (SPEC.md 9.3, ``JAC encoder 1``) is still a valid manifest."""
     tensors, metadata = weights.load_weights(weights_copy)
-    metadata["encoder_hash"] = weights.encoder_hash(tensors, metadata, density=False)
-    assert metadata["encoder_hash"] != weights.encoder_hash(tensors, metadata)
+    metadata["encoder_hash"] = weights_hashes.encoder_hash(tensors, metadata, density=False)
+    assert metadata["encoder_hash"] != weights_hashes.encoder_hash(tensors, metadata)
     path = weights_copy.with_name("older.safetensors")
     weights.save_weights(path, tensors, metadata)
     assert engine.get_engine(weights=path).encoder_hash == metadata["encoder_hash"]

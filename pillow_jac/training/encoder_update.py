@@ -133,12 +133,12 @@ def tuned_weights(
     Every ``int.*``, ``table.*`` and decoder ``float.*`` tensor is the base file's own; the model's
     decoder (g_s, z density and inverse gains as floats; h_s, context model and g_ep integerised as
     freezing does) must equal the base file's byte for byte, else this raises ``AssertionError``.
-    The manifest keeps the base's keys, adds ``notes`` and has its hashes recomputed by the weights
-    module (:func:`pillow_jac.weights.seal`), as freezing does; the decoder and header hashes must
+    The manifest keeps the base's keys, adds ``notes`` and has its hashes recomputed
+    (:func:`pillow_jac.weights_hashes.seal`), as freezing does; the decoder and header hashes must
     come out as the base file's.
     """
-    from .. import weights
     from ..model.integer import integerize
+    from ..weights_hashes import seal
 
     state = model.state_dict()
     tensors = dict(base_tensors)
@@ -164,13 +164,10 @@ def tuned_weights(
         if name not in replaced:
             assert value is base_tensors[name]
     metadata = {**base_metadata, **notes}
-    if hasattr(weights, "seal"):  # the manifest's hashes, computed as freezing computes them
-        metadata = weights.seal(tensors, metadata)
-        for key in ("decoder_hash", "weights_hash"):  # the decoder is the base's, so these are too
-            if key in base_metadata:
-                assert metadata[key] == base_metadata[key], f"{key} differs from the base weights file's"
-    else:  # a weights module whose one hash covers every tensor
-        metadata["weights_hash"] = weights.content_hash(tensors).hex()
+    metadata = seal(tensors, metadata)  # the manifest's hashes, computed as freezing computes them
+    for key in ("decoder_hash", "weights_hash"):  # the decoder is the base's, so these are too
+        if key in base_metadata:
+            assert metadata[key] == base_metadata[key], f"{key} differs from the base weights file's"
     return tensors, metadata
 
 

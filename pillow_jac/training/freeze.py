@@ -6,7 +6,7 @@ converts h_s, the context model and g_ep into integer networks
 tables of CODING.md section 2.1; z: the factorized prior's per-channel tables), and writes one
 safetensors file with the float weights of g_a, h_a, g_s, the z density and the gains, the integer
 tensors, the tables and the manifest (model id, architecture, integer-network layout, and the
-decoder, encoder and header hashes of :func:`pillow_jac.weights.seal`). The integer networks are not
+decoder, encoder and header hashes of :func:`pillow_jac.weights_hashes.seal`). The integer networks are not
 stored a second time as floats: :func:`pillow_jac.engine.build_model` recovers float masters from
 them (to resume training).
 
@@ -42,9 +42,9 @@ from ..weights import (
     integer_tensors,
     load_weights,
     save_weights,
-    seal,
     table_tensors,
 )
+from ..weights_hashes import seal
 from .model_ids import MAX_RELEASE, model_id_for
 
 __all__ = [
@@ -58,7 +58,7 @@ __all__ = [
     "MAX_RELEASE",
 ]
 
-#: the manifest fields that freezing and sealing write (:func:`pillow_jac.weights.seal`): never a note
+#: the manifest fields that freezing and sealing write (:func:`pillow_jac.weights_hashes.seal`): never a note
 RESERVED_NOTES = frozenset(
     {
         "model_id",

@@ -47,9 +47,9 @@ def measured_model(tensors: dict, metadata: dict[str, str]) -> dict[str, str]:
     """What a gate verdict holds for: the candidate's decoder, whatever its release number, and its encoder.
 
     The decoder hash with the ``model_id`` left out (a candidate is frozen with ``--release 0`` to be gated,
-    then again with its release number to be released) and the encoder hash (weights.py, SPEC.md 9.3).
+    then again with its release number to be released) and the encoder hash (weights_hashes.py, SPEC.md 9.3).
     """
-    from ..weights import decoder_hash, encoder_hash
+    from ..weights_hashes import decoder_hash, encoder_hash
 
     return {
         "decoder": decoder_hash(tensors, {**metadata, "model_id": ""}),

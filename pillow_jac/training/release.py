@@ -4,7 +4,7 @@
 
 1. freezes the checkpoint (:func:`pillow_jac.training.freeze.freeze`); its ``model_id`` must be new;
 2. keeps the current generation: its decoder file (no encoder, compact storage,
-   :func:`pillow_jac.weights.decoder_only`) goes to ``weights/generations/<model_id>.safetensors``,
+   :func:`pillow_jac.weights_hashes.decoder_only`) goes to ``weights/generations/<model_id>.safetensors``,
    unless it is there already;
 3. refuses the release if the package's weights (the new full file and every kept decoder file) would go
    over :data:`pillow_jac.generations.PACKAGE_BUDGET_BYTES`: no generation leaves the package;
@@ -25,7 +25,7 @@ release it can see: a release never replaces a generation or its vectors.
 
 ``--encoder-update`` instead replaces only the encoder of the current generation (g_a, h_a, the
 forward gains, and the lambda ladder they were trained for: the encoder fields of the config,
-:data:`pillow_jac.weights.ENCODER_CONFIG_FIELDS`) with the checkpoint's: the decoder and its hash
+:data:`pillow_jac.weights_hashes.ENCODER_CONFIG_FIELDS`) with the checkpoint's: the decoder and its hash
 stay, so no vectors change and no generation is added. It refuses a checkpoint of another
 architecture, or whose decoder, frozen, is not the generation's, and, in the package's weights folder,
 an encoder that the gate did not find better on every set (``gate --bar 0.5`` of the updated full file:
@@ -51,7 +51,9 @@ from pathlib import Path
 from .. import generations
 from ..engine import build_model
 from ..model.mbt2018 import ModelConfig
-from ..weights import ENCODER_CONFIG_FIELDS, WeightsError, decoder_only, load_weights, save_weights, seal, verify
+from ..weights import WeightsError, load_weights, save_weights
+from ..weights_hashes import ENCODER_CONFIG_FIELDS, decoder_only, seal
+from ..weights_manifest import verify
 from .freeze import MAX_RELEASE, check_notes, freeze, parse_notes
 from .gate import ENCODER_BAR_PERCENT, check_verdict, measured_model
 
@@ -331,7 +333,7 @@ def encoder_update(checkpoint: Path, weights_dir: Path, notes: dict[str, str], g
     """Replace the encoder of the current full file with the checkpoint's; the decoder must be identical.
 
     The encoder is the encoder tensors and the encoder fields of the config (the lambda ladder,
-    :data:`pillow_jac.weights.ENCODER_CONFIG_FIELDS`): a checkpoint trained for another ladder brings it.
+    :data:`pillow_jac.weights_hashes.ENCODER_CONFIG_FIELDS`): a checkpoint trained for another ladder brings it.
     ``gate_verdict`` (a ``gate.json`` of the updated full file, such as ``encoder_tune``'s
     ``best.safetensors``, against the current one), when given, must clear
     :data:`.gate.ENCODER_BAR_PERCENT` on every set (:func:`.gate.check_verdict`); a change of notes alone is
@@ -342,7 +344,8 @@ def encoder_update(checkpoint: Path, weights_dir: Path, notes: dict[str, str], g
     tensors, metadata = load_weights(full)
     old = verify(tensors, metadata, full)
     source, source_meta = load_weights(checkpoint)
-    from ..weights import DECODER_PREFIXES, ENCODER_PREFIXES, decoder_hash
+    from ..weights import DECODER_PREFIXES, ENCODER_PREFIXES
+    from ..weights_hashes import decoder_hash
 
     lacking = [p.rstrip(".") for p in ENCODER_PREFIXES if not any(k.startswith(p) for k in source)]
     if lacking:  # build_model would leave them at their initial values
