@@ -267,7 +267,7 @@ def get_engine(device: str | torch.device | None = None, weights: str | Path | N
     with setting_up(), _LOCK:
         engine = _CACHE.get(key)
         if engine is None:
-            from .latent_coding import single_threaded
+            from .intra_op_threads import single_threaded
 
             # a few hundred small ops: on 2 cores with another busy process, 0.3 s on one thread, 0.7-2 s on two
             with single_threaded(), torch.device(dev):  # not a default device the caller set

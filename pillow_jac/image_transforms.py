@@ -24,7 +24,8 @@ import torch
 from . import container, interpreter_exit
 from .constants import DOWNSAMPLING, EFFORT_ITERATIONS, EFFORT_REAL_CHECK_PIXELS
 from .forksafe import fork_safe_lock
-from .latent_coding import SYMBOL_LIMIT, single_threaded
+from .intra_op_threads import single_threaded
+from .latent_coding import SYMBOL_LIMIT
 from .stripes import analyze_in_stripes, stripe_rows_for, synthesize_in_stripes
 
 __all__ = [

@@ -11,7 +11,7 @@ import signal
 import pytest
 
 import pillow_jac.passive_torch  # noqa: F401
-from pillow_jac import latent_coding
+from pillow_jac import intra_op_threads
 
 
 @pytest.fixture
@@ -29,17 +29,17 @@ def sigint_interrupts():
 @pytest.fixture(autouse=True)
 def torch_threads_as_found():
     """Each test leaves its process on the torch thread count it found, with the count the codec records
-    outside its blocks (:func:`pillow_jac.latent_coding.single_threaded`): a test that runs a training entry
+    outside its blocks (:func:`pillow_jac.intra_op_threads.single_threaded`): a test that runs a training entry
     point with ``--threads 1`` (an entry point sets the count for its program) would otherwise leave the
     files after it in its process on one thread."""
     import torch
 
-    before, outside = torch.get_num_threads(), latent_coding._single["outside"]
+    before, outside = torch.get_num_threads(), intra_op_threads._single["outside"]
     yield
     if torch.get_num_threads() != before:
         torch.set_num_threads(before)
-    if not latent_coding._single["inside"]:
-        latent_coding._single["outside"] = outside
+    if not intra_op_threads._single["inside"]:
+        intra_op_threads._single["outside"] = outside
 
 
 @pytest.fixture
@@ -48,12 +48,12 @@ def one_torch_thread(monkeypatch):
 
     The count outside the codec's blocks is recorded as 1 too: a thread's 1 before its own first block,
     while more was recorded, is otherwise taken for a count it started with
-    (:func:`pillow_jac.latent_coding.single_threaded`).
+    (:func:`pillow_jac.intra_op_threads.single_threaded`).
     """
     import torch
 
     before = torch.get_num_threads()
-    monkeypatch.setitem(latent_coding._single, "outside", 1)
+    monkeypatch.setitem(intra_op_threads._single, "outside", 1)
     torch.set_num_threads(1)
     try:
         yield

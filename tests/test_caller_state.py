@@ -134,10 +134,10 @@ def test_the_entropy_coding_runs_on_one_thread_where_openmp_threads_spin(monkeyp
     """Beside other work, two spinning OpenMP threads made a 768x512 decode's hundreds of small wavefront products
     2-10 times slower than one thread: where the threads spin, the exact coding runs on one, whatever the image's
     size; where they sleep, on the threads set."""
-    from pillow_jac import engine, image_transforms, latent_coding
+    from pillow_jac import engine, image_transforms, intra_op_threads
 
     monkeypatch.setattr(image_transforms, "SMALL_IMAGE_PIXELS", 0)  # a "large" image, without its cost
-    monkeypatch.setattr(latent_coding, "threads_sleep", lambda: sleeping)
+    monkeypatch.setattr(intra_op_threads, "threads_sleep", lambda: sleeping)
     coder_class = type(engine.get_engine("cpu").latents)
     seen = []
 

@@ -219,7 +219,7 @@ def test_fork_while_another_thread_holds_a_codec_lock(files: list[bytes], refere
 def test_single_threaded_restores_each_threads_own_count() -> None:
     """Two threads overlapping in ``single_threaded`` (A enters, B enters, A leaves, B leaves) each get
     their own thread count back; a process-wide counter left A on one thread for good."""
-    from pillow_jac.latent_coding import single_threaded
+    from pillow_jac.intra_op_threads import single_threaded
 
     a_in, b_in, a_out = threading.Event(), threading.Event(), threading.Event()
     after: dict[str, int] = {}
@@ -254,7 +254,7 @@ def test_single_threaded_restores_each_threads_own_count() -> None:
 def test_a_programs_own_count_of_one_between_blocks_holds() -> None:
     """A thread that calls ``torch.set_num_threads(1)`` between two codec calls stays on one thread after the
     second (the codec's blocks record it as the count outside them), and a later 2 holds as well."""
-    from pillow_jac.latent_coding import single_threaded
+    from pillow_jac.intra_op_threads import single_threaded
 
     data = codec.encode(fz.seed_image("RGB", 16, 16, seed=0), 4)
     after: list[int] = []
@@ -282,7 +282,7 @@ def test_threads_started_later_get_the_count_outside_the_blocks() -> None:
     """A thread whose first torch op runs inside another thread's ``single_threaded`` block starts on one
     thread. Whether its own block overlaps the other's (B) or comes after it (C), the threads started
     afterwards get the count from outside the blocks, not that 1."""
-    from pillow_jac.latent_coding import single_threaded
+    from pillow_jac.intra_op_threads import single_threaded
 
     saved = torch.get_num_threads()
     torch.set_num_threads(2)

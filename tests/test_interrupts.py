@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from pillow_jac import image_transforms, latent_coding
+from pillow_jac import image_transforms, intra_op_threads
 
 from .helpers import natural_image
 
@@ -106,13 +106,13 @@ def test_a_block_this_thread_left_behind_does_not_keep_the_programs_thread_count
     saved = torch.get_num_threads()
     try:
         torch.set_num_threads(2)
-        monkeypatch.setitem(latent_coding._single, "inside", InterruptedAfterAdding())
-        with pytest.raises(KeyboardInterrupt), latent_coding.single_threaded():
+        monkeypatch.setitem(intra_op_threads._single, "inside", InterruptedAfterAdding())
+        with pytest.raises(KeyboardInterrupt), intra_op_threads.single_threaded():
             pass
-        assert not len(latent_coding._single["inside"])  # the entry went with the block
+        assert not len(intra_op_threads._single["inside"])  # the entry went with the block
         torch.set_num_threads(3)  # the program's own choice between blocks
-        monkeypatch.setitem(latent_coding._single, "inside", weakref.WeakSet(latent_coding._single["inside"]))
-        with latent_coding.single_threaded():
+        monkeypatch.setitem(intra_op_threads._single, "inside", weakref.WeakSet(intra_op_threads._single["inside"]))
+        with intra_op_threads.single_threaded():
             assert torch.get_num_threads() == 1
         assert torch.get_num_threads() == 3
     finally:
@@ -192,9 +192,9 @@ def test_the_codec_runs_from_a_handler_that_interrupted_it_and_from_an_exit_hand
     result = _run(
         """
         import sys
-        from pillow_jac import codec, engine, generations, image_transforms, interpreter_exit, latent_coding
+        from pillow_jac import codec, engine, generations, image_transforms, interpreter_exit, intra_op_threads
         data = open(sys.argv[1], "rb").read()
-        locks = [engine._LOCK, generations._CACHE_LOCK, latent_coding._single_lock, image_transforms._precision_lock,
+        locks = [engine._LOCK, generations._CACHE_LOCK, intra_op_threads._single_lock, image_transforms._precision_lock,
                  interpreter_exit._idle_lock]
         for lock in locks:  # as held by the code a handler interrupted
             lock.acquire()
@@ -323,11 +323,11 @@ def test_a_block_nested_in_its_thread_keeps_the_programs_thread_count() -> None:
     saved = torch.get_num_threads()
     try:
         torch.set_num_threads(2)
-        with latent_coding.single_threaded():
-            with latent_coding.single_threaded():
+        with intra_op_threads.single_threaded():
+            with intra_op_threads.single_threaded():
                 assert torch.get_num_threads() == 1
-        assert torch.get_num_threads() == 2 and latent_coding._single["outside"] == 2
-        with latent_coding.single_threaded():
+        assert torch.get_num_threads() == 2 and intra_op_threads._single["outside"] == 2
+        with intra_op_threads.single_threaded():
             pass
         assert torch.get_num_threads() == 2
     finally:

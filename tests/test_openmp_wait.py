@@ -200,11 +200,11 @@ def test_contention_bench_stops_on_sigterm_while_it_runs_and_gives_the_handler_b
 def test_small_images_keep_two_threads_only_where_they_sleep(sleeping, threads, pixels, inside, monkeypatch):
     import torch
 
-    from pillow_jac import codec_steps, latent_coding, openmp_wait
+    from pillow_jac import codec_steps, intra_op_threads, openmp_wait
 
     transforms = codec_steps.transforms()
     engine = argparse.Namespace(device=torch.device("cpu"))
-    monkeypatch.setitem(latent_coding._single, "outside", latent_coding._single["outside"])
+    monkeypatch.setitem(intra_op_threads._single, "outside", intra_op_threads._single["outside"])
     monkeypatch.setitem(openmp_wait._state, "passive", sleeping)
     monkeypatch.setitem(openmp_wait._state, "chosen", False)
     before = torch.get_num_threads()
@@ -223,11 +223,11 @@ def test_a_thread_whose_first_torch_op_ran_inside_anothers_block_gets_its_count_
 
     import torch
 
-    from pillow_jac import codec_steps, latent_coding, openmp_wait
-    from pillow_jac.latent_coding import single_threaded
+    from pillow_jac import codec_steps, intra_op_threads, openmp_wait
+    from pillow_jac.intra_op_threads import single_threaded
 
     transforms = codec_steps.transforms()
-    monkeypatch.setitem(latent_coding._single, "outside", latent_coding._single["outside"])
+    monkeypatch.setitem(intra_op_threads._single, "outside", intra_op_threads._single["outside"])
     monkeypatch.setitem(openmp_wait._state, "passive", True)
     engine = argparse.Namespace(device=torch.device("cpu"))
     before = torch.get_num_threads()
