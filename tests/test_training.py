@@ -178,7 +178,7 @@ def test_training_refuses_to_start_from_a_decoder_file(image_folder, shipped_tin
     """A kept generation's decoder file (no encoder, no z density) as ``--init`` trained from a random g_a, h_a and
     z density without a word, in train.py and in the GPU script (whose dry run read only the config)."""
     from pillow_jac import weights, weights_hashes
-    from pillow_jac.training import gpu_session
+    from pillow_jac.training import gpu_session, gpu_setup
 
     _, path = shipped_tiny
     decoder_file = tmp_path / "decoder.safetensors"
@@ -191,7 +191,7 @@ def test_training_refuses_to_start_from_a_decoder_file(image_folder, shipped_tin
     with pytest.raises(SystemExit, match="a decoder file"):
         gpu_session.main([*argv, "--minutes", "1"])
     with pytest.raises(SystemExit, match="a decoder file"):  # what a real run does once it has its device
-        gpu_session._init_weights(types.SimpleNamespace(dry_run=False, init=decoder_file))
+        gpu_setup._init_weights(types.SimpleNamespace(dry_run=False, init=decoder_file))
     assert not (tmp_path / "run" / "checkpoint.pt").exists()
 
 

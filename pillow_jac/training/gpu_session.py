@@ -27,12 +27,9 @@ One process does everything a device call needs, so that no lent minute goes to 
   checkpoint but publishes nothing more (:meth:`Session.finish`);
 * a loss that is not finite stops the run at the next log line without saving or publishing the
   weights it touched: the last pieces published stay;
-* the report gives steps, crops per second, seconds per step, the peak GPU memory and the achieved
-  FLOP/s as a share of the chip's bf16 dense peak (989 TFLOP/s for an H200). The model's
-  multiply-adds per pixel are counted by forward hooks on a small input
-  (:func:`forward_macs_per_pixel`, about 102,000 for N=128, M=192); training is counted as three
-  forward passes (forward, and backward for the inputs and for the weights); ``--profile-steps``
-  adds where a step's time goes (:mod:`~.step_profile`), from steps outside the timing.
+* the report (:mod:`~.gpu_report`) gives steps, crops per second, seconds per step, the peak GPU memory
+  and the achieved FLOP/s as a share of the chip's bf16 dense peak; ``--profile-steps`` adds where a
+  step's time goes (:mod:`~.step_profile`), from steps outside the timing.
 
 ``--dry-run`` runs the same code on the CPU with a tiny model (N=8, M=12) for a few steps, which is
 what ``tests/test_gpu_session.py`` does, twice, the second time with ``--resume``.
@@ -53,73 +50,24 @@ from pathlib import Path
 import torch
 
 from ..files import write_atomic
-from ..model.complexity import macs_per_pixel_by_network
-from ..model.mbt2018 import JointAutoregressiveHierarchicalPrior, ModelConfig
-from ..model.objective import quality_lambda, rate_distortion_loss
+from ..model.objective import quality_lambda
 from . import stop_signals
 from .data import to_model_input
 from .device_crops import load_pixels
 from .gpu_options import parse_args
+from .gpu_report import forward_macs_per_pixel, log_line, session_report, text_of
+from .gpu_setup import make_forward_loss, resolve_device, starting_model
 from .pack import split_file
 from .step_profile import StepProfile
 from .stop_signals import stop_on_signals
 from .train import FastWeightAverage, learning_rate, stratified_qualities, to_device
 
-__all__ = ["Session", "forward_macs_per_pixel", "main", "parse_args", "time_decay"]
+__all__ = ["Session", "main", "parse_args", "time_decay"]
 
-#: the model a dry run trains: small enough for a step in milliseconds on one CPU thread
-DRY_RUN_CONFIG = ModelConfig(N=8, M=12)
 CHECKPOINT = "gpu_checkpoint.pt"
 WEIGHTS = "ema.safetensors"
 REPORT = "gpu_report.json"
 LOG = "gpu_log.csv"
-
-
-def forward_macs_per_pixel(config: ModelConfig) -> float:
-    """Multiply-adds of one training forward pass of ``config``'s model, per input pixel.
-
-    Every network's convolutions and GDN, the masked context convolution at its full window (as
-    training computes it): :func:`pillow_jac.model.complexity.macs_per_pixel_by_network`, summed.
-
-    Example:
-        >>> round(forward_macs_per_pixel(ModelConfig(N=8, M=12)), 2)
-        680.75
-    """
-    return sum(macs_per_pixel_by_network(config).values())
-
-
-def _log(message: str) -> None:
-    print(f"[gpu_session] {message}", flush=True)
-
-
-def _initial_model(args: argparse.Namespace) -> JointAutoregressiveHierarchicalPrior:
-    model = _init_weights(args)
-    if args.lambdas and args.lambdas != model.config.lambdas:
-        from .ladder import remap_ladder
-
-        model = remap_ladder(model, args.lambdas)
-    return model
-
-
-def _init_weights(args: argparse.Namespace) -> JointAutoregressiveHierarchicalPrior:
-    if args.dry_run:
-        if args.init:  # a dry run checks that the file a real run starts from is readable, cheaply
-            from safetensors import safe_open
-
-            with safe_open(str(args.init), framework="pt") as f:
-                header = f.metadata() or {}
-            if header.get("layout") == "decoder":
-                raise SystemExit(f"--init {args.init} is a decoder file, with no encoder: give the full weights file")
-            init_config = ModelConfig(**json.loads(header["config"]))
-            _log(f"dry run: --init {args.init} is {init_config}; training {DRY_RUN_CONFIG} instead")
-        return JointAutoregressiveHierarchicalPrior(DRY_RUN_CONFIG)
-    from ..engine import load_model
-    from ..weights import WeightsError
-
-    try:
-        return load_model(args.init)
-    except WeightsError as exc:
-        raise SystemExit(f"--init: {exc}") from None
 
 
 def save_checkpoint(path: Path, state: dict) -> None:
@@ -127,27 +75,6 @@ def save_checkpoint(path: Path, state: dict) -> None:
     tmp = path.with_suffix(".tmp")
     torch.save(state, tmp)
     os.replace(tmp, path)
-
-
-def make_forward_loss(model: torch.nn.Module, device_type: str, autocast: torch.dtype | None):
-    """``(x, quality, lmbda) -> losses``: the model under autocast, then the loss in float32, as train.py does.
-
-    This is what ``--compile`` hands to :func:`torch.compile`; backward and the optimiser stay outside.
-    """
-
-    def forward_loss(x: torch.Tensor, quality: torch.Tensor, lmbda: torch.Tensor) -> dict[str, torch.Tensor]:
-        with torch.autocast(device_type, dtype=autocast, enabled=autocast is not None):
-            out = model(x, quality)
-        return rate_distortion_loss(out, x, lmbda)  # float32 (paper eq. 2), outside autocast
-
-    return forward_loss
-
-
-def _resolve_device(name: str) -> torch.device:
-    device = torch.device(name)
-    if device.type == "cuda" and device.index is None:  # torch.cuda.set_device needs an index
-        device = torch.device("cuda", torch.cuda.current_device())
-    return device
 
 
 def time_decay(now: float, start: float, deadline: float, share: float) -> float:
@@ -177,7 +104,7 @@ class Session:
         self.lr = learning_rate(args, 0)  # the last step's learning rate (reported)
         if args.threads:
             torch.set_num_threads(args.threads)
-        self.device = device = _resolve_device(args.device)
+        self.device = device = resolve_device(args.device)
         self.cuda = cuda = device.type == "cuda"
         if cuda:
             torch.cuda.set_device(device)
@@ -185,19 +112,7 @@ class Session:
             torch.cuda.reset_peak_memory_stats(device)
         args.out.mkdir(parents=True, exist_ok=True)
         self.ckpt_path = args.out / CHECKPOINT
-        if self.ckpt_path.exists() and not args.resume:
-            raise SystemExit(f"{self.ckpt_path} exists: pass --resume to continue it, or another --out")
-        if args.resume and not self.ckpt_path.exists():
-            raise SystemExit(f"--resume, but there is no {self.ckpt_path} (a fresh machine?): start with --init")
-        ckpt = torch.load(self.ckpt_path, map_location="cpu", weights_only=False) if args.resume else None
-        if ckpt is not None:
-            if ckpt["dry_run"] != args.dry_run:
-                raise SystemExit(f"{self.ckpt_path} is {'' if ckpt['dry_run'] else 'not '}a dry run's: same --dry-run")
-            model = JointAutoregressiveHierarchicalPrior(ModelConfig(**ckpt["config"]))
-            model.load_state_dict(ckpt["model"])
-        else:
-            torch.manual_seed(args.seed)
-            model = _initial_model(args)
+        model, ckpt = starting_model(args, self.ckpt_path)
         self.config = model.config
         self.macs = forward_macs_per_pixel(self.config)
         self.model = model = model.to(device).to(memory_format=torch.channels_last).train()
@@ -216,7 +131,7 @@ class Session:
             torch.set_rng_state(ckpt["torch_rng"])
             if cuda and ckpt.get("cuda_rng") is not None:
                 torch.cuda.set_rng_state(ckpt["cuda_rng"], device)
-            _log(f"resumed {self.ckpt_path} at step {self.step}")
+            log_line(f"resumed {self.ckpt_path} at step {self.step}")
         self.step_start = self.step
         self.forward_loss = make_forward_loss(model, device.type, torch.bfloat16 if args.bf16 else None)
         self.compile_info: dict = {
@@ -243,7 +158,7 @@ class Session:
 
     def _compile_failed(self, exc: BaseException) -> None:
         self.compile_info["error"] = f"{type(exc).__name__}: {exc}"[:500]
-        _log(f"torch.compile failed, running eager: {self.compile_info['error']}")
+        log_line(f"torch.compile failed, running eager: {self.compile_info['error']}")
         self.step_fn, self.compiled = self.forward_loss, False
 
     def _backward(self, x: torch.Tensor, quality: torch.Tensor, lmbda: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -273,7 +188,7 @@ class Session:
 
         self.loop_start = time.monotonic()
         self.last_save = self.loop_start
-        _log(
+        log_line(
             f"{config} on {device} ({torch.cuda.get_device_name(device) if self.cuda else 'cpu'}), "
             f"data {self.data_info}, set-up {self.loop_start - self.started:.1f} s, "
             f"batch {args.batch} x {args.crop}^2, compile {args.compile}"
@@ -324,10 +239,10 @@ class Session:
                         self.last = {k: v.item() / n for k, v in sums.items()}
                         if not math.isfinite(self.last["loss"]):
                             self.stop = "nonfinite"
-                            _log(f"step {self.step}: the loss is not finite; stopping without saving these weights")
+                            log_line(f"step {self.step}: the loss is not finite; stopping without saving these weights")
                             break
                         elapsed = time.monotonic() - self.started
-                        _log(
+                        log_line(
                             f"step {self.step} | {elapsed:.0f} s | lr {lr:.2e} | loss {self.last['loss']:.4f} | "
                             f"bpp {self.last['bpp']:.4f} | psnr {self.last['psnr']:.2f}"
                         )
@@ -339,7 +254,7 @@ class Session:
                         pieces = self.keep()
                         if pieces is None:
                             self.stop = "nonfinite"
-                            _log(f"step {self.step}: the weights are not finite; stopping without saving them")
+                            log_line(f"step {self.step}: the weights are not finite; stopping without saving them")
                             break
                         self.write_report(pieces)
             finally:
@@ -434,7 +349,7 @@ class Session:
         log = (args.out / LOG).read_bytes()
         write_atomic(args.pieces / LOG, lambda f: f.write(log))
         self.loop_end = self.loop_end if self.stop else time.monotonic()
-        report = self.report(pieces)
+        report = session_report(self, pieces)
         text = (text_of(report) + "\n").encode()
         for path in (args.out / REPORT, args.pieces / REPORT):
             write_atomic(path, lambda f: f.write(text))
@@ -464,74 +379,13 @@ class Session:
         report = self.write_report(pieces)
         with open(args.out / "gpu_reports.jsonl", "a") as f:
             f.write(json.dumps(report) + "\n")
-        _log(
+        log_line(
             f"stopped ({self.stop}) at step {self.step}: {report['steps']} steps, "
             f"{report['crops_per_s'] or math.nan:.1f} crops/s, {report['share_of_peak'] or math.nan:.2%} of peak; "
             f"{len(pieces)} pieces in {args.pieces}"
         )
         print(text_of(report), flush=True)
         return report
-
-    def _profile_summary(self, s_per_step: float | None) -> dict | None:
-        summary = self.profile.summary() if self.profile else None
-        if summary is not None and summary.get("device_s_per_step") is not None and s_per_step:
-            summary = {**summary, "device_share_of_timed_step": round(summary["device_s_per_step"] / s_per_step, 4)}
-        return summary
-
-    def report(self, pieces: list[str]) -> dict:
-        """The JSON report of this call: progress, throughput, memory and the share of the FLOP/s peak."""
-        args = self.args
-        mark = self.mark
-        measured_steps = self.step - mark[1] if mark else 0
-        measured_s = self.loop_end - mark[0] if mark else 0.0
-        crops_per_s = args.batch * measured_steps / measured_s if measured_steps and measured_s > 0 else None
-        flops_per_crop = 3 * 2 * self.macs * args.crop**2
-        achieved = flops_per_crop * crops_per_s if crops_per_s else None
-        peak = args.peak_tflops * 1e12
-        return {
-            "step_start": self.step_start,
-            "step_end": self.step,
-            "steps": self.step - self.step_start,
-            "stop": self.stop or "running",
-            "signal": self.signum,
-            "pieces_step": self.pieces_step,
-            "error": self.error,
-            "device": torch.cuda.get_device_name(self.device) if self.cuda else "cpu",
-            "torch": torch.__version__,
-            "config": self.config.to_dict(),
-            "dry_run": args.dry_run,
-            "batch": args.batch,
-            "crop": args.crop,
-            "lr": self.lr,
-            "decay_last": args.decay_last,
-            "bf16": args.bf16,
-            "channels_last": True,
-            "compile": {**self.compile_info, "used": self.compiled},
-            "data": self.data_info,
-            "seconds": {
-                "setup": round(self.loop_start - self.started, 2),
-                "train": round(self.loop_end - self.loop_start, 2),
-                "first_steps": round(mark[0] - self.loop_start, 2) if mark else None,
-                "total": round(time.monotonic() - self.started, 2),
-            },
-            "measured_steps": measured_steps,
-            "crops_per_s": crops_per_s,
-            "s_per_step": measured_s / measured_steps if measured_steps else None,
-            "peak_gpu_memory_bytes": torch.cuda.max_memory_allocated(self.device) if self.cuda else None,
-            "macs_per_pixel_forward": self.macs,
-            "flops_per_crop_train": flops_per_crop,
-            "achieved_flops": achieved,
-            "peak_flops": peak,
-            "share_of_peak": achieved / peak if achieved else None,
-            "profile": self._profile_summary(measured_s / measured_steps if measured_steps else None),
-            "last": {k: v if math.isfinite(v) else None for k, v in self.last.items()},
-            "pieces": pieces,
-        }
-
-
-def text_of(report: dict) -> str:
-    """The report as the JSON text written beside the pieces."""
-    return json.dumps(report, indent=1)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -546,7 +400,7 @@ def main(argv: list[str] | None = None) -> dict:
         session.train()
     except Exception as exc:
         session.stop, session.error = "error", f"{type(exc).__name__}: {exc}"[:1000]
-        _log(f"step {session.step + 1} failed ({session.error}); saving the {session.step} steps before it")
+        log_line(f"step {session.step + 1} failed ({session.error}); saving the {session.step} steps before it")
         with stop_on_signals():  # a second Ctrl-C or SIGTERM waits for the last save, as the first did
             session.finish()
         raise
