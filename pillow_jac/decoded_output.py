@@ -248,7 +248,8 @@ def _exif_for_tiff(data: bytes | None, xmp: bytes | None = None) -> bytes | None
         try:
             tags.load(data)
             for tag in (0x8769, 0x8825):  # the EXIF and GPS directories, read now: written back with the rest
-                tags.get_ifd(tag)
+                if tag in tags:  # (get_ifd makes an empty one where there is none: a pointer to nothing)
+                    tags.get_ifd(tag)
             for tag in _TIFF_LAYOUT_TAGS:
                 tags.pop(tag, None)
         except Exception:  # noqa: BLE001  (EXIF Pillow cannot parse: the writer refuses it; left out, warned)
