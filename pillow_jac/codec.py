@@ -6,8 +6,9 @@ The public API (what the Pillow and imageio plugins and the CLI call):
   weights=None, model=None, target_size=None, target_psnr=None, preview=False) -> bytes``; ``image`` is a
   uint8 array ``(H, W)`` (L), ``(H, W, 2)`` (LA), ``(H, W, 3)`` (RGB) or ``(H, W, 4)`` (RGBA), or a PIL image
   in one of those modes; quality None is :data:`~pillow_jac.constants.DEFAULT_QUALITY`.
-* :func:`decode` ``(data, *, device=None, weights=None) -> numpy.ndarray``; ``data`` is ``bytes``, a path
-  or a parsed :class:`pillow_jac.container.JacFile`; the array has the layout of the encoded image.
+* :func:`decode` ``(data, *, device=None, weights=None) -> numpy.ndarray``; ``data`` is a bytes-like object
+  (``bytes``, ``mmap.mmap``, a 1-D uint8 array...), a path or a parsed :class:`pillow_jac.container.JacFile`;
+  the array has the layout of the encoded image.
 * ``encode_batch`` and ``decode_batch``: the same for many images, the float transforms batched
   (:mod:`pillow_jac.codec_batch`, imported on first use).
 
@@ -180,15 +181,21 @@ def _latents(jac, engine) -> tuple[np.ndarray | None, np.ndarray]:
 def decode(data, *, device=None, weights=None) -> np.ndarray:
     """Decompress ``.jac`` bytes, a ``.jac`` file's path, or a parsed :class:`~pillow_jac.container.JacFile`.
 
+    The bytes may be any bytes-like object of one dimension, contiguous, with 1-byte items: ``bytes``,
+    ``bytearray``, ``memoryview``, ``mmap.mmap``, ``array.array("B")``, a 1-D uint8 numpy array such as
+    ``numpy.fromfile(path, numpy.uint8)`` (:func:`~pillow_jac.codec_inputs.buffer_bytes`).
+
     Returns:
         uint8 array: ``(H, W, 3)`` for RGB, ``(H, W, 4)`` RGBA, ``(H, W)`` L, ``(H, W, 2)`` LA.
 
     Raises:
         ValueError: the file is malformed (:class:`~pillow_jac.container.JacFormatError`), was made
             with other weights (:class:`CodecError`), is larger than twice ``PIL.Image.MAX_IMAGE_PIXELS``
-            (:class:`CodecError`) or its streams are corrupt.
+            (:class:`CodecError`) or its streams are corrupt; a buffer of items of more than one byte (an
+            int32 or float64 array) or not contiguous.
         OSError: a path that cannot be read (:class:`FileNotFoundError`, :class:`IsADirectoryError`...).
-        TypeError: ``data`` of another type (a file object: read it, or give its path).
+        TypeError: ``data`` of another type (a file object: read it, or give its path), or a buffer of other
+            than one dimension (an array of pixels: decode takes a file's bytes).
         MemoryError: decoding the image's size needs more memory than there is.
     """
     jac, alpha = steps.checked_file(data)

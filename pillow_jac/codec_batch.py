@@ -20,7 +20,7 @@ import numpy as np
 from . import codec_steps as steps
 from . import container, interpreter_exit
 from .codec import decode_with, encode_with, file_bytes
-from .codec_inputs import as_array, check_model, color_planes, file_fields
+from .codec_inputs import as_array, check_model, color_planes, file_fields, has_buffer
 from .constants import DEFAULT_EFFORT, DEFAULT_QUALITY, validate_effort, validate_quality
 
 __all__ = ["encode_batch", "decode_batch"]
@@ -67,26 +67,35 @@ def _check_batch_size(batch_size) -> int:
     return size
 
 
+#: for images and files: the dimensions of an array of numbers that is one item, not a list, and what to say of it
+_ONE = {
+    "images": ((2, 3), "one image is a list of one, an (N, H, W, C) array is N images, and N grey images are a "
+               "list of (H, W) arrays"),
+    "files": ((1, 2, 3), "one file is a list of one (its bytes as a 1-D array too; an array of pixels is no file)"),
+}  # fmt: skip
+
+
 def _items(things, what: str, single: tuple[type, ...]) -> tuple[Iterable, bool]:
     """``things`` to iterate over, and whether they come from an iterator; one item given for a list is refused.
 
     One image is a PIL image or an array of numbers with 2 or 3 dimensions (an ``(N, H, W, C)`` array is N
-    images); a 1-D array of paths or objects is a list. A file object is one item too (iterated, it would
-    give its lines). The items of an iterator (a generator) are to be read as they come: a generator may
-    refill one buffer for every item it yields.
+    images); one file is an array of numbers with 1 dimension (its bytes) too. An object with the buffer
+    protocol other than an array (``bytes``, ``memoryview``, ``mmap.mmap``, ``array.array``:
+    :func:`~pillow_jac.codec_inputs.has_buffer`), a file object (iterated, it would give its lines) and one of
+    ``single`` are one item; a 1-D array of paths or objects is a list. The items of an iterator (a generator)
+    are to be read as they come: a generator may refill one buffer for every item it yields.
     """
-    if isinstance(things, single) or hasattr(things, "getbands") or hasattr(things, "read"):  # "read": a file object
+    buffer = not isinstance(things, (list, tuple, np.ndarray)) and has_buffer(things)
+    if isinstance(things, single) or buffer or hasattr(things, "getbands") or hasattr(things, "read"):  # a file object
         raise TypeError(f"{what} must be a list (one item is a list of one), got {type(things).__name__}")
     if not isinstance(things, (list, tuple, np.ndarray)) and hasattr(things, "__array__"):
         try:
             things = np.asarray(things)  # a torch tensor, say: iterated, it would give one "image" per row
         except RuntimeError as exc:  # a tensor that requires grad, as codec_inputs.as_array says of one image
             raise TypeError(f"cannot read a {type(things).__name__} as an array: {exc}") from exc
-    if isinstance(things, np.ndarray) and things.dtype.kind in "biuf" and things.ndim in (2, 3):
-        raise TypeError(
-            f"{what} must be a list, got an array of shape {things.shape}: one image is a list of one, an "
-            "(N, H, W, C) array is N images, and N grey images are a list of (H, W) arrays"
-        )
+    dimensions, hint = _ONE[what]
+    if isinstance(things, np.ndarray) and things.dtype.kind in "biuf" and things.ndim in dimensions:
+        raise TypeError(f"{what} must be a list, got an array of shape {things.shape}: {hint}")
     return things, not isinstance(things, (list, tuple, np.ndarray))
 
 
@@ -174,7 +183,7 @@ def encode_batch(
         >>> [decode(f).shape for f in files]
         [(20, 30, 3), (40, 9)]
     """
-    images, pulled = _items(images, "images", (bytes, bytearray, memoryview, str, os.PathLike))
+    images, pulled = _items(images, "images", (str, os.PathLike))
     q = container.quantize_quality(validate_quality(DEFAULT_QUALITY if quality is None else quality))
     effort = validate_effort(DEFAULT_EFFORT if effort is None else effort)
     batch_size = _check_batch_size(batch_size)
@@ -221,8 +230,8 @@ def decode_batch(files, *, device=None, weights=None, batch_size: int = 8) -> li
     (tests/test_batch.py states the measured difference).
 
     Args:
-        files: a list of ``.jac`` bytes, paths or parsed :class:`~pillow_jac.container.JacFile` objects, mixed
-            freely; one file is a list of one.
+        files: a list of ``.jac`` bytes (any bytes-like object :func:`decode` takes), paths or parsed
+            :class:`~pillow_jac.container.JacFile` objects, mixed freely; one file is a list of one.
         device: torch device (default: ``JAC_DEVICE`` or cpu).
         weights: a weights file holding the generation of every file, as in :func:`decode` (default: the
             installed generation each file names).
@@ -239,7 +248,7 @@ def decode_batch(files, *, device=None, weights=None, batch_size: int = 8) -> li
             does not decode is found when its group is decoded, after the groups before it: the latents are
             not all decoded first, since a batch of many large files would hold them all at once.
     """
-    files, _ = _items(files, "files", (bytes, bytearray, memoryview, str, os.PathLike, container.JacFile))
+    files, _ = _items(files, "files", (str, os.PathLike, container.JacFile))
     batch_size = _check_batch_size(batch_size)
     parsed, engines = [], []
     for i, data in enumerate(files):

@@ -4,8 +4,9 @@ An image (a uint8 array or a PIL image, :func:`as_array`) becomes a ``(H, W, C)`
 (the JHDR ``layout``, SPEC.md section 3.2); its colour planes go through the network
 (:func:`color_planes`) and its alpha is stored losslessly beside them (:func:`alpha_fields`, SPEC.md
 section 5.1). The metadata follows the rule of Pillow's save path (:func:`metadata_fields`, SPEC.md section
-5.2). :mod:`pillow_jac.codec`, :mod:`pillow_jac.codec_batch` and :mod:`pillow_jac.targets` check their
-arguments here, so they refuse the same inputs with the same messages.
+5.2). A decode's file given as bytes-like data becomes ``bytes`` here (:func:`buffer_bytes`).
+:mod:`pillow_jac.codec`, :mod:`pillow_jac.codec_batch`, :mod:`pillow_jac.codec_steps` and
+:mod:`pillow_jac.targets` check their arguments here, so they refuse the same inputs with the same messages.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ from .size_limit import check_declared_size
 __all__ = [
     "as_array",
     "array_like",
+    "has_buffer",
+    "buffer_bytes",
     "metadata_fields",
     "check_model",
     "color_planes",
@@ -96,11 +99,65 @@ def array_like(image) -> bool:
         return False
     if any(hasattr(image, name) for name in ("__array__", "__array_interface__", "__array_struct__")):
         return True
+    return has_buffer(image)
+
+
+def has_buffer(obj) -> bool:
+    """Whether ``obj`` has the buffer protocol (``bytes``, ``mmap.mmap``, ``array.array``, a numpy array...)."""
     try:
-        memoryview(image)
+        memoryview(obj).release()
     except TypeError:
         return False
     return True
+
+
+def buffer_bytes(data) -> bytes:
+    """The bytes of a decode's file given as a bytes-like object (what a path or a parsed file is not).
+
+    Any buffer of one dimension, contiguous, of 1-byte items: ``bytes``, ``bytearray``, ``memoryview``,
+    ``mmap.mmap``, ``array.array("B")``, a 1-D uint8 numpy array (``numpy.fromfile(path, numpy.uint8)``). The
+    buffer is released before this returns (an ``mmap`` may be closed after).
+
+    Raises:
+        TypeError: an object without the buffer protocol (a file object: read it, or give its path), or a
+            buffer of other than one dimension (pixels, a scalar): no file's bytes.
+        ValueError: a 1-D buffer of items of more than one byte, or one that is not contiguous; the message
+            says what to pass instead.
+
+    Example:
+        >>> import numpy as np
+        >>> buffer_bytes(np.frombuffer(b"JAC", np.uint8))
+        b'JAC'
+    """
+    if isinstance(data, bytes):
+        return data
+    expected, name = "expected .jac bytes, a path or a parsed JacFile, got", type(data).__name__
+    pixels = ": pixels? decode takes a .jac file's bytes, which encode(pixels) makes"
+    if not has_buffer(data):
+        if hasattr(data, "read"):
+            hint = ": read it (f.read()), or give its path"
+        elif isinstance(shape := getattr(data, "shape", None), tuple) and len(shape) in (2, 3):  # a torch tensor
+            hint = pixels
+        else:
+            hint = ""
+        raise TypeError(f"{expected} {name}{hint}")
+    with memoryview(data) as view:
+        if view.ndim != 1:
+            hint = pixels if view.ndim in (2, 3) and view.itemsize == 1 else ": a file's bytes are one dimension"
+            raise TypeError(
+                f"{expected} {name} of shape {view.shape}{hint} (bytes, or numpy.fromfile(path, numpy.uint8))"
+            )
+        if view.itemsize != 1:
+            raise ValueError(
+                f"expected a .jac file's bytes, got {name} of {view.itemsize}-byte items ({view.format!r}): give "
+                "bytes, or a uint8 array (numpy.fromfile(path, numpy.uint8))"
+            )
+        if not view.contiguous:
+            raise ValueError(
+                f"expected a .jac file's bytes in one contiguous run, got a strided {name}: give bytes(view) or "
+                "numpy.ascontiguousarray(array)"
+            )
+        return view.tobytes()
 
 
 def metadata_fields(icc_profile, exif, xmp) -> dict[str, bytes | None]:

@@ -19,7 +19,7 @@ import warnings
 import numpy as np
 
 from . import container, generations, interpreter_exit
-from .codec_inputs import check_model
+from .codec_inputs import buffer_bytes, check_model
 from .constants import ALPHA_LAYOUTS, GRAY_LAYOUTS
 from .forksafe import setting_up
 from .size_limit import check_declared_size
@@ -215,16 +215,17 @@ def encoder_engine(device, weights, model):
 
 
 def parse_input(data) -> container.JacFile:
-    """A parsed file from a :class:`~pillow_jac.container.JacFile`, bytes-like data, or a path."""
+    """A parsed file from a :class:`~pillow_jac.container.JacFile`, bytes-like data, or a path.
+
+    Anything else goes to :func:`~pillow_jac.codec_inputs.buffer_bytes`, which takes any bytes-like object (an
+    ``mmap.mmap``, a 1-D uint8 array...) and refuses the rest.
+    """
     if isinstance(data, container.JacFile):
         return data
     if isinstance(data, (str, os.PathLike)):
         with open(data, "rb") as f:
             return container.read_file(f)
-    if not isinstance(data, (bytes, bytearray, memoryview)):
-        hint = ": read it (f.read()), or give its path" if hasattr(data, "read") else ""
-        raise TypeError(f"expected .jac bytes, a path or a parsed JacFile, got {type(data).__name__}{hint}")
-    data = bytes(data)
+    data = buffer_bytes(data)
     try:
         return container.parse(data)
     except container.NotJacFileError as exc:
