@@ -107,20 +107,18 @@ def _read_container(
     header: container.JacHeader | None = None,
     keep_unknown: bool = True,
     name: str | None = None,
-    quiet: bool = False,
 ) -> container.JacFile:
     """Read a whole ``.jac`` file (after ``header`` when given), turning stray low-level errors into ``OSError``.
 
     :class:`container.JacFormatError` passes through unchanged: :class:`container.JacDataError` (an
     ``OSError`` and a ``ValueError``) for a damaged file, :class:`container.NotJacFileError` for a wrong
     signature. Unknown ancillary chunks are kept unless ``keep_unknown`` is False. ``name`` (else
-    ``fp.name``) names the file in warnings; ``quiet`` forgives damage as ``LOAD_TRUNCATED_IMAGES`` asks
-    without warning of it (a read that is not the last word on the file).
+    ``fp.name``) names the file in warnings.
     """
     # With LOAD_TRUNCATED_IMAGES a damaged ancillary chunk is dropped, and a damaged end forgiven (SPEC.md 8.3)
     on_damaged = None
     if ImageFile.LOAD_TRUNCATED_IMAGES:
-        on_damaged = (lambda ctype: None) if quiet else _damaged_warning(name or _file_name(fp))
+        on_damaged = _damaged_warning(name or _file_name(fp))
     try:
         return container.read_file(fp, header, keep_unknown=keep_unknown, on_damaged=on_damaged)
     except (EOFError, struct.error, IndexError, TypeError, UnicodeDecodeError) as e:
@@ -146,12 +144,11 @@ class JacImageFile(ImageFile.ImageFile):
     :class:`PIL.ImageFile.Parser` reads a ``.jac`` whole, as it reads PNG and JPEG: it collects what it is
     fed and opens and decodes it all at ``close()``, so trailing data, a damaged end and everything after
     a chunk boundary are judged on the whole file, as :func:`PIL.Image.open` judges them. Until the whole file
-    has come, the Parser tries to open what it has after every piece (its design, for every format); a ``.jac``
-    refuses such an attempt from its last 12 bytes alone until they are the JEND chunk
-    (:func:`_parser_feeding`), so feeding costs time linear in the file's size. Under ``LOAD_TRUNCATED_IMAGES``
-    a file cut before ``JEND`` opens, so every attempt reads what has come: a file of many chunks fed in small
-    pieces then costs time that grows with the square of its size (20,000 empty chunks, 240 kB, in pieces of
-    1 kB: about 13 s); such an attempt warns of nothing, since the whole file judged at ``close()`` may be sound.
+    has come, the Parser tries to open what it has after every piece (its design, for every format); such an
+    attempt (:func:`_parser_feeding`) reads the header alone (size, mode, quality, ``model_id``) and none of the
+    chunks, so no piece costs more than the header whatever came before it, and it warns of nothing, since the
+    whole file judged at ``close()`` may be sound. The image an attempt opened is not decoded: ``close()``
+    opens and decodes the whole file.
 
     A file with a preview (``prvw``, SPEC.md section 5.4) answers :meth:`draft`, and so ``thumbnail()``,
     with the preview when it is large enough: no neural decoder, no torch.
@@ -174,10 +171,6 @@ class JacImageFile(ImageFile.ImageFile):
             msg = "not a JAC file"
             raise SyntaxError(msg)
         self.fp.seek(0)
-        feeding = _parser_feeding()
-        if not ImageFile.LOAD_TRUNCATED_IMAGES and feeding and not container.ends_with_jend(self.fp):
-            msg = "the JAC file has not all come yet: it does not end with JEND"
-            raise OSError(msg)  # the Parser waits for more, having read none of the chunks
         try:
             header = container.read_header(self.fp)
         except (EOFError, struct.error, IndexError, TypeError, UnicodeDecodeError) as e:
@@ -185,23 +178,24 @@ class JacImageFile(ImageFile.ImageFile):
         size = (header.width, header.height)
         # Refuse a bomb before reading the chunks, as Image.open would after _open (which also warns, once)
         check_declared_size(*size)
-
-        # The metadata chunks come after JHDR: read the rest of the container (bytes only, no torch).
-        filename = os.fsdecode(self.filename) if self.filename else None
-        # a piece the Parser tries is not the whole file: close() judges that, and warns of what it finds
-        jac = _read_container(self.fp, header, keep_unknown=False, name=filename, quiet=feeding)
-        self._jac = jac
         self._size = size
         self._mode = header.layout
         # not "quality": that is every writer's save option, and im.save(out, **im.info) would pass it on (a JPEG
         # refuses 2.0, a WebP takes it as 2 of 100)
         self.info["jac_quality"] = float(header.quality)
         self.info["model_id"] = header.model_id
+        self.tile = [ImageFile._Tile("JAC", (0, 0, *size), 0, None)]  # not loaded yet: load() decodes self._jac
+        if _parser_feeding():  # a piece, not the whole file: close() reads and judges every chunk
+            return
+
+        # The metadata chunks come after JHDR: read the rest of the container (bytes only, no torch).
+        filename = os.fsdecode(self.filename) if self.filename else None
+        jac = _read_container(self.fp, header, keep_unknown=False, name=filename)
+        self._jac = jac
         for name in METADATA_FIELDS:
             value = getattr(jac, name)
             if value:
                 self.info[name] = bytes(value)
-        self.tile = [ImageFile._Tile("JAC", (0, 0, *size), 0, None)]  # not loaded yet: load() decodes self._jac
 
     def draft(self, mode: str | None, size: tuple[int, int] | None) -> tuple[str, tuple[int, int, float, float]] | None:
         """Load the file's preview instead of the image when it is at least as large as the image fitted in ``size``.
@@ -286,6 +280,8 @@ class JacImageFile(ImageFile.ImageFile):
             raise ValueError("Operation on closed image")
         if self.tile and _stale_parser_load(self.fp):
             return None
+        if self.tile and self._jac is None:
+            raise OSError("a JAC image the Parser opened from a piece is not decoded: its close() decodes the file")
         if self.tile and self._jac is not None:
             if self._preview is not None:
                 raw, self._preview = self._preview.tobytes(), None

@@ -362,21 +362,45 @@ def test_incremental_parser(rgb_jac: bytes) -> None:
                 im.putpixel((0, 0), 0 if im.mode == "L" else (1, 2, 3))  # writable, as Image.open's after load()
 
 
-def test_the_parser_reads_the_chunks_once_the_file_has_come(rgb_jac: bytes, monkeypatch) -> None:
-    """The Parser tries to open what it has after every piece: every try read all the chunks so far, so a file of
-    many chunks fed in small pieces took time growing with the square of its size (20,000 empty chunks in pieces
-    of 1 kB: 13 s)."""
+@pytest.mark.parametrize("truncated", [False, True])
+def test_the_parser_reads_the_chunks_once_the_file_has_come(rgb_jac: bytes, monkeypatch, truncated: bool) -> None:
+    """The Parser tries to open what it has after every piece. Every try read all the chunks so far, so a file of
+    many chunks fed in small pieces took time growing with the square of its size: under LOAD_TRUNCATED_IMAGES
+    (20,000 empty chunks in pieces of 1 kB: 13 s), and without it for a file whose chunks end in JEND's 12 bytes
+    at every piece's end (a 400 kB file: 15 s). Only close() reads the chunks."""
+    from PIL import ImageFile
+
     from pillow_jac import container
 
+    monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", truncated)
     end = len(rgb_jac) - 12
-    data = rgb_jac[:end] + _chunk(b"zzzz", b"") * 200 + rgb_jac[end:]
-    reads = []
-    read_file = container.read_file
-    monkeypatch.setattr(container, "read_file", lambda *a, **k: reads.append(1) or read_file(*a, **k))
-    im = _parse_in_pieces(data, list(range(64, len(data), 64)))
-    assert len(reads) == 2  # the try with the whole file, and close()
+    jend = rgb_jac[end:]
+    plain = rgb_jac[:end] + _chunk(b"zzzz", b"") * 200 + jend
+    trap = _chunk(b"zzzz", b"") * 20 + _chunk(b"trap", bytes(100) + jend)  # a piece of it ends as a file ends
+    baited = rgb_jac[:end] + trap * 40 + jend
+    for data, cuts in ((plain, list(range(64, len(plain), 64))), (baited, list(range(end, len(baited), len(trap))))):
+        reads = []
+        read_file = container.read_file
+        monkeypatch.setattr(container, "read_file", lambda *a, _r=read_file, _n=reads, **k: _n.append(1) or _r(*a, **k))
+        im = _parse_in_pieces(data, cuts)
+        monkeypatch.setattr(container, "read_file", read_file)
+        assert len(reads) == 1  # close()'s, of the whole file
+        with Image.open(io.BytesIO(rgb_jac)) as direct:
+            assert im.tobytes() == direct.tobytes()
+
+
+def test_an_image_the_parser_opened_from_a_piece_is_not_decoded(rgb_jac: bytes) -> None:
+    """The image a Parser attempt opened knows the size and mode; its pixels come from close()."""
+    from PIL import ImageFile
+
+    parser = ImageFile.Parser()
+    parser.feed(rgb_jac[: len(rgb_jac) // 2])
     with Image.open(io.BytesIO(rgb_jac)) as direct:
-        assert im.tobytes() == direct.tobytes()
+        assert (parser.image.size, parser.image.mode) == (direct.size, direct.mode)
+        with pytest.raises(OSError, match="close"):
+            parser.image.load()
+        parser.feed(rgb_jac[len(rgb_jac) // 2 :])
+        assert parser.close().tobytes() == direct.tobytes()
 
 
 def _outcome(read) -> tuple:

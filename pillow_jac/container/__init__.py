@@ -34,7 +34,7 @@ from __future__ import annotations
 from pillow_jac import constants as C  # noqa: F401 - container.C: the constants, as tools reach them
 
 from .payloads import alpha_pieces, compress_alpha, decompress_alpha, pack_preview, unpack_preview
-from .reading import ends_with_jend, parse, read, read_file, read_header
+from .reading import parse, read, read_file, read_header
 from .structure import (
     CHUNK_PRVW,
     MAGIC,
@@ -73,7 +73,6 @@ __all__ = [
     "read_header",
     "read_file",
     "read",
-    "ends_with_jend",
     "compress_alpha",
     "decompress_alpha",
     "alpha_pieces",

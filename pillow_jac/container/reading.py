@@ -35,23 +35,6 @@ from .writing import serialize  # noqa: F401 - for the examples
 _JEND_CHUNK = _chunk(C.CHUNK_JEND, b"")
 
 
-def ends_with_jend(fp: BinaryIO) -> bool:
-    """Whether a seekable file's last 12 bytes are the JEND chunk, as a complete file's are (SPEC.md section 3).
-
-    Two seeks and one read, whatever the file's size; the position is given back. Only a file that does
-    can be read whole without a recovering reader (:func:`read_file`'s ``on_damaged``).
-    """
-    at = fp.tell()
-    try:
-        end = fp.seek(0, 2)
-        if end < len(_JEND_CHUNK):
-            return False
-        fp.seek(end - len(_JEND_CHUNK))
-        return fp.read(len(_JEND_CHUNK)) == _JEND_CHUNK
-    finally:
-        fp.seek(at)
-
-
 #: how many damaged chunk types a recovering read reports (SPEC.md 8.3); the chunks of others are skipped alike
 _DAMAGED_TYPES_REPORTED = 16
 
