@@ -184,15 +184,7 @@ def _run(args: argparse.Namespace) -> None:
             preview=args.preview,
         )
     elif args.command == "decode":
-        from .codec import CodecError
-        from .container import JacFormatError
-        from .entropy_coding import EntropyCodingError
-
-        try:
-            decode_file(args.input, args.output, device=args.device, force=args.force)
-        except (CodecError, EntropyCodingError, JacFormatError, MemoryError) as exc:  # the file's own errors
-            # named as the container's errors name it ("-" for standard input); those come named already
-            raise ConversionError(f"{args.input}: {one_line(exc)}") from exc
+        decode_file(args.input, args.output, device=args.device, force=args.force)
     elif args.command == "models":
         import pillow_jac
 

@@ -280,18 +280,26 @@ class _Counted:
         return data
 
 
-def decode_file(src: Path, dst: Path, *, device: str | None = None, force: bool = False) -> None:
+def decode_file(
+    src: Path, dst: Path, *, device: str | None = None, force: bool = False, name_source: bool = True
+) -> None:
     """Decode ``src`` (``.jac``) and save it in the format ``dst``'s extension names, with its metadata.
 
     ``src`` :data:`STDIO` reads standard input; ``dst`` :data:`STDIO` writes PNG to standard output. Before
     anything is decoded, ``dst`` is checked: a ``.jac`` name is refused (a decode would encode it again), a
     path that cannot be written is reported, and an existing image that no decode wrote is not replaced unless
     ``force`` (:func:`_check_not_an_original`). How the pixels are written: :mod:`pillow_jac.decoded_output`.
+
+    Raises:
+        ConversionError: the file is malformed or its stream does not decode (the message names ``src``; with
+            ``name_source`` false, a stream's error comes as the codec raised it, for a batch that names files
+            itself).
     """
     from PIL import Image
 
     from . import decoded_output
     from .codec import CodecError, decode
+    from .entropy_coding import EntropyCodingError
     from .save_metadata import without_orientation
     from .size_limit import check_declared_size
 
@@ -307,8 +315,10 @@ def decode_file(src: Path, dst: Path, *, device: str | None = None, force: bool 
     jac, _ = read_jac(src)  # first: a missing or damaged input is reported as such, not as a problem of the output
     if out is None and not force:
         _check_not_an_original(src, dst)
-    check_declared_size(*jac.size, error=CodecError, warn=True)  # as Image.open would
-    pixels = decode(jac, device=device)
+    kinds = (CodecError, EntropyCodingError, container.JacFormatError, MemoryError)  # the file's own errors
+    with _naming(src, name_source, kinds):
+        check_declared_size(*jac.size, error=CodecError, warn=True)  # as Image.open would
+        pixels = decode(jac, device=device)
     im = Image.frombytes(jac.mode, jac.size, memoryview(pixels).cast("B"))  # decode returns a contiguous array
     try:
         im = decoded_output.for_format(im, fmt)
@@ -434,7 +444,7 @@ def convert_file(
     if to == "jac":
         encode_file(Path(src), Path(dst), quality, effort=effort, device=device, name_source=False, **(extra or {}))
     else:
-        decode_file(Path(src), Path(dst), device=device, force=force)
+        decode_file(Path(src), Path(dst), device=device, force=force, name_source=False)
     return os.path.getsize(src), os.path.getsize(dst)
 
 
