@@ -27,7 +27,6 @@ from .weights import DECODER_PREFIXES, ENCODER_PREFIXES, Z_DENSITY_PREFIXES, Wei
 __all__ = [
     "ENCODER_CONFIG_FIELDS",
     "HASH_HEX_DIGITS",
-    "content_hash",
     "decoder_hash",
     "encoder_hash",
     "header_hash",
@@ -43,25 +42,6 @@ _ENCODER_DOMAIN_WITHOUT_DENSITY = b"JAC encoder 1\n"
 ENCODER_CONFIG_FIELDS = ("lambdas",)
 #: the hex digits of each hash a manifest records (SPEC.md section 9.3)
 HASH_HEX_DIGITS = 2 * WEIGHTS_HASH_BYTES
-
-
-def content_hash(tensors: dict[str, torch.Tensor]) -> bytes:
-    """8-byte SHA-256 prefix over the sorted tensor names, dtypes, shapes and bytes.
-
-    Example:
-        >>> import torch
-        >>> a = content_hash({"a": torch.zeros(2, dtype=torch.int32)})
-        >>> len(a), a == content_hash({"a": torch.zeros(2, dtype=torch.int32)})
-        (8, True)
-        >>> a == content_hash({"a": torch.zeros(2, dtype=torch.int64)})
-        False
-    """
-    h = hashlib.sha256()
-    for name in sorted(tensors):
-        t = tensors[name].detach().contiguous().cpu()
-        h.update(f"{name}|{str(t.dtype)}|{tuple(t.shape)}|".encode())
-        h.update(_little_endian_bytes(t))
-    return h.digest()[:WEIGHTS_HASH_BYTES]
 
 
 def _is_decoder(name: str) -> bool:

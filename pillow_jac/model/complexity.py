@@ -3,7 +3,7 @@
 Every convolution counts ``C_in * k * k`` per output value (a transposed one ``C_out * k * k`` per
 input value) and GDN its ``C x C`` mixing per value, on one 64x64 input; each network's work is
 proportional to the pixels, so the figure holds at any size. Element-wise work (likelihoods, gains)
-is left out. Used for the GPU session's share of peak (:mod:`pillow_jac.training.gpu_session`) and
+is left out. Used for the GPU session's share of peak (:mod:`pillow_jac.training.gpu_report`) and
 the study's cost table (:mod:`pillow_jac.study.evaluate`).
 """
 
