@@ -69,11 +69,12 @@ from typing import Any
 from PIL import Image
 
 from . import ray_cluster
-from .batch_plan import Progress, batch_settings, file_options, is_done, plan, plan_batch, shown_name
+from .batch_plan import Progress, file_options, plan, plan_batch, shown_name
 from .constants import DEFAULT_EFFORT, DEFAULT_QUALITY, validate_effort, validate_quality
 from .preview import asked as asked_preview
 from .preview import preview_size
 from .ray_worker import FileResult, Report, Worker
+from .resume_checks import batch_settings, is_done
 from .source_record import SourceRecord, note_made, note_started
 from .targets import validate_targets
 

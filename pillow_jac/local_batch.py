@@ -40,12 +40,13 @@ from typing import IO, Any
 
 from PIL import Image
 
-from .batch_plan import ATTEMPTS, Progress, batch_settings, done_before, file_options, plan_batch, shown_name
+from .batch_plan import ATTEMPTS, Progress, file_options, plan_batch, shown_name
 from .codec_steps import TORCH_MODULES
 from .constants import DEFAULT_EFFORT, DEFAULT_QUALITY
 from .conversion import ConversionError, convert_noting_warnings, one_line, show_warning
 from .files import remove_orphaned_temporaries
 from .openmp_wait import passive_unless_chosen
+from .resume_checks import batch_settings, done_before
 from .source_record import SourceRecord, note_made, note_started
 
 __all__ = ["run_batch"]
@@ -102,7 +103,7 @@ def run_batch(
     (two inputs for one output): :func:`pillow_jac.batch_plan.plan_batch`. ``target_size``, ``target_psnr``,
     ``preview``, ``strip`` and ``model`` are as in :func:`pillow_jac.conversion.encode_file`, for every file.
     ``workers > 1`` uses that many worker processes. With ``resume``, an output already done
-    (:func:`pillow_jac.batch_plan.is_done`), and made from its source as the source is now
+    (:func:`pillow_jac.resume_checks.is_done`), and made from its source as the source is now
     (:meth:`pillow_jac.source_record.SourceRecord.changed`), is skipped, so that a stopped batch run again
     continues where it stopped, as on Ray.
 

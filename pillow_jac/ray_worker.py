@@ -15,9 +15,9 @@ from typing import Any
 
 from PIL import Image
 
-from .batch_plan import done_before
 from .conversion import convert_noting_warnings, one_line
 from .peak_memory import peak_rss_bytes
+from .resume_checks import done_before
 
 __all__ = ["FileResult", "Report", "Worker"]
 

@@ -1,7 +1,7 @@
 """Which source each output of a batch was made from, so that a later batch does not replace it with another's.
 
 ``jac batch A out`` and then ``jac batch B out`` both write ``out/a.jac`` when both folders hold an ``a.png``;
-by name, time and size alone (:func:`pillow_jac.batch_plan.is_done`) the second run cannot tell its ``a.png``
+by name, time and size alone (:func:`pillow_jac.resume_checks.is_done`) the second run cannot tell its ``a.png``
 from the first's, and would replace the output made from A (perhaps the only copy of that picture left). A
 batch therefore notes, in a hidden file of its output folder (:data:`RECORD_NAME`, one JSON line per converted
 file: the output's path in the folder, and the source's path, size and modification time; a record read with
@@ -69,7 +69,7 @@ def note_made(
 ) -> None:
     """Add to ``out_dir``'s record that ``dst`` was made from ``src`` (OSError where it cannot: see :func:`_note`).
 
-    ``settings``: what the batch made it with (:func:`pillow_jac.batch_plan.batch_settings`), or None.
+    ``settings``: what the batch made it with (:func:`pillow_jac.resume_checks.batch_settings`), or None.
     """
     _note(out_dir, [(src, dst)], {} if settings is None else {"settings": settings})
 
