@@ -25,7 +25,8 @@ How it runs:
   stays bounded whatever the number of files.
 * **Errors.** A file that fails is reported in :attr:`Report.failed` (one line each, as ``jac batch``
   prints) and the others go on. A worker that dies (killed for memory, a lost node) is replaced; the file
-  it was converting is tried once more, and fails alone if it kills that worker too.
+  it was converting is tried once more, and fails alone if it kills that worker too. A file sent to a worker
+  that had died idle is not charged for it (:mod:`pillow_jac.ray_driver`).
 * **Resume.** With ``resume=True`` (the default) a file whose output is done is skipped, so a batch
   that was stopped continues where it was when run again. Writes are atomic, so an output that exists is
   complete; :func:`is_done` also redoes outputs older than their input and ``.jac`` files of another

@@ -8,7 +8,25 @@ Which file that was is known only when the actor died with one call unfinished: 
 (``os._exit``, the out-of-memory killer) can take with it the result of a call it had finished but not yet
 sent, so a death that leaves several calls unfinished charges none of them. They become *suspects*, queued
 again in their order, and each suspect is converted alone: submitted to an actor with no other call, which
-takes none until it is back. A suspect's death is then its own.
+takes none until it is back. A suspect's death is then its own. A suspect that no actor may take yet is
+passed by the files behind it, which go to the actors that may take them; the order is kept otherwise.
+
+An actor can also die with no call in flight (its node lost, the out-of-memory killer), unnoticed until a
+file sent to it fails, with the error of a file that killed it: :class:`ray.exceptions.ActorDiedError` is
+raised "either because the actor process dies while executing a task, or because a task is submitted to a
+dead actor" (its documentation; none of its attributes, nor its message, tells which). So a file sent to an
+actor that has converted a file and has no call in flight follows a *probe*, a call of its ``info()``: an
+actor runs one caller's calls in the order they were submitted (Ray's "Actor Task Execution Order"), so a
+probe that comes back shows the actor alive when the file's call started, and the death is the file's. When
+the probe does not come back either, the actor may have died before any of its unfinished calls ran: they
+are queued again, uncharged and not suspects. (A file that kills its actor at once can take the probe's
+result with it, as above; it is charged where it meets an actor that needs no probe: a new one, or one with
+a call in flight.)
+
+The replacements are bounded by the files: a death either charges a file (at most :data:`ATTEMPTS` times
+each), or makes at least two files suspects (suspects die only alone: at most one such death per two files),
+or follows a probe that did not come back, and only actors that converted a file are probed (a different file
+for each actor: at most one such death per file). So at most ``files * (ATTEMPTS + 1.5)`` actors are replaced.
 """
 
 from __future__ import annotations
@@ -45,14 +63,16 @@ def run(
     An actor takes files once it has started, so actors the cluster cannot place yet only wait. An actor
     that dies (its process killed, its node lost) is replaced. A death that leaves one call unfinished charges
     its file one of its :data:`ATTEMPTS`; one that leaves several makes them suspects, converted alone from then
-    on (the module's notes). So a file that kills every worker it meets fails alone, and the number of
-    replacements is bounded by the files: a death either charges a file or makes at least two files suspects,
-    and suspects die only alone.
+    on; one that may have come before its calls reached it (its probe unanswered) charges none (the module's
+    notes, which also bound the replacements).
     """
     report = Report()
     actors: list[Any] = []
     starting: dict[Any, Any] = {}  # the info() call of an actor that has not started yet -> the actor
     pending: dict[Any, tuple[Any, str, str]] = {}  # a submitted call -> its actor, source and output
+    in_flight: dict[Any, int] = {}  # an actor -> how many of its calls are in pending
+    probes: dict[Any, Any] = {}  # an actor -> its probe, until a result of its comes back (the module's notes)
+    converted: set[Any] = set()  # the actors that a result came back from
     slots: deque = deque()
     started_any, start = False, 0.0
     start_error: BaseException | None = None  # why the first actor that could not start failed
@@ -68,6 +88,12 @@ def run(
         actors.append(actor)
         starting[actor.info.remote()] = actor
 
+    def submit(actor: Any, src: str, dst: str) -> None:
+        if not in_flight.get(actor) and actor in converted:
+            probes[actor] = actor.info.remote()
+        in_flight[actor] = in_flight.get(actor, 0) + 1
+        pending[actor.convert.remote(src, dst, *options(src, dst))] = (actor, src, dst)
+
     try:
         for _ in range(workers):
             add_actor()
@@ -75,17 +101,16 @@ def run(
         attempts: dict[str, int] = {}
         dead: set[Any] = set()
         while todo or pending:
-            waiting = []  # slots that cannot take the next file now: their actor converts a suspect, or it is busy
+            waiting = []  # slots that take no file now: their actor converts a suspect, or only suspects are left
             while todo and slots:
                 actor = slots.popleft()
                 if actor in dead:
                     continue
-                src, dst = todo.peek()
-                if suspects and not _may_take(actor, src, pending, suspects):
+                item = _next_file(actor, todo, pending, suspects)
+                if item is None:
                     waiting.append(actor)
                     continue
-                todo.popleft()
-                pending[actor.convert.remote(src, dst, *options(src, dst))] = (actor, src, dst)
+                submit(actor, *item)
             slots.extend(waiting)
             if not pending and not starting:
                 why = "" if start_error is None else f": {_cause(start_error)}"
@@ -118,14 +143,19 @@ def run(
                 try:
                     result = ray.get(ref)
                 except _deaths(ray):
-                    _lost(ray, actor, pending, todo, attempts, suspects, finish)
+                    _lost(ray, actor, probes.pop(actor, None), pending, todo, attempts, suspects, finish)
                     dead.add(actor)
+                    in_flight.pop(actor, None)
+                    converted.discard(actor)
                     if todo:  # a replacement only for files left to convert
                         add_actor()
                     continue
                 except ray.exceptions.RayError as e:  # e.g. a result that could not be transferred
                     result = FileResult(src, dst, "failed", one_line(e))
                 del pending[ref]
+                in_flight[actor] -= 1
+                converted.add(actor)
+                probes.pop(actor, None)  # alive after this call: the next one starts on a live actor
                 slots.append(actor)
                 finish(result)
         report.seconds = time.perf_counter() - start if started_any else 0.0
@@ -145,13 +175,21 @@ def run(
             ray.kill(actor)
 
 
-def _may_take(actor: Any, src: str, pending: dict[Any, tuple[Any, str, str]], suspects: set[str]) -> bool:
-    """Whether ``actor`` may take ``src`` now: a suspect only with no other call, and nothing while it converts one.
+def _next_file(
+    actor: Any, todo: _Queue, pending: dict[Any, tuple[Any, str, str]], suspects: set[str]
+) -> tuple[str, str] | None:
+    """The file ``actor`` takes next, taken out of ``todo``; None where it may take none now.
 
-    Read from the calls submitted, only while there are suspects (after a death, until they are done).
+    The first file, but a suspect only with no other call, and nothing while it converts one: an actor with other
+    calls passes the suspects (which keep their places) and takes the first file that is none. Read from the calls
+    submitted, only while there are suspects (after a death, until they are done).
     """
+    if not suspects:
+        return todo.popleft()
     mine = [submitted for owner, submitted, _ in pending.values() if owner is actor]
-    return not mine if src in suspects else not any(submitted in suspects for submitted in mine)
+    if any(submitted in suspects for submitted in mine):
+        return None
+    return todo.popleft() if not mine else todo.pop_first_not_in(suspects)
 
 
 class _Queue:
@@ -181,10 +219,30 @@ class _Queue:
     def peek(self) -> tuple[str, str]:
         """The next file, left in the queue."""
         if not self._back:
-            src, dst = next(self._fresh)
-            self._left -= 1
-            self._back.append((str(src), str(dst)))
+            self._pull()
         return self._back[0]
+
+    def pop_first_not_in(self, passed: set[str]) -> tuple[str, str] | None:
+        """The first file whose source is not in ``passed``, taken out; those before it keep their places.
+
+        None where every file left is in ``passed``. Only those are looked at, and the file after them.
+        """
+        i = 0
+        while i < len(self._back) or self._left:
+            if i == len(self._back):
+                self._pull()
+            item = self._back[i]
+            if item[0] not in passed:
+                del self._back[i]
+                return item
+            i += 1
+        return None
+
+    def _pull(self) -> None:
+        """Move the next file of ``jobs`` behind those put back."""
+        src, dst = next(self._fresh)
+        self._left -= 1
+        self._back.append((str(src), str(dst)))
 
     def appendleft(self, item: tuple[str, str]) -> None:
         self._back.appendleft(item)
@@ -202,6 +260,7 @@ def _deaths(ray: Any) -> tuple[type[BaseException], ...]:
 def _lost(
     ray: Any,
     actor: Any,
+    probe: Any,
     pending: dict[Any, tuple[Any, str, str]],
     todo: _Queue,
     attempts: dict[str, int],
@@ -210,32 +269,34 @@ def _lost(
 ) -> None:
     """Take a dead actor's calls back.
 
-    Those it finished are reported. One unfinished call alone is the one it died converting: charged an attempt,
-    and queued again while attempts are left. Several unfinished calls are queued again uncharged, as suspects:
-    the oldest may have finished with its result lost in the death (the module's notes).
+    Those it finished are reported. With ``probe`` (the actor's probe, sent before its calls that are still
+    pending) unanswered, the actor may have died before any of them ran: the unfinished ones are queued again,
+    uncharged. Else one unfinished call alone is the one it died converting: charged an attempt, and queued
+    again while attempts are left. Several unfinished calls are queued again uncharged, as suspects: the oldest
+    may have finished with its result lost in the death (the module's notes).
     """
     calls = [(ref, src, dst) for ref, (owner, src, dst) in pending.items() if owner is actor]  # submission order
     for ref, _, _ in calls:
         del pending[ref]
     # A call it finished just before dying may still be on its way: every call's outcome is waited for (they
     # all end soon, with a result or the actor's death), or a finished call would be taken for the running one.
-    ray.wait([ref for ref, _, _ in calls], num_returns=len(calls), timeout=_SETTLE_SECONDS)
+    refs = [ref for ref, _, _ in calls] + ([] if probe is None else [probe])
+    ray.wait(refs, num_returns=len(refs), timeout=_SETTLE_SECONDS)
     unfinished = []
     for ref, src, dst in calls:
-        try:
-            result = ray.get(ref, timeout=0)
-        except ray.exceptions.RayError:  # died before finishing it (or its outcome did not come in time)
-            result = None
+        result = _outcome(ray, ref)
         if result is None:
             unfinished.append((src, dst))
         else:
             finish(result)
-    if len(unfinished) > 1:
-        suspects.update(src for src, _ in unfinished)
+    if not unfinished:
+        return
+    unanswered = probe is not None and _outcome(ray, probe) is None
+    if unanswered or len(unfinished) > 1:
+        if not unanswered:
+            suspects.update(src for src, _ in unfinished)
         for item in reversed(unfinished):
             todo.appendleft(item)
-        return
-    if not unfinished:
         return
     src, dst = unfinished[0]
     attempts[src] = attempts.get(src, 0) + 1
@@ -243,6 +304,14 @@ def _lost(
         todo.appendleft((src, dst))
         return
     finish(FileResult(src, dst, "failed", "the worker died converting it (out of memory? a lost node?)"))
+
+
+def _outcome(ray: Any, ref: Any) -> Any:
+    """The result of a call that is back, else None (its actor died before finishing it, or it is not back yet)."""
+    try:
+        return ray.get(ref, timeout=0)
+    except ray.exceptions.RayError:
+        return None
 
 
 def _cause(exc: BaseException) -> str:

@@ -15,7 +15,6 @@ import signal
 import sys
 import tempfile
 import time
-import types
 from pathlib import Path
 
 import pytest
@@ -742,117 +741,6 @@ def test_is_done_of_a_large_source_does_not_warn(tmp_path: Path, monkeypatch) ->
         assert not distributed.is_done(tmp_path / "missing.png", dst, "jac", 3)
 
 
-class _FakeRef:
-    def __init__(self, actor, kind: str, src: str = "", dst: str = "") -> None:
-        self.actor, self.kind, self.src, self.dst = actor, kind, src, dst
-        self.done, self.value, self.error, self.in_transit = False, None, None, False
-
-
-class _FakeActor:
-    """An actor of :class:`_FakeRay`: runs its queued calls in order at a blocking wait; a "poison" file kills it.
-
-    A result it finished becomes visible only at the next blocking wait (still on its way to the driver), as a
-    result can be when its actor dies right after; with ``loses_replies``, such a result is lost with the actor
-    (a process that exits at once does not send what it had not sent yet)."""
-
-    def __init__(self, ray, loses_replies: bool = False) -> None:
-        self.ray, self.queue, self.alive, self.loses_replies = ray, [], True, loses_replies
-        self.info = types.SimpleNamespace(remote=lambda: self._call("info"))
-        self.convert = types.SimpleNamespace(remote=lambda src, dst, *options: self._call("convert", src, dst))
-        ray.actors.append(self)
-
-    def _call(self, kind: str, src: str = "", dst: str = "") -> _FakeRef:
-        ref = _FakeRef(self, kind, src, dst)
-        if self.alive:
-            self.queue.append(ref)
-        else:
-            ref.done, ref.error = True, self.ray.exceptions.RayActorError("dead")
-        return ref
-
-    def run_queue(self) -> None:
-        for ref in self.queue:
-            if ref.in_transit:
-                ref.done, ref.in_transit = True, False
-            elif not ref.done and self.alive:
-                if "poison" in ref.src:
-                    self.alive = False
-                    ref.done, ref.error = True, self.ray.exceptions.RayActorError("died")
-                    for sent in self.queue if self.loses_replies else ():  # replies not yet sent die with it
-                        if sent.in_transit:
-                            sent.done, sent.in_transit, sent.error = True, False, ref.error
-                elif ref.kind == "info":
-                    ref.done, ref.value = True, {"pid": id(self)}
-                else:
-                    ref.in_transit, ref.value = True, distributed.FileResult(ref.src, ref.dst, "done", None, 1, 1)
-            elif not ref.done:
-                ref.done, ref.error = True, self.ray.exceptions.RayActorError("died")
-        self.queue = [ref for ref in self.queue if not ref.done]
-
-
-class _FakeRay:
-    def __init__(self) -> None:
-        class RayError(Exception):
-            pass
-
-        class RayActorError(RayError):
-            pass
-
-        self.exceptions = types.SimpleNamespace(RayError=RayError, RayActorError=RayActorError)
-        self.actors: list[_FakeActor] = []
-
-    def wait(self, refs, num_returns=1, timeout=None):
-        if timeout != 0:
-            for _ in range(100):
-                if sum(r.done for r in refs) >= num_returns:
-                    break
-                for actor in list(self.actors):
-                    actor.run_queue()
-        ready = [r for r in refs if r.done]
-        return ready, [r for r in refs if not r.done]
-
-    def get(self, ref, timeout=None):
-        if not ref.done:
-            raise self.exceptions.RayError("not ready")
-        if ref.error is not None:
-            raise ref.error
-        return ref.value
-
-    def cancel(self, ref):
-        pass
-
-    def kill(self, actor):
-        actor.alive = False
-
-
-def test_a_result_on_its_way_when_its_actor_dies_is_not_taken_for_the_running_call() -> None:
-    """An actor that finished ``b`` and then died on ``poison``: ``b``'s result, still on its way, looked like an
-    unfinished call, so ``b`` (the oldest) was charged for the death, twice, and failed instead of ``poison``."""
-    ray = _FakeRay()
-    jobs = {Path(f"/in/{n}.png"): Path(f"/out/{n}.jac") for n in ("b", "poison", "c")}
-    seen: list[str] = []
-    report = ray_driver.run(
-        ray, jobs, lambda: _FakeActor(ray), 1, 2, lambda src, dst: ("jac",), lambda r: seen.append(r.src)
-    )
-    assert [Path(f.src).stem for f in report.failed] == ["poison"], report.failed
-    assert report.done == 2 and sorted(seen) == sorted(str(p) for p in jobs)
-
-
-def test_a_finished_call_whose_reply_dies_with_its_actor_is_not_charged() -> None:
-    """An actor that finished ``b`` and died on ``poison`` before sending ``b``'s result: both calls ended with the
-    actor's death, so ``b`` (the older) was charged for it, at every try, and failed beside ``poison`` (as a
-    clean-checkout CI run saw on a real Ray)."""
-    ray = _FakeRay()
-    names = ("b", "poison1", "a", "poison2", "c", "d")
-    jobs = {Path(f"/in/{n}.png"): Path(f"/out/{n}.jac") for n in names}
-    seen: list[str] = []
-    report = ray_driver.run(
-        ray, jobs, lambda: _FakeActor(ray, loses_replies=True), 1, 2, lambda src, dst: ("jac",), seen.append
-    )
-    assert sorted(Path(f.src).stem for f in report.failed) == ["poison1", "poison2"], report.failed
-    assert report.done == 4 and sorted(r.src for r in seen) == sorted(str(p) for p in jobs)
-    assert len(ray.actors) <= 1 + len(jobs) * batch_plan.ATTEMPTS  # replacements stay bounded by the files
-
-
 def test_ray_progress_names_files_as_jac_batch_does(tmp_path: Path, capsys, monkeypatch) -> None:
     """``jac batch --ray`` printed the absolute paths the workers get; ``jac batch`` names a file as the folder
     was typed."""
@@ -887,24 +775,6 @@ def test_cli_sizes_the_ray_workers(monkeypatch, capsys, tmp_path: Path) -> None:
     with pytest.raises(SystemExit):
         main([*base[:-1], "--worker-cpus", "2"])  # without --ray
     assert "--worker-cpus is an option of --ray" in capsys.readouterr().err
-
-
-def test_workers_that_cannot_start_say_why() -> None:
-    """An actor failing in its ``__init__`` (a bad device, a missing model) was dropped with its error: the user
-    saw only "the Ray workers could not start"."""
-    ray = _FakeRay()
-
-    class NotStarting(_FakeActor):
-        def _call(self, kind: str, src: str = "", dst: str = "") -> _FakeRef:
-            ref = _FakeRef(self, kind, src, dst)
-            message = "The actor died in its creation task\nTraceback (most recent call last):\nValueError: bad device"
-            ref.done, ref.error = True, self.ray.exceptions.RayActorError(message)
-            return ref
-
-    jobs = {Path("/in/a.png"): Path("/out/a.jac")}
-    with pytest.raises(RuntimeError, match="the Ray workers could not start: ValueError: bad device") as info:
-        ray_driver.run(ray, jobs, lambda: NotStarting(ray), 2, 1, lambda src, dst: ("jac",), lambda r: None)
-    assert isinstance(info.value.__cause__, ray.exceptions.RayActorError)
 
 
 def test_a_worker_takes_the_drivers_pixel_limit(photos: Path, tmp_path: Path, monkeypatch) -> None:
