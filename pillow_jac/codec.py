@@ -129,8 +129,8 @@ def encode_with(engine, arr, layout: str, quality: float, effort: int, fields: d
     after its checks, which :func:`~pillow_jac.codec_batch.encode_batch` shares for an image it runs alone.
     """
     with steps.allocation_errors_as_memory_errors(arr.shape[1], arr.shape[0]):
-        z_hat, y_hat = steps.analyze_image(color_planes(arr, layout), quality, engine, effort)
-        z_stream, y_stream = steps.encode_latents(engine, z_hat, y_hat)
+        symbols = steps.analyze_image(color_planes(arr, layout), quality, engine, effort)
+        z_stream, y_stream = steps.streams_of(engine, *symbols)
     return file_bytes(fields, quality, engine, z_stream, y_stream)
 
 
@@ -159,7 +159,8 @@ def encode_symbols(
     effort = validate_effort(DEFAULT_EFFORT if effort is None else effort)
     engine = steps.encoder_engine(device, weights, model)
     with steps.allocation_errors_as_memory_errors(arr.shape[1], arr.shape[0]):
-        return steps.analyze_image(color_planes(arr, layout), q, engine, effort)
+        latents, _ = steps.analyze_image(color_planes(arr, layout), q, engine, effort)
+        return latents
 
 
 def decode_symbols(data, *, device=None, weights=None) -> tuple[np.ndarray | None, np.ndarray]:

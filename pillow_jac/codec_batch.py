@@ -114,12 +114,11 @@ def _naming_item(index: int, *errors: type[BaseException]) -> Iterator[None]:
         raise
 
 
-def _analyze_batch(
-    colors: list[np.ndarray], quality: float, engine, effort: int
-) -> list[tuple[np.ndarray | None, np.ndarray]]:
+def _analyze_batch(colors: list[np.ndarray], quality: float, engine, effort: int) -> list[tuple]:
     """The per-image analysis for images of one latent shape, each one stripe: g_a, the gains and h_a in one pass.
 
-    Effort above 0 then refines each image's latents on its own, starting from its slice of the batch.
+    Effort above 0 then refines each image's latents on its own, starting from its slice of the batch. Each
+    image's ``(latents, streams or None)``, as :func:`pillow_jac.image_transforms.symbols` returns them.
     """
     transforms = steps.transforms()
     y = transforms.analyze(engine, colors)
@@ -210,8 +209,8 @@ def encode_batch(
         colors = [color_planes(*arrays[i]) for i in members]
         height, width = arrays[members[0]][0].shape[:2]
         with steps.allocation_errors_as_memory_errors(width, height):
-            for i, (z_hat, y_hat) in zip(members, _analyze_batch(colors, q, engine, effort), strict=True):
-                z_stream, y_stream = steps.encode_latents(engine, z_hat, y_hat)
+            for i, symbols in zip(members, _analyze_batch(colors, q, engine, effort), strict=True):
+                z_stream, y_stream = steps.streams_of(engine, *symbols)
                 out[i] = file_bytes(fields[i], q, engine, z_stream, y_stream)
     return out
 

@@ -269,8 +269,14 @@ def file_and_decoder(data, device, weights, *, alpha: bool = True):
     return jac, decoder_engine(jac, device, weights)
 
 
-def analyze_image(color: np.ndarray, quality: float, engine, effort: int = 0) -> tuple[np.ndarray | None, np.ndarray]:
-    """g_a and h_a on the padded image, then rounding (or refinement): the latents ``(z_hat, y_hat)``."""
+def analyze_image(
+    color: np.ndarray, quality: float, engine, effort: int = 0
+) -> tuple[tuple[np.ndarray | None, np.ndarray], tuple[bytes, bytes] | None]:
+    """g_a and h_a on the padded image, then rounding (or refinement): the latents ``(z_hat, y_hat)``.
+
+    Returned with their coded streams where the effort's real check coded them, else None
+    (:func:`pillow_jac.image_transforms.symbols`); :func:`streams_of` takes both.
+    """
     steps = transforms()
     y = steps.analyze(engine, [color])
     y, z = steps.hyper_analyze(engine, y, quality, color.shape[0] * color.shape[1])
@@ -280,6 +286,17 @@ def analyze_image(color: np.ndarray, quality: float, engine, effort: int = 0) ->
 def encode_latents(engine, z_hat: np.ndarray | None, y_hat: np.ndarray) -> tuple[bytes, bytes]:
     """The coded streams ``(z, y)`` of integer latents (CODING.md section 2), counted as torch work."""
     return transforms().coded(engine, z_hat, y_hat)
+
+
+def streams_of(
+    engine, latents: tuple[np.ndarray | None, np.ndarray], streams: tuple[bytes, bytes] | None
+) -> tuple[bytes, bytes]:
+    """The coded streams ``(z, y)`` of latents: ``streams`` where choosing the latents coded them, else theirs.
+
+    The arguments are what :func:`analyze_image` and :func:`pillow_jac.image_transforms.symbols` return; an
+    encode so codes its latents once (:func:`encode_latents` only where nothing coded them yet).
+    """
+    return streams if streams is not None else encode_latents(engine, *latents)
 
 
 def decode_latents(jac: container.JacFile, engine) -> tuple[np.ndarray | None, np.ndarray]:

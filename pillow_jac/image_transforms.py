@@ -214,14 +214,17 @@ def hyper_analyze(engine, y: torch.Tensor, quality: float, pixels: int) -> tuple
 
 def symbols(
     engine, y: torch.Tensor, z: torch.Tensor | None, quality: float, effort: int, color: np.ndarray
-) -> tuple[np.ndarray | None, np.ndarray]:
+) -> tuple[tuple[np.ndarray | None, np.ndarray], tuple[bytes, bytes] | None]:
     """One image's integer latents ``(z_hat, y_hat)``: its scaled ``y`` and ``z`` refined at ``effort`` and rounded.
 
-    ``color`` is the image's ``(H, W, 3)`` colour planes, the target of the refinement.
+    ``color`` is the image's ``(H, W, 3)`` colour planes, the target of the refinement. Returns the latents
+    and their coded streams ``(z, y)`` where choosing them coded them (an image of up to
+    :data:`~pillow_jac.constants.EFFORT_REAL_CHECK_PIXELS` whose search changed a latent: the effort's real
+    check, :mod:`pillow_jac.model.refine`), else None: :func:`pillow_jac.codec_steps.streams_of` codes them once.
     """
     height, width = color.shape[:2]
     if not effort:
-        return _symbols_of(y, z)
+        return _symbols_of(y, z), None
     from .model.refine import refine_latents
 
     with torch_work(height * width, engine):
@@ -230,11 +233,12 @@ def symbols(
             (height, width), EFFORT_ITERATIONS[effort],
         ))  # fmt: skip
     if height * width > EFFORT_REAL_CHECK_PIXELS:  # on a 16x16 image 2 estimated bytes saved became 1 dB lost
-        return refined
+        return refined, None
     plain = _symbols_of(y, z)
     if all(np.array_equal(a, b) for a, b in zip(plain, refined, strict=True)):
-        return plain  # the search kept every latent: nothing to compare
-    return min((plain, refined), key=lambda latents: _real_loss(engine, latents, quality, color))
+        return plain, None  # the search kept every latent: nothing to compare
+    candidates = [(latents, coded(engine, *latents)) for latents in (plain, refined)]
+    return min(candidates, key=lambda candidate: _real_loss(engine, *candidate, quality, color))
 
 
 def _symbols_of(y: torch.Tensor, z: torch.Tensor | None) -> tuple[np.ndarray | None, np.ndarray]:
@@ -252,12 +256,12 @@ def coded(engine, z_hat: np.ndarray | None, y_hat: np.ndarray) -> tuple[bytes, b
         return engine.latents.encode(z_hat, y_hat)
 
 
-def _real_loss(engine, latents: tuple[np.ndarray | None, np.ndarray], quality: float, color: np.ndarray) -> float:
-    """``lambda * 255^2 * MSE + bpp`` of the real file of ``latents``: its coded streams and its decoded pixels."""
+def _real_loss(engine, latents: tuple, streams: tuple[bytes, bytes], quality: float, color: np.ndarray) -> float:
+    """``lambda * 255^2 * MSE + bpp`` of the real file of ``latents``: its coded ``streams`` and its decoded pixels."""
     from .model.objective import quality_lambda
 
-    z_hat, y_hat = latents
-    z_stream, y_stream = coded(engine, z_hat, y_hat)
+    _, y_hat = latents
+    z_stream, y_stream = streams
     (pixels,) = synthesize(engine, [y_hat], [quality], [color.shape[:2]])
     mse = float(np.mean((pixels.astype(np.float64) - color) ** 2)) / 255.0**2
     with torch.device("cpu"):  # not a default device the caller set

@@ -118,6 +118,10 @@ class Candidates:
     # -- latents and files -------------------------------------------------------------------------
     def latents(self, q16: int, effort: int = 0) -> tuple[np.ndarray | None, np.ndarray]:
         """``(z_hat, y_hat)`` at quality ``q16 / 256`` (the last few are kept)."""
+        return self._symbols(q16, effort)[0]
+
+    def _symbols(self, q16: int, effort: int) -> tuple:
+        """The latents at quality ``q16 / 256`` and their streams or None (``image_transforms.symbols``)."""
         key = (q16, effort)
         if key not in self._latents:
             self._latents = {k: v for k, v in list(self._latents.items())[-3:]}
@@ -138,8 +142,7 @@ class Candidates:
 
     def encode(self, q16: int, effort: int = 0) -> bytes:
         """The file at quality ``q16 / 256``: a real encode (exact entropy coding)."""
-        z_hat, y_hat = self.latents(q16, effort)
-        z_stream, y_stream = codec_steps.encode_latents(self.engine, z_hat, y_hat)
+        z_stream, y_stream = codec_steps.streams_of(self.engine, *self._symbols(q16, effort))
         self.encodes += 1
         return self._file(q16, z_stream, y_stream)
 
