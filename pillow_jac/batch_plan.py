@@ -260,6 +260,18 @@ def _originals(sources: list[Path], shown: Callable[[Path], str]) -> list[Path]:
     return kept
 
 
+def check_encoder(to: str, model: str | None) -> None:
+    """For a batch to ``.jac``, refuse a ``model`` (or ``JAC_WEIGHTS``) that cannot encode here once, before any file.
+
+    Raises:
+        ModelNotInstalledError: :func:`pillow_jac.generations.encoder`'s (else every file would fail alike).
+    """
+    if to == "jac":
+        from .generations import encoder
+
+        encoder(model)
+
+
 def file_options(to: str, *, target_size, target_psnr, preview, strip: bool, model: str | None) -> dict:
     """The options every file of a batch is converted with beyond quality and effort (``convert_file``'s ``extra``).
 

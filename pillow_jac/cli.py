@@ -210,20 +210,9 @@ def _run(args: argparse.Namespace) -> None:
     elif args.command == "info":
         show_info(args.inputs, args.json)
     elif args.command == "batch":
-        if args.to == "jac":  # once, not once per file: a --model or JAC_WEIGHTS that cannot encode here
-            from .generations import encoder
-
-            encoder(args.model)
         if args.ray is not None:
             _run_ray_batch(args)
             return
-        if (args.device or os.environ.get("JAC_DEVICE", "").strip() or "cpu") != "cpu":
-            from .openmp_wait import passive_unless_chosen
-
-            with passive_unless_chosen():  # imports torch: only for a device that may be missing
-                from .engine import resolve_device
-
-            resolve_device(args.device)  # once, not once per file from every worker
         from .local_batch import run_batch
 
         done, skipped, failed = run_batch(

@@ -70,7 +70,7 @@ from typing import Any
 from PIL import Image
 
 from . import ray_cluster
-from .batch_plan import Progress, file_options, plan, plan_batch, shown_name
+from .batch_plan import Progress, check_encoder, file_options, plan, plan_batch, shown_name
 from .constants import DEFAULT_EFFORT, DEFAULT_QUALITY, validate_effort, validate_quality
 from .preview import asked as asked_preview
 from .preview import preview_size
@@ -153,6 +153,7 @@ def convert(
     Raises:
         ImportError: Ray is not installed.
         ValueError: bad options or inputs (see :func:`pillow_jac.batch_plan.plan_batch`).
+        ModelNotInstalledError: ``model`` (or ``JAC_WEIGHTS``) cannot encode here (``to="jac"``).
         RuntimeError: no worker could be started (after one has, files no worker is left for fail instead).
         ConnectionError: ``address`` (``HOST:PORT`` or ``ray://HOST:PORT``) takes no connection, or ``"auto"``
             finds no cluster on this machine.
@@ -172,6 +173,7 @@ def convert(
         raise ValueError("workers and in_flight must be at least 1")
     if not num_cpus > 0 or num_gpus is not None and not num_gpus >= 0:
         raise ValueError("num_cpus must be above 0 and num_gpus at least 0")
+    check_encoder(to, model)  # here, not on every worker for every file
     made_from = SourceRecord(out_dir)
     jobs, clashes = plan_batch(inputs, out_dir, to, recursive=recursive, base_dir=base_dir, record=made_from)
     try:

@@ -40,7 +40,7 @@ from typing import IO, Any
 
 from PIL import Image
 
-from .batch_plan import ATTEMPTS, Progress, file_options, plan_batch, shown_name
+from .batch_plan import ATTEMPTS, Progress, check_encoder, file_options, plan_batch, shown_name
 from .codec_steps import TORCH_MODULES
 from .constants import DEFAULT_EFFORT, DEFAULT_QUALITY
 from .conversion import ConversionError, convert_noting_warnings, one_line, show_warning
@@ -109,7 +109,15 @@ def run_batch(
 
     Raises:
         ConversionError: ``in_dir`` is not a folder or holds no images, or ``out_dir`` is a file.
+        ModelNotInstalledError: ``model`` (or ``JAC_WEIGHTS``) cannot encode here (``to="jac"``).
+        ValueError: ``device`` (or ``JAC_DEVICE``) is not a device this machine has.
     """
+    check_encoder(to, model)  # once, not once per file from every worker
+    if (device or os.environ.get("JAC_DEVICE", "").strip() or "cpu") != "cpu":
+        with passive_unless_chosen():  # imports torch: only for a device that may be missing
+            from .engine import resolve_device
+
+        resolve_device(device)  # once, not once per file from every worker
     stream = sys.stderr if stream is None else stream
     try:
         made_from = SourceRecord(out_dir)

@@ -760,3 +760,19 @@ def test_workers_take_the_batchs_pixel_limit(tmp_path: Path, monkeypatch, capsys
     assert capsys.readouterr().err.count("decompression bomb") == 2
     assert main(["batch", str(photos), str(out), "--to", "jac", "-j", "2", "--quiet", "--max-image-pixels", "0"]) == 0
     assert listing(out) == ["000.jac", "001.jac"]
+
+
+@pytest.mark.parametrize("runner", ["local", "ray"])
+def test_a_batch_refuses_a_model_that_cannot_encode_before_any_file(tmp_path: Path, monkeypatch, runner: str) -> None:
+    """run_batch and distributed.convert check the model once, before planning or writing anything (as jac batch
+    did for both, in the CLI): a library call with a mistyped model failed every file, one by one, on every worker.
+    The Ray path refuses it before it imports Ray."""
+    from pillow_jac import distributed, generations
+    from pillow_jac.local_batch import run_batch
+
+    photos, out = photo_folder(tmp_path, 2)
+    monkeypatch.setitem(sys.modules, "ray", None)  # an import of Ray would fail with ImportError
+    convert = run_batch if runner == "local" else distributed.convert
+    with pytest.raises(generations.ModelNotInstalledError, match="'nope' cannot encode here"):
+        convert(photos, out, "jac", model="nope", progress=False)
+    assert not out.exists()
