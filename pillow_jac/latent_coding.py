@@ -177,17 +177,18 @@ class LatentCoder:
         if context is not None:
             layer = context.layers[0]
             self.reach = h = layer.weight.shape[-1] // 2
+            #: the (row, column) offsets of the causal window, in the order of the context matrix's rows
+            self._taps = causal_taps(2 * h + 1)
             causal = torch.zeros(layer.weight.shape[-2:], dtype=torch.bool)
-            for dr, dc in causal_taps(2 * h + 1):
+            for dr, dc in self._taps:
                 causal[h + dr, h + dc] = True
             if layer.weight.shape[-2] != 2 * h + 1 or bool((layer.weight[:, :, ~causal] != 0).any()):
                 raise ValueError("the context model's kernel is not a masked square window (CODING.md section 3)")
-            taps = torch.stack([layer.weight[:, :, h + dr, h + dc] for dr, dc in causal_taps(2 * h + 1)], dim=0)
-            # rows ordered tap-major, then input channel: matches a (n, taps, M) gather flattened
+            taps = torch.stack([layer.weight[:, :, h + dr, h + dc] for dr, dc in self._taps], dim=0)
+            # rows ordered tap-major, then input channel: matches a (n, taps, M) gather flattened; the
+            # decoder's wavefronts and the encoder's one pass (_context_features) multiply by it
             self._context_matrix = taps.permute(0, 2, 1).reshape(-1, taps.shape[1]).contiguous().to(device)
-            # the kernel's rows -h .. 0: the rows below the centre are masked out, so the encoder's
-            # one-pass convolution skips them (the same integer sums without their zero terms)
-            self._context_upper = layer.weight[:, :, : h + 1].contiguous().to(device)
+            self._context_bias = layer.bias.to(device)
         self.slope = self.reach + 1 if context is not None else 3
 
     @property
@@ -265,16 +266,23 @@ class LatentCoder:
         """From g_ep inputs ``(n, C)`` to the coding parameters of each latent (see :meth:`coding_parameters`)."""
         return self.coding_parameters(self.entropy_parameters.matmul(features))
 
-    def _context_features(self, fixed: torch.Tensor) -> torch.Tensor:
-        """The context model on fixed-point latents ``(1, M, rows, W)``, all positions at once.
+    def _context_features(self, y_hat: np.ndarray, first: int, end: int) -> torch.Tensor:
+        """The context model at latent rows ``[first, end)`` of ``y_hat`` ``(M, Hy, Wy)``: ``(positions, 2M)``.
 
-        Only the kernel's rows at and above the centre can be nonzero (mask "A"), so the input is
-        padded by ``reach`` on the top, left and right and convolved with those rows alone: the same
-        exact integer sums as the full masked kernel, without its zero terms.
+        Each position's causal taps (CODING.md section 4.1: ``reach`` rows above, ``reach`` columns to the
+        left on its own row; zeros beyond the grid) are gathered into one row of a product with the
+        context matrix the decoder uses: the masked convolution's exact integer sums (CODING.md section 3)
+        without the kernel's zero taps, for these rows only (the rows above are read, not computed).
         """
-        layer, h = self.context.layers[0], self.reach
-        acc = F.conv2d(F.pad(fixed, (h, h, h, 0)), self._context_upper, layer.bias.to(fixed.device))
-        return layer.rescale(acc, 1)
+        h, width = self.reach, y_hat.shape[2]
+        top = max(0, first - h)
+        fixed = torch.from_numpy(y_hat[:, top:end]).double().to(self.device) * 2.0**ACTIVATION_BITS
+        # (row, column, channel), with zeros for the rows above the grid and the columns beside it
+        grid = F.pad(fixed, (h, h, h - (first - top), 0)).permute(1, 2, 0)
+        rows = end - first
+        taps = torch.stack([grid[h + dr : h + dr + rows, h + dc : h + dc + width] for dr, dc in self._taps], dim=2)
+        acc = torch.addmm(self._context_bias, taps.view(rows * width, -1), self._context_matrix)
+        return self.context.layers[0].rescale(acc, 1)
 
     def coding_parameters(self, params: torch.Tensor) -> tuple[np.ndarray, ...]:
         """g_ep's integer outputs ``(n, C)`` as what the coder needs, per latent in (position, channel) order.
@@ -339,10 +347,8 @@ class LatentCoder:
             parts = []
             if psi is not None:
                 parts.append(psi[:, a:b].reshape(2 * M, -1).t())
-            if self.context is not None:  # the causal mask reaches `reach` rows up, none down
-                lo = max(0, a - self.reach)
-                fixed = torch.from_numpy(y_hat[:, lo:b]).double().to(self.device).unsqueeze(0) * 2.0**ACTIVATION_BITS
-                parts.append(self._context_features(fixed)[0, :, a - lo :].reshape(2 * M, -1).t())
+            if self.context is not None:
+                parts.append(self._context_features(y_hat, a, b))
             parameters.append(self.table_ids(torch.cat(parts, dim=1)))
         symbols = y_hat.reshape(M, -1).T  # (positions, M)
         encoder = constriction.stream.queue.RangeEncoder()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -10,7 +12,7 @@ from torch import nn
 from pillow_jac.constants import CDF_PRECISION, MEAN_STEPS, SCALE_LEVELS
 from pillow_jac.engine import get_engine
 from pillow_jac.entropy_coding import CodingTables, EntropyCodingError, gaussian_tables, quantize_pmf
-from pillow_jac.latent_coding import CAUSAL_TAPS, wavefront_steps
+from pillow_jac.latent_coding import CAUSAL_TAPS, SYMBOL_LIMIT, wavefront_steps
 from pillow_jac.model.integer import integerize, to_fixed
 from pillow_jac.model.layers import MaskedConv2d
 
@@ -104,6 +106,26 @@ def test_the_decoders_context_matrix_equals_the_masked_convolution():
         taps = torch.stack([padded[:, r + h + dr, c + h + dc] for dr, dc in CAUSAL_TAPS])  # (taps, M)
         acc = taps.reshape(1, -1) @ coder._context_matrix.to(taps.device) + layer.bias
         assert torch.equal(layer.rescale(acc, 1)[0], full[:, r, c]), (r, c)
+
+
+VARIANTS = Path(__file__).resolve().parents[1] / "format_spec" / "vectors" / "variants"
+
+
+@pytest.mark.parametrize("weights", [None, VARIANTS / "mbtc3z-8-12-r001", VARIANTS / "c7g3-8-12-r001"])
+def test_the_encoders_context_features_equal_the_masked_convolution(weights):
+    """The encoder's gathered causal taps (LatentCoder._context_features) give the masked k x k convolution's
+    integers at every position of any stripe of rows (the rows above it read, not computed): the shipped 5x5
+    window and the variants' 3x3 and 7x7, on latents up to the symbol limit."""
+    coder = get_engine("cpu", None if weights is None else weights / "weights.safetensors").latents
+    layer = coder.context.layers[0]
+    assert layer.weight.shape[-1] == 2 * coder.reach + 1 and layer.padding == coder.reach
+    rng = np.random.default_rng(3)
+    y_hat = rng.integers(-20, 21, (coder.M, 11, 9))
+    y_hat[:, ::4, ::3] = rng.choice([-SYMBOL_LIMIT, SYMBOL_LIMIT], y_hat[:, ::4, ::3].shape)
+    full = layer(torch.from_numpy(y_hat).double()[None] * 256)[0]
+    for first, end in [(0, 11), (0, 1), (1, 4), (2, 3), (3, 11), (10, 11)]:
+        expected = full[:, first:end].reshape(coder.M * 2, -1).t()
+        assert torch.equal(coder._context_features(y_hat, first, end), expected), (first, end)
 
 
 @pytest.mark.parametrize(("height", "width"), [(1, 1), (1, 9), (9, 1), (4, 6), (32, 48)])
