@@ -13,12 +13,22 @@ Example:
 from __future__ import annotations
 
 import argparse
+import os
+import re
 from pathlib import Path
 
 from PIL import Image
 
 from . import __version__
-from .constants import DEFAULT_QUALITY, MAX_EFFORT, QUALITY_MAX, QUALITY_MIN, validate_quality
+from .constants import (
+    DEFAULT_QUALITY,
+    DEVICE_CHOICES,
+    DEVICE_PATTERN,
+    MAX_EFFORT,
+    QUALITY_MAX,
+    QUALITY_MIN,
+    validate_quality,
+)
 from .conversion import PROG, STDIO
 from .preview import PREVIEW_SIZE
 
@@ -87,9 +97,22 @@ def _pixel_limit(text: str) -> int | None:
 
 
 def _path(text: str) -> Path:
-    """A file argument; ``-`` is standard input or output, and ``./-`` the file named ``-`` (Path drops ``./``)."""
+    """A file argument; ``-`` is standard input or output, and ``./-`` the file named ``-`` (Path drops ``./``).
+
+    A name that ends in a separator names a folder, never a file (Path would drop the separator, and ``out.jac/``
+    would replace the file ``out.jac``), as ``cp`` and ``cwebp`` refuse it.
+    """
+    if text.endswith(tuple(filter(None, (os.sep, os.altsep)))):
+        raise argparse.ArgumentTypeError(f"{text!r} ends in a separator: it names a folder, not a file")
     path = Path(text)
     return Path.cwd() / path if text != STDIO and str(path) == STDIO else path
+
+
+def _device(text: str) -> str:
+    """A ``--device``, spelt as :data:`~pillow_jac.constants.DEVICE_PATTERN` (whether it is there is known later)."""
+    if re.fullmatch(DEVICE_PATTERN, text) is None:
+        raise argparse.ArgumentTypeError(f"use {DEVICE_CHOICES}, got {text!r}")
+    return text
 
 
 def _jobs(text: str) -> int:
@@ -116,7 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(
             "--device",
             default=None,
-            help="torch device: cpu, cuda, cuda:N or auto (default: $JAC_DEVICE, else cpu)",
+            type=_device,
+            help=f"torch device: {DEVICE_CHOICES} (default: $JAC_DEVICE, else cpu)",
         )
 
     def add_pixel_limit(p: argparse.ArgumentParser) -> None:

@@ -65,6 +65,11 @@ EFFORT_REAL_CHECK_PIXELS = 256 * 256
 #: effort used when the caller gives none
 DEFAULT_EFFORT = 0
 
+#: the devices the codec runs on, as a ``device`` argument or ``JAC_DEVICE`` names them (pillow_jac/engine.py)
+DEVICE_CHOICES = "cpu, cuda, cuda:N or auto"
+#: how such a name is spelt (a regular expression for ``re.fullmatch``)
+DEVICE_PATTERN = r"(cpu|cuda)(:[0-9]+)?|auto"
+
 #: fixed-point fractional bits of the integer network activations and outputs (CODING.md section 3).
 ACTIVATION_BITS = 8
 #: bound of every integer activation: |a| < 2**ACTIVATION_LIMIT_BITS.

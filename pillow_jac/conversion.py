@@ -61,6 +61,10 @@ def _pillow_format_for(path: Path) -> str:
     return fmt
 
 
+#: the extensions of a bare JPEG 2000 codestream (ISO/IEC 15444-1 Annex A), not a JP2 file (Annex I)
+_CODESTREAM_SUFFIXES = (".j2k", ".j2c", ".jpc")
+
+
 #: the file name that stands for standard input (as an input) or standard output (as an output)
 STDIO = "-"
 
@@ -330,10 +334,13 @@ def decode_file(
         del options["icc_profile"]
     if fmt in ("JPEG", "WEBP", "AVIF"):
         options["quality"] = 95
+    if fmt == "JPEG2000" and dst.suffix.lower() in _CODESTREAM_SUFFIXES:
+        options["no_jp2"] = True  # Pillow writes a bare codestream only for a name ending in ".j2k"
+    name = "" if out is not None else dst.name  # what Pillow's writers read from a path (save_keeping_what_fits)
     if fmt == "ICO":
         options["sizes"] = _icon_sizes(im.size)
     with recording(always=True) as first_save:  # given out below unless the image is saved again
-        data, kept = decoded_output.save_keeping_what_fits(im, fmt, decoded_output.marked_options(fmt, options))
+        data, kept = decoded_output.save_keeping_what_fits(im, fmt, decoded_output.marked_options(fmt, options), name)
     if fmt in ("ICO", "ICNS"):  # icons of their sizes only: ICO up to 256 pixels a side, ICNS square ones
         size = _read_back(data, exif=False).get("size", im.size)
         if size != im.size:
@@ -348,7 +355,9 @@ def decode_file(
         turned = upright(im, orientation)
         if fmt == "ICO":
             options["sizes"] = _icon_sizes(turned.size)
-        data, kept = decoded_output.save_keeping_what_fits(turned, fmt, decoded_output.marked_options(fmt, options))
+        data, kept = decoded_output.save_keeping_what_fits(
+            turned, fmt, decoded_output.marked_options(fmt, options), name
+        )
     else:
         for caught in first_save:
             warnings.warn(caught.message, stacklevel=2)

@@ -310,8 +310,11 @@ def written_by_a_decode(path: str | Path) -> bool:
 _METADATA_OPTIONS = {"exif": "EXIF", "xmp": "XMP", "pnginfo": "XMP", "icc_profile": "ICC profile"}
 
 
-def save_keeping_what_fits(im: Any, fmt: str, options: dict[str, Any]) -> tuple[bytes, dict[str, Any]]:
+def save_keeping_what_fits(im: Any, fmt: str, options: dict[str, Any], name: str = "") -> tuple[bytes, dict[str, Any]]:
     """``im`` saved as ``fmt``, and the options it was saved with; metadata the writer refuses is left out (warned).
+
+    ``name``: the output's file name, which some of Pillow's writers read as they would from a path: ``.j2k``
+    makes a JPEG 2000 codestream rather than a JP2 file, and SGI and IM files and a PDF's title carry it.
 
     A JPEG holds at most 64 KiB of EXIF and a TIFF only EXIF that parses as TIFF: the decoded pixels are
     not thrown away for an optional chunk the output format cannot carry. Each piece of metadata is
@@ -321,6 +324,7 @@ def save_keeping_what_fits(im: Any, fmt: str, options: dict[str, Any]) -> tuple[
 
     def save(kept: dict[str, Any]) -> bytes:
         encoded = io.BytesIO()
+        encoded.name = name  # type: ignore[attr-defined]  # Image.save reads a file object's name
         im.save(encoded, format=fmt, **kept)
         return encoded.getvalue()
 

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from . import generations
-from .constants import MEAN_STEPS, SCALE_LEVELS
+from .constants import DEVICE_CHOICES, MEAN_STEPS, SCALE_LEVELS
 from .forksafe import fork_safe_lock, setting_up
 from .generations import DEFAULT_WEIGHTS_NAME, default_weights_path
 from .model.integer import IntegerNetwork, dequantize_into, float_template
@@ -71,9 +71,9 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
     try:
         resolved = torch.device(choice)
     except (RuntimeError, ValueError, TypeError) as exc:
-        raise ValueError(f"unknown device {choice!r}{whose}: use cpu, cuda, cuda:N or auto") from exc
+        raise ValueError(f"unknown device {choice!r}{whose}: use {DEVICE_CHOICES}") from exc
     if resolved.type not in ("cpu", "cuda"):  # meta, mps, xla...: the codec is built and tested for these two
-        raise ValueError(f"device {choice!r}{whose} is not supported: use cpu, cuda, cuda:N or auto")
+        raise ValueError(f"device {choice!r}{whose} is not supported: use {DEVICE_CHOICES}")
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"CUDA was requested{whose} but is not available")
     if resolved.type == "cuda" and resolved.index is not None and resolved.index >= torch.cuda.device_count():

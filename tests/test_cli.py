@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image, ImageCms
+from PIL import Image, ImageCms, features
 
 import pillow_jac
 from pillow_jac import __version__, container, generations
@@ -117,6 +117,21 @@ def test_decode_other_formats(jac: Path, tmp_path: Path, ext: str) -> None:
     assert main(["decode", str(jac), str(out)]) == 0
     with Image.open(out) as im:
         assert im.size == (48, 40) and im.format == {".jpg": "JPEG", ".tif": "TIFF"}[ext]
+
+
+@pytest.mark.skipif(not features.check("jpg_2000"), reason="Pillow without OpenJPEG")
+def test_decode_writes_what_the_name_asks_as_pillow_does(jac: Path, tmp_path: Path) -> None:
+    """A decode encodes in memory, so Pillow's writers saw no file name: a .j2k got a JP2 file, not the bare
+    codestream that Image.save("x.j2k") writes and that .j2k readers expect, and an SGI file lost its name."""
+    signatures = {".j2k": b"\xff\x4f\xff\x51", ".J2C": b"\xff\x4f\xff\x51", ".jp2": b"\x00\x00\x00\x0cjP  "}
+    for ext, signature in signatures.items():
+        out = tmp_path / f"out{ext}"
+        assert main(["decode", str(jac), str(out)]) == 0
+        assert out.read_bytes().startswith(signature), ext
+        with Image.open(out) as im:
+            assert im.size == (48, 40)
+    assert main(["decode", str(jac), str(tmp_path / "photo.sgi")]) == 0
+    assert (tmp_path / "photo.sgi").read_bytes()[24:29] == b"photo"  # the header's image name (SGI format, 1.0)
 
 
 def _half_transparent(mode: str) -> Image.Image:
@@ -987,8 +1002,9 @@ def test_a_bad_device_fails_a_batch_once(tmp_path: Path, capsys, monkeypatch) ->
     (tmp_path / "in").mkdir()
     for name in ("a.png", "b.png"):
         crop().save(tmp_path / "in" / name)
-    assert main(["batch", str(tmp_path / "in"), str(tmp_path / "o"), "--to", "jac", "--device", "bogus"]) == 1
-    assert_one_line_error(capsys.readouterr().err, "unknown device 'bogus'")
+    monkeypatch.setenv("JAC_DEVICE", "meta")  # spelt like a device, and one torch has, but not one the codec runs on
+    assert main(["batch", str(tmp_path / "in"), str(tmp_path / "o"), "--to", "jac"]) == 1
+    assert_one_line_error(capsys.readouterr().err, "device 'meta' (JAC_DEVICE=meta) is not supported")
     monkeypatch.setenv("JAC_DEVICE", "bogus")  # named: a user who gave no --device may not know the variable
     assert main(["batch", str(tmp_path / "in"), str(tmp_path / "o"), "--to", "jac"]) == 1
     assert_one_line_error(capsys.readouterr().err, "unknown device 'bogus' (JAC_DEVICE=bogus)")
@@ -1570,10 +1586,38 @@ def test_a_turned_photo_batched_with_strip_is_done_on_the_next_run(tmp_path: Pat
     assert (out / "phone.jac").stat().st_mtime_ns == first  # skipped, not encoded again
 
 
-def test_an_option_error_is_not_blamed_on_the_input(png: Path, tmp_path: Path, capsys) -> None:
-    assert main(["encode", str(png), str(tmp_path / "o.jac"), "--device", "bogus"]) == 1
+def test_an_option_error_is_not_blamed_on_the_input(png: Path, tmp_path: Path, capsys, monkeypatch) -> None:
+    monkeypatch.setenv("JAC_DEVICE", "bogus")
+    assert main(["encode", str(png), str(tmp_path / "o.jac")]) == 1
     err = capsys.readouterr().err
     assert "bogus" in err and f"{png}:" not in err
+
+
+@pytest.mark.parametrize("device", ["bogus", "CPU", "", "cuda:", " cpu"])
+def test_a_misspelt_device_is_a_usage_error(png: Path, tmp_path: Path, capsys, device: str) -> None:
+    """A --device no torch device is spelt like exited 1 after the arguments were read, where every other option
+    value that is wrong exits 2 (README, "Exit status")."""
+    for command in (["encode", str(png), str(tmp_path / "o.jac")], ["batch", str(tmp_path), str(tmp_path / "o")]):
+        with pytest.raises(SystemExit) as exc:
+            main([*command, "--device", device])
+        assert exc.value.code == 2
+        assert "use cpu, cuda, cuda:N or auto" in capsys.readouterr().err
+    assert not (tmp_path / "o.jac").exists()
+
+
+@pytest.mark.parametrize("command", ["encode", "decode", "info"])
+def test_a_file_name_ending_in_a_separator_is_refused(jac: Path, png: Path, tmp_path: Path, capsys, command) -> None:
+    """``jac encode a.png out.jac/`` replaced the file out.jac (Path drops the trailing separator), where cp and
+    cwebp refuse a name that can only be a folder's."""
+    out = tmp_path / ("out.jac" if command == "encode" else "out.png")
+    out.write_bytes(b"kept")
+    source = png if command == "encode" else jac
+    argv = {"encode": [str(png), f"{out}/"], "decode": [str(jac), f"{out}/"], "info": [f"{jac}/"]}[command]
+    with pytest.raises(SystemExit) as exc:
+        main([command, *argv])
+    assert exc.value.code == 2
+    assert "ends in a separator" in capsys.readouterr().err
+    assert out.read_bytes() == b"kept" and source.exists()
 
 
 def test_decoding_to_a_format_that_refuses_the_metadata_warns_once(tmp_path: Path, capsys) -> None:
