@@ -191,6 +191,17 @@ def _encode_image(im: Image.Image, encoderinfo: dict[str, Any]) -> bytes:
             "(Pillow reads 16-bit colour as 8 bits): stored without transparency"
         )
     meta = metadata_to_store(im, encoderinfo, mode)
+    own_profile = im.info.get("icc_profile")
+    if (
+        meta["icc_profile"] is None
+        and "icc_profile" not in encoderinfo
+        and isinstance(own_profile, bytes)
+        and own_profile
+    ):
+        space = own_profile[16:20].decode("latin-1").strip() or "?"
+        warn_at_caller(
+            f"the image's ICC profile is left out: its colour space ({space}) cannot describe the {mode} pixels stored"
+        )
     if im.mode != mode:
         im = im.convert(mode)
 

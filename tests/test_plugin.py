@@ -1285,12 +1285,14 @@ def test_metadata_can_be_dropped_or_replaced(spy: EncodeSpy, srgb_profile: bytes
 
 
 def test_profile_of_another_colour_space_is_not_kept(spy: EncodeSpy, srgb_profile: bytes) -> None:
-    """A CMYK image's CMYK profile would describe pixels stored as RGB: it is dropped unless asked for."""
+    """A CMYK image's CMYK profile would describe pixels stored as RGB: it is dropped unless asked for, with a
+    warning (it was dropped silently, metadata lost without a word)."""
     cmyk_profile = srgb_profile[:16] + b"CMYK" + srgb_profile[20:]
     gray_profile = srgb_profile[:16] + b"GRAY" + srgb_profile[20:]
     im = hopper().convert("CMYK")
     im.info["icc_profile"] = cmyk_profile
-    jac_bytes(im)
+    with pytest.warns(UserWarning, match=r"ICC profile is left out: its colour space \(CMYK\) cannot describe the RGB"):
+        jac_bytes(im)
     assert spy.last["icc_profile"] is None
     jac_bytes(im, icc_profile=cmyk_profile)  # asked for: written as given
     assert spy.last["icc_profile"] == cmyk_profile
@@ -1305,8 +1307,17 @@ def test_profile_of_another_colour_space_is_not_kept(spy: EncodeSpy, srgb_profil
     for mode, profile, kept in cases:
         im = hopper(mode)
         im.info["icc_profile"] = profile
-        jac_bytes(im)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            jac_bytes(im)
         assert spy.last["icc_profile"] == (profile if kept else None), (mode, profile[16:20])
+        assert [str(w.message) for w in caught if "ICC profile" in str(w.message)] == (
+            []
+            if kept
+            else [
+                f"the image's ICC profile is left out: its colour space (RGB) cannot describe the {mode} pixels stored"
+            ]
+        )
 
 
 def test_no_metadata_by_default(rgb_jac: bytes) -> None:
