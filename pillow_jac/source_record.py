@@ -4,8 +4,9 @@
 by name, time and size alone (:func:`pillow_jac.resume_checks.is_done`) the second run cannot tell its ``a.png``
 from the first's, and would replace the output made from A (perhaps the only copy of that picture left). A
 batch therefore notes, in a hidden file of its output folder (:data:`RECORD_NAME`, one JSON line per converted
-file: the output's path in the folder, and the source's path, size and modification time; a record read with
-more than two lines per output is rewritten with the last of each), what each output was made from, and
+file: the output's path in the folder, its size and modification time once made, and the source's path, size
+and modification time; a record read with more than two lines per output is rewritten with the last of each,
+and a line that does not read, cut by a crash or not UTF-8, is skipped), what each output was made from, and
 refuses to replace an output made from another file. A source moved or renamed with its folder (the same size
 and modification time) is the same file. A ``.jac`` output with no line (made by ``jac encode``, by a batch
 into another folder, or one that came as a ``.jac``) is taken as made from another file: the batch neither
@@ -16,7 +17,10 @@ an output and noting it does not leave such a ``.jac``, each conversion is noted
 The record also tells a source that changed since its output was made although it is no newer than the output
 (an older copy put in its place with ``cp -p``, say), and an output made with other settings than a batch
 asks for now (a quality where a PSNR or size target is asked for, another effort): a resumed batch converts
-either again (:meth:`SourceRecord.changed`).
+either again (:meth:`SourceRecord.changed`). Where it says that an output is the one made from its source as
+the source is now, their modification times are not compared (:meth:`SourceRecord.made_as_now`): a source
+dated in the future (by a camera with a wrong clock, or unpacked from another time zone) is newer than any
+output, and would otherwise be converted again by every run.
 """
 
 from __future__ import annotations
@@ -69,9 +73,14 @@ def note_made(
 ) -> None:
     """Add to ``out_dir``'s record that ``dst`` was made from ``src`` (OSError where it cannot: see :func:`_note`).
 
-    ``settings``: what the batch made it with (:func:`pillow_jac.resume_checks.batch_settings`), or None.
+    ``settings``: what the batch made it with (:func:`pillow_jac.resume_checks.batch_settings`), or None. The
+    line holds ``dst``'s size and modification time too (``made``; none where it cannot be read), by which
+    :meth:`SourceRecord.made_as_now` knows it later for the output made then.
     """
-    _note(out_dir, [(src, dst)], {} if settings is None else {"settings": settings})
+    more: dict = {} if settings is None else {"settings": settings}
+    with contextlib.suppress(OSError):
+        more["made"] = _identity(dst)
+    _note(out_dir, [(src, dst)], more)
 
 
 def note_started(out_dir: str | os.PathLike, jobs: Mapping) -> None:
@@ -97,13 +106,13 @@ def _note(out_dir: str | os.PathLike, made: Iterable[tuple], more: dict) -> None
             entry = {"output": _key(out_dir, dst), "source": os.fspath(src), **_identity(src), **more}
         except OSError:  # the conversion reports it
             continue
-        lines.append(json.dumps(entry) + "\n")
+        lines.append(json.dumps(entry) + "\n")  # ASCII: json.dumps escapes the rest
     if not lines:  # nothing to add (a batch with nothing left to do, in a folder it may not write)
         return
     path = Path(out_dir) / RECORD_NAME
     try:
         with _locked(path) as f:
-            f.write("".join(lines))
+            f.write("".join(lines).encode("ascii"))
     except OSError as e:  # a later batch would refuse an output missing from the record, so the batch stops
         why = e.strerror or str(e)
         raise OSError(
@@ -123,7 +132,7 @@ _NO_LOCKS = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EINVAL, errno.
 _REOPENS = 8
 
 
-def _lock(f: IO[str]) -> bool:
+def _lock(f: IO[bytes]) -> bool:
     """Hold ``f`` alone (``flock``) until it is closed; False where its file system keeps no locks (none held)."""
     try:
         fcntl.flock(f.fileno(), fcntl.LOCK_EX)
@@ -135,15 +144,15 @@ def _lock(f: IO[str]) -> bool:
 
 
 @contextlib.contextmanager
-def _locked(path: Path) -> Iterator[IO[str]]:
-    """The record at ``path`` opened to append (and read), held alone (``flock``) until the block ends.
+def _locked(path: Path) -> Iterator[IO[bytes]]:
+    """The record at ``path`` opened to append (and read, as bytes), held alone (``flock``) until the block ends.
 
     Several batches may write into one folder (drivers of shards, ``benchmarks/ray.md``): a compaction
     (:meth:`SourceRecord._compact`) rewrites the record under this lock, so a line appended meanwhile is neither
     lost in the old file nor left out of the new one. A file replaced while this waited is opened again.
     """
     for tries_left in range(_REOPENS, -1, -1):
-        f = open(path, "a+", encoding="utf-8")
+        f = open(path, "a+b")
         try:
             if fcntl is not None and _lock(f) and tries_left:
                 try:
@@ -170,16 +179,22 @@ def _stored_quality(quality: object) -> object:
         return quality
 
 
-def _last_lines(lines: Iterable[str]) -> dict[str, dict]:
-    """Each output's last line of a record's ``lines`` (one cut by a crash is skipped)."""
+def _last_lines(lines: Iterable[bytes]) -> tuple[dict[str, dict], int]:
+    """Each output's last line of a record's ``lines`` (a file's, read one at a time), and how many lines it has.
+
+    A line that is not a record's is skipped, and the others count: one cut by a crash, or one with a byte that
+    is not UTF-8 (written into the record by another program, or a disk's error).
+    """
     made: dict[str, dict] = {}
+    count = 0
     for line in lines:
+        count += 1
         try:
-            entry = json.loads(line)
+            entry = json.loads(line.decode("utf-8"))  # UnicodeDecodeError is a ValueError
             made[str(entry["output"])] = entry
         except (ValueError, KeyError, TypeError):
             continue
-    return made
+    return made, count
 
 
 class SourceRecord:
@@ -187,12 +202,13 @@ class SourceRecord:
 
     def __init__(self, out_dir: str | os.PathLike):
         self.out_dir = Path(out_dir)
+        self.made: dict[str, dict]
         try:
-            lines = (self.out_dir / RECORD_NAME).read_text("utf-8").splitlines()
-        except (OSError, UnicodeDecodeError):  # none yet, or unreadable: nothing is known
-            lines = []
-        self.made: dict[str, dict] = _last_lines(lines)
-        if len(lines) > max(_COMPACT_AT, 2 * len(self.made)):
+            with open(self.out_dir / RECORD_NAME, "rb") as f:  # a line at a time: memory for the last lines only
+                self.made, lines = _last_lines(f)
+        except OSError:  # none yet, or unreadable: nothing is known
+            self.made, lines = {}, 0
+        if lines > max(_COMPACT_AT, 2 * len(self.made)):
             self._compact()
 
     def _compact(self) -> None:
@@ -204,10 +220,10 @@ class SourceRecord:
         try:
             with _locked(path) as f:
                 f.seek(0)
-                latest = _last_lines(f.read().splitlines())
+                latest, _ = _last_lines(f)
                 text = "".join(json.dumps(entry) + "\n" for entry in latest.values())
-                write_atomic(path, lambda out: out.write(text.encode("utf-8")))
-        except (OSError, UnicodeDecodeError):  # a folder that cannot be written: the record stays as it is
+                write_atomic(path, lambda out: out.write(text.encode("ascii")))
+        except OSError:  # a folder that cannot be written: the record stays as it is
             pass
 
     def changed(self, src: str | os.PathLike, dst: str | os.PathLike, settings: dict | None = None) -> bool:
@@ -235,6 +251,20 @@ class SourceRecord:
             if any(made_with[name] != value for name, value in now.items() if name in made_with):
                 return True
         return _same_file(entry, src) is False  # one that cannot be read: the conversion reports it
+
+    def made_as_now(self, src: str | os.PathLike, dst: str | os.PathLike, settings: dict | None = None) -> bool:
+        """Whether ``dst`` is, by the record, the output made from ``src`` as it is now, with these ``settings``.
+
+        Its last line is finished (not :func:`note_started`'s alone), made with these settings
+        (:meth:`changed` says no change), from a file of ``src``'s size and modification time, into a file of
+        ``dst``'s (its ``made``, which :func:`note_made` notes): then whether ``dst`` is done does not depend on
+        its time and ``src``'s (:func:`pillow_jac.resume_checks.is_done`'s ``compare_times``), which a source
+        dated in the future would never pass. False for an output with no such line, so its times are compared.
+        """
+        entry = self.made.get(_key(self.out_dir, dst))
+        if entry is None or not isinstance(entry.get("made"), dict) or self.changed(src, dst, settings):
+            return False
+        return _same_file(entry, src) is True and _same_file(entry["made"], dst) is True
 
     def conflict(self, src: Path, dst: Path) -> str | None:
         """Why ``src`` may not be converted into ``dst``: it exists and was made from another file; else None.
