@@ -8,15 +8,12 @@ import os
 import time
 from pathlib import Path
 
-import pytest
 from PIL import Image
 
-from pillow_jac import distributed
 from pillow_jac.cli import main
 from pillow_jac.source_record import RECORD_NAME, SourceRecord, note_made
 
 from .helpers import natural_image
-from .test_distributed import ray_local  # noqa: F401  (the fixture: a local Ray instance)
 
 #: a day ahead: a camera with a wrong clock, an archive unpacked from another time zone
 DAY_NS = 86_400 * 10**9
@@ -123,14 +120,3 @@ def test_a_record_with_a_byte_that_is_not_utf8_is_read_and_compacted(tmp_path: P
     assert sorted(record.made) == ["0.jac", "1.jac", "2.jac"]
     lines = (out / RECORD_NAME).read_bytes().splitlines()
     assert len(lines) == 3 and all(json.loads(line)["settings"] == {"quality": 399} for line in lines)
-
-
-@pytest.mark.ray
-@pytest.mark.usefixtures("ray_local")
-def test_ray_converts_a_source_dated_in_the_future_once(tmp_path: Path) -> None:
-    """As ``jac batch`` without Ray: the driver tells the worker not to compare the times of an output the record
-    says was made from its source as it is now."""
-    photos, out = folder_of_two(tmp_path)
-    assert distributed.convert(photos, out, workers=1).done == 2
-    again = distributed.convert(photos, out, workers=1)
-    assert (again.done, again.skipped, again.failed) == (0, 2, [])
