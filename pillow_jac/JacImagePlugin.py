@@ -273,8 +273,9 @@ class JacImageFile(ImageFile.ImageFile):
         The file object is not needed (it may be closed by now), with one exception: ``ImageFile.Parser.close()``,
         when the whole input does not open (a complete file, then trailing bytes), loads in a ``finally`` the
         image that an earlier piece opened, from data it has closed, while the error of opening the whole is on
-        its way. That stale image is not decoded (seconds, and memory, for nothing): the error goes on as it is.
-        Only that call is told apart (its caller is ``Parser.close``): any other load decodes.
+        its way (or a Ctrl-C, or a MemoryError). That image, opened from a piece, holds no parsed file: it is left
+        as it is, and the exception goes on unchanged. Only that call is told apart (its caller is
+        ``Parser.close``): any other load decodes, and the image a piece opened refuses to.
         """
         if self.tile and self._jac_closed:
             raise ValueError("Operation on closed image")
@@ -316,7 +317,7 @@ def _parser_feeding() -> bool:
 
 def _stale_parser_load(fp: object) -> bool:
     """Whether :meth:`JacImageFile.load` is ``ImageFile.Parser.close()``'s load of a stale piece (see there)."""
-    if not getattr(fp, "closed", False) or not isinstance(sys.exc_info()[1], OSError):
+    if not getattr(fp, "closed", False) or sys.exc_info()[1] is None:
         return False
     caller = sys._getframe(2)  # load() -> this -> the caller of load()
     return caller.f_code is ImageFile.Parser.close.__code__

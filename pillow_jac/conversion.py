@@ -336,7 +336,9 @@ def decode_file(
         options["quality"] = 95
     if fmt == "JPEG2000" and dst.suffix.lower() in _CODESTREAM_SUFFIXES:
         options["no_jp2"] = True  # Pillow writes a bare codestream only for a name ending in ".j2k"
-    name = "" if out is not None else dst.name  # what Pillow's writers read from a path (save_keeping_what_fits)
+    # what Pillow's writers read from a path (save_keeping_what_fits); an IM header holds only ASCII, and a JPEG
+    # 2000 or PDF writer cannot encode a name that is not valid Unicode: such a name is not given
+    name = dst.name if out is None and dst.name.isascii() else ""
     if fmt == "ICO":
         options["sizes"] = _icon_sizes(im.size)
     with recording(always=True) as first_save:  # given out below unless the image is saved again

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import select
 import signal
 import subprocess
@@ -120,6 +121,7 @@ def test_decode_other_formats(jac: Path, tmp_path: Path, ext: str) -> None:
 
 
 @pytest.mark.skipif(not features.check("jpg_2000"), reason="Pillow without OpenJPEG")
+@pytest.mark.filterwarnings("ignore:IM image format is deprecated:DeprecationWarning")
 def test_decode_writes_what_the_name_asks_as_pillow_does(jac: Path, tmp_path: Path) -> None:
     """A decode encodes in memory, so Pillow's writers saw no file name: a .j2k got a JP2 file, not the bare
     codestream that Image.save("x.j2k") writes and that .j2k readers expect, and an SGI file lost its name."""
@@ -132,6 +134,12 @@ def test_decode_writes_what_the_name_asks_as_pillow_does(jac: Path, tmp_path: Pa
             assert im.size == (48, 40)
     assert main(["decode", str(jac), str(tmp_path / "photo.sgi")]) == 0
     assert (tmp_path / "photo.sgi").read_bytes()[24:29] == b"photo"  # the header's image name (SGI format, 1.0)
+    # a name an IM header (ASCII) or a JPEG 2000 writer (valid Unicode) cannot hold is not given to it
+    for name in ("café.im", os.fsdecode(b"\xff.jp2"), os.fsdecode(b"\xff.j2k")):
+        assert main(["decode", str(jac), str(tmp_path / name)]) == 0, name
+        with Image.open(tmp_path / name) as im:
+            assert im.size == (48, 40)
+    assert (tmp_path / os.fsdecode(b"\xff.j2k")).read_bytes().startswith(signatures[".j2k"])
 
 
 def _half_transparent(mode: str) -> Image.Image:
@@ -1300,6 +1308,23 @@ def test_decode_names_the_file_whose_streams_or_alpha_are_corrupt(tmp_path: Path
         err = capsys.readouterr().err
         assert err.startswith(f"jac: error: {src}: ") and words in err and err.count("\n") == 1, err
         assert not (tmp_path / "out.png").exists()
+
+
+def test_decode_file_names_its_source_unless_a_batch_names_it(tmp_path: Path) -> None:
+    """The library call names the file in a stream's error, as jac decode prints it; a batch's call
+    (name_source=False) gets the codec's own error, which the batch names."""
+    from pillow_jac.conversion import ConversionError, decode_file
+    from pillow_jac.entropy_coding import EntropyCodingError
+
+    src = tmp_path / "cut.jac"
+    src.write_bytes(
+        (Path(__file__).resolve().parents[1] / "format_spec/vectors/invalid/ystr-runs-out.jac").read_bytes()
+    )
+    with pytest.raises(ConversionError, match=f"^{re.escape(str(src))}: .*symbols still to decode"):
+        decode_file(src, tmp_path / "a.png")
+    with pytest.raises(EntropyCodingError, match="^(?!.*cut.jac).*symbols still to decode"):
+        decode_file(src, tmp_path / "b.png", name_source=False)
+    assert not (tmp_path / "a.png").exists() and not (tmp_path / "b.png").exists()
 
 
 # --------------------------------------------------------------------------- orientation, errors naming the input

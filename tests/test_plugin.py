@@ -403,6 +403,26 @@ def test_an_image_the_parser_opened_from_a_piece_is_not_decoded(rgb_jac: bytes) 
         assert parser.close().tobytes() == direct.tobytes()
 
 
+@pytest.mark.parametrize("error", [KeyboardInterrupt, MemoryError])
+def test_an_exception_of_the_parsers_last_open_goes_on_unchanged(rgb_jac: bytes, monkeypatch, error) -> None:
+    """Parser.close() loads, in a finally, the image a piece opened while the whole file's open raises: a Ctrl-C
+    or a MemoryError there became an OSError about that image."""
+    from PIL import ImageFile
+
+    from pillow_jac import container
+
+    parser = ImageFile.Parser()
+    parser.feed(rgb_jac[:200])
+    parser.feed(rgb_jac[200:])
+
+    def interrupted(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(container, "read_file", interrupted)
+    with pytest.raises(error):
+        parser.close()
+
+
 def _outcome(read) -> tuple:
     """``("refused",)`` when ``read()`` raises OSError, else the image's pixels and info."""
     try:
