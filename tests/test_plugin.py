@@ -376,17 +376,25 @@ def test_the_parser_reads_the_chunks_once_the_file_has_come(rgb_jac: bytes, monk
     end = len(rgb_jac) - 12
     jend = rgb_jac[end:]
     plain = rgb_jac[:end] + _chunk(b"zzzz", b"") * 200 + jend
-    trap = _chunk(b"zzzz", b"") * 20 + _chunk(b"trap", bytes(100) + jend)  # a piece of it ends as a file ends
+    trap = _chunk(b"zzzz", b"") * 20 + _chunk(b"trap", bytes(100) + jend)
     baited = rgb_jac[:end] + trap * 40 + jend
-    for data, cuts in ((plain, list(range(64, len(plain), 64))), (baited, list(range(end, len(baited), len(trap))))):
-        reads = []
-        read_file = container.read_file
-        monkeypatch.setattr(container, "read_file", lambda *a, _r=read_file, _n=reads, **k: _n.append(1) or _r(*a, **k))
+    # the baited file is cut where each trap chunk's data ends: every piece but the last ends as a file ends
+    layouts = {
+        "plain": (plain, list(range(64, len(plain), 64))),
+        "baited": (baited, [end + k * len(trap) - 4 for k in range(1, 41)]),
+    }
+    reads: dict[str, int] = {}
+    read_file = container.read_file
+    for name, (data, cuts) in layouts.items():
+        reads[name] = 0
+        monkeypatch.setattr(
+            container, "read_file", lambda *a, _n=name, **k: reads.__setitem__(_n, reads[_n] + 1) or read_file(*a, **k)
+        )
         im = _parse_in_pieces(data, cuts)
         monkeypatch.setattr(container, "read_file", read_file)
-        assert len(reads) == 1  # close()'s, of the whole file
         with Image.open(io.BytesIO(rgb_jac)) as direct:
             assert im.tobytes() == direct.tobytes()
+    assert reads == {"plain": 1, "baited": 1}  # close()'s, of the whole file
 
 
 def test_an_image_the_parser_opened_from_a_piece_is_not_decoded(rgb_jac: bytes) -> None:
