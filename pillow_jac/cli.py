@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import os
 import signal
@@ -51,7 +52,7 @@ from PIL import Image
 from .cli_args import PILLOWS_PIXEL_LIMIT, build_parser
 from .cli_info import print_out, show_info
 from .constants import DEFAULT_EFFORT, DEFAULT_QUALITY
-from .conversion import PROG, ConversionError, decode_file, encode_file, one_line, show_warning
+from .conversion import PROG, ConversionError, decode_file, encode_file, one_line, show_warning, source_name
 from .signal_handlers import handling
 
 __all__ = ["main", "console", "build_parser"]
@@ -104,7 +105,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     with handling({signal.SIGTERM: terminate}), _pixel_limit_set(limit):  # the caller's, back after
         try:
             with warnings.catch_warnings():
-                warnings.showwarning = show_warning
+                # an encode's warnings are of its source (Pillow's reading it); a decode's of its output
+                converting = source_name(args.input) if args.command == "encode" else None
+                warnings.showwarning = functools.partial(show_warning, source=converting)
                 _run(args)
             if sys.stdout is not None:
                 sys.stdout.flush()  # here, where a reader that went away is handled, not at exit

@@ -38,6 +38,7 @@ __all__ = [
     "first_line",
     "one_line",
     "show_warning",
+    "source_name",
 ]
 
 
@@ -211,7 +212,7 @@ def encode_file(
         raise ConversionError(f"{STDIO}: standard input is not an image Pillow can read") from e
     with im:
         with _naming(src, name_source, (OSError, ValueError, SyntaxError)):  # reading the image
-            im = storable(im, _source_name(src) if name_source else None, strip)
+            im = storable(im, source_name(src) if name_source else None, strip)
         options: dict[str, Any] = {"quality": quality, "effort": effort, "device": device, "model": model}
         if target_size is not None or target_psnr is not None:
             del options["quality"]
@@ -245,7 +246,7 @@ def _naming(src: Path, name_it: bool, kinds: tuple[type[BaseException], ...]):
         raise ConversionError(f"{src}: {one_line(e)}") from e
 
 
-def _source_name(src: Path) -> str | Path:
+def source_name(src: Path | str) -> str | Path:
     """How a warning names the source: its path, or "standard input"."""
     return "standard input" if _is_stdio(src) else src
 
@@ -478,9 +479,18 @@ def convert_noting_warnings(*args: Any, **kwargs: Any) -> tuple[tuple[int, int] 
 PROG = "jac"
 
 
-def show_warning(message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any) -> None:
-    """``warnings.showwarning`` for the command line: one line, ``jac: warning: ...``, on stderr."""
-    print(f"{PROG}: warning: {first_line(str(message)) or category.__name__}", file=sys.stderr)
+def show_warning(
+    message: Warning | str, category: type[Warning], *args: Any, source: str | Path | None = None, **kwargs: Any
+) -> None:
+    """``warnings.showwarning`` for the command line: one line, ``jac: warning: ...``, on stderr.
+
+    ``source``: the file a command converts (:func:`source_name`), put before a warning that does not name it
+    (Pillow's own, a corrupt EXIF block say), so that a script's log of many commands says which file it was.
+    """
+    text = first_line(str(message)) or category.__name__
+    if source is not None and str(source) not in text:
+        text = f"{source}: {text}"
+    print(f"{PROG}: warning: {text}", file=sys.stderr)
 
 
 def one_line(e: BaseException) -> str:

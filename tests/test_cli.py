@@ -864,13 +864,27 @@ def test_any_error_is_one_line(png: Path, tmp_path: Path, capsys, monkeypatch, e
     assert captured.err.strip() == f"jac: error: {expected}"
 
 
-def test_warnings_are_one_line(png: Path, tmp_path: Path, capsys, monkeypatch) -> None:
+def test_warnings_are_one_line_and_name_the_source(png: Path, tmp_path: Path, capsys, monkeypatch) -> None:
+    """An encode's warnings name its source: Pillow's own (a bomb warning, a broken APNG) did not, so a log of
+    many commands did not say which file it was; the codec's, which name it already, are not named twice."""
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 48 * 40 - 1)  # the input is just over the limit: a warning
     with warnings.catch_warnings():
         warnings.simplefilter("always")
         assert main(["encode", str(png), str(tmp_path / "o.jac"), "-q", "1"]) == 0
     err = capsys.readouterr().err
-    assert err.startswith("jac: warning: Image size (1920 pixels) exceeds limit") and err.count("\n") == 1, err
+    assert err.startswith(f"jac: warning: {png}: Image size (1920 pixels) exceeds limit") and err.count("\n") == 1, err
+    from .test_local_batch import apng_with_no_frames
+
+    monkeypatch.undo()
+    apng = tmp_path / "broken.png"
+    apng_with_no_frames(apng)
+    monkeypatch.setattr(sys, "stdin", type("Stdin", (), {"buffer": io.BytesIO(apng.read_bytes())})())
+    assert main(["encode", "-", str(tmp_path / "a.jac"), "-q", "1"]) == 0
+    assert main(["encode", str(apng), str(tmp_path / "b.jac"), "-q", "1"]) == 0
+    assert capsys.readouterr().err.splitlines() == [
+        f"jac: warning: {name}: Invalid APNG, will use default PNG image if possible"
+        for name in ("standard input", apng)
+    ]
 
 
 def test_decode_warns_and_refuses_like_image_open(jac: Path, tmp_path: Path, capsys, monkeypatch) -> None:
