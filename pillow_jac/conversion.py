@@ -23,7 +23,7 @@ from . import container
 from .constants import DEFAULT_EFFORT, METADATA_FIELDS
 from .files import check_target, write_file
 from .preview import asked as asked_preview
-from .quiet_warnings import first_line, ignoring, recording
+from .quiet_warnings import first_line, recording
 from .source_image import exif_orientation, storable, turned_while_loading, upright
 
 __all__ = [
@@ -341,23 +341,23 @@ def decode_file(
     # 2000 or PDF writer cannot encode a name that is not valid Unicode: such a name is not given
     name = dst.name if out is None and dst.name.isascii() else ""
     if fmt == "ICO":
-        options["sizes"] = _icon_sizes(im.size)
+        options["sizes"] = decoded_output.icon_sizes(im.size)
     with recording(always=True) as first_save:  # given out below unless the image is saved again
         data, kept = decoded_output.save_keeping_what_fits(im, fmt, decoded_output.marked_options(fmt, options), name)
     if fmt in ("ICO", "ICNS"):  # icons of their sizes only: ICO up to 256 pixels a side, ICNS square ones
-        size = _read_back(data, exif=False).get("size", im.size)
+        size = decoded_output.read_back(data, exif=False).get("size", im.size)
         if size != im.size:
             shown = f"{size[0]}x{size[1]}"
             warnings.warn(f"{fmt} holds icons: the {im.width}x{im.height} image reads back at {shown}", stacklevel=2)
     orientation = _stored_orientation(options)
-    if orientation != 1 and _stored_orientation(_read_back(data), xmp=False) != orientation:
+    if orientation != 1 and _stored_orientation(decoded_output.read_back(data), xmp=False) != orientation:
         # the output lost the turn (a format without EXIF, or EXIF it refused; an XMP tiff:Orientation alone
         # turns it for Pillow but not for browsers and most viewers): the pixels are turned instead, as jac
         # encode turns them for a .jac that would lose it, so that the image still shows upright
         options = without_orientation(options)
         turned = upright(im, orientation)
         if fmt == "ICO":
-            options["sizes"] = _icon_sizes(turned.size)
+            options["sizes"] = decoded_output.icon_sizes(turned.size)
         data, kept = decoded_output.save_keeping_what_fits(
             turned, fmt, decoded_output.marked_options(fmt, options), name
         )
@@ -370,13 +370,6 @@ def decode_file(
     _emit(dst, data, out)
 
 
-def _icon_sizes(size: tuple[int, int]) -> list[tuple[int, int]]:
-    """An ICO's icons for an image of ``size``: Pillow's square sizes below it, and its own fitted into 256x256."""
-    scale = min(1.0, 256 / max(size))
-    largest = (max(1, round(size[0] * scale)), max(1, round(size[1] * scale)))
-    return sorted({*[(s, s) for s in (16, 24, 32, 48, 64, 128, 256) if s <= min(largest)], largest})
-
-
 def _stored_orientation(info: dict[str, Any], xmp: bool = True) -> int:
     """The EXIF orientation (1 to 8) that ``info``'s ``exif`` (and with ``xmp`` its XMP) gives a viewer; else 1."""
     from PIL import Image
@@ -387,27 +380,6 @@ def _stored_orientation(info: dict[str, Any], xmp: bool = True) -> int:
     stub.info = {key: info[key] for key in (("exif", "xmp") if xmp else ("exif",)) if info.get(key)}
     orientation = carried_orientation(stub)
     return orientation if orientation in range(1, 9) else 1
-
-
-def _read_back(data: bytes, exif: bool = True) -> dict[str, Any]:
-    """The size, and with ``exif`` the EXIF and XMP, of an image file Pillow wrote, as its reader finds them.
-
-    The EXIF is as stored, without the XMP's orientation, which ``getexif()`` adds where it has none. Empty
-    for a format Pillow cannot read back. Without ``exif`` the pixels are not decoded (a PNG's
-    ``getexif()`` loads the image to find an ``eXIf`` chunk after the pixels).
-    """
-    from PIL import Image
-
-    try:
-        with ignoring(Image.DecompressionBombWarning):  # the image's own came already
-            with Image.open(io.BytesIO(data)) as im:
-                if not exif:
-                    return {"size": im.size}
-                xmp = {key: im.info.pop(key) for key in ("xmp", "XML:com.adobe.xmp") if key in im.info}
-                found = im.getexif()  # without the XMP, whose orientation Pillow would copy into it
-                return {"size": im.size, "exif": found.tobytes() if len(found) else None, "xmp": xmp.get("xmp")}
-    except Exception:  # noqa: BLE001  (a format Pillow writes but cannot read back: no metadata found)
-        return {}
 
 
 def _check_not_an_original(src: Path, dst: Path) -> None:

@@ -32,7 +32,9 @@ __all__ = [
     "DECODED_BY",
     "carries_mark",
     "for_format",
+    "icon_sizes",
     "profile_for",
+    "read_back",
     "marked_options",
     "save_keeping_what_fits",
     "warn_of_what_was_not_stored",
@@ -379,3 +381,31 @@ def _listed(names: list[str]) -> tuple[str, str]:
     """``("ICC profile, EXIF and XMP", "them")``: the names in a sentence, and the pronoun for them."""
     joined = " and ".join([", ".join(names[:-1]), names[-1]] if len(names) > 1 else names)
     return joined, "them" if len(names) > 1 else "it"
+
+
+def icon_sizes(size: tuple[int, int]) -> list[tuple[int, int]]:
+    """An ICO's icons for an image of ``size``: Pillow's square sizes below it, and its own fitted into 256x256."""
+    scale = min(1.0, 256 / max(size))
+    largest = (max(1, round(size[0] * scale)), max(1, round(size[1] * scale)))
+    return sorted({*[(s, s) for s in (16, 24, 32, 48, 64, 128, 256) if s <= min(largest)], largest})
+
+
+def read_back(data: bytes, exif: bool = True) -> dict[str, Any]:
+    """The size, and with ``exif`` the EXIF and XMP, of an image file Pillow wrote, as its reader finds them.
+
+    The EXIF is as stored, without the XMP's orientation, which ``getexif()`` adds where it has none. Empty
+    for a format Pillow cannot read back. Without ``exif`` the pixels are not decoded (a PNG's
+    ``getexif()`` loads the image to find an ``eXIf`` chunk after the pixels).
+    """
+    from PIL import Image
+
+    try:
+        with ignoring(Image.DecompressionBombWarning):  # the image's own came already
+            with Image.open(io.BytesIO(data)) as im:
+                if not exif:
+                    return {"size": im.size}
+                xmp = {key: im.info.pop(key) for key in ("xmp", "XML:com.adobe.xmp") if key in im.info}
+                found = im.getexif()  # without the XMP, whose orientation Pillow would copy into it
+                return {"size": im.size, "exif": found.tobytes() if len(found) else None, "xmp": xmp.get("xmp")}
+    except Exception:  # noqa: BLE001  (a format Pillow writes but cannot read back: no metadata found)
+        return {}
