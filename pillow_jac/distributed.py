@@ -32,9 +32,7 @@ How it runs:
   complete; :func:`is_done` also redoes outputs older than their input and ``.jac`` files of another
   quality. Beyond :func:`is_done`, :func:`convert` redoes an output whose input has another size or time
   than when it was made (an older copy put in its place: the output folder's record of sources,
-  :meth:`~pillow_jac.source_record.SourceRecord.changed`), and does not compare the times of an output that
-  record says was made from its input as it is now (an input dated in the future would never be done:
-  :meth:`~pillow_jac.source_record.SourceRecord.made_as_now`). A worker killed mid-file
+  :meth:`~pillow_jac.source_record.SourceRecord.changed`). A worker killed mid-file
   can leave a ``.jac-HOST-PID-XXXXXXXX.tmp`` file beside the outputs: nothing reads it, and it can be deleted
   (``jac batch`` removes those of its own dead workers, by the machine and process id in the name).
 * **Paths.** Workers open the files themselves: every node must see ``inputs`` and ``out_dir`` at the same
@@ -238,13 +236,12 @@ def convert(
             # noted as started as it is sent (the workers decide which files are done already): a batch stopped
             # meanwhile is not lost, and one stopped before it reached a file leaves that file's record as it was
             may_skip = resume and not made_from.changed(src, dst, settings)
-            compare_times = not made_from.made_as_now(src, dst, settings)  # else their times are not compared
             try:
                 note_started(out_dir, {src: dst})
                 unrecorded = None
             except OSError as e:  # the worker takes it only if it is done (a batch run again, a read-only folder)
                 unrecorded = str(e)
-            return (to, quality, effort, device, may_skip, extra, force, unrecorded, compare_times)
+            return (to, quality, effort, device, may_skip, extra, force, unrecorded)
 
         report = run(
             ray, jobs, lambda: actor_class.remote(to, device, threads, pixel_limit), workers, slots_each, options,

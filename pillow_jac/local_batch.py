@@ -139,9 +139,7 @@ def run_batch(
     todo = {}
     try:
         for src, dst in jobs.items():
-            may_skip = resume and not made_from.changed(src, dst, settings)
-            compare_times = not made_from.made_as_now(src, dst, settings)  # else their times are not compared
-            if may_skip and done_before(src, dst, to, quality, extra, compare_times):
+            if resume and not made_from.changed(src, dst, settings) and done_before(src, dst, to, quality, extra):
                 bar.step(shown(src), note="already done")
             else:
                 todo[src] = dst

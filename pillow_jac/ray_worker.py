@@ -143,21 +143,18 @@ class Worker:
         extra: dict | None = None,
         force: bool = False,
         unrecorded: str | None = None,
-        compare_times: bool = True,
     ) -> FileResult:
         """Convert one file as ``jac batch`` does; never raises (a failure is a ``"failed"`` result).
 
         ``extra``: the batch's ``target_size``, ``target_psnr`` and ``preview``; ``force``: as
         :func:`pillow_jac.conversion.convert_file`'s. ``unrecorded``: why the driver could not note the file
         in the output folder's record; then only a file already done is taken (skipped), and no output written.
-        ``compare_times``: :func:`pillow_jac.resume_checks.done_before`'s (False where the record says
-        the output is the one made from the source as it is now).
         """
         start = time.perf_counter()
         where = {"node": self._info["node"], "pid": self._info["pid"]}
         extra = extra or {}
         try:
-            done = resume and done_before(src, dst, to, quality, extra, compare_times)
+            done = resume and done_before(src, dst, to, quality, extra)
         except Exception as e:
             return FileResult(src, dst, "failed", one_line(e), **where)
         if done:

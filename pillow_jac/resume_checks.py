@@ -31,14 +31,10 @@ def is_done(
     target_size: int | None = None,
     strip: bool = False,
     model: str | None = None,
-    compare_times: bool = True,
 ) -> bool:
     """Whether ``dst`` is a finished conversion of ``src``, which ``resume`` skips.
 
-    It counts as done when it is a regular file at least as new as ``src`` (at any time with
-    ``compare_times=False``, which a batch gives where its output folder's record says ``dst`` is the output
-    made from ``src`` as ``src`` is now, :meth:`~pillow_jac.source_record.SourceRecord.made_as_now`: a source
-    dated in the future is newer than any output), of the same size in pixels
+    It counts as done when it is a regular file at least as new as ``src``, of the same size in pixels
     (a picture of another size is not taken for it; one of the same size only the batch's record tells
     apart, :meth:`~pillow_jac.source_record.SourceRecord.conflict`), and:
 
@@ -63,7 +59,7 @@ def is_done(
 
     try:
         out = os.stat(dst)
-        if not stat.S_ISREG(out.st_mode) or compare_times and out.st_mtime_ns < os.stat(src).st_mtime_ns:
+        if not stat.S_ISREG(out.st_mode) or out.st_mtime_ns < os.stat(src).st_mtime_ns:
             return False
         with ignoring(Image.DecompressionBombWarning):  # a large image warned when converted, not at every resume
             if to != "jac":
@@ -126,14 +122,11 @@ def batch_settings(to: str, quality: float, effort: int, extra: dict) -> dict | 
     return {**settings, "strip": bool(extra.get("strip"))}
 
 
-def done_before(
-    src: str | os.PathLike, dst: str | os.PathLike, to: str, quality: float, extra: dict, compare_times: bool = True
-) -> bool:
+def done_before(src: str | os.PathLike, dst: str | os.PathLike, to: str, quality: float, extra: dict) -> bool:
     """Whether a resumed batch skips ``src``: :func:`is_done` with the batch's options.
 
     ``extra``: the batch's ``target_size``, ``target_psnr``, ``preview``, ``strip`` and ``model``; with a target
-    the quality is not checked. ``compare_times``: :func:`is_done`'s (False where the output folder's record
-    says ``dst`` is the output made from ``src`` as it is now).
+    the quality is not checked.
     """
     targeted = extra.get("target_size") is not None or extra.get("target_psnr") is not None
     return is_done(
@@ -145,5 +138,4 @@ def done_before(
         target_size=extra.get("target_size"),
         strip=bool(extra.get("strip")),
         model=extra.get("model"),
-        compare_times=compare_times,
     )

@@ -4,9 +4,9 @@
 by name, time and size alone (:func:`pillow_jac.resume_checks.is_done`) the second run cannot tell its ``a.png``
 from the first's, and would replace the output made from A (perhaps the only copy of that picture left). A
 batch therefore notes, in a hidden file of its output folder (:data:`RECORD_NAME`, one JSON line per converted
-file: the output's path in the folder, its size and modification time once made, and the source's path, size
-and modification time; a record read with more than two lines per output is rewritten with the last of each,
-and a line that does not read, cut by a crash or not UTF-8, is skipped), what each output was made from, and
+file: the output's path in the folder, and the source's path, size and modification time; a record read with
+more than two lines per output is rewritten with the last of each, and a line that does not read, cut by a crash,
+not UTF-8 or longer than any record's, is skipped), what each output was made from, and
 refuses to replace an output made from another file. A source moved or renamed with its folder (the same size
 and modification time) is the same file. A ``.jac`` output with no line (made by ``jac encode``, by a batch
 into another folder, or one that came as a ``.jac``) is taken as made from another file: the batch neither
@@ -17,10 +17,7 @@ an output and noting it does not leave such a ``.jac``, each conversion is noted
 The record also tells a source that changed since its output was made although it is no newer than the output
 (an older copy put in its place with ``cp -p``, say), and an output made with other settings than a batch
 asks for now (a quality where a PSNR or size target is asked for, another effort): a resumed batch converts
-either again (:meth:`SourceRecord.changed`). Where it says that an output is the one made from its source as
-the source is now, their modification times are not compared (:meth:`SourceRecord.made_as_now`): a source
-dated in the future (by a camera with a wrong clock, or unpacked from another time zone) is newer than any
-output, and would otherwise be converted again by every run.
+either again (:meth:`SourceRecord.changed`).
 """
 
 from __future__ import annotations
@@ -29,6 +26,7 @@ import contextlib
 import errno
 import json
 import os
+import stat
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import IO
@@ -73,14 +71,9 @@ def note_made(
 ) -> None:
     """Add to ``out_dir``'s record that ``dst`` was made from ``src`` (OSError where it cannot: see :func:`_note`).
 
-    ``settings``: what the batch made it with (:func:`pillow_jac.resume_checks.batch_settings`), or None. The
-    line holds ``dst``'s size and modification time too (``made``; none where it cannot be read), by which
-    :meth:`SourceRecord.made_as_now` knows it later for the output made then.
+    ``settings``: what the batch made it with (:func:`pillow_jac.resume_checks.batch_settings`), or None.
     """
-    more: dict = {} if settings is None else {"settings": settings}
-    with contextlib.suppress(OSError):
-        more["made"] = _identity(dst)
-    _note(out_dir, [(src, dst)], more)
+    _note(out_dir, [(src, dst)], {} if settings is None else {"settings": settings})
 
 
 def note_started(out_dir: str | os.PathLike, jobs: Mapping) -> None:
@@ -150,10 +143,15 @@ def _locked(path: Path) -> Iterator[IO[bytes]]:
     Several batches may write into one folder (drivers of shards, ``benchmarks/ray.md``): a compaction
     (:meth:`SourceRecord._compact`) rewrites the record under this lock, so a line appended meanwhile is neither
     lost in the old file nor left out of the new one. A file replaced while this waited is opened again.
+
+    Raises:
+        OSError: the record is not a regular file (a link to a device, a named pipe): nothing is written into it.
     """
     for tries_left in range(_REOPENS, -1, -1):
         f = open(path, "a+b")
         try:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                raise OSError(errno.EINVAL, "the record is not a regular file", str(path))
             if fcntl is not None and _lock(f) and tries_left:
                 try:
                     replaced = os.fstat(f.fileno()).st_ino != os.stat(path).st_ino  # compacted while this waited
@@ -179,6 +177,24 @@ def _stored_quality(quality: object) -> object:
         return quality
 
 
+#: the longest line a record's reader takes: a line holds two paths and a few numbers, so a longer one is no
+#: record's, and it is skipped without being held
+_LINE_LIMIT = 1 << 20
+
+
+def _record_lines(f: IO[bytes]) -> Iterator[bytes]:
+    """The lines of a record open for reading, each of at most :data:`_LINE_LIMIT` bytes.
+
+    A longer line is read past in pieces and skipped, so that reading holds one line whatever the file holds.
+    """
+    while line := f.readline(_LINE_LIMIT + 1):
+        if len(line) > _LINE_LIMIT:
+            while not line.endswith(b"\n") and (line := f.readline(_LINE_LIMIT)):
+                pass
+            continue
+        yield line
+
+
 def _last_lines(lines: Iterable[bytes]) -> tuple[dict[str, dict], int]:
     """Each output's last line of a record's ``lines`` (a file's, read one at a time), and how many lines it has.
 
@@ -197,6 +213,19 @@ def _last_lines(lines: Iterable[bytes]) -> tuple[dict[str, dict], int]:
     return made, count
 
 
+def _read_record(path: Path) -> tuple[dict[str, dict], int]:
+    """:func:`_last_lines` of the record at ``path``; OSError where there is none or it is not a regular file.
+
+    Opened without waiting for a writer (a named pipe would block the batch for ever) and read only if it is a
+    regular file (a link to ``/dev/zero`` never ends).
+    """
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    with open(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "the record is not a regular file", str(path))
+        return _last_lines(_record_lines(f))
+
+
 class SourceRecord:
     """The record of the output folder ``out_dir`` as it is when read (once, here); :func:`note_made` adds to it."""
 
@@ -204,9 +233,8 @@ class SourceRecord:
         self.out_dir = Path(out_dir)
         self.made: dict[str, dict]
         try:
-            with open(self.out_dir / RECORD_NAME, "rb") as f:  # a line at a time: memory for the last lines only
-                self.made, lines = _last_lines(f)
-        except OSError:  # none yet, or unreadable: nothing is known
+            self.made, lines = _read_record(self.out_dir / RECORD_NAME)
+        except OSError:  # none yet, or unreadable: nothing is known (so no output counts as this batch's)
             self.made, lines = {}, 0
         if lines > max(_COMPACT_AT, 2 * len(self.made)):
             self._compact()
@@ -220,7 +248,7 @@ class SourceRecord:
         try:
             with _locked(path) as f:
                 f.seek(0)
-                latest, _ = _last_lines(f)
+                latest, _ = _last_lines(_record_lines(f))
                 text = "".join(json.dumps(entry) + "\n" for entry in latest.values())
                 write_atomic(path, lambda out: out.write(text.encode("ascii")))
         except OSError:  # a folder that cannot be written: the record stays as it is
@@ -251,20 +279,6 @@ class SourceRecord:
             if any(made_with[name] != value for name, value in now.items() if name in made_with):
                 return True
         return _same_file(entry, src) is False  # one that cannot be read: the conversion reports it
-
-    def made_as_now(self, src: str | os.PathLike, dst: str | os.PathLike, settings: dict | None = None) -> bool:
-        """Whether ``dst`` is, by the record, the output made from ``src`` as it is now, with these ``settings``.
-
-        Its last line is finished (not :func:`note_started`'s alone), made with these settings
-        (:meth:`changed` says no change), from a file of ``src``'s size and modification time, into a file of
-        ``dst``'s (its ``made``, which :func:`note_made` notes): then whether ``dst`` is done does not depend on
-        its time and ``src``'s (:func:`pillow_jac.resume_checks.is_done`'s ``compare_times``), which a source
-        dated in the future would never pass. False for an output with no such line, so its times are compared.
-        """
-        entry = self.made.get(_key(self.out_dir, dst))
-        if entry is None or not isinstance(entry.get("made"), dict) or self.changed(src, dst, settings):
-            return False
-        return _same_file(entry, src) is True and _same_file(entry["made"], dst) is True
 
     def conflict(self, src: Path, dst: Path) -> str | None:
         """Why ``src`` may not be converted into ``dst``: it exists and was made from another file; else None.

@@ -1,13 +1,16 @@
-"""A batch's record of sources (``.jac-sources``, :mod:`pillow_jac.source_record`) as resume reads it: a source
-dated in the future is done once converted, and a byte that is not UTF-8 costs only its own line."""
+"""A batch's record of sources (``.jac-sources``, :mod:`pillow_jac.source_record`) as resume reads it, whatever
+the file holds: a byte that is not UTF-8 costs only its own line, and a record that never ends is not read."""
 
 from __future__ import annotations
 
 import json
 import os
-import time
+import resource
+import subprocess
+import sys
 from pathlib import Path
 
+import pytest
 from PIL import Image
 
 from pillow_jac.cli import main
@@ -15,13 +18,7 @@ from pillow_jac.source_record import RECORD_NAME, SourceRecord, note_made
 
 from .helpers import natural_image
 
-#: a day ahead: a camera with a wrong clock, an archive unpacked from another time zone
-DAY_NS = 86_400 * 10**9
-
-
-def tomorrow(path: Path) -> None:
-    """Date ``path`` a day in the future (``touch -d "+1 day"``)."""
-    os.utime(path, ns=(time.time_ns() + DAY_NS,) * 2)
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def batch(capsys, src: Path, out: Path, to: str) -> str:
@@ -31,63 +28,19 @@ def batch(capsys, src: Path, out: Path, to: str) -> str:
     return capsys.readouterr().err
 
 
-def folder_of_two(tmp_path: Path, ahead: bool = True) -> tuple[Path, Path]:
-    """``(photos, out)``: ``a.png`` (dated a day in the future where ``ahead``) and ``b.png``; an output path."""
+def folder_of_two(tmp_path: Path) -> tuple[Path, Path]:
+    """``(photos, out)``: a folder of ``a.png`` and ``b.png``, and an output path."""
     photos = tmp_path / "photos"
     photos.mkdir()
     for seed, name in enumerate(["a", "b"]):
         Image.fromarray(natural_image(24, 24, seed)).save(photos / f"{name}.png")
-    if ahead:
-        tomorrow(photos / "a.png")
     return photos, tmp_path / "out"
-
-
-def test_a_source_dated_in_the_future_is_converted_once(tmp_path: Path, capsys) -> None:
-    """Newer than any output, it was converted again by every run: the record that notes it as it is now, and
-    its output as made, says it is done whatever their times."""
-    photos, out = folder_of_two(tmp_path)
-    batch(capsys, photos, out, "jac")
-    made = (out / "a.jac").stat().st_mtime_ns
-    assert "jac: 2 files already done, skipped" in batch(capsys, photos, out, "jac")
-    assert (out / "a.jac").stat().st_mtime_ns == made
-
-
-def test_a_source_dated_in_the_future_is_still_converted_again_where_the_record_does_not_vouch(
-    tmp_path: Path, capsys
-) -> None:
-    """Where the source or the output is not the one the record notes, or the record does not say what the
-    output was made as, the times still decide (and a source changed since is converted again)."""
-    photos, out = folder_of_two(tmp_path)
-    batch(capsys, photos, out, "jac")
-    first = (out / "a.jac").read_bytes()
-    Image.fromarray(natural_image(24, 24, 7)).save(photos / "a.png")  # another picture, dated ahead again
-    tomorrow(photos / "a.png")
-    assert "jac: 1 files already done, skipped" in batch(capsys, photos, out, "jac")  # b.png only
-    assert (out / "a.jac").read_bytes() != first
-    assert "jac: 2 files already done, skipped" in batch(capsys, photos, out, "jac")
-    os.utime(out / "a.jac")  # not the output as made (touched): older than its source, so not done
-    assert "jac: 1 files already done, skipped" in batch(capsys, photos, out, "jac")
-    record = out / RECORD_NAME
-    lines = [json.loads(line) for line in record.read_text().splitlines()]
-    record.write_text("".join(json.dumps({k: v for k, v in e.items() if k != "made"}) + "\n" for e in lines))
-    assert "jac: 1 files already done, skipped" in batch(capsys, photos, out, "jac")  # a line with no "made"
-
-
-def test_a_jac_file_dated_in_the_future_is_decoded_once(tmp_path: Path, capsys) -> None:
-    """As for ``--to jac``: ``--to png`` is judged by the record too."""
-    photos, jacs = folder_of_two(tmp_path)
-    batch(capsys, photos, jacs, "jac")
-    for jac in jacs.glob("*.jac"):
-        tomorrow(jac)
-    back = tmp_path / "back"
-    batch(capsys, jacs, back, "png")
-    assert "jac: 2 files already done, skipped" in batch(capsys, jacs, back, "png")
 
 
 def test_a_byte_that_is_not_utf8_costs_its_own_line_only(tmp_path: Path, capsys) -> None:
     """One such byte made the whole record unreadable: every output counted as another file's and failed with
     "it is not in the folder's .jac-sources" until the record was removed."""
-    photos, out = folder_of_two(tmp_path, ahead=False)
+    photos, out = folder_of_two(tmp_path)
     batch(capsys, photos, out, "jac")
     with open(out / RECORD_NAME, "ab") as f:
         f.write(b"\xff\n")  # printf '\xff\n' >> out/.jac-sources
@@ -120,3 +73,49 @@ def test_a_record_with_a_byte_that_is_not_utf8_is_read_and_compacted(tmp_path: P
     assert sorted(record.made) == ["0.jac", "1.jac", "2.jac"]
     lines = (out / RECORD_NAME).read_bytes().splitlines()
     assert len(lines) == 3 and all(json.loads(line)["settings"] == {"quality": 399} for line in lines)
+
+
+def test_a_line_longer_than_any_records_is_skipped_without_being_held(tmp_path: Path) -> None:
+    """A line was read whole, however long (the whole record, as text and as lines): a record of one 32 MiB line
+    took over 64 MiB to read. The lines after it still count."""
+    import tracemalloc
+
+    out = tmp_path / "out"
+    out.mkdir()
+    src = tmp_path / "a.png"
+    src.write_bytes(b"x")
+    with open(out / RECORD_NAME, "wb") as f:
+        f.write(b"{" * (32 << 20) + b"\n" + b"x" * (1 << 20) + b"\n")  # the second exactly at the limit, with its end
+    note_made(out, src, out / "a.jac", None)
+    tracemalloc.start()
+    try:
+        made = SourceRecord(out).made
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert list(made) == ["a.jac"]
+    assert peak < 8 << 20, peak  # a piece of a line at a time (1 MiB), not the file
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo") or not Path("/dev/zero").exists(), reason="POSIX special files")
+@pytest.mark.parametrize("kind", ["device", "pipe"])
+def test_a_record_that_is_not_a_regular_file_is_neither_read_nor_written(tmp_path: Path, kind: str) -> None:
+    """A record that is a link to /dev/zero was read until memory ran out, and a named pipe blocked the batch
+    for ever: such a record is not read (nothing is known, so no output counts as the batch's) and the batch
+    stops with an error before it converts anything."""
+    photos, out = folder_of_two(tmp_path)
+    out.mkdir()
+    if kind == "device":
+        (out / RECORD_NAME).symlink_to("/dev/zero")
+    else:
+        os.mkfifo(out / RECORD_NAME)
+
+    def limited() -> None:  # a reader without the bound fails at once rather than filling the machine's memory
+        resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30))
+
+    code = "import sys; from pillow_jac.cli import main; sys.exit(main(sys.argv[1:]))"
+    argv = [sys.executable, "-c", code, "batch", str(photos), str(out), "--to", "jac", "--quiet"]
+    proc = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=120, preexec_fn=limited)
+    assert proc.returncode == 1, proc.stderr
+    assert "cannot add to the batch's record" in proc.stderr and "MemoryError" not in proc.stderr, proc.stderr
+    assert not list(out.glob("*.jac"))

@@ -27,7 +27,6 @@ from pillow_jac.conversion import convert_file
 from pillow_jac.source_record import RECORD_NAME
 
 from .helpers import listing, natural_image
-from .test_batch_record import folder_of_two
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "examples" / "sample.png"
@@ -788,14 +787,3 @@ def test_a_worker_takes_the_drivers_pixel_limit(photos: Path, tmp_path: Path, mo
     worker = distributed.Worker("jac", "cpu", 1, None)
     result = worker.convert(str(photos / "a.png"), str(tmp_path / "a.jac"), "jac", 4.0, 0, "cpu", False)
     assert result.status == "done" and (tmp_path / "a.jac").exists()
-
-
-@pytest.mark.ray
-@pytest.mark.usefixtures("ray_local")
-def test_ray_converts_a_source_dated_in_the_future_once(tmp_path: Path) -> None:
-    """As ``jac batch`` without Ray: the driver tells the worker not to compare the times of an output the record
-    says was made from its source as it is now."""
-    photos, out = folder_of_two(tmp_path)  # a.png dated a day ahead
-    assert distributed.convert(photos, out, workers=1).done == 2
-    again = distributed.convert(photos, out, workers=1)
-    assert (again.done, again.skipped, again.failed) == (0, 2, [])
