@@ -140,6 +140,11 @@ def test_decode_writes_what_the_name_asks_as_pillow_does(jac: Path, tmp_path: Pa
         with Image.open(tmp_path / name) as im:
             assert im.size == (48, 40)
     assert (tmp_path / os.fsdecode(b"\xff.j2k")).read_bytes().startswith(signatures[".j2k"])
+    assert main(["decode", str(jac), str(tmp_path / "café.pdf")]) == 0  # a title in Unicode, as Pillow writes it
+    Image.open(jac).save(tmp_path / "pillow-café.pdf")
+    title = re.compile(rb"/Title *(\([^)]*\)|<[^>]*>)")
+    assert title.search((tmp_path / "café.pdf").read_bytes()) is not None
+    assert title.search((tmp_path / "pillow-café.pdf").read_bytes()) is not None
 
 
 def _half_transparent(mode: str) -> Image.Image:
