@@ -111,7 +111,7 @@ def _session_workers(session: int) -> list[int]:
 def test_a_killed_worker_costs_no_other_file(tmp_path: Path, how: signal.Signals) -> None:
     """A worker killed mid-batch (SIGKILL, as the out-of-memory killer does) or terminated alone (SIGTERM: it
     cleans up its file and ends): its file is converted again, and the rest go on."""
-    photos, out = photo_folder(tmp_path, 40)
+    photos, out = photo_folder(tmp_path, 24)
     with parallel_batch(photos, out) as proc:
         wait_for_outputs(proc, out, 4)
         workers = _session_workers(proc.pid)
@@ -119,10 +119,10 @@ def test_a_killed_worker_costs_no_other_file(tmp_path: Path, how: signal.Signals
         os.kill(workers[0], how)
         killed_at = len(list(out.glob("*.jac")))
         _, err = proc.communicate(timeout=120)
-    assert killed_at < 40, "the batch ended before the worker was killed"
+    assert killed_at < 24, "the batch ended before the worker was killed"
     assert proc.returncode == 0, err
     assert "Traceback" not in err and "jac: error" not in err, err
-    assert listing(out) == [f"{i:03d}.jac" for i in range(40)]  # no temporary file left
+    assert listing(out) == [f"{i:03d}.jac" for i in range(24)]  # no temporary file left
     for name in listing(out):
         container.read(out / name)
 
@@ -131,7 +131,7 @@ def test_a_killed_worker_costs_no_other_file(tmp_path: Path, how: signal.Signals
 def test_a_batch_started_with_sigint_ignored_ignores_it_in_its_workers(tmp_path: Path) -> None:
     """``jac batch ... &`` in a script runs with SIGINT ignored; a Ctrl-C to the group then interrupted the files
     of ``-j 2``'s workers (2 of 10 failed, status 1), while ``-j 1`` went on as asked."""
-    photos, out = photo_folder(tmp_path, 12, 96)
+    photos, out = photo_folder(tmp_path, 8, 96)
 
     with parallel_batch(photos, out, "-e", "1", preexec_fn=_ignore_sigint) as proc:
         wait_for_outputs(proc, out, 2)
@@ -143,7 +143,7 @@ def test_a_batch_started_with_sigint_ignored_ignores_it_in_its_workers(tmp_path:
         _, err = proc.communicate(timeout=120)
     assert sent, "the batch ended before a Ctrl-C"
     assert (proc.returncode, "interrupted" in err) == (0, False), err
-    assert listing(out) == [f"{i:03d}.jac" for i in range(12)]
+    assert listing(out) == [f"{i:03d}.jac" for i in range(8)]
 
 
 def test_a_batch_that_ignores_sigint_still_stops_its_running_files_on_sigterm(tmp_path: Path) -> None:
