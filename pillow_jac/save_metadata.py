@@ -183,19 +183,32 @@ def without_orientation(info: dict[str, Any]) -> dict[str, Any]:
     for key in ("XML:com.adobe.xmp", "xmp"):
         value = out.get(key)
         if isinstance(value, (str, bytes, bytearray)):
-            for pattern in _XMP_ORIENTATION_SPELLINGS:
-                out[key] = (
-                    re.sub(pattern, "", value) if isinstance(value, str) else re.sub(pattern.encode(), b"", value)
-                )
-                value = out[key]
+            out[key] = _without_xmp_orientation(value)
     return out
 
 
-#: the XMP's ``tiff:Orientation``, as an attribute (either quote) or an element
-_XMP_ORIENTATION_SPELLINGS = (
-    r"""\s*tiff:Orientation\s*=\s*(?:"[^"]*"|'[^']*')""",
-    r"<tiff:Orientation\s*>[^<]*</tiff:Orientation\s*>",
-)
+#: the XMP's ``tiff:Orientation``, as an attribute (either quote; the white space before it goes too,
+#: :func:`_without_xmp_orientation`) or an element. Each starts with its name, so a search takes time linear in
+#: the packet's length (a pattern that began with white space was tried at every space of a run: quadratic)
+_XMP_ORIENTATION = r"""tiff:Orientation\s*=\s*(?:"[^"]*"|'[^']*')|<tiff:Orientation\s*>[^<]*</tiff:Orientation\s*>"""
+_XMP_ORIENTATION_TEXT = re.compile(_XMP_ORIENTATION)
+_XMP_ORIENTATION_BYTES = re.compile(_XMP_ORIENTATION.encode())
+
+
+def _without_xmp_orientation(xmp: str | bytes | bytearray) -> str | bytes:
+    """``xmp`` without its ``tiff:Orientation`` (:data:`_XMP_ORIENTATION`), an attribute with the space before it."""
+    text = isinstance(xmp, str)
+    pattern, element = (_XMP_ORIENTATION_TEXT, "<") if text else (_XMP_ORIENTATION_BYTES, b"<")
+    pieces, kept_to = [], 0
+    for match in pattern.finditer(xmp):
+        start = match.start()
+        if not match.group().startswith(element):  # an attribute: the space before it goes too
+            while start > kept_to and xmp[start - 1 : start].isspace():
+                start -= 1
+        pieces.append(xmp[kept_to:start])
+        kept_to = match.end()
+    pieces.append(xmp[kept_to:])
+    return "".join(pieces) if text else b"".join(pieces)
 
 
 def _raw_profile(text: str) -> bytes:

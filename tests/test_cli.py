@@ -1538,6 +1538,35 @@ def test_an_xmp_orientation_element_with_spaces_is_taken_out_of_turned_pixels(tm
             assert im.size == (40, 48) and _shown_size(out) == (40, 48), ext
 
 
+def test_a_long_run_of_white_space_in_the_xmp_does_not_stall_turning_the_pixels(tmp_path: Path) -> None:
+    """Taking the orientation out of turned pixels' XMP tried a pattern that began with white space at every space
+    of a run: time growing with the square of the run, hours for a hostile file's megabyte of spaces. Both ways
+    the XMP is stripped run here: jac encode of a turned PNG (its pixels turned upright) and jac decode to a
+    format without EXIF (its pixels turned)."""
+    import subprocess
+
+    padded = _XMP_TURNED.replace(b'"6"/>', b'"6"' + b" " * 1_000_000 + b"/>")  # a run that no orientation ends
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    png, jac = tmp_path / "turned.png", tmp_path / "turned.jac"
+    crop().save(png, exif=exif, pnginfo=_png_xmp(padded))
+    crop().save(jac, quality=2, exif=exif, xmp=padded)
+    encode = ["encode", str(png), str(tmp_path / "up.jac"), "--strip"]
+    for argv in (encode, ["decode", str(jac), str(tmp_path / "o.bmp")]):
+        done = subprocess.run([sys.executable, "-m", "pillow_jac", *argv], capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+    assert _shown_size(tmp_path / "o.bmp") == (40, 48)
+
+
+def _png_xmp(xmp: bytes):
+    """A PNG's ``pnginfo`` holding ``xmp`` as Pillow reads it (an iTXt chunk ``XML:com.adobe.xmp``)."""
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    info.add_itxt("XML:com.adobe.xmp", xmp.decode())
+    return info
+
+
 def test_errors_of_reading_or_encoding_the_input_name_it(tmp_path: Path, capsys) -> None:
     """Pillow's and the codec's errors about the input carry its name; an OSError's is reworded as name: reason."""
     good = tmp_path / "whole.png"
