@@ -32,7 +32,11 @@ How it runs:
   complete; :func:`is_done` also redoes outputs older than their input and ``.jac`` files of another
   quality. Beyond :func:`is_done`, :func:`convert` redoes an output whose input has another size or time
   than when it was made (an older copy put in its place: the output folder's record of sources,
-  :meth:`~pillow_jac.source_record.SourceRecord.changed`). A worker killed mid-file
+  :meth:`~pillow_jac.source_record.SourceRecord.changed`). An output that record vouches for is judged
+  without comparing times where the worker finds its source and itself as the record notes them (a source
+  dated in the future would never be done otherwise): the driver sends what the record vouches for
+  (:meth:`~pillow_jac.source_record.SourceRecord.vouched`), and the worker compares it with the files as it
+  finds them (:func:`is_done`). A worker killed mid-file
   can leave a ``.jac-HOST-PID-XXXXXXXX.tmp`` file beside the outputs: nothing reads it, and it can be deleted
   (``jac batch`` removes those of its own dead workers, by the machine and process id in the name).
 * **Paths.** Workers open the files themselves: every node must see ``inputs`` and ``out_dir`` at the same
@@ -76,7 +80,7 @@ from .preview import asked as asked_preview
 from .preview import preview_size
 from .ray_worker import FileResult, Report, Worker
 from .resume_checks import batch_settings, is_done
-from .source_record import SourceRecord, note_made, note_started
+from .source_record import SourceRecord, note_made, note_skipped, note_started
 from .targets import validate_targets
 
 __all__ = ["FileResult", "Report", "Worker", "convert", "is_done", "plan"]
@@ -185,12 +189,17 @@ def convert(
 
     settings = batch_settings(to, quality, effort, extra)
 
+    # each file noted as started: its source's identity before any worker read it, and what the record vouched
+    # for when it was sent (until its result comes back)
+    sent: dict[str, tuple[dict, dict | None]] = {}
+
     def report_file(result: FileResult) -> None:
+        source, vouched = sent.pop(result.src, (None, None))
         if result.status == "done":
-            note_made(out_dir, result.src, result.dst, settings)
-        elif result.status == "skipped":  # this source's too: its pending line ends
+            note_made(out_dir, result.src, result.dst, settings, source={} if source is None else source)
+        elif result.status == "skipped" and source is not None:  # its pending line ends, as made from that source
             with contextlib.suppress(OSError):  # recorded before (a batch run again in a folder it may not write)
-                note_made(out_dir, result.src, result.dst, settings)
+                note_skipped(out_dir, result.src, result.dst, settings, source=source, vouched=vouched)
         shown(result)
 
     failed = [FileResult(str(src), str(dst), "failed", why) for src, (dst, why) in clashes.items()]
@@ -236,12 +245,14 @@ def convert(
             # noted as started as it is sent (the workers decide which files are done already): a batch stopped
             # meanwhile is not lost, and one stopped before it reached a file leaves that file's record as it was
             may_skip = resume and not made_from.changed(src, dst, settings)
+            vouched = made_from.vouched(dst, settings) if may_skip else None  # the worker checks it against the files
             try:
-                note_started(out_dir, {src: dst})
+                sent[src] = (note_started(out_dir, {src: dst})[src], vouched)
                 unrecorded = None
             except OSError as e:  # the worker takes it only if it is done (a batch run again, a read-only folder)
+                sent.pop(src, None)
                 unrecorded = str(e)
-            return (to, quality, effort, device, may_skip, extra, force, unrecorded)
+            return (to, quality, effort, device, may_skip, extra, force, unrecorded, vouched)
 
         report = run(
             ray, jobs, lambda: actor_class.remote(to, device, threads, pixel_limit), workers, slots_each, options,

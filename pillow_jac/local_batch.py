@@ -103,9 +103,10 @@ def run_batch(
     (two inputs for one output): :func:`pillow_jac.batch_plan.plan_batch`. ``target_size``, ``target_psnr``,
     ``preview``, ``strip`` and ``model`` are as in :func:`pillow_jac.conversion.encode_file`, for every file.
     ``workers > 1`` uses that many worker processes. With ``resume``, an output already done
-    (:func:`pillow_jac.resume_checks.is_done`), and made from its source as the source is now
-    (:meth:`pillow_jac.source_record.SourceRecord.changed`), is skipped, so that a stopped batch run again
-    continues where it stopped, as on Ray.
+    (:func:`pillow_jac.resume_checks.is_done`, whose times are not compared where the output folder's record
+    vouches for the source and output as they are, :meth:`pillow_jac.source_record.SourceRecord.vouched`), and
+    made from its source as the source is now (:meth:`pillow_jac.source_record.SourceRecord.changed`), is
+    skipped, so that a stopped batch run again continues where it stopped, as on Ray.
 
     Raises:
         ConversionError: ``in_dir`` is not a folder or holds no images, or ``out_dir`` is a file.
@@ -139,11 +140,15 @@ def run_batch(
     todo = {}
     try:
         for src, dst in jobs.items():
-            if resume and not made_from.changed(src, dst, settings) and done_before(src, dst, to, quality, extra):
+            may_skip = resume and not made_from.changed(src, dst, settings)
+            vouched = made_from.vouched(dst, settings)  # done_before compares it with the files as it finds them
+            if may_skip and done_before(src, dst, to, quality, extra, vouched):
                 bar.step(shown(src), note="already done")
             else:
                 todo[src] = dst
-        note_started(out_dir, todo)  # before any output is written: a batch stopped meanwhile is not lost
+        # before any output is written (a batch stopped meanwhile is not lost), and before any source is read: the
+        # sources' identities noted as made are these, not those of a source saved again meanwhile
+        started = note_started(out_dir, todo)
         for src, result, notes in _run_jobs(todo, options, force, workers) if todo else ():
             name = shown(src)
             for note in notes:
@@ -152,7 +157,7 @@ def run_batch(
                 failed += 1
                 bar.step(name, one_line(result))
             else:
-                note_made(out_dir, src, todo[src], settings)
+                note_made(out_dir, src, todo[src], settings, source=started[src])
                 bar.step(name)
     finally:
         bar.close()

@@ -143,18 +143,23 @@ class Worker:
         extra: dict | None = None,
         force: bool = False,
         unrecorded: str | None = None,
+        vouched: dict | None = None,
     ) -> FileResult:
         """Convert one file as ``jac batch`` does; never raises (a failure is a ``"failed"`` result).
 
         ``extra``: the batch's ``target_size``, ``target_psnr`` and ``preview``; ``force``: as
         :func:`pillow_jac.conversion.convert_file`'s. ``unrecorded``: why the driver could not note the file
         in the output folder's record; then only a file already done is taken (skipped), and no output written.
+        ``vouched``: what that record vouches ``dst`` was made from
+        (:meth:`pillow_jac.source_record.SourceRecord.vouched`), compared here with the files as this worker
+        finds them (:func:`pillow_jac.resume_checks.is_done`): a source saved again after the driver sent it
+        is not taken for the one the output was made from.
         """
         start = time.perf_counter()
         where = {"node": self._info["node"], "pid": self._info["pid"]}
         extra = extra or {}
         try:
-            done = resume and done_before(src, dst, to, quality, extra)
+            done = resume and done_before(src, dst, to, quality, extra, vouched)
         except Exception as e:
             return FileResult(src, dst, "failed", one_line(e), **where)
         if done:

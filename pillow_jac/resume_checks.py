@@ -17,6 +17,7 @@ from .preview import asked as asked_preview
 from .preview import preview_size
 from .quiet_warnings import ignoring
 from .source_image import exif_orientation
+from .source_record import vouches
 
 __all__ = ["batch_settings", "done_before", "is_done"]
 
@@ -31,10 +32,15 @@ def is_done(
     target_size: int | None = None,
     strip: bool = False,
     model: str | None = None,
+    vouched: dict | None = None,
 ) -> bool:
     """Whether ``dst`` is a finished conversion of ``src``, which ``resume`` skips.
 
-    It counts as done when it is a regular file at least as new as ``src``, of the same size in pixels
+    It counts as done when it is a regular file at least as new as ``src`` (or of any time where ``vouched``,
+    what the output folder's record vouches ``dst`` was made from,
+    :meth:`~pillow_jac.source_record.SourceRecord.vouched`, names ``src`` and ``dst`` as they are stat-ed here,
+    :func:`~pillow_jac.source_record.vouches`: a source dated in the future is newer than any output), of the
+    same size in pixels
     (a picture of another size is not taken for it; one of the same size only the batch's record tells
     apart, :meth:`~pillow_jac.source_record.SourceRecord.conflict`), and:
 
@@ -59,7 +65,10 @@ def is_done(
 
     try:
         out = os.stat(dst)
-        if not stat.S_ISREG(out.st_mode) or out.st_mtime_ns < os.stat(src).st_mtime_ns:
+        if not stat.S_ISREG(out.st_mode):
+            return False
+        source = os.stat(src)  # both stat-ed where the output is judged, as the record's vouching is checked
+        if out.st_mtime_ns < source.st_mtime_ns and not vouches(vouched, source, out):
             return False
         with ignoring(Image.DecompressionBombWarning):  # a large image warned when converted, not at every resume
             if to != "jac":
@@ -122,11 +131,14 @@ def batch_settings(to: str, quality: float, effort: int, extra: dict) -> dict | 
     return {**settings, "strip": bool(extra.get("strip"))}
 
 
-def done_before(src: str | os.PathLike, dst: str | os.PathLike, to: str, quality: float, extra: dict) -> bool:
+def done_before(
+    src: str | os.PathLike, dst: str | os.PathLike, to: str, quality: float, extra: dict, vouched: dict | None = None
+) -> bool:
     """Whether a resumed batch skips ``src``: :func:`is_done` with the batch's options.
 
     ``extra``: the batch's ``target_size``, ``target_psnr``, ``preview``, ``strip`` and ``model``; with a target
-    the quality is not checked.
+    the quality is not checked. ``vouched``: :func:`is_done`'s (what the output folder's record vouches ``dst``
+    was made from, :meth:`~pillow_jac.source_record.SourceRecord.vouched`).
     """
     targeted = extra.get("target_size") is not None or extra.get("target_psnr") is not None
     return is_done(
@@ -138,4 +150,5 @@ def done_before(src: str | os.PathLike, dst: str | os.PathLike, to: str, quality
         target_size=extra.get("target_size"),
         strip=bool(extra.get("strip")),
         model=extra.get("model"),
+        vouched=vouched,
     )

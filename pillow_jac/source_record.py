@@ -18,6 +18,14 @@ The record also tells a source that changed since its output was made although i
 (an older copy put in its place with ``cp -p``, say), and an output made with other settings than a batch
 asks for now (a quality where a PSNR or size target is asked for, another effort): a resumed batch converts
 either again (:meth:`SourceRecord.changed`).
+
+A finished line also notes the output's size and modification time once written (``made``), and its source's
+are those :func:`note_started` took before the conversion read the source (a source saved again meanwhile is
+then converted again, not taken for the one the output was made from). Where a finished line's source and
+output are, by size and time, the files there when an output is judged, their times are not compared
+(:meth:`SourceRecord.vouched`, :func:`vouches`): a source dated in the future (by a camera with a wrong clock,
+or unpacked from another time zone) is newer than any output, and would otherwise be converted again by every
+run.
 """
 
 from __future__ import annotations
@@ -38,12 +46,14 @@ try:
 except ImportError:  # pragma: no cover - Windows: no lock (one batch a folder at a time there)
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["RECORD_NAME", "SourceRecord", "note_made", "note_started"]
+__all__ = ["RECORD_NAME", "SourceRecord", "note_made", "note_skipped", "note_started", "vouches"]
 
 #: the record's name in an output folder (hidden: a batch does not take it, or the folder's outputs, as inputs)
 RECORD_NAME = ".jac-sources"
 #: lines at which a record with more than two lines per output is rewritten with one when read
 _COMPACT_AT = 1000
+#: what a line notes of a file (the source's, and the output's ``made``): :func:`_stat_identity`'s fields
+_IDENTITY = ("size", "mtime_ns")
 
 
 def _key(out_dir: str | os.PathLike, dst: str | os.PathLike) -> str:
@@ -53,8 +63,17 @@ def _key(out_dir: str | os.PathLike, dst: str | os.PathLike) -> str:
 
 def _identity(src: str | os.PathLike) -> dict[str, int]:
     """What tells a source file from another once moved or renamed: its size and modification time (OSError)."""
-    st = os.stat(src)
-    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    return _stat_identity(os.stat(src))
+
+
+def _stat_identity(st: os.stat_result) -> dict[str, int]:
+    """:func:`_identity` of a file as ``os.stat`` gave ``st``."""
+    return dict(zip(_IDENTITY, (st.st_size, st.st_mtime_ns), strict=True))
+
+
+def _matches(entry: object, identity: dict[str, int]) -> bool:
+    """Whether ``entry`` (a record's line, or its ``made``) notes a file of this ``identity``."""
+    return isinstance(entry, dict) and all(entry.get(field) == value for field, value in identity.items())
 
 
 def _same_file(entry: dict, src: str | os.PathLike) -> bool | None:
@@ -63,42 +82,104 @@ def _same_file(entry: dict, src: str | os.PathLike) -> bool | None:
         identity = _identity(src)
     except OSError:
         return None
-    return all(entry.get(field) == value for field, value in identity.items())
+    return _matches(entry, identity)
+
+
+def vouches(vouched: Mapping | None, source: os.stat_result, output: os.stat_result) -> bool:
+    """Whether ``vouched`` (:meth:`SourceRecord.vouched`) names the ``source`` and ``output`` as stat-ed now.
+
+    Then the output is the one made from the source as it is, and their times need not be compared
+    (:func:`pillow_jac.resume_checks.is_done`); a source or output saved, touched or replaced since is not.
+    """
+    if not isinstance(vouched, Mapping):
+        return False
+    return all(_matches(vouched.get(name), _stat_identity(st)) for name, st in (("source", source), ("made", output)))
 
 
 def note_made(
-    out_dir: str | os.PathLike, src: str | os.PathLike, dst: str | os.PathLike, settings: dict | None = None
+    out_dir: str | os.PathLike,
+    src: str | os.PathLike,
+    dst: str | os.PathLike,
+    settings: dict | None = None,
+    *,
+    source: Mapping | None = None,
 ) -> None:
     """Add to ``out_dir``'s record that ``dst`` was made from ``src`` (OSError where it cannot: see :func:`_note`).
 
     ``settings``: what the batch made it with (:func:`pillow_jac.resume_checks.batch_settings`), or None.
+    ``source``: the source's size and modification time as :func:`note_started` took them, before the
+    conversion read it (a batch gives them: a source saved again since is not the one ``dst`` was made from;
+    empty where it could not be read then, so the output is converted again by the next batch); None takes
+    them now, for a source no conversion is reading. The line also notes ``dst``'s size and modification time
+    as written (``made``, none where it cannot be read), by which :meth:`SourceRecord.vouched` knows it later.
     """
-    _note(out_dir, [(src, dst)], {} if settings is None else {"settings": settings})
+    more: dict = {} if settings is None else {"settings": settings}
+    with contextlib.suppress(OSError):
+        more["made"] = _identity(dst)
+    _note(out_dir, [(src, dst, source)], more)
 
 
-def note_started(out_dir: str | os.PathLike, jobs: Mapping) -> None:
+def note_skipped(
+    out_dir: str | os.PathLike,
+    src: str | os.PathLike,
+    dst: str | os.PathLike,
+    settings: dict | None,
+    *,
+    source: Mapping,
+    vouched: Mapping | None,
+) -> None:
+    """End the line :func:`note_started` added for an output a worker then judged done (it wrote nothing).
+
+    ``source``: the identity :func:`note_started` returned for ``src``, never the source as it is now (saved
+    again after it was sent, it is not the one ``dst`` was made from). ``vouched``: what the record vouched
+    for when the file was sent (:meth:`SourceRecord.vouched`); its ``made`` is kept where its source is
+    ``source``, so a source dated in the future stays done, and left out otherwise (their times then decide).
+    """
+    more: dict = {} if settings is None else {"settings": settings}
+    if source and isinstance(vouched, Mapping) and _matches(vouched.get("source"), dict(source)):
+        more["made"] = dict(vouched["made"])
+    _note(out_dir, [(src, dst, source)], more)
+
+
+def note_started(out_dir: str | os.PathLike, jobs: Mapping) -> dict:
     """Add to ``out_dir``'s record that each output of ``jobs`` (``{source: output}``) is about to be made.
 
     Written before the conversions start (on Ray, for each file as it is sent). A batch stopped between
     writing an output and :func:`note_made` (killed, a power cut) leaves this line last: a later batch takes the
     output as its source's (no conflict) and converts it again (:meth:`SourceRecord.changed`), where a ``.jac``
     with no line would be another file's.
+
+    Returns:
+        ``{source: identity}`` for each source of ``jobs``: its size and modification time as read here, before
+        any conversion reads it, for :func:`note_made` (``{}`` for one that cannot be read, which has no line).
     """
-    _note(out_dir, jobs.items(), {"pending": True})
+    identities: dict = {}
+    for src in jobs:
+        try:
+            identities[src] = _identity(src)
+        except OSError:  # the conversion reports it
+            identities[src] = {}
+    _note(out_dir, [(src, dst, identities[src]) for src, dst in jobs.items() if identities[src]], {"pending": True})
+    return identities
 
 
 def _note(out_dir: str | os.PathLike, made: Iterable[tuple], more: dict) -> None:
-    """Append a line per ``(source, output)`` of ``made`` in one write; a source that cannot be read has none.
+    """Append a line per ``(source, output, identity)`` of ``made`` in one write.
+
+    ``identity``: the source's size and modification time (None: as it is now; a source that cannot be read
+    then has no line).
 
     Raises:
         OSError: the record cannot be written (its folder read-only for this user, a full disk): the batch stops.
     """
     lines = []
-    for src, dst in made:
-        try:
-            entry = {"output": _key(out_dir, dst), "source": os.fspath(src), **_identity(src), **more}
-        except OSError:  # the conversion reports it
-            continue
+    for src, dst, identity in made:
+        if identity is None:
+            try:
+                identity = _identity(src)
+            except OSError:  # the conversion reports it
+                continue
+        entry = {"output": _key(out_dir, dst), "source": os.fspath(src), **identity, **more}
         lines.append(json.dumps(entry) + "\n")  # ASCII: json.dumps escapes the rest
     if not lines:  # nothing to add (a batch with nothing left to do, in a folder it may not write)
         return
@@ -163,6 +244,17 @@ def _locked(path: Path) -> Iterator[IO[bytes]]:
             return
         finally:
             f.close()  # and unlocked
+
+
+def _other_settings(entry: dict, settings: dict | None) -> bool:
+    """Whether a record's line ``entry`` was made with other ``settings`` (:meth:`SourceRecord.changed`)."""
+    made_with = entry.get("settings")
+    if settings is None or not isinstance(made_with, dict):
+        return False
+    now = json.loads(json.dumps(settings))  # as the record reads back
+    if "quality" in made_with:
+        made_with = {**made_with, "quality": _stored_quality(made_with["quality"])}
+    return any(made_with[name] != value for name, value in now.items() if name in made_with)
 
 
 def _stored_quality(quality: object) -> object:
@@ -271,14 +363,27 @@ class SourceRecord:
             return False  # made from another file (conflict() says so), not this one moved or renamed
         if entry.get("pending"):
             return True  # its conversion began and was not recorded as done: whatever is there is redone
-        made_with = entry.get("settings")
-        if settings is not None and isinstance(made_with, dict):
-            now = json.loads(json.dumps(settings))  # as the record reads back
-            if "quality" in made_with:
-                made_with = {**made_with, "quality": _stored_quality(made_with["quality"])}
-            if any(made_with[name] != value for name, value in now.items() if name in made_with):
-                return True
+        if _other_settings(entry, settings):
+            return True
         return _same_file(entry, src) is False  # one that cannot be read: the conversion reports it
+
+    def vouched(self, dst: str | os.PathLike, settings: dict | None = None) -> dict | None:
+        """What the record vouches ``dst`` was made from: ``{"source": identity, "made": identity}``, or None.
+
+        From its last line where that is finished (not :func:`note_started`'s alone), made with these
+        ``settings`` (as :meth:`changed` judges them) and notes the output as written (``made``): the source's
+        size and modification time before the conversion read it, and the output's once written. Nothing is
+        read here: whoever judges the output compares these with the files as they are then (:func:`vouches`,
+        in :func:`pillow_jac.resume_checks.is_done`), so a source saved again after this was asked is not
+        taken for the one the output was made from.
+        """
+        entry = self.made.get(_key(self.out_dir, dst))
+        if entry is None or entry.get("pending") or _other_settings(entry, settings):
+            return None
+        made = entry.get("made")
+        if not isinstance(made, dict):
+            return None
+        return {"source": {f: entry.get(f) for f in _IDENTITY}, "made": {f: made.get(f) for f in _IDENTITY}}
 
     def conflict(self, src: Path, dst: Path) -> str | None:
         """Why ``src`` may not be converted into ``dst``: it exists and was made from another file; else None.

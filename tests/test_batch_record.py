@@ -1,5 +1,6 @@
 """A batch's record of sources (``.jac-sources``, :mod:`pillow_jac.source_record`) as resume reads it, whatever
-the file holds: a byte that is not UTF-8 costs only its own line, and a record that never ends is not read."""
+the file holds: a byte that is not UTF-8 costs only its own line, and a record that never ends is not read. A
+source dated in the future is converted once, where the record vouches for it as the files are when judged."""
 
 from __future__ import annotations
 
@@ -8,17 +9,34 @@ import os
 import resource
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
+from pillow_jac import local_batch
 from pillow_jac.cli import main
+from pillow_jac.constants import DEFAULT_EFFORT, DEFAULT_QUALITY
+from pillow_jac.ray_worker import Worker
 from pillow_jac.source_record import RECORD_NAME, SourceRecord, note_made
 
 from .helpers import natural_image
 
 ROOT = Path(__file__).resolve().parents[1]
+#: a day ahead: a camera with a wrong clock, an archive unpacked from another time zone
+DAY_NS = 86_400 * 10**9
+
+
+def tomorrow(path: Path) -> None:
+    """Date ``path`` a day in the future (``touch -d "+1 day"``)."""
+    os.utime(path, ns=(time.time_ns() + DAY_NS,) * 2)
+
+
+def save_again(path: Path, seed: int = 7) -> None:
+    """Save another picture as ``path``, dated a day in the future as the first was."""
+    Image.fromarray(natural_image(24, 24, seed)).save(path)
+    tomorrow(path)
 
 
 def batch(capsys, src: Path, out: Path, to: str) -> str:
@@ -119,3 +137,85 @@ def test_a_record_that_is_not_a_regular_file_is_neither_read_nor_written(tmp_pat
     assert proc.returncode == 1, proc.stderr
     assert "cannot add to the batch's record" in proc.stderr and "MemoryError" not in proc.stderr, proc.stderr
     assert not list(out.glob("*.jac"))
+
+
+def test_a_source_dated_in_the_future_is_converted_once(tmp_path: Path, capsys) -> None:
+    """Newer than any output, it was converted again by every run: the record vouches for the source and the
+    output as they are, so their times are not compared."""
+    photos, out = folder_of_two(tmp_path)
+    tomorrow(photos / "a.png")
+    batch(capsys, photos, out, "jac")
+    made = (out / "a.jac").stat().st_mtime_ns
+    for _ in range(2):
+        assert "jac: 2 files already done, skipped" in batch(capsys, photos, out, "jac")
+    assert (out / "a.jac").stat().st_mtime_ns == made
+
+
+def test_a_jac_file_dated_in_the_future_is_decoded_once(tmp_path: Path, capsys) -> None:
+    """As for ``--to jac``: ``--to png`` is judged by the record too."""
+    photos, jacs = folder_of_two(tmp_path)
+    batch(capsys, photos, jacs, "jac")
+    for jac in jacs.glob("*.jac"):
+        tomorrow(jac)
+    back = tmp_path / "back"
+    batch(capsys, jacs, back, "png")
+    assert "jac: 2 files already done, skipped" in batch(capsys, jacs, back, "png")
+
+
+def test_the_times_decide_where_the_record_does_not_vouch_for_the_files(tmp_path: Path, capsys) -> None:
+    """A source saved again, a touched output or a line without ``made`` (an older record's) is judged by the
+    times: a source dated in the future is converted again."""
+    photos, out = folder_of_two(tmp_path)
+    tomorrow(photos / "a.png")
+    batch(capsys, photos, out, "jac")
+    first = (out / "a.jac").read_bytes()
+    save_again(photos / "a.png")
+    assert "jac: 1 files already done, skipped" in batch(capsys, photos, out, "jac")  # b.png only
+    assert (out / "a.jac").read_bytes() != first
+    assert "jac: 2 files already done, skipped" in batch(capsys, photos, out, "jac")
+    os.utime(out / "a.jac")  # not the output as made (touched): older than its source, so not done
+    assert "jac: 1 files already done, skipped" in batch(capsys, photos, out, "jac")
+    record = out / RECORD_NAME
+    lines = list(SourceRecord(out).made.values())
+    assert all("made" in entry for entry in lines)
+    record.write_text("".join(json.dumps({k: v for k, v in e.items() if k != "made"}) + "\n" for e in lines))
+    assert "jac: 1 files already done, skipped" in batch(capsys, photos, out, "jac")  # a line with no "made"
+
+
+def test_a_source_saved_again_while_converted_is_converted_again(tmp_path: Path, capsys, monkeypatch) -> None:
+    """note_made noted the source as it was once the output was written: a source saved again meanwhile was
+    recorded as the one the output was made from, and every later run skipped it. The line notes the source as
+    note_started found it, before the conversion read it."""
+    photos, out = folder_of_two(tmp_path)
+    tomorrow(photos / "a.png")
+    real = local_batch.note_made
+
+    def saved_meanwhile(out_dir, src, dst, *args, **kwargs):  # the user saves a.png while it is converted
+        if Path(src).name == "a.png":
+            save_again(Path(src))
+        real(out_dir, src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(local_batch, "note_made", saved_meanwhile)
+    batch(capsys, photos, out, "jac")
+    monkeypatch.undo()
+    first = (out / "a.jac").read_bytes()
+    assert "jac: 1 files already done, skipped" in batch(capsys, photos, out, "jac")  # b.png only
+    assert (out / "a.jac").read_bytes() != first
+    assert "jac: 2 files already done, skipped" in batch(capsys, photos, out, "jac")
+
+
+def test_a_worker_checks_what_the_record_vouches_for_against_the_files(tmp_path: Path, capsys) -> None:
+    """The Ray driver decided when it sent a file that its times would not be compared, and the worker acted on
+    it after the source had been saved again: it skipped the new source. The worker is sent what the record
+    vouches for and compares it with the files as it finds them (here called as a Ray actor's method is)."""
+    photos, out = folder_of_two(tmp_path)
+    tomorrow(photos / "a.png")
+    batch(capsys, photos, out, "jac")
+    src, dst = str(photos / "a.png"), str(out / "a.jac")
+    vouched = SourceRecord(out).vouched(dst)
+    assert vouched is not None
+    worker = Worker("jac", "cpu", 1, None)
+    options = ("jac", DEFAULT_QUALITY, DEFAULT_EFFORT, "cpu", True, {}, False, None, vouched)
+    assert worker.convert(src, dst, *options).status == "skipped"  # the files as vouched for
+    save_again(photos / "a.png")  # after the driver sent it
+    assert worker.convert(src, dst, *options).status == "done"

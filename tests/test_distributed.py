@@ -787,3 +787,49 @@ def test_a_worker_takes_the_drivers_pixel_limit(photos: Path, tmp_path: Path, mo
     worker = distributed.Worker("jac", "cpu", 1, None)
     result = worker.convert(str(photos / "a.png"), str(tmp_path / "a.jac"), "jac", 4.0, 0, "cpu", False)
     assert result.status == "done" and (tmp_path / "a.jac").exists()
+
+
+@pytest.mark.ray
+@pytest.mark.usefixtures("ray_local")
+def test_ray_converts_a_source_dated_in_the_future_once(tmp_path: Path) -> None:
+    """As ``jac batch`` without Ray: the worker does not compare the times of an output the record vouches for, and
+    the line of a file it skipped keeps vouching (a third run skips it too)."""
+    from .test_batch_record import folder_of_two, tomorrow
+
+    photos, out = folder_of_two(tmp_path)
+    tomorrow(photos / "a.png")
+    assert distributed.convert(photos, out, workers=1).done == 2
+    for _ in range(2):
+        again = distributed.convert(photos, out, workers=1)
+        assert (again.done, again.skipped, again.failed) == (0, 2, [])
+
+
+@pytest.mark.ray
+@pytest.mark.usefixtures("ray_local")
+def test_ray_notes_a_skipped_file_as_the_source_was_when_sent(tmp_path: Path, monkeypatch) -> None:
+    """The driver ended a skipped file's line with the source as it was when the result came back: an older copy
+    put in its place (``cp -p``) after the file was sent, which the worker skipped by the times, was then recorded
+    as the source of the output, and never converted again. The line notes the source as it was when sent."""
+    from .test_batch_record import folder_of_two
+
+    photos, out = folder_of_two(tmp_path)
+    assert distributed.convert(photos, out, workers=1).done == 2
+    real_run = ray_driver.run
+
+    def run(ray, jobs, new_actor, workers, slots_each, options, report_file):
+        def sent(src: str, dst: str) -> tuple:
+            given = options(src, dst)
+            if Path(src).name == "a.png":  # an older copy put in its place once sent
+                Image.fromarray(natural_image(24, 24, 7)).save(src)
+                old = (out / "a.jac").stat().st_mtime_ns - 3600 * 10**9
+                os.utime(src, ns=(old, old))
+            return given
+
+        return real_run(ray, jobs, new_actor, workers, slots_each, sent, report_file)
+
+    monkeypatch.setattr(ray_driver, "run", run)
+    again = distributed.convert(photos, out, workers=1)
+    assert (again.done, again.skipped) == (0, 2)  # judged by the times: older than its output
+    monkeypatch.undo()
+    third = distributed.convert(photos, out, workers=1)
+    assert (third.done, third.skipped, third.failed) == (1, 1, [])
