@@ -4,7 +4,8 @@
 by name, time and size alone (:func:`pillow_jac.resume_checks.is_done`) the second run cannot tell its ``a.png``
 from the first's, and would replace the output made from A (perhaps the only copy of that picture left). A
 batch therefore notes, in a hidden file of its output folder (:data:`RECORD_NAME`, one JSON line per converted
-file: the output's path in the folder, and the source's path, size and modification time; a record read with
+file: the output's path in the folder, the source's path, size and modification time as they were before it
+was read, and once the output is made its own size and modification time; a record read with
 more than two lines per output is rewritten with the last of each, and a line that does not read, cut by a crash,
 not UTF-8 or longer than any record's, is skipped), what each output was made from, and
 refuses to replace an output made from another file. A source moved or renamed with its folder (the same size
