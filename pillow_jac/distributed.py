@@ -244,14 +244,18 @@ def convert(
         def options(src: str, dst: str) -> tuple:
             # noted as started as it is sent (the workers decide which files are done already): a batch stopped
             # meanwhile is not lost, and one stopped before it reached a file leaves that file's record as it was
-            may_skip = resume and not made_from.changed(src, dst, settings)
-            vouched = made_from.vouched(dst, settings) if may_skip else None  # the worker checks it against the files
+            # the source is read once, here: judged as noted, so that an older copy put in its place meanwhile is
+            # not recorded as the file an output was judged done for
             try:
-                sent[src] = (note_started(out_dir, {src: dst})[src], vouched)
-                unrecorded = None
+                identity, unrecorded = note_started(out_dir, {src: dst})[src], None
             except OSError as e:  # the worker takes it only if it is done (a batch run again, a read-only folder)
+                identity, unrecorded = None, str(e)
+            may_skip = resume and not made_from.changed(src, dst, settings, identity)
+            vouched = made_from.vouched(dst, settings) if may_skip else None  # the worker checks it against the files
+            if unrecorded is None:
+                sent[src] = (identity, vouched)
+            else:
                 sent.pop(src, None)
-                unrecorded = str(e)
             return (to, quality, effort, device, may_skip, extra, force, unrecorded, vouched)
 
         report = run(

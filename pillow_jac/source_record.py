@@ -347,10 +347,14 @@ class SourceRecord:
         except OSError:  # a folder that cannot be written: the record stays as it is
             pass
 
-    def changed(self, src: str | os.PathLike, dst: str | os.PathLike, settings: dict | None = None) -> bool:
+    def changed(
+        self, src: str | os.PathLike, dst: str | os.PathLike, settings: dict | None = None, identity: dict | None = None
+    ) -> bool:
         """Whether ``dst`` was made from ``src`` as it was not now, or with other ``settings`` than these.
 
-        As it was not now: with another size or modification time. An output recorded without settings is not
+        As it was not now: with another size or modification time (``identity``: the source's, as
+        :func:`note_started` read it, so that the file judged is the one noted; else read here). An output recorded
+        without settings is not
         judged by them, nor by a setting its line does not name (one a batch started recording later). A
         source recorded under another path (its folder moved or renamed, or reached through a link) that is
         the same file by size and time is judged as this one.
@@ -360,13 +364,14 @@ class SourceRecord:
         entry = self.made.get(_key(self.out_dir, dst))
         if entry is None:
             return False
-        if entry.get("source") != os.fspath(src) and _same_file(entry, src) is not True:
+        same = _same_file(entry, src) if not identity else _matches(entry, identity)
+        if entry.get("source") != os.fspath(src) and same is not True:
             return False  # made from another file (conflict() says so), not this one moved or renamed
         if entry.get("pending"):
             return True  # its conversion began and was not recorded as done: whatever is there is redone
         if _other_settings(entry, settings):
             return True
-        return _same_file(entry, src) is False  # one that cannot be read: the conversion reports it
+        return same is False  # one that cannot be read: the conversion reports it
 
     def vouched(self, dst: str | os.PathLike, settings: dict | None = None) -> dict | None:
         """What the record vouches ``dst`` was made from: ``{"source": identity, "made": identity}``, or None.

@@ -833,3 +833,27 @@ def test_ray_notes_a_skipped_file_as_the_source_was_when_sent(tmp_path: Path, mo
     monkeypatch.undo()
     third = distributed.convert(photos, out, workers=1)
     assert (third.done, third.skipped, third.failed) == (1, 1, [])
+
+
+@pytest.mark.ray
+def test_ray_judges_a_source_as_it_notes_it(ray_local, tmp_path: Path, monkeypatch) -> None:
+    """The driver read the source twice, once to judge it against the record and once to note it as sent: an older
+    copy put in its place between the two was noted as the file the kept output (made from the first) came from,
+    and every later run skipped it."""
+    photos, old = tmp_path / "photos", tmp_path / "old.png"
+    photos.mkdir()
+    Image.new("RGB", (32, 24), (200, 30, 30)).save(photos / "a.png")
+    Image.new("RGB", (32, 24), (30, 30, 200)).save(old)  # another picture of that size, older than any output
+    os.utime(old, ns=(time.time_ns() - 10**11,) * 2)
+    out = tmp_path / "out"
+    assert distributed.convert(photos, out, quality=1, workers=1).done == 1
+    made = (out / "a.jac").read_bytes()
+    note_started = distributed.note_started
+
+    def replaced_meanwhile(out_dir, jobs):  # the older copy arrives as the driver sends the file
+        os.replace(old, photos / "a.png")
+        return note_started(out_dir, jobs)
+
+    monkeypatch.setattr(distributed, "note_started", replaced_meanwhile)
+    distributed.convert(photos, out, quality=1, workers=1)
+    assert (out / "a.jac").read_bytes() != made  # converted from the copy now there, not kept as done
