@@ -469,7 +469,7 @@ def show_warning(
     (Pillow's own, a corrupt EXIF block say), so that a script's log of many commands says which file it was.
     """
     text = first_line(str(message)) or category.__name__
-    if source is not None and str(source) not in text:
+    if source is not None and not text.startswith((f"{source}: ", f"{source} ")):  # the codec's name it first
         text = f"{source}: {text}"
     print(f"{PROG}: warning: {text}", file=sys.stderr)
 

@@ -187,28 +187,34 @@ def without_orientation(info: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-#: the XMP's ``tiff:Orientation``, as an attribute (either quote; the white space before it goes too,
-#: :func:`_without_xmp_orientation`) or an element. Each starts with its name, so a search takes time linear in
-#: the packet's length (a pattern that began with white space was tried at every space of a run: quadratic)
-_XMP_ORIENTATION = r"""tiff:Orientation\s*=\s*(?:"[^"]*"|'[^']*')|<tiff:Orientation\s*>[^<]*</tiff:Orientation\s*>"""
-_XMP_ORIENTATION_TEXT = re.compile(_XMP_ORIENTATION)
-_XMP_ORIENTATION_BYTES = re.compile(_XMP_ORIENTATION.encode())
+#: the XMP's ``tiff:Orientation`` as an attribute (either quote; the white space before it goes too,
+#: :func:`_without_xmp_orientation`), then as an element, taken out in that order. Each pattern starts with the
+#: name, so a search takes time linear in the packet's length (a pattern that began with white space was tried at
+#: every space of a run: quadratic)
+_XMP_ATTRIBUTE = r"""tiff:Orientation\s*=\s*(?:"[^"]*"|'[^']*')"""
+_XMP_ELEMENT = r"<tiff:Orientation\s*>[^<]*</tiff:Orientation\s*>"
+_XMP_PATTERNS = {
+    str: (re.compile(_XMP_ATTRIBUTE), re.compile(_XMP_ELEMENT)),
+    bytes: (re.compile(_XMP_ATTRIBUTE.encode()), re.compile(_XMP_ELEMENT.encode())),
+}
 
 
 def _without_xmp_orientation(xmp: str | bytes | bytearray) -> str | bytes:
-    """``xmp`` without its ``tiff:Orientation`` (:data:`_XMP_ORIENTATION`), an attribute with the space before it."""
+    """``xmp`` without its ``tiff:Orientation``: the attributes with the white space before them, then the elements.
+
+    In that order, so that an element the attributes' removal brings together goes too.
+    """
     text = isinstance(xmp, str)
-    pattern, element = (_XMP_ORIENTATION_TEXT, "<") if text else (_XMP_ORIENTATION_BYTES, b"<")
+    attribute, element = _XMP_PATTERNS[str if text else bytes]
     pieces, kept_to = [], 0
-    for match in pattern.finditer(xmp):
+    for match in attribute.finditer(xmp):
         start = match.start()
-        if not match.group().startswith(element):  # an attribute: the space before it goes too
-            while start > kept_to and xmp[start - 1 : start].isspace():
-                start -= 1
+        while start > kept_to and xmp[start - 1 : start].isspace():
+            start -= 1
         pieces.append(xmp[kept_to:start])
         kept_to = match.end()
     pieces.append(xmp[kept_to:])
-    return "".join(pieces) if text else b"".join(pieces)
+    return element.sub("" if text else b"", "".join(pieces) if text else b"".join(pieces))
 
 
 def _raw_profile(text: str) -> bytes:

@@ -890,6 +890,14 @@ def test_warnings_are_one_line_and_name_the_source(png: Path, tmp_path: Path, ca
         f"jac: warning: {name}: Invalid APNG, will use default PNG image if possible"
         for name in ("standard input", apng)
     ]
+    one = tmp_path / "1"  # a name that the warning's text holds elsewhere: it is named all the same
+    one.write_bytes(png.read_bytes())
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 48 * 40 - 1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        assert main(["encode", "1", "one.jac", "-q", "1"]) == 0
+    assert capsys.readouterr().err.startswith("jac: warning: 1: Image size (1920 pixels)")
 
 
 def test_decode_warns_and_refuses_like_image_open(jac: Path, tmp_path: Path, capsys, monkeypatch) -> None:
@@ -1556,6 +1564,17 @@ def test_a_long_run_of_white_space_in_the_xmp_does_not_stall_turning_the_pixels(
         done = subprocess.run([sys.executable, "-m", "pillow_jac", *argv], capture_output=True, text=True, timeout=120)
         assert done.returncode == 0, done.stderr
     assert _shown_size(tmp_path / "o.bmp") == (40, 48)
+
+
+def test_an_orientation_element_that_an_attributes_removal_brings_together_goes_too() -> None:
+    """The attributes go first, then the elements, as two passes did: one pass over both left an element that
+    the removal of an attribute inside its tag made whole, and Pillow read its 6 on pixels already turned."""
+    from pillow_jac.save_metadata import without_orientation
+
+    joined = ('<tiff:Orientation tiff:Orientation="1">6</tiff:Orientation>', "<tiff:Orien tiff:Orientation='1'tation>6")
+    for xmp in (joined[0], joined[1] + "</tiff:Orientation>"):
+        assert without_orientation({"xmp": xmp}) == {"xmp": ""}
+        assert without_orientation({"xmp": xmp.encode()}) == {"xmp": b""}
 
 
 def _png_xmp(xmp: bytes):
