@@ -277,13 +277,13 @@ class JacImageFile(ImageFile.ImageFile):
         as it is, and the exception goes on unchanged. Only that call is told apart (its caller is
         ``Parser.close``): any other load decodes, and the image a piece opened refuses to.
         """
-        if self.tile and self._jac_closed:
-            raise ValueError("Operation on closed image")
-        if self.tile and _stale_parser_load(self.fp):
-            return None
-        if self.tile and self._jac is None:
-            raise OSError("a JAC image the Parser opened from a piece is not decoded: its close() decodes the file")
-        if self.tile and self._jac is not None:
+        if self.tile:
+            if self._jac_closed:
+                raise ValueError("Operation on closed image")
+            if _stale_parser_load(self.fp):
+                return None
+            if self._jac is None:
+                raise OSError("a JAC image the Parser opened from a piece is not decoded: its close() decodes the file")
             if self._preview is not None:
                 raw, self._preview = self._preview.tobytes(), None
             else:

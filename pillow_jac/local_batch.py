@@ -141,8 +141,8 @@ def run_batch(
     try:
         for src, dst in jobs.items():
             may_skip = resume and not made_from.changed(src, dst, settings)
-            vouched = made_from.vouched(dst, settings)  # done_before compares it with the files as it finds them
-            if may_skip and done_before(src, dst, to, quality, extra, vouched):
+            # done_before compares what the record vouches for with the files as it finds them
+            if may_skip and done_before(src, dst, to, quality, extra, made_from.vouched(dst, settings)):
                 bar.step(shown(src), note="already done")
             else:
                 todo[src] = dst

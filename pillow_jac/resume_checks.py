@@ -40,9 +40,8 @@ def is_done(
     what the output folder's record vouches ``dst`` was made from,
     :meth:`~pillow_jac.source_record.SourceRecord.vouched`, names ``src`` and ``dst`` as they are stat-ed here,
     :func:`~pillow_jac.source_record.vouches`: a source dated in the future is newer than any output), of the
-    same size in pixels
-    (a picture of another size is not taken for it; one of the same size only the batch's record tells
-    apart, :meth:`~pillow_jac.source_record.SourceRecord.conflict`), and:
+    same size in pixels (a picture of another size is not taken for it; one of the same size only the batch's
+    record tells apart, :meth:`~pillow_jac.source_record.SourceRecord.conflict`), and:
 
     * for ``to="png"``: Pillow reads it as a PNG whose chunks check (``verify()``), so an empty or cut file
       left by a machine that crashed is converted again, and that a decode wrote (its ``Software`` chunk,

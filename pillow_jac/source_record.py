@@ -232,8 +232,7 @@ def _locked(path: Path) -> Iterator[IO[bytes]]:
     for tries_left in range(_REOPENS, -1, -1):
         f = open(path, "a+b")
         try:
-            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-                raise OSError(errno.EINVAL, "the record is not a regular file", str(path))
+            _check_regular(f, path)
             if fcntl is not None and _lock(f) and tries_left:
                 try:
                     replaced = os.fstat(f.fileno()).st_ino != os.stat(path).st_ino  # compacted while this waited
@@ -312,11 +311,15 @@ def _read_record(path: Path) -> tuple[dict[str, dict], int]:
     Opened without waiting for a writer (a named pipe would block the batch for ever) and read only if it is a
     regular file (a link to ``/dev/zero`` never ends).
     """
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
-    with open(fd, "rb") as f:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise OSError(errno.EINVAL, "the record is not a regular file", str(path))
+    with open(os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0)), "rb") as f:
+        _check_regular(f, path)
         return _last_lines(_record_lines(f))
+
+
+def _check_regular(f: IO[bytes], path: Path) -> None:
+    """Raise OSError unless the record ``f`` opened at ``path`` is a regular file (a device or a pipe never ends)."""
+    if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+        raise OSError(errno.EINVAL, "the record is not a regular file", str(path))
 
 
 class SourceRecord:
@@ -353,9 +356,9 @@ class SourceRecord:
         """Whether ``dst`` was made from ``src`` as it was not now, or with other ``settings`` than these.
 
         As it was not now: with another size or modification time (``identity``: the source's, as
-        :func:`note_started` read it, so that the file judged is the one noted; else read here). An output recorded
-        without settings is not
-        judged by them, nor by a setting its line does not name (one a batch started recording later). A
+        :func:`note_started` read it, so that the file judged is the one noted; else read here). An output
+        recorded without settings is not judged by them, nor by a setting its line does not name (one a batch
+        started recording later). A
         source recorded under another path (its folder moved or renamed, or reached through a link) that is
         the same file by size and time is judged as this one.
 
