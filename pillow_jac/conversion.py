@@ -62,19 +62,6 @@ def _pillow_format_for(path: Path) -> str:
     return fmt
 
 
-#: the extensions of a bare JPEG 2000 codestream (ISO/IEC 15444-1 Annex A), not a JP2 file (Annex I)
-_CODESTREAM_SUFFIXES = (".j2k", ".j2c", ".jpc")
-
-
-def _writable_name(name: str, fmt: str) -> bool:
-    """Whether Pillow's ``fmt`` writer can write ``name`` into the file (its header, its title)."""
-    try:
-        name.encode("ascii" if fmt == "IM" else "utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
 #: the file name that stands for standard input (as an input) or standard output (as an output)
 STDIO = "-"
 
@@ -344,11 +331,7 @@ def decode_file(
         del options["icc_profile"]
     if fmt in ("JPEG", "WEBP", "AVIF"):
         options["quality"] = 95
-    if fmt == "JPEG2000" and dst.suffix.lower() in _CODESTREAM_SUFFIXES:
-        options["no_jp2"] = True  # Pillow writes a bare codestream only for a name ending in ".j2k"
-    # what Pillow's writers read from a path (save_keeping_what_fits), where they can write it: an IM header holds
-    # only ASCII, and no writer encodes a name that is not valid Unicode (bytes a file system allows)
-    name = "" if out is not None or not _writable_name(dst.name, fmt) else dst.name
+    name = "" if out is not None else dst.name  # what Pillow's writers read from a path (save_keeping_what_fits)
     if fmt == "ICO":
         options["sizes"] = decoded_output.icon_sizes(im.size)
     with recording(always=True) as first_save:  # given out below unless the image is saved again

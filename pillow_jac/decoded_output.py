@@ -312,17 +312,38 @@ def written_by_a_decode(path: str | Path) -> bool:
 _METADATA_OPTIONS = {"exif": "EXIF", "xmp": "XMP", "pnginfo": "XMP", "icc_profile": "ICC profile"}
 
 
+#: the extensions of a bare JPEG 2000 codestream (ISO/IEC 15444-1 Annex A), not a JP2 file (Annex I)
+_CODESTREAM_SUFFIXES = (".j2k", ".j2c", ".jpc")
+
+
+def _writable_name(name: str, fmt: str) -> bool:
+    """Whether Pillow's ``fmt`` writer can write ``name`` into the file (its header, its title).
+
+    An IM header holds only ASCII, and no writer a name that is not valid Unicode (bytes a file system allows).
+    """
+    try:
+        name.encode("ascii" if fmt == "IM" else "utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def save_keeping_what_fits(im: Any, fmt: str, options: dict[str, Any], name: str = "") -> tuple[bytes, dict[str, Any]]:
     """``im`` saved as ``fmt``, and the options it was saved with; metadata the writer refuses is left out (warned).
 
-    ``name``: the output's file name, which some of Pillow's writers read as they would from a path: ``.j2k``
-    makes a JPEG 2000 codestream rather than a JP2 file, and SGI and IM files and a PDF's title carry it.
+    ``name``: the output's file name, which some of Pillow's writers read as they would from a path (SGI and IM
+    files and a PDF's title carry it), given where the writer can write it (:func:`_writable_name`); a JPEG 2000
+    named as a bare codestream (:data:`_CODESTREAM_SUFFIXES`) is written as one (Pillow's writer makes one only
+    for a name ending in ``.j2k``).
 
     A JPEG holds at most 64 KiB of EXIF and a TIFF only EXIF that parses as TIFF: the decoded pixels are
     not thrown away for an optional chunk the output format cannot carry. Each piece of metadata is
     tried alone first, so only the one refused is left out (a TIFF's XMP, a tag beside the EXIF's, stays when
     the EXIF is refused).
     """
+    if fmt == "JPEG2000" and Path(name).suffix.lower() in _CODESTREAM_SUFFIXES:
+        options = {**options, "no_jp2": True}
+    name = name if _writable_name(name, fmt) else ""
 
     def save(kept: dict[str, Any]) -> bytes:
         encoded = io.BytesIO()
