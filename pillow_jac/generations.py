@@ -63,6 +63,7 @@ __all__ = [
     "KEPT_DIR",
     "RELEASED_PATH",
     "released",
+    "read_released_table",
     "released_problem",
 ]
 
@@ -199,16 +200,29 @@ def released() -> dict[str, dict[str, str]]:
     try:
         stat = path.stat()
         key = (str(path), stat.st_size, stat.st_mtime_ns)
-        table = _RELEASED.get(key)
-        if table is None:
-            table = json.loads(path.read_text())
-            if not isinstance(table, dict) or not all(
-                isinstance(e, dict) and {"weights_hash", "decoder_hash"} <= set(e) for e in table.values()
-            ):
-                raise ValueError("not a table of model_id -> weights_hash, decoder_hash")
-            # one assignment: a thread that read the table as another cleared the cache still has its own
-            _RELEASED.clear()
-            _RELEASED[key] = table
+    except OSError as exc:
+        raise ReleasedTableError(f"{path}: the table of released generations cannot be read ({exc})") from None
+    table = _RELEASED.get(key)
+    if table is None:
+        table = read_released_table(path)
+        # one assignment: a thread that read the table as another cleared the cache still has its own
+        _RELEASED.clear()
+        _RELEASED[key] = table
+    return table
+
+
+def read_released_table(path: Path) -> dict[str, dict[str, str]]:
+    """The table of released generations in ``path`` (the format of :data:`RELEASED_PATH`), checked, uncached.
+
+    Raises:
+        ReleasedTableError: ``path`` cannot be read or is not a table of ``model_id -> weights_hash, decoder_hash``.
+    """
+    try:
+        table = json.loads(path.read_text())
+        if not isinstance(table, dict) or not all(
+            isinstance(e, dict) and {"weights_hash", "decoder_hash"} <= set(e) for e in table.values()
+        ):
+            raise ValueError("not a table of model_id -> weights_hash, decoder_hash")
     except (OSError, ValueError) as exc:
         raise ReleasedTableError(f"{path}: the table of released generations cannot be read ({exc})") from None
     return table
