@@ -512,48 +512,6 @@ def test_ray_converts_nothing_it_cannot_record_and_skips_what_is_done(ray_local,
     assert listing(tmp_path / "out") == ["a.jac"]
 
 
-@pytest.mark.ray
-def test_ray_does_not_replace_an_output_another_source_made(ray_local, tmp_path: Path) -> None:
-    """As jac batch without Ray: the driver notes what each output was made from, and the plan refuses another."""
-    first, second = tmp_path / "A", tmp_path / "B"
-    for folder, colour in ((first, (200, 30, 30)), (second, (30, 30, 200))):
-        folder.mkdir()
-        Image.new("RGB", (32, 24), colour).save(folder / "a.png")
-    os.utime(second / "a.png", ns=(time.time_ns() + 10**10,) * 2)
-    assert distributed.convert(first, tmp_path / "out", quality=1, workers=1).done == 1
-    made = (tmp_path / "out" / "a.jac").read_bytes()
-    report = distributed.convert(second, tmp_path / "out", quality=1, workers=1)
-    assert report.done == 0 and "made from another file" in report.failed[0].error
-    assert (tmp_path / "out" / "a.jac").read_bytes() == made
-
-
-@pytest.mark.ray
-def test_ray_converts_again_a_source_replaced_by_an_older_copy(ray_local, tmp_path: Path) -> None:
-    """As jac batch without Ray: an older copy put in a source's place (``cp -p``) is not taken as done."""
-    photos, old = tmp_path / "photos", tmp_path / "old.png"
-    photos.mkdir()
-    Image.new("RGB", (32, 24), (200, 30, 30)).save(photos / "a.png")
-    Image.new("RGB", (32, 24), (30, 30, 200)).save(old)
-    os.utime(old, ns=(time.time_ns() - 10**11,) * 2)
-    assert distributed.convert(photos, tmp_path / "out", quality=1, workers=1).done == 1
-    made = (tmp_path / "out" / "a.jac").read_bytes()
-    os.replace(old, photos / "a.png")
-    report = distributed.convert(photos, tmp_path / "out", quality=1, workers=1)
-    assert (report.done, report.skipped) == (1, 0) and (tmp_path / "out" / "a.jac").read_bytes() != made
-    assert distributed.convert(photos, tmp_path / "out", quality=1, workers=1).skipped == 1
-
-
-@pytest.mark.ray
-def test_ray_converts_again_outputs_made_with_other_settings(ray_local, tmp_path: Path) -> None:
-    photos = tmp_path / "photos"
-    photos.mkdir()
-    Image.new("RGB", (32, 24), (200, 30, 30)).save(photos / "a.png")
-    assert distributed.convert(photos, tmp_path / "out", quality=1, workers=1).done == 1
-    report = distributed.convert(photos, tmp_path / "out", target_psnr=30, workers=1)
-    assert (report.done, report.skipped) == (1, 0)
-    assert distributed.convert(photos, tmp_path / "out", target_psnr=30, workers=1).skipped == 1
-
-
 @pytest.mark.skipif(os.name != "posix", reason="the record is locked with flock")
 def test_a_line_another_batch_appends_while_the_record_is_compacted_is_kept(tmp_path: Path, monkeypatch) -> None:
     """A compaction read the record, then renamed a rewritten copy over it: a line another batch into the folder
@@ -791,17 +749,52 @@ def test_a_worker_takes_the_drivers_pixel_limit(photos: Path, tmp_path: Path, mo
 
 @pytest.mark.ray
 @pytest.mark.usefixtures("ray_local")
-def test_ray_converts_a_source_dated_in_the_future_once(tmp_path: Path) -> None:
-    """As ``jac batch`` without Ray: the worker does not compare the times of an output the record vouches for, and
-    the line of a file it skipped keeps vouching (a third run skips it too)."""
-    from .test_batch_record import folder_of_two, tomorrow
+def test_ray_resumes_as_jac_batch_judges_each_output(tmp_path: Path) -> None:
+    """As ``jac batch`` without Ray, run after run into one folder (each run starts its actors, so the cases share
+    runs):
 
-    photos, out = folder_of_two(tmp_path)
-    tomorrow(photos / "a.png")
-    assert distributed.convert(photos, out, workers=1).done == 2
-    for _ in range(2):
-        again = distributed.convert(photos, out, workers=1)
-        assert (again.done, again.skipped, again.failed) == (0, 2, [])
+    - ``a``, a source dated in the future, is converted once: the worker does not compare the times of an output
+      the record vouches for, and the line of a file it skipped keeps vouching (a third run skips it too);
+    - ``b``, replaced by an older copy (``cp -p``), is not taken as done;
+    - outputs made with other settings are converted again, then skipped;
+    - an output another source made is not replaced: the driver notes what each output was made from, and the
+      plan refuses another.
+    """
+    photos, old, out = tmp_path / "photos", tmp_path / "old.png", tmp_path / "out"
+    photos.mkdir()
+    for name, colour in (("a", (200, 30, 30)), ("b", (30, 200, 30))):
+        Image.new("RGB", (32, 24), colour).save(photos / f"{name}.png")
+    Image.new("RGB", (32, 24), (30, 30, 200)).save(old)
+    os.utime(old, ns=(time.time_ns() - 10**11,) * 2)
+    os.utime(photos / "a.png", ns=(time.time_ns() + 10**13,) * 2)
+
+    def run(src: Path = photos, **settings) -> distributed.Report:
+        return distributed.convert(src, out, workers=1, **{"quality": 1, **settings})
+
+    def made() -> dict[str, bytes]:
+        return {p.name: p.read_bytes() for p in out.glob("*.jac")}
+
+    assert run().done == 2
+    first = made()
+    os.replace(old, photos / "b.png")
+    again = run()
+    assert (again.done, again.skipped, again.failed) == (1, 1, [])  # a skipped, b converted from the older copy
+    assert made()["a.jac"] == first["a.jac"] and made()["b.jac"] != first["b.jac"]
+    third = run()
+    assert (third.done, third.skipped, third.failed) == (0, 2, [])
+
+    other = run(quality=None, target_psnr=30)
+    assert (other.done, other.skipped) == (2, 0)
+    assert run(quality=None, target_psnr=30).skipped == 2
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    Image.new("RGB", (32, 24), (90, 90, 90)).save(elsewhere / "a.png")
+    os.utime(elsewhere / "a.png", ns=(time.time_ns() + 2 * 10**13,) * 2)
+    kept = made()["a.jac"]
+    report = run(elsewhere, quality=None, target_psnr=30)
+    assert report.done == 0 and "made from another file" in report.failed[0].error
+    assert made()["a.jac"] == kept
 
 
 @pytest.mark.ray
