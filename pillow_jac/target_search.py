@@ -63,7 +63,8 @@ _PSNR_CAP = 200.0
 #: the first step (1/256 of quality) away from a one-sided bracket whose secant points back into it, doubled at
 #: each such step: on small images the PSNR can fall just above a quality that falls short of the target
 _FIRST_STRIDE = 16
-#: typical log(size) at quality 4 per log(bits per pixel), for the first guess
+#: bits per pixel taken for quality 4 in the first guess, which moves from quality 4 by log(bpp / _BPP_AT_4) over
+#: _LOG_SIZE_SLOPE (kodim01's bpp at quality 4; the Kodak mean there is about 0.47, benchmarks/results/rd.md)
 _BPP_AT_4 = 0.75
 #: bytes the coded streams take beyond the model's estimate (the range coder's final words, the escapes and the
 #: integer tables' coarser probabilities, which cost a little at every latent position): about 4 bytes and

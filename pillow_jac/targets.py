@@ -47,7 +47,7 @@ otherwise the effort-0 file, which meets it. When neither does,
 :class:`ValueError` gives both figures.
 
 Every file returned is what :func:`pillow_jac.codec.encode` writes at the quality it reports (the same
-bytes). :class:`TargetResult` reports the cost: model estimates, real encodes, syntheses, refinements.
+bytes). :class:`TargetResult` reports the cost: model estimates, encodes, syntheses, refinements.
 
 Example:
     >>> import numpy as np
@@ -78,6 +78,7 @@ from .target_search import (
     SIZE_TOLERANCE_BYTES,
     Candidates,
     TargetNotMetError,
+    _below,
     psnr,
     refine_for_psnr,
     refine_for_size,
@@ -116,9 +117,15 @@ class TargetResult:
         psnr: PSNR of the decoded file in dB (computed by PSNR searches; None for size searches).
         refined: whether the latents were refined (effort 1-3); False when the effort-0 file was kept.
         estimates: rate estimates of the float model.
-        encodes: real encodes (entropy coding), the returned one included.
+        encodes: files built from coded streams, the returned one included. At effort 1-3, an image of up to
+            :data:`~pillow_jac.constants.EFFORT_REAL_CHECK_PIXELS` pixels whose refinement changed a latent
+            also codes its plain and its refined latents to choose between them (the effort's real check,
+            :func:`pillow_jac.image_transforms.symbols`), and its file reuses the chosen streams: those
+            codings are not counted here, so ``encodes`` is a lower bound on the entropy coder's runs there.
         syntheses: g_s runs (PSNR searches).
-        refinements: latent refinements (effort 1-3), each also a real encode.
+        refinements: latent refinements (effort 1-3), one per quality refined. A size search encodes each
+            refined file; a PSNR search synthesizes each (``syntheses``) and encodes only those that reach the
+            target.
         seconds: wall time of the whole search.
     """
 
@@ -286,7 +293,9 @@ def encode_to_target(
         if effort:
             better = refine_for_psnr(c, psnr_goal, q16, effort)
             if better is None and reached is None:
-                raise TargetNotMetError(f"{unmet}; {c.psnr(Q16_MAX, effort):.2f} dB at effort {effort}") from None
+                raise TargetNotMetError(
+                    f"{unmet}; {_below(c.psnr(Q16_MAX, effort), psnr_goal)} dB at effort {effort}"
+                ) from None
             if better is not None and (reached is None or len(better[1]) < len(data := c.encode(q16))):
                 (q16, data, reached), refined = better, True  # a refined file, smaller than effort 0's
         if data is None:

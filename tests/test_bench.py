@@ -365,15 +365,15 @@ def test_speed_compressai_child(tmp_path: Path, monkeypatch):
     assert dec["bytes"] == 10
 
 
-def test_tile_and_parse_size():
-    from pillow_jac.bench.speed import parse_size, tile_image
+def test_tile_and_parse_memory():
+    from pillow_jac.bench.speed import parse_memory, tile_image
 
     rgb = _tiny_image()
     big = tile_image(rgb, 250, 150)
     assert big.shape == (150, 250, 3)
     assert np.array_equal(big[:64, :96], rgb)
     assert np.array_equal(big[:64, 96:192], rgb[:, ::-1])
-    assert parse_size("12G") == 12 << 30 and parse_size("512M") == 512 << 20 and parse_size("1000") == 1000
+    assert parse_memory("12G") == 12 << 30 and parse_memory("512M") == 512 << 20 and parse_memory("1000") == 1000
 
 
 @_FEW_POINTS
@@ -885,3 +885,79 @@ def test_avif_through_imagecodecs_encodes(monkeypatch) -> None:
         assert "imagecodecs" in codec.label
         decoded = codec.decode(codec.encode(rgb, 60))
         assert decoded.shape == rgb.shape and np.abs(decoded.astype(int) - rgb).mean() < 40
+
+
+def _target_row(kind: str, target: float, **outcome) -> dict:
+    """One row of ``bench.targets.run``: a completed search (``hit=...``) or an unreachable target (``error=...``)."""
+    row = {"image": "a.png", "pixels": 6144, "plain_seconds": 1.0, "kind": kind, "target": target}
+    if "error" not in outcome:
+        row.update(size=1000, quality=8.0, psnr=None, estimates=3, encodes=1, syntheses=0, refinements=0, seconds=2.0)
+        row.update(capped=True, shortfall_percent=50.0, overshoot_db=0.0)
+    return {**row, **outcome}
+
+
+def test_targets_counts_unreachable_targets_apart_and_fails_only_on_a_miss(tmp_path: Path, monkeypatch):
+    """Two unreachable size targets and two capped hits: 2/2 hits, 2 unreachable, no "-%", exit 0; a miss: 1."""
+    from pillow_jac.bench import targets as bench_targets
+
+    data = tmp_path / "images"
+    data.mkdir()
+    Image.fromarray(_tiny_image()).save(data / "a.png")
+    rows = [_target_row("size", 50.0, error="too small")] * 2 + [_target_row("size", 2000.0, hit=True)] * 2
+    monkeypatch.setattr(bench_targets, "run", lambda *args, **kwargs: rows)
+    assert bench_targets.main(["--data", str(data), "--out", str(tmp_path / "out")]) == 0
+    report = json.loads((tmp_path / "out" / "targets.json").read_text())
+    assert report["totals"]["size_searches"] == report["totals"]["size_hits"] == 2
+    assert report["totals"]["size_unreachable"] == 2
+    total = (tmp_path / "out" / "targets.md").read_text().splitlines()[-1]
+    assert total.startswith("All size searches: 2/2 hits, 2 unreachable; no search below quality 8;"), total
+    assert "-%" not in total
+    rows = [*rows, _target_row("psnr", 30.0, hit=False)]
+    assert bench_targets.main(["--data", str(data), "--out", str(tmp_path / "out")]) == 1
+
+
+def test_targets_records_the_model_and_the_versions(tmp_path: Path, monkeypatch):
+    """targets.json names the generation it encoded with and the package versions, as rd's results.json does."""
+    from pillow_jac import codec_steps
+    from pillow_jac.bench import metrics, rd
+    from pillow_jac.bench import targets as bench_targets
+
+    data = tmp_path / "images"
+    data.mkdir()
+    Image.fromarray(_tiny_image()).save(data / "a.png")
+    monkeypatch.setattr(bench_targets, "run", lambda *args, **kwargs: [])
+    assert bench_targets.main(["--data", str(data), "--out", str(tmp_path / "out")]) == 0
+    meta = json.loads((tmp_path / "out" / "targets.json").read_text())["meta"]
+    assert meta["model"] == metrics.model_record(codec_steps.encoder_engine(None, None, None))
+    assert meta["versions"] == rd._versions()
+    assert f"Model `{meta['model']['model_id']}`" in (tmp_path / "out" / "targets.md").read_text()
+
+
+def test_the_rd_report_computes_the_containers_share(tmp_path: Path):
+    """The committed Kodak results: an empty file of the measured model and its share of the quality-1 files."""
+    from pillow_jac import container
+    from pillow_jac.bench import rd_report
+
+    results = json.loads((Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "results.json").read_text())
+    jac = results["codecs"]["jac"]
+    model = jac["model"]
+    empty = container.JacFile.create(
+        width=768, height=512, layout="RGB", quality=1.0, model_id=model["model_id"],
+        weights_hash=bytes.fromhex(model["weights_hash"]), z_stream=b"", y_stream=b"",
+    )  # fmt: skip
+    overhead = len(container.serialize(empty))
+    sizes = [p["bytes"] for ps in jac["per_image"].values() for p in ps if p["param"] == 1.0]
+    rd_report.write_markdown(tmp_path / "rd.md", results)
+    text = " ".join((tmp_path / "rd.md").read_text().split())
+    share = 100 * overhead / (sum(sizes) / len(sizes))
+    assert f"({overhead} bytes an image: {share:.1f}% of the mean file at quality 1, less above)" in text
+
+
+def test_speed_reads_memory_in_powers_of_1024_and_says_so(capsys):
+    """``--max-mem 12G`` is 12 GiB (a size target's 12G is 12 * 10**9 bytes): the help says which."""
+    from pillow_jac.bench import speed
+
+    assert speed.parse_memory("12k") == 12288 and speed.parse_memory("12G") == 12 << 30
+    with pytest.raises(SystemExit):
+        speed.main(["--help"])
+    assert "powers of 1024" in " ".join(capsys.readouterr().out.split())

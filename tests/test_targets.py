@@ -551,3 +551,17 @@ def test_the_report_of_a_target_never_reached_reads_as_such() -> None:
     }
     row = next(line for line in bench_targets.markdown(report).splitlines() if line.startswith("| 50 dB"))
     assert row.split(" | ")[1:8] == ["0/0", "1", "0", "-", "-", "-", "- -"]
+
+
+def test_an_unreached_psnr_at_effort_quotes_a_figure_below_the_target(rgb: np.ndarray, monkeypatch) -> None:
+    """The refined PSNR 31.815 dB against a 31.8155 dB target: quoted to two places it read 31.82, above it."""
+
+    def psnr(self, q16: int, effort: int = 0) -> float:
+        self.syntheses += 1
+        return 31.815
+
+    monkeypatch.setattr(target_search.Candidates, "psnr", psnr)
+    with pytest.raises(ValueError, match="dB at effort 1") as caught:
+        targets.encode_to_target(rgb, target_psnr=31.8155, effort=1)
+    quoted = str(caught.value).rsplit("; ", 1)[1].split()[0]
+    assert float(quoted) < 31.8155, str(caught.value)

@@ -48,7 +48,7 @@ from .images import ImageInputError, check_images, find_shared, input_error, loa
 from .isolated import MIB, measure_in_subprocess
 from .metrics import portable_path
 
-__all__ = ["main", "measure_in_subprocess", "tile_image", "parse_size", "SPEED_PARAMS", "SIZES"]
+__all__ = ["main", "measure_in_subprocess", "tile_image", "parse_memory", "SPEED_PARAMS", "SIZES"]
 
 #: the ladder value each codec is timed at (about the middle of its useful range on Kodak)
 SPEED_PARAMS: dict[str, float] = {
@@ -70,12 +70,15 @@ DEFAULT_SPEED_CODECS = ("jac", "jpeg420", "webp", "avif", "jpeg2000", "heic", "j
 SIZES: tuple[tuple[int, int], ...] = ((768, 512), (1728, 1152), (3456, 2304), (6000, 4000))
 
 
-def parse_size(text: str) -> int:
-    """Bytes from ``"12G"``, ``"800M"``, ``"1.5GiB"`` or a plain number.
+def parse_memory(text: str) -> int:
+    """Bytes of memory from ``"12G"``, ``"800M"``, ``"1.5GiB"`` or a plain number: K, M, G and T are powers of 1024.
+
+    Binary, as memory is counted (``12G`` is ``12 * 2**30``): a size target
+    (:func:`pillow_jac.targets.parse_size`) reads ``k``, ``M`` and ``G`` as powers of 1000.
 
     Example:
-        >>> parse_size("1.5G") == 3 * 2**29
-        True
+        >>> parse_memory("1.5G") == 3 * 2**29, parse_memory("12k")
+        (True, 12288)
     """
     t = text.strip().upper().removesuffix("IB").removesuffix("B")
     scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}.get(t[-1:], 1)
@@ -387,7 +390,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--threads", type=lambda s: [int(v) for v in s.split(",")], default=[1, 2])
     parser.add_argument("--devices", default="auto", help="cpu, cuda or both (default: cuda too when available)")
     parser.add_argument("--repeat", type=int, default=3, help="timed calls per measurement (median reported)")
-    parser.add_argument("--max-mem", type=parse_size, default=None, help="e.g. 12G (default: half of the RAM)")
+    parser.add_argument(
+        "--max-mem",
+        type=parse_memory,
+        default=None,
+        help="e.g. 12G; K, M, G, T are powers of 1024 (12G = 12 GiB) (default: half of the RAM)",
+    )
     parser.add_argument("--compressai-python", default=None, help="interpreter of a virtualenv with compressai")
     parser.add_argument("--no-compressai", action="store_true", help="do not time CompressAI")
     parser.add_argument("--cai-repeat", type=int, default=1, help="timed calls for CompressAI (it is slow)")
