@@ -87,6 +87,7 @@ def test_a_release_over_the_package_budget_is_refused_and_no_generation_leaves(p
     made for it included)."""
     before = package.full.read_bytes()
     kept_dir = package.weights_dir / generations.KEPT_DIR
+    monkeypatch.setattr(generations, "package_weights_dir", lambda: package.weights_dir)  # the budget is the package's
     # room for a full file of this size, not for the kept decoder file of release 7 beside it
     monkeypatch.setattr(generations, "PACKAGE_BUDGET_BYTES", len(before) + 1000)
     with pytest.raises(weights.WeightsError, match=r"over its budget of .*no kept generation may leave the package"):
@@ -413,3 +414,85 @@ def test_an_encoder_update_keeps_the_files_mode_and_needs_an_encoder(package) ->
     with pytest.raises(weights.WeightsError, match="has no encoder"):
         release.encoder_update(decoder_file, package.weights_dir, {})
     assert package.full.read_bytes() == written
+
+
+def _killed_at(monkeypatch: pytest.MonkeyPatch, target: Path) -> type[BaseException]:
+    """``os.replace`` onto ``target`` ends the release as SIGKILL would: the exception it raises (with a ``kill``
+    that raises it from elsewhere) leaves every file as it is, for no rollback or cleanup runs after it."""
+    real_replace = release.os.replace
+
+    class Killed(BaseException):
+        @staticmethod
+        def kill():
+            for module, name in ((Path, "unlink"), (Path, "rename"), (release.shutil, "rmtree")):
+                monkeypatch.setattr(module, name, lambda *args, **kwargs: None)
+            monkeypatch.setattr(release.os, "replace", lambda *args, **kwargs: None)
+            raise Killed
+
+    def replace(src, dst):
+        if Path(dst) == target:
+            Killed.kill()
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(release.os, "replace", replace)
+    return Killed
+
+
+@pytest.mark.parametrize("killed_before", ["full file", "table"])
+def test_a_release_killed_between_its_renames_is_finished_by_a_retry(package, monkeypatch, killed_before) -> None:
+    """SIGKILL, the OOM killer or a power cut between two renames of the commit leaves part of it done and its
+    backup; a release of another number is refused, and the same release run again finishes the commit."""
+    _quick_vectors(monkeypatch)
+    package.table.write_text("{}\n")
+    killed = _killed_at(monkeypatch, package.table if killed_before == "table" else package.full)
+    with pytest.raises(killed):
+        release.release(package.checkpoint, 8, package.weights_dir, package.vectors, {}, package.table)
+    monkeypatch.undo()
+    _quick_vectors(monkeypatch)
+    assert json.loads(package.table.read_text()) == {}
+    assert (package.vectors / "mbt-8-12-r008" / "vectors.json").is_file()
+    _ignored_by_git(package)  # the backup of the full file, the staged table
+    if killed_before == "table":
+        with pytest.raises(weights.WeightsError, match=r"r008, which the table .* does not list.*--release 8"):
+            release.release(package.checkpoint, 9, package.weights_dir, package.vectors, {}, package.table)
+    assert release.release(package.checkpoint, 8, package.weights_dir, package.vectors, {}, package.table)
+    _, meta = weights.load_weights(package.full)
+    assert meta["model_id"] == "mbt-8-12-r008"
+    assert json.loads(package.table.read_text())["mbt-8-12-r008"]["decoder_hash"] == meta["decoder_hash"]
+    assert leftovers(package) == {generations.DEFAULT_WEIGHTS_NAME, "mbt-8-12-r008"}  # no backup, nothing staged
+    kept = sorted(p.name for p in (package.weights_dir / generations.KEPT_DIR).iterdir())
+    assert kept == ["mbt-8-12-r007.safetensors"]  # the new generation is not kept as a decoder of its own
+
+
+def _ignored_by_git(package) -> None:
+    """Every hidden name the release left in the weights and vectors folders is one git ignores there."""
+    import shutil
+    import subprocess
+
+    folders = {"weights": package.weights_dir, "format_spec/vectors": package.vectors}
+    names = {(f, p.name) for f, path in folders.items() for p in path.iterdir() if p.name.startswith(".")}
+    assert names
+    repo = Path(release.__file__).resolve().parents[2]
+    if shutil.which("git") is None or not (repo / ".git").exists():
+        pytest.skip("not a git checkout")
+    for folder, name in names:
+        done = subprocess.run(["git", "-C", str(repo), "check-ignore", "-q", f"{folder}/{name}"], check=False)
+        assert done.returncode == 0, f"{folder}/{name} is not ignored by git"
+
+
+def test_a_release_killed_while_making_vectors_leaves_only_what_git_ignores(package, monkeypatch) -> None:
+    """The staged full file and vectors folder of a killed release are ignored by git; the retry removes them."""
+    killed = _killed_at(monkeypatch, package.table)
+
+    def make(out, *args, **kwargs):
+        killed.kill()
+
+    monkeypatch.setattr(release, "_load_script", lambda name: types.SimpleNamespace(make=make))
+    with pytest.raises(killed):
+        release.release(package.checkpoint, 8, package.weights_dir, package.vectors, {}, package.table)
+    monkeypatch.undo()
+    assert len([p for p in package.weights_dir.iterdir() if p.name.startswith(".")]) == 1  # the staged full file
+    _ignored_by_git(package)
+    _quick_vectors(monkeypatch)
+    assert release.release(package.checkpoint, 8, package.weights_dir, package.vectors, {}, package.table)
+    assert leftovers(package) == {generations.DEFAULT_WEIGHTS_NAME, "mbt-8-12-r008"}

@@ -18,6 +18,10 @@
 
 A failure or Ctrl-C before step 5 leaves the package as it was (at most a kept decoder file more, which
 a retry reuses), so the same release number can be tried again; SIGINT and SIGTERM wait for step 5.
+A release killed outright (SIGKILL, the OOM killer, a power cut) during step 5 is finished by running it
+again: the retry puts in place what is missing once it finds that what is in place is this very release
+(the same model_id, weights and decoder hashes; vectors that pass with it), and a release of another
+number is refused until then (:mod:`.release_commit`).
 
 Before writing anything it refuses a ``model_id`` that exists anywhere (an installed or released
 generation, a file in the weights folder, a vectors folder) and a release number not above every
@@ -37,23 +41,23 @@ an encoder that the gate did not find better on every set (``gate --bar 0.5`` of
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import importlib.util
 import json
 import os
 import shutil
-import signal
 import sys
 import tempfile
 from pathlib import Path
 
 from .. import generations
 from ..engine import build_model
+from ..files import _sync_folder
 from ..model.mbt2018 import ModelConfig
 from ..weights import WeightsError, load_weights, save_weights
 from ..weights_hashes import ENCODER_CONFIG_FIELDS, decoder_only, seal
 from ..weights_manifest import verify
+from . import release_commit as commit_steps
 from .freeze import MAX_RELEASE, check_notes, freeze, parse_notes
 from .gate import ENCODER_BAR_PERCENT, check_verdict, measured_model
 
@@ -84,16 +88,20 @@ def keep_generation(full: Path, weights_dir: Path) -> Path:
     os.close(fd)
     try:  # whole or absent, and readable by all who read the package (safetensors writes 0600)
         save_weights(Path(staged), *decoder_only(tensors, metadata))
-        _mode_for(Path(staged), target)
+        commit_steps.mode_for(Path(staged), target)
         os.replace(staged, target)
+        _sync_folder(target.parent)
     except BaseException:
         Path(staged).unlink(missing_ok=True)
         raise
     return target
 
 
-def _existing(weights_dir: Path, vectors_dir: Path, table: Path) -> dict[str, int | None]:
-    """Every generation a release must not reuse: ``{model_id: release number or None}``."""
+def _existing(weights_dir: Path, vectors_dir: Path, table: Path, unfinished: str | None) -> dict[str, int | None]:
+    """Every generation a release must not reuse: ``{model_id: release number or None}``.
+
+    ``unfinished``: a release whose vectors folder (alone) a cut-short commit left, not counted.
+    """
     found: dict[str, int | None] = {g.model_id: g.release for g in generations.installed()}
     for path in [weights_dir / generations.DEFAULT_WEIGHTS_NAME, *(weights_dir / generations.KEPT_DIR).glob("*")]:
         gen = generations.generation_of(path) if path.is_file() else None
@@ -106,80 +114,13 @@ def _existing(weights_dir: Path, vectors_dir: Path, table: Path) -> dict[str, in
                     "python -m pillow_jac.training.travel put-back"
                 )
             raise WeightsError(f"{path} is not a readable weights file: remove or repair it before a release")
-    for model_id in (*generations.released(), *_released_table(table)):
+    for model_id in (*generations.released(), *commit_steps.released_table(table)):
         found.setdefault(model_id, None)
     if vectors_dir.is_dir():
         for folder in vectors_dir.iterdir():
-            if (folder / "vectors.json").is_file():
+            if (folder / "vectors.json").is_file() and folder.name != unfinished:
                 found.setdefault(folder.name, None)
     return found
-
-
-def _released_table(path: Path) -> dict[str, dict[str, str]]:
-    return json.loads(path.read_text()) if path.is_file() else {}
-
-
-def _default_mode(folder: bool = False) -> int:
-    """The mode a new file (or folder) gets here: ``0o666`` (``0o777``) less the umask."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return (0o777 if folder else 0o666) & ~umask
-
-
-def _mode_for(path: Path, replaced: Path) -> None:
-    """Give the staged ``path`` the mode of the file it replaces, else the usual mode of a new one."""
-    os.chmod(path, replaced.stat().st_mode & 0o777 if replaced.exists() else _default_mode(path.is_dir()))
-
-
-def _staged_text(path: Path, text: str) -> Path:
-    """``text`` written and synced to a temporary file beside ``path``, with ``path``'s mode: renamed in later."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        _mode_for(Path(tmp), path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return Path(tmp)
-
-
-def _commit(
-    vectors: Path, vectors_to: Path, full: Path, full_to: Path, table: Path, table_to: Path, backup: Path | None
-) -> None:
-    """Rename the staged vectors, shipped file and table into place: all three, or (on an error) none.
-
-    Only renames remain (every file is written and synced before), SIGINT and SIGTERM wait until the end,
-    and a rename that fails undoes the ones before it (the shipped file comes back from ``backup``).
-    """
-    with _signals_deferred():
-        vectors.rename(vectors_to)
-        try:
-            os.replace(full, full_to)
-            try:
-                os.replace(table, table_to)
-            except BaseException:
-                if backup is not None:
-                    os.replace(backup, full_to)
-                else:
-                    full_to.unlink(missing_ok=True)
-                raise
-        except BaseException:
-            vectors_to.rename(vectors)
-            raise
-
-
-@contextlib.contextmanager
-def _signals_deferred():
-    """SIGINT and SIGTERM wait until the block ends (they are then delivered), so a commit is not cut short."""
-    held = {signal.SIGINT, signal.SIGTERM}
-    before = signal.pthread_sigmask(signal.SIG_BLOCK, held)
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, before)
 
 
 def check_vectors(folder: Path, weights: Path) -> list[str]:
@@ -225,21 +166,32 @@ def release(
         raise WeightsError(str(exc)) from None
     new_id = new_meta["model_id"]
     full = weights_dir / generations.DEFAULT_WEIGHTS_NAME
+    table_path = generations.RELEASED_PATH if released_table is None else released_table
+    listed = {**generations.released(), **commit_steps.released_table(table_path)}
+    target_vectors = vectors_dir / new_id
+    commit_steps.sweep(weights_dir, vectors_dir, new_id)
+    full_done, vectors_done = (
+        (False, False) if new_id in listed else commit_steps.in_place(full, target_vectors, new_meta)
+    )
+    if full_done and vectors_done:  # killed before the table's rename: the gate passed what is in place
+        commit_steps.finish(table_path, new_id, new_meta)
+        print(f"finished the release of {new_id}, cut short before: added it to {table_path}")
+        return new_id
+    commit_steps.refuse_unfinished(full, vectors_dir, listed, new_id)
+    reuse_vectors = vectors_done and not full_done  # killed between the vectors' rename and the full file's
     if gate_verdict is not None:
         stable = measured_model(*load_weights(full)) if full.exists() else None
         try:
             check_verdict(gate_verdict, measured_model(new_tensors, new_meta), stable)
         except ValueError as exc:
             raise WeightsError(f"{checkpoint}: {exc}") from None
-    table_path = generations.RELEASED_PATH if released_table is None else released_table
-    existing = _existing(weights_dir, vectors_dir, table_path)
+    existing = _existing(weights_dir, vectors_dir, table_path, new_id if reuse_vectors else None)
     if new_id in existing:
         raise WeightsError(f"{new_id} is an existing generation: a release needs a new --release number")
     numbers = [n for n in existing.values() if n is not None]
     if numbers and number <= max(numbers):
         raise WeightsError(f"release {number} is not above release {max(numbers)}: the newest generation encodes")
-    target_vectors = vectors_dir / new_id
-    if target_vectors.exists():
+    if target_vectors.exists() and not reuse_vectors:
         raise WeightsError(f"{target_vectors} exists (without a vectors table): remove it before the release")
     kept = old_id = None
     kept_before = set((weights_dir / generations.KEPT_DIR).glob("*.safetensors"))
@@ -249,11 +201,12 @@ def release(
         kept = keep_generation(full, weights_dir)
         print(f"kept {old_id} as {kept}")
     vectors_dir.mkdir(parents=True, exist_ok=True)
-    fd, staged_name = tempfile.mkstemp(prefix=f".{new_id}.", suffix=".safetensors", dir=weights_dir)
+    fd, staged_name = tempfile.mkstemp(prefix=f".{new_id}.", suffix=".safetensors.tmp", dir=weights_dir)
     os.close(fd)
     staged_full, staged_vectors, staged_table, backup = Path(staged_name), None, None, None
     try:
-        staged_vectors = Path(tempfile.mkdtemp(prefix=f".{new_id}.", suffix=".tmp", dir=vectors_dir))
+        if not reuse_vectors:
+            staged_vectors = Path(tempfile.mkdtemp(prefix=f".{new_id}.", suffix=".tmp", dir=vectors_dir))
         save_weights(staged_full, new_tensors, new_meta)
         try:
             _check_package_budget(staged_full, weights_dir)
@@ -261,50 +214,60 @@ def release(
             if kept is not None and kept not in kept_before:
                 kept.unlink(missing_ok=True)
             raise
-        make_vectors = _load_script("make_vectors")
-        made = make_vectors.make(staged_vectors, vectors_dir / "sources", weights=staged_full)
-        failures = check_vectors(staged_vectors, staged_full)
+        if reuse_vectors:  # the ones in place must be this release's
+            made, failures = None, check_vectors(target_vectors, staged_full)
+        else:
+            made = _load_script("make_vectors").make(staged_vectors, vectors_dir / "sources", weights=staged_full)
+            failures = check_vectors(staged_vectors, staged_full)
         if kept is not None and (vectors_dir / str(old_id) / "vectors.json").is_file():
             failures += check_vectors(vectors_dir / str(old_id), kept)
         if failures:
             raise WeightsError("the vectors do not pass their check: " + "; ".join(failures))
-        entries = {**generations.released(), **_released_table(table_path)}
-        entries[new_id] = {"weights_hash": new_meta["weights_hash"], "decoder_hash": new_meta["decoder_hash"]}
-        staged_table = _staged_text(table_path, json.dumps(entries, indent=2) + "\n")
-        _mode_for(staged_full, full)
-        _mode_for(staged_vectors, target_vectors)
+        staged_table = commit_steps.staged_table(table_path, new_id, new_meta)
+        commit_steps.mode_for(staged_full, full)
+        if staged_vectors is not None:
+            commit_steps.mode_for(staged_vectors, target_vectors)
         if full.exists():  # the shipped file as it was, to put back if a later rename fails
-            backup = Path(tempfile.mkstemp(prefix=f".{full.name}.", suffix=".old", dir=weights_dir)[1])
+            backup = Path(tempfile.mkstemp(prefix=f".{full.name}.", suffix=".old.tmp", dir=weights_dir)[1])
             backup.unlink()
             os.link(full, backup)
-        _commit(staged_vectors, target_vectors, staged_full, full, staged_table, table_path, backup)
+        commit_steps.commit(staged_vectors, target_vectors, staged_full, full, staged_table, table_path, backup)
     finally:
         for leftover in (staged_full, staged_table, backup):
             if leftover is not None:
                 leftover.unlink(missing_ok=True)
         if staged_vectors is not None:
             shutil.rmtree(staged_vectors, ignore_errors=True)
-    print(f"wrote {len(made)} vectors to {target_vectors}; they decode with the new file")
+    if made is None:
+        print(f"kept the vectors in {target_vectors}; they decode with the new file")
+    else:
+        print(f"wrote {len(made)} vectors to {target_vectors}; they decode with the new file")
     print(f"wrote {full}: {new_id}, hash {new_meta['weights_hash']}")
     print(f"added {new_id} to {table_path}")
     return new_id
 
 
 def _check_package_budget(full: Path, weights_dir: Path) -> None:
-    """Refuse a release whose package weights (``full`` and every kept decoder file) exceed the budget.
+    """Refuse a release into the package's weights folder that would take its weights over their budget.
 
-    No generation may leave the package to make room: a user's ``pip install -U`` would then leave its files
-    undecodable. What the budget asks for instead is a distribution of the kept decoder files that the package
-    requires, looked up beside ``generations/``: build it before this release.
+    The weights are :func:`pillow_jac.generations.package_weights_bytes` with ``full`` in place of the shipped
+    full file; another folder is no package and has no budget. No generation may leave the package to make room:
+    a user's ``pip install -U`` would then leave its files undecodable, for the package finds decoders only in
+    its own folder, ``JAC_WEIGHTS`` and the folders of ``JAC_MODELS`` (:mod:`pillow_jac.generations`).
     """
-    kept = sorted((weights_dir / generations.KEPT_DIR).glob("*.safetensors"))
-    total = sum(f.stat().st_size for f in [full, *kept])
+    if weights_dir.resolve() != generations.package_weights_dir().resolve():
+        return
+    shipped = weights_dir / generations.DEFAULT_WEIGHTS_NAME
+    replaced = shipped.stat().st_size if shipped.exists() else 0
+    total = generations.package_weights_bytes() - replaced + full.stat().st_size
     if total > generations.PACKAGE_BUDGET_BYTES:
         raise WeightsError(
             f"the package's weights would hold {total / 1e6:.1f} MB, over its budget of "
-            f"{generations.PACKAGE_BUDGET_BYTES / 1e6:.0f} MB; no kept generation may leave the package (its files "
-            "would stop decoding after an upgrade): move the kept decoder files into a distribution the package "
-            "requires before this release"
+            f"{generations.PACKAGE_BUDGET_BYTES / 1e6:.0f} MB, and no kept generation may leave the package as it "
+            "is (its files would stop decoding after an upgrade: the package finds decoders only in its weights "
+            "folder, JAC_WEIGHTS and the folders named by JAC_MODELS): publish the kept decoder files for their "
+            "users to install in a folder named by JAC_MODELS, say so in the release notes, and only then take "
+            "them out of the package's generations/ folder"
         )
 
 
