@@ -163,12 +163,30 @@ def _frame_count(ndimage: Any, mode: str | None = None, is_batch: bool | None = 
     shape = np.shape(ndimage)
     if is_batch is None:
         if mode is not None:
-            from PIL import Image
-
-            is_batch = len(shape) > (3 if Image.getmodebands(mode) > 1 else 2)
+            is_batch = len(shape) > _image_ndim(mode)
         else:
             is_batch = not (len(shape) == 2 or (len(shape) == 3 and 1 <= shape[2] <= 4))
     return shape[0] if is_batch and shape else 1
+
+
+def _image_ndim(mode: str) -> int:
+    """The dimensions of one image written with ``mode=`` (:func:`_frame_count`): 3 with several bands, else 2."""
+    from PIL import Image
+
+    return 3 if Image.getmodebands(mode) > 1 else 2
+
+
+def _one_image(mode: str | None) -> str:
+    """What :func:`_frame_count` takes for one image (no ``is_batch``), in words.
+
+    Example:
+        >>> _one_image("L")
+        "with mode='L' one image is (height, width)"
+    """
+    if mode is None:
+        return "one image is (height, width) or (height, width, 1 to 4 channels)"
+    shape = "(height, width, channels)" if _image_ndim(mode) == 3 else "(height, width)"
+    return f"with mode={mode!r} one image is {shape}"
 
 
 def _plugin_class() -> type:
@@ -201,10 +219,7 @@ def _plugin_class() -> type:
                     shape = getattr(ndimage, "shape", None)
                     guessed = kwargs.get("is_batch") is None and shape is not None  # imageio's guess from the shape
                     if guessed and frames - self._jac_frames > 1:  # this array alone was taken for frames
-                        msg += (
-                            f" (an array of shape {tuple(shape)} is read as a batch of frames: "
-                            "one image is (height, width) or (height, width, 1 to 4 channels))"
-                        )
+                        msg += f" (an array of shape {tuple(shape)} is read as a batch of frames: {_one_image(mode)})"
                     if self._jac_frames:  # a frame was queued before: it is not written either, when closed
                         self._jac_refused = True
                         self.images_to_write.clear()

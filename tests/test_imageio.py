@@ -339,3 +339,16 @@ def test_a_write_to_a_hard_linked_file_reaches_every_name(tmp_path: Path, rgb: n
     os.link(path, other)
     iio.imwrite(path, rgb, quality=2)
     assert other.read_bytes() == path.read_bytes() and path.read_bytes().startswith(MAGIC)
+
+
+@pytest.mark.parametrize(
+    ("shape", "mode", "rule"),
+    [((40, 48, 3), "L", "(height, width)"), ((2, 16, 16, 3), "RGB", "(height, width, channels)")],
+)
+def test_with_a_mode_the_batch_hint_states_that_modes_rule(shape: tuple, mode: str, rule: str) -> None:
+    """imageio reads the frames by ``mode=`` when it is given; the hint stated the rule without it, which says
+    a (40, 48, 3) array is one image, in the same message that refused it as 40 frames."""
+    with pytest.raises(ValueError, match="is read as a batch of frames") as refused:
+        iio.imwrite("<bytes>", np.zeros(shape, np.uint8), extension=".jac", mode=mode)
+    assert str(refused.value).endswith(f"with mode={mode!r} one image is {rule})")
+    assert "1 to 4 channels" not in str(refused.value)
