@@ -169,19 +169,19 @@ def for_format(im: Any, fmt: str) -> Any:
                 warnings.warn(message, stacklevel=3)
                 im = _on_off(im)
         return im if mode == im.mode else im.convert(mode)
+    tried = _MODES[im.mode]
     if im.mode in _WITHOUT_ALPHA:
-        flat = _onto_white(im)
-        with ignoring():  # a format that takes the flattened image either: its error alone
-            for_format(flat.crop((0, 0, 1, 1)), fmt)
-        if im.getchannel("A").getextrema() != (255, 255):  # an opaque image loses nothing: no warning
-            message = f"alpha left out: {fmt} output does not store it; the image is composited onto white"
-            warnings.warn(message, stacklevel=3)
-        return for_format(flat, fmt)
+        flat_modes = _MODES[_WITHOUT_ALPHA[im.mode]]  # none with alpha: the writer need only take one
+        if any(_round_trip(fmt, mode) is not None for mode in flat_modes):
+            if im.getchannel("A").getextrema() != (255, 255):  # an opaque image loses nothing: no warning
+                message = f"alpha left out: {fmt} output does not store it; the image is composited onto white"
+                warnings.warn(message, stacklevel=3)
+            return for_format(_onto_white(im), fmt)
+        tried += flat_modes  # a format that takes the flattened image either: its error alone, naming both
     missing = _writer_missing(fmt)
     if missing:
         raise ValueError(f"Pillow has no {fmt} writer here ({missing}); choose another format")
-    modes = ", ".join(_MODES[im.mode])
-    raise ValueError(f"Pillow's {fmt} writer takes none of the modes {modes}; choose another format")
+    raise ValueError(f"Pillow's {fmt} writer takes none of the modes {', '.join(tried)}; choose another format")
 
 
 def _writer_missing(fmt: str) -> str | None:

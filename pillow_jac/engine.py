@@ -58,12 +58,29 @@ _LOCK = fork_safe_lock()  # held while an engine is built (about a second): see 
 def resolve_device(device: str | torch.device | None = None) -> torch.device:
     """The torch device to run on (see module docstring).
 
+    ``device`` is a ``str`` (:data:`~pillow_jac.constants.DEVICE_CHOICES`), a ``torch.device``, or None for
+    the default: ``JAC_DEVICE``, else ``cpu``. An empty (or blank) ``JAC_DEVICE`` counts as unset, as an
+    empty ``JAC_WEIGHTS`` or ``JAC_MODELS`` does; an empty (or blank) ``device`` is refused, since None is
+    how an argument asks for the default.
+
+    Raises:
+        TypeError: ``device`` is of another type (the message names it).
+        ValueError: an empty, unknown or unsupported device, or CUDA where there is none.
+
     Example:
         >>> str(resolve_device("cpu"))
         'cpu'
     """
-    # an empty (or blank) JAC_DEVICE is unset, as an empty JAC_WEIGHTS or JAC_MODELS is
-    choice = str(device) if device is not None else os.environ.get("JAC_DEVICE", "").strip() or "cpu"
+    if device is None:
+        choice = os.environ.get("JAC_DEVICE", "").strip() or "cpu"
+    elif isinstance(device, torch.device):
+        choice = str(device)
+    elif not isinstance(device, str):
+        raise TypeError(f"device must be a str, a torch.device or None, not {type(device).__name__}")
+    elif not device.strip():
+        raise ValueError(f"device {device!r} is empty: use {DEVICE_CHOICES}, or None for the default")
+    else:
+        choice = device
     # an error names where an unexpected choice came from: a user who passed no device may not know the variable
     whose = "" if device is not None else f" (JAC_DEVICE={choice})"
     if choice == "auto":

@@ -460,3 +460,38 @@ def test_a_file_object_given_to_decode_is_refused_with_the_hint_its_docstring_pr
     path.write_bytes(b"not read")
     with open(path, "rb") as f, pytest.raises(TypeError, match=r"got BufferedReader: read it \(f.read\(\)\)"):
         codec.decode(f)
+
+
+@pytest.mark.parametrize("device", [3, ["cpu"], b"cpu", 1.5])
+def test_a_device_of_another_type_is_a_type_error_naming_it(device) -> None:
+    """``str(device)`` came before any check: ``device=3`` gave ValueError "unknown device '3'"."""
+    from pillow_jac.engine import resolve_device
+
+    with pytest.raises(TypeError, match=f"device must be a str, a torch.device or None, not {type(device).__name__}"):
+        resolve_device(device)
+
+
+def test_an_empty_device_argument_is_refused_and_a_torch_device_taken(monkeypatch) -> None:
+    """None asks for the default; an empty or blank string is refused, whatever JAC_DEVICE says."""
+    import torch
+
+    from pillow_jac.engine import resolve_device
+
+    monkeypatch.setenv("JAC_DEVICE", "cpu")
+    for blank in ("", "  "):
+        with pytest.raises(ValueError, match="is empty: use cpu, cuda, cuda:N or auto, or None for the default"):
+            resolve_device(blank)
+    assert resolve_device(torch.device("cpu")) == torch.device("cpu")
+
+
+@pytest.mark.parametrize(("mode", "tried"), [("RGBA", "RGBA, RGB"), ("LA", "LA, RGBA, L, RGB"), ("RGB", "RGB")])
+def test_a_writer_that_takes_no_mode_is_told_every_mode_tried(mode: str, tried: str) -> None:
+    """An image with alpha is tried in its modes, then flattened in the flat image's: the error named the last."""
+    from PIL import Image
+
+    from pillow_jac.decoded_output import for_format
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # refused: no "alpha left out" before the error
+        with pytest.raises(ValueError, match=rf"^Pillow's XBM writer takes none of the modes {tried}; choose"):
+            for_format(Image.new(mode, (4, 4)), "XBM")
