@@ -21,7 +21,8 @@ nothing else: the latents are one range-coded stream in which every symbol's pro
 the symbols before it, and the synthesis network spreads each latent over many pixels, so the bytes
 before a cut in them give no usable part of the image (a truncated PNG or JPEG still has its first rows).
 An opened image holds the file's chunks in memory until it is loaded or closed, as Pillow's WebP plugin
-holds a WebP file.
+holds a WebP file, or until its ``with`` block ends: an image not loaded in the block then no longer loads,
+as a PNG does not.
 
 Writing (save options, modes, failed saves) is :mod:`pillow_jac.image_saving`, whose handlers
 :func:`register` installs.
@@ -38,11 +39,9 @@ Example:
 from __future__ import annotations
 
 import os
-import struct
 import sys
-import warnings
 from collections.abc import Callable
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING
 
 from PIL import Image, ImageFile
 
@@ -102,27 +101,16 @@ def _damaged_warning(name: str | None) -> Callable[[bytes], None]:
     return on_damaged
 
 
-def _read_container(
-    fp: IO[bytes],
-    header: container.JacHeader | None = None,
-    keep_unknown: bool = True,
-    name: str | None = None,
-) -> container.JacFile:
-    """Read a whole ``.jac`` file (after ``header`` when given), turning stray low-level errors into ``OSError``.
+def _read_container(fp: IO[bytes], header: container.JacHeader, name: str | None) -> container.JacFile:
+    """Read the rest of a ``.jac`` file, after its ``header`` (:func:`container.read_header` read it from ``fp``).
 
-    :class:`container.JacFormatError` passes through unchanged: :class:`container.JacDataError` (an
-    ``OSError`` and a ``ValueError``) for a damaged file, :class:`container.NotJacFileError` for a wrong
-    signature. Unknown ancillary chunks are kept unless ``keep_unknown`` is False. ``name`` (else
-    ``fp.name``) names the file in warnings.
+    Raises what :func:`container.read_file` raises for a bad file: :class:`container.JacDataError` (an
+    ``OSError`` and a ``ValueError``; :class:`container.JacTruncatedError` for a file cut short). With
+    ``ImageFile.LOAD_TRUNCATED_IMAGES`` a damaged ancillary chunk is dropped and a damaged end forgiven
+    (SPEC.md section 8.3), each with a warning naming the file: ``name``, else ``fp.name``.
     """
-    # With LOAD_TRUNCATED_IMAGES a damaged ancillary chunk is dropped, and a damaged end forgiven (SPEC.md 8.3)
-    on_damaged = None
-    if ImageFile.LOAD_TRUNCATED_IMAGES:
-        on_damaged = _damaged_warning(name or _file_name(fp))
-    try:
-        return container.read_file(fp, header, keep_unknown=keep_unknown, on_damaged=on_damaged)
-    except (EOFError, struct.error, IndexError, TypeError, UnicodeDecodeError) as e:
-        raise OSError(f"truncated or corrupt JAC file: {e}") from e
+    on_damaged = _damaged_warning(name or _file_name(fp)) if ImageFile.LOAD_TRUNCATED_IMAGES else None
+    return container.read_file(fp, header, on_damaged=on_damaged)
 
 
 # --------------------------------------------------------------------------- reading
@@ -162,7 +150,7 @@ class JacImageFile(ImageFile.ImageFile):
     _jac: container.JacFile | None = None
     #: the decoded preview :meth:`draft` chose, in the file's mode, until :meth:`load` takes it.
     _preview: Image.Image | None = None
-    #: set by :meth:`close`: :meth:`load` then fails at once instead of decoding for nothing.
+    #: set by :meth:`close` and on leaving a ``with`` block: :meth:`load` then fails at once.
     _jac_closed = False
 
     def _open(self) -> None:
@@ -171,10 +159,7 @@ class JacImageFile(ImageFile.ImageFile):
             msg = "not a JAC file"
             raise SyntaxError(msg)
         self.fp.seek(0)
-        try:
-            header = container.read_header(self.fp)
-        except (EOFError, struct.error, IndexError, TypeError, UnicodeDecodeError) as e:
-            raise OSError(f"truncated or corrupt JAC header: {e}") from e
+        header = container.read_header(self.fp)
         size = (header.width, header.height)
         # Refuse a bomb before reading the chunks, as Image.open would after _open (which also warns, once)
         check_declared_size(*size)
@@ -190,7 +175,7 @@ class JacImageFile(ImageFile.ImageFile):
 
         # The metadata chunks come after JHDR: read the rest of the container (bytes only, no torch).
         filename = os.fsdecode(self.filename) if self.filename else None
-        jac = _read_container(self.fp, header, keep_unknown=False, name=filename)
+        jac = _read_container(self.fp, header, filename)
         self._jac = jac
         for name in METADATA_FIELDS:
             value = getattr(jac, name)
@@ -243,8 +228,8 @@ class JacImageFile(ImageFile.ImageFile):
         except MemoryError:
             raise
         except Exception as exc:  # what Pillow's TIFF-directory reader raises for a damaged block
-            name = os.fsdecode(self.filename) if self.filename else "a JAC file"
-            warnings.warn(f"{name}: its EXIF cannot be read ({type(exc).__name__}: {exc}); read as none", stacklevel=2)
+            name = (os.fsdecode(self.filename) if self.filename else _file_name(self.fp)) or "a JAC file"
+            warn_at_caller(f"{name}: its EXIF cannot be read ({type(exc).__name__}: {exc}); read as none")
             exif = Image.Exif()
             exif._loaded = True  # as Pillow's getexif() marks what it has read: not parsed again
             self._exif = exif
@@ -263,9 +248,23 @@ class JacImageFile(ImageFile.ImageFile):
 
     def close(self) -> None:
         """Close the image, and let go of the parsed file and of a preview :meth:`draft` decoded."""
+        self._let_go()
+        super().close()
+
+    def __exit__(self, *args: object) -> None:
+        """Leave a ``with`` block: close the file, and let go of what :meth:`close` lets go of but the pixels.
+
+        Pixels loaded in the block stay, as Pillow leaves them for its own formats; an image not loaded in
+        the block no longer loads (``ValueError``), where a PNG or JPEG no longer loads either (Pillow 13
+        fails on its closed file).
+        """
+        self._let_go()
+        super().__exit__(*args)
+
+    def _let_go(self) -> None:
+        """Drop the parsed file and the preview: :meth:`load` then refuses to decode."""
         self._jac = self._preview = None
         self._jac_closed = True
-        super().close()
 
     def load(self) -> Image.core.PixelAccess | None:
         """Decode the pixels from the container parsed at open (or the preview :meth:`draft` chose).
@@ -336,7 +335,7 @@ def _raw_pixels(jac: container.JacFile, mode: str, size: tuple[int, int]) -> mem
     return memoryview(np.ascontiguousarray(pixels)).cast("B")
 
 
-def _decode_pixels(jac: Any, device: str | None = None) -> np.ndarray:
+def _decode_pixels(jac: container.JacFile) -> np.ndarray:
     """Run :func:`pillow_jac.codec.decode`, mapping foreign exception types to ``OSError``."""
     from .forksafe import setting_up
 
@@ -344,7 +343,7 @@ def _decode_pixels(jac: Any, device: str | None = None) -> np.ndarray:
         from . import codec
 
     try:
-        return codec.decode(jac, device=device)
+        return codec.decode(jac)
     except (OSError, ValueError, MemoryError):
         raise
     except Exception as e:  # torch / constriction / internal errors

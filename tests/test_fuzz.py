@@ -424,9 +424,9 @@ def test_oracle_checks_load_truncated_images_changes_no_pixels(monkeypatch: pyte
     assert label.startswith("ok | EntropyCodingError:"), label
     decode = JacImagePlugin._decode_pixels
 
-    def grey_when_truncated(jac: container.JacFile, device: str | None = None) -> object:
+    def grey_when_truncated(jac: container.JacFile) -> object:
         try:
-            return decode(jac, device)
+            return decode(jac)
         except ValueError:
             if not ImageFile.LOAD_TRUNCATED_IMAGES:
                 raise
@@ -497,8 +497,8 @@ def test_a_file_that_decodes_runs_one_rotated_check(check: str, monkeypatch: pyt
     else:
         decode = JacImagePlugin._decode_pixels
 
-        def off_when_truncated(jac: container.JacFile, device: str | None = None) -> np.ndarray:
-            pixels = decode(jac, device)
+        def off_when_truncated(jac: container.JacFile) -> np.ndarray:
+            pixels = decode(jac)
             return _one_pixel_off(pixels) if ImageFile.LOAD_TRUNCATED_IMAGES else pixels
 
         monkeypatch.setattr(JacImagePlugin, "_decode_pixels", off_when_truncated)

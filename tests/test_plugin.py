@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import struct
 import subprocess
 import sys
@@ -1421,3 +1422,71 @@ def test_exif_that_pillow_cannot_parse_reads_as_none(rgb_jac: bytes, tmp_path: P
     with pytest.warns(UserWarning, match="EXIF cannot be read"):
         pixels = iio.imread(path)
     assert pixels.shape == (im.height, im.width, 3)
+
+
+def test_leaving_the_with_block_lets_go_of_the_file_as_for_png(rgb_jac_path: Path, tmp_path: Path) -> None:
+    """Leaving ``with Image.open(...)`` closed only the file (Pillow's ``__exit__``): the parsed file stayed and
+    ``load()`` decoded after the block, where a PNG fails. Pixels loaded in the block stay, as a PNG's do."""
+    png = tmp_path / "a.png"
+    hopper().save(png)
+    with Image.open(png) as im:
+        pass
+    with pytest.raises((AssertionError, AttributeError, ValueError)):  # Pillow 13: a bare assert on its closed file
+        im.load()
+    with Image.open(rgb_jac_path) as im:
+        pass
+    assert im._jac is None
+    with pytest.raises(ValueError, match="closed image"):
+        im.load()
+    with open(rgb_jac_path, "rb") as f:
+        with Image.open(f) as im:
+            assert im.draft("RGB", (8, 8)) is None  # no preview: the image is decoded on load
+        assert not f.closed  # the caller's file object stays open, as for a PNG
+    with pytest.raises(ValueError, match="closed image"):
+        im.load()
+    with Image.open(rgb_jac_path) as im:
+        im.load()
+    with Image.open(io.BytesIO(rgb_jac_path.read_bytes())) as again:
+        assert im.tobytes() == again.tobytes()
+
+
+def test_the_exif_warning_names_a_file_opened_from_a_file_object(rgb_jac: bytes, tmp_path: Path) -> None:
+    """Opened from a file object (as imageio opens every file), ``filename`` is empty: the warning named no file,
+    and it pointed at the line calling ``getexif()`` inside Pillow or imageio, not the user's."""
+    import imageio.v3 as iio
+    from PIL import ImageOps
+
+    jac = container.parse(rgb_jac)
+    jac.exif = b"garbage!"
+    path = tmp_path / "bad-exif.jac"
+    path.write_bytes(container.serialize(jac))
+    with open(path, "rb") as f, Image.open(f) as im, warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ImageOps.exif_transpose(im)  # its getexif() call is in Pillow: the warning points here
+        assert dict(im.getexif()) == {}  # said once
+    assert [str(w.message).split(": its EXIF")[0] for w in caught] == [str(path)]
+    assert caught[0].filename == __file__
+    with pytest.warns(UserWarning, match=rf"^{re.escape(str(path))}: its EXIF cannot be read"):
+        iio.imread(path)
+    with Image.open(io.BytesIO(path.read_bytes())) as im, pytest.warns(UserWarning, match="^a JAC file: its EXIF"):
+        im.getexif()
+
+
+def test_errors_that_are_not_a_bad_file_are_not_called_one(rgb_jac: bytes, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A TypeError or IndexError of the reading code is a bug, not a damaged file: it is not turned into
+    "truncated or corrupt JAC file" (Pillow's ``ImageFile`` takes such errors for "not this format")."""
+
+    def bug(*args: object, **kwargs: object) -> None:
+        raise IndexError("a bug")
+
+    monkeypatch.setattr(container, "read_file", bug)
+    header = container.read_header(io.BytesIO(rgb_jac))
+    with pytest.raises(IndexError, match="a bug"):
+        JacImagePlugin._read_container(io.BytesIO(rgb_jac[74:]), header, None)
+    with pytest.raises(SyntaxError) as refused:
+        JacImagePlugin.JacImageFile(io.BytesIO(rgb_jac))
+    assert isinstance(refused.value.__cause__, IndexError)
+    monkeypatch.setattr(container, "read_header", bug)
+    with pytest.raises(SyntaxError) as refused:
+        JacImagePlugin.JacImageFile(io.BytesIO(rgb_jac))
+    assert isinstance(refused.value.__cause__, IndexError)
