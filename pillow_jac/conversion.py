@@ -17,7 +17,7 @@ import stat
 import sys
 import warnings
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, NamedTuple
 
 from . import container
 from .constants import DEFAULT_EFFORT, METADATA_FIELDS
@@ -25,6 +25,7 @@ from .files import check_target, write_file
 from .preview import asked as asked_preview
 from .quiet_warnings import first_line, recording
 from .source_image import exif_orientation, storable, turned_while_loading, upright
+from .source_record import file_identity
 
 __all__ = [
     "STDIO",
@@ -33,6 +34,7 @@ __all__ = [
     "exif_orientation",
     "decode_file",
     "read_jac",
+    "Converted",
     "convert_file",
     "convert_noting_warnings",
     "first_line",
@@ -400,6 +402,16 @@ def _check_not_an_original(src: Path, dst: Path) -> None:
         )
 
 
+class Converted(NamedTuple):
+    """What :func:`convert_file` made: the input's and the output's sizes, and the output as written."""
+
+    in_bytes: int
+    out_bytes: int
+    #: the output's size and modification time, taken where it was written, as a batch's record of sources
+    #: notes it (:func:`pillow_jac.source_record.note_made`)
+    made: dict[str, int]
+
+
 def convert_file(
     src: str,
     dst: str,
@@ -410,8 +422,8 @@ def convert_file(
     extra: dict | None = None,
     *,
     force: bool = False,
-) -> tuple[int, int]:
-    """Convert one file as a batch does; return (input bytes, output bytes).
+) -> Converted:
+    """Convert one file as a batch does.
 
     ``extra``: more :func:`encode_file` options (``target_size``, ``target_psnr``, ``preview``). Decoding
     (``to="png"``) replaces only a PNG that a decode wrote, unless ``force`` is true.
@@ -421,19 +433,21 @@ def convert_file(
         encode_file(Path(src), Path(dst), quality, effort=effort, device=device, name_source=False, **(extra or {}))
     else:
         decode_file(Path(src), Path(dst), device=device, force=force, name_source=False)
-    return os.path.getsize(src), os.path.getsize(dst)
+    made = file_identity(dst)
+    return Converted(os.path.getsize(src), made["size"], made)
 
 
-def convert_noting_warnings(*args: Any, **kwargs: Any) -> tuple[tuple[int, int] | Exception, list[str]]:
+def convert_noting_warnings(*args: Any, **kwargs: Any) -> tuple[Converted | Exception, list[str]]:
     """:func:`convert_file`, with its error (if any) and its warnings returned instead of raised or printed.
 
     Returns:
-        ``(result, warnings)``: the byte counts or the exception, and the first line of each warning, so
-        that a batch reports them with the file's name (also from worker processes, which print nothing).
+        ``(result, warnings)``: what it made (:class:`Converted`) or the exception, and the first line of each
+        warning, so that a batch reports them with the file's name (also from worker processes, which print
+        nothing).
     """
     with recording() as caught:  # the filters in force stay (a fresh registry)
         try:
-            result: tuple[int, int] | Exception = convert_file(*args, **kwargs)
+            result: Converted | Exception = convert_file(*args, **kwargs)
         except Exception as e:
             result = e
     return result, [first_line(str(w.message)) or w.category.__name__ for w in caught]

@@ -196,7 +196,9 @@ def convert(
     def report_file(result: FileResult) -> None:
         source, vouched = sent.pop(result.src, (None, None))
         if result.status == "done":
-            note_made(out_dir, result.src, result.dst, settings, source={} if source is None else source)
+            note_made(
+                out_dir, result.src, result.dst, settings, source={} if source is None else source, made=result.made
+            )
         elif result.status == "skipped" and source is not None:  # its pending line ends, as made from that source
             with contextlib.suppress(OSError):  # recorded before (a batch run again in a folder it may not write)
                 note_skipped(out_dir, result.src, result.dst, settings, source=source, vouched=vouched)

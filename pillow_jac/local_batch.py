@@ -157,7 +157,7 @@ def run_batch(
                 failed += 1
                 bar.step(name, one_line(result))
             else:
-                note_made(out_dir, src, todo[src], settings, source=started[src])
+                note_made(out_dir, src, todo[src], settings, source=started[src], made=result.made)
                 bar.step(name)
     finally:
         bar.close()

@@ -37,6 +37,8 @@ class FileResult:
         node: host name of the worker's machine.
         pid: the worker's process id.
         warnings: the first line of each warning raised while converting the file.
+        made: the output's size and modification time as the worker wrote it (a done file's; else None), which
+            the driver notes in the output folder's record (:func:`pillow_jac.source_record.note_made`).
     """
 
     src: str
@@ -49,6 +51,7 @@ class FileResult:
     node: str = ""
     pid: int = 0
     warnings: tuple[str, ...] = ()
+    made: dict[str, int] | None = None
 
 
 @dataclass
@@ -170,4 +173,7 @@ class Worker:
         seconds = time.perf_counter() - start
         if isinstance(result, Exception):
             return FileResult(src, dst, "failed", one_line(result), seconds=seconds, warnings=tuple(notes), **where)
-        return FileResult(src, dst, "done", None, *result, seconds, warnings=tuple(notes), **where)
+        in_bytes, out_bytes, made = result
+        return FileResult(
+            src, dst, "done", None, in_bytes, out_bytes, seconds, warnings=tuple(notes), made=made, **where
+        )

@@ -47,7 +47,7 @@ try:
 except ImportError:  # pragma: no cover - Windows: no lock (one batch a folder at a time there)
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["RECORD_NAME", "SourceRecord", "note_made", "note_skipped", "note_started", "vouches"]
+__all__ = ["RECORD_NAME", "SourceRecord", "file_identity", "note_made", "note_skipped", "note_started", "vouches"]
 
 #: the record's name in an output folder (hidden: a batch does not take it, or the folder's outputs, as inputs)
 RECORD_NAME = ".jac-sources"
@@ -62,13 +62,13 @@ def _key(out_dir: str | os.PathLike, dst: str | os.PathLike) -> str:
     return Path(os.path.relpath(dst, out_dir)).as_posix()
 
 
-def _identity(src: str | os.PathLike) -> dict[str, int]:
-    """What tells a source file from another once moved or renamed: its size and modification time (OSError)."""
+def file_identity(src: str | os.PathLike) -> dict[str, int]:
+    """What tells a file from another once moved or renamed: its size and modification time (OSError)."""
     return _stat_identity(os.stat(src))
 
 
 def _stat_identity(st: os.stat_result) -> dict[str, int]:
-    """:func:`_identity` of a file as ``os.stat`` gave ``st``."""
+    """:func:`file_identity` of a file as ``os.stat`` gave ``st``."""
     return dict(zip(_IDENTITY, (st.st_size, st.st_mtime_ns), strict=True))
 
 
@@ -80,7 +80,7 @@ def _matches(entry: object, identity: dict[str, int]) -> bool:
 def _same_file(entry: dict, src: str | os.PathLike) -> bool | None:
     """Whether ``src`` is, by size and time, the file ``entry`` records; None when it cannot be read."""
     try:
-        identity = _identity(src)
+        identity = file_identity(src)
     except OSError:
         return None
     return _matches(entry, identity)
@@ -104,6 +104,7 @@ def note_made(
     settings: dict | None = None,
     *,
     source: Mapping | None = None,
+    made: Mapping | None = None,
 ) -> None:
     """Add to ``out_dir``'s record that ``dst`` was made from ``src`` (OSError where it cannot: see :func:`_note`).
 
@@ -112,11 +113,16 @@ def note_made(
     conversion read it (a batch gives them: a source saved again since is not the one ``dst`` was made from;
     empty where it could not be read then, so the output is converted again by the next batch); None takes
     them now, for a source no conversion is reading. The line also notes ``dst``'s size and modification time
-    as written (``made``, none where it cannot be read), by which :meth:`SourceRecord.vouched` knows it later.
+    as written (``made``), by which :meth:`SourceRecord.vouched` knows it later: as the conversion gave them
+    (:func:`pillow_jac.conversion.convert_file`, where it wrote ``dst``: an output replaced before this call is
+    not taken for the one made), else as found now (none where ``dst`` cannot be read).
     """
     more: dict = {} if settings is None else {"settings": settings}
-    with contextlib.suppress(OSError):
-        more["made"] = _identity(dst)
+    if made is not None:
+        more["made"] = dict(made)
+    else:
+        with contextlib.suppress(OSError):
+            more["made"] = file_identity(dst)
     _note(out_dir, [(src, dst, source)], more)
 
 
@@ -157,7 +163,7 @@ def note_started(out_dir: str | os.PathLike, jobs: Mapping) -> dict:
     identities: dict = {}
     for src in jobs:
         try:
-            identities[src] = _identity(src)
+            identities[src] = file_identity(src)
         except OSError:  # the conversion reports it
             identities[src] = {}
     _note(out_dir, [(src, dst, identities[src]) for src, dst in jobs.items() if identities[src]], {"pending": True})
@@ -177,7 +183,7 @@ def _note(out_dir: str | os.PathLike, made: Iterable[tuple], more: dict) -> None
     for src, dst, identity in made:
         if identity is None:
             try:
-                identity = _identity(src)
+                identity = file_identity(src)
             except OSError:  # the conversion reports it
                 continue
         entry = {"output": _key(out_dir, dst), "source": os.fspath(src), **identity, **more}

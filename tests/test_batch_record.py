@@ -204,6 +204,34 @@ def test_a_source_saved_again_while_converted_is_converted_again(tmp_path: Path,
     assert "jac: 2 files already done, skipped" in batch(capsys, photos, out, "jac")
 
 
+def test_an_output_replaced_once_written_is_not_vouched_for(tmp_path: Path, capsys, monkeypatch) -> None:
+    """note_made noted the output as it found it when the batch noted it: an output replaced after the conversion
+    wrote it (by another program) was recorded as the output made, and a source dated in the future was then
+    skipped with it. The line notes the output as the conversion wrote it."""
+    import shutil
+
+    photos, out = folder_of_two(tmp_path)
+    tomorrow(photos / "a.png")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    Image.fromarray(natural_image(24, 24, 9)).save(elsewhere / "a.png")
+    batch(capsys, elsewhere, tmp_path / "other", "jac")
+    other = (tmp_path / "other" / "a.jac").read_bytes()
+    real = local_batch.note_made
+
+    def replaced_meanwhile(out_dir, src, dst, *args, **kwargs):  # another .jac put in the output's place
+        if Path(src).name == "a.png":
+            shutil.copyfile(tmp_path / "other" / "a.jac", dst)
+        real(out_dir, src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(local_batch, "note_made", replaced_meanwhile)
+    batch(capsys, photos, out, "jac")
+    monkeypatch.undo()
+    assert (out / "a.jac").read_bytes() == other
+    assert "jac: 1 files already done, skipped" in batch(capsys, photos, out, "jac")  # b.png only
+    assert (out / "a.jac").read_bytes() != other
+
+
 def test_a_worker_checks_what_the_record_vouches_for_against_the_files(tmp_path: Path, capsys) -> None:
     """The Ray driver decided when it sent a file that its times would not be compared, and the worker acted on
     it after the source had been saved again: it skipped the new source. The worker is sent what the record

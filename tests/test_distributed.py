@@ -829,6 +829,32 @@ def test_ray_notes_a_skipped_file_as_the_source_was_when_sent(tmp_path: Path, mo
 
 
 @pytest.mark.ray
+@pytest.mark.usefixtures("ray_local")
+def test_ray_notes_the_output_as_its_worker_wrote_it(tmp_path: Path, monkeypatch) -> None:
+    """The driver noted the output as it found it once the result came back: one replaced after the worker wrote
+    it was recorded as the output made, and a source dated in the future was then skipped with it."""
+    from .test_batch_record import folder_of_two, tomorrow
+
+    photos, out = folder_of_two(tmp_path)
+    tomorrow(photos / "a.png")
+    other = tmp_path / "other.jac"
+    Image.fromarray(natural_image(24, 24, 9)).save(other, quality=DEFAULT_QUALITY)
+    note_made = distributed.note_made
+
+    def replaced_meanwhile(out_dir, src, dst, *args, **kwargs):  # another .jac put in the output's place
+        if Path(src).name == "a.png":
+            shutil.copyfile(other, dst)
+        note_made(out_dir, src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(distributed, "note_made", replaced_meanwhile)
+    assert distributed.convert(photos, out, workers=1).done == 2
+    monkeypatch.undo()
+    again = distributed.convert(photos, out, workers=1)
+    assert (again.done, again.skipped) == (1, 1)
+    assert (out / "a.jac").read_bytes() != other.read_bytes()
+
+
+@pytest.mark.ray
 def test_ray_judges_a_source_as_it_notes_it(ray_local, tmp_path: Path, monkeypatch) -> None:
     """The driver read the source twice, once to judge it against the record and once to note it as sent: an older
     copy put in its place between the two was noted as the file the kept output (made from the first) came from,
