@@ -18,12 +18,15 @@ read here (the safetensors header, parsed as JSON without torch), so listing gen
 info`` stay cheap; the engine checks every hash when it loads a file (:func:`pillow_jac.weights_manifest.verify`).
 
 The package's ``released.json`` (:func:`released`, beside this module) names every released generation's
-``weights_hash`` and ``decoder_hash``, and only grows. A weights file that claims a released ``model_id``
-with another decoder is skipped here, with a warning, and refused when loaded: a generation released
-before decoder hashes existed (release 6) writes a header hash that does not cover its decoder, so
-without the table a re-sealed file with another decoder would decode its files to other pixels. A file
-shorter than its header says is skipped too, and a copy whose tensors do not match its hashes gives way
-to the next copy of its generation when it is loaded, so a damaged copy does not hide a good one.
+``weights_hash`` and ``decoder_hash``, and only grows. A weights file that claims a released generation's
+``weights_hash`` with another decoder is skipped here, with a warning, and refused when loaded: a
+generation released before decoder hashes existed (release 6) writes a header hash that does not cover
+its decoder, so without the table a re-sealed file with another decoder would decode its files to other
+pixels. A file with a released ``model_id`` and a ``weights_hash`` of its own is another generation (one
+built locally before that ``model_id`` was released): it decodes the files that name its own hash, and
+only those (SPEC.md section 9.2). A file shorter than its header says, or empty, is skipped too, and a
+copy whose tensors do not match its hashes gives way to the next copy of its generation when it is
+loaded, so a damaged copy does not hide a good one.
 
 Example:
     >>> [g.model_id for g in installed()][:1]
@@ -36,6 +39,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import struct
 import warnings
 from dataclasses import dataclass
@@ -65,6 +69,9 @@ __all__ = [
     "released",
     "read_released_table",
     "released_problem",
+    "release_in",
+    "release_problem",
+    "MAX_WEIGHTS_BYTES",
 ]
 
 #: the full weights file of the newest generation, in the package's weights folder
@@ -83,6 +90,14 @@ PACKAGE_BUDGET_BYTES = 100_000_000
 #: a safetensors header larger than this is not a weights file of ours (ours are ~10 kB): a bigger one costs
 #: every listing its parse
 _MAX_HEADER = 1 << 20
+#: the most bytes a weights file may be, header and tensors (ours: 29.4 MB for N=128/M=192, a training
+#: checkpoint about as much; safetensors requires the header's tensors to end where the file ends, so this
+#: bounds what the header declares). A larger file is skipped when listed and refused before any tensor is read
+#: (:func:`pillow_jac.weights.load_weights`, SPEC.md section 9.2)
+MAX_WEIGHTS_BYTES = 1 << 29
+#: the release number at the end of a model_id (``mbt-128-192-r006``: 6), as
+#: :func:`pillow_jac.training.model_ids.model_id_for` writes it
+_RELEASE_IN_ID = re.compile(r"-r([0-9]{3})\Z")
 
 
 #: JAC_WEIGHTS values already warned about as decoder-only files
@@ -106,7 +121,7 @@ class Generation:
     Attributes:
         model_id: the generation's name (the header's ``model_id``).
         weights_hash: the 8 bytes its files carry in the header.
-        release: the release number from the manifest, or None.
+        release: the release number its ``model_id`` ends with (:func:`release_in`), or None.
         can_encode: True for a full file, False for a decoder file.
         path: where the file is.
         size: the file's size in bytes.
@@ -135,9 +150,13 @@ def package_weights_dir() -> Path:
 
 
 def package_weights_bytes() -> int:
-    """Bytes of every weights file the package ships (held to :data:`PACKAGE_BUDGET_BYTES`)."""
+    """Bytes of every weights file the package ships (held to :data:`PACKAGE_BUDGET_BYTES`).
+
+    The files the listing reads (:func:`installed`): the full file and the kept decoder files, not the hidden
+    files a release stages.
+    """
     folder = package_weights_dir()
-    files = [folder / DEFAULT_WEIGHTS_NAME, *(folder / KEPT_DIR).glob("*.safetensors")]
+    files = [folder / DEFAULT_WEIGHTS_NAME, *_weights_files(folder / KEPT_DIR)]
     return sum(f.stat().st_size for f in files if f.exists())
 
 
@@ -145,12 +164,6 @@ def default_weights_path() -> Path:
     """``JAC_WEIGHTS`` if set, else the newest generation's full file in the package's weights folder."""
     env = os.environ.get("JAC_WEIGHTS")
     return Path(env) if env else package_weights_dir() / DEFAULT_WEIGHTS_NAME
-
-
-def _manifest(path: Path) -> dict[str, str] | None:
-    """The safetensors metadata of ``path``, or None if it is not a readable safetensors file."""
-    read = _header(path)
-    return None if read is None else read[0]
 
 
 def _header(path: Path) -> tuple[dict[str, str], int] | None:
@@ -229,18 +242,22 @@ def read_released_table(path: Path) -> dict[str, dict[str, str]]:
 
 
 def released_problem(model_id: str, weights_hash: str, decoder_hash: str, legacy_hash: str | None = None) -> str | None:
-    """Why weights naming ``model_id`` are not that released generation (None if they are, or it is unreleased).
+    """Why weights naming ``model_id`` would pass for a released generation they are not, or None.
 
-    ``legacy_hash``: the manifest's ``legacy_weights_hash``, which only a released generation may carry: it
-    does not cover the decoder, so two decoders of another ``model_id`` could share it (SPEC.md section 9.3).
+    Refused: the ``weights_hash`` of a released generation of ``model_id`` with another ``decoder_hash`` (its
+    files would decode with another decoder), and a ``legacy_hash`` (the manifest's ``legacy_weights_hash``,
+    which does not cover the decoder) that is not the ``weights_hash`` of the released ``model_id``. Weights
+    with a released ``model_id`` and a ``weights_hash`` of their own are another generation, which decodes only
+    the files that name that hash: a generation built before its ``model_id`` was released elsewhere
+    (SPEC.md sections 9.2, 9.3).
     """
     entry = released().get(model_id)
-    if entry is None and legacy_hash not in (None, "None", ""):
+    if legacy_hash not in (None, "None", "") and (entry is None or entry["weights_hash"] != legacy_hash):
         return (
             f"it carries a legacy_weights_hash, which only a generation released before decoder hashes may "
-            f"carry, and {model_id!r} is no such generation"
+            f"carry, and {model_id!r} with {legacy_hash} is no such generation"
         )
-    if entry is None or (entry["weights_hash"], entry["decoder_hash"]) == (weights_hash, decoder_hash):
+    if entry is None or entry["weights_hash"] != weights_hash or entry["decoder_hash"] == decoder_hash:
         return None
     if decoder_hash in (None, "None", ""):
         return f"its manifest has no decoder_hash (a file of {model_id!r} made before decoder hashes): freeze it again"
@@ -249,6 +266,42 @@ def released_problem(model_id: str, weights_hash: str, decoder_hash: str, legacy
         f"decoder_hash {decoder_hash}; released: {entry['weights_hash']}, {entry['decoder_hash']}): "
         "a changed decoder is a new generation, with a new model_id"
     )
+
+
+def release_in(model_id: str) -> int | None:
+    """The release number a ``model_id`` ends with (``-rNNN``), or None: what orders generations (SPEC.md 9.2).
+
+    The ``model_id`` is covered by the decoder hash; the manifest's ``release`` is not, and only has to agree
+    (:func:`release_problem`).
+
+    Example:
+        >>> release_in("mbt-128-192-r006"), release_in("demo")
+        (6, None)
+    """
+    found = _RELEASE_IN_ID.search(model_id)
+    return int(found.group(1)) if found else None
+
+
+def release_problem(metadata: dict) -> str | None:
+    """What is wrong with a manifest's ``release``, or None: absent, or the number its ``model_id`` ends with.
+
+    Example:
+        >>> release_problem({"model_id": "mbt-128-192-r006", "release": "6"}) is None
+        True
+        >>> release_problem({"model_id": "mbt-128-192-r006", "release": "999"})
+        "its manifest's release '999' is not the release its model_id 'mbt-128-192-r006' ends with (6)"
+    """
+    release, model_id = metadata.get("release"), str(metadata.get("model_id"))
+    if release is None:
+        return None
+    shown = repr(release[:20] + "..." if isinstance(release, str) and len(release) > 20 else release)
+    if not is_release_number(release):
+        return f"release must be a number, got {shown}"
+    own = release_in(model_id)
+    if len(release) > MODEL_ID_BYTES or int(release) != own:  # the length first: int() of 5000 digits raises
+        ends = "with no release (-rNNN)" if own is None else f"with {own}"
+        return f"its manifest's release {shown} is not the release its model_id {model_id!r} ends {ends}"
+    return None
 
 
 #: weights files already warned about (skipped as lookalikes of a released generation, or as truncated)
@@ -271,8 +324,10 @@ _CACHE_LOCK = fork_safe_lock()
 def generation_of(path: Path) -> Generation | None:
     """The generation of one weights file (cached by path, size and modification time), or None.
 
-    None when ``path`` is not a readable weights file with a manifest, is shorter than its header declares,
-    or claims a released ``model_id`` with other weights (a warning says which, SPEC.md section 9.2).
+    None when ``path`` is not a readable weights file with a manifest, is empty, is shorter than its header
+    declares or larger than :data:`MAX_WEIGHTS_BYTES`, has a ``release`` that its ``model_id`` does not end
+    with, or claims a released generation's hash with another decoder (a warning says which, SPEC.md
+    section 9.2). ``release`` is the number the ``model_id`` ends with (:func:`release_in`).
     """
     try:
         stat = path.stat()
@@ -283,6 +338,12 @@ def generation_of(path: Path) -> Generation | None:
         if key in _CACHE:
             return _CACHE[key]
     meta, declared = _header(path) or (None, 0)
+    if stat.st_size == 0 and S_ISREG(stat.st_mode):
+        _skip(
+            path,
+            "it is empty (0 bytes): a kept decoder file set aside by `python -m pillow_jac.training.travel "
+            "set-aside`; `python -m pillow_jac.training.travel put-back` restores it",
+        )
     if meta is not None:
         if declared > stat.st_size:
             problem = f"it is {stat.st_size} bytes, shorter than the {declared} its header declares (damaged)"
@@ -290,6 +351,10 @@ def generation_of(path: Path) -> Generation | None:
             problem = f"its manifest's layout is {meta.get('layout')!r}, not one of {', '.join(WEIGHTS_LAYOUTS)}"
         elif not (isinstance(meta.get("model_id"), str) and is_model_id(meta["model_id"])):  # shown in listings
             problem = f"its model_id {meta.get('model_id')!r} is not 1 to {MODEL_ID_BYTES} printable ASCII characters"
+        elif stat.st_size > MAX_WEIGHTS_BYTES:
+            problem = f"it is {stat.st_size} bytes, more than any weights file ({MAX_WEIGHTS_BYTES})"
+        elif release_problem(meta) is not None:
+            problem = release_problem(meta)
         else:
             names = ("model_id", "weights_hash", "decoder_hash", "legacy_weights_hash")
             problem = released_problem(*(str(meta.get(name)) for name in names))
@@ -302,7 +367,7 @@ def generation_of(path: Path) -> Generation | None:
             gen = Generation(
                 model_id=str(meta["model_id"]),
                 weights_hash=bytes.fromhex(meta["weights_hash"]),
-                release=int(meta["release"]) if is_release_number(meta.get("release")) else None,
+                release=release_in(meta["model_id"]),
                 can_encode=meta["layout"] == "full",
                 path=path,
                 size=stat.st_size,
@@ -408,7 +473,8 @@ def copies(model_id: str, weights_hash: bytes) -> list[Generation]:
 def encoder(model_id: str | None = None) -> Generation:
     """The generation that encodes: ``model_id`` if given, else the default (newest) encoder.
 
-    The default is the ``JAC_WEIGHTS`` file if set, else the full file with the highest release.
+    The default is the ``JAC_WEIGHTS`` file if set, else the full file with the highest release (the number
+    its ``model_id`` ends with, which the decoder hash covers: :func:`release_in`).
 
     Raises:
         ModelNotInstalledError: ``model_id`` cannot encode here, or ``JAC_WEIGHTS`` names no weights file
@@ -437,7 +503,9 @@ def encoder(model_id: str | None = None) -> Generation:
                 )
         if gens:
             chosen = max(gens, key=lambda g: -1 if g.release is None else g.release)
-            if chosen.model_id not in released() and str(chosen.path) not in _WARNED_UNRELEASED:
+            entry = released().get(chosen.model_id)
+            unreleased = entry is None or entry["weights_hash"] != chosen.weights_hash.hex()
+            if unreleased and str(chosen.path) not in _WARNED_UNRELEASED:
                 _WARNED_UNRELEASED.add(str(chosen.path))  # once per file and process, not once per image
                 warnings.warn(
                     f"encoding for {chosen.model_id!r} ({chosen.path}), the newest generation installed but not "

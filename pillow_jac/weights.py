@@ -10,7 +10,9 @@ A weights file holds up to four groups of tensors (SPEC.md section 9.2):
   made from it when the generation was frozen, and the encoder's search estimates z's rate with it. The
   float masters of the integer networks are not stored: :func:`pillow_jac.engine.build_model` recovers them.
 
-A *full* file has all of them; a *decoder* file (a kept generation) has only the decoder. The
+A *full* file has all of them; a *decoder* file (a kept generation) has only the decoder
+(:func:`pillow_jac.weights_manifest.verify` refuses any other tensor in one). A tensor whose name starts
+with none of :data:`TENSOR_PREFIXES` is refused when the file is read. The
 safetensors metadata carries the manifest, checked by :func:`pillow_jac.weights_manifest.read_manifest`:
 ``model_id``, the architecture (``config``, JSON), the integer networks' layer layout
 (``integer_networks``), the ``layout``, and three hashes (:mod:`pillow_jac.weights_hashes`, SPEC.md
@@ -22,6 +24,7 @@ field that changes decoding); ``encoder_hash`` covers what else the encoder read
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +33,7 @@ from safetensors import safe_open
 from safetensors.torch import save as safetensors_bytes
 
 from .files import write_atomic
+from .generations import MAX_WEIGHTS_BYTES
 from .model.integer import IntegerLayer, IntegerNetwork
 
 __all__ = [
@@ -38,6 +42,8 @@ __all__ = [
     "Z_DENSITY_PREFIXES",
     "FLOAT_PREFIX",
     "INT_PREFIX",
+    "TABLE_PREFIX",
+    "TENSOR_PREFIXES",
     "integer_tensors",
     "read_integer_network",
     "strip_prefix",
@@ -60,6 +66,8 @@ FLOAT_PREFIX = "float."
 INT_PREFIX = "int."
 #: tensor-name prefix of the coding tables: ``table.<part>_<field>`` and the tables of CODING.md section 2
 TABLE_PREFIX = "table."
+#: the prefixes every tensor name of a weights file starts with (SPEC.md section 9.2): another name is refused
+TENSOR_PREFIXES = (FLOAT_PREFIX, INT_PREFIX, TABLE_PREFIX)
 #: tensor-name prefixes of the decoder: what a decoder runs (SPEC.md section 9.2)
 DECODER_PREFIXES = (INT_PREFIX, TABLE_PREFIX, f"{FLOAT_PREFIX}g_s.", f"{FLOAT_PREFIX}log_inverse_gain")
 #: tensor-name prefixes of the encoder: an encoder update may change these and nothing else
@@ -159,15 +167,33 @@ def load_weights(
 
     The tensors are copies, not views of the file mapped into memory: a file rewritten in place (``cp`` over
     it) after its hash was checked would otherwise change the weights already loaded.
+
+    Raises:
+        WeightsError: the file is not a safetensors file, is larger than
+            :data:`~pillow_jac.generations.MAX_WEIGHTS_BYTES` (checked before any tensor is read: a sparse
+            file declares gigabytes it does not hold), or has a tensor whose name starts with none of
+            :data:`TENSOR_PREFIXES` (SPEC.md section 9.2).
+        FileNotFoundError: there is no file at ``path``.
     """
+    size = os.stat(path).st_size  # safetensors requires the header's tensors to end where the file ends
+    if size > MAX_WEIGHTS_BYTES:
+        raise WeightsError(
+            f"weights file {path} is refused: it is {size} bytes, more than any weights file ({MAX_WEIGHTS_BYTES})"
+        )
     try:
         with safe_open(str(path), framework="pt", device=device) as f:
             metadata = dict(f.metadata() or {})
+            unknown = sorted(k for k in f.keys() if not k.startswith(TENSOR_PREFIXES))
+            if unknown:
+                raise WeightsError(
+                    f"weights file {path} is refused: the tensor {unknown[0][:80]!r} is none of a weights file's "
+                    f"(their names start with {', '.join(TENSOR_PREFIXES)})"
+                )
             tensors = {k: f.get_tensor(k) for k in f.keys() if k.startswith(prefix)}
             if torch.device(device).type == "cpu":
                 tensors = {k: t.clone() for k, t in tensors.items()}
             tensors = strip_prefix(tensors, prefix)
-    except FileNotFoundError:
+    except (FileNotFoundError, WeightsError):
         raise
     except Exception as exc:  # safetensors raises its own error types for malformed files
         raise WeightsError(f"cannot read weights file {path}: {exc}") from exc

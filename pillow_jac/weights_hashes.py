@@ -75,7 +75,7 @@ def _canonical(t: torch.Tensor, name: str = "a tensor") -> torch.Tensor:
 #: dtypes whose every value the canonical dtype (float32 or int64) holds: their cast needs no check
 _EXACTLY_WIDENED = frozenset(
     (torch.float16, torch.bfloat16, torch.float32)  # to float32
-    + (torch.bool, torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)  # to int64
+    + (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)  # to int64; not bool: no tensor is one
 )
 #: the dtypes a weights file's tensors may have: those, and float64 where its values are float32's
 _HASHED_DTYPES = _EXACTLY_WIDENED | {torch.float64}

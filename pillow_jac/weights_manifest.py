@@ -3,7 +3,7 @@
 The manifest is the safetensors metadata of a weights file (its fields: :mod:`pillow_jac.weights`).
 :func:`read_manifest` checks its schema and that its ``weights_hash`` is the one it derives;
 :func:`verify` checks too that its hashes (:mod:`pillow_jac.weights_hashes`) are its tensors', and that a
-file naming a released generation has that generation's decoder.
+file with a released generation's hash has that generation's decoder.
 """
 
 from __future__ import annotations
@@ -15,9 +15,10 @@ from typing import Any
 
 import torch
 
-from .constants import MODEL_ID_BYTES, WEIGHTS_LAYOUTS, is_model_id, is_release_number
+from .constants import MODEL_ID_BYTES, WEIGHTS_LAYOUTS, is_model_id
+from .generations import release_in, release_problem, released_problem
 from .model.integer import LAYER_FIELDS, LAYER_KINDS
-from .weights import WeightsError
+from .weights import DECODER_PREFIXES, TABLE_PREFIX, WeightsError
 from .weights_hashes import HASH_HEX_DIGITS, decoder_hash, encoder_hash, header_hash
 
 __all__ = ["Manifest", "MANIFEST_NESTING", "read_manifest", "verify"]
@@ -107,10 +108,7 @@ def _problem(metadata: dict[str, str]) -> str | None:
                 or not 0 <= layer["output_padding"] < layer["stride"]
             ):
                 return f"a layer of {name!r} is invalid: {layer}"
-    release = metadata.get("release")
-    if release is not None and not is_release_number(release):
-        return f"release must be a number, got {release!r}"
-    return None
+    return release_problem(metadata)
 
 
 def read_manifest(metadata: dict[str, str], path: str | Path = "weights") -> Manifest:
@@ -128,18 +126,36 @@ def read_manifest(metadata: dict[str, str], path: str | Path = "weights") -> Man
         weights_hash=metadata["weights_hash"],
         decoder_hash=metadata["decoder_hash"],
         encoder_hash=metadata.get("encoder_hash"),
-        release=int(metadata["release"]) if metadata.get("release") else None,
+        release=release_in(metadata["model_id"]),
     )
 
 
+def _tensor_problem(tensors: dict[str, torch.Tensor], manifest: Manifest) -> str | None:
+    """What is wrong with the tensors' shapes for the manifest's layout, or None (SPEC.md section 9.2).
+
+    Every coding table (``table.*``: frequencies, offsets, lows, thresholds, the mixture's exponentials) is
+    one-dimensional, and a decoder file holds the decoder's tensors only.
+    """
+    for name, tensor in sorted(tensors.items()):
+        if name.startswith(TABLE_PREFIX) and tensor.dim() != 1:
+            return f"{name} must have one dimension, not {tensor.dim()} (shape {tuple(tensor.shape)})"
+        if not manifest.can_encode and not name.startswith(DECODER_PREFIXES):
+            return f"a decoder file holds only decoder tensors, and {name} is none"
+    return None
+
+
 def verify(tensors: dict[str, torch.Tensor], metadata: dict[str, str], path: str | Path = "weights") -> Manifest:
-    """Check a weights file's manifest, its hashes against its tensors, and a released generation's decoder.
+    """Check a weights file's manifest, its tensors' shapes and hashes, and a released generation's decoder.
 
     Raises:
-        WeightsError: the manifest is incomplete, a hash does not match the tensors, or the file claims a
-            released generation (:func:`pillow_jac.generations.released`) with another decoder.
+        WeightsError: the manifest is incomplete, a coding table is not one-dimensional, a decoder file holds
+            another tensor than the decoder's, a hash does not match the tensors, or the file claims a
+            released generation's hash (:func:`pillow_jac.generations.released`) with another decoder.
     """
     manifest = read_manifest(metadata, path)
+    problem = _tensor_problem(tensors, manifest)
+    if problem is not None:
+        raise WeightsError(f"weights file {path} is damaged: {problem}")
     try:
         checks = [("decoder", decoder_hash(tensors, metadata), manifest.decoder_hash)]
         if manifest.can_encode:
@@ -157,8 +173,6 @@ def verify(tensors: dict[str, torch.Tensor], metadata: dict[str, str], path: str
             raise WeightsError(
                 f"weights file {path} is damaged: {part} hash {actual} does not match its manifest {expected}"
             )
-    from .generations import released_problem
-
     legacy = metadata.get("legacy_weights_hash")
     problem = released_problem(manifest.model_id, manifest.weights_hash, manifest.decoder_hash, legacy)
     if problem is not None:  # a re-sealed lookalike of a released generation (SPEC.md sections 9.2, 9.3)
