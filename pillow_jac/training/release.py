@@ -205,32 +205,36 @@ def release(
     os.close(fd)
     staged_full, staged_vectors, staged_table, backup = Path(staged_name), None, None, None
     try:
-        if not reuse_vectors:
-            staged_vectors = Path(tempfile.mkdtemp(prefix=f".{new_id}.", suffix=".tmp", dir=vectors_dir))
-        save_weights(staged_full, new_tensors, new_meta)
         try:
+            staged_vectors = Path(tempfile.mkdtemp(prefix=f".{new_id}.", suffix=".tmp", dir=vectors_dir))
+            save_weights(staged_full, new_tensors, new_meta)
             _check_package_budget(staged_full, weights_dir)
-        except WeightsError:  # a retry fails alike: the decoder file kept for it would only add to the package
+            made = _load_script("make_vectors").make(staged_vectors, vectors_dir / "sources", weights=staged_full)
+            failures = check_vectors(staged_vectors, staged_full)
+            if reuse_vectors:  # the ones in place count only as the very files this release makes
+                if not _same_files(staged_vectors, target_vectors):
+                    raise WeightsError(
+                        f"{target_vectors} exists and holds other files than the vectors this release makes: "
+                        "remove it before the release"
+                    )
+                shutil.rmtree(staged_vectors, ignore_errors=True)
+                staged_vectors, made = None, None
+            if kept is not None and (vectors_dir / str(old_id) / "vectors.json").is_file():
+                failures += check_vectors(vectors_dir / str(old_id), kept)
+            if failures:
+                raise WeightsError("the vectors do not pass their check: " + "; ".join(failures))
+            staged_table = commit_steps.staged_table(table_path, new_id, new_meta)
+            commit_steps.mode_for(staged_full, full)
+            if staged_vectors is not None:
+                commit_steps.mode_for(staged_vectors, target_vectors)
+            if full.exists():  # the shipped file as it was, to put back if a later rename fails
+                backup = Path(tempfile.mkstemp(prefix=f".{full.name}.", suffix=".old.tmp", dir=weights_dir)[1])
+                backup.unlink()
+                os.link(full, backup)
+        except BaseException:  # refused before the commit: the decoder file kept for it goes (a retry keeps it again)
             if kept is not None and kept not in kept_before:
                 kept.unlink(missing_ok=True)
             raise
-        if reuse_vectors:  # the ones in place must be this release's
-            made, failures = None, check_vectors(target_vectors, staged_full)
-        else:
-            made = _load_script("make_vectors").make(staged_vectors, vectors_dir / "sources", weights=staged_full)
-            failures = check_vectors(staged_vectors, staged_full)
-        if kept is not None and (vectors_dir / str(old_id) / "vectors.json").is_file():
-            failures += check_vectors(vectors_dir / str(old_id), kept)
-        if failures:
-            raise WeightsError("the vectors do not pass their check: " + "; ".join(failures))
-        staged_table = commit_steps.staged_table(table_path, new_id, new_meta)
-        commit_steps.mode_for(staged_full, full)
-        if staged_vectors is not None:
-            commit_steps.mode_for(staged_vectors, target_vectors)
-        if full.exists():  # the shipped file as it was, to put back if a later rename fails
-            backup = Path(tempfile.mkstemp(prefix=f".{full.name}.", suffix=".old.tmp", dir=weights_dir)[1])
-            backup.unlink()
-            os.link(full, backup)
         commit_steps.commit(staged_vectors, target_vectors, staged_full, full, staged_table, table_path, backup)
     finally:
         for leftover in (staged_full, staged_table, backup):
@@ -245,6 +249,15 @@ def release(
     print(f"wrote {full}: {new_id}, hash {new_meta['weights_hash']}")
     print(f"added {new_id} to {table_path}")
     return new_id
+
+
+def _same_files(made: Path, found: Path) -> bool:
+    """Whether the folder ``found`` holds exactly the files of ``made``, byte for byte."""
+
+    def files(folder: Path) -> dict[str, bytes]:
+        return {p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+    return files(made) == files(found)
 
 
 def _check_package_budget(full: Path, weights_dir: Path) -> None:
