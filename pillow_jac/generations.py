@@ -84,8 +84,8 @@ RELEASED_PATH = Path(__file__).resolve().parent / "released.json"
 #: the most bytes of weights the wheel ships: the newest generation's full file (29.4 MB for
 #: N=128/M=192) plus the kept generations' decoder files (19.2 MB each), so three kept generations fit.
 #: No generation leaves the package (its files would stop decoding after an upgrade): a release that
-#: would go over is refused until the kept decoder files move into a distribution the package requires
-#: (pillow_jac.training.release)
+#: would go over is refused (pillow_jac.training.release); decoders are found only in the package's weights
+#: folder, JAC_WEIGHTS and the JAC_MODELS folders
 PACKAGE_BUDGET_BYTES = 100_000_000
 #: a safetensors header larger than this is not a weights file of ours (ours are ~10 kB): a bigger one costs
 #: every listing its parse
