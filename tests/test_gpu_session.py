@@ -15,6 +15,7 @@ from pillow_jac.training import gpu_session
 from pillow_jac.training.device_crops import DeviceCrops
 from pillow_jac.training.pack import join_file
 from pillow_jac.training.train import FastWeightAverage, WeightAverage
+from pillow_jac.weights import load_weights
 
 from .helpers import natural_image, signal_in_the_second_step, stop_handlers
 
@@ -185,6 +186,27 @@ def test_a_call_killed_before_its_end_still_returns_its_last_save(image_folder, 
     assert checkpoint["step"] == 3
     for name, value in load_model(joined).state_dict().items():
         assert torch.equal(value, checkpoint["average"][name]), name
+
+
+def test_a_call_killed_while_it_saves_its_checkpoint_reports_its_pieces(image_folder, tmp_path, monkeypatch):
+    """A save published the pieces, wrote the checkpoint, then the report: a call killed during the checkpoint's
+    write (the longest) returned new pieces beside the report of the save before, whose pieces_step was wrong."""
+    saves = []
+    save = gpu_session.Session.save
+
+    def killed_in_the_second_save(self):
+        saves.append(self.step)
+        if len(saves) == 2:
+            raise SystemExit("killed")
+        save(self)
+
+    monkeypatch.setattr(gpu_session.Session, "save", killed_in_the_second_save)
+    out, pieces = tmp_path / "run", tmp_path / "pieces"
+    with pytest.raises(SystemExit):
+        session(image_folder, out, "--pieces", str(pieces), "--steps", "10", "--save-every", "1e-9")
+    report = json.loads((pieces / gpu_session.REPORT).read_text())
+    _, meta = load_weights(join_file(pieces / gpu_session.WEIGHTS, tmp_path / "ema.safetensors"))
+    assert report["pieces_step"] == int(meta["step"]) == saves[1]
 
 
 def test_sigterm_ends_the_call_after_its_step_and_gives_the_handlers_back(image_folder, tmp_path, monkeypatch):

@@ -251,12 +251,10 @@ class Session:
                         sums = {k: torch.zeros((), device=device) for k in sums}
                         n = 0
                     if args.save_every and not signalled and time.monotonic() - self.last_save >= args.save_every:
-                        pieces = self.keep()
-                        if pieces is None:
+                        if self.keep() is None:
                             self.stop = "nonfinite"
                             log_line(f"step {self.step}: the weights are not finite; stopping without saving them")
                             break
-                        self.write_report(pieces)
             finally:
                 self.loop_end = time.monotonic()
         if self.profile is not None:
@@ -298,14 +296,16 @@ class Session:
         return sorted(p.name for p in self.args.pieces.glob(WEIGHTS + ".[0-9][0-9][0-9]"))
 
     def keep(self) -> list[str] | None:
-        """Publish the pieces, then save the checkpoint; return the pieces' names.
+        """Publish the pieces and the report that names them, then save the checkpoint; return the pieces' names.
 
         None (and nothing written) when the weights are not finite, so that the last publish and checkpoint
-        stay. The pieces first: they are what comes back.
+        stay. The pieces and their report first: they are what comes back, and a kill during the checkpoint's
+        write (the longest) leaves them agreeing.
         """
         if not self.finite():
             return None
         pieces = self.publish()
+        self.write_report(pieces)
         self.save()
         return pieces
 
