@@ -217,10 +217,15 @@ def encoder_engine(device, weights, model):
 def parse_input(data) -> container.JacFile:
     """A parsed file from a :class:`~pillow_jac.container.JacFile`, bytes-like data, or a path.
 
+    A :class:`~pillow_jac.container.JacFile` given is held to the rules the reader holds every ``JHDR`` to
+    (:func:`~pillow_jac.container.check_header`, SPEC.md section 3), so that one built or changed in memory
+    whose latent shapes are not those of its width and height is refused, as such a file is, before the pixel
+    limit (checked on the width and height) and the decode (sized by the latent shapes) rely on them.
     Anything else goes to :func:`~pillow_jac.codec_inputs.buffer_bytes`, which takes any bytes-like object (an
     ``mmap.mmap``, a 1-D uint8 array...) and refuses the rest.
     """
     if isinstance(data, container.JacFile):
+        container.check_header(data.header)
         return data
     if isinstance(data, (str, os.PathLike)):
         with open(data, "rb") as f:

@@ -495,3 +495,24 @@ def test_a_writer_that_takes_no_mode_is_told_every_mode_tried(mode: str, tried: 
         warnings.simplefilter("error")  # refused: no "alpha left out" before the error
         with pytest.raises(ValueError, match=rf"^Pillow's XBM writer takes none of the modes {tried}; choose"):
             for_format(Image.new(mode, (4, 4)), "XBM")
+
+
+def test_a_jac_file_given_parsed_is_held_to_the_header_rules_of_a_read_one(monkeypatch) -> None:
+    """A JacFile handed to decode, decode_symbols or decode_batch has the header rules of a file read
+    (container.check_header, SPEC.md 3): one whose width and height were changed, and so no longer derive
+    its latent shapes, is refused up front as such a file is, not decoded past the pixel limit (checked on
+    the width and height, while the decode is sized by the latent shapes) nor run into numpy's errors."""
+    import dataclasses
+
+    from PIL import Image
+
+    jac = container.parse(codec.encode(natural_image(128, 128, seed=9), 4))  # 8 x 8 latents
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # the 128 x 128 file is over twice the limit
+    with pytest.raises(codec_steps.CodecError, match="exceeds the limit"):
+        codec.decode_symbols(jac)
+    for size in (1, 1280):  # within the limit on its face (8 x 8 latents decoded), and not (latents too few)
+        monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000 if size == 1 else None)
+        forged = dataclasses.replace(jac, header=dataclasses.replace(jac.header, width=size, height=size))
+        for decode in (codec.decode, codec.decode_symbols, lambda f: codec_batch.decode_batch([f])):
+            with pytest.raises(container.JacDataError, match=r"^invalid JHDR: y shape \(8, 8\) does not match"):
+                decode(forged)

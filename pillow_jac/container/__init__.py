@@ -13,8 +13,8 @@ everything is imported from here.
 
 Entry points: :func:`accept` (does a prefix start with the signature?), :func:`read` (a whole file
 from a path, bytes or a file object), :func:`read_header` (the header only), :func:`serialize`
-(a :class:`JacFile` to bytes); :func:`parse` and :func:`read_file` are :func:`read` for bytes and
-for file objects.
+(a :class:`JacFile` to bytes), :func:`check_header` (the rules every ``JHDR`` read is held to, for a
+header made in memory); :func:`parse` and :func:`read_file` are :func:`read` for bytes and for file objects.
 
 Errors:
 
@@ -48,6 +48,7 @@ from .structure import (
     NotJacFileError,
     _chunk,  # noqa: F401 - the fuzz harness builds chunks with it
     accept,
+    check_header,
     latent_shapes,
     quality_to_u16,
     quantize_quality,
@@ -64,6 +65,7 @@ __all__ = [
     "JacHeader",
     "JacFile",
     "accept",
+    "check_header",
     "latent_shapes",
     "quality_to_u16",
     "u16_to_quality",

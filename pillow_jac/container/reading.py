@@ -24,10 +24,10 @@ from .structure import (
     NotJacFileError,
     _chunk,
     _crc,
-    _header_problem,
     _is_critical,
     _type_name,
     _version_problem,
+    check_header,
 )
 from .writing import serialize  # noqa: F401 - for the examples
 
@@ -68,9 +68,7 @@ def _unpack_header(data: bytes) -> JacHeader:
         z_stream_length=zlen,
         y_stream_length=ylen,
     )
-    problem = _header_problem(header)
-    if problem:
-        raise JacDataError(f"invalid JHDR: {problem}")
+    check_header(header)
     return header
 
 

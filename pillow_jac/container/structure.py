@@ -418,6 +418,20 @@ def _header_problem(h: JacHeader) -> str | None:
     return None
 
 
+def check_header(h: JacHeader) -> None:
+    """Raise :class:`JacDataError` unless ``h`` is a header a reader accepts (SPEC.md section 3).
+
+    The reader's check of every ``JHDR`` it parses, and the decoder's of a :class:`JacFile` handed to it
+    already parsed (or built, or changed with :func:`dataclasses.replace`): among the rules, the latent
+    shapes must be those :func:`latent_shapes` derives from the width and height, which the pixel limit
+    is checked against.
+    """
+    problem = f"header must be a JacHeader, got {type(h).__name__}" if not isinstance(h, JacHeader) else None
+    problem = problem or _header_problem(h)
+    if problem:
+        raise JacDataError(f"invalid JHDR: {problem}")
+
+
 # The package names JacHeader and JacFile as its own (pillow_jac.container), which hides their examples from
 # doctest's search of this module: listed here, they run.
 __test__ = {"JacHeader": JacHeader, "JacFile": JacFile}
