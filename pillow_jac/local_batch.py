@@ -181,7 +181,10 @@ _WORKER_PRELOAD = [
 def _run_jobs(
     jobs: dict[Path, Path], options: tuple, force: bool, workers: int
 ) -> Iterator[tuple[Path, Any, list[str]]]:
-    """``(source, (in bytes, out bytes) or the exception, warnings)`` for every file, as each is done."""
+    """``(source, what it made or the exception, warnings)`` for every file, as each is done.
+
+    What it made: :class:`pillow_jac.conversion.Converted` (sizes, and the output as written).
+    """
     if workers <= 1:
         for src, dst in jobs.items():
             yield (src, *convert_noting_warnings(str(src), str(dst), *options, force=force))

@@ -61,10 +61,13 @@ def first_line(text: str) -> str:
 
 
 def warn_at_caller(message: str, category: type[Warning] = UserWarning) -> None:
-    """Warn, attributed to the first caller outside pillow_jac and Pillow: the user's line."""
+    """Warn, attributed to the first caller outside pillow_jac, Pillow and imageio: the user's line."""
     import PIL  # the plugin's callers have imported it
 
-    library = (os.path.dirname(__file__) + os.sep, os.path.dirname(PIL.__file__) + os.sep)
+    packages = [PIL, sys.modules.get("imageio")]  # imageio only where it is imported: it calls Pillow for users
+    library = (os.path.dirname(__file__) + os.sep,) + tuple(
+        os.path.dirname(p.__file__) + os.sep for p in packages if getattr(p, "__file__", None)
+    )
     if sys.version_info >= (3, 12):
         warnings.warn(message, category, stacklevel=2, skip_file_prefixes=library)
         return

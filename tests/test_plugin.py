@@ -1466,8 +1466,9 @@ def test_the_exif_warning_names_a_file_opened_from_a_file_object(rgb_jac: bytes,
         assert dict(im.getexif()) == {}  # said once
     assert [str(w.message).split(": its EXIF")[0] for w in caught] == [str(path)]
     assert caught[0].filename == __file__
-    with pytest.warns(UserWarning, match=rf"^{re.escape(str(path))}: its EXIF cannot be read"):
+    with pytest.warns(UserWarning, match=rf"^{re.escape(str(path))}: its EXIF cannot be read") as through_imageio:
         iio.imread(path)
+    assert [w.filename for w in through_imageio] == [__file__]
     with Image.open(io.BytesIO(path.read_bytes())) as im, pytest.warns(UserWarning, match="^a JAC file: its EXIF"):
         im.getexif()
 
