@@ -221,7 +221,7 @@ def test_release_command_keeps_the_old_generation_and_makes_vectors(
         release.release(tmp_path / "ckpt.safetensors", 5, weights_dir, tmp_path / "vectors2", {}, table_path)
     (tmp_path / "vectors3" / "mbt-8-12-r009").mkdir(parents=True)
     (tmp_path / "vectors3" / "mbt-8-12-r009" / "vectors.json").write_text("{}")
-    with pytest.raises(weights.WeightsError, match="holds other files than the vectors this release makes"):
+    with pytest.raises(weights.WeightsError, match="vectors of mbt-8-12-r009, which no released"):
         release.release(tmp_path / "ckpt.safetensors", 9, weights_dir, tmp_path / "vectors3", {}, table_path)
     assert sorted(p.name for p in weights_dir.rglob("*")) == listing  # a refused release writes nothing
     assert not (tmp_path / "vectors2").exists()

@@ -16,16 +16,19 @@
    file (the new generation becomes the default encoder) and the table of released generations
    (``pillow_jac/released.json``, :func:`pillow_jac.generations.released`).
 
-A failure or Ctrl-C before step 5 leaves the package as it was (at most a kept decoder file more, which
-a retry reuses), so the same release number can be tried again; SIGINT and SIGTERM wait for step 5.
-A release killed outright (SIGKILL, the OOM killer, a power cut) during step 5 is finished by running it
-again: the retry puts in place what is missing once it finds that what is in place is this very release
-(the same model_id, weights and decoder hashes; vectors that pass with it), and a release of another
-number is refused until then (:mod:`.release_commit`).
+A failure or Ctrl-C before step 5 leaves the package as it was (the decoder file kept for it goes too),
+so the same release number can be tried again; SIGINT and SIGTERM wait for step 5. A release killed
+outright (SIGKILL, the OOM killer, a power cut) before step 5 leaves at most that decoder file, which a
+retry reuses, and hidden staged files ending in ``.tmp``, which a retry removes. One killed during step 5
+leaves a commit marker naming it (:mod:`.release_commit`): every other release is refused until it is
+finished by running it again, which takes it only with the gate's verdict, the previous generation's
+decoder file in place, and the vectors in place the very files the commit put there, passing their check
+with the new full file.
 
 Before writing anything it refuses a ``model_id`` that exists anywhere (an installed or released
-generation, a file in the weights folder, a vectors folder) and a release number not above every
-release it can see: a release never replaces a generation or its vectors.
+generation, a file in the weights folder, a vectors folder), a release number not above every
+release it can see, and vectors of a generation nothing lists or holds: a release never replaces a
+generation or its vectors, nor leaves vectors no decoder passes.
 
 ``--encoder-update`` instead replaces only the encoder of the current generation (g_a, h_a, the
 forward gains, and the lambda ladder they were trained for: the encoder fields of the config,
@@ -97,10 +100,12 @@ def keep_generation(full: Path, weights_dir: Path) -> Path:
     return target
 
 
-def _existing(weights_dir: Path, vectors_dir: Path, table: Path, unfinished: str | None) -> dict[str, int | None]:
+def _existing(weights_dir: Path, vectors_dir: Path, table: Path) -> dict[str, int | None]:
     """Every generation a release must not reuse: ``{model_id: release number or None}``.
 
-    ``unfinished``: a release whose vectors folder (alone) a cut-short commit left, not counted.
+    Raises:
+        WeightsError: a vectors folder is of no generation the table lists or a file holds (the vectors of a
+            release cut short, or a stray copy): a release would leave vectors no decoder passes.
     """
     found: dict[str, int | None] = {g.model_id: g.release for g in generations.installed()}
     for path in [weights_dir / generations.DEFAULT_WEIGHTS_NAME, *(weights_dir / generations.KEPT_DIR).glob("*")]:
@@ -118,8 +123,13 @@ def _existing(weights_dir: Path, vectors_dir: Path, table: Path, unfinished: str
         found.setdefault(model_id, None)
     if vectors_dir.is_dir():
         for folder in vectors_dir.iterdir():
-            if (folder / "vectors.json").is_file() and folder.name != unfinished:
-                found.setdefault(folder.name, None)
+            staged = folder.name.startswith(".")  # a killed release's, which the sweep removes
+            if (folder / "vectors.json").is_file() and not staged and folder.name not in found:
+                raise WeightsError(
+                    f"{folder} holds the vectors of {folder.name}, which no released or installed generation is "
+                    "(a stray copy, or left by a release cut short before this tool kept commit markers): "
+                    "remove them before a release"
+                )
     return found
 
 
@@ -153,9 +163,11 @@ def release(
     first; the vectors, the full weights file and the table are then each put in place by a rename.
 
     Raises:
-        WeightsError: the ``model_id`` exists, its vectors folder exists, the release number is not above every
-            one there is (nothing is written then), the package's weights would exceed their budget, or the new
-            vectors fail their check (the package is unchanged).
+        WeightsError: another release's commit was cut short, the ``model_id`` exists, its vectors folder exists,
+            a vectors folder is of no generation, the release number is not above every one there is (nothing
+            is written then), the package's weights would exceed their budget, or the new vectors fail their
+            check (the package is unchanged); or, finishing this release's commit, what is in place is not
+            what the commit put there (nothing is written then).
     """
     tensors, metadata = load_weights(checkpoint)
     if "step" in metadata:  # the training step the weights are of, as freeze records it
@@ -169,95 +181,150 @@ def release(
     table_path = generations.RELEASED_PATH if released_table is None else released_table
     listed = {**generations.released(), **commit_steps.released_table(table_path)}
     target_vectors = vectors_dir / new_id
-    commit_steps.sweep(weights_dir, vectors_dir, new_id)
-    full_done, vectors_done = (
-        (False, False) if new_id in listed else commit_steps.in_place(full, target_vectors, new_meta)
-    )
-    if full_done and vectors_done:  # killed before the table's rename: the gate passed what is in place
-        commit_steps.finish(table_path, new_id, new_meta)
-        print(f"finished the release of {new_id}, cut short before: added it to {table_path}")
-        return new_id
-    commit_steps.refuse_unfinished(full, vectors_dir, listed, new_id)
-    reuse_vectors = vectors_done and not full_done  # killed between the vectors' rename and the full file's
-    if gate_verdict is not None:
+    record = commit_steps.read_marker(weights_dir)  # before any sweep: it names a commit cut short
+    if record is not None:
+        commit_steps.refuse_other_commit(record, new_meta, weights_dir)
+        if not (target_vectors / "vectors.json").is_file():  # killed before its first rename: nothing is in place
+            record = None
+    if record is not None:
+        stable = record["old"]["stable_model"] if record["old"] else None
+    else:
         stable = measured_model(*load_weights(full)) if full.exists() else None
+    if gate_verdict is not None:
         try:
             check_verdict(gate_verdict, measured_model(new_tensors, new_meta), stable)
         except ValueError as exc:
             raise WeightsError(f"{checkpoint}: {exc}") from None
-    existing = _existing(weights_dir, vectors_dir, table_path, new_id if reuse_vectors else None)
+    if record is not None:
+        return _finish(record, new_tensors, new_meta, weights_dir, vectors_dir, table_path, listed)
+    existing = _existing(weights_dir, vectors_dir, table_path)
     if new_id in existing:
         raise WeightsError(f"{new_id} is an existing generation: a release needs a new --release number")
     numbers = [n for n in existing.values() if n is not None]
     if numbers and number <= max(numbers):
         raise WeightsError(f"release {number} is not above release {max(numbers)}: the newest generation encodes")
-    if target_vectors.exists() and not reuse_vectors:
+    if target_vectors.exists():
         raise WeightsError(f"{target_vectors} exists (without a vectors table): remove it before the release")
-    kept = old_id = None
+    commit_steps.sweep(weights_dir, vectors_dir, new_id)
+    (weights_dir / commit_steps.MARKER_NAME).unlink(missing_ok=True)  # this release's, of a commit that renamed nothing
+    kept = old = None
     kept_before = set((weights_dir / generations.KEPT_DIR).glob("*.safetensors"))
     if full.exists():
         _, old_meta = load_weights(full)
-        old_id = old_meta.get("model_id")
         kept = keep_generation(full, weights_dir)
-        print(f"kept {old_id} as {kept}")
+        old = {k: old_meta.get(k) for k in ("model_id", "weights_hash", "decoder_hash")}
+        old.update(kept=kept.relative_to(weights_dir).as_posix(), stable_model=stable)
+        print(f"kept {old['model_id']} as {kept}")
     vectors_dir.mkdir(parents=True, exist_ok=True)
-    fd, staged_name = tempfile.mkstemp(prefix=f".{new_id}.", suffix=".safetensors.tmp", dir=weights_dir)
-    os.close(fd)
-    staged_full, staged_vectors, staged_table, backup = Path(staged_name), None, None, None
+    staged_full, staged_vectors, staged_table, backup = None, None, None, None
     try:
         try:
+            staged_full = _staged_full(weights_dir, full, new_tensors, new_meta)
             staged_vectors = Path(tempfile.mkdtemp(prefix=f".{new_id}.", suffix=".tmp", dir=vectors_dir))
-            save_weights(staged_full, new_tensors, new_meta)
             _check_package_budget(staged_full, weights_dir)
             made = _load_script("make_vectors").make(staged_vectors, vectors_dir / "sources", weights=staged_full)
             failures = check_vectors(staged_vectors, staged_full)
-            if reuse_vectors:  # the ones in place count only as the very files this release makes
-                if not _same_files(staged_vectors, target_vectors):
-                    raise WeightsError(
-                        f"{target_vectors} exists and holds other files than the vectors this release makes: "
-                        "remove it before the release"
-                    )
-                shutil.rmtree(staged_vectors, ignore_errors=True)
-                staged_vectors, made = None, None
-            if kept is not None and (vectors_dir / str(old_id) / "vectors.json").is_file():
-                failures += check_vectors(vectors_dir / str(old_id), kept)
+            if kept is not None and (vectors_dir / str(old["model_id"]) / "vectors.json").is_file():
+                failures += check_vectors(vectors_dir / str(old["model_id"]), kept)
             if failures:
                 raise WeightsError("the vectors do not pass their check: " + "; ".join(failures))
             staged_table = commit_steps.staged_table(table_path, new_id, new_meta)
-            commit_steps.mode_for(staged_full, full)
-            if staged_vectors is not None:
-                commit_steps.mode_for(staged_vectors, target_vectors)
-            if full.exists():  # the shipped file as it was, to put back if a later rename fails
-                backup = Path(tempfile.mkstemp(prefix=f".{full.name}.", suffix=".old.tmp", dir=weights_dir)[1])
-                backup.unlink()
-                os.link(full, backup)
+            commit_steps.mode_for(staged_vectors, target_vectors)
+            backup = _backup(full)
         except BaseException:  # refused before the commit: the decoder file kept for it goes (a retry keeps it again)
             if kept is not None and kept not in kept_before:
                 kept.unlink(missing_ok=True)
             raise
-        commit_steps.commit(staged_vectors, target_vectors, staged_full, full, staged_table, table_path, backup)
+        record = {
+            "model_id": new_id, "release": number, "weights_hash": new_meta["weights_hash"],
+            "decoder_hash": new_meta["decoder_hash"], "vectors": commit_steps.digests(staged_vectors), "old": old,
+        }  # fmt: skip
+        commit_steps.commit(staged_vectors, target_vectors, staged_full, full, staged_table, table_path, backup, record)
     finally:
         for leftover in (staged_full, staged_table, backup):
             if leftover is not None:
                 leftover.unlink(missing_ok=True)
         if staged_vectors is not None:
             shutil.rmtree(staged_vectors, ignore_errors=True)
-    if made is None:
-        print(f"kept the vectors in {target_vectors}; they decode with the new file")
-    else:
-        print(f"wrote {len(made)} vectors to {target_vectors}; they decode with the new file")
+    print(f"wrote {len(made)} vectors to {target_vectors}; they decode with the new file")
     print(f"wrote {full}: {new_id}, hash {new_meta['weights_hash']}")
     print(f"added {new_id} to {table_path}")
     return new_id
 
 
-def _same_files(made: Path, found: Path) -> bool:
-    """Whether the folder ``found`` holds exactly the files of ``made``, byte for byte."""
+def _staged_full(weights_dir: Path, full: Path, tensors: dict, metadata: dict[str, str]) -> Path:
+    """The new full file, written beside ``full`` under a hidden ``.tmp`` name with ``full``'s mode."""
+    fd, name = tempfile.mkstemp(prefix=f".{metadata['model_id']}.", suffix=".safetensors.tmp", dir=weights_dir)
+    os.close(fd)
+    try:
+        save_weights(Path(name), tensors, metadata)
+        commit_steps.mode_for(Path(name), full)
+    except BaseException:
+        Path(name).unlink(missing_ok=True)
+        raise
+    return Path(name)
 
-    def files(folder: Path) -> dict[str, bytes]:
-        return {p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
 
-    return files(made) == files(found)
+def _backup(full: Path) -> Path | None:
+    """A hard link to the shipped ``full`` as it is, for :func:`.release_commit.commit` to put back on an error."""
+    if not full.exists():
+        return None
+    backup = Path(tempfile.mkstemp(prefix=f".{full.name}.", suffix=".old.tmp", dir=full.parent)[1])
+    backup.unlink()
+    os.link(full, backup)
+    return backup
+
+
+def _finish(
+    record: dict,
+    new_tensors: dict,
+    new_meta: dict[str, str],
+    weights_dir: Path,
+    vectors_dir: Path,
+    table_path: Path,
+    listed: dict,
+) -> str:
+    """Do the renames that the commit of this very release, killed part-way, left undone; returns its ``model_id``.
+
+    ``record`` is its commit marker (:func:`.release_commit.read_marker`), naming this release, and the vectors
+    are in place. Refused unless the generation it follows is kept as a decoder, the vectors in place are the
+    files the commit put there and pass their check with the new full file, and the full file is the new
+    generation or the one it follows.
+    """
+    new_id = new_meta["model_id"]
+    full = weights_dir / generations.DEFAULT_WEIGHTS_NAME
+    target_vectors = vectors_dir / new_id
+    old = record["old"]
+    how = f"restore it to finish the release of {new_id}, whose commit was cut short"
+    if old is not None and not commit_steps.is_generation(weights_dir / old["kept"], old):
+        raise WeightsError(f"{weights_dir / old['kept']} is not the decoder file of {old['model_id']}: {how}")
+    if commit_steps.digests(target_vectors) != record["vectors"]:
+        raise WeightsError(f"{target_vectors} holds other files than the commit put there: {how}")
+    entry = {"weights_hash": new_meta["weights_hash"], "decoder_hash": new_meta["decoder_hash"]}
+    if new_id in listed and listed[new_id] != entry:
+        raise WeightsError(f"{table_path} lists {new_id} with other hashes: {how}")
+    full_done = commit_steps.is_generation(full, new_meta)
+    if not full_done and (old is None or not commit_steps.is_generation(full, old)):
+        raise WeightsError(f"{full} is neither {new_id} nor the generation it follows: {how}")
+    commit_steps.sweep(weights_dir, vectors_dir, new_id, backups=False)
+    staged_full = staged_table = backup = None
+    try:
+        if not full_done:
+            staged_full = _staged_full(weights_dir, full, new_tensors, new_meta)
+            backup = _backup(full)
+        failures = check_vectors(target_vectors, staged_full or full)
+        if failures:
+            raise WeightsError(f"the vectors in place do not pass their check: {'; '.join(failures)}; {how}")
+        if new_id not in listed:
+            staged_table = commit_steps.staged_table(table_path, new_id, new_meta)
+        commit_steps.commit(None, target_vectors, staged_full, full, staged_table, table_path, backup, record)
+    finally:
+        for leftover in (staged_full, staged_table, backup):
+            if leftover is not None:
+                leftover.unlink(missing_ok=True)
+    commit_steps.sweep(weights_dir, vectors_dir, new_id)  # the killed commit's backup of the old full file
+    print(f"finished the release of {new_id}, whose commit was cut short: {full} and {table_path} hold it")
+    return new_id
 
 
 def _check_package_budget(full: Path, weights_dir: Path) -> None:
