@@ -17,16 +17,16 @@ The first full file found for a generation wins, else its first decoder file. On
 read here (the safetensors header, parsed as JSON without torch), so listing generations and ``jac
 info`` stay cheap; the engine checks every hash when it loads a file (:func:`pillow_jac.weights_manifest.verify`).
 
-The package's ``released.json`` (:func:`released`, beside this module) names every released generation's
-``weights_hash`` and ``decoder_hash``, and only grows. A weights file that claims a released generation's
-``weights_hash`` with another decoder is skipped here, with a warning, and refused when loaded: a
-generation released before decoder hashes existed (release 6) writes a header hash that does not cover
-its decoder, so without the table a re-sealed file with another decoder would decode its files to other
-pixels. A file with a released ``model_id`` and a ``weights_hash`` of its own is another generation (one
-built locally before that ``model_id`` was released): it decodes the files that name its own hash, and
-only those (SPEC.md section 9.2). A file shorter than its header says, or empty, is skipped too, and a
-copy whose tensors do not match its hashes gives way to the next copy of its generation when it is
-loaded, so a damaged copy does not hide a good one.
+The package's table of released generations (:mod:`pillow_jac.release_rules`) pins every released
+generation's ``weights_hash`` and ``decoder_hash``. A weights file that claims a released generation's
+``weights_hash`` with another decoder is skipped here, with a warning, and refused when loaded. A file with a
+released ``model_id`` and a ``weights_hash`` of its own is another generation (one built locally before that
+``model_id`` was released): it decodes the files that name its own hash, and only those, and it encodes only
+when its file is named (``JAC_WEIGHTS`` or ``weights=``): of the generations of one release the pinned one
+encodes (SPEC.md section 9.2).
+A file shorter than its header says, or empty, is skipped too, and a copy whose tensors do not match its
+hashes gives way to the next copy of its generation when it is loaded, so a damaged copy does not hide a good
+one.
 
 Example:
     >>> [g.model_id for g in installed()][:1]
@@ -39,15 +39,24 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import struct
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from stat import S_ISREG
 
-from .constants import MODEL_ID_BYTES, WEIGHTS_LAYOUTS, is_model_id, is_release_number
+from .constants import MODEL_ID_BYTES, WEIGHTS_LAYOUTS, is_model_id
 from .forksafe import fork_safe_lock
+from .release_rules import (  # public here too: callers import them from this module
+    RELEASED_PATH,
+    ReleasedTableError,
+    is_pinned,
+    read_released_table,
+    release_in,
+    release_problem,
+    released,
+    released_problem,
+)
 
 __all__ = [
     "Generation",
@@ -78,9 +87,6 @@ __all__ = [
 DEFAULT_WEIGHTS_NAME = "mbt2018-n128m192.safetensors"
 #: the subfolder of the package's weights folder that holds the kept generations' decoder files
 KEPT_DIR = "generations"
-#: the table of released generations, part of the package's code (model_id -> weights_hash, decoder_hash): it
-#: does not depend on where, or whether, the package's weights are installed
-RELEASED_PATH = Path(__file__).resolve().parent / "released.json"
 #: the most bytes of weights the wheel ships: the newest generation's full file (29.4 MB for
 #: N=128/M=192) plus the kept generations' decoder files (19.2 MB each), so three kept generations fit.
 #: No generation leaves the package (its files would stop decoding after an upgrade): a release that
@@ -95,9 +101,6 @@ _MAX_HEADER = 1 << 20
 #: bounds what the header declares). A larger file is skipped when listed and refused before any tensor is read
 #: (:func:`pillow_jac.weights.load_weights`, SPEC.md section 9.2)
 MAX_WEIGHTS_BYTES = 1 << 29
-#: the release number at the end of a model_id (``mbt-128-192-r006``: 6), as
-#: :func:`pillow_jac.training.model_ids.model_id_for` writes it
-_RELEASE_IN_ID = re.compile(r"-r([0-9]{3})\Z")
 
 
 #: JAC_WEIGHTS values already warned about as decoder-only files
@@ -108,10 +111,6 @@ _WARNED_UNRELEASED: set[str] = set()
 
 class ModelNotInstalledError(LookupError):
     """No installed generation has the requested ``model_id`` (and hash)."""
-
-
-class ReleasedTableError(ValueError, OSError):
-    """The package's table of released generations cannot be read: the installation is damaged."""
 
 
 @dataclass(frozen=True)
@@ -195,115 +194,6 @@ def _header(path: Path) -> tuple[dict[str, str], int] | None:
     return meta, 8 + size + max(ends, default=0)
 
 
-_RELEASED: dict[tuple, dict[str, dict[str, str]]] = {}
-
-
-def released() -> dict[str, dict[str, str]]:
-    """Every released generation: ``{model_id: {"weights_hash": hex, "decoder_hash": hex}}``.
-
-    From the package's ``pillow_jac/released.json`` (:data:`RELEASED_PATH`), which a release appends to and
-    nothing else changes (SPEC.md section 9.2). An unreadable table is an error (the installation is
-    damaged): without it a lookalike file could pass.
-
-    Example:
-        >>> released()["mbt-128-192-r006"]["decoder_hash"]
-        '1aa14a9029b4f76c'
-    """
-    path = RELEASED_PATH
-    try:
-        stat = path.stat()
-        key = (str(path), stat.st_size, stat.st_mtime_ns)
-    except OSError as exc:
-        raise ReleasedTableError(f"{path}: the table of released generations cannot be read ({exc})") from None
-    table = _RELEASED.get(key)
-    if table is None:
-        table = read_released_table(path)
-        # one assignment: a thread that read the table as another cleared the cache still has its own
-        _RELEASED.clear()
-        _RELEASED[key] = table
-    return table
-
-
-def read_released_table(path: Path) -> dict[str, dict[str, str]]:
-    """The table of released generations in ``path`` (the format of :data:`RELEASED_PATH`), checked, uncached.
-
-    Raises:
-        ReleasedTableError: ``path`` cannot be read or is not a table of ``model_id -> weights_hash, decoder_hash``.
-    """
-    try:
-        table = json.loads(path.read_text())
-        if not isinstance(table, dict) or not all(
-            isinstance(e, dict) and {"weights_hash", "decoder_hash"} <= set(e) for e in table.values()
-        ):
-            raise ValueError("not a table of model_id -> weights_hash, decoder_hash")
-    except (OSError, ValueError) as exc:
-        raise ReleasedTableError(f"{path}: the table of released generations cannot be read ({exc})") from None
-    return table
-
-
-def released_problem(model_id: str, weights_hash: str, decoder_hash: str, legacy_hash: str | None = None) -> str | None:
-    """Why weights naming ``model_id`` would pass for a released generation they are not, or None.
-
-    Refused: the ``weights_hash`` of a released generation of ``model_id`` with another ``decoder_hash`` (its
-    files would decode with another decoder), and a ``legacy_hash`` (the manifest's ``legacy_weights_hash``,
-    which does not cover the decoder) that is not the ``weights_hash`` of the released ``model_id``. Weights
-    with a released ``model_id`` and a ``weights_hash`` of their own are another generation, which decodes only
-    the files that name that hash: a generation built before its ``model_id`` was released elsewhere
-    (SPEC.md sections 9.2, 9.3).
-    """
-    entry = released().get(model_id)
-    if legacy_hash not in (None, "None", "") and (entry is None or entry["weights_hash"] != legacy_hash):
-        return (
-            f"it carries a legacy_weights_hash, which only a generation released before decoder hashes may "
-            f"carry, and {model_id!r} with {legacy_hash} is no such generation"
-        )
-    if entry is None or entry["weights_hash"] != weights_hash or entry["decoder_hash"] == decoder_hash:
-        return None
-    if decoder_hash in (None, "None", ""):
-        return f"its manifest has no decoder_hash (a file of {model_id!r} made before decoder hashes): freeze it again"
-    return (
-        f"it claims the released generation {model_id!r} but holds another one (weights_hash {weights_hash}, "
-        f"decoder_hash {decoder_hash}; released: {entry['weights_hash']}, {entry['decoder_hash']}): "
-        "a changed decoder is a new generation, with a new model_id"
-    )
-
-
-def release_in(model_id: str) -> int | None:
-    """The release number a ``model_id`` ends with (``-rNNN``), or None: what orders generations (SPEC.md 9.2).
-
-    The ``model_id`` is covered by the decoder hash; the manifest's ``release`` is not, and only has to agree
-    (:func:`release_problem`).
-
-    Example:
-        >>> release_in("mbt-128-192-r006"), release_in("demo")
-        (6, None)
-    """
-    found = _RELEASE_IN_ID.search(model_id)
-    return int(found.group(1)) if found else None
-
-
-def release_problem(metadata: dict) -> str | None:
-    """What is wrong with a manifest's ``release``, or None: absent, or the number its ``model_id`` ends with.
-
-    Example:
-        >>> release_problem({"model_id": "mbt-128-192-r006", "release": "6"}) is None
-        True
-        >>> release_problem({"model_id": "mbt-128-192-r006", "release": "999"})
-        "its manifest's release '999' is not the release its model_id 'mbt-128-192-r006' ends with (6)"
-    """
-    release, model_id = metadata.get("release"), str(metadata.get("model_id"))
-    if release is None:
-        return None
-    shown = repr(release[:20] + "..." if isinstance(release, str) and len(release) > 20 else release)
-    if not is_release_number(release):
-        return f"release must be a number, got {shown}"
-    own = release_in(model_id)
-    if len(release) > MODEL_ID_BYTES or int(release) != own:  # the length first: int() of 5000 digits raises
-        ends = "with no release (-rNNN)" if own is None else f"with {own}"
-        return f"its manifest's release {shown} is not the release its model_id {model_id!r} ends {ends}"
-    return None
-
-
 #: weights files already warned about (skipped as lookalikes of a released generation, or as truncated)
 _WARNED_SKIPPED: set[str] = set()
 #: why each weights file listed in this process was skipped, by path (for the error of a file none decodes)
@@ -339,11 +229,7 @@ def generation_of(path: Path) -> Generation | None:
             return _CACHE[key]
     meta, declared = _header(path) or (None, 0)
     if stat.st_size == 0 and S_ISREG(stat.st_mode):
-        _skip(
-            path,
-            "it is empty (0 bytes): a kept decoder file set aside by `python -m pillow_jac.training.travel "
-            "set-aside`; `python -m pillow_jac.training.travel put-back` restores it",
-        )
+        _skip(path, _empty_reason(path))
     if meta is not None:
         if declared > stat.st_size:
             problem = f"it is {stat.st_size} bytes, shorter than the {declared} its header declares (damaged)"
@@ -380,6 +266,21 @@ def generation_of(path: Path) -> Generation | None:
     with _CACHE_LOCK:
         _CACHE[key] = gen
     return gen
+
+
+def _empty_reason(path: Path) -> str:
+    """Why the empty file ``path`` is skipped: in the package's kept folder, a decoder file that travel set aside."""
+    why = "it is empty (0 bytes)"
+    try:
+        kept = path.resolve().parent == (package_weights_dir() / KEPT_DIR).resolve()
+    except OSError:
+        kept = False
+    if kept:
+        why += (
+            ": a kept decoder file set aside by `python -m pillow_jac.training.travel set-aside`; "
+            "`python -m pillow_jac.training.travel put-back` restores it"
+        )
+    return why
 
 
 def _candidates() -> list[Path]:
@@ -470,26 +371,55 @@ def copies(model_id: str, weights_hash: bytes) -> list[Generation]:
     )
 
 
+def _pinned(gen: Generation) -> bool:
+    """Whether ``gen`` is the generation the released table pins for its ``model_id`` (SPEC.md section 9.2)."""
+    return is_pinned(gen.model_id, gen.weights_hash.hex())
+
+
+def _another_of_released(gen: Generation) -> bool:
+    """Whether ``gen`` has a released ``model_id`` and a hash of its own: it never encodes by default."""
+    return gen.model_id in released() and not _pinned(gen)
+
+
+def _warn_unreleased(gen: Generation, why: str) -> None:
+    """Warn, once per file and process (not once per image), that ``gen`` encodes but was not released."""
+    if str(gen.path) not in _WARNED_UNRELEASED:
+        _WARNED_UNRELEASED.add(str(gen.path))
+        warnings.warn(
+            f"encoding for {gen.model_id!r} ({gen.path}), {why}: its files decode only where that weights file "
+            "is installed (model=, jac encode --model or JAC_WEIGHTS chooses another)",
+            stacklevel=3,
+        )
+
+
 def encoder(model_id: str | None = None) -> Generation:
     """The generation that encodes: ``model_id`` if given, else the default (newest) encoder.
 
     The default is the ``JAC_WEIGHTS`` file if set, else the full file with the highest release (the number
-    its ``model_id`` ends with, which the decoder hash covers: :func:`release_in`).
+    its ``model_id`` ends with, which the decoder hash covers: :func:`release_in`). Of generations with equal
+    release numbers, and of those named ``model_id``, the one the released table pins encodes; a generation
+    with a released ``model_id`` and a hash of its own encodes only when ``JAC_WEIGHTS`` names it, with a
+    warning (SPEC.md section 9.2).
 
     Raises:
         ModelNotInstalledError: ``model_id`` cannot encode here, or ``JAC_WEIGHTS`` names no weights file
             (a mistyped path is not silently replaced by another model; a decoder-only file there is a
-            generation that decodes, and the newest full file encodes, with a warning).
+            generation that decodes, and the newest full file encodes, with a warning), or the only full
+            files there are hold generations of a released ``model_id`` with hashes of their own (the
+            message names them and ``JAC_WEIGHTS``).
     """
     gens = [g for g in installed() if g.can_encode]
+    others = [g for g in gens if _another_of_released(g)]
     if model_id is None:
         env = os.environ.get("JAC_WEIGHTS")
         if env:
             chosen = [g for g in gens if g.path == Path(env)]
-            if chosen:
-                return chosen[0]
-            gen = generation_of(Path(env))
-            if gen is not None and gen.can_encode:  # the same file reached by another path
+            gen = chosen[0] if chosen else generation_of(Path(env))
+            if gen is not None and gen.can_encode:  # chosen, or the same file reached by another path
+                if _another_of_released(gen):
+                    _warn_unreleased(
+                        gen, "named by JAC_WEIGHTS, a generation of a released model_id that is not the released one"
+                    )
                 return gen
             if gen is None:
                 why = "no such file" if not Path(env).exists() else "not a weights file"
@@ -501,25 +431,34 @@ def encoder(model_id: str | None = None) -> Generation:
                     f"JAC_WEIGHTS={env} is a decoder-only file: encoding with the newest full weights file instead",
                     stacklevel=2,
                 )
-        if gens:
-            chosen = max(gens, key=lambda g: -1 if g.release is None else g.release)
-            entry = released().get(chosen.model_id)
-            unreleased = entry is None or entry["weights_hash"] != chosen.weights_hash.hex()
-            if unreleased and str(chosen.path) not in _WARNED_UNRELEASED:
-                _WARNED_UNRELEASED.add(str(chosen.path))  # once per file and process, not once per image
-                warnings.warn(
-                    f"encoding for {chosen.model_id!r} ({chosen.path}), the newest generation installed but not "
-                    "one this package released: its files decode only where that weights file is installed "
-                    "(model=, jac encode --model or JAC_WEIGHTS chooses another)",
-                    stacklevel=2,
-                )
+        candidates = [g for g in gens if g not in others]
+        if candidates:
+            chosen = max(candidates, key=lambda g: (-1 if g.release is None else g.release, _pinned(g)))
+            if not _pinned(chosen):
+                _warn_unreleased(chosen, "the newest generation installed but not one this package released")
             return chosen
         where = package_weights_dir() / DEFAULT_WEIGHTS_NAME
-        raise ModelNotInstalledError(f"no weights file that can encode was found (looked at {where})")
-    for gen in gens:
-        if gen.model_id == model_id:
-            return gen
+        raise ModelNotInstalledError(
+            f"no weights file that can encode was found (looked at {where}){_others_note(others)}"
+        )
+    named = sorted((g for g in gens if g.model_id == model_id), key=lambda g: not _pinned(g))
+    if named and named[0] not in others:
+        return named[0]
     decoders = [g.model_id for g in installed() if not g.can_encode]
     hint = " (installed as a decoder only: it decodes old files but cannot encode)" if model_id in decoders else ""
-    have = ", ".join(g.model_id for g in gens) or "none"
-    raise ModelNotInstalledError(f"model {model_id!r} cannot encode here{hint}; models that encode: {have}")
+    have = ", ".join(g.model_id for g in gens if g not in others) or "none"
+    raise ModelNotInstalledError(
+        f"model {model_id!r} cannot encode here{hint}; models that encode: {have}{_others_note(named)}"
+    )
+
+
+def _others_note(others: list[Generation]) -> str:
+    """What the error of :func:`encoder` says of full files that hold another generation of a released model_id."""
+    if not others:
+        return ""
+    named = "; ".join(
+        f"{g.path} holds {g.model_id!r} with weights {g.weights_hash.hex()}, not the released "
+        f"{released()[g.model_id]['weights_hash']}"
+        for g in others
+    )
+    return f" ({named}: such a file decodes its own files, and encodes only when JAC_WEIGHTS names it)"

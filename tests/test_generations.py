@@ -15,7 +15,17 @@ import torch
 from PIL import Image
 
 import pillow_jac
-from pillow_jac import codec, codec_steps, container, engine, generations, weights, weights_hashes, weights_manifest
+from pillow_jac import (
+    codec,
+    codec_steps,
+    container,
+    engine,
+    generations,
+    release_rules,
+    weights,
+    weights_hashes,
+    weights_manifest,
+)
 from pillow_jac.model.mbt2018 import JointAutoregressiveHierarchicalPrior, ModelConfig
 from pillow_jac.training.freeze import freeze
 
@@ -395,7 +405,7 @@ def test_a_generation_whose_model_id_is_released_later_with_another_decoder_stil
     before = codec.decode(data)
     table = dict(generations.released(), **{"mbt-8-12-r007": {"weights_hash": "0" * 16, "decoder_hash": "0" * 16}})
     (tmp_path / "released.json").write_text(json.dumps(table))
-    monkeypatch.setattr(generations, "RELEASED_PATH", tmp_path / "released.json")
+    monkeypatch.setattr(release_rules, "RELEASED_PATH", tmp_path / "released.json")
     monkeypatch.setattr(generations, "_CACHE", {})  # as in a new process, after the upgrade
     monkeypatch.setattr(engine, "_CACHE", {})
     with warnings.catch_warnings():
@@ -407,8 +417,9 @@ def test_a_generation_whose_model_id_is_released_later_with_another_decoder_stil
 def test_a_file_no_generation_decodes_names_the_copies_that_were_skipped(
     tiny_generation: Path, tmp_path: Path, monkeypatch
 ) -> None:
-    """A kept decoder set aside (emptied) by ``travel set-aside`` was silently no generation, and the error only
-    said to install a release; it names the empty file and ``travel put-back``."""
+    """An empty weights file was silently no generation, and the error only said to install a release; it names
+    the empty file, and ``travel put-back`` only for a kept decoder of the package's own folder, which
+    ``travel set-aside`` empties (an empty file in JAC_MODELS is a failed download or copy, not travel's)."""
     monkeypatch.setenv("JAC_MODELS", str(tiny_generation))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -416,11 +427,18 @@ def test_a_file_no_generation_decodes_names_the_copies_that_were_skipped(
     (tmp_path / "tiny.safetensors").write_bytes(b"")
     monkeypatch.setenv("JAC_MODELS", str(tmp_path))
     monkeypatch.setattr(generations, "_WARNED_SKIPPED", set())
-    with pytest.warns(UserWarning, match=r"tiny.safetensors is skipped: it is empty .*travel put-back"):
+    with pytest.warns(UserWarning, match=r"tiny.safetensors is skipped: it is empty \(0 bytes\)$"):
         with pytest.raises(
-            codec.ModelNotInstalledError, match=r"not installed; skipped: .*tiny.safetensors \(it is empty.*put-back"
+            codec.ModelNotInstalledError,
+            match=r"not installed; skipped: .*tiny.safetensors \(it is empty \(0 bytes\)\)",
         ):
             codec.decode(data)
+    package = tmp_path / "package"
+    (package / generations.KEPT_DIR).mkdir(parents=True)
+    (package / generations.KEPT_DIR / "kept.safetensors").write_bytes(b"")
+    monkeypatch.setattr(generations, "package_weights_dir", lambda: package)
+    with pytest.warns(UserWarning, match=r"kept.safetensors is skipped: it is empty \(0 bytes\): .*travel put-back"):
+        assert generations.generation_of(package / generations.KEPT_DIR / "kept.safetensors") is None
 
 
 def test_a_truncated_copy_does_not_hide_a_good_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -698,3 +716,45 @@ def test_an_unreleased_newest_generation_encodes_with_a_warning(tiny_generation:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert generations.encoder().model_id == SHIPPED_ID  # the released default: no warning
+
+
+def another_r006(folder: Path) -> Path:
+    """A generation built elsewhere under release 6's model_id: its full file with one decoder tensor halved,
+    sealed with a hash of its own (no legacy hash), so it is another generation, not a lookalike."""
+    tensors, metadata = shipped()
+    tensors = dict(tensors, **{"float.g_s.6.bias": tensors["float.g_s.6.bias"] * 0.5})
+    metadata = {k: v for k, v in metadata.items() if k != "legacy_weights_hash"}
+    folder.mkdir(exist_ok=True)
+    path = folder / "r006-other.safetensors"
+    weights.save_weights(path, tensors, weights_hashes.seal(tensors, metadata))
+    return path
+
+
+def test_another_generation_of_a_released_model_id_never_encodes_by_default(tmp_path: Path, monkeypatch) -> None:
+    """A full file with release 6's model_id and a hash of its own, in JAC_MODELS (searched before the package),
+    was the default encoder and the encoder of ``model="mbt-128-192-r006"``: every file written named its hash
+    and decoded only where it was installed. The released one encodes (SPEC.md 9.2); the other encodes only when
+    JAC_WEIGHTS names it, with a warning, and decodes its own files."""
+    path = another_r006(tmp_path / "models")
+    other = generations.generation_of(path)
+    assert other is not None and other.model_id == SHIPPED_ID and other.weights_hash.hex() != "19772a6335c73e41"
+    monkeypatch.setenv("JAC_MODELS", str(path.parent))
+    monkeypatch.setattr(generations, "_WARNED_UNRELEASED", set())
+    package_file = generations.package_weights_dir() / generations.DEFAULT_WEIGHTS_NAME
+    image = natural_image(16, 16)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert generations.encoder().path == package_file
+        assert generations.encoder(SHIPPED_ID).path == package_file
+        assert container.parse(codec.encode(image, 3)).header.weights_hash.hex() == "19772a6335c73e41"
+    monkeypatch.setenv("JAC_WEIGHTS", str(path))
+    with pytest.warns(UserWarning, match=r"r006-other.safetensors\), named by JAC_WEIGHTS, .* not the released one"):
+        data = codec.encode(image, 3)
+    assert container.parse(data).header.weights_hash == other.weights_hash
+    assert generations.encoder(SHIPPED_ID).path == package_file  # a named model_id is the released one
+    monkeypatch.delenv("JAC_WEIGHTS")
+    assert codec.decode(data).shape == image.shape  # it decodes its own files
+    monkeypatch.setattr(generations, "package_weights_dir", lambda: tmp_path / "no-package-weights")
+    for model_id in (None, SHIPPED_ID):
+        with pytest.raises(generations.ModelNotInstalledError, match=r"r006-other.safetensors holds .* JAC_WEIGHTS"):
+            generations.encoder(model_id)
