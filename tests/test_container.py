@@ -879,3 +879,18 @@ def test_many_damaged_chunks_are_reported_once_per_type_in_bounded_memory():
             tracemalloc.stop()
         assert reported == expected
         assert peak < 64 * 1024, f"{len(data)} bytes of damaged chunks took {peak} bytes"
+
+
+def test_read_takes_any_buffer_of_bytes_and_refuses_other_objects_by_type() -> None:
+    """Only bytes, bytearray and memoryview were taken as the file's bytes: anything else was read as a file
+    object, and an array of bytes (a uint8 numpy array alike) ended in AttributeError ('... has no attribute
+    read')."""
+    import array
+
+    data = serialize(make())
+    assert read(array.array("B", data)) == read(data)
+    for other in (None, 3, [1, 2], object()):
+        with pytest.raises(TypeError, match=f"got {type(other).__name__}"):
+            read(other)
+    with pytest.raises(ValueError, match="one dimension of contiguous bytes"):
+        read(array.array("I", data[: len(data) // 4 * 4]))

@@ -343,8 +343,9 @@ def read(
     for the pixels, which accepts the returned :class:`JacFile`.
 
     Args:
-        source: a path (``str`` or :class:`os.PathLike`), the file's bytes (``bytes``, ``bytearray``
-            or ``memoryview``), or a binary file object positioned at the start of the file.
+        source: a path (``str`` or :class:`os.PathLike`), the file's bytes (``bytes``, ``bytearray``,
+            ``memoryview`` or another buffer of one dimension of bytes, a uint8 array say), or a binary file
+            object positioned at the start of the file (an ``mmap`` is one).
         keep_unknown: also keep the unknown ancillary chunks (see :func:`read_file`).
         on_unknown: called with the type of each unknown ancillary chunk (see :func:`read_file`).
         on_damaged: skip a damaged ancillary chunk and call this with its type (see :func:`read_file`).
@@ -356,6 +357,8 @@ def read(
         NotJacFileError: the data does not start with the JAC signature (a :class:`JacFormatError`).
         JacDataError: the file is malformed (:class:`JacTruncatedError` when it is cut short).
         OSError: the path cannot be opened or read.
+        TypeError: ``source`` is none of these.
+        ValueError: ``source`` is a buffer of other than one dimension of bytes.
 
     Example:
         >>> jac = JacFile.create(width=64, height=48, layout="L", quality=2, model_id="demo",
@@ -373,4 +376,26 @@ def read(
     if isinstance(source, (str, os.PathLike)):
         with open(source, "rb") as fp:
             return read_file(fp, **options)
-    return read_file(source, **options)
+    if hasattr(source, "read"):
+        return read_file(source, **options)
+    return parse(_buffer_bytes(source), **options)
+
+
+def _buffer_bytes(source: object) -> bytes:
+    """The bytes of any other buffer of one dimension and 1-byte items (``array.array("B")``, a uint8 array).
+
+    TypeError for an object that is no buffer, ValueError for a buffer of other items or shape.
+    """
+    try:
+        view = memoryview(source)  # type: ignore[arg-type]
+    except TypeError:
+        raise TypeError(
+            f"expected a path, the file's bytes or a binary file object, got {type(source).__name__}"
+        ) from None
+    with view:
+        if view.ndim != 1 or view.itemsize != 1 or not view.c_contiguous:
+            raise ValueError(
+                f"expected the file's bytes: a buffer of one dimension of contiguous bytes, got {view.ndim} "
+                f"dimension(s) of {view.itemsize}-byte items"
+            )
+        return view.tobytes()
