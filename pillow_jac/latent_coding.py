@@ -199,11 +199,12 @@ class LatentCoder:
     # -- the two operations the codec uses ---------------------------------------------------------
     def encode(self, z_hat: np.ndarray | None, y_hat: np.ndarray) -> tuple[bytes, bytes]:
         """The ``(ZSTR, YSTR)`` data of ``z_hat`` ``(N, hz, wz)`` (None: no hyperprior) and ``y_hat`` (M, Hy, Wy)."""
-        z_stream, psi = b"", None
-        if z_hat is not None:
-            z_stream = self.encode_z(z_hat)
-            psi = self.hyper_features(torch.from_numpy(z_hat), y_hat.shape[1:])
-        return z_stream, self.encode_y(y_hat, psi)
+        z_stream = self.encode_z(z_hat) if z_hat is not None else b""
+        # the stripes are not kept here: encode_y lets go of each once its chunks have read it
+        with_h_s = z_hat is not None and self.h_s is not None
+        return z_stream, self.encode_y(
+            y_hat, self.hyper_stripes(torch.from_numpy(z_hat), y_hat.shape[1:]) if with_h_s else None
+        )
 
     def decode(
         self, z_stream: bytes, y_stream: bytes, z_shape: tuple[int, int], y_shape: tuple[int, int]
@@ -260,6 +261,7 @@ class LatentCoder:
                     part = tile.new_empty((tile.shape[0], end - first, y_shape[1]))
                 at = Y_PER_Z * (c - left)
                 part[:, :, x0:x1] = tile[:, top : top + end - first, at : at + x1 - x0]
+            tile = None  # not held while the caller has the stripe
             yield first, end, part
 
     def table_ids(self, features: torch.Tensor) -> tuple[np.ndarray, ...]:
@@ -337,19 +339,30 @@ class LatentCoder:
         return z
 
     # -- y ----------------------------------------------------------------------------------------
-    def encode_y(self, y_hat: np.ndarray, psi: torch.Tensor | None) -> bytes:
-        """Code ``y_hat`` ``(M, Hy, Wy)`` (clamped integers) in wavefront order (CODING.md sections 1.3 and 2.2-2.4)."""
+    def encode_y(self, y_hat: np.ndarray, psi_stripes: Iterator[tuple[int, int, torch.Tensor]] | None) -> bytes:
+        """Code ``y_hat`` ``(M, Hy, Wy)`` (clamped integers) in wavefront order (CODING.md sections 1.3 and 2.2-2.4).
+
+        ``psi_stripes``: :meth:`hyper_stripes` (None without hyperprior), taken a stripe at a time as the
+        chunks of latent rows reach it, so that h_s's output is never held for the whole image.
+        """
         M, H, W = y_hat.shape
         parameters = []  # per chunk of latent rows, raster positions
         step = max(1, CHUNK_POSITIONS // W)
+        held: list[tuple[int, int, torch.Tensor]] = []  # the stripes the chunk at hand reads, in order
         for a in range(0, H, step):  # a few latent rows at a time, to bound the float64 temporaries
             b = min(H, a + step)
             parts = []
-            if psi is not None:
-                parts.append(psi[:, a:b].reshape(2 * M, -1).t())
+            if psi_stripes is not None:
+                held = [stripe for stripe in held if stripe[1] > a]
+                while not held or held[-1][1] < b:
+                    held.append(next(psi_stripes))
+                pieces = [part[:, max(a, first) - first : min(b, end) - first] for first, end, part in held]
+                psi = pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=1)
+                parts.append(psi.reshape(2 * M, -1).t())
             if self.context is not None:
                 parts.append(self._context_features(y_hat, a, b))
             parameters.append(self.table_ids(torch.cat(parts, dim=1)))
+        psi_stripes = held = psi = parts = None  # h_s's last stripe is not held while the symbols are coded
         symbols = y_hat.reshape(M, -1).T  # (positions, M)
         encoder = constriction.stream.queue.RangeEncoder()
         if self.mixture is None:
@@ -400,18 +413,20 @@ class LatentCoder:
         else:
             padded = torch.zeros(size, dtype=torch.float64, device=self.device)
         first, rest = self.entropy_parameters.layers[0], self.entropy_parameters.layers[1:]
-        # g_ep's first layer is linear in its inputs: the hyperprior half of its sum (and the bias)
-        # is computed a stripe of rows at a time (large products) just before the wavefront needs
-        # it; the integer sums are exact whatever the order, so splitting them changes nothing
-        # (CODING.md section 3)
+        # g_ep's first layer is linear in its inputs: its sum over the hyperprior's channels and over
+        # the context's is taken in two products; the integer sums are exact whatever the order, so
+        # splitting them changes nothing (CODING.md section 3)
         w_first, bias = first.matrix(self.device)  # (in, out), (out,)
-        pre = None
-        if psi_stripes is not None:  # filled in place, followed by 4 latent rows of zeros as slack
-            pre_rows = torch.empty(H * W + 4 * W, len(bias), dtype=torch.float64, device=self.device)
-            pre_rows[H * W :] = 0
-            pre = pre_rows.view(-1)
+        psi_flat = None
+        if psi_stripes is not None:  # filled in place a stripe at a time, followed by 4 latent rows of zeros as slack
+            # h_s's outputs, position-major: integers with |a| <= 2**ACTIVATION_LIMIT_BITS - 1 (CODING.md
+            # section 3), which float32 holds exactly (2M * 4 bytes a position). The first layer's sums over
+            # them reach far past 2**24, so they are taken in float64 at each wavefront, not stored
+            psi_rows = torch.empty(H * W + 4 * W, 2 * M, dtype=torch.float32, device=self.device)
+            psi_rows[H * W :] = 0
+            psi_flat = psi_rows.view(-1)
             psi_stripes, filled = iter(psi_stripes), 0
-        w_context_half = w_first[2 * M :] if psi_stripes is not None else w_first
+        w_context_half = w_first[2 * M :] if psi_flat is not None else w_first
         context = self.context.layers[0] if self.context is not None else None
         if context is not None:
             matrix = self._context_matrix
@@ -428,16 +443,15 @@ class LatentCoder:
             # row, so in the flat padded grid they are equally spaced: every tap block is a strided view
             origin = ((int(rows[0]) + h) * S + int(cols[0]) + h) * M
             step = (S - slope) * M
-            if pre is None:
+            if psi_flat is None:
                 acc = bias.expand(rows_in, -1)
             else:  # the same spacing in the unpadded grid: W - slope positions (W > slope whenever n > 1)
                 while filled < min(H, int(rows[0]) + rows_in):  # every row this step reads
                     first_row, filled, psi = next(psi_stripes)
-                    psi = psi.reshape(2 * M, -1).t()
-                    torch.addmm(bias, psi, w_first[: 2 * M], out=pre_rows[first_row * W : filled * W])
-                features = len(bias)
-                spacing = max(0, W - slope) * features
-                acc = pre.as_strided((rows_in, features), (spacing, 1), (int(rows[0]) * W + int(cols[0])) * features)
+                    psi_rows[first_row * W : filled * W] = psi.reshape(2 * M, -1).t()
+                spacing = max(0, W - slope) * 2 * M
+                psi = psi_flat.as_strided((rows_in, 2 * M), (spacing, 1), (int(rows[0]) * W + int(cols[0])) * 2 * M)
+                acc = torch.addmm(bias, psi.double(), w_first[: 2 * M])
             if context is not None:
                 ctx = context_bias.expand(rows_in, -1)
                 for block, offset, width in blocks:

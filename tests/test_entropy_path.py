@@ -185,3 +185,39 @@ def test_the_decoded_latents_are_made_once_in_the_layout_returned() -> None:
     # reached), a border of 2 latents and 4 rows of slack, and small temporaries
     padded = (32 + 2 + 4) * (32 + 2 * 2) * 192 * 8
     assert peak < 1.5 * y_hat.nbytes + padded, (peak - padded) / y_hat.nbytes
+
+
+def test_the_hyperprior_the_decoder_holds_in_float32_is_exact() -> None:
+    """decode_y holds h_s's outputs for the wavefront in float32: exact because every integer activation has
+    |a| <= 2**ACTIVATION_LIMIT_BITS - 1 (CODING.md section 3) and float32 holds every integer up to 2**24."""
+    from pillow_jac.constants import ACTIVATION_LIMIT_BITS
+
+    assert ACTIVATION_LIMIT_BITS <= 24
+    coder = get_engine().latents
+    channels = coder.h_s.layers[0].weight.shape[0]
+    z = torch.from_numpy(np.random.default_rng(4).choice([-SYMBOL_LIMIT, 0, SYMBOL_LIMIT], (channels, 3, 5)))
+    psi = coder.hyper_features(z, (12, 20))
+    assert psi.abs().max() == 2**ACTIVATION_LIMIT_BITS - 1  # the bound is reached, and held exactly
+    assert torch.equal(psi.float().double(), psi)
+
+
+def test_the_encoder_reads_h_s_stripe_by_stripe_whatever_the_chunks(monkeypatch) -> None:
+    """encode_y takes h_s's stripes as its chunks of latent rows reach them: chunks of 3 rows over stripes of 4
+    (a chunk in two stripes, one inside one) give the streams of h_s given whole, and they decode back."""
+    from pillow_jac import latent_coding
+
+    coder = get_engine().latents
+    rng = np.random.default_rng(6)
+    z = rng.integers(-3, 4, (coder.h_s.layers[0].weight.shape[0], 4, 5))
+    y = rng.integers(-6, 7, (coder.M, 16, 20))
+    streams = coder.encode(z, y)
+    whole = coder.hyper_features(torch.from_numpy(z), y.shape[1:])
+    assert streams == (coder.encode_z(z), coder.encode_y(y, iter([(0, 16, whole)])))
+    monkeypatch.setattr(latent_coding, "CHUNK_POSITIONS", 3 * 20)  # 3 latent rows a chunk
+    monkeypatch.setattr(latent_coding, "_H_S_MIN_ROWS", 1)  # 1 z row (4 latent rows) a stripe
+    assert [(first, end) for first, end, _ in coder.hyper_stripes(torch.from_numpy(z), (16, 20))] == [
+        (0, 4), (4, 8), (8, 12), (12, 16)
+    ]  # fmt: skip
+    assert coder.encode(z, y) == streams
+    z_back, y_back = coder.decode(*streams, (4, 5), (16, 20))
+    assert np.array_equal(z_back, z) and np.array_equal(y_back, y)
