@@ -138,6 +138,8 @@ class Generation:
     def describe(self) -> str:
         """One line: id, hash, what it can do, where it is."""
         role = "encode+decode" if self.can_encode else "decode only"
+        if self.can_encode and self.model_id in released() and not is_pinned(self.model_id, self.weights_hash.hex()):
+            role = "decode; encodes only as JAC_WEIGHTS"  # another generation of a released model_id (SPEC 9.2)
         return f"{self.model_id} ({self.weights_hash.hex()}, {role}, {self.size / 1e6:.1f} MB) {self.path}"
 
 

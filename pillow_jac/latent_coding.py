@@ -362,7 +362,7 @@ class LatentCoder:
             if self.context is not None:
                 parts.append(self._context_features(y_hat, a, b))
             parameters.append(self.table_ids(torch.cat(parts, dim=1)))
-        psi_stripes = held = psi = parts = None  # h_s's last stripe is not held while the symbols are coded
+        psi_stripes = held = pieces = psi = parts = None  # h_s's last stripes are not held while the symbols are coded
         symbols = y_hat.reshape(M, -1).T  # (positions, M)
         encoder = constriction.stream.queue.RangeEncoder()
         if self.mixture is None:

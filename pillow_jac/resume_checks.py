@@ -50,8 +50,9 @@ def is_done(
       1/256; None, for a size or PSNR target, checks none), it holds a preview exactly when ``preview``
       asks for one that is smaller than the image, of the size asked for, with ``target_size`` it is no
       larger, with ``strip`` it holds no ICC profile, EXIF or XMP (and without it, some where an encode would
-      store some of what the source's header holds), and it was made for ``model`` (by default the
-      generation that encodes now, :func:`pillow_jac.generations.encoder`).
+      store some of what the source's header holds), and it was made by the generation that encodes
+      ``model`` now (by default the default encoder, :func:`pillow_jac.generations.encoder`): its model_id and
+      its hash, so a file of another generation under the same model_id is not taken for one.
 
     The effort, a PSNR target, a size target larger than before and ``strip`` for a source whose metadata
     follows its pixels cannot be told from the file: a batch judges them by its output folder's record
@@ -98,11 +99,11 @@ def is_done(
     if strip and kept_metadata or not strip and source_metadata and not kept_metadata:
         return False  # made with --strip, or without it (from a source that has metadata), the other asked for
     try:
-        wanted = model or generations.encoder().model_id
+        wanted = generations.encoder(model)
     except LookupError:  # no generation encodes here: the conversion reports it
         return False
-    if jac.header.model_id != wanted:
-        return False
+    if (jac.header.model_id, jac.header.weights_hash) != (wanted.model_id, wanted.weights_hash):
+        return False  # another generation's, or another of the same model_id (SPEC.md section 9.2)
     wants_preview = asked_preview(preview) and max(jac.size) > preview_size(preview)
     if wants_preview and jac.preview is not None:
         unpacked = container.unpack_preview(jac.preview)  # None: one that cannot be used

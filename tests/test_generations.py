@@ -758,3 +758,31 @@ def test_another_generation_of_a_released_model_id_never_encodes_by_default(tmp_
     for model_id in (None, SHIPPED_ID):
         with pytest.raises(generations.ModelNotInstalledError, match=r"r006-other.safetensors holds .* JAC_WEIGHTS"):
             generations.encoder(model_id)
+
+
+def test_a_batch_takes_no_file_of_another_generation_of_the_model_id_for_done(tmp_path: Path, monkeypatch) -> None:
+    """Resuming compared the model_id alone: a file an earlier run wrote with another generation of release 6's
+    model_id (JAC_WEIGHTS named it then) counted as done, though the released one encodes now and the file decodes
+    only where that other one is installed."""
+    from pillow_jac import resume_checks
+
+    path = another_r006(tmp_path / "models")
+    monkeypatch.setenv("JAC_MODELS", str(path.parent))
+    src, dst = tmp_path / "a.png", tmp_path / "a.jac"
+    Image.fromarray(natural_image(32, 32)).save(src)
+    monkeypatch.setenv("JAC_WEIGHTS", str(path))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        dst.write_bytes(codec.encode(np.asarray(Image.open(src)), 3))
+    assert resume_checks.is_done(src, dst, "jac", 3)  # as the other one encodes: done
+    monkeypatch.delenv("JAC_WEIGHTS")
+    assert not resume_checks.is_done(src, dst, "jac", 3)
+    assert not resume_checks.is_done(src, dst, "jac", 3, model=SHIPPED_ID)
+
+
+def test_jac_models_says_another_generation_of_a_released_model_id_encodes_only_as_jac_weights(tmp_path: Path) -> None:
+    """Listed as "encode+decode", it encodes only when JAC_WEIGHTS names it (SPEC.md 9.2)."""
+    other = generations.generation_of(another_r006(tmp_path / "models"))
+    shipped_full = generations.generation_of(generations.package_weights_dir() / generations.DEFAULT_WEIGHTS_NAME)
+    assert "encodes only as JAC_WEIGHTS" in other.describe()
+    assert "encode+decode" in shipped_full.describe()
