@@ -4,6 +4,7 @@ vectors, or before its first rename, a rerun of the same release finishes it, an
 from __future__ import annotations
 
 import json
+import os
 import types
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import pytest
 
 from pillow_jac import generations, weights
 from pillow_jac.engine import build_model
-from pillow_jac.training import release
+from pillow_jac.training import release, release_commit
 from pillow_jac.training.freeze import freeze
 
 from . import test_release
@@ -193,3 +194,190 @@ def test_a_release_killed_while_making_vectors_leaves_only_what_git_ignores(pack
     _quick_vectors(monkeypatch)
     assert release.release(package.checkpoint, 8, package.weights_dir, package.vectors, {}, package.table)
     assert leftovers(package) == {generations.DEFAULT_WEIGHTS_NAME, "mbt-8-12-r008"}
+
+
+def test_each_rename_of_a_commit_is_durable_before_the_next(package, monkeypatch) -> None:
+    """The commit syncs each rename's folder before the next rename, so a power cut keeps the renames in their
+    order (a later one never without an earlier one): the vectors, then the full file, then the table."""
+    _quick_vectors(monkeypatch)
+    targets = {package.vectors / "mbt-8-12-r008": "vectors", package.full: "full", package.table: "table"}
+    folders = {package.vectors: "vectors", package.weights_dir: "full", package.table.parent: "table"}
+    events = []
+    real_replace, real_rename, real_sync = release_commit.os.replace, Path.rename, release_commit._sync_folder
+
+    def logged(real):
+        def call(src, dst):
+            events.append(("rename", targets.get(Path(dst))))
+            return real(src, dst)
+
+        return call
+
+    def sync(folder):
+        events.append(("sync", folders.get(Path(folder))))
+        real_sync(folder)
+
+    monkeypatch.setattr(release_commit.os, "replace", logged(real_replace))
+    monkeypatch.setattr(Path, "rename", logged(real_rename))
+    monkeypatch.setattr(release_commit, "_sync_folder", sync)
+    release.release(package.checkpoint, 8, package.weights_dir, package.vectors, {}, package.table)
+    renames = [i for i, (kind, what) in enumerate(events) if kind == "rename" and what is not None]
+    assert [events[i][1] for i in renames] == ["vectors", "full", "table"]
+    for i in renames:
+        assert events[i + 1] == ("sync", events[i][1]), events
+
+
+def _marker(package) -> dict:
+    return json.loads((package.weights_dir / release_commit.MARKER_NAME).read_text())
+
+
+@pytest.mark.parametrize("persisted", ["full file", "table"])
+def test_a_power_cut_that_lost_the_vectors_rename_is_finished_by_a_rerun(package, monkeypatch, persisted) -> None:
+    """A power cut that kept a later rename but not the vectors' (a file system that does not keep their order):
+    the rerun of the same release takes the new generation in place as a commit to finish and renames the staged
+    vectors folder holding the files the commit made into place; another release is refused until then."""
+    _quick_vectors(monkeypatch)
+    package.table.write_text("{}\n")
+    killed = _killed_at(monkeypatch, package.table)
+    with pytest.raises(killed):
+        release.release(package.checkpoint, 8, package.weights_dir, package.vectors, {}, package.table)
+    monkeypatch.undo()
+    _quick_vectors(monkeypatch)
+    (package.vectors / "mbt-8-12-r008").rename(package.vectors / ".mbt-8-12-r008.lost.tmp")
+    if persisted == "table":  # the full file's rename lost too, the table's kept
+        os.replace(next(package.weights_dir.glob(f".{generations.DEFAULT_WEIGHTS_NAME}.*.old.tmp")), package.full)
+        record = _marker(package)
+        entry = {k: record[k] for k in ("weights_hash", "decoder_hash")}
+        package.table.write_text(json.dumps({"mbt-8-12-r008": entry}))
+    with pytest.raises(weights.WeightsError, match=r"commit of mbt-8-12-r008 .* cut short.*--release 8\)"):
+        release.release(package.checkpoint, 9, package.weights_dir, package.vectors, {}, package.table)
+    record = _marker(package)
+    assert release.release(package.checkpoint, 8, package.weights_dir, package.vectors, {}, package.table)
+    assert generations.generation_of(package.full).model_id == "mbt-8-12-r008"
+    assert "mbt-8-12-r008" in json.loads(package.table.read_text())
+    assert release_commit.digests(package.vectors / "mbt-8-12-r008") == record["vectors"]
+    assert leftovers(package) == {generations.DEFAULT_WEIGHTS_NAME, "mbt-8-12-r008"}  # no marker, stage or backup
+
+
+def test_a_first_release_killed_after_its_vectors_rename_is_finished_by_a_rerun(package, monkeypatch) -> None:
+    """A release into a weights folder without a full file (its marker follows no generation), killed after the
+    vectors' rename: the rerun puts the full file and the table in place."""
+    package.full.unlink()
+    _quick_vectors(monkeypatch)
+    killed = _killed_at(monkeypatch, package.full)
+    with pytest.raises(killed):
+        release.release(package.checkpoint, 8, package.weights_dir, package.vectors, {}, package.table)
+    monkeypatch.undo()
+    _quick_vectors(monkeypatch)
+    assert _marker(package)["old"] is None and not package.full.exists()
+    assert (package.vectors / "mbt-8-12-r008" / "vectors.json").is_file()
+    assert release.release(package.checkpoint, 8, package.weights_dir, package.vectors, {}, package.table)
+    assert generations.generation_of(package.full).model_id == "mbt-8-12-r008"
+    assert "mbt-8-12-r008" in json.loads(package.table.read_text())
+    assert leftovers(package) == {generations.DEFAULT_WEIGHTS_NAME, "mbt-8-12-r008"}
+
+
+@pytest.mark.parametrize("then", ["another release", "the same release"])
+def test_a_marker_of_a_commit_wholly_in_place_is_removed_by_any_release(package, monkeypatch, capsys, then) -> None:
+    """Killed after its last rename, before its marker's removal: the next release removes the marker, and says so,
+    without the checkpoint or a gate verdict of the release it names; a rerun of that one just returns."""
+    _quick_vectors(monkeypatch)
+    real_unlink = Path.unlink
+
+    class Killed(BaseException):
+        pass
+
+    def unlink(self, *args, **kwargs):
+        if self.name == release_commit.MARKER_NAME and package.table.exists():  # after the table's rename
+            raise Killed
+        return real_unlink(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "unlink", unlink)
+    with pytest.raises(Killed):
+        release.release(package.checkpoint, 8, package.weights_dir, package.vectors, {}, package.table)
+    monkeypatch.undo()
+    _quick_vectors(monkeypatch)
+    assert (package.weights_dir / release_commit.MARKER_NAME).exists()
+    table = package.table.read_text()
+    if then == "the same release":  # with a verdict that would not pass (it is against the old generation)
+        verdict = {"passes": False}
+        assert release.release(package.checkpoint, 8, package.weights_dir, package.vectors, {}, package.table, verdict)
+        assert package.table.read_text() == table
+    else:
+        model = test_release.tiny_model(5)
+        weights.save_float_state(package.checkpoint, model.state_dict(), model.config, {})
+        assert release.release(package.checkpoint, 9, package.weights_dir, package.vectors, {}, package.table)
+        assert generations.generation_of(package.full).model_id == "mbt-8-12-r009"
+    assert "mbt-8-12-r008 is wholly in place: removed its marker" in capsys.readouterr().out
+    assert not (package.weights_dir / release_commit.MARKER_NAME).exists()
+
+
+def test_the_staged_table_and_a_staged_kept_decoder_are_swept(package, monkeypatch) -> None:
+    """The table staged beside released.json by a commit cut short, and a kept decoder file staged in generations/
+    by a release killed while writing it, are removed by the rerun."""
+    _quick_vectors(monkeypatch)
+    kept = package.weights_dir / generations.KEPT_DIR / "mbt-8-12-r007.safetensors"
+    killed = _killed_at(monkeypatch, kept)
+    with pytest.raises(killed):
+        release.release(package.checkpoint, 8, package.weights_dir, package.vectors, {}, package.table)
+    monkeypatch.undo()
+    _quick_vectors(monkeypatch)
+    assert [p.name for p in kept.parent.iterdir() if p.name.startswith(".")]  # the staged decoder file
+    killed = _killed_at(monkeypatch, package.table)
+    with pytest.raises(killed):
+        release.release(package.checkpoint, 8, package.weights_dir, package.vectors, {}, package.table)
+    monkeypatch.undo()
+    _quick_vectors(monkeypatch)
+    assert [p.name for p in package.table.parent.iterdir() if p.name.startswith(".released.json.")]
+    assert release.release(package.checkpoint, 8, package.weights_dir, package.vectors, {}, package.table)
+    assert not [p.name for p in package.table.parent.iterdir() if p.name.startswith(".released.json.")]
+    assert [p.name for p in kept.parent.iterdir()] == [kept.name]
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"old": "drop"},
+        {"release": "8"},
+        {"release": True},
+        {"vectors": ["vectors.json"]},
+        {"weights_hash": None},
+        {"extra": 1},
+        {"old": {"model_id": "mbt-8-12-r007"}},
+    ],
+)
+def test_a_malformed_commit_marker_is_refused(package, monkeypatch, change) -> None:
+    """A marker lacking a field, with one of another type, or with another field than a commit writes, is refused
+    with a WeightsError, and nothing is written."""
+    _quick_vectors(monkeypatch)
+    killed = _killed_at(monkeypatch, package.table)
+    with pytest.raises(killed):
+        release.release(package.checkpoint, 8, package.weights_dir, package.vectors, {}, package.table)
+    monkeypatch.undo()
+    _quick_vectors(monkeypatch)
+    marker = package.weights_dir / release_commit.MARKER_NAME
+    record = {**_marker(package), **change}
+    if record["old"] == "drop":
+        del record["old"]
+    marker.write_text(json.dumps(record))
+    listing = sorted(p.name for p in package.weights_dir.rglob("*"))
+    for number in (8, 9):
+        with pytest.raises(weights.WeightsError, match="is not a release's commit marker"):
+            release.release(package.checkpoint, number, package.weights_dir, package.vectors, {}, package.table)
+    assert sorted(p.name for p in package.weights_dir.rglob("*")) == listing
+
+
+def test_a_marker_that_follows_no_generation_is_refused_where_one_is(package, monkeypatch) -> None:
+    """A marker whose "old" is null finishes no commit over a folder that holds a generation it would follow: the
+    kept decoder of the previous generation is there, so its keeping is not checked; nothing is written."""
+    _quick_vectors(monkeypatch)
+    package.table.write_text("{}\n")
+    killed = _killed_at(monkeypatch, package.table)
+    with pytest.raises(killed):
+        release.release(package.checkpoint, 8, package.weights_dir, package.vectors, {}, package.table)
+    monkeypatch.undo()
+    _quick_vectors(monkeypatch)
+    marker = package.weights_dir / release_commit.MARKER_NAME
+    marker.write_text(json.dumps({**_marker(package), "old": None}))
+    with pytest.raises(weights.WeightsError, match=r"follows no generation, yet .*mbt-8-12-r007.safetensors is there"):
+        release.release(package.checkpoint, 8, package.weights_dir, package.vectors, {}, package.table)
+    assert json.loads(package.table.read_text()) == {}

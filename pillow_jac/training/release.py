@@ -22,8 +22,9 @@ outright (SIGKILL, the OOM killer, a power cut) before step 5 leaves at most tha
 retry reuses, and hidden staged files ending in ``.tmp``, which a retry removes. One killed during step 5
 leaves a commit marker naming it (:mod:`.release_commit`): every other release is refused until it is
 finished by running it again, which takes it only with the gate's verdict, the previous generation's
-decoder file in place, and the vectors in place the very files the commit put there, passing their check
-with the new full file.
+decoder file in place, and the vectors in place (or staged, where a power cut lost their rename) the very
+files the commit put there, passing their check with the new full file. A marker whose every rename is
+done (killed before its removal) is removed by any release, which says so.
 
 Before writing anything it refuses a ``model_id`` that exists anywhere (an installed or released
 generation, a file in the weights folder, a vectors folder), a release number not above every
@@ -169,6 +170,10 @@ def release(
             check (the package is unchanged); or, finishing this release's commit, what is in place is not
             what the commit put there (nothing is written then).
     """
+    table_path = generations.RELEASED_PATH if released_table is None else released_table
+    record = commit_steps.read_marker(weights_dir)  # before any sweep: it names a commit cut short
+    done = commit_steps.remove_if_done(record, weights_dir, vectors_dir, table_path)  # killed after its last rename
+    record = None if done else record
     tensors, metadata = load_weights(checkpoint)
     if "step" in metadata:  # the training step the weights are of, as freeze records it
         notes = {"step": metadata["step"], **notes}
@@ -177,14 +182,14 @@ def release(
     except ValueError as exc:
         raise WeightsError(str(exc)) from None
     new_id = new_meta["model_id"]
+    if done is not None and all(done[k] == new_meta[k] for k in ("model_id", "weights_hash", "decoder_hash")):
+        return new_id
     full = weights_dir / generations.DEFAULT_WEIGHTS_NAME
-    table_path = generations.RELEASED_PATH if released_table is None else released_table
     listed = {**generations.released(), **commit_steps.released_table(table_path)}
     target_vectors = vectors_dir / new_id
-    record = commit_steps.read_marker(weights_dir)  # before any sweep: it names a commit cut short
     if record is not None:
         commit_steps.refuse_other_commit(record, new_meta, weights_dir)
-        if not (target_vectors / "vectors.json").is_file():  # killed before its first rename: nothing is in place
+        if commit_steps.nothing_in_place(record, full, listed, target_vectors):  # killed before its first rename
             record = None
     if record is not None:
         stable = record["old"]["stable_model"] if record["old"] else None
@@ -205,7 +210,7 @@ def release(
         raise WeightsError(f"release {number} is not above release {max(numbers)}: the newest generation encodes")
     if target_vectors.exists():
         raise WeightsError(f"{target_vectors} exists (without a vectors table): remove it before the release")
-    commit_steps.sweep(weights_dir, vectors_dir, new_id)
+    commit_steps.sweep(weights_dir, vectors_dir, new_id, table_path)
     (weights_dir / commit_steps.MARKER_NAME).unlink(missing_ok=True)  # this release's, of a commit that renamed nothing
     kept = old = None
     kept_before = set((weights_dir / generations.KEPT_DIR).glob("*.safetensors"))
@@ -286,10 +291,11 @@ def _finish(
 ) -> str:
     """Do the renames that the commit of this very release, killed part-way, left undone; returns its ``model_id``.
 
-    ``record`` is its commit marker (:func:`.release_commit.read_marker`), naming this release, and the vectors
-    are in place. Refused unless the generation it follows is kept as a decoder, the vectors in place are the
-    files the commit put there and pass their check with the new full file, and the full file is the new
-    generation or the one it follows.
+    ``record`` is its commit marker (:func:`.release_commit.read_marker`), naming this release, and some rename
+    is done. Refused unless the generation it follows is kept as a decoder (a marker that names none, with a kept
+    decoder or a full file of another generation there, is refused), the vectors in place, or in a staged folder
+    whose rename a power cut lost, are the files the commit put there and pass their check with the new full
+    file, and the full file is the new generation or the one it follows (none, for a first release).
     """
     new_id = new_meta["model_id"]
     full = weights_dir / generations.DEFAULT_WEIGHTS_NAME
@@ -298,31 +304,34 @@ def _finish(
     how = f"restore it to finish the release of {new_id}, whose commit was cut short"
     if old is not None and not commit_steps.is_generation(weights_dir / old["kept"], old):
         raise WeightsError(f"{weights_dir / old['kept']} is not the decoder file of {old['model_id']}: {how}")
-    if commit_steps.digests(target_vectors) != record["vectors"]:
+    full_done = commit_steps.is_generation(full, new_meta)
+    if old is None:
+        commit_steps.refuse_unnamed_previous(record, weights_dir, full_done)
+    staged_vectors = commit_steps.staged_vectors(vectors_dir, record)  # None: they are in place
+    if commit_steps.digests(staged_vectors or target_vectors) != record["vectors"]:
         raise WeightsError(f"{target_vectors} holds other files than the commit put there: {how}")
     entry = {"weights_hash": new_meta["weights_hash"], "decoder_hash": new_meta["decoder_hash"]}
     if new_id in listed and listed[new_id] != entry:
         raise WeightsError(f"{table_path} lists {new_id} with other hashes: {how}")
-    full_done = commit_steps.is_generation(full, new_meta)
-    if not full_done and (old is None or not commit_steps.is_generation(full, old)):
+    if not full_done and not commit_steps.is_previous(full, old):
         raise WeightsError(f"{full} is neither {new_id} nor the generation it follows: {how}")
-    commit_steps.sweep(weights_dir, vectors_dir, new_id, backups=False)
+    commit_steps.sweep(weights_dir, vectors_dir, new_id, table_path, backups=False, keep=staged_vectors)
     staged_full = staged_table = backup = None
     try:
         if not full_done:
             staged_full = _staged_full(weights_dir, full, new_tensors, new_meta)
             backup = _backup(full)
-        failures = check_vectors(target_vectors, staged_full or full)
+        failures = check_vectors(staged_vectors or target_vectors, staged_full or full)
         if failures:
             raise WeightsError(f"the vectors in place do not pass their check: {'; '.join(failures)}; {how}")
         if new_id not in listed:
             staged_table = commit_steps.staged_table(table_path, new_id, new_meta)
-        commit_steps.commit(None, target_vectors, staged_full, full, staged_table, table_path, backup, record)
+        commit_steps.commit(staged_vectors, target_vectors, staged_full, full, staged_table, table_path, backup, record)
     finally:
         for leftover in (staged_full, staged_table, backup):
             if leftover is not None:
                 leftover.unlink(missing_ok=True)
-    commit_steps.sweep(weights_dir, vectors_dir, new_id)  # the killed commit's backup of the old full file
+    commit_steps.sweep(weights_dir, vectors_dir, new_id, table_path)  # the killed commit's backup of the old full file
     print(f"finished the release of {new_id}, whose commit was cut short: {full} and {table_path} hold it")
     return new_id
 

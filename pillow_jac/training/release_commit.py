@@ -7,8 +7,9 @@ digests of its vectors, the generation it follows and where that one's decoder i
 the last. A process killed outright between two renames (SIGKILL, the OOM killer, a power cut) leaves the
 marker: :func:`read_marker` finds it, :func:`refuse_other_commit` keeps any other release from going over it,
 and the same release run again checks what is in place against it and does the renames left.
-Staged and backup files have hidden names ending in ``.tmp`` (ignored by git and by the generations'
-listing); :func:`sweep` removes those a killed release left.
+A marker whose commit is wholly in place (:func:`wholly_in_place`: killed after the last rename) is removed
+by any release. Staged and backup files have hidden names ending in ``.tmp`` (ignored by git and by the
+generations' listing); :func:`sweep` removes those a killed release left.
 """
 
 from __future__ import annotations
@@ -43,17 +44,24 @@ def staged_table(table_path: Path, new_id: str, new_meta: dict[str, str]) -> Pat
 MARKER_NAME = ".release-commit.json.tmp"
 
 
-def sweep(weights_dir: Path, vectors_dir: Path, new_id: str, backups: bool = True) -> None:
-    """Remove the staged files and folders of ``new_id`` and the staged commit markers that a killed release left.
+def sweep(
+    weights_dir: Path, vectors_dir: Path, new_id: str, table_path: Path, backups: bool = True, keep: Path | None = None
+) -> None:
+    """Remove the staged files and folders that a killed release left.
 
-    ``backups``: the full file's backups too, only where no commit is cut short (one is then the old full file's
-    only copy outside git).
+    They are those of ``new_id``, staged commit markers, staged tables beside ``table_path``, and kept decoder
+    files staged in the ``generations/`` folder. ``backups``: the full file's backups too, only where no commit
+    is cut short (one is then the old full file's only copy outside git). ``keep``: a staged vectors folder that
+    a commit cut short still renames into place.
     """
     found = [*weights_dir.glob(f".{new_id}.*"), *weights_dir.glob(f".{MARKER_NAME}.*")]
-    found += vectors_dir.glob(f".{new_id}.*")
+    found += [*vectors_dir.glob(f".{new_id}.*"), *table_path.parent.glob(f".{table_path.name}.*.tmp")]
+    found += (weights_dir / generations.KEPT_DIR).glob(".*.tmp")
     if backups:
         found += weights_dir.glob(f".{generations.DEFAULT_WEIGHTS_NAME}.*.old*")
     for leftover in found:
+        if leftover == keep:
+            continue
         if leftover.is_dir() and not leftover.is_symlink():
             shutil.rmtree(leftover, ignore_errors=True)
         else:
@@ -69,8 +77,31 @@ def digests(folder: Path) -> dict[str, str]:
     }
 
 
+_HASHES = {"model_id": str, "weights_hash": str, "decoder_hash": str}
+_MARKER_FIELDS = {**_HASHES, "release": int, "vectors": dict, "old": dict}  # what commit() writes; "old" may be null
+_OLD_FIELDS = {**_HASHES, "kept": str, "stable_model": dict}
+
+
+def _typed(record: object, fields: dict[str, type]) -> bool:
+    """Whether ``record`` is a dict of exactly ``fields``' keys, each of its type (a bool is no int)."""
+    return (
+        isinstance(record, dict)
+        and set(record) == set(fields)
+        and all(isinstance(record[k], t) and not isinstance(record[k], bool) for k, t in fields.items())
+    )
+
+
+def _strings(mapping: dict) -> bool:
+    return all(isinstance(k, str) and isinstance(v, str) for k, v in mapping.items())
+
+
 def read_marker(weights_dir: Path) -> dict | None:
-    """The commit marker a release killed during its commit left in ``weights_dir``, or None."""
+    """The commit marker a release killed during its commit left in ``weights_dir``, or None.
+
+    Raises:
+        WeightsError: the marker is unreadable, or lacks a field or has one of another type than :func:`commit`
+            writes (``old`` is null for a release into a folder without a full file).
+    """
     path = weights_dir / MARKER_NAME
     try:
         record = json.loads(path.read_text())
@@ -78,8 +109,16 @@ def read_marker(weights_dir: Path) -> dict | None:
         return None
     except (OSError, ValueError) as exc:
         raise WeightsError(f"{path} (a release's commit marker) is unreadable: {exc}") from None
-    if not isinstance(record, dict) or not {"model_id", "release", "weights_hash", "vectors"} <= set(record):
-        raise WeightsError(f"{path} is not a release's commit marker")
+    if not (
+        isinstance(record, dict)
+        and "old" in record
+        and _typed({**record, "old": {}}, _MARKER_FIELDS)  # "old" on its own: a dict of _OLD_FIELDS, or null
+        and _strings(record["vectors"])
+        and (record["old"] is None or (_typed(record["old"], _OLD_FIELDS) and _strings(record["old"]["stable_model"])))
+    ):
+        raise WeightsError(
+            f"{path} is not a release's commit marker: remove it by hand (docs/training_on_a_gpu.md says how)"
+        )
     return record
 
 
@@ -106,6 +145,94 @@ def is_generation(path: Path, meta: dict[str, str]) -> bool:
     return (manifest.weights_hash, manifest.decoder_hash) == (meta["weights_hash"], meta["decoder_hash"])
 
 
+def is_previous(full: Path, old: dict | None) -> bool:
+    """Whether ``full`` is the generation a commit marker's ``old`` names; with ``old`` None, whether it is absent."""
+    return not full.exists() if old is None else is_generation(full, old)
+
+
+def nothing_in_place(record: dict, full: Path, table: dict, vectors_to: Path) -> bool:
+    """Whether the commit ``record`` names renamed nothing into place.
+
+    That is: the full file is still the generation it follows, the released ``table`` lacks its ``model_id``,
+    and its vectors folder ``vectors_to`` holds no vectors.
+    """
+    return (
+        is_previous(full, record["old"])
+        and record["model_id"] not in table
+        and not (vectors_to / "vectors.json").is_file()
+    )
+
+
+def wholly_in_place(record: dict, weights_dir: Path, vectors_dir: Path, table_path: Path) -> bool:
+    """Whether every rename of the commit ``record`` names is done.
+
+    That is: the full file is its generation, the table at ``table_path`` lists it with its hashes, and its
+    vectors folder holds the files it made.
+    """
+    entry = {"weights_hash": record["weights_hash"], "decoder_hash": record["decoder_hash"]}
+    folder = vectors_dir / record["model_id"]
+    return (
+        released_table(table_path).get(record["model_id"]) == entry
+        and folder.is_dir()
+        and digests(folder) == record["vectors"]
+        and is_generation(weights_dir / generations.DEFAULT_WEIGHTS_NAME, record)
+    )
+
+
+def refuse_unnamed_previous(record: dict, weights_dir: Path, full_done: bool) -> None:
+    """Refuse to finish the commit ``record`` names, whose ``old`` is null, where a generation it would follow is.
+
+    That is a kept decoder file, or a full file of another generation (``full_done``: it is the new one): the
+    marker then cannot be of this folder, and the keeping of the previous generation is unchecked.
+    """
+    others = sorted((weights_dir / generations.KEPT_DIR).glob("*.safetensors"))
+    full = weights_dir / generations.DEFAULT_WEIGHTS_NAME
+    others += [full] if full.exists() and not full_done else []
+    if others:
+        raise WeightsError(
+            f"{weights_dir / MARKER_NAME} says {record['model_id']} follows no generation, yet {others[0]} is "
+            "there: the marker is not of this folder; recover by hand (docs/training_on_a_gpu.md says how)"
+        )
+
+
+def staged_vectors(vectors_dir: Path, record: dict) -> Path | None:
+    """The staged vectors folder of the commit ``record``, holding the files it made; None where they are in place.
+
+    The folder stays under its staged name where a power cut lost its rename.
+
+    Raises:
+        WeightsError: neither is there.
+    """
+    if (vectors_dir / record["model_id"]).exists():
+        return None
+    for folder in sorted(vectors_dir.glob(f".{record['model_id']}.*.tmp")):
+        if folder.is_dir() and not folder.is_symlink() and digests(folder) == record["vectors"]:
+            return folder
+    raise WeightsError(
+        f"neither {vectors_dir / record['model_id']} nor a staged folder beside it holds the vectors the commit of "
+        f"{record['model_id']} made: recover by hand (docs/training_on_a_gpu.md says how)"
+    )
+
+
+def remove_if_done(record: dict | None, weights_dir: Path, vectors_dir: Path, table_path: Path) -> dict | None:
+    """Remove the marker ``record`` where its commit is wholly in place, saying so; returns ``record`` then, else None.
+
+    Wholly in place: :func:`wholly_in_place`. The killed commit's leftovers go too (:func:`sweep`).
+    """
+    if record is None or not wholly_in_place(record, weights_dir, vectors_dir, table_path):
+        return None
+    remove_marker(weights_dir)
+    sweep(weights_dir, vectors_dir, record["model_id"], table_path)
+    print(f"the commit of {record['model_id']} is wholly in place: removed its marker, {weights_dir / MARKER_NAME}")
+    return record
+
+
+def remove_marker(weights_dir: Path) -> None:
+    """Remove the commit marker in ``weights_dir``, durably."""
+    (weights_dir / MARKER_NAME).unlink(missing_ok=True)
+    _sync_folder(weights_dir)
+
+
 def commit(
     vectors: Path | None,
     vectors_to: Path,
@@ -119,10 +246,10 @@ def commit(
     """Rename the staged vectors, shipped file and table into place: all three, or (on an error) none.
 
     Only renames remain (every file is written and synced before), SIGINT and SIGTERM wait until the end,
-    and a rename that fails undoes the ones before it (the shipped file comes back from ``backup``). The
-    commit marker ``record`` is in ``full_to``'s folder from before the first rename until after the last
-    and the folders' syncs, so the renames survive a power cut; a failure whose undoing fails leaves it.
-    None: that one is in place.
+    and a rename that fails undoes the ones before it (the shipped file comes back from ``backup``). Each
+    rename's folder is synced before the next rename, so after a power cut the renames done are the first ones,
+    in this order. The commit marker ``record`` is in ``full_to``'s folder from before the first rename until
+    after the last; a failure whose undoing fails leaves it. None: that one is in place.
     """
     marker = full_to.parent / MARKER_NAME
     with signals_deferred():
@@ -133,20 +260,20 @@ def commit(
             if vectors is not None:
                 vectors.rename(vectors_to)
                 undo.append(lambda: vectors_to.rename(vectors))
+                _sync_folder(vectors_to.parent)
             if full is not None:
                 os.replace(full, full_to)
                 undo.append(lambda: os.replace(backup, full_to) if backup is not None else full_to.unlink())
+                _sync_folder(full_to.parent)
             if table is not None:
                 os.replace(table, table_to)
+                _sync_folder(table_to.parent)
         except BaseException:
             for step in reversed(undo):
                 step()
             marker.unlink()
             raise
-        for folder in dict.fromkeys((vectors_to.parent, full_to.parent, table_to.parent)):
-            _sync_folder(folder)
-        marker.unlink()
-        _sync_folder(marker.parent)
+        remove_marker(marker.parent)
 
 
 @contextlib.contextmanager
