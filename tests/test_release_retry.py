@@ -63,6 +63,10 @@ def test_a_release_killed_between_its_renames_is_finished_by_a_retry(package, mo
         release.release(package.checkpoint, 9, package.weights_dir, package.vectors, {}, package.table)
     assert sorted(p.name for p in package.weights_dir.iterdir() if p.name.startswith(".")) == hidden
     assert not (package.vectors / "mbt-8-12-r009").exists()
+    written = package.full.read_bytes()  # an encoder update would replace the file the commit is putting in place
+    with pytest.raises(weights.WeightsError, match=r"commit of mbt-8-12-r008 .* cut short.*--release 8\)"):
+        release.encoder_update(package.checkpoint, package.weights_dir, {})
+    assert package.full.read_bytes() == written
     assert release.release(package.checkpoint, 8, package.weights_dir, package.vectors, {}, package.table)
     _, meta = weights.load_weights(package.full)
     assert meta["model_id"] == "mbt-8-12-r008"

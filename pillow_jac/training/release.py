@@ -392,6 +392,7 @@ def encoder_update(checkpoint: Path, weights_dir: Path, notes: dict[str, str], g
     not checked against it (the command line still asks for one in the package's folder).
     """
     check_notes(notes)
+    commit_steps.refuse_any_commit(weights_dir)  # the full file may be the one a commit cut short is putting in place
     full = weights_dir / generations.DEFAULT_WEIGHTS_NAME
     tensors, metadata = load_weights(full)
     old = verify(tensors, metadata, full)

@@ -126,7 +126,18 @@ def refuse_other_commit(record: dict, new_meta: dict[str, str], weights_dir: Pat
     """Refuse a release while the marker ``record`` names another one (another ``model_id`` or other hashes)."""
     if all(record.get(k) == new_meta[k] for k in ("model_id", "weights_hash", "decoder_hash")):
         return
-    raise WeightsError(
+    raise _cut_short(record, weights_dir)
+
+
+def refuse_any_commit(weights_dir: Path) -> None:
+    """Refuse a change to the full file (an encoder update) while a release's commit marker is in ``weights_dir``."""
+    record = read_marker(weights_dir)
+    if record is not None:
+        raise _cut_short(record, weights_dir)
+
+
+def _cut_short(record: dict, weights_dir: Path) -> WeightsError:
+    return WeightsError(
         f"the commit of {record['model_id']} (weights hash {record['weights_hash']}) was cut short, as "
         f"{weights_dir / MARKER_NAME} records: finish it first by running that release again "
         f"(the same checkpoint, --release {record['release']})"
