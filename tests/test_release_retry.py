@@ -385,3 +385,22 @@ def test_a_marker_that_follows_no_generation_is_refused_where_one_is(package, mo
     with pytest.raises(weights.WeightsError, match=r"follows no generation, yet .*mbt-8-12-r007.safetensors is there"):
         release.release(package.checkpoint, 8, package.weights_dir, package.vectors, {}, package.table)
     assert json.loads(package.table.read_text()) == {}
+
+
+def test_a_commit_whose_vectors_are_gone_is_left_for_recovery_by_hand(package, monkeypatch) -> None:
+    """Killed before the table's rename, with the vectors folder then removed (by hand, or lost): the rerun does not
+    make the release afresh over a full file that is already the new generation, and says how to recover."""
+    import shutil
+
+    _quick_vectors(monkeypatch)
+    package.table.write_text("{}\n")
+    killed = _killed_at(monkeypatch, package.table)
+    with pytest.raises(killed):
+        release.release(package.checkpoint, 8, package.weights_dir, package.vectors, {}, package.table)
+    monkeypatch.undo()
+    _quick_vectors(monkeypatch)
+    shutil.rmtree(package.vectors / "mbt-8-12-r008")
+    written = package.full.read_bytes()
+    with pytest.raises(weights.WeightsError, match="nor a staged folder beside it holds the vectors"):
+        release.release(package.checkpoint, 8, package.weights_dir, package.vectors, {}, package.table)
+    assert package.full.read_bytes() == written and json.loads(package.table.read_text()) == {}
