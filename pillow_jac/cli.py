@@ -204,7 +204,7 @@ def _run(args: argparse.Namespace) -> None:
         elif named is not None and not named.can_encode:
             warnings.warn(f"JAC_WEIGHTS={chosen} is a decoder-only file: the newest full file encodes", stacklevel=1)
         if args.json:
-            keys = ("model_id", "release", "can_encode", "size")
+            keys = ("model_id", "release", "can_encode", "role", "size")
             rows = [{**{k: getattr(g, k) for k in keys}, "weights_hash": g.weights_hash.hex(), "path": str(g.path)}
                     for g in gens]  # fmt: skip
             print_out(json.dumps(rows, indent=2))

@@ -135,12 +135,21 @@ class Generation:
     size: int
     encoder_hash: str | None = None
 
+    @property
+    def role(self) -> str:
+        """What it does here: ``encode+decode``, ``decode only``, or ``decode; encodes only as JAC_WEIGHTS``.
+
+        The last for another generation of a released ``model_id`` (SPEC.md section 9.2).
+        """
+        if not self.can_encode:
+            return "decode only"
+        if self.model_id in released() and not is_pinned(self.model_id, self.weights_hash.hex()):
+            return "decode; encodes only as JAC_WEIGHTS"
+        return "encode+decode"
+
     def describe(self) -> str:
-        """One line: id, hash, what it can do, where it is."""
-        role = "encode+decode" if self.can_encode else "decode only"
-        if self.can_encode and self.model_id in released() and not is_pinned(self.model_id, self.weights_hash.hex()):
-            role = "decode; encodes only as JAC_WEIGHTS"  # another generation of a released model_id (SPEC 9.2)
-        return f"{self.model_id} ({self.weights_hash.hex()}, {role}, {self.size / 1e6:.1f} MB) {self.path}"
+        """One line: id, hash, what it can do (:attr:`role`), where it is."""
+        return f"{self.model_id} ({self.weights_hash.hex()}, {self.role}, {self.size / 1e6:.1f} MB) {self.path}"
 
 
 def package_weights_dir() -> Path:

@@ -1154,6 +1154,7 @@ def test_models_and_info_name_the_decoder_generation(tmp_path, capsys):
     assert cli.main(["models", "--json"]) == 0
     listed = _json.loads(capsys.readouterr().out)
     assert listed[0]["model_id"] == "mbt-128-192-r006" and listed[0]["can_encode"] is True
+    assert listed[0]["role"] == "encode+decode"
     data = codec.encode(natural_image(8, 8), 2)
     (tmp_path / "here.jac").write_bytes(data)
     (tmp_path / "gone.jac").write_bytes(fz.restamp(data, "mbt-9-12-r099", bytes(8)))

@@ -784,5 +784,5 @@ def test_jac_models_says_another_generation_of_a_released_model_id_encodes_only_
     """Listed as "encode+decode", it encodes only when JAC_WEIGHTS names it (SPEC.md 9.2)."""
     other = generations.generation_of(another_r006(tmp_path / "models"))
     shipped_full = generations.generation_of(generations.package_weights_dir() / generations.DEFAULT_WEIGHTS_NAME)
-    assert "encodes only as JAC_WEIGHTS" in other.describe()
-    assert "encode+decode" in shipped_full.describe()
+    assert "encodes only as JAC_WEIGHTS" in other.describe() and other.role == "decode; encodes only as JAC_WEIGHTS"
+    assert "encode+decode" in shipped_full.describe() and shipped_full.role == "encode+decode"

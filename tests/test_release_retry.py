@@ -404,3 +404,53 @@ def test_a_commit_whose_vectors_are_gone_is_left_for_recovery_by_hand(package, m
     with pytest.raises(weights.WeightsError, match="nor a staged folder beside it holds the vectors"):
         release.release(package.checkpoint, 8, package.weights_dir, package.vectors, {}, package.table)
     assert package.full.read_bytes() == written and json.loads(package.table.read_text()) == {}
+
+
+def test_a_rerun_whose_own_commit_fails_keeps_the_marker_of_the_commit_it_finishes(package, monkeypatch) -> None:
+    """Finishing a commit cut short, a rename that failed (a full disk) undid the rerun's own renames and removed
+    the marker: the renames the killed run made stayed in place with nothing naming them, and no release could
+    finish them (another release number then went through). The marker stays; the next rerun finishes."""
+    import errno
+
+    _quick_vectors(monkeypatch)
+    package.table.write_text("{}\n")
+    killed = _killed_at(monkeypatch, package.table)
+    with pytest.raises(killed):
+        release.release(package.checkpoint, 8, package.weights_dir, package.vectors, {}, package.table)
+    monkeypatch.undo()
+    _quick_vectors(monkeypatch)
+    real_replace = release.os.replace
+
+    def disk_full(src, dst):
+        if Path(dst) == package.table:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(release.os, "replace", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        release.release(package.checkpoint, 8, package.weights_dir, package.vectors, {}, package.table)
+    monkeypatch.setattr(release.os, "replace", real_replace)
+    assert (package.weights_dir / release_commit.MARKER_NAME).exists()
+    with pytest.raises(weights.WeightsError, match=r"commit of mbt-8-12-r008 .* cut short"):
+        release.release(package.checkpoint, 9, package.weights_dir, package.vectors, {}, package.table)
+    assert release.release(package.checkpoint, 8, package.weights_dir, package.vectors, {}, package.table)
+    assert "mbt-8-12-r008" in json.loads(package.table.read_text())
+    assert not (package.weights_dir / release_commit.MARKER_NAME).exists()
+
+
+@pytest.mark.skipif(os.name != "posix", reason="process ids of the writers")
+def test_a_weights_file_half_written_by_a_killed_release_is_swept(package, monkeypatch) -> None:
+    """The staged full file is written through a temporary file named by its writer's process: a release killed
+    while writing it left that file in the weights folder for good, though the docstring says a retry removes
+    every staged file."""
+    import subprocess
+    import sys
+
+    from pillow_jac import files
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    orphan = package.weights_dir / f".jac-{files._host_tag()}-{int(gone.stdout)}-0123abcd.tmp"
+    orphan.write_bytes(b"half a weights file")
+    _quick_vectors(monkeypatch)
+    assert release.release(package.checkpoint, 8, package.weights_dir, package.vectors, {}, package.table)
+    assert not orphan.exists()

@@ -128,7 +128,7 @@ def _existing(weights_dir: Path, vectors_dir: Path, table: Path) -> dict[str, in
             if (folder / "vectors.json").is_file() and not staged and folder.name not in found:
                 raise WeightsError(
                     f"{folder} holds the vectors of {folder.name}, which no released or installed generation is "
-                    "(a stray copy, or left by a release cut short before this tool kept commit markers): "
+                    "(a stray copy, or a release cut short whose commit marker is gone): "
                     "remove them before a release"
                 )
     return found
@@ -326,7 +326,9 @@ def _finish(
             raise WeightsError(f"the vectors in place do not pass their check: {'; '.join(failures)}; {how}")
         if new_id not in listed:
             staged_table = commit_steps.staged_table(table_path, new_id, new_meta)
-        commit_steps.commit(staged_vectors, target_vectors, staged_full, full, staged_table, table_path, backup, record)
+        commit_steps.commit(
+            staged_vectors, target_vectors, staged_full, full, staged_table, table_path, backup, record, finishing=True
+        )
     finally:
         for leftover in (staged_full, staged_table, backup):
             if leftover is not None:

@@ -24,7 +24,7 @@ import tempfile
 from pathlib import Path
 
 from .. import generations
-from ..files import _sync_folder
+from ..files import _sync_folder, remove_orphaned_temporaries
 from ..weights import WeightsError, load_weights
 from ..weights_manifest import verify
 
@@ -66,6 +66,9 @@ def sweep(
             shutil.rmtree(leftover, ignore_errors=True)
         else:
             leftover.unlink(missing_ok=True)
+    for folder in (weights_dir, weights_dir / generations.KEPT_DIR, table_path.parent):
+        if folder.is_dir():  # the temporary files of a weights file or table written when the release was killed
+            remove_orphaned_temporaries(folder)
 
 
 def digests(folder: Path) -> dict[str, str]:
@@ -232,6 +235,8 @@ def remove_if_done(record: dict | None, weights_dir: Path, vectors_dir: Path, ta
     """
     if record is None or not wholly_in_place(record, weights_dir, vectors_dir, table_path):
         return None
+    for folder in (vectors_dir / record["model_id"], vectors_dir, table_path.parent):  # durable before the marker goes
+        _sync_folder(folder)
     remove_marker(weights_dir)
     sweep(weights_dir, vectors_dir, record["model_id"], table_path)
     print(f"the commit of {record['model_id']} is wholly in place: removed its marker, {weights_dir / MARKER_NAME}")
@@ -253,16 +258,21 @@ def commit(
     table_to: Path,
     backup: Path | None,
     record: dict,
+    finishing: bool = False,
 ) -> None:
     """Rename the staged vectors, shipped file and table into place: all three, or (on an error) none.
 
-    Only renames remain (every file is written and synced before), SIGINT and SIGTERM wait until the end,
-    and a rename that fails undoes the ones before it (the shipped file comes back from ``backup``). Each
-    rename's folder is synced before the next rename, so after a power cut the renames done are the first ones,
-    in this order. The commit marker ``record`` is in ``full_to``'s folder from before the first rename until
-    after the last; a failure whose undoing fails leaves it. None: that one is in place.
+    Only renames remain (the staged vectors are synced here, file by file, before the marker is written; the
+    full file and the table are synced as written), SIGINT and SIGTERM wait until the end, and a rename that
+    fails undoes the ones before it (the shipped file comes back from ``backup``). Each rename's folder is
+    synced before the next rename, so after a power cut the renames done are the first ones, in this order. The
+    commit marker ``record`` is in ``full_to``'s folder from before the first rename until after the last; a
+    failure whose undoing fails leaves it, and so does any failure while ``finishing`` a commit cut short (the
+    renames that commit made stay in place, and a rerun finishes them). None: that one is in place.
     """
     marker = full_to.parent / MARKER_NAME
+    if vectors is not None:
+        _sync_tree(vectors)
     with signals_deferred():
         os.replace(staged_text(marker, json.dumps(record, indent=2) + "\n"), marker)
         _sync_folder(marker.parent)
@@ -282,9 +292,24 @@ def commit(
         except BaseException:
             for step in reversed(undo):
                 step()
-            marker.unlink()
+            if not finishing:
+                marker.unlink()
             raise
         remove_marker(marker.parent)
+
+
+def _sync_tree(folder: Path) -> None:
+    """Sync every file under ``folder``, then the folders (the vectors are written without syncing)."""
+    for path in sorted(folder.rglob("*")):
+        if path.is_file() and not path.is_symlink():
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+    for path in sorted(p for p in folder.rglob("*") if p.is_dir()):
+        _sync_folder(path)
+    _sync_folder(folder)
 
 
 @contextlib.contextmanager
