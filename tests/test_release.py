@@ -107,7 +107,10 @@ def test_a_release_with_kept_decoders_set_aside_is_refused_before_anything_is_wr
     kept_dir.mkdir()
     (kept_dir / "mbt-8-12-r005.safetensors").touch()
     before = package.full.read_bytes()
-    with pytest.raises(weights.WeightsError, match=r"mbt-8-12-r005.safetensors is empty .*travel put-back"):
+    with (
+        pytest.warns(UserWarning, match=r"mbt-8-12-r005.safetensors is skipped: it is empty"),
+        pytest.raises(weights.WeightsError, match=r"mbt-8-12-r005.safetensors is empty .*travel put-back"),
+    ):
         release.release(package.checkpoint, 8, package.weights_dir, package.vectors, {}, package.table)
     assert package.full.read_bytes() == before and not package.table.exists()
     assert sorted(p.name for p in kept_dir.iterdir()) == ["mbt-8-12-r005.safetensors"]

@@ -48,7 +48,8 @@ def test_set_aside_empties_the_kept_decoders_and_put_back_restores_them_byte_for
     assert tree == len(before) + len("weights\n") + len("/ignored/\n") + len("untracked, not ignored: it travels\n")
     assert travel.kept_decoder_files(checkout) == [kept]
     assert travel.set_aside(checkout) == [kept]
-    assert kept.stat().st_size == 0 and generations.generation_of(kept) is None  # no generation while set aside
+    with pytest.warns(UserWarning, match="is skipped: it is empty"):
+        assert kept.stat().st_size == 0 and generations.generation_of(kept) is None  # no generation while set aside
     assert travel.travelling_tree_bytes(checkout) == tree - len(before)
     assert travel.set_aside(checkout) == []  # already set aside: nothing more to do
     assert travel.put_back(checkout) == [kept]
@@ -79,7 +80,10 @@ def test_an_empty_file_staged_by_mistake_is_named_with_the_command_that_restores
     kept = checkout / "weights" / generations.KEPT_DIR / "mbt-8-12-r900.safetensors"
     travel.set_aside(checkout)
     _git(checkout, "add", "-A")
-    with pytest.raises(ValueError, match=r"was the empty file staged\?.*git checkout HEAD -- weights/"):
+    with (
+        pytest.warns(UserWarning, match="is skipped: it is empty"),
+        pytest.raises(ValueError, match=r"was the empty file staged\?.*git checkout HEAD -- weights/"),
+    ):
         travel.put_back(checkout)
     _git(checkout, "checkout", "HEAD", "--", "weights")
     assert generations.generation_of(kept) is not None
