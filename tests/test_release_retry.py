@@ -21,6 +21,16 @@ from .test_release import _quick_vectors, leftovers, passing_verdict
 package = test_release.package  # the fixture: a package folder of a tiny released generation
 
 
+def _killed_release(package, monkeypatch: pytest.MonkeyPatch, target: Path) -> None:
+    """Release 8, killed at its ``os.replace`` onto ``target`` (:func:`_killed_at`); then the real calls are back,
+    with the quick vectors (:func:`_quick_vectors`) the release was made with."""
+    killed = _killed_at(monkeypatch, target)
+    with pytest.raises(killed):
+        release.release(package.checkpoint, 8, package.weights_dir, package.vectors, {}, package.table)
+    monkeypatch.undo()
+    _quick_vectors(monkeypatch)
+
+
 def _killed_at(monkeypatch: pytest.MonkeyPatch, target: Path) -> type[BaseException]:
     """``os.replace`` onto ``target`` ends the release as SIGKILL would: the exception it raises (with a ``kill``
     that raises it from elsewhere) leaves every file as it is, for no rollback or cleanup runs after it."""
@@ -50,11 +60,7 @@ def test_a_release_killed_between_its_renames_is_finished_by_a_retry(package, mo
     and the same release run again finishes the commit."""
     _quick_vectors(monkeypatch)
     package.table.write_text("{}\n")
-    killed = _killed_at(monkeypatch, package.table if killed_before == "table" else package.full)
-    with pytest.raises(killed):
-        release.release(package.checkpoint, 8, package.weights_dir, package.vectors, {}, package.table)
-    monkeypatch.undo()
-    _quick_vectors(monkeypatch)
+    _killed_release(package, monkeypatch, package.table if killed_before == "table" else package.full)
     assert json.loads(package.table.read_text()) == {}
     assert (package.vectors / "mbt-8-12-r008" / "vectors.json").is_file()
     _ignored_by_git(package)  # the backup of the full file, the staged table, the commit marker
@@ -241,11 +247,7 @@ def test_a_power_cut_that_lost_the_vectors_rename_is_finished_by_a_rerun(package
     vectors folder holding the files the commit made into place; another release is refused until then."""
     _quick_vectors(monkeypatch)
     package.table.write_text("{}\n")
-    killed = _killed_at(monkeypatch, package.table)
-    with pytest.raises(killed):
-        release.release(package.checkpoint, 8, package.weights_dir, package.vectors, {}, package.table)
-    monkeypatch.undo()
-    _quick_vectors(monkeypatch)
+    _killed_release(package, monkeypatch, package.table)
     (package.vectors / "mbt-8-12-r008").rename(package.vectors / ".mbt-8-12-r008.lost.tmp")
     if persisted == "table":  # the full file's rename lost too, the table's kept
         os.replace(next(package.weights_dir.glob(f".{generations.DEFAULT_WEIGHTS_NAME}.*.old.tmp")), package.full)
@@ -267,11 +269,7 @@ def test_a_first_release_killed_after_its_vectors_rename_is_finished_by_a_rerun(
     vectors' rename: the rerun puts the full file and the table in place."""
     package.full.unlink()
     _quick_vectors(monkeypatch)
-    killed = _killed_at(monkeypatch, package.full)
-    with pytest.raises(killed):
-        release.release(package.checkpoint, 8, package.weights_dir, package.vectors, {}, package.table)
-    monkeypatch.undo()
-    _quick_vectors(monkeypatch)
+    _killed_release(package, monkeypatch, package.full)
     assert _marker(package)["old"] is None and not package.full.exists()
     assert (package.vectors / "mbt-8-12-r008" / "vectors.json").is_file()
     assert release.release(package.checkpoint, 8, package.weights_dir, package.vectors, {}, package.table)
@@ -320,17 +318,9 @@ def test_the_staged_table_and_a_staged_kept_decoder_are_swept(package, monkeypat
     by a release killed while writing it, are removed by the rerun."""
     _quick_vectors(monkeypatch)
     kept = package.weights_dir / generations.KEPT_DIR / "mbt-8-12-r007.safetensors"
-    killed = _killed_at(monkeypatch, kept)
-    with pytest.raises(killed):
-        release.release(package.checkpoint, 8, package.weights_dir, package.vectors, {}, package.table)
-    monkeypatch.undo()
-    _quick_vectors(monkeypatch)
+    _killed_release(package, monkeypatch, kept)
     assert [p.name for p in kept.parent.iterdir() if p.name.startswith(".")]  # the staged decoder file
-    killed = _killed_at(monkeypatch, package.table)
-    with pytest.raises(killed):
-        release.release(package.checkpoint, 8, package.weights_dir, package.vectors, {}, package.table)
-    monkeypatch.undo()
-    _quick_vectors(monkeypatch)
+    _killed_release(package, monkeypatch, package.table)
     assert [p.name for p in package.table.parent.iterdir() if p.name.startswith(".released.json.")]
     assert release.release(package.checkpoint, 8, package.weights_dir, package.vectors, {}, package.table)
     assert not [p.name for p in package.table.parent.iterdir() if p.name.startswith(".released.json.")]
@@ -353,11 +343,7 @@ def test_a_malformed_commit_marker_is_refused(package, monkeypatch, change) -> N
     """A marker lacking a field, with one of another type, or with another field than a commit writes, is refused
     with a WeightsError, and nothing is written."""
     _quick_vectors(monkeypatch)
-    killed = _killed_at(monkeypatch, package.table)
-    with pytest.raises(killed):
-        release.release(package.checkpoint, 8, package.weights_dir, package.vectors, {}, package.table)
-    monkeypatch.undo()
-    _quick_vectors(monkeypatch)
+    _killed_release(package, monkeypatch, package.table)
     marker = package.weights_dir / release_commit.MARKER_NAME
     record = {**_marker(package), **change}
     if record["old"] == "drop":
@@ -375,11 +361,7 @@ def test_a_marker_that_follows_no_generation_is_refused_where_one_is(package, mo
     kept decoder of the previous generation is there, so its keeping is not checked; nothing is written."""
     _quick_vectors(monkeypatch)
     package.table.write_text("{}\n")
-    killed = _killed_at(monkeypatch, package.table)
-    with pytest.raises(killed):
-        release.release(package.checkpoint, 8, package.weights_dir, package.vectors, {}, package.table)
-    monkeypatch.undo()
-    _quick_vectors(monkeypatch)
+    _killed_release(package, monkeypatch, package.table)
     marker = package.weights_dir / release_commit.MARKER_NAME
     marker.write_text(json.dumps({**_marker(package), "old": None}))
     with pytest.raises(weights.WeightsError, match=r"follows no generation, yet .*mbt-8-12-r007.safetensors is there"):
@@ -394,11 +376,7 @@ def test_a_commit_whose_vectors_are_gone_is_left_for_recovery_by_hand(package, m
 
     _quick_vectors(monkeypatch)
     package.table.write_text("{}\n")
-    killed = _killed_at(monkeypatch, package.table)
-    with pytest.raises(killed):
-        release.release(package.checkpoint, 8, package.weights_dir, package.vectors, {}, package.table)
-    monkeypatch.undo()
-    _quick_vectors(monkeypatch)
+    _killed_release(package, monkeypatch, package.table)
     shutil.rmtree(package.vectors / "mbt-8-12-r008")
     written = package.full.read_bytes()
     with pytest.raises(weights.WeightsError, match="nor a staged folder beside it holds the vectors"):
@@ -414,11 +392,7 @@ def test_a_rerun_whose_own_commit_fails_keeps_the_marker_of_the_commit_it_finish
 
     _quick_vectors(monkeypatch)
     package.table.write_text("{}\n")
-    killed = _killed_at(monkeypatch, package.table)
-    with pytest.raises(killed):
-        release.release(package.checkpoint, 8, package.weights_dir, package.vectors, {}, package.table)
-    monkeypatch.undo()
-    _quick_vectors(monkeypatch)
+    _killed_release(package, monkeypatch, package.table)
     real_replace = release.os.replace
 
     def disk_full(src, dst):
