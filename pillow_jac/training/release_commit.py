@@ -24,7 +24,7 @@ import tempfile
 from pathlib import Path
 
 from .. import generations
-from ..files import _sync_folder, remove_orphaned_temporaries
+from ..files import _sync, _sync_folder, remove_orphaned_temporaries
 from ..weights import WeightsError, load_weights
 from ..weights_manifest import verify
 
@@ -300,16 +300,16 @@ def commit(
 
 def _sync_tree(folder: Path) -> None:
     """Sync every file under ``folder``, then the folders (the vectors are written without syncing)."""
-    for path in sorted(folder.rglob("*")):
+    inside = sorted(folder.rglob("*"))
+    for path in inside:
         if path.is_file() and not path.is_symlink():
             fd = os.open(path, os.O_RDONLY)
             try:
-                os.fsync(fd)
+                _sync(fd)
             finally:
                 os.close(fd)
-    for path in sorted(p for p in folder.rglob("*") if p.is_dir()):
+    for path in [p for p in inside if p.is_dir()] + [folder]:
         _sync_folder(path)
-    _sync_folder(folder)
 
 
 @contextlib.contextmanager
